@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine:
+#   make train   creates .venv, installs fastvec, trains PPO on CartPole-v1
+#   make test    creates .venv, installs fastvec with its test extras, runs the suite
+#                against the compiled kernels and again with FASTVEC_PURE_PYTHON=1
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# the CPU build of torch that lies on this machine's disk; installed first so that
+# the project's looser requirement (torch>=2.1) is already met
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: train test test-fast bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py fastvec/_kernels.pyx fastvec/_kernels.pxd
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q Cython setuptools wheel numpy
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m ppo.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -c "import fastvec; assert fastvec.KERNELS == 'cython', fastvec.KERNELS; print('kernels:', fastvec.KERNELS)"
+	$(PY) -m pytest -q
+	FASTVEC_PURE_PYTHON=1 $(PY) -m pytest -q -m "not compiled_only"
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.vec_env $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check fastvec ppo tests benchmarks
+
+clean:
+	rm -rf build dist *.egg-info fastvec/*.so fastvec/_kernels.c $(VENV)

@@ -1,0 +1,259 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled hot-path kernels of fastvec.
+
+Synchronisation: every worker has a command sequence word (written by the
+parent) and a done sequence word (written by the worker), each with a
+"waiting" word beside it. A waiter spins for a bounded time, then announces
+itself in the waiting word and sleeps in a futex on the sequence word (a
+shared, non-private futex, so it works across processes on a shared mapping).
+A publisher stores the new sequence value (sequentially consistent) and issues
+a futex wake only when the waiting word says someone sleeps; with both sides
+using seq_cst accesses, either the waiter sees the new value or the publisher
+sees the waiter, so no wake-up is lost. Sleeps time out so the caller can check
+that its peer is still alive.
+
+Data: gather/scatter between per-env Python objects and the contiguous
+per-env rows of a ring slot.
+
+The pure-Python twin is fastvec/_kernels_py.py; both must behave the same.
+"""
+
+from libc.stdint cimport uint32_t, int64_t, uint8_t
+from libc.string cimport memcpy
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <time.h>
+    #include <errno.h>
+    #include <limits.h>
+    #include <unistd.h>
+    #include <sys/syscall.h>
+    #include <linux/futex.h>
+
+    static inline void fv_cpu_relax(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #elif defined(__aarch64__)
+        __asm__ __volatile__("yield" ::: "memory");
+    #endif
+    }
+    static inline uint32_t fv_load(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void fv_store(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline int64_t fv_now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    /* 0 when woken or the value already differs, -1 with errno on timeout/interrupt. */
+    static inline int fv_futex_wait(uint32_t *p, uint32_t expected, int64_t timeout_ns) {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
+        return (int)syscall(SYS_futex, p, FUTEX_WAIT, expected, &ts, NULL, 0);
+    }
+    static inline int fv_futex_wake(uint32_t *p) {
+        return (int)syscall(SYS_futex, p, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    }
+    static inline int fv_errno(void) { return errno; }
+    """
+    void fv_cpu_relax() nogil
+    uint32_t fv_load(uint32_t *p) nogil
+    void fv_store(uint32_t *p, uint32_t v) nogil
+    int64_t fv_now_ns() nogil
+    int fv_futex_wait(uint32_t *p, uint32_t expected, int64_t timeout_ns) nogil
+    int fv_futex_wake(uint32_t *p) nogil
+    int fv_errno() nogil
+    int EINTR
+
+IMPLEMENTATION = "cython"
+
+# wait results
+DONE = 1
+TIMEOUT = 0
+INTERRUPTED = -1
+
+
+cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
+                   int64_t spin_deadline, int64_t deadline) noexcept nogil:
+    """Wait until *seq == target. 1: reached, 0: deadline passed, -1: a signal arrived."""
+    cdef uint32_t value
+    cdef int64_t now
+    cdef int i = 0
+    cdef int rc
+    # bounded spin: only worth it while a free core can run the publisher
+    while True:
+        if fv_load(seq) == target:
+            return 1
+        i += 1
+        if (i & 63) == 0:
+            if fv_now_ns() >= spin_deadline:
+                break
+        fv_cpu_relax()
+    while True:
+        fv_store(waiting, 1)
+        value = fv_load(seq)
+        if value == target:
+            fv_store(waiting, 0)
+            return 1
+        now = fv_now_ns()
+        if now >= deadline:
+            fv_store(waiting, 0)
+            return 0
+        rc = fv_futex_wait(seq, value, deadline - now)
+        if rc != 0 and fv_errno() == EINTR:
+            fv_store(waiting, 0)
+            if fv_load(seq) == target:
+                return 1
+            return -1
+
+
+cdef void publish_word(uint32_t *seq, uint32_t *waiting, uint32_t value) noexcept nogil:
+    fv_store(seq, value)
+    if fv_load(waiting) != 0:
+        fv_futex_wake(seq)
+
+
+def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
+             int64_t spin_ns, int64_t timeout_ns):
+    """Wait until ``words[i] == target`` for every i in ``seq_index``.
+
+    The waiting word of each sequence word is the next word (``i + 1``).
+    Spins for at most ``spin_ns`` in total, then sleeps, for at most ``timeout_ns``.
+    Returns -1 when all are done, else the position in ``seq_index`` of the first
+    word still pending (on timeout or when a signal arrived).
+    """
+    cdef Py_ssize_t n = seq_index.shape[0]
+    cdef Py_ssize_t k
+    cdef int rc = 1
+    cdef uint32_t *base = &words[0]
+    cdef int64_t start, spin_deadline, deadline
+    with nogil:
+        start = fv_now_ns()
+        spin_deadline = start + spin_ns
+        deadline = start + timeout_ns
+        for k in range(n):
+            rc = wait_word(base + seq_index[k], base + seq_index[k] + 1, target, spin_deadline, deadline)
+            if rc != 1:
+                break
+    if rc == 1:
+        return -1
+    return k
+
+
+def publish(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
+    """Store ``value`` in ``words[index]`` and wake a sleeper announced in ``words[index + 1]``."""
+    publish_word(&words[index], &words[index + 1], value)
+
+
+def load(uint32_t[::1] words, Py_ssize_t index):
+    """Atomic (seq_cst) load of ``words[index]``."""
+    return fv_load(&words[index])
+
+
+def store(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
+    """Atomic (seq_cst) store of ``value`` into ``words[index]``."""
+    fv_store(&words[index], value)
+
+
+def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start):
+    """Copy ``items[j]`` into row ``dst[start + j]`` for every j.
+
+    ``dst`` is C-contiguous with shape ``[rows, *row_shape]``. Items that are
+    C-contiguous arrays of the right dtype and shape are copied with memcpy;
+    anything else goes through ``np.asarray(item, dtype=dst.dtype)`` first
+    (casting, like SB3's DummyVecEnv). Returns -1 on success, or the index j of
+    the first item whose shape does not match (nothing after it is copied).
+    """
+    cdef Py_ssize_t n = len(items)
+    cdef Py_ssize_t j, d
+    cdef int row_ndim = cnp.PyArray_NDIM(dst) - 1
+    cdef cnp.npy_intp *row_dims = cnp.PyArray_DIMS(dst) + 1
+    cdef Py_ssize_t row_bytes = cnp.PyArray_ITEMSIZE(dst)
+    cdef char *base = <char *> cnp.PyArray_DATA(dst)
+    cdef int dst_type = cnp.PyArray_TYPE(dst)
+    cdef cnp.ndarray arr
+    cdef object item
+    if not cnp.PyArray_IS_C_CONTIGUOUS(dst):
+        raise ValueError("gather_rows needs a C-contiguous destination")
+    for d in range(row_ndim):
+        row_bytes *= row_dims[d]
+    if start < 0 or start + n > cnp.PyArray_DIMS(dst)[0]:
+        raise IndexError(f"rows {start}..{start + n} outside destination with {cnp.PyArray_DIMS(dst)[0]} rows")
+    for j in range(n):
+        item = items[j]
+        if (cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)):
+            arr = <cnp.ndarray> item
+        else:
+            arr = np.asarray(item, dtype=dst.dtype, order="C")
+        if cnp.PyArray_NDIM(arr) != row_ndim:
+            return j
+        for d in range(row_ndim):
+            if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
+                return j
+        memcpy(base + (start + j) * row_bytes, cnp.PyArray_DATA(arr), row_bytes)
+    return -1
+
+
+def store_floats(list items, float[::1] dst, Py_ssize_t start):
+    """``dst[start + j] = float(items[j])`` for every j."""
+    cdef Py_ssize_t n = len(items)
+    cdef Py_ssize_t j
+    cdef double value
+    if start < 0 or start + n > dst.shape[0]:
+        raise IndexError("store_floats destination too small")
+    for j in range(n):
+        value = items[j]
+        dst[start + j] = <float> value
+
+
+def store_bools(list items, uint8_t[::1] dst, Py_ssize_t start):
+    """``dst[start + j] = bool(items[j])`` for every j."""
+    cdef Py_ssize_t n = len(items)
+    cdef Py_ssize_t j
+    if start < 0 or start + n > dst.shape[0]:
+        raise IndexError("store_bools destination too small")
+    for j in range(n):
+        dst[start + j] = 1 if items[j] else 0
+
+
+def first_outside_int(const int64_t[::1] values, const int64_t[::1] low, const int64_t[::1] high):
+    """First flat index i with values[i] outside [low[i % k], high[i % k]], or -1."""
+    cdef Py_ssize_t n = values.shape[0]
+    cdef Py_ssize_t k = low.shape[0]
+    cdef Py_ssize_t i, m = 0
+    cdef int64_t v
+    for i in range(n):
+        v = values[i]
+        if v < low[m] or v > high[m]:
+            return i
+        m += 1
+        if m == k:
+            m = 0
+    return -1
+
+
+ctypedef fused real:
+    float
+    double
+
+
+def first_outside_float(const real[::1] values, const double[::1] low, const double[::1] high):
+    """First flat index i with values[i] NaN or outside [low[i % k], high[i % k]], or -1."""
+    cdef Py_ssize_t n = values.shape[0]
+    cdef Py_ssize_t k = low.shape[0]
+    cdef Py_ssize_t i, m = 0
+    cdef double v
+    for i in range(n):
+        v = values[i]
+        if not (v >= low[m] and v <= high[m]):
+            return i
+        m += 1
+        if m == k:
+            m = 0
+    return -1

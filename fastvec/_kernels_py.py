@@ -1,0 +1,159 @@
+"""Pure-Python twin of fastvec/_kernels.pyx (selected with FASTVEC_PURE_PYTHON=1).
+
+Same functions, same results, no compiler needed. Sleeping uses the same futex
+protocol through ctypes on Linux, so a compiled parent and a pure worker would
+even interoperate; elsewhere it falls back to short sleeps. Plain numpy loads and
+stores are not sequentially consistent, so a publisher here always issues the
+futex wake (a system call, hence a full barrier) instead of trusting the
+waiting word; waits also time out in short slices so that a lost wake-up can
+only delay, never hang.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import time
+
+import numpy as np
+
+IMPLEMENTATION = "python"
+
+DONE = 1
+TIMEOUT = 0
+INTERRUPTED = -1
+
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98, "i686": 240, "ppc64le": 221, "s390x": 238}.get(
+    platform.machine()
+)
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+_SLICE_NS = 2_000_000  # longest single sleep: bounds the cost of a lost wake-up
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" and _SYS_FUTEX else None
+except OSError:  # pragma: no cover
+    _libc = None
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _address(words: np.ndarray, index: int) -> int:
+    return words.ctypes.data + index * 4
+
+
+def _futex_wait(words: np.ndarray, index: int, expected: int, timeout_ns: int) -> None:
+    timeout_ns = min(timeout_ns, _SLICE_NS)
+    if _libc is None:
+        time.sleep(timeout_ns / 1e9)
+        return
+    ts = _Timespec(timeout_ns // 1_000_000_000, timeout_ns % 1_000_000_000)
+    _libc.syscall(
+        ctypes.c_long(_SYS_FUTEX),
+        ctypes.c_void_p(_address(words, index)),
+        ctypes.c_int(_FUTEX_WAIT),
+        ctypes.c_uint32(expected),
+        ctypes.byref(ts),
+        None,
+        ctypes.c_int(0),
+    )
+
+
+def _futex_wake(words: np.ndarray, index: int) -> None:
+    if _libc is not None:
+        _libc.syscall(
+            ctypes.c_long(_SYS_FUTEX),
+            ctypes.c_void_p(_address(words, index)),
+            ctypes.c_int(_FUTEX_WAKE),
+            ctypes.c_int(2**31 - 1),
+            None,
+            None,
+            ctypes.c_int(0),
+        )
+
+
+def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, deadline: int) -> int:
+    while True:
+        if int(words[index]) == target:
+            return DONE
+        if time.monotonic_ns() >= spin_deadline:
+            break
+    while True:
+        words[index + 1] = 1
+        value = int(words[index])
+        if value == target:
+            words[index + 1] = 0
+            return DONE
+        now = time.monotonic_ns()
+        if now >= deadline:
+            words[index + 1] = 0
+            return TIMEOUT
+        _futex_wait(words, index, value, deadline - now)
+
+
+def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int, timeout_ns: int) -> int:
+    """Wait until ``words[i] == target`` for every i in ``seq_index``; see _kernels.pyx."""
+    start = time.monotonic_ns()
+    spin_deadline, deadline = start + spin_ns, start + timeout_ns
+    target = int(target) & 0xFFFFFFFF
+    for k, index in enumerate(seq_index.tolist()):
+        if _wait_word(words, index, target, spin_deadline, deadline) != DONE:
+            return k
+    return -1
+
+
+def publish(words: np.ndarray, index: int, value: int) -> None:
+    """Store ``value`` in ``words[index]`` and wake any sleeper on it."""
+    words[index] = value & 0xFFFFFFFF
+    _futex_wake(words, index)
+
+
+def load(words: np.ndarray, index: int) -> int:
+    return int(words[index])
+
+
+def store(words: np.ndarray, index: int, value: int) -> None:
+    words[index] = value & 0xFFFFFFFF
+
+
+def gather_rows(items: list, dst: np.ndarray, start: int) -> int:
+    """Copy ``items[j]`` into ``dst[start + j]``; -1 on success, else the first bad j."""
+    if not dst.flags.c_contiguous:
+        raise ValueError("gather_rows needs a C-contiguous destination")
+    if start < 0 or start + len(items) > dst.shape[0]:
+        raise IndexError(f"rows {start}..{start + len(items)} outside destination with {dst.shape[0]} rows")
+    row_shape = dst.shape[1:]
+    for j, item in enumerate(items):
+        arr = np.asarray(item, dtype=dst.dtype)
+        if arr.shape != row_shape:
+            return j
+        dst[start + j] = arr
+    return -1
+
+
+def store_floats(items: list, dst: np.ndarray, start: int) -> None:
+    if start < 0 or start + len(items) > dst.shape[0]:
+        raise IndexError("store_floats destination too small")
+    dst[start : start + len(items)] = [float(x) for x in items]
+
+
+def store_bools(items: list, dst: np.ndarray, start: int) -> None:
+    if start < 0 or start + len(items) > dst.shape[0]:
+        raise IndexError("store_bools destination too small")
+    dst[start : start + len(items)] = [1 if x else 0 for x in items]
+
+
+def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
+    k = low.shape[0]
+    v = values.reshape(-1, k)
+    bad = np.flatnonzero((v < low) | (v > high))
+    return int(bad[0]) if bad.size else -1
+
+
+def first_outside_float(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
+    k = low.shape[0]
+    v = values.reshape(-1, k).astype(np.float64)
+    bad = np.flatnonzero(~((v >= low) & (v <= high)))
+    return int(bad[0]) if bad.size else -1

@@ -1,0 +1,48 @@
+"""Selects the kernel implementation: compiled by default, pure Python with FASTVEC_PURE_PYTHON=1.
+
+If the compiled extension is missing (a source checkout that was never built),
+fastvec falls back to the pure-Python twin and says so once.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+if os.environ.get("FASTVEC_PURE_PYTHON", "") not in ("", "0"):
+    from fastvec import _kernels_py as impl
+else:
+    try:
+        from fastvec import _kernels as impl  # type: ignore[attr-defined]
+    except ImportError as exc:  # pragma: no cover - only on unbuilt checkouts
+        warnings.warn(
+            f"fastvec's compiled kernels are not built ({exc}); using the slow pure-Python twin. "
+            "Install with `pip install .` to build them.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        from fastvec import _kernels_py as impl
+
+IMPLEMENTATION: str = impl.IMPLEMENTATION
+wait_all = impl.wait_all
+publish = impl.publish
+load = impl.load
+store = impl.store
+gather_rows = impl.gather_rows
+store_floats = impl.store_floats
+store_bools = impl.store_bools
+first_outside_int = impl.first_outside_int
+first_outside_float = impl.first_outside_float
+
+__all__ = [
+    "IMPLEMENTATION",
+    "wait_all",
+    "publish",
+    "load",
+    "store",
+    "gather_rows",
+    "store_floats",
+    "store_bools",
+    "first_outside_int",
+    "first_outside_float",
+]

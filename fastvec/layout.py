@@ -1,0 +1,175 @@
+"""Layout of a pool's single shared-memory block.
+
+``plan_layout`` is a pure function of (spaces, num_envs, num_workers, ring_slots):
+the same inputs give the same offsets in every process, so the parent and its
+workers agree on where everything is without sending anything but the block's
+name. Every field starts on a 64-byte boundary and is contiguous over envs, so a
+batch is one slice; per-worker control words sit on their own cache lines so a
+worker's writes never share a line with another worker's.
+
+Block:
+    header | control lines [num_workers + 1] | env->worker map | actions
+    | obs ring per leaf [S, N, *shape] | reward ring [S, N] f32
+    | terminated ring [S, N] u8 | truncated ring [S, N] u8
+    | terminal obs per leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
+    | reset mask [N] u8 | per-worker stats [W, 8] f64
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastvec.spaces import Leaf
+
+__all__ = [
+    "CACHE_LINE",
+    "CONTROL_WORDS",
+    "Control",
+    "Field",
+    "Layout",
+    "plan_layout",
+    "Views",
+]
+
+CACHE_LINE = 64
+MAGIC = 0x46415354  # "FAST"
+VERSION = 1
+
+# A control block is two cache lines of uint32 words: the first is written by the
+# parent (command), the second by the worker (completion).
+CONTROL_WORDS = 2 * CACHE_LINE // 4
+
+
+class Control:
+    """Word offsets inside one worker's control block."""
+
+    CMD_SEQ = 0  # bumped by the parent to issue a command
+    CMD_WAITING = 1  # 1 while the worker sleeps on CMD_SEQ
+    CMD = 2  # command code (see fastvec.worker)
+    SLOT = 3  # ring slot the command writes to
+    ARG = 4  # command-specific flags
+    DONE_SEQ = 16  # set to CMD_SEQ by the worker when the command is finished
+    DONE_WAITING = 17  # 1 while the parent sleeps on DONE_SEQ
+    STATUS = 18  # 0 ok, 1 an env raised (details follow on the pipe)
+    HAS_MESSAGE = 19  # 1 when a message (infos, error) follows on the pipe
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class Layout:
+    num_envs: int
+    num_workers: int
+    ring_slots: int
+    obs_leaves: tuple[Leaf, ...]
+    fields: dict[str, Field] = field(hash=False)
+    size: int = 0
+
+
+def _align(n: int, to: int = CACHE_LINE) -> int:
+    return (n + to - 1) // to * to
+
+
+def plan_layout(
+    obs_leaves: list[Leaf] | tuple[Leaf, ...],
+    action_shape: tuple[int, ...],
+    action_dtype: np.dtype,
+    num_envs: int,
+    num_workers: int,
+    ring_slots: int,
+) -> Layout:
+    """Compute every field's offset, shape and dtype. Pure: no allocation."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    if not 1 <= num_workers <= num_envs:
+        raise ValueError(f"num_workers must be in 1..num_envs={num_envs}, got {num_workers}")
+    if ring_slots < 1:
+        raise ValueError(f"ring_slots must be at least 1, got {ring_slots}")
+    n, s = num_envs, ring_slots
+    specs: list[tuple[str, tuple[int, ...], np.dtype]] = [
+        ("header", (CACHE_LINE // 4,), np.dtype(np.uint32)),
+        # one control block per worker, plus one spare for the pool itself
+        ("control", ((num_workers + 1) * CONTROL_WORDS,), np.dtype(np.uint32)),
+        ("env_worker", (n,), np.dtype(np.int32)),
+        ("actions", (n, *action_shape), np.dtype(action_dtype)),
+    ]
+    for i, leaf in enumerate(obs_leaves):
+        specs.append((f"obs{i}", (s, n, *leaf.shape), leaf.dtype))
+    specs += [
+        ("rewards", (s, n), np.dtype(np.float32)),
+        ("terminated", (s, n), np.dtype(np.bool_)),
+        ("truncated", (s, n), np.dtype(np.bool_)),
+    ]
+    for i, leaf in enumerate(obs_leaves):
+        specs.append((f"terminal_obs{i}", (n, *leaf.shape), leaf.dtype))
+    specs += [
+        ("reset_seeds", (n,), np.dtype(np.int64)),
+        ("seed_mask", (n,), np.dtype(np.bool_)),
+        ("reset_mask", (n,), np.dtype(np.bool_)),
+        ("worker_stats", (num_workers, 8), np.dtype(np.float64)),
+    ]
+    fields: dict[str, Field] = {}
+    offset = 0
+    for name, shape, dtype in specs:
+        f = Field(name, offset, tuple(int(d) for d in shape), dtype)
+        fields[name] = f
+        offset = _align(offset + max(f.nbytes, 1))
+    return Layout(n, num_workers, s, tuple(obs_leaves), fields, offset)
+
+
+class Views:
+    """Named numpy views of every field of a block laid out by ``plan_layout``."""
+
+    def __init__(self, layout: Layout, buf: memoryview):
+        if len(buf) < layout.size:
+            raise ValueError(f"shared block has {len(buf)} bytes, layout needs {layout.size}")
+        self.layout = layout
+        arrays = {
+            f.name: np.ndarray(f.shape, dtype=f.dtype, buffer=buf, offset=f.offset) for f in layout.fields.values()
+        }
+        self.header: np.ndarray = arrays["header"]
+        self.control: np.ndarray = arrays["control"]
+        self.env_worker: np.ndarray = arrays["env_worker"]
+        self.actions: np.ndarray = arrays["actions"]
+        self.obs: list[np.ndarray] = [arrays[f"obs{i}"] for i in range(len(layout.obs_leaves))]
+        self.rewards: np.ndarray = arrays["rewards"]
+        self.terminated: np.ndarray = arrays["terminated"]
+        self.truncated: np.ndarray = arrays["truncated"]
+        self.terminal_obs: list[np.ndarray] = [arrays[f"terminal_obs{i}"] for i in range(len(layout.obs_leaves))]
+        self.reset_seeds: np.ndarray = arrays["reset_seeds"]
+        self.seed_mask: np.ndarray = arrays["seed_mask"]
+        self.reset_mask: np.ndarray = arrays["reset_mask"]
+        self.worker_stats: np.ndarray = arrays["worker_stats"]
+
+    def control_base(self, worker: int) -> int:
+        """Index in ``control`` of worker ``worker``'s block."""
+        return worker * CONTROL_WORDS
+
+    def write_header(self) -> None:
+        lay = self.layout
+        self.header[:5] = (MAGIC, VERSION, lay.num_envs, lay.num_workers, lay.ring_slots)
+
+    def check_header(self) -> None:
+        lay = self.layout
+        got = tuple(int(x) for x in self.header[:5])
+        want = (MAGIC, VERSION, lay.num_envs, lay.num_workers, lay.ring_slots)
+        if got != want:
+            raise RuntimeError(f"shared block header {got} does not match the expected layout {want}")
+
+    def release(self) -> None:
+        """Drop every view so the block's buffer can be closed."""
+        for name in list(vars(self)):
+            if name != "layout":
+                setattr(self, name, None)

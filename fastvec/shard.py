@@ -1,0 +1,320 @@
+"""A shard: the envs one worker owns, stepped in a loop, written into the shared block.
+
+The same code runs in a worker process and, for the calling process's own share
+of envs, in the parent. Nothing here talks to other processes: it reads actions
+from and writes results into the shared views, and returns the rare extras
+(non-empty info dicts) that the caller must ship by pickle.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from fastvec import kernels
+from fastvec.layout import Views
+from fastvec.spaces import split
+
+__all__ = ["SAME_STEP", "NEXT_STEP", "INFO", "RESET_INFO", "ShardError", "Shard", "describe_exception"]
+
+# Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium
+# SAME_STEP); NEXT_STEP resets in the following step, ignoring its action (gymnasium default).
+SAME_STEP = 0
+NEXT_STEP = 1
+
+# kinds of extras a step may return
+INFO = 0  # the info dict env.step (or the autoreset's env.reset) returned
+RESET_INFO = 1  # the info dict of the reset that followed an episode end (SAME_STEP)
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str, str]:
+    """(qualified type name, message, formatted traceback) of an exception, all picklable."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return name, str(exc), "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+
+
+class ShardError(Exception):
+    """An env of this shard raised; carries what the parent needs to raise an EnvError."""
+
+    def __init__(self, env_index: int, command: str, exc: BaseException):
+        self.env_index = env_index
+        self.command = command
+        self.exc_type, self.message, self.remote_traceback = describe_exception(exc)
+        super().__init__(f"env {env_index}: {self.exc_type}: {self.message}")
+
+    def payload(self) -> tuple[int, str, str, str, str]:
+        return (self.env_index, self.command, self.exc_type, self.message, self.remote_traceback)
+
+
+def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:
+    """True when ``wrapper_class`` appears in ``env``'s wrapper chain (as SB3's env_util.is_wrapped)."""
+    current = env
+    while isinstance(current, gym.Wrapper):
+        if isinstance(current, wrapper_class):
+            return True
+        current = current.env
+    return False
+
+
+class Shard:
+    """Envs ``[start, start + len(envs))`` of a pool."""
+
+    def __init__(self, envs: list[gym.Env], start: int, views: Views, autoreset_mode: int):
+        self.envs = envs
+        self.start = start
+        self.stop = start + len(envs)
+        self.views = views
+        self.autoreset_mode = autoreset_mode
+        self.leaves = views.layout.obs_leaves
+        self.single_leaf = len(self.leaves) == 1 and self.leaves[0].path == ()
+        self.space = None  # filled by the owner for error messages
+        slots = views.layout.ring_slots
+        self.obs_slots = [[ring[s] for s in range(slots)] for ring in views.obs]
+        self.reward_slots = [views.rewards[s] for s in range(slots)]
+        self.terminated_slots = [views.terminated[s].view(np.uint8) for s in range(slots)]
+        self.truncated_slots = [views.truncated[s].view(np.uint8) for s in range(slots)]
+        self.actions = views.actions[self.start : self.stop]
+        self.needs_reset = [False] * len(envs)
+        self.steps = 0
+
+    # -- hot path -----------------------------------------------------------------
+    def step(self, slot: int) -> list | None:
+        """Step every env with its action from the shared buffer; write results into ``slot``.
+
+        Returns the extras ``[(env_index, kind, info), ...]`` or None. Raises ShardError.
+        """
+        # a private copy: an env may keep a reference to its action
+        actions = self.actions.copy()
+        obs_list: list = []
+        rewards: list = []
+        terminated: list = []
+        truncated: list = []
+        extras: list | None = None
+        start = self.start
+        j = 0
+        command = "step"
+        try:
+            if self.autoreset_mode == SAME_STEP:
+                for j, env in enumerate(self.envs):
+                    obs, reward, term, trunc, info = env.step(actions[j])
+                    if term or trunc:
+                        # copy the final observation out before reset overwrites it
+                        self._write_terminal(j, obs)
+                        command = "reset (autoreset after step)"
+                        obs, reset_info = env.reset()
+                        command = "step"
+                        if reset_info:
+                            extras = extras or []
+                            extras.append((start + j, RESET_INFO, reset_info))
+                    if info:
+                        extras = extras or []
+                        extras.append((start + j, INFO, info))
+                    obs_list.append(obs)
+                    rewards.append(reward)
+                    terminated.append(term)
+                    truncated.append(trunc)
+            else:
+                needs_reset = self.needs_reset
+                for j, env in enumerate(self.envs):
+                    if needs_reset[j]:
+                        command = "reset (autoreset)"
+                        obs, info = env.reset()
+                        command = "step"
+                        reward, term, trunc = 0.0, False, False
+                        needs_reset[j] = False
+                    else:
+                        obs, reward, term, trunc, info = env.step(actions[j])
+                        if term or trunc:
+                            needs_reset[j] = True
+                    if info:
+                        extras = extras or []
+                        extras.append((start + j, INFO, info))
+                    obs_list.append(obs)
+                    rewards.append(reward)
+                    terminated.append(term)
+                    truncated.append(trunc)
+        except Exception as exc:
+            raise ShardError(start + j, command, exc) from exc
+        self._write_obs(obs_list, slot, "step")
+        try:
+            kernels.store_floats(rewards, self.reward_slots[slot], start)
+        except (TypeError, ValueError) as exc:
+            bad = next(k for k, r in enumerate(rewards) if not _is_real(r))
+            raise ShardError(start + bad, "step", TypeError(f"reward must be a number, got {rewards[bad]!r}")) from exc
+        kernels.store_bools(terminated, self.terminated_slots[slot], start)
+        kernels.store_bools(truncated, self.truncated_slots[slot], start)
+        self.steps += len(self.envs)
+        return extras
+
+    def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
+        """Reset the envs (all, or those in the shared reset mask) with the shared seeds.
+
+        ``options[j]`` is passed to env j (omitted when falsy, as SB3 does, unless
+        ``pass_options_always``, as gymnasium does).
+        """
+        views = self.views
+        seeds = views.reset_seeds[self.start : self.stop].tolist()
+        seed_mask = views.seed_mask[self.start : self.stop].tolist()
+        reset_mask = views.reset_mask[self.start : self.stop].tolist() if masked else None
+        extras: list | None = None
+        obs_list = []
+        rows = []
+        j = 0
+        try:
+            for j, env in enumerate(self.envs):
+                if reset_mask is not None and not reset_mask[j]:
+                    continue
+                kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
+                opt = options[j] if options is not None else None
+                if opt or pass_options_always:
+                    kwargs["options"] = opt
+                obs, info = env.reset(**kwargs)
+                self.needs_reset[j] = False
+                if info:
+                    extras = extras or []
+                    extras.append((self.start + j, RESET_INFO, info))
+                obs_list.append(obs)
+                rows.append(j)
+        except Exception as exc:
+            raise ShardError(self.start + j, "reset", exc) from exc
+        if reset_mask is None:
+            self._write_obs(obs_list, slot, "reset")
+            self.reward_slots[slot][self.start : self.stop] = 0.0
+            self.terminated_slots[slot][self.start : self.stop] = 0
+            self.truncated_slots[slot][self.start : self.stop] = 0
+        else:
+            for obs, j in zip(obs_list, rows):
+                self._write_one(obs, slot, j, "reset")
+                self.reward_slots[slot][self.start + j] = 0.0
+                self.terminated_slots[slot][self.start + j] = 0
+                self.truncated_slots[slot][self.start + j] = 0
+        return extras
+
+    # -- writing observations ----------------------------------------------------------
+    def _write_obs(self, obs_list: list, slot: int, command: str) -> None:
+        start = self.start
+        if self.single_leaf:
+            bad = kernels.gather_rows(obs_list, self.obs_slots[0][slot], start)
+            if bad >= 0:
+                self._bad_obs(bad, obs_list[bad], self.leaves[0], command)
+            return
+        for li, leaf in enumerate(self.leaves):
+            try:
+                parts = [split(o, leaf) for o in obs_list]
+            except (KeyError, IndexError, TypeError) as exc:
+                bad = _first_failing(obs_list, leaf)
+                raise ShardError(
+                    start + bad, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
+                ) from exc
+            bad = kernels.gather_rows(parts, self.obs_slots[li][slot], start)
+            if bad >= 0:
+                self._bad_obs(bad, parts[bad], leaf, command)
+
+    def _write_one(self, obs: Any, slot: int, j: int, command: str) -> None:
+        for li, leaf in enumerate(self.leaves):
+            part = split(obs, leaf)
+            if kernels.gather_rows([part], self.obs_slots[li][slot], self.start + j) >= 0:
+                self._bad_obs(0, part, leaf, command, env_offset=j)
+
+    def _write_terminal(self, j: int, obs: Any) -> None:
+        for li, leaf in enumerate(self.leaves):
+            part = split(obs, leaf)
+            if kernels.gather_rows([part], self.views.terminal_obs[li], self.start + j) >= 0:
+                self._bad_obs(0, part, leaf, "step", env_offset=j)
+
+    def _bad_obs(self, j: int, value: Any, leaf: Any, command: str, env_offset: int | None = None) -> None:
+        got = np.asarray(value)
+        where = "" if leaf.path == () else f" part {leaf.name!r}"
+        j = j if env_offset is None else env_offset
+        raise ShardError(
+            self.start + j,
+            command,
+            ValueError(
+                f"observation{where} has shape {got.shape} (dtype {got.dtype}), "
+                f"expected shape {leaf.shape} (dtype {leaf.dtype}) from the observation space"
+            ),
+        )
+
+    # -- rare commands ---------------------------------------------------------------
+    def control(self, request: str, indices: list[int], args: tuple) -> list:
+        """Run a rare command on the envs at the given global ``indices`` (all in this shard)."""
+        results = []
+        i = self.start
+        try:
+            for k, i in enumerate(indices):
+                env = self.envs[i - self.start]
+                if request == "set_attr":
+                    name, values, use_wrapper_setter = args
+                    if use_wrapper_setter:
+                        env.set_wrapper_attr(name, values[k])
+                    else:
+                        setattr(env, name, values[k])
+                    results.append(None)
+                else:
+                    results.append(_CONTROL[request](env, *args))
+        except Exception as exc:
+            raise ShardError(i, request, exc) from exc
+        return results
+
+    def close(self) -> None:
+        first: ShardError | None = None
+        for j, env in enumerate(self.envs):
+            try:
+                env.close()
+            except Exception as exc:  # close every env even if one fails
+                first = first or ShardError(self.start + j, "close", exc)
+        if first is not None:
+            raise first
+
+
+def _get_attr(env: gym.Env, name: str) -> Any:
+    return env.get_wrapper_attr(name)
+
+
+def _has_attr(env: gym.Env, name: str) -> bool:
+    try:
+        env.get_wrapper_attr(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _env_method(env: gym.Env, name: str, args: tuple, kwargs: dict) -> Any:
+    return env.get_wrapper_attr(name)(*args, **kwargs)
+
+
+def _call(env: gym.Env, name: str, args: tuple, kwargs: dict) -> Any:
+    function = env.get_wrapper_attr(name)
+    return function(*args, **kwargs) if callable(function) else function
+
+
+_CONTROL: dict[str, Callable[..., Any]] = {
+    "get_attr": _get_attr,
+    "has_attr": _has_attr,
+    "env_method": _env_method,
+    "call": _call,
+    "is_wrapped": is_wrapped,
+    "render": lambda env: env.render(),
+    "get_spaces": lambda env: (env.observation_space, env.action_space),
+}
+
+
+def _is_real(x: Any) -> bool:
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _first_failing(obs_list: list, leaf: Any) -> int:
+    for k, o in enumerate(obs_list):
+        try:
+            split(o, leaf)
+        except (KeyError, IndexError, TypeError):
+            return k
+    return 0

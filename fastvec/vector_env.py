@@ -1,0 +1,176 @@
+"""fastvec.VectorEnv: the shared-memory pool behind gymnasium 1.x's VectorEnv API."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from fastvec.pool import Pool
+from fastvec.shard import INFO, NEXT_STEP, RESET_INFO, SAME_STEP
+from fastvec.spaces import assemble
+
+__all__ = ["VectorEnv"]
+
+
+class VectorEnv(gym.vector.VectorEnv):
+    """gymnasium ``VectorEnv`` whose envs step in fastvec workers.
+
+    ``step`` returns ``(obs, rewards, terminations, truncations, infos)`` with infos
+    batched as gymnasium does (``info[key]`` arrays with ``info["_key"]`` masks).
+    Autoreset modes NEXT_STEP (default, as gymnasium) and SAME_STEP (``final_obs`` and
+    ``final_info`` in infos). ``reset(options={"reset_mask": mask})`` resets some envs.
+    Other arguments as fastvec.SubprocVecEnv.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        *,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        copy: bool = True,
+        num_workers: int | None = None,
+        start_method: str | None = None,
+        ring_slots: int = 2,
+        step_in_parent: bool | None = None,
+        spin_ns: int | None = None,
+        step_timeout: float | None = None,
+        daemon: bool = False,
+    ):
+        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        if mode == AutoresetMode.DISABLED:
+            raise ValueError("fastvec.VectorEnv supports autoreset_mode NEXT_STEP and SAME_STEP, not DISABLED")
+        if not copy and ring_slots < 2:
+            raise ValueError(f"copy=False needs ring_slots >= 2, got {ring_slots}")
+        self.autoreset_mode = mode
+        self.copy = copy
+        self.pool = Pool(
+            env_fns,
+            num_workers=num_workers,
+            start_method=start_method,
+            ring_slots=ring_slots,
+            step_in_parent=step_in_parent,
+            autoreset_mode=NEXT_STEP if mode == AutoresetMode.NEXT_STEP else SAME_STEP,
+            spin_ns=spin_ns,
+            step_timeout=step_timeout,
+            daemon=daemon,
+        )
+        try:
+            self.num_envs = self.pool.num_envs
+            self.single_observation_space = self.pool.observation_space
+            self.single_action_space = self.pool.action_space
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+            self.action_space = batch_space(self.single_action_space, self.num_envs)
+            self.metadata = dict(self.pool.control("get_attr", [0], ("metadata",))[0])
+            self.metadata["autoreset_mode"] = mode
+            self.render_mode = self.pool.control("get_attr", [0], ("render_mode",))[0]
+        except BaseException:
+            self.pool.close()
+            raise
+        self._single_leaf = len(self.pool.obs_leaves) == 1 and self.pool.obs_leaves[0].path == ()
+
+    def _obs(self, slot: int) -> Any:
+        views = self.pool.views
+        if self._single_leaf:
+            return views.obs[0][slot].copy() if self.copy else views.obs[0][slot]
+        return assemble(
+            self.single_observation_space, [r[slot].copy() if self.copy else r[slot] for r in views.obs]
+        )
+
+    def _terminal_obs(self, i: int) -> Any:
+        views = self.pool.views
+        if self._single_leaf:
+            return views.terminal_obs[0][i].copy()
+        return assemble(self.single_observation_space, [b[i].copy() for b in views.terminal_obs])
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        n = self.num_envs
+        if seed is None:
+            seeds: list = [None] * n
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"If seeds are passed as a list the length must match num_envs={n} but got length={len(seeds)}.")
+        mask = None
+        if options is not None and "reset_mask" in options:
+            options = dict(options)
+            mask = options.pop("reset_mask")
+            if not isinstance(mask, np.ndarray):
+                raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
+            if mask.shape != (n,):
+                raise ValueError(f"`options['reset_mask']` must have shape `({n},)`, got {mask.shape}")
+            if mask.dtype != np.bool_:
+                raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+            if not mask.any():
+                raise ValueError(f"`options['reset_mask']` must contain at least one True value, got {mask}")
+        slot, extras = self.pool.reset(
+            seeds, None if options is None else [options] * n, mask=mask, pass_options_always=True
+        )
+        infos: dict[str, Any] = {}
+        for i, _kind, info in extras or ():
+            infos = self._add_info(infos, info, i)
+        return self._obs(slot), infos
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.pool.step_async(actions)
+        slot, extras = self.pool.step_wait()
+        views = self.pool.views
+        terminations = views.terminated[slot].copy()
+        truncations = views.truncated[slot].copy()
+        rewards = views.rewards[slot].astype(np.float64)
+        infos: dict[str, Any] = {}
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            for i, _kind, info in extras or ():
+                infos = self._add_info(infos, info, i)
+        else:
+            step_infos: dict[int, dict] = {}
+            reset_infos: dict[int, dict] = {}
+            for i, kind, info in extras or ():
+                (step_infos if kind == INFO else reset_infos)[i] = info
+            done = np.logical_or(terminations, truncations)
+            for i in range(self.num_envs):
+                if done[i]:
+                    infos = self._add_info(
+                        infos, {"final_obs": self._terminal_obs(i), "final_info": step_infos.get(i, {})}, i
+                    )
+                    infos = self._add_info(infos, reset_infos.get(i, {}), i)
+                elif i in step_infos:
+                    infos = self._add_info(infos, step_infos[i], i)
+        return self._obs(slot), rewards, terminations, truncations, infos
+
+    def render(self) -> tuple[Any, ...] | None:
+        return tuple(self.pool.control("render", list(range(self.num_envs))))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return tuple(self.pool.control("call", list(range(self.num_envs)), (name, args, kwargs)))
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        return tuple(self.pool.control("get_attr", list(range(self.num_envs)), (name,)))
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(
+                "Values must be a list or tuple with length equal to the number of environments. "
+                f"Got `{len(values)}` values for {self.num_envs} environments."
+            )
+        self.pool.control("set_attr", list(range(self.num_envs)), (name, True), values=list(values))
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if hasattr(self, "pool"):
+            self.pool.close()
+
+    def __del__(self) -> None:
+        try:
+            if hasattr(self, "pool"):
+                self.pool.close()
+        except Exception:
+            pass

@@ -1,0 +1,204 @@
+"""The worker process: make its envs, map the shared block, then loop on commands.
+
+Protocol (per worker, see fastvec.layout.Control): the parent writes the command
+words and bumps CMD_SEQ; the worker runs the command on its shard, sets STATUS and
+HAS_MESSAGE, and sets DONE_SEQ = CMD_SEQ. Step and reset move no bytes through the
+pipe unless an env returned a non-empty info dict or raised; rare commands
+(env_method, get_attr, render, ...) carry a pickled request and reply on the pipe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["STEP", "RESET", "CONTROL", "CLOSE", "HAS_OPTIONS", "MASKED", "OPTIONS_ALWAYS", "worker_main"]
+
+# command codes
+STEP = 1
+RESET = 2
+CONTROL = 3
+CLOSE = 4
+# reset flags in Control.ARG
+HAS_OPTIONS = 1
+MASKED = 2
+OPTIONS_ALWAYS = 4
+
+POLL_NS = 100_000_000  # how often an idle worker checks that its parent lives
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when the process (thread) that started it dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_main(
+    conn: Any,
+    worker_index: int,
+    parent_pid: int,
+    env_fns: Any,
+    start: int,
+    autoreset_mode: int,
+    spin_ns: int,
+    close_fds: list[int],
+    death_signal: bool,
+) -> None:
+    """Entry point of a worker process (also importable for custom launchers)."""
+    # Ctrl-C goes to the whole process group: the parent handles it and closes us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if death_signal:
+        _set_parent_death_signal()
+    if not _alive(parent_pid):
+        return
+    for fd in close_fds:  # pipe ends of siblings inherited through fork
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    from fastvec import kernels, shm
+    from fastvec.layout import Control, Views
+    from fastvec.shard import Shard, ShardError
+
+    if isinstance(env_fns, bytes):
+        import cloudpickle
+
+        env_fns = cloudpickle.loads(env_fns)
+    envs = []
+    try:
+        for j, fn in enumerate(env_fns):
+            try:
+                envs.append(fn())
+            except Exception as exc:
+                raise ShardError(start + j, "make (env constructor)", exc) from exc
+        conn.send(("ready", [(env.observation_space, env.action_space) for env in envs]))
+    except ShardError as err:
+        conn.send(("error", err.payload()))
+        _close_quietly(envs)
+        return
+    except Exception as exc:  # spaces that cannot be pickled, a broken pipe...
+        conn.send(("error", ShardError(start, "make (reporting spaces)", exc).payload()))
+        _close_quietly(envs)
+        return
+
+    message = conn.recv()
+    if message[0] != "attach":
+        _close_quietly(envs)
+        return
+    _, name, layout = message
+    segment = shm.attach(name)
+    views = Views(layout, segment.buf)
+    views.check_header()
+    shard = Shard(envs, start, views, autoreset_mode)
+    conn.send(("attached",))
+
+    control = views.control
+    base = views.control_base(worker_index)
+    seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
+    stats = views.worker_stats[worker_index]
+    expected = 1
+    wait_all, publish = kernels.wait_all, kernels.publish
+    try:
+        while True:
+            if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
+                if not _alive(parent_pid):
+                    break
+                continue
+            began = time.perf_counter_ns()
+            command = int(control[base + Control.CMD])
+            slot = int(control[base + Control.SLOT])
+            arg = int(control[base + Control.ARG])
+            reply: tuple | None = None
+            status = 0
+            try:
+                if command == STEP:
+                    extras = shard.step(slot)
+                    if extras:
+                        reply = ("extras", extras)
+                elif command == RESET:
+                    options = conn.recv() if arg & HAS_OPTIONS else None
+                    extras = shard.reset(slot, options, bool(arg & MASKED), bool(arg & OPTIONS_ALWAYS))
+                    if extras:
+                        reply = ("extras", extras)
+                elif command == CONTROL:
+                    request, indices, args = conn.recv()
+                    result = shard.control(request, indices, args) if indices else []
+                    _send_result(conn, ("ok", result), indices, request, start)
+                elif command == CLOSE:
+                    try:
+                        shard.close()
+                        conn.send(("ok", None))
+                    except ShardError as err:
+                        conn.send(("error", err.payload()))
+                    control[base + Control.STATUS] = 0
+                    control[base + Control.HAS_MESSAGE] = 0
+                    publish(control, base + Control.DONE_SEQ, expected)
+                    break
+            except ShardError as err:
+                status = 1
+                reply = ("error", err.payload())
+                if command == CONTROL:
+                    conn.send(reply)
+                    reply = None
+            control[base + Control.STATUS] = status
+            control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
+            stats[0] += 1
+            stats[1] = shard.steps
+            stats[2] += time.perf_counter_ns() - began
+            publish(control, base + Control.DONE_SEQ, expected)
+            # after DONE: the parent reads it once it sees HAS_MESSAGE, so large
+            # messages cannot dead-lock on a full pipe
+            if reply is not None:
+                _send_result(conn, reply, [], "step", start)
+            expected = (expected + 1) & 0xFFFFFFFF
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent went away
+    finally:
+        del shard, control, stats
+        views.release()
+        try:
+            segment.close()
+        except BufferError:
+            pass
+
+
+def _send_result(conn: Any, message: tuple, indices: list, request: str, start: int) -> None:
+    """Send a reply; a result that cannot be pickled becomes an error naming the env."""
+    try:
+        conn.send(message)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        from fastvec.shard import ShardError
+
+        env = indices[0] if indices else start
+        conn.send(("error", ShardError(env, f"{request} (sending the result)", exc).payload()))
+
+
+def _close_quietly(envs: list) -> None:
+    for env in envs:
+        try:
+            env.close()
+        except Exception:
+            pass

@@ -1,0 +1,1 @@
+"""PPO trainer on fastvec's shared-memory buffers (``python -m ppo.train``)."""

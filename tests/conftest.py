@@ -1,0 +1,77 @@
+"""Shared fixtures: every test must leave no process, /dev/shm segment or fd behind."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import psutil
+import pytest
+
+from fastvec import shm
+
+
+def _fds() -> set[int]:
+    try:
+        return {int(fd) for fd in os.listdir("/proc/self/fd")}
+    except FileNotFoundError:  # pragma: no cover
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """After each test: no new fastvec /dev/shm segment, child process or file descriptor."""
+    gc.collect()
+    shm_before = set(shm.list_segments())
+    fds_before = _fds()
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    yield
+    gc.collect()
+    deadline = time.monotonic() + 5.0
+    while True:
+        children = [
+            p for p in me.children(recursive=True) if p.pid not in children_before and _is_ours(p)
+        ]
+        new_shm = set(shm.list_segments()) - shm_before
+        if (not children and not new_shm) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not new_shm, f"shared-memory segments left behind: {sorted(new_shm)}"
+    assert not children, f"child processes left behind: {[(p.pid, p.name()) for p in children]}"
+    leaked = {fd for fd in _fds() - fds_before if _is_leak(fd)}
+    assert not leaked, f"file descriptors left open: {sorted(leaked)} -> {[_describe(fd) for fd in leaked]}"
+
+
+def _is_ours(p: psutil.Process) -> bool:
+    """Worker processes, not the long-lived forkserver / resource tracker helpers."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    return "forkserver" not in cmd and "resource_tracker" not in cmd
+
+
+def _describe(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def _is_leak(fd: int) -> bool:
+    # libraries may open files lazily; pipes, sockets and shared memory are what a pool opens
+    return _describe(fd).startswith(("pipe:", "socket:", "/dev/shm/"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _helpers_running():
+    """Start multiprocessing's long-lived helpers (resource tracker, forkserver) once, so
+    their pipes are not mistaken for leaks of the first test that needs them."""
+    import multiprocessing.forkserver as forkserver
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    forkserver.ensure_running()
+    yield

@@ -1,0 +1,137 @@
+"""Small real gymnasium envs used by the tests (importable by spawned workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class ImageEnv(gym.Env):
+    """84x84x4 uint8 frames (an Atari-sized observation) driven by a seeded RNG."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, episode_length: int = 37, render_mode: str | None = None):
+        self.observation_space = spaces.Box(0, 255, (84, 84, 4), np.uint8)
+        self.action_space = spaces.Discrete(4)
+        self.episode_length = episode_length
+        self.render_mode = render_mode
+        self.t = 0
+
+    def _frame(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, size=(84, 84, 4), dtype=np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._frame(), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = float(action) + float(self.np_random.random())
+        terminated = bool(self.np_random.random() < 0.02)
+        truncated = self.t >= self.episode_length
+        return self._frame(), reward, terminated, truncated, {}
+
+    def render(self):
+        return np.full((8, 8, 3), self.t % 256, dtype=np.uint8)
+
+
+class DictEnv(gym.Env):
+    """Dict observation (a Box, a Discrete and a MultiBinary) with a continuous action;
+    returns non-empty infos on some steps and in reset, to exercise the info path."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {
+                "position": spaces.Box(-10.0, 10.0, (3,), np.float32),
+                "mode": spaces.Discrete(5),
+                "flags": spaces.MultiBinary(4),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.t = 0
+
+    def _obs(self):
+        return {
+            "position": self.np_random.uniform(-1, 1, 3).astype(np.float32),
+            "mode": int(self.np_random.integers(5)),
+            "flags": self.np_random.integers(0, 2, 4).astype(np.int8),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        info = {"start": int(self.np_random.integers(100))}
+        if options:
+            info["options"] = dict(options)
+        return self._obs(), info
+
+    def step(self, action):
+        self.t += 1
+        reward = float(np.sum(action)) + float(self.np_random.normal())
+        terminated = bool(self.np_random.random() < 0.05)
+        truncated = self.t >= 25
+        info = {"t": self.t} if self.t % 3 == 0 else {}
+        return self._obs(), reward, terminated, truncated, info
+
+
+class FailingEnv(gym.Env):
+    """Raises in the method named by ``fail_in`` (or never)."""
+
+    def __init__(self, fail_in: str | None = None, after: int = 0):
+        if fail_in == "init":
+            raise RuntimeError("boom in __init__")
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.fail_in = fail_in
+        self.after = after
+        self.steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.fail_in == "reset":
+            raise ValueError("boom in reset")
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.fail_in == "step" and self.steps > self.after:
+            raise ZeroDivisionError("boom in step")
+        if self.fail_in == "hang" and self.steps > self.after:
+            time.sleep(3600)
+        if self.fail_in == "bad_obs":
+            return np.zeros(3, np.float32), 0.0, False, False, {}
+        if self.fail_in == "die" and self.steps > self.after:
+            os._exit(7)
+        return np.full(2, 0.5, np.float32), 1.0, False, False, {}
+
+    def explode(self):
+        raise KeyError("boom in env_method")
+
+    def pid(self):
+        return os.getpid()
+
+    def close(self):
+        if self.fail_in == "close":
+            raise OSError("boom in close")
+
+
+def make_cartpole():
+    return gym.make("CartPole-v1")
+
+
+def make_pendulum():
+    return gym.make("Pendulum-v1")
+
+
+def make_image():
+    return ImageEnv()
+
+
+def make_dict():
+    return DictEnv()

@@ -200,7 +200,7 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start):
     return -1
 
 
-def store_floats(list items, float[::1] dst, Py_ssize_t start):
+def store_floats(list items, double[::1] dst, Py_ssize_t start):
     """``dst[start + j] = float(items[j])`` for every j."""
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t j
@@ -209,7 +209,7 @@ def store_floats(list items, float[::1] dst, Py_ssize_t start):
         raise IndexError("store_floats destination too small")
     for j in range(n):
         value = items[j]
-        dst[start + j] = <float> value
+        dst[start + j] = value
 
 
 def store_bools(list items, uint8_t[::1] dst, Py_ssize_t start):

@@ -9,7 +9,7 @@ worker's writes never share a line with another worker's.
 
 Block:
     header | control lines [num_workers + 1] | env->worker map | actions
-    | obs ring per leaf [S, N, *shape] | reward ring [S, N] f32
+    | obs ring per leaf [S, N, *shape] | reward ring [S, N] f64
     | terminated ring [S, N] u8 | truncated ring [S, N] u8
     | terminal obs per leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
     | reset mask [N] u8 | per-worker stats [W, 8] f64
@@ -108,7 +108,7 @@ def plan_layout(
     for i, leaf in enumerate(obs_leaves):
         specs.append((f"obs{i}", (s, n, *leaf.shape), leaf.dtype))
     specs += [
-        ("rewards", (s, n), np.dtype(np.float32)),
+        ("rewards", (s, n), np.dtype(np.float64)),
         ("terminated", (s, n), np.dtype(np.bool_)),
         ("truncated", (s, n), np.dtype(np.bool_)),
     ]

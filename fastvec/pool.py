@@ -49,6 +49,7 @@ __all__ = ["Pool", "default_num_workers", "split_envs"]
 
 _MASK = 0xFFFFFFFF
 DEFAULT_SPIN_NS = 50_000
+PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 
 
 def default_num_workers() -> int:
@@ -538,13 +539,14 @@ class Pool:
 
     def _close_gracefully(self, timeout: float) -> tuple | None:
         saved_timeout = self.step_timeout
-        self.step_timeout = min(saved_timeout or timeout, timeout)
         try:
-            if self._pending == "step":  # finish it: close() during a pending step is allowed
+            if self._pending == "step":  # finish it, briefly: close() during a pending step is allowed
+                self.step_timeout = min(timeout, PENDING_STEP_GRACE_S)
                 try:
                     self.step_wait()
                 except EnvError:
                     pass
+            self.step_timeout = min(saved_timeout or timeout, timeout)
             if self._pending is not None:  # interrupted reset/control: state unknown, terminate
                 raise ClosedError("interrupted command")
             self._issue(CLOSE, self.slot, 0)

@@ -139,7 +139,12 @@ class ActionChecker:
             low = np.broadcast_to(np.asarray(space.low, dtype=np.float64), space.shape).reshape(-1).copy()
             high = np.broadcast_to(np.asarray(space.high, dtype=np.float64), space.shape).reshape(-1).copy()
         self.low, self.high = low, high
-        self.check_kind = "int" if self.discrete else ("float" if self.dtype.kind == "f" else "other")
+        if self.dtype == np.int64:
+            self.check_kind = "int"
+        elif self.dtype in (np.float32, np.float64):
+            self.check_kind = "float"
+        else:
+            self.check_kind = "other"
 
     def write(self, actions: Any, out: np.ndarray) -> None:
         """Check ``actions`` and copy them into ``out`` (the shared buffer, shape ``[num_envs, *space.shape]``)."""
@@ -176,11 +181,12 @@ class ActionChecker:
         if bad >= 0:
             env, pos = divmod(int(bad), self.per_env)
             value = np.asarray(a).reshape(self.num_envs, -1)[env, pos]
-            where = "" if self.per_env == 1 else f" (element {np.unravel_index(pos, self.space.shape)})"
+            element = tuple(int(x) for x in np.unravel_index(pos, self.space.shape))
+            where = "" if self.per_env == 1 else f" (element {element})"
             what = "NaN" if isinstance(value, (float, np.floating)) and np.isnan(value) else repr(value.item())
             raise ValueError(
                 f"action for env {env} is {what}{where}, outside {self.space} "
-                f"(allowed {self.low[pos]!r}..{self.high[pos]!r})"
+                f"(allowed {self.low[pos].item()!r}..{self.high[pos].item()!r})"
             )
 
 

@@ -137,7 +137,7 @@ class SubprocVecEnv(_VecEnvBase):
         terminated = views.terminated[slot]
         truncated = views.truncated[slot]
         dones = terminated | truncated
-        rewards = views.rewards[slot].copy() if self.copy else views.rewards[slot]
+        rewards = views.rewards[slot].astype(np.float32)  # float32, as SB3's DummyVecEnv
         obs = self._obs(slot)
         if extras is None and not dones.any():
             return obs, rewards, dones, [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]

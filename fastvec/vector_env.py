@@ -124,7 +124,7 @@ class VectorEnv(gym.vector.VectorEnv):
         views = self.pool.views
         terminations = views.terminated[slot].copy()
         truncations = views.truncated[slot].copy()
-        rewards = views.rewards[slot].astype(np.float64)
+        rewards = views.rewards[slot].copy()
         infos: dict[str, Any] = {}
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             for i, _kind, info in extras or ():
@@ -167,6 +167,12 @@ class VectorEnv(gym.vector.VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         if hasattr(self, "pool"):
             self.pool.close()
+
+    def __enter__(self) -> "VectorEnv":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __del__(self) -> None:
         try:

@@ -20,7 +20,7 @@ def _fds() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks(request):
     """After each test: no new fastvec /dev/shm segment, child process or file descriptor."""
     gc.collect()
     shm_before = set(shm.list_segments())
@@ -40,6 +40,8 @@ def no_leaks():
         time.sleep(0.05)
     assert not new_shm, f"shared-memory segments left behind: {sorted(new_shm)}"
     assert not children, f"child processes left behind: {[(p.pid, p.name()) for p in children]}"
+    if getattr(request.node, "reference_may_leak_fds", False):
+        return  # SB3's SubprocVecEnv never closes its Process objects' sentinel pipes
     leaked = {fd for fd in _fds() - fds_before if _is_leak(fd)}
     assert not leaked, f"file descriptors left open: {sorted(leaked)} -> {[_describe(fd) for fd in leaked]}"
 

@@ -1,0 +1,225 @@
+"""SB3's VecEnv contract, one test run against fastvec and SB3's own implementations."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.wrappers import TimeLimit
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv as SB3SubprocVecEnv
+
+import fastvec
+from fastvec import SubprocVecEnv
+from fastvec.errors import AlreadyPendingCallError, ClosedError, NoAsyncCallError
+from tests import envs
+
+IMPLEMENTATIONS = {
+    "fastvec": lambda fns: SubprocVecEnv(fns, start_method="fork", num_workers=2),
+    "fastvec-no-parent": lambda fns: SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False),
+    "sb3-dummy": DummyVecEnv,
+    "sb3-subproc": lambda fns: SB3SubprocVecEnv(fns, start_method="fork"),
+}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def make_venv(request):
+    made = []
+    request.node.reference_may_leak_fds = request.param == "sb3-subproc"
+
+    def make(fns):
+        venv = IMPLEMENTATIONS[request.param](fns)
+        made.append(venv)
+        return venv
+
+    yield make
+    for venv in made:
+        venv.close()
+
+
+def test_is_an_sb3_vec_env(make_venv) -> None:
+    venv = make_venv([envs.make_cartpole] * 3)
+    assert isinstance(venv, VecEnv)
+    assert venv.num_envs == 3
+    assert venv.observation_space == gym.make("CartPole-v1").observation_space
+
+
+def test_attributes_and_methods_with_indices(make_venv) -> None:
+    venv = make_venv([envs.make_cartpole] * 4)
+    assert venv.get_attr("spec")[0].id == "CartPole-v1"
+    venv.set_attr("custom_value", 5, indices=[1, 3])
+    assert venv.get_attr("custom_value", indices=[1, 3]) == [5, 5]
+    venv.set_attr("custom_value", 9, indices=2)
+    assert venv.get_attr("custom_value", indices=2) == [9]
+    assert venv.has_attr("gravity") and not venv.has_attr("no_such_attribute")
+    venv.reset()
+    states = venv.env_method("get_wrapper_attr", "state", indices=[0, 2])
+    assert len(states) == 2 and all(np.asarray(s).shape == (4,) for s in states)
+    assert venv.env_is_wrapped(TimeLimit) == [True] * 4
+    assert venv.env_is_wrapped(gym.wrappers.RecordEpisodeStatistics, indices=[1]) == [False]
+
+
+@pytest.mark.parametrize("impl", ["fastvec", "fastvec-no-parent", "sb3-dummy"])  # SB3's worker dies here
+def test_missing_attribute_raises_attribute_error(impl: str) -> None:
+    venv = IMPLEMENTATIONS[impl]([envs.make_cartpole] * 2)
+    try:
+        with pytest.raises(AttributeError):
+            venv.get_attr("custom_value", indices=[1])
+        assert venv.get_attr("spec", indices=[1])[0].id == "CartPole-v1"  # still usable
+    finally:
+        venv.close()
+
+
+def test_seed_and_options_apply_once(make_venv) -> None:
+    venv = make_venv([envs.make_dict] * 3)
+    assert list(venv.seed(10)) == [10, 11, 12]
+    venv.set_options({"level": 2})
+    first = venv.reset()
+    assert [info.get("options") for info in venv.reset_infos] == [{"level": 2}] * 3
+    venv.seed(10)
+    again = venv.reset()
+    np.testing.assert_array_equal(first["position"], again["position"])
+    assert [info.get("options") for info in venv.reset_infos] == [None] * 3  # options were used once
+    different = venv.reset()  # no seed: a new episode
+    assert not np.array_equal(first["position"], different["position"])
+
+
+def test_step_async_wait_and_episode_end(make_venv) -> None:
+    venv = make_venv([envs.make_cartpole] * 2)
+    venv.seed(0)
+    venv.reset()
+    seen_done = False
+    for _ in range(200):
+        venv.step_async(np.array([1, 1]))
+        obs, rewards, dones, infos = venv.step_wait()
+        assert obs.shape == (2, 4) and rewards.shape == (2,) and dones.dtype == np.bool_
+        for i in np.flatnonzero(dones):
+            seen_done = True
+            assert infos[i]["TimeLimit.truncated"] is False
+            assert infos[i]["terminal_observation"].shape == (4,)
+        if seen_done:
+            break
+    assert seen_done
+
+
+def test_truncation_is_reported(make_venv) -> None:
+    venv = make_venv([lambda: envs.ImageEnv(episode_length=3)] * 2)
+    venv.seed(1)
+    venv.reset()
+    truncated = []
+    for _ in range(6):
+        _, _, dones, infos = venv.step(np.zeros(2, dtype=np.int64))
+        truncated += [info["TimeLimit.truncated"] for info, d in zip(infos, dones) if d]
+    assert True in truncated
+
+
+def test_render_and_images(make_venv) -> None:
+    venv = make_venv([lambda: envs.ImageEnv(render_mode="rgb_array")] * 3)
+    assert venv.render_mode == "rgb_array"
+    venv.reset()
+    images = venv.get_images()
+    assert len(images) == 3 and images[0].shape == (8, 8, 3)
+    tiled = venv.render(mode="rgb_array")
+    assert tiled.ndim == 3 and tiled.shape[2] == 3
+
+
+def test_close_is_idempotent(make_venv) -> None:
+    venv = make_venv([envs.make_cartpole] * 2)
+    venv.reset()
+    venv.close()
+    venv.close()
+
+
+def test_easy_rl_tutorial_usage() -> None:
+    """The easy-rl PPO tutorial's loop: envs.reset(), envs.step(actions) -> obs, reward, done, info."""
+    envs_ = SubprocVecEnv([envs.make_cartpole for _ in range(8)], start_method="fork")
+    try:
+        state = envs_.reset()
+        for _ in range(50):
+            action = np.random.randint(0, 2, size=8)
+            next_state, reward, done, _info = envs_.step(action)
+            assert next_state.shape == state.shape
+            state = next_state
+    finally:
+        envs_.close()
+
+
+def test_context_manager_and_misuse() -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork") as venv:
+        venv.reset()
+        with pytest.raises(NoAsyncCallError):
+            venv.step_wait()
+        venv.step_async(np.array([0, 1]))
+        with pytest.raises(AlreadyPendingCallError):
+            venv.step_async(np.array([0, 1]))
+        venv.step_wait()
+    with pytest.raises(ClosedError, match="closed"):
+        venv.step(np.array([0, 1]))
+    with pytest.raises(ClosedError):
+        venv.reset()
+
+
+def test_close_during_pending_step() -> None:
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork")
+    venv.reset()
+    venv.step_async(np.array([0, 1, 0, 1]))
+    venv.close()
+    assert venv.pool.closed
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_start_methods(start_method: str) -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 3, start_method=start_method, num_workers=2) as venv:
+        venv.seed(3)
+        obs = venv.reset()
+        reference = DummyVecEnv([envs.make_cartpole] * 3)
+        reference.seed(3)
+        np.testing.assert_array_equal(obs, reference.reset())
+        for _ in range(30):
+            actions = np.array([0, 1, 1])
+            np.testing.assert_array_equal(venv.step(actions)[0], reference.step(actions)[0])
+        pids = venv.env_method("get_wrapper_attr", "np_random")  # picklable round trip
+        assert len(pids) == 3
+
+
+def test_copy_false_views_stay_valid_for_ring_minus_one_steps() -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", copy=False, ring_slots=4) as venv:
+        views = [venv.reset()]
+        copies = [views[0].copy()]
+        for _ in range(3):
+            obs = venv.step(np.array([0, 1]))[0]
+            views.append(obs)
+            copies.append(obs.copy())
+        # the latest ring_slots views are all intact, and they are views of shared memory
+        for view, copy in zip(views, copies):
+            np.testing.assert_array_equal(view, copy)
+        assert not views[-1].flags.owndata
+        venv.step(np.array([0, 1]))
+        assert not np.array_equal(views[0], copies[0]) or np.array_equal(views[0], views[-1])
+    with pytest.raises(ValueError, match="ring_slots"):
+        SubprocVecEnv([envs.make_cartpole], copy=False, ring_slots=1)
+
+
+def test_sb3_wrappers_and_ppo_accept_fastvec() -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor, VecNormalize
+
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork")
+    try:
+        wrapped = VecNormalize(VecFrameStack(VecMonitor(venv), n_stack=2))
+        obs = wrapped.reset()
+        assert obs.shape == (4, 8)
+        for _ in range(20):
+            obs, rewards, dones, infos = wrapped.step(np.array([0, 1, 0, 1]))
+        model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+        model.learn(total_timesteps=256)
+        assert model.num_timesteps >= 256
+    finally:
+        venv.close()
+
+
+def test_kernels_selected() -> None:
+    import os
+
+    expected = "python" if os.environ.get("FASTVEC_PURE_PYTHON") == "1" else "cython"
+    assert fastvec.KERNELS == expected

@@ -1,0 +1,250 @@
+"""Failure behaviour: clear errors naming the env, no hangs, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from functools import partial
+
+import numpy as np
+import psutil
+import pytest
+
+from fastvec import SubprocVecEnv, shm
+from fastvec.errors import ClosedError, EnvError, StepTimeoutError, WorkerDiedError
+from tests import envs
+
+
+def _fns(n: int, bad_index: int, fail_in: str, after: int = 0) -> list:
+    return [partial(envs.FailingEnv, fail_in if i == bad_index else None, after) for i in range(n)]
+
+
+@pytest.mark.parametrize("bad_index", [0, 3])  # 0 is stepped in the parent, 3 in a worker
+def test_constructor_error_names_env(bad_index: int) -> None:
+    with pytest.raises(EnvError) as info:
+        SubprocVecEnv(_fns(4, bad_index, "init"), start_method="fork", num_workers=2)
+    err = info.value
+    assert err.env_index == bad_index and "make" in err.command
+    assert "boom in __init__" in str(err) and "Traceback" in err.remote_traceback
+    assert f"env {bad_index}" in str(err)
+
+
+@pytest.mark.parametrize("bad_index", [1, 3])
+def test_reset_error_is_a_value_error_too(bad_index: int) -> None:
+    venv = SubprocVecEnv(_fns(4, bad_index, "reset"), start_method="fork", num_workers=2)
+    try:
+        with pytest.raises(ValueError, match="boom in reset") as info:
+            venv.reset()
+        assert isinstance(info.value, EnvError)
+        assert info.value.env_index == bad_index and info.value.command == "reset"
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("bad_index", [0, 2])
+def test_step_error_then_clean_close(bad_index: int) -> None:
+    venv = SubprocVecEnv(_fns(3, bad_index, "step", after=2), start_method="fork", num_workers=2)
+    venv.reset()
+    venv.step(np.zeros(3, dtype=np.int64))
+    venv.step(np.zeros(3, dtype=np.int64))
+    with pytest.raises(EnvError, match=f"env {bad_index} raised ZeroDivisionError during 'step'") as info:
+        venv.step(np.zeros(3, dtype=np.int64))
+    assert "boom in step" in info.value.remote_traceback
+    assert isinstance(info.value, ZeroDivisionError)
+    venv.close()
+
+
+def test_env_method_error_names_env_and_pool_survives() -> None:
+    with SubprocVecEnv(_fns(4, -1, None), start_method="fork", num_workers=2) as venv:
+        with pytest.raises(EnvError) as info:
+            venv.env_method("explode", indices=[2])
+        assert info.value.env_index == 2 and info.value.command == "env_method"
+        assert isinstance(info.value, KeyError)
+        pids = venv.env_method("pid")
+        assert pids[0] == os.getpid() and pids[3] != os.getpid()  # env 0 lives in the parent
+        venv.reset()
+        venv.step(np.zeros(4, dtype=np.int64))
+
+
+def test_close_error_is_reported_after_cleanup() -> None:
+    venv = SubprocVecEnv(_fns(3, 2, "close"), start_method="fork", num_workers=2)
+    with pytest.raises(EnvError, match="env 2 raised OSError during 'close'"):
+        venv.close()
+    venv.close()  # idempotent even after an error
+
+
+def test_wrong_observation_shape_names_env() -> None:
+    with SubprocVecEnv(_fns(3, 1, "bad_obs"), start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match=r"env 1 .*observation has shape \(3,\).*expected shape \(2,\)"):
+            venv.step(np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    "actions, message",
+    [
+        (np.zeros(3, dtype=np.int64), r"expected actions .* shape \(4,\)"),
+        (np.zeros((4, 2), dtype=np.int64), r"shape \(4,\)"),
+        (np.zeros(4, dtype=np.float32), "must be integers"),
+        (np.array([0, 1, 2, 0]), r"action for env 2 is 2, outside Discrete\(2\)"),
+        (np.array([0, -1, 0, 0]), r"action for env 1 is -1"),
+        (np.array(["a", "b", "c", "d"]), "must be integers"),
+    ],
+)
+def test_bad_discrete_actions(actions, message) -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(ValueError, match=message):
+            venv.step(actions)
+        venv.step(np.array([0, 1, 0, 1]))  # nothing was sent: the pool is fine
+
+
+def test_bad_box_actions() -> None:
+    with SubprocVecEnv([envs.make_pendulum] * 3, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(ValueError, match="action for env 1 is NaN"):
+            venv.step(np.array([[0.0], [np.nan], [0.0]], dtype=np.float32))
+        with pytest.raises(ValueError, match=r"action for env 2 is 3.5.*outside Box"):
+            venv.step(np.array([[0.0], [0.0], [3.5]]))
+        with pytest.raises(ValueError, match="must be numbers"):
+            venv.step(np.array([[None], [None], [None]], dtype=object))
+        venv.step(np.zeros((3, 1)))
+
+
+def test_worker_killed_while_idle_is_reported_quickly() -> None:
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    try:
+        venv.reset()
+        (pid,) = venv.pool.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        began = time.monotonic()
+        with pytest.raises(WorkerDiedError, match=r"worker 1 \(envs 2..3\) died .*SIGKILL") as info:
+            venv.step(np.array([0, 1, 0, 1]))
+        assert time.monotonic() - began < 1.5
+        assert info.value.exitcode == -signal.SIGKILL
+        with pytest.raises(ClosedError, match="worker 1 died"):
+            venv.step(np.array([0, 1, 0, 1]))
+    finally:
+        venv.close()
+
+
+def test_worker_killed_during_step() -> None:
+    fns = _fns(2, 1, "hang", after=0)
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    try:
+        venv.reset()
+        venv.step_async(np.array([0, 0]))
+        (pid,) = venv.pool.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        began = time.monotonic()
+        with pytest.raises(WorkerDiedError):
+            venv.step_wait()
+        assert time.monotonic() - began < 1.5
+    finally:
+        venv.close()
+
+
+def test_worker_exiting_by_itself() -> None:
+    with SubprocVecEnv(_fns(2, 1, "die"), start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(WorkerDiedError, match="exit code 7"):
+            venv.step(np.array([0, 0]))
+
+
+def test_step_timeout_and_bounded_close() -> None:
+    venv = SubprocVecEnv(_fns(2, 1, "hang"), start_method="fork", num_workers=2, step_timeout=0.5)
+    venv.reset()
+    with pytest.raises(StepTimeoutError, match=r"'step' did not finish within 0.5 s in worker 1 \(envs 1..1\)"):
+        venv.step(np.array([0, 0]))
+    began = time.monotonic()
+    venv.close()
+    assert time.monotonic() - began < 5
+
+
+def test_keyboard_interrupt_during_step_wait_then_close() -> None:
+    venv = SubprocVecEnv(_fns(2, 1, "hang"), start_method="fork", num_workers=2)
+    venv.reset()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            venv.step(np.array([0, 0]))
+    finally:
+        timer.join()
+    began = time.monotonic()
+    venv.close()
+    assert time.monotonic() - began < 5
+
+
+def test_unpicklable_factory_under_spawn_says_how_to_fix() -> None:
+    lock = threading.Lock()  # cannot be pickled
+
+    def factory():
+        assert lock is not None
+        return envs.make_cartpole()
+
+    with pytest.raises(TypeError, match="env factory 1 cannot be pickled.*start_method='fork'"):
+        SubprocVecEnv([factory, factory], start_method="spawn", num_workers=2)
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one env"):
+        SubprocVecEnv([])
+    with pytest.raises(TypeError, match=r"env_fns\[1\] must be a callable"):
+        SubprocVecEnv([envs.make_cartpole, "CartPole-v1"])
+    with pytest.raises(ValueError, match="num_workers"):
+        SubprocVecEnv([envs.make_cartpole], num_workers=0)
+    with pytest.raises(ValueError, match="start_method"):
+        SubprocVecEnv([envs.make_cartpole], start_method="threads")
+
+
+def test_space_mismatch_names_env() -> None:
+    with pytest.raises(ValueError, match="env 2 has observation space"):
+        SubprocVecEnv([envs.make_cartpole, envs.make_cartpole, envs.make_pendulum], start_method="fork")
+
+
+PARENT_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from fastvec import SubprocVecEnv
+    from tests import envs
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method=sys.argv[1], num_workers=3)
+    venv.reset()
+    venv.step(np.zeros(4, dtype=np.int64))
+    print(" ".join(map(str, venv.pool.worker_pids)), flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_parent_killed_leaves_nothing(start_method: str) -> None:
+    before = set(shm.list_segments())
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, start_method],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 3
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.05)
+        assert not alive, f"workers {alive} outlived their parent"
+        assert set(shm.list_segments()) - before == set()
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdin.close()
+        parent.stdout.close()

@@ -1,0 +1,155 @@
+"""The compiled kernels and their pure-Python twin, checked against numpy and each other."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fastvec import _kernels_py
+
+try:
+    from fastvec import _kernels as _compiled
+except ImportError:  # pragma: no cover - unbuilt checkout
+    _compiled = None
+
+IMPLS = [pytest.param(_kernels_py, id="python")]
+IMPLS.append(
+    pytest.param(_compiled, id="cython", marks=pytest.mark.skipif(_compiled is None, reason="extension not built"))
+)
+
+DTYPES = [np.float32, np.float64, np.uint8, np.int64, np.int8, np.bool_]
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    row_shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+    rows=st.integers(1, 6),
+    data=st.data(),
+)
+def test_gather_rows_matches_numpy(k, dtype, row_shape, rows, data) -> None:
+    dst = np.zeros((rows + 2, *row_shape), dtype=dtype)
+    start = data.draw(st.integers(0, 2))
+    items = [data.draw(hnp.arrays(dtype, row_shape)) for _ in range(rows)]
+    # some items arrive as another dtype or non-contiguous: they must be cast like numpy casts
+    if rows > 1 and np.dtype(dtype).kind == "f":
+        items[0] = items[0].astype(np.float64)
+    elif rows > 1 and np.dtype(dtype).kind in "iu":
+        items[0] = items[0].astype(np.int16 if dtype != np.uint8 else np.uint16)
+    if len(row_shape) >= 2:
+        items[-1] = np.asfortranarray(items[-1])
+    expected = dst.copy()
+    expected[start : start + rows] = np.stack([np.asarray(x, dtype=dtype) for x in items])
+    assert k.gather_rows(items, dst, start) == -1
+    np.testing.assert_array_equal(dst, expected)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_gather_rows_reports_first_bad_shape(k) -> None:
+    dst = np.zeros((4, 3), dtype=np.float32)
+    assert k.gather_rows([np.ones(3), np.ones(2), np.ones(3)], dst, 0) == 1
+    assert k.gather_rows([1.0, 2.0], np.zeros((2,), np.float32), 0) == -1  # scalars into 0-d rows
+    with pytest.raises(IndexError):
+        k.gather_rows([np.ones(3)] * 3, dst, 2)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@given(values=st.lists(st.one_of(st.floats(width=32, allow_nan=False), st.integers(-1000, 1000), st.booleans()), max_size=20))
+def test_store_floats_and_bools(k, values) -> None:
+    dst = np.zeros(len(values) + 1, dtype=np.float64)
+    k.store_floats(values, dst, 1)
+    np.testing.assert_array_equal(dst[1:], np.asarray([float(v) for v in values], dtype=np.float64))
+    flags = np.zeros(len(values) + 1, dtype=np.uint8)
+    k.store_bools(values, flags, 1)
+    np.testing.assert_array_equal(flags[1:], np.asarray([bool(v) for v in values], dtype=np.uint8))
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@given(
+    per_env=st.integers(1, 4),
+    envs=st.integers(1, 8),
+    data=st.data(),
+)
+def test_range_checks_match_numpy(k, per_env, envs, data) -> None:
+    low = np.array(data.draw(st.lists(st.integers(-5, 0), min_size=per_env, max_size=per_env)), dtype=np.int64)
+    high = low + np.array(data.draw(st.lists(st.integers(0, 5), min_size=per_env, max_size=per_env)), dtype=np.int64)
+    values = data.draw(hnp.arrays(np.int64, envs * per_env, elements=st.integers(-7, 7)))
+    bad = np.flatnonzero((values.reshape(-1, per_env) < low) | (values.reshape(-1, per_env) > high))
+    assert k.first_outside_int(values, low, high) == (int(bad[0]) if bad.size else -1)
+    for dtype in (np.float32, np.float64):
+        fvalues = data.draw(hnp.arrays(dtype, envs * per_env, elements=st.floats(-7, 7, width=32)))
+        if data.draw(st.booleans()):
+            fvalues[data.draw(st.integers(0, fvalues.size - 1))] = np.nan
+        flow, fhigh = low.astype(np.float64), high.astype(np.float64)
+        v = fvalues.reshape(-1, per_env)
+        fbad = np.flatnonzero(~((v >= flow) & (v <= fhigh)))
+        assert k.first_outside_float(fvalues, flow, fhigh) == (int(fbad[0]) if fbad.size else -1)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_wait_returns_at_once_when_done_and_times_out_otherwise(k) -> None:
+    words = np.zeros(64, dtype=np.uint32)
+    words[0] = 5
+    words[16] = 5
+    index = np.array([0, 16], dtype=np.intp)
+    assert k.wait_all(words, index, 5, 0, 1_000_000) == -1
+    words[16] = 4
+    began = time.monotonic()
+    assert k.wait_all(words, index, 5, 10_000, 50_000_000) == 1  # the second word is pending
+    assert 0.04 < time.monotonic() - began < 1.0
+    assert words[17] == 0, "the waiting flag is cleared on return"
+    k.publish(words, 16, 5)
+    assert k.load(words, 16) == 5
+    k.store(words, 16, 2**32 - 1)
+    assert k.wait_all(words, index[1:], 2**32 - 1, 0, 0) == -1
+
+
+def _publisher(impl_name: str, name: str, rounds: int) -> None:
+    from multiprocessing import shared_memory
+
+    from fastvec import _kernels_py
+
+    k = _kernels_py
+    if impl_name == "cython":
+        from fastvec import _kernels as k
+    block = shared_memory.SharedMemory(name=name)
+    words = np.ndarray((64,), dtype=np.uint32, buffer=block.buf)
+    index = np.array([0], dtype=np.intp)
+    for r in range(1, rounds + 1):  # ping-pong: wait for the parent's r, answer with r
+        assert k.wait_all(words, index, r, 0, 5_000_000_000) == -1
+        k.publish(words, 16, r)
+    del words
+    block.close()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("spin_ns", [0, 20_000])
+def test_cross_process_ping_pong_through_futex(k, spin_ns) -> None:
+    """Two processes hand a sequence number back and forth 2,000 times: no lost wake-up."""
+    from multiprocessing import shared_memory
+
+    rounds = 2000
+    block = shared_memory.SharedMemory(create=True, size=256)
+    try:
+        words = np.ndarray((64,), dtype=np.uint32, buffer=block.buf)
+        words[:] = 0
+        child = mp.get_context("fork").Process(target=_publisher, args=(k.IMPLEMENTATION, block.name, rounds))
+        child.start()
+        done = np.array([16], dtype=np.intp)
+        for r in range(1, rounds + 1):
+            k.publish(words, 0, r)
+            assert k.wait_all(words, done, r, spin_ns, 5_000_000_000) == -1, f"round {r} lost"
+        child.join(5)
+        assert child.exitcode == 0
+        child.close()
+        del words
+    finally:
+        block.close()
+        block.unlink()

@@ -1,0 +1,66 @@
+"""The shared block's layout: aligned, disjoint, deterministic, and the right views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from fastvec.layout import CACHE_LINE, CONTROL_WORDS, Views, plan_layout
+from fastvec.spaces import leaves
+
+
+def _plan(obs_space, n=8, w=2, s=3):
+    return plan_layout(leaves(obs_space), (), np.dtype(np.int64), n, w, s)
+
+
+SPACES = [
+    spaces.Box(-1, 1, (4,), np.float32),
+    spaces.Box(0, 255, (84, 84, 4), np.uint8),
+    spaces.Discrete(3),
+    spaces.Dict({"a": spaces.Box(-1, 1, (2, 3), np.float64), "b": spaces.MultiBinary(5)}),
+    spaces.Tuple((spaces.Discrete(2), spaces.MultiDiscrete([3, 4]))),
+]
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: type(s).__name__)
+def test_fields_are_aligned_and_disjoint(space) -> None:
+    layout = _plan(space)
+    fields = sorted(layout.fields.values(), key=lambda f: f.offset)
+    for f in fields:
+        assert f.offset % CACHE_LINE == 0, f.name
+    for a, b in zip(fields, fields[1:]):
+        assert a.offset + a.nbytes <= b.offset, (a.name, b.name)
+    assert fields[-1].offset + fields[-1].nbytes <= layout.size
+    assert layout == _plan(space), "plan_layout is a pure function"
+
+
+def test_ring_shapes_and_control_lines() -> None:
+    layout = _plan(spaces.Box(0, 255, (84, 84, 4), np.uint8), n=5, w=3, s=4)
+    assert layout.fields["obs0"].shape == (4, 5, 84, 84, 4)
+    assert layout.fields["rewards"].shape == (4, 5)
+    assert layout.fields["terminal_obs0"].shape == (5, 84, 84, 4)
+    # each worker's control block spans two whole cache lines
+    assert CONTROL_WORDS * 4 == 2 * CACHE_LINE
+    assert layout.fields["control"].shape == ((3 + 1) * CONTROL_WORDS,)
+
+
+def test_views_cover_the_block_and_check_the_header() -> None:
+    layout = _plan(SPACES[3])
+    buf = bytearray(layout.size)
+    views = Views(layout, memoryview(buf))
+    views.write_header()
+    views.check_header()
+    assert views.obs[0].shape == (3, 8, 2, 3) and views.obs[1].shape == (3, 8, 5)
+    views.obs[1][2, 7] = 1
+    assert views.obs[1].ctypes.data - views.obs[0].ctypes.data == layout.fields["obs1"].offset - layout.fields["obs0"].offset
+    other = _plan(SPACES[3], s=2)
+    with pytest.raises(RuntimeError, match="header"):
+        Views(other, memoryview(buf)).check_header()
+    views.release()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"n": 0}, "num_envs"), ({"w": 9}, "num_workers"), ({"s": 0}, "ring_slots")])
+def test_bad_arguments(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        _plan(SPACES[0], **kwargs)

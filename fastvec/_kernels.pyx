@@ -60,6 +60,7 @@ cdef extern from *:
         return (int)syscall(SYS_futex, p, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     }
     static inline int fv_errno(void) { return errno; }
+    static inline uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
     """
     void fv_cpu_relax() nogil
     uint32_t fv_load(uint32_t *p) nogil
@@ -68,6 +69,7 @@ cdef extern from *:
     int fv_futex_wait(uint32_t *p, uint32_t expected, int64_t timeout_ns) nogil
     int fv_futex_wake(uint32_t *p) nogil
     int fv_errno() nogil
+    uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) nogil
     int EINTR
 
 IMPLEMENTATION = "cython"
@@ -148,6 +150,53 @@ def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
 def publish(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
     """Store ``value`` in ``words[index]`` and wake a sleeper announced in ``words[index + 1]``."""
     publish_word(&words[index], &words[index + 1], value)
+
+
+def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t slot, uint32_t arg,
+          uint32_t seq, Py_ssize_t remaining_index):
+    """Give every worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, set the
+    pool's countdown to the number of workers, then publish CMD_SEQ = seq (word offsets as in
+    fastvec.layout.Control)."""
+    cdef Py_ssize_t k, b
+    cdef uint32_t *base = &words[0]
+    fv_store(base + remaining_index, <uint32_t> bases.shape[0])
+    for k in range(bases.shape[0]):
+        b = bases[k]
+        base[b + 2] = command
+        base[b + 3] = slot
+        base[b + 4] = arg
+        publish_word(base + b, base + b + 1, seq)
+
+
+def finish(uint32_t[::1] words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t remaining_index):
+    """A worker is done: publish its DONE_SEQ, then count down the pool's countdown word; the
+    last worker wakes the parent, so a parent waiting on many workers wakes once, not once each."""
+    cdef uint32_t *base = &words[0]
+    publish_word(base + done_index, base + done_index + 1, seq)
+    if fv_sub_fetch(base + remaining_index, 1) == 0:
+        if fv_load(base + remaining_index + 1) != 0:
+            fv_futex_wake(base + remaining_index)
+
+
+def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index, uint32_t seq,
+                   int64_t spin_ns, int64_t timeout_ns):
+    """Parent: wait until every worker has finished command ``seq`` (the countdown reaches 0).
+
+    Returns -1 when all are done, else the position in ``done_index`` of a worker still pending.
+    """
+    cdef uint32_t *base = &words[0]
+    cdef int64_t start
+    cdef int rc
+    cdef Py_ssize_t k
+    with nogil:
+        start = fv_now_ns()
+        rc = wait_word(base + remaining_index, base + remaining_index + 1, 0, start + spin_ns, start + timeout_ns)
+    if rc == 1:
+        return -1
+    for k in range(done_index.shape[0]):
+        if fv_load(base + done_index[k]) != seq:
+            return k
+    return -1
 
 
 def load(uint32_t[::1] words, Py_ssize_t index):

@@ -110,6 +110,28 @@ def publish(words: np.ndarray, index: int, value: int) -> None:
     _futex_wake(words, index)
 
 
+def issue(words: np.ndarray, bases: np.ndarray, command: int, slot: int, arg: int, seq: int, remaining_index: int) -> None:
+    """Write each worker's command words and publish CMD_SEQ = seq (see _kernels.pyx)."""
+    words[remaining_index] = len(bases)
+    for b in bases.tolist():
+        words[b + 2] = command
+        words[b + 3] = slot
+        words[b + 4] = arg
+        publish(words, b, seq)
+
+
+def finish(words: np.ndarray, done_index: int, seq: int, remaining_index: int) -> None:
+    """Publish DONE_SEQ. Without an atomic decrement in pure Python, the countdown is not used:
+    wait_remaining below waits on every worker's DONE_SEQ instead."""
+    publish(words, done_index, seq)
+
+
+def wait_remaining(
+    words: np.ndarray, remaining_index: int, done_index: np.ndarray, seq: int, spin_ns: int, timeout_ns: int
+) -> int:
+    return wait_all(words, done_index, seq, spin_ns, timeout_ns)
+
+
 def load(words: np.ndarray, index: int) -> int:
     return int(words[index])
 

@@ -26,6 +26,9 @@ else:
 IMPLEMENTATION: str = impl.IMPLEMENTATION
 wait_all = impl.wait_all
 publish = impl.publish
+issue = impl.issue
+finish = impl.finish
+wait_remaining = impl.wait_remaining
 load = impl.load
 store = impl.store
 gather_rows = impl.gather_rows
@@ -38,6 +41,9 @@ __all__ = [
     "IMPLEMENTATION",
     "wait_all",
     "publish",
+    "issue",
+    "finish",
+    "wait_remaining",
     "load",
     "store",
     "gather_rows",

@@ -54,6 +54,9 @@ class Control:
     DONE_WAITING = 17  # 1 while the parent sleeps on DONE_SEQ
     STATUS = 18  # 0 ok, 1 an env raised (details follow on the pipe)
     HAS_MESSAGE = 19  # 1 when a message (infos, error) follows on the pipe
+    # in the pool's own block (index num_workers), written by every worker:
+    REMAINING = 0  # workers that have not finished the current command (atomic countdown)
+    REMAINING_WAITING = 1  # 1 while the parent sleeps on REMAINING
 
 
 @dataclass(frozen=True)

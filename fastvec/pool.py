@@ -261,6 +261,8 @@ class Pool:
         if self.step_in_parent:
             self._local = Shard(self._local_envs, 0, views, self.autoreset_mode)
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
+        self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
+        self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
         self._control = views.control
 
     # -- the step path --------------------------------------------------------------------
@@ -421,15 +423,9 @@ class Pool:
 
     # -- protocol helpers -------------------------------------------------------------------
     def _issue(self, command: int, slot: int, arg: int) -> None:
-        self._seq = seq = (self._seq + 1) & _MASK
-        control = self._control
-        publish = kernels.publish
-        for remote in self._remotes:
-            b = remote.base
-            control[b + Control.CMD] = command
-            control[b + Control.SLOT] = slot
-            control[b + Control.ARG] = arg
-            publish(control, b + Control.CMD_SEQ, seq)
+        self._seq = (self._seq + 1) & _MASK
+        if self._remotes:
+            kernels.issue(self._control, self._bases, command, slot, arg, self._seq, self._remaining_index)
 
     def _finish(self, command: str) -> tuple[list | None, tuple | None]:
         """Wait for every worker, then collect the messages of those that have one."""
@@ -452,7 +448,8 @@ class Pool:
         if not self._remotes:
             return
         control, done_index, seq = self._control, self._done_index, self._seq
-        k = kernels.wait_all(control, done_index, seq, self.spin_ns, POLL_NS)
+        remaining = self._remaining_index
+        k = kernels.wait_remaining(control, remaining, done_index, seq, self.spin_ns, POLL_NS)
         if k == -1:
             return
         began = time.monotonic()
@@ -465,7 +462,7 @@ class Pool:
             if self.step_timeout is not None and time.monotonic() - began > self.step_timeout:
                 self._broken = f"{command!r} timed out in worker {remote.index}"
                 raise StepTimeoutError(remote.index, remote.envs, command, self.step_timeout)
-            k = kernels.wait_all(control, done_index, seq, 0, POLL_NS)
+            k = kernels.wait_remaining(control, remaining, done_index, seq, 0, POLL_NS)
             if k == -1:
                 return
 

@@ -8,6 +8,7 @@ from and writes results into the shared views, and returns the rare extras
 
 from __future__ import annotations
 
+import operator
 import traceback
 from typing import Any, Callable
 
@@ -79,6 +80,7 @@ class Shard:
         self.truncated_slots = [views.truncated[s].view(np.uint8) for s in range(slots)]
         self.actions = views.actions[self.start : self.stop]
         self.needs_reset = [False] * len(envs)
+        self.step_fns = [env.step for env in envs]
         self.steps = 0
 
     # -- hot path -----------------------------------------------------------------
@@ -89,36 +91,41 @@ class Shard:
         """
         # a private copy: an env may keep a reference to its action
         actions = self.actions.copy()
-        obs_list: list = []
-        rewards: list = []
-        terminated: list = []
-        truncated: list = []
-        extras: list | None = None
         start = self.start
-        j = 0
-        command = "step"
-        try:
-            if self.autoreset_mode == SAME_STEP:
-                for j, env in enumerate(self.envs):
-                    obs, reward, term, trunc, info = env.step(actions[j])
-                    if term or trunc:
+        extras: list | None = None
+        if self.autoreset_mode == SAME_STEP:
+            results: list = []
+            append = results.append
+            try:
+                for step, action in zip(self.step_fns, actions):
+                    append(step(action))
+            except Exception as exc:
+                raise ShardError(start + len(results), "step", exc) from exc
+            try:
+                obs_list, rewards, terminated, truncated, infos = map(list, zip(*results))
+            except (TypeError, ValueError) as exc:
+                raise self._bad_step_result(results) from exc
+            if any(terminated) or any(truncated):
+                for j, ended in enumerate(map(operator.or_, terminated, truncated)):
+                    if ended:
                         # copy the final observation out before reset overwrites it
-                        self._write_terminal(j, obs)
-                        command = "reset (autoreset after step)"
-                        obs, reset_info = env.reset()
-                        command = "step"
+                        self._write_terminal(j, obs_list[j])
+                        try:
+                            obs_list[j], reset_info = self.envs[j].reset()
+                        except Exception as exc:
+                            raise ShardError(start + j, "reset (autoreset after step)", exc) from exc
                         if reset_info:
                             extras = extras or []
                             extras.append((start + j, RESET_INFO, reset_info))
-                    if info:
-                        extras = extras or []
-                        extras.append((start + j, INFO, info))
-                    obs_list.append(obs)
-                    rewards.append(reward)
-                    terminated.append(term)
-                    truncated.append(trunc)
-            else:
-                needs_reset = self.needs_reset
+            if any(infos):
+                extras = extras or []
+                extras += [(start + j, INFO, info) for j, info in enumerate(infos) if info]
+        else:
+            obs_list, rewards, terminated, truncated = [], [], [], []
+            needs_reset = self.needs_reset
+            j = 0
+            command = "step"
+            try:
                 for j, env in enumerate(self.envs):
                     if needs_reset[j]:
                         command = "reset (autoreset)"
@@ -137,8 +144,8 @@ class Shard:
                     rewards.append(reward)
                     terminated.append(term)
                     truncated.append(trunc)
-        except Exception as exc:
-            raise ShardError(start + j, command, exc) from exc
+            except Exception as exc:
+                raise ShardError(start + j, command, exc) from exc
         self._write_obs(obs_list, slot, "step")
         try:
             kernels.store_floats(rewards, self.reward_slots[slot], start)
@@ -193,6 +200,20 @@ class Shard:
                 self.terminated_slots[slot][self.start + j] = 0
                 self.truncated_slots[slot][self.start + j] = 0
         return extras
+
+    def _bad_step_result(self, results: list) -> ShardError:
+        for j, result in enumerate(results):
+            if not isinstance(result, tuple) or len(result) != 5:
+                got = f"a {len(result)}-tuple" if isinstance(result, tuple) else type(result).__name__
+                return ShardError(
+                    self.start + j,
+                    "step",
+                    TypeError(
+                        f"env.step() must return (obs, reward, terminated, truncated, info) as gymnasium does, "
+                        f"got {got}; wrap old gym envs with shimmy or gymnasium's compatibility wrappers"
+                    ),
+                )
+        return ShardError(self.start, "step", TypeError("env.step() returned a malformed result"))
 
     # -- writing observations ----------------------------------------------------------
     def _write_obs(self, obs_list: list, slot: int, command: str) -> None:

@@ -118,7 +118,9 @@ def worker_main(
     seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
     stats = views.worker_stats[worker_index]
     expected = 1
-    wait_all, publish = kernels.wait_all, kernels.publish
+    wait_all, finish = kernels.wait_all, kernels.finish
+    done_index = base + Control.DONE_SEQ
+    remaining_index = views.control_base(layout.num_workers) + Control.REMAINING
     try:
         while True:
             if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
@@ -153,7 +155,7 @@ def worker_main(
                         conn.send(("error", err.payload()))
                     control[base + Control.STATUS] = 0
                     control[base + Control.HAS_MESSAGE] = 0
-                    publish(control, base + Control.DONE_SEQ, expected)
+                    finish(control, done_index, expected, remaining_index)
                     break
             except ShardError as err:
                 status = 1
@@ -166,7 +168,7 @@ def worker_main(
             stats[0] += 1
             stats[1] = shard.steps
             stats[2] += time.perf_counter_ns() - began
-            publish(control, base + Control.DONE_SEQ, expected)
+            finish(control, done_index, expected, remaining_index)
             # after DONE: the parent reads it once it sees HAS_MESSAGE, so large
             # messages cannot dead-lock on a full pipe
             if reply is not None:

@@ -248,3 +248,15 @@ def test_parent_killed_leaves_nothing(start_method: str) -> None:
         parent.wait()
         parent.stdin.close()
         parent.stdout.close()
+
+
+class _OldGymEnv(envs.FailingEnv):
+    def step(self, action):  # the pre-gymnasium 4-tuple API
+        return np.zeros(2, np.float32), 0.0, False, {}
+
+
+def test_old_gym_step_api_is_named() -> None:
+    with SubprocVecEnv([envs.FailingEnv, _OldGymEnv], start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match=r"env 1 .*must return \(obs, reward, terminated, truncated, info\).*4-tuple"):
+            venv.step(np.zeros(2, dtype=np.int64))

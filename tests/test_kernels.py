@@ -153,3 +153,18 @@ def test_cross_process_ping_pong_through_futex(k, spin_ns) -> None:
     finally:
         block.close()
         block.unlink()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_issue_finish_and_countdown(k) -> None:
+    """issue() writes every worker's command and arms the countdown; finish() by each worker releases the parent."""
+    words = np.zeros(3 * 32, dtype=np.uint32)
+    bases = np.array([0, 32], dtype=np.intp)
+    remaining, done = 64, np.array([16, 48], dtype=np.intp)
+    k.issue(words, bases, 1, 3, 4, 9, remaining)
+    assert words[[0, 2, 3, 4, 32, 34, 35, 36]].tolist() == [9, 1, 3, 4, 9, 1, 3, 4]
+    assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == 0  # nobody finished: worker 0 pending
+    k.finish(words, 16, 9, remaining)
+    assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == 1
+    k.finish(words, 48, 9, remaining)
+    assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == -1

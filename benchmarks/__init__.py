@@ -1,0 +1,1 @@
+"""Benchmarks: performance studies of fastvec against other vectorizers (not tests)."""

@@ -1,0 +1,84 @@
+"""Environments the benchmarks step: real gymnasium envs plus synthetic ones with a known cost.
+
+Every factory is a module-level function (picklable by reference), so engines
+that start workers with spawn or forkserver can use it.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class ImageEnv(gym.Env):
+    """84x84x4 uint8 observations (an Atari-sized frame stack): tests the cost of big observations.
+
+    The frame is a cheap roll of a fixed noise buffer, so the env itself costs little
+    and the vectorizer's data movement dominates.
+    """
+
+    def __init__(self, episode_length: int = 200):
+        self.observation_space = spaces.Box(0, 255, (84, 84, 4), np.uint8)
+        self.action_space = spaces.Discrete(6)
+        self.episode_length = episode_length
+        self._noise = np.random.default_rng(0).integers(0, 256, size=(84, 84, 4), dtype=np.uint8)
+        self._frame = self._noise.copy()
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._frame, {}
+
+    def step(self, action):
+        self.t += 1
+        self._frame = self._noise if self.t % 2 else self._frame  # no per-step allocation
+        return self._frame, 1.0, False, self.t >= self.episode_length, {}
+
+
+class BusyEnv(gym.Env):
+    """A CPU-bound env: each step burns a fixed amount of CPU (a busy loop, not a sleep)."""
+
+    def __init__(self, step_seconds: float = 1e-3, episode_length: int = 500):
+        self.observation_space = spaces.Box(-1, 1, (8,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.step_seconds = step_seconds
+        self.episode_length = episode_length
+        self.t = 0
+        self._obs = np.zeros(8, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs, {}
+
+    def step(self, action):
+        self.t += 1
+        end = time.thread_time() + self.step_seconds  # CPU time: fixed work however busy the machine
+        while time.thread_time() < end:
+            pass
+        return self._obs, 0.0, False, self.t >= self.episode_length, {}
+
+
+def make(workload: str, index: int = 0) -> gym.Env:
+    """One env of ``workload``; ``index`` lets heterogeneous workloads differ across envs."""
+    if workload in ("CartPole-v1", "Pendulum-v1", "Acrobot-v1"):
+        return gym.make(workload)
+    if workload == "image84":
+        return ImageEnv()
+    if workload == "cpu1ms":
+        return BusyEnv(1e-3)
+    if workload == "hetero":  # step cost from 0.1 ms to 0.8 ms depending on the env
+        return BusyEnv(1e-4 * (1 + index % 8))
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def factories(workload: str, num_envs: int) -> list:
+    return [partial(make, workload, i) for i in range(num_envs)]
+
+
+WORKLOADS = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "image84", "cpu1ms", "hetero"]

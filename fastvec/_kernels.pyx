@@ -34,6 +34,7 @@ cdef extern from *:
     #include <unistd.h>
     #include <sys/syscall.h>
     #include <linux/futex.h>
+    #include <sched.h>
 
     static inline void fv_cpu_relax(void) {
     #if defined(__x86_64__) || defined(__i386__)
@@ -69,6 +70,7 @@ cdef extern from *:
     int fv_futex_wait(uint32_t *p, uint32_t expected, int64_t timeout_ns) nogil
     int fv_futex_wake(uint32_t *p) nogil
     int fv_errno() nogil
+    int sched_yield() nogil
     uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) nogil
     int EINTR
 
@@ -81,17 +83,27 @@ INTERRUPTED = -1
 
 
 cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
-                   int64_t spin_deadline, int64_t deadline) noexcept nogil:
-    """Wait until *seq == target. 1: reached, 0: deadline passed, -1: a signal arrived."""
+                   int64_t spin_deadline, int64_t deadline, bint yield_spin=False) noexcept nogil:
+    """Wait until *seq == target. 1: reached, 0: deadline passed, -1: a signal arrived.
+
+    Until ``spin_deadline`` it polls: with a pause instruction (a core of its own is
+    free, the publisher runs elsewhere) or, with ``yield_spin``, giving the core away
+    with sched_yield (more processes than cores: the publisher may need this core,
+    and a yielding waiter needs no wake-up). Then it sleeps on the futex.
+    """
     cdef uint32_t value
     cdef int64_t now
     cdef int i = 0
     cdef int rc
-    # bounded spin: only worth it while a free core can run the publisher
     while True:
         if fv_load(seq) == target:
             return 1
         i += 1
+        if yield_spin:
+            if fv_now_ns() >= spin_deadline:
+                break
+            sched_yield()
+            continue
         if (i & 63) == 0:
             if fv_now_ns() >= spin_deadline:
                 break
@@ -125,7 +137,8 @@ def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
     """Wait until ``words[i] == target`` for every i in ``seq_index``.
 
     The waiting word of each sequence word is the next word (``i + 1``).
-    Spins for at most ``spin_ns`` in total, then sleeps, for at most ``timeout_ns``.
+    Spins for at most ``spin_ns`` in total (a negative value: yields the core for
+    at most ``-spin_ns``), then sleeps, for at most ``timeout_ns`` in all.
     Returns -1 when all are done, else the position in ``seq_index`` of the first
     word still pending (on timeout or when a signal arrived).
     """
@@ -136,10 +149,10 @@ def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
     cdef int64_t start, spin_deadline, deadline
     with nogil:
         start = fv_now_ns()
-        spin_deadline = start + spin_ns
+        spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
         deadline = start + timeout_ns
         for k in range(n):
-            rc = wait_word(base + seq_index[k], base + seq_index[k] + 1, target, spin_deadline, deadline)
+            rc = wait_word(base + seq_index[k], base + seq_index[k] + 1, target, spin_deadline, deadline, spin_ns < 0)
             if rc != 1:
                 break
     if rc == 1:
@@ -190,7 +203,8 @@ def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[:
     cdef Py_ssize_t k
     with nogil:
         start = fv_now_ns()
-        rc = wait_word(base + remaining_index, base + remaining_index + 1, 0, start + spin_ns, start + timeout_ns)
+        rc = wait_word(base + remaining_index, base + remaining_index + 1, 0,
+                       start + (spin_ns if spin_ns >= 0 else -spin_ns), start + timeout_ns, spin_ns < 0)
     if rc == 1:
         return -1
     for k in range(done_index.shape[0]):

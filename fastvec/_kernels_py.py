@@ -74,12 +74,14 @@ def _futex_wake(words: np.ndarray, index: int) -> None:
         )
 
 
-def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, deadline: int) -> int:
+def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, deadline: int, yield_spin: bool) -> int:
     while True:
         if int(words[index]) == target:
             return DONE
         if time.monotonic_ns() >= spin_deadline:
             break
+        if yield_spin:
+            os.sched_yield()
     while True:
         words[index + 1] = 1
         value = int(words[index])
@@ -96,10 +98,10 @@ def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, d
 def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int, timeout_ns: int) -> int:
     """Wait until ``words[i] == target`` for every i in ``seq_index``; see _kernels.pyx."""
     start = time.monotonic_ns()
-    spin_deadline, deadline = start + spin_ns, start + timeout_ns
+    spin_deadline, deadline = start + abs(spin_ns), start + timeout_ns
     target = int(target) & 0xFFFFFFFF
     for k, index in enumerate(seq_index.tolist()):
-        if _wait_word(words, index, target, spin_deadline, deadline) != DONE:
+        if _wait_word(words, index, target, spin_deadline, deadline, spin_ns < 0) != DONE:
             return k
     return -1
 

@@ -48,7 +48,8 @@ from fastvec.worker import (
 __all__ = ["Pool", "default_num_workers", "split_envs"]
 
 _MASK = 0xFFFFFFFF
-DEFAULT_SPIN_NS = 50_000
+DEFAULT_SPIN_NS = 50_000  # busy-poll this long when every process has a core of its own
+OVERSUBSCRIBED_SPIN_NS = -200_000  # else give the core away (sched_yield) this long, then sleep
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 
 
@@ -105,8 +106,11 @@ class Pool:
             process (default: True when num_workers >= 2). On a machine with few cores
             this keeps the learner's core busy instead of idle.
         autoreset_mode: fastvec.shard.SAME_STEP (SB3) or NEXT_STEP (gymnasium default).
-        spin_ns: how long a waiter spins before sleeping on the futex (default: 50 us
-            when every process has a core of its own, else 0: sleep at once).
+        spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll
+            (default 50 us when every process has a core of its own); negative: poll for
+            ``-spin_ns`` while yielding the core with sched_yield (default -200 us when
+            processes outnumber cores: a pure spin there starves the very process it
+            waits for); 0: sleep at once.
         step_timeout: seconds a command may take before StepTimeoutError (default: none).
         daemon: start workers as daemonic processes (they then cannot start children).
     """
@@ -165,7 +169,7 @@ class Pool:
         self.shard_envs = split_envs(n, num_workers)
         remote_shards = list(range(1 if self.step_in_parent else 0, num_workers))
         if spin_ns is None:
-            spin_ns = DEFAULT_SPIN_NS if len(remote_shards) + 1 <= default_num_workers() else 0
+            spin_ns = DEFAULT_SPIN_NS if len(remote_shards) + 1 <= default_num_workers() else OVERSUBSCRIBED_SPIN_NS
         self.spin_ns = int(spin_ns)
         self._seq = 0
         self.slot = 0

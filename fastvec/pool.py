@@ -113,6 +113,9 @@ class Pool:
             waits for); 0: sleep at once.
         step_timeout: seconds a command may take before StepTimeoutError (default: none).
         daemon: start workers as daemonic processes (they then cannot start children).
+        pin_workers: pin shard w to core w mod cores (the parent, when it steps shard 0,
+            to the first core). Off by default: pinning helps only on an otherwise idle
+            machine; ``python -m fastvec.tune`` measures whether it does.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class Pool:
         spin_ns: int | None = None,
         step_timeout: float | None = None,
         daemon: bool = False,
+        pin_workers: bool = False,
     ):
         self._closed = False
         self._broken: str | None = None
@@ -161,6 +165,7 @@ class Pool:
         self.autoreset_mode = autoreset_mode
         self.step_timeout = step_timeout
         self._daemon = bool(daemon)
+        self.pin_workers = bool(pin_workers)
         if start_method is None:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         if start_method not in mp.get_all_start_methods():
@@ -177,6 +182,8 @@ class Pool:
         _LIVE_POOLS.add(self)
         try:
             self._start(env_fns, remote_shards)
+            if self.pin_workers:
+                self._pin()
         except BaseException:
             self._terminate()
             raise
@@ -511,6 +518,26 @@ class Pool:
     def pending(self) -> str | None:
         return self._pending
 
+    def _pin(self) -> None:
+        """Pin shard w (worker process, or the parent for shard 0) to core w mod cores."""
+        import psutil
+
+        cores = sorted(os.sched_getaffinity(0))
+        if self.step_in_parent:
+            self._parent_affinity = cores  # restored by close()
+            psutil.Process().cpu_affinity([cores[0]])
+        for remote in self._remotes:
+            psutil.Process(remote.process.pid).cpu_affinity([cores[remote.index % len(cores)]])
+
+    def worker_stats(self) -> list[dict]:
+        """Per worker: commands run, env steps and seconds spent busy (read from the shared block)."""
+        stats = self.views.worker_stats
+        return [
+            {"worker": r.index, "pid": r.process.pid, "commands": int(stats[r.index, 0]),
+             "env_steps": int(stats[r.index, 1]), "busy_s": float(stats[r.index, 2]) / 1e9}
+            for r in self._remotes
+        ]
+
     @property
     def worker_pids(self) -> list[int]:
         return [r.process.pid for r in self._remotes]
@@ -603,6 +630,9 @@ class Pool:
             except BufferError:
                 pass  # views handed out with copy=False keep the mapping alive until freed
             self._segment = None
+        if getattr(self, "_parent_affinity", None):
+            os.sched_setaffinity(0, self._parent_affinity)
+            self._parent_affinity = None
         _LIVE_POOLS.discard(self)
 
     def __del__(self) -> None:

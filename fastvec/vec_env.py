@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - exercised in environments without SB3
 
 __all__ = ["SubprocVecEnv", "load_config"]
 
-_CONFIG_KEYS = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_method")
+_CONFIG_KEYS = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_method", "pin_workers")
 
 
 def load_config(config: dict | str | os.PathLike | None) -> dict[str, Any]:
@@ -55,7 +55,7 @@ class SubprocVecEnv(_VecEnvBase):
         ring_slots: ring depth (default 2; at least 2 with copy=False).
         step_in_parent: let this process step its own share of envs (default: True
             when num_workers >= 2). See fastvec.pool.Pool.
-        spin_ns, step_timeout, daemon: see fastvec.pool.Pool.
+        spin_ns, step_timeout, daemon, pin_workers: see fastvec.pool.Pool.
         config: a dict or JSON file from ``python -m fastvec.tune`` with any of
             num_workers, step_in_parent, spin_ns, ring_slots, start_method; explicit
             arguments win.
@@ -74,6 +74,7 @@ class SubprocVecEnv(_VecEnvBase):
         step_timeout: float | None = None,
         daemon: bool = False,
         config: dict | str | os.PathLike | None = None,
+        pin_workers: bool | None = None,
     ):
         settings = load_config(config)
         explicit = {
@@ -82,6 +83,7 @@ class SubprocVecEnv(_VecEnvBase):
             "spin_ns": spin_ns,
             "ring_slots": ring_slots,
             "start_method": start_method,
+            "pin_workers": pin_workers,
         }
         settings.update({k: v for k, v in explicit.items() if v is not None})
         slots = settings.pop("ring_slots", None) or 2

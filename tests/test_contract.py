@@ -223,3 +223,26 @@ def test_kernels_selected() -> None:
 
     expected = "python" if os.environ.get("FASTVEC_PURE_PYTHON") == "1" else "cython"
     assert fastvec.KERNELS == expected
+
+
+def test_pinning_and_worker_stats_and_config_file(tmp_path) -> None:
+    import json
+    import os
+
+    import psutil
+
+    before = os.sched_getaffinity(0)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"config": {"num_workers": 2, "pin_workers": True, "spin_ns": 1000}}))
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config=path) as venv:
+        assert venv.pool.spin_ns == 1000 and venv.pool.pin_workers
+        venv.reset()
+        for _ in range(10):
+            venv.step(np.zeros(4, dtype=np.int64))
+        (stats,) = venv.pool.worker_stats()
+        assert stats["commands"] == 11 and stats["env_steps"] == 20 and stats["busy_s"] > 0
+        (pid,) = venv.pool.worker_pids
+        assert len(psutil.Process(pid).cpu_affinity()) == 1
+    assert os.sched_getaffinity(0) == before, "close() restores the caller's affinity"
+    with pytest.raises(ValueError, match="unknown config keys"):
+        SubprocVecEnv([envs.make_cartpole], config={"workers": 2})

@@ -11,12 +11,14 @@ import multiprocessing as mp
 import os
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from multiprocessing import reduction
+
 import numpy as np
-from gymnasium import spaces
 
 from fastvec import kernels, shm
 from fastvec.errors import (
@@ -31,7 +33,7 @@ from fastvec.errors import (
     env_error,
 )
 from fastvec.layout import Control, Views, plan_layout
-from fastvec.shard import SAME_STEP, Shard, ShardError
+from fastvec.shard import RESTARTED, SAME_STEP, Shard, ShardError
 from fastvec.spaces import ActionChecker, leaves
 from fastvec.worker import (
     CLOSE,
@@ -116,6 +118,10 @@ class Pool:
         pin_workers: pin shard w to core w mod cores (the parent, when it steps shard 0,
             to the first core). Off by default: pinning helps only on an otherwise idle
             machine; ``python -m fastvec.tune`` measures whether it does.
+        on_error: "raise" (default): an env's exception in step or reset is raised as
+            EnvError and a dead worker as WorkerDiedError. "restart": the failing env
+            (or the dead worker's envs) is re-created from its factory, its episode ends
+            as truncated, the others keep going, and the step reports it in its infos.
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class Pool:
         step_timeout: float | None = None,
         daemon: bool = False,
         pin_workers: bool = False,
+        on_error: str = "raise",
     ):
         self._closed = False
         self._broken: str | None = None
@@ -166,6 +173,10 @@ class Pool:
         self.step_timeout = step_timeout
         self._daemon = bool(daemon)
         self.pin_workers = bool(pin_workers)
+        if on_error not in ("raise", "restart"):
+            raise ValueError(f"on_error must be 'raise' or 'restart', got {on_error!r}")
+        self.on_error = on_error
+        self.worker_restarts = 0
         if start_method is None:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         if start_method not in mp.get_all_start_methods():
@@ -190,35 +201,9 @@ class Pool:
 
     # -- start-up -----------------------------------------------------------------------
     def _start(self, env_fns: list, remote_shards: list[int]) -> None:
-        ctx = mp.get_context(self.start_method)
-        death_signal = threading.current_thread() is threading.main_thread()
-        inherited: list[int] = []
+        self._env_fns = env_fns
         for w in remote_shards:
-            envs = self.shard_envs[w]
-            fns = env_fns[envs.start : envs.stop]
-            if self.start_method != "fork":
-                fns = _pickle_factories(fns, envs.start, self.start_method)
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            process = ctx.Process(
-                target=worker_main,
-                args=(
-                    child_conn,
-                    w,
-                    os.getpid(),
-                    fns,
-                    envs.start,
-                    self.autoreset_mode,
-                    self.spin_ns,
-                    inherited + [parent_conn.fileno()] if self.start_method == "fork" else [],
-                    death_signal,
-                ),
-                daemon=self._daemon,
-                name=f"fastvec-worker-{w}",
-            )
-            process.start()
-            child_conn.close()
-            inherited.append(parent_conn.fileno())
-            self._remotes.append(_Remote(w, envs, process, parent_conn))
+            self._remotes.append(self._spawn(w))
 
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
             envs = self.shard_envs[0]
@@ -257,24 +242,102 @@ class Pool:
             self.ring_slots,
         )
         self._segment = shm.create(self.layout.size)
+        # drop the name at once: workers get the file descriptor instead, so nothing can
+        # be left in /dev/shm whatever happens to any process from here on
+        shm.unlink(self._segment)
         self.views = views = Views(self.layout, self._segment.buf)
         views.write_header()
         for w, envs in enumerate(self.shard_envs):
             views.env_worker[envs.start : envs.stop] = w
         for remote in self._remotes:
             remote.base = views.control_base(remote.index)
-            remote.conn.send(("attach", self._segment.name, self.layout))
+            self._send_attach(remote, first_seq=1, restart=None)
         for remote in self._remotes:
             self._recv(remote, "attach")
-        # every worker has mapped the block: drop its name, so that nothing can be
-        # left in /dev/shm whatever happens to the processes from here on
-        shm.unlink(self._segment)
         if self.step_in_parent:
-            self._local = Shard(self._local_envs, 0, views, self.autoreset_mode)
+            self._local = Shard(
+                self._local_envs,
+                0,
+                views,
+                self.autoreset_mode,
+                env_fns=env_fns[: self.shard_envs[0].stop],
+                restart_on_error=self.on_error == "restart",
+            )
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
         self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
         self._control = views.control
+
+    def _spawn(self, w: int) -> _Remote:
+        """Start the worker process of shard ``w`` (it makes its envs and reports their spaces)."""
+        ctx = mp.get_context(self.start_method)
+        envs = self.shard_envs[w]
+        fns = self._env_fns[envs.start : envs.stop]
+        if self.start_method != "fork":
+            fns = _pickle_factories(fns, envs.start, self.start_method)
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
+        inherited = [r.conn.fileno() for r in self._remotes if r.index != w] + [parent_conn.fileno()]
+        process = ctx.Process(
+            target=worker_main,
+            args=(
+                child_conn,
+                w,
+                os.getpid(),
+                fns,
+                envs.start,
+                self.autoreset_mode,
+                self.spin_ns,
+                inherited if self.start_method == "fork" else [],
+                threading.current_thread() is threading.main_thread(),
+                self.on_error == "restart",
+            ),
+            daemon=self._daemon,
+            name=f"fastvec-worker-{w}",
+        )
+        process.start()
+        child_conn.close()
+        return _Remote(w, envs, process, parent_conn)
+
+    def _respawn(self, position: int, command: str, slot: int, truncate: bool) -> None:
+        """on_error="restart": replace the dead worker at ``self._remotes[position]``.
+
+        The new worker makes fresh envs; their old episodes end (truncated) and new ones
+        start in ``slot``. The dead worker's share of the current command counts as done.
+        """
+        dead = self._remotes[position]
+        exitcode = dead.process.exitcode
+        dead.conn.close()
+        dead.process.join(1.0)
+        try:
+            dead.process.close()
+        except ValueError:
+            pass
+        remote = self._spawn(dead.index)
+        remote.base = dead.base
+        self._remotes[position] = remote
+        kind, payload = self._recv(remote, "make (worker restart)")
+        if kind == "error":
+            raise env_error(*payload)
+        for k, (obs_space, act_space) in enumerate(payload):
+            if obs_space != self.observation_space or act_space != self.action_space:
+                raise SpaceMismatchError(f"re-created env {remote.envs.start + k} has other spaces than env 0")
+        self._send_attach(remote, first_seq=(self._seq + 1) & _MASK, restart=(slot, truncate))
+        reply = self._recv(remote, "attach (worker restart)")
+        if reply[0] == "error":
+            raise env_error(*reply[1])
+        kernels.finish(self._control, remote.base + Control.DONE_SEQ, self._seq, self._remaining_index)
+        self.worker_restarts += 1
+        warnings.warn(
+            f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) died during {command!r} "
+            f"with exit code {exitcode}; restarted it with fresh envs (on_error='restart')",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _send_attach(self, remote: _Remote, first_seq: int, restart: tuple | None) -> None:
+        remote.conn.send(("attach", self.layout, first_seq, restart))
+        reduction.send_handle(remote.conn, self._segment._fd, remote.process.pid)  # type: ignore[union-attr]
 
     # -- the step path --------------------------------------------------------------------
     def step_async(self, actions: Any) -> None:
@@ -308,7 +371,7 @@ class Pool:
                 self._local_extras = self._local.step(self._next_slot)
             except ShardError as err:
                 self._local_error = err.payload()
-        remote_extras, remote_error = self._finish("step")
+        remote_extras, remote_error = self._finish("step", self._next_slot, truncate=True)
         extras, error = self._local_extras, _first(self._local_error, remote_error)
         self._local_extras = self._local_error = None
         self._pending = None
@@ -370,7 +433,7 @@ class Pool:
                 extras = local.reset(slot, local_options, mask is not None, pass_options_always)
             except ShardError as err:
                 first_error = err.payload()
-        remote_extras, remote_error = self._finish("reset")
+        remote_extras, remote_error = self._finish("reset", slot, truncate=False)
         self._pending = None
         if remote_extras:
             extras = (extras or []) + remote_extras
@@ -438,15 +501,20 @@ class Pool:
         if self._remotes:
             kernels.issue(self._control, self._bases, command, slot, arg, self._seq, self._remaining_index)
 
-    def _finish(self, command: str) -> tuple[list | None, tuple | None]:
+    def _finish(self, command: str, slot: int | None = None, truncate: bool = True) -> tuple[list | None, tuple | None]:
         """Wait for every worker, then collect the messages of those that have one."""
         if not self._remotes:
             return None, None
-        self._wait_done(command)
+        respawned = self._wait_done(command, slot, truncate)
         extras = None
         error = None
         control = self._control
-        for remote in self._remotes:
+        for position, remote in enumerate(self._remotes):
+            if position in respawned:
+                extras = (extras or []) + [
+                    (i, RESTARTED, {"error": "worker process died", "command": command}) for i in remote.envs
+                ]
+                continue
             if control[remote.base + Control.HAS_MESSAGE]:
                 kind, payload = self._recv(remote, command)
                 if kind == "error":
@@ -455,27 +523,34 @@ class Pool:
                     extras = (extras or []) + payload
         return extras, error
 
-    def _wait_done(self, command: str) -> None:
+    def _wait_done(self, command: str, slot: int | None = None, truncate: bool = True) -> set[int]:
+        """Wait until every worker finished the current command; return the positions of
+        workers that died and were respawned (on_error="restart", step and reset only)."""
+        respawned: set[int] = set()
         if not self._remotes:
-            return
+            return respawned
         control, done_index, seq = self._control, self._done_index, self._seq
         remaining = self._remaining_index
         k = kernels.wait_remaining(control, remaining, done_index, seq, self.spin_ns, POLL_NS)
         if k == -1:
-            return
+            return respawned
         began = time.monotonic()
         while True:
             remote = self._remotes[k]
             exitcode = remote.process.exitcode
             if exitcode is not None:
-                self._broken = f"worker {remote.index} died"
-                raise WorkerDiedError(remote.index, remote.envs, exitcode, command)
-            if self.step_timeout is not None and time.monotonic() - began > self.step_timeout:
+                if self.on_error == "restart" and slot is not None and k not in respawned:
+                    self._respawn(k, command, slot, truncate)
+                    respawned.add(k)
+                else:
+                    self._broken = f"worker {remote.index} died"
+                    raise WorkerDiedError(remote.index, remote.envs, exitcode, command)
+            elif self.step_timeout is not None and time.monotonic() - began > self.step_timeout:
                 self._broken = f"{command!r} timed out in worker {remote.index}"
                 raise StepTimeoutError(remote.index, remote.envs, command, self.step_timeout)
             k = kernels.wait_remaining(control, remaining, done_index, seq, 0, POLL_NS)
             if k == -1:
-                return
+                return respawned
 
     def _recv(self, remote: _Remote, command: str, timeout: float | None = None) -> Any:
         """Receive one message from ``remote``, noticing its death instead of hanging."""
@@ -528,6 +603,11 @@ class Pool:
             psutil.Process().cpu_affinity([cores[0]])
         for remote in self._remotes:
             psutil.Process(remote.process.pid).cpu_affinity([cores[remote.index % len(cores)]])
+
+    def shard_restarts(self) -> int:
+        """How many envs were re-created after raising (on_error="restart"), over all shards."""
+        local = self._local.restarts if self._local is not None else 0
+        return local + int(sum(self.views.worker_stats[r.index, 3] for r in self._remotes))
 
     def worker_stats(self) -> list[dict]:
         """Per worker: commands run, env steps and seconds spent busy (read from the shared block)."""

@@ -19,7 +19,7 @@ from fastvec import kernels
 from fastvec.layout import Views
 from fastvec.spaces import split
 
-__all__ = ["SAME_STEP", "NEXT_STEP", "INFO", "RESET_INFO", "ShardError", "Shard", "describe_exception"]
+__all__ = ["SAME_STEP", "NEXT_STEP", "INFO", "RESET_INFO", "RESTARTED", "ShardError", "Shard", "describe_exception"]
 
 # Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium
 # SAME_STEP); NEXT_STEP resets in the following step, ignoring its action (gymnasium default).
@@ -29,6 +29,7 @@ NEXT_STEP = 1
 # kinds of extras a step may return
 INFO = 0  # the info dict env.step (or the autoreset's env.reset) returned
 RESET_INFO = 1  # the info dict of the reset that followed an episode end (SAME_STEP)
+RESTARTED = 2  # the env raised and was re-created (on_error="restart"); info describes the error
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str]:
@@ -64,8 +65,19 @@ def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:
 class Shard:
     """Envs ``[start, start + len(envs))`` of a pool."""
 
-    def __init__(self, envs: list[gym.Env], start: int, views: Views, autoreset_mode: int):
+    def __init__(
+        self,
+        envs: list[gym.Env],
+        start: int,
+        views: Views,
+        autoreset_mode: int,
+        env_fns: list[Callable[[], gym.Env]] | None = None,
+        restart_on_error: bool = False,
+    ):
         self.envs = envs
+        self.env_fns = env_fns
+        self.restart_on_error = restart_on_error and env_fns is not None
+        self.restarts = 0
         self.start = start
         self.stop = start + len(envs)
         self.views = views
@@ -96,18 +108,31 @@ class Shard:
         if self.autoreset_mode == SAME_STEP:
             results: list = []
             append = results.append
-            try:
-                for step, action in zip(self.step_fns, actions):
-                    append(step(action))
-            except Exception as exc:
-                raise ShardError(start + len(results), "step", exc) from exc
+            restarted: set[int] | None = None
+            pairs = zip(self.step_fns, actions)
+            while True:
+                try:
+                    for step, action in pairs:
+                        append(step(action))
+                    break
+                except Exception as exc:
+                    j = len(results)
+                    if not self.restart_on_error:
+                        raise ShardError(start + j, "step", exc) from exc
+                    result, report = self._restart_env(j, slot, exc, reset_now=True)
+                    append(result)
+                    restarted = restarted or set()
+                    restarted.add(j)
+                    extras = extras or []
+                    extras.append(report)
+                    pairs = zip(self.step_fns[j + 1 :], actions[j + 1 :])
             try:
                 obs_list, rewards, terminated, truncated, infos = map(list, zip(*results))
             except (TypeError, ValueError) as exc:
                 raise self._bad_step_result(results) from exc
             if any(terminated) or any(truncated):
                 for j, ended in enumerate(map(operator.or_, terminated, truncated)):
-                    if ended:
+                    if ended and (restarted is None or j not in restarted):
                         # copy the final observation out before reset overwrites it
                         self._write_terminal(j, obs_list[j])
                         try:
@@ -134,7 +159,14 @@ class Shard:
                         reward, term, trunc = 0.0, False, False
                         needs_reset[j] = False
                     else:
-                        obs, reward, term, trunc, info = env.step(actions[j])
+                        try:
+                            obs, reward, term, trunc, info = env.step(actions[j])
+                        except Exception as exc:
+                            if not self.restart_on_error:
+                                raise
+                            (obs, reward, term, trunc, info), report = self._restart_env(j, slot, exc, reset_now=False)
+                            extras = extras or []
+                            extras.append(report)
                         if term or trunc:
                             needs_reset[j] = True
                     if info:
@@ -179,7 +211,15 @@ class Shard:
                 opt = options[j] if options is not None else None
                 if opt or pass_options_always:
                     kwargs["options"] = opt
-                obs, info = env.reset(**kwargs)
+                try:
+                    obs, info = env.reset(**kwargs)
+                except Exception as exc:
+                    if not self.restart_on_error:
+                        raise
+                    self._recreate(j, exc)  # a second failure in the fresh env is raised
+                    extras = extras or []
+                    extras.append((self.start + j, RESTARTED, _report(exc, "reset")))
+                    obs, info = self.envs[j].reset(**kwargs)
                 self.needs_reset[j] = False
                 if info:
                     extras = extras or []
@@ -214,6 +254,75 @@ class Shard:
                     ),
                 )
         return ShardError(self.start, "step", TypeError("env.step() returned a malformed result"))
+
+    # -- restarts (on_error="restart") ------------------------------------------------------
+    def _recreate(self, j: int, exc: BaseException | None) -> None:
+        """Replace env j by a fresh one from its factory (the old one is closed, quietly)."""
+        try:
+            self.envs[j].close()
+        except Exception:
+            pass
+        try:
+            self.envs[j] = self.env_fns[j]()  # type: ignore[index]
+        except Exception as make_exc:
+            raise ShardError(self.start + j, "make (restart after an error)", make_exc) from exc
+        self.step_fns[j] = self.envs[j].step
+        self.restarts += 1
+
+    def _restart_env(self, j: int, slot: int, exc: BaseException, reset_now: bool) -> tuple[tuple, tuple]:
+        """Env j raised in step: re-create it; its episode ends as truncated.
+
+        The final observation of the ended episode is the last one the env produced
+        (its row in the previous ring slot). Returns the step result to use for env j
+        and the extras entry reporting the restart.
+        """
+        previous = (slot - 1) % self.views.layout.ring_slots
+        last_obs = self._row(previous, j)
+        self._write_terminal(j, last_obs)
+        self._recreate(j, exc)
+        if reset_now:  # SAME_STEP: the new episode starts in this step
+            try:
+                obs, _ = self.envs[j].reset()
+            except Exception as reset_exc:
+                raise ShardError(self.start + j, "reset (restart after an error)", reset_exc) from exc
+        else:  # NEXT_STEP: report the last observation now, reset in the next step
+            obs = last_obs
+        return (obs, 0.0, False, True, {}), (self.start + j, RESTARTED, _report(exc, "step"))
+
+    def _row(self, slot: int, j: int) -> Any:
+        """Env j's observation as stored in ring slot ``slot`` (a copy, in the space's structure)."""
+        parts = [ring[slot][self.start + j].copy() for ring in self.obs_slots]
+        if self.single_leaf:
+            return parts[0]
+        # nest by the leaves' paths (Dict keys / Tuple indices alike), as split() reads them
+        root: dict = {}
+        for leaf, part in zip(self.leaves, parts):
+            node = root
+            for key in leaf.path[:-1]:
+                node = node.setdefault(key, {})
+            node[leaf.path[-1]] = part
+        return root
+
+    def restart_all(self, slot: int, truncate: bool) -> None:
+        """A respawned worker's fresh envs: end the old episodes (truncated) and start new ones."""
+        previous = (slot - 1) % self.views.layout.ring_slots
+        for j in range(len(self.envs)):
+            self._write_terminal(j, self._row(previous, j))
+        if self.autoreset_mode == SAME_STEP:
+            obs_list = []
+            for j, env in enumerate(self.envs):
+                try:
+                    obs_list.append(env.reset()[0])
+                except Exception as exc:
+                    raise ShardError(self.start + j, "reset (worker restart)", exc) from exc
+        else:
+            obs_list = [self._row(previous, j) for j in range(len(self.envs))]
+            self.needs_reset = [True] * len(self.envs)
+        self._write_obs(obs_list, slot, "reset (worker restart)")
+        rows = slice(self.start, self.stop)
+        self.reward_slots[slot][rows] = 0.0
+        self.terminated_slots[slot][rows] = 0
+        self.truncated_slots[slot][rows] = 1 if truncate else 0
 
     # -- writing observations ----------------------------------------------------------
     def _write_obs(self, obs_list: list, slot: int, command: str) -> None:
@@ -322,6 +431,11 @@ _CONTROL: dict[str, Callable[..., Any]] = {
     "render": lambda env: env.render(),
     "get_spaces": lambda env: (env.observation_space, env.action_space),
 }
+
+
+def _report(exc: BaseException, command: str) -> dict:
+    exc_type, message, tb = describe_exception(exc)
+    return {"error": f"{exc_type}: {message}", "command": command, "traceback": tb}
 
 
 def _is_real(x: Any) -> bool:

@@ -1,20 +1,21 @@
 """Shared-memory segments: create, attach without the resource tracker, sweep stale ones.
 
 Segments are named ``fastvec-<owner pid>-<random hex>`` and created owner-only
-(0600). A pool unlinks its segment as soon as every worker has mapped it, so
-normally nothing stays in /dev/shm even if every process is killed; the
-resource tracker covers the short start-up window, and ``sweep_stale`` removes
-segments of this user whose owner process is gone (a crash during start-up).
+(0600). A pool unlinks its segment right after creating it and hands workers the
+file descriptor (SCM_RIGHTS over the worker's socket pair), so nothing stays in
+/dev/shm even if every process is killed, and no worker ever attaches by name
+(which on Python < 3.13 registers the segment with the worker's resource tracker,
+cpython#82300). ``sweep_stale`` removes segments of this user whose owner process
+died between create and unlink.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["PREFIX", "create", "attach", "unlink", "sweep_stale", "list_segments"]
+__all__ = ["PREFIX", "create", "unlink", "sweep_stale", "list_segments"]
 
 PREFIX = "fastvec-"
 _SHM_DIR = "/dev/shm"
@@ -24,21 +25,6 @@ def create(size: int) -> SharedMemory:
     """A new owner-only segment of ``size`` bytes, registered with this process's resource tracker."""
     name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     return SharedMemory(name=name, create=True, size=max(size, 1))
-
-
-def attach(name: str) -> SharedMemory:
-    """Map an existing segment without registering it with the resource tracker.
-
-    On Python < 3.13 every attach registers the name, and the tracker of a worker
-    would unlink the parent's segment (or warn about a "leak") when the worker
-    exits (cpython#82300). Only the creator tracks the segment.
-    """
-    register = resource_tracker.register
-    resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
-    try:
-        return SharedMemory(name=name, create=False)
-    finally:
-        resource_tracker.register = register  # type: ignore[assignment]
 
 
 def unlink(shm: SharedMemory) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fastvec.pool import Pool
-from fastvec.shard import INFO, RESET_INFO, SAME_STEP
+from fastvec.shard import INFO, RESET_INFO, RESTARTED, SAME_STEP
 from fastvec.spaces import assemble
 
 try:  # SB3's own base class when SB3 is installed: isinstance checks and wrappers work
@@ -56,6 +56,10 @@ class SubprocVecEnv(_VecEnvBase):
         step_in_parent: let this process step its own share of envs (default: True
             when num_workers >= 2). See fastvec.pool.Pool.
         spin_ns, step_timeout, daemon, pin_workers: see fastvec.pool.Pool.
+        on_error: "raise" (default) or "restart": re-create an env that raised in step or
+            reset (or a dead worker's envs); its episode ends as truncated
+            (``dones[i]`` True, ``TimeLimit.truncated`` True, the last observation as
+            ``terminal_observation``) and ``infos[i]["fastvec.restarted"]`` names the error.
         config: a dict or JSON file from ``python -m fastvec.tune`` with any of
             num_workers, step_in_parent, spin_ns, ring_slots, start_method; explicit
             arguments win.
@@ -75,6 +79,7 @@ class SubprocVecEnv(_VecEnvBase):
         daemon: bool = False,
         config: dict | str | os.PathLike | None = None,
         pin_workers: bool | None = None,
+        on_error: str = "raise",
     ):
         settings = load_config(config)
         explicit = {
@@ -95,7 +100,15 @@ class SubprocVecEnv(_VecEnvBase):
         self.copy = bool(copy)
         self.waiting = False
         self.closed = False
-        self.pool = Pool(env_fns, ring_slots=slots, autoreset_mode=SAME_STEP, step_timeout=step_timeout, daemon=daemon, **settings)
+        self.pool = Pool(
+            env_fns,
+            ring_slots=slots,
+            autoreset_mode=SAME_STEP,
+            step_timeout=step_timeout,
+            daemon=daemon,
+            on_error=on_error,
+            **settings,
+        )
         try:
             super().__init__(self.pool.num_envs, self.pool.observation_space, self.pool.action_space)
         except BaseException:
@@ -122,8 +135,9 @@ class SubprocVecEnv(_VecEnvBase):
         options = self._options if any(self._options) else None
         slot, extras = self.pool.reset(self._seeds, options)
         self.reset_infos = [{} for _ in range(self.num_envs)]
-        for i, _kind, info in extras or ():
-            self.reset_infos[i] = info
+        for i, kind, info in extras or ():
+            if kind == RESET_INFO:
+                self.reset_infos[i] = info
         self._reset_seeds()
         self._reset_options()
         return self._obs(slot)
@@ -145,17 +159,22 @@ class SubprocVecEnv(_VecEnvBase):
             return obs, rewards, dones, [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
         infos: list[dict] = [{} for _ in range(self.num_envs)]
         reset_infos: dict[int, dict] = {}
+        restarted: dict[int, str] = {}
         for i, kind, info in extras or ():
             if kind == INFO:
                 infos[i] = info
             elif kind == RESET_INFO:
                 reset_infos[i] = info
+            elif kind == RESTARTED:
+                restarted[i] = info["error"]
         for info in infos:
             info["TimeLimit.truncated"] = False
         for i in np.flatnonzero(dones).tolist():
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             infos[i]["terminal_observation"] = self._terminal_obs(i)
             self.reset_infos[i] = reset_infos.get(i, {})
+        for i, error in restarted.items():
+            infos[i]["fastvec.restarted"] = error
         return obs, rewards, dones, infos
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:

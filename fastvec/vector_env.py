@@ -10,7 +10,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from fastvec.pool import Pool
-from fastvec.shard import INFO, NEXT_STEP, RESET_INFO, SAME_STEP
+from fastvec.shard import INFO, NEXT_STEP, RESTARTED, SAME_STEP
 from fastvec.spaces import assemble
 
 __all__ = ["VectorEnv"]
@@ -23,7 +23,8 @@ class VectorEnv(gym.vector.VectorEnv):
     batched as gymnasium does (``info[key]`` arrays with ``info["_key"]`` masks).
     Autoreset modes NEXT_STEP (default, as gymnasium) and SAME_STEP (``final_obs`` and
     ``final_info`` in infos). ``reset(options={"reset_mask": mask})`` resets some envs.
-    Other arguments as fastvec.SubprocVecEnv.
+    Other arguments as fastvec.SubprocVecEnv; with ``on_error="restart"`` a re-created
+    env's episode ends as truncated and ``infos["fastvec_restarted"]`` names the error.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class VectorEnv(gym.vector.VectorEnv):
         spin_ns: int | None = None,
         step_timeout: float | None = None,
         daemon: bool = False,
+        on_error: str = "raise",
     ):
         mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         if mode == AutoresetMode.DISABLED:
@@ -57,6 +59,7 @@ class VectorEnv(gym.vector.VectorEnv):
             spin_ns=spin_ns,
             step_timeout=step_timeout,
             daemon=daemon,
+            on_error=on_error,
         )
         try:
             self.num_envs = self.pool.num_envs
@@ -114,8 +117,8 @@ class VectorEnv(gym.vector.VectorEnv):
             seeds, None if options is None else [options] * n, mask=mask, pass_options_always=True
         )
         infos: dict[str, Any] = {}
-        for i, _kind, info in extras or ():
-            infos = self._add_info(infos, info, i)
+        for i, kind, info in extras or ():
+            infos = self._add_info(infos, info if kind != RESTARTED else {"fastvec_restarted": info["error"]}, i)
         return self._obs(slot), infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -127,13 +130,17 @@ class VectorEnv(gym.vector.VectorEnv):
         rewards = views.rewards[slot].copy()
         infos: dict[str, Any] = {}
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            for i, _kind, info in extras or ():
-                infos = self._add_info(infos, info, i)
+            for i, kind, info in extras or ():
+                infos = self._add_info(infos, info if kind != RESTARTED else {"fastvec_restarted": info["error"]}, i)
         else:
             step_infos: dict[int, dict] = {}
             reset_infos: dict[int, dict] = {}
+            restarted: dict[int, str] = {}
             for i, kind, info in extras or ():
-                (step_infos if kind == INFO else reset_infos)[i] = info
+                if kind == RESTARTED:
+                    restarted[i] = info["error"]
+                else:
+                    (step_infos if kind == INFO else reset_infos)[i] = info
             done = np.logical_or(terminations, truncations)
             for i in range(self.num_envs):
                 if done[i]:
@@ -143,6 +150,8 @@ class VectorEnv(gym.vector.VectorEnv):
                     infos = self._add_info(infos, reset_infos.get(i, {}), i)
                 elif i in step_infos:
                     infos = self._add_info(infos, step_infos[i], i)
+            for i, error in restarted.items():
+                infos = self._add_info(infos, {"fastvec_restarted": error}, i)
         return self._obs(slot), rewards, terminations, truncations, infos
 
     def render(self) -> tuple[Any, ...] | None:

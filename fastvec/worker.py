@@ -10,6 +10,7 @@ pipe unless an env returned a non-empty info dict or raised; rare commands
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
+from multiprocessing import reduction
 
 __all__ = ["STEP", "RESET", "CONTROL", "CLOSE", "HAS_OPTIONS", "MASKED", "OPTIONS_ALWAYS", "worker_main"]
 
@@ -63,6 +65,7 @@ def worker_main(
     spin_ns: int,
     close_fds: list[int],
     death_signal: bool,
+    restart_on_error: bool = False,
 ) -> None:
     """Entry point of a worker process (also importable for custom launchers)."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
@@ -77,7 +80,7 @@ def worker_main(
         except OSError:
             pass
 
-    from fastvec import kernels, shm
+    from fastvec import kernels
     from fastvec.layout import Control, Views
     from fastvec.shard import Shard, ShardError
 
@@ -106,18 +109,28 @@ def worker_main(
     if message[0] != "attach":
         _close_quietly(envs)
         return
-    _, name, layout = message
-    segment = shm.attach(name)
-    views = Views(layout, segment.buf)
+    _, layout, expected, restart = message
+    # the block's name is already unlinked: the parent hands over its file descriptor
+    fd = reduction.recv_handle(conn)
+    try:
+        mapping = mmap.mmap(fd, layout.size)
+    finally:
+        os.close(fd)
+    views = Views(layout, mapping)
     views.check_header()
-    shard = Shard(envs, start, views, autoreset_mode)
+    shard = Shard(envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error)
+    if restart is not None:  # a respawned worker: fresh episodes, the old ones end as truncated
+        try:
+            shard.restart_all(*restart)
+        except ShardError as err:
+            conn.send(("error", err.payload()))
+            return
     conn.send(("attached",))
 
     control = views.control
     base = views.control_base(worker_index)
     seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
     stats = views.worker_stats[worker_index]
-    expected = 1
     wait_all, finish = kernels.wait_all, kernels.finish
     done_index = base + Control.DONE_SEQ
     remaining_index = views.control_base(layout.num_workers) + Control.REMAINING
@@ -168,6 +181,7 @@ def worker_main(
             stats[0] += 1
             stats[1] = shard.steps
             stats[2] += time.perf_counter_ns() - began
+            stats[3] = shard.restarts
             finish(control, done_index, expected, remaining_index)
             # after DONE: the parent reads it once it sees HAS_MESSAGE, so large
             # messages cannot dead-lock on a full pipe
@@ -180,7 +194,7 @@ def worker_main(
         del shard, control, stats
         views.release()
         try:
-            segment.close()
+            mapping.close()
         except BufferError:
             pass
 

@@ -1,0 +1,103 @@
+"""on_error="restart": a failing env or a dead worker is replaced, the others keep going."""
+
+from __future__ import annotations
+
+import os
+import signal
+from functools import partial
+
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from fastvec import SubprocVecEnv, VectorEnv
+from tests import envs
+
+
+class FlakyEnv(envs.FailingEnv):
+    """Raises in step number ``after + 1`` of its first life only (a restarted copy is healthy)."""
+
+    lives: dict = {}
+
+    def __init__(self, key: str, after: int):
+        super().__init__(None)
+        self.key, self.after_steps = key, after
+        FlakyEnv.lives[key] = FlakyEnv.lives.get(key, 0) + 1
+        self.first_life = FlakyEnv.lives[key] == 1
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        if self.first_life and self.steps > self.after_steps:
+            raise ZeroDivisionError("flaky step")
+        return np.full(2, self.steps / 100, np.float32), reward, term, trunc, info
+
+
+@pytest.mark.parametrize("bad_index", [0, 3])  # parent's shard, worker's shard
+def test_failing_env_is_recreated_and_its_episode_truncated(bad_index: int) -> None:
+    key = f"sb3-{bad_index}-{os.getpid()}"
+    fns = [partial(FlakyEnv, f"{key}-{i}", 2 if i == bad_index else 10**9) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        for _ in range(2):
+            _, _, dones, _ = venv.step(np.zeros(4, dtype=np.int64))
+            assert not dones.any()
+        obs, rewards, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+        assert dones.tolist() == [i == bad_index for i in range(4)]
+        info = infos[bad_index]
+        assert info["TimeLimit.truncated"] is True and "ZeroDivisionError: flaky step" in info["fastvec.restarted"]
+        np.testing.assert_allclose(info["terminal_observation"], [0.02, 0.02])  # the last observation it produced
+        np.testing.assert_array_equal(obs[bad_index], [0, 0])  # a fresh episode
+        others = [i for i in range(4) if i != bad_index]
+        np.testing.assert_allclose(obs[others], 0.03)  # the others kept going
+        for _ in range(3):
+            _, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+            assert not dones.any() and not any("fastvec.restarted" in i for i in infos)
+        assert venv.pool.shard_restarts() == 1
+
+
+@pytest.mark.parametrize("when", ["idle", "during step"])
+def test_dead_worker_is_respawned(when: str) -> None:
+    fns = [partial(envs.FailingEnv, "hang" if (i == 3 and when == "during step") else None, 1) for i in range(4)]
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart")
+    try:
+        venv.reset()
+        venv.step(np.zeros(4, dtype=np.int64))
+        (pid,) = venv.pool.worker_pids
+        if when == "during step":
+            venv.step_async(np.zeros(4, dtype=np.int64))  # env 3 hangs in this step
+            os.kill(pid, signal.SIGKILL)
+            with pytest.warns(RuntimeWarning, match="worker 1 .* died .*restarted"):
+                obs, _, dones, infos = venv.step_wait()
+        else:
+            os.kill(pid, signal.SIGKILL)
+            with pytest.warns(RuntimeWarning, match="worker 1 .* died"):
+                obs, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+        assert dones.tolist() == [False, False, True, True]
+        assert infos[2]["fastvec.restarted"] == "worker process died" and infos[2]["TimeLimit.truncated"]
+        assert venv.pool.worker_pids != [pid] and venv.pool.worker_restarts == 1
+        if when == "idle":  # the respawned worker steps on
+            for _ in range(3):
+                _, _, dones, _ = venv.step(np.zeros(4, dtype=np.int64))
+                assert not dones.any()
+    finally:
+        venv.close()
+
+
+def test_vector_env_restart_next_step_mode() -> None:
+    key = f"gym-{os.getpid()}"
+    fns = [partial(FlakyEnv, f"{key}-{i}", 1 if i == 1 else 10**9) for i in range(2)]
+    with VectorEnv(fns, num_workers=2, start_method="fork", on_error="restart", autoreset_mode=AutoresetMode.NEXT_STEP) as venv:
+        venv.reset(seed=0)
+        venv.step(np.zeros(2, dtype=np.int64))
+        obs, _, terminated, truncated, infos = venv.step(np.zeros(2, dtype=np.int64))
+        assert truncated.tolist() == [False, True] and not terminated.any()
+        assert infos["_fastvec_restarted"].tolist() == [False, True]
+        np.testing.assert_allclose(obs[1], 0.01)  # NEXT_STEP: the last observation now...
+        obs, rewards, _, truncated, _ = venv.step(np.zeros(2, dtype=np.int64))
+        np.testing.assert_array_equal(obs[1], [0, 0])  # ...and the fresh episode in the next step
+        assert rewards[1] == 0.0 and not truncated.any()
+
+
+def test_restart_requires_a_valid_mode() -> None:
+    with pytest.raises(ValueError, match="on_error"):
+        SubprocVecEnv([envs.make_cartpole], on_error="ignore")

@@ -223,14 +223,16 @@ def store(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
     fv_store(&words[index], value)
 
 
-def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start):
+def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=False):
     """Copy ``items[j]`` into row ``dst[start + j]`` for every j.
 
     ``dst`` is C-contiguous with shape ``[rows, *row_shape]``. Items that are
     C-contiguous arrays of the right dtype and shape are copied with memcpy;
     anything else goes through ``np.asarray(item, dtype=dst.dtype)`` first
     (casting, like SB3's DummyVecEnv). Returns -1 on success, or the index j of
-    the first item whose shape does not match (nothing after it is copied).
+    the first item whose shape does not match (nothing after it is copied). With
+    ``report_cast``, a successful copy in which some item was an array of another
+    dtype returns ``-2 - j`` for the first such j.
     """
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t j, d
@@ -241,6 +243,7 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start):
     cdef int dst_type = cnp.PyArray_TYPE(dst)
     cdef cnp.ndarray arr
     cdef object item
+    cdef Py_ssize_t cast = -1
     if not cnp.PyArray_IS_C_CONTIGUOUS(dst):
         raise ValueError("gather_rows needs a C-contiguous destination")
     for d in range(row_ndim):
@@ -253,6 +256,8 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start):
                 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)):
             arr = <cnp.ndarray> item
         else:
+            if report_cast and cast < 0 and cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:
+                cast = j
             arr = np.asarray(item, dtype=dst.dtype, order="C")
         if cnp.PyArray_NDIM(arr) != row_ndim:
             return j
@@ -260,6 +265,15 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start):
             if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
                 return j
         memcpy(base + (start + j) * row_bytes, cnp.PyArray_DATA(arr), row_bytes)
+    return -1 if cast < 0 else -2 - cast
+
+
+def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):
+    """First index i in [start, stop) with values[i] NaN, or -1."""
+    cdef Py_ssize_t i
+    for i in range(start, stop):
+        if values[i] != values[i]:
+            return i
     return -1
 
 

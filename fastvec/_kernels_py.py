@@ -142,19 +142,28 @@ def store(words: np.ndarray, index: int, value: int) -> None:
     words[index] = value & 0xFFFFFFFF
 
 
-def gather_rows(items: list, dst: np.ndarray, start: int) -> int:
-    """Copy ``items[j]`` into ``dst[start + j]``; -1 on success, else the first bad j."""
+def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = False) -> int:
+    """Copy ``items[j]`` into ``dst[start + j]``; -1 on success, else the first bad j
+    (with ``report_cast``, ``-2 - j`` for the first array item of another dtype)."""
     if not dst.flags.c_contiguous:
         raise ValueError("gather_rows needs a C-contiguous destination")
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError(f"rows {start}..{start + len(items)} outside destination with {dst.shape[0]} rows")
     row_shape = dst.shape[1:]
+    cast = -1
     for j, item in enumerate(items):
+        if report_cast and cast < 0 and isinstance(item, np.ndarray) and item.dtype != dst.dtype:
+            cast = j
         arr = np.asarray(item, dtype=dst.dtype)
         if arr.shape != row_shape:
             return j
         dst[start + j] = arr
-    return -1
+    return -1 if cast < 0 else -2 - cast
+
+
+def first_nan(values: np.ndarray, start: int, stop: int) -> int:
+    bad = np.flatnonzero(np.isnan(values[start:stop]))
+    return int(bad[0]) + start if bad.size else -1
 
 
 def store_floats(items: list, dst: np.ndarray, start: int) -> None:

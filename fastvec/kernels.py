@@ -32,6 +32,7 @@ wait_remaining = impl.wait_remaining
 load = impl.load
 store = impl.store
 gather_rows = impl.gather_rows
+first_nan = impl.first_nan
 store_floats = impl.store_floats
 store_bools = impl.store_bools
 first_outside_int = impl.first_outside_int
@@ -47,6 +48,7 @@ __all__ = [
     "load",
     "store",
     "gather_rows",
+    "first_nan",
     "store_floats",
     "store_bools",
     "first_outside_int",

@@ -33,7 +33,7 @@ from fastvec.errors import (
     env_error,
 )
 from fastvec.layout import Control, Views, plan_layout
-from fastvec.shard import RESTARTED, SAME_STEP, Shard, ShardError
+from fastvec.shard import RESTARTED, SAME_STEP, WARNING, Shard, ShardError
 from fastvec.spaces import ActionChecker, leaves
 from fastvec.worker import (
     CLOSE,
@@ -122,6 +122,10 @@ class Pool:
             EnvError and a dead worker as WorkerDiedError. "restart": the failing env
             (or the dead worker's envs) is re-created from its factory, its episode ends
             as truncated, the others keep going, and the step reports it in its infos.
+        check: what to do when an env returns an observation of another dtype than its
+            space (it is cast) or a NaN reward: "warn" (default; once per env and kind,
+            naming the env), "raise" (EnvError naming the env) or "off". An observation
+            of the wrong shape is always an error.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class Pool:
         daemon: bool = False,
         pin_workers: bool = False,
         on_error: str = "raise",
+        check: str = "warn",
     ):
         self._closed = False
         self._broken: str | None = None
@@ -177,6 +182,9 @@ class Pool:
             raise ValueError(f"on_error must be 'raise' or 'restart', got {on_error!r}")
         self.on_error = on_error
         self.worker_restarts = 0
+        if check not in ("off", "warn", "raise"):
+            raise ValueError(f"check must be 'off', 'warn' or 'raise', got {check!r}")
+        self.check = check
         if start_method is None:
             start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         if start_method not in mp.get_all_start_methods():
@@ -262,6 +270,7 @@ class Pool:
                 self.autoreset_mode,
                 env_fns=env_fns[: self.shard_envs[0].stop],
                 restart_on_error=self.on_error == "restart",
+                check=self.check,
             )
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
@@ -291,6 +300,7 @@ class Pool:
                 inherited if self.start_method == "fork" else [],
                 threading.current_thread() is threading.main_thread(),
                 self.on_error == "restart",
+                self.check,
             ),
             daemon=self._daemon,
             name=f"fastvec-worker-{w}",
@@ -377,6 +387,8 @@ class Pool:
         self._pending = None
         if remote_extras:
             extras = (extras or []) + remote_extras
+        if extras and self.check == "warn":
+            extras = _emit_warnings(extras)
         self.slot = self._next_slot
         if error is not None:
             raise env_error(*error)
@@ -437,6 +449,8 @@ class Pool:
         self._pending = None
         if remote_extras:
             extras = (extras or []) + remote_extras
+        if extras and self.check == "warn":
+            extras = _emit_warnings(extras)
         self.slot = slot
         error = _first(first_error, remote_error)
         if error is not None:
@@ -727,6 +741,17 @@ class Pool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _emit_warnings(extras: list) -> list | None:
+    """Turn WARNING extras into Python warnings naming the env; return the rest."""
+    rest = []
+    for entry in extras:
+        if entry[1] == WARNING:
+            warnings.warn(f"fastvec: env {entry[0]} {entry[2]}", RuntimeWarning, stacklevel=4)
+        else:
+            rest.append(entry)
+    return rest or None
 
 
 def _first(a: tuple | None, b: tuple | None) -> tuple | None:

@@ -19,7 +19,7 @@ from fastvec import kernels
 from fastvec.layout import Views
 from fastvec.spaces import split
 
-__all__ = ["SAME_STEP", "NEXT_STEP", "INFO", "RESET_INFO", "RESTARTED", "ShardError", "Shard", "describe_exception"]
+__all__ = ["SAME_STEP", "NEXT_STEP", "INFO", "RESET_INFO", "RESTARTED", "WARNING", "ShardError", "Shard", "describe_exception"]
 
 # Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium
 # SAME_STEP); NEXT_STEP resets in the following step, ignoring its action (gymnasium default).
@@ -30,6 +30,7 @@ NEXT_STEP = 1
 INFO = 0  # the info dict env.step (or the autoreset's env.reset) returned
 RESET_INFO = 1  # the info dict of the reset that followed an episode end (SAME_STEP)
 RESTARTED = 2  # the env raised and was re-created (on_error="restart"); info describes the error
+WARNING = 3  # a check found a problem in the env's output (check="warn"); info is the message
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str]:
@@ -73,11 +74,16 @@ class Shard:
         autoreset_mode: int,
         env_fns: list[Callable[[], gym.Env]] | None = None,
         restart_on_error: bool = False,
+        check: str = "warn",
     ):
         self.envs = envs
         self.env_fns = env_fns
         self.restart_on_error = restart_on_error and env_fns is not None
         self.restarts = 0
+        self.check = check
+        self._checking = check != "off"
+        self._warned: set[tuple[int, str]] = set()
+        self._warnings: list = []
         self.start = start
         self.stop = start + len(envs)
         self.views = views
@@ -187,6 +193,13 @@ class Shard:
         kernels.store_bools(terminated, self.terminated_slots[slot], start)
         kernels.store_bools(truncated, self.truncated_slots[slot], start)
         self.steps += len(self.envs)
+        if self._checking:
+            nan = kernels.first_nan(self.reward_slots[slot], start, self.stop)
+            if nan >= 0:
+                self._problem(nan - start, "step", "nan-reward", "returned a NaN reward")
+            if self._warnings:
+                extras = (extras or []) + self._warnings
+                self._warnings = []
         return extras
 
     def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
@@ -239,6 +252,9 @@ class Shard:
                 self.reward_slots[slot][self.start + j] = 0.0
                 self.terminated_slots[slot][self.start + j] = 0
                 self.truncated_slots[slot][self.start + j] = 0
+        if self._warnings:
+            extras = (extras or []) + self._warnings
+            self._warnings = []
         return extras
 
     def _bad_step_result(self, results: list) -> ShardError:
@@ -327,10 +343,11 @@ class Shard:
     # -- writing observations ----------------------------------------------------------
     def _write_obs(self, obs_list: list, slot: int, command: str) -> None:
         start = self.start
+        checking = self._checking
         if self.single_leaf:
-            bad = kernels.gather_rows(obs_list, self.obs_slots[0][slot], start)
-            if bad >= 0:
-                self._bad_obs(bad, obs_list[bad], self.leaves[0], command)
+            bad = kernels.gather_rows(obs_list, self.obs_slots[0][slot], start, checking)
+            if bad != -1:
+                self._bad_obs(bad, obs_list, self.leaves[0], command)
             return
         for li, leaf in enumerate(self.leaves):
             try:
@@ -340,34 +357,50 @@ class Shard:
                 raise ShardError(
                     start + bad, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
                 ) from exc
-            bad = kernels.gather_rows(parts, self.obs_slots[li][slot], start)
-            if bad >= 0:
-                self._bad_obs(bad, parts[bad], leaf, command)
+            bad = kernels.gather_rows(parts, self.obs_slots[li][slot], start, checking)
+            if bad != -1:
+                self._bad_obs(bad, parts, leaf, command)
 
     def _write_one(self, obs: Any, slot: int, j: int, command: str) -> None:
         for li, leaf in enumerate(self.leaves):
             part = split(obs, leaf)
             if kernels.gather_rows([part], self.obs_slots[li][slot], self.start + j) >= 0:
-                self._bad_obs(0, part, leaf, command, env_offset=j)
+                self._bad_obs(0, [part], leaf, command, env_offset=j)
 
     def _write_terminal(self, j: int, obs: Any) -> None:
         for li, leaf in enumerate(self.leaves):
             part = split(obs, leaf)
             if kernels.gather_rows([part], self.views.terminal_obs[li], self.start + j) >= 0:
-                self._bad_obs(0, part, leaf, "step", env_offset=j)
+                self._bad_obs(0, [part], leaf, "step", env_offset=j)
 
-    def _bad_obs(self, j: int, value: Any, leaf: Any, command: str, env_offset: int | None = None) -> None:
-        got = np.asarray(value)
-        where = "" if leaf.path == () else f" part {leaf.name!r}"
+    def _bad_obs(self, code: int, values: list, leaf: Any, command: str, env_offset: int | None = None) -> None:
+        """gather_rows reported a problem: ``code >= 0`` a wrong shape (always an error),
+        ``code <= -2`` an array of another dtype (cast; reported per the ``check`` setting)."""
+        j = code if code >= 0 else -2 - code
+        got = np.asarray(values[j])
         j = j if env_offset is None else env_offset
-        raise ShardError(
-            self.start + j,
-            command,
-            ValueError(
-                f"observation{where} has shape {got.shape} (dtype {got.dtype}), "
-                f"expected shape {leaf.shape} (dtype {leaf.dtype}) from the observation space"
-            ),
+        where = "" if leaf.path == () else f" part {leaf.name!r}"
+        if code >= 0:
+            raise ShardError(
+                self.start + j,
+                command,
+                ValueError(
+                    f"observation{where} has shape {got.shape} (dtype {got.dtype}), "
+                    f"expected shape {leaf.shape} (dtype {leaf.dtype}) from the observation space"
+                ),
+            )
+        self._problem(
+            j, command, f"dtype:{leaf.name}",
+            f"returned an observation{where} of dtype {got.dtype}; the observation space says {leaf.dtype} (values were cast)",
         )
+
+    def _problem(self, j: int, command: str, kind: str, message: str) -> None:
+        """An env output the ``check`` setting looks at: raise, or warn once per env and kind."""
+        if self.check == "raise":
+            raise ShardError(self.start + j, command, ValueError(message))
+        if (j, kind) not in self._warned:
+            self._warned.add((j, kind))
+            self._warnings.append((self.start + j, WARNING, message))
 
     # -- rare commands ---------------------------------------------------------------
     def control(self, request: str, indices: list[int], args: tuple) -> list:

@@ -60,6 +60,8 @@ class SubprocVecEnv(_VecEnvBase):
             reset (or a dead worker's envs); its episode ends as truncated
             (``dones[i]`` True, ``TimeLimit.truncated`` True, the last observation as
             ``terminal_observation``) and ``infos[i]["fastvec.restarted"]`` names the error.
+        check: "warn" (default), "raise" or "off": what to do when an env returns an
+            observation of another dtype than its space, or a NaN reward.
         config: a dict or JSON file from ``python -m fastvec.tune`` with any of
             num_workers, step_in_parent, spin_ns, ring_slots, start_method; explicit
             arguments win.
@@ -80,6 +82,7 @@ class SubprocVecEnv(_VecEnvBase):
         config: dict | str | os.PathLike | None = None,
         pin_workers: bool | None = None,
         on_error: str = "raise",
+        check: str = "warn",
     ):
         settings = load_config(config)
         explicit = {
@@ -107,6 +110,7 @@ class SubprocVecEnv(_VecEnvBase):
             step_timeout=step_timeout,
             daemon=daemon,
             on_error=on_error,
+            check=check,
             **settings,
         )
         try:

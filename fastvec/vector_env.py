@@ -41,6 +41,7 @@ class VectorEnv(gym.vector.VectorEnv):
         step_timeout: float | None = None,
         daemon: bool = False,
         on_error: str = "raise",
+        check: str = "warn",
     ):
         mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         if mode == AutoresetMode.DISABLED:
@@ -60,6 +61,7 @@ class VectorEnv(gym.vector.VectorEnv):
             step_timeout=step_timeout,
             daemon=daemon,
             on_error=on_error,
+            check=check,
         )
         try:
             self.num_envs = self.pool.num_envs

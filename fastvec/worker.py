@@ -66,6 +66,7 @@ def worker_main(
     close_fds: list[int],
     death_signal: bool,
     restart_on_error: bool = False,
+    check: str = "warn",
 ) -> None:
     """Entry point of a worker process (also importable for custom launchers)."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
@@ -118,7 +119,9 @@ def worker_main(
         os.close(fd)
     views = Views(layout, mapping)
     views.check_header()
-    shard = Shard(envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error)
+    shard = Shard(
+        envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
+    )
     if restart is not None:  # a respawned worker: fresh episodes, the old ones end as truncated
         try:
             shard.restart_all(*restart)

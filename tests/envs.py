@@ -135,3 +135,12 @@ def make_image():
 
 def make_dict():
     return DictEnv()
+
+
+class SloppyEnv(FailingEnv):
+    """Returns float64 observations for a float32 space, and a NaN reward on step 2."""
+
+    def step(self, action):
+        self.steps += 1
+        reward = float("nan") if self.steps == 2 else 1.0
+        return np.full(2, 0.25, np.float64), reward, False, False, {}

@@ -260,3 +260,33 @@ def test_old_gym_step_api_is_named() -> None:
         venv.reset()
         with pytest.raises(EnvError, match=r"env 1 .*must return \(obs, reward, terminated, truncated, info\).*4-tuple"):
             venv.step(np.zeros(2, dtype=np.int64))
+
+
+@pytest.mark.parametrize("bad_index", [0, 2])
+def test_check_warns_once_naming_env(bad_index: int) -> None:
+    fns = [envs.SloppyEnv if i == bad_index else envs.FailingEnv for i in range(3)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.warns(RuntimeWarning, match=f"env {bad_index} returned an observation of dtype float64"):
+            obs, _, _, _ = venv.step(np.zeros(3, dtype=np.int64))
+        assert obs.dtype == np.float32 and obs[bad_index, 0] == 0.25
+        with pytest.warns(RuntimeWarning, match=f"env {bad_index} returned a NaN reward") as record:
+            venv.step(np.zeros(3, dtype=np.int64))
+        assert not any("dtype" in str(w.message) for w in record), "each problem is reported once per env"
+
+
+def test_check_raise_and_off() -> None:
+    import warnings
+
+    with SubprocVecEnv([envs.FailingEnv, envs.SloppyEnv], start_method="fork", num_workers=2, check="raise") as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match="env 1 raised ValueError during 'step': returned an observation of dtype float64"):
+            venv.step(np.zeros(2, dtype=np.int64))
+    with SubprocVecEnv([envs.FailingEnv, envs.SloppyEnv], start_method="fork", num_workers=2, check="off") as venv:
+        venv.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            venv.step(np.zeros(2, dtype=np.int64))
+            venv.step(np.zeros(2, dtype=np.int64))
+    with pytest.raises(ValueError, match="check must be"):
+        SubprocVecEnv([envs.make_cartpole], check="maybe")

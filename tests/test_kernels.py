@@ -58,6 +58,18 @@ def test_gather_rows_reports_first_bad_shape(k) -> None:
     assert k.gather_rows([1.0, 2.0], np.zeros((2,), np.float32), 0) == -1  # scalars into 0-d rows
     with pytest.raises(IndexError):
         k.gather_rows([np.ones(3)] * 3, dst, 2)
+    f32 = np.ones(3, np.float32)
+    assert k.gather_rows([f32, f32, np.ones(3)], dst, 0, True) == -2 - 2  # cast reported, rows still written
+    np.testing.assert_array_equal(dst[:3], 1)
+    assert k.gather_rows([f32, np.ones(3)], dst, 0, False) == -1
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_first_nan(k) -> None:
+    values = np.array([0.0, np.nan, 1.0, np.nan])
+    assert k.first_nan(values, 0, 4) == 1
+    assert k.first_nan(values, 2, 4) == 3
+    assert k.first_nan(values, 2, 3) == -1
 
 
 @pytest.mark.parametrize("k", IMPLS)

@@ -1,0 +1,442 @@
+"""Find the fastest fastvec settings for one env on this machine, and say when processes do not pay off.
+
+    python -m fastvec.tune --env-id CartPole-v1 --num-envs 64 --output tuned.json
+    python -m fastvec.tune --env-module mypackage.envs:make_env --num-envs 16 --quick
+
+then ``fastvec.SubprocVecEnv(env_fns, config="tuned.json")``.
+
+The search is staged, so it stays near two minutes on a small machine:
+
+1. layout: num_workers from 1 to twice the cores, each with and without
+   step_in_parent (num_workers=1 with step_in_parent=True is no worker process at
+   all: every env stepped in the calling process);
+2. spin budget (spin_ns) for the best layout that uses worker processes;
+3. core pinning (pin_workers) for the best of those.
+
+Every candidate runs in its own child process (its own session, killed when it
+returns): build the envs, step them with the same seeded random actions, warm up,
+then the median of ``repeats`` timed runs. The CPU time other processes used is
+recorded; a candidate disturbed by more than 2% is measured once more. Workers are
+started with fork for the search (start-up cost is not what is measured); the
+configuration written leaves start_method to the caller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+__all__ = ["search", "worker_counts", "verdict", "is_in_process", "main"]
+
+SPIN_CHOICES = (0, 20_000, 50_000, 200_000, -200_000)
+QUICK_SPIN_CHOICES = (0, 50_000, -200_000)
+MAX_OTHER_LOAD = 0.02
+CONFIG_KEYS = ("num_workers", "step_in_parent", "spin_ns", "pin_workers")  # what a candidate varies
+NOISE = 0.05  # differences below this are within run-to-run noise
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def worker_counts(num_envs: int, num_cores: int, quick: bool = False) -> list[int]:
+    """num_workers to try: 1 to twice the cores (powers of two, the core count and its neighbours), at most num_envs."""
+    if quick:
+        wanted = {1, num_cores, 2 * num_cores}
+    else:
+        wanted = {1, num_cores - 1, num_cores, num_cores + 1, 2 * num_cores}
+        k = 2
+        while k < 2 * num_cores:
+            wanted.add(k)
+            k *= 2
+    return sorted(w for w in wanted if 1 <= w <= min(num_envs, 2 * num_cores))
+
+
+def is_in_process(config: dict) -> bool:
+    """num_workers=1 with step_in_parent: every env stepped by the caller, no worker process."""
+    return config.get("num_workers") == 1 and bool(config.get("step_in_parent"))
+
+
+def _default_layout(num_envs: int, num_cores: int) -> dict:
+    workers = min(num_cores, num_envs)  # fastvec.pool's defaults
+    return {"num_workers": workers, "step_in_parent": workers >= 2}
+
+
+# -- one candidate, in a child process ------------------------------------------------------------
+def _make_env(env_id: str | None, env_module: str | None) -> Any:
+    if env_module:
+        module_name, _, attr = env_module.partition(":")
+        if not attr:
+            raise ValueError(f"--env-module wants 'module:factory', got {env_module!r}")
+        return getattr(importlib.import_module(module_name), attr)()
+    import gymnasium
+
+    return gymnasium.make(env_id)
+
+
+def _tree_cpu(proc: Any) -> float:
+    import psutil
+
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _busy_cpu() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def _measure_here(spec: dict) -> dict:
+    import multiprocessing as mp
+
+    import numpy as np
+    import psutil
+
+    from fastvec.vec_env import SubprocVecEnv
+
+    n, seconds, repeats = spec["num_envs"], spec["seconds"], spec["repeats"]
+    fns = [partial(_make_env, spec.get("env_id"), spec.get("env_module")) for _ in range(n)]
+    probe = fns[0]()
+    space = probe.action_space
+    probe.close()
+    space.seed(0)
+    batches = np.stack([np.stack([space.sample() for _ in range(n)]) for _ in range(64)])
+    start_method = "fork" if "fork" in mp.get_all_start_methods() else None
+    began = time.perf_counter()
+    venv = SubprocVecEnv(fns, start_method=start_method, **spec["config"])
+    try:
+        pool = venv.pool
+        resolved = {
+            "num_workers": pool.num_workers,
+            "step_in_parent": pool.step_in_parent,
+            "spin_ns": pool.spin_ns,
+            "pin_workers": pool.pin_workers,
+        }
+        startup = time.perf_counter() - began
+        venv.reset()
+        k = 0
+        end = time.perf_counter() + min(0.3, seconds / 3)
+        while time.perf_counter() < end:  # warm-up
+            venv.step(batches[k & 63])
+            k += 1
+        me = psutil.Process()
+        cpu0, busy0, wall0 = _tree_cpu(me), _busy_cpu(), time.perf_counter()
+        rates = []
+        for _ in range(repeats):
+            steps, start = 0, time.perf_counter()
+            deadline = start + seconds
+            while True:
+                for _ in range(8):
+                    venv.step(batches[k & 63])
+                    k += 1
+                steps += 8
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+            rates.append(steps * n / (now - start))
+        wall = time.perf_counter() - wall0
+        cpu_tree = _tree_cpu(me) - cpu0
+        other = max(0.0, (_busy_cpu() - busy0 - cpu_tree) / (wall * psutil.cpu_count()))
+    finally:
+        venv.close()
+    return {
+        "status": "ok",
+        "resolved": resolved,
+        "rate": statistics.median(rates),
+        "rates": rates,
+        "other_load": other,
+        "startup_s": startup,
+    }
+
+
+def _child_main(argument: str) -> None:
+    import traceback
+
+    spec = json.loads(argument)
+    try:
+        result = _measure_here(spec)
+    except Exception as exc:  # noqa: BLE001 - a failing candidate is a result
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    print("RESULT " + json.dumps(result), flush=True)
+    os._exit(0)
+
+
+def _kill_session(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def measure(spec: dict, timeout: float) -> dict:
+    """Measure one candidate in a child process; a hang or crash is a result with its status."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # this fastvec, also from a source checkout
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.getcwd(), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "fastvec.tune", "--child", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_session(proc.pid)
+        proc.communicate()
+        return {"status": "timeout", "reason": f"no result within {timeout:.0f} s"}
+    finally:
+        _kill_session(proc.pid)
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        tail = " | ".join((stderr or "").strip().splitlines()[-3:])
+        return {"status": "crashed", "reason": f"exit code {proc.returncode}: {tail}"}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# -- the search -----------------------------------------------------------------------------------
+def search(
+    env_id: str | None = None,
+    env_module: str | None = None,
+    num_envs: int = 64,
+    *,
+    seconds: float = 1.0,
+    repeats: int = 3,
+    quick: bool = False,
+    candidates: Iterable[dict] | None = None,
+    timeout: float = 120.0,
+    attempts: int = 2,
+    report: Callable[[str], None] = print,
+) -> dict:
+    """Measure fastvec settings for ``num_envs`` copies of one env; returns the tuning record.
+
+    ``candidates`` replaces the staged search with an explicit list of configs
+    (dicts of num_workers, step_in_parent, spin_ns, pin_workers). The default
+    configuration ({}) is always measured. Returns a dict with ``config`` (the best,
+    every value resolved), ``throughput``, ``default_throughput``, ``verdict``,
+    ``machine`` and ``candidates`` (all measurements, ranked). A candidate disturbed by
+    other load is measured up to ``attempts`` times; the least disturbed run counts.
+    """
+    if (env_id is None) == (env_module is None):
+        raise ValueError("give exactly one of env_id and env_module")
+    num_cores = _cores()
+    base = {"env_id": env_id, "env_module": env_module, "num_envs": num_envs, "seconds": seconds, "repeats": repeats}
+    measured: list[dict] = []
+    seen: dict[str, dict] = {}
+
+    def run(config: dict) -> dict:
+        key = json.dumps(config, sort_keys=True)
+        if key in seen:
+            return seen[key]
+        result = {"config": config, **measure({**base, "config": config}, timeout)}
+        for _ in range(attempts - 1):
+            if result["status"] != "ok" or result["other_load"] <= MAX_OTHER_LOAD:
+                break
+            again = {"config": config, **measure({**base, "config": config}, timeout)}
+            if again["status"] == "ok" and again["other_load"] < result["other_load"]:
+                result = again
+        result["disturbed"] = result["status"] == "ok" and result["other_load"] > MAX_OTHER_LOAD
+        if result["status"] == "ok":
+            resolved_key = json.dumps(result["resolved"], sort_keys=True)
+            twin = next((m for m in measured if json.dumps(m.get("resolved"), sort_keys=True) == resolved_key), None)
+            result["same_as"] = twin["config"] if twin else None
+        seen[key] = result
+        measured.append(result)
+        report(_describe(result))
+        return result
+
+    default = run({})
+    if candidates is not None:
+        for config in candidates:
+            run(dict(config))
+    else:
+        layout_default = _default_layout(num_envs, num_cores)
+        for workers in worker_counts(num_envs, num_cores, quick):
+            for in_parent in (True, False):
+                layout = {"num_workers": workers, "step_in_parent": in_parent}
+                if layout != layout_default:  # the default already measured this layout
+                    run(layout)
+        with_processes = [m for m in _ranked(measured) if not is_in_process(m["resolved"])]
+        if with_processes:
+            best = with_processes[0]
+            layout = {k: best["resolved"][k] for k in ("num_workers", "step_in_parent")}
+            for spin in QUICK_SPIN_CHOICES if quick else SPIN_CHOICES:
+                if spin != best["resolved"]["spin_ns"]:
+                    run({**layout, "spin_ns": spin})
+            best = next(m for m in _ranked(measured) if not is_in_process(m["resolved"]))
+            run({**{k: best["resolved"][k] for k in ("num_workers", "step_in_parent", "spin_ns")}, "pin_workers": True})
+    ranked = _ranked(measured)
+    if not ranked:
+        reasons = "; ".join(f"{m['config']}: {m['status']} {m.get('reason', '')}" for m in measured)
+        raise RuntimeError(f"no candidate could be measured: {reasons}")
+    best = ranked[0]
+    default_rate = default["rate"] if default["status"] == "ok" else None
+    return {
+        "config": dict(best["resolved"]),
+        "throughput": best["rate"],
+        "default_throughput": default_rate,
+        "default_config": default.get("resolved"),
+        "speedup": best["rate"] / default_rate if default_rate else None,
+        "verdict": verdict(best, default if default_rate else None, num_envs),
+        "env": env_id or env_module,
+        "num_envs": num_envs,
+        "seconds": seconds,
+        "repeats": repeats,
+        "machine": machine_facts(),
+        "candidates": ranked + [m for m in measured if m["status"] != "ok"],
+    }
+
+
+def _ranked(measured: list[dict]) -> list[dict]:
+    return sorted((m for m in measured if m["status"] == "ok"), key=lambda m: -m["rate"])
+
+
+def verdict(best: dict, default: dict | None, num_envs: int) -> str:
+    """One plain sentence on what to use (``best``/``default``: measurements with resolved config and rate)."""
+    cfg = best["resolved"]
+    vs_default = f"{best['rate'] / default['rate']:.2f}x the default" if default else "the default failed"
+    if is_in_process(cfg):
+        text = (
+            f"processes do not pay off here: stepping all {num_envs} envs in this process (num_workers=1, "
+            f"step_in_parent=True) is fastest at {best['rate']:,.0f} steps/s, {vs_default}. "
+            "An in-process vectorizer (SB3's DummyVecEnv, or fastvec with this config) is the right choice."
+        )
+    else:
+        text = (
+            f"best: num_workers={cfg['num_workers']}, step_in_parent={cfg['step_in_parent']}, "
+            f"spin_ns={cfg['spin_ns']}, pin_workers={cfg['pin_workers']} at {best['rate']:,.0f} steps/s, {vs_default}."
+        )
+    if default and best is not default and best["rate"] < (1 + NOISE) * default["rate"]:
+        text += f" That is within {100 * NOISE:.0f}% of the default: keeping the default is as good."
+    return text
+
+
+def _describe(m: dict) -> str:
+    label = json.dumps(m["config"]) if m["config"] else "default"
+    if m["status"] != "ok":
+        return f"  {label}: {m['status']} ({m.get('reason', '')})"
+    flag = " (disturbed)" if m.get("disturbed") else ""
+    return f"  {label}: {m['rate']:,.0f} steps/s, other load {100 * m['other_load']:.1f}%{flag}"
+
+
+def table(record: dict) -> str:
+    """The ranked candidates as a plain-text table."""
+    default = record["default_throughput"]
+    rows = [("rank", "num_workers", "step_in_parent", "spin_ns", "pin_workers", "steps/s", "vs default", "load", "tried")]
+    for i, m in enumerate(record["candidates"], 1):
+        if m["status"] != "ok":
+            rows.append(("-", *(str(m["config"].get(k, "")) for k in CONFIG_KEYS), m["status"], "", "", ""))
+            continue
+        r = m["resolved"]
+        tried = "default" if not m["config"] else ",".join(f"{k}={v}" for k, v in m["config"].items())
+        rows.append(
+            (
+                str(i),
+                str(r["num_workers"]),
+                str(r["step_in_parent"]) + (" (no process)" if is_in_process(r) else ""),
+                str(r["spin_ns"]),
+                str(r["pin_workers"]),
+                f"{m['rate']:,.0f}",
+                f"{m['rate'] / default:.2f}x" if default else "",
+                f"{100 * m['other_load']:.1f}%" + ("*" if m.get("disturbed") else ""),
+                tried,
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def machine_facts() -> dict:
+    facts: dict[str, Any] = {"cores": _cores(), "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            facts["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        facts["cpu"] = platform.processor() or "unknown"
+    import fastvec
+
+    facts["fastvec"] = fastvec.__version__
+    facts["kernels"] = fastvec.KERNELS
+    return facts
+
+
+def write(record: dict, path: str | os.PathLike) -> None:
+    """Write the record as JSON; ``fastvec.SubprocVecEnv(..., config=path)`` reads its "config"."""
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        _child_main(argv[1])
+        return None
+    parser = argparse.ArgumentParser(
+        prog="python -m fastvec.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--env-id", help="a gymnasium env id, built with gymnasium.make")
+    which.add_argument("--env-module", help="module:factory, a callable with no arguments returning one env")
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=None, help="one timed run (default 1.0, --quick 0.3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per candidate, median (default 3, --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="fewer candidates and shorter runs (about 30 s)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a candidate is declared hung")
+    parser.add_argument("--output", type=Path, default=None, help="write the best configuration here (JSON)")
+    args = parser.parse_args(argv)
+    if args.num_envs < 1:
+        parser.error("--num-envs must be at least 1")
+    seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 1.0)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    print(f"tuning fastvec for {args.num_envs} x {args.env_id or args.env_module} on {_cores()} cores "
+          f"({seconds:g} s x {repeats} per candidate)", flush=True)
+    record = search(
+        args.env_id,
+        args.env_module,
+        args.num_envs,
+        seconds=seconds,
+        repeats=repeats,
+        quick=args.quick,
+        timeout=args.timeout,
+        report=lambda line: print(line, flush=True),
+    )
+    print()
+    print(table(record))
+    print()
+    default = record["default_throughput"]
+    print(f"default: {json.dumps(record['default_config'])} at " + (f"{default:,.0f} steps/s" if default else "failed"))
+    print(f"best:    {json.dumps(record['config'])} at {record['throughput']:,.0f} steps/s")
+    print(record["verdict"])
+    if args.output:
+        write(record, args.output)
+        print(f'wrote {args.output}: fastvec.SubprocVecEnv(env_fns, config="{args.output}")')
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast bench lint clean venv
+.PHONY: train test bench bench-kernels peers faults lint clean venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.vec_env $(ARGS)
+
+# EnvPool and PufferLib, the peers of the benchmark study (optional)
+peers: $(STAMP)
+	PY=$(PY) bash benchmarks/install_peers.sh
+
+bench-kernels: $(STAMP)
+	$(PY) -m benchmarks.kernels $(ARGS)
+
+faults: $(STAMP)
+	$(PY) -m benchmarks.faults
 
 lint: $(STAMP)
 	$(PY) -m ruff check fastvec ppo tests benchmarks

@@ -1,20 +1,76 @@
 """The vectorizers a benchmark can run, each behind one tiny adapter: reset(), step(actions), close().
 
-An engine whose package is missing raises EngineUnavailable with the reason; the
-study reports it as such instead of dropping it silently.
+Every adapter gets the same env factories and is stepped with the same action
+batches; each steps all N envs per call and resets an env when its episode ends
+(in whichever way the engine does that). An engine that cannot run here raises
+EngineUnavailable with the reason; the study reports it as such instead of
+dropping it silently.
+
+PufferLib is not installed in the venv (its setup.py downloads a C library while it
+builds): ``make peers`` unpacks its pure-Python vectorizers into benchmarks/.peers,
+and the PufferLib adapters put that folder on sys.path of the measuring child
+process only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+PEERS = Path(__file__).resolve().parent / ".peers"
+PUFFERLIB_VERSION = "3.0.0"
+ENVPOOL_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
 
 
 class EngineUnavailable(Exception):
     """The engine cannot run here (package missing, workload unsupported)."""
 
 
+@dataclass(frozen=True)
+class Engine:
+    """One entry of the registry: how to build it, and what the study needs to know about it."""
+
+    build: Callable[[list, str], Any]
+    description: str
+    processes: bool  # steps envs in processes other than the caller's (EnvPool's threads do not count)
+    family: str
+    knob: bool = False  # a variant of one engine's settings, measured on fewer grid points
+
+    def __call__(self, fns: list, workload: str) -> Any:
+        return self.build(fns, workload)
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def peer_status() -> dict:
+    """What `make peers` recorded: {name: {"status", "version", "reason"}} (empty when never run)."""
+    try:
+        return json.loads((PEERS / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _peer_missing(name: str, exc: Exception) -> EngineUnavailable:
+    entry = peer_status().get(name)
+    if entry and entry.get("status") != "installed":
+        return EngineUnavailable(f"{name}: {entry.get('reason')}")
+    return EngineUnavailable(f"{name} not installed ({type(exc).__name__}: {exc}); run `make peers`")
+
+
+# -- the adapters ---------------------------------------------------------------------------------
 class SerialLoop:
     """N envs stepped by a plain Python loop with autoreset: the no-vectorizer baseline."""
 
@@ -52,6 +108,8 @@ class _SB3:
 
 
 class _Gym:
+    """A gymnasium-style vector env: reset(seed=...), step -> 5-tuple. Also EnvPool's gymnasium API."""
+
     def __init__(self, venv: Any):
         self.venv = venv
 
@@ -62,15 +120,41 @@ class _Gym:
         self.venv.step(actions)
 
     def close(self) -> None:
-        self.venv.close()
+        close = getattr(self.venv, "close", None)
+        if close is not None:
+            close()
 
 
+class _Puffer:
+    def __init__(self, vecenv: Any):
+        self.vecenv = vecenv
+
+    def reset(self) -> None:
+        self.vecenv.reset(seed=0)
+
+    def step(self, actions: np.ndarray) -> None:
+        self.vecenv.step(actions)
+
+    def close(self) -> None:
+        self.vecenv.close()
+
+
+# -- builders -------------------------------------------------------------------------------------
 def _sb3(kind: str, **kwargs: Any) -> Callable:
     def build(fns: list, workload: str) -> Any:
         try:
             from stable_baselines3.common import vec_env
         except ImportError as exc:
             raise EngineUnavailable(f"stable-baselines3 not installed: {exc}") from exc
+        if kwargs.get("start_method") == "forkserver":
+            # Each forkserver child would import SB3 and torch afresh (~2 s of CPU each, minutes
+            # for 64 envs on 2 cores): import them once in the server. Start-up only; the
+            # stepping measured is unchanged.
+            import multiprocessing
+
+            multiprocessing.set_forkserver_preload(
+                ["stable_baselines3.common.vec_env.subproc_vec_env", "benchmarks.workloads"]
+            )
         return _SB3(getattr(vec_env, kind)(fns, **kwargs))
 
     return build
@@ -89,23 +173,194 @@ def _fastvec(**kwargs: Any) -> Callable:
     def build(fns: list, workload: str) -> Any:
         import fastvec
 
-        return _SB3(fastvec.SubprocVecEnv(fns, **kwargs))
+        settings = {k: (v() if callable(v) else v) for k, v in kwargs.items()}
+        return _SB3(fastvec.SubprocVecEnv(fns, **settings))
 
     return build
 
 
-ENGINES: dict[str, Callable] = {
-    "serial": lambda fns, workload: SerialLoop(fns),
-    "sb3-dummy": _sb3("DummyVecEnv"),
-    "sb3-subproc": _sb3("SubprocVecEnv", start_method="forkserver"),
-    "sb3-subproc-fork": _sb3("SubprocVecEnv", start_method="fork"),
-    "gym-sync": _gym("SyncVectorEnv"),
-    "gym-async": _gym("AsyncVectorEnv", shared_memory=False, context="fork"),
-    "gym-async-shm": _gym("AsyncVectorEnv", shared_memory=True, context="fork"),
-    "fastvec": _fastvec(start_method="fork"),
-    "fastvec-no-parent": _fastvec(start_method="fork", step_in_parent=False),
-    "fastvec-w1": _fastvec(start_method="fork", num_workers=1),
-    "fastvec-w4": _fastvec(start_method="fork", num_workers=4),
-    "fastvec-w8": _fastvec(start_method="fork", num_workers=8),
-    "fastvec-nospin": _fastvec(start_method="fork", spin_ns=0),
+def _envpool(**kwargs: Any) -> Callable:
+    def build(fns: list, workload: str) -> Any:
+        if workload not in ENVPOOL_ENVS:
+            raise EngineUnavailable(
+                f"EnvPool has no such env: {workload} (it runs only its own {', '.join(ENVPOOL_ENVS)})"
+            )
+        try:
+            import envpool
+        except ImportError as exc:
+            raise _peer_missing("envpool", exc) from exc
+        n = len(fns)
+        # EnvPool's own C++ implementation of the env, stepped synchronously (batch_size = num_envs)
+        return _Gym(envpool.make(workload, env_type="gymnasium", num_envs=n, batch_size=n, seed=0, **kwargs))
+
+    return build
+
+
+def import_pufferlib() -> Any:
+    """Import PufferLib from benchmarks/.peers (this process only)."""
+    paths = [str(PEERS / "site"), str(PEERS / f"pufferlib-{PUFFERLIB_VERSION}")]
+    for path in reversed(paths):
+        if path not in sys.path and Path(path).is_dir():
+            sys.path.insert(0, path)
+    cwd = os.getcwd()
+    PEERS.mkdir(exist_ok=True)
+    os.chdir(PEERS)  # pufferlib/__init__ makes a 'resources' symlink in the working directory
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pufferlib
+            import pufferlib.emulation
+            import pufferlib.vector
+    except ImportError as exc:
+        raise _peer_missing("pufferlib", exc) from exc
+    finally:
+        os.chdir(cwd)
+    return pufferlib
+
+
+def _puffer_env(fn: Callable, buf: Any = None, seed: int = 0) -> Any:
+    import pufferlib.emulation
+
+    return pufferlib.emulation.GymnasiumPufferEnv(env_creator=fn, buf=buf, seed=seed)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _puffer(backend: str, workers: Callable[[], int] | None = None) -> Callable:
+    def build(fns: list, workload: str) -> Any:
+        pufferlib = import_pufferlib()
+        n = len(fns)
+        kwargs: dict[str, Any] = {}
+        if backend == "Multiprocessing":
+            # PufferLib needs num_workers to divide num_envs; batch_size = num_envs keeps it
+            # synchronous like every other engine here (all N envs stepped per call).
+            # overwork=True only lifts its refusal to start more workers than physical cores.
+            kwargs = dict(num_workers=_largest_divisor_at_most(n, workers()), batch_size=n, overwork=True)
+        return _Puffer(
+            pufferlib.vector.make(
+                [partial(_puffer_env, fn) for fn in fns],
+                env_args=[[] for _ in fns],
+                env_kwargs=[{} for _ in fns],
+                backend=getattr(pufferlib.vector, backend),
+                num_envs=n,
+                **kwargs,
+            )
+        )
+
+    return build
+
+
+ENGINES: dict[str, Engine] = {
+    "serial": Engine(
+        lambda fns, workload: SerialLoop(fns), "a Python loop over the envs, no vectorizer", False, "serial"
+    ),
+    "sb3-dummy": Engine(_sb3("DummyVecEnv"), "SB3 DummyVecEnv (in-process loop)", False, "sb3"),
+    "sb3-subproc": Engine(
+        _sb3("SubprocVecEnv", start_method="forkserver"),
+        "SB3 SubprocVecEnv, forkserver, 1 process per env",
+        True,
+        "sb3",
+    ),
+    "sb3-subproc-fork": Engine(
+        _sb3("SubprocVecEnv", start_method="fork"), "SB3 SubprocVecEnv, fork, 1 process per env", True, "sb3"
+    ),
+    "gym-sync": Engine(_gym("SyncVectorEnv"), "gymnasium SyncVectorEnv (in-process loop)", False, "gymnasium"),
+    "gym-async": Engine(
+        _gym("AsyncVectorEnv", shared_memory=False, context="fork"),
+        "gymnasium AsyncVectorEnv, shared_memory=False (pickled obs), 1 process per env",
+        True,
+        "gymnasium",
+    ),
+    "gym-async-shm": Engine(
+        _gym("AsyncVectorEnv", shared_memory=True, context="fork"),
+        "gymnasium AsyncVectorEnv, shared_memory=True, 1 process per env",
+        True,
+        "gymnasium",
+    ),
+    "puffer-serial": Engine(_puffer("Serial"), "PufferLib 3.0 Serial (in-process)", False, "pufferlib"),
+    "puffer-mp": Engine(
+        _puffer("Multiprocessing", workers=cores),
+        "PufferLib 3.0 Multiprocessing, one worker per core, batch_size = num_envs",
+        True,
+        "pufferlib",
+    ),
+    "puffer-mp-2xcores": Engine(
+        _puffer("Multiprocessing", workers=lambda: 2 * cores()),
+        "PufferLib 3.0 Multiprocessing, two workers per core (overwork=True)",
+        True,
+        "pufferlib",
+        knob=True,
+    ),
+    "envpool": Engine(
+        _envpool(),
+        "EnvPool, its own C++ env in C++ threads (not processes), synchronous (batch_size = num_envs), default threads",
+        False,
+        "envpool",
+    ),
+    "fastvec": Engine(_fastvec(start_method="fork"), "fastvec SubprocVecEnv, defaults", True, "fastvec"),
+    "fastvec-inproc": Engine(
+        _fastvec(start_method="fork", num_workers=1, step_in_parent=True),
+        "fastvec, num_workers=1 + step_in_parent: no worker process at all",
+        False,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-no-parent": Engine(
+        _fastvec(start_method="fork", step_in_parent=False),
+        "fastvec, step_in_parent=False: all envs in workers",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-w1": Engine(
+        _fastvec(start_method="fork", num_workers=1), "fastvec, one worker process", True, "fastvec", knob=True
+    ),
+    "fastvec-w4": Engine(
+        _fastvec(start_method="fork", num_workers=4), "fastvec, 4 workers", True, "fastvec", knob=True
+    ),
+    "fastvec-w8": Engine(
+        _fastvec(start_method="fork", num_workers=8), "fastvec, 8 workers", True, "fastvec", knob=True
+    ),
+    "fastvec-2xcores": Engine(
+        _fastvec(start_method="fork", num_workers=lambda: 2 * cores()),
+        "fastvec, two workers per core",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-nospin": Engine(
+        _fastvec(start_method="fork", spin_ns=0),
+        "fastvec, spin_ns=0: sleep on the futex at once",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-spin": Engine(
+        _fastvec(start_method="fork", spin_ns=200_000),
+        "fastvec, spin_ns=200000: busy-poll 200 us before sleeping",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-yield": Engine(
+        _fastvec(start_method="fork", spin_ns=-200_000),
+        "fastvec, spin_ns=-200000: poll with sched_yield 200 us before sleeping",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-pin": Engine(
+        _fastvec(start_method="fork", pin_workers=True), "fastvec, pin_workers=True", True, "fastvec", knob=True
+    ),
 }
+
+
+def unsupported(engine: str, workload: str) -> str | None:
+    """A reason known without starting anything (so the study need not spawn a child to learn it)."""
+    if ENGINES[engine].family == "envpool" and workload not in ENVPOOL_ENVS:
+        return f"EnvPool has no such env: {workload} (it runs only its own {', '.join(ENVPOOL_ENVS)})"
+    return None

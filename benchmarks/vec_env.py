@@ -1,14 +1,17 @@
 """Throughput of vectorized-env engines, side by side, on this machine.
 
-    python -m benchmarks.vec_env                 # the CartPole-v1 study of fastvec's README
+    python -m benchmarks.vec_env                 # the full study: every engine, every workload (~15 min on 2 cores)
     python -m benchmarks.vec_env --quick         # a first look in under a minute
+    python -m benchmarks.vec_env --dry-run       # the plan and its estimated run time, nothing measured
     python -m benchmarks.vec_env --workloads CartPole-v1 image84 --num-envs 8 64 --engines fastvec sb3-subproc
 
-Each measurement runs in its own child process with a timeout; random actions
-(the same seeded batches for every engine), a warm-up, then the median of
-``--repeats`` timed runs of ``--seconds`` each. The CPU time other processes used
-during a measurement is recorded, and a measurement disturbed by more than 2% is
-run again (up to twice). Results go to benchmarks/results/<machine>-<date>/.
+Each measurement runs in its own child process (its own session, so nothing it
+leaves behind outlives it) with a timeout; random actions (the same seeded batches
+for every engine), a warm-up, then the median of ``repeats`` timed runs of
+``seconds`` each. The CPU time other processes used during a measurement is
+recorded, and a measurement disturbed by more than 2% is run again (up to twice).
+Results go to benchmarks/results/<machine>-<date>/: raw.jsonl, results.csv,
+README.md (tables, goals, machine facts) and one PNG plot per workload.
 """
 
 from __future__ import annotations
@@ -19,32 +22,95 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import socket
+import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_ENGINES = ["serial", "sb3-dummy", "sb3-subproc", "gym-async-shm", "fastvec", "fastvec-no-parent", "fastvec-w8"]
+from benchmarks.engines import ENGINES, cores, peer_status, unsupported
+
 MAX_OTHER_LOAD = 0.02
+BASELINE = "sb3-subproc"
+ROOT = Path(__file__).resolve().parent.parent
+
+# engines that start one process per env: their start-up grows with num_envs, so fewer grid points
+PROCESS_PER_ENV = {"sb3-subproc", "sb3-subproc-fork", "gym-async", "gym-async-shm"}
 
 
+@dataclass(frozen=True)
+class WorkloadPlan:
+    """How the full study measures one workload (sized so the whole study stays under ~20 min on 2 cores)."""
+
+    grid: tuple[int, ...]  # num_envs for the main engines
+    sparse_grid: tuple[int, ...]  # num_envs for the one-process-per-env engines
+    knob_grid: tuple[int, ...]  # num_envs for the fastvec (and PufferLib) knob variants
+    seconds: float
+    repeats: int
+
+
+PLANS: dict[str, WorkloadPlan] = {
+    "CartPole-v1": WorkloadPlan((1, 2, 4, 8, 16, 32, 64), (1, 8, 64), (8, 64), 0.5, 3),
+    "Pendulum-v1": WorkloadPlan((1, 8, 64), (1, 8, 64), (), 0.5, 3),
+    "Acrobot-v1": WorkloadPlan((1, 8, 64), (1, 8, 64), (), 0.5, 3),
+    "image84": WorkloadPlan((1, 8, 64), (1, 8, 64), (8,), 0.5, 3),
+    "cpu1ms": WorkloadPlan((1, 2, 8, 64), (1, 8, 64), (8,), 0.8, 3),
+    "hetero": WorkloadPlan((1, 8, 64), (1, 8, 64), (8,), 0.7, 3),
+}
+QUICK_ENGINES = [
+    "serial",
+    "sb3-dummy",
+    "sb3-subproc",
+    "gym-async-shm",
+    "puffer-serial",
+    "puffer-mp",
+    "envpool",
+    "fastvec",
+]
+
+
+def main_engines() -> list[str]:
+    return [name for name, engine in ENGINES.items() if not engine.knob]
+
+
+def knob_engines() -> list[str]:
+    names = [name for name, engine in ENGINES.items() if engine.knob]
+    if 2 * cores() in (1, 4, 8):  # fastvec-2xcores would repeat fastvec-w1/-w4/-w8
+        names.remove("fastvec-2xcores")
+    return names
+
+
+# -- machine facts ----------------------------------------------------------------------------------
 def machine_facts() -> dict:
     import numpy
 
     facts = {
         "host": socket.gethostname(),
         "cpu": _cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": cores(),
+        "physical_cores": _physical_cores(),
+        "memory_gib": _memory_gib(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "platform": platform.platform(),
     }
-    for package in ("gymnasium", "stable_baselines3", "torch", "fastvec", "envpool", "pufferlib"):
+    for package in ("gymnasium", "stable_baselines3", "torch", "fastvec", "envpool"):
         try:
             module = __import__(package)
             facts[package] = getattr(module, "__version__", "?")
         except Exception as exc:  # noqa: BLE001 - a missing peer is a fact too
             facts[package] = f"not installed ({type(exc).__name__})"
+    # PufferLib lives in benchmarks/.peers and is imported by its measuring child only
+    puffer = peer_status().get("pufferlib")
+    if puffer is None:
+        facts["pufferlib"] = "not installed (run `make peers`)"
+    elif puffer["status"] == "installed":
+        facts["pufferlib"] = f"{puffer['version']} (pure-Python vectorizers from the sdist)"
+    else:
+        facts["pufferlib"] = f"unavailable: {puffer['reason']}"
     try:
         import fastvec
 
@@ -65,24 +131,107 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_one(spec: dict, timeout: float) -> dict:
-    """Measure in a child process; a hang or crash becomes a result with its status."""
-    for attempt in range(3):
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks._measure", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
-        except subprocess.TimeoutExpired:
-            return {**spec, "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if not lines:
-            tail = (proc.stderr or "").strip().splitlines()[-3:]
-            return {**spec, "status": "crashed", "reason": f"exit code {proc.returncode}: {' | '.join(tail)}"}
-        result = json.loads(lines[-1][len("RESULT ") :])
+def _physical_cores() -> int | None:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _memory_gib() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# -- planning ---------------------------------------------------------------------------------------
+def plan(args: argparse.Namespace) -> list[dict]:
+    """The measurements of this invocation, in order."""
+    specs = []
+    explicit_engines = args.engines is not None
+    for workload in args.workloads:
+        p = PLANS[workload]
+        seconds = args.seconds if args.seconds is not None else p.seconds
+        repeats = args.repeats if args.repeats is not None else p.repeats
+        if explicit_engines:
+            chosen = [(engine, args.num_envs or p.grid) for engine in args.engines]
+        else:
+            chosen = []
+            for engine in main_engines():
+                grid = p.sparse_grid if engine in PROCESS_PER_ENV else p.grid
+                chosen.append((engine, args.num_envs or grid))
+            if not args.num_envs:
+                chosen += [(engine, p.knob_grid) for engine in knob_engines()]
+        for engine, grid in chosen:
+            for n in grid:
+                specs.append(
+                    {"engine": engine, "workload": workload, "num_envs": n, "seconds": seconds, "repeats": repeats}
+                )
+    return specs
+
+
+def estimate_seconds(spec: dict) -> float:
+    """A rough wall-clock cost of one measurement on an idle 2-core machine (for the plan, not a result)."""
+    engine, n = spec["engine"], spec["num_envs"]
+    if unsupported(engine, spec["workload"]):
+        return 0.0
+    family = ENGINES[engine].family
+    start = {"sb3": 1.6, "fastvec": 1.8, "envpool": 1.0}.get(family, 0.5)  # child start and imports
+    if engine in PROCESS_PER_ENV:
+        start += 0.03 * n + (4.0 if engine == "sb3-subproc" else 0.0)
+    timed = spec["seconds"] * spec["repeats"] + min(0.3, spec["seconds"] / 3)
+    return start + timed + 0.3
+
+
+# -- running ----------------------------------------------------------------------------------------
+def _measure_once(spec: dict, timeout: float) -> dict:
+    """One child process in its own session; whatever it leaves running is killed when it returns."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "benchmarks._measure", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_session(proc.pid)
+        proc.communicate()
+        return {**spec, "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
+    finally:
+        _kill_session(proc.pid)
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        tail = (stderr or "").strip().splitlines()[-3:]
+        return {**spec, "status": "crashed", "reason": f"exit code {proc.returncode}: {' | '.join(tail)}"}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _kill_session(pgid: int) -> None:
+    # workers an engine failed to stop (PufferLib's spin forever when orphaned) would load every later measurement
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_one(spec: dict, timeout: float, attempts: int = 3) -> dict:
+    """Measure in a child process; a hang or crash becomes a result with its status; re-run if disturbed."""
+    reason = unsupported(spec["engine"], spec["workload"])
+    if reason:
+        return {**spec, "status": "unavailable", "reason": reason, "attempts": 0}
+    for attempt in range(attempts):
+        result = _measure_once(spec, timeout)
         result["attempts"] = attempt + 1
         if result.get("status") != "ok" or result.get("other_load", 0.0) <= MAX_OTHER_LOAD:
             return result
@@ -92,9 +241,16 @@ def run_one(spec: dict, timeout: float) -> dict:
 
 def _progress(items: list, label: str):
     try:
-        from rich.progress import Progress
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        with Progress() as progress:
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns) as progress:
             task = progress.add_task(label, total=len(items))
             for item in items:
                 progress.update(task, description=f"{label}: {item['engine']} {item['workload']} x{item['num_envs']}")
@@ -106,18 +262,31 @@ def _progress(items: list, label: str):
             yield item
 
 
-def markdown_table(results: list[dict], engines: list[str], baseline: str = "sb3-subproc") -> str:
-    rows = sorted({(r["workload"], r["num_envs"]) for r in results}, key=lambda x: (x[0], x[1]))
-    head = "| workload | envs | " + " | ".join(engines) + " |"
-    lines = [head, "|" + "---|" * (len(engines) + 2)]
-    for workload, n in rows:
+# -- reporting --------------------------------------------------------------------------------------
+def _find(results: list[dict], workload: str, n: int, engine: str) -> dict | None:
+    return next((r for r in results if (r["workload"], r["num_envs"], r["engine"]) == (workload, n, engine)), None)
+
+
+def rate_of(results: list[dict], workload: str, n: int, engine: str) -> float | None:
+    r = _find(results, workload, n, engine)
+    return r["rate"] if r and r["status"] == "ok" else None
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
+def markdown_table(results: list[dict], workload: str, baseline: str = BASELINE) -> str:
+    """Rows: engines; columns: num_envs; cells: env steps/s and (in parentheses) the ratio to ``baseline``."""
+    mine = [r for r in results if r["workload"] == workload]
+    engines = list(dict.fromkeys(r["engine"] for r in mine))
+    sizes = sorted({r["num_envs"] for r in mine})
+    lines = ["| engine | " + " | ".join(f"{n} envs" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for engine in engines:
         cells = []
-        base = next(
-            (r.get("rate") for r in results if (r["workload"], r["num_envs"], r["engine"]) == (workload, n, baseline)),
-            None,
-        )
-        for engine in engines:
-            r = next((r for r in results if (r["workload"], r["num_envs"], r["engine"]) == (workload, n, engine)), None)
+        for n in sizes:
+            r = _find(mine, workload, n, engine)
+            base = rate_of(mine, workload, n, baseline)
             if r is None:
                 cells.append("")
             elif r["status"] != "ok":
@@ -125,140 +294,271 @@ def markdown_table(results: list[dict], engines: list[str], baseline: str = "sb3
             else:
                 cell = f"{r['rate']:,.0f}"
                 if base and engine != baseline:
-                    cell += f" ({r['rate'] / base:.1f}x)"
+                    cell += f" ({_ratio(r['rate'] / base)})"
                 if r.get("disturbed"):
-                    cell += " (disturbed)"
+                    cell += " *"
                 cells.append(cell)
-        lines.append(f"| {workload} | {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {engine} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> list[Path]:
+def plot(results: list[dict], path: Path, facts: dict) -> list[Path]:
+    """Per workload: throughput against num_envs, one line per engine, log scales (throughput-<workload>.png);
+    and the knob variants beside fastvec's default as grouped bars (knobs-<workload>.png)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return []
     made = []
-    for workload in sorted({r["workload"] for r in results}):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for engine in sorted({r["engine"] for r in results}):
-            points = sorted(
-                (r["num_envs"], r["rate"])
-                for r in results
-                if r["workload"] == workload and r["engine"] == engine and r["status"] == "ok"
-            )
-            if points:
-                ax.plot(*zip(*points), marker="o", label=engine)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("num_envs")
-        ax.set_ylabel("env steps per second")
-        ax.set_title(f"{workload}: throughput by engine")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        out = path / f"throughput-{workload}.png"
-        fig.tight_layout()
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        made.append(out)
+    subtitle = f"{facts.get('cpu', '?')}, {facts.get('cores', '?')} cores, Python {facts.get('python', '?')}"
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        mine = [r for r in results if r["workload"] == workload and r["status"] == "ok"]
+        engines = list(dict.fromkeys(r["engine"] for r in mine))
+        main = [e for e in engines if not ENGINES[e].knob]
+        if main:
+            fig, ax = plt.subplots(figsize=(8, 5))
+            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more engines than the default 10 colours
+            for engine in main:
+                points = sorted((r["num_envs"], r["rate"]) for r in mine if r["engine"] == engine)
+                style = "-" if ENGINES[engine].family == "fastvec" else "--"
+                width = 2.5 if engine == "fastvec" else 1.2
+                ax.plot(*zip(*points), style, marker="o", lw=width, ms=4, label=engine)
+            ax.set_xscale("log", base=2)
+            sizes = sorted({r["num_envs"] for r in mine})
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_yscale("log")
+            ax.set_xlabel("num_envs")
+            ax.set_ylabel("env steps per second")
+            ax.set_title(f"{workload}: throughput by engine\n{subtitle}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="best", ncol=2)
+            made.append(_save(fig, plt, path / f"throughput-{workload}.png"))
+        knobs = [e for e in engines if ENGINES[e].knob]
+        if knobs:
+            names = [e for e in ("fastvec", *knobs) if e in engines]
+            sizes = sorted({r["num_envs"] for r in mine if r["engine"] in knobs})
+            fig, ax = plt.subplots(figsize=(8, 0.9 + 0.28 * len(names) * len(sizes)))
+            height = 0.8 / len(sizes)
+            for k, n in enumerate(sizes):
+                rates = [rate_of(mine, workload, n, e) or 0.0 for e in names]
+                ys = [i + k * height for i in range(len(names))]
+                ax.barh(ys, rates, height=height, label=f"{n} envs")
+                for y, value in zip(ys, rates):
+                    if value:
+                        ax.text(value, y, f" {value:,.0f}", va="center", fontsize=6)
+            ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names, fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xscale("log")
+            ax.set_xlabel("env steps per second")
+            ax.set_title(f"{workload}: settings against fastvec's default\n{subtitle}", fontsize=10)
+            ax.grid(True, axis="x", which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+            made.append(_save(fig, plt, path / f"knobs-{workload}.png"))
     return made
 
 
-def check_goals(results: list[dict]) -> list[str]:
-    """The fastvec engine issue's goals for CartPole-v1, as ratios within this run."""
+def _save(fig, plt, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
-    def rate(engine: str, n: int) -> float | None:
-        r = next(
-            (r for r in results if (r["workload"], r["num_envs"], r["engine"]) == ("CartPole-v1", n, engine)), None
-        )
-        return r["rate"] if r and r["status"] == "ok" else None
 
+def _verdict(ratio: float, goal: float) -> str:
+    if ratio >= goal:
+        return "met"
+    return f"MISSED: reaches {100 * ratio / goal:.0f}% of the goal (short by {100 * (1 - ratio / goal):.0f}%)"
+
+
+def check_goals(results: list[dict], num_cores: int | None = None) -> list[str]:
+    """The study's goals (issue 5), each a ratio within this run; says where fastvec falls short and by how much."""
+    num_cores = num_cores or cores()
+    rate = lambda workload, n, engine: rate_of(results, workload, n, engine)  # noqa: E731
     lines = []
-    single = rate("serial", 1)
-    pairs = [
-        ("8 envs: fastvec >= 10x sb3-subproc", rate("fastvec", 8), rate("sb3-subproc", 8), 10.0),
-        ("8 envs: fastvec >= sb3-dummy (in-process)", rate("fastvec", 8), rate("sb3-dummy", 8), 1.0),
-        ("64 envs: fastvec >= 60% of 2 x single-env rate", rate("fastvec", 64), 2 * single if single else None, 0.6),
-        ("64 envs: 8 workers >= half of 2 workers", rate("fastvec-w8", 64), rate("fastvec", 64), 0.5),
-        ("8 envs: 8 workers >= half of 2 workers", rate("fastvec-w8", 8), rate("fastvec", 8), 0.5),
-    ]
-    for label, value, reference, goal in pairs:
+
+    def goal(label: str, value: float | None, reference: float | None, target: float, note: str = "") -> None:
         if value is None or reference is None:
             lines.append(f"- {label}: not measured")
-            continue
+            return
         ratio = value / reference
-        verdict = "met" if ratio >= goal else f"MISSED by {100 * (1 - ratio / goal):.0f}%"
-        lines.append(f"- {label}: {ratio:.2f} (goal {goal:g}) -> {verdict}")
+        lines.append(f"- {label}: {ratio:.2f} (goal {target:g}) -> {_verdict(ratio, target)}{note}")
+
+    cart = "CartPole-v1"
+    goal("CartPole-v1, 8 envs: fastvec / sb3-subproc", rate(cart, 8, "fastvec"), rate(cart, 8, BASELINE), 10.0)
+    multiprocess = [e for e, spec in ENGINES.items() if spec.processes and spec.family != "fastvec" and not spec.knob]
+    measured = {e: rate(cart, 8, e) for e in multiprocess if rate(cart, 8, e) is not None}
+    if measured:
+        strongest = max(measured, key=measured.get)
+        goal(
+            "CartPole-v1, 8 envs: fastvec / best other multiprocess engine",
+            rate(cart, 8, "fastvec"),
+            measured[strongest],
+            1.0,
+            f" (best other: {strongest}; compared: {', '.join(sorted(measured))})",
+        )
+    else:
+        lines.append("- CartPole-v1, 8 envs: fastvec / best other multiprocess engine: not measured")
+    single = rate(cart, 1, "serial")
+    goal(
+        "CartPole-v1, 64 envs: fastvec / (2 x single-env serial rate)",
+        rate(cart, 64, "fastvec"),
+        2 * single if single else None,
+        0.6,
+    )
+    goal("image84, 8 envs: fastvec / sb3-subproc", rate("image84", 8, "fastvec"), rate("image84", 8, BASELINE), 10.0)
+    sizes = sorted({r["num_envs"] for r in results if r["workload"] == "cpu1ms" and r["engine"] == "fastvec"})
+    single_busy = rate("cpu1ms", 1, "serial")
+    for n in [n for n in sizes if n >= num_cores] or [num_cores]:  # every measured size that can fill the cores
+        goal(
+            f"cpu1ms, {n} envs: fastvec / ({num_cores} cores x single-env serial rate)",
+            rate("cpu1ms", n, "fastvec"),
+            num_cores * single_busy if single_busy else None,
+            0.9,
+        )
+    # context, not goals
+    info = []
+    if rate(cart, 8, "envpool") and rate(cart, 8, "fastvec"):
+        info.append(
+            f"- CartPole-v1, 8 envs: fastvec / envpool = {rate(cart, 8, 'fastvec') / rate(cart, 8, 'envpool'):.2f} "
+            "(EnvPool steps its own C++ CartPole in threads; fastvec steps gymnasium's Python one)"
+        )
+    for n in (8, 64):
+        variants = {e: rate(cart, n, e) for e in ENGINES if ENGINES[e].family == "fastvec" and rate(cart, n, e)}
+        if len(variants) > 1:
+            best = max(variants, key=variants.get)
+            info.append(
+                f"- CartPole-v1, {n} envs: best fastvec setting is {best} at {variants[best]:,.0f} steps/s "
+                f"({variants[best] / variants.get('fastvec', variants[best]):.2f}x the default)"
+            )
+    if info:
+        lines += ["", "Context (not goals):", *info]
     return lines
+
+
+def write_outputs(results: list[dict], out: Path, facts: dict, command: str) -> str:
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        columns = [
+            "workload",
+            "num_envs",
+            "engine",
+            "status",
+            "rate",
+            "rates",
+            "other_load",
+            "cpu_used_by_run",
+            "startup_s",
+            "attempts",
+            "disturbed",
+            "seconds",
+            "repeats",
+            "reason",
+        ]
+        writer.writerow(columns)
+        for r in results:
+            writer.writerow([json.dumps(r.get(c)) if c == "rates" else r.get(c, "") for c in columns])
+    plots = plot(results, out, facts)
+    workloads = list(dict.fromkeys(r["workload"] for r in results))
+    sections = []
+    for workload in workloads:
+        first = next(r for r in results if r["workload"] == workload)
+        sections.append(
+            f"### {workload}\n\nEnv steps per second, median of {first['repeats']} runs of {first['seconds']:g} s; "
+            f"(Nx) = ratio to {BASELINE} at the same num_envs in this run; * = disturbed (other load > "
+            f"{100 * MAX_OTHER_LOAD:g}% in every attempt).\n\n{markdown_table(results, workload)}\n"
+        )
+        for p in plots:
+            if p.stem.endswith(f"-{workload}"):
+                sections.append(f"![{p.stem}]({p.name})\n")
+    engines = list(dict.fromkeys(r["engine"] for r in results))
+    engine_md = "\n".join(f"- `{e}`: {ENGINES[e].description}" for e in engines)
+    not_ok = [r for r in results if r["status"] != "ok"]
+    problems = "\n".join(
+        f"- {r['engine']} on {r['workload']} x{r['num_envs']}: {r['status']} ({r.get('reason', '')})" for r in not_ok
+    )
+    facts_md = "\n".join(f"- {k}: {v}" for k, v in facts.items())
+    loads = [r["other_load"] for r in results if r.get("status") == "ok"]
+    load_md = (
+        f"Other processes used a median {100 * statistics.median(loads):.1f}% (max {100 * max(loads):.1f}%) of the "
+        f"machine during the measurements; {sum(1 for r in results if r.get('disturbed'))} stayed disturbed after re-runs."
+        if loads
+        else ""
+    )
+    report = (
+        f"# Vectorized env throughput ({dt.date.today().isoformat()})\n\nCommand: `{command}`\n\n"
+        "Goals (issue 5; ratios within this run):\n" + "\n".join(check_goals(results, facts.get("cores"))) + "\n\n"
+        f"{load_md}\n\n## Results\n\n"
+        + "\n".join(sections)
+        + f"\n## Engines\n\n{engine_md}\n\n"
+        + (f"## Not measured\n\n{problems}\n\n" if problems else "")
+        + f"## Machine\n\n{facts_md}\n"
+    )
+    (out / "README.md").write_text(report)
+    (out / "machine.json").write_text(json.dumps(facts, indent=2))
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=["CartPole-v1"])
-    parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 8, 64])
-    parser.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES)
-    parser.add_argument("--seconds", type=float, default=1.5, help="length of one timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds before a measurement is declared hung")
-    parser.add_argument("--quick", action="store_true", help="a first look: 8 envs, short runs")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>-<date>)")
+    parser.add_argument("--workloads", nargs="+", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument("--num-envs", nargs="+", type=int, default=None, help="override every grid")
+    parser.add_argument(
+        "--engines", nargs="+", default=None, help="default: every engine, knob variants on fewer points"
+    )
+    parser.add_argument("--seconds", type=float, default=None, help="length of one timed run (default: per workload)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement, median reported")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a measurement is declared hung")
+    parser.add_argument("--attempts", type=int, default=3, help="runs of a measurement disturbed by other load")
+    parser.add_argument("--quick", action="store_true", help="a first look in under a minute: CartPole-v1, 8 envs")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, measure nothing")
+    parser.add_argument("--machine", default=None, help="results folder name prefix (default: <cores>core)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>-<date>)"
+    )
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.quick:
-        args.num_envs, args.seconds, args.repeats = [8], 0.5, 1
-    from benchmarks.engines import ENGINES
-
-    unknown = [e for e in args.engines if e not in ENGINES]
-    if unknown:
-        parser.error(f"unknown engines {unknown}; known: {sorted(ENGINES)}")
+        args.workloads = ["CartPole-v1"]
+        args.engines = args.engines or QUICK_ENGINES
+        args.num_envs = args.num_envs or [8]
+        args.seconds = args.seconds or 0.3
+        args.repeats = args.repeats or 1
+        args.attempts = min(args.attempts, 2)
+    if args.engines:
+        unknown = [e for e in args.engines if e not in ENGINES]
+        if unknown:
+            parser.error(f"unknown engines {unknown}; known: {sorted(ENGINES)}")
+    specs = plan(args)
+    if args.quick:  # the single-env serial rate, for the 64-env goal's reference
+        specs.insert(0, {**specs[0], "engine": "serial", "num_envs": 1})
+    estimate = sum(estimate_seconds(s) for s in specs)
+    print(f"{len(specs)} measurements, about {estimate / 60:.1f} min on an idle 2-core machine", flush=True)
+    if args.dry_run:
+        for s in specs:
+            print(f"  {s['workload']:12s} {s['engine']:18s} x{s['num_envs']:<3d} {s['seconds']:g} s x {s['repeats']}")
+        return
     facts = machine_facts()
-    out = args.out or Path(__file__).resolve().parent / "results" / f"{facts['cores']}core-{dt.date.today().isoformat()}"
+    machine = args.machine or f"{facts['cores']}core"
+    out = args.out or ROOT / "benchmarks" / "results" / f"{machine}-{dt.date.today().isoformat()}"
     out.mkdir(parents=True, exist_ok=True)
-    specs = []
-    for workload in args.workloads:
-        for n in args.num_envs:
-            for engine in args.engines:
-                if n == 1 and engine not in ("serial",) and "serial" in args.engines:
-                    continue  # one env: only the single-process rate is of interest
-                specs.append(
-                    {"engine": engine, "workload": workload, "num_envs": n, "seconds": args.seconds, "repeats": args.repeats}
-                )
     results = []
-    with open(out / "raw.jsonl", "a") as raw:
+    began = time.monotonic()
+    with open(out / "raw.jsonl", "w") as raw:
         for spec in _progress(specs, "measuring"):
-            result = run_one(spec, args.timeout)
+            result = run_one(spec, args.timeout, args.attempts)
             result["time"] = dt.datetime.now().isoformat(timespec="seconds")
             raw.write(json.dumps(result) + "\n")
             raw.flush()
             results.append(result)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["workload", "num_envs", "engine", "status", "rate", "other_load", "cpu_used_by_run", "startup_s", "reason"])
-        for r in results:
-            writer.writerow(
-                [r["workload"], r["num_envs"], r["engine"], r["status"], r.get("rate", ""), r.get("other_load", ""),
-                 r.get("cpu_used_by_run", ""), r.get("startup_s", ""), r.get("reason", "")]
-            )
-    table = markdown_table(results, args.engines)
-    goals = check_goals(results)
-    plots = plot(results, out)
-    facts_md = "\n".join(f"- {k}: {v}" for k, v in facts.items())
-    command = "python -m benchmarks.vec_env " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = (
-        f"# Vectorized env throughput ({dt.date.today().isoformat()})\n\nCommand: `{command.strip()}`\n\n"
-        f"Env steps per second, median of {args.repeats} runs of {args.seconds:g} s; (Nx) = ratio to sb3-subproc "
-        f"in the same run.\n\n{table}\n\nGoals (CartPole-v1):\n" + "\n".join(goals) + f"\n\nMachine:\n{facts_md}\n"
-    )
-    for p in plots:
-        report += f"\n![{p.stem}]({p.name})\n"
-    (out / "README.md").write_text(report)
-    (out / "machine.json").write_text(json.dumps(facts, indent=2))
+    facts["study_minutes"] = round((time.monotonic() - began) / 60, 1)
+    command = ("python -m benchmarks.vec_env " + " ".join(argv)).strip()
+    report = write_outputs(results, out, facts, command)
     print(report)
-    unavailable = [r for r in results if r["status"] != "ok"]
-    for r in unavailable:
-        print(f"note: {r['engine']} on {r['workload']} x{r['num_envs']}: {r['status']} ({r.get('reason', '')})")
     print(f"results in {out}")
 
 

@@ -33,9 +33,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 __all__ = ["search", "worker_counts", "verdict", "is_in_process", "main"]
 
@@ -346,7 +347,9 @@ def _describe(m: dict) -> str:
 def table(record: dict) -> str:
     """The ranked candidates as a plain-text table."""
     default = record["default_throughput"]
-    rows = [("rank", "num_workers", "step_in_parent", "spin_ns", "pin_workers", "steps/s", "vs default", "load", "tried")]
+    rows = [
+        ("rank", "num_workers", "step_in_parent", "spin_ns", "pin_workers", "steps/s", "vs default", "load", "tried")
+    ]
     for i, m in enumerate(record["candidates"], 1):
         if m["status"] != "ok":
             rows.append(("-", *(str(m["config"].get(k, "")) for k in CONFIG_KEYS), m["status"], "", "", ""))
@@ -404,7 +407,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     which.add_argument("--env-module", help="module:factory, a callable with no arguments returning one env")
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=None, help="one timed run (default 1.0, --quick 0.3)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per candidate, median (default 3, --quick 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per candidate, median (default 3, --quick 1)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer candidates and shorter runs (about 30 s)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a candidate is declared hung")
     parser.add_argument("--output", type=Path, default=None, help="write the best configuration here (JSON)")
@@ -413,8 +418,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("--num-envs must be at least 1")
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 1.0)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    print(f"tuning fastvec for {args.num_envs} x {args.env_id or args.env_module} on {_cores()} cores "
-          f"({seconds:g} s x {repeats} per candidate)", flush=True)
+    print(
+        f"tuning fastvec for {args.num_envs} x {args.env_id or args.env_module} on {_cores()} cores "
+        f"({seconds:g} s x {repeats} per candidate)",
+        flush=True,
+    )
     record = search(
         args.env_id,
         args.env_module,

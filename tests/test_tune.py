@@ -1,0 +1,168 @@
+"""fastvec.tune: the staged search, its verdict, and a JSON file SubprocVecEnv accepts.
+
+The search logic is tested with a fake measurement (no processes, deterministic);
+one tiny real search checks the child-process measurement end to end.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from fastvec import SubprocVecEnv, tune
+from fastvec.vec_env import load_config
+
+
+def _fake_measure(rate_of):
+    """A stand-in for tune.measure: resolves the config like fastvec.pool and rates it with ``rate_of``."""
+
+    def measure(spec, timeout):
+        config = spec["config"]
+        workers = config.get("num_workers", min(tune._cores(), spec["num_envs"]))
+        resolved = {
+            "num_workers": workers,
+            "step_in_parent": config.get("step_in_parent", workers >= 2),
+            "spin_ns": config.get("spin_ns", 50_000),
+            "pin_workers": config.get("pin_workers", False),
+        }
+        return {"status": "ok", "resolved": resolved, "rate": rate_of(resolved), "rates": [], "other_load": 0.0}
+
+    return measure
+
+
+def test_worker_counts_span_one_to_twice_the_cores():
+    assert tune.worker_counts(64, 2) == [1, 2, 3, 4]
+    assert tune.worker_counts(64, 16) == [1, 2, 4, 8, 15, 16, 17, 32]
+    assert tune.worker_counts(3, 4) == [1, 2, 3]  # never more workers than envs
+    assert tune.worker_counts(64, 8, quick=True) == [1, 8, 16]
+
+
+def test_search_says_when_processes_do_not_pay_off(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(tune, "_cores", lambda: 2)
+    monkeypatch.setattr(
+        tune, "measure", _fake_measure(lambda r: 100_000.0 if tune.is_in_process(r) else 10_000.0 * r["num_workers"])
+    )
+    out = tmp_path / "tuned.json"
+    record = tune.main(["--env-id", "CartPole-v1", "--num-envs", "64", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert "processes do not pay off here" in printed
+    assert record["config"] == {"num_workers": 1, "step_in_parent": True, "spin_ns": 50_000, "pin_workers": False}
+    assert record["throughput"] == 100_000.0 and record["default_throughput"] == 20_000.0
+    saved = json.loads(out.read_text())
+    assert saved["config"] == record["config"] and saved["throughput"] == 100_000.0
+    assert {"default_throughput", "machine"} <= set(saved)
+    assert load_config(out) == record["config"]
+    # the staged search: every layout (1..2x cores, in/out of parent), then spin and pinning for the best process layout
+    tried = [m["config"] for m in record["candidates"]]
+    assert {"num_workers": 4, "step_in_parent": False} in tried
+    assert sum("spin_ns" in c for c in tried) == len(tune.SPIN_CHOICES)  # 4 spins + the pinning candidate
+    assert any(c.get("pin_workers") for c in tried)
+    assert len(tried) == len({json.dumps(c, sort_keys=True) for c in tried})  # nothing measured twice
+
+
+def test_search_picks_the_fastest_process_layout(monkeypatch):
+    monkeypatch.setattr(tune, "_cores", lambda: 2)
+
+    def rate(r):
+        if tune.is_in_process(r):
+            return 50_000.0
+        rate = 60_000.0 * r["num_workers"] + (100.0 if not r["step_in_parent"] else 0.0)
+        return rate + (5_000.0 if r["spin_ns"] == 0 else 0.0) + (1_000.0 if r["pin_workers"] else 0.0)
+
+    monkeypatch.setattr(tune, "measure", _fake_measure(rate))
+    record = tune.search("CartPole-v1", num_envs=8, report=lambda line: None)
+    assert record["config"] == {"num_workers": 4, "step_in_parent": False, "spin_ns": 0, "pin_workers": True}
+    assert "processes do not pay off" not in record["verdict"]
+    assert record["verdict"].startswith("best: num_workers=4")
+    assert record["speedup"] == pytest.approx(record["throughput"] / record["default_throughput"])
+
+
+def test_a_best_within_noise_of_the_default_says_keep_the_default(monkeypatch):
+    monkeypatch.setattr(tune, "_cores", lambda: 2)
+    monkeypatch.setattr(tune, "measure", _fake_measure(lambda r: 100_000.0 + (1_000.0 if r["pin_workers"] else 0.0)))
+    record = tune.search("CartPole-v1", num_envs=8, candidates=[{"pin_workers": True}], report=lambda line: None)
+    assert "keeping the default is as good" in record["verdict"]
+
+
+def test_a_failing_candidate_is_reported_not_fatal(monkeypatch):
+    fake = _fake_measure(lambda r: 1_000.0)
+
+    def measure(spec, timeout):
+        if spec["config"].get("num_workers") == 3:
+            return {"status": "crashed", "reason": "exit code -9"}
+        return fake(spec, timeout)
+
+    monkeypatch.setattr(tune, "measure", measure)
+    record = tune.search("CartPole-v1", num_envs=8, candidates=[{"num_workers": 3}], report=lambda line: None)
+    assert record["candidates"][-1]["status"] == "crashed"
+    assert "crashed" in tune.table(record)
+
+
+def test_env_module_needs_module_colon_factory():
+    with pytest.raises(ValueError, match="module:factory"):
+        tune._make_env(None, "tests.envs")
+    env = tune._make_env(None, "tests.envs:make_cartpole")
+    assert env.action_space.n == 2
+    env.close()
+    with pytest.raises(ValueError, match="exactly one"):
+        tune.search(num_envs=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_real_search(tmp_path_factory):
+    """Two candidates (the default and in-process), 0.2 s each, measured in real child processes."""
+    record = tune.search(
+        "CartPole-v1",
+        num_envs=4,
+        seconds=0.2,
+        repeats=1,
+        attempts=1,
+        candidates=[{"num_workers": 1, "step_in_parent": True}],
+        report=lambda line: None,
+    )
+    path = tmp_path_factory.mktemp("tune") / "tuned.json"
+    tune.write(record, path)
+    return record, path
+
+
+def test_real_search_writes_a_config_subprocvecenv_accepts(tiny_real_search):
+    record, path = tiny_real_search
+    assert [m["status"] for m in record["candidates"]] == ["ok", "ok"]
+    assert record["throughput"] > 0 and record["default_throughput"] > 0
+    assert set(record["config"]) <= {
+        "num_workers",
+        "step_in_parent",
+        "spin_ns",
+        "ring_slots",
+        "start_method",
+        "pin_workers",
+    }
+    venv = SubprocVecEnv([lambda: gym.make("CartPole-v1") for _ in range(4)], start_method="fork", config=str(path))
+    try:
+        assert venv.pool.num_workers == record["config"]["num_workers"]
+        assert venv.pool.step_in_parent == record["config"]["step_in_parent"]
+        obs = venv.reset()
+        assert obs.shape == (4, 4)
+        obs, rewards, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+        assert rewards.shape == (4,)
+    finally:
+        venv.close()
+
+
+def test_env_module_candidate_measures_in_a_child():
+    result = tune.measure(
+        {
+            "env_id": None,
+            "env_module": "tests.envs:make_cartpole",
+            "num_envs": 2,
+            "seconds": 0.1,
+            "repeats": 1,
+            "config": {"num_workers": 2, "step_in_parent": True},
+        },
+        timeout=60,
+    )
+    assert result["status"] == "ok", result
+    assert result["resolved"]["num_workers"] == 2 and result["rate"] > 0

@@ -182,6 +182,7 @@ class Pool:
             raise ValueError(f"on_error must be 'raise' or 'restart', got {on_error!r}")
         self.on_error = on_error
         self.worker_restarts = 0
+        self._restarts_of_dead_workers = 0
         if check not in ("off", "warn", "raise"):
             raise ValueError(f"check must be 'off', 'warn' or 'raise', got {check!r}")
         self.check = check
@@ -317,6 +318,7 @@ class Pool:
         """
         dead = self._remotes[position]
         exitcode = dead.process.exitcode
+        self._restarts_of_dead_workers += int(self.views.worker_stats[dead.index, 3])
         dead.conn.close()
         dead.process.join(1.0)
         try:
@@ -621,7 +623,8 @@ class Pool:
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
         local = self._local.restarts if self._local is not None else 0
-        return local + int(sum(self.views.worker_stats[r.index, 3] for r in self._remotes))
+        remote = int(sum(self.views.worker_stats[r.index, 3] for r in self._remotes))
+        return local + remote + self._restarts_of_dead_workers
 
     def worker_stats(self) -> list[dict]:
         """Per worker: commands run, env steps and seconds spent busy (read from the shared block)."""

@@ -13,10 +13,10 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
-
 from multiprocessing import reduction
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +83,7 @@ class _Remote:
     base: int = 0  # control block offset
 
 
-_LIVE_POOLS: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
 @atexit.register
@@ -739,7 +739,7 @@ class Pool:
         except Exception:
             pass
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

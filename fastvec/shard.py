@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import operator
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

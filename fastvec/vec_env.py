@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -218,12 +219,13 @@ class SubprocVecEnv(_VecEnvBase):
     def get_images(self) -> Sequence[np.ndarray | None]:
         if self.render_mode != "rgb_array":
             warnings.warn(
-                f"The render mode is {self.render_mode}, but this method assumes it is `rgb_array` to obtain images."
+                f"The render mode is {self.render_mode}, but this method assumes it is `rgb_array` to obtain images.",
+                stacklevel=2,
             )
             return [None] * self.num_envs
         return self.pool.control("render", list(range(self.num_envs)))
 
-    def __enter__(self) -> "SubprocVecEnv":
+    def __enter__(self) -> SubprocVecEnv:
         return self
 
     def __exit__(self, *exc: Any) -> None:

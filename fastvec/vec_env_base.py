@@ -9,8 +9,9 @@ and SB3's wrappers accept it. This class implements the same public behaviour
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from copy import deepcopy
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class VecEnv:
         try:
             modes = self.get_attr("render_mode")
         except AttributeError:
-            warnings.warn("The `render_mode` attribute is not defined in your environment. It will be set to None.")
+            warnings.warn("The `render_mode` attribute is not defined in your environment. It will be set to None.", stacklevel=2)
             modes = [None] * num_envs
         if any(mode != modes[0] for mode in modes):
             raise ValueError(f"all envs must share one render_mode, got {modes}")
@@ -85,11 +86,11 @@ class VecEnv:
 
     def render(self, mode: str | None = None) -> np.ndarray | None:
         if mode is not None and mode != self.render_mode and not (mode == "human" and self.render_mode == "rgb_array"):
-            warnings.warn(f"render(mode={mode!r}) differs from the envs' render_mode {self.render_mode!r}")
+            warnings.warn(f"render(mode={mode!r}) differs from the envs' render_mode {self.render_mode!r}", stacklevel=2)
             return None
         mode = mode or self.render_mode
         if mode is None:
-            warnings.warn("You tried to call render() but no `render_mode` was passed to the env constructor.")
+            warnings.warn("You tried to call render() but no `render_mode` was passed to the env constructor.", stacklevel=2)
             return None
         if self.render_mode == "rgb_array":
             big = tile_images(self.get_images())  # type: ignore[arg-type]
@@ -104,7 +105,7 @@ class VecEnv:
         return None
 
     @property
-    def unwrapped(self) -> "VecEnv":
+    def unwrapped(self) -> VecEnv:
         return self
 
     def getattr_depth_check(self, name: str, already_found: bool) -> str | None:

@@ -15,10 +15,10 @@ import os
 import signal
 import sys
 import time
+from multiprocessing import reduction
 from typing import Any
 
 import numpy as np
-from multiprocessing import reduction
 
 __all__ = ["STEP", "RESET", "CONTROL", "CLOSE", "HAS_OPTIONS", "MASKED", "OPTIONS_ALWAYS", "worker_main"]
 

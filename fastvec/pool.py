@@ -50,8 +50,9 @@ from fastvec.worker import (
 __all__ = ["Pool", "default_num_workers", "split_envs"]
 
 _MASK = 0xFFFFFFFF
-DEFAULT_SPIN_NS = 50_000  # busy-poll this long when every process has a core of its own
-OVERSUBSCRIBED_SPIN_NS = -200_000  # else give the core away (sched_yield) this long, then sleep
+DEFAULT_SPIN_NS = -200_000  # poll (yielding the core) this long before sleeping on the futex
+OVERSUBSCRIBED_SPIN_NS = -200_000
+ADAPTIVE = 1  # spin_ns value sent to workers: poll as long as the parent usually takes, up to 2 ms
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 
 
@@ -109,10 +110,12 @@ class Pool:
             this keeps the learner's core busy instead of idle.
         autoreset_mode: fastvec.shard.SAME_STEP (SB3) or NEXT_STEP (gymnasium default).
         spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll
-            (default 50 us when every process has a core of its own); negative: poll for
-            ``-spin_ns`` while yielding the core with sched_yield (default -200 us when
-            processes outnumber cores: a pure spin there starves the very process it
-            waits for); 0: sleep at once.
+            with a pause instruction; negative: poll for ``-spin_ns`` while yielding the
+            core with sched_yield (a waiter that shares a core with the process it waits
+            for hands it the core; a pure spin there starves it); 0: sleep at once.
+            Default: the parent yield-polls 200 us; a worker yield-polls about 1.5 times
+            the usual gap between commands (20 us to 2 ms), or 200 us when processes
+            outnumber cores. Waking a sleeping process costs tens of microseconds on a VM.
         step_timeout: seconds a command may take before StepTimeoutError (default: none).
         daemon: start workers as daemonic processes (they then cannot start children).
         pin_workers: pin shard w to core w mod cores (the parent, when it steps shard 0,
@@ -193,9 +196,13 @@ class Pool:
         self.start_method = start_method
         self.shard_envs = split_envs(n, num_workers)
         remote_shards = list(range(1 if self.step_in_parent else 0, num_workers))
-        if spin_ns is None:
-            spin_ns = DEFAULT_SPIN_NS if len(remote_shards) + 1 <= default_num_workers() else OVERSUBSCRIBED_SPIN_NS
-        self.spin_ns = int(spin_ns)
+        self.oversubscribed = len(remote_shards) + 1 > default_num_workers()
+        self.spin_ns = int(spin_ns) if spin_ns is not None else DEFAULT_SPIN_NS
+        # workers: by default adapt the poll to the gap between commands (a learner's forward
+        # pass between steps), as long as every process has a core of its own
+        self._worker_spin_ns = (
+            int(spin_ns) if spin_ns is not None else (OVERSUBSCRIBED_SPIN_NS if self.oversubscribed else ADAPTIVE)
+        )
         self._seq = 0
         self.slot = 0
         shm.sweep_stale()
@@ -297,7 +304,7 @@ class Pool:
                 fns,
                 envs.start,
                 self.autoreset_mode,
-                self.spin_ns,
+                self._worker_spin_ns,
                 inherited if self.start_method == "fork" else [],
                 threading.current_thread() is threading.main_thread(),
                 self.on_error == "restart",

@@ -33,6 +33,7 @@ MASKED = 2
 OPTIONS_ALWAYS = 4
 
 POLL_NS = 100_000_000  # how often an idle worker checks that its parent lives
+ADAPTIVE = 1  # spin_ns meaning "adapt the poll to the gap between commands" (see fastvec.pool)
 
 
 def _set_parent_death_signal() -> None:
@@ -137,13 +138,20 @@ def worker_main(
     wait_all, finish = kernels.wait_all, kernels.finish
     done_index = base + Control.DONE_SEQ
     remaining_index = views.control_base(layout.num_workers) + Control.REMAINING
+    adaptive = spin_ns == ADAPTIVE
+    gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
+    finished = time.perf_counter_ns()
     try:
         while True:
+            if adaptive:  # poll a little longer than the parent usually takes, yielding the core
+                spin_ns = -min(max(int(1.5 * gap_ns), 20_000), 2_000_000)
             if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
                 if not _alive(parent_pid):
                     break
                 continue
             began = time.perf_counter_ns()
+            if adaptive:
+                gap_ns += 0.1 * (min(began - finished, 10_000_000) - gap_ns)
             command = int(control[base + Control.CMD])
             slot = int(control[base + Control.SLOT])
             arg = int(control[base + Control.ARG])
@@ -183,7 +191,8 @@ def worker_main(
             control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
             stats[0] += 1
             stats[1] = shard.steps
-            stats[2] += time.perf_counter_ns() - began
+            finished = time.perf_counter_ns()
+            stats[2] += finished - began
             stats[3] = shard.restarts
             finish(control, done_index, expected, remaining_index)
             # after DONE: the parent reads it once it sees HAS_MESSAGE, so large

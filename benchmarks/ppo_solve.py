@@ -1,0 +1,456 @@
+"""Time to solve CartPole-v1 with PPO, per vectorized-env engine, on this machine.
+
+    python -m benchmarks.ppo_solve                # the full study: 3 seeds of every case (~10 min on 2 cores)
+    python -m benchmarks.ppo_solve --quick        # a first look: 1 seed, 3 cases (~1 min)
+    python -m benchmarks.ppo_solve --dry-run      # the plan, nothing run
+    python -m benchmarks.ppo_solve --cases ppo-fastvec-x8 sb3-ppo-zoo --seeds 1 2 3 4 5
+
+"Solved" is the usual criterion: the mean return of the last 100 episodes reaches
+475. Each run is its own child process (its own session, killed on timeout), so
+one run's imports, threads or leftovers cannot affect another. For every run the
+table reports:
+
+- solve wall s: from the first env step to the step that solved, measured inside
+  the run (what the engine and the learner cost; no imports, no env start-up);
+- process s: the whole child process, start-up included (what a user waits for);
+- steps: env steps (summed over envs) when it solved.
+
+Cases: ppo.train on fastvec with 8 envs (engine default workers, and all envs in the
+learner's process), on SB3's SubprocVecEnv and on gymnasium's SyncVectorEnv (serial);
+ppo.train with 1 env; Stable-Baselines3's PPO with rl-zoo's CartPole hyperparameters
+on a DummyVecEnv; and ppo.train on Pendulum-v1 (continuous), reporting the return
+reached within 300k steps. Results: a markdown table on stdout and
+benchmarks/results/ppo_solve-<host>-<date>.json (+ .md and a PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SOLVE_RETURN = 475.0
+
+# rl-zoo's hyperparameters for PPO on CartPole-v1 (rl-baselines3-zoo hyperparams/ppo.yml)
+ZOO_CARTPOLE = {
+    "n_envs": 8,
+    "n_timesteps": 100_000,
+    "n_steps": 32,
+    "batch_size": 256,
+    "gae_lambda": 0.8,
+    "gamma": 0.98,
+    "n_epochs": 20,
+    "ent_coef": 0.0,
+    "learning_rate": 1e-3,  # linear schedule to 0 over n_timesteps
+    "clip_range": 0.2,  # linear schedule to 0 over n_timesteps
+}
+
+# ppo.train on Pendulum-v1: rl-zoo's Pendulum settings (gamma 0.9, lambda 0.95, normalized obs and
+# rewards, lr 1e-3, 10 epochs) without gSDE, on 8 envs x 256 steps in 4 minibatches of 512
+PENDULUM_ARGS = [
+    "--env-id", "Pendulum-v1",
+    "--total-timesteps", "300000",
+    "--num-steps", "256",
+    "--num-minibatches", "4",
+    "--update-epochs", "10",
+    "--learning-rate", "1e-3",
+    "--gamma", "0.9",
+    "--gae-lambda", "0.95",
+    "--norm-obs",
+    "--norm-reward",
+    "--no-anneal-clip",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    kind: str  # "ppo" (python -m ppo.train) or "sb3" (this module as a child)
+    args: tuple[str, ...] = ()
+    timeout: float = 300.0
+    solves: bool = True  # CartPole cases; Pendulum reports the return reached instead
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+
+QUICK = frozenset({"quick"})
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in [
+        Case("ppo-fastvec-x8", "ppo.train, fastvec, 8 envs (default workers)", "ppo", ("--num-envs", "8"), tags=QUICK),
+        Case(
+            "ppo-fastvec-x8-inproc",
+            "ppo.train, fastvec, 8 envs in the learner's process (--num-workers 0)",
+            "ppo",
+            ("--num-envs", "8", "--num-workers", "0"),
+        ),
+        Case(
+            "ppo-sb3-subproc-x8",
+            "ppo.train, SB3 SubprocVecEnv, 8 envs",
+            "ppo",
+            ("--num-envs", "8", "--vec-backend", "sb3-subproc"),
+        ),
+        Case(
+            "ppo-serial-x8",
+            "ppo.train, gymnasium SyncVectorEnv, 8 envs",
+            "ppo",
+            ("--num-envs", "8", "--vec-backend", "serial"),
+            tags=QUICK,
+        ),
+        Case("ppo-fastvec-x1", "ppo.train, fastvec, 1 env", "ppo", ("--num-envs", "1"), timeout=600.0),
+        Case("sb3-ppo-zoo", "SB3 PPO, rl-zoo CartPole hyperparameters, DummyVecEnv x8", "sb3", tags=QUICK),
+        Case(
+            "ppo-pendulum-x8",
+            "ppo.train, fastvec, Pendulum-v1 (continuous), 8 envs, 300k steps",
+            "ppo",
+            tuple(PENDULUM_ARGS),
+            timeout=900.0,
+            solves=False,
+        ),
+    ]
+}
+BASELINE = "sb3-ppo-zoo"
+
+
+# -- one run, in a child process --------------------------------------------------------------------
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _run_child(command: list[str], timeout: float) -> tuple[int | None, str, str, float]:
+    """(exit code or None on timeout, stdout, stderr, wall seconds); the child's whole session is killed after."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_child_env(),
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        _kill_session(proc.pid)
+        stdout, stderr = proc.communicate()
+        code = None
+    finally:
+        _kill_session(proc.pid)
+    return code, stdout, stderr, time.perf_counter() - began
+
+
+def _kill_session(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_case(case: Case, seed: int, threads: int) -> dict:
+    """Run one (case, seed); returns a result dict with a status."""
+    result: dict = {"case": case.name, "seed": seed, "load_before": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="ppo_solve-") as runs:
+        if case.kind == "ppo":
+            command = [
+                sys.executable, "-W", "ignore", "-m", "ppo.train", *case.args,
+                "--seed", str(seed), "--runs-dir", runs, "--run-name", "run", "--torch-threads", str(threads),
+                "--no-progress", "--no-tensorboard", "--eval-episodes", "0",
+            ]  # fmt: skip
+        else:
+            command = [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-m",
+                "benchmarks.ppo_solve",
+                "--child-sb3",
+                str(seed),
+                "--threads",
+                str(threads),
+            ]
+        code, stdout, stderr, wall = _run_child(command, case.timeout)
+        result["process_s"] = wall
+        result["load_after"] = os.getloadavg()[0]
+        if code is None:
+            return {**result, "status": "timeout", "reason": f"no result within {case.timeout:.0f} s"}
+        if code != 0:
+            tail = " | ".join(stderr.strip().splitlines()[-3:])
+            return {**result, "status": "crashed", "reason": f"exit code {code}: {tail}"}
+        if case.kind == "ppo":
+            summary = json.loads((Path(runs) / "run" / "summary.json").read_text())
+        else:
+            line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
+            summary = json.loads(line[len("RESULT ") :])
+    result.update(
+        status="ok",
+        solved=summary["solved"],
+        solve_step=summary["solve_step"],
+        solve_wall_s=summary["solve_wall_s"],
+        global_step=summary["global_step"],
+        train_wall_s=summary["train_wall_s"],
+        mean_return_100=summary["mean_return_100"],
+    )
+    return result
+
+
+def sb3_child(seed: int, threads: int) -> None:
+    """SB3's PPO with rl-zoo's CartPole hyperparameters until solved; prints one RESULT line."""
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    zoo = ZOO_CARTPOLE
+
+    def linear(initial: float):
+        return lambda progress_remaining: progress_remaining * initial  # rl-zoo's "lin_<value>"
+
+    class StopWhenSolved(BaseCallback):
+        """Stop when the mean return of the last 100 episodes (SB3's ep_info_buffer) reaches 475."""
+
+        solved_step: int | None = None
+
+        def _on_step(self) -> bool:
+            buffer = self.model.ep_info_buffer
+            if len(buffer) >= 100 and np.mean([info["r"] for info in buffer]) >= SOLVE_RETURN:
+                self.solved_step = self.num_timesteps
+                return False
+            return True
+
+    venv = make_vec_env("CartPole-v1", n_envs=zoo["n_envs"], seed=seed, vec_env_cls=DummyVecEnv)
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        n_steps=zoo["n_steps"],
+        batch_size=zoo["batch_size"],
+        gae_lambda=zoo["gae_lambda"],
+        gamma=zoo["gamma"],
+        n_epochs=zoo["n_epochs"],
+        ent_coef=zoo["ent_coef"],
+        learning_rate=linear(zoo["learning_rate"]),
+        clip_range=linear(zoo["clip_range"]),
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    callback = StopWhenSolved()
+    start = time.perf_counter()
+    model.learn(total_timesteps=zoo["n_timesteps"], callback=callback)
+    wall = time.perf_counter() - start
+    buffer = model.ep_info_buffer
+    summary = {
+        "solved": callback.solved_step is not None,
+        "solve_step": callback.solved_step,
+        "solve_wall_s": wall if callback.solved_step is not None else None,
+        "global_step": model.num_timesteps,
+        "train_wall_s": wall,
+        "mean_return_100": float(np.mean([info["r"] for info in buffer])) if buffer else float("nan"),
+    }
+    venv.close()
+    print("RESULT " + json.dumps(summary), flush=True)
+
+
+# -- reporting --------------------------------------------------------------------------------------
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(case: Case, runs: list[dict]) -> dict:
+    ok = [r for r in runs if r["status"] == "ok"]
+    solved = [r for r in ok if r["solved"]]
+    return {
+        "case": case.name,
+        "description": case.description,
+        "runs": len(runs),
+        "solved": len(solved),
+        "failed": [
+            f"seed {r['seed']}: {r['status']} {r.get('reason', '')}".strip() for r in runs if r["status"] != "ok"
+        ],
+        "solve_wall_s": _median([r["solve_wall_s"] for r in solved]),
+        "solve_wall_all": [round(r["solve_wall_s"], 2) for r in solved],
+        "solve_step": _median([r["solve_step"] for r in solved]),
+        "process_s": _median([r["process_s"] for r in solved] if case.solves else [r["process_s"] for r in ok]),
+        "final_return": _median([r["mean_return_100"] for r in ok]),
+        "final_return_all": [round(r["mean_return_100"], 1) for r in ok],
+    }
+
+
+def markdown(summaries: list[dict], facts: dict, seeds: list[int]) -> str:
+    lines = [
+        f"PPO time to solve CartPole-v1 (mean return of the last 100 episodes >= {SOLVE_RETURN:g}); "
+        f"medians over seeds {seeds}.",
+        f"Machine: {facts['cpu']}, {facts['cores']} cores; python {facts['python']}, torch {facts['torch']}, "
+        f"torch threads {facts['torch_threads']}.",
+        "",
+        "| case | solved | solve wall s (median) | per seed | env steps (median) | process s (median) "
+        "| speed-up vs SB3 PPO |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_name = {s["case"]: s for s in summaries}
+    base = by_name.get(BASELINE, {}).get("solve_wall_s")
+    for s in summaries:
+        case = CASES[s["case"]]
+        if not case.solves:
+            continue
+        wall = s["solve_wall_s"]
+        speedup = f"{base / wall:.1f}x" if base and wall else "-"
+        lines.append(
+            f"| {case.description} | {s['solved']}/{s['runs']} | {_fmt(wall, 2)} | {s['solve_wall_all']} | "
+            f"{_fmt(s['solve_step'], 0)} | {_fmt(s['process_s'], 1)} | {speedup} |"
+        )
+    one, eight = by_name.get("ppo-fastvec-x1", {}), by_name.get("ppo-fastvec-x8", {})
+    if one.get("solve_wall_s") and eight.get("solve_wall_s"):
+        lines += [
+            "",
+            f"8 envs vs 1 env (fastvec): {one['solve_wall_s'] / eight['solve_wall_s']:.1f}x less wall time to solve "
+            f"(the tutorial claims ~7x).",
+        ]
+    pendulum = by_name.get("ppo-pendulum-x8")
+    if pendulum:
+        lines += [
+            "",
+            f"Pendulum-v1 ({CASES['ppo-pendulum-x8'].description}): mean return of the last 100 episodes after 300k "
+            f"steps: median {_fmt(pendulum['final_return'], 1)}, per seed {pendulum['final_return_all']} "
+            f"(random policy about -1200; process {_fmt(pendulum['process_s'], 0)} s).",
+        ]
+    failures = [f"- {s['case']}: {f}" for s in summaries for f in s["failed"]]
+    if failures:
+        lines += ["", "Runs without a result:", *failures]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def machine_facts(threads: int) -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores = os.cpu_count() or 1
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": cores,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "platform": platform.platform(),
+    }
+
+
+def plot(summaries: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in summaries if CASES[s["case"]].solves and s["solve_wall_all"]]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.2), dpi=100)
+    for i, s in enumerate(rows):
+        ax.barh(i, s["solve_wall_s"], color="C1" if s["case"] == BASELINE else "C0", alpha=0.7)
+        ax.scatter(s["solve_wall_all"], [i] * len(s["solve_wall_all"]), color="k", s=10, zorder=3)
+    ax.set_yticks(range(len(rows)), [s["case"] for s in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("wall seconds to solve CartPole-v1 (bar: median, dots: seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- main -------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1 seed of ppo-fastvec-x8, ppo-serial-x8 and sb3-ppo-zoo")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), help="cases to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 1 2 3; --quick: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of every learner (default 1)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON/markdown/PNG results")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--child-sb3", type=int, metavar="SEED", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child_sb3 is not None:
+        sb3_child(args.child_sb3, args.threads)
+        return
+
+    seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
+    names = args.cases or ([n for n, c in CASES.items() if "quick" in c.tags] if args.quick else list(CASES))
+    cases = [CASES[n] for n in names]
+    plan = [(case, seed) for case in cases for seed in seeds]
+    print(f"{len(plan)} runs: {', '.join(c.name for c in cases)} x seeds {seeds}", flush=True)
+    if args.dry_run:
+        for case, seed in plan:
+            print(f"  {case.name} seed {seed} (timeout {case.timeout:.0f} s): {case.description}")
+        return
+
+    facts = machine_facts(args.threads)
+    results: list[dict] = []
+    for i, (case, seed) in enumerate(plan, 1):
+        result = run_case(case, seed, args.threads)
+        results.append(result)
+        if result["status"] != "ok":
+            what = f"{result['status']}: {result.get('reason', '')}"
+        elif case.solves:
+            what = (
+                f"solved at {result['solve_step']:,} steps in {result['solve_wall_s']:.2f} s"
+                if result["solved"]
+                else f"not solved ({result['global_step']:,} steps, mean return {result['mean_return_100']:.1f})"
+            )
+        else:
+            what = f"mean return {result['mean_return_100']:.1f} after {result['global_step']:,} steps"
+        print(f"[{i}/{len(plan)}] {case.name} seed {seed}: {what} (process {result['process_s']:.1f} s)", flush=True)
+
+    summaries = [summarize(case, [r for r in results if r["case"] == case.name]) for case in cases]
+    table = markdown(summaries, facts, seeds)
+    print()
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"ppo_solve-{facts['host']}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out_json = args.out / f"{stem}.json"
+    out_json.write_text(
+        json.dumps({"machine": facts, "seeds": seeds, "summaries": summaries, "runs": results}, indent=2)
+    )
+    (args.out / f"{stem}.md").write_text(table + "\n")
+    plot(summaries, args.out / f"{stem}.png")
+    print(f"\nresults: {out_json} (+ .md, .png)")
+
+
+if __name__ == "__main__":
+    main()

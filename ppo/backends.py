@@ -1,0 +1,296 @@
+"""The vectorized-env engines the trainer can run on, behind one small interface.
+
+Every backend exposes its results as a ``Ring`` of S slots (see ``ppo.storage``):
+``reset`` and ``step`` return the slot they wrote. fastvec's ring *is* its shared
+memory block (zero copy). The other engines return fresh arrays each step, which
+their adapter copies into a ring of its own, so the same trainer code compares
+engines: ``--vec-backend fastvec|sb3-subproc|gym-async|serial``.
+
+Every backend autoresets in the same step (SB3's convention): when an episode ends,
+the slot holds the first observation of the next one, and ``ring.terminal_obs`` the
+final observation of the one that ended.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ppo.storage import Ring
+
+__all__ = ["Backend", "FastvecBackend", "GymBackend", "SB3SubprocBackend", "make_env", "make_backend"]
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """``gymnasium.make(env_id)``; a module-level function so that worker processes can unpickle it."""
+    return gym.make(env_id, render_mode=render_mode)
+
+
+class Backend(ABC):
+    """N envs stepped together; results land in ``self.ring``."""
+
+    ring: Ring
+    num_envs: int
+    observation_space: gym.Space  # of one env
+    action_space: gym.Space  # of one env
+
+    @abstractmethod
+    def reset(self, seeds: list[int]) -> int:
+        """Reset env i with ``seeds[i]``; return the slot holding the first observations."""
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> int:
+        """Step every env with its row of ``actions``; return the slot holding the results."""
+
+    def pin_memory(self) -> None:  # noqa: B027 - optional hook
+        """Make the ring page-locked so host-to-device copies can be asynchronous (CUDA)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the envs. The caller must have dropped its tensors over ``ring`` first."""
+
+
+# -- fastvec ---------------------------------------------------------------------------------------
+class FastvecBackend(Backend):
+    """fastvec's Pool; the ring tensors share memory with its shared block.
+
+    ``num_workers``: shards stepping the envs (None: fastvec's default, one per core with
+    the calling process stepping one of them; 0: every env in the calling process).
+    ``settings``: Pool keyword arguments from a ``python -m fastvec.tune`` configuration
+    (``num_workers`` above wins over the one in there).
+    """
+
+    def __init__(
+        self,
+        env_fns: list[Callable[[], gym.Env]],
+        num_slots: int,
+        num_workers: int | None = None,
+        start_method: str | None = None,
+        settings: dict[str, Any] | None = None,
+    ):
+        import fastvec
+        from fastvec.shard import SAME_STEP
+
+        # settings: what `python -m fastvec.tune` found fastest (num_workers, step_in_parent, spin_ns, ...)
+        options: dict[str, Any] = {k: v for k, v in (settings or {}).items() if k not in ("ring_slots", "start_method")}
+        if num_workers == 0:  # one shard, stepped by the calling process itself (no worker process, still the ring)
+            options.update(num_workers=1, step_in_parent=True)
+        elif num_workers is not None:
+            options["num_workers"] = num_workers
+        self.pool = fastvec.Pool(
+            env_fns, start_method=start_method, ring_slots=num_slots, autoreset_mode=SAME_STEP, **options
+        )
+        try:
+            leaves = self.pool.obs_leaves
+            if len(leaves) != 1 or leaves[0].path != ():
+                raise TypeError(
+                    f"the trainer supports single-array (Box) observations, got {self.pool.observation_space}"
+                )
+            views = self.pool.views
+            self.ring = Ring.from_numpy(
+                views.obs[0], views.rewards, views.terminated, views.truncated, views.terminal_obs[0]
+            )
+        except BaseException:
+            self.pool.close()
+            raise
+        self.num_envs = self.pool.num_envs
+        self.observation_space = self.pool.observation_space
+        self.action_space = self.pool.action_space
+        self._pinned: int | None = None
+
+    def reset(self, seeds: list[int]) -> int:
+        slot, _extras = self.pool.reset(seeds=seeds)
+        return slot
+
+    def step(self, actions: np.ndarray) -> int:
+        self.pool.step_async(actions)
+        slot, _extras = self.pool.step_wait()  # infos are not used by the trainer
+        return slot
+
+    def pin_memory(self) -> None:
+        """Register the whole shared block with CUDA as page-locked host memory."""
+        if self._pinned is not None:
+            return
+        views = self.pool.views
+        address, size = views.header.ctypes.data, self.pool.layout.size  # the header is at offset 0
+        # flags 0 = cudaHostRegisterDefault: page-locked, so copies from it can run asynchronously
+        try:
+            torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(address, size, 0))
+        except Exception as exc:
+            raise RuntimeError(f"cudaHostRegister of fastvec's shared block ({size} bytes) failed: {exc}") from exc
+        self._pinned = address
+
+    def close(self) -> None:
+        try:
+            if self._pinned is not None:
+                address, self._pinned = self._pinned, None
+                torch.cuda.synchronize()  # no copy may still read the block
+                torch.cuda.check_error(torch.cuda.cudart().cudaHostUnregister(address))
+        finally:
+            self.ring = None  # type: ignore[assignment]
+            self.pool.close()
+
+
+# -- engines that return fresh arrays ----------------------------------------------------------------
+class _CopyBackend(Backend):
+    """Owns a ring of plain (optionally pinned) buffers and copies every step's results into it."""
+
+    def _allocate(self, num_slots: int, pin: bool) -> None:
+        space, n = self.observation_space, self.num_envs
+
+        def buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+            return torch.zeros(shape, dtype=dtype, pin_memory=pin).numpy()
+
+        self._obs = buffer((num_slots, n, *space.shape), space.dtype)
+        self._rewards = buffer((num_slots, n), np.float64)  # what gymnasium returns, and fastvec's ring holds
+        self._terminated = buffer((num_slots, n), np.bool_)
+        self._truncated = buffer((num_slots, n), np.bool_)
+        self._terminal_obs = buffer((n, *space.shape), space.dtype)
+        self.ring = Ring.from_numpy(self._obs, self._rewards, self._terminated, self._truncated, self._terminal_obs)
+        self._num_slots = num_slots
+        self._slot = 0
+
+    def _write(
+        self,
+        obs: np.ndarray,
+        rewards: np.ndarray | None = None,
+        terminated: np.ndarray | None = None,
+        truncated: np.ndarray | None = None,
+    ) -> int:
+        slot = (self._slot + 1) % self._num_slots  # the next slot, as fastvec does
+        self._obs[slot] = obs
+        self._rewards[slot] = 0.0 if rewards is None else rewards
+        self._terminated[slot] = False if terminated is None else terminated
+        self._truncated[slot] = False if truncated is None else truncated
+        self._slot = slot
+        return slot
+
+
+class GymBackend(_CopyBackend):
+    """gymnasium's SyncVectorEnv ("serial": every env in this process) or AsyncVectorEnv ("gym-async")."""
+
+    def __init__(
+        self,
+        env_fns: list[Callable[[], gym.Env]],
+        num_slots: int,
+        asynchronous: bool,
+        start_method: str | None = None,
+        pin: bool = False,
+    ):
+        mode = gym.vector.AutoresetMode.SAME_STEP
+        if asynchronous:
+            # copy=False: the adapter copies into its ring at once, a second copy would be wasted
+            self.venv = gym.vector.AsyncVectorEnv(env_fns, context=start_method, copy=False, autoreset_mode=mode)
+        else:
+            self.venv = gym.vector.SyncVectorEnv(env_fns, copy=False, autoreset_mode=mode)
+        self.num_envs = self.venv.num_envs
+        self.observation_space = self.venv.single_observation_space
+        self.action_space = self.venv.single_action_space
+        self._allocate(num_slots, pin)
+
+    def reset(self, seeds: list[int]) -> int:
+        obs, _info = self.venv.reset(seed=list(seeds))
+        return self._write(obs)
+
+    def step(self, actions: np.ndarray) -> int:
+        obs, rewards, terminated, truncated, info = self.venv.step(actions)
+        mask = info.get("_final_obs")
+        if mask is not None and mask.any():
+            ended = np.flatnonzero(mask)
+            self._terminal_obs[ended] = np.stack(info["final_obs"][ended])
+        return self._write(obs, rewards, terminated, truncated)
+
+    def close(self) -> None:
+        self.ring = None  # type: ignore[assignment]
+        self.venv.close()
+
+
+class SB3SubprocBackend(_CopyBackend):
+    """Stable-Baselines3's SubprocVecEnv (one process per env, pickled pipe messages)."""
+
+    def __init__(
+        self,
+        env_fns: list[Callable[[], gym.Env]],
+        num_slots: int,
+        start_method: str | None = None,
+        pin: bool = False,
+    ):
+        from stable_baselines3.common.vec_env import SubprocVecEnv
+
+        self.venv = SubprocVecEnv(env_fns, start_method=start_method)
+        self.num_envs = self.venv.num_envs
+        self.observation_space = self.venv.observation_space
+        self.action_space = self.venv.action_space
+        self._allocate(num_slots, pin)
+
+    def reset(self, seeds: list[int]) -> int:
+        if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+            raise ValueError("SB3's VecEnv.seed(seed) seeds env i with seed + i; other seed lists are not supported")
+        self.venv.seed(seeds[0])
+        return self._write(self.venv.reset())
+
+    def step(self, actions: np.ndarray) -> int:
+        obs, rewards, dones, infos = self.venv.step(actions)
+        terminated = dones.copy()
+        truncated = np.zeros_like(dones)
+        # SB3 folds truncation into `dones`; the split is in the infos of the envs that ended
+        for i in np.flatnonzero(dones):
+            info = infos[i]
+            truncated[i] = info.get("TimeLimit.truncated", False)
+            terminated[i] = not truncated[i]
+            self._terminal_obs[i] = info["terminal_observation"]
+        return self._write(obs, rewards, terminated, truncated)
+
+    def close(self) -> None:
+        self.ring = None  # type: ignore[assignment]
+        self.venv.close()
+
+
+def make_backend(
+    name: str,
+    env_id: str,
+    num_envs: int,
+    num_slots: int,
+    *,
+    num_workers: int | None = None,
+    start_method: str | None = None,
+    pin: bool = False,
+    fastvec_config: str | None = None,
+) -> Backend:
+    """The backend called ``name`` running ``num_envs`` copies of ``env_id`` with a ring of ``num_slots``.
+
+    ``fastvec_config``: path of a ``python -m fastvec.tune`` JSON (fastvec only).
+    """
+    env_fns = [functools.partial(make_env, env_id) for _ in range(num_envs)]
+    backend: Backend
+    if fastvec_config is not None and name != "fastvec":
+        raise ValueError(f"fastvec_config applies to the fastvec backend, not {name!r}")
+    if name == "fastvec":
+        from fastvec.vec_env import load_config
+
+        settings = load_config(fastvec_config) if fastvec_config is not None else None
+        backend = FastvecBackend(
+            env_fns, num_slots, num_workers=num_workers, start_method=start_method, settings=settings
+        )
+        if pin:
+            try:
+                backend.pin_memory()
+            except BaseException:
+                backend.close()
+                raise
+    elif name == "serial":
+        backend = GymBackend(env_fns, num_slots, asynchronous=False, pin=pin)
+    elif name == "gym-async":
+        backend = GymBackend(env_fns, num_slots, asynchronous=True, start_method=start_method, pin=pin)
+    elif name == "sb3-subproc":
+        backend = SB3SubprocBackend(env_fns, num_slots, start_method=start_method, pin=pin)
+    else:
+        raise ValueError(f"unknown vec_backend {name!r}; expected fastvec, sb3-subproc, gym-async or serial")
+    return backend

@@ -1,0 +1,89 @@
+"""Checkpoints: plain state dicts saved with torch.save, loaded with ``weights_only=True``.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so loading one
+never runs code from the file (a run directory from elsewhere is data, not code).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "CHECKPOINT_NAMES"]
+
+# in the order find_checkpoint prefers them when given a run folder
+CHECKPOINT_NAMES = ("latest.pt", "final.pt", "best.pt")
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    agent: nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+    reward_rms: nn.Module | None = None,
+    global_step: int = 0,
+    iteration: int = 0,
+    **extra: Any,
+) -> Path:
+    """Write a checkpoint atomically (a reader never sees half a file). ``agent`` may be a state dict."""
+    path = Path(path)
+    state: dict[str, Any] = {
+        "agent": agent.state_dict() if isinstance(agent, nn.Module) else agent,
+        "global_step": int(global_step),
+        "iteration": int(iteration),
+        "config": config or {},
+        # restores sampling exactly on resume
+        "torch_rng_state": torch.get_rng_state(),
+        **extra,
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if reward_rms is not None:
+        state["reward_rms"] = reward_rms.state_dict()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
+    """``path`` itself if it is a file; in a run folder, ``prefer`` or the first of CHECKPOINT_NAMES that exists."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint file or run folder at {path}")
+    names = (prefer,) if prefer else CHECKPOINT_NAMES
+    for name in names:
+        candidate = path / name
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} holds none of {list(names)}")
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    agent: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    reward_rms: nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+    restore_rng: bool = False,
+) -> dict[str, Any]:
+    """Load a checkpoint (``weights_only=True``) into the given modules; return the whole dict."""
+    state = torch.load(find_checkpoint(path), map_location=map_location, weights_only=True)
+    if agent is not None:
+        agent.load_state_dict(state["agent"])
+    if optimizer is not None:
+        if "optimizer" not in state:
+            raise KeyError(f"{path} has no optimizer state (best.pt holds weights only); resume from latest/final")
+        optimizer.load_state_dict(state["optimizer"])
+    if reward_rms is not None and "reward_rms" in state:
+        reward_rms.load_state_dict(state["reward_rms"])
+    if restore_rng and "torch_rng_state" in state:
+        torch.set_rng_state(state["torch_rng_state"].cpu())
+    return state

@@ -1,0 +1,184 @@
+"""Evaluate a trained agent: ``python -m ppo.eval runs/<run>``.
+
+Loads the run's config.json and a checkpoint (best.pt by default, ``weights_only=True``),
+plays N episodes with the deterministic policy (argmax / Gaussian mean) and reports
+their mean return. ``--video`` records one episode when the env renders rgb_array:
+a GIF with imageio when it is installed, else the frames as a compressed .npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+
+from ppo.agent import Agent
+from ppo.backends import make_env
+from ppo.checkpoint import find_checkpoint, load_checkpoint
+from ppo.config import Config
+
+__all__ = ["evaluate", "record_video", "load_agent", "EvalArgs", "main"]
+
+
+def _env_actions(agent: Agent, obs: np.ndarray, action_space: gym.Space, device: torch.device) -> np.ndarray:
+    with torch.no_grad():
+        action = agent.sample(torch.as_tensor(obs, device=device), deterministic=True)
+    action = action.cpu().numpy()
+    if isinstance(action_space, gym.spaces.Box):
+        action = np.clip(action, action_space.low, action_space.high)
+    return action
+
+
+def evaluate(
+    agent: Agent,
+    env_id: str,
+    episodes: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    max_envs: int = 8,
+) -> np.ndarray:
+    """Returns of ``episodes`` episodes of the deterministic policy, played on up to ``max_envs`` envs.
+
+    Env i plays a fixed share of the episodes (as SB3's ``evaluate_policy``), so short
+    episodes do not crowd out long ones. Env i is first reset with ``seed + i``.
+    """
+    if episodes < 1:
+        return np.zeros(0)
+    device = torch.device(device)
+    num_envs = min(episodes, max_envs)
+    targets = np.array([(episodes + i) // num_envs for i in range(num_envs)])
+    venv = gym.vector.SyncVectorEnv(
+        [lambda: make_env(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    was_training = agent.training
+    agent.eval()
+    try:
+        obs, _ = venv.reset(seed=[seed + i for i in range(num_envs)])
+        running = np.zeros(num_envs)
+        finished = np.zeros(num_envs, dtype=np.int64)
+        returns: list[float] = []
+        while (finished < targets).any():
+            obs, rewards, terminated, truncated, _ = venv.step(
+                _env_actions(agent, obs, venv.single_action_space, device)
+            )
+            running += rewards
+            ended = np.flatnonzero((terminated | truncated) & (finished < targets))
+            returns.extend(running[ended].tolist())
+            finished[ended] += 1
+            running[terminated | truncated] = 0.0
+        return np.asarray(returns)
+    finally:
+        agent.train(was_training)
+        venv.close()
+
+
+def record_video(
+    agent: Agent, env_id: str, path: str | Path, seed: int = 0, device: torch.device | str = "cpu", fps: int = 30
+) -> Path | None:
+    """Record one deterministic episode; returns the file written, or None if the env cannot render rgb_array."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-rendered envs: no display needed
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    try:
+        env = make_env(env_id, render_mode="rgb_array")
+    except Exception:
+        return None
+    device = torch.device(device)
+    frames = []
+    try:
+        obs, _ = env.reset(seed=seed)
+        frame = env.render()
+        if not isinstance(frame, np.ndarray):
+            return None
+        frames.append(frame)
+        done = False
+        while not done:
+            action = _env_actions(agent, obs[None], env.action_space, device)[0]
+            obs, _reward, terminated, truncated, _ = env.step(action)
+            frames.append(env.render())
+            done = terminated or truncated
+    finally:
+        env.close()
+    path = Path(path)
+    try:
+        import imageio.v2 as imageio  # optional; not a dependency of fastvec
+    except ImportError:
+        out = path.with_suffix(".npz")
+        np.savez_compressed(out, frames=np.stack(frames), fps=fps)
+        return out
+    out = path.with_suffix(".gif")
+    imageio.mimsave(out, frames, duration=1000 / fps)
+    return out
+
+
+def load_agent(
+    run_dir: str | Path, checkpoint: str | None = None, device: torch.device | str = "cpu"
+) -> tuple[Agent, Config, dict]:
+    """Rebuild the agent of a run from its config.json and load a checkpoint into it.
+
+    ``checkpoint``: a file path, or a file name in the run folder (default: best.pt, else final.pt).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():  # a checkpoint file: its folder is the run
+        checkpoint, run_dir = str(run_dir), run_dir.parent
+    with open(run_dir / "config.json") as f:
+        config = Config.from_dict(json.load(f))
+    if checkpoint is None:
+        path = next((run_dir / n for n in ("best.pt", "final.pt", "latest.pt") if (run_dir / n).is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"{run_dir} holds no best.pt, final.pt or latest.pt")
+    else:
+        path = Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
+    probe = make_env(config.env_id)
+    try:
+        agent = Agent(probe.observation_space, probe.action_space, config.hidden_sizes, config.norm_obs)
+    finally:
+        probe.close()
+    state = load_checkpoint(path, agent, map_location=device)
+    state["path"] = str(path)
+    return agent.to(device), config, state
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate a run's checkpoint."""
+
+    run: tyro.conf.Positional[str]
+    """run folder (runs/<run>) or a checkpoint file"""
+    checkpoint: str | None = None
+    """checkpoint file name in the run folder (default: best.pt, else final.pt)"""
+    episodes: int = 10
+    """number of evaluation episodes"""
+    seed: int | None = None
+    """seed of env 0 (env i: seed + i); default: the run's seed + 10000, away from the training seeds"""
+    video: bool = False
+    """also record one episode to <run>/video.gif (or video.npz without imageio)"""
+    device: str = "cpu"
+    """torch device for the network"""
+
+
+def main(argv: list[str] | None = None) -> float:
+    args = tyro.cli(EvalArgs, args=argv)
+    torch.set_num_threads(1)
+    agent, config, state = load_agent(args.run, args.checkpoint, args.device)
+    seed = config.seed + 10_000 if args.seed is None else args.seed
+    returns = evaluate(agent, config.env_id, args.episodes, seed=seed, device=args.device)
+    print(
+        f"{config.env_id}: mean return {returns.mean():.2f} +- {returns.std():.2f} over {len(returns)} episodes "
+        f"({state['path']}, trained {state.get('global_step', 0):,} steps)"
+    )
+    if args.video:
+        run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+        out = record_video(agent, config.env_id, run_dir / "video", seed=seed, device=args.device)
+        print(f"video: {out}" if out else f"{config.env_id} does not render rgb_array frames; no video")
+    return float(returns.mean())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,145 @@
+"""What a run reports: a live progress bar, metrics.csv, TensorBoard, and the learning-curve plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunLogger", "plot_learning_curve"]
+
+
+class RunLogger:
+    """One row of metrics per iteration to ``metrics.csv`` (and TensorBoard), plus a rich progress bar.
+
+    TensorBoard gets at most ``tensorboard_hz`` rows per second (and always the last one):
+    a row of 15 scalars costs ~0.6 ms, 4% of a CartPole iteration, while metrics.csv
+    costs ~10 us and gets every row. TensorBoard and rich are imported only when enabled.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        tensorboard: bool,
+        progress: bool,
+        title: str,
+        tensorboard_hz: float = 10.0,
+    ):
+        self.run_dir = run_dir
+        self._tb_interval = 1.0 / tensorboard_hz
+        self._tb_last = -math.inf
+        self._tb_pending: dict[str, Any] | None = None
+        self._csv_file = open(run_dir / "metrics.csv", "w", newline="")
+        self._csv: csv.DictWriter | None = None
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(run_dir))
+        self._progress = None
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TextColumn("{task.fields[sps]:>7,.0f} SPS"),
+                TextColumn("return {task.fields[ret]}"),
+                TimeElapsedColumn(),
+                refresh_per_second=4,
+            )
+            self._task = self._progress.add_task(title, total=total_steps, sps=0.0, ret="-")
+            self._progress.start()
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Write one iteration's metrics; ``global_step`` is the x axis."""
+        if self._csv is None:
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(metrics))
+            self._csv.writeheader()
+        self._csv.writerow(metrics)
+        self._csv_file.flush()
+        step = int(metrics["global_step"])
+        if self._writer is not None:
+            now = time.monotonic()
+            if now - self._tb_last >= self._tb_interval:
+                self._write_tensorboard(metrics)
+                self._tb_last, self._tb_pending = now, None
+            else:
+                self._tb_pending = metrics
+        if self._progress is not None:
+            ret = metrics.get("mean_return_100", float("nan"))
+            self._progress.update(
+                self._task, completed=step, sps=metrics.get("sps", 0.0), ret="-" if math.isnan(ret) else f"{ret:.1f}"
+            )
+
+    def _write_tensorboard(self, metrics: dict[str, Any]) -> None:
+        step = int(metrics["global_step"])
+        for key, value in metrics.items():
+            if key != "global_step" and isinstance(value, (int, float)) and not math.isnan(value):
+                self._writer.add_scalar(_tb_tag(key), value, step)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._writer is not None:
+            if self._tb_pending is not None:
+                self._write_tensorboard(self._tb_pending)
+            self._writer.close()
+            self._writer = None
+        self._csv_file.close()
+
+
+def _tb_tag(key: str) -> str:
+    groups = {
+        "mean_return_100": "charts/episodic_return",
+        "mean_length_100": "charts/episodic_length",
+        "sps": "charts/SPS",
+        "learning_rate": "charts/learning_rate",
+        "clip_coef": "charts/clip_coef",
+    }
+    return groups.get(key, f"losses/{key}")
+
+
+def plot_learning_curve(
+    path: str | os.PathLike,
+    steps: np.ndarray,
+    returns: np.ndarray,
+    title: str,
+    solve_return: float | None = None,
+    window: int = 100,
+) -> Path:
+    """Episode returns against env steps, with their moving mean over ``window`` episodes (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if len(returns):
+        ax.scatter(steps, returns, s=3, alpha=0.25, label="episode return")
+        cumulative = np.cumsum(np.insert(returns, 0, 0.0))
+        counts = np.minimum(np.arange(1, len(returns) + 1), window)
+        moving = (cumulative[1:] - cumulative[np.maximum(0, np.arange(1, len(returns) + 1) - window)]) / counts
+        ax.plot(steps, moving, color="C1", label=f"mean of last {window}")
+    if solve_return is not None and math.isfinite(solve_return):
+        ax.axhline(solve_return, color="C2", linestyle="--", label=f"solved ({solve_return:g})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,124 @@
+"""The agent's distributions against torch.distributions, and the networks' shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from torch.distributions import Categorical, Normal
+
+from ppo.agent import (
+    Agent,
+    categorical_entropy,
+    categorical_log_prob,
+    categorical_sample,
+    gaussian_entropy,
+    gaussian_log_prob,
+    is_image_space,
+)
+
+
+def test_categorical_matches_torch_distributions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 5, generator=gen) * 3
+    actions = torch.randint(0, 5, (64,), generator=gen)
+    reference = Categorical(logits=logits)
+    torch.testing.assert_close(categorical_log_prob(logits, actions), reference.log_prob(actions))
+    torch.testing.assert_close(categorical_entropy(logits), reference.entropy())
+
+
+def test_categorical_sample_follows_the_probabilities() -> None:
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).expand(20_000, 3)
+    counts = torch.bincount(categorical_sample(logits), minlength=3).float() / 20_000
+    torch.testing.assert_close(counts, torch.tensor([0.1, 0.6, 0.3]), atol=0.015, rtol=0)
+
+
+def test_gaussian_matches_torch_distributions() -> None:
+    gen = torch.Generator().manual_seed(1)
+    mean = torch.randn(32, 3, generator=gen)
+    log_std = torch.randn(1, 3, generator=gen) * 0.5
+    actions = torch.randn(32, 3, generator=gen) * 2
+    reference = Normal(mean, log_std.exp().expand_as(mean))
+    torch.testing.assert_close(
+        gaussian_log_prob(mean, log_std.expand_as(mean), actions), reference.log_prob(actions).sum(-1)
+    )
+    torch.testing.assert_close(gaussian_entropy(log_std, 32), reference.entropy().sum(-1))
+
+
+def test_discrete_agent_evaluate_matches_reference() -> None:
+    torch.manual_seed(0)
+    agent = Agent(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(3))
+    obs = torch.randn(16, 4)
+    action, log_prob, value = agent.act(obs)
+    assert action.shape == (16,) and action.dtype == torch.int64 and value.shape == (16,)
+    new_log_prob, entropy, new_value = agent.evaluate(obs, action)
+    reference = Categorical(logits=agent.actor(obs))
+    torch.testing.assert_close(new_log_prob, reference.log_prob(action))
+    torch.testing.assert_close(log_prob, new_log_prob)
+    torch.testing.assert_close(entropy, reference.entropy())
+    torch.testing.assert_close(new_value, agent.critic(obs).squeeze(-1))
+    torch.testing.assert_close(agent.act(obs, deterministic=True).action, agent.actor(obs).argmax(-1))
+
+
+def test_continuous_agent_evaluate_matches_reference() -> None:
+    torch.manual_seed(0)
+    agent = Agent(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(-2, 2, (2,), np.float32))
+    with torch.no_grad():
+        agent.actor_logstd.copy_(torch.tensor([[0.3, -0.7]]))
+    obs = torch.randn(16, 3)
+    action, log_prob, _ = agent.act(obs)
+    assert action.shape == (16, 2) and action.dtype == torch.float32
+    new_log_prob, entropy, _ = agent.evaluate(obs, action)
+    mean = agent.actor(obs)
+    reference = Normal(mean, agent.actor_logstd.exp().expand_as(mean))
+    torch.testing.assert_close(new_log_prob, reference.log_prob(action).sum(-1))
+    torch.testing.assert_close(log_prob, new_log_prob)
+    torch.testing.assert_close(entropy, reference.entropy().sum(-1))
+    torch.testing.assert_close(agent.act(obs, deterministic=True).action, mean)
+
+
+def test_cleanrl_initialisation() -> None:
+    torch.manual_seed(0)
+    agent = Agent(spaces.Box(-1, 1, (8,), np.float32), spaces.Discrete(2))
+    hidden, policy_out = agent.actor[0].weight, agent.actor[-1].weight
+    # orthogonal rows scaled by the gain: W W^T = gain^2 I (rows <= columns for the 8 -> 64 layer: columns)
+    torch.testing.assert_close(hidden.T @ hidden, 2.0 * torch.eye(8), atol=1e-5, rtol=0)
+    assert policy_out.abs().max() < 0.05  # gain 0.01: the initial policy is near uniform
+    assert all(float(layer.bias.detach().abs().max()) == 0.0 for layer in agent.actor if hasattr(layer, "bias"))
+
+
+@pytest.mark.parametrize("shape", [(84, 84, 4), (16, 16, 3)])
+def test_image_agent_shapes(shape: tuple[int, int, int]) -> None:
+    space = spaces.Box(0, 255, shape, np.uint8)
+    assert is_image_space(space)
+    agent = Agent(space, spaces.Discrete(6))
+    obs = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    action, log_prob, value = agent.act(obs)
+    assert action.shape == log_prob.shape == value.shape == (5,)
+    new_log_prob, entropy, new_value = agent.evaluate(obs, action)
+    torch.testing.assert_close(new_log_prob, log_prob)
+    assert entropy.shape == (5,) and torch.allclose(new_value, value)
+
+
+def test_obs_normalization_is_part_of_the_state_dict() -> None:
+    agent = Agent(spaces.Box(-10, 10, (2,), np.float32), spaces.Discrete(2), norm_obs=True)
+    agent.obs_rms.update(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))
+    assert {"obs_rms.mean", "obs_rms.var", "obs_rms.count"} <= set(agent.state_dict())
+    x = agent.preprocess(torch.tensor([[2.0, 20.0]]))
+    torch.testing.assert_close(x, torch.zeros(1, 2), atol=1e-3, rtol=0)  # the mean maps to 0
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_sample_matches_act(continuous: bool) -> None:
+    """The rollout's actor-only sample() draws the same actions as act() from the same random state."""
+    torch.manual_seed(0)
+    action_space = spaces.Box(-1, 1, (2,), np.float32) if continuous else spaces.Discrete(4)
+    agent = Agent(spaces.Box(-1, 1, (5,), np.float32), action_space)
+    obs = torch.randn(8, 5)
+    torch.manual_seed(1)
+    sampled = agent.sample(obs)
+    torch.manual_seed(1)
+    torch.testing.assert_close(sampled, agent.act(obs).action)
+    torch.testing.assert_close(agent.sample(obs, deterministic=True), agent.act(obs, deterministic=True).action)

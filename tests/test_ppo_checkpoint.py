@@ -1,0 +1,92 @@
+"""Checkpoints: save/load restores parameters and optimizer state; a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from ppo.agent import Agent
+from ppo.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from ppo.config import Config
+from ppo.train import Trainer
+
+
+def _agent_and_optimizer(seed: int) -> tuple[Agent, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    agent = Agent(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2), norm_obs=True)
+    return agent, torch.optim.Adam(agent.parameters(), lr=1e-3, eps=1e-5)
+
+
+def _gradient_step(agent: Agent, optimizer: torch.optim.Optimizer, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(32, 4, generator=gen)
+    actions = torch.randint(0, 2, (32,), generator=gen)
+    log_prob, entropy, value = agent.evaluate(obs, actions)
+    loss = -(log_prob * torch.randn(32, generator=gen)).mean() + value.square().mean() - 0.01 * entropy.mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def _assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_save_load_and_resume_give_the_same_parameters(tmp_path) -> None:
+    agent, optimizer = _agent_and_optimizer(0)
+    agent.obs_rms.update(torch.randn(100, 4) * 3 + 1)
+    for k in range(3):
+        _gradient_step(agent, optimizer, k)
+    path = save_checkpoint(tmp_path / "ckpt.pt", agent, optimizer, config={"seed": 0}, global_step=96, iteration=3)
+
+    restored, restored_optimizer = _agent_and_optimizer(1)  # different initial weights
+    state = load_checkpoint(path, restored, restored_optimizer)
+    assert state["global_step"] == 96 and state["iteration"] == 3 and state["config"] == {"seed": 0}
+    _assert_same_parameters(agent, restored)  # includes the observation normalizer's statistics
+    # resuming: the same further updates from the original and from the restored copy agree exactly
+    for k in range(3, 6):
+        _gradient_step(agent, optimizer, k)
+        _gradient_step(restored, restored_optimizer, k)
+    _assert_same_parameters(agent, restored)
+
+
+def test_checkpoints_load_with_weights_only(tmp_path) -> None:
+    agent, optimizer = _agent_and_optimizer(0)
+    path = save_checkpoint(tmp_path / "ckpt.pt", agent, optimizer, config=Config().to_dict())
+    torch.load(path, weights_only=True)  # raises if anything but tensors and plain containers is inside
+    assert find_checkpoint(tmp_path / "ckpt.pt") == path
+    with pytest.raises(FileNotFoundError):
+        find_checkpoint(tmp_path)  # a folder without latest/final/best
+
+
+def test_trainer_resumes_from_a_run(tmp_path) -> None:
+    """A run resumed from final.pt starts from its parameters, optimizer and step count."""
+    common = dict(
+        runs_dir=str(tmp_path),
+        num_envs=2,
+        num_steps=16,
+        vec_backend="serial",
+        progress=False,
+        tensorboard=False,
+        eval_episodes=0,
+        stop_when_solved=False,
+    )
+    with Trainer(Config(run_name="first", total_timesteps=64, **common)) as first:
+        first.run()
+        saved = {k: v.clone() for k, v in first.agent.state_dict().items()}
+        saved_step = first.global_step
+    final = tmp_path / "first" / "final.pt"
+    with Trainer(Config(run_name="second", total_timesteps=128, resume=str(tmp_path / "first"), **common)) as second:
+        assert second.global_step == saved_step == 64
+        for key, value in second.agent.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+        reference = torch.load(final, weights_only=True)["optimizer"]["state"]
+        for index, values in second.optimizer.state_dict()["state"].items():
+            assert torch.equal(values["exp_avg"], reference[index]["exp_avg"])
+        summary = second.run()
+    assert summary["global_step"] == 128 and summary["iterations"] == 4

@@ -36,7 +36,7 @@ class Ring:
     """
 
     obs: torch.Tensor  # [S, N, *obs_shape], the observation after the step that wrote the slot
-    rewards: torch.Tensor  # [S, N] float32
+    rewards: torch.Tensor  # [S, N] float64
     terminated: torch.Tensor  # [S, N] bool
     truncated: torch.Tensor  # [S, N] bool
     terminal_obs: torch.Tensor  # [N, *obs_shape]: final observation of envs whose episode ended in the latest step

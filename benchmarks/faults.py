@@ -168,12 +168,13 @@ def run(engine: str, scenario: str, fail_in: str) -> dict:
             cwd=Path(__file__).resolve().parent.parent,
             start_new_session=True,
         )
+        hung = False
         try:
             proc.wait(timeout=TIME_LIMIT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            outcomes.append({"outcome": f"hang (nothing within {TIME_LIMIT:.0f} s)"})
+            hung = True
         out.seek(0)
         text = out.read()
     for line in text.splitlines():
@@ -181,6 +182,8 @@ def run(engine: str, scenario: str, fail_in: str) -> dict:
             outcomes.append(json.loads(line[8:]))
         elif line.startswith("PIDS "):
             pids = json.loads(line[5:])
+    if hung:  # after whatever it reported: e.g. an error, then a close() that never returned
+        outcomes.append({"outcome": f"hang (no further progress within {TIME_LIMIT:.0f} s)"})
     if not outcomes:
         outcomes.append({"outcome": f"process died (exit {proc.returncode})"})
     time.sleep(1.5)  # the parent-death rule under test is "within about a second"
@@ -205,7 +208,10 @@ def describe(result: dict) -> str:
     parts = []
     for o in result["outcomes"]:
         if o["outcome"] == "error":
-            parts.append(f"raises {o['type']} after {o['seconds']:.1f} s" + (f": {o['message'][:90]}" if o.get("message") else ""))
+            message = o.get("message", "").split("Remote traceback")[0].replace("\\n", " ").strip()
+            if len(message) > 1 and message[0] == message[-1] == "'":  # a KeyError's repr
+                message = message[1:-1]
+            parts.append(f"raises {o['type']} after {o['seconds']:.1f} s" + (f": {message[:90]}" if message else ""))
         elif o["outcome"] == "no error":
             w = f" (warns: {o['warnings'][0][:60]})" if o.get("warnings") else ""
             parts.append(f"no error{w}")

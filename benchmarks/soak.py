@@ -45,6 +45,11 @@ def make(index: int, p: float) -> gym.Env:
     return Faulty(gym.make("CartPole-v1"), p, seed=hash((index, os.getpid(), time.perf_counter_ns())))
 
 
+def _our_children(me: psutil.Process) -> list[psutil.Process]:
+    """Child processes other than multiprocessing's long-lived resource tracker."""
+    return [p for p in me.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+
+
 def tree_rss_mb(pids: list[int]) -> float:
     total = psutil.Process().memory_info().rss
     for pid in pids:
@@ -70,7 +75,7 @@ def main() -> None:
     resource_tracker.ensure_running()  # multiprocessing's helper keeps one pipe open for good: not ours
     me = psutil.Process()
     fds_start = me.num_fds()
-    children_start = len(me.children(recursive=True))
+    children_start = len(_our_children(me))
     shm_start = set(shm.list_segments())
     rng = np.random.default_rng(0)
     venv = SubprocVecEnv(
@@ -117,7 +122,7 @@ def main() -> None:
     venv.close()
     time.sleep(0.5)
     fds_end = me.num_fds()
-    children_end = len([p for p in me.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())])
+    children_end = len(_our_children(me))
     shm_end = set(shm.list_segments()) - shm_start
 
     first, peak, last = samples[0][1], max(s[1] for s in samples), samples[-1][1]

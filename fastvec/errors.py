@@ -50,6 +50,9 @@ class EnvError(FastvecError):
             text += f"\n\nRemote traceback (env {env_index}):\n{remote_traceback.rstrip()}"
         super().__init__(text)
 
+    def __str__(self) -> str:  # plain text even when mixed with KeyError (whose str() is a repr)
+        return str(self.args[0]) if self.args else ""
+
     def __reduce__(self):
         return (
             env_error,

@@ -113,6 +113,9 @@ class FailingEnv(gym.Env):
     def explode(self):
         raise KeyError("boom in env_method")
 
+    def render(self):
+        return np.zeros((2, 2, 3), np.uint8)
+
     def pid(self):
         return os.getpid()
 
@@ -144,3 +147,10 @@ class SloppyEnv(FailingEnv):
         self.steps += 1
         reward = float("nan") if self.steps == 2 else 1.0
         return np.full(2, 0.25, np.float64), reward, False, False, {}
+
+
+class RenderFailEnv(FailingEnv):
+    render_mode = "rgb_array"
+
+    def render(self):
+        raise RuntimeError("boom in render")

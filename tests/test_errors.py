@@ -290,3 +290,28 @@ def test_check_raise_and_off() -> None:
             venv.step(np.zeros(2, dtype=np.int64))
     with pytest.raises(ValueError, match="check must be"):
         SubprocVecEnv([envs.make_cartpole], check="maybe")
+
+
+def test_render_error_names_env() -> None:
+    fns = [envs.FailingEnv, envs.FailingEnv, envs.RenderFailEnv]
+    with SubprocVecEnv([partial(_with_render_mode, f) for f in fns], start_method="fork", num_workers=2) as venv:
+        with pytest.raises(EnvError, match="env 2 raised RuntimeError during 'render': boom in render"):
+            venv.get_images()
+        venv.reset()  # still usable
+
+
+def _with_render_mode(factory):
+    env = factory()
+    env.render_mode = "rgb_array"
+    return env
+
+
+def test_env_error_pickles_and_reads_plainly() -> None:
+    import pickle
+
+    from fastvec.errors import env_error
+
+    err = env_error(3, "env_method", "KeyError", "'missing'", "Traceback ...")
+    assert isinstance(err, KeyError) and str(err).startswith("env 3 raised KeyError during 'env_method'")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err) and again.env_index == 3 and str(again) == str(err)

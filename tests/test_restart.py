@@ -101,3 +101,30 @@ def test_vector_env_restart_next_step_mode() -> None:
 def test_restart_requires_a_valid_mode() -> None:
     with pytest.raises(ValueError, match="on_error"):
         SubprocVecEnv([envs.make_cartpole], on_error="ignore")
+
+
+class FlakyResetEnv(envs.FailingEnv):
+    """Raises in reset in its first life only."""
+
+    lives: dict = {}
+
+    def __init__(self, key: str):
+        super().__init__(None)
+        FlakyResetEnv.lives[key] = FlakyResetEnv.lives.get(key, 0) + 1
+        self.first_life = FlakyResetEnv.lives[key] == 1
+
+    def reset(self, *, seed=None, options=None):
+        if self.first_life:
+            raise ValueError("flaky reset")
+        return super().reset(seed=seed, options=options)
+
+
+@pytest.mark.parametrize("bad_index", [0, 2])
+def test_reset_error_recreates_the_env(bad_index: int) -> None:
+    key = f"reset-{bad_index}-{os.getpid()}"
+    fns = [partial(FlakyResetEnv, f"{key}-{i}") if i == bad_index else envs.FailingEnv for i in range(3)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        obs = venv.reset()
+        assert obs.shape == (3, 2)
+        assert venv.pool.shard_restarts() == 1
+        venv.step(np.zeros(3, dtype=np.int64))

@@ -16,21 +16,7 @@ import traceback
 import numpy as np
 import psutil
 
-
-def _tree_cpu(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _busy_cpu() -> float:
-    t = psutil.cpu_times()
-    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+from fastvec.tune import busy_cpu_seconds, tree_cpu_seconds
 
 
 def measure(spec: dict) -> dict:
@@ -58,7 +44,7 @@ def measure(spec: dict) -> dict:
             k += 1
         me = psutil.Process()
         rates = []
-        cpu0, busy0, wall0 = _tree_cpu(me), _busy_cpu(), time.perf_counter()
+        cpu0, busy0, wall0 = tree_cpu_seconds(me), busy_cpu_seconds(), time.perf_counter()
         for _ in range(repeats):
             steps = 0
             start = time.perf_counter()
@@ -73,8 +59,8 @@ def measure(spec: dict) -> dict:
                     break
             rates.append(steps * num_envs / (now - start))
         wall = time.perf_counter() - wall0
-        cpu_tree = _tree_cpu(me) - cpu0
-        busy = _busy_cpu() - busy0
+        cpu_tree = tree_cpu_seconds(me) - cpu0
+        busy = busy_cpu_seconds() - busy0
         cores = psutil.cpu_count()
         result.update(
             rate=statistics.median(rates),

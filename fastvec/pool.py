@@ -34,7 +34,7 @@ from fastvec.errors import (
 )
 from fastvec.layout import Control, Views, plan_layout
 from fastvec.shard import RESTARTED, SAME_STEP, WARNING, Shard, ShardError
-from fastvec.spaces import ActionChecker, leaves
+from fastvec.spaces import ActionChecker, assemble, leaves
 from fastvec.worker import (
     CLOSE,
     CONTROL,
@@ -248,6 +248,7 @@ class Pool:
                     "all envs of a pool must share their spaces"
                 )
         self.obs_leaves = leaves(self.observation_space)
+        self._single_leaf = len(self.obs_leaves) == 1 and self.obs_leaves[0].path == ()
         self._actions = ActionChecker(self.action_space, self.num_envs, kernels)
         self.layout = plan_layout(
             self.obs_leaves,
@@ -353,6 +354,22 @@ class Pool:
             RuntimeWarning,
             stacklevel=4,
         )
+
+    # -- reading results ---------------------------------------------------------------------
+    def observations(self, slot: int, copy: bool = True) -> Any:
+        """The batch of observations in ring ``slot``, in the observation space's structure
+        (an array, or an OrderedDict / tuple of arrays): copies, or views of the ring."""
+        rings = self.views.obs
+        if self._single_leaf:
+            return rings[0][slot].copy() if copy else rings[0][slot]
+        return assemble(self.observation_space, [r[slot].copy() if copy else r[slot] for r in rings])
+
+    def terminal_observation(self, i: int) -> Any:
+        """A copy of env ``i``'s final observation of the episode that ended in the latest step."""
+        buffers = self.views.terminal_obs
+        if self._single_leaf:
+            return buffers[0][i].copy()
+        return assemble(self.observation_space, [b[i].copy() for b in buffers])
 
     def _send_attach(self, remote: _Remote, first_seq: int, restart: tuple | None) -> None:
         remote.conn.send(("attach", self.layout, first_seq, restart))

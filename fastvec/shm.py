@@ -15,7 +15,7 @@ import os
 import secrets
 from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["PREFIX", "create", "unlink", "sweep_stale", "list_segments"]
+__all__ = ["PREFIX", "create", "unlink", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
 _SHM_DIR = "/dev/shm"
@@ -38,7 +38,8 @@ def unlink(shm: SharedMemory) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (possibly another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,7 +64,7 @@ def sweep_stale() -> list[str]:
     for name in list_segments():
         try:
             pid = int(name[len(PREFIX) :].split("-", 1)[0])
-            if os.stat(os.path.join(_SHM_DIR, name)).st_uid != uid or _pid_alive(pid):
+            if os.stat(os.path.join(_SHM_DIR, name)).st_uid != uid or pid_alive(pid):
                 continue
             os.unlink(os.path.join(_SHM_DIR, name))
             removed.append(name)

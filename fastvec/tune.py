@@ -89,7 +89,8 @@ def _make_env(env_id: str | None, env_module: str | None) -> Any:
     return gymnasium.make(env_id)
 
 
-def _tree_cpu(proc: Any) -> float:
+def tree_cpu_seconds(proc: Any) -> float:
+    """CPU seconds used so far by ``proc`` and all its descendants."""
     import psutil
 
     total = 0.0
@@ -102,7 +103,8 @@ def _tree_cpu(proc: Any) -> float:
     return total
 
 
-def _busy_cpu() -> float:
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all processes)."""
     import psutil
 
     t = psutil.cpu_times()
@@ -143,7 +145,7 @@ def _measure_here(spec: dict) -> dict:
             venv.step(batches[k & 63])
             k += 1
         me = psutil.Process()
-        cpu0, busy0, wall0 = _tree_cpu(me), _busy_cpu(), time.perf_counter()
+        cpu0, busy0, wall0 = tree_cpu_seconds(me), busy_cpu_seconds(), time.perf_counter()
         rates = []
         for _ in range(repeats):
             steps, start = 0, time.perf_counter()
@@ -158,8 +160,8 @@ def _measure_here(spec: dict) -> dict:
                     break
             rates.append(steps * n / (now - start))
         wall = time.perf_counter() - wall0
-        cpu_tree = _tree_cpu(me) - cpu0
-        other = max(0.0, (_busy_cpu() - busy0 - cpu_tree) / (wall * psutil.cpu_count()))
+        cpu_tree = tree_cpu_seconds(me) - cpu0
+        other = max(0.0, (busy_cpu_seconds() - busy0 - cpu_tree) / (wall * psutil.cpu_count()))
     finally:
         venv.close()
     return {

@@ -12,7 +12,6 @@ import numpy as np
 
 from fastvec.pool import Pool
 from fastvec.shard import INFO, RESET_INFO, RESTARTED, SAME_STEP
-from fastvec.spaces import assemble
 
 try:  # SB3's own base class when SB3 is installed: isinstance checks and wrappers work
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv as _VecEnvBase
@@ -119,23 +118,11 @@ class SubprocVecEnv(_VecEnvBase):
         except BaseException:
             self.pool.close()
             raise
-        self._single_leaf = len(self.pool.obs_leaves) == 1 and self.pool.obs_leaves[0].path == ()
 
     # -- observations --------------------------------------------------------------------
     def _obs(self, slot: int) -> Any:
-        views = self.pool.views
-        if self._single_leaf:
-            return views.obs[0][slot].copy() if self.copy else views.obs[0][slot]
-        arrays = [ring[slot].copy() if self.copy else ring[slot] for ring in views.obs]
-        return assemble(self.observation_space, arrays)
+        return self.pool.observations(slot, self.copy)
 
-    def _terminal_obs(self, i: int) -> Any:
-        views = self.pool.views
-        if self._single_leaf:
-            return views.terminal_obs[0][i].copy()
-        return assemble(self.observation_space, [buf[i].copy() for buf in views.terminal_obs])
-
-    # -- the VecEnv contract ----------------------------------------------------------------
     def reset(self) -> Any:
         options = self._options if any(self._options) else None
         slot, extras = self.pool.reset(self._seeds, options)
@@ -176,7 +163,7 @@ class SubprocVecEnv(_VecEnvBase):
             info["TimeLimit.truncated"] = False
         for i in np.flatnonzero(dones).tolist():
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-            infos[i]["terminal_observation"] = self._terminal_obs(i)
+            infos[i]["terminal_observation"] = self.pool.terminal_observation(i)
             self.reset_infos[i] = reset_infos.get(i, {})
         for i, error in restarted.items():
             infos[i]["fastvec.restarted"] = error

@@ -12,7 +12,6 @@ from gymnasium.vector.utils import batch_space
 
 from fastvec.pool import Pool
 from fastvec.shard import INFO, NEXT_STEP, RESTARTED, SAME_STEP
-from fastvec.spaces import assemble
 
 __all__ = ["VectorEnv"]
 
@@ -76,21 +75,9 @@ class VectorEnv(gym.vector.VectorEnv):
         except BaseException:
             self.pool.close()
             raise
-        self._single_leaf = len(self.pool.obs_leaves) == 1 and self.pool.obs_leaves[0].path == ()
 
     def _obs(self, slot: int) -> Any:
-        views = self.pool.views
-        if self._single_leaf:
-            return views.obs[0][slot].copy() if self.copy else views.obs[0][slot]
-        return assemble(
-            self.single_observation_space, [r[slot].copy() if self.copy else r[slot] for r in views.obs]
-        )
-
-    def _terminal_obs(self, i: int) -> Any:
-        views = self.pool.views
-        if self._single_leaf:
-            return views.terminal_obs[0][i].copy()
-        return assemble(self.single_observation_space, [b[i].copy() for b in views.terminal_obs])
+        return self.pool.observations(slot, self.copy)
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -148,7 +135,7 @@ class VectorEnv(gym.vector.VectorEnv):
             for i in range(self.num_envs):
                 if done[i]:
                     infos = self._add_info(
-                        infos, {"final_obs": self._terminal_obs(i), "final_info": step_infos.get(i, {})}, i
+                        infos, {"final_obs": self.pool.terminal_observation(i), "final_info": step_infos.get(i, {})}, i
                     )
                     infos = self._add_info(infos, reset_infos.get(i, {}), i)
                 elif i in step_infos:

@@ -46,16 +46,6 @@ def _set_parent_death_signal() -> None:
             pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def worker_main(
     conn: Any,
     worker_index: int,
@@ -74,7 +64,9 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if death_signal:
         _set_parent_death_signal()
-    if not _alive(parent_pid):
+    from fastvec.shm import pid_alive
+
+    if not pid_alive(parent_pid):
         return
     for fd in close_fds:  # pipe ends of siblings inherited through fork
         try:
@@ -146,7 +138,7 @@ def worker_main(
             if adaptive:  # poll a little longer than the parent usually takes, yielding the core
                 spin_ns = -min(max(int(1.5 * gap_ns), 20_000), 2_000_000)
             if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
-                if not _alive(parent_pid):
+                if not pid_alive(parent_pid):
                     break
                 continue
             began = time.perf_counter_ns()

@@ -27,6 +27,7 @@ __all__ = [
     "CACHE_LINE",
     "CONTROL_WORDS",
     "Control",
+    "Stats",
     "Field",
     "Layout",
     "plan_layout",
@@ -57,6 +58,15 @@ class Control:
     # in the pool's own block (index num_workers), written by every worker:
     REMAINING = 0  # workers that have not finished the current command (atomic countdown)
     REMAINING_WAITING = 1  # 1 while the parent sleeps on REMAINING
+
+
+class Stats:
+    """Columns of a worker's row in ``worker_stats`` (written by the worker only)."""
+
+    COMMANDS = 0  # commands run
+    ENV_STEPS = 1  # env steps taken
+    BUSY_NS = 2  # nanoseconds spent running commands
+    ENV_RESTARTS = 3  # envs re-created after raising (on_error="restart")
 
 
 @dataclass(frozen=True)

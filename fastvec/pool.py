@@ -32,9 +32,9 @@ from fastvec.errors import (
     WorkerDiedError,
     env_error,
 )
-from fastvec.layout import Control, Views, plan_layout
+from fastvec.layout import Control, Stats, Views, plan_layout
 from fastvec.shard import RESTARTED, SAME_STEP, WARNING, Shard, ShardError
-from fastvec.spaces import ActionChecker, assemble, leaves
+from fastvec.spaces import ActionChecker, assemble, is_single_array, leaves
 from fastvec.worker import (
     CLOSE,
     CONTROL,
@@ -50,8 +50,7 @@ from fastvec.worker import (
 __all__ = ["Pool", "default_num_workers", "split_envs"]
 
 _MASK = 0xFFFFFFFF
-DEFAULT_SPIN_NS = -200_000  # poll (yielding the core) this long before sleeping on the futex
-OVERSUBSCRIBED_SPIN_NS = -200_000
+YIELD_POLL_NS = -200_000  # default poll (yielding the core) before sleeping on the futex
 ADAPTIVE = 1  # spin_ns value sent to workers: poll as long as the parent usually takes, up to 2 ms
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 
@@ -181,6 +180,7 @@ class Pool:
         self.step_timeout = step_timeout
         self._daemon = bool(daemon)
         self.pin_workers = bool(pin_workers)
+        self._parent_affinity: list[int] | None = None  # set by _pin(), restored by close()
         if on_error not in ("raise", "restart"):
             raise ValueError(f"on_error must be 'raise' or 'restart', got {on_error!r}")
         self.on_error = on_error
@@ -197,11 +197,11 @@ class Pool:
         self.shard_envs = split_envs(n, num_workers)
         remote_shards = list(range(1 if self.step_in_parent else 0, num_workers))
         self.oversubscribed = len(remote_shards) + 1 > default_num_workers()
-        self.spin_ns = int(spin_ns) if spin_ns is not None else DEFAULT_SPIN_NS
+        self.spin_ns = int(spin_ns) if spin_ns is not None else YIELD_POLL_NS
         # workers: by default adapt the poll to the gap between commands (a learner's forward
         # pass between steps), as long as every process has a core of its own
         self._worker_spin_ns = (
-            int(spin_ns) if spin_ns is not None else (OVERSUBSCRIBED_SPIN_NS if self.oversubscribed else ADAPTIVE)
+            int(spin_ns) if spin_ns is not None else (YIELD_POLL_NS if self.oversubscribed else ADAPTIVE)
         )
         self._seq = 0
         self.slot = 0
@@ -248,7 +248,7 @@ class Pool:
                     "all envs of a pool must share their spaces"
                 )
         self.obs_leaves = leaves(self.observation_space)
-        self._single_leaf = len(self.obs_leaves) == 1 and self.obs_leaves[0].path == ()
+        self._single_leaf = is_single_array(self.obs_leaves)
         self._actions = ActionChecker(self.action_space, self.num_envs, kernels)
         self.layout = plan_layout(
             self.obs_leaves,
@@ -326,7 +326,7 @@ class Pool:
         """
         dead = self._remotes[position]
         exitcode = dead.process.exitcode
-        self._restarts_of_dead_workers += int(self.views.worker_stats[dead.index, 3])
+        self._restarts_of_dead_workers += int(self.views.worker_stats[dead.index, Stats.ENV_RESTARTS])
         dead.conn.close()
         dead.process.join(1.0)
         try:
@@ -639,7 +639,7 @@ class Pool:
 
         cores = sorted(os.sched_getaffinity(0))
         if self.step_in_parent:
-            self._parent_affinity = cores  # restored by close()
+            self._parent_affinity = cores
             psutil.Process().cpu_affinity([cores[0]])
         for remote in self._remotes:
             psutil.Process(remote.process.pid).cpu_affinity([cores[remote.index % len(cores)]])
@@ -647,15 +647,20 @@ class Pool:
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
         local = self._local.restarts if self._local is not None else 0
-        remote = int(sum(self.views.worker_stats[r.index, 3] for r in self._remotes))
+        remote = int(sum(self.views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._remotes))
         return local + remote + self._restarts_of_dead_workers
 
     def worker_stats(self) -> list[dict]:
         """Per worker: commands run, env steps and seconds spent busy (read from the shared block)."""
         stats = self.views.worker_stats
         return [
-            {"worker": r.index, "pid": r.process.pid, "commands": int(stats[r.index, 0]),
-             "env_steps": int(stats[r.index, 1]), "busy_s": float(stats[r.index, 2]) / 1e9}
+            {
+                "worker": r.index,
+                "pid": r.process.pid,
+                "commands": int(stats[r.index, Stats.COMMANDS]),
+                "env_steps": int(stats[r.index, Stats.ENV_STEPS]),
+                "busy_s": float(stats[r.index, Stats.BUSY_NS]) / 1e9,
+            }
             for r in self._remotes
         ]
 
@@ -751,7 +756,7 @@ class Pool:
             except BufferError:
                 pass  # views handed out with copy=False keep the mapping alive until freed
             self._segment = None
-        if getattr(self, "_parent_affinity", None):
+        if self._parent_affinity:
             os.sched_setaffinity(0, self._parent_affinity)
             self._parent_affinity = None
         _LIVE_POOLS.discard(self)

@@ -18,7 +18,7 @@ import numpy as np
 
 from fastvec import kernels
 from fastvec.layout import Views
-from fastvec.spaces import split
+from fastvec.spaces import is_single_array, split
 
 __all__ = ["SAME_STEP", "NEXT_STEP", "INFO", "RESET_INFO", "RESTARTED", "WARNING", "ShardError", "Shard", "describe_exception"]
 
@@ -90,8 +90,7 @@ class Shard:
         self.views = views
         self.autoreset_mode = autoreset_mode
         self.leaves = views.layout.obs_leaves
-        self.single_leaf = len(self.leaves) == 1 and self.leaves[0].path == ()
-        self.space = None  # filled by the owner for error messages
+        self.single_leaf = is_single_array(self.leaves)
         slots = views.layout.ring_slots
         self.obs_slots = [[ring[s] for s in range(slots)] for ring in views.obs]
         self.reward_slots = [views.rewards[s] for s in range(slots)]
@@ -198,10 +197,7 @@ class Shard:
             nan = kernels.first_nan(self.reward_slots[slot], start, self.stop)
             if nan >= 0:
                 self._problem(nan - start, "step", "nan-reward", "returned a NaN reward")
-            if self._warnings:
-                extras = (extras or []) + self._warnings
-                self._warnings = []
-        return extras
+        return self._with_warnings(extras)
 
     def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
         """Reset the envs (all, or those in the shared reset mask) with the shared seeds.
@@ -244,15 +240,22 @@ class Shard:
             raise ShardError(self.start + j, "reset", exc) from exc
         if reset_mask is None:
             self._write_obs(obs_list, slot, "reset")
-            self.reward_slots[slot][self.start : self.stop] = 0.0
-            self.terminated_slots[slot][self.start : self.stop] = 0
-            self.truncated_slots[slot][self.start : self.stop] = 0
+            self._start_episodes(slot, slice(self.start, self.stop), truncated=False)
         else:
             for obs, j in zip(obs_list, rows):
-                self._write_one(obs, slot, j, "reset")
-                self.reward_slots[slot][self.start + j] = 0.0
-                self.terminated_slots[slot][self.start + j] = 0
-                self.truncated_slots[slot][self.start + j] = 0
+                self._write_row(obs, self.obs_slots, slot, j, "reset")
+                self._start_episodes(slot, self.start + j, truncated=False)
+        return self._with_warnings(extras)
+
+    def _start_episodes(self, slot: int, rows: slice | int, truncated: bool) -> None:
+        """Rows that hold a new episode's first observation: reward 0, not terminated,
+        truncated only when the old episode was cut short by a restart."""
+        self.reward_slots[slot][rows] = 0.0
+        self.terminated_slots[slot][rows] = 0
+        self.truncated_slots[slot][rows] = 1 if truncated else 0
+
+    def _with_warnings(self, extras: list | None) -> list | None:
+        """Append the check warnings gathered during this command to its extras."""
         if self._warnings:
             extras = (extras or []) + self._warnings
             self._warnings = []
@@ -336,10 +339,7 @@ class Shard:
             obs_list = [self._row(previous, j) for j in range(len(self.envs))]
             self.needs_reset = [True] * len(self.envs)
         self._write_obs(obs_list, slot, "reset (worker restart)")
-        rows = slice(self.start, self.stop)
-        self.reward_slots[slot][rows] = 0.0
-        self.terminated_slots[slot][rows] = 0
-        self.truncated_slots[slot][rows] = 1 if truncate else 0
+        self._start_episodes(slot, slice(self.start, self.stop), truncated=truncate)
 
     # -- writing observations ----------------------------------------------------------
     def _write_obs(self, obs_list: list, slot: int, command: str) -> None:
@@ -362,17 +362,17 @@ class Shard:
             if bad != -1:
                 self._bad_obs(bad, parts, leaf, command)
 
-    def _write_one(self, obs: Any, slot: int, j: int, command: str) -> None:
+    def _write_row(self, obs: Any, buffers: list, slot: int | None, j: int, command: str) -> None:
+        """Write env j's observation into its row of ``buffers`` (one per leaf; indexed by
+        ``slot`` first unless it is None)."""
         for li, leaf in enumerate(self.leaves):
             part = split(obs, leaf)
-            if kernels.gather_rows([part], self.obs_slots[li][slot], self.start + j) >= 0:
+            dst = buffers[li] if slot is None else buffers[li][slot]
+            if kernels.gather_rows([part], dst, self.start + j) >= 0:
                 self._bad_obs(0, [part], leaf, command, env_offset=j)
 
     def _write_terminal(self, j: int, obs: Any) -> None:
-        for li, leaf in enumerate(self.leaves):
-            part = split(obs, leaf)
-            if kernels.gather_rows([part], self.views.terminal_obs[li], self.start + j) >= 0:
-                self._bad_obs(0, [part], leaf, "step", env_offset=j)
+        self._write_row(obs, self.views.terminal_obs, None, j, "step")
 
     def _bad_obs(self, code: int, values: list, leaf: Any, command: str, env_offset: int | None = None) -> None:
         """gather_rows reported a problem: ``code >= 0`` a wrong shape (always an error),
@@ -463,7 +463,6 @@ _CONTROL: dict[str, Callable[..., Any]] = {
     "call": _call,
     "is_wrapped": is_wrapped,
     "render": lambda env: env.render(),
-    "get_spaces": lambda env: (env.observation_space, env.action_space),
 }
 
 

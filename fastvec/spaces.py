@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from fastvec.errors import UnsupportedSpaceError
 
-__all__ = ["Leaf", "leaves", "assemble", "split", "action_dtype", "ActionChecker"]
+__all__ = ["Leaf", "leaves", "assemble", "split", "is_single_array", "action_dtype", "ActionChecker"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,11 @@ def _(space: spaces.Tuple, path: tuple) -> list[Leaf]:
 def leaves(space: spaces.Space) -> list[Leaf]:
     """The leaves of ``space`` in a fixed order (Dict key order, Tuple index order)."""
     return _leaves(space, ())
+
+
+def is_single_array(obs_leaves: list[Leaf] | tuple[Leaf, ...]) -> bool:
+    """True when the observation is one plain array (no Dict/Tuple structure around it)."""
+    return len(obs_leaves) == 1 and obs_leaves[0].path == ()
 
 
 def split(obs: Any, leaf: Leaf) -> Any:

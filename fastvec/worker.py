@@ -75,7 +75,7 @@ def worker_main(
             pass
 
     from fastvec import kernels
-    from fastvec.layout import Control, Views
+    from fastvec.layout import Control, Stats, Views
     from fastvec.shard import Shard, ShardError
 
     if isinstance(env_fns, bytes):
@@ -181,11 +181,11 @@ def worker_main(
                     reply = None
             control[base + Control.STATUS] = status
             control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
-            stats[0] += 1
-            stats[1] = shard.steps
+            stats[Stats.COMMANDS] += 1
+            stats[Stats.ENV_STEPS] = shard.steps
             finished = time.perf_counter_ns()
-            stats[2] += finished - began
-            stats[3] = shard.restarts
+            stats[Stats.BUSY_NS] += finished - began
+            stats[Stats.ENV_RESTARTS] = shard.restarts
             finish(control, done_index, expected, remaining_index)
             # after DONE: the parent reads it once it sees HAS_MESSAGE, so large
             # messages cannot dead-lock on a full pipe

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
 
 import numpy as np
-import psutil
 
-from fastvec.tune import busy_cpu_seconds, tree_cpu_seconds
+from fastvec.tune import time_steps
 
 
 def measure(spec: dict) -> dict:
@@ -37,37 +35,7 @@ def measure(spec: dict) -> dict:
     result["startup_s"] = time.perf_counter() - began
     try:
         engine.reset()
-        end = time.perf_counter() + min(0.3, seconds / 3)
-        k = 0
-        while time.perf_counter() < end:  # warm-up
-            engine.step(batches[k & 255])
-            k += 1
-        me = psutil.Process()
-        rates = []
-        cpu0, busy0, wall0 = tree_cpu_seconds(me), busy_cpu_seconds(), time.perf_counter()
-        for _ in range(repeats):
-            steps = 0
-            start = time.perf_counter()
-            deadline = start + seconds
-            while True:
-                for _ in range(8):
-                    engine.step(batches[k & 255])
-                    k += 1
-                steps += 8
-                now = time.perf_counter()
-                if now >= deadline:
-                    break
-            rates.append(steps * num_envs / (now - start))
-        wall = time.perf_counter() - wall0
-        cpu_tree = tree_cpu_seconds(me) - cpu0
-        busy = busy_cpu_seconds() - busy0
-        cores = psutil.cpu_count()
-        result.update(
-            rate=statistics.median(rates),
-            rates=rates,
-            cpu_used_by_run=cpu_tree / wall,
-            other_load=max(0.0, (busy - cpu_tree) / (wall * cores)),
-        )
+        result.update(time_steps(engine.step, batches, num_envs, seconds, repeats))
     finally:
         engine.close()
     return result

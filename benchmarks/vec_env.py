@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.engines import ENGINES, cores, peer_status, unsupported
+from fastvec.tune import kill_session
 
 MAX_OTHER_LOAD = 0.02
 BASELINE = "sb3-subproc"
@@ -205,24 +205,16 @@ def _measure_once(spec: dict, timeout: float) -> dict:
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
         proc.communicate()
         return {**spec, "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         tail = (stderr or "").strip().splitlines()[-3:]
         return {**spec, "status": "crashed", "reason": f"exit code {proc.returncode}: {' | '.join(tail)}"}
     return json.loads(lines[-1][len("RESULT ") :])
-
-
-def _kill_session(pgid: int) -> None:
-    # workers an engine failed to stop (PufferLib's spin forever when orphaned) would load every later measurement
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_one(spec: dict, timeout: float, attempts: int = 3) -> dict:

@@ -111,11 +111,56 @@ def busy_cpu_seconds() -> float:
     return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
+def time_steps(step: Any, batches: Any, num_envs: int, seconds: float, repeats: int) -> dict:
+    """Time ``step(batch)`` over pre-made action batches: a warm-up, then ``repeats`` runs of
+    ``seconds`` each. Returns env steps/s (median and each run) and the machine's load:
+    the share of its CPU that processes outside this one's tree used meanwhile.
+    The tuner and ``benchmarks.vec_env`` both measure with this, so their rates compare."""
+    import psutil
+
+    count = len(batches)
+    k = 0
+    end = time.perf_counter() + min(0.3, seconds / 3)
+    while time.perf_counter() < end:  # warm-up
+        step(batches[k % count])
+        k += 1
+    me = psutil.Process()
+    cpu0, busy0, wall0 = tree_cpu_seconds(me), busy_cpu_seconds(), time.perf_counter()
+    rates = []
+    for _ in range(repeats):
+        steps, start = 0, time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(8):
+                step(batches[k % count])
+                k += 1
+            steps += 8
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        rates.append(steps * num_envs / (now - start))
+    wall = time.perf_counter() - wall0
+    cpu_tree = tree_cpu_seconds(me) - cpu0
+    return {
+        "rate": statistics.median(rates),
+        "rates": rates,
+        "cpu_used_by_run": cpu_tree / wall,
+        "other_load": max(0.0, (busy_cpu_seconds() - busy0 - cpu_tree) / (wall * psutil.cpu_count())),
+    }
+
+
+def kill_session(pgid: int) -> None:
+    """SIGKILL a measurement's whole session: what an engine failed to stop must not load the next one."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _measure_here(spec: dict) -> dict:
     import multiprocessing as mp
 
     import numpy as np
-    import psutil
 
     from fastvec.vec_env import SubprocVecEnv
 
@@ -139,37 +184,15 @@ def _measure_here(spec: dict) -> dict:
         }
         startup = time.perf_counter() - began
         venv.reset()
-        k = 0
-        end = time.perf_counter() + min(0.3, seconds / 3)
-        while time.perf_counter() < end:  # warm-up
-            venv.step(batches[k & 63])
-            k += 1
-        me = psutil.Process()
-        cpu0, busy0, wall0 = tree_cpu_seconds(me), busy_cpu_seconds(), time.perf_counter()
-        rates = []
-        for _ in range(repeats):
-            steps, start = 0, time.perf_counter()
-            deadline = start + seconds
-            while True:
-                for _ in range(8):
-                    venv.step(batches[k & 63])
-                    k += 1
-                steps += 8
-                now = time.perf_counter()
-                if now >= deadline:
-                    break
-            rates.append(steps * n / (now - start))
-        wall = time.perf_counter() - wall0
-        cpu_tree = tree_cpu_seconds(me) - cpu0
-        other = max(0.0, (busy_cpu_seconds() - busy0 - cpu_tree) / (wall * psutil.cpu_count()))
+        timing = time_steps(venv.step, batches, n, seconds, repeats)
     finally:
         venv.close()
     return {
         "status": "ok",
         "resolved": resolved,
-        "rate": statistics.median(rates),
-        "rates": rates,
-        "other_load": other,
+        "rate": timing["rate"],
+        "rates": timing["rates"],
+        "other_load": timing["other_load"],
         "startup_s": startup,
     }
 
@@ -184,13 +207,6 @@ def _child_main(argument: str) -> None:
         result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)
-
-
-def _kill_session(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def measure(spec: dict, timeout: float) -> dict:
@@ -209,11 +225,11 @@ def measure(spec: dict, timeout: float) -> dict:
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
         proc.communicate()
         return {"status": "timeout", "reason": f"no result within {timeout:.0f} s"}
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         tail = " | ".join((stderr or "").strip().splitlines()[-3:])

@@ -1,27 +1,66 @@
 """fastvec: N gymnasium environments stepped in parallel processes through shared memory.
 
     from fastvec import SubprocVecEnv          # drop-in for SB3's SubprocVecEnv
-    from fastvec import VectorEnv              # gymnasium 1.x VectorEnv API
+    from fastvec import VectorEnv              # gymnasium 1.x VectorEnv API (AsyncVectorEnv's constructor)
+
+Importing fastvec is light: the front-ends (and Stable-Baselines3 with the first) are
+imported when first used, and worker processes import only the engine.
 """
 
-from fastvec import errors
-from fastvec.errors import EnvError, FastvecError, StepTimeoutError, WorkerDiedError
-from fastvec.kernels import IMPLEMENTATION as KERNELS
-from fastvec.pool import Pool
-from fastvec.vec_env import SubprocVecEnv
-from fastvec.vector_env import VectorEnv
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
+
+from fastvec import errors
+from fastvec.errors import BrokenPoolError, EnvError, FastvecError, StepTimeoutError, WorkerDiedError
+from fastvec.kernels import IMPLEMENTATION as KERNELS
+
+if TYPE_CHECKING:
+    from fastvec.batch import Batch
+    from fastvec.gym_vector_env import VectorEnv
+    from fastvec.options import PoolOptions
+    from fastvec.pool import Pool, PoolState
+    from fastvec.sb3_vec_env import SubprocVecEnv
+
+__version__ = "0.2.0"
+
+_LAZY = {
+    "SubprocVecEnv": "fastvec.sb3_vec_env",
+    "VectorEnv": "fastvec.gym_vector_env",
+    "Pool": "fastvec.pool",
+    "PoolState": "fastvec.pool",
+    "PoolOptions": "fastvec.options",
+    "Batch": "fastvec.batch",
+}
 
 __all__ = [
     "SubprocVecEnv",
     "VectorEnv",
     "Pool",
+    "PoolState",
+    "PoolOptions",
+    "Batch",
     "errors",
     "EnvError",
     "FastvecError",
     "WorkerDiedError",
     "StepTimeoutError",
+    "BrokenPoolError",
     "KERNELS",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastvec' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

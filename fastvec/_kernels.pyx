@@ -76,6 +76,13 @@ cdef extern from *:
 
 IMPLEMENTATION = "cython"
 
+# the control-word offsets this module was compiled with (_kernels.pxd), for tests/test_protocol.py
+CONTROL_OFFSETS = {
+    "CMD_SEQ": CMD_SEQ, "CMD_WAITING": CMD_WAITING, "CMD": CMD, "SLOT": SLOT, "ARG": ARG,
+    "DONE_SEQ": DONE_SEQ, "DONE_WAITING": DONE_WAITING, "HAS_MESSAGE": HAS_MESSAGE,
+    "REMAINING": REMAINING, "REMAINING_WAITING": REMAINING_WAITING,
+}
+
 # wait results
 DONE = 1
 TIMEOUT = 0
@@ -167,18 +174,17 @@ def publish(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
 
 def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t slot, uint32_t arg,
           uint32_t seq, Py_ssize_t remaining_index):
-    """Give every worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, set the
-    pool's countdown to the number of workers, then publish CMD_SEQ = seq (word offsets as in
-    fastvec.layout.Control)."""
+    """Give every worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, arm the
+    pool's countdown with the number of workers, then publish CMD_SEQ = seq."""
     cdef Py_ssize_t k, b
     cdef uint32_t *base = &words[0]
     fv_store(base + remaining_index, <uint32_t> bases.shape[0])
     for k in range(bases.shape[0]):
         b = bases[k]
-        base[b + 2] = command
-        base[b + 3] = slot
-        base[b + 4] = arg
-        publish_word(base + b, base + b + 1, seq)
+        base[b + CMD] = command
+        base[b + SLOT] = slot
+        base[b + ARG] = arg
+        publish_word(base + b + CMD_SEQ, base + b + CMD_WAITING, seq)
 
 
 def finish(uint32_t[::1] words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t remaining_index):
@@ -186,41 +192,44 @@ def finish(uint32_t[::1] words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t 
     last worker wakes the parent, so a parent waiting on many workers wakes once, not once each."""
     cdef uint32_t *base = &words[0]
     publish_word(base + done_index, base + done_index + 1, seq)
-    if fv_sub_fetch(base + remaining_index, 1) == 0:
-        if fv_load(base + remaining_index + 1) != 0:
-            fv_futex_wake(base + remaining_index)
+    if fv_sub_fetch(base + remaining_index + REMAINING, 1) == 0:
+        if fv_load(base + remaining_index + REMAINING_WAITING) != 0:
+            fv_futex_wake(base + remaining_index + REMAINING)
 
 
 def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index, uint32_t seq,
                    int64_t spin_ns, int64_t timeout_ns):
-    """Parent: wait until every worker has finished command ``seq`` (the countdown reaches 0).
+    """Parent: wait until every worker has finished command ``seq``.
 
-    Returns -1 when all are done, else the position in ``done_index`` of a worker still pending.
+    The countdown is only a wake-up hint (one wake for the whole batch): a late decrement
+    of an earlier command can bring it to 0 early, so completion is every DONE_SEQ word
+    equal to ``seq``; after the countdown the words still pending are waited on one by one.
+    Returns -1 when all are done, else the position in ``done_index`` of a worker still
+    pending (the timeout passed, or a signal arrived).
     """
     cdef uint32_t *base = &words[0]
-    cdef int64_t start
-    cdef int rc
+    cdef int64_t start, spin_deadline, deadline
+    cdef int rc = 1
     cdef Py_ssize_t k
+    cdef Py_ssize_t n = done_index.shape[0]
     with nogil:
         start = fv_now_ns()
-        rc = wait_word(base + remaining_index, base + remaining_index + 1, 0,
-                       start + (spin_ns if spin_ns >= 0 else -spin_ns), start + timeout_ns, spin_ns < 0)
+        spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
+        deadline = start + timeout_ns
+        rc = wait_word(base + remaining_index + REMAINING, base + remaining_index + REMAINING_WAITING, 0,
+                       spin_deadline, deadline, spin_ns < 0)
+        if rc != -1:  # counted down (or timed out): every DONE word decides
+            for k in range(n):
+                rc = wait_word(base + done_index[k], base + done_index[k] + 1, seq, spin_deadline, deadline,
+                               spin_ns < 0)
+                if rc != 1:
+                    break
     if rc == 1:
         return -1
-    for k in range(done_index.shape[0]):
+    for k in range(n):
         if fv_load(base + done_index[k]) != seq:
             return k
     return -1
-
-
-def load(uint32_t[::1] words, Py_ssize_t index):
-    """Atomic (seq_cst) load of ``words[index]``."""
-    return fv_load(&words[index])
-
-
-def store(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
-    """Atomic (seq_cst) store of ``value`` into ``words[index]``."""
-    fv_store(&words[index], value)
 
 
 def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=False):
@@ -230,7 +239,8 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     C-contiguous arrays of the right dtype and shape are copied with memcpy;
     anything else goes through ``np.asarray(item, dtype=dst.dtype)`` first
     (casting, like SB3's DummyVecEnv). Returns -1 on success, or the index j of
-    the first item whose shape does not match (nothing after it is copied). With
+    the first item whose shape does not match (nothing after it is copied); a value that
+    cannot be converted (300 into uint8, a string into float) raises as numpy raises. With
     ``report_cast``, a successful copy in which some item was an array of another
     dtype returns ``-2 - j`` for the first such j.
     """
@@ -244,6 +254,9 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     cdef cnp.ndarray arr
     cdef object item
     cdef Py_ssize_t cast = -1
+    # memcpy only between arrays of one type in native byte order: the type number of a
+    # big-endian '>f4' equals that of '<f4', so a swapped item (or destination) is converted
+    cdef bint fast = cnp.PyArray_ISNOTSWAPPED(dst)
     if not cnp.PyArray_IS_C_CONTIGUOUS(dst):
         raise ValueError("gather_rows needs a C-contiguous destination")
     for d in range(row_ndim):
@@ -252,8 +265,9 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
         raise IndexError(f"rows {start}..{start + n} outside destination with {cnp.PyArray_DIMS(dst)[0]} rows")
     for j in range(n):
         item = items[j]
-        if (cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)):
+        if (fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
+                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
             arr = <cnp.ndarray> item
         else:
             if report_cast and cast < 0 and cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from fastvec.protocol import Control
+
 IMPLEMENTATION = "python"
 
 DONE = 1
@@ -116,10 +118,10 @@ def issue(words: np.ndarray, bases: np.ndarray, command: int, slot: int, arg: in
     """Write each worker's command words and publish CMD_SEQ = seq (see _kernels.pyx)."""
     words[remaining_index] = len(bases)
     for b in bases.tolist():
-        words[b + 2] = command
-        words[b + 3] = slot
-        words[b + 4] = arg
-        publish(words, b, seq)
+        words[b + Control.CMD] = command
+        words[b + Control.SLOT] = slot
+        words[b + Control.ARG] = arg
+        publish(words, b + Control.CMD_SEQ, seq)
 
 
 def finish(words: np.ndarray, done_index: int, seq: int, remaining_index: int) -> None:
@@ -131,15 +133,8 @@ def finish(words: np.ndarray, done_index: int, seq: int, remaining_index: int) -
 def wait_remaining(
     words: np.ndarray, remaining_index: int, done_index: np.ndarray, seq: int, spin_ns: int, timeout_ns: int
 ) -> int:
+    """Wait until every DONE_SEQ word equals ``seq`` (completion is every DONE word, as in _kernels.pyx)."""
     return wait_all(words, done_index, seq, spin_ns, timeout_ns)
-
-
-def load(words: np.ndarray, index: int) -> int:
-    return int(words[index])
-
-
-def store(words: np.ndarray, index: int, value: int) -> None:
-    words[index] = value & 0xFFFFFFFF
 
 
 def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = False) -> int:

@@ -10,6 +10,7 @@ did with Stable-Baselines3's SubprocVecEnv.
 from __future__ import annotations
 
 import builtins
+import traceback
 
 __all__ = [
     "FastvecError",
@@ -21,7 +22,10 @@ __all__ = [
     "NoAsyncCallError",
     "UnsupportedSpaceError",
     "SpaceMismatchError",
+    "BrokenPoolError",
     "env_error",
+    "ShardError",
+    "describe_exception",
 ]
 
 
@@ -97,7 +101,14 @@ class StepTimeoutError(FastvecError):
 
 
 class ClosedError(FastvecError):
-    """The pool was used after close() or after a fatal error."""
+    """The pool was used after close()."""
+
+
+class BrokenPoolError(ClosedError):
+    """A command was interrupted or a worker was lost: the pool cannot go on and must be closed.
+
+    Its ``__cause__`` is what broke the pool (an interrupt, WorkerDiedError, StepTimeoutError...).
+    """
 
 
 class AlreadyPendingCallError(FastvecError):
@@ -133,3 +144,24 @@ def env_error(env_index: int, command: str, exc_type: str, message: str, remote_
                 cls = EnvError
             _MIXED_TYPES[builtin_type] = cls
     return cls(env_index, command, exc_type, message, remote_traceback)
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str, str]:
+    """(qualified type name, message, formatted traceback) of an exception, all picklable."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return name, str(exc), "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+
+
+class ShardError(Exception):
+    """An exception inside a shard (from an env, or from writing its row), as the parent needs it
+    to raise an EnvError: env index, command, type, message and traceback, all picklable."""
+
+    def __init__(self, env_index: int, command: str, exc: BaseException):
+        self.env_index = env_index
+        self.command = command
+        self.exc_type, self.message, self.remote_traceback = describe_exception(exc)
+        super().__init__(f"env {env_index}: {self.exc_type}: {self.message}")
+
+    def payload(self) -> tuple[int, str, str, str, str]:
+        return (self.env_index, self.command, self.exc_type, self.message, self.remote_traceback)

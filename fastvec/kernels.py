@@ -29,8 +29,6 @@ publish = impl.publish
 issue = impl.issue
 finish = impl.finish
 wait_remaining = impl.wait_remaining
-load = impl.load
-store = impl.store
 gather_rows = impl.gather_rows
 first_nan = impl.first_nan
 store_floats = impl.store_floats
@@ -45,8 +43,6 @@ __all__ = [
     "issue",
     "finish",
     "wait_remaining",
-    "load",
-    "store",
     "gather_rows",
     "first_nan",
     "store_floats",

@@ -12,7 +12,7 @@ Block:
     | obs ring per leaf [S, N, *shape] | reward ring [S, N] f64
     | terminated ring [S, N] u8 | truncated ring [S, N] u8
     | terminal obs per leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
-    | reset mask [N] u8 | per-worker stats [W, 8] f64
+    | reset mask [N] u8 | per-worker stats [W, Stats.COLUMNS] f64
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastvec.protocol import Stats
 from fastvec.spaces import Leaf
 
 __all__ = [
     "CACHE_LINE",
     "CONTROL_WORDS",
-    "Control",
-    "Stats",
     "Field",
     "Layout",
     "plan_layout",
@@ -39,34 +38,8 @@ MAGIC = 0x46415354  # "FAST"
 VERSION = 1
 
 # A control block is two cache lines of uint32 words: the first is written by the
-# parent (command), the second by the worker (completion).
+# parent (command), the second by the worker (completion); offsets in fastvec.protocol.Control.
 CONTROL_WORDS = 2 * CACHE_LINE // 4
-
-
-class Control:
-    """Word offsets inside one worker's control block."""
-
-    CMD_SEQ = 0  # bumped by the parent to issue a command
-    CMD_WAITING = 1  # 1 while the worker sleeps on CMD_SEQ
-    CMD = 2  # command code (see fastvec.worker)
-    SLOT = 3  # ring slot the command writes to
-    ARG = 4  # command-specific flags
-    DONE_SEQ = 16  # set to CMD_SEQ by the worker when the command is finished
-    DONE_WAITING = 17  # 1 while the parent sleeps on DONE_SEQ
-    STATUS = 18  # 0 ok, 1 an env raised (details follow on the pipe)
-    HAS_MESSAGE = 19  # 1 when a message (infos, error) follows on the pipe
-    # in the pool's own block (index num_workers), written by every worker:
-    REMAINING = 0  # workers that have not finished the current command (atomic countdown)
-    REMAINING_WAITING = 1  # 1 while the parent sleeps on REMAINING
-
-
-class Stats:
-    """Columns of a worker's row in ``worker_stats`` (written by the worker only)."""
-
-    COMMANDS = 0  # commands run
-    ENV_STEPS = 1  # env steps taken
-    BUSY_NS = 2  # nanoseconds spent running commands
-    ENV_RESTARTS = 3  # envs re-created after raising (on_error="restart")
 
 
 @dataclass(frozen=True)
@@ -131,7 +104,7 @@ def plan_layout(
         ("reset_seeds", (n,), np.dtype(np.int64)),
         ("seed_mask", (n,), np.dtype(np.bool_)),
         ("reset_mask", (n,), np.dtype(np.bool_)),
-        ("worker_stats", (num_workers, 8), np.dtype(np.float64)),
+        ("worker_stats", (num_workers, Stats.COLUMNS), np.dtype(np.float64)),
     ]
     fields: dict[str, Field] = {}
     offset = 0

@@ -1,66 +1,87 @@
-"""The pool: worker processes, the shared block, and the command/barrier protocol.
+"""The pool: worker processes, the shared block, and the command protocol, as a state machine.
 
-Front-ends (fastvec.SubprocVecEnv for SB3, fastvec.VectorEnv for gymnasium) sit on
-a Pool; so does the ppo trainer, which reads the ring buffers directly.
+A pool is IDLE, PENDING (one command issued and not yet complete), BROKEN or CLOSED.
+Every command goes the same way:
+
+1. check the arguments and pickle every payload: nothing is issued if that fails;
+2. issue: bump the sequence word of every worker (one kernel call), send payloads;
+3. run the parent's own shard (``step_in_parent``), if any;
+4. wait until every worker's DONE word says it finished (a dead worker is respawned
+   with ``on_error="restart"``, else reported);
+5. read the messages of the workers that have one (infos, errors, call results).
+
+A wait (``step_wait``, ``reset_wait``, ``call_wait``) can be interrupted (Ctrl-C) or time
+out while it waits in step 4 and be called again: nothing was consumed. Anything that
+stops a command part-way through steps 2, 3 or 5 (an interrupt while the parent's envs
+step or while a message is read, a dead worker, a timeout) leaves workers and parent out
+of step: the pool becomes BROKEN, with that exception as the cause, and says so on its
+next use until it is closed. Front-ends (fastvec.SubprocVecEnv, fastvec.VectorEnv) and the
+ppo trainer sit on a Pool and read its results as typed ``Batch`` objects.
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
+import multiprocessing
 import os
-import threading
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from multiprocessing import reduction
 from typing import Any
 
 import numpy as np
 
 from fastvec import kernels, shm
+from fastvec.batch import Batch, RingViews
+from fastvec.checks import ActionWriter, emit_warnings
 from fastvec.errors import (
     AlreadyPendingCallError,
+    BrokenPoolError,
     ClosedError,
     EnvError,
     FastvecError,
     NoAsyncCallError,
+    ShardError,
     SpaceMismatchError,
     StepTimeoutError,
     WorkerDiedError,
     env_error,
 )
-from fastvec.layout import Control, Stats, Views, plan_layout
-from fastvec.shard import RESTARTED, SAME_STEP, WARNING, Shard, ShardError
-from fastvec.spaces import ActionChecker, assemble, is_single_array, leaves
-from fastvec.worker import (
-    CLOSE,
-    CONTROL,
-    HAS_OPTIONS,
-    MASKED,
-    OPTIONS_ALWAYS,
+from fastvec.layout import Views, plan_layout
+from fastvec.options import PoolOptions, default_num_workers
+from fastvec.protocol import (
+    ADAPTIVE_POLL,
     POLL_NS,
-    RESET,
-    STEP,
-    worker_main,
+    SAME_STEP,
+    SEQ_MASK,
+    YIELD_POLL_NS,
+    Command,
+    Control,
+    Extra,
+    ResetFlag,
+    Stats,
 )
+from fastvec.remote import Remote, stop
+from fastvec.restart import describe
+from fastvec.shard import Shard
+from fastvec.spaces import assemble, is_single_array, leaves
 
-__all__ = ["Pool", "default_num_workers", "split_envs"]
+__all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
-_MASK = 0xFFFFFFFF
-YIELD_POLL_NS = -200_000  # default poll (yielding the core) before sleeping on the futex
-ADAPTIVE = 1  # spin_ns value sent to workers: poll as long as the parent usually takes, up to 2 ms
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 
 
-def default_num_workers() -> int:
-    """One per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+class PoolState(Enum):
+    """Where a pool stands (as gymnasium's AsyncState, plus the two ends)."""
+
+    IDLE = "idle"
+    PENDING = "pending"  # a command was issued; its wait has not completed
+    BROKEN = "broken"  # a command could not complete: workers and parent may be out of step
+    CLOSED = "closed"
 
 
 def split_envs(num_envs: int, num_workers: int) -> list[range]:
@@ -75,12 +96,31 @@ def split_envs(num_envs: int, num_workers: int) -> list[range]:
 
 
 @dataclass
-class _Remote:
-    index: int  # worker index (control block)
-    envs: range
-    process: Any
-    conn: Any
-    base: int = 0  # control block offset
+class _Pending:
+    """The command in flight and how far its completion got (so a wait can resume)."""
+
+    command: Command
+    name: str  # what errors call it: "step", "reset", "get_attr", ...
+    slot: int
+    arg: int = 0
+    payloads: dict[int, bytes] = field(default_factory=dict)  # worker index -> pickled request
+    local_args: tuple = ()  # what the parent's own shard runs
+    reset_options: list | None = None  # a reset's per-env options (a respawned worker needs them)
+    local: tuple | None = None  # (extras, error) once the parent's shard has run
+    waited: bool = False  # every worker's DONE word was seen
+    respawned: dict[int, list | None] = field(default_factory=dict)  # position -> extras of its replacement
+    replies: dict[int, Any] = field(default_factory=dict)  # position -> message read (None: had none)
+    plan: dict[int, list[int]] = field(default_factory=dict)  # a call: shard -> positions in its indices
+    count: int = 0  # a call: how many envs it asked
+    sync: bool = False  # started by reset() / call(): a repeated reset() / call() finishes it first
+
+
+_WAIT_NAMES = {
+    Command.STEP: "step_wait",
+    Command.RESET: "reset_wait",
+    Command.CONTROL: "call_wait",
+    Command.CLOSE: "close",
+}
 
 
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -100,61 +140,31 @@ class Pool:
 
     Args:
         env_fns: one callable per env, each returning a new gymnasium.Env.
-        num_workers: how many shards step the envs (default: one per available core,
-            at most num_envs). With ``step_in_parent`` one of them is the calling process.
-        start_method: "fork", "forkserver" or "spawn" (default: forkserver where available).
-        ring_slots: S, the number of ring slots; results of step t land in slot t mod S.
-        step_in_parent: step shard 0 in the calling process instead of a worker
-            process (default: True when num_workers >= 2). On a machine with few cores
-            this keeps the learner's core busy instead of idle.
-        autoreset_mode: fastvec.shard.SAME_STEP (SB3) or NEXT_STEP (gymnasium default).
-        spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll
-            with a pause instruction; negative: poll for ``-spin_ns`` while yielding the
-            core with sched_yield (a waiter that shares a core with the process it waits
-            for hands it the core; a pure spin there starves it); 0: sleep at once.
-            Default: the parent yield-polls 200 us; a worker yield-polls about 1.5 times
-            the usual gap between commands (20 us to 2 ms), or 200 us when processes
-            outnumber cores. Waking a sleeping process costs tens of microseconds on a VM.
-        step_timeout: seconds a command may take before StepTimeoutError (default: none).
-        daemon: start workers as daemonic processes (they then cannot start children).
-        pin_workers: pin shard w to core w mod cores (the parent, when it steps shard 0,
-            to the first core). Off by default: pinning helps only on an otherwise idle
-            machine; ``python -m fastvec.tune`` measures whether it does.
-        on_error: "raise" (default): an env's exception in step or reset is raised as
-            EnvError and a dead worker as WorkerDiedError. "restart": the failing env
-            (or the dead worker's envs) is re-created from its factory, its episode ends
-            as truncated, the others keep going, and the step reports it in its infos.
-        check: what to do when an env returns an observation of another dtype than its
-            space (it is cast) or a NaN reward: "warn" (default; once per env and kind,
-            naming the env), "raise" (EnvError naming the env) or "off". An observation
-            of the wrong shape is always an error.
+        options: a PoolOptions (or a tuning dict / JSON path); ``knobs`` (any PoolOptions
+            field) override it. See fastvec.options.PoolOptions for every knob.
+        autoreset_mode: fastvec.protocol.SAME_STEP (SB3) or NEXT_STEP (gymnasium default).
     """
 
     def __init__(
         self,
         env_fns: Sequence[Callable[[], Any]],
+        options: PoolOptions | dict | str | os.PathLike | None = None,
         *,
-        num_workers: int | None = None,
-        start_method: str | None = None,
-        ring_slots: int = 2,
-        step_in_parent: bool | None = None,
         autoreset_mode: int = SAME_STEP,
-        spin_ns: int | None = None,
-        step_timeout: float | None = None,
-        daemon: bool = False,
-        pin_workers: bool = False,
-        on_error: str = "raise",
-        check: str = "warn",
+        **knobs: Any,
     ):
-        self._closed = False
-        self._broken: str | None = None
-        self._pending: str | None = None
-        self._remotes: list[_Remote] = []
+        self._state = PoolState.IDLE
+        self._cause: BaseException | None = None
+        self._pending: _Pending | None = None
+        self._remotes: list[Remote] = []
         self._local: Shard | None = None
         self._local_envs: list = []
+        self._local_envs_closed = False
         self._segment = None
-        self.views: Views | None = None
+        self._views: Views | None = None
+        self._parent_affinity: list[int] | None = None
 
+        opts = PoolOptions.build(options, **knobs)
         env_fns = list(env_fns)
         if not env_fns:
             raise ValueError("need at least one env factory, got an empty list")
@@ -165,91 +175,72 @@ class Pool:
                     "pass e.g. lambda: gymnasium.make('CartPole-v1')"
                 )
         self.num_envs = n = len(env_fns)
-        if num_workers is None:
-            num_workers = default_num_workers()
-        if not isinstance(num_workers, (int, np.integer)) or num_workers < 1:
-            raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
-        self.num_workers = num_workers = int(min(num_workers, n))
-        if step_in_parent is None:
-            step_in_parent = num_workers >= 2
-        self.step_in_parent = bool(step_in_parent)
-        if not isinstance(ring_slots, (int, np.integer)) or ring_slots < 1:
-            raise ValueError(f"ring_slots must be an int >= 1, got {ring_slots!r}")
-        self.ring_slots = int(ring_slots)
+        num_workers = int(min(opts.num_workers or default_num_workers(), n))
+        step_in_parent = num_workers >= 2 if opts.step_in_parent is None else bool(opts.step_in_parent)
+        start_method = opts.start_method or (
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
+        self.options = opts = opts.replace(
+            num_workers=num_workers, step_in_parent=step_in_parent, start_method=start_method
+        )
+        self.num_workers = num_workers
+        self.step_in_parent = step_in_parent
+        self.ring_slots = int(opts.ring_slots)
         self.autoreset_mode = autoreset_mode
-        self.step_timeout = step_timeout
-        self._daemon = bool(daemon)
-        self.pin_workers = bool(pin_workers)
-        self._parent_affinity: list[int] | None = None  # set by _pin(), restored by close()
-        if on_error not in ("raise", "restart"):
-            raise ValueError(f"on_error must be 'raise' or 'restart', got {on_error!r}")
-        self.on_error = on_error
-        self.worker_restarts = 0
-        self._restarts_of_dead_workers = 0
-        if check not in ("off", "warn", "raise"):
-            raise ValueError(f"check must be 'off', 'warn' or 'raise', got {check!r}")
-        self.check = check
-        if start_method is None:
-            start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        if start_method not in mp.get_all_start_methods():
-            raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}")
         self.start_method = start_method
+        self.step_timeout = opts.step_timeout
+        self.on_error = opts.on_error
+        self.check = opts.check
+        self.pin_workers = opts.pin_workers
+        self.worker_restarts = 0
         self.shard_envs = split_envs(n, num_workers)
-        remote_shards = list(range(1 if self.step_in_parent else 0, num_workers))
+        remote_shards = list(range(1 if step_in_parent else 0, num_workers))
         self.oversubscribed = len(remote_shards) + 1 > default_num_workers()
-        self.spin_ns = int(spin_ns) if spin_ns is not None else YIELD_POLL_NS
+        self.spin_ns = int(opts.spin_ns) if opts.spin_ns is not None else YIELD_POLL_NS
         # workers: by default adapt the poll to the gap between commands (a learner's forward
         # pass between steps), as long as every process has a core of its own
         self._worker_spin_ns = (
-            int(spin_ns) if spin_ns is not None else (YIELD_POLL_NS if self.oversubscribed else ADAPTIVE)
+            int(opts.spin_ns) if opts.spin_ns is not None else (YIELD_POLL_NS if self.oversubscribed else ADAPTIVE_POLL)
         )
         self._seq = 0
         self.slot = 0
+        self._env_fns = env_fns
         shm.sweep_stale()
         _LIVE_POOLS.add(self)
         try:
-            self._start(env_fns, remote_shards)
+            self._start(remote_shards)
             if self.pin_workers:
                 self._pin()
         except BaseException:
-            self._terminate()
+            self._terminate(grace=0.2)
             raise
 
-    # -- start-up -----------------------------------------------------------------------
-    def _start(self, env_fns: list, remote_shards: list[int]) -> None:
-        self._env_fns = env_fns
+    # -- start-up -----------------------------------------------------------------------------
+    def _start(self, remote_shards: list[int]) -> None:
         for w in remote_shards:
             self._remotes.append(self._spawn(w))
-
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
-            envs = self.shard_envs[0]
-            for i in envs:
+            for i in self.shard_envs[0]:
                 try:
-                    self._local_envs.append(env_fns[i]())
+                    self._local_envs.append(self._env_fns[i]())
                 except Exception as exc:
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
-
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
         for remote in self._remotes:
-            kind, payload = self._recv(remote, "make")
-            if kind == "error":
-                raise env_error(*payload)
-            env_spaces.extend(payload)
+            env_spaces.extend(self._handshake(remote, "make"))
         self.observation_space, self.action_space = env_spaces[0]
         for i, (obs_space, act_space) in enumerate(env_spaces):
-            if obs_space != self.observation_space:
-                raise SpaceMismatchError(
-                    f"env {i} has observation space {obs_space}, but env 0 has {self.observation_space}; "
-                    "all envs of a pool must share their spaces"
-                )
-            if act_space != self.action_space:
-                raise SpaceMismatchError(
-                    f"env {i} has action space {act_space}, but env 0 has {self.action_space}; "
-                    "all envs of a pool must share their spaces"
-                )
+            for what, mine, first in (
+                ("observation", obs_space, self.observation_space),
+                ("action", act_space, self.action_space),
+            ):
+                if mine != first:
+                    raise SpaceMismatchError(
+                        f"env {i} has {what} space {mine}, but env 0 has {first}; all envs of a pool must share their spaces"
+                    )
         self.obs_leaves = leaves(self.observation_space)
         self._single_leaf = is_single_array(self.obs_leaves)
-        self._actions = ActionChecker(self.action_space, self.num_envs, kernels)
+        self._actions = ActionWriter(self.action_space, self.num_envs, kernels, self.check)
         self.layout = plan_layout(
             self.obs_leaves,
             tuple(self.action_space.shape),
@@ -262,13 +253,13 @@ class Pool:
         # drop the name at once: workers get the file descriptor instead, so nothing can
         # be left in /dev/shm whatever happens to any process from here on
         shm.unlink(self._segment)
-        self.views = views = Views(self.layout, self._segment.buf)
+        self._views = views = Views(self.layout, self._segment.buf)
         views.write_header()
         for w, envs in enumerate(self.shard_envs):
             views.env_worker[envs.start : envs.stop] = w
         for remote in self._remotes:
             remote.base = views.control_base(remote.index)
-            self._send_attach(remote, first_seq=1, restart=None)
+            remote.attach(self.layout, self._segment._fd, 1, None)  # type: ignore[union-attr]
         for remote in self._remotes:
             self._recv(remote, "attach")
         if self.step_in_parent:
@@ -277,148 +268,209 @@ class Pool:
                 0,
                 views,
                 self.autoreset_mode,
-                env_fns=env_fns[: self.shard_envs[0].stop],
+                env_fns=self._env_fns[: self.shard_envs[0].stop],
                 restart_on_error=self.on_error == "restart",
                 check=self.check,
             )
+        self._control = views.control
+        self._index_remotes()
+        self.ring = RingViews(
+            obs=tuple(views.obs),
+            rewards=views.rewards,
+            terminated=views.terminated,
+            truncated=views.truncated,
+            terminal_obs=tuple(views.terminal_obs),
+            address=views.header.ctypes.data,  # the header is at offset 0
+            nbytes=self.layout.size,
+        )
+
+    def _index_remotes(self) -> None:
+        views = self._views
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
         self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
-        self._control = views.control
 
-    def _spawn(self, w: int) -> _Remote:
-        """Start the worker process of shard ``w`` (it makes its envs and reports their spaces)."""
-        ctx = mp.get_context(self.start_method)
+    def _spawn(self, w: int) -> Remote:
         envs = self.shard_envs[w]
-        fns = self._env_fns[envs.start : envs.stop]
-        if self.start_method != "fork":
-            fns = _pickle_factories(fns, envs.start, self.start_method)
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
-        inherited = [r.conn.fileno() for r in self._remotes if r.index != w] + [parent_conn.fileno()]
-        process = ctx.Process(
-            target=worker_main,
-            args=(
-                child_conn,
-                w,
-                os.getpid(),
-                fns,
-                envs.start,
-                self.autoreset_mode,
-                self._worker_spin_ns,
-                inherited if self.start_method == "fork" else [],
-                threading.current_thread() is threading.main_thread(),
-                self.on_error == "restart",
-                self.check,
-            ),
-            daemon=self._daemon,
-            name=f"fastvec-worker-{w}",
+        return Remote.spawn(
+            w,
+            envs,
+            self._env_fns[envs.start : envs.stop],
+            start_method=self.start_method,
+            daemon=self.options.daemon,
+            autoreset_mode=self.autoreset_mode,
+            spin_ns=self._worker_spin_ns,
+            restart_on_error=self.on_error == "restart",
+            check=self.check,
+            siblings=self._remotes,
         )
-        process.start()
-        child_conn.close()
-        return _Remote(w, envs, process, parent_conn)
 
-    def _respawn(self, position: int, command: str, slot: int, truncate: bool) -> None:
-        """on_error="restart": replace the dead worker at ``self._remotes[position]``.
-
-        The new worker makes fresh envs; their old episodes end (truncated) and new ones
-        start in ``slot``. The dead worker's share of the current command counts as done.
-        """
-        dead = self._remotes[position]
-        exitcode = dead.process.exitcode
-        self._restarts_of_dead_workers += int(self.views.worker_stats[dead.index, Stats.ENV_RESTARTS])
-        dead.conn.close()
-        dead.process.join(1.0)
-        try:
-            dead.process.close()
-        except ValueError:
-            pass
-        remote = self._spawn(dead.index)
-        remote.base = dead.base
-        self._remotes[position] = remote
-        kind, payload = self._recv(remote, "make (worker restart)")
+    def _handshake(self, remote: Remote, command: str) -> list:
+        kind, payload = self._recv(remote, command)
         if kind == "error":
             raise env_error(*payload)
-        for k, (obs_space, act_space) in enumerate(payload):
-            if obs_space != self.observation_space or act_space != self.action_space:
-                raise SpaceMismatchError(f"re-created env {remote.envs.start + k} has other spaces than env 0")
-        self._send_attach(remote, first_seq=(self._seq + 1) & _MASK, restart=(slot, truncate))
-        reply = self._recv(remote, "attach (worker restart)")
-        if reply[0] == "error":
-            raise env_error(*reply[1])
-        kernels.finish(self._control, remote.base + Control.DONE_SEQ, self._seq, self._remaining_index)
-        self.worker_restarts += 1
-        warnings.warn(
-            f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) died during {command!r} "
-            f"with exit code {exitcode}; restarted it with fresh envs (on_error='restart')",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        return payload
 
-    # -- reading results ---------------------------------------------------------------------
-    def observations(self, slot: int, copy: bool = True) -> Any:
-        """The batch of observations in ring ``slot``, in the observation space's structure
-        (an array, or an OrderedDict / tuple of arrays): copies, or views of the ring."""
-        rings = self.views.obs
-        if self._single_leaf:
-            return rings[0][slot].copy() if copy else rings[0][slot]
-        return assemble(self.observation_space, [r[slot].copy() if copy else r[slot] for r in rings])
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def state(self) -> PoolState:
+        return self._state
 
-    def terminal_observation(self, i: int) -> Any:
-        """A copy of env ``i``'s final observation of the episode that ended in the latest step."""
-        buffers = self.views.terminal_obs
-        if self._single_leaf:
-            return buffers[0][i].copy()
-        return assemble(self.observation_space, [b[i].copy() for b in buffers])
+    @property
+    def pending(self) -> str | None:
+        """The name of the command in flight, or None."""
+        return self._pending.name if self._pending is not None else None
 
-    def _send_attach(self, remote: _Remote, first_seq: int, restart: tuple | None) -> None:
-        remote.conn.send(("attach", self.layout, first_seq, restart))
-        reduction.send_handle(remote.conn, self._segment._fd, remote.process.pid)  # type: ignore[union-attr]
+    @property
+    def closed(self) -> bool:
+        return self._state is PoolState.CLOSED
 
-    # -- the step path --------------------------------------------------------------------
-    def step_async(self, actions: Any) -> None:
-        """Validate ``actions`` (shape ``[num_envs, *action_space.shape]``) and start a step."""
+    def _check_idle(self, call: str) -> None:
         self._check_usable()
+        self._finish_interrupted()
         if self._pending is not None:
             raise AlreadyPendingCallError(
-                f"step_async() called while {self._pending!r} is pending; call step_wait() first"
+                f"{call}() called while {self._pending.name!r} is pending; complete it first "
+                f"({_WAIT_NAMES[self._pending.command]}())"
             )
-        self._actions.write(actions, self.views.actions)
-        slot = self.slot + 1
-        if slot == self.ring_slots:
-            slot = 0
-        self._next_slot = slot
-        self._issue(STEP, slot, 0)
-        self._pending = "step"
-        self._local_stepped = False
-        self._local_extras = self._local_error = None
 
-    def step_wait(self) -> tuple[int, list | None]:
-        """Finish the pending step; returns (ring slot holding the results, extras or None).
+    def _check_usable(self) -> None:
+        if self._state is PoolState.CLOSED:
+            raise ClosedError("this vectorized env is closed")
+        if self._state is PoolState.BROKEN:
+            cause = self._cause
+            raise BrokenPoolError(
+                f"this vectorized env cannot be used any more: {_describe_cause(cause)}; close() it"
+            ) from cause
 
-        extras: ``[(env_index, kind, info_dict), ...]`` for envs that returned non-empty infos.
-        """
-        if self._pending != "step":
-            self._check_usable()
-            raise NoAsyncCallError("step_wait() called without a pending step_async()")
-        if self._local is not None and not self._local_stepped:
-            self._local_stepped = True  # a step_wait interrupted by Ctrl-C must not step twice
-            try:
-                self._local_extras = self._local.step(self._next_slot)
-            except ShardError as err:
-                self._local_error = err.payload()
-        remote_extras, remote_error = self._finish("step", self._next_slot, truncate=True)
-        extras, error = self._local_extras, _first(self._local_error, remote_error)
-        self._local_extras = self._local_error = None
+    def _break(self, cause: BaseException) -> None:
+        """A command could not complete: workers and parent may be out of step."""
+        if self._state is not PoolState.CLOSED:
+            self._state = PoolState.BROKEN
+            self._cause = cause
         self._pending = None
-        if remote_extras:
-            extras = (extras or []) + remote_extras
-        if extras and self.check == "warn":
-            extras = _emit_warnings(extras)
-        self.slot = self._next_slot
-        if error is not None:
-            raise env_error(*error)
-        return self.slot, extras
+
+    def _take_pending(self, command: Command, call: str) -> _Pending:
+        p = self._pending
+        if p is None or p.command is not command:
+            self._check_usable()
+            if p is None:
+                raise NoAsyncCallError(f"{call}() called without a pending {call.replace('_wait', '_async')}()")
+            raise AlreadyPendingCallError(f"{call}() called while {p.name!r} is pending")
+        return p
+
+    # -- issuing --------------------------------------------------------------------------------
+    def _issue(self, p: _Pending) -> None:
+        """Publish ``p`` to every worker and send its payloads; from here on it must complete or break."""
+        try:
+            self._seq = (self._seq + 1) & SEQ_MASK
+            self._pending = p
+            self._state = PoolState.PENDING
+            if self._remotes:
+                kernels.issue(
+                    self._control, self._bases, int(p.command), p.slot, p.arg, self._seq, self._remaining_index
+                )
+            for remote in self._remotes:
+                payload = p.payloads.get(remote.index)
+                if payload is not None:
+                    remote.send_bytes(payload)
+        except BaseException as exc:
+            self._break(exc)
+            raise
+
+    def _next_slot(self) -> int:
+        return self.slot + 1 if self.slot + 1 < self.ring_slots else 0
+
+    # -- step -------------------------------------------------------------------------------------
+    def step_async(self, actions: Any) -> None:
+        """Check ``actions`` (shape ``[num_envs, *action_space.shape]``) and start a step."""
+        self._check_idle("step_async")
+        self._actions.write(actions, self._views.actions)
+        slot = self._next_slot()
+        self._issue(_Pending(Command.STEP, "step", slot, local_args=(slot,)))
+
+    def step_wait(self, timeout: float | None = None) -> Batch:
+        """Finish the pending step: the results in the next ring slot, as a Batch.
+
+        ``timeout``: seconds to wait for the workers before ``multiprocessing.TimeoutError``
+        (the step stays pending: call again). Raises EnvError naming the env when an env raised.
+        """
+        p = self._take_pending(Command.STEP, "step_wait")
+        return Batch(self, p.slot, self._complete(p, timeout))
+
+    def step(self, actions: Any) -> Batch:
+        self.step_async(actions)
+        return self.step_wait()
+
+    # -- reset ------------------------------------------------------------------------------------
+    def reset_async(
+        self,
+        seeds: Sequence[int | None] | None = None,
+        options: Sequence[Any] | None = None,
+        mask: np.ndarray | None = None,
+        pass_options_always: bool = False,
+    ) -> None:
+        """Start resetting every env (or those where ``mask`` is True) with per-env seeds and options.
+
+        A full reset writes into the next ring slot; a masked reset overwrites the masked
+        envs' rows of the current slot. ``options[i]`` goes to env i, omitted when falsy (SB3)
+        unless ``pass_options_always`` (gymnasium passes ``options=None``).
+        """
+        self._check_idle("reset_async")
+        n = self.num_envs
+        if seeds is not None:
+            if len(seeds) != n:
+                raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
+            for i, s in enumerate(seeds):
+                if s is not None and (not isinstance(s, (int, np.integer)) or isinstance(s, bool)):
+                    raise TypeError(f"seed for env {i} must be an int or None, got {s!r}")
+        if options is not None:
+            options = list(options)
+            if len(options) != n:
+                raise ValueError(f"expected {n} option dicts (one per env), got {len(options)}")
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (n,):
+                raise ValueError(f"reset mask must have shape ({n},), got {mask.shape}")
+        send_options = options is not None and (pass_options_always or any(options))
+        arg = (ResetFlag.HAS_OPTIONS if send_options else 0) | (ResetFlag.OPTIONS_ALWAYS if pass_options_always else 0)
+        payloads = {}
+        if send_options:  # pickled before anything is issued: an unpicklable option leaves the pool idle
+            for remote in self._remotes:
+                payloads[remote.index] = _dumps(
+                    options[remote.envs.start : remote.envs.stop], "reset options", remote.envs
+                )
+        views = self._views
+        if seeds is None:
+            views.seed_mask[:] = False
+        else:
+            views.seed_mask[:] = [s is not None for s in seeds]
+            views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
+        if mask is not None:
+            views.reset_mask[:] = mask
+            arg |= ResetFlag.MASKED
+            slot = self.slot
+        else:
+            slot = self._next_slot()
+        local_options = None
+        if send_options and self._local is not None:
+            local_options = options[self._local.start : self._local.stop]
+        self._issue(
+            _Pending(
+                Command.RESET,
+                "reset",
+                slot,
+                int(arg),
+                payloads,
+                local_args=(slot, local_options, mask is not None, pass_options_always),
+                reset_options=options if send_options else None,
+            )
+        )
+
+    def reset_wait(self, timeout: float | None = None) -> Batch:
+        """Finish the pending reset; its infos are in ``Batch.reset_infos``."""
+        p = self._take_pending(Command.RESET, "reset_wait")
+        return Batch(self, p.slot, self._complete(p, timeout))
 
     def reset(
         self,
@@ -426,197 +478,75 @@ class Pool:
         options: Sequence[Any] | None = None,
         mask: np.ndarray | None = None,
         pass_options_always: bool = False,
-    ) -> tuple[int, list | None]:
-        """Reset every env (or those where ``mask`` is True) with per-env seeds and options.
+    ) -> Batch:
+        """``reset_async`` then ``reset_wait``. A reset() interrupted while it waited (Ctrl-C) is
+        finished by the next command, so calling reset() (or anything else) again just works."""
+        self.reset_async(seeds, options, mask, pass_options_always)
+        self._pending.sync = True  # type: ignore[union-attr]
+        return self.reset_wait()
 
-        A full reset writes into the next ring slot; a masked reset overwrites the
-        masked envs' rows of the current slot. Returns (slot, extras).
-        """
-        self._check_usable()
-        if self._pending is not None:
-            raise AlreadyPendingCallError(f"reset() called while {self._pending!r} is pending; call step_wait() first")
-        n = self.num_envs
-        views = self.views
-        if seeds is None:
-            views.seed_mask[:] = False
-        else:
-            if len(seeds) != n:
-                raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
-            for i, s in enumerate(seeds):
-                if s is not None and not isinstance(s, (int, np.integer)):
-                    raise TypeError(f"seed for env {i} must be an int or None, got {s!r}")
-            views.seed_mask[:] = [s is not None for s in seeds]
-            views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
-        if options is not None and len(options) != n:
-            raise ValueError(f"expected {n} option dicts (one per env), got {len(options)}")
-        send_options = options is not None and (pass_options_always or any(options))
-        arg = (HAS_OPTIONS if send_options else 0) | (OPTIONS_ALWAYS if pass_options_always else 0)
-        if mask is not None:
-            views.reset_mask[:] = mask
-            arg |= MASKED
-            slot = self.slot
-        else:
-            slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
-        self._issue(RESET, slot, arg)
-        self._pending = "reset"
-        if send_options:
-            for remote in self._remotes:
-                remote.conn.send(list(options[remote.envs.start : remote.envs.stop]))
-        first_error = None
-        extras = None
-        if self._local is not None:
-            local = self._local
-            local_options = list(options[local.start : local.stop]) if send_options else None
-            try:
-                extras = local.reset(slot, local_options, mask is not None, pass_options_always)
-            except ShardError as err:
-                first_error = err.payload()
-        remote_extras, remote_error = self._finish("reset", slot, truncate=False)
-        self._pending = None
-        if remote_extras:
-            extras = (extras or []) + remote_extras
-        if extras and self.check == "warn":
-            extras = _emit_warnings(extras)
-        self.slot = slot
-        error = _first(first_error, remote_error)
-        if error is not None:
-            raise env_error(*error)
-        return slot, extras
-
-    def control(self, request: str, indices: Sequence[int], args: tuple = (), values: Sequence | None = None) -> list:
-        """Run a rare command (get_attr, env_method, render, ...) on the envs at ``indices``.
-
-        ``values`` (aligned with ``indices``) are per-env values, for set_attr.
-        Returns the results in the order of ``indices``.
-        """
-        self._check_usable()
-        if self._pending is not None:
-            raise AlreadyPendingCallError(f"{request}() called while {self._pending!r} is pending; call step_wait() first")
+    # -- rare calls ---------------------------------------------------------------------------
+    def call_async(
+        self, request: str, indices: Sequence[int], args: tuple = (), values: Sequence | None = None
+    ) -> None:
+        """Start a rare call (get_attr, env_method, call, set_attr, render, is_wrapped, has_attr)
+        on the envs at ``indices``; ``values`` (aligned with ``indices``) are per-env values, for set_attr."""
+        self._check_idle(request)
         indices = [self._check_index(i) for i in indices]
-        results: list = [None] * len(indices)
+        if values is not None and len(values) != len(indices):
+            raise ValueError(f"expected {len(indices)} values (one per env), got {len(values)}")
         plan: dict[int, list[int]] = {}  # shard -> positions in indices
-        shard_of = self.views.env_worker
+        shard_of = self._views.env_worker
         for pos, i in enumerate(indices):
             plan.setdefault(int(shard_of[i]), []).append(pos)
 
-        def shard_args(positions: list[int]) -> tuple:
-            if values is None:
-                return args
-            return (args[0], [values[p] for p in positions], *args[1:])
+        def part(positions: list[int]) -> tuple:
+            return (
+                request,
+                [indices[p] for p in positions],
+                args,
+                None if values is None else [values[p] for p in positions],
+            )
 
-        self._issue(CONTROL, self.slot, 0)
-        self._pending = request
-        for remote in self._remotes:
-            positions = plan.get(remote.index, [])
-            remote.conn.send((request, [indices[p] for p in positions], shard_args(positions)))
-        first_error = None
-        if self._local is not None and 0 in plan:
-            positions = plan[0]
-            try:
-                local_results = self._local.control(request, [indices[p] for p in positions], shard_args(positions))
-                for p, r in zip(positions, local_results):
-                    results[p] = r
-            except ShardError as err:
-                first_error = err.payload()
-        remote_error = None
-        try:
-            for remote in self._remotes:
-                kind, payload = self._recv(remote, request)
-                if kind == "error":
-                    remote_error = _first(remote_error, payload)
-                else:
-                    for p, r in zip(plan.get(remote.index, []), payload):
-                        results[p] = r
-            self._wait_done(request)
-        finally:
-            self._pending = None
-        error = _first(first_error, remote_error)
-        if error is not None:
-            raise env_error(*error)
+        # pickled before anything is issued: an unpicklable argument leaves the pool idle
+        payloads = {r.index: _dumps(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
+        local = part(plan.get(0, [])) if self._local is not None else ()
+        self._issue(
+            _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
+        )
+
+    def call_wait(self, timeout: float | None = None) -> list:
+        """Finish the pending call; the results in the order of its ``indices``."""
+        p = self._take_pending(Command.CONTROL, "call_wait")
+        self._complete(p, timeout)
+        results: list = [None] * p.count
+        plan = p.plan
+        if p.local is not None and p.local[0] is not None:
+            for pos, value in zip(plan.get(0, []), p.local[0]):
+                results[pos] = value
+        for position, remote in enumerate(self._remotes):
+            reply = p.replies.get(position)
+            if reply is not None:
+                for pos, value in zip(plan.get(remote.index, []), reply[1]):
+                    results[pos] = value
         return results
 
-    # -- protocol helpers -------------------------------------------------------------------
-    def _issue(self, command: int, slot: int, arg: int) -> None:
-        self._seq = (self._seq + 1) & _MASK
-        if self._remotes:
-            kernels.issue(self._control, self._bases, command, slot, arg, self._seq, self._remaining_index)
+    def call(self, request: str, indices: Sequence[int], args: tuple = (), values: Sequence | None = None) -> list:
+        """``call_async`` then ``call_wait`` (an interrupted call() is finished by the next command, as reset())."""
+        self.call_async(request, indices, args, values)
+        self._pending.sync = True  # type: ignore[union-attr]
+        return self.call_wait()
 
-    def _finish(self, command: str, slot: int | None = None, truncate: bool = True) -> tuple[list | None, tuple | None]:
-        """Wait for every worker, then collect the messages of those that have one."""
-        if not self._remotes:
-            return None, None
-        respawned = self._wait_done(command, slot, truncate)
-        extras = None
-        error = None
-        control = self._control
-        for position, remote in enumerate(self._remotes):
-            if position in respawned:
-                extras = (extras or []) + [
-                    (i, RESTARTED, {"error": "worker process died", "command": command}) for i in remote.envs
-                ]
-                continue
-            if control[remote.base + Control.HAS_MESSAGE]:
-                kind, payload = self._recv(remote, command)
-                if kind == "error":
-                    error = _first(error, payload)
-                else:
-                    extras = (extras or []) + payload
-        return extras, error
-
-    def _wait_done(self, command: str, slot: int | None = None, truncate: bool = True) -> set[int]:
-        """Wait until every worker finished the current command; return the positions of
-        workers that died and were respawned (on_error="restart", step and reset only)."""
-        respawned: set[int] = set()
-        if not self._remotes:
-            return respawned
-        control, done_index, seq = self._control, self._done_index, self._seq
-        remaining = self._remaining_index
-        k = kernels.wait_remaining(control, remaining, done_index, seq, self.spin_ns, POLL_NS)
-        if k == -1:
-            return respawned
-        began = time.monotonic()
-        while True:
-            remote = self._remotes[k]
-            exitcode = remote.process.exitcode
-            if exitcode is not None:
-                if self.on_error == "restart" and slot is not None and k not in respawned:
-                    self._respawn(k, command, slot, truncate)
-                    respawned.add(k)
-                else:
-                    self._broken = f"worker {remote.index} died"
-                    raise WorkerDiedError(remote.index, remote.envs, exitcode, command)
-            elif self.step_timeout is not None and time.monotonic() - began > self.step_timeout:
-                self._broken = f"{command!r} timed out in worker {remote.index}"
-                raise StepTimeoutError(remote.index, remote.envs, command, self.step_timeout)
-            k = kernels.wait_remaining(control, remaining, done_index, seq, 0, POLL_NS)
-            if k == -1:
-                return respawned
-
-    def _recv(self, remote: _Remote, command: str, timeout: float | None = None) -> Any:
-        """Receive one message from ``remote``, noticing its death instead of hanging."""
-        began = time.monotonic()
-        limit = timeout if timeout is not None else self.step_timeout
-        conn = remote.conn
-        while True:
+    def _finish_interrupted(self) -> None:
+        """Complete a reset() or call() that was interrupted in its wait (where nothing was
+        consumed) before starting another command; its results are dropped. A step is never
+        finished behind the caller's back: its results matter (step_wait() says so)."""
+        p = self._pending
+        if p is not None and p.sync:
             try:
-                if conn.poll(POLL_NS / 1e9):
-                    return conn.recv()
-            except (EOFError, OSError):
-                remote.process.join(1.0)
-                self._broken = f"worker {remote.index} died"
-                raise WorkerDiedError(remote.index, remote.envs, remote.process.exitcode, command) from None
-            if remote.process.exitcode is not None and not conn.poll(0):
-                self._broken = f"worker {remote.index} died"
-                raise WorkerDiedError(remote.index, remote.envs, remote.process.exitcode, command)
-            if limit is not None and time.monotonic() - began > limit:
-                self._broken = f"{command!r} timed out in worker {remote.index}"
-                raise StepTimeoutError(remote.index, remote.envs, command, limit)
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise ClosedError("this vectorized env is closed")
-        if self._broken is not None:
-            raise ClosedError(f"this vectorized env cannot be used any more ({self._broken}); close() it")
+                self._complete(p, None)
+            except EnvError:
+                pass
 
     def _check_index(self, i: Any) -> int:
         if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
@@ -625,14 +555,183 @@ class Pool:
             raise IndexError(f"env index {i} out of range for {self.num_envs} envs")
         return int(i) % self.num_envs
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    # -- completing a command -------------------------------------------------------------------
+    def _complete(self, p: _Pending, timeout: float | None) -> list | None:
+        """Run the parent's share, wait for the workers, read their messages; return the
+        extras, or raise the first env error (by env index). Resumable in the wait only."""
+        if p.local is None and self._local is not None and p.local_args:
+            try:
+                p.local = self._run_local(p)
+            except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
+                self._break(exc)
+                raise
+        if not p.waited:
+            self._wait_workers(p, timeout)
+            p.waited = True
+        for position, remote in enumerate(self._remotes):
+            if position in p.replies or position in p.respawned:
+                continue
+            if self._control[remote.base + Control.HAS_MESSAGE]:
+                try:
+                    p.replies[position] = self._recv(remote, p.name)
+                except BaseException as exc:  # a message half read leaves the pipe out of step
+                    self._break(exc)
+                    raise
+            else:
+                p.replies[position] = None
+        if p.command in (Command.STEP, Command.RESET):
+            self.slot = p.slot
+        self._pending = None
+        self._state = PoolState.IDLE
+        return self._gather(p)
 
-    @property
-    def pending(self) -> str | None:
-        return self._pending
+    def _run_local(self, p: _Pending) -> tuple:
+        local = self._local
+        try:
+            if p.command is Command.STEP:
+                return local.step(*p.local_args), None
+            if p.command is Command.RESET:
+                return local.reset(*p.local_args), None
+            if p.command is Command.CONTROL:
+                request, indices, args, values = p.local_args
+                return (local.call(request, indices, args, values) if indices else []), None
+            self._local_envs_closed = True  # close() tries every env, even if one raises
+            local.close()
+            return None, None
+        except ShardError as err:
+            return None, err.payload()
 
+    def _gather(self, p: _Pending) -> list | None:
+        """Merge the parent's and the workers' extras; raise the error of the lowest env index."""
+        extras: list | None = None
+        error = None
+        if p.local is not None:
+            if p.command is not Command.CONTROL:
+                extras = p.local[0]
+            error = p.local[1]
+        for position, remote in enumerate(self._remotes):
+            if position in p.respawned:
+                reports = [(i, Extra.RESTARTED, describe("worker process died", p.name)) for i in remote.envs]
+                extras = (extras or []) + reports + (p.respawned[position] or [])
+                continue
+            reply = p.replies.get(position)
+            if reply is None:
+                continue
+            kind, payload = reply
+            if kind == "error":
+                error = _first(error, payload)
+            elif kind == "extras" and payload:
+                extras = (extras or []) + payload
+        if extras and self.check != "off":
+            extras = emit_warnings(extras)
+        if error is not None:
+            raise env_error(*error)
+        return extras
+
+    def _wait_workers(self, p: _Pending, timeout: float | None) -> None:
+        """Until every worker's DONE word equals the command's sequence number.
+
+        A dead worker: respawned with ``on_error="restart"`` (step and reset; its share of
+        the command is done by its replacement), else WorkerDiedError; a worker past
+        ``step_timeout``: killed and respawned, or StepTimeoutError. Both errors break the
+        pool. ``timeout`` (the caller's): multiprocessing.TimeoutError, the command stays pending.
+        """
+        if not self._remotes:
+            return
+        control, done_index, seq = self._control, self._done_index, self._seq
+        k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, POLL_NS)
+        if k == -1:
+            return
+        began = time.monotonic()
+        restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
+        while True:
+            remote = self._remotes[k]
+            elapsed = time.monotonic() - began
+            if remote.exitcode is not None:
+                if restartable and k not in p.respawned:
+                    self._respawn(k, p)
+                else:
+                    error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name)
+                    self._break(error)
+                    raise error
+            elif self.step_timeout is not None and elapsed > self.step_timeout:
+                if restartable:
+                    remote.kill()  # a hung env: its replacement takes over at the next pass
+                    continue
+                error = StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout)
+                self._break(error)
+                raise error
+            elif timeout is not None and elapsed > timeout:
+                raise multiprocessing.TimeoutError(
+                    f"{p.name!r} did not finish within {timeout:g} s (worker {remote.index}); it is still pending"
+                )
+            slice_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int((timeout - elapsed) * 1e9)))
+            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_ns)
+            if k == -1:
+                return
+
+    def _respawn(self, position: int, p: _Pending) -> None:
+        """on_error="restart": replace the dead worker at ``self._remotes[position]``.
+
+        Its replacement makes fresh envs and does the dead worker's share of ``p``: in a
+        step, the old episodes end (truncated) and new ones start; in a reset, the envs are
+        reset with the requested seeds and options. Either way its envs are reported as
+        restarted, and its DONE word is set for it.
+        """
+        dead = self._remotes[position]
+        exitcode = dead.exitcode
+        try:
+            dead.process.join(1.0)
+            dead.release()
+            remote = self._spawn(dead.index)
+            remote.base = dead.base
+            self._remotes[position] = remote
+            spaces = self._handshake(remote, "make (worker restart)")
+            for k, (obs_space, act_space) in enumerate(spaces):
+                if obs_space != self.observation_space or act_space != self.action_space:
+                    raise SpaceMismatchError(f"re-created env {remote.envs.start + k} has other spaces than env 0")
+            if p.command is Command.STEP:
+                restart = (int(Command.STEP), p.slot, True)
+            else:
+                options = p.reset_options[remote.envs.start : remote.envs.stop] if p.reset_options else None
+                restart = (int(Command.RESET), p.slot, options, p.arg)
+            remote.attach(self.layout, self._segment._fd, (self._seq + 1) & SEQ_MASK, restart)  # type: ignore[union-attr]
+            kind, extras = self._recv(remote, "attach (worker restart)")
+            if kind == "error":
+                raise env_error(*extras)
+            kernels.finish(self._control, remote.base + Control.DONE_SEQ, self._seq, self._remaining_index)
+        except BaseException as exc:
+            self._break(exc)
+            raise
+        p.respawned[position] = extras
+        self.worker_restarts += 1
+        warnings.warn(
+            f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) died during {p.name!r} "
+            f"with exit code {exitcode}; restarted it with fresh envs (on_error='restart')",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+    def _recv(self, remote: Remote, command: str) -> Any:
+        return remote.recv(command, self.step_timeout)
+
+    # -- reading results ------------------------------------------------------------------------
+    def observations(self, slot: int, copy: bool = True) -> Any:
+        """The batch of observations in ring ``slot``, in the observation space's structure
+        (an array, or an OrderedDict / tuple of arrays): copies, or views of the ring."""
+        rings = self._views.obs
+        if self._single_leaf:
+            return rings[0][slot].copy() if copy else rings[0][slot]
+        return assemble(self.observation_space, [r[slot].copy() if copy else r[slot] for r in rings])
+
+    def terminal_observation(self, i: int) -> Any:
+        """A copy of env ``i``'s final observation of the episode that ended in the latest step."""
+        buffers = self._views.terminal_obs
+        if self._single_leaf:
+            return buffers[0][i].copy()
+        return assemble(self.observation_space, [b[i].copy() for b in buffers])
+
+    # -- monitoring ------------------------------------------------------------------------------
     def _pin(self) -> None:
         """Pin shard w (worker process, or the parent for shard 0) to core w mod cores."""
         import psutil
@@ -642,21 +741,20 @@ class Pool:
             self._parent_affinity = cores
             psutil.Process().cpu_affinity([cores[0]])
         for remote in self._remotes:
-            psutil.Process(remote.process.pid).cpu_affinity([cores[remote.index % len(cores)]])
+            remote.pin([cores[remote.index % len(cores)]])
 
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
         local = self._local.restarts if self._local is not None else 0
-        remote = int(sum(self.views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._remotes))
-        return local + remote + self._restarts_of_dead_workers
+        return local + int(sum(self._views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._remotes))
 
     def worker_stats(self) -> list[dict]:
         """Per worker: commands run, env steps and seconds spent busy (read from the shared block)."""
-        stats = self.views.worker_stats
+        stats = self._views.worker_stats
         return [
             {
                 "worker": r.index,
-                "pid": r.process.pid,
+                "pid": r.pid,
                 "commands": int(stats[r.index, Stats.COMMANDS]),
                 "env_steps": int(stats[r.index, Stats.ENV_STEPS]),
                 "busy_s": float(stats[r.index, Stats.BUSY_NS]) / 1e9,
@@ -666,25 +764,25 @@ class Pool:
 
     @property
     def worker_pids(self) -> list[int]:
-        return [r.process.pid for r in self._remotes]
+        return [r.pid for r in self._remotes]
 
-    # -- shutdown -----------------------------------------------------------------------------
+    # -- shutdown -------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
         """Close every env, stop the workers and free the shared block. Idempotent.
 
         Returns within about ``timeout`` seconds even if a worker hangs (it is then
-        terminated). Raises EnvError if an env raised in its close(), after cleaning up.
+        terminated). A broken pool is torn down (its parent-side envs are still closed).
+        Raises EnvError if an env raised in its close(), after cleaning up.
         """
-        if self._closed:
+        if self._state is PoolState.CLOSED:
             return
-        self._closed = True
         error = None
         grace = 0.2
         try:
-            if self._broken is None and self.views is not None:
+            if self._state is not PoolState.BROKEN and self._views is not None:
                 error = self._close_gracefully(timeout)
                 grace = timeout
-        except (FastvecError, OSError, EOFError):
+        except (FastvecError, OSError, EOFError, multiprocessing.TimeoutError):
             pass
         finally:
             self._terminate(grace=grace)
@@ -694,51 +792,32 @@ class Pool:
     def _close_gracefully(self, timeout: float) -> tuple | None:
         saved_timeout = self.step_timeout
         try:
-            if self._pending == "step":  # finish it, briefly: close() during a pending step is allowed
+            p = self._pending
+            if p is not None and p.command is Command.STEP:  # close() during a pending step is allowed: finish it
                 self.step_timeout = min(timeout, PENDING_STEP_GRACE_S)
                 try:
                     self.step_wait()
                 except EnvError:
                     pass
+            if self._pending is not None:  # another command in flight: its state is unknown, terminate
+                raise ClosedError("a command is pending")
             self.step_timeout = min(saved_timeout or timeout, timeout)
-            if self._pending is not None:  # interrupted reset/control: state unknown, terminate
-                raise ClosedError("interrupted command")
-            self._issue(CLOSE, self.slot, 0)
-            error = None
-            if self._local is not None:
-                try:
-                    self._local.close()
-                except ShardError as err:
-                    error = err.payload()
-            for remote in self._remotes:
-                kind, payload = self._recv(remote, "close")
-                if kind == "error":
-                    error = _first(error, payload)
-            self._wait_done("close")
-            return error
+            p = _Pending(Command.CLOSE, "close", self.slot, local_args=(self.slot,))
+            self._issue(p)
+            try:
+                self._complete(p, None)
+            except EnvError as err:
+                return (err.env_index, err.command, err.exc_type, err.remote_message, err.remote_traceback)
+            return None
         finally:
             self.step_timeout = saved_timeout
 
     def _terminate(self, grace: float = 1.0) -> None:
-        self._closed = True
-        deadline = time.monotonic() + grace
-        for remote in self._remotes:
-            remote.process.join(max(0.0, deadline - time.monotonic()))
-        for remote in self._remotes:
-            if remote.process.exitcode is None:
-                remote.process.terminate()
-        for remote in self._remotes:
-            remote.process.join(1.0)
-            if remote.process.exitcode is None:
-                remote.process.kill()
-                remote.process.join(1.0)
-        for remote in self._remotes:
-            remote.conn.close()
-            try:
-                remote.process.close()
-            except ValueError:
-                pass
-        if self._local is None:
+        self._state = PoolState.CLOSED
+        self._pending = None
+        stop(self._remotes, grace)
+        if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
+            self._local_envs_closed = True
             for env in self._local_envs:
                 try:
                     env.close()
@@ -746,15 +825,13 @@ class Pool:
                     pass
         self._local = None
         self._local_envs = []
-        if self.views is not None:
-            self.views.release()
+        self.ring = None  # type: ignore[assignment]
+        if self._views is not None:
+            self._views.release()
         self._control = None
         if self._segment is not None:
             shm.unlink(self._segment)
-            try:
-                self._segment.close()
-            except BufferError:
-                pass  # views handed out with copy=False keep the mapping alive until freed
+            shm.close(self._segment)
             self._segment = None
         if self._parent_affinity:
             os.sched_setaffinity(0, self._parent_affinity)
@@ -763,7 +840,7 @@ class Pool:
 
     def __del__(self) -> None:
         try:
-            if not self._closed:
+            if self._state is not PoolState.CLOSED:
                 self.close(timeout=2.0)
         except Exception:
             pass
@@ -775,15 +852,23 @@ class Pool:
         self.close()
 
 
-def _emit_warnings(extras: list) -> list | None:
-    """Turn WARNING extras into Python warnings naming the env; return the rest."""
-    rest = []
-    for entry in extras:
-        if entry[1] == WARNING:
-            warnings.warn(f"fastvec: env {entry[0]} {entry[2]}", RuntimeWarning, stacklevel=4)
-        else:
-            rest.append(entry)
-    return rest or None
+def _describe_cause(cause: BaseException | None) -> str:
+    if cause is None:
+        return "a command did not complete"
+    if isinstance(cause, KeyboardInterrupt):
+        return "a command was interrupted (KeyboardInterrupt) while its envs were being stepped or its results read"
+    text = str(cause).splitlines()[0] if str(cause) else ""
+    return f"{type(cause).__name__}" + (f": {text}" if text else "")
+
+
+def _dumps(obj: Any, what: str, envs: range) -> bytes:
+    """Pickle a payload for a worker, before anything is issued; the error names the envs."""
+    try:
+        return bytes(reduction.ForkingPickler.dumps(obj))
+    except Exception as exc:
+        raise TypeError(
+            f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled to send to their worker: {exc!r}"
+        ) from exc
 
 
 def _first(a: tuple | None, b: tuple | None) -> tuple | None:
@@ -793,18 +878,3 @@ def _first(a: tuple | None, b: tuple | None) -> tuple | None:
     if b is None:
         return a
     return a if a[0] <= b[0] else b
-
-
-def _pickle_factories(fns: list, start: int, start_method: str) -> bytes:
-    import cloudpickle
-
-    for j, fn in enumerate(fns):
-        try:
-            cloudpickle.dumps(fn)
-        except Exception as exc:
-            raise TypeError(
-                f"env factory {start + j} cannot be pickled for start_method={start_method!r}: {exc!r}. "
-                "Workers started with 'spawn' or 'forkserver' receive their factories by pickle: make the factory "
-                "a module-level function or functools.partial, or use start_method='fork'."
-            ) from exc
-    return cloudpickle.dumps(fns)

@@ -15,7 +15,7 @@ import os
 import secrets
 from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["PREFIX", "create", "unlink", "sweep_stale", "list_segments", "pid_alive"]
+__all__ = ["PREFIX", "create", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
 _SHM_DIR = "/dev/shm"
@@ -36,6 +36,27 @@ def unlink(shm: SharedMemory) -> None:
         shm.unlink()  # also unregisters it from the resource tracker
     except FileNotFoundError:
         pass
+
+
+def close(shm: SharedMemory) -> None:
+    """Close this process's handle without pulling the mapping from under live views.
+
+    numpy arrays made over the block hold the mmap object itself (not a buffer export), so
+    ``SharedMemory.close()`` would unmap it while ``copy=False`` results the caller kept still
+    point into it (a crash on the next read). Instead the handle lets go of the mapping: it
+    is unmapped when the last array over it is freed. The file descriptor is closed now.
+    """
+    buf, shm._buf = shm._buf, None  # type: ignore[attr-defined]
+    if buf is not None:
+        try:
+            buf.release()
+        except BufferError:
+            pass  # something exported the memoryview itself: it is freed with that
+    shm._mmap = None  # type: ignore[attr-defined]
+    fd = getattr(shm, "_fd", -1)
+    if fd >= 0:
+        os.close(fd)
+        shm._fd = -1  # type: ignore[attr-defined]
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from fastvec.errors import UnsupportedSpaceError
 
-__all__ = ["Leaf", "leaves", "assemble", "split", "is_single_array", "action_dtype", "ActionChecker"]
+__all__ = ["Leaf", "leaves", "assemble", "split", "is_single_array"]
 
 
 @dataclass(frozen=True)
@@ -105,99 +105,3 @@ def assemble(space: spaces.Space, arrays: list[np.ndarray]) -> Any:
         return next(it)
 
     return build(space)
-
-
-def action_dtype(space: spaces.Space) -> np.dtype:
-    """dtype of the shared action buffer for ``space``."""
-    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-        return np.dtype(space.dtype)
-    raise UnsupportedSpaceError(
-        f"fastvec supports Box, Discrete, MultiDiscrete and MultiBinary action spaces, got {space}"
-    )
-
-
-class ActionChecker:
-    """Validates a batch of actions and writes it into the shared action buffer.
-
-    Wrong shape or dtype, NaN, and values outside the space raise ValueError
-    naming the env, before anything is sent to a worker.
-    """
-
-    def __init__(self, space: spaces.Space, num_envs: int, kernels: Any):
-        self.space = space
-        self.num_envs = num_envs
-        self.kernels = kernels
-        self.dtype = action_dtype(space)
-        self.shape = (num_envs, *space.shape)
-        self.per_env = int(np.prod(space.shape, dtype=np.int64))
-        self.discrete = not isinstance(space, spaces.Box)
-        if isinstance(space, spaces.Discrete):
-            low = np.array([space.start], dtype=np.int64)
-            high = np.array([space.start + space.n - 1], dtype=np.int64)
-        elif isinstance(space, spaces.MultiDiscrete):
-            low = np.asarray(space.start, dtype=np.int64).reshape(-1)
-            high = (np.asarray(space.start, dtype=np.int64) + np.asarray(space.nvec, dtype=np.int64) - 1).reshape(-1)
-        elif isinstance(space, spaces.MultiBinary):
-            low = np.zeros(self.per_env, dtype=np.int64)
-            high = np.ones(self.per_env, dtype=np.int64)
-        else:
-            low = np.broadcast_to(np.asarray(space.low, dtype=np.float64), space.shape).reshape(-1).copy()
-            high = np.broadcast_to(np.asarray(space.high, dtype=np.float64), space.shape).reshape(-1).copy()
-        self.low, self.high = low, high
-        if self.dtype == np.int64:
-            self.check_kind = "int"
-        elif self.dtype in (np.float32, np.float64):
-            self.check_kind = "float"
-        else:
-            self.check_kind = "other"
-
-    def write(self, actions: Any, out: np.ndarray) -> None:
-        """Check ``actions`` and copy them into ``out`` (the shared buffer, shape ``[num_envs, *space.shape]``)."""
-        a = actions if type(actions) is np.ndarray else np.asarray(actions)
-        if a.shape != self.shape:
-            if self.discrete and a.shape == self.shape + (1,):  # (n, 1) for Discrete, as some policies emit
-                a = a.reshape(self.shape)
-            elif a.ndim == 0 or a.shape[0] != self.num_envs:
-                raise ValueError(
-                    f"expected actions for {self.num_envs} envs with shape {self.shape} for {self.space}, "
-                    f"got shape {a.shape}"
-                )
-            else:
-                raise ValueError(
-                    f"expected actions of shape {self.shape} ({self.num_envs} envs x {self.space}), got shape {a.shape}"
-                )
-        kind = a.dtype.kind
-        if self.discrete:
-            if kind not in "iub":
-                raise ValueError(
-                    f"actions for {self.space} must be integers, got dtype {a.dtype} "
-                    "(convert with .astype(np.int64) after checking they are whole numbers)"
-                )
-        elif kind not in "fiub":
-            raise ValueError(f"actions for {self.space} must be numbers, got dtype {a.dtype}")
-        np.copyto(out, a, casting="unsafe")
-        flat = out.reshape(-1)
-        if self.check_kind == "int":
-            bad = self.kernels.first_outside_int(flat, self.low, self.high)
-        elif self.check_kind == "float":
-            bad = self.kernels.first_outside_float(flat, self.low, self.high)
-        else:
-            bad = _first_outside_generic(flat, self.low, self.high)
-        if bad >= 0:
-            env, pos = divmod(int(bad), self.per_env)
-            value = np.asarray(a).reshape(self.num_envs, -1)[env, pos]
-            element = tuple(int(x) for x in np.unravel_index(pos, self.space.shape))
-            where = "" if self.per_env == 1 else f" (element {element})"
-            what = "NaN" if isinstance(value, (float, np.floating)) and np.isnan(value) else repr(value.item())
-            raise ValueError(
-                f"action for env {env} is {what}{where}, outside {self.space} "
-                f"(allowed {self.low[pos].item()!r}..{self.high[pos].item()!r})"
-            )
-
-
-def _first_outside_generic(flat: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
-    k = low.shape[0]
-    values = flat.reshape(-1, k).astype(np.float64)
-    bad = ~((values >= low) & (values <= high))
-    idx = np.flatnonzero(bad)
-    return int(idx[0]) if idx.size else -1

@@ -162,7 +162,7 @@ def _measure_here(spec: dict) -> dict:
 
     import numpy as np
 
-    from fastvec.vec_env import SubprocVecEnv
+    from fastvec.sb3_vec_env import SubprocVecEnv
 
     n, seconds, repeats = spec["num_envs"], spec["seconds"], spec["repeats"]
     fns = [partial(_make_env, spec.get("env_id"), spec.get("env_module")) for _ in range(n)]

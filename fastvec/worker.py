@@ -1,10 +1,16 @@
 """The worker process: make its envs, map the shared block, then loop on commands.
 
-Protocol (per worker, see fastvec.layout.Control): the parent writes the command
-words and bumps CMD_SEQ; the worker runs the command on its shard, sets STATUS and
-HAS_MESSAGE, and sets DONE_SEQ = CMD_SEQ. Step and reset move no bytes through the
-pipe unless an env returned a non-empty info dict or raised; rare commands
-(env_method, get_attr, render, ...) carry a pickled request and reply on the pipe.
+Protocol (per worker; offsets in fastvec.protocol.Control): the parent writes the
+command words and bumps CMD_SEQ; the worker runs the command on its shard, sets
+HAS_MESSAGE, publishes DONE_SEQ = CMD_SEQ and counts down the pool's countdown word,
+and only then sends its message, if it has one (so a large message cannot dead-lock
+on a full pipe: the parent reads it once every worker is done). Step and reset move no
+bytes through the pipe unless an env returned a non-empty info dict or raised; RESET
+with options and CONTROL read their pickled request from the pipe.
+
+This module imports only what stepping needs (numpy, gymnasium, fastvec's engine
+modules): never a front-end, Stable-Baselines3 or torch. Forkserver workers are forked
+from a server that preloaded it (see fastvec.remote).
 """
 
 from __future__ import annotations
@@ -20,20 +26,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STEP", "RESET", "CONTROL", "CLOSE", "HAS_OPTIONS", "MASKED", "OPTIONS_ALWAYS", "worker_main"]
+from fastvec import kernels
+from fastvec.errors import ShardError
+from fastvec.layout import Views
+from fastvec.protocol import ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, Stats
+from fastvec.restart import restart_all
+from fastvec.shard import Shard
+from fastvec.shm import pid_alive
 
-# command codes
-STEP = 1
-RESET = 2
-CONTROL = 3
-CLOSE = 4
-# reset flags in Control.ARG
-HAS_OPTIONS = 1
-MASKED = 2
-OPTIONS_ALWAYS = 4
-
-POLL_NS = 100_000_000  # how often an idle worker checks that its parent lives
-ADAPTIVE = 1  # spin_ns meaning "adapt the poll to the gap between commands" (see fastvec.pool)
+__all__ = ["worker_main"]
 
 
 def _set_parent_death_signal() -> None:
@@ -57,15 +58,13 @@ def worker_main(
     close_fds: list[int],
     death_signal: bool,
     restart_on_error: bool = False,
-    check: str = "warn",
+    check: str | None = None,
 ) -> None:
     """Entry point of a worker process (also importable for custom launchers)."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if death_signal:
         _set_parent_death_signal()
-    from fastvec.shm import pid_alive
-
     if not pid_alive(parent_pid):
         return
     for fd in close_fds:  # pipe ends of siblings inherited through fork
@@ -73,10 +72,6 @@ def worker_main(
             os.close(fd)
         except OSError:
             pass
-
-    from fastvec import kernels
-    from fastvec.layout import Control, Stats, Views
-    from fastvec.shard import Shard, ShardError
 
     if isinstance(env_fns, bytes):
         import cloudpickle
@@ -115,87 +110,21 @@ def worker_main(
     shard = Shard(
         envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
     )
-    if restart is not None:  # a respawned worker: fresh episodes, the old ones end as truncated
+    if restart is not None:  # a respawned worker: finish the command its predecessor died in
         try:
-            shard.restart_all(*restart)
+            extras = _fill_in(shard, restart)
         except ShardError as err:
             conn.send(("error", err.payload()))
             return
-    conn.send(("attached",))
-
-    control = views.control
-    base = views.control_base(worker_index)
-    seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
-    stats = views.worker_stats[worker_index]
-    wait_all, finish = kernels.wait_all, kernels.finish
-    done_index = base + Control.DONE_SEQ
-    remaining_index = views.control_base(layout.num_workers) + Control.REMAINING
-    adaptive = spin_ns == ADAPTIVE
-    gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
-    finished = time.perf_counter_ns()
+        conn.send(("attached", extras))
+    else:
+        conn.send(("attached", None))
     try:
-        while True:
-            if adaptive:  # poll a little longer than the parent usually takes, yielding the core
-                spin_ns = -min(max(int(1.5 * gap_ns), 20_000), 2_000_000)
-            if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
-                if not pid_alive(parent_pid):
-                    break
-                continue
-            began = time.perf_counter_ns()
-            if adaptive:
-                gap_ns += 0.1 * (min(began - finished, 10_000_000) - gap_ns)
-            command = int(control[base + Control.CMD])
-            slot = int(control[base + Control.SLOT])
-            arg = int(control[base + Control.ARG])
-            reply: tuple | None = None
-            status = 0
-            try:
-                if command == STEP:
-                    extras = shard.step(slot)
-                    if extras:
-                        reply = ("extras", extras)
-                elif command == RESET:
-                    options = conn.recv() if arg & HAS_OPTIONS else None
-                    extras = shard.reset(slot, options, bool(arg & MASKED), bool(arg & OPTIONS_ALWAYS))
-                    if extras:
-                        reply = ("extras", extras)
-                elif command == CONTROL:
-                    request, indices, args = conn.recv()
-                    result = shard.control(request, indices, args) if indices else []
-                    _send_result(conn, ("ok", result), indices, request, start)
-                elif command == CLOSE:
-                    try:
-                        shard.close()
-                        conn.send(("ok", None))
-                    except ShardError as err:
-                        conn.send(("error", err.payload()))
-                    control[base + Control.STATUS] = 0
-                    control[base + Control.HAS_MESSAGE] = 0
-                    finish(control, done_index, expected, remaining_index)
-                    break
-            except ShardError as err:
-                status = 1
-                reply = ("error", err.payload())
-                if command == CONTROL:
-                    conn.send(reply)
-                    reply = None
-            control[base + Control.STATUS] = status
-            control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
-            stats[Stats.COMMANDS] += 1
-            stats[Stats.ENV_STEPS] = shard.steps
-            finished = time.perf_counter_ns()
-            stats[Stats.BUSY_NS] += finished - began
-            stats[Stats.ENV_RESTARTS] = shard.restarts
-            finish(control, done_index, expected, remaining_index)
-            # after DONE: the parent reads it once it sees HAS_MESSAGE, so large
-            # messages cannot dead-lock on a full pipe
-            if reply is not None:
-                _send_result(conn, reply, [], "step", start)
-            expected = (expected + 1) & 0xFFFFFFFF
+        _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent went away
     finally:
-        del shard, control, stats
+        del shard
         views.release()
         try:
             mapping.close()
@@ -203,17 +132,112 @@ def worker_main(
             pass
 
 
-def _send_result(conn: Any, message: tuple, indices: list, request: str, start: int) -> None:
-    """Send a reply; a result that cannot be pickled becomes an error naming the env."""
-    try:
-        conn.send(message)
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        raise
-    except Exception as exc:
-        from fastvec.shard import ShardError
+def _fill_in(shard: Shard, restart: tuple) -> list | None:
+    """A respawned worker runs its share of the command the dead one did not finish."""
+    command, slot, *rest = restart
+    if command == Command.STEP:
+        (truncate,) = rest
+        restart_all(shard, slot, truncate)
+        return None
+    options, arg = rest  # RESET: the same seeds (in the block) and options
+    always = bool(arg & ResetFlag.OPTIONS_ALWAYS)
+    if not arg & ResetFlag.MASKED:
+        return shard.reset(slot, options, False, always)
+    # a masked reset: the masked envs as asked; the others lost their episodes with the dead
+    # worker and start fresh ones, unseeded (their seeds were not meant for them)
+    mask = shard.views.reset_mask[shard.start : shard.stop].tolist()
+    masked = [j for j, m in enumerate(mask) if m]
+    unmasked = [j for j, m in enumerate(mask) if not m]
+    obs_masked, extras = shard.reset_rows(masked, options, always)
+    obs_unmasked, more = shard.reset_rows(unmasked, None, False, seeded=False)
+    for obs, j in zip(obs_masked + obs_unmasked, masked + unmasked):
+        shard.write_row(obs, shard.obs_slots, slot, j, "reset (worker restart)")
+    shard.start_episodes(slot, slice(shard.start, shard.stop), truncated=False)
+    return shard.finish_extras((extras or []) + (more or []) or None)
 
-        env = indices[0] if indices else start
-        conn.send(("error", ShardError(env, f"{request} (sending the result)", exc).payload()))
+
+def _serve(
+    conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int
+) -> None:
+    """The command loop."""
+    control = views.control
+    base = views.control_base(worker_index)
+    seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
+    stats = views.worker_stats[worker_index]
+    wait_all, finish = kernels.wait_all, kernels.finish
+    done_index = base + Control.DONE_SEQ
+    remaining_index = views.control_base(views.layout.num_workers) + Control.REMAINING
+    adaptive = spin_ns == ADAPTIVE_POLL
+    gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
+    finished = time.perf_counter_ns()
+    start = shard.start
+    while True:
+        if adaptive:  # poll a little longer than the parent usually takes, yielding the core
+            spin_ns = -min(max(int(1.5 * gap_ns), 20_000), 2_000_000)
+        if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
+            if not pid_alive(parent_pid):
+                return
+            continue
+        began = time.perf_counter_ns()
+        if adaptive:
+            gap_ns += 0.1 * (min(began - finished, 10_000_000) - gap_ns)
+        command = int(control[base + Control.CMD])
+        slot = int(control[base + Control.SLOT])
+        arg = int(control[base + Control.ARG])
+        steps_before = shard.steps
+        restarts_before = shard.restarts
+        reply: tuple | None = None
+        request, indices = _COMMAND_NAMES.get(command, str(command)), None
+        try:
+            if command == Command.STEP:
+                extras = shard.step(slot)
+                reply = ("extras", extras) if extras else None
+            elif command == Command.RESET:
+                options = conn.recv() if arg & ResetFlag.HAS_OPTIONS else None
+                extras = shard.reset(slot, options, bool(arg & ResetFlag.MASKED), bool(arg & ResetFlag.OPTIONS_ALWAYS))
+                reply = ("extras", extras) if extras else None
+            elif command == Command.CONTROL:
+                request, indices, args, values = conn.recv()
+                reply = ("ok", shard.call(request, indices, args, values) if indices else [])
+            elif command == Command.CLOSE:
+                shard.close()
+                reply = ("ok", None)
+        except ShardError as err:
+            reply = ("error", err.payload())
+        except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
+            reply = ("error", ShardError(start, request, exc).payload())
+        control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
+        finished = time.perf_counter_ns()
+        stats[Stats.COMMANDS] += 1
+        stats[Stats.ENV_STEPS] += shard.steps - steps_before
+        stats[Stats.BUSY_NS] += finished - began
+        stats[Stats.ENV_RESTARTS] += shard.restarts - restarts_before
+        finish(control, done_index, expected, remaining_index)
+        if reply is not None:
+            _send_result(conn, reply, indices[0] if indices else start, request, indices)
+        if command == Command.CLOSE:
+            return
+        expected = (expected + 1) & SEQ_MASK
+
+
+_COMMAND_NAMES = {Command.STEP: "step", Command.RESET: "reset", Command.CONTROL: "call", Command.CLOSE: "close"}
+
+
+def _send_result(conn: Any, message: tuple, env: int, request: str, indices: list | None) -> None:
+    """Send a reply; one that cannot be pickled becomes an error naming the env whose value it is."""
+    dumps = reduction.ForkingPickler.dumps
+    try:
+        payload = dumps(message)
+    except Exception as exc:
+        if indices and message[0] == "ok":  # find the env whose result cannot be pickled
+            for i, value in zip(indices, message[1]):
+                try:
+                    dumps(value)
+                except Exception:
+                    env = i
+                    break
+        payload = dumps(("error", ShardError(env, f"{request} (sending the result)", exc).payload()))
+    conn.send_bytes(payload)
 
 
 def _close_quietly(envs: list) -> None:

@@ -72,30 +72,26 @@ class FastvecBackend(Backend):
         num_slots: int,
         num_workers: int | None = None,
         start_method: str | None = None,
-        settings: dict[str, Any] | None = None,
+        settings: Any = None,
     ):
-        import fastvec
-        from fastvec.shard import SAME_STEP
+        from fastvec.options import PoolOptions
+        from fastvec.pool import Pool
+        from fastvec.protocol import SAME_STEP
 
         # settings: what `python -m fastvec.tune` found fastest (num_workers, step_in_parent, spin_ns, ...)
-        options: dict[str, Any] = {k: v for k, v in (settings or {}).items() if k not in ("ring_slots", "start_method")}
+        options = PoolOptions.build(settings, start_method=start_method).replace(ring_slots=num_slots)
         if num_workers == 0:  # one shard, stepped by the calling process itself (no worker process, still the ring)
-            options.update(num_workers=1, step_in_parent=True)
+            options = options.replace(num_workers=1, step_in_parent=True)
         elif num_workers is not None:
-            options["num_workers"] = num_workers
-        self.pool = fastvec.Pool(
-            env_fns, start_method=start_method, ring_slots=num_slots, autoreset_mode=SAME_STEP, **options
-        )
+            options = options.replace(num_workers=num_workers)
+        self.pool = Pool(env_fns, options, autoreset_mode=SAME_STEP)
         try:
-            leaves = self.pool.obs_leaves
-            if len(leaves) != 1 or leaves[0].path != ():
+            ring = self.pool.ring
+            if len(ring.obs) != 1 or not isinstance(self.pool.observation_space, gym.spaces.Box):
                 raise TypeError(
                     f"the trainer supports single-array (Box) observations, got {self.pool.observation_space}"
                 )
-            views = self.pool.views
-            self.ring = Ring.from_numpy(
-                views.obs[0], views.rewards, views.terminated, views.truncated, views.terminal_obs[0]
-            )
+            self.ring = Ring.from_numpy(ring.obs[0], ring.rewards, ring.terminated, ring.truncated, ring.terminal_obs[0])
         except BaseException:
             self.pool.close()
             raise
@@ -105,20 +101,17 @@ class FastvecBackend(Backend):
         self._pinned: int | None = None
 
     def reset(self, seeds: list[int]) -> int:
-        slot, _extras = self.pool.reset(seeds=seeds)
-        return slot
+        return self.pool.reset(seeds=seeds).slot
 
     def step(self, actions: np.ndarray) -> int:
         self.pool.step_async(actions)
-        slot, _extras = self.pool.step_wait()  # infos are not used by the trainer
-        return slot
+        return self.pool.step_wait().slot  # infos are not used by the trainer
 
     def pin_memory(self) -> None:
         """Register the whole shared block with CUDA as page-locked host memory."""
         if self._pinned is not None:
             return
-        views = self.pool.views
-        address, size = views.header.ctypes.data, self.pool.layout.size  # the header is at offset 0
+        address, size = self.pool.ring.address, self.pool.ring.nbytes
         # flags 0 = cudaHostRegisterDefault: page-locked, so copies from it can run asynchronously
         try:
             torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(address, size, 0))
@@ -273,9 +266,9 @@ def make_backend(
     if fastvec_config is not None and name != "fastvec":
         raise ValueError(f"fastvec_config applies to the fastvec backend, not {name!r}")
     if name == "fastvec":
-        from fastvec.vec_env import load_config
+        from fastvec.options import PoolOptions
 
-        settings = load_config(fastvec_config) if fastvec_config is not None else None
+        settings = PoolOptions.load(fastvec_config) if fastvec_config is not None else None
         backend = FastvecBackend(
             env_fns, num_slots, num_workers=num_workers, start_method=start_method, settings=settings
         )

@@ -154,3 +154,121 @@ class RenderFailEnv(FailingEnv):
 
     def render(self):
         raise RuntimeError("boom in render")
+
+
+class OverflowEnv(gym.Env):
+    """A uint8 Box; with ``bad`` its step returns a list with 300 in it: the row cannot hold it."""
+
+    def __init__(self, bad: bool = True):
+        self.observation_space = spaces.Box(0, 255, (4,), np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.bad = bad
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(4, np.uint8), {}
+
+    def step(self, action):
+        return [300 if self.bad else 200, 0, 0, 0], 0.0, False, False, {}
+
+
+class BigEndianEnv(gym.Env):
+    """Returns big-endian '>f4' observations for a (native) float32 Box."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-10, 10, (3,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self):
+        return np.array([1.5, -2.25, self.t], dtype=">f4")
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, False, False, {}
+
+
+class Counter(gym.Env):
+    """A deterministic env: the observation counts its steps since reset, offset by its seed;
+    can be told (by class attributes, so only in the process that sets them) to raise
+    KeyboardInterrupt in a step, and records its close() calls."""
+
+    interrupt_at: int | None = None  # raise KeyboardInterrupt in this step (in the setting process only)
+    closed: list = []
+
+    def __init__(self, index: int = 0):
+        self.observation_space = spaces.Box(-1e9, 1e9, (2,), np.float64)
+        self.action_space = spaces.Discrete(5)
+        self.index = index
+        self.t = 0
+        self.base = 0
+
+    def _obs(self):
+        return np.array([self.base + self.t, self.index], dtype=np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.base = 1000 * (seed or 0)
+        self.t = 0
+        info = {"options": dict(options)} if options else {}
+        return self._obs(), info
+
+    def step(self, action):
+        self.t += 1 + int(action)
+        if Counter.interrupt_at is not None and self.t >= Counter.interrupt_at:
+            Counter.interrupt_at = None
+            raise KeyboardInterrupt
+        return self._obs(), float(action), False, self.t >= 40, {}
+
+    def pid(self):
+        return os.getpid()
+
+    def imported(self, name: str) -> bool:
+        import sys
+
+        return name in sys.modules
+
+    def close(self):
+        Counter.closed.append((os.getpid(), self.index))
+
+
+class DieOnceOnReset(Counter):
+    """Kills its process in reset() while the file ``{marker}.{index}`` exists (and removes it, so
+    a respawned copy lives)."""
+
+    def __init__(self, index: int, marker: str):
+        super().__init__(index)
+        self.marker = f"{marker}.{index}"
+
+    def reset(self, *, seed=None, options=None):
+        if os.path.exists(self.marker):
+            os.remove(self.marker)
+            os._exit(7)
+        return super().reset(seed=seed, options=options)
+
+
+class FailingAutoreset(Counter):
+    """Its first life raises in every reset after the first (its autoreset)."""
+
+    lives: dict = {}
+
+    def __init__(self, index: int, key: str):
+        super().__init__(index)
+        FailingAutoreset.lives[key] = FailingAutoreset.lives.get(key, 0) + 1
+        self.first_life = FailingAutoreset.lives[key] == 1
+        self.resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.first_life and self.resets > 1:
+            raise RuntimeError("autoreset failed")
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        return obs, reward, self.t >= 3, trunc, info

@@ -64,8 +64,9 @@ def test_matches_dummy_vec_env(name: str, num_workers: int) -> None:
             obs_r, rew_r, done_r, infos_r = reference.step(actions)
             obs_f, rew_f, done_f, infos_f = fast.step(actions)
             _assert_same_obs(obs_f, obs_r, f"step {t} obs")
-            assert rew_f.dtype == rew_r.dtype and done_f.dtype == done_r.dtype
-            np.testing.assert_array_equal(rew_f, rew_r, err_msg=f"step {t} rewards")
+            # float64 rewards, as SB3's SubprocVecEnv returns them (DummyVecEnv stores float32)
+            assert rew_f.dtype == np.float64 and done_f.dtype == done_r.dtype
+            np.testing.assert_array_equal(rew_f.astype(rew_r.dtype), rew_r, err_msg=f"step {t} rewards")
             np.testing.assert_array_equal(done_f, done_r, err_msg=f"step {t} dones")
             assert len(infos_f) == num_envs
             for i in range(num_envs):

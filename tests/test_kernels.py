@@ -118,8 +118,8 @@ def test_wait_returns_at_once_when_done_and_times_out_otherwise(k) -> None:
     assert 0.04 < time.monotonic() - began < 1.0
     assert words[17] == 0, "the waiting flag is cleared on return"
     k.publish(words, 16, 5)
-    assert k.load(words, 16) == 5
-    k.store(words, 16, 2**32 - 1)
+    assert words[16] == 5
+    k.publish(words, 16, 2**32 - 1)
     assert k.wait_all(words, index[1:], 2**32 - 1, 0, 0) == -1
 
 
@@ -180,3 +180,42 @@ def test_issue_finish_and_countdown(k) -> None:
     assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == 1
     k.finish(words, 48, 9, remaining)
     assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == -1
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_countdown_is_only_a_hint_completion_is_every_done_word(k) -> None:
+    """A worker that published DONE but decremented the countdown late (after the parent moved
+    on) must not make the next command complete one worker early."""
+    words = np.zeros(3 * 32, dtype=np.uint32)
+    bases = np.array([0, 32], dtype=np.intp)
+    remaining, done = 64, np.array([16, 48], dtype=np.intp)
+    k.issue(words, bases, 1, 0, 0, 9, remaining)
+    k.finish(words, 16, 9, remaining)
+    k.publish(words, 48, 9)  # worker 1: DONE published, its countdown decrement not yet made
+    assert k.wait_remaining(words, remaining, done, 9, 0, 2_000_000) == -1  # every DONE word says 9
+    k.issue(words, bases, 1, 1, 0, 10, remaining)
+    words[remaining] -= 1  # worker 1's late decrement for command 9 lands on command 10's countdown
+    k.finish(words, 16, 10, remaining)  # worker 0 finishes 10: the countdown reads 0 ...
+    assert k.wait_remaining(words, remaining, done, 10, 0, 2_000_000) == 1  # ... but worker 1 has not
+    k.finish(words, 48, 10, remaining)
+    assert k.wait_remaining(words, remaining, done, 10, 0, 2_000_000) == -1
+
+
+@pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("order", [">", "<"])
+def test_gather_converts_non_native_byte_order(k, order) -> None:
+    """A big-endian '>f4' item has the same type number as '<f4': it must be converted, not memcpy'd."""
+    dst = np.zeros((2, 3), dtype=np.float32)
+    items = [np.array([1.5, -2.0, 3.25], dtype=f"{order}f4"), np.array([4.0, 5.0, 6.0], dtype=np.float32)]
+    assert k.gather_rows(items, dst, 0) == -1
+    np.testing.assert_array_equal(dst, [[1.5, -2.0, 3.25], [4.0, 5.0, 6.0]])
+    swapped = np.zeros((2, 3), dtype=">f4")  # and into a big-endian destination (a '>f4' space)
+    assert k.gather_rows([np.array([1.5, 2, 3], np.float32), items[0]], swapped, 0) == -1
+    np.testing.assert_array_equal(swapped, [[1.5, 2, 3], [1.5, -2.0, 3.25]])
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_gather_raises_on_values_the_row_cannot_hold(k) -> None:
+    dst = np.zeros((2, 4), dtype=np.uint8)
+    with pytest.raises((OverflowError, ValueError)):
+        k.gather_rows([[1, 2, 3, 4], [300, 0, 0, 0]], dst, 0)

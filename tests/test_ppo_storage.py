@@ -35,7 +35,7 @@ def test_storage_tensors_share_memory_with_the_ring() -> None:
     backend = _fastvec("CartPole-v1", 4)
     storage = RolloutStorage(backend.ring, NUM_STEPS, (), torch.int64, torch.device("cpu"))
     try:
-        views = backend.pool.views
+        views = backend.pool.ring
         assert storage.obs.data_ptr() == views.obs[0].ctypes.data
         assert backend.ring.rewards.data_ptr() == views.rewards.ctypes.data
         assert backend.ring.terminated.data_ptr() == views.terminated.ctypes.data

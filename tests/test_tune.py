@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastvec import SubprocVecEnv, tune
-from fastvec.vec_env import load_config
+from fastvec.options import PoolOptions
 
 
 def _fake_measure(rate_of):
@@ -54,7 +54,7 @@ def test_search_says_when_processes_do_not_pay_off(monkeypatch, tmp_path, capsys
     saved = json.loads(out.read_text())
     assert saved["config"] == record["config"] and saved["throughput"] == 100_000.0
     assert {"default_throughput", "machine"} <= set(saved)
-    assert load_config(out) == record["config"]
+    assert PoolOptions.load(out) == PoolOptions(**record["config"])
     # the staged search: every layout (1..2x cores, in/out of parent), then spin and pinning for the best process layout
     tried = [m["config"] for m in record["candidates"]]
     assert {"num_workers": 4, "step_in_parent": False} in tried

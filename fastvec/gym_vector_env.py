@@ -10,8 +10,9 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from fastvec.options import PoolOptions
 from fastvec.pool import Pool
-from fastvec.shard import INFO, NEXT_STEP, RESTARTED, SAME_STEP
+from fastvec.protocol import NEXT_STEP, SAME_STEP
 
 __all__ = ["VectorEnv"]
 
@@ -33,51 +34,30 @@ class VectorEnv(gym.vector.VectorEnv):
         *,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
-        num_workers: int | None = None,
-        start_method: str | None = None,
-        ring_slots: int = 2,
-        step_in_parent: bool | None = None,
-        spin_ns: int | None = None,
-        step_timeout: float | None = None,
-        daemon: bool = False,
-        on_error: str = "raise",
-        check: str = "warn",
+        config: PoolOptions | dict | str | None = None,
+        **options: Any,
     ):
         mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         if mode == AutoresetMode.DISABLED:
             raise ValueError("fastvec.VectorEnv supports autoreset_mode NEXT_STEP and SAME_STEP, not DISABLED")
-        if not copy and ring_slots < 2:
-            raise ValueError(f"copy=False needs ring_slots >= 2, got {ring_slots}")
+        settings = PoolOptions.build(config, **options)
+        if not copy and settings.ring_slots < 2:
+            raise ValueError(f"copy=False needs ring_slots >= 2, got {settings.ring_slots}")
         self.autoreset_mode = mode
         self.copy = copy
-        self.pool = Pool(
-            env_fns,
-            num_workers=num_workers,
-            start_method=start_method,
-            ring_slots=ring_slots,
-            step_in_parent=step_in_parent,
-            autoreset_mode=NEXT_STEP if mode == AutoresetMode.NEXT_STEP else SAME_STEP,
-            spin_ns=spin_ns,
-            step_timeout=step_timeout,
-            daemon=daemon,
-            on_error=on_error,
-            check=check,
-        )
+        self.pool = Pool(env_fns, settings, autoreset_mode=NEXT_STEP if mode == AutoresetMode.NEXT_STEP else SAME_STEP)
         try:
             self.num_envs = self.pool.num_envs
             self.single_observation_space = self.pool.observation_space
             self.single_action_space = self.pool.action_space
             self.observation_space = batch_space(self.single_observation_space, self.num_envs)
             self.action_space = batch_space(self.single_action_space, self.num_envs)
-            self.metadata = dict(self.pool.control("get_attr", [0], ("metadata",))[0])
+            self.metadata = dict(self.pool.call("get_attr", [0], ("metadata",))[0])
             self.metadata["autoreset_mode"] = mode
-            self.render_mode = self.pool.control("get_attr", [0], ("render_mode",))[0]
+            self.render_mode = self.pool.call("get_attr", [0], ("render_mode",))[0]
         except BaseException:
             self.pool.close()
             raise
-
-    def _obs(self, slot: int) -> Any:
-        return self.pool.observations(slot, self.copy)
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
@@ -90,7 +70,9 @@ class VectorEnv(gym.vector.VectorEnv):
         else:
             seeds = list(seed)
             if len(seeds) != n:
-                raise ValueError(f"If seeds are passed as a list the length must match num_envs={n} but got length={len(seeds)}.")
+                raise ValueError(
+                    f"If seeds are passed as a list the length must match num_envs={n} but got length={len(seeds)}."
+                )
         mask = None
         if options is not None and "reset_mask" in options:
             options = dict(options)
@@ -103,55 +85,46 @@ class VectorEnv(gym.vector.VectorEnv):
                 raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
             if not mask.any():
                 raise ValueError(f"`options['reset_mask']` must contain at least one True value, got {mask}")
-        slot, extras = self.pool.reset(
-            seeds, None if options is None else [options] * n, mask=mask, pass_options_always=True
-        )
+        batch = self.pool.reset(seeds, None if options is None else [options] * n, mask=mask, pass_options_always=True)
         infos: dict[str, Any] = {}
-        for i, kind, info in extras or ():
-            infos = self._add_info(infos, info if kind != RESTARTED else {"fastvec_restarted": info["error"]}, i)
-        return self._obs(slot), infos
+        for i, info in batch.reset_infos.items():
+            infos = self._add_info(infos, info, i)
+        for i, error in batch.restarted.items():
+            infos = self._add_info(infos, {"fastvec_restarted": error}, i)
+        return batch.observations(self.copy), infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         self.pool.step_async(actions)
-        slot, extras = self.pool.step_wait()
-        views = self.pool.views
-        terminations = views.terminated[slot].copy()
-        truncations = views.truncated[slot].copy()
-        rewards = views.rewards[slot].copy()
+        batch = self.pool.step_wait()
+        terminations = batch.terminated.copy()
+        truncations = batch.truncated.copy()
+        rewards = batch.rewards.copy()
         infos: dict[str, Any] = {}
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            for i, kind, info in extras or ():
-                infos = self._add_info(infos, info if kind != RESTARTED else {"fastvec_restarted": info["error"]}, i)
+            for i in sorted(batch.infos):
+                infos = self._add_info(infos, batch.infos[i], i)
         else:
-            step_infos: dict[int, dict] = {}
-            reset_infos: dict[int, dict] = {}
-            restarted: dict[int, str] = {}
-            for i, kind, info in extras or ():
-                if kind == RESTARTED:
-                    restarted[i] = info["error"]
-                else:
-                    (step_infos if kind == INFO else reset_infos)[i] = info
             done = np.logical_or(terminations, truncations)
             for i in range(self.num_envs):
                 if done[i]:
                     infos = self._add_info(
-                        infos, {"final_obs": self.pool.terminal_observation(i), "final_info": step_infos.get(i, {})}, i
+                        infos, {"final_obs": batch.terminal_observation(i), "final_info": batch.infos.get(i, {})}, i
                     )
-                    infos = self._add_info(infos, reset_infos.get(i, {}), i)
-                elif i in step_infos:
-                    infos = self._add_info(infos, step_infos[i], i)
-            for i, error in restarted.items():
-                infos = self._add_info(infos, {"fastvec_restarted": error}, i)
-        return self._obs(slot), rewards, terminations, truncations, infos
+                    infos = self._add_info(infos, batch.reset_infos.get(i, {}), i)
+                elif i in batch.infos:
+                    infos = self._add_info(infos, batch.infos[i], i)
+        for i, error in batch.restarted.items():
+            infos = self._add_info(infos, {"fastvec_restarted": error}, i)
+        return batch.observations(self.copy), rewards, terminations, truncations, infos
 
     def render(self) -> tuple[Any, ...] | None:
-        return tuple(self.pool.control("render", list(range(self.num_envs))))
+        return tuple(self.pool.call("render", list(range(self.num_envs))))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        return tuple(self.pool.control("call", list(range(self.num_envs)), (name, args, kwargs)))
+        return tuple(self.pool.call("call", list(range(self.num_envs)), (name, args, kwargs)))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        return tuple(self.pool.control("get_attr", list(range(self.num_envs)), (name,)))
+        return tuple(self.pool.call("get_attr", list(range(self.num_envs)), (name,)))
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         if not isinstance(values, (list, tuple)):
@@ -161,7 +134,7 @@ class VectorEnv(gym.vector.VectorEnv):
                 "Values must be a list or tuple with length equal to the number of environments. "
                 f"Got `{len(values)}` values for {self.num_envs} environments."
             )
-        self.pool.control("set_attr", list(range(self.num_envs)), (name, True), values=list(values))
+        self.pool.call("set_attr", list(range(self.num_envs)), (name, True), values=list(values))
 
     def close_extras(self, **kwargs: Any) -> None:
         if hasattr(self, "pool"):

@@ -1,0 +1,89 @@
+"""What a finished command returns: a typed view of one ring slot and its extras.
+
+Front-ends (SB3's API, gymnasium's) and the ``ppo`` trainer read results only
+through ``Batch`` and ``RingViews``; they never index the shared block's fields or
+decode the pool's extras tuples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fastvec.protocol import Extra
+
+if TYPE_CHECKING:
+    from fastvec.pool import Pool
+
+__all__ = ["Batch", "RingViews"]
+
+
+@dataclass(frozen=True)
+class RingViews:
+    """The pool's whole ring, as numpy views of the shared block (S slots, N envs).
+
+    Valid until the pool is closed. Step t's results are in slot ``Batch.slot``; a
+    slot is overwritten S steps later.
+    """
+
+    obs: tuple[np.ndarray, ...]  # one [S, N, *shape] array per observation leaf
+    rewards: np.ndarray  # [S, N] float64
+    terminated: np.ndarray  # [S, N] bool
+    truncated: np.ndarray  # [S, N] bool
+    terminal_obs: tuple[np.ndarray, ...]  # one [N, *shape] array per leaf: final observations of the latest step
+    address: int  # where the shared block starts in this process (for registering it as pinned memory)
+    nbytes: int  # the block's size
+
+
+class Batch:
+    """The results of one step or reset, in ring slot ``slot``.
+
+    Attributes:
+        slot: the ring slot holding the results.
+        rewards, terminated, truncated: ``[N]`` views of that slot (float64, bool, bool).
+        infos: env index -> the non-empty info dict its step returned (NEXT_STEP: or its
+            autoreset's reset); a reset's infos are in ``reset_infos``.
+        reset_infos: env index -> the info dict of a reset (a reset command, or SAME_STEP's
+            reset after an episode ended), non-empty ones only.
+        restarted: env index -> what made fastvec re-create the env (on_error="restart").
+    """
+
+    __slots__ = ("slot", "rewards", "terminated", "truncated", "infos", "reset_infos", "restarted", "_pool")
+
+    def __init__(self, pool: Pool, slot: int, extras: list | None):
+        self._pool = pool
+        self.slot = slot
+        views = pool.ring
+        self.rewards = views.rewards[slot]
+        self.terminated = views.terminated[slot]
+        self.truncated = views.truncated[slot]
+        self.infos: dict[int, dict] = {}
+        self.reset_infos: dict[int, dict] = {}
+        self.restarted: dict[int, str] = {}
+        if extras:
+            for i, kind, value in extras:
+                if kind == Extra.INFO:
+                    self.infos[i] = value
+                elif kind == Extra.RESET_INFO:
+                    self.reset_infos[i] = value
+                elif kind == Extra.RESTARTED:
+                    self.restarted[i] = value["error"]
+
+    def observations(self, copy: bool = True) -> Any:
+        """The observations, in the observation space's structure (an array, or an OrderedDict /
+        tuple of arrays): copies, or views of the ring slot (valid for S - 1 further steps)."""
+        return self._pool.observations(self.slot, copy)
+
+    def terminal_observation(self, i: int) -> Any:
+        """A copy of env ``i``'s final observation, when its episode ended in this step (SAME_STEP)."""
+        return self._pool.terminal_observation(i)
+
+    @property
+    def ring(self) -> RingViews:
+        return self._pool.ring
+
+    @property
+    def has_extras(self) -> bool:
+        return bool(self.infos or self.reset_infos or self.restarted)

@@ -1,0 +1,130 @@
+"""Every knob of a pool in one frozen dataclass: its default, its meaning and its validation.
+
+Both front-ends (``fastvec.SubprocVecEnv``, ``fastvec.VectorEnv``), the ``ppo`` trainer
+and ``python -m fastvec.tune`` build a pool from a ``PoolOptions``, so a knob is
+declared once. ``PoolOptions.build(config, **knobs)`` merges a tuning file written by
+the tuner with explicit keyword arguments (explicit ones win).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PoolOptions", "TUNABLE", "default_num_workers"]
+
+# the knobs a tuning file from `python -m fastvec.tune` may set
+TUNABLE = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_method", "pin_workers")
+CHECK_LEVELS = (None, "off", "warn", "raise")
+
+
+def default_num_workers() -> int:
+    """One per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How a pool runs its envs. Every field has a default that suits most uses.
+
+    Attributes:
+        num_workers: shards stepping the envs (default: one per available core, at most
+            num_envs). With ``step_in_parent`` one of them is the calling process.
+        start_method: "fork", "forkserver" or "spawn" (default: the front-end's: forkserver
+            for SubprocVecEnv as SB3, multiprocessing's default for VectorEnv as gymnasium).
+        ring_slots: S, the ring depth; step t's results land in slot t mod S, so a view
+            handed out stays valid for S - 1 further steps.
+        step_in_parent: step shard 0 in the calling process instead of a worker process
+            (default: True when num_workers >= 2): on a machine with few cores this keeps
+            the learner's core busy instead of idle.
+        spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll;
+            negative: poll for ``-spin_ns`` while yielding the core (sched_yield); 0: sleep at
+            once. Default: the parent yield-polls 200 us; a worker yield-polls about 1.5x the
+            usual gap between commands (20 us to 2 ms), or 200 us when processes outnumber cores.
+        step_timeout: seconds a command may take before StepTimeoutError (default: none).
+        daemon: start workers as daemonic processes (they then cannot start children).
+        pin_workers: pin shard w to core w mod cores (the parent, when it steps shard 0, to
+            the first core).
+        on_error: "raise": an env's exception is raised as EnvError naming the env, a dead
+            worker as WorkerDiedError. "restart": the failing env (or a dead worker's envs)
+            is re-created from its factory, its episode ends as truncated, the others go on.
+        check: None (default): warn once per env when an env returns an observation of
+            another dtype than its space (it is cast) or a NaN reward; actions pass through
+            unchanged in value, as SB3 and gymnasium pass them. "warn" / "raise": the same
+            checks, and actions outside the action space's bounds, warned about once per env
+            or raised naming the env. "off": no checks. A wrong shape is always an error.
+    """
+
+    num_workers: int | None = None
+    start_method: str | None = None
+    ring_slots: int = 2
+    step_in_parent: bool | None = None
+    spin_ns: int | None = None
+    step_timeout: float | None = None
+    daemon: bool = False
+    pin_workers: bool = False
+    on_error: str = "raise"
+    check: str | None = None
+
+    def __post_init__(self) -> None:
+        n = self.num_workers
+        if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"num_workers must be a positive int, got {n!r}")
+        if (
+            not isinstance(self.ring_slots, (int, np.integer))
+            or isinstance(self.ring_slots, bool)
+            or self.ring_slots < 1
+        ):
+            raise ValueError(f"ring_slots must be an int >= 1, got {self.ring_slots!r}")
+        methods = mp.get_all_start_methods()
+        if self.start_method is not None and self.start_method not in methods:
+            raise ValueError(f"start_method must be one of {methods}, got {self.start_method!r}")
+        if self.spin_ns is not None and not isinstance(self.spin_ns, (int, np.integer)):
+            raise ValueError(f"spin_ns must be an int (nanoseconds), got {self.spin_ns!r}")
+        if self.step_timeout is not None and not (
+            isinstance(self.step_timeout, (int, float)) and self.step_timeout > 0
+        ):
+            raise ValueError(f"step_timeout must be a positive number of seconds, got {self.step_timeout!r}")
+        if self.on_error not in ("raise", "restart"):
+            raise ValueError(f"on_error must be 'raise' or 'restart', got {self.on_error!r}")
+        if self.check not in CHECK_LEVELS:
+            raise ValueError(f"check must be None, 'off', 'warn' or 'raise', got {self.check!r}")
+
+    @classmethod
+    def build(cls, config: PoolOptions | dict | str | os.PathLike | None = None, **knobs: Any) -> PoolOptions:
+        """Options from a tuning ``config`` (a PoolOptions, a dict, or the path of a JSON file
+        written by ``python -m fastvec.tune``) overlaid with the ``knobs`` that are not None."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(knobs) - names)
+        if unknown:
+            raise TypeError(f"unknown pool option(s) {unknown}; the options are {sorted(names)}")
+        base = cls.load(config)
+        return dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
+
+    @classmethod
+    def load(cls, config: PoolOptions | dict | str | os.PathLike | None) -> PoolOptions:
+        """A tuning configuration as options (see ``build``)."""
+        if config is None:
+            return cls()
+        if isinstance(config, PoolOptions):
+            return config
+        if not isinstance(config, dict):
+            with open(config) as f:
+                config = json.load(f)
+            config = config.get("config", config)
+        unknown = sorted(set(config) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; expected some of {list(TUNABLE)}")
+        return cls(**config)
+
+    def replace(self, **changes: Any) -> PoolOptions:
+        return dataclasses.replace(self, **changes)

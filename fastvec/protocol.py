@@ -1,0 +1,92 @@
+"""The words a pool and its workers agree on: command codes, control-word offsets,
+statistics columns and the kinds of extras a command can return.
+
+One place for every constant both sides of the shared block use. The compiled
+kernels mirror the control offsets in ``_kernels.pxd`` (``tests/test_protocol.py``
+checks that they agree).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "Command",
+    "ResetFlag",
+    "Control",
+    "Stats",
+    "Extra",
+    "SAME_STEP",
+    "NEXT_STEP",
+    "SEQ_MASK",
+    "POLL_NS",
+    "ADAPTIVE_POLL",
+    "YIELD_POLL_NS",
+]
+
+
+class Command(IntEnum):
+    """What the parent asks a worker to do (written in Control.CMD)."""
+
+    STEP = 1
+    RESET = 2
+    CONTROL = 3  # a rare call (env_method, get_attr, render, ...) with its request on the pipe
+    CLOSE = 4
+
+
+class ResetFlag(IntEnum):
+    """Bits of Control.ARG for a RESET."""
+
+    HAS_OPTIONS = 1  # per-env options follow on the pipe
+    MASKED = 2  # only envs whose reset_mask row is set
+    OPTIONS_ALWAYS = 4  # pass options=None explicitly (gymnasium) instead of omitting falsy ones (SB3)
+
+
+class Control:
+    """Word offsets inside one worker's control block (two cache lines of uint32)."""
+
+    CMD_SEQ = 0  # bumped by the parent to issue a command
+    CMD_WAITING = 1  # 1 while the worker sleeps on CMD_SEQ
+    CMD = 2  # Command code
+    SLOT = 3  # ring slot the command writes to
+    ARG = 4  # command-specific flags (ResetFlag)
+    DONE_SEQ = 16  # set to CMD_SEQ by the worker when the command is finished
+    DONE_WAITING = 17  # 1 while the parent sleeps on DONE_SEQ
+    HAS_MESSAGE = 18  # 1 when a message (extras, an error) follows on the pipe
+    # in the pool's own block (index num_workers), written by every worker:
+    REMAINING = 0  # workers that have not finished the current command: a wake-up hint only
+    REMAINING_WAITING = 1  # 1 while the parent sleeps on REMAINING
+
+
+class Stats:
+    """Columns of a worker's row in the shared ``worker_stats`` table.
+
+    Counters only grow: a worker adds to them, and a respawned worker goes on from
+    where the dead one stopped.
+    """
+
+    COMMANDS = 0  # commands run
+    ENV_STEPS = 1  # env steps taken
+    BUSY_NS = 2  # nanoseconds spent running commands
+    ENV_RESTARTS = 3  # envs re-created after raising (on_error="restart")
+    COLUMNS = 4
+
+
+class Extra(IntEnum):
+    """Kinds of the (env_index, kind, value) entries a command returns beside the shared block."""
+
+    INFO = 0  # the info dict env.step (or a NEXT_STEP autoreset's env.reset) returned
+    RESET_INFO = 1  # the info dict of a reset (SAME_STEP: the one after an episode end)
+    RESTARTED = 2  # the env raised and was re-created (on_error="restart"); value describes the error
+    WARNING = 3  # a check found a problem in the env's output (check="warn"); value is the message
+
+
+# Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium
+# SAME_STEP); NEXT_STEP resets in the following step, ignoring its action (gymnasium default).
+SAME_STEP = 0
+NEXT_STEP = 1
+
+SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
+POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives
+ADAPTIVE_POLL = 1  # spin_ns sent to workers: poll about as long as the parent usually takes, up to 2 ms
+YIELD_POLL_NS = -200_000  # default poll of the parent (yielding the core) before sleeping on the futex

@@ -1,0 +1,180 @@
+"""A worker process seen from the pool: start it, hand it the shared block, talk to it,
+notice its death, pin it, stop it.
+
+Waiting on a pipe never blocks for ever: every receive polls in slices and checks that
+the worker is alive (and, when given, a deadline), so a dead or hung worker becomes a
+``WorkerDiedError`` or ``StepTimeoutError`` naming it instead of a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from multiprocessing import reduction
+from typing import Any
+
+from fastvec.errors import StepTimeoutError, WorkerDiedError
+from fastvec.protocol import POLL_NS
+
+__all__ = ["Remote", "pickle_factories", "preload_forkserver"]
+
+_WORKER_MODULE = "fastvec.worker"
+
+
+def preload_forkserver() -> None:
+    """Have the forkserver import the worker's modules once, so each worker forked from it
+    starts with them (and with nothing else: not a front-end, SB3 or torch). Takes effect
+    when the forkserver starts; one already running keeps what it has."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # the process-wide server that set_forkserver_preload configures
+    modules = list(getattr(server, "_preload_modules", ["__main__"]))
+    if _WORKER_MODULE not in modules:
+        forkserver.set_forkserver_preload(modules + [_WORKER_MODULE])
+
+
+def pickle_factories(fns: list, start: int, start_method: str) -> bytes:
+    """The env factories of one worker, pickled for a spawned/forkserver child (a clear error if they cannot be)."""
+    import cloudpickle
+
+    for j, fn in enumerate(fns):
+        try:
+            cloudpickle.dumps(fn)
+        except Exception as exc:
+            raise TypeError(
+                f"env factory {start + j} cannot be pickled for start_method={start_method!r}: {exc!r}. "
+                "Workers started with 'spawn' or 'forkserver' receive their factories by pickle: make the factory "
+                "a module-level function or functools.partial, or use start_method='fork'."
+            ) from exc
+    return cloudpickle.dumps(fns)
+
+
+class Remote:
+    """The handle of worker process ``index``, which owns envs ``envs``."""
+
+    def __init__(self, index: int, envs: range, process: Any, conn: Any):
+        self.index = index
+        self.envs = envs
+        self.process = process
+        self.conn = conn
+        self.base = 0  # its control block's offset in the control words
+
+    @classmethod
+    def spawn(
+        cls,
+        index: int,
+        envs: range,
+        env_fns: list,
+        *,
+        start_method: str,
+        daemon: bool,
+        autoreset_mode: int,
+        spin_ns: int,
+        restart_on_error: bool,
+        check: str | None,
+        siblings: list[Remote],
+    ) -> Remote:
+        """Start the worker; it makes its envs and reports their spaces (read with ``handshake``)."""
+        from fastvec.worker import worker_main
+
+        ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            preload_forkserver()
+        fns: Any = env_fns if start_method == "fork" else pickle_factories(env_fns, envs.start, start_method)
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
+        inherited = [r.conn.fileno() for r in siblings if r.index != index] + [parent_conn.fileno()]
+        process = ctx.Process(
+            target=worker_main,
+            args=(
+                child_conn,
+                index,
+                os.getpid(),
+                fns,
+                envs.start,
+                autoreset_mode,
+                spin_ns,
+                inherited if start_method == "fork" else [],
+                threading.current_thread() is threading.main_thread(),
+                restart_on_error,
+                check,
+            ),
+            daemon=daemon,
+            name=f"fastvec-worker-{index}",
+        )
+        process.start()
+        child_conn.close()
+        return cls(index, envs, process, parent_conn)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def attach(self, layout: Any, fd: int, first_seq: int, restart: tuple | None) -> None:
+        """Send the layout and the shared block's file descriptor (SCM_RIGHTS)."""
+        self.conn.send(("attach", layout, first_seq, restart))
+        reduction.send_handle(self.conn, fd, self.process.pid)
+
+    def send_bytes(self, payload: bytes) -> None:
+        """Send an already pickled message; a dead worker's broken pipe is noticed when waiting on it."""
+        try:
+            self.conn.send_bytes(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def recv(self, command: str, timeout: float | None = None) -> Any:
+        """One message, noticing the worker's death (WorkerDiedError) or ``timeout`` (StepTimeoutError)."""
+        began = time.monotonic()
+        conn = self.conn
+        while True:
+            try:
+                if conn.poll(POLL_NS / 1e9):
+                    return conn.recv()
+            except (EOFError, OSError):
+                self.process.join(1.0)
+                raise WorkerDiedError(self.index, self.envs, self.process.exitcode, command) from None
+            if self.process.exitcode is not None and not conn.poll(0):
+                raise WorkerDiedError(self.index, self.envs, self.process.exitcode, command)
+            if timeout is not None and time.monotonic() - began > timeout:
+                raise StepTimeoutError(self.index, self.envs, command, timeout)
+
+    def pin(self, cores: list[int]) -> None:
+        import psutil
+
+        psutil.Process(self.process.pid).cpu_affinity(cores)
+
+    def kill(self) -> None:
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join(1.0)
+
+    def release(self) -> None:
+        """Close the pipe and the Process object (the process must have exited)."""
+        self.conn.close()
+        try:
+            self.process.close()
+        except ValueError:
+            pass
+
+
+def stop(remotes: list[Remote], grace: float) -> None:
+    """Give every worker ``grace`` seconds to exit, then terminate, then kill; release them all."""
+    deadline = time.monotonic() + grace
+    for remote in remotes:
+        remote.process.join(max(0.0, deadline - time.monotonic()))
+    for remote in remotes:
+        if remote.process.exitcode is None:
+            remote.process.terminate()
+    for remote in remotes:
+        remote.process.join(1.0)
+        if remote.process.exitcode is None:
+            remote.process.kill()
+            remote.process.join(1.0)
+    for remote in remotes:
+        remote.release()

@@ -1,0 +1,96 @@
+"""on_error="restart": re-create envs that raised, and fill in for envs whose worker died.
+
+A failing env is closed and made again from its factory; its episode ends as
+truncated, with the last observation it produced as the final observation, and the
+command reports it with an ``Extra.RESTARTED`` entry. A second failure of the fresh
+env is an error. A respawned worker (``restart_all`` / the RESET case in
+``fastvec.worker``) has only fresh envs: the episodes of the dead ones end the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastvec.errors import ShardError, describe_exception
+from fastvec.protocol import SAME_STEP, Extra
+
+if TYPE_CHECKING:
+    from fastvec.shard import Shard
+
+__all__ = ["describe", "recreate", "after_step_error", "reset_fresh", "restart_all"]
+
+
+def describe(exc: BaseException | str, command: str) -> dict:
+    """The value of a RESTARTED extra: what went wrong, during which command."""
+    if isinstance(exc, str):
+        return {"error": exc, "command": command}
+    exc_type, message, tb = describe_exception(exc)
+    return {"error": f"{exc_type}: {message}", "command": command, "traceback": tb}
+
+
+def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
+    """Replace env j by a fresh one from its factory (the old one is closed, quietly) and report it."""
+    try:
+        shard.envs[j].close()
+    except Exception:
+        pass
+    try:
+        shard.envs[j] = shard.env_fns[j]()  # type: ignore[index]
+    except Exception as make_exc:
+        raise ShardError(shard.start + j, "make (restart after an error)", make_exc) from exc
+    shard.step_fns[j] = shard.envs[j].step
+    shard.restarts += 1
+    shard.restart_reports.append((shard.start + j, Extra.RESTARTED, describe(exc, command)))
+
+
+def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_now: bool) -> tuple:
+    """Env j raised in step: re-create it; its episode ends as truncated.
+
+    The final observation is the last one the env produced (its row in the previous ring
+    slot). Returns the step result to record for env j: with ``reset_now`` (SAME_STEP) the
+    fresh env's first observation, else (NEXT_STEP) the last observation, the reset
+    following in the next step.
+    """
+    previous = (slot - 1) % shard.views.layout.ring_slots
+    last_obs = shard.row(previous, j)
+    shard.write_terminal(j, last_obs, "step")
+    recreate(shard, j, exc, "step")
+    if reset_now:
+        try:
+            obs, _ = shard.envs[j].reset()
+        except Exception as reset_exc:
+            raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
+    else:
+        obs = last_obs
+    return obs, 0.0, False, True, {}
+
+
+def reset_fresh(shard: Shard, j: int, exc: BaseException, command: str, kwargs: dict[str, Any]) -> tuple[Any, dict]:
+    """Env j raised in reset (or an autoreset): re-create it and reset the fresh one with the same arguments."""
+    recreate(shard, j, exc, command)
+    try:
+        return shard.envs[j].reset(**kwargs)
+    except Exception as again:
+        raise ShardError(shard.start + j, f"{command} (restart after an error)", again) from exc
+
+
+def restart_all(shard: Shard, slot: int, truncate: bool) -> None:
+    """A respawned worker's fresh envs, in place of a worker that died in a step: the old
+    episodes end (truncated, their last observations final) and new ones start in ``slot``."""
+    previous = (slot - 1) % shard.views.layout.ring_slots
+    envs = range(len(shard.envs))
+    last = [shard.row(previous, j) for j in envs]
+    for j in envs:
+        shard.write_terminal(j, last[j], "step (worker restart)")
+    if shard.autoreset_mode == SAME_STEP:
+        obs_list = []
+        for j, env in enumerate(shard.envs):
+            try:
+                obs_list.append(env.reset()[0])
+            except Exception as exc:
+                raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
+    else:  # NEXT_STEP: the last observations now, the resets in the next step
+        obs_list = last
+        shard.needs_reset = [True] * len(shard.envs)
+    shard.write_obs(obs_list, slot, "reset (worker restart)")
+    shard.start_episodes(slot, slice(shard.start, shard.stop), truncated=truncate)

@@ -1,0 +1,158 @@
+"""fastvec.SubprocVecEnv: a drop-in replacement for Stable-Baselines3's SubprocVecEnv."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastvec.options import PoolOptions
+from fastvec.pool import Pool
+from fastvec.protocol import SAME_STEP
+
+try:  # SB3's own base class when SB3 is installed: isinstance checks and wrappers work
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv as _VecEnvBase
+except ImportError:  # pragma: no cover - exercised in environments without SB3
+    from fastvec.sb3_contract import VecEnv as _VecEnvBase
+
+__all__ = ["SubprocVecEnv"]
+
+
+class SubprocVecEnv(_VecEnvBase):
+    """Steps N envs in worker processes that exchange data through shared memory.
+
+    Same constructor and contract as SB3's ``SubprocVecEnv(env_fns, start_method)``:
+    ``step`` returns ``(obs, rewards, dones, infos)`` with float64 rewards; infos carry
+    ``TimeLimit.truncated`` and, at an episode's end, ``terminal_observation``; the env is
+    reset in the same step. ``reset()`` uses the seeds and options set by ``seed()`` /
+    ``set_options()``, once.
+
+    Args:
+        env_fns: callables that each build one gymnasium env.
+        start_method: "fork", "forkserver" or "spawn" (default: forkserver where available, as SB3).
+        copy: return copies (True, default) or views of the ring slot, valid for the next
+            ``ring_slots - 1`` steps (False; needs ring_slots >= 2).
+        config: a PoolOptions, or a dict / JSON file from ``python -m fastvec.tune``;
+            explicit keyword arguments win.
+        **options: any field of fastvec.PoolOptions: num_workers, ring_slots, step_in_parent,
+            spin_ns, step_timeout, daemon, pin_workers, on_error, check. With
+            ``on_error="restart"`` a re-created env's episode ends (``dones[i]`` True,
+            ``TimeLimit.truncated`` True, its last observation as ``terminal_observation``) and
+            ``infos[i]["fastvec.restarted"]`` names the error.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], Any]],
+        start_method: str | None = None,
+        *,
+        copy: bool = True,
+        config: PoolOptions | dict | str | os.PathLike | None = None,
+        **options: Any,
+    ):
+        settings = PoolOptions.build(config, start_method=start_method, **options)
+        if not copy and settings.ring_slots < 2:
+            raise ValueError(
+                f"copy=False needs ring_slots >= 2 (got {settings.ring_slots}): SB3 keeps the previous observation "
+                "while the next step runs, so a one-slot ring would overwrite it"
+            )
+        self.copy = bool(copy)
+        self.waiting = False
+        self.closed = False
+        self.pool = Pool(env_fns, settings, autoreset_mode=SAME_STEP)
+        try:
+            super().__init__(self.pool.num_envs, self.pool.observation_space, self.pool.action_space)
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def reset(self) -> Any:
+        options = self._options if any(self._options) else None
+        batch = self.pool.reset(self._seeds, options)
+        self.reset_infos = [batch.reset_infos.get(i, {}) for i in range(self.num_envs)]
+        # seeds and options are used once, as SB3 does
+        self._reset_seeds()
+        self._reset_options()
+        return batch.observations(self.copy)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.pool.step_async(actions)
+        self.waiting = True
+
+    def step_wait(self) -> tuple[Any, np.ndarray, np.ndarray, list[dict]]:
+        self.waiting = False
+        batch = self.pool.step_wait()
+        terminated, truncated = batch.terminated, batch.truncated
+        dones = terminated | truncated
+        rewards = batch.rewards.copy()  # float64, as SB3's SubprocVecEnv stacks the envs' float rewards
+        obs = batch.observations(self.copy)
+        if not batch.has_extras and not dones.any():
+            return obs, rewards, dones, [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
+        infos: list[dict] = [batch.infos.get(i) or {} for i in range(self.num_envs)]
+        for info in infos:
+            info["TimeLimit.truncated"] = False
+        for i in np.flatnonzero(dones).tolist():
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos[i]["terminal_observation"] = batch.terminal_observation(i)
+            self.reset_infos[i] = batch.reset_infos.get(i, {})
+        for i, error in batch.restarted.items():
+            infos[i]["fastvec.restarted"] = error
+        return obs, rewards, dones, infos
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        """Seeds for the next reset: ``seed + i`` for env i (as SB3). With no seed, the root is
+        drawn from NumPy's global generator (so ``np.random.seed`` makes runs repeatable, as in
+        SB3) and the envs get independent seeds spawned from it by ``numpy.random.SeedSequence``."""
+        if seed is None:
+            root = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
+            children = np.random.SeedSequence(root).spawn(self.num_envs)
+            self._seeds = [int(c.generate_state(1)[0]) for c in children]
+            return self._seeds
+        return super().seed(seed)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.waiting = False
+        self.pool.close()
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return self.pool.call("get_attr", list(self._get_indices(indices)), (attr_name,))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        targets = list(self._get_indices(indices))
+        self.pool.call("set_attr", targets, (attr_name, False), values=[value] * len(targets))
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
+        return self.pool.call("env_method", list(self._get_indices(indices)), (method_name, method_args, method_kwargs))
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        return self.pool.call("is_wrapped", list(self._get_indices(indices)), (wrapper_class,))
+
+    def has_attr(self, attr_name: str) -> bool:
+        return all(self.pool.call("has_attr", list(range(self.num_envs)), (attr_name,)))
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        if self.render_mode != "rgb_array":
+            warnings.warn(
+                f"The render mode is {self.render_mode}, but this method assumes it is `rgb_array` to obtain images.",
+                stacklevel=2,
+            )
+            return [None] * self.num_envs
+        return self.pool.call("render", list(range(self.num_envs)))
+
+    def __enter__(self) -> SubprocVecEnv:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,315 @@
+"""The pool's state machine: every command completes or breaks the pool; nothing stale, nothing stuck.
+
+Each test here reproduces a desync or corruption path of the first engine (issue 9):
+it failed before the redesign and must keep passing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from functools import partial
+
+import numpy as np
+import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from fastvec import SubprocVecEnv, VectorEnv, kernels
+from fastvec.errors import AlreadyPendingCallError, BrokenPoolError, EnvError, NoAsyncCallError, WorkerDiedError
+from fastvec.pool import Pool, PoolState
+from fastvec.remote import Remote
+from tests import envs
+
+ZEROS = np.zeros(4, dtype=np.int64)
+
+
+def _counters(n: int = 4) -> list:
+    return [partial(envs.Counter, i) for i in range(n)]
+
+
+# 1 ------------------------------------------------------------------------------------------------
+def test_unpicklable_call_argument_leaves_the_pool_usable() -> None:
+    with SubprocVecEnv(_counters(), start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(TypeError, match=r"env_method arguments for envs 2..3 cannot be pickled"):
+            venv.env_method("reset", options=lambda: 0, indices=[3])
+        assert venv.pool.state is PoolState.IDLE
+        assert venv.env_method("pid", indices=[3])[0] != os.getpid()
+        venv.step(ZEROS)
+        with pytest.raises(TypeError, match="reset options"):
+            venv.pool.reset(options=[{"f": lambda: 0}] * 4)
+        venv.reset()
+
+
+# 2 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad_index", [0, 3])  # the parent's shard, a worker's
+def test_observation_the_row_cannot_hold_names_the_env(bad_index: int) -> None:
+    fns = [partial(envs.OverflowEnv, i == bad_index) for i in range(4)]
+    for step_in_parent in (True, False):
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
+            venv.reset()
+            with pytest.raises(
+                EnvError, match=rf"env {bad_index} raised ValueError during 'step'.*cannot be stored as uint8"
+            ) as info:
+                venv.step(ZEROS)
+            assert "300" in str(info.value)
+            assert venv.pool.state is PoolState.IDLE  # an env error completes the command: the pool goes on
+            assert venv.reset().shape == (4, 4)  # and the worker survived
+
+
+# 3 ------------------------------------------------------------------------------------------------
+def test_big_endian_observations_are_converted() -> None:
+    with SubprocVecEnv([envs.BigEndianEnv] * 4, start_method="fork", num_workers=2) as venv:
+        obs = venv.reset()
+        assert obs.dtype == np.float32
+        np.testing.assert_array_equal(obs, [[1.5, -2.25, 0]] * 4)
+        obs, *_ = venv.step(ZEROS)
+        np.testing.assert_array_equal(obs, [[1.5, -2.25, 1]] * 4)
+
+
+# 5 ------------------------------------------------------------------------------------------------
+def test_interrupt_while_the_parent_steps_its_envs_breaks_the_pool() -> None:
+    venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)
+    try:
+        venv.reset()
+        envs.Counter.interrupt_at = 1  # env 0 ( the parent's) raises KeyboardInterrupt in its next step
+        venv.step_async(ZEROS)
+        with pytest.raises(KeyboardInterrupt):
+            venv.step_wait()
+        with pytest.raises(BrokenPoolError, match="interrupted") as info:  # never the rows of an earlier step
+            venv.step_wait()
+        assert isinstance(info.value.__cause__, KeyboardInterrupt)
+        with pytest.raises(BrokenPoolError):
+            venv.reset()
+    finally:
+        envs.Counter.interrupt_at = None
+        envs.Counter.closed.clear()
+        venv.close()
+    assert sorted(i for pid, i in envs.Counter.closed if pid == os.getpid()) == [0, 1]  # the parent's envs closed
+
+
+class _InterruptOnce:
+    """Wraps a function: the ``at``-th call raises KeyboardInterrupt instead of running."""
+
+    def __init__(self, function, at: int = 1):
+        self.function, self.calls, self.at = function, 0, at
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.function(*args, **kwargs)
+
+
+def test_interrupt_while_waiting_for_workers_resumes_with_the_right_rows(monkeypatch) -> None:
+    """Nothing was consumed while waiting: the retry step_wait() returns this step's rows."""
+    reference = DummyVecEnv(_counters())
+    venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)
+    try:
+        reference.seed(5)
+        venv.seed(5)
+        np.testing.assert_array_equal(venv.reset(), reference.reset())
+        for t in range(6):
+            actions = np.array([t % 5, 1, 2, 3])
+            expected = reference.step(actions)
+            venv.step_async(actions)
+            if t % 2 == 0:
+                monkeypatch.setattr(kernels, "wait_remaining", _InterruptOnce(kernels.wait_remaining))
+                with pytest.raises(KeyboardInterrupt):
+                    venv.step_wait()
+                monkeypatch.undo()
+                assert venv.pool.state is PoolState.PENDING
+            obs, rewards, dones, _ = venv.step_wait()
+            np.testing.assert_array_equal(obs, expected[0])
+            np.testing.assert_array_equal(rewards, expected[1])
+    finally:
+        venv.close()
+        reference.close()
+
+
+def test_interrupt_while_reading_a_message_breaks_the_pool_instead_of_hanging(monkeypatch) -> None:
+    with VectorEnv([envs.make_dict] * 4, num_workers=2, start_method="fork") as venv:  # DictEnv: infos on the pipe
+        venv.reset(seed=0)
+        monkeypatch.setattr(Remote, "recv", _InterruptOnce(Remote.recv))
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(10):  # every third step has infos
+                venv.step(np.zeros((4, 2), np.float32))
+        monkeypatch.undo()
+        with pytest.raises(BrokenPoolError, match="KeyboardInterrupt"):
+            venv.step(np.zeros((4, 2), np.float32))
+
+
+@pytest.mark.parametrize("api", ["reset", "env_method"])
+def test_interrupted_reset_or_call_completes_on_the_next_call(api: str, monkeypatch) -> None:
+    with SubprocVecEnv(_counters(), start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        venv.step(np.ones(4, dtype=np.int64))
+        monkeypatch.setattr(kernels, "wait_remaining", _InterruptOnce(kernels.wait_remaining))
+        with pytest.raises(KeyboardInterrupt):
+            venv.reset() if api == "reset" else venv.env_method("pid")
+        monkeypatch.undo()
+        assert venv.pool.pending is not None
+        # the same call again: the interrupted one is finished first, then this one runs
+        if api == "reset":
+            venv.seed(3)
+            np.testing.assert_array_equal(venv.reset()[:, 0], [3000, 4000, 5000, 6000])
+        else:
+            assert venv.env_method("pid")[3] != os.getpid()
+        with pytest.raises(AlreadyPendingCallError):  # an explicit async call is never finished behind one's back
+            venv.pool.step_async(ZEROS)
+            venv.pool.reset_async()
+        venv.pool.step_wait()
+        with pytest.raises(NoAsyncCallError):
+            venv.pool.step_wait()
+
+
+# 7 ------------------------------------------------------------------------------------------------
+def test_worker_dying_in_a_reset_is_replaced_with_the_requested_seeds(tmp_path) -> None:
+    marker = tmp_path / "die"
+    fns = [partial(envs.DieOnceOnReset, i, str(marker)) for i in range(4)]
+    with VectorEnv(fns, num_workers=2, start_method="fork", on_error="restart") as venv:
+        (tmp_path / "die.3").touch()
+        with pytest.warns(RuntimeWarning, match="worker 1 .* died during 'reset'"):
+            obs, infos = venv.reset(seed=[1, 2, 3, 4])
+        np.testing.assert_array_equal(obs[:, 0], [1000, 2000, 3000, 4000])  # the replacement used the seeds
+        assert infos["_fastvec_restarted"].tolist() == [False, False, True, True]
+
+
+def test_worker_dying_in_a_reset_gets_the_options_too(tmp_path) -> None:
+    marker = tmp_path / "die"
+    fns = [partial(envs.DieOnceOnReset, i, str(marker)) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        (tmp_path / "die.2").touch()
+        venv.seed(7)
+        venv.set_options({"level": 3})
+        with pytest.warns(RuntimeWarning, match="died during 'reset'"):
+            obs = venv.reset()
+        np.testing.assert_array_equal(obs[:, 0], [7000, 8000, 9000, 10000])
+        assert [info.get("options") for info in venv.reset_infos] == [{"level": 3}] * 4
+
+
+def test_worker_dying_in_a_masked_reset_leaves_the_other_rows_current(tmp_path) -> None:
+    marker = tmp_path / "die"
+    fns = [partial(envs.DieOnceOnReset, i, str(marker)) for i in range(4)]
+    with VectorEnv(fns, num_workers=2, start_method="fork", on_error="restart") as venv:
+        venv.reset(seed=[1, 2, 3, 4])
+        for _ in range(3):
+            obs, *_ = venv.step(np.array([1, 1, 1, 1]))
+        np.testing.assert_array_equal(obs[:, 0], [1006, 2006, 3006, 4006])
+        (tmp_path / "die.2").touch()
+        mask = np.array([False, False, True, False])
+        with pytest.warns(RuntimeWarning, match="died during 'reset'"):
+            obs, infos = venv.reset(seed=[1, 2, 9, 4], options={"reset_mask": mask})
+        np.testing.assert_array_equal(obs[:2, 0], [1006, 2006])  # the live worker's rows: current, not older
+        assert obs[2, 0] == 9000  # the masked env: reset with its seed
+        assert obs[3, 0] < 1000  # the dead worker's other env: a fresh episode, reported
+        assert infos["_fastvec_restarted"].tolist() == [False, False, True, True]
+
+
+# 8 ------------------------------------------------------------------------------------------------
+def test_close_after_a_dead_worker_still_closes_the_parents_envs() -> None:
+    envs.Counter.closed.clear()
+    venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)
+    venv.reset()
+    os.kill(venv.pool.worker_pids[0], signal.SIGKILL)
+    with pytest.raises(WorkerDiedError):
+        venv.step(ZEROS)
+    venv.close()
+    assert sorted(i for pid, i in envs.Counter.closed if pid == os.getpid()) == [0, 1]
+    envs.Counter.closed.clear()
+
+
+@pytest.mark.parametrize("bad_index", [0, 3])
+def test_restart_covers_an_env_failing_in_its_autoreset(bad_index: int) -> None:
+    key = f"autoreset-{bad_index}-{os.getpid()}"
+    fns = [
+        partial(envs.FailingAutoreset, i, f"{key}-{i}") if i == bad_index else partial(envs.Counter, i)
+        for i in range(4)
+    ]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        for _ in range(2):
+            venv.step(ZEROS)
+        obs, _, dones, infos = venv.step(ZEROS)  # t = 3: terminated; its autoreset raises
+        assert dones[bad_index] and "RuntimeError: autoreset failed" in infos[bad_index]["fastvec.restarted"]
+        assert obs[bad_index, 0] == 0  # the fresh env's first observation
+        assert venv.pool.shard_restarts() == 1
+
+
+def test_counters_survive_a_respawn() -> None:
+    key = f"counters-{os.getpid()}"
+    from tests.test_restart import FlakyEnv
+
+    fns = [partial(FlakyEnv, f"{key}-{i}", 1 if i == 3 else 10**9) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        for _ in range(3):
+            venv.step(ZEROS)
+        assert venv.pool.shard_restarts() == 1
+        steps_before = venv.pool.worker_stats()[0]["env_steps"]
+        os.kill(venv.pool.worker_pids[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            venv.step(ZEROS)
+        assert venv.pool.shard_restarts() == 1  # the dead worker's count is neither lost nor counted twice
+        venv.step(ZEROS)
+        assert venv.pool.worker_stats()[0]["env_steps"] >= steps_before + 2  # counts go on, never back
+
+
+def test_close_with_views_still_alive_frees_every_descriptor() -> None:
+    venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2, copy=False)
+    venv.reset()
+    obs, *_ = venv.step(ZEROS)
+    venv.close()  # the leak guard (conftest) checks that no /dev/shm fd is left open
+    assert obs[:, 1].tolist() == [0, 1, 2, 3]  # the mapping lives as long as the view
+    del obs
+
+
+# 9 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_workers_import_neither_sb3_nor_torch(start_method: str) -> None:
+    """Workers import only the engine: no front-end, no Stable-Baselines3, no torch."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from functools import partial
+        import fastvec
+        assert "torch" not in sys.modules and "stable_baselines3" not in sys.modules, "import fastvec"
+        from tests import envs
+        from fastvec import VectorEnv
+        with VectorEnv([partial(envs.Counter, i) for i in range(2)], num_workers=2, step_in_parent=False,
+                       start_method={start_method!r}) as venv:
+            for name in ("torch", "stable_baselines3", "fastvec.sb3_vec_env", "fastvec.gym_vector_env"):
+                assert not any(venv.call("imported", name)), name
+        print("ok")
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# the state machine itself --------------------------------------------------------------------------
+def test_states_and_misuse_errors() -> None:
+    pool = Pool(_counters(), num_workers=2, start_method="fork")
+    try:
+        assert pool.state is PoolState.IDLE and pool.pending is None
+        pool.reset_async(seeds=[0, 1, 2, 3])
+        assert pool.state is PoolState.PENDING and pool.pending == "reset"
+        with pytest.raises(AlreadyPendingCallError, match=r"reset_wait\(\)"):
+            pool.call_async("pid", [0])
+        with pytest.raises(AlreadyPendingCallError):
+            pool.step_wait()
+        batch = pool.reset_wait()
+        assert batch.ring.obs[0][batch.slot][2, 0] == 2000
+        pool.call_async("env_method", [3, 0], ("pid", (), {}))
+        pids = pool.call_wait()
+        assert pids[1] == os.getpid() and pids[0] != os.getpid()
+        with pytest.raises(NoAsyncCallError):
+            pool.call_wait()
+    finally:
+        pool.close()
+    assert pool.state is PoolState.CLOSED
+    pool.close()

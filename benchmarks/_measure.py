@@ -6,15 +6,12 @@ hangs or crashes is reported and the study goes on.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-import traceback
 
 import numpy as np
 
-from fastvec.tune import time_steps
+from fastvec.measure import child_main, time_steps
 
 
 def measure(spec: dict) -> dict:
@@ -42,13 +39,7 @@ def measure(spec: dict) -> dict:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
-    try:
-        result = measure(spec)
-    except Exception as exc:
-        result = {**spec, "status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print("RESULT " + json.dumps(result), flush=True)
-    os._exit(0)  # do not wait on anything an engine leaked: the study measures, it does not clean up
+    child_main(measure, sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from fastvec.measure import cores
+
 PEERS = Path(__file__).resolve().parent / ".peers"
 PUFFERLIB_VERSION = "3.0.0"
 ENVPOOL_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
@@ -46,13 +48,6 @@ class Engine:
 
     def __call__(self, fns: list, workload: str) -> Any:
         return self.build(fns, workload)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def peer_status() -> dict:

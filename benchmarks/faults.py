@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from fastvec.measure import kill_session
 
 ENGINES = ["fastvec", "sb3-subproc", "gym-async"]
 TIME_LIMIT = 12.0
@@ -188,10 +189,7 @@ def run(engine: str, scenario: str, fail_in: str) -> dict:
         outcomes.append({"outcome": f"process died (exit {proc.returncode})"})
     time.sleep(1.5)  # the parent-death rule under test is "within about a second"
     left = [p for p in pids if _alive(p)]
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the run's session
-    except ProcessLookupError:
-        pass
+    kill_session(proc.pid)  # whatever is left of the run's session
     new_shm = [s for s in set(os.listdir("/dev/shm")) - shm_before]
     return {"engine": engine, "scenario": scenario, "outcomes": outcomes, "orphans": len(left), "shm_left": new_shm,
             "seconds": time.monotonic() - began}

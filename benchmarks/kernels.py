@@ -165,13 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.min_seconds = 2, 0.01
-    from benchmarks.vec_env import machine_facts
+    from benchmarks.vec_env import machine_facts, result_folder
 
     facts = machine_facts()
     rows = run(args.repeats, args.min_seconds)
     table = markdown(rows)
-    machine = args.machine or f"{facts['cores']}core"
-    out = args.out or ROOT / "benchmarks" / "results" / f"{machine}-{dt.date.today().isoformat()}"
+    out = args.out or result_folder(args.machine, facts)
     out.mkdir(parents=True, exist_ok=True)
     report = (
         f"# fastvec kernels: Cython vs pure Python vs numpy ({dt.date.today().isoformat()})\n\n"

@@ -29,16 +29,15 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fastvec.measure import child_environ, run_child
+from fastvec.measure import machine_facts as base_machine_facts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -126,43 +125,6 @@ BASELINE = "sb3-ppo-zoo"
 
 
 # -- one run, in a child process --------------------------------------------------------------------
-def _child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _run_child(command: list[str], timeout: float) -> tuple[int | None, str, str, float]:
-    """(exit code or None on timeout, stdout, stderr, wall seconds); the child's whole session is killed after."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=_child_env(),
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-        code: int | None = proc.returncode
-    except subprocess.TimeoutExpired:
-        _kill_session(proc.pid)
-        stdout, stderr = proc.communicate()
-        code = None
-    finally:
-        _kill_session(proc.pid)
-    return code, stdout, stderr, time.perf_counter() - began
-
-
-def _kill_session(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def run_case(case: Case, seed: int, threads: int) -> dict:
     """Run one (case, seed); returns a result dict with a status."""
     result: dict = {"case": case.name, "seed": seed, "load_before": os.getloadavg()[0]}
@@ -185,18 +147,17 @@ def run_case(case: Case, seed: int, threads: int) -> dict:
                 "--threads",
                 str(threads),
             ]
-        code, stdout, stderr, wall = _run_child(command, case.timeout)
-        result["process_s"] = wall
+        run = run_child(command, case.timeout, env=child_environ(ROOT), cwd=ROOT)
+        result["process_s"] = run.seconds
         result["load_after"] = os.getloadavg()[0]
-        if code is None:
+        if run.timed_out:
             return {**result, "status": "timeout", "reason": f"no result within {case.timeout:.0f} s"}
-        if code != 0:
-            tail = " | ".join(stderr.strip().splitlines()[-3:])
-            return {**result, "status": "crashed", "reason": f"exit code {code}: {tail}"}
+        if run.returncode != 0:
+            return {**result, "status": "crashed", "reason": f"exit code {run.returncode}: {run.stderr_tail()}"}
         if case.kind == "ppo":
             summary = json.loads((Path(runs) / "run" / "summary.json").read_text())
         else:
-            line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
+            line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
             summary = json.loads(line[len("RESULT ") :])
     result.update(
         status="ok",
@@ -347,27 +308,8 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def machine_facts(threads: int) -> dict:
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count() or 1
-    return {
-        "host": socket.gethostname(),
-        "cpu": cpu,
-        "cores": cores,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "platform": platform.platform(),
-    }
+    """fastvec.measure's facts with torch's version and the learners' thread count."""
+    return {**base_machine_facts(("torch",)), "torch_threads": threads}
 
 
 def plot(summaries: list[dict], path: Path) -> None:

@@ -20,18 +20,15 @@ import argparse
 import csv
 import datetime as dt
 import json
-import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.engines import ENGINES, cores, peer_status, unsupported
-from fastvec.tune import kill_session
+from benchmarks.engines import ENGINES, peer_status, unsupported
+from fastvec.measure import child_environ, child_result, cores, python_argv, run_child
+from fastvec.measure import machine_facts as base_machine_facts
 
 MAX_OTHER_LOAD = 0.02
 BASELINE = "sb3-subproc"
@@ -85,24 +82,8 @@ def knob_engines() -> list[str]:
 
 # -- machine facts ----------------------------------------------------------------------------------
 def machine_facts() -> dict:
-    import numpy
-
-    facts = {
-        "host": socket.gethostname(),
-        "cpu": _cpu_model(),
-        "cores": cores(),
-        "physical_cores": _physical_cores(),
-        "memory_gib": _memory_gib(),
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-    }
-    for package in ("gymnasium", "stable_baselines3", "torch", "fastvec", "envpool"):
-        try:
-            module = __import__(package)
-            facts[package] = getattr(module, "__version__", "?")
-        except Exception as exc:  # noqa: BLE001 - a missing peer is a fact too
-            facts[package] = f"not installed ({type(exc).__name__})"
+    """fastvec.measure's facts, the versions of every engine's package, and PufferLib's peer status."""
+    facts = base_machine_facts(("numpy", "gymnasium", "stable_baselines3", "torch", "envpool"))
     # PufferLib lives in benchmarks/.peers and is imported by its measuring child only
     puffer = peer_status().get("pufferlib")
     if puffer is None:
@@ -111,42 +92,12 @@ def machine_facts() -> dict:
         facts["pufferlib"] = f"{puffer['version']} (pure-Python vectorizers from the sdist)"
     else:
         facts["pufferlib"] = f"unavailable: {puffer['reason']}"
-    try:
-        import fastvec
-
-        facts["fastvec_kernels"] = fastvec.KERNELS
-    except Exception:  # noqa: BLE001
-        pass
     return facts
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _physical_cores() -> int | None:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _memory_gib() -> float | None:
-    try:
-        import psutil
-
-        return round(psutil.virtual_memory().total / 2**30, 1)
-    except Exception:  # noqa: BLE001
-        return None
+def result_folder(machine: str | None, facts: dict) -> Path:
+    """benchmarks/results/<machine>-<date>, <machine> defaulting to "<cores>core"; every study writes there."""
+    return ROOT / "benchmarks" / "results" / f"{machine or str(facts['cores']) + 'core'}-{dt.date.today().isoformat()}"
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -190,31 +141,10 @@ def estimate_seconds(spec: dict) -> float:
 
 # -- running ----------------------------------------------------------------------------------------
 def _measure_once(spec: dict, timeout: float) -> dict:
-    """One child process in its own session; whatever it leaves running is killed when it returns."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-W", "ignore", "-m", "benchmarks._measure", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_session(proc.pid)
-        proc.communicate()
-        return {**spec, "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
-    finally:
-        kill_session(proc.pid)
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if not lines:
-        tail = (stderr or "").strip().splitlines()[-3:]
-        return {**spec, "status": "crashed", "reason": f"exit code {proc.returncode}: {' | '.join(tail)}"}
-    return json.loads(lines[-1][len("RESULT ") :])
+    """One child process (benchmarks._measure) in its own session; whatever it leaves running is killed when it returns."""
+    argv = python_argv("benchmarks._measure", json.dumps(spec))
+    run = run_child(argv, timeout, env=child_environ(ROOT), cwd=ROOT)
+    return {**spec, **child_result(run, timeout)}
 
 
 def run_one(spec: dict, timeout: float, attempts: int = 3) -> dict:
@@ -535,8 +465,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {s['workload']:12s} {s['engine']:18s} x{s['num_envs']:<3d} {s['seconds']:g} s x {s['repeats']}")
         return
     facts = machine_facts()
-    machine = args.machine or f"{facts['cores']}core"
-    out = args.out or ROOT / "benchmarks" / "results" / f"{machine}-{dt.date.today().isoformat()}"
+    out = args.out or result_folder(args.machine, facts)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     began = time.monotonic()

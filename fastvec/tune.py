@@ -27,10 +27,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
-import signal
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -38,20 +34,29 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from fastvec.measure import (
+    child_environ,
+    child_main,
+    child_result,
+    cores,
+    machine_facts,
+    python_argv,
+    repository_root,
+    run_child,
+    time_steps,
+)
+from fastvec.options import TUNABLE
+
 __all__ = ["search", "worker_counts", "verdict", "is_in_process", "main"]
 
 SPIN_CHOICES = (0, 20_000, 50_000, 200_000, -200_000)
 QUICK_SPIN_CHOICES = (0, 50_000, -200_000)
 MAX_OTHER_LOAD = 0.02
-CONFIG_KEYS = ("num_workers", "step_in_parent", "spin_ns", "pin_workers")  # what a candidate varies
+# what a candidate varies: the knobs a tuning file may set (fastvec.options.TUNABLE), less the two that
+# do not change a rate: ring_slots (the depth of the result ring) and start_method (start-up only)
+NOT_SEARCHED = ("ring_slots", "start_method")
+CONFIG_KEYS = tuple(k for k in TUNABLE if k not in NOT_SEARCHED)
 NOISE = 0.05  # differences below this are within run-to-run noise
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def worker_counts(num_envs: int, num_cores: int, quick: bool = False) -> list[int]:
@@ -89,74 +94,6 @@ def _make_env(env_id: str | None, env_module: str | None) -> Any:
     return gymnasium.make(env_id)
 
 
-def tree_cpu_seconds(proc: Any) -> float:
-    """CPU seconds used so far by ``proc`` and all its descendants."""
-    import psutil
-
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (all processes)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def time_steps(step: Any, batches: Any, num_envs: int, seconds: float, repeats: int) -> dict:
-    """Time ``step(batch)`` over pre-made action batches: a warm-up, then ``repeats`` runs of
-    ``seconds`` each. Returns env steps/s (median and each run) and the machine's load:
-    the share of its CPU that processes outside this one's tree used meanwhile.
-    The tuner and ``benchmarks.vec_env`` both measure with this, so their rates compare."""
-    import psutil
-
-    count = len(batches)
-    k = 0
-    end = time.perf_counter() + min(0.3, seconds / 3)
-    while time.perf_counter() < end:  # warm-up
-        step(batches[k % count])
-        k += 1
-    me = psutil.Process()
-    cpu0, busy0, wall0 = tree_cpu_seconds(me), busy_cpu_seconds(), time.perf_counter()
-    rates = []
-    for _ in range(repeats):
-        steps, start = 0, time.perf_counter()
-        deadline = start + seconds
-        while True:
-            for _ in range(8):
-                step(batches[k % count])
-                k += 1
-            steps += 8
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        rates.append(steps * num_envs / (now - start))
-    wall = time.perf_counter() - wall0
-    cpu_tree = tree_cpu_seconds(me) - cpu0
-    return {
-        "rate": statistics.median(rates),
-        "rates": rates,
-        "cpu_used_by_run": cpu_tree / wall,
-        "other_load": max(0.0, (busy_cpu_seconds() - busy0 - cpu_tree) / (wall * psutil.cpu_count())),
-    }
-
-
-def kill_session(pgid: int) -> None:
-    """SIGKILL a measurement's whole session: what an engine failed to stop must not load the next one."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _measure_here(spec: dict) -> dict:
     import multiprocessing as mp
 
@@ -176,12 +113,7 @@ def _measure_here(spec: dict) -> dict:
     venv = SubprocVecEnv(fns, start_method=start_method, **spec["config"])
     try:
         pool = venv.pool
-        resolved = {
-            "num_workers": pool.num_workers,
-            "step_in_parent": pool.step_in_parent,
-            "spin_ns": pool.spin_ns,
-            "pin_workers": pool.pin_workers,
-        }
+        resolved = {key: getattr(pool, key) for key in CONFIG_KEYS}
         startup = time.perf_counter() - began
         venv.reset()
         timing = time_steps(venv.step, batches, n, seconds, repeats)
@@ -197,44 +129,12 @@ def _measure_here(spec: dict) -> dict:
     }
 
 
-def _child_main(argument: str) -> None:
-    import traceback
-
-    spec = json.loads(argument)
-    try:
-        result = _measure_here(spec)
-    except Exception as exc:  # noqa: BLE001 - a failing candidate is a result
-        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print("RESULT " + json.dumps(result), flush=True)
-    os._exit(0)
-
-
 def measure(spec: dict, timeout: float) -> dict:
     """Measure one candidate in a child process; a hang or crash is a result with its status."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # this fastvec, also from a source checkout
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.getcwd(), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-W", "ignore", "-m", "fastvec.tune", "--child", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_session(proc.pid)
-        proc.communicate()
-        return {"status": "timeout", "reason": f"no result within {timeout:.0f} s"}
-    finally:
-        kill_session(proc.pid)
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if not lines:
-        tail = " | ".join((stderr or "").strip().splitlines()[-3:])
-        return {"status": "crashed", "reason": f"exit code {proc.returncode}: {tail}"}
-    return json.loads(lines[-1][len("RESULT ") :])
+    # this fastvec first on the child's path, also from a source checkout
+    env = child_environ(repository_root(), os.getcwd())
+    run = run_child(python_argv("fastvec.tune", "--child", json.dumps(spec)), timeout, env=env)
+    return child_result(run, timeout)
 
 
 # -- the search -----------------------------------------------------------------------------------
@@ -262,7 +162,7 @@ def search(
     """
     if (env_id is None) == (env_module is None):
         raise ValueError("give exactly one of env_id and env_module")
-    num_cores = _cores()
+    num_cores = cores()
     base = {"env_id": env_id, "env_module": env_module, "num_envs": num_envs, "seconds": seconds, "repeats": repeats}
     measured: list[dict] = []
     seen: dict[str, dict] = {}
@@ -391,20 +291,6 @@ def table(record: dict) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def machine_facts() -> dict:
-    facts: dict[str, Any] = {"cores": _cores(), "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            facts["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
-    except OSError:
-        facts["cpu"] = platform.processor() or "unknown"
-    import fastvec
-
-    facts["fastvec"] = fastvec.__version__
-    facts["kernels"] = fastvec.KERNELS
-    return facts
-
-
 def write(record: dict, path: str | os.PathLike) -> None:
     """Write the record as JSON; ``fastvec.SubprocVecEnv(..., config=path)`` reads its "config"."""
     with open(path, "w") as f:
@@ -415,8 +301,7 @@ def write(record: dict, path: str | os.PathLike) -> None:
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _child_main(argv[1])
-        return None
+        child_main(_measure_here, argv[1])
     parser = argparse.ArgumentParser(
         prog="python -m fastvec.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -437,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 1.0)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     print(
-        f"tuning fastvec for {args.num_envs} x {args.env_id or args.env_module} on {_cores()} cores "
+        f"tuning fastvec for {args.num_envs} x {args.env_id or args.env_module} on {cores()} cores "
         f"({seconds:g} s x {repeats} per candidate)",
         flush=True,
     )

@@ -21,7 +21,7 @@ def _fake_measure(rate_of):
 
     def measure(spec, timeout):
         config = spec["config"]
-        workers = config.get("num_workers", min(tune._cores(), spec["num_envs"]))
+        workers = config.get("num_workers", min(tune.cores(), spec["num_envs"]))
         resolved = {
             "num_workers": workers,
             "step_in_parent": config.get("step_in_parent", workers >= 2),
@@ -41,7 +41,7 @@ def test_worker_counts_span_one_to_twice_the_cores():
 
 
 def test_search_says_when_processes_do_not_pay_off(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(tune, "_cores", lambda: 2)
+    monkeypatch.setattr(tune, "cores", lambda: 2)
     monkeypatch.setattr(
         tune, "measure", _fake_measure(lambda r: 100_000.0 if tune.is_in_process(r) else 10_000.0 * r["num_workers"])
     )
@@ -64,7 +64,7 @@ def test_search_says_when_processes_do_not_pay_off(monkeypatch, tmp_path, capsys
 
 
 def test_search_picks_the_fastest_process_layout(monkeypatch):
-    monkeypatch.setattr(tune, "_cores", lambda: 2)
+    monkeypatch.setattr(tune, "cores", lambda: 2)
 
     def rate(r):
         if tune.is_in_process(r):
@@ -81,7 +81,7 @@ def test_search_picks_the_fastest_process_layout(monkeypatch):
 
 
 def test_a_best_within_noise_of_the_default_says_keep_the_default(monkeypatch):
-    monkeypatch.setattr(tune, "_cores", lambda: 2)
+    monkeypatch.setattr(tune, "cores", lambda: 2)
     monkeypatch.setattr(tune, "measure", _fake_measure(lambda r: 100_000.0 + (1_000.0 if r["pin_workers"] else 0.0)))
     record = tune.search("CartPole-v1", num_envs=8, candidates=[{"pin_workers": True}], report=lambda line: None)
     assert "keeping the default is as good" in record["verdict"]
@@ -166,3 +166,13 @@ def test_env_module_candidate_measures_in_a_child():
     )
     assert result["status"] == "ok", result
     assert result["resolved"]["num_workers"] == 2 and result["rate"] > 0
+
+
+def test_searched_keys_are_tunable_pool_options():
+    import dataclasses
+
+    from fastvec.options import TUNABLE
+
+    fields = {f.name for f in dataclasses.fields(PoolOptions)}
+    assert set(tune.CONFIG_KEYS) <= set(TUNABLE) <= fields
+    assert set(tune.CONFIG_KEYS) | set(tune.NOT_SEARCHED) == set(TUNABLE)

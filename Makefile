@@ -44,6 +44,11 @@ bench-kernels: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m benchmarks.faults
 
+# start-up time and worker memory of 8 CartPole envs per engine (issue 9; ~4 min on 2 cores)
+.PHONY: bench-startup
+bench-startup: $(STAMP)
+	$(PY) -m benchmarks.startup $(ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check fastvec ppo tests benchmarks
 

@@ -50,7 +50,18 @@ class Batch:
         restarted: env index -> what made fastvec re-create the env (on_error="restart").
     """
 
-    __slots__ = ("slot", "rewards", "terminated", "truncated", "infos", "reset_infos", "restarted", "_pool")
+    __slots__ = (
+        "slot",
+        "rewards",
+        "terminated",
+        "truncated",
+        "infos",
+        "reset_infos",
+        "restarted",
+        "final_obs",
+        "_objects",
+        "_pool",
+    )
 
     def __init__(self, pool: Pool, slot: int, extras: list | None):
         self._pool = pool
@@ -62,6 +73,7 @@ class Batch:
         self.infos: dict[int, dict] = {}
         self.reset_infos: dict[int, dict] = {}
         self.restarted: dict[int, str] = {}
+        self.final_obs: dict[int, Any] = {}  # env index -> the env's own final observation object, where sent
         if extras:
             for i, kind, value in extras:
                 if kind == Extra.INFO:
@@ -70,14 +82,26 @@ class Batch:
                     self.reset_infos[i] = value
                 elif kind == Extra.RESTARTED:
                     self.restarted[i] = value["error"]
+                elif kind == Extra.FINAL_OBS:
+                    self.final_obs[i] = value
+        # object parts (Text, Graph, ...) are not in the ring: keep this step's
+        self._objects = pool.object_columns() if pool.obs_has_objects else None
 
-    def observations(self, copy: bool = True) -> Any:
-        """The observations, in the observation space's structure (an array, or an OrderedDict /
-        tuple of arrays): copies, or views of the ring slot (valid for S - 1 further steps)."""
-        return self._pool.observations(self.slot, copy)
+    def observations(self, copy: bool = True, batch_object: Any = None) -> Any:
+        """The observations, in the observation space's structure (an array, or a dict / tuple of
+        batches): copies, or views of the ring slot (valid for S - 1 further steps). Object parts
+        (Text, Graph, ...) are batched by ``batch_object(leaf, values)`` (default: a tuple)."""
+        if self._objects is None:
+            return self._pool.observations(self.slot, copy)
+        if batch_object is None:
+            return self._pool.observations(self.slot, copy, self._objects)
+        return self._pool.observations(self.slot, copy, self._objects, batch_object)
 
     def terminal_observation(self, i: int) -> Any:
-        """A copy of env ``i``'s final observation, when its episode ended in this step (SAME_STEP)."""
+        """Env ``i``'s final observation, when its episode ended in this step (SAME_STEP): the env's
+        own object where it was sent (spaces with object or scalar parts), else a copy from the buffers."""
+        if i in self.final_obs:
+            return self.final_obs[i]
         return self._pool.terminal_observation(i)
 
     @property

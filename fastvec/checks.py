@@ -1,11 +1,11 @@
 """Checks on what crosses the shared block: actions on the way in, env outputs on the way out.
 
-Actions (``ActionWriter``, in the parent): the shared action buffer has the action
-space's dtype and shape, so those are checked, and a value the buffer cannot hold
-exactly (256 into a MultiBinary's int8, -1 into uint8, 3.7 into an integer space) is an
-error naming the env: the check runs before the cast. Values are otherwise passed
-through as SB3 and gymnasium pass them (a Gaussian policy samples outside its Box; the
-env or its ClipAction wrapper decides), unless ``check`` asks for range checks.
+Actions (``ActionWriter``, in the parent): values pass through unchanged, as SB3 and
+gymnasium pass them (a Gaussian policy samples outside its Box; the env or its ClipAction
+wrapper decides), and reach the env in the dtype they were sent in: an action leaf's buffer
+is the widest of its kind (float64, int64) and a tag carries the caller's dtype. The
+shape is checked, and a value the buffer cannot hold exactly (3.7 for an integer space)
+is an error naming the env, checked before the cast. Range checks only when ``check`` asks.
 
 Env outputs (``OutputChecks``, in each shard): an observation cast to the space's dtype
 and a NaN reward are reported once per env and kind, or raised, per ``check``.
@@ -19,19 +19,12 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from fastvec.errors import ShardError, UnsupportedSpaceError
+from fastvec.errors import ShardError
+from fastvec.layout import action_buffer_dtype
 from fastvec.protocol import Extra
+from fastvec.spaces import Leaf, is_single_array, leaves, split
 
-__all__ = ["ActionWriter", "OutputChecks", "action_dtype"]
-
-
-def action_dtype(space: spaces.Space) -> np.dtype:
-    """dtype of the shared action buffer for ``space``."""
-    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-        return np.dtype(space.dtype)
-    raise UnsupportedSpaceError(
-        f"fastvec supports Box, Discrete, MultiDiscrete and MultiBinary action spaces, got {space}"
-    )
+__all__ = ["ActionWriter", "OutputChecks", "emit_warnings"]
 
 
 def _bounds(space: spaces.Space, per_env: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,53 +42,121 @@ def _bounds(space: spaces.Space, per_env: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ActionWriter:
-    """Checks a batch of actions and writes it into the shared action buffer.
+    """Checks a batch of actions and writes it into the shared action buffers (one per array leaf).
 
-    ``check``: None or "off" pass values through; "warn" warns once per env about a value
-    outside the space's bounds (or NaN), "raise" raises ValueError naming the env.
-    Shape, kind (numbers) and what the buffer can hold exactly are always checked.
+    Accepts a batch as gymnasium and array policies give it (an array ``[num_envs, *shape]``, or
+    for Dict/Tuple spaces a dict/tuple of such arrays), or, with ``per_env=True``, as SB3 gives it
+    for structured spaces (a sequence of one action per env). ``check``: None or "off" pass values
+    through; "warn" warns once per env about a value outside the space's bounds (or NaN), "raise"
+    raises ValueError naming the env. Shape, kind (numbers) and what a buffer can hold exactly are
+    always checked. ``write`` returns the object leaves' values (one list of num_envs per leaf),
+    which travel pickled, or None when the space has none.
     """
 
     def __init__(self, space: spaces.Space, num_envs: int, kernels: Any, check: str | None = None):
         self.space = space
         self.num_envs = num_envs
-        self.kernels = kernels
-        self.dtype = action_dtype(space)
-        self.shape = (num_envs, *space.shape)
-        self.per_env = int(np.prod(space.shape, dtype=np.int64))
+        self.leaves = leaves(space)
+        self.single = is_single_array(self.leaves)
+        self.writers = [
+            _LeafWriter(leaf, num_envs, kernels, check, single=self.single) for leaf in self.leaves if leaf.array
+        ]
+        self.has_objects = any(not leaf.array for leaf in self.leaves)
+
+    def write(
+        self, actions: Any, buffers: list[np.ndarray], tags: np.ndarray, per_env: bool = False
+    ) -> list[list] | None:
+        """Check ``actions`` and copy them into ``buffers`` (one per array leaf), recording in ``tags``
+        the dtype each came in; returns the object leaves' values."""
+        if self.single:
+            tags[0] = self.writers[0].write(actions, buffers[0])
+            return None
+        if per_env:
+            if not hasattr(actions, "__len__") or len(actions) != self.num_envs:
+                raise ValueError(f"expected one action per env ({self.num_envs}) for {self.space}, got {actions!r:.200}")
+            parts = [[_part(a, leaf, i) for i, a in enumerate(actions)] for leaf in self.leaves]
+        else:
+            parts = [_part(actions, leaf, None) for leaf in self.leaves]
+        writers = iter(self.writers)
+        buffer_index = 0
+        objects: list[list] | None = [] if self.has_objects else None
+        for leaf, part in zip(self.leaves, parts):
+            if leaf.array:
+                tags[buffer_index] = next(writers).write(part, buffers[buffer_index])
+                buffer_index += 1
+            else:
+                values = list(part)
+                if len(values) != self.num_envs:
+                    raise ValueError(
+                        f"expected {self.num_envs} actions for part {leaf.name!r} ({leaf.space}), got {len(values)}"
+                    )
+                objects.append(values)  # type: ignore[union-attr]
+        return objects
+
+
+def _part(actions: Any, leaf: Leaf, env: int | None) -> Any:
+    try:
+        return split(actions, leaf)
+    except (KeyError, IndexError, TypeError) as exc:
+        who = "actions" if env is None else f"action for env {env}"
+        raise ValueError(f"{who} has no part {leaf.name!r} ({leaf.space}): {exc!r}") from exc
+
+
+class _LeafWriter:
+    """One array leaf of the action space: shape, exact cast and (when asked) range checks."""
+
+    def __init__(self, leaf: Leaf, num_envs: int, kernels: Any, check: str | None, single: bool):
+        space = leaf.space
+        self.space = space
+        self.num_envs = num_envs
+        self.where = "" if single else f" (part {leaf.name!r})"
+        self.dtype = action_buffer_dtype(leaf.dtype)  # the buffer's: float64 / int64, holding what callers send
+        self.shape = (num_envs, *leaf.shape)
+        self.element_shape = leaf.shape
+        self.per_env = int(np.prod(leaf.shape, dtype=np.int64))
         self.discrete = not isinstance(space, spaces.Box)
         self.exact = self.dtype.kind in "iub"  # an integer buffer holds only whole numbers in its range
         self.check_range = check in ("warn", "raise")
         self.raise_out_of_range = check == "raise"
         self._warned: set[int] = set()
         self.low, self.high = _bounds(space, self.per_env)
-        if self.dtype == np.int64:
+        if self.dtype == np.int64 and self.low.dtype == np.int64:
             self._first_outside = kernels.first_outside_int
         elif self.dtype in (np.float32, np.float64):
             self._first_outside = kernels.first_outside_float
         else:
             self._first_outside = _first_outside_generic
 
-    def write(self, actions: Any, out: np.ndarray) -> None:
-        """Check ``actions`` (shape ``[num_envs, *space.shape]``) and copy them into ``out``."""
+    def write(self, actions: Any, out: np.ndarray) -> int:
+        """Check ``actions`` (shape ``[num_envs, *shape]``) and copy them into ``out``; returns the tag
+        of their dtype (0: the buffer's own), with which the shard hands them to the envs."""
         a = actions if type(actions) is np.ndarray else np.asarray(actions)
+        if a.ndim == 0:
+            raise TypeError(
+                f"expected a batch of {self.num_envs} actions{self.where} (shape {self.shape}), got a scalar {a!r}"
+            )
         if a.shape != self.shape:
-            if self.discrete and a.shape == self.shape + (1,):  # (n, 1) for Discrete, as some policies emit
-                a = a.reshape(self.shape)
+            if a.shape[0] == self.num_envs and a.size == self.num_envs * self.per_env:
+                a = a.reshape(self.shape)  # one row per env, e.g. (n, 1) from a policy head for Discrete
             else:
                 raise ValueError(
-                    f"expected actions of shape {self.shape} ({self.num_envs} envs x {self.space}), got shape {a.shape}"
+                    f"expected actions{self.where} of shape {self.shape} ({self.num_envs} envs x {self.space}), "
+                    f"got shape {a.shape}"
                 )
+        tag = 0
         if a.dtype != self.dtype:
             self._check_cast(a)
+            if a.dtype.kind in "fiub":
+                tag = ord(a.dtype.newbyteorder("=").char)
         np.copyto(out, a, casting="unsafe")
         if self.check_range:
             self._check_range(out.reshape(-1), a)
+        return tag
 
     def _check_cast(self, a: np.ndarray) -> None:
         """Refuse what the buffer's dtype cannot hold exactly (checked before the cast)."""
         if a.dtype.kind not in "fiub":
-            raise ValueError(f"actions for {self.space} must be numbers, got dtype {a.dtype}")
+            raise ValueError(f"actions{self.where} for {self.space} must be numbers, got dtype {a.dtype}")
         if not self.exact or np.can_cast(a.dtype, self.dtype, "safe"):
             return  # into a float buffer, or a cast that always keeps the value
         with np.errstate(invalid="ignore", over="ignore"):
@@ -107,8 +168,8 @@ class ActionWriter:
             env, pos = divmod(int(np.flatnonzero(lost.reshape(-1))[0]), self.per_env)
             value = a.reshape(self.num_envs, -1)[env, pos]
             raise ValueError(
-                f"action for env {env}{self._element(pos)} is {value.item()!r}, which the action buffer's "
-                f"dtype {self.dtype} ({self.space}) cannot hold exactly; send whole numbers in its range"
+                f"action for env {env}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
+                f"buffer's dtype {self.dtype} ({self.space}) cannot hold exactly; send whole numbers in its range"
             )
 
     def _check_range(self, flat: np.ndarray, a: np.ndarray) -> None:
@@ -123,20 +184,20 @@ class ActionWriter:
             if env not in self._warned:  # once per env
                 self._warned.add(env)
                 pos = int(np.flatnonzero(outside[env])[0])
-                warnings.warn(f"fastvec: {self._out_of_range(a, env, pos)}", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"fastvec: {self._out_of_range(a, env, pos)}", RuntimeWarning, stacklevel=5)
 
     def _out_of_range(self, a: np.ndarray, env: int, pos: int) -> str:
         value = np.asarray(a).reshape(self.num_envs, -1)[env, pos]
         what = "NaN" if isinstance(value, (float, np.floating)) and np.isnan(value) else repr(value.item())
         return (
-            f"action for env {env}{self._element(pos)} is {what}, outside {self.space} "
+            f"action for env {env}{self.where}{self._element(pos)} is {what}, outside {self.space} "
             f"(allowed {self.low[pos].item()!r}..{self.high[pos].item()!r})"
         )
 
     def _element(self, pos: int) -> str:
         if self.per_env == 1:
             return ""
-        return f" (element {tuple(int(x) for x in np.unravel_index(pos, self.space.shape))})"
+        return f" (element {tuple(int(x) for x in np.unravel_index(pos, self.element_shape))})"
 
 
 def _first_outside_generic(flat: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:

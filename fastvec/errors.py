@@ -12,6 +12,8 @@ from __future__ import annotations
 import builtins
 import traceback
 
+from gymnasium import error as gym_error
+
 __all__ = [
     "FastvecError",
     "EnvError",
@@ -24,6 +26,7 @@ __all__ = [
     "SpaceMismatchError",
     "BrokenPoolError",
     "env_error",
+    "env_errors",
     "ShardError",
     "describe_exception",
 ]
@@ -44,6 +47,7 @@ class EnvError(FastvecError):
     """
 
     def __init__(self, env_index: int, command: str, exc_type: str, message: str, remote_traceback: str):
+        self.others: list[EnvError] = []  # the other envs that raised in the same command, by env index
         self.env_index = env_index
         self.command = command
         self.exc_type = exc_type
@@ -100,8 +104,8 @@ class StepTimeoutError(FastvecError):
         )
 
 
-class ClosedError(FastvecError):
-    """The pool was used after close()."""
+class ClosedError(FastvecError, gym_error.ClosedEnvironmentError):
+    """The pool was used after close() (also gymnasium's ClosedEnvironmentError)."""
 
 
 class BrokenPoolError(ClosedError):
@@ -111,23 +115,42 @@ class BrokenPoolError(ClosedError):
     """
 
 
-class AlreadyPendingCallError(FastvecError):
-    """step_async() (or another call) was made while a step was still pending."""
+class AlreadyPendingCallError(FastvecError, gym_error.AlreadyPendingCallError):
+    """A command was started while another was pending (also gymnasium's AlreadyPendingCallError).
+
+    ``name``: the pending command, as gymnasium names it ("step", "reset", "call").
+    """
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message, name)
 
 
-class NoAsyncCallError(FastvecError):
-    """step_wait() was called without a step_async() before it."""
+class NoAsyncCallError(FastvecError, gym_error.NoAsyncCallError):
+    """A *_wait() was called with no matching *_async() pending (also gymnasium's NoAsyncCallError)."""
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message, name)
 
 
 class UnsupportedSpaceError(FastvecError, TypeError):
-    """A gymnasium space that fastvec cannot lay out in shared memory."""
+    """A space that a shared-memory-only configuration cannot hold (gymnasium's shared_memory=True
+    with a Text, Sequence, Graph or OneOf space raises a TypeError too)."""
 
 
-class SpaceMismatchError(FastvecError, ValueError):
-    """Envs of one pool disagree on their observation or action space."""
+class SpaceMismatchError(FastvecError, ValueError, RuntimeError):
+    """Envs of one pool disagree on their observation or action space (a RuntimeError, as in
+    gymnasium's AsyncVectorEnv, and a ValueError)."""
 
 
 _MIXED_TYPES: dict[type, type] = {}
+
+
+def env_errors(payloads: list[tuple]) -> EnvError:
+    """The EnvError of the lowest env index among ``payloads``, with the others in its ``others``."""
+    ordered = sorted(payloads, key=lambda payload: payload[0])
+    first = env_error(*ordered[0])
+    first.others = [env_error(*payload) for payload in ordered[1:]]
+    return first
 
 
 def env_error(env_index: int, command: str, exc_type: str, message: str, remote_traceback: str) -> EnvError:
@@ -161,7 +184,19 @@ class ShardError(Exception):
         self.env_index = env_index
         self.command = command
         self.exc_type, self.message, self.remote_traceback = describe_exception(exc)
+        self.others: list[ShardError] = []  # more envs of the shard that raised in the same command
         super().__init__(f"env {env_index}: {self.exc_type}: {self.message}")
 
     def payload(self) -> tuple[int, str, str, str, str]:
         return (self.env_index, self.command, self.exc_type, self.message, self.remote_traceback)
+
+    def payloads(self) -> list[tuple]:
+        """This error's payload and those of the other envs that raised in the same command."""
+        return [self.payload()] + [other.payload() for other in self.others]
+
+    @staticmethod
+    def combine(errors: list[ShardError]) -> ShardError:
+        """The first of ``errors``, carrying the rest."""
+        first = errors[0]
+        first.others = errors[1:]
+        return first

@@ -1,67 +1,167 @@
-"""fastvec.VectorEnv: the shared-memory pool behind gymnasium 1.x's VectorEnv API."""
+"""fastvec.VectorEnv: gymnasium's AsyncVectorEnv, on fastvec's shared-memory pool.
+
+Same constructor (``shared_memory``, ``copy``, ``context``, ``daemon``, ``observation_mode``,
+``autoreset_mode``, ``max_concurrency``), same API (``reset``/``step``/``call`` and their
+``*_async``/``*_wait(timeout)`` halves, ``get_attr``/``set_attr``/``render``,
+``np_random_seed``/``np_random``, ``close(timeout, terminate)``), same results and the
+same error classes; plus fastvec's own knobs (``num_workers``, ``on_error``, ...; see
+fastvec.PoolOptions) as keyword arguments or ``config``.
+
+Where it differs on purpose: array parts of observations always travel through shared
+memory (``shared_memory=False`` only means "accept spaces without a fixed size", whose
+parts then travel pickled, as gymnasium's do); a ``*_wait`` that times out leaves the call
+pending, so calling it again picks it up (gymnasium abandons it); a custom ``worker``
+cannot replace fastvec's worker loop.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import logger
+from gymnasium.error import CustomSpaceError
+from gymnasium.spaces import Dict, Graph, OneOf, Space, Text, Tuple
+from gymnasium.spaces import Sequence as SequenceSpace
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space
+from gymnasium.vector.utils import batch_differing_spaces, batch_space, concatenate, create_empty_array
 
+from fastvec.batch import Batch
+from fastvec.errors import EnvError, UnsupportedSpaceError
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
-from fastvec.protocol import NEXT_STEP, SAME_STEP
+from fastvec.protocol import DISABLED, NEXT_STEP, SAME_STEP
 
 __all__ = ["VectorEnv"]
 
+_MODES = {AutoresetMode.NEXT_STEP: NEXT_STEP, AutoresetMode.SAME_STEP: SAME_STEP, AutoresetMode.DISABLED: DISABLED}
+_NOT_CALLABLE = ("reset", "step", "close", "_setattr", "_check_spaces")  # gymnasium's workers refuse these in call()
+
 
 class VectorEnv(gym.vector.VectorEnv):
-    """gymnasium ``VectorEnv`` whose envs step in fastvec workers.
+    """gymnasium's ``AsyncVectorEnv`` API whose envs step in fastvec workers through shared memory.
 
-    ``step`` returns ``(obs, rewards, terminations, truncations, infos)`` with infos
-    batched as gymnasium does (``info[key]`` arrays with ``info["_key"]`` masks).
-    Autoreset modes NEXT_STEP (default, as gymnasium) and SAME_STEP (``final_obs`` and
-    ``final_info`` in infos). ``reset(options={"reset_mask": mask})`` resets some envs.
-    Other arguments as fastvec.SubprocVecEnv; with ``on_error="restart"`` a re-created
-    env's episode ends as truncated and ``infos["fastvec_restarted"]`` names the error.
+    ``step`` returns ``(obs, rewards, terminations, truncations, infos)`` with infos batched as
+    gymnasium batches them (``info[key]`` arrays with ``info["_key"]`` masks). Autoreset modes
+    NEXT_STEP (default), SAME_STEP (``final_obs`` and ``final_info`` in infos) and DISABLED;
+    ``reset(options={"reset_mask": mask})`` resets some envs. With ``on_error="restart"`` a
+    re-created env's episode ends as truncated and ``infos["fastvec_restarted"]`` names the error.
     """
 
     def __init__(
         self,
         env_fns: Sequence[Callable[[], gym.Env]],
-        *,
-        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        shared_memory: bool = True,
         copy: bool = True,
+        context: str | None = None,
+        daemon: bool = True,
+        worker: Callable | None = None,
+        observation_mode: str | Space | tuple = "same",
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        max_concurrency: int | None = None,
+        *,
         config: PoolOptions | dict | str | None = None,
         **options: Any,
     ):
-        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
-        if mode == AutoresetMode.DISABLED:
-            raise ValueError("fastvec.VectorEnv supports autoreset_mode NEXT_STEP and SAME_STEP, not DISABLED")
-        settings = PoolOptions.build(config, **options)
+        if worker is not None:
+            raise ValueError(
+                "fastvec.VectorEnv runs its own worker loop (shared-memory batches, several envs per process); "
+                "a custom `worker` cannot replace it: use gymnasium.vector.AsyncVectorEnv for custom workers"
+            )
+        if max_concurrency is not None:
+            if not isinstance(max_concurrency, (int, np.integer)):
+                raise ValueError(f"`max_concurrency` must be an integer or None, got {type(max_concurrency)}.")
+            if max_concurrency < 1:
+                raise ValueError(f"`max_concurrency` must be a positive or None, got {max_concurrency}.")
+        self.env_fns = env_fns
+        self.shared_memory = shared_memory
+        self.copy = copy
+        self.context = context
+        self.daemon = daemon
+        self.worker = None
+        self.observation_mode = observation_mode
+        self.max_concurrency = max_concurrency
+        self.autoreset_mode = (
+            autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        )
+        self.num_envs = len(env_fns)
+        self._gym_state = "default"
+
+        # as gymnasium: one env made here gives metadata, render mode and the spaces, so a space
+        # that cannot be batched is refused before any process starts
+        dummy_env = env_fns[0]()
+        self.metadata = dict(dummy_env.metadata)
+        self.metadata["autoreset_mode"] = self.autoreset_mode
+        self.render_mode = dummy_env.render_mode
+        self.single_action_space = dummy_env.action_space
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        given_space = None
+        if isinstance(observation_mode, tuple) and len(observation_mode) == 2:
+            if not isinstance(observation_mode[0], Space) or not isinstance(observation_mode[1], Space):
+                raise TypeError(
+                    f"Expected both elements of observation_mode to be Spaces, got {type(observation_mode[0])} "
+                    f"and {type(observation_mode[1])}"
+                )
+            self.observation_space, self.single_observation_space = observation_mode
+            given_space, pool_mode = self.single_observation_space, "different"
+        elif observation_mode == "same":
+            self.single_observation_space = dummy_env.observation_space
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+            pool_mode = "same"
+        elif observation_mode == "different":
+            env_spaces = [env().observation_space for env in env_fns]  # as gymnasium: made and dropped
+            self.single_observation_space = env_spaces[0]
+            self.observation_space = batch_differing_spaces(env_spaces)
+            pool_mode = "different"
+        else:
+            raise ValueError(
+                "Invalid `observation_mode`, expected: 'same' or 'different' or tuple of single and batch observation "
+                f"space, actual got {observation_mode}"
+            )
+        dummy_env.close()
+        del dummy_env
+        if shared_memory:
+            _check_static(self.single_observation_space)
+
+        start_method = multiprocessing.get_context(context).get_start_method()  # gymnasium's default context
+        settings = PoolOptions.build(config, **{"start_method": start_method, "daemon": daemon, **options})
+        if max_concurrency is not None:  # at most that many processes step envs at a time
+            settings = settings.replace(num_workers=min(settings.num_workers or max_concurrency, max_concurrency))
         if not copy and settings.ring_slots < 2:
             raise ValueError(f"copy=False needs ring_slots >= 2, got {settings.ring_slots}")
-        self.autoreset_mode = mode
-        self.copy = copy
-        self.pool = Pool(env_fns, settings, autoreset_mode=NEXT_STEP if mode == AutoresetMode.NEXT_STEP else SAME_STEP)
-        try:
-            self.num_envs = self.pool.num_envs
-            self.single_observation_space = self.pool.observation_space
-            self.single_action_space = self.pool.action_space
-            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-            self.action_space = batch_space(self.single_action_space, self.num_envs)
-            self.metadata = dict(self.pool.call("get_attr", [0], ("metadata",))[0])
-            self.metadata["autoreset_mode"] = mode
-            self.render_mode = self.pool.call("get_attr", [0], ("render_mode",))[0]
-        except BaseException:
-            self.pool.close()
-            raise
+        self.pool = Pool(
+            env_fns,
+            settings,
+            autoreset_mode=_MODES[self.autoreset_mode],
+            observation_mode=pool_mode,
+            observation_space=given_space,
+        )
+        self._empty_objects: dict[int, Any] = {}
 
+    # -- gymnasium's state names, for its messages ----------------------------------------------
+    @property
+    def np_random_seed(self) -> tuple[int, ...]:
+        """The sub-envs' np_random seeds."""
+        return self.get_attr("np_random_seed")
+
+    @property
+    def np_random(self) -> tuple[np.random.Generator, ...]:
+        """The sub-envs' random number generators."""
+        return self.get_attr("np_random")
+
+    # -- reset --------------------------------------------------------------------------------
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
+        self.reset_async(seed=seed, options=options)
+        return self.reset_wait()
+
+    def reset_async(self, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
+        """Start resetting the envs (see gymnasium.vector.AsyncVectorEnv.reset_async)."""
+        self._assert_is_running()
         n = self.num_envs
         if seed is None:
             seeds: list = [None] * n
@@ -69,10 +169,10 @@ class VectorEnv(gym.vector.VectorEnv):
             seeds = [int(seed) + i for i in range(n)]
         else:
             seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(
-                    f"If seeds are passed as a list the length must match num_envs={n} but got length={len(seeds)}."
-                )
+        if len(seeds) != n:
+            raise ValueError(
+                f"If seeds are passed as a list the length must match num_envs={n} but got length={len(seeds)}."
+            )
         mask = None
         if options is not None and "reset_mask" in options:
             options = dict(options)
@@ -84,49 +184,97 @@ class VectorEnv(gym.vector.VectorEnv):
             if mask.dtype != np.bool_:
                 raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
             if not mask.any():
-                raise ValueError(f"`options['reset_mask']` must contain at least one True value, got {mask}")
-        batch = self.pool.reset(seeds, None if options is None else [options] * n, mask=mask, pass_options_always=True)
+                raise ValueError(
+                    f"`options['reset_mask']` must contain a boolean array with at least one True value, got reset_mask={mask}"
+                )
+        self.pool.reset_async(seeds, None if options is None else [options] * n, mask=mask, pass_options_always=True)
+
+    def reset_wait(self, timeout: float | None = None) -> tuple[Any, dict[str, Any]]:
+        """Finish the reset (``timeout``: multiprocessing.TimeoutError, the reset stays pending)."""
+        self._assert_is_running()
+        batch = self._wait(self.pool.reset_wait, timeout)
         infos: dict[str, Any] = {}
-        for i, info in batch.reset_infos.items():
-            infos = self._add_info(infos, info, i)
+        for i in sorted(batch.reset_infos):
+            infos = self._add_info(infos, batch.reset_infos[i], i)
         for i, error in batch.restarted.items():
             infos = self._add_info(infos, {"fastvec_restarted": error}, i)
-        return batch.observations(self.copy), infos
+        return self._observations(batch), infos
 
+    # -- step ---------------------------------------------------------------------------------
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: Any) -> None:
+        """Start a step with a batch of actions (an element of ``action_space``)."""
+        self._assert_is_running()
         self.pool.step_async(actions)
-        batch = self.pool.step_wait()
+
+    def step_wait(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Finish the step (``timeout``: multiprocessing.TimeoutError, the step stays pending)."""
+        self._assert_is_running()
+        batch = self._wait(self.pool.step_wait, timeout)
         terminations = batch.terminated.copy()
         truncations = batch.truncated.copy()
         rewards = batch.rewards.copy()
         infos: dict[str, Any] = {}
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            for i in sorted(batch.infos):
-                infos = self._add_info(infos, batch.infos[i], i)
-        else:
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
             done = np.logical_or(terminations, truncations)
             for i in range(self.num_envs):
                 if done[i]:
-                    infos = self._add_info(
-                        infos, {"final_obs": batch.terminal_observation(i), "final_info": batch.infos.get(i, {})}, i
-                    )
-                    infos = self._add_info(infos, batch.reset_infos.get(i, {}), i)
+                    final = {"final_info": batch.infos.get(i, {}), "final_obs": batch.terminal_observation(i)}
+                    infos = self._add_info(infos, {**final, **batch.reset_infos.get(i, {})}, i)
                 elif i in batch.infos:
                     infos = self._add_info(infos, batch.infos[i], i)
+        else:
+            for i in sorted(batch.infos):
+                infos = self._add_info(infos, batch.infos[i], i)
         for i, error in batch.restarted.items():
             infos = self._add_info(infos, {"fastvec_restarted": error}, i)
-        return batch.observations(self.copy), rewards, terminations, truncations, infos
+        return self._observations(batch), rewards, terminations, truncations, infos
+
+    def _wait(self, wait: Callable[[float | None], Batch], timeout: float | None) -> Any:
+        try:
+            return wait(timeout)
+        except EnvError as err:
+            # what gymnasium logs for every env that raised (its tests count these warnings)
+            for each in [err, *err.others]:
+                logger.error(f"Received the following error from Worker-{each.env_index} - Shutting it down")
+                logger.error(each.remote_traceback)
+            logger.error("Raising the last exception back to the main process.")
+            raise
+
+    def _observations(self, batch: Batch) -> Any:
+        return batch.observations(self.copy, self._batch_object)
+
+    def _batch_object(self, leaf: Any, values: list) -> Any:
+        """Object parts batched exactly as gymnasium batches them (a tuple, for its dynamic spaces)."""
+        return concatenate(leaf.space, values, create_empty_array(leaf.space, self.num_envs))
+
+    # -- rare calls ---------------------------------------------------------------------------
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        self.call_async(name, *args, **kwargs)
+        return self.call_wait()
+
+    def call_async(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Start calling method (or reading attribute) ``name`` of every env."""
+        self._assert_is_running()
+        if name in _NOT_CALLABLE:
+            raise ValueError(f"Trying to call function `{name}` with `call`, use `{name}` directly instead.")
+        self.pool.call_async("call", list(range(self.num_envs)), (name, args, kwargs))
+
+    def call_wait(self, timeout: float | None = None) -> tuple[Any, ...]:
+        self._assert_is_running()
+        return tuple(self._wait(self.pool.call_wait, timeout))
 
     def render(self) -> tuple[Any, ...] | None:
-        return tuple(self.pool.call("render", list(range(self.num_envs))))
-
-    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        return tuple(self.pool.call("call", list(range(self.num_envs)), (name, args, kwargs)))
+        return self.call("render")
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        return tuple(self.pool.call("get_attr", list(range(self.num_envs)), (name,)))
+        return self.call(name)
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        self._assert_is_running()
         if not isinstance(values, (list, tuple)):
             values = [values] * self.num_envs
         if len(values) != self.num_envs:
@@ -136,9 +284,24 @@ class VectorEnv(gym.vector.VectorEnv):
             )
         self.pool.call("set_attr", list(range(self.num_envs)), (name, True), values=list(values))
 
-    def close_extras(self, **kwargs: Any) -> None:
-        if hasattr(self, "pool"):
-            self.pool.close()
+    # -- closing ------------------------------------------------------------------------------
+    def close_extras(self, timeout: float | None = None, terminate: bool = False, **kwargs: Any) -> None:
+        """Close the envs and stop the workers (``terminate``: at once, without closing the envs)."""
+        pool = getattr(self, "pool", None)
+        if pool is None:
+            return
+        if pool.pending is not None:
+            logger.warn(f"Calling `close` while waiting for a pending call to `{pool.pending_kind}` to complete.")
+        if terminate:
+            pool.terminate()
+        else:
+            pool.close(timeout=10.0 if timeout is None else timeout)
+
+    def _assert_is_running(self) -> None:
+        if self.closed:
+            from fastvec.errors import ClosedError
+
+            raise ClosedError(f"Trying to operate on `{type(self).__name__}`, after a call to `close()`.")
 
     def __enter__(self) -> VectorEnv:
         return self
@@ -148,7 +311,28 @@ class VectorEnv(gym.vector.VectorEnv):
 
     def __del__(self) -> None:
         try:
-            if hasattr(self, "pool"):
-                self.pool.close()
+            pool = getattr(self, "pool", None)
+            if pool is not None:
+                pool.close(timeout=2.0)
         except Exception:
             pass
+
+
+def _check_static(space: Space) -> None:
+    """As gymnasium's shared_memory=True: refuse spaces without a fixed size, with its errors."""
+    if isinstance(space, (Text, Graph, SequenceSpace, OneOf)):
+        raise UnsupportedSpaceError(
+            f"Space of type `{type(space)}` has a dynamic shape so its not possible to make a static shared memory. "
+            "Use AsyncVectorEnv(..., shared_memory=False) (fastvec then pickles this part)."
+        )
+    if isinstance(space, Dict):
+        for sub in space.spaces.values():
+            _check_static(sub)
+    elif isinstance(space, Tuple):
+        for sub in space.spaces:
+            _check_static(sub)
+    elif not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        raise ValueError(
+            "Using `AsyncVector(..., shared_memory=True)` caused an error, you can disable this feature with "
+            "`shared_memory=False` however this is slower."
+        ) from CustomSpaceError(f"Space of type `{type(space)}` doesn't have a registered shared memory layout")

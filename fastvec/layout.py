@@ -8,10 +8,10 @@ batch is one slice; per-worker control words sit on their own cache lines so a
 worker's writes never share a line with another worker's.
 
 Block:
-    header | control lines [num_workers + 1] | env->worker map | actions
-    | obs ring per leaf [S, N, *shape] | reward ring [S, N] f64
+    header | control lines [num_workers + 1] | env->worker map | actions per array leaf [N, *shape]
+    | obs ring per array leaf [S, N, *shape] | reward ring [S, N] f64
     | terminated ring [S, N] u8 | truncated ring [S, N] u8
-    | terminal obs per leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
+    | terminal obs per array leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
     | reset mask [N] u8 | per-worker stats [W, Stats.COLUMNS] f64
 """
 
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastvec.protocol import Stats
-from fastvec.spaces import Leaf
+from fastvec.spaces import Leaf, array_leaves
 
 __all__ = [
+    "action_buffer_dtype",
     "CACHE_LINE",
     "CONTROL_WORDS",
     "Field",
@@ -59,9 +60,20 @@ class Layout:
     num_envs: int
     num_workers: int
     ring_slots: int
-    obs_leaves: tuple[Leaf, ...]
+    obs_leaves: tuple[Leaf, ...]  # every leaf of the observation space; the array ones have buffers
+    action_leaves: tuple[Leaf, ...]  # every leaf of the action space; the array ones have buffers
     fields: dict[str, Field] = field(hash=False)
     size: int = 0
+
+
+def action_buffer_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of an action leaf's buffer: the widest of its kind (float64, int64), so the values a
+    caller sends pass through unchanged in value; the dtype they came in travels as a tag (``Views.action_tags``)."""
+    if dtype.kind == "f":
+        return np.dtype(np.float64)
+    if dtype.kind == "i" or (dtype.kind == "u" and dtype.itemsize < 8):
+        return np.dtype(np.int64)
+    return dtype
 
 
 def _align(n: int, to: int = CACHE_LINE) -> int:
@@ -70,13 +82,16 @@ def _align(n: int, to: int = CACHE_LINE) -> int:
 
 def plan_layout(
     obs_leaves: list[Leaf] | tuple[Leaf, ...],
-    action_shape: tuple[int, ...],
-    action_dtype: np.dtype,
+    action_leaves: list[Leaf] | tuple[Leaf, ...],
     num_envs: int,
     num_workers: int,
     ring_slots: int,
 ) -> Layout:
-    """Compute every field's offset, shape and dtype. Pure: no allocation."""
+    """Compute every field's offset, shape and dtype. Pure: no allocation.
+
+    Array leaves get buffers (``obs{i}``, ``terminal_obs{i}``, ``actions{i}``, i counting
+    array leaves only); object leaves travel pickled and take no room here.
+    """
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
     if not 1 <= num_workers <= num_envs:
@@ -89,16 +104,20 @@ def plan_layout(
         # one control block per worker, plus one spare for the pool itself
         ("control", ((num_workers + 1) * CONTROL_WORDS,), np.dtype(np.uint32)),
         ("env_worker", (n,), np.dtype(np.int32)),
-        ("actions", (n, *action_shape), np.dtype(action_dtype)),
     ]
-    for i, leaf in enumerate(obs_leaves):
+    action_arrays = array_leaves(action_leaves)
+    for i, leaf in enumerate(action_arrays):
+        specs.append((f"actions{i}", (n, *leaf.shape), action_buffer_dtype(leaf.dtype)))
+    # per action leaf: 0, or the dtype char (ord) the caller's actions had, to hand them to the envs as sent
+    specs.append(("action_tags", (max(1, len(action_arrays)),), np.dtype(np.uint32)))
+    for i, leaf in enumerate(array_leaves(obs_leaves)):
         specs.append((f"obs{i}", (s, n, *leaf.shape), leaf.dtype))
     specs += [
         ("rewards", (s, n), np.dtype(np.float64)),
         ("terminated", (s, n), np.dtype(np.bool_)),
         ("truncated", (s, n), np.dtype(np.bool_)),
     ]
-    for i, leaf in enumerate(obs_leaves):
+    for i, leaf in enumerate(array_leaves(obs_leaves)):
         specs.append((f"terminal_obs{i}", (n, *leaf.shape), leaf.dtype))
     specs += [
         ("reset_seeds", (n,), np.dtype(np.int64)),
@@ -112,7 +131,7 @@ def plan_layout(
         f = Field(name, offset, tuple(int(d) for d in shape), dtype)
         fields[name] = f
         offset = _align(offset + max(f.nbytes, 1))
-    return Layout(n, num_workers, s, tuple(obs_leaves), fields, offset)
+    return Layout(n, num_workers, s, tuple(obs_leaves), tuple(action_leaves), fields, offset)
 
 
 class Views:
@@ -128,12 +147,15 @@ class Views:
         self.header: np.ndarray = arrays["header"]
         self.control: np.ndarray = arrays["control"]
         self.env_worker: np.ndarray = arrays["env_worker"]
-        self.actions: np.ndarray = arrays["actions"]
-        self.obs: list[np.ndarray] = [arrays[f"obs{i}"] for i in range(len(layout.obs_leaves))]
+        self.actions: list[np.ndarray] = [arrays[f"actions{i}"] for i in range(len(array_leaves(layout.action_leaves)))]
+        self.action_tags: np.ndarray = arrays["action_tags"]
+        self.obs: list[np.ndarray] = [arrays[f"obs{i}"] for i in range(len(array_leaves(layout.obs_leaves)))]
         self.rewards: np.ndarray = arrays["rewards"]
         self.terminated: np.ndarray = arrays["terminated"]
         self.truncated: np.ndarray = arrays["truncated"]
-        self.terminal_obs: list[np.ndarray] = [arrays[f"terminal_obs{i}"] for i in range(len(layout.obs_leaves))]
+        self.terminal_obs: list[np.ndarray] = [
+            arrays[f"terminal_obs{i}"] for i in range(len(array_leaves(layout.obs_leaves)))
+        ]
         self.reset_seeds: np.ndarray = arrays["reset_seeds"]
         self.seed_mask: np.ndarray = arrays["seed_mask"]
         self.reset_mask: np.ndarray = arrays["reset_mask"]

@@ -87,7 +87,8 @@ class PoolOptions:
             raise ValueError(f"ring_slots must be an int >= 1, got {self.ring_slots!r}")
         methods = mp.get_all_start_methods()
         if self.start_method is not None and self.start_method not in methods:
-            raise ValueError(f"start_method must be one of {methods}, got {self.start_method!r}")
+            # multiprocessing's own words first (SB3's tests match them), then what is available
+            raise ValueError(f"cannot find context for {self.start_method!r}; start_method must be one of {methods}")
         if self.spin_ns is not None and not isinstance(self.spin_ns, (int, np.integer)):
             raise ValueError(f"spin_ns must be an int (nanoseconds), got {self.spin_ns!r}")
         if self.step_timeout is not None and not (

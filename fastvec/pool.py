@@ -50,6 +50,7 @@ from fastvec.errors import (
     StepTimeoutError,
     WorkerDiedError,
     env_error,
+    env_errors,
 )
 from fastvec.layout import Views, plan_layout
 from fastvec.options import PoolOptions, default_num_workers
@@ -64,11 +65,12 @@ from fastvec.protocol import (
     Extra,
     ResetFlag,
     Stats,
+    StepFlag,
 )
 from fastvec.remote import Remote, stop
 from fastvec.restart import describe
 from fastvec.shard import Shard
-from fastvec.spaces import assemble, is_single_array, leaves
+from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
 
 __all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
@@ -121,6 +123,7 @@ _WAIT_NAMES = {
     Command.CONTROL: "call_wait",
     Command.CLOSE: "close",
 }
+_ASYNC_NAMES = {Command.STEP: "step", Command.RESET: "reset", Command.CONTROL: "call", Command.CLOSE: "close"}  # gymnasium's
 
 
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -142,7 +145,12 @@ class Pool:
         env_fns: one callable per env, each returning a new gymnasium.Env.
         options: a PoolOptions (or a tuning dict / JSON path); ``knobs`` (any PoolOptions
             field) override it. See fastvec.options.PoolOptions for every knob.
-        autoreset_mode: fastvec.protocol.SAME_STEP (SB3) or NEXT_STEP (gymnasium default).
+        autoreset_mode: fastvec.protocol.SAME_STEP (SB3), NEXT_STEP (gymnasium's default) or DISABLED.
+        observation_mode: "same": every env must have env 0's observation space (gymnasium's
+            default); "different": only its structure, shapes and dtypes (bounds may differ,
+            as SB3, which looks at env 0 only, and gymnasium's "different" allow).
+        observation_space: the single-env observation space to lay out (default: env 0's); the
+            envs' spaces must match its structure, shapes and dtypes.
     """
 
     def __init__(
@@ -151,6 +159,8 @@ class Pool:
         options: PoolOptions | dict | str | os.PathLike | None = None,
         *,
         autoreset_mode: int = SAME_STEP,
+        observation_mode: str = "same",
+        observation_space: Any = None,
         **knobs: Any,
     ):
         self._state = PoolState.IDLE
@@ -202,6 +212,10 @@ class Pool:
         self._worker_spin_ns = (
             int(opts.spin_ns) if opts.spin_ns is not None else (YIELD_POLL_NS if self.oversubscribed else ADAPTIVE_POLL)
         )
+        if observation_mode not in ("same", "different"):
+            raise ValueError(f"observation_mode must be 'same' or 'different', got {observation_mode!r}")
+        self._observation_mode = observation_mode
+        self._given_observation_space = observation_space
         self._seq = 0
         self.slot = 0
         self._env_fns = env_fns
@@ -228,26 +242,19 @@ class Pool:
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
         for remote in self._remotes:
             env_spaces.extend(self._handshake(remote, "make"))
-        self.observation_space, self.action_space = env_spaces[0]
-        for i, (obs_space, act_space) in enumerate(env_spaces):
-            for what, mine, first in (
-                ("observation", obs_space, self.observation_space),
-                ("action", act_space, self.action_space),
-            ):
-                if mine != first:
-                    raise SpaceMismatchError(
-                        f"env {i} has {what} space {mine}, but env 0 has {first}; all envs of a pool must share their spaces"
-                    )
+        self.observation_space = self._given_observation_space or env_spaces[0][0]
+        self.action_space = env_spaces[0][1]
+        for i, spaces_i in enumerate(env_spaces):
+            self._check_spaces(i, *spaces_i)
         self.obs_leaves = leaves(self.observation_space)
         self._single_leaf = is_single_array(self.obs_leaves)
+        self._object_leaves = object_leaves(self.obs_leaves)
+        self.obs_has_objects = bool(self._object_leaves)
+        # each env's latest object parts (Text, Graph, ... observations travel pickled)
+        self._objects: list[list | None] = [None] * self.num_envs
         self._actions = ActionWriter(self.action_space, self.num_envs, kernels, self.check)
         self.layout = plan_layout(
-            self.obs_leaves,
-            tuple(self.action_space.shape),
-            self._actions.dtype,
-            self.num_envs,
-            self.num_workers,
-            self.ring_slots,
+            self.obs_leaves, leaves(self.action_space), self.num_envs, self.num_workers, self.ring_slots
         )
         self._segment = shm.create(self.layout.size)
         # drop the name at once: workers get the file descriptor instead, so nothing can
@@ -284,6 +291,26 @@ class Pool:
             nbytes=self.layout.size,
         )
 
+    def _check_spaces(self, i: int, obs_space: Any, act_space: Any) -> None:
+        """Env i's spaces against the pool's: equal ("same"), or the same structure, shapes and dtypes."""
+        if self._observation_mode == "same" and self._given_observation_space is None:
+            if obs_space != self.observation_space:
+                raise SpaceMismatchError(
+                    f"env {i} has observation space {obs_space}, env 0 {self.observation_space}: with "
+                    "observation_mode='same' the sub-environments observation spaces are not equivalent. If this is "
+                    "intentional, use `observation_mode='different'` instead (spaces that differ only in their bounds)."
+                )
+        elif not _equivalent(leaves(obs_space), leaves(self.observation_space)):
+            raise SpaceMismatchError(
+                f"env {i} has observation space {obs_space}, which does not share the structure, shapes and dtypes "
+                f"of {self.observation_space}"
+            )
+        if act_space != self.action_space:
+            raise SpaceMismatchError(
+                f"env {i} has action space {act_space}, but env 0 has {self.action_space}; "
+                "all envs of a pool must share it (actions are batched into one buffer)"
+            )
+
     def _index_remotes(self) -> None:
         views = self._views
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
@@ -306,10 +333,13 @@ class Pool:
         )
 
     def _handshake(self, remote: Remote, command: str) -> list:
+        """The (observation space, action space) of each of the worker's envs, once it made them."""
         kind, payload = self._recv(remote, command)
         if kind == "error":
             raise env_error(*payload)
-        return payload
+        import cloudpickle
+
+        return cloudpickle.loads(payload)
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -322,6 +352,11 @@ class Pool:
         return self._pending.name if self._pending is not None else None
 
     @property
+    def pending_kind(self) -> str | None:
+        """The kind of the command in flight as gymnasium names it ("step", "reset", "call"), or None."""
+        return _ASYNC_NAMES[self._pending.command] if self._pending is not None else None
+
+    @property
     def closed(self) -> bool:
         return self._state is PoolState.CLOSED
 
@@ -329,9 +364,11 @@ class Pool:
         self._check_usable()
         self._finish_interrupted()
         if self._pending is not None:
+            name = _ASYNC_NAMES[self._pending.command]
             raise AlreadyPendingCallError(
-                f"{call}() called while {self._pending.name!r} is pending; complete it first "
-                f"({_WAIT_NAMES[self._pending.command]}())"
+                f"Calling `{call}` while waiting for a pending call to `{name}` to complete "
+                f"({self._pending.name!r}); complete it first with {_WAIT_NAMES[self._pending.command]}()",
+                name,
             )
 
     def _check_usable(self) -> None:
@@ -354,9 +391,11 @@ class Pool:
         p = self._pending
         if p is None or p.command is not command:
             self._check_usable()
-            if p is None:
-                raise NoAsyncCallError(f"{call}() called without a pending {call.replace('_wait', '_async')}()")
-            raise AlreadyPendingCallError(f"{call}() called while {p.name!r} is pending")
+            pending = "" if p is None else f" ({p.name!r} is pending: {_WAIT_NAMES[p.command]}() completes it)"
+            raise NoAsyncCallError(
+                f"Calling `{call}` without any prior call to `{call.replace('_wait', '_async')}`.{pending}",
+                _ASYNC_NAMES[command],
+            )
         return p
 
     # -- issuing --------------------------------------------------------------------------------
@@ -382,12 +421,29 @@ class Pool:
         return self.slot + 1 if self.slot + 1 < self.ring_slots else 0
 
     # -- step -------------------------------------------------------------------------------------
-    def step_async(self, actions: Any) -> None:
-        """Check ``actions`` (shape ``[num_envs, *action_space.shape]``) and start a step."""
+    def step_async(self, actions: Any, per_env: bool = False) -> None:
+        """Check ``actions`` and start a step.
+
+        ``actions``: a batch (an array ``[num_envs, *shape]``; for Dict/Tuple action spaces a
+        dict/tuple of such batches, gymnasium's layout), or with ``per_env`` a sequence of one
+        action per env (SB3's layout for structured spaces).
+        """
         self._check_idle("step_async")
-        self._actions.write(actions, self._views.actions)
+        views = self._views
+        objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
         slot = self._next_slot()
-        self._issue(_Pending(Command.STEP, "step", slot, local_args=(slot,)))
+        if objects is None:
+            self._issue(_Pending(Command.STEP, "step", slot, local_args=(slot, None)))
+            return
+        # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share
+        payloads = {
+            r.index: _dumps([column[r.envs.start : r.envs.stop] for column in objects], "actions", r.envs)
+            for r in self._remotes
+        }
+        local = None
+        if self._local is not None:
+            local = [column[self._local.start : self._local.stop] for column in objects]
+        self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
 
     def step_wait(self, timeout: float | None = None) -> Batch:
         """Finish the pending step: the results in the next ring slot, as a Batch.
@@ -558,15 +614,25 @@ class Pool:
     # -- completing a command -------------------------------------------------------------------
     def _complete(self, p: _Pending, timeout: float | None) -> list | None:
         """Run the parent's share, wait for the workers, read their messages; return the
-        extras, or raise the first env error (by env index). Resumable in the wait only."""
+        extras, or raise the first env error (by env index). Resumable in the wait only.
+
+        ``timeout`` counts the parent's own share too: when that alone took longer, the command
+        stays pending (multiprocessing.TimeoutError) and the next wait collects the workers.
+        """
+        began = time.monotonic()
         if p.local is None and self._local is not None and p.local_args:
             try:
                 p.local = self._run_local(p)
             except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
                 self._break(exc)
                 raise
+            if timeout is not None and time.monotonic() - began > timeout:
+                raise multiprocessing.TimeoutError(
+                    f"{p.name!r} did not finish within {timeout:g} s (this process's own envs took longer); "
+                    "it is still pending"
+                )
         if not p.waited:
-            self._wait_workers(p, timeout)
+            self._wait_workers(p, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)))
             p.waited = True
         for position, remote in enumerate(self._remotes):
             if position in p.replies or position in p.respawned:
@@ -599,16 +665,17 @@ class Pool:
             local.close()
             return None, None
         except ShardError as err:
-            return None, err.payload()
+            return None, err.payloads()
 
     def _gather(self, p: _Pending) -> list | None:
-        """Merge the parent's and the workers' extras; raise the error of the lowest env index."""
+        """Merge the parent's and the workers' extras; raise the error of the lowest env index
+        (every env that raised is in its ``others``)."""
         extras: list | None = None
-        error = None
+        errors: list[tuple] = []
         if p.local is not None:
             if p.command is not Command.CONTROL:
                 extras = p.local[0]
-            error = p.local[1]
+            errors += p.local[1] or []
         for position, remote in enumerate(self._remotes):
             if position in p.respawned:
                 reports = [(i, Extra.RESTARTED, describe("worker process died", p.name)) for i in remote.envs]
@@ -619,13 +686,17 @@ class Pool:
                 continue
             kind, payload = reply
             if kind == "error":
-                error = _first(error, payload)
+                errors += payload
             elif kind == "extras" and payload:
                 extras = (extras or []) + payload
         if extras and self.check != "off":
             extras = emit_warnings(extras)
-        if error is not None:
-            raise env_error(*error)
+        if extras and self._object_leaves:
+            for i, kind, value in extras:
+                if kind == Extra.OBJECTS:
+                    self._objects[i] = value
+        if errors:
+            raise env_errors(errors)
         return extras
 
     def _wait_workers(self, p: _Pending, timeout: float | None) -> None:
@@ -639,7 +710,8 @@ class Pool:
         if not self._remotes:
             return
         control, done_index, seq = self._control, self._done_index, self._seq
-        k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, POLL_NS)
+        first_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int(timeout * 1e9)))
+        k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
         if k == -1:
             return
         began = time.monotonic()
@@ -688,8 +760,7 @@ class Pool:
             self._remotes[position] = remote
             spaces = self._handshake(remote, "make (worker restart)")
             for k, (obs_space, act_space) in enumerate(spaces):
-                if obs_space != self.observation_space or act_space != self.action_space:
-                    raise SpaceMismatchError(f"re-created env {remote.envs.start + k} has other spaces than env 0")
+                self._check_spaces(remote.envs.start + k, obs_space, act_space)
             if p.command is Command.STEP:
                 restart = (int(Command.STEP), p.slot, True)
             else:
@@ -716,20 +787,40 @@ class Pool:
         return remote.recv(command, self.step_timeout)
 
     # -- reading results ------------------------------------------------------------------------
-    def observations(self, slot: int, copy: bool = True) -> Any:
-        """The batch of observations in ring ``slot``, in the observation space's structure
-        (an array, or an OrderedDict / tuple of arrays): copies, or views of the ring."""
+    def observations(
+        self,
+        slot: int,
+        copy: bool = True,
+        objects: list[list] | None = None,
+        batch_object: Callable[[Leaf, list], Any] = lambda leaf, values: tuple(values),
+    ) -> Any:
+        """The batch of observations in ring ``slot``, in the observation space's structure (an
+        array, or a dict / tuple of batches): copies, or views of the ring. Object parts come from
+        ``objects`` (one list of num_envs values per object leaf; default: the latest), batched
+        by ``batch_object`` (default: a tuple, as gymnasium batches them)."""
         rings = self._views.obs
         if self._single_leaf:
             return rings[0][slot].copy() if copy else rings[0][slot]
-        return assemble(self.observation_space, [r[slot].copy() if copy else r[slot] for r in rings])
+        arrays = iter([r[slot].copy() if copy else r[slot] for r in rings])
+        columns = iter(objects if objects is not None else self.object_columns())
+        parts = [next(arrays) if leaf.array else batch_object(leaf, next(columns)) for leaf in self.obs_leaves]
+        return assemble(self.observation_space, parts)
+
+    def object_columns(self) -> list[list]:
+        """The latest object parts of every env, one list of num_envs values per object leaf."""
+        if not self._object_leaves:
+            return []
+        rows = [values or [None] * len(self._object_leaves) for values in self._objects]
+        return [[row[m] for row in rows] for m in range(len(self._object_leaves))]
 
     def terminal_observation(self, i: int) -> Any:
-        """A copy of env ``i``'s final observation of the episode that ended in the latest step."""
+        """A copy of env ``i``'s final observation of the episode that ended in the latest step, from
+        the terminal-obs buffers (``Batch.terminal_observation`` prefers the env's own object)."""
         buffers = self._views.terminal_obs
         if self._single_leaf:
             return buffers[0][i].copy()
-        return assemble(self.observation_space, [b[i].copy() for b in buffers])
+        arrays = iter([b[i].copy() for b in buffers])
+        return assemble(self.observation_space, [next(arrays) if leaf.array else None for leaf in self.obs_leaves])
 
     # -- monitoring ------------------------------------------------------------------------------
     def _pin(self) -> None:
@@ -787,9 +878,14 @@ class Pool:
         finally:
             self._terminate(grace=grace)
         if error is not None:
-            raise env_error(*error)
+            raise error
 
-    def _close_gracefully(self, timeout: float) -> tuple | None:
+    def terminate(self) -> None:
+        """Stop at once: workers are terminated without closing their envs (the parent's own are closed)."""
+        if self._state is not PoolState.CLOSED:
+            self._terminate(grace=0.0)
+
+    def _close_gracefully(self, timeout: float) -> EnvError | None:
         saved_timeout = self.step_timeout
         try:
             p = self._pending
@@ -807,7 +903,7 @@ class Pool:
             try:
                 self._complete(p, None)
             except EnvError as err:
-                return (err.env_index, err.command, err.exc_type, err.remote_message, err.remote_traceback)
+                return err
             return None
         finally:
             self.step_timeout = saved_timeout
@@ -852,6 +948,13 @@ class Pool:
         self.close()
 
 
+def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
+    """Same structure, and the same shape and dtype leaf by leaf (gymnasium's is_space_dtype_shape_equiv)."""
+    return len(a) == len(b) and all(
+        x.path == y.path and x.array == y.array and x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b)
+    )
+
+
 def _describe_cause(cause: BaseException | None) -> str:
     if cause is None:
         return "a command did not complete"
@@ -869,12 +972,3 @@ def _dumps(obj: Any, what: str, envs: range) -> bytes:
         raise TypeError(
             f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled to send to their worker: {exc!r}"
         ) from exc
-
-
-def _first(a: tuple | None, b: tuple | None) -> tuple | None:
-    """The error payload with the lowest env index."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if a[0] <= b[0] else b

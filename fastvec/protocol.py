@@ -13,6 +13,8 @@ from enum import IntEnum
 __all__ = [
     "Command",
     "ResetFlag",
+    "StepFlag",
+    "DISABLED",
     "Control",
     "Stats",
     "Extra",
@@ -32,6 +34,12 @@ class Command(IntEnum):
     RESET = 2
     CONTROL = 3  # a rare call (env_method, get_attr, render, ...) with its request on the pipe
     CLOSE = 4
+
+
+class StepFlag(IntEnum):
+    """Bits of Control.ARG for a STEP."""
+
+    HAS_OBJECTS = 1  # the action space's object leaves (Text, ...) follow on the pipe
 
 
 class ResetFlag(IntEnum):
@@ -79,12 +87,16 @@ class Extra(IntEnum):
     RESET_INFO = 1  # the info dict of a reset (SAME_STEP: the one after an episode end)
     RESTARTED = 2  # the env raised and was re-created (on_error="restart"); value describes the error
     WARNING = 3  # a check found a problem in the env's output (check="warn"); value is the message
+    OBJECTS = 4  # the env's new observation's object leaves (Text, Graph, ...): a list, one value per object leaf
+    FINAL_OBS = 5  # SAME_STEP, spaces with object or scalar leaves: the env's own final observation object
 
 
 # Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium
-# SAME_STEP); NEXT_STEP resets in the following step, ignoring its action (gymnasium default).
+# SAME_STEP); NEXT_STEP resets in the following step, ignoring its action (gymnasium default);
+# DISABLED never resets by itself (gymnasium DISABLED: the caller resets, e.g. with a mask).
 SAME_STEP = 0
 NEXT_STEP = 1
+DISABLED = 2
 
 SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
 POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives

@@ -40,7 +40,7 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
         raise ShardError(shard.start + j, "make (restart after an error)", make_exc) from exc
     shard.step_fns[j] = shard.envs[j].step
     shard.restarts += 1
-    shard.restart_reports.append((shard.start + j, Extra.RESTARTED, describe(exc, command)))
+    shard.side_extras.append((shard.start + j, Extra.RESTARTED, describe(exc, command)))
 
 
 def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_now: bool) -> tuple:
@@ -93,4 +93,4 @@ def restart_all(shard: Shard, slot: int, truncate: bool) -> None:
         obs_list = last
         shard.needs_reset = [True] * len(shard.envs)
     shard.write_obs(obs_list, slot, "reset (worker restart)")
-    shard.start_episodes(slot, slice(shard.start, shard.stop), truncated=truncate)
+    shard.start_episodes(slot, None, truncated=truncate)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,10 +15,17 @@ import numpy as np
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
 from fastvec.protocol import SAME_STEP
+from fastvec.spaces import is_single_array, leaves
 
-try:  # SB3's own base class when SB3 is installed: isinstance checks and wrappers work
-    from stable_baselines3.common.vec_env.base_vec_env import VecEnv as _VecEnvBase
-except ImportError:  # pragma: no cover - exercised in environments without SB3
+_SB3_BASE = "stable_baselines3.common.vec_env.base_vec_env"
+
+# SB3's own VecEnv as the base when SB3 is already imported; otherwise fastvec's implementation
+# of the same contract, registered as a virtual subclass of SB3's VecEnv when (if) SB3 is imported
+# later: isinstance checks and SB3's wrappers work either way, and a program that does not use SB3
+# does not pay for importing it (and torch with it: over a second of start-up).
+if _SB3_BASE in sys.modules:
+    _VecEnvBase = sys.modules[_SB3_BASE].VecEnv
+else:
     from fastvec.sb3_contract import VecEnv as _VecEnvBase
 
 __all__ = ["SubprocVecEnv"]
@@ -62,12 +72,16 @@ class SubprocVecEnv(_VecEnvBase):
         self.copy = bool(copy)
         self.waiting = False
         self.closed = False
-        self.pool = Pool(env_fns, settings, autoreset_mode=SAME_STEP)
+        # SB3 asks env 0 for the spaces and checks nothing else: envs whose spaces differ only in
+        # their bounds are accepted (their observations must still stack)
+        self.pool = Pool(env_fns, settings, autoreset_mode=SAME_STEP, observation_mode="different")
         try:
             super().__init__(self.pool.num_envs, self.pool.observation_space, self.pool.action_space)
         except BaseException:
             self.pool.close()
             raise
+        # structured action spaces: SB3 passes one action per env (a list of dicts / tuples)
+        self._per_env_actions = not is_single_array(leaves(self.action_space))
 
     def reset(self) -> Any:
         options = self._options if any(self._options) else None
@@ -76,10 +90,10 @@ class SubprocVecEnv(_VecEnvBase):
         # seeds and options are used once, as SB3 does
         self._reset_seeds()
         self._reset_options()
-        return batch.observations(self.copy)
+        return batch.observations(self.copy, _stack)
 
     def step_async(self, actions: np.ndarray) -> None:
-        self.pool.step_async(actions)
+        self.pool.step_async(actions, per_env=self._per_env_actions)
         self.waiting = True
 
     def step_wait(self) -> tuple[Any, np.ndarray, np.ndarray, list[dict]]:
@@ -88,7 +102,7 @@ class SubprocVecEnv(_VecEnvBase):
         terminated, truncated = batch.terminated, batch.truncated
         dones = terminated | truncated
         rewards = batch.rewards.copy()  # float64, as SB3's SubprocVecEnv stacks the envs' float rewards
-        obs = batch.observations(self.copy)
+        obs = batch.observations(self.copy, _stack)
         if not batch.has_extras and not dones.any():
             return obs, rewards, dones, [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
         infos: list[dict] = [batch.infos.get(i) or {} for i in range(self.num_envs)]
@@ -156,3 +170,37 @@ class SubprocVecEnv(_VecEnvBase):
             self.close()
         except Exception:
             pass
+
+
+def _stack(leaf: Any, values: list) -> np.ndarray:
+    """Object parts (Text, Graph, ...) batched as SB3's SubprocVecEnv batches them: np.stack."""
+    try:
+        return np.stack(values)
+    except (ValueError, TypeError):
+        batch = np.empty(len(values), dtype=object)
+        batch[:] = values
+        return batch
+
+
+class _RegisterWithSB3(importlib.abc.MetaPathFinder):
+    """Registers fastvec.SubprocVecEnv with SB3's VecEnv (an ABC) once SB3 defines it."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != _SB3_BASE:
+            return None
+        sys.meta_path.remove(self)  # let the real finders find it
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_register(module: Any) -> None:
+            exec_module(module)
+            module.VecEnv.register(SubprocVecEnv)
+
+        spec.loader.exec_module = exec_and_register  # type: ignore[method-assign]
+        return spec
+
+
+if _SB3_BASE not in sys.modules:
+    sys.meta_path.insert(0, _RegisterWithSB3())

@@ -3,13 +3,15 @@
 The same code runs in a worker process and, for the calling process's own share of
 envs, in the parent. Nothing here talks to other processes: a shard reads actions
 from and writes results into the shared views, and returns the rare extras
-(non-empty info dicts, restarts, warnings) that its caller ships by pickle. Every
-exception inside it, whatever its type and wherever it comes from (the env, writing
-its row, a check), leaves as a ShardError naming the env and the command.
+(non-empty info dicts, restarts, warnings, object-valued observation parts) that its
+caller ships by pickle. Every exception inside it, whatever its type and wherever it
+comes from (the env, writing its row, a check), leaves as a ShardError naming the env
+and the command.
 
-The two autoreset modes are two step functions: SAME_STEP resets an env in the step
-that ends its episode (SB3; the final observation goes to the terminal-obs buffer),
-NEXT_STEP resets it in the following step and ignores that step's action (gymnasium).
+The autoreset modes are three step functions: SAME_STEP resets an env in the step that
+ends its episode (SB3; the final observation goes to the terminal-obs buffer), NEXT_STEP
+resets it in the following step and ignores that step's action (gymnasium's default),
+DISABLED never resets by itself.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from fastvec.checks import OutputChecks
 from fastvec.env_calls import run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import SAME_STEP, Extra
-from fastvec.spaces import is_single_array, split
+from fastvec.protocol import NEXT_STEP, SAME_STEP, Extra
+from fastvec.spaces import Leaf, assemble, is_single_array, split
 
 __all__ = ["Shard"]
 
@@ -49,40 +51,67 @@ class Shard:
         self.env_fns = env_fns
         self.restart_on_error = restart_on_error and env_fns is not None
         self.restarts = 0
-        self.restart_reports: list = []  # (env_index, Extra.RESTARTED, report) of the running command
+        self.side_extras: list = []  # extras produced along the way (restarts, object parts, final observations)
         self.checks = OutputChecks(check, start)
         self.start = start
         self.stop = start + len(envs)
         self.views = views
         self.autoreset_mode = autoreset_mode
-        self.leaves = views.layout.obs_leaves
+        layout = views.layout
+        self.observation_space = envs[0].observation_space
+        self.action_space = envs[0].action_space
+        self.leaves: tuple[Leaf, ...] = layout.obs_leaves
         self.single_leaf = is_single_array(self.leaves)
-        slots = views.layout.ring_slots
+        self.has_objects = not all(leaf.array for leaf in self.leaves)
+        # the env's own final observation object travels too where the buffer would change its type
+        self.raw_final = self.has_objects or any(leaf.shape == () for leaf in self.leaves)
+        self.last_objects: list[list | None] = [None] * len(envs)  # each env's latest object parts
+        slots = layout.ring_slots
         self.obs_slots = [[ring[s] for s in range(slots)] for ring in views.obs]
         self.reward_slots = [views.rewards[s] for s in range(slots)]
         self.terminated_slots = [views.terminated[s].view(np.uint8) for s in range(slots)]
         self.truncated_slots = [views.truncated[s].view(np.uint8) for s in range(slots)]
-        self.actions = views.actions[self.start : self.stop]
+        self.action_leaves: tuple[Leaf, ...] = layout.action_leaves
+        self.single_action = is_single_array(self.action_leaves)
+        self.action_buffers = [buffer[self.start : self.stop] for buffer in views.actions]
+        self.action_tags = views.action_tags
         self.needs_reset = [False] * len(envs)
         self.step_fns = [env.step for env in envs]
         self.steps = 0
-        self.same_step = autoreset_mode == SAME_STEP
 
     # -- hot path -----------------------------------------------------------------------------
-    def step(self, slot: int) -> list | None:
-        """Step every env with its action from the shared buffer; write the results into ``slot``.
+    def step(self, slot: int, action_objects: list[list] | None = None) -> list | None:
+        """Step every env with its action from the shared buffers (and ``action_objects``, the
+        action space's object leaves for this shard's envs); write the results into ``slot``.
         Returns the extras ``[(env_index, kind, value), ...]`` or None."""
-        return self._step_same_step(slot) if self.same_step else self._step_next_step(slot)
+        actions = self._actions(action_objects)
+        if self.autoreset_mode == SAME_STEP:
+            return self._step_same_step(slot, actions)
+        return self._step_next_step(slot, actions)
 
-    def _step_same_step(self, slot: int) -> list | None:
+    def _actions(self, action_objects: list[list] | None) -> Any:
+        """This shard's actions, one per env, in the dtype the caller sent them; private copies (an env
+        may keep a reference to its action)."""
+        tags = self.action_tags
+        if self.single_action:
+            tag = tags[0]
+            return self.action_buffers[0].copy() if tag == 0 else self.action_buffers[0].astype(_TAG_DTYPES[tag])
+        arrays = iter(
+            [b.copy() if t == 0 else b.astype(_TAG_DTYPES[t]) for b, t in zip(self.action_buffers, tags.tolist())]
+        )
+        objects = iter(action_objects or [])
+        columns = [next(arrays) if leaf.array else next(objects) for leaf in self.action_leaves]
+        return [assemble(self.action_space, [column[j] for column in columns]) for j in range(len(self.envs))]
+
+    def _step_same_step(self, slot: int, actions: Any) -> list | None:
         """SAME_STEP: step every env; reset those whose episode ended (their final observation
         goes to the terminal-obs buffer first)."""
-        actions = self.actions.copy()  # a private copy: an env may keep a reference to its action
         start = self.start
         extras: list | None = None
         results: list = []
         append = results.append
         restarted: set[int] | None = None
+        errors: list[ShardError] | None = None
         pairs = zip(self.step_fns, actions)
         while True:
             try:
@@ -91,12 +120,16 @@ class Shard:
                 break
             except Exception as exc:
                 j = len(results)
-                if not self.restart_on_error:
-                    raise ShardError(start + j, "step", exc) from exc
-                append(restart.after_step_error(self, j, slot, exc, reset_now=True))
-                restarted = restarted or set()
-                restarted.add(j)
+                if self.restart_on_error:
+                    append(restart.after_step_error(self, j, slot, exc, reset_now=True))
+                    restarted = restarted or set()
+                    restarted.add(j)
+                else:  # the other envs still step, as each would in its own process; every error is reported
+                    errors = (errors or []) + [ShardError(start + j, "step", exc)]
+                    append(None)
                 pairs = zip(self.step_fns[j + 1 :], actions[j + 1 :])
+        if errors:
+            raise ShardError.combine(errors)
         try:
             obs_list, rewards, terminated, truncated, infos = map(list, zip(*results))
         except (TypeError, ValueError) as exc:
@@ -114,14 +147,15 @@ class Shard:
         self._write_results(obs_list, rewards, terminated, truncated, slot)
         return self.finish_extras(extras)
 
-    def _step_next_step(self, slot: int) -> list | None:
-        """Step every env, except those whose episode ended in the previous step: those are
-        reset now (reward 0, flags False) and their action is ignored, as gymnasium's NEXT_STEP."""
-        actions = self.actions.copy()
+    def _step_next_step(self, slot: int, actions: Any) -> list | None:
+        """NEXT_STEP: step every env, except those whose episode ended in the previous step: they
+        are reset now (reward 0, flags False) and their action is ignored. DISABLED: step every env."""
         start = self.start
         extras: list | None = None
         obs_list, rewards, terminated, truncated = [], [], [], []
         needs_reset = self.needs_reset
+        autoreset = self.autoreset_mode == NEXT_STEP
+        errors: list[ShardError] | None = None
         for j in range(len(self.envs)):
             if needs_reset[j]:
                 obs, info = self._autoreset(j, "reset (autoreset)")
@@ -131,10 +165,12 @@ class Shard:
                 try:
                     obs, reward, term, trunc, info = self.step_fns[j](actions[j])
                 except Exception as exc:
-                    if not self.restart_on_error:
-                        raise ShardError(start + j, "step", exc) from exc
+                    if not self.restart_on_error:  # the other envs still step; every error is reported
+                        errors = (errors or []) + [ShardError(start + j, "step", exc)]
+                        continue
                     obs, reward, term, trunc, info = restart.after_step_error(self, j, slot, exc, reset_now=False)
-                if term or trunc:
+                    needs_reset[j] = True  # the fresh env starts its episode in the next step
+                if autoreset and (term or trunc):
                     needs_reset[j] = True
             if info:
                 extras = (extras or []) + [(start + j, Extra.INFO, info)]
@@ -142,6 +178,8 @@ class Shard:
             rewards.append(reward)
             terminated.append(term)
             truncated.append(trunc)
+        if errors:
+            raise ShardError.combine(errors)
         self._write_results(obs_list, rewards, terminated, truncated, slot)
         return self.finish_extras(extras)
 
@@ -155,10 +193,11 @@ class Shard:
             return restart.reset_fresh(self, j, exc, command, {})
 
     def finish_extras(self, extras: list | None) -> list | None:
-        """A command's extras, with the restarts and check warnings gathered while it ran."""
-        if self.restart_reports:
-            extras = (extras or []) + self.restart_reports
-            self.restart_reports = []
+        """A command's extras, with what was gathered while it ran (restarts, object parts,
+        final observations, check warnings)."""
+        if self.side_extras:
+            extras = (extras or []) + self.side_extras
+            self.side_extras = []
         return self.checks.drain(extras)
 
     def _write_results(self, obs_list: list, rewards: list, terminated: list, truncated: list, slot: int) -> None:
@@ -192,19 +231,14 @@ class Shard:
         ``pass_options_always``, as gymnasium does).
         """
         reset_mask = self.views.reset_mask[self.start : self.stop].tolist() if masked else None
-        rows = [j for j in range(len(self.envs)) if reset_mask is None or reset_mask[j]]
-        obs_list, extras = self.reset_rows(rows, options, pass_options_always)
-        if reset_mask is None:
-            self.write_obs(obs_list, slot, "reset")
-            self.start_episodes(slot, slice(self.start, self.stop), truncated=False)
-        else:
-            for obs, j in zip(obs_list, rows):
-                self.write_row(obs, self.obs_slots, slot, j, "reset")
-                self.start_episodes(slot, self.start + j, truncated=False)
+        rows = None if reset_mask is None else [j for j, m in enumerate(reset_mask) if m]
+        obs_list, extras = self.reset_rows(rows if rows is not None else range(len(self.envs)), options, pass_options_always)
+        self.write_obs(obs_list, slot, "reset", rows)
+        self.start_episodes(slot, rows)
         return self.finish_extras(extras)
 
     def reset_rows(
-        self, rows: list[int], options: list | None, pass_options_always: bool, seeded: bool = True
+        self, rows: Any, options: list | None, pass_options_always: bool, seeded: bool = True
     ) -> tuple[list, list | None]:
         """Reset the envs at local positions ``rows`` (with their shared seeds unless not
         ``seeded``); returns (observations, extras)."""
@@ -212,6 +246,7 @@ class Shard:
         seeds = views.reset_seeds[self.start : self.stop].tolist()
         seed_mask = views.seed_mask[self.start : self.stop].tolist() if seeded else [False] * len(self.envs)
         extras: list | None = None
+        errors: list[ShardError] = []
         obs_list = []
         for j in rows:
             kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
@@ -221,21 +256,25 @@ class Shard:
             try:
                 obs, info = self.envs[j].reset(**kwargs)
             except Exception as exc:
-                if not self.restart_on_error:
-                    raise ShardError(self.start + j, "reset", exc) from exc
+                if not self.restart_on_error:  # the other envs still reset; every error is reported
+                    errors.append(ShardError(self.start + j, "reset", exc))
+                    continue
                 obs, info = restart.reset_fresh(self, j, exc, "reset", kwargs)
             self.needs_reset[j] = False
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             obs_list.append(obs)
+        if errors:
+            raise ShardError.combine(errors)
         return obs_list, extras
 
-    def start_episodes(self, slot: int, rows: slice | int, truncated: bool) -> None:
-        """Rows that hold a new episode's first observation: reward 0, not terminated,
-        truncated only when the old episode was cut short by a restart."""
-        self.reward_slots[slot][rows] = 0.0
-        self.terminated_slots[slot][rows] = 0
-        self.truncated_slots[slot][rows] = 1 if truncated else 0
+    def start_episodes(self, slot: int, rows: list[int] | None, truncated: bool = False) -> None:
+        """Rows that hold a new episode's first observation (all when ``rows`` is None): reward 0,
+        not terminated, truncated only when the old episode was cut short by a restart."""
+        index: Any = slice(self.start, self.stop) if rows is None else [self.start + j for j in rows]
+        self.reward_slots[slot][index] = 0.0
+        self.terminated_slots[slot][index] = 0
+        self.truncated_slots[slot][index] = 1 if truncated else 0
 
     def _bad_step_result(self, results: list) -> ShardError:
         for j, result in enumerate(results):
@@ -251,54 +290,70 @@ class Shard:
                 )
         return ShardError(self.start, "step", TypeError("env.step() returned a malformed result"))
 
-    # -- reading and writing rows --------------------------------------------------------------
+    # -- reading and writing observations -------------------------------------------------------
     def row(self, slot: int, j: int) -> Any:
-        """Env j's observation as stored in ring slot ``slot`` (a copy, in the space's structure)."""
-        parts = [ring[slot][self.start + j].copy() for ring in self.obs_slots]
+        """Env j's latest observation as stored in ring slot ``slot`` (a copy, in the space's structure;
+        object parts are the latest the env produced, None where it never produced one here)."""
+        arrays = iter([ring[slot][self.start + j].copy() for ring in self.obs_slots])
         if self.single_leaf:
-            return parts[0]
-        # nest by the leaves' paths (Dict keys / Tuple indices alike), as split() reads them
-        root: dict = {}
-        for leaf, part in zip(self.leaves, parts):
-            node = root
-            for key in leaf.path[:-1]:
-                node = node.setdefault(key, {})
-            node[leaf.path[-1]] = part
-        return root
+            return next(arrays)
+        objects = iter(self.last_objects[j] or [None] * len(self.leaves))
+        return assemble(self.observation_space, [next(arrays) if leaf.array else next(objects) for leaf in self.leaves])
 
-    def write_obs(self, obs_list: list, slot: int, command: str) -> None:
-        start = self.start
+    def write_obs(self, obs_list: list, slot: int, command: str, rows: list[int] | None = None) -> None:
+        """Write the observations of the envs at local positions ``rows`` (all, in order, when None)
+        into ring slot ``slot``; object parts become OBJECTS extras."""
         checking = self.checks.active
-        if self.single_leaf:
+        if self.single_leaf and rows is None:
             self._gather(obs_list, self.obs_slots[0][slot], self.leaves[0], command, checking)
             return
-        for li, leaf in enumerate(self.leaves):
-            try:
-                parts = [split(o, leaf) for o in obs_list]
-            except Exception as exc:
-                bad = _first_failing(obs_list, leaf)
-                raise ShardError(
-                    start + bad, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
-                ) from exc
-            self._gather(parts, self.obs_slots[li][slot], leaf, command, checking)
+        positions = range(len(obs_list)) if rows is None else rows
+        buffer = 0
+        objects: list[list] = []
+        for leaf in self.leaves:
+            parts = self._parts(obs_list, leaf, command, positions)
+            if not leaf.array:
+                objects.append(parts)
+                continue
+            dst = self.obs_slots[buffer][slot]
+            buffer += 1
+            if rows is None:
+                self._gather(parts, dst, leaf, command, checking)
+            else:
+                for part, j in zip(parts, rows):
+                    self._gather([part], dst, leaf, command, checking, offset=j)
+        if objects:
+            for k, j in enumerate(positions):
+                values = [column[k] for column in objects]
+                self.last_objects[j] = values
+                self.side_extras.append((self.start + j, Extra.OBJECTS, values))
 
-    def write_row(self, obs: Any, buffers: list, slot: int | None, j: int, command: str) -> None:
-        """Write env j's observation into its row of ``buffers`` (one per leaf; indexed by
-        ``slot`` first unless it is None)."""
-        for li, leaf in enumerate(self.leaves):
+    def write_terminal(self, j: int, obs: Any, command: str) -> None:
+        """Env j's final observation: its array parts into the terminal-obs buffers and, where the
+        buffers would not give back the env's own object (object or scalar parts), the object itself."""
+        buffer = 0
+        for leaf in self.leaves:
+            if leaf.array:
+                part = self._parts([obs], leaf, command, [j])[0]
+                self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, offset=j)
+                buffer += 1
+        if self.raw_final:
+            self.side_extras.append((self.start + j, Extra.FINAL_OBS, obs))
+
+    def _parts(self, obs_list: list, leaf: Leaf, command: str, positions: Any) -> list:
+        if leaf.path == ():
+            return obs_list
+        parts = []
+        for obs, j in zip(obs_list, positions):
             try:
-                part = split(obs, leaf)
+                parts.append(split(obs, leaf))
             except Exception as exc:
                 raise ShardError(
                     self.start + j, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
                 ) from exc
-            dst = buffers[li] if slot is None else buffers[li][slot]
-            self._gather([part], dst, leaf, command, False, offset=j)
+        return parts
 
-    def write_terminal(self, j: int, obs: Any, command: str) -> None:
-        self.write_row(obs, self.views.terminal_obs, None, j, command)
-
-    def _gather(self, items: list, dst: np.ndarray, leaf: Any, command: str, checking: bool, offset: int = 0) -> None:
+    def _gather(self, items: list, dst: np.ndarray, leaf: Leaf, command: str, checking: bool, offset: int = 0) -> None:
         """Copy ``items`` into rows ``start + offset + k`` of ``dst``; any failure names its env."""
         first = self.start + offset
         try:
@@ -342,9 +397,7 @@ class Shard:
         results = []
         for k, i in enumerate(indices):
             try:
-                results.append(
-                    run_call(self.envs[i - self.start], request, args, None if values is None else values[k])
-                )
+                results.append(run_call(self.envs[i - self.start], request, args, None if values is None else values[k]))
             except Exception as exc:
                 raise ShardError(i, request, exc) from exc
         return results
@@ -361,7 +414,18 @@ class Shard:
             raise first
 
 
-def _where(leaf: Any) -> str:
+class _TagDtypes(dict):
+    """action tag (ord of a dtype char) -> dtype, filled on first use."""
+
+    def __missing__(self, tag: int) -> np.dtype:
+        dtype = self[tag] = np.dtype(chr(int(tag)))
+        return dtype
+
+
+_TAG_DTYPES = _TagDtypes()
+
+
+def _where(leaf: Leaf) -> str:
     return "" if leaf.path == () else f" part {leaf.name!r}"
 
 
@@ -379,12 +443,3 @@ def _is_flag(x: Any) -> bool:
     except Exception:
         return False
     return True
-
-
-def _first_failing(obs_list: list, leaf: Any) -> int:
-    for k, o in enumerate(obs_list):
-        try:
-            split(o, leaf)
-        except Exception:
-            return k
-    return 0

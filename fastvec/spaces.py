@@ -1,34 +1,49 @@
-"""Map gymnasium spaces to flat shared-memory buffers ("leaves") and back.
+"""Map gymnasium spaces to leaves: fixed-size arrays in shared memory, or pickled objects.
 
-An observation space becomes a list of leaves, one per array: a Box is one leaf,
-a Dict or Tuple has one leaf per sub-space (recursively). Each leaf has a fixed
-shape and dtype, so its batch lives in one contiguous ``[num_envs, *shape]``
-buffer. The conversion is by single dispatch on the space type, so a new space
-is one registration, not another branch in an if-chain.
+A space becomes a list of leaves. Box, Discrete, MultiDiscrete and MultiBinary are
+*array* leaves: a fixed shape and dtype, so a batch of them lives in one contiguous
+``[num_envs, *shape]`` buffer of the shared block. Dict and Tuple contribute one leaf
+per sub-space, recursively. Anything else (Text, Sequence, Graph, OneOf, a custom
+Space subclass) has no fixed size: it is an *object* leaf, pickled per env on the
+worker's pipe, as SB3's SubprocVecEnv and gymnasium's AsyncVectorEnv(shared_memory=False)
+send whole observations. The conversion is by single dispatch on the space type, so a
+new space is one registration, not another branch in an if-chain.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import singledispatch
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from fastvec.errors import UnsupportedSpaceError
-
-__all__ = ["Leaf", "leaves", "assemble", "split", "is_single_array"]
+__all__ = [
+    "Leaf",
+    "leaves",
+    "assemble",
+    "split",
+    "is_single_array",
+    "array_leaves",
+    "object_leaves",
+    "is_dynamic",
+]
 
 
 @dataclass(frozen=True)
 class Leaf:
-    """One array of an observation: where it sits in the structure, its shape and dtype."""
+    """One part of an observation or action: where it sits in the structure, and how it travels.
 
-    path: tuple  # keys (Dict) or indices (Tuple) from the root; () for a plain array space
+    ``array``: a fixed ``shape`` and ``dtype`` (a buffer in the shared block); otherwise an
+    object leaf (``shape`` () and dtype object), pickled.
+    """
+
+    path: tuple  # keys (Dict) or indices (Tuple) from the root; () for a space that is one leaf
     shape: tuple[int, ...]
     dtype: np.dtype
+    array: bool = True
+    space: spaces.Space | None = field(default=None, compare=False)  # the sub-space
 
     @property
     def name(self) -> str:
@@ -37,30 +52,28 @@ class Leaf:
 
 @singledispatch
 def _leaves(space: spaces.Space, path: tuple) -> list[Leaf]:
-    raise UnsupportedSpaceError(
-        f"fastvec cannot lay out {type(space).__name__} spaces in shared memory (got {space}); "
-        "supported: Box, Discrete, MultiDiscrete, MultiBinary, and Dict/Tuple of them"
-    )
+    # Text, Sequence, Graph, OneOf, custom spaces: no fixed size, pickled per env
+    return [Leaf(path, (), np.dtype(object), array=False, space=space)]
 
 
 @_leaves.register
 def _(space: spaces.Box, path: tuple) -> list[Leaf]:
-    return [Leaf(path, tuple(space.shape), np.dtype(space.dtype))]
+    return [Leaf(path, tuple(space.shape), np.dtype(space.dtype), space=space)]
 
 
 @_leaves.register
 def _(space: spaces.Discrete, path: tuple) -> list[Leaf]:
-    return [Leaf(path, (), np.dtype(space.dtype))]
+    return [Leaf(path, (), np.dtype(space.dtype), space=space)]
 
 
 @_leaves.register
 def _(space: spaces.MultiDiscrete, path: tuple) -> list[Leaf]:
-    return [Leaf(path, tuple(space.shape), np.dtype(space.dtype))]
+    return [Leaf(path, tuple(space.shape), np.dtype(space.dtype), space=space)]
 
 
 @_leaves.register
 def _(space: spaces.MultiBinary, path: tuple) -> list[Leaf]:
-    return [Leaf(path, tuple(space.shape), np.dtype(space.dtype))]
+    return [Leaf(path, tuple(space.shape), np.dtype(space.dtype), space=space)]
 
 
 @_leaves.register
@@ -78,28 +91,42 @@ def leaves(space: spaces.Space) -> list[Leaf]:
     return _leaves(space, ())
 
 
-def is_single_array(obs_leaves: list[Leaf] | tuple[Leaf, ...]) -> bool:
-    """True when the observation is one plain array (no Dict/Tuple structure around it)."""
-    return len(obs_leaves) == 1 and obs_leaves[0].path == ()
+def array_leaves(all_leaves: list[Leaf] | tuple[Leaf, ...]) -> tuple[Leaf, ...]:
+    return tuple(leaf for leaf in all_leaves if leaf.array)
 
 
-def split(obs: Any, leaf: Leaf) -> Any:
-    """Pick the part of one env's observation that belongs to ``leaf``."""
+def object_leaves(all_leaves: list[Leaf] | tuple[Leaf, ...]) -> tuple[Leaf, ...]:
+    return tuple(leaf for leaf in all_leaves if not leaf.array)
+
+
+def is_dynamic(space: spaces.Space) -> bool:
+    """True when some part of ``space`` has no fixed size (it cannot live in a static buffer)."""
+    return any(not leaf.array for leaf in leaves(space))
+
+
+def is_single_array(all_leaves: list[Leaf] | tuple[Leaf, ...]) -> bool:
+    """True when the space is one plain array (no Dict/Tuple structure, no object part)."""
+    return len(all_leaves) == 1 and all_leaves[0].path == () and all_leaves[0].array
+
+
+def split(value: Any, leaf: Leaf) -> Any:
+    """Pick the part of one env's observation (or a batched structure) that belongs to ``leaf``."""
     for key in leaf.path:
-        obs = obs[key]
-    return obs
+        value = value[key]
+    return value
 
 
-def assemble(space: spaces.Space, arrays: list[np.ndarray]) -> Any:
-    """Rebuild the structure of ``space`` from its leaf arrays (same order as ``leaves``).
+def assemble(space: spaces.Space, parts: list) -> Any:
+    """Rebuild the structure of ``space`` from its leaf parts (same order as ``leaves``).
 
-    A Dict becomes an OrderedDict and a Tuple a tuple, as SB3's DummyVecEnv returns them.
+    A Dict becomes a dict and a Tuple a tuple, as SB3's SubprocVecEnv and gymnasium
+    return them; a space that is one leaf is its part.
     """
-    it = iter(arrays)
+    it = iter(parts)
 
     def build(sub: spaces.Space) -> Any:
         if isinstance(sub, spaces.Dict):
-            return OrderedDict((key, build(s)) for key, s in sub.spaces.items())
+            return {key: build(s) for key, s in sub.spaces.items()}
         if isinstance(sub, spaces.Tuple):
             return tuple(build(s) for s in sub.spaces)
         return next(it)

@@ -29,7 +29,7 @@ import numpy as np
 from fastvec import kernels
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, Stats
+from fastvec.protocol import ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, Stats, StepFlag
 from fastvec.restart import restart_all
 from fastvec.shard import Shard
 from fastvec.shm import pid_alive
@@ -73,9 +73,9 @@ def worker_main(
         except OSError:
             pass
 
-    if isinstance(env_fns, bytes):
-        import cloudpickle
+    import cloudpickle
 
+    if isinstance(env_fns, bytes):
         env_fns = cloudpickle.loads(env_fns)
     envs = []
     try:
@@ -84,7 +84,8 @@ def worker_main(
                 envs.append(fn())
             except Exception as exc:
                 raise ShardError(start + j, "make (env constructor)", exc) from exc
-        conn.send(("ready", [(env.observation_space, env.action_space) for env in envs]))
+        # cloudpickle: spaces of classes defined in a function or notebook travel too
+        conn.send(("ready", cloudpickle.dumps([(env.observation_space, env.action_space) for env in envs])))
     except ShardError as err:
         conn.send(("error", err.payload()))
         _close_quietly(envs)
@@ -150,9 +151,8 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
     unmasked = [j for j, m in enumerate(mask) if not m]
     obs_masked, extras = shard.reset_rows(masked, options, always)
     obs_unmasked, more = shard.reset_rows(unmasked, None, False, seeded=False)
-    for obs, j in zip(obs_masked + obs_unmasked, masked + unmasked):
-        shard.write_row(obs, shard.obs_slots, slot, j, "reset (worker restart)")
-    shard.start_episodes(slot, slice(shard.start, shard.stop), truncated=False)
+    shard.write_obs(obs_masked + obs_unmasked, slot, "reset (worker restart)", masked + unmasked)
+    shard.start_episodes(slot, None)
     return shard.finish_extras((extras or []) + (more or []) or None)
 
 
@@ -190,7 +190,7 @@ def _serve(
         request, indices = _COMMAND_NAMES.get(command, str(command)), None
         try:
             if command == Command.STEP:
-                extras = shard.step(slot)
+                extras = shard.step(slot, conn.recv() if arg & StepFlag.HAS_OBJECTS else None)
                 reply = ("extras", extras) if extras else None
             elif command == Command.RESET:
                 options = conn.recv() if arg & ResetFlag.HAS_OPTIONS else None
@@ -203,9 +203,9 @@ def _serve(
                 shard.close()
                 reply = ("ok", None)
         except ShardError as err:
-            reply = ("error", err.payload())
+            reply = ("error", err.payloads())
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
-            reply = ("error", ShardError(start, request, exc).payload())
+            reply = ("error", [ShardError(start, request, exc).payload()])
         control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
         finished = time.perf_counter_ns()
         stats[Stats.COMMANDS] += 1
@@ -236,7 +236,7 @@ def _send_result(conn: Any, message: tuple, env: int, request: str, indices: lis
                 except Exception:
                     env = i
                     break
-        payload = dumps(("error", ShardError(env, f"{request} (sending the result)", exc).payload()))
+        payload = dumps(("error", [ShardError(env, f"{request} (sending the result)", exc).payload()]))
     conn.send_bytes(payload)
 
 

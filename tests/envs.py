@@ -272,3 +272,27 @@ class FailingAutoreset(Counter):
     def step(self, action):
         obs, reward, term, trunc, info = super().step(action)
         return obs, reward, self.t >= 3, trunc, info
+
+
+class EchoEnv(gym.Env):
+    """Observations drawn from ``observation_space`` (seeded), and the action it received returned
+    in its info dict, so a test can see exactly what reached the env."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, episode_length: int = 5):
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.episode_length = episode_length
+        self.t = 0
+
+    def _obs(self):
+        self.observation_space.seed(int(self.np_random.integers(2**31)))
+        return self.observation_space.sample()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(self.t), False, self.t >= self.episode_length, {"action": action}

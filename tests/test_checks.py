@@ -11,23 +11,37 @@ from gymnasium import spaces
 from fastvec import kernels
 from fastvec.checks import ActionWriter, OutputChecks
 from fastvec.errors import ShardError
+from fastvec.layout import action_buffer_dtype
 from fastvec.protocol import Extra
 
 
-def _writer(space: spaces.Space, check: str | None = None) -> tuple[ActionWriter, np.ndarray]:
-    writer = ActionWriter(space, 2, kernels, check)
+class _Single:
+    """An ActionWriter of a single-array space with its one buffer and tag; ``write`` returns the tag."""
+
+    def __init__(self, space: spaces.Space, check: str | None) -> None:
+        self.writer = ActionWriter(space, 2, kernels, check)
+        self.dtype = action_buffer_dtype(np.dtype(space.dtype))
+        self.tags = np.zeros(1, np.uint32)
+
+    def write(self, actions, out) -> int:
+        self.writer.write(actions, [out], self.tags)
+        return int(self.tags[0])
+
+
+def _writer(space: spaces.Space, check: str | None = None) -> tuple[_Single, np.ndarray]:
+    writer = _Single(space, check)
     return writer, np.zeros((2, *space.shape), dtype=writer.dtype)
 
 
 @pytest.mark.parametrize(
     "space, bad, message",
     [
-        # the issue's cases: validation before the cast, naming the env and the value
-        (spaces.MultiBinary(2), [[1, 0], [256, 0]], r"env 1 \(element \(0,\)\) is 256, which .* int8"),
-        (spaces.Box(0, 255, (1,), np.uint8), [[3], [-1]], r"env 1 is -1, which .* uint8"),
+        # whole numbers only into an integer space: checked before the cast, naming the env and the value
         (spaces.Box(0, 5, (1,), np.int64), [[3.7], [1.0]], r"env 0 is 3.7, which .* int64"),
+        (spaces.MultiBinary(2), [[1, 0], [0.5, 0]], r"env 1 \(element \(0,\)\) is 0.5"),
         (spaces.Discrete(3), [np.nan, 1.0], r"env 0 is nan"),
         (spaces.Discrete(3), [1.0, np.inf], r"env 1 is inf"),
+        (spaces.Discrete(3), np.array([2**63, 0], dtype=np.uint64), r"env 0 is 9223372036854775808"),
     ],
 )
 def test_values_the_buffer_cannot_hold_are_refused(space, bad, message) -> None:
@@ -39,20 +53,24 @@ def test_values_the_buffer_cannot_hold_are_refused(space, bad, message) -> None:
 @pytest.mark.parametrize(
     "space, values",
     [
-        (spaces.Discrete(3), np.array([1.0, 2.0])),  # whole floats are held exactly
+        (spaces.Discrete(3), np.array([1.0, 2.0])),  # whole floats are held exactly (and handed on as floats)
         (spaces.Discrete(3), np.array([7, -4])),  # out of range: the env decides, as in SB3 and gymnasium
         (spaces.Box(-2, 2, (1,), np.float32), np.array([[2.7], [-9.0]])),  # a Gaussian policy's samples
         (spaces.Box(-2, 2, (1,), np.float32), np.array([[np.nan], [0.0]])),
-        (spaces.MultiBinary(2), np.array([[1, 0], [5, 0]], dtype=np.int64)),
-        (spaces.Box(0, 255, (1,), np.uint8), np.array([[300.0], [0.0]], dtype=np.float32)[:, :] * 0 + [[255.0], [0]]),
+        (spaces.MultiBinary(2), np.array([[1, 0], [256, 0]], dtype=np.int64)),  # was cast to 0 before
+        (spaces.Box(0, 255, (1,), np.uint8), np.array([[-1], [0]], dtype=np.int16)),  # was cast to 255 before
+        (spaces.Box(-1, 1, (1,), np.float32), np.array([[0.1], [0.2]], dtype=np.float64)),  # not rounded to float32
     ],
 )
 def test_values_pass_through_unchanged_by_default(space, values) -> None:
     writer, out = _writer(space)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        writer.write(values, out)
-    np.testing.assert_array_equal(out, values.reshape(out.shape).astype(out.dtype))
+        tag = writer.write(values, out)
+    np.testing.assert_array_equal(out, values.reshape(out.shape))  # exactly, in the widened buffer
+    handed = out if tag == 0 else out.astype(np.dtype(chr(tag)))
+    assert handed.dtype == values.dtype  # the env gets them in the dtype they were sent in
+    np.testing.assert_array_equal(handed, values.reshape(out.shape))
 
 
 @pytest.mark.parametrize(
@@ -105,3 +123,23 @@ def test_output_checks_warn_once_per_env_and_kind_or_raise() -> None:
         raising.problem(2, "step", "nan-reward", "returned a NaN reward")
     assert info.value.command == "step"
     assert not OutputChecks("off", 0).active
+
+
+def test_structured_actions_batched_or_one_per_env() -> None:
+    space = spaces.Dict({"move": spaces.Discrete(3), "aim": spaces.Box(-1, 1, (2,), np.float32), "say": spaces.Text(5)})
+    writer = ActionWriter(space, 2, kernels)
+    assert [leaf.name for leaf in writer.leaves] == ["aim", "move", "say"]  # gymnasium's Dict sorts its keys
+    buffers, tags = [np.zeros((2, 2), np.float64), np.zeros(2, np.int64)], np.zeros(2, np.uint32)
+    objects = writer.write(
+        {"move": np.array([2, 0]), "aim": np.array([[0.5, -1], [9, 0]]), "say": ("hi", "yo")}, buffers, tags
+    )
+    assert buffers[1].tolist() == [2, 0] and buffers[0].tolist() == [[0.5, -1], [9, 0]] and objects == [["hi", "yo"]]
+    per_env = [{"move": 1, "aim": np.zeros(2), "say": "a"}, {"move": 2, "aim": np.ones(2), "say": "b"}]
+    assert writer.write(per_env, buffers, tags, per_env=True) == [["a", "b"]]
+    assert buffers[1].tolist() == [1, 2] and buffers[0].tolist() == [[0, 0], [1, 1]]
+    with pytest.raises(ValueError, match=r"env 1 \(part 'move'\) is 1.5"):
+        writer.write({"move": np.array([2, 1.5]), "aim": np.zeros((2, 2)), "say": ("a", "b")}, buffers, tags)
+    with pytest.raises(ValueError, match="no part 'say'"):
+        writer.write({"move": np.array([2, 1]), "aim": np.zeros((2, 2))}, buffers, tags)
+    with pytest.raises(ValueError, match="expected 2 actions for part 'say'"):
+        writer.write({"move": np.array([2, 1]), "aim": np.zeros((2, 2)), "say": ("a",)}, buffers, tags)

@@ -248,3 +248,49 @@ def test_pinning_and_worker_stats_and_config_file(tmp_path) -> None:
     assert os.sched_getaffinity(0) == before, "close() restores the caller's affinity"
     with pytest.raises(ValueError, match="unknown config keys"):
         SubprocVecEnv([envs.make_cartpole], config={"workers": 2})
+
+
+def test_seed_none_follows_numpy_global_seed() -> None:
+    """seed() with no argument draws its root from NumPy's global generator, as SB3's does: a
+    script that calls np.random.seed is repeatable, and the envs' seeds are distinct."""
+    with SubprocVecEnv([envs.make_cartpole] * 3, start_method="fork", num_workers=2) as venv:
+        np.random.seed(3)
+        first = venv.seed()
+        obs_first = venv.reset()
+        np.random.seed(3)
+        assert venv.seed() == first and len(set(first)) == 3
+        np.testing.assert_array_equal(venv.reset(), obs_first)
+        np.random.seed(4)
+        assert venv.seed() != first
+
+
+def test_without_sb3_imported_it_is_still_an_sb3_vec_env_once_sb3_is() -> None:
+    """fastvec.SubprocVecEnv does not import SB3 (nor torch); SB3 imported later still sees a VecEnv."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from fastvec import SubprocVecEnv
+        from tests import envs
+        venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+        venv.reset()
+        assert "stable_baselines3" not in sys.modules and "torch" not in sys.modules
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+        assert isinstance(venv, VecEnv)
+        VecNormalize(venv).step(np.zeros(4, dtype=np.int64))
+        model = PPO("MlpPolicy", venv, n_steps=8, batch_size=32, n_epochs=1)
+        assert model.get_env() is venv  # used as a VecEnv, not wrapped as one env
+        model.learn(32)
+        venv.close()
+        print("ok")
+        """
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -11,7 +11,7 @@ from fastvec.spaces import leaves
 
 
 def _plan(obs_space, n=8, w=2, s=3):
-    return plan_layout(leaves(obs_space), (), np.dtype(np.int64), n, w, s)
+    return plan_layout(leaves(obs_space), leaves(spaces.Discrete(2)), n, w, s)
 
 
 SPACES = [
@@ -64,3 +64,16 @@ def test_views_cover_the_block_and_check_the_header() -> None:
 def test_bad_arguments(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         _plan(SPACES[0], **kwargs)
+
+
+def test_object_leaves_take_no_room_and_structured_actions_get_a_buffer_per_array_leaf() -> None:
+    obs = spaces.Dict({"text": spaces.Text(8), "pos": spaces.Box(-1, 1, (3,), np.float32)})
+    act = spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32), spaces.Text(4)))
+    layout = plan_layout(leaves(obs), leaves(act), 4, 2, 2)
+    assert [name for name in layout.fields if name.startswith(("obs", "terminal_obs", "actions"))] == [
+        "actions0", "actions1", "obs0", "terminal_obs0"
+    ]
+    assert layout.fields["obs0"].shape == (2, 4, 3) and layout.fields["actions1"].shape == (4, 2)
+    views = Views(layout, memoryview(bytearray(layout.size)))
+    assert len(views.obs) == 1 and len(views.actions) == 2
+    views.release()

@@ -298,9 +298,10 @@ def test_states_and_misuse_errors() -> None:
         assert pool.state is PoolState.IDLE and pool.pending is None
         pool.reset_async(seeds=[0, 1, 2, 3])
         assert pool.state is PoolState.PENDING and pool.pending == "reset"
-        with pytest.raises(AlreadyPendingCallError, match=r"reset_wait\(\)"):
+        with pytest.raises(AlreadyPendingCallError, match=r"reset_wait\(\)") as info:
             pool.call_async("pid", [0])
-        with pytest.raises(AlreadyPendingCallError):
+        assert info.value.name == "reset"  # gymnasium's name of the pending call
+        with pytest.raises(NoAsyncCallError, match=r"without any prior call to `step_async`.*reset_wait\(\)"):
             pool.step_wait()
         batch = pool.reset_wait()
         assert batch.ring.obs[0][batch.slot][2, 0] == 2000

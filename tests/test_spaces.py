@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
-import pytest
 from gymnasium import spaces
 
-from fastvec.errors import UnsupportedSpaceError
-from fastvec.spaces import assemble, leaves, split
+from fastvec.spaces import assemble, is_dynamic, leaves, split
 
 
 def test_leaves_of_nested_spaces() -> None:
@@ -25,10 +21,19 @@ def test_leaves_of_nested_spaces() -> None:
     sample = space.sample()
     parts = [split(sample, leaf) for leaf in leaves(space)]
     rebuilt = assemble(space, parts)
-    assert isinstance(rebuilt, OrderedDict) and isinstance(rebuilt["pair"], tuple)
+    assert type(rebuilt) is dict and isinstance(rebuilt["pair"], tuple)  # as SB3's SubprocVecEnv and gymnasium
     np.testing.assert_array_equal(rebuilt["img"], sample["img"])
 
 
-def test_unsupported_space_is_named() -> None:
-    with pytest.raises(UnsupportedSpaceError, match="Text"):
-        leaves(spaces.Text(5))
+def test_spaces_without_a_fixed_size_are_object_leaves() -> None:
+    class Custom(spaces.Space):
+        pass
+
+    space = spaces.Dict(
+        {"text": spaces.Text(5), "pos": spaces.Box(-1, 1, (2,)), "graph": spaces.Graph(spaces.Discrete(3), None)}
+    )
+    got = [(leaf.name, leaf.array) for leaf in leaves(space)]
+    assert got == [("graph", False), ("pos", True), ("text", False)]
+    assert is_dynamic(space) and not is_dynamic(spaces.Tuple((spaces.Discrete(2), spaces.Box(0, 1, (3,)))))
+    (custom,) = leaves(Custom())
+    assert not custom.array and isinstance(custom.space, Custom)

@@ -1,0 +1,219 @@
+"""fastvec.VectorEnv against gymnasium's SyncVectorEnv: same seeds, same everything."""
+
+from __future__ import annotations
+
+import multiprocessing
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import data_equivalence
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from fastvec import VectorEnv
+from tests import envs
+
+
+def _same(a, b, what):
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{what}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            _same(a[key], b[key], f"{what}[{key!r}]")
+    elif isinstance(a, np.ndarray) and a.dtype == object:
+        assert a.shape == b.shape, what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{what}[{i}]")
+    elif a is None or b is None:
+        assert a is b, what
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=what)
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+@pytest.mark.parametrize("factory", [envs.make_cartpole, envs.make_dict], ids=["cartpole", "dict"])
+def test_matches_sync_vector_env(mode, factory) -> None:
+    n = 4
+    reference = SyncVectorEnv([factory] * n, autoreset_mode=mode)
+    fast = VectorEnv([factory] * n, autoreset_mode=mode, num_workers=2, start_method="fork")
+    try:
+        assert fast.single_observation_space == reference.single_observation_space
+        assert fast.observation_space == reference.observation_space
+        assert fast.action_space == reference.action_space
+        assert fast.metadata["autoreset_mode"] == mode
+        obs_f, info_f = fast.reset(seed=42)
+        obs_r, info_r = reference.reset(seed=42)
+        _same(obs_f, obs_r, "reset obs")
+        _same(info_f, info_r, "reset info")
+        reference.action_space.seed(1)
+        ended = 0
+        for t in range(300):
+            actions = reference.action_space.sample()
+            out_f = fast.step(actions)
+            out_r = reference.step(actions)
+            for name, a, b in zip(["obs", "rewards", "terminations", "truncations", "infos"], out_f, out_r):
+                _same(a, b, f"step {t} {name}")
+            assert out_f[1].dtype == np.float64
+            ended += int(np.sum(out_r[2] | out_r[3]))
+        assert ended > 0
+        # partial reset by mask
+        mask = np.array([True, False, True, False])
+        obs_f, info_f = fast.reset(seed=[7, None, 8, None], options={"reset_mask": mask})
+        obs_r, info_r = reference.reset(seed=[7, None, 8, None], options={"reset_mask": mask})
+        _same(obs_f, obs_r, "masked reset obs")
+        _same(info_f, info_r, "masked reset info")
+        actions = reference.action_space.sample()
+        for name, a, b in zip(["obs", "rewards", "terminations", "truncations", "infos"], fast.step(actions), reference.step(actions)):
+            _same(a, b, f"after masked reset {name}")
+    finally:
+        fast.close()
+        reference.close()
+
+
+def test_call_get_set_attr_and_render() -> None:
+    with VectorEnv([lambda: envs.ImageEnv(render_mode="rgb_array")] * 3, num_workers=2, start_method="fork") as venv:
+        assert venv.render_mode == "rgb_array"
+        venv.reset(seed=0)
+        assert venv.get_attr("episode_length") == (37, 37, 37)
+        venv.set_attr("episode_length", [1, 2, 3])
+        assert venv.call("episode_length") == (1, 2, 3)
+        frames = venv.render()
+        assert len(frames) == 3 and frames[0].shape == (8, 8, 3)
+        with pytest.raises(ValueError, match="length equal"):
+            venv.set_attr("episode_length", [1, 2])
+    assert venv.closed
+
+
+def test_reset_mask_validation() -> None:
+    with VectorEnv([envs.make_cartpole] * 2, num_workers=2, start_method="fork") as venv:
+        with pytest.raises(TypeError, match="numpy array"):
+            venv.reset(options={"reset_mask": [True, False]})
+        with pytest.raises(ValueError, match="at least one True"):
+            venv.reset(options={"reset_mask": np.zeros(2, dtype=bool)})
+
+
+def test_cleanrl_style_loop_with_record_episode_statistics() -> None:
+    venv = gym.wrappers.vector.RecordEpisodeStatistics(VectorEnv([envs.make_cartpole] * 4, start_method="fork"))
+    try:
+        venv.reset(seed=1)
+        returns = []
+        for _ in range(200):
+            _, _, _, _, infos = venv.step(venv.action_space.sample())
+            if "episode" in infos:
+                returns += list(infos["episode"]["r"][infos["_episode"]])
+        assert returns and all(r > 0 for r in returns)
+    finally:
+        venv.close()
+
+
+# -- AsyncVectorEnv's constructor and API (issue 10) ---------------------------------------------
+def test_async_api_timeouts_and_state_errors() -> None:
+    from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
+
+    fns = [partial(envs.FailingEnv, "hang" if i == 3 else None, 1) for i in range(4)]
+    venv = VectorEnv(fns, shared_memory=True, copy=True, context="fork", daemon=True, num_workers=2)
+    try:
+        with pytest.raises(NoAsyncCallError, match="Calling `reset_wait` without any prior call to `reset_async`"):
+            venv.reset_wait()
+        venv.reset_async(seed=[1, 2, 3, 4])
+        with pytest.raises(AlreadyPendingCallError, match="pending call to `reset`") as info:
+            venv.step_async(np.zeros(4, np.int64))
+        assert info.value.name == "reset"
+        obs, _ = venv.reset_wait(timeout=5)
+        assert obs.shape == (4, 2)
+        venv.call_async("pid")
+        pids = venv.call_wait(timeout=5)
+        assert pids[0] == pids[1] and pids[2] == pids[3] and pids[0] != pids[3]
+        venv.step(np.zeros(4, np.int64))
+        venv.step_async(np.zeros(4, np.int64))  # env 3 hangs in this one
+        with pytest.raises(multiprocessing.TimeoutError):
+            venv.step_wait(timeout=0.2)
+        with pytest.raises(multiprocessing.TimeoutError):  # still pending: the wait can be tried again
+            venv.step_wait(timeout=0.1)
+        with pytest.raises(ValueError, match="use `step` directly"):
+            venv.call("step", 0)
+    finally:
+        with pytest.warns(UserWarning, match="Calling `close` while waiting for a pending call to `step`"):
+            venv.close(terminate=True)
+    with pytest.raises(ClosedEnvironmentError):
+        venv.step(np.zeros(4, np.int64))
+
+
+def test_constructor_arguments_of_async_vector_env() -> None:
+    fns = [envs.make_cartpole] * 3
+    with VectorEnv(fns, False, False, "fork", False, None, "same", AutoresetMode.SAME_STEP, 1) as venv:
+        assert venv.pool.num_workers == 1  # max_concurrency=1: one process steps the envs
+        assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP and venv.copy is False
+        venv.reset(seed=0)
+    with pytest.raises(ValueError, match="custom `worker`"):
+        VectorEnv(fns, worker=lambda *args: None)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        VectorEnv(fns, max_concurrency=0)
+    with pytest.raises(TypeError, match="unknown pool option"):
+        VectorEnv(fns, num_worker=2)
+
+
+def test_np_random_seed_is_the_tuple_of_the_sub_envs_seeds() -> None:
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", num_workers=2) as venv:
+        venv.reset(seed=42)
+        assert venv.np_random_seed == (42, 43, 44, 45)
+        assert all(isinstance(g, np.random.Generator) for g in venv.np_random)
+
+
+@pytest.mark.parametrize("mode", ["same", "different", "custom"])
+def test_observation_modes(mode: str) -> None:
+    from gymnasium.spaces import Box
+
+    def make(high: float) -> gym.Env:
+        env = envs.EchoEnv(Box(0, high, (3,), np.float32), gym.spaces.Discrete(2))
+        return env
+
+    fns = [partial(make, float(h)) for h in (1, 2, 3)]
+    if mode == "same":
+        with pytest.raises(RuntimeError, match="If this is intentional, use `observation_mode='different'`"):
+            VectorEnv(fns, context="fork", observation_mode="same")
+        return
+    observation_mode = mode if mode == "different" else (Box(0, 3, (3, 3), np.float32), Box(0, 3, (3,), np.float32))
+    with VectorEnv(fns, context="fork", num_workers=2, observation_mode=observation_mode) as venv:
+        obs, _ = venv.reset(seed=0)
+        assert obs.shape == (3, 3) and venv.observation_space.shape == (3, 3)
+        assert (obs.max(axis=1) <= [1, 2, 3]).all()
+    bad = [
+        partial(envs.EchoEnv, Box(0, 1, (3,), np.float32), gym.spaces.Discrete(2)),
+        partial(envs.EchoEnv, Box(0, 1, (4,), np.float32), gym.spaces.Discrete(2)),
+    ]
+    # "different": gymnasium's batch_differing_spaces refuses other shapes; a custom pair: fastvec checks
+    with pytest.raises((ValueError, RuntimeError), match="shape"):
+        VectorEnv(bad, context="fork", num_workers=2, observation_mode=observation_mode)
+
+
+def test_autoreset_disabled_with_partial_resets_matches_sync_vector_env() -> None:
+    reference = gym.vector.SyncVectorEnv([envs.make_cartpole] * 4, autoreset_mode=AutoresetMode.DISABLED)
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", num_workers=2, autoreset_mode="Disabled") as venv:
+        assert data_equivalence(venv.reset(seed=7), reference.reset(seed=7))
+        rng = np.random.default_rng(0)
+        ended = 0
+        for t in range(150):
+            actions = rng.integers(0, 2, 4)
+            result = venv.step(actions)
+            assert data_equivalence(result, reference.step(actions)), f"step {t}"
+            done = result[2] | result[3]
+            if done.any():
+                ended += int(done.sum())
+                mask = {"reset_mask": done}
+                assert data_equivalence(venv.reset(options=dict(mask)), reference.reset(options=dict(mask))), f"{t}"
+        assert ended > 0
+    reference.close()
+
+
+def test_float64_actions_reach_the_env_as_float64() -> None:
+    """gymnasium hands each env its row of the batch as sent: time.sleep(np.float32) would raise."""
+    space = gym.spaces.Box(0.0, 1.0, (), np.float32)
+    fns = [partial(envs.EchoEnv, gym.spaces.Discrete(2), space) for _ in range(2)]
+    with VectorEnv(fns, context="fork", num_workers=2) as venv:
+        venv.reset(seed=0)
+        infos = venv.step(np.array([0.1, 0.2]))[-1]
+        assert [type(a) for a in infos["action"]] == [np.float64, np.float64]
+        assert infos["action"].tolist() == [0.1, 0.2]
+        infos = venv.step(np.array([0.1, 0.2], np.float32))[-1]
+        assert [type(a) for a in infos["action"]] == [np.float32, np.float32]

@@ -1,0 +1,154 @@
+"""Every space SB3's SubprocVecEnv and gymnasium's AsyncVectorEnv accept, end to end through both
+front-ends, against the reference implementations themselves (issue 10)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.utils.env_checker import data_equivalence
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv as SB3SubprocVecEnv
+
+from fastvec import SubprocVecEnv, VectorEnv
+from fastvec.errors import UnsupportedSpaceError
+from tests import envs
+
+N = 3
+BOX = spaces.Box(-1, 1, (2,), np.float32)
+DYNAMIC = {
+    "text": spaces.Text(6, charset="abc"),
+    "dict-text": spaces.Dict({"word": spaces.Text(4), "pos": BOX}),
+    "graph": spaces.Graph(node_space=spaces.Discrete(3), edge_space=spaces.Box(0, 1, (2,), np.float32)),
+    "sequence": spaces.Sequence(spaces.Discrete(4)),
+    "oneof": spaces.OneOf((spaces.Discrete(2), BOX)),
+    "tuple-graph": spaces.Tuple((spaces.Discrete(3), spaces.Graph(node_space=BOX, edge_space=None))),
+}
+STRUCTURED_ACTIONS = {
+    "dict": spaces.Dict({"move": spaces.Discrete(3), "aim": BOX}),
+    "tuple": spaces.Tuple((spaces.MultiDiscrete([2, 3]), spaces.MultiBinary(2))),
+    "nested": spaces.Dict({"a": spaces.Tuple((spaces.Discrete(2), BOX)), "b": spaces.Discrete(5, start=-2)}),
+    "text": spaces.Text(5),
+}
+
+
+def _fns(obs_space: spaces.Space, act_space: spaces.Space) -> list:
+    return [partial(envs.EchoEnv, obs_space, act_space) for _ in range(N)]
+
+
+def _run_gym(venv, act_space: spaces.Space, steps: int = 7) -> list:
+    out = [venv.reset(seed=3)]
+    batch_space = gym.vector.utils.batch_space(act_space, N)
+    batch_space.seed(0)
+    for _ in range(steps):
+        out.append(venv.step(batch_space.sample()))
+    return out
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+@pytest.mark.parametrize("name", sorted(DYNAMIC))
+def test_dynamic_observations_match_gymnasium(name: str, mode: AutoresetMode) -> None:
+    space = DYNAMIC[name]
+    fns = _fns(space, spaces.Discrete(2))
+    reference = SyncVectorEnv(fns, autoreset_mode=mode)
+    with VectorEnv(fns, shared_memory=False, num_workers=2, context="fork", autoreset_mode=mode) as venv:
+        assert venv.single_observation_space == space
+        got, want = _run_gym(venv, spaces.Discrete(2)), _run_gym(reference, spaces.Discrete(2))
+        for t, (a, b) in enumerate(zip(got, want)):
+            assert data_equivalence(a, b), f"step {t}: {a} != {b}"
+    reference.close()
+
+
+@pytest.mark.parametrize("name", sorted(DYNAMIC))
+def test_dynamic_spaces_with_shared_memory_raise_as_gymnasium(name: str) -> None:
+    with pytest.raises(TypeError, match="dynamic shape") as info:
+        VectorEnv(_fns(DYNAMIC[name], spaces.Discrete(2)), shared_memory=True, context="fork")
+    assert isinstance(info.value, UnsupportedSpaceError)
+
+
+class Anything(spaces.Space):
+    """A custom space (no fixed size, no shared-memory layout in gymnasium)."""
+
+    def sample(self, mask=None, probability=None):
+        return {"x": int(self.np_random.integers(10))}
+
+    def contains(self, x):
+        return isinstance(x, dict)
+
+    def __eq__(self, other):  # as gymnasium's own CustomSpace: the envs' copies compare equal
+        return isinstance(other, Anything)
+
+
+def test_custom_space() -> None:
+    fns = _fns(Anything(), spaces.Discrete(2))
+    with pytest.raises(ValueError, match="shared_memory=False"):
+        VectorEnv(fns, shared_memory=True, context="fork")
+    with VectorEnv(fns, shared_memory=False, num_workers=2, context="fork") as venv:
+        obs, _ = venv.reset(seed=1)
+        assert isinstance(obs, tuple) and len(obs) == N and all("x" in o for o in obs)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:  # SB3 pickles what it cannot stack
+        obs = venv.reset()
+        assert obs.shape == (N,) and all("x" in o for o in obs)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED_ACTIONS))
+def test_structured_actions_reach_the_env_unchanged_gymnasium(name: str) -> None:
+    space = STRUCTURED_ACTIONS[name]
+    fns = _fns(BOX, space)
+    reference = SyncVectorEnv(fns)
+    with VectorEnv(fns, shared_memory=False, num_workers=2, context="fork") as venv:
+        got, want = _run_gym(venv, space), _run_gym(reference, space)
+        for t, (a, b) in enumerate(zip(got, want)):
+            assert data_equivalence(a, b), f"step {t}: {a} != {b}"
+    reference.close()
+
+
+@pytest.mark.parametrize("name", ["dict", "tuple", "text"])
+def test_structured_actions_and_dynamic_observations_match_sb3(name: str) -> None:
+    """SB3 passes one action per env; its SubprocVecEnv is the reference (same seeds, same actions)."""
+    act_space = STRUCTURED_ACTIONS[name]
+    obs_space = DYNAMIC["dict-text"] if name == "text" else BOX
+    fns = _fns(obs_space, act_space)
+    ours = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    reference = SB3SubprocVecEnv(fns, start_method="fork")
+    try:
+        for venv in (ours, reference):
+            venv.seed(11)
+        obs_f, obs_r = ours.reset(), reference.reset()
+        act_space.seed(5)
+        for t in range(7):
+            actions = [act_space.sample() for _ in range(N)]
+            (obs_f, rew_f, done_f, infos_f), (obs_r, rew_r, done_r, infos_r) = ours.step(actions), reference.step(actions)
+            assert rew_f.dtype == rew_r.dtype == np.float64
+            np.testing.assert_array_equal(rew_f, rew_r)
+            np.testing.assert_array_equal(done_f, done_r)
+            for i in range(N):
+                assert data_equivalence(infos_f[i]["action"], infos_r[i]["action"]), f"step {t} env {i}"
+            if isinstance(obs_r, dict):
+                for key in obs_r:
+                    np.testing.assert_array_equal(obs_f[key], obs_r[key])
+            else:
+                np.testing.assert_array_equal(obs_f, obs_r)
+    finally:
+        ours.close()
+        reference.close()
+
+
+def test_continuous_actions_outside_the_box_pass_through() -> None:
+    fns = _fns(BOX, spaces.Box(-2, 2, (1,), np.float32))
+    actions = np.array([[2.7], [-9.0], [0.5]], dtype=np.float32)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        _, _, _, infos = venv.step(actions)
+        assert [float(info["action"][0]) for info in infos] == [2.700000047683716, -9.0, 0.5]
+    with VectorEnv(fns, context="fork", num_workers=2) as venv:
+        venv.reset(seed=0)
+        infos = venv.step(actions)[-1]
+        np.testing.assert_array_equal(np.stack(infos["action"]), actions)
+    with VectorEnv(fns, context="fork", num_workers=2, check="warn") as venv:  # only when asked
+        venv.reset(seed=0)
+        with pytest.warns(RuntimeWarning, match=r"env 0 is 2.7.*outside Box"):
+            venv.step(actions)

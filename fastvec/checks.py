@@ -21,7 +21,7 @@ from gymnasium import spaces
 
 from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
-from fastvec.protocol import Extra
+from fastvec.protocol import TAG_SCALAR_ROWS, Extra
 from fastvec.spaces import Leaf, is_single_array, leaves, split
 
 __all__ = ["ActionWriter", "OutputChecks", "emit_warnings"]
@@ -135,19 +135,21 @@ class _LeafWriter:
             raise TypeError(
                 f"expected a batch of {self.num_envs} actions{self.where} (shape {self.shape}), got a scalar {a!r}"
             )
+        tag = 0
         if a.shape != self.shape:
             if a.shape[0] == self.num_envs and a.size == self.num_envs * self.per_env:
+                if a.ndim == 1 and self.element_shape:  # (n,) for a (1,)-shaped leaf: each env gets a scalar
+                    tag |= TAG_SCALAR_ROWS
                 a = a.reshape(self.shape)  # one row per env, e.g. (n, 1) from a policy head for Discrete
             else:
                 raise ValueError(
                     f"expected actions{self.where} of shape {self.shape} ({self.num_envs} envs x {self.space}), "
                     f"got shape {a.shape}"
                 )
-        tag = 0
         if a.dtype != self.dtype:
             self._check_cast(a)
             if a.dtype.kind in "fiub":
-                tag = ord(a.dtype.newbyteorder("=").char)
+                tag |= ord(a.dtype.newbyteorder("=").char)
         np.copyto(out, a, casting="unsafe")
         if self.check_range:
             self._check_range(out.reshape(-1), a)

@@ -21,6 +21,8 @@ __all__ = [
     "SAME_STEP",
     "NEXT_STEP",
     "SEQ_MASK",
+    "TAG_DTYPE",
+    "TAG_SCALAR_ROWS",
     "POLL_NS",
     "ADAPTIVE_POLL",
     "YIELD_POLL_NS",
@@ -97,6 +99,12 @@ class Extra(IntEnum):
 SAME_STEP = 0
 NEXT_STEP = 1
 DISABLED = 2
+
+# An action leaf's tag (Views.action_tags): the dtype char (ord) the caller's actions had, 0 for
+# the buffer's own dtype, plus this bit when each env's row was sent as a scalar (a (n,) batch for
+# a (1,)-shaped leaf): the env gets what it was sent, as in gymnasium.
+TAG_DTYPE = 0xFF
+TAG_SCALAR_ROWS = 0x100
 
 SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
 POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives

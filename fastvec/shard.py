@@ -28,7 +28,7 @@ from fastvec.checks import OutputChecks
 from fastvec.env_calls import run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import NEXT_STEP, SAME_STEP, Extra
+from fastvec.protocol import NEXT_STEP, SAME_STEP, TAG_DTYPE, TAG_SCALAR_ROWS, Extra
 from fastvec.spaces import Leaf, assemble, is_single_array, split
 
 __all__ = ["Shard"]
@@ -95,10 +95,8 @@ class Shard:
         tags = self.action_tags
         if self.single_action:
             tag = tags[0]
-            return self.action_buffers[0].copy() if tag == 0 else self.action_buffers[0].astype(_TAG_DTYPES[tag])
-        arrays = iter(
-            [b.copy() if t == 0 else b.astype(_TAG_DTYPES[t]) for b, t in zip(self.action_buffers, tags.tolist())]
-        )
+            return self.action_buffers[0].copy() if tag == 0 else _as_sent(self.action_buffers[0], int(tag))
+        arrays = iter([b.copy() if t == 0 else _as_sent(b, t) for b, t in zip(self.action_buffers, tags.tolist())])
         objects = iter(action_objects or [])
         columns = [next(arrays) if leaf.array else next(objects) for leaf in self.action_leaves]
         return [assemble(self.action_space, [column[j] for column in columns]) for j in range(len(self.envs))]
@@ -423,6 +421,12 @@ class _TagDtypes(dict):
 
 
 _TAG_DTYPES = _TagDtypes()
+
+
+def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
+    """A private copy of an action leaf's rows as the caller sent them (their dtype; scalar rows)."""
+    rows = rows.astype(_TAG_DTYPES[tag & TAG_DTYPE]) if tag & TAG_DTYPE else rows.copy()
+    return rows.reshape(len(rows)) if tag & TAG_SCALAR_ROWS else rows
 
 
 def _where(leaf: Leaf) -> str:

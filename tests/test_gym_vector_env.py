@@ -217,3 +217,14 @@ def test_float64_actions_reach_the_env_as_float64() -> None:
         assert infos["action"].tolist() == [0.1, 0.2]
         infos = venv.step(np.array([0.1, 0.2], np.float32))[-1]
         assert [type(a) for a in infos["action"]] == [np.float32, np.float32]
+
+
+def test_a_flat_batch_for_a_one_element_box_reaches_each_env_as_a_scalar() -> None:
+    """gymnasium iterates the batch: (n,) actions for a Box of shape (1,) give each env a scalar."""
+    fns = [partial(envs.EchoEnv, gym.spaces.Discrete(2), gym.spaces.Box(0, 1, (1,), np.float32)) for _ in range(3)]
+    with VectorEnv(fns, context="fork", num_workers=2) as venv:
+        venv.reset(seed=0)
+        infos = venv.step([0, 1, 2])[-1]
+        assert [np.shape(a) for a in infos["action"]] == [(), (), ()] and infos["action"].tolist() == [0, 1, 2]
+        infos = venv.step(np.zeros((3, 1)))[-1]
+        assert [np.shape(a) for a in infos["action"]] == [(1,), (1,), (1,)]

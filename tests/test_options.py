@@ -1,0 +1,51 @@
+"""PoolOptions: every knob once, validated, merged from a tuning file (fastvec.options)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastvec import SubprocVecEnv, VectorEnv
+from fastvec.options import TUNABLE, PoolOptions
+from tests import envs
+
+
+@pytest.mark.parametrize(
+    "knobs, message",
+    [
+        ({"num_workers": 0}, "num_workers"),
+        ({"num_workers": True}, "num_workers"),
+        ({"ring_slots": 0}, "ring_slots"),
+        ({"start_method": "telepathy"}, "cannot find context for 'telepathy'"),
+        ({"spin_ns": 1.5}, "spin_ns"),
+        ({"step_timeout": -1}, "step_timeout"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"check": "maybe"}, "check"),
+    ],
+)
+def test_bad_values_are_named(knobs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        PoolOptions(**knobs)
+
+
+def test_build_merges_a_tuning_file_under_explicit_knobs(tmp_path) -> None:
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"config": {"num_workers": 3, "spin_ns": -1000, "pin_workers": True}, "throughput": 1}))
+    options = PoolOptions.build(str(path), num_workers=2, step_timeout=None)
+    assert (options.num_workers, options.spin_ns, options.pin_workers) == (2, -1000, True)
+    assert PoolOptions.build({"ring_slots": 4}).ring_slots == 4
+    assert PoolOptions.build(options) == options
+    with pytest.raises(ValueError, match="unknown config keys"):
+        PoolOptions.build({"on_error": "restart"})  # a tuning file only sets what the tuner tunes
+    with pytest.raises(TypeError, match="unknown pool option"):
+        PoolOptions.build(None, num_worker=2)
+    assert set(TUNABLE) <= {f for f in PoolOptions.__dataclass_fields__}
+
+
+def test_both_front_ends_take_every_knob_and_a_config() -> None:
+    knobs = {"num_workers": 2, "step_in_parent": False, "ring_slots": 3, "on_error": "restart", "check": "off"}
+    with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", **knobs) as venv:
+        assert venv.pool.options.ring_slots == 3 and venv.pool.on_error == "restart"
+    with VectorEnv([envs.make_cartpole] * 2, context="fork", config={"num_workers": 1}, pin_workers=False) as venv:
+        assert venv.pool.num_workers == 1

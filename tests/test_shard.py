@@ -1,0 +1,75 @@
+"""A shard stepped directly over a block in this process (fastvec.shard): the three autoreset
+modes, structured actions and object-valued observation parts."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from fastvec.errors import ShardError
+from fastvec.layout import Views, plan_layout
+from fastvec.protocol import DISABLED, NEXT_STEP, SAME_STEP, Extra
+from fastvec.shard import Shard
+from fastvec.spaces import leaves
+from tests import envs
+
+
+def _shard(make, n: int, mode: int, slots: int = 2) -> tuple[Shard, Views]:
+    env_list = [make(i) for i in range(n)]
+    layout = plan_layout(leaves(env_list[0].observation_space), leaves(env_list[0].action_space), n, 1, slots)
+    views = Views(layout, memoryview(bytearray(layout.size)))
+    return Shard(env_list, 0, views, mode), views
+
+
+@pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP, DISABLED])
+def test_autoreset_modes(mode: int) -> None:
+    shard, views = _shard(envs.Counter, 2, mode)
+    views.seed_mask[:] = True
+    views.reset_seeds[:] = [1, 2]
+    shard.reset(0, None, False, False)
+    np.testing.assert_array_equal(views.obs[0][0, :, 0], [1000, 2000])
+    views.actions[0][:] = [39, 0]  # env 0 reaches t = 40 (truncated) at once
+    assert shard.step(1) is None
+    assert views.truncated[1].tolist() == [True, False]
+    after_end = views.obs[0][1, 0, 0]
+    views.actions[0][:] = [0, 0]
+    shard.step(0)
+    if mode == SAME_STEP:  # reset in the step that ended it (unseeded: base 0); the final observation kept apart
+        assert after_end == 0 and views.terminal_obs[0][0, 0] == 1040
+        assert views.obs[0][0, 0, 0] == 1 and not views.truncated[0, 0]
+    elif mode == NEXT_STEP:  # the final observation now, the reset in the next step (reward 0)
+        assert after_end == 1040 and views.obs[0][0, 0, 0] == 0 and views.rewards[0, 0] == 0.0
+    else:  # DISABLED: never by itself
+        assert after_end == 1040 and views.obs[0][0, 0, 0] == 1041
+    assert views.obs[0][0, 1, 0] == 2002  # env 1 went on
+
+
+def test_every_env_steps_and_every_error_is_reported() -> None:
+    def make(i: int):
+        return envs.FailingEnv("step" if i in (0, 2) else None)
+
+    shard, views = _shard(make, 3, SAME_STEP)
+    shard.reset(0, None, False, False)
+    with pytest.raises(ShardError) as info:
+        shard.step(1)
+    assert [p[0] for p in info.value.payloads()] == [0, 2]
+    assert shard.envs[1].steps == 1  # the env after the failing one still stepped
+
+
+def test_structured_actions_and_object_observations() -> None:
+    obs_space = spaces.Dict({"word": spaces.Text(4, charset="ab"), "pos": spaces.Box(-1, 1, (2,), np.float32)})
+    act_space = spaces.Tuple((spaces.Discrete(3), spaces.Text(3, charset="xy")))
+    shard, views = _shard(partial(lambda space, act, i: envs.EchoEnv(space, act), obs_space, act_space), 2, SAME_STEP)
+    views.seed_mask[:] = True
+    views.reset_seeds[:] = [5, 6]
+    extras = shard.reset(0, None, False, False)
+    objects = {i: value for i, kind, value in extras if kind == Extra.OBJECTS}
+    assert set(objects) == {0, 1} and all(isinstance(v[0], str) for v in objects.values())
+    views.actions[0][:] = [2, 1]
+    extras = shard.step(1, [["xy", "y"]])  # the Text part of each env's action, as the pipe brings it
+    actions = {i: value["action"] for i, kind, value in extras if kind == Extra.INFO}
+    assert actions == {0: (2, "xy"), 1: (1, "y")}
+    assert shard.row(1, 0)["word"] == shard.last_objects[0][0]

@@ -64,6 +64,32 @@ class BusyEnv(gym.Env):
         return self._obs, 0.0, False, self.t >= self.episode_length, {}
 
 
+class TextDictEnv(gym.Env):
+    """A Dict observation with a Text part beside a Box: the Text part has no fixed size, so it
+    travels pickled while the Box part goes through shared memory (CartPole's dynamics inside)."""
+
+    def __init__(self):
+        self.inner = gym.make("CartPole-v1")
+        self.observation_space = spaces.Dict(
+            {"state": self.inner.observation_space, "mission": spaces.Text(16, charset="abcdefgh ")}
+        )
+        self.action_space = self.inner.action_space
+        self.t = 0
+
+    def _obs(self, state):
+        return {"state": state, "mission": "go left" if self.t % 2 else "go right"}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        state, info = self.inner.reset(seed=seed)
+        return self._obs(state), info
+
+    def step(self, action):
+        self.t += 1
+        state, reward, terminated, truncated, info = self.inner.step(action)
+        return self._obs(state), reward, terminated, truncated, info
+
+
 def make(workload: str, index: int = 0) -> gym.Env:
     """One env of ``workload``; ``index`` lets heterogeneous workloads differ across envs."""
     if workload in ("CartPole-v1", "Pendulum-v1", "Acrobot-v1"):
@@ -74,6 +100,8 @@ def make(workload: str, index: int = 0) -> gym.Env:
         return BusyEnv(1e-3)
     if workload == "hetero":  # step cost from 0.1 ms to 0.8 ms depending on the env
         return BusyEnv(1e-4 * (1 + index % 8))
+    if workload == "dict-text":
+        return TextDictEnv()
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -81,4 +109,4 @@ def factories(workload: str, num_envs: int) -> list:
     return [partial(make, workload, i) for i in range(num_envs)]
 
 
-WORKLOADS = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "image84", "cpu1ms", "hetero"]
+WORKLOADS = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "image84", "cpu1ms", "hetero", "dict-text"]

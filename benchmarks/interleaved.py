@@ -1,0 +1,194 @@
+"""Compare engines (or two fastvec commits) in interleaved rounds, so host drift cannot bias a ratio.
+
+    python -m benchmarks.interleaved --variant new=fastvec --variant ref=sb3-subproc \\
+        --workload CartPole-v1:8 --workload image84:8 --rounds 5
+    python -m benchmarks.interleaved --variant head=fastvec --variant base=fastvec@/path/to/old/checkout ...
+
+On these shared machines a host's speed moves by up to 2x within an hour, so engines
+measured one after another can differ for no reason of their own. Here every round
+measures every variant once, each in a fresh child process (a rotating order, so no
+variant always goes first); the report gives each variant's median rate, and per round
+the ratio of each variant to the first one, with the median of those ratios.
+
+A variant is ``label=engine`` (an engine of benchmarks.engines, from this checkout) or
+``label=engine@path``: the engine of another checkout of fastvec (its fastvec and its
+benchmarks, imported from ``path``, whose extension must be built), to compare commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from fastvec.measure import child_environ, child_result, machine_facts, python_argv, repository_root, run_child
+
+ROOT = repository_root()
+
+
+def parse_variant(text: str) -> dict:
+    label, _, rest = text.partition("=")
+    engine, _, tree = rest.partition("@")
+    if not label or not engine:
+        raise argparse.ArgumentTypeError(f"a variant is label=engine or label=engine@path, got {text!r}")
+    return {"label": label, "engine": engine, "tree": str(Path(tree).resolve()) if tree else str(ROOT)}
+
+
+def parse_workload(text: str) -> tuple[str, int]:
+    name, _, n = text.rpartition(":")
+    if not name or not n.isdigit():
+        raise argparse.ArgumentTypeError(f"a workload is name:num_envs, got {text!r}")
+    return name, int(n)
+
+
+def measure(variant: dict, workload: str, num_envs: int, seconds: float, repeats: int, timeout: float) -> dict:
+    """One measurement in a fresh interpreter importing fastvec and the benchmarks from the variant's tree."""
+    spec = {
+        "engine": variant["engine"],
+        "workload": workload,
+        "num_envs": num_envs,
+        "seconds": seconds,
+        "repeats": repeats,
+    }
+    run = run_child(
+        python_argv("benchmarks._measure", json.dumps(spec)),
+        timeout,
+        env=child_environ(variant["tree"]),
+        cwd=variant["tree"],
+    )
+    return child_result(run, timeout)
+
+
+def study(
+    variants: list[dict],
+    workloads: list[tuple[str, int]],
+    rounds: int,
+    seconds: float,
+    repeats: int,
+    timeout: float,
+    report=print,
+) -> list[dict]:
+    """Every (workload, variant) measured once per round; returns one record per workload."""
+    records = []
+    for workload, num_envs in workloads:
+        rates: dict[str, list[float | None]] = {v["label"]: [] for v in variants}
+        loads: list[float] = []
+        for r in range(rounds):
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
+            for variant in order:
+                result = measure(variant, workload, num_envs, seconds, repeats, timeout)
+                ok = result.get("status") == "ok"
+                rates[variant["label"]].append(result["rate"] if ok else None)
+                if ok:
+                    loads.append(result.get("other_load", 0.0))
+                report(
+                    f"  {workload}:{num_envs} round {r + 1} {variant['label']}: "
+                    + (f"{result['rate']:,.0f} steps/s" if ok else f"{result.get('status')} {result.get('reason', '')}")
+                )
+        base = variants[0]["label"]
+        ratios = {
+            v["label"]: [a / b if a and b else None for a, b in zip(rates[v["label"]], rates[base])]
+            for v in variants[1:]
+        }
+        records.append(
+            {
+                "workload": workload,
+                "num_envs": num_envs,
+                "rates": rates,
+                "median_rate": {k: _median(v) for k, v in rates.items()},
+                "ratios_to": base,
+                "ratios": ratios,
+                "median_ratio": {k: _median(v) for k, v in ratios.items()},
+                "other_load_max": max(loads) if loads else None,
+            }
+        )
+    return records
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def markdown(records: list[dict], variants: list[dict], command: str, facts: dict) -> str:
+    labels = [v["label"] for v in variants]
+    base = labels[0]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {facts.get('cpu')}, {facts.get('cores')} cores, Python {facts.get('python')}  ",
+        "Variants: "
+        + ", ".join(
+            f"{v['label']} = {v['engine']}" + (f" @ {v['tree']}" if v["tree"] != str(ROOT) else "") for v in variants
+        ),
+        "",
+        "| workload | "
+        + " | ".join(f"{label} steps/s (median)" for label in labels)
+        + " | "
+        + " | ".join(f"{label} / {base}: median (per round)" for label in labels[1:])
+        + " | max other load |",
+        "|---|" + "---:|" * len(labels) + "---|" * (len(labels) - 1) + "---:|",
+    ]
+    for rec in records:
+        cells = [f"{rec['median_rate'][label]:,.0f}" if rec["median_rate"][label] else "-" for label in labels]
+        ratio_cells = []
+        for label in labels[1:]:
+            per_round = ", ".join(f"{x:.2f}" if x else "-" for x in rec["ratios"][label])
+            median = rec["median_ratio"][label]
+            ratio_cells.append((f"**{median:.2f}x**" if median else "-") + f" ({per_round})")
+        load = rec["other_load_max"]
+        lines.append(
+            f"| {rec['workload']} x {rec['num_envs']} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(ratio_cells)
+            + f" | {100 * load:.0f}% |"
+            if load is not None
+            else " | - |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.interleaved",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--variant", action="append", type=parse_variant, required=True)
+    parser.add_argument("--workload", action="append", type=parse_workload, required=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="one timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (their median)")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.json")
+    args = parser.parse_args(argv)
+    if len(args.variant) < 2:
+        parser.error("give at least two --variant")
+    command = "python -m benchmarks.interleaved " + " ".join(sys.argv[1:] if argv is None else argv)
+    facts = machine_facts()
+    print(f"{len(args.variant)} variants x {len(args.workload)} workloads x {args.rounds} rounds", flush=True)
+    records = study(
+        args.variant,
+        args.workload,
+        args.rounds,
+        args.seconds,
+        args.repeats,
+        args.timeout,
+        report=lambda line: print(line, flush=True),
+    )
+    text = markdown(records, args.variant, command, facts)
+    print()
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(text)
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"command": command, "machine": facts, "variants": args.variant, "records": records}, indent=2)
+        )
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -132,13 +132,21 @@ class Distributed:
     1-rank run trains exactly as the plain run does.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, local_world_size: int = 1):
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        local_rank: int = 0,
+        local_world_size: int = 1,
+        launched: bool = False,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
         self.local_world_size = local_world_size
+        self.launched = launched  # started by a launcher as one of world_size ranks
         self.enabled = False  # a process group is up (connect())
         self._comm_device = torch.device("cpu")  # where collective tensors must live (the GPU for nccl)
 
@@ -151,6 +159,7 @@ class Distributed:
             world_size,
             _environment_int("LOCAL_RANK", 0),
             _environment_int("LOCAL_WORLD_SIZE", 1),
+            launched=True,
         )
 
     @property
@@ -160,7 +169,7 @@ class Distributed:
 
     def device(self, device: torch.device) -> torch.device:
         """The device of this rank: ``cuda:<local rank>`` when training on CUDA, else ``device``."""
-        if self.world_size > 1 and device.type == "cuda":
+        if self.launched and device.type == "cuda":
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         return device

@@ -75,7 +75,7 @@ def test_from_environment_says_how_to_launch(monkeypatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     ranks = Distributed.from_environment()
     assert (ranks.rank, ranks.world_size, ranks.local_rank, ranks.local_world_size) == (3, 4, 1, 2)
-    assert not ranks.is_main and not ranks.enabled
+    assert not ranks.is_main and not ranks.enabled and ranks.launched
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError):
         Distributed.from_environment()

@@ -18,11 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
 import torch
 from gymnasium import spaces
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 from ppo.agent import Agent
 from ppo.config import Config
@@ -322,6 +324,39 @@ def test_a_killed_rank_ends_the_torchrun_run(tmp_path) -> None:
         assert not alive, f"processes left: {alive}"
     finally:
         _end_all([proc], descendants)
+
+
+class FailingOnRankOne(CartPoleEnv):
+    """CartPole that raises after 40 steps in the envs of rank 1 (with --seed 1 and 2 ranks x 4 envs, the
+    envs first reset with seeds 5..8): an env error on one rank only, mid-rollout."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.first_seed = getattr(self, "first_seed", seed)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps_taken = getattr(self, "steps_taken", 0) + 1
+        if self.first_seed >= 1 + ENVS_PER_RANK and self.steps_taken > 40:
+            raise RuntimeError("env failure on rank 1")
+        return super().step(action)
+
+
+if "FailingOnRankOne-v0" not in gym.registry:
+    gym.register("FailingOnRankOne-v0", entry_point=FailingOnRankOne, max_episode_steps=500)
+
+
+def test_an_error_on_one_rank_ends_the_run(tmp_path) -> None:
+    """An env raising on rank 1 only: that rank exits with the error, the other does not wait for it."""
+    command = _torchrun(
+        2, "--distributed", *SMALL, "--env-id", f"{__name__}:FailingOnRankOne-v0", "--seed", "1",
+        "--total-timesteps", "100000000", "--collective-timeout-s", "120", "--runs-dir", str(tmp_path),
+    )  # fmt: skip
+    began = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "env failure on rank 1" in done.stderr
+    assert time.monotonic() - began < 60
 
 
 def _free_port() -> int:

@@ -442,9 +442,10 @@ def _describe_result(result: dict, case: Case) -> str:
 def distributed_markdown(cases: list[Case], results: list[dict], facts: dict, seeds: list[int]) -> str:
     """One row per round (seed): each configuration's time to solve and steps/s, and their ratios to the first."""
     first, names = cases[0], [c.name for c in cases]
+    layouts = ", ".join(f"{c.name} ({c.ranks} rank(s) x {c.args[1]} envs)" for c in cases)
     lines = [
-        f"PPO on CartPole-v1 with `ppo.train --distributed` under torchrun on one machine, {first.description} "
-        f"against {', '.join(c.description for c in cases[1:])}; seeds {seeds}, configurations interleaved.",
+        f"PPO on CartPole-v1 with `ppo.train --distributed` under torchrun on one machine: {layouts}; "
+        f"seeds {seeds}, configurations interleaved.",
         f"Machine: {facts['cpu']}, {facts['cores']} cores; python {facts['python']}, torch {facts['torch']}, "
         f"torch threads {facts['torch_threads']}.",
         "solve s: wall time from the first env step to the step that solved (mean return of the last 100 episodes "

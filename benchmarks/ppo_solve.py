@@ -87,12 +87,12 @@ PENDULUM_ARGS = [
 class Case:
     name: str
     description: str
-    kind: str  # "ppo" (python -m ppo.train), "sb3" (this module as a child) or "torchrun" (ppo.train --distributed)
+    kind: str  # "ppo" (python -m ppo.train) or "sb3" (this module as a child)
     args: tuple[str, ...] = ()
     timeout: float = 300.0
     solves: bool = True  # CartPole cases; Pendulum reports the return reached instead
     tags: frozenset[str] = field(default_factory=frozenset)
-    ranks: int = 1  # torchrun --nproc-per-node
+    ranks: int = 0  # "ppo" cases: 0 runs one process; N > 0 runs ppo.train --distributed under torchrun, N ranks
 
 
 QUICK = frozenset({"quick"})
@@ -145,7 +145,7 @@ def distributed_cases(total_envs: int, ranks: list[int]) -> list[Case]:
             Case(
                 f"torchrun-{count}x{per_rank}",
                 f"ppo.train --distributed, torchrun, {count} rank(s) x {per_rank} envs",
-                "torchrun",
+                "ppo",
                 ("--num-envs", str(per_rank)),
                 ranks=count,
             )
@@ -195,16 +195,13 @@ def run_case(case: Case, seed: int, threads: int) -> dict:
     """Run one (case, seed); returns a result dict with a status."""
     result: dict = {"case": case.name, "seed": seed, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="ppo_solve-") as runs:
-        trainer_args = [
-            *case.args, "--seed", str(seed), "--runs-dir", runs, "--run-name", "run",
-            "--torch-threads", str(threads), "--no-progress", "--no-tensorboard", "--eval-episodes", "0",
-        ]  # fmt: skip
         if case.kind == "ppo":
-            command = [sys.executable, "-W", "ignore", "-m", "ppo.train", *trainer_args]
-        elif case.kind == "torchrun":
+            torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={case.ranks}"]
             command = [
-                sys.executable, "-W", "ignore", "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={case.ranks}", "-m", "ppo.train", "--distributed", *trainer_args,
+                sys.executable, "-W", "ignore", *(torchrun if case.ranks else []), "-m", "ppo.train",
+                *(["--distributed"] if case.ranks else []), *case.args,
+                "--seed", str(seed), "--runs-dir", runs, "--run-name", "run", "--torch-threads", str(threads),
+                "--no-progress", "--no-tensorboard", "--eval-episodes", "0",
             ]  # fmt: skip
         else:
             command = [
@@ -226,7 +223,7 @@ def run_case(case: Case, seed: int, threads: int) -> dict:
         if code != 0:
             tail = " | ".join(stderr.strip().splitlines()[-3:])
             return {**result, "status": "crashed", "reason": f"exit code {code}: {tail}"}
-        if case.kind in ("ppo", "torchrun"):
+        if case.kind == "ppo":
             summary = json.loads((Path(runs) / "run" / "summary.json").read_text())
         else:
             line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))

@@ -4,6 +4,7 @@
     python -m benchmarks.ppo_solve --quick        # a first look: 1 seed, 3 cases (~1 min)
     python -m benchmarks.ppo_solve --dry-run      # the plan, nothing run
     python -m benchmarks.ppo_solve --cases ppo-fastvec-x8 sb3-ppo-zoo --seeds 1 2 3 4 5
+    python -m benchmarks.ppo_solve --distributed  # torchrun: 1 rank x 8 envs against 2 ranks x 4 envs
 
 "Solved" is the usual criterion: the mean return of the last 100 episodes reaches
 475. Each run is its own child process (its own session, killed on timeout), so
@@ -21,6 +22,13 @@ ppo.train with 1 env; Stable-Baselines3's PPO with rl-zoo's CartPole hyperparame
 on a DummyVecEnv; and ppo.train on Pendulum-v1 (continuous), reporting the return
 reached within 300k steps. Results: a markdown table on stdout and
 benchmarks/results/ppo_solve-<host>-<date>.json (+ .md and a PNG).
+
+``--distributed``: ``ppo.train --distributed`` under torchrun with 1 and with 2 ranks on this
+machine, the same 8 envs in total (1 x 8, 2 x 4: the same batch, so the same algorithm),
+seed by seed, the two configurations interleaved (in alternating order from one round to the
+next) so that a drift in the host's speed does not bias their ratio. It reports env steps
+per second and time to solve, per round and as medians, and each round's 2-rank/1-rank ratio.
+Results: benchmarks/results/ppo_solve_distributed-<host>-<date>.json (+ .md).
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ class Case:
     timeout: float = 300.0
     solves: bool = True  # CartPole cases; Pendulum reports the return reached instead
     tags: frozenset[str] = field(default_factory=frozenset)
+    ranks: int = 0  # "ppo" cases: 0 runs one process; N > 0 runs ppo.train --distributed under torchrun, N ranks
 
 
 QUICK = frozenset({"quick"})
@@ -124,14 +133,35 @@ CASES: dict[str, Case] = {
 BASELINE = "sb3-ppo-zoo"
 
 
+def distributed_cases(total_envs: int, ranks: list[int]) -> list[Case]:
+    """torchrun with each number of ranks, the ``total_envs`` envs split evenly (the same batch each time)."""
+    cases = []
+    for count in ranks:
+        if total_envs % count:
+            raise ValueError(f"{total_envs} envs do not split evenly over {count} ranks")
+        per_rank = total_envs // count
+        cases.append(
+            Case(
+                f"torchrun-{count}x{per_rank}",
+                f"ppo.train --distributed, torchrun, {count} rank(s) x {per_rank} envs",
+                "ppo",
+                ("--num-envs", str(per_rank)),
+                ranks=count,
+            )
+        )
+    return cases
+
+
 # -- one run, in a child process --------------------------------------------------------------------
 def run_case(case: Case, seed: int, threads: int) -> dict:
     """Run one (case, seed); returns a result dict with a status."""
     result: dict = {"case": case.name, "seed": seed, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="ppo_solve-") as runs:
         if case.kind == "ppo":
+            torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={case.ranks}"]
             command = [
-                sys.executable, "-W", "ignore", "-m", "ppo.train", *case.args,
+                sys.executable, "-W", "ignore", *(torchrun if case.ranks else []), "-m", "ppo.train",
+                *(["--distributed"] if case.ranks else []), *case.args,
                 "--seed", str(seed), "--runs-dir", runs, "--run-name", "run", "--torch-threads", str(threads),
                 "--no-progress", "--no-tensorboard", "--eval-episodes", "0",
             ]  # fmt: skip
@@ -166,6 +196,7 @@ def run_case(case: Case, seed: int, threads: int) -> dict:
         solve_wall_s=summary["solve_wall_s"],
         global_step=summary["global_step"],
         train_wall_s=summary["train_wall_s"],
+        sps=summary["global_step"] / max(summary["train_wall_s"], 1e-9),
         mean_return_100=summary["mean_return_100"],
     )
     return result
@@ -334,6 +365,120 @@ def plot(summaries: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+# -- the distributed study ----------------------------------------------------------------------------------
+def _describe_result(result: dict, case: Case) -> str:
+    if result["status"] != "ok":
+        return f"{result['status']}: {result.get('reason', '')}"
+    if not case.solves:
+        return f"mean return {result['mean_return_100']:.1f} after {result['global_step']:,} steps"
+    if result["solved"]:
+        return (
+            f"solved at {result['solve_step']:,} steps in {result['solve_wall_s']:.2f} s, {result['sps']:,.0f} steps/s"
+        )
+    return f"not solved ({result['global_step']:,} steps, mean return {result['mean_return_100']:.1f})"
+
+
+def distributed_markdown(cases: list[Case], results: list[dict], facts: dict, seeds: list[int]) -> str:
+    """One row per round (seed): each configuration's time to solve and steps/s, and their ratios to the first."""
+    first, names = cases[0], [c.name for c in cases]
+    layouts = ", ".join(f"{c.name} ({c.ranks} rank(s) x {c.args[1]} envs)" for c in cases)
+    lines = [
+        f"PPO on CartPole-v1 with `ppo.train --distributed` under torchrun on one machine: {layouts}; "
+        f"seeds {seeds}, configurations interleaved.",
+        f"Machine: {facts['cpu']}, {facts['cores']} cores; python {facts['python']}, torch {facts['torch']}, "
+        f"torch threads {facts['torch_threads']}.",
+        "solve s: wall time from the first env step to the step that solved (mean return of the last 100 episodes "
+        f">= {SOLVE_RETURN:g}); steps/s: env steps of all ranks per second of training; ratio: this configuration "
+        f"over {first.name} in the same round (solve s: < 1 is faster; steps/s: > 1 is faster); load: the 1-minute "
+        "load average before the round's runs.",
+        "",
+        "| round | seed | load | "
+        + " | ".join(f"{n} solve s | {n} steps | {n} steps/s" for n in names)
+        + "".join(f" | {n} solve s ratio | {n} steps/s ratio" for n in names[1:])
+        + " |",
+        "|" + "---|" * (3 + 3 * len(names) + 2 * (len(names) - 1)),
+    ]
+    ratios: dict[str, dict[str, list[float]]] = {n: {"solve": [], "sps": []} for n in names[1:]}
+    for round_index, seed in enumerate(seeds):
+        by_case = {r["case"]: r for r in results if r["round"] == round_index}
+        cells = [str(round_index + 1), str(seed), f"{min(r['load_before'] for r in by_case.values()):.1f}"]
+        for name in names:
+            r = by_case.get(name, {})
+            solved = r.get("status") == "ok" and r.get("solved")
+            cells += [
+                _fmt(r["solve_wall_s"], 2) if solved else "-",
+                _fmt(r["solve_step"], 0) if solved else "-",
+                _fmt(r.get("sps"), 0),
+            ]
+        base = by_case.get(first.name, {})
+        for name in names[1:]:
+            r = by_case.get(name, {})
+            solve_ratio = sps_ratio = None
+            if base.get("solved") and r.get("solved"):
+                solve_ratio = r["solve_wall_s"] / base["solve_wall_s"]
+                ratios[name]["solve"].append(solve_ratio)
+            if base.get("sps") and r.get("sps"):
+                sps_ratio = r["sps"] / base["sps"]
+                ratios[name]["sps"].append(sps_ratio)
+            cells += [_fmt(solve_ratio, 2), _fmt(sps_ratio, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["median", "", ""]
+    for name in names:
+        ok = [r for r in results if r["case"] == name and r["status"] == "ok"]
+        solved = [r for r in ok if r["solved"]]
+        cells += [
+            _fmt(_median([r["solve_wall_s"] for r in solved]), 2) + f" ({len(solved)}/{len(seeds)} solved)",
+            _fmt(_median([r["solve_step"] for r in solved]), 0),
+            _fmt(_median([r["sps"] for r in ok]), 0),
+        ]
+    for name in names[1:]:
+        cells += [_fmt(_median(ratios[name]["solve"]), 2), _fmt(_median(ratios[name]["sps"]), 2)]
+    lines.append("| " + " | ".join(cells) + " |")
+    failures = [f"- {r['case']} seed {r['seed']}: {r['status']} {r.get('reason', '')}" for r in results]
+    failures = [f for r, f in zip(results, failures) if r["status"] != "ok"]
+    if failures:
+        lines += ["", "Runs without a result:", *failures]
+    return "\n".join(lines)
+
+
+def distributed_study(args: argparse.Namespace) -> None:
+    cases = distributed_cases(args.total_envs, args.ranks)
+    seeds = args.seeds or [1, 2, 3]
+    # round r runs every configuration once; odd rounds in reverse order, so a steady drift of the
+    # host's speed favours neither configuration
+    plan = [
+        (round_index, case, seed)
+        for round_index, seed in enumerate(seeds)
+        for case in (cases if round_index % 2 == 0 else cases[::-1])
+    ]
+    print(f"{len(plan)} runs: {', '.join(c.name for c in cases)} x seeds {seeds}, interleaved", flush=True)
+    if args.dry_run:
+        for round_index, case, seed in plan:
+            print(
+                f"  round {round_index + 1}: {case.name} seed {seed} (timeout {case.timeout:.0f} s): {case.description}"
+            )
+        return
+    facts = machine_facts(args.threads)
+    results = []
+    for i, (round_index, case, seed) in enumerate(plan, 1):
+        result = {"round": round_index, **run_case(case, seed, args.threads)}
+        results.append(result)
+        print(
+            f"[{i}/{len(plan)}] round {round_index + 1} {case.name} seed {seed}: {_describe_result(result, case)} "
+            f"(process {result['process_s']:.1f} s, load {result['load_before']:.1f})",
+            flush=True,
+        )
+    table = distributed_markdown(cases, results, facts, seeds)
+    print()
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"ppo_solve_distributed-{facts['host']}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out_json = args.out / f"{stem}.json"
+    out_json.write_text(json.dumps({"machine": facts, "seeds": seeds, "runs": results}, indent=2))
+    (args.out / f"{stem}.md").write_text(table + "\n")
+    print(f"\nresults: {out_json} (+ .md)")
+
+
 # -- main -------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -345,11 +490,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every learner (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON/markdown/PNG results")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument(
+        "--distributed", action="store_true", help="torchrun study: 1 rank against 2 ranks, the same envs in total"
+    )
+    parser.add_argument("--total-envs", type=int, default=8, help="--distributed: envs over all ranks (default 8)")
+    parser.add_argument(
+        "--ranks", nargs="+", type=int, default=[1, 2], help="--distributed: rank counts to compare (default 1 2)"
+    )
     parser.add_argument("--child-sb3", type=int, metavar="SEED", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child_sb3 is not None:
         sb3_child(args.child_sb3, args.threads)
+        return
+    if args.distributed:
+        distributed_study(args)
         return
 
     seeds = args.seeds or ([1] if args.quick else [1, 2, 3])

@@ -237,6 +237,13 @@ class Agent(nn.Module):
         log_prob = gaussian_log_prob(out, log_std, action)
         return ActOutput(action.reshape(-1, *self.action_shape), log_prob, value)
 
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, with_entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``evaluate``, as the module's call: the update's pass goes through ``forward`` because
+        DistributedDataParallel hooks ``forward`` to average the gradients across ranks."""
+        return self.evaluate(obs, actions, with_entropy)
+
     def evaluate(
         self, obs: torch.Tensor, actions: torch.Tensor, with_entropy: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

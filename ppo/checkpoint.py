@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -67,15 +67,20 @@ def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
 
 
 def load_checkpoint(
-    path: str | os.PathLike,
+    path: str | os.PathLike | IO[bytes],
     agent: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     reward_rms: nn.Module | None = None,
     map_location: str | torch.device = "cpu",
     restore_rng: bool = False,
 ) -> dict[str, Any]:
-    """Load a checkpoint (``weights_only=True``) into the given modules; return the whole dict."""
-    state = torch.load(find_checkpoint(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint (``weights_only=True``) into the given modules; return the whole dict.
+
+    ``path``: a checkpoint file, a run folder (see find_checkpoint), or an open binary file
+    (a distributed run's ranks load the bytes rank 0 read).
+    """
+    source = path if hasattr(path, "read") else find_checkpoint(path)  # type: ignore[arg-type]
+    state = torch.load(source, map_location=map_location, weights_only=True)
     if agent is not None:
         agent.load_state_dict(state["agent"])
     if optimizer is not None:

@@ -36,7 +36,7 @@ class Config:
     env_id: str = "CartPole-v1"
     """gymnasium id of the environment (``module:Id`` imports ``module`` first, as gymnasium.make does)"""
     num_envs: int = 8
-    """number of parallel environments"""
+    """number of parallel environments (per rank with --distributed)"""
     num_workers: int | None = None
     """fastvec shards stepping the envs (None: one per available core, the learner's process stepping one of
     them; 0: every env in the learner's process, no worker process: fastest for envs as cheap as CartPole)"""
@@ -52,7 +52,7 @@ class Config:
 
     # --- budget and stopping ---------------------------------------------------------------
     total_timesteps: int = 500_000
-    """step budget (env steps summed over all envs)"""
+    """step budget (env steps summed over all envs, of all ranks with --distributed)"""
     solve_return: float | None = None
     """stop once the mean return of the last 100 episodes reaches this (None: the env's registered
     reward_threshold, 475 for CartPole-v1; envs without one train for the whole budget)"""
@@ -105,13 +105,29 @@ class Config:
 
     # --- machinery -------------------------------------------------------------------------
     seed: int = 1
-    """seed of torch and numpy; env i is reset with seed + i"""
+    """seed of torch and numpy; env i is reset with seed + i (with --distributed: env i of rank r is global env
+    r * num_envs + i, and ranks other than 0 seed torch and numpy with an independent stream derived from seed)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where the networks live (auto: cuda when available)"""
     amp: bool = False
     """bfloat16 autocast for the networks; CUDA only, ignored on CPU"""
     torch_threads: int = 1
     """torch intra-op threads on CPU (small nets are fastest with 1; 0 keeps torch's default)"""
+
+    # --- distributed (torchrun) -------------------------------------------------------------
+    distributed: bool = False
+    """data-parallel training over torch.distributed, launched by torchrun (or any launcher setting RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT): each rank steps its own num_envs envs, DistributedDataParallel
+    averages the gradients, normalization statistics and episodes are shared; only rank 0 writes (ppo/distributed.py)"""
+    collective_timeout_s: float = 300.0
+    """--distributed: a collective that waits longer than this raises and ends the run, so a rank that died or
+    hangs never leaves the others waiting forever"""
+    pin_rank_cores: bool = True
+    """--distributed: restrict local rank r of LOCAL_WORLD_SIZE ranks (and the env workers it starts) to the r-th
+    contiguous share of the cores it may run on; turn off when the launcher binds ranks to cores itself"""
+    check_replicas: bool = False
+    """after every update, compare a SHA-256 of every rank's parameters and normalization statistics and stop
+    with an error if a rank diverged; the digest goes to metrics.csv as replica_digest"""
 
     # --- output ----------------------------------------------------------------------------
     runs_dir: str = "runs"
@@ -132,7 +148,7 @@ class Config:
     # --- derived values ----------------------------------------------------------------------
     @property
     def batch_size(self) -> int:
-        """Samples per rollout."""
+        """Samples per rollout (of one rank with --distributed)."""
         return self.num_envs * self.num_steps
 
     @property
@@ -166,6 +182,8 @@ class Config:
             raise ValueError(f"update_epochs must be >= 1, got {self.update_epochs}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma} and {self.gae_lambda}")
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
         if self.anneal_timesteps is not None and self.anneal_timesteps < 1:
             raise ValueError(f"anneal_timesteps must be >= 1 or None, got {self.anneal_timesteps}")
 

@@ -11,7 +11,9 @@ class EpisodeTracker:
     """Running return and length of every env's current episode, and the last ``window`` finished ones.
 
     ``history()`` gives every finished episode (global step at its end, return, length)
-    for the learning curve.
+    for the learning curve. In a distributed run each rank tracks its own envs with
+    ``step`` and hands its new episodes (``take_new``) to a tracker of all ranks' episodes,
+    which only ``record``s them.
     """
 
     def __init__(self, num_envs: int, window: int = 100):
@@ -21,7 +23,8 @@ class EpisodeTracker:
         self.recent_returns = np.zeros(window, dtype=np.float64)
         self.recent_lengths = np.zeros(window, dtype=np.int64)
         self.count = 0  # episodes finished so far
-        self._history: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (end steps, returns, lengths)
+        self._taken = 0  # entries of _history already handed out by take_new()
 
     def step(self, rewards: np.ndarray, done: np.ndarray, global_step: int) -> int:
         """Add one step's ``rewards [N]``; close the episodes where ``done [N]``. Returns how many ended."""
@@ -30,16 +33,27 @@ class EpisodeTracker:
         if not done.any():
             return 0
         ended = np.flatnonzero(done)
-        returns, lengths = self.returns[ended], self.lengths[ended]
-        self._history.append((global_step, returns.copy(), lengths.copy()))
-        k = min(len(ended), self.window)
-        positions = (self.count + np.arange(len(ended) - k, len(ended))) % self.window
-        self.recent_returns[positions] = returns[-k:]
-        self.recent_lengths[positions] = lengths[-k:]
-        self.count += len(ended)
+        self.record(np.full(len(ended), global_step, dtype=np.int64), self.returns[ended], self.lengths[ended])
         self.returns[ended] = 0.0
         self.lengths[ended] = 0
         return len(ended)
+
+    def record(self, steps: np.ndarray, returns: np.ndarray, lengths: np.ndarray) -> None:
+        """Add finished episodes, in order: (global step at the end, return, length) of each."""
+        if len(returns) == 0:
+            return
+        self._history.append((np.array(steps, dtype=np.int64), np.array(returns), np.array(lengths, dtype=np.int64)))
+        k = min(len(returns), self.window)
+        positions = (self.count + np.arange(len(returns) - k, len(returns))) % self.window
+        self.recent_returns[positions] = returns[-k:]
+        self.recent_lengths[positions] = lengths[-k:]
+        self.count += len(returns)
+
+    def take_new(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The episodes finished since the last call, as ``history()`` gives them."""
+        new = self._history[self._taken :]
+        self._taken = len(self._history)
+        return _concatenate(new)
 
     @property
     def full(self) -> bool:
@@ -57,9 +71,11 @@ class EpisodeTracker:
 
     def history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(global step at the end, return, length) of every finished episode, in order."""
-        if not self._history:
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        steps = np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r, _ in self._history])
-        returns = np.concatenate([r for _, r, _ in self._history])
-        lengths = np.concatenate([ln for _, _, ln in self._history])
-        return steps, returns, lengths
+        return _concatenate(self._history)
+
+
+def _concatenate(entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not entries:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    steps, returns, lengths = zip(*entries)
+    return np.concatenate(steps), np.concatenate(returns), np.concatenate(lengths)

@@ -27,11 +27,18 @@ class RunningMeanStd(nn.Module):
     def update(self, batch: torch.Tensor) -> None:
         """Fold in ``batch`` of shape ``[B, *shape]``."""
         batch = batch.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
-        batch_count = batch.shape[0]
+        if batch.shape[0] == 0:
+            return
+        self.update_from_moments(batch.mean(0), batch.var(0, unbiased=False), batch.shape[0])
+
+    @torch.no_grad()
+    def update_from_moments(self, batch_mean: torch.Tensor, batch_var: torch.Tensor, batch_count: int) -> None:
+        """Fold in a batch given by its mean, population variance and size (Chan et al.'s parallel
+        combination, which is what lets ranks of a distributed run add their batches' moments together)."""
         if batch_count == 0:
             return
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, unbiased=False)
+        batch_mean = batch_mean.to(self.mean.device, torch.float64)
+        batch_var = batch_var.to(self.mean.device, torch.float64)
         delta = batch_mean - self.mean
         total = self.count + batch_count
         new_mean = self.mean + delta * batch_count / total

@@ -19,6 +19,10 @@ engines, not of trainers.
 Output, in runs/<run>/: config.json, metrics.csv, TensorBoard events, best.pt and
 final.pt (state dicts; ``torch.load(..., weights_only=True)``), learning_curve.png and
 summary.json.
+
+``torchrun --nproc-per-node=P -m ppo.train --distributed`` trains data-parallel: every
+rank runs this same loop on its own envs, and a few calls into ``ppo.distributed``
+(marked "distributed:" below) share what must be shared; see that module.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ppo.agent import Agent
 from ppo.backends import Backend, make_backend
 from ppo.checkpoint import load_checkpoint, save_checkpoint
 from ppo.config import Config
+from ppo.distributed import Distributed, pin_to_core_share, state_digest
 from ppo.episodes import EpisodeTracker
 from ppo.gae import compute_gae
 from ppo.logger import RunLogger, plot_learning_curve
@@ -109,24 +114,32 @@ class Trainer:
     def __init__(self, config: Config):
         config.validate()
         self.config = config
-        self.run_dir = _run_dir(config)
-        with open(self.run_dir / "config.json", "w") as f:
-            json.dump(config.to_dict(), f, indent=2)
+        # distributed: this process's rank, from the launcher's environment (no communication yet)
+        self.dist = Distributed.from_environment() if config.distributed else Distributed()
+        # only rank 0 writes anything: logs, checkpoints, the progress bar
+        self.run_dir = _run_dir(config) if self.dist.is_main else None
+        if self.run_dir is not None:
+            with open(self.run_dir / "config.json", "w") as f:
+                json.dump(config.to_dict(), f, indent=2)
 
-        # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        torch.manual_seed(config.seed)
+        # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic); every rank samples its own actions
+        seed = self.dist.seed(config.seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         torch.backends.cudnn.deterministic = True
-        self.device = resolve_device(config.device)
+        self.device = self.dist.device(resolve_device(config.device))
         if self.device.type == "cpu" and config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)  # small nets: threads cost more than they give
         self.amp = config.amp and self.device.type == "cuda"
         # bfloat16 autocast on CUDA with --amp (no GradScaler needed: bf16 has float32's range)
         self.autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if self.amp else contextlib.nullcontext
-        if config.amp and not self.amp:
+        if config.amp and not self.amp and self.dist.is_main:
             print("note: --amp only applies on CUDA; training in float32", file=sys.stderr)
         self.solve_return = solve_threshold(config)
+        if config.distributed and config.pin_rank_cores:
+            # distributed: ranks on one machine split its cores, before the pool starts workers that inherit them
+            pin_to_core_share(self.dist.local_rank, self.dist.local_world_size)
 
         # The engine runs with S = num_steps + 1 ring slots: one whole rollout plus the
         # observation after it stays in place until the update has used it.
@@ -144,6 +157,10 @@ class Trainer:
         self.storage: RolloutStorage | None = None
         self.logger: RunLogger | None = None
         try:
+            if config.distributed:
+                # distributed: join the process group only now, after the pool forked its workers (no thread
+                # before a fork); every collective from here on gives up after collective_timeout_s
+                self.dist.connect(self.device, config.collective_timeout_s)
             self._setup()
         except BaseException:
             self.close()
@@ -157,15 +174,23 @@ class Trainer:
         self.optimizer = _adam(self.agent.parameters(), config.effective_learning_rate)
         self.reward_rms = RunningMeanStd(()) if config.norm_reward else None
         self.discounted_returns = np.zeros(config.num_envs)  # for reward scaling (as VecNormalize)
+        # ... and its values over the rollout: the statistics take them in one batch after it
+        self.rollout_discounted_returns = torch.zeros(config.num_steps, config.num_envs, dtype=torch.float64)
         self.global_step = 0
         self.iteration = 0
         self.solved_at: tuple[int, float] | None = None  # (global step, seconds since the first step)
         self._start = time.perf_counter()
         if config.resume:
+            # distributed: rank 0 reads the checkpoint and every rank loads the same bytes
+            source = self.dist.broadcast_checkpoint(config.resume)
             state = load_checkpoint(
-                config.resume, self.agent, self.optimizer, self.reward_rms, map_location=device, restore_rng=True
+                source, self.agent, self.optimizer, self.reward_rms, map_location=device, restore_rng=True
             )
+            self.dist.restore_rng_state(state.get("torch_rng_states"))  # each rank its own generator
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
+        # distributed: the update's forward runs through DistributedDataParallel, which averages the gradients
+        # (and starts every rank from rank 0's parameters); the plain agent when not distributed
+        self.policy = self.dist.wrap(self.agent)
 
         action_space = backend.action_space
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
@@ -174,15 +199,18 @@ class Trainer:
             self.action_low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
             self.action_high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
         self.storage = RolloutStorage(backend.ring, config.num_steps, self.agent.action_shape, action_dtype, device)
-        self.episodes = EpisodeTracker(config.num_envs)
+        self.episodes = EpisodeTracker(config.num_envs)  # what is logged and decides "solved"
+        # distributed: this rank's envs; their finished episodes join every rank's in self.episodes after each rollout
+        self.rank_episodes = EpisodeTracker(config.num_envs) if self.dist.enabled else self.episodes
         # numpy views of the ring for per-step bookkeeping (no copy, no torch dispatch)
         ring = backend.ring
         self.rewards_np = ring.rewards.numpy()
         self.terminated_np = ring.terminated.numpy()
         self.truncated_np = ring.truncated.numpy()
 
-        # env i gets seed + i: never one seed for all envs (a resumed run starts fresh episodes)
-        self.slot = backend.reset([config.seed + config.num_envs * self.iteration + i for i in range(config.num_envs)])
+        # env i gets seed + i: never one seed for all envs (a resumed run starts fresh episodes);
+        # distributed: distinct over all ranks' envs too
+        self.slot = backend.reset(self.dist.env_seeds(config.seed, config.num_envs, self.iteration))
         self.storage.arrived(self.slot)
 
     # -- phase 1: collect a rollout ---------------------------------------------------------------
@@ -206,17 +234,17 @@ class Trainer:
 
             self.slot = slot = backend.step(self._env_action(action))
             storage.arrived(slot)
-            self.global_step += config.num_envs
+            self.global_step += config.num_envs * self.dist.world_size  # every rank stepped its envs
 
             rewards, terminated, truncated = self.rewards_np[slot], self.terminated_np[slot], self.truncated_np[slot]
             done = terminated | truncated
             if self.reward_rms is not None:
                 # running discounted return per env; its variance scales the rewards (as VecNormalize)
                 self.discounted_returns = self.discounted_returns * config.gamma + rewards
-                self.reward_rms.update(torch.from_numpy(self.discounted_returns))
+                self.rollout_discounted_returns[t] = torch.from_numpy(self.discounted_returns)
                 self.discounted_returns[done] = 0.0
             if not done.any():
-                self.episodes.step(rewards, done, self.global_step)
+                self.rank_episodes.step(rewards, done, self.global_step)
                 continue
             # Time-limit truncation: the episode did not end in the MDP, so its return is
             # bootstrapped with V(final observation) (Pardo et al. 2018; SB3's
@@ -228,11 +256,24 @@ class Trainer:
                 final_obs = backend.ring.terminal_obs.index_select(0, envs).to(self.device)
                 with torch.no_grad(), self.autocast():
                     storage.terminal_values[t, envs.to(self.device)] = agent.value(final_obs).float()
-            self.episodes.step(rewards, done, self.global_step)
-            if self.solved_at is None and self._solved():
-                self.solved_at = (self.global_step, time.perf_counter() - self._start)
-                if config.stop_when_solved:
-                    return True
+            self.rank_episodes.step(rewards, done, self.global_step)
+            # distributed: all ranks must stop at the same iteration, so "solved" is decided after the
+            # rollout from every rank's episodes (share_episodes), not here from this rank's alone
+            if not self.dist.enabled and self._check_solved():
+                return True
+        return False
+
+    def share_episodes(self) -> bool:
+        """Distributed: add every rank's episodes of this rollout to ``self.episodes`` (on every rank, so all
+        log the same figures and take the same decision). Returns True when the run should stop now."""
+        self.episodes.record(*self.dist.gather_episodes(*self.rank_episodes.take_new()))
+        return self._check_solved()
+
+    def _check_solved(self) -> bool:
+        """Note when the task first got solved; True when the run should stop now (``stop_when_solved``)."""
+        if self.solved_at is None and self._solved():
+            self.solved_at = (self.global_step, time.perf_counter() - self._start)
+            return self.config.stop_when_solved
         return False
 
     def _solved(self) -> bool:
@@ -251,13 +292,16 @@ class Trainer:
             log_probs, entropy, values = self.agent.evaluate(b_obs, b_actions)
         storage.log_probs.copy_(log_probs.view_as(storage.log_probs))
         storage.values.copy_(values.view_as(storage.values))
-        return b_obs, float(entropy.float().mean())
+        return b_obs, float(self.dist.average(entropy.float().mean()))  # distributed: over all ranks
 
     # -- phase 3: advantages ----------------------------------------------------------------------
     def compute_advantages(self) -> tuple[torch.Tensor, torch.Tensor]:
         config, storage = self.config, self.storage
         rewards, terminated, truncated = storage.results()
         if self.reward_rms is not None:
+            # One update with the rollout's discounted returns equals one per step (Chan's combination of
+            # batches is associative), and costs one collective per rollout when distributed
+            self.dist.update_running_stats(self.reward_rms, self.rollout_discounted_returns)
             rewards = self.reward_rms.scale(rewards)
         with torch.no_grad(), self.autocast():
             next_value = self.agent.value(storage.obs_at(config.num_steps)).float()
@@ -288,8 +332,11 @@ class Trainer:
         b_advantages = advantages.reshape(-1)
         b_returns = returns.reshape(-1)
         full_batch = config.num_minibatches == 1
+        # distributed: advantages are normalized over every rank's samples (what one process with the whole
+        # batch would do), and self.policy is DDP, whose backward averages the gradients over ranks
+        normalize = self.dist.normalize_advantages
         if full_batch and config.norm_adv:  # one minibatch: its normalization is the same every epoch
-            b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
+            b_advantages = normalize(b_advantages)
         with_entropy = config.ent_coef != 0.0
         params = list(agent.parameters())
         sums = torch.zeros(4, device=self.device)  # policy loss, value loss, approx kl, clip fraction
@@ -299,11 +346,11 @@ class Trainer:
             for start in range(0, batch_size, minibatch_size):
                 mb: Any = slice(None) if order is None else order[start : start + minibatch_size]
                 with self.autocast():
-                    new_log_prob, entropy, new_value = agent.evaluate(b_obs[mb], b_actions[mb], with_entropy)
+                    new_log_prob, entropy, new_value = self.policy(b_obs[mb], b_actions[mb], with_entropy)
                 new_log_prob, new_value = new_log_prob.float(), new_value.float()
                 mb_advantages = b_advantages[mb]
                 if config.norm_adv and not full_batch:  # per-minibatch advantage normalization (CleanRL detail #7)
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                    mb_advantages = normalize(mb_advantages)
                 pg_loss, approx_kl, clip_fraction = clipped_policy_loss(
                     new_log_prob, b_log_probs[mb], mb_advantages, clip_coef
                 )
@@ -318,12 +365,23 @@ class Trainer:
                 self.optimizer.step()
                 sums += torch.stack([pg_loss.detach(), v_loss.detach(), approx_kl, clip_fraction])
                 steps += 1
-            if config.target_kl is not None and approx_kl.item() > config.target_kl:
-                break  # early stop of the epochs (detail #12)
-        means = (sums / steps).tolist()
+            # early stop of the epochs (detail #12); distributed: on the KL over all ranks, so all stop together
+            if config.target_kl is not None and self.dist.average(approx_kl).item() > config.target_kl:
+                break
         with torch.no_grad():
-            variance = b_returns.var()
-            explained = 1.0 - (b_returns - b_values).var() / variance if variance > 0 else torch.tensor(float("nan"))
+            # logged figures, as means over all ranks (distributed: one collective; the ranks' equal
+            # sample counts make the mean of their means the mean over the whole batch)
+            errors = (b_returns - b_values).double()
+            moments = [
+                b_returns.double().mean(),
+                b_returns.double().square().mean(),
+                errors.mean(),
+                errors.square().mean(),
+            ]
+            means = self.dist.average(torch.cat([(sums / steps).double(), torch.stack(moments)])).tolist()
+        returns_mean, returns_square, errors_mean, errors_square = means[4:]
+        variance = returns_square - returns_mean**2
+        explained = 1.0 - (errors_square - errors_mean**2) / variance if variance > 0 else math.nan
         return {  # the keys of _UPDATE_STATS, but entropy (from evaluate_rollout)
             "policy_loss": means[0],
             "value_loss": means[1],
@@ -337,7 +395,7 @@ class Trainer:
         # After the update, so a rollout and its update see the same statistics
         # (the ratio of new to old log-probs starts at exactly 1).
         if self.agent.obs_rms is not None:
-            self.agent.obs_rms.update(b_obs)
+            self.dist.update_running_stats(self.agent.obs_rms, b_obs)  # distributed: every rank's observations
 
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -345,9 +403,10 @@ class Trainer:
         config = self.config
         initial_lr = config.effective_learning_rate
         horizon = config.anneal_timesteps or config.total_timesteps
-        self.logger = RunLogger(
-            self.run_dir, config.total_timesteps, config.tensorboard, config.progress, f"PPO {config.env_id}"
-        )
+        if self.run_dir is not None:
+            self.logger = RunLogger(
+                self.run_dir, config.total_timesteps, config.tensorboard, config.progress, f"PPO {config.env_id}"
+            )
         best_return, best_state, best_step = -math.inf, None, 0
         self._start = start = time.perf_counter()
         start_step = self.global_step
@@ -362,12 +421,18 @@ class Trainer:
                 group["lr"] = lr
 
             stop = self.collect_rollout()
+            if self.dist.enabled:
+                stop = self.share_episodes()
             stats = no_update
             if not stop:
                 b_obs, entropy = self.evaluate_rollout()
                 advantages, returns = self.compute_advantages()
                 stats = {"entropy": entropy, **self.update(b_obs, advantages, returns, clip_coef)}
                 self._update_obs_rms(b_obs)
+                if config.check_replicas:
+                    # distributed: every rank must hold the same parameters and statistics after the update
+                    stats["replica_digest"] = digest = state_digest(self.agent, self.reward_rms)
+                    self.dist.check_replicas(digest)
 
             elapsed = time.perf_counter() - start
             mean_return = self.episodes.mean_return()
@@ -383,7 +448,8 @@ class Trainer:
                 "clip_coef": clip_coef,
             }
             metrics.update(stats)
-            self.logger.log(metrics)
+            if self.logger is not None:
+                self.logger.log(metrics)
             if mean_return > best_return:  # kept in memory; written at checkpoints and at the end
                 best_return, best_step = mean_return, self.global_step
                 best_state = {k: v.detach().clone() for k, v in self.agent.state_dict().items()}
@@ -394,15 +460,24 @@ class Trainer:
             if stop:
                 break
         train_wall = time.perf_counter() - start
-        self.logger.close()
-        self.logger = None
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
         if best_state is None:
             best_state = self.agent.state_dict()
             best_step = self.global_step
         self._save_best(best_state, best_return, best_step)
         return self._finish(train_wall)
 
-    def _save(self, name: str) -> Path:
+    def _save(self, name: str) -> Path | None:
+        """A checkpoint to resume from. Distributed: called on every rank (it gathers each rank's generator
+        state, so a resumed rank samples as it would have), written by rank 0."""
+        extra = {}
+        rng_states = self.dist.gather_rng_states()
+        if rng_states is not None:
+            extra["torch_rng_states"] = rng_states
+        if self.run_dir is None:
+            return None
         return save_checkpoint(
             self.run_dir / name,
             self.agent,
@@ -411,10 +486,13 @@ class Trainer:
             reward_rms=self.reward_rms,
             global_step=self.global_step,
             iteration=self.iteration,
+            **extra,
         )
 
-    def _save_best(self, state: dict[str, torch.Tensor], mean_return: float, global_step: int) -> Path:
+    def _save_best(self, state: dict[str, torch.Tensor], mean_return: float, global_step: int) -> Path | None:
         """Weights only (no optimizer): the agent with the best mean return of the last 100 episodes."""
+        if self.run_dir is None:
+            return None
         return save_checkpoint(
             self.run_dir / "best.pt",
             state,
@@ -426,25 +504,28 @@ class Trainer:
     def _finish(self, train_wall: float) -> dict[str, Any]:
         config, solved_at = self.config, self.solved_at
         self._save("final.pt")
-        steps, returns, _lengths = self.episodes.history()
-        plot_learning_curve(
-            self.run_dir / "learning_curve.png",
-            steps,
-            returns,
-            f"PPO {config.env_id} ({config.vec_backend}, {config.num_envs} envs, seed {config.seed})",
-            self.solve_return,
-        )
         eval_returns = np.zeros(0)
-        if config.eval_episodes > 0:
-            from ppo.eval import evaluate
-
-            eval_returns = evaluate(
-                self.agent, config.env_id, config.eval_episodes, seed=config.seed + 10_000, device=self.device
+        if self.run_dir is not None:  # distributed: the plot and the evaluation on rank 0 only
+            steps, returns, _lengths = self.episodes.history()
+            ranks = f"{self.dist.world_size} ranks x " if self.dist.enabled else ""
+            plot_learning_curve(
+                self.run_dir / "learning_curve.png",
+                steps,
+                returns,
+                f"PPO {config.env_id} ({config.vec_backend}, {ranks}{config.num_envs} envs, seed {config.seed})",
+                self.solve_return,
             )
+            if config.eval_episodes > 0:
+                from ppo.eval import evaluate
+
+                eval_returns = evaluate(
+                    self.agent, config.env_id, config.eval_episodes, seed=config.seed + 10_000, device=self.device
+                )
         summary = {
             "env_id": config.env_id,
             "vec_backend": config.vec_backend,
             "num_envs": config.num_envs,
+            "ranks": self.dist.world_size,
             "seed": config.seed,
             "solved": solved_at is not None,
             "solve_return": self.solve_return,
@@ -458,10 +539,11 @@ class Trainer:
             "episodes": self.episodes.count,
             "eval_mean_return": float(eval_returns.mean()) if len(eval_returns) else None,
             "eval_episodes": len(eval_returns),
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
-        with open(self.run_dir / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
+        if self.run_dir is not None:
+            with open(self.run_dir / "summary.json", "w") as f:
+                json.dump(summary, f, indent=2)
         return summary
 
     def close(self) -> None:
@@ -473,7 +555,11 @@ class Trainer:
             self.storage.release()
             self.storage = None
         self.rewards_np = self.terminated_np = self.truncated_np = None
-        self.backend.close()
+        self.policy = None  # distributed: the DDP wrapper goes before the process group (Distributed.close)
+        try:
+            self.backend.close()
+        finally:
+            self.dist.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -517,7 +603,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     config = tyro.cli(Config, args=argv)
     summary = train(config)
-    print(describe(summary), flush=True)
+    if summary["run_dir"] is not None:  # distributed: rank 0 speaks for the run
+        print(describe(summary), flush=True)
     return summary
 
 

@@ -1,0 +1,371 @@
+"""Data-parallel PPO over torch.distributed: every rank steps its own envs, the update is DDP.
+
+    torchrun --nproc-per-node=2 -m ppo.train --distributed          # 2 ranks on this machine
+    torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \\
+        -m ppo.train --distributed                                  # on each of 2 machines
+
+Any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (and LOCAL_RANK,
+LOCAL_WORLD_SIZE for GPU choice and core shares) works with ``python -m ppo.train --distributed``.
+
+What the ranks share, and why:
+
+- gradients: DistributedDataParallel averages them. Each rank's loss is a mean over its
+  own minibatch of equal size, so the average is the gradient of the mean over the
+  concatenated minibatches: one step of P ranks equals one step of a single process on
+  the whole batch (up to float rounding).
+- advantage normalization and the observation / reward normalization statistics: reduced
+  over every rank's samples, so that equality holds for them too and all ranks normalize
+  identically (their parameters stay bitwise equal, ``--check-replicas`` verifies it).
+- finished episodes: gathered on every rank once per rollout, so every rank logs and
+  decides "solved" from the same episodes, and all stop at the same iteration (a rank
+  that stopped alone would leave the others waiting in a collective).
+
+Nothing else crosses the network: each rank's rollout stays in its own fastvec ring.
+Every collective has a timeout (``--collective-timeout-s``): a rank that dies or hangs
+makes the others raise instead of waiting forever, and torchrun then stops the rest.
+
+The gloo backend runs on CPU; nccl is chosen on CUDA (written, not tested on a GPU here).
+Collectives carry tensors only (no pickles between ranks); checkpoints travel as bytes
+and are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import hashlib
+import inspect
+import io
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ppo.checkpoint import find_checkpoint
+
+__all__ = [
+    "Distributed",
+    "ReplicaMismatchError",
+    "core_share",
+    "pin_to_core_share",
+    "rank_seed",
+    "state_digest",
+]
+
+
+class ReplicaMismatchError(RuntimeError):
+    """Ranks that should hold identical parameters do not (``--check-replicas``)."""
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of torch and numpy on ``rank``: ``seed`` itself on rank 0 (so a 1-rank run is the plain
+    run), an independent stream elsewhere. Not ``seed + rank``: that would make rank 1 of seed 1
+    replay rank 0 of seed 2 (the overlap of SB3#2268)."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(rank,)).generate_state(1)[0])
+
+
+def core_share(cores: Sequence[int], index: int, count: int) -> list[int]:
+    """The cores of process ``index`` of ``count`` processes that split ``cores`` between them.
+
+    A contiguous block of the sorted cores (neighbouring cores tend to share caches); the
+    first processes get the smaller blocks. With fewer cores than processes, process i
+    gets core i mod len(cores), shared with others.
+    """
+    cores = sorted(cores)
+    if not 0 <= index < count:
+        raise ValueError(f"index must be in 0..{count - 1}, got {index}")
+    n = len(cores)
+    if n < count:
+        return [cores[index % n]]
+    return cores[index * n // count : (index + 1) * n // count]
+
+
+def pin_to_core_share(local_rank: int, local_world_size: int) -> list[int] | None:
+    """Restrict this process to its share of the cores it may run on, before it starts its env
+    workers: they inherit the affinity, and fastvec sizes its default worker count by it.
+
+    Returns the share, or None when there is nothing to split (one rank on this node).
+    """
+    if local_world_size <= 1 or not hasattr(os, "sched_setaffinity"):
+        return None
+    share = core_share(sorted(os.sched_getaffinity(0)), local_rank, local_world_size)
+    os.sched_setaffinity(0, share)
+    return share
+
+
+def state_digest(*modules: nn.Module | None) -> str:
+    """SHA-256 (hex) of the state dicts of ``modules`` (parameters and buffers, in key order)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _environment_int(name: str, default: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise RuntimeError(
+                f"--distributed needs {name} in the environment (and RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): "
+                f"launch with `torchrun --nproc-per-node=N -m ppo.train --distributed` or a launcher that sets them"
+            )
+        return default
+    return int(value)
+
+
+class Distributed:
+    """This process's place among the ranks, and the few collectives the trainer needs.
+
+    ``Distributed()`` is the single-process case (rank 0 of 1): every method is then a
+    no-op or the plain local computation, so the trainer has one code path. With
+    ``world_size == 1`` under torchrun the local computations are used as well, so a
+    1-rank run trains exactly as the plain run does.
+    """
+
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        local_rank: int = 0,
+        local_world_size: int = 1,
+        launched: bool = False,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.local_world_size = local_world_size
+        self.launched = launched  # started by a launcher as one of world_size ranks
+        self.enabled = False  # a process group is up (connect())
+        self._comm_device = torch.device("cpu")  # where collective tensors must live (the GPU for nccl)
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """Rank and world size from the variables torchrun (or another launcher) sets; no communication yet."""
+        rank, world_size = _environment_int("RANK"), _environment_int("WORLD_SIZE")
+        return cls(
+            rank,
+            world_size,
+            _environment_int("LOCAL_RANK", 0),
+            _environment_int("LOCAL_WORLD_SIZE", 1),
+            launched=True,
+        )
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only one that writes logs, checkpoints and the progress bar."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device of this rank: ``cuda:<local rank>`` when training on CUDA, else ``device``."""
+        if self.launched and device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def connect(self, device: torch.device, timeout_s: float) -> None:
+        """Join the process group: gloo on CPU, nccl on CUDA; every collective then raises after
+        ``timeout_s`` instead of waiting forever for a rank that died or hangs."""
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl":
+            # untested here (no GPU): abort the communicators on a timeout rather than hang in a CUDA kernel
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+            self._comm_device = device
+        dist.init_process_group(
+            backend,
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+        self.enabled = True
+
+    def close(self) -> None:
+        """Leave the process group. The caller drops its DDP wrapper first: DDP sits in reference cycles and
+        holds the group, and a gloo group freed only at interpreter shutdown can abort the process
+        (SIGABRT, "terminate called without an active exception"; pytorch#179291), hence the collection."""
+        if self.enabled and dist.is_initialized():
+            gc.collect()
+            dist.destroy_process_group()
+        self.enabled = False
+
+    # -- seeds -------------------------------------------------------------------------------------
+    def seed(self, seed: int) -> int:
+        return rank_seed(seed, self.rank)
+
+    def env_seeds(self, seed: int, num_envs: int, iteration: int) -> list[int]:
+        """Reset seeds of this rank's ``num_envs`` envs: env i of rank r is global env ``r * num_envs + i``,
+        seeded ``seed + total_envs * iteration + global index``: distinct over all ranks and envs, fresh
+        after a resume, and ``seed + i`` for a single process."""
+        total = num_envs * self.world_size
+        first = seed + total * iteration + self.rank * num_envs
+        return list(range(first, first + num_envs))
+
+    # -- the update --------------------------------------------------------------------------------
+    def wrap(self, agent: nn.Module) -> nn.Module:
+        """The module whose forward the update calls: DDP over ``agent`` when distributed.
+
+        DDP broadcasts rank 0's parameters at construction, so every rank starts equal.
+        ``forward_sync_buffers=False``: the normalization buffers are kept equal by
+        ``update_running_stats``, and a broadcast before every forward would cost a collective.
+        """
+        if not self.enabled:
+            return agent
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self._comm_device.index] if self._comm_device.type == "cuda" else None
+        # torch >= 2.12 renamed broadcast_buffers (and warns about the old name)
+        renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers": False} if renamed else {"broadcast_buffers": False}
+        return DistributedDataParallel(agent, device_ids=device_ids, **no_sync)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a new tensor, on ``tensor``'s device)."""
+        reduced = tensor.to(self._comm_device, copy=True)
+        dist.all_reduce(reduced)
+        return reduced.to(tensor.device)
+
+    def average(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean of ``tensor`` over ranks (for logged statistics and the target-KL early stop)."""
+        if self.world_size == 1:
+            return tensor
+        return self._all_reduce(tensor) / self.world_size
+
+    def mean_var(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(mean, population variance, count) over dim 0 of every rank's ``x`` taken together.
+
+        In float64 and in two passes (the mean, then the squared deviations from it), as
+        torch.var does, so that a large mean does not swallow a small variance.
+        """
+        if self.world_size == 1:
+            return x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        x = x.double()
+        sums = self._all_reduce(torch.cat([x.new_tensor([x.shape[0]]), x.sum(0).reshape(-1)]))
+        count = sums[0]
+        mean = (sums[1:] / count).reshape(x.shape[1:])
+        squares = self._all_reduce((x - mean).square().sum(0))
+        return mean, squares / count, int(count)
+
+    def normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """``(A - mean) / (std + 1e-8)`` with the mean and (unbiased) std of every rank's advantages."""
+        if self.world_size == 1:
+            return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        mean, var, count = self.mean_var(advantages.reshape(-1))
+        std = (var * count / (count - 1)).sqrt()
+        return ((advantages.double() - mean) / (std + 1e-8)).to(advantages.dtype)
+
+    def update_running_stats(self, stats: nn.Module, batch: torch.Tensor) -> None:
+        """Fold ``batch`` of every rank into ``stats`` (a ``ppo.normalize.RunningMeanStd``): each rank
+        adds the same moments, so the statistics stay identical on all ranks."""
+        if self.world_size == 1:
+            stats.update(batch)
+            return
+        batch = batch.to(stats.mean.device, torch.float64).reshape(-1, *stats.mean.shape)
+        stats.update_from_moments(*self.mean_var(batch))
+
+    # -- episodes, checkpoints, checks -------------------------------------------------------------
+    def gather_episodes(
+        self, steps: np.ndarray, returns: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every rank's finished episodes (global step at the end, return, length), on every rank.
+
+        Ordered by end step, then rank, then env: the order in which one process stepping
+        all ranks' envs (global env index ``rank * num_envs + i``) would have seen them.
+        """
+        if self.world_size == 1:
+            return steps, returns, lengths
+        counts = [torch.zeros(1, dtype=torch.int64, device=self._comm_device) for _ in range(self.world_size)]
+        dist.all_gather(counts, torch.tensor([len(returns)], dtype=torch.int64, device=self._comm_device))
+        sizes = [int(c) for c in counts]
+        width = max(sizes)
+        if width == 0:
+            return steps, returns, lengths
+        # fixed-size rows (padded to the largest count): float64 holds steps and lengths exactly up to 2**53
+        rows = torch.zeros(width, 3, dtype=torch.float64)
+        rows[: len(returns)] = torch.from_numpy(np.stack([steps, returns, lengths], axis=1).astype(np.float64))
+        gathered = [torch.empty_like(rows, device=self._comm_device) for _ in range(self.world_size)]
+        dist.all_gather(gathered, rows.to(self._comm_device))
+        table = torch.cat([g[:n].cpu() for g, n in zip(gathered, sizes)]).numpy()
+        table = table[np.argsort(table[:, 0], kind="stable")]  # stable: rank order within a step
+        return table[:, 0].astype(np.int64), table[:, 1].copy(), table[:, 2].astype(np.int64)
+
+    def gather_rng_states(self) -> torch.Tensor | None:
+        """``[world_size, n]`` uint8: every rank's torch CPU generator state, for the checkpoint (None when
+        not distributed: the checkpoint's own ``torch_rng_state`` is enough then)."""
+        if not self.enabled:
+            return None
+        state = torch.get_rng_state()
+        if self.world_size == 1:
+            return state.unsqueeze(0)
+        states = [torch.empty_like(state, device=self._comm_device) for _ in range(self.world_size)]
+        dist.all_gather(states, state.to(self._comm_device))
+        return torch.stack([s.cpu() for s in states])
+
+    def restore_rng_state(self, states: torch.Tensor | None) -> bool:
+        """Set this rank's generator from a checkpoint's ``torch_rng_states``; False when the checkpoint
+        came from another number of ranks (the rank then keeps its fresh seed)."""
+        if states is None:
+            return False
+        if states.shape[0] != self.world_size:
+            if self.is_main:
+                warnings.warn(
+                    f"the checkpoint holds the generator states of {states.shape[0]} ranks and this run has "
+                    f"{self.world_size}: every rank keeps its fresh seed",
+                    stacklevel=2,
+                )
+            return False
+        # clone: set_rng_state crashes (SIGSEGV, torch 2.13) on a row view, whose storage starts elsewhere
+        torch.set_rng_state(states[self.rank].clone().cpu())
+        return True
+
+    def broadcast_checkpoint(self, path: str | os.PathLike) -> io.BytesIO:
+        """The bytes of the checkpoint at ``path`` (a file or a run folder, see ``find_checkpoint``), read by
+        rank 0 and sent to every rank: resuming needs the checkpoint on rank 0's machine only. If rank 0
+        cannot read it, every rank raises."""
+        data = b""
+        error: Exception | None = None
+        if self.is_main:
+            try:
+                data = find_checkpoint(path).read_bytes()
+            except OSError as exc:  # FileNotFoundError included
+                error = exc
+        if self.world_size == 1:
+            if error is not None:
+                raise error
+            return io.BytesIO(data)
+        size = torch.tensor([-1 if error is not None else len(data)], dtype=torch.int64, device=self._comm_device)
+        dist.broadcast(size, src=0)
+        if error is not None:
+            raise error
+        if int(size) < 0:
+            raise RuntimeError(f"rank 0 could not read the checkpoint to resume from ({path})")
+        if self.is_main:
+            buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self._comm_device)
+        else:
+            buffer = torch.empty(int(size), dtype=torch.uint8, device=self._comm_device)
+        dist.broadcast(buffer, src=0)
+        return io.BytesIO(buffer.cpu().numpy().tobytes())
+
+    def check_replicas(self, digest: str) -> None:
+        """Raise ReplicaMismatchError naming the ranks whose ``state_digest`` differs from rank 0's."""
+        if self.world_size == 1:
+            return
+        mine = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8).to(self._comm_device)
+        digests = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(digests, mine)
+        differing = [rank for rank, d in enumerate(digests) if not torch.equal(d, digests[0])]
+        if differing:
+            raise ReplicaMismatchError(
+                f"ranks {differing} hold other parameters or normalization statistics than rank 0 after the "
+                f"same update (rank 0: {digests[0].cpu().numpy().tobytes().hex()[:16]}...)"
+            )

@@ -1,0 +1,145 @@
+"""ppo.distributed in one process: core shares, seeds, the single-process no-ops, and the pieces the
+ranks combine (moments of running statistics, gathered episodes). The multi-rank runs are in
+test_ppo_distributed_run.py."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ppo.distributed import Distributed, core_share, rank_seed, state_digest
+from ppo.episodes import EpisodeTracker
+from ppo.normalize import RunningMeanStd
+
+
+def test_core_share_gives_each_local_rank_a_contiguous_block() -> None:
+    assert [core_share([0, 1], r, 2) for r in range(2)] == [[0], [1]]
+    assert [core_share([3, 0, 1, 2], r, 2) for r in range(2)] == [[0, 1], [2, 3]]  # sorted first
+    assert [core_share(range(5), r, 2) for r in range(2)] == [[0, 1], [2, 3, 4]]  # later ranks get the larger share
+    assert [core_share([0, 1], r, 4) for r in range(4)] == [[0], [1], [0], [1]]  # fewer cores than ranks: shared
+    shares = [core_share(range(16), r, 3) for r in range(3)]
+    assert sorted(sum(shares, [])) == list(range(16))  # every core used exactly once
+    with pytest.raises(ValueError):
+        core_share([0, 1], 2, 2)
+
+
+def test_env_seeds_are_distinct_over_ranks_envs_and_iterations() -> None:
+    seen: set[int] = set()
+    for iteration in range(3):
+        for rank in range(4):
+            seeds = Distributed(rank, 4).env_seeds(seed=7, num_envs=5, iteration=iteration)
+            assert len(seeds) == 5 and not seen & set(seeds)
+            seen |= set(seeds)
+    # one process: env i gets seed + i, as before distributed training existed
+    assert Distributed().env_seeds(seed=7, num_envs=5, iteration=0) == [7, 8, 9, 10, 11]
+    # rank r of 2 with 4 envs gets the seeds of envs 4r..4r+3 of one process with 8 envs
+    assert Distributed(1, 2).env_seeds(seed=7, num_envs=4, iteration=2) == Distributed().env_seeds(7, 8, 2)[4:]
+
+
+def test_rank_seeds_differ_and_rank_0_keeps_the_seed() -> None:
+    assert rank_seed(5, 0) == 5
+    seeds = [rank_seed(5, r) for r in range(1, 8)] + [rank_seed(6, r) for r in range(1, 8)]
+    assert len(set(seeds)) == len(seeds) and 6 not in seeds  # rank 1 of seed 5 is not rank 0 of seed 6
+    assert all(0 <= s < 2**32 for s in seeds)  # what numpy.random.seed accepts
+
+
+def test_one_process_computes_locally() -> None:
+    """Distributed() (no process group) is the plain computation, so the trainer needs no second code path."""
+    single = Distributed()
+    assert single.is_main and not single.enabled and single.world_size == 1
+    x = torch.randn(50, 3)
+    mean, var, count = single.mean_var(x)
+    assert torch.equal(mean, x.mean(0)) and torch.equal(var, x.var(0, unbiased=False)) and count == 50
+    a = torch.randn(64)
+    assert torch.equal(single.normalize_advantages(a), (a - a.mean()) / (a.std() + 1e-8))
+    assert single.average(a) is a
+    steps, returns, lengths = np.array([3, 5]), np.array([1.0, 2.0]), np.array([3, 5])
+    assert single.gather_episodes(steps, returns, lengths)[1] is returns
+    assert single.gather_rng_states() is None
+    assert single.wrap(torch.nn.Linear(2, 2)).__class__ is torch.nn.Linear
+    single.check_replicas("00" * 32)  # nothing to compare with
+    single.close()
+
+
+def test_from_environment_says_how_to_launch(monkeypatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        Distributed.from_environment()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    ranks = Distributed.from_environment()
+    assert (ranks.rank, ranks.world_size, ranks.local_rank, ranks.local_world_size) == (3, 4, 1, 2)
+    assert not ranks.is_main and not ranks.enabled and ranks.launched
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError):
+        Distributed.from_environment()
+
+
+def test_running_stats_from_the_moments_of_parts_equal_one_update() -> None:
+    """What the ranks do with observation and reward statistics: each folds in the moments of all ranks'
+    batches together, which equals folding in the concatenated batch (Chan's combination)."""
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(40, 3, generator=gen, dtype=torch.float64) * 3 + 100 for _ in range(2)]
+    whole = RunningMeanStd((3,))
+    whole.update(torch.cat(parts))
+    combined = RunningMeanStd((3,))
+    x = torch.cat(parts)
+    combined.update_from_moments(x.mean(0), x.var(0, unbiased=False), x.shape[0])
+    for name in ("mean", "var", "count"):
+        assert torch.equal(getattr(whole, name), getattr(combined, name)), name
+    # and one update per step (the trainer's old reward statistics) equals one per rollout, up to rounding
+    per_step, per_rollout = RunningMeanStd(()), RunningMeanStd(())
+    returns = torch.randn(16, 8, generator=gen, dtype=torch.float64)
+    for row in returns:
+        per_step.update(row)
+    per_rollout.update(returns)
+    torch.testing.assert_close(per_step.var, per_rollout.var, rtol=1e-12, atol=0)
+    torch.testing.assert_close(per_step.mean, per_rollout.mean, rtol=1e-12, atol=1e-15)
+
+
+def test_episode_tracker_hands_out_new_episodes_once() -> None:
+    tracker = EpisodeTracker(3, window=4)
+    tracker.step(np.ones(3), np.array([False, True, False]), global_step=3)
+    tracker.step(np.ones(3), np.array([True, False, True]), global_step=6)
+    steps, returns, lengths = tracker.take_new()
+    assert steps.tolist() == [3, 6, 6] and returns.tolist() == [1.0, 2.0, 2.0] and lengths.tolist() == [1, 2, 2]
+    assert [len(a) for a in tracker.take_new()] == [0, 0, 0]
+    # a tracker of every rank's episodes only records what was gathered
+    everyone = EpisodeTracker(6, window=4)
+    everyone.record(steps, returns, lengths)
+    everyone.record(np.array([6, 9]), np.array([5.0, 7.0]), np.array([5, 7]))
+    assert everyone.count == 5 and everyone.full
+    assert everyone.mean_return() == np.mean([2.0, 2.0, 5.0, 7.0])  # the last 4
+    assert everyone.history()[0].tolist() == [3, 6, 6, 6, 9]
+
+
+def test_state_digest_sees_parameters_and_buffers() -> None:
+    torch.manual_seed(0)
+    net, stats = torch.nn.Linear(3, 2), RunningMeanStd((3,))
+    digest = state_digest(net, stats, None)
+    assert digest == state_digest(net, stats) and len(digest) == 64
+    stats.update(torch.ones(2, 3))
+    assert state_digest(net, stats) != digest
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-7
+    assert state_digest(net) != state_digest(torch.nn.Linear(3, 2))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity API")
+def test_a_local_rank_pins_itself_to_its_share() -> None:
+    from ppo.distributed import pin_to_core_share
+
+    before = os.sched_getaffinity(0)
+    try:
+        assert pin_to_core_share(0, 1) is None  # one rank on this node: nothing to split
+        assert os.sched_getaffinity(0) == before
+        share = pin_to_core_share(1, 2)
+        assert share == core_share(before, 1, 2) and os.sched_getaffinity(0) == set(share)
+    finally:
+        os.sched_setaffinity(0, before)

@@ -71,7 +71,9 @@ class EnvError(FastvecError):
 class WorkerDiedError(FastvecError):
     """A worker process exited while the pool still needed it."""
 
-    def __init__(self, worker_index: int, env_indices: range, exitcode: int | None, command: str):
+    def __init__(
+        self, worker_index: int, env_indices: range, exitcode: int | None, command: str, replaced_later: bool = False
+    ):
         self.worker_index = worker_index
         self.env_indices = env_indices
         self.exitcode = exitcode
@@ -84,9 +86,10 @@ class WorkerDiedError(FastvecError):
                 how += f" (killed by {signal.Signals(-exitcode).name})"
             except ValueError:
                 pass
+        later = "; with on_error='restart' it is replaced at the next step or reset" if replaced_later else ""
         super().__init__(
             f"worker {worker_index} (envs {env_indices.start}..{env_indices.stop - 1}) died during "
-            f"{command!r} with {how}"
+            f"{command!r} with {how}{later}"
         )
 
 

@@ -115,6 +115,7 @@ class _Pending:
     plan: dict[int, list[int]] = field(default_factory=dict)  # a call: shard -> positions in its indices
     count: int = 0  # a call: how many envs it asked
     sync: bool = False  # started by reset() / call(): a repeated reset() / call() finishes it first
+    lost: set[int] = field(default_factory=set)  # positions of workers found dead during a call (on_error="restart")
 
 
 _WAIT_NAMES = {
@@ -635,7 +636,7 @@ class Pool:
             self._wait_workers(p, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)))
             p.waited = True
         for position, remote in enumerate(self._remotes):
-            if position in p.replies or position in p.respawned:
+            if position in p.replies or position in p.respawned or position in p.lost:
                 continue
             if self._control[remote.base + Control.HAS_MESSAGE]:
                 try:
@@ -697,6 +698,9 @@ class Pool:
                     self._objects[i] = value
         if errors:
             raise env_errors(errors)
+        if p.lost:
+            remote = self._remotes[min(p.lost)]
+            raise WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True)
         return extras
 
     def _wait_workers(self, p: _Pending, timeout: float | None) -> None:
@@ -722,6 +726,11 @@ class Pool:
             if remote.exitcode is not None:
                 if restartable and k not in p.respawned:
                     self._respawn(k, p)
+                elif self.on_error == "restart" and k not in p.lost:
+                    # a call (get_attr, env_method...) has nothing to restart: the others finish it,
+                    # the call fails naming the worker, and the next step or reset replaces it
+                    p.lost.add(k)
+                    kernels.finish(control, remote.base + Control.DONE_SEQ, seq, self._remaining_index)
                 else:
                     error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name)
                     self._break(error)

@@ -282,6 +282,78 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     return -1 if cast < 0 else -2 - cast
 
 
+def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_t[::1] terminated,
+                  uint8_t[::1] truncated, Py_ssize_t start, bint report_cast=False):
+    """Write a shard's step results (env.step's 5-tuples) into one ring slot, in one call.
+
+    Row ``start + j`` of ``obs_dst`` / ``rewards`` / ``terminated`` / ``truncated`` gets
+    ``results[j]``'s observation (copied as gather_rows copies), float reward and bool flags.
+    Returns ``(code, ended, has_info, nan)``: ``code`` as gather_rows returns it (-1, a bad
+    shape's j, or ``-2 - j`` for a cast); ``ended``: some env terminated or truncated;
+    ``has_info``: some info dict is not empty; ``nan``: the first j with a NaN reward, or -1.
+    A malformed result or a value that does not convert raises (the caller then finds whose).
+    """
+    cdef Py_ssize_t n = len(results)
+    cdef Py_ssize_t j, d
+    cdef int row_ndim = cnp.PyArray_NDIM(obs_dst) - 1
+    cdef cnp.npy_intp *row_dims = cnp.PyArray_DIMS(obs_dst) + 1
+    cdef Py_ssize_t row_bytes = cnp.PyArray_ITEMSIZE(obs_dst)
+    cdef char *base = <char *> cnp.PyArray_DATA(obs_dst)
+    cdef int dst_type = cnp.PyArray_TYPE(obs_dst)
+    cdef bint fast = cnp.PyArray_ISNOTSWAPPED(obs_dst)
+    cdef cnp.ndarray arr
+    cdef object item, result
+    cdef Py_ssize_t cast = -1, nan = -1, code = -1
+    cdef bint ended = False, has_info = False, term, trunc
+    cdef double reward
+    if not cnp.PyArray_IS_C_CONTIGUOUS(obs_dst):
+        raise ValueError("write_results needs a C-contiguous destination")
+    for d in range(row_ndim):
+        row_bytes *= row_dims[d]
+    if start < 0 or start + n > cnp.PyArray_DIMS(obs_dst)[0] or start + n > rewards.shape[0]:
+        raise IndexError("write_results: rows outside the slot")
+    for j in range(n):
+        result = results[j]
+        if type(result) is not tuple or len(<tuple> result) != 5:
+            raise TypeError("env.step() must return a 5-tuple")
+        item = (<tuple> result)[0]
+        if (fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
+                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
+            arr = <cnp.ndarray> item
+        else:
+            if report_cast and cast < 0 and cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:
+                cast = j
+            arr = np.asarray(item, dtype=obs_dst.dtype, order="C")
+        if cnp.PyArray_NDIM(arr) != row_ndim:
+            return j, ended, has_info, nan
+        for d in range(row_ndim):
+            if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
+                return j, ended, has_info, nan
+        memcpy(base + (start + j) * row_bytes, cnp.PyArray_DATA(arr), row_bytes)
+        reward = (<tuple> result)[1]
+        rewards[start + j] = reward
+        if reward != reward and nan < 0:
+            nan = j
+        term = (<tuple> result)[2]
+        trunc = (<tuple> result)[3]
+        terminated[start + j] = term
+        truncated[start + j] = trunc
+        if term or trunc:
+            ended = True
+        if not has_info and (<tuple> result)[4]:
+            has_info = True
+    return (-1 if cast < 0 else -2 - cast), ended, has_info, nan
+
+
+def add_stats(double[::1] row, double commands, double env_steps, double busy_ns, double restarts):
+    """A worker's counters (columns of fastvec.protocol.Stats) grow by the given amounts."""
+    row[0] += commands
+    row[1] += env_steps
+    row[2] += busy_ns
+    row[3] += restarts
+
+
 def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):
     """First index i in [start, stop) with values[i] NaN, or -1."""
     cdef Py_ssize_t i

@@ -156,6 +156,39 @@ def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = Fa
     return -1 if cast < 0 else -2 - cast
 
 
+def write_results(
+    results: list,
+    obs_dst: np.ndarray,
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    start: int,
+    report_cast: bool = False,
+) -> tuple[int, bool, bool, int]:
+    """A shard's step results into one ring slot; see _kernels.pyx."""
+    for result in results:
+        if type(result) is not tuple or len(result) != 5:
+            raise TypeError("env.step() must return a 5-tuple")
+    n = len(results)
+    if start < 0 or start + n > obs_dst.shape[0]:
+        raise IndexError("write_results: rows outside the slot")
+    code = gather_rows([r[0] for r in results], obs_dst, start, report_cast)
+    if code >= 0:
+        return code, False, False, -1
+    values = [float(r[1]) for r in results]
+    rewards[start : start + n] = values
+    terms = [1 if r[2] else 0 for r in results]
+    truncs = [1 if r[3] else 0 for r in results]
+    terminated[start : start + n] = terms
+    truncated[start : start + n] = truncs
+    nan = next((j for j, v in enumerate(values) if v != v), -1)
+    return code, any(terms) or any(truncs), any(bool(r[4]) for r in results), nan
+
+
+def add_stats(row: np.ndarray, commands: float, env_steps: float, busy_ns: float, restarts: float) -> None:
+    row[:4] += (commands, env_steps, busy_ns, restarts)
+
+
 def first_nan(values: np.ndarray, start: int, stop: int) -> int:
     bad = np.flatnonzero(np.isnan(values[start:stop]))
     return int(bad[0]) + start if bad.size else -1

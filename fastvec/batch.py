@@ -7,7 +7,9 @@ decode the pool's extras tuples.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from fastvec.pool import Pool
 
 __all__ = ["Batch", "RingViews"]
+
+_EMPTY: Mapping = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,15 @@ class Batch:
     def __init__(self, pool: Pool, slot: int, extras: list | None):
         self._pool = pool
         self.slot = slot
-        views = pool.ring
-        self.rewards = views.rewards[slot]
-        self.terminated = views.terminated[slot]
-        self.truncated = views.truncated[slot]
-        self.infos: dict[int, dict] = {}
-        self.reset_infos: dict[int, dict] = {}
-        self.restarted: dict[int, str] = {}
-        self.final_obs: dict[int, Any] = {}  # env index -> the env's own final observation object, where sent
+        self.rewards, self.terminated, self.truncated = pool.slot_views[slot]
+        if not extras:  # the usual step: nothing but the ring (read-only empty mappings, shared)
+            self.infos = self.reset_infos = self.restarted = self.final_obs = _EMPTY
+            self._objects = pool.object_columns() if pool.obs_has_objects else None
+            return
+        self.infos: Mapping[int, dict] = {}
+        self.reset_infos: Mapping[int, dict] = {}
+        self.restarted: Mapping[int, str] = {}
+        self.final_obs: Mapping[int, Any] = {}  # env index -> the env's own final observation object, where sent
         if extras:
             for i, kind, value in extras:
                 if kind == Extra.INFO:
@@ -110,4 +115,4 @@ class Batch:
 
     @property
     def has_extras(self) -> bool:
-        return bool(self.infos or self.reset_infos or self.restarted)
+        return self.infos is not _EMPTY and bool(self.infos or self.reset_infos or self.restarted)

@@ -150,7 +150,7 @@ class _LeafWriter:
             self._check_cast(a)
             if a.dtype.kind in "fiub":
                 tag |= ord(a.dtype.newbyteorder("=").char)
-        np.copyto(out, a, casting="unsafe")
+        out[...] = a  # (casting as numpy assigns: what _check_cast let through is held exactly)
         if self.check_range:
             self._check_range(out.reshape(-1), a)
         return tag

@@ -31,6 +31,8 @@ finish = impl.finish
 wait_remaining = impl.wait_remaining
 gather_rows = impl.gather_rows
 first_nan = impl.first_nan
+add_stats = impl.add_stats
+write_results = impl.write_results
 store_floats = impl.store_floats
 store_bools = impl.store_bools
 first_outside_int = impl.first_outside_int
@@ -45,6 +47,8 @@ __all__ = [
     "wait_remaining",
     "gather_rows",
     "first_nan",
+    "add_stats",
+    "write_results",
     "store_floats",
     "store_bools",
     "first_outside_int",

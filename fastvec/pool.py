@@ -28,7 +28,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing import reduction
 from typing import Any
@@ -97,27 +96,40 @@ def split_envs(num_envs: int, num_workers: int) -> list[range]:
     return ranges
 
 
-@dataclass
 class _Pending:
     """The command in flight and how far its completion got (so a wait can resume)."""
 
-    command: Command
-    name: str  # what errors call it: "step", "reset", "get_attr", ...
-    slot: int
-    arg: int = 0
-    payloads: dict[int, bytes] = field(default_factory=dict)  # worker index -> pickled request
-    local_args: tuple = ()  # what the parent's own shard runs
-    reset_options: list | None = None  # a reset's per-env options (a respawned worker needs them)
-    local: tuple | None = None  # (extras, error) once the parent's shard has run
-    waited: bool = False  # every worker's DONE word was seen
-    respawned: dict[int, list | None] = field(default_factory=dict)  # position -> extras of its replacement
-    replies: dict[int, Any] = field(default_factory=dict)  # position -> message read (None: had none)
-    plan: dict[int, list[int]] = field(default_factory=dict)  # a call: shard -> positions in its indices
-    count: int = 0  # a call: how many envs it asked
-    sync: bool = False  # started by reset() / call(): a repeated reset() / call() finishes it first
-    lost: set[int] = field(default_factory=set)  # positions of workers found dead during a call (on_error="restart")
+    __slots__ = (
+        "command", "code", "name", "slot", "arg", "payloads", "local_args", "reset_options", "local", "waited",
+        "respawned", "replies", "plan", "count", "sync", "lost",
+    )
+
+    def __init__(
+        self,
+        command: Command,
+        name: str,  # what errors call it: "step", "reset", "get_attr", ...
+        slot: int,
+        arg: int = 0,
+        payloads: dict[int, bytes] | None = None,  # worker index -> pickled request
+        local_args: tuple = (),  # what the parent's own shard runs
+        reset_options: list | None = None,  # a reset's per-env options (a respawned worker needs them)
+        plan: dict[int, list[int]] | None = None,  # a call: shard -> positions in its indices
+        count: int = 0,  # a call: how many envs it asked
+    ):
+        self.command, self.name, self.slot, self.arg = command, name, slot, arg
+        self.code = int(command)
+        self.payloads, self.local_args, self.reset_options = payloads, local_args, reset_options
+        self.plan, self.count = plan, count
+        self.local: tuple | None = None  # (extras, errors) once the parent's shard has run
+        self.waited = False  # every worker's DONE word was seen
+        self.respawned: dict[int, list | None] = {}  # position -> extras of its replacement
+        self.replies: dict[int, Any] = {}  # position -> message read (None: had none)
+        self.sync = False  # started by reset() / call(): the next command finishes it if interrupted
+        self.lost: set[int] = set()  # positions of workers found dead during a call (on_error="restart")
 
 
+_HAS_MESSAGE = Control.HAS_MESSAGE
+_STEP, _RESET, _CONTROL = Command.STEP, Command.RESET, Command.CONTROL
 _WAIT_NAMES = {
     Command.STEP: "step_wait",
     Command.RESET: "reset_wait",
@@ -173,6 +185,8 @@ class Pool:
         self._local_envs_closed = False
         self._segment = None
         self._views: Views | None = None
+        self.slot_views: list | None = None
+        self._obs_slots: list | None = None
         self._parent_affinity: list[int] | None = None
 
         opts = PoolOptions.build(options, **knobs)
@@ -282,6 +296,9 @@ class Pool:
             )
         self._control = views.control
         self._index_remotes()
+        # per slot: the rewards / terminated / truncated rows a Batch hands out, and the observations
+        self.slot_views = [(views.rewards[s], views.terminated[s], views.truncated[s]) for s in range(self.ring_slots)]
+        self._obs_slots = [views.obs[0][s] for s in range(self.ring_slots)] if self._single_leaf else None
         self.ring = RingViews(
             obs=tuple(views.obs),
             rewards=views.rewards,
@@ -407,13 +424,12 @@ class Pool:
             self._pending = p
             self._state = PoolState.PENDING
             if self._remotes:
-                kernels.issue(
-                    self._control, self._bases, int(p.command), p.slot, p.arg, self._seq, self._remaining_index
-                )
-            for remote in self._remotes:
-                payload = p.payloads.get(remote.index)
-                if payload is not None:
-                    remote.send_bytes(payload)
+                kernels.issue(self._control, self._bases, p.code, p.slot, p.arg, self._seq, self._remaining_index)
+            if p.payloads:
+                for remote in self._remotes:
+                    payload = p.payloads.get(remote.index)
+                    if payload is not None:
+                        remote.send_bytes(payload)
         except BaseException as exc:
             self._break(exc)
             raise
@@ -429,12 +445,13 @@ class Pool:
         dict/tuple of such batches, gymnasium's layout), or with ``per_env`` a sequence of one
         action per env (SB3's layout for structured spaces).
         """
-        self._check_idle("step_async")
+        if self._pending is not None or self._state is not PoolState.IDLE:
+            self._check_idle("step_async")
         views = self._views
         objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
-        slot = self._next_slot()
+        slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
         if objects is None:
-            self._issue(_Pending(Command.STEP, "step", slot, local_args=(slot, None)))
+            self._issue(_Pending(_STEP, "step", slot, 0, None, (slot, None)))
             return
         # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share
         payloads = {
@@ -577,7 +594,7 @@ class Pool:
         p = self._take_pending(Command.CONTROL, "call_wait")
         self._complete(p, timeout)
         results: list = [None] * p.count
-        plan = p.plan
+        plan = p.plan or {}
         if p.local is not None and p.local[0] is not None:
             for pos, value in zip(plan.get(0, []), p.local[0]):
                 results[pos] = value
@@ -620,7 +637,7 @@ class Pool:
         ``timeout`` counts the parent's own share too: when that alone took longer, the command
         stays pending (multiprocessing.TimeoutError) and the next wait collects the workers.
         """
-        began = time.monotonic()
+        began = time.monotonic() if timeout is not None else 0.0
         if p.local is None and self._local is not None and p.local_args:
             try:
                 p.local = self._run_local(p)
@@ -635,10 +652,11 @@ class Pool:
         if not p.waited:
             self._wait_workers(p, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)))
             p.waited = True
+        control = self._control
         for position, remote in enumerate(self._remotes):
             if position in p.replies or position in p.respawned or position in p.lost:
                 continue
-            if self._control[remote.base + Control.HAS_MESSAGE]:
+            if control[remote.base + _HAS_MESSAGE]:
                 try:
                     p.replies[position] = self._recv(remote, p.name)
                 except BaseException as exc:  # a message half read leaves the pipe out of step
@@ -646,7 +664,7 @@ class Pool:
                     raise
             else:
                 p.replies[position] = None
-        if p.command in (Command.STEP, Command.RESET):
+        if p.command is _STEP or p.command is _RESET:
             self.slot = p.slot
         self._pending = None
         self._state = PoolState.IDLE
@@ -655,9 +673,9 @@ class Pool:
     def _run_local(self, p: _Pending) -> tuple:
         local = self._local
         try:
-            if p.command is Command.STEP:
+            if p.command is _STEP:
                 return local.step(*p.local_args), None
-            if p.command is Command.RESET:
+            if p.command is _RESET:
                 return local.reset(*p.local_args), None
             if p.command is Command.CONTROL:
                 request, indices, args, values = p.local_args
@@ -677,6 +695,10 @@ class Pool:
             if p.command is not Command.CONTROL:
                 extras = p.local[0]
             errors += p.local[1] or []
+        if not errors and not p.respawned and not p.lost and not any(p.replies.values()):  # the usual step
+            if extras:  # only the parent's own shard had something to say
+                return self._digest(extras)
+            return None
         for position, remote in enumerate(self._remotes):
             if position in p.respawned:
                 reports = [(i, Extra.RESTARTED, describe("worker process died", p.name)) for i in remote.envs]
@@ -690,17 +712,23 @@ class Pool:
                 errors += payload
             elif kind == "extras" and payload:
                 extras = (extras or []) + payload
-        if extras and self.check != "off":
-            extras = emit_warnings(extras)
-        if extras and self._object_leaves:
-            for i, kind, value in extras:
-                if kind == Extra.OBJECTS:
-                    self._objects[i] = value
+        if extras:
+            extras = self._digest(extras)
         if errors:
             raise env_errors(errors)
         if p.lost:
             remote = self._remotes[min(p.lost)]
             raise WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True)
+        return extras
+
+    def _digest(self, extras: list) -> list | None:
+        """Warnings become Python warnings; object parts of observations are kept per env."""
+        if self.check != "off":
+            extras = emit_warnings(extras)
+        if extras and self._object_leaves:
+            for i, kind, value in extras:
+                if kind == Extra.OBJECTS:
+                    self._objects[i] = value
         return extras
 
     def _wait_workers(self, p: _Pending, timeout: float | None) -> None:
@@ -807,9 +835,9 @@ class Pool:
         array, or a dict / tuple of batches): copies, or views of the ring. Object parts come from
         ``objects`` (one list of num_envs values per object leaf; default: the latest), batched
         by ``batch_object`` (default: a tuple, as gymnasium batches them)."""
+        if self._obs_slots is not None:
+            return self._obs_slots[slot].copy() if copy else self._obs_slots[slot]
         rings = self._views.obs
-        if self._single_leaf:
-            return rings[0][slot].copy() if copy else rings[0][slot]
         arrays = iter([r[slot].copy() if copy else r[slot] for r in rings])
         columns = iter(objects if objects is not None else self.object_columns())
         parts = [next(arrays) if leaf.array else batch_object(leaf, next(columns)) for leaf in self.obs_leaves]
@@ -931,6 +959,7 @@ class Pool:
         self._local = None
         self._local_envs = []
         self.ring = None  # type: ignore[assignment]
+        self.slot_views = self._obs_slots = None  # type: ignore[assignment]
         if self._views is not None:
             self._views.release()
         self._control = None

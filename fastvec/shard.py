@@ -16,7 +16,6 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -105,7 +104,6 @@ class Shard:
         """SAME_STEP: step every env; reset those whose episode ended (their final observation
         goes to the terminal-obs buffer first)."""
         start = self.start
-        extras: list | None = None
         results: list = []
         append = results.append
         restarted: set[int] | None = None
@@ -128,58 +126,37 @@ class Shard:
                 pairs = zip(self.step_fns[j + 1 :], actions[j + 1 :])
         if errors:
             raise ShardError.combine(errors)
-        try:
-            obs_list, rewards, terminated, truncated, infos = map(list, zip(*results))
-        except (TypeError, ValueError) as exc:
-            raise self._bad_step_result(results) from exc
-        if any(terminated) or any(truncated):
-            for j, ended in enumerate(map(operator.or_, terminated, truncated)):
-                if ended and (restarted is None or j not in restarted):
-                    # copy the final observation out before the reset overwrites it
-                    self.write_terminal(j, obs_list[j], "step")
-                    obs_list[j], reset_info = self._autoreset(j, "reset (autoreset after step)")
-                    if reset_info:
-                        extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
-        if any(infos):
-            extras = (extras or []) + [(start + j, Extra.INFO, info) for j, info in enumerate(infos) if info]
-        self._write_results(obs_list, rewards, terminated, truncated, slot)
-        return self.finish_extras(extras)
+        return self._write_step(results, slot, restarted)
 
     def _step_next_step(self, slot: int, actions: Any) -> list | None:
         """NEXT_STEP: step every env, except those whose episode ended in the previous step: they
         are reset now (reward 0, flags False) and their action is ignored. DISABLED: step every env."""
         start = self.start
-        extras: list | None = None
-        obs_list, rewards, terminated, truncated = [], [], [], []
+        results: list = []
+        append = results.append
         needs_reset = self.needs_reset
         autoreset = self.autoreset_mode == NEXT_STEP
         errors: list[ShardError] | None = None
         for j in range(len(self.envs)):
             if needs_reset[j]:
                 obs, info = self._autoreset(j, "reset (autoreset)")
-                reward, term, trunc = 0.0, False, False
+                append((obs, 0.0, False, False, info))
                 needs_reset[j] = False
-            else:
-                try:
-                    obs, reward, term, trunc, info = self.step_fns[j](actions[j])
-                except Exception as exc:
-                    if not self.restart_on_error:  # the other envs still step; every error is reported
-                        errors = (errors or []) + [ShardError(start + j, "step", exc)]
-                        continue
-                    obs, reward, term, trunc, info = restart.after_step_error(self, j, slot, exc, reset_now=False)
-                    needs_reset[j] = True  # the fresh env starts its episode in the next step
-                if autoreset and (term or trunc):
-                    needs_reset[j] = True
-            if info:
-                extras = (extras or []) + [(start + j, Extra.INFO, info)]
-            obs_list.append(obs)
-            rewards.append(reward)
-            terminated.append(term)
-            truncated.append(trunc)
+                continue
+            try:
+                result = self.step_fns[j](actions[j])
+            except Exception as exc:
+                if not self.restart_on_error:  # the other envs still step; every error is reported
+                    errors = (errors or []) + [ShardError(start + j, "step", exc)]
+                    continue
+                result = restart.after_step_error(self, j, slot, exc, reset_now=False)
+                needs_reset[j] = True  # the fresh env starts its episode in the next step
+            append(result)
+            if autoreset and type(result) is tuple and len(result) == 5 and (result[2] or result[3]):
+                needs_reset[j] = True
         if errors:
             raise ShardError.combine(errors)
-        self._write_results(obs_list, rewards, terminated, truncated, slot)
-        return self.finish_extras(extras)
+        return self._write_step(results, slot, None)
 
     def _autoreset(self, j: int, command: str) -> tuple[Any, dict]:
         """Reset env j after its episode ended; with on_error="restart" a failing env is re-created."""
@@ -198,8 +175,54 @@ class Shard:
             self.side_extras = []
         return self.checks.drain(extras)
 
-    def _write_results(self, obs_list: list, rewards: list, terminated: list, truncated: list, slot: int) -> None:
+    def _write_step(self, results: list, slot: int, restarted: set[int] | None) -> list | None:
+        """Write the envs' step results into ``slot``; in SAME_STEP, reset the envs whose episode
+        ended (not those just ``restarted``), their final observations kept apart. Returns the extras."""
         start = self.start
+        code = None
+        if self.single_leaf:  # the usual case: one kernel call writes every row
+            try:
+                code, ended, has_info, nan = kernels.write_results(
+                    results,
+                    self.obs_slots[0][slot],
+                    self.reward_slots[slot],
+                    self.terminated_slots[slot],
+                    self.truncated_slots[slot],
+                    start,
+                    self.checks.active,
+                )
+            except Exception:
+                code = None
+        if code is None or code >= 0:  # structured observations, or a problem to find and name
+            ended, has_info, nan = self._write_step_slowly(results, slot)
+        elif code <= -2:
+            self._gather([results[-2 - code][0]], self.obs_slots[0][slot], self.leaves[0], "step", True, -2 - code)
+        self.steps += len(results)
+        if nan >= 0 and self.checks.active:
+            self.checks.problem(nan, "step", "nan-reward", "returned a NaN reward")
+        extras: list | None = None
+        if ended and self.autoreset_mode == SAME_STEP:
+            for j, result in enumerate(results):
+                if (result[2] or result[3]) and (restarted is None or j not in restarted):
+                    # copy the final observation out before the reset overwrites it
+                    self.write_terminal(j, result[0], "step")
+                    obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
+                    self.write_obs([obs], slot, "reset (autoreset after step)", [j])
+                    if reset_info:
+                        extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
+        if has_info:
+            extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
+        return self.finish_extras(extras)
+
+    def _write_step_slowly(self, results: list, slot: int) -> tuple[bool, bool, int]:
+        """The general path of ``_write_step``: any observation structure, and every problem named."""
+        start = self.start
+        try:
+            obs_list, rewards, terminated, truncated, infos = map(list, zip(*results))
+        except (TypeError, ValueError) as exc:
+            raise self._bad_step_result(results) from exc
+        if any(not isinstance(r, tuple) or len(r) != 5 for r in results):
+            raise self._bad_step_result(results)
         self.write_obs(obs_list, slot, "step")
         try:
             kernels.store_floats(rewards, self.reward_slots[slot], start)
@@ -215,11 +238,9 @@ class Shard:
             except Exception as exc:
                 bad = next((k for k, f in enumerate(flags) if not _is_flag(f)), 0)
                 raise ShardError(start + bad, "step", TypeError(f"{what} must be a bool, got {flags[bad]!r}")) from exc
-        self.steps += len(self.envs)
-        if self.checks.active:
-            nan = kernels.first_nan(self.reward_slots[slot], start, self.stop)
-            if nan >= 0:
-                self.checks.problem(nan - start, "step", "nan-reward", "returned a NaN reward")
+        nan = kernels.first_nan(self.reward_slots[slot], start, self.stop) if self.checks.active else -1
+        ended = any(terminated) or any(truncated)
+        return ended, any(infos), (nan - start if nan >= 0 else -1)
 
     # -- reset ---------------------------------------------------------------------------------
     def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:

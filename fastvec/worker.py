@@ -29,7 +29,7 @@ import numpy as np
 from fastvec import kernels
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, Stats, StepFlag
+from fastvec.protocol import ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
 from fastvec.restart import restart_all
 from fastvec.shard import Shard
 from fastvec.shm import pid_alive
@@ -164,8 +164,11 @@ def _serve(
     base = views.control_base(worker_index)
     seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
     stats = views.worker_stats[worker_index]
-    wait_all, finish = kernels.wait_all, kernels.finish
+    wait_all, finish, add_stats = kernels.wait_all, kernels.finish, kernels.add_stats
     done_index = base + Control.DONE_SEQ
+    cmd_index, arg_index = base + Control.CMD, base + Control.ARG  # CMD, SLOT, ARG are consecutive words
+    message_index = base + Control.HAS_MESSAGE
+    step_code = int(Command.STEP)
     remaining_index = views.control_base(views.layout.num_workers) + Control.REMAINING
     adaptive = spin_ns == ADAPTIVE_POLL
     gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
@@ -181,15 +184,13 @@ def _serve(
         began = time.perf_counter_ns()
         if adaptive:
             gap_ns += 0.1 * (min(began - finished, 10_000_000) - gap_ns)
-        command = int(control[base + Control.CMD])
-        slot = int(control[base + Control.SLOT])
-        arg = int(control[base + Control.ARG])
+        command, slot, arg = control[cmd_index : arg_index + 1].tolist()
         steps_before = shard.steps
         restarts_before = shard.restarts
         reply: tuple | None = None
         request, indices = _COMMAND_NAMES.get(command, str(command)), None
         try:
-            if command == Command.STEP:
+            if command == step_code:
                 extras = shard.step(slot, conn.recv() if arg & StepFlag.HAS_OBJECTS else None)
                 reply = ("extras", extras) if extras else None
             elif command == Command.RESET:
@@ -206,12 +207,9 @@ def _serve(
             reply = ("error", err.payloads())
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
             reply = ("error", [ShardError(start, request, exc).payload()])
-        control[base + Control.HAS_MESSAGE] = 1 if reply is not None else 0
+        control[message_index] = 1 if reply is not None else 0
         finished = time.perf_counter_ns()
-        stats[Stats.COMMANDS] += 1
-        stats[Stats.ENV_STEPS] += shard.steps - steps_before
-        stats[Stats.BUSY_NS] += finished - began
-        stats[Stats.ENV_RESTARTS] += shard.restarts - restarts_before
+        add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before)
         finish(control, done_index, expected, remaining_index)
         if reply is not None:
             _send_result(conn, reply, indices[0] if indices else start, request, indices)

@@ -25,6 +25,7 @@ class _FakePool:
             address=0,
             nbytes=0,
         )
+        self.slot_views = [(self.ring.rewards[s], self.ring.terminated[s], self.ring.truncated[s]) for s in range(2)]
 
     def terminal_observation(self, i: int):
         return self.ring.terminal_obs[0][i].copy()

@@ -219,3 +219,27 @@ def test_gather_raises_on_values_the_row_cannot_hold(k) -> None:
     dst = np.zeros((2, 4), dtype=np.uint8)
     with pytest.raises((OverflowError, ValueError)):
         k.gather_rows([[1, 2, 3, 4], [300, 0, 0, 0]], dst, 0)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_write_results_matches_writing_each_field(k) -> None:
+    rng = np.random.default_rng(3)
+    results = [
+        (rng.standard_normal(3).astype(np.float32), float(j), j == 1, j == 2, {"x": 1} if j == 3 else {})
+        for j in range(5)
+    ]
+    results[4] = (results[4][0].astype(np.float64), np.float32(np.nan), False, False, {})  # cast and NaN
+    obs, rew = np.zeros((7, 3), np.float32), np.zeros(7)
+    term, trunc = np.zeros(7, np.uint8), np.zeros(7, np.uint8)
+    code, ended, has_info, nan = k.write_results(results, obs, rew, term, trunc, 1, True)
+    assert (code, ended, has_info, nan) == (-2 - 4, True, True, 4)
+    np.testing.assert_array_equal(obs[1:6], np.stack([r[0] for r in results]).astype(np.float32))
+    assert rew[1:5].tolist() == [0, 1, 2, 3] and np.isnan(rew[5])
+    assert term.tolist() == [0, 0, 1, 0, 0, 0, 0] and trunc.tolist() == [0, 0, 0, 1, 0, 0, 0]
+    quiet = [(np.zeros(3, np.float32), 0.0, False, False, {})] * 2
+    assert k.write_results(quiet, obs, rew, term, trunc, 0, True) == (-1, False, False, -1)
+    assert k.write_results([(np.zeros(4), 0.0, False, False, {})], obs, rew, term, trunc, 0)[0] == 0  # bad shape
+    with pytest.raises(TypeError):
+        k.write_results([(np.zeros(3), 0.0, False, False)], obs, rew, term, trunc, 0)
+    with pytest.raises(TypeError):
+        k.write_results([(np.zeros(3), None, False, False, {})], obs, rew, term, trunc, 0)

@@ -29,6 +29,7 @@ def test_parent_and_worker_words_sit_on_their_own_cache_lines() -> None:
     # a waiting word is the word after the one it guards: the kernels rely on it
     assert Control.CMD_WAITING == Control.CMD_SEQ + 1 and Control.DONE_WAITING == Control.DONE_SEQ + 1
     assert Control.REMAINING_WAITING == Control.REMAINING + 1
+    assert (Control.SLOT, Control.ARG) == (Control.CMD + 1, Control.CMD + 2)  # a worker reads them as one slice
 
 
 def test_codes_are_distinct() -> None:

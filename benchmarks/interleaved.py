@@ -10,9 +10,11 @@ measures every variant once, each in a fresh child process (a rotating order, so
 variant always goes first); the report gives each variant's median rate, and per round
 the ratio of each variant to the first one, with the median of those ratios.
 
-A variant is ``label=engine`` (an engine of benchmarks.engines, from this checkout) or
+A variant is ``label=engine`` (an engine of benchmarks.engines, from this checkout),
 ``label=engine@path``: the engine of another checkout of fastvec (its fastvec and its
-benchmarks, imported from ``path``, whose extension must be built), to compare commits.
+benchmarks, imported from ``path``, whose extension must be built), to compare commits,
+and ``#n`` at the end fixes its number of envs (``single=serial#1``: one env stepped in
+one process, the single-env rate, measured beside every workload).
 """
 
 from __future__ import annotations
@@ -30,10 +32,16 @@ ROOT = repository_root()
 
 def parse_variant(text: str) -> dict:
     label, _, rest = text.partition("=")
+    rest, _, fixed = rest.partition("#")
     engine, _, tree = rest.partition("@")
-    if not label or not engine:
-        raise argparse.ArgumentTypeError(f"a variant is label=engine or label=engine@path, got {text!r}")
-    return {"label": label, "engine": engine, "tree": str(Path(tree).resolve()) if tree else str(ROOT)}
+    if not label or not engine or (fixed and not fixed.isdigit()):
+        raise argparse.ArgumentTypeError(f"a variant is label=engine[@path][#num_envs], got {text!r}")
+    return {
+        "label": label,
+        "engine": engine,
+        "tree": str(Path(tree).resolve()) if tree else str(ROOT),
+        "num_envs": int(fixed) if fixed else None,  # e.g. serial#1: the single-env rate beside every workload
+    }
 
 
 def parse_workload(text: str) -> tuple[str, int]:

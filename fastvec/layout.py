@@ -12,7 +12,7 @@ Block:
     | obs ring per array leaf [S, N, *shape] | reward ring [S, N] f64
     | terminated ring [S, N] u8 | truncated ring [S, N] u8
     | terminal obs per array leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
-    | reset mask [N] u8 | per-worker stats [W, Stats.COLUMNS] f64
+    | reset mask [N] u8 | migrate flags [N] u8 | per-worker stats [W, Stats.COLUMNS] f64
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def plan_layout(
         ("reset_seeds", (n,), np.dtype(np.int64)),
         ("seed_mask", (n,), np.dtype(np.bool_)),
         ("reset_mask", (n,), np.dtype(np.bool_)),
+        ("migrate", (n,), np.dtype(np.uint8)),
         ("worker_stats", (num_workers, Stats.COLUMNS), np.dtype(np.float64)),
     ]
     fields: dict[str, Field] = {}
@@ -159,6 +160,7 @@ class Views:
         self.reset_seeds: np.ndarray = arrays["reset_seeds"]
         self.seed_mask: np.ndarray = arrays["seed_mask"]
         self.reset_mask: np.ndarray = arrays["reset_mask"]
+        self.migrate: np.ndarray = arrays["migrate"]
         self.worker_stats: np.ndarray = arrays["worker_stats"]
 
     def control_base(self, worker: int) -> int:

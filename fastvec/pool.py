@@ -22,6 +22,7 @@ ppo trainer sit on a Pool and read its results as typed ``Batch`` objects.
 from __future__ import annotations
 
 import atexit
+import collections
 import multiprocessing
 import os
 import time
@@ -55,6 +56,7 @@ from fastvec.layout import Views, plan_layout
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.protocol import (
     ADAPTIVE_POLL,
+    NEXT_STEP,
     POLL_NS,
     SAME_STEP,
     SEQ_MASK,
@@ -218,6 +220,9 @@ class Pool:
         self.check = opts.check
         self.pin_workers = opts.pin_workers
         self.worker_restarts = 0
+        self.moves_done = 0
+        self._moves: dict[int, tuple[int, int]] = {}  # env index -> (source shard, target shard), pending
+        self._move_requests: collections.deque = collections.deque()
         self.shard_envs = split_envs(n, num_workers)
         remote_shards = list(range(1 if step_in_parent else 0, num_workers))
         self.oversubscribed = len(remote_shards) + 1 > default_num_workers()
@@ -447,6 +452,8 @@ class Pool:
         """
         if self._pending is not None or self._state is not PoolState.IDLE:
             self._check_idle("step_async")
+        if self._move_requests:
+            self._take_move_requests()
         views = self._views
         objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
         slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
@@ -697,7 +704,7 @@ class Pool:
             errors += p.local[1] or []
         if not errors and not p.respawned and not p.lost and not any(p.replies.values()):  # the usual step
             if extras:  # only the parent's own shard had something to say
-                return self._digest(extras)
+                return self._digest(extras, p.slot)
             return None
         for position, remote in enumerate(self._remotes):
             if position in p.respawned:
@@ -713,7 +720,7 @@ class Pool:
             elif kind == "extras" and payload:
                 extras = (extras or []) + payload
         if extras:
-            extras = self._digest(extras)
+            extras = self._digest(extras, p.slot)
         if errors:
             raise env_errors(errors)
         if p.lost:
@@ -721,8 +728,17 @@ class Pool:
             raise WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True)
         return extras
 
-    def _digest(self, extras: list) -> list | None:
-        """Warnings become Python warnings; object parts of observations are kept per env."""
+    def _digest(self, extras: list, slot: int) -> list | None:
+        """Envs that left their shard move in with their neighbour; warnings become Python
+        warnings; object parts of observations are kept per env."""
+        if self._moves and any(kind == Extra.RELEASED for _, kind, _ in extras):
+            moved = [entry for entry in extras if entry[1] == Extra.RELEASED]
+            extras = [entry for entry in extras if entry[1] != Extra.RELEASED]
+            try:
+                extras += self._settle_moves(moved, slot)
+            except BaseException as exc:  # an env left one shard and did not arrive in the other
+                self._break(exc)
+                raise
         if self.check != "off":
             extras = emit_warnings(extras)
         if extras and self._object_leaves:
@@ -822,6 +838,61 @@ class Pool:
 
     def _recv(self, remote: Remote, command: str) -> Any:
         return remote.recv(command, self.step_timeout)
+
+    # -- moving envs between neighbouring shards (fastvec.migrate) --------------------------------
+    def request_move(self, source: int, target: int) -> int | None:
+        """Ask the env on the boundary between shard ``source`` and its neighbour ``target`` to move
+        there at its next episode end. Returns its index, or None when no move is possible now
+        (``source`` has one env left, or that env is already moving). Call from the thread that
+        steps the pool (the monitor's thread queues its requests with ``queue_move``)."""
+        if abs(source - target) != 1 or not (0 <= source < self.num_workers and 0 <= target < self.num_workers):
+            raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
+        if self.autoreset_mode not in (SAME_STEP, NEXT_STEP):
+            return None  # DISABLED: the caller resets; there is no episode end to move at
+        envs = self.shard_envs[source]
+        if len(envs) <= 1:
+            return None
+        index = envs.stop - 1 if target > source else envs.start
+        if index in self._moves:
+            return None
+        self._moves[index] = (source, target)
+        self._views.migrate[index] = 1
+        return index
+
+    def queue_move(self, source: int, target: int) -> None:
+        """``request_move`` from another thread: done by the stepping thread at its next step."""
+        self._move_requests.append((source, target))
+
+    def _take_move_requests(self) -> None:
+        while self._move_requests:
+            source, target = self._move_requests.popleft()
+            self.request_move(source, target)
+
+    def _settle_moves(self, released: list, slot: int) -> list:
+        """Envs that left their shard at their episode end join the neighbour that asked for them."""
+        extras: list = []
+        for index, _, package in released:
+            source, target = self._moves.pop(index)
+            self._views.migrate[index] = 0
+            old, new = self.shard_envs[source], self.shard_envs[target]
+            self.shard_envs[source] = range(old.start + 1, old.stop) if index == old.start else range(old.start, old.stop - 1)
+            self.shard_envs[target] = range(index, new.stop) if index < new.start else range(new.start, index + 1)
+            for remote in self._remotes:
+                remote.envs = self.shard_envs[remote.index]
+            self._views.env_worker[index] = target
+            if target == 0 and self._local is not None:
+                result = {"info": self._local.adopt(index, package, slot), "extras": self._local.finish_extras(None)}
+            else:
+                if not isinstance(package, (bytes, bytearray)):
+                    import cloudpickle
+
+                    package = cloudpickle.dumps(package)  # from this process's own shard to a worker
+                (result,) = self.call("adopt", [index], (package, slot))
+            if result["info"]:
+                extras.append((index, Extra.RESET_INFO, result["info"]))
+            extras += result["extras"] or []
+            self.moves_done += 1
+        return extras
 
     # -- reading results ------------------------------------------------------------------------
     def observations(

@@ -91,6 +91,7 @@ class Extra(IntEnum):
     WARNING = 3  # a check found a problem in the env's output (check="warn"); value is the message
     OBJECTS = 4  # the env's new observation's object leaves (Text, Graph, ...): a list, one value per object leaf
     FINAL_OBS = 5  # SAME_STEP, spaces with object or scalar leaves: the env's own final observation object
+    RELEASED = 6  # the env left its shard at its episode end, to move to a neighbour: its package (fastvec.migrate)
 
 
 # Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium

@@ -22,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from fastvec import kernels, restart
+from fastvec import kernels, migrate, restart
 from fastvec.checks import OutputChecks
 from fastvec.env_calls import run_call
 from fastvec.errors import ShardError
@@ -74,6 +74,8 @@ class Shard:
         self.single_action = is_single_array(self.action_leaves)
         self.action_buffers = [buffer[self.start : self.stop] for buffer in views.actions]
         self.action_tags = views.action_tags
+        self.migrate = views.migrate  # 1 where the pool asked an env to move at its next episode end
+        self.to_bytes = False  # whether a released env is pickled (a worker's are: they travel on its pipe)
         self.needs_reset = [False] * len(envs)
         self.step_fns = [env.step for env in envs]
         self.steps = 0
@@ -201,18 +203,85 @@ class Shard:
         if nan >= 0 and self.checks.active:
             self.checks.problem(nan, "step", "nan-reward", "returned a NaN reward")
         extras: list | None = None
+        leaving: list[int] | None = None
         if ended and self.autoreset_mode == SAME_STEP:
+            migrate = self.migrate
             for j, result in enumerate(results):
                 if (result[2] or result[3]) and (restarted is None or j not in restarted):
                     # copy the final observation out before the reset overwrites it
                     self.write_terminal(j, result[0], "step")
+                    if migrate[start + j] and self._may_leave(j):  # its new shard resets it
+                        leaving = (leaving or []) + [j]
+                        continue
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                     self.write_obs([obs], slot, "reset (autoreset after step)", [j])
                     if reset_info:
                         extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
+        elif ended and self.autoreset_mode == NEXT_STEP:
+            migrate = self.migrate
+            leaving = [j for j, r in enumerate(results) if (r[2] or r[3]) and migrate[start + j] and self._may_leave(j)]
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
+        if leaving:
+            self._release(leaving)
         return self.finish_extras(extras)
+
+    # -- moving envs between shards (fastvec.migrate) -------------------------------------------
+    def _may_leave(self, j: int) -> bool:
+        """Only an edge env moves (shards stay contiguous), and a shard keeps at least one env."""
+        return len(self.envs) > 1 and (j == 0 or j == len(self.envs) - 1)
+
+    def _release(self, positions: list[int]) -> None:
+        """The envs at local ``positions`` (edges) leave: packed into RELEASED extras."""
+        for j in sorted(set(positions), reverse=True):  # the last first, so the first keeps its position
+            if not self._may_leave(j):
+                continue
+            index = self.start + j
+            package = migrate.pack(self.envs[j], self.env_fns[j] if self.env_fns else None, self.last_objects[j], self.to_bytes)
+            for column in (self.envs, self.step_fns, self.needs_reset, self.last_objects):
+                del column[j]
+            if self.env_fns is not None:
+                del self.env_fns[j]
+            if j == 0:
+                self.start += 1
+            else:
+                self.stop -= 1
+            self._rerange()
+            self.side_extras.append((index, Extra.RELEASED, package))
+
+    def adopt(self, index: int, package: Any, slot: int) -> dict | None:
+        """Take env ``index`` (the neighbour of an edge) from its old shard's package; in SAME_STEP
+        reset it now into ``slot``, else at the next step. Returns the reset's info."""
+        env, env_fn, objects = migrate.unpack(package)
+        if index == self.start - 1:
+            j, self.start = 0, self.start - 1
+            for column, value in ((self.envs, env), (self.step_fns, env.step), (self.needs_reset, True), (self.last_objects, objects)):
+                column.insert(0, value)
+            if self.env_fns is not None:
+                self.env_fns.insert(0, env_fn)
+        elif index == self.stop:
+            j, self.stop = len(self.envs), self.stop + 1
+            for column, value in ((self.envs, env), (self.step_fns, env.step), (self.needs_reset, True), (self.last_objects, objects)):
+                column.append(value)
+            if self.env_fns is not None:
+                self.env_fns.append(env_fn)
+        else:
+            raise ValueError(f"env {index} is not next to this shard's envs {self.start}..{self.stop - 1}")
+        self._rerange()
+        if self.autoreset_mode != SAME_STEP:
+            return None  # NEXT_STEP: its reset comes with the next step, as it would have
+        self.needs_reset[j] = False
+        obs, info = self._autoreset(j, "reset (after moving)")
+        self.write_obs([obs], slot, "reset (after moving)", [j])
+        return info or None
+
+    def adopt_call(self, index: int, package: Any, slot: int) -> dict:
+        """``adopt`` as a worker answers the pool's call: the reset's info and the extras it made."""
+        return {"info": self.adopt(index, package, slot), "extras": self.finish_extras(None)}
+
+    def _rerange(self) -> None:
+        self.action_buffers = [buffer[self.start : self.stop] for buffer in self.views.actions]
+        self.checks.start = self.start
 
     def _write_step_slowly(self, results: list, slot: int) -> tuple[bool, bool, int]:
         """The general path of ``_write_step``: any observation structure, and every problem named."""
@@ -413,6 +482,11 @@ class Shard:
     # -- rare commands -------------------------------------------------------------------------
     def call(self, request: str, indices: list[int], args: tuple, values: list | None) -> list:
         """Run a rare call on the envs at the given global ``indices`` (all in this shard)."""
+        if request == "adopt":  # an env moving in from a neighbour (fastvec.migrate)
+            try:
+                return [self.adopt_call(indices[0], *args)]
+            except Exception as exc:
+                raise ShardError(indices[0], "adopt (moving an env)", exc) from exc
         results = []
         for k, i in enumerate(indices):
             try:

@@ -111,6 +111,7 @@ def worker_main(
     shard = Shard(
         envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
     )
+    shard.to_bytes = True  # envs leaving this shard travel on the pipe
     if restart is not None:  # a respawned worker: finish the command its predecessor died in
         try:
             extras = _fill_in(shard, restart)
@@ -173,7 +174,6 @@ def _serve(
     adaptive = spin_ns == ADAPTIVE_POLL
     gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
     finished = time.perf_counter_ns()
-    start = shard.start
     while True:
         if adaptive:  # poll a little longer than the parent usually takes, yielding the core
             spin_ns = -min(max(int(1.5 * gap_ns), 20_000), 2_000_000)
@@ -206,13 +206,13 @@ def _serve(
         except ShardError as err:
             reply = ("error", err.payloads())
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
-            reply = ("error", [ShardError(start, request, exc).payload()])
+            reply = ("error", [ShardError(shard.start, request, exc).payload()])
         control[message_index] = 1 if reply is not None else 0
         finished = time.perf_counter_ns()
         add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before)
         finish(control, done_index, expected, remaining_index)
         if reply is not None:
-            _send_result(conn, reply, indices[0] if indices else start, request, indices)
+            _send_result(conn, reply, indices[0] if indices else shard.start, request, indices)
         if command == Command.CLOSE:
             return
         expected = (expected + 1) & SEQ_MASK

@@ -1,0 +1,123 @@
+"""Envs moving between neighbouring shards at episode boundaries (fastvec.migrate): the caller cannot
+tell, except by where an env runs. Same results as a pool that never moved an env."""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from fastvec import SubprocVecEnv, VectorEnv
+from tests import envs
+
+N = 6
+
+
+class Where(gym.Wrapper):
+    """CartPole that says which process it runs in."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Unpicklable(Where):
+    """... and holds something pickle refuses: moving it re-creates it from its factory."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lock = threading.Lock()
+
+
+def make_where() -> gym.Env:
+    return Where(gym.make("CartPole-v1"))
+
+
+def make_unpicklable() -> gym.Env:
+    return Unpicklable(gym.make("CartPole-v1"))
+
+
+def _moves_every(pool, t: int) -> None:
+    """Shift the boundary back and forth between the parent's shard and the worker's."""
+    if t % 7 == 0:
+        pool.request_move(0, 1) if (t // 7) % 2 == 0 else pool.request_move(1, 0)
+
+
+@pytest.mark.parametrize("make", [make_where, make_unpicklable], ids=["pickled", "re-created"])
+def test_moves_give_the_same_results_sb3(make) -> None:
+    still = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
+    moving = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
+    try:
+        for venv in (still, moving):
+            venv.seed(5)
+        np.testing.assert_array_equal(moving.reset(), still.reset())
+        rng = np.random.default_rng(1)
+        for t in range(400):
+            _moves_every(moving.pool, t)
+            actions = rng.integers(0, 2, N)
+            a, b = moving.step(actions), still.step(actions)
+            np.testing.assert_array_equal(a[0], b[0], err_msg=f"step {t}")
+            np.testing.assert_array_equal(a[1], b[1])
+            np.testing.assert_array_equal(a[2], b[2])
+            for i in np.flatnonzero(b[2]):
+                np.testing.assert_array_equal(a[3][i]["terminal_observation"], b[3][i]["terminal_observation"])
+        assert moving.pool.moves_done >= 10
+        pids = moving.env_method("pid")
+        in_parent = sum(pid == os.getpid() for pid in pids)
+        assert in_parent == len(moving.pool.shard_envs[0])  # where each env runs follows its moves
+    finally:
+        still.close()
+        moving.close()
+
+
+def test_moves_give_the_same_results_gymnasium_next_step() -> None:
+    fns = [envs.make_cartpole] * N
+    still = VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP)
+    moving = VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP)
+    try:
+        np.testing.assert_array_equal(moving.reset(seed=3)[0], still.reset(seed=3)[0])
+        rng = np.random.default_rng(2)
+        for t in range(400):
+            _moves_every(moving.pool, t)
+            actions = rng.integers(0, 2, N)
+            a, b = moving.step(actions), still.step(actions)
+            for x, y in zip(a[:4], b[:4]):
+                np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
+        assert moving.pool.moves_done >= 10
+    finally:
+        still.close()
+        moving.close()
+
+
+def test_move_requests_are_refused_where_they_cannot_apply() -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 3, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        assert pool.shard_envs == [range(0, 1), range(1, 3)]
+        assert pool.request_move(0, 1) is None  # the parent's last env stays
+        assert pool.request_move(1, 0) == 1
+        assert pool.request_move(1, 0) is None  # already moving
+        with pytest.raises(ValueError, match="neighbouring"):
+            pool.request_move(0, 2)
+
+
+def test_a_respawned_worker_makes_the_envs_it_owns_after_moves() -> None:
+    import signal
+
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        rng = np.random.default_rng(0)
+        while venv.pool.moves_done == 0:
+            venv.pool.request_move(1, 0)
+            venv.step(rng.integers(0, 2, 4))
+        assert venv.pool.shard_envs == [range(0, 3), range(3, 4)]
+        os.kill(venv.pool.worker_pids[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            _, _, dones, infos = venv.step(np.zeros(4, np.int64))
+        assert dones[3] and "fastvec.restarted" in infos[3]  # its envs: only env 3 now
+        assert not any("fastvec.restarted" in info for info in infos[:3])
+        pids = venv.env_method("pid")
+        assert pids[:3] == [os.getpid()] * 3 and pids[3] != os.getpid()

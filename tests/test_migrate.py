@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import partial
 
 import gymnasium as gym
 import numpy as np

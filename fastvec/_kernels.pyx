@@ -346,12 +346,21 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
     return (-1 if cast < 0 else -2 - cast), ended, has_info, nan
 
 
-def add_stats(double[::1] row, double commands, double env_steps, double busy_ns, double restarts):
-    """A worker's counters (columns of fastvec.protocol.Stats) grow by the given amounts."""
+def add_stats(double[::1] row, double commands, double env_steps, double busy_ns, double restarts,
+              double wait_ns=0.0):
+    """A shard's counters (columns of fastvec.protocol.Stats) grow by one command's amounts; its
+    duration is counted in the histogram (bin b: [2^b, 2^(b+1)) microseconds, bin 0 below 2 us)."""
+    cdef int b = 0
+    cdef double us = busy_ns / 1000.0
     row[0] += commands
     row[1] += env_steps
     row[2] += busy_ns
     row[3] += restarts
+    row[4] += wait_ns
+    while us >= 2.0 and b < row.shape[0] - 6:
+        us *= 0.5
+        b += 1
+    row[5 + b] += 1
 
 
 def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):

@@ -185,8 +185,16 @@ def write_results(
     return code, any(terms) or any(truncs), any(bool(r[4]) for r in results), nan
 
 
-def add_stats(row: np.ndarray, commands: float, env_steps: float, busy_ns: float, restarts: float) -> None:
-    row[:4] += (commands, env_steps, busy_ns, restarts)
+def add_stats(
+    row: np.ndarray, commands: float, env_steps: float, busy_ns: float, restarts: float, wait_ns: float = 0.0
+) -> None:
+    """A shard's counters grow by one command's amounts; see _kernels.pyx."""
+    row[:5] += (commands, env_steps, busy_ns, restarts, wait_ns)
+    us, b = busy_ns / 1000.0, 0
+    while us >= 2.0 and b < row.shape[0] - 6:
+        us *= 0.5
+        b += 1
+    row[5 + b] += 1
 
 
 def first_nan(values: np.ndarray, start: int, stop: int) -> int:

@@ -12,7 +12,7 @@ Block:
     | obs ring per array leaf [S, N, *shape] | reward ring [S, N] f64
     | terminated ring [S, N] u8 | truncated ring [S, N] u8
     | terminal obs per array leaf [N, *shape] | reset seeds [N] i64 | seed mask [N] u8
-    | reset mask [N] u8 | migrate flags [N] u8 | per-worker stats [W, Stats.COLUMNS] f64
+    | reset mask [N] u8 | migrate flags [N] u8 | per-env step time [N] f64 | per-worker stats [W, Stats.COLUMNS] f64
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def plan_layout(
         ("seed_mask", (n,), np.dtype(np.bool_)),
         ("reset_mask", (n,), np.dtype(np.bool_)),
         ("migrate", (n,), np.dtype(np.uint8)),
+        ("env_step_ns", (n,), np.dtype(np.float64)),
         ("worker_stats", (num_workers, Stats.COLUMNS), np.dtype(np.float64)),
     ]
     fields: dict[str, Field] = {}
@@ -161,6 +162,7 @@ class Views:
         self.seed_mask: np.ndarray = arrays["seed_mask"]
         self.reset_mask: np.ndarray = arrays["reset_mask"]
         self.migrate: np.ndarray = arrays["migrate"]
+        self.env_step_ns: np.ndarray = arrays["env_step_ns"]  # per env: time in env.step, while timing is on
         self.worker_stats: np.ndarray = arrays["worker_stats"]
 
     def control_base(self, worker: int) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 __all__ = ["PoolOptions", "TUNABLE", "default_num_workers"]
 
 # the knobs a tuning file from `python -m fastvec.tune` may set
-TUNABLE = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_method", "pin_workers")
+TUNABLE = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_method", "pin_workers", "pin")
 CHECK_LEVELS = (None, "off", "warn", "raise")
 
 
@@ -52,8 +52,16 @@ class PoolOptions:
             usual gap between commands (20 us to 2 ms), or 200 us when processes outnumber cores.
         step_timeout: seconds a command may take before StepTimeoutError (default: none).
         daemon: start workers as daemonic processes (they then cannot start children).
-        pin_workers: pin shard w to core w mod cores (the parent, when it steps shard 0, to
-            the first core).
+        pin: which cores the workers run on (see fastvec.placement): "auto" (default: a core
+            of its own for each worker where there are enough, the learner's core kept free of
+            workers, the affinity the process was started with honoured), "compact", "spread",
+            "none", or a list of core ids.
+        pin_workers: True is ``pin="spread"`` (shard w on core w mod cores, the parent's own
+            shard on the first core), as before ``pin`` existed.
+        monitor: run fastvec's monitor in a background thread (see fastvec.monitor): it samples
+            the shards' counters every ``monitor_interval`` seconds and, when one shard lags the
+            others, re-pins it off a core it shares with other load, or moves envs from it to a
+            neighbouring shard at episode boundaries. Its decisions are in ``monitor_events``.
         on_error: "raise": an env's exception is raised as EnvError naming the env, a dead
             worker as WorkerDiedError. "restart": the failing env (or a dead worker's envs)
             is re-created from its factory, its episode ends as truncated, the others go on.
@@ -72,6 +80,9 @@ class PoolOptions:
     step_timeout: float | None = None
     daemon: bool = False
     pin_workers: bool = False
+    pin: str | list[int] = "auto"
+    monitor: bool = False
+    monitor_interval: float = 1.0
     on_error: str = "raise"
     check: str | None = None
 
@@ -97,6 +108,13 @@ class PoolOptions:
             raise ValueError(f"step_timeout must be a positive number of seconds, got {self.step_timeout!r}")
         if self.on_error not in ("raise", "restart"):
             raise ValueError(f"on_error must be 'raise' or 'restart', got {self.on_error!r}")
+        if isinstance(self.pin, (list, tuple)):
+            if not self.pin or not all(isinstance(c, (int, np.integer)) and c >= 0 for c in self.pin):
+                raise ValueError(f"pin must name cores by their ids, got {self.pin!r}")
+        elif self.pin not in ("auto", "compact", "spread", "none"):
+            raise ValueError(f"pin must be 'auto', 'compact', 'spread', 'none' or a list of core ids, got {self.pin!r}")
+        if not (isinstance(self.monitor_interval, (int, float)) and self.monitor_interval > 0):
+            raise ValueError(f"monitor_interval must be a positive number of seconds, got {self.monitor_interval!r}")
         if self.check not in CHECK_LEVELS:
             raise ValueError(f"check must be None, 'off', 'warn' or 'raise', got {self.check!r}")
 
@@ -129,3 +147,8 @@ class PoolOptions:
 
     def replace(self, **changes: Any) -> PoolOptions:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def placement(self) -> str | list[int]:
+        """The pin setting in effect (``pin_workers=True`` is ``"spread"``)."""
+        return "spread" if self.pin_workers and self.pin == "auto" else self.pin

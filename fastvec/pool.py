@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fastvec import kernels, shm
+from fastvec import kernels, placement, shm
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
 from fastvec.errors import (
@@ -53,9 +53,11 @@ from fastvec.errors import (
     env_errors,
 )
 from fastvec.layout import Views, plan_layout
+from fastvec.monitor import Monitor
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.protocol import (
     ADAPTIVE_POLL,
+    HEADER_TIMING,
     NEXT_STEP,
     POLL_NS,
     SAME_STEP,
@@ -72,6 +74,7 @@ from fastvec.remote import Remote, stop
 from fastvec.restart import describe
 from fastvec.shard import Shard
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
+from fastvec.stats import PoolStats, Sampler
 
 __all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
@@ -219,6 +222,12 @@ class Pool:
         self.on_error = opts.on_error
         self.check = opts.check
         self.pin_workers = opts.pin_workers
+        self.pin = opts.placement
+        self.cores: dict[int, list[int]] = {}  # worker index -> the cores it is pinned to
+        self._allowed_cores = placement.allowed_cores()  # the affinity this process was started with
+        self._inside_ns = 0
+        self._sampler: Sampler | None = None
+        self._monitor: Monitor | None = None
         self.worker_restarts = 0
         self.moves_done = 0
         self._moves: dict[int, tuple[int, int]] = {}  # env index -> (source shard, target shard), pending
@@ -243,8 +252,10 @@ class Pool:
         _LIVE_POOLS.add(self)
         try:
             self._start(remote_shards)
-            if self.pin_workers:
-                self._pin()
+            self._pin()
+            if opts.monitor:
+                self._monitor = Monitor(self, interval=opts.monitor_interval)
+                self._monitor.start()
         except BaseException:
             self._terminate(grace=0.2)
             raise
@@ -300,6 +311,8 @@ class Pool:
                 check=self.check,
             )
         self._control = views.control
+        self._local_stats = views.worker_stats[0]
+        self._local_finished = time.perf_counter_ns()
         self._index_remotes()
         # per slot: the rewards / terminated / truncated rows a Batch hands out, and the observations
         self.slot_views = [(views.rewards[s], views.terminated[s], views.truncated[s]) for s in range(self.ring_slots)]
@@ -450,6 +463,7 @@ class Pool:
         dict/tuple of such batches, gymnasium's layout), or with ``per_env`` a sequence of one
         action per env (SB3's layout for structured spaces).
         """
+        entered = time.perf_counter_ns()
         if self._pending is not None or self._state is not PoolState.IDLE:
             self._check_idle("step_async")
         if self._move_requests:
@@ -459,6 +473,7 @@ class Pool:
         slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
         if objects is None:
             self._issue(_Pending(_STEP, "step", slot, 0, None, (slot, None)))
+            self._inside_ns += time.perf_counter_ns() - entered
             return
         # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share
         payloads = {
@@ -644,6 +659,13 @@ class Pool:
         ``timeout`` counts the parent's own share too: when that alone took longer, the command
         stays pending (multiprocessing.TimeoutError) and the next wait collects the workers.
         """
+        entered = time.perf_counter_ns()
+        try:
+            return self._complete_command(p, timeout)
+        finally:
+            self._inside_ns += time.perf_counter_ns() - entered
+
+    def _complete_command(self, p: _Pending, timeout: float | None) -> list | None:
         began = time.monotonic() if timeout is not None else 0.0
         if p.local is None and self._local is not None and p.local_args:
             try:
@@ -681,7 +703,14 @@ class Pool:
         local = self._local
         try:
             if p.command is _STEP:
-                return local.step(*p.local_args), None
+                began = time.perf_counter_ns()
+                steps = local.steps
+                extras = local.step(*p.local_args)
+                ended = time.perf_counter_ns()
+                # the calling process's own shard counts as the workers count (shard 0's row)
+                kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
+                self._local_finished = ended
+                return extras, None
             if p.command is _RESET:
                 return local.reset(*p.local_args), None
             if p.command is Command.CONTROL:
@@ -824,6 +853,8 @@ class Pool:
             if kind == "error":
                 raise env_error(*extras)
             kernels.finish(self._control, remote.base + Control.DONE_SEQ, self._seq, self._remaining_index)
+            if dead.index in self.cores:
+                self._pin_remote(remote, self.cores[dead.index])
         except BaseException as exc:
             self._break(exc)
             raise
@@ -932,15 +963,71 @@ class Pool:
 
     # -- monitoring ------------------------------------------------------------------------------
     def _pin(self) -> None:
-        """Pin shard w (worker process, or the parent for shard 0) to core w mod cores."""
-        import psutil
-
-        cores = sorted(os.sched_getaffinity(0))
-        if self.step_in_parent:
-            self._parent_affinity = cores
-            psutil.Process().cpu_affinity([cores[0]])
+        """Place the workers (and, with "spread", this process) on cores, per the pin setting."""
+        if self.pin == "none" or not self._remotes or not placement.can_pin():
+            return
+        workers, parent = placement.plan(
+            self.pin, [r.index for r in self._remotes], self.step_in_parent, self._allowed_cores
+        )
         for remote in self._remotes:
-            remote.pin([cores[remote.index % len(cores)]])
+            self._pin_remote(remote, workers.get(remote.index))
+        if parent is not None:
+            self._parent_affinity = sorted(os.sched_getaffinity(0))
+            placement.apply(os.getpid(), parent)
+
+    def _pin_remote(self, remote: Remote, cores: list[int] | None) -> None:
+        if cores:
+            try:
+                placement.apply(remote.pid, cores)
+                self.cores[remote.index] = cores
+            except Exception:  # the process ended meanwhile: its replacement is pinned when it starts
+                pass
+
+    def repin(self, shard: int, cores: list[int]) -> None:
+        """Move worker ``shard`` to ``cores`` (the monitor's re-pinning)."""
+        remote = next(r for r in self._remotes if r.index == shard)
+        self._pin_remote(remote, list(cores))
+
+    # -- what the shards are doing (fastvec.stats) -------------------------------------------------
+    def shard_counters(self) -> np.ndarray:
+        """A copy of every shard's counters (rows: shards; columns: fastvec.protocol.Stats)."""
+        return self._views.worker_stats.copy()
+
+    def env_step_ns(self) -> np.ndarray:
+        """A copy of each env's accumulated time in env.step (collected while ``timing`` is on)."""
+        return self._views.env_step_ns.copy()
+
+    def inside_seconds(self) -> float:
+        """Seconds the calling process has spent inside the pool's step/reset/call so far."""
+        return self._inside_ns / 1e9
+
+    def shard_pid(self, shard: int) -> int | None:
+        if self.step_in_parent and shard == 0:
+            return os.getpid()
+        remote = next((r for r in self._remotes if r.index == shard), None)
+        return remote.pid if remote is not None else None
+
+    @property
+    def timing(self) -> bool:
+        """Whether shards time each env's step (the monitor turns it on)."""
+        return bool(self._views.header[HEADER_TIMING])
+
+    @timing.setter
+    def timing(self, on: bool) -> None:
+        self._views.header[HEADER_TIMING] = 1 if on else 0
+
+    def stats(self) -> PoolStats:
+        """What every shard did since the previous call (or since the pool started): steps/s, busy
+        share, command-time percentiles, CPU use, cores, and for the pool the throughput, the
+        straggler ratio and the share of time the calling process spends outside the pool."""
+        if self._sampler is None:
+            self._sampler = Sampler(self)
+        return self._sampler.sample()
+
+    @property
+    def monitor_events(self) -> list:
+        """What the monitor did (re-pinned a worker, moved an env), with why and when."""
+        return self._monitor.events if self._monitor is not None else []
 
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
@@ -1017,6 +1104,8 @@ class Pool:
             self.step_timeout = saved_timeout
 
     def _terminate(self, grace: float = 1.0) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
         self._state = PoolState.CLOSED
         self._pending = None
         stop(self._remotes, grace)
@@ -1030,7 +1119,7 @@ class Pool:
         self._local = None
         self._local_envs = []
         self.ring = None  # type: ignore[assignment]
-        self.slot_views = self._obs_slots = None  # type: ignore[assignment]
+        self.slot_views = self._obs_slots = self._local_stats = None  # type: ignore[assignment]
         if self._views is not None:
             self._views.release()
         self._control = None

@@ -79,7 +79,10 @@ class Stats:
     ENV_STEPS = 1  # env steps taken
     BUSY_NS = 2  # nanoseconds spent running commands
     ENV_RESTARTS = 3  # envs re-created after raising (on_error="restart")
-    COLUMNS = 4
+    WAIT_NS = 4  # nanoseconds spent waiting for the next command
+    HISTOGRAM = 5  # first of HISTOGRAM_BINS counts of commands by duration: bin b holds [2^b, 2^(b+1)) us
+    HISTOGRAM_BINS = 24
+    COLUMNS = HISTOGRAM + HISTOGRAM_BINS
 
 
 class Extra(IntEnum):
@@ -111,3 +114,4 @@ SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
 POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives
 ADAPTIVE_POLL = 1  # spin_ns sent to workers: poll about as long as the parent usually takes, up to 2 ms
 YIELD_POLL_NS = -200_000  # default poll of the parent (yielding the core) before sleeping on the futex
+HEADER_TIMING = 8  # header word: 1 while per-env step times are being collected (the monitor is on)

@@ -16,6 +16,7 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from fastvec.checks import OutputChecks
 from fastvec.env_calls import run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import NEXT_STEP, SAME_STEP, TAG_DTYPE, TAG_SCALAR_ROWS, Extra
+from fastvec.protocol import HEADER_TIMING, NEXT_STEP, SAME_STEP, TAG_DTYPE, TAG_SCALAR_ROWS, Extra
 from fastvec.spaces import Leaf, assemble, is_single_array, split
 
 __all__ = ["Shard"]
@@ -75,6 +76,8 @@ class Shard:
         self.action_buffers = [buffer[self.start : self.stop] for buffer in views.actions]
         self.action_tags = views.action_tags
         self.migrate = views.migrate  # 1 where the pool asked an env to move at its next episode end
+        self.header = views.header
+        self.env_step_ns = views.env_step_ns
         self.to_bytes = False  # whether a released env is pickled (a worker's are: they travel on its pipe)
         self.needs_reset = [False] * len(envs)
         self.step_fns = [env.step for env in envs]
@@ -111,10 +114,18 @@ class Shard:
         restarted: set[int] | None = None
         errors: list[ShardError] | None = None
         pairs = zip(self.step_fns, actions)
+        timing = self.header[HEADER_TIMING]  # the monitor wants each env's step time
         while True:
             try:
-                for step, action in pairs:
-                    append(step(action))
+                if timing:
+                    clock, env_ns, first = time.perf_counter_ns, self.env_step_ns, start + len(results)
+                    for k, (step, action) in enumerate(pairs):
+                        began = clock()
+                        append(step(action))
+                        env_ns[first + k] += clock() - began
+                else:
+                    for step, action in pairs:
+                        append(step(action))
                 break
             except Exception as exc:
                 j = len(results)
@@ -138,6 +149,7 @@ class Shard:
         append = results.append
         needs_reset = self.needs_reset
         autoreset = self.autoreset_mode == NEXT_STEP
+        timing = self.header[HEADER_TIMING]  # the monitor wants each env's step time
         errors: list[ShardError] | None = None
         for j in range(len(self.envs)):
             if needs_reset[j]:
@@ -146,7 +158,12 @@ class Shard:
                 needs_reset[j] = False
                 continue
             try:
-                result = self.step_fns[j](actions[j])
+                if timing:
+                    began = time.perf_counter_ns()
+                    result = self.step_fns[j](actions[j])
+                    self.env_step_ns[start + j] += time.perf_counter_ns() - began
+                else:
+                    result = self.step_fns[j](actions[j])
             except Exception as exc:
                 if not self.restart_on_error:  # the other envs still step; every error is reported
                     errors = (errors or []) + [ShardError(start + j, "step", exc)]

@@ -54,7 +54,7 @@ QUICK_SPIN_CHOICES = (0, 50_000, -200_000)
 MAX_OTHER_LOAD = 0.02
 # what a candidate varies: the knobs a tuning file may set (fastvec.options.TUNABLE), less the two that
 # do not change a rate: ring_slots (the depth of the result ring) and start_method (start-up only)
-NOT_SEARCHED = ("ring_slots", "start_method")
+NOT_SEARCHED = ("ring_slots", "start_method", "pin")  # pin: the tuner tries pin_workers (spread) against the default (auto)
 CONFIG_KEYS = tuple(k for k in TUNABLE if k not in NOT_SEARCHED)
 NOISE = 0.05  # differences below this are within run-to-run noise
 

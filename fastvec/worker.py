@@ -182,8 +182,9 @@ def _serve(
                 return
             continue
         began = time.perf_counter_ns()
+        wait_ns = began - finished
         if adaptive:
-            gap_ns += 0.1 * (min(began - finished, 10_000_000) - gap_ns)
+            gap_ns += 0.1 * (min(wait_ns, 10_000_000) - gap_ns)
         command, slot, arg = control[cmd_index : arg_index + 1].tolist()
         steps_before = shard.steps
         restarts_before = shard.restarts
@@ -209,7 +210,7 @@ def _serve(
             reply = ("error", [ShardError(shard.start, request, exc).payload()])
         control[message_index] = 1 if reply is not None else 0
         finished = time.perf_counter_ns()
-        add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before)
+        add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before, wait_ns)
         finish(control, done_index, expected, remaining_index)
         if reply is not None:
             _send_result(conn, reply, indices[0] if indices else shard.start, request, indices)

@@ -38,4 +38,6 @@ def test_codes_are_distinct() -> None:
     flags = [int(f) for f in ResetFlag] + [int(f) for f in StepFlag]
     assert all(f & (f - 1) == 0 for f in flags)  # single bits
     assert len({int(f) for f in ResetFlag}) == len(ResetFlag)
-    assert Stats.COLUMNS == 1 + max(v for k, v in vars(Stats).items() if k.isupper() and k != "COLUMNS")
+    columns = [v for k, v in vars(Stats).items() if k.isupper() and k not in ("COLUMNS", "HISTOGRAM_BINS")]
+    assert sorted(columns) == list(range(len(columns)))  # one column each, no gaps
+    assert Stats.COLUMNS == Stats.HISTOGRAM + Stats.HISTOGRAM_BINS and Stats.HISTOGRAM == max(columns)

@@ -1,0 +1,84 @@
+"""Which cores the pool's processes run on (the ``pin`` option), honouring the affinity the
+caller was started with (taskset, cgroups, a scheduler's allocation).
+
+- ``"auto"`` (default): each worker process gets a core of its own where there are enough,
+  and the learner's core (the first allowed one) is kept free of workers; with more workers
+  than the remaining cores, workers are spread round-robin over all of them. The calling
+  process is not pinned (its own shard runs wherever it runs).
+- ``"compact"``: worker w on the w-th allowed core, consecutive cores first (caches shared).
+- ``"spread"``: workers as far apart as the allowed cores allow (one core in every
+  ``cores / workers``); the calling process, when it steps a shard, on the first core.
+  ``pin_workers=True`` means this.
+- ``"none"``: no pinning. A list of core ids: worker w on ``cores[w % len(cores)]``.
+
+Where psutil cannot set affinities (macOS), pinning falls back to none, with one warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+__all__ = ["PIN_MODES", "allowed_cores", "plan", "can_pin", "apply"]
+
+PIN_MODES = ("auto", "compact", "spread", "none")
+_warned = False
+
+
+def allowed_cores() -> list[int]:
+    """The cores this process may run on, in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def can_pin() -> bool:
+    """Whether psutil can set a process's CPU affinity here (one warning where it cannot)."""
+    global _warned
+    try:
+        import psutil
+
+        ok = hasattr(psutil.Process, "cpu_affinity")
+    except ImportError:  # pragma: no cover
+        ok = False
+    if not ok and not _warned:
+        _warned = True
+        warnings.warn(
+            "fastvec: this platform cannot pin processes to cores; pin= is ignored", RuntimeWarning, stacklevel=3
+        )
+    return ok
+
+
+def plan(
+    pin: Any, workers: list[int], in_parent: bool, cores: list[int] | None = None
+) -> tuple[dict[int, list[int]], list[int] | None]:
+    """(worker index -> its cores, the calling process's cores or None) for the ``pin`` setting;
+    ``workers``: the indices of the shards that run in worker processes."""
+    cores = allowed_cores() if cores is None else list(cores)
+    n = len(cores)
+    if not workers or pin in (None, "none", False):
+        return {}, None
+    if isinstance(pin, (list, tuple)):
+        chosen = [int(c) for c in pin]
+        return {w: [chosen[k % len(chosen)]] for k, w in enumerate(workers)}, None
+    if pin == "auto":
+        free = cores[1:] if n > 1 else cores  # the learner's core stays free of workers
+        pool = free if len(workers) <= len(free) else cores
+        return {w: [pool[k % len(pool)]] for k, w in enumerate(workers)}, None
+    if pin == "compact":
+        return {w: [cores[k % n]] for k, w in enumerate(workers)}, None
+    if pin == "spread":  # as pin_workers=True did: shard w on core w mod cores, the parent's shard on the first
+        stride = max(1, n // (len(workers) + (1 if in_parent else 0)))
+        first = 1 if in_parent else 0
+        mapping = {w: [cores[((k + first) * stride) % n]] for k, w in enumerate(workers)}
+        return mapping, ([cores[0]] if in_parent else None)
+    raise ValueError(f"pin must be one of {PIN_MODES} or a list of core ids, got {pin!r}")
+
+
+def apply(pid: int, cores: list[int]) -> None:
+    """Pin process ``pid`` to ``cores``."""
+    import psutil
+
+    psutil.Process(pid).cpu_affinity(cores)

@@ -1,0 +1,166 @@
+"""What a pool's processes are doing: a typed snapshot from the counters in the shared block
+and what psutil says of each process (``Pool.stats()``, the monitor).
+
+Every shard (the calling process's own, and each worker's) counts its commands, env steps,
+time running commands, time waiting for the next one, and a histogram of command durations,
+in its row of the block; with the monitor on, each env's time in ``env.step`` too. A
+``Sampler`` turns two readings into rates over the time between them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fastvec.protocol import Stats
+
+if TYPE_CHECKING:
+    from fastvec.pool import Pool
+
+__all__ = ["ShardStats", "PoolStats", "Sampler", "percentile_ms"]
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """One shard over the sampled interval."""
+
+    shard: int
+    pid: int | None
+    in_parent: bool  # the calling process's own shard
+    envs: range
+    cores: list[int] | None  # the process's CPU affinity
+    steps_per_s: float  # env steps per second
+    busy: float  # share of wall time spent running commands (stepping envs)
+    p50_ms: float | None  # median command duration
+    p95_ms: float | None
+    cpu_percent: float | None  # psutil: the process's CPU use (100 = one core)
+    involuntary_switches: int | None  # psutil: times the OS took the core away, over the interval
+    env_step_ms: list[float] | None  # mean time in env.step per env (monitor on), in env-index order
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """The pool over the sampled interval (since the previous sample, or since the start)."""
+
+    interval_s: float
+    shards: list[ShardStats]
+    throughput: float  # env steps per second, all shards
+    straggler_ratio: float | None  # the busiest shard's busy share over the median of the others
+    learner_share: float | None  # share of wall time the calling process spent outside the pool
+
+    @property
+    def workers(self) -> list[ShardStats]:
+        """The shards that run in worker processes."""
+        return [s for s in self.shards if not s.in_parent]
+
+
+def percentile_ms(histogram: np.ndarray, q: float) -> float | None:
+    """The ``q`` quantile of command durations from a histogram of power-of-two bins (in us), in ms."""
+    total = float(histogram.sum())
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for b, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            low = 0.0 if b == 0 else 2.0**b
+            high = 2.0 ** (b + 1)
+            return (low + (high - low) * (rank - seen) / count) / 1000.0  # interpolated within its bin
+        seen += count
+    return 2.0 ** len(histogram) / 1000.0
+
+
+class Sampler:
+    """Readings of a pool's counters turned into rates between two calls to ``sample``."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self._previous: tuple[float, np.ndarray, np.ndarray, float] | None = None
+        self._processes: dict[int, Any] = {}
+        self._switches: dict[int, int] = {}
+        self._started = time.perf_counter()
+        self._take()  # the baseline: the first sample covers the time since now
+
+    def _take(self) -> tuple[float, np.ndarray, np.ndarray, float]:
+        pool = self.pool
+        reading = (
+            time.perf_counter(),
+            pool.shard_counters(),
+            pool.env_step_ns(),
+            pool.inside_seconds(),
+        )
+        previous, self._previous = self._previous, reading
+        return previous or reading
+
+    def sample(self) -> PoolStats:
+        """The pool since the previous call (or since the sampler was made)."""
+        (t0, counters0, env0, inside0), (t1, counters1, env1, inside1) = self._take(), self._previous
+        interval = max(t1 - t0, 1e-9)
+        delta = counters1 - counters0
+        pool = self.pool
+        timing = pool.timing
+        shards = []
+        for shard, envs in enumerate(pool.shard_envs):
+            pid = pool.shard_pid(shard)
+            row = delta[shard]
+            commands = row[Stats.COMMANDS]
+            histogram = row[Stats.HISTOGRAM : Stats.HISTOGRAM + Stats.HISTOGRAM_BINS]
+            cpu, switches, cores = self._process_facts(pid)
+            env_ms = None
+            if timing and commands:
+                env_ms = [float(x) / commands / 1e6 for x in (env1 - env0)[envs.start : envs.stop]]
+            shards.append(
+                ShardStats(
+                    shard=shard,
+                    pid=pid,
+                    in_parent=pool.step_in_parent and shard == 0,
+                    envs=envs,
+                    cores=cores,
+                    steps_per_s=float(row[Stats.ENV_STEPS]) / interval,
+                    busy=min(1.0, float(row[Stats.BUSY_NS]) / 1e9 / interval),
+                    p50_ms=percentile_ms(histogram, 0.5),
+                    p95_ms=percentile_ms(histogram, 0.95),
+                    cpu_percent=cpu,
+                    involuntary_switches=switches,
+                    env_step_ms=env_ms,
+                )
+            )
+        busy = [s.busy for s in shards]
+        ratio = None
+        if len(busy) >= 2:
+            others = sorted(busy)[:-1]
+            middle = statistics.median(others)
+            ratio = max(busy) / middle if middle > 0 else None
+        learner = 1.0 - min(1.0, (inside1 - inside0) / interval)
+        return PoolStats(
+            interval_s=interval,
+            shards=shards,
+            throughput=sum(s.steps_per_s for s in shards),
+            straggler_ratio=ratio,
+            learner_share=learner,
+        )
+
+    def _process_facts(self, pid: int | None) -> tuple[float | None, int | None, list[int] | None]:
+        if pid is None:
+            return None, None, None
+        try:
+            import psutil
+
+            process = self._processes.get(pid)
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+                process.cpu_percent(None)  # the first reading only starts psutil's interval
+                cpu = None
+            else:
+                cpu = process.cpu_percent(None)
+            total = process.num_ctx_switches().involuntary
+            switches = total - self._switches.get(pid, total)
+            self._switches[pid] = total
+            cores = process.cpu_affinity() if hasattr(process, "cpu_affinity") else None
+            return cpu, switches, cores
+        except Exception:  # a process that just ended, or psutil refusing: no facts this time
+            return None, None, None

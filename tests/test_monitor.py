@@ -1,0 +1,143 @@
+"""The monitor (fastvec.monitor): straggler detection, its two remedies, and its thread's life."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from fastvec import SubprocVecEnv
+from fastvec.monitor import Monitor, find_straggler
+from fastvec.stats import PoolStats, ShardStats
+
+
+class BusyEnv(gym.Env):
+    """Burns ``step_seconds`` of CPU per step; deterministic observations."""
+
+    observation_space = gym.spaces.Box(-1e6, 1e6, (2,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, step_seconds: float):
+        self.step_seconds = step_seconds
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = int(self.np_random.integers(5))
+        return np.array([self.t, self.step_seconds]), {}
+
+    def step(self, action):
+        self.t += 1
+        end = time.thread_time() + self.step_seconds
+        while time.thread_time() < end:
+            pass
+        return np.array([self.t, self.step_seconds]), float(action), False, self.t >= 12, {}
+
+
+def make_busy(step_seconds: float) -> gym.Env:
+    return BusyEnv(step_seconds)
+
+
+def test_find_straggler() -> None:
+    assert find_straggler([0.5, 0.52], 1.25) is None
+    assert find_straggler([0.3, 0.9], 1.25) == 1
+    assert find_straggler([0.3, 0.35, 0.9, 0.32], 1.25) == 2
+    assert find_straggler([0.01, 0.04], 1.25) is None  # both idle: nothing to fix
+    assert find_straggler([0.9], 1.25) is None
+
+
+class _FakePool:
+    def __init__(self) -> None:
+        self._allowed_cores = [0, 1]
+        self.moves: list[tuple[int, int]] = []
+        self.repins: list[tuple[int, list[int]]] = []
+
+    def queue_move(self, source: int, target: int) -> None:
+        self.moves.append((source, target))
+
+    def repin(self, shard: int, cores: list[int]) -> None:
+        self.repins.append((shard, cores))
+
+
+def _snapshot(busy: list[float], cores: list[list[int]], cpu: list[float]) -> PoolStats:
+    shards = [
+        ShardStats(s, 100 + s, s == 0, range(4 * s, 4 * s + 4), cores[s], 1000.0, busy[s], 0.1, 0.2, cpu[s], 0, None)
+        for s in range(len(busy))
+    ]
+    return PoolStats(1.0, shards, 2000.0, max(busy) / min(busy), 0.5)
+
+
+def test_a_lasting_straggler_gets_an_env_moved_to_its_idler_neighbour(monkeypatch) -> None:
+    pool = _FakePool()
+    monitor = Monitor(pool, patience=3, cooldown=2)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 60.0, 1: 95.0})
+    slow = _snapshot([0.4, 0.95], [[0, 1], [1]], [60.0, 95.0])  # worker 1 alone on core 1: the envs are slow
+    assert monitor.step(slow) is None and monitor.step(slow) is None  # patience
+    event = monitor.step(slow)
+    assert event.kind == "move" and pool.moves == [(1, 0)] and "env 4" in event.detail
+    assert monitor.step(slow) is None and monitor.step(slow) is None  # cooldown
+    assert monitor.events == [event]
+
+
+def test_a_straggler_sharing_its_core_with_other_load_is_repinned(monkeypatch) -> None:
+    pool = _FakePool()
+    monitor = Monitor(pool, patience=1)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 40.0, 1: 100.0})
+    event = monitor.step(_snapshot([0.4, 0.95], [[0, 1], [1]], [40.0, 50.0]))  # core 1: 50% someone else's
+    assert event.kind == "repin" and pool.repins == [(1, [0])] and "core 1 -> core 0" in event.detail
+
+
+def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
+    """A quarter of the envs 10x slower, all on the worker at the start: the monitor moves envs to
+    the learner's shard; every observation equals that of a pool without a monitor."""
+    fns = [partial(make_busy, 1e-3 if i >= 6 else 1e-4) for i in range(8)]
+    plain = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    watched = SubprocVecEnv(fns, start_method="fork", num_workers=2, monitor=True, monitor_interval=0.05)
+    try:
+        for venv in (plain, watched):
+            venv.seed(1)
+        np.testing.assert_array_equal(watched.reset(), plain.reset())
+        began = time.monotonic()
+        t = 0
+        while (not watched.pool.monitor_events or t < 200) and time.monotonic() - began < 20:
+            actions = np.full(8, t % 2)
+            a, b = watched.step(actions), plain.step(actions)
+            for x, y in zip(a[:3], b[:3]):
+                np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
+            t += 1
+        assert any(e.kind == "move" for e in watched.pool.monitor_events), watched.pool.monitor_events
+        assert watched.pool.moves_done >= 1 and len(watched.pool.shard_envs[0]) > 4
+    finally:
+        plain.close()
+        watched.close()
+    assert watched.pool._monitor._thread is not None and not watched.pool._monitor._thread.is_alive()
+
+
+def test_nothing_changes_without_the_monitor() -> None:
+    fns = [partial(make_busy, 1e-3 if i >= 6 else 1e-4) for i in range(8)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        for _ in range(50):
+            venv.step(np.zeros(8, np.int64))
+        assert venv.pool.monitor_events == [] and venv.pool.moves_done == 0 and not venv.pool.timing
+
+
+def test_the_monitor_thread_never_keeps_the_process_alive() -> None:
+    code = textwrap.dedent(
+        """
+        from fastvec import SubprocVecEnv
+        from tests import envs
+        venv = SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", monitor=True, monitor_interval=0.05)
+        venv.reset()
+        print("made")
+        """
+    )  # no close(): the interpreter must still exit
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert result.returncode == 0 and "made" in result.stdout, result.stderr

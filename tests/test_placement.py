@@ -1,0 +1,57 @@
+"""Which cores workers run on (fastvec.placement), applied and read back with psutil."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from fastvec import SubprocVecEnv
+from fastvec.placement import plan
+from tests import envs
+
+
+def test_plans() -> None:
+    cores = [0, 1, 2, 3]
+    assert plan("auto", [1, 2, 3], True, cores) == ({1: [1], 2: [2], 3: [3]}, None)  # the learner's core kept free
+    assert plan("auto", [1, 2, 3, 4, 5], True, cores)[0] == {1: [0], 2: [1], 3: [2], 4: [3], 5: [0]}  # oversubscribed
+    assert plan("auto", [1], True, [4, 6]) == ({1: [6]}, None)  # the inherited affinity (taskset) is honoured
+    assert plan("compact", [0, 1], False, cores)[0] == {0: [0], 1: [1]}
+    assert plan("spread", [1], True, cores) == ({1: [2]}, [0])  # as far apart as the cores allow; the parent first
+    assert plan("spread", [0, 1], False, cores)[0] == {0: [0], 1: [2]}
+    assert plan([3], [1, 2], True, cores)[0] == {1: [3], 2: [3]}
+    assert plan("none", [1], True, cores) == ({}, None)
+    with pytest.raises(ValueError, match="pin must be"):
+        plan("everywhere", [1], True, cores)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_affinities_are_applied_and_restored() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2) as venv:  # pin="auto"
+        (pid,) = venv.pool.worker_pids
+        assert psutil.Process(pid).cpu_affinity() == [allowed[1]]
+        assert psutil.Process().cpu_affinity() == allowed  # the learner is not pinned
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin=[allowed[0]]) as venv:
+        assert psutil.Process(venv.pool.worker_pids[0]).cpu_affinity() == [allowed[0]]
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin="none") as venv:
+        assert psutil.Process(venv.pool.worker_pids[0]).cpu_affinity() == allowed
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin_workers=True) as venv:
+        assert psutil.Process().cpu_affinity() == [allowed[0]]  # "spread" pins the learner's shard too
+    assert psutil.Process().cpu_affinity() == allowed  # ... and close() gives its affinity back
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_respawned_worker_gets_its_core_back() -> None:
+    import signal
+
+    import numpy as np
+
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        venv.pool.repin(1, [0])
+        os.kill(venv.pool.worker_pids[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            venv.step(np.zeros(4, np.int64))
+        assert psutil.Process(venv.pool.worker_pids[0]).cpu_affinity() == [0]

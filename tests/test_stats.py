@@ -1,0 +1,58 @@
+"""Per-shard counters and the typed snapshot (fastvec.stats)."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import numpy as np
+import pytest
+
+from fastvec.pool import Pool
+from fastvec.protocol import SAME_STEP, Stats
+from fastvec.stats import percentile_ms
+from tests import envs
+
+
+def test_percentiles_from_power_of_two_bins() -> None:
+    histogram = np.zeros(Stats.HISTOGRAM_BINS)
+    histogram[3] = 90  # 8..16 us
+    histogram[10] = 10  # 1024..2048 us
+    assert 0.008 <= percentile_ms(histogram, 0.5) <= 0.016
+    assert 1.024 <= percentile_ms(histogram, 0.95) <= 2.048
+    assert percentile_ms(np.zeros(4), 0.5) is None
+
+
+def test_a_snapshot_of_every_shard() -> None:
+    with Pool([envs.make_cartpole] * 4, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.reset()
+        pool.stats()  # the next sample covers what follows
+        for _ in range(300):
+            pool.step(np.zeros(4, np.int64))
+        snap = pool.stats()
+        parent, worker = snap.shards
+        assert parent.in_parent and parent.pid == os.getpid() and parent.envs == range(0, 2)
+        assert not worker.in_parent and worker.pid == pool.worker_pids[0] and worker.envs == range(2, 4)
+        assert snap.workers == [worker]
+        for shard in snap.shards:
+            assert shard.steps_per_s > 0 and 0 < shard.busy <= 1
+            assert 0 < shard.p50_ms <= shard.p95_ms
+        assert snap.throughput == pytest.approx(parent.steps_per_s + worker.steps_per_s)
+        assert 0 <= snap.learner_share <= 1 and snap.straggler_ratio > 0
+        assert worker.cpu_percent is None or worker.cpu_percent >= 0  # psutil's first reading only starts its clock
+        assert pool.stats().workers[0].cpu_percent is not None
+
+
+def test_per_env_step_times_while_timing() -> None:
+    from tests.test_monitor import make_busy
+
+    fns = [partial(make_busy, 2e-3 if i == 3 else 1e-4) for i in range(4)]
+    with Pool(fns, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.reset()
+        assert not pool.timing
+        pool.timing = True
+        pool.stats()
+        for _ in range(40):
+            pool.step(np.zeros(4, np.int64))
+        times = [ms for shard in pool.stats().shards for ms in shard.env_step_ms]
+        assert times[3] > 5 * max(times[:3])  # the slow env shows

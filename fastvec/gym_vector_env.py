@@ -284,6 +284,15 @@ class VectorEnv(gym.vector.VectorEnv):
             )
         self.pool.call("set_attr", list(range(self.num_envs)), (name, True), values=list(values))
 
+    def stats(self) -> Any:
+        """What each shard did since the previous call (fastvec.stats.PoolStats)."""
+        return self.pool.stats()
+
+    @property
+    def monitor_events(self) -> list:
+        """What the monitor did (monitor=True): re-pinned workers, moved envs."""
+        return self.pool.monitor_events
+
     # -- closing ------------------------------------------------------------------------------
     def close_extras(self, timeout: float | None = None, terminate: bool = False, **kwargs: Any) -> None:
         """Close the envs and stop the workers (``terminate``: at once, without closing the envs)."""

@@ -129,6 +129,15 @@ class SubprocVecEnv(_VecEnvBase):
             return self._seeds
         return super().seed(seed)
 
+    def stats(self) -> Any:
+        """What each shard did since the previous call (fastvec.stats.PoolStats)."""
+        return self.pool.stats()
+
+    @property
+    def monitor_events(self) -> list:
+        """What the monitor did (monitor=True): re-pinned workers, moved envs."""
+        return self.pool.monitor_events
+
     def close(self) -> None:
         if self.closed:
             return

@@ -51,6 +51,10 @@ class Backend(ABC):
     def pin_memory(self) -> None:  # noqa: B027 - optional hook
         """Make the ring page-locked so host-to-device copies can be asynchronous (CUDA)."""
 
+    def utilisation(self) -> dict[str, float]:
+        """Per shard of the engine, its busy share since the previous call (fastvec only)."""
+        return {}
+
     @abstractmethod
     def close(self) -> None:
         """Stop the envs. The caller must have dropped its tensors over ``ring`` first."""
@@ -73,6 +77,7 @@ class FastvecBackend(Backend):
         num_workers: int | None = None,
         start_method: str | None = None,
         settings: Any = None,
+        monitor: bool = False,
     ):
         from fastvec.options import PoolOptions
         from fastvec.pool import Pool
@@ -84,6 +89,8 @@ class FastvecBackend(Backend):
             options = options.replace(num_workers=1, step_in_parent=True)
         elif num_workers is not None:
             options = options.replace(num_workers=num_workers)
+        if monitor:  # fastvec's monitor: re-pins lagging workers, moves envs off a lagging shard
+            options = options.replace(monitor=True)
         self.pool = Pool(env_fns, options, autoreset_mode=SAME_STEP)
         try:
             ring = self.pool.ring
@@ -106,6 +113,13 @@ class FastvecBackend(Backend):
     def step(self, actions: np.ndarray) -> int:
         self.pool.step_async(actions)
         return self.pool.step_wait().slot  # infos are not used by the trainer
+
+    def utilisation(self) -> dict[str, float]:
+        """Each shard's busy share (fastvec.stats) since the previous call, and the monitor's moves."""
+        stats = self.pool.stats()
+        out = {f"fastvec_busy_shard{s.shard}": s.busy for s in stats.shards}
+        out["fastvec_moves"] = float(self.pool.moves_done)
+        return out
 
     def pin_memory(self) -> None:
         """Register the whole shared block with CUDA as page-locked host memory."""
@@ -256,6 +270,7 @@ def make_backend(
     start_method: str | None = None,
     pin: bool = False,
     fastvec_config: str | None = None,
+    monitor: bool = False,
 ) -> Backend:
     """The backend called ``name`` running ``num_envs`` copies of ``env_id`` with a ring of ``num_slots``.
 
@@ -265,12 +280,14 @@ def make_backend(
     backend: Backend
     if fastvec_config is not None and name != "fastvec":
         raise ValueError(f"fastvec_config applies to the fastvec backend, not {name!r}")
+    if monitor and name != "fastvec":
+        raise ValueError(f"monitor is fastvec's, not {name!r}'s")
     if name == "fastvec":
         from fastvec.options import PoolOptions
 
         settings = PoolOptions.load(fastvec_config) if fastvec_config is not None else None
         backend = FastvecBackend(
-            env_fns, num_slots, num_workers=num_workers, start_method=start_method, settings=settings
+            env_fns, num_slots, num_workers=num_workers, start_method=start_method, settings=settings, monitor=monitor
         )
         if pin:
             try:

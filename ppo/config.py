@@ -46,6 +46,9 @@ class Config:
     start_method: Literal["fork", "forkserver", "spawn"] | None = None
     """how worker processes are started (None: fork on Linux, where the trainer starts its workers before it
     starts any thread, about a second sooner than forkserver; the backend's default elsewhere)"""
+    monitor: bool = False
+    """run fastvec's monitor (re-pins lagging workers, moves envs off a lagging shard at episode ends);
+    each shard's busy share goes to the progress view, metrics.csv and TensorBoard (fastvec/...)"""
     vec_backend: Literal["fastvec", "sb3-subproc", "gym-async", "serial"] = "fastvec"
     """which vectorized-env engine steps the envs: fastvec (zero copy), SB3's SubprocVecEnv,
     gymnasium's AsyncVectorEnv, or gymnasium's SyncVectorEnv in this process"""

@@ -53,10 +53,11 @@ class RunLogger:
                 TextColumn("steps"),
                 TextColumn("{task.fields[sps]:>7,.0f} SPS"),
                 TextColumn("return {task.fields[ret]}"),
+                TextColumn("{task.fields[busy]}"),
                 TimeElapsedColumn(),
                 refresh_per_second=4,
             )
-            self._task = self._progress.add_task(title, total=total_steps, sps=0.0, ret="-")
+            self._task = self._progress.add_task(title, total=total_steps, sps=0.0, ret="-", busy="")
             self._progress.start()
 
     def log(self, metrics: dict[str, Any]) -> None:
@@ -76,8 +77,13 @@ class RunLogger:
                 self._tb_pending = metrics
         if self._progress is not None:
             ret = metrics.get("mean_return_100", float("nan"))
+            shards = [f"{v:.0%}" for k, v in metrics.items() if k.startswith("fastvec_busy_shard")]
             self._progress.update(
-                self._task, completed=step, sps=metrics.get("sps", 0.0), ret="-" if math.isnan(ret) else f"{ret:.1f}"
+                self._task,
+                completed=step,
+                sps=metrics.get("sps", 0.0),
+                ret="-" if math.isnan(ret) else f"{ret:.1f}",
+                busy=f"shards busy {' '.join(shards)}" if shards else "",
             )
 
     def _write_tensorboard(self, metrics: dict[str, Any]) -> None:
@@ -106,6 +112,8 @@ def _tb_tag(key: str) -> str:
         "learning_rate": "charts/learning_rate",
         "clip_coef": "charts/clip_coef",
     }
+    if key.startswith("fastvec_"):
+        return f"fastvec/{key[len('fastvec_'):]}"
     return groups.get(key, f"losses/{key}")
 
 

@@ -153,6 +153,7 @@ class Trainer:
             start_method=config.start_method or ("fork" if sys.platform == "linux" else None),
             pin=self.device.type == "cuda",
             fastvec_config=config.fastvec_config,
+            monitor=config.monitor,
         )
         self.storage: RolloutStorage | None = None
         self.logger: RunLogger | None = None
@@ -448,6 +449,8 @@ class Trainer:
                 "clip_coef": clip_coef,
             }
             metrics.update(stats)
+            if config.monitor:  # the engine's shards: how busy each was over this iteration
+                metrics.update(self.backend.utilisation())
             if self.logger is not None:
                 self.logger.log(metrics)
             if mean_return > best_return:  # kept in memory; written at checkpoints and at the end

@@ -90,3 +90,16 @@ def test_solve_threshold_comes_from_the_env_spec() -> None:
     assert solve_threshold(Config()) == 475.0
     assert solve_threshold(Config(solve_return=100.0)) == 100.0
     assert solve_threshold(Config(env_id="Pendulum-v1")) is None
+
+
+def test_monitor_logs_each_shards_busy_share_and_trains_the_same(tmp_path) -> None:
+    """--monitor: the shards' busy shares go to metrics.csv; the learning is unchanged."""
+    import csv
+
+    _, watched = _train(tmp_path, "watched", num_workers=2, monitor=True)
+    _, plain = _train(tmp_path, "plain", num_workers=2)
+    _assert_same(watched, plain)
+    with open(tmp_path / "watched" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"fastvec_busy_shard0", "fastvec_busy_shard1", "fastvec_moves"} <= set(rows[0])
+    assert all(0.0 <= float(row["fastvec_busy_shard1"]) <= 1.0 for row in rows)

@@ -76,6 +76,12 @@ cdef extern from *:
 
 IMPLEMENTATION = "cython"
 
+# a sched_yield that returns later than this gave the core to another process: sleep instead,
+# and for CONTENDED_BACKOFF_NS do not yield at all (each yield would cost a whole time slice)
+DEF CONTENDED_YIELD_NS = 50000
+DEF CONTENDED_BACKOFF_NS = 100000000
+cdef int64_t contended_until = 0  # this process's: yield-polling is off until then
+
 # the control-word offsets this module was compiled with (_kernels.pxd), for tests/test_protocol.py
 CONTROL_OFFSETS = {
     "CMD_SEQ": CMD_SEQ, "CMD_WAITING": CMD_WAITING, "CMD": CMD, "SLOT": SLOT, "ARG": ARG,
@@ -96,10 +102,14 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
     Until ``spin_deadline`` it polls: with a pause instruction (a core of its own is
     free, the publisher runs elsewhere) or, with ``yield_spin``, giving the core away
     with sched_yield (more processes than cores: the publisher may need this core,
-    and a yielding waiter needs no wake-up). Then it sleeps on the futex.
+    and a yielding waiter needs no wake-up). Then it sleeps on the futex. A yield that
+    took long means another process wanted this core (a CPU hog, another program): the
+    scheduler would hand it whole time slices at every further yield, so the waiter
+    sleeps at once instead and is woken by the publisher.
     """
+    global contended_until
     cdef uint32_t value
-    cdef int64_t now
+    cdef int64_t now, before, after
     cdef int i = 0
     cdef int rc
     while True:
@@ -107,9 +117,14 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
             return 1
         i += 1
         if yield_spin:
-            if fv_now_ns() >= spin_deadline:
+            before = fv_now_ns()
+            if before >= spin_deadline or before < contended_until:
                 break
             sched_yield()
+            after = fv_now_ns()
+            if after - before > CONTENDED_YIELD_NS:
+                contended_until = after + CONTENDED_BACKOFF_NS
+                break
             continue
         if (i & 63) == 0:
             if fv_now_ns() >= spin_deadline:

@@ -76,14 +76,25 @@ def _futex_wake(words: np.ndarray, index: int) -> None:
         )
 
 
+_CONTENDED_YIELD_NS = 50_000  # a yield that took longer gave the core to another process: sleep instead,
+_CONTENDED_BACKOFF_NS = 100_000_000  # and do not yield at all for this long (see _kernels.pyx)
+_contended_until = 0
+
+
 def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, deadline: int, yield_spin: bool) -> int:
+    global _contended_until
     while True:
         if int(words[index]) == target:
             return DONE
-        if time.monotonic_ns() >= spin_deadline:
+        before = time.monotonic_ns()
+        if before >= spin_deadline or (yield_spin and before < _contended_until):
             break
         if yield_spin:
             os.sched_yield()
+            after = time.monotonic_ns()
+            if after - before > _CONTENDED_YIELD_NS:
+                _contended_until = after + _CONTENDED_BACKOFF_NS
+                break
     while True:
         words[index + 1] = 1
         value = int(words[index])

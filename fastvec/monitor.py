@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastvec.stats import PoolStats, Sampler
+from fastvec.stats import PoolStats, Sampler, ShardStats
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -72,7 +72,7 @@ class Monitor:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._streak: dict[int, int] = {}
+        self._streak: dict[Any, int] = {}
         self._quiet = 0
         self._began = time.monotonic()
 
@@ -97,75 +97,135 @@ class Monitor:
 
     # -- deciding -------------------------------------------------------------------------------
     def step(self, snapshot: PoolStats) -> MonitorEvent | None:
-        """Look at one sample; act when a straggler persisted. Returns what it did, if anything."""
+        """Look at one sample; act when a problem persisted. Returns what it did, if anything."""
         self.last = snapshot
         if self._quiet > 0:
             self._quiet -= 1
             return None
-        straggler = find_straggler([s.busy for s in snapshot.shards], self.threshold)
-        for shard in list(self._streak):
-            if shard != straggler:
-                del self._streak[shard]
-        if straggler is None:
-            return None
-        self._streak[straggler] = self._streak.get(straggler, 0) + 1
-        if self._streak[straggler] < self.patience:
-            return None
-        self._streak.clear()
-        event = self._repin(snapshot, straggler) or self._move(snapshot, straggler)
+        event = self._check_cores(snapshot) or self._check_balance(snapshot)
         if event is not None:
             self.events.append(event)
             self._quiet = self.cooldown
         return event
 
-    def _repin(self, snapshot: PoolStats, shard: int) -> MonitorEvent | None:
-        """A worker that shares its core with other load goes to the least loaded allowed core."""
-        stats = snapshot.shards[shard]
-        if stats.in_parent or not stats.cores or len(stats.cores) != 1:
+    def _persisted(self, key: Any, present: bool) -> bool:
+        """Whether condition ``key`` has now held for ``patience`` samples in a row."""
+        if not present:
+            self._streak.pop(key, None)
+            return False
+        self._streak[key] = self._streak.get(key, 0) + 1
+        if self._streak[key] < self.patience:
+            return False
+        self._streak.pop(key)
+        return True
+
+    def _check_balance(self, snapshot: PoolStats) -> MonitorEvent | None:
+        straggler = find_straggler([s.busy for s in snapshot.shards], self.threshold)
+        for key in [k for k in self._streak if isinstance(k, int) and k != straggler]:
+            del self._streak[key]
+        if straggler is None or not self._persisted(straggler, True):
             return None
-        loads = _core_loads()
-        if loads is None:
+        return self._move(snapshot, straggler)
+
+    def _check_cores(self, snapshot: PoolStats) -> MonitorEvent | None:
+        """A worker pinned to a core that other processes load goes to the least loaded allowed core.
+
+        Busy shares cannot show this (a worker waiting for its core is neither busy nor idle in
+        its counters): per-core load from psutil, minus fastvec's own processes' use, does."""
+        self._loads = _core_loads()
+        foreign = _foreign_loads(snapshot, self._loads)
+        if foreign is None:
             return None
-        ours: dict[int, float] = {}
-        for s in snapshot.shards:
-            if s.cores and len(s.cores) == 1 and s.cpu_percent is not None:
-                ours[s.cores[0]] = ours.get(s.cores[0], 0.0) + s.cpu_percent
-        core = stats.cores[0]
-        others = loads.get(core, 0.0) - ours.get(core, 0.0)
-        if others < self.other_load:
-            return None
-        allowed = [c for c in self.pool._allowed_cores if c in loads]
-        target = min(allowed, key=lambda c: loads[c])
-        if target == core or loads[target] >= loads[core] - self.other_load / 2:
-            return None
-        self.pool.repin(shard, [target])
-        return MonitorEvent(
-            time.monotonic() - self._began,
-            "repin",
-            shard,
-            f"worker {shard}: core {core} -> core {target}",
-            f"core {core} is {others:.0f}% busy with other processes (core {target}: {loads[target]:.0f}% in all)",
-        )
+        for stats in snapshot.shards:
+            if stats.in_parent or not stats.cores or len(stats.cores) != 1:
+                continue
+            core = stats.cores[0]
+            key = ("core", stats.shard)
+            if not self._persisted(key, foreign.get(core, 0.0) >= self.other_load):
+                continue
+            loads = self._loads
+            allowed = [c for c in self.pool._allowed_cores if c in loads]
+            target = min(allowed, key=lambda c: loads[c])  # all use counts: our own learner's core is not free
+            if target == core or loads[target] > loads[core] - self.other_load:
+                continue
+            self.pool.repin(stats.shard, [target])
+            return MonitorEvent(
+                time.monotonic() - self._began,
+                "repin",
+                stats.shard,
+                f"worker {stats.shard}: core {core} -> core {target}",
+                f"other processes use {foreign[core]:.0f}% of core {core}; core {target} is {loads[target]:.0f}% busy in all",
+            )
+        return None
 
     def _move(self, snapshot: PoolStats, shard: int) -> MonitorEvent | None:
-        """An env moves from the straggler to its less busy neighbour, at its next episode end."""
+        """Envs move from the straggler to its less busy neighbour, each at its next episode end:
+        as many as it takes to even their busy shares (from each env's measured step time)."""
         neighbours = [n for n in (shard - 1, shard + 1) if 0 <= n < len(snapshot.shards)]
         if not neighbours or len(snapshot.shards[shard].envs) <= 1:
             return None
         target = min(neighbours, key=lambda n: snapshot.shards[n].busy)
-        if snapshot.shards[target].busy >= snapshot.shards[shard].busy:
+        source_stats, target_stats = snapshot.shards[shard], snapshot.shards[target]
+        if target_stats.busy >= source_stats.busy:
             return None
-        self.pool.queue_move(shard, target)
-        envs = snapshot.shards[shard].envs
-        index = envs.stop - 1 if target > shard else envs.start
-        busy = snapshot.shards[shard].busy
+        edge_first = list(source_stats.envs) if target < shard else list(reversed(source_stats.envs))
+        times = source_stats.env_step_ms or []
+        by_env = dict(zip(source_stats.envs, times)) if times else {}
+        commands = _commands(source_stats, snapshot.interval_s)
+        per_command = source_stats.busy * snapshot.interval_s * 1000.0 / commands  # ms of work per step
+        gap = (source_stats.busy - target_stats.busy) / 2 * snapshot.interval_s * 1000.0 / commands
+        moved: list[int] = []
+        shifted = 0.0
+        for index in edge_first[:-1]:  # the straggler keeps at least one env
+            cost = by_env.get(index, per_command / len(edge_first))
+            if shifted + cost >= 1.8 * gap:  # the neighbour would end up (nearly) as busy as the straggler was
+                break
+            moved.append(index)
+            shifted += cost
+            if shifted >= gap:  # even enough
+                break
+        if not moved:
+            return None
+        for _ in moved:
+            self.pool.queue_move(shard, target)
         return MonitorEvent(
             time.monotonic() - self._began,
             "move",
             shard,
-            f"env {index}: shard {shard} -> shard {target} (at its next episode end)",
-            f"shard {shard} busy {busy:.0%}, shard {target} {snapshot.shards[target].busy:.0%}",
+            f"envs {moved[0]}..{moved[-1]}: shard {shard} -> shard {target} (each at its next episode end)"
+            if len(moved) > 1
+            else f"env {moved[0]}: shard {shard} -> shard {target} (at its next episode end)",
+            f"shard {shard} busy {source_stats.busy:.0%}, shard {target} {target_stats.busy:.0%}",
         )
+
+
+def _commands(stats: ShardStats, interval_s: float) -> float:
+    """Commands a shard ran in the interval (from its steps per second and env count)."""
+    return max(1.0, stats.steps_per_s * interval_s / max(1, len(stats.envs)))
+
+
+def _foreign_loads(snapshot: PoolStats, loads: dict[int, float] | None) -> dict[int, float] | None:
+    """Per core, the CPU use (percent) of processes that are not this pool's, out of ``loads``
+    (every process's use per core since the previous reading)."""
+    if loads is None:
+        return None
+    ours: dict[int, float] = {}
+    for s in snapshot.shards:
+        if s.cpu_percent is None:
+            continue
+        core = s.cores[0] if s.cores and len(s.cores) == 1 else _last_core(s.pid)
+        if core is not None:
+            ours[core] = ours.get(core, 0.0) + s.cpu_percent
+    return {core: max(0.0, load - ours.get(core, 0.0)) for core, load in loads.items()}
+
+
+def _last_core(pid: int | None) -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).cpu_num()
+    except Exception:
+        return None
 
 
 def _core_loads() -> dict[int, float] | None:

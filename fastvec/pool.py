@@ -881,10 +881,11 @@ class Pool:
         if self.autoreset_mode not in (SAME_STEP, NEXT_STEP):
             return None  # DISABLED: the caller resets; there is no episode end to move at
         envs = self.shard_envs[source]
-        if len(envs) <= 1:
-            return None
-        index = envs.stop - 1 if target > source else envs.start
-        if index in self._moves:
+        # the edge env first; with moves already pending on this boundary, the next one inward
+        order = reversed(envs) if target > source else iter(envs)
+        index = next((i for i in order if i not in self._moves), None)
+        pending = sum(1 for i in envs if self._moves.get(i, (None, None))[0] == source)
+        if index is None or len(envs) - pending <= 1:  # a shard keeps at least one env
             return None
         self._moves[index] = (source, target)
         self._views.migrate[index] = 1

@@ -1,0 +1,259 @@
+"""The monitor's worth: throughput with and without it, in interleaved rounds (issue 11).
+
+    python -m benchmarks.monitor [--rounds 5] [--warmup 6] [--seconds 4]
+
+Scenarios (each measurement in a fresh child process; monitor off and on alternate):
+
+- hetero: 16 CPU-bound envs, the last quarter 4x slower (0.4 ms against 0.1 ms a step),
+  all on the worker at the start (the learner's shard steps envs 0-7, the worker 8-15);
+- hog: 8 CartPole-v1 envs, and a busy process pinned to the worker's core;
+- cartpole: 8 CartPole-v1 envs and nothing else (what watching costs).
+
+Each run steps for ``--warmup`` seconds (the monitor has time to act), then measures
+``--seconds``. Results (table, JSON, and a plot of each shard's busy share before and after
+the monitor acted) go to benchmarks/results/<machine>-<date>/monitor.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from fastvec.measure import (
+    child_environ,
+    child_main,
+    child_result,
+    machine_facts,
+    python_argv,
+    repository_root,
+    run_child,
+)
+
+ROOT = repository_root()
+SCENARIOS = ("hetero", "hog", "cartpole")
+
+
+class BusyEnv(gym.Env):
+    """A CPU-bound env: each step burns ``step_seconds`` of CPU time."""
+
+    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, step_seconds: float, episode_length: int = 100):
+        self.step_seconds, self.episode_length, self.t = step_seconds, episode_length, 0
+        self._obs = np.zeros(4, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs, {}
+
+    def step(self, action):
+        self.t += 1
+        end = time.thread_time() + self.step_seconds
+        while time.thread_time() < end:
+            pass
+        return self._obs, 1.0, False, self.t >= self.episode_length, {}
+
+
+def _factories(scenario: str) -> list:
+    if scenario == "hetero":
+        return [partial(BusyEnv, 4e-4 if i >= 12 else 1e-4) for i in range(16)]
+    return [partial(gym.make, "CartPole-v1") for _ in range(8)]
+
+
+def _measure(spec: dict) -> dict:
+    """In the child: one run of one scenario, monitor on or off."""
+    import subprocess
+
+    from fastvec import SubprocVecEnv
+
+    fns = _factories(spec["scenario"])
+    venv = SubprocVecEnv(fns, start_method="fork", monitor=spec["monitor"], monitor_interval=0.5)
+    hog = None
+    try:
+        if spec["scenario"] == "hog":
+            core = venv.pool.cores[1][0]
+            hog = subprocess.Popen(
+                [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"]
+            )
+        venv.reset()
+        n = venv.num_envs
+        actions = np.zeros(n, np.int64)
+        venv.stats()
+        end = time.perf_counter() + spec["warmup"]
+        while time.perf_counter() < end:
+            for _ in range(16):
+                venv.step(actions)
+        before = spec.get("before")
+        steps, began = 0, time.perf_counter()
+        end = began + spec["seconds"]
+        venv.stats()
+        while time.perf_counter() < end:
+            for _ in range(16):
+                venv.step(actions)
+            steps += 16
+        rate = steps * n / (time.perf_counter() - began)
+        after = venv.stats()
+        events = [f"{e.time:.1f}s {e.kind}: {e.detail}" for e in venv.monitor_events]
+        return {
+            "status": "ok",
+            "rate": rate,
+            "busy": [s.busy for s in after.shards],
+            "envs": [[s.envs.start, s.envs.stop] for s in after.shards],
+            "events": events,
+            "before": before,
+        }
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+        venv.close()
+
+
+def _busy_at_start(scenario: str) -> list[float]:
+    """Each shard's busy share over the first second, no monitor (for the plot's 'before')."""
+    from fastvec import SubprocVecEnv
+
+    with SubprocVecEnv(_factories(scenario), start_method="fork") as venv:
+        venv.reset()
+        actions = np.zeros(venv.num_envs, np.int64)
+        venv.stats()
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:
+            venv.step(actions)
+        return [s.busy for s in venv.stats().shards]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child_main(_measure, argv[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.monitor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    scenarios = args.scenario or list(SCENARIOS)
+    facts = machine_facts()
+    out = args.out or ROOT / "benchmarks" / "results" / f"{facts['cores']}core-{time.strftime('%Y-%m-%d')}" / "monitor"
+    command = "python -m benchmarks.monitor " + " ".join(argv)
+    records = []
+    for scenario in scenarios:
+        rates: dict[bool, list[float | None]] = {False: [], True: []}
+        last: dict[bool, dict] = {}
+        for r in range(args.rounds):
+            for monitor in (False, True) if r % 2 == 0 else (True, False):
+                spec = {"scenario": scenario, "monitor": monitor, "warmup": args.warmup, "seconds": args.seconds}
+                run = run_child(
+                    python_argv("benchmarks.monitor", "--child", json.dumps(spec)),
+                    args.warmup + args.seconds + 60,
+                    env=child_environ(ROOT),
+                    cwd=ROOT,
+                )
+                result = child_result(run)
+                rates[monitor].append(result.get("rate") if result.get("status") == "ok" else None)
+                if result.get("status") == "ok":
+                    last[monitor] = result
+                print(
+                    f"  {scenario} round {r + 1} monitor={'on' if monitor else 'off'}: "
+                    + (
+                        f"{result['rate']:,.0f} steps/s, busy {[round(b, 2) for b in result['busy']]}, "
+                        f"envs {result['envs']}, {len(result['events'])} events"
+                        if result.get("status") == "ok"
+                        else f"{result.get('status')} {result.get('reason', '')}"
+                    ),
+                    flush=True,
+                )
+        ratios = [a / b for a, b in zip(rates[True], rates[False]) if a and b]
+        records.append(
+            {
+                "scenario": scenario,
+                "off": [x for x in rates[False] if x],
+                "on": [x for x in rates[True] if x],
+                "ratios": ratios,
+                "median_ratio": statistics.median(ratios) if ratios else None,
+                "busy_off": last.get(False, {}).get("busy"),
+                "busy_on": last.get(True, {}).get("busy"),
+                "envs_on": last.get(True, {}).get("envs"),
+                "events": last.get(True, {}).get("events", [])[:8],
+            }
+        )
+    text = markdown(records, command, facts)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(
+        json.dumps({"command": command, "machine": facts, "records": records}, indent=2)
+    )
+    plot(records, out.with_suffix(".png"))
+
+
+def markdown(records: list[dict], command: str, facts: dict) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {facts.get('cpu')}, {facts.get('cores')} cores, Python {facts.get('python')}  ",
+        "",
+        "| scenario | monitor off, steps/s (median) | monitor on (median) | on / off: median (per round) | shards' busy share off -> on | envs per shard with the monitor |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for r in records:
+        off = statistics.median(r["off"]) if r["off"] else None
+        on = statistics.median(r["on"]) if r["on"] else None
+        per_round = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        busy = f"{_pct(r['busy_off'])} -> {_pct(r['busy_on'])}"
+        envs = " / ".join(f"{a}..{b - 1}" for a, b in r["envs_on"] or [])
+        lines.append(
+            f"| {r['scenario']} | {off or 0:,.0f} | {on or 0:,.0f} | "
+            + (f"**{r['median_ratio']:.2f}x** ({per_round})" if r["median_ratio"] else "-")
+            + f" | {busy} | {envs} |"
+        )
+    lines.append("")
+    for r in records:
+        if r["events"]:
+            lines.append(f"{r['scenario']}, the monitor's first events: " + "; ".join(r["events"]))
+    return "\n".join(lines) + "\n"
+
+
+def _pct(values: list[float] | None) -> str:
+    return " / ".join(f"{v:.0%}" for v in values) if values else "-"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    fig, axes = plt.subplots(1, len(records), figsize=(4 * len(records), 3.2), squeeze=False)
+    for ax, r in zip(axes[0], records):
+        off, on = r["busy_off"] or [], r["busy_on"] or []
+        x = np.arange(max(len(off), len(on)))
+        ax.bar(x - 0.2, off, 0.4, label="monitor off")
+        ax.bar(x + 0.2, on, 0.4, label="monitor on")
+        ax.set_xticks(x, [f"shard {i}" + (" (learner)" if i == 0 else "") for i in x])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{r['scenario']}: {r['median_ratio']:.2f}x" if r["median_ratio"] else r["scenario"])
+        ax.set_ylabel("busy share")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

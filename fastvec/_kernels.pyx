@@ -76,11 +76,25 @@ cdef extern from *:
 
 IMPLEMENTATION = "cython"
 
-# a sched_yield that returns later than this gave the core to another process: sleep instead,
-# and for CONTENDED_BACKOFF_NS do not yield at all (each yield would cost a whole time slice)
+# A sched_yield that returns later than CONTENDED_YIELD_NS gave the core to another process:
+# the waiter sleeps instead. Two such yields within CONTENDED_WINDOW_NS (another process keeps
+# wanting this core: a CPU hog, another program), and it does not yield at all for a while
+# (each yield would cost a whole time slice): 50 ms, doubling up to 1 s while contention comes
+# back as soon as the pause ends. One slow yield alone (the hypervisor took the vCPU a moment)
+# changes nothing else.
 DEF CONTENDED_YIELD_NS = 50000
-DEF CONTENDED_BACKOFF_NS = 100000000
+DEF CONTENDED_WINDOW_NS = 20000000
+DEF CONTENDED_BACKOFF_NS = 50000000
+DEF CONTENDED_BACKOFF_MAX_NS = 1000000000
 cdef int64_t contended_until = 0  # this process's: yield-polling is off until then
+cdef int64_t contended_backoff = CONTENDED_BACKOFF_NS
+cdef int64_t last_slow_yield = 0
+cdef int64_t contended_count = 0  # how often the backoff started
+
+
+def contended_yields():
+    """How many times, in this process, yield-polling was turned off for a while (contention)."""
+    return contended_count
 
 # the control-word offsets this module was compiled with (_kernels.pxd), for tests/test_protocol.py
 CONTROL_OFFSETS = {
@@ -107,7 +121,7 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
     scheduler would hand it whole time slices at every further yield, so the waiter
     sleeps at once instead and is woken by the publisher.
     """
-    global contended_until
+    global contended_until, contended_count, last_slow_yield, contended_backoff
     cdef uint32_t value
     cdef int64_t now, before, after
     cdef int i = 0
@@ -123,7 +137,14 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
             sched_yield()
             after = fv_now_ns()
             if after - before > CONTENDED_YIELD_NS:
-                contended_until = after + CONTENDED_BACKOFF_NS
+                if after - last_slow_yield < CONTENDED_WINDOW_NS:
+                    if after < contended_until + contended_backoff:  # again, as soon as the pause ended
+                        contended_backoff = min(2 * contended_backoff, CONTENDED_BACKOFF_MAX_NS)
+                    else:
+                        contended_backoff = CONTENDED_BACKOFF_NS
+                    contended_until = after + contended_backoff
+                    contended_count += 1
+                last_slow_yield = after
                 break
             continue
         if (i & 63) == 0:

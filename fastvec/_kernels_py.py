@@ -76,13 +76,23 @@ def _futex_wake(words: np.ndarray, index: int) -> None:
         )
 
 
-_CONTENDED_YIELD_NS = 50_000  # a yield that took longer gave the core to another process: sleep instead,
-_CONTENDED_BACKOFF_NS = 100_000_000  # and do not yield at all for this long (see _kernels.pyx)
+_CONTENDED_YIELD_NS = 50_000  # a yield that took longer gave the core to another process: sleep instead;
+_CONTENDED_WINDOW_NS = 20_000_000  # two within this window: do not yield at all for the next
+_CONTENDED_BACKOFF_NS = 50_000_000  # (see _kernels.pyx), doubling up to
+_CONTENDED_BACKOFF_MAX_NS = 1_000_000_000  # while contention comes back as soon as the pause ends
 _contended_until = 0
+_contended_backoff = _CONTENDED_BACKOFF_NS
+_last_slow_yield = 0
+_contended_count = 0
+
+
+def contended_yields() -> int:
+    """How many times, in this process, yield-polling was turned off for a while (contention)."""
+    return _contended_count
 
 
 def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, deadline: int, yield_spin: bool) -> int:
-    global _contended_until
+    global _contended_until, _last_slow_yield, _contended_count, _contended_backoff
     while True:
         if int(words[index]) == target:
             return DONE
@@ -93,7 +103,14 @@ def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, d
             os.sched_yield()
             after = time.monotonic_ns()
             if after - before > _CONTENDED_YIELD_NS:
-                _contended_until = after + _CONTENDED_BACKOFF_NS
+                if after - _last_slow_yield < _CONTENDED_WINDOW_NS:
+                    if after < _contended_until + _contended_backoff:
+                        _contended_backoff = min(2 * _contended_backoff, _CONTENDED_BACKOFF_MAX_NS)
+                    else:
+                        _contended_backoff = _CONTENDED_BACKOFF_NS
+                    _contended_until = after + _contended_backoff
+                    _contended_count += 1
+                _last_slow_yield = after
                 break
     while True:
         words[index + 1] = 1

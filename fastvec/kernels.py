@@ -33,6 +33,7 @@ gather_rows = impl.gather_rows
 first_nan = impl.first_nan
 add_stats = impl.add_stats
 write_results = impl.write_results
+contended_yields = impl.contended_yields
 store_floats = impl.store_floats
 store_bools = impl.store_bools
 first_outside_int = impl.first_outside_int
@@ -49,6 +50,7 @@ __all__ = [
     "first_nan",
     "add_stats",
     "write_results",
+    "contended_yields",
     "store_floats",
     "store_bools",
     "first_outside_int",

@@ -243,3 +243,28 @@ def test_write_results_matches_writing_each_field(k) -> None:
         k.write_results([(np.zeros(3), 0.0, False, False)], obs, rew, term, trunc, 0)
     with pytest.raises(TypeError):
         k.write_results([(np.zeros(3), None, False, False, {})], obs, rew, term, trunc, 0)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_waiters_stop_yielding_to_a_process_that_keeps_the_core(k) -> None:
+    """With a CPU hog on the waiter's core every sched_yield costs a time slice: after two such
+    yields close together the waiter stops yielding for a while (and sleeps on the futex)."""
+    import os
+    import subprocess
+    import sys
+
+    core = min(os.sched_getaffinity(0))
+    saved = os.sched_getaffinity(0)
+    hog = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    try:
+        os.sched_setaffinity(0, {core})
+        time.sleep(0.2)  # the hog is running
+        words = np.zeros(64, dtype=np.uint32)
+        before = k.contended_yields()
+        for _ in range(6):  # nobody publishes: each wait yield-polls, then sleeps until its deadline
+            assert k.wait_all(words, np.array([0], np.intp), 1, -20_000_000, 3_000_000) == 0
+        assert k.contended_yields() > before
+    finally:
+        os.sched_setaffinity(0, saved)
+        hog.kill()
+        hog.wait()

@@ -32,7 +32,8 @@ def measure(spec: dict) -> dict:
     result["startup_s"] = time.perf_counter() - began
     try:
         engine.reset()
-        result.update(time_steps(engine.step, batches, num_envs, seconds, repeats))
+        # asynchronous engines step a batch of envs per call, not all of them
+        result.update(time_steps(engine.step, batches, getattr(engine, "steps_per_call", num_envs), seconds, repeats))
     finally:
         engine.close()
     return result

@@ -191,6 +191,51 @@ def _envpool(**kwargs: Any) -> Callable:
     return build
 
 
+class _Batches:
+    """EnvPool-style asynchronous batches: each call receives the first ``batch_size`` envs that
+    finished and sends them their actions (``steps_per_call`` env steps)."""
+
+    def __init__(self, venv: Any, batch_size: int, recv: Callable[[Any], Any]):
+        self.venv, self.steps_per_call, self._ids = venv, batch_size, recv
+
+    def reset(self) -> None:
+        self.venv.async_reset()
+
+    def step(self, actions: np.ndarray) -> None:
+        ids = self._ids(self.venv.recv())
+        self.venv.send(actions[: len(ids)], ids)
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def _fastvec_async(**kwargs: Any) -> Callable:
+    def build(fns: list, workload: str) -> Any:
+        import fastvec
+
+        batch = len(fns) // 2
+        return _Batches(fastvec.SubprocVecEnv(fns, batch_size=batch, **kwargs), batch, lambda out: out[4])
+
+    return build
+
+
+def _envpool_async() -> Callable:
+    def build(fns: list, workload: str) -> Any:
+        if workload not in ENVPOOL_ENVS:
+            raise EngineUnavailable(
+                f"EnvPool has no such env: {workload} (it runs only its own {', '.join(ENVPOOL_ENVS)})"
+            )
+        try:
+            import envpool
+        except ImportError as exc:
+            raise _peer_missing("envpool", exc) from exc
+        n = len(fns)
+        venv = envpool.make(workload, env_type="gymnasium", num_envs=n, batch_size=n // 2, seed=0)
+        return _Batches(venv, n // 2, lambda out: out[4]["env_id"])
+
+    return build
+
+
 def import_pufferlib() -> Any:
     """Import PufferLib from benchmarks/.peers (this process only)."""
     paths = [str(PEERS / "site"), str(PEERS / f"pufferlib-{PUFFERLIB_VERSION}")]
@@ -296,7 +341,21 @@ ENGINES: dict[str, Engine] = {
         False,
         "envpool",
     ),
+    "envpool-async": Engine(
+        _envpool_async(),
+        "EnvPool, its own C++ env, asynchronous: batch_size = num_envs / 2 (send/recv)",
+        False,
+        "envpool",
+        knob=True,
+    ),
     "fastvec": Engine(_fastvec(start_method="fork"), "fastvec SubprocVecEnv, defaults", True, "fastvec"),
+    "fastvec-async": Engine(
+        _fastvec_async(start_method="fork"),
+        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), one worker per batch",
+        True,
+        "fastvec",
+        knob=True,
+    ),
     "fastvec-inproc": Engine(
         _fastvec(start_method="fork", num_workers=1, step_in_parent=True),
         "fastvec, num_workers=1 + step_in_parent: no worker process at all",

@@ -90,8 +90,8 @@ class TextDictEnv(gym.Env):
         return self._obs(state), reward, terminated, truncated, info
 
 
-def make(workload: str, index: int = 0) -> gym.Env:
-    """One env of ``workload``; ``index`` lets heterogeneous workloads differ across envs."""
+def make(workload: str, index: int = 0, num_envs: int = 1) -> gym.Env:
+    """One env of ``workload``; ``index`` (of ``num_envs``) lets heterogeneous workloads differ across envs."""
     if workload in ("CartPole-v1", "Pendulum-v1", "Acrobot-v1"):
         return gym.make(workload)
     if workload == "image84":
@@ -100,13 +100,15 @@ def make(workload: str, index: int = 0) -> gym.Env:
         return BusyEnv(1e-3)
     if workload == "hetero":  # step cost from 0.1 ms to 0.8 ms depending on the env
         return BusyEnv(1e-4 * (1 + index % 8))
+    if workload == "hetero4":  # the first half of the envs 4x slower than the second: 0.4 ms and 0.1 ms
+        return BusyEnv(4e-4 if index < num_envs // 2 else 1e-4)
     if workload == "dict-text":
         return TextDictEnv()
     raise ValueError(f"unknown workload {workload!r}")
 
 
 def factories(workload: str, num_envs: int) -> list:
-    return [partial(make, workload, i) for i in range(num_envs)]
+    return [partial(make, workload, i, num_envs) for i in range(num_envs)]
 
 
-WORKLOADS = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "image84", "cpu1ms", "hetero", "dict-text"]
+WORKLOADS = ["CartPole-v1", "Pendulum-v1", "Acrobot-v1", "image84", "cpu1ms", "hetero", "hetero4", "dict-text"]

@@ -16,5 +16,5 @@ cdef enum:
     REMAINING_WAITING = 1
 
 cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
-                   int64_t spin_deadline, int64_t deadline, bint yield_spin=*) noexcept nogil
+                   int64_t spin_deadline, int64_t deadline, bint yield_spin, bint differ) noexcept nogil
 cdef void publish_word(uint32_t *seq, uint32_t *waiting, uint32_t value) noexcept nogil

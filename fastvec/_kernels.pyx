@@ -110,8 +110,9 @@ INTERRUPTED = -1
 
 
 cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
-                   int64_t spin_deadline, int64_t deadline, bint yield_spin=False) noexcept nogil:
-    """Wait until *seq == target. 1: reached, 0: deadline passed, -1: a signal arrived.
+                   int64_t spin_deadline, int64_t deadline, bint yield_spin, bint differ) noexcept nogil:
+    """Wait until *seq == target (with ``differ``: until *seq != target). 1: reached, 0: deadline
+    passed, -1: a signal arrived.
 
     Until ``spin_deadline`` it polls: with a pause instruction (a core of its own is
     free, the publisher runs elsewhere) or, with ``yield_spin``, giving the core away
@@ -127,7 +128,7 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
     cdef int i = 0
     cdef int rc
     while True:
-        if fv_load(seq) == target:
+        if (fv_load(seq) == target) != differ:
             return 1
         i += 1
         if yield_spin:
@@ -154,7 +155,7 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
     while True:
         fv_store(waiting, 1)
         value = fv_load(seq)
-        if value == target:
+        if (value == target) != differ:
             fv_store(waiting, 0)
             return 1
         now = fv_now_ns()
@@ -164,7 +165,7 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
         rc = fv_futex_wait(seq, value, deadline - now)
         if rc != 0 and fv_errno() == EINTR:
             fv_store(waiting, 0)
-            if fv_load(seq) == target:
+            if (fv_load(seq) == target) != differ:
                 return 1
             return -1
 
@@ -195,7 +196,7 @@ def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
         spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
         deadline = start + timeout_ns
         for k in range(n):
-            rc = wait_word(base + seq_index[k], base + seq_index[k] + 1, target, spin_deadline, deadline, spin_ns < 0)
+            rc = wait_word(base + seq_index[k], base + seq_index[k] + 1, target, spin_deadline, deadline, spin_ns < 0, False)
             if rc != 1:
                 break
     if rc == 1:
@@ -209,9 +210,10 @@ def publish(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
 
 
 def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t slot, uint32_t arg,
-          uint32_t seq, Py_ssize_t remaining_index):
-    """Give every worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, arm the
-    pool's countdown with the number of workers, then publish CMD_SEQ = seq."""
+          uint32_t[::1] seqs, Py_ssize_t remaining_index):
+    """Give each worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, arm the
+    pool's countdown with the number of workers, then publish CMD_SEQ = seqs[k] (each worker
+    counts its own commands: asynchronous batches give commands to some workers only)."""
     cdef Py_ssize_t k, b
     cdef uint32_t *base = &words[0]
     fv_store(base + remaining_index, <uint32_t> bases.shape[0])
@@ -220,7 +222,7 @@ def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t
         base[b + CMD] = command
         base[b + SLOT] = slot
         base[b + ARG] = arg
-        publish_word(base + b + CMD_SEQ, base + b + CMD_WAITING, seq)
+        publish_word(base + b + CMD_SEQ, base + b + CMD_WAITING, seqs[k])
 
 
 def finish(uint32_t[::1] words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t remaining_index):
@@ -233,9 +235,9 @@ def finish(uint32_t[::1] words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t 
             fv_futex_wake(base + remaining_index + REMAINING)
 
 
-def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index, uint32_t seq,
-                   int64_t spin_ns, int64_t timeout_ns):
-    """Parent: wait until every worker has finished command ``seq``.
+def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index,
+                   uint32_t[::1] seqs, int64_t spin_ns, int64_t timeout_ns):
+    """Parent: wait until every worker k has finished its command ``seqs[k]``.
 
     The countdown is only a wake-up hint (one wake for the whole batch): a late decrement
     of an earlier command can bring it to 0 early, so completion is every DONE_SEQ word
@@ -253,19 +255,52 @@ def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[:
         spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
         deadline = start + timeout_ns
         rc = wait_word(base + remaining_index + REMAINING, base + remaining_index + REMAINING_WAITING, 0,
-                       spin_deadline, deadline, spin_ns < 0)
+                       spin_deadline, deadline, spin_ns < 0, False)
         if rc != -1:  # counted down (or timed out): every DONE word decides
             for k in range(n):
-                rc = wait_word(base + done_index[k], base + done_index[k] + 1, seq, spin_deadline, deadline,
-                               spin_ns < 0)
+                rc = wait_word(base + done_index[k], base + done_index[k] + 1, seqs[k], spin_deadline, deadline,
+                               spin_ns < 0, False)
                 if rc != 1:
                     break
     if rc == 1:
         return -1
     for k in range(n):
-        if fv_load(base + done_index[k]) != seq:
+        if fv_load(base + done_index[k]) != seqs[k]:
             return k
     return -1
+
+
+def wait_any(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index,
+             uint32_t[::1] seqs, int64_t spin_ns, int64_t timeout_ns):
+    """Parent, asynchronous batches: wait until some worker k has finished its command ``seqs[k]``.
+
+    The countdown word is armed to 1 before the DONE words are checked, so the first worker
+    to finish afterwards brings it to 0 and wakes the parent; one that finished before is
+    seen by the check. The parent waits for the word to leave 1, not to reach 0: two workers
+    finishing together take it past 0. Returns the first k done, or -1 (the timeout passed,
+    or a signal arrived).
+    """
+    cdef uint32_t *base = &words[0]
+    cdef int64_t start, spin_deadline, deadline
+    cdef int rc = 1
+    cdef Py_ssize_t k
+    cdef Py_ssize_t n = done_index.shape[0]
+    cdef Py_ssize_t found = -1
+    with nogil:
+        start = fv_now_ns()
+        spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
+        deadline = start + timeout_ns
+        while True:
+            fv_store(base + remaining_index + REMAINING, 1)
+            for k in range(n):
+                if fv_load(base + done_index[k]) == seqs[k]:
+                    found = k
+                    break
+            if found >= 0 or rc != 1:
+                break
+            rc = wait_word(base + remaining_index + REMAINING, base + remaining_index + REMAINING_WAITING, 1,
+                           spin_deadline, deadline, spin_ns < 0, True)
+    return found
 
 
 def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=False):

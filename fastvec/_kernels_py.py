@@ -142,10 +142,12 @@ def publish(words: np.ndarray, index: int, value: int) -> None:
     _futex_wake(words, index)
 
 
-def issue(words: np.ndarray, bases: np.ndarray, command: int, slot: int, arg: int, seq: int, remaining_index: int) -> None:
-    """Write each worker's command words and publish CMD_SEQ = seq (see _kernels.pyx)."""
+def issue(
+    words: np.ndarray, bases: np.ndarray, command: int, slot: int, arg: int, seqs: np.ndarray, remaining_index: int
+) -> None:
+    """Write each worker's command words and publish CMD_SEQ = seqs[k] (see _kernels.pyx)."""
     words[remaining_index] = len(bases)
-    for b in bases.tolist():
+    for b, seq in zip(bases.tolist(), seqs.tolist()):
         words[b + Control.CMD] = command
         words[b + Control.SLOT] = slot
         words[b + Control.ARG] = arg
@@ -159,10 +161,36 @@ def finish(words: np.ndarray, done_index: int, seq: int, remaining_index: int) -
 
 
 def wait_remaining(
-    words: np.ndarray, remaining_index: int, done_index: np.ndarray, seq: int, spin_ns: int, timeout_ns: int
+    words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray, spin_ns: int, timeout_ns: int
 ) -> int:
-    """Wait until every DONE_SEQ word equals ``seq`` (completion is every DONE word, as in _kernels.pyx)."""
-    return wait_all(words, done_index, seq, spin_ns, timeout_ns)
+    """Wait until every DONE_SEQ word equals its ``seqs[k]`` (completion is every DONE word, as in _kernels.pyx)."""
+    start = time.monotonic_ns()
+    spin_deadline, deadline = start + abs(spin_ns), start + timeout_ns
+    for k, (index, seq) in enumerate(zip(done_index.tolist(), seqs.tolist())):
+        if _wait_word(words, index, int(seq) & 0xFFFFFFFF, spin_deadline, deadline, spin_ns < 0) != DONE:
+            return k
+    return -1
+
+
+def wait_any(
+    words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray, spin_ns: int, timeout_ns: int
+) -> int:
+    """The first k whose DONE_SEQ word equals ``seqs[k]``, or -1 after ``timeout_ns`` (see _kernels.pyx).
+    Without an atomic countdown here it polls, yielding, then napping in 100 us slices."""
+    start = time.monotonic_ns()
+    spin_deadline, deadline = start + abs(spin_ns), start + timeout_ns
+    pairs = list(zip(done_index.tolist(), seqs.tolist()))
+    while True:
+        for k, (index, seq) in enumerate(pairs):
+            if int(words[index]) == seq:
+                return k
+        now = time.monotonic_ns()
+        if now >= deadline:
+            return -1
+        if now < spin_deadline:
+            os.sched_yield()
+        else:
+            time.sleep(min(100e-6, (deadline - now) / 1e9))
 
 
 def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = False) -> int:

@@ -284,6 +284,41 @@ class VectorEnv(gym.vector.VectorEnv):
             )
         self.pool.call("set_attr", list(range(self.num_envs)), (name, True), values=list(values))
 
+    # -- asynchronous batches (batch_size below num_envs), EnvPool's gymnasium API ---------------
+    def async_reset(self, seed: int | Sequence[int | None] | None = None) -> None:
+        """Start resetting every env; ``recv()`` returns them in batches."""
+        self._assert_is_running()
+        n = self.num_envs
+        seeds = [None] * n if seed is None else ([int(seed) + i for i in range(n)] if isinstance(seed, (int, np.integer)) else list(seed))
+        self.pool.async_reset(seeds)
+
+    def send(self, actions: Any, env_ids: Any) -> None:
+        """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each."""
+        self._assert_is_running()
+        self.pool.send(actions, env_ids)
+
+    def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """``(obs, rewards, terminated, truncated, infos)`` of the first ``batch_size`` envs that
+        finished, with ``infos["env_id"]`` saying which, as EnvPool's gymnasium API returns them.
+        ``copy=False`` (default: the ``copy`` the env was made with): views into the ring (see Pool.recv), valid until the next ``send``."""
+        self._assert_is_running()
+        batch = self.pool.recv(copy=self.copy if copy is None else copy)
+        infos: dict[str, Any] = {}
+        batched = _BatchInfos(len(batch.env_ids))  # gymnasium's info batching, over the batch's envs
+        done = np.logical_or(batch.terminated, batch.truncated)
+        for k, i in enumerate(batch.env_ids.tolist()):
+            info = dict(batch.infos.get(i, {}))
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and done[k]:
+                info = {"final_info": info, "final_obs": batch.terminal_observation(i), **batch.reset_infos.get(i, {})}
+            elif i in batch.reset_infos:
+                info.update(batch.reset_infos[i])
+            if i in batch.restarted:
+                info["fastvec_restarted"] = batch.restarted[i]
+            if info:
+                infos = batched.add(infos, info, k)
+        infos["env_id"] = batch.env_ids
+        return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
+
     def stats(self) -> Any:
         """What each shard did since the previous call (fastvec.stats.PoolStats)."""
         return self.pool.stats()
@@ -325,6 +360,19 @@ class VectorEnv(gym.vector.VectorEnv):
                 pool.close(timeout=2.0)
         except Exception:
             pass
+
+
+class _BatchInfos:
+    """gymnasium's ``VectorEnv._add_info`` over ``num_envs`` = a batch's size."""
+
+    def __init__(self, num_envs: int):
+        self.num_envs = num_envs
+
+    def add(self, infos: dict[str, Any], info: dict[str, Any], k: int) -> dict[str, Any]:
+        return gym.vector.VectorEnv._add_info(self, infos, info, k)  # type: ignore[arg-type]
+
+    def _add_info(self, infos: dict[str, Any], info: dict[str, Any], k: int) -> dict[str, Any]:
+        return self.add(infos, info, k)
 
 
 def _check_static(space: Space) -> None:

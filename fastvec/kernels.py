@@ -29,6 +29,7 @@ publish = impl.publish
 issue = impl.issue
 finish = impl.finish
 wait_remaining = impl.wait_remaining
+wait_any = impl.wait_any
 gather_rows = impl.gather_rows
 first_nan = impl.first_nan
 add_stats = impl.add_stats
@@ -46,6 +47,7 @@ __all__ = [
     "issue",
     "finish",
     "wait_remaining",
+    "wait_any",
     "gather_rows",
     "first_nan",
     "add_stats",

@@ -58,6 +58,9 @@ class PoolOptions:
             "none", or a list of core ids.
         pin_workers: True is ``pin="spread"`` (shard w on core w mod cores, the parent's own
             shard on the first core), as before ``pin`` existed.
+        batch_size: asynchronous partial batches (fastvec.async_batches): with B below the
+            number of envs, every worker steps a group of envs, the calling process steps none,
+            and ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that finished.
         monitor: run fastvec's monitor in a background thread (see fastvec.monitor): it samples
             the shards' counters every ``monitor_interval`` seconds and, when one shard lags the
             others, re-pins it off a core it shares with other load, or moves envs from it to a
@@ -83,6 +86,7 @@ class PoolOptions:
     pin: str | list[int] = "auto"
     monitor: bool = False
     monitor_interval: float = 1.0
+    batch_size: int | None = None
     on_error: str = "raise"
     check: str | None = None
 
@@ -113,6 +117,10 @@ class PoolOptions:
                 raise ValueError(f"pin must name cores by their ids, got {self.pin!r}")
         elif self.pin not in ("auto", "compact", "spread", "none"):
             raise ValueError(f"pin must be 'auto', 'compact', 'spread', 'none' or a list of core ids, got {self.pin!r}")
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not (isinstance(self.monitor_interval, (int, float)) and self.monitor_interval > 0):
             raise ValueError(f"monitor_interval must be a positive number of seconds, got {self.monitor_interval!r}")
         if self.check not in CHECK_LEVELS:

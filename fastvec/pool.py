@@ -30,12 +30,12 @@ import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from enum import Enum
-from multiprocessing import reduction
 from typing import Any
 
 import numpy as np
 
 from fastvec import kernels, placement, shm
+from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
 from fastvec.errors import (
@@ -69,6 +69,7 @@ from fastvec.protocol import (
     ResetFlag,
     Stats,
     StepFlag,
+    dumps_payload,
 )
 from fastvec.remote import Remote, stop
 from fastvec.restart import describe
@@ -205,8 +206,12 @@ class Pool:
                     "pass e.g. lambda: gymnasium.make('CartPole-v1')"
                 )
         self.num_envs = n = len(env_fns)
-        num_workers = int(min(opts.num_workers or default_num_workers(), n))
-        step_in_parent = num_workers >= 2 if opts.step_in_parent is None else bool(opts.step_in_parent)
+        asynchronous = opts.batch_size is not None and opts.batch_size < n
+        if asynchronous:
+            num_workers, step_in_parent = _async_layout(n, opts)
+        else:
+            num_workers = int(min(opts.num_workers or default_num_workers(), n))
+            step_in_parent = num_workers >= 2 if opts.step_in_parent is None else bool(opts.step_in_parent)
         start_method = opts.start_method or (
             "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         )
@@ -228,6 +233,7 @@ class Pool:
         self._inside_ns = 0
         self._sampler: Sampler | None = None
         self._monitor: Monitor | None = None
+        self._async: AsyncBatches | None = None
         self.worker_restarts = 0
         self.moves_done = 0
         self._moves: dict[int, tuple[int, int]] = {}  # env index -> (source shard, target shard), pending
@@ -245,13 +251,13 @@ class Pool:
             raise ValueError(f"observation_mode must be 'same' or 'different', got {observation_mode!r}")
         self._observation_mode = observation_mode
         self._given_observation_space = observation_space
-        self._seq = 0
         self.slot = 0
         self._env_fns = env_fns
         shm.sweep_stale()
         _LIVE_POOLS.add(self)
         try:
             self._start(remote_shards)
+            self._async = AsyncBatches(self, opts.batch_size) if asynchronous else None
             self._pin()
             if opts.monitor:
                 self._monitor = Monitor(self, interval=opts.monitor_interval)
@@ -349,6 +355,8 @@ class Pool:
 
     def _index_remotes(self) -> None:
         views = self._views
+        # each worker counts its own commands (asynchronous batches give commands to some only)
+        self._seqs = np.zeros(len(self._remotes), dtype=np.uint32)
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
         self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
@@ -398,6 +406,10 @@ class Pool:
 
     def _check_idle(self, call: str) -> None:
         self._check_usable()
+        if self._async is not None and self._async.busy:
+            raise AlreadyPendingCallError(
+                f"Calling `{call}` while asynchronous batches are running: recv() them first", "step"
+            )
         self._finish_interrupted()
         if self._pending is not None:
             name = _ASYNC_NAMES[self._pending.command]
@@ -438,11 +450,11 @@ class Pool:
     def _issue(self, p: _Pending) -> None:
         """Publish ``p`` to every worker and send its payloads; from here on it must complete or break."""
         try:
-            self._seq = (self._seq + 1) & SEQ_MASK
+            self._seqs += 1  # (uint32: wraps as the workers' words do)
             self._pending = p
             self._state = PoolState.PENDING
             if self._remotes:
-                kernels.issue(self._control, self._bases, p.code, p.slot, p.arg, self._seq, self._remaining_index)
+                kernels.issue(self._control, self._bases, p.code, p.slot, p.arg, self._seqs, self._remaining_index)
             if p.payloads:
                 for remote in self._remotes:
                     payload = p.payloads.get(remote.index)
@@ -464,7 +476,12 @@ class Pool:
         action per env (SB3's layout for structured spaces).
         """
         entered = time.perf_counter_ns()
-        if self._pending is not None or self._state is not PoolState.IDLE:
+        if self._pending is not None or self._state is not PoolState.IDLE or self._async is not None:
+            if self._async is not None:
+                raise ValueError(
+                    f"this pool hands out batches of {self._async.batch_size} envs: use send(actions, env_ids) and "
+                    "recv() (or make it without batch_size for the synchronous step)"
+                )
             self._check_idle("step_async")
         if self._move_requests:
             self._take_move_requests()
@@ -477,7 +494,7 @@ class Pool:
             return
         # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share
         payloads = {
-            r.index: _dumps([column[r.envs.start : r.envs.stop] for column in objects], "actions", r.envs)
+            r.index: dumps_payload([column[r.envs.start : r.envs.stop] for column in objects], "actions", r.envs)
             for r in self._remotes
         }
         local = None
@@ -533,7 +550,7 @@ class Pool:
         payloads = {}
         if send_options:  # pickled before anything is issued: an unpicklable option leaves the pool idle
             for remote in self._remotes:
-                payloads[remote.index] = _dumps(
+                payloads[remote.index] = dumps_payload(
                     options[remote.envs.start : remote.envs.stop], "reset options", remote.envs
                 )
         views = self._views
@@ -581,6 +598,25 @@ class Pool:
         self._pending.sync = True  # type: ignore[union-attr]
         return self.reset_wait()
 
+    # -- asynchronous batches (batch_size below num_envs; fastvec.async_batches) ------------------
+    def async_reset(self, seeds: Sequence[int | None] | None = None) -> None:
+        """Start resetting every env; ``recv()`` returns them, ``batch_size`` at a time."""
+        self._asynchronous("async_reset").async_reset(None if seeds is None else list(seeds))
+
+    def send(self, actions: Any, env_ids: Any) -> None:
+        """Step the envs ``env_ids`` (those a ``recv()`` returned) with ``actions`` (a row each)."""
+        self._asynchronous("send").send(actions, env_ids)
+
+    def recv(self, timeout: float | None = None, copy: bool = True) -> AsyncBatch:
+        """The first ``batch_size`` envs whose step or reset finished (``AsyncBatch.env_ids``);
+        ``copy=False``: views into the ring where the batch is one worker's group."""
+        return self._asynchronous("recv").recv(timeout, copy)
+
+    def _asynchronous(self, call: str) -> AsyncBatches:
+        if self._async is None:
+            raise ValueError(f"{call}() needs a pool made with batch_size below num_envs ({self.num_envs})")
+        return self._async
+
     # -- rare calls ---------------------------------------------------------------------------
     def call_async(
         self, request: str, indices: Sequence[int], args: tuple = (), values: Sequence | None = None
@@ -605,7 +641,7 @@ class Pool:
             )
 
         # pickled before anything is issued: an unpicklable argument leaves the pool idle
-        payloads = {r.index: _dumps(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
+        payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
         local = part(plan.get(0, [])) if self._local is not None else ()
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
@@ -695,6 +731,8 @@ class Pool:
                 p.replies[position] = None
         if p.command is _STEP or p.command is _RESET:
             self.slot = p.slot
+            if self._async is not None:  # a synchronous reset: every group's ring slot is this one
+                self._async.slots = [p.slot] * len(self._async.slots)
         self._pending = None
         self._state = PoolState.IDLE
         return self._gather(p)
@@ -786,7 +824,7 @@ class Pool:
         """
         if not self._remotes:
             return
-        control, done_index, seq = self._control, self._done_index, self._seq
+        control, done_index, seq = self._control, self._done_index, self._seqs
         first_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int(timeout * 1e9)))
         k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
         if k == -1:
@@ -803,7 +841,7 @@ class Pool:
                     # a call (get_attr, env_method...) has nothing to restart: the others finish it,
                     # the call fails naming the worker, and the next step or reset replaces it
                     p.lost.add(k)
-                    kernels.finish(control, remote.base + Control.DONE_SEQ, seq, self._remaining_index)
+                    kernels.finish(control, remote.base + Control.DONE_SEQ, int(seq[k]), self._remaining_index)
                 else:
                     error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name)
                     self._break(error)
@@ -848,11 +886,11 @@ class Pool:
             else:
                 options = p.reset_options[remote.envs.start : remote.envs.stop] if p.reset_options else None
                 restart = (int(Command.RESET), p.slot, options, p.arg)
-            remote.attach(self.layout, self._segment._fd, (self._seq + 1) & SEQ_MASK, restart)  # type: ignore[union-attr]
+            remote.attach(self.layout, self._segment._fd, (int(self._seqs[position]) + 1) & SEQ_MASK, restart)  # type: ignore[union-attr]
             kind, extras = self._recv(remote, "attach (worker restart)")
             if kind == "error":
                 raise env_error(*extras)
-            kernels.finish(self._control, remote.base + Control.DONE_SEQ, self._seq, self._remaining_index)
+            kernels.finish(self._control, remote.base + Control.DONE_SEQ, int(self._seqs[position]), self._remaining_index)
             if dead.index in self.cores:
                 self._pin_remote(remote, self.cores[dead.index])
         except BaseException as exc:
@@ -878,8 +916,8 @@ class Pool:
         steps the pool (the monitor's thread queues its requests with ``queue_move``)."""
         if abs(source - target) != 1 or not (0 <= source < self.num_workers and 0 <= target < self.num_workers):
             raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
-        if self.autoreset_mode not in (SAME_STEP, NEXT_STEP):
-            return None  # DISABLED: the caller resets; there is no episode end to move at
+        if self.autoreset_mode not in (SAME_STEP, NEXT_STEP) or self._async is not None:
+            return None  # DISABLED: no episode end to move at; batches: a group is a batch
         envs = self.shard_envs[source]
         # the edge env first; with moves already pending on this boundary, the next one inward
         order = reversed(envs) if target > source else iter(envs)
@@ -1084,6 +1122,10 @@ class Pool:
     def _close_gracefully(self, timeout: float) -> EnvError | None:
         saved_timeout = self.step_timeout
         try:
+            if self._async is not None and self._async.busy:  # batches still running: wait for them, briefly
+                self._async.drain(min(timeout, PENDING_STEP_GRACE_S))
+                if self._async.inflight:
+                    raise ClosedError("asynchronous batches still running")
             p = self._pending
             if p is not None and p.command is Command.STEP:  # close() during a pending step is allowed: finish it
                 self.step_timeout = min(timeout, PENDING_STEP_GRACE_S)
@@ -1147,6 +1189,23 @@ class Pool:
         self.close()
 
 
+def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
+    """(num_workers, step_in_parent) for asynchronous batches of ``opts.batch_size`` envs: every
+    worker steps one group (by default a group is a batch); the calling process steps none."""
+    batch = int(opts.batch_size)
+    if opts.step_in_parent:
+        raise ValueError("batch_size below num_envs: the calling process computes actions while workers step; "
+                         "step_in_parent=True is not possible")
+    workers = int(opts.num_workers) if opts.num_workers else n // batch
+    if n % batch or n % workers or batch % (n // workers):
+        raise ValueError(
+            f"batch_size={batch} with {n} envs and num_workers={workers}: every worker steps a group of "
+            f"num_envs / num_workers envs and a batch is whole groups, so num_envs must be a multiple of batch_size "
+            f"and batch_size of the group size"
+        )
+    return workers, False
+
+
 def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
     """Same structure, and the same shape and dtype leaf by leaf (gymnasium's is_space_dtype_shape_equiv)."""
     return len(a) == len(b) and all(
@@ -1163,11 +1222,3 @@ def _describe_cause(cause: BaseException | None) -> str:
     return f"{type(cause).__name__}" + (f": {text}" if text else "")
 
 
-def _dumps(obj: Any, what: str, envs: range) -> bytes:
-    """Pickle a payload for a worker, before anything is issued; the error names the envs."""
-    try:
-        return bytes(reduction.ForkingPickler.dumps(obj))
-    except Exception as exc:
-        raise TypeError(
-            f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled to send to their worker: {exc!r}"
-        ) from exc

@@ -9,6 +9,8 @@ checks that they agree).
 from __future__ import annotations
 
 from enum import IntEnum
+from multiprocessing import reduction
+from typing import Any
 
 __all__ = [
     "Command",
@@ -26,6 +28,7 @@ __all__ = [
     "POLL_NS",
     "ADAPTIVE_POLL",
     "YIELD_POLL_NS",
+    "dumps_payload",
 ]
 
 
@@ -115,3 +118,13 @@ POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that 
 ADAPTIVE_POLL = 1  # spin_ns sent to workers: poll about as long as the parent usually takes, up to 2 ms
 YIELD_POLL_NS = -200_000  # default poll of the parent (yielding the core) before sleeping on the futex
 HEADER_TIMING = 8  # header word: 1 while per-env step times are being collected (the monitor is on)
+
+
+def dumps_payload(obj: Any, what: str, envs: range) -> bytes:
+    """Pickle a payload for a worker (before anything is issued); the error names the envs."""
+    try:
+        return bytes(reduction.ForkingPickler.dumps(obj))
+    except Exception as exc:
+        raise TypeError(
+            f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled to send to their worker: {exc!r}"
+        ) from exc

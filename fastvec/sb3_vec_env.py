@@ -118,6 +118,38 @@ class SubprocVecEnv(_VecEnvBase):
             infos[i]["fastvec.restarted"] = error
         return obs, rewards, dones, infos
 
+    # -- asynchronous batches (batch_size below num_envs), EnvPool's API --------------------------
+    def async_reset(self) -> None:
+        """Start resetting every env (with the seeds of ``seed()``); ``recv()`` returns them in batches."""
+        self.pool.async_reset(self._seeds)
+        self._reset_seeds()
+
+    def send(self, actions: Any, env_ids: Any) -> None:
+        """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each."""
+        self.pool.send(actions, env_ids)
+
+    def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, list[dict], np.ndarray]:
+        """``(obs, rewards, dones, infos, env_ids)`` of the first ``batch_size`` envs that finished,
+        with SB3's infos (``TimeLimit.truncated``, ``terminal_observation``). ``copy=False``
+        (default: the ``copy`` it was made with): obs and rewards are views into the ring (see Pool.recv), valid until the next ``send``."""
+        batch = self.pool.recv(copy=self.copy if copy is None else copy)
+        terminated, truncated = batch.terminated, batch.truncated
+        dones = terminated | truncated
+        infos: list[dict] = []
+        for k, i in enumerate(batch.env_ids.tolist()):
+            info = batch.infos.get(i) or {}
+            info["TimeLimit.truncated"] = bool(truncated[k] and not terminated[k])
+            if dones[k]:
+                info["terminal_observation"] = batch.terminal_observation(i)
+                self.reset_infos[i] = batch.reset_infos.get(i, {})
+            if i in batch.restarted:
+                info["fastvec.restarted"] = batch.restarted[i]
+            infos.append(info)
+        if not dones.any():
+            for i, info in batch.reset_infos.items():  # an async_reset's infos
+                self.reset_infos[i] = info
+        return batch.obs, batch.rewards, dones, infos, batch.env_ids
+
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seeds for the next reset: ``seed + i`` for env i (as SB3). With no seed, the root is
         drawn from NumPy's global generator (so ``np.random.seed`` makes runs repeatable, as in

@@ -11,7 +11,10 @@ The search is staged, so it stays near two minutes on a small machine:
    step_in_parent (num_workers=1 with step_in_parent=True is no worker process at
    all: every env stepped in the calling process);
 2. spin budget (spin_ns) for the best layout that uses worker processes;
-3. core pinning (pin_workers) for the best of those.
+3. core pinning (pin_workers) for the best of those;
+4. asynchronous batches (batch_size = num_envs / 2, EnvPool's send/recv, one worker per
+   batch): reported beside the best synchronous setting, which is what the configuration
+   file holds (batch_size changes the API: the caller must use send/recv).
 
 Every candidate runs in its own child process (its own session, killed when it
 returns): build the envs, step them with the same seeded random actions, warm up,
@@ -115,8 +118,19 @@ def _measure_here(spec: dict) -> dict:
         pool = venv.pool
         resolved = {key: getattr(pool, key) for key in CONFIG_KEYS}
         startup = time.perf_counter() - began
-        venv.reset()
-        timing = time_steps(venv.step, batches, n, seconds, repeats)
+        batch = spec["config"].get("batch_size")
+        if batch:  # asynchronous batches: each call receives `batch` envs and sends them their actions
+
+            def step(actions: np.ndarray) -> None:
+                ids = venv.recv()[4]
+                venv.send(actions[: len(ids)], ids)
+
+            resolved["batch_size"] = batch
+            venv.async_reset()
+            timing = time_steps(step, batches, batch, seconds, repeats)
+        else:
+            venv.reset()
+            timing = time_steps(venv.step, batches, n, seconds, repeats)
     finally:
         venv.close()
     return {
@@ -208,6 +222,11 @@ def search(
                     run({**layout, "spin_ns": spin})
             best = next(m for m in _ranked(measured) if not is_in_process(m["resolved"]))
             run({**{k: best["resolved"][k] for k in ("num_workers", "step_in_parent", "spin_ns")}, "pin_workers": True})
+        if num_envs >= 2 and num_envs % 2 == 0:
+            run({"batch_size": num_envs // 2})
+    # asynchronous batches are reported beside the synchronous settings, not ranked with them
+    asynchronous = next((m for m in _ranked(measured) if "batch_size" in m["config"]), None)
+    measured = [m for m in measured if "batch_size" not in m["config"]]
     ranked = _ranked(measured)
     if not ranked:
         reasons = "; ".join(f"{m['config']}: {m['status']} {m.get('reason', '')}" for m in measured)
@@ -220,7 +239,8 @@ def search(
         "default_throughput": default_rate,
         "default_config": default.get("resolved"),
         "speedup": best["rate"] / default_rate if default_rate else None,
-        "verdict": verdict(best, default if default_rate else None, num_envs),
+        "verdict": verdict(best, default if default_rate else None, num_envs, asynchronous),
+        "async": asynchronous,
         "env": env_id or env_module,
         "num_envs": num_envs,
         "seconds": seconds,
@@ -234,8 +254,9 @@ def _ranked(measured: list[dict]) -> list[dict]:
     return sorted((m for m in measured if m["status"] == "ok"), key=lambda m: -m["rate"])
 
 
-def verdict(best: dict, default: dict | None, num_envs: int) -> str:
-    """One plain sentence on what to use (``best``/``default``: measurements with resolved config and rate)."""
+def verdict(best: dict, default: dict | None, num_envs: int, asynchronous: dict | None = None) -> str:
+    """One plain sentence on what to use (``best``/``default``: measurements with resolved config and rate;
+    ``asynchronous``: the measurement of asynchronous batches, if any)."""
     cfg = best["resolved"]
     vs_default = f"{best['rate'] / default['rate']:.2f}x the default" if default else "the default failed"
     if is_in_process(cfg):
@@ -251,6 +272,16 @@ def verdict(best: dict, default: dict | None, num_envs: int) -> str:
         )
     if default and best is not default and best["rate"] < (1 + NOISE) * default["rate"]:
         text += f" That is within {100 * NOISE:.0f}% of the default: keeping the default is as good."
+    if asynchronous is not None:
+        ratio = asynchronous["rate"] / best["rate"]
+        batch = asynchronous["config"]["batch_size"]
+        if ratio > 1 + NOISE:
+            text += (
+                f" Asynchronous batches pay off: batch_size={batch} with send/recv gives {asynchronous['rate']:,.0f} "
+                f"steps/s, {ratio:.2f}x (for a learner that can act on {batch} envs at a time)."
+            )
+        else:
+            text += f" Asynchronous batches (batch_size={batch}) do not pay off here: {ratio:.2f}x."
     return text
 
 

@@ -78,6 +78,7 @@ class FastvecBackend(Backend):
         start_method: str | None = None,
         settings: Any = None,
         monitor: bool = False,
+        async_envs: bool = False,
     ):
         from fastvec.options import PoolOptions
         from fastvec.pool import Pool
@@ -91,6 +92,8 @@ class FastvecBackend(Backend):
             options = options.replace(num_workers=num_workers)
         if monitor:  # fastvec's monitor: re-pins lagging workers, moves envs off a lagging shard
             options = options.replace(monitor=True)
+        if async_envs:  # two halves, each whole workers' envs, stepping while the policy acts for the other
+            options = options.replace(batch_size=len(env_fns) // 2, step_in_parent=False)
         self.pool = Pool(env_fns, options, autoreset_mode=SAME_STEP)
         try:
             ring = self.pool.ring
@@ -113,6 +116,15 @@ class FastvecBackend(Backend):
     def step(self, actions: np.ndarray) -> int:
         self.pool.step_async(actions)
         return self.pool.step_wait().slot  # infos are not used by the trainer
+
+    def send(self, actions: np.ndarray, env_ids: np.ndarray) -> None:
+        """async_envs: step the envs ``env_ids`` (a batch ``recv`` returned)."""
+        self.pool.send(actions, env_ids)
+
+    def recv(self) -> Any:
+        """async_envs: the next half (or group of workers' envs) that finished: a fastvec AsyncBatch
+        whose ``parts`` say which ring slot holds which envs' results."""
+        return self.pool.recv(copy=False)
 
     def utilisation(self) -> dict[str, float]:
         """Each shard's busy share (fastvec.stats) since the previous call, and the monitor's moves."""
@@ -271,6 +283,7 @@ def make_backend(
     pin: bool = False,
     fastvec_config: str | None = None,
     monitor: bool = False,
+    async_envs: bool = False,
 ) -> Backend:
     """The backend called ``name`` running ``num_envs`` copies of ``env_id`` with a ring of ``num_slots``.
 
@@ -282,12 +295,20 @@ def make_backend(
         raise ValueError(f"fastvec_config applies to the fastvec backend, not {name!r}")
     if monitor and name != "fastvec":
         raise ValueError(f"monitor is fastvec's, not {name!r}'s")
+    if async_envs and name != "fastvec":
+        raise ValueError(f"async_envs is fastvec's, not {name!r}'s")
     if name == "fastvec":
         from fastvec.options import PoolOptions
 
         settings = PoolOptions.load(fastvec_config) if fastvec_config is not None else None
         backend = FastvecBackend(
-            env_fns, num_slots, num_workers=num_workers, start_method=start_method, settings=settings, monitor=monitor
+            env_fns,
+            num_slots,
+            num_workers=num_workers,
+            start_method=start_method,
+            settings=settings,
+            monitor=monitor,
+            async_envs=async_envs,
         )
         if pin:
             try:

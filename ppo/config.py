@@ -49,6 +49,9 @@ class Config:
     monitor: bool = False
     """run fastvec's monitor (re-pins lagging workers, moves envs off a lagging shard at episode ends);
     each shard's busy share goes to the progress view, metrics.csv and TensorBoard (fastvec/...)"""
+    async_envs: bool = False
+    """double-buffered sampling (fastvec only): the envs step in two halves, one half stepping while the
+    policy computes the other half's actions (rlpyt's alternating sampler); the same samples per update"""
     vec_backend: Literal["fastvec", "sb3-subproc", "gym-async", "serial"] = "fastvec"
     """which vectorized-env engine steps the envs: fastvec (zero copy), SB3's SubprocVecEnv,
     gymnasium's AsyncVectorEnv, or gymnasium's SyncVectorEnv in this process"""
@@ -187,6 +190,16 @@ class Config:
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma} and {self.gae_lambda}")
         if self.collective_timeout_s <= 0:
             raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        if self.async_envs:
+            if self.vec_backend != "fastvec":
+                raise ValueError(f"async_envs needs the fastvec backend, not {self.vec_backend!r}")
+            if self.num_envs < 2 or self.num_envs % 2:
+                raise ValueError(f"async_envs steps the envs in two halves: num_envs must be even, got {self.num_envs}")
+            if self.num_workers is not None and (self.num_workers < 2 or self.num_workers % 2 or self.num_envs % self.num_workers):
+                raise ValueError(
+                    f"async_envs: num_workers must be even and divide num_envs={self.num_envs} (each half is whole "
+                    f"workers' envs), got {self.num_workers}"
+                )
         if self.anneal_timesteps is not None and self.anneal_timesteps < 1:
             raise ValueError(f"anneal_timesteps must be >= 1 or None, got {self.anneal_timesteps}")
 

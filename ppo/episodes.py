@@ -26,13 +26,15 @@ class EpisodeTracker:
         self._history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (end steps, returns, lengths)
         self._taken = 0  # entries of _history already handed out by take_new()
 
-    def step(self, rewards: np.ndarray, done: np.ndarray, global_step: int) -> int:
-        """Add one step's ``rewards [N]``; close the episodes where ``done [N]``. Returns how many ended."""
-        self.returns += rewards
-        self.lengths += 1
+    def step(self, rewards: np.ndarray, done: np.ndarray, global_step: int, envs: np.ndarray | None = None) -> int:
+        """Add one step's ``rewards [N]``; close the episodes where ``done [N]``. Returns how many ended.
+        With ``envs`` (async_envs), the step of those envs only: ``rewards`` and ``done`` are theirs."""
+        rows = slice(None) if envs is None else envs
+        self.returns[rows] += rewards
+        self.lengths[rows] += 1
         if not done.any():
             return 0
-        ended = np.flatnonzero(done)
+        ended = np.flatnonzero(done) if envs is None else envs[done]
         self.record(np.full(len(ended), global_step, dtype=np.int64), self.returns[ended], self.lengths[ended])
         self.returns[ended] = 0.0
         self.lengths[ended] = 0

@@ -119,6 +119,19 @@ class RolloutStorage:
         if not self.on_host:
             self.obs[slot].copy_(self.ring.obs[slot], non_blocking=True)
 
+    def arrived_rows(self, slot: int, start: int, stop: int) -> None:
+        """async_envs: the engine wrote envs ``start..stop-1`` of ``slot`` (see ``arrived``)."""
+        if not self.on_host:
+            self.obs[slot, start:stop].copy_(self.ring.obs[slot, start:stop], non_blocking=True)
+
+    def rows(self, parts: list[tuple[int, int, int]]) -> torch.Tensor:
+        """async_envs: the observations of envs ``start..stop-1`` in ``slot`` for each ``(slot, start, stop)``,
+        on the learner's device, in that order (a view for one part on CPU)."""
+        if len(parts) == 1:
+            slot, start, stop = parts[0]
+            return self.obs[slot, start:stop]
+        return torch.cat([self.obs[slot, start:stop] for slot, start, stop in parts])
+
     def obs_at(self, t: int) -> torch.Tensor:
         """Observations ``[N, *obs_shape]`` of time step t, on the learner's device (a view on CPU)."""
         return self._obs_slots[(self.start_slot + t) % self.num_slots]

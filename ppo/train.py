@@ -154,6 +154,7 @@ class Trainer:
             pin=self.device.type == "cuda",
             fastvec_config=config.fastvec_config,
             monitor=config.monitor,
+            async_envs=config.async_envs,
         )
         self.storage: RolloutStorage | None = None
         self.logger: RunLogger | None = None
@@ -228,6 +229,8 @@ class Trainer:
         """
         config, agent, storage, backend = self.config, self.agent, self.storage, self.backend
         storage.begin(self.slot)
+        if config.async_envs:
+            return self._collect_rollout_async()
         for t in range(config.num_steps):
             with torch.no_grad(), self.autocast():
                 action = agent.sample(storage.obs_at(t))  # log-probs and values come in evaluate_rollout
@@ -263,6 +266,65 @@ class Trainer:
             if not self.dist.enabled and self._check_solved():
                 return True
         return False
+
+    def _collect_rollout_async(self) -> bool:
+        """``collect_rollout`` double-buffered (async_envs): the envs step in halves; while one half steps,
+        the policy computes the other half's actions. Each env still takes num_steps steps with the
+        rollout's policy, and each half advances its own ring slot one per step, so step t of every env
+        lands in the slot it does in synchronous mode: the storage, the advantages and the update are
+        the same. Returns True when the task got solved (after the envs still stepping have finished)."""
+        config, agent, storage, backend = self.config, self.agent, self.storage, self.backend
+        num_steps, gamma = config.num_steps, config.gamma
+        t_env = np.zeros(config.num_envs, dtype=np.int64)  # per env: the step whose action it needs next
+        half = config.num_envs // 2
+        # every env's first observation is in the rollout's first slot: send one half, then the other
+        for ids in (np.arange(half), np.arange(half, config.num_envs)):
+            self._act_async(ids, [(storage.slot(0), int(ids[0]), int(ids[-1]) + 1)], t_env)
+        running, solved = config.num_envs, False
+        while running:
+            batch = backend.recv()
+            ids = batch.env_ids
+            t = t_env[ids]  # the step each of these envs just took (their results are in slot(t + 1))
+            for slot, start, stop in batch.parts:
+                storage.arrived_rows(slot, start, stop)
+            self.global_step += len(ids) * self.dist.world_size
+            rewards, terminated, truncated = batch.rewards, batch.terminated, batch.truncated
+            done = terminated | truncated
+            if self.reward_rms is not None:
+                self.discounted_returns[ids] = self.discounted_returns[ids] * gamma + rewards
+                self.rollout_discounted_returns[torch.from_numpy(t), torch.from_numpy(ids)] = torch.from_numpy(
+                    self.discounted_returns[ids]
+                )
+                self.discounted_returns[ids[done]] = 0.0
+            cut = truncated & ~terminated
+            if cut.any():  # bootstrap truncated episodes with V(final observation), as collect_rollout
+                envs = torch.from_numpy(ids[cut])
+                final_obs = backend.ring.terminal_obs.index_select(0, envs).to(self.device)
+                with torch.no_grad(), self.autocast():
+                    values = agent.value(final_obs).float()
+                storage.terminal_values[torch.from_numpy(t[cut]).to(self.device), envs.to(self.device)] = values
+            self.rank_episodes.step(rewards, done, self.global_step, envs=ids)
+            if done.any() and not self.dist.enabled and self._check_solved():
+                solved = True  # stop: send nothing more, receive what still steps
+            t_env[ids] = t + 1
+            running -= len(ids)
+            # the groups (whole workers' envs) of this batch with steps left act on the observations just written
+            parts = [part for part in batch.parts if t_env[part[1]] < num_steps] if not solved else []
+            if parts:
+                more = np.concatenate([np.arange(start, stop) for _, start, stop in parts])
+                self._act_async(more, parts, t_env)
+                running += len(more)
+        self.slot = storage.slot(num_steps)  # where every env's last observation is, as after a sync rollout
+        return solved
+
+    def _act_async(self, ids: np.ndarray, parts: list[tuple[int, int, int]], t_env: np.ndarray) -> None:
+        """Sample actions for envs ``ids`` (observations in ``parts``) at their steps ``t_env[ids]``; send them."""
+        storage = self.storage
+        with torch.no_grad(), self.autocast():
+            action = self.agent.sample(storage.rows(parts))
+        steps = torch.from_numpy(t_env[ids]).to(storage.device)
+        storage.actions[steps, torch.from_numpy(ids).to(storage.device)] = action
+        self.backend.send(self._env_action(action), ids)  # type: ignore[attr-defined]
 
     def share_episodes(self) -> bool:
         """Distributed: add every rank's episodes of this rollout to ``self.episodes`` (on every rank, so all

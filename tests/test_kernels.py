@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import time
+from multiprocessing import shared_memory
 
 import numpy as np
 import pytest
@@ -173,13 +175,13 @@ def test_issue_finish_and_countdown(k) -> None:
     words = np.zeros(3 * 32, dtype=np.uint32)
     bases = np.array([0, 32], dtype=np.intp)
     remaining, done = 64, np.array([16, 48], dtype=np.intp)
-    k.issue(words, bases, 1, 3, 4, 9, remaining)
+    k.issue(words, bases, 1, 3, 4, np.array([9, 9], np.uint32), remaining)
     assert words[[0, 2, 3, 4, 32, 34, 35, 36]].tolist() == [9, 1, 3, 4, 9, 1, 3, 4]
-    assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == 0  # nobody finished: worker 0 pending
+    assert k.wait_remaining(words, remaining, done, NINE, 0, 1_000_000) == 0  # nobody finished: worker 0 pending
     k.finish(words, 16, 9, remaining)
-    assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == 1
+    assert k.wait_remaining(words, remaining, done, NINE, 0, 1_000_000) == 1
     k.finish(words, 48, 9, remaining)
-    assert k.wait_remaining(words, remaining, done, 9, 0, 1_000_000) == -1
+    assert k.wait_remaining(words, remaining, done, NINE, 0, 1_000_000) == -1
 
 
 @pytest.mark.parametrize("k", IMPLS)
@@ -189,16 +191,82 @@ def test_countdown_is_only_a_hint_completion_is_every_done_word(k) -> None:
     words = np.zeros(3 * 32, dtype=np.uint32)
     bases = np.array([0, 32], dtype=np.intp)
     remaining, done = 64, np.array([16, 48], dtype=np.intp)
-    k.issue(words, bases, 1, 0, 0, 9, remaining)
+    k.issue(words, bases, 1, 0, 0, np.array([9, 9], np.uint32), remaining)
     k.finish(words, 16, 9, remaining)
     k.publish(words, 48, 9)  # worker 1: DONE published, its countdown decrement not yet made
-    assert k.wait_remaining(words, remaining, done, 9, 0, 2_000_000) == -1  # every DONE word says 9
-    k.issue(words, bases, 1, 1, 0, 10, remaining)
+    assert k.wait_remaining(words, remaining, done, NINE, 0, 2_000_000) == -1  # every DONE word says 9
+    k.issue(words, bases, 1, 1, 0, np.array([10, 10], np.uint32), remaining)
     words[remaining] -= 1  # worker 1's late decrement for command 9 lands on command 10's countdown
     k.finish(words, 16, 10, remaining)  # worker 0 finishes 10: the countdown reads 0 ...
-    assert k.wait_remaining(words, remaining, done, 10, 0, 2_000_000) == 1  # ... but worker 1 has not
+    assert k.wait_remaining(words, remaining, done, TEN, 0, 2_000_000) == 1  # ... but worker 1 has not
     k.finish(words, 48, 10, remaining)
-    assert k.wait_remaining(words, remaining, done, 10, 0, 2_000_000) == -1
+    assert k.wait_remaining(words, remaining, done, TEN, 0, 2_000_000) == -1
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_workers_count_their_own_commands(k) -> None:
+    """Asynchronous batches give commands to some workers only: each worker has its own sequence."""
+    words = np.zeros(3 * 32, dtype=np.uint32)
+    bases = np.array([0, 32], dtype=np.intp)
+    remaining, done = 64, np.array([16, 48], dtype=np.intp)
+    k.issue(words, bases[1:], 1, 2, 0, np.array([7], np.uint32), remaining)  # worker 1 only
+    assert words[[0, 32]].tolist() == [0, 7] and words[remaining] == 1
+    k.finish(words, 48, 7, remaining)
+    assert k.wait_remaining(words, remaining, done, np.array([0, 7], np.uint32), 0, 1_000_000) == -1
+    assert k.wait_remaining(words, remaining, done, np.array([1, 7], np.uint32), 0, 1_000_000) == 0
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_wait_any_returns_the_first_worker_done(k) -> None:
+    words = np.zeros(3 * 32, dtype=np.uint32)
+    remaining, done = 64, np.array([16, 48], dtype=np.intp)
+    seqs = np.array([3, 5], np.uint32)
+    assert k.wait_any(words, remaining, done, seqs, 0, 1_000_000) == -1  # nobody: the timeout
+    k.finish(words, 48, 5, remaining)
+    assert k.wait_any(words, remaining, done, seqs, 0, 1_000_000) == 1
+    k.finish(words, 16, 3, remaining)
+    assert k.wait_any(words, remaining, done, seqs, 0, 1_000_000) == 0
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_wait_any_wakes_when_two_workers_finish_together(k) -> None:
+    """Two workers finishing while the parent sleeps take the countdown from 1 past 0: the
+    parent must return on the first wake-up, not sleep to its timeout waiting for the word to read 0."""
+    block = shared_memory.SharedMemory(create=True, size=3 * 32 * 4)
+    try:
+        words = np.ndarray((3 * 32,), dtype=np.uint32, buffer=block.buf)
+        words[:] = 0
+        remaining, done = 64, np.array([16, 48], dtype=np.intp)
+        seqs = np.array([1, 1], np.uint32)
+        ctx = mp.get_context("fork")
+        child = ctx.Process(target=_finish_both_later, args=(block.name, k.__name__))
+        child.start()
+        began = time.monotonic()
+        assert k.wait_any(words, remaining, done, seqs, 0, 5_000_000_000) in (0, 1)
+        assert time.monotonic() - began < 2.5, "slept to the timeout: the wake-up was lost"
+        child.join(5)
+        assert child.exitcode == 0
+        child.close()
+        del words
+    finally:
+        block.close()
+        block.unlink()
+
+
+def _finish_both_later(name: str, impl: str) -> None:
+    k = importlib.import_module(impl)
+    block = shared_memory.SharedMemory(name=name)
+    words = np.ndarray((3 * 32,), dtype=np.uint32, buffer=block.buf)
+    time.sleep(0.3)
+    while impl.endswith("_kernels") and words[65] == 0:  # the compiled parent sleeps on the futex
+        time.sleep(0.001)
+    k.finish(words, 16, 1, 64)  # 1 -> 0: wakes the parent, which finds the word already ...
+    k.finish(words, 48, 1, 64)  # ... past 0, a microsecond later
+    del words
+    block.close()
+
+
+NINE, TEN = np.array([9, 9], np.uint32), np.array([10, 10], np.uint32)
 
 
 @pytest.mark.parametrize("k", IMPLS)

@@ -1,0 +1,300 @@
+"""Asynchronous partial batches (EnvPool's send/recv): envs and the policy never wait for each other.
+
+With ``batch_size=B`` below ``num_envs`` every worker owns a group of envs (a batch is one
+or more whole groups) and the calling process steps none itself: it computes actions for
+one batch while the workers step the others.
+
+    pool.async_reset()                      # every env starts; nothing returns yet
+    while True:
+        batch = pool.recv()                 # the first B envs whose step (or reset) finished
+        pool.send(policy(batch.observations()), batch.env_ids)
+
+Each worker counts its own commands (its CMD_SEQ / DONE_SEQ words in the block), so
+some workers can be given a step while others still run one; ``recv`` sleeps on the
+pool's countdown word, which the first worker to finish brings to 0, and checks every
+worker's DONE word, so nothing is missed. Autoreset and terminal observations follow
+the same rules as the synchronous API, per env; each group keeps its own ring slot.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fastvec import kernels
+from fastvec.checks import ActionWriter
+from fastvec.errors import AlreadyPendingCallError, NoAsyncCallError, WorkerDiedError, env_errors
+from fastvec.protocol import POLL_NS, Command, Control, Extra, StepFlag, dumps_payload
+
+if TYPE_CHECKING:
+    from fastvec.pool import Pool
+
+
+__all__ = ["AsyncBatches", "AsyncBatch"]
+
+
+def _only(parts: list[np.ndarray]) -> np.ndarray:
+    """The one group's rows, as a view into the ring (recv(copy=False))."""
+    return parts[0]
+
+
+class AsyncBatch:
+    """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
+
+    __slots__ = ("env_ids", "obs", "rewards", "terminated", "truncated", "infos", "reset_infos", "restarted",
+                 "final_obs", "parts", "_pool")
+
+    def __init__(self, pool: Pool, env_ids: np.ndarray, obs: Any, rewards: np.ndarray, terminated: np.ndarray,
+                 truncated: np.ndarray, extras: list, parts: list[tuple[int, int, int]]):
+        self._pool = pool
+        self.env_ids = env_ids
+        self.parts = parts  # (ring slot, first env, end env) of each group, in env_ids order
+        self.obs, self.rewards, self.terminated, self.truncated = obs, rewards, terminated, truncated
+        self.infos: dict[int, dict] = {}
+        self.reset_infos: dict[int, dict] = {}
+        self.restarted: dict[int, str] = {}
+        self.final_obs: dict[int, Any] = {}
+        for i, kind, value in extras:
+            if kind == Extra.INFO:
+                self.infos[i] = value
+            elif kind == Extra.RESET_INFO:
+                self.reset_infos[i] = value
+            elif kind == Extra.RESTARTED:
+                self.restarted[i] = value["error"]
+            elif kind == Extra.FINAL_OBS:
+                self.final_obs[i] = value
+
+    def observations(self) -> Any:
+        return self.obs
+
+    def terminal_observation(self, i: int) -> Any:
+        """Env ``i``'s final observation, when its episode ended in this step (SAME_STEP)."""
+        if i in self.final_obs:
+            return self.final_obs[i]
+        return self._pool.terminal_observation(i)
+
+
+class AsyncBatches:
+    """The asynchronous side of a Pool (see the module's docstring)."""
+
+    def __init__(self, pool: Pool, batch_size: int):
+        self.pool = pool
+        self.batch_size = batch_size
+        self.group_size = pool.num_envs // len(pool._remotes)
+        self.inflight: dict[int, tuple[Command, int]] = {}  # position -> (command, slot)
+        self.ready: collections.deque = collections.deque()  # (position, slot, extras, errors)
+        self.slots = [0] * len(pool._remotes)  # each group's latest ring slot
+        self._writers: dict[int, ActionWriter] = {}
+        self._group_of = np.repeat(np.arange(len(pool._remotes)), self.group_size)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight or self.ready)
+
+    # -- giving work ----------------------------------------------------------------------------
+    def async_reset(self, seeds: list | None = None) -> None:
+        pool = self.pool
+        self._check_quiet("async_reset")
+        views = pool._views
+        if seeds is None:
+            views.seed_mask[:] = False
+        else:
+            if len(seeds) != pool.num_envs:
+                raise ValueError(f"expected {pool.num_envs} seeds (one per env), got {len(seeds)}")
+            views.seed_mask[:] = [s is not None for s in seeds]
+            views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
+        self._give(list(range(len(pool._remotes))), Command.RESET, 0, None)
+
+    def send(self, actions: Any, env_ids: Any) -> None:
+        """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each)."""
+        pool = self.pool
+        pool._check_usable()
+        if pool._pending is not None:
+            raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
+        env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
+        positions = self._groups(env_ids)
+        writer = self._writers.get(len(env_ids))
+        if writer is None:
+            writer = self._writers[len(env_ids)] = ActionWriter(pool.action_space, len(env_ids), kernels, pool.check)
+        scratch = [np.empty((len(env_ids), *b.shape[1:]), b.dtype) for b in pool._views.actions]
+        tags = pool._views.action_tags
+        objects = writer.write(actions, scratch, tags)
+        for buffer, rows in zip(pool._views.actions, scratch):
+            buffer[env_ids] = rows
+        payloads = None
+        if objects is not None:  # object parts of the actions: each worker's share, in its envs' order
+            order = {int(e): k for k, e in enumerate(env_ids)}
+            payloads = {}
+            for position in positions:
+                remote = pool._remotes[position]
+                share = [[column[order[i]] for i in remote.envs] for column in objects]
+                payloads[remote.index] = dumps_payload(share, "actions", remote.envs)
+        self._give(positions, Command.STEP, int(StepFlag.HAS_OBJECTS) if objects is not None else 0, payloads)
+
+    def _groups(self, env_ids: np.ndarray) -> list[int]:
+        """The groups ``env_ids`` make up (whole groups, none in flight or waiting to be received)."""
+        if env_ids.size == 0 or env_ids.min() < 0 or env_ids.max() >= self.pool.num_envs:
+            raise ValueError(f"env ids must be in 0..{self.pool.num_envs - 1}, got {env_ids.tolist()}")
+        if len(set(env_ids.tolist())) != len(env_ids):
+            raise ValueError(f"env ids must not repeat, got {env_ids.tolist()}")
+        positions = sorted(set(self._group_of[env_ids].tolist()))
+        for position in positions:
+            envs = self.pool._remotes[position].envs
+            if not set(envs) <= set(env_ids.tolist()):
+                raise ValueError(
+                    f"env ids must be whole groups of {self.group_size} (the envs one worker steps; recv() returns "
+                    f"them so): {env_ids.tolist()} has part of envs {envs.start}..{envs.stop - 1}"
+                )
+            waiting = position in self.inflight or any(entry[0] == position for entry in self.ready)
+            if waiting:
+                raise AlreadyPendingCallError(
+                    f"envs {envs.start}..{envs.stop - 1} are still running (or waiting in recv()): send to the envs "
+                    "recv() returned", "step"
+                )
+        return positions
+
+    def _give(self, positions: list[int], command: Command, arg: int, payloads: dict | None) -> None:
+        """Issue ``command`` to the workers at ``positions``, each into its next ring slot."""
+        pool = self.pool
+        try:
+            for position in positions:
+                remote = pool._remotes[position]
+                slot = self.slots[position] + 1 if self.slots[position] + 1 < pool.ring_slots else 0
+                pool._seqs[position] += 1
+                kernels.issue(pool._control, pool._bases[position : position + 1], int(command), slot, arg,
+                              pool._seqs[position : position + 1], pool._remaining_index)
+                if payloads and remote.index in payloads:
+                    remote.send_bytes(payloads[remote.index])
+                self.inflight[position] = (command, slot)
+        except BaseException as exc:
+            pool._break(exc)
+            raise
+
+    def _check_quiet(self, call: str) -> None:
+        self.pool._check_idle(call)
+        if self.busy:
+            raise AlreadyPendingCallError(f"{call}() called while batches are still running: recv() them first", "step")
+
+    # -- collecting -----------------------------------------------------------------------------
+    def recv(self, timeout: float | None = None, copy: bool = True) -> AsyncBatch:
+        """The first ``batch_size`` envs that finished (whole groups), in env-id order: copies, or
+        with ``copy=False`` and a batch of one group (the default layout), views into the ring
+        (valid until those envs are sent their next actions and step)."""
+        pool = self.pool
+        pool._check_usable()
+        if not self.busy:
+            raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
+        began = time.monotonic()
+        while self._ready_envs() < self.batch_size and self.inflight:
+            self._collect_one(began, timeout)
+        taken = []
+        while self.ready and sum(len(pool._remotes[t[0]].envs) for t in taken) < self.batch_size:
+            taken.append(self.ready.popleft())
+        errors = [payload for _, _, _, error in taken if error for payload in error]
+        if errors:
+            raise env_errors(errors)
+        return self._batch(taken, copy)
+
+    def _ready_envs(self) -> int:
+        return sum(len(self.pool._remotes[entry[0]].envs) for entry in self.ready)
+
+    def _collect_one(self, began: float, timeout: float | None) -> None:
+        """Wait for one more worker to finish; its results join ``ready``."""
+        pool = self.pool
+        positions = list(self.inflight)
+        done = pool._done_index[positions]
+        seqs = pool._seqs[positions]
+        slice_ns = POLL_NS
+        if timeout is not None:
+            left = timeout - (time.monotonic() - began)
+            if left <= 0:
+                raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
+            slice_ns = max(1, min(POLL_NS, int(left * 1e9)))
+        k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, pool.spin_ns, slice_ns)
+        if k == -1:
+            self._check_lives(positions)
+            return
+        position = positions[k]
+        try:
+            command, slot = self.inflight.pop(position)
+            remote = pool._remotes[position]
+            reply = pool._recv(remote, "recv") if pool._control[remote.base + Control.HAS_MESSAGE] else None
+            extras, error = None, None
+            if reply is not None:
+                kind, payload = reply
+                if kind == "error":
+                    error = payload
+                elif payload:
+                    extras = payload
+            self.slots[position] = slot
+            self.ready.append((position, slot, extras, error))
+        except BaseException as exc:  # a message half read, or an interrupt between the two: out of step
+            pool._break(exc)
+            raise
+
+    def _check_lives(self, positions: list[int]) -> None:
+        """A worker that died while stepping: respawned (on_error="restart") or the pool breaks."""
+        from fastvec.pool import _Pending
+
+        pool = self.pool
+        for position in positions:
+            remote = pool._remotes[position]
+            if remote.exitcode is None:
+                continue
+            command, slot = self.inflight[position]
+            if pool.on_error != "restart":
+                error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, "step")
+                pool._break(error)
+                raise error
+            p = _Pending(command, "step" if command is Command.STEP else "reset", slot)
+            pool._respawn(position, p)  # its replacement does its share, and marks it done
+            reports = [(i, Extra.RESTARTED, {"error": "worker process died", "command": p.name}) for i in remote.envs]
+            del self.inflight[position]
+            self.slots[position] = slot
+            self.ready.append((position, slot, reports + (p.respawned.get(position) or []), None))
+
+    def _batch(self, taken: list, copy: bool) -> AsyncBatch:
+        pool = self.pool
+        views = pool._views
+        env_ids = np.concatenate([np.arange(pool._remotes[t[0]].envs.start, pool._remotes[t[0]].envs.stop) for t in taken])
+        join = np.concatenate if copy or len(taken) > 1 else _only
+        extras: list = []
+        for _, _, group_extras, _ in taken:
+            extras += group_extras or []
+        if extras:
+            extras = pool._digest(extras, 0) or []
+        parts = []
+        for position, slot, _, _ in taken:
+            envs = pool._remotes[position].envs
+            parts.append((slot, envs.start, envs.stop))
+        rewards = join([views.rewards[s, a:b] for s, a, b in parts])
+        terminated = join([views.terminated[s, a:b] for s, a, b in parts])
+        truncated = join([views.truncated[s, a:b] for s, a, b in parts])
+        columns = [join([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
+        if pool._single_leaf:
+            obs = columns[0]
+        else:
+            from fastvec.spaces import assemble
+
+            arrays = iter(columns)
+            objects = iter(pool.object_columns())
+            leaf_parts = []
+            for leaf in pool.obs_leaves:
+                if leaf.array:
+                    leaf_parts.append(next(arrays))
+                else:
+                    column = next(objects)
+                    leaf_parts.append(tuple(column[i] for i in env_ids))
+            obs = assemble(pool.observation_space, leaf_parts)
+        return AsyncBatch(pool, env_ids, obs, rewards, terminated, truncated, extras, parts)
+
+    def drain(self, timeout: float) -> None:
+        """Wait (briefly) for every group still running, dropping the results (close())."""
+        end = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < end:
+            self._collect_one(time.monotonic(), end - time.monotonic())
+        self.ready.clear()

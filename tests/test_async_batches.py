@@ -1,0 +1,184 @@
+"""Asynchronous partial batches (fastvec.async_batches): send/recv in any order, against a serial model."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+
+from fastvec import SubprocVecEnv, VectorEnv
+from fastvec.errors import AlreadyPendingCallError, EnvError, NoAsyncCallError
+from fastvec.pool import Pool
+from fastvec.protocol import NEXT_STEP, SAME_STEP
+from tests import envs
+
+
+def _model_step(env: envs.Counter, action: int, mode) -> tuple:
+    """One step of the serial reference: (obs, reward, terminated, truncated, final obs or None).
+    SAME_STEP: an episode's end returns the reset's observation (the final one aside);
+    NEXT_STEP: the step after an episode's end resets (reward 0, flags False)."""
+    if mode == NEXT_STEP and env.ended:
+        env.ended = False
+        return env.reset()[0], 0.0, False, False, None
+    obs, reward, term, trunc, _ = env.step(action)
+    if term or trunc:
+        if mode == SAME_STEP:
+            return env.reset()[0], reward, term, trunc, obs
+        env.ended = True
+    return obs, reward, term, trunc, None
+
+
+@pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_send_recv_orders_match_a_serial_run_of_each_env(seed: int, mode) -> None:
+    """Random interleavings of send and recv: every env's observations, rewards, flags and final
+    observations are those of a serial run of the same env with the same actions."""
+    rng = random.Random(seed)
+    n, batch = 8, 2
+    pool = Pool([partial(envs.Counter, i) for i in range(n)], batch_size=batch, start_method="fork", autoreset_mode=mode)
+    model = [envs.Counter(i) for i in range(n)]
+    for env in model:
+        env.ended = False
+    try:
+        assert pool.num_workers == 4 and not pool.step_in_parent
+        seeds = list(range(10, 10 + n))
+        expected = {i: (model[i].reset(seed=seeds[i])[0], 0.0, False, False, None) for i in range(n)}
+        pool.async_reset(seeds)
+        available: list[np.ndarray] = []
+        running, ended = n, 0
+        for _ in range(600):
+            if available and (running == 0 or rng.random() < 0.5):
+                ids = available.pop(rng.randrange(len(available)))
+                actions = np.array([rng.randrange(5) for _ in ids])
+                for i, a in zip(ids.tolist(), actions.tolist()):
+                    expected[i] = _model_step(model[i], a, mode)
+                pool.send(actions, ids)
+                running += len(ids)
+            elif running:
+                got = pool.recv()
+                assert len(got.env_ids) == batch
+                for k, i in enumerate(got.env_ids.tolist()):
+                    obs, reward, term, trunc, final = expected[i]
+                    np.testing.assert_array_equal(got.obs[k], obs, err_msg=f"env {i}")
+                    assert (got.rewards[k], got.terminated[k], got.truncated[k]) == (reward, term, trunc), f"env {i}"
+                    if final is not None:
+                        np.testing.assert_array_equal(got.terminal_observation(i), final, err_msg=f"env {i}")
+                        ended += 1
+                available.append(got.env_ids)
+                running -= len(got.env_ids)
+        assert ended > 0 or mode == NEXT_STEP  # episodes (40 counts) did end on the way
+    finally:
+        pool.close()
+
+
+def test_views_with_copy_false_are_the_ring_and_copies_are_not() -> None:
+    with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.async_reset()
+        view = pool.recv(copy=False)
+        assert not view.obs.flags.owndata and np.shares_memory(view.obs, pool.ring.obs[0])
+        copy = pool.recv()
+        assert copy.obs.flags.owndata and not np.shares_memory(copy.obs, pool.ring.obs[0])
+        assert view.parts != copy.parts and len(view.parts) == 1
+
+
+def test_close_while_batches_run_leaves_nothing() -> None:
+    """close() with groups still stepping waits for them briefly and stops every worker (the
+    fixture checks no process or segment is left); a hung group is killed."""
+    pool = Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP)
+    pool.async_reset()
+    pool.close()
+    fns = [partial(envs.FailingEnv, "hang" if i < 2 else None, 0) for i in range(4)]
+    pool = Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP)
+    pool.async_reset()
+    pool.recv()
+    pool.recv()
+    pool.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+    began = time.monotonic()
+    pool.close(timeout=1)
+    assert time.monotonic() - began < 10
+
+
+def test_the_first_envs_to_finish_come_first() -> None:
+    fns = [partial(envs.FailingEnv, "hang" if i < 2 else None, 0) for i in range(4)]  # envs 0, 1 hang in step
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.async_reset()
+        for _ in range(2):
+            pool.recv()
+        pool.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        got = pool.recv(timeout=5)
+        assert got.env_ids.tolist() == [2, 3]  # 0 and 1 are still stepping
+        with pytest.raises(multiprocessing.TimeoutError):
+            pool.recv(timeout=0.2)  # the hung group: still pending, named
+
+
+def test_misuse_is_named() -> None:
+    with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        with pytest.raises(NoAsyncCallError, match="nothing sent"):
+            pool.recv()
+        pool.async_reset()
+        with pytest.raises(AlreadyPendingCallError, match="still running"):
+            pool.send(np.zeros(2, np.int64), [0, 1])
+        got = pool.recv()
+        with pytest.raises(ValueError, match="whole groups"):
+            pool.send(np.zeros(1, np.int64), got.env_ids[:1])
+        with pytest.raises(ValueError, match="must not repeat"):
+            pool.send(np.zeros(2, np.int64), [got.env_ids[0]] * 2)
+        with pytest.raises(ValueError, match="send\\(actions, env_ids\\)"):
+            pool.step_async(np.zeros(4, np.int64))
+        with pytest.raises(AlreadyPendingCallError, match="asynchronous batches are running"):
+            pool.call("get_attr", [0], ("spec",))
+        pool.send(np.zeros(2, np.int64), got.env_ids)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        Pool([envs.make_cartpole] * 5, batch_size=2, start_method="fork")
+
+
+def test_env_errors_and_dead_workers_in_batches() -> None:
+    fns = [partial(envs.FailingEnv, "step" if i == 3 else None, 1) for i in range(4)]
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.async_reset()
+        ids = [pool.recv().env_ids, pool.recv().env_ids]
+        for _ in range(2):
+            for group in ids:
+                pool.send(np.zeros(2, np.int64), group)
+            outcomes = []
+            for _ in range(2):
+                try:
+                    outcomes.append(pool.recv().env_ids.tolist())
+                except EnvError as err:
+                    outcomes.append(err.env_index)
+        assert 3 in outcomes and [0, 1] in outcomes  # env 3's group raised naming it; the other went on
+    with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, on_error="restart") as pool:
+        pool.async_reset()
+        groups = [pool.recv().env_ids, pool.recv().env_ids]
+        os.kill(pool.worker_pids[1], signal.SIGKILL)
+        for group in groups:
+            pool.send(np.zeros(2, np.int64), group)
+        with pytest.warns(RuntimeWarning, match="died"):
+            got = [pool.recv(), pool.recv()]
+        restarted = {i for b in got for i in b.restarted}
+        assert restarted == {2, 3}
+
+
+def test_front_ends_in_batches() -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", batch_size=2) as venv:
+        venv.seed(0)
+        venv.async_reset()
+        obs, rewards, dones, infos, ids = venv.recv()
+        assert obs.shape == (2, 4) and rewards.dtype == np.float64 and len(infos) == 2 and len(ids) == 2
+        for _ in range(60):
+            venv.send(np.ones(2, np.int64), ids)
+            obs, rewards, dones, infos, ids = venv.recv()
+            for k in np.flatnonzero(dones):
+                assert "terminal_observation" in infos[k]
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", batch_size=2) as venv:
+        venv.async_reset(seed=0)
+        obs, rewards, terminated, truncated, infos = venv.recv()
+        assert obs.shape == (2, 4) and infos["env_id"].shape == (2,)
+        venv.send(np.zeros(2, np.int64), infos["env_id"])
+        venv.recv()

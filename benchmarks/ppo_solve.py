@@ -5,6 +5,7 @@
     python -m benchmarks.ppo_solve --dry-run      # the plan, nothing run
     python -m benchmarks.ppo_solve --cases ppo-fastvec-x8 sb3-ppo-zoo --seeds 1 2 3 4 5
     python -m benchmarks.ppo_solve --distributed  # torchrun: 1 rank x 8 envs against 2 ranks x 4 envs
+    python -m benchmarks.ppo_solve --async-envs   # 8 envs of a 1 ms CartPole, with and without --async-envs
 
 "Solved" is the usual criterion: the mean return of the last 100 episodes reaches
 475. Each run is its own child process (its own session, killed on timeout), so
@@ -29,6 +30,10 @@ seed by seed, the two configurations interleaved (in alternating order from one 
 next) so that a drift in the host's speed does not bias their ratio. It reports env steps
 per second and time to solve, per round and as medians, and each round's 2-rank/1-rank ratio.
 Results: benchmarks/results/ppo_solve_distributed-<host>-<date>.json (+ .md).
+
+``--async-envs``: the same interleaved rounds for ``ppo.train`` with and without ``--async-envs``
+(double-buffered sampling) on ``--env-id`` (default: CartPole-v1 burning 1 ms of CPU a step,
+benchmarks.workloads), ``--total-envs`` envs. Results: ppo_solve_async_envs-<host>-<date>.json (+ .md).
 """
 
 from __future__ import annotations
@@ -378,13 +383,16 @@ def _describe_result(result: dict, case: Case) -> str:
     return f"not solved ({result['global_step']:,} steps, mean return {result['mean_return_100']:.1f})"
 
 
-def distributed_markdown(cases: list[Case], results: list[dict], facts: dict, seeds: list[int]) -> str:
+def distributed_markdown(
+    cases: list[Case], results: list[dict], facts: dict, seeds: list[int], title: str | None = None
+) -> str:
     """One row per round (seed): each configuration's time to solve and steps/s, and their ratios to the first."""
     first, names = cases[0], [c.name for c in cases]
-    layouts = ", ".join(f"{c.name} ({c.ranks} rank(s) x {c.args[1]} envs)" for c in cases)
+    if title is None:
+        layouts = ", ".join(f"{c.name} ({c.ranks} rank(s) x {c.args[1]} envs)" for c in cases)
+        title = f"PPO on CartPole-v1 with `ppo.train --distributed` under torchrun on one machine: {layouts}"
     lines = [
-        f"PPO on CartPole-v1 with `ppo.train --distributed` under torchrun on one machine: {layouts}; "
-        f"seeds {seeds}, configurations interleaved.",
+        f"{title}; seeds {seeds}, configurations interleaved.",
         f"Machine: {facts['cpu']}, {facts['cores']} cores; python {facts['python']}, torch {facts['torch']}, "
         f"torch threads {facts['torch_threads']}.",
         "solve s: wall time from the first env step to the step that solved (mean return of the last 100 episodes "
@@ -441,8 +449,30 @@ def distributed_markdown(cases: list[Case], results: list[dict], facts: dict, se
     return "\n".join(lines)
 
 
+def async_cases(num_envs: int, env_id: str) -> list[Case]:
+    """ppo.train on ``num_envs`` envs of ``env_id`` with synchronous and with double-buffered sampling."""
+    common = ("--num-envs", str(num_envs), "--env-id", env_id)
+    return [
+        Case("sync", f"ppo.train, fastvec, {num_envs} x {env_id}, synchronous steps", "ppo", common, timeout=900.0),
+        Case(
+            "async-envs",
+            f"ppo.train --async-envs, fastvec, {num_envs} x {env_id}: one half steps while the policy acts for the other",
+            "ppo",
+            (*common, "--async-envs"),
+            timeout=900.0,
+        ),
+    ]
+
+
 def distributed_study(args: argparse.Namespace) -> None:
-    cases = distributed_cases(args.total_envs, args.ranks)
+    """--distributed or --async-envs: configurations interleaved seed by seed (round by round)."""
+    if args.async_envs:
+        cases = async_cases(args.total_envs, args.env_id)
+        title = f"PPO on {args.env_id}, {args.total_envs} envs, with and without `ppo.train --async-envs`"
+        kind = "async_envs"
+    else:
+        cases = distributed_cases(args.total_envs, args.ranks)
+        title, kind = None, "distributed"
     seeds = args.seeds or [1, 2, 3]
     # round r runs every configuration once; odd rounds in reverse order, so a steady drift of the
     # host's speed favours neither configuration
@@ -468,11 +498,11 @@ def distributed_study(args: argparse.Namespace) -> None:
             f"(process {result['process_s']:.1f} s, load {result['load_before']:.1f})",
             flush=True,
         )
-    table = distributed_markdown(cases, results, facts, seeds)
+    table = distributed_markdown(cases, results, facts, seeds, title)
     print()
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"ppo_solve_distributed-{facts['host']}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    stem = f"ppo_solve_{kind}-{facts['host']}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out_json = args.out / f"{stem}.json"
     out_json.write_text(json.dumps({"machine": facts, "seeds": seeds, "runs": results}, indent=2))
     (args.out / f"{stem}.md").write_text(table + "\n")
@@ -493,7 +523,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="torchrun study: 1 rank against 2 ranks, the same envs in total"
     )
-    parser.add_argument("--total-envs", type=int, default=8, help="--distributed: envs over all ranks (default 8)")
+    parser.add_argument(
+        "--async-envs",
+        action="store_true",
+        help="double-buffering study: ppo.train with and without --async-envs, on --env-id",
+    )
+    parser.add_argument(
+        "--env-id",
+        default="benchmarks.workloads:fastvec-bench/CartPole1ms-v1",
+        help="--async-envs: the env (default: CartPole-v1 with 1 ms of CPU per step)",
+    )
+    parser.add_argument(
+        "--total-envs", type=int, default=8, help="--distributed: envs over all ranks; --async-envs: envs (default 8)"
+    )
     parser.add_argument(
         "--ranks", nargs="+", type=int, default=[1, 2], help="--distributed: rank counts to compare (default 1 2)"
     )
@@ -503,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child_sb3 is not None:
         sb3_child(args.child_sb3, args.threads)
         return
-    if args.distributed:
+    if args.distributed or args.async_envs:
         distributed_study(args)
         return
 

@@ -64,6 +64,28 @@ class BusyEnv(gym.Env):
         return self._obs, 0.0, False, self.t >= self.episode_length, {}
 
 
+class BusyCartPole(gym.Wrapper):
+    """CartPole-v1 whose every step first burns ``step_seconds`` of CPU: an env as costly as a small
+    policy's forward pass, for the trainer's double-buffering study (ppo.train --async-envs)."""
+
+    def __init__(self, step_seconds: float = 1e-3):
+        super().__init__(gym.make("CartPole-v1"))
+        self.step_seconds = step_seconds
+
+    def step(self, action):
+        end = time.thread_time() + self.step_seconds
+        while time.thread_time() < end:
+            pass
+        return self.env.step(action)
+
+
+# for `python -m ppo.train --env-id benchmarks.workloads:fastvec-bench/CartPole1ms-v1` (solved at 475, as CartPole-v1)
+for _ms in (1, 0.25):
+    _id = f"fastvec-bench/CartPole{_ms:g}ms-v1".replace("0.25ms", "250us")
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=BusyCartPole, kwargs={"step_seconds": _ms * 1e-3}, reward_threshold=475.0)
+
+
 class TextDictEnv(gym.Env):
     """A Dict observation with a Text part beside a Box: the Text part has no fixed size, so it
     travels pickled while the Box part goes through shared memory (CartPole's dynamics inside)."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastvec import kernels
+from fastvec.batch import sort_extras
 from fastvec.checks import ActionWriter
 from fastvec.errors import AlreadyPendingCallError, NoAsyncCallError, WorkerDiedError, env_errors
 from fastvec.protocol import POLL_NS, Command, Control, Extra, StepFlag, dumps_payload
@@ -54,19 +55,7 @@ class AsyncBatch:
         self.env_ids = env_ids
         self.parts = parts  # (ring slot, first env, end env) of each group, in env_ids order
         self.obs, self.rewards, self.terminated, self.truncated = obs, rewards, terminated, truncated
-        self.infos: dict[int, dict] = {}
-        self.reset_infos: dict[int, dict] = {}
-        self.restarted: dict[int, str] = {}
-        self.final_obs: dict[int, Any] = {}
-        for i, kind, value in extras:
-            if kind == Extra.INFO:
-                self.infos[i] = value
-            elif kind == Extra.RESET_INFO:
-                self.reset_infos[i] = value
-            elif kind == Extra.RESTARTED:
-                self.restarted[i] = value["error"]
-            elif kind == Extra.FINAL_OBS:
-                self.final_obs[i] = value
+        self.infos, self.reset_infos, self.restarted, self.final_obs = sort_extras(extras)
 
     def observations(self) -> Any:
         return self.obs
@@ -90,6 +79,9 @@ class AsyncBatches:
         self.slots = [0] * len(pool._remotes)  # each group's latest ring slot
         self._writers: dict[int, ActionWriter] = {}
         self._group_of = np.repeat(np.arange(len(pool._remotes)), self.group_size)
+        self._offsets = np.arange(self.group_size)
+        self.running = [False] * len(pool._remotes)  # per group: in flight, or done and not yet received
+        self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
 
     @property
     def busy(self) -> bool:
@@ -117,14 +109,23 @@ class AsyncBatches:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
         env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
         positions = self._groups(env_ids)
-        writer = self._writers.get(len(env_ids))
+        count = len(env_ids)
+        writer = self._writers.get(count)
         if writer is None:
-            writer = self._writers[len(env_ids)] = ActionWriter(pool.action_space, len(env_ids), kernels, pool.check)
-        scratch = [np.empty((len(env_ids), *b.shape[1:]), b.dtype) for b in pool._views.actions]
-        tags = pool._views.action_tags
-        objects = writer.write(actions, scratch, tags)
-        for buffer, rows in zip(pool._views.actions, scratch):
-            buffer[env_ids] = rows
+            writer = self._writers[count] = ActionWriter(pool.action_space, count, kernels, pool.check)
+        views = pool._views
+        first = int(env_ids[0])
+        tags = self._tags
+        if env_ids[-1] - first == count - 1 and (count == 1 or bool((np.diff(env_ids) == 1).all())):
+            rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
+            objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags)
+        else:
+            rows = env_ids
+            scratch = [np.empty((count, *b.shape[1:]), b.dtype) for b in views.actions]
+            objects = writer.write(actions, scratch, tags)
+            for buffer, part in zip(views.actions, scratch):
+                buffer[rows] = part
+        views.action_tags[:, rows] = tags[:, None]  # the dtype each leaf came in, for these envs
         payloads = None
         if objects is not None:  # object parts of the actions: each worker's share, in its envs' order
             order = {int(e): k for k, e in enumerate(env_ids)}
@@ -137,20 +138,30 @@ class AsyncBatches:
 
     def _groups(self, env_ids: np.ndarray) -> list[int]:
         """The groups ``env_ids`` make up (whole groups, none in flight or waiting to be received)."""
-        if env_ids.size == 0 or env_ids.min() < 0 or env_ids.max() >= self.pool.num_envs:
-            raise ValueError(f"env ids must be in 0..{self.pool.num_envs - 1}, got {env_ids.tolist()}")
-        if len(set(env_ids.tolist())) != len(env_ids):
-            raise ValueError(f"env ids must not repeat, got {env_ids.tolist()}")
-        positions = sorted(set(self._group_of[env_ids].tolist()))
+        n, size = self.pool.num_envs, self.group_size
+        if env_ids.size == 0 or env_ids.min() < 0 or env_ids.max() >= n:
+            raise ValueError(f"env ids must be in 0..{n - 1}, got {env_ids.tolist()}")
+        if env_ids.size % size == 0:  # whole groups, each in order (as recv() returns them): no sets needed
+            grid = env_ids.reshape(-1, size)
+            whole = bool((grid == grid[:, :1] + self._offsets).all()) and not (grid[:, 0] % size).any()
+            positions = sorted((grid[:, 0] // size).tolist()) if whole else None
+        else:
+            positions = None
+        if positions is None or len(set(positions)) != len(positions):
+            if len(set(env_ids.tolist())) != len(env_ids):
+                raise ValueError(f"env ids must not repeat, got {env_ids.tolist()}")
+            positions = sorted(set(self._group_of[env_ids].tolist()))
+            given = set(env_ids.tolist())
+            for position in positions:
+                envs = self.pool._remotes[position].envs
+                if not set(envs) <= given:
+                    raise ValueError(
+                        f"env ids must be whole groups of {size} (the envs one worker steps; recv() returns "
+                        f"them so): {env_ids.tolist()} has part of envs {envs.start}..{envs.stop - 1}"
+                    )
         for position in positions:
-            envs = self.pool._remotes[position].envs
-            if not set(envs) <= set(env_ids.tolist()):
-                raise ValueError(
-                    f"env ids must be whole groups of {self.group_size} (the envs one worker steps; recv() returns "
-                    f"them so): {env_ids.tolist()} has part of envs {envs.start}..{envs.stop - 1}"
-                )
-            waiting = position in self.inflight or any(entry[0] == position for entry in self.ready)
-            if waiting:
+            if self.running[position]:
+                envs = self.pool._remotes[position].envs
                 raise AlreadyPendingCallError(
                     f"envs {envs.start}..{envs.stop - 1} are still running (or waiting in recv()): send to the envs "
                     "recv() returned", "step"
@@ -170,6 +181,7 @@ class AsyncBatches:
                 if payloads and remote.index in payloads:
                     remote.send_bytes(payloads[remote.index])
                 self.inflight[position] = (command, slot)
+                self.running[position] = True
         except BaseException as exc:
             pool._break(exc)
             raise
@@ -189,18 +201,19 @@ class AsyncBatches:
         if not self.busy:
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic()
-        while self._ready_envs() < self.batch_size and self.inflight:
+        groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
+        ready = self.ready
+        while len(ready) < groups and self.inflight:
             self._collect_one(began, timeout)
         taken = []
-        while self.ready and sum(len(pool._remotes[t[0]].envs) for t in taken) < self.batch_size:
-            taken.append(self.ready.popleft())
+        while ready and len(taken) < groups:
+            entry = ready.popleft()
+            self.running[entry[0]] = False
+            taken.append(entry)
         errors = [payload for _, _, _, error in taken if error for payload in error]
         if errors:
             raise env_errors(errors)
         return self._batch(taken, copy)
-
-    def _ready_envs(self) -> int:
-        return sum(len(self.pool._remotes[entry[0]].envs) for entry in self.ready)
 
     def _collect_one(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish; its results join ``ready``."""
@@ -298,3 +311,4 @@ class AsyncBatches:
         while self.inflight and time.monotonic() < end:
             self._collect_one(time.monotonic(), end - time.monotonic())
         self.ready.clear()
+        self.running = [False] * len(self.running)

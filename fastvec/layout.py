@@ -108,8 +108,9 @@ def plan_layout(
     action_arrays = array_leaves(action_leaves)
     for i, leaf in enumerate(action_arrays):
         specs.append((f"actions{i}", (n, *leaf.shape), action_buffer_dtype(leaf.dtype)))
-    # per action leaf: 0, or the dtype char (ord) the caller's actions had, to hand them to the envs as sent
-    specs.append(("action_tags", (max(1, len(action_arrays)),), np.dtype(np.uint32)))
+    # per action leaf and env: 0, or the dtype char (ord) the caller's actions had, to hand them to the envs
+    # as sent (per env: asynchronous batches send to some envs while others still read theirs)
+    specs.append(("action_tags", (max(1, len(action_arrays)), n), np.dtype(np.uint32)))
     for i, leaf in enumerate(array_leaves(obs_leaves)):
         specs.append((f"obs{i}", (s, n, *leaf.shape), leaf.dtype))
     specs += [

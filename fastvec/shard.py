@@ -99,7 +99,7 @@ class Shard:
     def _actions(self, action_objects: list[list] | None) -> Any:
         """This shard's actions, one per env, in the dtype the caller sent them; private copies (an env
         may keep a reference to its action)."""
-        tags = self.action_tags
+        tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
         if self.single_action:
             tag = tags[0]
             return self.action_buffers[0].copy() if tag == 0 else _as_sent(self.action_buffers[0], int(tag))

@@ -9,6 +9,7 @@ import signal
 import time
 from functools import partial
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -182,3 +183,26 @@ def test_front_ends_in_batches() -> None:
         assert obs.shape == (2, 4) and infos["env_id"].shape == (2,)
         venv.send(np.zeros(2, np.int64), infos["env_id"])
         venv.recv()
+
+
+def test_each_group_gets_its_actions_in_the_dtype_it_was_sent() -> None:
+    """The dtype tags are per env: a group sent float64 actions while another is still stepping
+    float32 ones each see their own dtype and values (a pool-wide tag would be overwritten)."""
+    space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    fns = [partial(envs.EchoEnv, gym.spaces.Discrete(2), space, 1000) for _ in range(4)]
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.async_reset()
+        first, second = pool.recv().env_ids, pool.recv().env_ids
+        sent = {}
+        for k in range(20):
+            for ids, dtype in ((first, np.float32), (second, np.float64)):
+                actions = np.full((2, 2), 0.25 + k / 100, dtype)
+                actions[:, 1] = 5.0  # outside the Box: passed through as sent, as the references do
+                sent[int(ids[0])] = actions
+                pool.send(actions, ids)
+            for _ in range(2):
+                got = pool.recv()
+                for i in got.env_ids.tolist():
+                    action = got.infos[i]["action"]
+                    expected = sent[int(got.env_ids[0])][0]
+                    assert action.dtype == expected.dtype and np.array_equal(action, expected), (i, action)

@@ -174,19 +174,21 @@ def _fastvec(**kwargs: Any) -> Callable:
     return build
 
 
-def _envpool(**kwargs: Any) -> Callable:
+def _envpool_make(workload: str, num_envs: int, batch_size: int) -> Any:
+    """EnvPool's own C++ implementation of ``workload`` (gymnasium API)."""
+    if workload not in ENVPOOL_ENVS:
+        raise EngineUnavailable(f"EnvPool has no such env: {workload} (it runs only its own {', '.join(ENVPOOL_ENVS)})")
+    try:
+        import envpool
+    except ImportError as exc:
+        raise _peer_missing("envpool", exc) from exc
+    return envpool.make(workload, env_type="gymnasium", num_envs=num_envs, batch_size=batch_size, seed=0)
+
+
+def _envpool() -> Callable:
     def build(fns: list, workload: str) -> Any:
-        if workload not in ENVPOOL_ENVS:
-            raise EngineUnavailable(
-                f"EnvPool has no such env: {workload} (it runs only its own {', '.join(ENVPOOL_ENVS)})"
-            )
-        try:
-            import envpool
-        except ImportError as exc:
-            raise _peer_missing("envpool", exc) from exc
-        n = len(fns)
-        # EnvPool's own C++ implementation of the env, stepped synchronously (batch_size = num_envs)
-        return _Gym(envpool.make(workload, env_type="gymnasium", num_envs=n, batch_size=n, seed=0, **kwargs))
+        # stepped synchronously: batch_size = num_envs
+        return _Gym(_envpool_make(workload, len(fns), len(fns)))
 
     return build
 
@@ -221,17 +223,8 @@ def _fastvec_async(**kwargs: Any) -> Callable:
 
 def _envpool_async() -> Callable:
     def build(fns: list, workload: str) -> Any:
-        if workload not in ENVPOOL_ENVS:
-            raise EngineUnavailable(
-                f"EnvPool has no such env: {workload} (it runs only its own {', '.join(ENVPOOL_ENVS)})"
-            )
-        try:
-            import envpool
-        except ImportError as exc:
-            raise _peer_missing("envpool", exc) from exc
-        n = len(fns)
-        venv = envpool.make(workload, env_type="gymnasium", num_envs=n, batch_size=n // 2, seed=0)
-        return _Batches(venv, n // 2, lambda out: out[4]["env_id"])
+        batch = len(fns) // 2
+        return _Batches(_envpool_make(workload, len(fns), batch), batch, lambda out: out[4]["env_id"])
 
     return build
 

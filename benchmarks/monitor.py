@@ -27,6 +27,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from benchmarks.workloads import BusyEnv
 from fastvec.measure import (
     child_environ,
     child_main,
@@ -41,32 +42,9 @@ ROOT = repository_root()
 SCENARIOS = ("hetero", "hog", "cartpole")
 
 
-class BusyEnv(gym.Env):
-    """A CPU-bound env: each step burns ``step_seconds`` of CPU time."""
-
-    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, step_seconds: float, episode_length: int = 100):
-        self.step_seconds, self.episode_length, self.t = step_seconds, episode_length, 0
-        self._obs = np.zeros(4, np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs, {}
-
-    def step(self, action):
-        self.t += 1
-        end = time.thread_time() + self.step_seconds
-        while time.thread_time() < end:
-            pass
-        return self._obs, 1.0, False, self.t >= self.episode_length, {}
-
-
 def _factories(scenario: str) -> list:
     if scenario == "hetero":
-        return [partial(BusyEnv, 4e-4 if i >= 12 else 1e-4) for i in range(16)]
+        return [partial(BusyEnv, 4e-4 if i >= 12 else 1e-4, 100) for i in range(16)]
     return [partial(gym.make, "CartPole-v1") for _ in range(8)]
 
 

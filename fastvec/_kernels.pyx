@@ -303,6 +303,31 @@ def wait_any(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] do
     return found
 
 
+cdef inline int copy_row(object item, cnp.ndarray dst, char *row, int row_ndim, cnp.npy_intp *row_dims,
+                         Py_ssize_t row_bytes, int dst_type, bint fast, bint *converted) except -1:
+    """Copy one observation into ``row`` of ``dst``: a memcpy when it already is a C-contiguous array
+    of the destination's type in native byte order (``fast``: the destination is native too), else
+    after converting it (``*converted`` set when it was an array of another type). 1: its shape is
+    not a row's (nothing copied)."""
+    cdef cnp.ndarray arr
+    cdef int d
+    if (fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
+        arr = <cnp.ndarray> item
+    else:
+        if cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:
+            converted[0] = True
+        arr = np.asarray(item, dtype=dst.dtype, order="C")
+    if cnp.PyArray_NDIM(arr) != row_ndim:
+        return 1
+    for d in range(row_ndim):
+        if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
+            return 1
+    memcpy(row, cnp.PyArray_DATA(arr), row_bytes)
+    return 0
+
+
 def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=False):
     """Copy ``items[j]`` into row ``dst[start + j]`` for every j.
 
@@ -322,8 +347,7 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     cdef Py_ssize_t row_bytes = cnp.PyArray_ITEMSIZE(dst)
     cdef char *base = <char *> cnp.PyArray_DATA(dst)
     cdef int dst_type = cnp.PyArray_TYPE(dst)
-    cdef cnp.ndarray arr
-    cdef object item
+    cdef bint converted
     cdef Py_ssize_t cast = -1
     # memcpy only between arrays of one type in native byte order: the type number of a
     # big-endian '>f4' equals that of '<f4', so a swapped item (or destination) is converted
@@ -335,21 +359,12 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     if start < 0 or start + n > cnp.PyArray_DIMS(dst)[0]:
         raise IndexError(f"rows {start}..{start + n} outside destination with {cnp.PyArray_DIMS(dst)[0]} rows")
     for j in range(n):
-        item = items[j]
-        if (fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
-                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
-            arr = <cnp.ndarray> item
-        else:
-            if report_cast and cast < 0 and cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:
-                cast = j
-            arr = np.asarray(item, dtype=dst.dtype, order="C")
-        if cnp.PyArray_NDIM(arr) != row_ndim:
+        converted = False
+        if copy_row(items[j], dst, base + (start + j) * row_bytes, row_ndim, row_dims, row_bytes, dst_type, fast,
+                    &converted):
             return j
-        for d in range(row_ndim):
-            if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
-                return j
-        memcpy(base + (start + j) * row_bytes, cnp.PyArray_DATA(arr), row_bytes)
+        if converted and report_cast and cast < 0:
+            cast = j
     return -1 if cast < 0 else -2 - cast
 
 
@@ -372,9 +387,9 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
     cdef char *base = <char *> cnp.PyArray_DATA(obs_dst)
     cdef int dst_type = cnp.PyArray_TYPE(obs_dst)
     cdef bint fast = cnp.PyArray_ISNOTSWAPPED(obs_dst)
-    cdef cnp.ndarray arr
-    cdef object item, result
-    cdef Py_ssize_t cast = -1, nan = -1, code = -1
+    cdef object result
+    cdef bint converted
+    cdef Py_ssize_t cast = -1, nan = -1
     cdef bint ended = False, has_info = False, term, trunc
     cdef double reward
     if not cnp.PyArray_IS_C_CONTIGUOUS(obs_dst):
@@ -387,21 +402,12 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
         result = results[j]
         if type(result) is not tuple or len(<tuple> result) != 5:
             raise TypeError("env.step() must return a 5-tuple")
-        item = (<tuple> result)[0]
-        if (fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
-                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
-            arr = <cnp.ndarray> item
-        else:
-            if report_cast and cast < 0 and cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:
-                cast = j
-            arr = np.asarray(item, dtype=obs_dst.dtype, order="C")
-        if cnp.PyArray_NDIM(arr) != row_ndim:
+        converted = False
+        if copy_row((<tuple> result)[0], obs_dst, base + (start + j) * row_bytes, row_ndim, row_dims, row_bytes,
+                    dst_type, fast, &converted):
             return j, ended, has_info, nan
-        for d in range(row_ndim):
-            if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
-                return j, ended, has_info, nan
-        memcpy(base + (start + j) * row_bytes, cnp.PyArray_DATA(arr), row_bytes)
+        if converted and report_cast and cast < 0:
+            cast = j
         reward = (<tuple> result)[1]
         rewards[start + j] = reward
         if reward != reward and nan < 0:

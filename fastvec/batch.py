@@ -19,7 +19,7 @@ from fastvec.protocol import Extra
 if TYPE_CHECKING:
     from fastvec.pool import Pool
 
-__all__ = ["Batch", "RingViews"]
+__all__ = ["Batch", "RingViews", "sort_extras"]
 
 _EMPTY: Mapping = MappingProxyType({})
 
@@ -75,20 +75,8 @@ class Batch:
             self.infos = self.reset_infos = self.restarted = self.final_obs = _EMPTY
             self._objects = pool.object_columns() if pool.obs_has_objects else None
             return
-        self.infos: Mapping[int, dict] = {}
-        self.reset_infos: Mapping[int, dict] = {}
-        self.restarted: Mapping[int, str] = {}
-        self.final_obs: Mapping[int, Any] = {}  # env index -> the env's own final observation object, where sent
-        if extras:
-            for i, kind, value in extras:
-                if kind == Extra.INFO:
-                    self.infos[i] = value
-                elif kind == Extra.RESET_INFO:
-                    self.reset_infos[i] = value
-                elif kind == Extra.RESTARTED:
-                    self.restarted[i] = value["error"]
-                elif kind == Extra.FINAL_OBS:
-                    self.final_obs[i] = value
+        # final_obs: env index -> the env's own final observation object, where sent
+        self.infos, self.reset_infos, self.restarted, self.final_obs = sort_extras(extras)
         # object parts (Text, Graph, ...) are not in the ring: keep this step's
         self._objects = pool.object_columns() if pool.obs_has_objects else None
 
@@ -116,3 +104,21 @@ class Batch:
     @property
     def has_extras(self) -> bool:
         return self.infos is not _EMPTY and bool(self.infos or self.reset_infos or self.restarted)
+
+
+def sort_extras(extras: list) -> tuple[dict[int, dict], dict[int, dict], dict[int, str], dict[int, Any]]:
+    """A step's extras by kind, each keyed by env index: (infos, reset infos, restart errors, final observations)."""
+    infos: dict[int, dict] = {}
+    reset_infos: dict[int, dict] = {}
+    restarted: dict[int, str] = {}
+    final_obs: dict[int, Any] = {}
+    for i, kind, value in extras:
+        if kind == Extra.INFO:
+            infos[i] = value
+        elif kind == Extra.RESET_INFO:
+            reset_infos[i] = value
+        elif kind == Extra.RESTARTED:
+            restarted[i] = value["error"]
+        elif kind == Extra.FINAL_OBS:
+            final_obs[i] = value
+    return infos, reset_infos, restarted, final_obs

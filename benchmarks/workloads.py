@@ -68,8 +68,8 @@ class BusyCartPole(gym.Wrapper):
     """CartPole-v1 whose every step first burns ``step_seconds`` of CPU: an env as costly as a small
     policy's forward pass, for the trainer's double-buffering study (ppo.train --async-envs)."""
 
-    def __init__(self, step_seconds: float = 1e-3):
-        super().__init__(gym.make("CartPole-v1"))
+    def __init__(self, step_seconds: float = 1e-3, render_mode: str | None = None):
+        super().__init__(gym.make("CartPole-v1", render_mode=render_mode))
         self.step_seconds = step_seconds
 
     def step(self, action):

@@ -28,6 +28,7 @@ rank runs this same loop on its own envs, and a few calls into ``ppo.distributed
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import random
@@ -68,8 +69,12 @@ def solve_threshold(config: Config) -> float | None:
     """config.solve_return, else the env's registered reward_threshold (475 for CartPole-v1), else None."""
     if config.solve_return is not None:
         return config.solve_return
+    env_id = config.env_id
     try:
-        threshold = gym.spec(config.env_id).reward_threshold
+        if ":" in env_id:  # "module:env-id", as gym.make takes it: the module registers the env
+            module, env_id = env_id.split(":", 1)
+            importlib.import_module(module)
+        threshold = gym.spec(env_id).reward_threshold
     except Exception:
         return None
     return None if threshold is None else float(threshold)

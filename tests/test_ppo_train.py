@@ -90,6 +90,8 @@ def test_solve_threshold_comes_from_the_env_spec() -> None:
     assert solve_threshold(Config()) == 475.0
     assert solve_threshold(Config(solve_return=100.0)) == 100.0
     assert solve_threshold(Config(env_id="Pendulum-v1")) is None
+    # "module:env-id", as gym.make takes it: the module is imported, then its env's spec read
+    assert solve_threshold(Config(env_id="benchmarks.workloads:fastvec-bench/CartPole1ms-v1")) == 475.0
 
 
 def test_monitor_logs_each_shards_busy_share_and_trains_the_same(tmp_path) -> None:

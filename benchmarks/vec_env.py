@@ -10,6 +10,14 @@ leaves behind outlives it) with a timeout; random actions (the same seeded batch
 for every engine), a warm-up, then the median of ``repeats`` timed runs of
 ``seconds`` each. The CPU time other processes used during a measurement is
 recorded, and a measurement disturbed by more than 2% is run again (up to twice).
+
+Interleaved rounds (``--rounds``, default 3): a host's speed drifts by up to 2x within
+an hour, so engines measured one after another can differ for no reason of their own.
+Every grid point (workload, num_envs) measures all its engines once per round, in an
+order that rotates from round to round, before the next point; an engine's figure is the
+median of its rounds, and every ratio (the tables' (Nx), the goals) is the median of the
+per-round ratios. Where a goal compares with the single-env rate, one env stepped in one
+process is measured inside that point's rounds too.
 Results go to benchmarks/results/<machine>-<date>/: raw.jsonl, results.csv,
 README.md (tables, goals, machine facts) and one PNG plot per workload.
 """
@@ -161,7 +169,53 @@ def run_one(spec: dict, timeout: float, attempts: int = 3) -> dict:
     return result
 
 
-def _progress(items: list, label: str):
+def schedule(specs: list[dict], rounds: int) -> list[tuple[dict, int]]:
+    """(spec, round) in the order they run: grid point by grid point (workload, num_envs), each point's
+    engines once per round in a rotating order. A point with more than one env whose workload has a
+    single-env serial measurement also measures that one, paired with it (``paired_with``): goals
+    relative to the single-env rate then take per-round ratios too."""
+    points: dict[tuple[str, int], list[dict]] = {}
+    for spec in specs:
+        points.setdefault((spec["workload"], spec["num_envs"]), []).append(spec)
+    single = {s["workload"]: s for s in specs if s["engine"] == "serial" and s["num_envs"] == 1}
+    order = []
+    for (workload, n), members in points.items():
+        if n > 1 and workload in single:
+            members = [*members, {**single[workload], "paired_with": n}]
+        for r in range(rounds):
+            k = r % len(members)
+            order += [(spec, r) for spec in members[k:] + members[:k]]
+    return order
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One engine's rounds at one grid point as one result: the median rate of the rounds that ran,
+    ``round_rates`` (None where a round did not run), every timed run in ``rates``."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        return {**runs[-1], "round_rates": [None] * len(runs), "attempts": sum(r.get("attempts", 0) for r in runs)}
+    merged = dict(ok[0])
+    merged.update(
+        rate=statistics.median(r["rate"] for r in ok),
+        round_rates=[r["rate"] if r.get("status") == "ok" else None for r in runs],
+        rates=[x for r in ok for x in r.get("rates", [r["rate"]])],
+        other_load=max(r.get("other_load", 0.0) for r in ok),
+        disturbed=any(r.get("disturbed") for r in ok),
+        attempts=sum(r.get("attempts", 0) for r in runs),
+        rounds=len(runs),
+    )
+    if any(r.get("startup_s") is not None for r in ok):
+        merged["startup_s"] = statistics.median(r["startup_s"] for r in ok if r.get("startup_s") is not None)
+    return merged
+
+
+def _progress(items: list[tuple[dict, int]], label: str):
+    """Yield the (spec, round) items, showing which one runs."""
+
+    def name(item: tuple[dict, int]) -> str:
+        spec, r = item
+        return f"{spec['engine']} {spec['workload']} x{spec['num_envs']} (round {r + 1})"
+
     try:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -175,18 +229,49 @@ def _progress(items: list, label: str):
         with Progress(*columns) as progress:
             task = progress.add_task(label, total=len(items))
             for item in items:
-                progress.update(task, description=f"{label}: {item['engine']} {item['workload']} x{item['num_envs']}")
+                progress.update(task, description=f"{label}: {name(item)}")
                 yield item
                 progress.advance(task)
     except ImportError:  # pragma: no cover
         for i, item in enumerate(items):
-            print(f"[{i + 1}/{len(items)}] {item['engine']} {item['workload']} x{item['num_envs']}", flush=True)
+            print(f"[{i + 1}/{len(items)}] {name(item)}", flush=True)
             yield item
 
 
 # -- reporting --------------------------------------------------------------------------------------
 def _find(results: list[dict], workload: str, n: int, engine: str) -> dict | None:
-    return next((r for r in results if (r["workload"], r["num_envs"], r["engine"]) == (workload, n, engine)), None)
+    """The grid point's result (not a single-env measurement paired with another point)."""
+    return next(
+        (
+            r
+            for r in results
+            if (r["workload"], r["num_envs"], r["engine"]) == (workload, n, engine) and not r.get("paired_with")
+        ),
+        None,
+    )
+
+
+def paired_ratio(a: dict | None, b: dict | None, scale: float = 1.0) -> tuple[float | None, list[float | None]]:
+    """a's rate over (scale x b's): the median of the per-round ratios where both ran in a round (results
+    of one interleaved grid point), else the ratio of their medians; and the per-round ratios."""
+    if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
+        return None, []
+    ra, rb = a.get("round_rates"), b.get("round_rates")
+    if ra and rb and len(ra) == len(rb):
+        per = [x / (scale * y) if x and y else None for x, y in zip(ra, rb)]
+        present = [x for x in per if x is not None]
+        if present:
+            return statistics.median(present), per
+    return a["rate"] / (scale * b["rate"]), []
+
+
+def single_reference(results: list[dict], workload: str, n: int) -> dict | None:
+    """The single-env serial rate measured in the rounds of (workload, n), else the grid's own serial x1."""
+    paired = next(
+        (r for r in results if r["workload"] == workload and r["engine"] == "serial" and r.get("paired_with") == n),
+        None,
+    )
+    return paired or _find(results, workload, 1, "serial")
 
 
 def rate_of(results: list[dict], workload: str, n: int, engine: str) -> float | None:
@@ -208,15 +293,15 @@ def markdown_table(results: list[dict], workload: str, baseline: str = BASELINE)
         cells = []
         for n in sizes:
             r = _find(mine, workload, n, engine)
-            base = rate_of(mine, workload, n, baseline)
+            ratio, _ = paired_ratio(r, _find(mine, workload, n, baseline))
             if r is None:
                 cells.append("")
             elif r["status"] != "ok":
                 cells.append(r["status"])
             else:
                 cell = f"{r['rate']:,.0f}"
-                if base and engine != baseline:
-                    cell += f" ({_ratio(r['rate'] / base)})"
+                if ratio and engine != baseline:
+                    cell += f" ({_ratio(ratio)})"
                 if r.get("disturbed"):
                     cell += " *"
                 cells.append(cell)
@@ -301,52 +386,55 @@ def check_goals(results: list[dict], num_cores: int | None = None) -> list[str]:
     """The study's goals (issue 5), each a ratio within this run; says where fastvec falls short and by how much."""
     num_cores = num_cores or cores()
     rate = lambda workload, n, engine: rate_of(results, workload, n, engine)  # noqa: E731
+    find = lambda workload, n, engine: _find(results, workload, n, engine)  # noqa: E731
     lines = []
 
-    def goal(label: str, value: float | None, reference: float | None, target: float, note: str = "") -> None:
-        if value is None or reference is None:
+    def goal(label: str, value: dict | None, reference: dict | None, target: float, note: str = "", scale=1.0) -> None:
+        ratio, per_round = paired_ratio(value, reference, scale)
+        if ratio is None:
             lines.append(f"- {label}: not measured")
             return
-        ratio = value / reference
-        lines.append(f"- {label}: {ratio:.2f} (goal {target:g}) -> {_verdict(ratio, target)}{note}")
+        rounds = f"; per round: {', '.join('-' if x is None else f'{x:.2f}' for x in per_round)}" if per_round else ""
+        lines.append(f"- {label}: {ratio:.2f} (goal {target:g}) -> {_verdict(ratio, target)}{note}{rounds}")
 
     cart = "CartPole-v1"
-    goal("CartPole-v1, 8 envs: fastvec / sb3-subproc", rate(cart, 8, "fastvec"), rate(cart, 8, BASELINE), 10.0)
+    goal("CartPole-v1, 8 envs: fastvec / sb3-subproc", find(cart, 8, "fastvec"), find(cart, 8, BASELINE), 10.0)
     multiprocess = [e for e, spec in ENGINES.items() if spec.processes and spec.family != "fastvec" and not spec.knob]
     measured = {e: rate(cart, 8, e) for e in multiprocess if rate(cart, 8, e) is not None}
     if measured:
         strongest = max(measured, key=measured.get)
         goal(
             "CartPole-v1, 8 envs: fastvec / best other multiprocess engine",
-            rate(cart, 8, "fastvec"),
-            measured[strongest],
+            find(cart, 8, "fastvec"),
+            find(cart, 8, strongest),
             1.0,
             f" (best other: {strongest}; compared: {', '.join(sorted(measured))})",
         )
     else:
         lines.append("- CartPole-v1, 8 envs: fastvec / best other multiprocess engine: not measured")
-    single = rate(cart, 1, "serial")
     goal(
         "CartPole-v1, 64 envs: fastvec / (2 x single-env serial rate)",
-        rate(cart, 64, "fastvec"),
-        2 * single if single else None,
+        find(cart, 64, "fastvec"),
+        single_reference(results, cart, 64),
         0.6,
+        scale=2.0,
     )
-    goal("image84, 8 envs: fastvec / sb3-subproc", rate("image84", 8, "fastvec"), rate("image84", 8, BASELINE), 10.0)
+    goal("image84, 8 envs: fastvec / sb3-subproc", find("image84", 8, "fastvec"), find("image84", 8, BASELINE), 10.0)
     sizes = sorted({r["num_envs"] for r in results if r["workload"] == "cpu1ms" and r["engine"] == "fastvec"})
-    single_busy = rate("cpu1ms", 1, "serial")
     for n in [n for n in sizes if n >= num_cores] or [num_cores]:  # every measured size that can fill the cores
         goal(
             f"cpu1ms, {n} envs: fastvec / ({num_cores} cores x single-env serial rate)",
-            rate("cpu1ms", n, "fastvec"),
-            num_cores * single_busy if single_busy else None,
+            find("cpu1ms", n, "fastvec"),
+            single_reference(results, "cpu1ms", n),
             0.9,
+            scale=float(num_cores),
         )
     # context, not goals
     info = []
-    if rate(cart, 8, "envpool") and rate(cart, 8, "fastvec"):
+    versus_envpool, _ = paired_ratio(find(cart, 8, "fastvec"), find(cart, 8, "envpool"))
+    if versus_envpool:
         info.append(
-            f"- CartPole-v1, 8 envs: fastvec / envpool = {rate(cart, 8, 'fastvec') / rate(cart, 8, 'envpool'):.2f} "
+            f"- CartPole-v1, 8 envs: fastvec / envpool = {versus_envpool:.2f} "
             "(EnvPool steps its own C++ CartPole in threads; fastvec steps gymnasium's Python one)"
         )
     for n in (8, 64):
@@ -355,7 +443,7 @@ def check_goals(results: list[dict], num_cores: int | None = None) -> list[str]:
             best = max(variants, key=variants.get)
             info.append(
                 f"- CartPole-v1, {n} envs: best fastvec setting is {best} at {variants[best]:,.0f} steps/s "
-                f"({variants[best] / variants.get('fastvec', variants[best]):.2f}x the default)"
+                f"({paired_ratio(find(cart, n, best), find(cart, n, 'fastvec'))[0] or 1.0:.2f}x the default)"
             )
     if info:
         lines += ["", "Context (not goals):", *info]
@@ -372,6 +460,8 @@ def write_outputs(results: list[dict], out: Path, facts: dict, command: str) -> 
             "status",
             "rate",
             "rates",
+            "round_rates",
+            "paired_with",
             "other_load",
             "cpu_used_by_run",
             "startup_s",
@@ -383,15 +473,17 @@ def write_outputs(results: list[dict], out: Path, facts: dict, command: str) -> 
         ]
         writer.writerow(columns)
         for r in results:
-            writer.writerow([json.dumps(r.get(c)) if c == "rates" else r.get(c, "") for c in columns])
+            writer.writerow([json.dumps(r.get(c)) if c.endswith("rates") else r.get(c, "") for c in columns])
+    everything, results = results, [r for r in results if not r.get("paired_with")]
     plots = plot(results, out, facts)
     workloads = list(dict.fromkeys(r["workload"] for r in results))
     sections = []
     for workload in workloads:
         first = next(r for r in results if r["workload"] == workload)
         sections.append(
-            f"### {workload}\n\nEnv steps per second, median of {first['repeats']} runs of {first['seconds']:g} s; "
-            f"(Nx) = ratio to {BASELINE} at the same num_envs in this run; * = disturbed (other load > "
+            f"### {workload}\n\nEnv steps per second, median of {first.get('rounds', 1)} interleaved round(s) of "
+            f"{first['repeats']} run(s) of {first['seconds']:g} s; (Nx) = ratio to {BASELINE} at the same num_envs "
+            "(median of the per-round ratios); * = disturbed (other load > "
             f"{100 * MAX_OTHER_LOAD:g}% in every attempt).\n\n{markdown_table(results, workload)}\n"
         )
         for p in plots:
@@ -413,7 +505,9 @@ def write_outputs(results: list[dict], out: Path, facts: dict, command: str) -> 
     )
     report = (
         f"# Vectorized env throughput ({dt.date.today().isoformat()})\n\nCommand: `{command}`\n\n"
-        "Goals (issue 5; ratios within this run):\n" + "\n".join(check_goals(results, facts.get("cores"))) + "\n\n"
+        "Goals (issue 5; medians of per-round ratios):\n"
+        + "\n".join(check_goals(everything, facts.get("cores")))
+        + "\n\n"
         f"{load_md}\n\n## Results\n\n"
         + "\n".join(sections)
         + f"\n## Engines\n\n{engine_md}\n\n"
@@ -433,7 +527,12 @@ def main(argv: list[str] | None = None) -> None:
         "--engines", nargs="+", default=None, help="default: every engine, knob variants on fewer points"
     )
     parser.add_argument("--seconds", type=float, default=None, help="length of one timed run (default: per workload)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement, median reported")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per measurement (default: 1 per round; 3 with --rounds 1)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per grid point (default 3; --quick: 2)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a measurement is declared hung")
     parser.add_argument("--attempts", type=int, default=3, help="runs of a measurement disturbed by other load")
     parser.add_argument("--quick", action="store_true", help="a first look in under a minute: CartPole-v1, 8 envs")
@@ -450,7 +549,12 @@ def main(argv: list[str] | None = None) -> None:
         args.num_envs = args.num_envs or [8]
         args.seconds = args.seconds or 0.3
         args.repeats = args.repeats or 1
+        args.rounds = min(args.rounds, 2)
         args.attempts = min(args.attempts, 2)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.repeats is None and args.rounds > 1:  # the rounds are the repeats
+        args.repeats = 1
     if args.engines:
         unknown = [e for e in args.engines if e not in ENGINES]
         if unknown:
@@ -458,24 +562,35 @@ def main(argv: list[str] | None = None) -> None:
     specs = plan(args)
     if args.quick:  # the single-env serial rate, for the 64-env goal's reference
         specs.insert(0, {**specs[0], "engine": "serial", "num_envs": 1})
-    estimate = sum(estimate_seconds(s) for s in specs)
-    print(f"{len(specs)} measurements, about {estimate / 60:.1f} min on an idle 2-core machine", flush=True)
+    order = schedule(specs, args.rounds)
+    estimate = sum(estimate_seconds(s) for s, _ in order)
+    print(
+        f"{len(order)} measurements ({len(specs)} grid points x engines, {args.rounds} interleaved rounds), "
+        f"about {estimate / 60:.1f} min on an idle 2-core machine",
+        flush=True,
+    )
     if args.dry_run:
-        for s in specs:
-            print(f"  {s['workload']:12s} {s['engine']:18s} x{s['num_envs']:<3d} {s['seconds']:g} s x {s['repeats']}")
+        for s, r in order:
+            paired = f" (paired with x{s['paired_with']})" if s.get("paired_with") else ""
+            print(
+                f"  round {r + 1} {s['workload']:12s} {s['engine']:18s} x{s['num_envs']:<3d} "
+                f"{s['seconds']:g} s x {s['repeats']}{paired}"
+            )
         return
     facts = machine_facts()
     out = args.out or result_folder(args.machine, facts)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    runs: dict[tuple, list[dict]] = {}
     began = time.monotonic()
     with open(out / "raw.jsonl", "w") as raw:
-        for spec in _progress(specs, "measuring"):
+        for spec, r in _progress(order, "measuring"):
             result = run_one(spec, args.timeout, args.attempts)
-            result["time"] = dt.datetime.now().isoformat(timespec="seconds")
+            result.update(round=r + 1, time=dt.datetime.now().isoformat(timespec="seconds"))
             raw.write(json.dumps(result) + "\n")
             raw.flush()
-            results.append(result)
+            key = (spec["workload"], spec["num_envs"], spec["engine"], spec.get("paired_with"))
+            runs.setdefault(key, []).append(result)
+    results = [merge_rounds(rounds) for rounds in runs.values()]
     facts["study_minutes"] = round((time.monotonic() - began) / 60, 1)
     command = ("python -m benchmarks.vec_env " + " ".join(argv)).strip()
     report = write_outputs(results, out, facts, command)

@@ -1,0 +1,66 @@
+"""benchmarks.vec_env's interleaved rounds: the schedule, merging a point's rounds, per-round ratios, goals."""
+
+from __future__ import annotations
+
+from benchmarks.vec_env import check_goals, merge_rounds, paired_ratio, schedule
+
+
+def spec(engine: str, n: int, workload: str = "CartPole-v1") -> dict:
+    return {"engine": engine, "workload": workload, "num_envs": n, "seconds": 0.5, "repeats": 1}
+
+
+def ok(engine: str, n: int, rate: float, workload: str = "CartPole-v1", **extra) -> dict:
+    return {**spec(engine, n, workload), "status": "ok", "rate": rate, "rates": [rate], "other_load": 0.0, **extra}
+
+
+def test_each_grid_point_runs_all_its_rounds_before_the_next_in_a_rotating_order() -> None:
+    specs = [spec("serial", 1), spec("a", 8), spec("b", 8), spec("c", 8), spec("a", 64), spec("b", 64)]
+    order = schedule(specs, rounds=3)
+    points = [(s["num_envs"] if not s.get("paired_with") else s["paired_with"]) for s, _ in order]
+    # grid points in plan order, never revisited: 1 x3, then 8 (a, b, c, paired serial) x3, then 64 (a, b, serial) x3
+    assert points == [1] * 3 + [8] * 12 + [64] * 9
+    at8 = [(s["engine"], r) for s, r in order if points[order.index((s, r))] == 8]
+    firsts = [next(e for e, r in at8 if r == k) for k in range(3)]
+    assert firsts == ["a", "b", "c"]  # each round starts with another engine
+    for k in range(3):  # every engine, and the single-env reference, once per round
+        assert sorted(e for e, r in at8 if r == k) == ["a", "b", "c", "serial"]
+    paired = [s for s, _ in order if s.get("paired_with")]
+    assert {s["paired_with"] for s in paired} == {8, 64} and all(s["num_envs"] == 1 for s in paired)
+
+
+def test_without_a_single_env_measurement_nothing_is_paired() -> None:
+    order = schedule([spec("a", 8), spec("b", 8)], rounds=2)
+    assert [(s["engine"], r) for s, r in order] == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
+
+
+def test_merging_rounds_takes_the_median_and_keeps_each_round() -> None:
+    failed = {**spec("a", 8), "status": "timeout", "reason": "hung", "attempts": 1}
+    merged = merge_rounds([ok("a", 8, 100.0, attempts=1), failed, ok("a", 8, 300.0, attempts=2)])
+    assert merged["status"] == "ok" and merged["rate"] == 200.0
+    assert merged["round_rates"] == [100.0, None, 300.0] and merged["attempts"] == 4
+    none_ran = merge_rounds([failed, failed])
+    assert none_ran["status"] == "timeout" and none_ran["round_rates"] == [None, None]
+
+
+def test_ratios_are_medians_of_per_round_ratios_not_ratios_of_medians() -> None:
+    # the host slowed down in round 2 for b only: b's median is inflated, a/b per round is steady
+    a = {**ok("a", 8, 200.0), "round_rates": [100.0, 200.0, 300.0]}
+    b = {**ok("b", 8, 150.0), "round_rates": [50.0, 400.0, 150.0]}
+    ratio, per_round = paired_ratio(a, b)
+    assert per_round == [2.0, 0.5, 2.0] and ratio == 2.0  # the ratio of the medians would say 1.33
+    assert paired_ratio(a, b, scale=2.0)[0] == 1.0
+    assert paired_ratio(a, None) == (None, [])
+    # measured in different runs (no rounds to pair): the ratio of the figures
+    assert paired_ratio(ok("a", 8, 300.0), ok("b", 8, 100.0)) == (3.0, [])
+
+
+def test_the_64_env_goal_uses_the_single_env_rate_measured_in_its_own_rounds() -> None:
+    results = [
+        {**ok("serial", 1, 1000.0), "round_rates": [1000.0, 1000.0, 1000.0]},
+        {**ok("serial", 1, 100.0, paired_with=64), "round_rates": [100.0, 120.0, 80.0]},
+        {**ok("fastvec", 64, 150.0), "round_rates": [150.0, 180.0, 120.0]},
+    ]
+    lines = check_goals(results, num_cores=2)
+    goal = next(line for line in lines if "64 envs" in line)
+    # per round 150/200, 180/240, 120/160 = 0.75: met against its own rounds' single-env rate
+    assert "0.75 (goal 0.6) -> met" in goal and "per round: 0.75, 0.75, 0.75" in goal

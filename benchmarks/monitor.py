@@ -7,7 +7,11 @@ Scenarios (each measurement in a fresh child process; monitor off and on alterna
 - hetero: 16 CPU-bound envs, the last quarter 4x slower (0.4 ms against 0.1 ms a step),
   all on the worker at the start (the learner's shard steps envs 0-7, the worker 8-15);
 - hog: 8 CartPole-v1 envs, and a busy process pinned to the worker's core;
-- cartpole: 8 CartPole-v1 envs and nothing else (what watching costs).
+- cartpole: 8 CartPole-v1 envs and nothing else (what watching costs);
+- cost: the same 8 CartPole-v1 envs in one pool in one child process, the monitor started
+  and stopped in alternating phases (off, on, on, off, ...) of ``--phase-seconds``: what
+  watching costs, measured seconds apart rather than minutes (this host's drift between
+  two child processes is larger than the cost).
 
 Each run steps for ``--warmup`` seconds (the monitor has time to act), then measures
 ``--seconds``. Results (table, JSON, and a plot of each shard's busy share before and after
@@ -39,7 +43,7 @@ from fastvec.measure import (
 )
 
 ROOT = repository_root()
-SCENARIOS = ("hetero", "hog", "cartpole")
+SCENARIOS = ("hetero", "hog", "cartpole", "cost")
 
 
 def _factories(scenario: str) -> list:
@@ -48,11 +52,47 @@ def _factories(scenario: str) -> list:
     return [partial(gym.make, "CartPole-v1") for _ in range(8)]
 
 
+def _measure_cost(spec: dict) -> dict:
+    """In the child: one pool of 8 CartPole-v1 envs, the monitor off and on in alternating phases."""
+    from fastvec import SubprocVecEnv
+    from fastvec.monitor import Monitor
+
+    with SubprocVecEnv(_factories("cartpole"), start_method="fork") as venv:
+        venv.reset()
+        actions = np.zeros(venv.num_envs, np.int64)
+
+        def phase(seconds: float) -> float:
+            steps, began = 0, time.perf_counter()
+            while time.perf_counter() - began < seconds:
+                for _ in range(16):
+                    venv.step(actions)
+                steps += 16
+            return steps * venv.num_envs / (time.perf_counter() - began)
+
+        phase(spec["warmup"])
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        events = 0
+        for k in range(2 * spec["phases"]):
+            on = k % 4 in (1, 2)  # off, on, on, off, off, on, ...: each state goes first as often
+            monitor = Monitor(venv.pool, interval=spec["interval"]) if on else None
+            if monitor is not None:
+                monitor.start()
+            rates["on" if on else "off"].append(phase(spec["phase_seconds"]))
+            if monitor is not None:
+                monitor.stop()
+                venv.pool.timing = False
+                events += len(monitor.events)
+        return {"status": "ok", "rate": statistics.median(rates["off"]), "rates": rates, "events": events}
+
+
 def _measure(spec: dict) -> dict:
     """In the child: one run of one scenario, monitor on or off."""
     import subprocess
 
     from fastvec import SubprocVecEnv
+
+    if spec["scenario"] == "cost":
+        return _measure_cost(spec)
 
     fns = _factories(spec["scenario"])
     venv = SubprocVecEnv(fns, start_method="fork", monitor=spec["monitor"], monitor_interval=0.5)
@@ -122,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=6.0)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, default=None)
+    parser.add_argument("--phases", type=int, default=20, help="cost: pairs of monitor-off / monitor-on phases")
+    parser.add_argument("--phase-seconds", type=float, default=1.5, help="cost: length of one phase")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     scenarios = args.scenario or list(SCENARIOS)
@@ -130,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.monitor " + " ".join(argv)
     records = []
     for scenario in scenarios:
+        if scenario == "cost":
+            records.append(_cost_record(args))
+            continue
         rates: dict[bool, list[float | None]] = {False: [], True: []}
         last: dict[bool, dict] = {}
         for r in range(args.rounds):
@@ -179,6 +224,55 @@ def main(argv: list[str] | None = None) -> None:
     plot(records, out.with_suffix(".png"))
 
 
+def _cost_record(args: argparse.Namespace) -> dict:
+    """The cost scenario: one child, the monitor off and on in alternating phases; ratios of neighbours."""
+    spec = {
+        "scenario": "cost",
+        "warmup": min(args.warmup, 3.0),
+        "phases": args.phases,
+        "phase_seconds": args.phase_seconds,
+        "interval": 0.5,
+    }
+    run = run_child(
+        python_argv("benchmarks.monitor", "--child", json.dumps(spec)),
+        spec["warmup"] + 2 * args.phases * (args.phase_seconds + 1.0) + 60,
+        env=child_environ(ROOT),
+        cwd=ROOT,
+    )
+    result = child_result(run)
+    if result.get("status") != "ok":
+        print(f"  cost: {result.get('status')} {result.get('reason', '')}", flush=True)
+        return {
+            "scenario": "cost",
+            "off": [],
+            "on": [],
+            "ratios": [],
+            "median_ratio": None,
+            "busy_off": None,
+            "busy_on": None,
+            "envs_on": None,
+            "events": [],
+        }
+    off, on = result["rates"]["off"], result["rates"]["on"]
+    ratios = [b / a for a, b in zip(off, on)]  # phase pairs in the order they ran
+    print(
+        f"  cost: {len(ratios)} phase pairs, on/off median {statistics.median(ratios):.3f}, "
+        f"{result['events']} monitor events",
+        flush=True,
+    )
+    return {
+        "scenario": f"cost ({args.phases} x {args.phase_seconds:g} s phases, one process)",
+        "off": off,
+        "on": on,
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+        "busy_off": None,
+        "busy_on": None,
+        "envs_on": None,
+        "events": [f"{result['events']} events in all on-phases"] if result["events"] else [],
+    }
+
+
 def markdown(records: list[dict], command: str, facts: dict) -> str:
     lines = [
         f"Command: `{command}`  ",
@@ -190,7 +284,12 @@ def markdown(records: list[dict], command: str, facts: dict) -> str:
     for r in records:
         off = statistics.median(r["off"]) if r["off"] else None
         on = statistics.median(r["on"]) if r["on"] else None
-        per_round = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        shown = r["ratios"] if len(r["ratios"]) <= 8 else sorted(r["ratios"])
+        per_round = ", ".join(f"{x:.2f}" for x in shown)
+        if len(r["ratios"]) > 8:
+            per_round = f"{len(shown)} pairs, from {shown[0]:.2f} to {shown[-1]:.2f}, quartiles " + ", ".join(
+                f"{q:.3f}" for q in statistics.quantiles(shown, n=4)
+            )
         busy = f"{_pct(r['busy_off'])} -> {_pct(r['busy_on'])}"
         envs = " / ".join(f"{a}..{b - 1}" for a, b in r["envs_on"] or [])
         lines.append(
@@ -216,6 +315,9 @@ def plot(records: list[dict], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
+        return
+    records = [r for r in records if r["busy_off"] or r["busy_on"]]  # the cost scenario has no shards' shares
+    if not records:
         return
     fig, axes = plt.subplots(1, len(records), figsize=(4 * len(records), 3.2), squeeze=False)
     for ax, r in zip(axes[0], records):

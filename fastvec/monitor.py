@@ -8,9 +8,13 @@ and the monitor acts, once per ``cooldown`` samples:
 
 1. a worker pinned to a core that other processes load (per-core load from psutil, minus
    fastvec's own use of it) is re-pinned to the least loaded allowed core;
-2. otherwise the imbalance is in the envs: an env moves from the straggler to its less busy
-   neighbouring shard at its next episode boundary (fastvec.migrate). Env indices and rows
-   never change; the caller can tell only from ``stats()`` and ``monitor_events``.
+2. otherwise the imbalance is in the envs: envs move from the straggler to its less busy
+   neighbouring shard, each at its next episode boundary (fastvec.migrate). It moves the
+   number of edge envs (from their measured step times) that leaves the busier of the two
+   shards least busy, only when that is at least ``min_gain`` below the straggler's share
+   now, and never straight back the other way within ``settle`` samples (a noisy host must
+   not make envs bounce). Env indices and rows never change; the caller can tell only from
+   ``stats()`` and ``monitor_events``.
 
     python -m fastvec.monitor            # a demo: a slow env and a CPU hog, a live table
 
@@ -65,6 +69,8 @@ class Monitor:
     threshold: float = 1.25
     patience: int = 3
     cooldown: int = 2
+    settle: int = 10  # samples after a move during which envs do not move back the other way
+    min_gain: float = 0.1  # a move must bring the straggler's busy share down by this fraction
     other_load: float = 30.0  # percent of a core used by others before a worker is re-pinned
     events: list[MonitorEvent] = field(default_factory=list)
     last: PoolStats | None = None
@@ -74,6 +80,8 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self._streak: dict[Any, int] = {}
         self._quiet = 0
+        self._samples = 0
+        self._last_move: tuple[int, int, int] | None = None  # (source, target, sample) of the latest move
         self._began = time.monotonic()
 
     def start(self) -> None:
@@ -99,6 +107,7 @@ class Monitor:
     def step(self, snapshot: PoolStats) -> MonitorEvent | None:
         """Look at one sample; act when a problem persisted. Returns what it did, if anything."""
         self.last = snapshot
+        self._samples += 1
         if self._quiet > 0:
             self._quiet -= 1
             return None
@@ -168,24 +177,27 @@ class Monitor:
         source_stats, target_stats = snapshot.shards[shard], snapshot.shards[target]
         if target_stats.busy >= source_stats.busy:
             return None
+        if self._last_move is not None:  # envs that just moved one way do not move straight back
+            source, destination, when = self._last_move
+            if (shard, target) == (destination, source) and self._samples - when < self.settle:
+                return None
         edge_first = list(source_stats.envs) if target < shard else list(reversed(source_stats.envs))
         times = source_stats.env_step_ms or []
         by_env = dict(zip(source_stats.envs, times)) if times else {}
-        commands = _commands(source_stats, snapshot.interval_s)
-        per_command = source_stats.busy * snapshot.interval_s * 1000.0 / commands  # ms of work per step
-        gap = (source_stats.busy - target_stats.busy) / 2 * snapshot.interval_s * 1000.0 / commands
-        moved: list[int] = []
-        shifted = 0.0
-        for index in edge_first[:-1]:  # the straggler keeps at least one env
-            cost = by_env.get(index, per_command / len(edge_first))
-            if shifted + cost >= 1.8 * gap:  # the neighbour would end up (nearly) as busy as the straggler was
-                break
-            moved.append(index)
-            shifted += cost
-            if shifted >= gap:  # even enough
-                break
-        if not moved:
-            return None
+        # busy share per ms of work per step: commands in the interval / the interval in ms
+        share_per_ms = _commands(source_stats, snapshot.interval_s) / (snapshot.interval_s * 1000.0)
+        per_env_ms = source_stats.busy / share_per_ms / len(edge_first)
+        # how many edge envs to give: the number that leaves the busier of the two least busy
+        best, best_busiest, shifted = 0, source_stats.busy, 0.0
+        for k, index in enumerate(edge_first[:-1], start=1):  # the straggler keeps at least one env
+            shifted += by_env.get(index, per_env_ms) * share_per_ms
+            busiest = max(source_stats.busy - shifted, target_stats.busy + shifted)
+            if busiest < best_busiest:
+                best, best_busiest = k, busiest
+        if best == 0 or best_busiest > (1.0 - self.min_gain) * source_stats.busy:
+            return None  # no move would help enough: moving would only swap who lags, or gain too little
+        moved = edge_first[:best]
+        self._last_move = (shard, target, self._samples)
         for _ in moved:
             self.pool.queue_move(shard, target)
         return MonitorEvent(
@@ -195,7 +207,8 @@ class Monitor:
             f"envs {moved[0]}..{moved[-1]}: shard {shard} -> shard {target} (each at its next episode end)"
             if len(moved) > 1
             else f"env {moved[0]}: shard {shard} -> shard {target} (at its next episode end)",
-            f"shard {shard} busy {source_stats.busy:.0%}, shard {target} {target_stats.busy:.0%}",
+            f"shard {shard} busy {source_stats.busy:.0%}, shard {target} {target_stats.busy:.0%}; "
+            f"expected after: the busier of the two at {best_busiest:.0%}",
         )
 
 

@@ -169,7 +169,11 @@ class Monitor:
 
     def _move(self, snapshot: PoolStats, shard: int) -> MonitorEvent | None:
         """Envs move from the straggler to its less busy neighbour, each at its next episode end:
-        as many as it takes to even their busy shares (from each env's measured step time)."""
+        the number that evens the two shards' work out best.
+
+        Work is the sum of the envs' measured step times where both shards have them: a busy
+        share also counts what is not the envs' doing (the learner's own process, a noisy host,
+        a worker just started), and moving envs cannot fix that. Without step times, busy shares."""
         neighbours = [n for n in (shard - 1, shard + 1) if 0 <= n < len(snapshot.shards)]
         if not neighbours or len(snapshot.shards[shard].envs) <= 1:
             return None
@@ -184,17 +188,23 @@ class Monitor:
         edge_first = list(source_stats.envs) if target < shard else list(reversed(source_stats.envs))
         times = source_stats.env_step_ms or []
         by_env = dict(zip(source_stats.envs, times)) if times else {}
-        # busy share per ms of work per step: commands in the interval / the interval in ms
-        share_per_ms = _commands(source_stats, snapshot.interval_s) / (snapshot.interval_s * 1000.0)
-        per_env_ms = source_stats.busy / share_per_ms / len(edge_first)
-        # how many edge envs to give: the number that leaves the busier of the two least busy
-        best, best_busiest, shifted = 0, source_stats.busy, 0.0
+        target_times = target_stats.env_step_ms or []
+        if len(times) == len(source_stats.envs) and len(target_times) == len(target_stats.envs):
+            unit, load, target_load = "ms of env steps per step", float(sum(times)), float(sum(target_times))
+            cost = by_env.__getitem__
+        else:  # busy shares: an env's share from its step time, or an even split of the shard's
+            share_per_ms = _commands(source_stats, snapshot.interval_s) / (snapshot.interval_s * 1000.0)
+            per_env_ms = source_stats.busy / share_per_ms / len(edge_first)
+            unit, load, target_load = "busy share", source_stats.busy, target_stats.busy
+            cost = lambda index: by_env.get(index, per_env_ms) * share_per_ms  # noqa: E731
+        # how many edge envs to give: the number that leaves the busier of the two least loaded
+        best, best_busiest, shifted = 0, load, 0.0
         for k, index in enumerate(edge_first[:-1], start=1):  # the straggler keeps at least one env
-            shifted += by_env.get(index, per_env_ms) * share_per_ms
-            busiest = max(source_stats.busy - shifted, target_stats.busy + shifted)
+            shifted += cost(index)
+            busiest = max(load - shifted, target_load + shifted)
             if busiest < best_busiest:
                 best, best_busiest = k, busiest
-        if best == 0 or best_busiest > (1.0 - self.min_gain) * source_stats.busy:
+        if best == 0 or best_busiest > (1.0 - self.min_gain) * load:
             return None  # no move would help enough: moving would only swap who lags, or gain too little
         moved = edge_first[:best]
         self._last_move = (shard, target, self._samples)
@@ -207,8 +217,8 @@ class Monitor:
             f"envs {moved[0]}..{moved[-1]}: shard {shard} -> shard {target} (each at its next episode end)"
             if len(moved) > 1
             else f"env {moved[0]}: shard {shard} -> shard {target} (at its next episode end)",
-            f"shard {shard} busy {source_stats.busy:.0%}, shard {target} {target_stats.busy:.0%}; "
-            f"expected after: the busier of the two at {best_busiest:.0%}",
+            f"shard {shard} busy {source_stats.busy:.0%}, shard {target} {target_stats.busy:.0%}; {unit}: "
+            f"{load:.3g} and {target_load:.3g}, the busier of the two expected at {best_busiest:.3g} after",
         )
 
 

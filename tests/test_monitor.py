@@ -180,3 +180,20 @@ def test_no_move_for_a_small_gain(monkeypatch) -> None:
     assert Monitor(pool, patience=1, threshold=1.1).step(snapshot) is None and pool.moves == []
     assert Monitor(pool, patience=1, threshold=1.1, min_gain=0.0).step(snapshot).kind == "move"
     assert pool.moves == [(1, 0)]
+
+
+def test_no_move_when_the_envs_cost_the_same_on_both_shards(monkeypatch) -> None:
+    """The learner's shard looks busier (its process does other work too, or the host is noisy),
+    but its envs step as fast as the worker's: moving envs cannot help, so none move."""
+    pool = _FakePool()
+    monitor = Monitor(pool, patience=1)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+    shards = [
+        ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [0.0065] * 4),
+        ShardStats(1, 101, False, range(4, 8), [1], 4_000.0, 0.45, 0.1, 0.2, 45.0, 0, [0.0064] * 4),
+    ]
+    assert monitor.step(PoolStats(1.0, shards, 8_000.0, 1.5, 0.3)) is None and pool.moves == []
+    # the same busy shares with the learner's envs twice as slow: one of them moves
+    shards[0] = ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [0.013] * 4)
+    event = Monitor(pool, patience=1).step(PoolStats(1.0, shards, 8_000.0, 1.5, 0.3))
+    assert event.kind == "move" and pool.moves == [(0, 1)] and "env 3:" in event.detail

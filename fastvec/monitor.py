@@ -82,6 +82,7 @@ class Monitor:
         self._quiet = 0
         self._samples = 0
         self._last_move: tuple[int, int, int] | None = None  # (source, target, sample) of the latest move
+        self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
 
     def start(self) -> None:
@@ -108,6 +109,11 @@ class Monitor:
         """Look at one sample; act when a problem persisted. Returns what it did, if anything."""
         self.last = snapshot
         self._samples += 1
+        for stats in snapshot.shards:
+            if stats.env_step_ms is not None and len(stats.env_step_ms) == len(stats.envs):
+                history = self._step_ms.setdefault(stats.shard, [])
+                history.append((stats.envs, [float(t) for t in stats.env_step_ms]))
+                del history[: -self.patience]
         if self._quiet > 0:
             self._quiet -= 1
             return None
@@ -167,6 +173,15 @@ class Monitor:
             )
         return None
 
+    def _steady_step_ms(self, stats: ShardStats) -> list[float]:
+        """Each env's step time, the least of the last ``patience`` samples while the shard kept its
+        envs: interference only ever adds time (a timed step of the learner's shard that the GIL
+        paused for the monitor's own sampling can count milliseconds for a 7 us CartPole step)."""
+        history = [times for envs, times in self._step_ms.get(stats.shard, []) if envs == stats.envs]
+        if not history:
+            return list(stats.env_step_ms or [])
+        return [min(column) for column in zip(*history)]
+
     def _move(self, snapshot: PoolStats, shard: int) -> MonitorEvent | None:
         """Envs move from the straggler to its less busy neighbour, each at its next episode end:
         the number that evens the two shards' work out best.
@@ -186,9 +201,9 @@ class Monitor:
             if (shard, target) == (destination, source) and self._samples - when < self.settle:
                 return None
         edge_first = list(source_stats.envs) if target < shard else list(reversed(source_stats.envs))
-        times = source_stats.env_step_ms or []
+        times = self._steady_step_ms(source_stats)
         by_env = dict(zip(source_stats.envs, times)) if times else {}
-        target_times = target_stats.env_step_ms or []
+        target_times = self._steady_step_ms(target_stats)
         if len(times) == len(source_stats.envs) and len(target_times) == len(target_stats.envs):
             unit, load, target_load = "ms of env steps per step", float(sum(times)), float(sum(target_times))
             cost = by_env.__getitem__

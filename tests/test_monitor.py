@@ -197,3 +197,24 @@ def test_no_move_when_the_envs_cost_the_same_on_both_shards(monkeypatch) -> None
     shards[0] = ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [0.013] * 4)
     event = Monitor(pool, patience=1).step(PoolStats(1.0, shards, 8_000.0, 1.5, 0.3))
     assert event.kind == "move" and pool.moves == [(0, 1)] and "env 3:" in event.detail
+
+
+def test_a_passing_slowdown_of_one_shard_moves_nothing(monkeypatch) -> None:
+    """Step times inflated in some samples only (the GIL, a busy moment of the host) do not count:
+    the monitor balances on each env's least step time over its last ``patience`` samples."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+
+    def snapshot(learner_ms: float) -> PoolStats:
+        shards = [
+            ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [learner_ms] * 4),
+            ShardStats(1, 101, False, range(4, 8), [1], 4_000.0, 0.45, 0.1, 0.2, 45.0, 0, [0.0064] * 4),
+        ]
+        return PoolStats(1.0, shards, 8_000.0, 1.5, 0.3)
+
+    pool = _FakePool()
+    monitor = Monitor(pool, patience=3)
+    assert [monitor.step(snapshot(ms)) for ms in (0.013, 0.0065, 0.013)] == [None, None, None]
+    assert pool.moves == []
+    steady = Monitor(pool, patience=3)
+    events = [steady.step(snapshot(0.013)) for _ in range(3)]
+    assert events[:2] == [None, None] and events[2].kind == "move" and pool.moves == [(0, 1)]

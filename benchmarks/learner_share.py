@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from functools import partial
 
 import gymnasium as gym
 import numpy as np
 
 from fastvec import SubprocVecEnv
-from fastvec.measure import machine_facts
+from fastvec.measure import machine_facts, time_steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,13 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     pool = venv.pool
     actions = np.zeros(n, np.int64)
 
-    def run(seconds: float) -> float:
-        steps, began = 0, time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            for _ in range(16):
-                venv.step(actions)
-            steps += 16
-        return steps * n / (time.perf_counter() - began)
+    def run(seconds: float) -> float:  # a short warm-up, then env steps per second over ``seconds``
+        return time_steps(venv.step, [actions], n, seconds, 1)["rate"]
 
     def set_share(k: int) -> None:
         while len(pool.shard_envs[0]) != k:
@@ -72,7 +66,6 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             for k in shares if r % 2 == 0 else shares[::-1]:
                 set_share(k)
-                run(0.3)
                 rates[k].append(run(args.seconds))
     finally:
         venv.close()

@@ -73,6 +73,29 @@ def _snapshot(busy: list[float], cores: list[list[int]], cpu: list[float]) -> Po
     return PoolStats(1.0, shards, 2000.0, max(busy) / min(busy), 0.5)
 
 
+def _timed(learner: tuple[range, float, float], worker: tuple[range, float, float]) -> PoolStats:
+    """Two shards with per-env step times: (envs, busy share, each env's step time in ms) each,
+    1000 commands a second."""
+    shards = [
+        ShardStats(
+            s,
+            100 + s,
+            s == 0,
+            envs,
+            None if s == 0 else [1],
+            1000.0 * len(envs),
+            busy,
+            0.1,
+            0.2,
+            100 * busy,
+            0,
+            [ms] * len(envs),
+        )
+        for s, (envs, busy, ms) in enumerate((learner, worker))
+    ]
+    return PoolStats(1.0, shards, sum(s.steps_per_s for s in shards), 1.5, 0.3)
+
+
 def test_a_lasting_straggler_gets_an_env_moved_to_its_idler_neighbour(monkeypatch) -> None:
     pool = _FakePool()
     monitor = Monitor(pool, patience=3, cooldown=2)
@@ -151,11 +174,7 @@ def test_no_move_that_would_only_shift_the_straggler(monkeypatch) -> None:
     pool = _FakePool()
     monitor = Monitor(pool, patience=1)
     monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
-    shards = [
-        ShardStats(0, 100, True, range(0, 12), None, 12_000.0, 0.6, 0.1, 0.2, 60.0, 0, [0.05] * 12),
-        ShardStats(1, 101, False, range(12, 16), [1], 4_000.0, 0.8, 0.1, 0.2, 80.0, 0, [0.2] * 4),
-    ]
-    assert monitor.step(PoolStats(1.0, shards, 16_000.0, 1.33, 0.5)) is None and pool.moves == []
+    assert monitor.step(_timed((range(0, 12), 0.6, 0.05), (range(12, 16), 0.8, 0.2))) is None and pool.moves == []
 
 
 def test_envs_do_not_bounce_back_on_a_noisy_host(monkeypatch) -> None:
@@ -188,14 +207,10 @@ def test_no_move_when_the_envs_cost_the_same_on_both_shards(monkeypatch) -> None
     pool = _FakePool()
     monitor = Monitor(pool, patience=1)
     monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
-    shards = [
-        ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [0.0065] * 4),
-        ShardStats(1, 101, False, range(4, 8), [1], 4_000.0, 0.45, 0.1, 0.2, 45.0, 0, [0.0064] * 4),
-    ]
-    assert monitor.step(PoolStats(1.0, shards, 8_000.0, 1.5, 0.3)) is None and pool.moves == []
+    worker = (range(4, 8), 0.45, 0.0064)
+    assert monitor.step(_timed((range(0, 4), 0.68, 0.0065), worker)) is None and pool.moves == []
     # the same busy shares with the learner's envs twice as slow: one of them moves
-    shards[0] = ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [0.013] * 4)
-    event = Monitor(pool, patience=1).step(PoolStats(1.0, shards, 8_000.0, 1.5, 0.3))
+    event = Monitor(pool, patience=1).step(_timed((range(0, 4), 0.68, 0.013), worker))
     assert event.kind == "move" and pool.moves == [(0, 1)] and "env 3:" in event.detail
 
 
@@ -205,11 +220,7 @@ def test_a_passing_slowdown_of_one_shard_moves_nothing(monkeypatch) -> None:
     monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
 
     def snapshot(learner_ms: float) -> PoolStats:
-        shards = [
-            ShardStats(0, 100, True, range(0, 4), None, 4_000.0, 0.68, 0.1, 0.2, 68.0, 0, [learner_ms] * 4),
-            ShardStats(1, 101, False, range(4, 8), [1], 4_000.0, 0.45, 0.1, 0.2, 45.0, 0, [0.0064] * 4),
-        ]
-        return PoolStats(1.0, shards, 8_000.0, 1.5, 0.3)
+        return _timed((range(0, 4), 0.68, learner_ms), (range(4, 8), 0.45, 0.0064))
 
     pool = _FakePool()
     monitor = Monitor(pool, patience=3)

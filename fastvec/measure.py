@@ -143,11 +143,20 @@ def tree_cpu_seconds(proc: Any) -> float:
 
 
 def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (all processes, all cores)."""
+    """CPU seconds the whole machine has spent busy (all processes, all cores), counting as busy
+    the time a virtual machine's hypervisor gave its cores to someone else (steal): a measurement
+    that lost its cores to the host is as disturbed as one that shared them with a process."""
     import psutil
 
     t = psutil.cpu_times()
-    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return (
+        t.user
+        + t.system
+        + getattr(t, "nice", 0.0)
+        + getattr(t, "irq", 0.0)
+        + getattr(t, "softirq", 0.0)
+        + getattr(t, "steal", 0.0)
+    )
 
 
 def time_steps(step: Callable[[Any], Any], batches: Any, num_envs: int, seconds: float, repeats: int) -> dict:
@@ -155,7 +164,7 @@ def time_steps(step: Callable[[Any], Any], batches: Any, num_envs: int, seconds:
     warm-up, then ``repeats`` runs of ``seconds`` each. Returns ``rate`` (env steps/s, the
     median), ``rates`` (each run), ``cpu_used_by_run`` (CPU seconds per wall second of this
     process's tree) and ``other_load`` (the share of the machine's CPU that processes outside
-    this tree used meanwhile). The tuner and ``benchmarks.vec_env`` both measure with this,
+    this tree, or the hypervisor (steal), used meanwhile). The tuner and ``benchmarks.vec_env`` both measure with this,
     so their rates compare."""
     import psutil
 

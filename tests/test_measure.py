@@ -137,3 +137,15 @@ def test_machine_facts_have_the_keys():
     assert facts["no_such_package_for_fastvec"] == "not installed (ModuleNotFoundError)"
     assert facts["memory_gib"] > 0
     json.dumps(facts)  # written into result files as is
+
+
+def test_time_stolen_by_the_hypervisor_counts_as_busy(monkeypatch) -> None:
+    """On a VM the host can take the cores (steal time): that disturbs a measurement as much as
+    another process does, so other_load counts it."""
+    import collections
+
+    import psutil
+
+    Times = collections.namedtuple("Times", "user system nice idle irq softirq steal")
+    monkeypatch.setattr(psutil, "cpu_times", lambda: Times(10.0, 2.0, 0.0, 50.0, 0.5, 0.5, 3.0))
+    assert measure.busy_cpu_seconds() == 16.0

@@ -1,6 +1,6 @@
 """Throughput of vectorized-env engines, side by side, on this machine.
 
-    python -m benchmarks.vec_env                 # the full study: every engine, every workload, 3 interleaved rounds (~40 min on 2 cores)
+    python -m benchmarks.vec_env                 # the full study: every engine, every workload, 3 interleaved rounds (25-40 min on 2 cores)
     python -m benchmarks.vec_env --quick         # a first look in under a minute
     python -m benchmarks.vec_env --dry-run       # the plan and its estimated run time, nothing measured
     python -m benchmarks.vec_env --workloads CartPole-v1 image84 --num-envs 8 64 --engines fastvec sb3-subproc

@@ -303,28 +303,57 @@ def wait_any(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] do
     return found
 
 
-cdef inline int copy_row(object item, cnp.ndarray dst, char *row, int row_ndim, cnp.npy_intp *row_dims,
-                         Py_ssize_t row_bytes, int dst_type, bint fast, bint *converted) except -1:
-    """Copy one observation into ``row`` of ``dst``: a memcpy when it already is a C-contiguous array
-    of the destination's type in native byte order (``fast``: the destination is native too), else
+cdef struct Rows:
+    # the rows of a C-contiguous destination [rows, *row_shape], as the row kernels copy into them
+    char *base
+    int ndim  # of one row
+    cnp.npy_intp *dims  # of one row
+    Py_ssize_t nbytes  # of one row
+    int type_num
+    bint fast  # native byte order: items of its type may be memcpy'd
+
+
+cdef int rows_of(cnp.ndarray dst, Rows *rows, str kernel) except -1:
+    """Fill ``rows`` for ``dst``; a destination that is not C-contiguous raises, naming ``kernel``."""
+    cdef int d
+    if not cnp.PyArray_IS_C_CONTIGUOUS(dst):
+        raise ValueError(f"{kernel} needs a C-contiguous destination")
+    rows.base = <char *> cnp.PyArray_DATA(dst)
+    rows.ndim = cnp.PyArray_NDIM(dst) - 1
+    rows.dims = cnp.PyArray_DIMS(dst) + 1
+    rows.nbytes = cnp.PyArray_ITEMSIZE(dst)
+    for d in range(rows.ndim):
+        rows.nbytes *= rows.dims[d]
+    rows.type_num = cnp.PyArray_TYPE(dst)
+    # memcpy only between arrays of one type in native byte order: the type number of a
+    # big-endian '>f4' equals that of '<f4', so a swapped item (or destination) is converted
+    rows.fast = cnp.PyArray_ISNOTSWAPPED(dst)
+    return 0
+
+
+cdef inline int copy_row(object item, cnp.ndarray dst, const Rows *rows, Py_ssize_t index,
+                         bint *converted) except -1:
+    """Copy one observation into row ``index`` of ``dst`` (described by ``rows``): a memcpy when it
+    already is a C-contiguous array of the destination's type in native byte order (``rows.fast``:
+    the destination is native too), else
     after converting it (``*converted`` set when it was an array of another type). 1: its shape is
     not a row's (nothing copied)."""
     cdef cnp.ndarray arr
     cdef int d
-    if (fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == dst_type
+    if (rows.fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == rows.type_num
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
             and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
         arr = <cnp.ndarray> item
     else:
-        if cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != dst_type:
+        if cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != rows.type_num:
             converted[0] = True
         arr = np.asarray(item, dtype=dst.dtype, order="C")
-    if cnp.PyArray_NDIM(arr) != row_ndim:
+    if cnp.PyArray_NDIM(arr) != rows.ndim:
         return 1
-    for d in range(row_ndim):
-        if cnp.PyArray_DIMS(arr)[d] != row_dims[d]:
+    for d in range(rows.ndim):
+        if cnp.PyArray_DIMS(arr)[d] != rows.dims[d]:
             return 1
-    memcpy(row, cnp.PyArray_DATA(arr), row_bytes)
+    memcpy(rows.base + index * rows.nbytes, cnp.PyArray_DATA(arr), rows.nbytes)
     return 0
 
 
@@ -341,27 +370,16 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     dtype returns ``-2 - j`` for the first such j.
     """
     cdef Py_ssize_t n = len(items)
-    cdef Py_ssize_t j, d
-    cdef int row_ndim = cnp.PyArray_NDIM(dst) - 1
-    cdef cnp.npy_intp *row_dims = cnp.PyArray_DIMS(dst) + 1
-    cdef Py_ssize_t row_bytes = cnp.PyArray_ITEMSIZE(dst)
-    cdef char *base = <char *> cnp.PyArray_DATA(dst)
-    cdef int dst_type = cnp.PyArray_TYPE(dst)
+    cdef Py_ssize_t j
+    cdef Rows rows
     cdef bint converted
     cdef Py_ssize_t cast = -1
-    # memcpy only between arrays of one type in native byte order: the type number of a
-    # big-endian '>f4' equals that of '<f4', so a swapped item (or destination) is converted
-    cdef bint fast = cnp.PyArray_ISNOTSWAPPED(dst)
-    if not cnp.PyArray_IS_C_CONTIGUOUS(dst):
-        raise ValueError("gather_rows needs a C-contiguous destination")
-    for d in range(row_ndim):
-        row_bytes *= row_dims[d]
+    rows_of(dst, &rows, "gather_rows")
     if start < 0 or start + n > cnp.PyArray_DIMS(dst)[0]:
         raise IndexError(f"rows {start}..{start + n} outside destination with {cnp.PyArray_DIMS(dst)[0]} rows")
     for j in range(n):
         converted = False
-        if copy_row(items[j], dst, base + (start + j) * row_bytes, row_ndim, row_dims, row_bytes, dst_type, fast,
-                    &converted):
+        if copy_row(items[j], dst, &rows, start + j, &converted):
             return j
         if converted and report_cast and cast < 0:
             cast = j
@@ -380,22 +398,14 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
     A malformed result or a value that does not convert raises (the caller then finds whose).
     """
     cdef Py_ssize_t n = len(results)
-    cdef Py_ssize_t j, d
-    cdef int row_ndim = cnp.PyArray_NDIM(obs_dst) - 1
-    cdef cnp.npy_intp *row_dims = cnp.PyArray_DIMS(obs_dst) + 1
-    cdef Py_ssize_t row_bytes = cnp.PyArray_ITEMSIZE(obs_dst)
-    cdef char *base = <char *> cnp.PyArray_DATA(obs_dst)
-    cdef int dst_type = cnp.PyArray_TYPE(obs_dst)
-    cdef bint fast = cnp.PyArray_ISNOTSWAPPED(obs_dst)
+    cdef Py_ssize_t j
+    cdef Rows rows
     cdef object result
     cdef bint converted
     cdef Py_ssize_t cast = -1, nan = -1
     cdef bint ended = False, has_info = False, term, trunc
     cdef double reward
-    if not cnp.PyArray_IS_C_CONTIGUOUS(obs_dst):
-        raise ValueError("write_results needs a C-contiguous destination")
-    for d in range(row_ndim):
-        row_bytes *= row_dims[d]
+    rows_of(obs_dst, &rows, "write_results")
     if start < 0 or start + n > cnp.PyArray_DIMS(obs_dst)[0] or start + n > rewards.shape[0]:
         raise IndexError("write_results: rows outside the slot")
     for j in range(n):
@@ -403,8 +413,7 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
         if type(result) is not tuple or len(<tuple> result) != 5:
             raise TypeError("env.step() must return a 5-tuple")
         converted = False
-        if copy_row((<tuple> result)[0], obs_dst, base + (start + j) * row_bytes, row_ndim, row_dims, row_bytes,
-                    dst_type, fast, &converted):
+        if copy_row((<tuple> result)[0], obs_dst, &rows, start + j, &converted):
             return j, ended, has_info, nan
         if converted and report_cast and cast < 0:
             cast = j

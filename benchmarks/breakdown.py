@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from fastvec.measure import machine_facts
+from fastvec.measure import machine_facts, time_steps
 
 
 class NullEnv(gym.Env):
@@ -53,23 +52,10 @@ def make_null() -> gym.Env:
 
 
 def timed(call: Any, seconds: float, repeats: int) -> float:
-    """Median seconds per call of ``call()`` over ``repeats`` runs of about ``seconds``."""
-    end = time.perf_counter() + min(0.3, seconds)
-    while time.perf_counter() < end:
-        call()
-    per_call = []
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        deadline = start + seconds
-        while True:
-            for _ in range(16):
-                call()
-            n += 16
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        per_call.append((now - start) / n)
-    return statistics.median(per_call)
+    """Median seconds per call of ``call()`` over ``repeats`` runs of about ``seconds`` (the timed loop
+    the tuner and the study use, with its warm-up)."""
+    runs = time_steps(lambda _: call(), [None], 1, seconds, repeats)["rates"]
+    return statistics.median(1.0 / rate for rate in runs)
 
 
 def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:

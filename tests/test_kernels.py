@@ -147,8 +147,6 @@ def _publisher(impl_name: str, name: str, rounds: int) -> None:
 @pytest.mark.parametrize("spin_ns", [0, 20_000, -20_000])  # sleep at once, busy-poll, yield-poll
 def test_cross_process_ping_pong_through_futex(k, spin_ns) -> None:
     """Two processes hand a sequence number back and forth 2,000 times: no lost wake-up."""
-    from multiprocessing import shared_memory
-
     rounds = 2000
     block = shared_memory.SharedMemory(create=True, size=256)
     try:

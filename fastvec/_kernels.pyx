@@ -212,8 +212,10 @@ def publish(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
 def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t slot, uint32_t arg,
           uint32_t[::1] seqs, Py_ssize_t remaining_index):
     """Give each worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, arm the
-    pool's countdown with the number of workers, then publish CMD_SEQ = seqs[k] (each worker
-    counts its own commands: asynchronous batches give commands to some workers only)."""
+    pool's countdown with the number of workers, count the command in ``seqs[k]`` (each worker
+    counts its own: asynchronous batches give commands to some workers only; uint32, wrapping
+    as the workers' words do), then publish CMD_SEQ = seqs[k]. Counting here, not in numpy,
+    saves the parent about a microsecond per command."""
     cdef Py_ssize_t k, b
     cdef uint32_t *base = &words[0]
     fv_store(base + remaining_index, <uint32_t> bases.shape[0])
@@ -222,6 +224,7 @@ def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t
         base[b + CMD] = command
         base[b + SLOT] = slot
         base[b + ARG] = arg
+        seqs[k] = seqs[k] + 1
         publish_word(base + b + CMD_SEQ, base + b + CMD_WAITING, seqs[k])
 
 

@@ -145,12 +145,15 @@ def publish(words: np.ndarray, index: int, value: int) -> None:
 def issue(
     words: np.ndarray, bases: np.ndarray, command: int, slot: int, arg: int, seqs: np.ndarray, remaining_index: int
 ) -> None:
-    """Write each worker's command words and publish CMD_SEQ = seqs[k] (see _kernels.pyx)."""
+    """Write each worker's command words, count the command in ``seqs[k]`` and publish CMD_SEQ =
+    seqs[k] (see _kernels.pyx)."""
     words[remaining_index] = len(bases)
-    for b, seq in zip(bases.tolist(), seqs.tolist()):
+    for k, b in enumerate(bases.tolist()):
         words[b + Control.CMD] = command
         words[b + Control.SLOT] = slot
         words[b + Control.ARG] = arg
+        seq = (int(seqs[k]) + 1) & 0xFFFFFFFF
+        seqs[k] = seq
         publish(words, b + Control.CMD_SEQ, seq)
 
 

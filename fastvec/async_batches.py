@@ -175,9 +175,10 @@ class AsyncBatches:
             for position in positions:
                 remote = pool._remotes[position]
                 slot = self.slots[position] + 1 if self.slots[position] + 1 < pool.ring_slots else 0
-                pool._seqs[position] += 1
-                kernels.issue(pool._control, pool._bases[position : position + 1], int(command), slot, arg,
-                              pool._seqs[position : position + 1], pool._remaining_index)
+                kernels.issue(  # counts the command in pool._seqs[position]
+                    pool._control, pool._bases[position : position + 1], int(command), slot, arg,
+                    pool._seqs[position : position + 1], pool._remaining_index,
+                )
                 if payloads and remote.index in payloads:
                     remote.send_bytes(payloads[remote.index])
                 self.inflight[position] = (command, slot)

@@ -359,6 +359,7 @@ class Pool:
         self._seqs = np.zeros(len(self._remotes), dtype=np.uint32)
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
+        self._message_words = [r.base + _HAS_MESSAGE for r in self._remotes]  # a worker's "read my pipe" flag
         self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
 
     def _spawn(self, w: int) -> Remote:
@@ -450,11 +451,10 @@ class Pool:
     def _issue(self, p: _Pending) -> None:
         """Publish ``p`` to every worker and send its payloads; from here on it must complete or break."""
         try:
-            self._seqs += 1  # (uint32: wraps as the workers' words do)
             self._pending = p
             self._state = PoolState.PENDING
             if self._remotes:
-                kernels.issue(self._control, self._bases, p.code, p.slot, p.arg, self._seqs, self._remaining_index)
+                kernels.issue(self._control, self._bases, p.code, p.slot, p.arg, self._seqs, self._remaining_index)  # (counts _seqs)
             if p.payloads:
                 for remote in self._remotes:
                     payload = p.payloads.get(remote.index)
@@ -508,7 +508,11 @@ class Pool:
         ``timeout``: seconds to wait for the workers before ``multiprocessing.TimeoutError``
         (the step stays pending: call again). Raises EnvError naming the env when an env raised.
         """
-        p = self._take_pending(Command.STEP, "step_wait")
+        p = self._pending
+        if p is None or p.command is not _STEP:
+            p = self._take_pending(Command.STEP, "step_wait")  # (raises)
+        if timeout is None and p.local is None and not p.waited:
+            return Batch(self, p.slot, self._complete_step(p))
         return Batch(self, p.slot, self._complete(p, timeout))
 
     def step(self, actions: Any) -> Batch:
@@ -701,6 +705,45 @@ class Pool:
         finally:
             self._inside_ns += time.perf_counter_ns() - entered
 
+    def _complete_step(self, p: _Pending) -> list | None:
+        """The usual ``step_wait()`` in one pass (issue 14: the parent's per-command Python is on
+        every step's critical path): the parent's shard, the wait, and the bookkeeping, without the
+        general path's per-worker reads. Anything out of the ordinary (an env error, a worker with
+        a message on its pipe, a worker that died) goes on in ``_complete_command``, which resumes
+        from what this one recorded in ``p``."""
+        entered = time.perf_counter_ns()
+        try:
+            if self._local is not None:
+                try:
+                    p.local = self._run_local(p)
+                except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
+                    self._break(exc)
+                    raise
+            if self._remotes:
+                control = self._control
+                k = kernels.wait_remaining(
+                    control, self._remaining_index, self._done_index, self._seqs, self.spin_ns, POLL_NS
+                )
+                if k != -1:  # a worker is late (or dead): the general wait, which knows what to do
+                    self._wait_workers(p, None, k)
+                    if p.respawned or p.lost:
+                        p.waited = True
+                        return self._complete_command(p, None)
+                p.waited = True
+                for index in self._message_words:
+                    if control[index]:
+                        return self._complete_command(p, None)
+            local = p.local
+            if local is not None and local[1]:  # an env of the parent's shard raised
+                return self._complete_command(p, None)
+            self.slot = p.slot
+            self._pending = None
+            self._state = PoolState.IDLE
+            extras = None if local is None else local[0]
+            return self._digest(extras, p.slot) if extras else None
+        finally:
+            self._inside_ns += time.perf_counter_ns() - entered
+
     def _complete_command(self, p: _Pending, timeout: float | None) -> list | None:
         began = time.monotonic() if timeout is not None else 0.0
         if p.local is None and self._local is not None and p.local_args:
@@ -814,19 +857,21 @@ class Pool:
                     self._objects[i] = value
         return extras
 
-    def _wait_workers(self, p: _Pending, timeout: float | None) -> None:
+    def _wait_workers(self, p: _Pending, timeout: float | None, k: int | None = None) -> None:
         """Until every worker's DONE word equals the command's sequence number.
 
         A dead worker: respawned with ``on_error="restart"`` (step and reset; its share of
         the command is done by its replacement), else WorkerDiedError; a worker past
         ``step_timeout``: killed and respawned, or StepTimeoutError. Both errors break the
         pool. ``timeout`` (the caller's): multiprocessing.TimeoutError, the command stays pending.
+        ``k``: the worker a first wait (``_complete_step``'s) found unfinished, where there was one.
         """
         if not self._remotes:
             return
         control, done_index, seq = self._control, self._done_index, self._seqs
-        first_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int(timeout * 1e9)))
-        k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
+        if k is None:
+            first_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int(timeout * 1e9)))
+            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
         if k == -1:
             return
         began = time.monotonic()

@@ -99,10 +99,10 @@ class Shard:
     def _actions(self, action_objects: list[list] | None) -> Any:
         """This shard's actions, one per env, in the dtype the caller sent them; private copies (an env
         may keep a reference to its action)."""
-        tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
         if self.single_action:
-            tag = tags[0]
+            tag = self.action_tags[0, self.start]  # the dtype tag it was sent with, as sent to this shard's envs
             return self.action_buffers[0].copy() if tag == 0 else _as_sent(self.action_buffers[0], int(tag))
+        tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
         arrays = iter([b.copy() if t == 0 else _as_sent(b, t) for b, t in zip(self.action_buffers, tags.tolist())])
         objects = iter(action_objects or [])
         columns = [next(arrays) if leaf.array else next(objects) for leaf in self.action_leaves]

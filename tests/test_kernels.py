@@ -173,7 +173,9 @@ def test_issue_finish_and_countdown(k) -> None:
     words = np.zeros(3 * 32, dtype=np.uint32)
     bases = np.array([0, 32], dtype=np.intp)
     remaining, done = 64, np.array([16, 48], dtype=np.intp)
-    k.issue(words, bases, 1, 3, 4, np.array([9, 9], np.uint32), remaining)
+    seqs = np.array([8, 8], np.uint32)
+    k.issue(words, bases, 1, 3, 4, seqs, remaining)
+    assert seqs.tolist() == [9, 9]  # issue counts the command
     assert words[[0, 2, 3, 4, 32, 34, 35, 36]].tolist() == [9, 1, 3, 4, 9, 1, 3, 4]
     assert k.wait_remaining(words, remaining, done, NINE, 0, 1_000_000) == 0  # nobody finished: worker 0 pending
     k.finish(words, 16, 9, remaining)
@@ -189,11 +191,11 @@ def test_countdown_is_only_a_hint_completion_is_every_done_word(k) -> None:
     words = np.zeros(3 * 32, dtype=np.uint32)
     bases = np.array([0, 32], dtype=np.intp)
     remaining, done = 64, np.array([16, 48], dtype=np.intp)
-    k.issue(words, bases, 1, 0, 0, np.array([9, 9], np.uint32), remaining)
+    k.issue(words, bases, 1, 0, 0, np.array([8, 8], np.uint32), remaining)
     k.finish(words, 16, 9, remaining)
     k.publish(words, 48, 9)  # worker 1: DONE published, its countdown decrement not yet made
     assert k.wait_remaining(words, remaining, done, NINE, 0, 2_000_000) == -1  # every DONE word says 9
-    k.issue(words, bases, 1, 1, 0, np.array([10, 10], np.uint32), remaining)
+    k.issue(words, bases, 1, 1, 0, np.array([9, 9], np.uint32), remaining)
     words[remaining] -= 1  # worker 1's late decrement for command 9 lands on command 10's countdown
     k.finish(words, 16, 10, remaining)  # worker 0 finishes 10: the countdown reads 0 ...
     assert k.wait_remaining(words, remaining, done, TEN, 0, 2_000_000) == 1  # ... but worker 1 has not
@@ -207,11 +209,21 @@ def test_workers_count_their_own_commands(k) -> None:
     words = np.zeros(3 * 32, dtype=np.uint32)
     bases = np.array([0, 32], dtype=np.intp)
     remaining, done = 64, np.array([16, 48], dtype=np.intp)
-    k.issue(words, bases[1:], 1, 2, 0, np.array([7], np.uint32), remaining)  # worker 1 only
-    assert words[[0, 32]].tolist() == [0, 7] and words[remaining] == 1
+    seqs = np.array([0, 6], np.uint32)
+    k.issue(words, bases[1:], 1, 2, 0, seqs[1:], remaining)  # worker 1 only
+    assert words[[0, 32]].tolist() == [0, 7] and words[remaining] == 1 and seqs.tolist() == [0, 7]
     k.finish(words, 48, 7, remaining)
     assert k.wait_remaining(words, remaining, done, np.array([0, 7], np.uint32), 0, 1_000_000) == -1
     assert k.wait_remaining(words, remaining, done, np.array([1, 7], np.uint32), 0, 1_000_000) == 0
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_issue_sequence_wraps_as_uint32(k) -> None:
+    """The command count wraps at 2**32 as the workers' uint32 words do."""
+    words = np.zeros(2 * 32, dtype=np.uint32)
+    seqs = np.array([0xFFFFFFFF], np.uint32)
+    k.issue(words, np.array([0], np.intp), 1, 0, 0, seqs, 32)
+    assert seqs.tolist() == [0] and words[0] == 0
 
 
 @pytest.mark.parametrize("k", IMPLS)

@@ -43,6 +43,11 @@ def _only(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0]
 
 
+def _copy_only(parts: list[np.ndarray]) -> np.ndarray:
+    """A copy of the one group's rows."""
+    return parts[0].copy()
+
+
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
@@ -108,7 +113,7 @@ class AsyncBatches:
         if pool._pending is not None:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
         env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
-        positions = self._groups(env_ids)
+        positions, run = self._groups(env_ids)
         count = len(env_ids)
         writer = self._writers.get(count)
         if writer is None:
@@ -116,7 +121,7 @@ class AsyncBatches:
         views = pool._views
         first = int(env_ids[0])
         tags = self._tags
-        if env_ids[-1] - first == count - 1 and (count == 1 or bool((np.diff(env_ids) == 1).all())):
+        if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
             objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags)
         else:
@@ -136,11 +141,21 @@ class AsyncBatches:
                 payloads[remote.index] = dumps_payload(share, "actions", remote.envs)
         self._give(positions, Command.STEP, int(StepFlag.HAS_OBJECTS) if objects is not None else 0, payloads)
 
-    def _groups(self, env_ids: np.ndarray) -> list[int]:
-        """The groups ``env_ids`` make up (whole groups, none in flight or waiting to be received)."""
+    def _groups(self, env_ids: np.ndarray) -> tuple[list[int], bool]:
+        """The groups ``env_ids`` make up (whole groups, none in flight or waiting to be received),
+        and whether the ids are one run of consecutive envs (their rows are one slice)."""
         n, size = self.pool.num_envs, self.group_size
+        ids = env_ids.tolist()
+        first = ids[0] if ids else -1
+        if 0 <= first and first % size == 0 and len(ids) % size == 0 and ids == list(range(first, first + len(ids))):
+            if first + len(ids) > n:
+                raise ValueError(f"env ids must be in 0..{n - 1}, got {ids}")
+            # whole groups in order, as recv() returns them: the usual case, checked in plain Python
+            # (numpy's reductions cost microseconds on a handful of ids)
+            return self._idle(list(range(first // size, (first + len(ids)) // size))), True
         if env_ids.size == 0 or env_ids.min() < 0 or env_ids.max() >= n:
-            raise ValueError(f"env ids must be in 0..{n - 1}, got {env_ids.tolist()}")
+            raise ValueError(f"env ids must be in 0..{n - 1}, got {ids}")
+        run = ids == list(range(first, first + len(ids)))
         if env_ids.size % size == 0:  # whole groups, each in order (as recv() returns them): no sets needed
             grid = env_ids.reshape(-1, size)
             whole = bool((grid == grid[:, :1] + self._offsets).all()) and not (grid[:, 0] % size).any()
@@ -159,6 +174,10 @@ class AsyncBatches:
                         f"env ids must be whole groups of {size} (the envs one worker steps; recv() returns "
                         f"them so): {env_ids.tolist()} has part of envs {envs.start}..{envs.stop - 1}"
                     )
+        return self._idle(positions), run
+
+    def _idle(self, positions: list[int]) -> list[int]:
+        """``positions``, checked to be neither running nor waiting to be received."""
         for position in positions:
             if self.running[position]:
                 envs = self.pool._remotes[position].envs
@@ -274,8 +293,13 @@ class AsyncBatches:
     def _batch(self, taken: list, copy: bool) -> AsyncBatch:
         pool = self.pool
         views = pool._views
-        env_ids = np.concatenate([np.arange(pool._remotes[t[0]].envs.start, pool._remotes[t[0]].envs.stop) for t in taken])
-        join = np.concatenate if copy or len(taken) > 1 else _only
+        if len(taken) == 1:
+            envs = pool._remotes[taken[0][0]].envs
+            env_ids = np.arange(envs.start, envs.stop)
+            join = _copy_only if copy else _only
+        else:
+            env_ids = np.concatenate([np.arange(pool._remotes[t[0]].envs.start, pool._remotes[t[0]].envs.stop) for t in taken])
+            join = np.concatenate
         extras: list = []
         for _, _, group_extras, _ in taken:
             extras += group_extras or []

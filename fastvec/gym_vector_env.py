@@ -219,12 +219,13 @@ class VectorEnv(gym.vector.VectorEnv):
         rewards = batch.rewards.copy()
         infos: dict[str, Any] = {}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
-            done = np.logical_or(terminations, truncations)
-            for i in range(self.num_envs):
-                if done[i]:
+            ended = np.flatnonzero(terminations | truncations).tolist()
+            # envs in index order, as gymnasium adds them (only those with something to say)
+            for i in sorted({*ended, *batch.infos}) if batch.infos else ended:
+                if terminations[i] or truncations[i]:
                     final = {"final_info": batch.infos.get(i, {}), "final_obs": batch.terminal_observation(i)}
                     infos = self._add_info(infos, {**final, **batch.reset_infos.get(i, {})}, i)
-                elif i in batch.infos:
+                else:
                     infos = self._add_info(infos, batch.infos[i], i)
         else:
             for i in sorted(batch.infos):

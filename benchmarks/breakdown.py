@@ -13,13 +13,19 @@ wraps gives that layer's own cost:
 - SB3 front-end, in-process: SubprocVecEnv on that pool (dones, infos, copies), per command;
 - hand-off: a pool whose one worker steps one env that does nothing, the parent none:
   issue, wake, countdown, parent wake, per command;
-- defaults: SubprocVecEnv with its defaults (this machine's cores), per command and per env step.
+- defaults: SubprocVecEnv with its defaults (this machine's cores), per command and per env step;
+- ceiling: what the cores give with no engine at all: one process per core, started together,
+  each stepping its share of the envs in a plain loop (no hand-off, no results to gather), per
+  env step. No engine can beat it; the gap between it and the defaults is the engine's.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -56,6 +62,44 @@ def timed(call: Any, seconds: float, repeats: int) -> float:
     the tuner and the study use, with its warm-up)."""
     runs = time_steps(lambda _: call(), [None], 1, seconds, repeats)["rates"]
     return statistics.median(1.0 / rate for rate in runs)
+
+
+def _plain_loop(envs_each: int, seconds: float, start: Any, out: Any) -> None:
+    envs = [make_cartpole() for _ in range(envs_each)]
+    for e, env in enumerate(envs):
+        env.reset(seed=e)
+    steps = 0
+    start.wait()
+    began = time.perf_counter()
+    end = began + seconds
+    while True:
+        for _ in range(64):
+            for env in envs:
+                _, _, term, trunc, _ = env.step(steps & 1)
+                steps += 1
+                if term or trunc:
+                    env.reset()
+        if time.perf_counter() > end:
+            break
+    out.put((steps, time.perf_counter() - began))
+
+
+def ceiling(num_envs: int, seconds: float, repeats: int) -> float:
+    """Median seconds per env step of ``cores`` processes stepping ``num_envs / cores`` envs each in
+    plain loops at the same time (the machine's own limit for this workload)."""
+    ctx = multiprocessing.get_context("fork")
+    cores = max(1, min(num_envs, len(os.sched_getaffinity(0))))
+    per_step = []
+    for _ in range(repeats):
+        start, out = ctx.Barrier(cores), ctx.Queue()
+        procs = [ctx.Process(target=_plain_loop, args=(num_envs // cores, seconds, start, out)) for _ in range(cores)]
+        for proc in procs:
+            proc.start()
+        results = [out.get(timeout=60 + 10 * seconds) for _ in procs]
+        for proc in procs:
+            proc.join()
+        per_step.append(max(t for _, t in results) / sum(n for n, _ in results))
+    return statistics.median(per_step)
 
 
 def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:
@@ -131,6 +175,7 @@ def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:
         out[f"SubprocVecEnv defaults ({venv.pool.num_workers} shards), per command"] = timed(
             venv_step, seconds, repeats
         )
+    out["ceiling: one plain loop per core, no engine, per env step"] = ceiling(num_envs, seconds, repeats)
     return out
 
 
@@ -147,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     out = measure(n, args.seconds, args.repeats)
     us = {key: 1e6 * value for key, value in out.items()}
     keys = list(us)
-    env, shard, pool, front, handoff, default = (us[key] for key in keys)
+    env, shard, pool, front, handoff, default, top = (us[key] for key in keys)
     print(
         f"{facts['cpu']}, {facts['cores']} cores, Python {facts['python']}, kernels {facts.get('kernels')}; {n} CartPole-v1 envs"
     )
@@ -162,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| {keys[5]} | {default:.1f} us | {default / n:.2f} us per env step = {n / default * 1e6:,.0f} steps/s, "
         f"{env * n / default:.2f}x one env in one process |"
+    )
+    print(
+        f"| {keys[6]} | {top:.2f} us | {1e6 / top:,.0f} steps/s, {env / top:.2f}x one env in one process; "
+        f"the defaults reach {top * n / default:.0%} of it |"
     )
 
 

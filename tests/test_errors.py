@@ -179,6 +179,9 @@ def test_step_timeout_and_bounded_close() -> None:
 def test_keyboard_interrupt_during_step_wait_then_close() -> None:
     venv = SubprocVecEnv(_fns(2, 1, "hang"), start_method="fork", num_workers=2)
     venv.reset()
+    # Ctrl-C as Python handles it: a test run started in the background by a shell (`make test &`)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -186,6 +189,7 @@ def test_keyboard_interrupt_during_step_wait_then_close() -> None:
             venv.step(np.array([0, 0]))
     finally:
         timer.join()
+        signal.signal(signal.SIGINT, previous)
     began = time.monotonic()
     venv.close()
     assert time.monotonic() - began < 5

@@ -29,7 +29,7 @@ import numpy as np
 from fastvec import kernels
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
+from fastvec.protocol import ADAPTIVE_FLOOR_NS, ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
 from fastvec.restart import restart_all
 from fastvec.shard import Shard
 from fastvec.shm import pid_alive
@@ -176,7 +176,7 @@ def _serve(
     finished = time.perf_counter_ns()
     while True:
         if adaptive:  # poll a little longer than the parent usually takes, yielding the core
-            spin_ns = -min(max(int(1.5 * gap_ns), 20_000), 2_000_000)
+            spin_ns = -min(max(int(1.5 * gap_ns), ADAPTIVE_FLOOR_NS), 2_000_000)
         if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
             if not pid_alive(parent_pid):
                 return

@@ -7,9 +7,7 @@ above ``threshold`` times the median of the others for ``patience`` samples is a
 and the monitor acts, once per ``cooldown`` samples:
 
 1. a worker pinned to a core that other processes load (per-core load from psutil, minus
-   fastvec's own use of it) is re-pinned to the least loaded allowed core that none of the
-   pool's processes use, where there is one (on 2 cores there is not: the learner has the
-   other one, so the next rule moves envs away from the worker instead);
+   fastvec's own use of it) is re-pinned to the least loaded allowed core;
 2. otherwise the imbalance is in the envs: envs move from the straggler to its less busy
    neighbouring shard, each at its next episode boundary (fastvec.migrate). It moves the
    number of edge envs (from their measured step times) that leaves the busier of the two
@@ -25,7 +23,6 @@ The thread is a daemon that stops when the pool closes; it never keeps a process
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -154,7 +151,6 @@ class Monitor:
         foreign = _foreign_loads(snapshot, self._loads)
         if foreign is None:
             return None
-        ours = _pool_cores(snapshot)
         for stats in snapshot.shards:
             if stats.in_parent or not stats.cores or len(stats.cores) != 1:
                 continue
@@ -163,15 +159,9 @@ class Monitor:
             if not self._persisted(key, foreign.get(core, 0.0) >= self.other_load):
                 continue
             loads = self._loads
-            # only to a core none of this pool's processes run on: on the learner's (or another
-            # worker's) core the worker would take turns with it, no better than beside the other
-            # load; there, moving envs to the shard with a core of its own (the balance check,
-            # from the envs' measured step times) is what helps
-            free = [c for c in self.pool._allowed_cores if c in loads and c not in ours]
-            if not free:
-                continue
-            target = min(free, key=lambda c: loads[c])
-            if loads[target] > loads[core] - self.other_load:
+            allowed = [c for c in self.pool._allowed_cores if c in loads]
+            target = min(allowed, key=lambda c: loads[c])  # all use counts: our own learner's core is not free
+            if target == core or loads[target] > loads[core] - self.other_load:
                 continue
             self.pool.repin(stats.shard, [target])
             return MonitorEvent(
@@ -265,16 +255,6 @@ def _foreign_loads(snapshot: PoolStats, loads: dict[int, float] | None) -> dict[
         if core is not None:
             ours[core] = ours.get(core, 0.0) + s.cpu_percent
     return {core: max(0.0, load - ours.get(core, 0.0)) for core, load in loads.items()}
-
-
-def _pool_cores(snapshot: PoolStats) -> set[int]:
-    """The cores this pool's processes run on: each worker's pinned core (or the one it last ran
-    on) and the learner's."""
-    cores = {_last_core(os.getpid())}
-    for s in snapshot.shards:
-        cores.update(s.cores if s.cores and len(s.cores) == 1 else [_last_core(s.pid)])
-    cores.discard(None)
-    return cores  # type: ignore[return-value]
 
 
 def _last_core(pid: int | None) -> int | None:

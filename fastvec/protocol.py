@@ -118,10 +118,10 @@ SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
 POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives
 ADAPTIVE_POLL = 1  # spin_ns sent to workers: poll about as long as the parent usually takes, up to 2 ms
 # ... and never less than this: a worker that went to sleep costs the parent a futex wake and
-# itself a wake-up (on a VM, its idle vCPU's too), tens of microseconds, more than a whole
-# CartPole batch; the gap between commands varies, so 1.5x its average alone let workers
-# sleep in most commands (measured: 2-shard CartPole x 8 at 58 us per command with a 2 ms
-# poll, 75-87 us with the adaptive one floored at 20 us)
+# itself a wake-up (on a VM, its idle vCPU's too). The gap between commands varies, so 1.5x
+# its average let workers sleep in 4-12% of 2-shard CartPole commands (their voluntary
+# context switches); with this floor, in none. Throughput moved within the noise (interleaved
+# against a 20 us floor: 1.00x at 8 CartPole envs, 1.04x at 64; benchmarks/README.md).
 ADAPTIVE_FLOOR_NS = 200_000
 YIELD_POLL_NS = -200_000  # default poll of the parent (yielding the core) before sleeping on the futex
 HEADER_TIMING = 8  # header word: 1 while per-env step times are being collected (the monitor is on)

@@ -106,14 +106,16 @@ class SubprocVecEnv(_VecEnvBase):
         ended = dones.tolist()  # a list: `in` and enumerate cost a tenth of numpy's any()/flatnonzero here
         if True not in ended and not batch.has_extras:
             return obs, rewards, dones, [{"TimeLimit.truncated": False} for _ in ended]
-        infos: list[dict] = [batch.infos.get(i) or {} for i in range(self.num_envs)]
-        for info in infos:
-            info["TimeLimit.truncated"] = False
-        for i, done in enumerate(ended):
-            if done:
-                infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-                infos[i]["terminal_observation"] = batch.terminal_observation(i)
-                self.reset_infos[i] = batch.reset_infos.get(i, {})
+        if batch.infos:
+            infos: list[dict] = [batch.infos.get(i) or {} for i in range(self.num_envs)]
+            for info in infos:
+                info["TimeLimit.truncated"] = False
+        else:  # (most steps of most envs: only episode ends to report, visited alone below)
+            infos = [{"TimeLimit.truncated": False} for _ in ended]
+        for i in [i for i, done in enumerate(ended) if done]:
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos[i]["terminal_observation"] = batch.terminal_observation(i)
+            self.reset_infos[i] = batch.reset_infos.get(i, {})
         for i, error in batch.restarted.items():
             infos[i]["fastvec.restarted"] = error
         return obs, rewards, dones, infos

@@ -714,11 +714,7 @@ class Pool:
         entered = time.perf_counter_ns()
         try:
             if self._local is not None:
-                try:
-                    p.local = self._run_local(p)
-                except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
-                    self._break(exc)
-                    raise
+                self._start_local(p)
             if self._remotes:
                 control = self._control
                 k = kernels.wait_remaining(
@@ -726,19 +722,16 @@ class Pool:
                 )
                 if k != -1:  # a worker is late (or dead): the general wait, which knows what to do
                     self._wait_workers(p, None, k)
-                    if p.respawned or p.lost:
-                        p.waited = True
-                        return self._complete_command(p, None)
                 p.waited = True
+                if p.respawned or p.lost:
+                    return self._complete_command(p, None)
                 for index in self._message_words:
                     if control[index]:
                         return self._complete_command(p, None)
             local = p.local
             if local is not None and local[1]:  # an env of the parent's shard raised
                 return self._complete_command(p, None)
-            self.slot = p.slot
-            self._pending = None
-            self._state = PoolState.IDLE
+            self._settle(p)
             extras = None if local is None else local[0]
             return self._digest(extras, p.slot) if extras else None
         finally:
@@ -747,11 +740,7 @@ class Pool:
     def _complete_command(self, p: _Pending, timeout: float | None) -> list | None:
         began = time.monotonic() if timeout is not None else 0.0
         if p.local is None and self._local is not None and p.local_args:
-            try:
-                p.local = self._run_local(p)
-            except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
-                self._break(exc)
-                raise
+            self._start_local(p)
             if timeout is not None and time.monotonic() - began > timeout:
                 raise multiprocessing.TimeoutError(
                     f"{p.name!r} did not finish within {timeout:g} s (this process's own envs took longer); "
@@ -772,13 +761,25 @@ class Pool:
                     raise
             else:
                 p.replies[position] = None
+        self._settle(p)
+        return self._gather(p)
+
+    def _settle(self, p: _Pending) -> None:
+        """``p`` is complete: its results are the ring's latest, and the pool is idle."""
         if p.command is _STEP or p.command is _RESET:
             self.slot = p.slot
             if self._async is not None:  # a synchronous reset: every group's ring slot is this one
                 self._async.slots = [p.slot] * len(self._async.slots)
         self._pending = None
         self._state = PoolState.IDLE
-        return self._gather(p)
+
+    def _start_local(self, p: _Pending) -> None:
+        """Run the parent's own shard's share of ``p`` (into ``p.local``)."""
+        try:
+            p.local = self._run_local(p)
+        except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
+            self._break(exc)
+            raise
 
     def _run_local(self, p: _Pending) -> tuple:
         local = self._local

@@ -293,13 +293,11 @@ class AsyncBatches:
     def _batch(self, taken: list, copy: bool) -> AsyncBatch:
         pool = self.pool
         views = pool._views
-        if len(taken) == 1:
-            envs = pool._remotes[taken[0][0]].envs
-            env_ids = np.arange(envs.start, envs.stop)
-            join = _copy_only if copy else _only
+        groups = [np.arange(pool._remotes[t[0]].envs.start, pool._remotes[t[0]].envs.stop) for t in taken]
+        if len(groups) == 1:  # (concatenate costs microseconds even for one part)
+            env_ids, join = groups[0], _copy_only if copy else _only
         else:
-            env_ids = np.concatenate([np.arange(pool._remotes[t[0]].envs.start, pool._remotes[t[0]].envs.stop) for t in taken])
-            join = np.concatenate
+            env_ids, join = np.concatenate(groups), np.concatenate
         extras: list = []
         for _, _, group_extras, _ in taken:
             extras += group_extras or []

@@ -35,6 +35,7 @@ cdef extern from *:
     #include <sys/syscall.h>
     #include <linux/futex.h>
     #include <sched.h>
+    #include <sys/resource.h>
 
     static inline void fv_cpu_relax(void) {
     #if defined(__x86_64__) || defined(__i386__)
@@ -61,6 +62,14 @@ cdef extern from *:
         return (int)syscall(SYS_futex, p, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     }
     static inline int fv_errno(void) { return errno; }
+    /* This thread's involuntary context switches (a yield that ran another task counts one), -1 if unknown. */
+    static inline long fv_involuntary_switches(void) {
+    #ifdef RUSAGE_THREAD
+        struct rusage ru;
+        if (getrusage(RUSAGE_THREAD, &ru) == 0) return ru.ru_nivcsw;
+    #endif
+        return -1;
+    }
     static inline uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
     """
     void fv_cpu_relax() nogil
@@ -70,18 +79,22 @@ cdef extern from *:
     int fv_futex_wait(uint32_t *p, uint32_t expected, int64_t timeout_ns) nogil
     int fv_futex_wake(uint32_t *p) nogil
     int fv_errno() nogil
+    long fv_involuntary_switches() nogil
     int sched_yield() nogil
     uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) nogil
     int EINTR
 
 IMPLEMENTATION = "cython"
 
-# A sched_yield that returns later than CONTENDED_YIELD_NS gave the core to another process:
-# the waiter sleeps instead. Two such yields within CONTENDED_WINDOW_NS (another process keeps
-# wanting this core: a CPU hog, another program), and it does not yield at all for a while
-# (each yield would cost a whole time slice): 50 ms, doubling up to 1 s while contention comes
-# back as soon as the pause ends. One slow yield alone (the hypervisor took the vCPU a moment)
-# changes nothing else.
+# A sched_yield that returns later than CONTENDED_YIELD_NS and ran another task meanwhile (this
+# thread's involuntary context switches went up) gave the core to another process: the waiter
+# sleeps instead. Two such yields within CONTENDED_WINDOW_NS (another process keeps wanting this
+# core: a CPU hog, another program), and it does not yield at all for a while (each yield would
+# cost a whole time slice): 50 ms, doubling up to 1 s while contention comes back as soon as the
+# pause ends. A slow yield that switched to no other task is the hypervisor taking the vCPU a
+# moment (on a shared cloud VM, idle: about 16 a second, 3 in 160 with a switch): the waiter
+# goes on polling. Counting those as contention turned yield-polling off every second or so on
+# such a host, and each such pause cost every command two futex sleeps.
 DEF CONTENDED_YIELD_NS = 50000
 DEF CONTENDED_WINDOW_NS = 20000000
 DEF CONTENDED_BACKOFF_NS = 50000000
@@ -118,13 +131,15 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
     free, the publisher runs elsewhere) or, with ``yield_spin``, giving the core away
     with sched_yield (more processes than cores: the publisher may need this core,
     and a yielding waiter needs no wake-up). Then it sleeps on the futex. A yield that
-    took long means another process wanted this core (a CPU hog, another program): the
-    scheduler would hand it whole time slices at every further yield, so the waiter
-    sleeps at once instead and is woken by the publisher.
+    took long and ran another task means another process wanted this core (a CPU hog,
+    another program): the scheduler would hand it whole time slices at every further
+    yield, so the waiter sleeps at once instead and is woken by the publisher. A slow
+    yield that ran no other task (the hypervisor took the vCPU) changes nothing.
     """
     global contended_until, contended_count, last_slow_yield, contended_backoff
     cdef uint32_t value
     cdef int64_t now, before, after
+    cdef long switches = -2, switched  # this thread's involuntary switches before the first yield
     cdef int i = 0
     cdef int rc
     while True:
@@ -135,9 +150,15 @@ cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
             before = fv_now_ns()
             if before >= spin_deadline or before < contended_until:
                 break
+            if switches == -2:
+                switches = fv_involuntary_switches()
             sched_yield()
             after = fv_now_ns()
             if after - before > CONTENDED_YIELD_NS:
+                switched = fv_involuntary_switches()
+                if switches >= 0 and switched == switches:
+                    continue  # no other task ran: the hypervisor took the vCPU, nobody wants this core
+                switches = switched
                 if after - last_slow_yield < CONTENDED_WINDOW_NS:
                     if after < contended_until + contended_backoff:  # again, as soon as the pause ended
                         contended_backoff = min(2 * contended_backoff, CONTENDED_BACKOFF_MAX_NS)

@@ -16,6 +16,11 @@ import os
 import platform
 import time
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not Unix
+    resource = None  # type: ignore[assignment]
+
 import numpy as np
 
 from fastvec.protocol import Control
@@ -76,7 +81,7 @@ def _futex_wake(words: np.ndarray, index: int) -> None:
         )
 
 
-_CONTENDED_YIELD_NS = 50_000  # a yield that took longer gave the core to another process: sleep instead;
+_CONTENDED_YIELD_NS = 50_000  # a yield that took longer and ran another task gave the core away: sleep instead;
 _CONTENDED_WINDOW_NS = 20_000_000  # two within this window: do not yield at all for the next
 _CONTENDED_BACKOFF_NS = 50_000_000  # (see _kernels.pyx), doubling up to
 _CONTENDED_BACKOFF_MAX_NS = 1_000_000_000  # while contention comes back as soon as the pause ends
@@ -91,8 +96,17 @@ def contended_yields() -> int:
     return _contended_count
 
 
+def _involuntary_switches() -> int:
+    """This thread's involuntary context switches (a yield that ran another task counts one), -1 if unknown."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw  # type: ignore[union-attr]
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return -1
+
+
 def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, deadline: int, yield_spin: bool) -> int:
     global _contended_until, _last_slow_yield, _contended_count, _contended_backoff
+    switches = None  # this thread's involuntary switches before its first yield
     while True:
         if int(words[index]) == target:
             return DONE
@@ -100,9 +114,15 @@ def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, d
         if before >= spin_deadline or (yield_spin and before < _contended_until):
             break
         if yield_spin:
+            if switches is None:
+                switches = _involuntary_switches()
             os.sched_yield()
             after = time.monotonic_ns()
             if after - before > _CONTENDED_YIELD_NS:
+                switched = _involuntary_switches()
+                if switches >= 0 and switched == switches:
+                    continue  # no other task ran: the hypervisor took the vCPU (see _kernels.pyx)
+                switches = switched
                 if after - _last_slow_yield < _CONTENDED_WINDOW_NS:
                     if after < _contended_until + _contended_backoff:
                         _contended_backoff = min(2 * _contended_backoff, _CONTENDED_BACKOFF_MAX_NS)

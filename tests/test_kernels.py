@@ -346,3 +346,52 @@ def test_waiters_stop_yielding_to_a_process_that_keeps_the_core(k) -> None:
         os.sched_setaffinity(0, saved)
         hog.kill()
         hog.wait()
+
+
+def test_a_slow_yield_that_ran_no_other_task_is_not_contention(monkeypatch) -> None:
+    """A sched_yield that returns late without a context switch is the hypervisor taking the vCPU,
+    not another process wanting the core: the waiter goes on yield-polling and turns nothing off
+    (on a cloud VM this happens about 16 times a second on an idle core). The same slow yields with
+    a context switch each are contention (the twin's logic; the compiled kernel's is the same, and
+    the hog test above checks it against a real process)."""
+    k = _kernels_py
+    words = np.zeros(64, dtype=np.uint32)
+    clock = {"now": 0}
+    switches = {"n": 7}
+    yields = []
+
+    def slow_yield() -> None:  # every yield takes 100 us
+        yields.append(clock["now"])
+        clock["now"] += 100_000
+        if len(yields) == 5:
+            words[0] = 1  # the publisher's value arrives during the fifth yield
+
+    monkeypatch.setattr(k.time, "monotonic_ns", lambda: clock["now"])
+    monkeypatch.setattr(k.os, "sched_yield", slow_yield)
+    monkeypatch.setattr(k, "_involuntary_switches", lambda: switches["n"])
+    monkeypatch.setattr(k, "_contended_until", 0)
+    monkeypatch.setattr(k, "_last_slow_yield", -(10**12))
+    monkeypatch.setattr(k, "_contended_backoff", k._CONTENDED_BACKOFF_NS)
+
+    def no_sleep(*args: object) -> None:
+        raise AssertionError("the waiter stopped polling and went to sleep")
+
+    monkeypatch.setattr(k, "_futex_wait", no_sleep)
+    before = k.contended_yields()
+    assert k._wait_word(words, 0, 1, 10**9, 2 * 10**9, True) == k.DONE
+    assert len(yields) == 5  # it kept polling through four slow yields, then saw the value
+    assert k.contended_yields() == before and k._contended_until == 0
+
+    # the same yields, each running another task: the first slow one ends the polling (the waiter
+    # would sleep on the futex), and a second one soon after turns yield-polling off for a while
+    def switching_yield() -> None:
+        clock["now"] += 100_000
+        switches["n"] += 1
+
+    monkeypatch.setattr(k.os, "sched_yield", switching_yield)
+    monkeypatch.setattr(k, "_futex_wait", lambda *args: words.__setitem__(2, 1))  # woken: the value arrived
+    words[:] = 0
+    assert k._wait_word(words, 2, 1, 10**9, 2 * 10**9, True) == k.DONE
+    words[:] = 0
+    assert k._wait_word(words, 2, 1, 10**9, 2 * 10**9, True) == k.DONE
+    assert k.contended_yields() == before + 1 and k._contended_until > clock["now"]

@@ -136,6 +136,7 @@ class _Pending:
 
 _HAS_MESSAGE = Control.HAS_MESSAGE
 _STEP, _RESET, _CONTROL = Command.STEP, Command.RESET, Command.CONTROL
+_STEP_CODE = int(Command.STEP)
 _WAIT_NAMES = {
     Command.STEP: "step_wait",
     Command.RESET: "reset_wait",
@@ -488,8 +489,15 @@ class Pool:
         views = self._views
         objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
         slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
-        if objects is None:
-            self._issue(_Pending(_STEP, "step", slot, 0, None, (slot, None)))
+        if objects is None:  # the usual step: the workers start first, the bookkeeping follows while they run
+            try:
+                if self._remotes:
+                    kernels.issue(self._control, self._bases, _STEP_CODE, slot, 0, self._seqs, self._remaining_index)
+                self._pending = _Pending(_STEP, "step", slot, 0, None, (slot, None))
+                self._state = PoolState.PENDING
+            except BaseException as exc:  # (as in _issue) issued or not, the pool cannot tell: broken
+                self._break(exc)
+                raise
             self._inside_ns += time.perf_counter_ns() - entered
             return
         # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share

@@ -70,6 +70,7 @@ class SubprocVecEnv(_VecEnvBase):
                 "while the next step runs, so a one-slot ring would overwrite it"
             )
         self.copy = bool(copy)
+        self._infos: list[dict] = []  # the next step's infos, made in step_async
         self.waiting = False
         self.closed = False
         # SB3 asks env 0 for the spaces and checks nothing else: envs whose spaces differ only in
@@ -95,6 +96,8 @@ class SubprocVecEnv(_VecEnvBase):
     def step_async(self, actions: np.ndarray) -> None:
         self.pool.step_async(actions, per_env=self._per_env_actions)
         self.waiting = True
+        # the usual infos, made while the workers step (where the parent would otherwise wait for them)
+        self._infos = [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
 
     def step_wait(self) -> tuple[Any, np.ndarray, np.ndarray, list[dict]]:
         self.waiting = False
@@ -104,14 +107,14 @@ class SubprocVecEnv(_VecEnvBase):
         rewards = batch.rewards.copy()  # float64, as SB3's SubprocVecEnv stacks the envs' float rewards
         obs = batch.observations(self.copy, _stack)
         ended = dones.tolist()  # a list: `in` and enumerate cost a tenth of numpy's any()/flatnonzero here
+        infos: list[dict] = self._infos
         if True not in ended and not batch.has_extras:
-            return obs, rewards, dones, [{"TimeLimit.truncated": False} for _ in ended]
+            return obs, rewards, dones, infos
         if batch.infos:
-            infos: list[dict] = [batch.infos.get(i) or {} for i in range(self.num_envs)]
+            infos = [batch.infos.get(i) or {} for i in range(self.num_envs)]
             for info in infos:
                 info["TimeLimit.truncated"] = False
-        else:  # (most steps of most envs: only episode ends to report, visited alone below)
-            infos = [{"TimeLimit.truncated": False} for _ in ended]
+        # (else most steps of most envs: only episode ends to report, visited alone below)
         for i in [i for i, done in enumerate(ended) if done]:
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             infos[i]["terminal_observation"] = batch.terminal_observation(i)

@@ -182,14 +182,11 @@ def _serve(
                 return
             continue
         began = time.perf_counter_ns()
-        wait_ns = began - finished
-        if adaptive:
-            gap_ns += 0.1 * (min(wait_ns, 10_000_000) - gap_ns)
         command, slot, arg = control[cmd_index : arg_index + 1].tolist()
         steps_before = shard.steps
         restarts_before = shard.restarts
         reply: tuple | None = None
-        request, indices = _COMMAND_NAMES.get(command, str(command)), None
+        request, indices = None, None  # (a call's request and envs, read from the pipe)
         try:
             if command == step_code:
                 extras = shard.step(slot, conn.recv() if arg & StepFlag.HAS_OBJECTS else None)
@@ -207,13 +204,18 @@ def _serve(
         except ShardError as err:
             reply = ("error", err.payloads())
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
-            reply = ("error", [ShardError(shard.start, request, exc).payload()])
+            reply = ("error", [ShardError(shard.start, request or _COMMAND_NAMES.get(command, str(command)), exc).payload()])
         control[message_index] = 1 if reply is not None else 0
+        wait_ns = began - finished
         finished = time.perf_counter_ns()
         add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before, wait_ns)
         finish(control, done_index, expected, remaining_index)
+        # (the parent goes on from here: what follows is off its critical path)
+        if adaptive:
+            gap_ns += 0.1 * (min(wait_ns, 10_000_000) - gap_ns)
         if reply is not None:
-            _send_result(conn, reply, indices[0] if indices else shard.start, request, indices)
+            name = request or _COMMAND_NAMES.get(command, str(command))
+            _send_result(conn, reply, indices[0] if indices else shard.start, name, indices)
         if command == Command.CLOSE:
             return
         expected = (expected + 1) & SEQ_MASK

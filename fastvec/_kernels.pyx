@@ -122,6 +122,28 @@ TIMEOUT = 0
 INTERRUPTED = -1
 
 
+cdef char *data_of(object a, int type_num, Py_ssize_t *size, str what) except NULL:
+    """The data of ``a``, a writable, C-contiguous numpy array of ``type_num`` in native byte order
+    (``*size``: its number of items): the checks a typed memoryview argument makes, without
+    acquiring a buffer, which costs about 0.1 us per argument (and the hot kernels take several
+    per command)."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}")
+    arr = <cnp.ndarray> a
+    if not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), type_num) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise ValueError(f"{what} has dtype {arr.dtype}, expected {cnp.PyArray_DescrFromType(type_num)}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{what} must be C-contiguous")
+    if not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{what} is read-only")
+    if cnp.PyArray_SIZE(arr) == 0:
+        raise ValueError(f"{what} is empty")
+    if size != NULL:
+        size[0] = cnp.PyArray_SIZE(arr)
+    return <char *> cnp.PyArray_DATA(arr)
+
+
 cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
                    int64_t spin_deadline, int64_t deadline, bint yield_spin, bint differ) noexcept nogil:
     """Wait until *seq == target (with ``differ``: until *seq != target). 1: reached, 0: deadline
@@ -197,8 +219,7 @@ cdef void publish_word(uint32_t *seq, uint32_t *waiting, uint32_t value) noexcep
         fv_futex_wake(seq)
 
 
-def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
-             int64_t spin_ns, int64_t timeout_ns):
+def wait_all(words, seq_index_array, uint32_t target, int64_t spin_ns, int64_t timeout_ns):
     """Wait until ``words[i] == target`` for every i in ``seq_index``.
 
     The waiting word of each sequence word is the next word (``i + 1``).
@@ -207,10 +228,11 @@ def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
     Returns -1 when all are done, else the position in ``seq_index`` of the first
     word still pending (on timeout or when a signal arrived).
     """
-    cdef Py_ssize_t n = seq_index.shape[0]
+    cdef Py_ssize_t n
     cdef Py_ssize_t k
     cdef int rc = 1
-    cdef uint32_t *base = &words[0]
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t *seq_index = <Py_ssize_t *> data_of(seq_index_array, cnp.NPY_INTP, &n, "seq_index")
     cdef int64_t start, spin_deadline, deadline
     with nogil:
         start = fv_now_ns()
@@ -225,22 +247,27 @@ def wait_all(uint32_t[::1] words, Py_ssize_t[::1] seq_index, uint32_t target,
     return k
 
 
-def publish(uint32_t[::1] words, Py_ssize_t index, uint32_t value):
+def publish(words, Py_ssize_t index, uint32_t value):
     """Store ``value`` in ``words[index]`` and wake a sleeper announced in ``words[index + 1]``."""
-    publish_word(&words[index], &words[index + 1], value)
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    publish_word(base + index, base + index + 1, value)
 
 
-def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t slot, uint32_t arg,
-          uint32_t[::1] seqs, Py_ssize_t remaining_index):
+def issue(words, bases_array, uint32_t command, uint32_t slot, uint32_t arg, seqs_array,
+          Py_ssize_t remaining_index):
     """Give each worker (control block at ``bases[k]``) a command: write CMD, SLOT, ARG, arm the
     pool's countdown with the number of workers, count the command in ``seqs[k]`` (each worker
     counts its own: asynchronous batches give commands to some workers only; uint32, wrapping
     as the workers' words do), then publish CMD_SEQ = seqs[k]. Counting here, not in numpy,
     saves the parent about a microsecond per command."""
-    cdef Py_ssize_t k, b
-    cdef uint32_t *base = &words[0]
-    fv_store(base + remaining_index, <uint32_t> bases.shape[0])
-    for k in range(bases.shape[0]):
+    cdef Py_ssize_t k, b, n, m
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t *bases = <Py_ssize_t *> data_of(bases_array, cnp.NPY_INTP, &n, "bases")
+    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
+    if m < n:
+        raise ValueError(f"seqs has {m} words for {n} workers")
+    fv_store(base + remaining_index, <uint32_t> n)
+    for k in range(n):
         b = bases[k]
         base[b + CMD] = command
         base[b + SLOT] = slot
@@ -249,18 +276,17 @@ def issue(uint32_t[::1] words, Py_ssize_t[::1] bases, uint32_t command, uint32_t
         publish_word(base + b + CMD_SEQ, base + b + CMD_WAITING, seqs[k])
 
 
-def finish(uint32_t[::1] words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t remaining_index):
+def finish(words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t remaining_index):
     """A worker is done: publish its DONE_SEQ, then count down the pool's countdown word; the
     last worker wakes the parent, so a parent waiting on many workers wakes once, not once each."""
-    cdef uint32_t *base = &words[0]
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
     publish_word(base + done_index, base + done_index + 1, seq)
     if fv_sub_fetch(base + remaining_index + REMAINING, 1) == 0:
         if fv_load(base + remaining_index + REMAINING_WAITING) != 0:
             fv_futex_wake(base + remaining_index + REMAINING)
 
 
-def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index,
-                   uint32_t[::1] seqs, int64_t spin_ns, int64_t timeout_ns):
+def wait_remaining(words, Py_ssize_t remaining_index, done_index_array, seqs_array, int64_t spin_ns, int64_t timeout_ns):
     """Parent: wait until every worker k has finished its command ``seqs[k]``.
 
     The countdown is only a wake-up hint (one wake for the whole batch): a late decrement
@@ -269,11 +295,15 @@ def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[:
     Returns -1 when all are done, else the position in ``done_index`` of a worker still
     pending (the timeout passed, or a signal arrived).
     """
-    cdef uint32_t *base = &words[0]
+    cdef Py_ssize_t n, m
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t *done_index = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n, "done_index")
+    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
     cdef int64_t start, spin_deadline, deadline
     cdef int rc = 1
     cdef Py_ssize_t k
-    cdef Py_ssize_t n = done_index.shape[0]
+    if m < n:
+        raise ValueError(f"seqs has {m} words for {n} workers")
     with nogil:
         start = fv_now_ns()
         spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
@@ -294,8 +324,7 @@ def wait_remaining(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[:
     return -1
 
 
-def wait_any(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] done_index,
-             uint32_t[::1] seqs, int64_t spin_ns, int64_t timeout_ns):
+def wait_any(words, Py_ssize_t remaining_index, done_index_array, seqs_array, int64_t spin_ns, int64_t timeout_ns):
     """Parent, asynchronous batches: wait until some worker k has finished its command ``seqs[k]``.
 
     The countdown word is armed to 1 before the DONE words are checked, so the first worker
@@ -304,11 +333,15 @@ def wait_any(uint32_t[::1] words, Py_ssize_t remaining_index, Py_ssize_t[::1] do
     finishing together take it past 0. Returns the first k done, or -1 (the timeout passed,
     or a signal arrived).
     """
-    cdef uint32_t *base = &words[0]
+    cdef Py_ssize_t n, m
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t *done_index = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n, "done_index")
+    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
     cdef int64_t start, spin_deadline, deadline
     cdef int rc = 1
     cdef Py_ssize_t k
-    cdef Py_ssize_t n = done_index.shape[0]
+    if m < n:
+        raise ValueError(f"seqs has {m} words for {n} workers")
     cdef Py_ssize_t found = -1
     with nogil:
         start = fv_now_ns()
@@ -410,8 +443,8 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     return -1 if cast < 0 else -2 - cast
 
 
-def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_t[::1] terminated,
-                  uint8_t[::1] truncated, Py_ssize_t start, bint report_cast=False):
+def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_array, truncated_array,
+                  Py_ssize_t start, bint report_cast=False):
     """Write a shard's step results (env.step's 5-tuples) into one ring slot, in one call.
 
     Row ``start + j`` of ``obs_dst`` / ``rewards`` / ``terminated`` / ``truncated`` gets
@@ -429,8 +462,13 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
     cdef Py_ssize_t cast = -1, nan = -1
     cdef bint ended = False, has_info = False, term, trunc
     cdef double reward
+    cdef Py_ssize_t n_rewards, n_terminated, n_truncated
+    cdef double *rewards = <double *> data_of(rewards_array, cnp.NPY_DOUBLE, &n_rewards, "rewards")
+    cdef uint8_t *terminated = <uint8_t *> data_of(terminated_array, cnp.NPY_UINT8, &n_terminated, "terminated")
+    cdef uint8_t *truncated = <uint8_t *> data_of(truncated_array, cnp.NPY_UINT8, &n_truncated, "truncated")
     rows_of(obs_dst, &rows, "write_results")
-    if start < 0 or start + n > cnp.PyArray_DIMS(obs_dst)[0] or start + n > rewards.shape[0]:
+    if (start < 0 or start + n > cnp.PyArray_DIMS(obs_dst)[0] or start + n > n_rewards or start + n > n_terminated
+            or start + n > n_truncated):
         raise IndexError("write_results: rows outside the slot")
     for j in range(n):
         result = results[j]
@@ -456,18 +494,21 @@ def write_results(list results, cnp.ndarray obs_dst, double[::1] rewards, uint8_
     return (-1 if cast < 0 else -2 - cast), ended, has_info, nan
 
 
-def add_stats(double[::1] row, double commands, double env_steps, double busy_ns, double restarts,
-              double wait_ns=0.0):
+def add_stats(row_array, double commands, double env_steps, double busy_ns, double restarts, double wait_ns=0.0):
     """A shard's counters (columns of fastvec.protocol.Stats) grow by one command's amounts; its
     duration is counted in the histogram (bin b: [2^b, 2^(b+1)) microseconds, bin 0 below 2 us)."""
     cdef int b = 0
     cdef double us = busy_ns / 1000.0
+    cdef Py_ssize_t n
+    cdef double *row = <double *> data_of(row_array, cnp.NPY_DOUBLE, &n, "row")
+    if n < 6:
+        raise ValueError(f"a stats row has at least 6 columns, got {n}")
     row[0] += commands
     row[1] += env_steps
     row[2] += busy_ns
     row[3] += restarts
     row[4] += wait_ns
-    while us >= 2.0 and b < row.shape[0] - 6:
+    while us >= 2.0 and b < n - 6:
         us *= 0.5
         b += 1
     row[5 + b] += 1

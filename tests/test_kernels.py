@@ -395,3 +395,40 @@ def test_a_slow_yield_that_ran_no_other_task_is_not_contention(monkeypatch) -> N
     words[:] = 0
     assert k._wait_word(words, 2, 1, 10**9, 2 * 10**9, True) == k.DONE
     assert k.contended_yields() == before + 1 and k._contended_until > clock["now"]
+
+
+@pytest.mark.skipif(_compiled is None, reason="extension not built")
+def test_compiled_kernels_refuse_arrays_they_cannot_use() -> None:
+    """The compiled kernels take the numpy arrays' data directly (no buffer acquisition); what a
+    typed memoryview would refuse they refuse too, with an error naming the argument."""
+    k = _compiled
+    words = np.zeros(64, np.uint32)
+    bases, seqs = np.array([8], np.intp), np.zeros(1, np.uint32)
+    k.issue(words, bases, 1, 0, 0, seqs, 40)
+    assert words[8 + k.CONTROL_OFFSETS["CMD_SEQ"]] == 1 and seqs[0] == 1 and words[40] == 1
+    with pytest.raises(ValueError, match="words has dtype int64"):
+        k.issue(np.zeros(64, np.int64), bases, 1, 0, 0, seqs, 40)
+    with pytest.raises(ValueError, match="words must be C-contiguous"):
+        k.issue(np.zeros(128, np.uint32)[::2], bases, 1, 0, 0, seqs, 40)
+    read_only = np.zeros(64, np.uint32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="words is read-only"):
+        k.finish(read_only, 8, 1, 40)
+    with pytest.raises(ValueError, match="bases has dtype int32"):
+        k.issue(words, np.array([8], np.int32), 1, 0, 0, seqs, 40)
+    with pytest.raises(ValueError, match="seqs has 1 words for 2 workers"):
+        k.issue(words, np.array([8, 16], np.intp), 1, 0, 0, seqs, 40)
+    with pytest.raises(TypeError, match="words must be a numpy array"):
+        k.publish([0] * 64, 8, 1)
+    with pytest.raises(ValueError, match="words has dtype >u4"):
+        k.publish(np.zeros(64, ">u4"), 8, 1)
+    obs, rewards = np.zeros((2, 3), np.float32), np.zeros(2)
+    flags = np.zeros(2, np.uint8)
+    result = (np.zeros(3, np.float32), 1.0, True, False, {})
+    assert k.write_results([result, result], obs, rewards, flags, flags.copy(), 0)[:2] == (-1, True)
+    with pytest.raises(ValueError, match="rewards has dtype float32"):
+        k.write_results([result], obs, np.zeros(2, np.float32), flags, flags, 0)
+    with pytest.raises(IndexError):
+        k.write_results([result, result], obs, rewards, flags[:1], flags, 0)
+    with pytest.raises(ValueError, match="at least 6 columns"):
+        k.add_stats(np.zeros(3), 1.0, 1.0, 1.0, 0.0)

@@ -64,3 +64,20 @@ def test_the_64_env_goal_uses_the_single_env_rate_measured_in_its_own_rounds() -
     goal = next(line for line in lines if "64 envs" in line)
     # per round 150/200, 180/240, 120/160 = 0.75: met against its own rounds' single-env rate
     assert "0.75 (goal 0.6) -> met" in goal and "per round: 0.75, 0.75, 0.75" in goal
+
+
+def test_the_critical_path_timeline_lines_up_both_sides_of_every_command() -> None:
+    """benchmarks.critical_path: the worker's moments of command k fall inside the learner's (it
+    cannot start stepping before step_async began, nor finish after step_wait returned), and the
+    report names every segment."""
+    import numpy as np
+
+    from benchmarks import critical_path as cp
+
+    learner, worker = cp.record(num_envs=4, commands=300, env_id="CartPole-v1")
+    assert (worker[:, cp.W_BEGIN] > learner[:, cp.A_ENTER]).all()
+    assert (worker[:, cp.W_FINISH] < learner[:, cp.RETURNED]).all()
+    assert (worker[:, cp.W_END] >= worker[:, cp.W_BEGIN]).all() and (learner[:, cp.L_END] >= learner[:, cp.L_BEGIN]).all()
+    assert np.all(np.diff(worker[:, cp.W_BEGIN]) > 0)  # one row per step, in order
+    text = cp.report(learner, worker, 4, "CartPole-v1")
+    assert "worker: its shard" in text and "The worker finished after" in text

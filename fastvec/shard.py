@@ -101,7 +101,10 @@ class Shard:
         may keep a reference to its action)."""
         if self.single_action:
             tag = self.action_tags[0, self.start]  # the dtype tag it was sent with, as sent to this shard's envs
-            return self.action_buffers[0].copy() if tag == 0 else _as_sent(self.action_buffers[0], int(tag))
+            rows = self.action_buffers[0]
+            if tag == 0 and rows.ndim == 1:  # scalar actions (Discrete): iterating makes each env its own scalar
+                return rows
+            return rows.copy() if tag == 0 else _as_sent(rows, int(tag))
         tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
         arrays = iter([b.copy() if t == 0 else _as_sent(b, t) for b, t in zip(self.action_buffers, tags.tolist())])
         objects = iter(action_objects or [])

@@ -13,8 +13,10 @@ import sys
 import textwrap
 from functools import partial
 
+import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from fastvec import SubprocVecEnv, VectorEnv, kernels
@@ -314,3 +316,40 @@ def test_states_and_misuse_errors() -> None:
         pool.close()
     assert pool.state is PoolState.CLOSED
     pool.close()
+
+
+class _KeepsActions(gym.Env):
+    """Keeps every action it was given (as some envs keep their last action)."""
+
+    def __init__(self, space: gym.Space) -> None:
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = space
+        self.kept: list = []
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.kept.append(action)
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize(
+    "space, batches",
+    [
+        (spaces.Discrete(5), [np.array([0, 1, 2]), np.array([3, 4, 0]), np.array([1, 1, 1])]),
+        (spaces.Box(-1, 1, (2,), np.float32), [np.full((3, 2), v, np.float32) for v in (0.1, 0.2, 0.3)]),
+    ],
+)
+def test_an_env_that_keeps_its_actions_keeps_what_it_was_sent(space, batches) -> None:
+    """The actions an env gets are its own: later steps, which reuse the shared action buffer, do
+    not change an action it kept; Discrete actions arrive as numpy integer scalars, as in SB3."""
+    with Pool([partial(_KeepsActions, space)] * 3, num_workers=2) as pool:  # the parent's shard and a worker's
+        pool.reset()
+        for actions in batches:
+            pool.step(actions)
+        kept = pool.call("get_attr", [0, 1, 2], ("kept",))
+    for i in range(3):
+        assert [np.asarray(a).tolist() for a in kept[i]] == [b[i].tolist() for b in batches]
+        if isinstance(space, spaces.Discrete):
+            assert all(isinstance(a, np.integer) for a in kept[i])

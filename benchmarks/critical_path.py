@@ -153,7 +153,9 @@ def report(learner: np.ndarray, worker: np.ndarray, num_envs: int, env_id: str) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.critical_path", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.critical_path",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--commands", type=int, default=20000)

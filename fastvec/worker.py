@@ -204,7 +204,10 @@ def _serve(
         except ShardError as err:
             reply = ("error", err.payloads())
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
-            reply = ("error", [ShardError(shard.start, request or _COMMAND_NAMES.get(command, str(command)), exc).payload()])
+            reply = (
+                "error",
+                [ShardError(shard.start, request or _COMMAND_NAMES.get(command, str(command)), exc).payload()],
+            )
         control[message_index] = 1 if reply is not None else 0
         wait_ns = began - finished
         finished = time.perf_counter_ns()

@@ -77,7 +77,9 @@ def test_the_critical_path_timeline_lines_up_both_sides_of_every_command() -> No
     learner, worker = cp.record(num_envs=4, commands=300, env_id="CartPole-v1")
     assert (worker[:, cp.W_BEGIN] > learner[:, cp.A_ENTER]).all()
     assert (worker[:, cp.W_FINISH] < learner[:, cp.RETURNED]).all()
-    assert (worker[:, cp.W_END] >= worker[:, cp.W_BEGIN]).all() and (learner[:, cp.L_END] >= learner[:, cp.L_BEGIN]).all()
+    assert (worker[:, cp.W_END] >= worker[:, cp.W_BEGIN]).all() and (
+        learner[:, cp.L_END] >= learner[:, cp.L_BEGIN]
+    ).all()
     assert np.all(np.diff(worker[:, cp.W_BEGIN]) > 0)  # one row per step, in order
     text = cp.report(learner, worker, 4, "CartPole-v1")
     assert "worker: its shard" in text and "The worker finished after" in text

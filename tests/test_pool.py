@@ -344,7 +344,9 @@ class _KeepsActions(gym.Env):
 def test_an_env_that_keeps_its_actions_keeps_what_it_was_sent(space, batches) -> None:
     """The actions an env gets are its own: later steps, which reuse the shared action buffer, do
     not change an action it kept; Discrete actions arrive as numpy integer scalars, as in SB3."""
-    with Pool([partial(_KeepsActions, space)] * 3, num_workers=2, start_method="fork") as pool:  # the parent's shard and a worker's
+    with Pool(
+        [partial(_KeepsActions, space)] * 3, num_workers=2, start_method="fork"
+    ) as pool:  # the parent's shard and a worker's
         pool.reset()
         for actions in batches:
             pool.step(actions)

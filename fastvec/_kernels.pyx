@@ -144,6 +144,15 @@ cdef char *data_of(object a, int type_num, Py_ssize_t *size, str what) except NU
     return <char *> cnp.PyArray_DATA(arr)
 
 
+cdef uint32_t *seqs_of(object seqs_array, Py_ssize_t workers) except NULL:
+    """The data of ``seqs_array``, the command sequence of each of ``workers`` workers (see data_of)."""
+    cdef Py_ssize_t m
+    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
+    if m < workers:
+        raise ValueError(f"seqs has {m} words for {workers} workers")
+    return seqs
+
+
 cdef int wait_word(uint32_t *seq, uint32_t *waiting, uint32_t target,
                    int64_t spin_deadline, int64_t deadline, bint yield_spin, bint differ) noexcept nogil:
     """Wait until *seq == target (with ``differ``: until *seq != target). 1: reached, 0: deadline
@@ -260,12 +269,10 @@ def issue(words, bases_array, uint32_t command, uint32_t slot, uint32_t arg, seq
     counts its own: asynchronous batches give commands to some workers only; uint32, wrapping
     as the workers' words do), then publish CMD_SEQ = seqs[k]. Counting here, not in numpy,
     saves the parent about a microsecond per command."""
-    cdef Py_ssize_t k, b, n, m
+    cdef Py_ssize_t k, b, n
     cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
     cdef Py_ssize_t *bases = <Py_ssize_t *> data_of(bases_array, cnp.NPY_INTP, &n, "bases")
-    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
-    if m < n:
-        raise ValueError(f"seqs has {m} words for {n} workers")
+    cdef uint32_t *seqs = seqs_of(seqs_array, n)
     fv_store(base + remaining_index, <uint32_t> n)
     for k in range(n):
         b = bases[k]
@@ -295,15 +302,13 @@ def wait_remaining(words, Py_ssize_t remaining_index, done_index_array, seqs_arr
     Returns -1 when all are done, else the position in ``done_index`` of a worker still
     pending (the timeout passed, or a signal arrived).
     """
-    cdef Py_ssize_t n, m
+    cdef Py_ssize_t n
     cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
     cdef Py_ssize_t *done_index = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n, "done_index")
-    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
+    cdef uint32_t *seqs = seqs_of(seqs_array, n)
     cdef int64_t start, spin_deadline, deadline
     cdef int rc = 1
     cdef Py_ssize_t k
-    if m < n:
-        raise ValueError(f"seqs has {m} words for {n} workers")
     with nogil:
         start = fv_now_ns()
         spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
@@ -333,15 +338,13 @@ def wait_any(words, Py_ssize_t remaining_index, done_index_array, seqs_array, in
     finishing together take it past 0. Returns the first k done, or -1 (the timeout passed,
     or a signal arrived).
     """
-    cdef Py_ssize_t n, m
+    cdef Py_ssize_t n
     cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
     cdef Py_ssize_t *done_index = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n, "done_index")
-    cdef uint32_t *seqs = <uint32_t *> data_of(seqs_array, cnp.NPY_UINT32, &m, "seqs")
+    cdef uint32_t *seqs = seqs_of(seqs_array, n)
     cdef int64_t start, spin_deadline, deadline
     cdef int rc = 1
     cdef Py_ssize_t k
-    if m < n:
-        raise ValueError(f"seqs has {m} words for {n} workers")
     cdef Py_ssize_t found = -1
     with nogil:
         start = fv_now_ns()

@@ -147,7 +147,8 @@ class AsyncBatches:
         n, size = self.pool.num_envs, self.group_size
         ids = env_ids.tolist()
         first = ids[0] if ids else -1
-        if 0 <= first and first % size == 0 and len(ids) % size == 0 and ids == list(range(first, first + len(ids))):
+        run = ids == list(range(first, first + len(ids)))
+        if run and 0 <= first and first % size == 0 and len(ids) % size == 0:
             if first + len(ids) > n:
                 raise ValueError(f"env ids must be in 0..{n - 1}, got {ids}")
             # whole groups in order, as recv() returns them: the usual case, checked in plain Python
@@ -155,7 +156,6 @@ class AsyncBatches:
             return self._idle(list(range(first // size, (first + len(ids)) // size))), True
         if env_ids.size == 0 or env_ids.min() < 0 or env_ids.max() >= n:
             raise ValueError(f"env ids must be in 0..{n - 1}, got {ids}")
-        run = ids == list(range(first, first + len(ids)))
         if env_ids.size % size == 0:  # whole groups, each in order (as recv() returns them): no sets needed
             grid = env_ids.reshape(-1, size)
             whole = bool((grid == grid[:, :1] + self._offsets).all()) and not (grid[:, 0] % size).any()
@@ -163,16 +163,16 @@ class AsyncBatches:
         else:
             positions = None
         if positions is None or len(set(positions)) != len(positions):
-            if len(set(env_ids.tolist())) != len(env_ids):
-                raise ValueError(f"env ids must not repeat, got {env_ids.tolist()}")
+            given = set(ids)
+            if len(given) != len(ids):
+                raise ValueError(f"env ids must not repeat, got {ids}")
             positions = sorted(set(self._group_of[env_ids].tolist()))
-            given = set(env_ids.tolist())
             for position in positions:
                 envs = self.pool._remotes[position].envs
                 if not set(envs) <= given:
                     raise ValueError(
                         f"env ids must be whole groups of {size} (the envs one worker steps; recv() returns "
-                        f"them so): {env_ids.tolist()} has part of envs {envs.start}..{envs.stop - 1}"
+                        f"them so): {ids} has part of envs {envs.start}..{envs.stop - 1}"
                     )
         return self._idle(positions), run
 

@@ -97,8 +97,9 @@ class Shard:
         return self._step_next_step(slot, actions)
 
     def _actions(self, action_objects: list[list] | None) -> Any:
-        """This shard's actions, one per env, in the dtype the caller sent them; private copies (an env
-        may keep a reference to its action)."""
+        """This shard's actions, one per env, in the dtype the caller sent them, each the env's own (an
+        env may keep a reference to its action): copies, or for scalar actions the shared rows, whose
+        iteration makes a fresh numpy scalar per env."""
         if self.single_action:
             tag = self.action_tags[0, self.start]  # the dtype tag it was sent with, as sent to this shard's envs
             rows = self.action_buffers[0]

@@ -58,6 +58,9 @@ from fastvec.options import PoolOptions, default_num_workers
 from fastvec.protocol import (
     ADAPTIVE_POLL,
     HEADER_TIMING,
+    MIGRATE_ALL,
+    MIGRATE_DOWN,
+    MIGRATE_UP,
     NEXT_STEP,
     POLL_NS,
     SAME_STEP,
@@ -238,7 +241,9 @@ class Pool:
         self.worker_restarts = 0
         self.moves_done = 0
         self._moves: dict[int, tuple[int, int]] = {}  # env index -> (source shard, target shard), pending
-        self._move_requests: collections.deque = collections.deque()
+        self._move_requests: collections.deque = collections.deque()  # ("move" | "park" | "unpark" | "parked", ...)
+        self._parked: dict[int, tuple[Remote, int]] = {}  # shard -> its idle worker and its command count
+        self._draining: set[int] = set()  # shards whose envs are all leaving, to be parked once empty
         self.shard_envs = split_envs(n, num_workers)
         remote_shards = list(range(1 if step_in_parent else 0, num_workers))
         self.oversubscribed = len(remote_shards) + 1 > default_num_workers()
@@ -354,10 +359,12 @@ class Pool:
                 "all envs of a pool must share it (actions are batched into one buffer)"
             )
 
-    def _index_remotes(self) -> None:
+    def _index_remotes(self, seqs: list[int] | None = None) -> None:
+        """The arrays the kernels read for the workers in ``self._remotes`` (those given commands),
+        with each worker's command count so far (``seqs``; zeros at the start)."""
         views = self._views
         # each worker counts its own commands (asynchronous batches give commands to some only)
-        self._seqs = np.zeros(len(self._remotes), dtype=np.uint32)
+        self._seqs = np.array(seqs if seqs is not None else [0] * len(self._remotes), dtype=np.uint32)
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
         self._message_words = [r.base + _HAS_MESSAGE for r in self._remotes]  # a worker's "read my pipe" flag
@@ -966,12 +973,17 @@ class Pool:
     def request_move(self, source: int, target: int) -> int | None:
         """Ask the env on the boundary between shard ``source`` and its neighbour ``target`` to move
         there at its next episode end. Returns its index, or None when no move is possible now
-        (``source`` has one env left, or that env is already moving). Call from the thread that
-        steps the pool (the monitor's thread queues its requests with ``queue_move``)."""
-        if abs(source - target) != 1 or not (0 <= source < self.num_workers and 0 <= target < self.num_workers):
+        (``source`` has one env left, or that env is already moving, or either shard is parked or
+        being emptied). Neighbours are next to each other, or have only empty shards between them.
+        Call from the thread that steps the pool (the monitor's thread queues its requests with
+        ``queue_move``)."""
+        w = self.num_workers
+        if source == target or not (0 <= source < w and 0 <= target < w) or not self._adjacent(source, target):
             raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
         if self.autoreset_mode not in (SAME_STEP, NEXT_STEP) or self._async is not None:
             return None  # DISABLED: no episode end to move at; batches: a group is a batch
+        if {source, target} & (self._draining | set(self._parked)):
+            return None
         envs = self.shard_envs[source]
         # the edge env first; with moves already pending on this boundary, the next one inward
         order = reversed(envs) if target > source else iter(envs)
@@ -980,17 +992,126 @@ class Pool:
         if index is None or len(envs) - pending <= 1:  # a shard keeps at least one env
             return None
         self._moves[index] = (source, target)
-        self._views.migrate[index] = 1
+        self._views.migrate[index] = MIGRATE_UP if target > source else MIGRATE_DOWN
         return index
+
+    def _adjacent(self, a: int, b: int) -> bool:
+        """Whether shards ``a`` and ``b`` are neighbours: every shard between them is empty."""
+        low, high = min(a, b), max(a, b)
+        return all(not self.shard_envs[s] for s in range(low + 1, high))
+
+    def _active_neighbour(self, shard: int, step: int) -> int | None:
+        """The nearest shard on one side (``step`` -1 or +1) that is neither parked nor being emptied."""
+        other = shard + step
+        while 0 <= other < self.num_workers:
+            if other not in self._parked and other not in self._draining:
+                return other if self._adjacent(shard, other) else None
+            other += step
+        return None
 
     def queue_move(self, source: int, target: int) -> None:
         """``request_move`` from another thread: done by the stepping thread at its next step."""
-        self._move_requests.append((source, target))
+        self._move_requests.append(("move", source, target))
+
+    # -- parking a worker (the monitor, beside a CPU hog) ---------------------------------------
+    @property
+    def parked(self) -> list[int]:
+        """The shards whose worker is parked: no envs, and left out of every command."""
+        return sorted(self._parked)
+
+    @property
+    def draining(self) -> list[int]:
+        """The shards whose envs are leaving, each at its episode end, to park their worker."""
+        return sorted(self._draining)
+
+    def can_park(self, shard: int) -> bool:
+        """Whether worker ``shard`` can be parked now (see ``request_park``)."""
+        return (
+            self._async is None
+            and self.autoreset_mode in (SAME_STEP, NEXT_STEP)
+            and any(r.index == shard for r in self._remotes)
+            and shard not in self._draining
+            and bool(self.shard_envs[shard])
+            and not any(shard in pair for pair in self._moves.values())
+            and (self._active_neighbour(shard, -1) is not None or self._active_neighbour(shard, +1) is not None)
+        )
+
+    def request_park(self, shard: int) -> bool:
+        """Empty worker ``shard`` into its neighbouring shards, each env at its next episode end
+        (as ``request_move``, the lower half to the lower neighbour), then leave the worker out of
+        every command, asleep, until ``request_unpark``: beside a CPU hog, a worker costs its
+        neighbours more in wake-ups and time-sharing than its envs cost them (benchmarks/README.md).
+        False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
+        shard, a shard already parked or emptying, moves pending on it, or no neighbour to take
+        its envs."""
+        if not self.can_park(shard):
+            return False
+        envs = self.shard_envs[shard]
+        lower, upper = self._active_neighbour(shard, -1), self._active_neighbour(shard, +1)
+        half = 0 if lower is None else len(envs) if upper is None else len(envs) // 2
+        for k, index in enumerate(envs):
+            down = k < half
+            self._moves[index] = (shard, lower if down else upper)  # type: ignore[assignment]
+            self._views.migrate[index] = MIGRATE_ALL | (MIGRATE_DOWN if down else MIGRATE_UP)
+        self._draining.add(shard)
+        return True
+
+    def request_unpark(self, shard: int) -> bool:
+        """Give worker ``shard`` commands again (with no envs: ``request_move`` gives it some).
+        False when it is not parked, or its process ended while it was parked (it stays parked)."""
+        entry = self._parked.get(shard)
+        if entry is None or entry[0].exitcode is not None:
+            return False
+        self._unpark_now(shard)
+        return True
+
+    def queue_park(self, shard: int) -> None:
+        """``request_park`` from another thread: done by the stepping thread at its next step."""
+        self._move_requests.append(("park", shard))
+
+    def queue_unpark(self, shard: int) -> None:
+        """``request_unpark`` from another thread: done by the stepping thread at its next step."""
+        self._move_requests.append(("unpark", shard))
+
+    def _park_now(self, shard: int) -> None:
+        """Leave the emptied worker ``shard`` out of commands (the pool is idle)."""
+        self._draining.discard(shard)
+        position = next((k for k, r in enumerate(self._remotes) if r.index == shard), None)
+        if position is None or self.shard_envs[shard]:
+            return
+        seqs = self._seqs.tolist()
+        self._parked[shard] = (self._remotes.pop(position), seqs.pop(position))
+        self._index_remotes(seqs)
+
+    def _unpark_now(self, shard: int) -> None:
+        remote, seq = self._parked.pop(shard)
+        seqs = dict(zip((r.index for r in self._remotes), self._seqs.tolist()))
+        seqs[shard] = seq
+        self._remotes.append(remote)
+        self._remotes.sort(key=lambda r: r.index)
+        self._index_remotes([seqs[r.index] for r in self._remotes])
+
+    def _all_remotes(self) -> list[Remote]:
+        """Every worker, parked ones too, by shard."""
+        if not self._parked:
+            return self._remotes
+        return sorted(self._remotes + [remote for remote, _ in self._parked.values()], key=lambda r: r.index)
 
     def _take_move_requests(self) -> None:
+        """Moves, parkings and unparkings asked since the previous step (the pool is idle)."""
         while self._move_requests:
-            source, target = self._move_requests.popleft()
-            self.request_move(source, target)
+            kind, *args = self._move_requests.popleft()
+            if kind == "move":
+                try:
+                    self.request_move(*args)
+                except ValueError:  # the shards stopped being neighbours since it was asked (a parking)
+                    pass
+            elif kind == "park":
+                self.request_park(*args)
+            elif kind == "unpark":
+                self.request_unpark(*args)
+            else:  # "parked": a shard being emptied lost its last env in the previous command
+                self._park_now(*args)
 
     def _settle_moves(self, released: list, slot: int) -> list:
         """Envs that left their shard at their episode end join the neighbour that asked for them."""
@@ -1001,7 +1122,8 @@ class Pool:
             old, new = self.shard_envs[source], self.shard_envs[target]
             self.shard_envs[source] = range(old.start + 1, old.stop) if index == old.start else range(old.start, old.stop - 1)
             self.shard_envs[target] = range(index, new.stop) if index < new.start else range(new.start, index + 1)
-            for remote in self._remotes:
+            self._place_empty()
+            for remote in self._all_remotes():
                 remote.envs = self.shard_envs[remote.index]
             self._views.env_worker[index] = target
             if target == 0 and self._local is not None:
@@ -1016,7 +1138,18 @@ class Pool:
                 extras.append((index, Extra.RESET_INFO, result["info"]))
             extras += result["extras"] or []
             self.moves_done += 1
+            if source in self._draining and not self.shard_envs[source]:
+                self._move_requests.append(("parked", source))  # left out from the next step on
         return extras
+
+    def _place_empty(self) -> None:
+        """Keep every empty shard's range at the boundary of its neighbours (shards stay in env order)."""
+        at = 0
+        for shard, envs in enumerate(self.shard_envs):
+            if envs:
+                at = envs.stop
+            elif envs.start != at:
+                self.shard_envs[shard] = range(at, at)
 
     # -- reading results ------------------------------------------------------------------------
     def observations(
@@ -1078,7 +1211,7 @@ class Pool:
 
     def repin(self, shard: int, cores: list[int]) -> None:
         """Move worker ``shard`` to ``cores`` (the monitor's re-pinning)."""
-        remote = next(r for r in self._remotes if r.index == shard)
+        remote = next(r for r in self._all_remotes() if r.index == shard)
         self._pin_remote(remote, list(cores))
 
     # -- what the shards are doing (fastvec.stats) -------------------------------------------------
@@ -1097,7 +1230,7 @@ class Pool:
     def shard_pid(self, shard: int) -> int | None:
         if self.step_in_parent and shard == 0:
             return os.getpid()
-        remote = next((r for r in self._remotes if r.index == shard), None)
+        remote = next((r for r in self._all_remotes() if r.index == shard), None)
         return remote.pid if remote is not None else None
 
     @property
@@ -1125,7 +1258,7 @@ class Pool:
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
         local = self._local.restarts if self._local is not None else 0
-        return local + int(sum(self._views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._remotes))
+        return local + int(sum(self._views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._all_remotes()))
 
     def worker_stats(self) -> list[dict]:
         """Per worker: commands run, env steps and seconds spent busy (read from the shared block)."""
@@ -1138,12 +1271,12 @@ class Pool:
                 "env_steps": int(stats[r.index, Stats.ENV_STEPS]),
                 "busy_s": float(stats[r.index, Stats.BUSY_NS]) / 1e9,
             }
-            for r in self._remotes
+            for r in self._all_remotes()
         ]
 
     @property
     def worker_pids(self) -> list[int]:
-        return [r.pid for r in self._remotes]
+        return [r.pid for r in self._all_remotes()]
 
     # -- shutdown -------------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
@@ -1190,6 +1323,8 @@ class Pool:
             if self._pending is not None:  # another command in flight: its state is unknown, terminate
                 raise ClosedError("a command is pending")
             self.step_timeout = min(saved_timeout or timeout, timeout)
+            for shard in list(self._parked):  # parked workers close as the others (they have no envs)
+                self._unpark_now(shard)
             p = _Pending(Command.CLOSE, "close", self.slot, local_args=(self.slot,))
             self._issue(p)
             try:
@@ -1205,7 +1340,7 @@ class Pool:
             self._monitor.stop()
         self._state = PoolState.CLOSED
         self._pending = None
-        stop(self._remotes, grace)
+        stop(self._all_remotes(), grace)
         if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
             self._local_envs_closed = True
             for env in self._local_envs:

@@ -29,6 +29,9 @@ __all__ = [
     "ADAPTIVE_POLL",
     "ADAPTIVE_FLOOR_NS",
     "YIELD_POLL_NS",
+    "MIGRATE_DOWN",
+    "MIGRATE_UP",
+    "MIGRATE_ALL",
     "dumps_payload",
 ]
 
@@ -124,6 +127,10 @@ ADAPTIVE_POLL = 1  # spin_ns sent to workers: poll about as long as the parent u
 # against a 20 us floor: 1.00x at 8 CartPole envs, 1.04x at 64; benchmarks/README.md).
 ADAPTIVE_FLOOR_NS = 200_000
 YIELD_POLL_NS = -200_000  # default poll of the parent (yielding the core) before sleeping on the futex
+# the block's per-env migrate flags (bits): move at the next episode end to the lower or the upper
+# neighbouring shard, once the env is that side's edge; ALL: even as the shard's last env (the pool
+# is emptying a worker to park it; otherwise a shard keeps one env)
+MIGRATE_DOWN, MIGRATE_UP, MIGRATE_ALL = 1, 2, 4
 HEADER_TIMING = 8  # header word: 1 while per-env step times are being collected (the monitor is on)
 
 

@@ -28,7 +28,17 @@ from fastvec.checks import OutputChecks
 from fastvec.env_calls import run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import HEADER_TIMING, NEXT_STEP, SAME_STEP, TAG_DTYPE, TAG_SCALAR_ROWS, Extra
+from fastvec.protocol import (
+    HEADER_TIMING,
+    MIGRATE_ALL,
+    MIGRATE_DOWN,
+    MIGRATE_UP,
+    NEXT_STEP,
+    SAME_STEP,
+    TAG_DTYPE,
+    TAG_SCALAR_ROWS,
+    Extra,
+)
 from fastvec.spaces import Leaf, assemble, is_single_array, split
 
 __all__ = ["Shard"]
@@ -60,8 +70,9 @@ class Shard:
         self.views = views
         self.autoreset_mode = autoreset_mode
         layout = views.layout
-        self.observation_space = envs[0].observation_space
-        self.action_space = envs[0].action_space
+        # (a worker that replaces one emptied for parking starts with no envs: spaces come with its first)
+        self.observation_space = envs[0].observation_space if envs else None
+        self.action_space = envs[0].action_space if envs else None
         self.leaves: tuple[Leaf, ...] = layout.obs_leaves
         self.single_leaf = is_single_array(self.leaves)
         self.has_objects = not all(leaf.array for leaf in self.leaves)
@@ -91,6 +102,8 @@ class Shard:
         """Step every env with its action from the shared buffers (and ``action_objects``, the
         action space's object leaves for this shard's envs); write the results into ``slot``.
         Returns the extras ``[(env_index, kind, value), ...]`` or None."""
+        if self.start == self.stop:  # every env moved away (a parked worker, between its last move and parking)
+            return self.finish_extras(None)
         actions = self._actions(action_objects)
         if self.autoreset_mode == SAME_STEP:
             return self._step_same_step(slot, actions)
@@ -261,8 +274,12 @@ class Shard:
 
     # -- moving envs between shards (fastvec.migrate) -------------------------------------------
     def _may_leave(self, j: int) -> bool:
-        """Only an edge env moves (shards stay contiguous), and a shard keeps at least one env."""
-        return len(self.envs) > 1 and (j == 0 or j == len(self.envs) - 1)
+        """Only an edge env moves, from the side it moves to (shards stay contiguous), and a shard
+        keeps at least one env unless the pool is emptying it (MIGRATE_ALL: a worker being parked)."""
+        flag = int(self.migrate[self.start + j])
+        last = len(self.envs) - 1
+        edge = (j == 0 and flag & MIGRATE_DOWN) or (j == last and flag & MIGRATE_UP)
+        return bool(edge) and (last > 0 or bool(flag & MIGRATE_ALL))
 
     def _release(self, positions: list[int]) -> None:
         """The envs at local ``positions`` (edges) leave: packed into RELEASED extras."""
@@ -286,6 +303,10 @@ class Shard:
         """Take env ``index`` (the neighbour of an edge) from its old shard's package; in SAME_STEP
         reset it now into ``slot``, else at the next step. Returns the reset's info."""
         env, env_fn, objects = migrate.unpack(package)
+        if not self.envs:  # an empty shard (a worker back from parking) sits wherever its first env is
+            self.start = self.stop = index
+            if self.action_space is None:
+                self.observation_space, self.action_space = env.observation_space, env.action_space
         if index == self.start - 1:
             j, self.start = 0, self.start - 1
             for column, value in ((self.envs, env), (self.step_fns, env.step), (self.needs_reset, True), (self.last_objects, objects)):
@@ -351,6 +372,8 @@ class Shard:
         ``options[j]`` is passed to env j (omitted when falsy, as SB3 does, unless
         ``pass_options_always``, as gymnasium does).
         """
+        if self.start == self.stop:
+            return self.finish_extras(None)
         reset_mask = self.views.reset_mask[self.start : self.stop].tolist() if masked else None
         rows = None if reset_mask is None else [j for j, m in enumerate(reset_mask) if m]
         obs_list, extras = self.reset_rows(rows if rows is not None else range(len(self.envs)), options, pass_options_always)

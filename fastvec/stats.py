@@ -40,6 +40,7 @@ class ShardStats:
     cpu_percent: float | None  # psutil: the process's CPU use (100 = one core)
     involuntary_switches: int | None  # psutil: times the OS took the core away, over the interval
     env_step_ms: list[float] | None  # mean time in env.step per env (monitor on), in env-index order
+    parked: bool = False  # a worker left out of commands, with no envs (the monitor parks one beside a CPU hog)
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,10 @@ class Sampler:
                     cpu_percent=cpu,
                     involuntary_switches=switches,
                     env_step_ms=env_ms,
+                    parked=shard in pool._parked,
                 )
             )
-        busy = [s.busy for s in shards]
+        busy = [s.busy for s in shards if not s.parked]
         ratio = None
         if len(busy) >= 2:
             others = sorted(busy)[:-1]

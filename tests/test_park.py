@@ -1,0 +1,194 @@
+"""Parking a worker (Pool.request_park / request_unpark; the monitor does it beside a CPU hog): its
+envs move to its neighbouring shards at their episode ends, then it sleeps, left out of every
+command, until it is given envs again. The caller cannot tell, except by where an env runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from fastvec import SubprocVecEnv, VectorEnv
+from fastvec.protocol import Stats
+from tests import envs
+from tests.test_migrate import make_where
+
+
+def _commands(pool, shard: int) -> int:
+    return int(pool.shard_counters()[shard, Stats.COMMANDS])
+
+
+class _Pair:
+    """A pool that parks and one that does not, stepped with the same actions, compared each step."""
+
+    def __init__(self, kind: str, n: int, num_workers: int):
+        self.n, self.kind = n, kind
+        if kind == "sb3":
+            self.still, self.moving = (
+                SubprocVecEnv([make_where] * n, start_method="fork", num_workers=num_workers) for _ in range(2)
+            )
+            for venv in (self.still, self.moving):
+                venv.seed(5)
+            np.testing.assert_array_equal(self.moving.reset(), self.still.reset())
+        else:
+            self.still, self.moving = (
+                VectorEnv(
+                    [envs.make_cartpole] * n,
+                    context="fork",
+                    num_workers=num_workers,
+                    autoreset_mode=AutoresetMode.NEXT_STEP,
+                )
+                for _ in range(2)
+            )
+            np.testing.assert_array_equal(self.moving.reset(seed=3)[0], self.still.reset(seed=3)[0])
+        self.pool = self.moving.pool
+        self.rng = np.random.default_rng(1)
+        self.t = 0
+
+    def step(self, count: int = 1, until=None, limit: int = 3000) -> None:
+        for _ in range(limit):
+            if until is not None and until():
+                return
+            actions = self.rng.integers(0, 2, self.n)
+            a, b = self.moving.step(actions), self.still.step(actions)
+            for x, y in zip(a[:3], b[:3]):
+                np.testing.assert_array_equal(x, y, err_msg=f"step {self.t}")
+            if self.kind == "sb3":
+                for i in np.flatnonzero(b[2]):
+                    np.testing.assert_array_equal(a[3][i]["terminal_observation"], b[3][i]["terminal_observation"])
+            self.t += 1
+            if until is None:
+                count -= 1
+                if count == 0:
+                    return
+        raise AssertionError(f"not reached within {limit} steps: shards {self.pool.shard_envs}")
+
+    def close(self) -> None:
+        self.still.close()
+        self.moving.close()
+
+
+@pytest.mark.parametrize("kind", ["sb3", "gymnasium-next-step"])
+def test_a_parked_worker_gets_no_commands_and_results_do_not_change(kind) -> None:
+    pair = _Pair(kind, 6, 2)
+    pool = pair.pool
+    try:
+        assert pool.shard_envs == [range(0, 3), range(3, 6)]
+        pair.step(5)
+        assert pool.request_park(1)
+        assert pool.draining == [1] and pool.parked == []
+        pair.step(until=lambda: pool.parked == [1])
+        assert pool.draining == [] and pool.shard_envs == [range(0, 6), range(6, 6)]
+        before = _commands(pool, 1)
+        pair.step(40)
+        if kind == "sb3":  # every env now steps in the calling process
+            assert pair.moving.env_method("pid") == [os.getpid()] * 6
+            pair.moving.reset()
+            pair.still.reset()
+        assert _commands(pool, 1) == before  # the parked worker was given none of those commands
+        stats = pool.stats()
+        assert [s.parked for s in stats.shards] == [False, True] and stats.shards[1].envs == range(6, 6)
+        assert len(pool.worker_pids) == 1 and pool.shard_pid(1) == pool.worker_pids[0]
+
+        # back: no envs at first, then envs move to it again
+        assert pool.request_unpark(1) and pool.parked == []
+        pair.step(2)
+        assert _commands(pool, 1) == before + 2
+        for _ in range(3):
+            assert pool.request_move(0, 1) is not None
+        pair.step(until=lambda: len(pool.shard_envs[1]) == 3)
+        assert pool.shard_envs == [range(0, 3), range(3, 6)]
+        pair.step(20)
+        if kind == "sb3":
+            pids = pair.moving.env_method("pid")
+            assert pids[:3] == [os.getpid()] * 3 and os.getpid() not in pids[3:]
+        assert pool.moves_done == 6
+    finally:
+        pair.close()
+
+
+def test_parking_a_middle_worker_splits_its_envs_and_moves_pass_over_it() -> None:
+    pair = _Pair("sb3", 8, 4)  # shards [0, 2) in the calling process, [2, 4), [4, 6), [6, 8) in workers
+    pool = pair.pool
+    try:
+        pair.step(3)
+        assert pool.request_park(2)
+        pair.step(until=lambda: pool.parked == [2])
+        # the lower half to the lower neighbour, the upper half to the upper one
+        assert pool.shard_envs == [range(0, 2), range(2, 5), range(5, 5), range(5, 8)]
+        with pytest.raises(ValueError, match="neighbouring"):
+            pool.request_move(0, 3)  # shard 1 (not empty) is between
+        assert pool.request_move(2, 1) is None  # a parked shard neither gives nor takes
+        assert pool.request_move(1, 3) == 4  # over the empty, parked shard
+        pair.step(until=lambda: pool.moves_done == 3)
+        assert pool.shard_envs == [range(0, 2), range(2, 4), range(4, 4), range(4, 8)]
+        assert pool.request_unpark(2)
+        assert pool.request_move(3, 2) == 4 and pool.request_move(1, 2) == 3
+        pair.step(until=lambda: pool.moves_done == 5)
+        assert pool.shard_envs == [range(0, 2), range(2, 3), range(3, 5), range(5, 8)]
+        pair.step(10)
+        pids = pair.moving.env_method("pid")
+        assert len({pids[3], pids[4]}) == 1 and pids[3] not in (pids[2], pids[5], os.getpid())
+    finally:
+        pair.close()
+
+
+def test_park_requests_are_refused_where_they_cannot_apply() -> None:
+    with SubprocVecEnv([envs.make_cartpole] * 6, start_method="fork", num_workers=3) as venv:
+        pool = venv.pool
+        venv.reset()
+        assert not pool.request_park(0)  # the calling process's own shard
+        assert not pool.request_unpark(1)  # not parked
+        assert pool.request_move(1, 2) == 3
+        assert not pool.request_park(1) and not pool.request_park(2)  # a move is pending on them
+        while pool.moves_done == 0:
+            venv.step(np.zeros(6, np.int64))
+        assert pool.request_park(1) and not pool.request_park(1)  # already being emptied
+        assert pool.request_move(0, 1) is None and pool.request_move(2, 1) is None
+        assert not pool.request_park(2)  # its only neighbour is being emptied
+    with VectorEnv(
+        [envs.make_cartpole] * 4, context="fork", num_workers=2, autoreset_mode=AutoresetMode.DISABLED
+    ) as venv:
+        assert not venv.pool.request_park(1)  # no episode end to leave at
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        assert venv.pool.request_park(0)  # its neighbour is a worker too
+        assert not venv.pool.request_park(1)
+
+
+def test_a_parked_worker_that_died_stays_parked_and_the_pool_closes_cleanly() -> None:
+    venv = SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2)
+    pool = venv.pool
+    try:
+        venv.reset()
+        pool.request_park(1)
+        while pool.parked != [1]:
+            venv.step(np.zeros(4, np.int64))
+        pid = pool.worker_pids[0]
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(20):
+            venv.step(np.ones(4, np.int64))  # nothing waits for it
+        pool._parked[1][0].process.join(5)
+        assert not pool.request_unpark(1) and pool.parked == [1]
+        assert venv.env_method("pid") == [os.getpid()] * 4
+    finally:
+        venv.close()
+    assert pool.closed
+
+
+def test_a_worker_that_dies_while_it_is_emptied_is_replaced_and_parking_goes_on() -> None:
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
+        pool = venv.pool
+        venv.reset()
+        assert pool.request_park(1)
+        os.kill(pool.worker_pids[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            venv.step(np.zeros(4, np.int64))
+        for _ in range(2000):
+            if pool.parked == [1]:
+                break
+            venv.step(np.zeros(4, np.int64))
+        assert pool.parked == [1] and pool.shard_envs == [range(0, 4), range(4, 4)]
+        assert venv.env_method("pid") == [os.getpid()] * 4

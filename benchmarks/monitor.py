@@ -287,7 +287,7 @@ def markdown(records: list[dict], command: str, facts: dict) -> str:
                 f"{q:.3f}" for q in statistics.quantiles(shown, n=4)
             )
         busy = f"{_pct(r['busy_off'])} -> {_pct(r['busy_on'])}"
-        envs = " / ".join(f"{a}..{b - 1}" for a, b in r["envs_on"] or [])
+        envs = " / ".join(f"{a}..{b - 1}" if b > a else "none" for a, b in r["envs_on"] or [])
         lines.append(
             f"| {r['scenario']} | {off or 0:,.0f} | {on or 0:,.0f} | "
             + (f"**{r['median_ratio']:.2f}x** ({per_round})" if r["median_ratio"] else "-")

@@ -7,7 +7,12 @@ above ``threshold`` times the median of the others for ``patience`` samples is a
 and the monitor acts, once per ``cooldown`` samples:
 
 1. a worker pinned to a core that other processes load (per-core load from psutil, minus
-   fastvec's own use of it) is re-pinned to the least loaded allowed core;
+   fastvec's own use of it) is re-pinned to the least loaded allowed core, where that core is
+   free (under ``other_load``); where none is, the worker is parked: its envs move to its
+   neighbouring shards, each at its episode end, and the worker sleeps, left out of every
+   command, until a core is free again for ``patience`` samples (then it comes back with no
+   envs, and the balancing below gives it some). Two busy processes time-sharing one core cost
+   each other more than running the envs in one of them (benchmarks/README.md, "parking");
 2. otherwise the imbalance is in the envs: envs move from the straggler to its less busy
    neighbouring shard, each at its next episode boundary (fastvec.migrate). It moves the
    number of edge envs (from their measured step times) that leaves the busier of the two
@@ -42,7 +47,7 @@ class MonitorEvent:
     """One thing the monitor did."""
 
     time: float  # seconds since the monitor started
-    kind: str  # "repin" or "move"
+    kind: str  # "repin", "park", "unpark" or "move"
     shard: int
     detail: str  # what moved where
     why: str
@@ -117,7 +122,8 @@ class Monitor:
         if self._quiet > 0:
             self._quiet -= 1
             return None
-        event = self._check_cores(snapshot) or self._check_balance(snapshot)
+        loads = _core_loads()
+        event = self._check_parked(loads) or self._check_cores(snapshot, loads) or self._check_balance(snapshot)
         if event is not None:
             self.events.append(event)
             self._quiet = self.cooldown
@@ -134,33 +140,51 @@ class Monitor:
         self._streak.pop(key)
         return True
 
+    def _active(self, snapshot: PoolStats) -> list[ShardStats]:
+        """The shards that step envs and may take more: neither parked nor being emptied."""
+        draining = self.pool.draining
+        return [s for s in snapshot.shards if not s.parked and s.shard not in draining]
+
     def _check_balance(self, snapshot: PoolStats) -> MonitorEvent | None:
-        straggler = find_straggler([s.busy for s in snapshot.shards], self.threshold)
+        active = self._active(snapshot)
+        position = find_straggler([s.busy for s in active], self.threshold)
+        straggler = None if position is None else active[position].shard
         for key in [k for k in self._streak if isinstance(k, int) and k != straggler]:
             del self._streak[key]
         if straggler is None or not self._persisted(straggler, True):
             return None
-        return self._move(snapshot, straggler)
+        return self._move(snapshot, self._active(snapshot), straggler)
 
-    def _check_cores(self, snapshot: PoolStats) -> MonitorEvent | None:
-        """A worker pinned to a core that other processes load goes to the least loaded allowed core.
+    def _check_cores(self, snapshot: PoolStats, loads: dict[int, float] | None) -> MonitorEvent | None:
+        """A worker pinned to a core that other processes load goes to a free core, or is parked.
 
         Busy shares cannot show this (a worker waiting for its core is neither busy nor idle in
         its counters): per-core load from psutil, minus fastvec's own processes' use, does."""
-        self._loads = _core_loads()
-        foreign = _foreign_loads(snapshot, self._loads)
-        if foreign is None:
+        foreign = _foreign_loads(snapshot, loads)
+        if foreign is None or loads is None:
             return None
+        draining = self.pool.draining
         for stats in snapshot.shards:
-            if stats.in_parent or not stats.cores or len(stats.cores) != 1:
+            if stats.in_parent or stats.parked or stats.shard in draining or not stats.cores or len(stats.cores) != 1:
                 continue
             core = stats.cores[0]
             key = ("core", stats.shard)
             if not self._persisted(key, foreign.get(core, 0.0) >= self.other_load):
                 continue
-            loads = self._loads
             allowed = [c for c in self.pool._allowed_cores if c in loads]
             target = min(allowed, key=lambda c: loads[c])  # all use counts: our own learner's core is not free
+            free = target != core and loads[target] < self.other_load
+            if not free and self.pool.can_park(stats.shard):
+                self.pool.queue_park(stats.shard)
+                return MonitorEvent(
+                    time.monotonic() - self._began,
+                    "park",
+                    stats.shard,
+                    f"worker {stats.shard}: envs {stats.envs.start}..{stats.envs.stop - 1} to its neighbours "
+                    "(each at its next episode end), then the worker sleeps",
+                    f"other processes use {foreign[core]:.0f}% of core {core}, and no core is free "
+                    f"(the least busy, {target}, is {loads[target]:.0f}% busy)",
+                )
             if target == core or loads[target] > loads[core] - self.other_load:
                 continue
             self.pool.repin(stats.shard, [target])
@@ -173,6 +197,33 @@ class Monitor:
             )
         return None
 
+    def _check_parked(self, loads: dict[int, float] | None) -> MonitorEvent | None:
+        """A parked worker comes back once a core has been free (under ``other_load``, every process
+        counted) for ``patience`` samples: its own, or else the least busy, where it is re-pinned.
+        It comes back with no envs; the balancing gives it some."""
+        if loads is None:
+            return None
+        for shard in self.pool.parked:
+            cores = self.pool.cores.get(shard)
+            allowed = [c for c in self.pool._allowed_cores if c in loads]
+            if not allowed:
+                continue
+            own = cores[0] if cores and len(cores) == 1 and cores[0] in loads else None
+            target = own if own is not None and loads[own] < self.other_load else min(allowed, key=lambda c: loads[c])
+            if not self._persisted(("free", shard), loads[target] < self.other_load):
+                continue
+            if target != own:
+                self.pool.repin(shard, [target])
+            self.pool.queue_unpark(shard)
+            return MonitorEvent(
+                time.monotonic() - self._began,
+                "unpark",
+                shard,
+                f"worker {shard}: back, on core {target}, with no envs (the balancing gives it some)",
+                f"core {target} has been free for {self.patience} samples ({loads[target]:.0f}% busy)",
+            )
+        return None
+
     def _steady_step_ms(self, stats: ShardStats) -> list[float]:
         """Each env's step time, the least of the last ``patience`` samples while the shard kept its
         envs: interference only ever adds time (a timed step of the learner's shard that the GIL
@@ -182,14 +233,20 @@ class Monitor:
             return list(stats.env_step_ms or [])
         return [min(column) for column in zip(*history)]
 
-    def _move(self, snapshot: PoolStats, shard: int) -> MonitorEvent | None:
+    def _move(self, snapshot: PoolStats, active: list[ShardStats], shard: int) -> MonitorEvent | None:
         """Envs move from the straggler to its less busy neighbour, each at its next episode end:
         the number that evens the two shards' work out best.
 
         Work is the sum of the envs' measured step times where both shards have them: a busy
         share also counts what is not the envs' doing (the learner's own process, a noisy host,
         a worker just started), and moving envs cannot fix that. Without step times, busy shares."""
-        neighbours = [n for n in (shard - 1, shard + 1) if 0 <= n < len(snapshot.shards)]
+        # the nearest active shards on either side, with only empty (parked) shards between
+        order = [s.shard for s in active]
+        k = order.index(shard)
+        neighbours = [
+            n for n in order[max(0, k - 1) : k] + order[k + 1 : k + 2]
+            if all(not snapshot.shards[m].envs for m in range(min(n, shard) + 1, max(n, shard)))
+        ]
         if not neighbours or len(snapshot.shards[shard].envs) <= 1:
             return None
         target = min(neighbours, key=lambda n: snapshot.shards[n].busy)
@@ -267,11 +324,18 @@ def _last_core(pid: int | None) -> int | None:
 
 
 def _core_loads() -> dict[int, float] | None:
-    """Per-core CPU use (percent) since the previous call, every process included."""
+    """Per-core CPU use (percent) since the previous call, every process included; not the time a
+    hypervisor took the virtual core away (steal), which psutil's cpu_percent counts as busy: on a
+    VM that is 10-50% of each core, no process can be moved away from it, and it made the monitor
+    park workers on an idle host."""
     try:
         import psutil
 
-        return dict(enumerate(psutil.cpu_percent(interval=None, percpu=True)))
+        loads = {}
+        for core, times in enumerate(psutil.cpu_times_percent(interval=None, percpu=True)):
+            idle = times.idle + getattr(times, "iowait", 0.0) + getattr(times, "steal", 0.0)
+            loads[core] = max(0.0, 100.0 - idle)
+        return loads
     except Exception:
         return None
 
@@ -369,7 +433,7 @@ def _table(snapshot: PoolStats, events: list[MonitorEvent], table_class: Any) ->
         table.add_column(column, justify="right")
     for s in snapshot.shards:
         table.add_row(
-            f"{s.shard}{' (learner)' if s.in_parent else ''}",
+            f"{s.shard}{' (learner)' if s.in_parent else ' (parked)' if s.parked else ''}",
             str(s.pid),
             f"{s.envs.start}..{s.envs.stop - 1}",
             ",".join(map(str, s.cores or [])),

@@ -53,13 +53,28 @@ def test_find_straggler() -> None:
 
 
 class _FakePool:
-    def __init__(self) -> None:
+    def __init__(self, parkable: bool = False) -> None:
         self._allowed_cores = [0, 1]
         self.moves: list[tuple[int, int]] = []
         self.repins: list[tuple[int, list[int]]] = []
+        self.parkable = parkable
+        self.parked: list[int] = []
+        self.draining: list[int] = []
+        self.cores: dict[int, list[int]] = {1: [1]}
+        self.parks: list[int] = []
+        self.unparks: list[int] = []
 
     def queue_move(self, source: int, target: int) -> None:
         self.moves.append((source, target))
+
+    def can_park(self, shard: int) -> bool:
+        return self.parkable
+
+    def queue_park(self, shard: int) -> None:
+        self.parks.append(shard)
+
+    def queue_unpark(self, shard: int) -> None:
+        self.unparks.append(shard)
 
     def repin(self, shard: int, cores: list[int]) -> None:
         self.repins.append((shard, cores))
@@ -122,8 +137,9 @@ def test_a_straggler_sharing_its_core_with_other_load_is_repinned(monkeypatch) -
 def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
     """A quarter of the envs 10x slower, all on the worker at the start: the monitor moves envs to
     the learner's shard; every observation equals that of a pool without a monitor. (The other
-    pool's worker shares the watched worker's core, and the monitor may first re-pin it away from
-    that foreign load: a right move too, so the test waits for the envs to have moved.)"""
+    pool's worker shares the watched worker's core, and the monitor may act on that foreign load
+    first, re-pinning the worker or, with no core free, parking it, which also moves its envs to the
+    learner's shard: right moves too, so the test waits for the envs to have moved.)"""
     fns = [partial(make_busy, 1e-3 if i >= 6 else 1e-4) for i in range(8)]
     plain = SubprocVecEnv(fns, start_method="fork", num_workers=2)
     watched = SubprocVecEnv(fns, start_method="fork", num_workers=2, monitor=True, monitor_interval=0.05)
@@ -139,7 +155,7 @@ def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
             for x, y in zip(a[:3], b[:3]):
                 np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
             t += 1
-        assert any(e.kind == "move" for e in watched.pool.monitor_events), watched.pool.monitor_events
+        assert any(e.kind in ("move", "park") for e in watched.pool.monitor_events), watched.pool.monitor_events
         assert watched.pool.moves_done >= 1 and len(watched.pool.shard_envs[0]) > 4
     finally:
         plain.close()
@@ -231,3 +247,66 @@ def test_a_passing_slowdown_of_one_shard_moves_nothing(monkeypatch) -> None:
     steady = Monitor(pool, patience=3)
     events = [steady.step(snapshot(0.013)) for _ in range(3)]
     assert events[:2] == [None, None] and events[2].kind == "move" and pool.moves == [(0, 1)]
+
+
+def test_a_hogged_worker_is_parked_when_no_core_is_free(monkeypatch) -> None:
+    """Beside a CPU hog with no free core to go to, the worker is parked (its envs move to its
+    neighbour); with a free core it is re-pinned there instead; where parking cannot apply
+    (can_park False), the least loaded core is still better than the hogged one."""
+    monkeypatch.setattr("fastvec.monitor._last_core", lambda pid: 0)
+    hogged = _snapshot([0.4, 0.95], [[0, 1], [1]], [90.0, 50.0])  # core 1: 50% someone else's
+
+    pool = _FakePool(parkable=True)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 90.0, 1: 100.0})
+    monitor = Monitor(pool, patience=2)
+    assert monitor.step(hogged) is None  # patience
+    event = monitor.step(hogged)
+    assert event.kind == "park" and pool.parks == [1] and pool.repins == [] and "no core is free" in event.why
+
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 10.0, 1: 100.0, 2: 5.0})
+    pool = _FakePool(parkable=True)
+    pool._allowed_cores = [0, 1, 2]
+    event = Monitor(pool, patience=1).step(hogged)
+    assert event.kind == "repin" and pool.repins == [(1, [2])] and pool.parks == []
+
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 40.0, 1: 100.0})
+    pool = _FakePool(parkable=False)
+    event = Monitor(pool, patience=1).step(hogged)
+    assert event.kind == "repin" and pool.repins == [(1, [0])] and pool.parks == []
+
+
+def test_a_parked_worker_comes_back_once_a_core_is_free_for_a_while(monkeypatch) -> None:
+    pool = _FakePool(parkable=True)
+    pool.parked = [1]
+    parked = _snapshot([0.9, 0.01], [[0, 1], [1]], [95.0, 0.0])
+    parked.shards[1] = ShardStats(1, 101, False, range(4, 4), [1], 0.0, 0.0, None, None, 0.0, 0, None, parked=True)
+    loads = {0: 100.0, 1: 100.0}
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: dict(loads))
+    monitor = Monitor(pool, patience=2)
+    # the hog still there: nothing (and the parked shard's idleness is no reason to move envs to it)
+    assert [monitor.step(parked) for _ in range(4)] == [None] * 4 and pool.moves == [] and pool.unparks == []
+    loads[1] = 3.0  # the hog ended
+    assert monitor.step(parked) is None  # patience
+    event = monitor.step(parked)
+    assert event.kind == "unpark" and pool.unparks == [1] and pool.repins == [] and "core 1" in event.detail
+    # a shard being emptied is neither re-pinned nor parked again, nor given envs
+    pool = _FakePool(parkable=True)
+    pool.draining = [1]
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 90.0, 1: 100.0})
+    monitor = Monitor(pool, patience=1)
+    hogged = _snapshot([0.2, 0.95], [[0, 1], [1]], [90.0, 50.0])
+    assert monitor.step(hogged) is None and pool.parks == [] and pool.moves == [] and pool.repins == []
+
+
+def test_core_loads_leave_out_the_time_a_hypervisor_took(monkeypatch) -> None:
+    """Steal is no process's doing, and moving a worker cannot avoid it: it is not load."""
+    import collections
+
+    import psutil
+
+    from fastvec.monitor import _core_loads
+
+    Times = collections.namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    reading = [Times(10.0, 0, 5.0, 40.0, 5.0, 0, 0, 40.0, 0, 0), Times(90.0, 0, 10.0, 0.0, 0, 0, 0, 0.0, 0, 0)]
+    monkeypatch.setattr(psutil, "cpu_times_percent", lambda interval=None, percpu=True: reading)
+    assert _core_loads() == {0: 15.0, 1: 100.0}

@@ -10,8 +10,8 @@ and the monitor acts, once per ``cooldown`` samples:
    fastvec's own use of it) is re-pinned to the least loaded allowed core, where that core is
    free (under ``other_load``); where none is, the worker is parked: its envs move to its
    neighbouring shards, each at its episode end, and the worker sleeps, left out of every
-   command, until a core is free again for ``patience`` samples (then it comes back with no
-   envs, and the balancing below gives it some). Two busy processes time-sharing one core cost
+   command, until the cores have most of a core spare for ``patience`` samples (then it comes
+   back with no envs, and the balancing below gives it some). Two busy processes time-sharing one core cost
    each other more than running the envs in one of them (benchmarks/README.md, "parking");
 2. otherwise the imbalance is in the envs: envs move from the straggler to its less busy
    neighbouring shard, each at its next episode boundary (fastvec.migrate). It moves the
@@ -89,6 +89,8 @@ class Monitor:
         self._last_move: tuple[int, int, int] | None = None  # (source, target, sample) of the latest move
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
+        self._cpu_state: dict = {}  # _core_loads' previous reading
+        self._load_history: list[dict[int, float]] = []
 
     def start(self) -> None:
         self.pool.timing = True  # shards time each env step: which envs are slow, not only which shard
@@ -122,12 +124,24 @@ class Monitor:
         if self._quiet > 0:
             self._quiet -= 1
             return None
-        loads = _core_loads()
+        loads = self._smoothed(_core_loads(self._cpu_state))
         event = self._check_parked(loads) or self._check_cores(snapshot, loads) or self._check_balance(snapshot)
         if event is not None:
             self.events.append(event)
             self._quiet = self.cooldown
         return event
+
+    def _smoothed(self, loads: dict[int, float] | None) -> dict[int, float] | None:
+        """Per-core loads averaged over the last ``patience`` samples: one short sample can show a
+        busy core idle (the kernel's per-core times move in 10 ms ticks, and a process that the
+        scheduler moves between cores leaves one of them idle for a while)."""
+        if loads is None:
+            self._load_history.clear()
+            return None
+        self._load_history.append(loads)
+        del self._load_history[: -self.patience]
+        readings = [r for r in self._load_history if r.keys() == loads.keys()]
+        return {core: sum(r[core] for r in readings) / len(readings) for core in loads}
 
     def _persisted(self, key: Any, present: bool) -> bool:
         """Whether condition ``key`` has now held for ``patience`` samples in a row."""
@@ -198,21 +212,22 @@ class Monitor:
         return None
 
     def _check_parked(self, loads: dict[int, float] | None) -> MonitorEvent | None:
-        """A parked worker comes back once a core has been free (under ``other_load``, every process
-        counted) for ``patience`` samples: its own, or else the least busy, where it is re-pinned.
-        It comes back with no envs; the balancing gives it some."""
+        """A parked worker comes back once the allowed cores have had a core's worth of spare time
+        (all but ``other_load`` percent of one, every process counted) for ``patience`` samples;
+        pinned to the least busy core. Spare time, not one free core: an unpinned learner that the
+        scheduler moves between cores keeps each of them half busy. It comes back with no envs; the
+        balancing gives it some."""
         if loads is None:
             return None
         for shard in self.pool.parked:
-            cores = self.pool.cores.get(shard)
             allowed = [c for c in self.pool._allowed_cores if c in loads]
             if not allowed:
                 continue
-            own = cores[0] if cores and len(cores) == 1 and cores[0] in loads else None
-            target = own if own is not None and loads[own] < self.other_load else min(allowed, key=lambda c: loads[c])
-            if not self._persisted(("free", shard), loads[target] < self.other_load):
+            spare = sum(max(0.0, 100.0 - loads[c]) for c in allowed)
+            if not self._persisted(("free", shard), spare >= 100.0 - self.other_load):
                 continue
-            if target != own:
+            target = min(allowed, key=lambda c: loads[c])
+            if self.pool.cores.get(shard) != [target]:
                 self.pool.repin(shard, [target])
             self.pool.queue_unpark(shard)
             return MonitorEvent(
@@ -220,7 +235,7 @@ class Monitor:
                 "unpark",
                 shard,
                 f"worker {shard}: back, on core {target}, with no envs (the balancing gives it some)",
-                f"core {target} has been free for {self.patience} samples ({loads[target]:.0f}% busy)",
+                f"the cores have had {spare:.0f}% of a core spare for {self.patience} samples",
             )
         return None
 
@@ -244,7 +259,8 @@ class Monitor:
         order = [s.shard for s in active]
         k = order.index(shard)
         neighbours = [
-            n for n in order[max(0, k - 1) : k] + order[k + 1 : k + 2]
+            n
+            for n in order[max(0, k - 1) : k] + order[k + 1 : k + 2]
             if all(not snapshot.shards[m].envs for m in range(min(n, shard) + 1, max(n, shard)))
         ]
         if not neighbours or len(snapshot.shards[shard].envs) <= 1:
@@ -323,21 +339,30 @@ def _last_core(pid: int | None) -> int | None:
         return None
 
 
-def _core_loads() -> dict[int, float] | None:
-    """Per-core CPU use (percent) since the previous call, every process included; not the time a
-    hypervisor took the virtual core away (steal), which psutil's cpu_percent counts as busy: on a
-    VM that is 10-50% of each core, no process can be moved away from it, and it made the monitor
-    park workers on an idle host."""
+def _core_loads(state: dict | None = None) -> dict[int, float] | None:
+    """Per-core CPU use (percent) since the previous call with the same ``state`` (a dict this
+    function keeps its last reading in), every process included; not the time a hypervisor took
+    the virtual core away (steal): on a VM that is 10-35% of each core, no process can move away
+    from it, and psutil's cpu_percent, which counts it as busy, made the monitor park workers on
+    an idle host. (psutil's cpu_times_percent per core does not add up to 100 here.)"""
     try:
         import psutil
 
-        loads = {}
-        for core, times in enumerate(psutil.cpu_times_percent(interval=None, percpu=True)):
-            idle = times.idle + getattr(times, "iowait", 0.0) + getattr(times, "steal", 0.0)
-            loads[core] = max(0.0, 100.0 - idle)
-        return loads
+        now = psutil.cpu_times(percpu=True)
     except Exception:
         return None
+    state = {} if state is None else state
+    before, state["times"] = state.get("times"), now
+    if before is None or len(before) != len(now):
+        return {core: 0.0 for core in range(len(now))}
+    loads = {}
+    for core, (a, b) in enumerate(zip(before, now)):
+        fields = b._fields
+        delta = {f: getattr(b, f) - getattr(a, f) for f in fields if f not in ("guest", "guest_nice")}  # (in user)
+        total = sum(delta.values())
+        idle = delta.get("idle", 0.0) + delta.get("iowait", 0.0) + delta.get("steal", 0.0)
+        loads[core] = 100.0 * max(0.0, total - idle) / total if total > 0 else 0.0
+    return loads
 
 
 # -- the demo -----------------------------------------------------------------------------------------

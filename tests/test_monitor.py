@@ -114,7 +114,7 @@ def _timed(learner: tuple[range, float, float], worker: tuple[range, float, floa
 def test_a_lasting_straggler_gets_an_env_moved_to_its_idler_neighbour(monkeypatch) -> None:
     pool = _FakePool()
     monitor = Monitor(pool, patience=3, cooldown=2)
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 60.0, 1: 95.0})
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 60.0, 1: 95.0})
     slow = _snapshot([0.4, 0.95], [[0, 1], [1]], [60.0, 95.0])  # worker 1 alone on core 1: the envs are slow
     assert monitor.step(slow) is None and monitor.step(slow) is None  # patience
     event = monitor.step(slow)
@@ -128,7 +128,7 @@ def test_a_lasting_straggler_gets_an_env_moved_to_its_idler_neighbour(monkeypatc
 def test_a_straggler_sharing_its_core_with_other_load_is_repinned(monkeypatch) -> None:
     pool = _FakePool()
     monitor = Monitor(pool, patience=1)
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 40.0, 1: 100.0})
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 40.0, 1: 100.0})
     monkeypatch.setattr("fastvec.monitor._last_core", lambda pid: 0)  # the learner last ran on core 0
     event = monitor.step(_snapshot([0.4, 0.95], [[0, 1], [1]], [40.0, 50.0]))  # core 1: 50% someone else's
     assert event.kind == "repin" and pool.repins == [(1, [0])] and "core 1 -> core 0" in event.detail
@@ -191,7 +191,7 @@ def test_no_move_that_would_only_shift_the_straggler(monkeypatch) -> None:
     """An env as costly as the gap between two shards stays: moving it would swap who lags."""
     pool = _FakePool()
     monitor = Monitor(pool, patience=1)
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
     assert monitor.step(_timed((range(0, 12), 0.6, 0.05), (range(12, 16), 0.8, 0.2))) is None and pool.moves == []
 
 
@@ -200,7 +200,7 @@ def test_envs_do_not_bounce_back_on_a_noisy_host(monkeypatch) -> None:
     straight back; after ``settle`` samples it may."""
     pool = _FakePool()
     monitor = Monitor(pool, patience=1, cooldown=0, settle=4)
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
     assert monitor.step(_snapshot([0.4, 0.95], [[0], [1]], [40.0, 95.0])).kind == "move"
     assert pool.moves == [(1, 0)]
     reverse = _snapshot([0.95, 0.4], [[0], [1]], [95.0, 40.0])
@@ -212,7 +212,7 @@ def test_no_move_for_a_small_gain(monkeypatch) -> None:
     """Shards at 0.42 and 0.60 with envs of 0.15 each: the best move (one env) leaves 0.45 / 0.57, a
     5% gain, under min_gain (10%): nothing moves; with min_gain=0 it would."""
     pool = _FakePool()
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
     snapshot = _snapshot([0.42, 0.6], [[0], [1]], [42.0, 60.0])
     assert Monitor(pool, patience=1, threshold=1.1).step(snapshot) is None and pool.moves == []
     assert Monitor(pool, patience=1, threshold=1.1, min_gain=0.0).step(snapshot).kind == "move"
@@ -224,7 +224,7 @@ def test_no_move_when_the_envs_cost_the_same_on_both_shards(monkeypatch) -> None
     but its envs step as fast as the worker's: moving envs cannot help, so none move."""
     pool = _FakePool()
     monitor = Monitor(pool, patience=1)
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
     worker = (range(4, 8), 0.45, 0.0064)
     assert monitor.step(_timed((range(0, 4), 0.68, 0.0065), worker)) is None and pool.moves == []
     # the same busy shares with the learner's envs twice as slow: one of them moves
@@ -235,7 +235,7 @@ def test_no_move_when_the_envs_cost_the_same_on_both_shards(monkeypatch) -> None
 def test_a_passing_slowdown_of_one_shard_moves_nothing(monkeypatch) -> None:
     """Step times inflated in some samples only (the GIL, a busy moment of the host) do not count:
     the monitor balances on each env's least step time over its last ``patience`` samples."""
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: None)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
 
     def snapshot(learner_ms: float) -> PoolStats:
         return _timed((range(0, 4), 0.68, learner_ms), (range(4, 8), 0.45, 0.0064))
@@ -257,19 +257,19 @@ def test_a_hogged_worker_is_parked_when_no_core_is_free(monkeypatch) -> None:
     hogged = _snapshot([0.4, 0.95], [[0, 1], [1]], [90.0, 50.0])  # core 1: 50% someone else's
 
     pool = _FakePool(parkable=True)
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 90.0, 1: 100.0})
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 90.0, 1: 100.0})
     monitor = Monitor(pool, patience=2)
     assert monitor.step(hogged) is None  # patience
     event = monitor.step(hogged)
     assert event.kind == "park" and pool.parks == [1] and pool.repins == [] and "no core is free" in event.why
 
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 10.0, 1: 100.0, 2: 5.0})
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 10.0, 1: 100.0, 2: 5.0})
     pool = _FakePool(parkable=True)
     pool._allowed_cores = [0, 1, 2]
     event = Monitor(pool, patience=1).step(hogged)
     assert event.kind == "repin" and pool.repins == [(1, [2])] and pool.parks == []
 
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 40.0, 1: 100.0})
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 40.0, 1: 100.0})
     pool = _FakePool(parkable=False)
     event = Monitor(pool, patience=1).step(hogged)
     assert event.kind == "repin" and pool.repins == [(1, [0])] and pool.parks == []
@@ -281,18 +281,23 @@ def test_a_parked_worker_comes_back_once_a_core_is_free_for_a_while(monkeypatch)
     parked = _snapshot([0.9, 0.01], [[0, 1], [1]], [95.0, 0.0])
     parked.shards[1] = ShardStats(1, 101, False, range(4, 4), [1], 0.0, 0.0, None, None, 0.0, 0, None, parked=True)
     loads = {0: 100.0, 1: 100.0}
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: dict(loads))
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: dict(loads))
     monitor = Monitor(pool, patience=2)
     # the hog still there: nothing (and the parked shard's idleness is no reason to move envs to it)
     assert [monitor.step(parked) for _ in range(4)] == [None] * 4 and pool.moves == [] and pool.unparks == []
     loads[1] = 3.0  # the hog ended
-    assert monitor.step(parked) is None  # patience
+    assert monitor.step(parked) is None and monitor.step(parked) is None  # loads averaged over patience samples
     event = monitor.step(parked)
     assert event.kind == "unpark" and pool.unparks == [1] and pool.repins == [] and "core 1" in event.detail
+    loads[1] = 60.0  # half free on each core: a core's worth of spare time in all
+    loads[0] = 40.0
+    monitor = Monitor(pool, patience=1)
+    event = monitor.step(parked)
+    assert event.kind == "unpark" and pool.repins == [(1, [0])]
     # a shard being emptied is neither re-pinned nor parked again, nor given envs
     pool = _FakePool(parkable=True)
     pool.draining = [1]
-    monkeypatch.setattr("fastvec.monitor._core_loads", lambda: {0: 90.0, 1: 100.0})
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 90.0, 1: 100.0})
     monitor = Monitor(pool, patience=1)
     hogged = _snapshot([0.2, 0.95], [[0, 1], [1]], [90.0, 50.0])
     assert monitor.step(hogged) is None and pool.parks == [] and pool.moves == [] and pool.repins == []
@@ -307,6 +312,9 @@ def test_core_loads_leave_out_the_time_a_hypervisor_took(monkeypatch) -> None:
     from fastvec.monitor import _core_loads
 
     Times = collections.namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
-    reading = [Times(10.0, 0, 5.0, 40.0, 5.0, 0, 0, 40.0, 0, 0), Times(90.0, 0, 10.0, 0.0, 0, 0, 0, 0.0, 0, 0)]
-    monkeypatch.setattr(psutil, "cpu_times_percent", lambda interval=None, percpu=True: reading)
-    assert _core_loads() == {0: 15.0, 1: 100.0}
+    zero = Times(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    readings = iter([[zero, zero], [Times(10, 0, 5, 40, 5, 0, 0, 40, 3, 0), Times(90, 0, 10, 0, 0, 0, 0, 0, 0, 0)]])
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=True: next(readings))
+    state: dict = {}
+    assert _core_loads(state) == {0: 0.0, 1: 0.0}  # the first reading: nothing to compare with
+    assert _core_loads(state) == {0: 15.0, 1: 100.0}  # guest time is already in user time

@@ -192,3 +192,49 @@ def test_a_worker_that_dies_while_it_is_emptied_is_replaced_and_parking_goes_on(
             venv.step(np.zeros(4, np.int64))
         assert pool.parked == [1] and pool.shard_envs == [range(0, 4), range(4, 4)]
         assert venv.env_method("pid") == [os.getpid()] * 4
+
+
+def test_the_monitor_parks_a_worker_beside_a_cpu_hog_and_brings_it_back_when_the_hog_ends() -> None:
+    """On two cores (the learner busy on one, a hog pinned to the worker's), no core is free: the
+    monitor parks the worker, every env steps in the learner's process; once the hog is gone, a
+    core is free again, the worker comes back and the balancing gives it envs."""
+    import subprocess
+    import sys
+    import time
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two cores")
+    os.sched_setaffinity(0, allowed[:2])  # two cores, whatever this machine has
+    hog = None
+    venv = SubprocVecEnv([make_where] * 8, start_method="fork", num_workers=2, monitor=True, monitor_interval=0.1)
+    pool = venv.pool
+    try:
+        core = pool.cores[1][0]
+        code = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"
+        hog = subprocess.Popen([sys.executable, "-c", code])
+        venv.reset()
+        actions = np.array([0, 1] * 4)
+
+        def step_until(done, seconds: float = 30.0) -> None:
+            end = time.monotonic() + seconds
+            while not done():
+                assert time.monotonic() < end, (pool.shard_envs, pool.monitor_events)
+                for _ in range(20):
+                    venv.step(actions)
+
+        step_until(lambda: pool.parked == [1])
+        assert pool.shard_envs == [range(0, 8), range(8, 8)]
+        assert [e.kind for e in pool.monitor_events][-1] == "park"
+        hog.kill()
+        hog.wait()
+        step_until(lambda: not pool.parked and len(pool.shard_envs[1]) >= 2)
+        kinds = [e.kind for e in pool.monitor_events]
+        assert kinds.index("unpark") > kinds.index("park") and kinds[-1] == "move", pool.monitor_events
+        assert os.getpid() not in venv.env_method("pid", indices=[7])
+    finally:
+        if hog is not None and hog.poll() is None:
+            hog.kill()
+            hog.wait()
+        venv.close()
+        os.sched_setaffinity(0, allowed)

@@ -354,7 +354,7 @@ def _core_loads(state: dict | None = None) -> dict[int, float] | None:
     state = {} if state is None else state
     before, state["times"] = state.get("times"), now
     if before is None or len(before) != len(now):
-        return {core: 0.0 for core in range(len(now))}
+        return None  # nothing to compare with yet
     loads = {}
     for core, (a, b) in enumerate(zip(before, now)):
         fields = b._fields

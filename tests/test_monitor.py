@@ -316,5 +316,5 @@ def test_core_loads_leave_out_the_time_a_hypervisor_took(monkeypatch) -> None:
     readings = iter([[zero, zero], [Times(10, 0, 5, 40, 5, 0, 0, 40, 3, 0), Times(90, 0, 10, 0, 0, 0, 0, 0, 0, 0)]])
     monkeypatch.setattr(psutil, "cpu_times", lambda percpu=True: next(readings))
     state: dict = {}
-    assert _core_loads(state) == {0: 0.0, 1: 0.0}  # the first reading: nothing to compare with
+    assert _core_loads(state) is None  # the first reading: nothing to compare with
     assert _core_loads(state) == {0: 15.0, 1: 100.0}  # guest time is already in user time

@@ -187,7 +187,10 @@ class Monitor:
                 continue
             allowed = [c for c in self.pool._allowed_cores if c in loads]
             target = min(allowed, key=lambda c: loads[c])  # all use counts: our own learner's core is not free
-            free = target != core and loads[target] < self.other_load
+            # free: the least busy core is idle enough, and the cores have spare time for the worker
+            # in all (an unpinned learner moving between cores can leave one looking idle for a while)
+            spare = sum(max(0.0, 100.0 - loads[c]) for c in allowed)
+            free = target != core and loads[target] < self.other_load and spare >= 100.0 - self.other_load
             if not free and self.pool.can_park(stats.shard):
                 self.pool.queue_park(stats.shard)
                 return MonitorEvent(
@@ -340,11 +343,13 @@ def _last_core(pid: int | None) -> int | None:
 
 
 def _core_loads(state: dict | None = None) -> dict[int, float] | None:
-    """Per-core CPU use (percent) since the previous call with the same ``state`` (a dict this
-    function keeps its last reading in), every process included; not the time a hypervisor took
-    the virtual core away (steal): on a VM that is 10-35% of each core, no process can move away
-    from it, and psutil's cpu_percent, which counts it as busy, made the monitor park workers on
-    an idle host. (psutil's cpu_times_percent per core does not add up to 100 here.)"""
+    """Per-core CPU use (percent of the time the core was this machine's) since the previous call
+    with the same ``state`` (a dict this function keeps its last reading in), every process
+    included. The time a hypervisor took the virtual core away (steal) counts neither way: on a
+    VM that is 10-35% of each core, no process can move away from it; psutil's cpu_percent,
+    which counts it as busy, made the monitor park workers on an idle host, and counting it as
+    idle showed a core one process kept busy as 16% busy. (psutil's cpu_times_percent per core
+    does not add up to 100 here.)"""
     try:
         import psutil
 
@@ -359,8 +364,8 @@ def _core_loads(state: dict | None = None) -> dict[int, float] | None:
     for core, (a, b) in enumerate(zip(before, now)):
         fields = b._fields
         delta = {f: getattr(b, f) - getattr(a, f) for f in fields if f not in ("guest", "guest_nice")}  # (in user)
-        total = sum(delta.values())
-        idle = delta.get("idle", 0.0) + delta.get("iowait", 0.0) + delta.get("steal", 0.0)
+        total = sum(delta.values()) - delta.get("steal", 0.0)  # the time the core was this machine's
+        idle = delta.get("idle", 0.0) + delta.get("iowait", 0.0)
         loads[core] = 100.0 * max(0.0, total - idle) / total if total > 0 else 0.0
     return loads
 

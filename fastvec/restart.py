@@ -77,6 +77,8 @@ def reset_fresh(shard: Shard, j: int, exc: BaseException, command: str, kwargs: 
 def restart_all(shard: Shard, slot: int, truncate: bool) -> None:
     """A respawned worker's fresh envs, in place of a worker that died in a step: the old
     episodes end (truncated, their last observations final) and new ones start in ``slot``."""
+    if not shard.envs:  # a worker back from parking, before any env moved to it: nothing to restart
+        return
     previous = (slot - 1) % shard.views.layout.ring_slots
     envs = range(len(shard.envs))
     last = [shard.row(previous, j) for j in envs]

@@ -238,3 +238,22 @@ def test_the_monitor_parks_a_worker_beside_a_cpu_hog_and_brings_it_back_when_the
             hog.wait()
         venv.close()
         os.sched_setaffinity(0, allowed)
+
+
+def test_a_worker_back_from_parking_that_dies_before_it_has_envs_is_replaced() -> None:
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
+        pool = venv.pool
+        venv.reset()
+        assert pool.request_park(1)
+        while pool.parked != [1]:
+            venv.step(np.zeros(4, np.int64))
+        assert pool.request_unpark(1)
+        os.kill(pool.worker_pids[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            _, _, dones, _ = venv.step(np.zeros(4, np.int64))
+        assert pool.worker_restarts == 1 and pool.shard_envs == [range(0, 4), range(4, 4)]
+        assert pool.request_move(0, 1) == 3
+        while pool.moves_done < 3:
+            venv.step(np.ones(4, np.int64))
+        pids = venv.env_method("pid")
+        assert pids[:3] == [os.getpid()] * 3 and pids[3] == pool.worker_pids[0]

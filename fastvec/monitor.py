@@ -465,7 +465,7 @@ def _table(snapshot: PoolStats, events: list[MonitorEvent], table_class: Any) ->
         table.add_row(
             f"{s.shard}{' (learner)' if s.in_parent else ' (parked)' if s.parked else ''}",
             str(s.pid),
-            f"{s.envs.start}..{s.envs.stop - 1}",
+            f"{s.envs.start}..{s.envs.stop - 1}" if s.envs else "none",
             ",".join(map(str, s.cores or [])),
             f"{s.steps_per_s:,.0f}",
             f"{s.busy:.0%}",

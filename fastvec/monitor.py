@@ -8,11 +8,12 @@ and the monitor acts, once per ``cooldown`` samples:
 
 1. a worker pinned to a core that other processes load (per-core load from psutil, minus
    fastvec's own use of it) is re-pinned to the least loaded allowed core, where that core is
-   free (under ``other_load``); where none is, the worker is parked: its envs move to its
-   neighbouring shards, each at its episode end, and the worker sleeps, left out of every
-   command, until the cores have most of a core spare for ``patience`` samples (then it comes
-   back with no envs, and the balancing below gives it some). Two busy processes time-sharing one core cost
-   each other more than running the envs in one of them (benchmarks/README.md, "parking");
+   free (under ``other_load``, with most of a core spare over all allowed cores); where none
+   is, the worker is parked: its envs move to its neighbouring shards, each at its episode
+   end, and the worker sleeps, left out of every command, until the cores have most of a core
+   spare for ``patience`` samples (then it comes back with no envs, and the balancing below
+   gives it some). Two busy processes time-sharing one core cost each other more than running
+   the envs in one of them (benchmarks/README.md, "Parking");
 2. otherwise the imbalance is in the envs: envs move from the straggler to its less busy
    neighbouring shard, each at its next episode boundary (fastvec.migrate). It moves the
    number of edge envs (from their measured step times) that leaves the busier of the two
@@ -167,7 +168,7 @@ class Monitor:
             del self._streak[key]
         if straggler is None or not self._persisted(straggler, True):
             return None
-        return self._move(snapshot, self._active(snapshot), straggler)
+        return self._move(snapshot, active, straggler)
 
     def _check_cores(self, snapshot: PoolStats, loads: dict[int, float] | None) -> MonitorEvent | None:
         """A worker pinned to a core that other processes load goes to a free core, or is parked.
@@ -178,6 +179,7 @@ class Monitor:
         if foreign is None or loads is None:
             return None
         draining = self.pool.draining
+        allowed, spare = self._spare(loads)
         for stats in snapshot.shards:
             if stats.in_parent or stats.parked or stats.shard in draining or not stats.cores or len(stats.cores) != 1:
                 continue
@@ -185,11 +187,9 @@ class Monitor:
             key = ("core", stats.shard)
             if not self._persisted(key, foreign.get(core, 0.0) >= self.other_load):
                 continue
-            allowed = [c for c in self.pool._allowed_cores if c in loads]
             target = min(allowed, key=lambda c: loads[c])  # all use counts: our own learner's core is not free
             # free: the least busy core is idle enough, and the cores have spare time for the worker
             # in all (an unpinned learner moving between cores can leave one looking idle for a while)
-            spare = sum(max(0.0, 100.0 - loads[c]) for c in allowed)
             free = target != core and loads[target] < self.other_load and spare >= 100.0 - self.other_load
             if not free and self.pool.can_park(stats.shard):
                 self.pool.queue_park(stats.shard)
@@ -222,11 +222,10 @@ class Monitor:
         balancing gives it some."""
         if loads is None:
             return None
+        allowed, spare = self._spare(loads)
         for shard in self.pool.parked:
-            allowed = [c for c in self.pool._allowed_cores if c in loads]
             if not allowed:
                 continue
-            spare = sum(max(0.0, 100.0 - loads[c]) for c in allowed)
             if not self._persisted(("free", shard), spare >= 100.0 - self.other_load):
                 continue
             target = min(allowed, key=lambda c: loads[c])
@@ -241,6 +240,11 @@ class Monitor:
                 f"the cores have had {spare:.0f}% of a core spare for {self.patience} samples",
             )
         return None
+
+    def _spare(self, loads: dict[int, float]) -> tuple[list[int], float]:
+        """The allowed cores that ``loads`` covers, and their idle time in all (percent of a core)."""
+        allowed = [c for c in self.pool._allowed_cores if c in loads]
+        return allowed, sum(max(0.0, 100.0 - loads[c]) for c in allowed)
 
     def _steady_step_ms(self, stats: ShardStats) -> list[float]:
         """Each env's step time, the least of the last ``patience`` samples while the shard kept its

@@ -583,3 +583,36 @@ def first_outside_float(const real[::1] values, const double[::1] low, const dou
         if m == k:
             m = 0
     return -1
+
+
+def done_flags(terminated_array, truncated_array, rewards_array):
+    """One step's results for SB3's API from a ring slot, in one call: ``(dones, rewards, ended)``,
+    a new bool array ``terminated | truncated``, a new float64 copy of the rewards, and the list of
+    env indices whose episode ended (empty on most steps)."""
+    cdef Py_ssize_t n, n_truncated, n_rewards, i
+    cdef uint8_t *terminated = <uint8_t *> data_of(terminated_array, cnp.NPY_BOOL, &n, "terminated")
+    cdef uint8_t *truncated = <uint8_t *> data_of(truncated_array, cnp.NPY_BOOL, &n_truncated, "truncated")
+    cdef double *rewards = <double *> data_of(rewards_array, cnp.NPY_DOUBLE, &n_rewards, "rewards")
+    if n_truncated != n or n_rewards != n:
+        raise ValueError(f"done_flags: {n} terminated, {n_truncated} truncated and {n_rewards} rewards")
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    cdef cnp.ndarray dones = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_BOOL)
+    cdef cnp.ndarray copied = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_DOUBLE)
+    cdef uint8_t *d = <uint8_t *> cnp.PyArray_DATA(dones)
+    cdef list ended = []
+    memcpy(cnp.PyArray_DATA(copied), rewards, n * sizeof(double))
+    for i in range(n):
+        d[i] = (terminated[i] | truncated[i]) != 0
+        if d[i]:
+            ended.append(i)
+    return dones, copied, ended
+
+
+def info_dicts(Py_ssize_t n, key, value):
+    """``n`` new dicts ``{key: value}`` (SB3's usual infos: one per env, each its own)."""
+    cdef Py_ssize_t i
+    cdef list out = []
+    for i in range(n):
+        out.append({key: value})
+    return out

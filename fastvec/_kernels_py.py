@@ -21,6 +21,8 @@ try:
 except ImportError:  # pragma: no cover - not Unix
     resource = None  # type: ignore[assignment]
 
+from typing import Any
+
 import numpy as np
 
 from fastvec.protocol import Control
@@ -305,3 +307,25 @@ def first_outside_float(values: np.ndarray, low: np.ndarray, high: np.ndarray) -
     v = values.reshape(-1, k).astype(np.float64)
     bad = np.flatnonzero(~((v >= low) & (v <= high)))
     return int(bad[0]) if bad.size else -1
+
+
+def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarray) -> tuple:
+    """One step's results for SB3's API: ``(terminated | truncated, a copy of rewards, ended env indices)``."""
+    for a, dtype, what in (
+        (terminated, np.bool_, "terminated"),
+        (truncated, np.bool_, "truncated"),
+        (rewards, np.float64, "rewards"),
+    ):
+        if a.dtype != dtype:
+            raise ValueError(f"{what} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+    if not len(terminated) == len(truncated) == len(rewards):
+        raise ValueError(
+            f"done_flags: {len(terminated)} terminated, {len(truncated)} truncated and {len(rewards)} rewards"
+        )
+    dones = terminated | truncated
+    return dones, rewards.copy(), np.flatnonzero(dones).tolist()
+
+
+def info_dicts(n: int, key: Any, value: Any) -> list[dict]:
+    """``n`` new dicts ``{key: value}``."""
+    return [{key: value} for _ in range(n)]

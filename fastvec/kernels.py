@@ -39,6 +39,8 @@ store_floats = impl.store_floats
 store_bools = impl.store_bools
 first_outside_int = impl.first_outside_int
 first_outside_float = impl.first_outside_float
+done_flags = impl.done_flags
+info_dicts = impl.info_dicts
 
 __all__ = [
     "IMPLEMENTATION",
@@ -57,4 +59,6 @@ __all__ = [
     "store_bools",
     "first_outside_int",
     "first_outside_float",
+    "done_flags",
+    "info_dicts",
 ]

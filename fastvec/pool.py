@@ -728,8 +728,25 @@ class Pool:
         from what this one recorded in ``p``."""
         entered = time.perf_counter_ns()
         try:
-            if self._local is not None:
-                self._start_local(p)
+            local = self._local
+            if local is not None:  # _start_local's work, inline (one clock read fewer)
+                try:
+                    steps = local.steps
+                    extras = local.step(*p.local_args)
+                    ended = time.perf_counter_ns()
+                    kernels.add_stats(
+                        self._local_stats, 1.0, local.steps - steps, ended - entered, 0.0, entered - self._local_finished
+                    )
+                    self._local_finished = ended
+                    p.local = (extras, None)
+                except ShardError as err:
+                    p.local = (None, err.payloads())
+                    return self._complete_command(p, None)  # an env of the parent's shard raised
+                except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
+                    self._break(exc)
+                    raise
+            else:
+                extras = None
             if self._remotes:
                 control = self._control
                 k = kernels.wait_remaining(
@@ -743,11 +760,10 @@ class Pool:
                 for index in self._message_words:
                     if control[index]:
                         return self._complete_command(p, None)
-            local = p.local
-            if local is not None and local[1]:  # an env of the parent's shard raised
-                return self._complete_command(p, None)
-            self._settle(p)
-            extras = None if local is None else local[0]
+            # _settle(p), inline: a synchronous step (asynchronous pools refuse step_async)
+            self.slot = p.slot
+            self._pending = None
+            self._state = PoolState.IDLE
             return self._digest(extras, p.slot) if extras else None
         finally:
             self._inside_ns += time.perf_counter_ns() - entered

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fastvec import kernels
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
 from fastvec.protocol import SAME_STEP
@@ -97,25 +98,25 @@ class SubprocVecEnv(_VecEnvBase):
         self.pool.step_async(actions, per_env=self._per_env_actions)
         self.waiting = True
         # the usual infos, made while the workers step (where the parent would otherwise wait for them)
-        self._infos = [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
+        self._infos = kernels.info_dicts(self.num_envs, "TimeLimit.truncated", False)
 
     def step_wait(self) -> tuple[Any, np.ndarray, np.ndarray, list[dict]]:
         self.waiting = False
         batch = self.pool.step_wait()
-        terminated, truncated = batch.terminated, batch.truncated
-        dones = terminated | truncated
-        rewards = batch.rewards.copy()  # float64, as SB3's SubprocVecEnv stacks the envs' float rewards
+        # dones, rewards (float64, as SB3's SubprocVecEnv stacks the envs' float rewards) and the envs
+        # whose episode ended, in one kernel call
+        dones, rewards, ended = kernels.done_flags(batch.terminated, batch.truncated, batch.rewards)
         obs = batch.observations(self.copy, _stack)
-        ended = dones.tolist()  # a list: `in` and enumerate cost a tenth of numpy's any()/flatnonzero here
         infos: list[dict] = self._infos
-        if True not in ended and not batch.has_extras:
+        if not ended and not batch.has_extras:
             return obs, rewards, dones, infos
         if batch.infos:
             infos = [batch.infos.get(i) or {} for i in range(self.num_envs)]
             for info in infos:
                 info["TimeLimit.truncated"] = False
         # (else most steps of most envs: only episode ends to report, visited alone below)
-        for i in [i for i, done in enumerate(ended) if done]:
+        terminated, truncated = batch.terminated, batch.truncated
+        for i in ended:
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
             infos[i]["terminal_observation"] = batch.terminal_observation(i)
             self.reset_infos[i] = batch.reset_infos.get(i, {})

@@ -88,6 +88,7 @@ class Shard:
         self.single_action = is_single_array(self.action_leaves)
         self.action_buffers = [buffer[self.start : self.stop] for buffer in views.actions]
         self.action_tags = views.action_tags
+        self.first_tags = views.action_tags[0]  # the first leaf's tag per env (one index reads it)
         self.migrate = views.migrate  # 1 where the pool asked an env to move at its next episode end
         self.header = views.header
         self.env_step_ns = views.env_step_ns
@@ -114,7 +115,7 @@ class Shard:
         env may keep a reference to its action): copies, or for scalar actions the shared rows, whose
         iteration makes a fresh numpy scalar per env."""
         if self.single_action:
-            tag = self.action_tags[0, self.start]  # the dtype tag it was sent with, as sent to this shard's envs
+            tag = self.first_tags[self.start]  # the dtype tag it was sent with, as sent to this shard's envs
             rows = self.action_buffers[0]
             if tag == 0 and rows.ndim == 1:  # scalar actions (Discrete): iterating makes each env its own scalar
                 return rows
@@ -143,7 +144,7 @@ class Shard:
         restarted: set[int] | None = None
         errors: list[ShardError] | None = None
         pairs = zip(self.step_fns, actions)
-        timing = self._timed()
+        timing = self.header[HEADER_TIMING] and self._timed()
         while True:
             try:
                 if timing:
@@ -178,7 +179,7 @@ class Shard:
         append = results.append
         needs_reset = self.needs_reset
         autoreset = self.autoreset_mode == NEXT_STEP
-        timing = self._timed()
+        timing = self.header[HEADER_TIMING] and self._timed()
         errors: list[ShardError] | None = None
         for j in range(len(self.envs)):
             if needs_reset[j]:

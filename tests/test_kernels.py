@@ -86,6 +86,42 @@ def test_store_floats_and_bools(k, values) -> None:
 
 
 @pytest.mark.parametrize("k", IMPLS)
+@given(flags=hnp.arrays(np.bool_, st.tuples(st.integers(1, 40), st.just(2))), data=st.data())
+def test_done_flags_match_numpy(k, flags, data) -> None:
+    terminated, truncated = flags[:, 0].copy(), flags[:, 1].copy()
+    rewards = data.draw(hnp.arrays(np.float64, len(flags), elements=st.floats(allow_nan=True, width=64)))
+    dones, copied, ended = k.done_flags(terminated, truncated, rewards)
+    np.testing.assert_array_equal(dones, terminated | truncated)
+    assert dones.dtype == np.bool_ and copied.dtype == np.float64
+    np.testing.assert_array_equal(copied, rewards)
+    assert ended == np.flatnonzero(terminated | truncated).tolist()
+    # new arrays, not views of the ring: the next step must not change what the caller holds
+    rewards[:] = 7.0
+    terminated[:] = True
+    assert not np.shares_memory(copied, rewards) and (dones == (flags[:, 0] | flags[:, 1])).all()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_done_flags_refuse_wrong_dtypes_and_lengths(k) -> None:
+    flags, rewards = np.zeros(4, np.bool_), np.zeros(4)
+    with pytest.raises(ValueError, match="terminated"):
+        k.done_flags(np.zeros(4, np.uint8), flags, rewards)
+    with pytest.raises(ValueError, match="rewards"):
+        k.done_flags(flags, flags, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="3 rewards"):
+        k.done_flags(flags, flags, np.zeros(3))
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_info_dicts_are_each_their_own(k) -> None:
+    infos = k.info_dicts(3, "TimeLimit.truncated", False)
+    assert infos == [{"TimeLimit.truncated": False}] * 3
+    infos[0]["x"] = 1
+    assert infos[1] == {"TimeLimit.truncated": False}
+    assert k.info_dicts(0, "a", 1) == []
+
+
+@pytest.mark.parametrize("k", IMPLS)
 @given(
     per_env=st.integers(1, 4),
     envs=st.integers(1, 8),

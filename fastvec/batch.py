@@ -85,6 +85,9 @@ class Batch:
         batches): copies, or views of the ring slot (valid for S - 1 further steps). Object parts
         (Text, Graph, ...) are batched by ``batch_object(leaf, values)`` (default: a tuple)."""
         if self._objects is None:
+            slots = self._pool.obs_slots
+            if slots is not None:  # one array leaf (the usual case): the slot's rows, without a further call
+                return slots[self.slot].copy() if copy else slots[self.slot]
             return self._pool.observations(self.slot, copy)
         if batch_object is None:
             return self._pool.observations(self.slot, copy, self._objects)

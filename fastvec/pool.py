@@ -136,6 +136,21 @@ class _Pending:
         self.sync = False  # started by reset() / call(): the next command finishes it if interrupted
         self.lost: set[int] = set()  # positions of workers found dead during a call (on_error="restart")
 
+    def rearm_step(self, slot: int) -> _Pending:
+        """This completed usual step, as the next one into ``slot`` (issue 14: making a _Pending costs
+        about as much as the rest of step_async's bookkeeping)."""
+        self.slot = slot
+        self.local_args = (slot, None)
+        self.local = None
+        self.waited = False
+        if self.respawned:
+            self.respawned = {}
+        if self.replies:
+            self.replies = {}
+        if self.lost:
+            self.lost = set()
+        return self
+
 
 _HAS_MESSAGE = Control.HAS_MESSAGE
 _STEP, _RESET, _CONTROL = Command.STEP, Command.RESET, Command.CONTROL
@@ -189,6 +204,7 @@ class Pool:
         self._state = PoolState.IDLE
         self._cause: BaseException | None = None
         self._pending: _Pending | None = None
+        self._usual_step: _Pending | None = None  # the usual step's record, re-armed for every such step
         self._remotes: list[Remote] = []
         self._local: Shard | None = None
         self._local_envs: list = []
@@ -196,7 +212,7 @@ class Pool:
         self._segment = None
         self._views: Views | None = None
         self.slot_views: list | None = None
-        self._obs_slots: list | None = None
+        self.obs_slots: list | None = None  # per slot, the observation rows where they are one array leaf
         self._parent_affinity: list[int] | None = None
 
         opts = PoolOptions.build(options, **knobs)
@@ -328,7 +344,7 @@ class Pool:
         self._index_remotes()
         # per slot: the rewards / terminated / truncated rows a Batch hands out, and the observations
         self.slot_views = [(views.rewards[s], views.terminated[s], views.truncated[s]) for s in range(self.ring_slots)]
-        self._obs_slots = [views.obs[0][s] for s in range(self.ring_slots)] if self._single_leaf else None
+        self.obs_slots = [views.obs[0][s] for s in range(self.ring_slots)] if self._single_leaf else None
         self.ring = RingViews(
             obs=tuple(views.obs),
             rewards=views.rewards,
@@ -500,7 +516,10 @@ class Pool:
             try:
                 if self._remotes:
                     kernels.issue(self._control, self._bases, _STEP_CODE, slot, 0, self._seqs, self._remaining_index)
-                self._pending = _Pending(_STEP, "step", slot, 0, None, (slot, None))
+                reused = self._usual_step
+                if reused is None:
+                    reused = self._usual_step = _Pending(_STEP, "step", slot, 0, None, (slot, None))
+                self._pending = reused.rearm_step(slot)
                 self._state = PoolState.PENDING
             except BaseException as exc:  # (as in _issue) issued or not, the pool cannot tell: broken
                 self._break(exc)
@@ -1179,8 +1198,8 @@ class Pool:
         array, or a dict / tuple of batches): copies, or views of the ring. Object parts come from
         ``objects`` (one list of num_envs values per object leaf; default: the latest), batched
         by ``batch_object`` (default: a tuple, as gymnasium batches them)."""
-        if self._obs_slots is not None:
-            return self._obs_slots[slot].copy() if copy else self._obs_slots[slot]
+        if self.obs_slots is not None:
+            return self.obs_slots[slot].copy() if copy else self.obs_slots[slot]
         rings = self._views.obs
         arrays = iter([r[slot].copy() if copy else r[slot] for r in rings])
         columns = iter(objects if objects is not None else self.object_columns())
@@ -1367,7 +1386,7 @@ class Pool:
         self._local = None
         self._local_envs = []
         self.ring = None  # type: ignore[assignment]
-        self.slot_views = self._obs_slots = self._local_stats = None  # type: ignore[assignment]
+        self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]
         if self._views is not None:
             self._views.release()
         self._control = None

@@ -239,7 +239,7 @@ class OutputChecks:
         self.raising = check == "raise"
         self.start = start
         self._warned: set[tuple[int, str]] = set()
-        self._pending: list = []
+        self.pending: list = []  # WARNING extras gathered since the last drain
 
     def problem(self, j: int, command: str, kind: str, message: str) -> None:
         """Env ``start + j`` produced something the checks look at."""
@@ -247,13 +247,13 @@ class OutputChecks:
             raise ShardError(self.start + j, command, ValueError(message))
         if (j, kind) not in self._warned:
             self._warned.add((j, kind))
-            self._pending.append((self.start + j, Extra.WARNING, message))
+            self.pending.append((self.start + j, Extra.WARNING, message))
 
     def drain(self, extras: list | None) -> list | None:
         """``extras`` with the warnings gathered since the last call appended."""
-        if self._pending:
-            extras = (extras or []) + self._pending
-            self._pending = []
+        if self.pending:
+            extras = (extras or []) + self.pending
+            self.pending = []
         return extras
 
 

@@ -777,7 +777,7 @@ class Pool:
                 if p.respawned or p.lost:
                     return self._complete_command(p, None)
                 for index in self._message_words:
-                    if control[index]:
+                    if control.item(index):  # (a Python int: no numpy scalar made and tested)
                         return self._complete_command(p, None)
             # _settle(p), inline: a synchronous step (asynchronous pools refuse step_async)
             self.slot = p.slot

@@ -115,11 +115,11 @@ class Shard:
         env may keep a reference to its action): copies, or for scalar actions the shared rows, whose
         iteration makes a fresh numpy scalar per env."""
         if self.single_action:
-            tag = self.first_tags[self.start]  # the dtype tag it was sent with, as sent to this shard's envs
+            tag = self.first_tags.item(self.start)  # the dtype tag it was sent with, as sent to this shard's envs
             rows = self.action_buffers[0]
             if tag == 0 and rows.ndim == 1:  # scalar actions (Discrete): iterating makes each env its own scalar
                 return rows
-            return rows.copy() if tag == 0 else _as_sent(rows, int(tag))
+            return rows.copy() if tag == 0 else _as_sent(rows, tag)
         tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
         arrays = iter([b.copy() if t == 0 else _as_sent(b, t) for b, t in zip(self.action_buffers, tags.tolist())])
         objects = iter(action_objects or [])
@@ -144,7 +144,7 @@ class Shard:
         restarted: set[int] | None = None
         errors: list[ShardError] | None = None
         pairs = zip(self.step_fns, actions)
-        timing = self.header[HEADER_TIMING] and self._timed()
+        timing = self.header.item(HEADER_TIMING) and self._timed()
         while True:
             try:
                 if timing:
@@ -179,7 +179,7 @@ class Shard:
         append = results.append
         needs_reset = self.needs_reset
         autoreset = self.autoreset_mode == NEXT_STEP
-        timing = self.header[HEADER_TIMING] and self._timed()
+        timing = self.header.item(HEADER_TIMING) and self._timed()
         errors: list[ShardError] | None = None
         for j in range(len(self.envs)):
             if needs_reset[j]:
@@ -271,7 +271,9 @@ class Shard:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
             self._release(leaving)
-        return self.finish_extras(extras)
+        if self.side_extras or self.checks.pending:
+            return self.finish_extras(extras)
+        return extras
 
     # -- moving envs between shards (fastvec.migrate) -------------------------------------------
     def _may_leave(self, j: int) -> bool:

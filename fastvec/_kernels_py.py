@@ -329,3 +329,10 @@ def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarra
 def info_dicts(n: int, key: Any, value: Any) -> list[dict]:
     """``n`` new dicts ``{key: value}``."""
     return [{key: value} for _ in range(n)]
+
+
+def step_into(results: list, step_fns: list, actions: Any, first: int = 0) -> None:
+    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on; see _kernels.pyx."""
+    append = results.append
+    for j in range(first, len(step_fns)):
+        append(step_fns[j](actions[j]))

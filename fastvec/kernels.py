@@ -41,6 +41,7 @@ first_outside_int = impl.first_outside_int
 first_outside_float = impl.first_outside_float
 done_flags = impl.done_flags
 info_dicts = impl.info_dicts
+step_into = impl.step_into
 
 __all__ = [
     "IMPLEMENTATION",
@@ -61,4 +62,5 @@ __all__ = [
     "first_outside_float",
     "done_flags",
     "info_dicts",
+    "step_into",
 ]

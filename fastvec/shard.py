@@ -143,19 +143,17 @@ class Shard:
         append = results.append
         restarted: set[int] | None = None
         errors: list[ShardError] | None = None
-        pairs = zip(self.step_fns, actions)
         timing = self.header.item(HEADER_TIMING) and self._timed()
-        while True:
+        while True:  # (from the env after the one that raised, until every env stepped)
             try:
                 if timing:
-                    clock, env_ns, first = time.perf_counter_ns, self.env_step_ns, start + len(results)
-                    for k, (step, action) in enumerate(pairs):
+                    clock, env_ns, step_fns = time.perf_counter_ns, self.env_step_ns, self.step_fns
+                    for j in range(len(results), len(step_fns)):
                         began = clock()
-                        append(step(action))
-                        env_ns[first + k] += (clock() - began) * TIMING_EVERY
+                        append(step_fns[j](actions[j]))
+                        env_ns[start + j] += (clock() - began) * TIMING_EVERY
                 else:
-                    for step, action in pairs:
-                        append(step(action))
+                    kernels.step_into(results, self.step_fns, actions, len(results))
                 break
             except Exception as exc:
                 j = len(results)
@@ -166,7 +164,6 @@ class Shard:
                 else:  # the other envs still step, as each would in its own process; every error is reported
                     errors = (errors or []) + [ShardError(start + j, "step", exc)]
                     append(None)
-                pairs = zip(self.step_fns[j + 1 :], actions[j + 1 :])
         if errors:
             raise ShardError.combine(errors)
         return self._write_step(results, slot, restarted)

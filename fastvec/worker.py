@@ -170,6 +170,7 @@ def _serve(
     cmd_index, arg_index = base + Control.CMD, base + Control.ARG  # CMD, SLOT, ARG are consecutive words
     message_index = base + Control.HAS_MESSAGE
     step_code = int(Command.STEP)
+    has_objects = int(StepFlag.HAS_OBJECTS)  # (a plain int: `int & IntEnum` calls the enum's Python __rand__)
     remaining_index = views.control_base(views.layout.num_workers) + Control.REMAINING
     adaptive = spin_ns == ADAPTIVE_POLL
     gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
@@ -189,7 +190,7 @@ def _serve(
         request, indices = None, None  # (a call's request and envs, read from the pipe)
         try:
             if command == step_code:
-                extras = shard.step(slot, conn.recv() if arg & StepFlag.HAS_OBJECTS else None)
+                extras = shard.step(slot, conn.recv() if arg & has_objects else None)
                 reply = ("extras", extras) if extras else None
             elif command == Command.RESET:
                 options = conn.recv() if arg & ResetFlag.HAS_OPTIONS else None

@@ -113,6 +113,30 @@ def test_done_flags_refuse_wrong_dtypes_and_lengths(k) -> None:
 
 
 @pytest.mark.parametrize("k", IMPLS)
+def test_step_into_steps_in_order_and_stops_at_the_env_that_raised(k) -> None:
+    calls = []
+
+    def env(i):
+        def step(action):
+            calls.append((i, action))
+            if action == 99:
+                raise RuntimeError(f"env {i}")
+            return (i, action)
+
+        return step
+
+    results: list = []
+    k.step_into(results, [env(i) for i in range(3)], np.array([5, 6, 7]))
+    assert results == [(0, 5), (1, 6), (2, 7)] and [type(a) for _, a in calls] == [np.int64] * 3
+    results, calls[:] = [], []
+    with pytest.raises(RuntimeError, match="env 1"):
+        k.step_into(results, [env(i) for i in range(3)], [5, 99, 7])
+    assert results == [(0, 5)] and calls == [(0, 5), (1, 99)]  # env 2 not stepped: the caller resumes
+    k.step_into(results, [env(i) for i in range(3)], [5, 99, 7], 2)
+    assert results == [(0, 5), (2, 7)]
+
+
+@pytest.mark.parametrize("k", IMPLS)
 def test_info_dicts_are_each_their_own(k) -> None:
     infos = k.info_dicts(3, "TimeLimit.truncated", False)
     assert infos == [{"TimeLimit.truncated": False}] * 3

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastvec import kernels
-from fastvec.batch import sort_extras
+from fastvec.batch import _EMPTY, sort_extras
 from fastvec.checks import ActionWriter
 from fastvec.errors import AlreadyPendingCallError, NoAsyncCallError, WorkerDiedError, env_errors
 from fastvec.protocol import POLL_NS, Command, Control, Extra, StepFlag, dumps_payload
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["AsyncBatches", "AsyncBatch"]
+
+_HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
 
 
 def _only(parts: list[np.ndarray]) -> np.ndarray:
@@ -60,7 +62,10 @@ class AsyncBatch:
         self.env_ids = env_ids
         self.parts = parts  # (ring slot, first env, end env) of each group, in env_ids order
         self.obs, self.rewards, self.terminated, self.truncated = obs, rewards, terminated, truncated
-        self.infos, self.reset_infos, self.restarted, self.final_obs = sort_extras(extras)
+        if extras:
+            self.infos, self.reset_infos, self.restarted, self.final_obs = sort_extras(extras)
+        else:  # the usual batch: read-only empty mappings, shared
+            self.infos = self.reset_infos = self.restarted = self.final_obs = _EMPTY
 
     def observations(self) -> Any:
         return self.obs
@@ -87,6 +92,33 @@ class AsyncBatches:
         self._offsets = np.arange(self.group_size)
         self.running = [False] * len(pool._remotes)  # per group: in flight, or done and not yet received
         self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
+        # views of the shared block made once, not per call (issue 12: each numpy slice or fancy index costs
+        # about as much as the rest of a call's bookkeeping): per group its action rows, its words for
+        # issue(), its result rows per ring slot, and the tags its envs were last sent
+        views = pool._views
+        groups = [remote.envs for remote in pool._remotes]
+        self._all_positions = list(range(len(groups)))
+        self._action_rows = [[buffer[g.start : g.stop] for buffer in views.actions] for g in groups]
+        self._issue_words = [(pool._bases[k : k + 1], pool._seqs[k : k + 1]) for k in range(len(groups))]
+        self._message_words = [remote.base + Control.HAS_MESSAGE for remote in pool._remotes]
+        self._result_rows = [
+            [
+                (
+                    views.rewards[s, g.start : g.stop],
+                    views.terminated[s, g.start : g.stop],
+                    views.truncated[s, g.start : g.stop],
+                    [ring[s, g.start : g.stop] for ring in views.obs],
+                )
+                for g in groups
+            ]
+            for s in range(pool.ring_slots)
+        ]
+        self._sent_tags: list[tuple | None] = [None] * len(groups)
+
+    def release(self) -> None:
+        """Drop the views of the shared block (the pool is closing: a view kept would keep it mapped)."""
+        self._action_rows = self._issue_words = self._result_rows = []  # type: ignore[assignment]
+        self._writers = {}
 
     @property
     def busy(self) -> bool:
@@ -112,25 +144,35 @@ class AsyncBatches:
         pool._check_usable()
         if pool._pending is not None:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
-        env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
-        positions, run = self._groups(env_ids)
+        env_ids = np.asarray(env_ids, dtype=np.intp)
+        if env_ids.ndim != 1:
+            env_ids = env_ids.reshape(-1)
+        ids = env_ids.tolist()
+        positions, run = self._groups(env_ids, ids)
         count = len(env_ids)
         writer = self._writers.get(count)
         if writer is None:
             writer = self._writers[count] = ActionWriter(pool.action_space, count, kernels, pool.check)
         views = pool._views
-        first = int(env_ids[0])
+        first = ids[0]
         tags = self._tags
         if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
-            objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags)
+            if len(positions) == 1:  # one group: its rows' views, made once
+                objects = writer.write(actions, self._action_rows[positions[0]], tags)
+            else:
+                objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags)
         else:
             rows = env_ids
             scratch = [np.empty((count, *b.shape[1:]), b.dtype) for b in views.actions]
             objects = writer.write(actions, scratch, tags)
             for buffer, part in zip(views.actions, scratch):
                 buffer[rows] = part
-        views.action_tags[:, rows] = tags[:, None]  # the dtype each leaf came in, for these envs
+        sent = tuple(tags.tolist())  # the dtype each leaf came in, stored for these envs where it changed
+        if any(self._sent_tags[position] != sent for position in positions):
+            views.action_tags[:, rows] = tags[:, None]
+            for position in positions:
+                self._sent_tags[position] = sent
         payloads = None
         if objects is not None:  # object parts of the actions: each worker's share, in its envs' order
             order = {int(e): k for k, e in enumerate(env_ids)}
@@ -139,13 +181,12 @@ class AsyncBatches:
                 remote = pool._remotes[position]
                 share = [[column[order[i]] for i in remote.envs] for column in objects]
                 payloads[remote.index] = dumps_payload(share, "actions", remote.envs)
-        self._give(positions, Command.STEP, int(StepFlag.HAS_OBJECTS) if objects is not None else 0, payloads)
+        self._give(positions, Command.STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
 
-    def _groups(self, env_ids: np.ndarray) -> tuple[list[int], bool]:
-        """The groups ``env_ids`` make up (whole groups, none in flight or waiting to be received),
-        and whether the ids are one run of consecutive envs (their rows are one slice)."""
+    def _groups(self, env_ids: np.ndarray, ids: list[int]) -> tuple[list[int], bool]:
+        """The groups ``env_ids`` (``ids``: the same as a list) make up (whole groups, none in flight or
+        waiting to be received), and whether the ids are one run of consecutive envs (their rows are one slice)."""
         n, size = self.pool.num_envs, self.group_size
-        ids = env_ids.tolist()
         first = ids[0] if ids else -1
         run = ids == list(range(first, first + len(ids)))
         if run and 0 <= first and first % size == 0 and len(ids) % size == 0:
@@ -190,14 +231,13 @@ class AsyncBatches:
     def _give(self, positions: list[int], command: Command, arg: int, payloads: dict | None) -> None:
         """Issue ``command`` to the workers at ``positions``, each into its next ring slot."""
         pool = self.pool
+        code = int(command)
         try:
             for position in positions:
                 remote = pool._remotes[position]
                 slot = self.slots[position] + 1 if self.slots[position] + 1 < pool.ring_slots else 0
-                kernels.issue(  # counts the command in pool._seqs[position]
-                    pool._control, pool._bases[position : position + 1], int(command), slot, arg,
-                    pool._seqs[position : position + 1], pool._remaining_index,
-                )
+                bases, seqs = self._issue_words[position]
+                kernels.issue(pool._control, bases, code, slot, arg, seqs, pool._remaining_index)  # (counts seqs)
                 if payloads and remote.index in payloads:
                     remote.send_bytes(payloads[remote.index])
                 self.inflight[position] = (command, slot)
@@ -238,9 +278,12 @@ class AsyncBatches:
     def _collect_one(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish; its results join ``ready``."""
         pool = self.pool
-        positions = list(self.inflight)
-        done = pool._done_index[positions]
-        seqs = pool._seqs[positions]
+        if len(self.inflight) == len(self._all_positions):  # every group running: the pool's own arrays
+            positions, done, seqs = self._all_positions, pool._done_index, pool._seqs
+        else:
+            positions = list(self.inflight)
+            done = pool._done_index[positions]
+            seqs = pool._seqs[positions]
         slice_ns = POLL_NS
         if timeout is not None:
             left = timeout - (time.monotonic() - began)
@@ -255,7 +298,7 @@ class AsyncBatches:
         try:
             command, slot = self.inflight.pop(position)
             remote = pool._remotes[position]
-            reply = pool._recv(remote, "recv") if pool._control[remote.base + Control.HAS_MESSAGE] else None
+            reply = pool._recv(remote, "recv") if pool._control.item(self._message_words[position]) else None
             extras, error = None, None
             if reply is not None:
                 kind, payload = reply
@@ -307,10 +350,16 @@ class AsyncBatches:
         for position, slot, _, _ in taken:
             envs = pool._remotes[position].envs
             parts.append((slot, envs.start, envs.stop))
-        rewards = join([views.rewards[s, a:b] for s, a, b in parts])
-        terminated = join([views.terminated[s, a:b] for s, a, b in parts])
-        truncated = join([views.truncated[s, a:b] for s, a, b in parts])
-        columns = [join([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
+        if len(taken) == 1:  # one group (the usual batch): its rows' views, made once
+            rewards, terminated, truncated, obs_rows = self._result_rows[taken[0][1]][taken[0][0]]
+            if copy:
+                rewards, terminated, truncated = rewards.copy(), terminated.copy(), truncated.copy()
+            columns = [rows.copy() for rows in obs_rows] if copy else obs_rows
+        else:
+            rewards = join([views.rewards[s, a:b] for s, a, b in parts])
+            terminated = join([views.terminated[s, a:b] for s, a, b in parts])
+            truncated = join([views.truncated[s, a:b] for s, a, b in parts])
+            columns = [join([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
         if pool._single_leaf:
             obs = columns[0]
         else:

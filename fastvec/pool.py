@@ -1387,6 +1387,8 @@ class Pool:
         self._local_envs = []
         self.ring = None  # type: ignore[assignment]
         self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]
+        if self._async is not None:
+            self._async.release()
         if self._views is not None:
             self._views.release()
         self._control = None

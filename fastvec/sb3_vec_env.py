@@ -141,17 +141,25 @@ class SubprocVecEnv(_VecEnvBase):
         batch = self.pool.recv(copy=self.copy if copy is None else copy)
         terminated, truncated = batch.terminated, batch.truncated
         dones = terminated | truncated
-        infos: list[dict] = []
-        for k, i in enumerate(batch.env_ids.tolist()):
+        ended = dones.tolist()  # (lists: numpy scalars cost a microsecond per env here)
+        ids = batch.env_ids.tolist()
+        if True not in ended and not batch.infos and not batch.restarted:  # the usual batch
+            infos = kernels.info_dicts(len(ids), "TimeLimit.truncated", False)
+            for i, info in batch.reset_infos.items():  # an async_reset's infos
+                self.reset_infos[i] = info
+            return batch.obs, batch.rewards, dones, infos, batch.env_ids
+        cut = (truncated & ~terminated).tolist()
+        infos = []
+        for k, i in enumerate(ids):
             info = batch.infos.get(i) or {}
-            info["TimeLimit.truncated"] = bool(truncated[k] and not terminated[k])
-            if dones[k]:
+            info["TimeLimit.truncated"] = cut[k]
+            if ended[k]:
                 info["terminal_observation"] = batch.terminal_observation(i)
                 self.reset_infos[i] = batch.reset_infos.get(i, {})
             if i in batch.restarted:
                 info["fastvec.restarted"] = batch.restarted[i]
             infos.append(info)
-        if not dones.any():
+        if True not in ended:
             for i, info in batch.reset_infos.items():  # an async_reset's infos
                 self.reset_infos[i] = info
         return batch.obs, batch.rewards, dones, infos, batch.env_ids

@@ -195,7 +195,8 @@ def test_each_group_gets_its_actions_in_the_dtype_it_was_sent() -> None:
         first, second = pool.recv().env_ids, pool.recv().env_ids
         sent = {}
         for k in range(20):
-            for ids, dtype in ((first, np.float32), (second, np.float64)):
+            swap = k >= 10  # from then on each group gets the other dtype: a tag kept from before would be stale
+            for ids, dtype in ((first, np.float64 if swap else np.float32), (second, np.float32 if swap else np.float64)):
                 actions = np.full((2, 2), 0.25 + k / 100, dtype)
                 actions[:, 1] = 5.0  # outside the Box: passed through as sent, as the references do
                 sent[int(ids[0])] = actions

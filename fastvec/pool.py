@@ -747,16 +747,9 @@ class Pool:
         from what this one recorded in ``p``."""
         entered = time.perf_counter_ns()
         try:
-            local = self._local
-            if local is not None:  # _start_local's work, inline (one clock read fewer)
+            if self._local is not None:  # _start_local's work, with this call's clock reading
                 try:
-                    steps = local.steps
-                    extras = local.step(*p.local_args)
-                    ended = time.perf_counter_ns()
-                    kernels.add_stats(
-                        self._local_stats, 1.0, local.steps - steps, ended - entered, 0.0, entered - self._local_finished
-                    )
-                    self._local_finished = ended
+                    extras = self._step_local(p, entered)
                     p.local = (extras, None)
                 except ShardError as err:
                     p.local = (None, err.payloads())
@@ -835,14 +828,7 @@ class Pool:
         local = self._local
         try:
             if p.command is _STEP:
-                began = time.perf_counter_ns()
-                steps = local.steps
-                extras = local.step(*p.local_args)
-                ended = time.perf_counter_ns()
-                # the calling process's own shard counts as the workers count (shard 0's row)
-                kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
-                self._local_finished = ended
-                return extras, None
+                return self._step_local(p, time.perf_counter_ns()), None
             if p.command is _RESET:
                 return local.reset(*p.local_args), None
             if p.command is Command.CONTROL:
@@ -853,6 +839,17 @@ class Pool:
             return None, None
         except ShardError as err:
             return None, err.payloads()
+
+    def _step_local(self, p: _Pending, began: int) -> list | None:
+        """Step the parent's own shard for ``p`` (``began``: the clock when this process started on it);
+        its counters grow as a worker's do (shard 0's row). Returns the shard's extras."""
+        local = self._local
+        steps = local.steps
+        extras = local.step(*p.local_args)
+        ended = time.perf_counter_ns()
+        kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
+        self._local_finished = ended
+        return extras
 
     def _gather(self, p: _Pending) -> list | None:
         """Merge the parent's and the workers' extras; raise the error of the lowest env index

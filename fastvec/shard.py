@@ -178,7 +178,19 @@ class Shard:
         autoreset = self.autoreset_mode == NEXT_STEP
         timing = self.header.item(HEADER_TIMING) and self._timed()
         errors: list[ShardError] | None = None
-        for j in range(len(self.envs)):
+        first = 0
+        if not timing and True not in needs_reset:  # the usual step: every env steps, in one kernel call
+            try:
+                kernels.step_into(results, self.step_fns, actions)
+                first = len(self.envs)  # (episode ends are marked by _write_step, from the flags it wrote)
+            except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
+                first = len(results)
+                for j, result in enumerate(results):
+                    if autoreset and type(result) is tuple and len(result) == 5 and (result[2] or result[3]):
+                        needs_reset[j] = True
+                errors = self._step_failed(first, slot, exc, append, errors)
+                first += 1
+        for j in range(first, len(self.envs)):
             if needs_reset[j]:
                 obs, info = self._autoreset(j, "reset (autoreset)")
                 append((obs, 0.0, False, False, info))
@@ -192,17 +204,26 @@ class Shard:
                 else:
                     result = self.step_fns[j](actions[j])
             except Exception as exc:
-                if not self.restart_on_error:  # the other envs still step; every error is reported
-                    errors = (errors or []) + [ShardError(start + j, "step", exc)]
-                    continue
-                result = restart.after_step_error(self, j, slot, exc, reset_now=False)
-                needs_reset[j] = True  # the fresh env starts its episode in the next step
+                errors = self._step_failed(j, slot, exc, append, errors)
+                continue
             append(result)
             if autoreset and type(result) is tuple and len(result) == 5 and (result[2] or result[3]):
                 needs_reset[j] = True
         if errors:
             raise ShardError.combine(errors)
         return self._write_step(results, slot, None)
+
+    def _step_failed(
+        self, j: int, slot: int, exc: Exception, append: Any, errors: list[ShardError] | None
+    ) -> list[ShardError] | None:
+        """NEXT_STEP / DISABLED: env j raised ``exc`` while stepping. Without restarts, the error joins
+        ``errors`` (the other envs still step; every error is reported); with on_error="restart" the env
+        is re-created, its result appended, and its episode starts in the next step."""
+        if not self.restart_on_error:
+            return (errors or []) + [ShardError(self.start + j, "step", exc)]
+        append(restart.after_step_error(self, j, slot, exc, reset_now=False))
+        self.needs_reset[j] = True
+        return errors
 
     def _autoreset(self, j: int, command: str) -> tuple[Any, dict]:
         """Reset env j after its episode ended; with on_error="restart" a failing env is re-created."""
@@ -262,6 +283,10 @@ class Shard:
                     if reset_info:
                         extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
         elif ended and self.autoreset_mode == NEXT_STEP:
+            needs_reset = self.needs_reset  # (the usual step's envs are marked here, not one by one as they step)
+            for j, result in enumerate(results):
+                if result[2] or result[3]:
+                    needs_reset[j] = True
             migrate = self.migrate
             leaving = [j for j, r in enumerate(results) if (r[2] or r[3]) and migrate[start + j] and self._may_leave(j)]
         if has_info:

@@ -47,16 +47,39 @@ def test_autoreset_modes(mode: int) -> None:
     assert views.obs[0][0, 1, 0] == 2002  # env 1 went on
 
 
-def test_every_env_steps_and_every_error_is_reported() -> None:
+@pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP])
+def test_every_env_steps_and_every_error_is_reported(mode: int) -> None:
     def make(i: int):
         return envs.FailingEnv("step" if i in (0, 2) else None)
 
-    shard, views = _shard(make, 3, SAME_STEP)
+    shard, views = _shard(make, 3, mode)
     shard.reset(0, None, False, False)
     with pytest.raises(ShardError) as info:
         shard.step(1)
     assert [p[0] for p in info.value.payloads()] == [0, 2]
     assert shard.envs[1].steps == 1  # the env after the failing one still stepped
+
+
+class _RaisesOnFour(envs.Counter):
+    def step(self, action):
+        if int(action) == 4:
+            raise ValueError("four")
+        return super().step(action)
+
+
+def test_next_step_an_episode_that_ends_beside_an_error_still_resets_in_the_next_step() -> None:
+    """NEXT_STEP steps the usual batch in one kernel call; when an env raises there, the envs
+    before it whose episode ended must still be reset in the next step, as in the env-by-env loop."""
+    shard, views = _shard(_RaisesOnFour, 3, NEXT_STEP)
+    shard.reset(0, None, False, False)
+    views.actions[0][:] = [39, 4, 0]  # env 0 reaches t = 40 (truncated) as env 1 raises
+    with pytest.raises(ShardError) as info:
+        shard.step(1)
+    assert [p[0] for p in info.value.payloads()] == [1] and shard.envs[2].t == 1
+    views.actions[0][:] = [0, 0, 0]
+    shard.step(0)
+    assert views.obs[0][0, 0, 0] == 0 and views.rewards[0, 0] == 0.0  # env 0 was reset, not stepped
+    assert views.obs[0][0, 2, 0] == 2  # env 2 stepped
 
 
 def test_structured_actions_and_object_observations() -> None:

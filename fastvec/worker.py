@@ -175,6 +175,7 @@ def _serve(
     adaptive = spin_ns == ADAPTIVE_POLL
     gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
     finished = time.perf_counter_ns()
+    message = -1  # what this worker last stored in its HAS_MESSAGE word (-1: nothing yet; a predecessor's may be there)
     while True:
         if adaptive:  # poll a little longer than the parent usually takes, yielding the core
             spin_ns = -min(max(int(1.5 * gap_ns), ADAPTIVE_FLOOR_NS), 2_000_000)
@@ -209,7 +210,9 @@ def _serve(
                 "error",
                 [ShardError(shard.start, request or _COMMAND_NAMES.get(command, str(command)), exc).payload()],
             )
-        control[message_index] = 1 if reply is not None else 0
+        flag = 1 if reply is not None else 0
+        if flag != message:  # (only this worker writes its word: a store only when it changes)
+            control[message_index] = message = flag
         wait_ns = began - finished
         finished = time.perf_counter_ns()
         add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before, wait_ns)

@@ -29,7 +29,7 @@ from fastvec import kernels
 from fastvec.batch import _EMPTY, sort_extras
 from fastvec.checks import ActionWriter
 from fastvec.errors import AlreadyPendingCallError, NoAsyncCallError, WorkerDiedError, env_errors
-from fastvec.protocol import POLL_NS, Command, Control, Extra, StepFlag, dumps_payload
+from fastvec.protocol import POLL_NS, Command, Extra, StepFlag, dumps_payload
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -93,14 +93,12 @@ class AsyncBatches:
         self.running = [False] * len(pool._remotes)  # per group: in flight, or done and not yet received
         self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
         # views of the shared block made once, not per call (issue 12: each numpy slice or fancy index costs
-        # about as much as the rest of a call's bookkeeping): per group its action rows, its words for
-        # issue(), its result rows per ring slot, and the tags its envs were last sent
+        # about as much as the rest of a call's bookkeeping): per group its action rows and its result rows
+        # per ring slot; and the tags its envs were last sent
         views = pool._views
         groups = [remote.envs for remote in pool._remotes]
         self._all_positions = list(range(len(groups)))
         self._action_rows = [[buffer[g.start : g.stop] for buffer in views.actions] for g in groups]
-        self._issue_words = [(pool._bases[k : k + 1], pool._seqs[k : k + 1]) for k in range(len(groups))]
-        self._message_words = [remote.base + Control.HAS_MESSAGE for remote in pool._remotes]
         self._result_rows = [
             [
                 (
@@ -117,8 +115,7 @@ class AsyncBatches:
 
     def release(self) -> None:
         """Drop the views of the shared block (the pool is closing: a view kept would keep it mapped)."""
-        self._action_rows = self._issue_words = self._result_rows = []  # type: ignore[assignment]
-        self._writers = {}
+        self._action_rows = self._result_rows = []  # type: ignore[assignment]
 
     @property
     def busy(self) -> bool:
@@ -236,7 +233,7 @@ class AsyncBatches:
             for position in positions:
                 remote = pool._remotes[position]
                 slot = self.slots[position] + 1 if self.slots[position] + 1 < pool.ring_slots else 0
-                bases, seqs = self._issue_words[position]
+                bases, seqs = pool._worker_words[position]
                 kernels.issue(pool._control, bases, code, slot, arg, seqs, pool._remaining_index)  # (counts seqs)
                 if payloads and remote.index in payloads:
                     remote.send_bytes(payloads[remote.index])
@@ -298,7 +295,7 @@ class AsyncBatches:
         try:
             command, slot = self.inflight.pop(position)
             remote = pool._remotes[position]
-            reply = pool._recv(remote, "recv") if pool._control.item(self._message_words[position]) else None
+            reply = pool._recv(remote, "recv") if pool._control.item(pool._message_words[position]) else None
             extras, error = None, None
             if reply is not None:
                 kind, payload = reply

@@ -72,15 +72,7 @@ class ActionWriter:
         """Check ``actions`` and copy them into ``buffers`` (one per array leaf), recording in ``tags``
         the dtype each came in; returns the object leaves' values."""
         if self.single:
-            writer = self.writers[0]
-            if type(actions) is np.ndarray and actions.shape == writer.shape and actions.dtype == writer.dtype:
-                # (the usual batch: the buffer's own shape and dtype, nothing to cast or reshape)
-                buffers[0][...] = actions
-                tag = 0
-                if writer.check_range:
-                    writer.check_written(buffers[0], actions)
-            else:
-                tag = writer.write(actions, buffers[0])
+            tag = self.writers[0].write(actions, buffers[0])
             written = self._written
             if written is None or written[1] != tag or written[0] != id(tags):  # (a row store costs 0.5 us)
                 tags[0] = tag
@@ -145,6 +137,11 @@ class _LeafWriter:
     def write(self, actions: Any, out: np.ndarray) -> int:
         """Check ``actions`` (shape ``[num_envs, *shape]``) and copy them into ``out``; returns the tag
         of their dtype (0: the buffer's own), with which the shard hands them to the envs."""
+        if type(actions) is np.ndarray and actions.shape == self.shape and actions.dtype == self.dtype:
+            out[...] = actions  # the usual batch: the buffer's own shape and dtype, nothing to cast or reshape
+            if self.check_range:
+                self._check_range(out.reshape(-1), actions)
+            return 0
         a = actions if type(actions) is np.ndarray else np.asarray(actions)
         if a.ndim == 0:
             raise TypeError(
@@ -167,12 +164,8 @@ class _LeafWriter:
                 tag |= ord(a.dtype.newbyteorder("=").char)
         out[...] = a  # (casting as numpy assigns: what _check_cast let through is held exactly)
         if self.check_range:
-            self.check_written(out, a)
+            self._check_range(out.reshape(-1), a)
         return tag
-
-    def check_written(self, out: np.ndarray, a: np.ndarray) -> None:
-        """The range check (check="warn" / "raise") of actions ``a`` just written into ``out``."""
-        self._check_range(out.reshape(-1), a)
 
     def _check_cast(self, a: np.ndarray) -> None:
         """Refuse what the buffer's dtype cannot hold exactly (checked before the cast)."""

@@ -145,20 +145,18 @@ class SubprocVecEnv(_VecEnvBase):
         ids = batch.env_ids.tolist()
         if True not in ended and not batch.infos and not batch.restarted:  # the usual batch
             infos = kernels.info_dicts(len(ids), "TimeLimit.truncated", False)
-            for i, info in batch.reset_infos.items():  # an async_reset's infos
-                self.reset_infos[i] = info
-            return batch.obs, batch.rewards, dones, infos, batch.env_ids
-        cut = (truncated & ~terminated).tolist()
-        infos = []
-        for k, i in enumerate(ids):
-            info = batch.infos.get(i) or {}
-            info["TimeLimit.truncated"] = cut[k]
-            if ended[k]:
-                info["terminal_observation"] = batch.terminal_observation(i)
-                self.reset_infos[i] = batch.reset_infos.get(i, {})
-            if i in batch.restarted:
-                info["fastvec.restarted"] = batch.restarted[i]
-            infos.append(info)
+        else:
+            cut = (truncated & ~terminated).tolist()
+            infos = []
+            for k, i in enumerate(ids):
+                info = batch.infos.get(i) or {}
+                info["TimeLimit.truncated"] = cut[k]
+                if ended[k]:
+                    info["terminal_observation"] = batch.terminal_observation(i)
+                    self.reset_infos[i] = batch.reset_infos.get(i, {})
+                if i in batch.restarted:
+                    info["fastvec.restarted"] = batch.restarted[i]
+                infos.append(info)
         if True not in ended:
             for i, info in batch.reset_infos.items():  # an async_reset's infos
                 self.reset_infos[i] = info

@@ -185,9 +185,10 @@ class Shard:
                 first = len(self.envs)  # (episode ends are marked by _write_step, from the flags it wrote)
             except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
                 first = len(results)
-                for j, result in enumerate(results):
-                    if autoreset and type(result) is tuple and len(result) == 5 and (result[2] or result[3]):
-                        needs_reset[j] = True
+                if autoreset:  # (the envs before it, as the loop marks them)
+                    for j, result in enumerate(results):
+                        if _ended(result):
+                            needs_reset[j] = True
                 errors = self._step_failed(first, slot, exc, append, errors)
                 first += 1
         for j in range(first, len(self.envs)):
@@ -207,7 +208,7 @@ class Shard:
                 errors = self._step_failed(j, slot, exc, append, errors)
                 continue
             append(result)
-            if autoreset and type(result) is tuple and len(result) == 5 and (result[2] or result[3]):
+            if autoreset and _ended(result):
                 needs_reset[j] = True
         if errors:
             raise ShardError.combine(errors)
@@ -283,12 +284,11 @@ class Shard:
                     if reset_info:
                         extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
         elif ended and self.autoreset_mode == NEXT_STEP:
-            needs_reset = self.needs_reset  # (the usual step's envs are marked here, not one by one as they step)
-            for j, result in enumerate(results):
-                if result[2] or result[3]:
-                    needs_reset[j] = True
+            finished = [j for j, r in enumerate(results) if r[2] or r[3]]
+            for j in finished:  # (the usual step's envs are marked here, not one by one as they step)
+                self.needs_reset[j] = True
             migrate = self.migrate
-            leaving = [j for j, r in enumerate(results) if (r[2] or r[3]) and migrate[start + j] and self._may_leave(j)]
+            leaving = [j for j in finished if migrate[start + j] and self._may_leave(j)]
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
@@ -603,6 +603,11 @@ def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
     """A private copy of an action leaf's rows as the caller sent them (their dtype; scalar rows)."""
     rows = rows.astype(_TAG_DTYPES[tag & TAG_DTYPE]) if tag & TAG_DTYPE else rows.copy()
     return rows.reshape(len(rows)) if tag & TAG_SCALAR_ROWS else rows
+
+
+def _ended(result: Any) -> bool:
+    """Whether an env.step() result is a 5-tuple whose episode ended (terminated or truncated)."""
+    return type(result) is tuple and len(result) == 5 and bool(result[2] or result[3])
 
 
 def _where(leaf: Leaf) -> str:

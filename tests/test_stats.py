@@ -52,8 +52,8 @@ def test_per_env_step_times_while_timing() -> None:
         assert not pool.timing
         pool.timing = True
         pool.stats()
-        for _ in range(40):
+        for _ in range(240):  # 30 timed commands: one preemption of a fast env must not hide the slow one
             pool.step(np.zeros(4, np.int64))
         times = [ms for shard in pool.stats().shards for ms in shard.env_step_ms]
-        assert times[3] > 5 * max(times[:3])  # the slow env shows
+        assert times[3] > 4 * max(times[:3]), times  # the slow env shows
         assert 1.5 < times[3] < 20  # one command in TIMING_EVERY is timed; the estimate is still ~2 ms a step

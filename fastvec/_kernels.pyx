@@ -453,7 +453,8 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
     Row ``start + j`` of ``obs_dst`` / ``rewards`` / ``terminated`` / ``truncated`` gets
     ``results[j]``'s observation (copied as gather_rows copies), float reward and bool flags.
     Returns ``(code, ended, has_info, nan)``: ``code`` as gather_rows returns it (-1, a bad
-    shape's j, or ``-2 - j`` for a cast); ``ended``: some env terminated or truncated;
+    shape's j, or ``-2 - j`` for a cast); ``ended``: the list of the j that terminated or
+    truncated (in order; empty on most steps; after a bad shape, those before it);
     ``has_info``: some info dict is not empty; ``nan``: the first j with a NaN reward, or -1.
     A malformed result or a value that does not convert raises (the caller then finds whose).
     """
@@ -463,7 +464,8 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
     cdef object result
     cdef bint converted
     cdef Py_ssize_t cast = -1, nan = -1
-    cdef bint ended = False, has_info = False, term, trunc
+    cdef list ended = []
+    cdef bint has_info = False, term, trunc
     cdef double reward
     cdef Py_ssize_t n_rewards, n_terminated, n_truncated
     cdef double *rewards = <double *> data_of(rewards_array, cnp.NPY_DOUBLE, &n_rewards, "rewards")
@@ -491,7 +493,7 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
         terminated[start + j] = term
         truncated[start + j] = trunc
         if term or trunc:
-            ended = True
+            ended.append(j)
         if not has_info and (<tuple> result)[4]:
             has_info = True
     return (-1 if cast < 0 else -2 - cast), ended, has_info, nan
@@ -618,10 +620,35 @@ def info_dicts(Py_ssize_t n, key, value):
     return out
 
 
-def step_into(list results, list step_fns, actions, Py_ssize_t first=0):
-    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on: a shard's envs stepped
-    in one call. An env's exception propagates; ``len(results)`` then says which env raised (the
-    envs before it have their results in ``results``)."""
+def step_into(list results, list step_fns, actions, Py_ssize_t first=0, Py_ssize_t stop=-1):
+    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` up to ``stop`` (default:
+    every env): a shard's envs stepped in one call. An env's exception propagates; ``len(results)``
+    then says which env raised, when ``results`` started with ``first`` items (the envs before it
+    have their results in ``results``)."""
     cdef Py_ssize_t j
-    for j in range(first, len(step_fns)):
+    if stop < 0 or stop > len(step_fns):
+        stop = len(step_fns)
+    for j in range(first, stop):
         results.append(step_fns[j](actions[j]))
+
+
+def row_copies(cnp.ndarray src, list indices):
+    """``[src[i].copy() for i in indices]``: each row a new array of its own (memcpy'd), for a
+    C-contiguous ``src`` in native byte order (anything else is copied by numpy)."""
+    cdef Py_ssize_t i, n_rows = cnp.PyArray_DIMS(src)[0] if cnp.PyArray_NDIM(src) > 0 else 0
+    cdef Rows rows
+    cdef cnp.ndarray row
+    cdef list out = []
+    if cnp.PyArray_NDIM(src) == 0:
+        raise ValueError("row_copies needs an array with rows")
+    for i in indices:
+        if i < 0 or i >= n_rows:
+            raise IndexError(f"row {i} outside an array of {n_rows} rows")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(src) or not cnp.PyArray_ISNOTSWAPPED(src) or cnp.PyArray_TYPE(src) == cnp.NPY_OBJECT:
+        return [src[i].copy() for i in indices]
+    rows_of(src, &rows, "row_copies")
+    for i in indices:
+        row = cnp.PyArray_EMPTY(rows.ndim, rows.dims, rows.type_num, 0)
+        memcpy(cnp.PyArray_DATA(row), rows.base + i * rows.nbytes, rows.nbytes)
+        out.append(row)
+    return out

@@ -245,7 +245,7 @@ def write_results(
     truncated: np.ndarray,
     start: int,
     report_cast: bool = False,
-) -> tuple[int, bool, bool, int]:
+) -> tuple[int, list[int], bool, int]:
     """A shard's step results into one ring slot; see _kernels.pyx."""
     for result in results:
         if type(result) is not tuple or len(result) != 5:
@@ -254,8 +254,8 @@ def write_results(
     if start < 0 or start + n > obs_dst.shape[0]:
         raise IndexError("write_results: rows outside the slot")
     code = gather_rows([r[0] for r in results], obs_dst, start, report_cast)
-    if code >= 0:
-        return code, False, False, -1
+    if code >= 0:  # (the compiled kernel also writes the rows before it; nothing relies on them)
+        return code, [j for j, r in enumerate(results[:code]) if r[2] or r[3]], False, -1
     values = [float(r[1]) for r in results]
     rewards[start : start + n] = values
     terms = [1 if r[2] else 0 for r in results]
@@ -263,7 +263,8 @@ def write_results(
     terminated[start : start + n] = terms
     truncated[start : start + n] = truncs
     nan = next((j for j, v in enumerate(values) if v != v), -1)
-    return code, any(terms) or any(truncs), any(bool(r[4]) for r in results), nan
+    ended = [j for j, (t, u) in enumerate(zip(terms, truncs)) if t or u]
+    return code, ended, any(bool(r[4]) for r in results), nan
 
 
 def add_stats(
@@ -326,13 +327,25 @@ def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarra
     return dones, rewards.copy(), np.flatnonzero(dones).tolist()
 
 
+def row_copies(src: np.ndarray, indices: list[int]) -> list[np.ndarray]:
+    """``[src[i].copy() for i in indices]``; see _kernels.pyx."""
+    if src.ndim == 0:
+        raise ValueError("row_copies needs an array with rows")
+    for i in indices:
+        if not 0 <= i < src.shape[0]:
+            raise IndexError(f"row {i} outside an array of {src.shape[0]} rows")
+    return [src[i].copy() for i in indices]
+
+
 def info_dicts(n: int, key: Any, value: Any) -> list[dict]:
     """``n`` new dicts ``{key: value}``."""
     return [{key: value} for _ in range(n)]
 
 
-def step_into(results: list, step_fns: list, actions: Any, first: int = 0) -> None:
-    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on; see _kernels.pyx."""
+def step_into(results: list, step_fns: list, actions: Any, first: int = 0, stop: int = -1) -> None:
+    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` up to ``stop``; see _kernels.pyx."""
     append = results.append
-    for j in range(first, len(step_fns)):
+    if stop < 0 or stop > len(step_fns):
+        stop = len(step_fns)
+    for j in range(first, stop):
         append(step_fns[j](actions[j]))

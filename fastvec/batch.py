@@ -100,6 +100,12 @@ class Batch:
             return self.final_obs[i]
         return self._pool.terminal_observation(i)
 
+    def terminal_observations(self, indices: list[int]) -> list:
+        """``terminal_observation(i)`` for each env in ``indices`` (those whose episode ended), in one call."""
+        if self.final_obs:
+            return [self.terminal_observation(i) for i in indices]
+        return self._pool.terminal_observations(indices)
+
     @property
     def ring(self) -> RingViews:
         return self._pool.ring

@@ -220,10 +220,11 @@ class VectorEnv(gym.vector.VectorEnv):
         infos: dict[str, Any] = {}
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             ended = np.flatnonzero(terminations | truncations).tolist()
+            finals = dict(zip(ended, batch.terminal_observations(ended))) if ended else {}
             # envs in index order, as gymnasium adds them (only those with something to say)
             for i in sorted({*ended, *batch.infos}) if batch.infos else ended:
-                if terminations[i] or truncations[i]:
-                    final = {"final_info": batch.infos.get(i, {}), "final_obs": batch.terminal_observation(i)}
+                if i in finals:
+                    final = {"final_info": batch.infos.get(i, {}), "final_obs": finals[i]}
                     infos = self._add_info(infos, {**final, **batch.reset_infos.get(i, {})}, i)
                 else:
                     infos = self._add_info(infos, batch.infos[i], i)

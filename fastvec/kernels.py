@@ -41,6 +41,7 @@ first_outside_int = impl.first_outside_int
 first_outside_float = impl.first_outside_float
 done_flags = impl.done_flags
 info_dicts = impl.info_dicts
+row_copies = impl.row_copies
 step_into = impl.step_into
 
 __all__ = [
@@ -62,5 +63,6 @@ __all__ = [
     "first_outside_float",
     "done_flags",
     "info_dicts",
+    "row_copies",
     "step_into",
 ]

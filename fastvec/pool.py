@@ -1222,6 +1222,12 @@ class Pool:
         arrays = iter([b[i].copy() for b in buffers])
         return assemble(self.observation_space, [next(arrays) if leaf.array else None for leaf in self.obs_leaves])
 
+    def terminal_observations(self, indices: list[int]) -> list:
+        """``terminal_observation(i)`` for each env in ``indices``: for one array leaf, copied in one kernel call."""
+        if self._single_leaf:
+            return kernels.row_copies(self._views.terminal_obs[0], indices)
+        return [self.terminal_observation(i) for i in indices]
+
     # -- monitoring ------------------------------------------------------------------------------
     def _pin(self) -> None:
         """Place the workers (and, with "spread", this process) on cores, per the pin setting."""

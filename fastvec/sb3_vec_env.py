@@ -116,10 +116,12 @@ class SubprocVecEnv(_VecEnvBase):
                 info["TimeLimit.truncated"] = False
         # (else most steps of most envs: only episode ends to report, visited alone below)
         terminated, truncated = batch.terminated, batch.truncated
-        for i in ended:
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-            infos[i]["terminal_observation"] = batch.terminal_observation(i)
-            self.reset_infos[i] = batch.reset_infos.get(i, {})
+        reset_infos = batch.reset_infos
+        for i, final in zip(ended, batch.terminal_observations(ended)):
+            info = infos[i]
+            info["TimeLimit.truncated"] = truncated.item(i) and not terminated.item(i)  # (Python bools)
+            info["terminal_observation"] = final
+            self.reset_infos[i] = reset_infos.get(i, {})
         for i, error in batch.restarted.items():
             infos[i]["fastvec.restarted"] = error
         return obs, rewards, dones, infos

@@ -179,19 +179,28 @@ class Shard:
         timing = self.header.item(HEADER_TIMING) and self._timed()
         errors: list[ShardError] | None = None
         first = 0
-        if not timing and True not in needs_reset:  # the usual step: every env steps, in one kernel call
-            try:
-                kernels.step_into(results, self.step_fns, actions)
-                first = len(self.envs)  # (episode ends are marked by _write_step, from the flags it wrote)
-            except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
-                first = len(results)
-                if autoreset:  # (the envs before it, as the loop marks them)
-                    for j, result in enumerate(results):
-                        if _ended(result):
-                            needs_reset[j] = True
-                errors = self._step_failed(first, slot, exc, append, errors)
-                first += 1
-        for j in range(first, len(self.envs)):
+        n = len(self.envs)
+        if not timing:  # the usual step: the envs step in kernel calls, one per run of envs between those reset now
+            stops = [j for j, due in enumerate(needs_reset) if due] if True in needs_reset else []
+            stops.append(n)
+            for stop in stops:
+                try:
+                    kernels.step_into(results, self.step_fns, actions, first, stop)
+                except Exception as exc:  # the env at len(results) raised: handled as the loop below handles it
+                    first = len(results)
+                    if autoreset:  # (the envs before it, as the loop marks them)
+                        for j, result in enumerate(results):
+                            if _ended(result):
+                                needs_reset[j] = True
+                    errors = self._step_failed(first, slot, exc, append, errors)
+                    first += 1
+                    break  # the loop below goes on from the next env
+                if stop < n:  # (as the loop below resets it)
+                    obs, info = self._autoreset(stop, "reset (autoreset)")
+                    append((obs, 0.0, False, False, info))
+                    needs_reset[stop] = False
+                first = stop + 1  # (past the last env: nothing left for the loop; episode ends are marked by _write_step)
+        for j in range(first, n):
             if needs_reset[j]:
                 obs, info = self._autoreset(j, "reset (autoreset)")
                 append((obs, 0.0, False, False, info))
@@ -272,23 +281,34 @@ class Shard:
         leaving: list[int] | None = None
         if ended and self.autoreset_mode == SAME_STEP:
             migrate = self.migrate
-            for j, result in enumerate(results):
-                if (result[2] or result[3]) and (restarted is None or j not in restarted):
-                    # copy the final observation out before the reset overwrites it
-                    self.write_terminal(j, result[0], "step")
-                    if migrate[start + j] and self._may_leave(j):  # its new shard resets it
-                        leaving = (leaving or []) + [j]
-                        continue
-                    obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
+            # one plain array (the usual case): each row copied by one kernel call, without write_obs's
+            # structure walk (an episode ends in a few percent of env steps: this is per env, not per command)
+            plain = self.single_leaf and not self.raw_final
+            if plain:
+                terminal, slot_obs, checking = self.views.terminal_obs[0], self.obs_slots[0][slot], self.checks.active
+            for j in ended:
+                if restarted is not None and j in restarted:
+                    continue
+                # copy the final observation out before the reset overwrites it
+                if plain:
+                    self._gather_row(results[j][0], terminal, j, "step", False)
+                else:
+                    self.write_terminal(j, results[j][0], "step")
+                if migrate.item(start + j) and self._may_leave(j):  # its new shard resets it
+                    leaving = (leaving or []) + [j]
+                    continue
+                obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
+                if plain:
+                    self._gather_row(obs, slot_obs, j, "reset (autoreset after step)", checking)
+                else:
                     self.write_obs([obs], slot, "reset (autoreset after step)", [j])
-                    if reset_info:
-                        extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
+                if reset_info:
+                    extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
         elif ended and self.autoreset_mode == NEXT_STEP:
-            finished = [j for j, r in enumerate(results) if r[2] or r[3]]
-            for j in finished:  # (the usual step's envs are marked here, not one by one as they step)
+            for j in ended:  # (the usual step's envs are marked here, not one by one as they step)
                 self.needs_reset[j] = True
             migrate = self.migrate
-            leaving = [j for j in finished if migrate[start + j] and self._may_leave(j)]
+            leaving = [j for j in ended if migrate.item(start + j) and self._may_leave(j)]
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
@@ -362,8 +382,9 @@ class Shard:
         self.action_buffers = [buffer[self.start : self.stop] for buffer in self.views.actions]
         self.checks.start = self.start
 
-    def _write_step_slowly(self, results: list, slot: int) -> tuple[bool, bool, int]:
-        """The general path of ``_write_step``: any observation structure, and every problem named."""
+    def _write_step_slowly(self, results: list, slot: int) -> tuple[list[int], bool, int]:
+        """The general path of ``_write_step``: any observation structure, and every problem named.
+        Returns (the positions whose episode ended, some info not empty, the first NaN reward's position or -1)."""
         start = self.start
         try:
             obs_list, rewards, terminated, truncated, infos = map(list, zip(*results))
@@ -387,7 +408,7 @@ class Shard:
                 bad = next((k for k, f in enumerate(flags) if not _is_flag(f)), 0)
                 raise ShardError(start + bad, "step", TypeError(f"{what} must be a bool, got {flags[bad]!r}")) from exc
         nan = kernels.first_nan(self.reward_slots[slot], start, self.stop) if self.checks.active else -1
-        ended = any(terminated) or any(truncated)
+        ended = [j for j, (term, trunc) in enumerate(zip(terminated, truncated)) if term or trunc]
         return ended, any(infos), (nan - start if nan >= 0 else -1)
 
     # -- reset ---------------------------------------------------------------------------------
@@ -521,6 +542,16 @@ class Shard:
                     self.start + j, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
                 ) from exc
         return parts
+
+    def _gather_row(self, item: Any, dst: np.ndarray, j: int, command: str, checking: bool) -> None:
+        """``_gather([item], dst, the one leaf, command, checking, j)`` for a plain array space, with
+        one kernel call when the row copies as it is (no cast to report, nothing to name)."""
+        try:
+            if kernels.gather_rows([item], dst, self.start + j, checking) == -1:
+                return
+        except Exception:
+            pass
+        self._gather([item], dst, self.leaves[0], command, checking, j)  # (names the problem, reports a cast)
 
     def _gather(self, items: list, dst: np.ndarray, leaf: Leaf, command: str, checking: bool, offset: int = 0) -> None:
         """Copy ``items`` into rows ``start + offset + k`` of ``dst``; any failure names its env."""

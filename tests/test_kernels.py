@@ -102,6 +102,26 @@ def test_done_flags_match_numpy(k, flags, data) -> None:
 
 
 @pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, ">f4", np.int64])
+def test_row_copies_are_each_their_own_copy(k, dtype) -> None:
+    src = np.arange(5 * 2 * 3).reshape(5, 2, 3).astype(dtype)
+    rows = k.row_copies(src, [3, 0, 3])
+    assert len(rows) == 3
+    for row, i in zip(rows, [3, 0, 3]):
+        np.testing.assert_array_equal(row, src[i])
+        assert row.dtype == src.dtype and row.shape == (2, 3) and row.flags.owndata
+    rows[0][...] = 99  # nothing shared: not the source, not the other copy of the same row
+    assert src[3, 0, 0] == 18 and rows[2][0, 0] == 18
+    assert k.row_copies(src, []) == []
+    np.testing.assert_array_equal(k.row_copies(src[:, 0], [4])[0], src[4, 0])  # a strided source
+    np.testing.assert_array_equal(k.row_copies(np.arange(4.0), [2])[0], np.float64(2.0))  # rows of 1-D: 0-d arrays
+    with pytest.raises(IndexError, match="row 5"):
+        k.row_copies(src, [5])
+    with pytest.raises(IndexError, match="row -1"):
+        k.row_copies(src, [-1])
+
+
+@pytest.mark.parametrize("k", IMPLS)
 def test_done_flags_refuse_wrong_dtypes_and_lengths(k) -> None:
     flags, rewards = np.zeros(4, np.bool_), np.zeros(4)
     with pytest.raises(ValueError, match="terminated"):
@@ -134,6 +154,11 @@ def test_step_into_steps_in_order_and_stops_at_the_env_that_raised(k) -> None:
     assert results == [(0, 5)] and calls == [(0, 5), (1, 99)]  # env 2 not stepped: the caller resumes
     k.step_into(results, [env(i) for i in range(3)], [5, 99, 7], 2)
     assert results == [(0, 5), (2, 7)]
+    results = []  # a run of envs: first up to stop (one env is reset between runs)
+    k.step_into(results, [env(i) for i in range(4)], [5, 6, 7, 8], 0, 1)
+    k.step_into(results, [env(i) for i in range(4)], [5, 6, 7, 8], 2, 4)
+    k.step_into(results, [env(i) for i in range(4)], [5, 6, 7, 8], 4, 4)  # an empty run
+    assert results == [(0, 5), (2, 7), (3, 8)]
 
 
 @pytest.mark.parametrize("k", IMPLS)
@@ -370,13 +395,15 @@ def test_write_results_matches_writing_each_field(k) -> None:
     obs, rew = np.zeros((7, 3), np.float32), np.zeros(7)
     term, trunc = np.zeros(7, np.uint8), np.zeros(7, np.uint8)
     code, ended, has_info, nan = k.write_results(results, obs, rew, term, trunc, 1, True)
-    assert (code, ended, has_info, nan) == (-2 - 4, True, True, 4)
+    assert (code, ended, has_info, nan) == (-2 - 4, [1, 2], True, 4)  # ended: the positions, in order
     np.testing.assert_array_equal(obs[1:6], np.stack([r[0] for r in results]).astype(np.float32))
     assert rew[1:5].tolist() == [0, 1, 2, 3] and np.isnan(rew[5])
     assert term.tolist() == [0, 0, 1, 0, 0, 0, 0] and trunc.tolist() == [0, 0, 0, 1, 0, 0, 0]
     quiet = [(np.zeros(3, np.float32), 0.0, False, False, {})] * 2
-    assert k.write_results(quiet, obs, rew, term, trunc, 0, True) == (-1, False, False, -1)
+    assert k.write_results(quiet, obs, rew, term, trunc, 0, True) == (-1, [], False, -1)
     assert k.write_results([(np.zeros(4), 0.0, False, False, {})], obs, rew, term, trunc, 0)[0] == 0  # bad shape
+    ended_then_bad = [(np.zeros(3, np.float32), 0.0, True, False, {}), (np.zeros(4), 0.0, True, False, {})]
+    assert k.write_results(ended_then_bad, obs, rew, term, trunc, 0)[:2] == (1, [0])  # those before it
     with pytest.raises(TypeError):
         k.write_results([(np.zeros(3), 0.0, False, False)], obs, rew, term, trunc, 0)
     with pytest.raises(TypeError):
@@ -485,7 +512,7 @@ def test_compiled_kernels_refuse_arrays_they_cannot_use() -> None:
     obs, rewards = np.zeros((2, 3), np.float32), np.zeros(2)
     flags = np.zeros(2, np.uint8)
     result = (np.zeros(3, np.float32), 1.0, True, False, {})
-    assert k.write_results([result, result], obs, rewards, flags, flags.copy(), 0)[:2] == (-1, True)
+    assert k.write_results([result, result], obs, rewards, flags, flags.copy(), 0)[:2] == (-1, [0, 1])
     with pytest.raises(ValueError, match="rewards has dtype float32"):
         k.write_results([result], obs, np.zeros(2, np.float32), flags, flags, 0)
     with pytest.raises(IndexError):

@@ -82,6 +82,31 @@ def test_next_step_an_episode_that_ends_beside_an_error_still_resets_in_the_next
     assert views.obs[0][0, 2, 0] == 2  # env 2 stepped
 
 
+@pytest.mark.parametrize("raises", [False, True])
+def test_next_step_steps_the_runs_between_the_envs_it_resets(raises: bool) -> None:
+    """NEXT_STEP steps the envs between those it resets in kernel calls, one per run; every env
+    still gets the right treatment, and an env raising in a run is handled as in the env-by-env loop."""
+    shard, views = _shard(_RaisesOnFour, 5, NEXT_STEP)
+    shard.reset(0, None, False, False)
+    views.actions[0][:] = [39, 0, 39, 0, 39]  # envs 0, 2 and 4 end (t = 40, truncated)
+    shard.step(1)
+    assert views.truncated[1].tolist() == [True, False, True, False, True]
+    views.actions[0][:] = [3, 4 if raises else 1, 3, 1, 3]  # (the reset envs' actions are ignored)
+    if raises:
+        with pytest.raises(ShardError) as info:
+            shard.step(0)
+        assert [p[0] for p in info.value.payloads()] == [1]
+    else:
+        shard.step(0)
+        assert views.obs[0][0, :, 0].tolist() == [0, 3, 0, 3, 0] and views.rewards[0].tolist() == [0, 1, 0, 1, 0]
+    t1 = 1 if raises else 3  # (a failing env does not advance)
+    assert [env.t for env in shard.envs] == [0, t1, 0, 3, 0]  # resets, not steps; env 3, after env 1, stepped
+    assert shard.needs_reset == [False] * 5
+    views.actions[0][:] = [1, 1, 1, 1, 1]
+    shard.step(1)
+    assert views.obs[0][1, :, 0].tolist() == [2, t1 + 2, 2, 5, 2] and not views.truncated[1].any()
+
+
 def test_structured_actions_and_object_observations() -> None:
     obs_space = spaces.Dict({"word": spaces.Text(4, charset="ab"), "pos": spaces.Box(-1, 1, (2,), np.float32)})
     act_space = spaces.Tuple((spaces.Discrete(3), spaces.Text(3, charset="xy")))

@@ -306,8 +306,17 @@ class VectorEnv(gym.vector.VectorEnv):
         self._assert_is_running()
         batch = self.pool.recv(copy=self.copy if copy is None else copy)
         infos: dict[str, Any] = {}
+        done = np.logical_or(batch.terminated, batch.truncated).tolist()
+        ends = self.autoreset_mode == AutoresetMode.SAME_STEP and True in done  # (final_obs, final_info)
+        if ends or batch.infos or batch.reset_infos or batch.restarted:  # else: only env_id
+            infos = self._recv_infos(batch, done)
+        infos["env_id"] = batch.env_ids
+        return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
+
+    def _recv_infos(self, batch: Any, done: list[bool]) -> dict[str, Any]:
+        """A batch's infos, batched as gymnasium batches them: the envs' infos, episode ends, restarts."""
+        infos: dict[str, Any] = {}
         batched = _BatchInfos(len(batch.env_ids))  # gymnasium's info batching, over the batch's envs
-        done = np.logical_or(batch.terminated, batch.truncated)
         for k, i in enumerate(batch.env_ids.tolist()):
             info = dict(batch.infos.get(i, {}))
             if self.autoreset_mode == AutoresetMode.SAME_STEP and done[k]:
@@ -318,8 +327,7 @@ class VectorEnv(gym.vector.VectorEnv):
                 info["fastvec_restarted"] = batch.restarted[i]
             if info:
                 infos = batched.add(infos, info, k)
-        infos["env_id"] = batch.env_ids
-        return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
+        return infos
 
     def stats(self) -> Any:
         """What each shard did since the previous call (fastvec.stats.PoolStats)."""

@@ -141,28 +141,36 @@ class SubprocVecEnv(_VecEnvBase):
         with SB3's infos (``TimeLimit.truncated``, ``terminal_observation``). ``copy=False``
         (default: the ``copy`` it was made with): obs and rewards are views into the ring (see Pool.recv), valid until the next ``send``."""
         batch = self.pool.recv(copy=self.copy if copy is None else copy)
-        terminated, truncated = batch.terminated, batch.truncated
-        dones = terminated | truncated
+        dones = batch.terminated | batch.truncated
         ended = dones.tolist()  # (lists: numpy scalars cost a microsecond per env here)
         ids = batch.env_ids.tolist()
-        if True not in ended and not batch.infos and not batch.restarted:  # the usual batch
-            infos = kernels.info_dicts(len(ids), "TimeLimit.truncated", False)
-        else:
-            cut = (truncated & ~terminated).tolist()
-            infos = []
-            for k, i in enumerate(ids):
-                info = batch.infos.get(i) or {}
-                info["TimeLimit.truncated"] = cut[k]
-                if ended[k]:
-                    info["terminal_observation"] = batch.terminal_observation(i)
-                    self.reset_infos[i] = batch.reset_infos.get(i, {})
-                if i in batch.restarted:
-                    info["fastvec.restarted"] = batch.restarted[i]
-                infos.append(info)
+        infos = kernels.info_dicts(len(ids), "TimeLimit.truncated", False)  # the usual infos
+        if True in ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
+            self._unusual_infos(batch, ids, ended, infos)
         if True not in ended:
             for i, info in batch.reset_infos.items():  # an async_reset's infos
                 self.reset_infos[i] = info
         return batch.obs, batch.rewards, dones, infos, batch.env_ids
+
+    def _unusual_infos(self, batch: Any, ids: list[int], ended: list[bool], infos: list[dict]) -> None:
+        """What ``recv`` adds to the usual infos (in place): the envs' own info dicts, episode ends
+        (``TimeLimit.truncated``, ``terminal_observation``, the reset's infos) and restarts."""
+        if batch.infos:
+            for k, i in enumerate(ids):
+                info = batch.infos.get(i)
+                if info:  # the env's own dict, as SB3 returns it
+                    info["TimeLimit.truncated"] = False
+                    infos[k] = info
+        terminated, truncated = batch.terminated, batch.truncated
+        for k in [k for k, done in enumerate(ended) if done]:
+            i = ids[k]
+            infos[k]["TimeLimit.truncated"] = truncated.item(k) and not terminated.item(k)
+            infos[k]["terminal_observation"] = batch.terminal_observation(i)
+            self.reset_infos[i] = batch.reset_infos.get(i, {})
+        if batch.restarted:
+            for k, i in enumerate(ids):
+                if i in batch.restarted:
+                    infos[k]["fastvec.restarted"] = batch.restarted[i]
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seeds for the next reset: ``seed + i`` for env i (as SB3). With no seed, the root is

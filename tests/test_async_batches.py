@@ -207,3 +207,59 @@ def test_each_group_gets_its_actions_in_the_dtype_it_was_sent() -> None:
                     action = got.infos[i]["action"]
                     expected = sent[int(got.env_ids[0])][0]
                     assert action.dtype == expected.dtype and np.array_equal(action, expected), (i, action)
+
+
+class _InfoCounter(envs.Counter):
+    """A Counter with infos: its step's info on every third t, its reset's info, and episodes that
+    end both ways (terminated at t % 17 == 0, truncated at t >= 40)."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, _ = super().reset(seed=seed, options=options)
+        return obs, {"reset_of": self.index}
+
+    def step(self, action):
+        obs, reward, _, truncated, _ = super().step(action)
+        info = {"t": self.t} if self.t % 3 == 0 else {}
+        return obs, reward, self.t % 17 == 0, truncated, info
+
+
+def test_sb3_batches_match_sb3_env_by_env() -> None:
+    """Every env's observations, rewards, dones and infos (its own keys, TimeLimit.truncated,
+    terminal_observation) and reset infos from recv() equal those of SB3's DummyVecEnv stepping
+    that env alone with the same actions."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    fns = [partial(_InfoCounter, i) for i in range(4)]
+    refs = [DummyVecEnv([fn]) for fn in fns]
+    with SubprocVecEnv(fns, start_method="fork", batch_size=2) as venv:
+        venv.seed(5)
+        venv.async_reset()
+        expected: dict[int, tuple] = {}
+        for i, ref in enumerate(refs):
+            ref.seed(5 + i)
+            expected[i] = (ref.reset(), None, None, None)
+        steps = [0] * 4
+        seen_infos = seen_ends = 0
+        for _ in range(150):
+            obs, rewards, dones, infos, ids = venv.recv()
+            for k, i in enumerate(ids.tolist()):
+                want_obs, want_reward, want_done, want_infos = expected[i]
+                np.testing.assert_array_equal(obs[k], want_obs[0], err_msg=f"env {i}")
+                if want_infos is None:  # the first batch: reset observations
+                    continue
+                assert rewards[k] == want_reward[0] and dones[k] == want_done[0], i
+                got, want = dict(infos[k]), dict(want_infos[0])
+                if "terminal_observation" in want:
+                    np.testing.assert_array_equal(got.pop("terminal_observation"), want.pop("terminal_observation"))
+                    seen_ends += 1
+                    assert venv.reset_infos[i] == refs[i].reset_infos[0] == {"reset_of": i}
+                assert got == want, (i, got, want)
+                seen_infos += "t" in want
+            actions = np.array([(steps[i] * 7 + i) % 5 for i in ids.tolist()])
+            venv.send(actions, ids)
+            for a, i in zip(actions.tolist(), ids.tolist()):
+                steps[i] += 1
+                expected[i] = refs[i].step(np.array([a]))
+        assert seen_infos > 10 and seen_ends > 10  # the unusual infos were exercised
+    for ref in refs:
+        ref.close()

@@ -620,15 +620,12 @@ def info_dicts(Py_ssize_t n, key, value):
     return out
 
 
-def step_into(list results, list step_fns, actions, Py_ssize_t first=0, Py_ssize_t stop=-1):
-    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` up to ``stop`` (default:
-    every env): a shard's envs stepped in one call. An env's exception propagates; ``len(results)``
-    then says which env raised, when ``results`` started with ``first`` items (the envs before it
-    have their results in ``results``)."""
+def step_into(list results, list step_fns, actions, Py_ssize_t first=0):
+    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on: a shard's envs stepped
+    in one call. An env's exception propagates; ``len(results)`` then says which env raised (the
+    envs before it have their results in ``results``)."""
     cdef Py_ssize_t j
-    if stop < 0 or stop > len(step_fns):
-        stop = len(step_fns)
-    for j in range(first, stop):
+    for j in range(first, len(step_fns)):
         results.append(step_fns[j](actions[j]))
 
 

@@ -342,10 +342,8 @@ def info_dicts(n: int, key: Any, value: Any) -> list[dict]:
     return [{key: value} for _ in range(n)]
 
 
-def step_into(results: list, step_fns: list, actions: Any, first: int = 0, stop: int = -1) -> None:
-    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` up to ``stop``; see _kernels.pyx."""
+def step_into(results: list, step_fns: list, actions: Any, first: int = 0) -> None:
+    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on; see _kernels.pyx."""
     append = results.append
-    if stop < 0 or stop > len(step_fns):
-        stop = len(step_fns)
-    for j in range(first, stop):
+    for j in range(first, len(step_fns)):
         append(step_fns[j](actions[j]))

@@ -180,26 +180,20 @@ class Shard:
         errors: list[ShardError] | None = None
         first = 0
         n = len(self.envs)
-        if not timing:  # the usual step: the envs step in kernel calls, one per run of envs between those reset now
-            stops = [j for j, due in enumerate(needs_reset) if due] if True in needs_reset else []
-            stops.append(n)
-            for stop in stops:
-                try:
-                    kernels.step_into(results, self.step_fns, actions, first, stop)
-                except Exception as exc:  # the env at len(results) raised: handled as the loop below handles it
-                    first = len(results)
-                    if autoreset:  # (the envs before it, as the loop marks them)
-                        for j, result in enumerate(results):
-                            if _ended(result):
-                                needs_reset[j] = True
-                    errors = self._step_failed(first, slot, exc, append, errors)
-                    first += 1
-                    break  # the loop below goes on from the next env
-                if stop < n:  # (as the loop below resets it)
-                    obs, info = self._autoreset(stop, "reset (autoreset)")
-                    append((obs, 0.0, False, False, info))
-                    needs_reset[stop] = False
-                first = stop + 1  # (past the last env: nothing left for the loop; episode ends are marked by _write_step)
+        # the usual step: every env steps, in one kernel call (with an env due for a reset, the loop
+        # below: stepping the runs between such envs in kernel calls counted more instructions, not fewer)
+        if not timing and True not in needs_reset:
+            try:
+                kernels.step_into(results, self.step_fns, actions)
+                first = n  # (episode ends are marked by _write_step, from the flags it wrote)
+            except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
+                first = len(results)
+                if autoreset:  # (the envs before it, as the loop marks them)
+                    for j, result in enumerate(results):
+                        if _ended(result):
+                            needs_reset[j] = True
+                errors = self._step_failed(first, slot, exc, append, errors)
+                first += 1
         for j in range(first, n):
             if needs_reset[j]:
                 obs, info = self._autoreset(j, "reset (autoreset)")

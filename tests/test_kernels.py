@@ -154,11 +154,6 @@ def test_step_into_steps_in_order_and_stops_at_the_env_that_raised(k) -> None:
     assert results == [(0, 5)] and calls == [(0, 5), (1, 99)]  # env 2 not stepped: the caller resumes
     k.step_into(results, [env(i) for i in range(3)], [5, 99, 7], 2)
     assert results == [(0, 5), (2, 7)]
-    results = []  # a run of envs: first up to stop (one env is reset between runs)
-    k.step_into(results, [env(i) for i in range(4)], [5, 6, 7, 8], 0, 1)
-    k.step_into(results, [env(i) for i in range(4)], [5, 6, 7, 8], 2, 4)
-    k.step_into(results, [env(i) for i in range(4)], [5, 6, 7, 8], 4, 4)  # an empty run
-    assert results == [(0, 5), (2, 7), (3, 8)]
 
 
 @pytest.mark.parametrize("k", IMPLS)

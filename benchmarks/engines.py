@@ -174,6 +174,15 @@ def _fastvec(**kwargs: Any) -> Callable:
     return build
 
 
+def _fastvec_gym(**kwargs: Any) -> Callable:
+    def build(fns: list, workload: str) -> Any:
+        import fastvec
+
+        return _Gym(fastvec.VectorEnv(fns, **kwargs))
+
+    return build
+
+
 def _envpool_make(workload: str, num_envs: int, batch_size: int) -> Any:
     """EnvPool's own C++ implementation of ``workload`` (gymnasium API)."""
     if workload not in ENVPOOL_ENVS:
@@ -342,6 +351,13 @@ ENGINES: dict[str, Engine] = {
         knob=True,
     ),
     "fastvec": Engine(_fastvec(start_method="fork"), "fastvec SubprocVecEnv, defaults", True, "fastvec"),
+    "fastvec-gym": Engine(
+        _fastvec_gym(context="fork"),
+        "fastvec VectorEnv (gymnasium's API, NEXT_STEP autoreset), defaults",
+        True,
+        "fastvec",
+        knob=True,
+    ),
     "fastvec-async": Engine(
         _fastvec_async(start_method="fork"),
         "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), one worker per batch",

@@ -87,6 +87,100 @@ class SerialLoop:
             env.close()
 
 
+class Ceiling:
+    """No engine at all: one process per core, each stepping its share of the envs in a plain loop
+    (SerialLoop's), all started together and timed together. The most this machine gives the
+    workload right now; no engine can beat it. It times itself (``measure``): there is no batch
+    to step from the caller."""
+
+    def __init__(self, fns: list):
+        self.fns = fns
+        self.cores = max(1, min(len(fns), cores()))
+
+    def reset(self) -> None:
+        pass
+
+    def measure(self, batches: np.ndarray, seconds: float, repeats: int) -> dict:
+        """What ``fastvec.measure.time_steps`` returns: env steps/s of all the loops together."""
+        import multiprocessing
+        import statistics
+        import time
+
+        import psutil
+
+        from fastvec.measure import busy_cpu_seconds
+
+        ctx = multiprocessing.get_context("fork")
+        shares = [(self.fns[c :: self.cores], batches[:, c :: self.cores]) for c in range(self.cores)]
+        rates = []
+        busy0, children0, wall0 = busy_cpu_seconds(), _children_cpu_seconds(), time.perf_counter()
+        # (an Event and a Queue, no Barrier: a Barrier's shared counter would leave multiprocessing's
+        # heap holding a /dev/shm file open in this process)
+        out = ctx.Queue()
+        try:
+            for _ in range(repeats):
+                go = ctx.Event()
+                procs = [ctx.Process(target=_ceiling_loop, args=(*share, seconds, go, out)) for share in shares]
+                for proc in procs:
+                    proc.start()
+                try:  # (a loop that died is a timeout, not a hang)
+                    for _ in procs:
+                        out.get(timeout=120)  # each loop is ready: made, reset and warmed up
+                    go.set()
+                    results = [out.get(timeout=60 + 10 * seconds) for _ in procs]
+                finally:
+                    for proc in procs:
+                        proc.join(timeout=10 + 10 * seconds)
+                        if proc.is_alive():
+                            proc.kill()
+                            proc.join()
+                rates.append(sum(n for n, _ in results) / max(t for _, t in results))
+        finally:
+            out.close()
+            out.join_thread()
+        wall = time.perf_counter() - wall0
+        used = _children_cpu_seconds() - children0  # (the loops' processes, joined: their CPU is in ours)
+        return {
+            "rate": statistics.median(rates),
+            "rates": rates,
+            "cpu_used_by_run": used / wall,
+            "other_load": max(0.0, (busy_cpu_seconds() - busy0 - used) / (wall * psutil.cpu_count())),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+def _children_cpu_seconds() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def _ceiling_loop(fns: list, actions: np.ndarray, seconds: float, go: Any, out: Any) -> None:
+    """One core's share: a warm-up, then (after every loop is ready) ``seconds`` of plain stepping."""
+    import time
+
+    loop = SerialLoop(fns)
+    loop.reset()
+    k, count = 0, len(actions)
+    end = time.perf_counter() + min(0.3, seconds / 3)
+    while time.perf_counter() < end:
+        loop.step(actions[k % count])
+        k += 1
+    out.put("ready")
+    go.wait()
+    steps, began = 0, time.perf_counter()
+    deadline = began + seconds
+    while True:
+        loop.step(actions[k % count])
+        k += 1
+        steps += len(fns)
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    out.put((steps, now - began))
+
+
 class _SB3:
     def __init__(self, venv: Any):
         self.venv = venv
@@ -299,6 +393,13 @@ def _puffer(backend: str, workers: Callable[[], int] | None = None) -> Callable:
 ENGINES: dict[str, Engine] = {
     "serial": Engine(
         lambda fns, workload: SerialLoop(fns), "a Python loop over the envs, no vectorizer", False, "serial"
+    ),
+    "ceiling": Engine(
+        lambda fns, workload: Ceiling(fns),
+        "no engine: one process per core stepping its share of the envs in a plain loop, all at once",
+        True,
+        "serial",
+        knob=True,
     ),
     "sb3-dummy": Engine(_sb3("DummyVecEnv"), "SB3 DummyVecEnv (in-process loop)", False, "sb3"),
     "sb3-subproc": Engine(

@@ -7,8 +7,8 @@ On this project's shared 2-core VMs a host's speed drifts by up to 2x within an 
 a change worth 1-2 us per command is invisible in timings. An instruction count is not:
 valgrind's cachegrind counts the instructions a process runs, whatever else the host does.
 Each layer runs ``--steps`` steps of ``--num-envs`` (8) envs that cost (almost) nothing (NullEnv;
-with ``--episode L`` each episode ends after L steps, so autoresets and terminal observations
-count too), all in one process (one shard, no worker: no waiting whose length varies), once with ``--steps`` and
+with ``--episode L`` each episode ends after L steps, the envs' ends spread over the steps, so
+autoresets and terminal observations count too), all in one process (one shard, no worker: no waiting whose length varies), once with ``--steps`` and
 once with ``--base-steps``; the difference divided by the difference of the step counts is
 the layer's instructions per step, start-up and imports cancelled out:
 
@@ -44,15 +44,21 @@ LAYERS = ("raw", "shard", "pool", "front")
 
 
 class _Episodic:
-    """Makes NullEnvs whose episodes end (terminated) after ``length`` steps (one class for all:
-    a class per env would make the interpreter's method cache, and so the counts, vary from run to run)."""
+    """Makes NullEnvs whose episodes end (terminated) after ``length`` steps. The first episode
+    of the k-th env made is ``k mod length`` steps shorter, so episodes end spread over the
+    steps (``length`` equal envs started together would all end in the same step). One class
+    for all: a class per env would make the interpreter's method cache, and the counts, vary
+    from run to run."""
 
     def __init__(self, length: int) -> None:
         self.length = length
+        self.made = 0
 
     def __call__(self) -> Any:
         env = _episodic_class()()
         env.length = self.length
+        env.offset = self.made % self.length
+        self.made += 1
         return env
 
 
@@ -64,9 +70,10 @@ def _episodic_class() -> type:
         class EpisodicNullEnv(NullEnv):
             t = 0
             length = 1
+            offset = 0
 
             def reset(self, *, seed=None, options=None):
-                self.t = 0
+                self.t, self.offset = self.offset, 0
                 return self._obs, {}
 
             def step(self, action):

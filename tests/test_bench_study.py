@@ -83,3 +83,21 @@ def test_the_critical_path_timeline_lines_up_both_sides_of_every_command() -> No
     assert np.all(np.diff(worker[:, cp.W_BEGIN]) > 0)  # one row per step, in order
     text = cp.report(learner, worker, 4, "CartPole-v1")
     assert "worker: its shard" in text and "The worker finished after" in text
+
+
+def test_the_ceiling_steps_every_env_in_one_process_per_core_and_times_itself() -> None:
+    """benchmarks' `ceiling` engine: each core's process steps its own share of the envs (all of them
+    stepped, none twice), and the rate counts the steps of all the processes."""
+    import os
+
+    import numpy as np
+
+    from benchmarks.engines import Ceiling
+    from tests import envs
+
+    engine = Ceiling([envs.make_cartpole] * 3)
+    assert engine.cores == min(3, len(os.sched_getaffinity(0)))
+    batches = np.zeros((4, 3), np.int64)
+    result = engine.measure(batches, 0.2, 2)
+    assert len(result["rates"]) == 2 and result["rate"] > 0 and result["cpu_used_by_run"] > 0
+    assert 0 <= result["other_load"] <= 1

@@ -20,6 +20,7 @@ The pure-Python twin is fastvec/_kernels_py.py; both must behave the same.
 
 from libc.stdint cimport uint32_t, int64_t, uint8_t
 from libc.string cimport memcpy
+from cpython.sequence cimport PySequence_GetItem
 cimport numpy as cnp
 import numpy as np
 
@@ -626,7 +627,9 @@ def step_into(list results, list step_fns, actions, Py_ssize_t first=0):
     envs before it have their results in ``results``)."""
     cdef Py_ssize_t j
     for j in range(first, len(step_fns)):
-        results.append(step_fns[j](actions[j]))
+        # (the sequence protocol: for a numpy array the same item as actions[j], without the
+        # general index parsing, about 200 instructions an env)
+        results.append(step_fns[j](PySequence_GetItem(actions, j)))
 
 
 def row_copies(cnp.ndarray src, list indices):

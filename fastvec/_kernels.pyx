@@ -19,7 +19,7 @@ The pure-Python twin is fastvec/_kernels_py.py; both must behave the same.
 """
 
 from libc.stdint cimport uint32_t, int64_t, uint8_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from cpython.sequence cimport PySequence_GetItem
 cimport numpy as cnp
 import numpy as np
@@ -652,3 +652,27 @@ def row_copies(cnp.ndarray src, list indices):
         memcpy(cnp.PyArray_DATA(row), rows.base + i * rows.nbytes, rows.nbytes)
         out.append(row)
     return out
+
+
+def copy_same(cnp.ndarray out, actions):
+    """``out[...] = actions`` in one memmove when ``actions`` is a plain numpy array (not a subclass)
+    of ``out``'s shape and dtype, both C-contiguous and in native byte order: returns True. Anything
+    else copies nothing and returns False (the caller then checks and casts)."""
+    cdef cnp.ndarray a
+    cdef int d
+    if not cnp.PyArray_CheckExact(actions):
+        return False
+    a = <cnp.ndarray> actions
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(out):
+        return False
+    for d in range(cnp.PyArray_NDIM(out)):
+        if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(out)[d]:
+            return False
+    if (not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a), cnp.PyArray_TYPE(out))
+            or cnp.PyArray_TYPE(out) == cnp.NPY_OBJECT
+            or not cnp.PyArray_ISNOTSWAPPED(a) or not cnp.PyArray_ISNOTSWAPPED(out)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_IS_C_CONTIGUOUS(out)
+            or not cnp.PyArray_ISWRITEABLE(out)):
+        return False
+    memmove(cnp.PyArray_DATA(out), cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(out))
+    return True

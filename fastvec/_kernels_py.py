@@ -327,6 +327,19 @@ def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarra
     return dones, rewards.copy(), np.flatnonzero(dones).tolist()
 
 
+def copy_same(out: np.ndarray, actions: Any) -> bool:
+    """``out[...] = actions`` when ``actions`` is a plain numpy array of ``out``'s shape and dtype (both
+    C-contiguous, native byte order): True; else nothing copied, False. See _kernels.pyx."""
+    if type(actions) is not np.ndarray or actions.shape != out.shape or actions.dtype != out.dtype:
+        return False
+    if out.dtype.kind == "O" or not out.dtype.isnative or not actions.dtype.isnative:
+        return False
+    if not (actions.flags.c_contiguous and out.flags.c_contiguous and out.flags.writeable):
+        return False
+    out[...] = actions
+    return True
+
+
 def row_copies(src: np.ndarray, indices: list[int]) -> list[np.ndarray]:
     """``[src[i].copy() for i in indices]``; see _kernels.pyx."""
     if src.ndim == 0:

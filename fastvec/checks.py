@@ -126,6 +126,7 @@ class _LeafWriter:
         self.check_range = check in ("warn", "raise")
         self.raise_out_of_range = check == "raise"
         self._warned: set[int] = set()
+        self._copy_same = kernels.copy_same
         self.low, self.high = _bounds(space, self.per_env)
         if self.dtype == np.int64 and self.low.dtype == np.int64:
             self._first_outside = kernels.first_outside_int
@@ -137,8 +138,7 @@ class _LeafWriter:
     def write(self, actions: Any, out: np.ndarray) -> int:
         """Check ``actions`` (shape ``[num_envs, *shape]``) and copy them into ``out``; returns the tag
         of their dtype (0: the buffer's own), with which the shard hands them to the envs."""
-        if type(actions) is np.ndarray and actions.shape == self.shape and actions.dtype == self.dtype:
-            out[...] = actions  # the usual batch: the buffer's own shape and dtype, nothing to cast or reshape
+        if self._copy_same(out, actions):  # the usual batch: the buffer's own shape and dtype, in one memmove
             if self.check_range:
                 self._check_range(out.reshape(-1), actions)
             return 0

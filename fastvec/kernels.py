@@ -42,6 +42,7 @@ first_outside_float = impl.first_outside_float
 done_flags = impl.done_flags
 info_dicts = impl.info_dicts
 row_copies = impl.row_copies
+copy_same = impl.copy_same
 step_into = impl.step_into
 
 __all__ = [
@@ -64,5 +65,6 @@ __all__ = [
     "done_flags",
     "info_dicts",
     "row_copies",
+    "copy_same",
     "step_into",
 ]

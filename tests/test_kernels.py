@@ -122,6 +122,32 @@ def test_row_copies_are_each_their_own_copy(k, dtype) -> None:
 
 
 @pytest.mark.parametrize("k", IMPLS)
+def test_copy_same_copies_only_an_exact_match(k) -> None:
+    out = np.zeros((4, 2), np.int64)
+    actions = np.arange(8, dtype=np.int64).reshape(4, 2)
+    assert k.copy_same(out, actions) is True and out.tolist() == actions.tolist()
+    assert k.copy_same(out, out) is True and out.tolist() == actions.tolist()  # (the buffer itself)
+    np.testing.assert_array_equal(k.copy_same(np.zeros(3, np.longlong), np.ones(3, np.int64)), True)  # equivalent types
+    for other in (
+        np.ones((4, 2), np.int32),  # another dtype: the caller checks and casts
+        np.ones((2, 4), np.int64),  # another shape
+        np.ones((4, 1), np.int64),
+        np.ones((4, 4), np.int64)[:, :2],  # not contiguous
+        np.ones((4, 2), ">i8"),  # swapped
+        np.ones((4, 2), np.int64).view(np.matrix),  # a subclass
+        [[1, 1]] * 4,  # not an array
+    ):
+        before = out.copy()
+        assert k.copy_same(out, other) is False, other
+        assert out.tolist() == before.tolist()  # nothing copied
+    readonly = np.zeros((4, 2), np.int64)
+    readonly.flags.writeable = False
+    assert k.copy_same(readonly, actions) is False
+    floats = np.zeros(3)
+    assert k.copy_same(floats, np.array([0.5, np.nan, -1.0])) and np.isnan(floats[1])
+
+
+@pytest.mark.parametrize("k", IMPLS)
 def test_done_flags_refuse_wrong_dtypes_and_lengths(k) -> None:
     flags, rewards = np.zeros(4, np.bool_), np.zeros(4)
     with pytest.raises(ValueError, match="terminated"):

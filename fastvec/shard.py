@@ -275,17 +275,18 @@ class Shard:
         leaving: list[int] | None = None
         if ended and self.autoreset_mode == SAME_STEP:
             migrate = self.migrate
-            # one plain array (the usual case): each row copied by one kernel call, without write_obs's
+            # one plain array (the usual case): each row copied by _gather directly, without write_obs's
             # structure walk (an episode ends in a few percent of env steps: this is per env, not per command)
             plain = self.single_leaf and not self.raw_final
             if plain:
-                terminal, slot_obs, checking = self.views.terminal_obs[0], self.obs_slots[0][slot], self.checks.active
+                leaf, checking = self.leaves[0], self.checks.active
+                terminal, slot_obs = self.views.terminal_obs[0], self.obs_slots[0][slot]
             for j in ended:
                 if restarted is not None and j in restarted:
                     continue
                 # copy the final observation out before the reset overwrites it
                 if plain:
-                    self._gather_row(results[j][0], terminal, j, "step", False)
+                    self._gather([results[j][0]], terminal, leaf, "step", False, j)
                 else:
                     self.write_terminal(j, results[j][0], "step")
                 if migrate.item(start + j) and self._may_leave(j):  # its new shard resets it
@@ -293,7 +294,7 @@ class Shard:
                     continue
                 obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 if plain:
-                    self._gather_row(obs, slot_obs, j, "reset (autoreset after step)", checking)
+                    self._gather([obs], slot_obs, leaf, "reset (autoreset after step)", checking, j)
                 else:
                     self.write_obs([obs], slot, "reset (autoreset after step)", [j])
                 if reset_info:
@@ -536,16 +537,6 @@ class Shard:
                     self.start + j, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
                 ) from exc
         return parts
-
-    def _gather_row(self, item: Any, dst: np.ndarray, j: int, command: str, checking: bool) -> None:
-        """``_gather([item], dst, the one leaf, command, checking, j)`` for a plain array space, with
-        one kernel call when the row copies as it is (no cast to report, nothing to name)."""
-        try:
-            if kernels.gather_rows([item], dst, self.start + j, checking) == -1:
-                return
-        except Exception:
-            pass
-        self._gather([item], dst, self.leaves[0], command, checking, j)  # (names the problem, reports a cast)
 
     def _gather(self, items: list, dst: np.ndarray, leaf: Leaf, command: str, checking: bool, offset: int = 0) -> None:
         """Copy ``items`` into rows ``start + offset + k`` of ``dst``; any failure names its env."""

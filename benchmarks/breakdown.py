@@ -22,10 +22,7 @@ wraps gives that layer's own cost:
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
 import statistics
-import time
 from typing import Any
 
 import gymnasium as gym
@@ -64,42 +61,14 @@ def timed(call: Any, seconds: float, repeats: int) -> float:
     return statistics.median(1.0 / rate for rate in runs)
 
 
-def _plain_loop(envs_each: int, seconds: float, start: Any, out: Any) -> None:
-    envs = [make_cartpole() for _ in range(envs_each)]
-    for e, env in enumerate(envs):
-        env.reset(seed=e)
-    steps = 0
-    start.wait()
-    began = time.perf_counter()
-    end = began + seconds
-    while True:
-        for _ in range(64):
-            for env in envs:
-                _, _, term, trunc, _ = env.step(steps & 1)
-                steps += 1
-                if term or trunc:
-                    env.reset()
-        if time.perf_counter() > end:
-            break
-    out.put((steps, time.perf_counter() - began))
-
-
 def ceiling(num_envs: int, seconds: float, repeats: int) -> float:
-    """Median seconds per env step of ``cores`` processes stepping ``num_envs / cores`` envs each in
-    plain loops at the same time (the machine's own limit for this workload)."""
-    ctx = multiprocessing.get_context("fork")
-    cores = max(1, min(num_envs, len(os.sched_getaffinity(0))))
-    per_step = []
-    for _ in range(repeats):
-        start, out = ctx.Barrier(cores), ctx.Queue()
-        procs = [ctx.Process(target=_plain_loop, args=(num_envs // cores, seconds, start, out)) for _ in range(cores)]
-        for proc in procs:
-            proc.start()
-        results = [out.get(timeout=60 + 10 * seconds) for _ in procs]
-        for proc in procs:
-            proc.join()
-        per_step.append(max(t for _, t in results) / sum(n for n, _ in results))
-    return statistics.median(per_step)
+    """Median seconds per env step of ``cores`` processes stepping their share of the envs each in
+    plain loops at the same time (the machine's own limit for this workload): the ``ceiling``
+    engine of benchmarks.engines, with actions alternating 0 and 1."""
+    from benchmarks.engines import Ceiling
+
+    batches = np.arange(2 * num_envs).reshape(2, num_envs) & 1
+    return 1.0 / Ceiling([make_cartpole] * num_envs).measure(batches, seconds, repeats)["rate"]
 
 
 def measure(num_envs: int, seconds: float, repeats: int) -> dict[str, float]:

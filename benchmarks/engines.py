@@ -461,7 +461,16 @@ ENGINES: dict[str, Engine] = {
     ),
     "fastvec-async": Engine(
         _fastvec_async(start_method="fork"),
-        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), one worker per batch",
+        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), defaults (on 2 cores, up "
+        "to 32 envs, the calling process steps one batch itself, in recv(), and a worker the other)",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-async-workers": Engine(
+        _fastvec_async(start_method="fork", step_in_parent=False),
+        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), one worker per batch "
+        "(step_in_parent=False: the calling process steps none)",
         True,
         "fastvec",
         knob=True,

@@ -59,8 +59,11 @@ class PoolOptions:
         pin_workers: True is ``pin="spread"`` (shard w on core w mod cores, the parent's own
             shard on the first core), as before ``pin`` existed.
         batch_size: asynchronous partial batches (fastvec.async_batches): with B below the
-            number of envs, every worker steps a group of envs, the calling process steps none,
-            and ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that finished.
+            number of envs, the envs split into groups (num_workers of them; default: a group per
+            batch), and ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that
+            finished. Each group is a worker's, or with ``step_in_parent`` the first group is the
+            calling process's, stepped inside ``recv()`` (default: where processes would
+            outnumber cores and a group has at most 16 envs).
         monitor: run fastvec's monitor in a background thread (see fastvec.monitor): it samples
             the shards' counters every ``monitor_interval`` seconds and, when one shard lags the
             others, re-pins it off a core it shares with other load, or moves envs from it to a

@@ -752,7 +752,7 @@ class Pool:
         try:
             if self._local is not None:  # _start_local's work, with this call's clock reading
                 try:
-                    extras = self._step_local(p, entered)
+                    extras = self._step_local(p.local_args, entered)
                     p.local = (extras, None)
                 except ShardError as err:
                     p.local = (None, err.payloads())
@@ -831,7 +831,7 @@ class Pool:
         local = self._local
         try:
             if p.command is _STEP:
-                return self._step_local(p, time.perf_counter_ns()), None
+                return self._step_local(p.local_args, time.perf_counter_ns()), None
             if p.command is _RESET:
                 return local.reset(*p.local_args), None
             if p.command is Command.CONTROL:
@@ -843,12 +843,13 @@ class Pool:
         except ShardError as err:
             return None, err.payloads()
 
-    def _step_local(self, p: _Pending, began: int) -> list | None:
-        """Step the parent's own shard for ``p`` (``began``: the clock when this process started on it);
-        its counters grow as a worker's do (shard 0's row). Returns the shard's extras."""
+    def _step_local(self, args: tuple, began: int) -> list | None:
+        """Step the parent's own shard with ``args`` (ring slot, action objects) (``began``: the clock
+        when this process started on it); its counters grow as a worker's do (shard 0's row). Returns
+        the shard's extras."""
         local = self._local
         steps = local.steps
-        extras = local.step(*p.local_args)
+        extras = local.step(*args)
         ended = time.perf_counter_ns()
         kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
         self._local_finished = ended
@@ -1421,13 +1422,23 @@ class Pool:
         self.close()
 
 
+# asynchronous batches: the calling process steps a group itself by default only up to this many envs
+# a group. With a group per worker and the caller, 3 processes share 2 cores; measured on 2 cores
+# (CartPole-v1, batch = half the envs), the caller stepping one group was 1.16x and 1.12x a worker per
+# group at 8 and 16 envs (groups of 4 and 8: switching processes costs more than a group's step), and
+# 0.89x at 64 (groups of 32: the caller's own send/recv work then delays its group, while three
+# processes share the cores well). ``python -m fastvec.tune`` measures both on the user's env.
+OWN_GROUP_MAX_ENVS = 16
+
+
 def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
-    """(num_workers, step_in_parent) for asynchronous batches of ``opts.batch_size`` envs: every
-    worker steps one group (by default a group is a batch); the calling process steps none."""
+    """(num_workers, step_in_parent) for asynchronous batches of ``opts.batch_size`` envs: the envs
+    split into ``num_workers`` groups (by default a group is a batch), each one shard. With
+    ``step_in_parent`` the calling process steps the first group itself, in ``recv()``; by default
+    it does so where a worker per group and the caller would be more processes than cores (on
+    2 cores, 2 groups: 3 processes) and a group is small (OWN_GROUP_MAX_ENVS), and steps none
+    otherwise."""
     batch = int(opts.batch_size)
-    if opts.step_in_parent:
-        raise ValueError("batch_size below num_envs: the calling process computes actions while workers step; "
-                         "step_in_parent=True is not possible")
     workers = int(opts.num_workers) if opts.num_workers else n // batch
     if n % batch or n % workers or batch % (n // workers):
         raise ValueError(
@@ -1435,7 +1446,11 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
             f"num_envs / num_workers envs and a batch is whole groups, so num_envs must be a multiple of batch_size "
             f"and batch_size of the group size"
         )
-    return workers, False
+    if opts.step_in_parent is not None:
+        step_in_parent = bool(opts.step_in_parent)
+    else:
+        step_in_parent = workers + 1 > default_num_workers() and n // workers <= OWN_GROUP_MAX_ENVS
+    return workers, step_in_parent
 
 
 def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:

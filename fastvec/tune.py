@@ -12,9 +12,10 @@ The search is staged, so it stays near two minutes on a small machine:
    all: every env stepped in the calling process);
 2. spin budget (spin_ns) for the best layout that uses worker processes;
 3. core pinning (pin_workers) for the best of those;
-4. asynchronous batches (batch_size = num_envs / 2, EnvPool's send/recv, one worker per
-   batch): reported beside the best synchronous setting, which is what the configuration
-   file holds (batch_size changes the API: the caller must use send/recv).
+4. asynchronous batches (batch_size = num_envs / 2, EnvPool's send/recv), with the calling
+   process stepping one batch itself (step_in_parent) and with a worker per batch: the
+   better one is reported beside the best synchronous setting, which is what the
+   configuration file holds (batch_size changes the API: the caller must use send/recv).
 
 Every candidate runs in its own child process (its own session, killed when it
 returns): build the envs, step them with the same seeded random actions, warm up,
@@ -223,7 +224,8 @@ def search(
             best = next(m for m in _ranked(measured) if not is_in_process(m["resolved"]))
             run({**{k: best["resolved"][k] for k in ("num_workers", "step_in_parent", "spin_ns")}, "pin_workers": True})
         if num_envs >= 2 and num_envs % 2 == 0:
-            run({"batch_size": num_envs // 2})
+            for in_parent in (True, False):
+                run({"batch_size": num_envs // 2, "step_in_parent": in_parent})
     # asynchronous batches are reported beside the synchronous settings, not ranked with them
     asynchronous = next((m for m in _ranked(measured) if "batch_size" in m["config"]), None)
     measured = [m for m in measured if "batch_size" not in m["config"]]
@@ -275,13 +277,14 @@ def verdict(best: dict, default: dict | None, num_envs: int, asynchronous: dict 
     if asynchronous is not None:
         ratio = asynchronous["rate"] / best["rate"]
         batch = asynchronous["config"]["batch_size"]
+        setting = f"batch_size={batch}, step_in_parent={asynchronous['config'].get('step_in_parent')}"
         if ratio > 1 + NOISE:
             text += (
-                f" Asynchronous batches pay off: batch_size={batch} with send/recv gives {asynchronous['rate']:,.0f} "
+                f" Asynchronous batches pay off: {setting} with send/recv gives {asynchronous['rate']:,.0f} "
                 f"steps/s, {ratio:.2f}x (for a learner that can act on {batch} envs at a time)."
             )
         else:
-            text += f" Asynchronous batches (batch_size={batch}) do not pay off here: {ratio:.2f}x."
+            text += f" Asynchronous batches ({setting}) do not pay off here: {ratio:.2f}x."
     return text
 
 

@@ -37,17 +37,29 @@ def _model_step(env: envs.Counter, action: int, mode) -> tuple:
 
 @pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_send_recv_orders_match_a_serial_run_of_each_env(seed: int, mode) -> None:
+@pytest.mark.parametrize(
+    ("own", "batch"), [(False, 2), (True, 2), (True, 4)], ids=["workers", "own-group", "own-group-in-batches-of-2"]
+)
+def test_random_send_recv_orders_match_a_serial_run_of_each_env(own: bool, batch: int, seed: int, mode) -> None:
     """Random interleavings of send and recv: every env's observations, rewards, flags and final
-    observations are those of a serial run of the same env with the same actions."""
+    observations are those of a serial run of the same env with the same actions; with the
+    calling process stepping the first group itself (step_in_parent) or not, and with batches
+    of one group or two (groups of 2 envs)."""
     rng = random.Random(seed)
-    n, batch = 8, 2
-    pool = Pool([partial(envs.Counter, i) for i in range(n)], batch_size=batch, start_method="fork", autoreset_mode=mode)
+    n = 8
+    pool = Pool(
+        [partial(envs.Counter, i) for i in range(n)],
+        batch_size=batch,
+        start_method="fork",
+        autoreset_mode=mode,
+        step_in_parent=own,
+        num_workers=4,
+    )
     model = [envs.Counter(i) for i in range(n)]
     for env in model:
         env.ended = False
     try:
-        assert pool.num_workers == 4 and not pool.step_in_parent
+        assert pool.num_workers == 4 and pool.step_in_parent == own and len(pool.worker_pids) == 4 - own
         seeds = list(range(10, 10 + n))
         expected = {i: (model[i].reset(seed=seeds[i])[0], 0.0, False, False, None) for i in range(n)}
         pool.async_reset(seeds)
@@ -107,7 +119,7 @@ def test_close_while_batches_run_leaves_nothing() -> None:
 
 def test_the_first_envs_to_finish_come_first() -> None:
     fns = [partial(envs.FailingEnv, "hang" if i < 2 else None, 0) for i in range(4)]  # envs 0, 1 hang in step
-    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, step_in_parent=False) as pool:
         pool.async_reset()
         for _ in range(2):
             pool.recv()
@@ -116,6 +128,35 @@ def test_the_first_envs_to_finish_come_first() -> None:
         assert got.env_ids.tolist() == [2, 3]  # 0 and 1 are still stepping
         with pytest.raises(multiprocessing.TimeoutError):
             pool.recv(timeout=0.2)  # the hung group: still pending, named
+
+
+def test_the_own_group_steps_while_a_worker_hangs() -> None:
+    """step_in_parent: recv() steps the calling process's own group (envs 0-1) while the worker's
+    group hangs, and a recv() with a timeout then names the worker's group as still pending."""
+    fns = [partial(envs.FailingEnv, "hang" if i >= 2 else None, 0) for i in range(4)]  # envs 2, 3 hang in step
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, step_in_parent=True) as pool:
+        assert len(pool.worker_pids) == 1
+        pool.async_reset()
+        assert sorted(pool.recv().env_ids.tolist() + pool.recv().env_ids.tolist()) == [0, 1, 2, 3]
+        pool.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        assert pool.recv(timeout=5).env_ids.tolist() == [0, 1]
+        with pytest.raises(multiprocessing.TimeoutError):
+            pool.recv(timeout=0.2)
+
+
+def test_the_own_group_is_not_starved_by_quick_workers() -> None:
+    """Workers whose groups are always done by the next recv() (a slow policy between calls: two
+    worker groups take turns) do not keep the own group waiting: it is passed over once at most."""
+    with Pool([envs.make_cartpole] * 6, batch_size=2, start_method="fork", step_in_parent=True) as pool:
+        assert len(pool.worker_pids) == 2
+        pool.async_reset()
+        returned = []
+        for _ in range(12):
+            got = pool.recv()
+            returned.append(got.env_ids[0].item())
+            time.sleep(0.005)  # the policy: long enough for the other worker's group to finish
+            pool.send(np.zeros(2, np.int64), got.env_ids)
+        assert all(0 in returned[k : k + 2] for k in range(len(returned) - 1)), returned
 
 
 def test_misuse_is_named() -> None:
@@ -139,9 +180,14 @@ def test_misuse_is_named() -> None:
         Pool([envs.make_cartpole] * 5, batch_size=2, start_method="fork")
 
 
-def test_env_errors_and_dead_workers_in_batches() -> None:
-    fns = [partial(envs.FailingEnv, "step" if i == 3 else None, 1) for i in range(4)]
-    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+@pytest.mark.parametrize(
+    ("failing", "own"), [(3, False), (3, True), (1, True)], ids=["workers", "worker-env-own-group", "own-env"]
+)
+def test_env_errors_and_dead_workers_in_batches(failing: int, own: bool) -> None:
+    """An env that raises is named by recv(), in a worker's group or in the calling process's
+    own group (step_in_parent: envs 0-1 here); the other group goes on."""
+    fns = [partial(envs.FailingEnv, "step" if i == failing else None, 1) for i in range(4)]
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, step_in_parent=own) as pool:
         pool.async_reset()
         ids = [pool.recv().env_ids, pool.recv().env_ids]
         for _ in range(2):
@@ -153,11 +199,17 @@ def test_env_errors_and_dead_workers_in_batches() -> None:
                     outcomes.append(pool.recv().env_ids.tolist())
                 except EnvError as err:
                     outcomes.append(err.env_index)
-        assert 3 in outcomes and [0, 1] in outcomes  # env 3's group raised naming it; the other went on
-    with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, on_error="restart") as pool:
+        other = [0, 1] if failing == 3 else [2, 3]
+        assert failing in outcomes and other in outcomes  # the env's group raised naming it; the other went on
+    if failing != 3:
+        return
+    with Pool(
+        [envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, on_error="restart",
+        step_in_parent=own,
+    ) as pool:
         pool.async_reset()
         groups = [pool.recv().env_ids, pool.recv().env_ids]
-        os.kill(pool.worker_pids[1], signal.SIGKILL)
+        os.kill(pool.worker_pids[-1], signal.SIGKILL)  # the worker of envs 2-3
         for group in groups:
             pool.send(np.zeros(2, np.int64), group)
         with pytest.warns(RuntimeWarning, match="died"):
@@ -263,3 +315,22 @@ def test_sb3_batches_match_sb3_env_by_env() -> None:
         assert seen_infos > 10 and seen_ends > 10  # the unusual infos were exercised
     for ref in refs:
         ref.close()
+
+
+def test_the_default_asynchronous_layout_steps_a_small_group_in_the_caller_where_cores_are_few(monkeypatch) -> None:
+    """By default the calling process steps the first group itself where a worker per group and the
+    caller would outnumber the cores and a group is small; explicit settings win."""
+    from fastvec import pool as pool_module
+    from fastvec.options import PoolOptions
+
+    def layout(n: int, batch: int, cores: int, **options) -> tuple[int, bool]:
+        monkeypatch.setattr(pool_module, "default_num_workers", lambda: cores)
+        return pool_module._async_layout(n, PoolOptions(batch_size=batch, **options))
+
+    assert layout(8, 4, cores=2) == (2, True)  # 3 processes on 2 cores, groups of 4
+    assert layout(32, 16, cores=2) == (2, True)
+    assert layout(64, 32, cores=2) == (2, False)  # groups of 32: a worker each
+    assert layout(8, 4, cores=16) == (2, False)  # cores to spare: a worker each
+    assert layout(8, 4, cores=2, step_in_parent=False) == (2, False)
+    assert layout(64, 32, cores=16, step_in_parent=True) == (2, True)
+    assert layout(16, 8, cores=2, num_workers=4) == (4, True)  # batches of two groups of 4

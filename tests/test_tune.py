@@ -182,21 +182,23 @@ def test_the_search_reports_asynchronous_batches_beside_the_best_setting(monkeyp
     monkeypatch.setattr(tune, "cores", lambda: 2)
     fake = _fake_measure(lambda r: 100_000.0)
 
-    def measure(spec, timeout):
+    def measure(spec, timeout):  # both asynchronous layouts are tried; the caller stepping a batch is faster here
         result = fake(spec, timeout)
         if "batch_size" in spec["config"]:
-            result = {**result, "rate": 160_000.0, "resolved": {**result["resolved"], "batch_size": 4}}
+            rate = 160_000.0 if spec["config"]["step_in_parent"] else 120_000.0
+            result = {**result, "rate": rate, "resolved": {**result["resolved"], "batch_size": 4}}
         return result
 
     monkeypatch.setattr(tune, "measure", measure)
     record = tune.search("CartPole-v1", num_envs=8, report=lambda line: None)
-    assert record["async"]["config"] == {"batch_size": 4}
+    assert record["async"]["config"] == {"batch_size": 4, "step_in_parent": True}
     assert "batch_size" not in record["config"]  # the file keeps the synchronous API
     assert all("batch_size" not in m["config"] for m in record["candidates"])
-    assert "Asynchronous batches pay off: batch_size=4" in record["verdict"] and "1.60x" in record["verdict"]
+    assert "Asynchronous batches pay off: batch_size=4, step_in_parent=True" in record["verdict"]
+    assert "1.60x" in record["verdict"]
     monkeypatch.setattr(tune, "measure", fake)
     record = tune.search("CartPole-v1", num_envs=8, report=lambda line: None)
-    assert "Asynchronous batches (batch_size=4) do not pay off here: 1.00x" in record["verdict"]
+    assert "Asynchronous batches (batch_size=4, step_in_parent=True) do not pay off here: 1.00x" in record["verdict"]
 
 
 def test_an_asynchronous_candidate_measures_send_and_recv_in_a_child():
@@ -207,9 +209,10 @@ def test_an_asynchronous_candidate_measures_send_and_recv_in_a_child():
             "num_envs": 4,
             "seconds": 0.1,
             "repeats": 1,
-            "config": {"batch_size": 2},
+            "config": {"batch_size": 2, "step_in_parent": True},
         },
         timeout=60,
     )
     assert result["status"] == "ok", result
     assert result["resolved"]["batch_size"] == 2 and result["resolved"]["num_workers"] == 2 and result["rate"] > 0
+    assert result["resolved"]["step_in_parent"]  # one group stepped by the measuring child itself

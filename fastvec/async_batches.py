@@ -298,7 +298,7 @@ class AsyncBatches:
             # the own group steps now (this process would otherwise wait), unless a worker's group is done
             # already: that one is taken first, once at most (workers always done by the next recv() would
             # otherwise starve the own group). (Waiting first for a worker that was sent before the own
-            # group, so as not to leave it idle, measured slower: 70-80k against 83-89k steps/s at 8 envs.)
+            # group, so as not to leave it idle, measured slower: 68-81k against 83-89k steps/s at 8 envs.)
             if len(self.inflight) == 1 or self._own_passed or not self._any_done():
                 self._step_own()
                 return

@@ -197,7 +197,9 @@ def test_a_worker_that_dies_while_it_is_emptied_is_replaced_and_parking_goes_on(
 def test_the_monitor_parks_a_worker_beside_a_cpu_hog_and_brings_it_back_when_the_hog_ends() -> None:
     """On two cores (the learner busy on one, a hog pinned to the worker's), no core is free: the
     monitor parks the worker, every env steps in the learner's process; once the hog is gone, a
-    core is free again, the worker comes back and the balancing gives it envs."""
+    core is free again, the worker comes back and the balancing gives it envs. (Where the learner,
+    waiting for the slowed worker, leaves its core mostly idle, the monitor re-pins the worker
+    there instead: also accepted.)"""
     import subprocess
     import sys
     import time
@@ -223,7 +225,12 @@ def test_the_monitor_parks_a_worker_beside_a_cpu_hog_and_brings_it_back_when_the
                 for _ in range(20):
                     venv.step(actions)
 
-        step_until(lambda: pool.parked == [1])
+        step_until(lambda: pool.parked == [1] or pool.cores.get(1) != [core])
+        if not pool.parked:  # the learner's core had a core's worth of spare time (it waits for the slowed
+            # worker, asleep): a re-pin there is the monitor's answer too, and nothing is left to bring back
+            event = pool.monitor_events[-1]
+            assert event.kind == "repin" and pool.cores[1] != [core] and f"core {core} ->" in event.detail, event
+            return
         assert pool.shard_envs == [range(0, 8), range(8, 8)]
         assert [e.kind for e in pool.monitor_events][-1] == "park"
         hog.kill()

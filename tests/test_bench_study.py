@@ -101,3 +101,10 @@ def test_the_ceiling_steps_every_env_in_one_process_per_core_and_times_itself() 
     result = engine.measure(batches, 0.2, 2)
     assert len(result["rates"]) == 2 and result["rate"] > 0 and result["cpu_used_by_run"] > 0
     assert 0 <= result["other_load"] <= 1
+
+
+def test_the_async_layouts_study_steps_both_layouts_beside_a_policy() -> None:
+    from benchmarks.async_layouts import run
+
+    for own in (True, False):
+        assert run(own, num_envs=4, env_ms=0.05, policy_ms=0.05, seconds=0.05) > 0

@@ -152,9 +152,8 @@ class AsyncBatches:
         pool._check_usable()
         if pool._pending is not None:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
-        env_ids = np.asarray(env_ids, dtype=np.intp)
-        if env_ids.ndim != 1:
-            env_ids = env_ids.reshape(-1)
+        if type(env_ids) is not np.ndarray or env_ids.dtype != np.intp or env_ids.ndim != 1:  # (recv()'s ids are)
+            env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
         ids = env_ids.tolist()
         positions, run = self._groups(env_ids, ids)
         count = len(env_ids)
@@ -177,7 +176,8 @@ class AsyncBatches:
             for buffer, part in zip(views.actions, scratch):
                 buffer[rows] = part
         sent = tuple(tags.tolist())  # the dtype each leaf came in, stored for these envs where it changed
-        if any(self._sent_tags[position] != sent for position in positions):
+        sent_tags = self._sent_tags
+        if (sent_tags[positions[0]] != sent) if len(positions) == 1 else any(sent_tags[p] != sent for p in positions):
             views.action_tags[:, rows] = tags[:, None]
             for position in positions:
                 self._sent_tags[position] = sent
@@ -274,21 +274,22 @@ class AsyncBatches:
         (valid until those envs are sent their next actions and step)."""
         pool = self.pool
         pool._check_usable()
-        if not self.busy:
-            raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
-        began = time.monotonic()
-        groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
         ready = self.ready
+        if not (self.inflight or ready):
+            raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
+        began = time.monotonic() if timeout is not None else 0.0
+        groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
         while len(ready) < groups and self.inflight:
             self._collect_one(began, timeout)
         taken = []
+        failed = False
         while ready and len(taken) < groups:
             entry = ready.popleft()
             self.running[entry[0]] = False
             taken.append(entry)
-        errors = [payload for _, _, _, error in taken if error for payload in error]
-        if errors:
-            raise env_errors(errors)
+            failed = failed or bool(entry[3])
+        if failed:
+            raise env_errors([payload for _, _, _, error in taken if error for payload in error])
         return self._batch(taken, copy)
 
     def _collect_one(self, began: float, timeout: float | None) -> None:
@@ -397,6 +398,17 @@ class AsyncBatches:
 
     def _batch(self, taken: list, copy: bool) -> AsyncBatch:
         pool = self.pool
+        if len(taken) == 1 and pool._single_leaf:  # one group of one array leaf (the usual batch): its rows' views
+            position, slot, extras, _ = taken[0]
+            envs = self.groups[position]
+            rewards, terminated, truncated, obs_rows = self._result_rows[slot][position]
+            obs = obs_rows[0]
+            if copy:
+                rewards, terminated, truncated, obs = rewards.copy(), terminated.copy(), truncated.copy(), obs.copy()
+            if extras:
+                extras = pool._digest(list(extras), 0)
+            parts = [(slot, envs.start, envs.stop)]
+            return AsyncBatch(pool, np.arange(envs.start, envs.stop), obs, rewards, terminated, truncated, extras, parts)
         views = pool._views
         groups = [np.arange(self.groups[t[0]].start, self.groups[t[0]].stop) for t in taken]
         if len(groups) == 1:  # (concatenate costs microseconds even for one part)

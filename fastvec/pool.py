@@ -650,7 +650,7 @@ class Pool:
 
     def recv(self, timeout: float | None = None, copy: bool = True) -> AsyncBatch:
         """The first ``batch_size`` envs whose step or reset finished (``AsyncBatch.env_ids``);
-        ``copy=False``: views into the ring where the batch is one worker's group."""
+        ``copy=False``: views into the ring where the batch is one group (a worker's or the caller's own)."""
         return self._asynchronous("recv").recv(timeout, copy)
 
     def _asynchronous(self, call: str) -> AsyncBatches:

@@ -44,16 +44,6 @@ __all__ = ["AsyncBatches", "AsyncBatch"]
 _HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
 
 
-def _only(parts: list[np.ndarray]) -> np.ndarray:
-    """The one group's rows, as a view into the ring (recv(copy=False))."""
-    return parts[0]
-
-
-def _copy_only(parts: list[np.ndarray]) -> np.ndarray:
-    """A copy of the one group's rows."""
-    return parts[0].copy()
-
-
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
@@ -183,7 +173,7 @@ class AsyncBatches:
         if (sent_tags[positions[0]] != sent) if len(positions) == 1 else any(sent_tags[p] != sent for p in positions):
             views.action_tags[:, rows] = tags[:, None]
             for position in positions:
-                self._sent_tags[position] = sent
+                sent_tags[position] = sent
         payloads = None
         if objects is not None:  # object parts of the actions: each worker's share, in its envs' order
             order = {int(e): k for k, e in enumerate(env_ids)}
@@ -404,42 +394,30 @@ class AsyncBatches:
 
     def _batch(self, taken: list, copy: bool) -> AsyncBatch:
         pool = self.pool
-        if len(taken) == 1 and pool._single_leaf:  # one group of one array leaf (the usual batch): its rows' views
+        if len(taken) == 1:  # one group (the usual batch): its rows' views, made once, and no lists to join
             position, slot, extras, _ = taken[0]
             envs = self.groups[position]
-            rewards, terminated, truncated, obs_rows = self._result_rows[slot][position]
-            obs = obs_rows[0]
-            if copy:
-                rewards, terminated, truncated, obs = rewards.copy(), terminated.copy(), truncated.copy(), obs.copy()
+            env_ids = self._ids[position].copy()
             if extras:
                 extras = pool._digest(list(extras), 0)
             parts = [(slot, envs.start, envs.stop)]
-            return AsyncBatch(pool, self._ids[position].copy(), obs, rewards, terminated, truncated, extras, parts)
-        views = pool._views
-        groups = [self._ids[t[0]].copy() for t in taken]
-        if len(groups) == 1:  # (concatenate costs microseconds even for one part)
-            env_ids, join = groups[0], _copy_only if copy else _only
-        else:
-            env_ids, join = np.concatenate(groups), np.concatenate
-        extras: list = []
-        for _, _, group_extras, _ in taken:
-            extras += group_extras or []
-        if extras:
-            extras = pool._digest(extras, 0) or []
-        parts = []
-        for position, slot, _, _ in taken:
-            envs = self.groups[position]
-            parts.append((slot, envs.start, envs.stop))
-        if len(taken) == 1:  # one group (the usual batch): its rows' views, made once
-            rewards, terminated, truncated, obs_rows = self._result_rows[taken[0][1]][taken[0][0]]
+            rewards, terminated, truncated, columns = self._result_rows[slot][position]
             if copy:
                 rewards, terminated, truncated = rewards.copy(), terminated.copy(), truncated.copy()
-            columns = [rows.copy() for rows in obs_rows] if copy else obs_rows
+                columns = [rows.copy() for rows in columns]
         else:
-            rewards = join([views.rewards[s, a:b] for s, a, b in parts])
-            terminated = join([views.terminated[s, a:b] for s, a, b in parts])
-            truncated = join([views.truncated[s, a:b] for s, a, b in parts])
-            columns = [join([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
+            views = pool._views
+            env_ids = np.concatenate([self._ids[t[0]] for t in taken])
+            extras = []
+            for _, _, group_extras, _ in taken:
+                extras += group_extras or []
+            if extras:
+                extras = pool._digest(extras, 0)
+            parts = [(slot, self.groups[position].start, self.groups[position].stop) for position, slot, _, _ in taken]
+            rewards = np.concatenate([views.rewards[s, a:b] for s, a, b in parts])
+            terminated = np.concatenate([views.terminated[s, a:b] for s, a, b in parts])
+            truncated = np.concatenate([views.truncated[s, a:b] for s, a, b in parts])
+            columns = [np.concatenate([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
         if pool._single_leaf:
             obs = columns[0]
         else:

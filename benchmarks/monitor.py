@@ -42,6 +42,7 @@ from fastvec.measure import (
     run_child,
     time_steps,
 )
+from fastvec.stats import describe_envs
 
 ROOT = repository_root()
 SCENARIOS = ("hetero", "hog", "cartpole", "cost")
@@ -122,7 +123,7 @@ def _measure(spec: dict) -> dict:
             "status": "ok",
             "rate": rate,
             "busy": [s.busy for s in after.shards],
-            "envs": [[s.envs.start, s.envs.stop] for s in after.shards],
+            "envs": [describe_envs(s.envs) for s in after.shards],
             "events": events,
             "before": before,
         }
@@ -287,7 +288,7 @@ def markdown(records: list[dict], command: str, facts: dict) -> str:
                 f"{q:.3f}" for q in statistics.quantiles(shown, n=4)
             )
         busy = f"{_pct(r['busy_off'])} -> {_pct(r['busy_on'])}"
-        envs = " / ".join(f"{a}..{b - 1}" if b > a else "none" for a, b in r["envs_on"] or [])
+        envs = " / ".join(r["envs_on"] or [])
         lines.append(
             f"| {r['scenario']} | {off or 0:,.0f} | {on or 0:,.0f} | "
             + (f"**{r['median_ratio']:.2f}x** ({per_round})" if r["median_ratio"] else "-")

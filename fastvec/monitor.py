@@ -29,13 +29,14 @@ The thread is a daemon that stops when the pool closes; it never keeps a process
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastvec.stats import PoolStats, Sampler, ShardStats
+from fastvec.stats import PoolStats, Sampler, ShardStats, describe_envs
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -87,7 +88,7 @@ class Monitor:
         self._streak: dict[Any, int] = {}
         self._quiet = 0
         self._samples = 0
-        self._last_move: tuple[int, int, int] | None = None  # (source, target, sample) of the latest move
+        self._recent: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample of its latest move
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
         self._cpu_state: dict = {}  # _core_loads' previous reading
@@ -255,66 +256,119 @@ class Monitor:
             return list(stats.env_step_ms or [])
         return [min(column) for column in zip(*history)]
 
-    def _move(self, snapshot: PoolStats, active: list[ShardStats], shard: int) -> MonitorEvent | None:
-        """Envs move from the straggler to its less busy neighbour, each at its next episode end:
-        the number that evens the two shards' work out best.
-
-        Work is the sum of the envs' measured step times where both shards have them: a busy
-        share also counts what is not the envs' doing (the learner's own process, a noisy host,
-        a worker just started), and moving envs cannot fix that. Without step times, busy shares."""
-        # the nearest active shards on either side, with only empty (parked) shards between
+    def _sides(self, snapshot: PoolStats, active: list[ShardStats], shard: int) -> list[tuple[int, bool, list[int]]]:
+        """Where shard ``shard`` can give envs: per neighbour, (the neighbour, whether across the ring's
+        end, the envs that can go there in the order they would, the edge's first). Neighbours are the
+        nearest active shards on either side, with only empty (parked) shards between; where the pool
+        wraps, shard 0 and the last shard with envs also border each other around the ring's end."""
+        shards = snapshot.shards
         order = [s.shard for s in active]
         k = order.index(shard)
-        neighbours = [
-            n
-            for n in order[max(0, k - 1) : k] + order[k + 1 : k + 2]
-            if all(not snapshot.shards[m].envs for m in range(min(n, shard) + 1, max(n, shard)))
+        envs = list(shards[shard].envs)
+        wrapped = _wrapped_part(envs) if shard == 0 else []
+        own = envs[len(wrapped) :]
+        sides = []
+        for other, edges in ((order[k - 1] if k > 0 else None, own), (order[k + 1] if k + 1 < len(order) else None, own[::-1])):
+            if other is not None and all(not shards[m].envs for m in range(min(other, shard) + 1, max(other, shard))):
+                sides.append((other, False, edges))
+        if self.pool.wraps and order[0] == 0 and len(order) > 1:
+            last = order[-1]
+            if all(not shards[m].envs for m in range(last + 1, len(shards))):
+                if shard == 0:
+                    sides.append((last, True, wrapped))  # its envs past the last worker's, the lowest first
+                elif shard == last:
+                    sides.append((0, True, envs[::-1]))  # its top env first
+        return [side for side in sides if side[2]]
+
+    def _move(self, snapshot: PoolStats, active: list[ShardStats], shard: int) -> MonitorEvent | None:
+        """Envs move from the straggler to its less busy neighbours, each at its next episode end:
+        the numbers, on each side, that even the shards' work out best.
+
+        Work is the sum of the envs' measured step times where the shards have them: a busy share
+        also counts what is not the envs' doing (the learner's own process, a noisy host, a worker
+        just started), and moving envs cannot fix that. Without step times, busy shares. With two
+        shards that border each other on both sides (around the ring's end), envs may leave from
+        both edges at once: contiguous ranges alone cannot split 12 fast envs and 4 slow last ones
+        evenly (benchmarks/README.md, "The monitor")."""
+        shards = snapshot.shards
+        source_stats = shards[shard]
+        envs = list(source_stats.envs)
+        sides = [
+            side
+            for side in self._sides(snapshot, active, shard)
+            if shards[side[0]].busy < source_stats.busy and not self._bounces(shard, side[0], side[1])
         ]
-        if not neighbours or len(snapshot.shards[shard].envs) <= 1:
+        if not sides or len(envs) <= 1:
             return None
-        target = min(neighbours, key=lambda n: snapshot.shards[n].busy)
-        source_stats, target_stats = snapshot.shards[shard], snapshot.shards[target]
-        if target_stats.busy >= source_stats.busy:
-            return None
-        if self._last_move is not None:  # envs that just moved one way do not move straight back
-            source, destination, when = self._last_move
-            if (shard, target) == (destination, source) and self._samples - when < self.settle:
-                return None
-        edge_first = list(source_stats.envs) if target < shard else list(reversed(source_stats.envs))
+        targets = {target for target, _, _ in sides}
         times = self._steady_step_ms(source_stats)
-        by_env = dict(zip(source_stats.envs, times)) if times else {}
-        target_times = self._steady_step_ms(target_stats)
-        if len(times) == len(source_stats.envs) and len(target_times) == len(target_stats.envs):
-            unit, load, target_load = "ms of env steps per step", float(sum(times)), float(sum(target_times))
+        by_env = dict(zip(envs, times)) if times else {}
+        target_times = {t: self._steady_step_ms(shards[t]) for t in targets}
+        if len(times) == len(envs) and all(len(target_times[t]) == len(shards[t].envs) for t in targets):
+            unit, load = "ms of env steps per step", float(sum(times))
+            target_load = {t: float(sum(target_times[t])) for t in targets}
             cost = by_env.__getitem__
         else:  # busy shares: an env's share from its step time, or an even split of the shard's
             share_per_ms = _commands(source_stats, snapshot.interval_s) / (snapshot.interval_s * 1000.0)
-            per_env_ms = source_stats.busy / share_per_ms / len(edge_first)
-            unit, load, target_load = "busy share", source_stats.busy, target_stats.busy
+            per_env_ms = source_stats.busy / share_per_ms / len(envs)
+            unit, load = "busy share", source_stats.busy
+            target_load = {t: shards[t].busy for t in targets}
             cost = lambda index: by_env.get(index, per_env_ms) * share_per_ms  # noqa: E731
-        # how many edge envs to give: the number that leaves the busier of the two least loaded
-        best, best_busiest, shifted = 0, load, 0.0
-        for k, index in enumerate(edge_first[:-1], start=1):  # the straggler keeps at least one env
-            shifted += cost(index)
-            busiest = max(load - shifted, target_load + shifted)
-            if busiest < best_busiest:
-                best, best_busiest = k, busiest
-        if best == 0 or best_busiest > (1.0 - self.min_gain) * load:
+        # how many edge envs to give on each side: the numbers that leave the busiest shard least loaded
+        sums = [list(itertools.accumulate((cost(i) for i in edges), initial=0.0)) for _, _, edges in sides]
+        best: tuple[float, int, tuple[int, ...]] = (load, 0, ())
+        for counts in itertools.product(*(range(len(edges) + 1) for _, _, edges in sides)):
+            total = sum(counts)
+            if total == 0 or total > len(envs) - 1:  # the straggler keeps at least one env
+                continue
+            loads = dict(target_load)
+            for (target, _, _), count, prefix in zip(sides, counts, sums):
+                loads[target] += prefix[count]
+            busiest = max(load - sum(prefix[c] for c, prefix in zip(counts, sums)), *loads.values())
+            if (busiest, total) < best[:2]:
+                best = (busiest, total, counts)
+        best_busiest, _, counts = best
+        if not counts or best_busiest > (1.0 - self.min_gain) * load:
             return None  # no move would help enough: moving would only swap who lags, or gain too little
-        moved = edge_first[:best]
-        self._last_move = (shard, target, self._samples)
-        for _ in moved:
-            self.pool.queue_move(shard, target)
+        parts = []
+        for (target, around, edges), count in zip(sides, counts):
+            if not count:
+                continue
+            moved = edges[:count]
+            self._recent[(shard, target, around)] = self._samples
+            for _ in moved:
+                if around:
+                    self.pool.queue_move(shard, target, around=True)
+                else:
+                    self.pool.queue_move(shard, target)
+            what = f"envs {describe_envs(sorted(moved))}" if len(moved) > 1 else f"env {moved[0]}"
+            parts.append(f"{what}: shard {shard} -> shard {target}{' around the ring' if around else ''}")
+        several = sum(counts) > 1
         return MonitorEvent(
             time.monotonic() - self._began,
             "move",
             shard,
-            f"envs {moved[0]}..{moved[-1]}: shard {shard} -> shard {target} (each at its next episode end)"
-            if len(moved) > 1
-            else f"env {moved[0]}: shard {shard} -> shard {target} (at its next episode end)",
-            f"shard {shard} busy {source_stats.busy:.0%}, shard {target} {target_stats.busy:.0%}; {unit}: "
-            f"{load:.3g} and {target_load:.3g}, the busier of the two expected at {best_busiest:.3g} after",
+            "; ".join(parts) + (" (each at its next episode end)" if several else " (at its next episode end)"),
+            f"shard {shard} busy {source_stats.busy:.0%}, "
+            + ", ".join(f"shard {t} {shards[t].busy:.0%}" for t in sorted(targets))
+            + f"; {unit}: {load:.3g} and "
+            + ", ".join(f"{target_load[t]:.3g}" for t in sorted(targets))
+            + f", the busiest expected at {best_busiest:.3g} after",
         )
+
+    def _bounces(self, source: int, target: int, around: bool) -> bool:
+        """Whether envs moved from ``target`` to ``source`` on this side within ``settle`` samples: they
+        do not move straight back (a noisy host must not make envs bounce)."""
+        when = self._recent.get((target, source, around))
+        return when is not None and self._samples - when < self.settle
+
+
+def _wrapped_part(envs: list[int]) -> list[int]:
+    """Shard 0's envs past the last worker's (those before its own from env 0, in ``envs``' order)."""
+    if not envs or envs[0] == 0:
+        return []
+    drop = next((k for k in range(1, len(envs)) if envs[k] < envs[k - 1]), len(envs))
+    return envs[:drop]
 
 
 def _commands(stats: ShardStats, interval_s: float) -> float:
@@ -469,7 +523,7 @@ def _table(snapshot: PoolStats, events: list[MonitorEvent], table_class: Any) ->
         table.add_row(
             f"{s.shard}{' (learner)' if s.in_parent else ' (parked)' if s.parked else ''}",
             str(s.pid),
-            f"{s.envs.start}..{s.envs.stop - 1}" if s.envs else "none",
+            describe_envs(s.envs),
             ",".join(map(str, s.cores or [])),
             f"{s.steps_per_s:,.0f}",
             f"{s.busy:.0%}",

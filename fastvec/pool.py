@@ -76,7 +76,7 @@ from fastvec.protocol import (
 )
 from fastvec.remote import Remote, stop
 from fastvec.restart import describe
-from fastvec.shard import Shard
+from fastvec.shard import Shard, WrappedShard
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
 from fastvec.stats import PoolStats, Sampler
 
@@ -206,7 +206,9 @@ class Pool:
         self._pending: _Pending | None = None
         self._usual_step: _Pending | None = None  # the usual step's record, re-armed for every such step
         self._remotes: list[Remote] = []
-        self._local: Shard | None = None
+        self._local: Shard | WrappedShard | None = None  # the envs this process steps itself (shard 0)
+        self._head: Shard | None = None  # shard 0's envs from env 0 on
+        self._tail: Shard | None = None  # shard 0's envs past the last worker's (wrap_envs), once some moved there
         self._local_envs: list = []
         self._local_envs_closed = False
         self._segment = None
@@ -256,11 +258,14 @@ class Pool:
         self._async: AsyncBatches | None = None
         self.worker_restarts = 0
         self.moves_done = 0
-        self._moves: dict[int, tuple[int, int]] = {}  # env index -> (source shard, target shard), pending
+        self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
         self._move_requests: collections.deque = collections.deque()  # ("move" | "park" | "unpark" | "parked", ...)
         self._parked: dict[int, tuple[Remote, int]] = {}  # shard -> its idle worker and its command count
         self._draining: set[int] = set()  # shards whose envs are all leaving, to be parked once empty
         self.shard_envs = split_envs(n, num_workers)
+        # shard 0's envs past the last worker's: the shards are arcs of a ring, and the calling process's
+        # own may wrap around its end (request_move(..., around=True)); empty until an env moves there
+        self.wrap_envs = range(n, n)
         remote_shards = list(range(1 if step_in_parent else 0, num_workers))
         self.oversubscribed = len(remote_shards) + 1 > default_num_workers()
         self.spin_ns = int(opts.spin_ns) if opts.spin_ns is not None else YIELD_POLL_NS
@@ -338,6 +343,7 @@ class Pool:
                 restart_on_error=self.on_error == "restart",
                 check=self.check,
             )
+            self._head = self._local
         self._control = views.control
         self._local_stats = views.worker_stats[0]
         self._local_finished = time.perf_counter_ns()
@@ -536,7 +542,7 @@ class Pool:
         }
         local = None
         if self._local is not None:
-            local = [column[self._local.start : self._local.stop] for column in objects]
+            local = [self._local.part(column) for column in objects]
         self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
 
     def step_wait(self, timeout: float | None = None) -> Batch:
@@ -608,7 +614,7 @@ class Pool:
             slot = self._next_slot()
         local_options = None
         if send_options and self._local is not None:
-            local_options = options[self._local.start : self._local.stop]
+            local_options = self._local.part(options)
         self._issue(
             _Pending(
                 Command.RESET,
@@ -1006,30 +1012,74 @@ class Pool:
         return remote.recv(command, self.step_timeout)
 
     # -- moving envs between neighbouring shards (fastvec.migrate) --------------------------------
-    def request_move(self, source: int, target: int) -> int | None:
+    def request_move(self, source: int, target: int, around: bool = False) -> int | None:
         """Ask the env on the boundary between shard ``source`` and its neighbour ``target`` to move
         there at its next episode end. Returns its index, or None when no move is possible now
         (``source`` has one env left, or that env is already moving, or either shard is parked or
         being emptied). Neighbours are next to each other, or have only empty shards between them.
+
+        ``around``: across the ring's end, between the last worker's shard with envs and this
+        process's own (shard 0), which then steps envs at both ends of the index range (its envs
+        past the last worker's are ``wrap_envs``): the last worker's top env moves to shard 0, or
+        shard 0's lowest env of ``wrap_envs`` to the last worker. With two shards, they border each
+        other on both sides, so an uneven split that contiguous ranges cannot fix can be evened out.
+
         Call from the thread that steps the pool (the monitor's thread queues its requests with
         ``queue_move``)."""
         w = self.num_workers
-        if source == target or not (0 <= source < w and 0 <= target < w) or not self._adjacent(source, target):
+        if source == target or not (0 <= source < w and 0 <= target < w):
             raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
-        if self.autoreset_mode not in (SAME_STEP, NEXT_STEP) or self._async is not None:
+        if around:
+            if not self._wraps_between(source, target):
+                raise ValueError(
+                    f"envs move around the ring's end between this process's shard (0) and the last worker's "
+                    f"shard with envs, not from {source} to {target}"
+                )
+        elif not self._adjacent(source, target):
+            raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
+        if not self._movable() or (around and not self.wraps):
             return None  # DISABLED: no episode end to move at; batches: a group is a batch
         if {source, target} & (self._draining | set(self._parked)):
             return None
-        envs = self.shard_envs[source]
-        # the edge env first; with moves already pending on this boundary, the next one inward
-        order = reversed(envs) if target > source else iter(envs)
+        envs = self.envs_of(source)
+        if around:  # the last worker's top env up, or shard 0's lowest wrapped env down
+            order, up = (iter(self.wrap_envs), False) if source == 0 else (reversed(self.shard_envs[source]), True)
+        else:  # the edge env first; with moves already pending on this boundary, the next one inward
+            up = target > source
+            order = reversed(self.shard_envs[source]) if up else iter(self.shard_envs[source])
         index = next((i for i in order if i not in self._moves), None)
-        pending = sum(1 for i in envs if self._moves.get(i, (None, None))[0] == source)
+        pending = sum(1 for i in envs if self._moves.get(i, (None,))[0] == source)
         if index is None or len(envs) - pending <= 1:  # a shard keeps at least one env
             return None
-        self._moves[index] = (source, target)
-        self._views.migrate[index] = MIGRATE_UP if target > source else MIGRATE_DOWN
+        self._moves[index] = (source, target, around)
+        # shard 0's two parts may each run empty, as long as shard 0 keeps an env (counted above)
+        self._views.migrate[index] = (MIGRATE_UP if up else MIGRATE_DOWN) | (MIGRATE_ALL if source == 0 else 0)
         return index
+
+    @property
+    def wraps(self) -> bool:
+        """Whether envs may move around the ring's end (``request_move(..., around=True)``): this
+        process steps a shard, there is a worker, the steps are synchronous and autoreset moves envs."""
+        return self._local is not None and bool(self._remotes or self._parked) and self._movable()
+
+    def _movable(self) -> bool:
+        """Whether envs can move now: episodes end in steps (not DISABLED) and the steps are synchronous."""
+        return self.autoreset_mode in (SAME_STEP, NEXT_STEP) and self._async is None
+
+    def _wraps_between(self, a: int, b: int) -> bool:
+        """Whether shards ``a`` and ``b`` border each other around the ring's end: one is shard 0,
+        stepped by this process, and only empty shards are above the other."""
+        other = b if a == 0 else a if b == 0 else None
+        if other is None or other == 0 or self._local is None:
+            return False
+        return all(not self.shard_envs[s] for s in range(other + 1, self.num_workers))
+
+    def envs_of(self, shard: int) -> Sequence[int]:
+        """The env indices shard ``shard`` steps, in order around the ring: a range, or for shard 0
+        once envs moved to it around the ring's end, those (``wrap_envs``) and then its own from 0."""
+        if shard == 0 and self.wrap_envs:
+            return tuple(self.wrap_envs) + tuple(self.shard_envs[0])
+        return self.shard_envs[shard]
 
     def _adjacent(self, a: int, b: int) -> bool:
         """Whether shards ``a`` and ``b`` are neighbours: every shard between them is empty."""
@@ -1045,9 +1095,9 @@ class Pool:
             other += step
         return None
 
-    def queue_move(self, source: int, target: int) -> None:
+    def queue_move(self, source: int, target: int, around: bool = False) -> None:
         """``request_move`` from another thread: done by the stepping thread at its next step."""
-        self._move_requests.append(("move", source, target))
+        self._move_requests.append(("move", source, target, around))
 
     # -- parking a worker (the monitor, beside a CPU hog) ---------------------------------------
     @property
@@ -1068,7 +1118,7 @@ class Pool:
             and any(r.index == shard for r in self._remotes)
             and shard not in self._draining
             and bool(self.shard_envs[shard])
-            and not any(shard in pair for pair in self._moves.values())
+            and not any(shard in move[:2] for move in self._moves.values())
             and (self._active_neighbour(shard, -1) is not None or self._active_neighbour(shard, +1) is not None)
         )
 
@@ -1087,7 +1137,7 @@ class Pool:
         half = 0 if lower is None else len(envs) if upper is None else len(envs) // 2
         for k, index in enumerate(envs):
             down = k < half
-            self._moves[index] = (shard, lower if down else upper)  # type: ignore[assignment]
+            self._moves[index] = (shard, lower if down else upper, False)  # type: ignore[assignment]
             self._views.migrate[index] = MIGRATE_ALL | (MIGRATE_DOWN if down else MIGRATE_UP)
         self._draining.add(shard)
         return True
@@ -1153,17 +1203,27 @@ class Pool:
         """Envs that left their shard at their episode end join the neighbour that asked for them."""
         extras: list = []
         for index, _, package in released:
-            source, target = self._moves.pop(index)
+            source, target, around = self._moves.pop(index)
             self._views.migrate[index] = 0
-            old, new = self.shard_envs[source], self.shard_envs[target]
-            self.shard_envs[source] = range(old.start + 1, old.stop) if index == old.start else range(old.start, old.stop - 1)
-            self.shard_envs[target] = range(index, new.stop) if index < new.start else range(new.start, index + 1)
+            wrapped = around and source == 0
+            old = self.wrap_envs if wrapped else self.shard_envs[source]
+            old = range(old.start + 1, old.stop) if index == old.start else range(old.start, old.stop - 1)
+            if wrapped:
+                self.wrap_envs = old
+            else:
+                self.shard_envs[source] = old
+            if around and target == 0:  # shard 0's wrapped envs grow downwards from the last env
+                self.wrap_envs = range(index, self.num_envs)
+            else:
+                new = self.shard_envs[target]
+                self.shard_envs[target] = range(index, new.stop) if index < new.start else range(new.start, index + 1)
             self._place_empty()
             for remote in self._all_remotes():
                 remote.envs = self.shard_envs[remote.index]
             self._views.env_worker[index] = target
             if target == 0 and self._local is not None:
-                result = {"info": self._local.adopt(index, package, slot), "extras": self._local.finish_extras(None)}
+                part = self._wrap_part() if around else self._head
+                result = {"info": part.adopt(index, package, slot), "extras": part.finish_extras(None)}
             else:
                 if not isinstance(package, (bytes, bytearray)):
                     import cloudpickle
@@ -1174,9 +1234,27 @@ class Pool:
                 extras.append((index, Extra.RESET_INFO, result["info"]))
             extras += result["extras"] or []
             self.moves_done += 1
+            if wrapped and not self.wrap_envs:  # the usual step goes back to one Shard's path
+                self._local = self._head
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
         return extras
+
+    def _wrap_part(self) -> Shard:
+        """Shard 0's part for the envs past the last worker's (made when the first one moves there)."""
+        if self._tail is None:
+            self._tail = Shard(
+                [],
+                self.num_envs,
+                self._views,
+                self.autoreset_mode,
+                env_fns=[],
+                restart_on_error=self.on_error == "restart",
+                check=self.check,
+            )
+        if not isinstance(self._local, WrappedShard):
+            self._local = WrappedShard(self._head, self._tail)  # type: ignore[arg-type]
+        return self._tail
 
     def _place_empty(self) -> None:
         """Keep every empty shard's range at the boundary of its neighbours (shards stay in env order)."""
@@ -1299,7 +1377,7 @@ class Pool:
 
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
-        local = self._local.restarts if self._local is not None else 0
+        local = sum(part.restarts for part in (self._head, self._tail) if part is not None)
         return local + int(sum(self._views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._all_remotes()))
 
     def worker_stats(self) -> list[dict]:
@@ -1385,12 +1463,12 @@ class Pool:
         stop(self._all_remotes(), grace)
         if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
             self._local_envs_closed = True
-            for env in self._local_envs:
+            for env in self._local_envs + (self._tail.envs if self._tail is not None else []):
                 try:
                     env.close()
                 except Exception:
                     pass
-        self._local = None
+        self._local = self._head = self._tail = None
         self._local_envs = []
         self.ring = None  # type: ignore[assignment]
         self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]

@@ -41,7 +41,7 @@ from fastvec.protocol import (
 )
 from fastvec.spaces import Leaf, assemble, is_single_array, split
 
-__all__ = ["Shard"]
+__all__ = ["Shard", "WrappedShard"]
 
 TIMING_EVERY = 8  # with the monitor on, each env's step is timed in one command out of this many
 
@@ -577,6 +577,10 @@ class Shard:
         )
 
     # -- rare commands -------------------------------------------------------------------------
+    def part(self, values: list) -> list:
+        """This shard's entries of a per-env list (one entry per env of the pool)."""
+        return values[self.start : self.stop]
+
     def call(self, request: str, indices: list[int], args: tuple, values: list | None) -> list:
         """Run a rare call on the envs at the given global ``indices`` (all in this shard)."""
         if request == "adopt":  # an env moving in from a neighbour (fastvec.migrate)
@@ -644,3 +648,61 @@ def _is_flag(x: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+class WrappedShard:
+    """The calling process's shard once envs moved to it around the ring's end (fastvec.migrate):
+    its own envs from 0 (``head``) and the envs past the last worker's (``tail``, up to the last
+    env), two Shards stepped one after the other. It answers the parent's commands as one Shard:
+    every env steps even when an env of the other part raised, and errors and extras are merged.
+    The pool uses it only while the tail has envs (the usual step keeps one Shard's path)."""
+
+    def __init__(self, head: Shard, tail: Shard):
+        self.head = head
+        self.tail = tail
+        self.parts = (head, tail)
+
+    @property
+    def steps(self) -> int:
+        return self.head.steps + self.tail.steps
+
+    @property
+    def restarts(self) -> int:
+        return self.head.restarts + self.tail.restarts
+
+    def part(self, values: list) -> list:
+        """Every env's entries: each part takes its own."""
+        return values
+
+    def _each(self, run: Callable[[Shard], list | None]) -> list | None:
+        """``run`` on both parts, the second even when the first raised; extras and errors merged."""
+        extras: list = []
+        errors: list[ShardError] = []
+        for shard in self.parts:
+            try:
+                extras += run(shard) or []
+            except ShardError as err:
+                errors += [err, *err.others]
+        if errors:
+            errors.sort(key=lambda e: e.env_index)
+            raise ShardError.combine(errors)
+        return extras or None
+
+    def step(self, slot: int, action_objects: list[list] | None = None) -> list | None:
+        return self._each(lambda shard: shard.step(slot, None if action_objects is None else [shard.part(c) for c in action_objects]))
+
+    def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
+        return self._each(lambda shard: shard.reset(slot, None if options is None else shard.part(options), masked, pass_options_always))
+
+    def call(self, request: str, indices: list[int], args: tuple, values: list | None) -> list:
+        results: list = [None] * len(indices)
+        for shard in self.parts:
+            mine = [k for k, i in enumerate(indices) if shard.start <= i < shard.stop]
+            if mine:
+                got = shard.call(request, [indices[k] for k in mine], args, None if values is None else [values[k] for k in mine])
+                for k, value in zip(mine, got):
+                    results[k] = value
+        return results
+
+    def close(self) -> None:
+        self._each(lambda shard: shard.close())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,18 @@ from fastvec.protocol import Stats
 if TYPE_CHECKING:
     from fastvec.pool import Pool
 
-__all__ = ["ShardStats", "PoolStats", "Sampler", "percentile_ms"]
+__all__ = ["ShardStats", "PoolStats", "Sampler", "describe_envs", "percentile_ms"]
+
+
+def describe_envs(envs: Sequence[int]) -> str:
+    """Env indices as runs: "4..7", or for shard 0 with envs around the ring's end "14..15, 0..5"."""
+    runs: list[list[int]] = []
+    for i in envs:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}..{b}" for a, b in runs) or "none"
 
 
 @dataclass(frozen=True)
@@ -31,7 +43,9 @@ class ShardStats:
     shard: int
     pid: int | None
     in_parent: bool  # the calling process's own shard
-    envs: range
+    # the env indices it steps, in order around the ring: a range, or for shard 0 once envs moved to it
+    # around the ring's end, a tuple (those past the last worker's, then its own from 0)
+    envs: Sequence[int]
     cores: list[int] | None  # the process's CPU affinity
     steps_per_s: float  # env steps per second
     busy: float  # share of wall time spent running commands (stepping envs)
@@ -39,7 +53,7 @@ class ShardStats:
     p95_ms: float | None
     cpu_percent: float | None  # psutil: the process's CPU use (100 = one core)
     involuntary_switches: int | None  # psutil: times the OS took the core away, over the interval
-    env_step_ms: list[float] | None  # mean time in env.step per env (monitor on), in env-index order
+    env_step_ms: list[float] | None  # mean time in env.step per env (monitor on), in the order of envs
     parked: bool = False  # a worker left out of commands, with no envs (the monitor parks one beside a CPU hog)
 
 
@@ -105,7 +119,8 @@ class Sampler:
         pool = self.pool
         timing = pool.timing
         shards = []
-        for shard, envs in enumerate(pool.shard_envs):
+        for shard in range(len(pool.shard_envs)):
+            envs = pool.envs_of(shard)
             pid = pool.shard_pid(shard)
             row = delta[shard]
             commands = row[Stats.COMMANDS]
@@ -113,7 +128,7 @@ class Sampler:
             cpu, switches, cores = self._process_facts(pid)
             env_ms = None
             if timing and commands:
-                env_ms = [float(x) / commands / 1e6 for x in (env1 - env0)[envs.start : envs.stop]]
+                env_ms = [float(x) / commands / 1e6 for x in (env1 - env0)[list(envs)]]
             shards.append(
                 ShardStats(
                     shard=shard,

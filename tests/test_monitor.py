@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_find_straggler() -> None:
 
 
 class _FakePool:
-    def __init__(self, parkable: bool = False) -> None:
+    def __init__(self, parkable: bool = False, wraps: bool = False) -> None:
         self._allowed_cores = [0, 1]
         self.moves: list[tuple[int, int]] = []
         self.repins: list[tuple[int, list[int]]] = []
@@ -63,9 +64,10 @@ class _FakePool:
         self.cores: dict[int, list[int]] = {1: [1]}
         self.parks: list[int] = []
         self.unparks: list[int] = []
+        self.wraps = wraps
 
-    def queue_move(self, source: int, target: int) -> None:
-        self.moves.append((source, target))
+    def queue_move(self, source: int, target: int, around: bool = False) -> None:
+        self.moves.append((source, target, "around") if around else (source, target))
 
     def can_park(self, shard: int) -> bool:
         return self.parkable
@@ -156,7 +158,8 @@ def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
                 np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
             t += 1
         assert any(e.kind in ("move", "park") for e in watched.pool.monitor_events), watched.pool.monitor_events
-        assert watched.pool.moves_done >= 1 and len(watched.pool.shard_envs[0]) > 4
+        # (where only env 7, one of the slow two, moves, it goes around the ring's end: envs 0..3 and 7)
+        assert watched.pool.moves_done >= 1 and len(watched.pool.envs_of(0)) > 4
     finally:
         plain.close()
         watched.close()
@@ -318,3 +321,47 @@ def test_core_loads_leave_out_the_time_a_hypervisor_took(monkeypatch) -> None:
     state: dict = {}
     assert _core_loads(state) is None  # the first reading: nothing to compare with
     assert _core_loads(state) == {0: 25.0, 1: 100.0}  # of the time not stolen; guest time is already in user time
+
+
+def _per_env(shards: list[tuple[Sequence[int], float, list[float]]]) -> PoolStats:
+    """Shards given as (envs, busy share, each env's step time in ms), 1000 commands a second."""
+    stats = [
+        ShardStats(s, 100 + s, s == 0, envs, None if s == 0 else [s], 1000.0 * len(envs), busy, 0.1, 0.2, 100 * busy, 0, ms)
+        for s, (envs, busy, ms) in enumerate(shards)
+    ]
+    return PoolStats(1.0, stats, sum(s.steps_per_s for s in stats), 1.5, 0.3)
+
+
+# benchmarks.monitor's hetero scenario: 16 envs, the last 4 four times slower, all on the worker
+HETERO = [(range(0, 8), 0.4, [0.1] * 8), (range(8, 16), 0.95, [0.1] * 4 + [0.4] * 4)]
+
+
+def test_without_the_ring_a_contiguous_split_is_the_best_the_monitor_can_do(monkeypatch) -> None:
+    """1.2 ms against 1.6 ms of work a step (12 | 4) is the best contiguous split: 1.25x at most."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=False)
+    event = Monitor(pool, patience=1).step(_per_env(HETERO))
+    assert pool.moves == [(1, 0)] * 4 and "envs 8..11: shard 1 -> shard 0" in event.detail
+
+
+def test_around_the_ring_the_monitor_evens_out_what_a_contiguous_split_cannot(monkeypatch) -> None:
+    """With the ring, the worker gives envs from both edges at once: 8 and 9 down to the learner's
+    shard, 15 around the ring's end: 1.4 ms each (1.43x the 2.0 ms the worker had), in one event."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=True)
+    event = Monitor(pool, patience=1).step(_per_env(HETERO))
+    assert sorted(pool.moves) == [(1, 0), (1, 0), (1, 0, "around")]
+    assert "envs 8..9: shard 1 -> shard 0; env 15: shard 1 -> shard 0 around the ring" in event.detail
+    assert "the busiest expected at 1.4 after" in event.why
+
+
+def test_the_learners_shard_gives_back_around_the_ring(monkeypatch) -> None:
+    """Shard 0 holding envs past the worker's (14, 15 and 0..9) and now the straggler: its wrapped
+    envs can go back down to the worker around the ring's end, its own from the top edge up."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=True)
+    learner = ((14, 15, *range(0, 10)), 0.95, [0.4, 0.4] + [0.1] * 10)  # 1.8 ms
+    worker = (range(10, 14), 0.4, [0.1, 0.1, 0.4, 0.4])  # 1.0 ms
+    event = Monitor(pool, patience=1).step(_per_env([learner, worker]))
+    # 14 around (0.4) leaves 1.4 and 1.4
+    assert pool.moves == [(0, 1, "around")] and "env 14: shard 0 -> shard 1 around the ring" in event.detail

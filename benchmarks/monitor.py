@@ -68,7 +68,7 @@ def _measure_cost(spec: dict) -> dict:
 
         phase(spec["warmup"])
         rates: dict[str, list[float]] = {"off": [], "on": []}
-        events = 0
+        events: list[str] = []
         for k in range(2 * spec["phases"]):
             on = k % 4 in (1, 2)  # off, on, on, off, off, on, ...: each state goes first as often
             monitor = Monitor(venv.pool, interval=spec["interval"]) if on else None
@@ -78,7 +78,7 @@ def _measure_cost(spec: dict) -> dict:
             if monitor is not None:
                 monitor.stop()
                 venv.pool.timing = False
-                events += len(monitor.events)
+                events += [f"phase {k + 1} {e.time:.1f}s {e.kind}: {e.detail}" for e in monitor.events]
         return {"status": "ok", "rate": statistics.median(rates["off"]), "rates": rates, "events": events}
 
 
@@ -254,7 +254,7 @@ def _cost_record(args: argparse.Namespace) -> dict:
     ratios = [b / a for a, b in zip(off, on)]  # phase pairs in the order they ran
     print(
         f"  cost: {len(ratios)} phase pairs, on/off median {statistics.median(ratios):.3f}, "
-        f"{result['events']} monitor events",
+        f"{len(result['events'])} monitor events",
         flush=True,
     )
     return {
@@ -266,7 +266,7 @@ def _cost_record(args: argparse.Namespace) -> dict:
         "busy_off": None,
         "busy_on": None,
         "envs_on": None,
-        "events": [f"{result['events']} events in all on-phases"] if result["events"] else [],
+        "events": result["events"][:8],
     }
 
 

@@ -11,7 +11,9 @@ Scenarios (each measurement in a fresh child process; monitor off and on alterna
 - cost: the same 8 CartPole-v1 envs in one pool in one child process, the monitor started
   and stopped in alternating phases (off, on, on, off, ...) of ``--phase-seconds``: what
   watching costs, measured seconds apart rather than minutes (this host's drift between
-  two child processes is larger than the cost).
+  two child processes is larger than the cost);
+- cost-parts (only when named): the same, in rounds of four phases (off, per-env timing only,
+  the monitor's thread started but never sampling, the monitor), each against off.
 
 Each run steps for ``--warmup`` seconds (the monitor has time to act), then measures
 ``--seconds``. Results (table, JSON, and a plot of each shard's busy share before and after
@@ -45,7 +47,7 @@ from fastvec.measure import (
 from fastvec.stats import describe_envs
 
 ROOT = repository_root()
-SCENARIOS = ("hetero", "hog", "cartpole", "cost")
+SCENARIOS = ("hetero", "hog", "cartpole", "cost", "cost-parts")
 
 
 def _factories(scenario: str) -> list:
@@ -54,11 +56,22 @@ def _factories(scenario: str) -> list:
     return [partial(gym.make, "CartPole-v1") for _ in range(8)]
 
 
+COST_STATES = {
+    "cost": ("off", "on"),
+    # what watching costs, in parts: per-env timing alone; the monitor's thread started but never
+    # sampling (timing on too, as the monitor sets it); the monitor itself
+    "cost-parts": ("off", "timing", "thread", "on"),
+}
+
+
 def _measure_cost(spec: dict) -> dict:
-    """In the child: one pool of 8 CartPole-v1 envs, the monitor off and on in alternating phases."""
+    """In the child: one pool of 8 CartPole-v1 envs, the monitor off and on (or each state of
+    COST_STATES[scenario]) in phases, in rounds of each state once, in turn forwards and backwards
+    (off, on, on, off, ...: each state goes first as often)."""
     from fastvec import SubprocVecEnv
     from fastvec.monitor import Monitor
 
+    states = COST_STATES[spec["scenario"]]
     with SubprocVecEnv(_factories("cartpole"), start_method="fork") as venv:
         venv.reset()
         actions = np.zeros(venv.num_envs, np.int64)
@@ -67,18 +80,20 @@ def _measure_cost(spec: dict) -> dict:
             return time_steps(venv.step, [actions], venv.num_envs, seconds, 1)["rate"]
 
         phase(spec["warmup"])
-        rates: dict[str, list[float]] = {"off": [], "on": []}
+        rates: dict[str, list[float]] = {state: [] for state in states}
         events: list[str] = []
-        for k in range(2 * spec["phases"]):
-            on = k % 4 in (1, 2)  # off, on, on, off, off, on, ...: each state goes first as often
-            monitor = Monitor(venv.pool, interval=spec["interval"]) if on else None
-            if monitor is not None:
-                monitor.start()
-            rates["on" if on else "off"].append(phase(spec["phase_seconds"]))
-            if monitor is not None:
-                monitor.stop()
+        for r in range(spec["phases"]):
+            for state in states if r % 2 == 0 else states[::-1]:
+                monitor = None
+                if state in ("on", "thread"):  # "thread": an interval no phase reaches
+                    monitor = Monitor(venv.pool, interval=spec["interval"] if state == "on" else 1e6)
+                    monitor.start()
+                venv.pool.timing = state != "off"
+                rates[state].append(phase(spec["phase_seconds"]))
+                if monitor is not None:
+                    monitor.stop()
+                    events += [f"round {r + 1} {e.time:.1f}s {e.kind}: {e.detail}" for e in monitor.events]
                 venv.pool.timing = False
-                events += [f"phase {k + 1} {e.time:.1f}s {e.kind}: {e.detail}" for e in monitor.events]
         return {"status": "ok", "rate": statistics.median(rates["off"]), "rates": rates, "events": events}
 
 
@@ -88,7 +103,7 @@ def _measure(spec: dict) -> dict:
 
     from fastvec import SubprocVecEnv
 
-    if spec["scenario"] == "cost":
+    if spec["scenario"] in COST_STATES:
         return _measure_cost(spec)
 
     fns = _factories(spec["scenario"])
@@ -159,18 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=6.0)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, default=None)
-    parser.add_argument("--phases", type=int, default=20, help="cost: pairs of monitor-off / monitor-on phases")
+    parser.add_argument("--phases", type=int, default=20, help="cost: rounds of phases (one per state: off, on, ...)")
     parser.add_argument("--phase-seconds", type=float, default=1.5, help="cost: length of one phase")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    scenarios = args.scenario or list(SCENARIOS)
+    scenarios = args.scenario or [s for s in SCENARIOS if s != "cost-parts"]
     facts = machine_facts()
     out = args.out or ROOT / "benchmarks" / "results" / f"{facts['cores']}core-{time.strftime('%Y-%m-%d')}" / "monitor"
     command = "python -m benchmarks.monitor " + " ".join(argv)
     records = []
     for scenario in scenarios:
-        if scenario == "cost":
-            records.append(_cost_record(args))
+        if scenario in COST_STATES:
+            records += _cost_records(scenario, args)
             continue
         rates: dict[bool, list[float | None]] = {False: [], True: []}
         last: dict[bool, dict] = {}
@@ -221,52 +236,57 @@ def main(argv: list[str] | None = None) -> None:
     plot(records, out.with_suffix(".png"))
 
 
-def _cost_record(args: argparse.Namespace) -> dict:
-    """The cost scenario: one child, the monitor off and on in alternating phases; ratios of neighbours."""
+def _cost_records(scenario: str, args: argparse.Namespace) -> list[dict]:
+    """A cost scenario: one child, the states in alternating phases; per state, the ratios to the
+    monitor-off phase of the same round."""
     spec = {
-        "scenario": "cost",
+        "scenario": scenario,
         "warmup": min(args.warmup, 3.0),
         "phases": args.phases,
         "phase_seconds": args.phase_seconds,
         "interval": 0.5,
     }
+    states = COST_STATES[scenario]
     run = run_child(
         python_argv("benchmarks.monitor", "--child", json.dumps(spec)),
-        spec["warmup"] + 2 * args.phases * (args.phase_seconds + 1.0) + 60,
+        spec["warmup"] + len(states) * args.phases * (args.phase_seconds + 1.0) + 60,
         env=child_environ(ROOT),
         cwd=ROOT,
     )
     result = child_result(run)
+    label = f"{args.phases} x {args.phase_seconds:g} s phases, one process"
     if result.get("status") != "ok":
-        print(f"  cost: {result.get('status')} {result.get('reason', '')}", flush=True)
-        return {
-            "scenario": "cost",
-            "off": [],
-            "on": [],
-            "ratios": [],
-            "median_ratio": None,
-            "busy_off": None,
-            "busy_on": None,
-            "envs_on": None,
-            "events": [],
-        }
-    off, on = result["rates"]["off"], result["rates"]["on"]
-    ratios = [b / a for a, b in zip(off, on)]  # phase pairs in the order they ran
-    print(
-        f"  cost: {len(ratios)} phase pairs, on/off median {statistics.median(ratios):.3f}, "
-        f"{len(result['events'])} monitor events",
-        flush=True,
-    )
+        print(f"  {scenario}: {result.get('status')} {result.get('reason', '')}", flush=True)
+        return [_empty_record(f"{scenario} ({label})")]
+    records = []
+    off = result["rates"]["off"]
+    for state in states[1:]:
+        on = result["rates"][state]
+        ratios = [b / a for a, b in zip(off, on)]  # phases of one round
+        name = f"cost ({label})" if scenario == "cost" else f"cost, {COST_PARTS[state]} ({label})"
+        print(f"  {name}: on/off median {statistics.median(ratios):.3f}, {len(result['events'])} monitor events", flush=True)
+        records.append(
+            _empty_record(name)
+            | {"off": off, "on": on, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+            | ({"events": result["events"][:8]} if state == "on" else {})
+        )
+    return records
+
+
+COST_PARTS = {"timing": "per-env timing only", "thread": "the thread, never sampling", "on": "the monitor"}
+
+
+def _empty_record(scenario: str) -> dict:
     return {
-        "scenario": f"cost ({args.phases} x {args.phase_seconds:g} s phases, one process)",
-        "off": off,
-        "on": on,
-        "ratios": ratios,
-        "median_ratio": statistics.median(ratios),
+        "scenario": scenario,
+        "off": [],
+        "on": [],
+        "ratios": [],
+        "median_ratio": None,
         "busy_off": None,
         "busy_on": None,
         "envs_on": None,
-        "events": result["events"][:8],
+        "events": [],
     }
 
 

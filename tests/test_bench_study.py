@@ -108,3 +108,19 @@ def test_the_async_layouts_study_steps_both_layouts_beside_a_policy() -> None:
 
     for own in (True, False):
         assert run(own, num_envs=4, env_ms=0.05, policy_ms=0.05, seconds=0.05) > 0
+
+
+def test_the_monitors_cost_study_runs_every_state_in_each_round() -> None:
+    from benchmarks import monitor
+
+    spec = {"scenario": "cost-parts", "warmup": 0.05, "phases": 2, "phase_seconds": 0.05, "interval": 0.02}
+    result = monitor._measure_cost(spec)
+    assert result["status"] == "ok" and {k: len(v) for k, v in result["rates"].items()} == {
+        "off": 2,
+        "timing": 2,
+        "thread": 2,
+        "on": 2,
+    }
+    assert all(rate > 0 for rates in result["rates"].values() for rate in rates)
+    text = monitor.markdown([monitor._empty_record("cost, the monitor (x)")], "python -m benchmarks.monitor", {"cpu": "x", "cores": 2})
+    assert "cost, the monitor (x)" in text

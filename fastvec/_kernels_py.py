@@ -355,8 +355,20 @@ def info_dicts(n: int, key: Any, value: Any) -> list[dict]:
     return [{key: value} for _ in range(n)]
 
 
-def step_into(results: list, step_fns: list, actions: Any, first: int = 0) -> None:
-    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on; see _kernels.pyx."""
+def step_into(
+    results: list, step_fns: list, actions: Any, first: int = 0, env_ns: Any = None, offset: int = 0, scale: float = 1.0
+) -> None:
+    """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on; with ``env_ns``, each
+    env's step time (ns, times ``scale``) added to ``env_ns[offset + j]``; see _kernels.pyx."""
     append = results.append
+    if env_ns is None:
+        for j in range(first, len(step_fns)):
+            append(step_fns[j](actions[j]))
+        return
+    if offset < 0 or offset + len(step_fns) > len(env_ns):
+        raise IndexError(f"envs {offset}..{offset + len(step_fns) - 1} outside a timing array of {len(env_ns)}")
+    clock = time.perf_counter_ns
     for j in range(first, len(step_fns)):
+        began = clock()
         append(step_fns[j](actions[j]))
+        env_ns[offset + j] += (clock() - began) * scale

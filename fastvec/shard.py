@@ -127,13 +127,15 @@ class Shard:
         return [assemble(self.action_space, [column[j] for column in columns]) for j in range(len(self.envs))]
 
     def _timed(self) -> bool:
-        """Whether this command times each env's step: while the monitor wants per-env times, one
-        command in TIMING_EVERY (each sample counts TIMING_EVERY times, so the sums estimate the
-        total), which keeps the two clock reads per env off most steps."""
-        if not self.header[HEADER_TIMING]:
+        """Whether this command times each env's step, called while the monitor wants per-env times
+        (the header's timing word is set): one command in TIMING_EVERY (each sample counts
+        TIMING_EVERY times, so the sums estimate the total), which keeps the two clock reads per env
+        off most steps. (A countdown: the cheapest test, on every command while the monitor runs.)"""
+        self._timing_tick -= 1
+        if self._timing_tick > 0:
             return False
-        self._timing_tick += 1
-        return self._timing_tick % TIMING_EVERY == 0
+        self._timing_tick = TIMING_EVERY
+        return True
 
     def _step_same_step(self, slot: int, actions: Any) -> list | None:
         """SAME_STEP: step every env; reset those whose episode ended (their final observation
@@ -146,12 +148,8 @@ class Shard:
         timing = self.header.item(HEADER_TIMING) and self._timed()
         while True:  # (from the env after the one that raised, until every env stepped)
             try:
-                if timing:
-                    clock, env_ns, step_fns = time.perf_counter_ns, self.env_step_ns, self.step_fns
-                    for j in range(len(results), len(step_fns)):
-                        began = clock()
-                        append(step_fns[j](actions[j]))
-                        env_ns[start + j] += (clock() - began) * TIMING_EVERY
+                if timing:  # (the kernel reads the clock around each env's step)
+                    kernels.step_into(results, self.step_fns, actions, len(results), self.env_step_ns, start, TIMING_EVERY)
                 else:
                     kernels.step_into(results, self.step_fns, actions, len(results))
                 break
@@ -182,9 +180,12 @@ class Shard:
         n = len(self.envs)
         # the usual step: every env steps, in one kernel call (with an env due for a reset, the loop
         # below: stepping the runs between such envs in kernel calls counted more instructions, not fewer)
-        if not timing and True not in needs_reset:
+        if True not in needs_reset:
             try:
-                kernels.step_into(results, self.step_fns, actions)
+                if timing:
+                    kernels.step_into(results, self.step_fns, actions, 0, self.env_step_ns, start, TIMING_EVERY)
+                else:
+                    kernels.step_into(results, self.step_fns, actions)
                 first = n  # (episode ends are marked by _write_step, from the flags it wrote)
             except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
                 first = len(results)

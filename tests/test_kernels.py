@@ -183,6 +183,35 @@ def test_step_into_steps_in_order_and_stops_at_the_env_that_raised(k) -> None:
 
 
 @pytest.mark.parametrize("k", IMPLS)
+def test_step_into_times_each_env_when_given_the_timing_array(k) -> None:
+    """The monitor's per-env timing: each env's step time (ns, times ``scale``) is added at
+    ``offset + j``; the others' entries stay; an env that raised adds nothing."""
+
+    def sleeper(seconds):
+        def step(action):
+            if action == 99:
+                raise RuntimeError("boom")
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+            return action
+
+        return step
+
+    env_ns = np.full(6, 5.0)
+    results: list = []
+    k.step_into(results, [sleeper(0.002), sleeper(0.0)], np.array([1, 2]), 0, env_ns, 3, 8.0)
+    assert results == [1, 2]
+    assert env_ns[[0, 1, 2, 5]].tolist() == [5.0] * 4
+    assert 8 * 2e6 <= env_ns[3] - 5.0 < 8 * 50e6 and 0 <= env_ns[4] - 5.0 < env_ns[3] - 5.0
+    with pytest.raises(RuntimeError, match="boom"):
+        k.step_into([], [sleeper(0.0), sleeper(0.0)], [1, 99], 0, env_ns, 0, 1.0)
+    assert env_ns[1] == 5.0 and env_ns[0] > 5.0
+    with pytest.raises(IndexError, match="outside a timing array"):
+        k.step_into([], [sleeper(0.0)] * 2, [1, 2], 0, env_ns, 5, 1.0)
+
+
+@pytest.mark.parametrize("k", IMPLS)
 def test_info_dicts_are_each_their_own(k) -> None:
     infos = k.info_dicts(3, "TimeLimit.truncated", False)
     assert infos == [{"TimeLimit.truncated": False}] * 3

@@ -158,8 +158,11 @@ def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
                 np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
             t += 1
         assert any(e.kind in ("move", "park") for e in watched.pool.monitor_events), watched.pool.monitor_events
-        # (where only env 7, one of the slow two, moves, it goes around the ring's end: envs 0..3 and 7)
-        assert watched.pool.moves_done >= 1 and len(watched.pool.envs_of(0)) > 4
+        # the worker's envs cost less a step than the 2.2 ms they cost at the start (envs 4..7): envs
+        # moved to the learner's shard, down from its bottom edge or, from the top, around the ring's
+        # end (env 7 around and env 3 up gives 1.3 | 1.3 ms with 4 envs each)
+        on_worker = set(range(8)) - set(watched.pool.envs_of(0))
+        assert watched.pool.moves_done >= 1 and sum(1.0 if i >= 6 else 0.1 for i in on_worker) < 2.2
     finally:
         plain.close()
         watched.close()

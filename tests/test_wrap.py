@@ -205,3 +205,28 @@ def test_around_moves_are_refused_where_they_cannot_apply() -> None:
             venv.pool.request_move(1, 0, around=True)
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, batch_size=2) as venv:
         assert not venv.pool.wraps and venv.pool.request_move(1, 0, around=True) is None
+
+
+@pytest.mark.parametrize("kind", ["sb3", "gymnasium-next-step"])
+def test_parking_and_moves_around_the_ring_together(kind) -> None:
+    """With an env wrapped around to the learner's shard, the worker is parked (its envs go down to
+    the learner's own), comes back with none, and takes envs again, from both of the learner's
+    edges: results never change."""
+    from tests.test_park import _Pair
+
+    pair = _Pair(kind, 6, 2)
+    pool = pair.pool
+    try:
+        pool.request_move(1, 0, around=True)
+        pair.step(until=lambda: pool.wrap_envs == range(5, 6))
+        assert pool.request_park(1)
+        pair.step(until=lambda: pool.parked == [1])
+        assert pool.envs_of(0) == (5, 0, 1, 2, 3, 4) and pool.shard_envs[1] == range(5, 5)
+        assert pool.request_unpark(1)
+        pool.request_move(0, 1, around=True)  # env 5 back, around the ring's end
+        pool.request_move(0, 1)  # env 4, from the top of the learner's own envs
+        pair.step(until=lambda: pool.moves_done >= 5)  # (1 around, 2 for the parking, then these 2)
+        assert pool.envs_of(0) == range(0, 4) and pool.shard_envs[1] == range(4, 6) and not pool.wrap_envs
+        pair.step(50)
+    finally:
+        pair.close()

@@ -15,12 +15,15 @@ and the monitor acts, once per ``cooldown`` samples:
    gives it some). Two busy processes time-sharing one core cost each other more than running
    the envs in one of them (benchmarks/README.md, "Parking");
 2. otherwise the imbalance is in the envs: envs move from the straggler to its less busy
-   neighbouring shard, each at its next episode boundary (fastvec.migrate). It moves the
-   number of edge envs (from their measured step times) that leaves the busier of the two
-   shards least busy, only when that is at least ``min_gain`` below the straggler's share
-   now, and never straight back the other way within ``settle`` samples (a noisy host must
-   not make envs bounce). Env indices and rows never change; the caller can tell only from
-   ``stats()`` and ``monitor_events``.
+   neighbouring shards, each at its next episode boundary (fastvec.migrate); shards form a
+   ring, so the learner's shard and the last worker's also border each other around its end.
+   It moves the numbers of edge envs on each side (from their measured step times) that
+   leave the busiest shard least busy, only when that is at least ``min_gain`` below the
+   straggler's load now, and never straight back the other way within ``settle`` samples (a noisy host must
+   not make envs bounce). Each move is then on trial: when the pool steps ``undo_drop``
+   slower over the ``patience`` samples after it than before, the same envs go back, and
+   none go that way again for ``retry_after`` samples. Env indices and rows never change;
+   the caller can tell only from ``stats()`` and ``monitor_events``.
 
     python -m fastvec.monitor            # a demo: a slow env and a CPU hog, a live table
 
@@ -49,7 +52,7 @@ class MonitorEvent:
     """One thing the monitor did."""
 
     time: float  # seconds since the monitor started
-    kind: str  # "repin", "park", "unpark" or "move"
+    kind: str  # "repin", "park", "unpark", "move" or "undo" (a move that cost throughput, reversed)
     shard: int
     detail: str  # what moved where
     why: str
@@ -79,6 +82,8 @@ class Monitor:
     settle: int = 10  # samples after a move during which envs do not move back the other way
     min_gain: float = 0.1  # a move must bring the straggler's busy share down by this fraction
     other_load: float = 30.0  # percent of a core used by others before a worker is re-pinned
+    undo_drop: float = 0.1  # a move after which the pool steps this fraction slower is undone
+    retry_after: int = 60  # samples before envs move again the way of a move that was undone
     events: list[MonitorEvent] = field(default_factory=list)
     last: PoolStats | None = None
 
@@ -89,6 +94,10 @@ class Monitor:
         self._quiet = 0
         self._samples = 0
         self._recent: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample of its latest move
+        self._throughputs: list[float] = []  # the pool's env steps per second in the latest ``patience`` samples
+        # the latest move on trial: ([(source, target, around, envs moved)], the throughput before, its sample)
+        self._trial: tuple[list[tuple[int, int, bool, int]], float, int] | None = None
+        self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
         self._cpu_state: dict = {}  # _core_loads' previous reading
@@ -123,11 +132,18 @@ class Monitor:
                 history = self._step_ms.setdefault(stats.shard, [])
                 history.append((stats.envs, [float(t) for t in stats.env_step_ms]))
                 del history[: -self.patience]
+        self._throughputs.append(snapshot.throughput)
+        del self._throughputs[: -self.patience]
         if self._quiet > 0:
             self._quiet -= 1
             return None
         loads = self._smoothed(_core_loads(self._cpu_state))
-        event = self._check_parked(loads) or self._check_cores(snapshot, loads) or self._check_balance(snapshot)
+        event = (
+            self._check_parked(loads)
+            or self._check_cores(snapshot, loads)
+            or self._judge_trial()
+            or (self._check_balance(snapshot) if self._trial is None else None)
+        )
         if event is not None:
             self.events.append(event)
             self._quiet = self.cooldown
@@ -296,7 +312,9 @@ class Monitor:
         sides = [
             side
             for side in self._sides(snapshot, active, shard)
-            if shards[side[0]].busy < source_stats.busy and not self._bounces(shard, side[0], side[1])
+            if shards[side[0]].busy < source_stats.busy
+            and not self._bounces(shard, side[0], side[1])
+            and self._samples - self._undone.get((shard, side[0], side[1]), -self.retry_after) >= self.retry_after
         ]
         if not sides or len(envs) <= 1:
             return None
@@ -331,10 +349,12 @@ class Monitor:
         if not counts or best_busiest > (1.0 - self.min_gain) * load:
             return None  # no move would help enough: moving would only swap who lags, or gain too little
         parts = []
+        trial = []
         for (target, around, edges), count in zip(sides, counts):
             if not count:
                 continue
             moved = edges[:count]
+            trial.append((shard, target, around, count))
             self._recent[(shard, target, around)] = self._samples
             for _ in moved:
                 if around:
@@ -343,6 +363,7 @@ class Monitor:
                     self.pool.queue_move(shard, target)
             what = f"envs {describe_envs(sorted(moved))}" if len(moved) > 1 else f"env {moved[0]}"
             parts.append(f"{what}: shard {shard} -> shard {target}{' around the ring' if around else ''}")
+        self._trial = (trial, statistics.median(self._throughputs), self._samples)
         several = sum(counts) > 1
         return MonitorEvent(
             time.monotonic() - self._began,
@@ -354,6 +375,42 @@ class Monitor:
             + f"; {unit}: {load:.3g} and "
             + ", ".join(f"{target_load[t]:.3g}" for t in sorted(targets))
             + f", the busiest expected at {best_busiest:.3g} after",
+        )
+
+    def _judge_trial(self) -> MonitorEvent | None:
+        """A move stays when the pool steps at least nearly as fast after it as before (``patience``
+        samples each, medians, once the move had ``cooldown`` samples to happen); else it is undone,
+        and envs do not go that way again for ``retry_after`` samples. Step times can mislead: on
+        a noisy host one shard's envs may read 10% slower for a few samples, and an uneven split of
+        equal envs costs more than the imbalance (8 CartPole envs split 5 | 3 stepped 0.66-0.70x
+        as fast as 4 | 4 in interleaved runs: the shard that finishes first waits, and sleeps)."""
+        if self._trial is None:
+            return None
+        moves, before, when = self._trial
+        if self._samples - when <= self.cooldown + self.patience:
+            return None
+        self._trial = None
+        after = statistics.median(self._throughputs)
+        if after >= (1.0 - self.undo_drop) * before:
+            return None
+        for source, target, around, count in moves:
+            for _ in range(count):
+                if around:
+                    self.pool.queue_move(target, source, around=True)
+                else:
+                    self.pool.queue_move(target, source)
+            self._undone[(source, target, around)] = self._samples
+            self._recent[(target, source, around)] = self._samples
+        back = "; ".join(
+            f"{count} env{'s' if count > 1 else ''}: shard {target} -> shard {source}{' around the ring' if around else ''}"
+            for source, target, around, count in moves
+        )
+        return MonitorEvent(
+            time.monotonic() - self._began,
+            "undo",
+            moves[0][0],
+            f"{back} (the latest move, reversed, each at its next episode end)",
+            f"the pool stepped {after:,.0f} env steps/s after the move, against {before:,.0f} before",
         )
 
     def _bounces(self, source: int, target: int, around: bool) -> bool:

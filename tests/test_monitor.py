@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -368,3 +369,33 @@ def test_the_learners_shard_gives_back_around_the_ring(monkeypatch) -> None:
     event = Monitor(pool, patience=1).step(_per_env([learner, worker]))
     # 14 around (0.4) leaves 1.4 and 1.4
     assert pool.moves == [(0, 1, "around")] and "env 14: shard 0 -> shard 1 around the ring" in event.detail
+
+
+def test_a_move_after_which_the_pool_steps_slower_is_undone(monkeypatch) -> None:
+    """Step times said a move would help; the pool's throughput after it says otherwise (an uneven
+    split of equal envs, host noise in the step times): the same envs go back, and envs do not go
+    that way again for ``retry_after`` samples."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=False)
+    monitor = Monitor(pool, patience=1, cooldown=0, settle=2, retry_after=5)
+    straggling = _per_env(HETERO)
+    assert monitor.step(dataclasses.replace(straggling, throughput=10_000.0)).kind == "move"
+    assert pool.moves == [(1, 0)] * 4
+    slower = dataclasses.replace(straggling, throughput=8_000.0)  # 20% slower than before the move
+    assert monitor.step(slower) is None  # (the move is still happening)
+    event = monitor.step(slower)
+    assert event.kind == "undo" and pool.moves == [(1, 0)] * 4 + [(0, 1)] * 4
+    assert "4 envs: shard 0 -> shard 1" in event.detail and "8,000 env steps/s after the move, against 10,000" in event.why
+    assert [monitor.step(straggling) for _ in range(4)] == [None] * 4  # not that way again, for a while
+    assert monitor.step(straggling).kind == "move"
+
+
+def test_a_move_after_which_the_pool_steps_faster_stays(monkeypatch) -> None:
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=True)
+    monitor = Monitor(pool, patience=1, cooldown=0)
+    assert monitor.step(dataclasses.replace(_per_env(HETERO), throughput=10_000.0)).kind == "move"
+    balanced = _per_env([(range(0, 10), 0.95, [0.1] * 10), (range(10, 15), 0.95, [0.1, 0.1, 0.4, 0.4, 0.4])])
+    faster = dataclasses.replace(balanced, throughput=14_000.0)
+    assert [monitor.step(faster) for _ in range(3)] == [None] * 3
+    assert sorted(pool.moves) == [(1, 0), (1, 0), (1, 0, "around")]  # nothing undone

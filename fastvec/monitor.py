@@ -82,7 +82,7 @@ class Monitor:
     settle: int = 10  # samples after a move during which envs do not move back the other way
     min_gain: float = 0.1  # a move must bring the straggler's busy share down by this fraction
     other_load: float = 30.0  # percent of a core used by others before a worker is re-pinned
-    undo_drop: float = 0.1  # a move after which the pool steps this fraction slower is undone
+    undo_drop: float = 0.05  # a move after which the pool steps this fraction slower is undone
     retry_after: int = 60  # samples before envs move again the way of a move that was undone
     events: list[MonitorEvent] = field(default_factory=list)
     last: PoolStats | None = None
@@ -381,9 +381,9 @@ class Monitor:
         """A move stays when the pool steps at least nearly as fast after it as before (``patience``
         samples each, medians, once the move had ``cooldown`` samples to happen); else it is undone,
         and envs do not go that way again for ``retry_after`` samples. Step times can mislead: on
-        a noisy host one shard's envs may read 10% slower for a few samples, and an uneven split of
-        equal envs costs more than the imbalance (8 CartPole envs split 5 | 3 stepped 0.66-0.70x
-        as fast as 4 | 4 in interleaved runs: the shard that finishes first waits, and sleeps)."""
+        a noisy host one shard's envs may read 10% slower for a few samples, and then an uneven
+        split of equal envs costs what it was meant to save (8 CartPole envs split 5 | 3 and 3 | 5
+        stepped 0.92x and 0.95x as fast as 4 | 4: ``python -m benchmarks.learner_share``)."""
         if self._trial is None:
             return None
         moves, before, when = self._trial

@@ -10,12 +10,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode
 
-from fastvec import EnvError, SubprocVecEnv, VectorEnv
+from fastvec import EnvError, SubprocVecEnv
 from fastvec.pool import Pool
 from fastvec.protocol import SAME_STEP
 from tests import envs
+from tests.test_park import _Pair
 
 N = 6
 CLOSED: list[int] = []  # the ids of the Flaky envs closed in this process
@@ -58,67 +58,31 @@ def make_flaky() -> gym.Env:
 REQUESTS = [(1, 0, True), (1, 0, True), (0, 1, False), (0, 1, True), (1, 0, False), (0, 1, True)]
 
 
-def _drive(still, moving, step, n_steps: int = 420) -> int:
-    """Step both with the same random actions, the moving one's boundaries shifting; compare every
-    result. Returns the most envs shard 0 had past the last worker's at once."""
-    rng = np.random.default_rng(4)
-    pool = moving.pool
+@pytest.mark.parametrize("kind", ["sb3", "gymnasium-next-step"])
+def test_moves_around_the_ring_give_the_same_results(kind) -> None:
+    """420 steps with the boundaries shifting both ways around the ring's end, every result
+    compared with a pool that never moved an env (tests.test_park._Pair)."""
+    pair = _Pair(kind, N, 2)
+    pool = pair.pool
     most = 0
-    for t in range(n_steps):
-        if t % 6 == 0:
-            pool.request_move(*REQUESTS[(t // 6) % len(REQUESTS)])
-        actions = rng.integers(0, 2, N)
-        step(t, moving.step(actions), still.step(actions))
-        most = max(most, len(pool.wrap_envs))
-        # the bookkeeping: every env in exactly one shard, shard 0's arc as its ring order says
-        owned = sorted(list(pool.envs_of(0)) + [i for s in range(1, pool.num_workers) for i in pool.shard_envs[s]])
-        assert owned == list(range(N)), (t, pool.shard_envs, pool.wrap_envs)
-    return most
-
-
-def test_moves_around_the_ring_give_the_same_results_sb3() -> None:
-    still = SubprocVecEnv([make_flaky] * N, start_method="fork", num_workers=2)
-    moving = SubprocVecEnv([make_flaky] * N, start_method="fork", num_workers=2)
     try:
-        for venv in (still, moving):
-            venv.seed(5)
-        np.testing.assert_array_equal(moving.reset(), still.reset())
-
-        def compare(t, a, b):
-            for k in range(3):
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"step {t}")
-            for i in np.flatnonzero(b[2]):
-                np.testing.assert_array_equal(a[3][i]["terminal_observation"], b[3][i]["terminal_observation"])
-
-        most = _drive(still, moving, compare)
-        pool = moving.pool
+        for t in range(420):
+            if t % 6 == 0:
+                pool.request_move(*REQUESTS[(t // 6) % len(REQUESTS)])
+            pair.step()
+            most = max(most, len(pool.wrap_envs))
+            # the bookkeeping: every env in exactly one shard, shard 0's arc as its ring order says
+            owned = sorted(list(pool.envs_of(0)) + list(pool.shard_envs[1]))
+            assert owned == list(range(N)), (t, pool.shard_envs, pool.wrap_envs)
         assert most >= 2 and pool.moves_done >= 15
-        # where each env runs follows its moves (env_method reaches the wrapped part too)
-        pids = moving.env_method("pid")
-        assert [i for i, pid in enumerate(pids) if pid == os.getpid()] == sorted(pool.envs_of(0))
-        assert moving.stats().shards[0].envs == pool.envs_of(0)
+        if kind == "sb3":  # where each env runs follows its moves (env_method reaches the wrapped part too)
+            pids = pair.moving.env_method("pid")
+            assert [i for i, pid in enumerate(pids) if pid == os.getpid()] == sorted(pool.envs_of(0))
+            assert pair.moving.stats().shards[0].envs == pool.envs_of(0)
+        else:  # a seeded reset reaches the wrapped envs with their seeds
+            np.testing.assert_array_equal(pair.moving.reset(seed=9)[0], pair.still.reset(seed=9)[0])
     finally:
-        still.close()
-        moving.close()
-
-
-def test_moves_around_the_ring_give_the_same_results_gymnasium_next_step() -> None:
-    fns = [envs.make_cartpole] * N
-    still = VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP)
-    moving = VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.NEXT_STEP)
-    try:
-        np.testing.assert_array_equal(moving.reset(seed=3)[0], still.reset(seed=3)[0])
-
-        def compare(t, a, b):
-            for x, y in zip(a[:4], b[:4]):
-                np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
-
-        assert _drive(still, moving, compare) >= 2 and moving.pool.moves_done >= 15
-        # a seeded reset reaches the wrapped envs with their seeds, and options with the rest
-        np.testing.assert_array_equal(moving.reset(seed=9)[0], still.reset(seed=9)[0])
-    finally:
-        still.close()
-        moving.close()
+        pair.close()
 
 
 def _wrap_last(pool: Pool, step) -> None:
@@ -212,8 +176,6 @@ def test_parking_and_moves_around_the_ring_together(kind) -> None:
     """With an env wrapped around to the learner's shard, the worker is parked (its envs go down to
     the learner's own), comes back with none, and takes envs again, from both of the learner's
     edges: results never change."""
-    from tests.test_park import _Pair
-
     pair = _Pair(kind, 6, 2)
     pool = pair.pool
     try:

@@ -94,7 +94,7 @@ class Monitor:
         self._quiet = 0
         self._samples = 0
         self._recent: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample of its latest move
-        self._throughputs: list[float] = []  # the pool's env steps per second in the latest ``patience`` samples
+        self._throughputs: list[float] = []  # the pool's pace (see _pace) in the latest ``patience`` samples
         # the latest move on trial: ([(source, target, around, envs moved)], the throughput before, its sample)
         self._trial: tuple[list[tuple[int, int, bool, int]], float, int] | None = None
         self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
@@ -132,7 +132,7 @@ class Monitor:
                 history = self._step_ms.setdefault(stats.shard, [])
                 history.append((stats.envs, [float(t) for t in stats.env_step_ms]))
                 del history[: -self.patience]
-        self._throughputs.append(snapshot.throughput)
+        self._throughputs.append(_pace(snapshot))
         del self._throughputs[: -self.patience]
         if self._quiet > 0:
             self._quiet -= 1
@@ -378,8 +378,8 @@ class Monitor:
         )
 
     def _judge_trial(self) -> MonitorEvent | None:
-        """A move stays when the pool steps at least nearly as fast after it as before (``patience``
-        samples each, medians, once the move had ``cooldown`` samples to happen); else it is undone,
+        """A move stays when the pool steps at least nearly as fast after it as before (its pace,
+        ``patience`` samples each, medians, once the move had ``cooldown`` samples to happen); else it is undone,
         and envs do not go that way again for ``retry_after`` samples. Step times can mislead: on
         a noisy host one shard's envs may read 10% slower for a few samples, and then an uneven
         split of equal envs costs what it was meant to save (8 CartPole envs split 5 | 3 and 3 | 5
@@ -410,7 +410,8 @@ class Monitor:
             "undo",
             moves[0][0],
             f"{back} (the latest move, reversed, each at its next episode end)",
-            f"the pool stepped {after:,.0f} env steps/s after the move, against {before:,.0f} before",
+            f"the pool stepped {after:,.0f} env steps per second of the caller's time in it after the move, "
+            f"against {before:,.0f} before",
         )
 
     def _bounces(self, source: int, target: int, around: bool) -> bool:
@@ -426,6 +427,14 @@ def _wrapped_part(envs: list[int]) -> list[int]:
         return []
     drop = next((k for k in range(1, len(envs)) if envs[k] < envs[k - 1]), len(envs))
     return envs[:drop]
+
+
+def _pace(snapshot: PoolStats) -> float:
+    """The pool's env steps per second of the time the calling process spent in it (stepping,
+    waiting for the workers): what a move changes. Per second of wall time would also count what
+    the caller does between steps (a policy, a PPO update, another pool), which moves no env."""
+    inside = 1.0 - snapshot.learner_share if snapshot.learner_share is not None else 1.0
+    return snapshot.throughput / max(inside, 0.01)
 
 
 def _commands(stats: ShardStats, interval_s: float) -> float:

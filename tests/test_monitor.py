@@ -150,20 +150,27 @@ def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
         for venv in (plain, watched):
             venv.seed(1)
         np.testing.assert_array_equal(watched.reset(), plain.reset())
+        pool = watched.pool
+
+        def worker_ms() -> float:  # what the worker's envs cost a step (2.2 ms at the start: envs 4..7)
+            return sum(1.0 if i >= 6 else 0.1 for i in set(range(8)) - set(pool.envs_of(0)))
+
         began = time.monotonic()
         t = 0
-        while (watched.pool.moves_done < 1 or t < 200) and time.monotonic() - began < 30:
+        least = worker_ms()
+        while (pool.moves_done < 1 or t < 200) and time.monotonic() - began < 30:
             actions = np.full(8, t % 2)
             a, b = watched.step(actions), plain.step(actions)
             for x, y in zip(a[:3], b[:3]):
                 np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
+            least = min(least, worker_ms())
             t += 1
-        assert any(e.kind in ("move", "park") for e in watched.pool.monitor_events), watched.pool.monitor_events
-        # the worker's envs cost less a step than the 2.2 ms they cost at the start (envs 4..7): envs
-        # moved to the learner's shard, down from its bottom edge or, from the top, around the ring's
-        # end (env 7 around and env 3 up gives 1.3 | 1.3 ms with 4 envs each)
-        on_worker = set(range(8)) - set(watched.pool.envs_of(0))
-        assert watched.pool.moves_done >= 1 and sum(1.0 if i >= 6 else 0.1 for i in on_worker) < 2.2
+        assert any(e.kind in ("move", "park") for e in pool.monitor_events), pool.monitor_events
+        # envs moved to the learner's shard, down from its bottom edge or, from the top, around the
+        # ring's end (env 7 around and env 3 up gives 1.3 | 1.3 ms with 4 envs each). (This test's
+        # two pools share the cores, so the throughput that judges a move is noisy, and a move may
+        # be undone later: the least the worker had is what shows the balancing.)
+        assert pool.moves_done >= 1 and least < 2.2
     finally:
         plain.close()
         watched.close()
@@ -385,7 +392,9 @@ def test_a_move_after_which_the_pool_steps_slower_is_undone(monkeypatch) -> None
     assert monitor.step(slower) is None  # (the move is still happening)
     event = monitor.step(slower)
     assert event.kind == "undo" and pool.moves == [(1, 0)] * 4 + [(0, 1)] * 4
-    assert "4 envs: shard 0 -> shard 1" in event.detail and "8,000 env steps/s after the move, against 10,000" in event.why
+    # (per second of the time the caller spent in the pool: 70% of each sample here)
+    assert "4 envs: shard 0 -> shard 1" in event.detail and "11,429 env steps per second" in event.why
+    assert "against 14,286 before" in event.why
     assert [monitor.step(straggling) for _ in range(4)] == [None] * 4  # not that way again, for a while
     assert monitor.step(straggling).kind == "move"
 

@@ -19,10 +19,11 @@ and the monitor acts, once per ``cooldown`` samples:
    ring, so the learner's shard and the last worker's also border each other around its end.
    It moves the numbers of edge envs on each side (from their measured step times) that
    leave the busiest shard least busy, only when that is at least ``min_gain`` below the
-   straggler's load now, and never straight back the other way within ``settle`` samples (a noisy host must
-   not make envs bounce). Each move is then on trial: when the pool steps ``undo_drop``
-   slower over the ``patience`` samples after it than before, the same envs go back, and
-   none go that way again for ``retry_after`` samples. Env indices and rows never change;
+   straggler's load now, and never straight back the other way within ``settle`` samples (a
+   noisy host must not make envs bounce). Each move is then on trial: when the pool steps
+   ``undo_drop`` slower (its pace: env steps per second of the caller's time in the pool)
+   over the ``patience`` samples after it than before, the same envs go back, and none go
+   that way again for ``retry_after`` samples. Env indices and rows never change;
    the caller can tell only from ``stats()`` and ``monitor_events``.
 
     python -m fastvec.monitor            # a demo: a slow env and a CPU hog, a live table
@@ -95,7 +96,7 @@ class Monitor:
         self._samples = 0
         self._recent: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample of its latest move
         self._throughputs: list[float] = []  # the pool's pace (see _pace) in the latest ``patience`` samples
-        # the latest move on trial: ([(source, target, around, envs moved)], the throughput before, its sample)
+        # the latest move on trial: ([(source, target, around, envs moved)], the pace before, its sample)
         self._trial: tuple[list[tuple[int, int, bool, int]], float, int] | None = None
         self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
@@ -356,11 +357,7 @@ class Monitor:
             moved = edges[:count]
             trial.append((shard, target, around, count))
             self._recent[(shard, target, around)] = self._samples
-            for _ in moved:
-                if around:
-                    self.pool.queue_move(shard, target, around=True)
-                else:
-                    self.pool.queue_move(shard, target)
+            self._queue_moves(shard, target, around, count)
             what = f"envs {describe_envs(sorted(moved))}" if len(moved) > 1 else f"env {moved[0]}"
             parts.append(f"{what}: shard {shard} -> shard {target}{' around the ring' if around else ''}")
         self._trial = (trial, statistics.median(self._throughputs), self._samples)
@@ -379,8 +376,8 @@ class Monitor:
 
     def _judge_trial(self) -> MonitorEvent | None:
         """A move stays when the pool steps at least nearly as fast after it as before (its pace,
-        ``patience`` samples each, medians, once the move had ``cooldown`` samples to happen); else it is undone,
-        and envs do not go that way again for ``retry_after`` samples. Step times can mislead: on
+        ``patience`` samples each, medians, once the move had ``cooldown`` samples to happen);
+        else it is undone, and envs do not go that way again for ``retry_after`` samples. Step times can mislead: on
         a noisy host one shard's envs may read 10% slower for a few samples, and then an uneven
         split of equal envs costs what it was meant to save (8 CartPole envs split 5 | 3 and 3 | 5
         stepped 0.92x and 0.95x as fast as 4 | 4: ``python -m benchmarks.learner_share``)."""
@@ -394,11 +391,7 @@ class Monitor:
         if after >= (1.0 - self.undo_drop) * before:
             return None
         for source, target, around, count in moves:
-            for _ in range(count):
-                if around:
-                    self.pool.queue_move(target, source, around=True)
-                else:
-                    self.pool.queue_move(target, source)
+            self._queue_moves(target, source, around, count)
             self._undone[(source, target, around)] = self._samples
             self._recent[(target, source, around)] = self._samples
         back = "; ".join(
@@ -413,6 +406,11 @@ class Monitor:
             f"the pool stepped {after:,.0f} env steps per second of the caller's time in it after the move, "
             f"against {before:,.0f} before",
         )
+
+    def _queue_moves(self, source: int, target: int, around: bool, count: int) -> None:
+        """``count`` edge envs from shard ``source`` to ``target`` (around the ring's end or not)."""
+        for _ in range(count):
+            self.pool.queue_move(source, target, around)
 
     def _bounces(self, source: int, target: int, around: bool) -> bool:
         """Whether envs moved from ``target`` to ``source`` on this side within ``settle`` samples: they

@@ -334,16 +334,7 @@ class Pool:
         for remote in self._remotes:
             self._recv(remote, "attach")
         if self.step_in_parent:
-            self._local = Shard(
-                self._local_envs,
-                0,
-                views,
-                self.autoreset_mode,
-                env_fns=self._env_fns[: self.shard_envs[0].stop],
-                restart_on_error=self.on_error == "restart",
-                check=self.check,
-            )
-            self._head = self._local
+            self._local = self._head = self._own_shard(self._local_envs, 0, self._env_fns[: self.shard_envs[0].stop])
         self._control = views.control
         self._local_stats = views.worker_stats[0]
         self._local_finished = time.perf_counter_ns()
@@ -1243,18 +1234,22 @@ class Pool:
     def _wrap_part(self) -> Shard:
         """Shard 0's part for the envs past the last worker's (made when the first one moves there)."""
         if self._tail is None:
-            self._tail = Shard(
-                [],
-                self.num_envs,
-                self._views,
-                self.autoreset_mode,
-                env_fns=[],
-                restart_on_error=self.on_error == "restart",
-                check=self.check,
-            )
+            self._tail = self._own_shard([], self.num_envs, [])
         if not isinstance(self._local, WrappedShard):
             self._local = WrappedShard(self._head, self._tail)  # type: ignore[arg-type]
         return self._tail
+
+    def _own_shard(self, envs: list, start: int, env_fns: list) -> Shard:
+        """A Shard this process steps (shard 0's envs from 0, or its envs past the last worker's)."""
+        return Shard(
+            envs,
+            start,
+            self._views,
+            self.autoreset_mode,
+            env_fns=env_fns,
+            restart_on_error=self.on_error == "restart",
+            check=self.check,
+        )
 
     def _place_empty(self) -> None:
         """Keep every empty shard's range at the boundary of its neighbours (shards stay in env order)."""

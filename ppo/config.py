@@ -51,7 +51,12 @@ class Config:
     each shard's busy share goes to the progress view, metrics.csv and TensorBoard (fastvec/...)"""
     async_envs: bool = False
     """double-buffered sampling (fastvec only): the envs step in two halves, one half stepping while the
-    policy computes the other half's actions (rlpyt's alternating sampler); the same samples per update"""
+    policy computes the other half's actions (rlpyt's alternating sampler); the same samples per update.
+    It pays only with cores to spare: the learner stops stepping envs and calls the policy twice a step
+    (a small MLP costs about as much for 4 observations as for 8), so on c cores a rollout step takes at
+    least max(2 x policy, envs / (c - 1)) against policy + envs / c synchronously: never less on 2 cores
+    (benchmarks/README.md, "Asynchronous batches"). Where the policy's time is close to the envs' per
+    core, give the learner a core of its own with a --fastvec-config of {"pin": [1, 2, ...]}"""
     vec_backend: Literal["fastvec", "sb3-subproc", "gym-async", "serial"] = "fastvec"
     """which vectorized-env engine steps the envs: fastvec (zero copy), SB3's SubprocVecEnv,
     gymnasium's AsyncVectorEnv, or gymnasium's SyncVectorEnv in this process"""

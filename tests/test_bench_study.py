@@ -124,3 +124,15 @@ def test_the_monitors_cost_study_runs_every_state_in_each_round() -> None:
     assert all(rate > 0 for rates in result["rates"].values() for rate in rates)
     text = monitor.markdown([monitor._empty_record("cost, the monitor (x)")], "python -m benchmarks.monitor", {"cpu": "x", "cores": 2})
     assert "cost, the monitor (x)" in text
+
+
+def test_the_rollout_layouts_study_times_each_layout_in_every_round(tmp_path) -> None:
+    from benchmarks import rollout_layouts
+
+    out = tmp_path / "layouts.md"
+    args = ["--env-id", "CartPole-v1", "--num-envs", "4", "--rounds", "2", "--rollouts", "1", "--out", str(out)]
+    summary = rollout_layouts.main([*args, "--layouts", "sync", "pinned"])
+    assert set(summary) == {"sync", "pinned", "policy_us"} and set(summary.pop("policy_us")) == {2, 4}
+    assert all(len(s["us"]) == 2 and min(s["us"]) > 0 for s in summary.values())
+    assert summary["sync"]["ratios"] == [1.0, 1.0]
+    assert "| pinned |" in out.read_text()

@@ -15,6 +15,7 @@ process only.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import sys
 from collections.abc import Callable
@@ -93,9 +94,13 @@ class Ceiling:
     workload right now; no engine can beat it. It times itself (``measure``): there is no batch
     to step from the caller."""
 
-    def __init__(self, fns: list):
+    def __init__(self, fns: list, lockstep: bool = False):
         self.fns = fns
         self.cores = max(1, min(len(fns), cores()))
+        # lockstep: every loop waits for the others after each step (a busy wait on shared counters),
+        # as a synchronous engine's step does, with nothing else of an engine: what the per-step
+        # barrier alone costs against the free-running loops
+        self.lockstep = lockstep
 
     def reset(self) -> None:
         pass
@@ -120,7 +125,12 @@ class Ceiling:
         try:
             for _ in range(repeats):
                 go = ctx.Event()
-                procs = [ctx.Process(target=_ceiling_loop, args=(*share, seconds, go, out)) for share in shares]
+                # (an anonymous shared mapping made before the fork: each loop's count of steps done)
+                counts = mmap.mmap(-1, 8 * len(shares)) if self.lockstep else None
+                procs = [
+                    ctx.Process(target=_ceiling_loop, args=(*share, seconds, go, out, counts, k))
+                    for k, share in enumerate(shares)
+                ]
                 for proc in procs:
                     proc.start()
                 try:  # (a loop that died is a timeout, not a hang)
@@ -134,7 +144,10 @@ class Ceiling:
                         if proc.is_alive():
                             proc.kill()
                             proc.join()
+                    if counts is not None:
+                        counts.close()
                 rates.append(sum(n for n, _ in results) / max(t for _, t in results))
+                rounds = [n // len(share[0]) for (n, _), share in zip(results, shares)]  # each loop's steps
         finally:
             out.close()
             out.join_thread()
@@ -143,6 +156,7 @@ class Ceiling:
         return {
             "rate": statistics.median(rates),
             "rates": rates,
+            "loop_steps": rounds,  # the last repeat's, per loop (lockstep: within one of each other)
             "cpu_used_by_run": used / wall,
             "other_load": max(0.0, (busy_cpu_seconds() - busy0 - used) / (wall * psutil.cpu_count())),
         }
@@ -156,9 +170,17 @@ def _children_cpu_seconds() -> float:
     return t.children_user + t.children_system
 
 
-def _ceiling_loop(fns: list, actions: np.ndarray, seconds: float, go: Any, out: Any) -> None:
-    """One core's share: a warm-up, then (after every loop is ready) ``seconds`` of plain stepping."""
+def _ceiling_loop(
+    fns: list, actions: np.ndarray, seconds: float, go: Any, out: Any, counts: Any = None, index: int = 0
+) -> None:
+    """One core's share: a warm-up, then (after every loop is ready) ``seconds`` of plain stepping.
+    ``counts`` (lockstep): a shared int64 per loop; after each step a loop adds one to its own and
+    waits until every loop's count reached it (the first loop to pass the deadline ends them all)."""
     import time
+
+    if counts is not None:
+        done = np.frombuffer(counts, dtype=np.int64)
+        others = [j for j in range(len(done)) if j != index]
 
     loop = SerialLoop(fns)
     loop.reset()
@@ -171,14 +193,34 @@ def _ceiling_loop(fns: list, actions: np.ndarray, seconds: float, go: Any, out: 
     go.wait()
     steps, began = 0, time.perf_counter()
     deadline = began + seconds
+    if counts is None:
+        while True:
+            loop.step(actions[k % count])
+            k += 1
+            steps += len(fns)
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        out.put((steps, now - began))
+        return
+    n = 0
+    stop = 1 << 62  # a loop past the deadline stores this: the others stop at their next wait
     while True:
         loop.step(actions[k % count])
         k += 1
+        n += 1
         steps += len(fns)
         now = time.perf_counter()
         if now >= deadline:
+            done[index] = stop
             break
-    out.put((steps, now - began))
+        done[index] = n
+        for j in others:
+            while done.item(j) < n:
+                pass
+        if others and max(done.item(j) for j in others) >= stop:
+            break
+    out.put((steps, time.perf_counter() - began))
 
 
 class _SB3:
@@ -397,6 +439,13 @@ ENGINES: dict[str, Engine] = {
     "ceiling": Engine(
         lambda fns, workload: Ceiling(fns),
         "no engine: one process per core stepping its share of the envs in a plain loop, all at once",
+        True,
+        "serial",
+        knob=True,
+    ),
+    "ceiling-lockstep": Engine(
+        lambda fns, workload: Ceiling(fns, lockstep=True),
+        "no engine, a barrier: the ceiling's loops waiting for each other after every step (busy wait)",
         True,
         "serial",
         knob=True,

@@ -103,6 +103,21 @@ def test_the_ceiling_steps_every_env_in_one_process_per_core_and_times_itself() 
     assert 0 <= result["other_load"] <= 1
 
 
+def test_the_lockstep_ceiling_keeps_its_loops_within_one_step_of_each_other() -> None:
+    """`ceiling-lockstep`: the same loops, each waiting for the others after every step, so none is
+    more than one step ahead when the first reaches the deadline."""
+    import numpy as np
+
+    from benchmarks.engines import Ceiling
+    from tests import envs
+
+    engine = Ceiling([envs.make_cartpole] * 4, lockstep=True)
+    result = engine.measure(np.zeros((4, 4), np.int64), 0.2, 1)
+    steps = result["loop_steps"]
+    assert len(steps) == engine.cores and min(steps) > 10 and max(steps) - min(steps) <= 1
+    assert result["rate"] > 0
+
+
 def test_the_async_layouts_study_steps_both_layouts_beside_a_policy() -> None:
     from benchmarks.async_layouts import run
 
@@ -136,3 +151,13 @@ def test_the_rollout_layouts_study_times_each_layout_in_every_round(tmp_path) ->
     assert all(len(s["us"]) == 2 and min(s["us"]) > 0 for s in summary.values())
     assert summary["sync"]["ratios"] == [1.0, 1.0]
     assert "| pinned |" in out.read_text()
+
+
+def test_the_core_speed_probe_runs_a_loop_on_every_allowed_core() -> None:
+    import os
+
+    from benchmarks import core_speed
+
+    rounds = core_speed.main(["--rounds", "2", "--seconds", "0.05", "--pause", "0"])
+    assert len(rounds) == 2
+    assert all(set(r) == set(os.sched_getaffinity(0)) and min(r.values()) > 0 for r in rounds)

@@ -143,7 +143,9 @@ class Monitor:
             self._check_parked(loads)
             or self._check_cores(snapshot, loads)
             or self._judge_trial()
-            or (self._check_balance(snapshot) if self._trial is None else None)
+            # (a pool whose envs cannot move, asynchronous batches or no autoreset, is not balanced: an
+            # event would name a move that request_move then refuses)
+            or (self._check_balance(snapshot) if self._trial is None and self.pool.can_move else None)
         )
         if event is not None:
             self.events.append(event)

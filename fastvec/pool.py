@@ -1048,6 +1048,12 @@ class Pool:
         return index
 
     @property
+    def can_move(self) -> bool:
+        """Whether envs can move between shards (``request_move``): episodes end in steps (autoreset
+        is not DISABLED) and the steps are synchronous (with ``batch_size``, a group is a batch)."""
+        return self._movable()
+
+    @property
     def wraps(self) -> bool:
         """Whether envs may move around the ring's end (``request_move(..., around=True)``): this
         process steps a shard, there is a worker, the steps are synchronous and autoreset moves envs."""

@@ -35,6 +35,40 @@ def _model_step(env: envs.Counter, action: int, mode) -> tuple:
     return obs, reward, term, trunc, None
 
 
+def _against_a_serial_model(pool: Pool, model: list, rng: random.Random, mode, batch: int, rounds: int) -> int:
+    """``rounds`` random sends and recvs on ``pool`` (envs made as ``model``'s, one per env), each
+    batch checked against a serial run of ``model``; returns how many episodes ended (SAME_STEP)."""
+    n = len(model)
+    for env in model:
+        env.ended = False
+    seeds = list(range(10, 10 + n))
+    expected = {i: (model[i].reset(seed=seeds[i])[0], 0.0, False, False, None) for i in range(n)}
+    pool.async_reset(seeds)
+    available: list[np.ndarray] = []
+    running, ended = n, 0
+    for _ in range(rounds):
+        if available and (running == 0 or rng.random() < 0.5):
+            ids = available.pop(rng.randrange(len(available)))
+            actions = np.array([rng.randrange(5) for _ in ids])
+            for i, a in zip(ids.tolist(), actions.tolist()):
+                expected[i] = _model_step(model[i], a, mode)
+            pool.send(actions, ids)
+            running += len(ids)
+        elif running:
+            got = pool.recv()
+            assert len(got.env_ids) == batch
+            for k, i in enumerate(got.env_ids.tolist()):
+                obs, reward, term, trunc, final = expected[i]
+                np.testing.assert_array_equal(got.obs[k], obs, err_msg=f"env {i}")
+                assert (got.rewards[k], got.terminated[k], got.truncated[k]) == (reward, term, trunc), f"env {i}"
+                if final is not None:
+                    np.testing.assert_array_equal(got.terminal_observation(i), final, err_msg=f"env {i}")
+                    ended += 1
+            available.append(got.env_ids)
+            running -= len(got.env_ids)
+    return ended
+
+
 @pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
@@ -55,36 +89,9 @@ def test_random_send_recv_orders_match_a_serial_run_of_each_env(own: bool, batch
         step_in_parent=own,
         num_workers=4,
     )
-    model = [envs.Counter(i) for i in range(n)]
-    for env in model:
-        env.ended = False
     try:
         assert pool.num_workers == 4 and pool.step_in_parent == own and len(pool.worker_pids) == 4 - own
-        seeds = list(range(10, 10 + n))
-        expected = {i: (model[i].reset(seed=seeds[i])[0], 0.0, False, False, None) for i in range(n)}
-        pool.async_reset(seeds)
-        available: list[np.ndarray] = []
-        running, ended = n, 0
-        for _ in range(600):
-            if available and (running == 0 or rng.random() < 0.5):
-                ids = available.pop(rng.randrange(len(available)))
-                actions = np.array([rng.randrange(5) for _ in ids])
-                for i, a in zip(ids.tolist(), actions.tolist()):
-                    expected[i] = _model_step(model[i], a, mode)
-                pool.send(actions, ids)
-                running += len(ids)
-            elif running:
-                got = pool.recv()
-                assert len(got.env_ids) == batch
-                for k, i in enumerate(got.env_ids.tolist()):
-                    obs, reward, term, trunc, final = expected[i]
-                    np.testing.assert_array_equal(got.obs[k], obs, err_msg=f"env {i}")
-                    assert (got.rewards[k], got.terminated[k], got.truncated[k]) == (reward, term, trunc), f"env {i}"
-                    if final is not None:
-                        np.testing.assert_array_equal(got.terminal_observation(i), final, err_msg=f"env {i}")
-                        ended += 1
-                available.append(got.env_ids)
-                running -= len(got.env_ids)
+        ended = _against_a_serial_model(pool, [envs.Counter(i) for i in range(n)], rng, mode, batch, 600)
         assert ended > 0 or mode == NEXT_STEP  # episodes (40 counts) did end on the way
     finally:
         pool.close()
@@ -334,3 +341,48 @@ def test_the_default_asynchronous_layout_steps_a_small_group_in_the_caller_where
     assert layout(8, 4, cores=2, step_in_parent=False) == (2, False)
     assert layout(64, 32, cores=16, step_in_parent=True) == (2, True)
     assert layout(16, 8, cores=2, num_workers=4) == (4, True)  # batches of two groups of 4
+
+
+class _SlowCounter(envs.Counter):
+    """A Counter whose steps take ``delay`` seconds (busy: it holds its core, as a real env does)."""
+
+    def __init__(self, index: int, delay: float):
+        super().__init__(index)
+        self.delay = delay
+
+    def step(self, action):
+        until = time.perf_counter() + self.delay
+        while time.perf_counter() < until:
+            pass
+        return super().step(action)
+
+
+def test_the_monitor_leaves_batches_whole_and_results_unchanged() -> None:
+    """The monitor on an asynchronous pool whose groups differ 4x in cost (the case for moving envs
+    in a synchronous pool): it samples the shards and may re-pin workers, but moves no env, since a
+    group is the unit of a batch; every batch still matches a serial run of each env."""
+    n = 8
+    delays = [0.0002 if i < 4 else 0.0008 for i in range(n)]
+    pool = Pool(
+        [partial(_SlowCounter, i, delays[i]) for i in range(n)],
+        batch_size=2,
+        start_method="fork",
+        autoreset_mode=SAME_STEP,
+        num_workers=4,
+        step_in_parent=False,
+        monitor=True,
+        monitor_interval=0.05,
+    )
+    try:
+        monitor = pool._monitor
+        assert monitor is not None
+        shards = [list(envs_) for envs_ in pool.shard_envs]
+        model = [_SlowCounter(i, 0.0) for i in range(n)]
+        ended = _against_a_serial_model(pool, model, random.Random(3), SAME_STEP, 2, 800)
+        assert ended > 0
+        assert monitor._samples >= 3 and monitor._thread.is_alive()  # it sampled the groups all along
+        assert [list(envs_) for envs_ in pool.shard_envs] == shards and pool.moves_done == 0
+        events = pool.monitor_events
+        assert all(event.kind not in ("move", "undo") for event in events), events
+    finally:
+        pool.close()

@@ -55,8 +55,9 @@ def test_find_straggler() -> None:
 
 
 class _FakePool:
-    def __init__(self, parkable: bool = False, wraps: bool = False) -> None:
+    def __init__(self, parkable: bool = False, wraps: bool = False, can_move: bool = True) -> None:
         self._allowed_cores = [0, 1]
+        self.can_move = can_move
         self.moves: list[tuple[int, int]] = []
         self.repins: list[tuple[int, list[int]]] = []
         self.parkable = parkable
@@ -127,6 +128,15 @@ def test_a_lasting_straggler_gets_an_env_moved_to_its_idler_neighbour(monkeypatc
     assert monitor.step(slow) is None and monitor.step(slow) is None  # cooldown
     assert monitor.events == [event]
 
+
+def test_no_move_where_envs_cannot_move(monkeypatch) -> None:
+    """The same lasting straggler in a pool whose envs cannot move (asynchronous batches, or no
+    autoreset): no event that names a move request_move would refuse."""
+    pool = _FakePool(can_move=False)
+    monitor = Monitor(pool, patience=1, cooldown=0)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 60.0, 1: 95.0})
+    slow = _snapshot([0.4, 0.95], [[0, 1], [1]], [60.0, 95.0])
+    assert [monitor.step(slow) for _ in range(4)] == [None] * 4 and pool.moves == [] and monitor.events == []
 
 def test_a_straggler_sharing_its_core_with_other_load_is_repinned(monkeypatch) -> None:
     pool = _FakePool()

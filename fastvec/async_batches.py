@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncBatches", "AsyncBatch"]
 
 _HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
+_STEP = Command.STEP  # (an Enum member read through its class costs a metaclass lookup: once per call here)
 
 
 class AsyncBatch:
@@ -185,7 +186,7 @@ class AsyncBatches:
                     self._local_objects = share
                 else:
                     payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
-        self._give(positions, Command.STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
+        self._give(positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
 
     def _groups(self, env_ids: np.ndarray, ids: list[int]) -> tuple[list[int], bool]:
         """The groups ``env_ids`` (``ids``: the same as a list) make up (whole groups, none in flight or
@@ -357,7 +358,7 @@ class AsyncBatches:
         objects, self._local_objects = self._local_objects, None
         extras, error = None, None
         try:
-            if command is Command.STEP:
+            if command is _STEP:
                 extras = pool._step_local((slot, objects), time.perf_counter_ns())
             else:  # async_reset: every env, with the seeds in the shared block, no options
                 extras = pool._local.reset(slot, None, False, False)

@@ -52,6 +52,7 @@ class Batch:
         reset_infos: env index -> the info dict of a reset (a reset command, or SAME_STEP's
             reset after an episode ended), non-empty ones only.
         restarted: env index -> what made fastvec re-create the env (on_error="restart").
+        has_extras: whether any of these three has an entry.
     """
 
     __slots__ = (
@@ -63,6 +64,7 @@ class Batch:
         "reset_infos",
         "restarted",
         "final_obs",
+        "has_extras",
         "_objects",
         "_pool",
     )
@@ -73,10 +75,14 @@ class Batch:
         self.rewards, self.terminated, self.truncated = pool.slot_views[slot]
         if not extras:  # the usual step: nothing but the ring (read-only empty mappings, shared)
             self.infos = self.reset_infos = self.restarted = self.final_obs = _EMPTY
+            self.has_extras = False
             self._objects = pool.object_columns() if pool.obs_has_objects else None
             return
         # final_obs: env index -> the env's own final observation object, where sent
         self.infos, self.reset_infos, self.restarted, self.final_obs = sort_extras(extras)
+        # whether a front-end has per-env dicts or restarts to report (a plain attribute: a property's call
+        # costs about as much as the rest of a usual Batch, and SB3's step_wait asks on every step)
+        self.has_extras = bool(self.infos or self.reset_infos or self.restarted)
         # object parts (Text, Graph, ...) are not in the ring: keep this step's
         self._objects = pool.object_columns() if pool.obs_has_objects else None
 
@@ -109,10 +115,6 @@ class Batch:
     @property
     def ring(self) -> RingViews:
         return self._pool.ring
-
-    @property
-    def has_extras(self) -> bool:
-        return self.infos is not _EMPTY and bool(self.infos or self.reset_infos or self.restarted)
 
 
 def sort_extras(extras: list) -> tuple[dict[int, dict], dict[int, dict], dict[int, str], dict[int, Any]]:

@@ -165,6 +165,12 @@ class Views:
         self.migrate: np.ndarray = arrays["migrate"]
         self.env_step_ns: np.ndarray = arrays["env_step_ns"]  # per env: time in env.step, while timing is on
         self.worker_stats: np.ndarray = arrays["worker_stats"]
+        # memoryviews of the words read one at a time on every command (issue 14): indexing one costs
+        # about 100 instructions, numpy's .item() about 650 (counted with valgrind); a Python int either way
+        self.control_words = memoryview(self.control)
+        self.header_words = memoryview(self.header)
+        self.first_tag_words = memoryview(self.action_tags[0])  # the first action leaf's tag per env
+        self.migrate_words = memoryview(self.migrate)
 
     def control_base(self, worker: int) -> int:
         """Index in ``control`` of worker ``worker``'s block."""

@@ -155,6 +155,9 @@ class _Pending:
 _HAS_MESSAGE = Control.HAS_MESSAGE
 _STEP, _RESET, _CONTROL = Command.STEP, Command.RESET, Command.CONTROL
 _STEP_CODE = int(Command.STEP)
+# (the usual step's states as module names: reading an Enum member through its class runs the
+# metaclass's attribute lookup, about 0.2 us, three times a step)
+_IDLE, _PENDING = PoolState.IDLE, PoolState.PENDING
 _WAIT_NAMES = {
     Command.STEP: "step_wait",
     Command.RESET: "reset_wait",
@@ -336,6 +339,7 @@ class Pool:
         if self.step_in_parent:
             self._local = self._head = self._own_shard(self._local_envs, 0, self._env_fns[: self.shard_envs[0].stop])
         self._control = views.control
+        self._control_words = views.control_words
         self._local_stats = views.worker_stats[0]
         self._local_finished = time.perf_counter_ns()
         self._index_remotes()
@@ -500,7 +504,7 @@ class Pool:
         action per env (SB3's layout for structured spaces).
         """
         entered = time.perf_counter_ns()
-        if self._pending is not None or self._state is not PoolState.IDLE or self._async is not None:
+        if self._pending is not None or self._state is not _IDLE or self._async is not None:
             if self._async is not None:
                 raise ValueError(
                     f"this pool hands out batches of {self._async.batch_size} envs: use send(actions, env_ids) and "
@@ -520,7 +524,7 @@ class Pool:
                 if reused is None:
                     reused = self._usual_step = _Pending(_STEP, "step", slot, 0, None, (slot, None))
                 self._pending = reused.rearm_step(slot)
-                self._state = PoolState.PENDING
+                self._state = _PENDING
             except BaseException as exc:  # (as in _issue) issued or not, the pool cannot tell: broken
                 self._break(exc)
                 raise
@@ -769,13 +773,14 @@ class Pool:
                 p.waited = True
                 if p.respawned or p.lost:
                     return self._complete_command(p, None)
+                words = self._control_words
                 for index in self._message_words:
-                    if control.item(index):  # (a Python int: no numpy scalar made and tested)
+                    if words[index]:  # (a memoryview read: a Python int, no numpy call)
                         return self._complete_command(p, None)
             # _settle(p), inline: a synchronous step (asynchronous pools refuse step_async)
             self.slot = p.slot
             self._pending = None
-            self._state = PoolState.IDLE
+            self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
         finally:
             self._inside_ns += time.perf_counter_ns() - entered
@@ -1477,7 +1482,7 @@ class Pool:
             self._async.release()
         if self._views is not None:
             self._views.release()
-        self._control = None
+        self._control = self._control_words = None
         if self._segment is not None:
             shm.unlink(self._segment)
             shm.close(self._segment)

@@ -87,10 +87,15 @@ class Shard:
         self.action_leaves: tuple[Leaf, ...] = layout.action_leaves
         self.single_action = is_single_array(self.action_leaves)
         self.action_buffers = [buffer[self.start : self.stop] for buffer in views.actions]
+        # one scalar per env (Discrete): ndim read once here, not per command (an ndarray attribute read is a
+        # generic attribute lookup)
+        self._scalar_rows = self.single_action and views.actions[0].ndim == 1
         self.action_tags = views.action_tags
         self.first_tags = views.action_tags[0]  # the first leaf's tag per env (one index reads it)
         self.migrate = views.migrate  # 1 where the pool asked an env to move at its next episode end
         self.header = views.header
+        self._header_words, self._first_tag_words = views.header_words, views.first_tag_words
+        self._migrate_words = views.migrate_words
         self.env_step_ns = views.env_step_ns
         self._timing_tick = 0  # per-env timing samples one command in TIMING_EVERY (see _timed)
         self.to_bytes = False  # whether a released env is pickled (a worker's are: they travel on its pipe)
@@ -115,9 +120,9 @@ class Shard:
         env may keep a reference to its action): copies, or for scalar actions the shared rows, whose
         iteration makes a fresh numpy scalar per env."""
         if self.single_action:
-            tag = self.first_tags.item(self.start)  # the dtype tag it was sent with, as sent to this shard's envs
+            tag = self._first_tag_words[self.start]  # the dtype tag it was sent with, as sent to this shard's envs
             rows = self.action_buffers[0]
-            if tag == 0 and rows.ndim == 1:  # scalar actions (Discrete): iterating makes each env its own scalar
+            if tag == 0 and self._scalar_rows:  # scalar actions (Discrete): iterating makes each env its own scalar
                 return rows
             return rows.copy() if tag == 0 else _as_sent(rows, tag)
         tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
@@ -145,7 +150,7 @@ class Shard:
         append = results.append
         restarted: set[int] | None = None
         errors: list[ShardError] | None = None
-        timing = self.header.item(HEADER_TIMING) and self._timed()
+        timing = self._header_words[HEADER_TIMING] and self._timed()
         while True:  # (from the env after the one that raised, until every env stepped)
             try:
                 if timing:  # (the kernel reads the clock around each env's step)
@@ -174,7 +179,7 @@ class Shard:
         append = results.append
         needs_reset = self.needs_reset
         autoreset = self.autoreset_mode == NEXT_STEP
-        timing = self.header.item(HEADER_TIMING) and self._timed()
+        timing = self._header_words[HEADER_TIMING] and self._timed()
         errors: list[ShardError] | None = None
         first = 0
         n = len(self.envs)
@@ -275,7 +280,7 @@ class Shard:
         extras: list | None = None
         leaving: list[int] | None = None
         if ended and self.autoreset_mode == SAME_STEP:
-            migrate = self.migrate
+            migrate = self._migrate_words
             # one plain array (the usual case): each row copied by _gather directly, without write_obs's
             # structure walk (an episode ends in a few percent of env steps: this is per env, not per command)
             plain = self.single_leaf and not self.raw_final
@@ -290,7 +295,7 @@ class Shard:
                     self._gather([results[j][0]], terminal, leaf, "step", False, j)
                 else:
                     self.write_terminal(j, results[j][0], "step")
-                if migrate.item(start + j) and self._may_leave(j):  # its new shard resets it
+                if migrate[start + j] and self._may_leave(j):  # its new shard resets it
                     leaving = (leaving or []) + [j]
                     continue
                 obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
@@ -303,8 +308,8 @@ class Shard:
         elif ended and self.autoreset_mode == NEXT_STEP:
             for j in ended:  # (the usual step's envs are marked here, not one by one as they step)
                 self.needs_reset[j] = True
-            migrate = self.migrate
-            leaving = [j for j in ended if migrate.item(start + j) and self._may_leave(j)]
+            migrate = self._migrate_words
+            leaving = [j for j in ended if migrate[start + j] and self._may_leave(j)]
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:

@@ -20,6 +20,11 @@ the layer's instructions per step, start-up and imports cancelled out:
   SB3's dones, infos, observation copy; SAME_STEP autoresets) or ``fastvec.VectorEnv``
   (``--front gym``: gymnasium's API, NEXT_STEP autoresets unless ``--autoreset same``).
 
+With ``--shards 2`` the step runs as it does by default on 2 cores: the learner's own shard and
+one worker's (fork-started), each with half the envs, waiting with ``spin_ns=0`` (a waiting side
+sleeps at once, so it runs no instructions while it waits). Each process is counted on its own:
+the learner's instructions per command and the worker's (layers ``pool`` and ``front`` only).
+
 The cyclic garbage collector is off in the measured loops and the child runs with one BLAS
 thread (an idle BLAS thread's polling is counted too, and it varies with the host's speed).
 Counts still vary by 1-3% from run to run (allocator caches), so compare differences larger
@@ -32,10 +37,10 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +92,9 @@ def _episodic_class() -> type:
 _EPISODIC: type | None = None
 
 
-def child(repo: str, layer: str, steps: int, num_envs: int, episode: int, front: str, autoreset: str) -> None:
+def child(
+    repo: str, layer: str, steps: int, num_envs: int, episode: int, front: str, autoreset: str, shards: int = 1
+) -> None:
     """In the measured process: step ``layer`` ``steps`` times."""
     sys.path.insert(0, repo)
     import numpy as np
@@ -100,11 +107,17 @@ def child(repo: str, layer: str, steps: int, num_envs: int, episode: int, front:
         raise RuntimeError(f"fastvec was imported from {fastvec.__file__}, not from {repo}")
 
     fn = _Episodic(episode) if episode else make_null
+    # one shard in this process, or this process's and one worker's (waiting without polling)
+    layout = (
+        {"num_workers": 1, "step_in_parent": True}
+        if shards == 1
+        else {"num_workers": 2, "step_in_parent": True, "spin_ns": 0}
+    )
     if front == "sb3":
-        venv = SubprocVecEnv([fn] * num_envs, start_method="fork", num_workers=1, step_in_parent=True)
+        venv = SubprocVecEnv([fn] * num_envs, start_method="fork", **layout)
     else:
         mode = "SameStep" if autoreset == "same" else "NextStep"
-        venv = VectorEnv([fn] * num_envs, context="fork", autoreset_mode=mode, num_workers=1, step_in_parent=True)
+        venv = VectorEnv([fn] * num_envs, context="fork", autoreset_mode=mode, **layout)
     with venv:
         venv.reset()
         actions = np.zeros(num_envs, np.int64)
@@ -134,28 +147,39 @@ def child(repo: str, layer: str, steps: int, num_envs: int, episode: int, front:
                         env.reset()
 
 
-def count(repo: str, layer: str, steps: int, args: argparse.Namespace) -> int:
-    """Instructions of a whole child process stepping ``layer`` ``steps`` times."""
-    # (setarch -R: the same addresses in every run, so the interpreter's address-hashed caches
-    # collide the same way each time)
-    command = [
-        *(["setarch", platform.machine(), "-R"] if shutil.which("setarch") else []),
-        "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-        sys.executable, "-m", "benchmarks.instructions", "--child", layer, str(steps), "--repo", repo,
-        "--num-envs", str(args.num_envs), "--episode", str(args.episode), "--front", args.front,
-        "--autoreset", args.autoreset,
-    ]  # fmt: skip
-    out = subprocess.run(
-        command,
-        cwd=ROOT,
-        env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-    )
-    found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
-    if out.returncode != 0 or found is None:
-        raise RuntimeError(f"valgrind run failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+def count(repo: str, layer: str, steps: int, args: argparse.Namespace) -> tuple[int, ...]:
+    """Instructions of a whole child process stepping ``layer`` ``steps`` times: (the process's,) or
+    with ``--shards 2`` (the learner's, the worker's)."""
+    with tempfile.TemporaryDirectory() as folder:
+        # (setarch -R: the same addresses in every run, so the interpreter's address-hashed caches
+        # collide the same way each time; a forked worker is counted too, into its own file)
+        command = [
+            *(["setarch", platform.machine(), "-R"] if shutil.which("setarch") else []),
+            "valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={folder}/cg.%p",
+            sys.executable, "-m", "benchmarks.instructions", "--child", layer, str(steps), "--repo", repo,
+            "--num-envs", str(args.num_envs), "--episode", str(args.episode), "--front", args.front,
+            "--autoreset", args.autoreset, "--shards", str(args.shards),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, stderr = proc.communicate()
+        totals = {}  # pid -> instructions
+        for path in Path(folder).glob("cg.*"):
+            summary = next((line for line in path.read_text().splitlines() if line.startswith("summary:")), None)
+            if summary is not None:
+                totals[int(path.suffix[1:])] = int(summary.split()[1])
+    if proc.returncode != 0 or len(totals) != args.shards or proc.pid not in totals:
+        raise RuntimeError(
+            f"valgrind run failed ({proc.returncode}, {len(totals)} processes counted):\n{stderr[-2000:]}"
+        )
+    # (setarch and valgrind exec in place: the learner is the process started here, the other its worker)
+    return (totals.pop(proc.pid), *totals.values())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--autoreset", choices=("same", "next"), default="next", help="gym's autoreset mode (sb3: always same)"
     )
+    parser.add_argument(
+        "--shards", type=int, choices=(1, 2), default=1, help="2: the learner's shard and a worker's, counted apart"
+    )
     parser.add_argument("--child", nargs=2, metavar=("LAYER", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.child:
@@ -186,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             args.episode,
             args.front,
             args.autoreset,
+            args.shards,
         )
         return
     if shutil.which("valgrind") is None:
@@ -197,21 +225,31 @@ def main(argv: list[str] | None = None) -> None:
         if args.front == "sb3"
         else f"fastvec.VectorEnv (gymnasium, autoreset {args.autoreset})"
     )
+    where = "in one process" if args.shards == 1 else "in two shards (the learner's and one worker's, spin_ns=0)"
     print(
-        f"Instructions per step of {args.num_envs} null envs in one process{ending}, {front}, {repo} (valgrind cachegrind)\n"
+        f"Instructions per step of {args.num_envs} null envs {where}{ending}, {front}, {repo} (valgrind cachegrind)\n"
     )
-    print("| layer | instructions per step | over the layer below |")
-    print("|---|---:|---:|")
+    if args.shards == 1:
+        print("| layer | instructions per step | over the layer below |")
+        print("|---|---:|---:|")
+    else:
+        print("| layer | learner: instructions per command | worker: instructions per command |")
+        print("|---|---:|---:|")
     below = None
     for layer in args.layers:
-        per_step = min(  # (a run now and then counts a few percent more, never fewer)
-            (count(repo, layer, args.steps, args) - count(repo, layer, args.base_steps, args))
-            // (args.steps - args.base_steps)
-            for _ in range(args.repeats)
-        )
-        extra = "" if below is None else f"{per_step - below:+,}"
-        print(f"| {layer} | {per_step:,} | {extra} |", flush=True)
-        below = per_step
+        if args.shards == 2 and layer not in ("pool", "front"):
+            continue  # (the shard and raw layers step this process's envs alone: no worker to count)
+        runs = []
+        for _ in range(args.repeats):
+            more, fewer = count(repo, layer, args.steps, args), count(repo, layer, args.base_steps, args)
+            runs.append([(m - f) // (args.steps - args.base_steps) for m, f in zip(more, fewer)])
+        per_step = [min(column) for column in zip(*runs)]  # (a run now and then counts a few percent more, never fewer)
+        if args.shards == 2:
+            print(f"| {layer} | {per_step[0]:,} | {per_step[1]:,} |", flush=True)
+            continue
+        extra = "" if below is None else f"{per_step[0] - below:+,}"
+        print(f"| {layer} | {per_step[0]:,} | {extra} |", flush=True)
+        below = per_step[0]
 
 
 if __name__ == "__main__":

@@ -327,7 +327,7 @@ class AsyncBatches:
         try:
             command, slot = self.inflight.pop(position)
             remote = pool._remotes[position - first]
-            reply = pool._recv(remote, "recv") if pool._control.item(pool._message_words[position - first]) else None
+            reply = pool._recv(remote, "recv") if pool._control_words[pool._message_words[position - first]] else None
             extras, error = None, None
             if reply is not None:
                 kind, payload = reply
@@ -344,9 +344,9 @@ class AsyncBatches:
     def _any_done(self) -> bool:
         """Whether a worker in flight has finished (its DONE word reached its command count)."""
         pool = self.pool
-        control, done, seqs, first = pool._control, pool._done_index, pool._seqs, self.first_remote
+        words, done, seqs, first = pool._control_words, pool._done_words, pool._seq_words, self.first_remote
         for position in self.inflight:
-            if position >= first and control.item(done.item(position - first)) == seqs.item(position - first):
+            if position >= first and words[done[position - first]] == seqs[position - first]:
                 return True
         return False
 

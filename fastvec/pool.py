@@ -385,6 +385,10 @@ class Pool:
         self._done_index = np.array([r.base + Control.DONE_SEQ for r in self._remotes], dtype=np.intp)
         self._bases = np.array([r.base for r in self._remotes], dtype=np.intp)
         self._message_words = [r.base + _HAS_MESSAGE for r in self._remotes]  # a worker's "read my pipe" flag
+        # the same, read one at a time by asynchronous batches: the DONE word's index as a Python int, and the
+        # command counts through a memoryview (numpy's .item() costs about 650 instructions a read)
+        self._done_words = self._done_index.tolist()
+        self._seq_words = memoryview(self._seqs)
         # per worker, its words as one-element views of the arrays above, for issuing to it alone
         # (asynchronous batches; a slice made per call costs as much as the rest of the call)
         self._worker_words = [(self._bases[k : k + 1], self._seqs[k : k + 1]) for k in range(len(self._remotes))]

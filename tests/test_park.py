@@ -237,7 +237,8 @@ def test_the_monitor_parks_a_worker_beside_a_cpu_hog_and_brings_it_back_when_the
         hog.wait()
         step_until(lambda: not pool.parked and len(pool.shard_envs[1]) >= 2)
         kinds = [e.kind for e in pool.monitor_events]
-        assert kinds.index("unpark") > kinds.index("park") and kinds[-1] == "move", pool.monitor_events
+        # (envs came back by a move after the unpark; another event, a re-pin on a noisy host, may follow it)
+        assert kinds.index("unpark") > kinds.index("park") and "move" in kinds[kinds.index("unpark") :], pool.monitor_events
         assert os.getpid() not in venv.env_method("pid", indices=[7])
     finally:
         if hog is not None and hog.poll() is None:

@@ -1037,7 +1037,7 @@ class Pool:
                 )
         elif not self._adjacent(source, target):
             raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
-        if not self._movable() or (around and not self.wraps):
+        if not self.can_move or (around and not self.wraps):
             return None  # DISABLED: no episode end to move at; batches: a group is a batch
         if {source, target} & (self._draining | set(self._parked)):
             return None
@@ -1060,17 +1060,13 @@ class Pool:
     def can_move(self) -> bool:
         """Whether envs can move between shards (``request_move``): episodes end in steps (autoreset
         is not DISABLED) and the steps are synchronous (with ``batch_size``, a group is a batch)."""
-        return self._movable()
+        return self.autoreset_mode in (SAME_STEP, NEXT_STEP) and self._async is None
 
     @property
     def wraps(self) -> bool:
         """Whether envs may move around the ring's end (``request_move(..., around=True)``): this
         process steps a shard, there is a worker, the steps are synchronous and autoreset moves envs."""
-        return self._local is not None and bool(self._remotes or self._parked) and self._movable()
-
-    def _movable(self) -> bool:
-        """Whether envs can move now: episodes end in steps (not DISABLED) and the steps are synchronous."""
-        return self.autoreset_mode in (SAME_STEP, NEXT_STEP) and self._async is None
+        return self._local is not None and bool(self._remotes or self._parked) and self.can_move
 
     def _wraps_between(self, a: int, b: int) -> bool:
         """Whether shards ``a`` and ``b`` border each other around the ring's end: one is shard 0,

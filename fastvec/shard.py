@@ -91,10 +91,10 @@ class Shard:
         # generic attribute lookup)
         self._scalar_rows = self.single_action and views.actions[0].ndim == 1
         self.action_tags = views.action_tags
-        self.first_tags = views.action_tags[0]  # the first leaf's tag per env (one index reads it)
-        self.migrate = views.migrate  # 1 where the pool asked an env to move at its next episode end
-        self.header = views.header
-        self._header_words, self._first_tag_words = views.header_words, views.first_tag_words
+        # the shared words read one at a time, as memoryviews (Views.control_words): the first action leaf's
+        # tag per env, the header (its timing flag), and per env 1 where the pool asked it to move at its
+        # next episode end
+        self._first_tag_words, self._header_words = views.first_tag_words, views.header_words
         self._migrate_words = views.migrate_words
         self.env_step_ns = views.env_step_ns
         self._timing_tick = 0  # per-env timing samples one command in TIMING_EVERY (see _timed)
@@ -322,7 +322,7 @@ class Shard:
     def _may_leave(self, j: int) -> bool:
         """Only an edge env moves, from the side it moves to (shards stay contiguous), and a shard
         keeps at least one env unless the pool is emptying it (MIGRATE_ALL: a worker being parked)."""
-        flag = int(self.migrate[self.start + j])
+        flag = self._migrate_words[self.start + j]
         last = len(self.envs) - 1
         edge = (j == 0 and flag & MIGRATE_DOWN) or (j == last and flag & MIGRATE_UP)
         return bool(edge) and (last > 0 or bool(flag & MIGRATE_ALL))

@@ -138,6 +138,7 @@ def test_no_move_where_envs_cannot_move(monkeypatch) -> None:
     slow = _snapshot([0.4, 0.95], [[0, 1], [1]], [60.0, 95.0])
     assert [monitor.step(slow) for _ in range(4)] == [None] * 4 and pool.moves == [] and monitor.events == []
 
+
 def test_a_straggler_sharing_its_core_with_other_load_is_repinned(monkeypatch) -> None:
     pool = _FakePool()
     monitor = Monitor(pool, patience=1)

@@ -20,6 +20,8 @@ try:
 except ImportError:  # pragma: no cover - unbuilt checkout
     _compiled = None
 
+pytestmark = pytest.mark.one_pass  # both twins are tested here whichever the engine loads
+
 IMPLS = [pytest.param(_kernels_py, id="python")]
 IMPLS.append(
     pytest.param(_compiled, id="cython", marks=pytest.mark.skipif(_compiled is None, reason="extension not built"))

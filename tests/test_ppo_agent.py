@@ -18,6 +18,8 @@ from ppo.agent import (
     is_image_space,
 )
 
+pytestmark = pytest.mark.one_pass  # trainer mathematics; no engine
+
 
 def test_categorical_matches_torch_distributions() -> None:
     gen = torch.Generator().manual_seed(0)

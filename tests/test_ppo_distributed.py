@@ -14,6 +14,8 @@ from ppo.distributed import Distributed, core_share, rank_seed, state_digest
 from ppo.episodes import EpisodeTracker
 from ppo.normalize import RunningMeanStd
 
+pytestmark = pytest.mark.one_pass  # trainer mathematics; no engine
+
 
 def test_core_share_gives_each_local_rank_a_contiguous_block() -> None:
     assert [core_share([0, 1], r, 2) for r in range(2)] == [[0], [1]]

@@ -32,6 +32,8 @@ from ppo.distributed import state_digest
 from ppo.normalize import RunningMeanStd
 from ppo.train import Trainer
 
+pytestmark = pytest.mark.one_pass  # distributed launch and reductions; the engine's kernels are tested elsewhere
+
 ROOT = Path(__file__).resolve().parents[1]
 ENVS_PER_RANK, NUM_STEPS = 4, 16
 STEPS_PER_ITERATION_2_RANKS = 2 * ENVS_PER_RANK * NUM_STEPS

@@ -8,6 +8,8 @@ import torch
 
 from ppo.gae import compute_gae
 
+pytestmark = pytest.mark.one_pass  # trainer mathematics; no engine
+
 
 def reference_gae(rewards, values, next_value, terminated, truncated, terminal_values, gamma, lam):
     """Element by element, as SB3 does it: a truncated step's reward gets + gamma * V(final obs),

@@ -9,6 +9,8 @@ import torch
 
 from ppo.loss import clipped_policy_loss, value_loss
 
+pytestmark = pytest.mark.one_pass  # trainer mathematics; no engine
+
 CLIP = 0.2
 
 

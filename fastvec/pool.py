@@ -1415,7 +1415,9 @@ class Pool:
         if self._state is PoolState.CLOSED:
             return
         error = None
-        grace = 0.2
+        # a broken pool's workers were never told to exit (they wait for the next command, or are
+        # still in the one that broke it): waiting for them only delays the terminate
+        grace = 0.0 if self._state is PoolState.BROKEN else 0.2
         try:
             if self._state is not PoolState.BROKEN and self._views is not None:
                 error = self._close_gracefully(timeout)

@@ -340,7 +340,8 @@ class VectorEnv(gym.vector.VectorEnv):
 
     # -- closing ------------------------------------------------------------------------------
     def close_extras(self, timeout: float | None = None, terminate: bool = False, **kwargs: Any) -> None:
-        """Close the envs and stop the workers (``terminate``: at once, without closing the envs)."""
+        """Close the envs and stop the workers (``terminate``: without waiting for a pending command; each
+        worker closes its envs as it exits, and one still running 1 s later is killed)."""
         pool = getattr(self, "pool", None)
         if pool is None:
             return

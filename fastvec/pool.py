@@ -951,7 +951,7 @@ class Pool:
                     raise error
             elif self.step_timeout is not None and elapsed > self.step_timeout:
                 if restartable:
-                    remote.kill()  # a hung env: its replacement takes over at the next pass
+                    remote.end()  # a hung env: its replacement takes over at the next pass
                     continue
                 error = StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout)
                 self._break(error)
@@ -1409,14 +1409,15 @@ class Pool:
         """Close every env, stop the workers and free the shared block. Idempotent.
 
         Returns within about ``timeout`` seconds even if a worker hangs (it is then
-        terminated). A broken pool is torn down (its parent-side envs are still closed).
+        terminated). A broken pool is torn down as ``terminate`` does: its workers close their
+        envs as they exit on SIGTERM, and the parent closes its own.
         Raises EnvError if an env raised in its close(), after cleaning up.
         """
         if self._state is PoolState.CLOSED:
             return
         error = None
         # a broken pool's workers were never told to exit (they wait for the next command, or are
-        # still in the one that broke it): waiting for them only delays the terminate
+        # still in the one that broke it): waiting for them only delays the SIGTERM on which they close their envs
         grace = 0.0 if self._state is PoolState.BROKEN else 0.2
         try:
             if self._state is not PoolState.BROKEN and self._views is not None:
@@ -1430,7 +1431,9 @@ class Pool:
             raise error
 
     def terminate(self) -> None:
-        """Stop at once: workers are terminated without closing their envs (the parent's own are closed)."""
+        """Stop without waiting for a pending command: each worker gets SIGTERM, closes its envs and exits
+        (an env that runs a helper process ends it in close()); a worker still running 1 s later (an env
+        stuck in native code, or slow to close) is killed. The parent's own envs are closed too."""
         if self._state is not PoolState.CLOSED:
             self._terminate(grace=0.0)
 

@@ -149,7 +149,11 @@ class Remote:
 
         psutil.Process(self.process.pid).cpu_affinity(cores)
 
-    def kill(self) -> None:
+    def end(self) -> None:
+        """SIGTERM (the worker closes its envs as it exits), then SIGKILL if it still runs 1 s later."""
+        if self.process.exitcode is None:
+            self.process.terminate()
+            self.process.join(1.0)
         if self.process.exitcode is None:
             self.process.kill()
         self.process.join(1.0)

@@ -47,6 +47,38 @@ def _set_parent_death_signal() -> None:
             pass
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler: unwinds the worker to ``worker_main``, which closes its envs.
+    A BaseException, as KeyboardInterrupt: the shard's ``except Exception`` must not report it as
+    an env error."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+class _Holding:
+    """The envs this worker holds now: those it made, then its shard's (envs move in and out)."""
+
+    def __init__(self) -> None:
+        self.made: list = []
+        self.shard: Shard | None = None
+
+    def envs(self) -> list:
+        return self.shard.envs if self.shard is not None else self.made
+
+
+def _die_of_sigterm(holding: _Holding) -> None:
+    """Close the envs (an env that runs a helper process ends it in close(); killed before, the
+    worker would leave the helper behind), then die of the signal: the parent reads a death by
+    SIGTERM from the exit code, as it did before the handler. The parent kills a worker still
+    running 1 s after its SIGTERM (``fastvec.remote.stop``)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the close short
+    _close_quietly(holding.envs())
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_main(
     conn: Any,
     worker_index: int,
@@ -63,6 +95,32 @@ def worker_main(
     """Entry point of a worker process (also importable for custom launchers)."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (Pool.terminate, closing a broken pool, a job scheduler): close the envs, then die of it
+    holding = _Holding()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _worker(
+            holding, conn, worker_index, parent_pid, env_fns, start, autoreset_mode, spin_ns, close_fds,
+            death_signal, restart_on_error, check,
+        )  # fmt: skip
+    except _Terminated:
+        _die_of_sigterm(holding)
+
+
+def _worker(
+    holding: _Holding,
+    conn: Any,
+    worker_index: int,
+    parent_pid: int,
+    env_fns: Any,
+    start: int,
+    autoreset_mode: int,
+    spin_ns: int,
+    close_fds: list[int],
+    death_signal: bool,
+    restart_on_error: bool,
+    check: str | None,
+) -> None:
     if death_signal:
         _set_parent_death_signal()
     if not pid_alive(parent_pid):
@@ -77,7 +135,7 @@ def worker_main(
 
     if isinstance(env_fns, bytes):
         env_fns = cloudpickle.loads(env_fns)
-    envs = []
+    envs = holding.made
     try:
         for j, fn in enumerate(env_fns):
             try:
@@ -112,19 +170,25 @@ def worker_main(
         envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
     )
     shard.to_bytes = True  # envs leaving this shard travel on the pipe
+    holding.shard = shard
     if restart is not None:  # a respawned worker: finish the command its predecessor died in
         try:
             extras = _fill_in(shard, restart)
         except ShardError as err:
             conn.send(("error", err.payload()))
+            _close_quietly(shard.envs)
             return
         conn.send(("attached", extras))
     else:
         conn.send(("attached", None))
     try:
-        _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns)
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        pass  # the parent went away
+        try:
+            closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            closed = False  # the parent went away
+        if not closed:
+            _close_quietly(shard.envs)  # nobody is left to ask
+        holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
     finally:
         del shard
         views.release()
@@ -159,8 +223,8 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
 
 def _serve(
     conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int
-) -> None:
-    """The command loop."""
+) -> bool:
+    """The command loop, until a CLOSE command (True: the envs are closed) or the parent's death (False)."""
     control = views.control
     base = views.control_base(worker_index)
     seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
@@ -183,7 +247,7 @@ def _serve(
             spin_ns = -min(max(int(1.5 * gap_ns), ADAPTIVE_FLOOR_NS), 2_000_000)
         if wait_all(control, seq_index, expected, spin_ns, POLL_NS) != -1:
             if not pid_alive(parent_pid):
-                return
+                return False
             continue
         began = time.perf_counter_ns()
         # (three memoryview reads: a slice and tolist() ran about 2,000 instructions more, counted with
@@ -228,7 +292,7 @@ def _serve(
             name = request or _COMMAND_NAMES.get(command, str(command))
             _send_result(conn, reply, indices[0] if indices else shard.start, name, indices)
         if command == close_code:
-            return
+            return True
         expected = (expected + 1) & SEQ_MASK
 
 

@@ -32,7 +32,7 @@ def test_recv_reports_a_dead_worker_with_its_exit_code() -> None:
         with pytest.raises(WorkerDiedError, match=r"worker 3 \(envs 6..7\) died during 'step' with exit code 7"):
             remote.recv("step")
     finally:
-        remote.kill()
+        remote.end()
         remote.release()
 
 
@@ -44,7 +44,7 @@ def test_recv_times_out_on_a_silent_worker() -> None:
             remote.recv("reset", timeout=0.2)
         assert time.monotonic() - began < 2.0
     finally:
-        remote.kill()
+        remote.end()
         remote.release()
 
 

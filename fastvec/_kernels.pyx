@@ -22,6 +22,9 @@ from libc.stdint cimport uint32_t, int64_t, uint8_t
 from libc.string cimport memcpy, memmove
 from cpython.sequence cimport PySequence_GetItem
 cimport numpy as cnp
+import os
+import signal
+
 import numpy as np
 
 cnp.import_array()
@@ -72,6 +75,86 @@ cdef extern from *:
         return -1;
     }
     static inline uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) { return __atomic_sub_fetch(p, v, __ATOMIC_SEQ_CST); }
+
+    #include <signal.h>
+    /* SIGTERM with a deadline: the handler the interpreter installed runs on, and alarm() is armed
+       as the signal arrives, in C, so a process stuck in native code (where the interpreter's
+       handler never gets to run) still ends, of SIGALRM's default action. */
+    static struct sigaction fv_term_next;
+    static volatile unsigned int fv_term_seconds = 0;
+    static void fv_on_term(int sig, siginfo_t *info, void *context) {
+        int saved = errno;
+        alarm(fv_term_seconds);
+        errno = saved;
+        if (fv_term_next.sa_flags & SA_SIGINFO) {
+            fv_term_next.sa_sigaction(sig, info, context);
+        } else if (fv_term_next.sa_handler != SIG_DFL && fv_term_next.sa_handler != SIG_IGN) {
+            fv_term_next.sa_handler(sig);
+        }
+    }
+    static int fv_term_deadline(unsigned int seconds) {
+        struct sigaction current, ours;
+        if (sigaction(SIGTERM, NULL, &current) != 0) return -1;
+        fv_term_seconds = seconds;
+        if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == fv_on_term) return 0;  /* armed already */
+        fv_term_next = current;
+        ours = current;
+        ours.sa_flags |= SA_SIGINFO;
+        ours.sa_sigaction = fv_on_term;
+        return sigaction(SIGTERM, &ours, NULL);
+    }
+
+    #include <pthread.h>
+    #include <poll.h>
+    /* A thread of its own (no interpreter, so it runs even while the main thread holds the GIL in
+       stuck native code) that sleeps in poll() on a pidfd of the parent and, when the parent ends,
+       sends SIGTERM to the main thread (whose blocking call it interrupts). */
+    static int fv_watch_fd = -1;
+    static pthread_t fv_watch_target;
+    static void *fv_watch_loop(void *unused) {
+        struct pollfd p;
+        p.fd = fv_watch_fd;
+        p.events = POLLIN;
+        for (;;) {
+            int rc = poll(&p, 1, -1);
+            if (rc > 0) break;
+            if (rc < 0 && errno != EINTR) return NULL;
+        }
+        pthread_kill(fv_watch_target, SIGTERM);
+        return NULL;
+    }
+    /* 0: watching; 1: the parent is gone already; -1: cannot watch (errno). */
+    static int fv_watch_parent(int pid) {
+    #ifdef SYS_pidfd_open
+        pthread_t thread;
+        pthread_attr_t attr;
+        sigset_t all, previous;
+        int fd, rc;
+        if (fv_watch_fd >= 0) return 0;
+        fd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (fd < 0) return errno == ESRCH ? 1 : -1;
+        fv_watch_fd = fd;
+        fv_watch_target = pthread_self();
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 65536);
+        sigfillset(&all);  /* the thread blocks every signal: they go to the main thread */
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        rc = pthread_create(&thread, &attr, fv_watch_loop, NULL);
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            close(fd);
+            fv_watch_fd = -1;
+            errno = rc;
+            return -1;
+        }
+        return 0;
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
     """
     void fv_cpu_relax() nogil
     uint32_t fv_load(uint32_t *p) nogil
@@ -83,6 +166,8 @@ cdef extern from *:
     long fv_involuntary_switches() nogil
     int sched_yield() nogil
     uint32_t fv_sub_fetch(uint32_t *p, uint32_t v) nogil
+    int fv_term_deadline(unsigned int seconds)
+    int fv_watch_parent(int pid)
     int EINTR
 
 IMPLEMENTATION = "cython"
@@ -109,6 +194,27 @@ cdef int64_t contended_count = 0  # how often the backoff started
 def contended_yields():
     """How many times, in this process, yield-polling was turned off for a while (contention)."""
     return contended_count
+
+def term_deadline(unsigned int seconds):
+    """After ``signal.signal(SIGTERM, handler)``: also arm ``alarm(seconds)`` the moment SIGTERM
+    arrives, in C, before the interpreter runs ``handler``. A process stuck in native code, where
+    ``handler`` never runs, then still ends, of SIGALRM (whose action must be the default). Returns
+    True; the pure-Python twin cannot act inside the signal and returns False."""
+    if fv_term_deadline(seconds) != 0:
+        raise OSError("sigaction(SIGTERM) failed")
+    return True
+
+
+def watch_parent(int pid):
+    """Send SIGTERM to this (main) thread when process ``pid`` ends, from a native thread that sleeps
+    on a pidfd of it, so it acts even while the main thread holds the GIL in stuck native code. With
+    ``term_deadline`` armed such a process still ends. At once if ``pid`` is gone already. Returns
+    whether it watches (False where pidfds are missing: Linux before 5.3)."""
+    cdef int rc = fv_watch_parent(pid)
+    if rc == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return rc >= 0
+
 
 # the control-word offsets this module was compiled with (_kernels.pxd), for tests/test_protocol.py
 CONTROL_OFFSETS = {

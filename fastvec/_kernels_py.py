@@ -14,6 +14,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import select
+import signal
+import threading
 import time
 
 try:
@@ -91,6 +94,35 @@ _contended_until = 0
 _contended_backoff = _CONTENDED_BACKOFF_NS
 _last_slow_yield = 0
 _contended_count = 0
+
+
+def term_deadline(seconds: int) -> bool:
+    """The compiled kernel arms ``alarm(seconds)`` in C the moment SIGTERM arrives; Python cannot act
+    inside a signal, only when its handler runs. Returns False: the caller's handler arms it then."""
+    return False
+
+
+def watch_parent(pid: int) -> bool:
+    """Send SIGTERM to the main thread when process ``pid`` ends: a thread sleeps on a pidfd of it.
+    Unlike the compiled kernel's native thread it needs the GIL, so it cannot act while the main
+    thread holds the GIL in stuck native code. At once if ``pid`` is gone already. Returns whether
+    it watches."""
+    main = threading.main_thread().ident
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+    except (AttributeError, OSError):  # no pidfds (Linux before 5.3, other systems)
+        return False
+
+    def watch() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # signals go to the main thread
+        select.select([fd], [], [])
+        signal.pthread_kill(main, signal.SIGTERM)
+
+    threading.Thread(target=watch, name="fastvec-watch-parent", daemon=True).start()
+    return True
 
 
 def contended_yields() -> int:

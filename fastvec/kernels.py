@@ -44,6 +44,8 @@ info_dicts = impl.info_dicts
 row_copies = impl.row_copies
 copy_same = impl.copy_same
 step_into = impl.step_into
+term_deadline = impl.term_deadline
+watch_parent = impl.watch_parent
 
 __all__ = [
     "IMPLEMENTATION",
@@ -58,6 +60,8 @@ __all__ = [
     "add_stats",
     "write_results",
     "contended_yields",
+    "term_deadline",
+    "watch_parent",
     "store_floats",
     "store_bools",
     "first_outside_int",

@@ -37,12 +37,17 @@ from fastvec.shm import pid_alive
 __all__ = ["worker_main"]
 
 
-def _set_parent_death_signal() -> None:
-    """Ask Linux to SIGKILL this process when the process (thread) that started it dies."""
+# a worker sent SIGTERM (by its parent, or at its parent's death) ends within this many seconds,
+# its envs closed if they close in time; its parent, if alive, kills it after 1 s (remote.stop)
+TERM_DEADLINE_S = 2
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when the process (thread) that started it dies."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
 
@@ -68,12 +73,14 @@ class _Holding:
         return self.shard.envs if self.shard is not None else self.made
 
 
-def _die_of_sigterm(holding: _Holding) -> None:
+def _die_of_sigterm(holding: _Holding, deadline_armed: bool) -> None:
     """Close the envs (an env that runs a helper process ends it in close(); killed before, the
     worker would leave the helper behind), then die of the signal: the parent reads a death by
     SIGTERM from the exit code, as it did before the handler. The parent kills a worker still
-    running 1 s after its SIGTERM (``fastvec.remote.stop``)."""
+    running 1 s after its SIGTERM (``fastvec.remote.stop``); an orphan ends of the alarm."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the close short
+    if not deadline_armed:  # (the compiled kernel armed it as the signal arrived)
+        signal.alarm(TERM_DEADLINE_S)
     _close_quietly(holding.envs())
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -95,16 +102,29 @@ def worker_main(
     """Entry point of a worker process (also importable for custom launchers)."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # SIGTERM (Pool.terminate, closing a broken pool, a job scheduler): close the envs, then die of it
-    holding = _Holding()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM (Pool.terminate, closing a broken pool, the parent's death, a job scheduler): close the
+    # envs, then die of it; within TERM_DEADLINE_S of the signal in any case, of SIGALRM
+    holding, deadline_armed = _Holding(), False
     try:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (a forked worker inherits its parent's handler)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        deadline_armed = kernels.term_deadline(TERM_DEADLINE_S)
+        if death_signal:
+            # with the pure-Python kernels a worker stuck in native code would never run its handler:
+            # the parent's death then kills it at once, as SIGKILL, envs unclosed
+            _set_parent_death_signal(signal.SIGTERM if deadline_armed else signal.SIGKILL)
+        # the death signal follows the process that forked this one: under forkserver that is the
+        # server, which outlives the pool's process while any of its children runs, so the parent's
+        # death is also watched for, from a thread that acts even while an env is stuck
+        kernels.watch_parent(parent_pid)
+        if not pid_alive(parent_pid):
+            return
         _worker(
             holding, conn, worker_index, parent_pid, env_fns, start, autoreset_mode, spin_ns, close_fds,
-            death_signal, restart_on_error, check,
+            restart_on_error, check,
         )  # fmt: skip
     except _Terminated:
-        _die_of_sigterm(holding)
+        _die_of_sigterm(holding, deadline_armed)
 
 
 def _worker(
@@ -117,14 +137,9 @@ def _worker(
     autoreset_mode: int,
     spin_ns: int,
     close_fds: list[int],
-    death_signal: bool,
     restart_on_error: bool,
     check: str | None,
 ) -> None:
-    if death_signal:
-        _set_parent_death_signal()
-    if not pid_alive(parent_pid):
-        return
     for fd in close_fds:  # pipe ends of siblings inherited through fork
         try:
             os.close(fd)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
 import time
 from multiprocessing import shared_memory
 
@@ -571,3 +575,75 @@ def test_compiled_kernels_refuse_arrays_they_cannot_use() -> None:
         k.write_results([result, result], obs, rewards, flags[:1], flags, 0)
     with pytest.raises(ValueError, match="at least 6 columns"):
         k.add_stats(np.zeros(3), 1.0, 1.0, 1.0, 0.0)
+
+
+_STUCK_CHILD = """
+import ctypes, os, signal, sys, time
+from fastvec import {module} as k
+parent = int(sys.argv[1])
+
+def on_term(signum, frame):
+    os.write(1, b"handled\\n")
+    os._exit(0)
+
+signal.signal(signal.SIGALRM, signal.SIG_DFL)
+signal.signal(signal.SIGTERM, on_term)
+armed = k.term_deadline(1)
+watching = k.watch_parent(parent) if parent else False
+print(f"armed={{armed}} watching={{watching}}", flush=True)
+if sys.argv[2] == "native":  # a mutex locked twice, the GIL held: no Python handler can run
+    lib = ctypes.PyDLL(None)
+    mutex = ctypes.create_string_buffer(64)
+    lib.pthread_mutex_lock(mutex)
+    lib.pthread_mutex_lock(mutex)
+time.sleep(30)
+"""
+
+
+def _stuck_child(k, parent: int, where: str) -> subprocess.Popen:
+    module = "_kernels" if k is _compiled else "_kernels_py"
+    return subprocess.Popen(
+        [sys.executable, "-c", _STUCK_CHILD.format(module=module), str(parent), where],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_term_deadline_ends_a_process_stuck_in_native_code(k) -> None:
+    """SIGTERM to a process stuck in native code with the GIL held: its Python handler never runs. The
+    compiled kernel armed alarm(1) in C as the signal arrived, so it dies of SIGALRM; the twin cannot
+    act inside a signal (it says so: False) and the process stays stuck."""
+    child = _stuck_child(k, 0, "native")
+    try:
+        armed = child.stdout.readline().strip()
+        assert armed == f"armed={k is _compiled} watching=False"
+        time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)
+        if k is _compiled:
+            assert child.wait(5) == -signal.SIGALRM
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(2)
+    finally:
+        child.kill()
+        child.communicate()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_watch_parent_sends_sigterm_when_the_watched_process_ends(k) -> None:
+    """A watched process ends: the watcher sends SIGTERM to the main thread, and its handler runs even
+    in a blocking sleep. (Stuck in native code, only the compiled kernel's native thread can act: the
+    teardown tests check that through a real pool.)"""
+    watched = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    child = _stuck_child(k, watched.pid, "python")
+    try:
+        assert child.stdout.readline().strip() == f"armed={k is _compiled} watching=True"
+        watched.stdin.close()  # it ends
+        watched.wait(5)
+        assert child.stdout.readline().strip() == "handled"
+        assert child.wait(5) == 0
+    finally:
+        child.kill()
+        child.communicate()
+        watched.kill()
+        watched.wait()

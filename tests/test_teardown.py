@@ -5,9 +5,12 @@ are closed leaves their helpers to init, where no test of child processes sees t
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from functools import partial
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
 from fastvec.errors import StepTimeoutError, WorkerDiedError
+from fastvec.worker import TERM_DEADLINE_S
 from tests import envs
 
 
@@ -35,7 +39,17 @@ class WithHelper(envs.Counter):
     def hang(self) -> None:
         self.hanging = True
 
+    def stick(self) -> None:
+        """Make the next step stick in native code holding the GIL (a mutex locked twice), where no
+        Python signal handler can run: as a simulator binding that deadlocks."""
+        self.hanging = "native"
+
     def step(self, action):
+        if self.hanging == "native":
+            lib = ctypes.PyDLL(None)  # (PyDLL: the call keeps the GIL)
+            mutex = ctypes.create_string_buffer(64)  # zeroed: a default mutex (glibc)
+            lib.pthread_mutex_lock(mutex)
+            lib.pthread_mutex_lock(mutex)
         if self.hanging:
             time.sleep(300)
         return super().step(action)
@@ -138,3 +152,71 @@ def test_a_hung_worker_replaced_under_restart_closes_its_envs_first(tmp_path) ->
     finally:
         venv.close()
     _assert_every_env_closed(tmp_path)
+
+
+PARENT = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from fastvec import SubprocVecEnv
+    from tests.test_teardown import _fns
+    from pathlib import Path
+    venv = SubprocVecEnv(_fns(Path(sys.argv[1])), start_method="forkserver", num_workers=2, step_in_parent=False)
+    venv.reset()
+    if sys.argv[2] in ("hang", "stick"):
+        venv.env_method(sys.argv[2], indices=[3])
+    venv.step_async(np.zeros(4, dtype=np.int64))
+    print(" ".join(map(str, venv.pool.worker_pids)), flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def _kill_parent_and_wait_for(tmp_path: Path, case: str, seconds: float) -> list[int]:
+    """Start a parent with 2 workers of 2 envs each (a step pending), SIGKILL it; returns the
+    workers still alive ``seconds`` later."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path), case], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2
+        time.sleep(0.2)  # (the stuck env gets stuck)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + seconds
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return [p for p in workers if _alive(p)]
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdin.close()
+        parent.stdout.close()
+
+
+def test_a_parent_killed_with_sigkill_has_its_workers_close_their_envs(tmp_path) -> None:
+    """The parent's death sends its workers SIGTERM (a thread watching it): they close their envs and end."""
+    alive = _kill_parent_and_wait_for(tmp_path, "pending", 5)
+    assert not alive, f"workers {alive} outlived their parent"
+    _assert_every_env_closed(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "case", ["hang", pytest.param("stick", marks=pytest.mark.compiled_only)], ids=["hung-in-python", "stuck-in-native"]
+)
+def test_a_stuck_worker_still_ends_with_its_parent(tmp_path, case: str) -> None:
+    """A worker whose env hangs never reaches its wait loop, where it would notice its parent's death;
+    under forkserver (here) its death signal follows the server, which outlives the parent. A thread
+    watching the parent sends it SIGTERM. Hung in Python (a sleep), it closes its envs; stuck in
+    native code holding the GIL, its handler never runs, and the compiled kernel's deadline, armed in C
+    as the signal arrived, ends it (SIGALRM, TERM_DEADLINE_S later); the pure-Python twin's watching
+    thread needs the GIL, so that case is the compiled kernels' only. The other worker closes its envs."""
+    alive = _kill_parent_and_wait_for(tmp_path, case, TERM_DEADLINE_S + 3)
+    helpers = _helpers(tmp_path)
+    closed = sorted(int(p.stem) for p in tmp_path.glob("*.closed"))
+    for pid in helpers.values():  # (clean-up: a stuck worker's envs have nobody left to end their helpers)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their parent"
+    assert closed == ([0, 1, 2, 3] if case == "hang" else [0, 1])

@@ -37,6 +37,7 @@ FAULTS = {
     "NaN reward": "nan:nan",
     "close() twice, then step": "close-twice:",
     "parent SIGKILL": "parent-kill:",
+    "parent SIGKILL while an env hangs in step": "parent-kill-hung:hang",
 }
 
 CHILD = textwrap.dedent(
@@ -102,6 +103,9 @@ CHILD = textwrap.dedent(
                 v.close(); v.close(); step(v, a)
             elif scenario == "parent-kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif scenario == "parent-kill-hung":
+                v.step_async(a)
+                time.sleep(0.3); os.kill(os.getpid(), signal.SIGKILL)
             else:
                 for _ in range(3):
                     step(v, a)

@@ -37,7 +37,7 @@ FAULTS = {
     "NaN reward": "nan:nan",
     "close() twice, then step": "close-twice:",
     "parent SIGKILL": "parent-kill:",
-    "parent SIGKILL while an env hangs in step": "parent-kill-hung:hang",
+    "parent SIGKILL while an env hangs in step (fastvec: forkserver, its default)": "parent-kill-hung:hang",
 }
 
 CHILD = textwrap.dedent(
@@ -55,7 +55,8 @@ CHILD = textwrap.dedent(
     def build():
         if engine == "fastvec":
             from fastvec import SubprocVecEnv
-            return SubprocVecEnv(fns, start_method="fork", num_workers=2, step_timeout=5.0 if scenario == "hang" else None)
+            start_method = "forkserver" if scenario == "parent-kill-hung" else "fork"
+            return SubprocVecEnv(fns, start_method=start_method, num_workers=2, step_timeout=5.0 if scenario == "hang" else None)
         if engine == "sb3-subproc":
             from stable_baselines3.common.vec_env import SubprocVecEnv
             return SubprocVecEnv(fns, start_method="fork")

@@ -110,6 +110,7 @@ cdef extern from *:
        stuck native code) that sleeps in poll() on a pidfd of the parent and, when the parent ends,
        sends SIGTERM to the main thread (whose blocking call it interrupts). */
     static int fv_watch_fd = -1;
+    static pid_t fv_watch_owner = 0;  /* the process whose thread watches (a fork has no such thread) */
     static pthread_t fv_watch_target;
     static void *fv_watch_loop(void *unused) {
         struct pollfd p;
@@ -130,10 +131,15 @@ cdef extern from *:
         pthread_attr_t attr;
         sigset_t all, previous;
         int fd, rc;
-        if (fv_watch_fd >= 0) return 0;
+        if (fv_watch_fd >= 0) {
+            if (fv_watch_owner == getpid()) return 0;  /* watching already */
+            close(fv_watch_fd);  /* inherited through fork (a pool inside a worker): watch anew */
+            fv_watch_fd = -1;
+        }
         fd = (int)syscall(SYS_pidfd_open, pid, 0);
         if (fd < 0) return errno == ESRCH ? 1 : -1;
         fv_watch_fd = fd;
+        fv_watch_owner = getpid();
         fv_watch_target = pthread_self();
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

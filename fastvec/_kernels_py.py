@@ -118,7 +118,10 @@ def watch_parent(pid: int) -> bool:
 
     def watch() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # signals go to the main thread
-        select.select([fd], [], [])
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not poller.poll():
+            pass
         signal.pthread_kill(main, signal.SIGTERM)
 
     threading.Thread(target=watch, name="fastvec-watch-parent", daemon=True).start()

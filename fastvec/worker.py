@@ -119,98 +119,79 @@ def worker_main(
         kernels.watch_parent(parent_pid)
         if not pid_alive(parent_pid):
             return
-        _worker(
-            holding, conn, worker_index, parent_pid, env_fns, start, autoreset_mode, spin_ns, close_fds,
-            restart_on_error, check,
-        )  # fmt: skip
-    except _Terminated:
-        _die_of_sigterm(holding, deadline_armed)
-
-
-def _worker(
-    holding: _Holding,
-    conn: Any,
-    worker_index: int,
-    parent_pid: int,
-    env_fns: Any,
-    start: int,
-    autoreset_mode: int,
-    spin_ns: int,
-    close_fds: list[int],
-    restart_on_error: bool,
-    check: str | None,
-) -> None:
-    for fd in close_fds:  # pipe ends of siblings inherited through fork
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-    import cloudpickle
-
-    if isinstance(env_fns, bytes):
-        env_fns = cloudpickle.loads(env_fns)
-    envs = holding.made
-    try:
-        for j, fn in enumerate(env_fns):
+        for fd in close_fds:  # pipe ends of siblings inherited through fork
             try:
-                envs.append(fn())
-            except Exception as exc:
-                raise ShardError(start + j, "make (env constructor)", exc) from exc
-        # cloudpickle: spaces of classes defined in a function or notebook travel too
-        conn.send(("ready", cloudpickle.dumps([(env.observation_space, env.action_space) for env in envs])))
-    except ShardError as err:
-        conn.send(("error", err.payload()))
-        _close_quietly(envs)
-        return
-    except Exception as exc:  # spaces that cannot be pickled, a broken pipe...
-        conn.send(("error", ShardError(start, "make (reporting spaces)", exc).payload()))
-        _close_quietly(envs)
-        return
+                os.close(fd)
+            except OSError:
+                pass
 
-    message = conn.recv()
-    if message[0] != "attach":
-        _close_quietly(envs)
-        return
-    _, layout, expected, restart = message
-    # the block's name is already unlinked: the parent hands over its file descriptor
-    fd = reduction.recv_handle(conn)
-    try:
-        mapping = mmap.mmap(fd, layout.size)
-    finally:
-        os.close(fd)
-    views = Views(layout, mapping)
-    views.check_header()
-    shard = Shard(
-        envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
-    )
-    shard.to_bytes = True  # envs leaving this shard travel on the pipe
-    holding.shard = shard
-    if restart is not None:  # a respawned worker: finish the command its predecessor died in
+        import cloudpickle
+
+        if isinstance(env_fns, bytes):
+            env_fns = cloudpickle.loads(env_fns)
+        envs = holding.made
         try:
-            extras = _fill_in(shard, restart)
+            for j, fn in enumerate(env_fns):
+                try:
+                    envs.append(fn())
+                except Exception as exc:
+                    raise ShardError(start + j, "make (env constructor)", exc) from exc
+            # cloudpickle: spaces of classes defined in a function or notebook travel too
+            conn.send(("ready", cloudpickle.dumps([(env.observation_space, env.action_space) for env in envs])))
         except ShardError as err:
             conn.send(("error", err.payload()))
-            _close_quietly(shard.envs)
+            _close_quietly(envs)
             return
-        conn.send(("attached", extras))
-    else:
-        conn.send(("attached", None))
-    try:
+        except Exception as exc:  # spaces that cannot be pickled, a broken pipe...
+            conn.send(("error", ShardError(start, "make (reporting spaces)", exc).payload()))
+            _close_quietly(envs)
+            return
+
+        message = conn.recv()
+        if message[0] != "attach":
+            _close_quietly(envs)
+            return
+        _, layout, expected, restart = message
+        # the block's name is already unlinked: the parent hands over its file descriptor
+        fd = reduction.recv_handle(conn)
         try:
-            closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns)
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            closed = False  # the parent went away
-        if not closed:
-            _close_quietly(shard.envs)  # nobody is left to ask
-        holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
-    finally:
-        del shard
-        views.release()
+            mapping = mmap.mmap(fd, layout.size)
+        finally:
+            os.close(fd)
+        views = Views(layout, mapping)
+        views.check_header()
+        shard = Shard(
+            envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
+        )
+        shard.to_bytes = True  # envs leaving this shard travel on the pipe
+        holding.shard = shard
+        if restart is not None:  # a respawned worker: finish the command its predecessor died in
+            try:
+                extras = _fill_in(shard, restart)
+            except ShardError as err:
+                conn.send(("error", err.payload()))
+                _close_quietly(shard.envs)
+                return
+            conn.send(("attached", extras))
+        else:
+            conn.send(("attached", None))
         try:
-            mapping.close()
-        except BufferError:
-            pass
+            try:
+                closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns)
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                closed = False  # the parent went away
+            if not closed:
+                _close_quietly(shard.envs)  # nobody is left to ask
+            holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
+        finally:
+            del shard
+            views.release()
+            try:
+                mapping.close()
+            except BufferError:
+                pass
+    except _Terminated:
+        _die_of_sigterm(holding, deadline_armed)
 
 
 def _fill_in(shard: Shard, restart: tuple) -> list | None:

@@ -45,6 +45,8 @@ class WithHelper(envs.Counter):
         self.hanging = "native"
 
     def step(self, action):
+        if self.hanging:
+            (self.folder / f"{self.index}.hanging").touch()
         if self.hanging == "native":
             lib = ctypes.PyDLL(None)  # (PyDLL: the call keeps the GIL)
             mutex = ctypes.create_string_buffer(64)  # zeroed: a default mutex (glibc)
@@ -181,7 +183,9 @@ def _kill_parent_and_wait_for(tmp_path: Path, case: str, seconds: float) -> list
     try:
         workers = [int(p) for p in parent.stdout.readline().split()]
         assert len(workers) == 2
-        time.sleep(0.2)  # (the stuck env gets stuck)
+        deadline = time.monotonic() + 10
+        while case != "pending" and not (tmp_path / "3.hanging").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # (until env 3 is stuck in its step)
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + seconds

@@ -97,6 +97,8 @@ cdef extern from *:
         if (sigaction(SIGTERM, NULL, &current) != 0) return -1;
         fv_term_seconds = seconds;
         if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == fv_on_term) return 0;  /* armed already */
+        if (!(current.sa_flags & SA_SIGINFO) && (current.sa_handler == SIG_DFL || current.sa_handler == SIG_IGN))
+            return -2;  /* nothing to run before: wrapping would turn "die" or "ignore" into a delayed death */
         fv_term_next = current;
         ours = current;
         ours.sa_flags |= SA_SIGINFO;
@@ -206,7 +208,10 @@ def term_deadline(unsigned int seconds):
     arrives, in C, before the interpreter runs ``handler``. A process stuck in native code, where
     ``handler`` never runs, then still ends, of SIGALRM (whose action must be the default). Returns
     True; the pure-Python twin cannot act inside the signal and returns False."""
-    if fv_term_deadline(seconds) != 0:
+    cdef int rc = fv_term_deadline(seconds)
+    if rc == -2:
+        raise ValueError("term_deadline needs a Python handler for SIGTERM (signal.signal) installed first")
+    if rc != 0:
         raise OSError("sigaction(SIGTERM) failed")
     return True
 

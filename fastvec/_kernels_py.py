@@ -99,6 +99,8 @@ _contended_count = 0
 def term_deadline(seconds: int) -> bool:
     """The compiled kernel arms ``alarm(seconds)`` in C the moment SIGTERM arrives; Python cannot act
     inside a signal, only when its handler runs. Returns False: the caller's handler arms it then."""
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        raise ValueError("term_deadline needs a Python handler for SIGTERM (signal.signal) installed first")
     return False
 
 

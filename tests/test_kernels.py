@@ -630,6 +630,15 @@ def test_term_deadline_ends_a_process_stuck_in_native_code(k) -> None:
 
 
 @pytest.mark.parametrize("k", IMPLS)
+def test_term_deadline_refuses_to_wrap_no_handler(k) -> None:
+    """With SIGTERM's default action (die) or ignored, there is no handler to run before: wrapping
+    it would turn either into a death 2 s later."""
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN)
+    with pytest.raises(ValueError, match="a Python handler for SIGTERM"):
+        k.term_deadline(2)
+
+
+@pytest.mark.parametrize("k", IMPLS)
 def test_watch_parent_sends_sigterm_when_the_watched_process_ends(k) -> None:
     """A watched process ends: the watcher sends SIGTERM to the main thread, and its handler runs even
     in a blocking sleep. (Stuck in native code, only the compiled kernel's native thread can act: the

@@ -153,10 +153,14 @@ class Remote:
         """SIGTERM (the worker closes its envs as it exits), then SIGKILL if it still runs 1 s later."""
         if self.process.exitcode is None:
             self.process.terminate()
-            self.process.join(1.0)
+        self.reap()
+
+    def reap(self) -> None:
+        """After SIGTERM: give the worker 1 s to close its envs and exit, then SIGKILL it."""
+        self.process.join(1.0)
         if self.process.exitcode is None:
             self.process.kill()
-        self.process.join(1.0)
+            self.process.join(1.0)
 
     def release(self) -> None:
         """Close the pipe and the Process object (the process must have exited)."""
@@ -175,10 +179,7 @@ def stop(remotes: list[Remote], grace: float) -> None:
     for remote in remotes:
         if remote.process.exitcode is None:
             remote.process.terminate()
-    for remote in remotes:
-        remote.process.join(1.0)
-        if remote.process.exitcode is None:
-            remote.process.kill()
-            remote.process.join(1.0)
+    for remote in remotes:  # (all signalled first: they close their envs side by side)
+        remote.reap()
     for remote in remotes:
         remote.release()

@@ -23,6 +23,7 @@ the same rules as the synchronous API, per env; each group keeps its own ring sl
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,14 @@ import numpy as np
 from fastvec import kernels
 from fastvec.batch import _EMPTY, sort_extras
 from fastvec.checks import ActionWriter
-from fastvec.errors import AlreadyPendingCallError, NoAsyncCallError, ShardError, WorkerDiedError, env_errors
+from fastvec.errors import (
+    AlreadyPendingCallError,
+    NoAsyncCallError,
+    ShardError,
+    StepTimeoutError,
+    WorkerDiedError,
+    env_errors,
+)
 from fastvec.protocol import POLL_NS, Command, Extra, StepFlag, dumps_payload
 
 if TYPE_CHECKING:
@@ -93,6 +101,7 @@ class AsyncBatches:
         self._group_of = np.repeat(np.arange(len(groups)), self.group_size)
         self._offsets = np.arange(self.group_size)
         self.running = [False] * len(groups)  # per group: in flight, or done and not yet received
+        self.issued = [0.0] * len(groups)  # per group: when its command was issued (kept with a step_timeout)
         self._local_objects: list | None = None  # the object parts of the own group's pending actions
         self._own_passed = 0  # times a worker's group was taken while the own group waited to be stepped
         self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
@@ -242,6 +251,10 @@ class AsyncBatches:
         pool = self.pool
         code = int(command)
         first = self.first_remote
+        if pool.step_timeout is not None:
+            now = time.monotonic()
+            for position in positions:
+                self.issued[position] = now
         try:
             for position in positions:
                 slot = self.slots[position] + 1 if self.slots[position] + 1 < pool.ring_slots else 0
@@ -278,16 +291,22 @@ class AsyncBatches:
         groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
         while len(ready) < groups and self.inflight:
             self._collect_one(began, timeout)
-        taken = []
-        failed = False
-        while ready and len(taken) < groups:
-            entry = ready.popleft()
-            self.running[entry[0]] = False
-            taken.append(entry)
-            failed = failed or bool(entry[3])
-        if failed:
-            raise env_errors([payload for _, _, _, error in taken if error for payload in error])
-        return self._batch(taken, copy)
+        # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
+        # leaves them there, for the next recv(); one while they leave breaks the pool
+        taken = list(itertools.islice(ready, groups))
+        failed = [payload for _, _, _, error in taken if error for payload in error]
+        error = env_errors(failed) if failed else None
+        batch = self._batch(taken, copy) if error is None else None
+        try:
+            for entry in taken:
+                ready.popleft()
+                self.running[entry[0]] = False
+        except BaseException as exc:
+            pool._break(exc)
+            raise
+        if error is not None:
+            raise error
+        return batch  # type: ignore[return-value]
 
     def _collect_one(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish, or step the own group; its results join ``ready``."""
@@ -319,11 +338,19 @@ class AsyncBatches:
             if left <= 0:
                 raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
             slice_ns = max(1, min(POLL_NS, int(left * 1e9)))
+        limit = pool.step_timeout
+        if limit is not None:  # wake up by the first in-flight worker's deadline
+            due = min(self.issued[position + first] for position in positions) + limit - time.monotonic()
+            slice_ns = max(1, min(slice_ns, int(due * 1e9)))
         k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, pool.spin_ns, slice_ns)
         if k == -1:
             self._check_lives(positions)
+            if limit is not None:
+                self._check_deadlines(positions, limit)
             return
         position = positions[k] + first
+        if len(self.inflight) > 1:  # several done: the one sent first (the inflight dict keeps send order)
+            position = self._oldest_done(position)
         try:
             command, slot = self.inflight.pop(position)
             remote = pool._remotes[position - first]
@@ -340,6 +367,19 @@ class AsyncBatches:
         except BaseException as exc:  # a message half read, or an interrupt between the two: out of step
             pool._break(exc)
             raise
+
+    def _oldest_done(self, found: int) -> int:
+        """Of the workers' groups in flight that are done (``found`` is), the one sent first: recv()
+        returns the groups that finished first, and a group done and waiting is never passed over
+        for one sent after it (wait_any finds the lowest done index, not the oldest)."""
+        pool = self.pool
+        words, done, seqs, first = pool._control_words, pool._done_words, pool._seq_words, self.first_remote
+        for position in self.inflight:
+            if position == found:
+                return found
+            if position >= first and words[done[position - first]] == seqs[position - first]:
+                return position
+        return found
 
     def _any_done(self) -> bool:
         """Whether a worker in flight has finished (its DONE word reached its command count)."""
@@ -369,6 +409,25 @@ class AsyncBatches:
             raise
         self.slots[0] = slot
         self.ready.append((0, slot, extras, error))
+
+    def _check_deadlines(self, positions: list[int], limit: float) -> None:
+        """Workers in flight for longer than ``step_timeout`` (``positions``: in pool._remotes): ended and
+        respawned (on_error="restart": _check_lives, at once) or StepTimeoutError, which breaks the pool."""
+        pool = self.pool
+        now = time.monotonic()
+        for position in positions:
+            group = position + self.first_remote
+            if group not in self.inflight or now - self.issued[group] <= limit:
+                continue
+            remote = pool._remotes[position]
+            if pool.on_error == "restart":
+                remote.end()  # a hung env: its replacement does the group's command
+                self._check_lives([position])
+                continue
+            command, _ = self.inflight[group]
+            error = StepTimeoutError(remote.index, remote.envs, "step" if command is _STEP else "reset", limit)
+            pool._break(error)
+            raise error
 
     def _check_lives(self, positions: list[int]) -> None:
         """A worker that died while stepping (``positions``: in pool._remotes): respawned

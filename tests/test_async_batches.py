@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
-from fastvec.errors import AlreadyPendingCallError, EnvError, NoAsyncCallError
+from fastvec.errors import AlreadyPendingCallError, EnvError, NoAsyncCallError, StepTimeoutError
 from fastvec.pool import Pool
 from fastvec.protocol import NEXT_STEP, SAME_STEP
 from tests import envs
@@ -386,3 +386,61 @@ def test_the_monitor_leaves_batches_whole_and_results_unchanged() -> None:
         assert all(event.kind not in ("move", "undo") for event in events), events
     finally:
         pool.close()
+
+
+def test_an_interrupt_while_recv_makes_its_batch_leaves_it_for_the_next_recv(monkeypatch) -> None:
+    """Ctrl-C landing while recv() copies its batch out: that batch is not lost. The next recv()
+    returns it, and every env keeps being stepped (the interrupt is raised deterministically where
+    a SIGINT would land)."""
+    from fastvec.async_batches import AsyncBatches
+
+    make_batch = AsyncBatches._batch
+    lost: list = []  # the envs of the batch the interrupt hit
+
+    def interrupted_once(self, taken, copy):
+        if not lost:
+            lost.extend(i for position, *_ in taken for i in self.groups[position])
+            raise KeyboardInterrupt
+        return make_batch(self, taken, copy)
+
+    with Pool([envs.make_cartpole] * 8, batch_size=4, num_workers=2, step_in_parent=False, start_method="fork") as pool:
+        pool.async_reset()
+        monkeypatch.setattr(AsyncBatches, "_batch", interrupted_once)
+        with pytest.raises(KeyboardInterrupt):
+            pool.recv()
+        assert pool.state.value == "idle"
+        got = pool.recv()
+        assert got.env_ids.tolist() == lost
+        pool.send(np.zeros(4, np.int64), got.env_ids)
+        for _ in range(3):  # (before, the interrupted group was lost: never returned nor stepped again)
+            first, second = pool.recv(), pool.recv()
+            assert sorted(first.env_ids.tolist() + second.env_ids.tolist()) == list(range(8))
+            pool.send(np.zeros(4, np.int64), first.env_ids)
+            pool.send(np.zeros(4, np.int64), second.env_ids)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_step_timeout_in_batches(on_error: str) -> None:
+    """A group that hangs past step_timeout: StepTimeoutError naming its worker (the pool breaks), or
+    with on_error="restart" its worker replaced and the group's episodes ended as restarted."""
+    fns = [partial(envs.FailingEnv, "hang" if i == 3 else None, 0) for i in range(4)]
+    options = {"on_error": on_error, "step_timeout": 0.5}
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, step_in_parent=False, **options) as pool:
+        pool.async_reset()
+        groups = sorted([pool.recv().env_ids, pool.recv().env_ids], key=lambda ids: ids[0])
+        for group in groups:
+            pool.send(np.zeros(2, np.int64), group)
+        assert pool.recv().env_ids.tolist() == [0, 1]
+        pool.send(np.zeros(2, np.int64), groups[0])
+        assert pool.recv().env_ids.tolist() == [0, 1]  # the other group goes on meanwhile
+        began = time.monotonic()
+        if on_error == "raise":
+            with pytest.raises(StepTimeoutError, match=r"'step' did not finish within 0.5 s in worker 1 \(envs 2..3\)"):
+                pool.recv()
+            assert time.monotonic() - began < 3
+            assert pool.state.value == "broken"
+            return
+        with pytest.warns(RuntimeWarning):
+            got = pool.recv()
+        assert got.env_ids.tolist() == [2, 3] and set(got.restarted) == {2, 3} and got.truncated.all()
+        assert time.monotonic() - began < 5

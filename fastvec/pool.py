@@ -179,6 +179,27 @@ def _close_live_pools() -> None:  # runs before multiprocessing joins non-daemon
             pass
 
 
+def _disown_live_pools() -> None:
+    """In a child forked (``os.fork``) from a process with open pools: those pools, their workers and
+    the envs of their own shards belong to the parent. The child's copies are disowned: using one
+    raises BrokenPoolError, and closing one (the child's exit hooks, ``__del__``) only marks it
+    closed, without telling the parent's workers to exit. Multiprocessing's own exit hook would
+    SIGTERM them (it takes them for the child's daemonic children): they leave its list too."""
+    children = getattr(multiprocessing.process, "_children", None)
+    for pool in list(_LIVE_POOLS):
+        try:
+            pool._disown()
+            if children is not None:
+                for remote in pool._all_remotes():
+                    children.discard(remote.process)
+        except Exception:  # (a hook's exception would only be printed, in every forked process)
+            pass
+    _LIVE_POOLS.clear()
+
+
+os.register_at_fork(after_in_child=_disown_live_pools)
+
+
 class Pool:
     """N envs stepped by worker processes through one shared-memory block.
 
@@ -193,6 +214,8 @@ class Pool:
         observation_space: the single-env observation space to lay out (default: env 0's); the
             envs' spaces must match its structure, shapes and dtypes.
     """
+
+    _foreign = False  # a copy in a child forked from the pool's process (_disown)
 
     def __init__(
         self,
@@ -769,11 +792,12 @@ class Pool:
                 extras = None
             if self._remotes:
                 control = self._control
+                first_ns = POLL_NS if self.step_timeout is None else _slice_ns(self.step_timeout)
                 k = kernels.wait_remaining(
-                    control, self._remaining_index, self._done_index, self._seqs, self.spin_ns, POLL_NS
+                    control, self._remaining_index, self._done_index, self._seqs, self.spin_ns, first_ns
                 )
                 if k != -1:  # a worker is late (or dead): the general wait, which knows what to do
-                    self._wait_workers(p, None, k)
+                    self._wait_workers(p, None, k, first_ns)
                 p.waited = True
                 if p.respawned or p.lost:
                     return self._complete_command(p, None)
@@ -915,24 +939,29 @@ class Pool:
                     self._objects[i] = value
         return extras
 
-    def _wait_workers(self, p: _Pending, timeout: float | None, k: int | None = None) -> None:
+    def _wait_workers(self, p: _Pending, timeout: float | None, k: int | None = None, waited_ns: int = 0) -> None:
         """Until every worker's DONE word equals the command's sequence number.
 
         A dead worker: respawned with ``on_error="restart"`` (step and reset; its share of
         the command is done by its replacement), else WorkerDiedError; a worker past
         ``step_timeout``: killed and respawned, or StepTimeoutError. Both errors break the
         pool. ``timeout`` (the caller's): multiprocessing.TimeoutError, the command stays pending.
-        ``k``: the worker a first wait (``_complete_step``'s) found unfinished, where there was one.
+        ``k``: the worker a first wait (``_complete_step``'s, of ``waited_ns``) found unfinished, where
+        there was one. ``step_timeout`` counts from the start of the first wait (after the parent's own
+        shard), and no wait sleeps past it.
         """
         if not self._remotes:
             return
         control, done_index, seq = self._control, self._done_index, self._seqs
+        limit = self.step_timeout
         if k is None:
-            first_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int(timeout * 1e9)))
-            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
+            waited_ns = POLL_NS if timeout is None else _slice_ns(timeout)
+            if limit is not None:
+                waited_ns = min(waited_ns, _slice_ns(limit))
+            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, waited_ns)
         if k == -1:
             return
-        began = time.monotonic()
+        began = time.monotonic() - waited_ns / 1e9  # (that wait ran its whole slice)
         restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
         while True:
             remote = self._remotes[k]
@@ -960,7 +989,9 @@ class Pool:
                 raise multiprocessing.TimeoutError(
                     f"{p.name!r} did not finish within {timeout:g} s (worker {remote.index}); it is still pending"
                 )
-            slice_ns = POLL_NS if timeout is None else max(1, min(POLL_NS, int((timeout - elapsed) * 1e9)))
+            slice_ns = POLL_NS if timeout is None else _slice_ns(timeout - elapsed)
+            if limit is not None:
+                slice_ns = min(slice_ns, _slice_ns(limit - elapsed))
             k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_ns)
             if k == -1:
                 return
@@ -1412,8 +1443,12 @@ class Pool:
         terminated). A broken pool is torn down as ``terminate`` does: its workers close their
         envs as they exit on SIGTERM, and the parent closes its own.
         Raises EnvError if an env raised in its close(), after cleaning up.
+        In a child forked from the pool's process, only marks the child's copy closed.
         """
         if self._state is PoolState.CLOSED:
+            return
+        if self._foreign:
+            self._state = PoolState.CLOSED
             return
         error = None
         # a broken pool's workers were never told to exit (they wait for the next command, or are
@@ -1435,7 +1470,22 @@ class Pool:
         (an env that runs a helper process ends it in close()); a worker still running 1 s later (an env
         stuck in native code, or slow to close) is killed. The parent's own envs are closed too."""
         if self._state is not PoolState.CLOSED:
+            if self._foreign:
+                self._state = PoolState.CLOSED
+                return
             self._terminate(grace=0.0)
+
+    def _disown(self) -> None:
+        """This process is a fork of the pool's (``_disown_live_pools``): the pool is not its to use or stop."""
+        self._foreign = True
+        self._monitor = None  # (its thread did not survive the fork)
+        if self._state is not PoolState.CLOSED:
+            self._break(
+                RuntimeError(
+                    f"this process (pid {os.getpid()}) is a fork of the process that made the pool; "
+                    "only that process can use it or stop its workers"
+                )
+            )
 
     def _close_gracefully(self, timeout: float) -> EnvError | None:
         saved_timeout = self.step_timeout
@@ -1547,6 +1597,11 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
     return len(a) == len(b) and all(
         x.path == y.path and x.array == y.array and x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b)
     )
+
+
+def _slice_ns(seconds: float) -> int:
+    """A wait of at most ``seconds`` (at least 1 ns), in one slice of at most POLL_NS."""
+    return max(1, min(POLL_NS, int(seconds * 1e9)))
 
 
 def _describe_cause(cause: BaseException | None) -> str:

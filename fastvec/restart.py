@@ -17,7 +17,7 @@ from fastvec.protocol import SAME_STEP, Extra
 if TYPE_CHECKING:
     from fastvec.shard import Shard
 
-__all__ = ["describe", "recreate", "after_step_error", "reset_fresh", "restart_all"]
+__all__ = ["Unmade", "describe", "recreate", "after_step_error", "reset_fresh", "restart_all"]
 
 
 def describe(exc: BaseException | str, command: str) -> dict:
@@ -28,8 +28,35 @@ def describe(exc: BaseException | str, command: str) -> dict:
     return {"error": f"{exc_type}: {message}", "command": command, "traceback": tb}
 
 
+class Unmade:
+    """In place of an env whose factory failed when it was to be re-created: its every use raises,
+    naming why, so the closed env it replaces is never stepped again. A step or reset of it fails,
+    which makes the shard try the factory again (on_error="restart"); until that works, every
+    command reports the env's error, and the other envs go on."""
+
+    def __init__(self, index: int, cause: BaseException):
+        self._why = (
+            f"env {index} could not be made again after an error ({type(cause).__name__}: {cause}); "
+            "its factory is tried again at its next step or reset"
+        )
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(self._why)
+
+    step = reset = render = _fail
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._fail()
+
+
 def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
-    """Replace env j by a fresh one from its factory (the old one is closed, quietly) and report it."""
+    """Replace env j by a fresh one from its factory (the old one is closed, quietly) and report it.
+    If the factory fails, an ``Unmade`` takes the env's place and ShardError names the env."""
     try:
         shard.envs[j].close()
     except Exception:
@@ -37,6 +64,8 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
     try:
         shard.envs[j] = shard.env_fns[j]()  # type: ignore[index]
     except Exception as make_exc:
+        shard.envs[j] = Unmade(shard.start + j, make_exc)  # type: ignore[assignment]
+        shard.step_fns[j] = shard.envs[j].step
         raise ShardError(shard.start + j, "make (restart after an error)", make_exc) from exc
     shard.step_fns[j] = shard.envs[j].step
     shard.restarts += 1

@@ -161,7 +161,12 @@ class Shard:
             except Exception as exc:
                 j = len(results)
                 if self.restart_on_error:
-                    append(restart.after_step_error(self, j, slot, exc, reset_now=True))
+                    try:
+                        append(restart.after_step_error(self, j, slot, exc, reset_now=True))
+                    except ShardError as err:  # its re-creation failed too: reported, the others still step
+                        errors = (errors or []) + [err]
+                        append(None)
+                        continue
                     restarted = restarted or set()
                     restarted.add(j)
                 else:  # the other envs still step, as each would in its own process; every error is reported
@@ -202,7 +207,12 @@ class Shard:
                 first += 1
         for j in range(first, n):
             if needs_reset[j]:
-                obs, info = self._autoreset(j, "reset (autoreset)")
+                try:
+                    obs, info = self._autoreset(j, "reset (autoreset)")
+                except ShardError as err:  # (still due for its reset) the other envs still step
+                    errors = (errors or []) + [err]
+                    append(None)
+                    continue
                 append((obs, 0.0, False, False, info))
                 needs_reset[j] = False
                 continue
@@ -231,8 +241,12 @@ class Shard:
         is re-created, its result appended, and its episode starts in the next step."""
         if not self.restart_on_error:
             return (errors or []) + [ShardError(self.start + j, "step", exc)]
-        append(restart.after_step_error(self, j, slot, exc, reset_now=False))
         self.needs_reset[j] = True
+        try:
+            append(restart.after_step_error(self, j, slot, exc, reset_now=False))
+        except ShardError as err:  # its re-creation failed too (the next step tries again)
+            append(None)
+            return (errors or []) + [err]
         return errors
 
     def _autoreset(self, j: int, command: str) -> tuple[Any, dict]:
@@ -279,6 +293,7 @@ class Shard:
             self.checks.problem(nan, "step", "nan-reward", "returned a NaN reward")
         extras: list | None = None
         leaving: list[int] | None = None
+        failed: list[ShardError] | None = None
         if ended and self.autoreset_mode == SAME_STEP:
             migrate = self._migrate_words
             # one plain array (the usual case): each row copied by _gather directly, without write_obs's
@@ -298,7 +313,11 @@ class Shard:
                 if migrate[start + j] and self._may_leave(j):  # its new shard resets it
                     leaving = (leaving or []) + [j]
                     continue
-                obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
+                try:
+                    obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
+                except ShardError as err:  # the other ended envs still reset; every error is reported
+                    failed = (failed or []) + [err]
+                    continue
                 if plain:
                     self._gather([obs], slot_obs, leaf, "reset (autoreset after step)", checking, j)
                 else:
@@ -314,6 +333,8 @@ class Shard:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
             self._release(leaving)
+        if failed:
+            raise ShardError.combine(failed)
         if self.side_extras or self.checks.pending:
             return self.finish_extras(extras)
         return extras
@@ -450,7 +471,11 @@ class Shard:
                 if not self.restart_on_error:  # the other envs still reset; every error is reported
                     errors.append(ShardError(self.start + j, "reset", exc))
                     continue
-                obs, info = restart.reset_fresh(self, j, exc, "reset", kwargs)
+                try:
+                    obs, info = restart.reset_fresh(self, j, exc, "reset", kwargs)
+                except ShardError as err:  # its re-creation failed too
+                    errors.append(err)
+                    continue
             self.needs_reset[j] = False
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]

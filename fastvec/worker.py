@@ -300,14 +300,19 @@ def _send_result(conn: Any, message: tuple, env: int, request: str, indices: lis
     dumps = reduction.ForkingPickler.dumps
     try:
         payload = dumps(message)
-    except Exception as exc:
-        if indices and message[0] == "ok":  # find the env whose result cannot be pickled
-            for i, value in zip(indices, message[1]):
-                try:
-                    dumps(value)
-                except Exception:
-                    env = i
-                    break
+    except Exception as exc:  # find the env whose value cannot be pickled
+        if indices and message[0] == "ok":  # a call's results, in the order of its envs
+            named = zip(indices, message[1])
+        elif message[0] == "extras":  # a step's or reset's (env, kind, value) entries: infos, objects, ...
+            named = ((entry[0], entry) for entry in message[1])
+        else:
+            named = iter(())
+        for i, value in named:
+            try:
+                dumps(value)
+            except Exception:
+                env = i
+                break
         payload = dumps(("error", [ShardError(env, f"{request} (sending the result)", exc).payload()]))
     conn.send_bytes(payload)
 

@@ -104,6 +104,8 @@ class FailingEnv(gym.Env):
             raise ZeroDivisionError("boom in step")
         if self.fail_in == "hang" and self.steps > self.after:
             time.sleep(3600)
+        if self.fail_in == "slow" and self.steps > self.after:
+            time.sleep(0.15)
         if self.fail_in == "bad_obs":
             return np.zeros(3, np.float32), 0.0, False, False, {}
         if self.fail_in == "die" and self.steps > self.after:

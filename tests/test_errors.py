@@ -176,6 +176,78 @@ def test_step_timeout_and_bounded_close() -> None:
     assert time.monotonic() - began < 5
 
 
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_step_timeout_shorter_than_the_first_wait_is_kept(on_error: str) -> None:
+    """A step of 0.15 s with step_timeout=0.05: StepTimeoutError (or the worker replaced), however
+    short the timeout (the first wait of a step used to run 0.1 s before any deadline was looked at,
+    and steps up to about 0.2 s passed)."""
+    with SubprocVecEnv(_fns(2, 1, "slow", 1), start_method="fork", num_workers=2, step_timeout=0.05, on_error=on_error) as venv:
+        venv.reset()
+        venv.step(np.array([0, 0]))
+        if on_error == "raise":
+            with pytest.raises(StepTimeoutError, match="within 0.05 s"):
+                venv.step(np.array([0, 0]))
+            return
+        with pytest.warns(RuntimeWarning):
+            _, _, dones, infos = venv.step(np.array([0, 0]))
+        assert dones.tolist() == [False, True] and "fastvec.restarted" in infos[1]
+
+
+class LockInInfo(envs.FailingEnv):
+    """Env ``bad`` returns an info that cannot be pickled (a lock) in its steps."""
+
+    def __init__(self, bad: bool):
+        super().__init__(None)
+        self.bad = bad
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        return obs, reward, term, trunc, ({"handle": threading.Lock()} if self.bad else {"fine": 1})
+
+
+def test_unpicklable_info_names_its_env() -> None:
+    """The error names the env whose info could not be sent, not the first env of its worker."""
+    fns = [partial(LockInInfo, i == 3) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match="during 'step \\(sending the result\\)'") as info:
+            venv.step(np.zeros(4, dtype=np.int64))
+        assert info.value.env_index == 3
+
+
+class EndsTogether(envs.FailingEnv):
+    """Episodes of two steps; a ``bad`` env's resets after the first raise."""
+
+    def __init__(self, bad: bool):
+        super().__init__(None)
+        self.bad, self.resets = bad, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.bad and self.resets > 1:
+            raise ValueError("boom in autoreset")
+        self.steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, _, _, info = super().step(action)
+        return obs, reward, self.steps >= 2, False, info
+
+
+@pytest.mark.parametrize("bad_index", [0, 2])  # the parent's shard, or a worker's (envs 2..3)
+def test_an_autoreset_that_raises_does_not_stop_the_other_resets(bad_index: int) -> None:
+    """SB3's autoreset: every env whose episode ended is reset, even after one of them raised."""
+    fns = [partial(EndsTogether, i == bad_index) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        venv.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(EnvError, match="boom in autoreset") as info:
+            venv.step(np.zeros(4, dtype=np.int64))
+        assert info.value.env_index == bad_index
+        others = [i for i in range(4) if i != bad_index]
+        assert venv.get_attr("resets", others) == [2, 2, 2] and venv.get_attr("steps", others) == [0, 0, 0]
+
+
 def test_keyboard_interrupt_during_step_wait_then_close() -> None:
     venv = SubprocVecEnv(_fns(2, 1, "hang"), start_method="fork", num_workers=2)
     venv.reset()
@@ -220,6 +292,48 @@ def test_bad_constructor_arguments() -> None:
 def test_space_mismatch_names_env() -> None:
     with pytest.raises(ValueError, match="env 2 has observation space"):
         SubprocVecEnv([envs.make_cartpole, envs.make_cartpole, envs.make_pendulum], start_method="fork")
+
+
+FORKING_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, numpy as np
+    from fastvec import SubprocVecEnv
+    from tests import envs
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method=sys.argv[1], num_workers=2)
+    venv.reset()
+    pid = os.fork()
+    if pid == 0:  # a child doing other work: it uses the pool by mistake, then exits as usual (exit hooks run)
+        try:
+            venv.step(np.zeros(4, dtype=np.int64))
+        except Exception as exc:
+            print("child:", type(exc).__name__, str(exc).splitlines()[0], flush=True)
+        venv.close()
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("child exit code:", os.waitstatus_to_exitcode(status), flush=True)
+    for _ in range(3):
+        venv.step(np.zeros(4, dtype=np.int64))
+    print("parent: steps after the child's exit", flush=True)
+    venv.close()
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_a_forked_child_leaves_the_pool_to_its_parent(start_method: str) -> None:
+    """A child forked while a pool is open (os.fork) cannot use it, and its exit does not stop the
+    parent's workers (the pool's exit hook closed its copy, sending CLOSE to them; multiprocessing's
+    took them for the child's own daemonic children and sent SIGTERM)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORKING_SCRIPT, start_method],
+        capture_output=True, text=True, timeout=60,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("child: BrokenPoolError") and "is a fork of the process that made the pool" in lines[0]
+    assert lines[1:] == ["child exit code: 0", "parent: steps after the child's exit"], out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
 
 
 PARENT_SCRIPT = textwrap.dedent(

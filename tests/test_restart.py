@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-from fastvec import SubprocVecEnv, VectorEnv
+from fastvec import EnvError, SubprocVecEnv, VectorEnv
 from tests import envs
 
 
@@ -128,3 +128,73 @@ def test_reset_error_recreates_the_env(bad_index: int) -> None:
         assert obs.shape == (3, 2)
         assert venv.pool.shard_restarts() == 1
         venv.step(np.zeros(3, dtype=np.int64))
+
+
+class RefusedRemakeEnv(envs.FailingEnv):
+    """Counts its steps; a ``flaky`` one raises in its step 2, leaving the file ``failed``."""
+
+    def __init__(self, flaky: bool, failed: str):
+        super().__init__(None)
+        self.flaky, self.failed = flaky, failed
+        self.closed = False
+
+    def step(self, action):
+        if self.closed:
+            raise AssertionError("a closed env was stepped")
+        obs, reward, term, trunc, info = super().step(action)
+        if self.flaky and self.steps == 2:
+            open(self.failed, "w").close()
+            raise ZeroDivisionError("flaky step")
+        return np.full(2, self.steps / 100, np.float32), reward, term, trunc, info
+
+    def close(self):
+        self.closed = True
+
+
+class RemakeFactory:
+    """Env ``bad`` fails once; making it again then fails while the file ``block`` exists (a
+    simulator's licence or port still held)."""
+
+    def __init__(self, i: int, bad: int, block: str):
+        self.i, self.bad, self.block = i, bad, block
+
+    def __call__(self):
+        failed = self.block + ".failed"
+        if self.i == self.bad and os.path.exists(failed) and os.path.exists(self.block):
+            raise RuntimeError("cannot make it again yet")
+        return RefusedRemakeEnv(self.i == self.bad and not os.path.exists(failed), failed)
+
+
+@pytest.mark.parametrize("front", ["sb3", "gymnasium-next-step"])
+@pytest.mark.parametrize("bad_index", [0, 2])  # the parent's shard; the first env of the worker's (env 3 after it)
+def test_env_whose_remake_fails_is_never_stepped_again(tmp_path, front: str, bad_index: int) -> None:
+    """Its re-creation fails: every command reports that env's error (the others step), its closed
+    copy is never stepped again, and once its factory works again the env is back, restarted."""
+    block = tmp_path / "block"
+    block.touch()
+    fns = [RemakeFactory(i, bad_index, str(block)) for i in range(4)]
+    others = [i for i in range(4) if i != bad_index]
+    actions = np.zeros(4, dtype=np.int64)
+    if front == "sb3":
+        venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart")
+    else:
+        venv = VectorEnv(fns, num_workers=2, start_method="fork", on_error="restart", autoreset_mode=AutoresetMode.NEXT_STEP)
+    with venv:
+        venv.reset()
+        venv.step(actions)
+        for _ in range(3):
+            with pytest.raises(EnvError) as caught:
+                venv.step(actions)
+            assert caught.value.env_index == bad_index and caught.value.others == []
+            assert "make (restart after an error)" in str(caught.value) and "cannot make it again yet" in str(caught.value)
+        assert venv.pool.call("get_attr", others, ("steps",)) == [4, 4, 4]  # the others stepped every time
+        block.unlink()
+        result = venv.step(actions)
+        infos = result[-1]
+        if front == "sb3":
+            assert result[2][bad_index] and "fastvec.restarted" in infos[bad_index]
+        else:
+            assert infos["_fastvec_restarted"].tolist() == [i == bad_index for i in range(4)]
+        for _ in range(2):
+            venv.step(actions)
+        assert venv.pool.call("get_attr", [bad_index], ("flaky",)) == [False]  # made again

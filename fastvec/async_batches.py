@@ -401,7 +401,7 @@ class AsyncBatches:
             if command is _STEP:
                 extras = pool._step_local((slot, objects), time.perf_counter_ns())
             else:  # async_reset: every env, with the seeds in the shared block, no options
-                extras = pool._local.reset(slot, None, False, False)
+                extras = pool._reset_local(slot, None, False, False)
         except ShardError as err:
             error = err.payloads()
         except BaseException as exc:

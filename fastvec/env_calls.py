@@ -7,12 +7,23 @@ one value per env.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["CALLS", "run_call", "is_wrapped"]
+__all__ = ["CALLS", "run_call", "is_wrapped", "private"]
+
+
+def private(value: Any) -> Any:
+    """A copy of ``value`` of its own, as a value pickled through a pipe is (SB3's and gymnasium's
+    envs in processes each get theirs, and their callers get copies back): a deep copy; where that
+    fails, a dict's shallow copy, or ``value`` itself (a lock, a queue)."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return dict(value) if isinstance(value, dict) else value
 
 
 def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:

@@ -38,6 +38,7 @@ from fastvec import kernels, placement, shm
 from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
+from fastvec.env_calls import private
 from fastvec.errors import (
     AlreadyPendingCallError,
     BrokenPoolError,
@@ -863,7 +864,7 @@ class Pool:
             if p.command is _STEP:
                 return self._step_local(p.local_args, time.perf_counter_ns()), None
             if p.command is _RESET:
-                return local.reset(*p.local_args), None
+                return self._reset_local(*p.local_args), None
             if p.command is Command.CONTROL:
                 request, indices, args, values = p.local_args
                 return (local.call(request, indices, args, values) if indices else []), None
@@ -883,7 +884,12 @@ class Pool:
         ended = time.perf_counter_ns()
         kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
         self._local_finished = ended
-        return extras
+        return own_copies(extras) if extras else extras
+
+    def _reset_local(self, *args: Any) -> list | None:
+        """Reset the parent's own shard (Shard.reset's arguments); returns its extras, copied."""
+        extras = self._local.reset(*args)
+        return own_copies(extras) if extras else extras
 
     def _gather(self, p: _Pending) -> list | None:
         """Merge the parent's and the workers' extras; raise the error of the lowest env index
@@ -1283,7 +1289,7 @@ class Pool:
 
     def _own_shard(self, envs: list, start: int, env_fns: list) -> Shard:
         """A Shard this process steps (shard 0's envs from 0, or its envs past the last worker's)."""
-        return Shard(
+        shard = Shard(
             envs,
             start,
             self._views,
@@ -1292,6 +1298,8 @@ class Pool:
             restart_on_error=self.on_error == "restart",
             check=self.check,
         )
+        shard.in_caller = True
+        return shard
 
     def _place_empty(self) -> None:
         """Keep every empty shard's range at the boundary of its neighbours (shards stay in env order)."""
@@ -1597,6 +1605,16 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
     return len(a) == len(b) and all(
         x.path == y.path and x.array == y.array and x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b)
     )
+
+
+_COPIED_EXTRAS = frozenset(int(kind) for kind in (Extra.INFO, Extra.RESET_INFO, Extra.OBJECTS, Extra.FINAL_OBS))
+
+
+def own_copies(extras: list) -> list:
+    """The extras of the calling process's own envs, their values copied (infos, object observations),
+    as a worker's are by pickling: a later step of an env that reuses its info dict, or SB3's
+    front-end adding ``terminal_observation`` to an info, does not change what another holds."""
+    return [(i, kind, private(value)) if kind in _COPIED_EXTRAS else (i, kind, value) for i, kind, value in extras]
 
 
 def _slice_ns(seconds: float) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from fastvec import kernels, migrate, restart
 from fastvec.checks import OutputChecks
-from fastvec.env_calls import run_call
+from fastvec.env_calls import private, run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
 from fastvec.protocol import (
@@ -61,6 +61,9 @@ class Shard:
     ):
         self.envs = envs
         self.env_fns = env_fns
+        # stepped by the pool's calling process (not a worker): what its envs return, and what the caller
+        # gives them, is copied where a worker's would have been pickled (Pool._own_shard sets it)
+        self.in_caller = False
         self.restart_on_error = restart_on_error and env_fns is not None
         self.restarts = 0
         self.side_extras: list = []  # extras produced along the way (restarts, object parts, final observations)
@@ -619,12 +622,24 @@ class Shard:
                 return [self.adopt_call(indices[0], *args)]
             except Exception as exc:
                 raise ShardError(indices[0], "adopt (moving an env)", exc) from exc
+        # every env gets arguments of its own, and the caller copies of what the envs return, as through
+        # a pipe (a worker's first env keeps what it unpickled; the rest of its envs, and every env the
+        # calling process steps, get copies: a list given to set_attr is not shared between envs)
+        in_caller = self.in_caller
         results = []
         for k, i in enumerate(indices):
+            own = in_caller or k > 0
+            value = None if values is None else values[k]
             try:
-                results.append(run_call(self.envs[i - self.start], request, args, None if values is None else values[k]))
+                result = run_call(
+                    self.envs[i - self.start],
+                    request,
+                    private(args) if own and args else args,
+                    private(value) if own and value is not None else value,
+                )
             except Exception as exc:
                 raise ShardError(i, request, exc) from exc
+            results.append(private(result) if in_caller else result)
         return results
 
     def close(self) -> None:

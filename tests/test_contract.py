@@ -294,3 +294,49 @@ def test_without_sb3_imported_it_is_still_an_sb3_vec_env_once_sb3_is() -> None:
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+class Keeper(gym.Env):
+    """Keeps what set_attr gives it; reuses one info dict for every step of an episode (as some envs do)."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.kept: list = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.info = {"t": 0}
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.info["t"] += 1
+        return np.zeros(2, np.float32), 0.0, self.info["t"] == 3, False, self.info
+
+    def keep(self, value):
+        self.kept.append(value)
+        return self.kept
+
+
+@pytest.mark.parametrize("implementation", ["fastvec", "fastvec-no-parent", "sb3-subproc"])
+def test_envs_and_the_caller_hold_values_of_their_own(request, implementation: str) -> None:
+    """What envs return and what they are given does not alias between envs, steps or the caller,
+    whichever process steps an env, as through SB3's pipes: infos kept from earlier steps stay as
+    they were, a list given to set_attr is each env's own, and the lists env_method returns are
+    copies. (SB3's DummyVecEnv shares set_attr's value between its envs.)"""
+    request.node.reference_may_leak_fds = implementation == "sb3-subproc"
+    venv = IMPLEMENTATIONS[implementation]([Keeper] * 4)
+    try:
+        venv.reset()
+        kept = [venv.step(np.zeros(4, dtype=np.int64))[3] for _ in range(3)]
+        assert [[info["t"] for info in infos] for infos in kept] == [[1] * 4, [2] * 4, [3] * 4]
+        assert [all("terminal_observation" in info for info in infos) for infos in kept] == [False, False, True]
+        given: list = []
+        venv.set_attr("kept", given)
+        returned = venv.env_method("keep", "x")
+        assert given == [] and returned == [["x"]] * 4
+        returned[0].append("changed by the caller")
+        assert venv.get_attr("kept") == [["x"]] * 4
+        assert venv.env_method("keep", ["y"]) == [["x", ["y"]]] * 4
+    finally:
+        venv.close()

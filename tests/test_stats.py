@@ -46,7 +46,7 @@ def test_a_snapshot_of_every_shard() -> None:
 def test_per_env_step_times_while_timing() -> None:
     from tests.test_monitor import make_busy
 
-    fns = [partial(make_busy, 2e-3 if i == 3 else 1e-4) for i in range(4)]
+    fns = [partial(make_busy, 4e-3 if i == 3 else 1e-4) for i in range(4)]
     with Pool(fns, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
         pool.reset()
         assert not pool.timing
@@ -55,5 +55,7 @@ def test_per_env_step_times_while_timing() -> None:
         for _ in range(240):  # 30 timed commands: one preemption of a fast env must not hide the slow one
             pool.step(np.zeros(4, np.int64))
         times = [ms for shard in pool.stats().shards for ms in shard.env_step_ms]
-        assert times[3] > 4 * max(times[:3]), times  # the slow env shows
-        assert 1.5 < times[3] < 20  # one command in TIMING_EVERY is timed; the estimate is still ~2 ms a step
+        # the slow env shows (a margin for a loaded host: there, a fast env preempted for 25 ms in all
+        # averaged 1 ms a step over the 30 timed commands)
+        assert times[3] > 2 * max(times[:3]), times
+        assert 3 < times[3] < 40  # one command in TIMING_EVERY is timed; the estimate is still ~4 ms a step

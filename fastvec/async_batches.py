@@ -145,6 +145,7 @@ class AsyncBatches:
         else:
             if len(seeds) != pool.num_envs:
                 raise ValueError(f"expected {pool.num_envs} seeds (one per env), got {len(seeds)}")
+            seeds = pool._send_big_seeds(seeds, None)
             views.seed_mask[:] = [s is not None for s in seeds]
             views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
         self._give(list(range(len(self.groups))), Command.RESET, 0, None)

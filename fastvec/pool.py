@@ -627,6 +627,7 @@ class Pool:
         if seeds is None:
             views.seed_mask[:] = False
         else:
+            seeds = self._send_big_seeds(seeds, mask)
             views.seed_mask[:] = [s is not None for s in seeds]
             views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
         if mask is not None:
@@ -649,6 +650,19 @@ class Pool:
                 reset_options=options if send_options else None,
             )
         )
+
+    def _send_big_seeds(self, seeds: Sequence[int | None], mask: np.ndarray | None) -> list[int | None]:
+        """Seeds beyond the shared block's int64 words (SB3 and gymnasium pass any int on to the env):
+        given to their envs first, by a call that keeps them for the reset that follows. Returns the
+        other seeds, for the block."""
+        big = [i for i, s in enumerate(seeds) if s is not None and not _INT64_MIN <= int(s) <= _INT64_MAX]
+        if not big:
+            return list(seeds)
+        reset = [i for i in big if mask is None or mask[i]]  # (an env left out of a masked reset keeps none)
+        if reset:
+            self.call("seed_next_reset", reset, (), [int(seeds[i]) for i in reset])
+        taken = set(big)
+        return [None if i in taken else s for i, s in enumerate(seeds)]
 
     def reset_wait(self, timeout: float | None = None) -> Batch:
         """Finish the pending reset; its infos are in ``Batch.reset_infos``."""
@@ -1607,6 +1621,7 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
     )
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _COPIED_EXTRAS = frozenset(int(kind) for kind in (Extra.INFO, Extra.RESET_INFO, Extra.OBJECTS, Extra.FINAL_OBS))
 
 

@@ -173,14 +173,8 @@ class SubprocVecEnv(_VecEnvBase):
                     infos[k]["fastvec.restarted"] = batch.restarted[i]
 
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
-        """Seeds for the next reset: ``seed + i`` for env i (as SB3). With no seed, the root is
-        drawn from NumPy's global generator (so ``np.random.seed`` makes runs repeatable, as in
-        SB3) and the envs get independent seeds spawned from it by ``numpy.random.SeedSequence``."""
-        if seed is None:
-            root = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
-            children = np.random.SeedSequence(root).spawn(self.num_envs)
-            self._seeds = [int(c.generate_state(1)[0]) for c in children]
-            return self._seeds
+        """Seeds for the next reset: ``seed + i`` for env i, as SB3's. With no seed, SB3's root: drawn
+        from NumPy's global generator (so a script that calls ``np.random.seed`` gets SB3's seeds)."""
         return super().seed(seed)
 
     def stats(self) -> Any:

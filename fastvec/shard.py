@@ -64,6 +64,7 @@ class Shard:
         # stepped by the pool's calling process (not a worker): what its envs return, and what the caller
         # gives them, is copied where a worker's would have been pickled (Pool._own_shard sets it)
         self.in_caller = False
+        self.next_seeds: dict[int, int] = {}  # local position -> a seed too big for the block, for its next reset
         self.restart_on_error = restart_on_error and env_fns is not None
         self.restarts = 0
         self.side_extras: list = []  # extras produced along the way (restarts, object parts, final observations)
@@ -463,8 +464,11 @@ class Shard:
         extras: list | None = None
         errors: list[ShardError] = []
         obs_list = []
+        next_seeds = self.next_seeds
         for j in rows:
             kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
+            if next_seeds:
+                kwargs["seed"] = next_seeds.pop(j, kwargs["seed"])
             opt = options[j] if options is not None else None
             if opt or pass_options_always:
                 kwargs["options"] = opt
@@ -617,6 +621,10 @@ class Shard:
 
     def call(self, request: str, indices: list[int], args: tuple, values: list | None) -> list:
         """Run a rare call on the envs at the given global ``indices`` (all in this shard)."""
+        if request == "seed_next_reset":  # seeds too big for the shared block (Pool._send_big_seeds)
+            for k, i in enumerate(indices):
+                self.next_seeds[i - self.start] = values[k]  # type: ignore[index]
+            return [None] * len(indices)
         if request == "adopt":  # an env moving in from a neighbour (fastvec.migrate)
             try:
                 return [self.adopt_call(indices[0], *args)]

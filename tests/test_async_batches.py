@@ -444,3 +444,11 @@ def test_step_timeout_in_batches(on_error: str) -> None:
             got = pool.recv()
         assert got.env_ids.tolist() == [2, 3] and set(got.restarted) == {2, 3} and got.truncated.all()
         assert time.monotonic() - began < 5
+
+
+def test_async_reset_with_seeds_beyond_64_bits() -> None:
+    with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork") as pool:
+        pool.async_reset([2**64 + i for i in range(4)])
+        got = sorted([pool.recv(), pool.recv()], key=lambda batch: batch.env_ids[0])
+        expected = [gym.make("CartPole-v1").reset(seed=2**64 + i)[0] for i in range(4)]
+        np.testing.assert_array_equal(np.concatenate([batch.obs for batch in got]), np.stack(expected))

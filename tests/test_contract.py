@@ -250,18 +250,23 @@ def test_pinning_and_worker_stats_and_config_file(tmp_path) -> None:
         SubprocVecEnv([envs.make_cartpole], config={"workers": 2})
 
 
-def test_seed_none_follows_numpy_global_seed() -> None:
-    """seed() with no argument draws its root from NumPy's global generator, as SB3's does: a
-    script that calls np.random.seed is repeatable, and the envs' seeds are distinct."""
-    with SubprocVecEnv([envs.make_cartpole] * 3, start_method="fork", num_workers=2) as venv:
-        np.random.seed(3)
-        first = venv.seed()
-        obs_first = venv.reset()
-        np.random.seed(3)
-        assert venv.seed() == first and len(set(first)) == 3
-        np.testing.assert_array_equal(venv.reset(), obs_first)
+def test_seeds_are_sb3s() -> None:
+    """seed() with no argument draws its root from NumPy's global generator, as SB3's does (a script
+    that calls np.random.seed gets SB3's seeds and observations); seeds beyond 64 bits reach the envs
+    as in SB3, whose envs get any int."""
+    fns = [envs.make_cartpole] * 3
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        reference = DummyVecEnv(fns)
+        for root in (None, 2**63 - 2, 2**64 + 5):
+            np.random.seed(3)
+            seeds = venv.seed(root)
+            np.random.seed(3)
+            assert seeds == reference.seed(root)
+            np.testing.assert_array_equal(venv.reset(), reference.reset())
+            np.testing.assert_array_equal(venv.step(np.zeros(3, dtype=np.int64))[0], reference.step(np.zeros(3, dtype=np.int64))[0])
+        reference.close()
         np.random.seed(4)
-        assert venv.seed() != first
+        assert venv.seed() != seeds
 
 
 def test_without_sb3_imported_it_is_still_an_sb3_vec_env_once_sb3_is() -> None:

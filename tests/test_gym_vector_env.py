@@ -206,6 +206,21 @@ def test_autoreset_disabled_with_partial_resets_matches_sync_vector_env() -> Non
     reference.close()
 
 
+def test_seeds_beyond_64_bits_as_sync_vector_env() -> None:
+    """gymnasium passes any int seed on to its envs: so does fastvec (beyond the shared block's int64
+    words, by a call before the reset), also in a masked reset, where unmasked envs keep theirs."""
+    reference = gym.vector.SyncVectorEnv([envs.make_cartpole] * 4, autoreset_mode=AutoresetMode.DISABLED)
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", num_workers=2, autoreset_mode="Disabled") as venv:
+        assert data_equivalence(venv.reset(seed=2**64 + 5), reference.reset(seed=2**64 + 5))
+        seeds = [2**70, 3, None, 2**63]
+        for mask in ([True, True, False, True], [False, False, True, True]):
+            options = {"reset_mask": np.array(mask)}
+            assert data_equivalence(venv.reset(seed=seeds, options=dict(options)), reference.reset(seed=seeds, options=dict(options)))
+            for _ in range(3):
+                assert data_equivalence(venv.step(np.ones(4, np.int64)), reference.step(np.ones(4, np.int64)))
+    reference.close()
+
+
 def test_float64_actions_reach_the_env_as_float64() -> None:
     """gymnasium hands each env its row of the batch as sent: time.sleep(np.float32) would raise."""
     space = gym.spaces.Box(0.0, 1.0, (), np.float32)

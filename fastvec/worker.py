@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import pickle
 import signal
 import sys
 import time
@@ -136,8 +137,7 @@ def worker_main(
                     envs.append(fn())
                 except Exception as exc:
                     raise ShardError(start + j, "make (env constructor)", exc) from exc
-            # cloudpickle: spaces of classes defined in a function or notebook travel too
-            conn.send(("ready", cloudpickle.dumps([(env.observation_space, env.action_space) for env in envs])))
+            conn.send(("ready", _dumps_spaces([(env.observation_space, env.action_space) for env in envs])))
         except ShardError as err:
             conn.send(("error", err.payload()))
             _close_quietly(envs)
@@ -315,6 +315,19 @@ def _send_result(conn: Any, message: tuple, env: int, request: str, indices: lis
                 break
         payload = dumps(("error", [ShardError(env, f"{request} (sending the result)", exc).payload()]))
     conn.send_bytes(payload)
+
+
+def _dumps_spaces(spaces: list) -> bytes:
+    """The envs' spaces for the parent: by reference where their classes import (a class of the
+    parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__`` with an
+    isinstance check holds); else by value with cloudpickle (classes defined in a function or a
+    notebook; cloudpickle maps a class the parent sent by value back to the parent's)."""
+    try:
+        return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(spaces)
 
 
 def _close_quietly(envs: list) -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
 from functools import partial
 
 import gymnasium as gym
@@ -219,6 +223,56 @@ def test_seeds_beyond_64_bits_as_sync_vector_env() -> None:
             for _ in range(3):
                 assert data_equivalence(venv.step(np.ones(4, np.int64)), reference.step(np.ones(4, np.int64)))
     reference.close()
+
+
+MAIN_SPACE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import gymnasium as gym
+    from gymnasium import spaces
+    from fastvec import VectorEnv
+
+    class Custom(spaces.Space):  # a space of the user's script, equal to any other of its class
+        def __init__(self):
+            super().__init__((), None, None)
+
+        def contains(self, x):
+            return isinstance(x, dict)
+
+        def __eq__(self, other):
+            return isinstance(other, Custom)
+
+    class Env(gym.Env):
+        def __init__(self):
+            self.observation_space, self.action_space = Custom(), spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            return {"v": 0}, {}
+
+        def step(self, action):
+            return {"v": int(action)}, 0.0, False, False, {}
+
+    if __name__ == "__main__":
+        with VectorEnv([Env] * 4, shared_memory=False, context=sys.argv[1], num_workers=2) as venv:
+            venv.reset(seed=0)
+            print(venv.step([1, 0, 1, 0])[0])
+    """
+)
+
+
+@pytest.mark.parametrize("context", ["fork", "forkserver", "spawn"])
+def test_a_custom_space_of_the_main_script(tmp_path, context: str) -> None:
+    """Its class is the script's own in every process (workers used to send it back by value, and
+    the parent then held a second class, unequal to env 0's). gymnasium accepts it under fork."""
+    script = tmp_path / "main_space.py"
+    script.write_text(MAIN_SPACE_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, str(script), context], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "({'v': 1}, {'v': 0}, {'v': 1}, {'v': 0})"
 
 
 def test_float64_actions_reach_the_env_as_float64() -> None:

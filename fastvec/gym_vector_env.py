@@ -8,8 +8,9 @@ same error classes; plus fastvec's own knobs (``num_workers``, ``on_error``, ...
 fastvec.PoolOptions) as keyword arguments or ``config``.
 
 Where it differs on purpose: array parts of observations always travel through shared
-memory (``shared_memory=False`` only means "accept spaces without a fixed size", whose
-parts then travel pickled, as gymnasium's do); a ``*_wait`` that times out leaves the call
+memory (``shared_memory=False`` only means "accept every space", parts without a fixed
+size then travel pickled, as gymnasium's do; with ``shared_memory=True`` Text and OneOf
+parts travel pickled too, where gymnasium lays them out in its buffers); a ``*_wait`` that times out leaves the call
 pending, so calling it again picks it up (gymnasium abandons it); a custom ``worker``
 cannot replace fastvec's worker loop.
 """
@@ -387,13 +388,20 @@ class _BatchInfos:
 
 
 def _check_static(space: Space) -> None:
-    """As gymnasium's shared_memory=True: refuse spaces without a fixed size, with its errors."""
-    if isinstance(space, (Text, Graph, SequenceSpace, OneOf)):
+    """As gymnasium's shared_memory=True: refuse the spaces it has no shared-memory layout for, with
+    its errors (Graph and Sequence; a Text, or a OneOf of laid-out spaces, it takes: fastvec pickles
+    those parts, as with shared_memory=False)."""
+    if isinstance(space, (Graph, SequenceSpace)):
         raise UnsupportedSpaceError(
             f"Space of type `{type(space)}` has a dynamic shape so its not possible to make a static shared memory. "
             "Use AsyncVectorEnv(..., shared_memory=False) (fastvec then pickles this part)."
         )
-    if isinstance(space, Dict):
+    if isinstance(space, Text):
+        return
+    if isinstance(space, OneOf):
+        for sub in space.spaces:
+            _check_static(sub)
+    elif isinstance(space, Dict):
         for sub in space.spaces.values():
             _check_static(sub)
     elif isinstance(space, Tuple):

@@ -311,7 +311,10 @@ class Shard:
                     continue
                 # copy the final observation out before the reset overwrites it
                 if plain:
-                    self._gather([results[j][0]], terminal, leaf, "step", False, j)
+                    final = results[j][0]
+                    self._gather([final], terminal, leaf, "step", False, j)
+                    if not _as_laid_out(final, leaf):  # (cast: the env's own, as the references give it)
+                        self.side_extras.append((start + j, Extra.FINAL_OBS, final))
                 else:
                     self.write_terminal(j, results[j][0], "step")
                 if migrate[start + j] and self._may_leave(j):  # its new shard resets it
@@ -555,12 +558,14 @@ class Shard:
         """Env j's final observation: its array parts into the terminal-obs buffers and, where the
         buffers would not give back the env's own object (object or scalar parts), the object itself."""
         buffer = 0
+        exact = True
         for leaf in self.leaves:
             if leaf.array:
                 part = self._parts([obs], leaf, command, [j])[0]
+                exact = exact and _as_laid_out(part, leaf)
                 self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, offset=j)
                 buffer += 1
-        if self.raw_final:
+        if self.raw_final or not exact:
             self.side_extras.append((self.start + j, Extra.FINAL_OBS, obs))
 
     def _parts(self, obs_list: list, leaf: Leaf, command: str, positions: Any) -> list:
@@ -660,6 +665,12 @@ class Shard:
                 first = first or ShardError(self.start + j, "close", exc)
         if first is not None:
             raise first
+
+
+def _as_laid_out(value: Any, leaf: Leaf) -> bool:
+    """Whether the buffer gives ``value`` back as it is: an array of the leaf's dtype and shape. A final
+    observation that is not (an env returning float64 for a float32 Box) also travels as itself."""
+    return type(value) is np.ndarray and value.dtype == leaf.dtype and value.shape == leaf.shape
 
 
 class _TagDtypes(dict):

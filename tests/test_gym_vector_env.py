@@ -297,3 +297,44 @@ def test_a_flat_batch_for_a_one_element_box_reaches_each_env_as_a_scalar() -> No
         assert [np.shape(a) for a in infos["action"]] == [(), (), ()] and infos["action"].tolist() == [0, 1, 2]
         infos = venv.step(np.zeros((3, 1)))[-1]
         assert [np.shape(a) for a in infos["action"]] == [(1,), (1,), (1,)]
+
+
+class Float64Obs(gym.Env):
+    """A float32 Box whose env returns float64 thirds (cast in the batch), ending every 2nd step."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.array([1 / 3, 2 / 3]), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([1 / 3, 2 / 3]) * self.t, 1.0, self.t % 2 == 0, False, {}
+
+
+def test_final_observations_are_the_envs_own_as_sync_vector_env() -> None:
+    """A final observation the buffers would cast (float64 for a float32 Box) is the env's own, as
+    gymnasium's final_obs and SB3's terminal_observation are."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from fastvec import SubprocVecEnv
+
+    fns = [Float64Obs] * 3
+    reference = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    with VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.SAME_STEP) as venv:
+        assert data_equivalence(venv.reset(seed=0), reference.reset(seed=0))
+        for _ in range(4):
+            got, want = venv.step(np.zeros(3, np.int64)), reference.step(np.zeros(3, np.int64))
+            assert data_equivalence(got, want), (got, want)
+        assert got[4]["final_obs"][0].dtype == np.float64
+    reference.close()
+    sb3 = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset(), sb3.reset()
+        for _ in range(2):
+            infos, want = venv.step(np.zeros(3, np.int64))[3], sb3.step(np.zeros(3, np.int64))[3]
+        for a, b in zip(infos, want):
+            assert a["terminal_observation"].dtype == b["terminal_observation"].dtype == np.float64
+            np.testing.assert_array_equal(a["terminal_observation"], b["terminal_observation"])

@@ -44,8 +44,8 @@ def test_run_child_kills_a_grandchild_in_its_own_process_group_and_does_not_wait
     # child's stdout open: the child's exit must still end the run at once, and the session sweep kill it
     code = textwrap.dedent(
         """
-        import subprocess, sys
-        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], process_group=0)
+        import os, subprocess, sys
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=os.setpgrp)
         print(p.pid, flush=True)
         """
     )

@@ -352,10 +352,19 @@ class AsyncBatches:
         position = positions[k] + first
         if len(self.inflight) > 1:  # several done: the one sent first (the inflight dict keeps send order)
             position = self._oldest_done(position)
+        command, slot = self.inflight[position]
+        remote = pool._remotes[position - first]
         try:
-            command, slot = self.inflight.pop(position)
-            remote = pool._remotes[position - first]
-            reply = pool._recv(remote, "recv") if pool._control_words[pool._message_words[position - first]] else None
+            reply = None
+            if pool._control_words[pool._message_words[position - first]]:
+                try:
+                    reply = pool._recv(remote, "step" if command is _STEP else "reset")
+                except WorkerDiedError:  # it finished, then died before its message was read: its results are lost
+                    if pool.on_error != "restart":
+                        raise
+                    self._check_lives([position - first])  # respawned: its replacement's results join ``ready``
+                    return
+            del self.inflight[position]
             extras, error = None, None
             if reply is not None:
                 kind, payload = reply

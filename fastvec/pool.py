@@ -847,6 +847,14 @@ class Pool:
             if control[remote.base + _HAS_MESSAGE]:
                 try:
                     p.replies[position] = self._recv(remote, p.name)
+                except WorkerDiedError as exc:  # it finished the command, then died before its message was read
+                    if self.on_error != "restart":
+                        self._break(exc)
+                        raise
+                    if p.command is _STEP or p.command is _RESET:  # its results are lost with the message
+                        self._respawn(position, p)
+                    else:  # a call: it fails naming the worker, and the next step or reset replaces it
+                        p.lost.add(position)
                 except BaseException as exc:  # a message half read leaves the pipe out of step
                     self._break(exc)
                     raise

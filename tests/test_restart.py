@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from functools import partial
 
 import numpy as np
@@ -198,3 +200,71 @@ def test_env_whose_remake_fails_is_never_stepped_again(tmp_path, front: str, bad
         for _ in range(2):
             venv.step(actions)
         assert venv.pool.call("get_attr", [bad_index], ("flaky",)) == [False]  # made again
+
+
+class SlowToSend:
+    """An info value whose pickling leaves the file ``marker`` and then takes 5 s: a worker that
+    finished its step is killed while it sends its results."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            time.sleep(5)
+        return (SlowToSend, (self.marker,))
+
+
+class SlowInfoEnv(envs.FailingEnv):
+    def __init__(self, marker: str | None):
+        super().__init__(None)
+        self.marker = marker
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        return obs, reward, term, trunc, ({"slow": SlowToSend(self.marker)} if self.marker else {})
+
+
+def _kill_when(marker: str, pid: int) -> threading.Thread:
+    def kill():
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["step", "recv"])
+def test_a_worker_killed_while_it_sends_its_results_is_replaced(tmp_path, batches: bool) -> None:
+    """It finished its step, and died before the parent read its message (infos): with
+    on_error="restart" it is replaced as a worker that died in the step (the pool used to break)."""
+    marker = str(tmp_path / "sending")
+    fns = [partial(SlowInfoEnv, marker if i >= 2 else None) for i in range(4)]
+    options = {"batch_size": 2} if batches else {"num_workers": 2}
+    with SubprocVecEnv(fns, start_method="fork", step_in_parent=False, on_error="restart", **options) as venv:
+        if batches:
+            venv.async_reset()
+            for _ in range(2):
+                venv.recv()
+            killer = _kill_when(marker, venv.pool.worker_pids[1])
+            venv.send(np.zeros(2, np.int64), [2, 3])
+            killer.join()
+            with pytest.warns(RuntimeWarning, match="died during 'step'"):
+                _, _, dones, infos, ids = venv.recv()
+            assert ids.tolist() == [2, 3] and dones.all()
+            assert all("fastvec.restarted" in info and info["TimeLimit.truncated"] for info in infos)
+            venv.send(np.zeros(2, np.int64), [0, 1])
+            assert venv.recv()[4].tolist() == [0, 1]
+            return
+        venv.reset()
+        killer = _kill_when(marker, venv.pool.worker_pids[1])
+        with pytest.warns(RuntimeWarning, match="died during 'step'"):
+            _, _, dones, infos = venv.step(np.zeros(4, np.int64))
+        killer.join()
+        assert dones.tolist() == [False, False, True, True]
+        assert all("fastvec.restarted" in infos[i] for i in (2, 3))
+        venv.step(np.zeros(4, np.int64))

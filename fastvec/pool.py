@@ -956,6 +956,8 @@ class Pool:
             extras = [entry for entry in extras if entry[1] != Extra.RELEASED]
             try:
                 extras += self._settle_moves(moved, slot)
+            except EnvError:  # every env arrived; one's reset after moving raised, as an autoreset can
+                raise
             except BaseException as exc:  # an env left one shard and did not arrive in the other
                 self._break(exc)
                 raise
@@ -1074,8 +1076,8 @@ class Pool:
     def request_move(self, source: int, target: int, around: bool = False) -> int | None:
         """Ask the env on the boundary between shard ``source`` and its neighbour ``target`` to move
         there at its next episode end. Returns its index, or None when no move is possible now
-        (``source`` has one env left, or that env is already moving, or either shard is parked or
-        being emptied). Neighbours are next to each other, or have only empty shards between them.
+        (``source`` has one env left, or that env is already moving, or an env is moving across the
+        same boundary the other way, or either shard is parked or being emptied). Neighbours are next to each other, or have only empty shards between them.
 
         ``around``: across the ring's end, between the last worker's shard with envs and this
         process's own (shard 0), which then steps envs at both ends of the index range (its envs
@@ -1099,6 +1101,10 @@ class Pool:
         if not self.can_move or (around and not self.wraps):
             return None  # DISABLED: no episode end to move at; batches: a group is a batch
         if {source, target} & (self._draining | set(self._parked)):
+            return None
+        if (target, source, around) in self._moves.values():
+            # the boundary is moving the other way: the two envs would cross (the one arriving would no
+            # longer border its new shard's other side, and the one leaving would wait for ever)
             return None
         envs = self.envs_of(source)
         if around:  # the last worker's top env up, or shard 0's lowest wrapped env down
@@ -1263,6 +1269,7 @@ class Pool:
     def _settle_moves(self, released: list, slot: int) -> list:
         """Envs that left their shard at their episode end join the neighbour that asked for them."""
         extras: list = []
+        failed: list[EnvError] = []
         for index, _, package in released:
             source, target, around = self._moves.pop(index)
             self._views.migrate[index] = 0
@@ -1282,15 +1289,26 @@ class Pool:
             for remote in self._all_remotes():
                 remote.envs = self.shard_envs[remote.index]
             self._views.env_worker[index] = target
+            # (an env whose reset after moving raises has moved all the same: its error is raised once
+            # every move is settled, as an autoreset's would be, and the pool stays usable)
             if target == 0 and self._local is not None:
                 part = self._wrap_part() if around else self._head
-                result = {"info": part.adopt(index, package, slot), "extras": part.finish_extras(None)}
+                try:
+                    info = part.adopt(index, package, slot)
+                except ShardError as err:
+                    failed.append(env_errors(err.payloads()))
+                    info = None
+                result = {"info": info, "extras": part.finish_extras(None)}
             else:
                 if not isinstance(package, (bytes, bytearray)):
                     import cloudpickle
 
                     package = cloudpickle.dumps(package)  # from this process's own shard to a worker
-                (result,) = self.call("adopt", [index], (package, slot))
+                try:
+                    (result,) = self.call("adopt", [index], (package, slot))
+                except EnvError as err:
+                    failed.append(err)
+                    result = {"info": None, "extras": None}
             if result["info"]:
                 extras.append((index, Extra.RESET_INFO, result["info"]))
             extras += result["extras"] or []
@@ -1299,6 +1317,10 @@ class Pool:
                 self._local = self._head
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
+        if failed:
+            failed.sort(key=lambda err: err.env_index)
+            failed[0].others = failed[1:] + failed[0].others
+            raise failed[0]
         return extras
 
     def _wrap_part(self) -> Shard:

@@ -633,6 +633,8 @@ class Shard:
         if request == "adopt":  # an env moving in from a neighbour (fastvec.migrate)
             try:
                 return [self.adopt_call(indices[0], *args)]
+            except ShardError:  # its reset after moving raised: that error, naming the env
+                raise
             except Exception as exc:
                 raise ShardError(indices[0], "adopt (moving an env)", exc) from exc
         # every env gets arguments of its own, and the caller copies of what the envs return, as through

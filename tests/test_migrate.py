@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-from fastvec import SubprocVecEnv, VectorEnv
+from fastvec import EnvError, SubprocVecEnv, VectorEnv
 from tests import envs
 
 N = 6
@@ -101,6 +102,61 @@ def test_move_requests_are_refused_where_they_cannot_apply() -> None:
         assert pool.request_move(1, 0) is None  # already moving
         with pytest.raises(ValueError, match="neighbouring"):
             pool.request_move(0, 2)
+
+
+def test_a_boundary_moves_one_way_at_a_time() -> None:
+    """A move across a boundary that an env is crossing the other way is refused until that one is
+    done (both used to be taken: ending in one step the pool broke, in different steps the second
+    env never left and the shard could not be parked)."""
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        assert pool.request_move(1, 0) == 2
+        assert pool.request_move(0, 1) is None
+        for _ in range(600):
+            venv.step(np.zeros(4, dtype=np.int64))
+            if pool.shard_envs[0] == range(0, 3):
+                break
+        assert pool.shard_envs == [range(0, 3), range(3, 4)]
+        assert pool.request_move(0, 1) == 2
+
+
+class SecondResetFails(envs.FailingEnv):
+    """Episodes of 3 steps; a ``bad`` env's second reset (after its first episode) raises."""
+
+    def __init__(self, bad: bool):
+        super().__init__(None)
+        self.bad, self.resets = bad, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.bad and self.resets == 2:
+            raise ValueError("boom in the reset after moving")
+        self.steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, _, _, info = super().step(action)
+        return obs, reward, self.steps >= 3, False, info
+
+
+@pytest.mark.parametrize(("source", "target", "moving"), [(1, 0, 2), (0, 1, 1)], ids=["to-the-caller", "to-a-worker"])
+def test_an_env_whose_reset_after_moving_raises(source: int, target: int, moving: int) -> None:
+    """It moved all the same: its error is the env's (an EnvError that is also a ValueError), as an
+    autoreset's would be, and the pool stays usable (it used to break, with an internal error)."""
+    fns = [partial(SecondResetFails, i == moving) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        assert pool.request_move(source, target) == moving
+        for _ in range(2):
+            venv.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(ValueError, match="boom in the reset after moving") as info:
+            venv.step(np.zeros(4, dtype=np.int64))
+        assert isinstance(info.value, EnvError) and info.value.env_index == moving
+        assert pool.state.value == "idle" and moving in pool.envs_of(target)
+        for _ in range(4):
+            venv.step(np.zeros(4, dtype=np.int64))
 
 
 def test_a_respawned_worker_makes_the_envs_it_owns_after_moves() -> None:

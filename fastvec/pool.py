@@ -313,6 +313,7 @@ class Pool:
             self._start(remote_shards)
             self._async = AsyncBatches(self, opts.batch_size) if asynchronous else None
             self._pin()
+            self._sampler = Sampler(self)  # (the first stats() covers the time since the start)
             if opts.monitor:
                 self._monitor = Monitor(self, interval=opts.monitor_interval)
                 self._monitor.start()
@@ -1455,9 +1456,7 @@ class Pool:
         """What every shard did since the previous call (or since the pool started): steps/s, busy
         share, command-time percentiles, CPU use, cores, and for the pool the throughput, the
         straggler ratio and the share of time the calling process spends outside the pool."""
-        if self._sampler is None:
-            self._sampler = Sampler(self)
-        return self._sampler.sample()
+        return self._sampler.sample()  # type: ignore[union-attr]
 
     @property
     def monitor_events(self) -> list:

@@ -26,10 +26,10 @@ def test_percentiles_from_power_of_two_bins() -> None:
 def test_a_snapshot_of_every_shard() -> None:
     with Pool([envs.make_cartpole] * 4, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
         pool.reset()
-        pool.stats()  # the next sample covers what follows
         for _ in range(300):
             pool.step(np.zeros(4, np.int64))
-        snap = pool.stats()
+        snap = pool.stats()  # the first: since the pool started (it used to cover only the call itself)
+        assert snap.interval_s > 0.001 and sum(s.steps_per_s for s in snap.shards) * snap.interval_s >= 1200
         parent, worker = snap.shards
         assert parent.in_parent and parent.pid == os.getpid() and parent.envs == range(0, 2)
         assert not worker.in_parent and worker.pid == pool.worker_pids[0] and worker.envs == range(2, 4)

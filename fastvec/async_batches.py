@@ -41,7 +41,7 @@ from fastvec.errors import (
     WorkerDiedError,
     env_errors,
 )
-from fastvec.protocol import POLL_NS, Command, Extra, StepFlag, dumps_payload
+from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps_payload
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -102,7 +102,8 @@ class AsyncBatches:
         self._offsets = np.arange(self.group_size)
         self.running = [False] * len(groups)  # per group: in flight, or done and not yet received
         self.issued = [0.0] * len(groups)  # per group: when its command was issued (kept with a step_timeout)
-        self._local_objects: list | None = None  # the object parts of the own group's pending actions
+        self._local_objects: list | None = None  # the object parts of the own group's pending actions (or reset options)
+        self._reset_options: list | None = None  # async_reset's options (a worker respawned in it needs them)
         self._own_passed = 0  # times a worker's group was taken while the own group waited to be stepped
         self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
         # views of the shared block made once, not per call (issue 12: each numpy slice or fancy index costs
@@ -136,19 +137,38 @@ class AsyncBatches:
         return bool(self.inflight or self.ready)
 
     # -- giving work ----------------------------------------------------------------------------
-    def async_reset(self, seeds: list | None = None) -> None:
+    def async_reset(self, seeds: list | None = None, options: list | None = None) -> None:
+        """Reset every env, with per-env ``seeds`` and ``options`` (each env's dict, passed when not empty,
+        as SB3's reset passes them)."""
         pool = self.pool
         self._check_quiet("async_reset")
         views = pool._views
+        n = pool.num_envs
+        if options is not None:
+            options = list(options)
+            if len(options) != n:
+                raise ValueError(f"expected {n} option dicts (one per env), got {len(options)}")
+            if not any(options):
+                options = None
+        payloads = None
+        if options is not None:  # pickled before anything is issued: an unpicklable option leaves the pool idle
+            payloads = {
+                remote.index: dumps_payload(options[remote.envs.start : remote.envs.stop], "reset options", remote.envs)
+                for remote in pool._remotes
+            }
         if seeds is None:
             views.seed_mask[:] = False
         else:
-            if len(seeds) != pool.num_envs:
-                raise ValueError(f"expected {pool.num_envs} seeds (one per env), got {len(seeds)}")
+            if len(seeds) != n:
+                raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
             seeds = pool._send_big_seeds(seeds, None)
             views.seed_mask[:] = [s is not None for s in seeds]
             views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
-        self._give(list(range(len(self.groups))), Command.RESET, 0, None)
+        if options is not None and self.first_remote:  # the own group's, for recv() to reset it with
+            own = self.groups[0]
+            self._local_objects = options[own.start : own.stop]
+        self._reset_options = options
+        self._give(list(range(len(self.groups))), Command.RESET, int(ResetFlag.HAS_OPTIONS) if options else 0, payloads)
 
     def send(self, actions: Any, env_ids: Any) -> None:
         """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each)."""
@@ -279,7 +299,7 @@ class AsyncBatches:
             raise AlreadyPendingCallError(f"{call}() called while batches are still running: recv() them first", "step")
 
     # -- collecting -----------------------------------------------------------------------------
-    def recv(self, timeout: float | None = None, copy: bool = True) -> AsyncBatch:
+    def recv(self, timeout: float | None = None, copy: bool = True, batch_object: Any = None) -> AsyncBatch:
         """The first ``batch_size`` envs that finished (whole groups), in env-id order: copies, or
         with ``copy=False`` and a batch of one group (the default layout), views into the ring
         (valid until those envs are sent their next actions and step)."""
@@ -297,7 +317,7 @@ class AsyncBatches:
         taken = list(itertools.islice(ready, groups))
         failed = [payload for _, _, _, error in taken if error for payload in error]
         error = env_errors(failed) if failed else None
-        batch = self._batch(taken, copy) if error is None else None
+        batch = self._batch(taken, copy, batch_object) if error is None else None
         try:
             for entry in taken:
                 ready.popleft()
@@ -410,8 +430,8 @@ class AsyncBatches:
         try:
             if command is _STEP:
                 extras = pool._step_local((slot, objects), time.perf_counter_ns())
-            else:  # async_reset: every env, with the seeds in the shared block, no options
-                extras = pool._reset_local(slot, None, False, False)
+            else:  # async_reset: every env, with the seeds in the shared block and its options
+                extras = pool._reset_local(slot, objects, False, False)
         except ShardError as err:
             error = err.payloads()
         except BaseException as exc:
@@ -454,7 +474,8 @@ class AsyncBatches:
                 error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, "step")
                 pool._break(error)
                 raise error
-            p = _Pending(command, "step" if command is Command.STEP else "reset", slot)
+            resetting = command is Command.RESET
+            p = _Pending(command, "reset" if resetting else "step", slot, reset_options=self._reset_options if resetting else None)
             pool._respawn(position, p)  # its replacement does its share, and marks it done
             reports = [(i, Extra.RESTARTED, {"error": "worker process died", "command": p.name}) for i in remote.envs]
             group = position + self.first_remote
@@ -462,7 +483,7 @@ class AsyncBatches:
             self.slots[group] = slot
             self.ready.append((group, slot, reports + (p.respawned.get(position) or []), None))
 
-    def _batch(self, taken: list, copy: bool) -> AsyncBatch:
+    def _batch(self, taken: list, copy: bool, batch_object: Any = None) -> AsyncBatch:
         pool = self.pool
         if len(taken) == 1:  # one group (the usual batch): its rows' views, made once, and no lists to join
             position, slot, extras, _ = taken[0]
@@ -501,7 +522,8 @@ class AsyncBatches:
                     leaf_parts.append(next(arrays))
                 else:
                     column = next(objects)
-                    leaf_parts.append(tuple(column[i] for i in env_ids))
+                    values = [column[i] for i in env_ids]
+                    leaf_parts.append(batch_object(leaf, values) if batch_object is not None else tuple(values))
             obs = assemble(pool.observation_space, leaf_parts)
         return AsyncBatch(pool, env_ids, obs, rewards, terminated, truncated, extras, parts)
 

@@ -684,18 +684,21 @@ class Pool:
         return self.reset_wait()
 
     # -- asynchronous batches (batch_size below num_envs; fastvec.async_batches) ------------------
-    def async_reset(self, seeds: Sequence[int | None] | None = None) -> None:
-        """Start resetting every env; ``recv()`` returns them, ``batch_size`` at a time."""
-        self._asynchronous("async_reset").async_reset(None if seeds is None else list(seeds))
+    def async_reset(self, seeds: Sequence[int | None] | None = None, options: Sequence[Any] | None = None) -> None:
+        """Start resetting every env (per-env ``seeds`` and ``options``); ``recv()`` returns them, ``batch_size`` at a time."""
+        self._asynchronous("async_reset").async_reset(
+            None if seeds is None else list(seeds), None if options is None else list(options)
+        )
 
     def send(self, actions: Any, env_ids: Any) -> None:
         """Step the envs ``env_ids`` (those a ``recv()`` returned) with ``actions`` (a row each)."""
         self._asynchronous("send").send(actions, env_ids)
 
-    def recv(self, timeout: float | None = None, copy: bool = True) -> AsyncBatch:
+    def recv(self, timeout: float | None = None, copy: bool = True, batch_object: Any = None) -> AsyncBatch:
         """The first ``batch_size`` envs whose step or reset finished (``AsyncBatch.env_ids``);
-        ``copy=False``: views into the ring where the batch is one group (a worker's or the caller's own)."""
-        return self._asynchronous("recv").recv(timeout, copy)
+        ``copy=False``: views into the ring where the batch is one group (a worker's or the caller's own).
+        Object parts (Text, Graph, ...) are batched by ``batch_object(leaf, values)`` (default: a tuple)."""
+        return self._asynchronous("recv").recv(timeout, copy, batch_object)
 
     def _asynchronous(self, call: str) -> AsyncBatches:
         if self._async is None:

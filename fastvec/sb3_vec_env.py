@@ -128,9 +128,11 @@ class SubprocVecEnv(_VecEnvBase):
 
     # -- asynchronous batches (batch_size below num_envs), EnvPool's API --------------------------
     def async_reset(self) -> None:
-        """Start resetting every env (with the seeds of ``seed()``); ``recv()`` returns them in batches."""
-        self.pool.async_reset(self._seeds)
+        """Start resetting every env (with the seeds of ``seed()`` and the options of ``set_options()``, used
+        once, as by ``reset()``); ``recv()`` returns them in batches."""
+        self.pool.async_reset(self._seeds, self._options if any(self._options) else None)
         self._reset_seeds()
+        self._reset_options()
 
     def send(self, actions: Any, env_ids: Any) -> None:
         """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each."""
@@ -140,7 +142,7 @@ class SubprocVecEnv(_VecEnvBase):
         """``(obs, rewards, dones, infos, env_ids)`` of the first ``batch_size`` envs that finished,
         with SB3's infos (``TimeLimit.truncated``, ``terminal_observation``). ``copy=False``
         (default: the ``copy`` it was made with): obs and rewards are views into the ring (see Pool.recv), valid until the next ``send``."""
-        batch = self.pool.recv(copy=self.copy if copy is None else copy)
+        batch = self.pool.recv(copy=self.copy if copy is None else copy, batch_object=_stack)
         dones = batch.terminated | batch.truncated
         ended = dones.tolist()  # (lists: numpy scalars cost a microsecond per env here)
         ids = batch.env_ids.tolist()

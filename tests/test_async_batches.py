@@ -397,11 +397,11 @@ def test_an_interrupt_while_recv_makes_its_batch_leaves_it_for_the_next_recv(mon
     make_batch = AsyncBatches._batch
     lost: list = []  # the envs of the batch the interrupt hit
 
-    def interrupted_once(self, taken, copy):
+    def interrupted_once(self, taken, copy, batch_object=None):
         if not lost:
             lost.extend(i for position, *_ in taken for i in self.groups[position])
             raise KeyboardInterrupt
-        return make_batch(self, taken, copy)
+        return make_batch(self, taken, copy, batch_object)
 
     with Pool([envs.make_cartpole] * 8, batch_size=4, num_workers=2, step_in_parent=False, start_method="fork") as pool:
         pool.async_reset()
@@ -452,3 +452,37 @@ def test_async_reset_with_seeds_beyond_64_bits() -> None:
         got = sorted([pool.recv(), pool.recv()], key=lambda batch: batch.env_ids[0])
         expected = [gym.make("CartPole-v1").reset(seed=2**64 + i)[0] for i in range(4)]
         np.testing.assert_array_equal(np.concatenate([batch.obs for batch in got]), np.stack(expected))
+
+
+class OptionsEcho(envs.FailingEnv):
+    def reset(self, *, seed=None, options=None):
+        obs, _ = super().reset(seed=seed, options=options)
+        return obs, {"options": options}
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["workers", "own-group"])
+def test_async_reset_uses_set_options_once(own: bool) -> None:
+    """SB3's set_options() reaches the envs in async_reset(), once, as in reset() (it used to be left
+    for a later reset)."""
+    with SubprocVecEnv([OptionsEcho] * 4, start_method="fork", batch_size=2, step_in_parent=own) as venv:
+        venv.set_options({"level": 3})
+        venv.async_reset()
+        got = [venv.recv(), venv.recv()]
+        assert sorted(i for batch in got for i in batch[4].tolist()) == [0, 1, 2, 3]
+        assert venv.reset_infos == [{"options": {"level": 3}}] * 4
+        venv.async_reset()
+        for _ in range(2):
+            venv.recv()
+        assert venv.reset_infos == [{"options": None}] * 4
+
+
+def test_sb3_batches_hold_text_parts_as_its_synchronous_steps() -> None:
+    """Text parts come batched as SB3's SubprocVecEnv batches them (np.stack), in recv() as in step()."""
+    space = gym.spaces.Dict({"word": gym.spaces.Text(5), "pos": gym.spaces.Box(-1, 1, (2,), np.float32)})
+    fns = [partial(envs.EchoEnv, space, gym.spaces.Discrete(2))] * 4
+    with SubprocVecEnv(fns, start_method="fork", batch_size=2) as venv:
+        venv.async_reset()
+        obs = venv.recv()[0]
+        assert isinstance(obs["word"], np.ndarray) and obs["word"].shape == (2,) and obs["word"].dtype.kind == "U"
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        assert isinstance(venv.reset()["word"], np.ndarray)

@@ -312,9 +312,8 @@ class Shard:
                 # copy the final observation out before the reset overwrites it
                 if plain:
                     final = results[j][0]
-                    self._gather([final], terminal, leaf, "step", False, j)
-                    if not _as_laid_out(final, leaf):  # (cast: the env's own, as the references give it)
-                        self.side_extras.append((start + j, Extra.FINAL_OBS, final))
+                    if self._gather([final], terminal, leaf, "step", False, j, cast=True):
+                        self.side_extras.append((start + j, Extra.FINAL_OBS, final))  # the env's own, uncast
                 else:
                     self.write_terminal(j, results[j][0], "step")
                 if migrate[start + j] and self._may_leave(j):  # its new shard resets it
@@ -558,14 +557,13 @@ class Shard:
         """Env j's final observation: its array parts into the terminal-obs buffers and, where the
         buffers would not give back the env's own object (object or scalar parts), the object itself."""
         buffer = 0
-        exact = True
+        cast = False
         for leaf in self.leaves:
             if leaf.array:
                 part = self._parts([obs], leaf, command, [j])[0]
-                exact = exact and _as_laid_out(part, leaf)
-                self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, offset=j)
+                cast = self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, j, cast=True) or cast
                 buffer += 1
-        if self.raw_final or not exact:
+        if self.raw_final or cast:  # (an array part cast to the space's dtype: the env's own, as the references give)
             self.side_extras.append((self.start + j, Extra.FINAL_OBS, obs))
 
     def _parts(self, obs_list: list, leaf: Leaf, command: str, positions: Any) -> list:
@@ -581,11 +579,14 @@ class Shard:
                 ) from exc
         return parts
 
-    def _gather(self, items: list, dst: np.ndarray, leaf: Leaf, command: str, checking: bool, offset: int = 0) -> None:
-        """Copy ``items`` into rows ``start + offset + k`` of ``dst``; any failure names its env."""
+    def _gather(
+        self, items: list, dst: np.ndarray, leaf: Leaf, command: str, checking: bool, offset: int = 0, cast: bool = False
+    ) -> bool:
+        """Copy ``items`` into rows ``start + offset + k`` of ``dst``; any failure names its env. With
+        ``cast``, returns whether some item was an array of another dtype (cast on the way in)."""
         first = self.start + offset
         try:
-            code = kernels.gather_rows(items, dst, first, checking)
+            code = kernels.gather_rows(items, dst, first, checking or cast)
         except Exception:
             # a value the row's dtype cannot hold (300 into uint8) or cannot convert: find whose
             for k, item in enumerate(items):
@@ -599,7 +600,9 @@ class Shard:
                     ) from exc
             raise
         if code == -1:
-            return
+            return False
+        if code <= -2 and not checking:
+            return True
         k = code if code >= 0 else -2 - code
         got = np.asarray(items[k])
         if code >= 0:
@@ -618,6 +621,7 @@ class Shard:
             f"returned an observation{_where(leaf)} of dtype {got.dtype}; the observation space says "
             f"{leaf.dtype} (values were cast)",
         )
+        return True
 
     # -- rare commands -------------------------------------------------------------------------
     def part(self, values: list) -> list:
@@ -667,12 +671,6 @@ class Shard:
                 first = first or ShardError(self.start + j, "close", exc)
         if first is not None:
             raise first
-
-
-def _as_laid_out(value: Any, leaf: Leaf) -> bool:
-    """Whether the buffer gives ``value`` back as it is: an array of the leaf's dtype and shape. A final
-    observation that is not (an env returning float64 for a float32 Box) also travels as itself."""
-    return type(value) is np.ndarray and value.dtype == leaf.dtype and value.shape == leaf.shape
 
 
 class _TagDtypes(dict):

@@ -126,6 +126,11 @@ class FastvecBackend(Backend):
         whose ``parts`` say which ring slot holds which envs' results."""
         return self.pool.recv(copy=False)
 
+    @property
+    def group_size(self) -> int:
+        """async_envs: the envs of a group (one worker's), the unit ``recv`` returns them in."""
+        return self.pool._async.group_size  # type: ignore[union-attr]
+
     def utilisation(self) -> dict[str, float]:
         """Each shard's busy share (fastvec.stats) since the previous call, and the monitor's moves."""
         stats = self.pool.stats()
@@ -160,8 +165,17 @@ class FastvecBackend(Backend):
 class _CopyBackend(Backend):
     """Owns a ring of plain (optionally pinned) buffers and copies every step's results into it."""
 
+    def _allocate_or_close(self, num_slots: int, pin: bool) -> None:
+        try:
+            self._allocate(num_slots, pin)
+        except BaseException:  # (a space the trainer cannot take: the vector env's workers must not outlive it)
+            self.venv.close()
+            raise
+
     def _allocate(self, num_slots: int, pin: bool) -> None:
         space, n = self.observation_space, self.num_envs
+        if not isinstance(space, gym.spaces.Box):  # (as the fastvec backend says)
+            raise TypeError(f"the trainer supports single-array (Box) observations, got {space}")
 
         def buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
             dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
@@ -212,7 +226,7 @@ class GymBackend(_CopyBackend):
         self.num_envs = self.venv.num_envs
         self.observation_space = self.venv.single_observation_space
         self.action_space = self.venv.single_action_space
-        self._allocate(num_slots, pin)
+        self._allocate_or_close(num_slots, pin)
 
     def reset(self, seeds: list[int]) -> int:
         obs, _info = self.venv.reset(seed=list(seeds))
@@ -247,7 +261,7 @@ class SB3SubprocBackend(_CopyBackend):
         self.num_envs = self.venv.num_envs
         self.observation_space = self.venv.observation_space
         self.action_space = self.venv.action_space
-        self._allocate(num_slots, pin)
+        self._allocate_or_close(num_slots, pin)
 
     def reset(self, seeds: list[int]) -> int:
         if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):

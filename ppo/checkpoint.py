@@ -15,7 +15,7 @@ from torch import nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "CHECKPOINT_NAMES"]
 
-# in the order find_checkpoint prefers them when given a run folder
+# what find_checkpoint looks for in a run folder (best.pt only where neither of the others is there)
 CHECKPOINT_NAMES = ("latest.pt", "final.pt", "best.pt")
 
 
@@ -52,18 +52,20 @@ def save_checkpoint(
 
 
 def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
-    """``path`` itself if it is a file; in a run folder, ``prefer`` or the first of CHECKPOINT_NAMES that exists."""
+    """``path`` itself if it is a file; in a run folder, ``prefer``, or the newest state: of latest.pt
+    and final.pt the one written last (a finished run's final.pt is newer than its last latest.pt,
+    and a resumed run's latest.pt newer than the final.pt it resumed from), else best.pt."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint file or run folder at {path}")
     names = (prefer,) if prefer else CHECKPOINT_NAMES
-    for name in names:
-        candidate = path / name
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{path} holds none of {list(names)}")
+    found = [path / name for name in names if (path / name).is_file()]
+    if not found:
+        raise FileNotFoundError(f"{path} holds none of {list(names)}")
+    states = [candidate for candidate in found if candidate.name != "best.pt"] or found
+    return max(states, key=lambda candidate: candidate.stat().st_mtime_ns)
 
 
 def load_checkpoint(

@@ -257,10 +257,16 @@ class Distributed:
         return mean, squares / count, int(count)
 
     def normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
-        """``(A - mean) / (std + 1e-8)`` with the mean and (unbiased) std of every rank's advantages."""
+        """``(A - mean) / (std + 1e-8)`` with the mean and (unbiased) std of every rank's advantages.
+        A minibatch of one advantage (in all) is left as it is, as SB3 does: its unbiased std is NaN,
+        which would turn every weight into NaN."""
         if self.world_size == 1:
+            if advantages.numel() < 2:
+                return advantages
             return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         mean, var, count = self.mean_var(advantages.reshape(-1))
+        if count < 2:
+            return advantages
         std = (var * count / (count - 1)).sqrt()
         return ((advantages.double() - mean) / (std + 1e-8)).to(advantages.dtype)
 

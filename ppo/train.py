@@ -27,6 +27,7 @@ rank runs this same loop on its own envs, and a few calls into ``ppo.distributed
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import json
@@ -277,23 +278,34 @@ class Trainer:
         the policy computes the other half's actions. Each env still takes num_steps steps with the
         rollout's policy, and each half advances its own ring slot one per step, so step t of every env
         lands in the slot it does in synchronous mode: the storage, the advantages and the update are
-        the same. Returns True when the task got solved (after the envs still stepping have finished)."""
+        the same. Returns True when the task got solved (after the envs still stepping have finished).
+
+        Groups (a worker's envs) are taken in the order they were sent, whichever finished first: the
+        random draws, the episodes' order and the policy's batches do not depend on timing, so the same
+        seed gives the same run."""
         config, agent, storage, backend = self.config, self.agent, self.storage, self.backend
         num_steps, gamma = config.num_steps, config.gamma
         t_env = np.zeros(config.num_envs, dtype=np.int64)  # per env: the step whose action it needs next
         half = config.num_envs // 2
+        sent: collections.deque = collections.deque()  # the groups' first envs, in the order they were sent
+        held: dict[int, tuple] = {}  # first env -> (slot, start, stop, rewards, terminated, truncated) received
         # every env's first observation is in the rollout's first slot: send one half, then the other
         for ids in (np.arange(half), np.arange(half, config.num_envs)):
-            self._act_async(ids, [(storage.slot(0), int(ids[0]), int(ids[-1]) + 1)], t_env)
+            self._act_async(ids, [(storage.slot(0), int(ids[0]), int(ids[-1]) + 1)], t_env, sent)
         running, solved = config.num_envs, False
         while running:
-            batch = backend.recv()
-            ids = batch.env_ids
+            while sent[0] not in held:
+                batch = backend.recv()
+                at = 0
+                for slot, start, stop in batch.parts:
+                    rows = slice(at, at + stop - start)
+                    held[start] = (slot, start, stop, batch.rewards[rows], batch.terminated[rows], batch.truncated[rows])
+                    at += stop - start
+            slot, start, stop, rewards, terminated, truncated = held.pop(sent.popleft())
+            ids = np.arange(start, stop)
             t = t_env[ids]  # the step each of these envs just took (their results are in slot(t + 1))
-            for slot, start, stop in batch.parts:
-                storage.arrived_rows(slot, start, stop)
+            storage.arrived_rows(slot, start, stop)
             self.global_step += len(ids) * self.dist.world_size
-            rewards, terminated, truncated = batch.rewards, batch.terminated, batch.truncated
             done = terminated | truncated
             if self.reward_rms is not None:
                 self.discounted_returns[ids] = self.discounted_returns[ids] * gamma + rewards
@@ -313,23 +325,26 @@ class Trainer:
                 solved = True  # stop: send nothing more, receive what still steps
             t_env[ids] = t + 1
             running -= len(ids)
-            # the groups (whole workers' envs) of this batch with steps left act on the observations just written
-            parts = [part for part in batch.parts if t_env[part[1]] < num_steps] if not solved else []
-            if parts:
-                more = np.concatenate([np.arange(start, stop) for _, start, stop in parts])
-                self._act_async(more, parts, t_env)
-                running += len(more)
+            # the group, with steps left, acts on the observations just written
+            if not solved and t_env[start] < num_steps:
+                self._act_async(ids, [(slot, start, stop)], t_env, sent)
+                running += len(ids)
         self.slot = storage.slot(num_steps)  # where every env's last observation is, as after a sync rollout
         return solved
 
-    def _act_async(self, ids: np.ndarray, parts: list[tuple[int, int, int]], t_env: np.ndarray) -> None:
-        """Sample actions for envs ``ids`` (observations in ``parts``) at their steps ``t_env[ids]``; send them."""
+    def _act_async(
+        self, ids: np.ndarray, parts: list[tuple[int, int, int]], t_env: np.ndarray, sent: collections.deque
+    ) -> None:
+        """Sample actions for envs ``ids`` (observations in ``parts``) at their steps ``t_env[ids]``; send them
+        (their groups' first envs join ``sent``)."""
         storage = self.storage
         with torch.no_grad(), self.autocast():
             action = self.agent.sample(storage.rows(parts))
         steps = torch.from_numpy(t_env[ids]).to(storage.device)
         storage.actions[steps, torch.from_numpy(ids).to(storage.device)] = action
         self.backend.send(self._env_action(action), ids)  # type: ignore[attr-defined]
+        group = self.backend.group_size  # type: ignore[attr-defined]
+        sent.extend(range(int(ids[0]), int(ids[-1]) + 1, group))
 
     def share_episodes(self) -> bool:
         """Distributed: add every rank's episodes of this rollout to ``self.episodes`` (on every rank, so all
@@ -537,7 +552,7 @@ class Trainer:
             best_state = self.agent.state_dict()
             best_step = self.global_step
         self._save_best(best_state, best_return, best_step)
-        return self._finish(train_wall)
+        return self._finish(train_wall, self.global_step - start_step)
 
     def _save(self, name: str) -> Path | None:
         """A checkpoint to resume from. Distributed: called on every rank (it gathers each rank's generator
@@ -571,7 +586,8 @@ class Trainer:
             mean_return_100=float(mean_return),
         )
 
-    def _finish(self, train_wall: float) -> dict[str, Any]:
+    def _finish(self, train_wall: float, trained_steps: int) -> dict[str, Any]:
+        """``trained_steps``: the steps of this run's training (a resumed run's start excluded)."""
         config, solved_at = self.config, self.solved_at
         self._save("final.pt")
         eval_returns = np.zeros(0)
@@ -604,7 +620,7 @@ class Trainer:
             "global_step": self.global_step,
             "iterations": self.iteration,
             "train_wall_s": train_wall,
-            "sps": self.global_step / max(train_wall, 1e-9),
+            "sps": trained_steps / max(train_wall, 1e-9),
             "mean_return_100": self.episodes.mean_return(),
             "episodes": self.episodes.count,
             "eval_mean_return": float(eval_returns.mean()) if len(eval_returns) else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import gymnasium as gym
@@ -298,3 +299,27 @@ class EchoEnv(gym.Env):
     def step(self, action):
         self.t += 1
         return self._obs(), float(self.t), False, self.t >= self.episode_length, {"action": action}
+
+
+class JitteryCartPole(gym.Wrapper):
+    """CartPole whose steps take 0-2 ms at random, from the OS's randomness (not the env's seed): which
+    of several groups of envs finishes first differs from run to run."""
+
+    def __init__(self, render_mode=None):
+        super().__init__(gym.make("CartPole-v1", render_mode=render_mode))
+        self._jitter = random.SystemRandom()
+
+    def step(self, action):
+        time.sleep(self._jitter.random() * 2e-3)
+        return self.env.step(action)
+
+
+gym.register("fastvec-test/JitteryCartPole-v1", entry_point=JitteryCartPole, reward_threshold=475.0)
+
+
+def make_dict_echo(render_mode=None) -> gym.Env:
+    """An EchoEnv with a Dict observation (what the PPO trainer refuses), as gymnasium.make builds it."""
+    return EchoEnv(spaces.Dict({"a": spaces.Box(-1, 1, (2,), np.float32)}), spaces.Discrete(2))
+
+
+gym.register("fastvec-test/DictEcho-v0", entry_point=make_dict_echo)

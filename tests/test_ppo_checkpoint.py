@@ -90,3 +90,22 @@ def test_trainer_resumes_from_a_run(tmp_path) -> None:
             assert torch.equal(values["exp_avg"], reference[index]["exp_avg"])
         summary = second.run()
     assert summary["global_step"] == 128 and summary["iterations"] == 4
+
+
+def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
+    """A finished run's folder holds latest.pt from an earlier iteration and final.pt: resuming takes
+    final.pt (it took latest.pt and lost the iterations after it). The resumed run's steps/s counts
+    only the steps it trained."""
+    common = dict(
+        runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
+        tensorboard=False, eval_episodes=0, stop_when_solved=False,
+    )
+    with Trainer(Config(run_name="first", total_timesteps=128, checkpoint_interval=3, **common)) as first:
+        first.run()
+    assert torch.load(tmp_path / "first" / "latest.pt", weights_only=True)["global_step"] == 96
+    assert find_checkpoint(tmp_path / "first").name == "final.pt"
+    with Trainer(Config(run_name="second", total_timesteps=192, resume=str(tmp_path / "first"), **common)) as second:
+        assert second.global_step == 128 and second.iteration == 4
+        summary = second.run()
+    assert summary["global_step"] == 192
+    assert summary["sps"] * summary["train_wall_s"] == pytest.approx(64)

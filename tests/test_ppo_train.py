@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import pytest
 import torch
 
 from ppo.config import Config
@@ -105,3 +106,24 @@ def test_monitor_logs_each_shards_busy_share_and_trains_the_same(tmp_path) -> No
         rows = list(csv.DictReader(f))
     assert {"fastvec_busy_shard0", "fastvec_busy_shard1", "fastvec_moves"} <= set(rows[0])
     assert all(0.0 <= float(row["fastvec_busy_shard1"]) <= 1.0 for row in rows)
+
+
+def test_a_minibatch_of_one_sample_trains_without_nan(tmp_path) -> None:
+    """Advantages of a one-sample minibatch are left as they are, as SB3 does (their unbiased std is NaN,
+    which turned every weight into NaN while the run finished as if all was well)."""
+    config = Config(runs_dir=str(tmp_path), run_name="one", num_envs=2, num_steps=8, num_minibatches=16,
+                    total_timesteps=32, vec_backend="serial", progress=False, tensorboard=False, eval_episodes=0,
+                    stop_when_solved=False)
+    with Trainer(config) as trainer:
+        trainer.run()
+        assert all(torch.isfinite(v).all() for v in trainer.agent.state_dict().values())
+
+
+@pytest.mark.parametrize("backend", ["serial", "gym-async", "sb3-subproc"])
+def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_path, backend: str) -> None:
+    request.node.reference_may_leak_fds = backend != "serial"  # (gymnasium's and SB3's pipes and buffers)
+    env_id = "fastvec-test/DictEcho-v0"  # (registered by tests.envs)
+    config = Config(runs_dir=str(tmp_path), run_name=backend, env_id=f"tests.envs:{env_id}", vec_backend=backend,
+                    num_envs=2, start_method="fork", progress=False, tensorboard=False, eval_episodes=0)
+    with pytest.raises(TypeError, match="single-array \\(Box\\) observations"):
+        Trainer(config)

@@ -388,6 +388,8 @@ class Monitor:
         moves, before, when = self._trial
         if self._samples - when <= self.cooldown + self.patience:
             return None
+        if self.pool.pending_moves:  # an env of the trial still waits for its episode end: judge once it moved
+            return None  # (its undo, asked now, would be refused: a boundary moves one way at a time)
         self._trial = None
         after = statistics.median(self._throughputs)
         if after >= (1.0 - self.undo_drop) * before:

@@ -1126,6 +1126,11 @@ class Pool:
         return index
 
     @property
+    def pending_moves(self) -> int:
+        """How many envs asked to move (``request_move``) still wait for their episode end."""
+        return len(self._moves)
+
+    @property
     def can_move(self) -> bool:
         """Whether envs can move between shards (``request_move``): episodes end in steps (autoreset
         is not DISABLED) and the steps are synchronous (with ``batch_size``, a group is a batch)."""

@@ -67,6 +67,7 @@ class _FakePool:
         self.parks: list[int] = []
         self.unparks: list[int] = []
         self.wraps = wraps
+        self.pending_moves = 0
 
     def queue_move(self, source: int, target: int, around: bool = False) -> None:
         self.moves.append((source, target, "around") if around else (source, target))
@@ -408,6 +409,21 @@ def test_a_move_after_which_the_pool_steps_slower_is_undone(monkeypatch) -> None
     assert "against 14,286 before" in event.why
     assert [monitor.step(straggling) for _ in range(4)] == [None] * 4  # not that way again, for a while
     assert monitor.step(straggling).kind == "move"
+
+
+def test_a_move_is_judged_once_its_envs_moved(monkeypatch) -> None:
+    """While an env of the trial still waits for its episode end, nothing is undone (the undo's moves
+    across a boundary still moving the other way would be refused): the trial waits."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=False)
+    monitor = Monitor(pool, patience=1, cooldown=0, settle=2, retry_after=5)
+    straggling = _per_env(HETERO)
+    assert monitor.step(dataclasses.replace(straggling, throughput=10_000.0)).kind == "move"
+    slower = dataclasses.replace(straggling, throughput=8_000.0)
+    pool.pending_moves = 1
+    assert [monitor.step(slower) for _ in range(4)] == [None] * 4 and pool.moves == [(1, 0)] * 4
+    pool.pending_moves = 0
+    assert monitor.step(slower).kind == "undo" and pool.moves == [(1, 0)] * 4 + [(0, 1)] * 4
 
 
 def test_a_move_after_which_the_pool_steps_faster_stays(monkeypatch) -> None:

@@ -92,6 +92,7 @@ def test_trainer_resumes_from_a_run(tmp_path) -> None:
     assert summary["global_step"] == 128 and summary["iterations"] == 4
 
 
+@pytest.mark.one_pass  # the serial backend, or the references: no fastvec kernels
 def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
     """A finished run's folder holds latest.pt from an earlier iteration and final.pt: resuming takes
     final.pt (it took latest.pt and lost the iterations after it). The resumed run's steps/s counts

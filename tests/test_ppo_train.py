@@ -108,6 +108,7 @@ def test_monitor_logs_each_shards_busy_share_and_trains_the_same(tmp_path) -> No
     assert all(0.0 <= float(row["fastvec_busy_shard1"]) <= 1.0 for row in rows)
 
 
+@pytest.mark.one_pass  # the serial backend, or the references: no fastvec kernels
 def test_a_minibatch_of_one_sample_trains_without_nan(tmp_path) -> None:
     """Advantages of a one-sample minibatch are left as they are, as SB3 does (their unbiased std is NaN,
     which turned every weight into NaN while the run finished as if all was well)."""
@@ -119,6 +120,7 @@ def test_a_minibatch_of_one_sample_trains_without_nan(tmp_path) -> None:
         assert all(torch.isfinite(v).all() for v in trainer.agent.state_dict().values())
 
 
+@pytest.mark.one_pass  # the serial backend, or the references: no fastvec kernels
 @pytest.mark.parametrize("backend", ["serial", "gym-async", "sb3-subproc"])
 def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_path, backend: str) -> None:
     request.node.reference_may_leak_fds = backend != "serial"  # (gymnasium's and SB3's pipes and buffers)

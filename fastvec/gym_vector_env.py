@@ -58,7 +58,7 @@ class VectorEnv(gym.vector.VectorEnv):
         shared_memory: bool = True,
         copy: bool = True,
         context: str | None = None,
-        daemon: bool = True,
+        daemon: bool | None = None,
         worker: Callable | None = None,
         observation_mode: str | Space | tuple = "same",
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
@@ -127,8 +127,17 @@ class VectorEnv(gym.vector.VectorEnv):
         if shared_memory:
             _check_static(self.single_observation_space)
 
-        start_method = multiprocessing.get_context(context).get_start_method()  # gymnasium's default context
-        settings = PoolOptions.build(config, **{"start_method": start_method, "daemon": daemon, **options})
+        # the arguments given win; then the config's; then gymnasium's defaults (multiprocessing's default
+        # context, daemonic workers)
+        base = PoolOptions.load(config)
+        if context is not None or base.start_method is None:
+            start_method = multiprocessing.get_context(context).get_start_method()
+        else:
+            start_method = base.start_method
+        if daemon is None:
+            daemon = base.daemon if isinstance(config, PoolOptions) else True
+        settings = PoolOptions.build(base, **{"start_method": start_method, "daemon": daemon, **options})
+        self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time
             settings = settings.replace(num_workers=min(settings.num_workers or max_concurrency, max_concurrency))
         if not copy and settings.ring_slots < 2:

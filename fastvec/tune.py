@@ -118,6 +118,10 @@ def _measure_here(spec: dict) -> dict:
     try:
         pool = venv.pool
         resolved = {key: getattr(pool, key) for key in CONFIG_KEYS}
+        if spec["config"].get("spin_ns") is None:
+            # the default is the parent's yield-poll and workers that adapt theirs (pool.spin_ns is only the
+            # parent's): recorded as the default, so that the file reproduces it and spin_ns=-200000 is tried too
+            resolved["spin_ns"] = None
         startup = time.perf_counter() - began
         batch = spec["config"].get("batch_size")
         if batch:  # asynchronous batches: each call receives `batch` envs and sends them their actions

@@ -338,3 +338,17 @@ def test_final_observations_are_the_envs_own_as_sync_vector_env() -> None:
         for a, b in zip(infos, want):
             assert a["terminal_observation"].dtype == b["terminal_observation"].dtype == np.float64
             np.testing.assert_array_equal(a["terminal_observation"], b["terminal_observation"])
+
+
+def test_config_start_method_and_daemon_apply_unless_given() -> None:
+    """A config's start_method (and a PoolOptions' daemon) apply where the arguments do not say
+    otherwise (gymnasium's defaults were passed on as if given); arguments given win."""
+    from fastvec import PoolOptions
+
+    fns = [envs.make_cartpole] * 2
+    with VectorEnv(fns, config={"start_method": "forkserver", "num_workers": 2, "step_in_parent": False}) as venv:
+        assert venv.pool.start_method == "forkserver" and venv.daemon is True
+    with VectorEnv(fns, context="fork", config={"start_method": "forkserver", "num_workers": 2}) as venv:
+        assert venv.pool.start_method == "fork"
+    with VectorEnv(fns, context="fork", config=PoolOptions(daemon=False, num_workers=2)) as venv:
+        assert venv.daemon is False

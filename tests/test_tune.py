@@ -25,7 +25,7 @@ def _fake_measure(rate_of):
         resolved = {
             "num_workers": workers,
             "step_in_parent": config.get("step_in_parent", workers >= 2),
-            "spin_ns": config.get("spin_ns", 50_000),
+            "spin_ns": config.get("spin_ns"),  # None: the default (adaptive workers), as tune records it
             "pin_workers": config.get("pin_workers", False),
         }
         return {"status": "ok", "resolved": resolved, "rate": rate_of(resolved), "rates": [], "other_load": 0.0}
@@ -49,7 +49,7 @@ def test_search_says_when_processes_do_not_pay_off(monkeypatch, tmp_path, capsys
     record = tune.main(["--env-id", "CartPole-v1", "--num-envs", "64", "--output", str(out)])
     printed = capsys.readouterr().out
     assert "processes do not pay off here" in printed
-    assert record["config"] == {"num_workers": 1, "step_in_parent": True, "spin_ns": 50_000, "pin_workers": False}
+    assert record["config"] == {"num_workers": 1, "step_in_parent": True, "spin_ns": None, "pin_workers": False}
     assert record["throughput"] == 100_000.0 and record["default_throughput"] == 20_000.0
     saved = json.loads(out.read_text())
     assert saved["config"] == record["config"] and saved["throughput"] == 100_000.0
@@ -58,7 +58,8 @@ def test_search_says_when_processes_do_not_pay_off(monkeypatch, tmp_path, capsys
     # the staged search: every layout (1..2x cores, in/out of parent), then spin and pinning for the best process layout
     tried = [m["config"] for m in record["candidates"]]
     assert {"num_workers": 4, "step_in_parent": False} in tried
-    assert sum("spin_ns" in c for c in tried) == len(tune.SPIN_CHOICES)  # 4 spins + the pinning candidate
+    # every spin (the default, None, is none of them: -200000 is measured too) and the pinning candidate
+    assert sum("spin_ns" in c for c in tried) == len(tune.SPIN_CHOICES) + 1
     assert any(c.get("pin_workers") for c in tried)
     assert len(tried) == len({json.dumps(c, sort_keys=True) for c in tried})  # nothing measured twice
 
@@ -131,6 +132,8 @@ def tiny_real_search(tmp_path_factory):
 def test_real_search_writes_a_config_subprocvecenv_accepts(tiny_real_search):
     record, path = tiny_real_search
     assert [m["status"] for m in record["candidates"]] == ["ok", "ok"]
+    for m in record["candidates"]:  # the default spin is recorded as the default (the parent's alone was before)
+        assert m["resolved"]["spin_ns"] == m["config"].get("spin_ns")
     assert record["throughput"] > 0 and record["default_throughput"] > 0
     assert set(record["config"]) <= {
         "num_workers",

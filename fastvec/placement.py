@@ -17,21 +17,49 @@ Where psutil cannot set affinities (macOS), pinning falls back to none, with one
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any
 
-__all__ = ["PIN_MODES", "allowed_cores", "plan", "can_pin", "apply"]
+__all__ = ["PIN_MODES", "allowed_cores", "plan", "can_pin", "apply", "pin_caller", "release_caller"]
 
 PIN_MODES = ("auto", "compact", "spread", "none")
 _warned = False
+# the calling process's own affinity while pools pin it ("spread"), and how many do: restored when the
+# last of them closes (a second pool saving the first one's pin would have kept it pinned for good)
+_caller_lock = threading.Lock()
+_caller_affinity: list[int] | None = None
+_caller_pins = 0
 
 
 def allowed_cores() -> list[int]:
-    """The cores this process may run on, in order."""
+    """The cores this process may run on, in order (as it was started: not a pool's pin of it)."""
+    if _caller_affinity is not None:
+        return list(_caller_affinity)
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return list(range(os.cpu_count() or 1))
+
+
+def pin_caller(cores: list[int]) -> None:
+    """Pin the calling process to ``cores`` for a pool; ``release_caller`` undoes it when its pool closes."""
+    global _caller_affinity, _caller_pins
+    with _caller_lock:
+        if _caller_pins == 0:
+            _caller_affinity = sorted(os.sched_getaffinity(0))
+        _caller_pins += 1
+        os.sched_setaffinity(0, cores)
+
+
+def release_caller() -> None:
+    """A pool that pinned the calling process closed: the last one gives it back its own affinity."""
+    global _caller_affinity, _caller_pins
+    with _caller_lock:
+        _caller_pins -= 1
+        if _caller_pins == 0 and _caller_affinity is not None:
+            os.sched_setaffinity(0, _caller_affinity)
+            _caller_affinity = None
 
 
 def can_pin() -> bool:
@@ -62,6 +90,11 @@ def plan(
         return {}, None
     if isinstance(pin, (list, tuple)):
         chosen = [int(c) for c in pin]
+        outside = sorted(set(chosen) - set(cores))
+        if outside:
+            raise ValueError(
+                f"pin={list(pin)}: core(s) {outside} are not among the cores this process may run on ({cores})"
+            )
         return {w: [chosen[k % len(chosen)]] for k, w in enumerate(workers)}, None
     if pin == "auto":
         free = cores[1:] if n > 1 else cores  # the learner's core stays free of workers

@@ -242,7 +242,7 @@ class Pool:
         self._views: Views | None = None
         self.slot_views: list | None = None
         self.obs_slots: list | None = None  # per slot, the observation rows where they are one array leaf
-        self._parent_affinity: list[int] | None = None
+        self._pins_caller = False  # this pool pinned the calling process (pin="spread"): close() gives it back
 
         opts = PoolOptions.build(options, **knobs)
         env_fns = list(env_fns)
@@ -1416,8 +1416,8 @@ class Pool:
         for remote in self._remotes:
             self._pin_remote(remote, workers.get(remote.index))
         if parent is not None:
-            self._parent_affinity = sorted(os.sched_getaffinity(0))
-            placement.apply(os.getpid(), parent)
+            placement.pin_caller(parent)
+            self._pins_caller = True
 
     def _pin_remote(self, remote: Remote, cores: list[int] | None) -> None:
         if cores:
@@ -1601,9 +1601,9 @@ class Pool:
             shm.unlink(self._segment)
             shm.close(self._segment)
             self._segment = None
-        if self._parent_affinity:
-            os.sched_setaffinity(0, self._parent_affinity)
-            self._parent_affinity = None
+        if self._pins_caller:
+            self._pins_caller = False
+            placement.release_caller()
         _LIVE_POOLS.discard(self)
 
     def __del__(self) -> None:

@@ -24,6 +24,8 @@ def test_plans() -> None:
     assert plan("none", [1], True, cores) == ({}, None)
     with pytest.raises(ValueError, match="pin must be"):
         plan("everywhere", [1], True, cores)
+    with pytest.raises(ValueError, match=r"core\(s\) \[9\] are not among the cores this process may run on"):
+        plan([2, 9], [1, 2], True, cores)  # (a core that does not exist, or outside taskset's: it was ignored)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
@@ -40,6 +42,20 @@ def test_affinities_are_applied_and_restored() -> None:
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin_workers=True) as venv:
         assert psutil.Process().cpu_affinity() == [allowed[0]]  # "spread" pins the learner's shard too
     assert psutil.Process().cpu_affinity() == allowed  # ... and close() gives its affinity back
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_two_pools_that_pin_the_caller_give_its_affinity_back() -> None:
+    """The second pool plans on the caller's own cores, not the first one's pin of it, and once both
+    closed, in either order, the caller has its own affinity back (it stayed pinned to one core)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    for order in ((0, 1), (1, 0)):
+        venvs = [SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, pin_workers=True)
+                 for _ in range(2)]
+        assert venvs[1].pool.cores == venvs[0].pool.cores  # (the same plan: on the caller's own cores)
+        for k in order:
+            venvs[k].close()
+        assert psutil.Process().cpu_affinity() == allowed
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")

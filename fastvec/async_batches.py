@@ -190,13 +190,13 @@ class AsyncBatches:
         if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
             if len(positions) == 1:  # one group: its rows' views, made once
-                objects = writer.write(actions, self._action_rows[positions[0]], tags)
+                objects = writer.write(actions, self._action_rows[positions[0]], tags, env_ids=ids)
             else:
-                objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags)
+                objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags, env_ids=ids)
         else:
             rows = env_ids
             scratch = [np.empty((count, *b.shape[1:]), b.dtype) for b in views.actions]
-            objects = writer.write(actions, scratch, tags)
+            objects = writer.write(actions, scratch, tags, env_ids=ids)
             for buffer, part in zip(views.actions, scratch):
                 buffer[rows] = part
         sent = tuple(tags.tolist())  # the dtype each leaf came in, stored for these envs where it changed

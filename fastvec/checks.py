@@ -67,12 +67,14 @@ class ActionWriter:
         self._written: tuple[int, int] | None = None
 
     def write(
-        self, actions: Any, buffers: list[np.ndarray], tags: np.ndarray, per_env: bool = False
+        self, actions: Any, buffers: list[np.ndarray], tags: np.ndarray, per_env: bool = False,
+        env_ids: list[int] | None = None,
     ) -> list[list] | None:
         """Check ``actions`` and copy them into ``buffers`` (one per array leaf), recording in ``tags``
-        the dtype each came in; returns the object leaves' values."""
+        the dtype each came in; returns the object leaves' values. ``env_ids``: the env of each row,
+        for the messages (asynchronous batches; default: row k is env k)."""
         if self.single:
-            tag = self.writers[0].write(actions, buffers[0])
+            tag = self.writers[0].write(actions, buffers[0], env_ids)
             written = self._written
             if written is None or written[1] != tag or written[0] != id(tags):  # (a row store costs 0.5 us)
                 tags[0] = tag
@@ -89,7 +91,7 @@ class ActionWriter:
         objects: list[list] | None = [] if self.has_objects else None
         for leaf, part in zip(self.leaves, parts):
             if leaf.array:
-                tags[buffer_index] = next(writers).write(part, buffers[buffer_index])
+                tags[buffer_index] = next(writers).write(part, buffers[buffer_index], env_ids)
                 buffer_index += 1
             else:
                 values = list(part)
@@ -126,6 +128,7 @@ class _LeafWriter:
         self.check_range = check in ("warn", "raise")
         self.raise_out_of_range = check == "raise"
         self._warned: set[int] = set()
+        self._ids: list[int] | None = None  # the env of each row of the batch being written (None: row k is env k)
         self._copy_same = kernels.copy_same
         self.low, self.high = _bounds(space, self.per_env)
         if self.dtype == np.int64 and self.low.dtype == np.int64:
@@ -135,9 +138,11 @@ class _LeafWriter:
         else:
             self._first_outside = _first_outside_generic
 
-    def write(self, actions: Any, out: np.ndarray) -> int:
+    def write(self, actions: Any, out: np.ndarray, env_ids: list[int] | None = None) -> int:
         """Check ``actions`` (shape ``[num_envs, *shape]``) and copy them into ``out``; returns the tag
-        of their dtype (0: the buffer's own), with which the shard hands them to the envs."""
+        of their dtype (0: the buffer's own), with which the shard hands them to the envs. ``env_ids``:
+        the env of each row, which the messages name (default: row k is env k)."""
+        self._ids = env_ids
         if self._copy_same(out, actions):  # the usual batch: the buffer's own shape and dtype, in one memmove
             if self.check_range:
                 self._check_range(out.reshape(-1), actions)
@@ -179,10 +184,10 @@ class _LeafWriter:
             if a.dtype.kind == "f":
                 lost |= ~np.isfinite(a)
         if lost.any():
-            env, pos = divmod(int(np.flatnonzero(lost.reshape(-1))[0]), self.per_env)
-            value = a.reshape(self.num_envs, -1)[env, pos]
+            row, pos = divmod(int(np.flatnonzero(lost.reshape(-1))[0]), self.per_env)
+            value = a.reshape(self.num_envs, -1)[row, pos]
             raise ValueError(
-                f"action for env {env}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
+                f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
                 f"buffer's dtype {self.dtype} ({self.space}) cannot hold exactly; send whole numbers in its range"
             )
 
@@ -194,17 +199,22 @@ class _LeafWriter:
             raise ValueError(self._out_of_range(a, *divmod(int(bad), self.per_env)))
         values = flat.reshape(self.num_envs, -1).astype(np.float64)
         outside = ~((values >= self.low) & (values <= self.high))
-        for env in np.flatnonzero(outside.any(axis=1)).tolist():
+        for row in np.flatnonzero(outside.any(axis=1)).tolist():
+            env = self._env(row)
             if env not in self._warned:  # once per env
                 self._warned.add(env)
-                pos = int(np.flatnonzero(outside[env])[0])
-                warnings.warn(f"fastvec: {self._out_of_range(a, env, pos)}", RuntimeWarning, stacklevel=5)
+                pos = int(np.flatnonzero(outside[row])[0])
+                warnings.warn(f"fastvec: {self._out_of_range(a, row, pos)}", RuntimeWarning, stacklevel=5)
 
-    def _out_of_range(self, a: np.ndarray, env: int, pos: int) -> str:
-        value = np.asarray(a).reshape(self.num_envs, -1)[env, pos]
+    def _env(self, row: int) -> int:
+        """The env whose action is at ``row`` of the batch."""
+        return row if self._ids is None else self._ids[row]
+
+    def _out_of_range(self, a: np.ndarray, row: int, pos: int) -> str:
+        value = np.asarray(a).reshape(self.num_envs, -1)[row, pos]
         what = "NaN" if isinstance(value, (float, np.floating)) and np.isnan(value) else repr(value.item())
         return (
-            f"action for env {env}{self.where}{self._element(pos)} is {what}, outside {self.space} "
+            f"action for env {self._env(row)}{self.where}{self._element(pos)} is {what}, outside {self.space} "
             f"(allowed {self.low[pos].item()!r}..{self.high[pos].item()!r})"
         )
 
@@ -238,9 +248,14 @@ class OutputChecks:
         """Env ``start + j`` produced something the checks look at."""
         if self.raising:
             raise ShardError(self.start + j, command, ValueError(message))
-        if (j, kind) not in self._warned:
-            self._warned.add((j, kind))
-            self.pending.append((self.start + j, Extra.WARNING, message))
+        env = self.start + j  # (keyed by env, not by position: positions shift when envs move)
+        if (env, kind) not in self._warned:
+            self._warned.add((env, kind))
+            self.pending.append((env, Extra.WARNING, message))
+
+    def warned(self, j: int, kind: str) -> bool:
+        """Whether env ``start + j`` was warned about ``kind`` already (a later one would not be said)."""
+        return (self.start + j, kind) in self._warned
 
     def drain(self, extras: list | None) -> list | None:
         """``extras`` with the warnings gathered since the last call appended."""

@@ -290,11 +290,16 @@ class Shard:
                 code = None
         if code is None or code >= 0:  # structured observations, or a problem to find and name
             ended, has_info, nan = self._write_step_slowly(results, slot)
-        elif code <= -2:
-            self._gather([results[-2 - code][0]], self.obs_slots[0][slot], self.leaves[0], "step", True, -2 - code)
+        elif code <= -2:  # a cast: named (the envs from the first one cast: each is warned once)
+            cast = -2 - code
+            self._gather([r[0] for r in results[cast:]], self.obs_slots[0][slot], self.leaves[0], "step", True, cast)
         self.steps += len(results)
         if nan >= 0 and self.checks.active:
             self.checks.problem(nan, "step", "nan-reward", "returned a NaN reward")
+            for j in range(nan + 1, len(results)):  # (the kernel names the first; each env is warned once)
+                reward = results[j][1]
+                if reward != reward and not self.checks.warned(j, "nan-reward"):
+                    self.checks.problem(j, "step", "nan-reward", "returned a NaN reward")
         extras: list | None = None
         leaving: list[int] | None = None
         failed: list[ShardError] | None = None
@@ -614,13 +619,17 @@ class Shard:
                     f"expected shape {leaf.shape} (dtype {leaf.dtype}) from the observation space"
                 ),
             )
-        self.checks.problem(
-            offset + k,
-            command,
-            f"dtype:{leaf.name}",
-            f"returned an observation{_where(leaf)} of dtype {got.dtype}; the observation space says "
-            f"{leaf.dtype} (values were cast)",
-        )
+        kind = f"dtype:{leaf.name}"
+        for j in range(k, len(items)):  # (the kernel names the first cast; each env is warned once)
+            item = items[j]
+            if j == k or (isinstance(item, np.ndarray) and item.dtype != dst.dtype and not self.checks.warned(offset + j, kind)):
+                self.checks.problem(
+                    offset + j,
+                    command,
+                    kind,
+                    f"returned an observation{_where(leaf)} of dtype {np.asarray(item).dtype}; the observation space "
+                    f"says {leaf.dtype} (values were cast)",
+                )
         return True
 
     # -- rare commands -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -12,6 +13,7 @@ from fastvec import kernels
 from fastvec.checks import ActionWriter, OutputChecks
 from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
+from fastvec.pool import Pool
 from fastvec.protocol import Extra
 
 
@@ -143,3 +145,47 @@ def test_structured_actions_batched_or_one_per_env() -> None:
         writer.write({"move": np.array([2, 1]), "aim": np.zeros((2, 2))}, buffers, tags)
     with pytest.raises(ValueError, match="expected 2 actions for part 'say'"):
         writer.write({"move": np.array([2, 1]), "aim": np.zeros((2, 2)), "say": ("a",)}, buffers, tags)
+
+
+class _CastAndNaN(gym.Env):
+    """float64 observations for a float32 Box, and NaN rewards, from every env."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2), {}
+
+    def step(self, action):
+        return np.zeros(2), float("nan"), False, False, {}
+
+
+@pytest.mark.parametrize("check", [None, "warn"])
+def test_every_env_is_warned_once_not_only_the_first_of_its_shard(check) -> None:
+    """The kernels name the first cast observation and NaN reward of a step: the envs after it in the
+    shard are looked at too (only the first env of each shard was ever warned)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Pool([_CastAndNaN] * 4, num_workers=2, start_method="fork", check=check) as pool:
+            pool.reset()
+            for _ in range(3):
+                pool.step(np.zeros(4, np.int64))
+    said = [str(w.message) for w in caught if "fastvec" in str(w.message)]
+    for env in range(4):
+        assert sum(f"env {env} returned a NaN reward" in m for m in said) == 1, said
+        assert sum(f"env {env} returned an observation of dtype float64" in m for m in said) == 1, said
+
+
+def test_asynchronous_batches_name_the_env_of_an_action() -> None:
+    """send(actions, env_ids): a refused or out-of-range action names its env id (it named its row in the
+    batch), and each env is warned once (warnings were kept per row)."""
+    with Pool([_CastAndNaN] * 4, batch_size=2, start_method="fork", check="warn") as pool:
+        pool.async_reset()
+        got = sorted([pool.recv().env_ids, pool.recv().env_ids], key=lambda ids: ids[0])
+        with pytest.raises(ValueError, match="action for env 3 is 3.7"):
+            pool.send(np.array([0.0, 3.7]), got[1])
+        with pytest.warns(RuntimeWarning) as caught:
+            for ids in got:
+                pool.send(np.array([0, 7]), ids)
+        said = [str(w.message) for w in caught if "outside" in str(w.message)]
+        assert any("action for env 1 is 7" in m for m in said) and any("action for env 3 is 7" in m for m in said)

@@ -151,6 +151,8 @@ class PoolOptions:
         if not isinstance(config, dict):
             with open(config) as f:
                 config = json.load(f)
+            if not isinstance(config, dict):
+                raise ValueError(f"a config file holds a JSON object (as python -m fastvec.tune writes), got {config!r:.100}")
             config = config.get("config", config)
         unknown = sorted(set(config) - set(TUNABLE))
         if unknown:

@@ -1377,11 +1377,17 @@ class Pool:
         by ``batch_object`` (default: a tuple, as gymnasium batches them)."""
         if self.obs_slots is not None:
             return self.obs_slots[slot].copy() if copy else self.obs_slots[slot]
+        self._check_mapped()
         rings = self._views.obs
         arrays = iter([r[slot].copy() if copy else r[slot] for r in rings])
         columns = iter(objects if objects is not None else self.object_columns())
         parts = [next(arrays) if leaf.array else batch_object(leaf, next(columns)) for leaf in self.obs_leaves]
         return assemble(self.observation_space, parts)
+
+    def _check_mapped(self) -> None:
+        """The shared block is still there (a Batch read after close() would meet released views)."""
+        if self._state is PoolState.CLOSED:
+            raise ClosedError("this vectorized env is closed: the observations of its batches went with its shared memory")
 
     def object_columns(self) -> list[list]:
         """The latest object parts of every env, one list of num_envs values per object leaf."""
@@ -1393,6 +1399,7 @@ class Pool:
     def terminal_observation(self, i: int) -> Any:
         """A copy of env ``i``'s final observation of the episode that ended in the latest step, from
         the terminal-obs buffers (``Batch.terminal_observation`` prefers the env's own object)."""
+        self._check_mapped()
         buffers = self._views.terminal_obs
         if self._single_leaf:
             return buffers[0][i].copy()
@@ -1401,6 +1408,7 @@ class Pool:
 
     def terminal_observations(self, indices: list[int]) -> list:
         """``terminal_observation(i)`` for each env in ``indices``: for one array leaf, copied in one kernel call."""
+        self._check_mapped()
         if self._single_leaf:
             return kernels.row_copies(self._views.terminal_obs[0], indices)
         return [self.terminal_observation(i) for i in indices]

@@ -49,3 +49,10 @@ def test_both_front_ends_take_every_knob_and_a_config() -> None:
         assert venv.pool.options.ring_slots == 3 and venv.pool.on_error == "restart"
     with VectorEnv([envs.make_cartpole] * 2, context="fork", config={"num_workers": 1}, pin_workers=False) as venv:
         assert venv.pool.num_workers == 1
+
+
+def test_a_config_file_that_is_not_an_object_is_named(tmp_path) -> None:
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([{"num_workers": 2}]))
+    with pytest.raises(ValueError, match="a config file holds a JSON object"):
+        PoolOptions.load(path)

@@ -20,7 +20,14 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from fastvec import SubprocVecEnv, VectorEnv, kernels
-from fastvec.errors import AlreadyPendingCallError, BrokenPoolError, EnvError, NoAsyncCallError, WorkerDiedError
+from fastvec.errors import (
+    AlreadyPendingCallError,
+    BrokenPoolError,
+    ClosedError,
+    EnvError,
+    NoAsyncCallError,
+    WorkerDiedError,
+)
 from fastvec.pool import Pool, PoolState
 from fastvec.remote import Remote
 from tests import envs
@@ -355,3 +362,14 @@ def test_an_env_that_keeps_its_actions_keeps_what_it_was_sent(space, batches) ->
         assert [np.asarray(a).tolist() for a in kept[i]] == [b[i].tolist() for b in batches]
         if isinstance(space, spaces.Discrete):
             assert all(isinstance(a, np.integer) for a in kept[i])
+
+
+def test_a_batch_read_after_close_says_the_pool_is_closed() -> None:
+    """Its observations went with the shared block: ClosedError, not an internal TypeError."""
+    pool = Pool([envs.make_cartpole] * 2, num_workers=2, start_method="fork")
+    batch = pool.reset(seeds=[0, 1])
+    pool.close()
+    with pytest.raises(ClosedError, match="closed"):
+        batch.observations()
+    with pytest.raises(ClosedError, match="closed"):
+        batch.terminal_observation(0)

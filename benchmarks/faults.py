@@ -229,7 +229,18 @@ def describe(result: dict) -> str:
     return "; ".join(parts).replace("|", "/")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="What fastvec, SB3's SubprocVecEnv and gymnasium's AsyncVectorEnv do for each fault "
+        "(each case in its own process, with a 12 s limit): a markdown table."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "faults.md",
+        help="where the table is written (default: benchmarks/results/faults.md)",
+    )
+    args = parser.parse_args(argv)
     rows = []
     for label, spec in FAULTS.items():
         scenario, fail_in = spec.split(":")
@@ -242,7 +253,7 @@ def main() -> None:
     table = ["| fault | " + " | ".join(ENGINES) + " |", "|---|" + "---|" * len(ENGINES)]
     table += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
     text = "\n".join(table)
-    out = Path(__file__).resolve().parent / "results" / "faults.md"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Fault behaviour (`python -m benchmarks.faults`)\n\n4 envs, the last one faulty; fastvec with "
                    f"num_workers=2 (step_timeout=5 s for the hang case).\n\n{text}\n")

@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastvec import errors
-from fastvec.errors import BrokenPoolError, EnvError, FastvecError, StepTimeoutError, WorkerDiedError
+from fastvec.errors import (
+    AlreadyPendingCallError,
+    BrokenPoolError,
+    ClosedError,
+    EnvError,
+    FastvecError,
+    NoAsyncCallError,
+    StepTimeoutError,
+    WorkerDiedError,
+)
 from fastvec.kernels import IMPLEMENTATION as KERNELS
 
 if TYPE_CHECKING:
@@ -46,6 +55,9 @@ __all__ = [
     "WorkerDiedError",
     "StepTimeoutError",
     "BrokenPoolError",
+    "ClosedError",
+    "NoAsyncCallError",
+    "AlreadyPendingCallError",
     "KERNELS",
     "__version__",
 ]

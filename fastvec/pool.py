@@ -842,7 +842,7 @@ class Pool:
                     "it is still pending"
                 )
         if not p.waited:
-            self._wait_workers(p, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)))
+            self._wait_workers(p, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)), asked=timeout)
             p.waited = True
         control = self._control
         for position, remote in enumerate(self._remotes):
@@ -973,7 +973,9 @@ class Pool:
                     self._objects[i] = value
         return extras
 
-    def _wait_workers(self, p: _Pending, timeout: float | None, k: int | None = None, waited_ns: int = 0) -> None:
+    def _wait_workers(
+        self, p: _Pending, timeout: float | None, k: int | None = None, waited_ns: int = 0, asked: float | None = None
+    ) -> None:
         """Until every worker's DONE word equals the command's sequence number.
 
         A dead worker: respawned with ``on_error="restart"`` (step and reset; its share of
@@ -982,7 +984,7 @@ class Pool:
         pool. ``timeout`` (the caller's): multiprocessing.TimeoutError, the command stays pending.
         ``k``: the worker a first wait (``_complete_step``'s, of ``waited_ns``) found unfinished, where
         there was one. ``step_timeout`` counts from the start of the first wait (after the parent's own
-        shard), and no wait sleeps past it.
+        shard), and no wait sleeps past it. ``asked``: the caller's whole timeout, for the message.
         """
         if not self._remotes:
             return
@@ -1021,7 +1023,8 @@ class Pool:
                 raise error
             elif timeout is not None and elapsed > timeout:
                 raise multiprocessing.TimeoutError(
-                    f"{p.name!r} did not finish within {timeout:g} s (worker {remote.index}); it is still pending"
+                    f"{p.name!r} did not finish within {asked if asked is not None else timeout:g} s (worker {remote.index}); "
+                    "it is still pending"
                 )
             slice_ns = POLL_NS if timeout is None else _slice_ns(timeout - elapsed)
             if limit is not None:

@@ -130,7 +130,7 @@ def test_async_api_timeouts_and_state_errors() -> None:
         assert pids[0] == pids[1] and pids[2] == pids[3] and pids[0] != pids[3]
         venv.step(np.zeros(4, np.int64))
         venv.step_async(np.zeros(4, np.int64))  # env 3 hangs in this one
-        with pytest.raises(multiprocessing.TimeoutError):
+        with pytest.raises(multiprocessing.TimeoutError, match="within 0.2 s"):  # (the timeout asked for)
             venv.step_wait(timeout=0.2)
         with pytest.raises(multiprocessing.TimeoutError):  # still pending: the wait can be tried again
             venv.step_wait(timeout=0.1)

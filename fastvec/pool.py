@@ -811,12 +811,15 @@ class Pool:
                 extras = None
             if self._remotes:
                 control = self._control
-                first_ns = POLL_NS if self.step_timeout is None else _slice_ns(self.step_timeout)
+                if self.step_timeout is None:
+                    first_ns, waiting_since = POLL_NS, None
+                else:  # (the clock is read only with a step_timeout: the usual step reads none)
+                    first_ns, waiting_since = _slice_ns(self.step_timeout), time.monotonic()
                 k = kernels.wait_remaining(
                     control, self._remaining_index, self._done_index, self._seqs, self.spin_ns, first_ns
                 )
                 if k != -1:  # a worker is late (or dead): the general wait, which knows what to do
-                    self._wait_workers(p, None, k, first_ns)
+                    self._wait_workers(p, None, k, waiting_since)
                 p.waited = True
                 if p.respawned or p.lost:
                     return self._complete_command(p, None)
@@ -974,7 +977,12 @@ class Pool:
         return extras
 
     def _wait_workers(
-        self, p: _Pending, timeout: float | None, k: int | None = None, waited_ns: int = 0, asked: float | None = None
+        self,
+        p: _Pending,
+        timeout: float | None,
+        k: int | None = None,
+        waiting_since: float | None = None,
+        asked: float | None = None,
     ) -> None:
         """Until every worker's DONE word equals the command's sequence number.
 
@@ -982,22 +990,25 @@ class Pool:
         the command is done by its replacement), else WorkerDiedError; a worker past
         ``step_timeout``: killed and respawned, or StepTimeoutError. Both errors break the
         pool. ``timeout`` (the caller's): multiprocessing.TimeoutError, the command stays pending.
-        ``k``: the worker a first wait (``_complete_step``'s, of ``waited_ns``) found unfinished, where
-        there was one. ``step_timeout`` counts from the start of the first wait (after the parent's own
-        shard), and no wait sleeps past it. ``asked``: the caller's whole timeout, for the message.
+        ``k``: the worker a first wait (``_complete_step``'s, begun at ``waiting_since``, read where
+        there is a step_timeout) found unfinished, where there was one. ``step_timeout`` counts from
+        the start of the first wait (after the parent's own shard), and no wait sleeps past it; a
+        wait cut short (a signal) counts only the time it took. ``asked``: the caller's whole timeout,
+        for the message.
         """
         if not self._remotes:
             return
         control, done_index, seq = self._control, self._done_index, self._seqs
         limit = self.step_timeout
         if k is None:
-            waited_ns = POLL_NS if timeout is None else _slice_ns(timeout)
+            waiting_since = time.monotonic()
+            first_ns = POLL_NS if timeout is None else _slice_ns(timeout)
             if limit is not None:
-                waited_ns = min(waited_ns, _slice_ns(limit))
-            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, waited_ns)
+                first_ns = min(first_ns, _slice_ns(limit))
+            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
         if k == -1:
             return
-        began = time.monotonic() - waited_ns / 1e9  # (that wait ran its whole slice)
+        began = time.monotonic() if waiting_since is None else waiting_since
         restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
         while True:
             remote = self._remotes[k]

@@ -193,6 +193,23 @@ def test_step_timeout_shorter_than_the_first_wait_is_kept(on_error: str) -> None
         assert dones.tolist() == [False, True] and "fastvec.restarted" in infos[1]
 
 
+def test_signals_during_the_wait_do_not_bring_step_timeout_forward() -> None:
+    """A signal with a Python handler (a profiler's timer) cuts the kernel's wait short: the time-out
+    counts the time waited, not the whole slice: it counted a first wait of 0.1 s, so these 0.15 s
+    steps raised at 0.245 s (and 20 ms steps at a step_timeout of 0.05 s)."""
+    with SubprocVecEnv(_fns(2, 1, "slow", 0), start_method="fork", num_workers=2, step_in_parent=False,
+                       step_timeout=0.245) as venv:
+        venv.reset()
+        previous = signal.signal(signal.SIGALRM, lambda *_: None)
+        signal.setitimer(signal.ITIMER_REAL, 0.003, 0.003)
+        try:
+            for _ in range(3):
+                venv.step(np.array([0, 0]))  # 0.15 s each, in worker 1
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 class LockInInfo(envs.FailingEnv):
     """Env ``bad`` returns an info that cannot be pickled (a lock) in its steps."""
 

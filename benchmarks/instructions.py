@@ -50,20 +50,19 @@ LAYERS = ("raw", "shard", "pool", "front")
 
 class _Episodic:
     """Makes NullEnvs whose episodes end (terminated) after ``length`` steps. The first episode
-    of the k-th env made is ``k mod length`` steps shorter, so episodes end spread over the
-    steps (``length`` equal envs started together would all end in the same step). One class
-    for all: a class per env would make the interpreter's method cache, and the counts, vary
-    from run to run."""
+    of env k is ``k mod length`` steps shorter (``offset``: one factory per env, since every env is
+    made from a copy of its factory), so episodes end spread over the steps (``length`` equal envs
+    started together would all end in the same step). One class for all: a class per env would
+    make the interpreter's method cache, and the counts, vary from run to run."""
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, offset: int = 0) -> None:
         self.length = length
-        self.made = 0
+        self.offset = offset
 
     def __call__(self) -> Any:
         env = _episodic_class()()
         env.length = self.length
-        env.offset = self.made % self.length
-        self.made += 1
+        env.offset = self.offset % self.length
         return env
 
 
@@ -106,7 +105,7 @@ def child(
     if not fastvec.__file__.startswith(repo):
         raise RuntimeError(f"fastvec was imported from {fastvec.__file__}, not from {repo}")
 
-    fn = _Episodic(episode) if episode else make_null
+    fns = [_Episodic(episode, k) for k in range(num_envs)] if episode else [make_null] * num_envs
     # one shard in this process, or this process's and one worker's (waiting without polling)
     layout = (
         {"num_workers": 1, "step_in_parent": True}
@@ -114,10 +113,10 @@ def child(
         else {"num_workers": 2, "step_in_parent": True, "spin_ns": 0}
     )
     if front == "sb3":
-        venv = SubprocVecEnv([fn] * num_envs, start_method="fork", **layout)
+        venv = SubprocVecEnv(fns, start_method="fork", **layout)
     else:
         mode = "SameStep" if autoreset == "same" else "NextStep"
-        venv = VectorEnv([fn] * num_envs, context="fork", autoreset_mode=mode, **layout)
+        venv = VectorEnv(fns, context="fork", autoreset_mode=mode, **layout)
     with venv:
         venv.reset()
         actions = np.zeros(num_envs, np.int64)

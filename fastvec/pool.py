@@ -214,6 +214,13 @@ class Pool:
             as SB3, which looks at env 0 only, and gymnasium's "different" allow).
         observation_space: the single-env observation space to lay out (default: env 0's); the
             envs' spaces must match its structure, shapes and dtypes.
+        action_mode: "same": every env must have env 0's action space (gymnasium); "different": only
+            its structure, shapes and dtypes (SB3 takes envs whose bounds differ, e.g. randomised
+            torque limits; range checks use env 0's bounds).
+
+    Each env is made from a private copy of its factory (pickled once, loaded for each making,
+    as a process of its own would get it): envs do not share what their factories capture, and
+    the caller's objects are left alone. A factory that cannot be pickled (fork) is called as it is.
     """
 
     _foreign = False  # a copy in a child forked from the pool's process (_disown)
@@ -226,6 +233,7 @@ class Pool:
         autoreset_mode: int = SAME_STEP,
         observation_mode: str = "same",
         observation_space: Any = None,
+        action_mode: str = "same",
         **knobs: Any,
     ):
         self._state = PoolState.IDLE
@@ -306,7 +314,8 @@ class Pool:
         self._observation_mode = observation_mode
         self._given_observation_space = observation_space
         self.slot = 0
-        self._env_fns = env_fns
+        self._env_fns = [OwnFactory(fn) for fn in env_fns]
+        self._action_mode = action_mode
         shm.sweep_stale()
         _LIVE_POOLS.add(self)
         try:
@@ -395,7 +404,9 @@ class Pool:
                 f"env {i} has observation space {obs_space}, which does not share the structure, shapes and dtypes "
                 f"of {self.observation_space}"
             )
-        if act_space != self.action_space:
+        if act_space != self.action_space and not (
+            self._action_mode == "different" and _equivalent(leaves(act_space), leaves(self.action_space))
+        ):
             raise SpaceMismatchError(
                 f"env {i} has action space {act_space}, but env 0 has {self.action_space}; "
                 "all envs of a pool must share it (actions are batched into one buffer)"
@@ -1678,6 +1689,39 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
     return len(a) == len(b) and all(
         x.path == y.path and x.array == y.array and x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b)
     )
+
+
+class OwnFactory:
+    """An env factory whose every call runs a fresh copy of it (unpickled from the bytes taken once),
+    so that the envs it makes share nothing it captured with each other or with the caller, as envs
+    made in processes of their own do (SB3's SubprocVecEnv). A factory that cannot be pickled (a
+    lambda over a lock, under fork) is called as it is."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        import cloudpickle
+
+        self.fn = fn
+        try:
+            self.payload: bytes | None = cloudpickle.dumps(fn)
+        except Exception:
+            self.payload = None
+
+    def __call__(self) -> Any:
+        if self.payload is None:
+            return self.fn()
+        import cloudpickle
+
+        return cloudpickle.loads(self.payload)()
+
+    def __reduce__(self) -> tuple:
+        """Pickled for a worker (spawn, forkserver, a moving env) as the factory alone, when it pickles."""
+        return (OwnFactory, (self.fn,)) if self.payload is None else (_from_payload, (self.payload,))
+
+
+def _from_payload(payload: bytes) -> OwnFactory:
+    factory = OwnFactory.__new__(OwnFactory)
+    factory.fn, factory.payload = None, payload  # type: ignore[assignment]
+    return factory
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -345,3 +347,64 @@ def test_envs_and_the_caller_hold_values_of_their_own(request, implementation: s
         assert venv.env_method("keep", ["y"]) == [["x", ["y"]]] * 4
     finally:
         venv.close()
+
+
+class ConfigEnv(gym.Env):
+    """Takes its settings from a config dict (popping them, as RLlib-style envs do) and its noise from
+    a generator the factory hands it."""
+
+    observation_space = gym.spaces.Box(-10, 10, (1,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, config: dict, rng: np.random.Generator):
+        self.size = config.pop("size")
+        self.rng = rng
+
+    def reset(self, *, seed=None, options=None):
+        return np.array([self.size + self.rng.normal()]), {}
+
+    def step(self, action):
+        return np.array([self.rng.normal()]), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("implementation", ["fastvec", "fastvec-no-parent", "sb3-subproc"])
+def test_envs_do_not_share_what_their_factories_capture(request, implementation: str) -> None:
+    """Each env gets its own copy of what its factory closes over, and the caller's objects are left
+    alone, as with one process per env (fastvec's envs shared one config and one generator: the
+    second env found 'size' popped, the envs drew from the caller's generator)."""
+    request.node.reference_may_leak_fds = implementation == "sb3-subproc"
+    config, rng = {"size": 3}, np.random.default_rng(0)
+    venv = IMPLEMENTATIONS[implementation]([lambda: ConfigEnv(config, rng)] * 4)
+    try:
+        first = venv.reset()
+        np.testing.assert_array_equal(first, np.full((4, 1), first[0, 0]))  # every env: its own generator, seeded 0
+        second = venv.step(np.zeros(4, dtype=np.int64))[0]
+        np.testing.assert_array_equal(second, np.full((4, 1), second[0, 0]))
+    finally:
+        venv.close()
+    assert config == {"size": 3} and rng.normal() == np.random.default_rng(0).normal()
+
+
+def _pendulum_with_torque(max_torque: float) -> gym.Env:
+    env = gym.make("Pendulum-v1")
+    env.unwrapped.max_torque = max_torque
+    env.action_space = gym.spaces.Box(-max_torque, max_torque, (1,), np.float32)
+    return env
+
+
+def test_envs_whose_action_bounds_differ_as_sb3() -> None:
+    """SB3 takes envs whose action spaces differ only in their bounds (randomised torque limits); so
+    does fastvec.SubprocVecEnv. gymnasium's AsyncVectorEnv refuses them, and so does fastvec.VectorEnv."""
+    from fastvec import VectorEnv
+    from fastvec.errors import SpaceMismatchError
+
+    fns = [partial(_pendulum_with_torque, torque) for torque in (2.0, 2.1, 1.9, 2.0)]
+    reference = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.seed(0), reference.seed(0)
+        np.testing.assert_array_equal(venv.reset(), reference.reset())
+        actions = np.full((4, 1), 2.05, np.float32)
+        np.testing.assert_allclose(venv.step(actions)[1], reference.step(actions)[1])
+    reference.close()
+    with pytest.raises(SpaceMismatchError, match="env 1 has action space"):
+        VectorEnv(fns, context="fork", num_workers=2)

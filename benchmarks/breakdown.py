@@ -46,6 +46,23 @@ class NullEnv(gym.Env):
         return self._obs, 1.0, False, False, {}
 
 
+class EpisodicNullEnv(NullEnv):
+    """A NullEnv whose episodes end (terminated) after ``length`` steps, the first ``offset`` steps
+    shorter (benchmarks.instructions sets both)."""
+
+    t = 0
+    length = 1
+    offset = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.t, self.offset = self.offset, 0
+        return self._obs, {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs, 1.0, self.t >= self.length, False, {}
+
+
 def make_cartpole() -> gym.Env:
     return gym.make("CartPole-v1")
 

@@ -60,35 +60,16 @@ class _Episodic:
         self.offset = offset
 
     def __call__(self) -> Any:
-        env = _episodic_class()()
+        # (a class of an importable module: made from a copy of this factory, each env still gets this
+        # one class; a class made here would be one per copy, and the counts would vary with them)
+        from benchmarks.breakdown import EpisodicNullEnv
+
+        env = EpisodicNullEnv()
         env.length = self.length
         env.offset = self.offset % self.length
         return env
 
 
-def _episodic_class() -> type:
-    global _EPISODIC
-    if _EPISODIC is None:
-        from benchmarks.breakdown import NullEnv
-
-        class EpisodicNullEnv(NullEnv):
-            t = 0
-            length = 1
-            offset = 0
-
-            def reset(self, *, seed=None, options=None):
-                self.t, self.offset = self.offset, 0
-                return self._obs, {}
-
-            def step(self, action):
-                self.t += 1
-                return self._obs, 1.0, self.t >= self.length, False, {}
-
-        _EPISODIC = EpisodicNullEnv
-    return _EPISODIC
-
-
-_EPISODIC: type | None = None
 
 
 def child(

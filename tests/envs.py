@@ -127,6 +127,26 @@ class FailingEnv(gym.Env):
             raise OSError("boom in close")
 
 
+class SecondResetFails(FailingEnv):
+    """Episodes of ``length`` steps; a ``bad`` env's second reset (the one after its first episode)
+    raises ValueError(``message``)."""
+
+    def __init__(self, bad: bool, length: int = 2, message: str = "boom in autoreset"):
+        super().__init__(None)
+        self.bad, self.length, self.message, self.resets = bad, length, message, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.bad and self.resets == 2:
+            raise ValueError(self.message)
+        self.steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, _, _, info = super().step(action)
+        return obs, reward, self.steps >= self.length, False, info
+
+
 def make_cartpole():
     return gym.make("CartPole-v1")
 

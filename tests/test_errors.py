@@ -232,29 +232,10 @@ def test_unpicklable_info_names_its_env() -> None:
         assert info.value.env_index == 3
 
 
-class EndsTogether(envs.FailingEnv):
-    """Episodes of two steps; a ``bad`` env's resets after the first raise."""
-
-    def __init__(self, bad: bool):
-        super().__init__(None)
-        self.bad, self.resets = bad, 0
-
-    def reset(self, *, seed=None, options=None):
-        self.resets += 1
-        if self.bad and self.resets > 1:
-            raise ValueError("boom in autoreset")
-        self.steps = 0
-        return super().reset(seed=seed, options=options)
-
-    def step(self, action):
-        obs, reward, _, _, info = super().step(action)
-        return obs, reward, self.steps >= 2, False, info
-
-
 @pytest.mark.parametrize("bad_index", [0, 2])  # the parent's shard, or a worker's (envs 2..3)
 def test_an_autoreset_that_raises_does_not_stop_the_other_resets(bad_index: int) -> None:
     """SB3's autoreset: every env whose episode ended is reset, even after one of them raised."""
-    fns = [partial(EndsTogether, i == bad_index) for i in range(4)]
+    fns = [partial(envs.SecondResetFails, i == bad_index) for i in range(4)]
     with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
         venv.reset()
         venv.step(np.zeros(4, dtype=np.int64))

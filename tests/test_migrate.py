@@ -121,30 +121,11 @@ def test_a_boundary_moves_one_way_at_a_time() -> None:
         assert pool.request_move(0, 1) == 2
 
 
-class SecondResetFails(envs.FailingEnv):
-    """Episodes of 3 steps; a ``bad`` env's second reset (after its first episode) raises."""
-
-    def __init__(self, bad: bool):
-        super().__init__(None)
-        self.bad, self.resets = bad, 0
-
-    def reset(self, *, seed=None, options=None):
-        self.resets += 1
-        if self.bad and self.resets == 2:
-            raise ValueError("boom in the reset after moving")
-        self.steps = 0
-        return super().reset(seed=seed, options=options)
-
-    def step(self, action):
-        obs, reward, _, _, info = super().step(action)
-        return obs, reward, self.steps >= 3, False, info
-
-
 @pytest.mark.parametrize(("source", "target", "moving"), [(1, 0, 2), (0, 1, 1)], ids=["to-the-caller", "to-a-worker"])
 def test_an_env_whose_reset_after_moving_raises(source: int, target: int, moving: int) -> None:
     """It moved all the same: its error is the env's (an EnvError that is also a ValueError), as an
     autoreset's would be, and the pool stays usable (it used to break, with an internal error)."""
-    fns = [partial(SecondResetFails, i == moving) for i in range(4)]
+    fns = [partial(envs.SecondResetFails, i == moving, 3, "boom in the reset after moving") for i in range(4)]
     with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
         pool = venv.pool
         venv.reset()

@@ -142,7 +142,6 @@ class AsyncBatches:
         as SB3's reset passes them)."""
         pool = self.pool
         self._check_quiet("async_reset")
-        views = pool._views
         n = pool.num_envs
         if options is not None:
             options = list(options)
@@ -150,20 +149,10 @@ class AsyncBatches:
                 raise ValueError(f"expected {n} option dicts (one per env), got {len(options)}")
             if not any(options):
                 options = None
-        payloads = None
-        if options is not None:  # pickled before anything is issued: an unpicklable option leaves the pool idle
-            payloads = {
-                remote.index: dumps_payload(options[remote.envs.start : remote.envs.stop], "reset options", remote.envs)
-                for remote in pool._remotes
-            }
-        if seeds is None:
-            views.seed_mask[:] = False
-        else:
-            if len(seeds) != n:
-                raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
-            seeds = pool._send_big_seeds(seeds, None)
-            views.seed_mask[:] = [s is not None for s in seeds]
-            views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
+        payloads = pool._option_payloads(options) if options is not None else None
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
+        pool._write_seeds(seeds, None)
         if options is not None and self.first_remote:  # the own group's, for recv() to reset it with
             own = self.groups[0]
             self._local_objects = options[own.start : own.stop]

@@ -629,19 +629,9 @@ class Pool:
                 raise ValueError(f"reset mask must have shape ({n},), got {mask.shape}")
         send_options = options is not None and (pass_options_always or any(options))
         arg = (ResetFlag.HAS_OPTIONS if send_options else 0) | (ResetFlag.OPTIONS_ALWAYS if pass_options_always else 0)
-        payloads = {}
-        if send_options:  # pickled before anything is issued: an unpicklable option leaves the pool idle
-            for remote in self._remotes:
-                payloads[remote.index] = dumps_payload(
-                    options[remote.envs.start : remote.envs.stop], "reset options", remote.envs
-                )
+        payloads = self._option_payloads(options) if send_options else {}
+        self._write_seeds(seeds, mask)
         views = self._views
-        if seeds is None:
-            views.seed_mask[:] = False
-        else:
-            seeds = self._send_big_seeds(seeds, mask)
-            views.seed_mask[:] = [s is not None for s in seeds]
-            views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
         if mask is not None:
             views.reset_mask[:] = mask
             arg |= ResetFlag.MASKED
@@ -662,6 +652,25 @@ class Pool:
                 reset_options=options if send_options else None,
             )
         )
+
+    def _option_payloads(self, options: list) -> dict[int, bytes]:
+        """Each worker's share of per-env reset ``options``, pickled before anything is issued (an option
+        that cannot be pickled leaves the pool idle)."""
+        return {
+            remote.index: dumps_payload(options[remote.envs.start : remote.envs.stop], "reset options", remote.envs)
+            for remote in self._remotes
+        }
+
+    def _write_seeds(self, seeds: Sequence[int | None] | None, mask: np.ndarray | None) -> None:
+        """A reset's per-env seeds into the shared block (None: no seeds; seeds beyond its int64 words
+        go to their envs first, ``_send_big_seeds``)."""
+        views = self._views
+        if seeds is None:
+            views.seed_mask[:] = False
+            return
+        seeds = self._send_big_seeds(seeds, mask)
+        views.seed_mask[:] = [s is not None for s in seeds]
+        views.reset_seeds[:] = [0 if s is None else int(s) for s in seeds]
 
     def _send_big_seeds(self, seeds: Sequence[int | None], mask: np.ndarray | None) -> list[int | None]:
         """Seeds beyond the shared block's int64 words (SB3 and gymnasium pass any int on to the env):
@@ -1011,12 +1020,14 @@ class Pool:
             return
         control, done_index, seq = self._control, self._done_index, self._seqs
         limit = self.step_timeout
+
+        def slice_after(elapsed: float) -> int:  # the next wait: up to the caller's timeout and the step_timeout
+            ns = POLL_NS if timeout is None else _slice_ns(timeout - elapsed)
+            return ns if limit is None else min(ns, _slice_ns(limit - elapsed))
+
         if k is None:
             waiting_since = time.monotonic()
-            first_ns = POLL_NS if timeout is None else _slice_ns(timeout)
-            if limit is not None:
-                first_ns = min(first_ns, _slice_ns(limit))
-            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, first_ns)
+            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, self.spin_ns, slice_after(0.0))
         if k == -1:
             return
         began = time.monotonic() if waiting_since is None else waiting_since
@@ -1048,10 +1059,7 @@ class Pool:
                     f"{p.name!r} did not finish within {asked if asked is not None else timeout:g} s (worker {remote.index}); "
                     "it is still pending"
                 )
-            slice_ns = POLL_NS if timeout is None else _slice_ns(timeout - elapsed)
-            if limit is not None:
-                slice_ns = min(slice_ns, _slice_ns(limit - elapsed))
-            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_ns)
+            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_after(elapsed))
             if k == -1:
                 return
 

@@ -175,11 +175,6 @@ class SubprocVecEnv(_VecEnvBase):
                 if i in batch.restarted:
                     infos[k]["fastvec.restarted"] = batch.restarted[i]
 
-    def seed(self, seed: int | None = None) -> Sequence[int | None]:
-        """Seeds for the next reset: ``seed + i`` for env i, as SB3's. With no seed, SB3's root: drawn
-        from NumPy's global generator (so a script that calls ``np.random.seed`` gets SB3's seeds)."""
-        return super().seed(seed)
-
     def stats(self) -> Any:
         """What each shard did since the previous call (fastvec.stats.PoolStats)."""
         return self.pool.stats()

@@ -1,15 +1,17 @@
 """Exceptions raised by fastvec.
 
 Every error that comes from an environment names the env index and the command
-that was running, and carries the remote traceback. When the env raised a
-built-in exception type (AttributeError, ValueError, ...), the fastvec error is
-also an instance of that type, so ``except AttributeError`` keeps working as it
-did with Stable-Baselines3's SubprocVecEnv.
+that was running, and carries the remote traceback. The fastvec error is also an
+instance of the type the env raised (a built-in such as AttributeError, or a class
+of a module the caller has imported, such as gymnasium.error.ResetNeeded or the
+user's own), so ``except AttributeError`` or ``except MyEnvError`` keeps working as
+with gymnasium's AsyncVectorEnv, which re-raises the env's own type.
 """
 
 from __future__ import annotations
 
 import builtins
+import sys
 import traceback
 
 from gymnasium import error as gym_error
@@ -157,19 +159,55 @@ def env_errors(payloads: list[tuple]) -> EnvError:
 
 
 def env_error(env_index: int, command: str, exc_type: str, message: str, remote_traceback: str) -> EnvError:
-    """Build the EnvError for a remote exception, mixing in its built-in type when it has one."""
-    cls: type = EnvError
-    name = exc_type.rsplit(".", 1)[-1]
-    builtin_type = getattr(builtins, name, None)
-    if exc_type == name and isinstance(builtin_type, type) and issubclass(builtin_type, Exception):
-        cls = _MIXED_TYPES.get(builtin_type)
-        if cls is None:
-            try:
-                cls = type(f"Env{name}", (EnvError, builtin_type), {"__module__": __name__})
-            except TypeError:  # incompatible layouts: keep the plain EnvError
-                cls = EnvError
-            _MIXED_TYPES[builtin_type] = cls
-    return cls(env_index, command, exc_type, message, remote_traceback)
+    """Build the EnvError for a remote exception, also an instance of the env's own exception type
+    where the caller can name it (a built-in, or a class of a module the caller has imported, such as
+    gymnasium.error.ResetNeeded), as gymnasium's AsyncVectorEnv re-raises the env's own type."""
+    original = _exception_class(exc_type)
+    if original is None:
+        return EnvError(env_index, command, exc_type, message, remote_traceback)
+    cls = _MIXED_TYPES.get(original)
+    if cls is None:
+        try:
+            cls = type(
+                f"Env{original.__name__}",
+                (EnvError, original),
+                {"__module__": __name__, "__qualname__": f"Env{original.__name__}"},
+            )
+        except Exception:  # incompatible layouts or metaclasses: keep the plain EnvError
+            cls = EnvError
+        _MIXED_TYPES[original] = cls
+    try:
+        return cls(env_index, command, exc_type, message, remote_traceback)
+    except Exception:  # the env's type wants other constructor arguments than a message
+        _MIXED_TYPES[original] = EnvError
+        return EnvError(env_index, command, exc_type, message, remote_traceback)
+
+
+def _exception_class(exc_type: str) -> type | None:
+    """The Exception subclass named ``exc_type`` ("ValueError", "package.module.Outer.Error"), looked
+    up without importing anything: a built-in, or a class of a module already imported here (a
+    worker's ``__mp_main__`` is this process's ``__main__``). None when there is no such class."""
+    module_name, _, qualname = exc_type.rpartition(".")
+    if not module_name:
+        found = getattr(builtins, exc_type, None)
+    else:
+        module = None
+        # the qualified name may be nested (module.Outer.Inner): try the longest imported module prefix
+        parts = exc_type.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            name = ".".join(parts[:cut])
+            module = sys.modules.get("__main__" if name == "__mp_main__" else name)
+            if module is not None:
+                qualname = ".".join(parts[cut:])
+                break
+        if module is None or "<locals>" in qualname:
+            return None
+        found = module
+        for attribute in qualname.split("."):
+            found = getattr(found, attribute, None)
+    if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, FastvecError):
+        return found
+    return None
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str]:

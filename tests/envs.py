@@ -127,6 +127,27 @@ class FailingEnv(gym.Env):
             raise OSError("boom in close")
 
 
+class EnvOwnError(Exception):
+    """An env's own exception class (importable by the caller, as a user's module would be)."""
+
+
+class EnvOwnErrorWithCode(Exception):
+    """An env's own exception class whose constructor takes more than a message."""
+
+    def __init__(self, code: int, detail: str):
+        super().__init__(code, detail)
+
+
+class OwnErrorEnv(FailingEnv):
+    """Raises its own exception types: EnvOwnError in step, EnvOwnErrorWithCode in env_method."""
+
+    def step(self, action):
+        raise EnvOwnError("own error in step")
+
+    def explode_with_code(self):
+        raise EnvOwnErrorWithCode(7, "detail")
+
+
 class SecondResetFails(FailingEnv):
     """Episodes of ``length`` steps; a ``bad`` env's second reset (the one after its first episode)
     raises ValueError(``message``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from functools import partial
 
+import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
@@ -433,7 +435,6 @@ def _with_render_mode(factory):
 
 
 def test_env_error_pickles_and_reads_plainly() -> None:
-    import pickle
 
     from fastvec.errors import env_error
 
@@ -441,3 +442,49 @@ def test_env_error_pickles_and_reads_plainly() -> None:
     assert isinstance(err, KeyError) and str(err).startswith("env 3 raised KeyError during 'env_method'")
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is type(err) and again.env_index == 3 and str(again) == str(err)
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_env_error_is_also_the_envs_own_exception_type(front: str) -> None:
+    """gymnasium's AsyncVectorEnv re-raises the env's own type: ``except MyEnvError`` and
+    ``except gymnasium.error.ResetNeeded`` must catch fastvec's error too."""
+    from fastvec import VectorEnv
+    from tests.envs import EnvOwnError, EnvOwnErrorWithCode, OwnErrorEnv
+
+    if front == "sb3":
+        venv = SubprocVecEnv([OwnErrorEnv] * 3, start_method="fork", num_workers=2)
+        step = lambda: venv.step(np.zeros(3, dtype=np.int64))  # noqa: E731
+        call = lambda name: venv.env_method(name, indices=[2])  # noqa: E731
+    else:
+        venv = VectorEnv([OwnErrorEnv] * 3, context="fork", num_workers=2)
+        step = lambda: venv.step(np.zeros(3, dtype=np.int64))  # noqa: E731
+        call = lambda name: venv.call(name)  # noqa: E731
+    try:
+        venv.reset()
+        with pytest.raises(EnvOwnError, match="env 0 raised tests.envs.EnvOwnError during 'step'") as info:
+            step()
+        assert isinstance(info.value, EnvError) and "own error in step" in str(info.value)
+        again = pickle.loads(pickle.dumps(info.value))
+        assert type(again) is type(info.value) and str(again) == str(info.value)
+        # a type that cannot be built from a message stays a plain EnvError
+        with pytest.raises(EnvError, match="EnvOwnErrorWithCode") as info:
+            call("explode_with_code")
+        assert not isinstance(info.value, EnvOwnErrorWithCode)
+    finally:
+        venv.close()
+
+
+def test_env_error_is_gymnasiums_own_error_type() -> None:
+    from fastvec import VectorEnv
+
+    with VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2) as venv:
+        with pytest.raises(gym.error.ResetNeeded) as info:  # gymnasium's OrderEnforcing wrapper
+            venv.step(np.zeros(2, dtype=np.int64))
+        assert isinstance(info.value, EnvError) and info.value.env_index == 0
+
+
+def test_env_error_of_an_unknown_type_is_a_plain_env_error() -> None:
+    from fastvec.errors import env_error
+
+    for name in ("no_such_module.Error", "tests.envs.NoSuchError", "tests.envs.make_cartpole", "f.<locals>.E"):
+        assert type(env_error(1, "step", name, "m", "")) is EnvError

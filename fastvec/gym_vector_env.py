@@ -185,8 +185,7 @@ class VectorEnv(gym.vector.VectorEnv):
             )
         mask = None
         if options is not None and "reset_mask" in options:
-            options = dict(options)
-            mask = options.pop("reset_mask")
+            mask = options.pop("reset_mask")  # from the caller's dict, as gymnasium does (its wrappers see it gone)
             if not isinstance(mask, np.ndarray):
                 raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
             if mask.shape != (n,):

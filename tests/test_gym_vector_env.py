@@ -96,6 +96,34 @@ def test_reset_mask_validation() -> None:
             venv.reset(options={"reset_mask": np.zeros(2, dtype=bool)})
 
 
+def test_reset_mask_is_taken_from_the_callers_options_as_gymnasium_does() -> None:
+    """gymnasium pops "reset_mask" from the caller's dict; its RecordEpisodeStatistics then finds no
+    mask and resets every env's statistics. The same program must count the same episodes."""
+
+    def run(cls) -> tuple[list, list]:
+        extra = {"num_workers": 2} if cls is VectorEnv else {}
+        venv = gym.wrappers.vector.RecordEpisodeStatistics(
+            cls([envs.make_cartpole] * 3, autoreset_mode=AutoresetMode.DISABLED, **extra)
+        )
+        try:
+            venv.reset(seed=0)
+            options = {"reset_mask": np.array([True, False, False]), "other": 1}
+            venv.reset(seed=0, options=options)
+            lengths = []
+            for _ in range(60):
+                _, _, terminated, truncated, info = venv.step(np.ones(3, dtype=np.int64))
+                if "episode" in info:
+                    lengths.append(info["episode"]["l"][info["_episode"]].tolist())
+                done = terminated | truncated
+                if done.any():
+                    venv.reset(options={"reset_mask": done})
+        finally:
+            venv.close()
+        return sorted(options), lengths
+
+    assert run(VectorEnv) == run(SyncVectorEnv)
+
+
 def test_cleanrl_style_loop_with_record_episode_statistics() -> None:
     venv = gym.wrappers.vector.RecordEpisodeStatistics(VectorEnv([envs.make_cartpole] * 4, start_method="fork"))
     try:

@@ -86,9 +86,14 @@ class SubprocVecEnv(_VecEnvBase):
         # structured action spaces: SB3 passes one action per env (a list of dicts / tuples)
         self._per_env_actions = not is_single_array(leaves(self.action_space))
 
+    def _options_for_reset(self) -> list | None:
+        """The options of set_options(), one per env; as in SB3, env i takes entry i of the list as
+        given (a longer list's extra entries go unused, a shorter one raises IndexError)."""
+        options = [self._options[i] for i in range(self.num_envs)]
+        return options if any(options) else None
+
     def reset(self) -> Any:
-        options = self._options if any(self._options) else None
-        batch = self.pool.reset(self._seeds, options)
+        batch = self.pool.reset(self._seeds, self._options_for_reset())
         self.reset_infos = [batch.reset_infos.get(i, {}) for i in range(self.num_envs)]
         # seeds and options are used once, as SB3 does
         self._reset_seeds()
@@ -131,7 +136,7 @@ class SubprocVecEnv(_VecEnvBase):
     def async_reset(self) -> None:
         """Start resetting every env (with the seeds of ``seed()`` and the options of ``set_options()``, used
         once, as by ``reset()``); ``recv()`` returns them in batches."""
-        self.pool.async_reset(self._seeds, self._options if any(self._options) else None)
+        self.pool.async_reset(self._seeds, self._options_for_reset())
         self._reset_seeds()
         self._reset_options()
 

@@ -86,6 +86,14 @@ def test_seed_and_options_apply_once(make_venv) -> None:
     assert not np.array_equal(first["position"], different["position"])
 
 
+def test_set_options_list_longer_than_num_envs(make_venv) -> None:
+    """SB3 keeps the list as given and env i takes entry i: extra entries go unused."""
+    venv = make_venv([envs.make_dict] * 3)
+    venv.set_options([{"level": i} for i in range(5)])
+    venv.reset()
+    assert [info.get("options") for info in venv.reset_infos] == [{"level": 0}, {"level": 1}, {"level": 2}]
+
+
 def test_step_async_wait_and_episode_end(make_venv) -> None:
     venv = make_venv([envs.make_cartpole] * 2)
     venv.seed(0)

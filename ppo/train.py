@@ -191,10 +191,18 @@ class Trainer:
         if config.resume:
             # distributed: rank 0 reads the checkpoint and every rank loads the same bytes
             source = self.dist.broadcast_checkpoint(config.resume)
+            # one process: the checkpoint's generator. Distributed: each rank its own generator, from the
+            # checkpoint's per-rank states when it has one per rank, else the rank keeps its fresh seed
             state = load_checkpoint(
-                source, self.agent, self.optimizer, self.reward_rms, map_location=device, restore_rng=True
+                source,
+                self.agent,
+                self.optimizer,
+                self.reward_rms,
+                map_location=device,
+                restore_rng=not self.dist.enabled,
             )
-            self.dist.restore_rng_state(state.get("torch_rng_states"))  # each rank its own generator
+            if self.dist.enabled:
+                self.dist.restore_rng_state(state.get("torch_rng_states"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
         # distributed: the update's forward runs through DistributedDataParallel, which averages the gradients
         # (and starts every rank from rank 0's parameters); the plain agent when not distributed

@@ -271,6 +271,19 @@ def test_two_ranks_resume_from_a_checkpoint(tmp_path) -> None:
     assert [int(r["global_step"]) for r in rows] == [3 * per_iteration, 4 * per_iteration]
 
 
+def test_ranks_resumed_from_a_single_process_checkpoint_keep_their_own_generators(tmp_path) -> None:
+    """A checkpoint without one generator state per rank (here a plain run's) cannot give each rank its
+    own: every rank keeps its fresh seed, and must not take the plain run's single state."""
+    per_iteration = STEPS_PER_ITERATION_2_RANKS
+    plain = [*SMALL, "--runs-dir", str(tmp_path), "--total-timesteps", str(per_iteration), "--run-name", "plain"]
+    _run([sys.executable, "-m", "ppo.train", *plain])
+    resume = ["--resume", str(tmp_path / "plain"), "--run-name", "resumed", "--total-timesteps", str(per_iteration)]
+    done = _run(_torchrun(2, "--distributed", *SMALL, "--runs-dir", str(tmp_path), *resume))
+    assert "every rank keeps its fresh seed" not in done.stderr  # no per-rank states at all: nothing to warn of
+    states = torch.load(tmp_path / "resumed" / "final.pt", weights_only=True)["torch_rng_states"]
+    assert states.shape[0] == 2 and not torch.equal(states[0], states[1])
+
+
 # -- failures end the run ------------------------------------------------------------------------------------
 def _wait_for_iterations(run: Path, proc: subprocess.Popen, count: int, timeout: float = 90) -> None:
     """Until rank 0 logged ``count`` iterations (every rank is then inside the training loop)."""

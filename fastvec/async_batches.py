@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncBatches", "AsyncBatch"]
 
 _HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
+_get_ident = threading.get_ident
 _STEP = Command.STEP  # (an Enum member read through its class costs a metaclass lookup: once per call here)
 
 
@@ -299,8 +301,16 @@ class AsyncBatches:
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic() if timeout is not None else 0.0
         groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
-        while len(ready) < groups and self.inflight:
-            self._collect_one(began, timeout)
+        pool._busy_in = _get_ident()  # (close() from another thread waits for this recv)
+        try:
+            while len(ready) < groups and self.inflight:
+                self._collect_one(began, timeout)
+        finally:
+            pool._busy_in = 0
+            if pool._release_deferred:  # closed meanwhile (another thread, a signal handler)
+                pool._release()
+        if pool.closed:
+            raise pool._closed_meanwhile("recv")
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
         # leaves them there, for the next recv(); one while they leave breaks the pool
         taken = list(itertools.islice(ready, groups))
@@ -352,6 +362,8 @@ class AsyncBatches:
         if limit is not None:  # wake up by the first in-flight worker's deadline
             due = min(self.issued[position + first] for position in positions) + limit - time.monotonic()
             slice_ns = max(1, min(slice_ns, int(due * 1e9)))
+        if pool.closed:  # by another thread, which gave up waiting for this one
+            raise pool._closed_meanwhile("recv")
         k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, pool.spin_ns, slice_ns)
         if k == -1:
             self._check_lives(positions)

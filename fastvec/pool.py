@@ -25,6 +25,7 @@ import atexit
 import collections
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -84,6 +85,7 @@ from fastvec.stats import PoolStats, Sampler
 __all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
+_get_ident = threading.get_ident
 
 
 class PoolState(Enum):
@@ -251,6 +253,11 @@ class Pool:
         self.slot_views: list | None = None
         self.obs_slots: list | None = None  # per slot, the observation rows where they are one array leaf
         self._pins_caller = False  # this pool pinned the calling process (pin="spread"): close() gives it back
+        # the thread running a command's completion (its own shard, the wait), else 0: close() from
+        # another thread lets it finish instead of running that shard a second time beside it
+        self._busy_in = 0
+        self._release_deferred = False  # closed while such a thread was inside: it releases the block
+        self._release_lock = threading.Lock()
 
         opts = PoolOptions.build(options, **knobs)
         env_fns = list(env_fns)
@@ -804,9 +811,13 @@ class Pool:
         stays pending (multiprocessing.TimeoutError) and the next wait collects the workers.
         """
         entered = time.perf_counter_ns()
+        self._busy_in = _get_ident()
         try:
             return self._complete_command(p, timeout)
         finally:
+            self._busy_in = 0
+            if self._release_deferred:  # closed meanwhile (another thread, a signal handler)
+                self._release()
             self._inside_ns += time.perf_counter_ns() - entered
 
     def _complete_step(self, p: _Pending) -> list | None:
@@ -816,6 +827,7 @@ class Pool:
         a message on its pipe, a worker that died) goes on in ``_complete_command``, which resumes
         from what this one recorded in ``p``."""
         entered = time.perf_counter_ns()
+        self._busy_in = _get_ident()
         try:
             if self._local is not None:  # _start_local's work, with this call's clock reading
                 try:
@@ -853,6 +865,9 @@ class Pool:
             self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
         finally:
+            self._busy_in = 0
+            if self._release_deferred:  # closed meanwhile (another thread, a signal handler)
+                self._release()
             self._inside_ns += time.perf_counter_ns() - entered
 
     def _complete_command(self, p: _Pending, timeout: float | None) -> list | None:
@@ -1018,6 +1033,8 @@ class Pool:
         """
         if not self._remotes:
             return
+        if self._state is PoolState.CLOSED:  # by another thread while this one stepped its shard
+            raise self._closed_meanwhile(p.name)
         control, done_index, seq = self._control, self._done_index, self._seqs
         limit = self.step_timeout
 
@@ -1033,6 +1050,8 @@ class Pool:
         began = time.monotonic() if waiting_since is None else waiting_since
         restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
         while True:
+            if self._state is PoolState.CLOSED:  # by another thread, which gave up waiting for this one
+                raise self._closed_meanwhile(p.name)
             remote = self._remotes[k]
             elapsed = time.monotonic() - began
             if remote.exitcode is not None:
@@ -1550,6 +1569,8 @@ class Pool:
         if self._foreign:
             self._state = PoolState.CLOSED
             return
+        if self._busy_in:
+            self._let_running_command_end(timeout)
         error = None
         # a broken pool's workers were never told to exit (they wait for the next command, or are
         # still in the one that broke it): waiting for them only delays the SIGTERM on which they close their envs
@@ -1564,6 +1585,27 @@ class Pool:
             self._terminate(grace=grace)
         if error is not None:
             raise error
+
+    def _closed_meanwhile(self, during: str) -> ClosedError:
+        """What a thread raises when it finds the pool closed by another one (or by a signal handler)
+        while it completed a command."""
+        return ClosedError(f"this vectorized env was closed (by another thread or a signal handler) during {during!r}")
+
+    def _let_running_command_end(self, timeout: float) -> None:
+        """close() while a command is being completed: in another thread, wait (up to the pending-step
+        grace) for that thread to finish it, so that no env of this process's shard is stepped twice at
+        once; if it does not, or if close() runs inside that command (a signal handler), break the pool:
+        its workers are then stopped, and the waiting thread raises ClosedError."""
+        if self._busy_in != _get_ident():
+            deadline = time.monotonic() + min(timeout, PENDING_STEP_GRACE_S)
+            while self._busy_in and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if not self._busy_in:
+                return
+            why = "another thread's command was still running"
+        else:
+            why = "it was called inside a running command (from a signal handler)"
+        self._break(ClosedError(f"close(): {why}"))
 
     def terminate(self) -> None:
         """Stop without waiting for a pending command: each worker gets SIGTERM, closes its envs and exits
@@ -1622,30 +1664,43 @@ class Pool:
         self._state = PoolState.CLOSED
         self._pending = None
         stop(self._all_remotes(), grace)
-        if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
-            self._local_envs_closed = True
-            for env in self._local_envs + (self._tail.envs if self._tail is not None else []):
-                try:
-                    env.close()
-                except Exception:
-                    pass
-        self._local = self._head = self._tail = None
-        self._local_envs = []
-        self.ring = None  # type: ignore[assignment]
-        self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]
-        if self._async is not None:
-            self._async.release()
-        if self._views is not None:
-            self._views.release()
-        self._control = self._control_words = None
         if self._segment is not None:
-            shm.unlink(self._segment)
-            shm.close(self._segment)
-            self._segment = None
+            shm.unlink(self._segment)  # the name goes now; the mapping with _release()
         if self._pins_caller:
             self._pins_caller = False
             placement.release_caller()
         _LIVE_POOLS.discard(self)
+        self._release_deferred = True
+        if not self._busy_in:
+            self._release()
+        # else a thread is inside a command (another thread's, or the one a signal handler interrupted):
+        # it still runs this process's envs over the shared block, and releases both when it leaves
+
+    def _release(self) -> None:
+        """Close this process's envs and let go of the shared block (once, from whichever thread gets here)."""
+        with self._release_lock:
+            if not self._release_deferred:
+                return
+            self._release_deferred = False
+            if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
+                self._local_envs_closed = True
+                for env in self._local_envs + (self._tail.envs if self._tail is not None else []):
+                    try:
+                        env.close()
+                    except Exception:
+                        pass
+            self._local = self._head = self._tail = None
+            self._local_envs = []
+            self.ring = None  # type: ignore[assignment]
+            self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]
+            if self._async is not None:
+                self._async.release()
+            if self._views is not None:
+                self._views.release()
+            self._control = self._control_words = None
+            if self._segment is not None:
+                shm.close(self._segment)
+                self._segment = None
 
     def __del__(self) -> None:
         try:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,8 @@ import psutil
 import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
-from fastvec.errors import StepTimeoutError, WorkerDiedError
+from fastvec.errors import ClosedError, StepTimeoutError, WorkerDiedError
+from fastvec.protocol import Command
 from fastvec.worker import TERM_DEADLINE_S
 from tests import envs
 
@@ -224,3 +226,117 @@ def test_a_stuck_worker_still_ends_with_its_parent(tmp_path, case: str) -> None:
             os.kill(pid, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their parent"
     assert closed == ([0, 1, 2, 3] if case == "hang" else [0, 1])
+
+
+# -- close() while another thread (or a signal handler) is inside a command -------------------------------
+class SlowLogged(envs.Counter):
+    """Appends its index to ``<folder>/steps`` on every step, which takes ``seconds``; touches
+    ``<folder>/<index>.closed`` when closed."""
+
+    def __init__(self, folder: str, index: int, seconds: float):
+        super().__init__(index)
+        self.folder, self.seconds = Path(folder), seconds
+
+    def step(self, action):
+        with open(self.folder / "steps", "a") as f:
+            f.write(f"{self.index}\n")
+        time.sleep(self.seconds)
+        return super().step(action)
+
+    def close(self):
+        (self.folder / f"{self.index}.closed").touch()
+
+
+def _steps_per_env(folder: Path, before: dict[int, int] | None = None) -> dict[int, int]:
+    """How often each env was stepped (since ``before``, such counts taken earlier)."""
+    path = folder / "steps"
+    lines = path.read_text().split() if path.exists() else []
+    counts = {i: lines.count(str(i)) - (before or {}).get(i, 0) for i in range(4)}
+    return {i: n for i, n in counts.items() if n}
+
+
+def _start(venv, batch: bool) -> None:
+    """Reset; asynchronous batches: until both groups (this process's and the worker's) are stepping."""
+    if not batch:
+        venv.reset()
+        return
+    venv.async_reset()
+    while True:
+        _, _, _, _, info = venv.recv()
+        venv.send(np.zeros(2, dtype=np.int64), info["env_id"])
+        batches = venv.pool._async
+        if not batches.ready and all(command is Command.STEP for command, _ in batches.inflight.values()):
+            return
+
+
+def _step_in_thread(venv, batch: bool) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(venv.recv() if batch else venv.step(np.zeros(4, dtype=np.int64)))
+        except BaseException as exc:  # noqa: BLE001 (the test reads it)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["step", "recv"])
+def test_close_from_another_thread_lets_the_running_step_finish(tmp_path, batch: bool) -> None:
+    """SB3's and gymnasium's close() during another thread's step only read the pipes. fastvec's used to
+    run this process's shard a second time, beside the thread already stepping it."""
+    fns = [partial(SlowLogged, str(tmp_path), i, 0.4) for i in range(4)]
+    venv = VectorEnv(fns, start_method="fork", num_workers=2, **({"batch_size": 2} if batch else {}))
+    _start(venv, batch)
+    before = _steps_per_env(tmp_path)
+    thread, outcome = _step_in_thread(venv, batch)
+    time.sleep(0.1)  # the thread is stepping this process's shard, or waiting for the worker's
+    venv.close()
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(outcome[0], tuple), outcome  # its results came back
+    stepped = _steps_per_env(tmp_path, before)
+    assert set(stepped.values()) == {1}, stepped  # never twice
+    if not batch:  # (with batches, the worker may have begun its group before ``before`` was counted)
+        assert stepped == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["step", "recv"])
+def test_close_from_another_thread_gives_up_on_a_step_past_its_timeout(tmp_path, batch: bool) -> None:
+    """The running step outlasts close()'s timeout: close() returns, the workers are stopped, and the
+    stepping thread raises ClosedError once its own envs return, then lets go of them and the block."""
+    fns = [partial(SlowLogged, str(tmp_path), i, 1.5) for i in range(4)]
+    venv = VectorEnv(fns, start_method="fork", num_workers=2, **({"batch_size": 2} if batch else {}))
+    _start(venv, batch)
+    before = _steps_per_env(tmp_path)
+    thread, outcome = _step_in_thread(venv, batch)
+    time.sleep(0.1)
+    began = time.monotonic()
+    venv.close(timeout=0.3)
+    assert time.monotonic() - began < 1.2  # it did not wait for the 1.5 s step
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(outcome[0], ClosedError), outcome
+    assert "closed (by another thread" in str(outcome[0])
+    assert max(_steps_per_env(tmp_path, before).values()) == 1
+    assert {0, 1} <= {int(p.stem) for p in tmp_path.glob("*.closed")}  # this process's envs, after their step
+    assert venv.pool._segment is None and venv.pool._control is None  # let go of, by the stepping thread
+
+
+def test_close_in_a_signal_handler_during_the_step(tmp_path) -> None:
+    """A handler that closes the pool while the step runs (here inside this process's shard), then
+    returns: the step raises ClosedError when it gets back, and no env is stepped twice."""
+    fns = [partial(SlowLogged, str(tmp_path), i, 0.3) for i in range(4)]
+    venv = VectorEnv(fns, start_method="fork", num_workers=2)
+    venv.reset()
+    previous = signal.signal(signal.SIGALRM, lambda *_: venv.close())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(ClosedError):
+            venv.step(np.zeros(4, dtype=np.int64))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert venv.closed and max(_steps_per_env(tmp_path).values()) == 1
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]

@@ -514,7 +514,7 @@ cdef inline int copy_row(object item, cnp.ndarray dst, const Rows *rows, Py_ssiz
     """Copy one observation into row ``index`` of ``dst`` (described by ``rows``): a memcpy when it
     already is a C-contiguous array of the destination's type in native byte order (``rows.fast``:
     the destination is native too), else
-    after converting it (``*converted`` set when it was an array of another type). 1: its shape is
+    after converting it (``*converted`` set when it was an array of another dtype, byte order included). 1: its shape is
     not a row's (nothing copied)."""
     cdef cnp.ndarray arr
     cdef int d
@@ -523,8 +523,10 @@ cdef inline int copy_row(object item, cnp.ndarray dst, const Rows *rows, Py_ssiz
             and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
         arr = <cnp.ndarray> item
     else:
-        if cnp.PyArray_Check(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) != rows.type_num:
-            converted[0] = True
+        if cnp.PyArray_Check(item) and (
+                cnp.PyArray_TYPE(<cnp.ndarray> item) != rows.type_num
+                or cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item) != cnp.PyArray_ISNOTSWAPPED(dst)):
+            converted[0] = True  # another type, or the same in the other byte order
         arr = np.asarray(item, dtype=dst.dtype, order="C")
     if cnp.PyArray_NDIM(arr) != rows.ndim:
         return 1

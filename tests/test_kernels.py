@@ -70,6 +70,11 @@ def test_gather_rows_reports_first_bad_shape(k) -> None:
     assert k.gather_rows([f32, f32, np.ones(3)], dst, 0, True) == -2 - 2  # cast reported, rows still written
     np.testing.assert_array_equal(dst[:3], 1)
     assert k.gather_rows([f32, np.ones(3)], dst, 0, False) == -1
+    # the same type in the other byte order is another dtype too (final observations stay the env's own)
+    big = np.zeros((2, 3), dtype=">i2")
+    assert k.gather_rows([np.arange(3, dtype=">i2"), np.arange(3, dtype="<i2")], big, 0, True) == -2 - 1
+    np.testing.assert_array_equal(big, [[0, 1, 2], [0, 1, 2]])
+    assert k.gather_rows([np.arange(3, dtype=">i2")] * 2, big, 0, True) == -1
 
 
 @pytest.mark.parametrize("k", IMPLS)

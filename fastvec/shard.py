@@ -39,7 +39,7 @@ from fastvec.protocol import (
     TAG_SCALAR_ROWS,
     Extra,
 )
-from fastvec.spaces import Leaf, assemble, is_single_array, split
+from fastvec.spaces import Leaf, assemble, is_single_array, same_form, split
 
 __all__ = ["Shard", "WrappedShard"]
 
@@ -317,8 +317,9 @@ class Shard:
                 # copy the final observation out before the reset overwrites it
                 if plain:
                     final = results[j][0]
-                    if self._gather([final], terminal, leaf, "step", False, j, cast=True):
-                        self.side_extras.append((start + j, Extra.FINAL_OBS, final))  # the env's own, uncast
+                    # the env's own object where the buffer's row would not be it (cast, or not an array)
+                    if self._gather([final], terminal, leaf, "step", False, j, cast=True) or type(final) is not np.ndarray:
+                        self.side_extras.append((start + j, Extra.FINAL_OBS, final))
                 else:
                     self.write_terminal(j, results[j][0], "step")
                 if migrate[start + j] and self._may_leave(j):  # its new shard resets it
@@ -568,7 +569,9 @@ class Shard:
                 part = self._parts([obs], leaf, command, [j])[0]
                 cast = self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, j, cast=True) or cast
                 buffer += 1
-        if self.raw_final or cast:  # (an array part cast to the space's dtype: the env's own, as the references give)
+        # the env's own object, as the references give, where the buffers would rebuild another (a part cast to
+        # the space's dtype, lists for arrays, another key order or container)
+        if self.raw_final or cast or not same_form(self.observation_space, obs):
             self.side_extras.append((self.start + j, Extra.FINAL_OBS, obs))
 
     def _parts(self, obs_list: list, leaf: Leaf, command: str, positions: Any) -> list:

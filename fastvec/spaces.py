@@ -116,6 +116,24 @@ def split(value: Any, leaf: Leaf) -> Any:
     return value
 
 
+def same_form(space: spaces.Space, value: Any) -> bool:
+    """Whether rebuilding ``value`` from its array parts (``assemble``) gives back its own form: plain
+    dicts with the space's keys in its order, tuples, numpy arrays (not lists, scalars or subclasses)."""
+    if isinstance(space, spaces.Dict):
+        return (
+            type(value) is dict
+            and list(value) == list(space.spaces)
+            and all(same_form(sub, value[key]) for key, sub in space.spaces.items())
+        )
+    if isinstance(space, spaces.Tuple):
+        return (
+            type(value) is tuple
+            and len(value) == len(space.spaces)
+            and all(same_form(sub, part) for sub, part in zip(space.spaces, value))
+        )
+    return type(value) is np.ndarray
+
+
 def assemble(space: spaces.Space, parts: list) -> Any:
     """Rebuild the structure of ``space`` from its leaf parts (same order as ``leaves``).
 

@@ -368,6 +368,54 @@ def test_final_observations_are_the_envs_own_as_sync_vector_env() -> None:
             np.testing.assert_array_equal(a["terminal_observation"], b["terminal_observation"])
 
 
+class OwnFormObs(gym.Env):
+    """Returns its observation in its own form: a list for a Box, or a dict in another key order than
+    the space's with a list part (ending every 2nd step)."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, structured: bool):
+        box = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.structured = structured
+        self.observation_space = gym.spaces.Dict({"a": gym.spaces.MultiBinary(2), "b": box}) if structured else box
+
+    def _obs(self):
+        return {"b": np.array([0.5, -0.5], np.float32), "a": [1, 0]} if self.structured else [0.5, -0.5]
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, self.t % 2 == 0, False, {}
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["list", "dict"])
+def test_final_observations_in_the_envs_own_form(structured: bool) -> None:
+    """gymnasium's final_obs and SB3's terminal_observation are the object the env returned: a list stays
+    a list, a dict keeps its key order (they used to be rebuilt from the buffers)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from fastvec import SubprocVecEnv
+
+    fns = [partial(OwnFormObs, structured)] * 3
+    want = OwnFormObs(structured)._obs()
+    with VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.SAME_STEP) as venv:
+        venv.reset(seed=0)
+        for _ in range(2):
+            infos = venv.step(np.zeros(3, np.int64))[4]
+        for got in infos["final_obs"]:
+            assert type(got) is type(want) and list(got) == list(want) and repr(got) == repr(want), got
+    sb3 = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset(), sb3.reset()
+        for _ in range(2):
+            infos, reference = venv.step(np.zeros(3, np.int64))[3], sb3.step(np.zeros(3, np.int64))[3]
+        for a, b in zip(infos, reference):
+            assert repr(a["terminal_observation"]) == repr(b["terminal_observation"]) == repr(want)
+
+
 def test_config_start_method_and_daemon_apply_unless_given() -> None:
     """A config's start_method (and a PoolOptions' daemon) apply where the arguments do not say
     otherwise (gymnasium's defaults were passed on as if given); arguments given win."""

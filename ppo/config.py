@@ -76,7 +76,8 @@ class Config:
     learning_rate: float = 3e-3
     """Adam learning rate (initial value when annealed)"""
     scale_lr_with_num_envs: bool = False
-    """the tutorial's linear scaling rule: lr = learning_rate * num_envs / 8 (8 envs is the reference)"""
+    """the tutorial's linear scaling rule: lr = learning_rate * num_envs / 8 (8 envs is the reference; distributed,
+    the envs of every rank count)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over anneal_timesteps (PPO paper's Atari setting, rl-zoo)"""
     anneal_clip: bool = True
@@ -112,7 +113,9 @@ class Config:
     norm_obs: bool = False
     """normalize observations with running mean and variance (stats are part of the checkpoint)"""
     norm_reward: bool = False
-    """scale rewards by the running standard deviation of the discounted return (as VecNormalize)"""
+    """scale rewards by the running standard deviation of the discounted return (VecNormalize's statistics,
+    updated once per rollout: a rollout's rewards are scaled with the statistics after it, where VecNormalize
+    scales each step with those up to it)"""
 
     # --- machinery -------------------------------------------------------------------------
     seed: int = 1
@@ -171,11 +174,11 @@ class Config:
         """Rollout + update cycles in the budget (at least one)."""
         return max(1, math.ceil(self.total_timesteps / self.batch_size))
 
-    @property
-    def effective_learning_rate(self) -> float:
-        """The initial learning rate after the optional linear scaling with num_envs."""
+    def effective_learning_rate(self, world_size: int = 1) -> float:
+        """The initial learning rate after the optional linear scaling with the number of envs of the
+        whole run (``num_envs`` per rank times the ranks: 2 x 4 envs train as 1 x 8)."""
         if self.scale_lr_with_num_envs:
-            return self.learning_rate * self.num_envs / REFERENCE_NUM_ENVS
+            return self.learning_rate * self.num_envs * world_size / REFERENCE_NUM_ENVS
         return self.learning_rate
 
     def validate(self) -> None:
@@ -193,8 +196,31 @@ class Config:
             raise ValueError(f"update_epochs must be >= 1, got {self.update_epochs}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma} and {self.gae_lambda}")
-        if self.collective_timeout_s <= 0:
-            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+        if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
+            raise ValueError(f"collective_timeout_s must be a finite number > 0, got {self.collective_timeout_s}")
+        if self.total_timesteps < 1:
+            raise ValueError(f"total_timesteps must be >= 1, got {self.total_timesteps}")
+        # (a NaN fails every comparison: each range is written so that NaN is refused too)
+        for name, low, strict in (
+            ("learning_rate", 0.0, True),
+            ("max_grad_norm", 0.0, True),  # (a negative one flips the gradients' sign in clip_grad_norm_)
+            ("clip_coef", 0.0, False),
+            ("vf_coef", 0.0, False),
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > low if strict else value >= low)):
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
+        if not math.isfinite(self.ent_coef):
+            raise ValueError(f"ent_coef must be a finite number, got {self.ent_coef}")
+        if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
+            raise ValueError(f"target_kl must be a finite number > 0 or None, got {self.target_kl}")
+        if self.solve_return is not None and math.isnan(self.solve_return):
+            raise ValueError("solve_return must be a number or None, got nan")
+        if not self.hidden_sizes or any(size < 1 for size in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be one or more layer widths >= 1, got {self.hidden_sizes}")
+        for name in ("checkpoint_interval", "eval_episodes", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.async_envs:
             if self.vec_backend != "fastvec":
                 raise ValueError(f"async_envs needs the fastvec backend, not {self.vec_backend!r}")

@@ -156,7 +156,8 @@ class Trainer:
             config.num_steps + 1,
             num_workers=config.num_workers,
             # fork is safe here: no thread (torch's pool, progress bar, TensorBoard writer) exists yet
-            start_method=config.start_method or ("fork" if sys.platform == "linux" else None),
+            start_method=config.start_method,
+            default_start_method="fork" if sys.platform == "linux" else None,  # (where the fastvec config names none)
             pin=self.device.type == "cuda",
             fastvec_config=config.fastvec_config,
             monitor=config.monitor,
@@ -179,7 +180,7 @@ class Trainer:
         self.agent = Agent(backend.observation_space, backend.action_space, config.hidden_sizes, config.norm_obs).to(
             device
         )
-        self.optimizer = _adam(self.agent.parameters(), config.effective_learning_rate)
+        self.optimizer = _adam(self.agent.parameters(), config.effective_learning_rate(self.dist.world_size))
         self.reward_rms = RunningMeanStd(()) if config.norm_reward else None
         self.discounted_returns = np.zeros(config.num_envs)  # for reward scaling (as VecNormalize)
         # ... and its values over the rollout: the statistics take them in one batch after it
@@ -390,8 +391,10 @@ class Trainer:
         config, storage = self.config, self.storage
         rewards, terminated, truncated = storage.results()
         if self.reward_rms is not None:
-            # One update with the rollout's discounted returns equals one per step (Chan's combination of
-            # batches is associative), and costs one collective per rollout when distributed
+            # One update with the rollout's discounted returns gives the statistics one per step would (Chan's
+            # combination of batches is associative), and costs one collective per rollout when distributed.
+            # The rollout's rewards are then all scaled with the statistics after it; VecNormalize scales
+            # each step's with those up to that step (so its first steps, on little data, differ most)
             self.dist.update_running_stats(self.reward_rms, self.rollout_discounted_returns)
             rewards = self.reward_rms.scale(rewards)
         with torch.no_grad(), self.autocast():
@@ -492,7 +495,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until solved or out of budget; write the run folder; return the summary."""
         config = self.config
-        initial_lr = config.effective_learning_rate
+        initial_lr = config.effective_learning_rate(self.dist.world_size)
         horizon = config.anneal_timesteps or config.total_timesteps
         if self.run_dir is not None:
             self.logger = RunLogger(

@@ -129,3 +129,43 @@ def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_pat
                     num_envs=2, start_method="fork", progress=False, tensorboard=False, eval_episodes=0)
     with pytest.raises(TypeError, match="single-array \\(Box\\) observations"):
         Trainer(config)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("max_grad_norm", -0.5),  # clip_grad_norm_ would flip the gradients' sign
+        ("max_grad_norm", 0.0),
+        ("learning_rate", float("inf")),
+        ("learning_rate", 0.0),
+        ("vf_coef", float("nan")),
+        ("ent_coef", float("inf")),
+        ("clip_coef", -0.2),
+        ("target_kl", -1.0),
+        ("target_kl", float("nan")),
+        ("total_timesteps", 0),
+        ("hidden_sizes", (64, 0)),
+        ("hidden_sizes", ()),
+        ("checkpoint_interval", -1),
+        ("eval_episodes", -5),
+        ("torch_threads", -2),
+        ("collective_timeout_s", float("inf")),
+        ("collective_timeout_s", float("nan")),
+        ("solve_return", float("nan")),
+    ],
+)
+def test_settings_that_would_train_wrongly_are_refused_by_name(name: str, value) -> None:
+    with pytest.raises(ValueError, match=name):
+        Config(**{name: value}).validate()
+
+
+def test_defaults_and_edge_values_validate() -> None:
+    Config().validate()
+    Config(ent_coef=-0.01, clip_coef=0.0, vf_coef=0.0, target_kl=None, checkpoint_interval=0, eval_episodes=0).validate()
+
+
+def test_learning_rate_scales_with_the_envs_of_every_rank() -> None:
+    """--scale-lr-with-num-envs: 2 ranks x 4 envs train with the learning rate of 1 x 8 (the same batch)."""
+    two_by_four, one_by_eight = Config(num_envs=4, scale_lr_with_num_envs=True), Config(num_envs=8, scale_lr_with_num_envs=True)
+    assert two_by_four.effective_learning_rate(world_size=2) == one_by_eight.effective_learning_rate() == 3e-3
+    assert Config(num_envs=4).effective_learning_rate(world_size=2) == 3e-3  # no scaling asked: as given

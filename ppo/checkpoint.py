@@ -53,8 +53,9 @@ def save_checkpoint(
 
 def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
     """``path`` itself if it is a file; in a run folder, ``prefer``, or the newest state: of latest.pt
-    and final.pt the one written last (a finished run's final.pt is newer than its last latest.pt,
-    and a resumed run's latest.pt newer than the final.pt it resumed from), else best.pt."""
+    and final.pt the one trained furthest (a finished run's final.pt is past its last latest.pt, and a
+    resumed run's latest.pt past the final.pt it resumed from; on a tie, the one written last), else
+    best.pt."""
     path = Path(path)
     if path.is_file():
         return path
@@ -65,7 +66,18 @@ def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
     if not found:
         raise FileNotFoundError(f"{path} holds none of {list(names)}")
     states = [candidate for candidate in found if candidate.name != "best.pt"] or found
-    return max(states, key=lambda candidate: candidate.stat().st_mtime_ns)
+    if len(states) == 1:
+        return states[0]
+    # the furthest trained (a copied folder's times need not say which was written last), then the newest
+    return max(states, key=lambda candidate: (_global_step(candidate), candidate.stat().st_mtime_ns))
+
+
+def _global_step(path: Path) -> int:
+    """The step count a checkpoint was written at (-1 when it cannot be read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1))
+    except Exception:
+        return -1
 
 
 def load_checkpoint(

@@ -122,7 +122,7 @@ def load_agent(
 ) -> tuple[Agent, Config, dict]:
     """Rebuild the agent of a run from its config.json and load a checkpoint into it.
 
-    ``checkpoint``: a file path, or a file name in the run folder (default: best.pt, else final.pt).
+    ``checkpoint``: a file name in the run folder, else a file path (default: best.pt, else final.pt).
     """
     run_dir = Path(run_dir)
     if run_dir.is_file():  # a checkpoint file: its folder is the run
@@ -134,7 +134,9 @@ def load_agent(
         if path is None:
             raise FileNotFoundError(f"{run_dir} holds no best.pt, final.pt or latest.pt")
     else:
-        path = Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
+        # a name in the run folder first (not a file of that name in the working directory), else a path
+        in_run = run_dir / checkpoint
+        path = in_run if in_run.is_file() else Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
     probe = make_env(config.env_id)
     try:
         agent = Agent(probe.observation_space, probe.action_space, config.hidden_sizes, config.norm_obs)
@@ -165,6 +167,8 @@ class EvalArgs:
 
 def main(argv: list[str] | None = None) -> float:
     args = tyro.cli(EvalArgs, args=argv)
+    if args.episodes < 1:
+        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(1)
     agent, config, state = load_agent(args.run, args.checkpoint, args.device)
     seed = config.seed + 10_000 if args.seed is None else args.seed

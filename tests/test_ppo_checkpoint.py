@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -105,8 +109,36 @@ def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
         first.run()
     assert torch.load(tmp_path / "first" / "latest.pt", weights_only=True)["global_step"] == 96
     assert find_checkpoint(tmp_path / "first").name == "final.pt"
+    # a copy of the folder whose times say latest.pt was written last (cp, scp, a download): still final.pt
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("final.pt", "latest.pt"):
+        shutil.copyfile(tmp_path / "first" / name, copy / name)
+    os.utime(copy / "latest.pt", ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert find_checkpoint(copy).name == "final.pt"
     with Trainer(Config(run_name="second", total_timesteps=192, resume=str(tmp_path / "first"), **common)) as second:
         assert second.global_step == 128 and second.iteration == 4
         summary = second.run()
     assert summary["global_step"] == 192
     assert summary["sps"] * summary["train_wall_s"] == pytest.approx(64)
+
+
+def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch) -> None:
+    """ppo.eval RUN --checkpoint final.pt: the run's final.pt, even when the working directory holds a
+    file of that name (another run's folder); --episodes below 1 is refused by name."""
+    from ppo.eval import load_agent, main
+
+    common = dict(
+        runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
+        tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=32,
+    )  # fmt: skip
+    for name, seed in (("a", 1), ("b", 7)):
+        with Trainer(Config(run_name=name, seed=seed, **common)) as trainer:
+            trainer.run()
+    monkeypatch.chdir(tmp_path / "b")
+    agent, _, state = load_agent(tmp_path / "a", "final.pt")
+    assert state["path"] == str(tmp_path / "a" / "final.pt")
+    wanted = torch.load(tmp_path / "a" / "final.pt", weights_only=True)["agent"]
+    assert all(torch.equal(agent.state_dict()[k], v) for k, v in wanted.items())
+    with pytest.raises(SystemExit, match="--episodes must be >= 1"):
+        main([str(tmp_path / "a"), "--episodes", "0"])

@@ -294,6 +294,7 @@ def make_backend(
     *,
     num_workers: int | None = None,
     start_method: str | None = None,
+    default_start_method: str | None = None,
     pin: bool = False,
     fastvec_config: str | None = None,
     monitor: bool = False,
@@ -302,6 +303,8 @@ def make_backend(
     """The backend called ``name`` running ``num_envs`` copies of ``env_id`` with a ring of ``num_slots``.
 
     ``fastvec_config``: path of a ``python -m fastvec.tune`` JSON (fastvec only).
+    ``start_method``: the workers' start method; where neither it nor ``fastvec_config`` names one,
+    ``default_start_method``.
     """
     env_fns = [functools.partial(make_env, env_id) for _ in range(num_envs)]
     backend: Backend
@@ -311,10 +314,13 @@ def make_backend(
         raise ValueError(f"monitor is fastvec's, not {name!r}'s")
     if async_envs and name != "fastvec":
         raise ValueError(f"async_envs is fastvec's, not {name!r}'s")
-    if name == "fastvec":
+    settings = None
+    if fastvec_config is not None:
         from fastvec.options import PoolOptions
 
-        settings = PoolOptions.load(fastvec_config) if fastvec_config is not None else None
+        settings = PoolOptions.load(fastvec_config)
+    start_method = start_method or (settings.start_method if settings is not None else None) or default_start_method
+    if name == "fastvec":
         backend = FastvecBackend(
             env_fns,
             num_slots,

@@ -78,6 +78,16 @@ def test_fastvec_layouts(tmp_path) -> None:
         assert len(backend.pool.worker_pids) == 2 and backend.pool.spin_ns == 0
     finally:
         backend.close()
+    # the file's start method, unless one is given: the trainer's default (fork) applies only where it names none
+    tuned.write_text('{"config": {"num_workers": 2, "start_method": "forkserver"}}')
+    for given, used in ((None, "forkserver"), ("spawn", "spawn")):
+        backend = make_backend(
+            "fastvec", "CartPole-v1", 2, NUM_STEPS + 1, start_method=given, default_start_method="fork", fastvec_config=str(tuned)
+        )
+        try:
+            assert backend.pool.start_method == used
+        finally:
+            backend.close()
 
 
 def _collect(backend, storage: RolloutStorage, actions: np.ndarray, seeds: list[int], rollouts: int = 3):

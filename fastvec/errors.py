@@ -17,6 +17,7 @@ import traceback
 from gymnasium import error as gym_error
 
 __all__ = [
+    "EXIT_UNKNOWN",
     "FastvecError",
     "EnvError",
     "WorkerDiedError",
@@ -32,6 +33,9 @@ __all__ = [
     "ShardError",
     "describe_exception",
 ]
+
+
+EXIT_UNKNOWN = -(2**16)  # a worker's exit code when it was reaped by someone else (WorkerDiedError says so)
 
 
 class FastvecError(Exception):
@@ -81,7 +85,9 @@ class WorkerDiedError(FastvecError):
         self.exitcode = exitcode
         self.command = command
         how = f"exit code {exitcode}"
-        if exitcode is not None and exitcode < 0:
+        if exitcode == EXIT_UNKNOWN:
+            how = "an exit status this process could not read (it was reaped elsewhere: SIGCHLD ignored, or a handler's waitpid)"
+        elif exitcode is not None and exitcode < 0:
             import signal
 
             try:

@@ -41,6 +41,7 @@ from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
 from fastvec.env_calls import private
 from fastvec.errors import (
+    EXIT_UNKNOWN,
     AlreadyPendingCallError,
     BrokenPoolError,
     ClosedError,
@@ -1120,7 +1121,8 @@ class Pool:
         self.worker_restarts += 1
         warnings.warn(
             f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) died during {p.name!r} "
-            f"with exit code {exitcode}; restarted it with fresh envs (on_error='restart')",
+            f"with {'an unread exit status' if exitcode == EXIT_UNKNOWN else f'exit code {exitcode}'}; "
+            "restarted it with fresh envs (on_error='restart')",
             RuntimeWarning,
             stacklevel=5,
         )

@@ -12,10 +12,11 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from multiprocessing import connection as mp_connection
 from multiprocessing import reduction
 from typing import Any
 
-from fastvec.errors import StepTimeoutError, WorkerDiedError
+from fastvec.errors import EXIT_UNKNOWN, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import POLL_NS
 
 __all__ = ["Remote", "pickle_factories", "preload_forkserver"]
@@ -114,7 +115,19 @@ class Remote:
 
     @property
     def exitcode(self) -> int | None:
-        return self.process.exitcode
+        """None while the worker runs; its exit code, or EXIT_UNKNOWN when it has exited but was reaped by
+        someone else (SIGCHLD ignored, or a handler's waitpid): its sentinel pipe still says it is gone."""
+        code = self.process.exitcode
+        if code is None and mp_connection.wait([self.process.sentinel], 0):
+            self.process.join(0.05)  # (it may be exiting: its status comes a moment after its pipe closes)
+            code = self.process.exitcode
+            if code is None:
+                # recorded as its status, so that join() and close() (which frees its pipes) see it gone too
+                popen = getattr(self.process, "_popen", None)
+                if popen is not None and getattr(popen, "returncode", 0) is None:
+                    popen.returncode = EXIT_UNKNOWN
+                return EXIT_UNKNOWN
+        return code
 
     def attach(self, layout: Any, fd: int, first_seq: int, restart: tuple | None) -> None:
         """Send the layout and the shared block's file descriptor (SCM_RIGHTS)."""
@@ -138,9 +151,9 @@ class Remote:
                     return conn.recv()
             except (EOFError, OSError):
                 self.process.join(1.0)
-                raise WorkerDiedError(self.index, self.envs, self.process.exitcode, command) from None
-            if self.process.exitcode is not None and not conn.poll(0):
-                raise WorkerDiedError(self.index, self.envs, self.process.exitcode, command)
+                raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
+            if self.exitcode is not None and not conn.poll(0):
+                raise WorkerDiedError(self.index, self.envs, self.exitcode, command)
             if timeout is not None and time.monotonic() - began > timeout:
                 raise StepTimeoutError(self.index, self.envs, command, timeout)
 
@@ -151,14 +164,14 @@ class Remote:
 
     def end(self) -> None:
         """SIGTERM (the worker closes its envs as it exits), then SIGKILL if it still runs 1 s later."""
-        if self.process.exitcode is None:
+        if self.exitcode is None:
             self.process.terminate()
         self.reap()
 
     def reap(self) -> None:
         """After SIGTERM: give the worker 1 s to close its envs and exit, then SIGKILL it."""
         self.process.join(1.0)
-        if self.process.exitcode is None:
+        if self.exitcode is None:
             self.process.kill()
             self.process.join(1.0)
 
@@ -177,7 +190,7 @@ def stop(remotes: list[Remote], grace: float) -> None:
     for remote in remotes:
         remote.process.join(max(0.0, deadline - time.monotonic()))
     for remote in remotes:
-        if remote.process.exitcode is None:
+        if remote.exitcode is None:
             remote.process.terminate()
     for remote in remotes:  # (all signalled first: they close their envs side by side)
         remote.reap()

@@ -488,3 +488,36 @@ def test_env_error_of_an_unknown_type_is_a_plain_env_error() -> None:
 
     for name in ("no_such_module.Error", "tests.envs.NoSuchError", "tests.envs.make_cartpole", "f.<locals>.E"):
         assert type(env_error(1, "step", name, "m", "")) is EnvError
+
+
+@pytest.mark.parametrize("handler", ["ignore", "reap"])
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_a_worker_reaped_elsewhere_is_still_found_dead(handler: str, on_error: str) -> None:
+    """With SIGCHLD ignored, or a handler that reaps children itself, the worker's exit status never
+    reaches multiprocessing: its death must still be noticed (the step waited for ever)."""
+
+    def reap(*_) -> None:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+
+    venv = SubprocVecEnv(_fns(4, -1, None), start_method="fork", num_workers=2, on_error=on_error)
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN if handler == "ignore" else reap)
+    try:
+        venv.reset()
+        pid = venv.pool.worker_pids[-1]
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        if on_error == "raise":
+            with pytest.raises(WorkerDiedError, match="reaped elsewhere"):
+                venv.step(np.zeros(4, dtype=np.int64))
+        else:
+            with pytest.warns(RuntimeWarning, match="unread exit status"):
+                infos = venv.step(np.zeros(4, dtype=np.int64))[3]
+            assert all("fastvec.restarted" in infos[i] for i in (2, 3)) and venv.pool.worker_pids[-1] != pid
+            venv.step(np.zeros(4, dtype=np.int64))
+    finally:
+        venv.close()
+        signal.signal(signal.SIGCHLD, previous)

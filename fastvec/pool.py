@@ -365,10 +365,9 @@ class Pool:
         self.layout = plan_layout(
             self.obs_leaves, leaves(self.action_space), self.num_envs, self.num_workers, self.ring_slots
         )
-        self._segment = shm.create(self.layout.size)
-        # drop the name at once: workers get the file descriptor instead, so nothing can
+        # its name dropped at once: workers get the file descriptor instead, so nothing can
         # be left in /dev/shm whatever happens to any process from here on
-        shm.unlink(self._segment)
+        self._segment = shm.create_block(self.layout.size)
         self._views = views = Views(self.layout, self._segment.buf)
         views.write_header()
         for w, envs in enumerate(self.shard_envs):

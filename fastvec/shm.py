@@ -11,11 +11,15 @@ died between create and unlink.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import secrets
+import tempfile
+import warnings
 from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["PREFIX", "create", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
+__all__ = ["PREFIX", "create", "create_block", "FileBlock", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
 _SHM_DIR = "/dev/shm"
@@ -24,21 +28,96 @@ _SHM_DIR = "/dev/shm"
 def create(size: int) -> SharedMemory:
     """A new owner-only segment of ``size`` bytes, registered with this process's resource tracker."""
     name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-    return SharedMemory(name=name, create=True, size=max(size, 1))
+    try:
+        return SharedMemory(name=name, create=True, size=max(size, 1))
+    except BaseException:  # (an interrupt after shm_open made the name: it must not stay in /dev/shm)
+        _forget(name)
+        raise
 
 
-def unlink(shm: SharedMemory) -> None:
+def create_block(size: int) -> SharedMemory | FileBlock:
+    """A new block of ``size`` bytes whose name is already gone (workers get its file descriptor): a
+    shared-memory segment with its pages reserved, so that a full /dev/shm (Docker's default is 64 MiB)
+    is found now rather than as a SIGBUS at the first write past its room; where /dev/shm has no room,
+    an unlinked file in the temp directory (as multiprocessing.heap falls back), with a warning.
+    Interrupted anywhere (Ctrl-C), it leaves no name behind."""
+    segment = create(size)
+    try:
+        unlink(segment)
+        try:
+            os.posix_fallocate(segment._fd, 0, max(size, 1))  # type: ignore[attr-defined]
+            return segment
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+                raise
+            close(segment)
+        block = FileBlock(size)
+    except BaseException:
+        unlink(segment)
+        close(segment)
+        raise
+    warnings.warn(
+        f"fastvec: /dev/shm has no room for the pool's shared block of {size / 2**20:.1f} MiB; using a file in "
+        f"{os.path.dirname(block.name)} instead (give the container more shared memory, e.g. docker run --shm-size)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return block
+
+
+class FileBlock:
+    """The shared block as an unlinked temp file: what ``create_block`` falls back to (it has the attributes
+    of a SharedMemory that ``close`` and the pool use)."""
+
+    def __init__(self, size: int):
+        fd, self.name = tempfile.mkstemp(prefix=PREFIX)
+        try:
+            os.unlink(self.name)
+            try:
+                os.posix_fallocate(fd, 0, max(size, 1))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"no room for the pool's shared block of {size / 2**20:.1f} MiB, neither in /dev/shm nor in "
+                    f"{os.path.dirname(self.name)}",
+                ) from exc
+            self._mmap = mmap.mmap(fd, max(size, 1))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._buf: memoryview | None = memoryview(self._mmap)
+        self.size = size
+
+    @property
+    def buf(self) -> memoryview | None:
+        return self._buf
+
+    def unlink(self) -> None:  # (unlinked when made)
+        pass
+
+
+def _forget(name: str) -> None:
+    """Remove segment ``name`` if it exists (its resource-tracker record, if it got one, only makes the
+    tracker warn at exit: unregistering a name it never had would print a traceback instead)."""
+    try:
+        os.unlink(os.path.join(_SHM_DIR, name.lstrip("/")))
+    except OSError:
+        pass
+
+
+def unlink(shm: SharedMemory | FileBlock) -> None:
     """Remove the segment's name (idempotent); mappings stay valid until closed."""
     if getattr(shm, "_fastvec_unlinked", False):
         return
-    shm._fastvec_unlinked = True  # type: ignore[attr-defined]
     try:
         shm.unlink()  # also unregisters it from the resource tracker
     except FileNotFoundError:
         pass
+    shm._fastvec_unlinked = True  # type: ignore[union-attr]  # (after: an interrupt inside leaves it to retry)
 
 
-def close(shm: SharedMemory) -> None:
+def close(shm: SharedMemory | FileBlock) -> None:
     """Close this process's handle without pulling the mapping from under live views.
 
     numpy arrays made over the block hold the mmap object itself (not a buffer export), so

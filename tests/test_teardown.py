@@ -6,6 +6,7 @@ are closed leaves their helpers to init, where no test of child processes sees t
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import subprocess
@@ -16,11 +17,12 @@ import time
 from functools import partial
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import psutil
 import pytest
 
-from fastvec import SubprocVecEnv, VectorEnv
+from fastvec import SubprocVecEnv, VectorEnv, shm
 from fastvec.errors import ClosedError, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import Command
 from fastvec.worker import TERM_DEADLINE_S
@@ -340,3 +342,62 @@ def test_close_in_a_signal_handler_during_the_step(tmp_path) -> None:
         signal.signal(signal.SIGALRM, previous)
     assert venv.closed and max(_steps_per_env(tmp_path).values()) == 1
     assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
+
+
+# -- the shared block: a full /dev/shm, an interrupt while it is made ------------------------------------
+def test_a_full_dev_shm_falls_back_to_a_file_block(monkeypatch) -> None:
+    """Docker's /dev/shm is 64 MiB by default: a block past its room used to be a SIGBUS at the first
+    write. The room is now reserved when the block is made; without it, the block is an unlinked temp
+    file (as multiprocessing.heap does), with a warning, and the pool works as usual."""
+    real = os.posix_fallocate
+
+    def no_room_in_dev_shm(fd: int, offset: int, length: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, offset, length)
+
+    monkeypatch.setattr(shm.os, "posix_fallocate", no_room_in_dev_shm)
+    with pytest.warns(RuntimeWarning, match="/dev/shm has no room"):
+        venv = VectorEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    with venv:
+        assert isinstance(venv.pool._segment, shm.FileBlock)
+        reference = gym.vector.SyncVectorEnv([envs.make_cartpole] * 4)
+        obs, _ = venv.reset(seed=3)
+        np.testing.assert_array_equal(obs, reference.reset(seed=3)[0])
+        for _ in range(30):
+            got, want = venv.step(np.ones(4, dtype=np.int64)), reference.step(np.ones(4, dtype=np.int64))
+            np.testing.assert_array_equal(got[0], want[0])
+        reference.close()
+    assert not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{os.getpid()}-")]
+
+
+@pytest.mark.parametrize("where", ["in SharedMemory()", "after it"])
+def test_an_interrupt_while_the_block_is_made_leaves_no_segment(monkeypatch, where: str) -> None:
+    """Ctrl-C inside the segment's creation (after shm_open made its name) or just after it: the name
+    must not stay in /dev/shm."""
+    made = []
+
+    class Interrupted(shm.SharedMemory):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            if where == "in SharedMemory()":
+                raise KeyboardInterrupt
+
+    def interrupt(*_) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shm, "SharedMemory", Interrupted)
+    if where == "after it":
+        monkeypatch.setattr(shm.os, "posix_fallocate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
+    assert made and not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{os.getpid()}-")]
+    for segment in made:  # (the test's own clean-up of what the interrupted constructor held)
+        segment.close()
+        try:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister(segment._name, "shared_memory")
+        except Exception:
+            pass

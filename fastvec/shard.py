@@ -16,6 +16,7 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -614,14 +615,29 @@ class Shard:
         k = code if code >= 0 else -2 - code
         got = np.asarray(items[k])
         if code >= 0:
-            raise ShardError(
-                first + k,
-                command,
-                ValueError(
-                    f"observation{_where(leaf)} has shape {got.shape} (dtype {got.dtype}), "
-                    f"expected shape {leaf.shape} (dtype {leaf.dtype}) from the observation space"
-                ),
-            )
+            if got.size != math.prod(leaf.shape) or got.dtype == object:
+                raise ShardError(
+                    first + k,
+                    command,
+                    ValueError(
+                        f"observation{_where(leaf)} has shape {got.shape} (dtype {got.dtype}), "
+                        f"expected shape {leaf.shape} (dtype {leaf.dtype}) from the observation space"
+                    ),
+                )
+            # as many values in another shape ((3,) for a (3, 1) Box, [] for (0, 3)): stored in the space's
+            # shape, as gymnasium's shared memory stores them (its writes are flat) and SB3 passes them on
+            if self.checks.active:
+                self.checks.problem(
+                    offset + k,
+                    command,
+                    f"shape:{leaf.name}",
+                    f"returned an observation{_where(leaf)} of shape {got.shape}; the observation space says "
+                    f"{leaf.shape} (stored in that shape)",
+                )
+            items = list(items[k:])
+            items[0] = (got if isinstance(items[0], np.ndarray) else np.asarray(items[0], dtype=dst.dtype)).reshape(leaf.shape)
+            self._gather(items, dst, leaf, command, checking, offset + k, cast)
+            return True  # (not the env's own form: a final observation travels as the env's object)
         kind = f"dtype:{leaf.name}"
         for j in range(k, len(items)):  # (the kernel names the first cast; each env is warned once)
             item = items[j]

@@ -164,3 +164,53 @@ def test_continuous_actions_outside_the_box_pass_through() -> None:
         venv.reset(seed=0)
         with pytest.warns(RuntimeWarning, match=r"env 0 is 2.7.*outside Box"):
             venv.step(actions)
+
+
+class OtherShapeObs(gym.Env):
+    """Returns as many values as its Box holds, in another shape: (3,) for (3, 1), [] for (0, 3)
+    (ending every 3rd step)."""
+
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, shape: tuple):
+        self.observation_space = spaces.Box(-10, 10, shape, np.float32)
+        self.t = 0
+
+    def _obs(self):
+        size = int(np.prod(self.observation_space.shape))
+        return list(np.arange(size, dtype=np.float32) + self.t) if size == 0 else np.arange(size, dtype=np.float32) + self.t
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, self.t % 3 == 0, False, {}
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (0, 3)])
+def test_observations_of_the_spaces_size_in_another_shape_are_stored_as_gymnasium_does(shape: tuple) -> None:
+    """gymnasium's AsyncVectorEnv (shared memory) writes observations flat, so it takes the space's
+    number of values in any shape; fastvec refused them. They are stored in the space's shape, with one
+    warning per env; a final observation is the env's own object."""
+    fns = [partial(OtherShapeObs, shape)] * 2
+    size = int(np.prod(shape))
+
+    def expected(t: int) -> np.ndarray:  # (what AsyncVectorEnv gives; not run here: its shared memory stays mapped)
+        return np.stack([np.arange(size, dtype=np.float32).reshape(shape) + t] * 2)
+
+    with VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.SAME_STEP) as venv:
+        with pytest.warns(RuntimeWarning, match=r"observation of shape .*stored in that shape"):
+            obs = venv.reset(seed=0)[0]
+        np.testing.assert_array_equal(obs, expected(0))
+        assert obs.shape == (2, *shape) and obs.dtype == np.float32
+        for t in (1, 2, 3):
+            obs, _, terminated, _, infos = venv.step(np.zeros(2, np.int64))
+            np.testing.assert_array_equal(obs, expected(t % 3))
+        assert terminated.all()
+        for final in infos["final_obs"]:  # the env's own object
+            assert type(final) is type(OtherShapeObs(shape)._obs()) and np.shape(final) == (size,)
+    with VectorEnv(fns, context="fork", num_workers=2, check="raise") as venv:  # asked for checks: refused
+        with pytest.raises(ValueError, match="shape"):
+            venv.reset(seed=0)

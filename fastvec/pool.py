@@ -77,7 +77,7 @@ from fastvec.protocol import (
     StepFlag,
     dumps_payload,
 )
-from fastvec.remote import Remote, stop
+from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
 from fastvec.shard import Shard, WrappedShard
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
@@ -1664,16 +1664,23 @@ class Pool:
             self._monitor.stop()
         self._state = PoolState.CLOSED
         self._pending = None
-        stop(self._all_remotes(), grace)
-        if self._segment is not None:
-            shm.unlink(self._segment)  # the name goes now; the mapping with _release()
-        if self._pins_caller:
-            self._pins_caller = False
-            placement.release_caller()
-        _LIVE_POOLS.discard(self)
-        self._release_deferred = True
-        if not self._busy_in:
-            self._release()
+        remotes = self._all_remotes()
+        stopped = False
+        try:
+            stop(remotes, grace)
+            stopped = True
+        finally:  # (an interrupt, a second Ctrl-C, in stop's waits: the rest is still done, then it goes on)
+            if not stopped:
+                kill_all(remotes)
+            if self._segment is not None:
+                shm.unlink(self._segment)  # the name goes now; the mapping with _release()
+            if self._pins_caller:
+                self._pins_caller = False
+                placement.release_caller()
+            _LIVE_POOLS.discard(self)
+            self._release_deferred = True
+            if not self._busy_in:
+                self._release()
         # else a thread is inside a command (another thread's, or the one a signal handler interrupted):
         # it still runs this process's envs over the shared block, and releases both when it leaves
 

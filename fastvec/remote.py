@@ -19,7 +19,7 @@ from typing import Any
 from fastvec.errors import EXIT_UNKNOWN, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import POLL_NS
 
-__all__ = ["Remote", "pickle_factories", "preload_forkserver"]
+__all__ = ["Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
 _WORKER_MODULE = "fastvec.worker"
 
@@ -196,3 +196,30 @@ def stop(remotes: list[Remote], grace: float) -> None:
         remote.reap()
     for remote in remotes:
         remote.release()
+
+
+def kill_all(remotes: list[Remote]) -> None:
+    """``stop`` was cut short (an interrupt in its waits): SIGTERM every worker still running, so that it
+    closes its envs as it exits, and SIGKILL any still running 1 s later, from a timer thread (this
+    call does not wait). multiprocessing reaps them at its next ``active_children()`` or at exit."""
+    running = []
+    for remote in remotes:
+        try:
+            if remote.exitcode is None:
+                remote.process.terminate()
+                running.append(remote.process)
+        except (ValueError, OSError):  # (already released)
+            pass
+
+    def kill() -> None:
+        for process in running:
+            try:
+                if process.exitcode is None:
+                    process.kill()
+            except (ValueError, OSError):
+                pass
+
+    if running:
+        timer = threading.Timer(1.0, kill)
+        timer.daemon = True
+        timer.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -401,3 +402,32 @@ def test_an_interrupt_while_the_block_is_made_leaves_no_segment(monkeypatch, whe
             resource_tracker.unregister(segment._name, "shared_memory")
         except Exception:
             pass
+
+
+def test_an_interrupt_during_closes_teardown_still_closes_this_processs_envs(monkeypatch) -> None:
+    """A second Ctrl-C while close() waits for a worker to exit: the rest of the teardown still runs (the
+    workers left are killed, this process's envs closed, the block let go of), then the interrupt goes on.
+    It used to skip it all, and a later close() did nothing (the pool already said closed)."""
+    from fastvec import remote
+
+    envs.Counter.closed = []
+    venv = SubprocVecEnv([partial(envs.Counter, i) for i in range(4)], start_method="fork", num_workers=2)
+    venv.reset()
+    workers = [psutil.Process(pid) for pid in venv.pool.worker_pids]
+    real = remote.Remote.reap
+
+    def interrupted(self) -> None:
+        monkeypatch.setattr(remote.Remote, "reap", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(remote.Remote, "reap", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        venv.close()
+    assert sorted(envs.Counter.closed) == [(os.getpid(), 0), (os.getpid(), 1)]
+    assert venv.pool._segment is None
+    for worker in workers:  # each worker was told to end (SIGTERM: it closes its envs), or had ended
+        try:
+            assert worker.wait(5) in (None, 0, -signal.SIGTERM, -signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    multiprocessing.active_children()  # (reaps them)

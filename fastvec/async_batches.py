@@ -301,12 +301,23 @@ class AsyncBatches:
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic() if timeout is not None else 0.0
         groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
-        pool._busy_in = _get_ident()  # (close() from another thread waits for this recv)
+        inside = pool._inside  # (close() from another thread waits for this recv, and a recv for it)
+        if not inside.acquire(False):
+            inside.acquire()
+            try:  # closed, or the batches collected, by that thread meanwhile
+                pool._check_usable()
+                if not (self.inflight or self.ready):
+                    raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
+            except BaseException:
+                inside.release()
+                raise
+        pool._busy_in = _get_ident()
         try:
             while len(ready) < groups and self.inflight:
                 self._collect_one(began, timeout)
         finally:
             pool._busy_in = 0
+            inside.release()
             if pool._release_deferred:  # closed meanwhile (another thread, a signal handler)
                 pool._release()
         if pool.closed:

@@ -257,6 +257,10 @@ class Pool:
         # the thread running a command's completion (its own shard, the wait), else 0: close() from
         # another thread lets it finish instead of running that shard a second time beside it
         self._busy_in = 0
+        # held by the thread completing a command (and by close() for its whole teardown): a second thread
+        # waits for it instead of running this process's shard beside it (reentrant: close() completes a
+        # pending step itself)
+        self._inside = threading.RLock()
         self._release_deferred = False  # closed while such a thread was inside: it releases the block
         self._release_lock = threading.Lock()
 
@@ -811,11 +815,15 @@ class Pool:
         stays pending (multiprocessing.TimeoutError) and the next wait collects the workers.
         """
         entered = time.perf_counter_ns()
+        inside = self._inside
+        if not inside.acquire(False):
+            self._enter_after_other_thread(p)
         self._busy_in = _get_ident()
         try:
             return self._complete_command(p, timeout)
         finally:
             self._busy_in = 0
+            inside.release()
             if self._release_deferred:  # closed meanwhile (another thread, a signal handler)
                 self._release()
             self._inside_ns += time.perf_counter_ns() - entered
@@ -827,6 +835,9 @@ class Pool:
         a message on its pipe, a worker that died) goes on in ``_complete_command``, which resumes
         from what this one recorded in ``p``."""
         entered = time.perf_counter_ns()
+        inside = self._inside
+        if not inside.acquire(False):
+            self._enter_after_other_thread(p)
         self._busy_in = _get_ident()
         try:
             if self._local is not None:  # _start_local's work, with this call's clock reading
@@ -866,6 +877,7 @@ class Pool:
             return self._digest(extras, p.slot) if extras else None
         finally:
             self._busy_in = 0
+            inside.release()
             if self._release_deferred:  # closed meanwhile (another thread, a signal handler)
                 self._release()
             self._inside_ns += time.perf_counter_ns() - entered
@@ -1570,8 +1582,14 @@ class Pool:
         if self._foreign:
             self._state = PoolState.CLOSED
             return
-        if self._busy_in:
-            self._let_running_command_end(timeout)
+        entered = self._enter_to_close(timeout)
+        try:
+            self._close(timeout)
+        finally:
+            if entered:
+                self._inside.release()
+
+    def _close(self, timeout: float) -> None:
         error = None
         # a broken pool's workers were never told to exit (they wait for the next command, or are
         # still in the one that broke it): waiting for them only delays the SIGTERM on which they close their envs
@@ -1592,21 +1610,30 @@ class Pool:
         while it completed a command."""
         return ClosedError(f"this vectorized env was closed (by another thread or a signal handler) during {during!r}")
 
-    def _let_running_command_end(self, timeout: float) -> None:
-        """close() while a command is being completed: in another thread, wait (up to the pending-step
-        grace) for that thread to finish it, so that no env of this process's shard is stepped twice at
-        once; if it does not, or if close() runs inside that command (a signal handler), break the pool:
-        its workers are then stopped, and the waiting thread raises ClosedError."""
-        if self._busy_in != _get_ident():
-            deadline = time.monotonic() + min(timeout, PENDING_STEP_GRACE_S)
-            while self._busy_in and time.monotonic() < deadline:
-                time.sleep(0.001)
-            if not self._busy_in:
-                return
-            why = "another thread's command was still running"
-        else:
-            why = "it was called inside a running command (from a signal handler)"
-        self._break(ClosedError(f"close(): {why}"))
+    def _enter_after_other_thread(self, p: _Pending) -> None:
+        """Another thread is completing a command of this pool (close() most likely): wait for it, then go
+        on only if ``p`` is still the pending command; else it was completed there, and this raises."""
+        self._inside.acquire()
+        try:
+            self._check_usable()  # closed meanwhile: ClosedError
+            if self._pending is not p:
+                raise NoAsyncCallError(f"{p.name!r} was completed by another thread", _ASYNC_NAMES.get(p.command, ""))
+        except BaseException:
+            self._inside.release()
+            raise
+
+    def _enter_to_close(self, timeout: float) -> bool:
+        """Keep other threads out of the pool for close()'s teardown: wait (up to the pending-step grace) for a
+        thread completing a command to finish it, so that no env of this process's shard is stepped twice at
+        once. Where it does not, or where close() runs inside that command (a signal handler), the pool is
+        broken instead: its workers are stopped, and the waiting thread raises ClosedError. True when entered."""
+        if self._busy_in == _get_ident():
+            self._break(ClosedError("close(): it was called inside a running command (from a signal handler)"))
+            return False
+        if self._inside.acquire(timeout=min(timeout, PENDING_STEP_GRACE_S)):
+            return True
+        self._break(ClosedError("close(): another thread's command was still running"))
+        return False
 
     def terminate(self) -> None:
         """Stop without waiting for a pending command: each worker gets SIGTERM, closes its envs and exits

@@ -431,3 +431,30 @@ def test_an_interrupt_during_closes_teardown_still_closes_this_processs_envs(mon
         except psutil.NoSuchProcess:
             pass
     multiprocessing.active_children()  # (reaps them)
+
+
+def test_close_from_another_thread_between_step_async_and_step_wait(tmp_path) -> None:
+    """close() finishes the pending step itself; the stepping thread's step_wait() then waits for it and
+    raises ClosedError (it ran this process's shard a second time beside close(), then a TypeError)."""
+    fns = [partial(SlowLogged, str(tmp_path), i, 0.3) for i in range(4)]
+    venv = VectorEnv(fns, start_method="fork", num_workers=2)
+    venv.reset()
+    outcome: list = []
+    sent = threading.Event()
+
+    def run() -> None:
+        venv.step_async(np.zeros(4, dtype=np.int64))
+        sent.set()
+        time.sleep(0.15)  # close() starts meanwhile, and is inside the step
+        try:
+            outcome.append(venv.step_wait())
+        except BaseException as exc:  # noqa: BLE001 (the test reads it)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    sent.wait(5)
+    venv.close()
+    thread.join(10)
+    assert isinstance(outcome[0], ClosedError), outcome
+    assert _steps_per_env(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}

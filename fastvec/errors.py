@@ -63,6 +63,7 @@ class EnvError(FastvecError):
         if remote_traceback:
             text += f"\n\nRemote traceback (env {env_index}):\n{remote_traceback.rstrip()}"
         super().__init__(text)
+        self.args = (text,)  # (an env's own exception class mixed in may keep its message elsewhere)
 
     def __str__(self) -> str:  # plain text even when mixed with KeyError (whose str() is a repr)
         return str(self.args[0]) if self.args else ""

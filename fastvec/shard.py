@@ -625,17 +625,28 @@ class Shard:
                     ),
                 )
             # as many values in another shape ((3,) for a (3, 1) Box, [] for (0, 3)): stored in the space's
-            # shape, as gymnasium's shared memory stores them (its writes are flat) and SB3 passes them on
-            if self.checks.active:
-                self.checks.problem(
-                    offset + k,
-                    command,
-                    f"shape:{leaf.name}",
-                    f"returned an observation{_where(leaf)} of shape {got.shape}; the observation space says "
-                    f"{leaf.shape} (stored in that shape)",
-                )
+            # shape, as gymnasium's shared memory stores them (its writes are flat) and SB3 passes them on.
+            # Every such item from here on is reshaped in one pass, then copied in one more call
+            size = math.prod(leaf.shape)
             items = list(items[k:])
-            items[0] = (got if isinstance(items[0], np.ndarray) else np.asarray(items[0], dtype=dst.dtype)).reshape(leaf.shape)
+            for j, item in enumerate(items):
+                try:
+                    if np.shape(item) == leaf.shape:
+                        continue
+                    arr = item if isinstance(item, np.ndarray) else np.asarray(item, dtype=dst.dtype)
+                except Exception:
+                    continue  # (the copy below names it)
+                if arr.size != size or arr.dtype == object:
+                    continue
+                if self.checks.active:
+                    self.checks.problem(
+                        offset + k + j,
+                        command,
+                        f"shape:{leaf.name}",
+                        f"returned an observation{_where(leaf)} of shape {arr.shape}; the observation space says "
+                        f"{leaf.shape} (stored in that shape)",
+                    )
+                items[j] = arr.reshape(leaf.shape)
             self._gather(items, dst, leaf, command, checking, offset + k, cast)
             return True  # (not the env's own form: a final observation travels as the env's object)
         kind = f"dtype:{leaf.name}"

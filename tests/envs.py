@@ -138,6 +138,16 @@ class EnvOwnErrorWithCode(Exception):
         super().__init__(code, detail)
 
 
+class EnvOwnErrorKeepingItsMessage(Exception):
+    """An exception class that keeps its message itself and never calls Exception.__init__ (common)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class OwnErrorEnv(FailingEnv):
     """Raises its own exception types: EnvOwnError in step, EnvOwnErrorWithCode in env_method."""
 
@@ -146,6 +156,9 @@ class OwnErrorEnv(FailingEnv):
 
     def explode_with_code(self):
         raise EnvOwnErrorWithCode(7, "detail")
+
+    def explode_keeping_message(self):
+        raise EnvOwnErrorKeepingItsMessage("kept message")
 
 
 class SecondResetFails(FailingEnv):

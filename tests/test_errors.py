@@ -449,7 +449,7 @@ def test_env_error_is_also_the_envs_own_exception_type(front: str) -> None:
     """gymnasium's AsyncVectorEnv re-raises the env's own type: ``except MyEnvError`` and
     ``except gymnasium.error.ResetNeeded`` must catch fastvec's error too."""
     from fastvec import VectorEnv
-    from tests.envs import EnvOwnError, EnvOwnErrorWithCode, OwnErrorEnv
+    from tests.envs import EnvOwnError, EnvOwnErrorKeepingItsMessage, EnvOwnErrorWithCode, OwnErrorEnv
 
     if front == "sb3":
         venv = SubprocVecEnv([OwnErrorEnv] * 3, start_method="fork", num_workers=2)
@@ -466,6 +466,10 @@ def test_env_error_is_also_the_envs_own_exception_type(front: str) -> None:
         assert isinstance(info.value, EnvError) and "own error in step" in str(info.value)
         again = pickle.loads(pickle.dumps(info.value))
         assert type(again) is type(info.value) and str(again) == str(info.value)
+        # a type that keeps its message itself: the error still reads as fastvec's, naming env and command
+        with pytest.raises(EnvOwnErrorKeepingItsMessage) as info:
+            call("explode_keeping_message")
+        assert str(info.value).startswith(f"env {2 if front == 'sb3' else 0} raised") and "kept message" in str(info.value)
         # a type that cannot be built from a message stays a plain EnvError
         with pytest.raises(EnvError, match="EnvOwnErrorWithCode") as info:
             call("explode_with_code")

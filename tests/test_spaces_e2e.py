@@ -214,3 +214,14 @@ def test_observations_of_the_spaces_size_in_another_shape_are_stored_as_gymnasiu
     with VectorEnv(fns, context="fork", num_workers=2, check="raise") as venv:  # asked for checks: refused
         with pytest.raises(ValueError, match="shape"):
             venv.reset(seed=0)
+
+
+def test_a_thousand_envs_in_another_shape_in_one_shard() -> None:
+    """Each such observation is reshaped in one pass over the shard (it recursed per env: a RecursionError
+    past about 990 envs, and quadratic work)."""
+    fns = [partial(OtherShapeObs, (3, 1))] * 1100
+    with VectorEnv(fns, num_workers=1, step_in_parent=True, check="off") as venv:
+        obs = venv.reset(seed=0)[0]
+        assert obs.shape == (1100, 3, 1)
+        obs = venv.step(np.zeros(1100, np.int64))[0]
+        np.testing.assert_array_equal(obs[:, :, 0], np.tile(np.arange(3, dtype=np.float32) + 1, (1100, 1)))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncBatches", "AsyncBatch"]
 
 _HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
-_get_ident = threading.get_ident
 _STEP = Command.STEP  # (an Enum member read through its class costs a metaclass lookup: once per call here)
 
 
@@ -301,24 +299,18 @@ class AsyncBatches:
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic() if timeout is not None else 0.0
         groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
-        inside = pool._inside  # (close() from another thread waits for this recv, and a recv for it)
-        if not inside.acquire(False):
-            inside.acquire()
-            try:  # closed, or the batches collected, by that thread meanwhile
-                pool._check_usable()
-                if not (self.inflight or self.ready):
-                    raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
-            except BaseException:
-                inside.release()
-                raise
-        pool._busy_in = _get_ident()
+        tokens = pool._token  # (close() from another thread waits for this recv, and a recv for it)
+        token = tokens.pop() if tokens else pool._enter_slowly(None)
+        if token is not None and not (self.inflight or self.ready):  # collected by another thread meanwhile
+            tokens.append(token)
+            raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
         try:
             while len(ready) < groups and self.inflight:
                 self._collect_one(began, timeout)
         finally:
-            pool._busy_in = 0
-            inside.release()
-            if pool._release_deferred:  # closed meanwhile (another thread, a signal handler)
+            if token is not None:
+                tokens.append(token)
+            if pool._release_deferred and not pool._reentered:  # closed meanwhile by another thread
                 pool._release()
         if pool.closed:
             raise pool._closed_meanwhile("recv")
@@ -482,6 +474,8 @@ class AsyncBatches:
             if remote.exitcode is None:
                 continue
             command, slot = self.inflight[position + self.first_remote]
+            if pool.closed:  # (stopped by close() in a signal handler just now)
+                raise pool._closed_meanwhile("recv")
             if pool.on_error != "restart":
                 error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, "step")
                 pool._break(error)

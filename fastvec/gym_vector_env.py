@@ -365,6 +365,10 @@ class VectorEnv(gym.vector.VectorEnv):
         if self.closed:
             from fastvec.errors import ClosedError
 
+            pool = getattr(self, "pool", None)
+            if pool is not None:
+                pool.close()  # (lets go of what a close() in a signal handler had to leave to the loop it cut)
+
             raise ClosedError(f"Trying to operate on `{type(self).__name__}`, after a call to `close()`.")
 
     def __enter__(self) -> VectorEnv:

@@ -25,6 +25,7 @@ import atexit
 import collections
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import warnings
@@ -256,12 +257,17 @@ class Pool:
         self._pins_caller = False  # this pool pinned the calling process (pin="spread"): close() gives it back
         # the thread running a command's completion (its own shard, the wait), else 0: close() from
         # another thread lets it finish instead of running that shard a second time beside it
-        self._busy_in = 0
-        # held by the thread completing a command (and by close() for its whole teardown): a second thread
-        # waits for it instead of running this process's shard beside it (reentrant: close() completes a
-        # pending step itself)
-        self._inside = threading.RLock()
-        self._release_deferred = False  # closed while such a thread was inside: it releases the block
+        # One token, taken (list.pop: atomic, and cheaper than a lock's acquire, on every command) by the thread
+        # completing a command and by close() for its whole teardown: a second thread waits for it instead of
+        # running this process's shard beside it. The same thread may go on without it (close() completes a
+        # pending step itself; an env move runs a command inside a step): ``_enter_slowly`` tells by the stack.
+        self._token: list = [object()]
+        self._closer = 0  # the thread running close() with the token
+        self._reentered = False  # close() ran in a signal handler while its thread was inside the pool
+        # set once the pool is torn down, never unset: code a signal handler's close() interrupted may still
+        # write the state it was about to (IDLE, PENDING); the error paths read this instead
+        self._terminated = False
+        self._release_deferred = False  # closed while a thread was inside: it releases the block
         self._release_lock = threading.Lock()
 
         opts = PoolOptions.build(options, **knobs)
@@ -482,7 +488,7 @@ class Pool:
 
     @property
     def closed(self) -> bool:
-        return self._state is PoolState.CLOSED
+        return self._state is PoolState.CLOSED or self._terminated
 
     def _check_idle(self, call: str) -> None:
         self._check_usable()
@@ -500,7 +506,10 @@ class Pool:
             )
 
     def _check_usable(self) -> None:
-        if self._state is PoolState.CLOSED:
+        if self._state is PoolState.CLOSED or self._terminated:
+            if self._release_deferred and self._token:  # (closed by a signal handler; nobody is inside now)
+                self._reentered = False
+                self._release()
             raise ClosedError("this vectorized env is closed")
         if self._state is PoolState.BROKEN:
             cause = self._cause
@@ -815,16 +824,14 @@ class Pool:
         stays pending (multiprocessing.TimeoutError) and the next wait collects the workers.
         """
         entered = time.perf_counter_ns()
-        inside = self._inside
-        if not inside.acquire(False):
-            self._enter_after_other_thread(p)
-        self._busy_in = _get_ident()
+        tokens = self._token
+        token = tokens.pop() if tokens else self._enter_slowly(p)
         try:
             return self._complete_command(p, timeout)
         finally:
-            self._busy_in = 0
-            inside.release()
-            if self._release_deferred:  # closed meanwhile (another thread, a signal handler)
+            if token is not None:
+                tokens.append(token)
+            if self._release_deferred and not self._reentered:  # closed meanwhile by another thread
                 self._release()
             self._inside_ns += time.perf_counter_ns() - entered
 
@@ -835,10 +842,8 @@ class Pool:
         a message on its pipe, a worker that died) goes on in ``_complete_command``, which resumes
         from what this one recorded in ``p``."""
         entered = time.perf_counter_ns()
-        inside = self._inside
-        if not inside.acquire(False):
-            self._enter_after_other_thread(p)
-        self._busy_in = _get_ident()
+        tokens = self._token
+        token = tokens.pop() if tokens else self._enter_slowly(p)
         try:
             if self._local is not None:  # _start_local's work, with this call's clock reading
                 try:
@@ -876,9 +881,9 @@ class Pool:
             self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
         finally:
-            self._busy_in = 0
-            inside.release()
-            if self._release_deferred:  # closed meanwhile (another thread, a signal handler)
+            if token is not None:
+                tokens.append(token)
+            if self._release_deferred and not self._reentered:  # closed meanwhile by another thread
                 self._release()
             self._inside_ns += time.perf_counter_ns() - entered
 
@@ -1045,7 +1050,7 @@ class Pool:
         """
         if not self._remotes:
             return
-        if self._state is PoolState.CLOSED:  # by another thread while this one stepped its shard
+        if self._terminated:  # by another thread while this one stepped its shard
             raise self._closed_meanwhile(p.name)
         control, done_index, seq = self._control, self._done_index, self._seqs
         limit = self.step_timeout
@@ -1062,11 +1067,13 @@ class Pool:
         began = time.monotonic() if waiting_since is None else waiting_since
         restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
         while True:
-            if self._state is PoolState.CLOSED:  # by another thread, which gave up waiting for this one
+            if self._terminated:  # by another thread, which gave up waiting for this one
                 raise self._closed_meanwhile(p.name)
             remote = self._remotes[k]
             elapsed = time.monotonic() - began
             if remote.exitcode is not None:
+                if self._terminated:  # (stopped by close() in a signal handler just now)
+                    raise self._closed_meanwhile(p.name)
                 if restartable and k not in p.respawned:
                     self._respawn(k, p)
                 elif self.on_error == "restart" and k not in p.lost:
@@ -1577,17 +1584,21 @@ class Pool:
         Raises EnvError if an env raised in its close(), after cleaning up.
         In a child forked from the pool's process, only marks the child's copy closed.
         """
-        if self._state is PoolState.CLOSED:
+        if self._state is PoolState.CLOSED or self._terminated:
+            if self._release_deferred and self._token:  # (closed by a signal handler; nobody is inside now)
+                self._reentered = False
+                self._release()
             return
         if self._foreign:
             self._state = PoolState.CLOSED
             return
-        entered = self._enter_to_close(timeout)
+        token = self._enter_to_close(timeout)
         try:
             self._close(timeout)
         finally:
-            if entered:
-                self._inside.release()
+            if token is not None:
+                self._closer = 0
+                self._token.append(token)
 
     def _close(self, timeout: float) -> None:
         error = None
@@ -1607,33 +1618,93 @@ class Pool:
 
     def _closed_meanwhile(self, during: str) -> ClosedError:
         """What a thread raises when it finds the pool closed by another one (or by a signal handler)
-        while it completed a command."""
+        while it completed a command; nothing of the pool runs after it in this thread, so the block and
+        this process's envs, if close() left them, are let go of here."""
+        if self._release_deferred:
+            self._reentered = False
+            self._release()
         return ClosedError(f"this vectorized env was closed (by another thread or a signal handler) during {during!r}")
 
-    def _enter_after_other_thread(self, p: _Pending) -> None:
-        """Another thread is completing a command of this pool (close() most likely): wait for it, then go
-        on only if ``p`` is still the pending command; else it was completed there, and this raises."""
-        self._inside.acquire()
+    def _inside_here(self, anywhere: bool = False) -> bool:
+        """Whether this thread is already completing a command of this pool further up its stack (a command
+        run inside a step, as an env move does), or with ``anywhere``, inside any of the pool's code (a
+        signal handler's close() interrupting a step). Read only off the usual path (the token taken, or
+        close())."""
+        frame = sys._getframe(3)  # (above this, _enter_slowly / _enter_to_close, and the frame entering)
+        own_files = _own_files() if anywhere else ()
+        owners = (self, self._async)
+        while frame is not None:
+            code = frame.f_code
+            if code in _COMMAND_CODES:
+                if frame.f_locals.get("self") in owners:
+                    return True
+            elif anywhere and code.co_filename in own_files and code.co_name not in _CLOSING_NAMES:
+                owner = frame.f_locals.get("self")
+                if owner in owners or getattr(owner, "pool", None) is self or getattr(owner, "_pool", None) is self:
+                    return True
+            frame = frame.f_back
+        return False
+
+    def _enter_slowly(self, p: _Pending | None) -> object | None:
+        """The token is taken. By close() or a command further up this thread's stack: go on without it
+        (None). By another thread: wait for it, then go on only if ``p`` (None: any) is still the pending
+        command; else that thread completed it (or closed the pool), and this raises."""
+        if self._closer == _get_ident() or self._inside_here():
+            return None
+        tokens = self._token
+        while True:
+            try:
+                token = tokens.pop()
+                break
+            except IndexError:
+                time.sleep(0.0005)
+                self._recover_lost_token()
         try:
             self._check_usable()  # closed meanwhile: ClosedError
-            if self._pending is not p:
+            if p is not None and self._pending is not p:
                 raise NoAsyncCallError(f"{p.name!r} was completed by another thread", _ASYNC_NAMES.get(p.command, ""))
         except BaseException:
-            self._inside.release()
+            tokens.append(token)
             raise
+        return token
 
-    def _enter_to_close(self, timeout: float) -> bool:
+    def _enter_to_close(self, timeout: float) -> object | None:
         """Keep other threads out of the pool for close()'s teardown: wait (up to the pending-step grace) for a
         thread completing a command to finish it, so that no env of this process's shard is stepped twice at
         once. Where it does not, or where close() runs inside that command (a signal handler), the pool is
-        broken instead: its workers are stopped, and the waiting thread raises ClosedError. True when entered."""
-        if self._busy_in == _get_ident():
-            self._break(ClosedError("close(): it was called inside a running command (from a signal handler)"))
-            return False
-        if self._inside.acquire(timeout=min(timeout, PENDING_STEP_GRACE_S)):
-            return True
-        self._break(ClosedError("close(): another thread's command was still running"))
-        return False
+        broken instead: its workers are stopped, and the waiting thread raises ClosedError. The token, or None."""
+        if self._inside_here(anywhere=True):  # a signal handler interrupted this thread in the pool: it goes on after
+            self._reentered = True  # (so the block is let go of once it has: _check_usable, or a command's end)
+            self._break(ClosedError("close(): it was called while this thread was inside the pool (a signal handler)"))
+            return None
+        tokens = self._token
+        deadline = time.monotonic() + min(timeout, PENDING_STEP_GRACE_S)
+        while True:
+            try:
+                token = tokens.pop()
+                self._closer = _get_ident()
+                return token
+            except IndexError:
+                if time.monotonic() > deadline:
+                    self._break(ClosedError("close(): another thread's command was still running"))
+                    return None
+                time.sleep(0.0005)
+                self._recover_lost_token()
+
+    def _recover_lost_token(self) -> None:
+        """The token is taken, yet no thread is in this pool's commands or close() (an interrupt landed
+        between taking it and the ``try`` that gives it back): make a new one."""
+        me = _get_ident()
+        owners = (self, self._async)
+        for ident, frame in sys._current_frames().items():
+            if ident == me:
+                continue
+            while frame is not None:
+                if frame.f_code in _HOLDING_CODES and frame.f_locals.get("self") in owners:
+                    return
+                frame = frame.f_back
+        if not self._token:  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
+            self._token.append(object())
 
     def terminate(self) -> None:
         """Stop without waiting for a pending command: each worker gets SIGTERM, closes its envs and exits
@@ -1687,6 +1758,7 @@ class Pool:
             self.step_timeout = saved_timeout
 
     def _terminate(self, grace: float = 1.0) -> None:
+        self._terminated = True
         if self._monitor is not None:
             self._monitor.stop()
         self._state = PoolState.CLOSED
@@ -1706,8 +1778,8 @@ class Pool:
                 placement.release_caller()
             _LIVE_POOLS.discard(self)
             self._release_deferred = True
-            if not self._busy_in:
-                self._release()
+            if (self._token or self._closer == _get_ident()) and not self._reentered:
+                self._release()  # (else a thread is inside, or this one further up its stack: released after)
         # else a thread is inside a command (another thread's, or the one a signal handler interrupted):
         # it still runs this process's envs over the shared block, and releases both when it leaves
 
@@ -1741,6 +1813,8 @@ class Pool:
         try:
             if self._state is not PoolState.CLOSED:
                 self.close(timeout=2.0)
+            elif self._release_deferred:  # (closed by a signal handler, and never used since)
+                self._release()
         except Exception:
             pass
 
@@ -1847,3 +1921,19 @@ def _describe_cause(cause: BaseException | None) -> str:
     return f"{type(cause).__name__}" + (f": {text}" if text else "")
 
 
+
+
+_COMMAND_CODES = frozenset((Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__))
+_HOLDING_CODES = _COMMAND_CODES | {Pool.close.__code__}  # (the frames that may hold the token)
+# the names of close()'s own chain (a close() in a signal handler looks for the pool's code below it)
+_CLOSING_NAMES = frozenset(("close", "_close", "close_extras", "terminate", "__exit__", "__del__", "_enter_to_close"))
+_OWN_MODULES = ("pool", "async_batches", "batch", "shard", "gym_vector_env", "sb3_vec_env", "sb3_contract")
+
+
+def _own_files() -> frozenset:
+    """The source files of the pool's code and its front-ends (as their code objects name them)."""
+    return frozenset(
+        module.__file__
+        for module in (sys.modules.get(f"fastvec.{name}") for name in _OWN_MODULES)
+        if module is not None and getattr(module, "__file__", None)
+    )

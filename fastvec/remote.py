@@ -59,6 +59,7 @@ class Remote:
         self.index = index
         self.envs = envs
         self.process = process
+        self._released_exitcode: int | None = EXIT_UNKNOWN  # (its exit code once released)
         self.conn = conn
         self.base = 0  # its control block's offset in the control words
 
@@ -117,7 +118,10 @@ class Remote:
     def exitcode(self) -> int | None:
         """None while the worker runs; its exit code, or EXIT_UNKNOWN when it has exited but was reaped by
         someone else (SIGCHLD ignored, or a handler's waitpid): its sentinel pipe still says it is gone."""
-        code = self.process.exitcode
+        try:
+            code = self.process.exitcode
+        except ValueError:  # released (the pool was closed meanwhile, as by a signal handler's close())
+            return self._released_exitcode
         if code is None and mp_connection.wait([self.process.sentinel], 0):
             self.process.join(0.05)  # (it may be exiting: its status comes a moment after its pipe closes)
             code = self.process.exitcode
@@ -177,6 +181,7 @@ class Remote:
 
     def release(self) -> None:
         """Close the pipe and the Process object (the process must have exited)."""
+        self._released_exitcode = self.exitcode
         self.conn.close()
         try:
             self.process.close()

@@ -589,7 +589,15 @@ class Shard:
         return parts
 
     def _gather(
-        self, items: list, dst: np.ndarray, leaf: Leaf, command: str, checking: bool, offset: int = 0, cast: bool = False
+        self,
+        items: list,
+        dst: np.ndarray,
+        leaf: Leaf,
+        command: str,
+        checking: bool,
+        offset: int = 0,
+        cast: bool = False,
+        reshaped: bool = False,
     ) -> bool:
         """Copy ``items`` into rows ``start + offset + k`` of ``dst``; any failure names its env. With
         ``cast``, returns whether some item was an array of another dtype (cast on the way in)."""
@@ -615,7 +623,7 @@ class Shard:
         k = code if code >= 0 else -2 - code
         got = np.asarray(items[k])
         if code >= 0:
-            if got.size != math.prod(leaf.shape) or got.dtype == object:
+            if reshaped or got.size != math.prod(leaf.shape) or got.dtype == object:
                 raise ShardError(
                     first + k,
                     command,
@@ -633,7 +641,8 @@ class Shard:
                 try:
                     if np.shape(item) == leaf.shape:
                         continue
-                    arr = item if isinstance(item, np.ndarray) else np.asarray(item, dtype=dst.dtype)
+                    # (a plain array: a subclass such as np.matrix keeps two dimensions whatever the reshape)
+                    arr = np.asarray(item) if isinstance(item, np.ndarray) else np.asarray(item, dtype=dst.dtype)
                 except Exception:
                     continue  # (the copy below names it)
                 if arr.size != size or arr.dtype == object:
@@ -647,7 +656,7 @@ class Shard:
                         f"{leaf.shape} (stored in that shape)",
                     )
                 items[j] = arr.reshape(leaf.shape)
-            self._gather(items, dst, leaf, command, checking, offset + k, cast)
+            self._gather(items, dst, leaf, command, checking, offset + k, cast, reshaped=True)
             return True  # (not the env's own form: a final observation travels as the env's object)
         kind = f"dtype:{leaf.name}"
         for j in range(k, len(items)):  # (the kernel names the first cast; each env is warned once)

@@ -225,3 +225,27 @@ def test_a_thousand_envs_in_another_shape_in_one_shard() -> None:
         assert obs.shape == (1100, 3, 1)
         obs = venv.step(np.zeros(1100, np.int64))[0]
         np.testing.assert_array_equal(obs[:, :, 0], np.tile(np.arange(3, dtype=np.float32) + 1, (1100, 1)))
+
+
+class MatrixObs(gym.Env):
+    """Returns np.matrix rows (shape (1, 2)) for a Box of shape (2,)."""
+
+    observation_space = spaces.Box(-10, 10, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.matrix([0, self.t], dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.matrix([0, self.t], dtype=np.float32), 1.0, False, False, {}
+
+
+def test_matrix_observations_are_stored_as_plain_rows() -> None:
+    """SB3 and gymnasium take np.matrix rows; a matrix keeps two dimensions through reshape, and the
+    reshape recursed until the stack ran out."""
+    with VectorEnv([MatrixObs] * 4, context="fork", num_workers=2, check="off") as venv:
+        venv.reset(seed=0)
+        obs = venv.step(np.zeros(4, np.int64))[0]
+        assert type(obs) is np.ndarray and obs.tolist() == [[0.0, 1.0]] * 4

@@ -458,3 +458,40 @@ def test_close_from_another_thread_between_step_async_and_step_wait(tmp_path) ->
     thread.join(10)
     assert isinstance(outcome[0], ClosedError), outcome
     assert _steps_per_env(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym", "batches"])
+def test_close_in_a_signal_handler_anywhere_in_the_loop_raises_closed_error(front: str) -> None:
+    """A handler that closes the pool (a graceful stop on SIGTERM, SIGALRM) lands anywhere in a stepping
+    loop: in the pool's code, the front-end's, the caller's. The loop must end with ClosedError, never a
+    raw TypeError, IndexError or WorkerDiedError from the structures close() let go of."""
+    rng = np.random.default_rng(5)
+    outcomes = []
+    for _ in range(12):
+        fns = [partial(envs.Counter, i) for i in range(4)]
+        if front == "sb3":
+            venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+        else:
+            venv = VectorEnv(fns, start_method="fork", num_workers=2, **({"batch_size": 2} if front == "batches" else {}))
+        previous = signal.signal(signal.SIGALRM, lambda *_, venv=venv: venv.close())
+        try:
+            venv.async_reset() if front == "batches" else venv.reset()
+            signal.setitimer(signal.ITIMER_REAL, float(rng.uniform(0.002, 0.03)))
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                if front == "batches":
+                    ids = venv.recv()[-1]["env_id"]
+                    venv.send(np.zeros(len(ids), dtype=np.int64), ids)
+                else:
+                    venv.step(np.zeros(4, dtype=np.int64))
+            outcomes.append("not closed")
+        except ClosedError:
+            outcomes.append("ClosedError")
+        except Exception as exc:  # noqa: BLE001 (the test reads it)
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            venv.close()
+        assert venv.pool._segment is None  # let go of by now
+    assert outcomes == ["ClosedError"] * 12, outcomes

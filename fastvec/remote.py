@@ -213,6 +213,7 @@ def kill_all(remotes: list[Remote]) -> None:
             if remote.exitcode is None:
                 remote.process.terminate()
                 running.append(remote.process)
+            remote.conn.close()  # (the Process object is closed when multiprocessing reaps it)
         except (ValueError, OSError):  # (already released)
             pass
 

@@ -22,6 +22,7 @@ from multiprocessing.shared_memory import SharedMemory
 __all__ = ["PREFIX", "create", "create_block", "FileBlock", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
+_CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # posix_fallocate unsupported there
 _SHM_DIR = "/dev/shm"
 
 
@@ -48,6 +49,8 @@ def create_block(size: int) -> SharedMemory | FileBlock:
             os.posix_fallocate(segment._fd, 0, max(size, 1))  # type: ignore[attr-defined]
             return segment
         except OSError as exc:
+            if exc.errno in _CANNOT_RESERVE:  # (a libc or filesystem without fallocate: used unreserved)
+                return segment
             if exc.errno not in (errno.ENOSPC, errno.EFBIG):
                 raise
             close(segment)
@@ -76,11 +79,13 @@ class FileBlock:
             try:
                 os.posix_fallocate(fd, 0, max(size, 1))
             except OSError as exc:
-                raise OSError(
-                    exc.errno,
-                    f"no room for the pool's shared block of {size / 2**20:.1f} MiB, neither in /dev/shm nor in "
-                    f"{os.path.dirname(self.name)}",
-                ) from exc
+                if exc.errno not in _CANNOT_RESERVE:
+                    raise OSError(
+                        exc.errno,
+                        f"no room for the pool's shared block of {size / 2**20:.1f} MiB, neither in /dev/shm nor in "
+                        f"{os.path.dirname(self.name)}",
+                    ) from exc
+                os.ftruncate(fd, max(size, 1))  # (a filesystem without fallocate: unreserved)
             self._mmap = mmap.mmap(fd, max(size, 1))
         except BaseException:
             os.close(fd)

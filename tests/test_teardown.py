@@ -495,3 +495,17 @@ def test_close_in_a_signal_handler_anywhere_in_the_loop_raises_closed_error(fron
             venv.close()
         assert venv.pool._segment is None  # let go of by now
     assert outcomes == ["ClosedError"] * 12, outcomes
+
+
+def test_a_dev_shm_without_fallocate_is_used_unreserved(monkeypatch) -> None:
+    """posix_fallocate unsupported (a libc or filesystem without it: EOPNOTSUPP, EINVAL): the segment is
+    used as before, unreserved (every pool failed to start with a bare OSError)."""
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(shm.os, "posix_fallocate", unsupported)
+    with VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2) as venv:
+        assert not isinstance(venv.pool._segment, shm.FileBlock)
+        venv.reset(seed=0)
+        venv.step(np.ones(2, dtype=np.int64))

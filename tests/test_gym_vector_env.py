@@ -342,12 +342,24 @@ class Float64Obs(gym.Env):
         return np.array([1 / 3, 2 / 3]) * self.t, 1.0, self.t % 2 == 0, False, {}
 
 
-def test_final_observations_are_the_envs_own_as_sync_vector_env() -> None:
-    """A final observation the buffers would cast (float64 for a float32 Box) is the env's own, as
-    gymnasium's final_obs and SB3's terminal_observation are."""
+def _sb3_terminal_observations(fns: list) -> list[tuple]:
+    """(fastvec.SubprocVecEnv's, SB3's DummyVecEnv's) terminal_observation of each env after 2 steps."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from fastvec import SubprocVecEnv
+
+    sb3 = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset(), sb3.reset()
+        for _ in range(2):
+            infos, reference = venv.step(np.zeros(3, np.int64))[3], sb3.step(np.zeros(3, np.int64))[3]
+    return [(a["terminal_observation"], b["terminal_observation"]) for a, b in zip(infos, reference)]
+
+
+def test_final_observations_are_the_envs_own_as_sync_vector_env() -> None:
+    """A final observation the buffers would cast (float64 for a float32 Box) is the env's own, as
+    gymnasium's final_obs and SB3's terminal_observation are."""
+
 
     fns = [Float64Obs] * 3
     reference = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
@@ -358,14 +370,9 @@ def test_final_observations_are_the_envs_own_as_sync_vector_env() -> None:
             assert data_equivalence(got, want), (got, want)
         assert got[4]["final_obs"][0].dtype == np.float64
     reference.close()
-    sb3 = DummyVecEnv(fns)
-    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
-        venv.reset(), sb3.reset()
-        for _ in range(2):
-            infos, want = venv.step(np.zeros(3, np.int64))[3], sb3.step(np.zeros(3, np.int64))[3]
-        for a, b in zip(infos, want):
-            assert a["terminal_observation"].dtype == b["terminal_observation"].dtype == np.float64
-            np.testing.assert_array_equal(a["terminal_observation"], b["terminal_observation"])
+    for a, b in _sb3_terminal_observations(fns):
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_array_equal(a, b)
 
 
 class OwnFormObs(gym.Env):
@@ -395,9 +402,7 @@ class OwnFormObs(gym.Env):
 def test_final_observations_in_the_envs_own_form(structured: bool) -> None:
     """gymnasium's final_obs and SB3's terminal_observation are the object the env returned: a list stays
     a list, a dict keeps its key order (they used to be rebuilt from the buffers)."""
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from fastvec import SubprocVecEnv
 
     fns = [partial(OwnFormObs, structured)] * 3
     want = OwnFormObs(structured)._obs()
@@ -407,13 +412,8 @@ def test_final_observations_in_the_envs_own_form(structured: bool) -> None:
             infos = venv.step(np.zeros(3, np.int64))[4]
         for got in infos["final_obs"]:
             assert type(got) is type(want) and list(got) == list(want) and repr(got) == repr(want), got
-    sb3 = DummyVecEnv(fns)
-    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
-        venv.reset(), sb3.reset()
-        for _ in range(2):
-            infos, reference = venv.step(np.zeros(3, np.int64))[3], sb3.step(np.zeros(3, np.int64))[3]
-        for a, b in zip(infos, reference):
-            assert repr(a["terminal_observation"]) == repr(b["terminal_observation"]) == repr(want)
+    for a, b in _sb3_terminal_observations(fns):
+        assert repr(a) == repr(b) == repr(want)
 
 
 def test_config_start_method_and_daemon_apply_unless_given() -> None:

@@ -507,9 +507,7 @@ class Pool:
 
     def _check_usable(self) -> None:
         if self._state is PoolState.CLOSED or self._terminated:
-            if self._release_deferred and self._token:  # (closed by a signal handler; nobody is inside now)
-                self._reentered = False
-                self._release()
+            self._release_if_deferred()
             raise ClosedError("this vectorized env is closed")
         if self._state is PoolState.BROKEN:
             cause = self._cause
@@ -1458,7 +1456,8 @@ class Pool:
 
     def _check_mapped(self) -> None:
         """The shared block is still there (a Batch read after close() would meet released views)."""
-        if self._state is PoolState.CLOSED:
+        if self._state is PoolState.CLOSED or self._terminated:
+            self._release_if_deferred()
             raise ClosedError("this vectorized env is closed: the observations of its batches went with its shared memory")
 
     def object_columns(self) -> list[list]:
@@ -1585,9 +1584,7 @@ class Pool:
         In a child forked from the pool's process, only marks the child's copy closed.
         """
         if self._state is PoolState.CLOSED or self._terminated:
-            if self._release_deferred and self._token:  # (closed by a signal handler; nobody is inside now)
-                self._reentered = False
-                self._release()
+            self._release_if_deferred()
             return
         if self._foreign:
             self._state = PoolState.CLOSED
@@ -1615,6 +1612,13 @@ class Pool:
             self._terminate(grace=grace)
         if error is not None:
             raise error
+
+    def _release_if_deferred(self) -> None:
+        """Closed by a signal handler (or another thread) that left the block to the code it cut short:
+        let go of it now, if nobody is inside the pool any more."""
+        if self._release_deferred and self._token:
+            self._reentered = False
+            self._release()
 
     def _closed_meanwhile(self, during: str) -> ClosedError:
         """What a thread raises when it finds the pool closed by another one (or by a signal handler)

@@ -190,11 +190,9 @@ class SubprocVecEnv(_VecEnvBase):
         return self.pool.monitor_events
 
     def close(self) -> None:
-        if self.closed:
-            return
         self.closed = True
         self.waiting = False
-        self.pool.close()
+        self.pool.close()  # (idempotent; after a close() in a signal handler, it lets go of what that one left)
 
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
         return self.pool.call("get_attr", list(self._get_indices(indices)), (attr_name,))

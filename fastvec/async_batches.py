@@ -308,10 +308,7 @@ class AsyncBatches:
             while len(ready) < groups and self.inflight:
                 self._collect_one(began, timeout)
         finally:
-            if token is not None:
-                tokens.append(token)
-            if pool._release_deferred and not pool._reentered:  # closed meanwhile by another thread
-                pool._release()
+            pool._leave(token)
         if pool.closed:
             raise pool._closed_meanwhile("recv")
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made

@@ -255,8 +255,6 @@ class Pool:
         self.slot_views: list | None = None
         self.obs_slots: list | None = None  # per slot, the observation rows where they are one array leaf
         self._pins_caller = False  # this pool pinned the calling process (pin="spread"): close() gives it back
-        # the thread running a command's completion (its own shard, the wait), else 0: close() from
-        # another thread lets it finish instead of running that shard a second time beside it
         # One token, taken (list.pop: atomic, and cheaper than a lock's acquire, on every command) by the thread
         # completing a command and by close() for its whole teardown: a second thread waits for it instead of
         # running this process's shard beside it. The same thread may go on without it (close() completes a
@@ -827,10 +825,7 @@ class Pool:
         try:
             return self._complete_command(p, timeout)
         finally:
-            if token is not None:
-                tokens.append(token)
-            if self._release_deferred and not self._reentered:  # closed meanwhile by another thread
-                self._release()
+            self._leave(token)
             self._inside_ns += time.perf_counter_ns() - entered
 
     def _complete_step(self, p: _Pending) -> list | None:
@@ -878,7 +873,7 @@ class Pool:
             self._pending = None
             self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
-        finally:
+        finally:  # (_leave, inline: the usual step makes no call it can do without)
             if token is not None:
                 tokens.append(token)
             if self._release_deferred and not self._reentered:  # closed meanwhile by another thread
@@ -1613,10 +1608,20 @@ class Pool:
         if error is not None:
             raise error
 
-    def _release_if_deferred(self) -> None:
+    def _leave(self, token: object | None) -> None:
+        """The end of a command's completion: the token back (if this thread took it), and the block let go
+        of if another thread closed the pool meanwhile (after a signal handler's close(), the code it cut
+        short may still use it: ``_release_if_deferred`` does it later)."""
+        if token is not None:
+            self._token.append(token)
+        if self._release_deferred and not self._reentered:
+            self._release()
+
+    def _release_if_deferred(self, holding: bool = False) -> None:
         """Closed by a signal handler (or another thread) that left the block to the code it cut short:
-        let go of it now, if nobody is inside the pool any more."""
-        if self._release_deferred and self._token:
+        let go of it now, if nobody is inside the pool any more (or ``holding``: only this thread is,
+        and nothing of the pool runs after it)."""
+        if self._release_deferred and (holding or self._token):
             self._reentered = False
             self._release()
 
@@ -1624,9 +1629,7 @@ class Pool:
         """What a thread raises when it finds the pool closed by another one (or by a signal handler)
         while it completed a command; nothing of the pool runs after it in this thread, so the block and
         this process's envs, if close() left them, are let go of here."""
-        if self._release_deferred:
-            self._reentered = False
-            self._release()
+        self._release_if_deferred(holding=True)
         return ClosedError(f"this vectorized env was closed (by another thread or a signal handler) during {during!r}")
 
     def _inside_here(self, anywhere: bool = False) -> bool:
@@ -1655,20 +1658,13 @@ class Pool:
         command; else that thread completed it (or closed the pool), and this raises."""
         if self._closer == _get_ident() or self._inside_here():
             return None
-        tokens = self._token
-        while True:
-            try:
-                token = tokens.pop()
-                break
-            except IndexError:
-                time.sleep(0.0005)
-                self._recover_lost_token()
+        token = self._take_token(None)
         try:
             self._check_usable()  # closed meanwhile: ClosedError
             if p is not None and self._pending is not p:
                 raise NoAsyncCallError(f"{p.name!r} was completed by another thread", _ASYNC_NAMES.get(p.command, ""))
         except BaseException:
-            tokens.append(token)
+            self._token.append(token)
             raise
         return token
 
@@ -1681,16 +1677,22 @@ class Pool:
             self._reentered = True  # (so the block is let go of once it has: _check_usable, or a command's end)
             self._break(ClosedError("close(): it was called while this thread was inside the pool (a signal handler)"))
             return None
+        token = self._take_token(time.monotonic() + min(timeout, PENDING_STEP_GRACE_S))
+        if token is None:
+            self._break(ClosedError("close(): another thread's command was still running"))
+        else:
+            self._closer = _get_ident()
+        return token
+
+    def _take_token(self, deadline: float | None) -> object | None:
+        """Wait for the token another thread holds (until ``deadline``, a time.monotonic() reading: then
+        None; None: for as long as it takes)."""
         tokens = self._token
-        deadline = time.monotonic() + min(timeout, PENDING_STEP_GRACE_S)
         while True:
             try:
-                token = tokens.pop()
-                self._closer = _get_ident()
-                return token
+                return tokens.pop()
             except IndexError:
-                if time.monotonic() > deadline:
-                    self._break(ClosedError("close(): another thread's command was still running"))
+                if deadline is not None and time.monotonic() > deadline:
                     return None
                 time.sleep(0.0005)
                 self._recover_lost_token()
@@ -1783,9 +1785,9 @@ class Pool:
             _LIVE_POOLS.discard(self)
             self._release_deferred = True
             if (self._token or self._closer == _get_ident()) and not self._reentered:
-                self._release()  # (else a thread is inside, or this one further up its stack: released after)
-        # else a thread is inside a command (another thread's, or the one a signal handler interrupted):
-        # it still runs this process's envs over the shared block, and releases both when it leaves
+                self._release()
+            # else a thread is inside a command (another thread's, or the one a signal handler interrupted):
+            # it still runs this process's envs over the shared block, and releases both when it leaves
 
     def _release(self) -> None:
         """Close this process's envs and let go of the shared block (once, from whichever thread gets here)."""
@@ -1923,8 +1925,6 @@ def _describe_cause(cause: BaseException | None) -> str:
         return "a command was interrupted (KeyboardInterrupt) while its envs were being stepped or its results read"
     text = str(cause).splitlines()[0] if str(cause) else ""
     return f"{type(cause).__name__}" + (f": {text}" if text else "")
-
-
 
 
 _COMMAND_CODES = frozenset((Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__))

@@ -46,11 +46,9 @@ def create_block(size: int) -> SharedMemory | FileBlock:
     try:
         unlink(segment)
         try:
-            os.posix_fallocate(segment._fd, 0, max(size, 1))  # type: ignore[attr-defined]
+            _reserve(segment._fd, size)  # type: ignore[attr-defined]
             return segment
         except OSError as exc:
-            if exc.errno in _CANNOT_RESERVE:  # (a libc or filesystem without fallocate: used unreserved)
-                return segment
             if exc.errno not in (errno.ENOSPC, errno.EFBIG):
                 raise
             close(segment)
@@ -76,16 +74,15 @@ class FileBlock:
         fd, self.name = tempfile.mkstemp(prefix=PREFIX)
         try:
             os.unlink(self.name)
+            os.ftruncate(fd, max(size, 1))
             try:
-                os.posix_fallocate(fd, 0, max(size, 1))
+                _reserve(fd, size)
             except OSError as exc:
-                if exc.errno not in _CANNOT_RESERVE:
-                    raise OSError(
-                        exc.errno,
-                        f"no room for the pool's shared block of {size / 2**20:.1f} MiB, neither in /dev/shm nor in "
-                        f"{os.path.dirname(self.name)}",
-                    ) from exc
-                os.ftruncate(fd, max(size, 1))  # (a filesystem without fallocate: unreserved)
+                raise OSError(
+                    exc.errno,
+                    f"no room for the pool's shared block of {size / 2**20:.1f} MiB, neither in /dev/shm nor in "
+                    f"{os.path.dirname(self.name)}",
+                ) from exc
             self._mmap = mmap.mmap(fd, max(size, 1))
         except BaseException:
             os.close(fd)
@@ -100,6 +97,16 @@ class FileBlock:
 
     def unlink(self) -> None:  # (unlinked when made)
         pass
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the block's pages now (OSError ENOSPC when there is no room); where posix_fallocate is
+    unsupported (a libc or filesystem without it), leave the block unreserved, as it was made."""
+    try:
+        os.posix_fallocate(fd, 0, max(size, 1))
+    except OSError as exc:
+        if exc.errno not in _CANNOT_RESERVE:
+            raise
 
 
 def _forget(name: str) -> None:

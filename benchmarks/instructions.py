@@ -70,8 +70,6 @@ class _Episodic:
         return env
 
 
-
-
 def child(
     repo: str, layer: str, steps: int, num_envs: int, episode: int, front: str, autoreset: str, shards: int = 1
 ) -> None:

@@ -194,24 +194,19 @@ def _exception_class(exc_type: str) -> type | None:
     """The Exception subclass named ``exc_type`` ("ValueError", "package.module.Outer.Error"), looked
     up without importing anything: a built-in, or a class of a module already imported here (a
     worker's ``__mp_main__`` is this process's ``__main__``). None when there is no such class."""
-    module_name, _, qualname = exc_type.rpartition(".")
-    if not module_name:
-        found = getattr(builtins, exc_type, None)
-    else:
-        module = None
-        # the qualified name may be nested (module.Outer.Inner): try the longest imported module prefix
-        parts = exc_type.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            name = ".".join(parts[:cut])
-            module = sys.modules.get("__main__" if name == "__mp_main__" else name)
-            if module is not None:
-                qualname = ".".join(parts[cut:])
-                break
-        if module is None or "<locals>" in qualname:
-            return None
-        found = module
-        for attribute in qualname.split("."):
-            found = getattr(found, attribute, None)
+    parts = exc_type.split(".")
+    found: object = builtins if len(parts) == 1 else None
+    # the qualified name may be nested (module.Outer.Inner): the longest prefix naming an imported module
+    for cut in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:cut])
+        found = sys.modules.get("__main__" if name == "__mp_main__" else name)
+        if found is not None:
+            parts = parts[cut:]
+            break
+    if found is None or "<locals>" in parts:
+        return None
+    for attribute in parts:
+        found = getattr(found, attribute, None)
     if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, FastvecError):
         return found
     return None

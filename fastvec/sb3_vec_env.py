@@ -74,9 +74,8 @@ class SubprocVecEnv(_VecEnvBase):
         self._infos: list[dict] = []  # the next step's infos, made in step_async
         self.waiting = False
         self.closed = False
-        # SB3 asks env 0 for the spaces and checks nothing else: envs whose spaces differ only in
-        # their bounds are accepted (their observations must still stack)
-        # SB3 looks at env 0's spaces only: the others' bounds may differ (their shapes and dtypes may not)
+        # SB3 asks env 0 for the spaces and checks nothing else: envs whose observation and action spaces
+        # differ only in their bounds are accepted (their shapes and dtypes may not differ: they must stack)
         self.pool = Pool(env_fns, settings, autoreset_mode=SAME_STEP, observation_mode="different", action_mode="different")
         try:
             super().__init__(self.pool.num_envs, self.pool.observation_space, self.pool.action_space)

@@ -623,7 +623,8 @@ class Shard:
         k = code if code >= 0 else -2 - code
         got = np.asarray(items[k])
         if code >= 0:
-            if reshaped or got.size != math.prod(leaf.shape) or got.dtype == object:
+            size = math.prod(leaf.shape)
+            if reshaped or got.size != size or got.dtype == object:
                 raise ShardError(
                     first + k,
                     command,
@@ -635,7 +636,6 @@ class Shard:
             # as many values in another shape ((3,) for a (3, 1) Box, [] for (0, 3)): stored in the space's
             # shape, as gymnasium's shared memory stores them (its writes are flat) and SB3 passes them on.
             # Every such item from here on is reshaped in one pass, then copied in one more call
-            size = math.prod(leaf.shape)
             items = list(items[k:])
             for j, item in enumerate(items):
                 try:

@@ -75,7 +75,8 @@ def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
 def _global_step(path: Path) -> int:
     """The step count a checkpoint was written at (-1 when it cannot be read)."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1))
+        # (mapped, not read: only the step count is looked at)
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
     except Exception:
         return -1
 

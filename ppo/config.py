@@ -196,8 +196,6 @@ class Config:
             raise ValueError(f"update_epochs must be >= 1, got {self.update_epochs}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma} and {self.gae_lambda}")
-        if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
-            raise ValueError(f"collective_timeout_s must be a finite number > 0, got {self.collective_timeout_s}")
         if self.total_timesteps < 1:
             raise ValueError(f"total_timesteps must be >= 1, got {self.total_timesteps}")
         # (a NaN fails every comparison: each range is written so that NaN is refused too)
@@ -206,6 +204,7 @@ class Config:
             ("max_grad_norm", 0.0, True),  # (a negative one flips the gradients' sign in clip_grad_norm_)
             ("clip_coef", 0.0, False),
             ("vf_coef", 0.0, False),
+            ("collective_timeout_s", 0.0, True),
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and (value > low if strict else value >= low)):

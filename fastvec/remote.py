@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import select
 import threading
 import time
 from multiprocessing import connection as mp_connection
@@ -62,6 +63,15 @@ class Remote:
         self._released_exitcode: int | None = EXIT_UNKNOWN  # (its exit code once released)
         self.conn = conn
         self.base = 0  # its control block's offset in the control words
+        # a pidfd tells that the worker exited even when its sentinel pipe does not: reaped by someone
+        # else (SIGCHLD ignored) while a process its env started still holds the pipe's other end
+        self.pidfd = -1
+        try:
+            self.pidfd = os.pidfd_open(process.pid)
+        except ProcessLookupError:  # (already exited and reaped elsewhere: the sentinel says so)
+            pass
+        except (AttributeError, OSError):  # no pidfds (Linux before 5.3, other systems)
+            pass
 
     @classmethod
     def spawn(
@@ -88,6 +98,7 @@ class Remote:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
         inherited = [r.conn.fileno() for r in siblings if r.index != index] + [parent_conn.fileno()]
+        inherited += [r.pidfd for r in siblings if r.index != index and r.pidfd >= 0]
         process = ctx.Process(
             target=worker_main,
             args=(
@@ -122,7 +133,7 @@ class Remote:
             code = self.process.exitcode
         except ValueError:  # released (the pool was closed meanwhile, as by a signal handler's close())
             return self._released_exitcode
-        if code is None and mp_connection.wait([self.process.sentinel], 0):
+        if code is None and (mp_connection.wait([self.process.sentinel], 0) or self._pidfd_says_exited()):
             self.process.join(0.05)  # (it may be exiting: its status comes a moment after its pipe closes)
             code = self.process.exitcode
             if code is None:
@@ -132,6 +143,14 @@ class Remote:
                     popen.returncode = EXIT_UNKNOWN
                 return EXIT_UNKNOWN
         return code
+
+    def _pidfd_says_exited(self) -> bool:
+        return self.pidfd >= 0 and bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def close_pidfd(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def attach(self, layout: Any, fd: int, first_seq: int, restart: tuple | None) -> None:
         """Send the layout and the shared block's file descriptor (SCM_RIGHTS)."""
@@ -183,6 +202,7 @@ class Remote:
         """Close the pipe and the Process object (the process must have exited)."""
         self._released_exitcode = self.exitcode
         self.conn.close()
+        self.close_pidfd()
         try:
             self.process.close()
         except ValueError:
@@ -214,6 +234,7 @@ def kill_all(remotes: list[Remote]) -> None:
                 remote.process.terminate()
                 running.append(remote.process)
             remote.conn.close()  # (the Process object is closed when multiprocessing reaps it)
+            remote.close_pidfd()
         except (ValueError, OSError):  # (already released)
             pass
 

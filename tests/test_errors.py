@@ -525,3 +525,40 @@ def test_a_worker_reaped_elsewhere_is_still_found_dead(handler: str, on_error: s
     finally:
         venv.close()
         signal.signal(signal.SIGCHLD, previous)
+
+
+def _cartpole_with_a_helper(pid_file: str) -> gym.Env:
+    """CartPole whose maker forks a helper process (as an env that runs a simulator does): the helper
+    inherits every descriptor of the worker, its sentinel pipe's end too."""
+    helper = os.fork()
+    if helper == 0:
+        time.sleep(30)
+        os._exit(0)
+    with open(pid_file, "w") as f:
+        f.write(str(helper))
+    return gym.make("CartPole-v1")
+
+
+def test_a_worker_reaped_elsewhere_is_found_dead_while_its_envs_helper_still_runs(tmp_path) -> None:
+    """With SIGCHLD ignored, a killed worker is reaped by the kernel, and a helper forked by its env still
+    holds the sentinel pipe open: only a pidfd tells that the worker is gone (the step waited for the helper)."""
+    pid_file = str(tmp_path / "helper.pid")
+    fns = [partial(gym.make, "CartPole-v1")] * 3 + [partial(_cartpole_with_a_helper, pid_file)]
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    venv = None
+    try:
+        venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+        venv.reset()
+        os.kill(venv.pool.worker_pids[-1], signal.SIGKILL)
+        began = time.monotonic()
+        with pytest.raises(WorkerDiedError, match="reaped elsewhere"):
+            venv.step(np.zeros(4, dtype=np.int64))
+        assert time.monotonic() - began < 10  # (not when the helper exits, 30 s later)
+    finally:
+        if venv is not None:
+            venv.close()
+        signal.signal(signal.SIGCHLD, previous)
+        try:
+            os.kill(int(open(pid_file).read()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass

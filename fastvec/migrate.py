@@ -11,7 +11,9 @@ Packing prefers the env itself, pickled (with cloudpickle): it goes on exactly a
 would have, wrappers' state and random generator included, so a pool that moved envs
 gives the same results as one that did not. An env that cannot be pickled (a simulator
 handle) is re-created from its factory in the new shard, its random generator carried
-over, so its episodes still follow the same seed sequence.
+over, so its episodes still follow the same seed sequence. So is one whose pickle only
+records how to make it again (gymnasium's ``EzPickle``: Box2D, MuJoCo, the toy-text envs,
+ALE): it arrives as a new env, and gets the old one's generator.
 """
 
 from __future__ import annotations
@@ -21,16 +23,23 @@ from typing import Any
 __all__ = ["pack", "unpack"]
 
 
+def _generator(env: Any) -> tuple[Any, Any]:
+    """gymnasium's generator of the env and its seed (``np_random_seed`` makes a new generator without it)."""
+    unwrapped = getattr(env, "unwrapped", env)
+    return getattr(unwrapped, "_np_random", None), getattr(unwrapped, "_np_random_seed", None)
+
+
 def pack(env: Any, env_fn: Any, objects: list | None, to_bytes: bool) -> Any:
     """What travels for one env: a dict (or its cloudpickled bytes, with ``to_bytes``)."""
     import cloudpickle
 
     package: dict[str, Any] = {"objects": objects, "fn": env_fn}
+    generator = _generator(env)
     try:
-        package["env"] = cloudpickle.dumps(env)
+        # pickled together, so that an env whose pickle keeps its generator keeps the same object
+        package["env"] = cloudpickle.dumps((env, generator))
     except Exception:
-        unwrapped = getattr(env, "unwrapped", env)
-        package["rng"] = getattr(unwrapped, "_np_random", None)
+        package["generator"] = generator
         try:
             env.close()
         except Exception:
@@ -51,8 +60,12 @@ def unpack(package: Any) -> tuple[Any, Any, list | None]:
     if isinstance(package, (bytes, bytearray)):
         package = cloudpickle.loads(package)
     if "env" in package:
-        return cloudpickle.loads(package["env"]), package.get("fn"), package["objects"]
-    env = package["fn"]()
-    if package.get("rng") is not None:
-        env.unwrapped._np_random = package["rng"]  # the seed sequence goes on where it was
+        env, (rng, seed) = cloudpickle.loads(package["env"])
+    else:
+        env = package["fn"]()
+        rng, seed = package["generator"]
+    unwrapped = getattr(env, "unwrapped", env)
+    if rng is not None and getattr(unwrapped, "_np_random", None) is not rng:
+        # a new env (re-created, or rebuilt by its pickle): the seed sequence goes on where it was
+        unwrapped._np_random, unwrapped._np_random_seed = rng, seed
     return env, package["fn"], package["objects"]

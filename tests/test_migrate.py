@@ -10,6 +10,7 @@ from functools import partial
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode
 
 from fastvec import EnvError, SubprocVecEnv, VectorEnv
@@ -33,6 +34,15 @@ class Unpicklable(Where):
         self.lock = threading.Lock()
 
 
+class Rebuilt(Where, EzPickle):
+    """... whose pickle only records how to make it again (gymnasium's Box2D, MuJoCo and ALE envs):
+    the env arrives new, and must get the old one's generator."""
+
+    def __init__(self):
+        super().__init__(gym.make("CartPole-v1"))
+        EzPickle.__init__(self)
+
+
 def make_where() -> gym.Env:
     return Where(gym.make("CartPole-v1"))
 
@@ -47,7 +57,7 @@ def _moves_every(pool, t: int) -> None:
         pool.request_move(0, 1) if (t // 7) % 2 == 0 else pool.request_move(1, 0)
 
 
-@pytest.mark.parametrize("make", [make_where, make_unpicklable], ids=["pickled", "re-created"])
+@pytest.mark.parametrize("make", [make_where, make_unpicklable, Rebuilt], ids=["pickled", "re-created", "rebuilt"])
 def test_moves_give_the_same_results_sb3(make) -> None:
     still = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
     moving = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
@@ -66,6 +76,7 @@ def test_moves_give_the_same_results_sb3(make) -> None:
             for i in np.flatnonzero(b[2]):
                 np.testing.assert_array_equal(a[3][i]["terminal_observation"], b[3][i]["terminal_observation"])
         assert moving.pool.moves_done >= 10
+        assert moving.env_method("get_wrapper_attr", "np_random_seed") == still.env_method("get_wrapper_attr", "np_random_seed")
         pids = moving.env_method("pid")
         in_parent = sum(pid == os.getpid() for pid in pids)
         assert in_parent == len(moving.pool.shard_envs[0])  # where each env runs follows its moves

@@ -85,6 +85,7 @@ class WorkerDiedError(FastvecError):
         self.env_indices = env_indices
         self.exitcode = exitcode
         self.command = command
+        self.replaced_later = replaced_later  # (on_error="restart": the next step or reset replaces it)
         how = f"exit code {exitcode}"
         if exitcode == EXIT_UNKNOWN:
             how = "an exit status this process could not read (it was reaped elsewhere: SIGCHLD ignored, or a handler's waitpid)"

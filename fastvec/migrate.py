@@ -10,8 +10,8 @@ reset (SAME_STEP: in the same step, before the caller sees it; NEXT_STEP: in the
 Packing prefers the env itself, pickled (with cloudpickle): it goes on exactly as it
 would have, wrappers' state and random generator included, so a pool that moved envs
 gives the same results as one that did not. An env that cannot be pickled (a simulator
-handle) is re-created from its factory in the new shard, its random generator carried
-over, so its episodes still follow the same seed sequence. So is one whose pickle only
+handle), or cannot be unpickled in the new shard, is re-created from its factory there, its
+random generator carried over, so its episodes still follow the same seed sequence. So is one whose pickle only
 records how to make it again (gymnasium's ``EzPickle``: Box2D, MuJoCo, the toy-text envs,
 ALE): it arrives as a new env, and gets the old one's generator.
 """
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["pack", "unpack"]
+__all__ = ["ADOPT", "pack", "unpack"]
+
+ADOPT = "adopt (moving an env)"  # the command an env that could not arrive in its new shard names
 
 
 def _generator(env: Any) -> tuple[Any, Any]:
@@ -34,12 +36,11 @@ def pack(env: Any, env_fn: Any, objects: list | None, to_bytes: bool) -> Any:
     import cloudpickle
 
     package: dict[str, Any] = {"objects": objects, "fn": env_fn}
-    generator = _generator(env)
+    generator = package["generator"] = _generator(env)  # (also alone: for re-creating it, if it cannot be unpickled)
     try:
         # pickled together, so that an env whose pickle keeps its generator keeps the same object
         package["env"] = cloudpickle.dumps((env, generator))
     except Exception:
-        package["generator"] = generator
         try:
             env.close()
         except Exception:
@@ -59,9 +60,14 @@ def unpack(package: Any) -> tuple[Any, Any, list | None]:
 
     if isinstance(package, (bytes, bytearray)):
         package = cloudpickle.loads(package)
+    env = None
     if "env" in package:
-        env, (rng, seed) = cloudpickle.loads(package["env"])
-    else:
+        try:
+            env, (rng, seed) = cloudpickle.loads(package["env"])
+        except Exception:  # (a handle that cannot be re-attached here, a module missing here): re-created
+            if package.get("fn") is None:
+                raise
+    if env is None:
         env = package["fn"]()
         rng, seed = package["generator"]
     unwrapped = getattr(env, "unwrapped", env)

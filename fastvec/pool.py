@@ -57,6 +57,7 @@ from fastvec.errors import (
     env_errors,
 )
 from fastvec.layout import Views, plan_layout
+from fastvec.migrate import ADOPT as _ADOPT
 from fastvec.monitor import Monitor
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.protocol import (
@@ -1008,7 +1009,11 @@ class Pool:
             extras = [entry for entry in extras if entry[1] != Extra.RELEASED]
             try:
                 extras += self._settle_moves(moved, slot)
-            except EnvError:  # every env arrived; one's reset after moving raised, as an autoreset can
+            except (EnvError, WorkerDiedError) as exc:
+                # every env arrived, and one's reset after moving raised, as an autoreset can; or, with
+                # on_error="restart", the worker died as an env arrived: its replacement makes them all
+                if isinstance(exc, WorkerDiedError) and not exc.replaced_later:
+                    self._break(exc)
                 raise
             except BaseException as exc:  # an env left one shard and did not arrive in the other
                 self._break(exc)
@@ -1344,6 +1349,7 @@ class Pool:
         """Envs that left their shard at their episode end join the neighbour that asked for them."""
         extras: list = []
         failed: list[EnvError] = []
+        died: WorkerDiedError | None = None
         for index, _, package in released:
             source, target, around = self._moves.pop(index)
             self._views.migrate[index] = 0
@@ -1364,7 +1370,8 @@ class Pool:
                 remote.envs = self.shard_envs[remote.index]
             self._views.env_worker[index] = target
             # (an env whose reset after moving raises has moved all the same: its error is raised once
-            # every move is settled, as an autoreset's would be, and the pool stays usable)
+            # every move is settled, as an autoreset's would be, and the pool stays usable; one that did not
+            # arrive, neither unpickled nor re-made from its factory, breaks the pool, naming it)
             if target == 0 and self._local is not None:
                 part = self._wrap_part() if around else self._head
                 try:
@@ -1372,6 +1379,10 @@ class Pool:
                 except ShardError as err:
                     failed.append(env_errors(err.payloads()))
                     info = None
+                except Exception as exc:
+                    error = env_errors(ShardError(index, _ADOPT, exc).payloads())
+                    self._break(error)
+                    raise error from exc
                 result = {"info": info, "extras": part.finish_extras(None)}
             else:
                 if not isinstance(package, (bytes, bytearray)):
@@ -1381,8 +1392,15 @@ class Pool:
                 try:
                     (result,) = self.call("adopt", [index], (package, slot))
                 except EnvError as err:
+                    if err.command == _ADOPT:
+                        self._break(err)
+                        raise
                     failed.append(err)
                     result = {"info": None, "extras": None}
+                except WorkerDiedError as err:
+                    if not err.replaced_later:
+                        raise
+                    died, result = err, {"info": None, "extras": None}
             if result["info"]:
                 extras.append((index, Extra.RESET_INFO, result["info"]))
             extras += result["extras"] or []
@@ -1395,6 +1413,8 @@ class Pool:
             failed.sort(key=lambda err: err.env_index)
             failed[0].others = failed[1:] + failed[0].others
             raise failed[0]
+        if died is not None:
+            raise died
         return extras
 
     def _wrap_part(self) -> Shard:

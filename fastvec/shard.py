@@ -688,7 +688,7 @@ class Shard:
             except ShardError:  # its reset after moving raised: that error, naming the env
                 raise
             except Exception as exc:
-                raise ShardError(indices[0], "adopt (moving an env)", exc) from exc
+                raise ShardError(indices[0], migrate.ADOPT, exc) from exc
         # every env gets arguments of its own, and the caller copies of what the envs return, as through
         # a pipe (a worker's first env keeps what it unpickled; the rest of its envs, and every env the
         # calling process steps, get copies: a list given to set_attr is not shared between envs)

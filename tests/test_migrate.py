@@ -14,6 +14,7 @@ from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode
 
 from fastvec import EnvError, SubprocVecEnv, VectorEnv
+from fastvec.errors import ClosedError, WorkerDiedError
 from tests import envs
 
 N = 6
@@ -43,6 +44,21 @@ class Rebuilt(Where, EzPickle):
         EzPickle.__init__(self)
 
 
+class UnpickledNowhere(Where):
+    """... that pickles, but cannot be unpickled (a simulator handle that cannot be re-attached in
+    another process): it arrives re-created from its factory."""
+
+    def __setstate__(self, state):
+        raise RuntimeError("cannot be unpickled here")
+
+
+class DiesUnpickled(Where):
+    """... whose arrival kills the process it arrives in (a crash, an OOM kill)."""
+
+    def __setstate__(self, state):
+        os._exit(3)
+
+
 def make_where() -> gym.Env:
     return Where(gym.make("CartPole-v1"))
 
@@ -51,13 +67,23 @@ def make_unpicklable() -> gym.Env:
     return Unpicklable(gym.make("CartPole-v1"))
 
 
+def make_unpickled_nowhere(flag: str | None = None) -> gym.Env:
+    if flag is not None and os.path.exists(flag):
+        raise RuntimeError("this factory no longer works")
+    return UnpickledNowhere(gym.make("CartPole-v1"))
+
+
 def _moves_every(pool, t: int) -> None:
     """Shift the boundary back and forth between the parent's shard and the worker's."""
     if t % 7 == 0:
         pool.request_move(0, 1) if (t // 7) % 2 == 0 else pool.request_move(1, 0)
 
 
-@pytest.mark.parametrize("make", [make_where, make_unpicklable, Rebuilt], ids=["pickled", "re-created", "rebuilt"])
+@pytest.mark.parametrize(
+    "make",
+    [make_where, make_unpicklable, Rebuilt, make_unpickled_nowhere],
+    ids=["pickled", "re-created", "rebuilt", "not-unpickled"],
+)
 def test_moves_give_the_same_results_sb3(make) -> None:
     still = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
     moving = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
@@ -168,3 +194,43 @@ def test_a_respawned_worker_makes_the_envs_it_owns_after_moves() -> None:
         assert not any("fastvec.restarted" in info for info in infos[:3])
         pids = venv.env_method("pid")
         assert pids[:3] == [os.getpid()] * 3 and pids[3] != os.getpid()
+
+
+@pytest.mark.parametrize(("source", "target", "moving"), [(1, 0, 2), (0, 1, 1)], ids=["to-the-caller", "to-a-worker"])
+def test_an_env_that_cannot_arrive_breaks_the_pool_naming_it(tmp_path, source: int, target: int, moving: int) -> None:
+    """Neither unpickled nor re-made from its factory where it arrives: the pool is broken, with an
+    EnvError naming the env (it stayed usable with the env in no shard: a stale row, and env_method(i)
+    reached another env; into the caller's shard, a bare RuntimeError)."""
+    flag = tmp_path / "factories-fail"
+    with SubprocVecEnv([partial(make_unpickled_nowhere, str(flag))] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        flag.touch()
+        assert venv.pool.request_move(source, target) == moving
+        with pytest.raises(EnvError, match=f"env {moving} raised RuntimeError during 'adopt") as info:
+            for _ in range(600):
+                venv.step(np.zeros(4, dtype=np.int64))
+        assert "this factory no longer works" in str(info.value)
+        with pytest.raises(ClosedError, match="adopt"):
+            venv.step(np.zeros(4, dtype=np.int64))
+
+
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_a_worker_that_dies_as_an_env_arrives(on_error: str) -> None:
+    """With on_error="restart" the next step replaces it, with the arrived env made from its factory, as
+    its error says (the pool was broken); without, the pool is broken."""
+    fns = [make_where] * 3 + [lambda: DiesUnpickled(gym.make("CartPole-v1"))] + [make_where] * 2
+    with SubprocVecEnv(fns, start_method="fork", num_workers=3, on_error=on_error) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 2) == 3
+        with pytest.raises(WorkerDiedError, match="died during 'adopt'"):
+            for _ in range(600):
+                venv.step(np.zeros(6, dtype=np.int64))
+        if on_error == "raise":
+            with pytest.raises(ClosedError):
+                venv.step(np.zeros(6, dtype=np.int64))
+            return
+        with pytest.warns(RuntimeWarning, match="restarted it with fresh envs"):
+            _, _, dones, infos = venv.step(np.zeros(6, dtype=np.int64))
+        assert all(dones[3:]) and all("fastvec.restarted" in infos[i] for i in range(3, 6))
+        pids = venv.env_method("pid")
+        assert len(set(pids[3:])) == 1 and pids[3] not in pids[:3]

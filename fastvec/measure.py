@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -273,31 +274,84 @@ def run_child(
     Output goes to temporary files, not pipes, so a grandchild that keeps the child's stdout
     open cannot make a finished child look hung. ``env``: the child's environment (default:
     this process's, see ``child_environ``); ``cwd``: its working directory."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        began = time.perf_counter()
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            seconds = time.perf_counter() - began
-            kill_session(proc.pid)
-            proc.wait()
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
+    previous = _raise_on_termination()
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            began = time.perf_counter()
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()),
+            )
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                seconds = time.perf_counter() - began
+                kill_session(proc.pid)
+                proc.wait()
+            out.seek(0)
+            err.seek(0)
+            stdout = out.read().decode(errors="replace")
+            stderr = err.read().decode(errors="replace")
+    except _Terminated as stop:  # the session is killed: now end as the signal would have ended us
+        _restore(previous)
+        os.kill(os.getpid(), stop.args[0])
+        raise SystemExit(128 + stop.args[0]) from None
+    finally:
+        _restore(previous)
     return ChildRun(proc.returncode, stdout, stderr, seconds, timed_out)
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP while ``run_child`` waited (its ``finally`` must kill the child's session)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def _raise_on_termination() -> dict:
+    """A job scheduler's SIGTERM, a closed terminal's SIGHUP: where they would kill this process outright
+    (no handler of the caller's own), they raise instead, so the child's session is killed first (it is
+    a session of its own: neither signal reaches it)."""
+    previous: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+    previous.clear()
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """The child's SIGKILL when this process dies, however (a SIGKILL too): Linux's parent-death signal."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+    def set_it() -> None:
+        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # (the parent died before that)
+            os._exit(1)
+
+    return set_it
 
 
 def child_result(run: ChildRun, timeout: float | None = None) -> dict:

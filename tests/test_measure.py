@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -53,6 +55,35 @@ def test_run_child_kills_a_grandchild_in_its_own_process_group_and_does_not_wait
     assert not run.timed_out and run.returncode == 0, run
     assert run.seconds < 30.0
     assert _gone(int(run.stdout.split()[0])), "the grandchild in its own process group outlived run_child"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_run_childs_session_does_not_outlive_its_parent(tmp_path, signum):
+    """A scheduler's SIGTERM, a closed terminal's SIGHUP, a SIGKILL of the tuner: the child runs in a
+    session of its own, which none of them reaches; it (and, but for SIGKILL, its own children) went on."""
+    pids = tmp_path / "pids"
+    child = f"import os, subprocess, sys, time; g = subprocess.Popen(['sleep', '60']); open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{g.pid}}'); time.sleep(60)"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from fastvec.measure import run_child; run_child([sys.executable, '-c', {child!r}], 60.0)"],
+        env=measure.child_environ(measure.repository_root()),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (pids.exists() and len(pids.read_text().split()) == 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child_pid, grandchild = map(int, pids.read_text().split())
+        parent.send_signal(signum)
+        assert parent.wait(10) == -signum  # (it still ends of the signal)
+        assert _gone(child_pid), "the measuring child outlived its parent"
+        if signum != signal.SIGKILL:
+            assert _gone(grandchild), "the child's session outlived its parent"
+    finally:
+        parent.kill()
+        for pid in map(int, pids.read_text().split()) if pids.exists() else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_run_child_passes_environment_and_working_directory(tmp_path):

@@ -208,6 +208,8 @@ def search(
         return result
 
     default = run({})
+    if default["status"] == "error":  # (the env cannot be made or stepped: so it is in every candidate)
+        raise RuntimeError(f"the default configuration failed, so no other is measured: {default['reason']}")
     if candidates is not None:
         for config in candidates:
             run(dict(config))
@@ -355,8 +357,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a candidate is declared hung")
     parser.add_argument("--output", type=Path, default=None, help="write the best configuration here (JSON)")
     args = parser.parse_args(argv)
-    if args.num_envs < 1:
-        parser.error("--num-envs must be at least 1")
+    for name, value, least in (("--num-envs", args.num_envs, 1), ("--repeats", args.repeats, 1)):
+        if value is not None and value < least:
+            parser.error(f"{name} must be at least {least}, not {value}")
+    for name, value in (("--seconds", args.seconds), ("--timeout", args.timeout)):
+        if value is not None and not value > 0:
+            parser.error(f"{name} must be a positive number of seconds, not {value}")
+    if args.env_module is not None and ":" not in args.env_module:
+        parser.error(f"--env-module takes module:factory, not {args.env_module!r}")
+    if args.output is not None:  # (refused now, not after minutes of measuring)
+        folder = args.output.parent
+        if args.output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+            parser.error(f"--output {args.output}: cannot write a file there")
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 1.0)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     print(
@@ -364,16 +376,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         f"({seconds:g} s x {repeats} per candidate)",
         flush=True,
     )
-    record = search(
-        args.env_id,
-        args.env_module,
-        args.num_envs,
-        seconds=seconds,
-        repeats=repeats,
-        quick=args.quick,
-        timeout=args.timeout,
-        report=lambda line: print(line, flush=True),
-    )
+    try:
+        record = search(
+            args.env_id,
+            args.env_module,
+            args.num_envs,
+            seconds=seconds,
+            repeats=repeats,
+            quick=args.quick,
+            timeout=args.timeout,
+            report=lambda line: print(line, flush=True),
+        )
+    except RuntimeError as exc:
+        raise SystemExit(f"fastvec.tune: {exc}") from None
     print()
     print(table(record))
     print()

@@ -112,6 +112,40 @@ def test_env_module_needs_module_colon_factory():
         tune.search(num_envs=2)
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--seconds", "0"], "--seconds"),
+        (["--seconds", "-1"], "--seconds"),
+        (["--repeats", "0"], "--repeats"),
+        (["--timeout", "0"], "--timeout"),
+        (["--output", "/nonexistent-folder/tuned.json"], "--output"),
+    ],
+)
+def test_bad_arguments_are_refused_before_measuring(monkeypatch, capsys, args, named):
+    """They used to be found after minutes of measuring (--output), or never (--seconds 0 measured 8 steps)."""
+    monkeypatch.setattr(tune, "measure", lambda spec, timeout: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as info:
+        tune.main(["--env-id", "CartPole-v1", *args])
+    assert info.value.code == 2 and named in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tune.main(["--env-module", "tests.envs"])
+    assert "module:factory" in capsys.readouterr().err
+
+
+def test_an_env_that_cannot_be_made_ends_the_search_at_once_with_its_error(monkeypatch):
+    measured = []
+
+    def measure(spec, timeout):
+        measured.append(spec["config"])
+        return {"status": "error", "reason": "NameNotFound: Environment `NoSuchEnv` doesn't exist."}
+
+    monkeypatch.setattr(tune, "measure", measure)
+    with pytest.raises(SystemExit, match="fastvec.tune: the default configuration failed.*NoSuchEnv"):
+        tune.main(["--env-id", "NoSuchEnv-v0", "--num-envs", "8"])
+    assert measured == [{}]
+
+
 @pytest.fixture(scope="module")
 def tiny_real_search(tmp_path_factory):
     """Two candidates (the default and in-process), 0.2 s each, measured in real child processes."""

@@ -7,20 +7,20 @@ flags it in the block's ``migrate`` field): its old shard writes the final obser
 as usual and, instead of resetting it, packs it; the new shard unpacks it and does the
 reset (SAME_STEP: in the same step, before the caller sees it; NEXT_STEP: in the next).
 
-Packing prefers the env itself, pickled (with cloudpickle): it goes on exactly as it
-would have, wrappers' state and random generator included, so a pool that moved envs
-gives the same results as one that did not. An env that cannot be pickled (a simulator
-handle), or cannot be unpickled in the new shard, is re-created from its factory there, its
-random generator carried over, so its episodes still follow the same seed sequence. So is one whose pickle only
-records how to make it again (gymnasium's ``EzPickle``: Box2D, MuJoCo, the toy-text envs,
-ALE): it arrives as a new env, and gets the old one's generator.
+The env itself travels, pickled (with cloudpickle): it goes on exactly as it would have,
+wrappers' state and random generator included, so a pool that moved envs gives the same
+results as one that did not. The pool moves only envs that pickle, with their factories
+(``movable``, asked once per env). One whose pickle only records how to make it again
+(gymnasium's ``EzPickle``: Box2D, MuJoCo, the toy-text envs, ALE) arrives as a new env and
+gets the old one's generator. One that pickled when it left but cannot be unpickled where it
+arrives (or no longer pickled) is re-created from its factory there, its generator carried over.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ADOPT", "pack", "unpack"]
+__all__ = ["ADOPT", "movable", "pack", "unpack"]
 
 ADOPT = "adopt (moving an env)"  # the command an env that could not arrive in its new shard names
 
@@ -29,6 +29,20 @@ def _generator(env: Any) -> tuple[Any, Any]:
     """gymnasium's generator of the env and its seed (``np_random_seed`` makes a new generator without it)."""
     unwrapped = getattr(env, "unwrapped", env)
     return getattr(unwrapped, "_np_random", None), getattr(unwrapped, "_np_random_seed", None)
+
+
+def movable(env: Any, env_fn: Any) -> bool:
+    """Whether the env can move keeping its state: it pickles, and so does its factory (for a restart
+    where it arrives). An env that cannot is re-created there, and keeps only its generator: a
+    wrapper's running statistics, a curriculum's level would start again, so the pool does not move
+    it (``Pool.request_move``)."""
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps((env, env_fn))
+    except Exception:
+        return False
+    return True
 
 
 def pack(env: Any, env_fn: Any, objects: list | None, to_bytes: bool) -> Any:

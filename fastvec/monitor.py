@@ -319,6 +319,10 @@ class Monitor:
             and not self._bounces(shard, side[0], side[1])
             and self._samples - self._undone.get((shard, side[0], side[1]), -self.retry_after) >= self.retry_after
         ]
+        stuck = self.pool.unmovable  # (envs that cannot move keeping their state: the edge stops before them)
+        if stuck:
+            sides = [(t, around, edges[: next((k for k, i in enumerate(edges) if i in stuck), len(edges))]) for t, around, edges in sides]
+            sides = [side for side in sides if side[2]]
         if not sides or len(envs) <= 1:
             return None
         targets = {target for target, _, _ in sides}

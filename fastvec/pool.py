@@ -311,6 +311,8 @@ class Pool:
         self.worker_restarts = 0
         self.moves_done = 0
         self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
+        self._movable: dict[int, bool] = {}  # env index -> whether it can move keeping its state, once asked
+        self.unmovable: frozenset[int] = frozenset()  # those that cannot (read by the monitor's thread)
         self._move_requests: collections.deque = collections.deque()  # ("move" | "park" | "unpark" | "parked", ...)
         self._parked: dict[int, tuple[Remote, int]] = {}  # shard -> its idle worker and its command count
         self._draining: set[int] = set()  # shards whose envs are all leaving, to be parked once empty
@@ -1190,10 +1192,26 @@ class Pool:
         pending = sum(1 for i in envs if self._moves.get(i, (None,))[0] == source)
         if index is None or len(envs) - pending <= 1:  # a shard keeps at least one env
             return None
+        if not self._can_carry([index]):
+            return None
         self._moves[index] = (source, target, around)
         # shard 0's two parts may each run empty, as long as shard 0 keeps an env (counted above)
         self._views.migrate[index] = (MIGRATE_UP if up else MIGRATE_DOWN) | (MIGRATE_ALL if source == 0 else 0)
         return index
+
+    def _can_carry(self, indices: list[int]) -> bool:
+        """Whether these envs can all move keeping their state (``migrate.movable``); asked of their
+        shards once per env. One that cannot is never moved: re-created where it arrives, it would
+        keep only its generator (a wrapper's running statistics would start again)."""
+        unknown = [i for i in indices if i not in self._movable]
+        if unknown:
+            if self._pending is not None or self._state is not _IDLE:
+                return False  # (asked in the middle of a command: not now)
+            for i, ok in zip(unknown, self.call("movable", unknown)):
+                self._movable[i] = bool(ok)
+                if not ok:
+                    self.unmovable = self.unmovable | {i}
+        return all(self._movable[i] for i in indices)
 
     @property
     def pending_moves(self) -> int:
@@ -1264,6 +1282,7 @@ class Pool:
             and any(r.index == shard for r in self._remotes)
             and shard not in self._draining
             and bool(self.shard_envs[shard])
+            and not self.unmovable.intersection(self.shard_envs[shard])
             and not any(shard in move[:2] for move in self._moves.values())
             and (self._active_neighbour(shard, -1) is not None or self._active_neighbour(shard, +1) is not None)
         )
@@ -1276,7 +1295,7 @@ class Pool:
         False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
         shard, a shard already parked or emptying, moves pending on it, or no neighbour to take
         its envs."""
-        if not self.can_park(shard):
+        if not self.can_park(shard) or not self._can_carry(list(self.shard_envs[shard])):
             return False
         envs = self.shard_envs[shard]
         lower, upper = self._active_neighbour(shard, -1), self._active_neighbour(shard, +1)
@@ -1385,10 +1404,15 @@ class Pool:
                     raise error from exc
                 result = {"info": info, "extras": part.finish_extras(None)}
             else:
-                if not isinstance(package, (bytes, bytearray)):
-                    import cloudpickle
+                try:
+                    if not isinstance(package, (bytes, bytearray)):
+                        import cloudpickle
 
-                    package = cloudpickle.dumps(package)  # from this process's own shard to a worker
+                        package = cloudpickle.dumps(package)  # from this process's own shard to a worker
+                except Exception as exc:  # (it pickled when the move was asked for: not any more)
+                    error = env_errors(ShardError(index, _ADOPT, exc).payloads())
+                    self._break(error)
+                    raise error from exc
                 try:
                     (result,) = self.call("adopt", [index], (package, slot))
                 except EnvError as err:

@@ -682,6 +682,11 @@ class Shard:
             for k, i in enumerate(indices):
                 self.next_seeds[i - self.start] = values[k]  # type: ignore[index]
             return [None] * len(indices)
+        if request == "movable":  # whether an env could move keeping its state (fastvec.migrate)
+            return [
+                migrate.movable(self.envs[i - self.start], self.env_fns[i - self.start] if self.env_fns else None)
+                for i in indices
+            ]
         if request == "adopt":  # an env moving in from a neighbour (fastvec.migrate)
             try:
                 return [self.adopt_call(indices[0], *args)]

@@ -28,7 +28,7 @@ class Where(gym.Wrapper):
 
 
 class Unpicklable(Where):
-    """... and holds something pickle refuses: moving it re-creates it from its factory."""
+    """... and holds something pickle refuses: it does not move (re-created, it would keep only its generator)."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -81,8 +81,8 @@ def _moves_every(pool, t: int) -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [make_where, make_unpicklable, Rebuilt, make_unpickled_nowhere],
-    ids=["pickled", "re-created", "rebuilt", "not-unpickled"],
+    [make_where, Rebuilt, make_unpickled_nowhere],
+    ids=["pickled", "rebuilt", "not-unpickled"],
 )
 def test_moves_give_the_same_results_sb3(make) -> None:
     still = SubprocVecEnv([make] * N, start_method="fork", num_workers=2)
@@ -128,6 +128,36 @@ def test_moves_give_the_same_results_gymnasium_next_step() -> None:
     finally:
         still.close()
         moving.close()
+
+
+class Curriculum(gym.Wrapper):
+    """An env whose state outlives its episodes (its level), holding a lock: it cannot move keeping it."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.level, self.lock = 0, threading.Lock()
+
+    def reset(self, **kwargs):
+        self.level += 1
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "level": self.level}
+
+
+def test_an_env_that_cannot_be_pickled_does_not_move() -> None:
+    """Re-created where it arrived, it kept only its generator: its level (a wrapper's running
+    statistics, a curriculum) started again, unlike in a pool that never moved it."""
+    fns = [make_where] * 2 + [lambda: Curriculum(gym.make("CartPole-v1"))] * 2
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        assert venv.pool.shard_envs == [range(0, 2), range(2, 4)]
+        assert venv.pool.request_move(1, 0) is None and venv.pool.unmovable == {2}
+        assert not venv.pool.can_park(1) and not venv.pool.request_park(1)
+        assert venv.pool.request_move(0, 1) == 1  # a picklable one still moves
+        ended = np.zeros(4, dtype=int)
+        for _ in range(300):
+            ended += venv.step(np.zeros(4, dtype=np.int64))[2]
+        assert venv.pool.shard_envs == [range(0, 1), range(1, 4)]
+        assert venv.get_attr("level", [2, 3]) == [1 + ended[2], 1 + ended[3]]
 
 
 def test_move_requests_are_refused_where_they_cannot_apply() -> None:

@@ -68,6 +68,7 @@ class _FakePool:
         self.unparks: list[int] = []
         self.wraps = wraps
         self.pending_moves = 0
+        self.unmovable: frozenset[int] = frozenset()
 
     def queue_move(self, source: int, target: int, around: bool = False) -> None:
         self.moves.append((source, target, "around") if around else (source, target))
@@ -376,6 +377,19 @@ def test_around_the_ring_the_monitor_evens_out_what_a_contiguous_split_cannot(mo
     assert sorted(pool.moves) == [(1, 0), (1, 0), (1, 0, "around")]
     assert "envs 8..9: shard 1 -> shard 0; env 15: shard 1 -> shard 0 around the ring" in event.detail
     assert "the busiest expected at 1.4 after" in event.why
+
+
+def test_the_edge_stops_before_an_env_that_cannot_move(monkeypatch) -> None:
+    """The contiguous split above (8..11 down) with env 10 known not to move keeping its state (it cannot
+    be pickled): only 8 and 9 go; with env 8, none."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=False)
+    pool.unmovable = frozenset({10})
+    event = Monitor(pool, patience=1).step(_per_env(HETERO))
+    assert pool.moves == [(1, 0)] * 2 and "envs 8..9: shard 1 -> shard 0" in event.detail
+    pool = _FakePool(wraps=False)
+    pool.unmovable = frozenset({8})
+    assert Monitor(pool, patience=1).step(_per_env(HETERO)) is None and pool.moves == []
 
 
 def test_the_learners_shard_gives_back_around_the_ring(monkeypatch) -> None:

@@ -1974,7 +1974,10 @@ def _describe_cause(cause: BaseException | None) -> str:
 _COMMAND_CODES = frozenset((Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__))
 _HOLDING_CODES = _COMMAND_CODES | {Pool.close.__code__}  # (the frames that may hold the token)
 # the names of close()'s own chain (a close() in a signal handler looks for the pool's code below it)
-_CLOSING_NAMES = frozenset(("close", "_close", "close_extras", "terminate", "__exit__", "__del__", "_enter_to_close"))
+# (and a front-end's constructor, which closes the pool it made when the rest of it fails)
+_CLOSING_NAMES = frozenset(
+    ("close", "_close", "close_extras", "terminate", "__exit__", "__del__", "_enter_to_close", "__init__")
+)
 _OWN_MODULES = ("pool", "async_batches", "batch", "shard", "gym_vector_env", "sb3_vec_env", "sb3_contract")
 
 

@@ -183,9 +183,10 @@ def test_step_timeout_shorter_than_the_first_wait_is_kept(on_error: str) -> None
     """A step of 0.15 s with step_timeout=0.05: StepTimeoutError (or the worker replaced), however
     short the timeout (the first wait of a step used to run 0.1 s before any deadline was looked at,
     and steps up to about 0.2 s passed)."""
-    with SubprocVecEnv(_fns(2, 1, "slow", 1), start_method="fork", num_workers=2, step_timeout=0.05, on_error=on_error) as venv:
+    with SubprocVecEnv(_fns(2, 1, "slow", 1), start_method="fork", num_workers=2, on_error=on_error) as venv:
         venv.reset()
         venv.step(np.array([0, 0]))
+        venv.pool.step_timeout = 0.05  # (only now: on a loaded host, making the pool can take longer than that)
         if on_error == "raise":
             with pytest.raises(StepTimeoutError, match="within 0.05 s"):
                 venv.step(np.array([0, 0]))
@@ -562,3 +563,28 @@ def test_a_worker_reaped_elsewhere_is_found_dead_while_its_envs_helper_still_run
             os.kill(int(open(pid_file).read()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+_CLOSED_HERE: list[int] = []
+
+
+class _RenderModeFails(gym.Wrapper):
+    @property
+    def render_mode(self):
+        raise RuntimeError("no render mode here")
+
+    def close(self):
+        _CLOSED_HERE.append(os.getpid())
+        super().close()
+
+
+def test_a_constructor_that_fails_after_making_its_pool_closes_it_at_once() -> None:
+    """SB3's VecEnv.__init__ asks the envs for their render_mode; when that raises, the front-end closes
+    its pool. That close() took the constructor's frame for code a signal handler had interrupted, and
+    left this process's envs open and the block mapped until the exception and its traceback were gone."""
+    _CLOSED_HERE.clear()
+    fns = [lambda: _RenderModeFails(gym.make("CartPole-v1"))] * 2
+    with pytest.raises(EnvError, match="no render mode here") as info:
+        SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    assert info.value.__traceback__ is not None  # (still held: its frames hold the pool)
+    assert _CLOSED_HERE == [os.getpid()]  # env 0, stepped in this process, is closed

@@ -140,7 +140,7 @@ def test_a_hung_worker_replaced_under_restart_closes_its_envs_first(tmp_path) ->
     """on_error="restart" with a step limit: the worker of a hung env is ended and replaced, its envs'
     episodes end truncated, and the envs it held were closed (their helpers do not outlive them)."""
     venv = SubprocVecEnv(_fns(tmp_path), start_method="fork", num_workers=2, on_error="restart")
-    venv.pool.step_timeout = 0.5  # (once started, as above)
+    venv.pool.step_timeout = 2.0  # (once started, as above; the replacement makes envs with helpers in that time too)
     try:
         venv.reset()
         first = _helpers(tmp_path)

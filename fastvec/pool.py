@@ -510,6 +510,8 @@ class Pool:
         if self._state is PoolState.CLOSED or self._terminated:
             self._release_if_deferred()
             raise ClosedError("this vectorized env is closed")
+        if self._closer and self._closer != _get_ident():  # (its close command may be the one pending)
+            raise ClosedError("this vectorized env is being closed (by close() in another thread)")
         if self._state is PoolState.BROKEN:
             cause = self._cause
             raise BrokenPoolError(

@@ -460,6 +460,28 @@ def test_close_from_another_thread_between_step_async_and_step_wait(tmp_path) ->
     assert _steps_per_env(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
 
 
+class SlowToClose(SlowLogged):
+    def close(self):
+        time.sleep(0.6)  # (a simulator shutting down)
+        super().close()
+
+
+@pytest.mark.parametrize("call", ["step", "reset", "get_attr"])
+def test_a_command_while_another_thread_closes_the_pool_raises_closed_error(tmp_path, call: str) -> None:
+    """It raised AlreadyPendingCallError ("complete it first with close()"), which a loop stopping on
+    gymnasium's ClosedEnvironmentError does not catch."""
+    venv = VectorEnv([partial(SlowToClose, str(tmp_path), i, 0.0) for i in range(4)], start_method="fork", num_workers=2)
+    venv.reset()
+    closer = threading.Thread(target=venv.close)
+    closer.start()
+    time.sleep(0.3)  # close() is closing the envs
+    commands = {"step": lambda: venv.step(np.zeros(4, dtype=np.int64)), "reset": venv.reset, "get_attr": lambda: venv.get_attr("index")}
+    with pytest.raises(ClosedError):
+        commands[call]()
+    closer.join(10)
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("front", ["sb3", "gym", "batches"])
 def test_close_in_a_signal_handler_anywhere_in_the_loop_raises_closed_error(front: str) -> None:
     """A handler that closes the pool (a graceful stop on SIGTERM, SIGALRM) lands anywhere in a stepping

@@ -24,6 +24,7 @@ from ppo.normalize import RunningMeanStd
 __all__ = [
     "Agent",
     "ActOutput",
+    "image_layout",
     "is_image_space",
     "layer_init",
     "categorical_sample",
@@ -98,15 +99,24 @@ def _mlp_forward(linears: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, last.weight, last.bias)
 
 
+def image_layout(space: spaces.Space) -> str | None:
+    """``"hwc"`` or ``"chw"`` for a 3-D uint8 Box whose two larger sides are at least 8 px, the channels
+    being the smallest side (gymnasium's convention is channels last, ``H x W x C``; frame stacks such
+    as ``FrameStackObservation`` over Atari's 84x84 give ``(4, 84, 84)``, channels first, as SB3 reads
+    them); None for anything else (vectors)."""
+    if not (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3):
+        return None
+    a, b, c = space.shape
+    if c <= min(a, b) and min(a, b) >= 8:
+        return "hwc"
+    if a <= min(b, c) and min(b, c) >= 8:
+        return "chw"
+    return None
+
+
 def is_image_space(space: spaces.Space) -> bool:
-    """An ``H x W x C`` uint8 Box with C <= 4 (gymnasium's image convention, channels last)."""
-    return (
-        isinstance(space, spaces.Box)
-        and space.dtype == np.uint8
-        and len(space.shape) == 3
-        and space.shape[2] <= 4
-        and min(space.shape[:2]) >= 8
-    )
+    """Whether the agent reads this observation space as images (``image_layout``)."""
+    return image_layout(space) is not None
 
 
 class _ImageTrunk(nn.Module):
@@ -156,7 +166,7 @@ class Agent(nn.Module):
         super().__init__()
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(
-                f"the agent supports Box observations (vectors or HxWxC uint8 images), got {observation_space}"
+                f"the agent supports Box observations (vectors, or uint8 images HxWxC or CxHxW), got {observation_space}"
             )
         if isinstance(action_space, spaces.Discrete):
             if int(action_space.start) != 0:
@@ -164,15 +174,22 @@ class Agent(nn.Module):
             self.discrete = True
             policy_outputs = int(action_space.n)
         elif isinstance(action_space, spaces.Box):
+            if not np.issubdtype(action_space.dtype, np.floating):
+                raise TypeError(
+                    f"the agent's Gaussian policy needs a floating-point Box action space, got {action_space} "
+                    "(wrap the env to take float actions, or give it a Discrete or MultiDiscrete space)"
+                )
             self.discrete = False
             policy_outputs = int(np.prod(action_space.shape))
         else:
             raise TypeError(f"the agent supports Discrete and Box action spaces, got {action_space}")
         self.action_shape: tuple[int, ...] = tuple(action_space.shape)
         self.obs_shape: tuple[int, ...] = tuple(observation_space.shape)
-        self.image = is_image_space(observation_space)
+        self.image_layout = image_layout(observation_space)
+        self.image = self.image_layout is not None
         if self.image:
-            self.trunk = _ImageTrunk(self.obs_shape)  # type: ignore[arg-type]
+            a, b, c = self.obs_shape
+            self.trunk = _ImageTrunk((a, b, c) if self.image_layout == "hwc" else (b, c, a))
             self.actor = layer_init(nn.Linear(self.trunk.features, policy_outputs), std=0.01)
             self.critic = layer_init(nn.Linear(self.trunk.features, 1), std=1.0)
             self.obs_rms = None  # pixels are scaled by 1/255 instead
@@ -192,8 +209,8 @@ class Agent(nn.Module):
     # -- inputs -------------------------------------------------------------------------------
     def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
         """Raw observations ``[B, *obs_shape]`` (any dtype) -> network input (float32)."""
-        if self.image:  # HWC uint8 -> CHW in [0, 1]; never in place: obs may be the env's ring
-            return obs.permute(0, 3, 1, 2).float() / 255.0
+        if self.image:  # uint8 -> CHW in [0, 1]; never in place: obs may be the env's ring
+            return (obs.permute(0, 3, 1, 2) if self.image_layout == "hwc" else obs).float() / 255.0
         x = obs.reshape(obs.shape[0], -1).float()
         if self.obs_rms is not None:
             x = self.obs_rms.normalize(x.reshape(obs.shape)).reshape(obs.shape[0], -1)

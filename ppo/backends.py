@@ -28,8 +28,10 @@ __all__ = ["Backend", "FastvecBackend", "GymBackend", "SB3SubprocBackend", "make
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """``gymnasium.make(env_id)``; a module-level function so that worker processes can unpickle it."""
-    return gym.make(env_id, render_mode=render_mode)
+    """``gymnasium.make(env_id)``; a module-level function so that worker processes can unpickle it.
+    ``render_mode`` is passed only when given: gymnasium passes every keyword on to the env's constructor,
+    and one without a ``render_mode`` argument would refuse even ``render_mode=None``."""
+    return gym.make(env_id) if render_mode is None else gym.make(env_id, render_mode=render_mode)
 
 
 class Backend(ABC):

@@ -15,6 +15,7 @@ from ppo.agent import (
     categorical_sample,
     gaussian_entropy,
     gaussian_log_prob,
+    image_layout,
     is_image_space,
 )
 
@@ -102,6 +103,32 @@ def test_image_agent_shapes(shape: tuple[int, int, int]) -> None:
     new_log_prob, entropy, new_value = agent.evaluate(obs, action)
     torch.testing.assert_close(new_log_prob, log_prob)
     assert entropy.shape == (5,) and torch.allclose(new_value, value)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout"),
+    [((84, 84, 4), "hwc"), ((4, 84, 84), "chw"), ((84, 84, 8), "hwc"), ((3, 16, 16), "chw"), ((4, 4, 3), None), ((8, 3), None)],
+)
+def test_images_are_read_channels_last_or_first(shape, layout) -> None:
+    """A frame stack over Atari (FrameStackObservation: (4, 84, 84), channels first, as SB3 and CleanRL read
+    it) or 8 stacked frames got the vector MLP on raw 0..255 pixels (its first layer saturated)."""
+    space = spaces.Box(0, 255, shape, np.uint8)
+    assert image_layout(space) == layout
+    if layout is None:
+        return
+    agent = Agent(space, spaces.Discrete(3))
+    obs = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    x = agent.preprocess(obs)
+    channels_first = obs if layout == "chw" else obs.permute(0, 3, 1, 2)
+    torch.testing.assert_close(x, channels_first.float() / 255.0)
+    assert agent.act(obs).action.shape == (2,)
+
+
+def test_integer_box_actions_are_refused_by_name() -> None:
+    """The Gaussian's float actions: fastvec's action buffer refused them at the first step with a message
+    about numbers the user never sent; the other backends passed floats to an int64 space."""
+    with pytest.raises(TypeError, match="floating-point Box action space, got Box"):
+        Agent(spaces.Box(-1, 1, (3,), np.float32), spaces.Box(0, 5, (2,), np.int64))
 
 
 def test_obs_normalization_is_part_of_the_state_dict() -> None:

@@ -180,3 +180,22 @@ def test_cuda_ring_is_pinned_and_mirrored() -> None:
         if storage is not None:
             storage.release()
         backend.close()
+
+
+class _NoRenderArgument(gym.Env):
+    """A user's env whose constructor has no render_mode argument (a common custom-env signature)."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, size: int = 4):
+        self.size = size
+
+
+def test_make_env_passes_render_mode_only_when_given() -> None:
+    """gymnasium's make passes every keyword on to the constructor: render_mode=None made this env fail."""
+    gym.register("fastvec-test/NoRenderArgument-v0", entry_point=_NoRenderArgument)
+    try:
+        assert make_env("fastvec-test/NoRenderArgument-v0").unwrapped.size == 4
+    finally:
+        gym.registry.pop("fastvec-test/NoRenderArgument-v0")

@@ -53,6 +53,9 @@ _HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
 _STEP = Command.STEP  # (an Enum member read through its class costs a metaclass lookup: once per call here)
 
 
+WORKERS_CHECK_S = 0.1  # how often workers in flight are checked on while other groups are collected
+_CHECK_EVERY = 4  # (the clock is read every few collections only)
+
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
@@ -105,6 +108,10 @@ class AsyncBatches:
         self._local_objects: list | None = None  # the object parts of the own group's pending actions (or reset options)
         self._reset_options: list | None = None  # async_reset's options (a worker respawned in it needs them)
         self._own_passed = 0  # times a worker's group was taken while the own group waited to be stepped
+        # groups collected while others were in flight, and when those were last checked on: a worker that died
+        # or hung is found there too (else the own group, always steppable, or quicker workers hid it for ever)
+        self._collected = 0
+        self._workers_checked = 0.0
         self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
         # views of the shared block made once, not per call (issue 12: each numpy slice or fancy index costs
         # about as much as the rest of a call's bookkeeping): per group its action rows and its result rows
@@ -331,6 +338,10 @@ class AsyncBatches:
     def _collect_one(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish, or step the own group; its results join ``ready``."""
         first = self.first_remote
+        if len(self.inflight) > 1:  # (some group keeps being taken before the others)
+            self._collected += 1
+            if self._collected >= _CHECK_EVERY:
+                self._check_workers_in_flight()
         if first and 0 in self.inflight:
             # the own group steps now (this process would otherwise wait), unless a worker's group is done
             # already: that one is taken first, once at most (workers always done by the next recv() would
@@ -341,6 +352,20 @@ class AsyncBatches:
                 return
             self._own_passed += 1
         self._wait_worker(began, timeout)
+
+    def _check_workers_in_flight(self) -> None:
+        """While other groups keep being collected: every ``WORKERS_CHECK_S`` seconds at most, whether a worker
+        in flight died (respawned, or WorkerDiedError) or is past ``step_timeout``, as a wait for it would."""
+        self._collected = 0
+        now = time.monotonic()
+        if now - self._workers_checked < WORKERS_CHECK_S:
+            return
+        self._workers_checked = now
+        first = self.first_remote
+        positions = [group - first for group in self.inflight if group >= first]
+        self._check_lives(positions)
+        if self.pool.step_timeout is not None:
+            self._check_deadlines([p for p in positions if p + first in self.inflight], self.pool.step_timeout)
 
     def _wait_worker(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish; its results join ``ready`` (or it died: _check_lives)."""

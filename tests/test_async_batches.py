@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
-from fastvec.errors import AlreadyPendingCallError, EnvError, NoAsyncCallError, StepTimeoutError
+from fastvec.errors import AlreadyPendingCallError, EnvError, NoAsyncCallError, StepTimeoutError, WorkerDiedError
 from fastvec.pool import Pool
 from fastvec.protocol import NEXT_STEP, SAME_STEP
 from tests import envs
@@ -443,6 +444,40 @@ def test_step_timeout_in_batches(on_error: str) -> None:
         with pytest.warns(RuntimeWarning):
             got = pool.recv()
         assert got.env_ids.tolist() == [2, 3] and set(got.restarted) == {2, 3} and got.truncated.all()
+        assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own-group", "workers"])
+@pytest.mark.parametrize(("fault", "on_error"), [("kill", "raise"), ("kill", "restart"), ("hang", "raise"), ("hang", "restart")])
+def test_a_worker_that_dies_or_hangs_is_found_while_other_groups_keep_coming(fault: str, on_error: str, own: bool) -> None:
+    """The own group can always be stepped, and quicker workers' groups are always done: recv() never waited
+    for the faulty worker, whose envs starved in silence (no WorkerDiedError, no restart, no
+    StepTimeoutError; with workers only, the error came 10-27 s late)."""
+    n = 4 if own else 6
+    bad = {n - 2, n - 1}
+    fns = [partial(envs.FailingEnv, "hang" if fault == "hang" and i in bad else None, 3) for i in range(n)]
+    options = {"on_error": on_error, "step_timeout": 0.5, "step_in_parent": own, "num_workers": n // 2}
+    with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, **options) as pool:
+        pool.async_reset()
+        assert sorted(i for _ in range(n // 2) for i in pool.recv().env_ids.tolist()) == list(range(n))
+        pool.send(np.zeros(n, np.int64), list(range(n)))
+        if fault == "kill":
+            os.kill(pool.worker_pids[-1], signal.SIGKILL)
+        began = time.monotonic()
+        expected = {"kill": WorkerDiedError, "hang": StepTimeoutError}[fault]
+        try:
+            while time.monotonic() - began < 10:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    got = pool.recv()
+                if set(got.restarted) == bad:  # the faulty worker's group came back replaced
+                    assert on_error == "restart"
+                    break
+                pool.send(np.zeros(2, np.int64), got.env_ids)  # (the faulty worker's too, while it still steps)
+            else:
+                pytest.fail("the faulty worker's envs were never returned, and nothing was raised")
+        except expected:
+            assert on_error == "raise"
         assert time.monotonic() - began < 5
 
 

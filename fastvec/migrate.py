@@ -54,11 +54,12 @@ def pack(env: Any, env_fn: Any, objects: list | None, to_bytes: bool) -> Any:
     try:
         # pickled together, so that an env whose pickle keeps its generator keeps the same object
         package["env"] = cloudpickle.dumps((env, generator))
+    except Exception:  # (no longer pickles: re-created where it arrives)
+        pass
+    try:  # the copy left behind is closed either way: a helper process it runs must not outlive it
+        env.close()
     except Exception:
-        try:
-            env.close()
-        except Exception:
-            pass
+        pass
     if not to_bytes:
         return package
     try:

@@ -264,3 +264,28 @@ def test_a_worker_that_dies_as_an_env_arrives(on_error: str) -> None:
         assert all(dones[3:]) and all("fastvec.restarted" in infos[i] for i in range(3, 6))
         pids = venv.env_method("pid")
         assert len(set(pids[3:])) == 1 and pids[3] not in pids[:3]
+
+
+class ClosesLogged(Where):
+    """... that logs each close() (an env that ends a helper process there)."""
+
+    def __init__(self, log: str):
+        super().__init__(gym.make("CartPole-v1"))
+        self.log = log
+
+    def close(self):
+        with open(self.log, "a") as f:
+            f.write("closed\n")
+        super().close()
+
+
+def test_the_copy_a_moved_env_leaves_behind_is_closed(tmp_path) -> None:
+    """It was dropped without close(): a helper process it ran outlived the pool."""
+    log = tmp_path / "closes"
+    with SubprocVecEnv([partial(ClosesLogged, str(log))] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 0) == 2 and venv.pool.request_move(0, 1) is None
+        while not venv.pool.moves_done:
+            venv.step(np.zeros(4, dtype=np.int64))
+        assert log.read_text().split() == ["closed"]  # the copy left in worker 1
+    assert log.read_text().split() == ["closed"] * 5  # and the four envs

@@ -37,10 +37,13 @@ import itertools
 import statistics
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastvec.stats import PoolStats, Sampler, ShardStats, describe_envs
+
+_FAILED_SAMPLES = 10  # samples in a row that fail before the monitor gives up (with a warning)
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -114,14 +117,27 @@ class Monitor:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2 * self.interval + 1.0)
+            thread.join(timeout=min(2 * self.interval + 1.0, 60.0))
 
     def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval):
+        failed = 0
+        while not self._stop.wait(self.interval):
+            try:
                 self.step(self._sampler.sample())
-        except Exception:  # a pool closing under it: the monitor just ends
-            pass
+                failed = 0
+            except Exception as exc:
+                if self._stop.is_set() or self.pool.closed:  # the pool closing under it: the monitor just ends
+                    return
+                # the stepping thread changed what this sample read (a move settling, a worker parked): the
+                # next sample looks again; only a failure that lasts ends the monitor, and says so
+                failed += 1
+                if failed >= _FAILED_SAMPLES:
+                    warnings.warn(
+                        f"fastvec: the monitor stopped after {failed} failed samples in a row: {exc!r}",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+                    return
 
     # -- deciding -------------------------------------------------------------------------------
     def step(self, snapshot: PoolStats) -> MonitorEvent | None:

@@ -125,8 +125,10 @@ class PoolOptions:
             not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not (isinstance(self.monitor_interval, (int, float)) and self.monitor_interval > 0):
-            raise ValueError(f"monitor_interval must be a positive number of seconds, got {self.monitor_interval!r}")
+        if not (isinstance(self.monitor_interval, (int, float)) and 0 < self.monitor_interval <= 3600):
+            raise ValueError(
+                f"monitor_interval must be a positive number of seconds, at most 3600, got {self.monitor_interval!r}"
+            )
         if self.check not in CHECK_LEVELS:
             raise ValueError(f"check must be None, 'off', 'warn' or 'raise', got {self.check!r}")
 

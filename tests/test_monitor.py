@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from fastvec import SubprocVecEnv
 from fastvec.monitor import Monitor, find_straggler
@@ -44,6 +45,40 @@ class BusyEnv(gym.Env):
 
 def make_busy(step_seconds: float) -> gym.Env:
     return BusyEnv(step_seconds)
+
+
+class _FlakySampler:
+    """A sampler whose first ``failures`` samples collide with the stepping thread (a dict it iterates
+    changed size), as the monitor's thread can while a move settles or a worker is parked."""
+
+    def __init__(self, monitor: Monitor, failures: int, samples: int, snapshot: PoolStats) -> None:
+        self.monitor, self.failures, self.samples, self.snapshot = monitor, failures, samples, snapshot
+        self.calls = 0
+
+    def sample(self) -> PoolStats:
+        self.calls += 1
+        if self.calls >= self.samples:
+            self.monitor._stop.set()
+        if self.calls <= self.failures:
+            raise RuntimeError("dictionary changed size during iteration")
+        return self.snapshot
+
+
+@pytest.mark.parametrize("failures", [3, 12])
+def test_a_sample_that_collides_with_the_stepping_thread_does_not_end_the_monitor(monkeypatch, failures: int) -> None:
+    """Any exception in a sample ended the monitor thread for good, without a word."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 60.0, 1: 95.0})
+    pool = _FakePool()
+    pool.closed = False
+    monitor = Monitor(pool, interval=0.001, patience=3, cooldown=2)
+    monitor._sampler = _FlakySampler(monitor, failures, 20, _snapshot([0.4, 0.95], [[0, 1], [1]], [60.0, 95.0]))
+    if failures < 10:
+        monitor._run()
+        assert monitor._sampler.calls == 20 and monitor.events and {e.kind for e in monitor.events} == {"move"}
+    else:
+        with pytest.warns(RuntimeWarning, match="monitor stopped after 10 failed samples"):
+            monitor._run()
+        assert monitor._sampler.calls == 10 and monitor.events == []
 
 
 def test_find_straggler() -> None:

@@ -22,6 +22,8 @@ from tests import envs
         ({"step_timeout": -1}, "step_timeout"),
         ({"on_error": "ignore"}, "on_error"),
         ({"check": "maybe"}, "check"),
+        ({"monitor_interval": float("inf")}, "monitor_interval"),  # (its thread died at once, close() overflowed)
+        ({"monitor_interval": 0}, "monitor_interval"),
     ],
 )
 def test_bad_values_are_named(knobs, message) -> None:

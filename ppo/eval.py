@@ -93,7 +93,10 @@ def record_video(
     frames = []
     try:
         obs, _ = env.reset(seed=seed)
-        frame = env.render()
+        try:
+            frame = env.render()
+        except NotImplementedError:  # (gymnasium.Env.render's own default: the env does not render)
+            return None
         if not isinstance(frame, np.ndarray):
             return None
         frames.append(frame)

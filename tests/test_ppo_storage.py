@@ -199,3 +199,30 @@ def test_make_env_passes_render_mode_only_when_given() -> None:
         assert make_env("fastvec-test/NoRenderArgument-v0").unwrapped.size == 4
     finally:
         gym.registry.pop("fastvec-test/NoRenderArgument-v0")
+
+
+class _DoesNotRender(_NoRenderArgument):
+    """Takes render_mode, but keeps gymnasium.Env.render's default (NotImplementedError)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode: str | None = None):
+        super().__init__()
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+
+def test_a_video_of_an_env_that_does_not_render_is_skipped(tmp_path) -> None:
+    """ppo.eval --video ended in a NotImplementedError traceback instead of its "no video" line."""
+    from ppo.agent import Agent
+    from ppo.eval import record_video
+
+    gym.register("fastvec-test/DoesNotRender-v0", entry_point=_DoesNotRender)
+    try:
+        agent = Agent(_DoesNotRender.observation_space, _DoesNotRender.action_space)
+        assert record_video(agent, "fastvec-test/DoesNotRender-v0", tmp_path / "video.gif") is None
+    finally:
+        gym.registry.pop("fastvec-test/DoesNotRender-v0")

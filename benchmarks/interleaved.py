@@ -46,8 +46,8 @@ def parse_variant(text: str) -> dict:
 
 def parse_workload(text: str) -> tuple[str, int]:
     name, _, n = text.rpartition(":")
-    if not name or not n.isdigit():
-        raise argparse.ArgumentTypeError(f"a workload is name:num_envs, got {text!r}")
+    if not name or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"a workload is name:num_envs (at least 1), got {text!r}")
     return name, int(n)
 
 
@@ -174,6 +174,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if len(args.variant) < 2:
         parser.error("give at least two --variant")
+    if all(v["tree"] == str(ROOT) for v in args.variant):  # (another tree may have engines and workloads of its own)
+        from benchmarks.engines import ENGINES
+        from benchmarks.workloads import WORKLOADS
+
+        for name, known, what in [(v["engine"], ENGINES, "engine") for v in args.variant] + [
+            (w, WORKLOADS, "workload") for w, _ in args.workload
+        ]:
+            if name not in known:
+                parser.error(f"unknown {what} {name!r}; known: {', '.join(known)}")
     command = "python -m benchmarks.interleaved " + " ".join(sys.argv[1:] if argv is None else argv)
     facts = machine_facts()
     print(f"{len(args.variant)} variants x {len(args.workload)} workloads x {args.rounds} rounds", flush=True)

@@ -553,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
         args.attempts = min(args.attempts, 2)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.num_envs and min(args.num_envs) < 1:
+        parser.error(f"--num-envs must be at least 1, got {args.num_envs}")
     if args.repeats is None and args.rounds > 1:  # the rounds are the repeats
         args.repeats = 1
     if args.engines:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.vec_env import check_goals, merge_rounds, paired_ratio, schedule
 
 
@@ -161,3 +163,21 @@ def test_the_core_speed_probe_runs_a_loop_on_every_allowed_core() -> None:
     rounds = core_speed.main(["--rounds", "2", "--seconds", "0.05", "--pause", "0"])
     assert len(rounds) == 2
     assert all(set(r) == set(os.sched_getaffinity(0)) and min(r.values()) > 0 for r in rounds)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--variant", "a=fastvec", "--variant", "b=no-such-engine", "--workload", "CartPole-v1:8"],
+        ["--variant", "a=fastvec", "--variant", "b=serial", "--workload", "NoSuchWorkload:8"],
+        ["--variant", "a=fastvec", "--variant", "b=serial", "--workload", "CartPole-v1:0"],
+    ],
+)
+def test_the_interleaved_study_refuses_unknown_names_before_measuring(argv, capsys) -> None:
+    """It measured every round (each an error), wrote an empty table and exited 0."""
+    from benchmarks import interleaved
+
+    with pytest.raises(SystemExit) as info:
+        interleaved.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and ("unknown" in err or "at least 1" in err)

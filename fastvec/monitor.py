@@ -260,7 +260,7 @@ class Monitor:
             return None
         allowed, spare = self._spare(loads)
         for shard in self.pool.parked:
-            if not allowed:
+            if not allowed or not self.pool.can_unpark(shard):  # (a worker that died parked, without restart)
                 continue
             if not self._persisted(("free", shard), spare >= 100.0 - self.other_load):
                 continue

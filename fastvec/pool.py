@@ -1312,11 +1312,47 @@ class Pool:
     def request_unpark(self, shard: int) -> bool:
         """Give worker ``shard`` commands again (with no envs: ``request_move`` gives it some).
         False when it is not parked, or its process ended while it was parked (it stays parked)."""
-        entry = self._parked.get(shard)
-        if entry is None or entry[0].exitcode is not None:
+        if not self.can_unpark(shard):
             return False
+        if self._parked[shard][0].exitcode is not None:
+            self._replace_parked(shard)
         self._unpark_now(shard)
         return True
+
+    def can_unpark(self, shard: int) -> bool:
+        """Whether worker ``shard`` is parked and can come back: alive, or replaced (on_error="restart")."""
+        entry = self._parked.get(shard)
+        return entry is not None and (self.on_error == "restart" or entry[0].exitcode is None)
+
+    def _replace_parked(self, shard: int) -> None:
+        """on_error="restart": a worker that died while parked (it had no envs) is replaced by a new one,
+        with no envs either, at the command count it had; the pool is idle."""
+        dead, seq = self._parked[shard]
+        exitcode = dead.exitcode
+        try:
+            dead.process.join(1.0)
+            dead.release()
+            remote = self._spawn(shard)
+            remote.base = dead.base
+            self._parked[shard] = (remote, seq)  # (closed with the others from here on, whatever happens)
+            self._handshake(remote, "make (worker restart)")
+            remote.attach(self.layout, self._segment._fd, (seq + 1) & SEQ_MASK, None)  # type: ignore[union-attr]
+            kind, payload = self._recv(remote, "attach (worker restart)")
+            if kind == "error":
+                raise env_error(*payload)
+            if shard in self.cores:
+                self._pin_remote(remote, self.cores[shard])
+        except BaseException as exc:
+            self._break(exc)
+            raise
+        self.worker_restarts += 1
+        warnings.warn(
+            f"fastvec: worker {shard} died while parked, with "
+            f"{'an unread exit status' if exitcode == EXIT_UNKNOWN else f'exit code {exitcode}'}; "
+            "replaced it (on_error='restart')",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def queue_park(self, shard: int) -> None:
         """``request_park`` from another thread: done by the stepping thread at its next step."""

@@ -114,6 +114,9 @@ class _FakePool:
     def queue_park(self, shard: int) -> None:
         self.parks.append(shard)
 
+    def can_unpark(self, shard: int) -> bool:
+        return shard in self.parked
+
     def queue_unpark(self, shard: int) -> None:
         self.unparks.append(shard)
 

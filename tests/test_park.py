@@ -158,8 +158,12 @@ def test_park_requests_are_refused_where_they_cannot_apply() -> None:
         assert not venv.pool.request_park(1)
 
 
-def test_a_parked_worker_that_died_stays_parked_and_the_pool_closes_cleanly() -> None:
-    venv = SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2)
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_a_parked_worker_that_died(on_error: str) -> None:
+    """Without restart it stays parked (the monitor no longer tries to bring it back: it logged an unpark
+    that never happened every few samples) and the pool closes cleanly; with restart, unparking replaces
+    it (it was never replaced), and the balancing can give it envs again."""
+    venv = SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2, on_error=on_error)
     pool = venv.pool
     try:
         venv.reset()
@@ -171,8 +175,18 @@ def test_a_parked_worker_that_died_stays_parked_and_the_pool_closes_cleanly() ->
         for _ in range(20):
             venv.step(np.ones(4, np.int64))  # nothing waits for it
         pool._parked[1][0].process.join(5)
-        assert not pool.request_unpark(1) and pool.parked == [1]
-        assert venv.env_method("pid") == [os.getpid()] * 4
+        if on_error == "raise":
+            assert not pool.can_unpark(1) and not pool.request_unpark(1) and pool.parked == [1]
+            assert venv.env_method("pid") == [os.getpid()] * 4
+            return
+        with pytest.warns(RuntimeWarning, match="worker 1 died while parked"):
+            assert pool.request_unpark(1)
+        assert pool.parked == [] and pool.worker_restarts == 1 and pool.worker_pids[0] != pid
+        moved = pool.moves_done
+        assert pool.request_move(0, 1) == 3
+        while pool.moves_done == moved:
+            venv.step(np.zeros(4, np.int64))
+        assert venv.env_method("pid")[3] == pool.worker_pids[0]
     finally:
         venv.close()
     assert pool.closed

@@ -154,6 +154,8 @@ class Monitor:
         if self._quiet > 0:
             self._quiet -= 1
             return None
+        if self.pool.queued_requests:  # what it asked is not done yet (no step since): it would ask again
+            return None
         loads = self._smoothed(_core_loads(self._cpu_state))
         event = (
             self._check_parked(loads)

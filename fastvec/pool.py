@@ -1216,6 +1216,11 @@ class Pool:
         return all(self._movable[i] for i in indices)
 
     @property
+    def queued_requests(self) -> int:
+        """Moves, parkings and unparkings queued from another thread (the monitor's), not yet taken by a step."""
+        return len(self._move_requests)
+
+    @property
     def pending_moves(self) -> int:
         """How many envs asked to move (``request_move``) still wait for their episode end."""
         return len(self._moves)

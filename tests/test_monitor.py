@@ -104,6 +104,7 @@ class _FakePool:
         self.wraps = wraps
         self.pending_moves = 0
         self.unmovable: frozenset[int] = frozenset()
+        self.queued_requests = 0
 
     def queue_move(self, source: int, target: int, around: bool = False) -> None:
         self.moves.append((source, target, "around") if around else (source, target))
@@ -338,6 +339,19 @@ def test_a_hogged_worker_is_parked_when_no_core_is_free(monkeypatch) -> None:
     pool = _FakePool(parkable=False)
     event = Monitor(pool, patience=1).step(hogged)
     assert event.kind == "repin" and pool.repins == [(1, [0])] and pool.parks == []
+
+
+def test_nothing_is_asked_again_while_a_request_waits_for_the_next_step(monkeypatch) -> None:
+    """While the learner is away (a PPO update), the park it queued is not applied: the monitor queued and
+    logged it again at each sample (five parks logged for two)."""
+    monkeypatch.setattr("fastvec.monitor._last_core", lambda pid: 0)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 90.0, 1: 100.0})
+    hogged = _snapshot([0.4, 0.95], [[0, 1], [1]], [90.0, 50.0])
+    pool = _FakePool(parkable=True)
+    monitor = Monitor(pool, patience=1, cooldown=0)
+    assert monitor.step(hogged).kind == "park" and pool.parks == [1]
+    pool.queued_requests = 1  # (no step took it yet)
+    assert [monitor.step(hogged) for _ in range(3)] == [None] * 3 and pool.parks == [1]
 
 
 def test_a_parked_worker_comes_back_once_a_core_is_free_for_a_while(monkeypatch) -> None:

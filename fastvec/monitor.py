@@ -281,7 +281,7 @@ class Monitor:
 
     def _spare(self, loads: dict[int, float]) -> tuple[list[int], float]:
         """The allowed cores that ``loads`` covers, and their idle time in all (percent of a core)."""
-        allowed = [c for c in self.pool._allowed_cores if c in loads]
+        allowed = [c for c in self.pool.worker_cores if c in loads]
         return allowed, sum(max(0.0, 100.0 - loads[c]) for c in allowed)
 
     def _steady_step_ms(self, stats: ShardStats) -> list[float]:

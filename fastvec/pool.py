@@ -1216,6 +1216,14 @@ class Pool:
         return all(self._movable[i] for i in indices)
 
     @property
+    def worker_cores(self) -> list[int]:
+        """The cores the monitor may move workers to: those ``pin`` names, where it is a list (the user keeps
+        the others for something else), else every core this process may run on."""
+        if isinstance(self.pin, (list, tuple)):
+            return [c for c in self.pin if c in self._allowed_cores] or list(self._allowed_cores)
+        return list(self._allowed_cores)
+
+    @property
     def queued_requests(self) -> int:
         """Moves, parkings and unparkings queued from another thread (the monitor's), not yet taken by a step."""
         return len(self._move_requests)

@@ -92,6 +92,7 @@ def test_find_straggler() -> None:
 class _FakePool:
     def __init__(self, parkable: bool = False, wraps: bool = False, can_move: bool = True) -> None:
         self._allowed_cores = [0, 1]
+        self.pin_list: list[int] | None = None
         self.can_move = can_move
         self.moves: list[tuple[int, int]] = []
         self.repins: list[tuple[int, list[int]]] = []
@@ -114,6 +115,10 @@ class _FakePool:
 
     def queue_park(self, shard: int) -> None:
         self.parks.append(shard)
+
+    @property
+    def worker_cores(self) -> list[int]:
+        return self.pin_list or self._allowed_cores
 
     def can_unpark(self, shard: int) -> bool:
         return shard in self.parked
@@ -339,6 +344,19 @@ def test_a_hogged_worker_is_parked_when_no_core_is_free(monkeypatch) -> None:
     pool = _FakePool(parkable=False)
     event = Monitor(pool, patience=1).step(hogged)
     assert event.kind == "repin" and pool.repins == [(1, [0])] and pool.parks == []
+
+
+def test_a_worker_is_never_moved_off_the_cores_pin_names(monkeypatch) -> None:
+    """pin=[1] (the user keeps core 0 for something else): beside a hog on core 1, the monitor moved the
+    worker to core 0; it now parks it (or leaves it there, where it cannot park: balancing may move envs)."""
+    monkeypatch.setattr("fastvec.monitor._last_core", lambda pid: 0)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 10.0, 1: 100.0})
+    hogged = _snapshot([0.4, 0.95], [[0, 1], [1]], [90.0, 50.0])
+    for parkable in (True, False):
+        pool = _FakePool(parkable=parkable)
+        pool.pin_list = [1]
+        event = Monitor(pool, patience=1).step(hogged)
+        assert pool.repins == [] and (event.kind == "park") == parkable
 
 
 def test_nothing_is_asked_again_while_a_request_waits_for_the_next_step(monkeypatch) -> None:

@@ -310,6 +310,7 @@ class Pool:
         self._async: AsyncBatches | None = None
         self.worker_restarts = 0
         self.moves_done = 0
+        self._sync_next = False  # reset() / call() are issuing their command (it is then finished if interrupted)
         self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
         self._movable: dict[int, bool] = {}  # env index -> whether it can move keeping its state, once asked
         self.unmovable: frozenset[int] = frozenset()  # those that cannot (read by the monitor's thread)
@@ -540,6 +541,7 @@ class Pool:
     def _issue(self, p: _Pending) -> None:
         """Publish ``p`` to every worker and send its payloads; from here on it must complete or break."""
         try:
+            p.sync = self._sync_next  # (set before it is published: an interrupt right after must find it)
             self._pending = p
             self._state = PoolState.PENDING
             if self._remotes:
@@ -720,8 +722,11 @@ class Pool:
     ) -> Batch:
         """``reset_async`` then ``reset_wait``. A reset() interrupted while it waited (Ctrl-C) is
         finished by the next command, so calling reset() (or anything else) again just works."""
-        self.reset_async(seeds, options, mask, pass_options_always)
-        self._pending.sync = True  # type: ignore[union-attr]
+        try:
+            self._sync_next = True
+            self.reset_async(seeds, options, mask, pass_options_always)
+        finally:
+            self._sync_next = False
         return self.reset_wait()
 
     # -- asynchronous batches (batch_size below num_envs; fastvec.async_batches) ------------------
@@ -794,8 +799,11 @@ class Pool:
 
     def call(self, request: str, indices: Sequence[int], args: tuple = (), values: Sequence | None = None) -> list:
         """``call_async`` then ``call_wait`` (an interrupted call() is finished by the next command, as reset())."""
-        self.call_async(request, indices, args, values)
-        self._pending.sync = True  # type: ignore[union-attr]
+        try:
+            self._sync_next = True
+            self.call_async(request, indices, args, values)
+        finally:
+            self._sync_next = False
         return self.call_wait()
 
     def _finish_interrupted(self) -> None:

@@ -588,3 +588,27 @@ def test_a_constructor_that_fails_after_making_its_pool_closes_it_at_once() -> N
         SubprocVecEnv(fns, start_method="fork", num_workers=2)
     assert info.value.__traceback__ is not None  # (still held: its frames hold the pool)
     assert _CLOSED_HERE == [os.getpid()]  # env 0, stepped in this process, is closed
+
+
+@pytest.mark.parametrize("command", ["call", "reset"])
+def test_an_interrupt_right_after_a_call_or_reset_was_issued_is_finished_by_the_next_command(monkeypatch, command) -> None:
+    """A Ctrl-C between issuing the command and marking it as reset()'s or call()'s own (a window of two
+    bytecodes, hit by the stress test on a loaded host) left it pending: every later step raised
+    AlreadyPendingCallError."""
+    from fastvec.pool import Pool
+
+    with SubprocVecEnv([partial(gym.make, "CartPole-v1")] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        issue = Pool._issue
+
+        def interrupted(self, p):
+            issue(self, p)
+            if p.name in ("env_method", "reset"):
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Pool, "_issue", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            venv.env_method("reset") if command == "call" else venv.reset()
+        monkeypatch.setattr(Pool, "_issue", issue)
+        venv.step(np.zeros(4, dtype=np.int64))
+        assert venv.pool.state.value == "idle"

@@ -86,11 +86,14 @@ def plan_layout(
     num_envs: int,
     num_workers: int,
     ring_slots: int,
+    final_obs: bool = True,
 ) -> Layout:
     """Compute every field's offset, shape and dtype. Pure: no allocation.
 
     Array leaves get buffers (``obs{i}``, ``terminal_obs{i}``, ``actions{i}``, i counting
-    array leaves only); object leaves travel pickled and take no room here.
+    array leaves only); object leaves travel pickled and take no room here. Without
+    ``final_obs`` (autoreset NEXT_STEP or DISABLED: an episode's last observation is its row in
+    the ring) the terminal-obs buffers have no rows.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -119,7 +122,7 @@ def plan_layout(
         ("truncated", (s, n), np.dtype(np.bool_)),
     ]
     for i, leaf in enumerate(array_leaves(obs_leaves)):
-        specs.append((f"terminal_obs{i}", (n, *leaf.shape), leaf.dtype))
+        specs.append((f"terminal_obs{i}", (n if final_obs else 0, *leaf.shape), leaf.dtype))
     specs += [
         ("reset_seeds", (n,), np.dtype(np.int64)),
         ("seed_mask", (n,), np.dtype(np.bool_)),

@@ -375,7 +375,12 @@ class Pool:
         self._objects: list[list | None] = [None] * self.num_envs
         self._actions = ActionWriter(self.action_space, self.num_envs, kernels, self.check)
         self.layout = plan_layout(
-            self.obs_leaves, leaves(self.action_space), self.num_envs, self.num_workers, self.ring_slots
+            self.obs_leaves,
+            leaves(self.action_space),
+            self.num_envs,
+            self.num_workers,
+            self.ring_slots,
+            final_obs=self.autoreset_mode == SAME_STEP,  # (else never read: no room for them in /dev/shm)
         )
         # its name dropped at once: workers get the file descriptor instead, so nothing can
         # be left in /dev/shm whatever happens to any process from here on
@@ -1565,10 +1570,18 @@ class Pool:
         rows = [values or [None] * len(self._object_leaves) for values in self._objects]
         return [[row[m] for row in rows] for m in range(len(self._object_leaves))]
 
+    def _check_final_obs(self) -> None:
+        if self.autoreset_mode != SAME_STEP:
+            raise ValueError(
+                "final observations are kept apart only with autoreset SAME_STEP: in NEXT_STEP an episode's last "
+                "observation is the step's own (the reset comes with the next step)"
+            )
+
     def terminal_observation(self, i: int) -> Any:
         """A copy of env ``i``'s final observation of the episode that ended in the latest step, from
         the terminal-obs buffers (``Batch.terminal_observation`` prefers the env's own object)."""
         self._check_mapped()
+        self._check_final_obs()
         buffers = self._views.terminal_obs
         if self._single_leaf:
             return buffers[0][i].copy()
@@ -1578,6 +1591,7 @@ class Pool:
     def terminal_observations(self, indices: list[int]) -> list:
         """``terminal_observation(i)`` for each env in ``indices``: for one array leaf, copied in one kernel call."""
         self._check_mapped()
+        self._check_final_obs()
         if self._single_leaf:
             return kernels.row_copies(self._views.terminal_obs[0], indices)
         return [self.terminal_observation(i) for i in indices]

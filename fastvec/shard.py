@@ -566,7 +566,7 @@ class Shard:
         buffer = 0
         cast = False
         for leaf in self.leaves:
-            if leaf.array:
+            if leaf.array and self.autoreset_mode == SAME_STEP:  # (else the buffers have no rows: never read)
                 part = self._parts([obs], leaf, command, [j])[0]
                 cast = self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, j, cast=True) or cast
                 buffer += 1

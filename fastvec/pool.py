@@ -727,11 +727,12 @@ class Pool:
     ) -> Batch:
         """``reset_async`` then ``reset_wait``. A reset() interrupted while it waited (Ctrl-C) is
         finished by the next command, so calling reset() (or anything else) again just works."""
+        outer = self._sync_next  # (a reset with seeds past 64 bits runs a call() first: nested)
         try:
             self._sync_next = True
             self.reset_async(seeds, options, mask, pass_options_always)
         finally:
-            self._sync_next = False
+            self._sync_next = outer
         return self.reset_wait()
 
     # -- asynchronous batches (batch_size below num_envs; fastvec.async_batches) ------------------
@@ -804,11 +805,12 @@ class Pool:
 
     def call(self, request: str, indices: Sequence[int], args: tuple = (), values: Sequence | None = None) -> list:
         """``call_async`` then ``call_wait`` (an interrupted call() is finished by the next command, as reset())."""
+        outer = self._sync_next
         try:
             self._sync_next = True
             self.call_async(request, indices, args, values)
         finally:
-            self._sync_next = False
+            self._sync_next = outer
         return self.call_wait()
 
     def _finish_interrupted(self) -> None:
@@ -1222,7 +1224,13 @@ class Pool:
         if unknown:
             if self._pending is not None or self._state is not _IDLE:
                 return False  # (asked in the middle of a command: not now)
-            for i, ok in zip(unknown, self.call("movable", unknown)):
+            try:
+                answers = self.call("movable", unknown)
+            except WorkerDiedError as err:  # (asked inside a step: with on_error="restart" that step replaces it)
+                if err.replaced_later:
+                    return False
+                raise
+            for i, ok in zip(unknown, answers):
                 self._movable[i] = bool(ok)
                 if not ok:
                     self.unmovable = self.unmovable | {i}
@@ -1616,7 +1624,8 @@ class Pool:
                 placement.apply(remote.pid, cores)
                 self.cores[remote.index] = cores
             except Exception:  # the process ended meanwhile: its replacement is pinned when it starts
-                pass
+                if remote.exitcode is not None:
+                    self.cores[remote.index] = cores
 
     def repin(self, shard: int, cores: list[int]) -> None:
         """Move worker ``shard`` to ``cores`` (the monitor's re-pinning)."""

@@ -145,7 +145,11 @@ class Remote:
         return code
 
     def _pidfd_says_exited(self) -> bool:
-        return self.pidfd >= 0 and bool(select.select([self.pidfd], [], [], 0)[0])
+        if self.pidfd < 0:
+            return False
+        poller = select.poll()  # (not select.select: it refuses descriptors past 1023)
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def close_pidfd(self) -> None:
         if self.pidfd >= 0:

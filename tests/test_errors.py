@@ -590,7 +590,7 @@ def test_a_constructor_that_fails_after_making_its_pool_closes_it_at_once() -> N
     assert _CLOSED_HERE == [os.getpid()]  # env 0, stepped in this process, is closed
 
 
-@pytest.mark.parametrize("command", ["call", "reset"])
+@pytest.mark.parametrize("command", ["call", "reset", "reset-with-a-big-seed"])
 def test_an_interrupt_right_after_a_call_or_reset_was_issued_is_finished_by_the_next_command(monkeypatch, command) -> None:
     """A Ctrl-C between issuing the command and marking it as reset()'s or call()'s own (a window of two
     bytecodes, hit by the stress test on a loaded host) left it pending: every later step raised
@@ -607,8 +607,36 @@ def test_an_interrupt_right_after_a_call_or_reset_was_issued_is_finished_by_the_
                 raise KeyboardInterrupt
 
         monkeypatch.setattr(Pool, "_issue", interrupted)
+        if command == "reset-with-a-big-seed":  # (its seeds go first by a call(), nested in the reset)
+            venv.seed(2**70)
         with pytest.raises(KeyboardInterrupt):
             venv.env_method("reset") if command == "call" else venv.reset()
         monkeypatch.setattr(Pool, "_issue", issue)
         venv.step(np.zeros(4, dtype=np.int64))
         assert venv.pool.state.value == "idle"
+
+
+def test_a_pool_works_past_file_descriptor_1023() -> None:
+    """Its liveness check used select.select, which refuses descriptors past 1023: a process holding that
+    many (about 240 workers' worth) could not make a pool (a raw ValueError)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("needs a descriptor limit above 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY else min(max(soft, 1200), hard), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with SubprocVecEnv(_fns(2, 1, "slow", 0), start_method="fork", num_workers=2) as venv:
+            venv.reset()
+            venv.step(np.zeros(2, dtype=np.int64))  # (a slow step: the waits look at the live worker)
+            os.kill(venv.pool.worker_pids[0], signal.SIGKILL)
+            with pytest.raises(WorkerDiedError):
+                for _ in range(100):
+                    venv.step(np.zeros(2, dtype=np.int64))
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

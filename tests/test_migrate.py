@@ -289,3 +289,18 @@ def test_the_copy_a_moved_env_leaves_behind_is_closed(tmp_path) -> None:
             venv.step(np.zeros(4, dtype=np.int64))
         assert log.read_text().split() == ["closed"]  # the copy left in worker 1
     assert log.read_text().split() == ["closed"] * 5  # and the four envs
+
+
+def test_a_move_asked_while_a_worker_is_dead_does_not_fail_the_step() -> None:
+    """on_error="restart": whether the env can move is asked of its worker inside the next step; a worker that
+    died made that step raise WorkerDiedError (during 'movable') instead of replacing it."""
+    import signal
+
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        venv.pool.queue_move(1, 0)  # (as the monitor's thread asks)
+        os.kill(venv.pool.worker_pids[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            _, _, dones, infos = venv.step(np.zeros(4, np.int64))
+        assert dones[2:].all() and all("fastvec.restarted" in infos[i] for i in (2, 3))
+        assert venv.pool.request_move(1, 0) == 2  # asked again of the replacement: it can move

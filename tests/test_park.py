@@ -179,9 +179,12 @@ def test_a_parked_worker_that_died(on_error: str) -> None:
             assert not pool.can_unpark(1) and not pool.request_unpark(1) and pool.parked == [1]
             assert venv.env_method("pid") == [os.getpid()] * 4
             return
+        core = sorted(os.sched_getaffinity(0))[0]
+        pool.repin(1, [core])  # (the monitor re-pins a worker it brings back: the dead one's replacement is placed so)
         with pytest.warns(RuntimeWarning, match="worker 1 died while parked"):
             assert pool.request_unpark(1)
         assert pool.parked == [] and pool.worker_restarts == 1 and pool.worker_pids[0] != pid
+        assert os.sched_getaffinity(pool.worker_pids[0]) == {core}
         moved = pool.moves_done
         assert pool.request_move(0, 1) == 3
         while pool.moves_done == moved:

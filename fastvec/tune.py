@@ -208,8 +208,10 @@ def search(
         return result
 
     default = run({})
-    if default["status"] == "error":  # (the env cannot be made or stepped: so it is in every candidate)
-        raise RuntimeError(f"the default configuration failed, so no other is measured: {default['reason']}")
+    if default["status"] != "ok":  # (the env cannot be made, steps too slowly or hangs, crashes: in every candidate)
+        raise RuntimeError(
+            f"the default configuration failed ({default['status']}), so no other is measured: {default.get('reason', '')}"
+        )
     if candidates is not None:
         for config in candidates:
             run(dict(config))
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if value is not None and value < least:
             parser.error(f"{name} must be at least {least}, not {value}")
     for name, value in (("--seconds", args.seconds), ("--timeout", args.timeout)):
-        if value is not None and not value > 0:
+        if value is not None and not 0 < value < float("inf"):
             parser.error(f"{name} must be a positive number of seconds, not {value}")
     if args.env_module is not None and ":" not in args.env_module:
         parser.error(f"--env-module takes module:factory, not {args.env_module!r}")

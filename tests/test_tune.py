@@ -119,6 +119,7 @@ def test_env_module_needs_module_colon_factory():
         (["--seconds", "-1"], "--seconds"),
         (["--repeats", "0"], "--repeats"),
         (["--timeout", "0"], "--timeout"),
+        (["--seconds", "inf"], "--seconds"),
         (["--output", "/nonexistent-folder/tuned.json"], "--output"),
     ],
 )
@@ -133,15 +134,23 @@ def test_bad_arguments_are_refused_before_measuring(monkeypatch, capsys, args, n
     assert "module:factory" in capsys.readouterr().err
 
 
-def test_an_env_that_cannot_be_made_ends_the_search_at_once_with_its_error(monkeypatch):
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"status": "error", "reason": "NameNotFound: Environment `NoSuchEnv` doesn't exist."},
+        {"status": "timeout", "reason": "no result within 120 s"},  # (an env that hangs: each candidate waited 120 s)
+        {"status": "crashed", "reason": "exit code -11: Segmentation fault"},
+    ],
+)
+def test_an_env_that_cannot_be_made_or_stepped_ends_the_search_at_once_with_its_error(monkeypatch, result):
     measured = []
 
     def measure(spec, timeout):
         measured.append(spec["config"])
-        return {"status": "error", "reason": "NameNotFound: Environment `NoSuchEnv` doesn't exist."}
+        return result
 
     monkeypatch.setattr(tune, "measure", measure)
-    with pytest.raises(SystemExit, match="fastvec.tune: the default configuration failed.*NoSuchEnv"):
+    with pytest.raises(SystemExit, match=f"fastvec.tune: the default configuration failed \\({result['status']}\\)"):
         tune.main(["--env-id", "NoSuchEnv-v0", "--num-envs", "8"])
     assert measured == [{}]
 

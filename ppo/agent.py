@@ -100,18 +100,17 @@ def _mlp_forward(linears: list[nn.Linear], x: torch.Tensor) -> torch.Tensor:
 
 
 def image_layout(space: spaces.Space) -> str | None:
-    """``"hwc"`` or ``"chw"`` for a 3-D uint8 Box whose two larger sides are at least 8 px, the channels
-    being the smallest side (gymnasium's convention is channels last, ``H x W x C``; frame stacks such
-    as ``FrameStackObservation`` over Atari's 84x84 give ``(4, 84, 84)``, channels first, as SB3 reads
-    them); None for anything else (vectors)."""
+    """``"hwc"`` or ``"chw"`` for an image: a 3-D uint8 Box of pixels (bounds 0 and 255) whose sides are at
+    least 8 px; as SB3 reads it, channels first where the first axis is the smallest (a frame stack over
+    Atari's 84x84, ``FrameStackObservation``: ``(4, 84, 84)``), else channels last (gymnasium's
+    ``H x W x C``). None for anything else (vectors, grids of small integers)."""
     if not (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3):
         return None
-    a, b, c = space.shape
-    if c <= min(a, b) and min(a, b) >= 8:
-        return "hwc"
-    if a <= min(b, c) and min(b, c) >= 8:
-        return "chw"
-    return None
+    if not (np.all(space.low == 0) and np.all(space.high == 255)):
+        return None
+    layout = "chw" if int(np.argmin(space.shape)) == 0 else "hwc"
+    sides = space.shape[1:] if layout == "chw" else space.shape[:2]
+    return layout if min(sides) >= 8 else None
 
 
 def is_image_space(space: spaces.Space) -> bool:
@@ -177,7 +176,7 @@ class Agent(nn.Module):
             if not np.issubdtype(action_space.dtype, np.floating):
                 raise TypeError(
                     f"the agent's Gaussian policy needs a floating-point Box action space, got {action_space} "
-                    "(wrap the env to take float actions, or give it a Discrete or MultiDiscrete space)"
+                    "(wrap the env to take float actions, or give it a Discrete space)"
                 )
             self.discrete = False
             policy_outputs = int(np.prod(action_space.shape))

@@ -107,13 +107,22 @@ def test_image_agent_shapes(shape: tuple[int, int, int]) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "layout"),
-    [((84, 84, 4), "hwc"), ((4, 84, 84), "chw"), ((84, 84, 8), "hwc"), ((3, 16, 16), "chw"), ((4, 4, 3), None), ((8, 3), None)],
+    [
+        ((84, 84, 4), "hwc"),
+        ((4, 84, 84), "chw"),
+        ((84, 84, 8), "hwc"),
+        ((3, 16, 16), "chw"),
+        ((16, 16, 16), "chw"),  # (a tie: channels first, as SB3 reads it)
+        ((4, 4, 3), None),
+        ((8, 3), None),
+    ],
 )
 def test_images_are_read_channels_last_or_first(shape, layout) -> None:
     """A frame stack over Atari (FrameStackObservation: (4, 84, 84), channels first, as SB3 and CleanRL read
     it) or 8 stacked frames got the vector MLP on raw 0..255 pixels (its first layer saturated)."""
     space = spaces.Box(0, 255, shape, np.uint8)
     assert image_layout(space) == layout
+    assert image_layout(spaces.Box(0, 1, shape, np.uint8)) is None  # a grid of small integers is no image
     if layout is None:
         return
     agent = Agent(space, spaces.Discrete(3))

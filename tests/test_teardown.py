@@ -50,13 +50,14 @@ class WithHelper(envs.Counter):
         self.hanging = "native"
 
     def step(self, action):
-        if self.hanging:
-            (self.folder / f"{self.index}.hanging").touch()
         if self.hanging == "native":
             lib = ctypes.PyDLL(None)  # (PyDLL: the call keeps the GIL)
             mutex = ctypes.create_string_buffer(64)  # zeroed: a default mutex (glibc)
             lib.pthread_mutex_lock(mutex)
+            (self.folder / f"{self.index}.hanging").touch()  # (all made ready first: the next call sticks)
             lib.pthread_mutex_lock(mutex)
+        if self.hanging:
+            (self.folder / f"{self.index}.hanging").touch()
         if self.hanging:
             time.sleep(300)
         return super().step(action)
@@ -191,6 +192,8 @@ def _kill_parent_and_wait_for(tmp_path: Path, case: str, seconds: float) -> list
         deadline = time.monotonic() + 10
         while case != "pending" and not (tmp_path / "3.hanging").exists() and time.monotonic() < deadline:
             time.sleep(0.02)  # (until env 3 is stuck in its step)
+        if case != "pending":
+            time.sleep(0.2)  # (it signals just before it sticks: a loaded host may not have run that call yet)
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + seconds

@@ -78,6 +78,7 @@ class AsyncBatch:
 
     def terminal_observation(self, i: int) -> Any:
         """Env ``i``'s final observation, when its episode ended in this step (SAME_STEP)."""
+        self._pool._check_final_obs()
         if i in self.final_obs:
             return self.final_obs[i]
         return self._pool.terminal_observation(i)

@@ -62,6 +62,7 @@ from fastvec.monitor import Monitor
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.protocol import (
     ADAPTIVE_POLL,
+    DISABLED,
     HEADER_TIMING,
     MIGRATE_ALL,
     MIGRATE_DOWN,
@@ -295,7 +296,7 @@ class Pool:
         self.num_workers = num_workers
         self.step_in_parent = step_in_parent
         self.ring_slots = int(opts.ring_slots)
-        self.autoreset_mode = autoreset_mode
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.start_method = start_method
         self.step_timeout = opts.step_timeout
         self.on_error = opts.on_error
@@ -1581,8 +1582,9 @@ class Pool:
     def _check_final_obs(self) -> None:
         if self.autoreset_mode != SAME_STEP:
             raise ValueError(
-                "final observations are kept apart only with autoreset SAME_STEP: in NEXT_STEP an episode's last "
-                "observation is the step's own (the reset comes with the next step)"
+                "final observations are kept apart only with autoreset SAME_STEP: with "
+                f"{'NEXT_STEP' if self.autoreset_mode == NEXT_STEP else 'DISABLED'} an episode's last observation is "
+                "the step's own"
             )
 
     def terminal_observation(self, i: int) -> Any:
@@ -2042,6 +2044,27 @@ def own_copies(extras: list) -> list:
 def _slice_ns(seconds: float) -> int:
     """A wait of at most ``seconds`` (at least 1 ns), in one slice of at most POLL_NS."""
     return max(1, min(POLL_NS, int(seconds * 1e9)))
+
+
+_AUTORESET_MODES = {  # (gymnasium's AutoresetMode values too)
+    SAME_STEP: SAME_STEP,
+    NEXT_STEP: NEXT_STEP,
+    DISABLED: DISABLED,
+    "SameStep": SAME_STEP,
+    "NextStep": NEXT_STEP,
+    "Disabled": DISABLED,
+}
+
+
+def _autoreset_mode(mode: Any) -> int:
+    """fastvec.protocol's SAME_STEP, NEXT_STEP or DISABLED, or gymnasium's AutoresetMode (or its value); anything
+    else was taken for DISABLED (no autoreset: envs stepped past their episode's end)."""
+    value = getattr(mode, "value", mode)
+    if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer, str)) or value not in _AUTORESET_MODES:
+        raise ValueError(
+            f"autoreset_mode must be SAME_STEP, NEXT_STEP or DISABLED (fastvec.protocol) or a gymnasium AutoresetMode, got {mode!r}"
+        )
+    return _AUTORESET_MODES[value]
 
 
 def _describe_cause(cause: BaseException | None) -> str:

@@ -563,10 +563,12 @@ class Shard:
     def write_terminal(self, j: int, obs: Any, command: str) -> None:
         """Env j's final observation: its array parts into the terminal-obs buffers and, where the
         buffers would not give back the env's own object (object or scalar parts), the object itself."""
+        if self.autoreset_mode != SAME_STEP:  # (an episode's last observation is the step's own: nothing to keep)
+            return
         buffer = 0
         cast = False
         for leaf in self.leaves:
-            if leaf.array and self.autoreset_mode == SAME_STEP:  # (else the buffers have no rows: never read)
+            if leaf.array:
                 part = self._parts([obs], leaf, command, [j])[0]
                 cast = self._gather([part], self.views.terminal_obs[buffer], leaf, command, False, j, cast=True) or cast
                 buffer += 1

@@ -8,11 +8,13 @@ import threading
 import time
 from functools import partial
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
 from fastvec import EnvError, SubprocVecEnv, VectorEnv
+from fastvec.protocol import DISABLED, NEXT_STEP, SAME_STEP
 from tests import envs
 
 
@@ -268,3 +270,41 @@ def test_a_worker_killed_while_it_sends_its_results_is_replaced(tmp_path, batche
         assert dones.tolist() == [False, False, True, True]
         assert all("fastvec.restarted" in infos[i] for i in (2, 3))
         venv.step(np.zeros(4, np.int64))
+
+
+def _dict_failing(fail_in: str | None) -> gym.Env:
+    """FailingEnv's observation with a scalar part ({"a": box, "d": 1}): its final observation travels as an object."""
+    env = envs.FailingEnv(fail_in, 1)
+    space = gym.spaces.Dict({"a": env.observation_space, "d": gym.spaces.Discrete(5)})
+    return gym.wrappers.TransformObservation(env, lambda obs: {"a": obs, "d": 1}, space)
+
+
+@pytest.mark.parametrize("mode", [NEXT_STEP, DISABLED])
+def test_outside_same_step_a_restarted_env_has_no_final_observation_either(mode) -> None:
+    """Its last observation was still sent (an object part), and terminal_observation(i) answered for it alone."""
+    from fastvec.pool import Pool
+
+    fns = [partial(_dict_failing, None), partial(_dict_failing, "step")]
+    with Pool(fns, start_method="fork", autoreset_mode=mode, on_error="restart", num_workers=1) as pool:
+        pool.reset()
+        pool.step(np.array([1, 1]))
+        batch = pool.step(np.array([1, 1]))
+        assert 1 in batch.restarted and not batch.final_obs
+        for call in (lambda: batch.terminal_observation(1), lambda: batch.terminal_observations([])):
+            with pytest.raises(ValueError, match="only with autoreset SAME_STEP"):
+                call()
+
+
+@pytest.mark.parametrize(
+    ("given", "mode"), [(AutoresetMode.SAME_STEP, SAME_STEP), ("NextStep", NEXT_STEP), (DISABLED, DISABLED), (7, None), (True, None)]
+)
+def test_the_pool_takes_gymnasiums_autoreset_modes_and_refuses_others(given, mode) -> None:
+    """gymnasium's AutoresetMode.SAME_STEP, "SameStep" or 7 all gave a pool without autoreset, silently."""
+    from fastvec.pool import Pool
+
+    if mode is None:
+        with pytest.raises(ValueError, match="autoreset_mode must be"):
+            Pool([envs.make_cartpole], autoreset_mode=given)
+        return
+    with Pool([envs.make_cartpole], autoreset_mode=given) as pool:
+        assert pool.autoreset_mode == mode

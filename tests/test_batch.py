@@ -13,6 +13,9 @@ class _FakePool:
 
     obs_has_objects = False
 
+    def _check_final_obs(self) -> None:  # (a SAME_STEP pool: final observations are kept)
+        pass
+
     def __init__(self) -> None:
         from fastvec.batch import RingViews
 

@@ -56,6 +56,7 @@ _STEP = Command.STEP  # (an Enum member read through its class costs a metaclass
 WORKERS_CHECK_S = 0.1  # how often workers in flight are checked on while other groups are collected
 _CHECK_EVERY = 4  # (the clock is read every few collections only)
 
+
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
@@ -78,10 +79,10 @@ class AsyncBatch:
 
     def terminal_observation(self, i: int) -> Any:
         """Env ``i``'s final observation, when its episode ended in this step (SAME_STEP)."""
-        self._pool._check_final_obs()
         if i in self.final_obs:
+            self._pool._check_final_obs()
             return self.final_obs[i]
-        return self._pool.terminal_observation(i)
+        return self._pool.terminal_observation(i)  # (which checks the mode itself)
 
 
 class AsyncBatches:

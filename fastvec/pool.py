@@ -1129,27 +1129,16 @@ class Pool:
         """
         dead = self._remotes[position]
         exitcode = dead.exitcode
+        if p.command is Command.STEP:
+            restart: tuple = (int(Command.STEP), p.slot, True)
+        else:
+            options = p.reset_options[dead.envs.start : dead.envs.stop] if p.reset_options else None
+            restart = (int(Command.RESET), p.slot, options, p.arg)
         try:
-            dead.process.join(1.0)
-            dead.release()
-            remote = self._spawn(dead.index)
-            remote.base = dead.base
-            self._remotes[position] = remote
-            spaces = self._handshake(remote, "make (worker restart)")
-            for k, (obs_space, act_space) in enumerate(spaces):
-                self._check_spaces(remote.envs.start + k, obs_space, act_space)
-            if p.command is Command.STEP:
-                restart = (int(Command.STEP), p.slot, True)
-            else:
-                options = p.reset_options[remote.envs.start : remote.envs.stop] if p.reset_options else None
-                restart = (int(Command.RESET), p.slot, options, p.arg)
-            remote.attach(self.layout, self._segment._fd, (int(self._seqs[position]) + 1) & SEQ_MASK, restart)  # type: ignore[union-attr]
-            kind, extras = self._recv(remote, "attach (worker restart)")
-            if kind == "error":
-                raise env_error(*extras)
+            remote, extras = self._replace_worker(
+                dead, lambda remote: self._remotes.__setitem__(position, remote), int(self._seqs[position]) + 1, restart
+            )
             kernels.finish(self._control, remote.base + Control.DONE_SEQ, int(self._seqs[position]), self._remaining_index)
-            if dead.index in self.cores:
-                self._pin_remote(remote, self.cores[dead.index])
         except BaseException as exc:
             self._break(exc)
             raise
@@ -1157,11 +1146,31 @@ class Pool:
         self.worker_restarts += 1
         warnings.warn(
             f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) died during {p.name!r} "
-            f"with {'an unread exit status' if exitcode == EXIT_UNKNOWN else f'exit code {exitcode}'}; "
-            "restarted it with fresh envs (on_error='restart')",
+            f"with {_exit_status(exitcode)}; restarted it with fresh envs (on_error='restart')",
             RuntimeWarning,
             stacklevel=5,
         )
+
+    def _replace_worker(self, dead: Remote, place: Callable[[Remote], None], first_seq: int, restart: tuple | None) -> tuple:
+        """Start a worker in place of the dead one, making its shard's envs afresh (``place`` records it
+        before anything can fail, so that close() stops it), attached at command count ``first_seq`` with
+        ``restart`` (its share of the command it died in, if any) and pinned where the dead one was.
+        Returns it and what it reported."""
+        dead.process.join(1.0)
+        dead.release()
+        remote = self._spawn(dead.index)
+        remote.base = dead.base
+        place(remote)
+        spaces = self._handshake(remote, "make (worker restart)")
+        for k, (obs_space, act_space) in enumerate(spaces):
+            self._check_spaces(remote.envs.start + k, obs_space, act_space)
+        remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
+        kind, extras = self._recv(remote, "attach (worker restart)")
+        if kind == "error":
+            raise env_error(*extras)
+        if dead.index in self.cores:
+            self._pin_remote(remote, self.cores[dead.index])
+        return remote, extras
 
     def _recv(self, remote: Remote, command: str) -> Any:
         return remote.recv(command, self.step_timeout)
@@ -1365,26 +1374,13 @@ class Pool:
         dead, seq = self._parked[shard]
         exitcode = dead.exitcode
         try:
-            dead.process.join(1.0)
-            dead.release()
-            remote = self._spawn(shard)
-            remote.base = dead.base
-            self._parked[shard] = (remote, seq)  # (closed with the others from here on, whatever happens)
-            self._handshake(remote, "make (worker restart)")
-            remote.attach(self.layout, self._segment._fd, (seq + 1) & SEQ_MASK, None)  # type: ignore[union-attr]
-            kind, payload = self._recv(remote, "attach (worker restart)")
-            if kind == "error":
-                raise env_error(*payload)
-            if shard in self.cores:
-                self._pin_remote(remote, self.cores[shard])
+            self._replace_worker(dead, lambda remote: self._parked.__setitem__(shard, (remote, seq)), seq + 1, None)
         except BaseException as exc:
             self._break(exc)
             raise
         self.worker_restarts += 1
         warnings.warn(
-            f"fastvec: worker {shard} died while parked, with "
-            f"{'an unread exit status' if exitcode == EXIT_UNKNOWN else f'exit code {exitcode}'}; "
-            "replaced it (on_error='restart')",
+            f"fastvec: worker {shard} died while parked, with {_exit_status(exitcode)}; replaced it (on_error='restart')",
             RuntimeWarning,
             stacklevel=4,
         )
@@ -2065,6 +2061,10 @@ def _autoreset_mode(mode: Any) -> int:
             f"autoreset_mode must be SAME_STEP, NEXT_STEP or DISABLED (fastvec.protocol) or a gymnasium AutoresetMode, got {mode!r}"
         )
     return _AUTORESET_MODES[value]
+
+
+def _exit_status(exitcode: int | None) -> str:
+    return "an unread exit status" if exitcode == EXIT_UNKNOWN else f"exit code {exitcode}"
 
 
 def _describe_cause(cause: BaseException | None) -> str:

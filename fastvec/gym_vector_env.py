@@ -34,11 +34,9 @@ from fastvec.batch import Batch
 from fastvec.errors import EnvError, UnsupportedSpaceError
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
-from fastvec.protocol import DISABLED, NEXT_STEP, SAME_STEP
 
 __all__ = ["VectorEnv"]
 
-_MODES = {AutoresetMode.NEXT_STEP: NEXT_STEP, AutoresetMode.SAME_STEP: SAME_STEP, AutoresetMode.DISABLED: DISABLED}
 _NOT_CALLABLE = ("reset", "step", "close", "_setattr", "_check_spaces")  # gymnasium's workers refuse these in call()
 
 
@@ -145,7 +143,7 @@ class VectorEnv(gym.vector.VectorEnv):
         self.pool = Pool(
             env_fns,
             settings,
-            autoreset_mode=_MODES[self.autoreset_mode],
+            autoreset_mode=self.autoreset_mode,  # (the pool maps gymnasium's modes)
             observation_mode=pool_mode,
             observation_space=given_space,
         )

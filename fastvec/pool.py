@@ -1468,9 +1468,7 @@ class Pool:
                     failed.append(env_errors(err.payloads()))
                     info = None
                 except Exception as exc:
-                    error = env_errors(ShardError(index, _ADOPT, exc).payloads())
-                    self._break(error)
-                    raise error from exc
+                    raise self._not_arrived(index, exc) from exc
                 result = {"info": info, "extras": part.finish_extras(None)}
             else:
                 try:
@@ -1479,9 +1477,7 @@ class Pool:
 
                         package = cloudpickle.dumps(package)  # from this process's own shard to a worker
                 except Exception as exc:  # (it pickled when the move was asked for: not any more)
-                    error = env_errors(ShardError(index, _ADOPT, exc).payloads())
-                    self._break(error)
-                    raise error from exc
+                    raise self._not_arrived(index, exc) from exc
                 try:
                     (result,) = self.call("adopt", [index], (package, slot))
                 except EnvError as err:
@@ -1509,6 +1505,12 @@ class Pool:
         if died is not None:
             raise died
         return extras
+
+    def _not_arrived(self, index: int, exc: BaseException) -> EnvError:
+        """Env ``index`` left its shard and cannot arrive in the other: the pool breaks, with an error naming it."""
+        error = env_errors(ShardError(index, _ADOPT, exc).payloads())
+        self._break(error)
+        return error
 
     def _wrap_part(self) -> Shard:
         """Shard 0's part for the envs past the last worker's (made when the first one moves there)."""

@@ -87,11 +87,17 @@ def _default_layout(num_envs: int, num_cores: int) -> dict:
 
 
 # -- one candidate, in a child process ------------------------------------------------------------
+def _factory_name(env_module: str) -> tuple[str, str]:
+    """(module, factory) of ``--env-module``'s ``module:factory``."""
+    module_name, _, attr = env_module.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--env-module wants 'module:factory', got {env_module!r}")
+    return module_name, attr
+
+
 def _make_env(env_id: str | None, env_module: str | None) -> Any:
     if env_module:
-        module_name, _, attr = env_module.partition(":")
-        if not attr:
-            raise ValueError(f"--env-module wants 'module:factory', got {env_module!r}")
+        module_name, attr = _factory_name(env_module)
         return getattr(importlib.import_module(module_name), attr)()
     import gymnasium
 
@@ -365,8 +371,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     for name, value in (("--seconds", args.seconds), ("--timeout", args.timeout)):
         if value is not None and not 0 < value < float("inf"):
             parser.error(f"{name} must be a positive number of seconds, not {value}")
-    if args.env_module is not None and ":" not in args.env_module:
-        parser.error(f"--env-module takes module:factory, not {args.env_module!r}")
+    if args.env_module is not None:
+        try:
+            _factory_name(args.env_module)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.output is not None:  # (refused now, not after minutes of measuring)
         folder = args.output.parent
         if args.output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):

@@ -130,6 +130,10 @@ def load_agent(
     run_dir = Path(run_dir)
     if run_dir.is_file():  # a checkpoint file: its folder is the run
         checkpoint, run_dir = str(run_dir), run_dir.parent
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder or checkpoint file")
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no config.json: not a run folder of ppo.train")
     with open(run_dir / "config.json") as f:
         config = Config.from_dict(json.load(f))
     if checkpoint is None:
@@ -173,7 +177,10 @@ def main(argv: list[str] | None = None) -> float:
     if args.episodes < 1:
         raise SystemExit(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(1)
-    agent, config, state = load_agent(args.run, args.checkpoint, args.device)
+    try:
+        agent, config, state = load_agent(args.run, args.checkpoint, args.device)
+    except FileNotFoundError as exc:  # a wrong path: said in one line, not a traceback
+        raise SystemExit(f"ppo.eval: {exc}") from None
     seed = config.seed + 10_000 if args.seed is None else args.seed
     returns = evaluate(agent, config.env_id, args.episodes, seed=seed, device=args.device)
     print(

@@ -142,3 +142,9 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     assert all(torch.equal(agent.state_dict()[k], v) for k, v in wanted.items())
     with pytest.raises(SystemExit, match="--episodes must be >= 1"):
         main([str(tmp_path / "a"), "--episodes", "0"])
+    # a path that is no run: one line naming it, not a traceback from deep inside
+    with pytest.raises(SystemExit, match="nope: no such run folder"):
+        main([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty holds no config.json"):
+        main([str(tmp_path / "empty")])

@@ -88,16 +88,21 @@ def load_checkpoint(
     reward_rms: nn.Module | None = None,
     map_location: str | torch.device = "cpu",
     restore_rng: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint (``weights_only=True``) into the given modules; return the whole dict.
 
     ``path``: a checkpoint file, a run folder (see find_checkpoint), or an open binary file
-    (a distributed run's ranks load the bytes rank 0 read).
+    (a distributed run's ranks load the bytes rank 0 read). ``config``: the loading run's (a dict of
+    Config's fields), named beside the checkpoint's in the error when its network does not fit.
     """
     source = path if hasattr(path, "read") else find_checkpoint(path)  # type: ignore[arg-type]
     state = torch.load(source, map_location=map_location, weights_only=True)
     if agent is not None:
-        agent.load_state_dict(state["agent"])
+        try:
+            agent.load_state_dict(state["agent"])
+        except RuntimeError as exc:  # torch's error lists every tensor; say first which settings differ
+            raise ValueError(_misfit(source, state.get("config") or {}, config or {}, exc)) from exc
     if optimizer is not None:
         if "optimizer" not in state:
             raise KeyError(f"{path} has no optimizer state (best.pt holds weights only); resume from latest/final")
@@ -107,3 +112,30 @@ def load_checkpoint(
     if restore_rng and "torch_rng_state" in state:
         torch.set_rng_state(state["torch_rng_state"].cpu())
     return state
+
+
+# the settings that shape the network: a checkpoint trained with other values cannot be loaded
+NETWORK_FIELDS = ("env_id", "hidden_sizes", "norm_obs")
+
+
+def _misfit(source: Any, saved: dict[str, Any], current: dict[str, Any], exc: RuntimeError) -> str:
+    """The error for a checkpoint whose tensors do not fit the agent: the network settings that differ
+    (as saved in the checkpoint, and this run's), then torch's first line."""
+    name = source if isinstance(source, (str, os.PathLike)) else None  # (not an open file's bytes)
+    differ = [
+        f"{key}={saved[key]!r} (this run: {current[key]!r})"
+        for key in NETWORK_FIELDS
+        if key in saved and key in current and _plain(saved[key]) != _plain(current[key])
+    ]
+    said = f"it was trained with {', '.join(differ)}" if differ else "its tensors differ in shape or name"
+    # torch's first line says only "Error(s) in loading state_dict"; the next one names a tensor
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+    where = f"checkpoint {name}" if name is not None else "the checkpoint"
+    return f"{where} does not fit this run's network: {said} ({first})"
+
+
+def _plain(value: Any) -> Any:
+    """Lists and tuples compare alike (a config read back from JSON holds lists)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+

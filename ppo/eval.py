@@ -149,7 +149,7 @@ def load_agent(
         agent = Agent(probe.observation_space, probe.action_space, config.hidden_sizes, config.norm_obs)
     finally:
         probe.close()
-    state = load_checkpoint(path, agent, map_location=device)
+    state = load_checkpoint(path, agent, map_location=device, config=config.to_dict())
     state["path"] = str(path)
     return agent.to(device), config, state
 

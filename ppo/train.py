@@ -194,14 +194,18 @@ class Trainer:
             source = self.dist.broadcast_checkpoint(config.resume)
             # one process: the checkpoint's generator. Distributed: each rank its own generator, from the
             # checkpoint's per-rank states when it has one per rank, else the rank keeps its fresh seed
-            state = load_checkpoint(
-                source,
-                self.agent,
-                self.optimizer,
-                self.reward_rms,
-                map_location=device,
-                restore_rng=not self.dist.enabled,
-            )
+            try:
+                state = load_checkpoint(
+                    source,
+                    self.agent,
+                    self.optimizer,
+                    self.reward_rms,
+                    map_location=device,
+                    restore_rng=not self.dist.enabled,
+                    config=config.to_dict(),
+                )
+            except ValueError as exc:  # a checkpoint of another network, named by the path given
+                raise ValueError(f"--resume {config.resume}: {exc}") from None
             if self.dist.enabled:
                 self.dist.restore_rng_state(state.get("torch_rng_states"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])

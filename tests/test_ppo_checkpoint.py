@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -121,6 +122,27 @@ def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
         summary = second.run()
     assert summary["global_step"] == 192
     assert summary["sps"] * summary["train_wall_s"] == pytest.approx(64)
+
+
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_resuming_another_network_names_the_settings_that_differ(tmp_path) -> None:
+    """--resume with a checkpoint of another network (other hidden sizes, env, or obs normalization) is
+    refused naming the setting it was trained with and this run's, not with torch's list of tensors."""
+    common = dict(
+        runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
+        tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=32,
+    )  # fmt: skip
+    with Trainer(Config(run_name="first", **common)) as first:
+        first.run()
+    resume = str(tmp_path / "first")
+    wrong = [
+        ({"hidden_sizes": (32, 32)}, r"hidden_sizes=\[64, 64\] \(this run: \[32, 32\]\)"),
+        ({"env_id": "Acrobot-v1"}, r"env_id='CartPole-v1' \(this run: 'Acrobot-v1'\)"),
+        ({"norm_obs": True}, r"norm_obs=False \(this run: True\)"),
+    ]
+    for change, message in wrong:
+        with pytest.raises(ValueError, match=rf"--resume {re.escape(resume)}: .*{message}"):
+            Trainer(Config(run_name="second", resume=resume, **{**common, **change})).close()
 
 
 def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch) -> None:

@@ -364,7 +364,9 @@ class AsyncBatches:
             return
         self._workers_checked = now
         first = self.first_remote
-        positions = [group - first for group in self.inflight if group >= first]
+        # (a group that finished and only waits to be collected is neither dead nor late: step_timeout
+        # bounds a command, not the learner's time between recv() calls)
+        positions = [group - first for group in self.inflight if group >= first and not self._done(group)]
         self._check_lives(positions)
         if self.pool.step_timeout is not None:
             self._check_deadlines([p for p in positions if p + first in self.inflight], self.pool.step_timeout)
@@ -430,23 +432,23 @@ class AsyncBatches:
         """Of the workers' groups in flight that are done (``found`` is), the one sent first: recv()
         returns the groups that finished first, and a group done and waiting is never passed over
         for one sent after it (wait_any finds the lowest done index, not the oldest)."""
-        pool = self.pool
-        words, done, seqs, first = pool._control_words, pool._done_words, pool._seq_words, self.first_remote
         for position in self.inflight:
             if position == found:
                 return found
-            if position >= first and words[done[position - first]] == seqs[position - first]:
+            if position >= self.first_remote and self._done(position):
                 return position
         return found
 
     def _any_done(self) -> bool:
         """Whether a worker in flight has finished (its DONE word reached its command count)."""
-        pool = self.pool
-        words, done, seqs, first = pool._control_words, pool._done_words, pool._seq_words, self.first_remote
-        for position in self.inflight:
-            if position >= first and words[done[position - first]] == seqs[position - first]:
-                return True
-        return False
+        first = self.first_remote
+        return any(position >= first and self._done(position) for position in self.inflight)
+
+    def _done(self, position: int) -> bool:
+        """Whether the worker of group ``position`` (a worker's: ``position >= first_remote``) finished its
+        command: its DONE word reached its command count."""
+        pool, k = self.pool, position - self.first_remote
+        return pool._control_words[pool._done_words[k]] == pool._seq_words[k]
 
     def _step_own(self) -> None:
         """Step (or reset) the calling process's own group, as a worker would its own; the results join

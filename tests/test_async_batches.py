@@ -447,6 +447,22 @@ def test_step_timeout_in_batches(on_error: str) -> None:
         assert time.monotonic() - began < 5
 
 
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_a_finished_group_waiting_to_be_collected_is_not_late(on_error: str) -> None:
+    """step_timeout bounds a command, not the time its finished results wait for recv(): a learner slower
+    than step_timeout between recv() calls got StepTimeoutError (with on_error="restart" its healthy
+    workers were killed and their episodes ended as restarted)."""
+    fns = [partial(gym.make, "CartPole-v1")] * 3
+    options = {"on_error": on_error, "step_timeout": 0.4, "num_workers": 3, "step_in_parent": False}
+    with Pool(fns, batch_size=1, start_method="fork", **options) as pool:
+        pool.async_reset(seeds=[0, 1, 2])
+        for _ in range(6):
+            batch = pool.recv()
+            assert not batch.restarted
+            time.sleep(0.25)  # the learner's update: two groups wait done past step_timeout meanwhile
+            pool.send(np.zeros(1, np.int64), batch.env_ids)
+
+
 @pytest.mark.parametrize("own", [True, False], ids=["own-group", "workers"])
 @pytest.mark.parametrize(("fault", "on_error"), [("kill", "raise"), ("kill", "restart"), ("hang", "raise"), ("hang", "restart")])
 def test_a_worker_that_dies_or_hangs_is_found_while_other_groups_keep_coming(fault: str, on_error: str, own: bool) -> None:

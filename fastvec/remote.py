@@ -64,10 +64,13 @@ class Remote:
         self.conn = conn
         self.base = 0  # its control block's offset in the control words
         # a pidfd tells that the worker exited even when its sentinel pipe does not: reaped by someone
-        # else (SIGCHLD ignored) while a process its env started still holds the pipe's other end
+        # else (SIGCHLD ignored) while a process its env started still holds the pipe's other end. Not for a
+        # forkserver's child: the forkserver reaps it and sends its status over the sentinel, which no process
+        # of its env holds, a moment after it exited (a pidfd would say so before its status can be read)
         self.pidfd = -1
         try:
-            self.pidfd = os.pidfd_open(process.pid)
+            if type(getattr(process, "_popen", None)).__module__ != "multiprocessing.popen_forkserver":
+                self.pidfd = os.pidfd_open(process.pid)
         except ProcessLookupError:  # (already exited and reaped elsewhere: the sentinel says so)
             pass
         except (AttributeError, OSError):  # no pidfds (Linux before 5.3, other systems)

@@ -565,6 +565,30 @@ def test_a_worker_reaped_elsewhere_is_found_dead_while_its_envs_helper_still_run
             pass
 
 
+def test_a_forkserver_late_to_report_still_gives_the_exit_code() -> None:
+    """A forkserver's worker is the forkserver's child, whose status it reports over the sentinel a moment
+    after the worker exited: a forkserver late to do so (a loaded host; here stopped for 0.3 s) turned
+    "exit code -9" into "an exit status this process could not read (it was reaped elsewhere ...)"."""
+    venv = SubprocVecEnv([partial(gym.make, "CartPole-v1")] * 4, start_method="forkserver", num_workers=2)
+    forkserver = None
+    try:
+        venv.reset()
+        worker = venv.pool.worker_pids[-1]
+        forkserver = psutil.Process(worker).ppid()
+        assert forkserver != os.getpid()
+        os.kill(forkserver, signal.SIGSTOP)
+        resume = threading.Timer(0.3, os.kill, (forkserver, signal.SIGCONT))
+        resume.start()
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(WorkerDiedError, match=r"exit code -9 \(killed by SIGKILL\)"):
+            venv.step(np.zeros(4, dtype=np.int64))
+        resume.join()
+    finally:
+        if forkserver is not None:
+            os.kill(forkserver, signal.SIGCONT)  # (the forkserver serves the whole session's pools)
+        venv.close()
+
+
 _CLOSED_HERE: list[int] = []
 
 

@@ -1710,8 +1710,16 @@ class Pool:
         if self._foreign:
             self._state = PoolState.CLOSED
             return
-        token = self._enter_to_close(timeout)
+        closer = self._closer
+        if closer and closer != _get_ident():  # another thread's close() is tearing the pool down: wait for it
+            token = self._take_token(time.monotonic() + timeout)
+            if token is None:  # (still closing after our timeout: it finishes the teardown, not us)
+                return
+        else:
+            token = self._enter_to_close(timeout)
         try:
+            if self._state is PoolState.CLOSED or self._terminated:  # (closed by the thread it waited for)
+                return
             self._close(timeout)
         finally:
             if token is not None:

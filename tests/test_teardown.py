@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 
+import fastvec.pool as pool_module
 from fastvec import SubprocVecEnv, VectorEnv, shm
 from fastvec.errors import ClosedError, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import Command
@@ -482,6 +483,34 @@ def test_a_command_while_another_thread_closes_the_pool_raises_closed_error(tmp_
     with pytest.raises(ClosedError):
         commands[call]()
     closer.join(10)
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("grace", [None, 0.1], ids=["quick-close", "close-past-the-grace"])
+def test_close_from_two_threads_at_once_closes_once(tmp_path, monkeypatch, grace: float | None) -> None:
+    """close() is idempotent from any thread: a second close() while the first closes the envs waits for it
+    and returns (it tore the released pool down again: ValueError 'process object is closed'); a first
+    close() longer than the grace a pending step gets must not be taken for a stuck command either."""
+    if grace is not None:
+        monkeypatch.setattr(pool_module, "PENDING_STEP_GRACE_S", grace)
+    venv = SubprocVecEnv([partial(SlowToClose, str(tmp_path), i, 0.0) for i in range(4)], start_method="fork", num_workers=2)
+    venv.reset()
+    errors: list = []
+
+    def close() -> None:
+        try:
+            venv.close()
+        except BaseException as exc:  # noqa: BLE001 (the test reads it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=close) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert venv.pool.state.value == "closed"
     assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
 
 

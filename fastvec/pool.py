@@ -1180,7 +1180,8 @@ class Pool:
         """Ask the env on the boundary between shard ``source`` and its neighbour ``target`` to move
         there at its next episode end. Returns its index, or None when no move is possible now
         (``source`` has one env left, or that env is already moving, or an env is moving across the
-        same boundary the other way, or either shard is parked or being emptied). Neighbours are next to each other, or have only empty shards between them.
+        same boundary the other way, or either shard is parked or being emptied, or a pending move brings an
+        env into an empty shard between them). Neighbours are next to each other, or have only empty shards between them.
 
         ``around``: across the ring's end, between the last worker's shard with envs and this
         process's own (shard 0), which then steps envs at both ends of the index range (its envs
@@ -1204,6 +1205,9 @@ class Pool:
         if not self.can_move or (around and not self.wraps):
             return None  # DISABLED: no episode end to move at; batches: a group is a batch
         if {source, target} & (self._draining | set(self._parked)):
+            return None
+        if not (self._wraps_between if around else self._adjacent)(source, target, filling=True):
+            # a pending move fills a shard between them: the env would arrive beside no env of its new shard
             return None
         if (target, source, around) in self._moves.values():
             # the boundary is moving the other way: the two envs would cross (the one arriving would no
@@ -1276,13 +1280,13 @@ class Pool:
         process steps a shard, there is a worker, the steps are synchronous and autoreset moves envs."""
         return self._local is not None and bool(self._remotes or self._parked) and self.can_move
 
-    def _wraps_between(self, a: int, b: int) -> bool:
+    def _wraps_between(self, a: int, b: int, filling: bool = False) -> bool:
         """Whether shards ``a`` and ``b`` border each other around the ring's end: one is shard 0,
         stepped by this process, and only empty shards are above the other."""
         other = b if a == 0 else a if b == 0 else None
         if other is None or other == 0 or self._local is None:
             return False
-        return all(not self.shard_envs[s] for s in range(other + 1, self.num_workers))
+        return all(self._empty(s, filling) for s in range(other + 1, self.num_workers))
 
     def envs_of(self, shard: int) -> Sequence[int]:
         """The env indices shard ``shard`` steps, in order around the ring: a range, or for shard 0
@@ -1291,10 +1295,17 @@ class Pool:
             return tuple(self.wrap_envs) + tuple(self.shard_envs[0])
         return self.shard_envs[shard]
 
-    def _adjacent(self, a: int, b: int) -> bool:
-        """Whether shards ``a`` and ``b`` are neighbours: every shard between them is empty."""
+    def _adjacent(self, a: int, b: int, filling: bool = False) -> bool:
+        """Whether shards ``a`` and ``b`` are neighbours: every shard between them is empty (``filling``:
+        and stays so, no pending move bringing it an env)."""
         low, high = min(a, b), max(a, b)
-        return all(not self.shard_envs[s] for s in range(low + 1, high))
+        return all(self._empty(s, filling) for s in range(low + 1, high))
+
+    def _empty(self, shard: int, filling: bool) -> bool:
+        """Shard ``shard`` has no envs (``filling``: and no pending move brings it one)."""
+        if self.shard_envs[shard]:
+            return False
+        return not filling or not any(move[1] == shard for move in self._moves.values())
 
     def _active_neighbour(self, shard: int, step: int) -> int | None:
         """The nearest shard on one side (``step`` -1 or +1) that is neither parked nor being emptied."""

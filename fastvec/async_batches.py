@@ -381,23 +381,25 @@ class AsyncBatches:
             positions = [position - first for position in self.inflight if position >= first]
             done = pool._done_index[positions]
             seqs = pool._seqs[positions]
-        slice_ns = POLL_NS
+        slice_ns, spin_ns, expired = POLL_NS, pool.spin_ns, False
         if timeout is not None:
             left = timeout - (time.monotonic() - began)
-            if left <= 0:
-                raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
-            slice_ns = max(1, min(POLL_NS, int(left * 1e9)))
+            # (past the time: one look at the DONE words still, as a step_wait(timeout=0) takes a finished step)
+            expired = left <= 0
+            slice_ns, spin_ns = (1, 0) if expired else (max(1, min(POLL_NS, int(left * 1e9))), spin_ns)
         limit = pool.step_timeout
         if limit is not None:  # wake up by the first in-flight worker's deadline
             due = min(self.issued[position + first] for position in positions) + limit - time.monotonic()
             slice_ns = max(1, min(slice_ns, int(due * 1e9)))
         if pool.closed:  # by another thread, which gave up waiting for this one
             raise pool._closed_meanwhile("recv")
-        k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, pool.spin_ns, slice_ns)
+        k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, spin_ns, slice_ns)
         if k == -1:
             self._check_lives(positions)
             if limit is not None:
                 self._check_deadlines(positions, limit)
+            if expired:
+                raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
             return
         position = positions[k] + first
         if len(self.inflight) > 1:  # several done: the one sent first (the inflight dict keeps send order)

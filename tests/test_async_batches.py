@@ -447,6 +447,20 @@ def test_step_timeout_in_batches(on_error: str) -> None:
         assert time.monotonic() - began < 5
 
 
+def test_recv_with_no_time_left_still_takes_a_finished_group() -> None:
+    """recv(timeout=0) returns a group that finished, as step_wait(timeout=0) a finished step (it raised
+    "no batch within 0 s; the envs are still running" before looking), and raises only while none did."""
+    fns = [partial(envs.FailingEnv, "slow" if i >= 2 else None, 0) for i in range(4)]
+    with Pool(fns, batch_size=2, num_workers=2, step_in_parent=False, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.async_reset()
+        first = pool.recv().env_ids.tolist()
+        time.sleep(0.3)  # the other group's reset is done meanwhile
+        assert sorted(first + pool.recv(timeout=0).env_ids.tolist()) == [0, 1, 2, 3]
+        pool.send(np.zeros(2, np.int64), [2, 3])  # a step of 0.3 s
+        with pytest.raises(multiprocessing.TimeoutError, match="no batch within 0 s"):
+            pool.recv(timeout=0)
+
+
 @pytest.mark.parametrize("on_error", ["raise", "restart"])
 def test_a_finished_group_waiting_to_be_collected_is_not_late(on_error: str) -> None:
     """step_timeout bounds a command, not the time its finished results wait for recv(): a learner slower

@@ -154,9 +154,8 @@ class SubprocVecEnv(_VecEnvBase):
         infos = kernels.info_dicts(len(ids), "TimeLimit.truncated", False)  # the usual infos
         if True in ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
             self._unusual_infos(batch, ids, ended, infos)
-        if True not in ended:
-            for i, info in batch.reset_infos.items():  # an async_reset's infos
-                self.reset_infos[i] = info
+        for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
+            self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
         return batch.obs, batch.rewards, dones, infos, batch.env_ids
 
     def _unusual_infos(self, batch: Any, ids: list[int], ended: list[bool], infos: list[dict]) -> None:

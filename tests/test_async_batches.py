@@ -325,6 +325,40 @@ def test_sb3_batches_match_sb3_env_by_env() -> None:
         ref.close()
 
 
+class _EndsEveryStep(envs.Counter):
+    """Its reset's info names it; envs 6 and 7 reset slowly; every step ends the episode."""
+
+    def reset(self, *, seed=None, options=None):
+        if self.index >= 6:
+            time.sleep(0.5)
+        obs, _ = super().reset(seed=seed, options=options)
+        return obs, {"reset_of": self.index}
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, reward, True, truncated, info
+
+
+def test_sb3_reset_infos_of_a_batch_mixing_an_async_reset_and_episode_ends() -> None:
+    """A batch of several groups can hold one group's async_reset results beside another's step that ended
+    episodes: every env's reset_infos are kept (the reset group's were dropped, left {})."""
+    fns = [partial(_EndsEveryStep, i) for i in range(8)]
+    with SubprocVecEnv(fns, start_method="fork", batch_size=4, num_workers=4, step_in_parent=False) as venv:
+        venv.async_reset()
+        seen: set[int] = set()
+        mixed = False
+        for _ in range(40):
+            if mixed and len(seen) == 8:
+                break
+            _, _, dones, _, ids = venv.recv()
+            mixed |= bool(dones.any()) and not bool(dones.all())
+            seen |= set(ids.tolist())
+            time.sleep(0.15)  # another quick group's reset finishes meanwhile (envs 6 and 7 still sleep)
+            venv.send(np.zeros(len(ids), np.int64), ids)
+        assert mixed and seen == set(range(8))
+        assert [venv.reset_infos[i] for i in range(8)] == [{"reset_of": i} for i in range(8)]
+
+
 def test_the_default_asynchronous_layout_steps_a_small_group_in_the_caller_where_cores_are_few(monkeypatch) -> None:
     """By default the calling process steps the first group itself where a worker per group and the
     caller would outnumber the cores and a group is small; explicit settings win."""

@@ -323,9 +323,19 @@ class AsyncBatches:
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
         # leaves them there, for the next recv(); one while they leave breaks the pool
         taken = list(itertools.islice(ready, groups))
-        failed = [payload for _, _, _, error in taken if error for payload in error]
-        error = env_errors(failed) if failed else None
-        batch = self._batch(taken, copy, batch_object) if error is None else None
+        failed = [entry for entry in taken if entry[3]]
+        if failed:  # only the groups with an env that raised leave: the others' results wait for the next recv()
+            error = env_errors([payload for entry in failed for payload in entry[3]])
+            error.env_ids = np.concatenate([self._ids[entry[0]] for entry in failed])  # (free to be sent again)
+            try:
+                for entry in failed:
+                    ready.remove(entry)
+                    self.running[entry[0]] = False
+            except BaseException as exc:
+                pool._break(exc)
+                raise
+            raise error
+        batch = self._batch(taken, copy, batch_object)
         try:
             for entry in taken:
                 ready.popleft()
@@ -333,9 +343,7 @@ class AsyncBatches:
         except BaseException as exc:
             pool._break(exc)
             raise
-        if error is not None:
-            raise error
-        return batch  # type: ignore[return-value]
+        return batch
 
     def _collect_one(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish, or step the own group; its results join ``ready``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import sys
 import traceback
+from typing import Any
 
 from gymnasium import error as gym_error
 
@@ -50,10 +51,13 @@ class EnvError(FastvecError):
         command: what was running: "make", "reset", "step", "env_method", ...
         exc_type: qualified name of the exception the env raised.
         remote_traceback: the formatted traceback from the process that ran the env.
+        env_ids: (raised by an asynchronous ``recv()``) the ids of the groups whose env raised, which
+            are free to be sent their next actions; None otherwise.
     """
 
     def __init__(self, env_index: int, command: str, exc_type: str, message: str, remote_traceback: str):
         self.others: list[EnvError] = []  # the other envs that raised in the same command, by env index
+        self.env_ids: Any = None  # (asynchronous recv(): the failed groups' env ids)
         self.env_index = env_index
         self.command = command
         self.exc_type = exc_type

@@ -226,6 +226,28 @@ def test_env_errors_and_dead_workers_in_batches(failing: int, own: bool) -> None
         assert restarted == {2, 3}
 
 
+def test_an_env_error_in_a_batch_of_several_groups_keeps_the_other_groups() -> None:
+    """Batches of two groups: when an env of one raises, recv() names it and its group's ids (env_ids, free
+    to be sent again); the other group's results come with the next recv() (they were dropped with the
+    error, and their ids never reached the caller: those envs were never sent an action again)."""
+    fns = [partial(envs.FailingEnv, "step" if i == 1 else None, 0) for i in range(8)]  # env 1: every step raises
+    with Pool(fns, batch_size=4, num_workers=4, step_in_parent=False, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.async_reset()
+        assert sorted(i for _ in range(2) for i in pool.recv().env_ids.tolist()) == list(range(8))
+        pool.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        with pytest.raises(EnvError, match="env 1 raised ZeroDivisionError") as raised:
+            pool.recv()
+        assert raised.value.env_ids.tolist() == [0, 1]
+        pool.send(np.zeros(4, np.int64), [4, 5, 6, 7])
+        returned: list[int] = []
+        while len(returned) < 6:
+            returned += pool.recv().env_ids.tolist()
+        assert sorted(returned) == [2, 3, 4, 5, 6, 7] and returned[:2] == [2, 3]  # (envs 2-3 finished first)
+        pool.send(np.zeros(2, np.int64), raised.value.env_ids)  # the failed group can be sent again
+        with pytest.raises(EnvError, match="env 1 raised"):
+            pool.recv()
+
+
 def test_front_ends_in_batches() -> None:
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", batch_size=2) as venv:
         venv.seed(0)

@@ -178,8 +178,21 @@ class Shard:
                     errors = (errors or []) + [ShardError(start + j, "step", exc)]
                     append(None)
         if errors:
-            raise ShardError.combine(errors)
+            raise ShardError.combine(self._reset_ended(results, restarted, errors))
         return self._write_step(results, slot, restarted)
+
+    def _reset_ended(self, results: list, restarted: set[int] | None, errors: list[ShardError]) -> list[ShardError]:
+        """SAME_STEP, a step in which an env raised (its results are never returned): the other envs whose
+        episode ended in it are reset now, as each would be in its own process (they went on stepping their
+        finished episodes). ``errors`` with any such reset's."""
+        for j, result in enumerate(results):
+            if result is None or (restarted is not None and j in restarted) or not _ended(result):
+                continue
+            try:
+                self._autoreset(j, "reset (autoreset after step)")
+            except ShardError as err:
+                errors.append(err)
+        return errors
 
     def _step_next_step(self, slot: int, actions: Any) -> list | None:
         """NEXT_STEP: step every env, except those whose episode ended in the previous step: they

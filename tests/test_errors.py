@@ -589,6 +589,60 @@ def test_a_forkserver_late_to_report_still_gives_the_exit_code() -> None:
         venv.close()
 
 
+class _Episodes(gym.Env):
+    """obs = [episode, t]; an episode is ``length`` steps (truncated); step number ``fail_at`` raises."""
+
+    def __init__(self, length: int, fail_at: int | None = None):
+        self.observation_space = gym.spaces.Box(-1e9, 1e9, (2,), np.float64)
+        self.action_space = gym.spaces.Discrete(2)
+        self.length, self.fail_at = length, fail_at
+        self.episode, self.t, self.steps = -1, 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return np.array([self.episode, 0.0]), {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.fail_at:
+            raise RuntimeError("boom")
+        self.t += 1
+        return np.array([self.episode, self.t], np.float64), 0.0, False, self.t >= self.length, {}
+
+
+@pytest.mark.parametrize("api", ["sync", "batches"])
+def test_an_env_whose_episode_ended_beside_an_env_that_raised_is_reset(api: str) -> None:
+    """SAME_STEP: env 0's episode ends in the step in which env 1, in the same shard, raises. Each would be
+    on its own in the references' processes: env 0 is reset then, and its next step is its new episode's
+    first (it went on stepping its finished episode: t=2 of a 1-step episode)."""
+    from fastvec.pool import Pool
+    from fastvec.protocol import SAME_STEP
+
+    fns = [partial(_Episodes, 1), partial(_Episodes, 100, 1), partial(_Episodes, 100), partial(_Episodes, 100)]
+    options = {"num_workers": 2, "step_in_parent": False, "start_method": "fork", "autoreset_mode": SAME_STEP}
+    with Pool(fns, **options, **({"batch_size": 2} if api == "batches" else {})) as pool:
+        if api == "sync":
+            pool.reset()
+            with pytest.raises(EnvError, match="env 1 raised RuntimeError"):
+                pool.step(np.zeros(4, np.int64))
+            batch = pool.step(np.zeros(4, np.int64))
+            obs, truncated, final = batch.observations(True)[0], batch.truncated[0], batch.terminal_observation(0)
+        else:
+            pool.async_reset()
+            for _ in range(2):
+                pool.recv()
+            pool.send(np.zeros(2, np.int64), [0, 1])
+            with pytest.raises(EnvError, match="env 1 raised RuntimeError"):
+                pool.recv()
+            pool.send(np.zeros(2, np.int64), [0, 1])
+            got = pool.recv()
+            assert got.env_ids.tolist() == [0, 1]
+            obs, truncated, final = got.obs[0], got.truncated[0], got.terminal_observation(0)
+        # episode 1's only step (not a second step of episode 0), then episode 2's reset
+        assert truncated and final.tolist() == [1.0, 1.0] and obs.tolist() == [2.0, 0.0]
+
+
 _CLOSED_HERE: list[int] = []
 
 

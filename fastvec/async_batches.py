@@ -168,8 +168,9 @@ class AsyncBatches:
         self._reset_options = options
         self._give(list(range(len(self.groups))), Command.RESET, int(ResetFlag.HAS_OPTIONS) if options else 0, payloads)
 
-    def send(self, actions: Any, env_ids: Any) -> None:
-        """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each)."""
+    def send(self, actions: Any, env_ids: Any, per_env: bool = False) -> None:
+        """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each; with
+        ``per_env``, a sequence of one action per env, SB3's layout for structured spaces)."""
         pool = self.pool
         pool._check_usable()
         if pool._pending is not None:
@@ -188,13 +189,13 @@ class AsyncBatches:
         if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
             if len(positions) == 1:  # one group: its rows' views, made once
-                objects = writer.write(actions, self._action_rows[positions[0]], tags, env_ids=ids)
+                objects = writer.write(actions, self._action_rows[positions[0]], tags, per_env, ids)
             else:
-                objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags, env_ids=ids)
+                objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags, per_env, ids)
         else:
             rows = env_ids
             scratch = [np.empty((count, *b.shape[1:]), b.dtype) for b in views.actions]
-            objects = writer.write(actions, scratch, tags, env_ids=ids)
+            objects = writer.write(actions, scratch, tags, per_env, ids)
             for buffer, part in zip(views.actions, scratch):
                 buffer[rows] = part
         sent = tuple(tags.tolist())  # the dtype each leaf came in, stored for these envs where it changed

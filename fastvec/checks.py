@@ -83,7 +83,8 @@ class ActionWriter:
         if per_env:
             if not hasattr(actions, "__len__") or len(actions) != self.num_envs:
                 raise ValueError(f"expected one action per env ({self.num_envs}) for {self.space}, got {actions!r:.200}")
-            parts = [[_part(a, leaf, i) for i, a in enumerate(actions)] for leaf in self.leaves]
+            ids = env_ids if env_ids is not None else range(len(actions))
+            parts = [[_part(a, leaf, i) for i, a in zip(ids, actions)] for leaf in self.leaves]
         else:
             parts = [_part(actions, leaf, None) for leaf in self.leaves]
         writers = iter(self.writers)

@@ -743,9 +743,10 @@ class Pool:
             None if seeds is None else list(seeds), None if options is None else list(options)
         )
 
-    def send(self, actions: Any, env_ids: Any) -> None:
-        """Step the envs ``env_ids`` (those a ``recv()`` returned) with ``actions`` (a row each)."""
-        self._asynchronous("send").send(actions, env_ids)
+    def send(self, actions: Any, env_ids: Any, per_env: bool = False) -> None:
+        """Step the envs ``env_ids`` (those a ``recv()`` returned) with ``actions`` (a row each; ``per_env``:
+        as in step_async)."""
+        self._asynchronous("send").send(actions, env_ids, per_env)
 
     def recv(self, timeout: float | None = None, copy: bool = True, batch_object: Any = None) -> AsyncBatch:
         """The first ``batch_size`` envs whose step or reset finished (``AsyncBatch.env_ids``);

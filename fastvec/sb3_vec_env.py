@@ -140,8 +140,9 @@ class SubprocVecEnv(_VecEnvBase):
         self._reset_options()
 
     def send(self, actions: Any, env_ids: Any) -> None:
-        """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each."""
-        self.pool.send(actions, env_ids)
+        """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each (for Dict and
+        Tuple action spaces also SB3's layout, one action per env, as ``step`` takes)."""
+        self.pool.send(actions, env_ids, per_env=self._per_env_actions)
 
     def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, list[dict], np.ndarray]:
         """``(obs, rewards, dones, infos, env_ids)`` of the first ``batch_size`` envs that finished,

@@ -381,6 +381,26 @@ def test_sb3_reset_infos_of_a_batch_mixing_an_async_reset_and_episode_ends() -> 
         assert [venv.reset_infos[i] for i in range(8)] == [{"reset_of": i} for i in range(8)]
 
 
+def test_sb3_send_takes_one_action_per_env_for_a_dict_action_space() -> None:
+    """SubprocVecEnv.send() takes SB3's layout for structured action spaces (a list of one dict per env),
+    as its step() does; it refused it ("actions has no part 'a'")."""
+    space = gym.spaces.Dict({"a": gym.spaces.Discrete(3), "b": gym.spaces.Box(-1, 1, (2,), np.float32)})
+    fns = [partial(envs.EchoEnv, gym.spaces.Box(-1, 1, (2,), np.float32), space)] * 4
+    with SubprocVecEnv(fns, start_method="fork", batch_size=2) as venv:
+        venv.async_reset()
+        ids = venv.recv()[4]
+        venv.recv()  # (the other group's reset)
+        actions = [{"a": 2 - k, "b": np.full(2, 0.25 * (k + 1), np.float32)} for k in range(2)]
+        venv.send(actions, ids)
+        *_, infos, got_ids = venv.recv()
+        assert got_ids.tolist() == ids.tolist()
+        for k, action in enumerate(actions):
+            got = infos[k]["action"]
+            assert got["a"] == action["a"] and np.array_equal(got["b"], action["b"])
+        with pytest.raises(ValueError, match=f"action for env {ids[1]} has no part 'a'"):
+            venv.send([actions[0], {"b": actions[1]["b"]}], ids)
+
+
 def test_the_default_asynchronous_layout_steps_a_small_group_in_the_caller_where_cores_are_few(monkeypatch) -> None:
     """By default the calling process steps the first group itself where a worker per group and the
     caller would outnumber the cores and a group is small; explicit settings win."""

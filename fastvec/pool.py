@@ -1367,8 +1367,13 @@ class Pool:
 
     def request_unpark(self, shard: int) -> bool:
         """Give worker ``shard`` commands again (with no envs: ``request_move`` gives it some).
-        False when it is not parked, or its process ended while it was parked (it stays parked)."""
+        False when it is not parked, or its process ended while it was parked (it stays parked), or a
+        command is pending (between ``step_async`` and ``step_wait``: ask again after it; ``queue_unpark``
+        takes it at the next step)."""
         if not self.can_unpark(shard):
+            return False
+        if self._pending is not None or self._state is not _IDLE:
+            # (the worker would count as part of the command in flight, which it never got: its wait never ended)
             return False
         if self._parked[shard][0].exitcode is not None:
             self._replace_parked(shard)

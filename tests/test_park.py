@@ -153,6 +153,15 @@ def test_park_requests_are_refused_where_they_cannot_apply() -> None:
         assert pool.request_park(1) and not pool.request_park(1)  # already being emptied
         assert pool.request_move(0, 1) is None and pool.request_move(2, 1) is None
         assert not pool.request_park(2)  # its only neighbour is being emptied
+        while pool.parked != [1]:
+            venv.step(np.zeros(6, np.int64))
+        # not while a step is pending: the worker would count as part of the step, which it never got
+        # (step_wait waited for its message for ever)
+        venv.step_async(np.zeros(6, np.int64))
+        assert not pool.request_unpark(1)
+        venv.step_wait()
+        assert pool.request_unpark(1)
+        venv.step(np.zeros(6, np.int64))
     with VectorEnv(
         [envs.make_cartpole] * 4, context="fork", num_workers=2, autoreset_mode=AutoresetMode.DISABLED
     ) as venv:

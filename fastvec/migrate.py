@@ -10,7 +10,8 @@ reset (SAME_STEP: in the same step, before the caller sees it; NEXT_STEP: in the
 The env itself travels, pickled (with cloudpickle): it goes on exactly as it would have,
 wrappers' state and random generator included, so a pool that moved envs gives the same
 results as one that did not. The pool moves only envs that pickle, with their factories
-(``movable``, asked once per env). One whose pickle only records how to make it again
+(``movable``, asked once per env, and by the shard again when the env is due to leave: one that
+stopped pickling stays, and the pool calls the moves from its shard off). One whose pickle only records how to make it again
 (gymnasium's ``EzPickle``: Box2D, MuJoCo, the toy-text envs, ALE) arrives as a new env and
 gets the old one's generator. One that pickled when it left but cannot be unpickled where it
 arrives (or no longer pickled) is re-created from its factory there, its generator carried over.

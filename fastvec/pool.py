@@ -1025,6 +1025,9 @@ class Pool:
     def _digest(self, extras: list, slot: int) -> list | None:
         """Envs that left their shard move in with their neighbour; warnings become Python
         warnings; object parts of observations are kept per env."""
+        if self._moves and any(kind == Extra.NOT_MOVED for _, kind, _ in extras):
+            self._not_moved([i for i, kind, _ in extras if kind == Extra.NOT_MOVED])
+            extras = [entry for entry in extras if entry[1] != Extra.NOT_MOVED]
         if self._moves and any(kind == Extra.RELEASED for _, kind, _ in extras):
             moved = [entry for entry in extras if entry[1] == Extra.RELEASED]
             extras = [entry for entry in extras if entry[1] != Extra.RELEASED]
@@ -1449,6 +1452,23 @@ class Pool:
                 self.request_unpark(*args)
             else:  # "parked": a shard being emptied lost its last env in the previous command
                 self._park_now(*args)
+
+    def _not_moved(self, indices: list[int]) -> None:
+        """Envs due to move that no longer pickle stayed in their shards (Shard._packs): they are unmovable
+        from now on, and every move still pending from their shards is called off (an env further in cannot
+        pass the one that stayed at the edge; a shard being emptied for parking keeps what it still has)."""
+        for index in indices:
+            move = self._moves.get(index)
+            self._movable[index] = False
+            self.unmovable = self.unmovable | {index}
+            if move is None:
+                continue
+            source = move[0]
+            for other, (from_shard, _, _) in list(self._moves.items()):
+                if from_shard == source:
+                    del self._moves[other]
+                    self._views.migrate[other] = 0
+            self._draining.discard(source)
 
     def _settle_moves(self, released: list, slot: int) -> list:
         """Envs that left their shard at their episode end join the neighbour that asked for them."""

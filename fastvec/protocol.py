@@ -102,6 +102,7 @@ class Extra(IntEnum):
     OBJECTS = 4  # the env's new observation's object leaves (Text, Graph, ...): a list, one value per object leaf
     FINAL_OBS = 5  # SAME_STEP, spaces with object or scalar leaves: the env's own final observation object
     RELEASED = 6  # the env left its shard at its episode end, to move to a neighbour: its package (fastvec.migrate)
+    NOT_MOVED = 7  # the env was due to move at this episode end but no longer pickles: it stayed, reset in place
 
 
 # Autoreset modes: SAME_STEP resets in the step that ends an episode (SB3, gymnasium

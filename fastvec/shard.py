@@ -336,7 +336,7 @@ class Shard:
                         self.side_extras.append((start + j, Extra.FINAL_OBS, final))
                 else:
                     self.write_terminal(j, results[j][0], "step")
-                if migrate[start + j] and self._may_leave(j):  # its new shard resets it
+                if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
                     leaving = (leaving or []) + [j]
                     continue
                 try:
@@ -354,7 +354,7 @@ class Shard:
             for j in ended:  # (the usual step's envs are marked here, not one by one as they step)
                 self.needs_reset[j] = True
             migrate = self._migrate_words
-            leaving = [j for j in ended if migrate[start + j] and self._may_leave(j)]
+            leaving = [j for j in ended if migrate[start + j] and self._may_leave(j) and self._packs(j)]
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
@@ -373,6 +373,16 @@ class Shard:
         last = len(self.envs) - 1
         edge = (j == 0 and flag & MIGRATE_DOWN) or (j == last and flag & MIGRATE_UP)
         return bool(edge) and (last > 0 or bool(flag & MIGRATE_ALL))
+
+    def _packs(self, j: int) -> bool:
+        """Whether env j, due to leave, still pickles with its factory. The pool asked once whether it could
+        move; since then it may have taken something that does not pickle (a render surface made at its first
+        render(), an open file): it stays then, reset here as usual, and the pool is told (NOT_MOVED). Moved
+        anyway, it would arrive re-created from its factory, its state lost."""
+        if migrate.movable(self.envs[j], self.env_fns[j] if self.env_fns else None):
+            return True
+        self.side_extras.append((self.start + j, Extra.NOT_MOVED, None))
+        return False
 
     def _release(self, positions: list[int]) -> None:
         """The envs at local ``positions`` (edges) leave: packed into RELEASED extras."""

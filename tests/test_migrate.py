@@ -160,6 +160,37 @@ def test_an_env_that_cannot_be_pickled_does_not_move() -> None:
         assert venv.get_attr("level", [2, 3]) == [1 + ended[2], 1 + ended[3]]
 
 
+class LaterCurriculum(Curriculum):
+    """A Curriculum that pickles until ``grab()`` (a handle made later: a render surface at its first render())."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lock = None
+
+    def grab(self) -> None:
+        self.lock = threading.Lock()
+
+
+@pytest.mark.parametrize("park", [False, True], ids=["move", "park"])
+def test_an_env_that_stopped_pickling_after_it_was_asked_stays(park: bool) -> None:
+    """The pool asks once whether an env can move. One that took something unpicklable since, due to leave
+    at its episode end, stays where it is, reset there, and the move (or the park) is called off: it moved,
+    re-created from its factory, its level started again."""
+    fns = [make_where] * 2 + [lambda: LaterCurriculum(gym.make("CartPole-v1"))] * 2
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        pool = venv.pool
+        venv.reset()
+        assert pool.shard_envs == [range(0, 2), range(2, 4)]
+        assert pool.request_park(1) if park else pool.request_move(1, 0) == 2  # (asked now: it pickles)
+        venv.env_method("grab", indices=[2, 3])
+        ended = np.zeros(4, dtype=int)
+        for _ in range(300):
+            ended += venv.step(np.zeros(4, dtype=np.int64))[2]
+        assert pool.pending_moves == 0 and pool.parked == [] and pool.shard_envs == [range(0, 2), range(2, 4)]
+        assert pool.unmovable >= {2} and pool.request_move(1, 0) is None
+        assert venv.get_attr("level", [2, 3]) == [1 + ended[2], 1 + ended[3]]
+
+
 def test_move_requests_are_refused_where_they_cannot_apply() -> None:
     with SubprocVecEnv([envs.make_cartpole] * 3, start_method="fork", num_workers=2) as venv:
         pool = venv.pool

@@ -1535,12 +1535,43 @@ class Pool:
                 self._local = self._head
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
+        if died is not None:
+            extras += self._restart_after_step(slot)
         if failed:
             failed.sort(key=lambda err: err.env_index)
             failed[0].others = failed[1:] + failed[0].others
             raise failed[0]
-        if died is not None:
-            raise died
+        return extras
+
+    def _restart_after_step(self, slot: int) -> list:
+        """on_error="restart": a worker died after the step ran, as an env moved into it (its unpickling
+        crashing the process). It is replaced now, its envs restarted in this step's results (their
+        episodes end, truncated, as if it had died inside the step), and the step returns: raising
+        WorkerDiedError lost the whole step's results, the other shards' episode ends too. The restarts' extras."""
+        extras: list = []
+        for position, dead in enumerate(self._remotes):
+            exitcode = dead.exitcode
+            if exitcode is None:
+                continue
+            try:
+                remote, more = self._replace_worker(
+                    dead,
+                    lambda remote, position=position: self._remotes.__setitem__(position, remote),
+                    int(self._seqs[position]) + 1,
+                    (int(Command.STEP), slot, True),
+                )
+            except BaseException as exc:
+                self._break(exc)
+                raise
+            self.worker_restarts += 1
+            warnings.warn(
+                f"fastvec: worker {dead.index} (envs {remote.envs.start}..{remote.envs.stop - 1}) died while an env "
+                f"moved into it, with {_exit_status(exitcode)}; restarted it with fresh envs (on_error='restart')",
+                RuntimeWarning,
+                stacklevel=6,
+            )
+            extras += [(i, Extra.RESTARTED, describe("worker process died", _ADOPT)) for i in remote.envs]
+            extras += more or []
         return extras
 
     def _not_arrived(self, index: int, exc: BaseException) -> EnvError:

@@ -1134,7 +1134,7 @@ class Pool:
         dead = self._remotes[position]
         exitcode = dead.exitcode
         if p.command is Command.STEP:
-            restart: tuple = (int(Command.STEP), p.slot, True)
+            restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs))
         else:
             options = p.reset_options[dead.envs.start : dead.envs.stop] if p.reset_options else None
             restart = (int(Command.RESET), p.slot, options, p.arg)
@@ -1154,6 +1154,11 @@ class Pool:
             RuntimeWarning,
             stacklevel=5,
         )
+
+    def _objects_of(self, envs: range) -> list | None:
+        """The latest object parts (Text, Graph, ...) each of ``envs`` returned, for a replacement worker's
+        final observations of them (its fresh envs never made any); None without object parts."""
+        return [self._objects[i] for i in envs] if self._object_leaves else None
 
     def _replace_worker(self, dead: Remote, place: Callable[[Remote], None], first_seq: int, restart: tuple | None) -> tuple:
         """Start a worker in place of the dead one, making its shard's envs afresh (``place`` records it
@@ -1558,7 +1563,7 @@ class Pool:
                     dead,
                     lambda remote, position=position: self._remotes.__setitem__(position, remote),
                     int(self._seqs[position]) + 1,
-                    (int(Command.STEP), slot, True),
+                    (int(Command.STEP), slot, True, self._objects_of(dead.envs)),
                 )
             except BaseException as exc:
                 self._break(exc)

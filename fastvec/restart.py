@@ -86,9 +86,11 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
     recreate(shard, j, exc, "step")
     if reset_now:
         try:
-            obs, _ = shard.envs[j].reset()
+            obs, info = shard.envs[j].reset()
         except Exception as reset_exc:
             raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
+        if info:  # the next episode's reset info, as an autoreset's
+            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
     else:
         obs = last_obs
     return obs, 0.0, False, True, {}
@@ -117,9 +119,12 @@ def restart_all(shard: Shard, slot: int, truncate: bool) -> None:
         obs_list = []
         for j, env in enumerate(shard.envs):
             try:
-                obs_list.append(env.reset()[0])
+                obs, info = env.reset()
             except Exception as exc:
                 raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
+            obs_list.append(obs)
+            if info:  # the next episode's reset info, as an autoreset's
+                shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
     else:  # NEXT_STEP: the last observations now, the resets in the next step
         obs_list = last
         shard.needs_reset = [True] * len(shard.envs)

@@ -198,9 +198,11 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
     """A respawned worker runs its share of the command the dead one did not finish."""
     command, slot, *rest = restart
     if command == Command.STEP:
-        (truncate,) = rest
+        truncate, objects = rest
+        if objects is not None:  # the dead envs' latest object parts, which their final observations hold
+            shard.last_objects = list(objects)
         restart_all(shard, slot, truncate)
-        return None
+        return shard.finish_extras(None)  # (the new observations' object parts, final observations, reset infos)
     options, arg = rest  # RESET: the same seeds (in the block) and options
     always = bool(arg & ResetFlag.OPTIONS_ALWAYS)
     if not arg & ResetFlag.MASKED:

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -85,6 +86,57 @@ def test_dead_worker_is_respawned(when: str) -> None:
                 assert not dones.any()
     finally:
         venv.close()
+
+
+class TextCounter(FlakyEnv):
+    """A FlakyEnv with a Text part beside its Box one, both naming its step count; its reset's info names it."""
+
+    def __init__(self, key: str, after: int, index: int):
+        super().__init__(key, after)
+        self.index = index
+        self.observation_space = gym.spaces.Dict({"word": gym.spaces.Text(12), "pos": gym.spaces.Box(0, 1e9, (1,))})
+
+    def _obs(self) -> dict:
+        return {"word": f"t{self.steps}", "pos": np.array([self.steps], np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps = 0
+        return self._obs(), {"reset_of": self.index}
+
+    def step(self, action):
+        _, reward, term, trunc, info = super().step(action)
+        return self._obs(), reward, term, trunc, info
+
+
+@pytest.mark.parametrize("fault", ["env raises", "worker killed"])
+def test_a_restart_keeps_object_parts_and_the_fresh_reset_info(fault: str) -> None:
+    """A restarted env's new observation is its fresh env's whole (the Text part was the dead env's), its
+    final observation has the object part it last returned (it had None), and reset_infos holds the fresh
+    env's reset info (it was {})."""
+    key = f"text-{fault}-{os.getpid()}"
+    bad = 3 if fault == "env raises" else 10**9
+    fns = [partial(TextCounter, f"{key}-{i}", 2 if i == bad else 10**9, i) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        for _ in range(2):
+            venv.step(np.zeros(4, dtype=np.int64))
+        if fault == "worker killed":
+            (pid,) = venv.pool.worker_pids
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            obs, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+        restarted = [3] if fault == "env raises" else [2, 3]
+        assert [i for i in range(4) if dones[i]] == restarted
+        for i in restarted:
+            assert "fastvec.restarted" in infos[i]
+            assert obs["word"][i] == "t0" and obs["pos"][i].tolist() == [0.0]
+            final = infos[i]["terminal_observation"]
+            assert final["word"] == "t2" and final["pos"].tolist() == [2.0]
+            assert venv.reset_infos[i] == {"reset_of": i}
+        assert obs["word"][0] == "t3" and obs["pos"][0].tolist() == [3.0]
 
 
 def test_vector_env_restart_next_step_mode() -> None:

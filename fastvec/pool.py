@@ -374,6 +374,7 @@ class Pool:
         self.obs_has_objects = bool(self._object_leaves)
         # each env's latest object parts (Text, Graph, ... observations travel pickled)
         self._objects: list[list | None] = [None] * self.num_envs
+        self._big_seeds: dict[int, int] = {}  # env index -> its seed beyond int64 in the latest reset (_send_big_seeds)
         self._actions = ActionWriter(self.action_space, self.num_envs, kernels, self.check)
         self.layout = plan_layout(
             self.obs_leaves,
@@ -694,6 +695,7 @@ class Pool:
         """A reset's per-env seeds into the shared block (None: no seeds; seeds beyond its int64 words
         go to their envs first, ``_send_big_seeds``)."""
         views = self._views
+        self._big_seeds = {}
         if seeds is None:
             views.seed_mask[:] = False
             return
@@ -711,6 +713,8 @@ class Pool:
         reset = [i for i in big if mask is None or mask[i]]  # (an env left out of a masked reset keeps none)
         if reset:
             self.call("seed_next_reset", reset, (), [int(seeds[i]) for i in reset])
+            # (kept for a worker that dies in the reset: its replacement's envs need them too)
+            self._big_seeds = {i: int(seeds[i]) for i in reset}
         taken = set(big)
         return [None if i in taken else s for i, s in enumerate(seeds)]
 
@@ -1137,7 +1141,8 @@ class Pool:
             restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs))
         else:
             options = p.reset_options[dead.envs.start : dead.envs.stop] if p.reset_options else None
-            restart = (int(Command.RESET), p.slot, options, p.arg)
+            big = {i: seed for i, seed in self._big_seeds.items() if i in dead.envs}
+            restart = (int(Command.RESET), p.slot, options, p.arg, big)
         try:
             remote, extras = self._replace_worker(
                 dead, lambda remote: self._remotes.__setitem__(position, remote), int(self._seqs[position]) + 1, restart

@@ -203,7 +203,9 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
             shard.last_objects = list(objects)
         restart_all(shard, slot, truncate)
         return shard.finish_extras(None)  # (the new observations' object parts, final observations, reset infos)
-    options, arg = rest  # RESET: the same seeds (in the block) and options
+    options, arg, big = rest  # RESET: the same seeds (in the block, and those beyond it) and options
+    for i, seed in big.items():
+        shard.next_seeds[i - shard.start] = seed
     always = bool(arg & ResetFlag.OPTIONS_ALWAYS)
     if not arg & ResetFlag.MASKED:
         return shard.reset(slot, options, False, always)

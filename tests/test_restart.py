@@ -139,6 +139,47 @@ def test_a_restart_keeps_object_parts_and_the_fresh_reset_info(fault: str) -> No
         assert obs["word"][0] == "t3" and obs["pos"][0].tolist() == [3.0]
 
 
+class SeedLogged(envs.Counter):
+    """Its reset's info holds the seed it got; its first reset in a process whose ``die_in`` file exists
+    removes the file and kills the process (a crash in reset)."""
+
+    def __init__(self, index: int, die_in: str):
+        super().__init__(index)
+        self.die_in = die_in
+
+    def reset(self, *, seed=None, options=None):
+        if os.path.exists(self.die_in):
+            os.remove(self.die_in)
+            os._exit(7)
+        super().reset(seed=None)
+        return self._obs(), {"seed": seed}
+
+
+@pytest.mark.parametrize("api", ["sync", "batches"])
+def test_a_worker_replaced_in_a_reset_gives_its_envs_seeds_beyond_64_bits(tmp_path, api: str) -> None:
+    """Seeds beyond the block's int64 words reach their envs by a call before the reset; a worker that died in
+    the reset took them along, and its replacement reset its envs unseeded."""
+    from fastvec.pool import Pool
+
+    die_in = tmp_path / "die"
+    fns = [partial(SeedLogged, i, str(die_in) if i == 3 else "") for i in range(4)]
+    seeds = [2**64 + i for i in range(4)]
+    options = {"num_workers": 2, "step_in_parent": False, "start_method": "fork", "on_error": "restart"}
+    with Pool(fns, **options, **({"batch_size": 2} if api == "batches" else {})) as pool:
+        die_in.touch()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if api == "sync":
+                batches = [pool.reset(seeds)]
+            else:
+                pool.async_reset(seeds)
+                batches = [pool.recv(), pool.recv()]
+        got = {i: batch.reset_infos[i]["seed"] for batch in batches for i in batch.reset_infos}
+        restarted = {i for batch in batches for i in batch.restarted}
+        assert restarted == {2, 3} and not die_in.exists()
+        assert got == dict(enumerate(seeds))
+
+
 def test_vector_env_restart_next_step_mode() -> None:
     key = f"gym-{os.getpid()}"
     fns = [partial(FlakyEnv, f"{key}-{i}", 1 if i == 1 else 10**9) for i in range(2)]

@@ -125,7 +125,8 @@ class PoolOptions:
             not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not (isinstance(self.monitor_interval, (int, float)) and 0 < self.monitor_interval <= 3600):
+        interval = self.monitor_interval
+        if not (isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0 < interval <= 3600):
             raise ValueError(
                 f"monitor_interval must be a positive number of seconds, at most 3600, got {self.monitor_interval!r}"
             )

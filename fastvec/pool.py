@@ -281,6 +281,11 @@ class Pool:
                     "pass e.g. lambda: gymnasium.make('CartPole-v1')"
                 )
         self.num_envs = n = len(env_fns)
+        if opts.batch_size is not None and opts.batch_size > n:
+            raise ValueError(
+                f"batch_size={opts.batch_size} is more than the {n} envs: a batch is at most every env "
+                f"(batch_size={n}, or none, is the synchronous step)"
+            )
         asynchronous = opts.batch_size is not None and opts.batch_size < n
         if asynchronous:
             num_workers, step_in_parent = _async_layout(n, opts)

@@ -186,6 +186,8 @@ def test_misuse_is_named() -> None:
         pool.send(np.zeros(2, np.int64), got.env_ids)
     with pytest.raises(ValueError, match="multiple of batch_size"):
         Pool([envs.make_cartpole] * 5, batch_size=2, start_method="fork")
+    with pytest.raises(ValueError, match="batch_size=8 is more than the 4 envs"):  # (it was the synchronous step)
+        Pool([envs.make_cartpole] * 4, batch_size=8, start_method="fork")
 
 
 @pytest.mark.parametrize(

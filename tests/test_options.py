@@ -24,6 +24,7 @@ from tests import envs
         ({"check": "maybe"}, "check"),
         ({"monitor_interval": float("inf")}, "monitor_interval"),  # (its thread died at once, close() overflowed)
         ({"monitor_interval": 0}, "monitor_interval"),
+        ({"monitor_interval": True}, "monitor_interval"),  # (a bool is an int: it was taken as 1 s)
     ],
 )
 def test_bad_values_are_named(knobs, message) -> None:

@@ -453,7 +453,10 @@ class AsyncBatches:
     def _any_done(self) -> bool:
         """Whether a worker in flight has finished (its DONE word reached its command count)."""
         first = self.first_remote
-        return any(position >= first and self._done(position) for position in self.inflight)
+        for position in self.inflight:  # (a loop, not any() over a generator: this runs on every collection)
+            if position >= first and self._done(position):
+                return True
+        return False
 
     def _done(self, position: int) -> bool:
         """Whether the worker of group ``position`` (a worker's: ``position >= first_remote``) finished its

@@ -1200,7 +1200,8 @@ class Pool:
         there at its next episode end. Returns its index, or None when no move is possible now
         (``source`` has one env left, or that env is already moving, or an env is moving across the
         same boundary the other way, or either shard is parked or being emptied, or a pending move brings an
-        env into an empty shard between them). Neighbours are next to each other, or have only empty shards between them.
+        env into an empty shard between them, or the env cannot be pickled, or whether it can is not known yet
+        and a command is pending: ask between steps). Neighbours are next to each other, or have only empty shards between them.
 
         ``around``: across the ring's end, between the last worker's shard with envs and this
         process's own (shard 0), which then steps envs at both ends of the index range (its envs

@@ -84,6 +84,9 @@ class SubprocVecEnv(_VecEnvBase):
             raise
         # structured action spaces: SB3 passes one action per env (a list of dicts / tuples)
         self._per_env_actions = not is_single_array(leaves(self.action_space))
+        # a part of another byte order than this machine's (Box(dtype=">f4")): SB3's pipe and np.stack hand it
+        # back in native order (torch takes no other); the ring holds the space's dtype
+        self._swap = any(leaf.array and not leaf.dtype.isnative for leaf in leaves(self.observation_space))
 
     def _options_for_reset(self) -> list | None:
         """The options of set_options(), one per env; as in SB3, env i takes entry i of the list as
@@ -97,7 +100,8 @@ class SubprocVecEnv(_VecEnvBase):
         # seeds and options are used once, as SB3 does
         self._reset_seeds()
         self._reset_options()
-        return batch.observations(self.copy, _stack)
+        obs = batch.observations(self.copy, _stack)
+        return _native(obs) if self._swap else obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self.pool.step_async(actions, per_env=self._per_env_actions)
@@ -112,6 +116,8 @@ class SubprocVecEnv(_VecEnvBase):
         # whose episode ended, in one kernel call
         dones, rewards, ended = kernels.done_flags(batch.terminated, batch.truncated, batch.rewards)
         obs = batch.observations(self.copy, _stack)
+        if self._swap:
+            obs = _native(obs)
         infos: list[dict] = self._infos
         if not ended and not batch.has_extras:
             return obs, rewards, dones, infos
@@ -125,7 +131,7 @@ class SubprocVecEnv(_VecEnvBase):
         for i, final in zip(ended, batch.terminal_observations(ended)):
             info = infos[i]
             info["TimeLimit.truncated"] = truncated.item(i) and not terminated.item(i)  # (Python bools)
-            info["terminal_observation"] = final
+            info["terminal_observation"] = _native(final) if self._swap else final
             self.reset_infos[i] = reset_infos.get(i, {})
         for i, error in batch.restarted.items():
             infos[i]["fastvec.restarted"] = error
@@ -157,7 +163,7 @@ class SubprocVecEnv(_VecEnvBase):
             self._unusual_infos(batch, ids, ended, infos)
         for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
             self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
-        return batch.obs, batch.rewards, dones, infos, batch.env_ids
+        return _native(batch.obs) if self._swap else batch.obs, batch.rewards, dones, infos, batch.env_ids
 
     def _unusual_infos(self, batch: Any, ids: list[int], ended: list[bool], infos: list[dict]) -> None:
         """What ``recv`` adds to the usual infos (in place): the envs' own info dicts, episode ends
@@ -172,7 +178,8 @@ class SubprocVecEnv(_VecEnvBase):
         for k in [k for k, done in enumerate(ended) if done]:
             i = ids[k]
             infos[k]["TimeLimit.truncated"] = truncated.item(k) and not terminated.item(k)
-            infos[k]["terminal_observation"] = batch.terminal_observation(i)
+            final = batch.terminal_observation(i)
+            infos[k]["terminal_observation"] = _native(final) if self._swap else final
             self.reset_infos[i] = batch.reset_infos.get(i, {})
         if batch.restarted:
             for k, i in enumerate(ids):
@@ -229,6 +236,17 @@ class SubprocVecEnv(_VecEnvBase):
             self.close()
         except Exception:
             pass
+
+
+def _native(obs: Any) -> Any:
+    """``obs`` (an array, or a dict / tuple of them) with every array in this machine's byte order."""
+    if isinstance(obs, np.ndarray):
+        return obs if obs.dtype.isnative else obs.astype(obs.dtype.newbyteorder("="))
+    if isinstance(obs, dict):
+        return {key: _native(value) for key, value in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(_native(value) for value in obs)
+    return obs
 
 
 def _stack(leaf: Any, values: list) -> np.ndarray:

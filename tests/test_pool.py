@@ -79,6 +79,46 @@ def test_big_endian_observations_are_converted() -> None:
         np.testing.assert_array_equal(obs, [[1.5, -2.25, 1]] * 4)
 
 
+class BigEndianSpace(envs.BigEndianEnv):
+    """... whose space is big-endian too (Box(dtype=">f4")), and whose episodes are one step."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = gym.spaces.Box(-10, 10, (3,), ">f4")
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, reward, True, truncated, info
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["step", "recv"])
+def test_a_big_endian_space_gives_sb3_native_arrays_as_sb3_does(batches: bool) -> None:
+    """SB3's pipe and np.stack hand a '>f4' space's observations back in native order, which its obs_as_tensor
+    (PPO's rollouts) needs; fastvec handed the ring's '>f4' rows on, and PPO failed with fastvec only."""
+    from stable_baselines3.common.utils import obs_as_tensor
+    from stable_baselines3.common.vec_env import SubprocVecEnv as SB3SubprocVecEnv
+
+    ref = SB3SubprocVecEnv([BigEndianSpace] * 2, start_method="fork")
+    try:
+        want = [ref.reset().dtype, ref.step(ZEROS[:2])[0].dtype]
+    finally:
+        ref.close()
+    assert want == [np.float32, np.float32]
+    with SubprocVecEnv([BigEndianSpace] * 4, start_method="fork", **({"batch_size": 2} if batches else {})) as venv:
+        if batches:
+            venv.async_reset()
+            first = venv.recv()
+            venv.recv()
+            obs = first[0]
+            venv.send(np.zeros(2, np.int64), first[4])
+            step, _, _, infos, _ = venv.recv()
+        else:
+            obs = venv.reset()
+            step, _, _, infos = venv.step(ZEROS)
+        assert obs.dtype == step.dtype == infos[0]["terminal_observation"].dtype == np.float32
+        obs_as_tensor(step, "cpu")
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_interrupt_while_the_parent_steps_its_envs_breaks_the_pool() -> None:
     venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)

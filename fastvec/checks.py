@@ -104,12 +104,31 @@ class ActionWriter:
         return objects
 
 
+class _PartKeyError(ValueError, KeyError):
+    """A Dict action without one of the space's keys: a ValueError, and the KeyError gymnasium raises."""
+
+    def __str__(self) -> str:  # (a KeyError's str() is its repr)
+        return str(self.args[0]) if self.args else ""
+
+
+class _PartIndexError(ValueError, IndexError):
+    """A Tuple action without one of the space's parts: a ValueError, and the IndexError gymnasium raises."""
+
+
+class _PartTypeError(ValueError, TypeError):
+    """An action that is no Dict / Tuple where the space is one: a ValueError, and the TypeError gymnasium raises."""
+
+
+_PART_ERRORS = {KeyError: _PartKeyError, IndexError: _PartIndexError, TypeError: _PartTypeError}
+
+
 def _part(actions: Any, leaf: Leaf, env: int | None) -> Any:
     try:
         return split(actions, leaf)
     except (KeyError, IndexError, TypeError) as exc:
         who = "actions" if env is None else f"action for env {env}"
-        raise ValueError(f"{who} has no part {leaf.name!r} ({leaf.space}): {exc!r}") from exc
+        error = _PART_ERRORS.get(type(exc), ValueError)
+        raise error(f"{who} has no part {leaf.name!r} ({leaf.space}): {exc!r}") from exc
 
 
 class _LeafWriter:

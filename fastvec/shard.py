@@ -608,9 +608,9 @@ class Shard:
             try:
                 parts.append(split(obs, leaf))
             except Exception as exc:
-                raise ShardError(
-                    self.start + j, command, ValueError(f"observation has no part {leaf.name!r}: {exc!r}")
-                ) from exc
+                # the lookup's own type (KeyError for a missing key), as the references raise it
+                kind = type(exc) if type(exc) in (KeyError, IndexError, TypeError) else ValueError
+                raise ShardError(self.start + j, command, kind(f"observation has no part {leaf.name!r}: {exc!r}")) from exc
         return parts
 
     def _gather(

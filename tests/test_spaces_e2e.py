@@ -249,3 +249,27 @@ def test_matrix_observations_are_stored_as_plain_rows() -> None:
         venv.reset(seed=0)
         obs = venv.step(np.zeros(4, np.int64))[0]
         assert type(obs) is np.ndarray and obs.tolist() == [[0.0, 1.0]] * 4
+
+
+class MissingKey(gym.Env):
+    """A Dict observation without one of its space's keys."""
+
+    observation_space = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)})
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"a": np.zeros(2, np.float32)}, {}
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_an_observation_without_a_key_of_its_space_raises_a_key_error(front: str) -> None:
+    """The references raise KeyError (gymnasium's AsyncVectorEnv, SB3's stacking); fastvec raised EnvValueError,
+    which an ``except KeyError`` around reset() did not catch."""
+    make = {"sb3": partial(SubprocVecEnv, start_method="fork"), "gym": partial(VectorEnv, context="fork")}[front]
+    venv = make([MissingKey] * 2)
+    try:
+        with pytest.raises(KeyError, match="env 0 raised KeyError during 'reset': .*observation has no part 'b'"):
+            venv.reset()
+    finally:
+        venv.close()

@@ -3,9 +3,11 @@
 Actions (``ActionWriter``, in the parent): values pass through unchanged, as SB3 and
 gymnasium pass them (a Gaussian policy samples outside its Box; the env or its ClipAction
 wrapper decides), and reach the env in the dtype they were sent in: an action leaf's buffer
-is the widest of its kind (float64, int64) and a tag carries the caller's dtype. The
-shape is checked, and a value the buffer cannot hold exactly (3.7 for an integer space)
-is an error naming the env, checked before the cast. Range checks only when ``check`` asks.
+is the widest of its kind (float64, int64) and a tag carries the caller's dtype. A value
+the buffer's dtype cannot hold exactly (3.7 for an integer space, 2**63 for int64) is stored
+bit for bit in the widest dtype of its own kind (``TAG_BITS``), so it too reaches the env as
+sent, as SB3 and gymnasium hand it on; with ``check="raise"`` it is an error naming the env,
+with ``"warn"`` a warning. The shape is checked; range checks only when ``check`` asks.
 
 Env outputs (``OutputChecks``, in each shard): an observation cast to the space's dtype
 and a NaN reward are reported once per env and kind, or raised, per ``check``.
@@ -21,7 +23,7 @@ from gymnasium import spaces
 
 from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
-from fastvec.protocol import TAG_SCALAR_ROWS, Extra
+from fastvec.protocol import TAG_BITS, TAG_SCALAR_ROWS, Extra, wide_dtype
 from fastvec.spaces import Leaf, is_single_array, leaves, split
 
 __all__ = ["ActionWriter", "OutputChecks", "emit_warnings"]
@@ -184,35 +186,49 @@ class _LeafWriter:
                     f"got shape {a.shape}"
                 )
         if a.dtype != self.dtype:
-            self._check_cast(a)
-            if a.dtype.kind in "fiub":
-                tag |= ord(a.dtype.newbyteorder("=").char)
-        out[...] = a  # (casting as numpy assigns: what _check_cast let through is held exactly)
+            if self._cast_loses(a):  # held bit for bit instead, in the widest dtype of its own kind
+                out.view(wide_dtype(a.dtype))[...] = a
+                if self.check_range:
+                    self._check_range(a.reshape(-1), a, _first_outside_generic)
+                return tag | TAG_BITS | ord(a.dtype.newbyteorder("=").char)
+            tag |= ord(a.dtype.newbyteorder("=").char)
+        out[...] = a  # (casting as numpy assigns: what _cast_loses let through is held exactly)
         if self.check_range:
             self._check_range(out.reshape(-1), a)
         return tag
 
-    def _check_cast(self, a: np.ndarray) -> None:
-        """Refuse what the buffer's dtype cannot hold exactly (checked before the cast)."""
+    def _cast_loses(self, a: np.ndarray) -> bool:
+        """Whether casting ``a`` to the buffer's dtype would change a value (checked before the cast): then
+        it travels bit for bit (``TAG_BITS``), or, with check="raise", is refused naming the env (with
+        "warn", a warning once per env). Values no 8-byte dtype holds (complex, float128) are refused."""
         if a.dtype.kind not in "fiub":
             raise ValueError(f"actions{self.where} for {self.space} must be numbers, got dtype {a.dtype}")
-        if not self.exact or np.can_cast(a.dtype, self.dtype, "safe"):
-            return  # into a float buffer, or a cast that always keeps the value
+        if a.dtype.kind == "f" and self.dtype.kind == "f":
+            return False  # floats into float64 (float128's rounded, as before)
+        if np.can_cast(a.dtype, self.dtype, "safe") and not (a.dtype.itemsize == 8 and self.dtype.kind == "f"):
+            return False  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
         with np.errstate(invalid="ignore", over="ignore"):
             held = a.astype(self.dtype, casting="unsafe")
-            lost = held != a
-            if a.dtype.kind == "f":
-                lost |= ~np.isfinite(a)
-        if lost.any():
-            row, pos = divmod(int(np.flatnonzero(lost.reshape(-1))[0]), self.per_env)
-            value = a.reshape(self.num_envs, -1)[row, pos]
-            raise ValueError(
-                f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
-                f"buffer's dtype {self.dtype} ({self.space}) cannot hold exactly; send whole numbers in its range"
-            )
+            lost = held != a  # (NaN and inf into an integer buffer too)
+            if a.dtype.kind in "iu" and not self.exact:  # (a huge int rounded by float64: compare as ints)
+                lost = held.astype(a.dtype, casting="unsafe") != a
+        if not lost.any():
+            return False
+        row, pos = divmod(int(np.flatnonzero(lost.reshape(-1))[0]), self.per_env)
+        value = a.reshape(self.num_envs, -1)[row, pos]
+        said = (
+            f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
+            f"buffer's dtype {self.dtype} ({self.space}) cannot hold exactly"
+        )
+        if self.raise_out_of_range or a.dtype.kind == "b" or a.dtype.itemsize > 8 or self.dtype.itemsize != 8:
+            raise ValueError(f"{said}; send whole numbers in its range")
+        if self.check_range and self._env(row) not in self._warned:
+            self._warned.add(self._env(row))
+            warnings.warn(f"fastvec: {said}; handed to the env as sent", RuntimeWarning, stacklevel=5)
+        return True
 
-    def _check_range(self, flat: np.ndarray, a: np.ndarray) -> None:
-        bad = self._first_outside(flat, self.low, self.high)
+    def _check_range(self, flat: np.ndarray, a: np.ndarray, first_outside: Any = None) -> None:
+        bad = (first_outside or self._first_outside)(flat, self.low, self.high)
         if bad < 0:
             return
         if self.raise_out_of_range:

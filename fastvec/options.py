@@ -75,8 +75,9 @@ class PoolOptions:
         check: None (default): warn once per env when an env returns an observation of
             another dtype than its space (it is cast) or a NaN reward; actions pass through
             unchanged in value, as SB3 and gymnasium pass them. "warn" / "raise": the same
-            checks, and actions outside the action space's bounds, warned about once per env
-            or raised naming the env. "off": no checks. A wrong shape is always an error.
+            checks, and actions outside the action space's bounds or that its dtype cannot hold
+            exactly (3.7 for Discrete; by default they reach the env as sent), warned about once
+            per env or raised naming the env. "off": no checks. A wrong shape is always an error.
     """
 
     num_workers: int | None = None

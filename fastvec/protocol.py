@@ -12,6 +12,8 @@ from enum import IntEnum
 from multiprocessing import reduction
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "Command",
     "ResetFlag",
@@ -25,6 +27,8 @@ __all__ = [
     "SEQ_MASK",
     "TAG_DTYPE",
     "TAG_SCALAR_ROWS",
+    "TAG_BITS",
+    "wide_dtype",
     "POLL_NS",
     "ADAPTIVE_POLL",
     "ADAPTIVE_FLOOR_NS",
@@ -115,8 +119,17 @@ DISABLED = 2
 # An action leaf's tag (Views.action_tags): the dtype char (ord) the caller's actions had, 0 for
 # the buffer's own dtype, plus this bit when each env's row was sent as a scalar (a (n,) batch for
 # a (1,)-shaped leaf): the env gets what it was sent, as in gymnasium.
+# TAG_BITS: the values did not fit the buffer's dtype (3.7 for an integer space, 2**63 for int64, 2**60 + 1
+# for float64): its 8 bytes hold them bit for bit in the widest dtype of their own kind (float64, int64,
+# uint64; ``wide_dtype``), read back through a view.
 TAG_DTYPE = 0xFF
 TAG_SCALAR_ROWS = 0x100
+TAG_BITS = 0x200
+
+
+def wide_dtype(dtype: np.dtype) -> np.dtype:
+    """The 8-byte dtype of ``dtype``'s kind (float, signed or unsigned int) that holds its values exactly."""
+    return np.dtype({"f": np.float64, "i": np.int64, "u": np.uint64}[dtype.kind])
 
 SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
 POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives

@@ -36,9 +36,11 @@ from fastvec.protocol import (
     MIGRATE_UP,
     NEXT_STEP,
     SAME_STEP,
+    TAG_BITS,
     TAG_DTYPE,
     TAG_SCALAR_ROWS,
     Extra,
+    wide_dtype,
 )
 from fastvec.spaces import Leaf, assemble, is_single_array, same_form, split
 
@@ -763,8 +765,13 @@ _TAG_DTYPES = _TagDtypes()
 
 
 def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
-    """A private copy of an action leaf's rows as the caller sent them (their dtype; scalar rows)."""
-    rows = rows.astype(_TAG_DTYPES[tag & TAG_DTYPE]) if tag & TAG_DTYPE else rows.copy()
+    """A private copy of an action leaf's rows as the caller sent them (their dtype; scalar rows; values the
+    buffer's dtype could not hold are its bytes' bits in the widest dtype of their kind, TAG_BITS)."""
+    if tag & TAG_BITS:
+        sent = _TAG_DTYPES[tag & TAG_DTYPE]
+        rows = rows.view(wide_dtype(sent)).astype(sent)
+    else:
+        rows = rows.astype(_TAG_DTYPES[tag & TAG_DTYPE]) if tag & TAG_DTYPE else rows.copy()
     return rows.reshape(len(rows)) if tag & TAG_SCALAR_ROWS else rows
 
 

@@ -15,6 +15,7 @@ from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
 from fastvec.pool import Pool
 from fastvec.protocol import Extra
+from fastvec.shard import _as_sent
 
 
 class _Single:
@@ -46,10 +47,38 @@ def _writer(space: spaces.Space, check: str | None = None) -> tuple[_Single, np.
         (spaces.Discrete(3), np.array([2**63, 0], dtype=np.uint64), r"env 0 is 9223372036854775808"),
     ],
 )
-def test_values_the_buffer_cannot_hold_are_refused(space, bad, message) -> None:
-    writer, out = _writer(space)
+def test_values_the_buffer_cannot_hold_are_refused_with_check_raise(space, bad, message) -> None:
+    writer, out = _writer(space, "raise")
     with pytest.raises(ValueError, match=message):
         writer.write(np.asarray(bad), out)
+
+
+@pytest.mark.parametrize(
+    "space, values",
+    [
+        (spaces.Box(0, 5, (1,), np.int64), np.array([[3.7], [1.0]])),
+        (spaces.MultiBinary(2), np.array([[1, 0], [0.5, 0]], dtype=np.float32)),
+        (spaces.Discrete(3), np.array([np.nan, np.inf])),
+        (spaces.Discrete(3), np.array([2**63, 0], dtype=np.uint64)),
+        (spaces.Box(-1, 1, (1,), np.float32), np.array([[2**60 + 1], [0]], dtype=np.int64)),  # float64 would round it
+    ],
+)
+def test_values_the_buffer_cannot_hold_reach_the_env_bit_for_bit(space, values) -> None:
+    """SB3 and gymnasium hand such actions to the env as sent (it was refused, a ValueError, with no check
+    asked for): they travel in the buffer's bytes as the widest dtype of their kind; check="warn" warns
+    once per env."""
+    writer, out = _writer(space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tag = writer.write(values, out)
+    handed = _as_sent(out, tag)
+    assert handed.dtype == values.dtype
+    np.testing.assert_array_equal(handed, values.reshape(out.shape))
+    writer, out = _writer(space, "warn")
+    with pytest.warns(RuntimeWarning, match="cannot hold exactly; handed to the env as sent"):
+        writer.write(values, out)
+
+
 
 
 @pytest.mark.parametrize(
@@ -70,7 +99,7 @@ def test_values_pass_through_unchanged_by_default(space, values) -> None:
         warnings.simplefilter("error")
         tag = writer.write(values, out)
     np.testing.assert_array_equal(out, values.reshape(out.shape))  # exactly, in the widened buffer
-    handed = out if tag == 0 else out.astype(np.dtype(chr(tag)))
+    handed = _as_sent(out, tag)
     assert handed.dtype == values.dtype  # the env gets them in the dtype they were sent in
     np.testing.assert_array_equal(handed, values.reshape(out.shape))
 
@@ -140,7 +169,9 @@ def test_structured_actions_batched_or_one_per_env() -> None:
     assert writer.write(per_env, buffers, tags, per_env=True) == [["a", "b"]]
     assert buffers[1].tolist() == [1, 2] and buffers[0].tolist() == [[0, 0], [1, 1]]
     with pytest.raises(ValueError, match=r"env 1 \(part 'move'\) is 1.5"):
-        writer.write({"move": np.array([2, 1.5]), "aim": np.zeros((2, 2)), "say": ("a", "b")}, buffers, tags)
+        ActionWriter(space, 2, kernels, "raise").write(
+            {"move": np.array([2, 1.5]), "aim": np.zeros((2, 2)), "say": ("a", "b")}, buffers, tags
+        )
     with pytest.raises(ValueError, match="no part 'say'") as missing:
         writer.write({"move": np.array([2, 1]), "aim": np.zeros((2, 2))}, buffers, tags)
     assert isinstance(missing.value, KeyError)  # (as gymnasium raises it)
@@ -183,8 +214,9 @@ def test_asynchronous_batches_name_the_env_of_an_action() -> None:
     with Pool([_CastAndNaN] * 4, batch_size=2, start_method="fork", check="warn") as pool:
         pool.async_reset()
         got = sorted([pool.recv().env_ids, pool.recv().env_ids], key=lambda ids: ids[0])
-        with pytest.raises(ValueError, match="action for env 3 is 3.7"):
-            pool.send(np.array([0.0, 3.7]), got[1])
+        with pytest.warns(RuntimeWarning, match="action for env 2 is 3.7"):  # (handed on: no check="raise")
+            pool.send(np.array([3.7, 0.0]), got[1])
+        pool.recv()
         with pytest.warns(RuntimeWarning) as caught:
             for ids in got:
                 pool.send(np.array([0, 7]), ids)

@@ -166,6 +166,29 @@ def test_continuous_actions_outside_the_box_pass_through() -> None:
             venv.step(actions)
 
 
+def test_actions_an_integer_space_cannot_hold_reach_the_env_as_sb3_hands_them_on() -> None:
+    """3.7 for a Discrete env, 2**63 as uint64: SB3's SubprocVecEnv hands them to the env as sent (it
+    decides); fastvec refused them with a ValueError unless check="raise" asked for that."""
+    fns = _fns(BOX, spaces.Discrete(3))
+    ref = SB3SubprocVecEnv(fns, start_method="fork")
+    try:
+        ref.reset()
+        want = [info["action"] for info in ref.step(np.array([3.7, np.nan, 1.0]))[3]]
+    finally:
+        ref.close()
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        got = [info["action"] for info in venv.step(np.array([3.7, np.nan, 1.0]))[3]]
+        assert [type(a) for a in got] == [type(a) for a in want] == [np.float64] * 3
+        np.testing.assert_array_equal(got, want)
+        huge = venv.step(np.array([2**63, 0, 1], dtype=np.uint64))[3][0]["action"]
+        assert huge == 2**63 and type(huge) is np.uint64
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, check="raise") as venv:  # only when asked
+        venv.reset()
+        with pytest.raises(ValueError, match="action for env 0 is 3.7"):
+            venv.step(np.array([3.7, 0.0, 1.0]))
+
+
 class OtherShapeObs(gym.Env):
     """Returns as many values as its Box holds, in another shape: (3,) for (3, 1), [] for (0, 3)
     (ending every 3rd step)."""

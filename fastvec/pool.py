@@ -836,7 +836,7 @@ class Pool:
                 pass
 
     def _check_index(self, i: Any) -> int:
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+        if not isinstance(i, (int, np.integer)):  # (True and False are 1 and 0, as SB3's list indexing takes them)
             raise TypeError(f"env indices must be ints, got {i!r}")
         if not -self.num_envs <= i < self.num_envs:
             raise IndexError(f"env index {i} out of range for {self.num_envs} envs")

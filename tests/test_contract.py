@@ -51,6 +51,7 @@ def test_attributes_and_methods_with_indices(make_venv) -> None:
     assert venv.get_attr("spec")[0].id == "CartPole-v1"
     venv.set_attr("custom_value", 5, indices=[1, 3])
     assert venv.get_attr("custom_value", indices=[1, 3]) == [5, 5]
+    assert venv.get_attr("custom_value", indices=[True, 3]) == [5, 5]  # (a bool is an int: SB3 takes True as 1)
     venv.set_attr("custom_value", 9, indices=2)
     assert venv.get_attr("custom_value", indices=2) == [9]
     assert venv.has_attr("gravity") and not venv.has_attr("no_such_attribute")

@@ -92,7 +92,6 @@ def test_wrong_observation_shape_names_env() -> None:
     [
         (np.zeros(3, dtype=np.int64), r"expected actions of shape \(4,\)"),
         (np.zeros((4, 2), dtype=np.int64), r"shape \(4,\)"),
-        (np.array([0.0, 0.5, 1.0, 0.0]), r"action for env 1 is 0.5, which the action buffer's dtype int64"),
         (np.array(["a", "b", "c", "d"]), "must be numbers"),
     ],
 )
@@ -105,11 +104,22 @@ def test_bad_discrete_actions(actions, message) -> None:
 
 
 def test_out_of_range_discrete_action_goes_to_the_env() -> None:
-    """As SB3 and gymnasium: the env decides (CartPole asserts), and its error names the env."""
+    """As SB3 and gymnasium: the env decides (CartPole asserts), and its error names the env; 0.5 too, unless
+    check="raise" asks for it to be refused before anything is sent."""
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2) as venv:
         venv.reset()
         with pytest.raises(EnvError, match=r"env 2 raised AssertionError during 'step'"):
             venv.step(np.array([0, 1, 2, 0]))
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match=r"env 0 raised AssertionError during 'step': np.float64\(0.0\)") as raised:
+            venv.step(np.array([0.0, 0.5, 1.0, 0.0]))  # (CartPole takes no floats, as with SB3: every env raises)
+        assert "np.float64(0.5)" in str(raised.value.others[0])
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, check="raise") as venv:
+        venv.reset()
+        with pytest.raises(ValueError, match=r"action for env 1 is 0.5, which the action buffer's dtype int64"):
+            venv.step(np.array([0.0, 0.5, 1.0, 0.0]))
+        venv.step(np.array([0, 1, 0, 1]))  # nothing was sent: the pool is fine
 
 
 def test_box_actions_pass_through_unless_checked() -> None:

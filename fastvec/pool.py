@@ -1034,8 +1034,9 @@ class Pool:
     def _digest(self, extras: list, slot: int) -> list | None:
         """Envs that left their shard move in with their neighbour; warnings become Python
         warnings; object parts of observations are kept per env."""
+        stayed = None
         if self._moves and any(kind == Extra.NOT_MOVED for _, kind, _ in extras):
-            self._not_moved([i for i, kind, _ in extras if kind == Extra.NOT_MOVED])
+            stayed = [i for i, kind, _ in extras if kind == Extra.NOT_MOVED]
             extras = [entry for entry in extras if entry[1] != Extra.NOT_MOVED]
         if self._moves and any(kind == Extra.RELEASED for _, kind, _ in extras):
             moved = [entry for entry in extras if entry[1] == Extra.RELEASED]
@@ -1051,6 +1052,12 @@ class Pool:
             except BaseException as exc:  # an env left one shard and did not arrive in the other
                 self._break(exc)
                 raise
+            finally:
+                if stayed:  # (after the envs that left in the same step have arrived: their moves are done)
+                    self._not_moved(stayed)
+                    stayed = None
+        if stayed:
+            self._not_moved(stayed)
         if self.check != "off":
             extras = emit_warnings(extras)
         if extras and self._object_leaves:
@@ -1471,8 +1478,9 @@ class Pool:
 
     def _not_moved(self, indices: list[int]) -> None:
         """Envs due to move that no longer pickle stayed in their shards (Shard._packs): they are unmovable
-        from now on, and every move still pending from their shards is called off (an env further in cannot
-        pass the one that stayed at the edge; a shard being emptied for parking keeps what it still has)."""
+        from now on, and the moves still pending across the same boundary are called off (an env further in
+        cannot pass the one that stayed at the edge). A shard being emptied for parking keeps what it still
+        has: every move still pending from it is called off."""
         for index in indices:
             move = self._moves.get(index)
             self._movable[index] = False
@@ -1480,8 +1488,9 @@ class Pool:
             if move is None:
                 continue
             source = move[0]
-            for other, (from_shard, _, _) in list(self._moves.items()):
-                if from_shard == source:
+            draining = source in self._draining
+            for other, pending in list(self._moves.items()):
+                if pending[0] == source and (draining or pending == move):
                     del self._moves[other]
                     self._views.migrate[other] = 0
             self._draining.discard(source)

@@ -191,6 +191,45 @@ def test_an_env_that_stopped_pickling_after_it_was_asked_stays(park: bool) -> No
         assert venv.get_attr("level", [2, 3]) == [1 + ended[2], 1 + ended[3]]
 
 
+class Named(gym.Env):
+    """Knows its index (``name``); action 1 ends its episode; ``grab()`` makes it unpicklable from then on."""
+
+    action_space = gym.spaces.Discrete(2)
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+
+    def __init__(self, name: int):
+        self.name, self.handle = name, None
+
+    def grab(self) -> None:
+        self.handle = threading.Lock()
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, bool(action == 1), False, {}
+
+
+@pytest.mark.parametrize("park", [False, True], ids=["two-moves", "park"])
+def test_an_env_that_stays_beside_one_that_leaves_in_the_same_step(park: bool) -> None:
+    """Both edge envs of a shard are due to leave; in one step the lower one leaves and the upper one, no longer
+    picklable, stays. Calling the upper one's move off called the lower one's off too, after it had left: its
+    package was dropped, and index 3 answered for env 5."""
+    with SubprocVecEnv([partial(Named, i) for i in range(9)], start_method="fork", num_workers=3) as venv:
+        pool = venv.pool
+        venv.reset()
+        if park:
+            assert pool.request_park(1)
+        else:
+            assert (pool.request_move(1, 0), pool.request_move(1, 2)) == (3, 5)
+        venv.env_method("grab", indices=[5])
+        venv.step(np.array([0, 0, 0, 1, 0, 1, 0, 0, 0]))  # envs 3 and 5 end their episodes
+        venv.step(np.zeros(9, np.int64))
+        assert venv.get_attr("name") == list(range(9))
+        assert pool.shard_envs == [range(0, 4), range(4, 6), range(6, 9)] and pool.pending_moves == 0
+        assert pool.unmovable == {5} and pool.parked == []
+
+
 def test_move_requests_are_refused_where_they_cannot_apply() -> None:
     with SubprocVecEnv([envs.make_cartpole] * 3, start_method="fork", num_workers=2) as venv:
         pool = venv.pool

@@ -263,6 +263,11 @@ class Pool:
         # pending step itself; an env move runs a command inside a step): ``_enter_slowly`` tells by the stack.
         self._token: list = [object()]
         self._closer = 0  # the thread running close() with the token
+        # close() from several threads (or a signal handler inside close()): the first takes the ticket and tears
+        # the pool down, from before it waits for a running command; the others wait for it to be done
+        self._close_ticket: list = [object()]
+        self._closing_thread = 0
+        self._close_done = threading.Event()
         self._reentered = False  # close() ran in a signal handler while its thread was inside the pool
         # set once the pool is torn down, never unset: code a signal handler's close() interrupted may still
         # write the state it was about to (IDLE, PENDING); the error paths read this instead
@@ -1803,21 +1808,29 @@ class Pool:
         if self._foreign:
             self._state = PoolState.CLOSED
             return
-        closer = self._closer
-        if closer and closer != _get_ident():  # another thread's close() is tearing the pool down: wait for it
-            token = self._take_token(time.monotonic() + timeout)
-            if token is None:  # (still closing after our timeout: it finishes the teardown, not us)
-                return
-        else:
-            token = self._enter_to_close(timeout)
+        me = _get_ident()
+        if self._closing_thread == me:  # a signal handler inside this thread's own close(): that one finishes
+            return
         try:
-            if self._state is PoolState.CLOSED or self._terminated:  # (closed by the thread it waited for)
-                return
-            self._close(timeout)
+            ticket = self._close_ticket.pop()  # (atomic: of two threads in close() at once, one tears down)
+        except IndexError:  # another thread's close() is tearing the pool down: wait for it, then return
+            self._close_done.wait(timeout)
+            return
+        self._closing_thread = me
+        try:
+            token = self._enter_to_close(timeout)
+            try:
+                if self._state is not PoolState.CLOSED and not self._terminated:
+                    self._close(timeout)
+            finally:
+                if token is not None:
+                    self._closer = 0
+                    self._token.append(token)
         finally:
-            if token is not None:
-                self._closer = 0
-                self._token.append(token)
+            self._closing_thread = 0
+            if self._state is not PoolState.CLOSED and not self._terminated:  # (interrupted before it tore down)
+                self._close_ticket.append(ticket)
+            self._close_done.set()
 
     def _close(self, timeout: float) -> None:
         error = None

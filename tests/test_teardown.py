@@ -514,6 +514,72 @@ def test_close_from_two_threads_at_once_closes_once(tmp_path, monkeypatch, grace
     assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
 
 
+class CountsCloses(SlowLogged):
+    """... whose close() takes 0.6 s and is counted in ``<folder>/<index>.closes``."""
+
+    def close(self):
+        with open(self.folder / f"{self.index}.closes", "a") as f:
+            f.write("x")
+        time.sleep(0.6)
+
+
+def _closes(folder) -> dict[int, int]:
+    return {int(p.stem): len(p.read_text()) for p in sorted(folder.glob("*.closes"))}
+
+
+@pytest.mark.parametrize("step_s", [0.3, 1.2], ids=["step-within-grace", "step-past-grace"])
+def test_close_from_two_threads_while_a_third_steps_closes_once(tmp_path, monkeypatch, step_s: float) -> None:
+    """Two closers while another thread's step runs: both waited for the step, and the one that gave up
+    (or came second) tore the pool down again beside the other: ValueError, an env closed twice, one never."""
+    monkeypatch.setattr(pool_module, "PENDING_STEP_GRACE_S", 1.0)
+    fns = [partial(CountsCloses, str(tmp_path), i, step_s) for i in range(4)]
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    venv.reset()
+    errors: list = []
+
+    def run(call) -> None:
+        try:
+            call()
+        except ClosedError:  # (the step, when the closers gave up on it)
+            pass
+        except BaseException as exc:  # noqa: BLE001 (the test reads it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(lambda: venv.step(np.zeros(4, dtype=np.int64)),))]
+    threads += [threading.Thread(target=run, args=(venv.close,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(15)
+    venv.close()
+    assert errors == [] and _closes(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
+def test_close_in_a_signal_handler_during_close_closes_once(tmp_path) -> None:
+    """A graceful-stop handler calling close() while the program's close() closes the envs: the inner one
+    returns, the outer one finishes (the pool was torn down twice: ValueError, an env closed twice)."""
+    venv = SubprocVecEnv([partial(CountsCloses, str(tmp_path), i, 0.0) for i in range(4)], start_method="fork", num_workers=2)
+    venv.reset()
+    errors: list = []
+
+    def handler(*_) -> None:
+        try:
+            venv.close()
+        except BaseException as exc:  # noqa: BLE001 (the test reads it)
+            errors.append(exc)
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # while close() closes the envs
+        venv.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert errors == [] and venv.pool.state.value == "closed"
+    assert _closes(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
 @pytest.mark.parametrize("front", ["sb3", "gym", "batches"])
 def test_close_in_a_signal_handler_anywhere_in_the_loop_raises_closed_error(front: str) -> None:
     """A handler that closes the pool (a graceful stop on SIGTERM, SIGALRM) lands anywhere in a stepping

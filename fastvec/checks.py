@@ -77,6 +77,9 @@ class ActionWriter:
         for the messages (asynchronous batches; default: row k is env k)."""
         if self.single:
             tag = self.writers[0].write(actions, buffers[0], env_ids)
+            if tags.ndim == 1:  # (asynchronous batches' scratch, which a writer per batch count shares: always stored)
+                tags[0] = tag
+                return None
             written = self._written
             if written is None or written[1] != tag or written[0] != id(tags):  # (a row store costs 0.5 us)
                 tags[0] = tag

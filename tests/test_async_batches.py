@@ -293,6 +293,24 @@ def test_each_group_gets_its_actions_in_the_dtype_it_was_sent() -> None:
                     assert action.dtype == expected.dtype and np.array_equal(action, expected), (i, action)
 
 
+def test_a_send_to_another_number_of_envs_than_the_last_gets_its_own_dtype() -> None:
+    """One writer per batch count shares the tag scratch: a writer that skipped storing a tag it stored
+    before left the other count's there. Sent int64 [1, 2] after 3.7 to all four envs, two envs got the bits
+    of 3.7's float64 view, np.float64(5e-324) and 1e-323."""
+    fns = [partial(envs.EchoEnv, gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(3))] * 4
+    with Pool(fns, batch_size=2, num_workers=2, step_in_parent=False, start_method="fork") as pool:
+        pool.async_reset()
+        first = [pool.recv().env_ids, pool.recv().env_ids][0].tolist()
+        everyone = [0, 1, 2, 3]
+        for ids, actions in ((first, np.array([1, 2])), (everyone, np.full(4, 3.7)), (first, np.array([1, 2]))):
+            pool.send(actions, ids)
+            got = {}
+            while len(got) < len(ids):
+                batch = pool.recv()
+                got.update({i: batch.infos[i]["action"] for i in batch.env_ids.tolist()})
+            assert [got[i] for i in ids] == actions.tolist() and {type(a) for a in got.values()} == {type(actions[0])}
+
+
 class _InfoCounter(envs.Counter):
     """A Counter with infos: its step's info on every third t, its reset's info, and episodes that
     end both ways (terminated at t % 17 == 0, truncated at t >= 40)."""

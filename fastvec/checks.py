@@ -210,25 +210,34 @@ class _LeafWriter:
             return False  # floats into float64 (float128's rounded, as before)
         if np.can_cast(a.dtype, self.dtype, "safe") and not (a.dtype.itemsize == 8 and self.dtype.kind == "f"):
             return False  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
+        negative_zero = False
         with np.errstate(invalid="ignore", over="ignore"):
             held = a.astype(self.dtype, casting="unsafe")
             lost = held != a  # (NaN and inf into an integer buffer too)
             if a.dtype.kind in "iu" and not self.exact:  # (a huge int rounded by float64: compare as ints)
                 lost = held.astype(a.dtype, casting="unsafe") != a
+            elif a.dtype.kind == "f":  # -0.0 is a whole number, but an integer buffer gives back +0.0
+                negative_zero = bool(np.any((a == 0) & np.signbit(a)))
         if not lost.any():
-            return False
-        row, pos = divmod(int(np.flatnonzero(lost.reshape(-1))[0]), self.per_env)
+            return negative_zero  # (as bits, and nothing to say of it)
+        rows = lost.reshape(self.num_envs, -1)
+        bad = np.flatnonzero(rows.any(axis=1)).tolist()
+        if self.raise_out_of_range or a.dtype.itemsize > 8 or self.dtype.itemsize != 8:
+            raise ValueError(f"{self._not_held(a, rows, bad[0])}; send whole numbers in its range")
+        if self.check_range:
+            for row in bad:  # once per env
+                if self._env(row) not in self._warned:
+                    self._warned.add(self._env(row))
+                    warnings.warn(f"fastvec: {self._not_held(a, rows, row)}; handed to the env as sent", RuntimeWarning, stacklevel=5)
+        return True
+
+    def _not_held(self, a: np.ndarray, rows: np.ndarray, row: int) -> str:
+        pos = int(np.flatnonzero(rows[row])[0])
         value = a.reshape(self.num_envs, -1)[row, pos]
-        said = (
+        return (
             f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
             f"buffer's dtype {self.dtype} ({self.space}) cannot hold exactly"
         )
-        if self.raise_out_of_range or a.dtype.kind == "b" or a.dtype.itemsize > 8 or self.dtype.itemsize != 8:
-            raise ValueError(f"{said}; send whole numbers in its range")
-        if self.check_range and self._env(row) not in self._warned:
-            self._warned.add(self._env(row))
-            warnings.warn(f"fastvec: {said}; handed to the env as sent", RuntimeWarning, stacklevel=5)
-        return True
 
     def _check_range(self, flat: np.ndarray, a: np.ndarray, first_outside: Any = None) -> None:
         bad = (first_outside or self._first_outside)(flat, self.low, self.high)

@@ -71,7 +71,7 @@ def action_buffer_dtype(dtype: np.dtype) -> np.dtype:
     caller sends pass through unchanged in value; the dtype they came in travels as a tag (``Views.action_tags``)."""
     if dtype.kind == "f":
         return np.dtype(np.float64)
-    if dtype.kind == "i" or (dtype.kind == "u" and dtype.itemsize < 8):
+    if dtype.kind in "ib" or (dtype.kind == "u" and dtype.itemsize < 8):  # (bool too: 0.5 sent travels as bits)
         return np.dtype(np.int64)
     return dtype
 

@@ -54,16 +54,17 @@ def test_values_the_buffer_cannot_hold_are_refused_with_check_raise(space, bad, 
 
 
 @pytest.mark.parametrize(
-    "space, values",
+    "space, values, warned",
     [
-        (spaces.Box(0, 5, (1,), np.int64), np.array([[3.7], [1.0]])),
-        (spaces.MultiBinary(2), np.array([[1, 0], [0.5, 0]], dtype=np.float32)),
-        (spaces.Discrete(3), np.array([np.nan, np.inf])),
-        (spaces.Discrete(3), np.array([2**63, 0], dtype=np.uint64)),
-        (spaces.Box(-1, 1, (1,), np.float32), np.array([[2**60 + 1], [0]], dtype=np.int64)),  # float64 would round it
+        (spaces.Box(0, 5, (1,), np.int64), np.array([[3.7], [1.0]]), 1),
+        (spaces.MultiBinary(2), np.array([[1, 0], [0.5, 0]], dtype=np.float32), 1),
+        (spaces.Discrete(3), np.array([np.nan, np.inf]), 2),
+        (spaces.Discrete(3), np.array([2**63, 0], dtype=np.uint64), 1),
+        (spaces.Box(-1, 1, (1,), np.float32), np.array([[2**60 + 1], [0]], dtype=np.int64), 1),  # float64 would round it
+        (spaces.Box(0, 1, (2,), bool), np.array([[0.5, 1.0], [2.0, 0.0]]), 2),  # (its buffer was one byte: refused)
     ],
 )
-def test_values_the_buffer_cannot_hold_reach_the_env_bit_for_bit(space, values) -> None:
+def test_values_the_buffer_cannot_hold_reach_the_env_bit_for_bit(space, values, warned: int) -> None:
     """SB3 and gymnasium hand such actions to the env as sent (it was refused, a ValueError, with no check
     asked for): they travel in the buffer's bytes as the widest dtype of their kind; check="warn" warns
     once per env."""
@@ -75,8 +76,19 @@ def test_values_the_buffer_cannot_hold_reach_the_env_bit_for_bit(space, values) 
     assert handed.dtype == values.dtype
     np.testing.assert_array_equal(handed, values.reshape(out.shape))
     writer, out = _writer(space, "warn")
-    with pytest.warns(RuntimeWarning, match="cannot hold exactly; handed to the env as sent"):
+    with pytest.warns(RuntimeWarning, match="cannot hold exactly; handed to the env as sent") as caught:
         writer.write(values, out)
+    assert len(caught) == warned  # once per env whose action it cannot hold (the first such env's only, before)
+
+
+def test_negative_zero_for_an_integer_space_keeps_its_sign() -> None:
+    """-0.0 is a whole number, so it was cast into the int64 buffer, and the env got +0.0 (SB3 hands on -0.0)."""
+    writer, out = _writer(spaces.Discrete(3), "warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (nothing to warn of)
+        tag = writer.write(np.array([-0.0, 1.0]), out)
+    handed = _as_sent(out, tag)
+    assert handed.tolist() == [0.0, 1.0] and np.signbit(handed).tolist() == [True, False]
 
 
 

@@ -1039,6 +1039,10 @@ class Pool:
     def _digest(self, extras: list, slot: int) -> list | None:
         """Envs that left their shard move in with their neighbour; warnings become Python
         warnings; object parts of observations are kept per env."""
+        if extras and self._object_leaves:  # (first: a worker replaced as envs move in needs this step's)
+            for i, kind, value in extras:
+                if kind == Extra.OBJECTS:
+                    self._objects[i] = value
         stayed = None
         if self._moves and any(kind == Extra.NOT_MOVED for _, kind, _ in extras):
             stayed = [i for i, kind, _ in extras if kind == Extra.NOT_MOVED]
@@ -1155,7 +1159,7 @@ class Pool:
         dead = self._remotes[position]
         exitcode = dead.exitcode
         if p.command is Command.STEP:
-            restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs))
+            restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs), False)
         else:
             options = p.reset_options[dead.envs.start : dead.envs.stop] if p.reset_options else None
             big = {i: seed for i, seed in self._big_seeds.items() if i in dead.envs}
@@ -1575,9 +1579,10 @@ class Pool:
 
     def _restart_after_step(self, slot: int) -> list:
         """on_error="restart": a worker died after the step ran, as an env moved into it (its unpickling
-        crashing the process). It is replaced now, its envs restarted in this step's results (their
-        episodes end, truncated, as if it had died inside the step), and the step returns: raising
-        WorkerDiedError lost the whole step's results, the other shards' episode ends too. The restarts' extras."""
+        crashing the process). It is replaced now and the step returns: the results the dead worker wrote
+        stand, and its envs start new episodes in this step's results (those still running end, truncated;
+        restart.restart_all's ``completed``). Raising WorkerDiedError lost the whole step's results, the other
+        shards' episode ends too. The restarts' extras."""
         extras: list = []
         for position, dead in enumerate(self._remotes):
             exitcode = dead.exitcode
@@ -1588,7 +1593,7 @@ class Pool:
                     dead,
                     lambda remote, position=position: self._remotes.__setitem__(position, remote),
                     int(self._seqs[position]) + 1,
-                    (int(Command.STEP), slot, True, self._objects_of(dead.envs)),
+                    (int(Command.STEP), slot, True, self._objects_of(dead.envs), True),  # (the step was done)
                 )
             except BaseException as exc:
                 self._break(exc)

@@ -105,10 +105,14 @@ def reset_fresh(shard: Shard, j: int, exc: BaseException, command: str, kwargs: 
         raise ShardError(shard.start + j, f"{command} (restart after an error)", again) from exc
 
 
-def restart_all(shard: Shard, slot: int, truncate: bool) -> None:
+def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False) -> None:
     """A respawned worker's fresh envs, in place of a worker that died in a step: the old
-    episodes end (truncated, their last observations final) and new ones start in ``slot``."""
+    episodes end (truncated, their last observations final) and new ones start in ``slot``.
+    ``completed``: it died after finishing the step (as an env moved into it): see ``_after_the_step``."""
     if not shard.envs:  # a worker back from parking, before any env moved to it: nothing to restart
+        return
+    if completed:
+        _after_the_step(shard, slot)
         return
     previous = (slot - 1) % shard.views.layout.ring_slots
     envs = range(len(shard.envs))
@@ -130,3 +134,30 @@ def restart_all(shard: Shard, slot: int, truncate: bool) -> None:
         shard.needs_reset = [True] * len(shard.envs)
     shard.write_obs(obs_list, slot, "reset (worker restart)")
     shard.start_episodes(slot, None, truncated=truncate)
+
+
+def _after_the_step(shard: Shard, slot: int) -> None:
+    """The dead worker finished the step in ``slot``: its results stay (the rewards and flags it wrote, the
+    final observations of the envs whose episode ended in it). The episodes still running end, truncated,
+    with the step's observation as their final one; every env starts a new episode (SAME_STEP: its reset
+    observation now, in place of the dead env's; NEXT_STEP: at the next step)."""
+    start = shard.start
+    terminated = shard.terminated_slots[slot][start : shard.stop].tolist()
+    truncated = shard.truncated_slots[slot][start : shard.stop].tolist()
+    for j in range(len(shard.envs)):
+        if not (terminated[j] or truncated[j]):
+            shard.write_terminal(j, shard.row(slot, j), "step (worker restart)")  # (SAME_STEP only)
+            shard.truncated_slots[slot][start + j] = 1
+    if shard.autoreset_mode != SAME_STEP:
+        shard.needs_reset = [True] * len(shard.envs)
+        return
+    obs_list = []
+    for j, env in enumerate(shard.envs):
+        try:
+            obs, info = env.reset()
+        except Exception as exc:
+            raise ShardError(start + j, "reset (worker restart)", exc) from exc
+        obs_list.append(obs)
+        if info:
+            shard.side_extras.append((start + j, Extra.RESET_INFO, info))
+    shard.write_obs(obs_list, slot, "reset (worker restart)")

@@ -198,10 +198,10 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
     """A respawned worker runs its share of the command the dead one did not finish."""
     command, slot, *rest = restart
     if command == Command.STEP:
-        truncate, objects = rest
+        truncate, objects, completed = rest
         if objects is not None:  # the dead envs' latest object parts, which their final observations hold
             shard.last_objects = list(objects)
-        restart_all(shard, slot, truncate)
+        restart_all(shard, slot, truncate, completed)
         return shard.finish_extras(None)  # (the new observations' object parts, final observations, reset infos)
     options, arg, big = rest  # RESET: the same seeds (in the block, and those beyond it) and options
     for i, seed in big.items():

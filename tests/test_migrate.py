@@ -335,15 +335,56 @@ def test_a_worker_that_dies_as_an_env_arrives(on_error: str) -> None:
             return
         with pytest.warns(RuntimeWarning, match="died while an env moved into it"):
             for _ in range(600):
-                _, _, dones, infos = venv.step(np.zeros(6, dtype=np.int64))
+                _, rewards, dones, infos = venv.step(np.zeros(6, dtype=np.int64))
                 if venv.pool.moves_done:
                     break
         assert venv.pool.moves_done == 1 and venv.pool.shard_envs[2] == range(3, 6)
         assert all(dones) and all("fastvec.restarted" in infos[i] for i in range(3, 6))  # the others' ends kept
+        assert rewards.tolist() == [1.0] * 6  # the step's own, which the dead worker wrote (they were made 0)
+        assert all(info["TimeLimit.truncated"] for info in infos)  # (5-step episodes: every one ended so)
         assert all("terminal_observation" in info for info in infos)
         pids = venv.env_method("pid")
         assert len(set(pids[3:])) == 1 and pids[3] not in pids[:3]
         venv.step(np.zeros(6, dtype=np.int64))
+
+
+class Counts(gym.Env):
+    """obs and reward: its step count; action 1 terminates; ``bomb``: its unpickling ends the process."""
+
+    action_space = gym.spaces.Discrete(2)
+    observation_space = gym.spaces.Box(0, 1000, (1,), np.float32)
+
+    def __init__(self, bomb: bool = False):
+        self.t, self.bomb = 0, bomb
+
+    def __reduce__(self):
+        return (os._exit, (3,)) if self.bomb else (Counts, (False,))
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), float(self.t), bool(action == 1), False, {}
+
+
+def test_a_worker_that_dies_after_the_step_keeps_the_steps_results() -> None:
+    """The worker had finished the step when an env moving into it killed it: that step's rewards, its
+    terminations and its final observations stand (they were replaced as for a worker dying inside the step:
+    rewards 0, the step before's observations final, a termination reported as a truncation)."""
+    fns = [partial(Counts, i == 5) for i in range(9)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=3, on_error="restart") as venv:
+        venv.reset()
+        for _ in range(3):
+            venv.step(np.zeros(9, np.int64))
+        assert venv.pool.request_move(1, 2) == 5
+        with pytest.warns(RuntimeWarning, match="died while an env moved into it"):
+            obs, rewards, dones, infos = venv.step(np.eye(9, dtype=np.int64)[5])  # env 5 terminates, and moves
+        assert rewards.tolist() == [4.0] * 9 and dones.tolist() == [False] * 5 + [True] * 4
+        for i in (5, 6, 7, 8):  # the dead worker's envs, the arrived one included: new episodes
+            assert infos[i]["terminal_observation"].tolist() == [4.0] and obs[i].tolist() == [0.0]
+        assert infos[5]["TimeLimit.truncated"] is False and all(infos[i]["TimeLimit.truncated"] for i in (6, 7, 8))
 
 
 class ClosesLogged(Where):

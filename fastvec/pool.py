@@ -1816,13 +1816,23 @@ class Pool:
         me = _get_ident()
         if self._closing_thread == me:  # a signal handler inside this thread's own close(): that one finishes
             return
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._state is PoolState.CLOSED or self._terminated:  # (by the close() it waited for)
+                return
+            try:
+                ticket = self._close_ticket.pop()  # (atomic: of two threads in close() at once, one tears down)
+                break
+            except IndexError:  # another thread's close() is tearing the pool down: wait for it
+                done = self._close_done
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return  # (still closing there: that close() finishes the teardown)
+                if not done.wait(min(left, 0.1)) and not self._closing_elsewhere():
+                    ticket = object()  # lost: an interrupt between its pop and the try below; nobody is closing
+                    break
         try:
-            ticket = self._close_ticket.pop()  # (atomic: of two threads in close() at once, one tears down)
-        except IndexError:  # another thread's close() is tearing the pool down: wait for it, then return
-            self._close_done.wait(timeout)
-            return
-        self._closing_thread = me
-        try:
+            self._closing_thread = me
             token = self._enter_to_close(timeout)
             try:
                 if self._state is not PoolState.CLOSED and not self._terminated:
@@ -1833,9 +1843,21 @@ class Pool:
                     self._token.append(token)
         finally:
             self._closing_thread = 0
+            done = self._close_done
             if self._state is not PoolState.CLOSED and not self._terminated:  # (interrupted before it tore down)
+                self._close_done = threading.Event()  # (the next teardown's: its waiters wait for that one)
                 self._close_ticket.append(ticket)
-            self._close_done.set()
+            done.set()  # (the waiters look again: closed, or the ticket is back for one of them)
+
+    def _closing_elsewhere(self) -> bool:
+        """Whether another thread is inside close() holding the ticket (its frame has taken one)."""
+        me, code = _get_ident(), Pool.close.__code__
+        for ident, frame in sys._current_frames().items():
+            while ident != me and frame is not None:
+                if frame.f_code is code and frame.f_locals.get("self") is self and "ticket" in frame.f_locals:
+                    return True
+                frame = frame.f_back
+        return False
 
     def _close(self, timeout: float) -> None:
         error = None

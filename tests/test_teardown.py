@@ -580,6 +580,40 @@ def test_close_in_a_signal_handler_during_close_closes_once(tmp_path) -> None:
     assert _closes(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
 
 
+def test_a_close_interrupted_before_it_tore_down_leaves_the_next_close_whole(tmp_path, monkeypatch) -> None:
+    """Ctrl-C in close() before it tore anything down: the next close() closes the pool, and another thread's
+    close() meanwhile waits for that one (it returned at once, the pool still open: the first close() had set
+    'done' for good). A close ticket lost to an interrupt at the wrong bytecode is found and made again
+    (every later close(), the atexit hook's too, waited its timeout and left the pool open)."""
+    venv = SubprocVecEnv([partial(CountsCloses, str(tmp_path), i, 0.0) for i in range(4)], start_method="fork", num_workers=2)
+    pool = venv.pool
+    venv.reset()
+    calls = []
+
+    def interrupted(timeout):  # (as Ctrl-C while close() waits for another thread's step)
+        calls.append(timeout)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool, "_enter_to_close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        venv.close()
+    monkeypatch.undo()
+    assert calls and pool.state.value == "idle"
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    time.sleep(0.2)  # it closes the envs (0.6 s each)
+    pool.close()
+    assert pool.state.value == "closed"
+    closer.join(10)
+    assert _closes(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
+
+    venv = SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
+    venv.pool._close_ticket.pop()  # (lost, as by an interrupt between its pop and the try that gives it back)
+    began = time.monotonic()
+    venv.close()
+    assert venv.pool.state.value == "closed" and time.monotonic() - began < 3
+
+
 @pytest.mark.parametrize("front", ["sb3", "gym", "batches"])
 def test_close_in_a_signal_handler_anywhere_in_the_loop_raises_closed_error(front: str) -> None:
     """A handler that closes the pool (a graceful stop on SIGTERM, SIGALRM) lands anywhere in a stepping

@@ -64,7 +64,9 @@ def test_a_run_childs_session_does_not_outlive_its_parent(tmp_path, signum):
     pids = tmp_path / "pids"
     child = f"import os, subprocess, sys, time; g = subprocess.Popen(['sleep', '60']); open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{g.pid}}'); time.sleep(60)"
     parent = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from fastvec.measure import run_child; run_child([sys.executable, '-c', {child!r}], 60.0)"],
+        # (the signals' default action, whatever this process inherited: under nohup, SIGHUP is ignored)
+        [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+         f"signal.signal(signal.SIGTERM, signal.SIG_DFL); from fastvec.measure import run_child; run_child([sys.executable, '-c', {child!r}], 60.0)"],
         env=measure.child_environ(measure.repository_root()),
     )
     try:

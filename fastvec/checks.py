@@ -221,18 +221,14 @@ class _LeafWriter:
         if not lost.any():
             return negative_zero  # (as bits, and nothing to say of it)
         rows = lost.reshape(self.num_envs, -1)
-        bad = np.flatnonzero(rows.any(axis=1)).tolist()
         if self.raise_out_of_range or a.dtype.itemsize > 8 or self.dtype.itemsize != 8:
-            raise ValueError(f"{self._not_held(a, rows, bad[0])}; send whole numbers in its range")
+            row, pos = divmod(int(np.flatnonzero(rows)[0]), self.per_env)
+            raise ValueError(f"{self._not_held(a, row, pos)}; send whole numbers in its range")
         if self.check_range:
-            for row in bad:  # once per env
-                if self._env(row) not in self._warned:
-                    self._warned.add(self._env(row))
-                    warnings.warn(f"fastvec: {self._not_held(a, rows, row)}; handed to the env as sent", RuntimeWarning, stacklevel=5)
+            self._warn_each_env(rows, lambda row, pos: f"{self._not_held(a, row, pos)}; handed to the env as sent")
         return True
 
-    def _not_held(self, a: np.ndarray, rows: np.ndarray, row: int) -> str:
-        pos = int(np.flatnonzero(rows[row])[0])
+    def _not_held(self, a: np.ndarray, row: int, pos: int) -> str:
         value = a.reshape(self.num_envs, -1)[row, pos]
         return (
             f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
@@ -247,12 +243,17 @@ class _LeafWriter:
             raise ValueError(self._out_of_range(a, *divmod(int(bad), self.per_env)))
         values = flat.reshape(self.num_envs, -1).astype(np.float64)
         outside = ~((values >= self.low) & (values <= self.high))
-        for row in np.flatnonzero(outside.any(axis=1)).tolist():
+        self._warn_each_env(outside, lambda row, pos: self._out_of_range(a, row, pos))
+
+    def _warn_each_env(self, rows: np.ndarray, said: Any) -> None:
+        """A warning for each env (a row of ``rows``, one per env) with a True in its row, once per env: what
+        ``said(row, pos)`` says of its first."""
+        for row in np.flatnonzero(rows.any(axis=1)).tolist():
             env = self._env(row)
-            if env not in self._warned:  # once per env
+            if env not in self._warned:
                 self._warned.add(env)
-                pos = int(np.flatnonzero(outside[row])[0])
-                warnings.warn(f"fastvec: {self._out_of_range(a, row, pos)}", RuntimeWarning, stacklevel=5)
+                pos = int(np.flatnonzero(rows[row])[0])
+                warnings.warn(f"fastvec: {said(row, pos)}", RuntimeWarning, stacklevel=6)
 
     def _env(self, row: int) -> int:
         """The env whose action is at ``row`` of the batch."""

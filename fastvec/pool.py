@@ -1039,41 +1039,41 @@ class Pool:
     def _digest(self, extras: list, slot: int) -> list | None:
         """Envs that left their shard move in with their neighbour; warnings become Python
         warnings; object parts of observations are kept per env."""
-        if extras and self._object_leaves:  # (first: a worker replaced as envs move in needs this step's)
-            for i, kind, value in extras:
-                if kind == Extra.OBJECTS:
-                    self._objects[i] = value
+        self._keep_objects(extras)  # (first: a worker replaced as envs move in needs this step's)
         stayed = None
         if self._moves and any(kind == Extra.NOT_MOVED for _, kind, _ in extras):
             stayed = [i for i, kind, _ in extras if kind == Extra.NOT_MOVED]
             extras = [entry for entry in extras if entry[1] != Extra.NOT_MOVED]
-        if self._moves and any(kind == Extra.RELEASED for _, kind, _ in extras):
-            moved = [entry for entry in extras if entry[1] == Extra.RELEASED]
-            extras = [entry for entry in extras if entry[1] != Extra.RELEASED]
-            try:
-                extras += self._settle_moves(moved, slot)
-            except (EnvError, WorkerDiedError) as exc:
-                # every env arrived, and one's reset after moving raised, as an autoreset can; or, with
-                # on_error="restart", the worker died as an env arrived: its replacement makes them all
-                if isinstance(exc, WorkerDiedError) and not exc.replaced_later:
+        try:
+            if self._moves and any(kind == Extra.RELEASED for _, kind, _ in extras):
+                moved = [entry for entry in extras if entry[1] == Extra.RELEASED]
+                extras = [entry for entry in extras if entry[1] != Extra.RELEASED]
+                try:
+                    settled = self._settle_moves(moved, slot)
+                except (EnvError, WorkerDiedError) as exc:
+                    # every env arrived, and one's reset after moving raised, as an autoreset can; or, with
+                    # on_error="restart", the worker died as an env arrived: its replacement makes them all
+                    if isinstance(exc, WorkerDiedError) and not exc.replaced_later:
+                        self._break(exc)
+                    raise
+                except BaseException as exc:  # an env left one shard and did not arrive in the other
                     self._break(exc)
-                raise
-            except BaseException as exc:  # an env left one shard and did not arrive in the other
-                self._break(exc)
-                raise
-            finally:
-                if stayed:  # (after the envs that left in the same step have arrived: their moves are done)
-                    self._not_moved(stayed)
-                    stayed = None
-        if stayed:
-            self._not_moved(stayed)
+                    raise
+                self._keep_objects(settled)  # (the arrived envs' and a replacement worker's)
+                extras += settled
+        finally:
+            if stayed:  # (after the envs that left in the same step have arrived: their moves are done)
+                self._not_moved(stayed)
         if self.check != "off":
             extras = emit_warnings(extras)
+        return extras
+
+    def _keep_objects(self, extras: list | None) -> None:
+        """Each env's latest object parts of its observation (OBJECTS extras), kept per env."""
         if extras and self._object_leaves:
             for i, kind, value in extras:
                 if kind == Extra.OBJECTS:
                     self._objects[i] = value
-        return extras
 
     def _wait_workers(
         self,
@@ -1281,10 +1281,13 @@ class Pool:
                     return False
                 raise
             for i, ok in zip(unknown, answers):
-                self._movable[i] = bool(ok)
-                if not ok:
-                    self.unmovable = self.unmovable | {i}
+                self._record_movable(i, bool(ok))
         return all(self._movable[i] for i in indices)
+
+    def _record_movable(self, index: int, ok: bool) -> None:
+        self._movable[index] = ok
+        if not ok:
+            self.unmovable = self.unmovable | {index}  # (a new set: the monitor's thread reads it)
 
     @property
     def worker_cores(self) -> list[int]:
@@ -1492,8 +1495,7 @@ class Pool:
         has: every move still pending from it is called off."""
         for index in indices:
             move = self._moves.get(index)
-            self._movable[index] = False
-            self.unmovable = self.unmovable | {index}
+            self._record_movable(index, False)
             if move is None:
                 continue
             source = move[0]

@@ -120,15 +120,7 @@ def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False
     for j in envs:
         shard.write_terminal(j, last[j], "step (worker restart)")
     if shard.autoreset_mode == SAME_STEP:
-        obs_list = []
-        for j, env in enumerate(shard.envs):
-            try:
-                obs, info = env.reset()
-            except Exception as exc:
-                raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
-            obs_list.append(obs)
-            if info:  # the next episode's reset info, as an autoreset's
-                shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
+        obs_list = _reset_fresh_envs(shard)
     else:  # NEXT_STEP: the last observations now, the resets in the next step
         obs_list = last
         shard.needs_reset = [True] * len(shard.envs)
@@ -151,13 +143,19 @@ def _after_the_step(shard: Shard, slot: int) -> None:
     if shard.autoreset_mode != SAME_STEP:
         shard.needs_reset = [True] * len(shard.envs)
         return
+    shard.write_obs(_reset_fresh_envs(shard), slot, "reset (worker restart)")
+
+
+def _reset_fresh_envs(shard: Shard) -> list:
+    """A replacement worker's fresh envs reset (SAME_STEP): their first observations, their reset infos
+    queued as an autoreset's."""
     obs_list = []
     for j, env in enumerate(shard.envs):
         try:
             obs, info = env.reset()
         except Exception as exc:
-            raise ShardError(start + j, "reset (worker restart)", exc) from exc
+            raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
         obs_list.append(obs)
         if info:
-            shard.side_extras.append((start + j, Extra.RESET_INFO, info))
-    shard.write_obs(obs_list, slot, "reset (worker restart)")
+            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
+    return obs_list

@@ -31,11 +31,13 @@ from pathlib import Path
 LAYOUTS = ("sync", "async", "pinned")
 
 
-def _trainer(layout: str, env_id: str, num_envs: int, folder: str):
+def _trainer(layout: str, env_id: str, num_envs: int, folder: str, device: str = "auto"):
     from ppo.config import Config
     from ppo.train import Trainer
 
-    common = dict(env_id=env_id, num_envs=num_envs, progress=False, stop_when_solved=False, seed=1, runs_dir=folder)
+    common = dict(
+        env_id=env_id, num_envs=num_envs, progress=False, stop_when_solved=False, seed=1, runs_dir=folder, device=device
+    )
     if layout == "sync":
         return Trainer(Config(**common))
     if layout == "async":
@@ -62,6 +64,8 @@ def _policy_calls(trainer, num_envs: int, calls: int = 2000) -> dict[int, float]
     import torch
 
     out = {}
+    # on CUDA the call returns before the kernels ran; the rollout waits for its actions, so does this
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for n in (num_envs // 2, num_envs):
         obs = trainer.storage.obs_at(0)[:n].clone()
         samples = []
@@ -69,6 +73,7 @@ def _policy_calls(trainer, num_envs: int, calls: int = 2000) -> dict[int, float]
             for _ in range(calls):
                 began = time.perf_counter_ns()
                 trainer.agent.sample(obs)
+                sync()
                 samples.append(time.perf_counter_ns() - began)
         out[n] = statistics.median(samples) / 1e3
     return out
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--rollouts", type=int, default=12, help="rollouts per phase")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the trainers' device")
     parser.add_argument("--out", type=Path, help="write the results as markdown here")
     args = parser.parse_args(argv)
     if "sync" not in args.layouts:
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainers = {}
         try:
             for layout in args.layouts:
-                trainers[layout] = _trainer(layout, args.env_id, args.num_envs, folder)
+                trainers[layout] = _trainer(layout, args.env_id, args.num_envs, folder, args.device)
             for layout in args.layouts:  # warm-up: torch's first calls, the workers' first polls
                 _phase(trainers[layout], 2)
             for r in range(args.rounds):
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for layout in order:
                     times[layout].append(_phase(trainers[layout], args.rollouts))
             policy = _policy_calls(trainers["sync"], args.num_envs)
+            trainers_device = trainers["sync"].device
         finally:
             for trainer in trainers.values():
                 trainer.close()
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"`python -m benchmarks.rollout_layouts {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
         f"{facts['cpu']}, {facts['cores']} cores, fastvec {facts['fastvec']} ({facts['kernels']} kernels), "
-        f"torch {facts.get('torch')}; {args.rounds} rounds of {args.rollouts} rollouts per layout.",
+        f"torch {facts.get('torch')}, policy on {trainers_device}; {args.rounds} rounds of {args.rollouts} rollouts per layout.",
         "",
         "The policy's per-step call (`Agent.sample`), median of 2,000: "
         + ", ".join(f"{us:.0f} us for {n} observations" for n, us in policy.items())

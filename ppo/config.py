@@ -44,8 +44,8 @@ class Config:
     """JSON written by `python -m fastvec.tune` (its num_workers, step_in_parent, spin_ns, ... are used;
     --num-workers wins over its num_workers)"""
     start_method: Literal["fork", "forkserver", "spawn"] | None = None
-    """how worker processes are started (None: fork on Linux, where the trainer starts its workers before it
-    starts any thread, about a second sooner than forkserver; the backend's default elsewhere)"""
+    """how worker processes are started (None: fork on Linux, about a second sooner than forkserver: the workers
+    never call torch or CUDA; the backend's default elsewhere)"""
     monitor: bool = False
     """run fastvec's monitor (re-pins lagging workers, moves envs off a lagging shard at episode ends);
     each shard's busy share goes to the progress view, metrics.csv and TensorBoard (fastvec/...)"""

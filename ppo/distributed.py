@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import io
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -167,9 +168,29 @@ class Distributed:
         """Rank 0: the only one that writes logs, checkpoints and the progress bar."""
         return self.rank == 0
 
-    def device(self, device: torch.device) -> torch.device:
-        """The device of this rank: ``cuda:<local rank>`` when training on CUDA, else ``device``."""
+    def device(self, device: torch.device, chosen: bool = True) -> torch.device:
+        """The device of this rank: ``cuda:<local rank>`` when training on CUDA, else ``device``.
+
+        Each rank on a machine needs a GPU of its own (nccl refuses two ranks on one). With more
+        ranks on this machine than CUDA devices, a device the user did not choose (``chosen=False``:
+        ``--device auto``) becomes the CPU, on every rank of the machine alike; ``--device cuda``
+        is refused, naming the counts."""
         if self.launched and device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            if self.local_world_size > gpus:
+                if chosen:
+                    raise ValueError(
+                        f"--device cuda with {self.local_world_size} ranks on this machine, but torch sees {gpus} "
+                        f"CUDA device(s): each rank needs a GPU of its own (nccl); start at most {gpus} ranks per "
+                        "machine (torchrun --nproc-per-node), or train on the CPU (--device cpu)"
+                    )
+                if self.is_main:
+                    print(
+                        f"note: {self.local_world_size} ranks on this machine and {gpus} CUDA device(s): each rank "
+                        "needs a GPU of its own, so this run trains on the CPU (gloo)",
+                        file=sys.stderr,
+                    )
+                return torch.device("cpu")
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         return device

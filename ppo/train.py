@@ -134,7 +134,7 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
         torch.backends.cudnn.deterministic = True
-        self.device = self.dist.device(resolve_device(config.device))
+        self.device = self.dist.device(resolve_device(config.device), chosen=config.device != "auto")
         if self.device.type == "cpu" and config.torch_threads > 0:
             torch.set_num_threads(config.torch_threads)  # small nets: threads cost more than they give
         self.amp = config.amp and self.device.type == "cuda"
@@ -155,7 +155,9 @@ class Trainer:
             config.num_envs,
             config.num_steps + 1,
             num_workers=config.num_workers,
-            # fork is safe here: no thread (torch's pool, progress bar, TensorBoard writer) exists yet
+            # fork: the workers never call torch or CUDA, and the threads this process may have
+            # (OpenBLAS's, which handles fork; CUDA's driver's after a GPU is found) do nothing in them,
+            # as with torch's DataLoader workers; about a second sooner than forkserver
             start_method=config.start_method,
             default_start_method="fork" if sys.platform == "linux" else None,  # (where the fastvec config names none)
             pin=self.device.type == "cuda",

@@ -66,6 +66,17 @@ def _is_leak(fd: int) -> bool:
     return _describe(fd).startswith(("pipe:", "socket:", "/dev/shm/"))
 
 
+def _cuda_context() -> None:
+    """Where torch sees a GPU, make CUDA's context now: its driver opens a pipe the first time a
+    process uses the GPU and keeps it for the process's life, which the leak check would blame on
+    the first test that does (seen on the lent H200 machine: 'pipe:[85]' twice)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _helpers_running():
     """Start multiprocessing's long-lived helpers (resource tracker, forkserver) once, so
@@ -82,6 +93,7 @@ def _helpers_running():
             __import__(name)
         except ImportError:
             pass
+    _cuda_context()
 
     gc.collect()
     gc.freeze()

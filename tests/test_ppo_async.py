@@ -42,16 +42,16 @@ def test_every_env_replays_serially_from_the_rollout(tmp_path, num_workers) -> N
             for rollout in range(2):
                 assert not trainer.collect_rollout()
                 storage = trainer.storage
-                rewards, terminated, truncated = (x.numpy() for x in storage.results())
+                rewards, terminated, truncated = (x.cpu().numpy() for x in storage.results())
                 for t in range(config.num_steps):
-                    obs_t = storage.obs_at(t).numpy()
+                    obs_t = storage.obs_at(t).cpu().numpy()
                     for i, model in enumerate(models):
                         np.testing.assert_array_equal(obs_t[i], current[i], err_msg=f"env {i} step {t}")
                         obs, reward, term, trunc, _ = model.step(int(storage.actions[t, i]))
                         assert (rewards[t, i], terminated[t, i], truncated[t, i]) == (reward, term, trunc)
                         current[i] = model.reset()[0] if term or trunc else obs
                 for i in range(config.num_envs):  # the observation to bootstrap from
-                    np.testing.assert_array_equal(storage.obs_at(config.num_steps).numpy()[i], current[i])
+                    np.testing.assert_array_equal(storage.obs_at(config.num_steps).cpu().numpy()[i], current[i])
                 assert trainer.global_step == config.num_envs * config.num_steps * (rollout + 1)
         finally:
             for model in models:

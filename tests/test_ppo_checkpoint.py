@@ -63,7 +63,7 @@ def test_save_load_and_resume_give_the_same_parameters(tmp_path) -> None:
 def test_checkpoints_load_with_weights_only(tmp_path) -> None:
     agent, optimizer = _agent_and_optimizer(0)
     path = save_checkpoint(tmp_path / "ckpt.pt", agent, optimizer, config=Config().to_dict())
-    torch.load(path, weights_only=True)  # raises if anything but tensors and plain containers is inside
+    torch.load(path, map_location="cpu", weights_only=True)  # raises if anything but tensors and plain containers is inside
     assert find_checkpoint(tmp_path / "ckpt.pt") == path
     with pytest.raises(FileNotFoundError):
         find_checkpoint(tmp_path)  # a folder without latest/final/best
@@ -90,7 +90,7 @@ def test_trainer_resumes_from_a_run(tmp_path) -> None:
         assert second.global_step == saved_step == 64
         for key, value in second.agent.state_dict().items():
             assert torch.equal(value, saved[key]), key
-        reference = torch.load(final, weights_only=True)["optimizer"]["state"]
+        reference = torch.load(final, map_location="cpu", weights_only=True)["optimizer"]["state"]
         for index, values in second.optimizer.state_dict()["state"].items():
             assert torch.equal(values["exp_avg"], reference[index]["exp_avg"])
         summary = second.run()
@@ -108,7 +108,7 @@ def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
     )
     with Trainer(Config(run_name="first", total_timesteps=128, checkpoint_interval=3, **common)) as first:
         first.run()
-    assert torch.load(tmp_path / "first" / "latest.pt", weights_only=True)["global_step"] == 96
+    assert torch.load(tmp_path / "first" / "latest.pt", map_location="cpu", weights_only=True)["global_step"] == 96
     assert find_checkpoint(tmp_path / "first").name == "final.pt"
     # a copy of the folder whose times say latest.pt was written last (cp, scp, a download): still final.pt
     copy = tmp_path / "copy"
@@ -160,7 +160,7 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path / "b")
     agent, _, state = load_agent(tmp_path / "a", "final.pt")
     assert state["path"] == str(tmp_path / "a" / "final.pt")
-    wanted = torch.load(tmp_path / "a" / "final.pt", weights_only=True)["agent"]
+    wanted = torch.load(tmp_path / "a" / "final.pt", map_location="cpu", weights_only=True)["agent"]
     assert all(torch.equal(agent.state_dict()[k], v) for k, v in wanted.items())
     with pytest.raises(SystemExit, match="--episodes must be >= 1"):
         main([str(tmp_path / "a"), "--episodes", "0"])

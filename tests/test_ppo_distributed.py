@@ -83,6 +83,28 @@ def test_from_environment_says_how_to_launch(monkeypatch) -> None:
         Distributed.from_environment()
 
 
+def test_more_ranks_on_a_machine_than_gpus(monkeypatch, capsys) -> None:
+    """Seen on a one-GPU machine: two ranks under --device auto both took CUDA, and rank 1 died on
+    cuda:1 ("invalid device ordinal"). Each rank needs a GPU of its own (nccl), so auto trains on
+    the CPU on every rank of that machine, and --device cuda says why it cannot run."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    cuda = torch.device("cuda")
+    for local_rank in (0, 1):
+        ranks = Distributed(local_rank, 2, local_rank, 2, launched=True)
+        assert ranks.device(cuda, chosen=False) == torch.device("cpu")
+        with pytest.raises(ValueError, match=r"2 ranks on this machine, but torch sees 1 CUDA device.*--device cpu"):
+            ranks.device(cuda, chosen=True)
+    assert "trains on the CPU" in capsys.readouterr().err and not chosen
+    # as many GPUs as ranks: each rank its own
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert Distributed(1, 2, 1, 2, launched=True).device(cuda, chosen=False) == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
+    # one process, not launched: the device as resolved
+    assert Distributed().device(cuda, chosen=True) == cuda
+
+
 def test_running_stats_from_the_moments_of_parts_equal_one_update() -> None:
     """What the ranks do with observation and reward statistics: each folds in the moments of all ranks'
     batches together, which equals folding in the concatenated batch (Chan's combination)."""

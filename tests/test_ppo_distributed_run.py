@@ -76,7 +76,7 @@ def _metrics(run: Path) -> list[dict[str, str]]:
 
 def _digest_of_checkpoint(path: Path, norm_obs: bool) -> str:
     """state_digest of the agent and reward statistics in a checkpoint, as the trainer computes it."""
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     agent = Agent(spaces.Box(-np.inf, np.inf, (4,), np.float32), spaces.Discrete(2), norm_obs=norm_obs)
     agent.load_state_dict(state["agent"])
     reward_rms = None
@@ -108,7 +108,7 @@ def test_two_ranks_hold_identical_parameters_after_every_update(tmp_path) -> Non
     digests = [r["replica_digest"] for r in rows]
     assert all(len(d) == 64 for d in digests) and len(set(digests)) == iterations  # checked, and moving
     assert _digest_of_checkpoint(run / "final.pt", norm_obs=True) == digests[-1]
-    rng_states = torch.load(run / "final.pt", weights_only=True)["torch_rng_states"]
+    rng_states = torch.load(run / "final.pt", map_location="cpu", weights_only=True)["torch_rng_states"]
     assert rng_states.shape[0] == 2 and not torch.equal(rng_states[0], rng_states[1])  # each rank samples its own
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["global_step"] == iterations * STEPS_PER_ITERATION_2_RANKS
@@ -207,7 +207,7 @@ def _fixed_rollout_rank(folder: Path) -> None:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     per_rank = TOTAL_ENVS // world_size
     config = Config(**FIXED, num_envs=per_rank, distributed=True, runs_dir=str(folder / "runs"), run_name="ranks")
-    rollout = torch.load(folder / "rollout.pt", weights_only=True)
+    rollout = torch.load(folder / "rollout.pt", map_location="cpu", weights_only=True)
     with Trainer(config) as trainer:
         result = _update_on_fixed_rollout(trainer, rollout, slice(rank * per_rank, (rank + 1) * per_rank))
     torch.save(result, folder / f"rank{rank}.pt")
@@ -225,7 +225,7 @@ def test_two_ranks_update_as_one_process_on_the_whole_batch(tmp_path) -> None:
     rollout = _fixed_rollout()
     torch.save(rollout, tmp_path / "rollout.pt")
     _run(_torchrun(2, "fixed-rollout", str(tmp_path), module="tests.test_ppo_distributed_run"))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in range(2)]
 
     config = Config(**FIXED, num_envs=TOTAL_ENVS, runs_dir=str(tmp_path / "runs"), run_name="one")
     with Trainer(config) as trainer:
@@ -256,8 +256,8 @@ def test_two_ranks_resume_from_a_checkpoint(tmp_path) -> None:
     _run(_torchrun(2, *common, "--total-timesteps", str(2 * per_iteration), "--run-name", "first"))
     resume = ["--resume", str(tmp_path / "first")]  # a run folder: its final.pt
     _run(_torchrun(2, *common, "--total-timesteps", str(2 * per_iteration), "--run-name", "reloaded", *resume))
-    first = torch.load(tmp_path / "first" / "final.pt", weights_only=True)
-    reloaded = torch.load(tmp_path / "reloaded" / "final.pt", weights_only=True)
+    first = torch.load(tmp_path / "first" / "final.pt", map_location="cpu", weights_only=True)
+    reloaded = torch.load(tmp_path / "reloaded" / "final.pt", map_location="cpu", weights_only=True)
     assert reloaded["global_step"] == first["global_step"] == 2 * per_iteration
     assert torch.equal(reloaded["torch_rng_states"], first["torch_rng_states"])  # rank 1's state included
     for key, value in first["agent"].items():
@@ -280,7 +280,7 @@ def test_ranks_resumed_from_a_single_process_checkpoint_keep_their_own_generator
     resume = ["--resume", str(tmp_path / "plain"), "--run-name", "resumed", "--total-timesteps", str(per_iteration)]
     done = _run(_torchrun(2, "--distributed", *SMALL, "--runs-dir", str(tmp_path), *resume))
     assert "every rank keeps its fresh seed" not in done.stderr  # no per-rank states at all: nothing to warn of
-    states = torch.load(tmp_path / "resumed" / "final.pt", weights_only=True)["torch_rng_states"]
+    states = torch.load(tmp_path / "resumed" / "final.pt", map_location="cpu", weights_only=True)["torch_rng_states"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])
 
 

@@ -62,7 +62,7 @@ def test_train_improves_cartpole_and_writes_the_run_folder(tmp_path) -> None:
     assert last > first + 100, f"mean return went from {first:.1f} to {last:.1f}"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] <= 30000 + 256 and summary["eval_episodes"] == 3
-    state = torch.load(run / "final.pt", weights_only=True)
+    state = torch.load(run / "final.pt", map_location="cpu", weights_only=True)
     assert state["global_step"] == summary["global_step"] and "optimizer" in state
 
     out = _run(["-m", "ppo.eval", str(run), "--episodes", "3"], timeout=120)

@@ -8,7 +8,8 @@ rollouts, alternating the layouts' order from round to round so that the host's 
 on all of them alike:
 
 - sync: the default synchronous sampler (the learner's process steps one shard itself);
-- async: ``--async-envs``, a worker per half, placed by the pool's default (``pin="auto"``);
+- async: ``--async-envs``, the pool's default groups (a worker per half on 2 cores, one per core
+  where there are more) placed by the pool's default (``pin="auto"``);
 - pinned: ``--async-envs`` with the workers pinned to every allowed core but the first, so the
   learner (the policy) has a core of its own: the alternating sampler's layout.
 

@@ -60,8 +60,9 @@ class PoolOptions:
         pin_workers: True is ``pin="spread"`` (shard w on core w mod cores, the parent's own
             shard on the first core), as before ``pin`` existed.
         batch_size: asynchronous partial batches (fastvec.async_batches): with B below the
-            number of envs, the envs split into groups (num_workers of them; default: a group per
-            batch), and ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that
+            number of envs, the envs split into groups (num_workers of them; default: one per core,
+            of a size that divides B, and at least one per batch), and
+            ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that
             finished. Each group is a worker's, or with ``step_in_parent`` the first group is the
             calling process's, stepped inside ``recv()`` (default: where processes would
             outnumber cores and a group has at most 16 envs).

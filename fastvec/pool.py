@@ -2111,13 +2111,15 @@ OWN_GROUP_MAX_ENVS = 16
 
 def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     """(num_workers, step_in_parent) for asynchronous batches of ``opts.batch_size`` envs: the envs
-    split into ``num_workers`` groups (by default a group is a batch), each one shard. With
+    split into ``num_workers`` groups, each one shard, and a batch is whole groups. By default
+    there is a group per batch, or more, smaller ones where the cores allow: as many workers as
+    cores (as the synchronous default), with groups that tile a batch (``_async_workers``). With
     ``step_in_parent`` the calling process steps the first group itself, in ``recv()``; by default
     it does so where a worker per group and the caller would be more processes than cores (on
     2 cores, 2 groups: 3 processes) and a group is small (OWN_GROUP_MAX_ENVS), and steps none
     otherwise."""
     batch = int(opts.batch_size)
-    workers = int(opts.num_workers) if opts.num_workers else n // batch
+    workers = int(opts.num_workers) if opts.num_workers else _async_workers(n, batch, default_num_workers())
     if n % batch or n % workers or batch % (n // workers):
         raise ValueError(
             f"batch_size={batch} with {n} envs and num_workers={workers}: every worker steps a group of "
@@ -2129,6 +2131,23 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     else:
         step_in_parent = workers + 1 > default_num_workers() and n // workers <= OWN_GROUP_MAX_ENVS
     return workers, step_in_parent
+
+
+def _async_workers(n: int, batch: int, cores: int) -> int:
+    """The default number of groups for batches of ``batch`` of ``n`` envs on ``cores`` cores: the
+    most, up to one per core, whose size divides the batch, and never fewer than a group per batch.
+
+    A group is one worker's envs, stepped one after another. On the lent 16-core machine, a group
+    per batch (64 CartPole envs, batches of 32: two workers of 32 envs) left 14 cores idle, and
+    ``ppo.train --async-envs`` ran at 0.26x the synchronous rollout (benchmarks/README.md, "The
+    16-core GPU machine"); there, 16 groups of 4 step each half on 8 cores. Where the cores are
+    no more than the batches (2 cores: any batch of at most half the envs), this is a group per
+    batch, as before."""
+    if n % batch:
+        return n // batch  # refused by the caller's check, naming the sizes
+    fewest = n // batch
+    sizes = [g for g in range(1, batch + 1) if batch % g == 0 and n // g <= max(fewest, cores)]
+    return n // min(sizes)
 
 
 def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:

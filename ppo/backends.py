@@ -94,7 +94,7 @@ class FastvecBackend(Backend):
             options = options.replace(num_workers=num_workers)
         if monitor:  # fastvec's monitor: re-pins lagging workers, moves envs off a lagging shard
             options = options.replace(monitor=True)
-        if async_envs:  # two halves, each whole workers' envs, stepping while the policy acts for the other
+        if async_envs:  # two halves, each one or more workers' envs, stepping while the policy acts for the other
             options = options.replace(batch_size=len(env_fns) // 2, step_in_parent=False)
         self.pool = Pool(env_fns, options, autoreset_mode=SAME_STEP)
         try:

@@ -295,28 +295,35 @@ class Trainer:
         lands in the slot it does in synchronous mode: the storage, the advantages and the update are
         the same. Returns True when the task got solved (after the envs still stepping have finished).
 
-        Groups (a worker's envs) are taken in the order they were sent, whichever finished first: the
-        random draws, the episodes' order and the policy's batches do not depend on timing, so the same
-        seed gives the same run."""
+        A half is one or more groups (a worker's envs: smaller groups where there are cores for them).
+        Halves are taken in the order they were sent, each once all its groups are back, whichever
+        finished first: the random draws, the episodes' order and the policy's batches (one call per
+        half) do not depend on timing, so the same seed gives the same run."""
         config, agent, storage, backend = self.config, self.agent, self.storage, self.backend
         num_steps, gamma = config.num_steps, config.gamma
         t_env = np.zeros(config.num_envs, dtype=np.int64)  # per env: the step whose action it needs next
         half = config.num_envs // 2
-        sent: collections.deque = collections.deque()  # the groups' first envs, in the order they were sent
-        held: dict[int, tuple] = {}  # first env -> (slot, start, stop, rewards, terminated, truncated) received
+        sent: collections.deque = collections.deque()  # per half sent, its groups' first envs, in sending order
+        held: dict[int, tuple] = {}  # first env -> (slot, stop, rewards, terminated, truncated) received
         # every env's first observation is in the rollout's first slot: send one half, then the other
         for ids in (np.arange(half), np.arange(half, config.num_envs)):
-            self._act_async(ids, [(storage.slot(0), int(ids[0]), int(ids[-1]) + 1)], t_env, sent)
+            self._act_async(ids, storage.slot(0), t_env, sent)
         running, solved = config.num_envs, False
         while running:
-            while sent[0] not in held:
+            while not all(first in held for first in sent[0]):
                 batch = backend.recv()
                 at = 0
                 for slot, start, stop in batch.parts:
                     rows = slice(at, at + stop - start)
-                    held[start] = (slot, start, stop, batch.rewards[rows], batch.terminated[rows], batch.truncated[rows])
+                    held[start] = (slot, stop, batch.rewards[rows], batch.terminated[rows], batch.truncated[rows])
                     at += stop - start
-            slot, start, stop, rewards, terminated, truncated = held.pop(sent.popleft())
+            firsts = sent.popleft()
+            groups = [held.pop(first) for first in firsts]
+            # a half's groups are consecutive envs that took the same step, so their results share a slot
+            slot, start, stop = groups[0][0], firsts[0], groups[-1][1]
+            rewards, terminated, truncated = (
+                (groups[0][k] if len(groups) == 1 else np.concatenate([g[k] for g in groups])) for k in (2, 3, 4)
+            )
             ids = np.arange(start, stop)
             t = t_env[ids]  # the step each of these envs just took (their results are in slot(t + 1))
             storage.arrived_rows(slot, start, stop)
@@ -340,26 +347,24 @@ class Trainer:
                 solved = True  # stop: send nothing more, receive what still steps
             t_env[ids] = t + 1
             running -= len(ids)
-            # the group, with steps left, acts on the observations just written
+            # the half, with steps left, acts on the observations just written
             if not solved and t_env[start] < num_steps:
-                self._act_async(ids, [(slot, start, stop)], t_env, sent)
+                self._act_async(ids, slot, t_env, sent)
                 running += len(ids)
         self.slot = storage.slot(num_steps)  # where every env's last observation is, as after a sync rollout
         return solved
 
-    def _act_async(
-        self, ids: np.ndarray, parts: list[tuple[int, int, int]], t_env: np.ndarray, sent: collections.deque
-    ) -> None:
-        """Sample actions for envs ``ids`` (observations in ``parts``) at their steps ``t_env[ids]``; send them
-        (their groups' first envs join ``sent``)."""
+    def _act_async(self, ids: np.ndarray, slot: int, t_env: np.ndarray, sent: collections.deque) -> None:
+        """Sample actions for the consecutive envs ``ids`` (observations in ``slot``) at their steps
+        ``t_env[ids]``, in one policy call; send them (the first envs of their groups join ``sent``)."""
         storage = self.storage
         with torch.no_grad(), self.autocast():
-            action = self.agent.sample(storage.rows(parts))
+            action = self.agent.sample(storage.rows([(slot, int(ids[0]), int(ids[-1]) + 1)]))
         steps = torch.from_numpy(t_env[ids]).to(storage.device)
         storage.actions[steps, torch.from_numpy(ids).to(storage.device)] = action
         self.backend.send(self._env_action(action), ids)  # type: ignore[attr-defined]
         group = self.backend.group_size  # type: ignore[attr-defined]
-        sent.extend(range(int(ids[0]), int(ids[-1]) + 1, group))
+        sent.append(list(range(int(ids[0]), int(ids[-1]) + 1, group)))
 
     def share_episodes(self) -> bool:
         """Distributed: add every rank's episodes of this rollout to ``self.episodes`` (on every rank, so all

@@ -434,10 +434,35 @@ def test_the_default_asynchronous_layout_steps_a_small_group_in_the_caller_where
     assert layout(8, 4, cores=2) == (2, True)  # 3 processes on 2 cores, groups of 4
     assert layout(32, 16, cores=2) == (2, True)
     assert layout(64, 32, cores=2) == (2, False)  # groups of 32: a worker each
-    assert layout(8, 4, cores=16) == (2, False)  # cores to spare: a worker each
     assert layout(8, 4, cores=2, step_in_parent=False) == (2, False)
-    assert layout(64, 32, cores=16, step_in_parent=True) == (2, True)
     assert layout(16, 8, cores=2, num_workers=4) == (4, True)  # batches of two groups of 4
+    # cores to spare: smaller groups, a worker per core (seen on 16 cores: two workers of 32 envs
+    # left 14 cores idle), each group's size dividing the batch
+    assert layout(8, 4, cores=16) == (8, False)
+    assert layout(64, 32, cores=16) == (16, True)  # 17 processes on 16 cores, groups of 4
+    assert layout(64, 32, cores=16, step_in_parent=False) == (16, False)
+    assert layout(48, 24, cores=16) == (16, True)  # groups of 3
+    assert layout(40, 20, cores=16) == (10, False)  # groups of 4: 20 has no divisor between 2.5 and 4
+    assert layout(64, 32, cores=16, num_workers=2) == (2, False)  # named: kept
+    assert layout(64, 16, cores=8) == (8, True)  # never fewer groups than batches... nor more than cores
+    assert layout(64, 8, cores=4) == (8, True)  # ... unless the batches are more
+
+
+def test_many_cores_give_smaller_groups_and_batches_still_match_serial_runs(monkeypatch) -> None:
+    """On a machine with more cores than batches, the default splits the envs into a group per
+    core (here 4 "cores": 8 envs, batches of 4, 4 groups of 2 envs, the caller stepping the first
+    as 5 processes would outnumber the cores); every batch is whole groups and every env's
+    sequence still matches a serial run of it with the same actions."""
+    from fastvec import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "default_num_workers", lambda: 4)
+    pool = Pool([partial(envs.Counter, i) for i in range(8)], batch_size=4, start_method="fork")
+    try:
+        assert pool.num_workers == 4 and pool.step_in_parent and len(pool.worker_pids) == 3
+        model = [envs.Counter(i) for i in range(8)]
+        assert _against_a_serial_model(pool, model, random.Random(5), SAME_STEP, 4, 400) > 0
+    finally:
+        pool.close()
 
 
 class _SlowCounter(envs.Counter):

@@ -87,3 +87,20 @@ def test_the_same_seed_gives_the_same_run(tmp_path) -> None:
             states.append({k: v.clone() for k, v in trainer.agent.state_dict().items()})
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0, msg=key)
+
+
+def test_one_policy_call_per_half_whatever_the_groups(tmp_path, monkeypatch) -> None:
+    """With more cores than halves, the pool splits each half into several groups (one per core; seen
+    on 16 cores: a worker per half of 32 envs ran at 0.26x the synchronous rollout). The sampler
+    still calls the policy once per half and step, on the whole half, not once per group."""
+    from fastvec import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "default_num_workers", lambda: 8)  # 8 "cores": 8 groups of 1 env
+    config = _config(tmp_path, "groups", num_envs=8, num_steps=6, total_timesteps=8 * 6)
+    with Trainer(config) as trainer:
+        assert trainer.backend.pool.num_workers == 8 and trainer.backend.group_size == 1
+        sizes = []
+        sample = trainer.agent.sample
+        monkeypatch.setattr(trainer.agent, "sample", lambda obs: (sizes.append(len(obs)), sample(obs))[1])
+        assert not trainer.collect_rollout()
+        assert sizes == [4] * (2 * config.num_steps)

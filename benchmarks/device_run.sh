@@ -7,9 +7,10 @@
 #   run:   bash benchmarks/device_run.sh [part ...]     (no part: all of them, in this order)
 #
 # Parts: facts, tests (the ppo tests with torch seeing CUDA, so device "auto" is cuda), train
-# (ppo.train --device cuda, with and without --amp), scaling (the CartPole and 1 ms studies of
-# issue 14 in interleaved rounds), layouts (issue 12's double-buffered rollouts, policy on CPU and
-# on CUDA). Every part runs under its own time limit and a failing part does not stop the others;
+# (ppo.train on the CPU, then --device cuda with and without --amp), scaling (the CartPole and
+# 1 ms studies of issue 14 in interleaved rounds), layouts (issue 12's double-buffered rollouts,
+# policy on CPU and on CUDA), async-solve (ppo.train's time to solve with and without
+# --async-envs, 64 envs of a 25 us CartPole, interleaved seeds; not run yet: about 3 minutes). Every part runs under its own time limit and a failing part does not stop the others;
 # everything goes to $OUT/all.log and each study's markdown and JSON to $OUT.
 set -u
 export PYTHONUNBUFFERED=1
@@ -18,7 +19,7 @@ mkdir -p "$OUT"
 LOG=$OUT/all.log
 PY=${PY:-python3}
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(facts tests train scaling layouts)
+[ ${#parts[@]} -eq 0 ] && parts=(facts tests train scaling layouts async-solve)
 
 step() { # step NAME SECONDS COMMAND...
     local name=$1 limit=$2 began=$SECONDS rc
@@ -51,6 +52,7 @@ for part in "${parts[@]}"; do
             tests/test_ppo_distributed.py
         step cuda-tests-distributed 70 $PY -m pytest -q -p no:cacheprovider -rfEs -x tests/test_ppo_distributed_run.py ;;
     train)
+        step train-cpu 80 $PY -m ppo.train --device cpu --runs-dir /tmp/runs --no-progress
         step train-cuda 80 $PY -m ppo.train --device cuda --runs-dir /tmp/runs --no-progress
         step train-cuda-amp 80 $PY -m ppo.train --device cuda --amp --runs-dir /tmp/runs --no-progress ;;
     scaling)
@@ -62,6 +64,9 @@ for part in "${parts[@]}"; do
             --out "$OUT/layouts-cpu.md"
         step layouts-cuda 60 $PY -m benchmarks.rollout_layouts --device cuda --num-envs 64 --rounds 3 --rollouts 8 \
             --out "$OUT/layouts-cuda.md" ;;
+    async-solve)
+        step async-solve 240 $PY -m benchmarks.ppo_solve --async-envs --total-envs 64 --seeds 1 2 \
+            --env-id benchmarks.workloads:fastvec-bench/CartPole25us-v1 --out "$OUT" ;;
     *) echo "unknown part $part" ;;
     esac
 done

@@ -299,9 +299,11 @@ class AsyncBatches:
 
     # -- collecting -----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None, copy: bool = True, batch_object: Any = None) -> AsyncBatch:
-        """The first ``batch_size`` envs that finished (whole groups), in env-id order: copies, or
-        with ``copy=False`` and a batch of one group (the default layout), views into the ring
-        (valid until those envs are sent their next actions and step)."""
+        """The first ``batch_size`` envs that finished (whole groups), group by group in the order
+        they finished, each group's envs in env-id order (as EnvPool, no order across groups is
+        promised: ``env_ids`` says which rows are which env): copies, or with ``copy=False`` and a
+        batch of one group (the default layout where cores are no more than batches), views into
+        the ring (valid until those envs are sent their next actions and step)."""
         pool = self.pool
         pool._check_usable()
         ready = self.ready

@@ -309,7 +309,7 @@ class VectorEnv(gym.vector.VectorEnv):
     def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """``(obs, rewards, terminated, truncated, infos)`` of the first ``batch_size`` envs that
         finished, with ``infos["env_id"]`` saying which, as EnvPool's gymnasium API returns them.
-        ``copy=False`` (default: the ``copy`` the env was made with): views into the ring (see Pool.recv), valid until the next ``send``."""
+        ``copy=False`` (default: the ``copy`` the env was made with): views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
         self._assert_is_running()
         batch = self.pool.recv(copy=self.copy if copy is None else copy)
         infos: dict[str, Any] = {}

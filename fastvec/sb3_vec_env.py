@@ -153,7 +153,7 @@ class SubprocVecEnv(_VecEnvBase):
     def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, list[dict], np.ndarray]:
         """``(obs, rewards, dones, infos, env_ids)`` of the first ``batch_size`` envs that finished,
         with SB3's infos (``TimeLimit.truncated``, ``terminal_observation``). ``copy=False``
-        (default: the ``copy`` it was made with): obs and rewards are views into the ring (see Pool.recv), valid until the next ``send``."""
+        (default: the ``copy`` it was made with): obs and rewards are views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
         batch = self.pool.recv(copy=self.copy if copy is None else copy, batch_object=_stack)
         dones = batch.terminated | batch.truncated
         ended = dones.tolist()  # (lists: numpy scalars cost a microsecond per env here)

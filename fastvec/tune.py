@@ -12,8 +12,9 @@ The search is staged, so it stays near two minutes on a small machine:
    all: every env stepped in the calling process);
 2. spin budget (spin_ns) for the best layout that uses worker processes;
 3. core pinning (pin_workers) for the best of those;
-4. asynchronous batches (batch_size = num_envs / 2, EnvPool's send/recv), with the calling
-   process stepping one batch itself (step_in_parent) and with a worker per batch: the
+4. asynchronous batches (batch_size = num_envs / 2, EnvPool's send/recv), in the pool's
+   default groups (a worker per batch on 2 cores, a worker per core where there are more),
+   with the calling process stepping one group itself (step_in_parent) and without: the
    better one is reported beside the best synchronous setting, which is what the
    configuration file holds (batch_size changes the API: the caller must use send/recv).
 

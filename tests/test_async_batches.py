@@ -21,6 +21,17 @@ from fastvec.protocol import NEXT_STEP, SAME_STEP
 from tests import envs
 
 
+@pytest.fixture(autouse=True)
+def _two_cores(monkeypatch):
+    """The layout these tests were written for, whatever the machine: 2 cores, so by default a group
+    (a worker's envs) per batch and the caller stepping a small group itself. The default layout
+    depends on the cores (a worker per core where they outnumber the batches); the tests of that
+    set the count themselves."""
+    from fastvec import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "default_num_workers", lambda: 2)
+
+
 def _model_step(env: envs.Counter, action: int, mode) -> tuple:
     """One step of the serial reference: (obs, reward, terminated, truncated, final obs or None).
     SAME_STEP: an episode's end returns the reset's observation (the final one aside);

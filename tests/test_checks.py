@@ -223,7 +223,7 @@ def test_every_env_is_warned_once_not_only_the_first_of_its_shard(check) -> None
 def test_asynchronous_batches_name_the_env_of_an_action() -> None:
     """send(actions, env_ids): a refused or out-of-range action names its env id (it named its row in the
     batch), and each env is warned once (warnings were kept per row)."""
-    with Pool([_CastAndNaN] * 4, batch_size=2, start_method="fork", check="warn") as pool:
+    with Pool([_CastAndNaN] * 4, batch_size=2, num_workers=2, start_method="fork", check="warn") as pool:
         pool.async_reset()
         got = sorted([pool.recv().env_ids, pool.recv().env_ids], key=lambda ids: ids[0])
         with pytest.warns(RuntimeWarning, match="action for env 2 is 3.7"):  # (handed on: no check="raise")

@@ -339,7 +339,7 @@ def test_a_worker_killed_while_it_sends_its_results_is_replaced(tmp_path, batche
     on_error="restart" it is replaced as a worker that died in the step (the pool used to break)."""
     marker = str(tmp_path / "sending")
     fns = [partial(SlowInfoEnv, marker if i >= 2 else None) for i in range(4)]
-    options = {"batch_size": 2} if batches else {"num_workers": 2}
+    options = {"batch_size": 2, "num_workers": 2} if batches else {"num_workers": 2}
     with SubprocVecEnv(fns, start_method="fork", step_in_parent=False, on_error="restart", **options) as venv:
         if batches:
             venv.async_reset()

@@ -167,7 +167,7 @@ def test_around_moves_are_refused_where_they_cannot_apply() -> None:
         assert not venv.pool.wraps
         with pytest.raises(ValueError, match="around the ring's end"):
             venv.pool.request_move(1, 0, around=True)
-    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, batch_size=2) as venv:
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, batch_size=2, step_in_parent=True) as venv:
         assert not venv.pool.wraps and venv.pool.request_move(1, 0, around=True) is None
 
 

@@ -18,7 +18,10 @@ the layer's instructions per step, start-up and imports cancelled out:
 - pool: ``Pool.step_async`` + ``step_wait`` (action checks, command record, Batch);
 - front: the front-end's ``step``: ``fastvec.SubprocVecEnv`` (``--front sb3``, the default:
   SB3's dones, infos, observation copy; SAME_STEP autoresets) or ``fastvec.VectorEnv``
-  (``--front gym``: gymnasium's API, NEXT_STEP autoresets unless ``--autoreset same``).
+  (``--front gym``: gymnasium's API, NEXT_STEP autoresets unless ``--autoreset same``);
+- async (``--shards 2`` only): the front-end's asynchronous batches, ``batch_size`` half the
+  envs, a group each for the learner and the worker: a command is one ``recv()`` and one
+  ``send()`` of half the envs (issue 12: EnvPool's send/recv are C++, these are Python).
 
 With ``--shards 2`` the step runs as it does by default on 2 cores: the learner's own shard and
 one worker's (fork-started), each with half the envs, waiting with ``spin_ns=0`` (a waiting side
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("raw", "shard", "pool", "front")
+LAYERS = ("raw", "shard", "pool", "front", "async")
 
 
 class _Episodic:
@@ -91,13 +94,18 @@ def child(
         if shards == 1
         else {"num_workers": 2, "step_in_parent": True, "spin_ns": 0}
     )
+    if layer == "async":
+        layout["batch_size"] = num_envs // 2
     if front == "sb3":
         venv = SubprocVecEnv(fns, start_method="fork", **layout)
     else:
         mode = "SameStep" if autoreset == "same" else "NextStep"
         venv = VectorEnv(fns, context="fork", autoreset_mode=mode, **layout)
     with venv:
-        venv.reset()
+        if layer == "async":
+            venv.async_reset()
+        else:
+            venv.reset()
         actions = np.zeros(num_envs, np.int64)
         pool = venv.pool
         shard = pool._local
@@ -105,7 +113,12 @@ def child(
         # of instructions, and whether it falls inside one of the two runs moved a layer's count by 30%
         gc.collect()
         gc.disable()
-        if layer == "front":
+        if layer == "async":
+            half = actions[: num_envs // 2]
+            for _ in range(steps):
+                out = venv.recv()
+                venv.send(half, out[4] if front == "sb3" else out[4]["env_id"])
+        elif layer == "front":
             for _ in range(steps):
                 venv.step(actions)
         elif layer == "pool":
@@ -215,8 +228,10 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---:|---:|")
     below = None
     for layer in args.layers:
-        if args.shards == 2 and layer not in ("pool", "front"):
+        if args.shards == 2 and layer not in ("pool", "front", "async"):
             continue  # (the shard and raw layers step this process's envs alone: no worker to count)
+        if args.shards == 1 and layer == "async":
+            continue  # (asynchronous batches need two groups: --shards 2)
         runs = []
         for _ in range(args.repeats):
             more, fewer = count(repo, layer, args.steps, args), count(repo, layer, args.base_steps, args)

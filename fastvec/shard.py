@@ -505,7 +505,9 @@ class Shard:
                 kwargs["seed"] = next_seeds.pop(j, kwargs["seed"])
             opt = options[j] if options is not None else None
             if opt or pass_options_always:
-                kwargs["options"] = opt
+                # each env its own copy, as over a pipe of its own (AsyncVectorEnv, SB3): an env that
+                # pops a key must not take it from the next env, nor from the caller's dict
+                kwargs["options"] = private(opt) if opt is not None else None
             try:
                 obs, info = self.envs[j].reset(**kwargs)
             except Exception as exc:
@@ -722,12 +724,14 @@ class Shard:
             except Exception as exc:
                 raise ShardError(indices[0], migrate.ADOPT, exc) from exc
         # every env gets arguments of its own, and the caller copies of what the envs return, as through
-        # a pipe (a worker's first env keeps what it unpickled; the rest of its envs, and every env the
-        # calling process steps, get copies: a list given to set_attr is not shared between envs)
+        # a pipe (a worker's last env keeps what it unpickled, so every copy is made before any env could
+        # change it; the rest of its envs, and every env the calling process steps, get copies: a list
+        # given to set_attr or call is not shared between envs)
         in_caller = self.in_caller
         results = []
+        last = len(indices) - 1
         for k, i in enumerate(indices):
-            own = in_caller or k > 0
+            own = in_caller or k < last
             value = None if values is None else values[k]
             try:
                 result = run_call(

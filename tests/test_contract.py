@@ -358,6 +358,53 @@ def test_envs_and_the_caller_hold_values_of_their_own(request, implementation: s
         venv.close()
 
 
+class Mutator(gym.Env):
+    """Changes what it is given: pops its reset options' "level" (as level-loading envs do) and
+    appends to the list a method gets."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {"level": None if options is None else options.pop("level", "missing")}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+    def add(self, items):
+        items.append("mine")
+        return len(items)
+
+
+@pytest.mark.parametrize("implementation", ["fastvec", "fastvec-no-parent", "sb3-subproc"])
+def test_an_env_that_changes_its_arguments_changes_no_other_envs(request, implementation: str) -> None:
+    """Reset options and method arguments reach every env as its own copy, as through SB3's pipes
+    (one each): an env popping a key or appending to a list leaves the next env of its worker, and
+    the caller's object, as they were. fastvec used to hand a worker's envs one options dict (and
+    the learner's shard the caller's own), and a worker's first env the method's argument itself,
+    copied for the next envs only after it ran."""
+    request.node.reference_may_leak_fds = implementation == "sb3-subproc"
+    venv = IMPLEMENTATIONS[implementation]([Mutator] * 4)
+    try:
+        options = {"level": 3}
+        venv.set_options(options)
+        venv.reset()
+        assert [info["level"] for info in venv.reset_infos] == [3] * 4 and options == {"level": 3}
+        items: list = []
+        assert venv.env_method("add", items) == [1] * 4 and items == []
+    finally:
+        venv.close()
+    gym_env = fastvec.VectorEnv([Mutator] * 4, context="fork", num_workers=2)
+    try:
+        options = {"level": 3}
+        _, info = gym_env.reset(options=options)
+        assert list(info["level"]) == [3] * 4 and options == {"level": 3}
+        assert list(gym_env.call("add", [])) == [1] * 4
+    finally:
+        gym_env.close()
+
+
 class ConfigEnv(gym.Env):
     """Takes its settings from a config dict (popping them, as RLlib-style envs do) and its noise from
     a generator the factory hands it."""

@@ -105,7 +105,10 @@ def load_checkpoint(
             raise ValueError(_misfit(source, state.get("config") or {}, config or {}, exc)) from exc
     if optimizer is not None:
         if "optimizer" not in state:
-            raise KeyError(f"{path} has no optimizer state (best.pt holds weights only); resume from latest/final")
+            where = f"checkpoint {source}" if isinstance(source, (str, os.PathLike)) else "the checkpoint"
+            raise ValueError(
+                f"{where} has no optimizer state (best.pt holds weights only): resume from latest.pt or final.pt"
+            )
         optimizer.load_state_dict(state["optimizer"])
     if reward_rms is not None and "reward_rms" in state:
         reward_rms.load_state_dict(state["reward_rms"])

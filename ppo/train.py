@@ -32,6 +32,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -134,11 +135,10 @@ class Trainer:
         self.config = config
         # distributed: this process's rank, from the launcher's environment (no communication yet)
         self.dist = Distributed.from_environment() if config.distributed else Distributed()
-        # only rank 0 writes anything: logs, checkpoints, the progress bar
-        self.run_dir = _run_dir(config) if self.dist.is_main else None
-        if self.run_dir is not None:
-            with open(self.run_dir / "config.json", "w") as f:
-                json.dump(config.to_dict(), f, indent=2)
+        # only rank 0 writes anything: logs, checkpoints, the progress bar; its run folder is made once the
+        # envs, the networks and a resumed checkpoint are in place, so a run that cannot start leaves no folder
+        # and overwrites no earlier run's config.json (a mistyped --env-id with an existing --run-name did)
+        self.run_dir: Path | None = None
 
         # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic); every rank samples its own actions
         seed = self.dist.seed(config.seed)
@@ -185,6 +185,10 @@ class Trainer:
                 # before a fork); every collective from here on gives up after collective_timeout_s
                 self.dist.connect(self.device, config.collective_timeout_s)
             self._setup()
+            if self.dist.is_main:
+                self.run_dir = _run_dir(config)
+                with open(self.run_dir / "config.json", "w") as f:
+                    json.dump(config.to_dict(), f, indent=2)
         except BaseException:
             self.close()
             raise
@@ -721,11 +725,29 @@ def describe(summary: dict[str, Any]) -> str:
     return text + f"\nrun folder: {summary['run_dir']}"
 
 
+# what a run that cannot start raises for a setting, an env id, a module or a path given wrongly: said in one
+# line (as ppo.eval says its own), not as a traceback; PPO_TRACEBACK=1 shows the traceback
+_START_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, gym.error.Error)
+
+
+def _start(config: Config) -> Trainer:
+    try:
+        return Trainer(config)
+    except _START_ERRORS as exc:
+        if os.environ.get("PPO_TRACEBACK"):
+            raise
+        kind = "" if type(exc) in (ValueError, FileNotFoundError) else f"{type(exc).__name__}: "
+        # (the first line: an env's error from a worker carries the worker's traceback after it)
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise SystemExit(f"ppo.train: {kind}{text} (PPO_TRACEBACK=1 shows where)") from None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import tyro
 
     config = tyro.cli(Config, args=argv)
-    summary = train(config)
+    with _start(config) as trainer:
+        summary = trainer.run()
     if summary["run_dir"] is not None:  # distributed: rank 0 speaks for the run
         print(describe(summary), flush=True)
     return summary

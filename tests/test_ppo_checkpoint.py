@@ -145,6 +145,34 @@ def test_resuming_another_network_names_the_settings_that_differ(tmp_path) -> No
             Trainer(Config(run_name="second", resume=resume, **{**common, **change})).close()
 
 
+def test_a_run_that_cannot_start_leaves_the_runs_folder_alone(tmp_path) -> None:
+    """A run that fails before training (a mistyped env id, a checkpoint of another network, best.pt
+    given to --resume) writes nothing: it used to make its folder and write config.json first, so a
+    typo under an existing --run-name overwrote that run's config and broke ppo.eval of it. best.pt
+    holds no optimizer state: refused naming the file, not an in-memory buffer."""
+    common = dict(
+        runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
+        tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=32,
+    )  # fmt: skip
+    with Trainer(Config(run_name="a", **common)) as first:
+        first.run()
+    config_before = (tmp_path / "a" / "config.json").read_text()
+    import gymnasium as gym
+
+    with pytest.raises(gym.error.Error, match="CartPolee"):
+        Trainer(Config(run_name="a", env_id="CartPolee-v1", **common))
+    with pytest.raises(gym.error.Error, match="CartPolee"):
+        Trainer(Config(run_name=None, env_id="CartPolee-v1", **common))
+    best = tmp_path / "a" / "best.pt"
+    with pytest.raises(ValueError, match=rf"--resume {re.escape(str(best))}: the checkpoint has no optimizer state"):
+        Trainer(Config(run_name="a", resume=str(best), **common))
+    assert (tmp_path / "a" / "config.json").read_text() == config_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    from ppo.eval import load_agent
+
+    load_agent(tmp_path / "a", "final.pt")  # still evaluates
+
+
 def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch) -> None:
     """ppo.eval RUN --checkpoint final.pt: the run's final.pt, even when the working directory holds a
     file of that name (another run's folder); --episodes below 1 is refused by name."""

@@ -184,3 +184,29 @@ def test_auto_on_cuda_with_an_mlp_says_the_cpu_may_be_faster() -> None:
     assert device_note("cuda", cuda, vector) is None
     assert device_note("auto", cpu, vector) is None
     assert device_note("auto", cuda, image) is None
+
+
+def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m ppo.train` answers a setting, an env id, a module or a path given wrongly with one line
+    naming it (as ppo.eval does), not a traceback of 16 to 88 lines; PPO_TRACEBACK=1 raises as before."""
+    from ppo.train import main
+
+    common = ["--runs-dir", str(tmp_path), "--total-timesteps", "64", "--no-progress", "--no-tensorboard",
+              "--eval-episodes", "0", "--num-workers", "0"]  # fmt: skip
+    monkeypatch.delenv("PPO_TRACEBACK", raising=False)
+    cases = [
+        (["--num-envs", "0"], "num_envs and num_steps must be >= 1"),
+        (["--num-envs", "4", "--num-minibatches", "3"], "not divisible by num_minibatches = 3"),
+        (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv"),
+        (["--env-id", "nosuchmodule:Foo-v0"], "No module named 'nosuchmodule'"),
+        (["--resume", str(tmp_path / "nowhere")], "no checkpoint file or run folder at"),
+    ]
+    for args, named in cases:
+        with pytest.raises(SystemExit) as stop:
+            main([*common, *args])
+        message = str(stop.value.code)
+        assert message.startswith("ppo.train: ") and named in message and "\n" not in message, (args, message)
+    assert not list(tmp_path.iterdir())  # no run folder for runs that never started
+    monkeypatch.setenv("PPO_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="num_envs"):
+        main([*common, "--num-envs", "0"])

@@ -680,7 +680,7 @@ class Pool:
             slot = self._next_slot()
         local_options = None
         if send_options and self._local is not None:
-            local_options = self._local.part(options)
+            local_options = private(self._local.part(options))  # as at reset_async, as the workers' payloads
         self._issue(
             _Pending(
                 Command.RESET,
@@ -798,7 +798,7 @@ class Pool:
 
         # pickled before anything is issued: an unpicklable argument leaves the pool idle
         payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
-        local = part(plan.get(0, [])) if self._local is not None else ()
+        local = private(part(plan.get(0, []))) if self._local is not None else ()  # (as at call_async)
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )

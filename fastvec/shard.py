@@ -515,6 +515,8 @@ class Shard:
                     errors.append(ShardError(self.start + j, "reset", exc))
                     continue
                 try:
+                    if kwargs.get("options") is not None:  # the failed env may have changed its copy
+                        kwargs["options"] = private(opt)
                     obs, info = restart.reset_fresh(self, j, exc, "reset", kwargs)
                 except ShardError as err:  # its re-creation failed too
                     errors.append(err)
@@ -729,6 +731,7 @@ class Shard:
         # given to set_attr or call is not shared between envs)
         in_caller = self.in_caller
         results = []
+        returned: set[int] = set()  # (a worker's results go back in one message: an object two envs return would be one)
         last = len(indices) - 1
         for k, i in enumerate(indices):
             own = in_caller or k < last
@@ -742,7 +745,11 @@ class Shard:
                 )
             except Exception as exc:
                 raise ShardError(i, request, exc) from exc
-            results.append(private(result) if in_caller else result)
+            if in_caller or id(result) in returned:
+                result = private(result)  # (a class attribute such as metadata: each env's own copy, as SB3's)
+            else:
+                returned.add(id(result))
+            results.append(result)
         return results
 
     def close(self) -> None:

@@ -171,33 +171,32 @@ class Distributed:
     def device(self, device: torch.device, chosen: bool = True) -> torch.device:
         """The device of this rank: ``cuda:<local rank>`` when training on CUDA, else ``device``.
 
-        Each rank on a machine needs a GPU of its own (nccl refuses two ranks on one). A launcher
-        that shows each rank one GPU (``CUDA_VISIBLE_DEVICES`` of one device, as SLURM's
-        ``--gpus-per-task=1``) gives each rank its ``cuda:0``. With fewer CUDA devices than ranks
-        on this machine otherwise, a device the user did not choose (``chosen=False``: ``--device
-        auto``) becomes the CPU, on every rank of the machine alike, where the job runs on this
-        machine alone; across machines, which must all pick the same backend and cannot ask each
-        other yet, and for ``--device cuda``, it is refused, naming the counts."""
-        if not (self.launched and device.type == "cuda"):
+        Each rank on a machine needs a GPU of its own (nccl refuses two ranks on one), ``cuda:<local
+        rank>``. With fewer CUDA devices than ranks on this machine, a device the user did not choose
+        (``chosen=False``: ``--device auto``) becomes the CPU, on every rank of the machine alike;
+        ``--device cuda`` is refused, naming the counts. A job over several machines needs the device
+        named: each machine would decide ``auto`` by its own GPUs, and nccl ranks and gloo ranks never
+        meet. (A launcher that shows each rank one GPU of its own is not told apart from torchrun's
+        ranks all seeing the same one: both are one visible device for several local ranks.)"""
+        if not self.launched:
+            return device
+        if not chosen and self.world_size > self.local_world_size:
+            raise ValueError(
+                f"--device auto in a job over several machines ({self.world_size} ranks, {self.local_world_size} on "
+                "this one): each machine would pick by its own GPUs, and all ranks must train on one kind of device "
+                "(nccl and gloo ranks never meet); pass --device cuda or --device cpu"
+            )
+        if device.type != "cuda":
             return device
         gpus = torch.cuda.device_count()
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         if gpus >= self.local_world_size:
             index = self.local_rank
-        elif gpus == 1 and len(visible) == 1:
-            index = 0  # the launcher chose this rank's GPU (if two ranks got the same one, nccl says so)
         else:
             counts = f"{self.local_world_size} ranks on this machine, but torch sees {gpus} CUDA device(s)"
             if chosen:
                 raise ValueError(
                     f"--device cuda with {counts}: each rank needs a GPU of its own (nccl); start at most {gpus} "
                     "ranks per machine (torchrun --nproc-per-node), or train on the CPU (--device cpu)"
-                )
-            if self.world_size > self.local_world_size:
-                raise ValueError(
-                    f"--device auto with {counts}: each rank needs a GPU of its own, and the ranks of this job's "
-                    "other machines may have theirs, but all ranks must train on one kind of device; pass "
-                    f"--device cpu, or start at most {gpus} ranks per machine"
                 )
             if self.local_rank == 0:
                 print(f"note: {counts}: each rank needs a GPU of its own, so this run trains on the CPU (gloo)",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib
+import itertools
 import json
 import math
 import os
@@ -98,12 +99,18 @@ def _run_dir(config: Config) -> Path:
     env = config.env_id.replace("/", "-").replace(":", "-")
     name = config.run_name or f"{env}__{config.vec_backend}__s{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.runs_dir) / name
-    if config.run_name is None:  # two runs in the same second must not share a folder
-        base, k = path, 1
-        while path.exists():
+    if config.run_name is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    # two runs started in the same second must not share a folder: whichever makes a name first owns it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base, k = path, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
             path, k = Path(f"{base}-{k}"), k + 1
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _adam(params: Any, lr: float) -> torch.optim.Adam:
@@ -736,10 +743,15 @@ def _start(config: Config) -> Trainer:
     except _START_ERRORS as exc:
         if os.environ.get("PPO_TRACEBACK"):
             raise
-        kind = "" if type(exc) in (ValueError, FileNotFoundError) else f"{type(exc).__name__}: "
-        # (the first line: an env's error from a worker carries the worker's traceback after it)
-        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise SystemExit(f"ppo.train: {kind}{text} (PPO_TRACEBACK=1 shows where)") from None
+        raise SystemExit(f"ppo.train: {_one_line(exc)} (PPO_TRACEBACK=1 shows where)") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message in one line: all of it up to the traceback that an env's error from a worker
+    carries after it, named by its type unless it is a plain ValueError or FileNotFoundError."""
+    kind = "" if type(exc) in (ValueError, FileNotFoundError) else f"{type(exc).__name__}: "
+    lines = itertools.takewhile(lambda line: not line.startswith(("Remote traceback", "Traceback (")), str(exc).splitlines())
+    return kind + (" ".join(" ".join(lines).split()) or type(exc).__name__)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -393,6 +393,10 @@ def test_an_env_that_changes_its_arguments_changes_no_other_envs(request, implem
         assert [info["level"] for info in venv.reset_infos] == [3] * 4 and options == {"level": 3}
         items: list = []
         assert venv.env_method("add", items) == [1] * 4 and items == []
+        # what the envs return is each env's own too, also an object they all hold (a class attribute):
+        # a worker's results travel in one message, where one object stayed one
+        metadata = venv.get_attr("metadata")
+        assert all(a is not b for k, a in enumerate(metadata) for b in metadata[k + 1 :])
     finally:
         venv.close()
     gym_env = fastvec.VectorEnv([Mutator] * 4, context="fork", num_workers=2)
@@ -401,6 +405,17 @@ def test_an_env_that_changes_its_arguments_changes_no_other_envs(request, implem
         _, info = gym_env.reset(options=options)
         assert list(info["level"]) == [3] * 4 and options == {"level": 3}
         assert list(gym_env.call("add", [])) == [1] * 4
+        # the caller changing its objects after the asynchronous call changes nothing (the learner's envs
+        # read theirs at the wait, the workers' were pickled at the call)
+        options = {"level": 1}
+        gym_env.reset_async(options=options)
+        options["level"] = 2
+        _, info = gym_env.reset_wait()
+        assert list(info["level"]) == [1] * 4
+        items = []
+        gym_env.call_async("add", items)
+        items.append("the caller's")
+        assert list(gym_env.call_wait()) == [1] * 4
     finally:
         gym_env.close()
 

@@ -86,34 +86,44 @@ def test_from_environment_says_how_to_launch(monkeypatch) -> None:
 def test_more_ranks_on_a_machine_than_gpus(monkeypatch, capsys) -> None:
     """Seen on a one-GPU machine: two ranks under --device auto both took CUDA, and rank 1 died on
     cuda:1 ("invalid device ordinal"). Each rank needs a GPU of its own (nccl), so auto trains on
-    the CPU on every rank of that machine, and --device cuda says why it cannot run. A job over
-    several machines cannot fall back machine by machine (nccl ranks and gloo ranks would wait for
-    each other until the collective timeout): refused too, on every rank of such a machine."""
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    the CPU on every rank of that machine, and --device cuda says why it cannot run. One visible
+    device for two local ranks (CUDA_VISIBLE_DEVICES=0 under torchrun) is the same case."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     cuda = torch.device("cuda")
-    for local_rank in (0, 1):
-        ranks = Distributed(local_rank, 2, local_rank, 2, launched=True)
-        assert ranks.device(cuda, chosen=False) == torch.device("cpu")
-        with pytest.raises(ValueError, match=r"2 ranks on this machine, but torch sees 1 CUDA device.*--device cpu"):
-            ranks.device(cuda, chosen=True)
-        # the second machine of a job of 4 ranks (ranks 2 and 3)
-        other_machine = Distributed(2 + local_rank, 4, local_rank, 2, launched=True)
-        with pytest.raises(ValueError, match=r"--device auto with 2 ranks.*one kind of device; pass --device cpu"):
-            other_machine.device(cuda, chosen=False)
-    assert capsys.readouterr().err.count("trains on the CPU") == 1 and not chosen  # local rank 0 says so
+    for visible in (None, "0"):
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        for local_rank in (0, 1):
+            ranks = Distributed(local_rank, 2, local_rank, 2, launched=True)
+            assert ranks.device(cuda, chosen=False) == torch.device("cpu")
+            with pytest.raises(ValueError, match=r"2 ranks on this machine, but torch sees 1 CUDA device.*--device cpu"):
+                ranks.device(cuda, chosen=True)
+    assert capsys.readouterr().err.count("trains on the CPU") == 2 and not chosen  # local rank 0 says so
     # as many GPUs as ranks: each rank its own
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert Distributed(3, 4, 1, 2, launched=True).device(cuda, chosen=False) == torch.device("cuda", 1)
+    assert Distributed(1, 2, 1, 2, launched=True).device(cuda, chosen=False) == torch.device("cuda", 1)
     assert chosen == [torch.device("cuda", 1)]
-    # a launcher that shows each rank one GPU of its own (SLURM --gpus-per-task=1): cuda:0 on each
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    assert Distributed(1, 2, 1, 2, launched=True).device(cuda, chosen=True) == torch.device("cuda", 0)
     # one process, not launched: the device as resolved
     assert Distributed().device(cuda, chosen=True) == cuda
+
+
+def test_a_job_over_several_machines_needs_the_device_named(monkeypatch) -> None:
+    """--device auto is decided by each machine's own GPUs, and nccl ranks and gloo ranks never meet
+    (they wait for each other until the collective timeout): a job over several machines (more ranks
+    than on this one) must name its device, whatever this machine has; a named one is used."""
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    for gpus, resolved in ((2, torch.device("cuda")), (0, torch.device("cpu"))):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        ranks = Distributed(3, 4, 1, 2, launched=True)  # the second machine's second rank
+        with pytest.raises(ValueError, match=r"--device auto in a job over several machines.*--device cuda or --device cpu"):
+            ranks.device(resolved, chosen=False)
+    assert Distributed(3, 4, 1, 2, launched=True).device(torch.device("cpu"), chosen=True) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert Distributed(3, 4, 1, 2, launched=True).device(torch.device("cuda"), chosen=True) == torch.device("cuda", 1)
 
 
 def test_running_stats_from_the_moments_of_parts_equal_one_update() -> None:

@@ -210,3 +210,37 @@ def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setenv("PPO_TRACEBACK", "1")
     with pytest.raises(ValueError, match="num_envs"):
         main([*common, "--num-envs", "0"])
+
+
+def test_the_one_line_keeps_the_whole_message_before_a_traceback() -> None:
+    """The one-line start error keeps every line of the message (an env's own multi-line message says
+    what is wrong after its first line), drops the worker's traceback after it, and is never empty."""
+    from ppo.train import _one_line
+
+    assert _one_line(ValueError("level file 3.txt is invalid:\nrow 3 has 5 columns")) == (
+        "level file 3.txt is invalid: row 3 has 5 columns"
+    )
+    assert _one_line(ValueError("\nthe part that matters")) == "the part that matters"
+    import gymnasium as gym
+
+    worker = gym.error.NameNotFound(
+        "env 0 raised NameNotFound during 'make': no env\n\nRemote traceback (env 0):\nTraceback (most recent call last):\n  x"
+    )
+    assert _one_line(worker) == "NameNotFound: env 0 raised NameNotFound during 'make': no env"
+    assert _one_line(ValueError("")) == "ValueError"
+
+
+def test_runs_named_in_the_same_second_never_share_a_folder(tmp_path, monkeypatch) -> None:
+    """Two auto-named runs started in the same second: whichever makes the folder first owns it, the other
+    takes the next name, even when the other made it between a look and the making (it used to look,
+    then make it with exist_ok, so both could write into one folder)."""
+    from pathlib import Path
+
+    from ppo import train as train_module
+
+    monkeypatch.setattr(train_module.time, "strftime", lambda fmt: "20261204-120000")
+    config = Config(runs_dir=str(tmp_path))
+    first = train_module._run_dir(config)
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # the other run made it after this one looked
+    second = train_module._run_dir(config)
+    assert first != second and second.name == first.name + "-1" and second.is_dir()

@@ -401,3 +401,40 @@ def test_the_pool_takes_gymnasiums_autoreset_modes_and_refuses_others(given, mod
         return
     with Pool([envs.make_cartpole], autoreset_mode=given) as pool:
         assert pool.autoreset_mode == mode
+
+
+class _PopsLevelFailsOnce(gym.Env):
+    """Takes its level out of its reset options (as level-loading envs do); the first reset with level 1 of
+    env ``marker`` fails, once, whatever the process (a file marks it)."""
+
+    observation_space = gym.spaces.Box(-10, 10, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        level = (options if options is not None else {}).pop("level", -1)
+        if level == 1:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                raise RuntimeError("transient failure loading level 1")
+        return np.array([level], np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_restarted_env_resets_with_the_options_given(tmp_path, num_workers: int) -> None:
+    """on_error="restart": the env re-created after its reset raised is reset with the options the caller
+    gave, not with the copy the failed env had already emptied (it reset with its defaults, silently)."""
+    fns = [partial(_PopsLevelFailsOnce, str(tmp_path / f"failed-{i}")) for i in range(2)]
+    with VectorEnv(fns, on_error="restart", context="fork", num_workers=num_workers) as venv:
+        obs, _ = venv.reset(options={"level": 1})
+        assert obs.ravel().tolist() == [1.0, 1.0]
+        assert all((tmp_path / f"failed-{i}").exists() for i in range(2))  # both did fail once

@@ -295,7 +295,7 @@ def test_close_from_another_thread_lets_the_running_step_finish(tmp_path, batch:
     """SB3's and gymnasium's close() during another thread's step only read the pipes. fastvec's used to
     run this process's shard a second time, beside the thread already stepping it."""
     fns = [partial(SlowLogged, str(tmp_path), i, 0.4) for i in range(4)]
-    venv = VectorEnv(fns, start_method="fork", num_workers=2, **({"batch_size": 2} if batch else {}))
+    venv = VectorEnv(fns, start_method="fork", num_workers=2, step_in_parent=True, **({"batch_size": 2} if batch else {}))
     _start(venv, batch)
     before = _steps_per_env(tmp_path)
     thread, outcome = _step_in_thread(venv, batch)
@@ -315,7 +315,7 @@ def test_close_from_another_thread_gives_up_on_a_step_past_its_timeout(tmp_path,
     """The running step outlasts close()'s timeout: close() returns, the workers are stopped, and the
     stepping thread raises ClosedError once its own envs return, then lets go of them and the block."""
     fns = [partial(SlowLogged, str(tmp_path), i, 1.5) for i in range(4)]
-    venv = VectorEnv(fns, start_method="fork", num_workers=2, **({"batch_size": 2} if batch else {}))
+    venv = VectorEnv(fns, start_method="fork", num_workers=2, step_in_parent=True, **({"batch_size": 2} if batch else {}))
     _start(venv, batch)
     before = _steps_per_env(tmp_path)
     thread, outcome = _step_in_thread(venv, batch)
@@ -626,7 +626,7 @@ def test_close_in_a_signal_handler_anywhere_in_the_loop_raises_closed_error(fron
         if front == "sb3":
             venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
         else:
-            venv = VectorEnv(fns, start_method="fork", num_workers=2, **({"batch_size": 2} if front == "batches" else {}))
+            venv = VectorEnv(fns, start_method="fork", num_workers=2, step_in_parent=True, **({"batch_size": 2} if front == "batches" else {}))
         previous = signal.signal(signal.SIGALRM, lambda *_, venv=venv: venv.close())
         try:
             venv.async_reset() if front == "batches" else venv.reset()

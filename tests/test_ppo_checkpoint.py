@@ -125,13 +125,18 @@ def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
 
 
 @pytest.mark.one_pass  # the serial backend: no fastvec kernels
-def test_resuming_another_network_names_the_settings_that_differ(tmp_path) -> None:
-    """--resume with a checkpoint of another network (other hidden sizes, env, or obs normalization) is
-    refused naming the setting it was trained with and this run's, not with torch's list of tensors."""
-    common = dict(
+def _tiny(tmp_path) -> dict:
+    """Settings of a run of one 32-step rollout of 2 envs in this process, writing under tmp_path."""
+    return dict(
         runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
         tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=32,
     )  # fmt: skip
+
+
+def test_resuming_another_network_names_the_settings_that_differ(tmp_path) -> None:
+    """--resume with a checkpoint of another network (other hidden sizes, env, or obs normalization) is
+    refused naming the setting it was trained with and this run's, not with torch's list of tensors."""
+    common = _tiny(tmp_path)
     with Trainer(Config(run_name="first", **common)) as first:
         first.run()
     resume = str(tmp_path / "first")
@@ -150,10 +155,7 @@ def test_a_run_that_cannot_start_leaves_the_runs_folder_alone(tmp_path) -> None:
     given to --resume) writes nothing: it used to make its folder and write config.json first, so a
     typo under an existing --run-name overwrote that run's config and broke ppo.eval of it. best.pt
     holds no optimizer state: refused naming the file, not an in-memory buffer."""
-    common = dict(
-        runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
-        tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=32,
-    )  # fmt: skip
+    common = _tiny(tmp_path)
     with Trainer(Config(run_name="a", **common)) as first:
         first.run()
     config_before = (tmp_path / "a" / "config.json").read_text()
@@ -178,10 +180,7 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     file of that name (another run's folder); --episodes below 1 is refused by name."""
     from ppo.eval import load_agent, main
 
-    common = dict(
-        runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
-        tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=32,
-    )  # fmt: skip
+    common = _tiny(tmp_path)
     for name, seed in (("a", 1), ("b", 7)):
         with Trainer(Config(run_name=name, seed=seed, **common)) as trainer:
             trainer.run()

@@ -25,6 +25,7 @@ import atexit
 import collections
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 import time
@@ -1161,7 +1162,8 @@ class Pool:
         if p.command is Command.STEP:
             restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs), False)
         else:
-            options = p.reset_options[dead.envs.start : dead.envs.stop] if p.reset_options else None
+            payload = p.payloads.get(dead.index) if p.payloads and p.reset_options else None
+            options = pickle.loads(payload) if payload is not None else None  # (as at the call, as the other workers' envs)
             big = {i: seed for i, seed in self._big_seeds.items() if i in dead.envs}
             restart = (int(Command.RESET), p.slot, options, p.arg, big)
         try:

@@ -148,6 +148,8 @@ class Distributed:
         self.local_rank = local_rank
         self.local_world_size = local_world_size
         self.launched = launched  # started by a launcher as one of world_size ranks
+        # whether local_world_size is known (a launcher that sets no LOCAL_WORLD_SIZE says nothing of machines)
+        self.local_world_known = launched
         self.enabled = False  # a process group is up (connect())
         self._comm_device = torch.device("cpu")  # where collective tensors must live (the GPU for nccl)
 
@@ -155,13 +157,15 @@ class Distributed:
     def from_environment(cls) -> Distributed:
         """Rank and world size from the variables torchrun (or another launcher) sets; no communication yet."""
         rank, world_size = _environment_int("RANK"), _environment_int("WORLD_SIZE")
-        return cls(
+        ranks = cls(
             rank,
             world_size,
             _environment_int("LOCAL_RANK", 0),
             _environment_int("LOCAL_WORLD_SIZE", 1),
             launched=True,
         )
+        ranks.local_world_known = "LOCAL_WORLD_SIZE" in os.environ
+        return ranks
 
     @property
     def is_main(self) -> bool:
@@ -180,7 +184,7 @@ class Distributed:
         ranks all seeing the same one: both are one visible device for several local ranks.)"""
         if not self.launched:
             return device
-        if not chosen and self.world_size > self.local_world_size:
+        if not chosen and self.local_world_known and self.world_size > self.local_world_size:
             raise ValueError(
                 f"--device auto in a job over several machines ({self.world_size} ranks, {self.local_world_size} on "
                 "this one): each machine would pick by its own GPUs, and all ranks must train on one kind of device "

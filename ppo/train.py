@@ -734,7 +734,10 @@ def describe(summary: dict[str, Any]) -> str:
 
 # what a run that cannot start raises for a setting, an env id, a module or a path given wrongly: said in one
 # line (as ppo.eval says its own), not as a traceback; PPO_TRACEBACK=1 shows the traceback
-_START_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, gym.error.Error)
+_START_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ModuleNotFoundError,
+    gym.error.Error,
+)  # fmt: skip
 
 
 def _start(config: Config) -> Trainer:

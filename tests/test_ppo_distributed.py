@@ -122,6 +122,14 @@ def test_a_job_over_several_machines_needs_the_device_named(monkeypatch) -> None
         with pytest.raises(ValueError, match=r"--device auto in a job over several machines.*--device cuda or --device cpu"):
             ranks.device(resolved, chosen=False)
     assert Distributed(3, 4, 1, 2, launched=True).device(torch.device("cpu"), chosen=True) == torch.device("cpu")
+    # a launcher that sets no LOCAL_WORLD_SIZE says nothing of machines: not taken for several (it was)
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert Distributed.from_environment().device(torch.device("cpu"), chosen=False) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    with pytest.raises(ValueError, match="--device auto in a job over several machines"):
+        Distributed.from_environment().device(torch.device("cpu"), chosen=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert Distributed(3, 4, 1, 2, launched=True).device(torch.device("cuda"), chosen=True) == torch.device("cuda", 1)
 

@@ -201,12 +201,14 @@ def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, cap
         (["--env-id", "nosuchmodule:Foo-v0"], "No module named 'nosuchmodule'"),
         (["--resume", str(tmp_path / "nowhere")], "no checkpoint file or run folder at"),
     ]
+    (tmp_path / "a-file").write_text("")
+    cases.append((["--runs-dir", str(tmp_path / "a-file")], "a-file"))  # a runs folder that is a file
     for args, named in cases:
         with pytest.raises(SystemExit) as stop:
             main([*common, *args])
         message = str(stop.value.code)
         assert message.startswith("ppo.train: ") and named in message and "\n" not in message, (args, message)
-    assert not list(tmp_path.iterdir())  # no run folder for runs that never started
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # no run folder for runs that never started
     monkeypatch.setenv("PPO_TRACEBACK", "1")
     with pytest.raises(ValueError, match="num_envs"):
         main([*common, "--num-envs", "0"])

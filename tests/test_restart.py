@@ -438,3 +438,45 @@ def test_a_restarted_env_resets_with_the_options_given(tmp_path, num_workers: in
         obs, _ = venv.reset(options={"level": 1})
         assert obs.ravel().tolist() == [1.0, 1.0]
         assert all((tmp_path / f"failed-{i}").exists() for i in range(2))  # both did fail once
+
+
+class _DiesInAWorkerOnLevelOne(gym.Env):
+    """Its worker process dies (once: a file marks it) the first time it is reset with level 1."""
+
+    observation_space = gym.spaces.Box(-10, 10, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        level = (options or {}).get("level", -1)
+        if level == 1 and os.getpid() != int(os.environ.get("FASTVEC_TEST_PARENT", "0")):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(3)
+        return np.array([level], np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def test_a_worker_replaced_during_reset_async_resets_with_the_options_of_the_call(tmp_path, monkeypatch) -> None:
+    """A worker that dies during reset_async/reset_wait is replaced, and its envs reset with the options
+    as they were at reset_async (as every other env, and as AsyncVectorEnv pickles them then), not with
+    the caller's dict as edited before reset_wait."""
+    monkeypatch.setenv("FASTVEC_TEST_PARENT", str(os.getpid()))
+    fns = [partial(_DiesInAWorkerOnLevelOne, str(tmp_path / "died")) for _ in range(4)]
+    with VectorEnv(fns, on_error="restart", context="fork", num_workers=2) as venv:
+        options = {"level": 1}
+        venv.reset_async(options=options)
+        options["level"] = 2  # the caller reuses its dict after the call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            obs, _ = venv.reset_wait()
+    assert (tmp_path / "died").exists()  # the worker did die
+    assert obs.ravel().tolist() == [1.0] * 4

@@ -403,25 +403,30 @@ def test_the_pool_takes_gymnasiums_autoreset_modes_and_refuses_others(given, mod
         assert pool.autoreset_mode == mode
 
 
-class _PopsLevelFailsOnce(gym.Env):
-    """Takes its level out of its reset options (as level-loading envs do); the first reset with level 1 of
-    env ``marker`` fails, once, whatever the process (a file marks it)."""
+class _LevelFailsOnce(gym.Env):
+    """Reads its level from its reset options (``pops``: takes it out, as level-loading envs do). Its
+    first reset with level 1 (a file ``marker`` marks it, whatever the process) fails: it raises, or
+    with ``die`` its worker process ends (a segfault, the OOM killer; never the test's own process)."""
 
     observation_space = gym.spaces.Box(-10, 10, (1,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
-    def __init__(self, marker: str):
-        self.marker = marker
+    def __init__(self, marker: str, pops: bool = False, die: bool = False):
+        self.marker, self.pops, self.die = marker, pops, die
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        level = (options if options is not None else {}).pop("level", -1)
-        if level == 1:
+        options = options if options is not None else {}
+        level = options.pop("level", -1) if self.pops else options.get("level", -1)
+        in_worker = os.getpid() != int(os.environ.get("FASTVEC_TEST_PARENT", "0"))
+        if level == 1 and (in_worker or not self.die):
             try:
                 os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
             except FileExistsError:
                 pass
             else:
+                if self.die:
+                    os._exit(3)
                 raise RuntimeError("transient failure loading level 1")
         return np.array([level], np.float32), {}
 
@@ -433,36 +438,11 @@ class _PopsLevelFailsOnce(gym.Env):
 def test_a_restarted_env_resets_with_the_options_given(tmp_path, num_workers: int) -> None:
     """on_error="restart": the env re-created after its reset raised is reset with the options the caller
     gave, not with the copy the failed env had already emptied (it reset with its defaults, silently)."""
-    fns = [partial(_PopsLevelFailsOnce, str(tmp_path / f"failed-{i}")) for i in range(2)]
+    fns = [partial(_LevelFailsOnce, str(tmp_path / f"failed-{i}"), pops=True) for i in range(2)]
     with VectorEnv(fns, on_error="restart", context="fork", num_workers=num_workers) as venv:
         obs, _ = venv.reset(options={"level": 1})
         assert obs.ravel().tolist() == [1.0, 1.0]
         assert all((tmp_path / f"failed-{i}").exists() for i in range(2))  # both did fail once
-
-
-class _DiesInAWorkerOnLevelOne(gym.Env):
-    """Its worker process dies (once: a file marks it) the first time it is reset with level 1."""
-
-    observation_space = gym.spaces.Box(-10, 10, (1,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        level = (options or {}).get("level", -1)
-        if level == 1 and os.getpid() != int(os.environ.get("FASTVEC_TEST_PARENT", "0")):
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                pass
-            else:
-                os._exit(3)
-        return np.array([level], np.float32), {}
-
-    def step(self, action):
-        return np.zeros(1, np.float32), 0.0, False, False, {}
 
 
 def test_a_worker_replaced_during_reset_async_resets_with_the_options_of_the_call(tmp_path, monkeypatch) -> None:
@@ -470,7 +450,7 @@ def test_a_worker_replaced_during_reset_async_resets_with_the_options_of_the_cal
     as they were at reset_async (as every other env, and as AsyncVectorEnv pickles them then), not with
     the caller's dict as edited before reset_wait."""
     monkeypatch.setenv("FASTVEC_TEST_PARENT", str(os.getpid()))
-    fns = [partial(_DiesInAWorkerOnLevelOne, str(tmp_path / "died")) for _ in range(4)]
+    fns = [partial(_LevelFailsOnce, str(tmp_path / "died"), die=True) for _ in range(4)]
     with VectorEnv(fns, on_error="restart", context="fork", num_workers=2) as venv:
         options = {"level": 1}
         venv.reset_async(options=options)

@@ -731,7 +731,6 @@ class Shard:
         # given to set_attr or call is not shared between envs)
         in_caller = self.in_caller
         results = []
-        returned: set[int] = set()  # (a worker's results go back in one message: an object two envs return would be one)
         last = len(indices) - 1
         for k, i in enumerate(indices):
             own = in_caller or k < last
@@ -745,10 +744,11 @@ class Shard:
                 )
             except Exception as exc:
                 raise ShardError(i, request, exc) from exc
-            if in_caller or id(result) in returned:
-                result = private(result)  # (a class attribute such as metadata: each env's own copy, as SB3's)
-            else:
-                returned.add(id(result))
+            if in_caller or k > 0:
+                # a worker's results go back in one message, where an object two envs return (a class attribute
+                # such as metadata), or parts of them, would come back as one: each env's own copy, as SB3's
+                # pipes give (a rare call: the copy costs about what pickling it does)
+                result = private(result)
             results.append(result)
         return results
 

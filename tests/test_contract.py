@@ -376,6 +376,9 @@ class Mutator(gym.Env):
         items.append("mine")
         return len(items)
 
+    def with_shared(self):
+        return ("mine", Mutator.metadata)  # a new tuple holding an object every env holds
+
 
 @pytest.mark.parametrize("implementation", ["fastvec", "fastvec-no-parent", "sb3-subproc"])
 def test_an_env_that_changes_its_arguments_changes_no_other_envs(request, implementation: str) -> None:
@@ -397,6 +400,8 @@ def test_an_env_that_changes_its_arguments_changes_no_other_envs(request, implem
         # a worker's results travel in one message, where one object stayed one
         metadata = venv.get_attr("metadata")
         assert all(a is not b for k, a in enumerate(metadata) for b in metadata[k + 1 :])
+        parts = [pair[1] for pair in venv.env_method("with_shared")]  # distinct results holding one object
+        assert all(a is not b for k, a in enumerate(parts) for b in parts[k + 1 :])
     finally:
         venv.close()
     gym_env = fastvec.VectorEnv([Mutator] * 4, context="fork", num_workers=2)

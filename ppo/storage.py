@@ -124,13 +124,9 @@ class RolloutStorage:
         if not self.on_host:
             self.obs[slot, start:stop].copy_(self.ring.obs[slot, start:stop], non_blocking=True)
 
-    def rows(self, parts: list[tuple[int, int, int]]) -> torch.Tensor:
-        """async_envs: the observations of envs ``start..stop-1`` in ``slot`` for each ``(slot, start, stop)``,
-        on the learner's device, in that order (a view for one part on CPU)."""
-        if len(parts) == 1:
-            slot, start, stop = parts[0]
-            return self.obs[slot, start:stop]
-        return torch.cat([self.obs[slot, start:stop] for slot, start, stop in parts])
+    def rows(self, slot: int, start: int, stop: int) -> torch.Tensor:
+        """async_envs: the observations of envs ``start..stop-1`` in ``slot``, on the learner's device (a view)."""
+        return self.obs[slot, start:stop]
 
     def obs_at(self, t: int) -> torch.Tensor:
         """Observations ``[N, *obs_shape]`` of time step t, on the learner's device (a view on CPU)."""

@@ -385,7 +385,7 @@ class Trainer:
         ``t_env[ids]``, in one policy call; send them (the first envs of their groups join ``sent``)."""
         storage = self.storage
         with torch.no_grad(), self.autocast():
-            action = self.agent.sample(storage.rows([(slot, int(ids[0]), int(ids[-1]) + 1)]))
+            action = self.agent.sample(storage.rows(slot, int(ids[0]), int(ids[-1]) + 1))
         steps = torch.from_numpy(t_env[ids]).to(storage.device)
         storage.actions[steps, torch.from_numpy(ids).to(storage.device)] = action
         self.backend.send(self._env_action(action), ids)  # type: ignore[attr-defined]

@@ -726,14 +726,14 @@ class Shard:
             except Exception as exc:
                 raise ShardError(indices[0], migrate.ADOPT, exc) from exc
         # every env gets arguments of its own, and the caller copies of what the envs return, as through
-        # a pipe (a worker's last env keeps what it unpickled, so every copy is made before any env could
-        # change it; the rest of its envs, and every env the calling process steps, get copies: a list
-        # given to set_attr or call is not shared between envs)
+        # a pipe: a shard's last env keeps what it was given (a worker's unpickled arguments; the calling
+        # process's shard gets a private copy from Pool.call_async), and the others get copies, all made
+        # before any env could change them (a list given to set_attr or call is not shared between envs)
         in_caller = self.in_caller
         results = []
         last = len(indices) - 1
         for k, i in enumerate(indices):
-            own = in_caller or k < last
+            own = k < last
             value = None if values is None else values[k]
             try:
                 result = run_call(

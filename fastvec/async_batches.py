@@ -51,7 +51,13 @@ __all__ = ["AsyncBatches", "AsyncBatch"]
 
 _HAS_OBJECTS = int(StepFlag.HAS_OBJECTS)
 _STEP = Command.STEP  # (an Enum member read through its class costs a metaclass lookup: once per call here)
+_STEP_CODE = int(_STEP)
+_INTP = np.dtype(np.intp)  # (a dtype compared with a dtype: np.intp, a type, costs numpy a conversion per call)
 
+
+# recv(copy=OBS_ONLY): the observations copied, rewards and flags views (the front-ends', which make their own
+# arrays of them in one kernel call, before the views can change)
+OBS_ONLY = _OBS = "obs"
 
 WORKERS_CHECK_S = 0.1  # how often workers in flight are checked on while other groups are collected
 _CHECK_EVERY = 4  # (the clock is read every few collections only)
@@ -64,7 +70,7 @@ class AsyncBatch:
                  "final_obs", "parts", "_pool")
 
     def __init__(self, pool: Pool, env_ids: np.ndarray, obs: Any, rewards: np.ndarray, terminated: np.ndarray,
-                 truncated: np.ndarray, extras: list, parts: list[tuple[int, int, int]]):
+                 truncated: np.ndarray, extras: list, parts: tuple[tuple[int, int, int], ...]):
         self._pool = pool
         self.env_ids = env_ids
         self.parts = parts  # (ring slot, first env, end env) of each group, in env_ids order
@@ -99,6 +105,7 @@ class AsyncBatches:
         groups = ([range(local.start, local.stop)] if local is not None else []) + [r.envs for r in pool._remotes]
         self.groups = groups
         self.group_size = pool.num_envs // len(groups)
+        self.groups_per_batch = batch_size // self.group_size  # (every group has group_size envs: none move here)
         self.inflight: dict[int, tuple[Command, int]] = {}  # position -> (command, slot)
         self.ready: collections.deque = collections.deque()  # (position, slot, extras, errors)
         self.slots = [0] * len(groups)  # each group's latest ring slot
@@ -130,12 +137,13 @@ class AsyncBatches:
                     views.terminated[s, g.start : g.stop],
                     views.truncated[s, g.start : g.stop],
                     [ring[s, g.start : g.stop] for ring in views.obs],
+                    ((s, g.start, g.stop),),  # the batch's parts (a tuple: batches share it)
                 )
                 for g in groups
             ]
             for s in range(pool.ring_slots)
         ]
-        self._sent_tags: list[tuple | None] = [None] * len(groups)
+        self._sent_tags: list[int | tuple | None] = [None] * len(groups)  # (one leaf: its tag; else a tuple)
 
     def release(self) -> None:
         """Drop the views of the shared block (the pool is closing: a view kept would keep it mapped)."""
@@ -175,16 +183,33 @@ class AsyncBatches:
         pool._check_usable()
         if pool._pending is not None:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
-        if type(env_ids) is not np.ndarray or env_ids.dtype != np.intp or env_ids.ndim != 1:  # (recv()'s ids are)
+        if type(env_ids) is not np.ndarray or env_ids.dtype != _INTP or env_ids.ndim != 1:  # (recv()'s ids are)
             env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
         ids = env_ids.tolist()
-        positions, run = self._groups(env_ids, ids)
+        whole = self._whole.get(tuple(ids))
+        if whole is not None:  # one group, in order (as recv() returns it): the usual send
+            position = whole[0]
+            if self.running[position]:
+                self._idle(whole)  # (raises)
+            positions, run = whole, True
+        else:
+            positions, run = self._groups(env_ids, ids)
         count = len(env_ids)
         writer = self._writers.get(count)
         if writer is None:
             writer = self._writers[count] = ActionWriter(pool.action_space, count, kernels, pool.check)
         views = pool._views
         first = ids[0]
+        if run and len(positions) == 1 and writer.single:
+            # the usual send (one group's envs, as recv() returned them, one array leaf): its rows' views made
+            # once, the leaf's dtype tag stored only when it changed, and no scratch arrays
+            position = positions[0]
+            tag = writer.writers[0].write(actions, self._action_rows[position][0], ids)
+            if self._sent_tags[position] != tag:
+                views.action_tags[0, first : first + count] = tag
+                self._sent_tags[position] = tag
+            self._give(positions, _STEP, 0, None)
+            return
         tags = self._tags
         if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
@@ -198,7 +223,8 @@ class AsyncBatches:
             objects = writer.write(actions, scratch, tags, per_env, ids)
             for buffer, part in zip(views.actions, scratch):
                 buffer[rows] = part
-        sent = tuple(tags.tolist())  # the dtype each leaf came in, stored for these envs where it changed
+        tags_list = tags.tolist()  # the dtype each leaf came in, stored for these envs where it changed
+        sent = tags_list[0] if len(tags_list) == 1 else tuple(tags_list)  # (an int for one leaf, as above)
         sent_tags = self._sent_tags
         if (sent_tags[positions[0]] != sent) if len(positions) == 1 else any(sent_tags[p] != sent for p in positions):
             views.action_tags[:, rows] = tags[:, None]
@@ -219,10 +245,8 @@ class AsyncBatches:
 
     def _groups(self, env_ids: np.ndarray, ids: list[int]) -> tuple[list[int], bool]:
         """The groups ``env_ids`` (``ids``: the same as a list) make up (whole groups, none in flight or
-        waiting to be received), and whether the ids are one run of consecutive envs (their rows are one slice)."""
-        whole = self._whole.get(tuple(ids))
-        if whole is not None:  # one group, in order (as recv() returns it): the usual send
-            return self._idle(whole), True
+        waiting to be received), and whether the ids are one run of consecutive envs (their rows are one slice).
+        (One group's ids in order, the usual send, are looked up in ``_whole`` by ``send`` itself.)"""
         n, size = self.pool.num_envs, self.group_size
         first = ids[0] if ids else -1
         run = ids == list(range(first, first + len(ids)))
@@ -269,21 +293,25 @@ class AsyncBatches:
         """Issue ``command`` to the workers at ``positions``, each into its next ring slot (the own
         group's is only recorded: ``recv()`` steps it)."""
         pool = self.pool
-        code = int(command)
+        code = _STEP_CODE if command is _STEP else int(command)
         first = self.first_remote
         if pool.step_timeout is not None:
             now = time.monotonic()
             for position in positions:
                 self.issued[position] = now
+        slots, ring_slots = self.slots, pool.ring_slots
         try:
             for position in positions:
-                slot = self.slots[position] + 1 if self.slots[position] + 1 < pool.ring_slots else 0
+                slot = slots[position] + 1
+                if slot == ring_slots:
+                    slot = 0
                 if position >= first:
-                    remote = pool._remotes[position - first]
                     bases, seqs = pool._worker_words[position - first]
                     kernels.issue(pool._control, bases, code, slot, arg, seqs, pool._remaining_index)  # (counts seqs)
-                    if payloads and remote.index in payloads:
-                        remote.send_bytes(payloads[remote.index])
+                    if payloads:
+                        remote = pool._remotes[position - first]
+                        if remote.index in payloads:
+                            remote.send_bytes(payloads[remote.index])
                 else:
                     self._own_passed = 0
                 self.inflight[position] = (command, slot)
@@ -303,14 +331,15 @@ class AsyncBatches:
         they finished, each group's envs in env-id order (as EnvPool, no order across groups is
         promised: ``env_ids`` says which rows are which env): copies, or with ``copy=False`` and a
         batch of one group (the default layout where cores are no more than batches), views into
-        the ring (valid until those envs are sent their next actions and step)."""
+        the ring (valid until those envs are sent their next actions and step); ``copy=OBS_ONLY``:
+        copies of the observations only."""
         pool = self.pool
         pool._check_usable()
         ready = self.ready
         if not (self.inflight or ready):
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic() if timeout is not None else 0.0
-        groups = self.batch_size // self.group_size  # (every group has group_size envs: none move in this mode)
+        groups = self.groups_per_batch
         tokens = pool._token  # (close() from another thread waits for this recv, and a recv for it)
         token = tokens.pop() if tokens else pool._enter_slowly(None)
         if token is not None and not (self.inflight or self.ready):  # collected by another thread meanwhile
@@ -320,11 +349,24 @@ class AsyncBatches:
             while len(ready) < groups and self.inflight:
                 self._collect_one(began, timeout)
         finally:
-            pool._leave(token)
+            if token is not None:  # (pool._leave, inlined: this runs on every batch)
+                tokens.append(token)
+            if pool._release_deferred:
+                pool._leave(None)
         if pool.closed:
             raise pool._closed_meanwhile("recv")
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
         # leaves them there, for the next recv(); one while they leave breaks the pool
+        if groups == 1 and not ready[0][3]:  # the usual batch: one group, whose envs all stepped
+            entry = ready[0]
+            batch = self._group_batch(entry, copy, batch_object)
+            try:
+                ready.popleft()
+                self.running[entry[0]] = False
+            except BaseException as exc:
+                pool._break(exc)
+                raise
+            return batch
         taken = list(itertools.islice(ready, groups))
         failed = [entry for entry in taken if entry[3]]
         if failed:  # only the groups with an env that raised leave: the others' results wait for the next recv()
@@ -413,7 +455,7 @@ class AsyncBatches:
                 raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
             return
         position = positions[k] + first
-        if len(self.inflight) > 1:  # several done: the one sent first (the inflight dict keeps send order)
+        if len(positions) > 1:  # several done: the one sent first (the inflight dict keeps send order)
             position = self._oldest_done(position)
         command, slot = self.inflight[position]
         remote = pool._remotes[position - first]
@@ -455,8 +497,10 @@ class AsyncBatches:
     def _any_done(self) -> bool:
         """Whether a worker in flight has finished (its DONE word reached its command count)."""
         first = self.first_remote
+        pool = self.pool
+        words, done, seqs = pool._control_words, pool._done_words, pool._seq_words
         for position in self.inflight:  # (a loop, not any() over a generator: this runs on every collection)
-            if position >= first and self._done(position):
+            if position >= first and words[done[position - first]] == seqs[position - first]:  # (_done, inlined)
                 return True
         return False
 
@@ -532,31 +576,47 @@ class AsyncBatches:
             self.ready.append((group, slot, reports + (p.respawned.get(position) or []), None))
 
     def _batch(self, taken: list, copy: bool, batch_object: Any = None) -> AsyncBatch:
+        """The batch of the groups ``taken`` (entries of ``ready``)."""
+        if len(taken) == 1:
+            return self._group_batch(taken[0], copy, batch_object)
         pool = self.pool
-        if len(taken) == 1:  # one group (the usual batch): its rows' views, made once, and no lists to join
-            position, slot, extras, _ = taken[0]
-            envs = self.groups[position]
-            env_ids = self._ids[position].copy()
-            if extras:
-                extras = pool._digest(list(extras), 0)
-            parts = [(slot, envs.start, envs.stop)]
-            rewards, terminated, truncated, columns = self._result_rows[slot][position]
-            if copy:
+        views = pool._views
+        env_ids = np.concatenate([self._ids[t[0]] for t in taken])
+        extras = []
+        for _, _, group_extras, _ in taken:
+            extras += group_extras or []
+        if extras:
+            extras = pool._digest(extras, 0)
+        parts = tuple((slot, self.groups[position].start, self.groups[position].stop) for position, slot, _, _ in taken)
+        rewards = np.concatenate([views.rewards[s, a:b] for s, a, b in parts])
+        terminated = np.concatenate([views.terminated[s, a:b] for s, a, b in parts])
+        truncated = np.concatenate([views.truncated[s, a:b] for s, a, b in parts])
+        columns = [np.concatenate([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
+        return self._assemble(env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
+
+    def _group_batch(self, entry: tuple, copy: bool, batch_object: Any = None) -> AsyncBatch:
+        """The batch of one group (the usual batch; ``entry``: its entry in ``ready``): its rows' views,
+        made once, and no lists to join."""
+        pool = self.pool
+        position, slot, extras, _ = entry
+        env_ids = self._ids[position].copy()
+        if extras:
+            extras = pool._digest(list(extras), 0)
+        rewards, terminated, truncated, columns, parts = self._result_rows[slot][position]
+        if copy:
+            if copy is not _OBS:
                 rewards, terminated, truncated = rewards.copy(), terminated.copy(), truncated.copy()
-                columns = [rows.copy() for rows in columns]
-        else:
-            views = pool._views
-            env_ids = np.concatenate([self._ids[t[0]] for t in taken])
-            extras = []
-            for _, _, group_extras, _ in taken:
-                extras += group_extras or []
-            if extras:
-                extras = pool._digest(extras, 0)
-            parts = [(slot, self.groups[position].start, self.groups[position].stop) for position, slot, _, _ in taken]
-            rewards = np.concatenate([views.rewards[s, a:b] for s, a, b in parts])
-            terminated = np.concatenate([views.terminated[s, a:b] for s, a, b in parts])
-            truncated = np.concatenate([views.truncated[s, a:b] for s, a, b in parts])
-            columns = [np.concatenate([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
+            if pool._single_leaf:
+                return AsyncBatch(pool, env_ids, columns[0].copy(), rewards, terminated, truncated, extras, parts)
+            columns = [rows.copy() for rows in columns]
+        if pool._single_leaf:
+            return AsyncBatch(pool, env_ids, columns[0], rewards, terminated, truncated, extras, parts)
+        return self._assemble(env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
+
+    def _assemble(self, env_ids: np.ndarray, columns: list, rewards: np.ndarray, terminated: np.ndarray,
+                  truncated: np.ndarray, extras: list, parts: list, batch_object: Any) -> AsyncBatch:
+        """The batch, its observations assembled from their array ``columns`` and object parts."""
+        pool = self.pool
         if pool._single_leaf:
             obs = columns[0]
         else:

@@ -148,6 +148,8 @@ class VectorEnv(gym.vector.VectorEnv):
             observation_space=given_space,
         )
         self._empty_objects: dict[int, Any] = {}
+        # asynchronous batches called without the pool's layer in between (issue 12: one call less per recv and send)
+        self._batches = self.pool._async
 
     # -- gymnasium's state names, for its messages ----------------------------------------------
     @property
@@ -303,30 +305,34 @@ class VectorEnv(gym.vector.VectorEnv):
 
     def send(self, actions: Any, env_ids: Any) -> None:
         """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each."""
-        self._assert_is_running()
-        self.pool.send(actions, env_ids)
+        if self.closed:
+            self._assert_is_running()
+        (self._batches or self.pool).send(actions, env_ids)
 
     def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """``(obs, rewards, terminated, truncated, infos)`` of the first ``batch_size`` envs that
         finished, with ``infos["env_id"]`` saying which, as EnvPool's gymnasium API returns them.
         ``copy=False`` (default: the ``copy`` the env was made with): views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
-        self._assert_is_running()
-        batch = self.pool.recv(copy=self.copy if copy is None else copy)
+        if self.closed:
+            self._assert_is_running()
+        batch = (self._batches or self.pool).recv(None, self.copy if copy is None else copy)
         infos: dict[str, Any] = {}
-        done = np.logical_or(batch.terminated, batch.truncated).tolist()
-        ends = self.autoreset_mode == AutoresetMode.SAME_STEP and True in done  # (final_obs, final_info)
-        if ends or batch.infos or batch.reset_infos or batch.restarted:  # else: only env_id
-            infos = self._recv_infos(batch, done)
+        done = None
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:  # an episode's end adds final_obs and final_info
+            done = np.logical_or(batch.terminated, batch.truncated).tolist()
+        if (done is not None and True in done) or batch.infos or batch.reset_infos or batch.restarted:
+            infos = self._recv_infos(batch, done)  # (else: only env_id)
         infos["env_id"] = batch.env_ids
         return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
 
-    def _recv_infos(self, batch: Any, done: list[bool]) -> dict[str, Any]:
-        """A batch's infos, batched as gymnasium batches them: the envs' infos, episode ends, restarts."""
+    def _recv_infos(self, batch: Any, done: list[bool] | None) -> dict[str, Any]:
+        """A batch's infos, batched as gymnasium batches them: the envs' infos, episode ends (``done``, per row,
+        in SAME_STEP mode; None in the others), restarts."""
         infos: dict[str, Any] = {}
         batched = _BatchInfos(len(batch.env_ids))  # gymnasium's info batching, over the batch's envs
         for k, i in enumerate(batch.env_ids.tolist()):
             info = dict(batch.infos.get(i, {}))
-            if self.autoreset_mode == AutoresetMode.SAME_STEP and done[k]:
+            if done is not None and done[k]:
                 info = {"final_info": info, "final_obs": batch.terminal_observation(i), **batch.reset_infos.get(i, {})}
             elif i in batch.reset_infos:
                 info.update(batch.reset_infos[i])

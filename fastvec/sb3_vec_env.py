@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fastvec import kernels
+from fastvec.async_batches import OBS_ONLY
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
 from fastvec.protocol import SAME_STEP
@@ -87,6 +88,8 @@ class SubprocVecEnv(_VecEnvBase):
         # a part of another byte order than this machine's (Box(dtype=">f4")): SB3's pipe and np.stack hand it
         # back in native order (torch takes no other); the ring holds the space's dtype
         self._swap = any(leaf.array and not leaf.dtype.isnative for leaf in leaves(self.observation_space))
+        # asynchronous batches called without the pool's layer in between (issue 12: one call less per recv and send)
+        self._batches = self.pool._async
 
     def _options_for_reset(self) -> list | None:
         """The options of set_options(), one per env; as in SB3, env i takes entry i of the list as
@@ -148,24 +151,24 @@ class SubprocVecEnv(_VecEnvBase):
     def send(self, actions: Any, env_ids: Any) -> None:
         """Step the envs ``env_ids`` (those ``recv()`` returned) with ``actions``, one row each (for Dict and
         Tuple action spaces also SB3's layout, one action per env, as ``step`` takes)."""
-        self.pool.send(actions, env_ids, per_env=self._per_env_actions)
+        (self._batches or self.pool).send(actions, env_ids, self._per_env_actions)
 
     def recv(self, copy: bool | None = None) -> tuple[Any, np.ndarray, np.ndarray, list[dict], np.ndarray]:
         """``(obs, rewards, dones, infos, env_ids)`` of the first ``batch_size`` envs that finished,
         with SB3's infos (``TimeLimit.truncated``, ``terminal_observation``). ``copy=False``
-        (default: the ``copy`` it was made with): obs and rewards are views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
-        batch = self.pool.recv(copy=self.copy if copy is None else copy, batch_object=_stack)
-        dones = batch.terminated | batch.truncated
-        ended = dones.tolist()  # (lists: numpy scalars cost a microsecond per env here)
-        ids = batch.env_ids.tolist()
-        infos = kernels.info_dicts(len(ids), "TimeLimit.truncated", False)  # the usual infos
-        if True in ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
-            self._unusual_infos(batch, ids, ended, infos)
+        (default: the ``copy`` it was made with): obs are views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
+        copied = self.copy if copy is None else copy
+        batch = (self._batches or self.pool).recv(None, OBS_ONLY if copied else False, _stack)
+        # dones, rewards (a float64 copy) and the rows whose episode ended, from the ring in one kernel call
+        dones, rewards, ended = kernels.done_flags(batch.terminated, batch.truncated, batch.rewards)
+        infos = kernels.info_dicts(len(dones), "TimeLimit.truncated", False)  # the usual infos
+        if ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
+            self._unusual_infos(batch, batch.env_ids.tolist(), ended, infos)
         for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
             self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
-        return _native(batch.obs) if self._swap else batch.obs, batch.rewards, dones, infos, batch.env_ids
+        return _native(batch.obs) if self._swap else batch.obs, rewards, dones, infos, batch.env_ids
 
-    def _unusual_infos(self, batch: Any, ids: list[int], ended: list[bool], infos: list[dict]) -> None:
+    def _unusual_infos(self, batch: Any, ids: list[int], ended: list[int], infos: list[dict]) -> None:
         """What ``recv`` adds to the usual infos (in place): the envs' own info dicts, episode ends
         (``TimeLimit.truncated``, ``terminal_observation``, the reset's infos) and restarts."""
         if batch.infos:
@@ -175,7 +178,7 @@ class SubprocVecEnv(_VecEnvBase):
                     info["TimeLimit.truncated"] = False
                     infos[k] = info
         terminated, truncated = batch.terminated, batch.truncated
-        for k in [k for k, done in enumerate(ended) if done]:
+        for k in ended:  # (the rows whose episode ended)
             i = ids[k]
             infos[k]["TimeLimit.truncated"] = truncated.item(k) and not terminated.item(k)
             final = batch.terminal_observation(i)

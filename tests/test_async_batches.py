@@ -527,18 +527,18 @@ def test_an_interrupt_while_recv_makes_its_batch_leaves_it_for_the_next_recv(mon
     a SIGINT would land)."""
     from fastvec.async_batches import AsyncBatches
 
-    make_batch = AsyncBatches._batch
+    make_batch = AsyncBatches._group_batch  # (a batch of one group, as here)
     lost: list = []  # the envs of the batch the interrupt hit
 
-    def interrupted_once(self, taken, copy, batch_object=None):
+    def interrupted_once(self, entry, copy, batch_object=None):
         if not lost:
-            lost.extend(i for position, *_ in taken for i in self.groups[position])
+            lost.extend(self.groups[entry[0]])
             raise KeyboardInterrupt
-        return make_batch(self, taken, copy, batch_object)
+        return make_batch(self, entry, copy, batch_object)
 
     with Pool([envs.make_cartpole] * 8, batch_size=4, num_workers=2, step_in_parent=False, start_method="fork") as pool:
         pool.async_reset()
-        monkeypatch.setattr(AsyncBatches, "_batch", interrupted_once)
+        monkeypatch.setattr(AsyncBatches, "_group_batch", interrupted_once)
         with pytest.raises(KeyboardInterrupt):
             pool.recv()
         assert pool.state.value == "idle"

@@ -23,6 +23,7 @@ the same rules as the synchronous API, per env; each group keeps its own ring sl
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import multiprocessing
 import time
@@ -95,8 +96,13 @@ class AsyncBatches:
     """The asynchronous side of a Pool (see the module's docstring)."""
 
     def __init__(self, pool: Pool, batch_size: int):
+        from fastvec.pool import PoolState
+
         self.pool = pool
         self.batch_size = batch_size
+        # (the states a pool is usable / closed in, kept here: an Enum member read through its class costs a
+        # metaclass lookup, and recv/send check the pool's state on every batch)
+        self._IDLE, self._CLOSED = PoolState.IDLE, PoolState.CLOSED
         # groups of envs, one per shard: the calling process's own first (when it steps one), then the
         # workers'; a group is addressed by its position in this list (a worker's is its position in
         # pool._remotes plus self.first_remote)
@@ -180,36 +186,37 @@ class AsyncBatches:
         """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each; with
         ``per_env``, a sequence of one action per env, SB3's layout for structured spaces)."""
         pool = self.pool
-        pool._check_usable()
+        if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual send)
+            pool._check_usable()
         if pool._pending is not None:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
         if type(env_ids) is not np.ndarray or env_ids.dtype != _INTP or env_ids.ndim != 1:  # (recv()'s ids are)
             env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
         ids = env_ids.tolist()
         whole = self._whole.get(tuple(ids))
-        if whole is not None:  # one group, in order (as recv() returns it): the usual send
+        leaf_writer = self._leaf_writer
+        if whole is not None and leaf_writer is not None:
+            # the usual send: one group's envs in order (as recv() returns them), one array leaf: its rows' view
+            # made once, the leaf's dtype tag stored only when it changed, and no scratch arrays
             position = whole[0]
             if self.running[position]:
+                self._idle(whole)  # (raises)
+            tag = leaf_writer.write(actions, self._action_rows[position][0], ids)
+            if self._sent_tags[position] != tag:
+                pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
+                self._sent_tags[position] = tag
+            self._give(whole, _STEP, 0, None)
+            return
+        if whole is not None:
+            if self.running[whole[0]]:
                 self._idle(whole)  # (raises)
             positions, run = whole, True
         else:
             positions, run = self._groups(env_ids, ids)
         count = len(env_ids)
-        writer = self._writers.get(count)
-        if writer is None:
-            writer = self._writers[count] = ActionWriter(pool.action_space, count, kernels, pool.check)
+        writer = self._writer(count)
         views = pool._views
         first = ids[0]
-        if run and len(positions) == 1 and writer.single:
-            # the usual send (one group's envs, as recv() returned them, one array leaf): its rows' views made
-            # once, the leaf's dtype tag stored only when it changed, and no scratch arrays
-            position = positions[0]
-            tag = writer.writers[0].write(actions, self._action_rows[position][0], ids)
-            if self._sent_tags[position] != tag:
-                views.action_tags[0, first : first + count] = tag
-                self._sent_tags[position] = tag
-            self._give(positions, _STEP, 0, None)
-            return
         tags = self._tags
         if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
@@ -242,6 +249,21 @@ class AsyncBatches:
                 else:
                     payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
         self._give(positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
+
+    def _writer(self, count: int) -> ActionWriter:
+        """The action writer of a send to ``count`` envs (made at the first)."""
+        writer = self._writers.get(count)
+        if writer is None:
+            pool = self.pool
+            writer = self._writers[count] = ActionWriter(pool.action_space, count, kernels, pool.check)
+        return writer
+
+    @functools.cached_property
+    def _leaf_writer(self) -> Any:
+        """The one array leaf's writer of a send to one group, where the action space is one array (else None).
+        (Made at the first send: the pool learns its action space after making this.)"""
+        writer = self._writer(self.group_size)
+        return writer.writers[0] if writer.single else None
 
     def _groups(self, env_ids: np.ndarray, ids: list[int]) -> tuple[list[int], bool]:
         """The groups ``env_ids`` (``ids``: the same as a list) make up (whole groups, none in flight or
@@ -334,26 +356,27 @@ class AsyncBatches:
         the ring (valid until those envs are sent their next actions and step); ``copy=OBS_ONLY``:
         copies of the observations only."""
         pool = self.pool
-        pool._check_usable()
-        ready = self.ready
-        if not (self.inflight or ready):
+        if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual recv)
+            pool._check_usable()
+        ready, inflight = self.ready, self.inflight
+        if not (inflight or ready):
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic() if timeout is not None else 0.0
         groups = self.groups_per_batch
         tokens = pool._token  # (close() from another thread waits for this recv, and a recv for it)
         token = tokens.pop() if tokens else pool._enter_slowly(None)
-        if token is not None and not (self.inflight or self.ready):  # collected by another thread meanwhile
+        if token is not None and not (inflight or ready):  # collected by another thread meanwhile
             tokens.append(token)
             raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
         try:
-            while len(ready) < groups and self.inflight:
+            while len(ready) < groups and inflight:
                 self._collect_one(began, timeout)
         finally:
             if token is not None:  # (pool._leave, inlined: this runs on every batch)
                 tokens.append(token)
             if pool._release_deferred:
                 pool._leave(None)
-        if pool.closed:
+        if pool._state is self._CLOSED or pool._terminated:  # (pool.closed)
             raise pool._closed_meanwhile("recv")
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
         # leaves them there, for the next recv(); one while they leave breaks the pool
@@ -393,16 +416,17 @@ class AsyncBatches:
     def _collect_one(self, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish, or step the own group; its results join ``ready``."""
         first = self.first_remote
-        if len(self.inflight) > 1:  # (some group keeps being taken before the others)
+        inflight = self.inflight
+        if len(inflight) > 1:  # (some group keeps being taken before the others)
             self._collected += 1
             if self._collected >= _CHECK_EVERY:
                 self._check_workers_in_flight()
-        if first and 0 in self.inflight:
+        if first and 0 in inflight:
             # the own group steps now (this process would otherwise wait), unless a worker's group is done
             # already: that one is taken first, once at most (workers always done by the next recv() would
             # otherwise starve the own group). (Waiting first for a worker that was sent before the own
             # group, so as not to leave it idle, measured slower: 68-81k against 83-89k steps/s at 8 envs.)
-            if len(self.inflight) == 1 or self._own_passed or not self._any_done():
+            if len(inflight) == 1 or self._own_passed or not self._any_done():
                 self._step_own()
                 return
             self._own_passed += 1
@@ -428,10 +452,11 @@ class AsyncBatches:
         """Wait for one more worker to finish; its results join ``ready`` (or it died: _check_lives)."""
         pool = self.pool
         first = self.first_remote
-        if len(self.inflight) - (1 if first and 0 in self.inflight else 0) == len(self._all_remotes):
+        inflight = self.inflight
+        if len(inflight) - (1 if first and 0 in inflight else 0) == len(self._all_remotes):
             positions, done, seqs = self._all_remotes, pool._done_index, pool._seqs  # every worker: the pool's arrays
         else:
-            positions = [position - first for position in self.inflight if position >= first]
+            positions = [position - first for position in inflight if position >= first]
             done = pool._done_index[positions]
             seqs = pool._seqs[positions]
         slice_ns, spin_ns, expired = POLL_NS, pool.spin_ns, False
@@ -444,7 +469,7 @@ class AsyncBatches:
         if limit is not None:  # wake up by the first in-flight worker's deadline
             due = min(self.issued[position + first] for position in positions) + limit - time.monotonic()
             slice_ns = max(1, min(slice_ns, int(due * 1e9)))
-        if pool.closed:  # by another thread, which gave up waiting for this one
+        if pool._state is self._CLOSED or pool._terminated:  # by another thread, which gave up waiting for this one
             raise pool._closed_meanwhile("recv")
         k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, spin_ns, slice_ns)
         if k == -1:
@@ -457,11 +482,11 @@ class AsyncBatches:
         position = positions[k] + first
         if len(positions) > 1:  # several done: the one sent first (the inflight dict keeps send order)
             position = self._oldest_done(position)
-        command, slot = self.inflight[position]
-        remote = pool._remotes[position - first]
+        command, slot = inflight[position]
         try:
             reply = None
             if pool._control_words[pool._message_words[position - first]]:
+                remote = pool._remotes[position - first]
                 try:
                     reply = pool._recv(remote, "step" if command is _STEP else "reset")
                 except WorkerDiedError:  # it finished, then died before its message was read: its results are lost
@@ -469,7 +494,7 @@ class AsyncBatches:
                         raise
                     self._check_lives([position - first])  # respawned: its replacement's results join ``ready``
                     return
-            del self.inflight[position]
+            del inflight[position]
             extras, error = None, None
             if reply is not None:
                 kind, payload = reply

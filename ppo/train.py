@@ -237,6 +237,13 @@ class Trainer:
             if self.dist.enabled:
                 self.dist.restore_rng_state(state.get("torch_rng_states"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
+            if self.global_step >= config.total_timesteps and self.dist.is_main:  # (the run still writes its files)
+                print(
+                    f"note: --resume {config.resume} has trained {self.global_step:,} steps, the whole budget "
+                    f"(--total-timesteps {config.total_timesteps:,}): nothing to train; pass a larger "
+                    "--total-timesteps to train on",
+                    file=sys.stderr,
+                )
         # distributed: the update's forward runs through DistributedDataParallel, which averages the gradients
         # (and starts every rank from rank 0's parameters); the plain agent when not distributed
         self.policy = self.dist.wrap(self.agent)

@@ -97,6 +97,26 @@ def test_trainer_resumes_from_a_run(tmp_path) -> None:
     assert summary["global_step"] == 128 and summary["iterations"] == 4
 
 
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_a_resume_whose_budget_is_spent_says_so(tmp_path, capsys) -> None:
+    """Resuming a run with a budget its checkpoint has already trained trains nothing (the run folder is
+    still written, as a round trip), and says so, with what to change; a budget left says nothing."""
+    common = dict(runs_dir=str(tmp_path), num_envs=2, num_steps=16, vec_backend="serial", progress=False,
+                  tensorboard=False, eval_episodes=0, stop_when_solved=False)
+    with Trainer(Config(run_name="first", total_timesteps=64, **common)) as first:
+        first.run()
+    capsys.readouterr()
+    resume = str(tmp_path / "first")
+    with Trainer(Config(run_name="spent", total_timesteps=64, resume=resume, **common)) as spent:
+        summary = spent.run()
+    assert summary["global_step"] == 64
+    err = capsys.readouterr().err
+    assert "has trained 64 steps, the whole budget (--total-timesteps 64): nothing to train" in err, err
+    with Trainer(Config(run_name="more", total_timesteps=96, resume=resume, **common)) as more:
+        more.run()
+    assert "nothing to train" not in capsys.readouterr().err
+
+
 @pytest.mark.one_pass  # the serial backend, or the references: no fastvec kernels
 def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
     """A finished run's folder holds latest.pt from an earlier iteration and final.pt: resuming takes

@@ -83,13 +83,15 @@ class WorkerDiedError(FastvecError):
     """A worker process exited while the pool still needed it."""
 
     def __init__(
-        self, worker_index: int, env_indices: range, exitcode: int | None, command: str, replaced_later: bool = False
+        self, worker_index: int, env_indices: range, exitcode: int | None, command: str, replaced_later: bool = False,
+        ended_after: float | None = None,
     ):
         self.worker_index = worker_index
         self.env_indices = env_indices
         self.exitcode = exitcode
         self.command = command
         self.replaced_later = replaced_later  # (on_error="restart": the next step or reset replaces it)
+        self.ended_after = ended_after  # (on_error="restart": the pool ended it, hung past this step_timeout)
         how = f"exit code {exitcode}"
         if exitcode == EXIT_UNKNOWN:
             how = "an exit status this process could not read (it was reaped elsewhere: SIGCHLD ignored, or a handler's waitpid)"
@@ -101,6 +103,8 @@ class WorkerDiedError(FastvecError):
             except ValueError:
                 pass
         later = "; with on_error='restart' it is replaced at the next step or reset" if replaced_later else ""
+        if ended_after is not None:
+            how = f"{how}: it was ended, still running after step_timeout={ended_after:g} s"
         super().__init__(
             f"worker {worker_index} (envs {env_indices.start}..{env_indices.stop - 1}) died during "
             f"{command!r} with {how}{later}"

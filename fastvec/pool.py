@@ -118,7 +118,7 @@ class _Pending:
 
     __slots__ = (
         "command", "code", "name", "slot", "arg", "payloads", "local_args", "reset_options", "local", "waited",
-        "respawned", "replies", "plan", "count", "sync", "lost",
+        "respawned", "replies", "plan", "count", "sync", "lost", "hung",
     )
 
     def __init__(
@@ -143,6 +143,7 @@ class _Pending:
         self.replies: dict[int, Any] = {}  # position -> message read (None: had none)
         self.sync = False  # started by reset() / call(): the next command finishes it if interrupted
         self.lost: set[int] = set()  # positions of workers found dead during a call (on_error="restart")
+        self.hung: set[int] = set()  # positions of workers ended past step_timeout (on_error="restart")
 
     def rearm_step(self, slot: int) -> _Pending:
         """This completed usual step, as the next one into ``slot`` (issue 14: making a _Pending costs
@@ -157,6 +158,8 @@ class _Pending:
             self.replies = {}
         if self.lost:
             self.lost = set()
+        if self.hung:
+            self.hung = set()
         return self
 
 
@@ -1033,8 +1036,12 @@ class Pool:
         if errors:
             raise env_errors(errors)
         if p.lost:
-            remote = self._remotes[min(p.lost)]
-            raise WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True)
+            k = min(p.lost)
+            remote = self._remotes[k]
+            raise WorkerDiedError(
+                remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True,
+                ended_after=self.step_timeout if k in p.hung else None,
+            )
         return extras
 
     def _digest(self, extras: list, slot: int) -> list | None:
@@ -1134,8 +1141,12 @@ class Pool:
                     self._break(error)
                     raise error
             elif self.step_timeout is not None and elapsed > self.step_timeout:
-                if restartable:
-                    remote.end()  # a hung env: its replacement takes over at the next pass
+                if self.on_error == "restart":
+                    # a hung env: ended, and then as a dead worker (the next pass): in a step or reset its
+                    # replacement takes over; a call (an env moving in, env_method...) fails naming it, and the
+                    # next step or reset replaces it
+                    remote.end()
+                    p.hung.add(k)
                     continue
                 error = StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout)
                 self._break(error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from functools import partial
 
 import gymnasium as gym
@@ -57,6 +58,13 @@ class DiesUnpickled(Where):
 
     def __setstate__(self, state):
         os._exit(3)
+
+
+class HangsUnpickled(Where):
+    """... whose arrival hangs the process it arrives in (an unpickling stuck on a lock, say)."""
+
+    def __setstate__(self, state):
+        time.sleep(60)
 
 
 def make_where() -> gym.Env:
@@ -345,6 +353,28 @@ def test_a_worker_that_dies_as_an_env_arrives(on_error: str) -> None:
         assert all("terminal_observation" in info for info in infos)
         pids = venv.env_method("pid")
         assert len(set(pids[3:])) == 1 and pids[3] not in pids[:3]
+        venv.step(np.zeros(6, dtype=np.int64))
+
+
+def test_a_worker_that_hangs_as_an_env_arrives_is_replaced_with_on_error_restart() -> None:
+    """With on_error="restart" and step_timeout, a worker still unpickling an arriving env after step_timeout
+    is ended and replaced in that step, as one that died there (it used to break the pool with StepTimeoutError)."""
+    def short(kind: type = Where) -> gym.Env:
+        return kind(gym.make("CartPole-v1", max_episode_steps=5))
+
+    fns = [short] * 3 + [partial(short, HangsUnpickled)] + [short] * 2
+    with SubprocVecEnv(fns, start_method="fork", num_workers=3, on_error="restart", step_timeout=1.0) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 2) == 3
+        began = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="worker 2"):
+            for _ in range(600):
+                _, rewards, dones, infos = venv.step(np.zeros(6, dtype=np.int64))
+                if venv.pool.moves_done:
+                    break
+        assert time.monotonic() - began < 20
+        assert venv.pool.moves_done == 1 and venv.pool.shard_envs[2] == range(3, 6) and venv.pool.worker_restarts == 1
+        assert all("fastvec.restarted" in infos[i] for i in range(3, 6))
         venv.step(np.zeros(6, dtype=np.int64))
 
 

@@ -460,3 +460,39 @@ def test_a_worker_replaced_during_reset_async_resets_with_the_options_of_the_cal
             obs, _ = venv.reset_wait()
     assert (tmp_path / "died").exists()  # the worker did die
     assert obs.ravel().tolist() == [1.0] * 4
+
+
+class _HangsOnCall(gym.Wrapper):
+    """CartPole whose ``hang()`` never returns in a worker (a stuck env method)."""
+
+    def hang(self) -> None:
+        if os.getpid() != _TEST_PID:
+            time.sleep(60)
+
+
+_TEST_PID = os.getpid()
+
+
+def _hangs_on_call() -> gym.Env:
+    return _HangsOnCall(gym.make("CartPole-v1"))
+
+
+def test_a_worker_hung_in_a_call_is_ended_and_replaced_at_the_next_step() -> None:
+    """on_error="restart" with step_timeout: a worker still in an env_method after step_timeout is
+    ended, as a dead one: the call fails naming it and saying so, and the next step replaces it (it
+    used to break the pool with StepTimeoutError, while a worker that died in the call was replaced)."""
+    from fastvec.errors import WorkerDiedError
+
+    with SubprocVecEnv([_hangs_on_call] * 4, start_method="fork", num_workers=2, step_in_parent=True,
+                       on_error="restart", step_timeout=0.5) as venv:
+        venv.reset()
+        began = time.monotonic()
+        with pytest.raises(WorkerDiedError, match=r"worker 1 \(envs 2..3\) died during 'env_method' .*ended, still "
+                           r"running after step_timeout=0.5 s; with on_error='restart' it is replaced"):
+            venv.env_method("hang", indices=[3])
+        assert time.monotonic() - began < 10
+        with pytest.warns(RuntimeWarning, match="worker 1"):
+            obs, _, dones, infos = venv.step(np.zeros(4, np.int64))
+        assert venv.pool.worker_restarts == 1 and venv.pool.state.value == "idle"
+        assert all("fastvec.restarted" in infos[i] for i in (2, 3)) and "fastvec.restarted" not in infos[0]
+        venv.step(np.zeros(4, np.int64))

@@ -185,6 +185,7 @@ class AsyncBatches:
     def send(self, actions: Any, env_ids: Any, per_env: bool = False) -> None:
         """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each; with
         ``per_env``, a sequence of one action per env, SB3's layout for structured spaces)."""
+        entered = time.perf_counter_ns()  # (the time inside the pool: stats().learner_share)
         pool = self.pool
         if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual send)
             pool._check_usable()
@@ -206,6 +207,7 @@ class AsyncBatches:
                 pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
                 self._sent_tags[position] = tag
             self._give(whole, _STEP, 0, None)
+            pool._inside_ns += time.perf_counter_ns() - entered
             return
         if whole is not None:
             if self.running[whole[0]]:
@@ -249,6 +251,7 @@ class AsyncBatches:
                 else:
                     payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
         self._give(positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
+        pool._inside_ns += time.perf_counter_ns() - entered
 
     def _writer(self, count: int) -> ActionWriter:
         """The action writer of a send to ``count`` envs (made at the first)."""
@@ -355,6 +358,7 @@ class AsyncBatches:
         batch of one group (the default layout where cores are no more than batches), views into
         the ring (valid until those envs are sent their next actions and step); ``copy=OBS_ONLY``:
         copies of the observations only."""
+        entered = time.perf_counter_ns()  # (the time inside the pool, the own group's steps and the waits with it)
         pool = self.pool
         if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual recv)
             pool._check_usable()
@@ -376,6 +380,7 @@ class AsyncBatches:
                 tokens.append(token)
             if pool._release_deferred:
                 pool._leave(None)
+            pool._inside_ns += time.perf_counter_ns() - entered
         if pool._state is self._CLOSED or pool._terminated:  # (pool.closed)
             raise pool._closed_meanwhile("recv")
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made

@@ -44,6 +44,27 @@ def test_a_snapshot_of_every_shard() -> None:
         assert pool.stats().workers[0].cpu_percent is not None
 
 
+@pytest.mark.parametrize("batches", [False, True])
+def test_the_learner_share_counts_recv_and_send_as_time_in_the_pool(batches: bool) -> None:
+    """A caller that only steps (or only receives and sends batches) of envs that each take 2 ms spends
+    nearly all its time inside the pool: learner_share near 0 (asynchronous batches read about 1.0:
+    recv and send were not counted)."""
+    from tests.test_monitor import make_busy
+
+    fns = [partial(make_busy, 2e-3)] * 4
+    kw = {"batch_size": 2} if batches else {}
+    with Pool(fns, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP, **kw) as pool:
+        pool.async_reset() if batches else pool.reset()
+        pool.stats()
+        for _ in range(100):
+            if batches:
+                batch = pool.recv()
+                pool.send(np.zeros(2, np.int64), batch.env_ids)
+            else:
+                pool.step(np.zeros(4, np.int64))
+        assert pool.stats().learner_share < 0.5
+
+
 def test_per_env_step_times_while_timing() -> None:
     from tests.test_monitor import make_busy
 

@@ -86,7 +86,7 @@ class Stats:
     where the dead one stopped.
     """
 
-    COMMANDS = 0  # commands run
+    COMMANDS = 0  # step commands run (resets and rare calls are in BUSY_NS and the histogram, not here)
     ENV_STEPS = 1  # env steps taken
     BUSY_NS = 2  # nanoseconds spent running commands
     ENV_RESTARTS = 3  # envs re-created after raising (on_error="restart")

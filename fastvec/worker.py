@@ -283,7 +283,12 @@ def _serve(
             control[message_index] = message = flag
         wait_ns = began - finished
         finished = time.perf_counter_ns()
-        add_stats(stats, 1.0, shard.steps - steps_before, finished - began, shard.restarts - restarts_before, wait_ns)
+        # (COMMANDS counts steps only, as the calling process's shard does: per-env step times are per step
+        # command, and a rare call or a reset between steps must not make this worker's envs look cheaper)
+        add_stats(
+            stats, 1.0 if command == step_code else 0.0, shard.steps - steps_before, finished - began,
+            shard.restarts - restarts_before, wait_ns,
+        )
         finish(control, done_index, expected, remaining_index)
         # (the parent goes on from here: what follows is off its critical path)
         if adaptive:

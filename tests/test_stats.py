@@ -65,6 +65,23 @@ def test_the_learner_share_counts_recv_and_send_as_time_in_the_pool(batches: boo
         assert pool.stats().learner_share < 0.5
 
 
+def test_per_env_step_times_are_per_step_with_rare_calls_between_steps() -> None:
+    """Envs of 2 ms a step read at least 2 ms a step in every shard, with a get_attr between steps (a worker
+    counted the calls as commands too, so its envs read about half their step time, and the monitor
+    balanced by that)."""
+    from tests.test_monitor import make_busy
+
+    with Pool([partial(make_busy, 2e-3)] * 4, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.reset()
+        pool.timing = True
+        pool.stats()
+        for _ in range(40):
+            pool.step(np.zeros(4, np.int64))
+            pool.call("get_attr", [0, 3], ("step_seconds",))
+        times = [ms for shard in pool.stats().shards for ms in shard.env_step_ms]
+        assert len(times) == 4 and min(times) >= 1.9, times
+
+
 def test_per_env_step_times_while_timing() -> None:
     from tests.test_monitor import make_busy
 

@@ -101,6 +101,7 @@ class Monitor:
         self._throughputs: list[float] = []  # the pool's pace (see _pace) in the latest ``patience`` samples
         # the latest move on trial: ([(source, target, around, envs moved)], the pace before, its sample)
         self._trial: tuple[list[tuple[int, int, bool, int]], float, int] | None = None
+        self._trial_made: dict[tuple[int, int, bool], int] = {}  # the pool's moves per route when the trial began
         self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
@@ -375,6 +376,9 @@ class Monitor:
             return None  # no move would help enough: moving would only swap who lags, or gain too little
         parts = []
         trial = []
+        # the moves done on each route so far, before any of this trial's: its undo reverses only those the pool made
+        made = self.pool.moves_by_route
+        self._trial_made = {(shard, target, around): made.get((shard, target, around), 0) for target, around, _ in sides}
         for (target, around, edges), count in zip(sides, counts):
             if not count:
                 continue
@@ -415,6 +419,16 @@ class Monitor:
         self._trial = None
         after = statistics.median(self._throughputs)
         if after >= (1.0 - self.undo_drop) * before:
+            return None
+        # only what the pool did: a move it refused (an env found not to pickle, a target parked meanwhile) or
+        # called off is not undone (its undo would move an env that never left onto the straggler)
+        made = self.pool.moves_by_route
+        moves = [
+            (source, target, around, min(count, made.get((source, target, around), 0) - self._trial_made[(source, target, around)]))
+            for source, target, around, count in moves
+        ]
+        moves = [move for move in moves if move[3] > 0]
+        if not moves:
             return None
         for source, target, around, count in moves:
             self._queue_moves(target, source, around, count)

@@ -325,6 +325,9 @@ class Pool:
         self._async: AsyncBatches | None = None
         self.worker_restarts = 0
         self.moves_done = 0
+        # moves done per route (source, target, around the ring's end): the monitor undoes only the moves of a
+        # trial that happened (the pool refuses some it was asked for). Read by key from the monitor's thread.
+        self.moves_by_route: collections.Counter = collections.Counter()
         self._sync_next = False  # reset() / call() are issuing their command (it is then finished if interrupted)
         self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
         self._movable: dict[int, bool] = {}  # env index -> whether it can move keeping its state, once asked
@@ -1580,6 +1583,7 @@ class Pool:
                 extras.append((index, Extra.RESET_INFO, result["info"]))
             extras += result["extras"] or []
             self.moves_done += 1
+            self.moves_by_route[(source, target, around)] += 1
             if wrapped and not self.wrap_envs:  # the usual step goes back to one Shard's path
                 self._local = self._head
             if source in self._draining and not self.shard_envs[source]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import subprocess
 import sys
@@ -106,9 +107,13 @@ class _FakePool:
         self.pending_moves = 0
         self.unmovable: frozenset[int] = frozenset()
         self.queued_requests = 0
+        self.moves_by_route: collections.Counter = collections.Counter()
+        self.refuse: set[tuple[int, int, bool]] = set()  # routes whose moves the pool refuses (an env that cannot move)
 
     def queue_move(self, source: int, target: int, around: bool = False) -> None:
         self.moves.append((source, target, "around") if around else (source, target))
+        if (source, target, around) not in self.refuse:  # (done at once here: a real pool does it at an episode end)
+            self.moves_by_route[(source, target, around)] += 1
 
     def can_park(self, shard: int) -> bool:
         return self.parkable
@@ -493,6 +498,29 @@ def test_a_move_after_which_the_pool_steps_slower_is_undone(monkeypatch) -> None
     assert "against 14,286 before" in event.why
     assert [monitor.step(straggling) for _ in range(4)] == [None] * 4  # not that way again, for a while
     assert monitor.step(straggling).kind == "move"
+
+
+def test_an_undo_reverses_only_the_moves_the_pool_made(monkeypatch) -> None:
+    """A trial whose moves the pool refused in part (an env found not to pickle): the undo takes back the
+    moves made, not the ones planned (it used to move envs that never left onto the straggler); none made,
+    no undo."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    straggling = _per_env(HETERO)
+    slower = dataclasses.replace(straggling, throughput=8_000.0)
+    pool = _FakePool(wraps=False)
+    monitor = Monitor(pool, patience=1, cooldown=0, settle=2, retry_after=5)
+    assert monitor.step(dataclasses.replace(straggling, throughput=10_000.0)).kind == "move"
+    assert pool.moves == [(1, 0)] * 4
+    pool.moves_by_route[(1, 0, False)] -= 3  # the pool made one of the four
+    assert monitor.step(slower) is None
+    event = monitor.step(slower)
+    assert event.kind == "undo" and pool.moves == [(1, 0)] * 4 + [(0, 1)] and "1 env: shard 0 -> shard 1" in event.detail
+    pool = _FakePool(wraps=False)
+    pool.refuse.add((1, 0, False))  # it made none
+    monitor = Monitor(pool, patience=1, cooldown=0, settle=2, retry_after=5)
+    assert monitor.step(dataclasses.replace(straggling, throughput=10_000.0)).kind == "move"
+    events = [monitor.step(slower) for _ in range(3)]
+    assert all(event is None or event.kind != "undo" for event in events) and (0, 1) not in pool.moves
 
 
 def test_a_move_is_judged_once_its_envs_moved(monkeypatch) -> None:

@@ -98,3 +98,20 @@ def test_per_env_step_times_while_timing() -> None:
         # averaged 1 ms a step over the 30 timed commands)
         assert times[3] > 2 * max(times[:3]), times
         assert 3 < times[3] < 40  # one command in TIMING_EVERY is timed; the estimate is still ~4 ms a step
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_stats_and_counters_after_close_raise_closed_error(front: str) -> None:
+    """After close(), stats() and the pool's counters say the env is closed (they failed with an
+    AttributeError, a TypeError or "process object is closed")."""
+    from fastvec import ClosedError, SubprocVecEnv, VectorEnv
+
+    fns = [envs.make_cartpole] * 4
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2) if front == "sb3" else VectorEnv(fns, context="fork", num_workers=2)
+    venv.reset()
+    pool = venv.pool
+    venv.close()
+    for read in (venv.stats, pool.stats, pool.worker_stats, pool.shard_restarts, pool.shard_counters, pool.env_step_ns,
+                 lambda: pool.worker_pids, lambda: pool.timing):
+        with pytest.raises(ClosedError, match="closed"):
+            read()

@@ -164,6 +164,20 @@ def measure(spec: dict, timeout: float) -> dict:
 
 
 # -- the search -----------------------------------------------------------------------------------
+def _argument_error(flag: Callable[[str], str], **values: float | None) -> str | None:
+    """What is wrong with the first of the search's counts (at least 1) and durations (positive, finite
+    seconds) in ``values`` that is out of range, named by ``flag(name)``; None when all are right."""
+    for name in ("num_envs", "repeats", "attempts"):
+        value = values.get(name)
+        if value is not None and value < 1:
+            return f"{flag(name)} must be at least 1, not {value}"
+    for name in ("seconds", "timeout"):
+        value = values.get(name)
+        if value is not None and not 0 < value < float("inf"):
+            return f"{flag(name)} must be a positive number of seconds, not {value}"
+    return None
+
+
 def search(
     env_id: str | None = None,
     env_module: str | None = None,
@@ -188,6 +202,9 @@ def search(
     """
     if (env_id is None) == (env_module is None):
         raise ValueError("give exactly one of env_id and env_module")
+    error = _argument_error(str, num_envs=num_envs, repeats=repeats, seconds=seconds, timeout=timeout, attempts=attempts)
+    if error is not None:  # (before any child runs: num_envs=0 failed inside one, seconds=0 measured noise)
+        raise ValueError(error)
     num_cores = cores()
     base = {"env_id": env_id, "env_module": env_module, "num_envs": num_envs, "seconds": seconds, "repeats": repeats}
     measured: list[dict] = []
@@ -366,12 +383,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a candidate is declared hung")
     parser.add_argument("--output", type=Path, default=None, help="write the best configuration here (JSON)")
     args = parser.parse_args(argv)
-    for name, value, least in (("--num-envs", args.num_envs, 1), ("--repeats", args.repeats, 1)):
-        if value is not None and value < least:
-            parser.error(f"{name} must be at least {least}, not {value}")
-    for name, value in (("--seconds", args.seconds), ("--timeout", args.timeout)):
-        if value is not None and not 0 < value < float("inf"):
-            parser.error(f"{name} must be a positive number of seconds, not {value}")
+    error = _argument_error(
+        lambda name: "--" + name.replace("_", "-"),
+        num_envs=args.num_envs, repeats=args.repeats, seconds=args.seconds, timeout=args.timeout,
+    )
+    if error is not None:
+        parser.error(error)
     if args.env_module is not None:
         try:
             _factory_name(args.env_module)

@@ -135,6 +135,25 @@ def test_bad_arguments_are_refused_before_measuring(monkeypatch, capsys, args, n
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"num_envs": 0}, "num_envs"),
+        ({"repeats": 0}, "repeats"),
+        ({"attempts": 0}, "attempts"),
+        ({"seconds": 0}, "seconds"),
+        ({"seconds": float("nan")}, "seconds"),
+        ({"timeout": -1.0}, "timeout"),
+    ],
+)
+def test_search_refuses_bad_arguments_by_name_before_measuring(monkeypatch, kwargs, named):
+    """The API checks what the command line checks (num_envs=0 failed in a child with an IndexError,
+    repeats=0 with a StatisticsError, and seconds=0 recommended a configuration measured on noise)."""
+    monkeypatch.setattr(tune, "measure", lambda spec, timeout: pytest.fail("measured"))
+    with pytest.raises(ValueError, match=rf"^{named} must be"):
+        tune.search("CartPole-v1", **kwargs)
+
+
+@pytest.mark.parametrize(
     "result",
     [
         {"status": "error", "reason": "NameNotFound: Environment `NoSuchEnv` doesn't exist."},

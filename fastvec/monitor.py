@@ -543,6 +543,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--hog", action="store_true", help="also run a CPU hog on the last worker's core")
     args = parser.parse_args(argv)
+    if args.num_envs < 1:
+        parser.error(f"--num-envs must be at least 1, not {args.num_envs}")
+    if not 0 < args.seconds < float("inf"):
+        parser.error(f"--seconds must be a positive number of seconds, not {args.seconds}")
     _demo(args.seconds, args.num_envs, args.hog)
 
 

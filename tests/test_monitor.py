@@ -547,3 +547,15 @@ def test_a_move_after_which_the_pool_steps_faster_stays(monkeypatch) -> None:
     faster = dataclasses.replace(balanced, throughput=14_000.0)
     assert [monitor.step(faster) for _ in range(3)] == [None] * 3
     assert sorted(pool.moves) == [(1, 0), (1, 0), (1, 0, "around")]  # nothing undone
+
+
+@pytest.mark.parametrize(("args", "named"), [(["--num-envs", "0"], "--num-envs"), (["--seconds", "-5"], "--seconds"),
+                                             (["--seconds", "nan"], "--seconds")])
+def test_the_demo_refuses_bad_arguments_by_name(capsys, args, named) -> None:
+    """``python -m fastvec.monitor --num-envs 0`` ended in a traceback from inside the pool, and a negative
+    ``--seconds`` ran for nothing: both are refused by name, as fastvec.tune refuses them."""
+    from fastvec import monitor
+
+    with pytest.raises(SystemExit) as info:
+        monitor.main(args)
+    assert info.value.code == 2 and named in capsys.readouterr().err

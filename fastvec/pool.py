@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -31,7 +32,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from typing import Any
 
@@ -1407,6 +1408,10 @@ class Pool:
         False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
         shard, a shard already parked or emptying, moves pending on it, or no neighbour to take
         its envs."""
+        with self._request():
+            return self._request_park(shard)
+
+    def _request_park(self, shard: int) -> bool:
         if not self.can_park(shard) or not self._can_carry(list(self.shard_envs[shard])):
             return False
         envs = self.shard_envs[shard]
@@ -1424,8 +1429,14 @@ class Pool:
         False when it is not parked, or its process ended while it was parked (it stays parked), or a
         command is pending (between ``step_async`` and ``step_wait``: ask again after it; ``queue_unpark``
         takes it at the next step)."""
+        with self._request():
+            return self._request_unpark(shard)
+
+    def _request_unpark(self, shard: int) -> bool:
         if not self.can_unpark(shard):
             return False
+        if self._state is PoolState.CLOSED or self._terminated:  # by close() in another thread, just now
+            raise self._closed_meanwhile("request_unpark")
         if self._pending is not None or self._state is not _IDLE:
             # (the worker would count as part of the command in flight, which it never got: its wait never ended)
             return False
@@ -1433,6 +1444,19 @@ class Pool:
             self._replace_parked(shard)
         self._unpark_now(shard)
         return True
+
+    @contextlib.contextmanager
+    def _request(self) -> Iterator[None]:
+        """A by-hand request (park, unpark) holds the pool as a command does: close() from another thread
+        waits for it, or it for close() and then raises ClosedError (both changed the parked workers at once:
+        a bare KeyError). Inside a step (the monitor's queued requests) this thread holds the pool already."""
+        tokens = self._token
+        token = tokens.pop() if tokens else self._enter_slowly(None)
+        try:
+            self._check_usable()
+            yield
+        finally:
+            self._leave(token)
 
     def can_unpark(self, shard: int) -> bool:
         """Whether worker ``shard`` is parked and can come back: alive, or replaced (on_error="restart")."""
@@ -1475,7 +1499,10 @@ class Pool:
         self._index_remotes(seqs)
 
     def _unpark_now(self, shard: int) -> None:
-        remote, seq = self._parked.pop(shard)
+        entry = self._parked.pop(shard, None)
+        if entry is None:  # close() in another thread tore the pool down meanwhile (it gave up waiting for this one)
+            raise self._closed_meanwhile("request_unpark")
+        remote, seq = entry
         seqs = dict(zip((r.index for r in self._remotes), self._seqs.tolist()))
         seqs[shard] = seq
         self._remotes.append(remote)

@@ -296,3 +296,31 @@ def test_a_worker_back_from_parking_that_dies_before_it_has_envs_is_replaced() -
             venv.step(np.ones(4, np.int64))
         pids = venv.env_method("pid")
         assert pids[:3] == [os.getpid()] * 3 and pids[3] == pool.worker_pids[0]
+
+
+def test_request_unpark_while_another_thread_closes_the_pool_raises_closed_error(monkeypatch) -> None:
+    """close() from another thread that gives up waiting for a request_unpark (it holds the pool) tears the
+    pool down under it: the request raises ClosedError (it raised a bare KeyError), and nothing is left."""
+    import threading
+
+    from fastvec import ClosedError
+
+    venv = SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2)
+    pool = venv.pool
+    venv.reset()
+    pool.request_park(1)
+    while pool.parked != [1]:
+        venv.step(np.zeros(4, np.int64))
+    can_unpark = type(pool).can_unpark
+
+    def closed_meanwhile(self, shard: int) -> bool:  # close() runs here, between the check and the unparking
+        answer = can_unpark(self, shard)
+        closer = threading.Thread(target=venv.close)
+        closer.start()
+        closer.join(30)  # (it waits the pending-step grace for this thread, then tears the pool down)
+        return answer
+
+    monkeypatch.setattr(type(pool), "can_unpark", closed_meanwhile)
+    with pytest.raises(ClosedError, match="closed"):
+        pool.request_unpark(1)
+    assert pool.closed

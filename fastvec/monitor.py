@@ -56,7 +56,8 @@ class MonitorEvent:
     """One thing the monitor did."""
 
     time: float  # seconds since the monitor started
-    kind: str  # "repin", "park", "unpark", "move" or "undo" (a move that cost throughput, reversed)
+    kind: str  # "repin", "park", "unpark", "move", "undo" (a move that cost throughput, reversed) or "refused"
+    # ("refused": a park or unpark the monitor asked for and the pool then refused)
     shard: int
     detail: str  # what moved where
     why: str
@@ -145,6 +146,7 @@ class Monitor:
         """Look at one sample; act when a problem persisted. Returns what it did, if anything."""
         self.last = snapshot
         self._samples += 1
+        self._report_refusals()
         for stats in snapshot.shards:
             if stats.env_step_ms is not None and len(stats.env_step_ms) == len(stats.envs):
                 history = self._step_ms.setdefault(stats.shard, [])
@@ -170,6 +172,25 @@ class Monitor:
             self.events.append(event)
             self._quiet = self.cooldown
         return event
+
+    def _report_refusals(self) -> None:
+        """An event for each park or unpark asked since the previous sample that the pool refused (a worker
+        holding an env found not to pickle, a pool that went asynchronous or closed meanwhile): the park event
+        said the worker would sleep."""
+        refused = getattr(self.pool, "refused_requests", None)
+        while refused:
+            kind, shard = refused.popleft()
+            self.events.append(
+                MonitorEvent(
+                    time.monotonic() - self._began,
+                    "refused",
+                    shard,
+                    f"the {kind} of worker {shard} asked above did not happen",
+                    "the pool refused it when it came to do it: "
+                    + ("an env of the worker cannot move keeping its state (it does not pickle), or the worker can "
+                       "no longer be emptied" if kind == "park" else "the worker cannot come back now"),
+                )
+            )
 
     def _smoothed(self, loads: dict[int, float] | None) -> dict[int, float] | None:
         """Per-core loads averaged over the last ``patience`` samples: one short sample can show a

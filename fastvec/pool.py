@@ -329,6 +329,9 @@ class Pool:
         # moves done per route (source, target, around the ring's end): the monitor undoes only the moves of a
         # trial that happened (the pool refuses some it was asked for). Read by key from the monitor's thread.
         self.moves_by_route: collections.Counter = collections.Counter()
+        # parkings and unparkings asked from another thread (queue_park) that the pool then refused: the monitor
+        # reports them, so that its events do not say a worker sleeps that does not
+        self.refused_requests: collections.deque = collections.deque(maxlen=64)
         self._sync_next = False  # reset() / call() are issuing their command (it is then finished if interrupted)
         self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
         self._movable: dict[int, bool] = {}  # env index -> whether it can move keeping its state, once asked
@@ -1525,9 +1528,11 @@ class Pool:
                 except ValueError:  # the shards stopped being neighbours since it was asked (a parking)
                     pass
             elif kind == "park":
-                self.request_park(*args)
+                if not self.request_park(*args):
+                    self.refused_requests.append((kind, args[0]))
             elif kind == "unpark":
-                self.request_unpark(*args)
+                if not self.request_unpark(*args):
+                    self.refused_requests.append((kind, args[0]))
             else:  # "parked": a shard being emptied lost its last env in the previous command
                 self._park_now(*args)
 

@@ -324,3 +324,25 @@ def test_request_unpark_while_another_thread_closes_the_pool_raises_closed_error
     with pytest.raises(ClosedError, match="closed"):
         pool.request_unpark(1)
     assert pool.closed
+
+
+def test_a_park_the_pool_refuses_is_reported_by_the_monitor(monkeypatch) -> None:
+    """The monitor asks for a park from its thread (queue_park) and logs a "park" event; when the pool then
+    refuses it (an env of the worker cannot be pickled, learnt only then), a "refused" event says so (the
+    events said the worker slept)."""
+    from fastvec.monitor import Monitor
+    from tests.test_migrate import make_unpicklable
+
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    fns = [make_where] * 3 + [make_unpicklable]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        monitor = Monitor(pool, patience=1, cooldown=0)
+        pool.queue_park(1)
+        venv.step(np.zeros(4, np.int64))
+        assert pool.parked == [] and pool.draining == [] and list(pool.refused_requests) == [("park", 1)]
+        monitor.step(pool.stats())
+        refused = [event for event in monitor.events if event.kind == "refused"]
+        assert len(refused) == 1 and refused[0].shard == 1 and "park of worker 1" in refused[0].detail
+        assert not pool.refused_requests

@@ -19,6 +19,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
+from ppo.errors import SpaceError
 from ppo.normalize import RunningMeanStd
 
 __all__ = [
@@ -164,7 +165,7 @@ class Agent(nn.Module):
     ):
         super().__init__()
         if not isinstance(observation_space, spaces.Box):
-            raise TypeError(
+            raise SpaceError(
                 f"the agent supports Box observations (vectors, or uint8 images HxWxC or CxHxW), got {observation_space}"
             )
         if isinstance(action_space, spaces.Discrete):
@@ -174,14 +175,14 @@ class Agent(nn.Module):
             policy_outputs = int(action_space.n)
         elif isinstance(action_space, spaces.Box):
             if not np.issubdtype(action_space.dtype, np.floating):
-                raise TypeError(
+                raise SpaceError(
                     f"the agent's Gaussian policy needs a floating-point Box action space, got {action_space} "
                     "(wrap the env to take float actions, or give it a Discrete space)"
                 )
             self.discrete = False
             policy_outputs = int(np.prod(action_space.shape))
         else:
-            raise TypeError(f"the agent supports Discrete and Box action spaces, got {action_space}")
+            raise SpaceError(f"the agent supports Discrete and Box action spaces, got {action_space}")
         self.action_shape: tuple[int, ...] = tuple(action_space.shape)
         self.obs_shape: tuple[int, ...] = tuple(observation_space.shape)
         self.image_layout = image_layout(observation_space)

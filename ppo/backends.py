@@ -22,9 +22,26 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ppo.errors import SpaceError
 from ppo.storage import Ring
 
 __all__ = ["Backend", "FastvecBackend", "GymBackend", "SB3SubprocBackend", "make_env", "make_backend"]
+
+# (Discrete, Tuple or Dict observations, FrozenLake's or Blackjack's: what the user can do about it)
+_FLATTEN_HINT = (
+    "; gymnasium.wrappers.FlattenObservation turns them into one Box (Discrete as one-hot): register the wrapped "
+    "env in a module of yours and pass --env-id module:YourEnv-v0"
+)
+
+
+def _flattenable(space: gym.Space) -> bool:
+    """Whether gymnasium's FlattenObservation makes one Box of ``space``: numbers all through."""
+    if isinstance(space, gym.spaces.Tuple):
+        return all(_flattenable(part) for part in space.spaces)
+    if isinstance(space, gym.spaces.Dict):
+        return all(_flattenable(part) for part in space.spaces.values())
+    return isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary))
+
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
@@ -100,8 +117,9 @@ class FastvecBackend(Backend):
         try:
             ring = self.pool.ring
             if len(ring.obs) != 1 or not isinstance(self.pool.observation_space, gym.spaces.Box):
-                raise TypeError(
+                raise SpaceError(
                     f"the trainer supports single-array (Box) observations, got {self.pool.observation_space}"
+                    + _FLATTEN_HINT * _flattenable(self.pool.observation_space)
                 )
             self.ring = Ring.from_numpy(ring.obs[0], ring.rewards, ring.terminated, ring.truncated, ring.terminal_obs[0])
         except BaseException:
@@ -177,7 +195,10 @@ class _CopyBackend(Backend):
     def _allocate(self, num_slots: int, pin: bool) -> None:
         space, n = self.observation_space, self.num_envs
         if not isinstance(space, gym.spaces.Box):  # (as the fastvec backend says)
-            raise TypeError(f"the trainer supports single-array (Box) observations, got {space}")
+            raise SpaceError(
+                f"the trainer supports single-array (Box) observations, got {space}"
+                + _FLATTEN_HINT * _flattenable(space)
+            )
 
         def buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
             dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
@@ -320,7 +341,10 @@ def make_backend(
     if fastvec_config is not None:
         from fastvec.options import PoolOptions
 
-        settings = PoolOptions.load(fastvec_config)
+        try:
+            settings = PoolOptions.load(fastvec_config)
+        except (OSError, ValueError, TypeError) as exc:  # (a JSONDecodeError is a ValueError)
+            raise ValueError(f"--fastvec-config {fastvec_config}: {exc}") from None
     start_method = start_method or (settings.start_method if settings is not None else None) or default_start_method
     if name == "fastvec":
         backend = FastvecBackend(

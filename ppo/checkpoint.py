@@ -46,8 +46,12 @@ def save_checkpoint(
     if reward_rms is not None:
         state["reward_rms"] = reward_rms.state_dict()
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # (an interrupt or a full disk: no half-written file left beside the run's)
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -97,7 +101,15 @@ def load_checkpoint(
     Config's fields), named beside the checkpoint's in the error when its network does not fit.
     """
     source = path if hasattr(path, "read") else find_checkpoint(path)  # type: ignore[arg-type]
-    state = torch.load(source, map_location=map_location, weights_only=True)
+    where = f"{source}" if isinstance(source, (str, os.PathLike)) else "this file"  # (a rank's bytes of --resume's)
+    try:
+        state = torch.load(source, map_location=map_location, weights_only=True)
+    except Exception as exc:  # not a checkpoint (a config.json, an empty or cut-short file): said in one line
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise ValueError(f"{where} is not a checkpoint this trainer can read ({why})") from exc
+    if not isinstance(state, dict) or "agent" not in state:
+        raise ValueError(f"{where} is not a checkpoint of this trainer (it holds no agent's weights)")
     if agent is not None:
         try:
             agent.load_state_dict(state["agent"])

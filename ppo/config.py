@@ -51,7 +51,9 @@ class Config:
     each shard's busy share goes to the progress view, metrics.csv and TensorBoard (fastvec/...)"""
     async_envs: bool = False
     """double-buffered sampling (fastvec only): the envs step in two halves, one half stepping while the
-    policy computes the other half's actions (rlpyt's alternating sampler); the same samples per update.
+    policy computes the other half's actions (rlpyt's alternating sampler); the same samples per update
+    (with Discrete actions the same run as without it; with Box actions torch draws a half's Gaussian noise
+    in other numbers than the whole step's, so the run differs, not its distribution).
     It pays only with cores to spare: the learner stops stepping envs and calls the policy twice a step
     (a small MLP costs about as much for 4 observations as for 8), so on c cores a rollout step takes at
     least max(2 x policy, envs / (c - 1)) against policy + envs / c synchronously: never less on 2 cores

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ppo.checkpoint import find_checkpoint
+from ppo.errors import SetupError
 
 __all__ = [
     "Distributed",
@@ -116,7 +117,7 @@ def _environment_int(name: str, default: int | None = None) -> int:
     value = os.environ.get(name)
     if value is None:
         if default is None:
-            raise RuntimeError(
+            raise SetupError(
                 f"--distributed needs {name} in the environment (and RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): "
                 f"launch with `torchrun --nproc-per-node=N -m ppo.train --distributed` or a launcher that sets them"
             )
@@ -390,7 +391,7 @@ class Distributed:
         if error is not None:
             raise error
         if int(size) < 0:
-            raise RuntimeError(f"rank 0 could not read the checkpoint to resume from ({path})")
+            raise SetupError(f"rank 0 could not read the checkpoint to resume from ({path})")
         if self.is_main:
             buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self._comm_device)
         else:

@@ -175,11 +175,13 @@ class EvalArgs:
 def main(argv: list[str] | None = None) -> float:
     args = tyro.cli(EvalArgs, args=argv)
     if args.episodes < 1:
-        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}")
+        raise SystemExit(f"ppo.eval: --episodes must be >= 1, got {args.episodes}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"ppo.eval: --device {args.device} was asked for, but torch sees no CUDA device")
     torch.set_num_threads(1)
     try:
         agent, config, state = load_agent(args.run, args.checkpoint, args.device)
-    except FileNotFoundError as exc:  # a wrong path: said in one line, not a traceback
+    except (FileNotFoundError, ValueError) as exc:  # a wrong path or file, another run's: one line, not a traceback
         raise SystemExit(f"ppo.eval: {exc}") from None
     seed = config.seed + 10_000 if args.seed is None else args.seed
     returns = evaluate(agent, config.env_id, args.episodes, seed=seed, device=args.device)

@@ -30,13 +30,19 @@ class RunLogger:
         progress: bool,
         title: str,
         tensorboard_hz: float = 10.0,
+        append: bool = False,
     ):
         self.run_dir = run_dir
         self._tb_interval = 1.0 / tensorboard_hz
         self._tb_last = -math.inf
         self._tb_pending: dict[str, Any] | None = None
-        self._csv_file = open(run_dir / "metrics.csv", "w", newline="")
+        # ``append``: a run resumed in its own folder goes on in its metrics.csv, under the header it has
+        path = run_dir / "metrics.csv"
+        header = _header(path) if append else None
+        self._csv_file = open(path, "a" if header else "w", newline="")
         self._csv: csv.DictWriter | None = None
+        if header:
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=header, extrasaction="ignore")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -102,6 +108,15 @@ class RunLogger:
             self._writer.close()
             self._writer = None
         self._csv_file.close()
+
+
+def _header(path: Path) -> list[str] | None:
+    """The column names of an existing metrics.csv (None: no file, or an empty one)."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), None) or None
+    except FileNotFoundError:
+        return None
 
 
 def _tb_tag(key: str) -> str:

@@ -47,10 +47,11 @@ from torch import nn
 
 from ppo.agent import Agent, is_image_space
 from ppo.backends import Backend, make_backend
-from ppo.checkpoint import load_checkpoint, save_checkpoint
+from ppo.checkpoint import CHECKPOINT_NAMES, load_checkpoint, save_checkpoint
 from ppo.config import Config
 from ppo.distributed import Distributed, pin_to_core_share, state_digest
 from ppo.episodes import EpisodeTracker
+from ppo.errors import SetupError, SpaceError
 from ppo.gae import compute_gae
 from ppo.logger import RunLogger, plot_learning_curve
 from ppo.loss import clipped_policy_loss, value_loss
@@ -64,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise SetupError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -96,10 +97,18 @@ def solve_threshold(config: Config) -> float | None:
 
 
 def _run_dir(config: Config) -> Path:
+    """The run's folder, made. A ``--run-name`` whose folder holds a run already is refused, unless this run
+    resumes that one in place (``--resume`` its folder or a checkpoint in it): a new run there erased its
+    metrics and left its latest.pt, which ``--resume`` of the folder then took for the new run's."""
     env = config.env_id.replace("/", "-").replace(":", "-")
     name = config.run_name or f"{env}__{config.vec_backend}__s{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.runs_dir) / name
     if config.run_name is not None:
+        if _holds_run(path) and not resumes_in_place(config, path):
+            raise FileExistsError(
+                f"--run-name {config.run_name}: {path} holds a run already; give another --run-name, or continue "
+                f"that run in its folder with --resume {path} --run-name {config.run_name}"
+            )
         path.mkdir(parents=True, exist_ok=True)
         return path
     # two runs started in the same second must not share a folder: whichever makes a name first owns it
@@ -111,6 +120,20 @@ def _run_dir(config: Config) -> Path:
             return path
         except FileExistsError:
             path, k = Path(f"{base}-{k}"), k + 1
+
+
+def _holds_run(path: Path) -> bool:
+    """Whether folder ``path`` holds a run's files (its config, metrics or checkpoints)."""
+    return path.is_dir() and any((path / name).exists() for name in ("config.json", "metrics.csv", *CHECKPOINT_NAMES))
+
+
+def resumes_in_place(config: Config, path: Path) -> bool:
+    """Whether ``config`` resumes the run of folder ``path`` in that folder: ``--resume`` names the folder or
+    a checkpoint in it."""
+    if config.resume is None:
+        return False
+    source = Path(config.resume).resolve()
+    return path.resolve() in (source, source.parent if source.is_file() else None)
 
 
 def _adam(params: Any, lr: float) -> torch.optim.Adam:
@@ -146,6 +169,8 @@ class Trainer:
         # envs, the networks and a resumed checkpoint are in place, so a run that cannot start leaves no folder
         # and overwrites no earlier run's config.json (a mistyped --env-id with an existing --run-name did)
         self.run_dir: Path | None = None
+        self.in_place = False  # resuming the run of the run folder itself: its metrics and best.pt go on
+        self.resumed_at: int | None = None  # the step a resumed run started from
 
         # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic); every rank samples its own actions
         seed = self.dist.seed(config.seed)
@@ -194,6 +219,7 @@ class Trainer:
             self._setup()
             if self.dist.is_main:
                 self.run_dir = _run_dir(config)
+                self.in_place = resumes_in_place(config, self.run_dir)
                 with open(self.run_dir / "config.json", "w") as f:
                     json.dump(config.to_dict(), f, indent=2)
         except BaseException:
@@ -237,6 +263,7 @@ class Trainer:
             if self.dist.enabled:
                 self.dist.restore_rng_state(state.get("torch_rng_states"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
+            self.resumed_at = self.global_step
             if self.global_step >= config.total_timesteps and self.dist.is_main:  # (the run still writes its files)
                 print(
                     f"note: --resume {config.resume} has trained {self.global_step:,} steps, the whole budget "
@@ -543,9 +570,12 @@ class Trainer:
         horizon = config.anneal_timesteps or config.total_timesteps
         if self.run_dir is not None:
             self.logger = RunLogger(
-                self.run_dir, config.total_timesteps, config.tensorboard, config.progress, f"PPO {config.env_id}"
+                self.run_dir, config.total_timesteps, config.tensorboard, config.progress, f"PPO {config.env_id}",
+                append=self.in_place,
             )
-        best_return, best_state, best_step = -math.inf, None, 0
+        # in place: the run's best.pt stays unless this part of the run beats it
+        kept_best = self._kept_best()
+        best_return, best_state, best_step = kept_best if kept_best is not None else -math.inf, None, 0
         self._start = start = time.perf_counter()
         start_step = self.global_step
         no_update = dict.fromkeys(_UPDATE_STATS, math.nan)
@@ -603,11 +633,24 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
-        if best_state is None:
+        if best_state is None and kept_best is None:
             best_state = self.agent.state_dict()
             best_step = self.global_step
-        self._save_best(best_state, best_return, best_step)
+        if best_state is not None:
+            self._save_best(best_state, best_return, best_step)
         return self._finish(train_wall, self.global_step - start_step)
+
+    def _kept_best(self) -> float | None:
+        """Resuming in place: the mean return of the run's best.pt, which stays unless beaten (None: no best.pt
+        to keep, or not in place)."""
+        path = self.run_dir / "best.pt" if self.run_dir is not None and self.in_place else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            value = float(torch.load(path, map_location="cpu", weights_only=True).get("mean_return_100", math.nan))
+        except Exception:  # (unreadable: this run writes its own)
+            return None
+        return value if not math.isnan(value) else -math.inf
 
     def _save(self, name: str) -> Path | None:
         """A checkpoint to resume from. Distributed: called on every rank (it gathers each rank's generator
@@ -649,11 +692,12 @@ class Trainer:
         if self.run_dir is not None:  # distributed: the plot and the evaluation on rank 0 only
             steps, returns, _lengths = self.episodes.history()
             ranks = f"{self.dist.world_size} ranks x " if self.dist.enabled else ""
-            plot_learning_curve(
+            resumed = f", resumed at step {self.resumed_at:,}" if self.resumed_at is not None else ""
+            plot_learning_curve(  # (the episodes of this process's training: a resumed run's since it resumed)
                 self.run_dir / "learning_curve.png",
                 steps,
                 returns,
-                f"PPO {config.env_id} ({config.vec_backend}, {ranks}{config.num_envs} envs, seed {config.seed})",
+                f"PPO {config.env_id} ({config.vec_backend}, {ranks}{config.num_envs} envs, seed {config.seed}{resumed})",
                 self.solve_return,
             )
             if config.eval_episodes > 0:
@@ -683,8 +727,9 @@ class Trainer:
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
         if self.run_dir is not None:
-            with open(self.run_dir / "summary.json", "w") as f:
-                json.dump(summary, f, indent=2)
+            with open(self.run_dir / "summary.json", "w") as f:  # (strict JSON: a return never measured is null)
+                json.dump({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()},
+                          f, indent=2, allow_nan=False)
         return summary
 
     def close(self) -> None:
@@ -759,7 +804,7 @@ def _start(config: Config) -> Trainer:
 def _one_line(exc: BaseException) -> str:
     """An error's message in one line: all of it up to the traceback that an env's error from a worker
     carries after it, named by its type unless it is a plain ValueError or FileNotFoundError."""
-    kind = "" if type(exc) in (ValueError, FileNotFoundError) else f"{type(exc).__name__}: "
+    kind = "" if type(exc) in (ValueError, FileNotFoundError, FileExistsError, SetupError, SpaceError) else f"{type(exc).__name__}: "
     lines = itertools.takewhile(lambda line: not line.startswith(("Remote traceback", "Traceback (")), str(exc).splitlines())
     return kind + (" ".join(" ".join(lines).split()) or type(exc).__name__)
 

@@ -112,6 +112,13 @@ def test_a_resume_whose_budget_is_spent_says_so(tmp_path, capsys) -> None:
     assert summary["global_step"] == 64
     err = capsys.readouterr().err
     assert "has trained 64 steps, the whole budget (--total-timesteps 64): nothing to train" in err, err
+    import json
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"summary.json holds {constant}: not JSON")
+
+    written = json.loads((tmp_path / "spent" / "summary.json").read_text(), parse_constant=strict)
+    assert written["mean_return_100"] is None  # (no episode: null, not NaN)
     with Trainer(Config(run_name="more", total_timesteps=96, resume=resume, **common)) as more:
         more.run()
     assert "nothing to train" not in capsys.readouterr().err
@@ -217,3 +224,10 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="empty holds no config.json"):
         main([str(tmp_path / "empty")])
+    # a file that is no checkpoint, and a checkpoint of another network: one line each (they were tracebacks)
+    with pytest.raises(SystemExit, match=r"^ppo.eval: .*config.json is not a checkpoint this trainer can read \("):
+        main([str(tmp_path / "a" / "config.json")])
+    with Trainer(Config(run_name="wide", hidden_sizes=(8,), **common)) as trainer:
+        trainer.run()
+    with pytest.raises(SystemExit, match=r"^ppo.eval: checkpoint .*wide.*does not fit this run's network"):
+        main([str(tmp_path / "a"), "--checkpoint", str(tmp_path / "wide" / "final.pt")])

@@ -203,6 +203,14 @@ def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, cap
     ]
     (tmp_path / "a-file").write_text("")
     cases.append((["--runs-dir", str(tmp_path / "a-file")], "a-file"))  # a runs folder that is a file
+    # an env whose spaces the trainer does not take, with what to do about it; what the machine or launcher
+    # does not give (these were tracebacks: a TypeError or RuntimeError)
+    cases.append((["--env-id", "FrozenLake-v1"], "got Discrete(16); gymnasium.wrappers.FlattenObservation"))
+    cases.append((["--distributed"], "--distributed needs RANK in the environment"))
+    cases.append((["--resume", str(tmp_path / "a-file")], "a-file: this file is not a checkpoint"))  # (an empty file)
+    cases.append((["--fastvec-config", str(tmp_path / "a-file")], "--fastvec-config " + str(tmp_path / "a-file")))
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda was asked for, but torch sees no CUDA device"))
     for args, named in cases:
         with pytest.raises(SystemExit) as stop:
             main([*common, *args])
@@ -212,6 +220,48 @@ def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setenv("PPO_TRACEBACK", "1")
     with pytest.raises(ValueError, match="num_envs"):
         main([*common, "--num-envs", "0"])
+
+
+def test_a_run_name_that_holds_a_run_is_refused_unless_that_run_resumes_in_place(tmp_path) -> None:
+    """A new run under the --run-name of an existing run is refused in one line (it erased the run's metrics
+    and left its latest.pt, which --resume of the folder then took for the new run's). Resumed in its own
+    folder, the run goes on: metrics.csv keeps its rows and its header, and best.pt stays unless beaten."""
+    import csv
+
+    from ppo.train import main
+
+    common = ["--runs-dir", str(tmp_path), "--num-envs", "2", "--num-steps", "16", "--no-progress", "--no-tensorboard",
+              "--eval-episodes", "0", "--num-workers", "0", "--no-stop-when-solved", "--run-name", "X"]  # fmt: skip
+    main([*common, "--total-timesteps", "128"])
+    run = tmp_path / "X"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    best = torch.load(run / "best.pt", weights_only=True)
+    with pytest.raises(SystemExit) as stop:
+        main([*common, "--total-timesteps", "64", "--seed", "7"])
+    assert "X holds a run already" in str(stop.value.code) and "--resume" in str(stop.value.code)
+    assert list(csv.DictReader(open(run / "metrics.csv"))) == rows  # untouched
+    main([*common, "--total-timesteps", "160", "--resume", str(run)])  # in place: one more iteration
+    after = list(csv.DictReader(open(run / "metrics.csv")))
+    assert after[: len(rows)] == rows and [int(r["iteration"]) for r in after] == list(range(1, len(rows) + 2))
+    kept = torch.load(run / "best.pt", weights_only=True)
+    assert kept["mean_return_100"] >= best["mean_return_100"]
+    if kept["global_step"] == best["global_step"]:  # not beaten: the same best.pt
+        assert all(torch.equal(kept["agent"][k], v) for k, v in best["agent"].items())
+    main([*common, "--total-timesteps", "160", "--resume", str(run / "final.pt")])  # a checkpoint in it: in place too
+
+
+def test_an_interrupted_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:
+    """Ctrl-C (or a full disk) while a checkpoint is written: no half-written <name>.pt.tmp is left."""
+    from ppo import checkpoint
+
+    def interrupted(state, path):
+        open(path, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(tmp_path / "latest.pt", {"w": torch.zeros(1)})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_one_line_keeps_the_whole_message_before_a_traceback() -> None:

@@ -2303,7 +2303,10 @@ def _describe_cause(cause: BaseException | None) -> str:
     return f"{type(cause).__name__}" + (f": {text}" if text else "")
 
 
-_COMMAND_CODES = frozenset((Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__))
+_COMMAND_CODES = frozenset((
+    Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__,
+    Pool.request_park.__code__, Pool.request_unpark.__code__,  # (a park asks the workers whether its envs can move)
+))  # fmt: skip
 _HOLDING_CODES = _COMMAND_CODES | {Pool.close.__code__}  # (the frames that may hold the token)
 # the names of close()'s own chain (a close() in a signal handler looks for the pool's code below it)
 # (and a front-end's constructor, which closes the pool it made when the rest of it fails)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import numbers
 import os
 import sys
 import time
@@ -164,16 +165,21 @@ def measure(spec: dict, timeout: float) -> dict:
 
 
 # -- the search -----------------------------------------------------------------------------------
-def _argument_error(flag: Callable[[str], str], **values: float | None) -> str | None:
-    """What is wrong with the first of the search's counts (at least 1) and durations (positive, finite
-    seconds) in ``values`` that is out of range, named by ``flag(name)``; None when all are right."""
-    for name in ("num_envs", "repeats", "attempts"):
-        value = values.get(name)
-        if value is not None and value < 1:
+def _argument_error(flag: Callable[[str], str], required: bool = False, **values: float | None) -> str | None:
+    """What is wrong with the first of the search's counts (whole numbers, at least 1) and durations
+    (positive, finite seconds) in ``values``, named by ``flag(name)``; None when all are right. A value
+    None is a default still to come (the command line's), unless ``required`` (the API's)."""
+    for name, value in values.items():
+        if value is None:
+            if required:
+                return f"{flag(name)} must be given, not None"
+            continue
+        count = name in ("num_envs", "repeats", "attempts")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if count else numbers.Real):
+            return f"{flag(name)} must be {'a whole number' if count else 'a number of seconds'}, not {value!r}"
+        if count and value < 1:
             return f"{flag(name)} must be at least 1, not {value}"
-    for name in ("seconds", "timeout"):
-        value = values.get(name)
-        if value is not None and not 0 < value < float("inf"):
+        if not count and not 0 < value < float("inf"):
             return f"{flag(name)} must be a positive number of seconds, not {value}"
     return None
 
@@ -202,7 +208,9 @@ def search(
     """
     if (env_id is None) == (env_module is None):
         raise ValueError("give exactly one of env_id and env_module")
-    error = _argument_error(str, num_envs=num_envs, repeats=repeats, seconds=seconds, timeout=timeout, attempts=attempts)
+    error = _argument_error(
+        str, required=True, num_envs=num_envs, repeats=repeats, seconds=seconds, timeout=timeout, attempts=attempts
+    )
     if error is not None:  # (before any child runs: num_envs=0 failed inside one, seconds=0 measured noise)
         raise ValueError(error)
     num_cores = cores()

@@ -326,6 +326,25 @@ def test_request_unpark_while_another_thread_closes_the_pool_raises_closed_error
     assert pool.closed
 
 
+def test_park_requests_keep_the_pool_to_one_token() -> None:
+    """request_park holds the pool while it asks the workers whether the envs can move (a call): that call
+    must go on under the park's hold, not take the token for lost and make a second one (two tokens let
+    close() from another thread step this process's envs while a step of this thread did)."""
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        pool.queue_park(1)  # (the monitor's way: done in the next step)
+        venv.step(np.zeros(4, np.int64))
+        assert pool.draining == [1] and len(pool._token) == 1
+        while pool.parked != [1]:
+            venv.step(np.zeros(4, np.int64))
+        assert pool.request_unpark(1) and len(pool._token) == 1
+        assert pool.request_move(0, 1) is not None
+        while not pool.shard_envs[1]:
+            venv.step(np.zeros(4, np.int64))
+        assert pool.request_park(1) and len(pool._token) == 1
+
+
 def test_a_park_the_pool_refuses_is_reported_by_the_monitor(monkeypatch) -> None:
     """The monitor asks for a park from its thread (queue_park) and logs a "park" event; when the pool then
     refuses it (an env of the worker cannot be pickled, learnt only then), a "refused" event says so (the

@@ -143,6 +143,11 @@ def test_bad_arguments_are_refused_before_measuring(monkeypatch, capsys, args, n
         ({"seconds": 0}, "seconds"),
         ({"seconds": float("nan")}, "seconds"),
         ({"timeout": -1.0}, "timeout"),
+        ({"seconds": None}, "seconds"),
+        ({"num_envs": None}, "num_envs"),
+        ({"attempts": None}, "attempts"),
+        ({"num_envs": 2.5}, "num_envs"),
+        ({"repeats": True}, "repeats"),
     ],
 )
 def test_search_refuses_bad_arguments_by_name_before_measuring(monkeypatch, kwargs, named):

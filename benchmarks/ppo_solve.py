@@ -288,8 +288,9 @@ def summarize(case: Case, runs: list[dict]) -> dict:
         "solve_wall_all": [round(r["solve_wall_s"], 2) for r in solved],
         "solve_step": _median([r["solve_step"] for r in solved]),
         "process_s": _median([r["process_s"] for r in solved] if case.solves else [r["process_s"] for r in ok]),
-        "final_return": _median([r["mean_return_100"] for r in ok]),
-        "final_return_all": [round(r["mean_return_100"], 1) for r in ok],
+        "final_return": _median([r["mean_return_100"] for r in ok if r["mean_return_100"] is not None]),
+        # (a run that finished no episode: null in summary.json)
+        "final_return_all": [round(r["mean_return_100"], 1) if r["mean_return_100"] is not None else None for r in ok],
     }
 
 

@@ -7,6 +7,7 @@ never runs code from the file (a run directory from elsewhere is data, not code)
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import IO, Any
 
@@ -106,6 +107,8 @@ def load_checkpoint(
         state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # not a checkpoint (a config.json, an empty or cut-short file): said in one line
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        if isinstance(exc, pickle.UnpicklingError):  # (torch's text advises weights_only=False: not for a non-checkpoint)
+            first = "it is no torch checkpoint of tensors"
         why = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise ValueError(f"{where} is not a checkpoint this trainer can read ({why})") from exc
     if not isinstance(state, dict) or "agent" not in state:

@@ -149,11 +149,14 @@ class Config:
     runs_dir: str = "runs"
     """directory holding one folder per run"""
     run_name: str | None = None
-    """folder name of this run (None: <env>__<backend>__s<seed>__<time>)"""
+    """folder name of this run (None: <env>__<backend>__s<seed>__<time>); a folder that holds a run already
+    is refused, unless --resume names it (or a checkpoint in it): the run then goes on in its folder"""
     checkpoint_interval: int = 0
     """save runs/<run>/latest.pt every this many iterations (0: only best.pt and final.pt at the end)"""
     resume: str | None = None
-    """checkpoint file (or run folder, whose latest/final checkpoint is used) to continue from"""
+    """checkpoint file (or run folder, whose latest/final checkpoint is used) to continue from, up to
+    --total-timesteps counted from step 0; with --run-name of its own folder, the run goes on in place
+    (metrics.csv continued from the checkpoint's iteration, best.pt kept unless beaten)"""
     eval_episodes: int = 10
     """episodes of deterministic evaluation after training (0: skip)"""
     progress: bool = True

@@ -399,6 +399,22 @@ class Distributed:
         dist.broadcast(buffer, src=0)
         return io.BytesIO(buffer.cpu().numpy().tobytes())
 
+    def agree(self, error: BaseException | None, what: str, flag: bool = False) -> bool:
+        """Rank 0's outcome of a step only it takes (``what``, e.g. making the run folder), told to every rank:
+        rank 0 raises its ``error``, the others a SetupError saying rank 0 could not, so that no rank trains on
+        into a collective rank 0 never joins. Returns rank 0's ``flag``."""
+        if self.world_size == 1:
+            if error is not None:
+                raise error
+            return flag
+        outcome = torch.tensor([int(error is not None), int(flag)], dtype=torch.int64, device=self._comm_device)
+        dist.broadcast(outcome, src=0)
+        if error is not None:
+            raise error
+        if int(outcome[0]):
+            raise SetupError(f"rank 0 could not {what} (its message says why)")
+        return bool(int(outcome[1]))
+
     def check_replicas(self, digest: str) -> None:
         """Raise ReplicaMismatchError naming the ranks whose ``state_digest`` differs from rank 0's."""
         if self.world_size == 1:

@@ -134,8 +134,11 @@ def load_agent(
         raise FileNotFoundError(f"{run_dir}: no such run folder or checkpoint file")
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no config.json: not a run folder of ppo.train")
-    with open(run_dir / "config.json") as f:
-        config = Config.from_dict(json.load(f))
+    try:
+        with open(run_dir / "config.json") as f:
+            config = Config.from_dict(json.load(f))
+    except (ValueError, TypeError) as exc:  # (cut short, or edited by hand: named, as ppo.eval says it in one line)
+        raise ValueError(f"{run_dir / 'config.json'} is not a config of ppo.train: {exc}") from None
     if checkpoint is None:
         path = next((run_dir / n for n in ("best.pt", "final.pt", "latest.pt") if (run_dir / n).is_file()), None)
         if path is None:

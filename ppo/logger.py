@@ -30,19 +30,21 @@ class RunLogger:
         progress: bool,
         title: str,
         tensorboard_hz: float = 10.0,
-        append: bool = False,
+        continue_after: int | None = None,
     ):
         self.run_dir = run_dir
         self._tb_interval = 1.0 / tensorboard_hz
         self._tb_last = -math.inf
         self._tb_pending: dict[str, Any] | None = None
-        # ``append``: a run resumed in its own folder goes on in its metrics.csv, under the header it has
-        path = run_dir / "metrics.csv"
-        header = _header(path) if append else None
-        self._csv_file = open(path, "a" if header else "w", newline="")
+        # ``continue_after``: a run resumed in its own folder from the checkpoint of that iteration goes on in its
+        # metrics.csv: the rows up to it are kept (those after it, of a run interrupted before its next
+        # checkpoint, are of a history the resumed run replaces), rewritten at the first row with any new columns
+        self._path = run_dir / "metrics.csv"
+        self._kept: tuple[list[str], list[dict]] | None = None
+        if continue_after is not None:
+            self._kept = _rows_until(self._path, continue_after)
+        self._csv_file = None if self._kept is not None else open(self._path, "w", newline="")
         self._csv: csv.DictWriter | None = None
-        if header:
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=header, extrasaction="ignore")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -69,8 +71,19 @@ class RunLogger:
     def log(self, metrics: dict[str, Any]) -> None:
         """Write one iteration's metrics; ``global_step`` is the x axis."""
         if self._csv is None:
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(metrics))
-            self._csv.writeheader()
+            fieldnames, rows = self._kept or ([], [])
+            fieldnames = fieldnames + [key for key in metrics if key not in fieldnames]
+            if self._kept is not None:  # (written whole, then renamed: an interrupt leaves the old file or the new)
+                tmp = self._path.with_name(self._path.name + ".tmp")
+                with open(tmp, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=fieldnames, restval="")
+                    writer.writeheader()
+                    writer.writerows(rows)
+                os.replace(tmp, self._path)
+                self._csv_file = open(self._path, "a", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=fieldnames, restval="")
+            if self._kept is None:
+                self._csv.writeheader()
         self._csv.writerow(metrics)
         self._csv_file.flush()
         step = int(metrics["global_step"])
@@ -107,16 +120,26 @@ class RunLogger:
                 self._write_tensorboard(self._tb_pending)
             self._writer.close()
             self._writer = None
-        self._csv_file.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
 
 
-def _header(path: Path) -> list[str] | None:
-    """The column names of an existing metrics.csv (None: no file, or an empty one)."""
+def _rows_until(path: Path, iteration: int) -> tuple[list[str], list[dict]]:
+    """The columns of an existing metrics.csv and its rows up to ``iteration`` (none: no file yet)."""
     try:
         with open(path, newline="") as f:
-            return next(csv.reader(f), None) or None
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if _iteration(row) <= iteration]
+            return list(reader.fieldnames or []), rows
     except FileNotFoundError:
-        return None
+        return [], []
+
+
+def _iteration(row: dict) -> float:
+    try:
+        return int(row.get("iteration") or 0)
+    except ValueError:
+        return float("inf")  # (a row of no iteration: not one of the kept history)
 
 
 def _tb_tag(key: str) -> str:

@@ -105,6 +105,11 @@ def _run_dir(config: Config) -> Path:
     path = Path(config.runs_dir) / name
     if config.run_name is not None:
         if _holds_run(path) and not resumes_in_place(config, path):
+            if not any((path / name).is_file() for name in CHECKPOINT_NAMES):
+                raise FileExistsError(
+                    f"--run-name {config.run_name}: {path} holds a run that stopped before its first checkpoint (so it "
+                    "cannot be resumed); give another --run-name, or remove that folder"
+                )
             raise FileExistsError(
                 f"--run-name {config.run_name}: {path} holds a run already; give another --run-name, or continue "
                 f"that run in its folder with --resume {path} --run-name {config.run_name}"
@@ -217,11 +222,19 @@ class Trainer:
                 # before a fork); every collective from here on gives up after collective_timeout_s
                 self.dist.connect(self.device, config.collective_timeout_s)
             self._setup()
+            error: Exception | None = None
             if self.dist.is_main:
-                self.run_dir = _run_dir(config)
-                self.in_place = resumes_in_place(config, self.run_dir)
-                with open(self.run_dir / "config.json", "w") as f:
-                    json.dump(config.to_dict(), f, indent=2)
+                try:
+                    self.run_dir = _run_dir(config)
+                    self.in_place = resumes_in_place(config, self.run_dir)
+                    if not self._nothing_to_train_in_place():  # (then the run's files stay as they are)
+                        with open(self.run_dir / "config.json", "w") as f:
+                            json.dump(config.to_dict(), f, indent=2)
+                except Exception as exc:
+                    error = exc
+            # distributed: every rank learns whether rank 0 made the run folder (else they trained on, and died
+            # in the first collective with a traceback)
+            self.in_place = self.dist.agree(error, "make the run folder", self.in_place)
         except BaseException:
             self.close()
             raise
@@ -571,7 +584,9 @@ class Trainer:
         if self.run_dir is not None:
             self.logger = RunLogger(
                 self.run_dir, config.total_timesteps, config.tensorboard, config.progress, f"PPO {config.env_id}",
-                append=self.in_place,
+                # in place: metrics.csv goes on from the checkpoint's iteration (rows logged after it, by a run
+                # interrupted before its next checkpoint, are of a history this run replaces)
+                continue_after=self.iteration if self.in_place else None,
             )
         # in place: the run's best.pt stays unless this part of the run beats it
         kept_best = self._kept_best()
@@ -636,9 +651,14 @@ class Trainer:
         if best_state is None and kept_best is None:
             best_state = self.agent.state_dict()
             best_step = self.global_step
-        if best_state is not None:
+        if best_state is not None and not self._nothing_to_train_in_place():
             self._save_best(best_state, best_return, best_step)
         return self._finish(train_wall, self.global_step - start_step)
+
+    def _nothing_to_train_in_place(self) -> bool:
+        """Resuming in place a run that has trained its whole budget: nothing is trained, and nothing of the
+        run's folder is written (its summary and curve would describe an empty part)."""
+        return self.in_place and self.resumed_at is not None and self.resumed_at >= self.config.total_timesteps
 
     def _kept_best(self) -> float | None:
         """Resuming in place: the mean return of the run's best.pt, which stays unless beaten (None: no best.pt
@@ -687,9 +707,11 @@ class Trainer:
     def _finish(self, train_wall: float, trained_steps: int) -> dict[str, Any]:
         """``trained_steps``: the steps of this run's training (a resumed run's start excluded)."""
         config, solved_at = self.config, self.solved_at
-        self._save("final.pt")
+        keep = self._nothing_to_train_in_place()  # (the run's own files stay: this part did nothing)
+        if not keep:
+            self._save("final.pt")
         eval_returns = np.zeros(0)
-        if self.run_dir is not None:  # distributed: the plot and the evaluation on rank 0 only
+        if self.run_dir is not None and not keep:  # distributed: the plot and the evaluation on rank 0 only
             steps, returns, _lengths = self.episodes.history()
             ranks = f"{self.dist.world_size} ranks x " if self.dist.enabled else ""
             resumed = f", resumed at step {self.resumed_at:,}" if self.resumed_at is not None else ""
@@ -726,7 +748,7 @@ class Trainer:
             "eval_episodes": len(eval_returns),
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
-        if self.run_dir is not None:
+        if self.run_dir is not None and not keep:
             with open(self.run_dir / "summary.json", "w") as f:  # (strict JSON: a return never measured is null)
                 json.dump({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()},
                           f, indent=2, allow_nan=False)

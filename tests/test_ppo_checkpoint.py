@@ -227,6 +227,10 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     # a file that is no checkpoint, and a checkpoint of another network: one line each (they were tracebacks)
     with pytest.raises(SystemExit, match=r"^ppo.eval: .*config.json is not a checkpoint this trainer can read \("):
         main([str(tmp_path / "a" / "config.json")])
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "config.json").write_text('{"env_id": ')  # (cut short)
+    with pytest.raises(SystemExit, match=r"^ppo.eval: .*cut/config.json is not a config of ppo.train: Expecting value"):
+        main([str(tmp_path / "cut")])
     with Trainer(Config(run_name="wide", hidden_sizes=(8,), **common)) as trainer:
         trainer.run()
     with pytest.raises(SystemExit, match=r"^ppo.eval: checkpoint .*wide.*does not fit this run's network"):

@@ -418,3 +418,18 @@ if __name__ == "__main__":
         _fixed_rollout_rank(Path(sys.argv[2]))
     else:
         raise SystemExit(f"usage: python -m {__spec__.name} fixed-rollout FOLDER")
+
+
+def test_a_run_folder_rank_0_refuses_is_said_by_every_rank_in_one_line(tmp_path) -> None:
+    """A --run-name whose folder holds a run: rank 0 refuses it, and the other ranks say that rank 0 could not
+    make the run folder (they trained on and died in the first collective with gloo's traceback)."""
+    common = [*SMALL, "--runs-dir", str(tmp_path), "--run-name", "X", "--total-timesteps", str(STEPS_PER_ITERATION_2_RANKS)]
+    _run([sys.executable, "-m", "ppo.train", *common])
+    done = subprocess.run(_torchrun(2, "--distributed", *common), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=150)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("ppo.train: ")]
+    assert any("holds a run already" in line for line in lines), done.stderr[-3000:]
+    assert any("rank 0 could not make the run folder" in line for line in lines), done.stderr[-3000:]
+    # (torchrun's own ChildFailedError traceback follows any failed rank; no rank's traceback through ppo's code)
+    assert "Connection closed by peer" not in done.stderr and "ppo/train.py" not in done.stderr

@@ -243,11 +243,52 @@ def test_a_run_name_that_holds_a_run_is_refused_unless_that_run_resumes_in_place
     main([*common, "--total-timesteps", "160", "--resume", str(run)])  # in place: one more iteration
     after = list(csv.DictReader(open(run / "metrics.csv")))
     assert after[: len(rows)] == rows and [int(r["iteration"]) for r in after] == list(range(1, len(rows) + 2))
+    import json
+
+    assert torch.load(run / "final.pt", weights_only=True)["global_step"] == 160  # (the part's results written)
+    assert json.loads((run / "summary.json").read_text())["global_step"] == 160
     kept = torch.load(run / "best.pt", weights_only=True)
     assert kept["mean_return_100"] >= best["mean_return_100"]
     if kept["global_step"] == best["global_step"]:  # not beaten: the same best.pt
         assert all(torch.equal(kept["agent"][k], v) for k, v in best["agent"].items())
-    main([*common, "--total-timesteps", "160", "--resume", str(run / "final.pt")])  # a checkpoint in it: in place too
+    # a checkpoint in it: in place too; its budget spent, so nothing is trained and nothing of the run rewritten
+    written = {name: (run / name).read_bytes() for name in ("summary.json", "learning_curve.png", "metrics.csv", "final.pt")}
+    main([*common, "--total-timesteps", "160", "--resume", str(run / "final.pt")])
+    assert {name: (run / name).read_bytes() for name in written} == written
+
+
+def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path) -> None:
+    """Resumed in place from a checkpoint behind its last rows (a run interrupted after latest.pt), metrics.csv
+    keeps one row per iteration: the rows after the checkpoint are replaced, not repeated; and columns the
+    resumed part adds (--monitor's) are kept, the earlier rows' cells left empty."""
+    import csv
+
+    from ppo.train import main
+
+    common = ["--runs-dir", str(tmp_path), "--num-envs", "2", "--num-steps", "16", "--no-progress", "--no-tensorboard",
+              "--eval-episodes", "0", "--no-stop-when-solved", "--run-name", "X", "--checkpoint-interval", "2"]  # fmt: skip
+    main([*common, "--num-workers", "0", "--total-timesteps", "96"])  # iterations 1-3; latest.pt at 2, final.pt at 3
+    run = tmp_path / "X"
+    before = list(csv.DictReader(open(run / "metrics.csv")))
+    main([*common, "--num-workers", "1", "--monitor", "--total-timesteps", "128", "--resume", str(run / "latest.pt")])
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["global_step"]) for r in rows] == [32, 64, 96, 128]
+    assert rows[:2] == [dict(r, **{k: "" for k in rows[0] if k not in r}) for r in before[:2]]
+    assert "fastvec_busy_shard0" in rows[0] and rows[0]["fastvec_busy_shard0"] == "" and rows[3]["fastvec_busy_shard0"]
+
+
+def test_a_run_name_whose_run_left_no_checkpoint_is_refused_without_advising_a_resume(tmp_path) -> None:
+    """A run stopped before its first checkpoint cannot be resumed: the refusal says to take another name or
+    remove the folder (it advised a --resume that then failed)."""
+    from ppo.train import main
+
+    (tmp_path / "X").mkdir()
+    (tmp_path / "X" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        main(["--runs-dir", str(tmp_path), "--run-name", "X", "--total-timesteps", "64", "--num-workers", "0"])
+    message = str(stop.value.code)
+    assert "stopped before its first checkpoint" in message and "remove that folder" in message and "--resume" not in message
 
 
 def test_an_interrupted_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:

@@ -113,7 +113,8 @@ class Config:
 
     # --- normalization ---------------------------------------------------------------------
     norm_obs: bool = False
-    """normalize observations with running mean and variance (stats are part of the checkpoint)"""
+    """normalize observations with running mean and variance (stats are part of the checkpoint); vectors only:
+    image observations are scaled by 1/255"""
     norm_reward: bool = False
     """scale rewards by the running standard deviation of the discounted return (VecNormalize's statistics,
     updated once per rollout: a rollout's rewards are scaled with the statistics after it, where VecNormalize

@@ -247,6 +247,8 @@ class Trainer:
         self.agent = Agent(backend.observation_space, backend.action_space, config.hidden_sizes, config.norm_obs).to(
             device
         )
+        if config.norm_obs and self.agent.image and self.dist.is_main:
+            print("note: --norm-obs does not apply to image observations: the CNN scales pixels by 1/255", file=sys.stderr)
         self.optimizer = _adam(self.agent.parameters(), config.effective_learning_rate(self.dist.world_size))
         self.reward_rms = RunningMeanStd(()) if config.norm_reward else None
         self.discounted_returns = np.zeros(config.num_envs)  # for reward scaling (as VecNormalize)

@@ -64,8 +64,9 @@ def test_continuous_actions_with_normalization_run(tmp_path) -> None:
     assert summary["episodes"] == 0 and summary["global_step"] == 192  # Pendulum episodes last 200 steps
 
 
-def test_image_observations_train_through_the_cnn(tmp_path) -> None:
-    """84x84x4 uint8 frames in the ring, read in place by the Nature CNN (forked workers inherit the registration)."""
+def test_image_observations_train_through_the_cnn(tmp_path, capsys) -> None:
+    """84x84x4 uint8 frames in the ring, read in place by the Nature CNN (forked workers inherit the registration);
+    --norm-obs, which the CNN does not use (it scales pixels by 1/255), says so."""
     if "FastvecTestImage-v0" not in gym.registry:
         gym.register("FastvecTestImage-v0", entry_point="tests.envs:ImageEnv")
     config = Config(
@@ -80,11 +81,13 @@ def test_image_observations_train_through_the_cnn(tmp_path) -> None:
         progress=False,
         tensorboard=False,
         eval_episodes=0,
+        norm_obs=True,
     )
     with Trainer(config) as trainer:
-        assert trainer.agent.image and trainer.storage.obs.dtype == torch.uint8
+        assert trainer.agent.image and trainer.storage.obs.dtype == torch.uint8 and trainer.agent.obs_rms is None
         summary = trainer.run()
     assert summary["global_step"] == 32
+    assert "--norm-obs does not apply to image observations" in capsys.readouterr().err
 
 
 def test_solve_threshold_comes_from_the_env_spec() -> None:

@@ -386,29 +386,23 @@ class AsyncBatches:
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
         # leaves them there, for the next recv(); one while they leave breaks the pool
         if groups == 1 and not ready[0][3]:  # the usual batch: one group, whose envs all stepped
-            entry = ready[0]
-            batch = self._group_batch(entry, copy, batch_object)
-            try:
-                ready.popleft()
-                self.running[entry[0]] = False
-            except BaseException as exc:
-                pool._break(exc)
-                raise
-            return batch
-        taken = list(itertools.islice(ready, groups))
-        failed = [entry for entry in taken if entry[3]]
-        if failed:  # only the groups with an env that raised leave: the others' results wait for the next recv()
-            error = env_errors([payload for entry in failed for payload in entry[3]])
-            error.env_ids = np.concatenate([self._ids[entry[0]] for entry in failed])  # (free to be sent again)
-            try:
-                for entry in failed:
-                    ready.remove(entry)
-                    self.running[entry[0]] = False
-            except BaseException as exc:
-                pool._break(exc)
-                raise
-            raise error
-        batch = self._batch(taken, copy, batch_object)
+            taken: list | tuple = (ready[0],)
+            batch = self._group_batch(ready[0], copy, batch_object)
+        else:
+            taken = list(itertools.islice(ready, groups))
+            failed = [entry for entry in taken if entry[3]]
+            if failed:  # only the groups with an env that raised leave: the others' results wait for the next recv()
+                error = env_errors([payload for entry in failed for payload in entry[3]])
+                error.env_ids = np.concatenate([self._ids[entry[0]] for entry in failed])  # (free to be sent again)
+                try:
+                    for entry in failed:
+                        ready.remove(entry)
+                        self.running[entry[0]] = False
+                except BaseException as exc:
+                    pool._break(exc)
+                    raise
+                raise error
+            batch = self._batch(taken, copy, batch_object)
         try:
             for entry in taken:
                 ready.popleft()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import multiprocessing
 import os
 import pickle
@@ -32,7 +31,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -1411,8 +1410,7 @@ class Pool:
         False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
         shard, a shard already parked or emptying, moves pending on it, or no neighbour to take
         its envs."""
-        with self._request():
-            return self._request_park(shard)
+        return self._held_request(self._request_park, shard)
 
     def _request_park(self, shard: int) -> bool:
         if not self.can_park(shard) or not self._can_carry(list(self.shard_envs[shard])):
@@ -1432,8 +1430,7 @@ class Pool:
         False when it is not parked, or its process ended while it was parked (it stays parked), or a
         command is pending (between ``step_async`` and ``step_wait``: ask again after it; ``queue_unpark``
         takes it at the next step)."""
-        with self._request():
-            return self._request_unpark(shard)
+        return self._held_request(self._request_unpark, shard)
 
     def _request_unpark(self, shard: int) -> bool:
         if not self.can_unpark(shard):
@@ -1448,16 +1445,17 @@ class Pool:
         self._unpark_now(shard)
         return True
 
-    @contextlib.contextmanager
-    def _request(self) -> Iterator[None]:
-        """A by-hand request (park, unpark) holds the pool as a command does: close() from another thread
-        waits for it, or it for close() and then raises ClosedError (both changed the parked workers at once:
-        a bare KeyError). Inside a step (the monitor's queued requests) this thread holds the pool already."""
+    def _held_request(self, request: Callable[[int], bool], shard: int) -> bool:
+        """``request(shard)`` (a park or an unpark) holding the pool as a command does: close() or another
+        thread's request waits for it, or it for them (close() and a request changed the parked workers at once:
+        a bare KeyError). Inside a step (the monitor's queued requests) this thread holds the pool already, and
+        the call a park makes (can its envs move?) goes on under this hold: this method's code is one of
+        ``_COMMAND_CODES``, which ``_inside_here`` looks for above the frame that enters."""
         tokens = self._token
         token = tokens.pop() if tokens else self._enter_slowly(None)
         try:
             self._check_usable()
-            yield
+            return request(shard)
         finally:
             self._leave(token)
 
@@ -2305,7 +2303,7 @@ def _describe_cause(cause: BaseException | None) -> str:
 
 _COMMAND_CODES = frozenset((
     Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__,
-    Pool.request_park.__code__, Pool.request_unpark.__code__,  # (a park asks the workers whether its envs can move)
+    Pool._held_request.__code__,  # (a park asks the workers whether its envs can move, under its hold)
 ))  # fmt: skip
 _HOLDING_CODES = _COMMAND_CODES | {Pool.close.__code__}  # (the frames that may hold the token)
 # the names of close()'s own chain (a close() in a signal handler looks for the pool's code below it)

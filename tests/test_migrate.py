@@ -27,6 +27,9 @@ class Where(gym.Wrapper):
     def pid(self) -> int:
         return os.getpid()
 
+    def sleep_for(self, seconds: float) -> None:  # (a call that holds the pool a while)
+        time.sleep(seconds)
+
 
 class Unpicklable(Where):
     """... and holds something pickle refuses: it does not move (re-created, it would keep only its generator)."""

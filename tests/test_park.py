@@ -345,6 +345,31 @@ def test_park_requests_keep_the_pool_to_one_token() -> None:
         assert pool.request_park(1) and len(pool._token) == 1
 
 
+def test_a_park_requested_from_another_thread_waits_for_a_command_in_flight() -> None:
+    """request_park from a second thread while the first is inside a call: it waits for the call to end (it
+    went on beside it once the park counted as a command holding the pool, found by its own frame)."""
+    import threading
+    import time
+
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        pool._can_carry(list(pool.shard_envs[1]))  # (whether the envs can move known: no call of its own)
+        ended: dict[str, float] = {}
+
+        def call() -> None:
+            venv.env_method("sleep_for", 0.6, indices=[3])
+            ended["call"] = time.monotonic()
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.2)  # (the call holds the pool now)
+        assert pool.request_park(1)
+        parked_at = time.monotonic()
+        caller.join()
+        assert parked_at >= ended["call"] and len(pool._token) == 1
+
+
 def test_a_park_the_pool_refuses_is_reported_by_the_monitor(monkeypatch) -> None:
     """The monitor asks for a park from its thread (queue_park) and logs a "park" event; when the pool then
     refuses it (an env of the worker cannot be pickled, learnt only then), a "refused" event says so (the

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import sys
@@ -191,6 +192,8 @@ def run_case(case: Case, seed: int, threads: int) -> dict:
             return {**result, "status": "crashed", "reason": f"exit code {run.returncode}: {run.stderr_tail()}"}
         if case.kind == "ppo":
             summary = json.loads((Path(runs) / "run" / "summary.json").read_text())
+            if summary["mean_return_100"] is None:  # (no episode finished: null in summary.json, nan here)
+                summary["mean_return_100"] = math.nan
         else:
             line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
             summary = json.loads(line[len("RESULT ") :])
@@ -288,9 +291,8 @@ def summarize(case: Case, runs: list[dict]) -> dict:
         "solve_wall_all": [round(r["solve_wall_s"], 2) for r in solved],
         "solve_step": _median([r["solve_step"] for r in solved]),
         "process_s": _median([r["process_s"] for r in solved] if case.solves else [r["process_s"] for r in ok]),
-        "final_return": _median([r["mean_return_100"] for r in ok if r["mean_return_100"] is not None]),
-        # (a run that finished no episode: null in summary.json)
-        "final_return_all": [round(r["mean_return_100"], 1) if r["mean_return_100"] is not None else None for r in ok],
+        "final_return": _median([r["mean_return_100"] for r in ok]),
+        "final_return_all": [round(r["mean_return_100"], 1) for r in ok],
     }
 
 

@@ -213,6 +213,8 @@ def search(
     )
     if error is not None:  # (before any child runs: num_envs=0 failed inside one, seconds=0 measured noise)
         raise ValueError(error)
+    # (numpy's scalars pass the checks, and the children's specs are JSON, which takes Python's numbers only)
+    num_envs, repeats, attempts, seconds, timeout = int(num_envs), int(repeats), int(attempts), float(seconds), float(timeout)
     num_cores = cores()
     base = {"env_id": env_id, "env_module": env_module, "num_envs": num_envs, "seconds": seconds, "repeats": repeats}
     measured: list[dict] = []

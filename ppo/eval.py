@@ -136,7 +136,10 @@ def load_agent(
         raise FileNotFoundError(f"{run_dir} holds no config.json: not a run folder of ppo.train")
     try:
         with open(run_dir / "config.json") as f:
-            config = Config.from_dict(json.load(f))
+            fields = json.load(f)
+        if not isinstance(fields, dict):
+            raise ValueError(f"it holds a {type(fields).__name__}, not the settings of a run")
+        config = Config.from_dict(fields)
     except (ValueError, TypeError) as exc:  # (cut short, or edited by hand: named, as ppo.eval says it in one line)
         raise ValueError(f"{run_dir / 'config.json'} is not a config of ppo.train: {exc}") from None
     if checkpoint is None:

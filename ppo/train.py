@@ -127,6 +127,17 @@ def _run_dir(config: Config) -> Path:
             path, k = Path(f"{base}-{k}"), k + 1
 
 
+def _summary_of(run_dir: Path) -> dict[str, Any] | None:
+    """The summary.json a run wrote (its nulls, returns never measured, read back as nan), or None."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or "env_id" not in summary:
+        return None
+    return {k: math.nan if v is None and k in ("mean_return_100",) else v for k, v in summary.items()}
+
+
 def _holds_run(path: Path) -> bool:
     """Whether folder ``path`` holds a run's files (its config, metrics or checkpoints)."""
     return path.is_dir() and any((path / name).exists() for name in ("config.json", "metrics.csv", *CHECKPOINT_NAMES))
@@ -583,7 +594,7 @@ class Trainer:
         config = self.config
         initial_lr = config.effective_learning_rate(self.dist.world_size)
         horizon = config.anneal_timesteps or config.total_timesteps
-        if self.run_dir is not None:
+        if self.run_dir is not None and not self._nothing_to_train_in_place():  # (else not a file is written)
             self.logger = RunLogger(
                 self.run_dir, config.total_timesteps, config.tensorboard, config.progress, f"PPO {config.env_id}",
                 # in place: metrics.csv goes on from the checkpoint's iteration (rows logged after it, by a run
@@ -710,6 +721,10 @@ class Trainer:
         """``trained_steps``: the steps of this run's training (a resumed run's start excluded)."""
         config, solved_at = self.config, self.solved_at
         keep = self._nothing_to_train_in_place()  # (the run's own files stay: this part did nothing)
+        if keep and self.run_dir is not None:
+            kept = _summary_of(self.run_dir)
+            if kept is not None:  # the run's own verdict (this part has none: it would say "NOT SOLVED ... nan")
+                return kept
         if not keep:
             self._save("final.pt")
         eval_returns = np.zeros(0)

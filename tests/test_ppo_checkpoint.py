@@ -231,6 +231,9 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     (tmp_path / "cut" / "config.json").write_text('{"env_id": ')  # (cut short)
     with pytest.raises(SystemExit, match=r"^ppo.eval: .*cut/config.json is not a config of ppo.train: Expecting value"):
         main([str(tmp_path / "cut")])
+    (tmp_path / "cut" / "config.json").write_text("[]")  # (JSON, but no settings)
+    with pytest.raises(SystemExit, match=r"^ppo.eval: .*cut/config.json is not a config of ppo.train: it holds a list"):
+        main([str(tmp_path / "cut")])
     with Trainer(Config(run_name="wide", hidden_sizes=(8,), **common)) as trainer:
         trainer.run()
     with pytest.raises(SystemExit, match=r"^ppo.eval: checkpoint .*wide.*does not fit this run's network"):

@@ -256,8 +256,11 @@ def test_a_run_name_that_holds_a_run_is_refused_unless_that_run_resumes_in_place
         assert all(torch.equal(kept["agent"][k], v) for k, v in best["agent"].items())
     # a checkpoint in it: in place too; its budget spent, so nothing is trained and nothing of the run rewritten
     written = {name: (run / name).read_bytes() for name in ("summary.json", "learning_curve.png", "metrics.csv", "final.pt")}
-    main([*common, "--total-timesteps", "160", "--resume", str(run / "final.pt")])
-    assert {name: (run / name).read_bytes() for name in written} == written
+    files = sorted(p.name for p in run.iterdir())
+    with_tensorboard = [arg for arg in common if arg != "--no-tensorboard"]  # (its events file: none either)
+    summary = main([*with_tensorboard, "--total-timesteps", "160", "--resume", str(run / "final.pt")])
+    assert {name: (run / name).read_bytes() for name in written} == written and sorted(p.name for p in run.iterdir()) == files
+    assert summary == json.loads(written["summary.json"])  # the run's own verdict (it said "NOT SOLVED ... nan")
 
 
 def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path) -> None:

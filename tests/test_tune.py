@@ -102,6 +102,25 @@ def test_a_failing_candidate_is_reported_not_fatal(monkeypatch):
     assert "crashed" in tune.table(record)
 
 
+def test_numpy_counts_and_durations_are_taken_as_numbers(monkeypatch):
+    """numpy scalars pass the checks, and the child's spec is JSON: they go as Python numbers (np.int64 failed in
+    json.dumps with a TypeError naming no argument)."""
+    import json
+
+    import numpy as np
+
+    fake = _fake_measure(lambda r: 1_000.0)
+
+    def measure(spec, timeout):
+        json.dumps(spec)  # (as run_child sends it)
+        return fake(spec, timeout)
+
+    monkeypatch.setattr(tune, "measure", measure)
+    record = tune.search("CartPole-v1", num_envs=np.int64(8), seconds=np.float32(0.5), repeats=np.int64(1),
+                         candidates=[], report=lambda line: None)
+    assert record["throughput"] == 1_000.0
+
+
 def test_env_module_needs_module_colon_factory():
     with pytest.raises(ValueError, match="module:factory"):
         tune._make_env(None, "tests.envs")

@@ -272,6 +272,11 @@ def sb3_child(seed: int, threads: int) -> None:
 
 
 # -- reporting --------------------------------------------------------------------------------------
+def _strict(result: dict) -> dict:
+    """A result for the JSON file: a return never measured (nan) as null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -291,8 +296,9 @@ def summarize(case: Case, runs: list[dict]) -> dict:
         "solve_wall_all": [round(r["solve_wall_s"], 2) for r in solved],
         "solve_step": _median([r["solve_step"] for r in solved]),
         "process_s": _median([r["process_s"] for r in solved] if case.solves else [r["process_s"] for r in ok]),
-        "final_return": _median([r["mean_return_100"] for r in ok]),
-        "final_return_all": [round(r["mean_return_100"], 1) for r in ok],
+        # (a run that finished no episode: nan, left out of the median and null in the results file)
+        "final_return": _median([r["mean_return_100"] for r in ok if not math.isnan(r["mean_return_100"])]),
+        "final_return_all": [None if math.isnan(r["mean_return_100"]) else round(r["mean_return_100"], 1) for r in ok],
     }
 
 
@@ -587,7 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = f"ppo_solve-{facts['host']}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out_json = args.out / f"{stem}.json"
     out_json.write_text(
-        json.dumps({"machine": facts, "seeds": seeds, "summaries": summaries, "runs": results}, indent=2)
+        json.dumps({"machine": facts, "seeds": seeds, "summaries": summaries, "runs": [_strict(r) for r in results]}, indent=2)
     )
     (args.out / f"{stem}.md").write_text(table + "\n")
     plot(summaries, args.out / f"{stem}.png")

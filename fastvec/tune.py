@@ -247,8 +247,8 @@ def search(
             f"the default configuration failed ({default['status']}), so no other is measured: {default.get('reason', '')}"
         )
     if candidates is not None:
-        for config in candidates:
-            run(dict(config))
+        for config in candidates:  # (numpy values, as from np.arange: the spec is JSON)
+            run({k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v for k, v in dict(config).items()})
     else:
         layout_default = _default_layout(num_envs, num_cores)
         for workers in worker_counts(num_envs, num_cores, quick):

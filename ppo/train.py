@@ -127,15 +127,18 @@ def _run_dir(config: Config) -> Path:
             path, k = Path(f"{base}-{k}"), k + 1
 
 
-def _summary_of(run_dir: Path) -> dict[str, Any] | None:
-    """The summary.json a run wrote (its nulls, returns never measured, read back as nan), or None."""
+def _summary_of(run_dir: Path, global_step: int) -> dict[str, Any] | None:
+    """The summary.json a run wrote when it ended at ``global_step`` (its nulls, returns never measured, read back
+    as nan; its folder where it is now), or None: none, or one of an earlier part (a run interrupted before it
+    wrote its own)."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or "env_id" not in summary:
+    if not isinstance(summary, dict) or "env_id" not in summary or summary.get("global_step") != global_step:
         return None
-    return {k: math.nan if v is None and k in ("mean_return_100",) else v for k, v in summary.items()}
+    summary = {k: math.nan if v is None and k == "mean_return_100" else v for k, v in summary.items()}
+    return {**summary, "run_dir": str(run_dir)}
 
 
 def _holds_run(path: Path) -> bool:
@@ -722,7 +725,7 @@ class Trainer:
         config, solved_at = self.config, self.solved_at
         keep = self._nothing_to_train_in_place()  # (the run's own files stay: this part did nothing)
         if keep and self.run_dir is not None:
-            kept = _summary_of(self.run_dir)
+            kept = _summary_of(self.run_dir, self.global_step)
             if kept is not None:  # the run's own verdict (this part has none: it would say "NOT SOLVED ... nan")
                 return kept
         if not keep:
@@ -764,6 +767,7 @@ class Trainer:
             "eval_mean_return": float(eval_returns.mean()) if len(eval_returns) else None,
             "eval_episodes": len(eval_returns),
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
+            "trained": trained_steps > 0 or self.resumed_at is None,  # (False: a resume with its budget spent)
         }
         if self.run_dir is not None and not keep:
             with open(self.run_dir / "summary.json", "w") as f:  # (strict JSON: a return never measured is null)
@@ -802,6 +806,11 @@ def train(config: Config) -> dict[str, Any]:
 def describe(summary: dict[str, Any]) -> str:
     """One line saying whether the run solved the task or ran out of budget."""
     env, mean = summary["env_id"], summary["mean_return_100"]
+    if not summary.get("trained", True):  # (no verdict: what the checkpoint's run did is not known here)
+        return (
+            f"Nothing trained on {env}: the checkpoint has {summary['global_step']:,} steps, the whole budget"
+            f"\nrun folder: {summary['run_dir']}"
+        )
     if summary["solved"]:
         text = (
             f"SOLVED {env}: mean return of the last 100 episodes {mean:.1f} >= {summary['solve_return']:g} "

@@ -117,8 +117,8 @@ def test_numpy_counts_and_durations_are_taken_as_numbers(monkeypatch):
 
     monkeypatch.setattr(tune, "measure", measure)
     record = tune.search("CartPole-v1", num_envs=np.int64(8), seconds=np.float32(0.5), repeats=np.int64(1),
-                         candidates=[], report=lambda line: None)
-    assert record["throughput"] == 1_000.0
+                         candidates=[{"num_workers": n} for n in np.arange(1, 3)], report=lambda line: None)
+    assert record["throughput"] == 1_000.0 and len(record["candidates"]) == 3
 
 
 def test_env_module_needs_module_colon_factory():

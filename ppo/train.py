@@ -105,7 +105,7 @@ def _run_dir(config: Config) -> Path:
     path = Path(config.runs_dir) / name
     if config.run_name is not None:
         if _holds_run(path) and not resumes_in_place(config, path):
-            if not any((path / name).is_file() for name in CHECKPOINT_NAMES):
+            if not any((path / checkpoint).is_file() for checkpoint in CHECKPOINT_NAMES):
                 raise FileExistsError(
                     f"--run-name {config.run_name}: {path} holds a run that stopped before its first checkpoint (so it "
                     "cannot be resumed); give another --run-name, or remove that folder"

@@ -181,3 +181,22 @@ def test_the_interleaved_study_refuses_unknown_names_before_measuring(argv, caps
         interleaved.main(argv)
     err = capsys.readouterr().err
     assert info.value.code == 2 and ("unknown" in err or "at least 1" in err)
+
+
+def test_ppo_solve_leaves_a_return_never_measured_out_of_the_median() -> None:
+    """A run that finished no episode (null in its summary.json, nan once read) is left out of the median of
+    final returns and written as null (a nan made the median depend on the seeds' order, and the file not JSON)."""
+    import json
+    import math
+
+    from benchmarks import ppo_solve
+
+    case = next(case for case in ppo_solve.CASES.values() if not case.solves)
+    runs = [
+        {"case": case.name, "seed": seed, "status": "ok", "solved": False, "solve_step": None, "solve_wall_s": None,
+         "global_step": 256, "train_wall_s": 1.0, "sps": 256.0, "mean_return_100": value, "process_s": 2.0}
+        for seed, value in ((1, 30.0), (2, math.nan), (3, 10.0))
+    ]  # fmt: skip
+    summary = ppo_solve.summarize(case, runs)
+    assert summary["final_return"] == 20.0 and summary["final_return_all"] == [30.0, None, 10.0]
+    json.dumps([ppo_solve._strict(run) for run in runs], allow_nan=False)

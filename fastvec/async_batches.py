@@ -58,7 +58,7 @@ _INTP = np.dtype(np.intp)  # (a dtype compared with a dtype: np.intp, a type, co
 
 # recv(copy=OBS_ONLY): the observations copied, rewards and flags views (the front-ends', which make their own
 # arrays of them in one kernel call, before the views can change)
-OBS_ONLY = _OBS = "obs"
+OBS_ONLY = "obs"
 
 WORKERS_CHECK_S = 0.1  # how often workers in flight are checked on while other groups are collected
 _CHECK_EVERY = 4  # (the clock is read every few collections only)
@@ -195,23 +195,21 @@ class AsyncBatches:
             env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
         ids = env_ids.tolist()
         whole = self._whole.get(tuple(ids))
-        leaf_writer = self._leaf_writer
-        if whole is not None and leaf_writer is not None:
-            # the usual send: one group's envs in order (as recv() returns them), one array leaf: its rows' view
-            # made once, the leaf's dtype tag stored only when it changed, and no scratch arrays
+        if whole is not None:  # one group's envs in order, as recv() returns them
             position = whole[0]
             if self.running[position]:
                 self._idle(whole)  # (raises)
-            tag = leaf_writer.write(actions, self._action_rows[position][0], ids)
-            if self._sent_tags[position] != tag:
-                pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
-                self._sent_tags[position] = tag
-            self._give(whole, _STEP, 0, None)
-            pool._inside_ns += time.perf_counter_ns() - entered
-            return
-        if whole is not None:
-            if self.running[whole[0]]:
-                self._idle(whole)  # (raises)
+            leaf_writer = self._leaf_writer
+            if leaf_writer is not None:
+                # the usual send (one array leaf): its rows' view made once, the leaf's dtype tag stored only
+                # when it changed, and no scratch arrays
+                tag = leaf_writer.write(actions, self._action_rows[position][0], ids)
+                if self._sent_tags[position] != tag:
+                    pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
+                    self._sent_tags[position] = tag
+                self._give(whole, _STEP, 0, None)
+                pool._inside_ns += time.perf_counter_ns() - entered
+                return
             positions, run = whole, True
         else:
             positions, run = self._groups(env_ids, ids)
@@ -628,7 +626,7 @@ class AsyncBatches:
             extras = pool._digest(list(extras), 0)
         rewards, terminated, truncated, columns, parts = self._result_rows[slot][position]
         if copy:
-            if copy is not _OBS:
+            if copy is not OBS_ONLY:
                 rewards, terminated, truncated = rewards.copy(), terminated.copy(), truncated.copy()
             if pool._single_leaf:
                 return AsyncBatch(pool, env_ids, columns[0].copy(), rewards, terminated, truncated, extras, parts)

@@ -1716,11 +1716,12 @@ class Pool:
         parts = [next(arrays) if leaf.array else batch_object(leaf, next(columns)) for leaf in self.obs_leaves]
         return assemble(self.observation_space, parts)
 
-    def _check_mapped(self) -> None:
-        """The shared block is still there (a Batch read after close() would meet released views)."""
-        if self._state is PoolState.CLOSED or self._terminated:
+    def _check_mapped(self, what: str = "the observations of its batches") -> None:
+        """The shared block is still there (a Batch, or the counters, read after close() would meet released
+        views): else ClosedError naming ``what``."""
+        if self._state is PoolState.CLOSED or self._terminated or self._views is None:
             self._release_if_deferred()
-            raise ClosedError("this vectorized env is closed: the observations of its batches went with its shared memory")
+            raise ClosedError(f"this vectorized env is closed: {what} went with its shared memory")
 
     def object_columns(self) -> list[list]:
         """The latest object parts of every env, one list of num_envs values per object leaf."""
@@ -1785,20 +1786,14 @@ class Pool:
         self._pin_remote(remote, list(cores))
 
     # -- what the shards are doing (fastvec.stats) -------------------------------------------------
-    def _check_open(self, what: str) -> None:
-        """ClosedError naming ``what`` once the pool is closed (its counters went with the shared block)."""
-        if self._state is PoolState.CLOSED or self._terminated or self._views is None:
-            self._release_if_deferred()
-            raise ClosedError(f"this vectorized env is closed: {what} went with its workers and shared memory")
-
     def shard_counters(self) -> np.ndarray:
         """A copy of every shard's counters (rows: shards; columns: fastvec.protocol.Stats)."""
-        self._check_open("its counters")
+        self._check_mapped("its counters")
         return self._views.worker_stats.copy()
 
     def env_step_ns(self) -> np.ndarray:
         """A copy of each env's accumulated time in env.step (collected while ``timing`` is on)."""
-        self._check_open("its step times")
+        self._check_mapped("its step times")
         return self._views.env_step_ns.copy()
 
     def inside_seconds(self) -> float:
@@ -1814,19 +1809,19 @@ class Pool:
     @property
     def timing(self) -> bool:
         """Whether shards time each env's step (the monitor turns it on)."""
-        self._check_open("its step timing")
+        self._check_mapped("its step timing")
         return bool(self._views.header[HEADER_TIMING])
 
     @timing.setter
     def timing(self, on: bool) -> None:
-        self._check_open("its step timing")
+        self._check_mapped("its step timing")
         self._views.header[HEADER_TIMING] = 1 if on else 0
 
     def stats(self) -> PoolStats:
         """What every shard did since the previous call (or since the pool started): steps/s, busy
         share, command-time percentiles, CPU use, cores, and for the pool the throughput, the
         straggler ratio and the share of time the calling process spends outside the pool."""
-        self._check_open("its stats")
+        self._check_mapped("its stats")
         return self._sampler.sample()  # type: ignore[union-attr]
 
     @property
@@ -1836,13 +1831,13 @@ class Pool:
 
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
-        self._check_open("its counters")
+        self._check_mapped("its counters")
         local = sum(part.restarts for part in (self._head, self._tail) if part is not None)
         return local + int(sum(self._views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._all_remotes()))
 
     def worker_stats(self) -> list[dict]:
         """Per worker: step commands run, env steps and seconds spent busy (read from the shared block)."""
-        self._check_open("its workers' counters")
+        self._check_mapped("its workers' counters")
         stats = self._views.worker_stats
         return [
             {
@@ -1857,7 +1852,7 @@ class Pool:
 
     @property
     def worker_pids(self) -> list[int]:
-        self._check_open("its workers")
+        self._check_mapped("its workers")
         return [r.pid for r in self._all_remotes()]
 
     # -- shutdown -------------------------------------------------------------------------------

@@ -564,10 +564,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--hog", action="store_true", help="also run a CPU hog on the last worker's core")
     args = parser.parse_args(argv)
-    if args.num_envs < 1:
-        parser.error(f"--num-envs must be at least 1, not {args.num_envs}")
-    if not 0 < args.seconds < float("inf"):
-        parser.error(f"--seconds must be a positive number of seconds, not {args.seconds}")
+    from fastvec.tune import option_error  # (the tuner's checks of the same two options)
+
+    error = option_error(num_envs=args.num_envs, seconds=args.seconds)
+    if error is not None:
+        parser.error(error)
     _demo(args.seconds, args.num_envs, args.hog)
 
 

@@ -184,6 +184,11 @@ def _argument_error(flag: Callable[[str], str], required: bool = False, **values
     return None
 
 
+def option_error(**values: float | None) -> str | None:
+    """``_argument_error`` for command-line options (``num_envs`` named ``--num-envs``; None: a default)."""
+    return _argument_error(lambda name: "--" + name.replace("_", "-"), **values)
+
+
 def search(
     env_id: str | None = None,
     env_module: str | None = None,
@@ -393,10 +398,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a candidate is declared hung")
     parser.add_argument("--output", type=Path, default=None, help="write the best configuration here (JSON)")
     args = parser.parse_args(argv)
-    error = _argument_error(
-        lambda name: "--" + name.replace("_", "-"),
-        num_envs=args.num_envs, repeats=args.repeats, seconds=args.seconds, timeout=args.timeout,
-    )
+    error = option_error(num_envs=args.num_envs, repeats=args.repeats, seconds=args.seconds, timeout=args.timeout)
     if error is not None:
         parser.error(error)
     if args.env_module is not None:

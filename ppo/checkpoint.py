@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "CHECKPOINT_NAMES"]
+__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "write_atomically", "CHECKPOINT_NAMES"]
 
 # what find_checkpoint looks for in a run folder (best.pt only where neither of the others is there)
 CHECKPOINT_NAMES = ("latest.pt", "final.pt", "best.pt")
@@ -46,14 +47,20 @@ def save_checkpoint(
         state["optimizer"] = optimizer.state_dict()
     if reward_rms is not None:
         state["reward_rms"] = reward_rms.state_dict()
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` beside ``path``, then renamed onto it: a reader sees the old file or the new, never half
+    of one; an interrupt or a full disk leaves no half-written ``<name>.tmp`` beside the run's files."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:  # (an interrupt or a full disk: no half-written file left beside the run's)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:

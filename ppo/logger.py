@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ppo.checkpoint import write_atomically
+
 __all__ = ["RunLogger", "plot_learning_curve"]
 
 
@@ -74,12 +76,14 @@ class RunLogger:
             fieldnames, rows = self._kept or ([], [])
             fieldnames = fieldnames + [key for key in metrics if key not in fieldnames]
             if self._kept is not None:  # (written whole, then renamed: an interrupt leaves the old file or the new)
-                tmp = self._path.with_name(self._path.name + ".tmp")
-                with open(tmp, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=fieldnames, restval="")
-                    writer.writeheader()
-                    writer.writerows(rows)
-                os.replace(tmp, self._path)
+
+                def rewrite(tmp: Path) -> None:
+                    with open(tmp, "w", newline="") as f:
+                        writer = csv.DictWriter(f, fieldnames=fieldnames, restval="")
+                        writer.writeheader()
+                        writer.writerows(rows)
+
+                write_atomically(self._path, rewrite)
                 self._csv_file = open(self._path, "a", newline="")
             self._csv = csv.DictWriter(self._csv_file, fieldnames=fieldnames, restval="")
             if self._kept is None:

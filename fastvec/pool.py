@@ -914,6 +914,8 @@ class Pool:
                 for index in self._message_words:
                     if words[index]:  # (a memoryview read: a Python int, no numpy call)
                         return self._complete_command(p, None)
+            if self._terminated:  # closed by another thread (or a signal handler) while this one stepped
+                raise self._closed_meanwhile(p.name)  # (its own envs, or waited: the workers had already finished)
             # _settle(p), inline: a synchronous step (asynchronous pools refuse step_async)
             self.slot = p.slot
             self._pending = None

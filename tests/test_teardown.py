@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import fastvec.pool as pool_module
-from fastvec import SubprocVecEnv, VectorEnv, shm
+from fastvec import PoolState, SubprocVecEnv, VectorEnv, shm
 from fastvec.errors import ClosedError, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import Command
 from fastvec.worker import TERM_DEADLINE_S
@@ -329,6 +329,23 @@ def test_close_from_another_thread_gives_up_on_a_step_past_its_timeout(tmp_path,
     assert max(_steps_per_env(tmp_path, before).values()) == 1
     assert {0, 1} <= {int(p.stem) for p in tmp_path.glob("*.closed")}  # this process's envs, after their step
     assert venv.pool._segment is None and venv.pool._control is None  # let go of, by the stepping thread
+
+
+def test_close_from_another_thread_gives_up_while_only_this_process_s_envs_run(tmp_path) -> None:
+    """The worker's envs finished at once; this process's own envs outlast close()'s timeout: the stepping
+    thread raises ClosedError when they return (not a TypeError from the released block), and the pool
+    stays closed (its state went back to idle, and every later call failed the same way)."""
+    fns = [partial(SlowLogged, str(tmp_path), i, 1.5 if i < 2 else 0.0) for i in range(4)]
+    venv = VectorEnv(fns, start_method="fork", num_workers=2, step_in_parent=True)
+    venv.reset()
+    thread, outcome = _step_in_thread(venv, False)
+    time.sleep(0.2)
+    venv.close(timeout=0.3)
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(outcome[0], ClosedError), outcome
+    assert venv.pool.state is PoolState.CLOSED and venv.pool._segment is None
+    with pytest.raises(ClosedError):
+        venv.step(np.zeros(4, dtype=np.int64))
 
 
 def test_close_in_a_signal_handler_during_the_step(tmp_path) -> None:

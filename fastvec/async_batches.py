@@ -564,17 +564,17 @@ class AsyncBatches:
             remote = pool._remotes[position]
             if pool.on_error == "restart":
                 remote.end()  # a hung env: its replacement does the group's command
-                self._check_lives([position])
+                self._check_lives([position], hung=True)
                 continue
             command, _ = self.inflight[group]
             error = StepTimeoutError(remote.index, remote.envs, "step" if command is _STEP else "reset", limit)
             pool._break(error)
             raise error
 
-    def _check_lives(self, positions: list[int]) -> None:
+    def _check_lives(self, positions: list[int], hung: bool = False) -> None:
         """A worker that died while stepping (``positions``: in pool._remotes): respawned
-        (on_error="restart") or the pool breaks."""
-        from fastvec.pool import _Pending
+        (on_error="restart") or the pool breaks. ``hung``: they were ended, still running past step_timeout."""
+        from fastvec.pool import _Pending, _restart_reason
 
         pool = self.pool
         for position in positions:
@@ -590,8 +590,11 @@ class AsyncBatches:
                 raise error
             resetting = command is Command.RESET
             p = _Pending(command, "reset" if resetting else "step", slot, reset_options=self._reset_options if resetting else None)
+            if hung:
+                p.hung.add(position)
             pool._respawn(position, p)  # its replacement does its share, and marks it done
-            reports = [(i, Extra.RESTARTED, {"error": "worker process died", "command": p.name}) for i in remote.envs]
+            why = _restart_reason(pool.step_timeout if hung else None)
+            reports = [(i, Extra.RESTARTED, {"error": why, "command": p.name}) for i in remote.envs]
             group = position + self.first_remote
             del self.inflight[group]
             self.slots[group] = slot

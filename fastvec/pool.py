@@ -1028,7 +1028,8 @@ class Pool:
             return None
         for position, remote in enumerate(self._remotes):
             if position in p.respawned:
-                reports = [(i, Extra.RESTARTED, describe("worker process died", p.name)) for i in remote.envs]
+                why = _restart_reason(self.step_timeout if position in p.hung else None)
+                reports = [(i, Extra.RESTARTED, describe(why, p.name)) for i in remote.envs]
                 extras = (extras or []) + reports + (p.respawned[position] or [])
                 continue
             reply = p.replies.get(position)
@@ -1195,9 +1196,14 @@ class Pool:
             raise
         p.respawned[position] = extras
         self.worker_restarts += 1
+        how = (
+            f"was ended in {p.name!r}, still running after step_timeout={self.step_timeout:g} s"
+            if position in p.hung
+            else f"died during {p.name!r} with {_exit_status(exitcode)}"
+        )
         warnings.warn(
-            f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) died during {p.name!r} "
-            f"with {_exit_status(exitcode)}; restarted it with fresh envs (on_error='restart')",
+            f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) {how}; restarted it with "
+            "fresh envs (on_error='restart')",
             RuntimeWarning,
             stacklevel=5,
         )
@@ -1621,19 +1627,19 @@ class Pool:
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
         if died is not None:
-            extras += self._restart_after_step(slot)
+            extras += self._restart_after_step(slot, died.ended_after)
         if failed:
             failed.sort(key=lambda err: err.env_index)
             failed[0].others = failed[1:] + failed[0].others
             raise failed[0]
         return extras
 
-    def _restart_after_step(self, slot: int) -> list:
+    def _restart_after_step(self, slot: int, hung_after: float | None = None) -> list:
         """on_error="restart": a worker died after the step ran, as an env moved into it (its unpickling
         crashing the process). It is replaced now and the step returns: the results the dead worker wrote
         stand, and its envs start new episodes in this step's results (those still running end, truncated;
         restart.restart_all's ``completed``). Raising WorkerDiedError lost the whole step's results, the other
-        shards' episode ends too. The restarts' extras."""
+        shards' episode ends too. ``hung_after``: the step_timeout it was ended after, hung. The restarts' extras."""
         extras: list = []
         for position, dead in enumerate(self._remotes):
             exitcode = dead.exitcode
@@ -1650,13 +1656,18 @@ class Pool:
                 self._break(exc)
                 raise
             self.worker_restarts += 1
+            how = (
+                f"died while an env moved into it, with {_exit_status(exitcode)}"
+                if hung_after is None
+                else f"was ended while an env moved into it, still running after step_timeout={hung_after:g} s"
+            )
             warnings.warn(
-                f"fastvec: worker {dead.index} (envs {remote.envs.start}..{remote.envs.stop - 1}) died while an env "
-                f"moved into it, with {_exit_status(exitcode)}; restarted it with fresh envs (on_error='restart')",
+                f"fastvec: worker {dead.index} (envs {remote.envs.start}..{remote.envs.stop - 1}) {how}; restarted it "
+                "with fresh envs (on_error='restart')",
                 RuntimeWarning,
                 stacklevel=6,
             )
-            extras += [(i, Extra.RESTARTED, describe("worker process died", _ADOPT)) for i in remote.envs]
+            extras += [(i, Extra.RESTARTED, describe(_restart_reason(hung_after), _ADOPT)) for i in remote.envs]
             extras += more or []
         return extras
 
@@ -2156,6 +2167,14 @@ class Pool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _restart_reason(hung_after: float | None) -> str:
+    """The infos' word for a replaced worker's envs (``fastvec.restarted``): it died, or (``hung_after``, the
+    step_timeout) the pool ended it, still running after the limit."""
+    if hung_after is None:
+        return "worker process died"
+    return f"worker hung: still running after step_timeout={hung_after:g} s, ended and replaced"
 
 
 # asynchronous batches: the calling process steps a group itself by default only up to this many envs

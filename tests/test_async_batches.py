@@ -634,6 +634,8 @@ def test_a_worker_that_dies_or_hangs_is_found_while_other_groups_keep_coming(fau
                     got = pool.recv()
                 if set(got.restarted) == bad:  # the faulty worker's group came back replaced
                     assert on_error == "restart"
+                    reason = "worker process died" if fault == "kill" else "worker hung: still running after step_timeout=0.5 s"
+                    assert all(got.restarted[i].startswith(reason) for i in bad), got.restarted
                     break
                 pool.send(np.zeros(2, np.int64), got.env_ids)  # (the faulty worker's too, while it still steps)
             else:

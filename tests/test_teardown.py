@@ -148,9 +148,12 @@ def test_a_hung_worker_replaced_under_restart_closes_its_envs_first(tmp_path) ->
         first = _helpers(tmp_path)
         (old_pid,) = venv.pool.worker_pids
         venv.env_method("hang", indices=[3])
-        with pytest.warns(RuntimeWarning, match="worker 1 .* died .*restarted"):
+        # (named as hung, not as a worker that "died with exit code -15": the SIGTERM was the pool's own)
+        with pytest.warns(RuntimeWarning, match=r"worker 1 .* was ended in 'step', still running after step_timeout=2 s"):
             _, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
         assert dones.tolist() == [False, False, True, True] and infos[3]["TimeLimit.truncated"]
+        assert infos[3]["fastvec.restarted"] == "worker hung: still running after step_timeout=2 s, ended and replaced"
+        assert infos[2]["fastvec.restarted"] == infos[3]["fastvec.restarted"]
         assert venv.pool.worker_pids != [old_pid] and venv.pool.worker_restarts == 1
         assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [2, 3]  # the ended worker's envs
         assert not _alive(first[2]) and not _alive(first[3])

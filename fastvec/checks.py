@@ -172,7 +172,10 @@ class _LeafWriter:
             if self.check_range:
                 self._check_range(out.reshape(-1), actions)
             return 0
-        a = actions if type(actions) is np.ndarray else np.asarray(actions)
+        try:
+            a = actions if type(actions) is np.ndarray else np.asarray(actions)
+        except ValueError as exc:  # rows of different shapes (numpy's "inhomogeneous shape"): name the env
+            raise self._ragged(actions) from exc
         if a.ndim == 0:
             raise TypeError(
                 f"expected a batch of {self.num_envs} actions{self.where} (shape {self.shape}), got a scalar {a!r}"
@@ -199,6 +202,25 @@ class _LeafWriter:
         if self.check_range:
             self._check_range(out.reshape(-1), a)
         return tag
+
+    def _ragged(self, actions: Any) -> ValueError:
+        """The error for a sequence of actions whose rows differ in shape: it names the first env whose action does
+        not hold the space's number of values (or, all holding it, the first whose shape is not the first row's)."""
+        try:
+            rows = list(actions)
+            shapes = [np.shape(row) for row in rows]
+        except (TypeError, ValueError):  # (a row ragged itself)
+            return ValueError(f"expected actions{self.where} of shape {self.shape}, got rows of different shapes")
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        row = next((k for k, size in enumerate(sizes) if size != self.per_env), None)
+        if row is None:
+            row = next((k for k, shape in enumerate(shapes) if shape != shapes[0]), None)
+        if row is None or row >= self.num_envs:
+            return ValueError(f"expected actions{self.where} of shape {self.shape}, got rows of different shapes")
+        return ValueError(
+            f"action for env {self._env(row)}{self.where} has shape {shapes[row]}; {self.space} takes "
+            f"{self.element_shape} (the actions' rows differ in shape)"
+        )
 
     def _cast_loses(self, a: np.ndarray) -> bool:
         """Whether casting ``a`` to the buffer's dtype would change a value (checked before the cast): then

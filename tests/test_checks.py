@@ -151,6 +151,23 @@ def test_shapes_and_kinds_are_always_checked() -> None:
         writer.write(np.array(["a", "b"]), out)
 
 
+def test_actions_whose_rows_differ_in_shape_name_the_env() -> None:
+    """A list with one env's action of another shape: numpy's "inhomogeneous shape" error named no env."""
+    box = spaces.Box(-1, 1, (3,), np.float32)
+    writer = ActionWriter(box, 2, kernels)
+    out, tags = np.zeros((2, 3), np.float64), np.zeros(1, np.uint32)
+    with pytest.raises(ValueError, match=r"action for env 1 has shape \(2,\); Box.* takes \(3,\)"):
+        writer.write([[0, 0, 0], [0, 0]], [out], tags)
+    with pytest.raises(ValueError, match=r"action for env 7 has shape \(2,\)"):  # (a batch's rows: their env ids)
+        writer.write([[0, 0, 0], [0, 0]], [out], tags, env_ids=[4, 7])
+    space = spaces.Dict({"a": spaces.Discrete(2), "b": box})
+    writer = ActionWriter(space, 2, kernels)
+    buffers, tags = [np.zeros(2, np.int64), np.zeros((2, 3), np.float64)], np.zeros(2, np.uint32)
+    per_env = [{"a": 0, "b": np.zeros(3)}, {"a": 1, "b": np.zeros(2)}]
+    with pytest.raises(ValueError, match=r"action for env 1 \(part 'b'\) has shape \(2,\)"):
+        writer.write(per_env, buffers, tags, per_env=True)
+
+
 def test_output_checks_warn_once_per_env_and_kind_or_raise() -> None:
     checks = OutputChecks(None, start=4)
     checks.problem(1, "step", "nan-reward", "returned a NaN reward")

@@ -2196,7 +2196,8 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     2 cores, 2 groups: 3 processes) and a group is small (OWN_GROUP_MAX_ENVS), and steps none
     otherwise."""
     batch = int(opts.batch_size)
-    workers = int(opts.num_workers) if opts.num_workers else _async_workers(n, batch, default_num_workers())
+    # (never more workers than envs, as in the synchronous layout: a tuned num_workers from a larger machine)
+    workers = min(int(opts.num_workers), n) if opts.num_workers else _async_workers(n, batch, default_num_workers())
     if n % batch or n % workers or batch % (n // workers):
         raise ValueError(
             f"batch_size={batch} with {n} envs and num_workers={workers}: every worker steps a group of "

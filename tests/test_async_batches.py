@@ -457,6 +457,9 @@ def test_the_default_asynchronous_layout_steps_a_small_group_in_the_caller_where
     assert layout(64, 32, cores=16, num_workers=2) == (2, False)  # named: kept
     assert layout(64, 16, cores=8) == (8, True)  # never fewer groups than batches... nor more than cores
     assert layout(64, 8, cores=4) == (8, True)  # ... unless the batches are more
+    # more workers than envs (a tuning file from a larger machine): lowered to the envs, as without batches;
+    # the error blamed batch_size
+    assert layout(4, 2, cores=2, num_workers=8) == (4, True)
 
 
 def test_many_cores_give_smaller_groups_and_batches_still_match_serial_runs(monkeypatch) -> None:

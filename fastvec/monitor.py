@@ -26,7 +26,8 @@ and the monitor acts, once per ``cooldown`` samples:
    that way again for ``retry_after`` samples. Env indices and rows never change;
    the caller can tell only from ``stats()`` and ``monitor_events``.
 
-    python -m fastvec.monitor            # a demo: a slow env and a CPU hog, a live table
+    python -m fastvec.monitor            # a demo: the last quarter of the envs 4x slower, a live table
+    python -m fastvec.monitor --hog      # ... and a CPU hog on a worker's core (re-pinned, or parked)
 
 The thread is a daemon that stops when the pool closes; it never keeps a process alive.
 """

@@ -49,7 +49,7 @@ class PoolOptions:
         spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll;
             negative: poll for ``-spin_ns`` while yielding the core (sched_yield); 0: sleep at
             once. Default: the parent yield-polls 200 us; a worker yield-polls about 1.5x the
-            usual gap between commands (20 us to 2 ms), or 200 us when processes outnumber cores.
+            usual gap between commands (200 us to 2 ms), or 200 us when processes outnumber cores.
         step_timeout: seconds a command may take before StepTimeoutError (default: none);
             making a worker's envs, at start or in a restart, counts as a command.
         daemon: start workers as daemonic processes (they then cannot start children).

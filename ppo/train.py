@@ -805,7 +805,9 @@ def train(config: Config) -> dict[str, Any]:
 
 def describe(summary: dict[str, Any]) -> str:
     """One line saying whether the run solved the task or ran out of budget."""
-    env, mean = summary["env_id"], summary["mean_return_100"]
+    env = summary["env_id"]
+    mean = summary["mean_return_100"]
+    mean = "(none: no episode ended)" if mean is None or not math.isfinite(mean) else f"{mean:.1f}"
     if not summary.get("trained", True):  # (no verdict: what the checkpoint's run did is not known here)
         return (
             f"Nothing trained on {env}: the checkpoint has {summary['global_step']:,} steps, the whole budget"
@@ -813,18 +815,18 @@ def describe(summary: dict[str, Any]) -> str:
         )
     if summary["solved"]:
         text = (
-            f"SOLVED {env}: mean return of the last 100 episodes {mean:.1f} >= {summary['solve_return']:g} "
+            f"SOLVED {env}: mean return of the last 100 episodes {mean} >= {summary['solve_return']:g} "
             f"after {summary['solve_step']:,} steps in {summary['solve_wall_s']:.2f} s"
         )
     elif summary["solve_return"] is None:
         text = (
             f"Budget of {summary['global_step']:,} steps done on {env} (no solve threshold): "
-            f"mean return of the last 100 episodes {mean:.1f}"
+            f"mean return of the last 100 episodes {mean}"
         )
     else:
         text = (
             f"NOT SOLVED {env}: the budget of {summary['global_step']:,} steps ended with a mean return of the "
-            f"last 100 episodes of {mean:.1f} (< {summary['solve_return']:g})"
+            f"last 100 episodes of {mean} (< {summary['solve_return']:g})"
         )
     text += f"; {summary['train_wall_s']:.2f} s training at {summary['sps']:,.0f} steps/s"
     if summary["eval_mean_return"] is not None:
@@ -860,7 +862,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import tyro
 
-    config = tyro.cli(Config, args=argv)
+    config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
     with _start(config) as trainer:
         summary = trainer.run()
     if summary["run_dir"] is not None:  # distributed: rank 0 speaks for the run

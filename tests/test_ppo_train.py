@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import pytest
 import torch
@@ -350,3 +352,17 @@ def test_runs_named_in_the_same_second_never_share_a_folder(tmp_path, monkeypatc
     monkeypatch.setattr(Path, "exists", lambda self: False)  # the other run made it after this one looked
     second = train_module._run_dir(config)
     assert first != second and second.name == first.name + "-1" and second.is_dir()
+
+
+def test_the_verdict_of_a_run_in_which_no_episode_ended_says_so() -> None:
+    """A budget that ended before any episode did: "... mean return of the last 100 episodes nan" said nothing."""
+    from ppo.train import describe
+
+    summary = {
+        "env_id": "CartPole-v1", "mean_return_100": math.nan, "solved": False, "solve_return": 475.0,
+        "global_step": 64, "train_wall_s": 0.1, "sps": 640.0, "eval_mean_return": None, "run_dir": "runs/x",
+    }  # fmt: skip
+    text = describe(summary)
+    assert text.startswith("NOT SOLVED CartPole-v1") and "(none: no episode ended)" in text and "nan" not in text
+    assert "(none: no episode ended)" in describe({**summary, "solve_return": None, "mean_return_100": None})
+    assert "last 100 episodes of 12.5 (< 475)" in describe({**summary, "mean_return_100": 12.5})

@@ -55,7 +55,9 @@ def run(own: bool, num_envs: int, env_ms: float, policy_ms: float, seconds: floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.async_layouts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--env-ms", type=float, default=1.0)
     parser.add_argument("--policy-ms", type=float, default=1.0)

@@ -51,7 +51,9 @@ def measure(seconds: float, cores: list[int] | None = None) -> dict[int, int]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[int, int]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.core_speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between rounds")

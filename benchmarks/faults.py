@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.faults",
         description="What fastvec, SB3's SubprocVecEnv and gymnasium's AsyncVectorEnv do for each fault "
         "(each case in its own process, with a 12 s limit): a markdown table."
     )

@@ -154,7 +154,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timeit rounds per variant; the best is reported")
     parser.add_argument("--min-seconds", type=float, default=0.05, help="length of one round")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 10 ms")

@@ -521,7 +521,7 @@ def distributed_study(args: argparse.Namespace) -> None:
 # -- main -------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.ppo_solve", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="1 seed of ppo-fastvec-x8, ppo-serial-x8 and sb3-ppo-zoo")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="cases to run (default: all)")

@@ -520,7 +520,9 @@ def write_outputs(results: list[dict], out: Path, facts: dict, command: str) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.vec_env", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workloads", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--num-envs", nargs="+", type=int, default=None, help="override every grid")
     parser.add_argument(

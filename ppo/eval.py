@@ -179,7 +179,7 @@ class EvalArgs:
 
 
 def main(argv: list[str] | None = None) -> float:
-    args = tyro.cli(EvalArgs, args=argv)
+    args = tyro.cli(EvalArgs, args=argv, prog="python -m ppo.eval")
     if args.episodes < 1:
         raise SystemExit(f"ppo.eval: --episodes must be >= 1, got {args.episodes}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -231,6 +231,27 @@ def test_sb3_wrappers_and_ppo_accept_fastvec() -> None:
         venv.close()
 
 
+def test_sb3_video_recorder_takes_the_envs_frame_rate(monkeypatch, tmp_path) -> None:
+    """SB3's VecVideoRecorder reads the env's metadata from SB3's SubprocVecEnv, and a VecEnv's own from any
+    other: over fastvec it recorded at 30 fps, not CartPole's 50."""
+    import sys
+    import types
+
+    from stable_baselines3.common.vec_env import VecVideoRecorder
+
+    monkeypatch.setitem(sys.modules, "moviepy", sys.modules.get("moviepy") or types.ModuleType("moviepy"))
+    make = partial(gym.make, "CartPole-v1", render_mode="rgb_array")
+    rates = {}
+    for name, cls in (("fastvec", SubprocVecEnv), ("sb3", SB3SubprocVecEnv)):
+        venv = cls([make] * 2, start_method="fork")
+        try:
+            rates[name + " modes"] = venv.metadata["render_modes"]  # (the VecEnv's own, kept)
+            rates[name] = VecVideoRecorder(venv, str(tmp_path / name), lambda step: False).frames_per_sec
+        finally:
+            venv.close()
+    assert rates["fastvec"] == rates["sb3"] == 50 and rates["fastvec modes"] == rates["sb3 modes"]
+
+
 def test_kernels_selected() -> None:
     import os
 

@@ -83,7 +83,7 @@ from fastvec.protocol import (
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
-from fastvec.shard import Shard, WrappedShard
+from fastvec.shard import Shard, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
 from fastvec.stats import PoolStats, Sampler
 
@@ -2133,13 +2133,15 @@ class Pool:
             if not self._release_deferred:
                 return
             self._release_deferred = False
+            interrupt: BaseException | None = None
             if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
                 self._local_envs_closed = True
-                for env in self._local_envs + (self._tail.envs if self._tail is not None else []):
-                    try:
-                        env.close()
-                    except Exception:
-                        pass
+                try:
+                    close_each(self._local_envs + (self._tail.envs if self._tail is not None else []))
+                except ShardError:
+                    pass
+                except BaseException as exc:  # (a Ctrl-C in an env's close(): the block is still let go of first)
+                    interrupt = exc
             self._local = self._head = self._tail = None
             self._local_envs = []
             self.ring = None  # type: ignore[assignment]
@@ -2152,6 +2154,8 @@ class Pool:
             if self._segment is not None:
                 shm.close(self._segment)
                 self._segment = None
+            if interrupt is not None:
+                raise interrupt
 
     def __del__(self) -> None:
         try:

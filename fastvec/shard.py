@@ -754,14 +754,26 @@ class Shard:
 
     def close(self) -> None:
         """Close every env, even if one raises; the first error is raised afterwards."""
-        first: ShardError | None = None
-        for j, env in enumerate(self.envs):
-            try:
-                env.close()
-            except Exception as exc:
-                first = first or ShardError(self.start + j, "close", exc)
-        if first is not None:
-            raise first
+        close_each(self.envs, self.start)
+
+
+def close_each(envs: list, start: int = 0) -> None:
+    """Close every env of ``envs`` (env ``start + j`` at ``j``), even if one raises or is interrupted: a Ctrl-C in
+    one env's close() left the others open for good (the pool counts them closed). Afterwards the first
+    interrupt is raised, else the first error, as a ShardError."""
+    first: ShardError | None = None
+    interrupt: BaseException | None = None
+    for j, env in enumerate(envs):
+        try:
+            env.close()
+        except Exception as exc:
+            first = first or ShardError(start + j, "close", exc)
+        except BaseException as exc:  # (KeyboardInterrupt, SystemExit: raised once the others are closed)
+            interrupt = interrupt or exc
+    if interrupt is not None:
+        raise interrupt
+    if first is not None:
+        raise first
 
 
 class _TagDtypes(dict):
@@ -835,15 +847,23 @@ class WrappedShard:
         """Every env's entries: each part takes its own."""
         return values
 
-    def _each(self, run: Callable[[Shard], list | None]) -> list | None:
-        """``run`` on both parts, the second even when the first raised; extras and errors merged."""
+    def _each(self, run: Callable[[Shard], list | None], through_interrupts: bool = False) -> list | None:
+        """``run`` on both parts, the second even when the first raised (``through_interrupts``: even when it was
+        interrupted, raised afterwards); extras and errors merged."""
         extras: list = []
         errors: list[ShardError] = []
+        interrupt: BaseException | None = None
         for shard in self.parts:
             try:
                 extras += run(shard) or []
             except ShardError as err:
                 errors += [err, *err.others]
+            except BaseException as exc:
+                if not through_interrupts:
+                    raise
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
         if errors:
             errors.sort(key=lambda e: e.env_index)
             raise ShardError.combine(errors)
@@ -866,4 +886,4 @@ class WrappedShard:
         return results
 
     def close(self) -> None:
-        self._each(lambda shard: shard.close())
+        self._each(lambda shard: shard.close(), through_interrupts=True)

@@ -238,6 +238,33 @@ def test_a_stuck_worker_still_ends_with_its_parent(tmp_path, case: str) -> None:
     assert closed == ([0, 1, 2, 3] if case == "hang" else [0, 1])
 
 
+class InterruptedClose(envs.Counter):
+    """Touches ``<folder>/<index>.closed`` when closed; env 0's close() in the process that made ``main_pid``
+    is cut short by a Ctrl-C (KeyboardInterrupt), as a second Ctrl-C during a slow shutdown would."""
+
+    def __init__(self, folder: str, index: int, main_pid: int):
+        super().__init__(index)
+        self.folder, self.main_pid = Path(folder), main_pid
+
+    def close(self):
+        if self.index == 0 and os.getpid() == self.main_pid:
+            raise KeyboardInterrupt
+        (self.folder / f"{self.index}.closed").touch()
+
+
+def test_a_ctrl_c_in_one_env_s_close_still_closes_this_process_s_other_envs(tmp_path) -> None:
+    """The calling process's own envs: env 0's close() interrupted skipped env 1's for good (the pool counted
+    them closed, so a second close() did nothing), and its helpers outlived the program."""
+    fns = [partial(InterruptedClose, str(tmp_path), i, os.getpid()) for i in range(4)]
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True)
+    venv.reset()
+    with pytest.raises(KeyboardInterrupt):
+        venv.close()
+    venv.close()  # (as a ``finally:`` would)
+    assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [1, 2, 3]
+    assert venv.pool._segment is None
+
+
 # -- close() while another thread (or a signal handler) is inside a command -------------------------------
 class SlowLogged(envs.Counter):
     """Appends its index to ``<folder>/steps`` on every step, which takes ``seconds``; touches

@@ -598,7 +598,9 @@ class AsyncBatches:
             group = position + self.first_remote
             del self.inflight[group]
             self.slots[group] = slot
-            self.ready.append((group, slot, reports + (p.respawned.get(position) or []), None))
+            replacement = pool._remotes[position]
+            unmade, replacement.unmade = replacement.unmade, None  # envs it could not make: the group's errors
+            self.ready.append((group, slot, reports + (p.respawned.get(position) or []), unmade or None))
 
     def _batch(self, taken: list, copy: bool, batch_object: Any = None) -> AsyncBatch:
         """The batch of the groups ``taken`` (entries of ``ready``)."""

@@ -476,7 +476,9 @@ class Pool:
         self._worker_words = [(self._bases[k : k + 1], self._seqs[k : k + 1]) for k in range(len(self._remotes))]
         self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
 
-    def _spawn(self, w: int) -> Remote:
+    def _spawn(self, w: int, replacing: bool = False) -> Remote:
+        """Start worker ``w``. ``replacing`` a dead one (on_error="restart"): an env its factory cannot make
+        again is reported as that command's error, and made at its next step (restart.Unmade)."""
         envs = self.shard_envs[w]
         return Remote.spawn(
             w,
@@ -489,6 +491,7 @@ class Pool:
             restart_on_error=self.on_error == "restart",
             check=self.check,
             siblings=self._remotes,
+            replacing=(self.observation_space, self.action_space) if replacing and self.on_error == "restart" else None,
         )
 
     def _handshake(self, remote: Remote, command: str) -> list:
@@ -1031,6 +1034,9 @@ class Pool:
                 why = _restart_reason(self.step_timeout if position in p.hung else None)
                 reports = [(i, Extra.RESTARTED, describe(why, p.name)) for i in remote.envs]
                 extras = (extras or []) + reports + (p.respawned[position] or [])
+                if remote.unmade:  # envs its replacement could not make: this command's errors
+                    errors += remote.unmade
+                    remote.unmade = None
                 continue
             reply = p.replies.get(position)
             if reply is None:
@@ -1217,19 +1223,30 @@ class Pool:
         """Start a worker in place of the dead one, making its shard's envs afresh (``place`` records it
         before anything can fail, so that close() stops it), attached at command count ``first_seq`` with
         ``restart`` (its share of the command it died in, if any) and pinned where the dead one was.
-        Returns it and what it reported."""
-        dead.process.join(1.0)
-        dead.release()
-        remote = self._spawn(dead.index)
-        remote.base = dead.base
-        place(remote)
-        spaces = self._handshake(remote, "make (worker restart)")
-        for k, (obs_space, act_space) in enumerate(spaces):
-            self._check_spaces(remote.envs.start + k, obs_space, act_space)
-        remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
-        kind, extras = self._recv(remote, "attach (worker restart)")
+        Returns it and what it reported; envs it could not make are errors of the command, in ``remote.unmade``.
+        A replacement that dies too while it makes its envs (a crashing constructor, the OOM killer) is
+        replaced again, up to ``RESPAWN_ATTEMPTS`` workers in all."""
+        for attempt in range(1, RESPAWN_ATTEMPTS + 1):
+            dead.process.join(1.0)
+            dead.release()
+            remote = self._spawn(dead.index, replacing=True)
+            remote.base = dead.base
+            place(remote)
+            try:
+                spaces = self._handshake(remote, "make (worker restart)")
+                for k, (obs_space, act_space) in enumerate(spaces):
+                    self._check_spaces(remote.envs.start + k, obs_space, act_space)
+                remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
+                kind, extras = self._recv(remote, "attach (worker restart)")
+                break
+            except WorkerDiedError:
+                if attempt == RESPAWN_ATTEMPTS:
+                    raise
+                dead = remote
         if kind == "error":
             raise env_error(*extras)
+        if kind == "attached-unmade":
+            extras, remote.unmade = extras
         if dead.index in self.cores:
             self._pin_remote(remote, self.cores[dead.index])
         return remote, extras
@@ -1627,20 +1644,25 @@ class Pool:
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
         if died is not None:
-            extras += self._restart_after_step(slot, died.ended_after)
+            more, unmade = self._restart_after_step(slot, died.ended_after)
+            extras += more
+            if unmade:  # envs the replacement could not make: errors of this step, as an env's that raised
+                failed.append(env_errors(unmade))
         if failed:
             failed.sort(key=lambda err: err.env_index)
             failed[0].others = failed[1:] + failed[0].others
             raise failed[0]
         return extras
 
-    def _restart_after_step(self, slot: int, hung_after: float | None = None) -> list:
+    def _restart_after_step(self, slot: int, hung_after: float | None = None) -> tuple[list, list]:
         """on_error="restart": a worker died after the step ran, as an env moved into it (its unpickling
         crashing the process). It is replaced now and the step returns: the results the dead worker wrote
         stand, and its envs start new episodes in this step's results (those still running end, truncated;
         restart.restart_all's ``completed``). Raising WorkerDiedError lost the whole step's results, the other
-        shards' episode ends too. ``hung_after``: the step_timeout it was ended after, hung. The restarts' extras."""
+        shards' episode ends too. ``hung_after``: the step_timeout it was ended after, hung. The restarts' extras,
+        and the errors of envs the replacements could not make."""
         extras: list = []
+        unmade: list = []
         for position, dead in enumerate(self._remotes):
             exitcode = dead.exitcode
             if exitcode is None:
@@ -1669,7 +1691,10 @@ class Pool:
             )
             extras += [(i, Extra.RESTARTED, describe(_restart_reason(hung_after), _ADOPT)) for i in remote.envs]
             extras += more or []
-        return extras
+            if remote.unmade:
+                unmade += remote.unmade
+                remote.unmade = None
+        return extras, unmade
 
     def _not_arrived(self, index: int, exc: BaseException) -> EnvError:
         """Env ``index`` left its shard and cannot arrive in the other: the pool breaks, with an error naming it."""
@@ -2171,6 +2196,11 @@ class Pool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# on_error="restart": workers started in place of a dead one, in all, before the pool gives up (each replacement
+# that dies too while it makes its envs is replaced again)
+RESPAWN_ATTEMPTS = 3
 
 
 def _restart_reason(hung_after: float | None) -> str:

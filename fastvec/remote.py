@@ -68,6 +68,7 @@ class Remote:
         # forkserver's child: the forkserver reaps it and sends its status over the sentinel, which no process
         # of its env holds, a moment after it exited (a pidfd would say so before its status can be read)
         self.pidfd = -1
+        self.unmade: list | None = None  # a replacement's envs it could not make: their errors' payloads, to raise
         try:
             if type(getattr(process, "_popen", None)).__module__ != "multiprocessing.popen_forkserver":
                 self.pidfd = os.pidfd_open(process.pid)
@@ -90,6 +91,7 @@ class Remote:
         restart_on_error: bool,
         check: str | None,
         siblings: list[Remote],
+        replacing: tuple | None = None,
     ) -> Remote:
         """Start the worker; it makes its envs and reports their spaces (read with ``handshake``)."""
         from fastvec.worker import worker_main
@@ -116,6 +118,7 @@ class Remote:
                 threading.current_thread() is threading.main_thread(),
                 restart_on_error,
                 check,
+                replacing,
             ),
             daemon=daemon,
             name=f"fastvec-worker-{index}",

@@ -34,11 +34,13 @@ class Unmade:
     which makes the shard try the factory again (on_error="restart"); until that works, every
     command reports the env's error, and the other envs go on."""
 
-    def __init__(self, index: int, cause: BaseException):
+    def __init__(self, index: int, cause: BaseException, spaces: tuple | None = None):
         self._why = (
             f"env {index} could not be made again after an error ({type(cause).__name__}: {cause}); "
             "its factory is tried again at its next step or reset"
         )
+        if spaces is not None:  # (in a replacement worker: the pool's, so that its shard can be made around it)
+            self.observation_space, self.action_space = spaces
 
     def _fail(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(self._why)
@@ -120,7 +122,7 @@ def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False
     for j in envs:
         shard.write_terminal(j, last[j], "step (worker restart)")
     if shard.autoreset_mode == SAME_STEP:
-        obs_list = _reset_fresh_envs(shard)
+        obs_list = _reset_fresh_envs(shard, last)
     else:  # NEXT_STEP: the last observations now, the resets in the next step
         obs_list = last
         shard.needs_reset = [True] * len(shard.envs)
@@ -143,14 +145,18 @@ def _after_the_step(shard: Shard, slot: int) -> None:
     if shard.autoreset_mode != SAME_STEP:
         shard.needs_reset = [True] * len(shard.envs)
         return
-    shard.write_obs(_reset_fresh_envs(shard), slot, "reset (worker restart)")
+    shard.write_obs(_reset_fresh_envs(shard, [shard.row(slot, j) for j in range(len(shard.envs))]), slot, "reset (worker restart)")
 
 
-def _reset_fresh_envs(shard: Shard) -> list:
+def _reset_fresh_envs(shard: Shard, kept: list) -> list:
     """A replacement worker's fresh envs reset (SAME_STEP): their first observations, their reset infos
-    queued as an autoreset's."""
+    queued as an autoreset's. An env that could not be made (``Unmade``, reported as the command's error)
+    keeps its observation from ``kept``."""
     obs_list = []
     for j, env in enumerate(shard.envs):
+        if isinstance(env, Unmade):
+            obs_list.append(kept[j])
+            continue
         try:
             obs, info = env.reset()
         except Exception as exc:

@@ -31,7 +31,7 @@ from fastvec import kernels
 from fastvec.errors import ShardError
 from fastvec.layout import Views
 from fastvec.protocol import ADAPTIVE_FLOOR_NS, ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
-from fastvec.restart import restart_all
+from fastvec.restart import Unmade, restart_all
 from fastvec.shard import Shard
 from fastvec.shm import pid_alive
 
@@ -99,8 +99,10 @@ def worker_main(
     death_signal: bool,
     restart_on_error: bool = False,
     check: str | None = None,
+    replacing: tuple | None = None,
 ) -> None:
-    """Entry point of a worker process (also importable for custom launchers)."""
+    """Entry point of a worker process (also importable for custom launchers). ``replacing``: the pool's
+    (observation space, action space) where this worker replaces a dead one (on_error="restart")."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM (Pool.terminate, closing a broken pool, the parent's death, a job scheduler): close the
@@ -131,12 +133,18 @@ def worker_main(
         if isinstance(env_fns, bytes):
             env_fns = cloudpickle.loads(env_fns)
         envs = holding.made
+        unmade: list[tuple] = []  # a replacement's envs whose factory failed: this command's errors, tried again later
         try:
             for j, fn in enumerate(env_fns):
                 try:
                     envs.append(fn())
                 except Exception as exc:
-                    raise ShardError(start + j, "make (env constructor)", exc) from exc
+                    if replacing is None or not restart_on_error:
+                        raise ShardError(start + j, "make (env constructor)", exc) from exc
+                    # on_error="restart" (README): the env's error is raised, the others step, and its factory
+                    # is tried again at its next step (breaking the pool gave up on every env for one)
+                    envs.append(Unmade(start + j, exc, replacing))
+                    unmade += ShardError(start + j, "make (worker restart)", exc).payloads()
             conn.send(("ready", _dumps_spaces([(env.observation_space, env.action_space) for env in envs])))
         except ShardError as err:
             conn.send(("error", err.payload()))
@@ -169,10 +177,15 @@ def worker_main(
             try:
                 extras = _fill_in(shard, restart)
             except ShardError as err:
-                conn.send(("error", err.payload()))
-                _close_quietly(shard.envs)
-                return
-            conn.send(("attached", extras))
+                if not restart_on_error:
+                    conn.send(("error", err.payload()))
+                    _close_quietly(shard.envs)
+                    return
+                # on_error="restart": the envs' errors are this command's (an env that cannot be made again is
+                # an Unmade, tried again later), and the worker serves on, as after any command's env errors
+                extras, unmade = None, unmade + err.payloads()
+            # (with envs it could not make: their errors, which the command raises as theirs)
+            conn.send(("attached", extras) if not unmade else ("attached-unmade", (extras, unmade)))
         else:
             conn.send(("attached", None))
         try:

@@ -496,3 +496,75 @@ def test_a_worker_hung_in_a_call_is_ended_and_replaced_at_the_next_step() -> Non
         assert venv.pool.worker_restarts == 1 and venv.pool.state.value == "idle"
         assert all("fastvec.restarted" in infos[i] for i in (2, 3)) and "fastvec.restarted" not in infos[0]
         venv.step(np.zeros(4, np.int64))
+
+
+class MadeCounted:
+    """Env ``bad``'s factory counts its makings in the file ``count``; its second making (in the worker that
+    replaces a dead one) fails while the file ``block`` exists ("raise"), or ends the process ("crash")."""
+
+    def __init__(self, i: int, bad: int, folder: str, fault: str):
+        self.i, self.bad, self.folder, self.fault = i, bad, folder, fault
+
+    def __call__(self):
+        if self.i == self.bad:
+            count = os.path.join(self.folder, "count")
+            made = int(open(count).read()) if os.path.exists(count) else 0
+            with open(count, "w") as f:
+                f.write(str(made + 1))
+            if made == 1 and self.fault == "crash":
+                os._exit(3)  # (the OOM killer, a segfault in a simulator's start)
+            if made >= 1 and self.fault == "raise" and os.path.exists(os.path.join(self.folder, "block")):
+                raise RuntimeError("simulator not ready")
+        return envs.Counter(self.i)
+
+
+@pytest.mark.parametrize("front", ["sb3", "gymnasium-batches"])
+def test_a_dead_worker_whose_replacement_cannot_make_an_env_yet_goes_on(tmp_path, front: str) -> None:
+    """The replacement of a dead worker fails to make one env: that env's error is raised (the others step) and its
+    factory is tried again until the env is back, as for an env that raised. The pool used to break for good."""
+    (tmp_path / "block").touch()
+    fns = [MadeCounted(i, 3, str(tmp_path), "raise") for i in range(4)]
+    actions = np.zeros(2 if front != "sb3" else 4, dtype=np.int64)
+    if front == "sb3":
+        venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart")
+        venv.reset()
+        step = lambda: venv.step(actions)  # noqa: E731
+    else:  # the worker's group of envs 2..3, sent and received alone (the own group of 0..1 waits, ready)
+        venv = VectorEnv(fns, start_method="fork", num_workers=2, on_error="restart", batch_size=2)
+        venv.async_reset()
+        got = {tuple(venv.recv()[4]["env_id"].tolist()) for _ in range(2)}
+        assert got == {(0, 1), (2, 3)}
+
+        def step():
+            venv.send(actions, [2, 3])
+            return venv.recv()
+    with venv, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        (pid,) = venv.pool.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EnvError) as caught:  # the step it died in: the env it could not make
+            step()
+        assert caught.value.env_index == 3 and caught.value.others == []
+        assert "make (worker restart)" in str(caught.value) and "simulator not ready" in str(caught.value)
+        with pytest.raises(EnvError, match="simulator not ready"):  # tried again, still failing
+            step()
+        (tmp_path / "block").unlink()
+        result = step()
+        restarted = result[-1][3] if front == "sb3" else dict(zip(result[4]["env_id"].tolist(), result[4]["_fastvec_restarted"].tolist()))[3]
+        assert restarted  # back, as a restarted env
+        for _ in range(2):
+            step()
+        assert venv.pool.call("get_attr", [3], ("index",)) == [3] and venv.pool.worker_pids != [pid]
+
+
+def test_a_replacement_that_dies_while_making_its_envs_is_replaced_again(tmp_path) -> None:
+    fns = [MadeCounted(i, 3, str(tmp_path), "crash") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        (pid,) = venv.pool.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="worker 1 .* died"):
+            _, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+        assert dones.tolist() == [False, False, True, True] and infos[3]["fastvec.restarted"] == "worker process died"
+        assert (tmp_path / "count").read_text() == "3"  # made at the start, by the replacement that died, and again
+        venv.step(np.zeros(4, dtype=np.int64))

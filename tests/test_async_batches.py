@@ -165,7 +165,8 @@ def test_the_own_group_steps_while_a_worker_hangs() -> None:
 
 def test_the_own_group_is_not_starved_by_quick_workers() -> None:
     """Workers whose groups are always done by the next recv() (a slow policy between calls: two
-    worker groups take turns) do not keep the own group waiting: it is passed over once at most."""
+    worker groups) do not keep the own group waiting: the three groups take turns (a worker's group done
+    while the own group stepped goes first, and the own group's results come with the next recv)."""
     with Pool([envs.make_cartpole] * 6, batch_size=2, start_method="fork", step_in_parent=True) as pool:
         assert len(pool.worker_pids) == 2
         pool.async_reset()
@@ -175,7 +176,40 @@ def test_the_own_group_is_not_starved_by_quick_workers() -> None:
             returned.append(got.env_ids[0].item())
             time.sleep(0.005)  # the policy: long enough for the other worker's group to finish
             pool.send(np.zeros(2, np.int64), got.env_ids)
-        assert all(0 in returned[k : k + 2] for k in range(len(returned) - 1)), returned
+        assert all(0 in returned[k : k + 3] for k in range(len(returned) - 2)), returned
+
+
+class Sleeps(envs.Counter):
+    """A Counter whose step takes ``seconds``."""
+
+    def __init__(self, index: int, seconds: float):
+        super().__init__(index)
+        self.seconds = seconds
+
+    def step(self, action):
+        time.sleep(self.seconds)
+        return super().step(action)
+
+
+def test_a_worker_group_done_while_the_own_group_stepped_comes_first() -> None:
+    """The worker's group finished while this process stepped its own: recv() returns the worker's first (it
+    finished first), so its worker gets its next actions at once; the own group's batch comes with the next
+    recv(), without stepping anything. (Returning the own group first left the worker idle for a batch: a third
+    of its time at 16 CartPole envs.)"""
+    fns = [partial(Sleeps, i, 0.15 if i < 2 else 0.02) for i in range(4)]
+    with Pool(fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2) as pool:
+        pool.async_reset()
+        for _ in range(2):
+            pool.recv()
+        pool.send(np.zeros(2, np.int64), [0, 1])
+        pool.send(np.zeros(2, np.int64), [2, 3])
+        began = time.monotonic()
+        first = pool.recv()  # the own group steps (0.3 s); the worker's finishes meanwhile
+        assert first.env_ids.tolist() == [2, 3] and time.monotonic() - began > 0.25
+        second_began = time.monotonic()
+        second = pool.recv()  # already stepped: no wait
+        assert second.env_ids.tolist() == [0, 1] and time.monotonic() - second_began < 0.1
+        assert second.obs[:, 1].tolist() == [0.0, 1.0] and first.obs[:, 1].tolist() == [2.0, 3.0]
 
 
 def test_misuse_is_named() -> None:

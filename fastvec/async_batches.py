@@ -431,8 +431,10 @@ class AsyncBatches:
                     # results wait in ``ready`` for the next recv(), which no process waits on (at 16
                     # CartPole envs the worker sat idle a third of the time, waiting for this process)
                     own = self.ready.pop()
-                    self._wait_worker(began, timeout)
-                    self.ready.append(own)
+                    try:
+                        self._wait_worker(began, timeout)
+                    finally:  # (whatever the worker's collection raised, the own group's results stay)
+                        self.ready.append(own)
                 return
             self._own_passed += 1
         self._wait_worker(began, timeout)

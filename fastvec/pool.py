@@ -943,6 +943,8 @@ class Pool:
         if not p.waited:
             self._wait_workers(p, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)), asked=timeout)
             p.waited = True
+        if self._terminated:  # closed by another thread (or a signal handler) meanwhile: its workers' pipes are gone
+            raise self._closed_meanwhile(p.name)
         control = self._control
         for position, remote in enumerate(self._remotes):
             if position in p.replies or position in p.respawned or position in p.lost:
@@ -1161,6 +1163,7 @@ class Pool:
                     # replacement takes over; a call (an env moving in, env_method...) fails naming it, and the
                     # next step or reset replaces it
                     remote.end()
+                    remote.hung = True  # (in a call: its replacement, at the next step or reset, is named as hung too)
                     p.hung.add(k)
                     continue
                 error = StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout)
@@ -1185,6 +1188,8 @@ class Pool:
         """
         dead = self._remotes[position]
         exitcode = dead.exitcode
+        if dead.hung:  # ended past step_timeout in an earlier call (its replacement is made in this command)
+            p.hung.add(position)
         if p.command is Command.STEP:
             restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs), False)
         else:

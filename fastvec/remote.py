@@ -68,6 +68,7 @@ class Remote:
         # forkserver's child: the forkserver reaps it and sends its status over the sentinel, which no process
         # of its env holds, a moment after it exited (a pidfd would say so before its status can be read)
         self.pidfd = -1
+        self.hung = False  # ended by the pool, still running past step_timeout (on_error="restart")
         self.unmade: list | None = None  # a replacement's envs it could not make: their errors' payloads, to raise
         try:
             if type(getattr(process, "_popen", None)).__module__ != "multiprocessing.popen_forkserver":

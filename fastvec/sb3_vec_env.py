@@ -82,7 +82,10 @@ class SubprocVecEnv(_VecEnvBase):
             super().__init__(self.pool.num_envs, self.pool.observation_space, self.pool.action_space)
             # env 0's metadata (render_fps...) beside SB3's render_modes: SB3's wrappers read the env's own from
             # SB3's SubprocVecEnv (get_attr) and a VecEnv's metadata from any other (VecVideoRecorder: at 30 fps)
-            metadata = self.get_attr("metadata", 0)[0]
+            try:
+                metadata = self.get_attr("metadata", 0)[0]
+            except Exception:  # (one that cannot travel back from its worker, a lock in it: SB3's alone, as before)
+                metadata = None
             if isinstance(metadata, dict):
                 self.metadata = {**metadata, "render_modes": self.metadata["render_modes"]}
         except BaseException:

@@ -252,6 +252,28 @@ def test_sb3_video_recorder_takes_the_envs_frame_rate(monkeypatch, tmp_path) -> 
     assert rates["fastvec"] == rates["sb3"] == 50 and rates["fastvec modes"] == rates["sb3 modes"]
 
 
+class LockedMetadata(envs.Counter):
+    """metadata that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, index: int = 0):
+        import threading
+
+        super().__init__(index)
+        self.metadata = {"render_modes": [], "lock": threading.Lock()}
+
+
+def test_an_env_whose_metadata_does_not_pickle_is_accepted_as_by_sb3() -> None:
+    """SubprocVecEnv reads env 0's metadata for its own (SB3's VecVideoRecorder's frame rate): one that cannot travel
+    back from its worker made the constructor fail, where SB3's SubprocVecEnv takes the env."""
+    for cls in (SubprocVecEnv, SB3SubprocVecEnv):
+        venv = cls([LockedMetadata] * 2, start_method="fork", **({"step_in_parent": False} if cls is SubprocVecEnv else {}))
+        try:
+            assert venv.metadata["render_modes"] == []
+            venv.reset()
+        finally:
+            venv.close()
+
+
 def test_kernels_selected() -> None:
     import os
 

@@ -491,10 +491,12 @@ def test_a_worker_hung_in_a_call_is_ended_and_replaced_at_the_next_step() -> Non
                            r"running after step_timeout=0.5 s; with on_error='restart' it is replaced"):
             venv.env_method("hang", indices=[3])
         assert time.monotonic() - began < 10
-        with pytest.warns(RuntimeWarning, match="worker 1"):
+        # (named as hung at the step that replaces it too, not as a worker that died with exit code -15)
+        with pytest.warns(RuntimeWarning, match="worker 1 .* was ended in 'step', still running after step_timeout"):
             obs, _, dones, infos = venv.step(np.zeros(4, np.int64))
         assert venv.pool.worker_restarts == 1 and venv.pool.state.value == "idle"
-        assert all("fastvec.restarted" in infos[i] for i in (2, 3)) and "fastvec.restarted" not in infos[0]
+        assert all(infos[i]["fastvec.restarted"].startswith("worker hung") for i in (2, 3))
+        assert "fastvec.restarted" not in infos[0]
         venv.step(np.zeros(4, np.int64))
 
 

@@ -361,11 +361,20 @@ def test_close_from_another_thread_gives_up_on_a_step_past_its_timeout(tmp_path,
     assert venv.pool._segment is None and venv.pool._control is None  # let go of, by the stepping thread
 
 
-def test_close_from_another_thread_gives_up_while_only_this_process_s_envs_run(tmp_path) -> None:
+class SlowLoggedInfos(SlowLogged):
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {"at": self.t}
+
+
+@pytest.mark.parametrize("infos", [False, True], ids=["no-infos", "worker-infos"])
+def test_close_from_another_thread_gives_up_while_only_this_process_s_envs_run(tmp_path, infos: bool) -> None:
     """The worker's envs finished at once; this process's own envs outlast close()'s timeout: the stepping
-    thread raises ClosedError when they return (not a TypeError from the released block), and the pool
-    stays closed (its state went back to idle, and every later call failed the same way)."""
-    fns = [partial(SlowLogged, str(tmp_path), i, 1.5 if i < 2 else 0.0) for i in range(4)]
+    thread raises ClosedError when they return (not a TypeError from the released block, nor, with infos
+    waiting on the worker's pipe, "process object is closed"), and the pool stays closed (its state went back
+    to idle, and every later call failed the same way)."""
+    kind = SlowLoggedInfos if infos else SlowLogged
+    fns = [partial(kind, str(tmp_path), i, 1.5 if i < 2 else 0.0) for i in range(4)]
     venv = VectorEnv(fns, start_method="fork", num_workers=2, step_in_parent=True)
     venv.reset()
     thread, outcome = _step_in_thread(venv, False)

@@ -174,8 +174,10 @@ class _LeafWriter:
             return 0
         try:
             a = actions if type(actions) is np.ndarray else np.asarray(actions)
-        except ValueError as exc:  # rows of different shapes (numpy's "inhomogeneous shape"): name the env
-            raise self._ragged(actions) from exc
+        except ValueError as exc:  # rows of different shapes (numpy's "inhomogeneous shape")
+            a = self._rows_of_the_right_size(actions)  # (a float beside a 1-value array: SB3 hands each env its own)
+            if a is None:
+                raise self._ragged(actions) from exc  # (naming the env)
         if a.ndim == 0:
             raise TypeError(
                 f"expected a batch of {self.num_envs} actions{self.where} (shape {self.shape}), got a scalar {a!r}"
@@ -202,6 +204,17 @@ class _LeafWriter:
         if self.check_range:
             self._check_range(out.reshape(-1), a)
         return tag
+
+    def _rows_of_the_right_size(self, actions: Any) -> np.ndarray | None:
+        """Rows that differ in shape but each hold the space's number of values, stacked in its element shape (SB3's
+        SubprocVecEnv and gymnasium hand each env its row, and take them); None where one does not."""
+        try:
+            rows = [np.asarray(row) for row in actions]
+        except (TypeError, ValueError):
+            return None
+        if len(rows) != self.num_envs or any(row.size != self.per_env for row in rows):
+            return None
+        return np.stack([row.reshape(self.element_shape) for row in rows])
 
     def _ragged(self, actions: Any) -> ValueError:
         """The error for a sequence of actions whose rows differ in shape: it names the first env whose action does

@@ -160,6 +160,13 @@ def test_actions_whose_rows_differ_in_shape_name_the_env() -> None:
         writer.write([[0, 0, 0], [0, 0]], [out], tags)
     with pytest.raises(ValueError, match=r"action for env 7 has shape \(2,\)"):  # (a batch's rows: their env ids)
         writer.write([[0, 0, 0], [0, 0]], [out], tags, env_ids=[4, 7])
+    # rows of different shapes that each hold the space's values are taken, as SB3 and gymnasium take them
+    writer.write([[0.5, 0.25, 0.0], np.array([[0.1, 0.2, 0.3]])], [out], tags)
+    np.testing.assert_array_equal(out, [[0.5, 0.25, 0.0], [0.1, 0.2, 0.3]])
+    one = ActionWriter(spaces.Box(-1, 1, (1,), np.float32), 2, kernels)
+    out1 = np.zeros((2, 1), np.float64)
+    one.write([0.5, np.array([0.25])], [out1], tags[:1])
+    np.testing.assert_array_equal(out1, [[0.5], [0.25]])
     space = spaces.Dict({"a": spaces.Discrete(2), "b": box})
     writer = ActionWriter(space, 2, kernels)
     buffers, tags = [np.zeros(2, np.int64), np.zeros((2, 3), np.float64)], np.zeros(2, np.uint32)

@@ -1244,8 +1244,10 @@ class Pool:
                 remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
                 kind, extras = self._recv(remote, "attach (worker restart)")
                 break
-            except WorkerDiedError:
-                if attempt == RESPAWN_ATTEMPTS:
+            except (WorkerDiedError, BrokenPipeError, ConnectionResetError, EOFError):
+                # (a pipe error: it died between saying it was ready and taking the block; anything else raises)
+                remote.process.join(0.5)
+                if attempt == RESPAWN_ATTEMPTS or remote.exitcode is None:
                     raise
                 dead = remote
         if kind == "error":

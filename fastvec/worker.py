@@ -174,6 +174,7 @@ def worker_main(
         shard.to_bytes = True  # envs leaving this shard travel on the pipe
         holding.shard = shard
         if restart is not None:  # a respawned worker: finish the command its predecessor died in
+            failed: list[tuple] = []
             try:
                 extras = _fill_in(shard, restart)
             except ShardError as err:
@@ -183,7 +184,14 @@ def worker_main(
                     return
                 # on_error="restart": the envs' errors are this command's (an env that cannot be made again is
                 # an Unmade, tried again later), and the worker serves on, as after any command's env errors
-                extras, unmade = None, unmade + err.payloads()
+                extras, failed = None, err.payloads()
+            # an env made meanwhile (a reset tries an Unmade's factory at once) has no error left of its making; one
+            # that failed again has its newer error among the command's
+            again = {payload[0] for payload in failed}
+            unmade = [
+                payload for payload in unmade
+                if payload[0] not in again and isinstance(shard.envs[payload[0] - start], Unmade)
+            ] + failed
             # (with envs it could not make: their errors, which the command raises as theirs)
             conn.send(("attached", extras) if not unmade else ("attached-unmade", (extras, unmade)))
         else:

@@ -8,6 +8,7 @@ import threading
 import time
 import warnings
 from functools import partial
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -570,3 +571,37 @@ def test_a_replacement_that_dies_while_making_its_envs_is_replaced_again(tmp_pat
         assert dones.tolist() == [False, False, True, True] and infos[3]["fastvec.restarted"] == "worker process died"
         assert (tmp_path / "count").read_text() == "3"  # made at the start, by the replacement that died, and again
         venv.step(np.zeros(4, dtype=np.int64))
+
+
+class MadeOnceResetDies(envs.Counter):
+    """Env 3's second making fails while ``<folder>/block`` exists; env 2's reset in a worker ends the process
+    while ``<folder>/crash`` exists (it is removed first)."""
+
+    def __init__(self, index: int, folder: str):
+        path = Path(folder)
+        if index == 3 and (path / "made3").exists() and (path / "block").exists():
+            (path / "block").unlink()  # (fails once: the reset's re-making works)
+            raise RuntimeError("simulator not ready")
+        (path / f"made{index}").touch()
+        super().__init__(index)
+        self.folder = path
+
+    def reset(self, *, seed=None, options=None):
+        if self.index == 2 and (self.folder / "crash").exists():
+            (self.folder / "crash").unlink()
+            os._exit(3)
+        return super().reset(seed=seed, options=options)
+
+
+def test_a_replacement_that_makes_its_env_in_the_reset_it_took_over_raises_nothing(tmp_path) -> None:
+    """The worker died in a reset; its replacement could not make env 3, then made it in that reset's own retry:
+    the reset returns every env's observation (it raised env 3's stale error, and lost every env's reset)."""
+    fns = [partial(MadeOnceResetDies, i, str(tmp_path)) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False, on_error="restart") as venv:
+        venv.reset()
+        (tmp_path / "crash").touch()
+        (tmp_path / "block").touch()
+        with pytest.warns(RuntimeWarning, match="died during 'reset'"):
+            obs = venv.reset()
+        assert obs[:, 1].tolist() == [0.0, 1.0, 2.0, 3.0] and not (tmp_path / "block").exists()
+        venv.step(np.zeros(4, np.int64))

@@ -2176,6 +2176,9 @@ class Pool:
                     interrupt = exc
             self._local = self._head = self._tail = None
             self._local_envs = []
+            # (what broke the pool: its traceback's frames hold views of the block, which kept the mapping, and a
+            # file descriptor, open as long as the pool object lived)
+            self._cause = None
             self.ring = None  # type: ignore[assignment]
             self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]
             if self._async is not None:

@@ -510,8 +510,16 @@ ENGINES: dict[str, Engine] = {
     ),
     "fastvec-async": Engine(
         _fastvec_async(start_method="fork"),
-        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), defaults (on 2 cores, up "
-        "to 32 envs, the calling process steps one batch itself, in recv(), and a worker the other)",
+        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), defaults (a worker per group: "
+        "on 2 cores one per batch; the calling process steps none)",
+        True,
+        "fastvec",
+        knob=True,
+    ),
+    "fastvec-async-own": Engine(
+        _fastvec_async(start_method="fork", step_in_parent=True),
+        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), step_in_parent=True: the "
+        "calling process steps the first group itself, in recv()",
         True,
         "fastvec",
         knob=True,

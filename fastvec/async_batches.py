@@ -2,11 +2,11 @@
 
 With ``batch_size=B`` below ``num_envs`` every worker owns a group of envs (a batch is one
 or more whole groups) and the calling process computes actions for one batch while the
-workers step the others. With ``step_in_parent=True`` (the default where the workers and
-the caller would otherwise be more processes than cores, and a group has at most
-``pool.OWN_GROUP_MAX_ENVS`` envs) the calling process owns the first group itself and steps
-it inside ``recv()``, when no worker's group has finished: its core would otherwise sit idle
-in the wait, or be shared by three processes.
+workers step the others. With ``step_in_parent=True`` (not the default: see pool._async_layout)
+the calling process owns the first group itself and steps it inside ``recv()``, when no worker's
+group has finished: on few cores, envs as cheap as CartPole's then step faster than in a third
+process, but a worker whose group finishes meanwhile waits for its next batch until the own
+group's step is done.
 
     pool.async_reset()                      # every env starts; nothing returns yet
     while True:

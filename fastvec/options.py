@@ -44,8 +44,8 @@ class PoolOptions:
         ring_slots: S, the ring depth; step t's results land in slot t mod S, so a view
             handed out stays valid for S - 1 further steps.
         step_in_parent: step shard 0 in the calling process instead of a worker process
-            (default: True when num_workers >= 2): on a machine with few cores this keeps
-            the learner's core busy instead of idle.
+            (default: True when num_workers >= 2, and False with ``batch_size``): on a machine with
+            few cores this keeps the learner's core busy instead of idle.
         spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll;
             negative: poll for ``-spin_ns`` while yielding the core (sched_yield); 0: sleep at
             once. Default: the parent yield-polls 200 us; a worker yield-polls about 1.5x the
@@ -64,8 +64,8 @@ class PoolOptions:
             of a size that divides B, and at least one per batch), and
             ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that
             finished. Each group is a worker's, or with ``step_in_parent`` the first group is the
-            calling process's, stepped inside ``recv()`` (default: where processes would
-            outnumber cores and a group has at most 16 envs).
+            calling process's, stepped inside ``recv()`` (default: not; on few cores faster with
+            envs as cheap as CartPole's, slower where step times differ).
         monitor: run fastvec's monitor in a background thread (see fastvec.monitor): it samples
             the shards' counters every ``monitor_interval`` seconds and, when one shard lags the
             others, re-pins it off a core it shares with other load, or moves envs from it to a

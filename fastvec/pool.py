@@ -2221,24 +2221,18 @@ def _restart_reason(hung_after: float | None) -> str:
     return f"worker hung: still running after step_timeout={hung_after:g} s, ended and replaced"
 
 
-# asynchronous batches: the calling process steps a group itself by default only up to this many envs
-# a group. With a group per worker and the caller, 3 processes share 2 cores; measured on 2 cores
-# (CartPole-v1, batch = half the envs), the caller stepping one group was 1.16x and 1.12x a worker per
-# group at 8 and 16 envs (groups of 4 and 8: switching processes costs more than a group's step), and
-# 0.89x at 64 (groups of 32: the caller's own send/recv work then delays its group, while three
-# processes share the cores well). ``python -m fastvec.tune`` measures both on the user's env.
-OWN_GROUP_MAX_ENVS = 16
-
-
 def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     """(num_workers, step_in_parent) for asynchronous batches of ``opts.batch_size`` envs: the envs
     split into ``num_workers`` groups, each one shard, and a batch is whole groups. By default
     there is a group per batch, or more, smaller ones where the cores allow: as many workers as
     cores (as the synchronous default), with groups that tile a batch (``_async_workers``). With
-    ``step_in_parent`` the calling process steps the first group itself, in ``recv()``; by default
-    it does so where a worker per group and the caller would be more processes than cores (on
-    2 cores, 2 groups: 3 processes) and a group is small (OWN_GROUP_MAX_ENVS), and steps none
-    otherwise."""
+    ``step_in_parent=True`` the calling process steps the first group itself, in ``recv()``; by default
+    it steps none. Measured on 2 cores (benchmarks/README.md, "Which process steps a group"), the
+    calling process stepping a group was 1.3x a worker per group at 8 and 16 CartPole envs (3 processes
+    on 2 cores), but 0.41x where that group's envs were the slow ones (``hetero4``: half the envs 4x
+    slower) and 0.83x with step times spread over the envs (``hetero``): while it steps its own group it
+    cannot hand a quicker worker its next batch, which is what asynchronous batches are for.
+    ``python -m fastvec.tune`` measures both on the user's env."""
     batch = int(opts.batch_size)
     # (never more workers than envs, as in the synchronous layout: a tuned num_workers from a larger machine)
     workers = min(int(opts.num_workers), n) if opts.num_workers else _async_workers(n, batch, default_num_workers())
@@ -2248,11 +2242,7 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
             f"num_envs / num_workers envs and a batch is whole groups, so num_envs must be a multiple of batch_size "
             f"and batch_size of the group size"
         )
-    if opts.step_in_parent is not None:
-        step_in_parent = bool(opts.step_in_parent)
-    else:
-        step_in_parent = workers + 1 > default_num_workers() and n // workers <= OWN_GROUP_MAX_ENVS
-    return workers, step_in_parent
+    return workers, bool(opts.step_in_parent)
 
 
 def _async_workers(n: int, batch: int, cores: int) -> int:

@@ -533,7 +533,7 @@ def test_a_dead_worker_whose_replacement_cannot_make_an_env_yet_goes_on(tmp_path
         venv.reset()
         step = lambda: venv.step(actions)  # noqa: E731
     else:  # the worker's group of envs 2..3, sent and received alone (the own group of 0..1 waits, ready)
-        venv = VectorEnv(fns, start_method="fork", num_workers=2, on_error="restart", batch_size=2)
+        venv = VectorEnv(fns, start_method="fork", num_workers=2, on_error="restart", batch_size=2, step_in_parent=True)
         venv.async_reset()
         got = {tuple(venv.recv()[4]["env_id"].tolist()) for _ in range(2)}
         assert got == {(0, 1), (2, 3)}

@@ -603,7 +603,8 @@ class AsyncBatches:
             if hung:
                 p.hung.add(position)
             pool._respawn(position, p)  # its replacement does its share, and marks it done
-            why = _restart_reason(pool.step_timeout if hung else None)
+            # (hung: ended here, or in an earlier call, which _respawn adds from the worker's own mark)
+            why = _restart_reason(pool.step_timeout if position in p.hung else None)
             reports = [(i, Extra.RESTARTED, {"error": why, "command": p.name}) for i in remote.envs]
             group = position + self.first_remote
             del self.inflight[group]

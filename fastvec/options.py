@@ -144,6 +144,10 @@ class PoolOptions:
         if unknown:
             raise TypeError(f"unknown pool option(s) {unknown}; the options are {sorted(names)}")
         base = cls.load(config)
+        if knobs.get("batch_size") is not None and config is not None and not isinstance(config, PoolOptions):
+            # a tuning file's step_in_parent was measured for the synchronous step (the tuner writes no other):
+            # asynchronous batches keep their own default (a worker per group) unless it is given here
+            base = dataclasses.replace(base, step_in_parent=None)
         return dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
 
     @classmethod

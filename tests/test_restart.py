@@ -501,6 +501,29 @@ def test_a_worker_hung_in_a_call_is_ended_and_replaced_at_the_next_step() -> Non
         venv.step(np.zeros(4, np.int64))
 
 
+def test_a_worker_hung_in_a_call_is_named_hung_when_batches_replace_it() -> None:
+    """As above, with asynchronous batches: the group the replacement returns said "worker process died"."""
+    from fastvec.errors import WorkerDiedError
+
+    with SubprocVecEnv([_hangs_on_call] * 4, start_method="fork", batch_size=2, on_error="restart",
+                       step_timeout=0.5) as venv:
+        venv.async_reset()
+        for _ in range(2):
+            venv.recv()
+        with pytest.raises(WorkerDiedError, match="ended, still running after step_timeout"):
+            venv.env_method("hang", indices=[3])
+        venv.send(np.zeros(2, np.int64), [0, 1])
+        venv.send(np.zeros(2, np.int64), [2, 3])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            infos = {}
+            for _ in range(2):
+                _, _, _, batch_infos, ids = venv.recv()
+                infos.update(zip(ids.tolist(), batch_infos))
+        assert all(infos[i]["fastvec.restarted"].startswith("worker hung: still running after step_timeout=0.5 s")
+                   for i in (2, 3)), infos
+
+
 class MadeCounted:
     """Env ``bad``'s factory counts its makings in the file ``count``; its second making (in the worker that
     replaces a dead one) fails while the file ``block`` exists ("raise"), or ends the process ("crash")."""

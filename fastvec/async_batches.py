@@ -574,16 +574,17 @@ class AsyncBatches:
             remote = pool._remotes[position]
             if pool.on_error == "restart":
                 remote.end()  # a hung env: its replacement does the group's command
-                self._check_lives([position], hung=True)
+                remote.hung = True
+                self._check_lives([position])
                 continue
             command, _ = self.inflight[group]
             error = StepTimeoutError(remote.index, remote.envs, "step" if command is _STEP else "reset", limit)
             pool._break(error)
             raise error
 
-    def _check_lives(self, positions: list[int], hung: bool = False) -> None:
+    def _check_lives(self, positions: list[int]) -> None:
         """A worker that died while stepping (``positions``: in pool._remotes): respawned
-        (on_error="restart") or the pool breaks. ``hung``: they were ended, still running past step_timeout."""
+        (on_error="restart") or the pool breaks."""
         from fastvec.pool import _Pending, _restart_reason
 
         pool = self.pool
@@ -600,10 +601,8 @@ class AsyncBatches:
                 raise error
             resetting = command is Command.RESET
             p = _Pending(command, "reset" if resetting else "step", slot, reset_options=self._reset_options if resetting else None)
-            if hung:
-                p.hung.add(position)
             pool._respawn(position, p)  # its replacement does its share, and marks it done
-            # (hung: ended here, or in an earlier call, which _respawn adds from the worker's own mark)
+            # (hung: ended past step_timeout, here or in an earlier call: _respawn reads the worker's mark)
             why = _restart_reason(pool.step_timeout if position in p.hung else None)
             reports = [(i, Extra.RESTARTED, {"error": why, "command": p.name}) for i in remote.envs]
             group = position + self.first_remote

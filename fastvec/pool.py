@@ -143,7 +143,7 @@ class _Pending:
         self.replies: dict[int, Any] = {}  # position -> message read (None: had none)
         self.sync = False  # started by reset() / call(): the next command finishes it if interrupted
         self.lost: set[int] = set()  # positions of workers found dead during a call (on_error="restart")
-        self.hung: set[int] = set()  # positions of workers ended past step_timeout (on_error="restart")
+        self.hung: set[int] = set()  # positions of the workers _respawn replaced that the pool had ended, hung
 
     def rearm_step(self, slot: int) -> _Pending:
         """This completed usual step, as the next one into ``slot`` (issue 14: making a _Pending costs
@@ -1057,7 +1057,7 @@ class Pool:
             remote = self._remotes[k]
             raise WorkerDiedError(
                 remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True,
-                ended_after=self.step_timeout if k in p.hung else None,
+                ended_after=self.step_timeout if remote.hung else None,
             )
         return extras
 
@@ -1163,8 +1163,7 @@ class Pool:
                     # replacement takes over; a call (an env moving in, env_method...) fails naming it, and the
                     # next step or reset replaces it
                     remote.end()
-                    remote.hung = True  # (in a call: its replacement, at the next step or reset, is named as hung too)
-                    p.hung.add(k)
+                    remote.hung = True  # (what names it as hung, here and where it is replaced: _respawn)
                     continue
                 error = StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout)
                 self._break(error)
@@ -1188,7 +1187,7 @@ class Pool:
         """
         dead = self._remotes[position]
         exitcode = dead.exitcode
-        if dead.hung:  # ended past step_timeout in an earlier call (its replacement is made in this command)
+        if dead.hung:  # ended past step_timeout (in this command, or in an earlier call)
             p.hung.add(position)
         if p.command is Command.STEP:
             restart: tuple = (int(Command.STEP), p.slot, True, self._objects_of(dead.envs), False)
@@ -1651,7 +1650,7 @@ class Pool:
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
         if died is not None:
-            more, unmade = self._restart_after_step(slot, died.ended_after)
+            more, unmade = self._restart_after_step(slot)
             extras += more
             if unmade:  # envs the replacement could not make: errors of this step, as an env's that raised
                 failed.append(env_errors(unmade))
@@ -1661,19 +1660,19 @@ class Pool:
             raise failed[0]
         return extras
 
-    def _restart_after_step(self, slot: int, hung_after: float | None = None) -> tuple[list, list]:
+    def _restart_after_step(self, slot: int) -> tuple[list, list]:
         """on_error="restart": a worker died after the step ran, as an env moved into it (its unpickling
         crashing the process). It is replaced now and the step returns: the results the dead worker wrote
         stand, and its envs start new episodes in this step's results (those still running end, truncated;
         restart.restart_all's ``completed``). Raising WorkerDiedError lost the whole step's results, the other
-        shards' episode ends too. ``hung_after``: the step_timeout it was ended after, hung. The restarts' extras,
-        and the errors of envs the replacements could not make."""
+        shards' episode ends too. The restarts' extras, and the errors of envs the replacements could not make."""
         extras: list = []
         unmade: list = []
         for position, dead in enumerate(self._remotes):
             exitcode = dead.exitcode
             if exitcode is None:
                 continue
+            hung_after = self.step_timeout if dead.hung else None  # (ended by the pool, hung past step_timeout)
             try:
                 remote, more = self._replace_worker(
                     dead,

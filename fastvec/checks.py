@@ -175,9 +175,7 @@ class _LeafWriter:
         try:
             a = actions if type(actions) is np.ndarray else np.asarray(actions)
         except ValueError as exc:  # rows of different shapes (numpy's "inhomogeneous shape")
-            a = self._rows_of_the_right_size(actions)  # (a float beside a 1-value array: SB3 hands each env its own)
-            if a is None:
-                raise self._ragged(actions) from exc  # (naming the env)
+            a = self._stacked_rows(actions, exc)
         if a.ndim == 0:
             raise TypeError(
                 f"expected a batch of {self.num_envs} actions{self.where} (shape {self.shape}), got a scalar {a!r}"
@@ -205,35 +203,23 @@ class _LeafWriter:
             self._check_range(out.reshape(-1), a)
         return tag
 
-    def _rows_of_the_right_size(self, actions: Any) -> np.ndarray | None:
-        """Rows that differ in shape but each hold the space's number of values, stacked in its element shape (SB3's
-        SubprocVecEnv and gymnasium hand each env its row, and take them); None where one does not."""
+    def _stacked_rows(self, actions: Any, exc: ValueError) -> np.ndarray:
+        """Rows that differ in shape but each hold the space's number of values (a float beside a 1-value array),
+        stacked in its element shape: SB3's SubprocVecEnv and gymnasium hand each env its row, and take them.
+        Else a ValueError naming the first env whose action does not hold them."""
         try:
             rows = [np.asarray(row) for row in actions]
-        except (TypeError, ValueError):
-            return None
-        if len(rows) != self.num_envs or any(row.size != self.per_env for row in rows):
-            return None
-        return np.stack([row.reshape(self.element_shape) for row in rows])
-
-    def _ragged(self, actions: Any) -> ValueError:
-        """The error for a sequence of actions whose rows differ in shape: it names the first env whose action does
-        not hold the space's number of values (or, all holding it, the first whose shape is not the first row's)."""
-        try:
-            rows = list(actions)
-            shapes = [np.shape(row) for row in rows]
         except (TypeError, ValueError):  # (a row ragged itself)
-            return ValueError(f"expected actions{self.where} of shape {self.shape}, got rows of different shapes")
-        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-        row = next((k for k, size in enumerate(sizes) if size != self.per_env), None)
-        if row is None:
-            row = next((k for k, shape in enumerate(shapes) if shape != shapes[0]), None)
-        if row is None or row >= self.num_envs:
-            return ValueError(f"expected actions{self.where} of shape {self.shape}, got rows of different shapes")
-        return ValueError(
-            f"action for env {self._env(row)}{self.where} has shape {shapes[row]}; {self.space} takes "
+            rows = []
+        wrong = next((k for k, row in enumerate(rows) if row.size != self.per_env), None)
+        if rows and wrong is None and len(rows) == self.num_envs:
+            return np.stack([row.reshape(self.element_shape) for row in rows])
+        if wrong is None or wrong >= self.num_envs:
+            raise ValueError(f"expected actions{self.where} of shape {self.shape}, got rows of different shapes") from exc
+        raise ValueError(
+            f"action for env {self._env(wrong)}{self.where} has shape {rows[wrong].shape}; {self.space} takes "
             f"{self.element_shape} (the actions' rows differ in shape)"
-        )
+        ) from exc
 
     def _cast_loses(self, a: np.ndarray) -> bool:
         """Whether casting ``a`` to the buffer's dtype would change a value (checked before the cast): then

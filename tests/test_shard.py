@@ -121,3 +121,48 @@ def test_structured_actions_and_object_observations() -> None:
     actions = {i: value["action"] for i, kind, value in extras if kind == Extra.INFO}
     assert actions == {0: (2, "xy"), 1: (1, "y")}
     assert shard.row(1, 0)["word"] == shard.last_objects[0][0]
+
+
+@pytest.mark.parametrize("restarts", [False, True], ids=["raise", "restart"])
+@pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP, DISABLED], ids=["same-step", "next-step", "disabled"])
+def test_a_step_in_parts_is_the_usual_step(mode: int, restarts: bool) -> None:
+    """A step taken some envs at a time (begin_step, step_envs, end_step: the calling process's own group
+    stopping between envs under asynchronous batches) writes the same rows, extras and errors as the
+    usual step, for random actions that end episodes and make envs raise, in random parts: among them an
+    episode ending in one part (stepped in one kernel call) and an env raising in a later one."""
+    import random
+
+    n = 5
+    rng = random.Random(mode * 2 + restarts)
+    fns = [partial(_RaisesOnFour, i) for i in range(n)]
+    whole, whole_views = _shard(lambda i: fns[i](), n, mode)
+    parts, parts_views = _shard(lambda i: fns[i](), n, mode)
+    for shard in (whole, parts):
+        shard.env_fns, shard.restart_on_error = fns, restarts
+        shard.reset(0, None, False, False)
+    raised = 0
+    for t in range(300):
+        slot = (t + 1) % 2
+        actions = [rng.choice([0, 1, 3, 4, 20] if rng.random() < 0.3 else [0, 1]) for _ in range(n)]
+        outcomes = []
+        for shard, views, in_parts in ((whole, whole_views, False), (parts, parts_views, True)):
+            views.actions[0][:] = actions
+            try:
+                if in_parts:
+                    run = shard.begin_step(slot)
+                    for _ in range(n):  # (each part steps at least one env: a result each, failing or not)
+                        if len(run.results) < n:
+                            shard.step_envs(run, rng.randint(len(run.results) + 1, n))
+                    assert len(run.results) == n
+                    extras = shard.end_step(run)
+                else:
+                    extras = shard.step(slot)
+                outcome = ("ok", sorted((i, int(kind)) for i, kind, _ in extras or []))
+            except ShardError as err:
+                outcome = ("error", [p[0] for p in err.payloads()])
+            rows = (views.obs[0][slot].tolist(), views.rewards[slot].tolist(), views.terminated[slot].tolist(),
+                    views.truncated[slot].tolist(), views.terminal_obs[0].tolist())
+            outcomes.append((outcome, rows if outcome[0] == "ok" else None, [env.t for env in shard.envs]))
+        assert outcomes[0] == outcomes[1], f"step {t}"
+        raised += outcomes[0][0][0] == "error" or any(kind == int(Extra.RESTARTED) for _, kind in outcomes[0][0][1])
+    assert raised > 10

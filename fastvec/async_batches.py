@@ -5,8 +5,9 @@ or more whole groups) and the calling process computes actions for one batch whi
 workers step the others. With ``step_in_parent=True`` (not the default: see pool._async_layout)
 the calling process owns the first group itself and steps it inside ``recv()``, when no worker's
 group has finished: on few cores, envs as cheap as CartPole's then step faster than in a third
-process, but a worker whose group finishes meanwhile waits for its next batch until the own
-group's step is done.
+process. Its step stops between envs when a worker's group finishes meanwhile (that group is the
+batch, and the next ``recv()`` goes on from the next env), but a worker still waits for its next
+batch until the own group's env in progress has stepped.
 
     pool.async_reset()                      # every env starts; nothing returns yet
     while True:
@@ -46,6 +47,7 @@ from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
+    from fastvec.shard import StepRun
 
 
 __all__ = ["AsyncBatches", "AsyncBatch"]
@@ -123,6 +125,7 @@ class AsyncBatches:
         self._local_objects: list | None = None  # the object parts of the own group's pending actions (or reset options)
         self._reset_options: list | None = None  # async_reset's options (a worker respawned in it needs them)
         self._own_passed = 0  # times a worker's group was taken while the own group waited to be stepped
+        self._own_run: StepRun | None = None  # the own group's step, stopped between envs (_step_own)
         # groups collected while others were in flight, and when those were last checked on: a worker that died
         # or hung is found there too (else the own group, always steppable, or quicker workers hid it for ever)
         self._collected = 0
@@ -423,8 +426,16 @@ class AsyncBatches:
             # already: that one is taken first, once at most (workers always done by the next recv() would
             # otherwise starve the own group). (Waiting first for a worker that was sent before the own
             # group, so as not to leave it idle, measured slower: 68-81k against 83-89k steps/s at 8 envs.)
-            if len(inflight) == 1 or self._own_passed or not self._any_done():
-                self._step_own()
+            waiting = len(inflight) > 1 and self._any_done()  # a worker's group is done already
+            if not waiting or self._own_passed:
+                # With a batch of one group, the step stops between envs for a worker that finishes meanwhile,
+                # whose group is then the batch: its worker steps on while this process goes on with its own
+                # (with envs 4x slower in the own group, the worker would otherwise idle three quarters of the
+                # time). Not where a worker was done already: this process is behind (a slow policy), the
+                # workers wait for it whatever it does, and stopping would only leave the own group behind.
+                if not self._step_own(self.groups_per_batch == 1 and len(inflight) > 1 and not waiting):
+                    self._wait_worker(began, timeout)  # (done: no wait)
+                    return
                 if self.groups_per_batch == 1 and len(inflight) > 0 and self._any_done():
                     # a worker finished while the own group stepped: its group goes first (it finished first),
                     # so its worker gets its next actions a batch sooner instead of idling; the own group's
@@ -542,17 +553,29 @@ class AsyncBatches:
         pool, k = self.pool, position - self.first_remote
         return pool._control_words[pool._done_words[k]] == pool._seq_words[k]
 
-    def _step_own(self) -> None:
+    def _step_own(self, pausable: bool = False) -> bool:
         """Step (or reset) the calling process's own group, as a worker would its own; the results join
-        ``ready``. An interrupt while its envs run leaves their state unknown: the pool breaks."""
+        ``ready`` (True). With ``pausable`` a step stops between envs once a worker's group is done
+        (False): that worker gets its next batch sooner, and the step goes on at the next call, from the
+        next env (at least one env steps per call). An interrupt while its envs run leaves their state
+        unknown: the pool breaks."""
         pool = self.pool
-        command, slot = self.inflight.pop(0)
-        objects, self._local_objects = self._local_objects, None
+        command, slot = self.inflight[0]
         extras, error = None, None
         try:
             if command is _STEP:
-                extras = pool._step_local((slot, objects), time.perf_counter_ns())
+                run = self._own_run
+                if run is None:
+                    objects, self._local_objects = self._local_objects, None
+                    run = self._own_run = pool._local.begin_step(slot, objects)
+                if not pool._step_local_part(run, self._any_done if pausable else None):
+                    return False
+                self._own_run = None
+                del self.inflight[0]
+                extras = pool._end_local(run)
             else:  # async_reset: every env, with the seeds in the shared block and its options
+                objects, self._local_objects = self._local_objects, None
+                del self.inflight[0]
                 extras = pool._reset_local(slot, objects, False, False)
         except ShardError as err:
             error = err.payloads()
@@ -561,6 +584,7 @@ class AsyncBatches:
             raise
         self.slots[0] = slot
         self.ready.append((0, slot, extras, error))
+        return True
 
     def _check_deadlines(self, positions: list[int], limit: float) -> None:
         """Workers in flight for longer than ``step_timeout`` (``positions``: in pool._remotes): ended and
@@ -675,8 +699,8 @@ class AsyncBatches:
     def drain(self, timeout: float) -> None:
         """Wait (briefly) for every group still running, dropping the results (close())."""
         end = time.monotonic() + timeout
-        if self.first_remote and self.inflight.pop(0, None) is not None:  # the own group: not stepped at all
-            self._local_objects = None
+        if self.first_remote and self.inflight.pop(0, None) is not None:  # the own group: not stepped (or not all)
+            self._local_objects = self._own_run = None
         while self.inflight and time.monotonic() < end:
             self._collect_one(time.monotonic(), end - time.monotonic())
         self.ready.clear()

@@ -83,7 +83,7 @@ from fastvec.protocol import (
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
-from fastvec.shard import Shard, WrappedShard, close_each
+from fastvec.shard import Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
 from fastvec.stats import PoolStats, Sampler
 
@@ -1011,6 +1011,42 @@ class Pool:
         ended = time.perf_counter_ns()
         kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
         self._local_finished = ended
+        return own_copies(extras) if extras else extras
+
+    def _step_local_part(self, run: StepRun, paused: Callable[[], bool] | None) -> bool:
+        """Step the parent's own shard's envs of ``run`` (Shard.begin_step) one at a time until every env
+        stepped (True), or until ``paused()`` says to stop, asked after each env (False: the run goes on
+        at a later call, from the next env). Its counters grow as a worker's do, the pause counted as a
+        wait."""
+        local = self._local
+        began = time.perf_counter_ns()
+        n = len(local.envs)
+        try:
+            if paused is None:
+                local.step_envs(run, n)
+                return True
+            for stop in range(len(run.results) + 1, n + 1):
+                local.step_envs(run, stop)
+                if stop < n and paused():
+                    return False
+            return True
+        finally:
+            ended = time.perf_counter_ns()  # (its env steps count when the step is written: _end_local)
+            kernels.add_stats(self._local_stats, 0.0, 0.0, ended - began, 0.0, began - self._local_finished)
+            self._local_finished = ended
+
+    def _end_local(self, run: StepRun) -> list | None:
+        """Write the parent's own shard's ``run`` (every env stepped: _step_local_part); returns its extras,
+        copied. The command counts once, here."""
+        local = self._local
+        began = time.perf_counter_ns()
+        steps = local.steps
+        try:
+            extras = local.end_step(run)
+        finally:
+            ended = time.perf_counter_ns()
+            kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
+            self._local_finished = ended
         return own_copies(extras) if extras else extras
 
     def _reset_local(self, *args: Any) -> list | None:
@@ -2227,11 +2263,12 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     cores (as the synchronous default), with groups that tile a batch (``_async_workers``). With
     ``step_in_parent=True`` the calling process steps the first group itself, in ``recv()``; by default
     it steps none. Measured on 2 cores (benchmarks/README.md, "Which process steps a group"), the
-    calling process stepping a group was 1.3x a worker per group at 8 and 16 CartPole envs (3 processes
-    on 2 cores), but 0.41x where that group's envs were the slow ones (``hetero4``: half the envs 4x
-    slower) and 0.83x with step times spread over the envs (``hetero``): while it steps its own group it
-    cannot hand a quicker worker its next batch, which is what asynchronous batches are for.
-    ``python -m fastvec.tune`` measures both on the user's env."""
+    calling process stepping a group was 1.25-1.4x a worker per group at 8 and 16 CartPole envs (3
+    processes on 2 cores), but 0.81x where that group's envs were the slow ones (``hetero4``: half the
+    envs 4x slower; 0.41x before its step could stop between envs for a worker that finished): a quicker
+    worker gets its next batch only between two of the own group's env steps, and heterogeneous step
+    times are what asynchronous batches are for. ``python -m fastvec.tune`` measures both on the
+    user's env."""
     batch = int(opts.batch_size)
     # (never more workers than envs, as in the synchronous layout: a tuned num_workers from a larger machine)
     workers = min(int(opts.num_workers), n) if opts.num_workers else _async_workers(n, batch, default_num_workers())

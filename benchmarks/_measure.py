@@ -30,14 +30,25 @@ def measure(spec: dict) -> dict:
     except EngineUnavailable as exc:
         return {**result, "status": "unavailable", "reason": str(exc)}
     result["startup_s"] = time.perf_counter() - began
+    step = engine.step
+    policy_ns = int(spec.get("policy_us", 0) * 1000)
+    if policy_ns:  # a policy's time per call (a batch's with asynchronous engines), busy as inference is
+        clock = time.perf_counter_ns
+
+        def step(actions: np.ndarray, engine_step=engine.step) -> None:
+            end = clock() + policy_ns
+            while clock() < end:
+                pass
+            engine_step(actions)
+
     try:
         engine.reset()
         if hasattr(engine, "measure"):  # an engine that times itself (the ceiling: several processes, no caller)
+            if policy_ns:
+                return {**result, "status": "unavailable", "reason": "times itself, without a caller's policy"}
             result.update(engine.measure(batches, seconds, repeats))
         else:  # asynchronous engines step a batch of envs per call, not all of them
-            result.update(
-                time_steps(engine.step, batches, getattr(engine, "steps_per_call", num_envs), seconds, repeats)
-            )
+            result.update(time_steps(step, batches, getattr(engine, "steps_per_call", num_envs), seconds, repeats))
     finally:
         engine.close()
     return result

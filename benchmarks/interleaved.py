@@ -51,7 +51,9 @@ def parse_workload(text: str) -> tuple[str, int]:
     return name, int(n)
 
 
-def measure(variant: dict, workload: str, num_envs: int, seconds: float, repeats: int, timeout: float) -> dict:
+def measure(
+    variant: dict, workload: str, num_envs: int, seconds: float, repeats: int, timeout: float, policy_us: float = 0.0
+) -> dict:
     """One measurement in a fresh interpreter importing fastvec and the benchmarks from the variant's tree."""
     spec = {
         "engine": variant["engine"],
@@ -60,6 +62,8 @@ def measure(variant: dict, workload: str, num_envs: int, seconds: float, repeats
         "seconds": seconds,
         "repeats": repeats,
     }
+    if policy_us:
+        spec["policy_us"] = policy_us
     run = run_child(
         python_argv("benchmarks._measure", json.dumps(spec)),
         timeout,
@@ -77,6 +81,7 @@ def study(
     repeats: int,
     timeout: float,
     report=print,
+    policy_us: float = 0.0,
 ) -> list[dict]:
     """Every (workload, variant) measured once per round; returns one record per workload."""
     records = []
@@ -86,7 +91,7 @@ def study(
         for r in range(rounds):
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for variant in order:
-                result = measure(variant, workload, num_envs, seconds, repeats, timeout)
+                result = measure(variant, workload, num_envs, seconds, repeats, timeout, policy_us)
                 ok = result.get("status") == "ok"
                 rates[variant["label"]].append(result["rate"] if ok else None)
                 if ok:
@@ -171,9 +176,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (their median)")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.json")
+    parser.add_argument(
+        "--policy-us",
+        type=float,
+        default=0.0,
+        help="a policy's time per call, in us, spent (busy) before each call's step or send: once per step of all "
+        "the envs, once per batch with asynchronous batches (a small MLP costs about the same for either)",
+    )
     args = parser.parse_args(argv)
     if len(args.variant) < 2:
         parser.error("give at least two --variant")
+    if args.policy_us < 0:
+        parser.error(f"--policy-us must be at least 0, got {args.policy_us:g}")
+    if args.policy_us and any(v["tree"] != str(ROOT) for v in args.variant):
+        parser.error("--policy-us needs every variant from this checkout (another checkout's benchmarks may not spend it)")
     if all(v["tree"] == str(ROOT) for v in args.variant):  # (another tree may have engines and workloads of its own)
         from benchmarks.engines import ENGINES
         from benchmarks.workloads import WORKLOADS
@@ -194,6 +210,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.repeats,
         args.timeout,
         report=lambda line: print(line, flush=True),
+        policy_us=args.policy_us,
     )
     text = markdown(records, args.variant, command, facts)
     print()

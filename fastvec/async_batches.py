@@ -577,7 +577,9 @@ class AsyncBatches:
                 objects, self._local_objects = self._local_objects, None
                 del self.inflight[0]
                 extras = pool._reset_local(slot, objects, False, False)
-        except ShardError as err:
+        except ShardError as err:  # (its envs' errors: the group is done, whichever part raised)
+            self._own_run = None
+            self.inflight.pop(0, None)
             error = err.payloads()
         except BaseException as exc:
             pool._break(exc)

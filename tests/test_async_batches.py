@@ -288,6 +288,33 @@ def test_an_env_error_before_the_own_group_stops_is_raised_when_its_step_ends(on
             assert "boom in step" in str(got.restarted[0])
 
 
+def test_a_shard_error_from_a_part_of_the_own_group_step_ends_that_step() -> None:
+    """Whatever part of the own group's step raises a ShardError (here the first part, made to), the group's
+    step is over: recv() names the env, and the group can be sent its next actions and steps them anew."""
+    from fastvec.errors import ShardError
+
+    fns = [partial(Sleeps, i, 0.0) for i in range(4)]
+    with Pool(fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2) as pool:
+        pool.async_reset()
+        for _ in range(2):
+            pool.recv()
+        local = pool._local
+        step_envs = local.step_envs
+
+        def fails_once(run, stop):
+            local.step_envs = step_envs
+            raise ShardError(1, "step", RuntimeError("a part that raised"))
+
+        local.step_envs = fails_once
+        pool.send(np.zeros(2, np.int64), [0, 1])
+        with pytest.raises(EnvError, match="a part that raised") as caught:
+            pool.recv()
+        assert caught.value.env_index == 1
+        pool.send(np.ones(2, np.int64), [0, 1])
+        got = pool.recv()
+        assert got.env_ids.tolist() == [0, 1] and got.obs[:, 0].tolist() == [2.0, 2.0]  # (the failed part stepped none)
+
+
 def test_close_while_the_own_group_stopped_between_envs_closes_every_env() -> None:
     """close() while the own group's step is stopped between envs drops it and closes every env (the
     fixture checks that no process or segment is left)."""

@@ -35,7 +35,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -859,12 +861,28 @@ def _one_line(exc: BaseException) -> str:
     return kind + (" ".join(" ".join(lines).split()) or type(exc).__name__)
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler's preemption, `kill`) as Ctrl-C is: the run stops where it is and cleans up (its
+    envs closed, a checkpoint being written dropped, not left as a .tmp), instead of dying on the spot."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a second SIGTERM ends the process at once)
+    print("ppo.train: stopped by SIGTERM; the run folder keeps its last checkpoint (--resume goes on from it)",
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import tyro
 
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
-    with _start(config) as trainer:
-        summary = trainer.run()
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's)
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        with _start(config) as trainer:
+            summary = trainer.run()
+    finally:
+        if previous is not None:  # (main() called from a program: its own handling back)
+            signal.signal(signal.SIGTERM, previous)
     if summary["run_dir"] is not None:  # distributed: rank 0 speaks for the run
         print(describe(summary), flush=True)
     return summary

@@ -238,3 +238,55 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
         trainer.run()
     with pytest.raises(SystemExit, match=r"^ppo.eval: checkpoint .*wide.*does not fit this run's network"):
         main([str(tmp_path / "a"), "--checkpoint", str(tmp_path / "wide" / "final.pt")])
+
+
+_SLOW_SAVE = """
+import sys, time
+import torch
+from ppo import train
+
+save = torch.save
+
+def slow_save(obj, path, *args, **kwargs):  # a checkpoint's write that takes long: SIGTERM comes in the middle
+    save(obj, path, *args, **kwargs)
+    print("writing", path, flush=True)
+    time.sleep(60)
+
+torch.save = slow_save
+train.main(sys.argv[1:])
+"""
+
+
+def test_sigterm_while_a_checkpoint_is_written_stops_the_run_cleanly(tmp_path) -> None:
+    """SIGTERM (a scheduler's preemption) stops `python -m ppo.train` as Ctrl-C does: a checkpoint being
+    written is dropped (no latest.pt.tmp left), the envs' workers end, and the exit code says SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "slow_save.py"
+    script.write_text(_SLOW_SAVE)
+    args = ["--runs-dir", str(tmp_path / "runs"), "--run-name", "x", "--num-envs", "2", "--num-steps", "16",
+            "--total-timesteps", "100000", "--checkpoint-interval", "1", "--vec-backend", "fastvec", "--no-progress"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen([sys.executable, str(script), *args], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": root})
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("writing") and line.strip().endswith("latest.pt.tmp"), line + child.stderr.read()
+        workers = psutil.Process(child.pid).children(recursive=True)
+        assert workers
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err
+    run = tmp_path / "runs" / "x"
+    assert not list(run.glob("*.tmp")), sorted(p.name for p in run.iterdir())
+    psutil.wait_procs(workers, timeout=10)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)

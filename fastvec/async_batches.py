@@ -126,6 +126,10 @@ class AsyncBatches:
         self._reset_options: list | None = None  # async_reset's options (a worker respawned in it needs them)
         self._own_passed = 0  # times a worker's group was taken while the own group waited to be stepped
         self._own_run: StepRun | None = None  # the own group's step, stopped between envs (_step_own)
+        self._own_issued = 0  # when the own group's command was given (perf_counter_ns)
+        self._own_began = 0  # when its step's first part began
+        self._own_busy = 0  # the time its step has taken so far, over its parts (ns)
+        self._own_step_ns = 0  # the time its last whole step took (none yet: the first does not stop)
         # groups collected while others were in flight, and when those were last checked on: a worker that died
         # or hung is found there too (else the own group, always steppable, or quicker workers hid it for ever)
         self._collected = 0
@@ -340,6 +344,7 @@ class AsyncBatches:
                             remote.send_bytes(payloads[remote.index])
                 else:
                     self._own_passed = 0
+                    self._own_issued = time.perf_counter_ns()
                 self.inflight[position] = (command, slot)
                 self.running[position] = True
         except BaseException as exc:
@@ -426,14 +431,12 @@ class AsyncBatches:
             # already: that one is taken first, once at most (workers always done by the next recv() would
             # otherwise starve the own group). (Waiting first for a worker that was sent before the own
             # group, so as not to leave it idle, measured slower: 68-81k against 83-89k steps/s at 8 envs.)
-            waiting = len(inflight) > 1 and self._any_done()  # a worker's group is done already
-            if not waiting or self._own_passed:
-                # With a batch of one group, the step stops between envs for a worker that finishes meanwhile,
-                # whose group is then the batch: its worker steps on while this process goes on with its own
-                # (with envs 4x slower in the own group, the worker would otherwise idle three quarters of the
-                # time). Not where a worker was done already: this process is behind (a slow policy), the
-                # workers wait for it whatever it does, and stopping would only leave the own group behind.
-                if not self._step_own(self.groups_per_batch == 1 and len(inflight) > 1 and not waiting):
+            if len(inflight) == 1 or self._own_passed or not self._any_done():
+                # With a batch of one group, the step stops between envs for a worker that finishes meanwhile
+                # (_stops), whose group is then the batch: its worker steps on while this process goes on with
+                # its own (with envs 4x slower in the own group, the worker would otherwise idle three quarters
+                # of the time)
+                if not self._step_own(self.groups_per_batch == 1 and len(inflight) > 1):
                     self._wait_worker(began, timeout)  # (done: no wait)
                     return
                 if self.groups_per_batch == 1 and len(inflight) > 0 and self._any_done():
@@ -553,6 +556,16 @@ class AsyncBatches:
         pool, k = self.pool, position - self.first_remote
         return pool._control_words[pool._done_words[k]] == pool._seq_words[k]
 
+    def _stops(self) -> bool:
+        """Whether the own group's step stops now (asked after each env): a worker's group is done, and
+        the step has been in flight for less than twice the time its last one took. Past that this
+        process is the one behind (a slow policy between recv() calls: the workers wait for it whatever
+        it does), and stopping after each env would only leave its own group further behind (a step of
+        8 envs over 8 recv() calls, against a worker's 8 steps)."""
+        if not self._any_done():
+            return False
+        return time.perf_counter_ns() - self._own_issued < 2 * self._own_step_ns
+
     def _step_own(self, pausable: bool = False) -> bool:
         """Step (or reset) the calling process's own group, as a worker would its own; the results join
         ``ready`` (True). With ``pausable`` a step stops between envs once a worker's group is done
@@ -564,21 +577,26 @@ class AsyncBatches:
         extras, error = None, None
         try:
             if command is _STEP:
+                began = time.perf_counter_ns()
                 run = self._own_run
                 if run is None:
+                    self._own_began = began
                     objects, self._local_objects = self._local_objects, None
                     run = self._own_run = pool._local.begin_step(slot, objects)
-                if not pool._step_local_part(run, self._any_done if pausable else None):
+                stepped = pool._step_local_part(run, self._stops if pausable else None)
+                self._own_busy += time.perf_counter_ns() - began
+                if not stepped:
                     return False
+                self._own_step_ns, self._own_busy = self._own_busy, 0
                 self._own_run = None
                 del self.inflight[0]
-                extras = pool._end_local(run)
+                extras = pool._end_local(run, self._own_step_ns, self._own_began)
             else:  # async_reset: every env, with the seeds in the shared block and its options
                 objects, self._local_objects = self._local_objects, None
                 del self.inflight[0]
                 extras = pool._reset_local(slot, objects, False, False)
         except ShardError as err:  # (its envs' errors: the group is done, whichever part raised)
-            self._own_run = None
+            self._own_run, self._own_busy = None, 0
             self.inflight.pop(0, None)
             error = err.payloads()
         except BaseException as exc:
@@ -703,6 +721,7 @@ class AsyncBatches:
         end = time.monotonic() + timeout
         if self.first_remote and self.inflight.pop(0, None) is not None:  # the own group: not stepped (or not all)
             self._local_objects = self._own_run = None
+            self._own_busy = 0
         while self.inflight and time.monotonic() < end:
             self._collect_one(time.monotonic(), end - time.monotonic())
         self.ready.clear()

@@ -1016,28 +1016,22 @@ class Pool:
     def _step_local_part(self, run: StepRun, paused: Callable[[], bool] | None) -> bool:
         """Step the parent's own shard's envs of ``run`` (Shard.begin_step) one at a time until every env
         stepped (True), or until ``paused()`` says to stop, asked after each env (False: the run goes on
-        at a later call, from the next env). Its counters grow as a worker's do, the pause counted as a
-        wait."""
+        at a later call, from the next env)."""
         local = self._local
-        began = time.perf_counter_ns()
         n = len(local.envs)
-        try:
-            if paused is None:
-                local.step_envs(run, n)
-                return True
-            for stop in range(len(run.results) + 1, n + 1):
-                local.step_envs(run, stop)
-                if stop < n and paused():
-                    return False
+        if paused is None:
+            local.step_envs(run, n)
             return True
-        finally:
-            ended = time.perf_counter_ns()  # (its env steps count when the step is written: _end_local)
-            kernels.add_stats(self._local_stats, 0.0, 0.0, ended - began, 0.0, began - self._local_finished)
-            self._local_finished = ended
+        for upto in range(len(run.results) + 1, n + 1):
+            local.step_envs(run, upto)
+            if upto < n and paused():
+                return False
+        return True
 
-    def _end_local(self, run: StepRun) -> list | None:
+    def _end_local(self, run: StepRun, busy_ns: int, began_ns: int) -> list | None:
         """Write the parent's own shard's ``run`` (every env stepped: _step_local_part); returns its extras,
-        copied. The command counts once, here."""
+        copied. Its counters grow as a worker's do, by one command begun at ``began_ns`` that took
+        ``busy_ns`` over its parts (the stops between them are neither its time nor a wait)."""
         local = self._local
         began = time.perf_counter_ns()
         steps = local.steps
@@ -1045,7 +1039,9 @@ class Pool:
             extras = local.end_step(run)
         finally:
             ended = time.perf_counter_ns()
-            kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
+            kernels.add_stats(
+                self._local_stats, 1.0, local.steps - steps, busy_ns + ended - began, 0.0, began_ns - self._local_finished
+            )
             self._local_finished = ended
         return own_copies(extras) if extras else extras
 

@@ -202,24 +202,34 @@ def test_the_own_group_stops_between_envs_for_a_worker_that_finished() -> None:
         pool.async_reset()
         for _ in range(2):
             pool.recv()
+        _first_step_of_both(pool)  # (the first step does not stop: how long the own group's step takes is not known)
         pool.send(np.zeros(2, np.int64), [0, 1])
         pool.send(np.zeros(2, np.int64), [2, 3])
         first = pool.recv()  # the worker's finishes while own env 0 steps
-        assert first.env_ids.tolist() == [2, 3] and [env.t for env in own] == [1, 0]
+        assert first.env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]
         pool.send(np.ones(2, np.int64), [2, 3])
         second = pool.recv()  # own env 1 steps; the worker's finishes meanwhile and comes first
-        assert second.env_ids.tolist() == [2, 3] and [env.t for env in own] == [1, 1]
+        assert second.env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 2]
         third_began = time.monotonic()
         third = pool.recv()  # already stepped: no wait
         assert third.env_ids.tolist() == [0, 1] and time.monotonic() - third_began < 0.1
-        assert third.obs.tolist() == [[1.0, 0.0], [1.0, 1.0]]
-        assert first.obs.tolist() == [[1.0, 2.0], [1.0, 3.0]] and second.obs.tolist() == [[3.0, 2.0], [3.0, 3.0]]
+        assert third.obs.tolist() == [[2.0, 0.0], [2.0, 1.0]]
+        assert first.obs.tolist() == [[2.0, 2.0], [2.0, 3.0]] and second.obs.tolist() == [[4.0, 2.0], [4.0, 3.0]]
+
+
+def _first_step_of_both(pool: Pool) -> None:
+    """Step the own group (envs 0-1) and the worker's (2-3) once with zeros; the worker's comes first."""
+    pool.send(np.zeros(2, np.int64), [0, 1])
+    pool.send(np.zeros(2, np.int64), [2, 3])
+    assert [pool.recv().env_ids.tolist() for _ in range(2)] == [[2, 3], [0, 1]]
 
 
 class SleepsThenRaises(Sleeps):
-    """A Sleeps whose every step raises, after its sleep."""
+    """A Sleeps whose steps after its first raise, after their sleep."""
 
     def step(self, action):
+        if self.t == 0:
+            return super().step(action)
         time.sleep(self.seconds)
         raise ZeroDivisionError("boom in step")
 
@@ -273,18 +283,19 @@ def test_an_env_error_before_the_own_group_stops_is_raised_when_its_step_ends(on
         pool.async_reset()
         for _ in range(2):
             pool.recv()
+        _first_step_of_both(pool)
         pool.send(np.zeros(2, np.int64), [0, 1])
         pool.send(np.zeros(2, np.int64), [2, 3])
-        assert pool.recv().env_ids.tolist() == [2, 3] and own[1].t == 0  # stopped after env 0 raised
+        assert pool.recv().env_ids.tolist() == [2, 3] and own[1].t == 1  # stopped after env 0 raised
         pool.send(np.zeros(2, np.int64), [2, 3])
-        assert pool.recv().env_ids.tolist() == [2, 3] and own[1].t == 1  # env 1 stepped; the worker's came first
+        assert pool.recv().env_ids.tolist() == [2, 3] and own[1].t == 2  # env 1 stepped; the worker's came first
         if on_error == "raise":
             with pytest.raises(EnvError, match="boom in step") as caught:
                 pool.recv()
             assert caught.value.env_index == 0 and caught.value.env_ids.tolist() == [0, 1]
         else:
             got = pool.recv()
-            assert got.env_ids.tolist() == [0, 1] and set(got.restarted) == {0} and got.obs[1].tolist() == [1.0, 1.0]
+            assert got.env_ids.tolist() == [0, 1] and set(got.restarted) == {0} and got.obs[1].tolist() == [2.0, 1.0]
             assert "boom in step" in str(got.restarted[0])
 
 
@@ -315,6 +326,31 @@ def test_a_shard_error_from_a_part_of_the_own_group_step_ends_that_step() -> Non
         assert got.env_ids.tolist() == [0, 1] and got.obs[:, 0].tolist() == [2.0, 2.0]  # (the failed part stepped none)
 
 
+def test_stats_count_a_stopped_step_of_the_own_group_as_one_command() -> None:
+    """stats() counts the own group's step that stopped between envs as one command of its envs' time (2 envs of
+    20 ms: 40 ms, in the histogram's 32-65 ms bin), not one per part (20 ms each)."""
+    fns = [partial(Sleeps, i, 0.02 if i < 2 else 0.0) for i in range(4)]
+    with Pool(fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2) as pool:
+        stops = _count_stops(pool)
+        pool.async_reset()
+        for _ in range(2):
+            pool.recv()
+        _first_step_of_both(pool)
+        pool.stats()  # (from here)
+        for _ in range(4):
+            pool.send(np.zeros(2, np.int64), [0, 1])
+            pool.send(np.zeros(2, np.int64), [2, 3])
+            while True:
+                got = pool.recv()
+                if got.env_ids[0] == 0:
+                    break
+                pool.send(np.zeros(2, np.int64), got.env_ids)
+            pool.recv()  # (the worker's last)
+        own = pool.stats().shards[0]
+        assert len(stops) >= 4 and own.in_parent
+        assert 32.768 <= own.p50_ms < 65.536 and own.steps_per_s > 0, own
+
+
 def test_close_while_the_own_group_stopped_between_envs_closes_every_env() -> None:
     """close() while the own group's step is stopped between envs drops it and closes every env (the
     fixture checks that no process or segment is left)."""
@@ -325,9 +361,10 @@ def test_close_while_the_own_group_stopped_between_envs_closes_every_env() -> No
     pool.async_reset()
     for _ in range(2):
         pool.recv()
+    _first_step_of_both(pool)
     pool.send(np.zeros(2, np.int64), [0, 1])
     pool.send(np.zeros(2, np.int64), [2, 3])
-    assert pool.recv().env_ids.tolist() == [2, 3] and [env.t for env in own] == [1, 0]
+    assert pool.recv().env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]
     pool.close()
     assert pool.closed and {index for pid, index in envs.Counter.closed if pid == os.getpid()} == {0, 1}
 

@@ -159,8 +159,10 @@ class AsyncBatches:
         self._sent_tags: list[int | tuple | None] = [None] * len(groups)  # (one leaf: its tag; else a tuple)
 
     def release(self) -> None:
-        """Drop the views of the shared block (the pool is closing: a view kept would keep it mapped)."""
+        """Drop the views of the shared block (the pool is closing: a view kept would keep it mapped), with
+        the own group's step stopped between envs (its actions can be the block's rows)."""
         self._action_rows = self._result_rows = []  # type: ignore[assignment]
+        self._own_run = self._local_objects = None
 
     @property
     def busy(self) -> bool:

@@ -275,7 +275,8 @@ def test_an_env_error_before_the_own_group_stops_is_raised_when_its_step_ends(on
     """Own env 0 raises, then the own group's step stops for the worker's finished group: that batch comes
     first, the step goes on with env 1 (not env 0 again) at the next recv(), and env 0's error (or with
     on_error="restart" its restart) comes with the own group's batch."""
-    fns = [partial(SleepsThenRaises, 0, 0.1), partial(Sleeps, 1, 0.1), partial(Sleeps, 2, 0.0), partial(Sleeps, 3, 0.0)]
+    # (the worker's envs take 20 ms: not done yet when recv() begins, which would take them first)
+    fns = [partial(SleepsThenRaises, 0, 0.1), partial(Sleeps, 1, 0.1), partial(Sleeps, 2, 0.02), partial(Sleeps, 3, 0.02)]
     with Pool(
         fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2, on_error=on_error, autoreset_mode=mode
     ) as pool:
@@ -367,6 +368,43 @@ def test_close_while_the_own_group_stopped_between_envs_closes_every_env() -> No
     assert pool.recv().env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]
     pool.close()
     assert pool.closed and {index for pid, index in envs.Counter.closed if pid == os.getpid()} == {0, 1}
+
+
+def _mapped_blocks() -> set[str]:
+    """The shared blocks (fastvec's, in /dev/shm) this process maps."""
+    with open("/proc/self/maps") as maps:
+        return {line.split()[5] for line in maps if "/dev/shm/fastvec" in line}
+
+
+@pytest.mark.parametrize("how", ["terminate", "close-after-ctrl-c"])
+def test_a_pool_ended_while_the_own_group_stopped_lets_go_of_its_block(how: str) -> None:
+    """terminate(), or close() after a Ctrl-C in the own group's step, while that step is stopped between envs:
+    the block is unmapped at once (the stopped step's actions are views of its rows: kept, they kept it mapped
+    for as long as the pool object lived)."""
+    import gc
+
+    before = _mapped_blocks()
+    fns = [partial(Sleeps, i, 0.1 if i < 2 else 0.0) for i in range(4)]
+    pool = Pool(fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2)
+    block = _mapped_blocks() - before
+    assert block
+    own = [env.unwrapped for env in pool._local.envs]
+    pool.async_reset()
+    for _ in range(2):
+        pool.recv()
+    _first_step_of_both(pool)
+    pool.send(np.zeros(2, np.int64), [0, 1])
+    pool.send(np.zeros(2, np.int64), [2, 3])
+    assert pool.recv().env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]  # stopped after env 0
+    if how == "terminate":
+        pool.terminate()
+    else:
+        envs.Counter.interrupt_at = 2  # env 1, next in the own group's step (the group left in flight)
+        with pytest.raises(KeyboardInterrupt):
+            pool.recv()
+        pool.close()
+    gc.collect()
+    assert pool.closed and not (_mapped_blocks() & block)
 
 
 def test_misuse_is_named() -> None:

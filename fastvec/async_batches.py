@@ -164,6 +164,20 @@ class AsyncBatches:
         self._action_rows = self._result_rows = []  # type: ignore[assignment]
         self._own_run = self._local_objects = None
 
+    def latest_into(self, slot: int) -> None:
+        """Copy each group's latest rows (observations, rewards, flags) into ring slot ``slot``, where that
+        group's latest results are in another: a masked synchronous reset writes only its envs' rows into
+        ``slot``, and then makes it every group's latest (the envs it leaves out read their latest
+        observations there, and a restart's "last observation" is the row before the next step's)."""
+        views = self.pool._views
+        for position, envs in enumerate(self.groups):
+            latest = self.slots[position]
+            if latest == slot:
+                continue
+            rows = slice(envs.start, envs.stop)
+            for ring in (*views.obs, views.rewards, views.terminated, views.truncated):
+                ring[slot, rows] = ring[latest, rows]
+
     @property
     def busy(self) -> bool:
         return bool(self.inflight or self.ready)

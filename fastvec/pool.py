@@ -661,7 +661,8 @@ class Pool:
         """Start resetting every env (or those where ``mask`` is True) with per-env seeds and options.
 
         A full reset writes into the next ring slot; a masked reset overwrites the masked
-        envs' rows of the current slot. ``options[i]`` goes to env i, omitted when falsy (SB3)
+        envs' rows of the current slot (between asynchronous batches, that slot first takes each
+        group's latest rows). ``options[i]`` goes to env i, omitted when falsy (SB3)
         unless ``pass_options_always`` (gymnasium passes ``options=None``).
         """
         self._check_idle("reset_async")
@@ -689,6 +690,8 @@ class Pool:
             views.reset_mask[:] = mask
             arg |= ResetFlag.MASKED
             slot = self.slot
+            if self._async is not None:  # (each group's latest rows are in its own slot: the others read them here)
+                self._async.latest_into(slot)
         else:
             slot = self._next_slot()
         local_options = None

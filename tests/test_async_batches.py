@@ -407,6 +407,45 @@ def test_a_pool_ended_while_the_own_group_stopped_lets_go_of_its_block(how: str)
     assert pool.closed and not (_mapped_blocks() & block)
 
 
+class _RaisesAtCall(envs.Counter):
+    """A Counter whose step number ``at`` (over its life) raises."""
+
+    def __init__(self, index: int, at: int | None = None):
+        super().__init__(index)
+        self.at, self.calls = at, 0
+
+    def step(self, action):
+        self.calls += 1
+        if self.calls == self.at:
+            raise ZeroDivisionError("boom in step")
+        return super().step(action)
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["workers", "own-group"])
+def test_a_masked_reset_between_batches_keeps_the_other_envs_latest_rows(own: bool) -> None:
+    """A masked synchronous reset between batches: the envs it leaves out read their latest observations (each
+    group's latest results are in its own ring slot, not the pool's synchronous one), as gymnasium's
+    SyncVectorEnv gives them; and a restart of such an env at its next step ends its episode with the
+    observation it last produced."""
+    fns = [partial(_RaisesAtCall, 0, 3), partial(_RaisesAtCall, 1), partial(_RaisesAtCall, 2), partial(_RaisesAtCall, 3)]
+    venv = VectorEnv(fns, context="fork", batch_size=2, num_workers=2, step_in_parent=own, on_error="restart")
+    try:
+        venv.async_reset(seed=0)
+        for _ in range(2):
+            venv.recv()
+        for _ in range(2):  # envs 0 and 1 step twice (t = 2); envs 2 and 3 stay at their reset
+            venv.send(np.zeros(2, np.int64), np.array([0, 1]))
+            assert venv.recv()[4]["env_id"].tolist() == [0, 1]
+        obs, _ = venv.reset(options={"reset_mask": np.array([False, False, True, True])})
+        assert obs.tolist() == [[2.0, 0.0], [1002.0, 1.0], [0.0, 2.0], [0.0, 3.0]]  # (env i seeded i: base 1000 i)
+        venv.send(np.zeros(2, np.int64), np.array([0, 1]))  # env 0 raises (its 3rd step): restarted
+        obs, _, _, truncated, infos = venv.recv()
+        assert infos["env_id"].tolist() == [0, 1] and truncated.tolist() == [True, False]
+        assert obs.tolist() == [[2.0, 0.0], [1003.0, 1.0]]  # env 0's last observation, env 1's next
+    finally:
+        venv.close()
+
+
 def test_misuse_is_named() -> None:
     with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
         with pytest.raises(NoAsyncCallError, match="nothing sent"):

@@ -510,8 +510,8 @@ ENGINES: dict[str, Engine] = {
     ),
     "fastvec-async": Engine(
         _fastvec_async(start_method="fork"),
-        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), defaults (a worker per group: "
-        "on 2 cores one per batch; the calling process steps none)",
+        "fastvec SubprocVecEnv, asynchronous: batch_size = num_envs / 2 (send/recv), defaults (on 2 cores a group "
+        "per batch, the calling process stepping the first itself, in recv(), and a worker the other)",
         True,
         "fastvec",
         knob=True,

@@ -2,7 +2,7 @@
 
 With ``batch_size=B`` below ``num_envs`` every worker owns a group of envs (a batch is one
 or more whole groups) and the calling process computes actions for one batch while the
-workers step the others. With ``step_in_parent=True`` (not the default: see pool._async_layout)
+workers step the others. With ``step_in_parent=True`` (the default on few cores: see pool._async_layout)
 the calling process owns the first group itself and steps it inside ``recv()``, when no worker's
 group has finished: on few cores, envs as cheap as CartPole's then step faster than in a third
 process. Its step stops between envs when a worker's group finishes meanwhile (that group is the

@@ -44,7 +44,8 @@ class PoolOptions:
         ring_slots: S, the ring depth; step t's results land in slot t mod S, so a view
             handed out stays valid for S - 1 further steps.
         step_in_parent: step shard 0 in the calling process instead of a worker process
-            (default: True when num_workers >= 2, and False with ``batch_size``): on a machine with
+            (default: True when num_workers >= 2; with ``batch_size``, where the workers and the
+            caller would be more processes than cores and a batch is one group): on a machine with
             few cores this keeps the learner's core busy instead of idle.
         spin_ns: how long a waiter polls before sleeping on the futex. Positive: busy-poll;
             negative: poll for ``-spin_ns`` while yielding the core (sched_yield); 0: sleep at
@@ -64,8 +65,8 @@ class PoolOptions:
             of a size that divides B, and at least one per batch), and
             ``send(actions, env_ids)`` / ``recv()`` hand out the first B envs that
             finished. Each group is a worker's, or with ``step_in_parent`` the first group is the
-            calling process's, stepped inside ``recv()`` (default: not; on few cores faster with
-            envs as cheap as CartPole's, slower where step times differ).
+            calling process's, stepped inside ``recv()`` (default: where processes would outnumber
+            cores and a batch is one group; see pool._async_layout).
         monitor: run fastvec's monitor in a background thread (see fastvec.monitor): it samples
             the shards' counters every ``monitor_interval`` seconds and, when one shard lags the
             others, re-pins it off a core it shares with other load, or moves envs from it to a
@@ -146,7 +147,7 @@ class PoolOptions:
         base = cls.load(config)
         if knobs.get("batch_size") is not None and config is not None and not isinstance(config, PoolOptions):
             # a tuning file's step_in_parent was measured for the synchronous step (the tuner writes no other):
-            # asynchronous batches keep their own default (a worker per group) unless it is given here
+            # asynchronous batches keep their own default (pool._async_layout) unless it is given here
             base = dataclasses.replace(base, step_in_parent=None)
         return dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
 

@@ -2260,14 +2260,15 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     split into ``num_workers`` groups, each one shard, and a batch is whole groups. By default
     there is a group per batch, or more, smaller ones where the cores allow: as many workers as
     cores (as the synchronous default), with groups that tile a batch (``_async_workers``). With
-    ``step_in_parent=True`` the calling process steps the first group itself, in ``recv()``; by default
-    it steps none. Measured on 2 cores (benchmarks/README.md, "Which process steps a group"), the
-    calling process stepping a group was 1.25-1.4x a worker per group at 8 and 16 CartPole envs (3
-    processes on 2 cores), but 0.81x where that group's envs were the slow ones (``hetero4``: half the
-    envs 4x slower; 0.41x before its step could stop between envs for a worker that finished): a quicker
-    worker gets its next batch only between two of the own group's env steps, and heterogeneous step
-    times are what asynchronous batches are for. ``python -m fastvec.tune`` measures both on the
-    user's env."""
+    ``step_in_parent=True`` the calling process steps the first group itself, in ``recv()``. By default
+    it does so where a worker per group and the caller would be more processes than cores (on 2
+    cores: 3 processes) and a batch is one group (its step can then stop between envs for a worker's
+    group that finished meanwhile), and steps none otherwise. Measured on 2 cores (benchmarks/README.md,
+    "The own group's step stops between envs"), with a policy of 50 us or 1 ms between recv() and
+    send() it was as fast as a worker per group or faster (1.00-1.24x, 1.17x with 1 ms envs), and
+    1.04-1.50x on CartPole without one; slower only with half the envs 4x slower, the slow half its
+    own, and no policy at all (0.80x: a quicker worker gets its next batch only between two of its env
+    steps). ``python -m fastvec.tune`` measures both on the user's env."""
     batch = int(opts.batch_size)
     # (never more workers than envs, as in the synchronous layout: a tuned num_workers from a larger machine)
     workers = min(int(opts.num_workers), n) if opts.num_workers else _async_workers(n, batch, default_num_workers())
@@ -2277,7 +2278,9 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
             f"num_envs / num_workers envs and a batch is whole groups, so num_envs must be a multiple of batch_size "
             f"and batch_size of the group size"
         )
-    return workers, bool(opts.step_in_parent)
+    if opts.step_in_parent is not None:
+        return workers, bool(opts.step_in_parent)
+    return workers, workers + 1 > default_num_workers() and n // workers == batch
 
 
 def _async_workers(n: int, batch: int, cores: int) -> int:

@@ -700,10 +700,10 @@ def test_sb3_send_takes_one_action_per_env_for_a_dict_action_space() -> None:
             venv.send([actions[0], {"b": actions[1]["b"]}], ids)
 
 
-def test_the_default_asynchronous_layout_is_a_worker_per_group(monkeypatch) -> None:
-    """By default every group is a worker's, on few cores too (the calling process stepping one was faster for
-    CartPole but left a quicker worker waiting while it stepped: 0.41x where its own envs were the slow ones);
-    ``step_in_parent=True`` makes the first group the caller's; the number of groups follows the cores."""
+def test_the_default_asynchronous_layout_steps_a_group_in_the_caller_where_cores_are_few(monkeypatch) -> None:
+    """By default the calling process steps the first group itself where a worker per group and the caller
+    would outnumber the cores and a batch is one group (its step can stop between envs for a worker that
+    finished); explicit settings win; the number of groups follows the cores."""
     from fastvec import pool as pool_module
     from fastvec.options import PoolOptions
 
@@ -711,21 +711,21 @@ def test_the_default_asynchronous_layout_is_a_worker_per_group(monkeypatch) -> N
         monkeypatch.setattr(pool_module, "default_num_workers", lambda: cores)
         return pool_module._async_layout(n, PoolOptions(batch_size=batch, **options))
 
-    assert layout(8, 4, cores=2) == (2, False)  # 3 processes on 2 cores, groups of 4
-    assert layout(32, 16, cores=2) == (2, False)
-    assert layout(64, 32, cores=2) == (2, False)
-    assert layout(8, 4, cores=2, step_in_parent=True) == (2, True)
-    assert layout(16, 8, cores=2, num_workers=4) == (4, False)  # batches of two groups of 4
+    assert layout(8, 4, cores=2) == (2, True)  # 3 processes on 2 cores, a group per batch
+    assert layout(32, 16, cores=2) == (2, True)
+    assert layout(64, 32, cores=2) == (2, True)
+    assert layout(8, 4, cores=2, step_in_parent=False) == (2, False)
+    assert layout(16, 8, cores=2, num_workers=4) == (4, False)  # batches of two groups of 4: no stops
     # cores to spare: smaller groups, a worker per core (seen on 16 cores: two workers of 32 envs
     # left 14 cores idle), each group's size dividing the batch
-    assert layout(8, 4, cores=16) == (8, False)
-    assert layout(64, 32, cores=16) == (16, False)  # groups of 4
+    assert layout(8, 4, cores=16) == (8, False)  # 9 processes on 16 cores
+    assert layout(64, 32, cores=16) == (16, False)  # groups of 4, 8 a batch
     assert layout(64, 32, cores=16, step_in_parent=True) == (16, True)
     assert layout(48, 24, cores=16) == (16, False)  # groups of 3
     assert layout(40, 20, cores=16) == (10, False)  # groups of 4: 20 has no divisor between 2.5 and 4
     assert layout(64, 32, cores=16, num_workers=2) == (2, False)  # named: kept
     assert layout(64, 16, cores=8) == (8, False)  # never fewer groups than batches... nor more than cores
-    assert layout(64, 8, cores=4) == (8, False)  # ... unless the batches are more
+    assert layout(64, 8, cores=4) == (8, True)  # ... unless the batches are more (a group each, 9 processes)
     # more workers than envs (a tuning file from a larger machine): lowered to the envs, as without batches;
     # the error blamed batch_size
     assert layout(4, 2, cores=2, num_workers=8) == (4, False)

@@ -46,18 +46,21 @@ def test_build_merges_a_tuning_file_under_explicit_knobs(tmp_path) -> None:
     assert set(TUNABLE) <= {f for f in PoolOptions.__dataclass_fields__}
 
 
-def test_a_tuning_file_s_step_in_parent_is_not_applied_to_asynchronous_batches(tmp_path) -> None:
+def test_a_tuning_file_s_step_in_parent_is_not_applied_to_asynchronous_batches(tmp_path, monkeypatch) -> None:
     """The tuner measures step_in_parent for the synchronous step and always writes it: an asynchronous pool made
-    with its file stepped a group in the calling process, the layout that is no longer the default."""
+    with its file took that layout instead of the batches' own default (on 2 cores: the caller steps a group)."""
+    from fastvec import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "default_num_workers", lambda: 2)
     path = tmp_path / "tuned.json"
-    path.write_text(json.dumps({"config": {"num_workers": 2, "step_in_parent": True}, "throughput": 1}))
-    assert PoolOptions.build(str(path)).step_in_parent is True  # the synchronous step: as tuned
+    path.write_text(json.dumps({"config": {"num_workers": 2, "step_in_parent": False}, "throughput": 1}))
+    assert PoolOptions.build(str(path)).step_in_parent is False  # the synchronous step: as tuned
     batches = PoolOptions.build(str(path), batch_size=2)
     assert batches.step_in_parent is None and batches.num_workers == 2  # batches: their own default
-    assert PoolOptions.build(str(path), batch_size=2, step_in_parent=True).step_in_parent is True  # given: kept
-    assert PoolOptions.build(PoolOptions(step_in_parent=True), batch_size=2).step_in_parent is True  # options: kept
+    assert PoolOptions.build(str(path), batch_size=2, step_in_parent=False).step_in_parent is False  # given: kept
+    assert PoolOptions.build(PoolOptions(step_in_parent=False), batch_size=2).step_in_parent is False  # options: kept
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config=str(path), batch_size=2) as venv:
-        assert not venv.pool.step_in_parent and len(venv.pool.worker_pids) == 2
+        assert venv.pool.step_in_parent and len(venv.pool.worker_pids) == 1
 
 
 def test_both_front_ends_take_every_knob_and_a_config() -> None:

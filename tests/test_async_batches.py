@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
+from fastvec.async_batches import AsyncBatch
 from fastvec.errors import AlreadyPendingCallError, EnvError, NoAsyncCallError, StepTimeoutError, WorkerDiedError
 from fastvec.pool import Pool
 from fastvec.protocol import DISABLED, NEXT_STEP, SAME_STEP
@@ -199,14 +200,8 @@ def test_the_own_group_stops_between_envs_for_a_worker_that_finished() -> None:
     fns = [partial(Sleeps, i, 0.3 if i < 2 else 0.02) for i in range(4)]
     with Pool(fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2) as pool:
         own = [env.unwrapped for env in pool._local.envs]
-        pool.async_reset()
-        for _ in range(2):
-            pool.recv()
-        _first_step_of_both(pool)  # (the first step does not stop: how long the own group's step takes is not known)
-        pool.send(np.zeros(2, np.int64), [0, 1])
-        pool.send(np.zeros(2, np.int64), [2, 3])
-        first = pool.recv()  # the worker's finishes while own env 0 steps
-        assert first.env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]
+        first = _stopped_after_env_0(pool)  # the worker's finishes while own env 0 steps
+        assert [env.t for env in own] == [2, 1]
         pool.send(np.ones(2, np.int64), [2, 3])
         second = pool.recv()  # own env 1 steps; the worker's finishes meanwhile and comes first
         assert second.env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 2]
@@ -215,6 +210,21 @@ def test_the_own_group_stops_between_envs_for_a_worker_that_finished() -> None:
         assert third.env_ids.tolist() == [0, 1] and time.monotonic() - third_began < 0.1
         assert third.obs.tolist() == [[2.0, 0.0], [2.0, 1.0]]
         assert first.obs.tolist() == [[2.0, 2.0], [2.0, 3.0]] and second.obs.tolist() == [[4.0, 2.0], [4.0, 3.0]]
+
+
+def _stopped_after_env_0(pool: Pool) -> AsyncBatch:
+    """async_reset, a step of the own group (envs 0-1) and the worker's (2-3), which does not stop (how long the
+    own group's step takes is not known yet), then one in which the own group's step stops after env 0 for the
+    worker's group: that batch, returned."""
+    pool.async_reset()
+    for _ in range(2):
+        pool.recv()
+    _first_step_of_both(pool)
+    pool.send(np.zeros(2, np.int64), [0, 1])
+    pool.send(np.zeros(2, np.int64), [2, 3])
+    got = pool.recv()
+    assert got.env_ids.tolist() == [2, 3]
+    return got
 
 
 def _first_step_of_both(pool: Pool) -> None:
@@ -281,13 +291,8 @@ def test_an_env_error_before_the_own_group_stops_is_raised_when_its_step_ends(on
         fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2, on_error=on_error, autoreset_mode=mode
     ) as pool:
         own = [env.unwrapped for env in pool._local.envs]
-        pool.async_reset()
-        for _ in range(2):
-            pool.recv()
-        _first_step_of_both(pool)
-        pool.send(np.zeros(2, np.int64), [0, 1])
-        pool.send(np.zeros(2, np.int64), [2, 3])
-        assert pool.recv().env_ids.tolist() == [2, 3] and own[1].t == 1  # stopped after env 0 raised
+        _stopped_after_env_0(pool)
+        assert own[1].t == 1  # stopped after env 0 raised
         pool.send(np.zeros(2, np.int64), [2, 3])
         assert pool.recv().env_ids.tolist() == [2, 3] and own[1].t == 2  # env 1 stepped; the worker's came first
         if on_error == "raise":
@@ -359,13 +364,8 @@ def test_close_while_the_own_group_stopped_between_envs_closes_every_env() -> No
     fns = [partial(Sleeps, i, 0.1 if i < 2 else 0.0) for i in range(4)]
     pool = Pool(fns, batch_size=2, start_method="fork", step_in_parent=True, num_workers=2)
     own = [env.unwrapped for env in pool._local.envs]
-    pool.async_reset()
-    for _ in range(2):
-        pool.recv()
-    _first_step_of_both(pool)
-    pool.send(np.zeros(2, np.int64), [0, 1])
-    pool.send(np.zeros(2, np.int64), [2, 3])
-    assert pool.recv().env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]
+    _stopped_after_env_0(pool)
+    assert [env.t for env in own] == [2, 1]
     pool.close()
     assert pool.closed and {index for pid, index in envs.Counter.closed if pid == os.getpid()} == {0, 1}
 
@@ -389,13 +389,8 @@ def test_a_pool_ended_while_the_own_group_stopped_lets_go_of_its_block(how: str)
     block = _mapped_blocks() - before
     assert block
     own = [env.unwrapped for env in pool._local.envs]
-    pool.async_reset()
-    for _ in range(2):
-        pool.recv()
-    _first_step_of_both(pool)
-    pool.send(np.zeros(2, np.int64), [0, 1])
-    pool.send(np.zeros(2, np.int64), [2, 3])
-    assert pool.recv().env_ids.tolist() == [2, 3] and [env.t for env in own] == [2, 1]  # stopped after env 0
+    _stopped_after_env_0(pool)
+    assert [env.t for env in own] == [2, 1]  # stopped after env 0
     if how == "terminate":
         pool.terminate()
     else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
@@ -162,14 +162,7 @@ class Shard:
                 raise ShardError.combine(self._reset_ended(run.results, run.restarted, errors))
             return self._write_step(run.results, run.slot, run.restarted)
         if errors:
-            # no rows are written: the envs whose episode ended are marked for their reset here (a part
-            # stepped in one kernel call leaves that to _write_step, and an error in a later part skips it)
-            if self.autoreset_mode == NEXT_STEP:
-                needs_reset = self.needs_reset
-                for j, result in enumerate(run.results):
-                    if _ended(result):
-                        needs_reset[j] = True
-            raise ShardError.combine(errors)
+            self._raise_step_errors(run.results, errors)
         return self._write_step(run.results, run.slot, None)
 
     def _actions(self, action_objects: list[list] | None) -> Any:
@@ -289,10 +282,6 @@ class Shard:
                 first = n  # (episode ends are marked by _write_step, from the flags it wrote)
             except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
                 first = len(results)
-                if autoreset:  # (the envs before it, as the loop marks them)
-                    for j, result in enumerate(results):
-                        if _ended(result):
-                            needs_reset[j] = True
                 errors = self._step_failed(first, slot, exc, append, errors)
                 first += 1
         for j in range(first, n):
@@ -323,8 +312,19 @@ class Shard:
             run.errors = errors
             return None
         if errors:
-            raise ShardError.combine(errors)
+            self._raise_step_errors(results, errors)
         return self._write_step(results, slot, None)
+
+    def _raise_step_errors(self, results: list, errors: list[ShardError]) -> NoReturn:
+        """NEXT_STEP / DISABLED, a step in which an env raised: no rows are written, so NEXT_STEP marks the envs
+        whose episode ended in it for their reset in the next step here, as _write_step would from the flags
+        (those stepped in a kernel call are not marked as they step); then every env's error is raised."""
+        if self.autoreset_mode == NEXT_STEP:
+            needs_reset = self.needs_reset
+            for j, result in enumerate(results):
+                if _ended(result):
+                    needs_reset[j] = True
+        raise ShardError.combine(errors)
 
     def _step_failed(
         self, j: int, slot: int, exc: Exception, append: Any, errors: list[ShardError] | None

@@ -997,7 +997,13 @@ class Pool:
                 return self._reset_local(*p.local_args), None
             if p.command is Command.CONTROL:
                 request, indices, args, values = p.local_args
-                return (local.call(request, indices, args, values) if indices else []), None
+                if not indices:
+                    return [], None
+                began, steps = time.perf_counter_ns(), local.steps
+                try:
+                    return local.call(request, indices, args, values), None
+                finally:
+                    self._count_local(0.0, began, steps)
             self._local_envs_closed = True  # close() tries every env, even if one raises
             local.close()
             return None, None
@@ -1010,10 +1016,12 @@ class Pool:
         the shard's extras."""
         local = self._local
         steps = local.steps
-        extras = local.step(*args)
-        ended = time.perf_counter_ns()
-        kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
-        self._local_finished = ended
+        try:
+            extras = local.step(*args)
+        finally:  # (a step that raised is counted too, as a worker counts it)
+            ended = time.perf_counter_ns()
+            kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
+            self._local_finished = ended
         return own_copies(extras) if extras else extras
 
     def _step_local_part(self, run: StepRun, paused: Callable[[], bool] | None) -> bool:
@@ -1049,9 +1057,24 @@ class Pool:
         return own_copies(extras) if extras else extras
 
     def _reset_local(self, *args: Any) -> list | None:
-        """Reset the parent's own shard (Shard.reset's arguments); returns its extras, copied."""
-        extras = self._local.reset(*args)
+        """Reset the parent's own shard (Shard.reset's arguments); returns its extras, copied. Counted as a
+        worker counts a reset: its time, not a step command."""
+        local = self._local
+        began, steps = time.perf_counter_ns(), local.steps
+        try:
+            extras = local.reset(*args)
+        finally:
+            self._count_local(0.0, began, steps)
         return own_copies(extras) if extras else extras
+
+    def _count_local(self, commands: float, began: int, steps: int) -> None:
+        """The parent's own shard's counters (shard 0's row) grow by a command begun at ``began``, when the
+        shard had taken ``steps`` env steps, that ended now."""
+        ended = time.perf_counter_ns()
+        kernels.add_stats(
+            self._local_stats, commands, self._local.steps - steps, ended - began, 0.0, began - self._local_finished
+        )
+        self._local_finished = ended
 
     def _gather(self, p: _Pending) -> list | None:
         """Merge the parent's and the workers' extras; raise the error of the lowest env index
@@ -1763,6 +1786,7 @@ class Pool:
             check=self.check,
         )
         shard.in_caller = True
+        shard.stats_row = self._views.worker_stats[0]
         return shard
 
     def _place_empty(self) -> None:

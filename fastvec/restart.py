@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastvec.errors import ShardError, describe_exception
-from fastvec.protocol import SAME_STEP, Extra
+from fastvec.protocol import SAME_STEP, Extra, Stats
 
 if TYPE_CHECKING:
     from fastvec.shard import Shard
@@ -71,6 +71,8 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
         raise ShardError(shard.start + j, "make (restart after an error)", make_exc) from exc
     shard.step_fns[j] = shard.envs[j].step
     shard.restarts += 1
+    if shard.stats_row is not None:  # (counted here, not by each command's caller: off the usual step's path)
+        shard.stats_row[Stats.ENV_RESTARTS] += 1
     shard.side_extras.append((shard.start + j, Extra.RESTARTED, describe(exc, command)))
 
 

@@ -87,6 +87,7 @@ class Shard:
         self.next_seeds: dict[int, int] = {}  # local position -> a seed too big for the block, for its next reset
         self.restart_on_error = restart_on_error and env_fns is not None
         self.restarts = 0
+        self.stats_row: np.ndarray | None = None  # its row of the block's counters: a restart counts there when it happens
         self.side_extras: list = []  # extras produced along the way (restarts, object parts, final observations)
         self.checks = OutputChecks(check, start)
         self.start = start

@@ -172,6 +172,7 @@ def worker_main(
             envs, start, views, autoreset_mode, env_fns=list(env_fns), restart_on_error=restart_on_error, check=check
         )
         shard.to_bytes = True  # envs leaving this shard travel on the pipe
+        shard.stats_row = views.worker_stats[worker_index]
         holding.shard = shard
         if restart is not None:  # a respawned worker: finish the command its predecessor died in
             failed: list[tuple] = []
@@ -275,7 +276,6 @@ def _serve(
         # valgrind, on the critical path whenever this worker is the last to finish)
         command, slot, arg = words[cmd_index], words[slot_index], words[arg_index]
         steps_before = shard.steps
-        restarts_before = shard.restarts
         reply: tuple | None = None
         request, indices = None, None  # (a call's request and envs, read from the pipe)
         try:
@@ -307,8 +307,7 @@ def _serve(
         # (COMMANDS counts steps only, as the calling process's shard does: per-env step times are per step
         # command, and a rare call or a reset between steps must not make this worker's envs look cheaper)
         add_stats(
-            stats, 1.0 if command == step_code else 0.0, shard.steps - steps_before, finished - began,
-            shard.restarts - restarts_before, wait_ns,
+            stats, 1.0 if command == step_code else 0.0, shard.steps - steps_before, finished - began, 0.0, wait_ns,
         )
         finish(control, done_index, expected, remaining_index)
         # (the parent goes on from here: what follows is off its critical path)

@@ -115,3 +115,45 @@ def test_stats_and_counters_after_close_raise_closed_error(front: str) -> None:
                  lambda: pool.worker_pids, lambda: pool.timing):
         with pytest.raises(ClosedError, match="closed"):
             read()
+
+
+@pytest.mark.parametrize("batches", [False, True])
+def test_the_calling_process_shard_counts_as_a_worker_does(batches: bool) -> None:
+    """Shard 0's row (the calling process's own shard) and a worker's row count the same commands of the
+    same envs alike: restarted envs (on_error="restart"), a reset's time but not as a step command, and a
+    step whose env raised. The own shard counted none of its restarts or resets, and no step that raised."""
+    from fastvec import EnvError
+
+    def rows() -> np.ndarray:
+        counters = pool.shard_counters()
+        return counters[:, [Stats.COMMANDS, Stats.ENV_STEPS, Stats.ENV_RESTARTS]], counters[:, Stats.HISTOGRAM :].sum(1)
+
+    fns = [partial(envs.FailingEnv, "step", 2)] * 2
+    kw = {"batch_size": 1, "step_in_parent": True} if batches else {}
+    with Pool(fns, num_workers=2, start_method="fork", on_error="restart", autoreset_mode=SAME_STEP, **kw) as pool:
+        assert pool.shard_envs == [range(0, 1), range(1, 2)]
+        if batches:
+            pool.async_reset()
+        else:
+            pool.reset()
+            counts, commands = rows()
+            assert counts.tolist() == [[0, 0, 0], [0, 0, 0]] and commands.tolist() == [1, 1]  # the reset: one command each
+        sent = [0, 0]
+        for _ in range(8 if batches else 3):  # the third step of each env raises, and the env is made again
+            if batches:  # (the groups come back in any order: each gets three steps)
+                (env,) = pool.recv().env_ids
+                if sent[env] < 3:
+                    sent[env] += 1
+                    pool.send(np.zeros(1, np.int64), [env])
+            else:
+                pool.step(np.zeros(2, np.int64))
+        counts, commands = rows()
+        assert counts.tolist() == [[3, 3, 1], [3, 3, 1]] and commands.tolist() == [4, 4]
+    with Pool(fns, num_workers=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.reset()
+        for _ in range(2):
+            pool.step(np.zeros(2, np.int64))
+        with pytest.raises(EnvError):
+            pool.step(np.zeros(2, np.int64))  # both envs raise: the step counts in both rows
+        counts, commands = rows()
+        assert counts[:, :2].tolist() == [[3, 2], [3, 2]] and commands.tolist() == [4, 4]

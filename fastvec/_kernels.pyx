@@ -763,6 +763,68 @@ def step_into(list results, list step_fns, actions, Py_ssize_t first=0, double[:
         env_ns[offset + j] += <double>(fv_now_ns() - began) * scale
 
 
+cdef inline bint watched_done(uint32_t *base, Py_ssize_t *done_index, uint32_t *seqs, Py_ssize_t *watch,
+                              Py_ssize_t n) noexcept nogil:
+    """Whether a watched worker (k in ``watch``) is done: its DONE word reached its command count."""
+    cdef Py_ssize_t i, k
+    for i in range(n):
+        k = watch[i]
+        if fv_load(base + done_index[k]) == seqs[k]:
+            return True
+    return False
+
+
+cdef Py_ssize_t checked_watch(words, done_index_array, seqs_array, watch_array,
+                              uint32_t **base, Py_ssize_t **done_index, uint32_t **seqs, Py_ssize_t **watch) except -1:
+    """step_watching's and watch_stops' arrays, checked: the number of workers watched."""
+    cdef Py_ssize_t n_words, n_done, n_watch, i
+    base[0] = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
+    done_index[0] = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n_done, "done_index")
+    seqs[0] = seqs_of(seqs_array, n_done)
+    watch[0] = <Py_ssize_t *> data_of(watch_array, cnp.NPY_INTP, &n_watch, "watch")
+    for i in range(n_watch):
+        if watch[0][i] < 0 or watch[0][i] >= n_done:
+            raise IndexError(f"watched worker {watch[0][i]} outside {n_done} workers")
+        if done_index[0][watch[0][i]] < 0 or done_index[0][watch[0][i]] >= n_words:
+            raise IndexError(f"done word {done_index[0][watch[0][i]]} outside {n_words} words")
+    return n_watch
+
+
+def watch_stops(words, done_index_array, seqs_array, watch_array, int64_t deadline):
+    """Whether a step in parts stops now (see step_watching): a watched worker is done and the
+    monotonic clock is still before ``deadline`` (ns)."""
+    cdef uint32_t *base
+    cdef Py_ssize_t *done_index
+    cdef uint32_t *seqs
+    cdef Py_ssize_t *watch
+    cdef Py_ssize_t n = checked_watch(words, done_index_array, seqs_array, watch_array, &base, &done_index, &seqs, &watch)
+    return watched_done(base, done_index, seqs, watch, n) and fv_now_ns() < deadline
+
+
+def step_watching(list results, list step_fns, actions, Py_ssize_t stop, words, done_index_array, seqs_array,
+                  watch_array, int64_t deadline):
+    """step_into from env ``len(results)`` up to env ``stop``, stopping between two envs (at least
+    one steps) once a watched worker is done (k in ``watch``: ``words[done_index[k]] == seqs[k]``)
+    while the monotonic clock is before ``deadline`` (ns): the calling process's own group under
+    asynchronous batches hands a finished worker its next batch. ``len(results)`` says how far it
+    went. Checking in here, not in Python between envs, keeps the check to a load or two an env."""
+    cdef uint32_t *base
+    cdef Py_ssize_t *done_index
+    cdef uint32_t *seqs
+    cdef Py_ssize_t *watch
+    cdef Py_ssize_t n = checked_watch(words, done_index_array, seqs_array, watch_array, &base, &done_index, &seqs, &watch)
+    cdef Py_ssize_t j
+    cdef bint watching = n > 0
+    if stop > len(step_fns):
+        stop = len(step_fns)
+    for j in range(len(results), stop):
+        results.append(step_fns[j](PySequence_GetItem(actions, j)))
+        if watching and j + 1 < stop and watched_done(base, done_index, seqs, watch, n):
+            if fv_now_ns() < deadline:
+                return
+            watching = False  # (past the deadline: it never stops again in this call)
+
+
 def row_copies(cnp.ndarray src, list indices):
     """``[src[i].copy() for i in indices]``: each row a new array of its own (memcpy'd), for a
     C-contiguous ``src`` in native byte order (anything else is copied by numpy)."""

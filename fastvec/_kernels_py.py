@@ -392,6 +392,42 @@ def info_dicts(n: int, key: Any, value: Any) -> list[dict]:
     return [{key: value} for _ in range(n)]
 
 
+def _watched_done(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, watch: np.ndarray) -> bool:
+    return any(int(words[done_index[k]]) == int(seqs[k]) for k in watch.tolist())
+
+
+def _check_watch(words: np.ndarray, done_index: np.ndarray, watch: np.ndarray) -> None:
+    for k in watch.tolist():
+        if k < 0 or k >= len(done_index):
+            raise IndexError(f"watched worker {k} outside {len(done_index)} workers")
+        if done_index[k] < 0 or done_index[k] >= len(words):
+            raise IndexError(f"done word {done_index[k]} outside {len(words)} words")
+
+
+def watch_stops(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, watch: np.ndarray, deadline: int) -> bool:
+    """Whether a step in parts stops now; see _kernels.pyx."""
+    _check_watch(words, done_index, watch)
+    return _watched_done(words, done_index, seqs, watch) and time.perf_counter_ns() < deadline
+
+
+def step_watching(
+    results: list, step_fns: list, actions: Any, stop: int, words: np.ndarray, done_index: np.ndarray,
+    seqs: np.ndarray, watch: np.ndarray, deadline: int,
+) -> None:
+    """step_into from env ``len(results)`` up to ``stop``, stopping between envs once a watched worker is
+    done before ``deadline``; see _kernels.pyx."""
+    _check_watch(words, done_index, watch)
+    append = results.append
+    watching = len(watch) > 0
+    stop = min(stop, len(step_fns))
+    for j in range(len(results), stop):
+        append(step_fns[j](actions[j]))
+        if watching and j + 1 < stop and _watched_done(words, done_index, seqs, watch):
+            if time.perf_counter_ns() < deadline:
+                return
+            watching = False
+
+
 def step_into(
     results: list, step_fns: list, actions: Any, first: int = 0, env_ns: Any = None, offset: int = 0, scale: float = 1.0
 ) -> None:

@@ -130,6 +130,7 @@ class AsyncBatches:
         self._own_began = 0  # when its step's first part began
         self._own_busy = 0  # the time its step has taken so far, over its parts (ns)
         self._own_step_ns = 0  # the time its last whole step took (none yet: the first does not stop)
+        self._watched: dict[tuple, np.ndarray] = {}  # the workers in flight while it steps (_watch), as arrays
         # groups collected while others were in flight, and when those were last checked on: a worker that died
         # or hung is found there too (else the own group, always steppable, or quicker workers hid it for ever)
         self._collected = 0
@@ -572,15 +573,22 @@ class AsyncBatches:
         pool, k = self.pool, position - self.first_remote
         return pool._control_words[pool._done_words[k]] == pool._seq_words[k]
 
-    def _stops(self) -> bool:
-        """Whether the own group's step stops now (asked after each env): a worker's group is done, and
-        the step has been in flight for less than twice the time its last one took. Past that this
-        process is the one behind (a slow policy between recv() calls: the workers wait for it whatever
-        it does), and stopping after each env would only leave its own group further behind (a step of
-        8 envs over 8 recv() calls, against a worker's 8 steps)."""
-        if not self._any_done():
-            return False
-        return time.perf_counter_ns() - self._own_issued < 2 * self._own_step_ns
+    def _watch(self) -> tuple | None:
+        """When the own group's step stops (Shard.step_envs' ``watch``, checked after each env in the
+        kernels): once a worker in flight is done, while the step has been in flight for less than twice
+        the time its last one took (the first never stops). Past that this process is the one behind (a
+        slow policy between recv() calls: the workers wait for it whatever it does), and stopping after
+        each env would only leave its own group further behind (a step of 8 envs over 8 recv() calls,
+        against a worker's 8 steps). None: no worker in flight."""
+        first = self.first_remote
+        key = tuple(position - first for position in self.inflight if position >= first)
+        if not key:
+            return None
+        watched = self._watched.get(key)
+        if watched is None:
+            watched = self._watched[key] = np.array(key, dtype=np.intp)
+        pool = self.pool
+        return pool._control, pool._done_index, pool._seqs, watched, self._own_issued + 2 * self._own_step_ns
 
     def _step_own(self, pausable: bool = False) -> bool:
         """Step (or reset) the calling process's own group, as a worker would its own; the results join
@@ -599,7 +607,7 @@ class AsyncBatches:
                     self._own_began = began
                     objects, self._local_objects = self._local_objects, None
                     run = self._own_run = pool._local.begin_step(slot, objects)
-                stepped = pool._step_local_part(run, self._stops if pausable else None)
+                stepped = pool._step_local_part(run, self._watch() if pausable else None)
                 self._own_busy += time.perf_counter_ns() - began
                 if not stepped:
                     return False

@@ -44,6 +44,8 @@ info_dicts = impl.info_dicts
 row_copies = impl.row_copies
 copy_same = impl.copy_same
 step_into = impl.step_into
+step_watching = impl.step_watching
+watch_stops = impl.watch_stops
 term_deadline = impl.term_deadline
 watch_parent = impl.watch_parent
 
@@ -71,4 +73,6 @@ __all__ = [
     "row_copies",
     "copy_same",
     "step_into",
+    "step_watching",
+    "watch_stops",
 ]

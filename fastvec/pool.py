@@ -1024,20 +1024,14 @@ class Pool:
             self._local_finished = ended
         return own_copies(extras) if extras else extras
 
-    def _step_local_part(self, run: StepRun, paused: Callable[[], bool] | None) -> bool:
-        """Step the parent's own shard's envs of ``run`` (Shard.begin_step) one at a time until every env
-        stepped (True), or until ``paused()`` says to stop, asked after each env (False: the run goes on
-        at a later call, from the next env)."""
+    def _step_local_part(self, run: StepRun, watch: tuple | None) -> bool:
+        """Step the parent's own shard's envs of ``run`` (Shard.begin_step) until every env stepped (True),
+        or, with ``watch`` (Shard.step_envs), until it stops between envs for a worker that finished
+        (False: the run goes on at a later call, from the next env)."""
         local = self._local
         n = len(local.envs)
-        if paused is None:
-            local.step_envs(run, n)
-            return True
-        for upto in range(len(run.results) + 1, n + 1):
-            local.step_envs(run, upto)
-            if upto < n and paused():
-                return False
-        return True
+        local.step_envs(run, n, watch)
+        return len(run.results) == n
 
     def _end_local(self, run: StepRun, busy_ns: int, began_ns: int) -> list | None:
         """Write the parent's own shard's ``run`` (every env stepped: _step_local_part); returns its extras,

@@ -147,12 +147,15 @@ class Shard:
         writes. The actions are read now."""
         return StepRun(slot, self._actions(action_objects), bool(self._header_words[HEADER_TIMING]) and self._timed())
 
-    def step_envs(self, run: StepRun, stop: int) -> None:
-        """Step ``run``'s envs from the first not yet stepped up to ``stop`` (a local position)."""
+    def step_envs(self, run: StepRun, stop: int, watch: tuple | None = None) -> None:
+        """Step ``run``'s envs from the first not yet stepped up to ``stop`` (a local position). With ``watch``
+        (kernels.step_watching's words, done_index, seqs, watch and deadline), it stops sooner, between two
+        envs (at least one steps), once a watched worker is done before the deadline; ``len(run.results)``
+        says how far it went. (A step that times its envs for the monitor does not stop.)"""
         if self.autoreset_mode == SAME_STEP:
-            self._step_same_step(run.slot, run.actions, run, stop)
+            self._step_same_step(run.slot, run.actions, run, stop, watch)
         else:
-            self._step_next_step(run.slot, run.actions, run, stop)
+            self._step_next_step(run.slot, run.actions, run, stop, watch)
 
     def end_step(self, run: StepRun) -> list | None:
         """Write ``run``'s results (every env stepped) into its slot, as the usual step's end does;
@@ -193,10 +196,12 @@ class Shard:
         self._timing_tick = TIMING_EVERY
         return True
 
-    def _step_same_step(self, slot: int, actions: Any, run: StepRun | None = None, stop: int = 0) -> list | None:
+    def _step_same_step(
+        self, slot: int, actions: Any, run: StepRun | None = None, stop: int = 0, watch: tuple | None = None
+    ) -> list | None:
         """SAME_STEP: step every env; reset those whose episode ended (their final observation
-        goes to the terminal-obs buffer first). With ``run``: its envs up to ``stop``, the rest of
-        the step left to end_step."""
+        goes to the terminal-obs buffer first). With ``run``: its envs up to ``stop`` (or, with
+        ``watch``, fewer: step_envs), the rest of the step left to end_step."""
         start = self.start
         step_fns = self.step_fns
         if run is None:
@@ -209,10 +214,15 @@ class Shard:
             if stop < len(step_fns):
                 step_fns = step_fns[:stop]
         append = results.append
+        entered = len(results)
         while True:  # (from the env after the one that raised, until every env stepped)
+            if watch is not None and entered < len(results) < stop and kernels.watch_stops(*watch):
+                break  # (after an env that raised: the kernel checks after the others)
             try:
                 if timing:  # (the kernel reads the clock around each env's step)
                     kernels.step_into(results, step_fns, actions, len(results), self.env_step_ns, start, TIMING_EVERY)
+                elif watch is not None:
+                    kernels.step_watching(results, step_fns, actions, stop, *watch)
                 else:
                     kernels.step_into(results, step_fns, actions, len(results))
                 break
@@ -250,10 +260,13 @@ class Shard:
                 errors.append(err)
         return errors
 
-    def _step_next_step(self, slot: int, actions: Any, run: StepRun | None = None, stop: int = 0) -> list | None:
+    def _step_next_step(
+        self, slot: int, actions: Any, run: StepRun | None = None, stop: int = 0, watch: tuple | None = None
+    ) -> list | None:
         """NEXT_STEP: step every env, except those whose episode ended in the previous step: they
         are reset now (reward 0, flags False) and their action is ignored. DISABLED: step every env.
-        With ``run``: its envs up to ``stop``, the rest of the step left to end_step."""
+        With ``run``: its envs up to ``stop`` (or, with ``watch``, fewer: step_envs), the rest of the
+        step left to end_step."""
         start = self.start
         needs_reset = self.needs_reset
         autoreset = self.autoreset_mode == NEXT_STEP
@@ -274,18 +287,23 @@ class Shard:
         append = results.append
         # the usual step: every env steps, in one kernel call (with an env due for a reset, the loop
         # below: stepping the runs between such envs in kernel calls counted more instructions, not fewer)
+        entered = first
         if not due:
             try:
                 if timing:
                     kernels.step_into(results, step_fns, actions, first, self.env_step_ns, start, TIMING_EVERY)
+                elif watch is not None:  # (stopped early: the loop below stops again before its first env)
+                    kernels.step_watching(results, step_fns, actions, n, *watch)
                 else:
                     kernels.step_into(results, step_fns, actions, first)
-                first = n  # (episode ends are marked by _write_step, from the flags it wrote)
+                first = n if watch is None else len(results)  # (episode ends are marked by _write_step, from the flags)
             except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
                 first = len(results)
                 errors = self._step_failed(first, slot, exc, append, errors)
                 first += 1
         for j in range(first, n):
+            if watch is not None and not timing and j > entered and kernels.watch_stops(*watch):
+                break
             if needs_reset[j]:
                 try:
                     obs, info = self._autoreset(j, "reset (autoreset)")

@@ -318,7 +318,7 @@ def test_a_shard_error_from_a_part_of_the_own_group_step_ends_that_step() -> Non
         local = pool._local
         step_envs = local.step_envs
 
-        def fails_once(run, stop):
+        def fails_once(run, stop, watch=None):
             local.step_envs = step_envs
             raise ShardError(1, "step", RuntimeError("a part that raised"))
 

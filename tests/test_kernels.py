@@ -661,3 +661,44 @@ def test_watch_parent_sends_sigterm_when_the_watched_process_ends(k) -> None:
         child.communicate()
         watched.kill()
         watched.wait()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_step_watching_stops_between_envs_once_a_watched_worker_is_done(k) -> None:
+    """The own group's step under asynchronous batches: it steps on while no watched worker is done, stops
+    after an env (at least one steps a call) once one is, before the deadline, and not after it; a worker
+    not watched (one not in flight) never stops it."""
+    words = np.zeros(16, np.uint32)
+    done_index = np.array([3, 9], np.intp)
+    seqs = np.array([5, 7], np.uint32)
+    later = time.perf_counter_ns() + 60_000_000_000
+    stepped: list = []
+
+    def env(i):
+        def step(action):
+            stepped.append(i)
+            if i == 1:  # worker 1 finishes while env 1 steps
+                words[9] = 7
+            return (i, int(action))
+
+        return step
+
+    fns = [env(i) for i in range(5)]
+    results: list = []
+    k.step_watching(results, fns, np.arange(5), 5, words, done_index, seqs, np.array([0], np.intp), later)
+    assert [r[0] for r in results] == [0, 1, 2, 3, 4]  # worker 1 is not watched
+    words[9], results = 0, []
+    watch = np.array([0, 1], np.intp)
+    k.step_watching(results, fns, np.arange(5), 5, words, done_index, seqs, watch, later)
+    assert results == [(0, 0), (1, 1)]  # stopped after env 1
+    assert k.watch_stops(words, done_index, seqs, watch, later) and not k.watch_stops(words, done_index, seqs, watch, 0)
+    k.step_watching(results, fns, np.arange(5), 4, words, done_index, seqs, watch, later)
+    assert [r[0] for r in results] == [0, 1, 2]  # goes on from env 2: one env, then stops again
+    k.step_watching(results, fns, np.arange(5), 4, words, done_index, seqs, watch, 0)  # past the deadline
+    assert [r[0] for r in results] == [0, 1, 2, 3]  # up to ``stop``
+    words[9] = 0
+    assert not k.watch_stops(words, done_index, seqs, watch, later)
+    with pytest.raises(IndexError):
+        k.step_watching([], fns, np.arange(5), 5, words, done_index, seqs, np.array([2], np.intp), later)
+    with pytest.raises(IndexError):
+        k.watch_stops(words, np.array([3, 16], np.intp), seqs, watch, later)

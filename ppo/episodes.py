@@ -75,6 +75,21 @@ class EpisodeTracker:
         """(global step at the end, return, length) of every finished episode, in order."""
         return _concatenate(self._history)
 
+    def restore(self, count: int, steps: np.ndarray, returns: np.ndarray, lengths: np.ndarray) -> None:
+        """Take up the finished episodes of the run this one resumes: ``count`` of them in all, of which
+        the last ``len(returns)`` (all of them, or at least the last ``window``), as ``history()`` gave
+        them. The window's means and the learning curve go on from that run's."""
+        n = len(returns)
+        if not len(steps) == n == len(lengths) or n > count or (n < min(count, self.window)):
+            raise ValueError(
+                f"an episode history of {len(steps)}, {n} and {len(lengths)} entries cannot hold the last of {count} episodes"
+            )
+        self._history, self._taken = [], 0
+        self.count = int(count) - n  # (the window's entries land where ``count`` episodes would have left them)
+        self.record(np.asarray(steps, np.int64), np.asarray(returns, np.float64), np.asarray(lengths, np.int64))
+        self.count = int(count)
+        self._taken = len(self._history)  # (no rank's new episodes)
+
 
 def _concatenate(entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not entries:

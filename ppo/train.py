@@ -167,6 +167,8 @@ def _adam(params: Any, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, eps=1e-5)
 
 
+EPISODES_KEPT = 1_000_000  # finished episodes a checkpoint keeps for a resumed run (the most recent)
+
 _UPDATE_STATS = (
     "entropy",
     "policy_loss",
@@ -274,6 +276,9 @@ class Trainer:
         self.iteration = 0
         self.solved_at: tuple[int, float] | None = None  # (global step, seconds since the first step)
         self._start = time.perf_counter()
+        self.episodes = EpisodeTracker(config.num_envs)  # what is logged and decides "solved"
+        # distributed: this rank's envs; their finished episodes join every rank's in self.episodes after each rollout
+        self.rank_episodes = EpisodeTracker(config.num_envs) if self.dist.enabled else self.episodes
         if config.resume:
             # distributed: rank 0 reads the checkpoint and every rank loads the same bytes
             source = self.dist.broadcast_checkpoint(config.resume)
@@ -295,6 +300,14 @@ class Trainer:
                 self.dist.restore_rng_state(state.get("torch_rng_states"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
             self.resumed_at = self.global_step
+            episodes = state.get("episodes")  # (a checkpoint written before they were kept has none)
+            if episodes is not None:
+                self.episodes.restore(
+                    int(episodes["count"]), episodes["steps"].numpy(), episodes["returns"].numpy(), episodes["lengths"].numpy()
+                )
+            if state.get("solved_at") is not None:
+                step, wall = state["solved_at"]
+                self.solved_at = (int(step), float(wall))
             if self.global_step >= config.total_timesteps and self.dist.is_main:  # (the run still writes its files)
                 print(
                     f"note: --resume {config.resume} has trained {self.global_step:,} steps, the whole budget "
@@ -313,9 +326,6 @@ class Trainer:
             self.action_low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
             self.action_high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
         self.storage = RolloutStorage(backend.ring, config.num_steps, self.agent.action_shape, action_dtype, device)
-        self.episodes = EpisodeTracker(config.num_envs)  # what is logged and decides "solved"
-        # distributed: this rank's envs; their finished episodes join every rank's in self.episodes after each rollout
-        self.rank_episodes = EpisodeTracker(config.num_envs) if self.dist.enabled else self.episodes
         # numpy views of the ring for per-step bookkeeping (no copy, no torch dispatch)
         ring = backend.ring
         self.rewards_np = ring.rewards.numpy()
@@ -693,12 +703,18 @@ class Trainer:
     def _save(self, name: str) -> Path | None:
         """A checkpoint to resume from. Distributed: called on every rank (it gathers each rank's generator
         state, so a resumed rank samples as it would have), written by rank 0."""
-        extra = {}
+        extra: dict[str, Any] = {}
         rng_states = self.dist.gather_rng_states()
         if rng_states is not None:
             extra["torch_rng_states"] = rng_states
         if self.run_dir is None:
             return None
+        # the finished episodes (the last EPISODES_KEPT: 24 MB), so a resumed run's learning curve, its mean of the
+        # last 100 episodes and its "solved" go on from this run's (they began again from nothing)
+        steps, returns, lengths = (torch.from_numpy(a[-EPISODES_KEPT:].copy()) for a in self.episodes.history())
+        extra["episodes"] = {"count": self.episodes.count, "steps": steps, "returns": returns, "lengths": lengths}
+        if self.solved_at is not None:
+            extra["solved_at"] = self.solved_at
         return save_checkpoint(
             self.run_dir / name,
             self.agent,
@@ -737,7 +753,7 @@ class Trainer:
             steps, returns, _lengths = self.episodes.history()
             ranks = f"{self.dist.world_size} ranks x " if self.dist.enabled else ""
             resumed = f", resumed at step {self.resumed_at:,}" if self.resumed_at is not None else ""
-            plot_learning_curve(  # (the episodes of this process's training: a resumed run's since it resumed)
+            plot_learning_curve(  # (a resumed run's: with the episodes of the run it resumed, from its checkpoint)
                 self.run_dir / "learning_curve.png",
                 steps,
                 returns,

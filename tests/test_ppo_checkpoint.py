@@ -105,6 +105,7 @@ def test_a_resume_whose_budget_is_spent_says_so(tmp_path, capsys) -> None:
                   tensorboard=False, eval_episodes=0, stop_when_solved=False)
     with Trainer(Config(run_name="first", total_timesteps=64, **common)) as first:
         first.run()
+        mean = first.episodes.mean_return()
     capsys.readouterr()
     resume = str(tmp_path / "first")
     with Trainer(Config(run_name="spent", total_timesteps=64, resume=resume, **common)) as spent:
@@ -118,6 +119,14 @@ def test_a_resume_whose_budget_is_spent_says_so(tmp_path, capsys) -> None:
         raise AssertionError(f"summary.json holds {constant}: not JSON")
 
     written = json.loads((tmp_path / "spent" / "summary.json").read_text(), parse_constant=strict)
+    assert written["mean_return_100"] == pytest.approx(mean)  # the episodes of the run it resumed
+    old = torch.load(tmp_path / "first" / "final.pt", map_location="cpu", weights_only=True)
+    del old["episodes"]  # a checkpoint written before they were kept
+    torch.save(old, tmp_path / "old.pt")
+    with Trainer(Config(run_name="spent-old", total_timesteps=64, resume=str(tmp_path / "old.pt"), **common)) as spent:
+        spent.run()
+    capsys.readouterr()
+    written = json.loads((tmp_path / "spent-old" / "summary.json").read_text(), parse_constant=strict)
     assert written["mean_return_100"] is None  # (no episode: null, not NaN)
     with Trainer(Config(run_name="more", total_timesteps=96, resume=resume, **common)) as more:
         more.run()
@@ -290,3 +299,42 @@ def test_sigterm_while_a_checkpoint_is_written_stops_the_run_cleanly(tmp_path) -
     assert not list(run.glob("*.tmp")), sorted(p.name for p in run.iterdir())
     psutil.wait_procs(workers, timeout=10)
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_a_resumed_run_goes_on_from_the_episodes_of_the_run_it_resumes(tmp_path) -> None:
+    """A resumed run's learning curve, episode count, mean of the last 100 episodes and "solved" go on
+    from the checkpoint's run: they began again from nothing (the curve covered only the part after the
+    resume, and a run solved before its checkpoint was "not solved" once resumed)."""
+    common = dict(
+        runs_dir=str(tmp_path), num_envs=2, num_steps=64, vec_backend="serial", progress=False,
+        tensorboard=False, eval_episodes=0, stop_when_solved=False,
+    )  # fmt: skip
+    with Trainer(Config(run_name="first", total_timesteps=4096, **common)) as first:
+        first.solve_return = 10.0  # (a random CartPole policy reaches it: solved before the checkpoint)
+        summary = first.run()
+        steps, returns, lengths = first.episodes.history()
+        window = first.episodes.mean_return()
+    assert summary["solved"] and summary["episodes"] == len(returns) > 0
+    with Trainer(Config(run_name="second", total_timesteps=4608, resume=str(tmp_path / "first"), **common)) as second:
+        assert second.episodes.count == len(returns) and second.episodes.mean_return() == pytest.approx(window)
+        again = second.episodes.history()
+        for a, b in zip(again, (steps, returns, lengths)):
+            np.testing.assert_array_equal(a, b)
+        second.solve_return = 10.0
+        resumed = second.run()
+        after = second.episodes.history()
+    assert resumed["solved"] and resumed["solve_step"] == summary["solve_step"]
+    assert resumed["episodes"] == len(after[0]) > len(returns)
+    assert (after[0][: len(returns)] == steps).all() and after[0][len(returns) :].min() > 4096
+
+
+def test_an_episode_history_that_cannot_be_the_last_of_its_episodes_is_refused() -> None:
+    from ppo.episodes import EpisodeTracker
+
+    tracker = EpisodeTracker(2, window=4)
+    tracker.restore(6, np.arange(4), np.array([1.0, 2.0, 3.0, 4.0]), np.ones(4, np.int64))
+    tracker.record(np.array([9]), np.array([9.0]), np.array([1]))  # takes the oldest's place in the window
+    assert tracker.count == 7 and tracker.mean_return() == pytest.approx((2 + 3 + 4 + 9) / 4)
+    with pytest.raises(ValueError, match="cannot hold the last of 6 episodes"):
+        tracker.restore(6, np.arange(3), np.ones(3), np.ones(3, np.int64))  # fewer than the window

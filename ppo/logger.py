@@ -33,6 +33,7 @@ class RunLogger:
         title: str,
         tensorboard_hz: float = 10.0,
         continue_after: int | None = None,
+        purge_step: int | None = None,
     ):
         self.run_dir = run_dir
         self._tb_interval = 1.0 / tensorboard_hz
@@ -51,7 +52,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(run_dir))
+            self._writer = SummaryWriter(str(run_dir), purge_step=purge_step)
         self._progress = None
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

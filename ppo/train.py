@@ -615,6 +615,8 @@ class Trainer:
                 # in place: metrics.csv goes on from the checkpoint's iteration (rows logged after it, by a run
                 # interrupted before its next checkpoint, are of a history this run replaces)
                 continue_after=self.iteration if self.in_place else None,
+                # (TensorBoard hides the discarded history's events from the first step this run logs on)
+                purge_step=self.global_step + 1 if self.in_place else None,
             )
         # in place: the run's best.pt stays unless this part of the run beats it
         kept_best = self._kept_best()

@@ -293,6 +293,28 @@ def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path)
     assert "fastvec_busy_shard0" in rows[0] and rows[0]["fastvec_busy_shard0"] == "" and rows[3]["fastvec_busy_shard0"]
 
 
+def test_a_run_resumed_in_place_shows_each_step_once_in_tensorboard(tmp_path) -> None:
+    """Resumed in place from a checkpoint behind its last rows, TensorBoard hides the replaced history's events
+    from the resumed step on, as metrics.csv drops its rows: every step once (its old events file kept them,
+    so the replaced iterations showed two values at one step)."""
+    import contextlib
+    import io
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ppo.train import main
+
+    common = ["--runs-dir", str(tmp_path), "--num-envs", "2", "--num-steps", "16", "--no-progress", "--eval-episodes",
+              "0", "--no-stop-when-solved", "--run-name", "X", "--checkpoint-interval", "2", "--num-workers", "0"]  # fmt: skip
+    main([*common, "--total-timesteps", "96"])  # iterations 1-3; latest.pt at 2
+    main([*common, "--total-timesteps", "128", "--resume", str(tmp_path / "X" / "latest.pt")])
+    events = EventAccumulator(str(tmp_path / "X"))
+    with contextlib.redirect_stderr(io.StringIO()):
+        events.Reload()
+    steps = [event.step for event in events.Scalars("charts/learning_rate")]
+    assert len(steps) == len(set(steps)) and 96 in steps and steps[-1] == 128, steps
+
+
 def test_a_run_name_whose_run_left_no_checkpoint_is_refused_without_advising_a_resume(tmp_path) -> None:
     """A run stopped before its first checkpoint cannot be resumed: the refusal says to take another name or
     remove the folder (it advised a --resume that then failed)."""

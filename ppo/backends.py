@@ -78,6 +78,24 @@ class Backend(ABC):
     def close(self) -> None:
         """Stop the envs. The caller must have dropped its tensors over ``ring`` first."""
 
+    def abort(self) -> None:
+        """Stop the envs after an interrupt (SIGTERM, Ctrl-C), which may have cut a message to a worker in half:
+        without a word on the pipes where the engine cannot recover from that (close() then only frees)."""
+        self.close()
+
+
+def _kill_workers(processes: list, pipes: list) -> None:
+    """End a reference engine's worker processes at once (SIGKILL: they may ignore SIGTERM, see ppo.train) and
+    close its pipes; what it holds is the envs' state, which an interrupted run drops anyway."""
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(5.0)
+    for pipe in pipes:
+        if pipe is not None:
+            pipe.close()
+
 
 # -- fastvec ---------------------------------------------------------------------------------------
 class FastvecBackend(Backend):
@@ -267,6 +285,13 @@ class GymBackend(_CopyBackend):
         self.ring = None  # type: ignore[assignment]
         self.venv.close()
 
+    def abort(self) -> None:
+        venv = self.venv
+        if isinstance(venv, gym.vector.AsyncVectorEnv) and not venv.closed:
+            venv.closed = True  # (its close() would talk to the workers: not after an interrupt)
+            _kill_workers(venv.processes, venv.parent_pipes)
+        self.close()
+
 
 class SB3SubprocBackend(_CopyBackend):
     """Stable-Baselines3's SubprocVecEnv (one process per env, pickled pipe messages)."""
@@ -307,6 +332,13 @@ class SB3SubprocBackend(_CopyBackend):
     def close(self) -> None:
         self.ring = None  # type: ignore[assignment]
         self.venv.close()
+
+    def abort(self) -> None:
+        venv = self.venv
+        if not venv.closed:
+            venv.closed = True  # (its close() would wait for the workers' replies: not after an interrupt)
+            _kill_workers(venv.processes, venv.remotes)
+        self.close()
 
 
 def make_backend(

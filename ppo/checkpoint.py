@@ -15,7 +15,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "write_atomically", "CHECKPOINT_NAMES"]
+__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "checkpoint_step", "write_atomically", "CHECKPOINT_NAMES"]
 
 # what find_checkpoint looks for in a run folder (best.pt only where neither of the others is there)
 CHECKPOINT_NAMES = ("latest.pt", "final.pt", "best.pt")
@@ -81,10 +81,10 @@ def find_checkpoint(path: str | os.PathLike, prefer: str | None = None) -> Path:
     if len(states) == 1:
         return states[0]
     # the furthest trained (a copied folder's times need not say which was written last), then the newest
-    return max(states, key=lambda candidate: (_global_step(candidate), candidate.stat().st_mtime_ns))
+    return max(states, key=lambda candidate: (checkpoint_step(candidate), candidate.stat().st_mtime_ns))
 
 
-def _global_step(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
     """The step count a checkpoint was written at (-1 when it cannot be read)."""
     try:
         # (mapped, not read: only the step count is looked at)

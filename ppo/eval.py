@@ -150,7 +150,10 @@ def load_agent(
         # a name in the run folder first (not a file of that name in the working directory), else a path
         in_run = run_dir / checkpoint
         path = in_run if in_run.is_file() else Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
-    probe = make_env(config.env_id)
+    try:
+        probe = make_env(config.env_id)
+    except (ImportError, gym.error.Error) as exc:  # (its module not importable here, an id no longer registered)
+        raise ValueError(f"{run_dir}: its env {config.env_id!r} cannot be made here: {type(exc).__name__}: {exc}") from None
     try:
         agent = Agent(probe.observation_space, probe.action_space, config.hidden_sizes, config.norm_obs)
     finally:
@@ -182,6 +185,12 @@ def main(argv: list[str] | None = None) -> float:
     args = tyro.cli(EvalArgs, args=argv, prog="python -m ppo.eval")
     if args.episodes < 1:
         raise SystemExit(f"ppo.eval: --episodes must be >= 1, got {args.episodes}")
+    if args.seed is not None and args.seed < 0:
+        raise SystemExit(f"ppo.eval: --seed must be >= 0 (gymnasium's seeds are), got {args.seed}")
+    try:
+        torch.device(args.device)
+    except RuntimeError as exc:
+        raise SystemExit(f"ppo.eval: --device {args.device!r} is no torch device ({exc})") from None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"ppo.eval: --device {args.device} was asked for, but torch sees no CUDA device")
     torch.set_num_threads(1)

@@ -49,7 +49,7 @@ from torch import nn
 
 from ppo.agent import Agent, is_image_space
 from ppo.backends import Backend, make_backend
-from ppo.checkpoint import CHECKPOINT_NAMES, load_checkpoint, save_checkpoint
+from ppo.checkpoint import CHECKPOINT_NAMES, checkpoint_step, find_checkpoint, load_checkpoint, save_checkpoint
 from ppo.config import Config
 from ppo.distributed import Distributed, pin_to_core_share, state_digest
 from ppo.episodes import EpisodeTracker
@@ -193,6 +193,7 @@ class Trainer:
         # and overwrites no earlier run's config.json (a mistyped --env-id with an existing --run-name did)
         self.run_dir: Path | None = None
         self.in_place = False  # resuming the run of the run folder itself: its metrics and best.pt go on
+        self.checkpoint: tuple[Path, int] | None = None  # the run folder's newest checkpoint to resume from, and its step
         self.resumed_at: int | None = None  # the step a resumed run started from
 
         # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic); every rank samples its own actions
@@ -253,8 +254,8 @@ class Trainer:
             # distributed: every rank learns whether rank 0 made the run folder (else they trained on, and died
             # in the first collective with a traceback)
             self.in_place = self.dist.agree(error, "make the run folder", self.in_place)
-        except BaseException:
-            self.close()
+        except BaseException as exc:
+            self.close(abort=isinstance(exc, (KeyboardInterrupt, SystemExit)))
             raise
 
     def _setup(self) -> None:
@@ -618,6 +619,8 @@ class Trainer:
                 # (TensorBoard hides the discarded history's events from the first step this run logs on)
                 purge_step=self.global_step + 1 if self.in_place else None,
             )
+            if self.in_place:
+                self._set_aside_replaced()
         # in place: the run's best.pt stays unless this part of the run beats it
         kept_best = self._kept_best()
         best_return, best_state, best_step = kept_best if kept_best is not None else -math.inf, None, 0
@@ -685,6 +688,24 @@ class Trainer:
             self._save_best(best_state, best_return, best_step)
         return self._finish(train_wall, self.global_step - start_step)
 
+    def _set_aside_replaced(self) -> None:
+        """Resuming in place from a checkpoint behind the run folder's newest (latest.pt after the run went on
+        to final.pt): the checkpoints trained further, and the summary and curve of that history, which this run
+        replaces, are renamed ``<name>.replaced``. ``--resume`` of the folder took them (the furthest trained)
+        and went on with the replaced history if this run stopped before its next checkpoint."""
+        assert self.run_dir is not None and self.config.resume is not None
+        resumed = find_checkpoint(self.config.resume).resolve()
+        self.checkpoint = (resumed, self.global_step)
+        further = [
+            path for path in (self.run_dir / name for name in ("latest.pt", "final.pt"))
+            if path.is_file() and path.resolve() != resumed and checkpoint_step(path) > self.global_step
+        ]  # fmt: skip
+        if further:
+            further += [path for path in (self.run_dir / "summary.json", self.run_dir / "learning_curve.png") if path.is_file()]
+        for path in further:
+            os.replace(path, path.with_name(path.name + ".replaced"))
+            print(f"note: {path.name} was of the history this run replaces: now {path.name}.replaced", file=sys.stderr)
+
     def _nothing_to_train_in_place(self) -> bool:
         """Resuming in place a run that has trained its whole budget: nothing is trained, and nothing of the
         run's folder is written (its summary and curve would describe an empty part)."""
@@ -717,7 +738,7 @@ class Trainer:
         extra["episodes"] = {"count": self.episodes.count, "steps": steps, "returns": returns, "lengths": lengths}
         if self.solved_at is not None:
             extra["solved_at"] = self.solved_at
-        return save_checkpoint(
+        path = save_checkpoint(
             self.run_dir / name,
             self.agent,
             self.optimizer,
@@ -727,6 +748,8 @@ class Trainer:
             iteration=self.iteration,
             **extra,
         )
+        self.checkpoint = (path, self.global_step)
+        return path
 
     def _save_best(self, state: dict[str, torch.Tensor], mean_return: float, global_step: int) -> Path | None:
         """Weights only (no optimizer): the agent with the best mean return of the last 100 episodes."""
@@ -795,8 +818,9 @@ class Trainer:
                           f, indent=2, allow_nan=False)
         return summary
 
-    def close(self) -> None:
-        """Stop the envs. Tensors over the engine's buffers are dropped first so it can unmap them."""
+    def close(self, abort: bool = False) -> None:
+        """Stop the envs (``abort``: after an interrupt, Backend.abort). Tensors over the engine's buffers are
+        dropped first so it can unmap them."""
         if self.logger is not None:
             self.logger.close()
             self.logger = None
@@ -806,15 +830,22 @@ class Trainer:
         self.rewards_np = self.terminated_np = self.truncated_np = None
         self.policy = None  # distributed: the DDP wrapper goes before the process group (Distributed.close)
         try:
-            self.backend.close()
+            if abort:
+                self.backend.abort()
+            else:
+                self.backend.close()
         finally:
             self.dist.close()
 
     def __enter__(self) -> Trainer:
+        global _RUNNING
+        _RUNNING = self
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: Any) -> None:
+        global _RUNNING
+        _RUNNING = None
+        self.close(abort=kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)))
 
 
 def train(config: Config) -> dict[str, Any]:
@@ -879,13 +910,37 @@ def _one_line(exc: BaseException) -> str:
     return kind + (" ".join(" ".join(lines).split()) or type(exc).__name__)
 
 
+_RUNNING: Trainer | None = None  # the trainer main() runs (what SIGTERM's message says of its checkpoint)
+_SIGTERM_OWNER = -1  # the process main() installed _stop_on_sigterm in
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM (a scheduler's preemption, `kill`) as Ctrl-C is: the run stops where it is and cleans up (its
     envs closed, a checkpoint being written dropped, not left as a .tmp), instead of dying on the spot."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a second SIGTERM ends the process at once)
-    print("ppo.train: stopped by SIGTERM; the run folder keeps its last checkpoint (--resume goes on from it)",
-          file=sys.stderr, flush=True)
+    if os.getpid() != _SIGTERM_OWNER:
+        # an env worker that gymnasium's AsyncVectorEnv or SB3's SubprocVecEnv forked inherited this handler. A
+        # scheduler signals the whole process group: the worker outlives this signal and the trainer ends it
+        # (Backend.abort). (Each said the trainer's message, and a worker that died at once broke the trainer's
+        # step with an EOFError before the trainer's own handler ran.)
+        return
+    print(f"ppo.train: stopped by SIGTERM{_resume_advice(_RUNNING)}", file=sys.stderr, flush=True)
     raise SystemExit(128 + signal.SIGTERM)
+
+
+def _resume_advice(trainer: Trainer | None) -> str:
+    """What a stopped run leaves to resume from, said after "stopped by SIGTERM"."""
+    if trainer is None:
+        return " before training began"
+    run_dir, config = trainer.run_dir, trainer.config
+    if run_dir is None:  # distributed: rank 0 speaks for the run
+        return ""
+    if trainer.checkpoint is None:
+        when = " (--checkpoint-interval 0 writes one at the end only)" if not config.checkpoint_interval else " yet"
+        return f"; no checkpoint was written{when}: this run cannot be resumed"
+    path, step = trainer.checkpoint
+    runs_dir = "" if config.runs_dir == Config.runs_dir else f" --runs-dir {config.runs_dir}"
+    return f"; {path.name} (step {step:,}) is kept: --resume {run_dir}{runs_dir} --run-name {run_dir.name} goes on from it"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -894,6 +949,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
     previous = None
     if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's)
+        global _SIGTERM_OWNER
+        _SIGTERM_OWNER = os.getpid()
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with _start(config) as trainer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -247,6 +248,17 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
         trainer.run()
     with pytest.raises(SystemExit, match=r"^ppo.eval: checkpoint .*wide.*does not fit this run's network"):
         main([str(tmp_path / "a"), "--checkpoint", str(tmp_path / "wide" / "final.pt")])
+    # a mistyped device, a negative seed: named (the device was blamed on the checkpoint, the seed a traceback)
+    with pytest.raises(SystemExit, match=r"^ppo.eval: --device 'cpux' is no torch device"):
+        main([str(tmp_path / "a"), "--device", "cpux"])
+    with pytest.raises(SystemExit, match=r"^ppo.eval: --seed must be >= 0"):
+        main([str(tmp_path / "a"), "--seed", "-5"])
+    # a run whose env cannot be made here (its module not importable in this shell): one line naming the env
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**config, "env_id": "no_such_module_here:Env-v0"}))
+    with pytest.raises(SystemExit, match=r"^ppo.eval: .*a: its env 'no_such_module_here:Env-v0' cannot be made here: "
+                                         r"ModuleNotFoundError"):  # fmt: skip
+        main([str(tmp_path / "a")])
 
 
 _SLOW_SAVE = """
@@ -294,7 +306,7 @@ def test_sigterm_while_a_checkpoint_is_written_stops_the_run_cleanly(tmp_path) -
             child.kill()
             child.wait()
     assert child.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM" in err
+    assert "stopped by SIGTERM; no checkpoint was written yet: this run cannot be resumed" in err  # (the first was cut)
     run = tmp_path / "runs" / "x"
     assert not list(run.glob("*.tmp")), sorted(p.name for p in run.iterdir())
     psutil.wait_procs(workers, timeout=10)
@@ -338,3 +350,47 @@ def test_an_episode_history_that_cannot_be_the_last_of_its_episodes_is_refused()
     assert tracker.count == 7 and tracker.mean_return() == pytest.approx((2 + 3 + 4 + 9) / 4)
     with pytest.raises(ValueError, match="cannot hold the last of 6 episodes"):
         tracker.restore(6, np.arange(3), np.ones(3), np.ones(3, np.int64))  # fewer than the window
+
+
+@pytest.mark.parametrize("backend", ["gym-async", "sb3-subproc"])
+def test_sigterm_to_the_process_group_stops_a_run_on_a_reference_backend_cleanly(tmp_path, backend: str) -> None:
+    """A scheduler's SIGTERM reaches the whole process group (scancel, systemd): the trainer stops once, with exit
+    code 143 and no traceback, and says what there is to resume from. The workers that gymnasium's and SB3's
+    engines fork inherited the trainer's handler: each said the message and died at once, and the trainer's
+    step or close broke on their pipes (EOFError, BrokenPipeError) with exit code 1."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    run = tmp_path / "runs" / "x"
+    interval = "1" if backend == "sb3-subproc" else "0"
+    args = ["--runs-dir", str(tmp_path / "runs"), "--run-name", "x", "--num-envs", "4", "--num-steps", "16",
+            "--total-timesteps", "10000000", "--checkpoint-interval", interval, "--vec-backend", backend,
+            "--no-progress", "--no-tensorboard"]  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen([sys.executable, "-m", "ppo.train", *args], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        waited = time.monotonic()
+        while not (run / ("latest.pt" if interval == "1" else "metrics.csv")).is_file():
+            assert child.poll() is None and time.monotonic() - waited < 60, child.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)  # (training, its workers stepping)
+        workers = psutil.Process(child.pid).children(recursive=True)
+        assert len(workers) >= 4
+        os.killpg(child.pid, signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert err.count("stopped by SIGTERM") == 1 and "Traceback" not in err, err
+    if interval == "1":
+        assert "latest.pt (step " in err and f"is kept: --resume {run} --runs-dir {tmp_path / 'runs'} --run-name x" in err, err
+    else:
+        assert "no checkpoint was written (--checkpoint-interval 0 writes one at the end only)" in err, err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive

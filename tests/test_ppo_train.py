@@ -293,6 +293,38 @@ def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path)
     assert "fastvec_busy_shard0" in rows[0] and rows[0]["fastvec_busy_shard0"] == "" and rows[3]["fastvec_busy_shard0"]
 
 
+def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_history_aside(tmp_path, monkeypatch) -> None:
+    """Resumed in place from latest.pt while final.pt is further on (going back to an earlier state), then stopped
+    before its next checkpoint: the folder's final.pt, summary and curve of the replaced history are renamed
+    <name>.replaced, so a later --resume of the folder goes on from the state metrics.csv describes (it took the
+    replaced history's final.pt, the furthest trained, and went on with it)."""
+    from ppo import train
+    from ppo.checkpoint import find_checkpoint
+
+    common = ["--runs-dir", str(tmp_path), "--num-envs", "2", "--num-steps", "16", "--no-progress", "--no-tensorboard",
+              "--eval-episodes", "0", "--no-stop-when-solved", "--run-name", "X", "--checkpoint-interval", "2",
+              "--num-workers", "0"]  # fmt: skip
+    train.main([*common, "--total-timesteps", "96"])  # iterations 1-3; latest.pt at 2, final.pt at 3
+    run = tmp_path / "X"
+    replaced = torch.load(run / "final.pt", map_location="cpu", weights_only=True)["agent"]
+    collect = train.Trainer.collect_rollout
+
+    def stopped_in_iteration_4(self):  # (a Ctrl-C before the checkpoint at iteration 4)
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return collect(self)
+
+    monkeypatch.setattr(train.Trainer, "collect_rollout", stopped_in_iteration_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*common, "--total-timesteps", "160", "--resume", str(run / "latest.pt")])
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["best.pt", "config.json", "final.pt.replaced", "latest.pt", "learning_curve.png.replaced",
+                     "metrics.csv", "summary.json.replaced"], names  # fmt: skip
+    assert find_checkpoint(run).name == "latest.pt"
+    state = torch.load(run / "latest.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 2 and not all(torch.equal(state["agent"][k], v) for k, v in replaced.items())
+
+
 def test_a_run_resumed_in_place_shows_each_step_once_in_tensorboard(tmp_path) -> None:
     """Resumed in place from a checkpoint behind its last rows, TensorBoard hides the replaced history's events
     from the resumed step on, as metrics.csv drops its rows: every step once (its old events file kept them,

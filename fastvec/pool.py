@@ -2246,6 +2246,11 @@ class Pool:
 
     def __del__(self) -> None:
         try:
+            segment = self._segment
+            if segment is not None and getattr(segment, "_mmap", True) is None and self._state is not PoolState.CLOSED:
+                # the block was unmapped under the pool: in a garbage cycle, SharedMemory.__del__ (close()) can run
+                # before this one. No command can be issued (a write to the block would crash): tear down only
+                self._state = PoolState.BROKEN
             if self._state is not PoolState.CLOSED:
                 self.close(timeout=2.0)
             elif self._release_deferred:  # (closed by a signal handler, and never used since)

@@ -749,3 +749,33 @@ def test_a_broken_pool_closed_lets_go_of_its_block_while_the_object_lives() -> N
     venv.close()
     gc.collect()  # (an error raised through a frame that caught it as a name is in a reference cycle with it)
     assert _block_fds() == before and venv.pool._segment is None
+
+
+_DROPPED = """
+import gc, sys, time
+import psutil  # (as a user's script might: it changes the order the collector meets the cycle's objects in)
+import gymnasium as gym
+from fastvec.pool import Pool
+
+def make():
+    return gym.make("CartPole-v1")
+
+kw = {"batch_size": 2} if sys.argv[1] == "batches" else {}
+# the pool, dropped unclosed at once, is in a reference cycle: the collector frees it
+workers = [psutil.Process(pid) for pid in Pool([make] * 4, start_method="fork", num_workers=2, **kw).worker_pids]
+time.sleep(1.5)
+gc.collect()
+gone, alive = psutil.wait_procs(workers, timeout=10)
+print("collected", len(gone), len(alive), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["steps", "batches"])
+def test_a_pool_dropped_unclosed_is_collected_without_a_crash(kind: str) -> None:
+    """A Pool dropped without close() and freed by the cyclic garbage collector: its workers end and the process
+    goes on. The collector could finalize the shared block's SharedMemory first (unmapping it), and the pool's
+    __del__ then wrote its CLOSE command into the unmapped block: SIGSEGV."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.run([sys.executable, "-c", _DROPPED, kind], cwd=root, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": root})  # fmt: skip
+    assert child.returncode == 0 and "collected 1 0" in child.stdout, (child.returncode, child.stdout, child.stderr[-2000:])

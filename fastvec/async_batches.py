@@ -124,6 +124,7 @@ class AsyncBatches:
         self.issued = [0.0] * len(groups)  # per group: when its command was issued (kept with a step_timeout)
         self._local_objects: list | None = None  # the object parts of the own group's pending actions (or reset options)
         self._reset_options: list | None = None  # async_reset's options (a worker respawned in it needs them)
+        self._reset_payloads: dict | None = None  # async_reset's per-worker pickled options (ditto)
         self._own_passed = 0  # times a worker's group was taken while the own group waited to be stepped
         self._own_run: StepRun | None = None  # the own group's step, stopped between envs (_step_own)
         self._own_issued = 0  # when the own group's command was given (perf_counter_ns)
@@ -204,6 +205,7 @@ class AsyncBatches:
             own = self.groups[0]
             self._local_objects = options[own.start : own.stop]
         self._reset_options = options
+        self._reset_payloads = payloads  # (each worker's pickled options: a worker respawned in this reset needs them)
         self._give(list(range(len(self.groups))), Command.RESET, int(ResetFlag.HAS_OPTIONS) if options else 0, payloads)
 
     def send(self, actions: Any, env_ids: Any, per_env: bool = False) -> None:
@@ -442,7 +444,10 @@ class AsyncBatches:
         if len(inflight) > 1:  # (some group keeps being taken before the others)
             self._collected += 1
             if self._collected >= _CHECK_EVERY:
+                ready = len(self.ready)
                 self._check_workers_in_flight()
+                if len(self.ready) > ready:
+                    return  # workers respawned by the check: their groups' results are ready (the caller looks again)
         if first and 0 in inflight:
             # the own group steps now (this process would otherwise wait), unless a worker's group is done
             # already: that one is taken first, once at most (workers always done by the next recv() would
@@ -668,7 +673,14 @@ class AsyncBatches:
                 pool._break(error)
                 raise error
             resetting = command is Command.RESET
-            p = _Pending(command, "reset" if resetting else "step", slot, reset_options=self._reset_options if resetting else None)
+            p = _Pending(
+                command,
+                "reset" if resetting else "step",
+                slot,
+                arg=int(ResetFlag.HAS_OPTIONS) if resetting and self._reset_options else 0,
+                payloads=self._reset_payloads if resetting else None,
+                reset_options=self._reset_options if resetting else None,
+            )
             pool._respawn(position, p)  # its replacement does its share, and marks it done
             # (hung: ended past step_timeout, here or in an earlier call: _respawn reads the worker's mark)
             why = _restart_reason(pool.step_timeout if position in p.hung else None)

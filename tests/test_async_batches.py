@@ -953,3 +953,55 @@ def test_sb3_batches_hold_text_parts_as_its_synchronous_steps() -> None:
         assert isinstance(obs["word"], np.ndarray) and obs["word"].shape == (2,) and obs["word"].dtype.kind == "U"
     with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
         assert isinstance(venv.reset()["word"], np.ndarray)
+
+
+class _DiesInItsFirstReset(OptionsEcho):
+    """Env ``i``'s process dies in its first reset while ``flag`` exists (the file goes with it: its replacement's
+    reset works)."""
+
+    def __init__(self, i: int, flag: str):
+        super().__init__()
+        self.i, self.flag = i, flag
+
+    def reset(self, *, seed=None, options=None):
+        if self.i == 3 and os.path.exists(self.flag):
+            os.remove(self.flag)
+            os._exit(3)
+        return super().reset(seed=seed, options=options)
+
+
+def test_a_worker_replaced_in_async_reset_resets_its_envs_with_their_options(tmp_path) -> None:
+    """A worker that dies in async_reset() (on_error="restart"): its replacement resets the envs with the seeds and
+    the options they were given, as reset() does (the options were dropped)."""
+    flag = tmp_path / "die"
+    flag.touch()
+    fns = [partial(_DiesInItsFirstReset, i, str(flag)) for i in range(4)]
+    with Pool(fns, batch_size=2, num_workers=2, step_in_parent=False, on_error="restart", start_method="fork") as pool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pool.async_reset([100, 101, 102, 103], options=[{"x": i} for i in range(4)])
+            infos = {}
+            for _ in range(2):
+                batch = pool.recv()
+                infos.update(batch.reset_infos)
+    assert not flag.exists()  # (env 3's worker died once)
+    assert {i: info["options"] for i, info in infos.items()} == {i: {"x": i} for i in range(4)}
+
+
+def test_a_check_that_replaces_every_worker_in_flight_returns_their_groups() -> None:
+    """recv() every 0.15 s while every worker in flight dies (on_error="restart"): the periodic check of the workers
+    in flight, which respawns them, can find every one dead; their groups come back restarted (recv() went on to
+    wait for no worker at all: ValueError "done_index is empty", or "min() arg is an empty sequence")."""
+    fns = [partial(envs.FailingEnv, "die", 2)] * 2
+    options = {"num_workers": 2, "step_in_parent": False, "on_error": "restart"}
+    with Pool(fns, batch_size=1, start_method="fork", **options) as pool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            pool.async_reset()
+            restarted = 0
+            for _ in range(16):
+                time.sleep(0.15)  # (both workers done or dead when recv() looks)
+                batch = pool.recv()
+                restarted += len(batch.restarted)
+                pool.send(np.zeros(1, np.int64), batch.env_ids)
+    assert restarted >= 4

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastvec import kernels
-from fastvec.batch import _EMPTY, sort_extras
+from fastvec.batch import _EMPTY, Batch, sort_extras
 from fastvec.checks import ActionWriter
 from fastvec.errors import (
     AlreadyPendingCallError,
@@ -92,6 +92,9 @@ class AsyncBatch:
             self._pool._check_final_obs()
             return self.final_obs[i]
         return self._pool.terminal_observation(i)  # (which checks the mode itself)
+
+    # (those of the envs whose episode ended, in one call: as a synchronous Batch gives them)
+    terminal_observations = Batch.terminal_observations
 
 
 class AsyncBatches:

@@ -330,10 +330,13 @@ class VectorEnv(gym.vector.VectorEnv):
         in SAME_STEP mode; None in the others), restarts."""
         infos: dict[str, Any] = {}
         batched = _BatchInfos(len(batch.env_ids))  # gymnasium's info batching, over the batch's envs
-        for k, i in enumerate(batch.env_ids.tolist()):
+        ids = batch.env_ids.tolist()
+        ended = [i for i, d in zip(ids, done) if d] if done is not None else []
+        finals = dict(zip(ended, batch.terminal_observations(ended))) if ended else {}  # (copied in one call)
+        for k, i in enumerate(ids):
             info = dict(batch.infos.get(i, {}))
             if done is not None and done[k]:
-                info = {"final_info": info, "final_obs": batch.terminal_observation(i), **batch.reset_infos.get(i, {})}
+                info = {"final_info": info, "final_obs": finals[i], **batch.reset_infos.get(i, {})}
             elif i in batch.reset_infos:
                 info.update(batch.reset_infos[i])
             if i in batch.restarted:

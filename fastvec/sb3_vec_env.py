@@ -186,10 +186,10 @@ class SubprocVecEnv(_VecEnvBase):
                     info["TimeLimit.truncated"] = False
                     infos[k] = info
         terminated, truncated = batch.terminated, batch.truncated
-        for k in ended:  # (the rows whose episode ended)
+        finals = batch.terminal_observations([ids[k] for k in ended]) if ended else ()  # (copied in one call)
+        for k, final in zip(ended, finals):  # (the rows whose episode ended)
             i = ids[k]
             infos[k]["TimeLimit.truncated"] = truncated.item(k) and not terminated.item(k)
-            final = batch.terminal_observation(i)
             infos[k]["terminal_observation"] = _native(final) if self._swap else final
             self.reset_infos[i] = batch.reset_infos.get(i, {})
         if batch.restarted:

@@ -195,6 +195,7 @@ class Trainer:
         self.in_place = False  # resuming the run of the run folder itself: its metrics and best.pt go on
         self.checkpoint: tuple[Path, int] | None = None  # the run folder's newest checkpoint to resume from, and its step
         self.resumed_at: int | None = None  # the step a resumed run started from
+        self.resumed_episodes = False  # whether its checkpoint held the finished episodes
 
         # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic); every rank samples its own actions
         seed = self.dist.seed(config.seed)
@@ -302,6 +303,7 @@ class Trainer:
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
             self.resumed_at = self.global_step
             episodes = state.get("episodes")  # (a checkpoint written before they were kept has none)
+            self.resumed_episodes = episodes is not None
             if episodes is not None:
                 self.episodes.restore(
                     int(episodes["count"]), episodes["steps"].numpy(), episodes["returns"].numpy(), episodes["lengths"].numpy()
@@ -771,6 +773,11 @@ class Trainer:
             kept = _summary_of(self.run_dir, self.global_step)
             if kept is not None:  # the run's own verdict (this part has none: it would say "NOT SOLVED ... nan")
                 return kept
+            if self.resumed_episodes and not self.dist.enabled:  # (distributed: all ranks would have to agree)
+                # a run stopped while it wrote its last files (after final.pt, before summary.json): they are
+                # written now, from the checkpoint (its episodes give the curve, the window's mean and "solved";
+                # a checkpoint without them would make a verdict up)
+                keep = False
         if not keep:
             self._save("final.pt")
         eval_returns = np.zeros(0)

@@ -134,6 +134,31 @@ def test_a_resume_whose_budget_is_spent_says_so(tmp_path, capsys) -> None:
     assert "nothing to train" not in capsys.readouterr().err
 
 
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_a_resume_in_place_writes_the_summary_a_run_stopped_before(tmp_path) -> None:
+    """A run stopped after final.pt but before its summary and curve (a SIGTERM in its last moments), resumed in its
+    own folder with its budget spent: nothing is trained, and the missing summary and curve are written, from the
+    checkpoint (they were never written: the resume wrote nothing, by design, and the summary stayed missing)."""
+    import json
+
+    common = dict(runs_dir=str(tmp_path), run_name="x", num_envs=2, num_steps=64, vec_backend="serial", progress=False,
+                  tensorboard=False, eval_episodes=0, stop_when_solved=False, total_timesteps=1024)  # fmt: skip
+    with Trainer(Config(**common)) as first:
+        summary = first.run()
+    run = tmp_path / "x"
+    for name in ("summary.json", "learning_curve.png"):
+        (run / name).unlink()
+    with Trainer(Config(resume=str(run), **common)) as again:
+        resumed = again.run()
+    assert not resumed["trained"] and resumed["global_step"] == 1024
+    written = json.loads((run / "summary.json").read_text())
+    assert written["episodes"] == summary["episodes"] and written["mean_return_100"] == pytest.approx(summary["mean_return_100"])
+    assert (run / "learning_curve.png").is_file()
+    with Trainer(Config(resume=str(run), **common)) as third:  # (now the run's own summary is kept as it is)
+        assert third.run()["episodes"] == summary["episodes"]
+    assert json.loads((run / "summary.json").read_text()) == written
+
+
 @pytest.mark.one_pass  # the serial backend, or the references: no fastvec kernels
 def test_a_run_folder_resumes_from_its_newest_state(tmp_path) -> None:
     """A finished run's folder holds latest.pt from an earlier iteration and final.pt: resuming takes

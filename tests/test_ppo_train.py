@@ -263,13 +263,20 @@ def test_a_run_name_that_holds_a_run_is_refused_unless_that_run_resumes_in_place
     summary = main([*with_tensorboard, "--total-timesteps", "160", "--resume", str(run / "final.pt")])
     assert {name: (run / name).read_bytes() for name in written} == written and sorted(p.name for p in run.iterdir()) == files
     assert summary == json.loads(written["summary.json"])  # the run's own verdict (it said "NOT SOLVED ... nan")
-    # a run interrupted before it wrote its summary (or one left by an earlier part): no verdict is made up
-    (run / "summary.json").unlink()
+    # a run interrupted before it wrote its summary: written from the checkpoint's episodes, or, for a checkpoint
+    # without them (written before they were kept), not at all: no verdict is made up
     from ppo.train import describe
 
+    (run / "summary.json").unlink()
     summary = main([*common, "--total-timesteps", "160", "--resume", str(run)])
     assert not summary["trained"] and describe(summary).startswith("Nothing trained on CartPole-v1: the checkpoint has 160")
-    assert not (run / "summary.json").exists()
+    assert json.loads((run / "summary.json").read_text())["episodes"] == json.loads(written["summary.json"])["episodes"]
+    (run / "summary.json").unlink()
+    old = torch.load(run / "final.pt", weights_only=True)
+    del old["episodes"]
+    torch.save(old, run / "final.pt")
+    summary = main([*common, "--total-timesteps", "160", "--resume", str(run)])
+    assert not summary["trained"] and not (run / "summary.json").exists()
 
 
 def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path) -> None:

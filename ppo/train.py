@@ -196,6 +196,7 @@ class Trainer:
         self.checkpoint: tuple[Path, int] | None = None  # the run folder's newest checkpoint to resume from, and its step
         self.resumed_at: int | None = None  # the step a resumed run started from
         self.resumed_episodes = False  # whether its checkpoint held the finished episodes
+        self.wall_offset = 0.0  # a resumed run's: the training time before its checkpoint (wall_s goes on from it)
 
         # Seeding: same seed, same run on CPU (CleanRL's torch_deterministic); every rank samples its own actions
         seed = self.dist.seed(config.seed)
@@ -302,6 +303,7 @@ class Trainer:
                 self.dist.restore_rng_state(state.get("torch_rng_states"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
             self.resumed_at = self.global_step
+            self.wall_offset = float(state.get("wall_s", 0.0))
             episodes = state.get("episodes")  # (a checkpoint written before they were kept has none)
             self.resumed_episodes = episodes is not None
             if episodes is not None:
@@ -479,7 +481,7 @@ class Trainer:
     def _check_solved(self) -> bool:
         """Note when the task first got solved; True when the run should stop now (``stop_when_solved``)."""
         if self.solved_at is None and self._solved():
-            self.solved_at = (self.global_step, time.perf_counter() - self._start)
+            self.solved_at = (self.global_step, self.wall_offset + time.perf_counter() - self._start)
             return self.config.stop_when_solved
         return False
 
@@ -657,7 +659,7 @@ class Trainer:
             metrics: dict[str, Any] = {
                 "iteration": self.iteration,
                 "global_step": self.global_step,
-                "wall_s": round(elapsed, 4),
+                "wall_s": round(self.wall_offset + elapsed, 4),  # (a resumed run's: from its checkpoint's time on)
                 "sps": (self.global_step - start_step) / max(elapsed, 1e-9),
                 "mean_return_100": mean_return,
                 "mean_length_100": self.episodes.mean_length(),
@@ -740,6 +742,7 @@ class Trainer:
         extra["episodes"] = {"count": self.episodes.count, "steps": steps, "returns": returns, "lengths": lengths}
         if self.solved_at is not None:
             extra["solved_at"] = self.solved_at
+        extra["wall_s"] = self.wall_offset + time.perf_counter() - self._start
         path = save_checkpoint(
             self.run_dir / name,
             self.agent,

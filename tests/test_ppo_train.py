@@ -296,6 +296,9 @@ def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert [int(r["global_step"]) for r in rows] == [32, 64, 96, 128]
+    # wall_s goes on from the checkpoint's time (it began again from 0: a plot against it went backwards)
+    walls = [float(r["wall_s"]) for r in rows]
+    assert walls == sorted(walls) and walls[2] > walls[1] > 0, walls
     assert rows[:2] == [dict(r, **{k: "" for k in rows[0] if k not in r}) for r in before[:2]]
     assert "fastvec_busy_shard0" in rows[0] and rows[0]["fastvec_busy_shard0"] == "" and rows[3]["fastvec_busy_shard0"]
 

@@ -223,6 +223,8 @@ class Config:
             raise ValueError("solve_return must be a number or None, got nan")
         if not self.hidden_sizes or any(size < 1 for size in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be one or more layer widths >= 1, got {self.hidden_sizes}")
+        if self.num_workers is not None and self.num_workers < 0:  # (fastvec's own message says "positive": 0 is ppo's)
+            raise ValueError(f"num_workers must be >= 0 (0: every env in the learner's process) or unset, got {self.num_workers}")
         for name in ("checkpoint_interval", "eval_episodes", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -157,6 +157,7 @@ def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_pat
         ("collective_timeout_s", float("inf")),
         ("collective_timeout_s", float("nan")),
         ("solve_return", float("nan")),
+        ("num_workers", -1),  # (fastvec said "a positive int", though 0 is ppo's every env in the learner's process)
     ],
 )
 def test_settings_that_would_train_wrongly_are_refused_by_name(name: str, value) -> None:
@@ -167,6 +168,7 @@ def test_settings_that_would_train_wrongly_are_refused_by_name(name: str, value)
 def test_defaults_and_edge_values_validate() -> None:
     Config().validate()
     Config(ent_coef=-0.01, clip_coef=0.0, vf_coef=0.0, target_kl=None, checkpoint_interval=0, eval_episodes=0).validate()
+    Config(num_workers=0).validate()
 
 
 def test_learning_rate_scales_with_the_envs_of_every_rank() -> None:

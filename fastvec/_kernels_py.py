@@ -397,6 +397,9 @@ def _watched_done(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, w
 
 
 def _check_watch(words: np.ndarray, done_index: np.ndarray, watch: np.ndarray) -> None:
+    for what, array in (("words", words), ("done_index", done_index), ("watch", watch)):
+        if not len(array):  # (as the compiled kernels' data_of)
+            raise ValueError(f"{what} is empty")
     for k in watch.tolist():
         if k < 0 or k >= len(done_index):
             raise IndexError(f"watched worker {k} outside {len(done_index)} workers")

@@ -702,3 +702,5 @@ def test_step_watching_stops_between_envs_once_a_watched_worker_is_done(k) -> No
         k.step_watching([], fns, np.arange(5), 5, words, done_index, seqs, np.array([2], np.intp), later)
     with pytest.raises(IndexError):
         k.watch_stops(words, np.array([3, 16], np.intp), seqs, watch, later)
+    with pytest.raises(ValueError, match="watch is empty"):  # (the pool watches only when a worker is in flight)
+        k.watch_stops(words, done_index, seqs, np.zeros(0, np.intp), later)

@@ -704,3 +704,10 @@ def test_step_watching_stops_between_envs_once_a_watched_worker_is_done(k) -> No
         k.watch_stops(words, np.array([3, 16], np.intp), seqs, watch, later)
     with pytest.raises(ValueError, match="watch is empty"):  # (the pool watches only when a worker is in flight)
         k.watch_stops(words, done_index, seqs, np.zeros(0, np.intp), later)
+    # the same checks in both: dtypes, and a count for every worker
+    with pytest.raises(ValueError, match="watch has dtype int32"):
+        k.watch_stops(words, done_index, seqs, np.array([0], np.int32), later)
+    with pytest.raises(ValueError, match="words has dtype int64"):
+        k.step_watching([], fns, np.arange(5), 5, words.astype(np.int64), done_index, seqs, watch, later)
+    with pytest.raises(ValueError, match="seqs has 1 words for 2 workers"):
+        k.watch_stops(words, done_index, seqs[:1], np.array([0], np.intp), later)

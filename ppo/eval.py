@@ -193,6 +193,12 @@ def main(argv: list[str] | None = None) -> float:
         raise SystemExit(f"ppo.eval: --device {args.device!r} is no torch device ({exc})") from None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"ppo.eval: --device {args.device} was asked for, but torch sees no CUDA device")
+    device = torch.device(args.device)
+    usable = (device.type == "cpu" and device.index in (None, 0)) or (
+        device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
+    )
+    if not usable:
+        raise SystemExit(f"ppo.eval: --device {args.device!r} cannot be used here (cpu, cuda or cuda:N of the GPUs torch sees)")
     torch.set_num_threads(1)
     try:
         agent, config, state = load_agent(args.run, args.checkpoint, args.device)

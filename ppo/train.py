@@ -854,8 +854,14 @@ class Trainer:
 
     def __exit__(self, kind: type | None, *exc: Any) -> None:
         global _RUNNING
-        _RUNNING = None
-        self.close(abort=kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)))
+        try:  # (_RUNNING stays while the envs close: a SIGTERM then still names the run's checkpoint)
+            try:
+                self.close(abort=kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)))
+            except (KeyboardInterrupt, SystemExit):  # an interrupt while the envs closed: end the rest at once
+                self.backend.abort()
+                raise
+        finally:
+            _RUNNING = None
 
 
 def train(config: Config) -> dict[str, Any]:

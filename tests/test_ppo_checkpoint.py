@@ -276,6 +276,9 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
     # a mistyped device, a negative seed: named (the device was blamed on the checkpoint, the seed a traceback)
     with pytest.raises(SystemExit, match=r"^ppo.eval: --device 'cpux' is no torch device"):
         main([str(tmp_path / "a"), "--device", "cpux"])
+    for device in ("cpu:1", "meta"):  # (torch parses them; this process cannot use them)
+        with pytest.raises(SystemExit, match=rf"^ppo.eval: --device '{device}' cannot be used here"):
+            main([str(tmp_path / "a"), "--device", device])
     with pytest.raises(SystemExit, match=r"^ppo.eval: --seed must be >= 0"):
         main([str(tmp_path / "a"), "--seed", "-5"])
     # a run whose env cannot be made here (its module not importable in this shell): one line naming the env
@@ -375,6 +378,26 @@ def test_an_episode_history_that_cannot_be_the_last_of_its_episodes_is_refused()
     assert tracker.count == 7 and tracker.mean_return() == pytest.approx((2 + 3 + 4 + 9) / 4)
     with pytest.raises(ValueError, match="cannot hold the last of 6 episodes"):
         tracker.restore(6, np.arange(3), np.ones(3), np.ones(3, np.int64))  # fewer than the window
+
+
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_a_sigterm_while_the_envs_close_names_the_runs_checkpoint(tmp_path) -> None:
+    """SIGTERM's message while a finished run closes its envs (a slow env close, a preemption at the end) names the
+    run's final.pt: it said "stopped by SIGTERM before training began"."""
+    from ppo import train
+
+    said = []
+    with Trainer(Config(run_name="s", **_tiny(tmp_path))) as trainer:
+        trainer.run()
+        close = trainer.backend.close
+
+        def closing() -> None:
+            said.append(train._resume_advice(train._RUNNING))
+            close()
+
+        trainer.backend.close = closing
+    assert said and "final.pt (step 32) is kept: --resume" in said[0], said
+    assert train._RUNNING is None
 
 
 @pytest.mark.parametrize("backend", ["gym-async", "sb3-subproc"])

@@ -971,6 +971,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         with _start(config) as trainer:
             summary = trainer.run()
+    except (SystemExit, KeyboardInterrupt):
+        # an interrupt before the trainer held its engine (SIGTERM while SB3's SubprocVecEnv starts its workers):
+        # a reference engine's forked workers ignore a first SIGTERM (_stop_on_sigterm), so multiprocessing's exit
+        # hook, which terminate()s and joins them, would wait for ever; they are killed here
+        import multiprocessing
+
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join(5.0)
+        raise
     finally:
         if previous is not None:  # (main() called from a program: its own handling back)
             signal.signal(signal.SIGTERM, previous)

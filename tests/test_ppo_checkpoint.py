@@ -442,3 +442,54 @@ def test_sigterm_to_the_process_group_stops_a_run_on_a_reference_backend_cleanly
         assert "no checkpoint was written (--checkpoint-interval 0 writes one at the end only)" in err, err
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+_SLOW_MAKE = """
+import multiprocessing, time
+import gymnasium as gym
+from gymnasium.envs.classic_control import CartPoleEnv
+
+class SlowMake(CartPoleEnv):
+    def __init__(self, **kw):
+        if multiprocessing.parent_process() is not None:  # (in the engine's workers only)
+            time.sleep(4.0)
+        super().__init__(**kw)
+
+gym.register("SlowMake-v0", entry_point=SlowMake, max_episode_steps=500)
+"""
+
+
+def test_sigterm_while_a_reference_engine_starts_its_workers_ends_the_run(tmp_path) -> None:
+    """SIGTERM to the trainer while SB3's SubprocVecEnv is still making its envs: the run ends with exit code 143
+    (it hung: the workers, which ignore a first SIGTERM, were never killed, and multiprocessing's exit hook waited
+    for them)."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    (tmp_path / "slow_make.py").write_text(_SLOW_MAKE)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["--env-id", "slow_make:SlowMake-v0", "--vec-backend", "sb3-subproc", "--num-envs", "2", "--runs-dir",
+            str(tmp_path / "runs"), "--no-progress", "--no-tensorboard"]  # fmt: skip
+    child = subprocess.Popen([sys.executable, "-m", "ppo.train", *args], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env={**os.environ, "PYTHONPATH": f"{root}:{tmp_path}"})  # fmt: skip
+    try:
+        waited = time.monotonic()
+        while len(psutil.Process(child.pid).children()) < 2:
+            assert child.poll() is None and time.monotonic() - waited < 60, child.communicate()
+            time.sleep(0.05)
+        workers = psutil.Process(child.pid).children()
+        time.sleep(0.5)  # (the workers make their envs; the trainer waits for their spaces)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM before training began" in err and "Traceback" not in err, err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive

@@ -589,11 +589,14 @@ class AsyncBatches:
         each env would only leave its own group further behind (a step of 8 envs over 8 recv() calls,
         against a worker's 8 steps). None: no worker in flight."""
         first = self.first_remote
-        key = tuple(position - first for position in self.inflight if position >= first)
+        # (sorted: the sets of workers in flight, not their orders, are cached, so the cache stays small)
+        key = tuple(sorted(position - first for position in self.inflight if position >= first))
         if not key:
             return None
         watched = self._watched.get(key)
         if watched is None:
+            if len(self._watched) >= 64:  # (many workers, many sets: made anew rather than kept)
+                self._watched.clear()
             watched = self._watched[key] = np.array(key, dtype=np.intp)
         pool = self.pool
         return pool._control, pool._done_index, pool._seqs, watched, self._own_issued + 2 * self._own_step_ns

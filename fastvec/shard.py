@@ -216,7 +216,7 @@ class Shard:
         append = results.append
         entered = len(results)
         while True:  # (from the env after the one that raised, until every env stepped)
-            if watch is not None and entered < len(results) < stop and kernels.watch_stops(*watch):
+            if watch is not None and not timing and entered < len(results) < stop and kernels.watch_stops(*watch):
                 break  # (after an env that raised: the kernel checks after the others)
             try:
                 if timing:  # (the kernel reads the clock around each env's step)

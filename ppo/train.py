@@ -707,8 +707,13 @@ class Trainer:
         if further:
             further += [path for path in (self.run_dir / "summary.json", self.run_dir / "learning_curve.png") if path.is_file()]
         for path in further:
-            os.replace(path, path.with_name(path.name + ".replaced"))
-            print(f"note: {path.name} was of the history this run replaces: now {path.name}.replaced", file=sys.stderr)
+            aside = path.with_name(path.name + ".replaced")
+            for n in itertools.count(2):  # (an earlier rewind's are kept too)
+                if not aside.exists():
+                    break
+                aside = path.with_name(f"{path.name}.replaced.{n}")
+            os.replace(path, aside)
+            print(f"note: {path.name} was of the history this run replaces: now {aside.name}", file=sys.stderr)
 
     def _nothing_to_train_in_place(self) -> bool:
         """Resuming in place a run that has trained its whole budget: nothing is trained, and nothing of the
@@ -953,6 +958,8 @@ def _resume_advice(trainer: Trainer | None) -> str:
         return ""
     if trainer.checkpoint is None:
         when = " (--checkpoint-interval 0 writes one at the end only)" if not config.checkpoint_interval else " yet"
+        if config.resume is not None:  # (a resume into a new folder: the command can be run again as it was)
+            return f"; no checkpoint of this run was written{when}: the same command starts it again from {config.resume}"
         return f"; no checkpoint was written{when}: this run cannot be resumed"
     path, step = trainer.checkpoint
     runs_dir = "" if config.runs_dir == Config.runs_dir else f" --runs-dir {config.runs_dir}"

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -398,6 +399,12 @@ def test_a_sigterm_while_the_envs_close_names_the_runs_checkpoint(tmp_path) -> N
         trainer.backend.close = closing
     assert said and "final.pt (step 32) is kept: --resume" in said[0], said
     assert train._RUNNING is None
+    # stopped before the first checkpoint of a run resumed into a new folder: the same command starts it again
+    resumed = SimpleNamespace(run_dir=tmp_path / "t", checkpoint=None, config=Config(resume=str(tmp_path / "s")))
+    assert train._resume_advice(resumed) == (
+        "; no checkpoint of this run was written (--checkpoint-interval 0 writes one at the end only): the same "
+        f"command starts it again from {tmp_path / 's'}"
+    )
 
 
 @pytest.mark.parametrize("backend", ["gym-async", "sb3-subproc"])

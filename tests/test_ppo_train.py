@@ -335,6 +335,11 @@ def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_hist
     assert find_checkpoint(run).name == "latest.pt"
     state = torch.load(run / "latest.pt", map_location="cpu", weights_only=True)
     assert state["iteration"] == 2 and not all(torch.equal(state["agent"][k], v) for k, v in replaced.items())
+    # finished, then back again: the first rewind's set-aside files stay beside the second's
+    monkeypatch.setattr(train.Trainer, "collect_rollout", collect)
+    train.main([*common, "--total-timesteps", "160", "--resume", str(run)])  # latest.pt at 4, final.pt at 5
+    train.main([*common, "--total-timesteps", "192", "--resume", str(run / "latest.pt")])  # (final.pt at 5 set aside)
+    assert {"final.pt.replaced", "final.pt.replaced.2", "summary.json.replaced.2"} <= {p.name for p in run.iterdir()}
 
 
 def test_a_run_resumed_in_place_shows_each_step_once_in_tensorboard(tmp_path) -> None:

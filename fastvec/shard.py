@@ -214,10 +214,7 @@ class Shard:
             if stop < len(step_fns):
                 step_fns = step_fns[:stop]
         append = results.append
-        entered = len(results)
         while True:  # (from the env after the one that raised, until every env stepped)
-            if watch is not None and not timing and entered < len(results) < stop and kernels.watch_stops(*watch):
-                break  # (after an env that raised: the kernel checks after the others)
             try:
                 if timing:  # (the kernel reads the clock around each env's step)
                     kernels.step_into(results, step_fns, actions, len(results), self.env_step_ns, start, TIMING_EVERY)
@@ -234,12 +231,16 @@ class Shard:
                     except ShardError as err:  # its re-creation failed too: reported, the others still step
                         errors = (errors or []) + [err]
                         append(None)
-                        continue
-                    restarted = restarted or set()
-                    restarted.add(j)
+                    else:
+                        restarted = restarted or set()
+                        restarted.add(j)
                 else:  # the other envs still step, as each would in its own process; every error is reported
                     errors = (errors or []) + [ShardError(start + j, "step", exc)]
                     append(None)
+                # (after an env that raised, the step in parts may stop: the kernel checks only after the others;
+                # checked here, not at the loop's top, so the usual step runs no check at all)
+                if watch is not None and not timing and len(results) < stop and kernels.watch_stops(*watch):
+                    break
         if run is not None:
             run.restarted, run.errors = restarted, errors
             return None

@@ -33,6 +33,7 @@ import importlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -971,6 +972,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
     previous = None
+    children = set(multiprocessing.active_children())  # (a calling program's own: never ended here)
     if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's)
         global _SIGTERM_OWNER
         _SIGTERM_OWNER = os.getpid()
@@ -981,10 +983,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (SystemExit, KeyboardInterrupt):
         # an interrupt before the trainer held its engine (SIGTERM while SB3's SubprocVecEnv starts its workers):
         # a reference engine's forked workers ignore a first SIGTERM (_stop_on_sigterm), so multiprocessing's exit
-        # hook, which terminate()s and joins them, would wait for ever; they are killed here
-        import multiprocessing
-
-        for child in multiprocessing.active_children():
+        # hook, which terminate()s and joins them, would wait for ever; the processes this run started are killed
+        for child in set(multiprocessing.active_children()) - children:
             child.kill()
             child.join(5.0)
         raise

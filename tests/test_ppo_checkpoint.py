@@ -500,3 +500,26 @@ def test_sigterm_while_a_reference_engine_starts_its_workers_ends_the_run(tmp_pa
     assert "stopped by SIGTERM before training began" in err and "Traceback" not in err, err
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+def test_an_interrupted_main_leaves_the_calling_programs_own_processes_alone(monkeypatch) -> None:
+    """ppo.train's main() called from a program, and interrupted: it kills the processes its run started (a reference
+    engine's workers, which ignore a first SIGTERM), not the program's own."""
+    import multiprocessing
+
+    from ppo import train
+
+    own = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,), daemon=True)
+    own.start()
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_start", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--total-timesteps", "64"])
+        assert own.is_alive()
+    finally:
+        own.kill()
+        own.join()

@@ -311,7 +311,8 @@ class Trainer:
                 self.episodes.restore(
                     int(episodes["count"]), episodes["steps"].numpy(), episodes["returns"].numpy(), episodes["lengths"].numpy()
                 )
-            if state.get("solved_at") is not None:
+            # (a "solved" measured against another threshold is not this run's: it is looked for again)
+            if state.get("solved_at") is not None and state.get("solve_return") == self.solve_return:
                 step, wall = state["solved_at"]
                 self.solved_at = (int(step), float(wall))
             if self.global_step >= config.total_timesteps and self.dist.is_main:  # (the run still writes its files)
@@ -319,6 +320,12 @@ class Trainer:
                     f"note: --resume {config.resume} has trained {self.global_step:,} steps, the whole budget "
                     f"(--total-timesteps {config.total_timesteps:,}): nothing to train; pass a larger "
                     "--total-timesteps to train on",
+                    file=sys.stderr,
+                )
+            elif self._done_before() and self.dist.is_main:
+                print(
+                    f"note: --resume {config.resume} solved {config.env_id} at step {self.solved_at[0]:,} "  # type: ignore[index]
+                    "and --stop-when-solved is on: nothing to train; pass --no-stop-when-solved to train on",
                     file=sys.stderr,
                 )
         # distributed: the update's forward runs through DistributedDataParallel, which averages the gradients
@@ -632,7 +639,7 @@ class Trainer:
         self._start = start = time.perf_counter()
         start_step = self.global_step
         no_update = dict.fromkeys(_UPDATE_STATS, math.nan)
-        while self.global_step < config.total_timesteps:
+        while self.global_step < config.total_timesteps and not (self.resumed_at is not None and self._done_before()):
             self.iteration += 1
             # Linear decay of lr (and clip) to 0 over the horizon (PPO paper's Atari setting; rl-zoo CartPole)
             remaining = max(0.0, 1.0 - self.global_step / horizon)
@@ -716,10 +723,18 @@ class Trainer:
             os.replace(path, aside)
             print(f"note: {path.name} was of the history this run replaces: now {aside.name}", file=sys.stderr)
 
+    def _done_before(self) -> bool:
+        """A resumed run whose checkpoint finished it: its budget trained, or the task solved (against this
+        run's threshold) with ``stop_when_solved``. Nothing is trained."""
+        if self.resumed_at is None:
+            return False
+        solved = self.solved_at is not None and self.config.stop_when_solved
+        return solved or self.resumed_at >= self.config.total_timesteps
+
     def _nothing_to_train_in_place(self) -> bool:
         """Resuming in place a run that has trained its whole budget: nothing is trained, and nothing of the
         run's folder is written (its summary and curve would describe an empty part)."""
-        return self.in_place and self.resumed_at is not None and self.resumed_at >= self.config.total_timesteps
+        return self.in_place and self._done_before()
 
     def _kept_best(self) -> float | None:
         """Resuming in place: the mean return of the run's best.pt, which stays unless beaten (None: no best.pt
@@ -748,6 +763,7 @@ class Trainer:
         extra["episodes"] = {"count": self.episodes.count, "steps": steps, "returns": returns, "lengths": lengths}
         if self.solved_at is not None:
             extra["solved_at"] = self.solved_at
+            extra["solve_return"] = self.solve_return  # (the threshold it was solved against)
         extra["wall_s"] = self.wall_offset + time.perf_counter() - self._start
         path = save_checkpoint(
             self.run_dir / name,
@@ -782,7 +798,8 @@ class Trainer:
             kept = _summary_of(self.run_dir, self.global_step)
             if kept is not None:  # the run's own verdict (this part has none: it would say "NOT SOLVED ... nan")
                 return kept
-            if self.resumed_episodes and not self.dist.enabled:  # (distributed: all ranks would have to agree)
+            newest = find_checkpoint(self.run_dir)  # (a rewind behind it: the run's own files stay as they are)
+            if self.resumed_episodes and not self.dist.enabled and checkpoint_step(newest) <= self.global_step:
                 # a run stopped while it wrote its last files (after final.pt, before summary.json): they are
                 # written now, from the checkpoint (its episodes give the curve, the window's mean and "solved";
                 # a checkpoint without them would make a verdict up)
@@ -881,7 +898,8 @@ def describe(summary: dict[str, Any]) -> str:
     env = summary["env_id"]
     mean = summary["mean_return_100"]
     mean = "(none: no episode ended)" if mean is None or not math.isfinite(mean) else f"{mean:.1f}"
-    if not summary.get("trained", True):  # (no verdict: what the checkpoint's run did is not known here)
+    trained = summary.get("trained", True)
+    if not trained and not summary["solved"]:  # (no verdict: the checkpoint's run's budget was spent)
         return (
             f"Nothing trained on {env}: the checkpoint has {summary['global_step']:,} steps, the whole budget"
             f"\nrun folder: {summary['run_dir']}"
@@ -901,7 +919,10 @@ def describe(summary: dict[str, Any]) -> str:
             f"NOT SOLVED {env}: the budget of {summary['global_step']:,} steps ended with a mean return of the "
             f"last 100 episodes of {mean} (< {summary['solve_return']:g})"
         )
-    text += f"; {summary['train_wall_s']:.2f} s training at {summary['sps']:,.0f} steps/s"
+    if trained:
+        text += f"; {summary['train_wall_s']:.2f} s training at {summary['sps']:,.0f} steps/s"
+    else:  # (a resume of a run solved before its checkpoint, with --stop-when-solved)
+        text += "; nothing more trained (the checkpoint's run was solved)"
     if summary["eval_mean_return"] is not None:
         text += f"; deterministic eval {summary['eval_mean_return']:.1f} over {summary['eval_episodes']} episodes"
     return text + f"\nrun folder: {summary['run_dir']}"
@@ -959,8 +980,9 @@ def _resume_advice(trainer: Trainer | None) -> str:
         return ""
     if trainer.checkpoint is None:
         when = " (--checkpoint-interval 0 writes one at the end only)" if not config.checkpoint_interval else " yet"
-        if config.resume is not None:  # (a resume into a new folder: the command can be run again as it was)
-            return f"; no checkpoint of this run was written{when}: the same command starts it again from {config.resume}"
+        if config.resume is not None:  # (a resume into a new folder: it can be started again from its checkpoint)
+            again = "the same command" if config.run_name is None else f"the same command, once {run_dir} is removed,"
+            return f"; no checkpoint of this run was written{when}: {again} starts it again from {config.resume}"
         return f"; no checkpoint was written{when}: this run cannot be resumed"
     path, step = trainer.checkpoint
     runs_dir = "" if config.runs_dir == Config.runs_dir else f" --runs-dir {config.runs_dir}"

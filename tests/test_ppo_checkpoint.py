@@ -349,10 +349,9 @@ def test_a_resumed_run_goes_on_from_the_episodes_of_the_run_it_resumes(tmp_path)
     resume, and a run solved before its checkpoint was "not solved" once resumed)."""
     common = dict(
         runs_dir=str(tmp_path), num_envs=2, num_steps=64, vec_backend="serial", progress=False,
-        tensorboard=False, eval_episodes=0, stop_when_solved=False,
+        tensorboard=False, eval_episodes=0, stop_when_solved=False, solve_return=10.0,  # (a random policy reaches it)
     )  # fmt: skip
     with Trainer(Config(run_name="first", total_timesteps=4096, **common)) as first:
-        first.solve_return = 10.0  # (a random CartPole policy reaches it: solved before the checkpoint)
         summary = first.run()
         steps, returns, lengths = first.episodes.history()
         window = first.episodes.mean_return()
@@ -362,7 +361,6 @@ def test_a_resumed_run_goes_on_from_the_episodes_of_the_run_it_resumes(tmp_path)
         again = second.episodes.history()
         for a, b in zip(again, (steps, returns, lengths)):
             np.testing.assert_array_equal(a, b)
-        second.solve_return = 10.0
         resumed = second.run()
         after = second.episodes.history()
     assert resumed["solved"] and resumed["solve_step"] == summary["solve_step"]
@@ -405,6 +403,8 @@ def test_a_sigterm_while_the_envs_close_names_the_runs_checkpoint(tmp_path) -> N
         "; no checkpoint of this run was written (--checkpoint-interval 0 writes one at the end only): the same "
         f"command starts it again from {tmp_path / 's'}"
     )
+    named = SimpleNamespace(run_dir=tmp_path / "t", checkpoint=None, config=Config(resume=str(tmp_path / "s"), run_name="t"))
+    assert f"the same command, once {tmp_path / 't'} is removed, starts it again from" in train._resume_advice(named)
 
 
 @pytest.mark.parametrize("backend", ["gym-async", "sb3-subproc"])
@@ -523,3 +523,39 @@ def test_an_interrupted_main_leaves_the_calling_programs_own_processes_alone(mon
     finally:
         own.kill()
         own.join()
+
+
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_resumes_of_a_finished_run_keep_what_it_did(tmp_path) -> None:
+    """A solved run (--stop-when-solved) stopped before its summary, resumed in place: nothing more is trained and
+    its summary says solved (it trained its whole remaining budget over the solved final.pt). Resumed with another
+    --solve-return: "solved" is looked for against that one (it kept the checkpoint's). Rewound in place to a
+    checkpoint whose step spends the budget: the run's further final.pt and summary stay (they were overwritten
+    with the older state)."""
+    import json
+
+    from ppo.train import describe
+
+    common = dict(runs_dir=str(tmp_path), num_envs=2, num_steps=64, vec_backend="serial", progress=False,
+                  tensorboard=False, eval_episodes=0, solve_return=10.0, total_timesteps=100_000,
+                  checkpoint_interval=2)  # fmt: skip
+    with Trainer(Config(run_name="a", **common)) as first:
+        solved = first.run()
+    assert solved["solved"] and solved["global_step"] < 100_000
+    run = tmp_path / "a"
+    (run / "summary.json").unlink()
+    with Trainer(Config(run_name="a", resume=str(run), **common)) as again:
+        summary = again.run()
+    assert summary["global_step"] == solved["global_step"] and summary["solve_step"] == solved["solve_step"]
+    assert json.loads((run / "summary.json").read_text())["solved"]
+    assert "nothing more trained" in describe(summary)
+    assert torch.load(run / "final.pt", map_location="cpu", weights_only=True)["global_step"] == solved["global_step"]
+    with Trainer(Config(run_name="b", resume=str(run), **{**common, "solve_return": 1e5, "total_timesteps": solved["global_step"] + 128})) as other:
+        assert not other.run()["solved"]
+    # a rewind to latest.pt with a budget it has spent: the run's own further files stay
+    latest = torch.load(run / "latest.pt", map_location="cpu", weights_only=True)["global_step"]
+    assert latest < solved["global_step"]
+    before = {name: (run / name).read_bytes() for name in ("final.pt", "summary.json")}
+    with Trainer(Config(run_name="a", resume=str(run / "latest.pt"), **{**common, "total_timesteps": latest, "stop_when_solved": False})) as back:
+        back.run()
+    assert {name: (run / name).read_bytes() for name in before} == before

@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -407,13 +409,40 @@ def test_a_sigterm_while_the_envs_close_names_the_runs_checkpoint(tmp_path) -> N
     assert f"the same command, once {tmp_path / 't'} is removed, starts it again from" in train._resume_advice(named)
 
 
+def _sigterm_when(child: Any, ready: Callable[[], bool], settle: float, group: bool) -> tuple[list, str]:
+    """Once ``ready()`` (and ``settle`` seconds more), SIGTERM to ppo.train's process ``child`` (started in a session
+    of its own), or with ``group`` to its process group; returns its processes' children as they were then and its
+    stderr, after checking that it exited with SIGTERM's code. Its group is killed if it does not end."""
+    import signal
+
+    import psutil
+
+    try:
+        waited = time.monotonic()
+        while not ready():
+            assert child.poll() is None and time.monotonic() - waited < 60, child.communicate()
+            time.sleep(0.05)
+        time.sleep(settle)
+        workers = psutil.Process(child.pid).children(recursive=True)
+        if group:
+            os.killpg(child.pid, signal.SIGTERM)
+        else:
+            child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    return workers, err
+
+
 @pytest.mark.parametrize("backend", ["gym-async", "sb3-subproc"])
 def test_sigterm_to_the_process_group_stops_a_run_on_a_reference_backend_cleanly(tmp_path, backend: str) -> None:
     """A scheduler's SIGTERM reaches the whole process group (scancel, systemd): the trainer stops once, with exit
     code 143 and no traceback, and says what there is to resume from. The workers that gymnasium's and SB3's
     engines fork inherited the trainer's handler: each said the message and died at once, and the trainer's
     step or close broke on their pipes (EOFError, BrokenPipeError) with exit code 1."""
-    import signal
     import subprocess
     import sys
 
@@ -427,21 +456,9 @@ def test_sigterm_to_the_process_group_stops_a_run_on_a_reference_backend_cleanly
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child = subprocess.Popen([sys.executable, "-m", "ppo.train", *args], cwd=root, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        waited = time.monotonic()
-        while not (run / ("latest.pt" if interval == "1" else "metrics.csv")).is_file():
-            assert child.poll() is None and time.monotonic() - waited < 60, child.communicate()
-            time.sleep(0.05)
-        time.sleep(0.3)  # (training, its workers stepping)
-        workers = psutil.Process(child.pid).children(recursive=True)
-        assert len(workers) >= 4
-        os.killpg(child.pid, signal.SIGTERM)
-        _, err = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-    assert child.returncode == 128 + signal.SIGTERM, err
+    # (training, its workers stepping)
+    workers, err = _sigterm_when(child, (run / ("latest.pt" if interval == "1" else "metrics.csv")).is_file, 0.3, group=True)
+    assert len(workers) >= 4
     assert err.count("stopped by SIGTERM") == 1 and "Traceback" not in err, err
     if interval == "1":
         assert "latest.pt (step " in err and f"is kept: --resume {run} --runs-dir {tmp_path / 'runs'} --run-name x" in err, err
@@ -470,7 +487,6 @@ def test_sigterm_while_a_reference_engine_starts_its_workers_ends_the_run(tmp_pa
     """SIGTERM to the trainer while SB3's SubprocVecEnv is still making its envs: the run ends with exit code 143
     (it hung: the workers, which ignore a first SIGTERM, were never killed, and multiprocessing's exit hook waited
     for them)."""
-    import signal
     import subprocess
     import sys
 
@@ -483,20 +499,8 @@ def test_sigterm_while_a_reference_engine_starts_its_workers_ends_the_run(tmp_pa
     child = subprocess.Popen([sys.executable, "-m", "ppo.train", *args], cwd=root, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True,
                              env={**os.environ, "PYTHONPATH": f"{root}:{tmp_path}"})  # fmt: skip
-    try:
-        waited = time.monotonic()
-        while len(psutil.Process(child.pid).children()) < 2:
-            assert child.poll() is None and time.monotonic() - waited < 60, child.communicate()
-            time.sleep(0.05)
-        workers = psutil.Process(child.pid).children()
-        time.sleep(0.5)  # (the workers make their envs; the trainer waits for their spaces)
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-    assert child.returncode == 128 + signal.SIGTERM, err
+    # (the workers make their envs; the trainer waits for their spaces)
+    workers, err = _sigterm_when(child, lambda: len(psutil.Process(child.pid).children()) >= 2, 0.5, group=False)
     assert "stopped by SIGTERM before training began" in err and "Traceback" not in err, err
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive

@@ -196,6 +196,10 @@ class Trainer:
         self.in_place = False  # resuming the run of the run folder itself: its metrics and best.pt go on
         self.checkpoint: tuple[Path, int] | None = None  # the run folder's newest checkpoint to resume from, and its step
         self.resumed_at: int | None = None  # the step a resumed run started from
+        # a resumed run whose checkpoint finished it: its budget trained, or the task solved (against this run's
+        # threshold) with stop_when_solved. Nothing is trained. (Decided at the resume: a part that gets solved
+        # itself trained.)
+        self.done_before = False
         self.resumed_episodes = False  # whether its checkpoint held the finished episodes
         self.wall_offset = 0.0  # a resumed run's: the training time before its checkpoint (wall_s goes on from it)
 
@@ -315,14 +319,16 @@ class Trainer:
             if state.get("solved_at") is not None and state.get("solve_return") == self.solve_return:
                 step, wall = state["solved_at"]
                 self.solved_at = (int(step), float(wall))
-            if self.global_step >= config.total_timesteps and self.dist.is_main:  # (the run still writes its files)
+            spent = self.global_step >= config.total_timesteps
+            self.done_before = spent or (self.solved_at is not None and config.stop_when_solved)
+            if spent and self.dist.is_main:  # (the run still writes its files)
                 print(
                     f"note: --resume {config.resume} has trained {self.global_step:,} steps, the whole budget "
                     f"(--total-timesteps {config.total_timesteps:,}): nothing to train; pass a larger "
                     "--total-timesteps to train on",
                     file=sys.stderr,
                 )
-            elif self._done_before() and self.dist.is_main:
+            elif self.done_before and self.dist.is_main:
                 print(
                     f"note: --resume {config.resume} solved {config.env_id} at step {self.solved_at[0]:,} "  # type: ignore[index]
                     "and --stop-when-solved is on: nothing to train; pass --no-stop-when-solved to train on",
@@ -639,7 +645,7 @@ class Trainer:
         self._start = start = time.perf_counter()
         start_step = self.global_step
         no_update = dict.fromkeys(_UPDATE_STATS, math.nan)
-        while self.global_step < config.total_timesteps and not (self.resumed_at is not None and self._done_before()):
+        while self.global_step < config.total_timesteps and not self.done_before:
             self.iteration += 1
             # Linear decay of lr (and clip) to 0 over the horizon (PPO paper's Atari setting; rl-zoo CartPole)
             remaining = max(0.0, 1.0 - self.global_step / horizon)
@@ -723,18 +729,10 @@ class Trainer:
             os.replace(path, aside)
             print(f"note: {path.name} was of the history this run replaces: now {aside.name}", file=sys.stderr)
 
-    def _done_before(self) -> bool:
-        """A resumed run whose checkpoint finished it: its budget trained, or the task solved (against this
-        run's threshold) with ``stop_when_solved``. Nothing is trained."""
-        if self.resumed_at is None:
-            return False
-        solved = self.solved_at is not None and self.config.stop_when_solved
-        return solved or self.resumed_at >= self.config.total_timesteps
-
     def _nothing_to_train_in_place(self) -> bool:
         """Resuming in place a run that has trained its whole budget: nothing is trained, and nothing of the
         run's folder is written (its summary and curve would describe an empty part)."""
-        return self.in_place and self._done_before()
+        return self.in_place and self.done_before
 
     def _kept_best(self) -> float | None:
         """Resuming in place: the mean return of the run's best.pt, which stays unless beaten (None: no best.pt

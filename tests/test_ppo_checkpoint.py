@@ -563,3 +563,22 @@ def test_resumes_of_a_finished_run_keep_what_it_did(tmp_path) -> None:
     with Trainer(Config(run_name="a", resume=str(run / "latest.pt"), **{**common, "total_timesteps": latest, "stop_when_solved": False})) as back:
         back.run()
     assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_a_run_resumed_in_place_that_solves_in_its_own_part_keeps_what_it_trained(monkeypatch, tmp_path) -> None:
+    """Resumed in place before it was solved, a run that gets solved in its own part (--stop-when-solved) is a run
+    that trained: its best.pt and files are written as any run's (the check of a run finished before its resume
+    looked at "solved" as it was at the end, and took the part for one that trained nothing)."""
+    from ppo import train
+
+    common = dict(runs_dir=str(tmp_path), run_name="a", num_envs=2, num_steps=64, vec_backend="serial", progress=False,
+                  tensorboard=False, eval_episodes=0, solve_return=10.0)  # fmt: skip
+    with Trainer(Config(total_timesteps=128, **common)) as first:  # (too few episodes to be solved)
+        assert not first.run()["solved"]
+    saved = []
+    save_best = train.Trainer._save_best
+    monkeypatch.setattr(train.Trainer, "_save_best", lambda self, *a: saved.append(a[2]) or save_best(self, *a))
+    with Trainer(Config(total_timesteps=100_000, resume=str(tmp_path / "a"), **common)) as again:
+        summary = again.run()
+    assert summary["solved"] and summary["trained"] and 128 < summary["global_step"] < 100_000
+    assert saved and saved[-1] > 128  # (best.pt of this part)

@@ -396,20 +396,18 @@ def _watched_done(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, w
     return any(int(words[done_index[k]]) == int(seqs[k]) for k in watch.tolist())
 
 
-def _check_watch(words: np.ndarray, done_index: np.ndarray, watch: np.ndarray, seqs: np.ndarray | None = None) -> None:
-    for a, dtype, what in ((words, np.uint32, "words"), (done_index, np.intp, "done_index"), (watch, np.intp, "watch")):
+def _check_watch(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, watch: np.ndarray) -> None:
+    """The checks of the compiled kernels' checked_watch (data_of, seqs_of), in their order and words."""
+    for a, dtype, what in ((words, np.uint32, "words"), (done_index, np.intp, "done_index"), (seqs, np.uint32, "seqs"),
+                           (watch, np.intp, "watch")):  # fmt: skip
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}")
         if a.dtype != dtype:
             raise ValueError(f"{what} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-    if seqs is not None:
-        if seqs.dtype != np.uint32:
-            raise ValueError(f"seqs has dtype {seqs.dtype}, expected uint32")
-        if len(seqs) < len(done_index):
-            raise ValueError(f"seqs has {len(seqs)} words for {len(done_index)} workers")
-    for what, array in (("words", words), ("done_index", done_index), ("watch", watch)):
-        if not len(array):  # (as the compiled kernels' data_of)
+        if not len(a):
             raise ValueError(f"{what} is empty")
+        if what == "seqs" and len(seqs) < len(done_index):
+            raise ValueError(f"seqs has {len(seqs)} words for {len(done_index)} workers")
     for k in watch.tolist():
         if k < 0 or k >= len(done_index):
             raise IndexError(f"watched worker {k} outside {len(done_index)} workers")
@@ -419,7 +417,7 @@ def _check_watch(words: np.ndarray, done_index: np.ndarray, watch: np.ndarray, s
 
 def watch_stops(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, watch: np.ndarray, deadline: int) -> bool:
     """Whether a step in parts stops now; see _kernels.pyx."""
-    _check_watch(words, done_index, watch, seqs)
+    _check_watch(words, done_index, seqs, watch)
     return _watched_done(words, done_index, seqs, watch) and time.perf_counter_ns() < deadline
 
 
@@ -429,7 +427,7 @@ def step_watching(
 ) -> None:
     """step_into from env ``len(results)`` up to ``stop``, stopping between envs once a watched worker is
     done before ``deadline``; see _kernels.pyx."""
-    _check_watch(words, done_index, watch, seqs)
+    _check_watch(words, done_index, seqs, watch)
     append = results.append
     watching = len(watch) > 0
     stop = min(stop, len(step_fns))

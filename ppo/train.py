@@ -730,8 +730,8 @@ class Trainer:
             print(f"note: {path.name} was of the history this run replaces: now {aside.name}", file=sys.stderr)
 
     def _nothing_to_train_in_place(self) -> bool:
-        """Resuming in place a run that has trained its whole budget: nothing is trained, and nothing of the
-        run's folder is written (its summary and curve would describe an empty part)."""
+        """Resuming in place a run finished before its resume (done_before): nothing is trained, and nothing of
+        the run's folder is written (its summary and curve would describe an empty part)."""
         return self.in_place and self.done_before
 
     def _kept_best(self) -> float | None:

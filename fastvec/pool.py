@@ -1929,8 +1929,8 @@ class Pool:
     def shard_restarts(self) -> int:
         """How many envs were re-created after raising (on_error="restart"), over all shards."""
         self._check_mapped("its counters")
-        local = sum(part.restarts for part in (self._head, self._tail) if part is not None)
-        return local + int(sum(self._views.worker_stats[r.index, Stats.ENV_RESTARTS] for r in self._all_remotes()))
+        # (every shard's row, the calling process's too: each shard counts its restarts there as they happen)
+        return int(self._views.worker_stats[:, Stats.ENV_RESTARTS].sum())
 
     def worker_stats(self) -> list[dict]:
         """Per worker: step commands run, env steps and seconds spent busy (read from the shared block)."""

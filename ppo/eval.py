@@ -188,12 +188,11 @@ def main(argv: list[str] | None = None) -> float:
     if args.seed is not None and args.seed < 0:
         raise SystemExit(f"ppo.eval: --seed must be >= 0 (gymnasium's seeds are), got {args.seed}")
     try:
-        torch.device(args.device)
+        device = torch.device(args.device)
     except RuntimeError as exc:
         raise SystemExit(f"ppo.eval: --device {args.device!r} is no torch device ({exc})") from None
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"ppo.eval: --device {args.device} was asked for, but torch sees no CUDA device")
-    device = torch.device(args.device)
     usable = (device.type == "cpu" and device.index in (None, 0)) or (
         device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
     )

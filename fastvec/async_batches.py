@@ -28,6 +28,7 @@ import functools
 import itertools
 import multiprocessing
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -103,7 +104,9 @@ class AsyncBatches:
     def __init__(self, pool: Pool, batch_size: int):
         from fastvec.pool import PoolState
 
-        self.pool = pool
+        # (a weak reference: the pool holds this, and a pool dropped unclosed is then freed, and closed, at once
+        # instead of by the cyclic garbage collector; recv() and send() call it once and pass the pool down)
+        self._pool = weakref.ref(pool)
         self.batch_size = batch_size
         # (the states a pool is usable / closed in, kept here: an Enum member read through its class costs a
         # metaclass lookup, and recv/send check the pool's state on every batch)
@@ -174,7 +177,7 @@ class AsyncBatches:
         group's latest results are in another: a masked synchronous reset writes only its envs' rows into
         ``slot``, and then makes it every group's latest (the envs it leaves out read their latest
         observations there, and a restart's "last observation" is the row before the next step's)."""
-        views = self.pool._views
+        views = self._pool()._views
         for position, envs in enumerate(self.groups):
             latest = self.slots[position]
             if latest == slot:
@@ -191,7 +194,7 @@ class AsyncBatches:
     def async_reset(self, seeds: list | None = None, options: list | None = None) -> None:
         """Reset every env, with per-env ``seeds`` and ``options`` (each env's dict, passed when not empty,
         as SB3's reset passes them)."""
-        pool = self.pool
+        pool = self._pool()
         self._check_quiet("async_reset")
         n = pool.num_envs
         if options is not None:
@@ -209,13 +212,13 @@ class AsyncBatches:
             self._local_objects = options[own.start : own.stop]
         self._reset_options = options
         self._reset_payloads = payloads  # (each worker's pickled options: a worker respawned in this reset needs them)
-        self._give(list(range(len(self.groups))), Command.RESET, int(ResetFlag.HAS_OPTIONS) if options else 0, payloads)
+        self._give(pool, list(range(len(self.groups))), Command.RESET, int(ResetFlag.HAS_OPTIONS) if options else 0, payloads)
 
     def send(self, actions: Any, env_ids: Any, per_env: bool = False) -> None:
         """Step the envs ``env_ids`` (whole groups, none still running) with ``actions`` (one row each; with
         ``per_env``, a sequence of one action per env, SB3's layout for structured spaces)."""
         entered = time.perf_counter_ns()  # (the time inside the pool: stats().learner_share)
-        pool = self.pool
+        pool = self._pool()
         if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual send)
             pool._check_usable()
         if pool._pending is not None:
@@ -236,7 +239,7 @@ class AsyncBatches:
                 if self._sent_tags[position] != tag:
                     pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
                     self._sent_tags[position] = tag
-                self._give(whole, _STEP, 0, None)
+                self._give(pool, whole, _STEP, 0, None)
                 pool._inside_ns += time.perf_counter_ns() - entered
                 return
             positions, run = whole, True
@@ -277,14 +280,14 @@ class AsyncBatches:
                     self._local_objects = share
                 else:
                     payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
-        self._give(positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
+        self._give(pool, positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
         pool._inside_ns += time.perf_counter_ns() - entered
 
     def _writer(self, count: int) -> ActionWriter:
         """The action writer of a send to ``count`` envs (made at the first)."""
         writer = self._writers.get(count)
         if writer is None:
-            pool = self.pool
+            pool = self._pool()
             writer = self._writers[count] = ActionWriter(pool.action_space, count, kernels, pool.check)
         return writer
 
@@ -299,7 +302,7 @@ class AsyncBatches:
         """The groups ``env_ids`` (``ids``: the same as a list) make up (whole groups, none in flight or
         waiting to be received), and whether the ids are one run of consecutive envs (their rows are one slice).
         (One group's ids in order, the usual send, are looked up in ``_whole`` by ``send`` itself.)"""
-        n, size = self.pool.num_envs, self.group_size
+        n, size = self._pool().num_envs, self.group_size
         first = ids[0] if ids else -1
         run = ids == list(range(first, first + len(ids)))
         if run and 0 <= first and first % size == 0 and len(ids) % size == 0:
@@ -341,10 +344,9 @@ class AsyncBatches:
                 )
         return positions
 
-    def _give(self, positions: list[int], command: Command, arg: int, payloads: dict | None) -> None:
+    def _give(self, pool: Pool, positions: list[int], command: Command, arg: int, payloads: dict | None) -> None:
         """Issue ``command`` to the workers at ``positions``, each into its next ring slot (the own
         group's is only recorded: ``recv()`` steps it)."""
-        pool = self.pool
         code = _STEP_CODE if command is _STEP else int(command)
         first = self.first_remote
         if pool.step_timeout is not None:
@@ -374,7 +376,7 @@ class AsyncBatches:
             raise
 
     def _check_quiet(self, call: str) -> None:
-        self.pool._check_idle(call)
+        self._pool()._check_idle(call)
         if self.busy:
             raise AlreadyPendingCallError(f"{call}() called while batches are still running: recv() them first", "step")
 
@@ -387,7 +389,7 @@ class AsyncBatches:
         the ring (valid until those envs are sent their next actions and step); ``copy=OBS_ONLY``:
         copies of the observations only."""
         entered = time.perf_counter_ns()  # (the time inside the pool, the own group's steps and the waits with it)
-        pool = self.pool
+        pool = self._pool()
         if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual recv)
             pool._check_usable()
         ready, inflight = self.ready, self.inflight
@@ -402,7 +404,7 @@ class AsyncBatches:
             raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
         try:
             while len(ready) < groups and inflight:
-                self._collect_one(began, timeout)
+                self._collect_one(pool, began, timeout)
         finally:
             if token is not None:  # (pool._leave, inlined: this runs on every batch)
                 tokens.append(token)
@@ -415,7 +417,7 @@ class AsyncBatches:
         # leaves them there, for the next recv(); one while they leave breaks the pool
         if groups == 1 and not ready[0][3]:  # the usual batch: one group, whose envs all stepped
             taken: list | tuple = (ready[0],)
-            batch = self._group_batch(ready[0], copy, batch_object)
+            batch = self._group_batch(pool, ready[0], copy, batch_object)
         else:
             taken = list(itertools.islice(ready, groups))
             failed = [entry for entry in taken if entry[3]]
@@ -430,7 +432,7 @@ class AsyncBatches:
                     pool._break(exc)
                     raise
                 raise error
-            batch = self._batch(taken, copy, batch_object)
+            batch = self._batch(pool, taken, copy, batch_object)
         try:
             for entry in taken:
                 ready.popleft()
@@ -440,7 +442,7 @@ class AsyncBatches:
             raise
         return batch
 
-    def _collect_one(self, began: float, timeout: float | None) -> None:
+    def _collect_one(self, pool: Pool, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish, or step the own group; its results join ``ready``."""
         first = self.first_remote
         inflight = self.inflight
@@ -456,27 +458,27 @@ class AsyncBatches:
             # already: that one is taken first, once at most (workers always done by the next recv() would
             # otherwise starve the own group). (Waiting first for a worker that was sent before the own
             # group, so as not to leave it idle, measured slower: 68-81k against 83-89k steps/s at 8 envs.)
-            if len(inflight) == 1 or self._own_passed or not self._any_done():
+            if len(inflight) == 1 or self._own_passed or not self._any_done(pool):
                 # With a batch of one group, the step stops between envs for a worker that finishes meanwhile
                 # (_stops), whose group is then the batch: its worker steps on while this process goes on with
                 # its own (with envs 4x slower in the own group, the worker would otherwise idle three quarters
                 # of the time)
-                if not self._step_own(self.groups_per_batch == 1 and len(inflight) > 1):
-                    self._wait_worker(began, timeout)  # (done: no wait)
+                if not self._step_own(pool, self.groups_per_batch == 1 and len(inflight) > 1):
+                    self._wait_worker(pool, began, timeout)  # (done: no wait)
                     return
-                if self.groups_per_batch == 1 and len(inflight) > 0 and self._any_done():
+                if self.groups_per_batch == 1 and len(inflight) > 0 and self._any_done(pool):
                     # a worker finished while the own group stepped: its group goes first (it finished first),
                     # so its worker gets its next actions a batch sooner instead of idling; the own group's
                     # results wait in ``ready`` for the next recv(), which no process waits on (at 16
                     # CartPole envs the worker sat idle a third of the time, waiting for this process)
                     own = self.ready.pop()
                     try:
-                        self._wait_worker(began, timeout)
+                        self._wait_worker(pool, began, timeout)
                     finally:  # (whatever the worker's collection raised, the own group's results stay)
                         self.ready.append(own)
                 return
             self._own_passed += 1
-        self._wait_worker(began, timeout)
+        self._wait_worker(pool, began, timeout)
 
     def _check_workers_in_flight(self) -> None:
         """While other groups keep being collected: every ``WORKERS_CHECK_S`` seconds at most, whether a worker
@@ -491,12 +493,12 @@ class AsyncBatches:
         # bounds a command, not the learner's time between recv() calls)
         positions = [group - first for group in self.inflight if group >= first and not self._done(group)]
         self._check_lives(positions)
-        if self.pool.step_timeout is not None:
-            self._check_deadlines([p for p in positions if p + first in self.inflight], self.pool.step_timeout)
+        limit = self._pool().step_timeout
+        if limit is not None:
+            self._check_deadlines([p for p in positions if p + first in self.inflight], limit)
 
-    def _wait_worker(self, began: float, timeout: float | None) -> None:
+    def _wait_worker(self, pool: Pool, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish; its results join ``ready`` (or it died: _check_lives)."""
-        pool = self.pool
         first = self.first_remote
         inflight = self.inflight
         if len(inflight) - (1 if first and 0 in inflight else 0) == len(self._all_remotes):
@@ -565,10 +567,9 @@ class AsyncBatches:
                 return position
         return found
 
-    def _any_done(self) -> bool:
+    def _any_done(self, pool: Pool) -> bool:
         """Whether a worker in flight has finished (its DONE word reached its command count)."""
         first = self.first_remote
-        pool = self.pool
         words, done, seqs = pool._control_words, pool._done_words, pool._seq_words
         for position in self.inflight:  # (a loop, not any() over a generator: this runs on every collection)
             if position >= first and words[done[position - first]] == seqs[position - first]:  # (_done, inlined)
@@ -578,10 +579,10 @@ class AsyncBatches:
     def _done(self, position: int) -> bool:
         """Whether the worker of group ``position`` (a worker's: ``position >= first_remote``) finished its
         command: its DONE word reached its command count."""
-        pool, k = self.pool, position - self.first_remote
+        pool, k = self._pool(), position - self.first_remote
         return pool._control_words[pool._done_words[k]] == pool._seq_words[k]
 
-    def _watch(self) -> tuple | None:
+    def _watch(self, pool: Pool) -> tuple | None:
         """When the own group's step stops (Shard.step_envs' ``watch``, checked after each env in the
         kernels): once a worker in flight is done, while the step has been in flight for less than twice
         the time its last one took (the first never stops). Past that this process is the one behind (a
@@ -598,16 +599,14 @@ class AsyncBatches:
             if len(self._watched) >= 64:  # (many workers, many sets: made anew rather than kept)
                 self._watched.clear()
             watched = self._watched[key] = np.array(key, dtype=np.intp)
-        pool = self.pool
         return pool._control, pool._done_index, pool._seqs, watched, self._own_issued + 2 * self._own_step_ns
 
-    def _step_own(self, pausable: bool = False) -> bool:
+    def _step_own(self, pool: Pool, pausable: bool = False) -> bool:
         """Step (or reset) the calling process's own group, as a worker would its own; the results join
         ``ready`` (True). With ``pausable`` a step stops between envs once a worker's group is done
         (False): that worker gets its next batch sooner, and the step goes on at the next call, from the
         next env (at least one env steps per call). An interrupt while its envs run leaves their state
         unknown: the pool breaks."""
-        pool = self.pool
         command, slot = self.inflight[0]
         extras, error = None, None
         try:
@@ -618,7 +617,7 @@ class AsyncBatches:
                     self._own_began = began
                     objects, self._local_objects = self._local_objects, None
                     run = self._own_run = pool._local.begin_step(slot, objects)
-                stepped = pool._step_local_part(run, self._watch() if pausable else None)
+                stepped = pool._step_local_part(run, self._watch(pool) if pausable else None)
                 self._own_busy += time.perf_counter_ns() - began
                 if not stepped:
                     return False
@@ -644,7 +643,7 @@ class AsyncBatches:
     def _check_deadlines(self, positions: list[int], limit: float) -> None:
         """Workers in flight for longer than ``step_timeout`` (``positions``: in pool._remotes): ended and
         respawned (on_error="restart": _check_lives, at once) or StepTimeoutError, which breaks the pool."""
-        pool = self.pool
+        pool = self._pool()
         now = time.monotonic()
         for position in positions:
             group = position + self.first_remote
@@ -666,7 +665,7 @@ class AsyncBatches:
         (on_error="restart") or the pool breaks."""
         from fastvec.pool import _Pending, _restart_reason
 
-        pool = self.pool
+        pool = self._pool()
         for position in positions:
             remote = pool._remotes[position]
             if remote.exitcode is None:
@@ -698,11 +697,10 @@ class AsyncBatches:
             unmade, replacement.unmade = replacement.unmade, None  # envs it could not make: the group's errors
             self.ready.append((group, slot, reports + (p.respawned.get(position) or []), unmade or None))
 
-    def _batch(self, taken: list, copy: bool, batch_object: Any = None) -> AsyncBatch:
+    def _batch(self, pool: Pool, taken: list, copy: bool, batch_object: Any = None) -> AsyncBatch:
         """The batch of the groups ``taken`` (entries of ``ready``)."""
         if len(taken) == 1:
-            return self._group_batch(taken[0], copy, batch_object)
-        pool = self.pool
+            return self._group_batch(pool, taken[0], copy, batch_object)
         views = pool._views
         env_ids = np.concatenate([self._ids[t[0]] for t in taken])
         extras = []
@@ -717,10 +715,9 @@ class AsyncBatches:
         columns = [np.concatenate([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
         return self._assemble(env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
 
-    def _group_batch(self, entry: tuple, copy: bool, batch_object: Any = None) -> AsyncBatch:
+    def _group_batch(self, pool: Pool, entry: tuple, copy: bool, batch_object: Any = None) -> AsyncBatch:
         """The batch of one group (the usual batch; ``entry``: its entry in ``ready``): its rows' views,
         made once, and no lists to join."""
-        pool = self.pool
         position, slot, extras, _ = entry
         env_ids = self._ids[position].copy()
         if extras:
@@ -739,7 +736,7 @@ class AsyncBatches:
     def _assemble(self, env_ids: np.ndarray, columns: list, rewards: np.ndarray, terminated: np.ndarray,
                   truncated: np.ndarray, extras: list, parts: list, batch_object: Any) -> AsyncBatch:
         """The batch, its observations assembled from their array ``columns`` and object parts."""
-        pool = self.pool
+        pool = self._pool()
         if pool._single_leaf:
             obs = columns[0]
         else:
@@ -761,10 +758,11 @@ class AsyncBatches:
     def drain(self, timeout: float) -> None:
         """Wait (briefly) for every group still running, dropping the results (close())."""
         end = time.monotonic() + timeout
+        pool = self._pool()
         if self.first_remote and self.inflight.pop(0, None) is not None:  # the own group: not stepped (or not all)
             self._local_objects = self._own_run = None
             self._own_busy = 0
         while self.inflight and time.monotonic() < end:
-            self._collect_one(time.monotonic(), end - time.monotonic())
+            self._collect_one(pool, time.monotonic(), end - time.monotonic())
         self.ready.clear()
         self.running = [False] * len(self.running)

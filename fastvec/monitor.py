@@ -128,8 +128,13 @@ class Monitor:
             try:
                 self.step(self._sampler.sample())
                 failed = 0
+            except ReferenceError:  # the pool (held weakly) was dropped and freed: its close() stops this thread
+                return
             except Exception as exc:
-                if self._stop.is_set() or self.pool.closed:  # the pool closing under it: the monitor just ends
+                try:
+                    if self._stop.is_set() or self.pool.closed:  # the pool closing under it: the monitor just ends
+                        return
+                except ReferenceError:
                     return
                 # the stepping thread changed what this sample read (a move settling, a worker parked): the
                 # next sample looks again; only a failure that lasts ends the monitor, and says so

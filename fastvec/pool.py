@@ -363,9 +363,12 @@ class Pool:
             self._start(remote_shards)
             self._async = AsyncBatches(self, opts.batch_size) if asynchronous else None
             self._pin()
-            self._sampler = Sampler(self)  # (the first stats() covers the time since the start)
+            # (the sampler and the monitor hold the pool by weak references, as its AsyncBatches do: a pool dropped
+            # unclosed is freed, and closed, at once, not by the cyclic garbage collector, nor kept alive for ever
+            # by the monitor's thread)
+            self._sampler = Sampler(weakref.proxy(self))  # (the first stats() covers the time since the start)
             if opts.monitor:
-                self._monitor = Monitor(self, interval=opts.monitor_interval)
+                self._monitor = Monitor(weakref.proxy(self), interval=opts.monitor_interval)
                 self._monitor.start()
         except BaseException:
             self._terminate(grace=0.2)

@@ -251,8 +251,8 @@ def _count_stops(pool: Pool) -> list[int]:
     batches = pool._async
     step_own = batches._step_own
 
-    def counted(pausable: bool = False) -> bool:
-        done = step_own(pausable)
+    def counted(owner: Pool, pausable: bool = False) -> bool:
+        done = step_own(owner, pausable)
         if not done:
             stops.append(1)
         return done
@@ -798,11 +798,11 @@ def test_an_interrupt_while_recv_makes_its_batch_leaves_it_for_the_next_recv(mon
     make_batch = AsyncBatches._group_batch  # (a batch of one group, as here)
     lost: list = []  # the envs of the batch the interrupt hit
 
-    def interrupted_once(self, entry, copy, batch_object=None):
+    def interrupted_once(self, owner, entry, copy, batch_object=None):
         if not lost:
             lost.extend(self.groups[entry[0]])
             raise KeyboardInterrupt
-        return make_batch(self, entry, copy, batch_object)
+        return make_batch(self, owner, entry, copy, batch_object)
 
     with Pool([envs.make_cartpole] * 8, batch_size=4, num_workers=2, step_in_parent=False, start_method="fork") as pool:
         pool.async_reset()
@@ -1020,7 +1020,7 @@ def test_the_own_groups_watch_of_the_workers_in_flight_stays_small() -> None:
         try:
             for order in itertools.permutations([1, 2, 3]):
                 batches.inflight = {position: inflight.get(position) for position in (0, *order)}
-                assert batches._watch()[3].tolist() == [0, 1, 2]
+                assert batches._watch(pool)[3].tolist() == [0, 1, 2]
         finally:
             batches.inflight = inflight
         assert len(batches._watched) == 1

@@ -761,8 +761,11 @@ def make():
     return gym.make("CartPole-v1")
 
 kw = {"batch_size": 2} if sys.argv[1] == "batches" else {}
-# the pool, dropped unclosed at once, is in a reference cycle: the collector frees it
-workers = [psutil.Process(pid) for pid in Pool([make] * 4, start_method="fork", num_workers=2, **kw).worker_pids]
+# the pool, dropped unclosed, is in a reference cycle of the user's (its own make none): the collector frees it
+holder = {"pool": Pool([make] * 4, start_method="fork", num_workers=2, **kw)}
+holder["self"] = holder
+workers = [psutil.Process(pid) for pid in holder["pool"].worker_pids]
+del holder
 time.sleep(1.5)
 gc.collect()
 gone, alive = psutil.wait_procs(workers, timeout=10)
@@ -772,10 +775,50 @@ print("collected", len(gone), len(alive), flush=True)
 
 @pytest.mark.parametrize("kind", ["steps", "batches"])
 def test_a_pool_dropped_unclosed_is_collected_without_a_crash(kind: str) -> None:
-    """A Pool dropped without close() and freed by the cyclic garbage collector: its workers end and the process
-    goes on. The collector could finalize the shared block's SharedMemory first (unmapping it), and the pool's
+    """A Pool dropped without close() in a reference cycle, freed by the cyclic garbage collector: its workers end
+    and the process goes on. The collector could finalize the shared block's SharedMemory first (unmapping it), and the pool's
     __del__ then wrote its CLOSE command into the unmapped block: SIGSEGV."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child = subprocess.run([sys.executable, "-c", _DROPPED, kind], cwd=root, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": root})  # fmt: skip
     assert child.returncode == 0 and "collected 1 0" in child.stdout, (child.returncode, child.stdout, child.stderr[-2000:])
+
+
+def _dropped_pool(kind: str) -> pool_module.Pool:
+    """A Pool of ``kind``, stepped: synchronously with the monitor on, or in batches."""
+    fns = [envs.make_cartpole] * 4
+    if kind == "monitor":
+        made = pool_module.Pool(fns, start_method="fork", num_workers=2, monitor=True, monitor_interval=0.02)
+        made.reset()
+        made.step(np.zeros(4, dtype=np.int64))
+    else:
+        made = pool_module.Pool(fns, start_method="fork", num_workers=2, batch_size=2)
+        made.async_reset()
+        made.send(np.zeros(2, dtype=np.int64), made.recv().env_ids)
+    made.stats()
+    return made
+
+
+@pytest.mark.parametrize("kind", ["monitor", "batches"])
+def test_a_pool_dropped_unclosed_is_closed_at_once(kind: str) -> None:
+    """A Pool dropped without close(), in no cycle of the user's, is freed when its last reference goes (as the
+    front-ends, and gymnasium's AsyncVectorEnv, are): its workers end and its block is unmapped then, with the
+    cyclic garbage collector off. Its stats sampler and asynchronous batches held it in reference cycles (only the
+    collector freed it, whenever it next ran), and the monitor's thread kept it, its workers and its block, until
+    the process exited."""
+    from tests.test_async_batches import _mapped_blocks
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        before = _mapped_blocks()
+        pool = _dropped_pool(kind)
+        block = _mapped_blocks() - before
+        workers = [psutil.Process(pid) for pid in pool.worker_pids]
+        del pool
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert (len(gone), len(alive)) == (len(workers), 0)
+        assert block and not (_mapped_blocks() & block)
+    finally:
+        if enabled:
+            gc.enable()

@@ -32,12 +32,30 @@ from gymnasium.vector.utils import batch_differing_spaces, batch_space, concaten
 
 from fastvec.batch import Batch
 from fastvec.errors import EnvError, UnsupportedSpaceError
-from fastvec.options import PoolOptions
-from fastvec.pool import Pool
+from fastvec.options import PoolOptions, default_num_workers
+from fastvec.pool import Pool, _async_workers
 
 __all__ = ["VectorEnv"]
 
 _NOT_CALLABLE = ("reset", "step", "close", "_setattr", "_check_spaces")  # gymnasium's workers refuse these in call()
+
+
+def _concurrent_workers(n: int, settings: PoolOptions, limit: int) -> int:
+    """The shards of a pool whose processes step at most ``limit`` envs at a time (gymnasium's
+    ``max_concurrency``): a limit, never more processes than the layout would have without it (the
+    given ``num_workers``, else one per core); with asynchronous batches, the default layout's groups
+    within the limit, which are never fewer than one per batch."""
+    given = settings.num_workers
+    batch = settings.batch_size
+    if given is None and batch is not None and 0 < batch < n and n % batch == 0:
+        if n // batch > limit:
+            raise ValueError(
+                f"max_concurrency={limit} with batch_size={batch} and {n} envs: each of the {n // batch} batches "
+                f"is a group of envs stepped by a process of its own, so at least {n // batch} processes step "
+                "at a time (raise max_concurrency or batch_size)"
+            )
+        return _async_workers(n, batch, min(default_num_workers(), limit))
+    return min(given or default_num_workers(), limit)
 
 
 class VectorEnv(gym.vector.VectorEnv):
@@ -48,6 +66,8 @@ class VectorEnv(gym.vector.VectorEnv):
     NEXT_STEP (default), SAME_STEP (``final_obs`` and ``final_info`` in infos) and DISABLED;
     ``reset(options={"reset_mask": mask})`` resets some envs. With ``on_error="restart"`` a
     re-created env's episode ends as truncated and ``infos["fastvec_restarted"]`` names the error.
+    ``max_concurrency`` bounds the processes that step envs (each steps its envs one at a time): it
+    lowers ``num_workers`` (given, or one per core) to at most that many, and never raises it.
     """
 
     def __init__(
@@ -137,7 +157,7 @@ class VectorEnv(gym.vector.VectorEnv):
         settings = PoolOptions.build(base, **{"start_method": start_method, "daemon": daemon, **options})
         self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time
-            settings = settings.replace(num_workers=min(settings.num_workers or max_concurrency, max_concurrency))
+            settings = settings.replace(num_workers=_concurrent_workers(len(env_fns), settings, int(max_concurrency)))
         if not copy and settings.ring_slots < 2:
             raise ValueError(f"copy=False needs ring_slots >= 2, got {settings.ring_slots}")
         self.pool = Pool(

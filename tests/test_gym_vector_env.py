@@ -185,6 +185,22 @@ def test_constructor_arguments_of_async_vector_env() -> None:
         VectorEnv(fns, num_worker=2)
 
 
+def test_max_concurrency_is_a_limit_that_never_adds_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gymnasium's max_concurrency bounds how many envs step at a time. It set num_workers to the limit: 16
+    workers on 2 cores for max_concurrency=16, and with batch_size a count whose groups need not tile a batch,
+    refused naming a num_workers the caller never gave."""
+    import fastvec.gym_vector_env as front
+
+    monkeypatch.setattr(front, "default_num_workers", lambda: 2, raising=False)  # (a 2-core host's default, on any host)
+    fns = [envs.make_cartpole] * 16
+    for limit, batch, workers in [(16, None, 2), (1, None, 1), (6, 8, 2), (3, 8, 2), (4, 4, 4)]:
+        with VectorEnv(fns, context="fork", max_concurrency=limit, batch_size=batch) as venv:
+            assert venv.pool.num_workers == workers, (limit, batch)
+    with pytest.raises(ValueError, match=r"max_concurrency=1 with batch_size=8 and 16 envs: .* at least 2 processes"):
+        VectorEnv(fns, context="fork", max_concurrency=1, batch_size=8)
+
+
+
 def test_np_random_seed_is_the_tuple_of_the_sub_envs_seeds() -> None:
     with VectorEnv([envs.make_cartpole] * 4, context="fork", num_workers=2) as venv:
         venv.reset(seed=42)

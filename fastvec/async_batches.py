@@ -394,6 +394,13 @@ class AsyncBatches:
             pool._check_usable()
         ready, inflight = self.ready, self.inflight
         if not (inflight or ready):
+            if pool._pending is not None:  # a synchronous reset or call (none runs beside batches)
+                from fastvec.pool import _WAIT_NAMES
+
+                p = pool._pending
+                raise AlreadyPendingCallError(
+                    f"recv() called while {p.name!r} is pending: {_WAIT_NAMES[p.command]}() completes it", "step"
+                )
             raise NoAsyncCallError("recv() called with nothing sent: async_reset() or send() first", "step")
         began = time.monotonic() if timeout is not None else 0.0
         groups = self.groups_per_batch

@@ -445,6 +445,10 @@ def test_misuse_is_named() -> None:
     with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP) as pool:
         with pytest.raises(NoAsyncCallError, match="nothing sent"):
             pool.recv()
+        pool.reset_async()  # a synchronous call pending: recv() names it (it said "nothing sent: async_reset()",
+        with pytest.raises(AlreadyPendingCallError, match=r"'reset' is pending: reset_wait\(\) completes it"):
+            pool.recv()  # which the pending reset refuses too)
+        pool.reset_wait()
         pool.async_reset()
         with pytest.raises(AlreadyPendingCallError, match="still running"):
             pool.send(np.zeros(2, np.int64), [0, 1])

@@ -102,9 +102,8 @@ class ActionWriter:
             else:
                 values = list(part)
                 if len(values) != self.num_envs:
-                    raise ValueError(
-                        f"expected {self.num_envs} actions for part {leaf.name!r} ({leaf.space}), got {len(values)}"
-                    )
+                    part_name = f" for part {leaf.name!r}" if leaf.path else ""  # (the root leaf's name is "obs")
+                    raise ValueError(f"expected {self.num_envs} actions{part_name} ({leaf.space}), got {len(values)}")
                 objects.append(values)  # type: ignore[union-attr]
         return objects
 

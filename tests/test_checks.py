@@ -213,6 +213,9 @@ def test_structured_actions_batched_or_one_per_env() -> None:
     assert isinstance(missing.value, KeyError)  # (as gymnasium raises it)
     with pytest.raises(ValueError, match="expected 2 actions for part 'say'"):
         writer.write({"move": np.array([2, 1]), "aim": np.zeros((2, 2)), "say": ("a",)}, buffers, tags)
+    # an action space that is one object part has no part to name (it was called 'obs', the root leaf's name)
+    with pytest.raises(ValueError, match=r"^expected 2 actions \(Text\("):
+        ActionWriter(spaces.Text(5), 2, kernels).write(("a",), [], tags)
 
 
 class _CastAndNaN(gym.Env):

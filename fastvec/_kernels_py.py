@@ -293,7 +293,7 @@ def write_results(
     code = gather_rows([r[0] for r in results], obs_dst, start, report_cast)
     if code >= 0:  # (the compiled kernel also writes the rows before it; nothing relies on them)
         return code, [j for j, r in enumerate(results[:code]) if r[2] or r[3]], False, -1
-    values = [float(r[1]) for r in results]
+    values = [_as_double(r[1]) for r in results]
     rewards[start : start + n] = values
     terms = [1 if r[2] else 0 for r in results]
     truncs = [1 if r[3] else 0 for r in results]
@@ -324,7 +324,15 @@ def first_nan(values: np.ndarray, start: int, stop: int) -> int:
 def store_floats(items: list, dst: np.ndarray, start: int) -> None:
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError("store_floats destination too small")
-    dst[start : start + len(items)] = [float(x) for x in items]
+    dst[start : start + len(items)] = [_as_double(x) for x in items]
+
+
+def _as_double(x: Any) -> float:
+    """``float(x)`` as the compiled kernels convert (C's PyFloat_AsDouble): a number, or an object with
+    ``__float__`` or ``__index__``; a string is refused (``float()`` would parse it)."""
+    if isinstance(x, (str, bytes, bytearray)):
+        raise TypeError(f"must be real number, not {type(x).__name__}")
+    return float(x)
 
 
 def store_bools(items: list, dst: np.ndarray, start: int) -> None:

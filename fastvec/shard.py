@@ -408,8 +408,9 @@ class Shard:
         self.steps += len(results)
         if nan >= 0 and self.checks.active:
             self.checks.problem(nan, "step", "nan-reward", "returned a NaN reward")
+            rewards = self.reward_slots[slot]
             for j in range(nan + 1, len(results)):  # (the kernel names the first; each env is warned once)
-                reward = results[j][1]
+                reward = rewards[start + j]  # (as stored: a None reward is NaN there)
                 if reward != reward and not self.checks.warned(j, "nan-reward"):
                     self.checks.problem(j, "step", "nan-reward", "returned a NaN reward")
         extras: list | None = None
@@ -551,9 +552,10 @@ class Shard:
         self.write_obs(obs_list, slot, "step")
         try:
             kernels.store_floats(rewards, self.reward_slots[slot], start)
-        except Exception as exc:
-            bad = next((k for k, r in enumerate(rewards) if not _is_real(r)), 0)
-            raise ShardError(start + bad, "step", TypeError(f"reward must be a number, got {rewards[bad]!r}")) from exc
+        except Exception:  # (what else the references take: None, a one-element array, a numeric string)
+            self.reward_slots[slot][start : start + len(rewards)] = [
+                _as_reward(r, start + k) for k, r in enumerate(rewards)
+            ]
         for flags, out, what in (
             (terminated, self.terminated_slots, "terminated"),
             (truncated, self.truncated_slots, "truncated"),
@@ -903,12 +905,17 @@ def _where(leaf: Leaf) -> str:
     return "" if leaf.path == () else f" part {leaf.name!r}"
 
 
-def _is_real(x: Any) -> bool:
+def _as_reward(x: Any, index: int) -> float:
+    """Env ``index``'s reward as gymnasium's AsyncVectorEnv takes it (``np.array(rewards, dtype=np.float64)``)
+    where the kernels' plain conversion refused it: None (NaN), a one-element array, a numeric string. (SB3's
+    SubprocVecEnv passes these on too.) A reward of more than one number is refused, naming the env."""
     try:
-        float(x)
-    except Exception:
-        return False
-    return True
+        value = np.asarray(x, dtype=np.float64)
+        if value.size == 1:
+            return float(value.reshape(-1)[0])
+    except Exception as exc:
+        raise ShardError(index, "step", TypeError(f"reward must be a number, got {x!r}")) from exc
+    raise ShardError(index, "step", TypeError(f"reward must be a number, got {x!r}"))
 
 
 def _is_flag(x: Any) -> bool:

@@ -401,6 +401,48 @@ def test_old_gym_step_api_is_named() -> None:
             venv.step(np.zeros(2, dtype=np.int64))
 
 
+class _RewardOf(envs.FailingEnv):
+    """Returns ``reward`` from every step."""
+
+    def __init__(self, reward):
+        super().__init__()
+        self.reward = reward
+
+    def step(self, action):
+        obs, _, term, trunc, info = super().step(action)
+        return obs, self.reward, term, trunc, info
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_rewards_the_references_take_are_taken(front: str) -> None:
+    """A one-element array, None and a numeric string are rewards gymnasium's AsyncVectorEnv takes
+    (np.array(rewards, dtype=np.float64)) and SB3's SubprocVecEnv passes on: they were refused as "reward must be
+    a number" (and with the compiled kernels a numeric string blamed env 0, showing its valid reward)."""
+    import warnings
+
+    from fastvec import VectorEnv
+
+    rewards = [0.25, np.array([2.5]), None, "1.5", np.float32(3.0), np.array(4.0)]
+    fns = [partial(_RewardOf, r) for r in rewards]
+    make = SubprocVecEnv if front == "sb3" else VectorEnv
+    with make(fns, start_method="fork", num_workers=2) as venv:  # (envs 0-2 in this process, 3-5 in a worker)
+        venv.reset()
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            got = venv.step(np.zeros(6, dtype=np.int64))[1]
+        assert got.dtype == np.float64 and got.shape == (6,)
+        assert np.array_equal(got, [0.25, 2.5, np.nan, 1.5, 3.0, 4.0], equal_nan=True)
+        assert [str(w.message) for w in record] == ["fastvec: env 2 returned a NaN reward"]  # (None, as NaN)
+    for bad, shown in [(np.array([1.0, 2.0]), r"array\(\[1\., 2\.\]\)"), ("abc", "'abc'")]:
+        for index in (1, 4):  # (in this process's shard, in the worker's)
+            fns = [partial(_RewardOf, bad if i == index else 0.5) for i in range(6)]
+            with make(fns, start_method="fork", num_workers=2) as venv:
+                venv.reset()
+                with pytest.raises(EnvError, match=rf"env {index} raised TypeError during 'step': reward must be a "
+                                                   rf"number, got {shown}"):  # fmt: skip
+                    venv.step(np.zeros(6, dtype=np.int64))
+
+
 @pytest.mark.parametrize("bad_index", [0, 2])
 def test_check_warns_once_naming_env(bad_index: int) -> None:
     fns = [envs.SloppyEnv if i == bad_index else envs.FailingEnv for i in range(3)]

@@ -224,7 +224,10 @@ class AsyncBatches:
         if pool._pending is not None:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
         if type(env_ids) is not np.ndarray or env_ids.dtype != _INTP or env_ids.ndim != 1:  # (recv()'s ids are)
-            env_ids = np.asarray(env_ids, dtype=np.intp).reshape(-1)
+            given = np.asarray(env_ids)
+            if given.size and given.dtype.kind not in "iu":  # (a mask of booleans would be read as ids 0 and 1)
+                raise TypeError(f"env ids must be integers (those recv() returned), got {given.dtype}: {given.tolist()}")
+            env_ids = given.astype(np.intp, copy=False).reshape(-1)
         ids = env_ids.tolist()
         whole = self._whole.get(tuple(ids))
         if whole is not None:  # one group's envs in order, as recv() returns them

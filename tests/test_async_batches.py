@@ -457,6 +457,9 @@ def test_misuse_is_named() -> None:
             pool.send(np.zeros(1, np.int64), got.env_ids[:1])
         with pytest.raises(ValueError, match="must not repeat"):
             pool.send(np.zeros(2, np.int64), [got.env_ids[0]] * 2)
+        for ids in ([True, False], [0.0, 1.0]):  # (a boolean mask was taken as ids 1 and 0, floats truncated)
+            with pytest.raises(TypeError, match=r"env ids must be integers .*got (bool|float64): \["):
+                pool.send(np.zeros(2, np.int64), ids)
         with pytest.raises(ValueError, match="send\\(actions, env_ids\\)"):
             pool.step_async(np.zeros(4, np.int64))
         with pytest.raises(AlreadyPendingCallError, match="asynchronous batches are running"):

@@ -909,8 +909,11 @@ def test_a_worker_that_dies_or_hangs_is_found_while_other_groups_keep_coming(fau
                     got = pool.recv()
                 if set(got.restarted) == bad:  # the faulty worker's group came back replaced
                     assert on_error == "restart"
-                    reason = "worker process died" if fault == "kill" else "worker hung: still running after step_timeout=0.5 s"
-                    assert all(got.restarted[i].startswith(reason) for i in bad), got.restarted
+                    hung = "worker hung: still running after step_timeout=0.5 s"
+                    # (a SIGKILLed worker not yet gone when its step is past step_timeout, on a loaded host, is
+                    # ended as hung: either way it is found and replaced)
+                    reasons = ("worker process died", hung) if fault == "kill" else (hung,)
+                    assert all(got.restarted[i].startswith(reasons) for i in bad), got.restarted
                     break
                 pool.send(np.zeros(2, np.int64), got.env_ids)  # (the faulty worker's too, while it still steps)
             else:

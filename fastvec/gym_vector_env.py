@@ -154,7 +154,8 @@ class VectorEnv(gym.vector.VectorEnv):
             start_method = base.start_method
         if daemon is None:
             daemon = base.daemon if isinstance(config, PoolOptions) else True
-        settings = PoolOptions.build(base, **{"start_method": start_method, "daemon": daemon, **options})
+        # (the config itself, not ``base``: build() keeps a file's or dict's step_in_parent out of batches)
+        settings = PoolOptions.build(config, **{"start_method": start_method, "daemon": daemon, **options})
         self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time
             settings = settings.replace(num_workers=_concurrent_workers(len(env_fns), settings, int(max_concurrency)))

@@ -163,7 +163,8 @@ class PoolOptions:
                 config = json.load(f)
             if not isinstance(config, dict):
                 raise ValueError(f"a config file holds a JSON object (as python -m fastvec.tune writes), got {config!r:.100}")
-            config = config.get("config", config)
+        if isinstance(config.get("config"), dict):  # the tuner's whole record (its file, or search()'s dict)
+            config = config["config"]
         unknown = sorted(set(config) - set(TUNABLE))
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; expected some of {list(TUNABLE)}")

@@ -61,6 +61,21 @@ def test_a_tuning_file_s_step_in_parent_is_not_applied_to_asynchronous_batches(t
     assert PoolOptions.build(PoolOptions(step_in_parent=False), batch_size=2).step_in_parent is False  # options: kept
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config=str(path), batch_size=2) as venv:
         assert venv.pool.step_in_parent and len(venv.pool.worker_pids) == 1
+    # the gymnasium front-end too (it loaded the file into options first, and build() then kept their step_in_parent)
+    for config in (str(path), {"num_workers": 2, "step_in_parent": False}):
+        with VectorEnv([envs.make_cartpole] * 4, context="fork", config=config, batch_size=2) as venv:
+            assert venv.pool.step_in_parent and len(venv.pool.worker_pids) == 1
+
+
+def test_the_tuner_s_record_is_a_config_as_a_dict_as_well_as_a_file(tmp_path) -> None:
+    """The front-ends' docstrings promise "a dict / JSON file from python -m fastvec.tune": the file's record
+    was unwrapped (its "config"), the same record as a dict (json.load of it, tune.search()'s return) refused."""
+    record = {"config": {"num_workers": 1, "step_in_parent": False}, "throughput": 1.0, "candidates": []}
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(record))
+    assert PoolOptions.load(record) == PoolOptions.load(str(path)) == PoolOptions(num_workers=1, step_in_parent=False)
+    with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", config=record) as venv:
+        assert venv.pool.num_workers == 1
 
 
 def test_both_front_ends_take_every_knob_and_a_config() -> None:

@@ -15,6 +15,7 @@ import argparse
 import os
 import random
 import signal
+import sys
 import time
 import warnings
 from functools import partial
@@ -128,7 +129,8 @@ def main() -> None:
     shm_end = set(shm.list_segments()) - shm_start
 
     first, peak, last = samples[0][1], max(s[1] for s in samples), samples[-1][1]
-    print(f"# Soak: {args.minutes:g} min, {args.num_envs} envs, {args.num_workers} workers (`python -m benchmarks.soak --minutes {args.minutes:g}`)\n")
+    command = " ".join(["python -m benchmarks.soak", *sys.argv[1:]])  # (every option given: the command reproduces the run)
+    print(f"# Soak: {args.minutes:g} min, {args.num_envs} envs, {args.num_workers} workers (`{command}`)\n")
     print("| measure | value |\n|---|---|")
     print(f"| env steps | {steps:,} ({steps / elapsed:,.0f}/s) |")
     print(f"| workers killed (SIGKILL) | {kills} |")

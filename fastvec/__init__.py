@@ -3,8 +3,8 @@
     from fastvec import SubprocVecEnv          # drop-in for SB3's SubprocVecEnv
     from fastvec import VectorEnv              # gymnasium 1.x VectorEnv API (AsyncVectorEnv's constructor)
 
-Importing fastvec is light: the front-ends (and Stable-Baselines3 with the first) are
-imported when first used, and worker processes import only the engine.
+Importing fastvec is light: the front-ends are imported when first used (neither imports
+Stable-Baselines3 or torch), and worker processes import only the engine.
 """
 
 from __future__ import annotations

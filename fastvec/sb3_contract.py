@@ -1,9 +1,11 @@
-"""Stable-Baselines3's VecEnv contract, for when stable-baselines3 is not installed.
+"""Stable-Baselines3's VecEnv contract, for when stable-baselines3 is not imported.
 
-When SB3 is installed, fastvec.SubprocVecEnv derives from SB3's own VecEnv
-instead, so ``isinstance(venv, stable_baselines3.common.vec_env.VecEnv)`` holds
-and SB3's wrappers accept it. This class implements the same public behaviour
-(written from SB3's documented contract) so code written for SB3 runs without it.
+fastvec.SubprocVecEnv derives from SB3's own VecEnv only when SB3 was imported before
+fastvec's SB3 front-end; otherwise from this class, which is registered as a virtual
+subclass of SB3's VecEnv once SB3 is imported, so ``isinstance(venv,
+stable_baselines3.common.vec_env.VecEnv)`` holds and SB3's wrappers accept it either way.
+It implements the same public behaviour (written from SB3's documented contract), so code
+written for SB3 runs without importing it (nor torch with it).
 """
 
 from __future__ import annotations

@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(table)
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Fault behaviour (`python -m benchmarks.faults`)\n\n4 envs, the last one faulty; fastvec with "
-                   f"num_workers=2 (step_timeout=5 s for the hang case).\n\n{text}\n")
+    out.write_text(f"# Fault behaviour (`python -m benchmarks.faults`)\n\n4 envs, the last one faulty (in the env_method row every env's "
+                   f"method raises); fastvec with num_workers=2 (step_timeout=5 s for the hang case).\n\n{text}\n")
     print(text)
 
 

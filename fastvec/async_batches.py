@@ -441,7 +441,10 @@ class AsyncBatches:
                 except BaseException as exc:
                     pool._break(exc)
                     raise
-                raise error
+                try:
+                    raise error
+                finally:
+                    error = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
             batch = self._batch(pool, taken, copy, batch_object)
         try:
             for entry in taken:
@@ -666,9 +669,7 @@ class AsyncBatches:
                 self._check_lives([position])
                 continue
             command, _ = self.inflight[group]
-            error = StepTimeoutError(remote.index, remote.envs, "step" if command is _STEP else "reset", limit)
-            pool._break(error)
-            raise error
+            raise pool._broken(StepTimeoutError(remote.index, remote.envs, "step" if command is _STEP else "reset", limit))
 
     def _check_lives(self, positions: list[int]) -> None:
         """A worker that died while stepping (``positions``: in pool._remotes): respawned
@@ -684,9 +685,7 @@ class AsyncBatches:
             if pool.closed:  # (stopped by close() in a signal handler just now)
                 raise pool._closed_meanwhile("recv")
             if pool.on_error != "restart":
-                error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, "step")
-                pool._break(error)
-                raise error
+                raise pool._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, "step"))
             resetting = command is Command.RESET
             p = _Pending(
                 command,

@@ -248,7 +248,24 @@ class ShardError(Exception):
 
     @staticmethod
     def combine(errors: list[ShardError]) -> ShardError:
-        """The first of ``errors``, carrying the rest."""
+        """The first of ``errors``, carrying the rest; ``errors`` is emptied. (The usual caller raises the result
+        from the frame whose local ``errors`` is: that frame stays in the error's traceback, and the list, holding
+        the error, would make a reference cycle that keeps the frame's objects, a pool among them, until the
+        cyclic garbage collector runs.)"""
         first = errors[0]
         first.others = errors[1:]
+        errors.clear()
         return first
+
+
+def detached(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` without its traceback, cause or context (the same type, arguments and attributes), to be
+    kept after the call that raised it: a traceback's frames hold their locals (a pool's ``self`` among them), so
+    a pool that kept the error itself would be in a reference cycle, freed only by the cyclic garbage collector."""
+    try:
+        clone = type(exc).__new__(type(exc), *exc.args)
+        clone.args = exc.args
+        clone.__dict__.update(getattr(exc, "__dict__", {}))
+    except Exception:  # (an exception type that cannot be made so: its description, under a generic type)
+        clone = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return clone

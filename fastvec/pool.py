@@ -54,6 +54,7 @@ from fastvec.errors import (
     SpaceMismatchError,
     StepTimeoutError,
     WorkerDiedError,
+    detached,
     env_error,
     env_errors,
 )
@@ -553,11 +554,18 @@ class Pool:
             ) from cause
 
     def _break(self, cause: BaseException) -> None:
-        """A command could not complete: workers and parent may be out of step."""
+        """A command could not complete: workers and parent may be out of step. (The cause is kept detached from
+        its traceback, whose frames hold this pool: see errors.detached.)"""
         if self._state is not PoolState.CLOSED:
             self._state = PoolState.BROKEN
-            self._cause = cause
+            self._cause = detached(cause)
         self._pending = None
+
+    def _broken(self, cause: BaseException) -> BaseException:
+        """``cause``, once it broke the pool (``_break``), for the caller to raise: ``raise pool._broken(Error(...))``
+        leaves no local in the raising frame that holds the error (its traceback keeps that frame: a cycle)."""
+        self._break(cause)
+        return cause
 
     def _take_pending(self, command: Command, call: str) -> _Pending:
         p = self._pending
@@ -1209,9 +1217,7 @@ class Pool:
                     p.lost.add(k)
                     kernels.finish(control, remote.base + Control.DONE_SEQ, int(seq[k]), self._remaining_index)
                 else:
-                    error = WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name)
-                    self._break(error)
-                    raise error
+                    raise self._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name))
             elif self.step_timeout is not None and elapsed > self.step_timeout:
                 if self.on_error == "restart":
                     # a hung env: ended, and then as a dead worker (the next pass): in a step or reset its
@@ -1220,9 +1226,7 @@ class Pool:
                     remote.end()
                     remote.hung = True  # (what names it as hung, here and where it is replaced: _respawn)
                     continue
-                error = StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout)
-                self._break(error)
-                raise error
+                raise self._broken(StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout))
             elif timeout is not None and elapsed > timeout:
                 raise multiprocessing.TimeoutError(
                     f"{p.name!r} did not finish within {asked if asked is not None else timeout:g} s (worker {remote.index}); "
@@ -1712,7 +1716,10 @@ class Pool:
         if failed:
             failed.sort(key=lambda err: err.env_index)
             failed[0].others = failed[1:] + failed[0].others
-            raise failed[0]
+            try:
+                raise failed[0]
+            finally:
+                failed = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
         return extras
 
     def _restart_after_step(self, slot: int) -> tuple[list, list]:
@@ -2031,7 +2038,10 @@ class Pool:
         finally:
             self._terminate(grace=grace)
         if error is not None:
-            raise error
+            try:
+                raise error
+            finally:
+                error = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
 
     def _leave(self, token: object | None) -> None:
         """The end of a command's completion: the token back (if this thread took it), and the block let go
@@ -2245,7 +2255,10 @@ class Pool:
                 shm.close(self._segment)
                 self._segment = None
             if interrupt is not None:
-                raise interrupt
+                try:
+                    raise interrupt
+                finally:
+                    interrupt = None  # (this frame stays in its traceback: a reference cycle otherwise)
 
     def __del__(self) -> None:
         try:

@@ -868,10 +868,13 @@ def close_each(envs: list, start: int = 0) -> None:
             first = first or ShardError(start + j, "close", exc)
         except BaseException as exc:  # (KeyboardInterrupt, SystemExit: raised once the others are closed)
             interrupt = interrupt or exc
-    if interrupt is not None:
-        raise interrupt
-    if first is not None:
-        raise first
+    try:
+        if interrupt is not None:
+            raise interrupt
+        if first is not None:
+            raise first
+    finally:  # (this frame stays in the error's traceback: holding the errors would make a reference cycle)
+        first = interrupt = None
 
 
 class _TagDtypes(dict):
@@ -965,11 +968,14 @@ class WrappedShard:
                 if not through_interrupts:
                     raise
                 interrupt = interrupt or exc
-        if interrupt is not None:
-            raise interrupt
-        if errors:
-            errors.sort(key=lambda e: e.env_index)
-            raise ShardError.combine(errors)
+        try:
+            if interrupt is not None:
+                raise interrupt
+            if errors:
+                errors.sort(key=lambda e: e.env_index)
+                raise ShardError.combine(errors)
+        finally:  # (this frame stays in the error's traceback: holding the errors would make a reference cycle)
+            interrupt = errors = None
         return extras or None
 
     def step(self, slot: int, action_objects: list[list] | None = None) -> list | None:

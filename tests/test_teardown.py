@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from functools import partial
 from pathlib import Path
 
@@ -797,6 +798,64 @@ def _dropped_pool(kind: str) -> pool_module.Pool:
         made.send(np.zeros(2, dtype=np.int64), made.recv().env_ids)
     made.stats()
     return made
+
+
+def _raise_through(case: str) -> tuple:
+    """A SubprocVecEnv one of whose calls raised (``case``), caught as a user would; and the error's type."""
+    fail = {"own-env": {1: "step"}, "worker-env": {3: "step"}, "hang": {3: "hang"}}.get(case.split(":")[-1], {})
+    fns = [partial(envs.FailingEnv, fail.get(i)) for i in range(4)]
+    options = {"step_timeout": 0.3} if case.endswith("hang") else {}
+    batches = case.startswith("batches")
+    if batches:
+        options.update(batch_size=2, step_in_parent=False)
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, **options)
+    try:
+        if batches:
+            venv.async_reset()
+            if case.endswith("kill"):
+                os.kill(venv.pool.worker_pids[-1], signal.SIGKILL)
+            end = time.monotonic() + 10  # (a hung worker is found while the other group keeps coming)
+            while time.monotonic() < end:
+                ids = venv.recv()[4]
+                venv.send(np.zeros(2, dtype=np.int64), ids)
+        else:
+            venv.reset()
+            if case.endswith("kill"):
+                os.kill(venv.pool.worker_pids[-1], signal.SIGKILL)
+                time.sleep(0.2)
+            venv.step(np.zeros(4, dtype=np.int64))
+    except Exception as exc:
+        return venv, type(exc)
+    venv.close()
+    raise AssertionError(f"{case}: nothing raised")
+
+
+@pytest.mark.parametrize(
+    "case", ["own-env", "worker-env", "kill", "hang", "batches:worker-env", "batches:kill", "batches:hang"]
+)
+def test_a_pool_dropped_after_an_error_is_closed_at_once(case: str) -> None:
+    """The error a call raised (an env's, a dead or hung worker's, the pool broken or not), caught and gone: the
+    pool dropped unclosed is freed at once, with the cyclic collector off. Frames in the error's traceback held it
+    (their ``self``) while a local of theirs, or the broken pool's kept cause, held the error: reference cycles
+    that kept its workers and block until the collector ran."""
+    from tests.test_async_batches import _mapped_blocks
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        before = _mapped_blocks()
+        venv, raised = _raise_through(case)
+        assert raised is {"kill": WorkerDiedError, "hang": StepTimeoutError}.get(case.split(":")[-1], raised)
+        block = _mapped_blocks() - before
+        workers = [psutil.Process(pid) for pid in venv.pool.worker_pids if psutil.pid_exists(pid)]
+        pool = weakref.ref(venv.pool)
+        del venv
+        assert pool() is None
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive and not (_mapped_blocks() & block)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @pytest.mark.parametrize("kind", ["monitor", "batches"])

@@ -146,6 +146,10 @@ class Sampler:
                     parked=shard in pool._parked,
                 )
             )
+        live = {s.pid for s in shards}
+        for pid in [pid for pid in self._processes if pid not in live]:  # (workers replaced since: on_error="restart")
+            del self._processes[pid]
+            self._switches.pop(pid, None)
         busy = [s.busy for s in shards if not s.parked]
         ratio = None
         if len(busy) >= 2:

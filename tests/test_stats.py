@@ -157,3 +157,26 @@ def test_the_calling_process_shard_counts_as_a_worker_does(batches: bool) -> Non
             pool.step(np.zeros(2, np.int64))  # both envs raise: the step counts in both rows
         counts, commands = rows()
         assert counts[:, :2].tolist() == [[3, 2], [3, 2]] and commands.tolist() == [4, 4]
+
+
+def test_the_sampler_forgets_replaced_workers() -> None:
+    """stats() keeps a psutil handle and a context-switch count per worker pid: with on_error="restart" each
+    replaced worker's stayed for the pool's life (one more per restart, without bound)."""
+    import signal
+    import warnings
+
+    with Pool([envs.make_cartpole] * 4, num_workers=2, step_in_parent=False, on_error="restart", start_method="fork") as pool:
+        pool.reset()
+        actions = np.zeros(4, dtype=np.int64)
+        pool.step(actions)
+        pool.stats()
+        for _ in range(3):
+            dead, restarts = pool.worker_pids[0], pool.worker_restarts
+            os.kill(dead, signal.SIGKILL)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # (the restart's warning)
+                while pool.worker_restarts == restarts:
+                    pool.step(actions)
+            pool.stats()
+            sampler = pool._sampler
+            assert set(sampler._processes) == set(sampler._switches) == set(pool.worker_pids)

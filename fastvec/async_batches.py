@@ -172,12 +172,12 @@ class AsyncBatches:
         self._action_rows = self._result_rows = []  # type: ignore[assignment]
         self._own_run = self._local_objects = None
 
-    def latest_into(self, slot: int) -> None:
+    def latest_into(self, pool: Pool, slot: int) -> None:
         """Copy each group's latest rows (observations, rewards, flags) into ring slot ``slot``, where that
         group's latest results are in another: a masked synchronous reset writes only its envs' rows into
         ``slot``, and then makes it every group's latest (the envs it leaves out read their latest
         observations there, and a restart's "last observation" is the row before the next step's)."""
-        views = self._pool()._views
+        views = pool._views
         for position, envs in enumerate(self.groups):
             latest = self.slots[position]
             if latest == slot:
@@ -195,7 +195,7 @@ class AsyncBatches:
         """Reset every env, with per-env ``seeds`` and ``options`` (each env's dict, passed when not empty,
         as SB3's reset passes them)."""
         pool = self._pool()
-        self._check_quiet("async_reset")
+        self._check_quiet(pool, "async_reset")
         n = pool.num_envs
         if options is not None:
             options = list(options)
@@ -247,7 +247,7 @@ class AsyncBatches:
                 return
             positions, run = whole, True
         else:
-            positions, run = self._groups(env_ids, ids)
+            positions, run = self._groups(pool, env_ids, ids)
         count = len(env_ids)
         writer = self._writer(count)
         views = pool._views
@@ -301,11 +301,11 @@ class AsyncBatches:
         writer = self._writer(self.group_size)
         return writer.writers[0] if writer.single else None
 
-    def _groups(self, env_ids: np.ndarray, ids: list[int]) -> tuple[list[int], bool]:
+    def _groups(self, pool: Pool, env_ids: np.ndarray, ids: list[int]) -> tuple[list[int], bool]:
         """The groups ``env_ids`` (``ids``: the same as a list) make up (whole groups, none in flight or
         waiting to be received), and whether the ids are one run of consecutive envs (their rows are one slice).
         (One group's ids in order, the usual send, are looked up in ``_whole`` by ``send`` itself.)"""
-        n, size = self._pool().num_envs, self.group_size
+        n, size = pool.num_envs, self.group_size
         first = ids[0] if ids else -1
         run = ids == list(range(first, first + len(ids)))
         if run and 0 <= first and first % size == 0 and len(ids) % size == 0:
@@ -378,8 +378,8 @@ class AsyncBatches:
             pool._break(exc)
             raise
 
-    def _check_quiet(self, call: str) -> None:
-        self._pool()._check_idle(call)
+    def _check_quiet(self, pool: Pool, call: str) -> None:
+        pool._check_idle(call)
         if self.busy:
             raise AlreadyPendingCallError(f"{call}() called while batches are still running: recv() them first", "step")
 
@@ -463,7 +463,7 @@ class AsyncBatches:
             self._collected += 1
             if self._collected >= _CHECK_EVERY:
                 ready = len(self.ready)
-                self._check_workers_in_flight()
+                self._check_workers_in_flight(pool)
                 if len(self.ready) > ready:
                     return  # workers respawned by the check: their groups' results are ready (the caller looks again)
         if first and 0 in inflight:
@@ -493,7 +493,7 @@ class AsyncBatches:
             self._own_passed += 1
         self._wait_worker(pool, began, timeout)
 
-    def _check_workers_in_flight(self) -> None:
+    def _check_workers_in_flight(self, pool: Pool) -> None:
         """While other groups keep being collected: every ``WORKERS_CHECK_S`` seconds at most, whether a worker
         in flight died (respawned, or WorkerDiedError) or is past ``step_timeout``, as a wait for it would."""
         self._collected = 0
@@ -504,11 +504,11 @@ class AsyncBatches:
         first = self.first_remote
         # (a group that finished and only waits to be collected is neither dead nor late: step_timeout
         # bounds a command, not the learner's time between recv() calls)
-        positions = [group - first for group in self.inflight if group >= first and not self._done(group)]
-        self._check_lives(positions)
-        limit = self._pool().step_timeout
+        positions = [group - first for group in self.inflight if group >= first and not self._done(pool, group)]
+        self._check_lives(pool, positions)
+        limit = pool.step_timeout
         if limit is not None:
-            self._check_deadlines([p for p in positions if p + first in self.inflight], limit)
+            self._check_deadlines(pool, [p for p in positions if p + first in self.inflight], limit)
 
     def _wait_worker(self, pool: Pool, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish; its results join ``ready`` (or it died: _check_lives)."""
@@ -534,15 +534,15 @@ class AsyncBatches:
             raise pool._closed_meanwhile("recv")
         k = kernels.wait_any(pool._control, pool._remaining_index, done, seqs, spin_ns, slice_ns)
         if k == -1:
-            self._check_lives(positions)
+            self._check_lives(pool, positions)
             if limit is not None:
-                self._check_deadlines(positions, limit)
+                self._check_deadlines(pool, positions, limit)
             if expired:
                 raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
             return
         position = positions[k] + first
         if len(positions) > 1:  # several done: the one sent first (the inflight dict keeps send order)
-            position = self._oldest_done(position)
+            position = self._oldest_done(pool, position)
         command, slot = inflight[position]
         try:
             reply = None
@@ -553,7 +553,7 @@ class AsyncBatches:
                 except WorkerDiedError:  # it finished, then died before its message was read: its results are lost
                     if pool.on_error != "restart":
                         raise
-                    self._check_lives([position - first])  # respawned: its replacement's results join ``ready``
+                    self._check_lives(pool, [position - first])  # respawned: its replacement's results join ``ready``
                     return
             del inflight[position]
             extras, error = None, None
@@ -569,14 +569,14 @@ class AsyncBatches:
             pool._break(exc)
             raise
 
-    def _oldest_done(self, found: int) -> int:
+    def _oldest_done(self, pool: Pool, found: int) -> int:
         """Of the workers' groups in flight that are done (``found`` is), the one sent first: recv()
         returns the groups that finished first, and a group done and waiting is never passed over
         for one sent after it (wait_any finds the lowest done index, not the oldest)."""
         for position in self.inflight:
             if position == found:
                 return found
-            if position >= self.first_remote and self._done(position):
+            if position >= self.first_remote and self._done(pool, position):
                 return position
         return found
 
@@ -589,10 +589,10 @@ class AsyncBatches:
                 return True
         return False
 
-    def _done(self, position: int) -> bool:
+    def _done(self, pool: Pool, position: int) -> bool:
         """Whether the worker of group ``position`` (a worker's: ``position >= first_remote``) finished its
         command: its DONE word reached its command count."""
-        pool, k = self._pool(), position - self.first_remote
+        k = position - self.first_remote
         return pool._control_words[pool._done_words[k]] == pool._seq_words[k]
 
     def _watch(self, pool: Pool) -> tuple | None:
@@ -653,10 +653,9 @@ class AsyncBatches:
         self.ready.append((0, slot, extras, error))
         return True
 
-    def _check_deadlines(self, positions: list[int], limit: float) -> None:
+    def _check_deadlines(self, pool: Pool, positions: list[int], limit: float) -> None:
         """Workers in flight for longer than ``step_timeout`` (``positions``: in pool._remotes): ended and
         respawned (on_error="restart": _check_lives, at once) or StepTimeoutError, which breaks the pool."""
-        pool = self._pool()
         now = time.monotonic()
         for position in positions:
             group = position + self.first_remote
@@ -666,17 +665,16 @@ class AsyncBatches:
             if pool.on_error == "restart":
                 remote.end()  # a hung env: its replacement does the group's command
                 remote.hung = True
-                self._check_lives([position])
+                self._check_lives(pool, [position])
                 continue
             command, _ = self.inflight[group]
             raise pool._broken(StepTimeoutError(remote.index, remote.envs, "step" if command is _STEP else "reset", limit))
 
-    def _check_lives(self, positions: list[int]) -> None:
+    def _check_lives(self, pool: Pool, positions: list[int]) -> None:
         """A worker that died while stepping (``positions``: in pool._remotes): respawned
         (on_error="restart") or the pool breaks."""
         from fastvec.pool import _Pending, _restart_reason
 
-        pool = self._pool()
         for position in positions:
             remote = pool._remotes[position]
             if remote.exitcode is None:
@@ -722,7 +720,7 @@ class AsyncBatches:
         terminated = np.concatenate([views.terminated[s, a:b] for s, a, b in parts])
         truncated = np.concatenate([views.truncated[s, a:b] for s, a, b in parts])
         columns = [np.concatenate([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
-        return self._assemble(env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
+        return self._assemble(pool, env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
 
     def _group_batch(self, pool: Pool, entry: tuple, copy: bool, batch_object: Any = None) -> AsyncBatch:
         """The batch of one group (the usual batch; ``entry``: its entry in ``ready``): its rows' views,
@@ -740,12 +738,11 @@ class AsyncBatches:
             columns = [rows.copy() for rows in columns]
         if pool._single_leaf:
             return AsyncBatch(pool, env_ids, columns[0], rewards, terminated, truncated, extras, parts)
-        return self._assemble(env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
+        return self._assemble(pool, env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
 
-    def _assemble(self, env_ids: np.ndarray, columns: list, rewards: np.ndarray, terminated: np.ndarray,
+    def _assemble(self, pool: Pool, env_ids: np.ndarray, columns: list, rewards: np.ndarray, terminated: np.ndarray,
                   truncated: np.ndarray, extras: list, parts: list, batch_object: Any) -> AsyncBatch:
         """The batch, its observations assembled from their array ``columns`` and object parts."""
-        pool = self._pool()
         if pool._single_leaf:
             obs = columns[0]
         else:
@@ -764,10 +761,11 @@ class AsyncBatches:
             obs = assemble(pool.observation_space, leaf_parts)
         return AsyncBatch(pool, env_ids, obs, rewards, terminated, truncated, extras, parts)
 
-    def drain(self, timeout: float) -> None:
-        """Wait (briefly) for every group still running, dropping the results (close())."""
+    def drain(self, pool: Pool, timeout: float) -> None:
+        """Wait (briefly) for every group still running, dropping the results (close()). (The pool is passed by the
+        pool itself: in a garbage cycle the collector clears the weak reference before the pool's __del__ closes
+        it, so no helper reached from here may read it.)"""
         end = time.monotonic() + timeout
-        pool = self._pool()
         if self.first_remote and self.inflight.pop(0, None) is not None:  # the own group: not stepped (or not all)
             self._local_objects = self._own_run = None
             self._own_busy = 0

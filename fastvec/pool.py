@@ -702,7 +702,7 @@ class Pool:
             arg |= ResetFlag.MASKED
             slot = self.slot
             if self._async is not None:  # (each group's latest rows are in its own slot: the others read them here)
-                self._async.latest_into(slot)
+                self._async.latest_into(self, slot)
         else:
             slot = self._next_slot()
         local_options = None
@@ -2173,7 +2173,7 @@ class Pool:
         saved_timeout = self.step_timeout
         try:
             if self._async is not None and self._async.busy:  # batches still running: wait for them, briefly
-                self._async.drain(min(timeout, PENDING_STEP_GRACE_S))
+                self._async.drain(self, min(timeout, PENDING_STEP_GRACE_S))
                 if self._async.inflight:
                     raise ClosedError("asynchronous batches still running")
             p = self._pending

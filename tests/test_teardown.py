@@ -785,6 +785,40 @@ def test_a_pool_dropped_unclosed_is_collected_without_a_crash(kind: str) -> None
     assert child.returncode == 0 and "collected 1 0" in child.stdout, (child.returncode, child.stdout, child.stderr[-2000:])
 
 
+class _SlowClose(envs.FailingEnv):
+    """An env whose close() takes 0.6 s (a simulator shutting down) and then leaves a mark in ``marks``."""
+
+    def __init__(self, marks: str, index: int):
+        super().__init__()
+        self.marks, self.index = marks, index
+
+    def close(self):
+        time.sleep(0.6)
+        Path(self.marks, f"closed-{self.index}").touch()
+
+
+def test_a_collected_pool_with_batches_in_flight_closes_its_envs(tmp_path) -> None:
+    """A pool in the user's reference cycle, freed by the collector with a batch in flight: its __del__ drains the
+    batch and closes every env. The collector clears weak references before it runs finalizers, so the batches'
+    weak reference to the pool was None by then: the drain raised, the CLOSE command was never sent, and the
+    workers, terminated instead, were killed in the middle of their envs' close() (3 of 4 envs closed)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        fns = [partial(_SlowClose, str(tmp_path), i) for i in range(4)]
+        pool = pool_module.Pool(fns, num_workers=2, step_in_parent=False, batch_size=2, start_method="fork")
+        pool.async_reset()
+        pool.send(np.zeros(2, dtype=np.int64), pool.recv().env_ids)  # a batch in flight when the pool is dropped
+        holder = {"pool": pool}
+        holder["self"] = holder
+        del pool, holder
+        gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"closed-{i}" for i in range(4)]
+
+
 def _dropped_pool(kind: str) -> pool_module.Pool:
     """A Pool of ``kind``, stepped: synchronously with the monitor on, or in batches."""
     fns = [envs.make_cartpole] * 4

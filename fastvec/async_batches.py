@@ -67,6 +67,16 @@ WORKERS_CHECK_S = 0.1  # how often workers in flight are checked on while other 
 _CHECK_EVERY = 4  # (the clock is read every few collections only)
 
 
+def _integral(ids: np.ndarray) -> bool:
+    """Whether ids numpy did not store as integers are integers all the same: Python ints in an object array,
+    or floats with integral values (numpy makes float64 of np.uint64 mixed with ints), never booleans."""
+    if ids.dtype.kind == "f":
+        return bool(np.all(np.isfinite(ids)) and np.all(ids == np.trunc(ids)))
+    if ids.dtype.kind == "O":
+        return all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in ids.flat)
+    return False
+
+
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
@@ -225,7 +235,8 @@ class AsyncBatches:
             raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
         if type(env_ids) is not np.ndarray or env_ids.dtype != _INTP or env_ids.ndim != 1:  # (recv()'s ids are)
             given = np.asarray(env_ids)
-            if given.size and given.dtype.kind not in "iu":  # (a mask of booleans would be read as ids 0 and 1)
+            if given.size and given.dtype.kind not in "iu" and not _integral(given):
+                # (a mask of booleans would be read as ids 0 and 1, and 1.5 as 1)
                 raise TypeError(f"env ids must be integers (those recv() returned), got {given.dtype}: {given.tolist()}")
             env_ids = given.astype(np.intp, copy=False).reshape(-1)
         ids = env_ids.tolist()

@@ -47,14 +47,19 @@ def _concurrent_workers(n: int, settings: PoolOptions, limit: int) -> int:
     within the limit, which are never fewer than one per batch."""
     given = settings.num_workers
     batch = settings.batch_size
-    if given is None and batch is not None and 0 < batch < n and n % batch == 0:
+    if batch is not None and 0 < batch < n and n % batch == 0:
         if n // batch > limit:
             raise ValueError(
                 f"max_concurrency={limit} with batch_size={batch} and {n} envs: each of the {n // batch} batches "
                 f"is a group of envs stepped by a process of its own, so at least {n // batch} processes step "
                 "at a time (raise max_concurrency or batch_size)"
             )
-        return _async_workers(n, batch, min(default_num_workers(), limit))
+        if given is None:
+            return _async_workers(n, batch, min(default_num_workers(), limit))
+        if given <= limit:
+            return given  # (the layout's own check names a count whose groups do not tile a batch)
+        # the most workers within the limit whose groups tile a batch (one group per batch always does)
+        return max(w for w in range(n // batch, limit + 1) if n % w == 0 and batch % (n // w) == 0)
     return min(given or default_num_workers(), limit)
 
 

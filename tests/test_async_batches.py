@@ -457,9 +457,9 @@ def test_misuse_is_named() -> None:
             pool.send(np.zeros(1, np.int64), got.env_ids[:1])
         with pytest.raises(ValueError, match="must not repeat"):
             pool.send(np.zeros(2, np.int64), [got.env_ids[0]] * 2)
-        for ids in ([True, False], [0.0, 1.0]):  # (a boolean mask was taken as ids 1 and 0, floats truncated)
-            with pytest.raises(TypeError, match=r"env ids must be integers .*got (bool|float64): \["):
-                pool.send(np.zeros(2, np.int64), ids)
+        for ids in ([True, False], [0.5, 1.0], np.array([True, 1], dtype=object)):  # (a boolean mask was taken as
+            with pytest.raises(TypeError, match=r"env ids must be integers .*got (bool|float64|object): \["):
+                pool.send(np.zeros(2, np.int64), ids)  # ids 1 and 0, 0.5 as 0)
         with pytest.raises(ValueError, match="send\\(actions, env_ids\\)"):
             pool.step_async(np.zeros(4, np.int64))
         with pytest.raises(AlreadyPendingCallError, match="asynchronous batches are running"):
@@ -469,6 +469,24 @@ def test_misuse_is_named() -> None:
         Pool([envs.make_cartpole] * 5, batch_size=2, start_method="fork")
     with pytest.raises(ValueError, match="batch_size=8 is more than the 4 envs"):  # (it was the synchronous step)
         Pool([envs.make_cartpole] * 4, batch_size=8, start_method="fork")
+
+
+def test_integer_ids_in_any_form_are_taken() -> None:
+    """Ids numpy does not store as integers but that are: Python ints in an object array, np.uint64 mixed with ints
+    (which numpy makes float64), integral floats, torch-like lists of 0-d arrays."""
+    forms = [
+        lambda ids: np.array(ids.tolist(), dtype=object),
+        lambda ids: [np.uint64(ids[0]), int(ids[1])],
+        lambda ids: [float(i) for i in ids],
+        lambda ids: [np.array(i) for i in ids],
+        lambda ids: tuple(ids.tolist()),
+    ]
+    with Pool([envs.make_cartpole] * 4, batch_size=2, start_method="fork") as pool:
+        pool.async_reset()
+        for form in forms:
+            ids = pool.recv().env_ids
+            pool.send(np.zeros(2, np.int64), form(ids))
+            assert pool._async.running[pool._async._group_of[ids[0]]]
 
 
 @pytest.mark.parametrize(

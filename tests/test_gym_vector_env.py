@@ -193,9 +193,11 @@ def test_max_concurrency_is_a_limit_that_never_adds_workers(monkeypatch: pytest.
 
     monkeypatch.setattr(front, "default_num_workers", lambda: 2, raising=False)  # (a 2-core host's default, on any host)
     fns = [envs.make_cartpole] * 16
-    for limit, batch, workers in [(16, None, 2), (1, None, 1), (6, 8, 2), (3, 8, 2), (4, 4, 4)]:
-        with VectorEnv(fns, context="fork", max_concurrency=limit, batch_size=batch) as venv:
-            assert venv.pool.num_workers == workers, (limit, batch)
+    for limit, batch, given, workers in [(16, None, None, 2), (1, None, None, 1), (6, 8, None, 2), (3, 8, None, 2),
+                                         (4, 4, None, 4), (6, 8, 16, 4), (3, 8, 16, 2), (6, 4, 8, 4), (8, 4, 8, 8)]:
+        # (a given num_workers above the limit: the most within it whose groups tile a batch, as the default's)
+        with VectorEnv(fns, context="fork", max_concurrency=limit, batch_size=batch, num_workers=given) as venv:
+            assert venv.pool.num_workers == workers, (limit, batch, given)
     with pytest.raises(ValueError, match=r"max_concurrency=1 with batch_size=8 and 16 envs: .* at least 2 processes"):
         VectorEnv(fns, context="fork", max_concurrency=1, batch_size=8)
 

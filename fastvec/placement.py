@@ -30,6 +30,7 @@ _warned = False
 _caller_lock = threading.Lock()
 _caller_affinity: list[int] | None = None
 _caller_pins = 0
+_caller_threads: set[int] = set()  # the native ids of the threads pinned (an affinity is a thread's, on Linux)
 
 
 def allowed_cores() -> list[int]:
@@ -43,22 +44,30 @@ def allowed_cores() -> list[int]:
 
 
 def pin_caller(cores: list[int]) -> None:
-    """Pin the calling process to ``cores`` for a pool; ``release_caller`` undoes it when its pool closes."""
+    """Pin the calling thread to ``cores`` for a pool; ``release_caller`` undoes it when its pool closes."""
     global _caller_affinity, _caller_pins
     with _caller_lock:
         if _caller_pins == 0:
             _caller_affinity = sorted(os.sched_getaffinity(0))
         _caller_pins += 1
         os.sched_setaffinity(0, cores)
+        _caller_threads.add(threading.get_native_id())
 
 
 def release_caller() -> None:
-    """A pool that pinned the calling process closed: the last one gives it back its own affinity."""
+    """A pool that pinned the calling thread closed: the last one gives the threads it pinned their own affinity
+    back, whichever thread closes it (a close() from another thread, a __del__ in the monitor's thread: the
+    affinity ``0`` names is the closing thread's)."""
     global _caller_affinity, _caller_pins
     with _caller_lock:
         _caller_pins -= 1
         if _caller_pins == 0 and _caller_affinity is not None:
-            os.sched_setaffinity(0, _caller_affinity)
+            for thread in _caller_threads:
+                try:
+                    os.sched_setaffinity(thread, _caller_affinity)
+                except OSError:  # (a thread that has ended since)
+                    pass
+            _caller_threads.clear()
             _caller_affinity = None
 
 

@@ -59,6 +59,22 @@ def test_two_pools_that_pin_the_caller_give_its_affinity_back() -> None:
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_pool_closed_from_another_thread_gives_the_pinned_thread_its_affinity_back() -> None:
+    """An affinity is a thread's: close() from another thread (or a pool's __del__ in its monitor's thread) gave
+    the closing thread the caller's affinity, and the thread the pool pinned stayed on one core (and a pool it
+    made next, with default options, saw one core: one worker)."""
+    import threading
+
+    allowed = sorted(os.sched_getaffinity(0))
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin="spread")
+    assert sorted(os.sched_getaffinity(0)) == [allowed[0]]
+    closer = threading.Thread(target=venv.close)
+    closer.start()
+    closer.join()
+    assert sorted(os.sched_getaffinity(0)) == allowed
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_a_respawned_worker_gets_its_core_back() -> None:
     import signal
 

@@ -60,6 +60,8 @@ class Remote:
         self.index = index
         self.envs = envs
         self.process = process
+        # (kept: the Process object refuses its pid once released, and stats() in another thread may read it then)
+        self._pid: int | None = process.pid
         self._released_exitcode: int | None = EXIT_UNKNOWN  # (its exit code once released)
         self.conn = conn
         self.base = 0  # its control block's offset in the control words
@@ -130,7 +132,7 @@ class Remote:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        return self._pid
 
     @property
     def exitcode(self) -> int | None:

@@ -180,3 +180,29 @@ def test_the_sampler_forgets_replaced_workers() -> None:
             pool.stats()
             sampler = pool._sampler
             assert set(sampler._processes) == set(sampler._switches) == set(pool.worker_pids)
+
+
+def test_stats_while_another_thread_closes_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stats() reads each worker's pid after its counters: a close() in another thread meanwhile released the
+    worker's Process object, whose pid then raised multiprocessing's raw ValueError('process object is closed')."""
+    import threading
+
+    from fastvec.stats import Sampler
+
+    facts = Sampler._process_facts
+
+    def closed_meanwhile(self, pid):
+        closer = threading.Thread(target=pool.close)
+        closer.start()
+        closer.join()
+        return facts(self, pid)
+
+    pool = Pool([envs.make_cartpole] * 4, num_workers=2, step_in_parent=False, start_method="fork")
+    try:
+        pool.reset()
+        pids = pool.worker_pids
+        monkeypatch.setattr(Sampler, "_process_facts", closed_meanwhile)
+        snapshot = pool.stats()  # (the counters were read before the close: that snapshot)
+        assert pool.closed and [s.pid for s in snapshot.shards] == pids
+    finally:
+        pool.close()

@@ -346,6 +346,13 @@ cdef void publish_word(uint32_t *seq, uint32_t *waiting, uint32_t value) noexcep
         fv_futex_wake(seq)
 
 
+cdef inline int64_t spin_end(int64_t start, int64_t spin_ns, int64_t timeout_ns) noexcept nogil:
+    """When a wait that began at ``start`` stops polling: after ``|spin_ns|``, and never past the wait's own end
+    (a poll longer than the timeout let a wait, and the step_timeout and liveness checks behind it, overrun)."""
+    cdef int64_t spin = spin_ns if spin_ns >= 0 else -spin_ns
+    return start + (spin if spin < timeout_ns else timeout_ns)
+
+
 def wait_all(words, seq_index_array, uint32_t target, int64_t spin_ns, int64_t timeout_ns):
     """Wait until ``words[i] == target`` for every i in ``seq_index``.
 
@@ -363,7 +370,7 @@ def wait_all(words, seq_index_array, uint32_t target, int64_t spin_ns, int64_t t
     cdef int64_t start, spin_deadline, deadline
     with nogil:
         start = fv_now_ns()
-        spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
+        spin_deadline = spin_end(start, spin_ns, timeout_ns)
         deadline = start + timeout_ns
         for k in range(n):
             rc = wait_word(base + seq_index[k], base + seq_index[k] + 1, target, spin_deadline, deadline, spin_ns < 0, False)
@@ -429,7 +436,7 @@ def wait_remaining(words, Py_ssize_t remaining_index, done_index_array, seqs_arr
     cdef Py_ssize_t k
     with nogil:
         start = fv_now_ns()
-        spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
+        spin_deadline = spin_end(start, spin_ns, timeout_ns)
         deadline = start + timeout_ns
         rc = wait_word(base + remaining_index + REMAINING, base + remaining_index + REMAINING_WAITING, 0,
                        spin_deadline, deadline, spin_ns < 0, False)
@@ -466,7 +473,7 @@ def wait_any(words, Py_ssize_t remaining_index, done_index_array, seqs_array, in
     cdef Py_ssize_t found = -1
     with nogil:
         start = fv_now_ns()
-        spin_deadline = start + (spin_ns if spin_ns >= 0 else -spin_ns)
+        spin_deadline = spin_end(start, spin_ns, timeout_ns)
         deadline = start + timeout_ns
         while True:
             fv_store(base + remaining_index + REMAINING, 1)

@@ -159,7 +159,7 @@ class VectorEnv(gym.vector.VectorEnv):
             start_method = base.start_method
         if daemon is None:
             daemon = base.daemon if isinstance(config, PoolOptions) else True
-        # (the config itself, not ``base``: build() keeps a file's or dict's step_in_parent out of batches)
+        # (the config itself, not ``base``: build() keeps a file's or dict's layout out of batches)
         settings = PoolOptions.build(config, **{"start_method": start_method, "daemon": daemon, **options})
         self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing as mp
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +27,11 @@ CHECK_LEVELS = (None, "off", "warn", "raise")
 
 
 def default_num_workers() -> int:
-    """One per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """One per core this process may run on, as it was started: not a pool's pin of the calling thread
+    (``pin="spread"``), which made every pool made meanwhile plan for one core."""
+    from fastvec import placement
+
+    return len(placement.allowed_cores())
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,31 @@ class PoolOptions:
         if self.start_method is not None and self.start_method not in methods:
             # multiprocessing's own words first (SB3's tests match them), then what is available
             raise ValueError(f"cannot find context for {self.start_method!r}; start_method must be one of {methods}")
-        if self.spin_ns is not None and not isinstance(self.spin_ns, (int, np.integer)):
-            raise ValueError(f"spin_ns must be an int (nanoseconds), got {self.spin_ns!r}")
-        if self.step_timeout is not None and not (
-            isinstance(self.step_timeout, (int, float)) and self.step_timeout > 0
+        # (fastvec's own switches: a string such as "false", from a hand-written config, would be taken as True)
+        for name in ("step_in_parent", "pin_workers", "monitor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (bool, np.bool_)) or (value is None and name == "step_in_parent")):
+                raise ValueError(f"{name} must be True or False{' (or None)' if name == 'step_in_parent' else ''}, got {value!r}")
+        if self.spin_ns is not None and (
+            not isinstance(self.spin_ns, (int, np.integer)) or isinstance(self.spin_ns, bool)
+            or not -(2**63) < self.spin_ns < 2**63
+        ):  # fmt: skip
+            raise ValueError(f"spin_ns must be an int of nanoseconds (64 bits), got {self.spin_ns!r}")
+        timeout = self.step_timeout
+        if timeout is not None and (
+            not isinstance(timeout, numbers.Real) or isinstance(timeout, (bool, np.bool_)) or not timeout > 0
         ):
-            raise ValueError(f"step_timeout must be a positive number of seconds, got {self.step_timeout!r}")
+            raise ValueError(f"step_timeout must be a positive number of seconds (or None), got {timeout!r}")
+        if timeout is not None and math.isinf(timeout):  # no limit, as None
+            object.__setattr__(self, "step_timeout", None)
         if self.on_error not in ("raise", "restart"):
             raise ValueError(f"on_error must be 'raise' or 'restart', got {self.on_error!r}")
+        if isinstance(self.pin, np.ndarray):  # (core ids as an array: a list of them)
+            object.__setattr__(self, "pin", self.pin.tolist())
         if isinstance(self.pin, (list, tuple)):
-            if not self.pin or not all(isinstance(c, (int, np.integer)) and c >= 0 for c in self.pin):
+            if not self.pin or not all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) and c >= 0 for c in self.pin
+            ):
                 raise ValueError(f"pin must name cores by their ids, got {self.pin!r}")
         elif self.pin not in ("auto", "compact", "spread", "none"):
             raise ValueError(f"pin must be 'auto', 'compact', 'spread', 'none' or a list of core ids, got {self.pin!r}")
@@ -146,9 +163,11 @@ class PoolOptions:
             raise TypeError(f"unknown pool option(s) {unknown}; the options are {sorted(names)}")
         base = cls.load(config)
         if knobs.get("batch_size") is not None and config is not None and not isinstance(config, PoolOptions):
-            # a tuning file's step_in_parent was measured for the synchronous step (the tuner writes no other):
-            # asynchronous batches keep their own default (pool._async_layout) unless it is given here
-            base = dataclasses.replace(base, step_in_parent=None)
+            # a tuning file's layout (num_workers, step_in_parent) was measured for the synchronous step (its
+            # asynchronous search measures batches in their own default layout, and writes none): asynchronous
+            # batches keep their own default (pool._async_layout) unless it is given here. (A num_workers of the
+            # synchronous step need not tile a batch: ppo.train --fastvec-config --async-envs was refused.)
+            base = dataclasses.replace(base, step_in_parent=None, num_workers=None)
         return dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
 
     @classmethod
@@ -158,9 +177,15 @@ class PoolOptions:
             return cls()
         if isinstance(config, PoolOptions):
             return config
+        if not isinstance(config, (dict, str, os.PathLike)):
+            raise TypeError(f"config must be PoolOptions, a dict or a JSON file's path, got {type(config).__name__}")
         if not isinstance(config, dict):
-            with open(config) as f:
-                config = json.load(f)
+            path = os.fspath(config)
+            with open(path) as f:
+                try:
+                    config = json.load(f)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"config {path!r} is not JSON (python -m fastvec.tune writes it): {exc}") from None
             if not isinstance(config, dict):
                 raise ValueError(f"a config file holds a JSON object (as python -m fastvec.tune writes), got {config!r:.100}")
         if isinstance(config.get("config"), dict):  # the tuner's whole record (its file, or search()'s dict)

@@ -1314,6 +1314,8 @@ class Pool:
             extras, remote.unmade = extras
         if dead.index in self.cores:
             self._pin_remote(remote, self.cores[dead.index])
+        elif self.pin == "none" and placement.can_pin():
+            self._unpin_remote(remote)
         return remote, extras
 
     def _recv(self, remote: Remote, command: str) -> Any:
@@ -1867,7 +1869,11 @@ class Pool:
     # -- monitoring ------------------------------------------------------------------------------
     def _pin(self) -> None:
         """Place the workers (and, with "spread", this process) on cores, per the pin setting."""
-        if self.pin == "none" or not self._remotes or not placement.can_pin():
+        if not self._remotes or not placement.can_pin():
+            return
+        if self.pin == "none":
+            for remote in self._remotes:
+                self._unpin_remote(remote)
             return
         workers, parent = placement.plan(
             self.pin, [r.index for r in self._remotes], self.step_in_parent, self._allowed_cores
@@ -1886,6 +1892,15 @@ class Pool:
             except Exception:  # the process ended meanwhile: its replacement is pinned when it starts
                 if remote.exitcode is not None:
                     self.cores[remote.index] = cores
+
+    def _unpin_remote(self, remote: Remote) -> None:
+        """pin="none": the worker may run on every core this process may. (A worker inherits its parent's
+        affinity: a thread another pool pinned, pin="spread", or a fork server started while it was.)"""
+        try:
+            if sorted(os.sched_getaffinity(remote.pid)) != self._allowed_cores:
+                placement.apply(remote.pid, self._allowed_cores)
+        except Exception:  # (the process ended meanwhile)
+            pass
 
     def repin(self, shard: int, cores: list[int]) -> None:
         """Move worker ``shard`` to ``cores`` (the monitor's re-pinning)."""

@@ -133,7 +133,8 @@ def wide_dtype(dtype: np.dtype) -> np.dtype:
 
 SEQ_MASK = 0xFFFFFFFF  # sequence words are uint32 and wrap
 POLL_NS = 100_000_000  # longest single sleep of a waiter before it checks that its peer lives
-ADAPTIVE_POLL = 1  # spin_ns sent to workers: poll about as long as the parent usually takes, up to 2 ms
+ADAPTIVE_POLL = None  # spin_ns sent to workers: poll about as long as the parent usually takes, up to 2 ms
+# (None, not a number: any int is a spin_ns a user may give; 1 was, and then meant this)
 # ... and never less than this: a worker that went to sleep costs the parent a futex wake and
 # itself a wake-up (on a VM, its idle vCPU's too). The gap between commands varies, so 1.5x
 # its average let workers sleep in 4-12% of 2-shard CartPole commands (their voluntary

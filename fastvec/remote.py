@@ -90,7 +90,7 @@ class Remote:
         start_method: str,
         daemon: bool,
         autoreset_mode: int,
-        spin_ns: int,
+        spin_ns: int | None,
         restart_on_error: bool,
         check: str | None,
         siblings: list[Remote],

@@ -94,7 +94,7 @@ def worker_main(
     env_fns: Any,
     start: int,
     autoreset_mode: int,
-    spin_ns: int,
+    spin_ns: int | None,
     close_fds: list[int],
     death_signal: bool,
     restart_on_error: bool = False,
@@ -244,7 +244,7 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
 
 
 def _serve(
-    conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int
+    conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int | None
 ) -> bool:
     """The command loop, until a CLOSE command (True: the envs are closed) or the parent's death (False)."""
     control = views.control
@@ -260,7 +260,7 @@ def _serve(
     close_code = Command.CLOSE  # (read once: an Enum member read through its class costs a metaclass lookup)
     has_objects = int(StepFlag.HAS_OBJECTS)  # (a plain int: `int & IntEnum` calls the enum's Python __rand__)
     remaining_index = views.control_base(views.layout.num_workers) + Control.REMAINING
-    adaptive = spin_ns == ADAPTIVE_POLL
+    adaptive = spin_ns is ADAPTIVE_POLL
     gap_ns = 50_000.0  # moving average of the time between finishing a command and the next one
     finished = time.perf_counter_ns()
     message = -1  # what this worker last stored in its HAS_MESSAGE word (-1: nothing yet; a predecessor's may be there)

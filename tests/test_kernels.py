@@ -271,6 +271,23 @@ def test_wait_returns_at_once_when_done_and_times_out_otherwise(k) -> None:
     assert k.wait_all(words, index[1:], 2**32 - 1, 0, 0) == -1
 
 
+@pytest.mark.parametrize("k", IMPLS)
+@pytest.mark.parametrize("spin_ns", [10_000_000_000, -10_000_000_000, 2**63 - 1])
+def test_a_poll_longer_than_the_wait_ends_with_the_wait(k, spin_ns: int) -> None:
+    """A wait polls for |spin_ns|, but never past its own timeout: with spin_ns=10 s a wait of 50 ms (the
+    step_timeout and liveness checks behind it) took 10 s; near 2**63 the poll's end overflowed."""
+    words = np.zeros(3 * 32, dtype=np.uint32)
+    remaining, done, seqs = 64, np.array([16], dtype=np.intp), np.array([1], np.uint32)
+    for wait, timed_out in (
+        (lambda: k.wait_all(words, np.array([16], dtype=np.intp), 1, spin_ns, 50_000_000), 0),  # (the word pending)
+        (lambda: k.wait_remaining(words, remaining, done, seqs, spin_ns, 50_000_000), 0),
+        (lambda: k.wait_any(words, remaining, done, seqs, spin_ns, 50_000_000), -1),  # (nobody done)
+    ):
+        began = time.monotonic()
+        assert wait() == timed_out
+        assert time.monotonic() - began < 2.0
+
+
 def _publisher(impl_name: str, name: str, rounds: int) -> None:
     from multiprocessing import shared_memory
 

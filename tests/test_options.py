@@ -25,11 +25,39 @@ from tests import envs
         ({"monitor_interval": float("inf")}, "monitor_interval"),  # (its thread died at once, close() overflowed)
         ({"monitor_interval": 0}, "monitor_interval"),
         ({"monitor_interval": True}, "monitor_interval"),  # (a bool is an int: it was taken as 1 s)
+        # (hand-written configs: "false" was taken as True, the pool pinned its caller for pin_workers="false")
+        ({"step_in_parent": "false"}, "step_in_parent must be True or False"),
+        ({"pin_workers": "false"}, "pin_workers must be True or False"),
+        ({"monitor": 1}, "monitor must be True or False"),
+        ({"spin_ns": 2**63}, "spin_ns"),  # (the worker died of an OverflowError that named no option)
+        ({"spin_ns": True}, "spin_ns"),
+        ({"step_timeout": True}, "step_timeout"),
+        ({"step_timeout": float("nan")}, "step_timeout"),
+        ({"pin": [True]}, "pin must name cores"),
     ],
 )
 def test_bad_values_are_named(knobs, message) -> None:
     with pytest.raises(ValueError, match=message):
         PoolOptions(**knobs)
+
+
+def test_near_miss_values_are_taken_as_meant(tmp_path) -> None:
+    """Values that mean what they say: numpy numbers for step_timeout (refused as "not a positive number"), an
+    infinite step_timeout (no limit: every command then overflowed converting it), core ids in an array (numpy's
+    "truth value of an array is ambiguous")."""
+    import numpy as np
+
+    assert PoolOptions(step_timeout=np.float32(5)).step_timeout == 5 and PoolOptions(step_timeout=np.int64(2)).step_timeout == 2
+    assert PoolOptions(step_timeout=float("inf")).step_timeout is None
+    assert PoolOptions(pin=np.array([0, 1])).pin == [0, 1]
+    with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", step_timeout=float("inf")) as venv:
+        venv.reset()
+    with pytest.raises(TypeError, match="config must be PoolOptions, a dict or a JSON file's path, got list"):
+        PoolOptions.load([{"num_workers": 2}])
+    broken = tmp_path / "tuned.json"
+    broken.write_text('{"config": {"num_workers": 2,')
+    with pytest.raises(ValueError, match=f"config '{broken}' is not JSON"):
+        PoolOptions.load(broken)
 
 
 def test_build_merges_a_tuning_file_under_explicit_knobs(tmp_path) -> None:
@@ -46,9 +74,10 @@ def test_build_merges_a_tuning_file_under_explicit_knobs(tmp_path) -> None:
     assert set(TUNABLE) <= {f for f in PoolOptions.__dataclass_fields__}
 
 
-def test_a_tuning_file_s_step_in_parent_is_not_applied_to_asynchronous_batches(tmp_path, monkeypatch) -> None:
-    """The tuner measures step_in_parent for the synchronous step and always writes it: an asynchronous pool made
-    with its file took that layout instead of the batches' own default (on 2 cores: the caller steps a group)."""
+def test_a_tuning_file_s_layout_is_not_applied_to_asynchronous_batches(tmp_path, monkeypatch) -> None:
+    """The tuner measures num_workers and step_in_parent for the synchronous step and always writes them: an
+    asynchronous pool made with its file took that layout instead of the batches' own default (on 2 cores: the
+    caller steps a group), or was refused where the file's num_workers does not tile a batch."""
     from fastvec import pool as pool_module
 
     monkeypatch.setattr(pool_module, "default_num_workers", lambda: 2)
@@ -56,7 +85,7 @@ def test_a_tuning_file_s_step_in_parent_is_not_applied_to_asynchronous_batches(t
     path.write_text(json.dumps({"config": {"num_workers": 2, "step_in_parent": False}, "throughput": 1}))
     assert PoolOptions.build(str(path)).step_in_parent is False  # the synchronous step: as tuned
     batches = PoolOptions.build(str(path), batch_size=2)
-    assert batches.step_in_parent is None and batches.num_workers == 2  # batches: their own default
+    assert batches.step_in_parent is None and batches.num_workers is None  # batches: their own default
     assert PoolOptions.build(str(path), batch_size=2, step_in_parent=False).step_in_parent is False  # given: kept
     assert PoolOptions.build(PoolOptions(step_in_parent=False), batch_size=2).step_in_parent is False  # options: kept
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config=str(path), batch_size=2) as venv:
@@ -65,6 +94,9 @@ def test_a_tuning_file_s_step_in_parent_is_not_applied_to_asynchronous_batches(t
     for config in (str(path), {"num_workers": 2, "step_in_parent": False}):
         with VectorEnv([envs.make_cartpole] * 4, context="fork", config=config, batch_size=2) as venv:
             assert venv.pool.step_in_parent and len(venv.pool.worker_pids) == 1
+    # a tuned num_workers that does not tile a batch (one worker, 4 envs, batches of 2): it was refused, naming it
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config={"num_workers": 1}, batch_size=2) as venv:
+        assert venv.pool.num_workers == 2
 
 
 def test_the_tuner_s_record_is_a_config_as_a_dict_as_well_as_a_file(tmp_path) -> None:

@@ -75,6 +75,32 @@ def test_a_pool_closed_from_another_thread_gives_the_pinned_thread_its_affinity_
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_pool_made_while_another_pins_the_caller_plans_on_the_process_s_cores() -> None:
+    """While a pool pins the calling thread (pin="spread"), another pool: default_num_workers() read the pinned
+    thread's one core (one worker, no own shard, "oversubscribed"), and with pin="none" its workers inherited the
+    pin (with forkserver, the fork server kept it for good)."""
+    from fastvec.options import default_num_workers
+
+    allowed = sorted(os.sched_getaffinity(0))
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin="spread"):
+        assert sorted(os.sched_getaffinity(0)) == [allowed[0]]
+        assert default_num_workers() == len(allowed)
+        with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", pin="none") as other:
+            assert other.pool.num_workers == min(2, len(allowed))
+            for pid in other.pool.worker_pids:
+                assert psutil.Process(pid).cpu_affinity() == allowed
+
+
+def test_a_given_spin_ns_is_never_the_workers_adaptive_poll() -> None:
+    """spin_ns=1 (poll 1 ns, then sleep) was the value that told workers to adapt their poll (200 us to 2 ms)."""
+    from fastvec.pool import Pool
+    from fastvec.protocol import ADAPTIVE_POLL
+
+    with Pool([envs.make_cartpole] * 2, start_method="fork", num_workers=2, step_in_parent=False, spin_ns=1) as pool:
+        assert pool._worker_spin_ns == 1 and pool._worker_spin_ns is not ADAPTIVE_POLL
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_a_respawned_worker_gets_its_core_back() -> None:
     import signal
 

@@ -1993,6 +1993,12 @@ class Pool:
         if self._foreign:
             self._state = PoolState.CLOSED
             return
+        segment = self._segment
+        if segment is not None and getattr(segment, "_mmap", True) is None:
+            # the block was unmapped under the pool: in a garbage cycle, SharedMemory.__del__ (close()) can run
+            # before the pool's __del__, or a front-end's that closes it. No command can be issued (a write to
+            # the block would crash): tear down only
+            self._state = PoolState.BROKEN
         me = _get_ident()
         if self._closing_thread == me:  # a signal handler inside this thread's own close(): that one finishes
             return
@@ -2277,12 +2283,7 @@ class Pool:
 
     def __del__(self) -> None:
         try:
-            segment = self._segment
-            if segment is not None and getattr(segment, "_mmap", True) is None and self._state is not PoolState.CLOSED:
-                # the block was unmapped under the pool: in a garbage cycle, SharedMemory.__del__ (close()) can run
-                # before this one. No command can be issued (a write to the block would crash): tear down only
-                self._state = PoolState.BROKEN
-            if self._state is not PoolState.CLOSED:
+            if self._state is not PoolState.CLOSED:  # (close() tears down only, where the block was unmapped)
                 self.close(timeout=2.0)
             elif self._release_deferred:  # (closed by a signal handler, and never used since)
                 self._release()

@@ -274,11 +274,7 @@ class VectorEnv(gym.vector.VectorEnv):
         try:
             return wait(timeout)
         except EnvError as err:
-            # what gymnasium logs for every env that raised (its tests count these warnings)
-            for each in [err, *err.others]:
-                logger.error(f"Received the following error from Worker-{each.env_index} - Shutting it down")
-                logger.error(each.remote_traceback)
-            logger.error("Raising the last exception back to the main process.")
+            _log_env_errors(err)  # (in a function of its own: a local here holding the error would be a cycle)
             raise
 
     def _observations(self, batch: Batch) -> Any:
@@ -417,6 +413,14 @@ class VectorEnv(gym.vector.VectorEnv):
                 pool.close(timeout=2.0)
         except Exception:
             pass
+
+
+def _log_env_errors(err: EnvError) -> None:
+    """What gymnasium logs for every env that raised (its tests count these warnings)."""
+    for each in [err, *err.others]:
+        logger.error(f"Received the following error from Worker-{each.env_index} - Shutting it down")
+        logger.error(each.remote_traceback)
+    logger.error("Raising the last exception back to the main process.")
 
 
 class _BatchInfos:

@@ -1648,7 +1648,7 @@ class Pool:
         """Envs that left their shard at their episode end join the neighbour that asked for them."""
         extras: list = []
         failed: list[EnvError] = []
-        died: WorkerDiedError | None = None
+        died = False  # (a flag, not the error: its traceback holds this frame, and the frame this pool)
         for index, _, package in released:
             source, target, around = self._moves.pop(index)
             self._views.migrate[index] = 0
@@ -1700,7 +1700,7 @@ class Pool:
                 except WorkerDiedError as err:
                     if not err.replaced_later:
                         raise
-                    died, result = err, {"info": None, "extras": None}
+                    died, result = True, {"info": None, "extras": None}
             if result["info"]:
                 extras.append((index, Extra.RESET_INFO, result["info"]))
             extras += result["extras"] or []
@@ -1710,7 +1710,7 @@ class Pool:
                 self._local = self._head
             if source in self._draining and not self.shard_envs[source]:
                 self._move_requests.append(("parked", source))  # left out from the next step on
-        if died is not None:
+        if died:
             more, unmade = self._restart_after_step(slot)
             extras += more
             if unmade:  # envs the replacement could not make: errors of this step, as an env's that raised

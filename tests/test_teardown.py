@@ -835,6 +835,46 @@ def test_a_collected_pool_with_batches_in_flight_closes_its_envs(tmp_path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"closed-{i}" for i in range(4)]
 
 
+class _DiesUnpickled(gym.Wrapper):
+    """An env whose arrival kills the process it moves into (its unpickling crashes it)."""
+
+    def __setstate__(self, state):
+        os._exit(3)
+
+
+def test_a_pool_that_replaced_a_worker_an_env_moved_into_is_freed_at_once() -> None:
+    """on_error="restart": a worker that died as an env moved into it is replaced and the step returns; the
+    error, kept in a local of the frame its traceback holds, kept the pool in a reference cycle from then on."""
+    import warnings
+
+    def short(kind=gym.Wrapper):
+        return kind(gym.make("CartPole-v1", max_episode_steps=5))
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        fns = [short] * 3 + [partial(short, _DiesUnpickled)] + [short] * 2
+        venv = SubprocVecEnv(fns, start_method="fork", num_workers=3, on_error="restart")
+        venv.reset()
+        assert venv.pool.request_move(1, 2) == 3  # env 3 moves into worker 2, whose process dies unpickling it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # (the restart's)
+            for _ in range(600):
+                venv.step(np.zeros(6, dtype=np.int64))
+                if venv.pool.moves_done:
+                    break
+        assert venv.pool.moves_done == 1 and venv.pool.worker_restarts >= 1
+        workers = [psutil.Process(pid) for pid in venv.pool.worker_pids]
+        pool = weakref.ref(venv.pool)
+        del venv
+        assert pool() is None
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _dropped_pool(kind: str) -> pool_module.Pool:
     """A Pool of ``kind``, stepped: synchronously with the monitor on, or in batches."""
     fns = [envs.make_cartpole] * 4
@@ -858,6 +898,15 @@ def _raise_through(case: str) -> tuple:
     batches = case.startswith("batches")
     if batches:
         options.update(batch_size=2, step_in_parent=False)
+    if case.startswith("gym"):  # (its step logs each env's error as gymnasium does, in a frame that held it)
+        venv = VectorEnv(fns, context="fork", num_workers=2, **options)
+        venv.reset()
+        try:
+            venv.step(np.zeros(4, dtype=np.int64))
+        except Exception as exc:
+            return venv, type(exc)
+        venv.close()
+        raise AssertionError(f"{case}: nothing raised")
     venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, **options)
     try:
         if batches:
@@ -881,7 +930,7 @@ def _raise_through(case: str) -> tuple:
 
 
 @pytest.mark.parametrize(
-    "case", ["own-env", "worker-env", "kill", "hang", "batches:worker-env", "batches:kill", "batches:hang"]
+    "case", ["own-env", "worker-env", "kill", "hang", "batches:worker-env", "batches:kill", "batches:hang", "gym:own-env"]
 )
 def test_a_pool_dropped_after_an_error_is_closed_at_once(case: str) -> None:
     """The error a call raised (an env's, a dead or hung worker's, the pool broken or not), caught and gone: the

@@ -261,11 +261,33 @@ class ShardError(Exception):
 def detached(exc: BaseException) -> BaseException:
     """A copy of ``exc`` without its traceback, cause or context (the same type, arguments and attributes), to be
     kept after the call that raised it: a traceback's frames hold their locals (a pool's ``self`` among them), so
-    a pool that kept the error itself would be in a reference cycle, freed only by the cyclic garbage collector."""
+    a pool that kept the error itself would be in a reference cycle, freed only by the cyclic garbage collector.
+
+    Made by its nearest built-in base's ``__new__`` and ``__init__`` from its ``args``, not by its own (fastvec's
+    errors, and many others, take other arguments than the ``args`` they keep): they fill the C-level fields (as
+    UnicodeError's); OSError's file names, ``__dict__`` and ``__slots__`` values are copied. An exception that
+    cannot be made so is described under RuntimeError (the caller keeps its own description of it)."""
+    cls = type(exc)
     try:
-        clone = type(exc).__new__(type(exc), *exc.args)
+        base = next(klass for klass in cls.__mro__ if klass.__module__ == "builtins")
+        clone = base.__new__(cls, *exc.args)
+        base.__init__(clone, *exc.args)
         clone.args = exc.args
+        if isinstance(exc, OSError):
+            for name in ("filename", "filename2"):
+                if getattr(exc, name) is not None:  # (a None set would show in its message)
+                    setattr(clone, name, getattr(exc, name))
         clone.__dict__.update(getattr(exc, "__dict__", {}))
-    except Exception:  # (an exception type that cannot be made so: its description, under a generic type)
-        clone = RuntimeError(f"{type(exc).__name__}: {exc}")
+        for klass in cls.__mro__:
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(exc, name):
+                    setattr(clone, name, getattr(exc, name))
+    except Exception:
+        try:
+            text = f"{cls.__name__}: {exc}"
+        except Exception:
+            text = cls.__name__
+        clone = RuntimeError(text)
+    clone.__traceback__ = clone.__cause__ = clone.__context__ = None
     return clone

@@ -249,6 +249,7 @@ class Pool:
     ):
         self._state = PoolState.IDLE
         self._cause: BaseException | None = None
+        self._cause_text = _describe_cause(None)
         self._pending: _Pending | None = None
         self._usual_step: _Pending | None = None  # the usual step's record, re-armed for every such step
         self._remotes: list[Remote] = []
@@ -550,7 +551,7 @@ class Pool:
         if self._state is PoolState.BROKEN:
             cause = self._cause
             raise BrokenPoolError(
-                f"this vectorized env cannot be used any more: {_describe_cause(cause)}; close() it"
+                f"this vectorized env cannot be used any more: {self._cause_text}; close() it"
             ) from cause
 
     def _break(self, cause: BaseException) -> None:
@@ -558,6 +559,7 @@ class Pool:
         its traceback, whose frames hold this pool: see errors.detached.)"""
         if self._state is not PoolState.CLOSED:
             self._state = PoolState.BROKEN
+            self._cause_text = _describe_cause(cause)  # (from the error itself: a copy may say less)
             self._cause = detached(cause)
         self._pending = None
 
@@ -2441,7 +2443,11 @@ def _describe_cause(cause: BaseException | None) -> str:
         return "a command did not complete"
     if isinstance(cause, KeyboardInterrupt):
         return "a command was interrupted (KeyboardInterrupt) while its envs were being stepped or its results read"
-    text = str(cause).splitlines()[0] if str(cause) else ""
+    try:
+        text = str(cause)
+    except Exception:  # (an error whose __str__ raises: its type names it)
+        text = ""
+    text = text.splitlines()[0] if text else ""
     return f"{type(cause).__name__}" + (f": {text}" if text else "")
 
 

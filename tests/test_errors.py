@@ -770,3 +770,58 @@ def test_a_pool_works_past_file_descriptor_1023() -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class _Preempted(BaseException):
+    """A BaseException whose message comes from a __slots__ attribute."""
+
+    __slots__ = ("signum",)
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"preempted by signal {self.signum}"
+
+
+class _Evicted(Exception):
+    """An exception whose __new__ and __init__ take other arguments than the args it keeps."""
+
+    def __new__(cls, node, reason):
+        return super().__new__(cls, f"evicted from {node}: {reason}")
+
+    def __init__(self, node, reason):
+        super().__init__(f"evicted from {node}: {reason}")
+
+
+def _raised(error: BaseException) -> BaseException:
+    try:
+        raise error
+    except BaseException as exc:  # (with a traceback, as a pool's _break gets it)
+        return exc
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        WorkerDiedError(1, range(2, 4), -9, "step"),
+        StepTimeoutError(1, range(2, 4), "step", 5.0),
+        KeyboardInterrupt(),
+        FileNotFoundError(2, "No such file or directory", "/data/level.bin"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+        _Preempted(10),
+        _Evicted("node-7", "maintenance"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_detached_cause_keeps_its_type_and_message_but_not_its_traceback(error: BaseException) -> None:
+    """A broken pool keeps the error that broke it as a copy without a traceback (its frames hold the pool): the
+    copy lost a __slots__ message (the next call raised AttributeError, not BrokenPoolError), became RuntimeError
+    for an unusual __new__, lost UnicodeError's fields and OSError's file name."""
+    from fastvec.errors import detached
+
+    original = _raised(error)
+    copy = detached(original)
+    assert type(copy) is type(original) and str(copy) == str(original) and copy.args == original.args
+    assert original.__traceback__ is not None and copy.__traceback__ is None

@@ -238,6 +238,8 @@ class AsyncBatches:
             if given.size and given.dtype.kind not in "iu" and not _integral(given):
                 # (a mask of booleans would be read as ids 0 and 1, and 1.5 as 1)
                 raise TypeError(f"env ids must be integers (those recv() returned), got {given.dtype}: {given.tolist()}")
+            if given.size and (given.min() < 0 or given.max() >= pool.num_envs):  # (before the cast: 2**64 - 1 wrapped)
+                raise ValueError(f"env ids must be in 0..{pool.num_envs - 1}, got {given.reshape(-1).tolist()}")
             env_ids = given.astype(np.intp, copy=False).reshape(-1)
         ids = env_ids.tolist()
         whole = self._whole.get(tuple(ids))

@@ -457,6 +457,9 @@ def test_misuse_is_named() -> None:
             pool.send(np.zeros(1, np.int64), got.env_ids[:1])
         with pytest.raises(ValueError, match="must not repeat"):
             pool.send(np.zeros(2, np.int64), [got.env_ids[0]] * 2)
+        for ids in ([2**70, 1], np.array([2**64 - 1, 1], np.uint64), [1e20, 1.0]):  # (a raw OverflowError, or
+            with pytest.raises(ValueError, match=r"env ids must be in 0\.\.3, got \[(1180591620717411303424|18446744073709551615|1e\+20), 1"):
+                pool.send(np.zeros(2, np.int64), ids)  # ids that wrapped: [-1, 1])
         for ids in ([True, False], [0.5, 1.0], np.array([True, 1], dtype=object)):  # (a boolean mask was taken as
             with pytest.raises(TypeError, match=r"env ids must be integers .*got (bool|float64|object): \["):
                 pool.send(np.zeros(2, np.int64), ids)  # ids 1 and 0, 0.5 as 0)

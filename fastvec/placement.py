@@ -28,47 +28,54 @@ _warned = False
 # the calling process's own affinity while pools pin it ("spread"), and how many do: restored when the
 # last of them closes (a second pool saving the first one's pin would have kept it pinned for good)
 _caller_lock = threading.Lock()
-_caller_affinity: list[int] | None = None
-_caller_pins = 0
-_caller_threads: set[int] = set()  # the native ids of the threads pinned (an affinity is a thread's, on Linux)
+# the threads pools pinned (an affinity is a thread's, on Linux): native id -> [its own affinity, pools pinning it]
+_pinned: dict[int, list] = {}
+
+
+def _forget_pins() -> None:
+    _pinned.clear()  # (a forked child's threads are not its parent's: its parent's pools restore those)
+
+
+os.register_at_fork(after_in_child=_forget_pins)
 
 
 def allowed_cores() -> list[int]:
-    """The cores this process may run on, in order (as it was started: not a pool's pin of it)."""
-    if _caller_affinity is not None:
-        return list(_caller_affinity)
+    """The cores the calling thread may run on, in order, as it was before a pool pinned it (pin="spread")."""
+    entry = _pinned.get(threading.get_native_id())
+    if entry is not None:
+        return list(entry[0])
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return list(range(os.cpu_count() or 1))
 
 
-def pin_caller(cores: list[int]) -> None:
-    """Pin the calling thread to ``cores`` for a pool; ``release_caller`` undoes it when its pool closes."""
-    global _caller_affinity, _caller_pins
+def pin_caller(cores: list[int]) -> int:
+    """Pin the calling thread to ``cores`` for a pool; returns its native id, for ``release_caller``."""
+    thread = threading.get_native_id()
     with _caller_lock:
-        if _caller_pins == 0:
-            _caller_affinity = sorted(os.sched_getaffinity(0))
-        _caller_pins += 1
+        entry = _pinned.get(thread)
+        if entry is None:
+            entry = _pinned[thread] = [sorted(os.sched_getaffinity(0)), 0]
+        entry[1] += 1
         os.sched_setaffinity(0, cores)
-        _caller_threads.add(threading.get_native_id())
+    return thread
 
 
-def release_caller() -> None:
-    """A pool that pinned the calling thread closed: the last one gives the threads it pinned their own affinity
-    back, whichever thread closes it (a close() from another thread, a __del__ in the monitor's thread: the
-    affinity ``0`` names is the closing thread's)."""
-    global _caller_affinity, _caller_pins
+def release_caller(thread: int) -> None:
+    """A pool that pinned ``thread`` closed: the last of its pools gives it its own affinity back, whichever thread
+    closes it (a close() from another thread, a __del__ in the monitor's thread: ``0`` names the closing thread)."""
     with _caller_lock:
-        _caller_pins -= 1
-        if _caller_pins == 0 and _caller_affinity is not None:
-            for thread in _caller_threads:
-                try:
-                    os.sched_setaffinity(thread, _caller_affinity)
-                except OSError:  # (a thread that has ended since)
-                    pass
-            _caller_threads.clear()
-            _caller_affinity = None
+        entry = _pinned.get(thread)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _pinned[thread]
+            try:
+                os.sched_setaffinity(thread, entry[0])
+            except OSError:  # (the thread has ended since)
+                pass
 
 
 def can_pin() -> bool:

@@ -262,7 +262,7 @@ class Pool:
         self._views: Views | None = None
         self.slot_views: list | None = None
         self.obs_slots: list | None = None  # per slot, the observation rows where they are one array leaf
-        self._pins_caller = False  # this pool pinned the calling process (pin="spread"): close() gives it back
+        self._pins_caller: int | None = None  # the thread this pool pinned (pin="spread"): close() gives it back
         # One token, taken (list.pop: atomic, and cheaper than a lock's acquire, on every command) by the thread
         # completing a command and by close() for its whole teardown: a second thread waits for it instead of
         # running this process's shard beside it. The same thread may go on without it (close() completes a
@@ -1883,8 +1883,7 @@ class Pool:
         for remote in self._remotes:
             self._pin_remote(remote, workers.get(remote.index))
         if parent is not None:
-            placement.pin_caller(parent)
-            self._pins_caller = True
+            self._pins_caller = placement.pin_caller(parent)
 
     def _pin_remote(self, remote: Remote, cores: list[int] | None) -> None:
         if cores:
@@ -2237,9 +2236,9 @@ class Pool:
                 kill_all(remotes)
             if self._segment is not None:
                 shm.unlink(self._segment)  # the name goes now; the mapping with _release()
-            if self._pins_caller:
-                self._pins_caller = False
-                placement.release_caller()
+            if self._pins_caller is not None:
+                thread, self._pins_caller = self._pins_caller, None
+                placement.release_caller(thread)
             _LIVE_POOLS.discard(self)
             self._release_deferred = True
             if (self._token or self._closer == _get_ident()) and not self._reentered:

@@ -75,6 +75,42 @@ def test_a_pool_closed_from_another_thread_gives_the_pinned_thread_its_affinity_
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_each_thread_s_pin_is_its_own() -> None:
+    """Pins are per thread: a thread closing its own pinned pool while another thread's is open stayed on one
+    core (one count for the process), and a thread restricted to a core of its own was pinned to the first
+    thread's core, then given the first thread's affinity back (one saved affinity for the process)."""
+    import threading
+
+    allowed = sorted(os.sched_getaffinity(0))
+    seen: dict[str, list] = {}
+
+    def evaluation() -> None:  # an evaluation thread beside the training pool
+        with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, pin="spread"):
+            seen["eval pinned"] = sorted(os.sched_getaffinity(0))
+        seen["eval after"] = sorted(os.sched_getaffinity(0))
+
+    def restricted() -> None:  # a thread the user keeps on the last core
+        os.sched_setaffinity(0, [allowed[-1]])
+        with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, pin="spread"):
+            seen["restricted pinned"] = sorted(os.sched_getaffinity(0))
+        seen["restricted after"] = sorted(os.sched_getaffinity(0))
+
+    go = [threading.Event(), threading.Event()]
+    # (started before the main thread is pinned: a thread starts with its creator's affinity)
+    threads = [threading.Thread(target=lambda k=k, run=run: (go[k].wait(), run())) for k, run in enumerate((evaluation, restricted))]
+    for thread in threads:
+        thread.start()
+    with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, pin="spread"):
+        for event, thread in zip(go, threads):
+            event.set()
+            thread.join()
+        assert sorted(os.sched_getaffinity(0)) == [allowed[0]]
+    assert sorted(os.sched_getaffinity(0)) == allowed
+    assert seen == {"eval pinned": [allowed[0]], "eval after": allowed,
+                    "restricted pinned": [allowed[-1]], "restricted after": [allowed[-1]]}  # fmt: skip
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_a_pool_made_while_another_pins_the_caller_plans_on_the_process_s_cores() -> None:
     """While a pool pins the calling thread (pin="spread"), another pool: default_num_workers() read the pinned
     thread's one core (one worker, no own shard, "oversubscribed"), and with pin="none" its workers inherited the

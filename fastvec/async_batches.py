@@ -551,7 +551,7 @@ class AsyncBatches:
             if limit is not None:
                 self._check_deadlines(pool, positions, limit)
             if expired:
-                raise multiprocessing.TimeoutError(f"no batch within {timeout:g} s; the envs are still running")
+                raise multiprocessing.TimeoutError(f"no batch within {float(timeout):g} s; the envs are still running")
             return
         position = positions[k] + first
         if len(positions) > 1:  # several done: the one sent first (the inflight dict keeps send order)

@@ -120,7 +120,7 @@ class StepTimeoutError(FastvecError):
         self.command = command
         self.timeout = timeout
         super().__init__(
-            f"{command!r} did not finish within {timeout:g} s in worker {worker_index} "
+            f"{command!r} did not finish within {float(timeout):g} s in worker {worker_index} "
             f"(envs {env_indices.start}..{env_indices.stop - 1}); the pool must be closed"
         )
 
@@ -265,7 +265,8 @@ def detached(exc: BaseException) -> BaseException:
 
     Made by its nearest built-in base's ``__new__`` and ``__init__`` from its ``args``, not by its own (fastvec's
     errors, and many others, take other arguments than the ``args`` they keep): they fill the C-level fields (as
-    UnicodeError's); OSError's file names, ``__dict__`` and ``__slots__`` values are copied. An exception that
+    UnicodeError's); the built-in types' other fields (OSError's file names, ImportError's and AttributeError's
+    ``name``), ``__dict__`` and ``__slots__`` values are copied. An exception that
     cannot be made so is described under RuntimeError (the caller keeps its own description of it)."""
     cls = type(exc)
     try:
@@ -273,10 +274,18 @@ def detached(exc: BaseException) -> BaseException:
         clone = base.__new__(cls, *exc.args)
         base.__init__(clone, *exc.args)
         clone.args = exc.args
-        if isinstance(exc, OSError):
-            for name in ("filename", "filename2"):
-                if getattr(exc, name) is not None:  # (a None set would show in its message)
-                    setattr(clone, name, getattr(exc, name))
+        for klass in cls.__mro__:  # the built-in types' own fields (OSError's file names, ImportError's name, ...)
+            if klass.__module__ != "builtins":
+                continue
+            for name, field in vars(klass).items():
+                if name.startswith("__") or type(field).__name__ not in ("member_descriptor", "getset_descriptor"):
+                    continue
+                try:
+                    value = getattr(exc, name)
+                    if value is not None:  # (unset: a None set would show in OSError's message)
+                        setattr(clone, name, value)
+                except Exception:  # (read-only, or not set on this one: OSError's characters_written)
+                    pass
         clone.__dict__.update(getattr(exc, "__dict__", {}))
         for klass in cls.__mro__:
             slots = klass.__dict__.get("__slots__", ())

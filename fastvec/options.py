@@ -128,8 +128,12 @@ class PoolOptions:
             not isinstance(timeout, numbers.Real) or isinstance(timeout, (bool, np.bool_)) or not timeout > 0
         ):
             raise ValueError(f"step_timeout must be a positive number of seconds (or None), got {timeout!r}")
-        if timeout is not None and math.isinf(timeout):  # no limit, as None
-            object.__setattr__(self, "step_timeout", None)
+        if timeout is not None:  # seconds as a float (a Fraction could not be formatted); beyond 1e9 s, no limit
+            try:
+                seconds = float(timeout)
+            except OverflowError:
+                seconds = math.inf
+            object.__setattr__(self, "step_timeout", None if seconds > 1e9 else seconds)
         if self.on_error not in ("raise", "restart"):
             raise ValueError(f"on_error must be 'raise' or 'restart', got {self.on_error!r}")
         if isinstance(self.pin, np.ndarray):  # (core ids as an array: a list of them)

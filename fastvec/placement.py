@@ -28,26 +28,47 @@ _warned = False
 # the calling process's own affinity while pools pin it ("spread"), and how many do: restored when the
 # last of them closes (a second pool saving the first one's pin would have kept it pinned for good)
 _caller_lock = threading.Lock()
-# the threads pools pinned (an affinity is a thread's, on Linux): native id -> [its own affinity, pools pinning it]
+# the threads pools pinned (an affinity is a thread's, on Linux):
+# native id -> [its own affinity, pools pinning it, the cores they pinned it to]
 _pinned: dict[int, list] = {}
+# in a child forked by a pinned thread: the cores it inherited -> the affinity they replaced
+_inherited: dict[tuple[int, ...], list[int]] = {}
+_forking: list | None = None
 
 
-def _forget_pins() -> None:
-    _pinned.clear()  # (a forked child's threads are not its parent's: its parent's pools restore those)
+def _before_fork() -> None:
+    global _forking
+    _forking = _pinned.get(threading.get_native_id())
 
 
-os.register_at_fork(after_in_child=_forget_pins)
+def _after_fork_in_child() -> None:
+    """A forked child's threads are not its parent's (its parent's pools restore those); a child of a pinned
+    thread runs on that pin, which, as for a thread it started, is not the affinity to plan on."""
+    global _caller_lock
+    _caller_lock = threading.Lock()
+    _inherited.clear()
+    if _forking is not None:
+        _inherited[tuple(_forking[2])] = list(_forking[0])
+    _pinned.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def allowed_cores() -> list[int]:
-    """The cores the calling thread may run on, in order, as it was before a pool pinned it (pin="spread")."""
+    """The cores the calling thread may run on, in order, as before a pool pinned it (pin="spread"). A thread
+    that a pinned thread started (or a child it forked) runs on that pin: the affinity it replaced counts."""
     entry = _pinned.get(threading.get_native_id())
     if entry is not None:
         return list(entry[0])
     try:
-        return sorted(os.sched_getaffinity(0))
+        current = sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return list(range(os.cpu_count() or 1))
+    for own, _, cores in list(_pinned.values()):
+        if cores == current:  # (started by a thread a pool pinned, while it was: it inherited the pin)
+            return list(own)
+    return list(_inherited.get(tuple(current), current))
 
 
 def pin_caller(cores: list[int]) -> int:
@@ -56,8 +77,9 @@ def pin_caller(cores: list[int]) -> int:
     with _caller_lock:
         entry = _pinned.get(thread)
         if entry is None:
-            entry = _pinned[thread] = [sorted(os.sched_getaffinity(0)), 0]
+            entry = _pinned[thread] = [allowed_cores(), 0, None]
         entry[1] += 1
+        entry[2] = sorted(cores)
         os.sched_setaffinity(0, cores)
     return thread
 

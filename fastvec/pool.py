@@ -953,7 +953,7 @@ class Pool:
             self._start_local(p)
             if timeout is not None and time.monotonic() - began > timeout:
                 raise multiprocessing.TimeoutError(
-                    f"{p.name!r} did not finish within {timeout:g} s (this process's own envs took longer); "
+                    f"{p.name!r} did not finish within {float(timeout):g} s (this process's own envs took longer); "
                     "it is still pending"
                 )
         if not p.waited:
@@ -1231,7 +1231,7 @@ class Pool:
                 raise self._broken(StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout))
             elif timeout is not None and elapsed > timeout:
                 raise multiprocessing.TimeoutError(
-                    f"{p.name!r} did not finish within {asked if asked is not None else timeout:g} s (worker {remote.index}); "
+                    f"{p.name!r} did not finish within {float(asked if asked is not None else timeout):g} s (worker {remote.index}); "
                     "it is still pending"
                 )
             k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_after(elapsed))

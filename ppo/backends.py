@@ -130,7 +130,11 @@ class FastvecBackend(Backend):
         if monitor:  # fastvec's monitor: re-pins lagging workers, moves envs off a lagging shard
             options = options.replace(monitor=True)
         if async_envs:  # two halves, each one or more workers' envs, stepping while the policy acts for the other
-            options = options.replace(batch_size=len(env_fns) // 2, step_in_parent=False)
+            # (a tuned num_workers was measured for the synchronous step and need not tile a half: the batches'
+            # own default, unless --num-workers gave one, as PoolOptions.build does for a config with batch_size)
+            options = options.replace(
+                batch_size=len(env_fns) // 2, step_in_parent=False, num_workers=options.num_workers if num_workers else None
+            )
         self.pool = Pool(env_fns, options, autoreset_mode=SAME_STEP)
         try:
             ring = self.pool.ring

@@ -812,6 +812,8 @@ def _raised(error: BaseException) -> BaseException:
         UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
         _Preempted(10),
         _Evicted("node-7", "maintenance"),
+        AttributeError("no attribute 'x'", name="x", obj=3),
+        ImportError("no module", name="simulator", path="/opt/sim.so"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -825,3 +827,5 @@ def test_a_detached_cause_keeps_its_type_and_message_but_not_its_traceback(error
     copy = detached(original)
     assert type(copy) is type(original) and str(copy) == str(original) and copy.args == original.args
     assert original.__traceback__ is not None and copy.__traceback__ is None
+    for field in ("filename", "name", "obj", "path", "signum"):  # (fields outside args: they were lost)
+        assert getattr(copy, field, None) == getattr(original, field, None)

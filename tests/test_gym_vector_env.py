@@ -446,3 +446,16 @@ def test_config_start_method_and_daemon_apply_unless_given() -> None:
         assert venv.pool.start_method == "fork"
     with VectorEnv(fns, context="fork", config=PoolOptions(daemon=False, num_workers=2)) as venv:
         assert venv.daemon is False
+
+
+def test_a_wait_s_timeout_may_be_any_number() -> None:
+    """step_wait(timeout=Fraction(1, 50)) on a slower step: gymnasium's AsyncVectorEnv raises its TimeoutError; the
+    message's f"{timeout:g}" raised TypeError instead (Python 3.11's Fraction has no 'g' format)."""
+    from fractions import Fraction
+
+    with VectorEnv([partial(envs.FailingEnv, "slow", 0)] * 2, context="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset(seed=0)
+        venv.step_async(np.zeros(2, np.int64))
+        with pytest.raises(multiprocessing.TimeoutError, match="0.02"):
+            venv.step_wait(timeout=Fraction(1, 50))
+        venv.step_wait()  # (the step, picked up)

@@ -49,6 +49,11 @@ def test_near_miss_values_are_taken_as_meant(tmp_path) -> None:
 
     assert PoolOptions(step_timeout=np.float32(5)).step_timeout == 5 and PoolOptions(step_timeout=np.int64(2)).step_timeout == 2
     assert PoolOptions(step_timeout=float("inf")).step_timeout is None
+    from fractions import Fraction  # (kept as given, its message could not be formatted: the timeout error was lost)
+
+    assert PoolOptions(step_timeout=Fraction(1, 2)).step_timeout == 0.5
+    for huge in (1e300, 10**400):  # (no limit: seconds beyond any clock overflowed its nanoseconds, or isinf)
+        assert PoolOptions(step_timeout=huge).step_timeout is None
     assert PoolOptions(pin=np.array([0, 1])).pin == [0, 1]
     with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", step_timeout=float("inf")) as venv:
         venv.reset()

@@ -121,6 +121,22 @@ def test_a_pool_made_while_another_pins_the_caller_plans_on_the_process_s_cores(
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin="spread"):
         assert sorted(os.sched_getaffinity(0)) == [allowed[0]]
         assert default_num_workers() == len(allowed)
+        import threading  # (a thread started now, and a child forked now, inherit the pin: it is not theirs either)
+
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(default_num_workers()))
+        thread.start()
+        thread.join()
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.write(write, bytes([default_num_workers()]))
+            os._exit(0)
+        os.waitpid(child, 0)
+        in_child = os.read(read, 1)[0]
+        os.close(read)
+        os.close(write)
+        assert seen + [in_child] == [len(allowed)] * 2
         with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", pin="none") as other:
             assert other.pool.num_workers == min(2, len(allowed))
             for pid in other.pool.worker_pids:

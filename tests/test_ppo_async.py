@@ -104,3 +104,21 @@ def test_one_policy_call_per_half_whatever_the_groups(tmp_path, monkeypatch) -> 
         monkeypatch.setattr(trainer.agent, "sample", lambda obs: (sizes.append(len(obs)), sample(obs))[1])
         assert not trainer.collect_rollout()
         assert sizes == [4] * (2 * config.num_steps)
+
+
+def test_a_tuned_config_s_num_workers_is_not_the_halves_layout(tmp_path) -> None:
+    """--async-envs with --fastvec-config: the tuner's num_workers (measured for the synchronous step) made a layout
+    whose groups need not tile a half (one worker for 4 envs in halves of 2: refused); --num-workers still wins."""
+    import json
+
+    from ppo.backends import make_backend
+
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"config": {"num_workers": 1, "step_in_parent": True}}))
+    for given, workers in ((None, 2), (4, 4)):
+        backend = make_backend("fastvec", "CartPole-v1", 4, 3, num_workers=given, start_method="fork",
+                               fastvec_config=str(tuned), async_envs=True)  # fmt: skip
+        try:
+            assert backend.pool.num_workers == workers and backend.pool._async.batch_size == 2
+        finally:
+            backend.close()

@@ -655,6 +655,8 @@ class Pool:
         p = self._pending
         if p is None or p.command is not _STEP:
             p = self._take_pending(Command.STEP, "step_wait")  # (raises)
+        if timeout is not None:
+            timeout = wait_seconds(timeout)
         if timeout is None and p.local is None and not p.waited:
             return Batch(self, p.slot, self._complete_step(p))
         return Batch(self, p.slot, self._complete(p, timeout))
@@ -760,7 +762,7 @@ class Pool:
     def reset_wait(self, timeout: float | None = None) -> Batch:
         """Finish the pending reset; its infos are in ``Batch.reset_infos``."""
         p = self._take_pending(Command.RESET, "reset_wait")
-        return Batch(self, p.slot, self._complete(p, timeout))
+        return Batch(self, p.slot, self._complete(p, wait_seconds(timeout)))
 
     def reset(
         self,
@@ -795,7 +797,7 @@ class Pool:
         """The first ``batch_size`` envs whose step or reset finished (``AsyncBatch.env_ids``);
         ``copy=False``: views into the ring where the batch is one group (a worker's or the caller's own).
         Object parts (Text, Graph, ...) are batched by ``batch_object(leaf, values)`` (default: a tuple)."""
-        return self._asynchronous("recv").recv(timeout, copy, batch_object)
+        return self._asynchronous("recv").recv(wait_seconds(timeout), copy, batch_object)
 
     def _asynchronous(self, call: str) -> AsyncBatches:
         if self._async is None:
@@ -835,7 +837,7 @@ class Pool:
     def call_wait(self, timeout: float | None = None) -> list:
         """Finish the pending call; the results in the order of its ``indices``."""
         p = self._take_pending(Command.CONTROL, "call_wait")
-        self._complete(p, timeout)
+        self._complete(p, wait_seconds(timeout))
         results: list = [None] * p.count
         plan = p.plan or {}
         if p.local is not None and p.local[0] is not None:
@@ -1994,6 +1996,13 @@ class Pool:
         if self._foreign:
             self._state = PoolState.CLOSED
             return
+        # (any number, as gymnasium's close takes; unbounded ones are bounded: process joins take int milliseconds;
+        # one that is no number (NaN) does not keep the pool open: the default)
+        try:
+            timeout = wait_seconds(timeout)
+        except (TypeError, ValueError):
+            timeout = 10.0
+        timeout = CLOSE_TIMEOUT_LIMIT_S if timeout is None else min(timeout, CLOSE_TIMEOUT_LIMIT_S)
         segment = self._segment
         if segment is not None and getattr(segment, "_mmap", True) is None:
             # the block was unmapped under the pool: in a garbage cycle, SharedMemory.__del__ (close()) can run
@@ -2435,6 +2444,26 @@ def _autoreset_mode(mode: Any) -> int:
 
 def _exit_status(exitcode: int | None) -> str:
     return "an unread exit status" if exitcode == EXIT_UNKNOWN else f"exit code {exitcode}"
+
+
+CLOSE_TIMEOUT_LIMIT_S = 1e6  # close(timeout): at most this (multiprocessing's joins take int milliseconds)
+
+
+def wait_seconds(timeout: Any) -> float | None:
+    """A wait's ``timeout`` (step_wait, reset_wait, call_wait, recv, close) as seconds: any number (a Fraction, a
+    Decimal, numpy's), None for no limit, as are infinity and anything beyond 1e9 s (the waits count nanoseconds);
+    NaN is refused."""
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # (10**400)
+        return None
+    except (TypeError, ValueError):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}") from None
+    if seconds != seconds:
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    return None if seconds > 1e9 else seconds
 
 
 def _describe_cause(cause: BaseException | None) -> str:

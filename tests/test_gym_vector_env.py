@@ -459,3 +459,11 @@ def test_a_wait_s_timeout_may_be_any_number() -> None:
         with pytest.raises(multiprocessing.TimeoutError, match="0.02"):
             venv.step_wait(timeout=Fraction(1, 50))
         venv.step_wait()  # (the step, picked up)
+        venv.step_async(np.zeros(2, np.int64))
+        with pytest.raises(ValueError, match="timeout must be a number of seconds or None, got nan"):
+            venv.step_wait(timeout=float("nan"))
+        venv.step_wait(timeout=float("inf"))  # (no limit, as None: it overflowed converting to nanoseconds)
+    for timeout in (float("inf"), 1e300, float("nan"), 10**400, 3e6):  # (close() raised, the env left open)
+        venv = VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2)
+        venv.close(timeout=timeout)
+        assert venv.closed and venv.pool.closed

@@ -11,6 +11,12 @@ caller was started with (taskset, cgroups, a scheduler's allocation).
   ``pin_workers=True`` means this.
 - ``"none"``: no pinning. A list of core ids: worker w on ``cores[w % len(cores)]``.
 
+An affinity is a thread's (on Linux): a pool pins the thread that makes it ("spread"), and gives that thread
+the affinity it had back when its last pool closes, from whichever thread closes it. A thread started by a
+pinned thread, or a child it forks, inherits the pin: it plans on the cores the pinned thread plans on. (So
+does a thread started while the pin held that then restricts itself to exactly the pinned cores: the two
+cannot be told apart. One that existed before the pin keeps its own choice.)
+
 Where psutil cannot set affinities (macOS), pinning falls back to none, with one warning.
 """
 
@@ -28,46 +34,62 @@ _warned = False
 # the calling process's own affinity while pools pin it ("spread"), and how many do: restored when the
 # last of them closes (a second pool saving the first one's pin would have kept it pinned for good)
 _caller_lock = threading.Lock()
-# the threads pools pinned (an affinity is a thread's, on Linux):
-# native id -> [its own affinity, pools pinning it, the cores they pinned it to]
-_pinned: dict[int, list] = {}
-# in a child forked by a pinned thread: the cores it inherited -> the affinity they replaced
+# the threads pools pinned (an affinity is a thread's, on Linux): native id -> _Pin
+_pinned: dict[int, _Pin] = {}
+# in a forked child: the affinity it inherited -> the one its parent planned on (a pin it inherited, or one its
+# parent had inherited: grandchildren too)
 _inherited: dict[tuple[int, ...], list[int]] = {}
-_forking: list | None = None
+_forking: tuple[tuple[int, ...], list[int]] | None = None
+
+
+class _Pin:
+    """A thread pinned by pools: the affinity it had (given back), the one to plan on, how many pools pin it, the
+    cores they pinned it to, and the threads that existed when it was pinned (none of them inherited the pin)."""
+
+    __slots__ = ("had", "plan", "count", "cores", "before")
+
+    def __init__(self, had: list[int], plan: list[int]):
+        self.had, self.plan, self.count, self.cores = had, plan, 0, None
+        self.before = {thread.native_id for thread in threading.enumerate()}
 
 
 def _before_fork() -> None:
     global _forking
-    _forking = _pinned.get(threading.get_native_id())
+    try:
+        _forking = (tuple(sorted(os.sched_getaffinity(0))), allowed_cores())
+    except Exception:  # pragma: no cover - not Linux
+        _forking = None
 
 
 def _after_fork_in_child() -> None:
-    """A forked child's threads are not its parent's (its parent's pools restore those); a child of a pinned
-    thread runs on that pin, which, as for a thread it started, is not the affinity to plan on."""
+    """A forked child's threads are not its parent's (its parent's pools restore those); a child forked while its
+    thread ran on a pin (its own, or one it inherited) plans on what its parent planned on."""
     global _caller_lock
     _caller_lock = threading.Lock()
-    _inherited.clear()
-    if _forking is not None:
-        _inherited[tuple(_forking[2])] = list(_forking[0])
     _pinned.clear()
+    _inherited.clear()
+    if _forking is not None and list(_forking[0]) != _forking[1]:
+        _inherited[_forking[0]] = list(_forking[1])
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def allowed_cores() -> list[int]:
-    """The cores the calling thread may run on, in order, as before a pool pinned it (pin="spread"). A thread
-    that a pinned thread started (or a child it forked) runs on that pin: the affinity it replaced counts."""
-    entry = _pinned.get(threading.get_native_id())
+    """The cores the calling thread may plan on, in order: its affinity as before a pool pinned it (pin="spread").
+    A thread started by a pinned thread (or a child it forked) runs on that pin, and plans on what the pinned
+    thread does; a thread that existed when the pin was taken, and restricted itself since, keeps its own."""
+    thread = threading.get_native_id()
+    entry = _pinned.get(thread)
     if entry is not None:
-        return list(entry[0])
+        return list(entry.plan)
     try:
         current = sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return list(range(os.cpu_count() or 1))
-    for own, _, cores in list(_pinned.values()):
-        if cores == current:  # (started by a thread a pool pinned, while it was: it inherited the pin)
-            return list(own)
+    for pin in list(_pinned.values()):
+        if pin.cores == current and thread not in pin.before:  # (started while the pin held: it inherited it)
+            return list(pin.plan)
     return list(_inherited.get(tuple(current), current))
 
 
@@ -77,25 +99,26 @@ def pin_caller(cores: list[int]) -> int:
     with _caller_lock:
         entry = _pinned.get(thread)
         if entry is None:
-            entry = _pinned[thread] = [allowed_cores(), 0, None]
-        entry[1] += 1
-        entry[2] = sorted(cores)
+            entry = _pinned[thread] = _Pin(sorted(os.sched_getaffinity(0)), allowed_cores())
+        entry.count += 1
+        entry.cores = sorted(cores)
         os.sched_setaffinity(0, cores)
     return thread
 
 
 def release_caller(thread: int) -> None:
-    """A pool that pinned ``thread`` closed: the last of its pools gives it its own affinity back, whichever thread
-    closes it (a close() from another thread, a __del__ in the monitor's thread: ``0`` names the closing thread)."""
+    """A pool that pinned ``thread`` closed: the last of its pools gives it the affinity it had back, whichever
+    thread closes it (a close() from another thread, a __del__ in the monitor's thread: ``0`` names the closing
+    thread)."""
     with _caller_lock:
         entry = _pinned.get(thread)
         if entry is None:
             return
-        entry[1] -= 1
-        if entry[1] == 0:
+        entry.count -= 1
+        if entry.count == 0:
             del _pinned[thread]
             try:
-                os.sched_setaffinity(thread, entry[0])
+                os.sched_setaffinity(thread, entry.had)
             except OSError:  # (the thread has ended since)
                 pass
 

@@ -184,10 +184,15 @@ def _wait_word(words: np.ndarray, index: int, target: int, spin_deadline: int, d
         _futex_wait(words, index, value, deadline - now)
 
 
+def _spin_end(start: int, spin_ns: int, timeout_ns: int) -> int:
+    """When a wait that began at ``start`` stops polling; see _kernels.pyx's spin_end."""
+    return start + min(abs(spin_ns), timeout_ns)
+
+
 def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int, timeout_ns: int) -> int:
     """Wait until ``words[i] == target`` for every i in ``seq_index``; see _kernels.pyx."""
     start = time.monotonic_ns()
-    spin_deadline, deadline = start + min(abs(spin_ns), timeout_ns), start + timeout_ns  # (see spin_end)
+    spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
     target = int(target) & 0xFFFFFFFF
     for k, index in enumerate(seq_index.tolist()):
         if _wait_word(words, index, target, spin_deadline, deadline, spin_ns < 0) != DONE:
@@ -227,7 +232,7 @@ def wait_remaining(
 ) -> int:
     """Wait until every DONE_SEQ word equals its ``seqs[k]`` (completion is every DONE word, as in _kernels.pyx)."""
     start = time.monotonic_ns()
-    spin_deadline, deadline = start + min(abs(spin_ns), timeout_ns), start + timeout_ns  # (see spin_end)
+    spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
     for k, (index, seq) in enumerate(zip(done_index.tolist(), seqs.tolist())):
         if _wait_word(words, index, int(seq) & 0xFFFFFFFF, spin_deadline, deadline, spin_ns < 0) != DONE:
             return k
@@ -240,7 +245,7 @@ def wait_any(
     """The first k whose DONE_SEQ word equals ``seqs[k]``, or -1 after ``timeout_ns`` (see _kernels.pyx).
     Without an atomic countdown here it polls, yielding, then napping in 100 us slices."""
     start = time.monotonic_ns()
-    spin_deadline, deadline = start + min(abs(spin_ns), timeout_ns), start + timeout_ns  # (see spin_end)
+    spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
     pairs = list(zip(done_index.tolist(), seqs.tolist()))
     while True:
         for k, (index, seq) in enumerate(pairs):

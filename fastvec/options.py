@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import multiprocessing as mp
 import numbers
 import os
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PoolOptions", "TUNABLE", "default_num_workers"]
+__all__ = ["PoolOptions", "TUNABLE", "default_num_workers", "wait_seconds"]
 
 # the knobs a tuning file from `python -m fastvec.tune` may set
 TUNABLE = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_method", "pin_workers", "pin")
@@ -32,6 +31,23 @@ def default_num_workers() -> int:
     from fastvec import placement
 
     return len(placement.allowed_cores())
+
+
+def wait_seconds(timeout: Any) -> float | None:
+    """A wait's ``timeout`` (step_wait, reset_wait, call_wait, recv, close; and step_timeout) as seconds: any
+    number (a Fraction, a Decimal, numpy's), None for no limit, as are infinity and anything beyond 1e9 s (the
+    waits count nanoseconds); NaN is refused."""
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # (10**400)
+        return None
+    except (TypeError, ValueError):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}") from None
+    if seconds != seconds:
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    return None if seconds > 1e9 else seconds
 
 
 @dataclass(frozen=True)
@@ -124,16 +140,11 @@ class PoolOptions:
         ):  # fmt: skip
             raise ValueError(f"spin_ns must be an int of nanoseconds (64 bits), got {self.spin_ns!r}")
         timeout = self.step_timeout
-        if timeout is not None and (
-            not isinstance(timeout, numbers.Real) or isinstance(timeout, (bool, np.bool_)) or not timeout > 0
-        ):
-            raise ValueError(f"step_timeout must be a positive number of seconds (or None), got {timeout!r}")
-        if timeout is not None:  # seconds as a float (a Fraction could not be formatted); beyond 1e9 s, no limit
-            try:
-                seconds = float(timeout)
-            except OverflowError:
-                seconds = math.inf
-            object.__setattr__(self, "step_timeout", None if seconds > 1e9 else seconds)
+        if timeout is not None:
+            if not isinstance(timeout, numbers.Real) or isinstance(timeout, (bool, np.bool_)) or not timeout > 0:
+                raise ValueError(f"step_timeout must be a positive number of seconds (or None), got {timeout!r}")
+            # (seconds as a float, as every wait's: a Fraction could not be formatted; beyond 1e9 s, no limit)
+            object.__setattr__(self, "step_timeout", wait_seconds(timeout))
         if self.on_error not in ("raise", "restart"):
             raise ValueError(f"on_error must be 'raise' or 'restart', got {self.on_error!r}")
         if isinstance(self.pin, np.ndarray):  # (core ids as an array: a list of them)

@@ -61,7 +61,7 @@ from fastvec.errors import (
 from fastvec.layout import Views, plan_layout
 from fastvec.migrate import ADOPT as _ADOPT
 from fastvec.monitor import Monitor
-from fastvec.options import PoolOptions, default_num_workers
+from fastvec.options import PoolOptions, default_num_workers, wait_seconds
 from fastvec.protocol import (
     ADAPTIVE_POLL,
     DISABLED,
@@ -2447,23 +2447,6 @@ def _exit_status(exitcode: int | None) -> str:
 
 
 CLOSE_TIMEOUT_LIMIT_S = 1e6  # close(timeout): at most this (multiprocessing's joins take int milliseconds)
-
-
-def wait_seconds(timeout: Any) -> float | None:
-    """A wait's ``timeout`` (step_wait, reset_wait, call_wait, recv, close) as seconds: any number (a Fraction, a
-    Decimal, numpy's), None for no limit, as are infinity and anything beyond 1e9 s (the waits count nanoseconds);
-    NaN is refused."""
-    if timeout is None:
-        return None
-    try:
-        seconds = float(timeout)
-    except OverflowError:  # (10**400)
-        return None
-    except (TypeError, ValueError):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}") from None
-    if seconds != seconds:
-        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    return None if seconds > 1e9 else seconds
 
 
 def _describe_cause(cause: BaseException | None) -> str:

@@ -274,20 +274,18 @@ def detached(exc: BaseException) -> BaseException:
         clone = base.__new__(cls, *exc.args)
         base.__init__(clone, *exc.args)
         clone.args = exc.args
-        for klass in cls.__mro__:  # the built-in types' own fields (OSError's file names, ImportError's name, ...)
-            if klass.__module__ != "builtins":
-                continue
-            for name, field in vars(klass).items():
-                if name.startswith("__") or type(field).__name__ not in ("member_descriptor", "getset_descriptor"):
-                    continue
-                try:
-                    value = getattr(exc, name)
-                    if value is not None:  # (unset: a None set would show in OSError's message)
-                        setattr(clone, name, value)
-                except Exception:  # (read-only, or not set on this one: OSError's characters_written)
-                    pass
         clone.__dict__.update(getattr(exc, "__dict__", {}))
         for klass in cls.__mro__:
+            if klass.__module__ == "builtins":  # its own fields (OSError's file names, ImportError's name, ...)
+                for name, field in vars(klass).items():
+                    if name.startswith("__") or type(field).__name__ not in ("member_descriptor", "getset_descriptor"):
+                        continue
+                    try:
+                        value = getattr(exc, name)
+                        if value is not None:  # (unset: a None set would show in OSError's message)
+                            setattr(clone, name, value)
+                    except Exception:  # (read-only, or not set on this one: OSError's characters_written)
+                        pass
             slots = klass.__dict__.get("__slots__", ())
             for name in (slots,) if isinstance(slots, str) else slots:
                 if name not in ("__dict__", "__weakref__") and hasattr(exc, name):

@@ -914,11 +914,11 @@ def _as_reward(x: Any, index: int) -> float:
     SubprocVecEnv passes these on too.) A reward of more than one number is refused, naming the env."""
     try:
         value = np.asarray(x, dtype=np.float64)
-        if value.size == 1:
-            return float(value.reshape(-1)[0])
-    except Exception as exc:
-        raise ShardError(index, "step", TypeError(f"reward must be a number, got {x!r}")) from exc
-    raise ShardError(index, "step", TypeError(f"reward must be a number, got {x!r}"))
+    except Exception:
+        value = None
+    if value is None or value.size != 1:
+        raise ShardError(index, "step", TypeError(f"reward must be a number, got {x!r}"))
+    return float(value.reshape(-1)[0])
 
 
 def _is_flag(x: Any) -> bool:

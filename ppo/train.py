@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ppo.agent import Agent, is_image_space
-from ppo.backends import Backend, make_backend
+from ppo.backends import Backend, _kill_workers, make_backend
 from ppo.checkpoint import CHECKPOINT_NAMES, checkpoint_step, find_checkpoint, load_checkpoint, save_checkpoint
 from ppo.config import Config
 from ppo.distributed import Distributed, pin_to_core_share, state_digest
@@ -1004,9 +1004,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # an interrupt before the trainer held its engine (SIGTERM while SB3's SubprocVecEnv starts its workers):
         # a reference engine's forked workers ignore a first SIGTERM (_stop_on_sigterm), so multiprocessing's exit
         # hook, which terminate()s and joins them, would wait for ever; the processes this run started are killed
-        for child in set(multiprocessing.active_children()) - children:
-            child.kill()
-            child.join(5.0)
+        _kill_workers(list(set(multiprocessing.active_children()) - children), [])
         raise
     finally:
         if previous is not None:  # (main() called from a program: its own handling back)

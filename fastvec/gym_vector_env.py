@@ -160,7 +160,9 @@ class VectorEnv(gym.vector.VectorEnv):
         if daemon is None:
             daemon = base.daemon if isinstance(config, PoolOptions) else True
         # (the config itself, not ``base``: build() keeps a file's or dict's layout out of batches)
-        settings = PoolOptions.build(config, **{"start_method": start_method, "daemon": daemon, **options})
+        settings = PoolOptions.build(
+            config, num_envs=self.num_envs, **{"start_method": start_method, "daemon": daemon, **options}
+        )
         self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time
             settings = settings.replace(num_workers=_concurrent_workers(len(env_fns), settings, int(max_concurrency)))

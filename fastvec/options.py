@@ -169,18 +169,26 @@ class PoolOptions:
             raise ValueError(f"check must be None, 'off', 'warn' or 'raise', got {self.check!r}")
 
     @classmethod
-    def build(cls, config: PoolOptions | dict | str | os.PathLike | None = None, **knobs: Any) -> PoolOptions:
+    def build(
+        cls, config: PoolOptions | dict | str | os.PathLike | None = None, *, num_envs: int | None = None, **knobs: Any
+    ) -> PoolOptions:
         """Options from a tuning ``config`` (a PoolOptions, a dict, or the path of a JSON file
-        written by ``python -m fastvec.tune``) overlaid with the ``knobs`` that are not None."""
+        written by ``python -m fastvec.tune``) overlaid with the ``knobs`` that are not None.
+        ``num_envs``, where known, tells a ``batch_size`` of every env (the synchronous step) from
+        asynchronous batches."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(knobs) - names)
         if unknown:
             raise TypeError(f"unknown pool option(s) {unknown}; the options are {sorted(names)}")
         base = cls.load(config)
-        if knobs.get("batch_size") is not None and config is not None and not isinstance(config, PoolOptions):
+        batch = knobs.get("batch_size")
+        if batch is not None and config is not None and not isinstance(config, PoolOptions) and (
+            num_envs is None or not isinstance(batch, (int, np.integer)) or batch < num_envs
+        ):
             # a tuning file's layout (num_workers, step_in_parent) was measured for the synchronous step (its
             # asynchronous search measures batches in their own default layout, and writes none): asynchronous
-            # batches keep their own default (pool._async_layout) unless it is given here. (A num_workers of the
+            # batches keep their own default (pool._async_layout) unless it is given here; batch_size=num_envs is
+            # the synchronous step, which keeps the file's layout. (A num_workers of the
             # synchronous step need not tile a batch: ppo.train --fastvec-config --async-envs was refused.)
             base = dataclasses.replace(base, step_in_parent=None, num_workers=None)
         return dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})

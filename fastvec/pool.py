@@ -281,8 +281,8 @@ class Pool:
         self._release_deferred = False  # closed while a thread was inside: it releases the block
         self._release_lock = threading.Lock()
 
-        opts = PoolOptions.build(options, **knobs)
         env_fns = list(env_fns)
+        opts = PoolOptions.build(options, num_envs=len(env_fns), **knobs)
         if not env_fns:
             raise ValueError("need at least one env factory, got an empty list")
         for i, fn in enumerate(env_fns):

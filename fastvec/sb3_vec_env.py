@@ -65,7 +65,8 @@ class SubprocVecEnv(_VecEnvBase):
         config: PoolOptions | dict | str | os.PathLike | None = None,
         **options: Any,
     ):
-        settings = PoolOptions.build(config, start_method=start_method, **options)
+        env_fns = list(env_fns)
+        settings = PoolOptions.build(config, num_envs=len(env_fns), start_method=start_method, **options)
         if not copy and settings.ring_slots < 2:
             raise ValueError(
                 f"copy=False needs ring_slots >= 2 (got {settings.ring_slots}): SB3 keeps the previous observation "

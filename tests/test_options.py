@@ -8,6 +8,7 @@ import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
 from fastvec.options import TUNABLE, PoolOptions
+from fastvec.pool import Pool
 from tests import envs
 
 
@@ -102,6 +103,23 @@ def test_a_tuning_file_s_layout_is_not_applied_to_asynchronous_batches(tmp_path,
     # a tuned num_workers that does not tile a batch (one worker, 4 envs, batches of 2): it was refused, naming it
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config={"num_workers": 1}, batch_size=2) as venv:
         assert venv.pool.num_workers == 2
+
+
+def test_batch_size_of_every_env_is_the_synchronous_step_and_keeps_a_tuning_file_s_layout(tmp_path, monkeypatch) -> None:
+    """batch_size=num_envs is the synchronous step (README): a tuning file's layout, measured for that step,
+    applies to it as without batch_size; it had been dropped as for asynchronous batches."""
+    from fastvec import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "default_num_workers", lambda: 2)
+    config = {"num_workers": 2, "step_in_parent": False}
+    assert PoolOptions.build(config, num_envs=4, batch_size=4) == PoolOptions.build(config).replace(batch_size=4)
+    assert PoolOptions.build(config, num_envs=4, batch_size=2).step_in_parent is None
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config=config, batch_size=4) as venv:
+        assert not venv.pool.step_in_parent and len(venv.pool.worker_pids) == 2
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", config=config, batch_size=4) as venv:
+        assert not venv.pool.step_in_parent and len(venv.pool.worker_pids) == 2
+    with Pool([envs.make_cartpole] * 4, config, start_method="fork", batch_size=4) as pool:
+        assert not pool.step_in_parent and len(pool.worker_pids) == 2
 
 
 def test_the_tuner_s_record_is_a_config_as_a_dict_as_well_as_a_file(tmp_path) -> None:

@@ -19,9 +19,13 @@ the layer's instructions per step, start-up and imports cancelled out:
 - front: the front-end's ``step``: ``fastvec.SubprocVecEnv`` (``--front sb3``, the default:
   SB3's dones, infos, observation copy; SAME_STEP autoresets) or ``fastvec.VectorEnv``
   (``--front gym``: gymnasium's API, NEXT_STEP autoresets unless ``--autoreset same``);
-- async (``--shards 2`` only): the front-end's asynchronous batches, ``batch_size`` half the
-  envs, a group each for the learner and the worker: a command is one ``recv()`` and one
-  ``send()`` of half the envs (issue 12: EnvPool's send/recv are C++, these are Python).
+- async-pool (``--shards 2`` only): ``Pool.recv`` + ``Pool.send`` of asynchronous batches,
+  ``batch_size`` half the envs, a group each for the learner and the worker: a command is one
+  ``recv()`` and one ``send()`` of half the envs;
+- async (``--shards 2`` only): the same through the front-end's ``recv()`` and ``send()`` (issue 12:
+  EnvPool's send/recv are C++, these are Python). Which group a batch is, the learner's own or the
+  worker's, depends on timing: the two async layers' learner and worker counts move by up to 10%
+  from run to run, one against the other, and their sum by a few percent.
 
 With ``--shards 2`` the step runs as it does by default on 2 cores: the learner's own shard and
 one worker's (fork-started), each with half the envs, waiting with ``spin_ns=0`` (a waiting side
@@ -48,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("raw", "shard", "pool", "front", "async")
+LAYERS = ("raw", "shard", "pool", "front", "async-pool", "async")
 
 
 class _Episodic:
@@ -94,7 +98,7 @@ def child(
         if shards == 1
         else {"num_workers": 2, "step_in_parent": True, "spin_ns": 0}
     )
-    if layer == "async":
+    if layer.startswith("async"):
         layout["batch_size"] = num_envs // 2
     if front == "sb3":
         venv = SubprocVecEnv(fns, start_method="fork", **layout)
@@ -102,7 +106,7 @@ def child(
         mode = "SameStep" if autoreset == "same" else "NextStep"
         venv = VectorEnv(fns, context="fork", autoreset_mode=mode, **layout)
     with venv:
-        if layer == "async":
+        if layer.startswith("async"):
             venv.async_reset()
         else:
             venv.reset()
@@ -113,11 +117,14 @@ def child(
         # of instructions, and whether it falls inside one of the two runs moved a layer's count by 30%
         gc.collect()
         gc.disable()
+        half = actions[: num_envs // 2]
         if layer == "async":
-            half = actions[: num_envs // 2]
             for _ in range(steps):
                 out = venv.recv()
                 venv.send(half, out[4] if front == "sb3" else out[4]["env_id"])
+        elif layer == "async-pool":
+            for _ in range(steps):
+                pool.send(half, pool.recv().env_ids)
         elif layer == "front":
             for _ in range(steps):
                 venv.step(actions)
@@ -228,9 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---:|---:|")
     below = None
     for layer in args.layers:
-        if args.shards == 2 and layer not in ("pool", "front", "async"):
+        if args.shards == 2 and layer not in ("pool", "front", "async-pool", "async"):
             continue  # (the shard and raw layers step this process's envs alone: no worker to count)
-        if args.shards == 1 and layer == "async":
+        if args.shards == 1 and layer.startswith("async"):
             continue  # (asynchronous batches need two groups: --shards 2)
         runs = []
         for _ in range(args.repeats):

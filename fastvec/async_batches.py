@@ -44,7 +44,7 @@ from fastvec.errors import (
     WorkerDiedError,
     env_errors,
 )
-from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps_payload
+from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps_payload, private_payload
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -214,12 +214,15 @@ class AsyncBatches:
             if not any(options):
                 options = None
         payloads = pool._option_payloads(options) if options is not None else None
+        own_options = None
+        if options is not None and self.first_remote:  # the own group's, for recv() to reset it with (the copy
+            own = self.groups[0]  # a worker's envs get)
+            own_options = private_payload(options[own.start : own.stop], "reset options", own)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
         pool._write_seeds(seeds, None)
-        if options is not None and self.first_remote:  # the own group's, for recv() to reset it with
-            own = self.groups[0]
-            self._local_objects = options[own.start : own.stop]
+        if own_options is not None:
+            self._local_objects = own_options
         self._reset_options = options
         self._reset_payloads = payloads  # (each worker's pickled options: a worker respawned in this reset needs them)
         self._give(pool, list(range(len(self.groups))), Command.RESET, int(ResetFlag.HAS_OPTIONS) if options else 0, payloads)
@@ -292,8 +295,8 @@ class AsyncBatches:
             for position in positions:
                 envs = self.groups[position]
                 share = [[column[order[i]] for i in envs] for column in objects]
-                if position < self.first_remote:
-                    self._local_objects = share
+                if position < self.first_remote:  # (the copy a worker's envs get)
+                    self._local_objects = private_payload(share, "actions", envs)
                 else:
                     payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
         self._give(pool, positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)

@@ -7,8 +7,8 @@ one value per env.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
+from multiprocessing import reduction
 from typing import Any
 
 import gymnasium as gym
@@ -17,13 +17,12 @@ __all__ = ["CALLS", "run_call", "is_wrapped", "private"]
 
 
 def private(value: Any) -> Any:
-    """A copy of ``value`` of its own, as a value pickled through a pipe is (SB3's and gymnasium's
-    envs in processes each get theirs, and their callers get copies back): a deep copy; where that
-    fails, a dict's shallow copy, or ``value`` itself (a lock, a queue)."""
-    try:
-        return copy.deepcopy(value)
-    except Exception:
-        return dict(value) if isinstance(value, dict) else value
+    """A copy of ``value`` of its own, exactly as a value pickled through a worker's pipe arrives (SB3's and
+    gymnasium's envs in processes each get theirs, and their callers get copies back): the pipe's pickling
+    (multiprocessing's ForkingPickler), so the envs the calling process steps give and get what a worker's
+    do, whichever process steps them: arrays in native byte order, and a value that cannot be pickled (a
+    lock, a lambda) refused as a worker's is. Raises what pickling raised; the callers name the env."""
+    return reduction.ForkingPickler.loads(reduction.ForkingPickler.dumps(value))
 
 
 def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:

@@ -81,6 +81,7 @@ from fastvec.protocol import (
     Stats,
     StepFlag,
     dumps_payload,
+    private_payload,
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
@@ -642,8 +643,9 @@ class Pool:
             for r in self._remotes
         }
         local = None
-        if self._local is not None:
-            local = [self._local.part(column) for column in objects]
+        if self._local is not None:  # (the copy a worker's envs get: an env that changes its action changes its own)
+            own = self._local
+            local = private_payload([own.part(column) for column in objects], "actions", range(own.start, own.stop))
         self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
 
     def step_wait(self, timeout: float | None = None) -> Batch:
@@ -711,7 +713,8 @@ class Pool:
             slot = self._next_slot()
         local_options = None
         if send_options and self._local is not None:
-            local_options = private(self._local.part(options))  # as at reset_async, as the workers' payloads
+            own = self._local  # (the copy a worker's envs get, as at reset_async)
+            local_options = private_payload(own.part(options), "reset options", range(own.start, own.stop))
         self._issue(
             _Pending(
                 Command.RESET,
@@ -829,7 +832,8 @@ class Pool:
 
         # pickled before anything is issued: an unpicklable argument leaves the pool idle
         payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
-        local = private(part(plan.get(0, []))) if self._local is not None else ()  # (as at call_async)
+        own = self._local  # (the copy a worker's envs get, as at call_async)
+        local = private_payload(part(plan.get(0, [])), f"{request} arguments", range(own.start, own.stop)) if own else ()
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )
@@ -1037,7 +1041,7 @@ class Pool:
             ended = time.perf_counter_ns()
             kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
             self._local_finished = ended
-        return own_copies(extras) if extras else extras
+        return own_copies(extras, "step") if extras else extras
 
     def _step_local_part(self, run: StepRun, watch: tuple | None) -> bool:
         """Step the parent's own shard's envs of ``run`` (Shard.begin_step) until every env stepped (True),
@@ -1063,7 +1067,7 @@ class Pool:
                 self._local_stats, 1.0, local.steps - steps, busy_ns + ended - began, 0.0, began_ns - self._local_finished
             )
             self._local_finished = ended
-        return own_copies(extras) if extras else extras
+        return own_copies(extras, "step") if extras else extras
 
     def _reset_local(self, *args: Any) -> list | None:
         """Reset the parent's own shard (Shard.reset's arguments); returns its extras, copied. Counted as a
@@ -1074,7 +1078,7 @@ class Pool:
             extras = local.reset(*args)
         finally:
             self._count_local(0.0, began, steps)
-        return own_copies(extras) if extras else extras
+        return own_copies(extras, "reset") if extras else extras
 
     def _count_local(self, commands: float, began: int, steps: int) -> None:
         """The parent's own shard's counters (shard 0's row) grow by a command begun at ``began``, when the
@@ -2409,11 +2413,21 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _COPIED_EXTRAS = frozenset(int(kind) for kind in (Extra.INFO, Extra.RESET_INFO, Extra.OBJECTS, Extra.FINAL_OBS))
 
 
-def own_copies(extras: list) -> list:
+def own_copies(extras: list, command: str) -> list:
     """The extras of the calling process's own envs, their values copied (infos, object observations),
     as a worker's are by pickling: a later step of an env that reuses its info dict, or SB3's
-    front-end adding ``terminal_observation`` to an info, does not change what another holds."""
-    return [(i, kind, private(value)) if kind in _COPIED_EXTRAS else (i, kind, value) for i, kind, value in extras]
+    front-end adding ``terminal_observation`` to an info, does not change what another holds; arrays
+    come in native byte order; a value that cannot be pickled is the env's error, as a worker reports
+    it (ShardError, naming the env and "``command`` (sending the result)")."""
+    copies = []
+    for i, kind, value in extras:
+        if kind in _COPIED_EXTRAS:
+            try:
+                value = private(value)
+            except Exception as exc:
+                raise ShardError(i, f"{command} (sending the result)", exc) from None
+        copies.append((i, kind, value))
+    return copies
 
 
 def _slice_ns(seconds: float) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "MIGRATE_UP",
     "MIGRATE_ALL",
     "dumps_payload",
+    "private_payload",
 ]
 
 
@@ -155,5 +156,12 @@ def dumps_payload(obj: Any, what: str, envs: range) -> bytes:
         return bytes(reduction.ForkingPickler.dumps(obj))
     except Exception as exc:
         raise TypeError(
-            f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled to send to their worker: {exc!r}"
+            f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled (every env gets them pickled, "
+            f"as through SB3's pipes, whichever process steps it): {exc!r}"
         ) from exc
+
+
+def private_payload(obj: Any, what: str, envs: range) -> Any:
+    """What the calling process's own envs ``envs`` get of ``obj``: the copy a worker's envs get (pickled as
+    ``dumps_payload`` pickles it, and loaded), so that they get the same, and the same errors, wherever they are."""
+    return reduction.ForkingPickler.loads(dumps_payload(obj, what, envs))

@@ -845,8 +845,12 @@ class Shard:
             if in_caller or k > 0:
                 # a worker's results go back in one message, where an object two envs return (a class attribute
                 # such as metadata), or parts of them, would come back as one: each env's own copy, as SB3's
-                # pipes give (a rare call: the copy costs about what pickling it does)
-                result = private(result)
+                # pipes give (a rare call: the copy costs about what pickling it does); one that cannot be
+                # pickled is the env's error, as a worker's reply that cannot be sent is
+                try:
+                    result = private(result)
+                except Exception as exc:
+                    raise ShardError(i, f"{request} (sending the result)", exc) from None
             results.append(result)
         return results
 

@@ -235,14 +235,23 @@ class LockInInfo(envs.FailingEnv):
         return obs, reward, term, trunc, ({"handle": threading.Lock()} if self.bad else {"fine": 1})
 
 
-def test_unpicklable_info_names_its_env() -> None:
-    """The error names the env whose info could not be sent, not the first env of its worker."""
-    fns = [partial(LockInInfo, i == 3) for i in range(4)]
-    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+@pytest.mark.parametrize("bad", [0, 3])  # the calling process's env, a worker's
+def test_unpicklable_info_names_its_env(bad: int) -> None:
+    """The error names the env whose info could not be sent, not the first env of its worker. The calling
+    process's own envs give the same error (their values travel as through a pipe): a lock in env 0's info
+    was taken there, and refused when a worker stepped it (another layout, or after a move)."""
+    fns = [partial(LockInInfo, i == bad) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
         venv.reset()
         with pytest.raises(EnvError, match="during 'step \\(sending the result\\)'") as info:
             venv.step(np.zeros(4, dtype=np.int64))
-        assert info.value.env_index == 3
+        assert info.value.env_index == bad
+        assert venv.get_attr("bad") == [i == bad for i in range(4)]  # the pool goes on
+        with pytest.raises(EnvError, match="during 'env_method \\(sending the result\\)'") as info:
+            venv.env_method("step", 0, indices=[bad])  # (its info holds the lock)
+        assert info.value.env_index == bad
+        with pytest.raises(TypeError, match="cannot be pickled"):  # (given: refused before anything runs)
+            venv.set_attr("handle", threading.Lock(), indices=[bad])
 
 
 @pytest.mark.parametrize("bad_index", [0, 2])  # the parent's shard, or a worker's (envs 2..3)

@@ -119,6 +119,52 @@ def test_a_big_endian_space_gives_sb3_native_arrays_as_sb3_does(batches: bool) -
         obs_as_tensor(step, "cpu")
 
 
+class BigEndianValues(envs.BigEndianEnv):
+    """Gives '>f4' / '>f8' arrays in everything it returns (its episodes are one step) and echoes what it is given."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, _ = super().reset(seed=seed)
+        return obs, {"given": options["a"].dtype.str} if options else {"r": np.arange(2, dtype=">f8")}
+
+    def step(self, action):
+        obs, reward, _, _, _ = super().step(action)
+        return obs, reward, False, True, {"arr": np.arange(2, dtype=">f8")}
+
+    def echo(self, value):
+        return value.dtype.str, value
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["step", "recv"])
+def test_the_caller_s_envs_exchange_native_arrays_as_a_worker_s_do(batches: bool) -> None:
+    """What an env returns and what it is given travel as through a pipe (SB3's SubprocVecEnv): arrays arrive in
+    native byte order. The calling process's own envs got deep copies, which keep '>f4': env 0's
+    terminal_observation then failed SB3's obs_as_tensor (PPO's bootstrap), a worker's env's did not."""
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    with SubprocVecEnv([BigEndianValues] * 4, start_method="fork", num_workers=2, step_in_parent=True,
+                       **({"batch_size": 2} if batches else {})) as venv:  # fmt: skip
+        if batches:
+            venv.async_reset()
+            taken = [venv.recv()[4] for _ in range(2)]
+            for ids in taken:
+                venv.send(np.zeros(2, np.int64), ids)
+            infos = {int(i): info for _ in range(2) for i, info in zip(*(lambda r: (r[4], r[3]))(venv.recv()))}
+            infos = [infos[i] for i in range(4)]
+        else:
+            venv.reset()
+            infos = venv.step(ZEROS)[3]
+        assert [info["terminal_observation"].dtype.str for info in infos] == ["<f4"] * 4
+        assert [info["arr"].dtype.str for info in infos] == ["<f8"] * 4
+        assert [info["r"].dtype.str for info in venv.reset_infos] == ["<f8"] * 4
+        obs_as_tensor(infos[0]["terminal_observation"][None], "cpu")
+        if not batches:
+            assert [kind for kind, _ in venv.env_method("echo", np.ones(2, ">f4"))] == ["<f4"] * 4  # given
+            assert [value.dtype.str for _, value in venv.env_method("echo", np.ones(2, ">f4"))] == ["<f4"] * 4
+            venv.set_options({"a": np.ones(2, ">f4")})
+            venv.reset()
+            assert [info["given"] for info in venv.reset_infos] == ["<f4"] * 4
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_interrupt_while_the_parent_steps_its_envs_breaks_the_pool() -> None:
     venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)

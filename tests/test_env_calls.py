@@ -23,3 +23,68 @@ def test_calls_read_and_write_through_the_wrapper_chain() -> None:
     with pytest.raises(AttributeError):
         run_call(env, "get_attr", ("nonsense",))
     env.close()
+
+
+def _shape(value, seen=None):
+    """Everything a copy must match of ``value``: types, dtypes with byte order, shapes, memory order, values, and
+    which parts are one object."""
+    import numpy as np
+
+    seen = {} if seen is None else seen
+    if id(value) in seen and isinstance(value, (dict, list, np.ndarray)):
+        return ("same as", seen[id(value)])
+    seen[id(value)] = len(seen)
+    if isinstance(value, dict):
+        return ("dict", [(repr(k), _shape(v, seen)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_shape(v, seen) for v in value])
+    if isinstance(value, np.ndarray):
+        return ("array", type(value).__name__, value.dtype.str, value.shape, value.flags.c_contiguous,
+                value.flags.f_contiguous, value.flags.writeable, value.tobytes())  # fmt: skip
+    return (type(value).__name__, repr(value))
+
+
+def test_private_gives_what_a_pipe_gives() -> None:
+    """The calling process's envs' values are copied as a worker's pipe pickles them (multiprocessing's
+    ForkingPickler): a copy made directly for the usual values must equal the pickle round trip in every
+    respect (big-endian arrays arrive native; Fortran order kept; shared parts stay shared); others are pickled;
+    what cannot be pickled is refused."""
+    import threading
+    from multiprocessing.reduction import ForkingPickler
+
+    import numpy as np
+
+    from fastvec.env_calls import private
+
+    shared = np.arange(6, dtype=">f8").reshape(2, 3)
+    frozen = np.ones(3, "<i2")
+    frozen.flags.writeable = False
+    cycle: list = [1]
+    cycle.append(cycle)
+    deep: list = [1]
+    for _ in range(40):  # (deeper than the direct copy goes: pickled)
+        deep = [deep]
+    values = [
+        {"x_position": np.float64(1.5), "lives": 3, "ok": True, "name": "a", "none": None, "b": b"\x00"},
+        {"a": shared, "b": shared, "t": (shared, [shared.T, shared[:, ::2]])},
+        [np.zeros((2, 2), ">c8"), np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.array(3, ">u2"), frozen],
+        {(1, 2): "a tuple key", 3: {"nested": [np.int8(-1), np.uint64(2**64 - 1), 1e300, 2**70]}},
+        np.array(["text"]), np.array([(1, 2.0)], dtype=[("a", ">i4"), ("b", "<f8")]), np.ma.masked_array([1, 2]),
+        np.zeros(3, "M8[s]"), np.longdouble(1) + np.longdouble(2**-60), np.array([1, "x"], object),
+        cycle, {"deep": deep},
+        gym.spaces.Discrete(3), range(3), frozenset({1}), {"f": 1 + 2j, "s": {1, 2}},
+    ]  # fmt: skip
+    for value in values:
+        want = ForkingPickler.loads(ForkingPickler.dumps(value))
+        got = private(value)
+        if value is cycle:
+            assert got[1] is got and got[0] == 1
+            continue
+        assert _shape(got) == _shape(want), value
+    mine = {"a": [1]}
+    copied = private(mine)
+    copied["a"].append(2)
+    assert mine == {"a": [1]}  # its own copy
+    for bad in ({"f": lambda: 0}, [threading.Lock()], {"ok": 1, "bad": (1, threading.Lock())}):
+        with pytest.raises(Exception, match="pickle"):
+            private(bad)

@@ -739,10 +739,13 @@ class Shard:
                 try:
                     np.asarray(item, dtype=dst.dtype)
                 except Exception as exc:
+                    # numpy's own type (OverflowError for 300 into uint8, TypeError for a dict), as the references
+                    # raise it
+                    kind = type(exc) if type(exc) in (OverflowError, TypeError) else ValueError
                     raise ShardError(
                         first + k,
                         command,
-                        ValueError(f"observation{_where(leaf)} cannot be stored as {dst.dtype} ({leaf.name}): {exc!r}"),
+                        kind(f"observation{_where(leaf)} cannot be stored as {dst.dtype} ({leaf.name}): {exc!r}"),
                     ) from exc
             raise
         if code == -1:

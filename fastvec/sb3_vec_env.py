@@ -198,6 +198,13 @@ class SubprocVecEnv(_VecEnvBase):
                 if i in batch.restarted:
                     infos[k]["fastvec.restarted"] = batch.restarted[i]
 
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        """SB3's ``seed``: per-env seeds ``seed + i`` (used by the next reset); a numpy integer ``seed`` is
+        taken as its Python int (SB3's sum wraps in its type, np.uint8(255) + 1 to 0; its envs refuse it)."""
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        return super().seed(seed)
+
     def stats(self) -> Any:
         """What each shard did since the previous call (fastvec.stats.PoolStats)."""
         return self.pool.stats()

@@ -321,6 +321,13 @@ def test_seeds_are_sb3s() -> None:
         reference.close()
         np.random.seed(4)
         assert venv.seed() != seeds
+        # a numpy integer root (the references' envs refuse it; fastvec takes it as its int): no wrapping in its type
+        assert venv.seed(np.uint8(254)) == [254, 255, 256]
+        assert venv.seed(np.int8(126)) == [126, 127, 128]
+        assert all(type(s) is int for s in venv.seed(np.uint32(2**32 - 2)))
+        first = venv.reset()
+        venv.seed(2**32 - 2)
+        np.testing.assert_array_equal(venv.reset(), first)
 
 
 def test_without_sb3_imported_it_is_still_an_sb3_vec_env_once_sb3_is() -> None:

@@ -223,11 +223,21 @@ class _LeafWriter:
     def _cast_loses(self, a: np.ndarray) -> bool:
         """Whether casting ``a`` to the buffer's dtype would change a value (checked before the cast): then
         it travels bit for bit (``TAG_BITS``), or, with check="raise", is refused naming the env (with
-        "warn", a warning once per env). Values no 8-byte dtype holds (complex, float128) are refused."""
+        "warn", a warning once per env). Values no 8-byte dtype holds (complex; float128 that float64 would
+        round) are refused."""
         if a.dtype.kind not in "fiub":
             raise ValueError(f"actions{self.where} for {self.space} must be numbers, got dtype {a.dtype}")
         if a.dtype.kind == "f" and self.dtype.kind == "f":
-            return False  # floats into float64 (float128's rounded, as before)
+            if a.dtype.itemsize <= 8:
+                return False  # floats into float64
+            # float128: the values float64 holds reach the env as they were sent (their dtype's tag); others
+            # would be rounded, silently: refused (the block's rows are 8 bytes wide)
+            held = a.astype(self.dtype)
+            lost = (held != a) & ~(np.isnan(a) & np.isnan(held))
+            if lost.any():
+                row, pos = divmod(int(np.flatnonzero(lost.reshape(self.num_envs, -1))[0]), self.per_env)
+                raise ValueError(f"{self._not_held(a, row, pos)}; send float64 (no wider value fits the shared block)")
+            return False
         if np.can_cast(a.dtype, self.dtype, "safe") and not (a.dtype.itemsize == 8 and self.dtype.kind == "f"):
             return False  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
         negative_zero = False

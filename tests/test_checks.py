@@ -93,6 +93,23 @@ def test_negative_zero_for_an_integer_space_keeps_its_sign() -> None:
 
 
 
+def test_float128_actions_reach_the_env_exactly_or_are_refused() -> None:
+    """float128 actions went through the float64 buffer rounded, silently (SB3 and gymnasium hand the env the
+    exact values): values float64 holds reach the env as sent, the others are refused naming the env, with or
+    without a check (a row is 8 bytes wide)."""
+    space = spaces.Box(-2, 2, (2,), np.float32)
+    for check in (None, "raise"):
+        writer, out = _writer(space, check)
+        exact = np.array([[0.5, -1.5], [-2.0, 1.0]] if check else [[0.5, np.nan], [-np.inf, 1.0]], np.longdouble)
+        handed = _as_sent(out, writer.write(exact, out))
+        assert handed.dtype == np.longdouble
+        np.testing.assert_array_equal(handed, exact)
+        finer = exact.copy()
+        finer[1, 1] += np.longdouble(2) ** -60
+        with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is .*float64 .*send float64"):
+            writer.write(finer, out)
+
+
 @pytest.mark.parametrize(
     "space, values",
     [

@@ -30,7 +30,8 @@ __all__ = ["ActionWriter", "OutputChecks", "emit_warnings"]
 
 
 def _bounds(space: spaces.Space, per_env: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat per-element [low, high] of an array space (int64 for discrete spaces, float64 for Box)."""
+    """Flat per-element [low, high] of an array space (int64 for discrete spaces and integer Boxes, uint64 for
+    uint64 Boxes, float64 for float Boxes)."""
     if isinstance(space, spaces.Discrete):
         return np.array([space.start], np.int64), np.array([space.start + space.n - 1], np.int64)
     if isinstance(space, spaces.MultiDiscrete):
@@ -38,9 +39,24 @@ def _bounds(space: spaces.Space, per_env: int) -> tuple[np.ndarray, np.ndarray]:
         return start, start + np.asarray(space.nvec, dtype=np.int64).reshape(-1) - 1
     if isinstance(space, spaces.MultiBinary):
         return np.zeros(per_env, np.int64), np.ones(per_env, np.int64)
-    low = np.broadcast_to(np.asarray(space.low, dtype=np.float64), space.shape).reshape(-1).copy()
-    high = np.broadcast_to(np.asarray(space.high, dtype=np.float64), space.shape).reshape(-1).copy()
+    # an integer Box's bounds as integers (uint64's as uint64): float64 rounds them past 2**53, and 2**60 + 2 then
+    # passed a bound of 2**60 + 1
+    kind = np.float64 if space.dtype.kind == "f" else np.uint64 if space.dtype == np.uint64 else np.int64
+    low = np.broadcast_to(np.asarray(space.low).astype(kind), space.shape).reshape(-1).copy()
+    high = np.broadcast_to(np.asarray(space.high).astype(kind), space.shape).reshape(-1).copy()
     return low, high
+
+
+def _outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Whether each value (rows of ``len(low)``) is outside ``[low, high]`` (NaN is): integers against integer
+    bounds exactly (int64 against uint64 as Python ints: numpy would compare them in float64), else in float64."""
+    if values.dtype.kind in "iub" and low.dtype.kind in "iu":
+        values = values.astype(np.int64) if values.dtype.kind == "b" else values
+        if np.result_type(values.dtype, low.dtype).kind == "f":
+            values, low, high = values.astype(object), low.astype(object), high.astype(object)
+    else:
+        values = values.astype(np.float64)
+    return ~((values >= low) & (values <= high))
 
 
 class ActionWriter:
@@ -271,8 +287,7 @@ class _LeafWriter:
             return
         if self.raise_out_of_range:
             raise ValueError(self._out_of_range(a, *divmod(int(bad), self.per_env)))
-        values = flat.reshape(self.num_envs, -1).astype(np.float64)
-        outside = ~((values >= self.low) & (values <= self.high))
+        outside = _outside(flat.reshape(self.num_envs, -1), self.low, self.high)
         self._warn_each_env(outside, lambda row, pos: self._out_of_range(a, row, pos))
 
     def _warn_each_env(self, rows: np.ndarray, said: Any) -> None:
@@ -304,8 +319,7 @@ class _LeafWriter:
 
 
 def _first_outside_generic(flat: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
-    values = flat.reshape(-1, low.shape[0]).astype(np.float64)
-    idx = np.flatnonzero(~((values >= low) & (values <= high)))
+    idx = np.flatnonzero(_outside(flat.reshape(-1, low.shape[0]), low, high))
     return int(idx[0]) if idx.size else -1
 
 

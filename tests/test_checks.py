@@ -142,6 +142,13 @@ def test_values_pass_through_unchanged_by_default(space, values) -> None:
         (spaces.Box(-1, 1, (2,), np.float64), [[0.5, -1], [1, 1]], [[0.5, -1], [1, 1.5]], "env 1 .* is 1.5"),
         (spaces.Box(0, 10, (1,), np.int32), [[3], [10]], [[3], [11]], "env 1 is 11"),
         (spaces.Box(-1, 1, (1,), np.float32), [[0.0], [1.0]], [[np.nan], [0.0]], "env 0 is NaN"),
+        # integer bounds past 2**53, compared as integers (float64 made 2**60 + 2 equal to a bound of 2**60 + 1)
+        (spaces.Box(0, 2**60 + 1, (1,), np.int64), [[2**60 + 1], [0]], [[0], [2**60 + 2]], "env 1 is 1152921504606846978"),
+        (spaces.Box(-(2**62), 0, (1,), np.int64), [[-(2**62)], [0]], [[-(2**62) - 1], [0]], "env 0 is -4611686018427387905"),
+        (spaces.Box(0, 2**63 + 1, (1,), np.uint64), np.array([[2**63 + 1], [0]], np.uint64),
+         np.array([[2**63 + 2], [0]], np.uint64), "env 0 is 9223372036854775810"),  # fmt: skip
+        (spaces.Box(0, 2**63 + 1, (1,), np.uint64), np.array([[5], [0]], np.int64), np.array([[-1], [0]], np.int64),
+         "env 0 is -1"),  # fmt: skip
     ],
 )
 def test_range_checks_when_asked(space, good, bad, message) -> None:
@@ -150,6 +157,7 @@ def test_range_checks_when_asked(space, good, bad, message) -> None:
     np.testing.assert_array_equal(out, np.asarray(good, dtype=writer.dtype))
     with pytest.raises(ValueError, match=message):
         writer.write(np.asarray(bad), out)
+    assert not space.contains(np.asarray(bad)[int(message.split()[1])].astype(space.dtype))  # (as gymnasium says)
     warner, out = _writer(space, "warn")
     with pytest.warns(RuntimeWarning, match=message):
         warner.write(np.asarray(bad), out)

@@ -16,6 +16,7 @@ and a NaN reward are reported once per env and kind, or raised, per ``check``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,10 @@ class ActionWriter:
                 tags[0] = tag
                 self._written = (id(tags), tag)
             return None
+        if per_env and isinstance(actions, Mapping):
+            # (a dict is never one action per env, which SB3 iterates: its keys were taken for the envs' actions.
+            # For a Dict space it is gymnasium's batch layout, one batch per key, taken as such)
+            per_env = False
         if per_env:
             if not hasattr(actions, "__len__") or len(actions) != self.num_envs:
                 raise ValueError(f"expected one action per env ({self.num_envs}) for {self.space}, got {actions!r:.200}")

@@ -229,6 +229,10 @@ def test_structured_actions_batched_or_one_per_env() -> None:
     per_env = [{"move": 1, "aim": np.zeros(2), "say": "a"}, {"move": 2, "aim": np.ones(2), "say": "b"}]
     assert writer.write(per_env, buffers, tags, per_env=True) == [["a", "b"]]
     assert buffers[1].tolist() == [1, 2] and buffers[0].tolist() == [[0, 0], [1, 1]]
+    # a dict is never one action per env (SB3 would iterate its keys): gymnasium's batch, where SB3's layout is asked
+    batched = {"move": np.array([0, 1]), "aim": np.array([[0.25, 0], [0, 0]]), "say": ("c", "d")}
+    assert writer.write(batched, buffers, tags, per_env=True) == [["c", "d"]]
+    assert buffers[1].tolist() == [0, 1] and buffers[0].tolist() == [[0.25, 0], [0, 0]]
     with pytest.raises(ValueError, match=r"env 1 \(part 'move'\) is 1.5"):
         ActionWriter(space, 2, kernels, "raise").write(
             {"move": np.array([2, 1.5]), "aim": np.zeros((2, 2)), "say": ("a", "b")}, buffers, tags

@@ -33,7 +33,7 @@ def no_leaks(request):
         children = [
             p for p in me.children(recursive=True) if p.pid not in children_before and _is_ours(p)
         ]
-        new_shm = set(shm.list_segments()) - shm_before
+        new_shm = ours(set(shm.list_segments()) - shm_before)
         if (not children and not new_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -43,6 +43,24 @@ def no_leaks(request):
         return  # SB3's SubprocVecEnv never closes its Process objects' sentinel pipes
     leaked = {fd for fd in _fds() - fds_before if _is_leak(fd)}
     assert not leaked, f"file descriptors left open: {sorted(leaked)} -> {[_describe(fd) for fd in leaked]}"
+
+
+def ours(segments: set[str]) -> set[str]:
+    """``segments`` less those of another program's live processes (fastvec names a segment after the process that
+    made it): a pool of a program running beside the suite is not this test's leak. Segments of this process, of
+    its descendants, and of processes that have ended (a test's killed subprocess) remain."""
+    me = os.getpid()
+    kept = set()
+    for name in segments:
+        try:
+            pid = int(name[len(shm.PREFIX) :].split("-")[0])
+            owner = psutil.Process(pid)
+            foreign = pid != me and me not in {p.pid for p in owner.parents()}
+        except (ValueError, psutil.Error):  # (no pid in the name, or its process ended)
+            foreign = False
+        if not foreign:
+            kept.add(name)
+    return kept
 
 
 def _is_ours(p: psutil.Process) -> bool:

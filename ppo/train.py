@@ -429,6 +429,10 @@ class Trainer:
         for ids in (np.arange(half), np.arange(half, config.num_envs)):
             self._act_async(ids, storage.slot(0), t_env, sent)
         running, solved = config.num_envs, False
+        ended_in_step = False  # whether an env of the step the halves are taking ended an episode
+        rng_before_step: torch.Tensor | None = None  # the CPU generator before the first half's latest actions
+        may_stop = config.stop_when_solved and self.solve_return is not None and not self.dist.enabled
+        may_stop = may_stop and self.device.type == "cpu"  # (where that generator draws the actions)
         while running:
             while not all(first in held for first in sent[0]):
                 batch = backend.recv()
@@ -445,9 +449,15 @@ class Trainer:
                 (groups[0][k] if len(groups) == 1 else np.concatenate([g[k] for g in groups])) for k in (2, 3, 4)
             )
             ids = np.arange(start, stop)
+            if solved:  # sent before the solve, which a synchronous run stops at: received (the pool idle), not counted
+                running -= len(ids)
+                continue
             t = t_env[ids]  # the step each of these envs just took (their results are in slot(t + 1))
             storage.arrived_rows(slot, start, stop)
             self.global_step += len(ids) * self.dist.world_size
+            # the halves come in sending order (the first, then the second, per step): once every env took step
+            # t, global_step is what a synchronous run's is after it, and the episodes a half ends get that step
+            step_done_at = self.global_step + (config.num_envs - stop) * self.dist.world_size
             done = terminated | truncated
             if self.reward_rms is not None:
                 self.discounted_returns[ids] = self.discounted_returns[ids] * gamma + rewards
@@ -462,11 +472,23 @@ class Trainer:
                 with torch.no_grad(), self.autocast():
                     values = agent.value(final_obs).float()
                 storage.terminal_values[torch.from_numpy(t[cut]).to(self.device), envs.to(self.device)] = values
-            self.rank_episodes.step(rewards, done, self.global_step, envs=ids)
-            if done.any() and not self.dist.enabled and self._check_solved():
-                solved = True  # stop: send nothing more, receive what still steps
+            self.rank_episodes.step(rewards, done, step_done_at, envs=ids)
+            ended_in_step = ended_in_step or bool(done.any())
+            if stop == config.num_envs:
+                # "solved" is looked at once every env took the step, as collect_rollout does: after the first
+                # half alone, the window of 100 episodes holds another set of episodes than any synchronous step's
+                if ended_in_step and not self.dist.enabled and self._check_solved():
+                    solved = True  # stop: send nothing more, receive what still steps
+                    if rng_before_step is not None:
+                        torch.set_rng_state(rng_before_step)
+                ended_in_step = False
             t_env[ids] = t + 1
             running -= len(ids)
+            if start == 0 and may_stop and self.solved_at is None:
+                # the generator before the next step's draws: a solve after the second half undoes them, so the run
+                # stops with a synchronous run's generator (a checkpoint saves the CPU one; CUDA actions draw from
+                # the device's)
+                rng_before_step = torch.get_rng_state()
             # the half, with steps left, acts on the observations just written
             if not solved and t_env[start] < num_steps:
                 self._act_async(ids, slot, t_env, sent)

@@ -377,3 +377,30 @@ def make_dict_echo(render_mode=None) -> gym.Env:
 
 
 gym.register("fastvec-test/DictEcho-v0", entry_point=make_dict_echo)
+
+
+class Opposed(gym.Env):
+    """Episodes of 4 steps whatever the actions, returning +k (first reset with an even seed) or -k (odd seed) on
+    the env's k-th episode: two envs seeded 0 and 1 end their episodes at the same steps, and after each whole
+    step the mean of their episodes is 0; after one env's episode alone it is not."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, render_mode=None):
+        self.sign, self.k, self.t = 0.0, 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None and self.k == 0:
+            self.sign = 1.0 if seed % 2 == 0 else -1.0
+        self.t, self.k = 0, self.k + 1
+        return np.array([self.sign, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= 4
+        return np.array([self.sign, self.t / 4], np.float32), self.sign * self.k if done else 0.0, done, False, {}
+
+
+gym.register("fastvec-test/Opposed-v0", entry_point=Opposed)

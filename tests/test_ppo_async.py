@@ -89,6 +89,33 @@ def test_the_same_seed_gives_the_same_run(tmp_path) -> None:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize("solve_return", [0.1, -0.5])
+def test_solved_is_decided_on_whole_steps(tmp_path, solve_return) -> None:
+    """Two envs (one per half) end their episodes at the same steps, +k and -k: after every whole step the mean of
+    the last 100 episodes is 0. Solved (-0.5) or never (0.1), the run is the synchronous one: the same verdict,
+    steps, episodes' end steps, parameters and generator. (It used to look after each half: 0.1 was "solved"
+    at step 407, after env 0's episode alone; and a solve counted the half still stepping, 401 steps for 400.)"""
+    runs = []
+    for async_envs in (False, True):
+        config = _config(tmp_path, f"{solve_return}-{async_envs}", env_id="tests.envs:fastvec-test/Opposed-v0",
+                         num_envs=2, num_workers=2, num_steps=16, total_timesteps=2 * 16 * 16, seed=0,
+                         solve_return=solve_return, stop_when_solved=True, async_envs=async_envs)  # fmt: skip
+        with Trainer(config) as trainer:
+            summary = trainer.run()
+            runs.append((
+                {k: summary[k] for k in ("solved", "solve_step", "global_step", "iterations", "episodes")},
+                trainer.episodes.history()[0],
+                trainer.agent.state_dict(),
+                torch.get_rng_state(),
+            ))  # fmt: skip
+    (sync, sync_steps, sync_params, sync_rng), (other, steps, params, rng) = runs
+    assert sync["solved"] == (solve_return < 0) and other == sync
+    np.testing.assert_array_equal(steps, sync_steps)
+    for key in sync_params:
+        torch.testing.assert_close(params[key], sync_params[key], rtol=0, atol=0, msg=key)
+    assert torch.equal(rng, sync_rng)
+
+
 def test_one_policy_call_per_half_whatever_the_groups(tmp_path, monkeypatch) -> None:
     """With more cores than halves, the pool splits each half into several groups (one per core; seen
     on 16 cores: a worker per half of 32 envs ran at 0.26x the synchronous rollout). The sampler

@@ -924,16 +924,27 @@ def describe(summary: dict[str, Any]) -> str:
             f"Nothing trained on {env}: the checkpoint has {summary['global_step']:,} steps, the whole budget"
             f"\nrun folder: {summary['run_dir']}"
         )
+    episodes = summary.get("episodes")  # (None: a summary.json of a version that did not write it)
     if summary["solved"]:
+        # (the mean now is not the one that solved: a run trained on with --no-stop-when-solved may have fallen back)
         text = (
-            f"SOLVED {env}: mean return of the last 100 episodes {mean} >= {summary['solve_return']:g} "
+            f"SOLVED {env}: the mean return of the last 100 episodes reached {summary['solve_return']:g} "
             f"after {summary['solve_step']:,} steps in {summary['solve_wall_s']:.2f} s"
         )
+        if summary["global_step"] != summary["solve_step"]:
+            text += f"; at the end ({summary['global_step']:,} steps) it was {mean}"
     elif summary["solve_return"] is None:
         text = (
             f"Budget of {summary['global_step']:,} steps done on {env} (no solve threshold): "
             f"mean return of the last 100 episodes {mean}"
         )
+    elif episodes is not None and episodes < 100:  # (not solved whatever their mean: the window never filled)
+        text = (
+            f"NOT SOLVED {env}: the budget of {summary['global_step']:,} steps ended after {episodes} episode{'' if episodes == 1 else 's'}, fewer "
+            f"than the 100 whose mean return must reach {summary['solve_return']:g}"
+        )
+        if episodes:
+            text += f" (their mean: {mean})"
     else:
         text = (
             f"NOT SOLVED {env}: the budget of {summary['global_step']:,} steps ended with a mean return of the "

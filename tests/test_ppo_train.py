@@ -437,3 +437,29 @@ def test_the_verdict_of_a_run_in_which_no_episode_ended_says_so() -> None:
     assert text.startswith("NOT SOLVED CartPole-v1") and "(none: no episode ended)" in text and "nan" not in text
     assert "(none: no episode ended)" in describe({**summary, "solve_return": None, "mean_return_100": None})
     assert "last 100 episodes of 12.5 (< 475)" in describe({**summary, "mean_return_100": 12.5})
+
+
+def test_the_verdict_says_what_kept_a_run_from_solving_and_when_it_solved(tmp_path) -> None:
+    """The closing line states only what is true: a run whose window of 100 episodes never filled is not solved
+    whatever their mean (it said "mean ... of 23.0 (< -inf)"); a solved run that trained on says the mean reached
+    the threshold at the solve and what it is at the end (it said "0.0 >= 1 after 200 steps")."""
+    from ppo.train import describe
+
+    summary, _ = _train(tmp_path, "few", vec_backend="serial", solve_return=-math.inf)
+    assert not summary["solved"] and 0 < summary["episodes"] < 100
+    text = describe(summary)
+    assert text.startswith(
+        f"NOT SOLVED CartPole-v1: the budget of 192 steps ended after {summary['episodes']} episodes, fewer than the "
+        f"100 whose mean return must reach -inf (their mean: {summary['mean_return_100']:.1f})"
+    ), text
+    assert "(their mean" not in describe({**summary, "episodes": 0, "mean_return_100": math.nan})
+    solved = {
+        **summary, "solved": True, "solve_return": 1.0, "solve_step": 200, "solve_wall_s": 0.5, "global_step": 1024,
+        "episodes": 300, "mean_return_100": 0.0,
+    }  # fmt: skip
+    text = describe(solved)
+    assert text.startswith(
+        "SOLVED CartPole-v1: the mean return of the last 100 episodes reached 1 after 200 steps in 0.50 s; at the end "
+        "(1,024 steps) it was 0.0;"
+    ), text
+    assert "at the end" not in describe({**solved, "global_step": 200})

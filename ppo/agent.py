@@ -196,8 +196,14 @@ class Agent(nn.Module):
         else:
             obs_dim = int(np.prod(self.obs_shape))
             self.trunk = None
-            self.actor = _mlp(obs_dim, tuple(hidden_sizes), policy_outputs, out_std=0.01)
-            self.critic = _mlp(obs_dim, tuple(hidden_sizes), 1, out_std=1.0)
+            try:
+                self.actor = _mlp(obs_dim, tuple(hidden_sizes), policy_outputs, out_std=0.01)
+                self.critic = _mlp(obs_dim, tuple(hidden_sizes), 1, out_std=1.0)
+            except (RuntimeError, OverflowError, MemoryError) as exc:  # (torch's allocator's traceback named no setting)
+                raise ValueError(
+                    f"hidden_sizes {list(hidden_sizes)}: the actor and critic layers cannot be allocated "
+                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                ) from None
             self.obs_rms = RunningMeanStd(self.obs_shape) if norm_obs else None
             # plain lists (not registered twice): the layers _mlp_forward runs
             self._actor_linears = [m for m in self.actor if isinstance(m, nn.Linear)]

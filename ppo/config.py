@@ -26,6 +26,9 @@ __all__ = ["Config", "REFERENCE_NUM_ENVS"]
 
 # `scale_lr_with_num_envs` scales the learning rate linearly from this many envs.
 REFERENCE_NUM_ENVS = 8
+# torch.distributed holds a timeout in int64 nanoseconds (2**63 ns is 9.2e9 s): 1e10 s wrapped around and timed
+# out at once
+_MAX_COLLECTIVE_TIMEOUT_S = 9e9
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,8 @@ class Config:
     amp: bool = False
     """bfloat16 autocast for the networks; CUDA only, ignored on CPU"""
     torch_threads: int = 1
-    """torch intra-op threads on CPU (small nets are fastest with 1; 0 keeps torch's default)"""
+    """torch intra-op threads on CPU (small nets are fastest with 1; 0 keeps torch's default; at most the
+    machine's cores)"""
 
     # --- distributed (torchrun) -------------------------------------------------------------
     distributed: bool = False
@@ -138,7 +142,7 @@ class Config:
     averages the gradients, normalization statistics and episodes are shared; only rank 0 writes (ppo/distributed.py)"""
     collective_timeout_s: float = 300.0
     """--distributed: a collective that waits longer than this raises and ends the run, so a rank that died or
-    hangs never leaves the others waiting forever"""
+    hangs never leaves the others waiting forever (at most 9e9 s, about 285 years)"""
     pin_rank_cores: bool = True
     """--distributed: restrict local rank r of LOCAL_WORLD_SIZE ranks (and the env workers it starts) to the r-th
     contiguous share of the cores it may run on; turn off when the launcher binds ranks to cores itself"""
@@ -221,8 +225,13 @@ class Config:
             raise ValueError(f"target_kl must be a finite number > 0 or None, got {self.target_kl}")
         if self.solve_return is not None and math.isnan(self.solve_return):
             raise ValueError("solve_return must be a number or None, got nan")
-        if not self.hidden_sizes or any(size < 1 for size in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must be one or more layer widths >= 1, got {self.hidden_sizes}")
+        if not self.collective_timeout_s <= _MAX_COLLECTIVE_TIMEOUT_S:
+            raise ValueError(
+                f"collective_timeout_s must be at most 9e9 s (about 285 years: torch.distributed "
+                f"counts it in int64 nanoseconds, and a larger value wraps around), got {self.collective_timeout_s:g}"
+            )
+        if not self.hidden_sizes or any(not 1 <= size < 2**63 for size in self.hidden_sizes):  # (torch's sizes are int64)
+            raise ValueError(f"hidden_sizes must be one or more layer widths >= 1 (and < 2**63), got {self.hidden_sizes}")
         if self.num_workers is not None and self.num_workers < 0:  # (fastvec's own message says "positive": 0 is ppo's)
             raise ValueError(f"num_workers must be >= 0 (0: every env in the learner's process) or unset, got {self.num_workers}")
         for name in ("checkpoint_interval", "eval_episodes", "torch_threads"):

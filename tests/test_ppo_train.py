@@ -156,6 +156,8 @@ def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_pat
         ("torch_threads", -2),
         ("collective_timeout_s", float("inf")),
         ("collective_timeout_s", float("nan")),
+        ("collective_timeout_s", 1e10),  # (torch.distributed's int64 nanoseconds wrapped: it timed out at once)
+        ("hidden_sizes", (64, 2**64)),
         ("solve_return", float("nan")),
         ("num_workers", -1),  # (fastvec said "a positive int", though 0 is ppo's every env in the learner's process)
     ],
@@ -167,6 +169,7 @@ def test_settings_that_would_train_wrongly_are_refused_by_name(name: str, value)
 
 def test_defaults_and_edge_values_validate() -> None:
     Config().validate()
+    Config(collective_timeout_s=9e9).validate()
     Config(ent_coef=-0.01, clip_coef=0.0, vf_coef=0.0, target_kl=None, checkpoint_interval=0, eval_episodes=0).validate()
     Config(num_workers=0).validate()
 
@@ -227,6 +230,31 @@ def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setenv("PPO_TRACEBACK", "1")
     with pytest.raises(ValueError, match="num_envs"):
         main([*common, "--num-envs", "0"])
+
+
+def test_settings_too_large_for_the_machine_are_refused_in_one_line_naming_them(tmp_path, monkeypatch) -> None:
+    """Widths no memory holds (torch's 25-line traceback) and more torch threads than cores (2**31 said
+    "Overflow when unpacking long", naming nothing; 100,000 crashed torch's first parallel op)."""
+    import os
+
+    from ppo.train import main
+
+    common = ["--runs-dir", str(tmp_path), "--total-timesteps", "64", "--no-progress", "--no-tensorboard",
+              "--eval-episodes", "0", "--num-workers", "0", "--device", "cpu"]  # fmt: skip
+    monkeypatch.delenv("PPO_TRACEBACK", raising=False)
+    cases = [
+        # (a size torch cannot even compute: an allocation that fails, 2**40, would depend on the machine's overcommit)
+        (["--hidden-sizes", "64", str(2**62)], f"hidden_sizes [64, {2**62}]: the actor and critic layers cannot be"),
+        (["--torch-threads", str(2**31)], f"torch_threads must be at most the {os.cpu_count()} cores of this machine"),
+        (["--torch-threads", str(os.cpu_count() + 1)], "torch_threads must be at most"),
+        (["--collective-timeout-s", "1e10"], "collective_timeout_s must be at most 9e9 s"),
+    ]
+    for args, named in cases:
+        with pytest.raises(SystemExit) as stop:
+            main([*common, *args])
+        message = str(stop.value.code)
+        assert message.startswith("ppo.train: ") and named in message and "\n" not in message, (args, message)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_name_that_holds_a_run_is_refused_unless_that_run_resumes_in_place(tmp_path) -> None:

@@ -354,22 +354,25 @@ class Distributed:
         dist.all_gather(states, state.to(self._comm_device))
         return torch.stack([s.cpu() for s in states])
 
-    def restore_rng_state(self, states: torch.Tensor | None) -> bool:
-        """Set this rank's generator from a checkpoint's ``torch_rng_states``; False when the checkpoint
-        came from another number of ranks (the rank then keeps its fresh seed)."""
-        if states is None:
-            return False
-        if states.shape[0] != self.world_size:
-            if self.is_main:
-                warnings.warn(
-                    f"the checkpoint holds the generator states of {states.shape[0]} ranks and this run has "
-                    f"{self.world_size}: every rank keeps its fresh seed",
-                    stacklevel=2,
-                )
-            return False
-        # clone: set_rng_state crashes (SIGSEGV, torch 2.13) on a row view, whose storage starts elsewhere
-        torch.set_rng_state(states[self.rank].clone().cpu())
-        return True
+    def restore_rng_state(self, states: torch.Tensor | None, main_state: torch.Tensor | None = None) -> bool:
+        """Set this rank's generator from a checkpoint's ``torch_rng_states``; False when the checkpoint has
+        none, or came from another number of ranks. Then rank 0 takes ``main_state`` (the checkpoint's
+        ``torch_rng_state``: its rank 0's generator, or a single process's, whose seed is rank 0's), as a plain
+        resume of that checkpoint does, and the other ranks keep their fresh seeds."""
+        if states is not None and states.shape[0] == self.world_size:
+            # clone: set_rng_state crashes (SIGSEGV, torch 2.13) on a row view, whose storage starts elsewhere
+            torch.set_rng_state(states[self.rank].clone().cpu())
+            return True
+        if states is not None and self.is_main:
+            warnings.warn(
+                f"the checkpoint holds the generator states of {states.shape[0]} ranks and this run has "
+                f"{self.world_size}: rank 0 takes the checkpoint's rank 0 generator, the other ranks keep their "
+                "fresh seeds",
+                stacklevel=2,
+            )
+        if self.is_main and main_state is not None:
+            torch.set_rng_state(main_state.clone().cpu())
+        return False
 
     def broadcast_checkpoint(self, path: str | os.PathLike) -> io.BytesIO:
         """The bytes of the checkpoint at ``path`` (a file or a run folder, see ``find_checkpoint``), read by

@@ -296,7 +296,9 @@ class Trainer:
             # distributed: rank 0 reads the checkpoint and every rank loads the same bytes
             source = self.dist.broadcast_checkpoint(config.resume)
             # one process: the checkpoint's generator. Distributed: each rank its own generator, from the
-            # checkpoint's per-rank states when it has one per rank, else the rank keeps its fresh seed
+            # checkpoint's per-rank states when it has one per rank, else rank 0 takes the checkpoint's (that of
+            # its rank 0, or of the single process, whose seed is rank 0's: a 1-rank resume is the plain resume)
+            # and the other ranks keep their fresh seeds
             try:
                 state = load_checkpoint(
                     source,
@@ -310,7 +312,7 @@ class Trainer:
             except ValueError as exc:  # a checkpoint of another network, named by the path given
                 raise ValueError(f"--resume {config.resume}: {exc}") from None
             if self.dist.enabled:
-                self.dist.restore_rng_state(state.get("torch_rng_states"))
+                self.dist.restore_rng_state(state.get("torch_rng_states"), state.get("torch_rng_state"))
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
             self.resumed_at = self.global_step
             self.wall_offset = float(state.get("wall_s", 0.0))

@@ -196,3 +196,22 @@ def test_a_local_rank_pins_itself_to_its_share() -> None:
         assert share == core_share(before, 1, 2) and os.sched_getaffinity(0) == set(share)
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_rank_0_takes_the_generator_of_a_checkpoint_without_one_per_rank() -> None:
+    """A checkpoint of a single process (no per-rank states) or of another number of ranks: rank 0 takes its
+    generator (that process's seed is rank 0's), as the plain resume does, so a 1-rank resume under torchrun is
+    the plain resume; the other ranks keep their fresh seeds (every rank kept its own, rank 0 replaying the
+    draws it began with)."""
+    saved = torch.manual_seed(5).get_state()
+    torch.manual_seed(1)
+    assert not Distributed().restore_rng_state(None, saved) and torch.equal(torch.get_rng_state(), saved)
+    fresh = torch.manual_seed(2).get_state()
+    assert not Distributed(rank=1, world_size=2).restore_rng_state(None, saved)
+    assert torch.equal(torch.get_rng_state(), fresh)
+    with pytest.warns(UserWarning, match="rank 0 takes the checkpoint's rank 0 generator"):
+        assert not Distributed(rank=0, world_size=2).restore_rng_state(torch.stack([fresh] * 3), saved)
+    assert torch.equal(torch.get_rng_state(), saved)
+    per_rank = torch.stack([fresh, saved])
+    assert Distributed(rank=1, world_size=2).restore_rng_state(per_rank, fresh)
+    assert torch.equal(torch.get_rng_state(), saved)

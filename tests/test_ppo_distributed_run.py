@@ -271,9 +271,25 @@ def test_two_ranks_resume_from_a_checkpoint(tmp_path) -> None:
     assert [int(r["global_step"]) for r in rows] == [3 * per_iteration, 4 * per_iteration]
 
 
+def test_one_rank_resumes_a_plain_run_s_checkpoint_exactly_as_the_plain_resume(tmp_path) -> None:
+    """Rank 0 takes a single process's generator (its seed is rank 0's): it kept its fresh seed, and replayed
+    the draws of the run's first iterations (the last row's mean return 35.51 against 34.64)."""
+    budget = 2 * ENVS_PER_RANK * NUM_STEPS
+    common = ["--check-replicas", *SMALL, "--runs-dir", str(tmp_path)]
+    _run([sys.executable, "-m", "ppo.train", *common, "--total-timesteps", str(budget), "--run-name", "first"])
+    resume = ["--resume", str(tmp_path / "first"), "--total-timesteps", str(2 * budget)]
+    _run([sys.executable, "-m", "ppo.train", *common, *resume, "--run-name", "plain"])
+    _run(_torchrun(1, "--distributed", *common, *resume, "--run-name", "torchrun"))
+    plain, torchrun = _metrics(tmp_path / "plain"), _metrics(tmp_path / "torchrun")
+    assert [int(r["iteration"]) for r in plain] == [3, 4]
+    for name in ("replica_digest", "mean_return_100", "policy_loss", "value_loss"):
+        assert [r[name] for r in torchrun] == [r[name] for r in plain], name
+
+
 def test_ranks_resumed_from_a_single_process_checkpoint_keep_their_own_generators(tmp_path) -> None:
     """A checkpoint without one generator state per rank (here a plain run's) cannot give each rank its
-    own: every rank keeps its fresh seed, and must not take the plain run's single state."""
+    own: rank 0 takes the plain run's (test_ppo_distributed.py), the others keep their fresh seeds; no two
+    ranks share a generator."""
     per_iteration = STEPS_PER_ITERATION_2_RANKS
     plain = [*SMALL, "--runs-dir", str(tmp_path), "--total-timesteps", str(per_iteration), "--run-name", "plain"]
     _run([sys.executable, "-m", "ppo.train", *plain])

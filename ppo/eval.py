@@ -125,10 +125,17 @@ def load_agent(
 ) -> tuple[Agent, Config, dict]:
     """Rebuild the agent of a run from its config.json and load a checkpoint into it.
 
-    ``checkpoint``: a file name in the run folder, else a file path (default: best.pt, else final.pt).
+    ``checkpoint``: a file name in the run folder, else a file path (default: best.pt, else final.pt); not
+    with ``run_dir`` a checkpoint file, unless it names that file.
     """
     run_dir = Path(run_dir)
     if run_dir.is_file():  # a checkpoint file: its folder is the run
+        # (another --checkpoint beside it was dropped silently, and the file evaluated)
+        if checkpoint is not None and not _same_file(run_dir, run_dir.parent / checkpoint, Path(checkpoint)):
+            raise ValueError(
+                f"{run_dir} is a checkpoint file and --checkpoint {checkpoint} names another: give the run's folder "
+                "with --checkpoint, or the checkpoint file alone"
+            )
         checkpoint, run_dir = str(run_dir), run_dir.parent
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder or checkpoint file")
@@ -149,6 +156,8 @@ def load_agent(
     else:
         # a name in the run folder first (not a file of that name in the working directory), else a path
         in_run = run_dir / checkpoint
+        if not in_run.is_file() and Path(checkpoint).is_dir():  # (it said "runs/A holds none of ['runs/B']")
+            raise ValueError(f"--checkpoint {checkpoint} is a folder: give a checkpoint file, by its name in {run_dir} or its path")
         path = in_run if in_run.is_file() else Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
     try:
         probe = make_env(config.env_id)
@@ -163,6 +172,11 @@ def load_agent(
     return agent.to(device), config, state
 
 
+def _same_file(path: Path, *others: Path) -> bool:
+    """Whether one of ``others`` is the file ``path``."""
+    return any(other.is_file() and other.samefile(path) for other in others)
+
+
 @dataclass(frozen=True)
 class EvalArgs:
     """Evaluate a run's checkpoint."""
@@ -170,7 +184,7 @@ class EvalArgs:
     run: tyro.conf.Positional[str]
     """run folder (runs/<run>) or a checkpoint file"""
     checkpoint: str | None = None
-    """checkpoint file name in the run folder (default: best.pt, else final.pt)"""
+    """checkpoint file name in the run folder, or its path (default: best.pt, else final.pt); with a run folder only"""
     episodes: int = 10
     """number of evaluation episodes"""
     seed: int | None = None

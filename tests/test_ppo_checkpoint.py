@@ -292,6 +292,27 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
         main([str(tmp_path / "a")])
 
 
+def test_eval_of_a_checkpoint_file_refuses_another_checkpoint_beside_it(tmp_path, capsys) -> None:
+    """ppo.eval runs/a/final.pt --checkpoint best.pt: one line, not final.pt evaluated with --checkpoint dropped
+    silently; --checkpoint naming that same file is fine. --checkpoint of a folder says so (it said "runs/a holds
+    none of ['runs/b']")."""
+    from ppo.eval import main
+
+    common = _tiny(tmp_path)
+    for name in ("a", "b"):
+        with Trainer(Config(run_name=name, **common)) as trainer:
+            trainer.run()
+    final = tmp_path / "a" / "final.pt"
+    with pytest.raises(SystemExit, match=rf"^ppo.eval: {re.escape(str(final))} is a checkpoint file and --checkpoint best.pt names "
+                                         "another: give the run's folder with --checkpoint, or the checkpoint file alone$"):  # fmt: skip
+        main([str(final), "--checkpoint", "best.pt", "--episodes", "1"])
+    for same in ("final.pt", str(final)):
+        main([str(final), "--checkpoint", same, "--episodes", "1"])
+        assert f"({final}, trained 32 steps)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=rf"^ppo.eval: --checkpoint {re.escape(str(tmp_path / 'b'))} is a folder: give a checkpoint file"):
+        main([str(tmp_path / "a"), "--checkpoint", str(tmp_path / "b"), "--episodes", "1"])
+
+
 _SLOW_SAVE = """
 import sys, time
 import torch

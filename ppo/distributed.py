@@ -122,7 +122,10 @@ def _environment_int(name: str, default: int | None = None) -> int:
                 f"launch with `torchrun --nproc-per-node=N -m ppo.train --distributed` or a launcher that sets them"
             )
         return default
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:  # (it said "invalid literal for int() with base 10: 'x'", naming no variable)
+        raise SetupError(f"--distributed: {name}={value!r} in the environment is not an integer (the launcher sets it)") from None
 
 
 class Distributed:
@@ -158,13 +161,23 @@ class Distributed:
     def from_environment(cls) -> Distributed:
         """Rank and world size from the variables torchrun (or another launcher) sets; no communication yet."""
         rank, world_size = _environment_int("RANK"), _environment_int("WORLD_SIZE")
-        ranks = cls(
-            rank,
-            world_size,
-            _environment_int("LOCAL_RANK", 0),
-            _environment_int("LOCAL_WORLD_SIZE", 1),
-            launched=True,
-        )
+        local_rank, local_world_size = _environment_int("LOCAL_RANK", 0), _environment_int("LOCAL_WORLD_SIZE", 1)
+        # named as the launcher set them (they were refused as the API's "rank 4 is not in 0..3", or as core_share's
+        # "index must be in 0..1")
+        where = "in the environment (the launcher sets them)"
+        if world_size < 1:
+            raise SetupError(f"--distributed: WORLD_SIZE={world_size} {where} must be at least 1")
+        if not 0 <= rank < world_size:
+            raise SetupError(f"--distributed: RANK={rank} {where} must be in 0..WORLD_SIZE-1 = 0..{world_size - 1}")
+        if local_world_size < 1:
+            raise SetupError(f"--distributed: LOCAL_WORLD_SIZE={local_world_size} {where} must be at least 1")
+        if local_rank < 0:
+            raise SetupError(f"--distributed: LOCAL_RANK={local_rank} {where} must be at least 0")
+        if "LOCAL_WORLD_SIZE" in os.environ and local_rank >= local_world_size:
+            raise SetupError(
+                f"--distributed: LOCAL_RANK={local_rank} {where} must be in 0..LOCAL_WORLD_SIZE-1 = 0..{local_world_size - 1}"
+            )
+        ranks = cls(rank, world_size, local_rank, local_world_size, launched=True)
         ranks.local_world_known = "LOCAL_WORLD_SIZE" in os.environ
         return ranks
 

@@ -83,6 +83,39 @@ def test_from_environment_says_how_to_launch(monkeypatch) -> None:
         Distributed.from_environment()
 
 
+@pytest.mark.parametrize(
+    "variables, named",
+    [
+        ({"RANK": "x"}, "RANK='x' in the environment is not an integer"),
+        ({"LOCAL_WORLD_SIZE": "2.0"}, "LOCAL_WORLD_SIZE='2.0' in the environment is not an integer"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 in the environment (the launcher sets them) must be at least 1"),
+        ({"RANK": "4"}, "RANK=4 in the environment (the launcher sets them) must be in 0..WORLD_SIZE-1 = 0..3"),
+        ({"RANK": "-1"}, "RANK=-1 in the environment"),
+        ({"LOCAL_RANK": "3"}, "LOCAL_RANK=3 in the environment (the launcher sets them) must be in 0..LOCAL_WORLD_SIZE-1 = 0..1"),
+        ({"LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 in the environment (the launcher sets them) must be at least 0"),
+        ({"LOCAL_WORLD_SIZE": "0"}, "LOCAL_WORLD_SIZE=0 in the environment"),
+    ],
+)
+def test_launcher_variables_given_wrongly_are_refused_by_name(monkeypatch, variables, named) -> None:
+    """They were refused in lines naming no variable: "invalid literal for int() with base 10: 'x'", "rank 0 is
+    not in 0..-1", core_share's "index must be in 0..1, got 3"."""
+    from ppo.errors import SetupError
+
+    for name, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", **variables}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SetupError) as refused:
+        Distributed.from_environment()
+    assert str(refused.value).startswith("--distributed: ") and named in str(refused.value)
+
+
+def test_a_local_rank_without_a_local_world_size_is_taken(monkeypatch) -> None:
+    for name, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    ranks = Distributed.from_environment()
+    assert (ranks.local_rank, ranks.local_world_size, ranks.local_world_known) == (3, 1, False)
+
+
 def test_more_ranks_on_a_machine_than_gpus(monkeypatch, capsys) -> None:
     """Seen on a one-GPU machine: two ranks under --device auto both took CUDA, and rank 1 died on
     cuda:1 ("invalid device ordinal"). Each rank needs a GPU of its own (nccl), so auto trains on
@@ -128,6 +161,7 @@ def test_a_job_over_several_machines_needs_the_device_named(monkeypatch) -> None
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert Distributed.from_environment().device(torch.device("cpu"), chosen=False) == torch.device("cpu")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # (1 is not a local rank of 1: refused by name now)
     with pytest.raises(ValueError, match="--device auto in a job over several machines"):
         Distributed.from_environment().device(torch.device("cpu"), chosen=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -14,6 +14,7 @@ final observation of the one that ended.
 from __future__ import annotations
 
 import functools
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -358,10 +359,12 @@ def make_backend(
     fastvec_config: str | None = None,
     monitor: bool = False,
     async_envs: bool = False,
+    rank_cores: list[int] | None = None,
 ) -> Backend:
     """The backend called ``name`` running ``num_envs`` copies of ``env_id`` with a ring of ``num_slots``.
 
     ``fastvec_config``: path of a ``python -m fastvec.tune`` JSON (fastvec only).
+    ``rank_cores``: the cores ``--pin-rank-cores`` restricted this rank to (named when the config's pin leaves them).
     ``start_method``: the workers' start method; where neither it nor ``fastvec_config`` names one,
     ``default_start_method``.
     """
@@ -383,15 +386,27 @@ def make_backend(
             raise ValueError(f"--fastvec-config {fastvec_config}: {exc}") from None
     start_method = start_method or (settings.start_method if settings is not None else None) or default_start_method
     if name == "fastvec":
-        backend = FastvecBackend(
-            env_fns,
-            num_slots,
-            num_workers=num_workers,
-            start_method=start_method,
-            settings=settings,
-            monitor=monitor,
-            async_envs=async_envs,
-        )
+        try:
+            backend = FastvecBackend(
+                env_fns,
+                num_slots,
+                num_workers=num_workers,
+                start_method=start_method,
+                settings=settings,
+                monitor=monitor,
+                async_envs=async_envs,
+            )
+        except ValueError as exc:
+            pin_list = settings.pin if settings is not None and isinstance(settings.pin, (list, tuple)) else []
+            if not hasattr(os, "sched_getaffinity") or not set(pin_list) - os.sched_getaffinity(0):
+                raise
+            # the config's pin names cores this process may not run on: said with the file, and, under torchrun,
+            # with the share --pin-rank-cores gave the rank (the user restricted no process: "this process" misled)
+            share = (
+                f"; --pin-rank-cores gave this rank cores {rank_cores}: pin within them, or pass --no-pin-rank-cores"
+                if rank_cores is not None else ""
+            )  # fmt: skip
+            raise ValueError(f"--fastvec-config {fastvec_config}: {exc}{share}") from None
         if pin:
             try:
                 backend.pin_memory()

@@ -61,7 +61,8 @@ class Config:
     (a small MLP costs about as much for 4 observations as for 8), so on c cores a rollout step takes at
     least max(2 x policy, envs / (c - 1)) against policy + envs / c synchronously: never less on 2 cores
     (benchmarks/README.md, "Asynchronous batches"). Where the policy's time is close to the envs' per
-    core, give the learner a core of its own with a --fastvec-config of {"pin": [1, 2, ...]}"""
+    core, give the learner a core of its own with a --fastvec-config of {"pin": [1, 2, ...]} (with --distributed,
+    cores of the rank's share, or --no-pin-rank-cores)"""
     vec_backend: Literal["fastvec", "sb3-subproc", "gym-async", "serial"] = "fastvec"
     """which vectorized-env engine steps the envs: fastvec (zero copy), SB3's SubprocVecEnv,
     gymnasium's AsyncVectorEnv, or gymnasium's SyncVectorEnv in this process"""

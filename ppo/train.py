@@ -223,9 +223,10 @@ class Trainer:
         if config.amp and not self.amp and self.dist.is_main:
             print("note: --amp only applies on CUDA; training in float32", file=sys.stderr)
         self.solve_return = solve_threshold(config)
+        rank_cores = None
         if config.distributed and config.pin_rank_cores:
             # distributed: ranks on one machine split its cores, before the pool starts workers that inherit them
-            pin_to_core_share(self.dist.local_rank, self.dist.local_world_size)
+            rank_cores = pin_to_core_share(self.dist.local_rank, self.dist.local_world_size)
 
         # The engine runs with S = num_steps + 1 ring slots: one whole rollout plus the
         # observation after it stays in place until the update has used it.
@@ -244,6 +245,7 @@ class Trainer:
             fastvec_config=config.fastvec_config,
             monitor=config.monitor,
             async_envs=config.async_envs,
+            rank_cores=rank_cores,
         )
         self.storage: RolloutStorage | None = None
         self.logger: RunLogger | None = None

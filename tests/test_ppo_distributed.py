@@ -249,3 +249,33 @@ def test_rank_0_takes_the_generator_of_a_checkpoint_without_one_per_rank() -> No
     per_rank = torch.stack([fresh, saved])
     assert Distributed(rank=1, world_size=2).restore_rng_state(per_rank, fresh)
     assert torch.equal(torch.get_rng_state(), saved)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="2 cores")
+def test_a_fastvec_config_pinning_outside_the_rank_s_cores_names_the_file_and_pin_rank_cores(
+    tmp_path, monkeypatch
+) -> None:
+    """Local rank 1 of 2, pinned by --pin-rank-cores to its share, with a config pinning all the cores (as
+    --async-envs' help advises): one line naming the file and the rank's cores; it said "core(s) [0] are not
+    among the cores this process may run on", though the user restricted no process."""
+    import json
+
+    from ppo.train import main
+
+    before = sorted(os.sched_getaffinity(0))
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"pin": before[:2], "num_workers": 2}))
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PPO_TRACEBACK", raising=False)
+    share = core_share(before, 1, 2)
+    args = ["--distributed", "--device", "cpu", "--num-envs", "4", "--fastvec-config", str(tuned), "--no-progress",
+            "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+    finally:
+        os.sched_setaffinity(0, before)
+    message = str(stop.value.code)
+    assert message.startswith(f"ppo.train: --fastvec-config {tuned}: pin={before[:2]}: ") and "\n" not in message
+    assert f"--pin-rank-cores gave this rank cores {share}: pin within them, or pass --no-pin-rank-cores" in message

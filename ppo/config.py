@@ -18,9 +18,12 @@ saved ~15% of the steps when it worked, but freezes a run that has not solved by
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import types
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["Config", "REFERENCE_NUM_ENVS"]
 
@@ -257,7 +260,63 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
-        """Inverse of to_dict; unknown keys (from other versions) are ignored."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        """Inverse of to_dict; unknown keys (from other versions) are ignored. A value its field cannot hold (a
+        config.json edited by hand) raises ValueError naming the key; the settings' ranges are validate()'s."""
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in names:
+                continue
+            kwargs[key] = _as_field(hints[key], value)
+            if kwargs[key] is _MISFIT:  # (it failed later, outside the caller's try: a traceback naming no key)
+                raise ValueError(f"{key}: expected {_describe(hints[key])}, got {_json(value)}")
         return cls(**kwargs)
+
+
+_MISFIT = object()  # what _as_field returns for a value its type cannot hold
+
+
+def _as_field(hint: Any, value: Any) -> Any:
+    """``value`` (as JSON gives it) as a field of type ``hint`` holds it: a list as a tuple, an int as a float;
+    _MISFIT for a value of another type (a bool is no int, though Python's bool is one)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return next((v for v in (_as_field(arg, value) for arg in args) if v is not _MISFIT), _MISFIT)
+    if hint is type(None):
+        return None if value is None else _MISFIT
+    if origin is Literal:
+        return value if any(type(value) is type(choice) and value == choice for choice in args) else _MISFIT
+    if origin is tuple:  # (tuple[int, ...]: the only tuple field)
+        if not isinstance(value, (list, tuple)):
+            return _MISFIT
+        items = [_as_field(args[0], item) for item in value]
+        return _MISFIT if any(item is _MISFIT for item in items) else tuple(items)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return _MISFIT
+    if hint in (bool, int, float, str):
+        return value if type(value) is hint else _MISFIT
+    raise TypeError(f"Config.from_dict reads no field of type {hint}")  # (a field of a new type: teach it here)
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):  # (from_dict called with Python objects)
+        return repr(value)
+
+
+def _describe(hint: Any) -> str:
+    """What a field of type ``hint`` takes, in JSON's words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(choice) for choice in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names[hint]

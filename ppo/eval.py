@@ -147,6 +147,7 @@ def load_agent(
         if not isinstance(fields, dict):
             raise ValueError(f"it holds a {type(fields).__name__}, not the settings of a run")
         config = Config.from_dict(fields)
+        config.validate()  # (a value out of its range failed later, outside this try: a traceback)
     except (ValueError, TypeError) as exc:  # (cut short, or edited by hand: named, as ppo.eval says it in one line)
         raise ValueError(f"{run_dir / 'config.json'} is not a config of ppo.train: {exc}") from None
     if checkpoint is None:

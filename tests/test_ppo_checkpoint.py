@@ -313,6 +313,45 @@ def test_eval_of_a_checkpoint_file_refuses_another_checkpoint_beside_it(tmp_path
         main([str(tmp_path / "a"), "--checkpoint", str(tmp_path / "b"), "--episodes", "1"])
 
 
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        ({"hidden_sizes": 64}, "hidden_sizes: expected a list of integers, got 64"),
+        ({"hidden_sizes": "64"}, 'hidden_sizes: expected a list of integers, got "64"'),
+        ({"hidden_sizes": [64, True]}, "hidden_sizes: expected a list of integers, got [64, true]"),
+        ({"env_id": 5}, "env_id: expected a string, got 5"),
+        ({"seed": "1"}, 'seed: expected an integer, got "1"'),
+        ({"seed": True}, "seed: expected an integer, got true"),
+        ({"norm_obs": "no"}, 'norm_obs: expected true or false, got "no"'),
+        ({"device": "gpu"}, 'device: expected one of "auto", "cpu", "cuda", got "gpu"'),
+        ({"num_workers": 1.5}, "num_workers: expected an integer or null, got 1.5"),
+        ({"hidden_sizes": [64, 0]}, "hidden_sizes must be one or more layer widths >= 1 (and < 2**63), got (64, 0)"),
+    ],
+)
+def test_eval_of_a_hand_edited_config_names_the_file_and_key_in_one_line(tmp_path, edit, named) -> None:
+    """A value of the wrong type in config.json failed later, outside ppo.eval's try: a traceback naming neither
+    the file nor the key ("'int' object is not iterable" for "hidden_sizes": 64), or another check's misfit line;
+    a value out of its range (validate()'s) as well."""
+    from ppo.eval import main
+
+    with Trainer(Config(run_name="a", **_tiny(tmp_path))) as trainer:
+        trainer.run()
+    path = tmp_path / "a" / "config.json"
+    fields = json.loads(path.read_text())
+    path.write_text(json.dumps({**fields, **edit}))
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "a"), "--episodes", "1"])
+    assert str(stop.value.code) == f"ppo.eval: {path} is not a config of ppo.train: {named}"
+
+
+def test_config_from_dict_takes_what_to_dict_writes_and_ints_for_floats() -> None:
+    config = Config(hidden_sizes=(32,), start_method="spawn", solve_return=10.0, num_workers=0)
+    assert Config.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    taken = Config.from_dict({"gamma": 1, "solve_return": 200, "collective_timeout_s": 60, "unknown": "ignored"})
+    assert (taken.gamma, taken.solve_return, taken.collective_timeout_s) == (1.0, 200.0, 60.0)
+    assert type(taken.gamma) is float
+
+
 _SLOW_SAVE = """
 import sys, time
 import torch

@@ -136,8 +136,8 @@ class Config:
     amp: bool = False
     """bfloat16 autocast for the networks; CUDA only, ignored on CPU"""
     torch_threads: int = 1
-    """torch intra-op threads on CPU (small nets are fastest with 1; 0 keeps torch's default; at most the
-    machine's cores)"""
+    """torch intra-op threads on CPU (small nets are fastest with 1; 0 keeps torch's default; at most 4 per
+    core)"""
 
     # --- distributed (torchrun) -------------------------------------------------------------
     distributed: bool = False

@@ -213,9 +213,12 @@ class Trainer:
         if self.device.type == "cpu" and config.torch_threads > 0:
             # (checked here, not in Config.validate: a run's config is evaluated on other machines too; 2**31 threads
             # said "Overflow when unpacking long", and 100,000 crashed torch's first parallel op)
-            cores = os.cpu_count() or 1
-            if config.torch_threads > cores:
-                raise ValueError(f"torch_threads must be at most the {cores} cores of this machine, got {config.torch_threads}")
+            # (more threads than cores is legal, if slow: a bound of 4 per core refuses only the absurd)
+            most = 4 * (os.cpu_count() or 1)
+            if config.torch_threads > most:
+                raise ValueError(
+                    f"torch_threads must be at most {most} (4 per core of this machine's {most // 4}), got {config.torch_threads}"
+                )
             torch.set_num_threads(config.torch_threads)  # small nets: threads cost more than they give
         self.amp = config.amp and self.device.type == "cuda"
         # bfloat16 autocast on CUDA with --amp (no GradScaler needed: bf16 has float32's range)

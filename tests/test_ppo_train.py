@@ -245,8 +245,8 @@ def test_settings_too_large_for_the_machine_are_refused_in_one_line_naming_them(
     cases = [
         # (a size torch cannot even compute: an allocation that fails, 2**40, would depend on the machine's overcommit)
         (["--hidden-sizes", "64", str(2**62)], f"hidden_sizes [64, {2**62}]: the actor and critic layers cannot be"),
-        (["--torch-threads", str(2**31)], f"torch_threads must be at most the {os.cpu_count()} cores of this machine"),
-        (["--torch-threads", str(os.cpu_count() + 1)], "torch_threads must be at most"),
+        (["--torch-threads", str(2**31)], f"torch_threads must be at most {4 * os.cpu_count()} (4 per core"),
+        (["--torch-threads", str(4 * os.cpu_count() + 1)], "torch_threads must be at most"),
         (["--collective-timeout-s", "1e10"], "collective_timeout_s must be at most 9e9 s"),
     ]
     for args, named in cases:

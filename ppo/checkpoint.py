@@ -15,7 +15,10 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "checkpoint_step", "write_atomically", "CHECKPOINT_NAMES"]
+__all__ = [
+    "cuda_rng_state", "save_checkpoint", "load_checkpoint", "find_checkpoint", "checkpoint_step", "write_atomically",
+    "CHECKPOINT_NAMES",
+]
 
 # what find_checkpoint looks for in a run folder (best.pt only where neither of the others is there)
 CHECKPOINT_NAMES = ("latest.pt", "final.pt", "best.pt")
@@ -49,6 +52,12 @@ def save_checkpoint(
         state["reward_rms"] = reward_rms.state_dict()
     write_atomically(path, lambda tmp: torch.save(state, tmp))
     return path
+
+
+def cuda_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The CUDA generator's state of ``device`` where the run draws there (actions sampled on the GPU, its
+    minibatch permutations), for a checkpoint beside the CPU one (``torch_rng_state``); None on CPU."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
@@ -136,6 +145,9 @@ def load_checkpoint(
         reward_rms.load_state_dict(state["reward_rms"])
     if restore_rng and "torch_rng_state" in state:
         torch.set_rng_state(state["torch_rng_state"].cpu())
+    device = torch.device(map_location)
+    if restore_rng and "cuda_rng_state" in state and device.type == "cuda":  # (a CPU run's has none: fresh)
+        torch.cuda.set_rng_state(state["cuda_rng_state"].cpu(), device)
     return state
 
 

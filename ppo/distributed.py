@@ -39,7 +39,7 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -355,28 +355,36 @@ class Distributed:
         table = table[np.argsort(table[:, 0], kind="stable")]  # stable: rank order within a step
         return table[:, 0].astype(np.int64), table[:, 1].copy(), table[:, 2].astype(np.int64)
 
-    def gather_rng_states(self) -> torch.Tensor | None:
-        """``[world_size, n]`` uint8: every rank's torch CPU generator state, for the checkpoint (None when
-        not distributed: the checkpoint's own ``torch_rng_state`` is enough then)."""
+    def gather_rng_states(self, state: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``[world_size, n]`` uint8: every rank's torch CPU generator state (or every rank's ``state``: their
+        CUDA generators'), for the checkpoint (None when not distributed: the checkpoint's own
+        ``torch_rng_state`` is enough then)."""
         if not self.enabled:
             return None
-        state = torch.get_rng_state()
+        state = torch.get_rng_state() if state is None else state.cpu()
         if self.world_size == 1:
             return state.unsqueeze(0)
         states = [torch.empty_like(state, device=self._comm_device) for _ in range(self.world_size)]
         dist.all_gather(states, state.to(self._comm_device))
         return torch.stack([s.cpu() for s in states])
 
-    def restore_rng_state(self, states: torch.Tensor | None, main_state: torch.Tensor | None = None) -> bool:
+    def restore_rng_state(
+        self,
+        states: torch.Tensor | None,
+        main_state: torch.Tensor | None = None,
+        set_state: Callable[[torch.Tensor], None] = torch.set_rng_state,
+        warn: bool = True,
+    ) -> bool:
         """Set this rank's generator from a checkpoint's ``torch_rng_states``; False when the checkpoint has
         none, or came from another number of ranks. Then rank 0 takes ``main_state`` (the checkpoint's
         ``torch_rng_state``: its rank 0's generator, or a single process's, whose seed is rank 0's), as a plain
-        resume of that checkpoint does, and the other ranks keep their fresh seeds."""
+        resume of that checkpoint does, and the other ranks keep their fresh seeds. ``set_state``: what sets
+        the generator (the CUDA one's, for ``cuda_rng_states``)."""
         if states is not None and states.shape[0] == self.world_size:
             # clone: set_rng_state crashes (SIGSEGV, torch 2.13) on a row view, whose storage starts elsewhere
-            torch.set_rng_state(states[self.rank].clone().cpu())
+            set_state(states[self.rank].clone().cpu())
             return True
-        if states is not None and self.is_main:
+        if states is not None and self.is_main and warn:
             warnings.warn(
                 f"the checkpoint holds the generator states of {states.shape[0]} ranks and this run has "
                 f"{self.world_size}: rank 0 takes the checkpoint's rank 0 generator, the other ranks keep their "
@@ -384,7 +392,7 @@ class Distributed:
                 stacklevel=2,
             )
         if self.is_main and main_state is not None:
-            torch.set_rng_state(main_state.clone().cpu())
+            set_state(main_state.clone().cpu())
         return False
 
     def broadcast_checkpoint(self, path: str | os.PathLike) -> io.BytesIO:

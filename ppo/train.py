@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import importlib
 import itertools
 import json
@@ -50,7 +51,14 @@ from torch import nn
 
 from ppo.agent import Agent, is_image_space
 from ppo.backends import Backend, _kill_workers, make_backend
-from ppo.checkpoint import CHECKPOINT_NAMES, checkpoint_step, find_checkpoint, load_checkpoint, save_checkpoint
+from ppo.checkpoint import (
+    CHECKPOINT_NAMES,
+    checkpoint_step,
+    cuda_rng_state,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ppo.config import Config
 from ppo.distributed import Distributed, pin_to_core_share, state_digest
 from ppo.episodes import EpisodeTracker
@@ -318,6 +326,13 @@ class Trainer:
                 raise ValueError(f"--resume {config.resume}: {exc}") from None
             if self.dist.enabled:
                 self.dist.restore_rng_state(state.get("torch_rng_states"), state.get("torch_rng_state"))
+                if self.device.type == "cuda":  # (the actions drawn on the GPU; load_checkpoint sets one process's)
+                    self.dist.restore_rng_state(
+                        state.get("cuda_rng_states"),
+                        state.get("cuda_rng_state"),
+                        functools.partial(torch.cuda.set_rng_state, device=self.device),
+                        warn=False,
+                    )
             self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
             self.resumed_at = self.global_step
             self.wall_offset = float(state.get("wall_s", 0.0))
@@ -787,6 +802,12 @@ class Trainer:
         rng_states = self.dist.gather_rng_states()
         if rng_states is not None:
             extra["torch_rng_states"] = rng_states
+        cuda_state = cuda_rng_state(self.device)  # (on a GPU the actions draw from its generator)
+        if cuda_state is not None:
+            extra["cuda_rng_state"] = cuda_state
+            cuda_states = self.dist.gather_rng_states(cuda_state)
+            if cuda_states is not None:
+                extra["cuda_rng_states"] = cuda_states
         if self.run_dir is None:
             return None
         # the finished episodes (the last EPISODES_KEPT: 24 MB), so a resumed run's learning curve, its mean of the

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -62,6 +63,39 @@ def test_save_load_and_resume_give_the_same_parameters(tmp_path) -> None:
         _gradient_step(agent, optimizer, k)
         _gradient_step(restored, restored_optimizer, k)
     _assert_same_parameters(agent, restored)
+
+
+def test_a_checkpoint_keeps_the_cuda_generator_of_a_run_on_a_gpu(tmp_path, monkeypatch) -> None:
+    """On a GPU the actions and the minibatch permutations draw from the device's generator: checkpoints kept
+    the CPU one only, so a resume there did not sample as the run would have. (No GPU here: torch.cuda's
+    generator calls are stood in for; the lent GPU machine runs the real ones.)"""
+    from ppo import checkpoint
+    from ppo.distributed import Distributed
+
+    assert checkpoint.cuda_rng_state(torch.device("cpu")) is None  # (a CPU run keeps none)
+    drawn = torch.arange(16, dtype=torch.uint8)
+    set_to: list = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": drawn)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": set_to.append((state, device)))
+    gpu = torch.device("cuda", 0)
+    assert checkpoint.cuda_rng_state(gpu) is drawn
+    agent, optimizer = _agent_and_optimizer(0)
+    path = save_checkpoint(tmp_path / "ckpt.pt", agent, optimizer, cuda_rng_state=checkpoint.cuda_rng_state(gpu))
+    load_checkpoint(path, restore_rng=True)  # (onto the CPU: its CUDA generator is not touched)
+    assert set_to == []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, map_location, weights_only: real_load(f, weights_only=weights_only))
+    load_checkpoint(path, restore_rng=True, map_location=gpu)
+    assert len(set_to) == 1 and torch.equal(set_to[0][0], drawn) and set_to[0][1] == gpu
+    # distributed: each rank its own row, or rank 0 the checkpoint's one state; said once (for the CPU generator)
+    set_to.clear()
+    rows = torch.stack([drawn, drawn + 1])
+    assert Distributed(rank=1, world_size=2).restore_rng_state(rows, drawn, set_to.append, warn=False)
+    assert torch.equal(set_to[0], drawn + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not Distributed(rank=0, world_size=3).restore_rng_state(rows, drawn, set_to.append, warn=False)
+    assert torch.equal(set_to[1], drawn)
 
 
 def test_checkpoints_load_with_weights_only(tmp_path) -> None:

@@ -457,9 +457,10 @@ class Trainer:
             self._act_async(ids, storage.slot(0), t_env, sent)
         running, solved = config.num_envs, False
         ended_in_step = False  # whether an env of the step the halves are taking ended an episode
-        rng_before_step: torch.Tensor | None = None  # the CPU generator before the first half's latest actions
+        # the generators (the CPU's; on a GPU the device's too, which the actions draw from) before the first
+        # half's latest actions
+        rng_before_step: tuple | None = None
         may_stop = config.stop_when_solved and self.solve_return is not None and not self.dist.enabled
-        may_stop = may_stop and self.device.type == "cpu"  # (where that generator draws the actions)
         while running:
             while not all(first in held for first in sent[0]):
                 batch = backend.recv()
@@ -507,15 +508,16 @@ class Trainer:
                 if ended_in_step and not self.dist.enabled and self._check_solved():
                     solved = True  # stop: send nothing more, receive what still steps
                     if rng_before_step is not None:
-                        torch.set_rng_state(rng_before_step)
+                        torch.set_rng_state(rng_before_step[0])
+                        if rng_before_step[1] is not None:
+                            torch.cuda.set_rng_state(rng_before_step[1], self.device)
                 ended_in_step = False
             t_env[ids] = t + 1
             running -= len(ids)
             if start == 0 and may_stop and self.solved_at is None:
-                # the generator before the next step's draws: a solve after the second half undoes them, so the run
-                # stops with a synchronous run's generator (a checkpoint saves the CPU one; CUDA actions draw from
-                # the device's)
-                rng_before_step = torch.get_rng_state()
+                # the generators before the next step's draws: a solve after the second half undoes them, so the
+                # run stops with a synchronous run's generators (its checkpoint keeps them)
+                rng_before_step = (torch.get_rng_state(), cuda_rng_state(self.device))
             # the half, with steps left, acts on the observations just written
             if not solved and t_env[start] < num_steps:
                 self._act_async(ids, slot, t_env, sent)

@@ -380,7 +380,7 @@ class Pool:
     # -- start-up -----------------------------------------------------------------------------
     def _start(self, remote_shards: list[int]) -> None:
         for w in remote_shards:
-            self._remotes.append(self._spawn(w))
+            self._spawn(w, self._remotes.append)
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
             for i in self.shard_envs[0]:
                 try:
@@ -482,9 +482,10 @@ class Pool:
         self._worker_words = [(self._bases[k : k + 1], self._seqs[k : k + 1]) for k in range(len(self._remotes))]
         self._remaining_index = views.control_base(self.num_workers) + Control.REMAINING
 
-    def _spawn(self, w: int, replacing: bool = False) -> Remote:
-        """Start worker ``w``. ``replacing`` a dead one (on_error="restart"): an env its factory cannot make
-        again is reported as that command's error, and made at its next step (restart.Unmade)."""
+    def _spawn(self, w: int, place: Callable[[Remote], None], replacing: bool = False) -> Remote:
+        """Start worker ``w``, recorded by ``place`` (Remote.spawn). ``replacing`` a dead one (on_error="restart"):
+        an env its factory cannot make again is reported as that command's error, and made at its next step
+        (restart.Unmade)."""
         envs = self.shard_envs[w]
         return Remote.spawn(
             w,
@@ -498,6 +499,7 @@ class Pool:
             check=self.check,
             siblings=self._remotes,
             replacing=(self.observation_space, self.action_space) if replacing and self.on_error == "restart" else None,
+            place=place,
         )
 
     def _handshake(self, remote: Remote, command: str) -> list:
@@ -1292,17 +1294,20 @@ class Pool:
 
     def _replace_worker(self, dead: Remote, place: Callable[[Remote], None], first_seq: int, restart: tuple | None) -> tuple:
         """Start a worker in place of the dead one, making its shard's envs afresh (``place`` records it
-        before anything can fail, so that close() stops it), attached at command count ``first_seq`` with
+        before the start returns, so that close() stops it, or the start ends it), attached at command count ``first_seq`` with
         ``restart`` (its share of the command it died in, if any) and pinned where the dead one was.
         Returns it and what it reported; envs it could not make are errors of the command, in ``remote.unmade``.
         A replacement that dies too while it makes its envs (a crashing constructor, the OOM killer) is
         replaced again, up to ``RESPAWN_ATTEMPTS`` workers in all."""
         for attempt in range(1, RESPAWN_ATTEMPTS + 1):
             dead.process.join(1.0)
-            dead.release()
-            remote = self._spawn(dead.index, replacing=True)
-            remote.base = dead.base
-            place(remote)
+            dead.release()  # (listed until placed over: close() skips a released worker)
+
+            def placing(remote: Remote, base: int = dead.base) -> None:
+                remote.base = base
+                place(remote)
+
+            remote = self._spawn(dead.index, placing, replacing=True)
             try:
                 spaces = self._handshake(remote, "make (worker restart)")
                 for k, (obs_space, act_space) in enumerate(spaces):

@@ -13,6 +13,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing import connection as mp_connection
 from multiprocessing import reduction
 from typing import Any
@@ -71,6 +72,7 @@ class Remote:
         # of its env holds, a moment after it exited (a pidfd would say so before its status can be read)
         self.pidfd = -1
         self.hung = False  # ended by the pool, still running past step_timeout (on_error="restart")
+        self.released = False  # its pipe and Process object closed (release)
         self.unmade: list | None = None  # a replacement's envs it could not make: their errors' payloads, to raise
         try:
             if type(getattr(process, "_popen", None)).__module__ != "multiprocessing.popen_forkserver":
@@ -95,8 +97,11 @@ class Remote:
         check: str | None,
         siblings: list[Remote],
         replacing: tuple | None = None,
+        place: Callable[[Remote], None] | None = None,
     ) -> Remote:
-        """Start the worker; it makes its envs and reports their spaces (read with ``handshake``)."""
+        """Start the worker; it makes its envs and reports their spaces (read with ``handshake``). ``place``
+        records it (in the pool's list) before this returns: a worker this call raised after starting (a
+        Ctrl-C) is ended here, one it returned is the pool's to stop."""
         from fastvec.worker import worker_main
 
         ctx = mp.get_context(start_method)
@@ -126,9 +131,32 @@ class Remote:
             daemon=daemon,
             name=f"fastvec-worker-{index}",
         )
-        process.start()
-        child_conn.close()
-        return cls(index, envs, process, parent_conn)
+        remote = None
+        try:
+            process.start()
+            child_conn.close()
+            remote = cls(index, envs, process, parent_conn)
+            if place is not None:
+                place(remote)
+            return remote
+        except BaseException:
+            # (a Ctrl-C once the worker exists, before the pool recorded it: no one else holds it, and a worker
+            # left running kept the program from exiting, workers not being daemonic. Ended here: SIGTERM, so
+            # that it closes the envs it made, then SIGKILL)
+            if getattr(process, "_popen", None) is not None:
+                try:
+                    process.terminate()
+                    process.join(1.0)
+                    if process.exitcode is None:
+                        process.kill()
+                        process.join(1.0)
+                except (OSError, ValueError):
+                    pass
+            child_conn.close()
+            parent_conn.close()
+            if remote is not None:
+                remote.close_pidfd()
+            raise
 
     @property
     def pid(self) -> int | None:
@@ -161,9 +189,9 @@ class Remote:
         return bool(poller.poll(0))
 
     def close_pidfd(self) -> None:
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
+        fd, self.pidfd = self.pidfd, -1  # (forgotten first: an interrupt just after os.close left it to close twice)
+        if fd >= 0:
+            os.close(fd)
 
     def attach(self, layout: Any, fd: int, first_seq: int, restart: tuple | None) -> None:
         """Send the layout and the shared block's file descriptor (SCM_RIGHTS)."""
@@ -213,6 +241,7 @@ class Remote:
 
     def release(self) -> None:
         """Close the pipe and the Process object (the process must have exited)."""
+        self.released = True
         self._released_exitcode = self.exitcode
         self.conn.close()
         self.close_pidfd()
@@ -225,6 +254,8 @@ class Remote:
 def stop(remotes: list[Remote], grace: float) -> None:
     """Give every worker ``grace`` seconds to exit, then terminate, then kill; release them all."""
     deadline = time.monotonic() + grace
+    # (one released already: a dead worker whose replacement an interrupt cut short is still listed)
+    remotes = [remote for remote in remotes if not remote.released]
     for remote in remotes:
         remote.process.join(max(0.0, deadline - time.monotonic()))
     for remote in remotes:

@@ -19,6 +19,7 @@ import time
 import weakref
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -980,3 +981,107 @@ def test_a_pool_dropped_unclosed_is_closed_at_once(kind: str) -> None:
     finally:
         if enabled:
             gc.enable()
+
+
+class _SlowToMake(envs.Counter):
+    """Envs of the second worker (2, 3) take ``seconds`` to make, as a simulator loading."""
+
+    seconds = 20.0
+
+    def __init__(self, index: int = 0):
+        super().__init__(index)
+        if index >= 2:
+            time.sleep(self.seconds)
+
+
+def _ctrl_c_after_worker_starts(monkeypatch, pick=lambda process: True) -> Any:
+    """A real SIGINT to this process just as multiprocessing's start() of the next fastvec worker ``pick`` takes
+    returns: the worker exists, the pool has not recorded it yet. Returns the SIGINT handler it replaced."""
+    import multiprocessing.process as mpp
+
+    original = mpp.BaseProcess.start
+
+    def start_then_ctrl_c(process):
+        original(process)
+        if process.name.startswith("fastvec-worker") and pick(process):
+            monkeypatch.setattr(mpp.BaseProcess, "start", original)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(mpp.BaseProcess, "start", start_then_ctrl_c)
+    return signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background `make test &` ignores it)
+
+
+def test_a_ctrl_c_just_after_a_worker_started_ends_that_worker(monkeypatch) -> None:
+    """The worker existed, the pool had not recorded it: the constructor raised KeyboardInterrupt and the worker
+    ran on, making its envs; the program's exit waited for it (workers are not daemonic), for good with an env
+    that hangs. (The leak check fails the test on a worker left.)"""
+    previous = _ctrl_c_after_worker_starts(monkeypatch, lambda process: process.name.endswith("-1"))
+    try:
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            SubprocVecEnv([partial(_SlowToMake, i) for i in range(4)], start_method="fork", num_workers=2)
+        assert time.monotonic() - began < 10  # (its envs' 40 s were not waited for)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_in_a_worker_s_replacement_leaves_close_whole(monkeypatch) -> None:
+    """on_error="restart": an interrupt as the dead worker's replacement starts left the dead (released) worker
+    listed, and close() raised ValueError("process object is closed"); the replacement ran on."""
+    venv = SubprocVecEnv([partial(_SlowToMake, i) for i in range(2)] + [envs.Counter] * 2, start_method="fork",
+                         num_workers=2, on_error="restart")  # fmt: skip
+    try:
+        venv.reset()
+        dead = venv.pool._remotes[0]
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.process.join(5)
+        previous = _ctrl_c_after_worker_starts(monkeypatch)
+        try:
+            with pytest.raises(KeyboardInterrupt):  # (the pool breaks: its state is unknown)
+                venv.step(np.zeros(4, np.int64))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    finally:
+        venv.close()  # (raised ValueError; the leak check fails the test on the replacement left running)
+    assert venv.closed
+
+
+def test_a_ctrl_c_as_a_worker_s_pidfd_is_closed_never_closes_it_twice(monkeypatch, tmp_path) -> None:
+    """The pidfd was closed, then forgotten: an interrupt in between left its number to close() again, which
+    raised EBADF, or closed a file the program had opened since under that number."""
+    import fastvec.remote as remote_module
+
+    venv = SubprocVecEnv([envs.Counter] * 4, start_method="fork", num_workers=2, on_error="restart")
+    try:
+        venv.reset()
+        dead = venv.pool._remotes[0]
+        if dead.pidfd < 0:
+            pytest.skip("no pidfds here (Linux before 5.3)")
+        target = dead.pidfd
+
+        def close_then_ctrl_c(fd: int) -> None:
+            os.close(fd)
+            if fd == target:
+                monkeypatch.setattr(remote_module, "os", os)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        import types
+
+        fake = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+        fake.close = close_then_ctrl_c
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.process.join(5)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        monkeypatch.setattr(remote_module, "os", fake)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                venv.step(np.zeros(4, np.int64))
+        finally:
+            monkeypatch.setattr(remote_module, "os", os)
+            signal.signal(signal.SIGINT, previous)
+        files = [open(tmp_path / f"f{k}", "wb") for k in range(4)]  # (the lowest free numbers: the pidfd's among them)
+    finally:
+        venv.close()
+    for f in files:
+        os.fstat(f.fileno())  # (EBADF: closed by close())
+        f.close()

@@ -145,9 +145,9 @@ def close(shm: SharedMemory | FileBlock) -> None:
             pass  # something exported the memoryview itself: it is freed with that
     shm._mmap = None  # type: ignore[attr-defined]
     fd = getattr(shm, "_fd", -1)
+    shm._fd = -1  # type: ignore[attr-defined]  # (forgotten first: an interrupt just after os.close left it to close twice)
     if fd >= 0:
         os.close(fd)
-        shm._fd = -1  # type: ignore[attr-defined]
 
 
 def pid_alive(pid: int) -> bool:

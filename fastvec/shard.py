@@ -47,6 +47,11 @@ from fastvec.spaces import Leaf, assemble, is_single_array, same_form, split
 __all__ = ["Shard", "StepRun", "WrappedShard"]
 
 TIMING_EVERY = 8  # with the monitor on, each env's step is timed in one command out of this many
+# what an env's call may raise and still be that env's error (the pool goes on): in the calling process any
+# Exception (a KeyboardInterrupt there is the user's Ctrl-C: the pool breaks); a worker, which ignores SIGINT,
+# sets it to take the env's own KeyboardInterrupt and GeneratorExit too (they killed the worker, and the caller
+# learnt only "exit code 1", as AsyncVectorEnv names the env)
+ENV_ERRORS: tuple[type[BaseException], ...] = (Exception,)
 
 
 class StepRun:
@@ -223,7 +228,7 @@ class Shard:
                 else:
                     kernels.step_into(results, step_fns, actions, len(results))
                 break
-            except Exception as exc:
+            except ENV_ERRORS as exc:
                 j = len(results)
                 if self.restart_on_error:
                     try:
@@ -298,7 +303,7 @@ class Shard:
                 else:
                     kernels.step_into(results, step_fns, actions, first)
                 first = n if watch is None else len(results)  # (episode ends are marked by _write_step, from the flags)
-            except Exception as exc:  # the env at len(results) raised: handled as the loop handles it
+            except ENV_ERRORS as exc:  # the env at len(results) raised: handled as the loop handles it
                 first = len(results)
                 errors = self._step_failed(first, slot, exc, append, errors)
                 first += 1
@@ -322,7 +327,7 @@ class Shard:
                     self.env_step_ns[start + j] += (time.perf_counter_ns() - began) * TIMING_EVERY
                 else:
                     result = self.step_fns[j](actions[j])
-            except Exception as exc:
+            except ENV_ERRORS as exc:
                 errors = self._step_failed(j, slot, exc, append, errors)
                 continue
             append(result)
@@ -369,7 +374,7 @@ class Shard:
         """Reset env j after its episode ended; with on_error="restart" a failing env is re-created."""
         try:
             return self.envs[j].reset()
-        except Exception as exc:
+        except ENV_ERRORS as exc:
             if not self.restart_on_error:
                 raise ShardError(self.start + j, command, exc) from exc
             return restart.reset_fresh(self, j, exc, command, {})
@@ -608,7 +613,7 @@ class Shard:
                 kwargs["options"] = private(opt) if opt is not None else None
             try:
                 obs, info = self.envs[j].reset(**kwargs)
-            except Exception as exc:
+            except ENV_ERRORS as exc:
                 if not self.restart_on_error:  # the other envs still reset; every error is reported
                     errors.append(ShardError(self.start + j, "reset", exc))
                     continue
@@ -843,7 +848,7 @@ class Shard:
                     private(args) if own and args else args,
                     private(value) if own and value is not None else value,
                 )
-            except Exception as exc:
+            except ENV_ERRORS as exc:
                 raise ShardError(i, request, exc) from exc
             if in_caller or k > 0:
                 # a worker's results go back in one message, where an object two envs return (a class attribute

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fastvec import kernels
+from fastvec import shard as shard_module
 from fastvec.errors import ShardError
 from fastvec.layout import Views
 from fastvec.protocol import ADAPTIVE_FLOOR_NS, ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
@@ -105,6 +106,8 @@ def worker_main(
     (observation space, action space) where this worker replaces a dead one (on_error="restart")."""
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # so a KeyboardInterrupt here is an env's own: its error, naming it (shard.ENV_ERRORS)
+    shard_module.ENV_ERRORS = (Exception, KeyboardInterrupt, GeneratorExit)
     # SIGTERM (Pool.terminate, closing a broken pool, the parent's death, a job scheduler): close the
     # envs, then die of it; within TERM_DEADLINE_S of the signal in any case, of SIGALRM
     holding, deadline_armed = _Holding(), False

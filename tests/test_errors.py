@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from fastvec import SubprocVecEnv, shm
+from fastvec import PoolState, SubprocVecEnv, shm
 from fastvec.errors import BrokenPoolError, ClosedError, EnvError, StepTimeoutError, WorkerDiedError
 from tests import envs
 from tests.conftest import ours
@@ -839,3 +839,51 @@ def test_a_detached_cause_keeps_its_type_and_message_but_not_its_traceback(error
     assert original.__traceback__ is not None and copy.__traceback__ is None
     for field in ("filename", "name", "obj", "path", "signum"):  # (fields outside args: they were lost)
         assert getattr(copy, field, None) == getattr(original, field, None)
+
+
+class RaisesBase(envs.FailingEnv):
+    """Env ``bad`` raises ``kind`` (a BaseException that is no Exception) in the method ``where``."""
+
+    def __init__(self, bad: bool, kind: type, where: str):
+        super().__init__(None)
+        self.bad, self.kind, self.where = bad, kind, where
+
+    def reset(self, *, seed=None, options=None):
+        if self.bad and self.where == "reset":
+            raise self.kind("simulator aborted the reset")
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        if self.bad and self.where == "step":
+            raise self.kind("simulator aborted the episode")
+        return super().step(action)
+
+    def poke(self):
+        if self.bad:
+            raise self.kind("simulator aborted the call")
+        return "ok"
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, GeneratorExit])
+@pytest.mark.parametrize("where", ["step", "reset", "poke"])
+def test_an_env_in_a_worker_raising_a_base_exception_is_named_as_that_env_s_error(kind: type, where: str) -> None:
+    """A worker ignores SIGINT, so a KeyboardInterrupt there is the env's own (a library turning its interrupt into
+    one), as is a GeneratorExit: it killed the worker, and the caller learnt "worker 1 died with exit code 1", naming
+    neither the env nor the exception (gymnasium's AsyncVectorEnv names the env). It is that env's error now, of its
+    type, and the pool goes on."""
+    fns = [partial(RaisesBase, i == 3, kind, where) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        if where != "reset":
+            venv.reset()
+        with pytest.raises(EnvError, match=f"env 3 raised {kind.__name__} during '.*simulator aborted") as info:
+            if where == "step":
+                venv.step(np.zeros(4, dtype=np.int64))
+            elif where == "reset":
+                venv.reset()
+            else:
+                venv.env_method("poke")
+        # (an EnvError, not a KeyboardInterrupt: the caller's handlers of Ctrl-C, ppo.train's among them, must not
+        # take an env's error for the user's interrupt)
+        assert not isinstance(info.value, kind) and info.value.env_index == 3
+        assert venv.pool.state is PoolState.IDLE
+        assert venv.env_method("poke", indices=[0, 1, 2]) == ["ok"] * 3  # the worker lives on

@@ -647,7 +647,7 @@ class Pool:
         local = None
         if self._local is not None:  # (the copy a worker's envs get: an env that changes its action changes its own)
             own = self._local
-            local = private_payload([own.part(column) for column in objects], "actions", range(own.start, own.stop))
+            local = private_payload([own.part(column) for column in objects], "actions", self.shard_envs[0])
         self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
 
     def step_wait(self, timeout: float | None = None) -> Batch:
@@ -703,6 +703,10 @@ class Pool:
         send_options = options is not None and (pass_options_always or any(options))
         arg = (ResetFlag.HAS_OPTIONS if send_options else 0) | (ResetFlag.OPTIONS_ALWAYS if pass_options_always else 0)
         payloads = self._option_payloads(options) if send_options else {}
+        local_options = None
+        if send_options and self._local is not None:
+            own = self._local  # (the copy a worker's envs get, as at reset_async; before any seed is handed out)
+            local_options = private_payload(own.part(options), "reset options", self.shard_envs[0])
         self._write_seeds(seeds, mask)
         views = self._views
         if mask is not None:
@@ -713,10 +717,6 @@ class Pool:
                 self._async.latest_into(self, slot)
         else:
             slot = self._next_slot()
-        local_options = None
-        if send_options and self._local is not None:
-            own = self._local  # (the copy a worker's envs get, as at reset_async)
-            local_options = private_payload(own.part(options), "reset options", range(own.start, own.stop))
         self._issue(
             _Pending(
                 Command.RESET,
@@ -835,7 +835,7 @@ class Pool:
         # pickled before anything is issued: an unpicklable argument leaves the pool idle
         payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
         own = self._local  # (the copy a worker's envs get, as at call_async)
-        local = private_payload(part(plan.get(0, [])), f"{request} arguments", range(own.start, own.stop)) if own else ()
+        local = private_payload(part(plan.get(0, [])), f"{request} arguments", self.shard_envs[0]) if own else ()
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )
@@ -1694,6 +1694,13 @@ class Pool:
                 except Exception as exc:
                     raise self._not_arrived(index, exc) from exc
                 result = {"info": info, "extras": part.finish_extras(None)}
+                try:  # (copied as the extras of this process's envs are: own_copies)
+                    if result["info"]:
+                        result["info"] = own_copies([(index, Extra.RESET_INFO, result["info"])], "reset (after moving)")[0][2]
+                    result["extras"] = own_copies(result["extras"] or [], "reset (after moving)")
+                except ShardError as err:
+                    failed.append(env_errors(err.payloads()))
+                    result = {"info": None, "extras": None}
             else:
                 try:
                     if not isinstance(package, (bytes, bytearray)):

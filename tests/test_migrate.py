@@ -458,3 +458,38 @@ def test_a_move_asked_while_a_worker_is_dead_does_not_fail_the_step() -> None:
             _, _, dones, infos = venv.step(np.zeros(4, np.int64))
         assert dones[2:].all() and all("fastvec.restarted" in infos[i] for i in (2, 3))
         assert venv.pool.request_move(1, 0) == 2  # asked again of the replacement: it can move
+
+
+class _KeepsItsResetInfo(gym.Env):
+    """Episodes of 3 steps; its reset info (with a big-endian array) is a dict it keeps and changes as it steps."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t, self.info = 0, {}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.info = {"steps_since_reset": 0, "big_endian": np.arange(3, dtype=">f8")}
+        return np.zeros(1, np.float32), self.info
+
+    def step(self, action):
+        self.t += 1
+        self.info["steps_since_reset"] += 1
+        return np.zeros(1, np.float32), 0.0, self.t >= 3, False, {}
+
+
+def test_an_env_that_moved_into_the_calling_process_gives_a_copy_of_its_reset_info() -> None:
+    """Reset where it arrives, its reset info went to the caller as the env's own dict (the one path the calling
+    process's envs' copies missed): a later change the env made showed in it, and its array stayed big-endian."""
+    with SubprocVecEnv([_KeepsItsResetInfo] * 4, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 0) == 2  # (env 2, the worker's first, into this process's shard)
+        for _ in range(3):
+            venv.step(np.zeros(4, np.int64))
+        assert venv.pool.moves_done == 1
+        info = venv.reset_infos[2]
+        assert info["big_endian"].dtype.isnative
+        venv.step(np.zeros(4, np.int64))
+        assert info["steps_since_reset"] == 0

@@ -166,6 +166,61 @@ def test_the_caller_s_envs_exchange_native_arrays_as_a_worker_s_do(batches: bool
             assert [info["given"] for info in venv.reset_infos] == ["<f4"] * 4
 
 
+class _SeedEnv(envs.BigEndianEnv):
+    """Keeps the seed of its last reset."""
+
+    last_seed = None
+
+    def reset(self, *, seed=None, options=None):
+        self.last_seed = seed
+        return super().reset(seed=seed)
+
+
+def test_a_reset_refused_for_an_option_of_the_caller_s_envs_leaves_no_seed_pending() -> None:
+    """Seeds past int64 go to their envs before the reset; the calling process's envs' options were copied (and
+    refused, unpicklable) after that, so the next reset took the refused reset's seeds."""
+    with SubprocVecEnv([_SeedEnv] * 4, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        venv.seed(2**70)
+        venv.set_options([{"callback": lambda: 0}, {}, {}, {}])  # (env 0's: the calling process's)
+        with pytest.raises(TypeError, match="reset options for envs 0..1 cannot be pickled"):
+            venv.reset()
+        venv.seed(7)
+        venv.set_options(None)
+        venv.reset()
+        assert venv.get_attr("last_seed") == [7, 8, 9, 10]
+
+
+STATIC_INFO = {"source": "simulator"}  # one info every env returns
+
+
+class _EndsAt3(envs.BigEndianEnv):
+    """Its episode ends at step 3 (truncated, or terminated), with the one STATIC_INFO dict for an info."""
+
+    def __init__(self, truncates: bool):
+        super().__init__()
+        self.truncates = truncates
+
+    def step(self, action):
+        obs, reward, _, _, _ = super().step(action)
+        end = self.t >= 3
+        return obs, reward, end and not self.truncates, end and self.truncates, STATIC_INFO
+
+
+def test_envs_of_a_worker_that_return_one_info_object_get_an_info_each() -> None:
+    """A worker's extras go back in one message, where pickle's memo made one dict of the info two envs returned:
+    SB3's front-end then wrote env 1's TimeLimit.truncated and terminal_observation into env 0's info too (SB3's
+    SubprocVecEnv, a pipe per env, gives each its own), and SB3's PPO did not bootstrap env 0's truncation."""
+    fns = [partial(_EndsAt3, True), partial(_EndsAt3, False)] * 2
+    with SubprocVecEnv(fns, start_method="fork", num_workers=1, step_in_parent=False) as venv:
+        venv.reset()
+        for _ in range(3):
+            _, _, dones, infos = venv.step(ZEROS)
+    assert dones.tolist() == [True] * 4
+    assert [info["TimeLimit.truncated"] for info in infos] == [True, False, True, False]
+    assert len({id(info) for info in infos}) == 4 and STATIC_INFO == {"source": "simulator"}
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_interrupt_while_the_parent_steps_its_envs_breaks_the_pool() -> None:
     venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)

@@ -29,6 +29,7 @@ import numpy as np
 
 from fastvec import kernels
 from fastvec import shard as shard_module
+from fastvec.env_calls import private
 from fastvec.errors import ShardError
 from fastvec.layout import Views
 from fastvec.protocol import ADAPTIVE_FLOOR_NS, ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
@@ -284,11 +285,11 @@ def _serve(
         try:
             if command == step_code:
                 extras = shard.step(slot, conn.recv() if arg & has_objects else None)
-                reply = ("extras", extras) if extras else None
+                reply = ("extras", _unshared(extras)) if extras else None
             elif command == Command.RESET:
                 options = conn.recv() if arg & ResetFlag.HAS_OPTIONS else None
                 extras = shard.reset(slot, options, bool(arg & ResetFlag.MASKED), bool(arg & ResetFlag.OPTIONS_ALWAYS))
-                reply = ("extras", extras) if extras else None
+                reply = ("extras", _unshared(extras)) if extras else None
             elif command == Command.CONTROL:
                 request, indices, args, values = conn.recv()
                 reply = ("ok", shard.call(request, indices, args, values) if indices else [])
@@ -322,6 +323,27 @@ def _serve(
         if command == close_code:
             return True
         expected = (expected + 1) & SEQ_MASK
+
+
+def _unshared(extras: list) -> list:
+    """``extras`` (env, kind, value) with each env's own values: they go back in one message, where pickle's memo
+    makes one object of a value several envs returned (a constant info dict), and SB3's front-end then wrote one
+    env's ``TimeLimit.truncated`` and ``terminal_observation`` into another's info. SB3's pipes, one per env, give
+    each its own: a value an earlier env returned is copied for each later one (as the calling process's envs'
+    are, and a call's results)."""
+    if len(extras) < 2:
+        return extras
+    first_env: dict[int, int] = {}
+    unshared = None
+    for k, (i, kind, value) in enumerate(extras):
+        if first_env.setdefault(id(value), i) != i:
+            if unshared is None:
+                unshared = list(extras)
+            try:
+                unshared[k] = (i, kind, private(value))
+            except Exception:  # (it cannot be pickled: sending it fails, naming its env)
+                pass
+    return extras if unshared is None else unshared
 
 
 _COMMAND_NAMES = {Command.STEP: "step", Command.RESET: "reset", Command.CONTROL: "call", Command.CLOSE: "close"}

@@ -157,7 +157,7 @@ def load_agent(
     else:
         # a name in the run folder first (not a file of that name in the working directory), else a path
         in_run = run_dir / checkpoint
-        if not in_run.is_file() and Path(checkpoint).is_dir():  # (it said "runs/A holds none of ['runs/B']")
+        if not in_run.is_file() and (in_run.is_dir() or Path(checkpoint).is_dir()):  # (it said "runs/A holds none of ['runs/B']")
             raise ValueError(f"--checkpoint {checkpoint} is a folder: give a checkpoint file, by its name in {run_dir} or its path")
         path = in_run if in_run.is_file() else Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
     try:

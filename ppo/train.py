@@ -346,6 +346,9 @@ class Trainer:
             if state.get("solved_at") is not None and state.get("solve_return") == self.solve_return:
                 step, wall = state["solved_at"]
                 self.solved_at = (int(step), float(wall))
+            # (another threshold that the restored episodes already meet: solved at the resume, not after the next
+            # episode ends, and a run that ended none said "NOT SOLVED ... 22.3 (< 10)")
+            self._check_solved()
             spent = self.global_step >= config.total_timesteps
             self.done_before = spent or (self.solved_at is not None and config.stop_when_solved)
             if spent and self.dist.is_main:  # (the run still writes its files)

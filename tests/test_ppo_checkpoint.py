@@ -345,6 +345,9 @@ def test_eval_of_a_checkpoint_file_refuses_another_checkpoint_beside_it(tmp_path
         assert f"({final}, trained 32 steps)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=rf"^ppo.eval: --checkpoint {re.escape(str(tmp_path / 'b'))} is a folder: give a checkpoint file"):
         main([str(tmp_path / "a"), "--checkpoint", str(tmp_path / "b"), "--episodes", "1"])
+    (tmp_path / "a" / "old").mkdir()  # (a folder in the run folder, named as a checkpoint would be)
+    with pytest.raises(SystemExit, match=r"^ppo.eval: --checkpoint old is a folder: give a checkpoint file"):
+        main([str(tmp_path / "a"), "--checkpoint", "old", "--episodes", "1"])
 
 
 @pytest.mark.parametrize(
@@ -657,6 +660,28 @@ def test_resumes_of_a_finished_run_keep_what_it_did(tmp_path) -> None:
     with Trainer(Config(run_name="a", resume=str(run / "latest.pt"), **{**common, "total_timesteps": latest, "stop_when_solved": False})) as back:
         back.run()
     assert {name: (run / name).read_bytes() for name in before} == before
+
+
+@pytest.mark.one_pass  # the serial backend: no fastvec kernels
+def test_a_resume_whose_episodes_meet_its_lower_threshold_is_solved_at_the_resume(tmp_path) -> None:
+    """--resume with a --solve-return the restored 100 episodes already meet: solved at the resume step. "Solved"
+    was looked for only after an episode ended, so a resumed stretch that ended none said "NOT SOLVED ... of 22.3
+    (< 10)", and --stop-when-solved trained on until one did."""
+    from ppo.train import describe
+
+    common = dict(runs_dir=str(tmp_path), num_envs=2, num_steps=64, vec_backend="serial", progress=False,
+                  tensorboard=False, eval_episodes=0, solve_return=1e5)  # fmt: skip
+    with Trainer(Config(run_name="a", total_timesteps=3200, **common)) as first:
+        done = first.run()
+    assert done["episodes"] >= 100 and 10 <= done["mean_return_100"] < 1e5
+    resumed = {**common, "solve_return": 10.0, "resume": str(tmp_path / "a")}
+    with Trainer(Config(run_name="b", total_timesteps=3200 + 128, **resumed)) as again:
+        summary = again.run()
+    assert summary["solved"] and summary["solve_step"] == summary["global_step"] == 3200  # (nothing more trained)
+    with Trainer(Config(run_name="c", total_timesteps=3200 + 128, stop_when_solved=False, **resumed)) as on:
+        summary = on.run()
+    assert summary["solved"] and summary["solve_step"] == 3200 and summary["global_step"] == 3328
+    assert describe(summary).startswith("SOLVED")
 
 
 def test_a_run_resumed_in_place_that_solves_in_its_own_part_keeps_what_it_trained(monkeypatch, tmp_path) -> None:

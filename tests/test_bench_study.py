@@ -200,3 +200,14 @@ def test_ppo_solve_leaves_a_return_never_measured_out_of_the_median() -> None:
     summary = ppo_solve.summarize(case, runs)
     assert summary["final_return"] == 20.0 and summary["final_return_all"] == [30.0, None, 10.0]
     json.dumps([ppo_solve._strict(run) for run in runs], allow_nan=False)
+
+
+def test_the_async_pair_study_times_every_layer_and_refuses_a_layout_it_cannot_make(capsys) -> None:
+    from benchmarks import async_pair
+
+    took = async_pair.measure(4, 6, settle_us=0.0, spin_us=0.0)
+    assert {name: len(values) for name, values in took.items()} == {"front": 2, "pool": 2, "batches": 2, "send": 6}
+    assert all(value > 0 for values in took.values() for value in values)
+    with pytest.raises(SystemExit):
+        async_pair.main(["--num-envs", "6"])
+    assert "multiple of 4" in capsys.readouterr().err

@@ -67,11 +67,13 @@ class Batch:
         "has_extras",
         "_objects",
         "_pool",
+        "_made",
     )
 
     def __init__(self, pool: Pool, slot: int, extras: list | None):
         self._pool = pool
         self.slot = slot
+        self._made = pool._results_made
         self.rewards, self.terminated, self.truncated = pool.slot_views[slot]
         if not extras:  # the usual step: nothing but the ring (read-only empty mappings, shared)
             self.infos = self.reset_infos = self.restarted = self.final_obs = _EMPTY
@@ -105,6 +107,7 @@ class Batch:
         if i in self.final_obs:
             self._pool._check_final_obs()
             return self.final_obs[i]
+        _check_latest(self)
         return self._pool.terminal_observation(i)  # (which checks the mode itself)
 
     def terminal_observations(self, indices: list[int]) -> list:
@@ -112,11 +115,23 @@ class Batch:
         if self.final_obs:
             self._pool._check_final_obs()
             return [self.terminal_observation(i) for i in indices]
+        _check_latest(self)
         return self._pool.terminal_observations(indices)  # (which checks the mode itself)
 
     @property
     def ring(self) -> RingViews:
         return self._pool.ring
+
+
+def _check_latest(batch: Any) -> None:
+    """A Batch's final observations are in the pool's one terminal-obs buffer until the next step or reset
+    (an AsyncBatch's until its envs are sent again: it has no ``_made``)."""
+    made = getattr(batch, "_made", None)
+    if made is not None and batch._pool._results_made != made:
+        raise ValueError(
+            "this Batch's final observations were overwritten by a later step or reset: read "
+            "terminal_observation() before the next command (it returns a copy)"
+        )
 
 
 def sort_extras(extras: list) -> tuple[dict[int, dict], dict[int, dict], dict[int, str], dict[int, Any]]:

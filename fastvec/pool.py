@@ -358,6 +358,7 @@ class Pool:
         self._observation_mode = observation_mode
         self._given_observation_space = observation_space
         self.slot = 0
+        self._results_made = 0  # steps and resets completed: a Batch's terminal observations are the latest's only
         self._env_fns = [OwnFactory(fn) for fn in env_fns]
         self._action_mode = action_mode
         shm.sweep_stale()
@@ -679,10 +680,11 @@ class Pool:
     ) -> None:
         """Start resetting every env (or those where ``mask`` is True) with per-env seeds and options.
 
-        A full reset writes into the next ring slot; a masked reset overwrites the masked
-        envs' rows of the current slot (between asynchronous batches, that slot first takes each
-        group's latest rows). ``options[i]`` goes to env i, omitted when falsy (SB3)
-        unless ``pass_options_always`` (gymnasium passes ``options=None``).
+        A reset writes into the next ring slot; a masked one copies the latest rows there first and
+        rewrites the masked envs' (with one ring slot, in place). Between asynchronous batches a masked
+        reset overwrites the masked envs' rows of the current slot, which first takes each group's
+        latest rows: a group's ``recv(copy=False)`` views in that slot change. ``options[i]`` goes to
+        env i, omitted when falsy (SB3) unless ``pass_options_always`` (gymnasium passes ``options=None``).
         """
         self._check_idle("reset_async")
         n = self.num_envs
@@ -712,9 +714,17 @@ class Pool:
         if mask is not None:
             views.reset_mask[:] = mask
             arg |= ResetFlag.MASKED
-            slot = self.slot
             if self._async is not None:  # (each group's latest rows are in its own slot: the others read them here)
+                slot = self.slot
                 self._async.latest_into(self, slot)
+            else:
+                # the next slot, the latest rows copied into it, the masked envs' then rewritten: the step the
+                # caller holds keeps its observations, rewards and flags for S - 1 commands, as after any
+                # other (written in place, a DISABLED loop's Batch lost its episodes' last rewards and dones)
+                slot = self._next_slot()
+                if slot != self.slot:
+                    for ring in (*views.obs, views.rewards, views.terminated, views.truncated):
+                        ring[slot] = ring[self.slot]
         else:
             slot = self._next_slot()
         self._issue(
@@ -945,6 +955,7 @@ class Pool:
                 raise self._closed_meanwhile(p.name)  # (its own envs, or waited: the workers had already finished)
             # _settle(p), inline: a synchronous step (asynchronous pools refuse step_async)
             self.slot = p.slot
+            self._results_made += 1
             self._pending = None
             self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
@@ -996,6 +1007,7 @@ class Pool:
         """``p`` is complete: its results are the ring's latest, and the pool is idle."""
         if p.command is _STEP or p.command is _RESET:
             self.slot = p.slot
+            self._results_made += 1
             if self._async is not None:  # a synchronous reset: every group's ring slot is this one
                 self._async.slots = [p.slot] * len(self._async.slots)
         self._pending = None

@@ -12,6 +12,7 @@ class _FakePool:
     """What Batch reads of a pool: its ring, object parts and terminal observations."""
 
     obs_has_objects = False
+    _results_made = 0  # (the steps and resets the pool completed: a Batch records its own)
 
     def _check_final_obs(self) -> None:  # (a SAME_STEP pool: final observations are kept)
         pass

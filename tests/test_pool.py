@@ -221,6 +221,70 @@ def test_envs_of_a_worker_that_return_one_info_object_get_an_info_each() -> None
     assert len({id(info) for info in infos}) == 4 and STATIC_INFO == {"source": "simulator"}
 
 
+class _TwoStepEpisodes(gym.Env):
+    """obs = [episode, t], reward 10 t; every episode is 2 steps long."""
+
+    observation_space = gym.spaces.Box(-1e9, 1e9, (2,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+    episode = -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return np.array([self.episode, 0.0]), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.episode, self.t], np.float64), 10.0 * self.t, self.t >= 2, False, {}
+
+
+@pytest.mark.parametrize("step_in_parent", [True, False])
+def test_a_masked_reset_leaves_the_step_the_caller_holds_as_it_was(step_in_parent: bool) -> None:
+    """A masked reset rewrote the latest slot in place: a DISABLED loop's step Batch (step, reset the ended envs,
+    then store the step) lost each episode's last reward and its done flag, and its observations changed. It
+    writes into the next slot now, as any reset does (the step's views last S - 1 commands)."""
+    from gymnasium.vector import AutoresetMode
+
+    with Pool([_TwoStepEpisodes] * 2, ring_slots=3, num_workers=2, step_in_parent=step_in_parent, start_method="fork",
+              autoreset_mode=AutoresetMode.DISABLED) as pool:  # fmt: skip
+        pool.reset()
+        for _ in range(3):  # (the ring wraps round)
+            pool.step(np.zeros(2, np.int64))
+            step = pool.step(np.zeros(2, np.int64))  # both episodes end
+            held = step.observations(copy=False)
+            before = (step.rewards.copy(), step.terminated.copy(), held.copy())
+            reset = pool.reset(mask=np.array([True, False]))  # env 0 starts again, env 1 stays ended
+            assert step.rewards.tolist() == before[0].tolist() == [20.0, 20.0]
+            assert step.terminated.tolist() == before[1].tolist() == [True, True]
+            np.testing.assert_array_equal(held, before[2])
+            now = reset.observations()
+            assert now[0].tolist() == [before[2][0][0] + 1, 0.0] and now[1].tolist() == before[2][1].tolist()
+            pool.reset(mask=np.array([False, True]))
+    with Pool([_TwoStepEpisodes] * 2, ring_slots=1, num_workers=1, step_in_parent=True,
+              autoreset_mode=AutoresetMode.DISABLED) as pool:  # fmt: skip
+        pool.reset()
+        pool.step(np.zeros(2, np.int64))
+        pool.step(np.zeros(2, np.int64))
+        assert pool.reset(mask=np.array([True, False])).observations()[:, 1].tolist() == [0.0, 2.0]  # (in place)
+
+
+def test_a_kept_batch_refuses_final_observations_a_later_command_overwrote() -> None:
+    """The final observations of an array space are in one buffer, the latest step's: a Batch kept across later
+    episode ends returned another episode's, silently. It refuses once a later step or reset completed."""
+    with Pool([_TwoStepEpisodes] * 2, ring_slots=4, num_workers=1, step_in_parent=True) as pool:
+        pool.reset()
+        pool.step(np.zeros(2, np.int64))
+        ended = pool.step(np.zeros(2, np.int64))
+        assert ended.terminal_observation(0).tolist() == [0.0, 2.0]
+        assert [o.tolist() for o in ended.terminal_observations([0, 1])] == [[0.0, 2.0], [0.0, 2.0]]
+        pool.step(np.zeros(2, np.int64))
+        with pytest.raises(ValueError, match="overwritten by a later step or reset"):
+            ended.terminal_observation(0)
+        with pytest.raises(ValueError, match="overwritten by a later step or reset"):
+            ended.terminal_observations([0, 1])
+        assert pool.step(np.zeros(2, np.int64)).terminal_observation(0).tolist() == [1.0, 2.0]
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_interrupt_while_the_parent_steps_its_envs_breaks_the_pool() -> None:
     venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)

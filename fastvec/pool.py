@@ -120,7 +120,7 @@ class _Pending:
 
     __slots__ = (
         "command", "code", "name", "slot", "arg", "payloads", "local_args", "reset_options", "local", "waited",
-        "respawned", "replies", "plan", "count", "sync", "lost", "hung",
+        "respawned", "replies", "plan", "count", "sync", "lost", "hung", "waited_s",
     )
 
     def __init__(
@@ -146,6 +146,7 @@ class _Pending:
         self.sync = False  # started by reset() / call(): the next command finishes it if interrupted
         self.lost: set[int] = set()  # positions of workers found dead during a call (on_error="restart")
         self.hung: set[int] = set()  # positions of the workers _respawn replaced that the pool had ended, hung
+        self.waited_s = 0.0  # time its earlier waits for the workers took (cut short by the caller's timeout)
 
     def rearm_step(self, slot: int) -> _Pending:
         """This completed usual step, as the next one into ``slot`` (issue 14: making a _Pending costs
@@ -154,6 +155,7 @@ class _Pending:
         self.local_args = (slot, None)
         self.local = None
         self.waited = False
+        self.waited_s = 0.0
         if self.respawned:
             self.respawned = {}
         if self.replies:
@@ -1210,7 +1212,9 @@ class Pool:
         if self._terminated:  # by another thread while this one stepped its shard
             raise self._closed_meanwhile(p.name)
         control, done_index, seq = self._control, self._done_index, self._seqs
-        limit = self.step_timeout
+        # step_timeout counts every wait of the command (a caller polling with a shorter timeout restarted its clock
+        # at each call, and a hung env was never reported); the caller's timeout, this wait only
+        limit = None if self.step_timeout is None else self.step_timeout - p.waited_s
 
         def slice_after(elapsed: float) -> int:  # the next wait: up to the caller's timeout and the step_timeout
             ns = POLL_NS if timeout is None else _slice_ns(timeout - elapsed)
@@ -1222,6 +1226,18 @@ class Pool:
         if k == -1:
             return
         began = time.monotonic() if waiting_since is None else waiting_since
+        try:
+            self._wait_late(p, timeout, k, began, limit, slice_after, asked)
+        finally:
+            p.waited_s += time.monotonic() - began
+
+    def _wait_late(
+        self, p: _Pending, timeout: float | None, k: int, began: float, limit: float | None, slice_after: Any,
+        asked: float | None,
+    ) -> None:
+        """``_wait_workers`` once worker ``k`` was found unfinished (its wait began at ``began``): what is left of
+        ``step_timeout`` is ``limit``."""
+        control, done_index, seq = self._control, self._done_index, self._seqs
         restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
         while True:
             if self._terminated:  # by another thread, which gave up waiting for this one
@@ -1240,7 +1256,7 @@ class Pool:
                     kernels.finish(control, remote.base + Control.DONE_SEQ, int(seq[k]), self._remaining_index)
                 else:
                     raise self._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name))
-            elif self.step_timeout is not None and elapsed > self.step_timeout:
+            elif limit is not None and elapsed > limit:
                 if self.on_error == "restart":
                     # a hung env: ended, and then as a dead worker (the next pass): in a step or reset its
                     # replacement takes over; a call (an env moving in, env_method...) fails naming it, and the

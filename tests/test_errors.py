@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -19,6 +21,7 @@ import pytest
 
 from fastvec import PoolState, SubprocVecEnv, shm
 from fastvec.errors import BrokenPoolError, ClosedError, EnvError, StepTimeoutError, WorkerDiedError
+from fastvec.pool import Pool
 from tests import envs
 from tests.conftest import ours
 
@@ -887,3 +890,34 @@ def test_an_env_in_a_worker_raising_a_base_exception_is_named_as_that_env_s_erro
         assert not isinstance(info.value, kind) and info.value.env_index == 3
         assert venv.pool.state is PoolState.IDLE
         assert venv.env_method("poke", indices=[0, 1, 2]) == ["ok"] * 3  # the worker lives on
+
+
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_step_timeout_counts_every_wait_of_a_caller_that_polls(on_error: str) -> None:
+    """A caller polling step_wait(timeout) shorter than step_timeout (the README's way to wait with a bound): each
+    call restarted the step_timeout clock, so a hung env was never reported, nor, with on_error="restart",
+    replaced: the loop polled for good."""
+    fns = [partial(envs.FailingEnv, None)] * 2 + [partial(envs.FailingEnv, "hang", 1)] * 2
+    pool = Pool(fns, start_method="fork", num_workers=2, step_in_parent=True, step_timeout=1.0, on_error=on_error)
+    try:
+        pool.reset()
+        pool.step(np.zeros(4, np.int64))
+        pool.step_async(np.zeros(4, np.int64))  # (envs 2 and 3 hang in this step)
+        began, polls = time.monotonic(), 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the restart's warning)
+            while True:
+                polls += 1
+                try:
+                    pool.step_wait(timeout=0.2)
+                    break
+                except multiprocessing.TimeoutError:
+                    assert time.monotonic() - began < 20, f"still pending after {polls} polls"
+                except StepTimeoutError:
+                    assert on_error == "raise"
+                    break
+        assert polls >= 3  # (several polls timed out before)
+        if on_error == "restart":
+            assert pool.state is PoolState.IDLE and pool.worker_restarts == 1
+    finally:
+        pool.close()

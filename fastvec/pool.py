@@ -41,7 +41,7 @@ from fastvec import kernels, placement, shm
 from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
-from fastvec.env_calls import private
+from fastvec.env_calls import CALLS, private
 from fastvec.errors import (
     EXIT_UNKNOWN,
     AlreadyPendingCallError,
@@ -183,6 +183,7 @@ _ASYNC_NAMES = {Command.STEP: "step", Command.RESET: "reset", Command.CONTROL: "
 
 
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
+_INTERNAL_CALLS = frozenset({"seed_next_reset", "movable", "adopt"})  # (the shard's own requests: Shard.call)
 
 
 @atexit.register
@@ -264,6 +265,7 @@ class Pool:
         self._segment = None
         self._views: Views | None = None
         self.slot_views: list | None = None
+        self._ring: RingViews | None = None
         self.obs_slots: list | None = None  # per slot, the observation rows where they are one array leaf
         self._pins_caller: int | None = None  # the thread this pool pinned (pin="spread"): close() gives it back
         # One token, taken (list.pop: atomic, and cheaper than a lock's acquire, on every command) by the thread
@@ -435,7 +437,7 @@ class Pool:
         # per slot: the rewards / terminated / truncated rows a Batch hands out, and the observations
         self.slot_views = [(views.rewards[s], views.terminated[s], views.truncated[s]) for s in range(self.ring_slots)]
         self.obs_slots = [views.obs[0][s] for s in range(self.ring_slots)] if self._single_leaf else None
-        self.ring = RingViews(
+        self._ring = RingViews(
             obs=tuple(views.obs),
             rewards=views.rewards,
             terminated=views.terminated,
@@ -828,6 +830,8 @@ class Pool:
         """Start a rare call (get_attr, env_method, call, set_attr, render, is_wrapped, has_attr)
         on the envs at ``indices``; ``values`` (aligned with ``indices``) are per-env values, for set_attr."""
         self._check_idle(request)
+        if request not in CALLS and request not in _INTERNAL_CALLS:
+            raise ValueError(f"unknown request {request!r}: one of {', '.join(sorted(CALLS))}")
         indices = [self._check_index(i) for i in indices]
         if values is not None and len(values) != len(indices):
             raise ValueError(f"expected {len(indices)} values (one per env), got {len(values)}")
@@ -1873,6 +1877,14 @@ class Pool:
         parts = [next(arrays) if leaf.array else batch_object(leaf, next(columns)) for leaf in self.obs_leaves]
         return assemble(self.observation_space, parts)
 
+    @property
+    def ring(self) -> RingViews:
+        """The whole ring (views of the shared block); ClosedError once the pool is closed."""
+        ring = self._ring
+        if ring is None:
+            self._check_mapped("its ring")
+        return ring
+
     def _check_mapped(self, what: str = "the observations of its batches") -> None:
         """The shared block is still there (a Batch, or the counters, read after close() would meet released
         views): else ClosedError naming ``what``."""
@@ -2319,7 +2331,7 @@ class Pool:
             # (what broke the pool: its traceback's frames hold views of the block, which kept the mapping, and a
             # file descriptor, open as long as the pool object lived)
             self._cause = None
-            self.ring = None  # type: ignore[assignment]
+            self._ring = None
             self.slot_views = self.obs_slots = self._local_stats = None  # type: ignore[assignment]
             if self._async is not None:
                 self._async.release()

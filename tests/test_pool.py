@@ -285,6 +285,26 @@ def test_a_kept_batch_refuses_final_observations_a_later_command_overwrote() -> 
         assert pool.step(np.zeros(2, np.int64)).terminal_observation(0).tolist() == [1.0, 2.0]
 
 
+def test_an_unknown_call_and_a_closed_pool_s_ring_are_named() -> None:
+    """A typo in a call's request ("get_atr") came back as env 0's KeyError; pool.ring after close() was None (an
+    AttributeError on None), where every other read of a closed pool raises ClosedError."""
+    from fastvec.errors import ClosedError
+
+    pool = Pool(_counters(), start_method="fork", num_workers=2)
+    try:
+        pool.reset()
+        with pytest.raises(ValueError, match="unknown request 'get_atr': one of call, env_method, get_attr"):
+            pool.call("get_atr", [0, 1], ("index",))
+        assert pool.state is PoolState.IDLE and pool.call("get_attr", [0, 1], ("index",)) == [0, 1]
+        batch = pool.step(ZEROS)
+        assert pool.ring.obs[0].shape[1] == 4 and batch.ring is pool.ring
+    finally:
+        pool.close()
+    for read in (lambda: pool.ring, lambda: batch.ring):
+        with pytest.raises(ClosedError, match="its ring"):
+            read()
+
+
 # 5 ------------------------------------------------------------------------------------------------
 def test_interrupt_while_the_parent_steps_its_envs_breaks_the_pool() -> None:
     venv = SubprocVecEnv(_counters(), start_method="fork", num_workers=2)

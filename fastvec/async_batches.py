@@ -152,6 +152,7 @@ class AsyncBatches:
         # or hung is found there too (else the own group, always steppable, or quicker workers hid it for ever)
         self._collected = 0
         self._workers_checked = 0.0
+        self._draining = False  # close() waits for the groups in flight (drain)
         self._tags = np.zeros((pool._views.action_tags.shape[0],), np.uint32)
         # views of the shared block made once, not per call (issue 12: each numpy slice or fancy index costs
         # about as much as the rest of a call's bookkeeping): per group its action rows and its result rows
@@ -695,6 +696,9 @@ class AsyncBatches:
             remote = pool._remotes[position]
             if remote.exitcode is None:
                 continue
+            if self._draining:  # (close(): nothing to collect from it; a replacement would make its envs first)
+                self.inflight.pop(position + self.first_remote, None)
+                continue
             command, slot = self.inflight[position + self.first_remote]
             if pool.closed:  # (stopped by close() in a signal handler just now)
                 raise pool._closed_meanwhile("recv")
@@ -785,7 +789,13 @@ class AsyncBatches:
         if self.first_remote and self.inflight.pop(0, None) is not None:  # the own group: not stepped (or not all)
             self._local_objects = self._own_run = None
             self._own_busy = 0
-        while self.inflight and time.monotonic() < end:
-            self._collect_one(pool, time.monotonic(), end - time.monotonic())
+        # (a worker found dead meanwhile is dropped, not replaced: a replacement made its envs again first, and
+        # close(timeout=1) took as long as they did, 20 s for a slow simulator)
+        self._draining = True
+        try:
+            while self.inflight and time.monotonic() < end:
+                self._collect_one(pool, time.monotonic(), end - time.monotonic())
+        finally:
+            self._draining = False
         self.ready.clear()
         self.running = [False] * len(self.running)

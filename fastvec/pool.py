@@ -652,7 +652,7 @@ class Pool:
         local = None
         if self._local is not None:  # (the copy a worker's envs get: an env that changes its action changes its own)
             own = self._local
-            local = private_payload([own.part(column) for column in objects], "actions", self.shard_envs[0])
+            local = private_payload([own.part(column) for column in objects], "actions", self._own_envs())
         self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
 
     def step_wait(self, timeout: float | None = None) -> Batch:
@@ -711,8 +711,7 @@ class Pool:
         payloads = self._option_payloads(options) if send_options else {}
         local_options = None
         if send_options and self._local is not None:
-            own = self._local  # (the copy a worker's envs get, as at reset_async; before any seed is handed out)
-            local_options = private_payload(own.part(options), "reset options", self.shard_envs[0])
+            local_options = self._own_options(options)  # (before any seed is handed out)
         self._write_seeds(seeds, mask)
         views = self._views
         if mask is not None:
@@ -742,6 +741,26 @@ class Pool:
                 reset_options=options if send_options else None,
             )
         )
+
+    def _own_options(self, options: list) -> list:
+        """This process's envs' share of per-env ``options``: the copy a worker's envs get (pickled, loaded); one
+        that cannot be pickled is named by its env."""
+        own = self._local
+        try:
+            return private_payload(own.part(options), "reset options", self._own_envs())
+        except TypeError:
+            parts = own.parts if isinstance(own, WrappedShard) else (own,)
+            for i in (i for part in parts for i in range(part.start, part.stop)):
+                dumps_payload(options[i], "reset options", range(i, i + 1))  # (raises for the env whose it is)
+            raise
+
+    def _own_envs(self) -> range | str:
+        """The envs this process steps, for a message: shard 0's range, or its two parts once envs moved to it
+        around the ring's end (a WrappedShard)."""
+        own = self._local
+        if isinstance(own, WrappedShard):
+            return f"envs {own.head.start}..{own.head.stop - 1} and {own.tail.start}..{own.tail.stop - 1}"
+        return self.shard_envs[0]
 
     def _option_payloads(self, options: list) -> dict[int, bytes]:
         """Each worker's share of per-env reset ``options``, pickled before anything is issued (an option
@@ -851,7 +870,7 @@ class Pool:
         # pickled before anything is issued: an unpicklable argument leaves the pool idle
         payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
         own = self._local  # (the copy a worker's envs get, as at call_async)
-        local = private_payload(part(plan.get(0, [])), f"{request} arguments", self.shard_envs[0]) if own else ()
+        local = private_payload(part(plan.get(0, [])), f"{request} arguments", self._own_envs()) if own else ()
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )

@@ -150,18 +150,22 @@ MIGRATE_DOWN, MIGRATE_UP, MIGRATE_ALL = 1, 2, 4
 HEADER_TIMING = 8  # header word: 1 while per-env step times are being collected (the monitor is on)
 
 
-def dumps_payload(obj: Any, what: str, envs: range) -> bytes:
-    """Pickle a payload for a worker (before anything is issued); the error names the envs."""
+def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:
+    """Pickle a payload for a worker (before anything is issued); the error names the envs (a range, or words)."""
     try:
         return bytes(reduction.ForkingPickler.dumps(obj))
     except Exception as exc:
+        if not isinstance(envs, range):
+            named = envs
+        else:
+            named = f"env {envs.start}" if len(envs) == 1 else f"envs {envs.start}..{envs.stop - 1}"
         raise TypeError(
-            f"{what} for envs {envs.start}..{envs.stop - 1} cannot be pickled (every env gets them pickled, "
-            f"as through SB3's pipes, whichever process steps it): {exc!r}"
+            f"{what} for {named} cannot be pickled (every env gets them pickled, as through SB3's pipes, whichever "
+            f"process steps it): {exc!r}"
         ) from exc
 
 
-def private_payload(obj: Any, what: str, envs: range) -> Any:
+def private_payload(obj: Any, what: str, envs: range | str) -> Any:
     """What the calling process's own envs ``envs`` get of ``obj``: the copy a worker's envs get (pickled as
     ``dumps_payload`` pickles it, and loaded), so that they get the same, and the same errors, wherever they are."""
     return reduction.ForkingPickler.loads(dumps_payload(obj, what, envs))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -132,12 +133,31 @@ class Remote:
             name=f"fastvec-worker-{index}",
         )
         remote = None
+        # a Ctrl-C during the start is held until the worker is recorded (inside Process.start, after the fork, it
+        # left a worker nobody knew; between the pidfd's opening and `remote`, a pidfd nobody closed)
+        held: list = []
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                previous = signal.getsignal(signal.SIGINT)
+                if callable(previous):
+                    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+                else:
+                    previous = None
+            except (ValueError, OSError):
+                previous = None
         try:
-            process.start()
-            child_conn.close()
-            remote = cls(index, envs, process, parent_conn)
-            if place is not None:
-                place(remote)
+            try:
+                process.start()
+                child_conn.close()
+                remote = cls(index, envs, process, parent_conn)
+                if place is not None:
+                    place(remote)
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+                    if held:
+                        previous(*held[0])
             return remote
         except BaseException:
             # (a Ctrl-C once the worker exists, before the pool recorded it: no one else holds it, and a worker

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 __all__ = ["Unmade", "describe", "recreate", "after_step_error", "reset_fresh", "restart_all"]
 
 
+def _env_errors() -> tuple:
+    """shard.ENV_ERRORS as it is now (a worker widens it to the envs' KeyboardInterrupt and GeneratorExit)."""
+    from fastvec import shard
+
+    return shard.ENV_ERRORS
+
+
 def describe(exc: BaseException | str, command: str) -> dict:
     """The value of a RESTARTED extra: what went wrong, during which command."""
     if isinstance(exc, str):
@@ -65,7 +72,7 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
         pass
     try:
         shard.envs[j] = shard.env_fns[j]()  # type: ignore[index]
-    except Exception as make_exc:
+    except _env_errors() as make_exc:
         shard.envs[j] = Unmade(shard.start + j, make_exc)  # type: ignore[assignment]
         shard.step_fns[j] = shard.envs[j].step
         raise ShardError(shard.start + j, "make (restart after an error)", make_exc) from exc
@@ -91,7 +98,7 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
     if reset_now:
         try:
             obs, info = shard.envs[j].reset()
-        except Exception as reset_exc:
+        except _env_errors() as reset_exc:
             raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
         if info:  # the next episode's reset info, as an autoreset's
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
@@ -105,7 +112,7 @@ def reset_fresh(shard: Shard, j: int, exc: BaseException, command: str, kwargs: 
     recreate(shard, j, exc, command)
     try:
         return shard.envs[j].reset(**kwargs)
-    except Exception as again:
+    except _env_errors() as again:
         raise ShardError(shard.start + j, f"{command} (restart after an error)", again) from exc
 
 
@@ -161,7 +168,7 @@ def _reset_fresh_envs(shard: Shard, kept: list) -> list:
             continue
         try:
             obs, info = env.reset()
-        except Exception as exc:
+        except _env_errors() as exc:
             raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
         obs_list.append(obs)
         if info:

@@ -48,10 +48,10 @@ __all__ = ["Shard", "StepRun", "WrappedShard"]
 
 TIMING_EVERY = 8  # with the monitor on, each env's step is timed in one command out of this many
 # what an env's call may raise and still be that env's error (the pool goes on): in the calling process any
-# Exception (a KeyboardInterrupt there is the user's Ctrl-C: the pool breaks); a worker, which ignores SIGINT,
-# sets it to take the env's own KeyboardInterrupt and GeneratorExit too (they killed the worker, and the caller
-# learnt only "exit code 1", as AsyncVectorEnv names the env)
-ENV_ERRORS: tuple[type[BaseException], ...] = (Exception,)
+# Exception and GeneratorExit (a KeyboardInterrupt there is the user's Ctrl-C: the pool breaks); a worker, which
+# ignores SIGINT, sets it to take the env's own KeyboardInterrupt too (it killed the worker, and the caller learnt
+# only "exit code 1", where AsyncVectorEnv names the env)
+ENV_ERRORS: tuple[type[BaseException], ...] = (Exception, GeneratorExit)
 
 
 class StepRun:
@@ -876,7 +876,7 @@ def close_each(envs: list, start: int = 0) -> None:
     for j, env in enumerate(envs):
         try:
             env.close()
-        except Exception as exc:
+        except ENV_ERRORS as exc:
             first = first or ShardError(start + j, "close", exc)
         except BaseException as exc:  # (KeyboardInterrupt, SystemExit: raised once the others are closed)
             interrupt = interrupt or exc

@@ -142,7 +142,7 @@ def worker_main(
             for j, fn in enumerate(env_fns):
                 try:
                     envs.append(fn())
-                except Exception as exc:
+                except shard_module.ENV_ERRORS as exc:
                     if replacing is None or not restart_on_error:
                         raise ShardError(start + j, "make (env constructor)", exc) from exc
                     # on_error="restart" (README): the env's error is raised, the others step, and its factory
@@ -198,6 +198,7 @@ def worker_main(
                 if payload[0] not in again and isinstance(shard.envs[payload[0] - start], Unmade)
             ] + failed
             # (with envs it could not make: their errors, which the command raises as theirs)
+            extras = _unshared(extras) if extras else extras
             conn.send(("attached", extras) if not unmade else ("attached-unmade", (extras, unmade)))
         else:
             conn.send(("attached", None))
@@ -327,23 +328,22 @@ def _serve(
 
 def _unshared(extras: list) -> list:
     """``extras`` (env, kind, value) with each env's own values: they go back in one message, where pickle's memo
-    makes one object of a value several envs returned (a constant info dict), and SB3's front-end then wrote one
-    env's ``TimeLimit.truncated`` and ``terminal_observation`` into another's info. SB3's pipes, one per env, give
-    each its own: a value an earlier env returned is copied for each later one (as the calling process's envs'
-    are, and a call's results)."""
+    makes one object of a value several envs returned (a constant info dict, or a dict inside each env's), and
+    SB3's front-end then wrote one env's ``TimeLimit.truncated`` and ``terminal_observation`` into another's
+    info. SB3's pipes, one per env, give each its own: the values of every env after the first are copies (as
+    the calling process's envs' are, and a call's results; ``private`` copies the usual values in about 1 us)."""
     if len(extras) < 2:
         return extras
-    first_env: dict[int, int] = {}
-    unshared = None
-    for k, (i, kind, value) in enumerate(extras):
-        if first_env.setdefault(id(value), i) != i:
-            if unshared is None:
-                unshared = list(extras)
+    first = extras[0][0]
+    unshared = []
+    for i, kind, value in extras:
+        if i != first:  # (every later env's values: an object met inside two envs' values is one too)
             try:
-                unshared[k] = (i, kind, private(value))
+                value = private(value)
             except Exception:  # (it cannot be pickled: sending it fails, naming its env)
                 pass
-    return extras if unshared is None else unshared
+        unshared.append((i, kind, value))
+    return unshared
 
 
 _COMMAND_NAMES = {Command.STEP: "step", Command.RESET: "reset", Command.CONTROL: "call", Command.CLOSE: "close"}
@@ -388,5 +388,5 @@ def _close_quietly(envs: list) -> None:
     for env in envs:
         try:
             env.close()
-        except Exception:
+        except shard_module.ENV_ERRORS:  # (an env's KeyboardInterrupt too: the envs after it are closed as well)
             pass

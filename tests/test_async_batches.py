@@ -1057,3 +1057,46 @@ def test_the_own_groups_watch_of_the_workers_in_flight_stays_small() -> None:
         assert len(batches._watched) == 1
         for _ in range(4):
             pool.recv()
+
+
+class _DiesThenSlowToMake(gym.Env):
+    """Env 3 ends its worker (os._exit) in its second step; made again after that (``flag`` exists), it takes 20 s."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, index: int, flag: str):
+        self.index, self.flag, self.t = index, flag, 0
+        if index == 3 and os.path.exists(flag):
+            time.sleep(20)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.index == 3 and self.t == 2:
+            open(self.flag, "w").close()
+            os._exit(3)
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def test_close_of_batches_drops_a_dead_worker_instead_of_replacing_it(tmp_path) -> None:
+    """on_error="restart": close() waits for the groups in flight, and replaced a worker found dead there, whose
+    replacement made its envs again first: close(timeout=1.0) took 20 s with a slow simulator, for ever with one
+    that hangs, where close() promises to return within about its timeout."""
+    flag = str(tmp_path / "died")
+    venv = SubprocVecEnv([partial(_DiesThenSlowToMake, i, flag) for i in range(4)], start_method="fork",
+                         num_workers=2, step_in_parent=False, batch_size=2, on_error="restart")  # fmt: skip
+    try:
+        venv.async_reset()
+        while not os.path.exists(flag):
+            ids = venv.recv()[4]
+            venv.send(np.zeros(len(ids), np.int64), ids)
+        time.sleep(0.3)  # (the worker of envs 2 and 3 is dead, its batch in flight)
+    finally:
+        began = time.monotonic()
+        venv.pool.close(timeout=1.0)
+        took = time.monotonic() - began
+        venv.close()
+    assert took < 10 and venv.pool.worker_restarts == 0

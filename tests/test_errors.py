@@ -921,3 +921,75 @@ def test_step_timeout_counts_every_wait_of_a_caller_that_polls(on_error: str) ->
             assert pool.state is PoolState.IDLE and pool.worker_restarts == 1
     finally:
         pool.close()
+
+
+class _RaisesIn(gym.Env):
+    """Env ``bad`` raises ``kind`` in ``where`` ("make", "reset", "close"); its reset infos are one dict."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    INFO = {"source": "simulator"}  # (the one reset info every env returns)
+
+    def __init__(self, bad: bool, kind: type, where: str):
+        self.bad, self.kind, self.where = bad, kind, where
+        if bad and where == "make":
+            raise kind("the env's own, in its constructor")
+
+    def reset(self, *, seed=None, options=None):
+        if self.bad and self.where == "reset":
+            raise self.kind("the env's own, in reset")
+        return np.zeros(1, np.float32), self.INFO
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+    def close(self):
+        if self.bad and self.where == "close":
+            raise self.kind("the env's own, in close")
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, GeneratorExit])
+def test_an_env_s_base_exception_is_its_error_in_every_command_of_a_worker(kind: type) -> None:
+    """A KeyboardInterrupt or GeneratorExit of an env in a worker was its EnvError in step, reset and calls only: in
+    its constructor, a restart's reset of its re-made copy, or close() it killed the worker ("exit code 1", no env
+    named), or was dropped (close)."""
+    fns = [partial(_RaisesIn, i == 3, kind, "make") for i in range(4)]
+    with pytest.raises(EnvError, match=f"env 3 raised {kind.__name__} during 'make"):
+        SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    fns = [partial(_RaisesIn, i == 3, kind, "reset") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(EnvError, match=f"env 3 raised {kind.__name__} during 'reset"):
+            venv.reset()  # (its reset raises, and so does its re-made copy's)
+        assert venv.env_method("reset", indices=[0, 1, 2])[0][0].shape == (1,)  # the worker lives on
+    fns = [partial(_RaisesIn, i == 3, kind, "close") for i in range(4)]
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    venv.reset()
+    with pytest.raises(EnvError, match=f"env 3 raised {kind.__name__} during 'close'"):
+        venv.close()
+    assert venv.closed
+
+
+def test_an_env_s_generator_exit_is_its_error_in_the_calling_process_too() -> None:
+    """It was the env's error in a worker, and broke the pool (a bare GeneratorExit) where the caller stepped it."""
+    fns = [partial(RaisesBase, i == 0, GeneratorExit, "step") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match="env 0 raised GeneratorExit during 'step'"):
+            venv.step(np.zeros(4, dtype=np.int64))
+        assert venv.pool.state is PoolState.IDLE
+
+
+def test_a_replacement_worker_s_envs_get_a_reset_info_each() -> None:
+    """A worker's envs that return one info object get one each (pickle's memo joined them in one message); the
+    replacement of a dead worker (on_error="restart") sends its first results otherwise, and they still shared it."""
+    with SubprocVecEnv([partial(_RaisesIn, False, None, "")] * 4, start_method="fork", num_workers=2,
+                       on_error="restart") as venv, warnings.catch_warnings():  # fmt: skip
+        warnings.simplefilter("ignore")
+        venv.reset()
+        assert venv.reset_infos[2] is not venv.reset_infos[3]
+        remote = venv.pool._remotes[0]
+        os.kill(remote.pid, signal.SIGKILL)
+        remote.process.join(5)
+        venv.reset()  # (its replacement resets envs 2 and 3)
+        assert venv.reset_infos[2] is not venv.reset_infos[3] and venv.reset_infos[2] == {"source": "simulator"}

@@ -493,3 +493,36 @@ def test_an_env_that_moved_into_the_calling_process_gives_a_copy_of_its_reset_in
         assert info["big_endian"].dtype.isnative
         venv.step(np.zeros(4, np.int64))
         assert info["steps_since_reset"] == 0
+
+
+class _TwoSteps(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), 0.0, self.t >= 2, False, {}
+
+
+def test_an_unpicklable_option_of_an_env_moved_around_the_ring_s_end_names_it() -> None:
+    """Moved around the ring's end into the calling process (its shard is then two parts), env 3's option that
+    cannot be pickled was named as one of "envs 0..1"."""
+    with SubprocVecEnv([_TwoSteps] * 4, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        pool = venv.pool
+        assert pool.request_move(1, 0, around=True) == 3
+        for _ in range(40):
+            venv.step(np.zeros(4, np.int64))
+            if pool.moves_done:
+                break
+        assert list(pool.wrap_envs) == [3]
+        venv.set_options([{}, {}, {}, {"callback": lambda: 0}])
+        with pytest.raises(TypeError, match="reset options for env 3 cannot be pickled"):
+            venv.reset()
+        venv.set_options([{"callback": lambda: 0}, {}, {}, {}])
+        with pytest.raises(TypeError, match="reset options for env 0 cannot be pickled"):
+            venv.reset()

@@ -183,7 +183,7 @@ def test_a_reset_refused_for_an_option_of_the_caller_s_envs_leaves_no_seed_pendi
         venv.reset()
         venv.seed(2**70)
         venv.set_options([{"callback": lambda: 0}, {}, {}, {}])  # (env 0's: the calling process's)
-        with pytest.raises(TypeError, match="reset options for envs 0..1 cannot be pickled"):
+        with pytest.raises(TypeError, match="reset options for env 0 cannot be pickled"):
             venv.reset()
         venv.seed(7)
         venv.set_options(None)
@@ -219,6 +219,29 @@ def test_envs_of_a_worker_that_return_one_info_object_get_an_info_each() -> None
     assert dones.tolist() == [True] * 4
     assert [info["TimeLimit.truncated"] for info in infos] == [True, False, True, False]
     assert len({id(info) for info in infos}) == 4 and STATIC_INFO == {"source": "simulator"}
+    # an object inside each env's own info: each env its own too
+    with SubprocVecEnv([partial(_InnerShared, k) for k in range(4)], start_method="fork", num_workers=1,
+                       step_in_parent=False) as venv:  # fmt: skip
+        venv.reset()
+        infos = venv.step(ZEROS)[3]
+    assert len({id(info["inner"]) for info in infos}) == 4
+    infos[0]["inner"]["mine"] = 0
+    assert all("mine" not in info["inner"] for info in infos[1:])
+
+
+SHARED_INNER = {"level": 1}
+
+
+class _InnerShared(envs.BigEndianEnv):
+    """An info of its own, with the one SHARED_INNER dict inside."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {"env": self.index, "inner": SHARED_INNER}
 
 
 class _TwoStepEpisodes(gym.Env):

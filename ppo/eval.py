@@ -156,10 +156,11 @@ def load_agent(
             raise FileNotFoundError(f"{run_dir} holds no best.pt, final.pt or latest.pt")
     else:
         # a name in the run folder first (not a file of that name in the working directory), else a path
-        in_run = run_dir / checkpoint
-        if not in_run.is_file() and (in_run.is_dir() or Path(checkpoint).is_dir()):  # (it said "runs/A holds none of ['runs/B']")
+        in_run, given = run_dir / checkpoint, Path(checkpoint)
+        if not in_run.is_file() and not given.is_file() and (in_run.is_dir() or given.is_dir()):
+            # (it said "runs/A holds none of ['runs/B']")
             raise ValueError(f"--checkpoint {checkpoint} is a folder: give a checkpoint file, by its name in {run_dir} or its path")
-        path = in_run if in_run.is_file() else Path(checkpoint) if Path(checkpoint).is_file() else find_checkpoint(run_dir, prefer=checkpoint)
+        path = in_run if in_run.is_file() else given if given.is_file() else find_checkpoint(run_dir, prefer=checkpoint)
     try:
         probe = make_env(config.env_id)
     except (ImportError, gym.error.Error) as exc:  # (its module not importable here, an id no longer registered)

@@ -326,7 +326,7 @@ def test_eval_takes_the_checkpoint_name_in_the_run_folder(tmp_path, monkeypatch)
         main([str(tmp_path / "a")])
 
 
-def test_eval_of_a_checkpoint_file_refuses_another_checkpoint_beside_it(tmp_path, capsys) -> None:
+def test_eval_of_a_checkpoint_file_refuses_another_checkpoint_beside_it(tmp_path, capsys, monkeypatch) -> None:
     """ppo.eval runs/a/final.pt --checkpoint best.pt: one line, not final.pt evaluated with --checkpoint dropped
     silently; --checkpoint naming that same file is fine. --checkpoint of a folder says so (it said "runs/a holds
     none of ['runs/b']")."""
@@ -348,6 +348,11 @@ def test_eval_of_a_checkpoint_file_refuses_another_checkpoint_beside_it(tmp_path
     (tmp_path / "a" / "old").mkdir()  # (a folder in the run folder, named as a checkpoint would be)
     with pytest.raises(SystemExit, match=r"^ppo.eval: --checkpoint old is a folder: give a checkpoint file"):
         main([str(tmp_path / "a"), "--checkpoint", "old", "--episodes", "1"])
+    # ... but a file of that name where it runs is the checkpoint given (the folder check refused it)
+    shutil.copy(tmp_path / "b" / "final.pt", tmp_path / "old")
+    monkeypatch.chdir(tmp_path)
+    main([str(tmp_path / "a"), "--checkpoint", "old", "--episodes", "1"])
+    assert "(old, trained 32 steps)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -124,13 +124,13 @@ class Batch:
 
 
 def _check_latest(batch: Any) -> None:
-    """A Batch's final observations are in the pool's one terminal-obs buffer until the next step or reset
-    (an AsyncBatch's until its envs are sent again: it has no ``_made``)."""
+    """A Batch's final observations are in the pool's one terminal-obs buffer until the next step (a reset does not
+    write it; an AsyncBatch's until its envs are sent again: it has no ``_made``)."""
     made = getattr(batch, "_made", None)
     if made is not None and batch._pool._results_made != made:
         raise ValueError(
-            "this Batch's final observations were overwritten by a later step or reset: read "
-            "terminal_observation() before the next command (it returns a copy)"
+            "this Batch's final observations were overwritten by a later step: read terminal_observation() "
+            "before the next step (it returns a copy)"
         )
 
 

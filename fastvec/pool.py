@@ -85,7 +85,7 @@ from fastvec.protocol import (
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
-from fastvec.shard import Shard, StepRun, WrappedShard, close_each
+from fastvec.shard import ENV_ERRORS, Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
 from fastvec.stats import PoolStats, Sampler
 
@@ -390,7 +390,7 @@ class Pool:
             for i in self.shard_envs[0]:
                 try:
                     self._local_envs.append(self._env_fns[i]())
-                except Exception as exc:
+                except ENV_ERRORS as exc:
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
         for remote in self._remotes:
@@ -980,7 +980,7 @@ class Pool:
                 raise self._closed_meanwhile(p.name)  # (its own envs, or waited: the workers had already finished)
             # _settle(p), inline: a synchronous step (asynchronous pools refuse step_async)
             self.slot = p.slot
-            self._results_made += 1
+            self._results_made += 1  # (a step: the terminal-obs buffer was written)
             self._pending = None
             self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
@@ -1032,7 +1032,8 @@ class Pool:
         """``p`` is complete: its results are the ring's latest, and the pool is idle."""
         if p.command is _STEP or p.command is _RESET:
             self.slot = p.slot
-            self._results_made += 1
+            if p.command is _STEP:  # (a reset never writes the terminal-obs buffer)
+                self._results_made += 1
             if self._async is not None:  # a synchronous reset: every group's ring slot is this one
                 self._async.slots = [p.slot] * len(self._async.slots)
         self._pending = None

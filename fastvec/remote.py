@@ -136,16 +136,16 @@ class Remote:
         # a Ctrl-C during the start is held until the worker is recorded (inside Process.start, after the fork, it
         # left a worker nobody knew; between the pidfd's opening and `remote`, a pidfd nobody closed)
         held: list = []
-        previous = None
+        previous: dict = {}
         if threading.current_thread() is threading.main_thread():
-            try:
-                previous = signal.getsignal(signal.SIGINT)
-                if callable(previous):
-                    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
-                else:
-                    previous = None
-            except (ValueError, OSError):
-                previous = None
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    handler = signal.getsignal(signum)
+                    if callable(handler):
+                        signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
+                        previous[signum] = handler
+                except (ValueError, OSError):
+                    pass
         try:
             try:
                 process.start()
@@ -154,10 +154,10 @@ class Remote:
                 if place is not None:
                     place(remote)
             finally:
-                if previous is not None:
-                    signal.signal(signal.SIGINT, previous)
-                    if held:
-                        previous(*held[0])
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+                for signum, frame in held:
+                    previous[signum](signum, frame)
             return remote
         except BaseException:
             # (a Ctrl-C once the worker exists, before the pool recorded it: no one else holds it, and a worker

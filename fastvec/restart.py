@@ -68,7 +68,7 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
     If the factory fails, an ``Unmade`` takes the env's place and ShardError names the env."""
     try:
         shard.envs[j].close()
-    except Exception:
+    except _env_errors():  # (an env's KeyboardInterrupt in a worker, its GeneratorExit anywhere: quietly too)
         pass
     try:
         shard.envs[j] = shard.env_fns[j]()  # type: ignore[index]

@@ -971,7 +971,11 @@ def test_an_env_s_base_exception_is_its_error_in_every_command_of_a_worker(kind:
 
 
 def test_an_env_s_generator_exit_is_its_error_in_the_calling_process_too() -> None:
-    """It was the env's error in a worker, and broke the pool (a bare GeneratorExit) where the caller stepped it."""
+    """It was the env's error in a worker, and broke the pool (a bare GeneratorExit) where the caller stepped or
+    made it."""
+    fns = [partial(_RaisesIn, i == 0, GeneratorExit, "make") for i in range(4)]
+    with pytest.raises(EnvError, match="env 0 raised GeneratorExit during 'make"):
+        SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True)
     fns = [partial(RaisesBase, i == 0, GeneratorExit, "step") for i in range(4)]
     with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
         venv.reset()
@@ -993,3 +997,36 @@ def test_a_replacement_worker_s_envs_get_a_reset_info_each() -> None:
         remote.process.join(5)
         venv.reset()  # (its replacement resets envs 2 and 3)
         assert venv.reset_infos[2] is not venv.reset_infos[3] and venv.reset_infos[2] == {"source": "simulator"}
+
+
+class _CloseRaisesOnRestart(_RaisesIn):
+    """Env ``bad``'s first step raises ValueError; its close() then raises ``kind`` (a restart closes it first)."""
+
+    failed = False
+
+    def step(self, action):
+        if self.bad and not self.failed:  # (its re-made copy steps on)
+            self.failed = True
+            raise ValueError("boom in step")
+        return super().step(action)
+
+    def close(self):
+        if self.failed:
+            raise self.kind("the env's own, in the close before its restart")
+
+
+@pytest.mark.parametrize("bad", [0, 3])  # the calling process's env, a worker's
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, GeneratorExit])
+def test_a_restart_closes_the_failed_env_quietly_whatever_its_close_raises(kind: type, bad: int) -> None:
+    """on_error="restart" closes the env that raised before making it again: a KeyboardInterrupt (a worker's env's)
+    or GeneratorExit from that close escaped, killed the worker (its other env restarted too) or broke the pool."""
+    if kind is KeyboardInterrupt and bad == 0:
+        pytest.skip("a KeyboardInterrupt in the calling process is the user's Ctrl-C")
+    fns = [partial(_CloseRaisesOnRestart, i == bad, kind, "") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True, on_error="restart") as venv:
+        venv.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            infos = venv.step(np.zeros(4, dtype=np.int64))[3]
+        assert [i for i, info in enumerate(infos) if "fastvec.restarted" in info] == [bad]
+        assert venv.pool.state is PoolState.IDLE and venv.pool.worker_restarts == 0

@@ -293,19 +293,22 @@ def test_a_masked_reset_leaves_the_step_the_caller_holds_as_it_was(step_in_paren
 
 def test_a_kept_batch_refuses_final_observations_a_later_command_overwrote() -> None:
     """The final observations of an array space are in one buffer, the latest step's: a Batch kept across later
-    episode ends returned another episode's, silently. It refuses once a later step or reset completed."""
+    episode ends returned another episode's, silently. It refuses once a later step completed (a reset, which
+    does not write the buffer, leaves it valid)."""
     with Pool([_TwoStepEpisodes] * 2, ring_slots=4, num_workers=1, step_in_parent=True) as pool:
         pool.reset()
         pool.step(np.zeros(2, np.int64))
         ended = pool.step(np.zeros(2, np.int64))
         assert ended.terminal_observation(0).tolist() == [0.0, 2.0]
         assert [o.tolist() for o in ended.terminal_observations([0, 1])] == [[0.0, 2.0], [0.0, 2.0]]
+        pool.reset(mask=np.array([True, False]))  # (a reset leaves the buffer as it was)
+        assert ended.terminal_observation(1).tolist() == [0.0, 2.0]
         pool.step(np.zeros(2, np.int64))
-        with pytest.raises(ValueError, match="overwritten by a later step or reset"):
+        with pytest.raises(ValueError, match="overwritten by a later step"):
             ended.terminal_observation(0)
-        with pytest.raises(ValueError, match="overwritten by a later step or reset"):
+        with pytest.raises(ValueError, match="overwritten by a later step"):
             ended.terminal_observations([0, 1])
-        assert pool.step(np.zeros(2, np.int64)).terminal_observation(0).tolist() == [1.0, 2.0]
+        assert pool.step(np.zeros(2, np.int64)).terminal_observation(1).tolist() == [1.0, 2.0]
 
 
 def test_an_unknown_call_and_a_closed_pool_s_ring_are_named() -> None:

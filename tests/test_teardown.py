@@ -1087,11 +1087,12 @@ def test_a_ctrl_c_as_a_worker_s_pidfd_is_closed_never_closes_it_twice(monkeypatc
         f.close()
 
 
-def test_a_ctrl_c_inside_a_worker_s_fork_is_held_until_the_pool_holds_the_worker(monkeypatch) -> None:
-    """A SIGINT just after os.fork() in multiprocessing's start(), before it recorded the child: no handle was
-    left to end the worker, which ran on (and a pidfd opened for it then leaked). The interrupt is held until the
-    pool has recorded the worker, and then raised: the worker is ended. (The leak checks fail the test on a worker
-    or a descriptor left.)"""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_a_worker_s_fork_is_held_until_the_pool_holds_the_worker(monkeypatch, signum) -> None:
+    """A SIGINT (or a SIGTERM whose handler raises, as ppo.train's) just after os.fork() in multiprocessing's
+    start(), before it recorded the child: no handle was left to end the worker, which ran on (and a pidfd opened
+    for it then leaked). The signal is held until the pool has recorded the worker, and then handled: the worker is
+    ended. (The leak checks fail the test on a worker or a descriptor left.)"""
     import multiprocessing.popen_fork as popen_fork
 
     forked: list[int] = []
@@ -1105,17 +1106,43 @@ def test_a_ctrl_c_inside_a_worker_s_fork_is_held_until_the_pool_holds_the_worker
             if pid:  # (the parent, just after the fork)
                 forked.append(pid)
                 monkeypatch.setattr(popen_fork, "os", os)
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
             return pid
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    def stop(signum: int, frame: Any) -> None:  # (as ppo.train's SIGTERM handler: end the run)
+        raise SystemExit(f"signal {signum}")
+
+    previous = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else stop)
     monkeypatch.setattr(popen_fork, "os", ForkThenCtrlC())
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else SystemExit):
             SubprocVecEnv([partial(_SlowToMake, i) for i in range(4)], start_method="fork", num_workers=2)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous)
     assert forked  # (and the worker ended: the leak check)
+
+
+def test_every_ctrl_c_held_during_a_worker_s_start_reaches_the_handler(monkeypatch) -> None:
+    """Two Ctrl-Cs while a worker starts reached a handler that does not raise (a program counting them) once."""
+    import multiprocessing.process as mpp
+
+    original, seen = mpp.BaseProcess.start, []
+
+    def start_then_two_ctrl_cs(process):
+        original(process)
+        if process.name.startswith("fastvec-worker"):
+            monkeypatch.setattr(mpp.BaseProcess, "start", original)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(mpp.BaseProcess, "start", start_then_two_ctrl_cs)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with SubprocVecEnv([envs.Counter] * 4, start_method="fork", num_workers=2) as venv:
+            venv.reset()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIGINT] * 2
 
 
 class _InterruptedClose(WithHelper):

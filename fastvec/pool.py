@@ -362,7 +362,7 @@ class Pool:
         self._observation_mode = observation_mode
         self._given_observation_space = observation_space
         self.slot = 0
-        self._results_made = 0  # steps and resets completed: a Batch's terminal observations are the latest's only
+        self._results_made = 0  # steps completed: a Batch's terminal observations are the latest step's only
         self._env_fns = [OwnFactory(fn) for fn in env_fns]
         self._action_mode = action_mode
         shm.sweep_stale()

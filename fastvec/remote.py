@@ -137,27 +137,39 @@ class Remote:
         # left a worker nobody knew; between the pidfd's opening and `remote`, a pidfd nobody closed)
         held: list = []
         previous: dict = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    handler = signal.getsignal(signum)
-                    if callable(handler):
-                        signal.signal(signum, lambda signum, frame: held.append((signum, frame)))
-                        previous[signum] = handler
-                except (ValueError, OSError):
-                    pass
         try:
             try:
-                process.start()
+                if threading.current_thread() is threading.main_thread():
+                    for signum in (signal.SIGINT, signal.SIGTERM):
+                        try:
+                            handler = signal.getsignal(signum)
+                            if callable(handler):
+                                previous[signum] = handler
+                                signal.signal(signum, _holder(held, os.getpid()))
+                        except (ValueError, OSError):
+                            previous.pop(signum, None)
+                _FORKING[:] = [tuple(previous)]  # (os.fork's hooks block them around the fork itself: see _before_fork)
+                try:
+                    process.start()
+                finally:
+                    _FORKING[:] = []
                 child_conn.close()
                 remote = cls(index, envs, process, parent_conn)
                 if place is not None:
                     place(remote)
             finally:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+                _restore(list(previous.items()))
+                first = None
                 for signum, frame in held:
-                    previous[signum](signum, frame)
+                    try:
+                        previous[signum](signum, frame)
+                    except BaseException as exc:  # (every held signal reaches its handler; the first error is raised)
+                        first = first or exc
+                # (the frames held: their chain, through this one, held them again, and the pool: a reference cycle)
+                held.clear()
+                frame = None
+                if first is not None:
+                    raise first
             return remote
         except BaseException:
             # (a Ctrl-C once the worker exists, before the pool recorded it: no one else holds it, and a worker
@@ -269,6 +281,54 @@ class Remote:
             self.process.close()
         except ValueError:
             pass
+
+
+def _restore(items: list) -> None:
+    """Restore each (signum, handler), even when a restored handler raises meanwhile."""
+    if items:
+        try:
+            signal.signal(*items[0])
+        finally:
+            _restore(items[1:])
+
+
+def _holder(held: list, owner: int) -> Callable:
+    """The handler that holds a signal while a worker starts; in a forked worker that has not yet installed its own
+    handlers (it inherited this one), SIGTERM ends it at once and SIGINT is ignored (the parent's)."""
+
+    def hold(signum: int, frame: Any) -> None:
+        if os.getpid() == owner:
+            held.append((signum, frame))
+        elif signum == signal.SIGTERM:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return hold
+
+
+_FORKING: list = []  # while Remote.spawn is in Process.start: the signals it holds
+_MASK: list = []  # the signal mask before _before_fork blocked them
+
+
+def _before_fork() -> None:
+    if _FORKING and _FORKING[0]:  # blocked for the fork itself: a SIGTERM sent to the child before its hook stays pending
+        _MASK[:] = [signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0])]
+
+
+def _after_fork_in_parent() -> None:
+    if _MASK:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
+
+
+def _after_fork_in_child() -> None:
+    if _MASK:  # the worker: SIGTERM ends it until worker_main installs its handler; SIGINT is its parent's
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def stop(remotes: list[Remote], grace: float) -> None:

@@ -1169,3 +1169,82 @@ def test_a_worker_sent_sigterm_closes_its_envs_after_one_s_keyboard_interrupt(tm
     assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [2, 3]
     venv.close()
     _assert_every_env_closed(tmp_path)
+
+
+def test_signals_held_during_a_worker_s_start_all_reach_their_handlers_and_let_the_pool_go(monkeypatch) -> None:
+    """A Ctrl-C and a SIGTERM held while a worker started: the Ctrl-C's KeyboardInterrupt ended the re-delivery,
+    and the SIGTERM's handler (ppo.train's writes its stop message) never ran; the held frames kept the pool in a
+    reference cycle, so a pool dropped unclosed was not closed at once."""
+    import multiprocessing.process as mpp
+
+    original, seen = mpp.BaseProcess.start, []
+
+    def start_then(*signums):
+        def start(process):
+            original(process)
+            if process.name.startswith("fastvec-worker"):
+                monkeypatch.setattr(mpp.BaseProcess, "start", original)
+                for signum in signums:
+                    os.kill(os.getpid(), signum)
+
+        return start
+
+    int_before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    term_before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        monkeypatch.setattr(mpp.BaseProcess, "start", start_then(signal.SIGINT, signal.SIGTERM))
+        with pytest.raises(KeyboardInterrupt):
+            SubprocVecEnv([envs.Counter] * 4, start_method="fork", num_workers=2)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [])  # (the interpreter's next look at its signals)
+        assert seen == [signal.SIGTERM]
+        # a signal whose handler does not raise: the pool, dropped unclosed with the collector off, closes at once
+        monkeypatch.setattr(mpp.BaseProcess, "start", start_then(signal.SIGTERM))
+        gc.disable()
+        try:
+            venv = SubprocVecEnv([envs.Counter] * 4, start_method="fork", num_workers=2)
+            pool = weakref.ref(venv.pool)
+            del venv
+            assert pool() is None
+        finally:
+            gc.enable()
+        assert seen == [signal.SIGTERM] * 2
+        # both handlers are this test's again (one left holding swallowed every later signal of its kind)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [])
+        assert seen == [signal.SIGTERM] * 3
+    finally:
+        signal.signal(signal.SIGINT, int_before)
+        signal.signal(signal.SIGTERM, term_before)
+
+
+def test_a_worker_ended_in_its_start_dies_of_sigterm_under_a_sigterm_handler(monkeypatch) -> None:
+    """With a Python SIGTERM handler in the program (ppo.train has one), a forked worker inherited the handler that
+    holds signals during the start: the SIGTERM that ends a worker whose start a Ctrl-C cut short was swallowed,
+    and the worker died of SIGKILL a second later."""
+    import multiprocessing.process as mpp
+
+    original, original_kill, started, killed = mpp.BaseProcess.start, mpp.BaseProcess.kill, [], []
+
+    def start_then_ctrl_c(process):
+        original(process)
+        if process.name.startswith("fastvec-worker"):
+            started.append(process)
+            monkeypatch.setattr(mpp.BaseProcess, "start", original)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def kill(process):
+        killed.append(process.name)
+        original_kill(process)
+
+    monkeypatch.setattr(mpp.BaseProcess, "start", start_then_ctrl_c)
+    monkeypatch.setattr(mpp.BaseProcess, "kill", kill)
+    int_before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    term_before = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            SubprocVecEnv([envs.Counter] * 4, start_method="fork", num_workers=2)
+    finally:
+        signal.signal(signal.SIGINT, int_before)
+        signal.signal(signal.SIGTERM, term_before)
+    assert started and killed == []  # (SIGTERM ended it: no SIGKILL a second later)

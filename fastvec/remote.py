@@ -133,8 +133,9 @@ class Remote:
             name=f"fastvec-worker-{index}",
         )
         remote = None
-        # a Ctrl-C during the start is held until the worker is recorded (inside Process.start, after the fork, it
-        # left a worker nobody knew; between the pidfd's opening and `remote`, a pidfd nobody closed)
+        # a Ctrl-C (or a SIGTERM to a Python handler, as ppo.train's) during the start is held until the worker is
+        # recorded, then handed to its handler (inside Process.start, after the fork, it left a worker nobody knew;
+        # between the pidfd's opening and `remote`, a pidfd nobody closed)
         held: list = []
         previous: dict = {}
         try:

@@ -322,7 +322,10 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    if _MASK:  # the worker: SIGTERM ends it until worker_main installs its handler; SIGINT is its parent's
+    # (its own forks are none of this: the flag came with the parent's memory, and its env's subprocesses, forked
+    # later, would have had their signals reset)
+    forking, _FORKING[:] = bool(_FORKING), []
+    if _MASK and forking:  # the worker: SIGTERM ends it until worker_main installs its handler; SIGINT is its parent's
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())

@@ -1248,3 +1248,21 @@ def test_a_worker_ended_in_its_start_dies_of_sigterm_under_a_sigterm_handler(mon
         signal.signal(signal.SIGINT, int_before)
         signal.signal(signal.SIGTERM, term_before)
     assert started and killed == []  # (SIGTERM ended it: no SIGKILL a second later)
+
+
+class _Forking(envs.Counter):
+    def forking(self) -> list:
+        from fastvec import remote
+
+        return list(remote._FORKING)
+
+
+def test_a_worker_does_not_carry_its_start_s_fork_flag(monkeypatch) -> None:
+    """The fork hooks act while Remote.spawn is in Process.start, flagged in a module list that the forked worker
+    got a copy of, still set: a process its env forked later had its signal handlers reset by the hooks."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a Python handler: the start holds it)
+    try:
+        with SubprocVecEnv([_Forking] * 4, start_method="fork", num_workers=2) as venv:
+            assert venv.env_method("forking") == [[]] * 4
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -149,7 +149,8 @@ class Remote:
                                 signal.signal(signum, _holder(held, os.getpid()))
                         except (ValueError, OSError):
                             previous.pop(signum, None)
-                _FORKING[:] = [tuple(previous)]  # (os.fork's hooks block them around the fork itself: see _before_fork)
+                # (os.fork's hooks block them around this thread's fork itself: see _before_fork)
+                _FORKING[:] = [(threading.get_ident(), tuple(previous))]
                 try:
                     process.start()
                 finally:
@@ -307,13 +308,15 @@ def _holder(held: list, owner: int) -> Callable:
     return hold
 
 
-_FORKING: list = []  # while Remote.spawn is in Process.start: the signals it holds
+_FORKING: list = []  # while Remote.spawn is in Process.start: (its thread, the signals it holds)
 _MASK: list = []  # the signal mask before _before_fork blocked them
 
 
 def _before_fork() -> None:
-    if _FORKING and _FORKING[0]:  # blocked for the fork itself: a SIGTERM sent to the child before its hook stays pending
-        _MASK[:] = [signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0])]
+    # blocked for the fork itself: a SIGTERM sent to the child before its hook stays pending (another thread's fork
+    # meanwhile is none of this)
+    if _FORKING and _FORKING[0][1] and _FORKING[0][0] == threading.get_ident():
+        _MASK[:] = [signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0][1])]
 
 
 def _after_fork_in_parent() -> None:

@@ -183,7 +183,6 @@ _ASYNC_NAMES = {Command.STEP: "step", Command.RESET: "reset", Command.CONTROL: "
 
 
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
-_INTERNAL_CALLS = frozenset({"seed_next_reset", "movable", "adopt"})  # (the shard's own requests: Shard.call)
 
 
 @atexit.register
@@ -849,7 +848,7 @@ class Pool:
         """Start a rare call (get_attr, env_method, call, set_attr, render, is_wrapped, has_attr)
         on the envs at ``indices``; ``values`` (aligned with ``indices``) are per-env values, for set_attr."""
         self._check_idle(request)
-        if request not in CALLS and request not in _INTERNAL_CALLS:
+        if request not in CALLS and request not in Shard.POOL_CALLS:
             raise ValueError(f"unknown request {request!r}: one of {', '.join(sorted(CALLS))}")
         indices = [self._check_index(i) for i in indices]
         if values is not None and len(values) != len(indices):
@@ -1250,53 +1249,44 @@ class Pool:
         if k == -1:
             return
         began = time.monotonic() if waiting_since is None else waiting_since
-        try:
-            self._wait_late(p, timeout, k, began, limit, slice_after, asked)
-        finally:
-            p.waited_s += time.monotonic() - began
-
-    def _wait_late(
-        self, p: _Pending, timeout: float | None, k: int, began: float, limit: float | None, slice_after: Any,
-        asked: float | None,
-    ) -> None:
-        """``_wait_workers`` once worker ``k`` was found unfinished (its wait began at ``began``): what is left of
-        ``step_timeout`` is ``limit``."""
-        control, done_index, seq = self._control, self._done_index, self._seqs
         restartable = self.on_error == "restart" and p.command in (Command.STEP, Command.RESET)
-        while True:
-            if self._terminated:  # by another thread, which gave up waiting for this one
-                raise self._closed_meanwhile(p.name)
-            remote = self._remotes[k]
-            elapsed = time.monotonic() - began
-            if remote.exitcode is not None:
-                if self._terminated:  # (stopped by close() in a signal handler just now)
+        try:
+            while True:
+                if self._terminated:  # by another thread, which gave up waiting for this one
                     raise self._closed_meanwhile(p.name)
-                if restartable and k not in p.respawned:
-                    self._respawn(k, p)
-                elif self.on_error == "restart" and k not in p.lost:
-                    # a call (get_attr, env_method...) has nothing to restart: the others finish it,
-                    # the call fails naming the worker, and the next step or reset replaces it
-                    p.lost.add(k)
-                    kernels.finish(control, remote.base + Control.DONE_SEQ, int(seq[k]), self._remaining_index)
-                else:
-                    raise self._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name))
-            elif limit is not None and elapsed > limit:
-                if self.on_error == "restart":
-                    # a hung env: ended, and then as a dead worker (the next pass): in a step or reset its
-                    # replacement takes over; a call (an env moving in, env_method...) fails naming it, and the
-                    # next step or reset replaces it
-                    remote.end()
-                    remote.hung = True  # (what names it as hung, here and where it is replaced: _respawn)
-                    continue
-                raise self._broken(StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout))
-            elif timeout is not None and elapsed > timeout:
-                raise multiprocessing.TimeoutError(
-                    f"{p.name!r} did not finish within {float(asked if asked is not None else timeout):g} s (worker {remote.index}); "
-                    "it is still pending"
-                )
-            k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_after(elapsed))
-            if k == -1:
-                return
+                remote = self._remotes[k]
+                elapsed = time.monotonic() - began
+                if remote.exitcode is not None:
+                    if self._terminated:  # (stopped by close() in a signal handler just now)
+                        raise self._closed_meanwhile(p.name)
+                    if restartable and k not in p.respawned:
+                        self._respawn(k, p)
+                    elif self.on_error == "restart" and k not in p.lost:
+                        # a call (get_attr, env_method...) has nothing to restart: the others finish it,
+                        # the call fails naming the worker, and the next step or reset replaces it
+                        p.lost.add(k)
+                        kernels.finish(control, remote.base + Control.DONE_SEQ, int(seq[k]), self._remaining_index)
+                    else:
+                        raise self._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, p.name))
+                elif limit is not None and elapsed > limit:
+                    if self.on_error == "restart":
+                        # a hung env: ended, and then as a dead worker (the next pass): in a step or reset its
+                        # replacement takes over; a call (an env moving in, env_method...) fails naming it, and the
+                        # next step or reset replaces it
+                        remote.end()
+                        remote.hung = True  # (what names it as hung, here and where it is replaced: _respawn)
+                        continue
+                    raise self._broken(StepTimeoutError(remote.index, remote.envs, p.name, self.step_timeout))
+                elif timeout is not None and elapsed > timeout:
+                    raise multiprocessing.TimeoutError(
+                        f"{p.name!r} did not finish within {float(asked if asked is not None else timeout):g} s (worker {remote.index}); "
+                        "it is still pending"
+                    )
+                k = kernels.wait_remaining(control, self._remaining_index, done_index, seq, 0, slice_after(elapsed))
+                if k == -1:
+                    return
+        finally:  # (this wait's time counts for the command's step_timeout in its next wait: p.waited_s)
+            p.waited_s += time.monotonic() - began
 
     def _respawn(self, position: int, p: _Pending) -> None:
         """on_error="restart": replace the dead worker at ``self._remotes[position]``.
@@ -1745,11 +1735,10 @@ class Pool:
                     info = None
                 except Exception as exc:
                     raise self._not_arrived(index, exc) from exc
-                result = {"info": info, "extras": part.finish_extras(None)}
-                try:  # (copied as the extras of this process's envs are: own_copies)
-                    if result["info"]:
-                        result["info"] = own_copies([(index, Extra.RESET_INFO, result["info"])], "reset (after moving)")[0][2]
-                    result["extras"] = own_copies(result["extras"] or [], "reset (after moving)")
+                # (its reset info first, as below; copied as the extras of this process's envs are: own_copies)
+                arrived = [(index, Extra.RESET_INFO, info)] if info else []
+                try:
+                    result = {"info": None, "extras": own_copies(arrived + (part.finish_extras(None) or []), "reset (after moving)")}
                 except ShardError as err:
                     failed.append(env_errors(err.payloads()))
                     result = {"info": None, "extras": None}

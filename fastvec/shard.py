@@ -809,6 +809,9 @@ class Shard:
         return True
 
     # -- rare commands -------------------------------------------------------------------------
+    # the pool's own requests (besides env_calls.CALLS, the users'), answered by ``call`` below
+    POOL_CALLS = frozenset({"seed_next_reset", "movable", "adopt"})
+
     def part(self, values: list) -> list:
         """This shard's entries of a per-env list (one entry per env of the pool)."""
         return values[self.start : self.stop]

@@ -36,6 +36,7 @@ import numpy as np
 from fastvec import kernels
 from fastvec.batch import _EMPTY, Batch, sort_extras
 from fastvec.checks import ActionWriter
+from fastvec.env_calls import private_payload
 from fastvec.errors import (
     AlreadyPendingCallError,
     NoAsyncCallError,
@@ -44,7 +45,7 @@ from fastvec.errors import (
     WorkerDiedError,
     env_errors,
 )
-from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps_payload, private_payload
+from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps_payload
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool

@@ -14,7 +14,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["CALLS", "run_call", "is_wrapped", "private"]
+from fastvec.protocol import dumps_payload
+
+__all__ = ["CALLS", "run_call", "is_wrapped", "private", "private_payload"]
 
 
 # values a pickle round trip gives back equal and immutable: returned as they are (exact types: a subclass may pickle
@@ -79,6 +81,17 @@ def private(value: Any) -> Any:
         return _copy(value, {}, 0)
     except _Pickle:
         return reduction.ForkingPickler.loads(reduction.ForkingPickler.dumps(value))
+
+
+def private_payload(obj: Any, what: str, envs: range | str) -> Any:
+    """What the calling process's own envs ``envs`` get of ``obj`` (reset options, call arguments, object parts of
+    actions): the copy a worker's envs get (``private``), and for one that cannot be pickled the error a worker's
+    payload gets (``dumps_payload``'s, naming the envs), wherever the envs are."""
+    try:
+        return private(obj)
+    except Exception:
+        dumps_payload(obj, what, envs)  # (raises, naming the envs)
+        raise
 
 
 def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:

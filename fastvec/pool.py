@@ -41,7 +41,7 @@ from fastvec import kernels, placement, shm
 from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
-from fastvec.env_calls import CALLS, private
+from fastvec.env_calls import CALLS, private, private_payload
 from fastvec.errors import (
     EXIT_UNKNOWN,
     AlreadyPendingCallError,
@@ -81,7 +81,6 @@ from fastvec.protocol import (
     Stats,
     StepFlag,
     dumps_payload,
-    private_payload,
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe

@@ -37,7 +37,6 @@ __all__ = [
     "MIGRATE_UP",
     "MIGRATE_ALL",
     "dumps_payload",
-    "private_payload",
 ]
 
 
@@ -163,9 +162,3 @@ def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:
             f"{what} for {named} cannot be pickled (every env gets them pickled, as through SB3's pipes, whichever "
             f"process steps it): {exc!r}"
         ) from exc
-
-
-def private_payload(obj: Any, what: str, envs: range | str) -> Any:
-    """What the calling process's own envs ``envs`` get of ``obj``: the copy a worker's envs get (pickled as
-    ``dumps_payload`` pickles it, and loaded), so that they get the same, and the same errors, wherever they are."""
-    return reduction.ForkingPickler.loads(dumps_payload(obj, what, envs))

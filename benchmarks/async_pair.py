@@ -23,16 +23,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import gymnasium as gym
 import numpy as np
 
+from benchmarks.breakdown import make_cartpole
 from fastvec import SubprocVecEnv
 from fastvec.async_batches import OBS_ONLY
 from fastvec.measure import machine_facts
-
-
-def _cartpole() -> gym.Env:
-    return gym.make("CartPole-v1")
 
 
 def measure(n: int, pairs: int, settle_us: float, spin_us: float) -> dict[str, list[int]]:
@@ -40,7 +36,7 @@ def measure(n: int, pairs: int, settle_us: float, spin_us: float) -> dict[str, l
     layers = ("front", "pool", "batches")
     took: dict[str, list[int]] = {name: [] for name in (*layers, "send")}
     options = {"num_workers": 2, "step_in_parent": False, "batch_size": n // 2, "spin_ns": int(spin_us * 1000)}
-    with SubprocVecEnv([_cartpole] * n, start_method="fork", **options) as venv:
+    with SubprocVecEnv([make_cartpole] * n, start_method="fork", **options) as venv:
         pool, actions = venv.pool, np.zeros(n // 2, np.int64)
         venv.async_reset()
         for k in range(pairs + 300):  # (the first 300: warming up)

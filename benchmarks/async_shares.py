@@ -19,21 +19,17 @@ import statistics
 import sys
 import time
 
-import gymnasium as gym
 import numpy as np
 
+from benchmarks.breakdown import make_cartpole
 from fastvec import SubprocVecEnv
 from fastvec.measure import machine_facts
-
-
-def _cartpole() -> gym.Env:
-    return gym.make("CartPole-v1")
 
 
 def run(mode: str, n: int, seconds: float) -> dict:
     """One measurement: steps/s, the caller's share of env steps, the workers' busy share and idle us per command."""
     options = {"batch_size": n // 2} if mode == "async" else {}
-    with SubprocVecEnv([_cartpole] * n, start_method="fork", **options) as venv:
+    with SubprocVecEnv([make_cartpole] * n, start_method="fork", **options) as venv:
         pool = venv.pool
         half, actions = np.zeros(n // 2, np.int64), np.zeros(n, np.int64)
         if mode == "async":

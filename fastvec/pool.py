@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from fastvec import kernels, placement, shm
+from fastvec import shard as shard_module
 from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
@@ -84,7 +85,7 @@ from fastvec.protocol import (
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
-from fastvec.shard import ENV_ERRORS, Shard, StepRun, WrappedShard, close_each
+from fastvec.shard import Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
 from fastvec.stats import PoolStats, Sampler
 
@@ -388,7 +389,7 @@ class Pool:
             for i in self.shard_envs[0]:
                 try:
                     self._local_envs.append(self._env_fns[i]())
-                except ENV_ERRORS as exc:
+                except shard_module.ENV_ERRORS as exc:  # (read now: a worker widens it, and a pool may run in one)
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
         for remote in self._remotes:

@@ -488,6 +488,10 @@ def wait_any(words, Py_ssize_t remaining_index, done_index_array, seqs_array, in
     return found
 
 
+cdef extern from "numpy/arrayobject.h":
+    bint PyDataType_REFCHK(cnp.PyArray_Descr *)  # items hold Python references (object, or fields of it)
+
+
 cdef struct Rows:
     # the rows of a C-contiguous destination [rows, *row_shape], as the row kernels copy into them
     char *base
@@ -495,14 +499,28 @@ cdef struct Rows:
     cnp.npy_intp *dims  # of one row
     Py_ssize_t nbytes  # of one row
     int type_num
-    bint fast  # native byte order: items of its type may be memcpy'd
+    bint fast  # native byte order, items of plain bytes: items of its dtype may be memcpy'd
+    bint references  # items hold Python references: rows are assigned by numpy, which counts them
 
 
-cdef int rows_of(cnp.ndarray dst, Rows *rows, str kernel) except -1:
-    """Fill ``rows`` for ``dst``; a destination that is not C-contiguous raises, naming ``kernel``."""
+cdef inline bint same_dtype(cnp.ndarray a, cnp.ndarray b):
+    """``a.dtype == b.dtype``, as numpy compares them: type, item size, unit, fields and byte order (type
+    numbers alone take S2 for S8 and datetime64[ms] for [s], and np.longlong for another type than int64)."""
+    if cnp.PyArray_DESCR(a) == cnp.PyArray_DESCR(b):  # (the usual case: one dtype object)
+        return True
+    return cnp.PyArray_EquivTypes(<cnp.dtype> cnp.PyArray_DESCR(a), <cnp.dtype> cnp.PyArray_DESCR(b))
+
+
+cdef int rows_of(cnp.ndarray dst, Rows *rows, str kernel, bint writing=True) except -1:
+    """Fill ``rows`` for ``dst``; a destination that is not C-contiguous, has no rows or (``writing``) is
+    read-only raises, naming ``kernel``."""
     cdef int d
     if not cnp.PyArray_IS_C_CONTIGUOUS(dst):
         raise ValueError(f"{kernel} needs a C-contiguous destination")
+    if cnp.PyArray_NDIM(dst) == 0:
+        raise ValueError(f"{kernel} needs a destination with rows, got a 0-d array")
+    if writing and not cnp.PyArray_ISWRITEABLE(dst):
+        raise ValueError(f"{kernel}: assignment destination is read-only")
     rows.base = <char *> cnp.PyArray_DATA(dst)
     rows.ndim = cnp.PyArray_NDIM(dst) - 1
     rows.dims = cnp.PyArray_DIMS(dst) + 1
@@ -510,9 +528,10 @@ cdef int rows_of(cnp.ndarray dst, Rows *rows, str kernel) except -1:
     for d in range(rows.ndim):
         rows.nbytes *= rows.dims[d]
     rows.type_num = cnp.PyArray_TYPE(dst)
-    # memcpy only between arrays of one type in native byte order: the type number of a
-    # big-endian '>f4' equals that of '<f4', so a swapped item (or destination) is converted
-    rows.fast = cnp.PyArray_ISNOTSWAPPED(dst)
+    rows.references = PyDataType_REFCHK(cnp.PyArray_DESCR(dst))
+    # memcpy only between arrays of one dtype in native byte order (a swapped item, or destination, is
+    # converted), and never of references: those numpy assigns, counting them
+    rows.fast = cnp.PyArray_ISNOTSWAPPED(dst) and not rows.references
     return 0
 
 
@@ -525,22 +544,22 @@ cdef inline int copy_row(object item, cnp.ndarray dst, const Rows *rows, Py_ssiz
     not a row's (nothing copied)."""
     cdef cnp.ndarray arr
     cdef int d
-    if (rows.fast and cnp.PyArray_CheckExact(item) and cnp.PyArray_TYPE(<cnp.ndarray> item) == rows.type_num
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item)):
+    if (rows.fast and cnp.PyArray_CheckExact(item) and same_dtype(<cnp.ndarray> item, dst)
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)):
         arr = <cnp.ndarray> item
     else:
-        if cnp.PyArray_Check(item) and (
-                cnp.PyArray_TYPE(<cnp.ndarray> item) != rows.type_num
-                or cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> item) != cnp.PyArray_ISNOTSWAPPED(dst)):
-            converted[0] = True  # another type, or the same in the other byte order
+        if cnp.PyArray_Check(item) and not same_dtype(<cnp.ndarray> item, dst):
+            converted[0] = True  # another dtype, or the same in the other byte order
         arr = np.asarray(item, dtype=dst.dtype, order="C")
     if cnp.PyArray_NDIM(arr) != rows.ndim:
         return 1
     for d in range(rows.ndim):
         if cnp.PyArray_DIMS(arr)[d] != rows.dims[d]:
             return 1
-    memcpy(rows.base + index * rows.nbytes, cnp.PyArray_DATA(arr), rows.nbytes)
+    if rows.references:
+        dst[index] = arr
+    else:
+        memcpy(rows.base + index * rows.nbytes, cnp.PyArray_DATA(arr), rows.nbytes)
     return 0
 
 
@@ -649,6 +668,8 @@ def add_stats(row_array, double commands, double env_steps, double busy_ns, doub
 def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):
     """First index i in [start, stop) with values[i] NaN, or -1."""
     cdef Py_ssize_t i
+    if start < 0 or stop > values.shape[0]:
+        raise IndexError(f"first_nan: [{start}, {stop}) outside {values.shape[0]} values")
     for i in range(start, stop):
         if values[i] != values[i]:
             return i
@@ -677,12 +698,20 @@ def store_bools(list items, uint8_t[::1] dst, Py_ssize_t start):
         dst[start + j] = 1 if items[j] else 0
 
 
+cdef int check_bounds_shape(Py_ssize_t n, Py_ssize_t k, Py_ssize_t k_high) except -1:
+    """The range checks' shapes: ``n`` values, rows of ``k`` bounds (low and high alike)."""
+    if k == 0 or k_high != k or n % k:
+        raise ValueError(f"bounds of {k} low and {k_high} high values for {n} values")
+    return 0
+
+
 def first_outside_int(const int64_t[::1] values, const int64_t[::1] low, const int64_t[::1] high):
     """First flat index i with values[i] outside [low[i % k], high[i % k]], or -1."""
     cdef Py_ssize_t n = values.shape[0]
     cdef Py_ssize_t k = low.shape[0]
     cdef Py_ssize_t i, m = 0
     cdef int64_t v
+    check_bounds_shape(n, k, high.shape[0])
     for i in range(n):
         v = values[i]
         if v < low[m] or v > high[m]:
@@ -704,6 +733,7 @@ def first_outside_float(const real[::1] values, const double[::1] low, const dou
     cdef Py_ssize_t k = low.shape[0]
     cdef Py_ssize_t i, m = 0
     cdef double v
+    check_bounds_shape(n, k, high.shape[0])
     for i in range(n):
         v = values[i]
         if not (v >= low[m] and v <= high[m]):
@@ -844,9 +874,14 @@ def row_copies(cnp.ndarray src, list indices):
     for i in indices:
         if i < 0 or i >= n_rows:
             raise IndexError(f"row {i} outside an array of {n_rows} rows")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(src) or not cnp.PyArray_ISNOTSWAPPED(src) or cnp.PyArray_TYPE(src) == cnp.NPY_OBJECT:
+    # (new rows are made of the type number's dtype: another dtype of that number, S3 or datetime64[ms], would
+    # lose its item size or unit, and items holding references are numpy's to copy)
+    if (not cnp.PyArray_IS_C_CONTIGUOUS(src) or not cnp.PyArray_ISNOTSWAPPED(src)
+            or PyDataType_REFCHK(cnp.PyArray_DESCR(src))
+            or not cnp.PyArray_EquivTypes(cnp.PyArray_DescrFromType(cnp.PyArray_TYPE(src)),
+                                          <cnp.dtype> cnp.PyArray_DESCR(src))):
         return [src[i].copy() for i in indices]
-    rows_of(src, &rows, "row_copies")
+    rows_of(src, &rows, "row_copies", False)
     for i in indices:
         row = cnp.PyArray_EMPTY(rows.ndim, rows.dims, rows.type_num, 0)
         memcpy(cnp.PyArray_DATA(row), rows.base + i * rows.nbytes, rows.nbytes)
@@ -868,8 +903,8 @@ def copy_same(cnp.ndarray out, actions):
     for d in range(cnp.PyArray_NDIM(out)):
         if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(out)[d]:
             return False
-    if (not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a), cnp.PyArray_TYPE(out))
-            or cnp.PyArray_TYPE(out) == cnp.NPY_OBJECT
+    if (not same_dtype(a, out)
+            or PyDataType_REFCHK(cnp.PyArray_DESCR(out))
             or not cnp.PyArray_ISNOTSWAPPED(a) or not cnp.PyArray_ISNOTSWAPPED(out)
             or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_IS_C_CONTIGUOUS(out)
             or not cnp.PyArray_ISWRITEABLE(out)):

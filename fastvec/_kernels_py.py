@@ -1,8 +1,10 @@
 """Pure-Python twin of fastvec/_kernels.pyx (selected with FASTVEC_PURE_PYTHON=1).
 
 Same functions, same results, no compiler needed. Sleeping uses the same futex
-protocol through ctypes on Linux, so a compiled parent and a pure worker would
-even interoperate; elsewhere it falls back to short sleeps. Plain numpy loads and
+protocol through ctypes on Linux; elsewhere it falls back to short sleeps. The two
+do not mix in one pool: ``finish`` here does not count the pool's countdown down
+(no atomic decrement in Python), which the compiled ``wait_remaining`` sleeps on,
+so a worker uses its pool's kernels (``fastvec.kernels.select``). Plain numpy loads and
 stores are not sequentially consistent, so a publisher here always issues the
 futex wake (a system call, hence a full barrier) instead of trusting the
 waiting word; waits also time out in short slices so that a lost wake-up can
@@ -265,6 +267,10 @@ def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = Fa
     (with ``report_cast``, ``-2 - j`` for the first array item of another dtype)."""
     if not dst.flags.c_contiguous:
         raise ValueError("gather_rows needs a C-contiguous destination")
+    if dst.ndim == 0:
+        raise ValueError("gather_rows needs a destination with rows, got a 0-d array")
+    if not dst.flags.writeable:
+        raise ValueError("gather_rows: assignment destination is read-only")
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError(f"rows {start}..{start + len(items)} outside destination with {dst.shape[0]} rows")
     row_shape = dst.shape[1:]
@@ -293,6 +299,12 @@ def write_results(
         if type(result) is not tuple or len(result) != 5:
             raise TypeError("env.step() must return a 5-tuple")
     n = len(results)
+    if not obs_dst.flags.c_contiguous:
+        raise ValueError("write_results needs a C-contiguous destination")
+    if obs_dst.ndim == 0:
+        raise ValueError("write_results needs a destination with rows, got a 0-d array")
+    if not obs_dst.flags.writeable:
+        raise ValueError("write_results: assignment destination is read-only")
     if start < 0 or start + n > obs_dst.shape[0]:
         raise IndexError("write_results: rows outside the slot")
     code = gather_rows([r[0] for r in results], obs_dst, start, report_cast)
@@ -322,6 +334,8 @@ def add_stats(
 
 
 def first_nan(values: np.ndarray, start: int, stop: int) -> int:
+    if start < 0 or stop > values.shape[0]:
+        raise IndexError(f"first_nan: [{start}, {stop}) outside {values.shape[0]} values")
     bad = np.flatnonzero(np.isnan(values[start:stop]))
     return int(bad[0]) + start if bad.size else -1
 
@@ -346,8 +360,14 @@ def store_bools(items: list, dst: np.ndarray, start: int) -> None:
     dst[start : start + len(items)] = [1 if x else 0 for x in items]
 
 
+def _check_bounds_shape(n: int, k: int, k_high: int) -> None:
+    if k == 0 or k_high != k or n % k:
+        raise ValueError(f"bounds of {k} low and {k_high} high values for {n} values")
+
+
 def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
     k = low.shape[0]
+    _check_bounds_shape(values.shape[0], k, high.shape[0])
     v = values.reshape(-1, k)
     bad = np.flatnonzero((v < low) | (v > high))
     return int(bad[0]) if bad.size else -1
@@ -355,6 +375,7 @@ def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> 
 
 def first_outside_float(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
     k = low.shape[0]
+    _check_bounds_shape(values.shape[0], k, high.shape[0])
     v = values.reshape(-1, k).astype(np.float64)
     bad = np.flatnonzero(~((v >= low) & (v <= high)))
     return int(bad[0]) if bad.size else -1

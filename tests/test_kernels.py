@@ -728,3 +728,76 @@ def test_step_watching_stops_between_envs_once_a_watched_worker_is_done(k) -> No
         k.step_watching([], fns, np.arange(5), 5, words.astype(np.int64), done_index, seqs, watch, later)
     with pytest.raises(ValueError, match="seqs has 1 words for 2 workers"):
         k.watch_stops(words, done_index, seqs[:1], np.array([0], np.intp), later)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_row_kernels_compare_dtypes_as_numpy_does(k) -> None:
+    """The compiled kernels compared type numbers: np.longlong items (pybind11's, ctypes') were a "cast" into
+    an int64 row, S2 items were copied raw into S8 rows, datetime64[ms] into [s] rows unconverted, and
+    row_copies of S3 rows made S1 arrays (writing past them). Dtypes compare as numpy compares them."""
+    dst = np.zeros((2, 3), np.int64)
+    assert k.gather_rows([np.ones(3, np.longlong), np.ones(3, np.int64)], dst, 0, True) == -1  # (no cast)
+    assert k.gather_rows([np.ones(3, np.int32), np.ones(3, np.int64)], dst, 0, True) == -2  # (a cast: the first)
+    for items, dtype in (
+        ([np.array([b"ab", b"cd", b"ef"], "S2")], "S8"),
+        ([np.array(["2020-01-01T00:00:01.500"], "datetime64[ms]")], "datetime64[s]"),
+    ):
+        dst = np.zeros((1, len(items[0])), dtype)
+        assert k.gather_rows(items, dst, 0, True) == -2
+        np.testing.assert_array_equal(dst[0], items[0].astype(dtype))
+    source = np.array([[b"abc"], [b"def"]], "S3")
+    copies = k.row_copies(source, [1, 0])
+    assert [c.dtype for c in copies] == [np.dtype("S3")] * 2 and copies[0][0] == b"def" and copies[1][0] == b"abc"
+    for out, source_rows in ((np.zeros(2, "S8"), np.zeros(2, "S4")), (np.zeros(2, "datetime64[s]"), np.zeros(2, "datetime64[ms]"))):
+        assert k.copy_same(out, source_rows) is False
+    assert k.copy_same(np.zeros(3, np.int64), np.ones(3, np.longlong)) is True
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_row_kernels_refuse_what_numpy_would_not_write(k) -> None:
+    """A 0-d destination (compiled: read past its shape, a crash) and a read-only one (compiled: written, even
+    an immutable bytes object's buffer) are refused, as numpy refuses them."""
+    results = [(np.ones(2), 1.0, False, False, {})]
+    with pytest.raises(ValueError, match="with rows"):
+        k.gather_rows([np.float64(1)], np.zeros(()), 0)
+    with pytest.raises(ValueError, match="with rows"):
+        k.write_results(results, np.zeros(()), np.zeros(1), np.zeros(1, np.uint8), np.zeros(1, np.uint8), 0)
+    frozen = np.frombuffer(b"\0" * 16, np.float64).reshape(1, 2)
+    with pytest.raises(ValueError, match="read-only"):
+        k.gather_rows([np.ones(2)], frozen, 0)
+    with pytest.raises(ValueError, match="read-only"):
+        k.write_results(results, frozen, np.zeros(1), np.zeros(1, np.uint8), np.zeros(1, np.uint8), 0)
+    assert not frozen.any()
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_row_kernels_keep_the_references_of_object_rows(k) -> None:
+    """Rows of objects (or of records holding one) are assigned by numpy, which counts their references: the
+    compiled kernels copied the pointers of a temporary array, which then freed them."""
+    marker = object()
+    dst = np.empty((2, 2), object)
+    held = sys.getrefcount(marker)
+    assert k.gather_rows([[marker, 1.5], np.array([2.5, "x"], object)], dst, 0) == -1
+    assert sys.getrefcount(marker) == held + 1
+    assert dst[0, 0] is marker and dst.tolist()[0][1] == 1.5 and dst.tolist()[1] == [2.5, "x"]
+    records = np.zeros((1,), [("a", object), ("b", np.float64)])
+    assert k.gather_rows([np.array((marker, 2.0), records.dtype)], records, 0) == -1
+    assert records[0]["a"] is marker and records[0]["b"] == 2.0
+    assert k.row_copies(dst, [0])[0][0] is marker
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_range_kernels_check_their_bounds(k) -> None:
+    """With bounds checking off, the compiled kernels read outside the arrays they were given: a negative start,
+    a stop past the end, bounds shorter than a row of values."""
+    values = np.array([1.0, np.nan, 2.0, np.nan])
+    assert k.first_nan(values, 2, 4) == 3 and k.first_nan(values, 2, 3) == -1
+    for start, stop in ((-1, 3), (0, 5)):
+        with pytest.raises(IndexError, match="outside 4 values"):
+            k.first_nan(values, start, stop)
+    ints, floats = np.zeros(4, np.int64), np.zeros(4, np.float64)
+    for low, high in ((np.zeros(0), np.zeros(0)), (np.zeros(2), np.zeros(1)), (np.zeros(3), np.zeros(3))):
+        with pytest.raises(ValueError, match="bounds of"):
+            k.first_outside_int(ints, low.astype(np.int64), high.astype(np.int64))
+        with pytest.raises(ValueError, match="bounds of"):
+            k.first_outside_float(floats, low, high)

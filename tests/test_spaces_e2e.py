@@ -296,3 +296,30 @@ def test_an_observation_without_a_key_of_its_space_raises_a_key_error(front: str
             venv.reset()
     finally:
         venv.close()
+
+
+class LongLongObs(gym.Env):
+    """An int64 Box whose observations are np.longlong arrays (pybind11's ``py::array_t<long long>``, ctypes'):
+    the same dtype as int64 on Linux, another numpy type number."""
+
+    observation_space = spaces.Box(-10, 10, (3,), np.int64)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.longlong), {}
+
+    def step(self, action):
+        return np.full(3, action, np.longlong), 0.0, False, False, {}
+
+
+def test_observations_of_an_equal_dtype_are_not_a_cast(recwarn) -> None:
+    """The compiled kernels took np.longlong for another dtype than int64: every env was warned of a cast, and
+    check="raise" refused the env, which SB3 and gymnasium step as it is."""
+    assert np.dtype(np.longlong) == np.dtype(np.int64)
+    for check in (None, "raise"):
+        with SubprocVecEnv([LongLongObs] * 2, start_method="fork", num_workers=2, check=check) as venv:
+            venv.reset()
+            obs = venv.step(np.array([1, 0]))[0]
+        np.testing.assert_array_equal(obs, [[1, 1, 1], [0, 0, 0]])
+    assert not [w for w in recwarn if "cast" in str(w.message)]

@@ -49,6 +49,28 @@ watch_stops = impl.watch_stops
 term_deadline = impl.term_deadline
 watch_parent = impl.watch_parent
 
+
+def select(implementation: str) -> None:
+    """Use ``implementation`` ("cython" or "python") from now on, in this process: a worker takes its
+    pool's, which it was told at its start. (A worker imports fastvec itself under spawn and forkserver,
+    and reads FASTVEC_PURE_PYTHON then: set after the pool's process imported fastvec, it made a pure
+    worker of a compiled pool, whose countdown that worker never counted: every step waited out the
+    pool's 100 ms poll.) Callers read the functions from this module at each call, so all switch."""
+    global impl, IMPLEMENTATION
+    if implementation == IMPLEMENTATION:
+        return
+    if implementation == "python":
+        from fastvec import _kernels_py as chosen
+    elif implementation == "cython":
+        from fastvec import _kernels as chosen  # type: ignore[attr-defined]
+    else:
+        raise ValueError(f"unknown kernels {implementation!r} (expected 'cython' or 'python')")
+    impl, IMPLEMENTATION = chosen, chosen.IMPLEMENTATION
+    for name in __all__:
+        if name != "IMPLEMENTATION":
+            globals()[name] = getattr(chosen, name)
+
+
 __all__ = [
     "IMPLEMENTATION",
     "wait_all",

@@ -19,6 +19,7 @@ from multiprocessing import connection as mp_connection
 from multiprocessing import reduction
 from typing import Any
 
+from fastvec import kernels
 from fastvec.errors import EXIT_UNKNOWN, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import POLL_NS
 
@@ -128,6 +129,7 @@ class Remote:
                 restart_on_error,
                 check,
                 replacing,
+                kernels.IMPLEMENTATION,  # (the pool's: a spawned worker would read FASTVEC_PURE_PYTHON anew)
             ),
             daemon=daemon,
             name=f"fastvec-worker-{index}",

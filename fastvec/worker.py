@@ -102,9 +102,13 @@ def worker_main(
     restart_on_error: bool = False,
     check: str | None = None,
     replacing: tuple | None = None,
+    kernel_implementation: str | None = None,
 ) -> None:
     """Entry point of a worker process (also importable for custom launchers). ``replacing``: the pool's
-    (observation space, action space) where this worker replaces a dead one (on_error="restart")."""
+    (observation space, action space) where this worker replaces a dead one (on_error="restart").
+    ``kernel_implementation``: the pool's kernels (fastvec.KERNELS), which this worker then uses too."""
+    if kernel_implementation is not None:
+        kernels.select(kernel_implementation)
     # Ctrl-C goes to the whole process group: the parent handles it and closes us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # so a KeyboardInterrupt here is an env's own: its error, naming it (shard.ENV_ERRORS)

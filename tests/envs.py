@@ -404,3 +404,15 @@ class Opposed(gym.Env):
 
 
 gym.register("fastvec-test/Opposed-v0", entry_point=Opposed)
+
+
+class KernelsReporter(gym.Wrapper):
+    """CartPole that says which fastvec kernels the process stepping it uses."""
+
+    def __init__(self) -> None:
+        super().__init__(gym.make("CartPole-v1"))
+
+    def kernels(self) -> str:
+        import sys
+
+        return sys.modules["fastvec.kernels"].IMPLEMENTATION

@@ -281,6 +281,17 @@ def test_kernels_selected() -> None:
     assert fastvec.KERNELS == expected
 
 
+def test_a_spawned_worker_uses_its_pools_kernels(monkeypatch) -> None:
+    """FASTVEC_PURE_PYTHON changed after fastvec's import (a notebook debugging its workers) reached the workers a
+    spawn starts, which import fastvec anew: a compiled pool with pure workers, whose finish never counts the pool's
+    countdown down, waited out its 100 ms poll on every step. A worker uses its pool's kernels."""
+    monkeypatch.setenv("FASTVEC_PURE_PYTHON", "0" if fastvec.KERNELS == "python" else "1")
+    with SubprocVecEnv([envs.KernelsReporter] * 2, start_method="spawn", num_workers=2, step_in_parent=False) as venv:
+        assert venv.env_method("kernels") == [fastvec.KERNELS] * 2
+        venv.reset()
+        venv.step(np.zeros(2, dtype=np.int64))
+
+
 def test_pinning_and_worker_stats_and_config_file(tmp_path) -> None:
     import json
     import os

@@ -159,6 +159,8 @@ class VectorEnv(gym.vector.VectorEnv):
             start_method = base.start_method
         if daemon is None:
             daemon = base.daemon if isinstance(config, PoolOptions) else True
+        else:  # (any truth value, as gymnasium's Process.daemon takes it; fastvec's own options want a bool)
+            daemon = bool(daemon)
         # (the config itself, not ``base``: build() keeps a file's or dict's layout out of batches)
         settings = PoolOptions.build(
             config, num_envs=self.num_envs, **{"start_method": start_method, "daemon": daemon, **options}

@@ -57,11 +57,12 @@ RESULT_PREFIX = "RESULT "
 
 # -- machine facts --------------------------------------------------------------------------------
 def cores() -> int:
-    """Cores this process may run on (its affinity), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """Cores this process may run on (its affinity, as it was started), not the machine's count: not the one core
+    a pool's pin="spread" gives the calling thread while it is open (a search started beside such a pool
+    planned for one core)."""
+    from fastvec import placement
+
+    return len(placement.allowed_cores())
 
 
 def cpu_model() -> str:

@@ -122,15 +122,15 @@ class PoolOptions:
         if (
             not isinstance(self.ring_slots, (int, np.integer))
             or isinstance(self.ring_slots, bool)
-            or self.ring_slots < 1
+            or not 1 <= self.ring_slots < 2**32  # (the block's header holds it in 32 bits)
         ):
-            raise ValueError(f"ring_slots must be an int >= 1, got {self.ring_slots!r}")
+            raise ValueError(f"ring_slots must be an int >= 1 (below 2**32), got {self.ring_slots!r}")
         methods = mp.get_all_start_methods()
         if self.start_method is not None and self.start_method not in methods:
             # multiprocessing's own words first (SB3's tests match them), then what is available
             raise ValueError(f"cannot find context for {self.start_method!r}; start_method must be one of {methods}")
         # (fastvec's own switches: a string such as "false", from a hand-written config, would be taken as True)
-        for name in ("step_in_parent", "pin_workers", "monitor"):
+        for name in ("step_in_parent", "pin_workers", "monitor", "daemon"):
             value = getattr(self, name)
             if not (isinstance(value, (bool, np.bool_)) or (value is None and name == "step_in_parent")):
                 raise ValueError(f"{name} must be True or False{' (or None)' if name == 'step_in_parent' else ''}, got {value!r}")
@@ -161,7 +161,10 @@ class PoolOptions:
         ):
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         interval = self.monitor_interval
-        if not (isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0 < interval <= 3600):
+        if isinstance(interval, numbers.Real) and not isinstance(interval, (bool, np.bool_)):  # (numpy's, a Fraction)
+            interval = float(interval)
+            object.__setattr__(self, "monitor_interval", interval)
+        if not (isinstance(interval, float) and 0 < interval <= 3600):
             raise ValueError(
                 f"monitor_interval must be a positive number of seconds, at most 3600, got {self.monitor_interval!r}"
             )
@@ -191,7 +194,12 @@ class PoolOptions:
             # the synchronous step, which keeps the file's layout. (A num_workers of the
             # synchronous step need not tile a batch: ppo.train --fastvec-config --async-envs was refused.)
             base = dataclasses.replace(base, step_in_parent=None, num_workers=None)
-        return dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
+        given = {k: v for k, v in knobs.items() if v is not None}
+        if "pin" in given and "pin_workers" not in given:
+            # an explicit pin wins over a file's pin_workers=True (which means "spread" only where pin is "auto":
+            # pin="auto" given here could not be told from the default otherwise)
+            given["pin_workers"] = False
+        return dataclasses.replace(base, **given)
 
     @classmethod
     def load(cls, config: PoolOptions | dict | str | os.PathLike | None) -> PoolOptions:

@@ -5,11 +5,13 @@ caller was started with (taskset, cgroups, a scheduler's allocation).
   and the learner's core (the first allowed one) is kept free of workers; with more workers
   than the remaining cores, workers are spread round-robin over all of them. The calling
   process is not pinned (its own shard runs wherever it runs).
-- ``"compact"``: worker w on the w-th allowed core, consecutive cores first (caches shared).
+- ``"compact"``: the k-th worker process on the k-th allowed core, consecutive cores first (caches
+  shared); the first is the calling process's too, which is not pinned.
 - ``"spread"``: workers as far apart as the allowed cores allow (one core in every
   ``cores / workers``); the calling process, when it steps a shard, on the first core.
   ``pin_workers=True`` means this.
-- ``"none"``: no pinning. A list of core ids: worker w on ``cores[w % len(cores)]``.
+- ``"none"``: no pinning. A list of core ids: the k-th worker process on ``cores[k % len(cores)]`` (checked
+  against the allowed cores when the pool is made, before any process starts).
 
 An affinity is a thread's (on Linux): a pool pins the thread that makes it ("spread"), and gives that thread
 the affinity it had back when its last pool closes, from whichever thread closes it. A thread started by a

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import pickle
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -325,6 +326,9 @@ class Pool:
         self.pin = opts.placement
         self.cores: dict[int, list[int]] = {}  # worker index -> the cores it is pinned to
         self._allowed_cores = placement.allowed_cores()  # the affinity this process was started with
+        if isinstance(self.pin, list) and num_workers > (1 if step_in_parent else 0):
+            # (cores this process may not use: refused now, not once every env was made)
+            placement.plan(self.pin, [1], False, self._allowed_cores)
         self._inside_ns = 0
         self._sampler: Sampler | None = None
         self._monitor: Monitor | None = None
@@ -414,6 +418,15 @@ class Pool:
             self.ring_slots,
             final_obs=self.autoreset_mode == SAME_STEP,  # (else never read: no room for them in /dev/shm)
         )
+        free = shm.room()
+        if self.layout.size > free > 0:
+            # (a block past any room failed inside SharedMemory with a bare EFBIG or ENOMEM, and a traceback of the
+            # resource tracker's; one within the room but past /dev/shm's goes to a file, with a warning)
+            raise ValueError(
+                f"the shared block of {self.num_envs} envs with ring_slots={self.ring_slots} would be "
+                f"{self.layout.size / 2**30:,.1f} GiB; /dev/shm or {tempfile.gettempdir()} have "
+                f"{free / 2**30:,.1f} GiB free at most: lower ring_slots"
+            )
         # its name dropped at once: workers get the file descriptor instead, so nothing can
         # be left in /dev/shm whatever happens to any process from here on
         self._segment = shm.create_block(self.layout.size)

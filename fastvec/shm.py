@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["PREFIX", "create", "create_block", "FileBlock", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
+__all__ = ["PREFIX", "create", "create_block", "room", "FileBlock", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
 _CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # posix_fallocate unsupported there
@@ -34,6 +34,19 @@ def create(size: int) -> SharedMemory:
     except BaseException:  # (an interrupt after shm_open made the name: it must not stay in /dev/shm)
         _forget(name)
         raise
+
+
+def room() -> int:
+    """The most bytes a block can have here: the free space of /dev/shm or of the temp directory (where
+    ``create_block`` falls back), whichever is larger; 0 where neither can be read."""
+    free = 0
+    for folder in (_SHM_DIR, tempfile.gettempdir()):
+        try:
+            stat = os.statvfs(folder)
+        except OSError:
+            continue
+        free = max(free, stat.f_bavail * stat.f_frsize)
+    return free
 
 
 def create_block(size: int) -> SharedMemory | FileBlock:

@@ -182,3 +182,18 @@ def test_time_stolen_by_the_hypervisor_counts_as_busy(monkeypatch) -> None:
     Times = collections.namedtuple("Times", "user system nice idle irq softirq steal")
     monkeypatch.setattr(psutil, "cpu_times", lambda: Times(10.0, 2.0, 0.0, 50.0, 0.5, 0.5, 3.0))
     assert measure.busy_cpu_seconds() == 16.0
+
+
+def test_cores_counts_the_process_s_cores_while_a_spread_pool_pins_the_caller() -> None:
+    """pin="spread" pins the calling thread to one core while its pool is open: cores() (and machine_facts,
+    and the tuner's search planned on it) read that thread's affinity and counted one core."""
+    from fastvec import SubprocVecEnv
+    from tests import envs
+
+    allowed = len(os.sched_getaffinity(0))
+    if allowed < 2:
+        pytest.skip("needs two cores")
+    with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin="spread") as venv:
+        assert len(os.sched_getaffinity(0)) == 1  # (the caller's thread, pinned: the situation)
+        assert measure.cores() == allowed and measure.machine_facts()["cores"] == allowed
+        venv.reset()

@@ -35,6 +35,8 @@ from tests import envs
         ({"step_timeout": True}, "step_timeout"),
         ({"step_timeout": float("nan")}, "step_timeout"),
         ({"pin": [True]}, "pin must name cores"),
+        ({"daemon": "false"}, "daemon must be True or False"),  # (it made daemonic workers: their envs' children failed)
+        ({"ring_slots": 2**32}, "ring_slots"),  # (a bare OverflowError of numpy's, once every env was made)
     ],
 )
 def test_bad_values_are_named(knobs, message) -> None:
@@ -56,6 +58,9 @@ def test_near_miss_values_are_taken_as_meant(tmp_path) -> None:
     for huge in (1e300, 10**400):  # (no limit: seconds beyond any clock overflowed its nanoseconds, or isinf)
         assert PoolOptions(step_timeout=huge).step_timeout is None
     assert PoolOptions(pin=np.array([0, 1])).pin == [0, 1]
+    for interval in (np.int64(2), np.float32(0.5), Fraction(1, 4)):  # (refused as "not a positive number")
+        assert PoolOptions(monitor_interval=interval).monitor_interval == float(interval)
+    assert type(PoolOptions(monitor_interval=np.int64(2)).monitor_interval) is float
     with SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", step_timeout=float("inf")) as venv:
         venv.reset()
     with pytest.raises(TypeError, match="config must be PoolOptions, a dict or a JSON file's path, got list"):
@@ -77,6 +82,11 @@ def test_build_merges_a_tuning_file_under_explicit_knobs(tmp_path) -> None:
         PoolOptions.build({"on_error": "restart"})  # a tuning file only sets what the tuner tunes
     with pytest.raises(TypeError, match="unknown pool option"):
         PoolOptions.build(None, num_worker=2)
+    # an explicit pin wins over the file's pin_workers=True, "auto" too (it was read as "spread", the default's
+    # meaning under pin_workers=True)
+    for pin in ("auto", "compact", [0]):
+        assert PoolOptions.build(str(path), pin=pin).placement == pin
+    assert PoolOptions.build(str(path), pin="auto", pin_workers=True).placement == "spread"
     assert set(TUNABLE) <= {f for f in PoolOptions.__dataclass_fields__}
 
 
@@ -146,3 +156,41 @@ def test_a_config_file_that_is_not_an_object_is_named(tmp_path) -> None:
     path.write_text(json.dumps([{"num_workers": 2}]))
     with pytest.raises(ValueError, match="a config file holds a JSON object"):
         PoolOptions.load(path)
+
+
+def test_gymnasium_s_daemon_is_any_truth_value() -> None:
+    """gymnasium's AsyncVectorEnv hands daemon to Process as given: any truth value. fastvec's own options refuse a
+    string (a hand-written config's "false" made daemonic workers); the gymnasium front-end takes its truth."""
+    with VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2, step_in_parent=False, daemon=0) as venv:
+        assert venv.daemon is False and not any(r.process.daemon for r in venv.pool._remotes)
+
+
+def test_a_ring_past_the_machine_s_room_is_named_before_its_block_is_made() -> None:
+    """A block larger than /dev/shm and the temp directory can hold failed inside SharedMemory, with a bare EFBIG
+    or ENOMEM naming no setting."""
+    from fastvec import shm
+
+    with pytest.raises(ValueError, match=r"ring_slots=2147483648 would be [\d,.]+ GiB; .* lower ring_slots"):
+        SubprocVecEnv([envs.make_image] * 4, start_method="fork", num_workers=2, ring_slots=2**31)
+    assert not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{__import__('os').getpid()}-")]
+
+
+def _cartpole_noting_its_making(folder: str):
+    import os
+
+    import gymnasium as gym
+
+    open(os.path.join(folder, f"made-{os.getpid()}"), "a").close()
+    return gym.make("CartPole-v1")
+
+
+def test_a_pin_list_outside_the_allowed_cores_is_refused_before_any_env_is_made(tmp_path) -> None:
+    """The list was checked once every env was made and the workers started: a slow simulator's start-up, for a
+    setting the pool could refuse at once."""
+    import os
+    from functools import partial
+
+    outside = max(os.sched_getaffinity(0)) + 1000
+    with pytest.raises(ValueError, match=rf"pin=\[{outside}\]: core\(s\) \[{outside}\] are not among"):
+        SubprocVecEnv([partial(_cartpole_noting_its_making, str(tmp_path))] * 4, start_method="fork", num_workers=2, pin=[outside])
+    assert not list(tmp_path.iterdir())  # (no env was made)

@@ -2003,6 +2003,22 @@ class Pool:
         """Seconds the calling process has spent inside the pool's step/reset/call so far."""
         return self._inside_ns / 1e9
 
+    def in_flight(self) -> tuple[dict[int, int], bool]:
+        """What runs now, as the Sampler reads it from any thread: (worker shard -> the count of the command it
+        has not finished, for each worker given one; whether a thread waits inside the pool: step_wait, recv, a
+        call's wait). The counters grow only when a command or a wait ends: these tell a shard busy for a whole
+        interval from an idle one."""
+        self._check_mapped("its counters")
+        words, done, seqs = self._control_words, self._done_words, self._seq_words
+        running = {}
+        try:  # (a worker replaced meanwhile by the stepping thread: that reading only misses it)
+            for k, remote in enumerate(self._remotes):
+                if words[done[k]] != seqs[k]:
+                    running[remote.index] = seqs[k]
+        except (IndexError, ValueError):
+            pass
+        return running, not self._token
+
     def shard_pid(self, shard: int) -> int | None:
         if self.step_in_parent and shard == 0:
             return os.getpid()

@@ -94,26 +94,50 @@ class Sampler:
 
     def __init__(self, pool: Pool):
         self.pool = pool
-        self._previous: tuple[float, np.ndarray, np.ndarray, float] | None = None
+        self._previous: tuple | None = None
+        # what earlier samples counted of a command (or a wait of the caller's) that had not ended: shard (or
+        # "inside") -> (its command count, seconds counted); taken off its time once it ends
+        self._credits: dict[Any, tuple[int, float]] = {}
         self._processes: dict[int, Any] = {}
         self._switches: dict[int, int] = {}
         self._started = time.perf_counter()
         self._take()  # the baseline: the first sample covers the time since now
 
-    def _take(self) -> tuple[float, np.ndarray, np.ndarray, float]:
+    def _take(self) -> tuple:
         pool = self.pool
+        running, inside = pool.in_flight()
         reading = (
             time.perf_counter(),
             pool.shard_counters(),
             pool.env_step_ns(),
             pool.inside_seconds(),
+            running,
+            # (a wait is told from the next one by the time inside, which grows when a wait ends)
+            pool._inside_ns if inside else None,
         )
         previous, self._previous = self._previous, reading
         return previous or reading
 
+    def _credited(self, key: Any, took: float, was: Any, now: Any, interval: float) -> float:
+        """``took`` (seconds of what ended over the interval) with what is still running counted: a command (or
+        wait) running at both readings (``was`` and ``now`` the same, not None) ran through the interval,
+        though its time is added to the counters only when it ends; then that time is taken off it."""
+        credit = self._credits.get(key)
+        if credit is not None and credit[0] != now:  # it ended: its whole time is in ``took``
+            took = max(0.0, took - credit[1])
+            del self._credits[key]
+            credit = None
+        if now is not None and was == now:
+            took += interval
+            self._credits[key] = (now, interval + (credit[1] if credit is not None else 0.0))
+        return took
+
     def sample(self) -> PoolStats:
         """The pool since the previous call (or since the sampler was made)."""
-        (t0, counters0, env0, inside0), (t1, counters1, env1, inside1) = self._take(), self._previous
+        (t0, counters0, env0, inside0, running0, wait0), (t1, counters1, env1, inside1, running1, wait1) = (
+            self._take(),
+            self._previous,
+        )
         interval = max(t1 - t0, 1e-9)
         delta = counters1 - counters0
         pool = self.pool
@@ -126,6 +150,7 @@ class Sampler:
             commands = row[Stats.COMMANDS]
             histogram = row[Stats.HISTOGRAM : Stats.HISTOGRAM + Stats.HISTOGRAM_BINS]
             cpu, switches, cores = self._process_facts(pid)
+            busy_s = self._credited(shard, float(row[Stats.BUSY_NS]) / 1e9, running0.get(shard), running1.get(shard), interval)
             env_ms = None
             if timing and commands:
                 env_ms = [float(x) / commands / 1e6 for x in (env1 - env0)[list(envs)]]
@@ -137,7 +162,7 @@ class Sampler:
                     envs=envs,
                     cores=cores,
                     steps_per_s=float(row[Stats.ENV_STEPS]) / interval,
-                    busy=min(1.0, float(row[Stats.BUSY_NS]) / 1e9 / interval),
+                    busy=min(1.0, busy_s / interval),
                     p50_ms=percentile_ms(histogram, 0.5),
                     p95_ms=percentile_ms(histogram, 0.95),
                     cpu_percent=cpu,
@@ -156,7 +181,7 @@ class Sampler:
             others = sorted(busy)[:-1]
             middle = statistics.median(others)
             ratio = max(busy) / middle if middle > 0 else None
-        learner = 1.0 - min(1.0, (inside1 - inside0) / interval)
+        learner = 1.0 - min(1.0, self._credited("inside", inside1 - inside0, wait0, wait1, interval) / interval)
         return PoolStats(
             interval_s=interval,
             shards=shards,

@@ -206,3 +206,46 @@ def test_stats_while_another_thread_closes_the_pool(monkeypatch: pytest.MonkeyPa
         assert pool.closed and [s.pid for s in snapshot.shards] == pids
     finally:
         pool.close()
+
+
+class _SlowStep(envs.Counter):
+    """A Counter whose steps take 0.6 s."""
+
+    def step(self, action):
+        import time
+
+        time.sleep(0.6)
+        return super().step(action)
+
+
+def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counters grow when a command ends: an interval read while every worker stepped through it showed
+    them idle (busy 0.0) and the next one over-full (capped at 1.0), and the learner share read from another
+    thread during one wait swung between 1 and 0. What ran through an interval counts in it, and not again
+    when it ends."""
+    import threading
+    import time
+
+    with Pool([_SlowStep] * 2, num_workers=2, step_in_parent=False, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.reset()
+        pool.step_async(np.zeros(2, np.int64))
+        readings = []
+
+        def sample() -> None:
+            time.sleep(0.1)
+            pool.stats()  # (the baseline: both workers are stepping, the caller waits in step_wait)
+            time.sleep(0.3)
+            readings.append(pool.stats())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        pool.step_wait()
+        sampler.join()
+        (during,) = readings
+        assert [s.busy for s in during.shards] == [1.0, 1.0] and during.learner_share == 0.0
+        time.sleep(0.3)
+        # the step ended 0.2 s into this 0.5 s: the rest of its 0.6 s counts here (0.3 s, what ran before the first
+        # reading too), not the 0.3 s counted already (0.6 / 0.5 s: capped at 1.0, the caller's share at 0)
+        after = pool.stats()
+        assert all(0.3 < s.busy < 0.9 for s in after.shards) and 0.2 < after.learner_share < 0.8, after
+        assert all(s.steps_per_s * after.interval_s == pytest.approx(1) for s in after.shards)

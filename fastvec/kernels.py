@@ -1,7 +1,8 @@
 """Selects the kernel implementation: compiled by default, pure Python with FASTVEC_PURE_PYTHON=1.
 
 If the compiled extension is missing (a source checkout that was never built),
-fastvec falls back to the pure-Python twin and says so once.
+fastvec falls back to the pure-Python twin and says so once: not again in the workers
+a pool starts (under spawn and forkserver each imports fastvec anew).
 """
 
 from __future__ import annotations
@@ -9,18 +10,24 @@ from __future__ import annotations
 import os
 import warnings
 
+_WARNED = "_FASTVEC_KERNELS_FALLBACK_WARNED"
+
 if os.environ.get("FASTVEC_PURE_PYTHON", "") not in ("", "0"):
     from fastvec import _kernels_py as impl
 else:
     try:
-        from fastvec import _kernels as impl  # type: ignore[attr-defined]
+        # (not ``from fastvec import _kernels``: that, run while fastvec's __init__ is, said "cannot import name
+        # '_kernels' from partially initialized module 'fastvec' (most likely due to a circular import)")
+        import fastvec._kernels as impl  # type: ignore[no-redef]
     except ImportError as exc:  # pragma: no cover - only on unbuilt checkouts
-        warnings.warn(
-            f"fastvec's compiled kernels are not built ({exc}); using the slow pure-Python twin. "
-            "Install with `pip install .` to build them.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        if not os.environ.get(_WARNED):
+            warnings.warn(
+                f"fastvec's compiled kernels are not built ({exc}); using the slow pure-Python twin. "
+                "Install with `pip install .` to build them.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            os.environ[_WARNED] = "1"  # (the workers a pool starts inherit it: one warning, not one per worker)
         from fastvec import _kernels_py as impl
 
 IMPLEMENTATION: str = impl.IMPLEMENTATION
@@ -62,7 +69,7 @@ def select(implementation: str) -> None:
     if implementation == "python":
         from fastvec import _kernels_py as chosen
     elif implementation == "cython":
-        from fastvec import _kernels as chosen  # type: ignore[attr-defined]
+        import fastvec._kernels as chosen  # type: ignore[no-redef]
     else:
         raise ValueError(f"unknown kernels {implementation!r} (expected 'cython' or 'python')")
     impl, IMPLEMENTATION = chosen, chosen.IMPLEMENTATION

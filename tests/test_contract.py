@@ -281,6 +281,42 @@ def test_kernels_selected() -> None:
     assert fastvec.KERNELS == expected
 
 
+@pytest.mark.one_pass
+def test_without_the_extension_one_warning_names_it(tmp_path) -> None:
+    """A checkout never built (or an install that lost its .so) falls back to the pure kernels with a warning that
+    said "cannot import name '_kernels' from partially initialized module 'fastvec' (most likely due to a
+    circular import)", once in the program and again in every worker a spawn started."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(
+        os.path.dirname(fastvec.__file__), tmp_path / "fastvec", ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__")
+    )
+    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(fastvec.__file__)), "tests"), tmp_path / "tests",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    code = (
+        # (an editable install's finder would serve fastvec._kernels from the checkout: a plain install has none)
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+        "import numpy as np\n"
+        "import fastvec\n"
+        "from tests import envs\n"
+        "with fastvec.SubprocVecEnv([envs.make_cartpole] * 2, start_method='spawn', num_workers=2,\n"
+        "                           step_in_parent=False) as venv:\n"
+        "    venv.reset()\n"
+        "    venv.step(np.zeros(2, np.int64))\n"
+        "print('kernels', fastvec.KERNELS)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTVEC_", "_FASTVEC_"))}
+    env["PYTHONPATH"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "kernels python" in run.stdout, run.stderr
+    assert run.stderr.count("compiled kernels are not built") == 1, run.stderr
+    assert "No module named 'fastvec._kernels'" in run.stderr and "circular" not in run.stderr
+
+
 def test_a_spawned_worker_uses_its_pools_kernels(monkeypatch) -> None:
     """FASTVEC_PURE_PYTHON changed after fastvec's import (a notebook debugging its workers) reached the workers a
     spawn starts, which import fastvec anew: a compiled pool with pure workers, whose finish never counts the pool's

@@ -35,6 +35,7 @@ The thread is a daemon that stops when the pool closes; it never keeps a process
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import threading
 import time
@@ -575,6 +576,17 @@ def main(argv: list[str] | None = None) -> None:
     error = option_error(num_envs=args.num_envs, seconds=args.seconds)
     if error is not None:
         parser.error(error)
+    try:
+        import rich  # noqa: F401  (the live table: an extra's, not the engine's dependency)
+    except ImportError:
+        parser.error("the live view needs rich: pip install rich (or fastvec[train])")
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:  # (a SIGTERM or a closed terminal ends the demo as Ctrl-C does)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     _demo(args.seconds, args.num_envs, args.hog)
 
 
@@ -644,7 +656,8 @@ def _start_hog(pool: Any) -> Any:
     import sys
 
     core = next(iter(pool.cores.values()), [0])[0]
-    code = f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"
+    # (it spins while its parent lives: a demo killed outright, SIGKILL, leaves no hog behind either)
+    code = f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile os.getppid() == {os.getpid()}: pass"
     return subprocess.Popen([sys.executable, "-c", code])
 
 

@@ -559,3 +559,42 @@ def test_the_demo_refuses_bad_arguments_by_name(capsys, args, named) -> None:
     with pytest.raises(SystemExit) as info:
         monitor.main(args)
     assert info.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_the_demo_needs_rich_and_says_so(monkeypatch, capsys) -> None:
+    """`python -m fastvec.monitor` on a plain install (rich is an extra's) ended in a ModuleNotFoundError."""
+    import sys
+
+    from fastvec import monitor as monitor_module
+
+    monkeypatch.setitem(sys.modules, "rich", None)
+    with pytest.raises(SystemExit) as stopped:
+        monitor_module.main(["--seconds", "1"])
+    assert stopped.value.code == 2 and "the live view needs rich: pip install rich" in capsys.readouterr().err
+
+
+def test_the_demo_s_hog_ends_with_the_demo() -> None:
+    """The demo's CPU hog was killed only in a finally: a SIGTERM, a closed terminal or a SIGKILL of the demo left
+    it spinning on a core for good. It spins while its parent lives."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    code = (
+        "from fastvec.monitor import _start_hog\n"
+        "class Pool: cores = {1: [0]}\n"
+        "print(_start_hog(Pool()).pid, flush=True)\n"
+        "import os; os._exit(0)\n"  # (killed, as by SIGKILL: no cleanup of any kind)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    hog = psutil.Process(int(out.stdout.split()[0]))
+    try:
+        end = time.monotonic() + 10
+        while hog.is_running() and hog.status() != psutil.STATUS_ZOMBIE and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not hog.is_running() or hog.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if hog.is_running():
+            hog.kill()

@@ -972,10 +972,11 @@ def describe(summary: dict[str, Any]) -> str:
         if summary["global_step"] != summary["solve_step"]:
             text += f"; at the end ({summary['global_step']:,} steps) it was {mean}"
     elif summary["solve_return"] is None:
-        text = (
-            f"Budget of {summary['global_step']:,} steps done on {env} (no solve threshold): "
-            f"mean return of the last 100 episodes {mean}"
-        )
+        text = f"Budget of {summary['global_step']:,} steps done on {env} (no solve threshold): "
+        if episodes is not None and episodes < 100:  # (the window never filled: "the last 100" were fewer)
+            text += f"mean return of its {episodes} episode{'' if episodes == 1 else 's'} {mean}" if episodes else "no episode ended"
+        else:
+            text += f"mean return of the last 100 episodes {mean}"
     elif episodes is not None and episodes < 100:  # (not solved whatever their mean: the window never filled)
         text = (
             f"NOT SOLVED {env}: the budget of {summary['global_step']:,} steps ended after {episodes} episode{'' if episodes == 1 else 's'}, fewer "
@@ -1068,10 +1069,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         global _SIGTERM_OWNER
         _SIGTERM_OWNER = os.getpid()
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    trainer = None
     try:
         with _start(config) as trainer:
             summary = trainer.run()
-    except (SystemExit, KeyboardInterrupt):
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt) and os.getpid() == _SIGTERM_OWNER:
+            # (as SIGTERM's line says: what the folder keeps, and the --resume that goes on from it; the trainer's
+            # exit has let go of _RUNNING by now)
+            print(f"ppo.train: stopped by Ctrl-C{_resume_advice(trainer)}", file=sys.stderr, flush=True)
         # an interrupt before the trainer held its engine (SIGTERM while SB3's SubprocVecEnv starts its workers):
         # a reference engine's forked workers ignore a first SIGTERM (_stop_on_sigterm), so multiprocessing's exit
         # hook, which terminate()s and joins them, would wait for ever; the processes this run started are killed
@@ -1086,4 +1092,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:  # (said in one line above, with what to resume from: no traceback)
+        sys.exit(128 + signal.SIGINT)

@@ -333,7 +333,7 @@ def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path)
     assert "fastvec_busy_shard0" in rows[0] and rows[0]["fastvec_busy_shard0"] == "" and rows[3]["fastvec_busy_shard0"]
 
 
-def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_history_aside(tmp_path, monkeypatch) -> None:
+def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_history_aside(tmp_path, monkeypatch, capsys) -> None:
     """Resumed in place from latest.pt while final.pt is further on (going back to an earlier state), then stopped
     before its next checkpoint: the folder's final.pt, summary and curve of the replaced history are renamed
     <name>.replaced, so a later --resume of the folder goes on from the state metrics.csv describes (it took the
@@ -355,8 +355,11 @@ def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_hist
         return collect(self)
 
     monkeypatch.setattr(train.Trainer, "collect_rollout", stopped_in_iteration_4)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         train.main([*common, "--total-timesteps", "160", "--resume", str(run / "latest.pt")])
+    # (as SIGTERM says it: Ctrl-C ended in a traceback that named no checkpoint)
+    assert f"ppo.train: stopped by Ctrl-C; latest.pt (step 64) is kept: --resume {run} --runs-dir {tmp_path} --run-name X" in capsys.readouterr().err
     names = sorted(p.name for p in run.iterdir())
     assert names == ["best.pt", "config.json", "final.pt.replaced", "latest.pt", "learning_curve.png.replaced",
                      "metrics.csv", "summary.json.replaced"], names  # fmt: skip
@@ -491,3 +494,8 @@ def test_the_verdict_says_what_kept_a_run_from_solving_and_when_it_solved(tmp_pa
         "(1,024 steps) it was 0.0;"
     ), text
     assert "at the end" not in describe({**solved, "global_step": 200})
+    # with no threshold (Pendulum's), "the last 100 episodes" of 8 said more than there was
+    free = {**summary, "solve_return": None, "episodes": 8, "mean_return_100": -1331.7}
+    assert "(no solve threshold): mean return of its 8 episodes -1331.7;" in describe(free)
+    assert "(no solve threshold): no episode ended;" in describe({**free, "episodes": 0})
+    assert "mean return of the last 100 episodes -1331.7;" in describe({**free, "episodes": 100})

@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from benchmarks import _cli
 from fastvec.measure import machine_facts, time_steps
 
 
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.breakdown", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num-envs", type=_cli.count, default=8)
+    parser.add_argument("--seconds", type=_cli.seconds, default=0.5)
+    parser.add_argument("--repeats", type=_cli.count, default=5)
     args = parser.parse_args(argv)
     facts = machine_facts()
     n = args.num_envs

@@ -17,6 +17,8 @@ import multiprocessing
 import os
 import time
 
+from benchmarks import _cli
+
 
 def _loop(core: int, seconds: float, go, out) -> None:
     os.sched_setaffinity(0, {core})
@@ -54,9 +56,9 @@ def main(argv: list[str] | None = None) -> list[dict[int, int]]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.core_speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--pause", type=float, default=1.0, help="seconds between rounds")
+    parser.add_argument("--rounds", type=_cli.count, default=8)
+    parser.add_argument("--seconds", type=_cli.seconds, default=1.0)
+    parser.add_argument("--pause", type=_cli.seconds0, default=1.0, help="seconds between rounds")
     args = parser.parse_args(argv)
     rounds = []
     for r in range(args.rounds):

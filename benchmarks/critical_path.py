@@ -28,6 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from benchmarks import _cli
 from fastvec.measure import machine_facts
 
 # learner moments (columns of its array)
@@ -157,10 +158,14 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--commands", type=int, default=20000)
+    parser.add_argument("--num-envs", type=_cli.count, default=8)
+    parser.add_argument("--commands", type=_cli.count, default=20000)
     parser.add_argument("--env", default="CartPole-v1")
     args = parser.parse_args(argv)
+    try:
+        gym.spec(args.env)
+    except gym.error.Error as exc:  # (else three tracebacks, one per process that made the env)
+        parser.error(f"--env {args.env}: {exc}")
     learner, worker = record(args.num_envs, args.commands, args.env)
     print(report(learner, worker, args.num_envs, args.env))
 

@@ -51,6 +51,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _cli
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("raw", "shard", "pool", "front", "async-pool", "async")
 
@@ -187,12 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--repo", default=str(ROOT), help="the fastvec checkout to measure (default: this one)")
-    parser.add_argument("--steps", type=int, default=11000)
-    parser.add_argument("--base-steps", type=int, default=1000)
+    parser.add_argument("--steps", type=_cli.count, default=11000)
+    parser.add_argument("--base-steps", type=_cli.count, default=1000)
     parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=1, help="count each layer this many times; report the least")
-    parser.add_argument("--episode", type=int, default=0, help="episode length in steps (default: episodes never end)")
+    parser.add_argument("--num-envs", type=_cli.count, default=8)
+    parser.add_argument("--repeats", type=_cli.count, default=1, help="count each layer this many times; report the least")
+    parser.add_argument("--episode", type=_cli.count0, default=0, help="episode length in steps (default: episodes never end)")
     parser.add_argument("--front", choices=("sb3", "gym"), default="sb3")
     parser.add_argument(
         "--autoreset", choices=("same", "next"), default="next", help="gym's autoreset mode (sb3: always same)"
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--child", nargs=2, metavar=("LAYER", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.child and args.steps <= args.base_steps:  # (the counts are of the difference: negative otherwise)
+        parser.error(f"--steps ({args.steps}) must exceed --base-steps ({args.base_steps})")
     if args.child:
         child(
             str(Path(args.repo).resolve()),

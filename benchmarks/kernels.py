@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import _cli
 from fastvec import _kernels_py
 
 try:
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timeit rounds per variant; the best is reported")
-    parser.add_argument("--min-seconds", type=float, default=0.05, help="length of one round")
+    parser.add_argument("--repeats", type=_cli.count, default=5, help="timeit rounds per variant; the best is reported")
+    parser.add_argument("--min-seconds", type=_cli.seconds, default=0.05, help="length of one round")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 10 ms")
     parser.add_argument("--machine", default=None, help="results folder name prefix (default: <cores>core)")
     parser.add_argument(

@@ -22,6 +22,7 @@ from functools import partial
 import gymnasium as gym
 import numpy as np
 
+from benchmarks import _cli
 from fastvec import SubprocVecEnv
 from fastvec.measure import machine_facts, time_steps
 
@@ -32,10 +33,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--num-envs", type=_cli.count, default=8)
     parser.add_argument("--shares", type=int, nargs="+", default=None, help="learner's envs (default: n/2, n/2 -+ 1)")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=_cli.count, default=8)
+    parser.add_argument("--seconds", type=_cli.seconds, default=1.0)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     n = args.num_envs
     shares = args.shares or [n // 2, n // 2 - 1, n // 2 + 1]

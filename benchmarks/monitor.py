@@ -33,6 +33,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks.workloads import BusyEnv
 from fastvec.measure import (
     child_environ,
@@ -170,12 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.monitor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=float, default=6.0)
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=_cli.count, default=5)
+    parser.add_argument("--warmup", type=_cli.seconds0, default=6.0)
+    parser.add_argument("--seconds", type=_cli.seconds, default=4.0)
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, default=None)
-    parser.add_argument("--phases", type=int, default=20, help="cost: rounds of phases (one per state: off, on, ...)")
-    parser.add_argument("--phase-seconds", type=float, default=1.5, help="cost: length of one phase")
+    parser.add_argument("--phases", type=_cli.count, default=20, help="cost: rounds of phases (one per state: off, on, ...)")
+    parser.add_argument("--phase-seconds", type=_cli.seconds, default=1.5, help="cost: length of one phase")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     scenarios = args.scenario or [s for s in SCENARIOS if s != "cost-parts"]

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import _cli
+
 LAYOUTS = ("sync", "async", "pinned")
 
 
@@ -85,9 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
         prog="python -m benchmarks.rollout_layouts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env-id", default="benchmarks.workloads:fastvec-bench/CartPole25us-v1")
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--rollouts", type=int, default=12, help="rollouts per phase")
+    parser.add_argument("--num-envs", type=_cli.count, default=8)
+    parser.add_argument("--rounds", type=_cli.count, default=6)
+    parser.add_argument("--rollouts", type=_cli.count, default=12, help="rollouts per phase")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the trainers' device")
     parser.add_argument("--out", type=Path, help="write the results as markdown here")

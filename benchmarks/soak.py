@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import psutil
 
+from benchmarks import _cli
 from fastvec import SubprocVecEnv, shm
 
 
@@ -65,12 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--num-envs", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--env-fault-p", type=float, default=1e-5, help="probability an env raises in a step")
-    parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between worker kills")
-    parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
+    parser.add_argument("--minutes", type=_cli.seconds, default=10.0)
+    parser.add_argument("--num-envs", type=_cli.count, default=32)
+    parser.add_argument("--num-workers", type=_cli.count, default=4)
+    parser.add_argument("--env-fault-p", type=_cli.probability, default=1e-5, help="probability an env raises in a step")
+    parser.add_argument("--kill-every", type=_cli.seconds, default=5.0, help="seconds between worker kills")
+    parser.add_argument("--sample-every", type=_cli.seconds, default=10.0, help="seconds between memory samples")
     args = parser.parse_args()
 
     from multiprocessing import resource_tracker

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import _cli
 from benchmarks.vec_env import result_folder
 from fastvec.measure import busy_cpu_seconds, child_environ, child_result, cores, machine_facts, run_child
 
@@ -374,9 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.startup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (after one warm-up)")
+    parser.add_argument("--rounds", type=_cli.count, default=5, help="interleaved rounds (after one warm-up)")
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a measurement is declared hung")
+    parser.add_argument("--timeout", type=_cli.seconds, default=120.0, help="seconds before a measurement is declared hung")
     parser.add_argument("--machine", default=None, help="results folder name prefix (default: <cores>core)")
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>-<date>)"

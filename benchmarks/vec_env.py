@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import _cli
 from benchmarks.engines import ENGINES, peer_status, unsupported
 from fastvec.measure import child_environ, child_result, cores, python_argv, run_child
 from fastvec.measure import machine_facts as base_machine_facts
@@ -528,15 +529,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--engines", nargs="+", default=None, help="default: every engine, knob variants on fewer points"
     )
-    parser.add_argument("--seconds", type=float, default=None, help="length of one timed run (default: per workload)")
+    parser.add_argument("--seconds", type=_cli.seconds, default=None, help="length of one timed run (default: per workload)")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed runs per measurement (default: 1 per round; 3 with --rounds 1)"
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds per grid point (default 3; --quick: 2)"
     )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a measurement is declared hung")
-    parser.add_argument("--attempts", type=int, default=3, help="runs of a measurement disturbed by other load")
+    parser.add_argument("--timeout", type=_cli.seconds, default=120.0, help="seconds before a measurement is declared hung")
+    parser.add_argument("--attempts", type=_cli.count, default=3, help="runs of a measurement disturbed by other load")
     parser.add_argument("--quick", action="store_true", help="a first look in under a minute: CartPole-v1, 8 envs")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, measure nothing")
     parser.add_argument("--machine", default=None, help="results folder name prefix (default: <cores>core)")

@@ -211,3 +211,29 @@ def test_the_async_pair_study_times_every_layer_and_refuses_a_layout_it_cannot_m
     with pytest.raises(SystemExit):
         async_pair.main(["--num-envs", "6"])
     assert "multiple of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("breakdown", ["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+        ("critical_path", ["--num-envs", "0"], "argument --num-envs: must be at least 1, got 0"),
+        ("critical_path", ["--env", "NoSuch-v1"], "--env NoSuch-v1: Environment `NoSuch` doesn't exist"),
+        ("core_speed", ["--seconds", "-1"], "argument --seconds: must be a finite number above 0, got -1"),
+        ("kernels", ["--repeats", "0"], "argument --repeats: must be at least 1"),  # (it wrote a results file of nothing)
+        ("startup", ["--rounds", "0"], "argument --rounds: must be at least 1"),
+        ("instructions", ["--steps", "500", "--base-steps", "500"], "--steps (500) must exceed --base-steps (500)"),
+        ("learner_share", ["--rounds", "0"], "argument --rounds: must be at least 1"),
+        ("rollout_layouts", ["--rollouts", "nan"], "invalid count value: 'nan'"),
+        ("vec_env", ["--seconds", "nan", "--dry-run"], "argument --seconds: must be a finite number above 0, got nan"),
+    ],
+)
+def test_the_benchmarks_name_a_count_or_duration_given_wrongly(module, argv, message, capsys) -> None:
+    """Zero rounds, a negative duration or an unknown env ended in a traceback (IndexError, StatisticsError,
+    ZeroDivisionError), or measured nothing and wrote a results file saying so."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

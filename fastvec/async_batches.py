@@ -45,7 +45,7 @@ from fastvec.errors import (
     WorkerDiedError,
     env_errors,
 )
-from fastvec.protocol import POLL_NS, Command, Extra, ResetFlag, StepFlag, dumps_payload
+from fastvec.protocol import POLL_NS, TAG_PICKLED, Command, Extra, ResetFlag, StepFlag, dumps_payload
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -257,12 +257,14 @@ class AsyncBatches:
                 # the usual send (one array leaf): its rows' view made once, the leaf's dtype tag stored only
                 # when it changed, and no scratch arrays
                 tag = leaf_writer.write(actions, self._action_rows[position][0], ids)
-                if self._sent_tags[position] != tag:
-                    pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
-                    self._sent_tags[position] = tag
-                self._give(pool, whole, _STEP, 0, None)
-                pool._inside_ns += time.perf_counter_ns() - entered
-                return
+                if not tag & TAG_PICKLED:
+                    if self._sent_tags[position] != tag:
+                        pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
+                        self._sent_tags[position] = tag
+                    self._give(pool, whole, _STEP, 0, None)
+                    pool._inside_ns += time.perf_counter_ns() - entered
+                    return
+                leaf_writer.take_pickled()  # (values no 8 bytes hold: they travel pickled, written again below)
             positions, run = whole, True
         else:
             positions, run = self._groups(pool, env_ids, ids)

@@ -7,7 +7,10 @@ is the widest of its kind (float64, int64) and a tag carries the caller's dtype.
 the buffer's dtype cannot hold exactly (3.7 for an integer space, 2**63 for int64) is stored
 bit for bit in the widest dtype of its own kind (``TAG_BITS``), so it too reaches the env as
 sent, as SB3 and gymnasium hand it on; with ``check="raise"`` it is an error naming the env,
-with ``"warn"`` a warning. The shape is checked; range checks only when ``check`` asks.
+with ``"warn"`` a warning. Values no 8 bytes hold (float128 that float64 would round, complex,
+strings, objects) travel pickled with the command (``TAG_PICKLED``), each env's row as sent;
+with ``check="raise"`` those that are not numbers are refused. The shape is checked; range
+checks only when ``check`` asks.
 
 Env outputs (``OutputChecks``, in each shard): an observation cast to the space's dtype
 and a NaN reward are reported once per env and kind, or raised, per ``check``.
@@ -24,10 +27,12 @@ from gymnasium import spaces
 
 from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
-from fastvec.protocol import TAG_BITS, TAG_SCALAR_ROWS, Extra, wide_dtype
+from fastvec.protocol import TAG_BITS, TAG_PICKLED, TAG_SCALAR_ROWS, Extra, wide_dtype
 from fastvec.spaces import Leaf, is_single_array, leaves, split
 
 __all__ = ["ActionWriter", "OutputChecks", "emit_warnings"]
+
+_CAST, _BITS, _PICKLE = "cast", "bits", "pickle"  # how an action leaf's values reach the env (_LeafWriter._carry)
 
 
 def _bounds(space: spaces.Space, per_env: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +101,12 @@ class ActionWriter:
             tag = self.writers[0].write(actions, buffers[0], env_ids)
             if tags.ndim == 1:  # (asynchronous batches' scratch, which a writer per batch count shares: always stored)
                 tags[0] = tag
-                return None
-            written = self._written
-            if written is None or written[1] != tag or written[0] != id(tags):  # (a row store costs 0.5 us)
-                tags[0] = tag
-                self._written = (id(tags), tag)
-            return None
+            else:
+                written = self._written
+                if written is None or written[1] != tag or written[0] != id(tags):  # (a row store costs 0.5 us)
+                    tags[0] = tag
+                    self._written = (id(tags), tag)
+            return [self.writers[0].take_pickled()] if tag & TAG_PICKLED else None
         if per_env and isinstance(actions, Mapping):
             # (a dict is never one action per env, which SB3 iterates: its keys were taken for the envs' actions.
             # For a Dict space it is gymnasium's batch layout, one batch per key, taken as such)
@@ -118,8 +123,13 @@ class ActionWriter:
         objects: list[list] | None = [] if self.has_objects else None
         for leaf, part in zip(self.leaves, parts):
             if leaf.array:
-                tags[buffer_index] = next(writers).write(part, buffers[buffer_index], env_ids)
+                writer = next(writers)
+                tag = tags[buffer_index] = writer.write(part, buffers[buffer_index], env_ids)
                 buffer_index += 1
+                if tag & TAG_PICKLED:  # (its rows travel with the object leaves', in the leaves' order)
+                    if objects is None:
+                        objects = []
+                    objects.append(writer.take_pickled())
             else:
                 values = list(part)
                 if len(values) != self.num_envs:
@@ -174,6 +184,7 @@ class _LeafWriter:
         self.raise_out_of_range = check == "raise"
         self._warned: set[int] = set()
         self._ids: list[int] | None = None  # the env of each row of the batch being written (None: row k is env k)
+        self._pickled: list | None = None  # the rows of the batch just written, where they travel pickled
         self._copy_same = kernels.copy_same
         self.low, self.high = _bounds(space, self.per_env)
         if self.dtype == np.int64 and self.low.dtype == np.int64:
@@ -212,7 +223,13 @@ class _LeafWriter:
                     f"got shape {a.shape}"
                 )
         if a.dtype != self.dtype:
-            if self._cast_loses(a):  # held bit for bit instead, in the widest dtype of its own kind
+            carry = self._carry(a)
+            if carry is _PICKLE:  # each env's row as sent (SB3 and gymnasium iterate the batch), pickled
+                if self.check_range and a.dtype.kind in "fiub":
+                    self._check_range(a.reshape(-1), a, _first_outside_generic)
+                self._pickled = list(actions)
+                return TAG_PICKLED
+            if carry is _BITS:  # held bit for bit instead, in the widest dtype of its own kind
                 out.view(wide_dtype(a.dtype))[...] = a
                 if self.check_range:
                     self._check_range(a.reshape(-1), a, _first_outside_generic)
@@ -241,26 +258,31 @@ class _LeafWriter:
             f"{self.element_shape} (the actions' rows differ in shape)"
         ) from exc
 
-    def _cast_loses(self, a: np.ndarray) -> bool:
-        """Whether casting ``a`` to the buffer's dtype would change a value (checked before the cast): then
-        it travels bit for bit (``TAG_BITS``), or, with check="raise", is refused naming the env (with
-        "warn", a warning once per env). Values no 8-byte dtype holds (complex; float128 that float64 would
-        round) are refused."""
+    def take_pickled(self) -> list:
+        """The rows of the batch just written (its tag said TAG_PICKLED), one per env, as sent."""
+        rows, self._pickled = self._pickled, None
+        return rows  # type: ignore[return-value]
+
+    def _carry(self, a: np.ndarray) -> object:
+        """How ``a`` (not of the buffer's dtype) reaches the env: cast into the buffer (_CAST) where that keeps
+        every value; else bit for bit in the widest dtype of its own kind (_BITS), or, with check="raise",
+        refused naming the env (with "warn", a warning once per env); values no 8 bytes hold (float128 that
+        float64 would round, complex, strings, objects) pickled (_PICKLE), as SB3 and gymnasium hand them on,
+        unless check="raise" refuses what is not a number."""
         if a.dtype.kind not in "fiub":
-            raise ValueError(f"actions{self.where} for {self.space} must be numbers, got dtype {a.dtype}")
+            if self.raise_out_of_range:
+                raise ValueError(f"actions{self.where} for {self.space} must be numbers, got dtype {a.dtype}")
+            return _PICKLE
         if a.dtype.kind == "f" and self.dtype.kind == "f":
             if a.dtype.itemsize <= 8:
-                return False  # floats into float64
+                return _CAST  # floats into float64
             # float128: the values float64 holds reach the env as they were sent (their dtype's tag); others
-            # would be rounded, silently: refused (the block's rows are 8 bytes wide)
+            # would be rounded: pickled
             held = a.astype(self.dtype)
             lost = (held != a) & ~(np.isnan(a) & np.isnan(held))
-            if lost.any():
-                row, pos = divmod(int(np.flatnonzero(lost.reshape(self.num_envs, -1))[0]), self.per_env)
-                raise ValueError(f"{self._not_held(a, row, pos)}; send float64 (no wider value fits the shared block)")
-            return False
+            return _PICKLE if lost.any() else _CAST
         if np.can_cast(a.dtype, self.dtype, "safe") and not (a.dtype.itemsize == 8 and self.dtype.kind == "f"):
-            return False  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
+            return _CAST  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
         negative_zero = False
         with np.errstate(invalid="ignore", over="ignore"):
             held = a.astype(self.dtype, casting="unsafe")
@@ -270,14 +292,14 @@ class _LeafWriter:
             elif a.dtype.kind == "f":  # -0.0 is a whole number, but an integer buffer gives back +0.0
                 negative_zero = bool(np.any((a == 0) & np.signbit(a)))
         if not lost.any():
-            return negative_zero  # (as bits, and nothing to say of it)
+            return _BITS if negative_zero else _CAST  # (as bits, and nothing to say of it)
         rows = lost.reshape(self.num_envs, -1)
-        if self.raise_out_of_range or a.dtype.itemsize > 8 or self.dtype.itemsize != 8:
+        if self.raise_out_of_range:
             row, pos = divmod(int(np.flatnonzero(rows)[0]), self.per_env)
             raise ValueError(f"{self._not_held(a, row, pos)}; send whole numbers in its range")
         if self.check_range:
             self._warn_each_env(rows, lambda row, pos: f"{self._not_held(a, row, pos)}; handed to the env as sent")
-        return True
+        return _BITS if a.dtype.itemsize <= 8 and self.dtype.itemsize == 8 else _PICKLE
 
     def _not_held(self, a: np.ndarray, row: int, pos: int) -> str:
         value = a.reshape(self.num_envs, -1)[row, pos]

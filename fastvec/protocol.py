@@ -28,6 +28,7 @@ __all__ = [
     "TAG_DTYPE",
     "TAG_SCALAR_ROWS",
     "TAG_BITS",
+    "TAG_PICKLED",
     "wide_dtype",
     "POLL_NS",
     "ADAPTIVE_POLL",
@@ -122,9 +123,13 @@ DISABLED = 2
 # TAG_BITS: the values did not fit the buffer's dtype (3.7 for an integer space, 2**63 for int64, 2**60 + 1
 # for float64): its 8 bytes hold them bit for bit in the widest dtype of their own kind (float64, int64,
 # uint64; ``wide_dtype``), read back through a view.
+# TAG_PICKLED: no 8 bytes hold them (float128 that float64 would round, complex, strings, objects): the rows
+# travel pickled with the command, beside the object leaves, and the env gets each as sent (SB3 and gymnasium
+# hand anything on).
 TAG_DTYPE = 0xFF
 TAG_SCALAR_ROWS = 0x100
 TAG_BITS = 0x200
+TAG_PICKLED = 0x400
 
 
 def wide_dtype(dtype: np.dtype) -> np.dtype:

@@ -38,6 +38,7 @@ from fastvec.protocol import (
     SAME_STEP,
     TAG_BITS,
     TAG_DTYPE,
+    TAG_PICKLED,
     TAG_SCALAR_ROWS,
     Extra,
     wide_dtype,
@@ -183,11 +184,14 @@ class Shard:
             rows = self.action_buffers[0]
             if tag == 0 and self._scalar_rows:  # scalar actions (Discrete): iterating makes each env its own scalar
                 return rows
+            if tag & TAG_PICKLED:  # (values no 8 bytes hold: each env's row as sent, with the command)
+                return action_objects[0]  # type: ignore[index]
             return rows.copy() if tag == 0 else _as_sent(rows, tag)
-        tags = self.action_tags[:, self.start]  # the leaves' tags, as sent to this shard's envs
-        arrays = iter([b.copy() if t == 0 else _as_sent(b, t) for b, t in zip(self.action_buffers, tags.tolist())])
-        objects = iter(action_objects or [])
-        columns = [next(arrays) if leaf.array else next(objects) for leaf in self.action_leaves]
+        tags = self.action_tags[:, self.start].tolist()  # the leaves' tags, as sent to this shard's envs
+        arrays = iter([b.copy() if t == 0 else _as_sent(b, t) for b, t in zip(self.action_buffers, tags) if not t & TAG_PICKLED])
+        pickled = iter(t & TAG_PICKLED for t in tags)
+        objects = iter(action_objects or [])  # (the object leaves' columns and the pickled array leaves', in order)
+        columns = [next(objects) if not leaf.array or next(pickled) else next(arrays) for leaf in self.action_leaves]
         return [assemble(self.action_space, [column[j] for column in columns]) for j in range(len(self.envs))]
 
     def _timed(self) -> bool:

@@ -93,10 +93,13 @@ def test_negative_zero_for_an_integer_space_keeps_its_sign() -> None:
 
 
 
-def test_float128_actions_reach_the_env_exactly_or_are_refused() -> None:
-    """float128 actions went through the float64 buffer rounded, silently (SB3 and gymnasium hand the env the
-    exact values): values float64 holds reach the env as sent, the others are refused naming the env, with or
-    without a check (a row is 8 bytes wide)."""
+def test_actions_no_8_bytes_hold_travel_pickled_as_sent() -> None:
+    """float128 actions went through the float64 buffer rounded, silently, then were refused; complex, string and
+    object actions were refused ("must be numbers"): SB3 and gymnasium hand the env each row as sent. Values float64
+    holds reach the env through the buffer; the others travel pickled (TAG_PICKLED), each env's row as sent;
+    check="raise" refuses what is not a number, and range-checks float128."""
+    from fastvec.protocol import TAG_PICKLED
+
     space = spaces.Box(-2, 2, (2,), np.float32)
     for check in (None, "raise"):
         writer, out = _writer(space, check)
@@ -106,8 +109,18 @@ def test_float128_actions_reach_the_env_exactly_or_are_refused() -> None:
         np.testing.assert_array_equal(handed, exact)
         finer = exact.copy()
         finer[1, 1] += np.longdouble(2) ** -60
-        with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is .*float64 .*send float64"):
-            writer.write(finer, out)
+        objects = writer.writer.write(finer, [out], writer.tags)
+        assert writer.tags[0] == TAG_PICKLED and len(objects) == 1 and [row.dtype for row in objects[0]] == [np.longdouble] * 2
+        np.testing.assert_array_equal(np.stack(objects[0]), finer)  # (not rounded)
+    _, out = _writer(space, "raise")
+    with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is np.longdouble\('3.0+9'\), outside Box"):
+        _writer(space, "raise")[0].writer.write(np.array([[0, 0], [0, 3]], np.longdouble) + np.longdouble(2) ** -60, [out], np.zeros(1, np.uint32))
+    for values in (np.array([[1j, 0], [0, 0]]), np.array([["a", "b"], ["c", "d"]]), [[None, 1.5], ["x", 2]]):
+        writer, out = _writer(space)
+        objects = writer.writer.write(values, [out], writer.tags)
+        assert writer.tags[0] == TAG_PICKLED and [list(row) for row in objects[0]] == [list(row) for row in values]
+        with pytest.raises(ValueError, match="must be numbers"):
+            _writer(space, "raise")[0].write(values, out)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +186,7 @@ def test_shapes_and_kinds_are_always_checked() -> None:
     writer.write(np.array([[1], [0]]), out)  # (n, 1) from a policy head is accepted for Discrete
     np.testing.assert_array_equal(out, [1, 0])
     with pytest.raises(ValueError, match="must be numbers"):
-        writer.write(np.array(["a", "b"]), out)
+        _writer(spaces.Discrete(2), "raise")[0].write(np.array(["a", "b"]), out)  # (unchecked, they go to the env)
 
 
 def test_actions_whose_rows_differ_in_shape_name_the_env() -> None:

@@ -323,3 +323,63 @@ def test_observations_of_an_equal_dtype_are_not_a_cast(recwarn) -> None:
             obs = venv.step(np.array([1, 0]))[0]
         np.testing.assert_array_equal(obs, [[1, 1, 1], [0, 0, 0]])
     assert not [w for w in recwarn if "cast" in str(w.message)]
+
+
+class RecordsAction(gym.Env):
+    """Keeps the last action it was given (``last()``: its type, dtype and value)."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.action = action
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    def last(self):
+        return type(self.action).__name__, str(getattr(self.action, "dtype", "")), repr(self.action)
+
+
+ODD_ACTIONS = {
+    "float128": np.array([[0.5, 1 + np.longdouble(2) ** -60], [0.25, -0.5]], np.longdouble),  # (float64 rounds it)
+    "complex": np.array([[1 + 2j, 0], [0, 3j]]),
+    "object": np.array([[None, 1.5], ["x", 2]], dtype=object),
+}
+
+
+@pytest.mark.parametrize("name", ODD_ACTIONS)
+def test_actions_no_8_bytes_hold_reach_the_env_as_sb3_hands_them_on(name: str) -> None:
+    """float128 that float64 would round, complex and object actions were refused ("send float64", "must be
+    numbers"), where SB3's SubprocVecEnv and gymnasium hand each env its row: they travel pickled now, in both
+    front-ends, synchronous and asynchronous, wherever the env runs."""
+    actions = ODD_ACTIONS[name]
+    reference = SB3SubprocVecEnv([RecordsAction] * 2, start_method="fork")
+    try:
+        reference.reset()
+        reference.step(actions)
+        expected = reference.env_method("last")
+    finally:
+        reference.close()
+    for options in ({"num_workers": 2}, {"num_workers": 2, "step_in_parent": False}):
+        with SubprocVecEnv([RecordsAction] * 2, start_method="fork", **options) as venv:
+            venv.reset()
+            venv.step(actions)
+            assert venv.env_method("last") == expected
+            venv.step(np.zeros((2, 2)))  # (and back to the shared rows)
+            assert venv.env_method("last")[1][:2] == ("ndarray", "float64")
+        with VectorEnv([RecordsAction] * 2, context="fork", **options) as gym_venv:
+            gym_venv.reset()
+            gym_venv.step(actions)
+            assert list(gym_venv.call("last")) == expected
+    with SubprocVecEnv([RecordsAction] * 4, start_method="fork", batch_size=2) as venv:
+        venv.async_reset()
+        sent: set[int] = set()
+        while len(sent) < 4:  # (env i gets row i % 2; a group may come back before the other is stepped)
+            ids = venv.recv()[4]
+            venv.send(actions[ids % 2], ids)
+            sent.update(ids.tolist())
+        venv.recv(), venv.recv()  # (both groups: none runs during env_method)
+        assert venv.env_method("last") == expected * 2

@@ -109,6 +109,8 @@ class SubprocVecEnv(_VecEnvBase):
     def reset(self) -> Any:
         batch = self.pool.reset(self._seeds, self._options_for_reset())
         self.reset_infos = [batch.reset_infos.get(i, {}) for i in range(self.num_envs)]
+        for i, error in batch.restarted.items():
+            self.reset_infos[i] = {**self.reset_infos[i], "fastvec.restarted": error}
         # seeds and options are used once, as SB3 does
         self._reset_seeds()
         self._reset_options()

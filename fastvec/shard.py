@@ -169,10 +169,10 @@ class Shard:
         errors = run.errors
         if self.autoreset_mode == SAME_STEP:
             if errors:
-                raise ShardError.combine(self._reset_ended(run.results, run.restarted, errors))
+                raise ShardError.combine(self._reset_ended(run.results, run.restarted, errors, run.slot))
             return self._write_step(run.results, run.slot, run.restarted)
         if errors:
-            self._raise_step_errors(run.results, errors)
+            self._raise_step_errors(run.results, errors, run.slot)
         return self._write_step(run.results, run.slot, None)
 
     def _actions(self, action_objects: list[list] | None) -> Any:
@@ -254,21 +254,50 @@ class Shard:
             run.restarted, run.errors = restarted, errors
             return None
         if errors:
-            raise ShardError.combine(self._reset_ended(results, restarted, errors))
+            raise ShardError.combine(self._reset_ended(results, restarted, errors, slot))
         return self._write_step(results, slot, restarted)
 
-    def _reset_ended(self, results: list, restarted: set[int] | None, errors: list[ShardError]) -> list[ShardError]:
+    def _reset_ended(self, results: list, restarted: set[int] | None, errors: list[ShardError], slot: int) -> list[ShardError]:
         """SAME_STEP, a step in which an env raised (its results are never returned): the other envs whose
         episode ended in it are reset now, as each would be in its own process (they went on stepping their
         finished episodes). ``errors`` with any such reset's."""
+        latest: dict[int, Any] = {}
         for j, result in enumerate(results):
             if result is None or (restarted is not None and j in restarted) or not _ended(result):
                 continue
             try:
-                self._autoreset(j, "reset (autoreset after step)")
+                latest[j] = self._autoreset(j, "reset (autoreset after step)")[0]
             except ShardError as err:
                 errors.append(err)
+        self._keep_latest(results, latest, slot)
+        self._drop_step_extras()
         return errors
+
+    def _drop_step_extras(self) -> None:
+        """A step that raises returns no results: what its envs' restarts, resets and episode ends queued goes
+        with them (it must not come back with a later command's results)."""
+        dropped = (Extra.RESTARTED, Extra.RESET_INFO, Extra.FINAL_OBS)
+        self.side_extras = [e for e in self.side_extras if e[1] not in dropped]
+
+    def _keep_latest(self, results: list, latest: dict, slot: int) -> None:
+        """A step that raises writes no rows; the ring's slot before the next step's must still hold each
+        env's latest observation (a restart in the next step takes its final observation from there)."""
+        if not self.restart_on_error:
+            return
+        previous = (slot - 1) % self.views.layout.ring_slots
+        obs_list = []
+        for j in range(len(self.envs)):
+            result = results[j] if j < len(results) else None
+            if j in latest:
+                obs_list.append(latest[j])
+            elif result is not None:
+                obs_list.append(result[0])
+            else:
+                obs_list.append(self.row(previous, j))
+        try:
+            self.write_obs(obs_list, slot, "step")
+        except Exception:  # (an observation the rows cannot hold: its env's error is raised with the step's own)
+            pass
 
     def _step_next_step(
         self, slot: int, actions: Any, run: StepRun | None = None, stop: int = 0, watch: tuple | None = None
@@ -341,10 +370,10 @@ class Shard:
             run.errors = errors
             return None
         if errors:
-            self._raise_step_errors(results, errors)
+            self._raise_step_errors(results, errors, slot)
         return self._write_step(results, slot, None)
 
-    def _raise_step_errors(self, results: list, errors: list[ShardError]) -> NoReturn:
+    def _raise_step_errors(self, results: list, errors: list[ShardError], slot: int) -> NoReturn:
         """NEXT_STEP / DISABLED, a step in which an env raised: no rows are written, so NEXT_STEP marks the envs
         whose episode ended in it for their reset in the next step here, as _write_step would from the flags
         (those stepped in a kernel call are not marked as they step); then every env's error is raised."""
@@ -353,6 +382,8 @@ class Shard:
             for j, result in enumerate(results):
                 if _ended(result):
                     needs_reset[j] = True
+        self._keep_latest(results, {}, slot)
+        self._drop_step_extras()
         raise ShardError.combine(errors)
 
     def _step_failed(
@@ -366,12 +397,12 @@ class Shard:
         if not self.restart_on_error:
             append(None)
             return (errors or []) + [ShardError(self.start + j, "step", exc)]
-        self.needs_reset[j] = True
         try:
             append(restart.after_step_error(self, j, slot, exc, reset_now=False))
-        except ShardError as err:  # its re-creation failed too (the next step tries again)
+        except ShardError as err:  # its re-creation failed too (the next step tries again, and ends the episode)
             append(None)
             return (errors or []) + [err]
+        self.needs_reset[j] = True
         return errors
 
     def _autoreset(self, j: int, command: str) -> tuple[Any, dict]:
@@ -633,6 +664,7 @@ class Shard:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             obs_list.append(obs)
         if errors:
+            self._drop_step_extras()  # (a reset that raises returns nothing either)
             raise ShardError.combine(errors)
         return obs_list, extras
 

@@ -1001,7 +1001,8 @@ def test_a_replacement_worker_s_envs_get_a_reset_info_each() -> None:
         os.kill(remote.pid, signal.SIGKILL)
         remote.process.join(5)
         venv.reset()  # (its replacement resets envs 2 and 3)
-        assert venv.reset_infos[2] is not venv.reset_infos[3] and venv.reset_infos[2] == {"source": "simulator"}
+        assert venv.reset_infos[2] is not venv.reset_infos[3]
+        assert venv.reset_infos[2] == {"source": "simulator", "fastvec.restarted": "worker process died"}
 
 
 class _CloseRaisesOnRestart(_RaisesIn):

@@ -289,10 +289,15 @@ def test_env_whose_remake_fails_is_never_stepped_again(tmp_path, front: str, bad
         block.unlink()
         result = venv.step(actions)
         infos = result[-1]
+        # its episode ends as truncated, at the last observation the caller saw (the steps that raised wrote no
+        # rows: it was a stale row of the ring, and in NEXT_STEP mode a fresh episode began with no end at all)
         if front == "sb3":
             assert result[2][bad_index] and "fastvec.restarted" in infos[bad_index]
+            np.testing.assert_allclose(infos[bad_index]["terminal_observation"], [0.01, 0.01])
         else:
             assert infos["_fastvec_restarted"].tolist() == [i == bad_index for i in range(4)]
+            assert result[3].tolist() == [i == bad_index for i in range(4)]  # truncated
+            np.testing.assert_allclose(result[0][bad_index], [0.01, 0.01])
         for _ in range(2):
             venv.step(actions)
         assert venv.pool.call("get_attr", [bad_index], ("flaky",)) == [False]  # made again
@@ -628,3 +633,68 @@ def test_a_replacement_that_makes_its_env_in_the_reset_it_took_over_raises_nothi
             obs = venv.reset()
         assert obs[:, 1].tolist() == [0.0, 1.0, 2.0, 3.0] and not (tmp_path / "block").exists()
         venv.step(np.zeros(4, np.int64))
+
+
+class _FailsOnOne(gym.Env):
+    """obs [index, t]; action 1 raises in step, and ``fail_reset`` in reset."""
+
+    observation_space = gym.spaces.Box(-1e6, 1e6, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, index: int):
+        self.index, self.t, self.fail_reset = index, 0, False
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.fail_reset:
+            raise ValueError(f"env {self.index} fails in reset")
+        self.t = 0
+        return np.array([self.index, 0], np.float32), {}
+
+    def step(self, action):
+        if int(action) == 1:
+            raise ValueError(f"env {self.index} fails in step")
+        self.t += 1
+        return np.array([self.index, self.t], np.float32), 0.0, False, False, {}
+
+
+class _MakesAfterFailures:
+    """Makes env ``i``; env ``bad``'s making fails while the file ``count`` holds a positive count."""
+
+    def __init__(self, i: int, bad: int, count: str):
+        self.i, self.bad, self.count = i, bad, count
+
+    def __call__(self):
+        n = int(Path(self.count).read_text() or 0)
+        if self.i == self.bad and n > 0:
+            Path(self.count).write_text(str(n - 1))
+            raise OSError(f"the factory of env {self.i} failed")
+        return _FailsOnOne(self.i)
+
+
+@pytest.mark.parametrize("command", ["step", "reset"])
+@pytest.mark.parametrize("good, bad", [(2, 3), (0, 1)])  # a worker's shard; the calling process's
+def test_a_restart_in_a_command_that_raised_is_not_reported_by_a_later_one(tmp_path, command, good, bad) -> None:
+    """Env ``good`` is re-made in a step (or reset) that raises for env ``bad``, whose re-making fails: the
+    command's results are lost, its restart report with them. It came with the shard's next step, on an env
+    not restarted there (done False, no final observation). And SubprocVecEnv.reset() names a restart in its
+    reset_infos, as the gymnasium front-end and recv() do."""
+    count = tmp_path / "count"
+    count.write_text("0")
+    fns = [_MakesAfterFailures(i, bad, str(count)) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        venv.step(np.zeros(4, np.int64))
+        count.write_text("1")
+        actions = np.zeros(4, np.int64)
+        actions[[good, bad]] = 1
+        if command == "reset":
+            venv.set_attr("fail_reset", True, indices=[good, bad])
+        with pytest.raises(EnvError, match=f"env {bad} raised OSError during 'make"):
+            venv.reset() if command == "reset" else venv.step(actions)
+        for _ in range(2):
+            infos = venv.step(np.zeros(4, np.int64))[3]
+            assert "fastvec.restarted" not in infos[good], infos[good]
+        venv.set_attr("fail_reset", True, indices=[good])
+        venv.reset()
+        assert f"env {good} fails in reset" in venv.reset_infos[good]["fastvec.restarted"]

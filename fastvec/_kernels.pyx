@@ -700,7 +700,7 @@ def store_bools(list items, uint8_t[::1] dst, Py_ssize_t start):
 
 cdef int check_bounds_shape(Py_ssize_t n, Py_ssize_t k, Py_ssize_t k_high) except -1:
     """The range checks' shapes: ``n`` values, rows of ``k`` bounds (low and high alike)."""
-    if k == 0 or k_high != k or n % k:
+    if k_high != k or (n % k if k else n):  # (no bounds fit no values: a Box of shape (0,))
         raise ValueError(f"bounds of {k} low and {k_high} high values for {n} values")
     return 0
 

@@ -361,13 +361,15 @@ def store_bools(items: list, dst: np.ndarray, start: int) -> None:
 
 
 def _check_bounds_shape(n: int, k: int, k_high: int) -> None:
-    if k == 0 or k_high != k or n % k:
+    if k_high != k or (n % k if k else n):  # (no bounds fit no values: a Box of shape (0,))
         raise ValueError(f"bounds of {k} low and {k_high} high values for {n} values")
 
 
 def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
     k = low.shape[0]
     _check_bounds_shape(values.shape[0], k, high.shape[0])
+    if not k:
+        return -1
     v = values.reshape(-1, k)
     bad = np.flatnonzero((v < low) | (v > high))
     return int(bad[0]) if bad.size else -1
@@ -376,6 +378,8 @@ def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> 
 def first_outside_float(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
     k = low.shape[0]
     _check_bounds_shape(values.shape[0], k, high.shape[0])
+    if not k:
+        return -1
     v = values.reshape(-1, k).astype(np.float64)
     bad = np.flatnonzero(~((v >= low) & (v <= high)))
     return int(bad[0]) if bad.size else -1

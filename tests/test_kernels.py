@@ -795,6 +795,9 @@ def test_range_kernels_check_their_bounds(k) -> None:
     for start, stop in ((-1, 3), (0, 5)):
         with pytest.raises(IndexError, match="outside 4 values"):
             k.first_nan(values, start, stop)
+    # (no values and no bounds: a Box of shape (0,), which gymnasium steps)
+    assert k.first_outside_int(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)) == -1
+    assert k.first_outside_float(np.zeros(0), np.zeros(0), np.zeros(0)) == -1
     ints, floats = np.zeros(4, np.int64), np.zeros(4, np.float64)
     for low, high in ((np.zeros(0), np.zeros(0)), (np.zeros(2), np.zeros(1)), (np.zeros(3), np.zeros(3))):
         with pytest.raises(ValueError, match="bounds of"):

@@ -383,3 +383,13 @@ def test_actions_no_8_bytes_hold_reach_the_env_as_sb3_hands_them_on(name: str) -
             sent.update(ids.tolist())
         venv.recv(), venv.recv()  # (both groups: none runs during env_method)
         assert venv.env_method("last") == expected * 2
+
+
+def test_an_empty_box_action_space_with_range_checks_steps() -> None:
+    """A Box of shape (0,) (no values, no bounds): the range kernels refused it on every step with check="warn"
+    or "raise", where gymnasium steps it."""
+    fns = [partial(envs.EchoEnv, spaces.Box(-1, 1, (2,), np.float32), spaces.Box(-1, 1, (0,), np.float32))] * 2
+    for check in ("warn", "raise"):
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2, check=check) as venv:
+            venv.reset()
+            venv.step(np.zeros((2, 0), np.float32))

@@ -326,7 +326,7 @@ class Pool:
         self.pin = opts.placement
         self.cores: dict[int, list[int]] = {}  # worker index -> the cores it is pinned to
         self._allowed_cores = placement.allowed_cores()  # the affinity this process was started with
-        if isinstance(self.pin, list) and num_workers > (1 if step_in_parent else 0):
+        if isinstance(self.pin, (list, tuple)) and num_workers > (1 if step_in_parent else 0):
             # (cores this process may not use: refused now, not once every env was made)
             placement.plan(self.pin, [1], False, self._allowed_cores)
         self._inside_ns = 0
@@ -445,6 +445,8 @@ class Pool:
         self._control_words = views.control_words
         self._local_stats = views.worker_stats[0]
         self._local_finished = time.perf_counter_ns()
+        self._local_commands = 0  # the own shard's commands, counted as they start (Pool.in_flight)
+        self._local_running = 0  # the count of the one running now, or 0
         self._index_remotes()
         # per slot: the rewards / terminated / truncated rows a Batch hands out, and the observations
         self.slot_views = [(views.rewards[s], views.terminated[s], views.truncated[s]) for s in range(self.ring_slots)]
@@ -1087,9 +1089,12 @@ class Pool:
         the shard's extras."""
         local = self._local
         steps = local.steps
+        self._local_commands += 1
+        self._local_running = self._local_commands
         try:
             extras = local.step(*args)
         finally:  # (a step that raised is counted too, as a worker counts it)
+            self._local_running = 0
             ended = time.perf_counter_ns()
             kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
             self._local_finished = ended
@@ -1101,7 +1106,12 @@ class Pool:
         (False: the run goes on at a later call, from the next env)."""
         local = self._local
         n = len(local.envs)
-        local.step_envs(run, n, watch)
+        self._local_commands += 1
+        self._local_running = self._local_commands
+        try:
+            local.step_envs(run, n, watch)
+        finally:
+            self._local_running = 0
         return len(run.results) == n
 
     def _end_local(self, run: StepRun, busy_ns: int, began_ns: int) -> list | None:
@@ -2013,10 +2023,13 @@ class Pool:
         running = {}
         try:  # (a worker replaced meanwhile by the stepping thread: that reading only misses it)
             for k, remote in enumerate(self._remotes):
-                if words[done[k]] != seqs[k]:
+                # (a dead worker's DONE word stays behind for good: it runs nothing)
+                if words[done[k]] != seqs[k] and remote.exitcode is None:
                     running[remote.index] = seqs[k]
         except (IndexError, ValueError):
             pass
+        if self._local_running:  # the calling process steps its own shard (told from its next command by the count)
+            running[0] = self._local_running
         return running, not self._token
 
     def shard_pid(self, shard: int) -> int | None:

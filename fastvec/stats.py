@@ -97,7 +97,7 @@ class Sampler:
         self._previous: tuple | None = None
         # what earlier samples counted of a command (or a wait of the caller's) that had not ended: shard (or
         # "inside") -> (its command count, seconds counted); taken off its time once it ends
-        self._credits: dict[Any, tuple[int, float]] = {}
+        self._credits: dict[Any, tuple[int, float, Any]] = {}
         self._processes: dict[int, Any] = {}
         self._switches: dict[int, int] = {}
         self._started = time.perf_counter()
@@ -118,18 +118,21 @@ class Sampler:
         previous, self._previous = self._previous, reading
         return previous or reading
 
-    def _credited(self, key: Any, took: float, was: Any, now: Any, interval: float) -> float:
+    def _credited(self, key: Any, took: float, was: Any, now: Any, interval: float, owner: Any = None) -> float:
         """``took`` (seconds of what ended over the interval) with what is still running counted: a command (or
         wait) running at both readings (``was`` and ``now`` the same, not None) ran through the interval,
-        though its time is added to the counters only when it ends; then that time is taken off it."""
+        though its time is added to the counters only when it ends; then that time is taken off it. ``owner``:
+        the process running it (a worker that died has its command's time counted by no one: its replacement's
+        are not taken off for it)."""
         credit = self._credits.get(key)
-        if credit is not None and credit[0] != now:  # it ended: its whole time is in ``took``
-            took = max(0.0, took - credit[1])
+        if credit is not None and credit[0] != now:  # it ended: its whole time is in ``took``, if its process's
+            if credit[2] == owner:
+                took = max(0.0, took - credit[1])
             del self._credits[key]
             credit = None
         if now is not None and was == now:
             took += interval
-            self._credits[key] = (now, interval + (credit[1] if credit is not None else 0.0))
+            self._credits[key] = (now, interval + (credit[1] if credit is not None else 0.0), owner)
         return took
 
     def sample(self) -> PoolStats:
@@ -150,7 +153,9 @@ class Sampler:
             commands = row[Stats.COMMANDS]
             histogram = row[Stats.HISTOGRAM : Stats.HISTOGRAM + Stats.HISTOGRAM_BINS]
             cpu, switches, cores = self._process_facts(pid)
-            busy_s = self._credited(shard, float(row[Stats.BUSY_NS]) / 1e9, running0.get(shard), running1.get(shard), interval)
+            busy_s = self._credited(
+                shard, float(row[Stats.BUSY_NS]) / 1e9, running0.get(shard), running1.get(shard), interval, pid
+            )
             env_ms = None
             if timing and commands:
                 env_ms = [float(x) / commands / 1e6 for x in (env1 - env0)[list(envs)]]

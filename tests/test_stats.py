@@ -218,7 +218,8 @@ class _SlowStep(envs.Counter):
         return super().step(action)
 
 
-def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("in_parent", [False, True])  # (the calling process's own shard read idle through it)
+def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.MonkeyPatch, in_parent: bool) -> None:
     """The counters grow when a command ends: an interval read while every worker stepped through it showed
     them idle (busy 0.0) and the next one over-full (capped at 1.0), and the learner share read from another
     thread during one wait swung between 1 and 0. What ran through an interval counts in it, and not again
@@ -226,7 +227,7 @@ def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.Monke
     import threading
     import time
 
-    with Pool([_SlowStep] * 2, num_workers=2, step_in_parent=False, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+    with Pool([_SlowStep] * 2, num_workers=2, step_in_parent=in_parent, start_method="fork", autoreset_mode=SAME_STEP) as pool:
         pool.reset()
         pool.step_async(np.zeros(2, np.int64))
         readings = []
@@ -249,3 +250,29 @@ def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.Monke
         after = pool.stats()
         assert all(0.3 < s.busy < 0.9 for s in after.shards) and 0.2 < after.learner_share < 0.8, after
         assert all(s.steps_per_s * after.interval_s == pytest.approx(1) for s in after.shards)
+
+
+def test_a_dead_worker_is_not_running_and_its_replacement_keeps_its_own_time() -> None:
+    """A worker that died in a command read busy 1.0 in every later stats() of its (broken) pool: its DONE word
+    stays behind. And what was counted of a dead worker's command was taken off its replacement's."""
+    import signal
+    import time
+
+    with Pool([_SlowStep] * 2, num_workers=2, step_in_parent=False, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        pool.reset()
+        pool.step_async(np.zeros(2, np.int64))
+        time.sleep(0.1)
+        os.kill(pool.worker_pids[1], signal.SIGKILL)
+        with pytest.raises(Exception, match="died"):
+            pool.step_wait()
+        pool.stats()
+        time.sleep(0.2)
+        assert pool.stats().shards[1].busy == 0.0
+    from fastvec.stats import Sampler
+
+    sampler = Sampler.__new__(Sampler)
+    sampler._credits = {}
+    assert sampler._credited(1, 0.0, 7, 7, 0.5, owner=100) == 0.5  # (worker 100's command 7 ran through it)
+    assert sampler._credited(1, 0.4, 7, 3, 0.5, owner=200) == 0.4  # (100 died; its replacement 200's 0.4 s stand)
+    assert sampler._credited(1, 0.0, 3, 3, 0.5, owner=200) == 0.5
+    assert sampler._credited(1, 0.7, 3, None, 0.5, owner=200) == pytest.approx(0.2)  # (its own: 0.5 taken off)

@@ -8,6 +8,7 @@ a pool starts (under spawn and forkserver each imports fastvec anew).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 _WARNED = "_FASTVEC_KERNELS_FALLBACK_WARNED"
@@ -76,6 +77,9 @@ def select(implementation: str) -> None:
     for name in __all__:
         if name != "IMPLEMENTATION":
             globals()[name] = getattr(chosen, name)
+    package = sys.modules.get("fastvec")
+    if package is not None:  # (fastvec.KERNELS, read from here at its import)
+        package.KERNELS = IMPLEMENTATION
 
 
 __all__ = [

@@ -287,7 +287,7 @@ def run_child(
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_dies_with(os.getpid()),
+                preexec_fn=_dies_with(os.getpid(), _allowed_cores()),
             )
             timed_out = False
             try:
@@ -338,8 +338,19 @@ def _restore(previous: dict) -> None:
     previous.clear()
 
 
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """The child's SIGKILL when this process dies, however (a SIGKILL too): Linux's parent-death signal."""
+def _allowed_cores() -> list[int] | None:
+    from fastvec import placement
+
+    try:
+        return placement.allowed_cores()
+    except Exception:  # pragma: no cover - not Linux
+        return None
+
+
+def _dies_with(parent: int, cores: list[int] | None = None) -> Callable[[], None] | None:
+    """The child's SIGKILL when this process dies, however (a SIGKILL too): Linux's parent-death signal; and
+    ``cores``, this process's as it was started (a pool's pin="spread" gives the calling thread one core, which a
+    child would inherit: the tuner's candidates measured on one core)."""
     try:
         import ctypes
 
@@ -351,6 +362,11 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
         prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # (the parent died before that)
             os._exit(1)
+        if cores:
+            try:
+                os.sched_setaffinity(0, cores)
+            except OSError:
+                pass
 
     return set_it
 

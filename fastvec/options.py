@@ -162,8 +162,12 @@ class PoolOptions:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         interval = self.monitor_interval
         if isinstance(interval, numbers.Real) and not isinstance(interval, (bool, np.bool_)):  # (numpy's, a Fraction)
-            interval = float(interval)
-            object.__setattr__(self, "monitor_interval", interval)
+            try:
+                interval = float(interval)
+            except OverflowError:  # (10**400: refused below, by name)
+                interval = float("inf")
+            else:
+                object.__setattr__(self, "monitor_interval", interval)
         if not (isinstance(interval, float) and 0 < interval <= 3600):
             raise ValueError(
                 f"monitor_interval must be a positive number of seconds, at most 3600, got {self.monitor_interval!r}"
@@ -199,6 +203,8 @@ class PoolOptions:
             # an explicit pin wins over a file's pin_workers=True (which means "spread" only where pin is "auto":
             # pin="auto" given here could not be told from the default otherwise)
             given["pin_workers"] = False
+        elif given.get("pin_workers") and "pin" not in given:  # and pin_workers=True over a file's pin: "spread"
+            given["pin"] = "auto"
         return dataclasses.replace(base, **given)
 
     @classmethod

@@ -412,7 +412,8 @@ class KernelsReporter(gym.Wrapper):
     def __init__(self) -> None:
         super().__init__(gym.make("CartPole-v1"))
 
-    def kernels(self) -> str:
+    def kernels(self) -> tuple[str, str]:
+        """(fastvec.kernels.IMPLEMENTATION, fastvec.KERNELS) in this process."""
         import sys
 
-        return sys.modules["fastvec.kernels"].IMPLEMENTATION
+        return sys.modules["fastvec.kernels"].IMPLEMENTATION, sys.modules["fastvec"].KERNELS

@@ -196,4 +196,7 @@ def test_cores_counts_the_process_s_cores_while_a_spread_pool_pins_the_caller() 
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, pin="spread") as venv:
         assert len(os.sched_getaffinity(0)) == 1  # (the caller's thread, pinned: the situation)
         assert measure.cores() == allowed and measure.machine_facts()["cores"] == allowed
+        # (and the children it runs, the tuner's candidates: they inherited the one core)
+        child = measure.run_child([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"], 60)
+        assert child.stdout.split() == [str(allowed)], child
         venv.reset()

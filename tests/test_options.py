@@ -26,6 +26,7 @@ from tests import envs
         ({"monitor_interval": float("inf")}, "monitor_interval"),  # (its thread died at once, close() overflowed)
         ({"monitor_interval": 0}, "monitor_interval"),
         ({"monitor_interval": True}, "monitor_interval"),  # (a bool is an int: it was taken as 1 s)
+        ({"monitor_interval": 10**400}, "monitor_interval"),  # (a bare OverflowError of float())
         # (hand-written configs: "false" was taken as True, the pool pinned its caller for pin_workers="false")
         ({"step_in_parent": "false"}, "step_in_parent must be True or False"),
         ({"pin_workers": "false"}, "pin_workers must be True or False"),
@@ -87,6 +88,9 @@ def test_build_merges_a_tuning_file_under_explicit_knobs(tmp_path) -> None:
     for pin in ("auto", "compact", [0]):
         assert PoolOptions.build(str(path), pin=pin).placement == pin
     assert PoolOptions.build(str(path), pin="auto", pin_workers=True).placement == "spread"
+    # and an explicit pin_workers=True over the file's pin (a hand-written one): "spread", as it says
+    assert PoolOptions.build({"pin": "compact"}, pin_workers=True).placement == "spread"
+    assert PoolOptions.build({"pin": "compact"}, pin_workers=False).placement == "compact"
     assert set(TUNABLE) <= {f for f in PoolOptions.__dataclass_fields__}
 
 
@@ -191,6 +195,7 @@ def test_a_pin_list_outside_the_allowed_cores_is_refused_before_any_env_is_made(
     from functools import partial
 
     outside = max(os.sched_getaffinity(0)) + 1000
-    with pytest.raises(ValueError, match=rf"pin=\[{outside}\]: core\(s\) \[{outside}\] are not among"):
-        SubprocVecEnv([partial(_cartpole_noting_its_making, str(tmp_path))] * 4, start_method="fork", num_workers=2, pin=[outside])
+    for pin in ([outside], (outside,)):  # (a tuple too: it was checked once every env was made)
+        with pytest.raises(ValueError, match=rf"pin=\[{outside}\]: core\(s\) \[{outside}\] are not among"):
+            SubprocVecEnv([partial(_cartpole_noting_its_making, str(tmp_path))] * 4, start_method="fork", num_workers=2, pin=pin)
     assert not list(tmp_path.iterdir())  # (no env was made)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from fastvec.env_calls import private
 from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
 from fastvec.protocol import TAG_BITS, TAG_PICKLED, TAG_SCALAR_ROWS, Extra, wide_dtype
@@ -227,7 +228,9 @@ class _LeafWriter:
             if carry is _PICKLE:  # each env's row as sent (SB3 and gymnasium iterate the batch), pickled
                 if self.check_range and a.dtype.kind in "fiub":
                     self._check_range(a.reshape(-1), a, _first_outside_generic)
-                self._pickled = list(actions)
+                # (each its own copy, as each env's pipe gives it: one object sent to every env, [a] * 4, would
+                # be one object in a worker's message, and an env that changes its action would change the others')
+                self._pickled = [private(row) for row in actions]
                 return TAG_PICKLED
             if carry is _BITS:  # held bit for bit instead, in the widest dtype of its own kind
                 out.view(wide_dtype(a.dtype))[...] = a
@@ -346,6 +349,8 @@ class _LeafWriter:
 
 
 def _first_outside_generic(flat: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
+    if not low.shape[0]:  # (a Box of shape (0,): no values, no bounds)
+        return -1
     idx = np.flatnonzero(_outside(flat.reshape(-1, low.shape[0]), low, high))
     return int(idx[0]) if idx.size else -1
 

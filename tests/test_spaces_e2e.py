@@ -388,8 +388,32 @@ def test_actions_no_8_bytes_hold_reach_the_env_as_sb3_hands_them_on(name: str) -
 def test_an_empty_box_action_space_with_range_checks_steps() -> None:
     """A Box of shape (0,) (no values, no bounds): the range kernels refused it on every step with check="warn"
     or "raise", where gymnasium steps it."""
-    fns = [partial(envs.EchoEnv, spaces.Box(-1, 1, (2,), np.float32), spaces.Box(-1, 1, (0,), np.float32))] * 2
-    for check in ("warn", "raise"):
-        with SubprocVecEnv(fns, start_method="fork", num_workers=2, check=check) as venv:
+    for dtype in (np.float32, np.int64, np.uint64):  # (uint64's bounds go through the generic check)
+        fns = [partial(envs.EchoEnv, spaces.Box(-1, 1, (2,), np.float32), spaces.Box(0, 1, (0,), dtype))] * 2
+        for check in ("warn", "raise"):
+            with SubprocVecEnv(fns, start_method="fork", num_workers=2, check=check) as venv:
+                venv.reset()
+                venv.step(np.zeros((2, 0), dtype))
+
+
+class MutatesAction(RecordsAction):
+    """Records its action, then changes it in place (an env may: the action is its own)."""
+
+    def step(self, action):
+        result = super().step(action)
+        self.action = action.copy()
+        action[0] = 99
+        return result
+
+
+def test_each_env_gets_its_own_copy_of_a_pickled_action() -> None:
+    """One object sent to every env ([a] * 4) travelled as one object in a worker's message (and in the calling
+    process's copy): an env that changed its action changed the next env's. Each env gets its own, as over a pipe
+    of its own (SB3)."""
+    a = np.array([1j, 0])
+    for options in ({"num_workers": 2}, {"num_workers": 2, "step_in_parent": False}):
+        with SubprocVecEnv([MutatesAction] * 4, start_method="fork", **options) as venv:
             venv.reset()
-            venv.step(np.zeros((2, 0), np.float32))
+            venv.step([a] * 4)
+            assert [got[2] for got in venv.env_method("last")] == [repr(a)] * 4
+    assert a[0] == 1j  # (the caller's own array is not the envs' either)

@@ -280,8 +280,9 @@ class Shard:
         self.side_extras = [e for e in self.side_extras if e[1] not in dropped]
 
     def _keep_latest(self, results: list, latest: dict, slot: int) -> None:
-        """A step that raises writes no rows; the ring's slot before the next step's must still hold each
-        env's latest observation (a restart in the next step takes its final observation from there)."""
+        """A step (or reset) that raises writes no rows; the ring's slot before the next step's must still hold
+        each env's latest observation (a restart in the next step takes its final observation from there):
+        ``latest``'s (local position -> a reset's observation), else the step's ``results``, else the slot before."""
         if not self.restart_on_error:
             return
         previous = (slot - 1) % self.views.layout.ring_slots
@@ -620,22 +621,26 @@ class Shard:
             return self.finish_extras(None)
         reset_mask = self.views.reset_mask[self.start : self.stop].tolist() if masked else None
         rows = None if reset_mask is None else [j for j, m in enumerate(reset_mask) if m]
-        obs_list, extras = self.reset_rows(rows if rows is not None else range(len(self.envs)), options, pass_options_always)
+        obs_list, extras = self.reset_rows(
+            rows if rows is not None else range(len(self.envs)), options, pass_options_always, slot=slot
+        )
         self.write_obs(obs_list, slot, "reset", rows)
         self.start_episodes(slot, rows)
         return self.finish_extras(extras)
 
     def reset_rows(
-        self, rows: Any, options: list | None, pass_options_always: bool, seeded: bool = True
+        self, rows: Any, options: list | None, pass_options_always: bool, seeded: bool = True, slot: int | None = None
     ) -> tuple[list, list | None]:
         """Reset the envs at local positions ``rows`` (with their shared seeds unless not
-        ``seeded``); returns (observations, extras)."""
+        ``seeded``); returns (observations, extras). A reset into ring slot ``slot`` that raises writes each
+        env's latest observation there first, as a step that raises does (_keep_latest)."""
         views = self.views
         seeds = views.reset_seeds[self.start : self.stop].tolist()
         seed_mask = views.seed_mask[self.start : self.stop].tolist() if seeded else [False] * len(self.envs)
         extras: list | None = None
         errors: list[ShardError] = []
         obs_list = []
+        reset: dict[int, Any] = {}  # local position -> its new observation
         next_seeds = self.next_seeds
         for j in rows:
             kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
@@ -663,7 +668,10 @@ class Shard:
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             obs_list.append(obs)
+            reset[j] = obs
         if errors:
+            if slot is not None:
+                self._keep_latest([], reset, slot)
             self._drop_step_extras()  # (a reset that raises returns nothing either)
             raise ShardError.combine(errors)
         return obs_list, extras

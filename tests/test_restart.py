@@ -695,6 +695,15 @@ def test_a_restart_in_a_command_that_raised_is_not_reported_by_a_later_one(tmp_p
         for _ in range(2):
             infos = venv.step(np.zeros(4, np.int64))[3]
             assert "fastvec.restarted" not in infos[good], infos[good]
+        if command == "reset":  # (the rows a reset that raised left: env good's latest is its reset's, [good, 0])
+            count.write_text("1")
+            venv.set_attr("fail_reset", True, indices=[bad])  # (it raises, and its making fails: the reset raises)
+            with pytest.raises(EnvError):
+                venv.reset()
+            actions = np.zeros(4, np.int64)
+            actions[good] = 1
+            infos = venv.step(actions)[3]
+            np.testing.assert_array_equal(infos[good]["terminal_observation"], [good, 0])
         venv.set_attr("fail_reset", True, indices=[good])
         venv.reset()
         assert f"env {good} fails in reset" in venv.reset_infos[good]["fastvec.restarted"]

@@ -445,8 +445,9 @@ class Pool:
         self._control_words = views.control_words
         self._local_stats = views.worker_stats[0]
         self._local_finished = time.perf_counter_ns()
-        self._local_commands = 0  # the own shard's commands, counted as they start (Pool.in_flight)
-        self._local_running = 0  # the count of the one running now, or 0
+        # the own shard's commands, counted as they start (Pool.in_flight); the count of the one running now (0:
+        # none; an asynchronous step stopped between envs is not running); that of the last one in its counters
+        self._local_commands = self._local_running = self._local_counted = 0
         self._index_remotes()
         # per slot: the rewards / terminated / truncated rows a Batch hands out, and the observations
         self.slot_views = [(views.rewards[s], views.terminated[s], views.truncated[s]) for s in range(self.ring_slots)]
@@ -1073,6 +1074,8 @@ class Pool:
                 if not indices:
                     return [], None
                 began, steps = time.perf_counter_ns(), local.steps
+                self._local_commands += 1
+                self._local_running = self._local_commands
                 try:
                     return local.call(request, indices, args, values), None
                 finally:
@@ -1098,6 +1101,7 @@ class Pool:
             ended = time.perf_counter_ns()
             kernels.add_stats(self._local_stats, 1.0, local.steps - steps, ended - began, 0.0, began - self._local_finished)
             self._local_finished = ended
+            self._local_counted = self._local_commands
         return own_copies(extras, "step") if extras else extras
 
     def _step_local_part(self, run: StepRun, watch: tuple | None) -> bool:
@@ -1106,7 +1110,8 @@ class Pool:
         (False: the run goes on at a later call, from the next env)."""
         local = self._local
         n = len(local.envs)
-        self._local_commands += 1
+        if not run.results:  # (its first part: a command begins; it is counted at _end_local)
+            self._local_commands += 1
         self._local_running = self._local_commands
         try:
             local.step_envs(run, n, watch)
@@ -1129,6 +1134,7 @@ class Pool:
                 self._local_stats, 1.0, local.steps - steps, busy_ns + ended - began, 0.0, began_ns - self._local_finished
             )
             self._local_finished = ended
+            self._local_counted = self._local_commands
         return own_copies(extras, "step") if extras else extras
 
     def _reset_local(self, *args: Any) -> list | None:
@@ -1136,6 +1142,8 @@ class Pool:
         worker counts a reset: its time, not a step command."""
         local = self._local
         began, steps = time.perf_counter_ns(), local.steps
+        self._local_commands += 1
+        self._local_running = self._local_commands
         try:
             extras = local.reset(*args)
         finally:
@@ -1146,10 +1154,12 @@ class Pool:
         """The parent's own shard's counters (shard 0's row) grow by a command begun at ``began``, when the
         shard had taken ``steps`` env steps, that ended now."""
         ended = time.perf_counter_ns()
+        self._local_running = 0
         kernels.add_stats(
             self._local_stats, commands, self._local.steps - steps, ended - began, 0.0, began - self._local_finished
         )
         self._local_finished = ended
+        self._local_counted = self._local_commands
 
     def _gather(self, p: _Pending) -> list | None:
         """Merge the parent's and the workers' extras; raise the error of the lowest env index
@@ -2013,11 +2023,12 @@ class Pool:
         """Seconds the calling process has spent inside the pool's step/reset/call so far."""
         return self._inside_ns / 1e9
 
-    def in_flight(self) -> tuple[dict[int, int], bool]:
-        """What runs now, as the Sampler reads it from any thread: (worker shard -> the count of the command it
-        has not finished, for each worker given one; whether a thread waits inside the pool: step_wait, recv, a
-        call's wait). The counters grow only when a command or a wait ends: these tell a shard busy for a whole
-        interval from an idle one."""
+    def in_flight(self) -> tuple[dict[int, int], bool, int]:
+        """What runs now, as the Sampler reads it from any thread: (shard -> the count of the command it is
+        running, for each worker given one it has not finished, and the calling process's own shard while it
+        steps envs; whether a thread waits inside the pool: step_wait, recv, a call's wait; the count of the own
+        shard's last command in its counters). The counters grow only when a command or a wait ends: these tell
+        a shard busy for a whole interval from an idle one."""
         self._check_mapped("its counters")
         words, done, seqs = self._control_words, self._done_words, self._seq_words
         running = {}
@@ -2030,7 +2041,7 @@ class Pool:
             pass
         if self._local_running:  # the calling process steps its own shard (told from its next command by the count)
             running[0] = self._local_running
-        return running, not self._token
+        return running, not self._token, self._local_counted
 
     def shard_pid(self, shard: int) -> int | None:
         if self.step_in_parent and shard == 0:

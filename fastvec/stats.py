@@ -105,7 +105,7 @@ class Sampler:
 
     def _take(self) -> tuple:
         pool = self.pool
-        running, inside = pool.in_flight()
+        running, inside, own_counted = pool.in_flight()
         reading = (
             time.perf_counter(),
             pool.shard_counters(),
@@ -114,18 +114,23 @@ class Sampler:
             running,
             # (a wait is told from the next one by the time inside, which grows when a wait ends)
             pool._inside_ns if inside else None,
+            own_counted,
         )
         previous, self._previous = self._previous, reading
         return previous or reading
 
-    def _credited(self, key: Any, took: float, was: Any, now: Any, interval: float, owner: Any = None) -> float:
+    def _credited(
+        self, key: Any, took: float, was: Any, now: Any, interval: float, owner: Any = None, counted: int | None = None
+    ) -> float:
         """``took`` (seconds of what ended over the interval) with what is still running counted: a command (or
         wait) running at both readings (``was`` and ``now`` the same, not None) ran through the interval,
         though its time is added to the counters only when it ends; then that time is taken off it. ``owner``:
         the process running it (a worker that died has its command's time counted by no one: its replacement's
-        are not taken off for it)."""
+        are not taken off for it). ``counted``: the count of the last command in the counters, where a command
+        may stop running before it ends (the calling process's asynchronous step, stopped between envs)."""
         credit = self._credits.get(key)
-        if credit is not None and credit[0] != now:  # it ended: its whole time is in ``took``, if its process's
+        ended = credit is not None and (credit[0] != now if counted is None else counted >= credit[0])
+        if ended:  # its whole time is in ``took``, if its process's
             if credit[2] == owner:
                 took = max(0.0, took - credit[1])
             del self._credits[key]
@@ -137,7 +142,7 @@ class Sampler:
 
     def sample(self) -> PoolStats:
         """The pool since the previous call (or since the sampler was made)."""
-        (t0, counters0, env0, inside0, running0, wait0), (t1, counters1, env1, inside1, running1, wait1) = (
+        (t0, counters0, env0, inside0, running0, wait0, _), (t1, counters1, env1, inside1, running1, wait1, counted) = (
             self._take(),
             self._previous,
         )
@@ -154,7 +159,8 @@ class Sampler:
             histogram = row[Stats.HISTOGRAM : Stats.HISTOGRAM + Stats.HISTOGRAM_BINS]
             cpu, switches, cores = self._process_facts(pid)
             busy_s = self._credited(
-                shard, float(row[Stats.BUSY_NS]) / 1e9, running0.get(shard), running1.get(shard), interval, pid
+                shard, float(row[Stats.BUSY_NS]) / 1e9, running0.get(shard), running1.get(shard), interval, pid,
+                counted if shard == 0 and pool.step_in_parent else None,
             )
             env_ms = None
             if timing and commands:

@@ -276,3 +276,47 @@ def test_a_dead_worker_is_not_running_and_its_replacement_keeps_its_own_time() -
     assert sampler._credited(1, 0.4, 7, 3, 0.5, owner=200) == 0.4  # (100 died; its replacement 200's 0.4 s stand)
     assert sampler._credited(1, 0.0, 3, 3, 0.5, owner=200) == 0.5
     assert sampler._credited(1, 0.7, 3, None, 0.5, owner=200) == pytest.approx(0.2)  # (its own: 0.5 taken off)
+
+
+class _SlowReset(envs.Counter):
+    """A Counter whose resets with options {"slow": True} take 0.6 s."""
+
+    def reset(self, *, seed=None, options=None):
+        import time
+
+        if options and options.get("slow"):
+            time.sleep(0.6)
+        return super().reset(seed=seed, options=options)
+
+
+def test_the_calling_process_s_shard_counts_a_long_reset_and_a_paused_step_once() -> None:
+    """The calling process's own shard read idle through a reset (or a call) that filled the interval, which a
+    worker's read busy; and its asynchronous step stopped between envs had what ran before the stop counted in
+    that interval and again when the step ended (its time reaches the counters then)."""
+    import threading
+    import time
+
+    from fastvec.stats import Sampler
+
+    with Pool([_SlowReset] * 2, num_workers=2, step_in_parent=True, start_method="fork", autoreset_mode=SAME_STEP) as pool:
+        readings = []
+
+        def sample() -> None:
+            time.sleep(0.1)
+            pool.stats()
+            time.sleep(0.3)
+            readings.append(pool.stats())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        pool.reset(options=[{"slow": True}] * 2)
+        sampler.join()
+        assert [s.busy for s in readings[0].shards] == [1.0, 1.0]
+    sampler = Sampler.__new__(Sampler)
+    sampler._credits = {}
+    # the own shard's command 5 runs through an interval; it stops between envs (not running, not counted:
+    # its credit stays); it runs again through the next; it ends (counted): what was credited comes off once
+    assert sampler._credited(0, 0.0, 5, 5, 0.5, owner=1, counted=4) == 0.5
+    assert sampler._credited(0, 0.0, 5, None, 0.5, owner=1, counted=4) == 0.0
+    assert sampler._credited(0, 0.0, 5, 5, 0.5, owner=1, counted=4) == 0.5
+    assert sampler._credited(0, 1.3, 5, None, 0.5, owner=1, counted=5) == pytest.approx(0.3)

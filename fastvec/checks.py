@@ -136,7 +136,7 @@ class ActionWriter:
                 if len(values) != self.num_envs:
                     part_name = f" for part {leaf.name!r}" if leaf.path else ""  # (the root leaf's name is "obs")
                     raise ValueError(f"expected {self.num_envs} actions{part_name} ({leaf.space}), got {len(values)}")
-                objects.append(values)  # type: ignore[union-attr]
+                objects.append(_own_copies(values))  # type: ignore[union-attr]
         return objects
 
 
@@ -230,7 +230,7 @@ class _LeafWriter:
                     self._check_range(a.reshape(-1), a, _first_outside_generic)
                 # (each its own copy, as each env's pipe gives it: one object sent to every env, [a] * 4, would
                 # be one object in a worker's message, and an env that changes its action would change the others')
-                self._pickled = [private(row) for row in actions]
+                self._pickled = _own_copies(actions)
                 return TAG_PICKLED
             if carry is _BITS:  # held bit for bit instead, in the widest dtype of its own kind
                 out.view(wide_dtype(a.dtype))[...] = a
@@ -346,6 +346,15 @@ class _LeafWriter:
         if self.per_env == 1:
             return ""
         return f" (element {tuple(int(x) for x in np.unravel_index(pos, self.element_shape))})"
+
+
+def _own_copies(rows: Any) -> list:
+    """Each env's own copy of its row; rows that cannot be pickled are left as sent, for the payload's pickling
+    to refuse naming the envs."""
+    try:
+        return [private(row) for row in rows]
+    except Exception:
+        return list(rows)
 
 
 def _first_outside_generic(flat: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:

@@ -417,3 +417,41 @@ def test_each_env_gets_its_own_copy_of_a_pickled_action() -> None:
             venv.step([a] * 4)
             assert [got[2] for got in venv.env_method("last")] == [repr(a)] * 4
     assert a[0] == 1j  # (the caller's own array is not the envs' either)
+
+
+class MutatesSequenceAction(gym.Env):
+    """A Sequence action space (an object leaf); the env changes its action's first row in place."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Sequence(spaces.Box(-1, 1, (2,)))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.seen = float(action[0][0])
+        action[0][0] = 99.0
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    def last(self):
+        return self.seen
+
+
+def test_each_env_gets_its_own_copy_of_an_object_part_of_its_action() -> None:
+    """The same for an action's object parts (Sequence, Text, custom spaces), which always travel pickled; and an
+    action that cannot be pickled still names its envs (the copy refused it first, naming none)."""
+    import threading
+
+    a = (np.ones(2),)
+    for options in ({"num_workers": 2}, {"num_workers": 2, "step_in_parent": False}):
+        with SubprocVecEnv([MutatesSequenceAction] * 4, start_method="fork", **options) as venv:
+            venv.reset()
+            venv.step([a] * 4)
+            assert venv.env_method("last") == [1.0] * 4
+        actions = np.array([[0.0, 1.0]] * 4, dtype=object)
+        actions[2, 0] = threading.Lock()
+        with SubprocVecEnv([RecordsAction] * 4, start_method="fork", **options) as venv:
+            venv.reset()
+            with pytest.raises(Exception, match=r"env[s]? 2.* cannot be pickled"):
+                venv.step(actions)

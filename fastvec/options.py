@@ -25,7 +25,7 @@ TUNABLE = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_meth
 CHECK_LEVELS = (None, "off", "warn", "raise")
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """``repr(value)`` for an error message; an int too long to print (Python refuses past 4,300 digits) by its
     size, which would otherwise replace the message with its own error."""
     try:
@@ -53,9 +53,9 @@ def wait_seconds(timeout: Any) -> float | None:
     except OverflowError:  # (10**400)
         return None
     except (TypeError, ValueError):
-        raise TypeError(f"timeout must be a number of seconds or None, got {_shown(timeout)}") from None
+        raise TypeError(f"timeout must be a number of seconds or None, got {shown_value(timeout)}") from None
     if seconds != seconds:
-        raise ValueError(f"timeout must be a number of seconds or None, got {_shown(timeout)}")
+        raise ValueError(f"timeout must be a number of seconds or None, got {shown_value(timeout)}")
     return None if seconds > 1e9 else seconds
 
 
@@ -127,48 +127,48 @@ class PoolOptions:
     def __post_init__(self) -> None:
         n = self.num_workers
         if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
-            raise ValueError(f"num_workers must be a positive int, got {_shown(n)}")
+            raise ValueError(f"num_workers must be a positive int, got {shown_value(n)}")
         if (
             not isinstance(self.ring_slots, (int, np.integer))
             or isinstance(self.ring_slots, bool)
             or not 1 <= self.ring_slots < 2**32  # (the block's header holds it in 32 bits)
         ):
-            raise ValueError(f"ring_slots must be an int >= 1 (below 2**32), got {_shown(self.ring_slots)}")
+            raise ValueError(f"ring_slots must be an int >= 1 (below 2**32), got {shown_value(self.ring_slots)}")
         methods = mp.get_all_start_methods()
         if self.start_method is not None and self.start_method not in methods:
             # multiprocessing's own words first (SB3's tests match them), then what is available
-            raise ValueError(f"cannot find context for {self.start_method!r}; start_method must be one of {methods}")
+            raise ValueError(f"cannot find context for {shown_value(self.start_method)}; start_method must be one of {methods}")
         # (fastvec's own switches: a string such as "false", from a hand-written config, would be taken as True)
         for name in ("step_in_parent", "pin_workers", "monitor", "daemon"):
             value = getattr(self, name)
             if not (isinstance(value, (bool, np.bool_)) or (value is None and name == "step_in_parent")):
-                raise ValueError(f"{name} must be True or False{' (or None)' if name == 'step_in_parent' else ''}, got {_shown(value)}")
+                raise ValueError(f"{name} must be True or False{' (or None)' if name == 'step_in_parent' else ''}, got {shown_value(value)}")
         if self.spin_ns is not None and (
             not isinstance(self.spin_ns, (int, np.integer)) or isinstance(self.spin_ns, bool)
             or not -(2**63) < self.spin_ns < 2**63
         ):  # fmt: skip
-            raise ValueError(f"spin_ns must be an int of nanoseconds (64 bits), got {_shown(self.spin_ns)}")
+            raise ValueError(f"spin_ns must be an int of nanoseconds (64 bits), got {shown_value(self.spin_ns)}")
         timeout = self.step_timeout
         if timeout is not None:
             if not isinstance(timeout, numbers.Real) or isinstance(timeout, (bool, np.bool_)) or not timeout > 0:
-                raise ValueError(f"step_timeout must be a positive number of seconds (or None), got {_shown(timeout)}")
+                raise ValueError(f"step_timeout must be a positive number of seconds (or None), got {shown_value(timeout)}")
             # (seconds as a float, as every wait's: a Fraction could not be formatted; beyond 1e9 s, no limit)
             object.__setattr__(self, "step_timeout", wait_seconds(timeout))
         if self.on_error not in ("raise", "restart"):
-            raise ValueError(f"on_error must be 'raise' or 'restart', got {self.on_error!r}")
+            raise ValueError(f"on_error must be 'raise' or 'restart', got {shown_value(self.on_error)}")
         if isinstance(self.pin, np.ndarray):  # (core ids as an array: a list of them)
             object.__setattr__(self, "pin", self.pin.tolist())
         if isinstance(self.pin, (list, tuple)):
             if not self.pin or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) and c >= 0 for c in self.pin
             ):
-                raise ValueError(f"pin must name cores by their ids, got {_shown(self.pin)}")
+                raise ValueError(f"pin must name cores by their ids, got {shown_value(self.pin)}")
         elif self.pin not in ("auto", "compact", "spread", "none"):
-            raise ValueError(f"pin must be 'auto', 'compact', 'spread', 'none' or a list of core ids, got {_shown(self.pin)}")
+            raise ValueError(f"pin must be 'auto', 'compact', 'spread', 'none' or a list of core ids, got {shown_value(self.pin)}")
         if self.batch_size is not None and (
             not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) or self.batch_size < 1
         ):
-            raise ValueError(f"batch_size must be a positive int, got {_shown(self.batch_size)}")
+            raise ValueError(f"batch_size must be a positive int, got {shown_value(self.batch_size)}")
         interval = self.monitor_interval
         if isinstance(interval, numbers.Real) and not isinstance(interval, (bool, np.bool_)):  # (numpy's, a Fraction)
             try:
@@ -179,10 +179,10 @@ class PoolOptions:
                 object.__setattr__(self, "monitor_interval", interval)
         if not (isinstance(interval, float) and 0 < interval <= 3600):
             raise ValueError(
-                f"monitor_interval must be a positive number of seconds, at most 3600, got {_shown(self.monitor_interval)}"
+                f"monitor_interval must be a positive number of seconds, at most 3600, got {shown_value(self.monitor_interval)}"
             )
         if self.check not in CHECK_LEVELS:
-            raise ValueError(f"check must be None, 'off', 'warn' or 'raise', got {self.check!r}")
+            raise ValueError(f"check must be None, 'off', 'warn' or 'raise', got {shown_value(self.check)}")
 
     @classmethod
     def build(

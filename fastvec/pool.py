@@ -63,7 +63,7 @@ from fastvec.errors import (
 from fastvec.layout import Views, plan_layout
 from fastvec.migrate import ADOPT as _ADOPT
 from fastvec.monitor import Monitor
-from fastvec.options import PoolOptions, default_num_workers, wait_seconds
+from fastvec.options import PoolOptions, default_num_workers, shown_value, wait_seconds
 from fastvec.protocol import (
     ADAPTIVE_POLL,
     DISABLED,
@@ -299,7 +299,7 @@ class Pool:
         self.num_envs = n = len(env_fns)
         if opts.batch_size is not None and opts.batch_size > n:
             raise ValueError(
-                f"batch_size={opts.batch_size} is more than the {n} envs: a batch is at most every env "
+                f"batch_size={shown_value(opts.batch_size)} is more than the {n} envs: a batch is at most every env "
                 f"(batch_size={n}, or none, is the synchronous step)"
             )
         asynchronous = opts.batch_size is not None and opts.batch_size < n

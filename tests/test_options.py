@@ -28,6 +28,8 @@ from tests import envs
         ({"monitor_interval": True}, "monitor_interval"),  # (a bool is an int: it was taken as 1 s)
         ({"monitor_interval": 10**400}, "monitor_interval"),  # (a bare OverflowError of float())
         ({"spin_ns": 10**5000}, r"spin_ns .*, got an int of 16,610 bits"),  # (its repr raised: the message was lost)
+        ({"check": 10**5000}, r"check must be .*, got an int of 16,610 bits"),
+        ({"on_error": 10**5000}, r"on_error must be .*, got an int of 16,610 bits"),
         # (hand-written configs: "false" was taken as True, the pool pinned its caller for pin_workers="false")
         ({"step_in_parent": "false"}, "step_in_parent must be True or False"),
         ({"pin_workers": "false"}, "pin_workers must be True or False"),

@@ -18,6 +18,7 @@ and a NaN reward are reported once per env and kind, or raised, per ``check``.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from fastvec.env_calls import private
+from fastvec.env_calls import private_payload
 from fastvec.errors import ShardError
 from fastvec.layout import action_buffer_dtype
 from fastvec.protocol import TAG_BITS, TAG_PICKLED, TAG_SCALAR_ROWS, Extra, wide_dtype
@@ -136,7 +137,7 @@ class ActionWriter:
                 if len(values) != self.num_envs:
                     part_name = f" for part {leaf.name!r}" if leaf.path else ""  # (the root leaf's name is "obs")
                     raise ValueError(f"expected {self.num_envs} actions{part_name} ({leaf.space}), got {len(values)}")
-                objects.append(_own_copies(values))  # type: ignore[union-attr]
+                objects.append(_own_copies(values, env_ids))  # type: ignore[union-attr]
         return objects
 
 
@@ -230,7 +231,7 @@ class _LeafWriter:
                     self._check_range(a.reshape(-1), a, _first_outside_generic)
                 # (each its own copy, as each env's pipe gives it: one object sent to every env, [a] * 4, would
                 # be one object in a worker's message, and an env that changes its action would change the others')
-                self._pickled = _own_copies(actions)
+                self._pickled = _own_copies(actions, self._ids)
                 return TAG_PICKLED
             if carry is _BITS:  # held bit for bit instead, in the widest dtype of its own kind
                 out.view(wide_dtype(a.dtype))[...] = a
@@ -348,13 +349,13 @@ class _LeafWriter:
         return f" (element {tuple(int(x) for x in np.unravel_index(pos, self.element_shape))})"
 
 
-def _own_copies(rows: Any) -> list:
-    """Each env's own copy of its row; rows that cannot be pickled are left as sent, for the payload's pickling
-    to refuse naming the envs."""
-    try:
-        return [private(row) for row in rows]
-    except Exception:
-        return list(rows)
+def _own_copies(rows: Any, env_ids: list[int] | None) -> list:
+    """Each env's own copy of its row (``env_ids``: the env of each row; None: row k is env k), what a pipe gives
+    it; a row that cannot be pickled, or unpickled, is refused naming its env."""
+    return [
+        private_payload(row, "actions", range(i, i + 1))
+        for row, i in zip(rows, env_ids if env_ids is not None else itertools.count())
+    ]
 
 
 def _first_outside_generic(flat: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:

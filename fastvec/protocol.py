@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "named_envs",
     "Command",
     "ResetFlag",
     "StepFlag",
@@ -154,16 +155,19 @@ MIGRATE_DOWN, MIGRATE_UP, MIGRATE_ALL = 1, 2, 4
 HEADER_TIMING = 8  # header word: 1 while per-env step times are being collected (the monitor is on)
 
 
+def named_envs(envs: range | str) -> str:
+    """``envs`` in a message: "env 3", "envs 2..5", or the words given."""
+    if not isinstance(envs, range):
+        return envs
+    return f"env {envs.start}" if len(envs) == 1 else f"envs {envs.start}..{envs.stop - 1}"
+
+
 def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:
     """Pickle a payload for a worker (before anything is issued); the error names the envs (a range, or words)."""
     try:
         return bytes(reduction.ForkingPickler.dumps(obj))
     except Exception as exc:
-        if not isinstance(envs, range):
-            named = envs
-        else:
-            named = f"env {envs.start}" if len(envs) == 1 else f"envs {envs.start}..{envs.stop - 1}"
         raise TypeError(
-            f"{what} for {named} cannot be pickled (every env gets them pickled, as through SB3's pipes, whichever "
+            f"{what} for {named_envs(envs)} cannot be pickled (every env gets them pickled, as through SB3's pipes, whichever "
             f"process steps it): {exc!r}"
         ) from exc

@@ -419,6 +419,17 @@ def test_each_env_gets_its_own_copy_of_a_pickled_action() -> None:
     assert a[0] == 1j  # (the caller's own array is not the envs' either)
 
 
+def _load_fails():
+    raise RuntimeError("this action cannot be loaded")
+
+
+class LoadsBadly:
+    """Pickles, but its unpickling raises."""
+
+    def __reduce__(self):
+        return _load_fails, ()
+
+
 class MutatesSequenceAction(gym.Env):
     """A Sequence action space (an object leaf); the env changes its action's first row in place."""
 
@@ -455,3 +466,9 @@ def test_each_env_gets_its_own_copy_of_an_object_part_of_its_action() -> None:
             venv.reset()
             with pytest.raises(Exception, match=r"env[s]? 2.* cannot be pickled"):
                 venv.step(actions)
+            actions[2, 0] = 0.0
+            for i in (0, 3):  # (one that pickles but cannot be loaded: a worker named its first env)
+                actions[i, 1] = LoadsBadly()
+                with pytest.raises(TypeError, match=rf"actions for env {i} cannot be unpickled .*cannot be loaded"):
+                    venv.step(actions)
+                actions[i, 1] = 1.0

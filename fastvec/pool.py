@@ -361,7 +361,7 @@ class Pool:
             int(opts.spin_ns) if opts.spin_ns is not None else (YIELD_POLL_NS if self.oversubscribed else ADAPTIVE_POLL)
         )
         if observation_mode not in ("same", "different"):
-            raise ValueError(f"observation_mode must be 'same' or 'different', got {observation_mode!r}")
+            raise ValueError(f"observation_mode must be 'same' or 'different', got {shown_value(observation_mode)}")
         self._observation_mode = observation_mode
         self._given_observation_space = observation_space
         self.slot = 0
@@ -2565,7 +2565,7 @@ def _autoreset_mode(mode: Any) -> int:
     value = getattr(mode, "value", mode)
     if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer, str)) or value not in _AUTORESET_MODES:
         raise ValueError(
-            f"autoreset_mode must be SAME_STEP, NEXT_STEP or DISABLED (fastvec.protocol) or a gymnasium AutoresetMode, got {mode!r}"
+            f"autoreset_mode must be SAME_STEP, NEXT_STEP or DISABLED (fastvec.protocol) or a gymnasium AutoresetMode, got {shown_value(mode)}"
         )
     return _AUTORESET_MODES[value]
 

@@ -202,3 +202,10 @@ def test_a_pin_list_outside_the_allowed_cores_is_refused_before_any_env_is_made(
         with pytest.raises(ValueError, match=rf"pin=\[{outside}\]: core\(s\) \[{outside}\] are not among"):
             SubprocVecEnv([partial(_cartpole_noting_its_making, str(tmp_path))] * 4, start_method="fork", num_workers=2, pin=pin)
     assert not list(tmp_path.iterdir())  # (no env was made)
+
+
+def test_the_pool_s_own_arguments_show_a_huge_int_by_its_size() -> None:
+    """(Python refuses to print an int past 4,300 digits: the error replaced the message naming the argument.)"""
+    for name in ("autoreset_mode", "observation_mode"):
+        with pytest.raises(ValueError, match=rf"{name} must be .*, got an int of 16,610 bits"):
+            Pool([envs.make_cartpole] * 2, start_method="fork", **{name: 10**5000})

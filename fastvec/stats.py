@@ -96,7 +96,7 @@ class Sampler:
         self.pool = pool
         self._previous: tuple | None = None
         # what earlier samples counted of a command (or a wait of the caller's) that had not ended: shard (or
-        # "inside") -> (its command count, seconds counted); taken off its time once it ends
+        # "inside") -> (its command count, seconds counted, the process running it); taken off its time once it ends
         self._credits: dict[Any, tuple[int, float, Any]] = {}
         self._processes: dict[int, Any] = {}
         self._switches: dict[int, int] = {}

@@ -19,6 +19,7 @@ and a NaN reward are reported once per env and kind, or raised, per ``check``.
 from __future__ import annotations
 
 import itertools
+import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -224,6 +225,8 @@ class _LeafWriter:
                     f"expected actions{self.where} of shape {self.shape} ({self.num_envs} envs x {self.space}), "
                     f"got shape {a.shape}"
                 )
+        if self.raise_out_of_range and a.dtype.kind not in "fiub":  # (asked: real numbers only, or the env named)
+            a = self._real_numbers(a)
         if a.dtype != self.dtype:
             carry = self._carry(a)
             if carry is _PICKLE:  # each env's row as sent (SB3 and gymnasium iterate the batch), pickled
@@ -262,6 +265,24 @@ class _LeafWriter:
             f"{self.element_shape} (the actions' rows differ in shape)"
         ) from exc
 
+    def _real_numbers(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (complex, strings, objects), with check="raise": its values as float64 where every one is a real
+        number (complex ones with no imaginary part, objects that are numbers), else a ValueError naming the first
+        env whose action is not."""
+        rows = a.reshape(self.num_envs, -1).tolist()
+        for row, values in enumerate(rows):
+            for pos, value in enumerate(values):
+                real = isinstance(value, numbers.Real) or (isinstance(value, complex) and value.imag == 0)
+                if not real or isinstance(value, (str, bytes)):
+                    raise ValueError(
+                        f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value!r:.80}, not a "
+                        f"real number: {self.space} takes numbers (check='raise')"
+                    )
+                if isinstance(value, complex):
+                    values[pos] = value.real
+        # (numpy's own dtype for the values: ints stay ints; past 64 bits, objects, which travel pickled)
+        return np.asarray(rows).reshape(a.shape)
+
     def take_pickled(self) -> list:
         """The rows of the batch just written (its tag said TAG_PICKLED), one per env, as sent."""
         rows, self._pickled = self._pickled, None
@@ -271,11 +292,8 @@ class _LeafWriter:
         """How ``a`` (not of the buffer's dtype) reaches the env: cast into the buffer (_CAST) where that keeps
         every value; else bit for bit in the widest dtype of its own kind (_BITS), or, with check="raise",
         refused naming the env (with "warn", a warning once per env); values no 8 bytes hold (float128 that
-        float64 would round, complex, strings, objects) pickled (_PICKLE), as SB3 and gymnasium hand them on,
-        unless check="raise" refuses what is not a number."""
-        if a.dtype.kind not in "fiub":
-            if self.raise_out_of_range:
-                raise ValueError(f"actions{self.where} for {self.space} must be numbers, got dtype {a.dtype}")
+        float64 would round, complex, strings, objects) pickled (_PICKLE), as SB3 and gymnasium hand them on."""
+        if a.dtype.kind not in "fiub":  # (with check="raise", write() has made them float64, or refused them)
             return _PICKLE
         if a.dtype.kind == "f" and self.dtype.kind == "f":
             if a.dtype.itemsize <= 8:

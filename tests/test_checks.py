@@ -119,8 +119,14 @@ def test_actions_no_8_bytes_hold_travel_pickled_as_sent() -> None:
         writer, out = _writer(space)
         objects = writer.writer.write(values, [out], writer.tags)
         assert writer.tags[0] == TAG_PICKLED and [list(row) for row in objects[0]] == [list(row) for row in values]
-        with pytest.raises(ValueError, match="must be numbers"):
+        with pytest.raises(ValueError, match=r"action for env 0 \(element \(0,\)\) is .*, not a real number"):
             _writer(space, "raise")[0].write(values, out)
+    # with check="raise", real numbers of another kind go through the rows, and the first env without them is named
+    writer, out = _writer(space, "raise")
+    writer.write(np.array([[0.5, 1], [1 + 0j, -1]], dtype=object), out)
+    np.testing.assert_array_equal(out, [[0.5, 1], [1, -1]])
+    with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is 'x', not a real number"):
+        writer.write(np.array([[0.5, 1], [1, "x"]], dtype=object), out)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +191,7 @@ def test_shapes_and_kinds_are_always_checked() -> None:
         writer.write(np.zeros(3, np.int64), out)
     writer.write(np.array([[1], [0]]), out)  # (n, 1) from a policy head is accepted for Discrete
     np.testing.assert_array_equal(out, [1, 0])
-    with pytest.raises(ValueError, match="must be numbers"):
+    with pytest.raises(ValueError, match="action for env 0 is 'a', not a real number"):
         _writer(spaces.Discrete(2), "raise")[0].write(np.array(["a", "b"]), out)  # (unchecked, they go to the env)
 
 

@@ -1056,7 +1056,12 @@ def _resume_advice(trainer: Trainer | None) -> str:
         return f"; no checkpoint was written{when}: this run cannot be resumed"
     path, step = trainer.checkpoint
     runs_dir = "" if config.runs_dir == Config.runs_dir else f" --runs-dir {config.runs_dir}"
-    return f"; {path.name} (step {step:,}) is kept: --resume {run_dir}{runs_dir} --run-name {run_dir.name} goes on from it"
+    # (the run's own options: a resume takes the command line's, not config.json's; --resume alone would run the
+    # defaults, and a run started with --no-stop-when-solved and a larger budget would train nothing)
+    return (
+        f"; {path.name} (step {step:,}) is kept: the run's command with --resume {run_dir}{runs_dir} --run-name "
+        f"{run_dir.name} added goes on from it"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -499,7 +499,7 @@ def test_a_sigterm_while_the_envs_close_names_the_runs_checkpoint(tmp_path) -> N
             close()
 
         trainer.backend.close = closing
-    assert said and "final.pt (step 32) is kept: --resume" in said[0], said
+    assert said and "final.pt (step 32) is kept: the run's command with --resume" in said[0], said
     assert train._RUNNING is None
     # stopped before the first checkpoint of a run resumed into a new folder: the same command starts it again
     resumed = SimpleNamespace(run_dir=tmp_path / "t", checkpoint=None, config=Config(resume=str(tmp_path / "s")))
@@ -563,7 +563,7 @@ def test_sigterm_to_the_process_group_stops_a_run_on_a_reference_backend_cleanly
     assert len(workers) >= 4
     assert err.count("stopped by SIGTERM") == 1 and "Traceback" not in err, err
     if interval == "1":
-        assert "latest.pt (step " in err and f"is kept: --resume {run} --runs-dir {tmp_path / 'runs'} --run-name x" in err, err
+        assert "latest.pt (step " in err and f"is kept: the run's command with --resume {run} --runs-dir {tmp_path / 'runs'} --run-name x added" in err, err
     else:
         assert "no checkpoint was written (--checkpoint-interval 0 writes one at the end only)" in err, err
     gone, alive = psutil.wait_procs(workers, timeout=10)

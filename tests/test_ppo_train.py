@@ -359,7 +359,8 @@ def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_hist
     with pytest.raises(KeyboardInterrupt):
         train.main([*common, "--total-timesteps", "160", "--resume", str(run / "latest.pt")])
     # (as SIGTERM says it: Ctrl-C ended in a traceback that named no checkpoint)
-    assert f"ppo.train: stopped by Ctrl-C; latest.pt (step 64) is kept: --resume {run} --runs-dir {tmp_path} --run-name X" in capsys.readouterr().err
+    said = capsys.readouterr().err  # (the run's own options with it: a resume takes the command line's)
+    assert f"ppo.train: stopped by Ctrl-C; latest.pt (step 64) is kept: the run's command with --resume {run} --runs-dir {tmp_path} --run-name X added" in said
     names = sorted(p.name for p in run.iterdir())
     assert names == ["best.pt", "config.json", "final.pt.replaced", "latest.pt", "learning_curve.png.replaced",
                      "metrics.csv", "summary.json.replaced"], names  # fmt: skip

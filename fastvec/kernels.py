@@ -63,7 +63,9 @@ def select(implementation: str) -> None:
     pool's, which it was told at its start. (A worker imports fastvec itself under spawn and forkserver,
     and reads FASTVEC_PURE_PYTHON then: set after the pool's process imported fastvec, it made a pure
     worker of a compiled pool, whose countdown that worker never counted: every step waited out the
-    pool's 100 ms poll.) Callers read the functions from this module at each call, so all switch."""
+    pool's 100 ms poll.) Callers that read the functions from this module at each call switch; an object made
+    before (a pool's action writer keeps the check kernels it took) goes on with the other kernels, which give
+    the same results."""
     global impl, IMPLEMENTATION
     if implementation == IMPLEMENTATION:
         return

@@ -24,6 +24,7 @@ from functools import partial
 
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks.workloads import BusyEnv
 
 
@@ -58,11 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.async_layouts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--env-ms", type=float, default=1.0)
-    parser.add_argument("--policy-ms", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--num-envs", type=_cli.count, default=8)
+    parser.add_argument("--env-ms", type=_cli.seconds0, default=1.0)
+    parser.add_argument("--policy-ms", type=_cli.seconds0, default=1.0)
+    parser.add_argument("--rounds", type=_cli.count, default=2)
+    parser.add_argument("--seconds", type=_cli.seconds, default=3.0)
     parser.add_argument("--child", choices=("own", "workers"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks.breakdown import make_cartpole
 from fastvec import SubprocVecEnv
 from fastvec.measure import machine_facts
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.async_shares", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=2.0, help="per engine and round")
+    parser.add_argument("--rounds", type=_cli.count, default=5)
+    parser.add_argument("--seconds", type=_cli.seconds, default=2.0, help="per engine and round")
     args = parser.parse_args(argv)
     if args.num_envs < 2 or args.num_envs % 2:
         parser.error(f"--num-envs must be even (batches of half the envs), got {args.num_envs}")

@@ -25,6 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from benchmarks import _cli
 from fastvec.measure import child_environ, child_result, machine_facts, python_argv, repository_root, run_child
 
 ROOT = repository_root()
@@ -171,10 +172,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--variant", action="append", type=parse_variant, required=True)
     parser.add_argument("--workload", action="append", type=parse_workload, required=True)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=1.0, help="one timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (their median)")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--rounds", type=_cli.count, default=5)
+    parser.add_argument("--seconds", type=_cli.seconds, default=1.0, help="one timed run")
+    parser.add_argument("--repeats", type=_cli.count, default=3, help="timed runs per measurement (their median)")
+    parser.add_argument("--timeout", type=_cli.seconds, default=120.0)
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.json")
     parser.add_argument(
         "--policy-us",

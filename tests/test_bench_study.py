@@ -226,6 +226,8 @@ def test_the_async_pair_study_times_every_layer_and_refuses_a_layout_it_cannot_m
         ("learner_share", ["--rounds", "0"], "argument --rounds: must be at least 1"),
         ("rollout_layouts", ["--rollouts", "nan"], "invalid count value: 'nan'"),
         ("vec_env", ["--seconds", "nan", "--dry-run"], "argument --seconds: must be a finite number above 0, got nan"),
+        ("interleaved", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),  # (it wrote an empty file)
+        ("async_layouts", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
     ],
 )
 def test_the_benchmarks_name_a_count_or_duration_given_wrongly(module, argv, message, capsys) -> None:

@@ -377,6 +377,7 @@ def test_seeds_are_sb3s() -> None:
         np.testing.assert_array_equal(venv.reset(), first)
 
 
+@pytest.mark.one_pass  # (the front-end's class, in a child: the kernels play no part)
 def test_without_sb3_imported_it_is_still_an_sb3_vec_env_once_sb3_is() -> None:
     """fastvec.SubprocVecEnv does not import SB3 (nor torch); SB3 imported later still sees a VecEnv."""
     import subprocess

@@ -17,6 +17,8 @@ import pytest
 from fastvec import measure
 from fastvec.measure import ChildRun, child_result, run_child
 
+pytestmark = pytest.mark.one_pass  # the measuring helpers (children, clocks, machine facts): no kernels
+
 
 def _gone(pid: int, within: float = 5.0) -> bool:
     """True once ``pid`` has exited (a zombie waiting for init to reap it counts as exited)."""

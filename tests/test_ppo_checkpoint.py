@@ -539,6 +539,7 @@ def _sigterm_when(child: Any, ready: Callable[[], bool], settle: float, group: b
     return workers, err
 
 
+@pytest.mark.one_pass  # the references: no fastvec kernels
 @pytest.mark.parametrize("backend", ["gym-async", "sb3-subproc"])
 def test_sigterm_to_the_process_group_stops_a_run_on_a_reference_backend_cleanly(tmp_path, backend: str) -> None:
     """A scheduler's SIGTERM reaches the whole process group (scancel, systemd): the trainer stops once, with exit
@@ -585,6 +586,7 @@ gym.register("SlowMake-v0", entry_point=SlowMake, max_episode_steps=500)
 """
 
 
+@pytest.mark.one_pass  # a reference engine: no fastvec kernels
 def test_sigterm_while_a_reference_engine_starts_its_workers_ends_the_run(tmp_path) -> None:
     """SIGTERM to the trainer while SB3's SubprocVecEnv is still making its envs: the run ends with exit code 143
     (it hung: the workers, which ignore a first SIGTERM, were never killed, and multiprocessing's exit hook waited

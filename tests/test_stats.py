@@ -218,6 +218,7 @@ class _SlowStep(envs.Counter):
         return super().step(action)
 
 
+@pytest.mark.one_pass  # (the sampler's arithmetic over sleeping envs: the kernels play no part)
 @pytest.mark.parametrize("in_parent", [False, True])  # (the calling process's own shard read idle through it)
 def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.MonkeyPatch, in_parent: bool) -> None:
     """The counters grow when a command ends: an interval read while every worker stepped through it showed
@@ -252,6 +253,7 @@ def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.Monke
         assert all(s.steps_per_s * after.interval_s == pytest.approx(1) for s in after.shards)
 
 
+@pytest.mark.one_pass  # (the sampler's arithmetic: the kernels play no part)
 def test_a_dead_worker_is_not_running_and_its_replacement_keeps_its_own_time() -> None:
     """A worker that died in a command read busy 1.0 in every later stats() of its (broken) pool: its DONE word
     stays behind. And what was counted of a dead worker's command was taken off its replacement's."""
@@ -289,6 +291,7 @@ class _SlowReset(envs.Counter):
         return super().reset(seed=seed, options=options)
 
 
+@pytest.mark.one_pass  # (the sampler's arithmetic over sleeping envs: the kernels play no part)
 def test_the_calling_process_s_shard_counts_a_long_reset_and_a_paused_step_once() -> None:
     """The calling process's own shard read idle through a reset (or a call) that filled the interval, which a
     worker's read busy; and its asynchronous step stopped between envs had what ran before the stop counted in

@@ -226,7 +226,7 @@ class _LeafWriter:
                     f"got shape {a.shape}"
                 )
         if self.raise_out_of_range and a.dtype.kind not in "fiub":  # (asked: real numbers only, or the env named)
-            a = self._real_numbers(a)
+            a = self._real_numbers(a, actions)
         if a.dtype != self.dtype:
             carry = self._carry(a)
             if carry is _PICKLE:  # each env's row as sent (SB3 and gymnasium iterate the batch), pickled
@@ -265,23 +265,35 @@ class _LeafWriter:
             f"{self.element_shape} (the actions' rows differ in shape)"
         ) from exc
 
-    def _real_numbers(self, a: np.ndarray) -> np.ndarray:
-        """``a`` (complex, strings, objects), with check="raise": its values as float64 where every one is a real
-        number (complex ones with no imaginary part, objects that are numbers), else a ValueError naming the first
-        env whose action is not."""
+    def _real_numbers(self, a: np.ndarray, actions: Any) -> np.ndarray:
+        """``a`` (complex, strings, objects), with check="raise": its values in the buffer's dtype where every one
+        is a real number the buffer holds exactly (complex ones with no imaginary part, objects that are numbers),
+        else a ValueError naming the first env whose action is not."""
+        if a.dtype.kind in "USV" and not isinstance(actions, np.ndarray):
+            # (a list whose one string made numpy turn every row into strings: the rows as given, to name the env)
+            try:
+                a = np.array(actions, dtype=object).reshape(a.shape)
+            except ValueError:
+                pass
         rows = a.reshape(self.num_envs, -1).tolist()
+        held = np.empty((self.num_envs, self.per_env), self.dtype)
         for row, values in enumerate(rows):
             for pos, value in enumerate(values):
+                if isinstance(value, np.generic):
+                    value = value.item()
                 real = isinstance(value, numbers.Real) or (isinstance(value, complex) and value.imag == 0)
+                where = f"action for env {self._env(row)}{self.where}{self._element(pos)}"
                 if not real or isinstance(value, (str, bytes)):
-                    raise ValueError(
-                        f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value!r:.80}, not a "
-                        f"real number: {self.space} takes numbers (check='raise')"
-                    )
-                if isinstance(value, complex):
-                    values[pos] = value.real
-        # (numpy's own dtype for the values: ints stay ints; past 64 bits, objects, which travel pickled)
-        return np.asarray(rows).reshape(a.shape)
+                    raise ValueError(f"{where} is {value!r:.80}, not a real number: {self.space} takes numbers (check='raise')")
+                value = value.real if isinstance(value, complex) else value
+                try:
+                    held[row, pos] = value
+                    exact = held[row, pos].item() == value
+                except (OverflowError, ValueError, TypeError):
+                    exact = False
+                if not exact:
+                    raise ValueError(f"{where} is {value!r:.80}, which the action buffer's dtype {self.dtype} ({self.space}) cannot hold exactly")
+        return held.reshape(a.shape)
 
     def take_pickled(self) -> list:
         """The rows of the batch just written (its tag said TAG_PICKLED), one per env, as sent."""

@@ -127,6 +127,16 @@ def test_actions_no_8_bytes_hold_travel_pickled_as_sent() -> None:
     np.testing.assert_array_equal(out, [[0.5, 1], [1, -1]])
     with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is 'x', not a real number"):
         writer.write(np.array([[0.5, 1], [1, "x"]], dtype=object), out)
+    with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is 'x', not a real number"):
+        writer.write([[0.5, 1], [1, "x"]], out)  # (a list: numpy made every row strings, and env 0 was named)
+    # ints past float64's precision, exact in the buffer or refused (they were rounded through float64, or past 64
+    # bits passed unchecked)
+    writer, out = _writer(spaces.Box(0, 2**64 - 1, (2,), np.uint64), "raise")
+    writer.write(np.array([[2**64 - 1, 0], [2**63 + 1, 0]], dtype=object), out)
+    assert out.tolist() == [[2**64 - 1, 0], [2**63 + 1, 0]]
+    writer, out = _writer(spaces.Discrete(2), "raise")
+    with pytest.raises(ValueError, match=r"action for env 0 is 1180591620717411303424, which the action buffer's"):
+        writer.write(np.array([2**70, 0], dtype=object), out)
 
 
 @pytest.mark.parametrize(

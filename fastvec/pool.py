@@ -884,8 +884,19 @@ class Pool:
 
         # pickled before anything is issued: an unpicklable argument leaves the pool idle
         payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
+        for r in self._remotes:  # (and loaded once: one that cannot be, a worker refused naming its first env)
+            if plan.get(r.index):
+                try:
+                    pickle.loads(payloads[r.index])
+                except Exception as exc:
+                    called = ("env " if len(plan[r.index]) == 1 else "envs ") + ", ".join(str(indices[p]) for p in plan[r.index])
+                    raise TypeError(
+                        f"{request} arguments for {called} cannot be unpickled (every env gets them through a "
+                        f"pickle): {exc!r}"
+                    ) from exc
         own = self._local  # (the copy a worker's envs get, as at call_async)
-        local = private_payload(part(plan.get(0, [])), f"{request} arguments", self._own_envs()) if own else ()
+        # (its copy only where one of its envs is called: else it names envs the call does not concern)
+        local = () if not own else private_payload(part(plan[0]), f"{request} arguments", self._own_envs()) if plan.get(0) else part([])
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )

@@ -472,3 +472,7 @@ def test_each_env_gets_its_own_copy_of_an_object_part_of_its_action() -> None:
                 with pytest.raises(TypeError, match=rf"actions for env {i} cannot be unpickled .*cannot be loaded"):
                     venv.step(actions)
                 actions[i, 1] = 1.0
+            # (a call's arguments too: they named the calling process's envs, not called, or the worker's first)
+            with pytest.raises(TypeError, match=r"env_method arguments for env 3 cannot be unpickled"):
+                venv.env_method("reset", seed=LoadsBadly(), indices=[3])
+            venv.get_attr("observation_space", indices=[3])  # (the pool goes on)

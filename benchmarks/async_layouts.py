@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=_cli.seconds, default=3.0)
     parser.add_argument("--child", choices=("own", "workers"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.num_envs < 2 or args.num_envs % 2:  # (batches of half the envs, a group each)
+        parser.error(f"--num-envs must be even and at least 2 (batches of half the envs), got {args.num_envs}")
     if args.child:
         print(run(args.child == "own", args.num_envs, args.env_ms, args.policy_ms, args.seconds))
         return

@@ -228,6 +228,7 @@ def test_the_async_pair_study_times_every_layer_and_refuses_a_layout_it_cannot_m
         ("vec_env", ["--seconds", "nan", "--dry-run"], "argument --seconds: must be a finite number above 0, got nan"),
         ("interleaved", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),  # (it wrote an empty file)
         ("async_layouts", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
+        ("async_layouts", ["--num-envs", "5"], "--num-envs must be even and at least 2"),
     ],
 )
 def test_the_benchmarks_name_a_count_or_duration_given_wrongly(module, argv, message, capsys) -> None:

@@ -218,7 +218,6 @@ class _SlowStep(envs.Counter):
         return super().step(action)
 
 
-@pytest.mark.one_pass  # (the sampler's arithmetic over sleeping envs: the kernels play no part)
 @pytest.mark.parametrize("in_parent", [False, True])  # (the calling process's own shard read idle through it)
 def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.MonkeyPatch, in_parent: bool) -> None:
     """The counters grow when a command ends: an interval read while every worker stepped through it showed

@@ -41,8 +41,6 @@ class Unmade:
     which makes the shard try the factory again (on_error="restart"); until that works, every
     command reports the env's error, and the other envs go on."""
 
-    last_obs = None
-
     def __init__(self, index: int, cause: BaseException, spaces: tuple | None = None):
         self._why = (
             f"env {index} could not be made again after an error ({type(cause).__name__}: {cause}); "
@@ -94,14 +92,11 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
     following in the next step.
     """
     previous = (slot - 1) % shard.views.layout.ring_slots
-    kept = getattr(shard.envs[j], "last_obs", None) if isinstance(shard.envs[j], Unmade) else None
-    last_obs = kept if kept is not None else shard.row(previous, j)
+    # (the row before this step's is the env's latest observation: a step or reset that raised kept it there,
+    # Shard._keep_latest)
+    last_obs = shard.row(previous, j)
     shard.write_terminal(j, last_obs, "step")
-    try:
-        recreate(shard, j, exc, "step")
-    except ShardError:
-        shard.envs[j].last_obs = last_obs  # (the failed step wrote no row: the next try's final observation)
-        raise
+    recreate(shard, j, exc, "step")
     if reset_now:
         try:
             obs, info = shard.envs[j].reset()

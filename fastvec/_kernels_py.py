@@ -262,15 +262,20 @@ def wait_any(
             time.sleep(min(100e-6, (deadline - now) / 1e9))
 
 
+def _check_rows(dst: np.ndarray, kernel: str) -> None:
+    """The row kernels' destination checks, as _kernels.pyx's rows_of makes them, naming ``kernel``."""
+    if not dst.flags.c_contiguous:
+        raise ValueError(f"{kernel} needs a C-contiguous destination")
+    if dst.ndim == 0:
+        raise ValueError(f"{kernel} needs a destination with rows, got a 0-d array")
+    if not dst.flags.writeable:
+        raise ValueError(f"{kernel}: assignment destination is read-only")
+
+
 def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = False) -> int:
     """Copy ``items[j]`` into ``dst[start + j]``; -1 on success, else the first bad j
     (with ``report_cast``, ``-2 - j`` for the first array item of another dtype)."""
-    if not dst.flags.c_contiguous:
-        raise ValueError("gather_rows needs a C-contiguous destination")
-    if dst.ndim == 0:
-        raise ValueError("gather_rows needs a destination with rows, got a 0-d array")
-    if not dst.flags.writeable:
-        raise ValueError("gather_rows: assignment destination is read-only")
+    _check_rows(dst, "gather_rows")
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError(f"rows {start}..{start + len(items)} outside destination with {dst.shape[0]} rows")
     row_shape = dst.shape[1:]
@@ -299,12 +304,7 @@ def write_results(
         if type(result) is not tuple or len(result) != 5:
             raise TypeError("env.step() must return a 5-tuple")
     n = len(results)
-    if not obs_dst.flags.c_contiguous:
-        raise ValueError("write_results needs a C-contiguous destination")
-    if obs_dst.ndim == 0:
-        raise ValueError("write_results needs a destination with rows, got a 0-d array")
-    if not obs_dst.flags.writeable:
-        raise ValueError("write_results: assignment destination is read-only")
+    _check_rows(obs_dst, "write_results")
     if start < 0 or start + n > obs_dst.shape[0]:
         raise IndexError("write_results: rows outside the slot")
     code = gather_rows([r[0] for r in results], obs_dst, start, report_cast)

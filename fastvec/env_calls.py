@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from fastvec.protocol import dumps_payload, named_envs
+from fastvec.protocol import dumps_payload, unloadable
 
 __all__ = ["CALLS", "run_call", "is_wrapped", "private", "private_payload"]
 
@@ -92,9 +92,7 @@ def private_payload(obj: Any, what: str, envs: range | str) -> Any:
     except Exception as exc:
         dumps_payload(obj, what, envs)  # (raises, naming the envs, where it cannot be pickled)
         # (it pickles, but its unpickling raised: as it would in a worker, which then named its first env)
-        raise TypeError(
-            f"{what} for {named_envs(envs)} cannot be unpickled (every env gets them through a pickle): {exc!r}"
-        ) from exc
+        raise unloadable(what, envs, exc) from exc
 
 
 def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:

@@ -83,6 +83,7 @@ from fastvec.protocol import (
     Stats,
     StepFlag,
     dumps_payload,
+    unloadable,
 )
 from fastvec.remote import Remote, kill_all, stop
 from fastvec.restart import describe
@@ -890,10 +891,7 @@ class Pool:
                     pickle.loads(payloads[r.index])
                 except Exception as exc:
                     called = ("env " if len(plan[r.index]) == 1 else "envs ") + ", ".join(str(indices[p]) for p in plan[r.index])
-                    raise TypeError(
-                        f"{request} arguments for {called} cannot be unpickled (every env gets them through a "
-                        f"pickle): {exc!r}"
-                    ) from exc
+                    raise unloadable(f"{request} arguments", called, exc) from exc
         own = self._local  # (the copy a worker's envs get, as at call_async)
         # (its copy only where one of its envs is called: else it names envs the call does not concern)
         local = () if not own else private_payload(part(plan[0]), f"{request} arguments", self._own_envs()) if plan.get(0) else part([])

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "named_envs",
+    "unloadable",
     "Command",
     "ResetFlag",
     "StepFlag",
@@ -160,6 +161,11 @@ def named_envs(envs: range | str) -> str:
     if not isinstance(envs, range):
         return envs
     return f"env {envs.start}" if len(envs) == 1 else f"envs {envs.start}..{envs.stop - 1}"
+
+
+def unloadable(what: str, envs: range | str, exc: BaseException) -> TypeError:
+    """The error for a payload that pickles but cannot be unpickled, naming the envs it was for."""
+    return TypeError(f"{what} for {named_envs(envs)} cannot be unpickled (every env gets them through a pickle): {exc!r}")
 
 
 def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:

@@ -253,6 +253,7 @@ class AsyncBatches:
             if self.running[position]:
                 self._idle(whole)  # (raises)
             leaf_writer = self._leaf_writer
+            pickled = None
             if leaf_writer is not None:
                 # the usual send (one array leaf): its rows' view made once, the leaf's dtype tag stored only
                 # when it changed, and no scratch arrays
@@ -264,9 +265,10 @@ class AsyncBatches:
                     self._give(pool, whole, _STEP, 0, None)
                     pool._inside_ns += time.perf_counter_ns() - entered
                     return
-                leaf_writer.take_pickled()  # (values no 8 bytes hold: they travel pickled, written again below)
+                pickled = [leaf_writer.take_pickled()]  # (values no 8 bytes hold: they travel pickled, below)
             positions, run = whole, True
         else:
+            pickled = None
             positions, run = self._groups(pool, env_ids, ids)
         count = len(env_ids)
         writer = self._writer(count)
@@ -275,7 +277,10 @@ class AsyncBatches:
         tags = self._tags
         if run:
             rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
-            if len(positions) == 1:  # one group: its rows' views, made once
+            if pickled is not None:  # (the leaf's writer took them above)
+                objects = pickled
+                tags[0] = TAG_PICKLED
+            elif len(positions) == 1:  # one group: its rows' views, made once
                 objects = writer.write(actions, self._action_rows[positions[0]], tags, per_env, ids)
             else:
                 objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags, per_env, ids)

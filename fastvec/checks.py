@@ -9,7 +9,7 @@ bit for bit in the widest dtype of its own kind (``TAG_BITS``), so it too reache
 sent, as SB3 and gymnasium hand it on; with ``check="raise"`` it is an error naming the env,
 with ``"warn"`` a warning. Values no 8 bytes hold (float128 that float64 would round, complex,
 strings, objects) travel pickled with the command (``TAG_PICKLED``), each env's row as sent;
-with ``check="raise"`` those that are not numbers are refused. The shape is checked; range
+with ``check="raise"`` they go into the buffer's dtype exactly or are refused, naming the env. The shape is checked; range
 checks only when ``check`` asks.
 
 Env outputs (``OutputChecks``, in each shard): an observation cast to the space's dtype
@@ -305,7 +305,7 @@ class _LeafWriter:
         every value; else bit for bit in the widest dtype of its own kind (_BITS), or, with check="raise",
         refused naming the env (with "warn", a warning once per env); values no 8 bytes hold (float128 that
         float64 would round, complex, strings, objects) pickled (_PICKLE), as SB3 and gymnasium hand them on."""
-        if a.dtype.kind not in "fiub":  # (with check="raise", write() has made them float64, or refused them)
+        if a.dtype.kind not in "fiub":  # (with check="raise", write() has put them in the buffer's dtype, or refused them)
             return _PICKLE
         if a.dtype.kind == "f" and self.dtype.kind == "f":
             if a.dtype.itemsize <= 8:

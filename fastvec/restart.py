@@ -93,7 +93,7 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
     """
     previous = (slot - 1) % shard.views.layout.ring_slots
     # (the row before this step's is the env's latest observation: a step or reset that raised kept it there,
-    # Shard._keep_latest)
+    # Shard._raised)
     last_obs = shard.row(previous, j)
     shard.write_terminal(j, last_obs, "step")
     recreate(shard, j, exc, "step")

@@ -269,21 +269,18 @@ class Shard:
                 latest[j] = self._autoreset(j, "reset (autoreset after step)")[0]
             except ShardError as err:
                 errors.append(err)
-        self._keep_latest(results, latest, slot)
-        self._drop_step_extras()
+        self._raised(results, latest, slot)
         return errors
 
-    def _drop_step_extras(self) -> None:
-        """A step that raises returns no results: what its envs' restarts, resets and episode ends queued goes
-        with them (it must not come back with a later command's results)."""
+    def _raised(self, results: list, latest: dict, slot: int | None) -> None:
+        """A step (or reset) into ring ``slot`` raises: it returns no results, so what its envs' restarts, resets
+        and episode ends queued goes with them (it must not come back with a later command's results); and it
+        writes no rows, where the slot before the next step's must still hold each env's latest observation (a
+        restart in the next step takes its final observation from there): ``latest``'s (local position -> a
+        reset's observation), else the step's ``results``, else the slot before."""
         dropped = (Extra.RESTARTED, Extra.RESET_INFO, Extra.FINAL_OBS)
         self.side_extras = [e for e in self.side_extras if e[1] not in dropped]
-
-    def _keep_latest(self, results: list, latest: dict, slot: int) -> None:
-        """A step (or reset) that raises writes no rows; the ring's slot before the next step's must still hold
-        each env's latest observation (a restart in the next step takes its final observation from there):
-        ``latest``'s (local position -> a reset's observation), else the step's ``results``, else the slot before."""
-        if not self.restart_on_error:
+        if slot is None or not self.restart_on_error:
             return
         previous = (slot - 1) % self.views.layout.ring_slots
         obs_list = []
@@ -383,8 +380,7 @@ class Shard:
             for j, result in enumerate(results):
                 if _ended(result):
                     needs_reset[j] = True
-        self._keep_latest(results, {}, slot)
-        self._drop_step_extras()
+        self._raised(results, {}, slot)
         raise ShardError.combine(errors)
 
     def _step_failed(
@@ -633,14 +629,13 @@ class Shard:
     ) -> tuple[list, list | None]:
         """Reset the envs at local positions ``rows`` (with their shared seeds unless not
         ``seeded``); returns (observations, extras). A reset into ring slot ``slot`` that raises writes each
-        env's latest observation there first, as a step that raises does (_keep_latest)."""
+        env's latest observation there first, as a step that raises does (_raised)."""
         views = self.views
         seeds = views.reset_seeds[self.start : self.stop].tolist()
         seed_mask = views.seed_mask[self.start : self.stop].tolist() if seeded else [False] * len(self.envs)
         extras: list | None = None
         errors: list[ShardError] = []
-        obs_list = []
-        reset: dict[int, Any] = {}  # local position -> its new observation
+        reset: dict[int, Any] = {}  # local position -> its new observation (in the order of ``rows``)
         next_seeds = self.next_seeds
         for j in rows:
             kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
@@ -667,14 +662,11 @@ class Shard:
             self.needs_reset[j] = False
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
-            obs_list.append(obs)
             reset[j] = obs
         if errors:
-            if slot is not None:
-                self._keep_latest([], reset, slot)
-            self._drop_step_extras()  # (a reset that raises returns nothing either)
+            self._raised([], reset, slot)
             raise ShardError.combine(errors)
-        return obs_list, extras
+        return list(reset.values()), extras
 
     def start_episodes(self, slot: int, rows: list[int] | None, truncated: bool = False) -> None:
         """Rows that hold a new episode's first observation (all when ``rows`` is None): reward 0,

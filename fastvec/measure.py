@@ -275,6 +275,8 @@ def run_child(
     Output goes to temporary files, not pipes, so a grandchild that keeps the child's stdout
     open cannot make a finished child look hung. ``env``: the child's environment (default:
     this process's, see ``child_environ``); ``cwd``: its working directory."""
+    from fastvec import placement
+
     previous = _raise_on_termination()
     try:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -287,7 +289,7 @@ def run_child(
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_dies_with(os.getpid(), _allowed_cores()),
+                preexec_fn=_dies_with(os.getpid(), placement.allowed_cores()),
             )
             timed_out = False
             try:
@@ -336,15 +338,6 @@ def _restore(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
     previous.clear()
-
-
-def _allowed_cores() -> list[int] | None:
-    from fastvec import placement
-
-    try:
-        return placement.allowed_cores()
-    except Exception:  # pragma: no cover - not Linux
-        return None
 
 
 def _dies_with(parent: int, cores: list[int] | None = None) -> Callable[[], None] | None:

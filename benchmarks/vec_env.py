@@ -525,16 +525,16 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.vec_env", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workloads", nargs="+", default=list(PLANS), choices=list(PLANS))
-    parser.add_argument("--num-envs", nargs="+", type=int, default=None, help="override every grid")
+    parser.add_argument("--num-envs", nargs="+", type=_cli.count, default=None, help="override every grid")
     parser.add_argument(
         "--engines", nargs="+", default=None, help="default: every engine, knob variants on fewer points"
     )
     parser.add_argument("--seconds", type=_cli.seconds, default=None, help="length of one timed run (default: per workload)")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per measurement (default: 1 per round; 3 with --rounds 1)"
+        "--repeats", type=_cli.count, default=None, help="timed runs per measurement (default: 1 per round; 3 with --rounds 1)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds per grid point (default 3; --quick: 2)"
+        "--rounds", type=_cli.count, default=3, help="interleaved rounds per grid point (default 3; --quick: 2)"
     )
     parser.add_argument("--timeout", type=_cli.seconds, default=120.0, help="seconds before a measurement is declared hung")
     parser.add_argument("--attempts", type=_cli.count, default=3, help="runs of a measurement disturbed by other load")
@@ -554,10 +554,6 @@ def main(argv: list[str] | None = None) -> None:
         args.repeats = args.repeats or 1
         args.rounds = min(args.rounds, 2)
         args.attempts = min(args.attempts, 2)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    if args.num_envs and min(args.num_envs) < 1:
-        parser.error(f"--num-envs must be at least 1, got {args.num_envs}")
     if args.repeats is None and args.rounds > 1:  # the rounds are the repeats
         args.repeats = 1
     if args.engines:

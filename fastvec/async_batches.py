@@ -461,6 +461,7 @@ class AsyncBatches:
                 error.env_ids = np.concatenate([self._ids[entry[0]] for entry in failed])  # (free to be sent again)
                 try:
                     for entry in failed:
+                        pool._keep_objects(entry[2])  # (the latest object parts of its envs' observations)
                         ready.remove(entry)
                         self.running[entry[0]] = False
                 except BaseException as exc:
@@ -583,9 +584,10 @@ class AsyncBatches:
             del inflight[position]
             extras, error = None, None
             if reply is not None:
-                kind, payload = reply
+                kind, payload = reply[0], reply[1]
                 if kind == "error":
                     error = payload
+                    extras = reply[2] if len(reply) > 2 else None  # (object parts: Shard.take_objects)
                 elif payload:
                     extras = payload
             self.slots[position] = slot
@@ -671,6 +673,7 @@ class AsyncBatches:
             self._own_run, self._own_busy = None, 0
             self.inflight.pop(0, None)
             error = err.payloads()
+            extras = pool._local.take_objects()  # (as a worker's error reply carries them)
         except BaseException as exc:
             pool._break(exc)
             raise

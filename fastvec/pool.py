@@ -1093,6 +1093,7 @@ class Pool:
             local.close()
             return None, None
         except ShardError as err:
+            self._keep_objects(local.take_objects())  # (as a worker's error reply carries them)
             return None, err.payloads()
 
     def _step_local(self, args: tuple, began: int) -> list | None:
@@ -1195,9 +1196,11 @@ class Pool:
             reply = p.replies.get(position)
             if reply is None:
                 continue
-            kind, payload = reply
+            kind, payload = reply[0], reply[1]
             if kind == "error":
                 errors += payload
+                if len(reply) > 2:  # (the object parts of the observations the worker's rows now hold)
+                    self._keep_objects(reply[2])
             elif kind == "extras" and payload:
                 extras = (extras or []) + payload
         if extras:

@@ -411,6 +411,19 @@ class Shard:
                 raise ShardError(self.start + j, command, exc) from exc
             return restart.reset_fresh(self, j, exc, command, {})
 
+    def take_objects(self) -> list | None:
+        """A command raised: the OBJECTS extras of the observations it wrote into the rows (_raised), taken
+        out of those waiting for the next command's results to go with its error. The parent keeps each
+        env's latest object parts: were they to come only with the next results, a worker that dies before
+        sending them would leave its replacement's final observations of the envs with older object parts
+        beside the rows' newer array parts."""
+        if not self.has_objects or not self.side_extras:
+            return None
+        objects = [e for e in self.side_extras if e[1] == Extra.OBJECTS]
+        if objects:
+            self.side_extras = [e for e in self.side_extras if e[1] != Extra.OBJECTS]
+        return objects or None
+
     def finish_extras(self, extras: list | None) -> list | None:
         """A command's extras, with what was gathered while it ran (restarts, object parts,
         final observations, check warnings)."""
@@ -1023,6 +1036,8 @@ class WrappedShard:
             if interrupt is not None:
                 raise interrupt
             if errors:
+                # (the part that stepped wrote its rows: its object parts wait to go with the error, take_objects)
+                self.head.side_extras += [e for e in extras if e[1] == Extra.OBJECTS]
                 errors.sort(key=lambda e: e.env_index)
                 raise ShardError.combine(errors)
         finally:  # (this frame stays in the error's traceback: holding the errors would make a reference cycle)
@@ -1034,6 +1049,10 @@ class WrappedShard:
 
     def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
         return self._each(lambda shard: shard.reset(slot, None if options is None else shard.part(options), masked, pass_options_always))
+
+    def take_objects(self) -> list | None:
+        objects = [e for shard in self.parts for e in shard.take_objects() or []]
+        return objects or None
 
     def call(self, request: str, indices: list[int], args: tuple, values: list | None) -> list:
         results: list = [None] * len(indices)

@@ -301,8 +301,8 @@ def _serve(
             elif command == Command.CLOSE:
                 shard.close()
                 reply = ("ok", None)
-        except ShardError as err:
-            reply = ("error", err.payloads())
+        except ShardError as err:  # (with the object parts of the observations its rows now hold: Shard.take_objects)
+            reply = ("error", err.payloads(), shard.take_objects())
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
             reply = (
                 "error",

@@ -140,6 +140,82 @@ def test_a_restart_keeps_object_parts_and_the_fresh_reset_info(fault: str) -> No
         assert obs["word"][0] == "t3" and obs["pos"][0].tolist() == [3.0]
 
 
+class RemadeOnceLater(TextCounter):
+    """A TextCounter whose constructor fails once while the ``fail_make`` file exists (removing it)."""
+
+    def __init__(self, key: str, after: int, index: int, fail_make: str):
+        if os.path.exists(fail_make):
+            os.remove(fail_make)
+            raise RuntimeError("no env today")
+        super().__init__(key, after, index)
+        self.fail_make = fail_make
+
+    def step(self, action):
+        if self.first_life and self.steps + 1 > self.after_steps:
+            Path(self.fail_make).touch()  # (its re-creation after this step's error fails)
+        return super().step(action)
+
+
+def test_a_worker_that_dies_after_an_error_gives_final_observations_whole(tmp_path) -> None:
+    """Env 2 raises in step 3 and its re-creation fails, so the step raises; env 1 stepped in it, and the rows hold
+    its step-3 observation. The worker then dies: env 1's final observation must be its step-3 one, the Text part
+    too (it was step 2's: the error reply did not carry the step's object parts)."""
+    key = f"whole-{os.getpid()}"
+    fail_make = str(tmp_path / "fail-make")
+    fns = [partial(RemadeOnceLater, f"{key}-{i}", 2 if i == 2 else 10**9, i, fail_make) for i in range(3)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True, on_error="restart") as venv:
+        assert [list(r) for r in venv.pool.shard_envs] == [[0], [1, 2]]
+        venv.reset()
+        for _ in range(2):
+            venv.step(np.zeros(3, dtype=np.int64))
+        with pytest.raises(EnvError, match="no env today"):
+            venv.step(np.zeros(3, dtype=np.int64))
+        (pid,) = venv.pool.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            obs, _, dones, infos = venv.step(np.zeros(3, dtype=np.int64))
+        assert dones.tolist() == [False, True, True]
+        final = infos[1]["terminal_observation"]
+        assert (final["word"], final["pos"].tolist()) == ("t3", [3.0])
+        assert obs["word"][0] == "t4"
+
+
+def test_a_worker_that_dies_after_an_error_gives_final_observations_whole_in_batches(tmp_path) -> None:
+    """As above, with asynchronous batches: env 3's group (envs 2 and 3, a worker's) raises in its step 3, then
+    the worker dies; env 2's final observation must be its step-3 one, the Text part too."""
+    key = f"whole-batches-{os.getpid()}"
+    fail_make = str(tmp_path / "fail-make")
+    fns = [partial(RemadeOnceLater, f"{key}-{i}", 2 if i == 3 else 10**9, i, fail_make) for i in range(4)]
+    options = {"num_workers": 2, "step_in_parent": False, "on_error": "restart", "batch_size": 2}
+    with SubprocVecEnv(fns, start_method="fork", **options) as venv:
+        venv.async_reset()
+        ids = sorted(i for _ in range(2) for i in venv.recv()[4].tolist())
+        assert ids == [0, 1, 2, 3]
+        for step in range(3):
+            venv.send(np.zeros(4, dtype=np.int64), ids)
+            if step < 2:
+                assert sorted(i for _ in range(2) for i in venv.recv()[4].tolist()) == ids
+        got, raised = [], []
+        for _ in range(2):  # (envs 0 and 1's group, and the error of envs 2 and 3's, in the order they finished)
+            try:
+                got.append(venv.recv()[4].tolist())
+            except EnvError as exc:
+                assert "no env today" in str(exc)
+                raised.append(exc.env_ids.tolist())
+        assert raised == [[2, 3]]
+        os.kill(venv.pool.worker_pids[1], signal.SIGKILL)
+        time.sleep(0.2)
+        venv.send(np.zeros(2, dtype=np.int64), [2, 3])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            obs, _, dones, infos, env_ids = venv.recv()
+        assert env_ids.tolist() == [2, 3] and dones.tolist() == [True, True] and got == [[0, 1]]
+        final = infos[0]["terminal_observation"]
+        assert (final["word"], final["pos"].tolist()) == ("t3", [3.0])
+
+
 class SeedLogged(envs.Counter):
     """Its reset's info holds the seed it got; its first reset in a process whose ``die_in`` file exists
     removes the file and kills the process (a crash in reset)."""

@@ -701,7 +701,8 @@ class AsyncBatches:
     def _check_lives(self, pool: Pool, positions: list[int]) -> None:
         """A worker that died while stepping (``positions``: in pool._remotes): respawned
         (on_error="restart") or the pool breaks."""
-        from fastvec.pool import _Pending, _restart_reason
+        from fastvec.pool import _Pending
+        from fastvec.restart import restart_reason
 
         for position in positions:
             remote = pool._remotes[position]
@@ -726,7 +727,7 @@ class AsyncBatches:
             )
             pool._respawn(position, p)  # its replacement does its share, and marks it done
             # (hung: ended past step_timeout, here or in an earlier call: _respawn reads the worker's mark)
-            why = _restart_reason(pool.step_timeout if position in p.hung else None)
+            why = restart_reason(pool.step_timeout if position in p.hung else None)
             reports = [(i, Extra.RESTARTED, {"error": why, "command": p.name}) for i in remote.envs]
             group = position + self.first_remote
             del self.inflight[group]

@@ -14,7 +14,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from fastvec.protocol import dumps_payload, unloadable
+from fastvec.errors import ShardError
+from fastvec.protocol import Extra, dumps_payload, unloadable
 
 __all__ = ["CALLS", "run_call", "is_wrapped", "private", "private_payload"]
 
@@ -151,3 +152,23 @@ def run_call(env: gym.Env, request: str, args: tuple, value: Any = None) -> Any:
         name, use_wrapper_setter = args
         return _set_attr(env, name, value, use_wrapper_setter)
     return CALLS[request](env, *args)
+
+
+_COPIED_EXTRAS = frozenset(int(kind) for kind in (Extra.INFO, Extra.RESET_INFO, Extra.OBJECTS, Extra.FINAL_OBS))
+
+
+def own_copies(extras: list, command: str) -> list:
+    """The extras of the calling process's own envs, their values copied (infos, object observations),
+    as a worker's are by pickling: a later step of an env that reuses its info dict, or SB3's
+    front-end adding ``terminal_observation`` to an info, does not change what another holds; arrays
+    come in native byte order; a value that cannot be pickled is the env's error, as a worker reports
+    it (ShardError, naming the env and "``command`` (sending the result)")."""
+    copies = []
+    for i, kind, value in extras:
+        if kind in _COPIED_EXTRAS:
+            try:
+                value = private(value)
+            except Exception as exc:
+                raise ShardError(i, f"{command} (sending the result)", exc) from None
+        copies.append((i, kind, value))
+    return copies

@@ -298,3 +298,7 @@ def detached(exc: BaseException) -> BaseException:
         clone = RuntimeError(text)
     clone.__traceback__ = clone.__cause__ = clone.__context__ = None
     return clone
+
+
+def exit_status(exitcode: int | None) -> str:
+    return "an unread exit status" if exitcode == EXIT_UNKNOWN else f"exit code {exitcode}"

@@ -8,7 +8,7 @@ checks that they agree).
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 from multiprocessing import reduction
 from typing import Any
 
@@ -177,3 +177,12 @@ def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:
             f"{what} for {named_envs(envs)} cannot be pickled (every env gets them pickled, as through SB3's pipes, whichever "
             f"process steps it): {exc!r}"
         ) from exc
+
+
+class PoolState(Enum):
+    """Where a pool stands (as gymnasium's AsyncState, plus the two ends)."""
+
+    IDLE = "idle"
+    PENDING = "pending"  # a command was issued; its wait has not completed
+    BROKEN = "broken"  # a command could not complete: workers and parent may be out of step
+    CLOSED = "closed"

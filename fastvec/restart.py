@@ -176,3 +176,11 @@ def _reset_fresh_envs(shard: Shard, kept: list) -> list:
         if info:
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
     return obs_list
+
+
+def restart_reason(hung_after: float | None) -> str:
+    """The infos' word for a replaced worker's envs (``fastvec.restarted``): it died, or (``hung_after``, the
+    step_timeout) the pool ended it, still running after the limit."""
+    if hung_after is None:
+        return "worker process died"
+    return f"worker hung: still running after step_timeout={hung_after:g} s, ended and replaced"

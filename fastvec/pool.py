@@ -768,11 +768,22 @@ class Pool(ShardMoves):
 
     def _option_payloads(self, options: list) -> dict[int, bytes]:
         """Each worker's share of per-env reset ``options``, pickled before anything is issued (an option
-        that cannot be pickled leaves the pool idle)."""
-        return {
-            remote.index: dumps_payload(options[remote.envs.start : remote.envs.stop], "reset options", remote.envs)
-            for remote in self._remotes
-        }
+        that cannot be pickled leaves the pool idle), and loaded once (one that cannot be is named by its env:
+        a worker refused them naming its first env, whichever env's they were)."""
+        payloads = {}
+        for remote in self._remotes:
+            payload = dumps_payload(options[remote.envs.start : remote.envs.stop], "reset options", remote.envs)
+            try:
+                pickle.loads(payload)
+            except Exception as exc:
+                for i in remote.envs:  # (the env whose options they are)
+                    try:
+                        pickle.loads(dumps_payload(options[i], "reset options", range(i, i + 1)))
+                    except Exception as exc_i:
+                        raise unloadable("reset options", range(i, i + 1), exc_i) from exc_i
+                raise unloadable("reset options", remote.envs, exc) from exc
+            payloads[remote.index] = payload
+        return payloads
 
     def _write_seeds(self, seeds: Sequence[int | None] | None, mask: np.ndarray | None) -> None:
         """A reset's per-env seeds into the shared block (None: no seeds; seeds beyond its int64 words

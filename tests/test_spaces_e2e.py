@@ -476,3 +476,15 @@ def test_each_env_gets_its_own_copy_of_an_object_part_of_its_action() -> None:
             with pytest.raises(TypeError, match=r"env_method arguments for env 3 cannot be unpickled"):
                 venv.env_method("reset", seed=LoadsBadly(), indices=[3])
             venv.get_attr("observation_space", indices=[3])  # (the pool goes on)
+
+
+def test_reset_options_that_cannot_be_unpickled_name_their_env() -> None:
+    """Options that pickle but cannot be loaded (SB3's set_options deep-copies them: the pool's reset): a worker
+    refused them naming its first env (env 2), whichever env's they were; the pool stays usable."""
+    from fastvec.pool import Pool
+
+    with Pool([RecordsAction] * 4, start_method="fork", num_workers=2) as pool:
+        pool.reset()
+        with pytest.raises(TypeError, match=r"reset options for env 3 cannot be unpickled .*cannot be loaded"):
+            pool.reset(options=[{}, {}, {}, {"level": LoadsBadly()}])
+        pool.reset(options=[{}, {}, {}, {"level": 1}])

@@ -1065,7 +1065,10 @@ def _resume_advice(trainer: Trainer | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import tyro
+    try:
+        import tyro
+    except ImportError as exc:
+        raise SystemExit(f"python -m ppo.train needs {exc.name}: pip install 'fastvec[train]'") from exc
 
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
     previous = None

@@ -500,3 +500,20 @@ def test_the_verdict_says_what_kept_a_run_from_solving_and_when_it_solved(tmp_pa
     assert "(no solve threshold): mean return of its 8 episodes -1331.7;" in describe(free)
     assert "(no solve threshold): no episode ended;" in describe({**free, "episodes": 0})
     assert "mean return of the last 100 episodes -1331.7;" in describe({**free, "episodes": 100})
+
+
+@pytest.mark.one_pass  # no engine at all
+def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None:
+    """Installed without the train extra, ``python -m ppo.train`` ended in a bare ModuleNotFoundError traceback."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['torch'] = None; import runpy; runpy.run_module('ppo.train', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "needs torch" in done.stderr and "pip install 'fastvec[train]'" in done.stderr
+
+    from ppo.train import main
+
+    monkeypatch.setitem(sys.modules, "tyro", None)
+    with pytest.raises(SystemExit, match=r"needs tyro: pip install 'fastvec\[train\]'"):
+        main([])

@@ -276,11 +276,12 @@ class Shard:
         """A step (or reset) into ring ``slot`` raises: it returns no results, so what its envs' restarts, resets
         and episode ends queued goes with them (it must not come back with a later command's results); and it
         writes no rows, where the slot before the next step's must still hold each env's latest observation (a
-        restart in the next step takes its final observation from there): ``latest``'s (local position -> a
+        restart in the next step takes its final observation from there, and a masked reset copies the rows of
+        the envs it leaves out from there, whether or not envs restart): ``latest``'s (local position -> a
         reset's observation), else the step's ``results``, else the slot before."""
         dropped = (Extra.RESTARTED, Extra.RESET_INFO, Extra.FINAL_OBS)
         self.side_extras = [e for e in self.side_extras if e[1] not in dropped]
-        if slot is None or not self.restart_on_error:
+        if slot is None:
             return
         previous = (slot - 1) % self.views.layout.ring_slots
         obs_list = []

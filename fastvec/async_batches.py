@@ -36,7 +36,7 @@ import numpy as np
 from fastvec import kernels
 from fastvec.batch import _EMPTY, Batch, sort_extras
 from fastvec.checks import ActionWriter
-from fastvec.env_calls import private_payload
+from fastvec.env_calls import private, private_payload
 from fastvec.errors import (
     AlreadyPendingCallError,
     NoAsyncCallError,
@@ -752,7 +752,7 @@ class AsyncBatches:
         terminated = np.concatenate([views.terminated[s, a:b] for s, a, b in parts])
         truncated = np.concatenate([views.truncated[s, a:b] for s, a, b in parts])
         columns = [np.concatenate([ring[s, a:b] for s, a, b in parts]) for ring in views.obs]
-        return self._assemble(pool, env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
+        return self._assemble(pool, env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object, copy)
 
     def _group_batch(self, pool: Pool, entry: tuple, copy: bool, batch_object: Any = None) -> AsyncBatch:
         """The batch of one group (the usual batch; ``entry``: its entry in ``ready``): its rows' views,
@@ -770,11 +770,12 @@ class AsyncBatches:
             columns = [rows.copy() for rows in columns]
         if pool._single_leaf:
             return AsyncBatch(pool, env_ids, columns[0], rewards, terminated, truncated, extras, parts)
-        return self._assemble(pool, env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object)
+        return self._assemble(pool, env_ids, columns, rewards, terminated, truncated, extras, parts, batch_object, copy)
 
     def _assemble(self, pool: Pool, env_ids: np.ndarray, columns: list, rewards: np.ndarray, terminated: np.ndarray,
-                  truncated: np.ndarray, extras: list, parts: list, batch_object: Any) -> AsyncBatch:
-        """The batch, its observations assembled from their array ``columns`` and object parts."""
+                  truncated: np.ndarray, extras: list, parts: list, batch_object: Any, copy: bool) -> AsyncBatch:
+        """The batch, its observations assembled from their array ``columns`` and object parts (with ``copy``,
+        copies: the pool keeps its own, as Pool.observations)."""
         if pool._single_leaf:
             obs = columns[0]
         else:
@@ -788,7 +789,7 @@ class AsyncBatches:
                     leaf_parts.append(next(arrays))
                 else:
                     column = next(objects)
-                    values = [column[i] for i in env_ids]
+                    values = [private(column[i]) for i in env_ids] if copy else [column[i] for i in env_ids]
                     leaf_parts.append(batch_object(leaf, values) if batch_object is not None else tuple(values))
             obs = assemble(pool.observation_space, leaf_parts)
         return AsyncBatch(pool, env_ids, obs, rewards, terminated, truncated, extras, parts)

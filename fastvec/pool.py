@@ -42,7 +42,7 @@ from fastvec import shard as shard_module
 from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
-from fastvec.env_calls import CALLS, own_copies, private_payload
+from fastvec.env_calls import CALLS, own_copies, private, private_payload
 from fastvec.errors import (
     AlreadyPendingCallError,
     BrokenPoolError,
@@ -1446,13 +1446,19 @@ class Pool(ShardMoves):
         """The batch of observations in ring ``slot``, in the observation space's structure (an
         array, or a dict / tuple of batches): copies, or views of the ring. Object parts come from
         ``objects`` (one list of num_envs values per object leaf; default: the latest), batched
-        by ``batch_object`` (default: a tuple, as gymnasium batches them)."""
+        by ``batch_object`` (default: a tuple, as gymnasium batches them); with ``copy`` they are copies
+        too (the pool keeps its own: a caller's edit in place came back in a masked reset's observations,
+        or a restarted env's final one)."""
         if self.obs_slots is not None:
             return self.obs_slots[slot].copy() if copy else self.obs_slots[slot]
         self._check_mapped()
         rings = self._views.obs
         arrays = iter([r[slot].copy() if copy else r[slot] for r in rings])
-        columns = iter(objects if objects is not None else self.object_columns())
+        if objects is None:
+            objects = self.object_columns()
+        if copy and objects:
+            objects = [[private(value) for value in column] for column in objects]
+        columns = iter(objects)
         parts = [next(arrays) if leaf.array else batch_object(leaf, next(columns)) for leaf in self.obs_leaves]
         return assemble(self.observation_space, parts)
 

@@ -127,6 +127,49 @@ def test_a_masked_reset_after_a_step_that_raised_keeps_the_others_latest_observa
     assert obs["a"].tolist() == [[0, 2], [1, 0], [2, 2]] and list(obs["t"]) == ["0/2", "1/0", "2/2"]
 
 
+class _GraphAndBox(gym.Env):
+    """obs {"g": a graph of one node [index, t], "a": [index, t]}."""
+
+    def __init__(self, index: int):
+        self.index, self.t = index, 0
+        box = gym.spaces.Box(-1e9, 1e9, (2,), np.float64)
+        self.observation_space = gym.spaces.Dict({"g": gym.spaces.Graph(box, None), "a": box})
+        self.action_space = gym.spaces.Discrete(2)
+
+    def _obs(self) -> dict:
+        nodes = np.array([[self.index, self.t]], np.float64)
+        return {"g": gym.spaces.GraphInstance(nodes=nodes, edges=None, edge_links=None), "a": nodes[0].copy()}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, False, False, {}
+
+
+def test_copied_observations_copy_their_object_parts_too() -> None:
+    """copy=True handed out the object parts (Graph, Sequence, custom spaces) the pool keeps as each env's latest:
+    a caller's edit in place came back as env 2's observation in a masked reset of env 0 (gymnasium copies)."""
+    fns = [partial(_GraphAndBox, i) for i in range(3)]
+    options = {"context": "fork", "num_workers": 2, "shared_memory": False}
+    with VectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED, **options) as venv:
+        venv.reset(seed=0)
+        obs, *_ = venv.step(np.zeros(3, np.int64))
+        obs["g"][2].nodes[:] = -1.0
+        obs, _ = venv.reset(options={"reset_mask": np.array([True, False, False])})
+        assert obs["g"][2].nodes.tolist() == [[2.0, 1.0]]
+    with VectorEnv(fns[:2] * 2, batch_size=2, **options) as venv:  # (asynchronous batches)
+        venv.async_reset()
+        for _ in range(2):
+            obs, *_, infos = venv.recv()
+            kept = venv.pool.object_columns()[0]
+            for k, i in enumerate(infos["env_id"]):
+                assert obs["g"][k] is not kept[i] and obs["g"][k].nodes.tolist() == kept[i].nodes.tolist()
+
+
 def test_reset_mask_validation() -> None:
     with VectorEnv([envs.make_cartpole] * 2, num_workers=2, start_method="fork") as venv:
         with pytest.raises(TypeError, match="numpy array"):

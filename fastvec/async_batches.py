@@ -46,6 +46,7 @@ from fastvec.errors import (
     env_errors,
 )
 from fastvec.protocol import POLL_NS, TAG_PICKLED, Command, Extra, ResetFlag, StepFlag, dumps_payload
+from fastvec.remote import ReplyNotLoaded
 
 if TYPE_CHECKING:
     from fastvec.pool import Pool
@@ -576,6 +577,8 @@ class AsyncBatches:
                 remote = pool._remotes[position - first]
                 try:
                     reply = pool._recv(remote, "step" if command is _STEP else "reset")
+                except ReplyNotLoaded as exc:  # (read whole: in step, the group's error names its envs)
+                    reply = exc.reply()
                 except WorkerDiedError:  # it finished, then died before its message was read: its results are lost
                     if pool.on_error != "restart":
                         raise

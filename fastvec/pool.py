@@ -82,7 +82,7 @@ from fastvec.protocol import (
     dumps_payload,
     unloadable,
 )
-from fastvec.remote import Remote, kill_all, stop
+from fastvec.remote import Remote, ReplyNotLoaded, kill_all, stop
 from fastvec.restart import describe, restart_reason
 from fastvec.shard import Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
@@ -1035,6 +1035,8 @@ class Pool(ShardMoves):
             if control[remote.base + _HAS_MESSAGE]:
                 try:
                     p.replies[position] = self._recv(remote, p.name)
+                except ReplyNotLoaded as exc:  # (read whole: the pool stays in step, and the error names the envs)
+                    p.replies[position] = exc.reply()
                 except WorkerDiedError as exc:  # it finished the command, then died before its message was read
                     if self.on_error != "restart":
                         self._break(exc)

@@ -8,8 +8,10 @@ the worker is alive (and, when given, a deadline), so a dead or hung worker beco
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
+import pickle
 import select
 import signal
 import threading
@@ -20,8 +22,8 @@ from multiprocessing import reduction
 from typing import Any
 
 from fastvec import kernels
-from fastvec.errors import EXIT_UNKNOWN, StepTimeoutError, WorkerDiedError
-from fastvec.protocol import POLL_NS
+from fastvec.errors import EXIT_UNKNOWN, ShardError, StepTimeoutError, WorkerDiedError
+from fastvec.protocol import POLL_NS, named_envs
 
 __all__ = ["Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
@@ -54,6 +56,100 @@ def pickle_factories(fns: list, start: int, start_method: str) -> bytes:
                 "a module-level function or functools.partial, or use start_method='fork'."
             ) from exc
     return cloudpickle.dumps(fns)
+
+
+class ReplyNotLoaded(Exception):
+    """A worker's reply (its envs' infos, object observations, call results), read whole, that cannot be
+    unpickled in this process: ``data``, the message; ``exc``, what loading it raised."""
+
+    def __init__(self, envs: range, command: str, data: bytes, exc: BaseException):
+        super().__init__(command)
+        self.envs, self.data, self.exc = envs, data, exc
+
+    def reply(self) -> tuple:
+        """The error reply standing for it, as for envs that raised in the command: an error for each env whose
+        values cannot be loaded (found by loading the message again, leniently), or, where they cannot be told
+        apart (a call's results), for the worker's first env, naming all of its envs."""
+        command = self.args[0]
+        envs = _unloadable_envs(self.data)
+        errors = []
+        for i in envs or [self.envs.start]:
+            named = named_envs(range(i, i + 1) if envs else self.envs)
+            error = TypeError(
+                f"the {command!r} results of {named} cannot be unpickled in this process (a worker's values come "
+                f"through a pickle, as through SB3's pipes): {self.exc!r}"
+            )
+            errors.append(ShardError(i, f"{command} (reading the result)", error).payload())
+        return ("error", errors)
+
+
+class _NotLoaded:
+    """Stands for a value that could not be loaded (``_Lenient``)."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _stand_in(exc: BaseException) -> type:
+    """A class found in place of one that cannot be: making it, by any route, gives a _NotLoaded."""
+
+    class Missing:
+        def __new__(cls, *args: Any, **kwargs: Any) -> _NotLoaded:
+            return _NotLoaded()
+
+    return Missing
+
+
+class _Lenient(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """The pure-Python unpickler, where what cannot be found, made or restored becomes a _NotLoaded."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as exc:
+            return _stand_in(exc)
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        try:
+            self.stack[-1] = self.stack[-1](*args)
+        except Exception:
+            self.stack[-1] = _NotLoaded()
+
+    def load_build(self) -> None:
+        try:
+            super().load_build()
+        except Exception:
+            self.stack[-1] = _NotLoaded()
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _unloadable_envs(data: bytes) -> list[int]:
+    """The envs of a step's or reset's reply ("extras": (env, kind, value) entries) whose values cannot be
+    loaded; [] where that cannot be told (another reply, or the lenient load fails too)."""
+    try:
+        message = _Lenient(io.BytesIO(data)).load()
+        kind, entries = message[0], message[1]
+        if kind != "extras":
+            return []
+        return sorted({entry[0] for entry in entries if _holds_not_loaded(entry[2], 0)})
+    except Exception:
+        return []
+
+
+def _holds_not_loaded(value: Any, depth: int) -> bool:
+    if isinstance(value, _NotLoaded):
+        return True
+    if depth > 32:
+        return False
+    if isinstance(value, dict):
+        return any(_holds_not_loaded(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_not_loaded(v, depth + 1) for v in value)
+    return False
 
 
 class Remote:
@@ -242,16 +338,21 @@ class Remote:
             pass
 
     def recv(self, command: str, timeout: float | None = None) -> Any:
-        """One message, noticing the worker's death (WorkerDiedError) or ``timeout`` (StepTimeoutError)."""
+        """One message, noticing the worker's death (WorkerDiedError) or ``timeout`` (StepTimeoutError). A
+        message read whole that cannot be unpickled here raises ``ReplyNotLoaded`` (the pipe stays in step)."""
         began = time.monotonic()
         conn = self.conn
         while True:
             try:
-                if conn.poll(POLL_NS / 1e9):
-                    return conn.recv()
+                data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
             except (EOFError, OSError):
                 self.process.join(1.0)
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
+            if data is not None:
+                try:
+                    return reduction.ForkingPickler.loads(data)
+                except Exception as exc:  # (an env's value whose class, or its loading, exists in the worker only)
+                    raise ReplyNotLoaded(self.envs, command, data, exc) from exc
             if self.exitcode is not None and not conn.poll(0):
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command)
             if timeout is not None and time.monotonic() - began > timeout:

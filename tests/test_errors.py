@@ -1036,3 +1036,65 @@ def test_a_restart_closes_the_failed_env_quietly_whatever_its_close_raises(kind:
             infos = venv.step(np.zeros(4, dtype=np.int64))[3]
         assert [i for i, info in enumerate(infos) if "fastvec.restarted" in info] == [bad]
         assert venv.pool.state is PoolState.IDLE and venv.pool.worker_restarts == 0
+
+
+_PARENT_PID = os.getpid()
+
+
+def _load_in_a_worker_only(value: int) -> _WorkerOnly:
+    if os.getpid() == _PARENT_PID:
+        raise ValueError("cannot be loaded in the calling process")
+    return _WorkerOnly(value)
+
+
+class _WorkerOnly:
+    """Pickles, and loads only in a worker (``how``: its loader raises, or its class is a module's that only the
+    worker has)."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __reduce__(self):
+        return _load_in_a_worker_only, (self.value,)
+
+
+class _ReturnsWorkerOnly(gym.Env):
+    """Env ``bad``'s first step returns a value the calling process cannot load, in its info or observation."""
+
+    def __init__(self, index: int, bad: int, how: str):
+        self.index, self.bad, self.how, self.t = index, bad, how, 0
+        self.observation_space = gym.spaces.Dict({"a": gym.spaces.Box(-1e9, 1e9, (1,)), "t": gym.spaces.Text(8)})
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return {"a": np.zeros(1, np.float32), "t": "0"}, {}
+
+    def step(self, action):
+        self.t += 1
+        value: object = {}
+        if self.index == self.bad and self.t == 1:
+            if self.how == "loader raises":
+                value = _WorkerOnly(1)
+            else:  # a class of a module that exists in this worker only
+                import types
+
+                module = sys.modules.setdefault("fastvec_test_worker_only", types.ModuleType("fastvec_test_worker_only"))
+                module.Thing = type("Thing", (), {"__module__": module.__name__})
+                value = module.Thing()
+        return {"a": np.full(1, self.t, np.float32), "t": str(self.t)}, 0.0, False, False, {"x": value}
+
+
+@pytest.mark.parametrize("how", ["loader raises", "class unknown here"])
+def test_a_worker_s_values_that_cannot_be_loaded_here_name_their_env(how: str) -> None:
+    """A worker's reply that cannot be unpickled in the calling process raised the loader's bare error, naming no
+    env or command, and broke the pool; the calling process's own envs' values already named their env."""
+    fns = [partial(_ReturnsWorkerOnly, i, 3, how) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match=r"the 'step' results of env 3 cannot be unpickled in this process") as raised:
+            venv.step(np.zeros(4, np.int64))
+        assert raised.value.env_index == 3 and raised.value.command == "step (reading the result)"
+        obs, *_ = venv.step(np.zeros(4, np.int64))  # the pool goes on
+        assert obs["a"][:, 0].tolist() == [2.0] * 4
+    assert "fastvec_test_worker_only" not in sys.modules

@@ -41,10 +41,13 @@ class Unmade:
     which makes the shard try the factory again (on_error="restart"); until that works, every
     command reports the env's error, and the other envs go on."""
 
-    def __init__(self, index: int, cause: BaseException, spaces: tuple | None = None):
+    def __init__(self, index: int, cause: BaseException, spaces: tuple | None = None, made: bool = False):
         self._why = (
             f"env {index} could not be made again after an error ({type(cause).__name__}: {cause}); "
             "its factory is tried again at its next step or reset"
+            if not made
+            else f"env {index} was made again after an error, and its reset raised ({type(cause).__name__}: {cause}); "
+            "it is made again at its next step or reset"
         )
         if spaces is not None:  # (in a replacement worker: the pool's, so that its shard can be made around it)
             self.observation_space, self.action_space = spaces
@@ -101,6 +104,7 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
         try:
             obs, info = shard.envs[j].reset()
         except _env_errors() as reset_exc:
+            _not_reset(shard, j, reset_exc)
             raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
         if info:  # the next episode's reset info, as an autoreset's
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
@@ -115,7 +119,20 @@ def reset_fresh(shard: Shard, j: int, exc: BaseException, command: str, kwargs: 
     try:
         return shard.envs[j].reset(**kwargs)
     except _env_errors() as again:
+        _not_reset(shard, j, again)
         raise ShardError(shard.start + j, f"{command} (restart after an error)", again) from exc
+
+
+def _not_reset(shard: Shard, j: int, exc: BaseException) -> None:
+    """Env j's fresh copy raised in its first reset: it is closed and an Unmade takes its place, so that its next
+    step or reset makes it again and ends its episode, reported (stepped as it was, never reset, it went on as the
+    old episode in SAME_STEP, with the restart reported a step late or not at all)."""
+    try:
+        shard.envs[j].close()
+    except _env_errors():
+        pass
+    shard.envs[j] = Unmade(shard.start + j, exc, made=True)  # type: ignore[assignment]
+    shard.step_fns[j] = shard.envs[j].step
 
 
 def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False) -> None:

@@ -279,8 +279,7 @@ class Shard:
         restart in the next step takes its final observation from there, and a masked reset copies the rows of
         the envs it leaves out from there, whether or not envs restart): ``latest``'s (local position -> a
         reset's observation), else the step's ``results``, else the slot before."""
-        dropped = (Extra.RESTARTED, Extra.RESET_INFO, Extra.FINAL_OBS)
-        self.side_extras = [e for e in self.side_extras if e[1] not in dropped]
+        self._drop_queued()
         if slot is None:
             return
         previous = (slot - 1) % self.views.layout.ring_slots
@@ -297,6 +296,11 @@ class Shard:
             self.write_obs(obs_list, slot, "step")
         except Exception:  # (an observation the rows cannot hold: its env's error is raised with the step's own)
             pass
+
+    def _drop_queued(self) -> None:
+        """What a command's restarts, resets and episode ends queued for its results, dropped: it raised."""
+        dropped = (Extra.RESTARTED, Extra.RESET_INFO, Extra.FINAL_OBS)
+        self.side_extras = [e for e in self.side_extras if e[1] not in dropped]
 
     def _step_next_step(
         self, slot: int, actions: Any, run: StepRun | None = None, stop: int = 0, watch: tuple | None = None
@@ -509,7 +513,8 @@ class Shard:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
             self._release(leaving)
-        if failed:
+        if failed:  # (the step returns no results: what its resets and restarts queued goes with them, as _raised)
+            self._drop_queued()
             raise ShardError.combine(failed)
         if self.side_extras or self.checks.pending:
             return self.finish_extras(extras)

@@ -783,3 +783,58 @@ def test_a_restart_in_a_command_that_raised_is_not_reported_by_a_later_one(tmp_p
         venv.set_attr("fail_reset", True, indices=[good])
         venv.reset()
         assert f"env {good} fails in reset" in venv.reset_infos[good]["fastvec.restarted"]
+
+
+class _FreshResetFails(gym.Env):
+    """obs [index, reset count, t]. Env 1's second step raises (``where="step"``) or ends its episode
+    (``where="autoreset"``), after which the next ``fails`` resets of any copy of it raise."""
+
+    def __init__(self, index: int, where: str, marks: str):
+        self.index, self.where, self.marks = index, where, Path(marks)
+        self.observation_space = gym.spaces.Box(-1e9, 1e9, (3,), np.float64)
+        self.action_space = gym.spaces.Discrete(2)
+        self.resets, self.t, self.steps = 0, 0, 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.index, self.resets, self.t], np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        left = self.marks / "resets-to-fail"
+        if self.index == 1 and left.exists():
+            n = int(left.read_text()) - 1
+            left.write_text(str(n)) if n else left.unlink()
+            raise RuntimeError("reset fails")
+        self.resets, self.t = self.resets + 1, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.steps += 1
+        if self.index == 1 and self.steps == 2 and not (self.marks / "failed").exists():
+            (self.marks / "failed").touch()
+            if self.where == "autoreset":  # its autoreset, and its fresh copy's first reset, raise
+                (self.marks / "resets-to-fail").write_text("2")
+                return self._obs(), 0.0, True, False, {}
+            (self.marks / "resets-to-fail").write_text("1")  # its fresh copy's first reset raises
+            raise RuntimeError("env 1 fails in step")
+        return self._obs(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("where", ["step", "autoreset"])
+def test_a_fresh_env_whose_first_reset_raises_is_made_again_not_stepped(tmp_path, where: str) -> None:
+    """SAME_STEP: env 1 is re-created after an error and its fresh copy's reset raises, so the step raises. The next
+    step stepped the fresh env that was never reset, as the old episode going on (no episode end, the restart
+    reported a step late or not at all); it is made again, and its episode ends, reported."""
+    fns = [partial(_FreshResetFails, i, where, str(tmp_path)) for i in range(2)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=1, on_error="restart") as venv:
+        venv.reset()
+        venv.step(np.zeros(2, dtype=np.int64))
+        with pytest.raises(EnvError, match="reset fails"):
+            venv.step(np.zeros(2, dtype=np.int64))
+        obs, _, dones, infos = venv.step(np.zeros(2, dtype=np.int64))
+        assert dones.tolist() == [False, True] and infos[1]["TimeLimit.truncated"] is True
+        assert "was made again after an error, and its reset raised" in infos[1]["fastvec.restarted"]
+        assert obs[1].tolist() == [1, 1, 0]  # a fresh env, reset
+        _, _, dones, infos = venv.step(np.zeros(2, dtype=np.int64))
+        assert not dones.any() and "fastvec.restarted" not in infos[1]

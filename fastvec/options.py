@@ -156,6 +156,12 @@ class PoolOptions:
             object.__setattr__(self, "step_timeout", wait_seconds(timeout))
         if self.on_error not in ("raise", "restart"):
             raise ValueError(f"on_error must be 'raise' or 'restart', got {shown_value(self.on_error)}")
+        if self.on_error == "restart" and self.ring_slots < 2:
+            raise ValueError(
+                "on_error='restart' needs ring_slots >= 2, got 1: the envs of a worker that dies end their episodes at "
+                "the last observations the caller saw, kept in the slot before the step's (with one slot, the step "
+                "may have written over them)"
+            )
         if isinstance(self.pin, np.ndarray):  # (core ids as an array: a list of them)
             object.__setattr__(self, "pin", self.pin.tolist())
         if isinstance(self.pin, (list, tuple)):

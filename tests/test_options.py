@@ -41,6 +41,8 @@ from tests import envs
         ({"pin": [True]}, "pin must name cores"),
         ({"daemon": "false"}, "daemon must be True or False"),  # (it made daemonic workers: their envs' children failed)
         ({"ring_slots": 2**32}, "ring_slots"),  # (a bare OverflowError of numpy's, once every env was made)
+        # (a worker dying after it wrote its rows left its envs' final observations half overwritten)
+        ({"ring_slots": 1, "on_error": "restart"}, "on_error='restart' needs ring_slots >= 2"),
     ],
 )
 def test_bad_values_are_named(knobs, message) -> None:

@@ -151,11 +151,19 @@ def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False
         shard.write_terminal(j, last[j], "step (worker restart)")
     if shard.autoreset_mode == SAME_STEP:
         obs_list = _reset_fresh_envs(shard, last)
-    else:  # NEXT_STEP: the last observations now, the resets in the next step
-        obs_list = last
-        shard.needs_reset = [True] * len(shard.envs)
+        shard.write_obs(obs_list, slot, "reset (worker restart)")
+        shard.start_episodes(slot, None, truncated=truncate)
+        return
+    # NEXT_STEP: the last observations now, the resets in the next step; but an env whose episode ended in the
+    # previous step was to reset in this one: its fresh env resets now, its new episode's first observation with
+    # flags False (it ended its episode once already: ending it again gave a phantom episode of no steps)
+    due = _due(shard, previous)
+    shard.needs_reset = [True] * len(shard.envs)
+    obs_list = _reset_fresh_envs(shard, last, due)
     shard.write_obs(obs_list, slot, "reset (worker restart)")
     shard.start_episodes(slot, None, truncated=truncate)
+    if due:
+        shard.start_episodes(slot, due)
 
 
 def _after_the_step(shard: Shard, slot: int) -> None:
@@ -166,23 +174,36 @@ def _after_the_step(shard: Shard, slot: int) -> None:
     start = shard.start
     terminated = shard.terminated_slots[slot][start : shard.stop].tolist()
     truncated = shard.truncated_slots[slot][start : shard.stop].tolist()
+    # (NEXT_STEP: an env whose episode ended in the previous step reset in this one: a new episode, not ended again)
+    due = _due(shard, (slot - 1) % shard.views.layout.ring_slots) if shard.autoreset_mode != SAME_STEP else []
     for j in range(len(shard.envs)):
-        if not (terminated[j] or truncated[j]):
+        if not (terminated[j] or truncated[j]) and j not in due:
             shard.write_terminal(j, shard.row(slot, j), "step (worker restart)")  # (SAME_STEP only)
             shard.truncated_slots[slot][start + j] = 1
     if shard.autoreset_mode != SAME_STEP:
         shard.needs_reset = [True] * len(shard.envs)
+        if due:  # (their fresh envs start the episode the dead ones had just begun)
+            kept = [shard.row(slot, j) for j in range(len(shard.envs))]
+            obs_list = _reset_fresh_envs(shard, kept, due)
+            shard.write_obs([obs_list[j] for j in due], slot, "reset (worker restart)", due)
         return
     shard.write_obs(_reset_fresh_envs(shard, [shard.row(slot, j) for j in range(len(shard.envs))]), slot, "reset (worker restart)")
 
 
-def _reset_fresh_envs(shard: Shard, kept: list) -> list:
-    """A replacement worker's fresh envs reset (SAME_STEP): their first observations, their reset infos
-    queued as an autoreset's. An env that could not be made (``Unmade``, reported as the command's error)
-    keeps its observation from ``kept``."""
+def _due(shard: Shard, previous: int) -> list[int]:
+    """NEXT_STEP: the shard's envs whose episode ended in ring slot ``previous`` (the step before): due to reset."""
+    ended = shard.terminated_slots[previous][shard.start : shard.stop] | shard.truncated_slots[previous][shard.start : shard.stop]
+    return [j for j, flag in enumerate(ended.tolist()) if flag]
+
+
+def _reset_fresh_envs(shard: Shard, kept: list, only: list[int] | None = None) -> list:
+    """A replacement worker's fresh envs reset (SAME_STEP; NEXT_STEP: those in ``only``, due to reset): their
+    first observations, their reset infos queued as an autoreset's (``only``: all of ``kept``'s, those of its
+    envs new; they reset no more at the next step). An env that could not be made (``Unmade``, reported as the
+    command's error) keeps its observation from ``kept``."""
     obs_list = []
     for j, env in enumerate(shard.envs):
-        if isinstance(env, Unmade):
+        if isinstance(env, Unmade) or (only is not None and j not in only):
             obs_list.append(kept[j])
             continue
         try:
@@ -190,6 +211,8 @@ def _reset_fresh_envs(shard: Shard, kept: list) -> list:
         except _env_errors() as exc:
             raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
         obs_list.append(obs)
+        if only is not None:
+            shard.needs_reset[j] = False
         if info:
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
     return obs_list

@@ -420,6 +420,27 @@ def test_a_worker_that_dies_after_the_step_keeps_the_steps_results() -> None:
         assert infos[5]["TimeLimit.truncated"] is False and all(infos[i]["TimeLimit.truncated"] for i in (6, 7, 8))
 
 
+def test_a_worker_that_dies_after_the_step_starts_the_episode_an_env_reset_in_it_once() -> None:
+    """NEXT_STEP: env 7's episode ends in one step, and the next is its reset, which its worker finished before an
+    env moving into it killed it. Env 7 was then marked truncated too, its reset observation for a final one: an
+    episode of no steps. Its fresh env starts the new episode, not ended; the others, cut short, end truncated."""
+    fns = [partial(Counts, i == 5) for i in range(9)]
+    options = {"num_workers": 3, "on_error": "restart", "autoreset_mode": AutoresetMode.NEXT_STEP}
+    with VectorEnv(fns, context="fork", **options) as venv:
+        venv.reset()
+        for _ in range(2):
+            venv.step(np.zeros(9, np.int64))
+        _, _, terminated, _, _ = venv.step(np.eye(9, dtype=np.int64)[7])  # env 7's episode ends
+        assert terminated.tolist() == [i == 7 for i in range(9)]
+        assert venv.pool.request_move(1, 2) == 5
+        with pytest.warns(RuntimeWarning, match="died while an env moved into it"):
+            obs, _, terminated, truncated, _ = venv.step(np.eye(9, dtype=np.int64)[5])  # env 5 ends, and moves
+        assert terminated.tolist() == [i == 5 for i in range(9)] and truncated.tolist() == [i in (6, 8) for i in range(9)]
+        assert obs[7].tolist() == [0.0] and obs[6].tolist() == [4.0]
+        obs, _, terminated, truncated, _ = venv.step(np.zeros(9, np.int64))
+        assert obs[7].tolist() == [1.0] and not terminated[7] and not truncated[7]  # (stepped, not reset again)
+
+
 class ClosesLogged(Where):
     """... that logs each close() (an env that ends a helper process there)."""
 

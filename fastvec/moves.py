@@ -170,8 +170,11 @@ class ShardMoves:
         return None
 
     def queue_move(self, source: int, target: int, around: bool = False) -> None:
-        """``request_move`` from another thread: done by the stepping thread at its next step."""
-        self._move_requests.append(("move", source, target, around))
+        """``request_move`` from another thread: done by the stepping thread at its next step. (Asynchronous batches
+        take none: a group is a batch. Only a synchronous step takes queued requests: one left queued stopped the
+        monitor, which waits for what it asked.)"""
+        if self._async is None:
+            self._move_requests.append(("move", source, target, around))
 
     # -- parking a worker (the monitor, beside a CPU hog) ---------------------------------------
     @property
@@ -277,12 +280,20 @@ class ShardMoves:
         )
 
     def queue_park(self, shard: int) -> None:
-        """``request_park`` from another thread: done by the stepping thread at its next step."""
-        self._move_requests.append(("park", shard))
+        """``request_park`` from another thread: done by the stepping thread at its next step (refused at once with
+        asynchronous batches, as ``queue_move``)."""
+        if self._async is not None:
+            self.refused_requests.append(("park", shard))
+        else:
+            self._move_requests.append(("park", shard))
 
     def queue_unpark(self, shard: int) -> None:
-        """``request_unpark`` from another thread: done by the stepping thread at its next step."""
-        self._move_requests.append(("unpark", shard))
+        """``request_unpark`` from another thread: done by the stepping thread at its next step (refused at once with
+        asynchronous batches, as ``queue_move``)."""
+        if self._async is not None:
+            self.refused_requests.append(("unpark", shard))
+        else:
+            self._move_requests.append(("unpark", shard))
 
     def _park_now(self, shard: int) -> None:
         """Leave the emptied worker ``shard`` out of commands (the pool is idle)."""

@@ -390,3 +390,14 @@ def test_a_park_the_pool_refuses_is_reported_by_the_monitor(monkeypatch) -> None
         refused = [event for event in monitor.events if event.kind == "refused"]
         assert len(refused) == 1 and refused[0].shard == 1 and "park of worker 1" in refused[0].detail
         assert not pool.refused_requests
+
+
+def test_requests_queued_on_an_asynchronous_pool_are_refused_at_once() -> None:
+    """Only a synchronous step takes queued requests: on a pool of asynchronous batches a queued park stayed queued
+    for ever, and the monitor, which waits for what it asked, stopped (no core check again)."""
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2, batch_size=2) as venv:
+        pool = venv.pool
+        pool.queue_move(1, 0)
+        pool.queue_park(1)
+        pool.queue_unpark(1)
+        assert pool.queued_requests == 0 and list(pool.refused_requests) == [("park", 1), ("unpark", 1)]

@@ -579,9 +579,16 @@ class AsyncBatches:
                     reply = pool._recv(remote, "step" if command is _STEP else "reset")
                 except ReplyNotLoaded as exc:  # (read whole: in step, the group's error names its envs)
                     reply = exc.reply()
-                except WorkerDiedError:  # it finished, then died before its message was read: its results are lost
+                except (WorkerDiedError, StepTimeoutError):
+                    # it finished, then died before its message was read, or hung sending it (past step_timeout): its
+                    # results are lost; a death of close()'s making (another thread's, or a signal handler's) is that
+                    if pool.closed or pool._terminated:
+                        raise pool._closed_meanwhile("recv") from None
                     if pool.on_error != "restart":
                         raise
+                    if remote.exitcode is None:  # (hung: ended, and replaced as a worker past step_timeout is)
+                        remote.end()
+                        remote.hung = True
                     self._check_lives(pool, [position - first])  # respawned: its replacement's results join ``ready``
                     return
             del inflight[position]
@@ -692,6 +699,8 @@ class AsyncBatches:
             group = position + self.first_remote
             if group not in self.inflight or now - self.issued[group] <= limit:
                 continue
+            if self._done(pool, group):  # (finished, and waits to be collected: never late, README; it finished while
+                continue  # another worker was replaced, after the list was made)
             remote = pool._remotes[position]
             if pool.on_error == "restart":
                 remote.end()  # a hung env: its replacement does the group's command

@@ -1037,10 +1037,17 @@ class Pool(ShardMoves):
                     p.replies[position] = self._recv(remote, p.name)
                 except ReplyNotLoaded as exc:  # (read whole: the pool stays in step, and the error names the envs)
                     p.replies[position] = exc.reply()
-                except WorkerDiedError as exc:  # it finished the command, then died before its message was read
+                except (WorkerDiedError, StepTimeoutError) as exc:
+                    # it finished the command, then died before its message was read, or hung sending it (past
+                    # step_timeout); a death of close()'s making (another thread's, or a signal handler's) is that
+                    if self._terminated:
+                        raise self._closed_meanwhile(p.name) from None
                     if self.on_error != "restart":
                         self._break(exc)
                         raise
+                    if remote.exitcode is None:  # (hung: ended, and replaced as a worker past step_timeout is)
+                        remote.end()
+                        remote.hung = True
                     if p.command is _STEP or p.command is _RESET:  # its results are lost with the message
                         self._respawn(position, p)
                     else:  # a call: it fails naming the worker, and the next step or reset replaces it
@@ -1388,8 +1395,16 @@ class Pool(ShardMoves):
         A replacement that dies too while it makes its envs (a crashing constructor, the OOM killer) is
         replaced again, up to ``RESPAWN_ATTEMPTS`` workers in all."""
         for attempt in range(1, RESPAWN_ATTEMPTS + 1):
-            dead.process.join(1.0)
-            dead.release()  # (listed until placed over: close() skips a released worker)
+            # (closed meanwhile, by another thread or a signal handler: close() stopped the workers it found, and one
+            # started now would outlive it; a replacement that close() ended is not replaced again)
+            if self._terminated:
+                raise self._closed_meanwhile("make (worker restart)")
+            try:
+                dead.process.join(1.0)
+            except ValueError:  # (released by close() meanwhile)
+                pass
+            if not dead.released:
+                dead.release()  # (listed until placed over: close() skips a released worker)
 
             def placing(remote: Remote, base: int = dead.base) -> None:
                 remote.base = base
@@ -1405,6 +1420,8 @@ class Pool(ShardMoves):
                 break
             except (WorkerDiedError, BrokenPipeError, ConnectionResetError, EOFError):
                 # (a pipe error: it died between saying it was ready and taking the block; anything else raises)
+                if self._terminated:
+                    raise self._closed_meanwhile("make (worker restart)") from None
                 remote.process.join(0.5)
                 if attempt == RESPAWN_ATTEMPTS or remote.exitcode is None:
                     raise

@@ -345,15 +345,19 @@ class Remote:
         while True:
             try:
                 data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
-            except (EOFError, OSError):
-                self.process.join(1.0)
+                gone = data is None and self.exitcode is not None and not conn.poll(0)
+            except (EOFError, OSError):  # (OSError too where close(), in another thread or a signal handler, released it)
+                try:
+                    self.process.join(1.0)
+                except ValueError:  # (released meanwhile: the callers see the pool closed)
+                    pass
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
             if data is not None:
                 try:
                     return reduction.ForkingPickler.loads(data)
                 except Exception as exc:  # (an env's value whose class, or its loading, exists in the worker only)
                     raise ReplyNotLoaded(self.envs, command, data, exc) from exc
-            if self.exitcode is not None and not conn.poll(0):
+            if gone:
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command)
             if timeout is not None and time.monotonic() - began > timeout:
                 raise StepTimeoutError(self.index, self.envs, command, timeout)
@@ -377,7 +381,10 @@ class Remote:
             self.process.join(1.0)
 
     def release(self) -> None:
-        """Close the pipe and the Process object (the process must have exited)."""
+        """Close the pipe and the Process object (the process must have exited); once (a pool's replacement of a dead
+        worker and a close() from another thread may both come to it)."""
+        if self.released:
+            return
         self.released = True
         self._released_exitcode = self.exitcode
         self.conn.close()

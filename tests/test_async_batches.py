@@ -1100,3 +1100,139 @@ def test_close_of_batches_drops_a_dead_worker_instead_of_replacing_it(tmp_path) 
         took = time.monotonic() - began
         venv.close()
     assert took < 10 and venv.pool.worker_restarts == 0
+
+
+class _SlowToPickle:
+    """Its pickling (a worker sending it back) takes 3 s."""
+
+    def __reduce__(self):
+        time.sleep(3.0)
+        return _SlowToPickle, ()
+
+
+class _SendsSlowly(gym.Env):
+    """Action 1: its info takes 3 s to pickle (the worker has said its step is done: it hangs sending the results).
+    With ``slow_make`` existing, making it takes 3 s (a replacement worker's envs)."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, slow_make: str = ""):
+        if slow_make and os.path.exists(slow_make):
+            time.sleep(3.0)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, ({"blob": _SlowToPickle()} if int(action) == 1 else {})
+
+
+def _hand_out(venv, api: str, actions: list[int]) -> tuple:
+    """Step every env with ``actions`` (sync), or, as batches of two groups, send them and receive the second's."""
+    if api == "sync":
+        return venv.step(np.array(actions))
+    venv.async_reset()
+    venv.recv()
+    venv.recv()
+    venv.send(np.array(actions[2:]), [2, 3])
+    return venv.recv()
+
+
+@pytest.mark.one_pass  # (the pool's handling of a worker's message: no kernel)
+@pytest.mark.parametrize("api", ["sync", "batches"])
+def test_a_worker_hung_sending_its_results_is_replaced_with_on_error_restart(api: str) -> None:
+    """It had said its step was done, then hung past step_timeout sending the results: the pool broke (the error said
+    the step did not finish) although on_error="restart" replaces a hung worker."""
+    options = {"num_workers": 2, "step_in_parent": False, "on_error": "restart", "step_timeout": 0.5}
+    with SubprocVecEnv([_SendsSlowly] * 4, start_method="fork", **options, **({"batch_size": 2} if api != "sync" else {})) as venv:
+        if api == "sync":
+            venv.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = _hand_out(venv, api, [0, 0, 1, 0])
+        dones, infos = got[2][-2:], got[3][-2:]
+        assert dones.tolist() == [True, True] and all(info["fastvec.restarted"].startswith("worker hung") for info in infos)
+        assert venv.pool.state.value == "idle"
+
+
+@pytest.mark.one_pass
+@pytest.mark.parametrize("api", ["sync", "batches"])
+def test_close_from_another_thread_while_a_worker_s_message_is_read_raises_closed_error(api: str) -> None:
+    """close() ended the workers under the read: the waiting thread raised WorkerDiedError (killed by SIGTERM, close()'s
+    own), or OSError / ValueError from the released pipe, instead of ClosedError."""
+    import threading
+
+    from fastvec.errors import ClosedError
+
+    options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
+    venv = SubprocVecEnv([_SendsSlowly] * 4, start_method="fork", **options)
+    if api == "sync":
+        venv.reset()
+    closer = threading.Timer(0.3, venv.pool.close, kwargs={"timeout": 0.3})
+    try:
+        if api != "sync":  # (the batches' first steps, before the slow one)
+            venv.async_reset()
+            venv.recv()
+            venv.recv()
+        closer.start()
+        with pytest.raises(ClosedError):
+            if api == "sync":
+                venv.step(np.array([0, 0, 1, 0]))
+            else:
+                venv.send(np.array([1, 0]), [2, 3])
+                venv.recv()
+    finally:
+        closer.join(30)
+        venv.close()
+
+
+@pytest.mark.one_pass
+def test_close_from_another_thread_while_recv_replaces_a_dead_worker_leaves_no_worker(tmp_path) -> None:
+    """The replacement being made when close() gave up waiting was ended by close(), taken for a crash and replaced
+    again: that worker outlived close() (the leak guard after each test finds one), and close() or recv() raised
+    OSError or ValueError from the released pipe and process."""
+    import threading
+
+    from fastvec.errors import ClosedError
+
+    slow_make = tmp_path / "slow"
+    options = {"num_workers": 2, "step_in_parent": False, "on_error": "restart", "batch_size": 2}
+    venv = SubprocVecEnv([partial(_SendsSlowly, str(slow_make))] * 4, start_method="fork", **options)
+    closer = threading.Timer(0.5, venv.pool.close, kwargs={"timeout": 0.3})
+    try:
+        venv.async_reset()
+        venv.recv()
+        venv.recv()
+        slow_make.touch()
+        os.kill(venv.pool.worker_pids[1], signal.SIGKILL)
+        venv.send(np.zeros(2, np.int64), [2, 3])
+        closer.start()
+        with pytest.raises(ClosedError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            venv.recv()
+    finally:
+        closer.join(30)
+        venv.close()
+
+
+@pytest.mark.one_pass
+def test_a_group_done_in_time_is_never_ended_as_late() -> None:
+    """The deadline check ran on the workers listed before another worker's (slow) replacement, and did not look at
+    whether a group had finished meanwhile: a worker done within step_timeout was ended as hung, its step lost."""
+    with Pool([envs.make_cartpole] * 4, batch_size=2, num_workers=2, step_in_parent=False, start_method="fork",
+              on_error="restart", step_timeout=5.0) as pool:  # fmt: skip
+        batches = pool._async
+        pool.async_reset()
+        pool.recv()
+        pool.recv()
+        pid = pool.worker_pids[1]
+        pool.send(np.zeros(2, np.int64), [2, 3])
+        group = 1 + batches.first_remote
+        deadline = time.monotonic() + 10
+        while not batches._done(pool, group):  # (its step is done, and waits to be collected)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        batches.issued[group] -= 60.0  # (as if sent a minute ago: past step_timeout by the clock)
+        batches._check_deadlines(pool, [1], pool.step_timeout)
+        assert pool.worker_pids[1] == pid and not pool.recv().restarted

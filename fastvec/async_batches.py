@@ -83,7 +83,7 @@ class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
     __slots__ = ("env_ids", "obs", "rewards", "terminated", "truncated", "infos", "reset_infos", "restarted",
-                 "final_obs", "parts", "_pool")
+                 "final_obs", "parts", "_pool", "taken")
 
     def __init__(self, pool: Pool, env_ids: np.ndarray, obs: Any, rewards: np.ndarray, terminated: np.ndarray,
                  truncated: np.ndarray, extras: list, parts: tuple[tuple[int, int, int], ...]):
@@ -480,7 +480,23 @@ class AsyncBatches:
         except BaseException as exc:
             pool._break(exc)
             raise
+        batch.taken = taken  # (for give_back)
         return batch
+
+    def give_back(self, batch: AsyncBatch) -> None:
+        """A front-end interrupted (Ctrl-C) or failing while it makes its outputs of ``batch``, which recv() took:
+        its groups go back to the front of ``ready``, for the next recv() (as when that comes while the pool makes
+        the batch); else those envs were lost, neither running nor ready, and never returned again."""
+        try:
+            for entry in reversed(batch.taken):
+                if not self.running[entry[0]]:  # (not sent again meanwhile)
+                    self.ready.appendleft(entry)
+                    self.running[entry[0]] = True
+        except BaseException as exc:  # (a second interrupt, in the middle of it)
+            pool = self._pool()
+            if pool is not None:
+                pool._break(exc)
+            raise
 
     def _collect_one(self, pool: Pool, began: float, timeout: float | None) -> None:
         """Wait for one more worker to finish, or step the own group; its results join ``ready``."""
@@ -511,11 +527,15 @@ class AsyncBatches:
                     # so its worker gets its next actions a batch sooner instead of idling; the own group's
                     # results wait in ``ready`` for the next recv(), which no process waits on (at 16
                     # CartPole envs the worker sat idle a third of the time, waiting for this process)
-                    own = self.ready.pop()
-                    try:
-                        self._wait_worker(pool, began, timeout)
-                    finally:  # (whatever the worker's collection raised, the own group's results stay)
-                        self.ready.append(own)
+                    # (the own group's results stay in ``ready`` whatever the worker's collection raises, and go last:
+                    # popped out and put back, an interrupt as the pop returned left them nowhere)
+                    ready = self.ready
+                    own_at = len(ready) - 1
+                    self._wait_worker(pool, began, timeout)
+                    if len(ready) > own_at + 1:
+                        own = ready[own_at]
+                        del ready[own_at]
+                        ready.append(own)
                 return
             self._own_passed += 1
         self._wait_worker(pool, began, timeout)
@@ -737,16 +757,34 @@ class AsyncBatches:
                 payloads=self._reset_payloads if resetting else None,
                 reset_options=self._reset_options if resetting else None,
             )
-            pool._respawn(position, p)  # its replacement does its share, and marks it done
+            raised = None
+            try:
+                pool._respawn(position, p)  # its replacement does its share, and marks it done
+            except BaseException as exc:
+                if position not in p.respawned:
+                    raise
+                # replaced, and then interrupted, or its warning made an error (-W error): the group still joins
+                # ``ready``, its restart reported (it stayed in flight, done, and came back as if nothing happened)
+                raised = exc
             # (hung: ended past step_timeout, here or in an earlier call: _respawn reads the worker's mark)
             why = restart_reason(pool.step_timeout if position in p.hung else None)
             reports = [(i, Extra.RESTARTED, {"error": why, "command": p.name}) for i in remote.envs]
             group = position + self.first_remote
-            del self.inflight[group]
-            self.slots[group] = slot
-            replacement = pool._remotes[position]
-            unmade, replacement.unmade = replacement.unmade, None  # envs it could not make: the group's errors
-            self.ready.append((group, slot, reports + (p.respawned.get(position) or []), unmade or None))
+            try:  # (in flight, or ready: an interrupt between the two left the group nowhere, running for ever)
+                replacement = pool._remotes[position]
+                unmade, replacement.unmade = replacement.unmade, None  # envs it could not make: the group's errors
+                entry = (group, slot, reports + (p.respawned.get(position) or []), unmade or None)
+                self.slots[group] = slot
+                del self.inflight[group]
+                self.ready.append(entry)
+            except BaseException as exc:
+                pool._break(exc)
+                raise
+            if raised is not None:
+                try:
+                    raise raised
+                finally:
+                    raised = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
 
     def _batch(self, pool: Pool, taken: list, copy: bool, batch_object: Any = None) -> AsyncBatch:
         """The batch of the groups ``taken`` (entries of ``ready``)."""

@@ -341,15 +341,21 @@ class VectorEnv(gym.vector.VectorEnv):
         ``copy=False`` (default: the ``copy`` the env was made with): views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
         if self.closed:
             self._assert_is_running()
-        batch = (self._batches or self.pool).recv(None, self.copy if copy is None else copy)
-        infos: dict[str, Any] = {}
-        done = None
-        if self.autoreset_mode == AutoresetMode.SAME_STEP:  # an episode's end adds final_obs and final_info
-            done = np.logical_or(batch.terminated, batch.truncated).tolist()
-        if (done is not None and True in done) or batch.infos or batch.reset_infos or batch.restarted:
-            infos = self._recv_infos(batch, done)  # (else: only env_id)
-        infos["env_id"] = batch.env_ids
-        return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
+        batch = None
+        try:
+            batch = (self._batches or self.pool).recv(None, self.copy if copy is None else copy)
+            infos: dict[str, Any] = {}
+            done = None
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:  # an episode's end adds final_obs and final_info
+                done = np.logical_or(batch.terminated, batch.truncated).tolist()
+            if (done is not None and True in done) or batch.infos or batch.reset_infos or batch.restarted:
+                infos = self._recv_infos(batch, done)  # (else: only env_id)
+            infos["env_id"] = batch.env_ids
+            return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
+        except BaseException:  # (Ctrl-C while the outputs were made: the batch waits for the next recv())
+            if batch is not None:
+                self._batches.give_back(batch)
+            raise
 
     def _recv_infos(self, batch: Any, done: list[bool] | None) -> dict[str, Any]:
         """A batch's infos, batched as gymnasium batches them: the envs' infos, episode ends (``done``, per row,

@@ -169,15 +169,21 @@ class SubprocVecEnv(_VecEnvBase):
         with SB3's infos (``TimeLimit.truncated``, ``terminal_observation``). ``copy=False``
         (default: the ``copy`` it was made with): obs are views into the ring where the batch is one group (see Pool.recv), valid until the next ``send``."""
         copied = self.copy if copy is None else copy
-        batch = (self._batches or self.pool).recv(None, OBS_ONLY if copied else False, _stack)
-        # dones, rewards (a float64 copy) and the rows whose episode ended, from the ring in one kernel call
-        dones, rewards, ended = kernels.done_flags(batch.terminated, batch.truncated, batch.rewards)
-        infos = kernels.info_dicts(len(dones), "TimeLimit.truncated", False)  # the usual infos
-        if ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
-            self._unusual_infos(batch, batch.env_ids.tolist(), ended, infos)
-        for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
-            self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
-        return _native(batch.obs) if self._swap else batch.obs, rewards, dones, infos, batch.env_ids
+        batch = None
+        try:
+            batch = (self._batches or self.pool).recv(None, OBS_ONLY if copied else False, _stack)
+            # dones, rewards (a float64 copy) and the rows whose episode ended, from the ring in one kernel call
+            dones, rewards, ended = kernels.done_flags(batch.terminated, batch.truncated, batch.rewards)
+            infos = kernels.info_dicts(len(dones), "TimeLimit.truncated", False)  # the usual infos
+            if ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
+                self._unusual_infos(batch, batch.env_ids.tolist(), ended, infos)
+            for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
+                self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
+            return _native(batch.obs) if self._swap else batch.obs, rewards, dones, infos, batch.env_ids
+        except BaseException:  # (Ctrl-C while the outputs were made: the batch waits for the next recv())
+            if batch is not None:
+                self._batches.give_back(batch)
+            raise
 
     def _unusual_infos(self, batch: Any, ids: list[int], ended: list[int], infos: list[dict]) -> None:
         """What ``recv`` adds to the usual infos (in place): the envs' own info dicts, episode ends

@@ -848,6 +848,45 @@ def test_an_interrupt_while_recv_makes_its_batch_leaves_it_for_the_next_recv(mon
             pool.send(np.zeros(4, np.int64), second.env_ids)
 
 
+class _ResetInfo(envs.FailingEnv):
+    def reset(self, *, seed=None, options=None):
+        obs, _ = super().reset(seed=seed)
+        return obs, {"reset": True}
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_an_interrupt_while_a_front_end_makes_its_outputs_leaves_the_batch_for_the_next_recv(monkeypatch, front: str) -> None:
+    """Ctrl-C after the pool handed the batch over, while the front-end made its dones and infos: those envs were
+    lost (neither running nor ready, never returned again; recv() then found nothing sent)."""
+    import fastvec.gym_vector_env as gym_front
+    import fastvec.sb3_vec_env as sb3_front
+
+    lost: list = []
+
+    def interrupted_once(real):
+        def interrupted(*args, **kwargs):
+            if not lost:
+                lost.append(True)
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        return interrupted
+
+    options = {"batch_size": 2, "num_workers": 2, "step_in_parent": False}
+    if front == "sb3":
+        venv = SubprocVecEnv([_ResetInfo] * 4, start_method="fork", **options)
+        monkeypatch.setattr(sb3_front.kernels, "done_flags", interrupted_once(sb3_front.kernels.done_flags))
+    else:
+        venv = VectorEnv([_ResetInfo] * 4, context="fork", **options)
+        monkeypatch.setattr(gym_front.VectorEnv, "_recv_infos", interrupted_once(gym_front.VectorEnv._recv_infos))
+    with venv:
+        venv.async_reset()
+        with pytest.raises(KeyboardInterrupt):
+            venv.recv()
+        ids = sorted(i for _ in range(2) for i in (venv.recv()[4] if front == "sb3" else venv.recv()[4]["env_id"]).tolist())
+        assert ids == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("on_error", ["raise", "restart"])
 def test_step_timeout_in_batches(on_error: str) -> None:
     """A group that hangs past step_timeout: StepTimeoutError naming its worker (the pool breaks), or
@@ -1236,3 +1275,29 @@ def test_a_group_done_in_time_is_never_ended_as_late() -> None:
         batches.issued[group] -= 60.0  # (as if sent a minute ago: past step_timeout by the clock)
         batches._check_deadlines(pool, [1], pool.step_timeout)
         assert pool.worker_pids[1] == pid and not pool.recv().restarted
+
+
+@pytest.mark.one_pass
+def test_a_restart_whose_warning_is_made_an_error_is_still_reported() -> None:
+    """With warnings made errors (-W error), the replacement's RuntimeWarning left its group in flight, done: the next
+    recv() returned the fresh envs as an ordinary step, without their restart."""
+    with Pool([envs.make_cartpole] * 4, batch_size=2, num_workers=2, step_in_parent=False, start_method="fork",
+              on_error="restart") as pool:  # fmt: skip
+        pool.async_reset()
+        pool.recv()
+        pool.recv()
+        os.kill(pool.worker_pids[1], signal.SIGKILL)
+        pool.send(np.zeros(2, np.int64), [0, 1])
+        pool.send(np.zeros(2, np.int64), [2, 3])
+        got, warned = {}, 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            while len(got) < 2:
+                try:
+                    batch = pool.recv()
+                except RuntimeWarning as warning:
+                    assert "restarted it with fresh envs" in str(warning)
+                    warned += 1
+                    continue
+                got[tuple(batch.env_ids.tolist())] = batch.restarted
+        assert warned == 1 and not got[(0, 1)] and sorted(got[(2, 3)]) == [2, 3]

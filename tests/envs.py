@@ -368,7 +368,12 @@ class JitteryCartPole(gym.Wrapper):
         return self.env.step(action)
 
 
-gym.register("fastvec-test/JitteryCartPole-v1", entry_point=JitteryCartPole, reward_threshold=475.0)
+def make_jittery_cartpole(render_mode=None) -> gym.Env:
+    return JitteryCartPole(render_mode)
+
+
+# (a function for entry point: gymnasium before 1.4 reads a class's metadata, a property on a Wrapper class)
+gym.register("fastvec-test/JitteryCartPole-v1", entry_point=make_jittery_cartpole, reward_threshold=475.0)
 
 
 def make_dict_echo(render_mode=None) -> gym.Env:

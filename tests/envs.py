@@ -10,6 +10,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+# numpy 1 stores a Python int a dtype cannot hold wrapped (300 as 44 in uint8), warning only: as gymnasium's AsyncVectorEnv
+# does there; numpy 2 raises OverflowError, which fastvec names by env
+WRAPS_OUT_OF_RANGE_INTS = np.lib.NumpyVersion(np.__version__) < "2.0.0"
+
 
 class ImageEnv(gym.Env):
     """84x84x4 uint8 frames (an Atari-sized observation) driven by a seeded RNG."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def test_out_of_range_discrete_action_goes_to_the_env() -> None:
         assert repr(np.float64(0.5)) in str(raised.value.others[0])
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2) as venv:  # (strings too, as SB3)
         venv.reset()
-        with pytest.raises(EnvError, match=r"env 0 raised AssertionError during 'step': np.str_\('a'\)"):
+        with pytest.raises(EnvError, match=r"env 0 raised AssertionError during 'step': " + re.escape(repr(np.str_("a")))):
             venv.step(np.array(["a", "b", "c", "d"]))
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, check="raise") as venv:
         venv.reset()

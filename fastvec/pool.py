@@ -632,7 +632,14 @@ class Pool(ShardMoves):
         if self._move_requests:
             self._take_move_requests()
         views = self._views
-        objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
+        try:
+            objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
+        except BaseException:
+            # close() from another thread (or a signal handler) released the block under this step (the actions'
+            # conversion can take a while: a lazy tensor): a bare TypeError from the released views otherwise
+            if self._terminated:
+                raise self._closed_meanwhile("step") from None
+            raise
         slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
         if objects is None:  # the usual step: the workers start first, the bookkeeping follows while they run
             try:
@@ -645,6 +652,8 @@ class Pool(ShardMoves):
                 self._state = _PENDING
             except BaseException as exc:  # (as in _issue) issued or not, the pool cannot tell: broken
                 self._break(exc)
+                if self._terminated:  # (closed meanwhile: as above)
+                    raise self._closed_meanwhile("step") from None
                 raise
             self._inside_ns += time.perf_counter_ns() - entered
             return

@@ -1301,3 +1301,48 @@ def test_a_restart_whose_warning_is_made_an_error_is_still_reported() -> None:
                     continue
                 got[tuple(batch.env_ids.tolist())] = batch.restarted
         assert warned == 1 and not got[(0, 1)] and sorted(got[(2, 3)]) == [2, 3]
+
+
+class _SlowArray:
+    """Actions whose conversion to an array takes 0.5 s (a lazy tensor, a remote buffer)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __array__(self, dtype=None, copy=None):
+        time.sleep(0.5)
+        return np.zeros(self.n, dtype or np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@pytest.mark.one_pass
+@pytest.mark.parametrize("api", ["sync", "batches"])
+def test_close_from_another_thread_during_a_send_raises_closed_error(api: str) -> None:
+    """send() and step_async() hold no token: close() released the block while they converted the actions, and they
+    failed with a bare TypeError from the released views."""
+    import threading
+
+    from fastvec.errors import ClosedError
+
+    options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
+    closer = threading.Timer(0.2, venv.pool.close, kwargs={"timeout": 0.3})
+    try:
+        if api == "sync":
+            venv.reset()
+        else:
+            venv.async_reset()
+            venv.recv()
+        closer.start()
+        with pytest.raises(ClosedError):
+            if api == "sync":
+                venv.step_async(_SlowArray(4))
+                venv.step_wait()
+            else:
+                venv.send(_SlowArray(2), [0, 1])
+                venv.recv()
+    finally:
+        closer.join(30)
+        venv.close()

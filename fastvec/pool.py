@@ -777,21 +777,19 @@ class Pool(ShardMoves):
 
     def _option_payloads(self, options: list) -> dict[int, bytes]:
         """Each worker's share of per-env reset ``options``, pickled before anything is issued (an option
-        that cannot be pickled leaves the pool idle), and loaded once (one that cannot be is named by its env:
-        a worker refused them naming its first env, whichever env's they were)."""
+        that cannot be pickled leaves the pool idle), loaded here first and its copy pickled (one that cannot be
+        loaded is named by its env: a worker refused them naming its first env, whichever env's they were)."""
         payloads = {}
         for remote in self._remotes:
-            payload = dumps_payload(options[remote.envs.start : remote.envs.stop], "reset options", remote.envs)
-            try:
-                pickle.loads(payload)
+            share = options[remote.envs.start : remote.envs.stop]
+            dumps_payload(share, "reset options", remote.envs)  # (raises where they cannot be pickled)
+            try:  # (the copy is sent: a value that loads once only, a torch tensor's storage, loads in the worker)
+                share = private(share)
             except Exception as exc:
                 for i in remote.envs:  # (the env whose options they are)
-                    try:
-                        pickle.loads(dumps_payload(options[i], "reset options", range(i, i + 1)))
-                    except Exception as exc_i:
-                        raise unloadable("reset options", range(i, i + 1), exc_i) from exc_i
+                    private_payload(options[i], "reset options", range(i, i + 1))  # (raises, naming it)
                 raise unloadable("reset options", remote.envs, exc) from exc
-            payloads[remote.index] = payload
+            payloads[remote.index] = dumps_payload(share, "reset options", remote.envs)
         return payloads
 
     def _write_seeds(self, seeds: Sequence[int | None] | None, mask: np.ndarray | None) -> None:
@@ -891,15 +889,22 @@ class Pool(ShardMoves):
                 None if values is None else [values[p] for p in positions],
             )
 
-        # pickled before anything is issued: an unpicklable argument leaves the pool idle
-        payloads = {r.index: dumps_payload(part(plan.get(r.index, [])), f"{request} arguments", r.envs) for r in self._remotes}
-        for r in self._remotes:  # (and loaded once: one that cannot be, a worker refused naming its first env)
-            if plan.get(r.index):
+        # pickled before anything is issued: an unpicklable argument leaves the pool idle. A called worker's share is
+        # loaded here first and its copy sent: one that cannot be loaded is named by the envs called (a worker named its
+        # first env); and a value that loads once only (a torch tensor's storage, passed by a one-shot descriptor) is
+        # loaded by its worker from the copy's pickle, not from the one this process loaded
+        payloads = {}
+        for r in self._remotes:
+            positions = plan.get(r.index, [])
+            share = part(positions)
+            if positions:
+                called = ("env " if len(positions) == 1 else "envs ") + ", ".join(str(indices[p]) for p in positions)
+                dumps_payload(share, f"{request} arguments", called)  # (raises where it cannot be pickled)
                 try:
-                    pickle.loads(payloads[r.index])
+                    share = private(share)
                 except Exception as exc:
-                    called = ("env " if len(plan[r.index]) == 1 else "envs ") + ", ".join(str(indices[p]) for p in plan[r.index])
                     raise unloadable(f"{request} arguments", called, exc) from exc
+            payloads[r.index] = dumps_payload(share, f"{request} arguments", r.envs)
         own = self._local  # (the copy a worker's envs get, as at call_async)
         # (its copy only where one of its envs is called: else it names envs the call does not concern)
         local = () if not own else private_payload(part(plan[0]), f"{request} arguments", self._own_envs()) if plan.get(0) else part([])
@@ -1045,7 +1050,11 @@ class Pool(ShardMoves):
                 try:
                     p.replies[position] = self._recv(remote, p.name)
                 except ReplyNotLoaded as exc:  # (read whole: the pool stays in step, and the error names the envs)
-                    p.replies[position] = exc.reply()
+                    try:
+                        p.replies[position] = exc.reply()
+                    except BaseException as interrupt:  # (read, and not recorded: out of step)
+                        self._break(interrupt)
+                        raise
                 except (WorkerDiedError, StepTimeoutError) as exc:
                     # it finished the command, then died before its message was read, or hung sending it (past
                     # step_timeout); a death of close()'s making (another thread's, or a signal handler's) is that

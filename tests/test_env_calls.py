@@ -88,3 +88,49 @@ def test_private_gives_what_a_pipe_gives() -> None:
     for bad in ({"f": lambda: 0}, [threading.Lock()], {"ok": 1, "bad": (1, threading.Lock())}):
         with pytest.raises(Exception, match="pickle|local object"):  # (Python 3.13: "Can't get local object")
             private(bad)
+
+
+_TENSORS = """
+import sys
+import gymnasium as gym
+import numpy as np
+import torch
+from fastvec import VectorEnv
+
+
+class TakesTensors(gym.Env):
+    observation_space = gym.spaces.Box(-1e9, 1e9, (1,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.array([float(options["start"].sum()) if options else 0.0]), {}
+
+    def step(self, action):
+        return np.zeros(1), 0.0, False, False, {}
+
+    def total(self, values):
+        return float(values.sum())
+
+
+if __name__ == "__main__":
+    with VectorEnv([TakesTensors] * 2, context="fork", num_workers=1, step_in_parent=False) as venv:
+        obs, _ = venv.reset(options={"start": torch.arange(4, dtype=torch.float64)})
+        assert obs.tolist() == [[6.0], [6.0]], obs
+        assert venv.call("total", torch.ones(3)) == (3.0, 3.0)
+    print("ok")
+"""
+
+
+@pytest.mark.one_pass
+def test_torch_tensors_reach_the_workers_envs_in_reset_options_and_call_arguments(tmp_path) -> None:
+    """A torch tensor pickles its storage as a descriptor that loads once: the caller's trial load of a worker's
+    options or call arguments (to name an env whose values cannot be loaded) took it, and the worker's load failed.
+    (In a process of its own: torch's shared memory and multiprocessing's descriptor server stay open in it.)"""
+    import subprocess
+    import sys
+
+    script = tmp_path / "tensors.py"
+    script.write_text(_TENSORS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastvec import kernels
 from fastvec.errors import EXIT_UNKNOWN, ShardError, StepTimeoutError, WorkerDiedError
-from fastvec.protocol import POLL_NS, named_envs
+from fastvec.protocol import POLL_NS, Extra, named_envs
 
 __all__ = ["Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
@@ -69,9 +69,12 @@ class ReplyNotLoaded(Exception):
     def reply(self) -> tuple:
         """The error reply standing for it, as for envs that raised in the command: an error for each env whose
         values cannot be loaded (found by loading the message again, leniently), or, where they cannot be told
-        apart (a call's results), for the worker's first env, naming all of its envs."""
+        apart (a call's results), for the worker's first env, naming all of its envs. An error reply keeps its
+        envs' own errors. Either carries the object parts of observations that did load (the rows hold them)."""
         command = self.args[0]
-        envs = _unloadable_envs(self.data)
+        envs, objects, own_errors = _lenient_parts(self.data)
+        if own_errors is not None:
+            return ("error", own_errors, objects)
         errors = []
         for i in envs or [self.envs.start]:
             named = named_envs(range(i, i + 1) if envs else self.envs)
@@ -80,7 +83,7 @@ class ReplyNotLoaded(Exception):
                 f"through a pickle, as through SB3's pipes): {self.exc!r}"
             )
             errors.append(ShardError(i, f"{command} (reading the result)", error).payload())
-        return ("error", errors)
+        return ("error", errors, objects)
 
 
 class _NotLoaded:
@@ -127,29 +130,37 @@ class _Lenient(pickle._Unpickler):  # type: ignore[name-defined,misc]
     dispatch[pickle.BUILD[0]] = load_build
 
 
-def _unloadable_envs(data: bytes) -> list[int]:
-    """The envs of a step's or reset's reply ("extras": (env, kind, value) entries) whose values cannot be
-    loaded; [] where that cannot be told (another reply, or the lenient load fails too)."""
+def _lenient_parts(data: bytes) -> tuple[list[int], list | None, list | None]:
+    """A step's or reset's reply loaded leniently: the envs whose values cannot be loaded ([] where that cannot be
+    told: a call's reply, or the lenient load fails too), the OBJECTS entries that did load, and an error reply's
+    own errors (None for another reply)."""
     try:
         message = _Lenient(io.BytesIO(data)).load()
-        kind, entries = message[0], message[1]
-        if kind != "extras":
-            return []
-        return sorted({entry[0] for entry in entries if _holds_not_loaded(entry[2], 0)})
+        kind = message[0]
+        if kind == "extras":
+            entries, errors = message[1] or [], None
+        elif kind == "error":
+            entries, errors = (message[2] if len(message) > 2 else None) or [], message[1]
+            if _holds_not_loaded(errors, 0, set()):
+                return [], None, None
+        else:
+            return [], None, None
+        bad = sorted({entry[0] for entry in entries if _holds_not_loaded(entry[2], 0, set())})
+        objects = [entry for entry in entries if entry[1] == Extra.OBJECTS and not _holds_not_loaded(entry[2], 0, set())]
+        return bad, objects or None, errors
     except Exception:
-        return []
+        return [], None, None
 
 
-def _holds_not_loaded(value: Any, depth: int) -> bool:
+def _holds_not_loaded(value: Any, depth: int, seen: set[int]) -> bool:
+    """Whether ``value`` holds a _NotLoaded in its dicts, lists and tuples (each visited once: a list that holds
+    itself twice took 2**depth calls)."""
     if isinstance(value, _NotLoaded):
         return True
-    if depth > 32:
+    if depth > 32 or not isinstance(value, (dict, list, tuple)) or id(value) in seen:
         return False
-    if isinstance(value, dict):
-        return any(_holds_not_loaded(v, depth + 1) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_not_loaded(v, depth + 1) for v in value)
-    return False
+    seen.add(id(value))
+    return any(_holds_not_loaded(v, depth + 1, seen) for v in (value.values() if isinstance(value, dict) else value))
 
 
 class Remote:

@@ -32,7 +32,17 @@ from fastvec import shard as shard_module
 from fastvec.env_calls import private
 from fastvec.errors import ShardError
 from fastvec.layout import Views
-from fastvec.protocol import ADAPTIVE_FLOOR_NS, ADAPTIVE_POLL, POLL_NS, SEQ_MASK, Command, Control, ResetFlag, StepFlag
+from fastvec.protocol import (
+    ADAPTIVE_FLOOR_NS,
+    ADAPTIVE_POLL,
+    POLL_NS,
+    SEQ_MASK,
+    Command,
+    Control,
+    Extra,
+    ResetFlag,
+    StepFlag,
+)
 from fastvec.restart import Unmade, restart_all
 from fastvec.shard import Shard
 from fastvec.shm import pid_alive
@@ -358,21 +368,43 @@ def _send_result(conn: Any, message: tuple, env: int, request: str, indices: lis
     dumps = reduction.ForkingPickler.dumps
     try:
         payload = dumps(message)
-    except Exception as exc:  # find the env whose value cannot be pickled
-        if indices and message[0] == "ok":  # a call's results, in the order of its envs
-            named = zip(indices, message[1])
-        elif message[0] == "extras":  # a step's or reset's (env, kind, value) entries: infos, objects, ...
-            named = ((entry[0], entry) for entry in message[1])
-        else:
-            named = iter(())
-        for i, value in named:
-            try:
-                dumps(value)
-            except Exception:
-                env = i
-                break
-        payload = dumps(("error", [ShardError(env, f"{request} (sending the result)", exc).payload()]))
+    except Exception as exc:
+        conn.send_bytes(dumps(_picklable_error(message, exc, env, request, indices)))
+        return
     conn.send_bytes(payload)
+
+
+def _picklable_error(message: tuple, exc: Exception, env: int, request: str, indices: list | None) -> tuple:
+    """A reply that cannot be pickled: an error reply naming the env whose value it is (an error reply keeps its own
+    errors), with the object parts of observations that pickle (the rows hold them: the parent keeps them)."""
+    dumps = reduction.ForkingPickler.dumps
+    objects = None
+    entries = message[1] if message[0] == "extras" else (message[2] if message[0] == "error" and len(message) > 2 else None)
+    if entries:
+        objects = []
+        for entry in entries:
+            if entry[1] == Extra.OBJECTS:
+                try:
+                    dumps(entry)
+                except Exception:
+                    continue
+                objects.append(entry)
+    if message[0] == "error":  # (its errors are strings: what did not pickle is an object part)
+        return ("error", message[1], objects or None)
+    # find the env whose value cannot be pickled
+    if indices and message[0] == "ok":  # a call's results, in the order of its envs
+        named: Any = zip(indices, message[1])
+    elif message[0] == "extras":  # a step's or reset's (env, kind, value) entries: infos, objects, ...
+        named = ((entry[0], entry) for entry in message[1])
+    else:
+        named = iter(())
+    for i, value in named:
+        try:
+            dumps(value)
+        except Exception:
+            env = i
+            break
+    return ("error", [ShardError(env, f"{request} (sending the result)", exc).payload()], objects or None)
 
 
 def _dumps_spaces(spaces: list) -> bytes:

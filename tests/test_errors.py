@@ -1078,6 +1078,12 @@ class _ReturnsWorkerOnly(gym.Env):
         if self.index == self.bad and self.t == 1:
             if self.how == "loader raises":
                 value = _WorkerOnly(1)
+            elif self.how == "cannot be pickled":
+                value = threading.Lock()
+            elif self.how == "beside a list that holds itself":
+                loop: list = []
+                loop += [loop, loop]
+                value = {"loop": loop, "bad": _WorkerOnly(1)}
             else:  # a class of a module that exists in this worker only
                 import types
 
@@ -1100,3 +1106,48 @@ def test_a_worker_s_values_that_cannot_be_loaded_here_name_their_env(how: str) -
         obs, *_ = venv.step(np.zeros(4, np.int64))  # the pool goes on
         assert obs["a"][:, 0].tolist() == [2.0] * 4
     assert "fastvec_test_worker_only" not in sys.modules
+
+
+@pytest.mark.parametrize("how", ["class unknown here", "cannot be pickled"])
+def test_a_step_whose_reply_fails_keeps_the_object_parts_its_rows_hold(how: str) -> None:
+    """The worker's envs' Text parts came with the reply that could not be loaded (or pickled): a masked reset after it
+    gave the envs it left out their rows' newer array parts beside older Text parts."""
+    from fastvec import VectorEnv
+
+    fns = [partial(_ReturnsWorkerOnly, i, 3, how) for i in range(4)]
+    with VectorEnv(fns, context="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match="env 3"):
+            venv.step(np.zeros(4, np.int64))
+        obs, _ = venv.reset(options={"reset_mask": np.array([True, False, False, False])})
+        assert [(float(a), t) for a, t in zip(obs["a"][:, 0], obs["t"])] == [(0.0, "0")] + [(1.0, "1")] * 3
+
+
+@pytest.mark.one_pass
+def test_a_reply_that_cannot_be_loaded_is_searched_once_per_value() -> None:
+    """Its values were walked without a record of those seen: an info holding a list that holds itself twice took
+    2**33 steps, and the step hung."""
+    fns = [partial(_ReturnsWorkerOnly, i, 3, "beside a list that holds itself") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match="the 'step' results of env 3 cannot be unpickled"):
+            venv.step(np.zeros(4, np.int64))
+
+
+@pytest.mark.one_pass
+def test_an_interrupt_while_a_reply_that_cannot_be_loaded_is_read_again_breaks_the_pool(monkeypatch) -> None:
+    """The reply was read, and not recorded: the pool stayed pending, and the next wait hung."""
+    from fastvec.remote import ReplyNotLoaded
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    fns = [partial(_ReturnsWorkerOnly, i, 3, "loader raises") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        monkeypatch.setattr(ReplyNotLoaded, "reply", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            venv.step(np.zeros(4, np.int64))
+        assert venv.pool.state == PoolState.BROKEN
+        with pytest.raises(BrokenPoolError):
+            venv.step(np.zeros(4, np.int64))

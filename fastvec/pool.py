@@ -1434,7 +1434,10 @@ class Pool(ShardMoves):
                 for k, (obs_space, act_space) in enumerate(spaces):
                     self._check_spaces(remote.envs.start + k, obs_space, act_space)
                 remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
-                kind, extras = self._recv(remote, "attach (worker restart)")
+                try:
+                    kind, extras = self._recv(remote, "attach (worker restart)")
+                except ReplyNotLoaded as exc:  # (attached: its envs' values that cannot be loaded are the command's errors)
+                    kind, extras = "attached-unmade", (None, exc.reply()[1])
                 break
             except (WorkerDiedError, BrokenPipeError, ConnectionResetError, EOFError):
                 # (a pipe error: it died between saying it was ready and taking the block; anything else raises)

@@ -141,16 +141,24 @@ def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False
     ``completed``: it died after finishing the step (as an env moved into it): see ``_after_the_step``."""
     if not shard.envs:  # a worker back from parking, before any env moved to it: nothing to restart
         return
+    errors: list[ShardError] = []  # fresh envs whose reset raised: the command's errors, once every row is written
     if completed:
-        _after_the_step(shard, slot)
-        return
+        _after_the_step(shard, slot, errors)
+    else:
+        _in_the_step(shard, slot, truncate, errors)
+    if errors:
+        raise ShardError.combine(errors)
+
+
+def _in_the_step(shard: Shard, slot: int, truncate: bool, errors: list) -> None:
+    """restart_all, the worker having died before it finished the step."""
     previous = (slot - 1) % shard.views.layout.ring_slots
     envs = range(len(shard.envs))
     last = [shard.row(previous, j) for j in envs]
     for j in envs:
         shard.write_terminal(j, last[j], "step (worker restart)")
     if shard.autoreset_mode == SAME_STEP:
-        obs_list = _reset_fresh_envs(shard, last)
+        obs_list = _reset_fresh_envs(shard, last, errors)
         shard.write_obs(obs_list, slot, "reset (worker restart)")
         shard.start_episodes(slot, None, truncated=truncate)
         return
@@ -159,14 +167,14 @@ def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False
     # flags False (it ended its episode once already: ending it again gave a phantom episode of no steps)
     due = _due(shard, previous)
     shard.needs_reset = [True] * len(shard.envs)
-    obs_list = _reset_fresh_envs(shard, last, due)
+    obs_list = _reset_fresh_envs(shard, last, errors, due)
     shard.write_obs(obs_list, slot, "reset (worker restart)")
     shard.start_episodes(slot, None, truncated=truncate)
     if due:
         shard.start_episodes(slot, due)
 
 
-def _after_the_step(shard: Shard, slot: int) -> None:
+def _after_the_step(shard: Shard, slot: int, errors: list) -> None:
     """The dead worker finished the step in ``slot``: its results stay (the rewards and flags it wrote, the
     final observations of the envs whose episode ended in it). The episodes still running end, truncated,
     with the step's observation as their final one; every env starts a new episode (SAME_STEP: its reset
@@ -184,10 +192,11 @@ def _after_the_step(shard: Shard, slot: int) -> None:
         shard.needs_reset = [True] * len(shard.envs)
         if due:  # (their fresh envs start the episode the dead ones had just begun)
             kept = [shard.row(slot, j) for j in range(len(shard.envs))]
-            obs_list = _reset_fresh_envs(shard, kept, due)
+            obs_list = _reset_fresh_envs(shard, kept, errors, due)
             shard.write_obs([obs_list[j] for j in due], slot, "reset (worker restart)", due)
         return
-    shard.write_obs(_reset_fresh_envs(shard, [shard.row(slot, j) for j in range(len(shard.envs))]), slot, "reset (worker restart)")
+    kept = [shard.row(slot, j) for j in range(len(shard.envs))]
+    shard.write_obs(_reset_fresh_envs(shard, kept, errors), slot, "reset (worker restart)")
 
 
 def _due(shard: Shard, previous: int) -> list[int]:
@@ -196,11 +205,12 @@ def _due(shard: Shard, previous: int) -> list[int]:
     return [j for j, flag in enumerate(ended.tolist()) if flag]
 
 
-def _reset_fresh_envs(shard: Shard, kept: list, only: list[int] | None = None) -> list:
+def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | None = None) -> list:
     """A replacement worker's fresh envs reset (SAME_STEP; NEXT_STEP: those in ``only``, due to reset): their
     first observations, their reset infos queued as an autoreset's (``only``: all of ``kept``'s, those of its
     envs new; they reset no more at the next step). An env that could not be made (``Unmade``, reported as the
-    command's error) keeps its observation from ``kept``."""
+    command's error) keeps its observation from ``kept``; so does one whose reset raises, an Unmade from then on
+    (made again at its next step), its error added to ``errors`` (the others still reset)."""
     obs_list = []
     for j, env in enumerate(shard.envs):
         if isinstance(env, Unmade) or (only is not None and j not in only):
@@ -209,7 +219,10 @@ def _reset_fresh_envs(shard: Shard, kept: list, only: list[int] | None = None) -
         try:
             obs, info = env.reset()
         except _env_errors() as exc:
-            raise ShardError(shard.start + j, "reset (worker restart)", exc) from exc
+            _not_reset(shard, j, exc)
+            errors.append(ShardError(shard.start + j, "reset (worker restart)", exc))
+            obs_list.append(kept[j])
+            continue
         obs_list.append(obs)
         if only is not None:
             shard.needs_reset[j] = False

@@ -278,24 +278,37 @@ class Shard:
         writes no rows, where the slot before the next step's must still hold each env's latest observation (a
         restart in the next step takes its final observation from there, and a masked reset copies the rows of
         the envs it leaves out from there, whether or not envs restart): ``latest``'s (local position -> a
-        reset's observation), else the step's ``results``, else the slot before."""
+        reset's observation), else the step's ``results``, else the slot before. Its episode-end flags too (a
+        worker's replacement reads there which envs were due to reset, NEXT_STEP): a new episode's none, else the
+        step's, else the slot before's."""
         self._drop_queued()
         if slot is None:
             return
         previous = (slot - 1) % self.views.layout.ring_slots
+        terminated, truncated = self.terminated_slots, self.truncated_slots
         obs_list = []
+        flags = []
         for j in range(len(self.envs)):
             result = results[j] if j < len(results) else None
+            i = self.start + j
             if j in latest:
                 obs_list.append(latest[j])
-            elif result is not None:
+                flags.append((0, 0))
+            elif isinstance(result, tuple) and len(result) == 5:
                 obs_list.append(result[0])
-            else:
+                flags.append((result[2], result[3]))
+            else:  # (its step raised, or returned no step result)
                 obs_list.append(self.row(previous, j))
+                flags.append((terminated[previous][i], truncated[previous][i]))
         try:
             self.write_obs(obs_list, slot, "step")
         except Exception:  # (an observation the rows cannot hold: its env's error is raised with the step's own)
             pass
+        for j, (ended, cut) in enumerate(flags):
+            try:
+                terminated[slot][self.start + j], truncated[slot][self.start + j] = bool(ended), bool(cut)
+            except Exception:  # (a flag that is no bool: the env's error says so)
+                pass
 
     def _drop_queued(self) -> None:
         """What a command's restarts, resets and episode ends queued for its results, dropped: it raised."""
@@ -637,18 +650,26 @@ class Shard:
         reset_mask = self.views.reset_mask[self.start : self.stop].tolist() if masked else None
         rows = None if reset_mask is None else [j for j, m in enumerate(reset_mask) if m]
         obs_list, extras = self.reset_rows(
-            rows if rows is not None else range(len(self.envs)), options, pass_options_always, slot=slot
+            rows if rows is not None else range(len(self.envs)), options, pass_options_always, slot=slot, masked=rows is not None
         )
         self.write_obs(obs_list, slot, "reset", rows)
         self.start_episodes(slot, rows)
         return self.finish_extras(extras)
 
     def reset_rows(
-        self, rows: Any, options: list | None, pass_options_always: bool, seeded: bool = True, slot: int | None = None
+        self,
+        rows: Any,
+        options: list | None,
+        pass_options_always: bool,
+        seeded: bool = True,
+        slot: int | None = None,
+        masked: bool = False,
     ) -> tuple[list, list | None]:
         """Reset the envs at local positions ``rows`` (with their shared seeds unless not
         ``seeded``); returns (observations, extras). A reset into ring slot ``slot`` that raises writes each
-        env's latest observation there first, as a step that raises does (_raised)."""
+        env's latest observation there first, as a step that raises does (_raised); a ``masked`` one only the
+        new observations of the envs that reset (the slot holds the others' latest rows already: in asynchronous
+        batches it is their own slot, and the slot before holds older ones)."""
         views = self.views
         seeds = views.reset_seeds[self.start : self.stop].tolist()
         seed_mask = views.seed_mask[self.start : self.stop].tolist() if seeded else [False] * len(self.envs)
@@ -683,7 +704,15 @@ class Shard:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             reset[j] = obs
         if errors:
-            self._raised([], reset, slot)
+            if masked:
+                self._drop_queued()
+                if slot is not None and reset:
+                    try:
+                        self.write_obs(list(reset.values()), slot, "reset", list(reset))
+                    except Exception:  # (as _raised: the env's error is raised with the reset's own)
+                        pass
+            else:
+                self._raised([], reset, slot)
             raise ShardError.combine(errors)
         return list(reset.values()), extras
 

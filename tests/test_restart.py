@@ -883,3 +883,75 @@ def test_a_worker_dying_in_an_env_s_autoreset_step_starts_its_episode_once(tmp_p
         obs, _, terminated, truncated, _ = venv.step(np.zeros(2, np.int64))
         assert obs[0].tolist() == [0, 0, 1] and terminated.tolist() == [True, False]  # (stepped, not reset again)
         assert obs[1].tolist() == [1, 0, 0] and not truncated.any()  # (its reset step)
+
+
+class _Controlled(gym.Env):
+    """obs [index, episode, t]; action 1 terminates, 2 raises, 3 kills its process. Its factory fails while
+    ``nomake`` exists, its reset while ``noreset`` does (env 0's only)."""
+
+    def __init__(self, index: int, marks: str):
+        self.marks = Path(marks)
+        if (self.marks / "nomake").exists():
+            raise RuntimeError("factory fails")
+        self.index, self.episode, self.t = index, -1, 0
+        self.observation_space = gym.spaces.Box(-1e9, 1e9, (3,), np.float64)
+        self.action_space = gym.spaces.Discrete(4)
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.index, self.episode, self.t], np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.index == 0 and (self.marks / "noreset").exists():
+            raise ValueError("reset fails")
+        self.episode, self.t = self.episode + 1, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.episode < 0:
+            (self.marks / f"stepped-unreset-{self.index}").touch()
+        self.t += 1
+        if action == 2:
+            raise ValueError("env raises")
+        if action == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self._obs(), 1.0, action == 1, False, {}
+
+
+def test_a_worker_dying_after_a_step_that_raised_reads_that_step_s_flags(tmp_path) -> None:
+    """NEXT_STEP: a step raised (env 1 could not be made again), then the worker died: its replacement took the raised
+    step's slot's flags, ring_slots commands old, for "ended in the previous step": env 0, whose episode had run
+    since, was reset with both flags False, its episode end lost. It ends truncated, as the others."""
+    fns = [partial(_Controlled, i, str(tmp_path)) for i in range(3)]
+    options = {"num_workers": 1, "step_in_parent": False, "on_error": "restart", "autoreset_mode": AutoresetMode.NEXT_STEP}
+    with VectorEnv(fns, context="fork", **options) as venv, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        venv.reset(seed=0)
+        venv.step(np.array([0, 0, 0]))
+        venv.step(np.array([1, 0, 0]))  # env 0's episode ends
+        obs, *_ = venv.step(np.array([0, 0, 0]))  # and it resets (NEXT_STEP)
+        assert obs[0].tolist() == [0, 1, 0]
+        (tmp_path / "nomake").touch()
+        with pytest.raises(EnvError, match="factory fails"):
+            venv.step(np.array([0, 2, 0]))
+        (tmp_path / "nomake").unlink()
+        obs, _, terminated, truncated, _ = venv.step(np.array([0, 0, 3]))
+        assert truncated.tolist() == [True, True, True] and not terminated.any() and obs[0].tolist() == [0, 1, 1]
+
+
+def test_a_replacement_s_env_whose_first_reset_raises_is_made_again_and_the_others_reset(tmp_path) -> None:
+    """SAME_STEP: the replacement's env 0 raised in its first reset: it stayed a never-reset env, stepped at the next
+    step as is, and env 1 after it was never reset either (the loop stopped at env 0's error)."""
+    fns = [partial(_Controlled, i, str(tmp_path)) for i in range(2)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=1, step_in_parent=False, on_error="restart") as venv:
+        venv.reset()
+        venv.step(np.array([0, 0]))
+        (tmp_path / "noreset").touch()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with pytest.raises(EnvError, match="reset fails"):
+                venv.step(np.array([0, 3]))  # env 1 kills the worker; its replacement's env 0 cannot reset
+        (tmp_path / "noreset").unlink()
+        obs, _, dones, infos = venv.step(np.array([0, 0]))
+        assert dones[0] and "fastvec.restarted" in infos[0] and obs[0].tolist() == [0, 0, 0]
+    assert not list(tmp_path.glob("stepped-unreset-*"))

@@ -4,6 +4,6 @@ try:
     import torch  # noqa: F401  (every module of the trainer needs it; the engine, fastvec, does not)
 except ImportError as exc:
     raise ImportError(
-        "the ppo trainer needs torch, which the engine alone does not install: pip install 'fastvec[train]' "
-        "(or torch itself), then run it again"
+        "the ppo trainer needs torch, which the engine alone does not install: pip install '.[train]' in fastvec's "
+        "folder (the train extra), or torch itself, then run it again"
     ) from exc

@@ -1068,7 +1068,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         import tyro
     except ImportError as exc:
-        raise SystemExit(f"python -m ppo.train needs {exc.name}: pip install 'fastvec[train]'") from exc
+        raise SystemExit(f"python -m ppo.train needs {exc.name}: pip install '.[train]' in fastvec's folder (the train extra)") from exc
 
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
     previous = None

@@ -510,10 +510,10 @@ def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None
 
     code = "import sys; sys.modules['torch'] = None; import runpy; runpy.run_module('ppo.train', run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "needs torch" in done.stderr and "pip install 'fastvec[train]'" in done.stderr
+    assert done.returncode != 0 and "needs torch" in done.stderr and "pip install '.[train]'" in done.stderr
 
     from ppo.train import main
 
     monkeypatch.setitem(sys.modules, "tyro", None)
-    with pytest.raises(SystemExit, match=r"needs tyro: pip install 'fastvec\[train\]'"):
+    with pytest.raises(SystemExit, match=r"needs tyro: pip install '\.\[train\]'"):
         main([])

@@ -988,6 +988,7 @@ class Pool(ShardMoves):
                     extras = self._step_local(p.local_args, entered)
                     p.local = (extras, None)
                 except ShardError as err:
+                    self._keep_objects(self._local.take_objects())  # (as _run_local, and a worker's error reply)
                     p.local = (None, err.payloads())
                     return self._complete_command(p, None)  # an env of the parent's shard raised
                 except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown

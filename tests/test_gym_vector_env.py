@@ -91,8 +91,8 @@ def test_call_get_set_attr_and_render() -> None:
 class _TextAndBox(gym.Env):
     """obs {"a": [index, t], "t": "index/t"}; env 1 raises in its second step."""
 
-    def __init__(self, index: int):
-        self.index, self.t = index, 0
+    def __init__(self, index: int, bad: int = 1):
+        self.index, self.bad, self.t = index, bad, 0
         self.observation_space = gym.spaces.Dict({"a": gym.spaces.Box(-1e9, 1e9, (2,), np.float64), "t": gym.spaces.Text(20)})
         self.action_space = gym.spaces.Discrete(2)
 
@@ -106,8 +106,8 @@ class _TextAndBox(gym.Env):
 
     def step(self, action):
         self.t += 1
-        if self.index == 1 and self.t == 2:
-            raise RuntimeError("env 1 fails")
+        if self.index == self.bad and self.t == 2:
+            raise RuntimeError(f"env {self.bad} fails")
         return self._obs(), 0.0, False, False, {}
 
 
@@ -125,6 +125,21 @@ def test_a_masked_reset_after_a_step_that_raised_keeps_the_others_latest_observa
             venv.step(np.zeros(3, np.int64))
         obs, _ = venv.reset(options={"reset_mask": np.array([False, True, False])})
     assert obs["a"].tolist() == [[0, 2], [1, 0], [2, 2]] and list(obs["t"]) == ["0/2", "1/0", "2/2"]
+
+
+def test_a_masked_reset_after_an_error_of_the_calling_process_s_env_keeps_its_neighbours_parts() -> None:
+    """The same with the env that raised in the calling process's own shard; and the pool's record of its neighbour's
+    latest Text part is the step's at once (it came with the next command, the row's array part newer meanwhile)."""
+    fns = [partial(_TextAndBox, i, 0) for i in range(4)]
+    with VectorEnv(fns, context="fork", num_workers=2, step_in_parent=True, autoreset_mode=AutoresetMode.DISABLED) as venv:
+        assert [list(r) for r in venv.pool.shard_envs] == [[0, 1], [2, 3]]
+        venv.reset(seed=0)
+        venv.step(np.zeros(4, np.int64))
+        with pytest.raises(RuntimeError, match="env 0 fails"):
+            venv.step(np.zeros(4, np.int64))
+        assert venv.pool.object_columns()[0] == ["0/1", "1/2", "2/2", "3/2"]
+        obs, _ = venv.reset(options={"reset_mask": np.array([False, False, True, False])})
+    assert obs["a"][:, 1].tolist() == [1, 2, 0, 2] and list(obs["t"]) == ["0/1", "1/2", "2/0", "3/2"]
 
 
 class _GraphAndBox(gym.Env):

@@ -312,7 +312,8 @@ def _serve(
                 shard.close()
                 reply = ("ok", None)
         except ShardError as err:  # (with the object parts of the observations its rows now hold: Shard.take_objects)
-            reply = ("error", err.payloads(), shard.take_objects())
+            objects = shard.take_objects()
+            reply = ("error", err.payloads(), _unshared(objects) if objects else None)
         except Exception as exc:  # nothing may escape the loop: the parent would only see a dead process
             reply = (
                 "error",

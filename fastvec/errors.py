@@ -153,6 +153,10 @@ class NoAsyncCallError(FastvecError, gym_error.NoAsyncCallError):
         super().__init__(message, name)
 
 
+class SeedError(FastvecError, gym_error.Error, TypeError):
+    """A reset seed that is not an int (gymnasium's envs refuse it with gymnasium.error.Error, and its message)."""
+
+
 class UnsupportedSpaceError(FastvecError, TypeError):
     """A space that a shared-memory-only configuration cannot hold (gymnasium's shared_memory=True
     with a Text, Sequence, Graph or OneOf space raises a TypeError too)."""

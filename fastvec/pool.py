@@ -50,6 +50,7 @@ from fastvec.errors import (
     EnvError,
     FastvecError,
     NoAsyncCallError,
+    SeedError,
     ShardError,
     SpaceMismatchError,
     StepTimeoutError,
@@ -709,8 +710,9 @@ class Pool(ShardMoves):
             if len(seeds) != n:
                 raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
             for i, s in enumerate(seeds):
-                if s is not None and (not isinstance(s, (int, np.integer)) or isinstance(s, bool)):
-                    raise TypeError(f"seed for env {i} must be an int or None, got {s!r}")
+                # (a bool is an int, as gymnasium's envs take it; anything else they refuse, as here, with their words)
+                if s is not None and not isinstance(s, (int, np.integer)):
+                    raise SeedError(f"Seed must be a python integer, actual type: {type(s)} (the seed for env {i}: {s!r})")
         if options is not None:
             options = list(options)
             if len(options) != n:

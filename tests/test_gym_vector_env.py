@@ -565,3 +565,16 @@ def test_a_wait_s_timeout_may_be_any_number() -> None:
         venv = VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2)
         venv.close(timeout=timeout)
         assert venv.closed and venv.pool.closed
+
+
+def test_seeds_are_taken_and_refused_as_gymnasium_s_envs_take_and_refuse_them() -> None:
+    """bools (ints to gymnasium) were refused; floats were refused with a plain TypeError, not gymnasium's error."""
+    reference = SyncVectorEnv([envs.make_cartpole] * 2)
+    with VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2) as venv:
+        assert data_equivalence(venv.reset(seed=[True, False])[0], reference.reset(seed=[True, False])[0])
+        with pytest.raises(gym.error.Error, match="Seed must be a python integer"):
+            reference.reset(seed=[3.0, 4.0])
+        with pytest.raises(gym.error.Error, match="Seed must be a python integer"):
+            venv.reset(seed=[3.0, 4.0])
+        venv.reset(seed=0)  # (nothing was issued)
+    reference.close()

@@ -394,6 +394,9 @@ class Pool(ShardMoves):
             self._check_spaces(i, *spaces_i)
         self.obs_leaves = leaves(self.observation_space)
         self._single_leaf = is_single_array(self.obs_leaves)
+        # final observations come in native byte order, whichever way they travel (the env's own object, pickled,
+        # is native: AsyncVectorEnv's are too), so a big-endian part's is native from the terminal-obs buffers too
+        self._swapped_final = any(leaf.array and not leaf.dtype.isnative for leaf in self.obs_leaves)
         self._object_leaves = object_leaves(self.obs_leaves)
         self.obs_has_objects = bool(self._object_leaves)
         # each env's latest object parts (Text, Graph, ... observations travel pickled)
@@ -1541,16 +1544,19 @@ class Pool(ShardMoves):
         self._check_mapped()
         self._check_final_obs()
         buffers = self._views.terminal_obs
+        if self._swapped_final:
+            arrays = iter([b[i].astype(b.dtype.newbyteorder("=")) for b in buffers])
+        else:
+            arrays = iter([b[i].copy() for b in buffers])
         if self._single_leaf:
-            return buffers[0][i].copy()
-        arrays = iter([b[i].copy() for b in buffers])
+            return next(arrays)
         return assemble(self.observation_space, [next(arrays) if leaf.array else None for leaf in self.obs_leaves])
 
     def terminal_observations(self, indices: list[int]) -> list:
         """``terminal_observation(i)`` for each env in ``indices``: for one array leaf, copied in one kernel call."""
         self._check_mapped()
         self._check_final_obs()
-        if self._single_leaf:
+        if self._single_leaf and not self._swapped_final:
             return kernels.row_copies(self._views.terminal_obs[0], indices)
         return [self.terminal_observation(i) for i in indices]
 

@@ -578,3 +578,43 @@ def test_seeds_are_taken_and_refused_as_gymnasium_s_envs_take_and_refuse_them() 
             venv.reset(seed=[3.0, 4.0])
         venv.reset(seed=0)  # (nothing was issued)
     reference.close()
+
+
+class _BigEndianEndsAtOnce(gym.Env):
+    """A Dict of big-endian parts ("v" of shape (2,), and with ``scalar`` "s" of shape ()); every episode one step."""
+
+    def __init__(self, index: int, scalar: bool):
+        parts = {"v": gym.spaces.Box(-1e9, 1e9, (2,), np.dtype(">f4"))}
+        if scalar:
+            parts["s"] = gym.spaces.Box(-1e9, 1e9, (), np.dtype(">f4"))
+        self.observation_space = gym.spaces.Dict(parts)
+        self.action_space = gym.spaces.Discrete(2)
+        self.index, self.scalar = index, scalar
+
+    def _obs(self, t: int) -> dict:
+        obs = {"v": np.array([self.index, t], ">f4")}
+        if self.scalar:
+            obs["s"] = np.array(t, ">f4")
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(0), {}
+
+    def step(self, action):
+        return self._obs(1), 0.0, True, False, {}
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["buffers", "own-objects"])
+def test_final_observations_of_big_endian_parts_are_native_whichever_way_they_travel(scalar: bool) -> None:
+    """A part of shape () makes the final observation travel as the env's own object: its other parts came back
+    native for all but a worker's first env, and from the buffers in the space's byte order otherwise (AsyncVectorEnv
+    gives them native: pickled)."""
+    fns = [partial(_BigEndianEndsAtOnce, i, scalar) for i in range(4)]
+    with VectorEnv(fns, context="fork", num_workers=2, step_in_parent=False, autoreset_mode=AutoresetMode.SAME_STEP) as venv:
+        venv.reset(seed=0)
+        obs, _, _, _, infos = venv.step(np.zeros(4, np.int64))
+        assert obs["v"].dtype == np.dtype(">f4")  # (the observations: the space's dtype)
+        finals = infos["final_obs"]
+        assert [final["v"].dtype.isnative for final in finals] == [True] * 4
+        assert [final["v"].tolist() for final in finals] == [[i, 1] for i in range(4)]

@@ -79,6 +79,17 @@ def _integral(ids: np.ndarray) -> bool:
     return False
 
 
+def free_ids(exc: BaseException, env_ids: np.ndarray) -> None:
+    """A front-end's recv() whose outputs could not be made (an error, not an interrupt: the batch is not given back,
+    or every recv() would raise it again): ``exc.env_ids`` says which envs are free to be sent again, as an env
+    error's does, where the error takes an attribute."""
+    try:
+        if getattr(exc, "env_ids", None) is None:
+            exc.env_ids = env_ids  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 

@@ -787,11 +787,10 @@ class Pool(ShardMoves):
         payloads = {}
         for remote in self._remotes:
             share = options[remote.envs.start : remote.envs.stop]
-            dumps_payload(share, "reset options", remote.envs)  # (raises where they cannot be pickled)
             try:  # (the copy is sent: a value that loads once only, a torch tensor's storage, loads in the worker)
                 share = private(share)
             except Exception as exc:
-                for i in remote.envs:  # (the env whose options they are)
+                for i in remote.envs:  # (the env whose options they are: it cannot be pickled, or loaded)
                     private_payload(options[i], "reset options", range(i, i + 1))  # (raises, naming it)
                 raise unloadable("reset options", remote.envs, exc) from exc
             payloads[remote.index] = dumps_payload(share, "reset options", remote.envs)
@@ -904,10 +903,12 @@ class Pool(ShardMoves):
             share = part(positions)
             if positions:
                 called = ("env " if len(positions) == 1 else "envs ") + ", ".join(str(indices[p]) for p in positions)
-                dumps_payload(share, f"{request} arguments", called)  # (raises where it cannot be pickled)
                 try:
                     share = private(share)
                 except Exception as exc:
+                    # (a pickle made only to be checked is never loaded: a torch tensor's one-shot descriptor in it
+                    # stayed open for good; made here, where the copy failed, it names what cannot be pickled)
+                    dumps_payload(share, f"{request} arguments", called)  # (raises where it cannot be pickled)
                     raise unloadable(f"{request} arguments", called, exc) from exc
             payloads[r.index] = dumps_payload(share, f"{request} arguments", r.envs)
         own = self._local  # (the copy a worker's envs get, as at call_async)

@@ -213,7 +213,12 @@ def worker_main(
             ] + failed
             # (with envs it could not make: their errors, which the command raises as theirs)
             extras = _unshared(extras) if extras else extras
-            conn.send(("attached", extras) if not unmade else ("attached-unmade", (extras, unmade)))
+            try:
+                payload = reduction.ForkingPickler.dumps(("attached", extras) if not unmade else ("attached-unmade", (extras, unmade)))
+            except Exception as exc:  # (a value that cannot be pickled, a reset info: its env's error, the worker serves on)
+                _, errors, objects = _picklable_error(("extras", extras), exc, start, "attach (worker restart)", None)
+                payload = reduction.ForkingPickler.dumps(("attached-unmade", (objects, unmade + errors)))
+            conn.send_bytes(payload)
         else:
             conn.send(("attached", None))
         try:

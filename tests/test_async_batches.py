@@ -1330,18 +1330,19 @@ def test_close_from_another_thread_during_a_send_raises_closed_error(api: str) -
     venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
     closer = threading.Timer(0.2, venv.pool.close, kwargs={"timeout": 0.3})
     try:
+        ids = None
         if api == "sync":
             venv.reset()
         else:
             venv.async_reset()
-            venv.recv()
+            ids = venv.recv()[4]  # (either group: the one that finished first)
         closer.start()
         with pytest.raises(ClosedError):
             if api == "sync":
                 venv.step_async(_SlowArray(4))
                 venv.step_wait()
             else:
-                venv.send(_SlowArray(2), [0, 1])
+                venv.send(_SlowArray(2), ids)
                 venv.recv()
     finally:
         closer.join(30)
@@ -1384,3 +1385,42 @@ def test_a_masked_reset_that_raises_between_batches_leaves_the_others_rows() -> 
             venv.reset(options={"reset_mask": mask, "fail": True})
         obs, _ = venv.reset(options={"reset_mask": mask})
         assert obs[:, 0].tolist() == [0.0, 0.0, 0.0, 3.0]
+
+
+class _InfosGymnasiumCannotBatch(gym.Env):
+    """At its second step env 1 and 3 say {"x": "a"}, the others {"x": 1}: gymnasium's info batching refuses a batch
+    of both (ValueError, as its SyncVectorEnv raises)."""
+
+    observation_space = gym.spaces.Box(-1e9, 1e9, (1,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, index: int):
+        self.index, self.t = index, 0
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1), 0.0, False, False, ({"x": "a" if self.index % 2 else 1} if self.t == 2 else {})
+
+
+def test_a_batch_a_front_end_cannot_make_is_raised_once_and_its_envs_are_free() -> None:
+    """An error (not an interrupt) while the outputs were made gave the batch back: every recv() then raised it again,
+    and async_reset() was refused. The error comes once, saying which envs are free to be sent again."""
+    fns = [partial(_InfosGymnasiumCannotBatch, i) for i in range(4)]
+    with VectorEnv(fns, context="fork", batch_size=2, num_workers=2, step_in_parent=False) as venv:
+        venv.async_reset()
+        failed = []
+        for _ in range(8):  # (each group's second step: a batch that mixes an int and a str)
+            try:
+                ids = venv.recv()[4]["env_id"]
+            except ValueError as exc:
+                failed.append(sorted(exc.env_ids.tolist()))
+                if len(failed) == 2:
+                    break
+                continue
+            venv.send(np.zeros(2, np.int64), ids)
+        assert sorted(failed) == [[0, 1], [2, 3]]
+        venv.async_reset()  # (nothing is running: every env is free)
+        assert sorted(i for _ in range(2) for i in venv.recv()[4]["env_id"].tolist()) == [0, 1, 2, 3]

@@ -955,3 +955,37 @@ def test_a_replacement_s_env_whose_first_reset_raises_is_made_again_and_the_othe
         obs, _, dones, infos = venv.step(np.array([0, 0]))
         assert dones[0] and "fastvec.restarted" in infos[0] and obs[0].tolist() == [0, 0, 0]
     assert not list(tmp_path.glob("stepped-unreset-*"))
+
+
+class _LockInFreshResetInfo(gym.Env):
+    """Made after ``died`` exists (by a replacement worker), its reset's info holds a lock; action 1 kills its process."""
+
+    observation_space = gym.spaces.Box(-1e9, 1e9, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, marks: str):
+        self.marks = Path(marks)
+        self.fresh = (self.marks / "died").exists()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), ({"lock": threading.Lock()} if self.fresh else {})
+
+    def step(self, action):
+        if action == 1:
+            (self.marks / "died").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.ones(1, np.float32), 0.0, False, False, {}
+
+
+def test_a_replacement_whose_fresh_env_s_reset_info_cannot_be_pickled_names_the_env(tmp_path) -> None:
+    """The replacement died sending its attach reply, and so did the next two: WorkerDiedError naming no env or cause,
+    the pool broken. As any other reply's value that cannot be pickled: the env's error, and the pool goes on."""
+    fns = [partial(_LockInFreshResetInfo, str(tmp_path))] * 4
+    options = {"num_workers": 2, "step_in_parent": False, "on_error": "restart", "autoreset_mode": AutoresetMode.SAME_STEP}
+    with VectorEnv(fns, context="fork", **options) as venv, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        venv.reset()
+        with pytest.raises(EnvError, match=r"env 2 raised TypeError during 'attach \(worker restart\) \(sending the result\)'"):
+            venv.step(np.array([0, 0, 0, 1]))
+        venv.step(np.zeros(4, np.int64))  # (the pool goes on)

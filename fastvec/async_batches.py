@@ -617,15 +617,15 @@ class AsyncBatches:
                     reply = pool._recv(remote, "step" if command is _STEP else "reset")
                 except ReplyNotLoaded as exc:  # (read whole: in step, the group's error names its envs)
                     reply = exc.reply()
-                except (WorkerDiedError, StepTimeoutError):
+                except (WorkerDiedError, StepTimeoutError) as exc:
                     # it finished, then died before its message was read, or hung sending it (past step_timeout): its
                     # results are lost; a death of close()'s making (another thread's, or a signal handler's) is that
                     if pool.closed or pool._terminated:
                         raise pool._closed_meanwhile("recv") from None
                     if pool.on_error != "restart":
                         raise
-                    if remote.exitcode is None:  # (hung: ended, and replaced as a worker past step_timeout is)
-                        remote.end()
+                    if isinstance(exc, StepTimeoutError) and remote.exitcode is None:  # (hung: ended, and replaced
+                        remote.end()  # as a worker past step_timeout is; one whose pipe closed is dying: not hung)
                         remote.hung = True
                     self._check_lives(pool, [position - first])  # respawned: its replacement's results join ``ready``
                     return

@@ -1070,8 +1070,8 @@ class Pool(ShardMoves):
                     if self.on_error != "restart":
                         self._break(exc)
                         raise
-                    if remote.exitcode is None:  # (hung: ended, and replaced as a worker past step_timeout is)
-                        remote.end()
+                    if isinstance(exc, StepTimeoutError) and remote.exitcode is None:  # (hung: ended, and replaced
+                        remote.end()  # as a worker past step_timeout is; one whose pipe closed is dying: not hung)
                         remote.hung = True
                     if p.command is _STEP or p.command is _RESET:  # its results are lost with the message
                         self._respawn(position, p)

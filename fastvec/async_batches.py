@@ -79,17 +79,6 @@ def _integral(ids: np.ndarray) -> bool:
     return False
 
 
-def free_ids(exc: BaseException, env_ids: np.ndarray) -> None:
-    """A front-end's recv() whose outputs could not be made (an error, not an interrupt: the batch is not given back,
-    or every recv() would raise it again): ``exc.env_ids`` says which envs are free to be sent again, as an env
-    error's does, where the error takes an attribute."""
-    try:
-        if getattr(exc, "env_ids", None) is None:
-            exc.env_ids = env_ids  # type: ignore[attr-defined]
-    except Exception:
-        pass
-
-
 class AsyncBatch:
     """The results of the first ``batch_size`` envs that finished, in ``env_ids`` order (copies)."""
 
@@ -500,6 +489,19 @@ class AsyncBatches:
             raise
         batch.taken = taken  # (for give_back)
         return batch
+
+    def not_made(self, batch: AsyncBatch, exc: BaseException) -> None:
+        """A front-end's recv() did not make its outputs of ``batch``, which this recv() took. Interrupted (Ctrl-C):
+        the batch is given back, for the next recv(). Failing (an error: every recv() would raise it again):
+        ``exc.env_ids`` says which envs are free to be sent again, as an env error's does."""
+        if not isinstance(exc, Exception):
+            self.give_back(batch)
+            return
+        try:
+            if getattr(exc, "env_ids", None) is None:
+                exc.env_ids = batch.env_ids  # type: ignore[attr-defined]
+        except Exception:  # (an error that takes no attribute)
+            pass
 
     def give_back(self, batch: AsyncBatch) -> None:
         """A front-end interrupted (Ctrl-C) or failing while it makes its outputs of ``batch``, which recv() took:

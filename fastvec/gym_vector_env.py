@@ -30,7 +30,6 @@ from gymnasium.spaces import Sequence as SequenceSpace
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_differing_spaces, batch_space, concatenate, create_empty_array
 
-from fastvec.async_batches import free_ids
 from fastvec.batch import Batch
 from fastvec.errors import EnvError, UnsupportedSpaceError
 from fastvec.options import PoolOptions, default_num_workers
@@ -353,13 +352,9 @@ class VectorEnv(gym.vector.VectorEnv):
                 infos = self._recv_infos(batch, done)  # (else: only env_id)
             infos["env_id"] = batch.env_ids
             return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
-        except Exception as exc:  # (outputs that cannot be made: its envs are free to be sent again, as an env error's)
+        except BaseException as exc:  # (the outputs not made: AsyncBatches.not_made)
             if batch is not None:
-                free_ids(exc, batch.env_ids)
-            raise
-        except BaseException:  # (Ctrl-C while the outputs were made: the batch waits for the next recv())
-            if batch is not None:
-                self._batches.give_back(batch)
+                self._batches.not_made(batch, exc)
             raise
 
     def _recv_infos(self, batch: Any, done: list[bool] | None) -> dict[str, Any]:

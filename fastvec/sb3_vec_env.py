@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fastvec import kernels
-from fastvec.async_batches import OBS_ONLY, free_ids
+from fastvec.async_batches import OBS_ONLY
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
 from fastvec.protocol import SAME_STEP
@@ -180,13 +180,9 @@ class SubprocVecEnv(_VecEnvBase):
             for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
                 self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
             return _native(batch.obs) if self._swap else batch.obs, rewards, dones, infos, batch.env_ids
-        except Exception as exc:  # (outputs that cannot be made: its envs are free to be sent again, as an env error's)
+        except BaseException as exc:  # (the outputs not made: AsyncBatches.not_made)
             if batch is not None:
-                free_ids(exc, batch.env_ids)
-            raise
-        except BaseException:  # (Ctrl-C while the outputs were made: the batch waits for the next recv())
-            if batch is not None:
-                self._batches.give_back(batch)
+                self._batches.not_made(batch, exc)
             raise
 
     def _unusual_infos(self, batch: Any, ids: list[int], ended: list[int], infos: list[dict]) -> None:

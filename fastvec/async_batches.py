@@ -504,9 +504,9 @@ class AsyncBatches:
             pass
 
     def give_back(self, batch: AsyncBatch) -> None:
-        """A front-end interrupted (Ctrl-C) or failing while it makes its outputs of ``batch``, which recv() took:
-        its groups go back to the front of ``ready``, for the next recv() (as when that comes while the pool makes
-        the batch); else those envs were lost, neither running nor ready, and never returned again."""
+        """A front-end interrupted (Ctrl-C) while it makes its outputs of ``batch``, which recv() took: its groups go
+        back to the front of ``ready``, for the next recv() (as when that comes while the pool makes the batch); else
+        those envs were lost, neither running nor ready, and never returned again."""
         try:
             for entry in reversed(batch.taken):
                 if not self.running[entry[0]]:  # (not sent again meanwhile)

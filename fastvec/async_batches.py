@@ -216,13 +216,17 @@ class AsyncBatches:
                 raise ValueError(f"expected {n} option dicts (one per env), got {len(options)}")
             if not any(options):
                 options = None
+        seeds = pool._checked_seeds(seeds, None)
         payloads = pool._option_payloads(options) if options is not None else None
         own_options = None
         if options is not None and self.first_remote:  # the own group's, for recv() to reset it with (the copy
             own = self.groups[0]  # a worker's envs get)
-            own_options = private_payload(options[own.start : own.stop], "reset options", own)
-        if seeds is not None and len(seeds) != n:
-            raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
+            try:
+                own_options = private_payload(options[own.start : own.stop], "reset options", own)
+            except TypeError:
+                for i in own:  # (the env whose options they are)
+                    private_payload(options[i], "reset options", range(i, i + 1))
+                raise
         pool._write_seeds(seeds, None)
         if own_options is not None:
             self._local_objects = own_options
@@ -626,9 +630,9 @@ class AsyncBatches:
                         raise pool._closed_meanwhile("recv") from None
                     if pool.on_error != "restart":
                         raise
-                    if isinstance(exc, StepTimeoutError) and remote.exitcode is None:  # (hung: ended, and replaced
-                        remote.end()  # as a worker past step_timeout is; one whose pipe closed is dying: not hung)
-                        remote.hung = True
+                    if remote.exitcode is None:  # (ended: hung past step_timeout, and replaced as such, or
+                        remote.end()  # dying, its pipe closed: not hung, and never left running past close())
+                        remote.hung = isinstance(exc, StepTimeoutError)
                     self._check_lives(pool, [position - first])  # respawned: its replacement's results join ``ready``
                     return
             del inflight[position]

@@ -28,11 +28,13 @@ __all__ = [
     "NoAsyncCallError",
     "UnsupportedSpaceError",
     "SpaceMismatchError",
+    "SeedError",
     "BrokenPoolError",
     "env_error",
     "env_errors",
     "ShardError",
     "describe_exception",
+    "exit_status",
 ]
 
 

@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import rich  # noqa: F401  (the live table: an extra's, not the engine's dependency)
     except ImportError:
-        parser.error("the live view needs rich: pip install rich (or fastvec[train])")
+        parser.error("the live view needs rich: pip install rich (or, in fastvec's folder, pip install '.[train]')")
     import signal
 
     def stop(signum: int, frame: Any) -> None:  # (a SIGTERM or a closed terminal ends the demo as Ctrl-C does)

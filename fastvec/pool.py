@@ -709,13 +709,6 @@ class Pool(ShardMoves):
         """
         self._check_idle("reset_async")
         n = self.num_envs
-        if seeds is not None:
-            if len(seeds) != n:
-                raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
-            for i, s in enumerate(seeds):
-                # (a bool is an int, as gymnasium's envs take it; anything else they refuse, as here, with their words)
-                if s is not None and not isinstance(s, (int, np.integer)):
-                    raise SeedError(f"Seed must be a python integer, actual type: {type(s)} (the seed for env {i}: {s!r})")
         if options is not None:
             options = list(options)
             if len(options) != n:
@@ -724,6 +717,7 @@ class Pool(ShardMoves):
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != (n,):
                 raise ValueError(f"reset mask must have shape ({n},), got {mask.shape}")
+        seeds = self._checked_seeds(seeds, mask)
         send_options = options is not None and (pass_options_always or any(options))
         arg = (ResetFlag.HAS_OPTIONS if send_options else 0) | (ResetFlag.OPTIONS_ALWAYS if pass_options_always else 0)
         payloads = self._option_payloads(options) if send_options else {}
@@ -760,6 +754,21 @@ class Pool(ShardMoves):
             )
         )
 
+    def _checked_seeds(self, seeds: Sequence | None, mask: np.ndarray | None) -> list | None:
+        """Per-env reset ``seeds`` as the envs will get them: one per env, and those of the envs ``mask`` leaves out
+        None (gymnasium hands seeds only to the envs it resets). A bool is an int, as gymnasium's envs take it; a seed
+        of another type they refuse, as here, with their words."""
+        if seeds is None:
+            return None
+        n = self.num_envs
+        if len(seeds) != n:
+            raise ValueError(f"expected {n} seeds (one per env), got {len(seeds)}")
+        seeds = [s if mask is None or mask[i] else None for i, s in enumerate(seeds)]
+        for i, s in enumerate(seeds):
+            if s is not None and not isinstance(s, (int, np.integer)):
+                raise SeedError(f"Seed must be a python integer, actual type: {type(s)} (the seed for env {i}: {s!r})")
+        return seeds
+
     def _own_options(self, options: list) -> list:
         """This process's envs' share of per-env ``options``: the copy a worker's envs get (pickled, loaded); one
         that cannot be pickled is named by its env."""
@@ -769,7 +778,7 @@ class Pool(ShardMoves):
         except TypeError:
             parts = own.parts if isinstance(own, WrappedShard) else (own,)
             for i in (i for part in parts for i in range(part.start, part.stop)):
-                dumps_payload(options[i], "reset options", range(i, i + 1))  # (raises for the env whose it is)
+                private_payload(options[i], "reset options", range(i, i + 1))  # (raises for the env whose they are)
             raise
 
     def _own_envs(self) -> range | str:
@@ -885,13 +894,16 @@ class Pool(ShardMoves):
         for pos, i in enumerate(indices):
             plan.setdefault(int(shard_of[i]), []).append(pos)
 
-        def part(positions: list[int]) -> tuple:
+        def part(positions: list[int]) -> tuple:  # (a worker none of whose envs is called gets no arguments)
             return (
                 request,
                 [indices[p] for p in positions],
-                args,
+                args if positions else (),
                 None if values is None else [values[p] for p in positions],
             )
+
+        def called(positions: list[int]) -> str:
+            return ("env " if len(positions) == 1 else "envs ") + ", ".join(str(indices[p]) for p in positions)
 
         # pickled before anything is issued: an unpicklable argument leaves the pool idle. A called worker's share is
         # loaded here first and its copy sent: one that cannot be loaded is named by the envs called (a worker named its
@@ -902,18 +914,17 @@ class Pool(ShardMoves):
             positions = plan.get(r.index, [])
             share = part(positions)
             if positions:
-                called = ("env " if len(positions) == 1 else "envs ") + ", ".join(str(indices[p]) for p in positions)
                 try:
                     share = private(share)
                 except Exception as exc:
                     # (a pickle made only to be checked is never loaded: a torch tensor's one-shot descriptor in it
                     # stayed open for good; made here, where the copy failed, it names what cannot be pickled)
-                    dumps_payload(share, f"{request} arguments", called)  # (raises where it cannot be pickled)
-                    raise unloadable(f"{request} arguments", called, exc) from exc
+                    dumps_payload(share, f"{request} arguments", called(positions))  # (raises where it cannot be)
+                    raise unloadable(f"{request} arguments", called(positions), exc) from exc
             payloads[r.index] = dumps_payload(share, f"{request} arguments", r.envs)
         own = self._local  # (the copy a worker's envs get, as at call_async)
         # (its copy only where one of its envs is called: else it names envs the call does not concern)
-        local = () if not own else private_payload(part(plan[0]), f"{request} arguments", self._own_envs()) if plan.get(0) else part([])
+        local = () if not own else private_payload(part(plan[0]), f"{request} arguments", called(plan[0])) if plan.get(0) else part([])
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )
@@ -1070,9 +1081,9 @@ class Pool(ShardMoves):
                     if self.on_error != "restart":
                         self._break(exc)
                         raise
-                    if isinstance(exc, StepTimeoutError) and remote.exitcode is None:  # (hung: ended, and replaced
-                        remote.end()  # as a worker past step_timeout is; one whose pipe closed is dying: not hung)
-                        remote.hung = True
+                    if remote.exitcode is None:  # (ended: hung past step_timeout, and replaced as such, or
+                        remote.end()  # dying, its pipe closed: not hung, and never left running past close())
+                        remote.hung = isinstance(exc, StepTimeoutError)
                     if p.command is _STEP or p.command is _RESET:  # its results are lost with the message
                         self._respawn(position, p)
                     else:  # a call: it fails naming the worker, and the next step or reset replaces it

@@ -618,3 +618,24 @@ def test_final_observations_of_big_endian_parts_are_native_whichever_way_they_tr
         finals = infos["final_obs"]
         assert [final["v"].dtype.isnative for final in finals] == [True] * 4
         assert [final["v"].tolist() for final in finals] == [[i, 1] for i in range(4)]
+
+
+def test_seeds_of_envs_a_masked_reset_leaves_out_are_not_looked_at() -> None:
+    """gymnasium hands seeds only to the envs it resets: one of another type for an env left out was refused."""
+    from fastvec.errors import SeedError
+    from fastvec.pool import Pool
+
+    mask = np.array([True, False, True, True])
+    reference = SyncVectorEnv([envs.make_cartpole] * 4, autoreset_mode=AutoresetMode.DISABLED)
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", num_workers=2, autoreset_mode=AutoresetMode.DISABLED) as venv:
+        venv.reset(seed=0)
+        reference.reset(seed=0)
+        seeds = [1, 2.5, 3, 4]
+        assert data_equivalence(venv.reset(seed=seeds, options={"reset_mask": mask})[0],
+                                reference.reset(seed=seeds, options={"reset_mask": mask})[0])  # fmt: skip
+    reference.close()
+    with Pool([envs.make_cartpole] * 4, batch_size=2, num_workers=2, start_method="fork") as pool:  # (async_reset too)
+        with pytest.raises(SeedError, match="Seed must be a python integer"):
+            pool.async_reset([0, 1.5, 2, 3])
+        pool.async_reset([0, 1, 2, 3])
+        assert sorted(i for _ in range(2) for i in pool.recv().env_ids.tolist()) == [0, 1, 2, 3]

@@ -488,3 +488,23 @@ def test_reset_options_that_cannot_be_unpickled_name_their_env() -> None:
         with pytest.raises(TypeError, match=r"reset options for env 3 cannot be unpickled .*cannot be loaded"):
             pool.reset(options=[{}, {}, {}, {"level": LoadsBadly()}])
         pool.reset(options=[{}, {}, {}, {"level": 1}])
+
+
+def test_the_calling_process_s_env_is_named_for_arguments_and_options_it_cannot_get() -> None:
+    """Values for an env the calling process steps were named by its whole range (envs 0..1), and a call's argument
+    that cannot be pickled by a worker none of whose envs was called (envs 2..3)."""
+    from fastvec.pool import Pool
+
+    with SubprocVecEnv([RecordsAction] * 4, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        with pytest.raises(TypeError, match=r"env_method arguments for env 1 cannot be pickled"):
+            venv.env_method("reset", seed=lambda: 0, indices=[1])
+        with pytest.raises(TypeError, match=r"env_method arguments for env 1 cannot be unpickled"):
+            venv.env_method("reset", seed=LoadsBadly(), indices=[1])
+    for batches in ({}, {"batch_size": 2}):
+        with Pool([RecordsAction] * 4, start_method="fork", num_workers=2, step_in_parent=True, **batches) as pool:
+            reset = pool.async_reset if batches else pool.reset
+            with pytest.raises(TypeError, match=r"reset options for env 1 cannot be unpickled"):
+                reset(options=[{}, {"level": LoadsBadly()}, {}, {}])
+            with pytest.raises(TypeError, match=r"reset options for env 1 cannot be pickled"):
+                reset(options=[{}, {"level": lambda: 0}, {}, {}])

@@ -36,7 +36,7 @@ import numpy as np
 from fastvec import kernels
 from fastvec.batch import _EMPTY, Batch, sort_extras
 from fastvec.checks import ActionWriter
-from fastvec.env_calls import private, private_payload
+from fastvec.env_calls import private, private_payload, private_shares
 from fastvec.errors import (
     AlreadyPendingCallError,
     NoAsyncCallError,
@@ -221,12 +221,7 @@ class AsyncBatches:
         own_options = None
         if options is not None and self.first_remote:  # the own group's, for recv() to reset it with (the copy
             own = self.groups[0]  # a worker's envs get)
-            try:
-                own_options = private_payload(options[own.start : own.stop], "reset options", own)
-            except TypeError:
-                for i in own:  # (the env whose options they are)
-                    private_payload(options[i], "reset options", range(i, i + 1))
-                raise
+            own_options = private_shares(options[own.start : own.stop], own, "reset options", own)
         pool._write_seeds(seeds, None)
         if own_options is not None:
             self._local_objects = own_options

@@ -7,7 +7,7 @@ one value per env.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing import reduction
 from typing import Any
 
@@ -94,6 +94,17 @@ def private_payload(obj: Any, what: str, envs: range | str) -> Any:
         dumps_payload(obj, what, envs)  # (raises, naming the envs, where it cannot be pickled)
         # (it pickles, but its unpickling raised: as it would in a worker, which then named its first env)
         raise unloadable(what, envs, exc) from exc
+
+
+def private_shares(values: list, envs: Sequence[int], what: str, named: range | str) -> list:
+    """The copy the envs ``envs`` get of their own ``values`` (one each, in order), as ``private_payload`` gives it;
+    where it cannot be made, the error names the env whose value cannot be pickled or loaded (else ``named``)."""
+    try:
+        return private(values)
+    except Exception:
+        for i, value in zip(envs, values):
+            private_payload(value, what, range(i, i + 1))  # (raises, naming the env whose value it is)
+        return private_payload(values, what, named)  # (raises, naming them together)
 
 
 def is_wrapped(env: gym.Env, wrapper_class: type) -> bool:

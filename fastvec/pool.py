@@ -42,7 +42,7 @@ from fastvec import shard as shard_module
 from fastvec.async_batches import AsyncBatch, AsyncBatches
 from fastvec.batch import Batch, RingViews
 from fastvec.checks import ActionWriter, emit_warnings
-from fastvec.env_calls import CALLS, own_copies, private, private_payload
+from fastvec.env_calls import CALLS, own_copies, private, private_payload, private_shares
 from fastvec.errors import (
     AlreadyPendingCallError,
     BrokenPoolError,
@@ -81,7 +81,6 @@ from fastvec.protocol import (
     Stats,
     StepFlag,
     dumps_payload,
-    unloadable,
 )
 from fastvec.remote import Remote, ReplyNotLoaded, kill_all, stop
 from fastvec.restart import describe, restart_reason
@@ -773,13 +772,9 @@ class Pool(ShardMoves):
         """This process's envs' share of per-env ``options``: the copy a worker's envs get (pickled, loaded); one
         that cannot be pickled is named by its env."""
         own = self._local
-        try:
-            return private_payload(own.part(options), "reset options", self._own_envs())
-        except TypeError:
-            parts = own.parts if isinstance(own, WrappedShard) else (own,)
-            for i in (i for part in parts for i in range(part.start, part.stop)):
-                private_payload(options[i], "reset options", range(i, i + 1))  # (raises for the env whose they are)
-            raise
+        values = own.part(options)  # (a WrappedShard's: every env's, each part taking its own)
+        envs = range(len(values)) if isinstance(own, WrappedShard) else range(own.start, own.stop)
+        return private_shares(values, envs, "reset options", self._own_envs())
 
     def _own_envs(self) -> range | str:
         """The envs this process steps, for a message: shard 0's range, or its two parts once envs moved to it
@@ -794,15 +789,10 @@ class Pool(ShardMoves):
         that cannot be pickled leaves the pool idle), loaded here first and its copy pickled (one that cannot be
         loaded is named by its env: a worker refused them naming its first env, whichever env's they were)."""
         payloads = {}
-        for remote in self._remotes:
-            share = options[remote.envs.start : remote.envs.stop]
-            try:  # (the copy is sent: a value that loads once only, a torch tensor's storage, loads in the worker)
-                share = private(share)
-            except Exception as exc:
-                for i in remote.envs:  # (the env whose options they are: it cannot be pickled, or loaded)
-                    private_payload(options[i], "reset options", range(i, i + 1))  # (raises, naming it)
-                raise unloadable("reset options", remote.envs, exc) from exc
-            payloads[remote.index] = dumps_payload(share, "reset options", remote.envs)
+        for remote in self._remotes:  # (the copy is sent: a value that loads once only, a torch tensor's storage, loads
+            envs = remote.envs  # in the worker)
+            share = private_shares(options[envs.start : envs.stop], envs, "reset options", envs)
+            payloads[remote.index] = dumps_payload(share, "reset options", envs)
         return payloads
 
     def _write_seeds(self, seeds: Sequence[int | None] | None, mask: np.ndarray | None) -> None:
@@ -914,13 +904,8 @@ class Pool(ShardMoves):
             positions = plan.get(r.index, [])
             share = part(positions)
             if positions:
-                try:
-                    share = private(share)
-                except Exception as exc:
-                    # (a pickle made only to be checked is never loaded: a torch tensor's one-shot descriptor in it
-                    # stayed open for good; made here, where the copy failed, it names what cannot be pickled)
-                    dumps_payload(share, f"{request} arguments", called(positions))  # (raises where it cannot be)
-                    raise unloadable(f"{request} arguments", called(positions), exc) from exc
+                # (no pickle made only to be checked: never loaded, it held a torch tensor's one-shot descriptor open)
+                share = private_payload(share, f"{request} arguments", called(positions))
             payloads[r.index] = dumps_payload(share, f"{request} arguments", r.envs)
         own = self._local  # (the copy a worker's envs get, as at call_async)
         # (its copy only where one of its envs is called: else it names envs the call does not concern)

@@ -93,14 +93,11 @@ class _NotLoaded:
         pass
 
 
-def _stand_in(exc: BaseException) -> type:
-    """A class found in place of one that cannot be: making it, by any route, gives a _NotLoaded."""
+class _Missing:
+    """Found in place of a class that cannot be: making it, by any route, gives a _NotLoaded."""
 
-    class Missing:
-        def __new__(cls, *args: Any, **kwargs: Any) -> _NotLoaded:
-            return _NotLoaded()
-
-    return Missing
+    def __new__(cls, *args: Any, **kwargs: Any) -> _NotLoaded:  # type: ignore[misc]
+        return _NotLoaded()
 
 
 class _Lenient(pickle._Unpickler):  # type: ignore[name-defined,misc]
@@ -109,8 +106,8 @@ class _Lenient(pickle._Unpickler):  # type: ignore[name-defined,misc]
     def find_class(self, module: str, name: str) -> Any:
         try:
             return super().find_class(module, name)
-        except Exception as exc:
-            return _stand_in(exc)
+        except Exception:
+            return _Missing
 
     def load_reduce(self) -> None:
         args = self.stack.pop()

@@ -619,15 +619,7 @@ class AsyncBatches:
                 except ReplyNotLoaded as exc:  # (read whole: in step, the group's error names its envs)
                     reply = exc.reply()
                 except (WorkerDiedError, StepTimeoutError) as exc:
-                    # it finished, then died before its message was read, or hung sending it (past step_timeout): its
-                    # results are lost; a death of close()'s making (another thread's, or a signal handler's) is that
-                    if pool.closed or pool._terminated:
-                        raise pool._closed_meanwhile("recv") from None
-                    if pool.on_error != "restart":
-                        raise
-                    if remote.exitcode is None:  # (ended: hung past step_timeout, and replaced as such, or
-                        remote.end()  # dying, its pipe closed: not hung, and never left running past close())
-                        remote.hung = isinstance(exc, StepTimeoutError)
+                    pool._reply_lost(remote, exc, "recv")
                     self._check_lives(pool, [position - first])  # respawned: its replacement's results join ``ready``
                     return
             del inflight[position]

@@ -282,18 +282,15 @@ class ShardMoves:
     def queue_park(self, shard: int) -> None:
         """``request_park`` from another thread: done by the stepping thread at its next step (refused at once with
         asynchronous batches, as ``queue_move``)."""
-        if self._async is not None:
-            self.refused_requests.append(("park", shard))
-        else:
-            self._move_requests.append(("park", shard))
+        self._queue_worker_request("park", shard)
 
     def queue_unpark(self, shard: int) -> None:
         """``request_unpark`` from another thread: done by the stepping thread at its next step (refused at once with
         asynchronous batches, as ``queue_move``)."""
-        if self._async is not None:
-            self.refused_requests.append(("unpark", shard))
-        else:
-            self._move_requests.append(("unpark", shard))
+        self._queue_worker_request("unpark", shard)
+
+    def _queue_worker_request(self, kind: str, shard: int) -> None:
+        (self.refused_requests if self._async is not None else self._move_requests).append((kind, shard))
 
     def _park_now(self, shard: int) -> None:
         """Leave the emptied worker ``shard`` out of commands (the pool is idle)."""

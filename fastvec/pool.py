@@ -1059,16 +1059,7 @@ class Pool(ShardMoves):
                         self._break(interrupt)
                         raise
                 except (WorkerDiedError, StepTimeoutError) as exc:
-                    # it finished the command, then died before its message was read, or hung sending it (past
-                    # step_timeout); a death of close()'s making (another thread's, or a signal handler's) is that
-                    if self._terminated:
-                        raise self._closed_meanwhile(p.name) from None
-                    if self.on_error != "restart":
-                        self._break(exc)
-                        raise
-                    if remote.exitcode is None:  # (ended: hung past step_timeout, and replaced as such, or
-                        remote.end()  # dying, its pipe closed: not hung, and never left running past close())
-                        remote.hung = isinstance(exc, StepTimeoutError)
+                    self._reply_lost(remote, exc, p.name)
                     if p.command is _STEP or p.command is _RESET:  # its results are lost with the message
                         self._respawn(position, p)
                     else:  # a call: it fails naming the worker, and the next step or reset replaces it
@@ -1462,6 +1453,21 @@ class Pool(ShardMoves):
 
     def _recv(self, remote: Remote, command: str) -> Any:
         return remote.recv(command, self.step_timeout)
+
+    def _reply_lost(self, remote: Remote, exc: WorkerDiedError | StepTimeoutError, during: str) -> None:
+        """The worker finished its command, then died before its message was read, or hung sending it past
+        step_timeout (``exc``): its results are lost. A death of close()'s making (another thread's, or a signal
+        handler's) is ClosedError; without restarts ``exc`` is raised, the pool broken; else a worker still running is
+        ended (hung: so marked, and replaced as a worker past step_timeout is; dying, its pipe closed: never left
+        running past close()), for the caller to replace."""
+        if self.closed or self._terminated:
+            raise self._closed_meanwhile(during) from None
+        if self.on_error != "restart":
+            self._break(exc)
+            raise exc
+        if remote.exitcode is None:
+            remote.end()
+            remote.hung = isinstance(exc, StepTimeoutError)
 
     def _own_shard(self, envs: list, start: int, env_fns: list) -> Shard:
         """A Shard this process steps (shard 0's envs from 0, or its envs past the last worker's)."""

@@ -840,47 +840,23 @@ def test_a_fresh_env_whose_first_reset_raises_is_made_again_not_stepped(tmp_path
         assert not dones.any() and "fastvec.restarted" not in infos[1]
 
 
-class _EndsEveryStepOrDies(gym.Env):
-    """obs [index, episode, t]. Env 0's episodes last one step; env 1 kills its process at its second step (once)."""
-
-    def __init__(self, index: int, marks: str):
-        self.index, self.marks, self.episode, self.t = index, Path(marks), -1, 0
-        self.observation_space = gym.spaces.Box(-1e9, 1e9, (3,), np.float64)
-        self.action_space = gym.spaces.Discrete(2)
-
-    def _obs(self) -> np.ndarray:
-        return np.array([self.index, self.episode, self.t], np.float64)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.episode, self.t = self.episode + 1, 0
-        return self._obs(), {}
-
-    def step(self, action):
-        self.t += 1
-        if self.index == 1 and self.t == 2 and not (self.marks / "killed").exists():
-            (self.marks / "killed").touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self._obs(), 1.0, self.index == 0, False, {}
-
-
 def test_a_worker_dying_in_an_env_s_autoreset_step_starts_its_episode_once(tmp_path) -> None:
     """NEXT_STEP: env 0's episode ends in step 1, and step 2 is its reset, in which env 1 kills their worker. Env 0
     ended its ended episode a second time (truncated, its final observation again): a phantom episode of no steps.
     Its fresh env starts the new episode in step 2, not ended; env 1's, cut short, ends truncated."""
-    fns = [partial(_EndsEveryStepOrDies, i, str(tmp_path)) for i in range(2)]
+    fns = [partial(_Controlled, i, str(tmp_path)) for i in range(2)]  # (action 1 terminates, 3 kills the process)
     options = {"num_workers": 1, "step_in_parent": False, "on_error": "restart", "autoreset_mode": AutoresetMode.NEXT_STEP}
     with VectorEnv(fns, context="fork", **options) as venv:
         venv.reset(seed=0)
-        obs, _, terminated, truncated, _ = venv.step(np.zeros(2, np.int64))
+        obs, _, terminated, truncated, _ = venv.step(np.array([1, 0]))
         assert terminated.tolist() == [True, False] and obs[0].tolist() == [0, 0, 1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            obs, rewards, terminated, truncated, infos = venv.step(np.zeros(2, np.int64))
+            obs, rewards, terminated, truncated, infos = venv.step(np.array([0, 3]))
         assert terminated.tolist() == [False, False] and truncated.tolist() == [False, True]
         assert obs[0].tolist() == [0, 0, 0] and obs[1].tolist() == [1, 0, 1]  # (env 0's fresh env, reset)
         assert infos["_fastvec_restarted"].tolist() == [True, True]
-        obs, _, terminated, truncated, _ = venv.step(np.zeros(2, np.int64))
+        obs, _, terminated, truncated, _ = venv.step(np.array([1, 0]))
         assert obs[0].tolist() == [0, 0, 1] and terminated.tolist() == [True, False]  # (stepped, not reset again)
         assert obs[1].tolist() == [1, 0, 0] and not truncated.any()  # (its reset step)
 

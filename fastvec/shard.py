@@ -921,9 +921,12 @@ class Shard:
         # every env gets arguments of its own, and the caller copies of what the envs return, as through
         # a pipe: a shard's last env keeps what it was given (a worker's unpickled arguments; the calling
         # process's shard gets a private copy from Pool.call_async), and the others get copies, all made
-        # before any env could change them (a list given to set_attr or call is not shared between envs)
+        # before any env could change them (a list given to set_attr or call is not shared between envs).
+        # An env that raises does not stop the others (each env runs the call as in a process of its own):
+        # every error is reported, the lowest env's raised with the rest in ``others``
         in_caller = self.in_caller
         results = []
+        errors: list[ShardError] = []
         last = len(indices) - 1
         for k, i in enumerate(indices):
             own = k < last
@@ -936,7 +939,9 @@ class Shard:
                     private(value) if own and value is not None else value,
                 )
             except ENV_ERRORS as exc:
-                raise ShardError(i, request, exc) from exc
+                errors.append(ShardError(i, request, exc))
+                results.append(None)
+                continue
             if in_caller or k > 0:
                 # a worker's results go back in one message, where an object two envs return (a class attribute
                 # such as metadata), or parts of them, would come back as one: each env's own copy, as SB3's
@@ -945,8 +950,17 @@ class Shard:
                 try:
                     result = private(result)
                 except Exception as exc:
-                    raise ShardError(i, f"{request} (sending the result)", exc) from None
+                    errors.append(ShardError(i, f"{request} (sending the result)", exc))
             results.append(result)
+        if errors:
+            if not in_caller and errors[0].env_index != indices[0]:
+                # (a worker's first result, not copied, pickles with the reply, which is not sent now: checked here,
+                # so that an error names it too, in env order)
+                try:
+                    private(results[0])
+                except Exception as exc:
+                    errors.insert(0, ShardError(indices[0], f"{request} (sending the result)", exc))
+            raise ShardError.combine(errors)
         return results
 
     def close(self) -> None:
@@ -1091,12 +1105,17 @@ class WrappedShard:
 
     def call(self, request: str, indices: list[int], args: tuple, values: list | None) -> list:
         results: list = [None] * len(indices)
-        for shard in self.parts:
+
+        def run(shard: Shard) -> None:  # (the other part runs the call too when this one's env raises)
             mine = [k for k, i in enumerate(indices) if shard.start <= i < shard.stop]
             if mine:
-                got = shard.call(request, [indices[k] for k in mine], args, None if values is None else [values[k] for k in mine])
+                # (each part's last env keeps the arguments it is given: the head's are a copy of its own)
+                given = private(args) if args and shard is self.head and len(mine) < len(indices) else args
+                got = shard.call(request, [indices[k] for k in mine], given, None if values is None else [values[k] for k in mine])
                 for k, value in zip(mine, got):
                     results[k] = value
+
+        self._each(run)
         return results
 
     def close(self) -> None:

@@ -78,6 +78,84 @@ def test_env_method_error_names_env_and_pool_survives() -> None:
         venv.step(np.zeros(4, dtype=np.int64))
 
 
+class _Leveled(gym.Env):
+    """An env with a level that ``set_level`` changes; the envs in ``refuse`` raise there instead, and those in
+    ``locked`` hold a value that cannot be pickled."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, index: int, refuse: tuple = (), locked: tuple = ()):
+        self.index, self.refuse, self.level = index, refuse, 0
+        self.thing = threading.Lock() if index in locked else index
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):  # (episodes of two steps: an env moves between episodes)
+        self.t += 1
+        return np.zeros(2, np.float32), 0.0, self.t >= 2, False, {}
+
+    def set_level(self, level: int) -> None:
+        if self.index in self.refuse:
+            raise RuntimeError(f"env {self.index} refuses")
+        self.level = level
+
+    def take(self, items: list) -> None:
+        items.append(self.index)
+        self.items = items
+
+
+@pytest.mark.parametrize("step_in_parent", [True, False], ids=["parent-and-worker", "workers"])
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_an_env_that_raises_in_a_call_stops_no_other_env(front: str, step_in_parent: bool) -> None:
+    """Each env runs a call as in a process of its own (as SB3's and gymnasium's do): an env that raises stops
+    none of the others, those of its own process after it included, and every error is reported (the lowest
+    env's raised, the rest in ``others``)."""
+    from fastvec import VectorEnv
+
+    fns = [partial(_Leveled, i, refuse=(0, 2)) for i in range(4)]
+    kind = SubprocVecEnv if front == "sb3" else VectorEnv
+    with kind(fns, num_workers=2, step_in_parent=step_in_parent, **{"start_method" if front == "sb3" else "context": "fork"}) as venv:
+        call = venv.env_method if front == "sb3" else venv.call
+        with pytest.raises(EnvError, match="env 0 raised RuntimeError during") as raised:
+            call("set_level", 7)
+        assert [other.env_index for other in raised.value.others] == [2]
+        assert list(venv.get_attr("level")) == [0, 7, 0, 7]
+
+
+def test_a_call_on_the_calling_process_s_two_parts_runs_on_each_with_arguments_of_its_own() -> None:
+    """Env 3 moved around the ring's end into the calling process (its shard is then two parts): an env of the
+    first part that raises stops not the second's, and the last env of each part has arguments of its own."""
+    fns = [partial(_Leveled, i, refuse=(0,)) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        pool = venv.pool
+        assert pool.request_move(1, 0, around=True) == 3
+        for _ in range(40):
+            venv.step(np.zeros(4, np.int64))
+            if pool.moves_done:
+                break
+        assert list(pool.wrap_envs) == [3]
+        with pytest.raises(EnvError, match="env 0 raised RuntimeError"):
+            venv.env_method("set_level", 5)
+        assert venv.get_attr("level") == [0, 5, 5, 5]
+        venv.env_method("take", [])
+        assert venv.get_attr("items") == [[0], [1], [2], [3]]
+
+
+def test_values_of_two_envs_of_a_worker_that_cannot_be_sent_name_both_lowest_first() -> None:
+    """A value that cannot be pickled names its env (README); two in one worker's reply name both, the lowest
+    raised (the worker's first env's value, pickled with the reply, is checked too)."""
+    fns = [partial(_Leveled, i, locked=(2, 3)) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        with pytest.raises(EnvError, match=r"env 2 raised TypeError during 'get_attr \(sending the result\)'") as raised:
+            venv.get_attr("thing")
+        assert [other.env_index for other in raised.value.others] == [3]
+        assert venv.get_attr("thing", [0, 1]) == [0, 1]
+
+
 def test_close_error_is_reported_after_cleanup() -> None:
     venv = SubprocVecEnv(_fns(3, 2, "close"), start_method="fork", num_workers=2)
     with pytest.raises(EnvError, match="env 2 raised OSError during 'close'"):

@@ -2,6 +2,10 @@
 launcher that sets the torch.distributed variables.
 
 Each rank steps its 4 envs in its own process (``--num-workers 0``) to stay light on 2 cores.
+torchrun launches the runs whose launch is under test (the run every rank starts, a rank that dies or
+fails, rank 0's refusal said by every rank); the others start their ranks themselves, as any launcher
+may (``_launch``: the torch.distributed variables set, as ``--standalone`` does): a launcher process
+imports torch too, seconds each on 2 cores.
 Run as a module (``python -m tests.test_ppo_distributed_run fixed-rollout DIR``) this file is
 also the rank side of the fixed-rollout comparison.
 """
@@ -69,6 +73,50 @@ def _run(command: list[str], timeout: float = 150) -> subprocess.CompletedProces
     return done
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ranks(nproc: int, *args: str, module: str = "ppo.train") -> list[subprocess.Popen]:
+    """``nproc`` ranks of ``python -m module args`` on this machine, started as a launcher starts them."""
+    port, ranks = _free_port(), []
+    for rank in range(nproc):
+        env = dict(
+            _env(), RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        )  # fmt: skip
+        command = [sys.executable, "-m", module, *args]
+        ranks.append(
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    return ranks
+
+
+def _wait_ranks(ranks: list[subprocess.Popen], timeout: float = 150) -> str:
+    """Wait for ranks started by _start_ranks (every one must succeed; any left is killed); their stdout, joined."""
+    outputs = []
+    try:
+        for rank, proc in enumerate(ranks):
+            stdout, stderr = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, (
+                f"rank {rank} of {proc.args} failed ({proc.returncode}):\n{stdout}\n{stderr[-6000:]}"
+            )
+            outputs.append(stdout)
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return "".join(outputs)
+
+
+def _launch(nproc: int, *args: str, module: str = "ppo.train", timeout: float = 150) -> str:
+    """A run of ``nproc`` ranks (_start_ranks), waited for; the ranks' stdout."""
+    return _wait_ranks(_start_ranks(nproc, *args, module=module), timeout)
+
+
 def _metrics(run: Path) -> list[dict[str, str]]:
     with open(run / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -115,17 +163,36 @@ def test_two_ranks_hold_identical_parameters_after_every_update(tmp_path) -> Non
     assert summary["episodes"] > 0
 
 
-def test_one_rank_trains_exactly_as_the_plain_run(tmp_path) -> None:
-    """torchrun with 1 rank (DDP, a process group, the gathered episodes) gives the same bits as ppo.train alone."""
-    budget = 4 * ENVS_PER_RANK * NUM_STEPS
-    common = ["--check-replicas", "--norm-obs", "--norm-reward", *SMALL, "--total-timesteps", str(budget)]
-    _run(_torchrun(1, "--distributed", *common, "--runs-dir", str(tmp_path), "--run-name", "torchrun"))
-    _run([sys.executable, "-m", "ppo.train", *common, "--runs-dir", str(tmp_path), "--run-name", "plain"])
-    torchrun_digests = [r["replica_digest"] for r in _metrics(tmp_path / "torchrun")]
-    plain_digests = [r["replica_digest"] for r in _metrics(tmp_path / "plain")]
-    assert len(plain_digests) == 4 and torchrun_digests == plain_digests
-    for name in ("mean_return_100", "policy_loss", "explained_variance"):
-        assert [r[name] for r in _metrics(tmp_path / "torchrun")] == [r[name] for r in _metrics(tmp_path / "plain")]
+def test_one_rank_trains_and_resumes_exactly_as_the_plain_run(tmp_path) -> None:
+    """One rank (DDP, a process group, the gathered episodes) gives the same bits as ppo.train alone, both
+    from the start and resumed from the plain run's checkpoint: rank 0 takes a single process's generator (its
+    seed is rank 0's; it kept its fresh seed, and replayed the draws of the run's first iterations). (Each pair
+    runs side by side: one process each.)"""
+    budget = 2 * ENVS_PER_RANK * NUM_STEPS
+    common = ["--check-replicas", "--norm-obs", "--norm-reward", *SMALL, "--runs-dir", str(tmp_path)]
+    plain = subprocess.Popen(
+        [sys.executable, "-m", "ppo.train", *common, "--total-timesteps", str(budget), "--run-name", "first"],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    one_rank = _start_ranks(1, "--distributed", *common, "--total-timesteps", str(budget), "--run-name", "one-rank")
+    _wait_ranks([plain, *one_rank])
+    first, rank_first = _metrics(tmp_path / "first"), _metrics(tmp_path / "one-rank")
+    assert [int(r["iteration"]) for r in first] == [1, 2]
+    for name in ("replica_digest", "mean_return_100", "policy_loss", "explained_variance"):
+        assert [r[name] for r in rank_first] == [r[name] for r in first], name
+
+    resume = ["--resume", str(tmp_path / "first"), "--total-timesteps", str(2 * budget)]
+    plain = subprocess.Popen(
+        [sys.executable, "-m", "ppo.train", *common, *resume, "--run-name", "plain"],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    one_rank = _start_ranks(1, "--distributed", *common, *resume, "--run-name", "resumed")
+    _wait_ranks([plain, *one_rank])
+    plain_rows, resumed = _metrics(tmp_path / "plain"), _metrics(tmp_path / "resumed")
+    assert [int(r["iteration"]) for r in plain_rows] == [3, 4]
+    assert len({r["replica_digest"] for r in plain_rows + first}) == 4  # checked, and moving
+    for name in ("replica_digest", "mean_return_100", "policy_loss", "value_loss"):
+        assert [r[name] for r in resumed] == [r[name] for r in plain_rows], name
 
 
 # -- 2 ranks update as one process on the whole batch ------------------------------------------------------
@@ -224,7 +291,7 @@ def test_two_ranks_update_as_one_process_on_the_whole_batch(tmp_path) -> None:
     """
     rollout = _fixed_rollout()
     torch.save(rollout, tmp_path / "rollout.pt")
-    _run(_torchrun(2, "fixed-rollout", str(tmp_path), module="tests.test_ppo_distributed_run"))
+    _launch(2, "fixed-rollout", str(tmp_path), module="tests.test_ppo_distributed_run")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in range(2)]
 
     config = Config(**FIXED, num_envs=TOTAL_ENVS, runs_dir=str(tmp_path / "runs"), run_name="one")
@@ -253,9 +320,9 @@ def test_two_ranks_resume_from_a_checkpoint(tmp_path) -> None:
     exactly what it loaded; resumed for more, it continues the step count with replicas equal."""
     per_iteration = STEPS_PER_ITERATION_2_RANKS
     common = ["--distributed", "--check-replicas", "--norm-obs", *SMALL, "--runs-dir", str(tmp_path)]
-    _run(_torchrun(2, *common, "--total-timesteps", str(2 * per_iteration), "--run-name", "first"))
+    _launch(2, *common, "--total-timesteps", str(2 * per_iteration), "--run-name", "first")
     resume = ["--resume", str(tmp_path / "first")]  # a run folder: its final.pt
-    _run(_torchrun(2, *common, "--total-timesteps", str(2 * per_iteration), "--run-name", "reloaded", *resume))
+    _launch(2, *common, "--total-timesteps", str(2 * per_iteration), "--run-name", "reloaded", *resume)
     first = torch.load(tmp_path / "first" / "final.pt", map_location="cpu", weights_only=True)
     reloaded = torch.load(tmp_path / "reloaded" / "final.pt", map_location="cpu", weights_only=True)
     assert reloaded["global_step"] == first["global_step"] == 2 * per_iteration
@@ -265,25 +332,10 @@ def test_two_ranks_resume_from_a_checkpoint(tmp_path) -> None:
     for index, values in first["optimizer"]["state"].items():
         assert torch.equal(reloaded["optimizer"]["state"][index]["exp_avg_sq"], values["exp_avg_sq"])
 
-    _run(_torchrun(2, *common, "--total-timesteps", str(4 * per_iteration), "--run-name", "continued", *resume))
+    _launch(2, *common, "--total-timesteps", str(4 * per_iteration), "--run-name", "continued", *resume)
     rows = _metrics(tmp_path / "continued")
     assert [int(r["iteration"]) for r in rows] == [3, 4]
     assert [int(r["global_step"]) for r in rows] == [3 * per_iteration, 4 * per_iteration]
-
-
-def test_one_rank_resumes_a_plain_run_s_checkpoint_exactly_as_the_plain_resume(tmp_path) -> None:
-    """Rank 0 takes a single process's generator (its seed is rank 0's): it kept its fresh seed, and replayed
-    the draws of the run's first iterations (the last row's mean return 35.51 against 34.64)."""
-    budget = 2 * ENVS_PER_RANK * NUM_STEPS
-    common = ["--check-replicas", *SMALL, "--runs-dir", str(tmp_path)]
-    _run([sys.executable, "-m", "ppo.train", *common, "--total-timesteps", str(budget), "--run-name", "first"])
-    resume = ["--resume", str(tmp_path / "first"), "--total-timesteps", str(2 * budget)]
-    _run([sys.executable, "-m", "ppo.train", *common, *resume, "--run-name", "plain"])
-    _run(_torchrun(1, "--distributed", *common, *resume, "--run-name", "torchrun"))
-    plain, torchrun = _metrics(tmp_path / "plain"), _metrics(tmp_path / "torchrun")
-    assert [int(r["iteration"]) for r in plain] == [3, 4]
-    for name in ("replica_digest", "mean_return_100", "policy_loss", "value_loss"):
-        assert [r[name] for r in torchrun] == [r[name] for r in plain], name
 
 
 def test_ranks_resumed_from_a_single_process_checkpoint_keep_their_own_generators(tmp_path) -> None:
@@ -294,8 +346,11 @@ def test_ranks_resumed_from_a_single_process_checkpoint_keep_their_own_generator
     plain = [*SMALL, "--runs-dir", str(tmp_path), "--total-timesteps", str(per_iteration), "--run-name", "plain"]
     _run([sys.executable, "-m", "ppo.train", *plain])
     resume = ["--resume", str(tmp_path / "plain"), "--run-name", "resumed", "--total-timesteps", str(per_iteration)]
-    done = _run(_torchrun(2, "--distributed", *SMALL, "--runs-dir", str(tmp_path), *resume))
-    assert "every rank keeps its fresh seed" not in done.stderr  # no per-rank states at all: nothing to warn of
+    ranks = _start_ranks(2, "--distributed", *SMALL, "--runs-dir", str(tmp_path), *resume)
+    stderr = [proc.communicate(timeout=150)[1] for proc in ranks]
+    assert [proc.returncode for proc in ranks] == [0, 0], stderr
+    # no per-rank states at all: nothing to warn of
+    assert not any("every rank keeps its fresh seed" in text for text in stderr)
     states = torch.load(tmp_path / "resumed" / "final.pt", map_location="cpu", weights_only=True)["torch_rng_states"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])
 
@@ -390,33 +445,18 @@ def test_an_error_on_one_rank_ends_the_run(tmp_path) -> None:
     assert time.monotonic() - began < 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_stuck_rank_times_out_without_torchrun(tmp_path) -> None:
     """Ranks started by another launcher (here: this test, setting the torch.distributed variables). One
     rank stops (SIGSTOP: alive, connection open, silent); the other gives up after the collective timeout
     with an error instead of waiting forever. The launcher then ends the stopped one."""
     timeout_s = 4
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "ppo.train", "--distributed", *SMALL, "--total-timesteps", "100000000",
-        "--collective-timeout-s", str(timeout_s), "--runs-dir", str(tmp_path), "--run-name", "stuck",
+    args = [
+        "--distributed", *SMALL, "--total-timesteps", "100000000", "--collective-timeout-s", str(timeout_s),
+        "--runs-dir", str(tmp_path), "--run-name", "stuck",
     ]  # fmt: skip
     ranks = []
     try:
-        for rank in range(2):
-            env = _env()
-            env.update(
-                RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-            )  # fmt: skip
-            ranks.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            )
+        ranks = _start_ranks(2, *args)
         _wait_for_iterations(tmp_path / "stuck", ranks[0], 2)
         ranks[1].send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
@@ -429,23 +469,32 @@ def test_a_stuck_rank_times_out_without_torchrun(tmp_path) -> None:
         _end_all(ranks, [])  # the launcher's part: end the stopped rank
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["fixed-rollout"]:
-        _fixed_rollout_rank(Path(sys.argv[2]))
-    else:
-        raise SystemExit(f"usage: python -m {__spec__.name} fixed-rollout FOLDER")
-
-
 def test_a_run_folder_rank_0_refuses_is_said_by_every_rank_in_one_line(tmp_path) -> None:
     """A --run-name whose folder holds a run: rank 0 refuses it, and the other ranks say that rank 0 could not
     make the run folder (they trained on and died in the first collective with gloo's traceback)."""
-    common = [*SMALL, "--runs-dir", str(tmp_path), "--run-name", "X", "--total-timesteps", str(STEPS_PER_ITERATION_2_RANKS)]
+    common = [
+        *SMALL,
+        "--runs-dir",
+        str(tmp_path),
+        "--run-name",
+        "X",
+        "--total-timesteps",
+        str(STEPS_PER_ITERATION_2_RANKS),
+    ]
     _run([sys.executable, "-m", "ppo.train", *common])
-    done = subprocess.run(_torchrun(2, "--distributed", *common), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=150)
+    done = subprocess.run(
+        _torchrun(2, "--distributed", *common), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=150
+    )
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("ppo.train: ")]
     assert any("holds a run already" in line for line in lines), done.stderr[-3000:]
     assert any("rank 0 could not make the run folder" in line for line in lines), done.stderr[-3000:]
     # (torchrun's own ChildFailedError traceback follows any failed rank; no rank's traceback through ppo's code)
     assert "Connection closed by peer" not in done.stderr and "ppo/train.py" not in done.stderr
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["fixed-rollout"]:
+        _fixed_rollout_rank(Path(sys.argv[2]))
+    else:
+        raise SystemExit(f"usage: python -m {__spec__.name} fixed-rollout FOLDER")

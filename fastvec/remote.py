@@ -52,8 +52,9 @@ def pickle_factories(fns: list, start: int, start_method: str) -> bytes:
         except Exception as exc:
             raise TypeError(
                 f"env factory {start + j} cannot be pickled for start_method={start_method!r}: {exc!r}. "
-                "Workers started with 'spawn' or 'forkserver' receive their factories by pickle: make the factory "
-                "a module-level function or functools.partial, or use start_method='fork'."
+                "Workers started with 'spawn' or 'forkserver' receive their factories by pickle (cloudpickle: "
+                "lambdas and closures travel too); something this factory holds or captures cannot: create it "
+                "inside the factory, or use start_method='fork'."
             ) from exc
     return cloudpickle.dumps(fns)
 

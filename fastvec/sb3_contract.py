@@ -47,8 +47,8 @@ class VecEnv:
         except AttributeError:
             warnings.warn("The `render_mode` attribute is not defined in your environment. It will be set to None.", stacklevel=2)
             modes = [None] * num_envs
-        if any(mode != modes[0] for mode in modes):
-            raise ValueError(f"all envs must share one render_mode, got {modes}")
+        if any(mode != modes[0] for mode in modes):  # (SB3's VecEnv asserts it: the same exception type)
+            raise AssertionError(f"render_mode mode should be the same for all environments, got {modes}")
         self.render_mode = modes[0]
         if self.render_mode is None:
             supported: list[str] = []

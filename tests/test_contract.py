@@ -582,3 +582,29 @@ def test_envs_whose_action_bounds_differ_as_sb3() -> None:
     reference.close()
     with pytest.raises(SpaceMismatchError, match="env 1 has action space"):
         VectorEnv(fns, context="fork", num_workers=2)
+
+
+@pytest.mark.one_pass  # (the contract's own base class: no engine)
+def test_envs_of_different_render_modes_are_refused_with_sb3_s_exception_type_on_either_base() -> None:
+    """SB3's VecEnv asserts its envs share one render mode; fastvec's own base (used while SB3 is not imported)
+    raised ValueError there: the exception type depended on the import order."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from fastvec import sb3_contract
+
+    class Modes(sb3_contract.VecEnv):
+        def __init__(self, modes: list):
+            self.modes = modes
+            super().__init__(len(modes), gym.spaces.Discrete(2), gym.spaces.Discrete(2))
+
+        def get_attr(self, name: str, indices=None) -> list:
+            return list(self.modes)
+
+    mixed = [partial(gym.make, "CartPole-v1", render_mode=mode) for mode in ("rgb_array", None)]
+    with pytest.raises(AssertionError):
+        DummyVecEnv(mixed)
+    with pytest.raises(AssertionError, match="render_mode"):
+        Modes(["rgb_array", None])
+    assert Modes(["rgb_array", "rgb_array"]).render_mode == "rgb_array"
+    with pytest.raises(AssertionError):  # (SB3 imported here: its base)
+        SubprocVecEnv(mixed, start_method="fork", num_workers=2)

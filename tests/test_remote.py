@@ -52,8 +52,10 @@ def test_unpicklable_factories_are_named() -> None:
     import threading
 
     lock = threading.Lock()
-    with pytest.raises(TypeError, match="env factory 5 cannot be pickled for start_method='spawn'"):
+    with pytest.raises(TypeError, match="env factory 5 cannot be pickled for start_method='spawn'") as raised:
         pickle_factories([lambda: None, lambda: lock], 4, "spawn")
+    # (the advice is where the cause is: what the factory captures; a lambda itself pickles)
+    assert "lock" in str(raised.value) and "create it inside the factory" in str(raised.value)
 
 
 def test_forkserver_preloads_the_worker_module() -> None:

@@ -60,6 +60,7 @@ from fastvec.errors import (
     env_errors,
     exit_status,
 )
+from fastvec.factories import OwnFactory, same_env
 from fastvec.layout import Views, plan_layout
 from fastvec.monitor import Monitor
 from fastvec.moves import ShardMoves
@@ -381,7 +382,11 @@ class Pool(ShardMoves):
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
             for i in self.shard_envs[0]:
                 try:
-                    self._local_envs.append(self._env_fns[i]())
+                    env = self._env_fns[i]()
+                    twin = same_env(env, self._local_envs, 0, i)
+                    if twin is not None:
+                        raise twin
+                    self._local_envs.append(env)
                 except shard_module.ENV_ERRORS as exc:  # (read now: a worker widens it, and a pool may run in one)
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
@@ -2075,39 +2080,6 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
     return len(a) == len(b) and all(
         x.path == y.path and x.array == y.array and x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b)
     )
-
-
-class OwnFactory:
-    """An env factory whose every call runs a fresh copy of it (unpickled from the bytes taken once),
-    so that the envs it makes share nothing it captured with each other or with the caller, as envs
-    made in processes of their own do (SB3's SubprocVecEnv). A factory that cannot be pickled (a
-    lambda over a lock, under fork) is called as it is."""
-
-    def __init__(self, fn: Callable[[], Any]):
-        import cloudpickle
-
-        self.fn = fn
-        try:
-            self.payload: bytes | None = cloudpickle.dumps(fn)
-        except Exception:
-            self.payload = None
-
-    def __call__(self) -> Any:
-        if self.payload is None:
-            return self.fn()
-        import cloudpickle
-
-        return cloudpickle.loads(self.payload)()
-
-    def __reduce__(self) -> tuple:
-        """Pickled for a worker (spawn, forkserver, a moving env) as the factory alone, when it pickles."""
-        return (OwnFactory, (self.fn,)) if self.payload is None else (_from_payload, (self.payload,))
-
-
-def _from_payload(payload: bytes) -> OwnFactory:
-    factory = OwnFactory.__new__(OwnFactory)
-    factory.fn, factory.payload = None, payload  # type: ignore[assignment]
-    return factory
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

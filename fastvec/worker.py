@@ -31,6 +31,7 @@ from fastvec import kernels
 from fastvec import shard as shard_module
 from fastvec.env_calls import private
 from fastvec.errors import ShardError
+from fastvec.factories import same_env
 from fastvec.layout import Views
 from fastvec.protocol import (
     ADAPTIVE_FLOOR_NS,
@@ -155,7 +156,11 @@ def worker_main(
         try:
             for j, fn in enumerate(env_fns):
                 try:
-                    envs.append(fn())
+                    env = fn()
+                    twin = same_env(env, envs, start, start + j)
+                    if twin is not None:
+                        raise twin
+                    envs.append(env)
                 except shard_module.ENV_ERRORS as exc:
                     if replacing is None or not restart_on_error:
                         raise ShardError(start + j, "make (env constructor)", exc) from exc

@@ -426,3 +426,14 @@ class KernelsReporter(gym.Wrapper):
         import sys
 
         return sys.modules["fastvec.kernels"].IMPLEMENTATION, sys.modules["fastvec"].KERNELS
+
+
+def wrap_last(pool, step) -> None:
+    """Move ``pool``'s last env around the ring's end to shard 0, the calling process's (it goes at its episode
+    end), calling ``step()`` until it has."""
+    assert pool.request_move(1, 0, around=True) == pool.num_envs - 1
+    for _ in range(200):
+        step()
+        if pool.wrap_envs:
+            return
+    raise AssertionError("the last env never moved")

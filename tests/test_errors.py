@@ -132,11 +132,7 @@ def test_a_call_on_the_calling_process_s_two_parts_runs_on_each_with_arguments_o
     with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
         venv.reset()
         pool = venv.pool
-        assert pool.request_move(1, 0, around=True) == 3
-        for _ in range(40):
-            venv.step(np.zeros(4, np.int64))
-            if pool.moves_done:
-                break
+        envs.wrap_last(pool, lambda: venv.step(np.zeros(4, np.int64)))
         assert list(pool.wrap_envs) == [3]
         with pytest.raises(EnvError, match="env 0 raised RuntimeError"):
             venv.env_method("set_level", 5)

@@ -20,7 +20,6 @@ from fastvec import SubprocVecEnv, VectorEnv
 from fastvec.errors import EnvError
 from fastvec.factories import private_copy
 
-
 # multiprocessing's shared heap (mp.Value, mp.Array) keeps its arena's file open for the process's life: made
 # at import, so that the leak check does not blame it on the first test that uses the heap
 _ARENA = multiprocessing.Value("i", 0)

@@ -85,16 +85,6 @@ def test_moves_around_the_ring_give_the_same_results(kind) -> None:
         pair.close()
 
 
-def _wrap_last(pool: Pool, step) -> None:
-    """Move the last env around the ring's end to shard 0 (it goes at its episode end)."""
-    assert pool.request_move(1, 0, around=True) == pool.num_envs - 1
-    for _ in range(200):
-        step()
-        if pool.wrap_envs:
-            return
-    raise AssertionError("the last env never moved")
-
-
 def test_object_actions_reset_options_and_calls_reach_the_wrapped_envs() -> None:
     act_space = spaces.Tuple((spaces.Discrete(3), spaces.Text(3, charset="xy")))
     obs_space = spaces.Box(-1, 1, (2,), np.float32)
@@ -106,7 +96,7 @@ def test_object_actions_reset_options_and_calls_reach_the_wrapped_envs() -> None
             pool.step_async(actions, per_env=True)
             return pool.step_wait()
 
-        _wrap_last(pool, lambda: step([(1, "x")] * 4))
+        envs.wrap_last(pool, lambda: step([(1, "x")] * 4))
         assert pool.envs_of(0) == (3, 0, 1)
         words = ["x", "yy", "xyx", "y"]
         batch = step([(k, w) for k, w in zip([0, 1, 2, 0], words)])
@@ -122,7 +112,7 @@ def test_an_error_in_a_wrapped_env_names_it_and_the_other_envs_still_step() -> N
     with SubprocVecEnv([make_flaky] * 4, start_method="fork", num_workers=2) as venv:
         venv.reset()
         pool = venv.pool
-        _wrap_last(pool, lambda: venv.step(np.zeros(4, np.int64)))
+        envs.wrap_last(pool, lambda: venv.step(np.zeros(4, np.int64)))
         before = venv.env_method("pid")
         venv.env_method("__setattr__", "boom", True, indices=[3])
         with pytest.raises(EnvError, match="env 3") as info:
@@ -134,7 +124,7 @@ def test_a_wrapped_env_that_raises_is_restarted() -> None:
     with SubprocVecEnv([make_flaky] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
         venv.reset()
         pool = venv.pool
-        _wrap_last(pool, lambda: venv.step(np.zeros(4, np.int64)))
+        envs.wrap_last(pool, lambda: venv.step(np.zeros(4, np.int64)))
         venv.env_method("__setattr__", "boom", True, indices=[3])
         _, _, dones, infos = venv.step(np.zeros(4, np.int64))
         assert dones[3] and "boom in a wrapped env" in infos[3]["fastvec.restarted"] and pool.shard_restarts() == 1
@@ -147,7 +137,7 @@ def test_a_wrapped_env_that_raises_is_restarted() -> None:
 def test_the_wrapped_envs_are_closed(how: str) -> None:
     venv = SubprocVecEnv([make_flaky] * 4, start_method="fork", num_workers=2)
     venv.reset()
-    _wrap_last(venv.pool, lambda: venv.step(np.zeros(4, np.int64)))
+    envs.wrap_last(venv.pool, lambda: venv.step(np.zeros(4, np.int64)))
     wrapped = id(venv.pool._tail.envs[0])
     CLOSED.clear()
     venv.close() if how == "close" else venv.pool.terminate()

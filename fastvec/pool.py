@@ -395,7 +395,8 @@ class Pool(ShardMoves):
         self.observation_space = self._given_observation_space or env_spaces[0][0]
         self.action_space = env_spaces[0][1]
         for i, spaces_i in enumerate(env_spaces):
-            self._check_spaces(i, *spaces_i)
+            if spaces_i is not None:  # (None: spaces that cannot be pickled, of an env other than env 0)
+                self._check_spaces(i, *spaces_i)
         self.obs_leaves = leaves(self.observation_space)
         self._single_leaf = is_single_array(self.obs_leaves)
         # final observations come in native byte order, whichever way they travel (the env's own object, pickled,
@@ -520,13 +521,20 @@ class Pool(ShardMoves):
         )
 
     def _handshake(self, remote: Remote, command: str) -> list:
-        """The (observation space, action space) of each of the worker's envs, once it made them."""
+        """The (observation space, action space) of each of the worker's envs, once it made them (None for an env
+        whose spaces cannot be pickled: worker._dumps_spaces)."""
         kind, payload = self._recv(remote, command)
         if kind == "error":
             raise env_error(*payload)
-        import cloudpickle
-
-        return cloudpickle.loads(payload)
+        spaces: list = []
+        for k, pickled in enumerate(payload):
+            try:
+                spaces.append(None if pickled is None else pickle.loads(pickled))
+            except Exception as exc:  # (a class only the worker has: as one that cannot be pickled, unless env 0's)
+                if remote.envs.start + k == 0:
+                    raise env_error(*ShardError(0, f"{command} (reading the spaces)", exc).payload()) from None
+                spaces.append(None)
+        return spaces
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -1430,8 +1438,9 @@ class Pool(ShardMoves):
             remote = self._spawn(dead.index, placing, replacing=True)
             try:
                 spaces = self._handshake(remote, "make (worker restart)")
-                for k, (obs_space, act_space) in enumerate(spaces):
-                    self._check_spaces(remote.envs.start + k, obs_space, act_space)
+                for k, spaces_k in enumerate(spaces):
+                    if spaces_k is not None:
+                        self._check_spaces(remote.envs.start + k, *spaces_k)
                 remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
                 try:
                     kind, extras = self._recv(remote, "attach (worker restart)")

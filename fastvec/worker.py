@@ -168,7 +168,7 @@ def worker_main(
                     # is tried again at its next step (breaking the pool gave up on every env for one)
                     envs.append(Unmade(start + j, exc, replacing))
                     unmade += ShardError(start + j, "make (worker restart)", exc).payloads()
-            conn.send(("ready", _dumps_spaces([(env.observation_space, env.action_space) for env in envs])))
+            conn.send(("ready", _dumps_spaces(envs, start)))
         except ShardError as err:
             conn.send(("error", err.payload()))
             _close_quietly(envs)
@@ -418,17 +418,29 @@ def _picklable_error(message: tuple, exc: Exception, env: int, request: str, ind
     return ("error", [ShardError(env, f"{request} (sending the result)", exc).payload()], objects or None)
 
 
-def _dumps_spaces(spaces: list) -> bytes:
-    """The envs' spaces for the parent: by reference where their classes import (a class of the
-    parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__`` with an
-    isinstance check holds); else by value with cloudpickle (classes defined in a function or a
-    notebook; cloudpickle maps a class the parent sent by value back to the parent's)."""
-    try:
-        return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        import cloudpickle
+def _dumps_spaces(envs: list, start: int) -> list[bytes | None]:
+    """Each env's (observation space, action space), pickled for the parent: by reference where their classes
+    import (a class of the parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__``
+    with an isinstance check holds); else by value with cloudpickle (classes defined in a function or a notebook;
+    cloudpickle maps a class the parent sent by value back to the parent's). An env whose spaces cannot be pickled
+    at all (holding a lock) is None: the parent does not compare them with env 0's (SB3 reads env 0's alone, and
+    gymnasium's workers compare each with env 0's), unless it is env 0 itself, whose spaces the pool's are: its
+    error, naming it."""
+    import cloudpickle
 
-        return cloudpickle.dumps(spaces)
+    pickled: list[bytes | None] = []
+    for j, env in enumerate(envs):
+        spaces = (env.observation_space, env.action_space)
+        try:
+            try:
+                pickled.append(pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL))
+            except Exception:
+                pickled.append(cloudpickle.dumps(spaces))
+        except Exception as exc:
+            if start + j == 0 or isinstance(exc, MemoryError):
+                raise ShardError(start + j, "make (reporting spaces)", exc) from exc
+            pickled.append(None)
+    return pickled
 
 
 def _close_quietly(envs: list) -> None:

@@ -41,6 +41,45 @@ def test_constructor_error_names_env(bad_index: int) -> None:
     assert f"env {bad_index}" in str(err)
 
 
+class _LockedSpace(gym.spaces.Box):
+    """A Box that holds a thread lock: it cannot be pickled."""
+
+    def __init__(self):
+        super().__init__(-1.0, 1.0, (2,), np.float32)
+        self.lock = threading.Lock()
+
+
+class _SpaceHolding(gym.Env):
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, locked: bool):
+        self.observation_space = _LockedSpace() if locked else gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        return np.full(2, 0.5, np.float32), {}
+
+    def step(self, action):
+        return np.full(2, 0.25, np.float32), 1.0, False, False, {}
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_an_env_whose_spaces_cannot_be_pickled_is_taken_unless_it_is_env_0(front: str) -> None:
+    """SB3 reads env 0's spaces alone, and gymnasium's workers compare each env's with env 0's in the worker: an env
+    whose spaces cannot be pickled was refused, the error naming its worker's first env. Env 0's are the pool's:
+    where they cannot reach the caller, the error names env 0."""
+    from fastvec import VectorEnv
+
+    kind = partial(SubprocVecEnv, start_method="fork") if front == "sb3" else partial(VectorEnv, context="fork")
+    fns = [partial(_SpaceHolding, i == 7) for i in range(8)]
+    with kind(fns, num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        obs = venv.step(np.zeros(8, np.int64))[0]
+        assert np.array_equal(obs, np.full((8, 2), 0.25, np.float32))
+    fns = [partial(_SpaceHolding, i == 0) for i in range(4)]
+    with pytest.raises(EnvError, match=r"env 0 raised TypeError during 'make \(reporting spaces\)'.*lock"):
+        kind(fns, num_workers=2, step_in_parent=False)
+
+
 @pytest.mark.parametrize("bad_index", [1, 3])
 def test_reset_error_is_a_value_error_too(bad_index: int) -> None:
     venv = SubprocVecEnv(_fns(4, bad_index, "reset"), start_method="fork", num_workers=2)

@@ -33,6 +33,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -420,11 +421,7 @@ class Pool(ShardMoves):
         if self.layout.size > free > 0:
             # (a block past any room failed inside SharedMemory with a bare EFBIG or ENOMEM, and a traceback of the
             # resource tracker's; one within the room but past /dev/shm's goes to a file, with a warning)
-            raise ValueError(
-                f"the shared block of {self.num_envs} envs with ring_slots={self.ring_slots} would be "
-                f"{self.layout.size / 2**30:,.1f} GiB; /dev/shm or {tempfile.gettempdir()} have "
-                f"{free / 2**30:,.1f} GiB free at most: lower ring_slots"
-            )
+            raise ValueError(self._no_room(free))
         # its name dropped at once: workers get the file descriptor instead, so nothing can
         # be left in /dev/shm whatever happens to any process from here on
         self._segment = shm.create_block(self.layout.size)
@@ -518,6 +515,29 @@ class Pool(ShardMoves):
             siblings=self._remotes,
             replacing=(self.observation_space, self.action_space) if replacing and self.on_error == "restart" else None,
             place=place,
+        )
+
+    def _no_room(self, free: int) -> str:
+        """Why the shared block cannot be made where there is ``free`` room at most, and what would make it fit."""
+        fewest = 2 if self.on_error == "restart" else 1  # (the fewest ring slots the pool's settings allow)
+        plan = partial(
+            plan_layout, self.obs_leaves, leaves(self.action_space), self.num_envs, self.num_workers,
+            final_obs=self.autoreset_mode == SAME_STEP,
+        )  # fmt: skip
+        most = None  # the most slots that fit, below ring_slots (a block grows by one slot's rows per slot)
+        if self.ring_slots > fewest and plan(fewest).size <= free:
+            base, per_slot = plan(fewest).size, max(1, plan(fewest + 1).size - plan(fewest).size)
+            most = min(self.ring_slots - 1, fewest + (free - base) // per_slot)
+            while most > fewest and plan(most).size > free:  # (alignment: a few bytes more, at most)
+                most -= 1
+        remedy = (
+            f"lower ring_slots to {most}"
+            if most is not None
+            else "fewer envs, smaller observations, or more room in /dev/shm (a container's --shm-size)"
+        )
+        return (
+            f"the shared block of {self.num_envs} envs with ring_slots={self.ring_slots} would be "
+            f"{_amount(self.layout.size)}; /dev/shm or {tempfile.gettempdir()} have {_amount(free)} free at most: {remedy}"
         )
 
     def _handshake(self, remote: Remote, command: str) -> list:
@@ -2092,6 +2112,11 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+def _amount(size: int) -> str:
+    """A size in bytes as people read it: MiB below a GiB (a container's /dev/shm is 64 MiB), else GiB."""
+    return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.2f} GiB"
+
+
 def _slice_ns(seconds: float) -> int:
     """A wait of at most ``seconds`` (at least 1 ns), in one slice of at most POLL_NS."""
     return max(1, min(POLL_NS, int(seconds * 1e9)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
@@ -179,9 +181,39 @@ def test_a_ring_past_the_machine_s_room_is_named_before_its_block_is_made() -> N
     or ENOMEM naming no setting."""
     from fastvec import shm
 
-    with pytest.raises(ValueError, match=r"ring_slots=2147483648 would be [\d,.]+ GiB; .* lower ring_slots"):
+    with pytest.raises(ValueError, match=r"ring_slots=2147483648 would be [\d,.]+ GiB; .* lower ring_slots to \d+$"):
         SubprocVecEnv([envs.make_image] * 4, start_method="fork", num_workers=2, ring_slots=2**31)
     assert not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{__import__('os').getpid()}-")]
+
+
+class _TenMegabytes(gym.Env):
+    observation_space = gym.spaces.Box(0, 255, (10, 1000, 1000), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros((10, 1000, 1000), np.uint8), {}
+
+    def step(self, action):
+        return np.zeros((10, 1000, 1000), np.uint8), 0.0, False, False, {}
+
+
+def test_no_room_for_the_shared_block_is_said_in_sizes_that_compare_with_a_remedy_that_works(monkeypatch) -> None:
+    """A container's 64 MiB /dev/shm: both sizes read 0.1 GiB, and "lower ring_slots" was the advice at ring_slots=1
+    too, or where one slot would not fit either."""
+    from fastvec import shm
+    from fastvec.layout import plan_layout
+    from fastvec.spaces import leaves
+
+    monkeypatch.setattr(shm, "room", lambda: 64 * 2**20)
+    for ring_slots in (1, 2):
+        with pytest.raises(ValueError, match=r"would be [\d,.]+ MiB; .* have 64.0 MiB free at most: fewer envs, smaller"):
+            SubprocVecEnv([_TenMegabytes] * 4, start_method="fork", num_workers=2, ring_slots=ring_slots)
+    # where fewer slots fit, the most that do are the advice (each slot: 4 envs' observations, 10 MB each)
+    spaces = leaves(_TenMegabytes.observation_space), leaves(_TenMegabytes.action_space)
+    two = plan_layout(*spaces, 4, 2, 2, final_obs=True).size
+    monkeypatch.setattr(shm, "room", lambda: two + 2**20)
+    with pytest.raises(ValueError, match=r"lower ring_slots to 2$"):
+        SubprocVecEnv([_TenMegabytes] * 4, start_method="fork", num_workers=2, ring_slots=5)
 
 
 def _cartpole_noting_its_making(folder: str):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import multiprocessing
 import os
 import pickle
@@ -419,12 +420,17 @@ class Pool(ShardMoves):
         )
         free = shm.room()
         if self.layout.size > free > 0:
-            # (a block past any room failed inside SharedMemory with a bare EFBIG or ENOMEM, and a traceback of the
-            # resource tracker's; one within the room but past /dev/shm's goes to a file, with a warning)
+            # (a block past any room failed as it was made with a bare EFBIG or ENOSPC; one within the room but past
+            # /dev/shm's goes to a file, with a warning)
             raise ValueError(self._no_room(free))
         # its name dropped at once: workers get the file descriptor instead, so nothing can
         # be left in /dev/shm whatever happens to any process from here on
-        self._segment = shm.create_block(self.layout.size)
+        try:
+            self._segment = shm.create_block(self.layout.size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # (said already: no room, neither in /dev/shm nor in the temp directory)
+                raise
+            raise shm.mapping_error(exc, self.layout.size, "this process") from exc
         self._views = views = Views(self.layout, self._segment.buf)
         views.write_header()
         for w, envs in enumerate(self.shard_envs):
@@ -433,7 +439,9 @@ class Pool(ShardMoves):
             remote.base = views.control_base(remote.index)
             remote.attach(self.layout, self._segment._fd, 1, None)  # type: ignore[union-attr]
         for remote in self._remotes:
-            self._recv(remote, "attach")
+            kind, payload = self._recv(remote, "attach")
+            if kind == "error":  # (it could not map the block)
+                raise env_error(*payload)
         if self.step_in_parent:
             self._local = self._head = self._own_shard(self._local_envs, 0, self._env_fns[: self.shard_envs[0].stop])
         self._control = views.control
@@ -537,7 +545,7 @@ class Pool(ShardMoves):
         )
         return (
             f"the shared block of {self.num_envs} envs with ring_slots={self.ring_slots} would be "
-            f"{_amount(self.layout.size)}; /dev/shm or {tempfile.gettempdir()} have {_amount(free)} free at most: {remedy}"
+            f"{shm.amount(self.layout.size)}; /dev/shm or {tempfile.gettempdir()} have {shm.amount(free)} free at most: {remedy}"
         )
 
     def _handshake(self, remote: Remote, command: str) -> list:
@@ -1752,9 +1760,8 @@ class Pool(ShardMoves):
         timeout = CLOSE_TIMEOUT_LIMIT_S if timeout is None else min(timeout, CLOSE_TIMEOUT_LIMIT_S)
         segment = self._segment
         if segment is not None and getattr(segment, "_mmap", True) is None:
-            # the block was unmapped under the pool: in a garbage cycle, SharedMemory.__del__ (close()) can run
-            # before the pool's __del__, or a front-end's that closes it. No command can be issued (a write to
-            # the block would crash): tear down only
+            # the block's mapping was let go of under the pool (shm.close, by another path). No command can be
+            # issued (a write to the block would crash): tear down only
             self._state = PoolState.BROKEN
         me = _get_ident()
         if self._closing_thread == me:  # a signal handler inside this thread's own close(): that one finishes
@@ -2112,11 +2119,6 @@ def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-def _amount(size: int) -> str:
-    """A size in bytes as people read it: MiB below a GiB (a container's /dev/shm is 64 MiB), else GiB."""
-    return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.2f} GiB"
-
-
 def _slice_ns(seconds: float) -> int:
     """A wait of at most ``seconds`` (at least 1 ns), in one slice of at most POLL_NS."""
     return max(1, min(POLL_NS, int(seconds * 1e9)))

@@ -1,12 +1,12 @@
-"""Shared-memory segments: create, attach without the resource tracker, sweep stale ones.
+"""Shared-memory blocks: create, hand to workers without a name, sweep stale ones.
 
-Segments are named ``fastvec-<owner pid>-<random hex>`` and created owner-only
-(0600). A pool unlinks its segment right after creating it and hands workers the
-file descriptor (SCM_RIGHTS over the worker's socket pair), so nothing stays in
-/dev/shm even if every process is killed, and no worker ever attaches by name
-(which on Python < 3.13 registers the segment with the worker's resource tracker,
-cpython#82300). ``sweep_stale`` removes segments of this user whose owner process
-died between create and unlink.
+A pool's block is a file made owner-only (0600) in /dev/shm, named ``fastvec-<owner pid>-<random>``,
+and unlinked at once: the pool hands workers its file descriptor (SCM_RIGHTS over the worker's socket
+pair), so nothing stays in /dev/shm even if every process is killed, and no process attaches by name.
+It is not a ``multiprocessing.shared_memory.SharedMemory``: that registers the name with a resource
+tracker (a process of its own, started for it), and where its mapping fails (an address-space limit)
+unregisters a name it never registered, which the tracker answers with a KeyError traceback.
+``sweep_stale`` removes blocks of this user whose owner process died between create and unlink.
 """
 
 from __future__ import annotations
@@ -14,26 +14,14 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import secrets
 import tempfile
 import warnings
-from multiprocessing.shared_memory import SharedMemory
 
-__all__ = ["PREFIX", "create", "create_block", "room", "FileBlock", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
+__all__ = ["PREFIX", "Block", "create_block", "mapping_error", "amount", "room", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
 _CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # posix_fallocate unsupported there
 _SHM_DIR = "/dev/shm"
-
-
-def create(size: int) -> SharedMemory:
-    """A new owner-only segment of ``size`` bytes, registered with this process's resource tracker."""
-    name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-    try:
-        return SharedMemory(name=name, create=True, size=max(size, 1))
-    except BaseException:  # (an interrupt after shm_open made the name: it must not stay in /dev/shm)
-        _forget(name)
-        raise
 
 
 def room() -> int:
@@ -49,55 +37,63 @@ def room() -> int:
     return free
 
 
-def create_block(size: int) -> SharedMemory | FileBlock:
-    """A new block of ``size`` bytes whose name is already gone (workers get its file descriptor): a
-    shared-memory segment with its pages reserved, so that a full /dev/shm (Docker's default is 64 MiB)
-    is found now rather than as a SIGBUS at the first write past its room; where /dev/shm has no room,
-    an unlinked file in the temp directory (as multiprocessing.heap falls back), with a warning.
-    Interrupted anywhere (Ctrl-C), it leaves no name behind."""
-    segment = create(size)
+def create_block(size: int) -> Block:
+    """A new block of ``size`` bytes whose name is already gone (workers get its file descriptor), in /dev/shm with
+    its pages reserved, so that a full /dev/shm (Docker's default is 64 MiB) is found now rather than as a SIGBUS
+    at the first write past its room; where /dev/shm has no room, in the temp directory (as
+    multiprocessing.heap falls back), with a warning. Interrupted anywhere (Ctrl-C), it leaves no name behind."""
     try:
-        unlink(segment)
-        try:
-            _reserve(segment._fd, size)  # type: ignore[attr-defined]
-            return segment
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EFBIG):
-                raise
-            close(segment)
-        block = FileBlock(size)
-    except BaseException:
-        unlink(segment)
-        close(segment)
-        raise
+        return Block(size, _SHM_DIR)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+            raise
+    try:
+        block = Block(size, tempfile.gettempdir())
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+            raise
+        raise OSError(
+            exc.errno, f"no room for the pool's shared block of {amount(size)}, neither in /dev/shm nor in {tempfile.gettempdir()}"
+        ) from exc
     warnings.warn(
         f"fastvec: /dev/shm has no room for the pool's shared block of {size / 2**20:.1f} MiB; using a file in "
-        f"{os.path.dirname(block.name)} instead (give the container more shared memory, e.g. docker run --shm-size)",
+        f"{block.folder} instead (give the container more shared memory, e.g. docker run --shm-size)",
         RuntimeWarning,
         stacklevel=3,
     )
     return block
 
 
-class FileBlock:
-    """The shared block as an unlinked temp file: what ``create_block`` falls back to (it has the attributes
-    of a SharedMemory that ``close`` and the pool use)."""
+def mapping_error(exc: OSError, size: int, who: str) -> OSError:
+    """``exc`` (of the same errno), raised as ``who`` (the calling process, a worker) made or mapped the pool's shared
+    block of ``size`` bytes, saying so (a bare ENOMEM or EFBIG named nothing), with the limit that is the usual cause."""
+    hint = {
+        errno.ENOMEM: " (out of memory, or an address-space limit: ulimit -v)",
+        errno.EFBIG: " (a file-size limit: ulimit -f)",
+    }.get(exc.errno or 0, "")
+    return OSError(exc.errno, f"{who} could not make or map the pool's shared block of {amount(size)}: {exc.strerror or exc}{hint}")
 
-    def __init__(self, size: int):
-        fd, self.name = tempfile.mkstemp(prefix=PREFIX)
+
+def amount(size: int) -> str:
+    """A size in bytes as people read it: MiB below a GiB (a container's /dev/shm is 64 MiB), else GiB."""
+    return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.2f} GiB"
+
+
+class Block:
+    """The shared block: a file made owner-only in ``folder`` (/dev/shm, or the temp directory where /dev/shm has
+    no room), its name removed at once, its pages reserved, mapped. (It has the attributes of a SharedMemory that
+    ``close`` and the pool use.)"""
+
+    def __init__(self, size: int, folder: str):
+        fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder)
+        self.name, self.folder = name, folder
         try:
-            os.unlink(self.name)
+            os.unlink(name)
             os.ftruncate(fd, max(size, 1))
-            try:
-                _reserve(fd, size)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno,
-                    f"no room for the pool's shared block of {size / 2**20:.1f} MiB, neither in /dev/shm nor in "
-                    f"{os.path.dirname(self.name)}",
-                ) from exc
+            _reserve(fd, size)
             self._mmap = mmap.mmap(fd, max(size, 1))
         except BaseException:
+            _forget(name)  # (an interrupt before the unlink above: the name must not stay)
             os.close(fd)
             raise
         self._fd = fd
@@ -122,43 +118,36 @@ def _reserve(fd: int, size: int) -> None:
             raise
 
 
-def _forget(name: str) -> None:
-    """Remove segment ``name`` if it exists (its resource-tracker record, if it got one, only makes the
-    tracker warn at exit: unregistering a name it never had would print a traceback instead)."""
+def _forget(path: str) -> None:
+    """Remove the file ``path`` if it is still there."""
     try:
-        os.unlink(os.path.join(_SHM_DIR, name.lstrip("/")))
+        os.unlink(path)
     except OSError:
         pass
 
 
-def unlink(shm: SharedMemory | FileBlock) -> None:
-    """Remove the segment's name (idempotent); mappings stay valid until closed."""
-    if getattr(shm, "_fastvec_unlinked", False):
-        return
-    try:
-        shm.unlink()  # also unregisters it from the resource tracker
-    except FileNotFoundError:
-        pass
-    shm._fastvec_unlinked = True  # type: ignore[union-attr]  # (after: an interrupt inside leaves it to retry)
+def unlink(block: Block) -> None:
+    """Remove the block's name (made without one: nothing to do; the pool's teardown calls it, as for any block)."""
+    block.unlink()
 
 
-def close(shm: SharedMemory | FileBlock) -> None:
+def close(block: Block) -> None:
     """Close this process's handle without pulling the mapping from under live views.
 
     numpy arrays made over the block hold the mmap object itself (not a buffer export), so
-    ``SharedMemory.close()`` would unmap it while ``copy=False`` results the caller kept still
-    point into it (a crash on the next read). Instead the handle lets go of the mapping: it
-    is unmapped when the last array over it is freed. The file descriptor is closed now.
+    unmapping it (as ``SharedMemory.close()`` does) would crash the next read of ``copy=False``
+    results the caller kept. Instead the handle lets go of the mapping: it is unmapped when the
+    last array over it is freed. The file descriptor is closed now.
     """
-    buf, shm._buf = shm._buf, None  # type: ignore[attr-defined]
+    buf, block._buf = block._buf, None
     if buf is not None:
         try:
             buf.release()
         except BufferError:
             pass  # something exported the memoryview itself: it is freed with that
-    shm._mmap = None  # type: ignore[attr-defined]
-    fd = getattr(shm, "_fd", -1)
-    shm._fd = -1  # type: ignore[attr-defined]  # (forgotten first: an interrupt just after os.close left it to close twice)
+    block._mmap = None  # type: ignore[assignment]
+    fd = block._fd
+    block._fd = -1  # (forgotten first: an interrupt just after os.close left it to close twice)
     if fd >= 0:
         os.close(fd)
 

@@ -46,7 +46,7 @@ from fastvec.protocol import (
 )
 from fastvec.restart import Unmade, restart_all
 from fastvec.shard import Shard
-from fastvec.shm import pid_alive
+from fastvec.shm import mapping_error, pid_alive
 
 __all__ = ["worker_main"]
 
@@ -187,6 +187,11 @@ def worker_main(
         fd = reduction.recv_handle(conn)
         try:
             mapping = mmap.mmap(fd, layout.size)
+        except OSError as exc:  # (an address-space limit the parent's own mapping fit in): said, not a bare exit
+            error = mapping_error(exc, layout.size, f"worker {worker_index} (envs {start}..{start + len(envs) - 1})")
+            conn.send(("error", ShardError(start, "attach", error).payload()))
+            _close_quietly(envs)
+            return
         finally:
             os.close(fd)
         views = Views(layout, mapping)

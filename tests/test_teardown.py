@@ -425,7 +425,7 @@ def test_a_full_dev_shm_falls_back_to_a_file_block(monkeypatch) -> None:
     with pytest.warns(RuntimeWarning, match="/dev/shm has no room"):
         venv = VectorEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
     with venv:
-        assert isinstance(venv.pool._segment, shm.FileBlock)
+        assert venv.pool._segment.folder != "/dev/shm"  # (a file in the temp directory)
         reference = gym.vector.SyncVectorEnv([envs.make_cartpole] * 4)
         obs, _ = venv.reset(seed=3)
         np.testing.assert_array_equal(obs, reference.reset(seed=3)[0])
@@ -436,36 +436,66 @@ def test_a_full_dev_shm_falls_back_to_a_file_block(monkeypatch) -> None:
     assert not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{os.getpid()}-")]
 
 
-@pytest.mark.parametrize("where", ["in SharedMemory()", "after it"])
+@pytest.mark.parametrize("where", ["before its name is gone", "as its pages are reserved"])
 def test_an_interrupt_while_the_block_is_made_leaves_no_segment(monkeypatch, where: str) -> None:
-    """Ctrl-C inside the segment's creation (after shm_open made its name) or just after it: the name
-    must not stay in /dev/shm."""
-    made = []
-
-    class Interrupted(shm.SharedMemory):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-            if where == "in SharedMemory()":
-                raise KeyboardInterrupt
+    """Ctrl-C inside the block's creation, after its file was made: the name must not stay in /dev/shm, nor
+    its file descriptor open."""
+    real_unlink = os.unlink
+    unlinked_once = []
 
     def interrupt(*_) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shm, "SharedMemory", Interrupted)
-    if where == "after it":
+    def unlink_interrupted(path, *args, **kwargs):  # (the first: the block's own, cut short before it runs)
+        if not unlinked_once and os.path.basename(str(path)).startswith(shm.PREFIX):
+            unlinked_once.append(path)
+            raise KeyboardInterrupt
+        return real_unlink(path, *args, **kwargs)
+
+    if where == "before its name is gone":
+        monkeypatch.setattr(shm.os, "unlink", unlink_interrupted)
+    else:
         monkeypatch.setattr(shm.os, "posix_fallocate", interrupt)
     with pytest.raises(KeyboardInterrupt):
         VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
-    assert made and not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{os.getpid()}-")]
-    for segment in made:  # (the test's own clean-up of what the interrupted constructor held)
-        segment.close()
-        try:
-            from multiprocessing import resource_tracker
+    assert not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{os.getpid()}-")]
 
-            resource_tracker.unregister(segment._name, "shared_memory")
-        except Exception:
-            pass
+
+def test_a_block_the_calling_process_cannot_map_is_said_with_its_size_and_no_tracker_traceback(tmp_path) -> None:
+    """An address-space limit (ulimit -v) the block does not fit in: a bare "[Errno 12] Cannot allocate memory",
+    and multiprocessing's resource tracker printed a KeyError traceback (SharedMemory unregistered a name it never
+    registered); a worker that could not map it died with exit code 1, the cause on its stderr only."""
+    code = textwrap.dedent(
+        """
+        import mmap, resource, sys
+        import numpy as np, gymnasium as gym
+        from fastvec import SubprocVecEnv
+
+        who = sys.argv[1]
+
+        class Big(gym.Env):
+            observation_space = gym.spaces.MultiBinary((60, 1000, 1000))  # (no bounds arrays of its size)
+            action_space = gym.spaces.Discrete(2)
+
+            def __init__(self):  # (a simulator's address space, in its worker)
+                self.reserved = mmap.mmap(-1, 300 * 2**20) if who == "worker" else None
+
+        factories = [Big] * 4
+        size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        # the calling process: room for its workers' start only; a worker: the caller maps the block first
+        resource.setrlimit(resource.RLIMIT_AS, (size + (200 if who == "caller" else 1100) * 2**20,) * 2)
+        try:
+            SubprocVecEnv(factories, start_method="fork", num_workers=2, step_in_parent=False)
+        except OSError as exc:
+            print(type(exc).__name__, exc)
+        """
+    )
+    for who, said in [("caller", "this process could not make or map the pool's shared block of "),
+                      ("worker", "worker 0 (envs 0..1) could not make or map the pool's shared block of ")]:  # fmt: skip
+        root = Path(__file__).resolve().parents[1]
+        done = subprocess.run([sys.executable, "-c", code, who], capture_output=True, text=True, timeout=120, cwd=root)
+        assert said in done.stdout and "ulimit -v" in done.stdout, (who, done.stdout, done.stderr[-3000:])
+        assert "Traceback" not in done.stderr, (who, done.stderr[-3000:])
 
 
 def test_an_interrupt_during_closes_teardown_still_closes_this_processs_envs(monkeypatch) -> None:
@@ -721,7 +751,7 @@ def test_a_dev_shm_without_fallocate_is_used_unreserved(monkeypatch) -> None:
 
     monkeypatch.setattr(shm.os, "posix_fallocate", unsupported)
     with VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2) as venv:
-        assert not isinstance(venv.pool._segment, shm.FileBlock)
+        assert venv.pool._segment.folder == "/dev/shm"
         venv.reset(seed=0)
         venv.step(np.ones(2, dtype=np.int64))
 

@@ -1,24 +1,32 @@
-"""How an env factory makes each of its envs: from a copy of its own, sharing with the caller only what
-processes share.
+"""How an env factory makes each of its envs: from a copy of its own, as in a process of its own.
 
-SB3's SubprocVecEnv calls each factory in a process of its own: what the factory captures is the
-process's own copy (fork copies the caller's memory, spawn unpickles it), so the envs share no Python
-object with each other or with the caller, while what processes do share stays shared: an open file, a
-pipe's end, a memory-mapped array, a ``multiprocessing`` lock or queue, shared memory, a torch tensor in
-shared memory. fastvec steps several envs in one process, the caller's among them, so ``OwnFactory``
-makes each env from a copy of its factory, made by pickling it here and loading it back at once, every
-object of those kinds kept by reference rather than copied: a copy of a memory map or a file was a
-detached private one (the envs' writes were lost), and a copy of a pipe's ``Connection`` closed the
-caller's own pipe end when it was dropped.
+SB3's SubprocVecEnv calls each factory in a process of its own: what the factory captures is that
+process's copy (fork copies the caller's memory, spawn unpickles the factory), so its env shares no
+Python object with the other envs or with the caller. fastvec steps several envs in one process, the
+caller's among them, so ``OwnFactory`` makes each env from a copy of its factory, made by pickling it
+and loading it back at once (``private_copy``), as the spawned workers get theirs.
 
-A factory that cannot be copied even so (it captures a thread lock, say) is called as it is; an env it
-returns that is the very object another env of the process is (``lambda: env``) is refused
-(``same_env``): it would step twice per command, silently.
+Some objects a copy cannot stand for: under fork, what the processes share rather than copy (an open
+file or socket, a pipe's end, a memory map or an array over one, over shared memory or over a
+multiprocessing shared array, a torch tensor in shared memory): a copy of one is detached (the env's
+writes are lost), or owns the caller's descriptor and closes it when dropped, and so does a copy of
+any object that owns it (a NamedTemporaryFile's wrapper). A factory that holds one is called as it is,
+as one that cannot be pickled is: its envs in one process share what it captured, the caller's
+objects included, as DummyVecEnv's do. Under spawn and forkserver the workers' factories arrive
+pickled, copies as SB3's are, and the calling process's envs get the same copies (one whose copy would
+own the caller's pipe end is called as it is). Arrays no env can write (read-only, of numbers) are
+kept by reference in every copy: a dataset captured read-only is held once per process, not once per
+env.
+
+An env a factory returns that is the very object (or wraps the very env) another env of the process
+is (``lambda: env``) is made a copy of, where it can be; else it is refused (``own_env``): it would step
+twice per command, silently.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import mmap
 import pickle
 import socket
@@ -28,97 +36,171 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OwnFactory", "private_copy", "same_env"]
+__all__ = ["OwnFactory", "private_copy", "holds_shared", "own_env"]
 
 
 class OwnFactory:
-    """An env factory whose every call runs a copy of it of its own (``private_copy``), so that its envs share
-    no Python object it captured with each other or with the caller, as envs made in processes of their own
-    do; a factory that cannot be copied is called as it is. Pickled (for a spawned worker, or with an env that
-    moves), it is the factory itself: nothing is kept pickled here (a pickle per env of what every factory
-    captures, a dataset say, stayed in the caller for the pool's life)."""
+    """An env factory whose every call runs a copy of it of its own (``private_copy``; called as it is where no
+    copy can stand for it). ``fork``: its envs are made in this process or in processes forked from it (what
+    processes share is then kept: see the module). With ``snapshot`` (on_error="restart": envs are made again
+    later) the copy is taken now, so that an env made again is made as at first, as a worker's fork-time copy
+    is, whatever the caller changed since; else nothing is kept pickled (a pickle per env of what every
+    factory captures, a dataset say, stayed in the caller for the pool's life). Pickled (for a spawned worker,
+    or with an env that moves), it is the factory itself."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "fork", "_snapshot")
 
-    def __init__(self, fn: Callable[[], Any]):
-        self.fn = fn
+    def __init__(self, fn: Callable[[], Any], fork: bool = True, snapshot: bool = False):
+        self.fn, self.fork = fn, fork
+        self._snapshot: tuple | None = None
+        if snapshot:
+            try:
+                self._snapshot = _dump(fn, fork)
+            except Exception:  # (called as it is)
+                pass
 
     def __call__(self) -> Any:
+        if self._snapshot is not None:
+            return _load(*self._snapshot)()
         try:
-            fn = private_copy(self.fn)
-        except Exception:  # (it cannot be pickled: called as it is)
+            fn = private_copy(self.fn, self.fork)
+        except Exception:  # (it cannot be pickled, or holds what a copy cannot stand for: called as it is)
             fn = self.fn
         return fn()
 
     def __reduce__(self) -> tuple:
-        return (OwnFactory, (self.fn,))
+        return (OwnFactory, (self.fn, False, self._snapshot is not None))
 
 
-def private_copy(obj: Any) -> Any:
-    """A copy of ``obj`` (pickled with cloudpickle and loaded back) holding the very objects that processes
-    share (``_shared``) rather than copies of them."""
+def private_copy(obj: Any, fork: bool = True) -> Any:
+    """A copy of ``obj`` (pickled with cloudpickle, loaded back), holding arrays no one can write by reference.
+    Raises ``AsItIs`` where ``obj`` holds what a copy cannot stand for (the module's), and the pickler's error
+    where it cannot be pickled."""
+    return _load(*_dump(obj, fork))
+
+
+class AsItIs(Exception):
+    """The object holds what a copy cannot stand for: it is used as it is."""
+
+
+_KEPT: dict[int, list] = {}  # the objects kept by reference in the copies being loaded now, by token
+_TOKENS = itertools.count()
+
+
+def _take(token: int, index: int) -> Any:
+    return _KEPT[token][index]
+
+
+def _dump(obj: Any, fork: bool) -> tuple[bytes, int, list]:
+    """``obj`` pickled, the token its pickle looks the objects kept by reference up under, and those objects."""
     import cloudpickle
 
     kept: list = []
+    token = next(_TOKENS)
 
-    class Keeping(cloudpickle.CloudPickler):
-        def persistent_id(self, value: Any) -> int | None:
-            if _shared(value):
+    class Copying(cloudpickle.CloudPickler):
+        # (reducer_override, not persistent_id: the pickler calls it for objects other than numbers, strings,
+        # lists, tuples and dicts only, so a captured list of a million floats costs no Python call per item)
+        def reducer_override(self, value: Any) -> Any:
+            kind = _kind(value, fork)
+            if kind is _KEEP:
                 kept.append(value)
-                return len(kept) - 1
-            return None
-
-    class Restoring(pickle.Unpickler):
-        def persistent_load(self, pid: Any) -> Any:
-            return kept[pid]
+                return _take, (token, len(kept) - 1)
+            if kind is _AS_IT_IS:
+                raise AsItIs(type(value).__name__)
+            return super().reducer_override(value)
 
     buffer = io.BytesIO()
-    Keeping(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    buffer.seek(0)
-    return Restoring(buffer).load()
+    Copying(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue(), token, kept
 
 
-def _shared(value: Any) -> bool:
-    """Whether ``value`` is what a forked process shares with its parent rather than copies: an open file or
-    socket, a memory map (or an array over one, or over shared memory), a ``multiprocessing`` pipe end, lock,
-    queue or shared value, shared memory, a torch tensor in shared memory."""
-    if isinstance(value, (int, float, str, bytes, bool, type(None), tuple, list, dict)):
-        return False  # (the usual values: at once)
+def _load(data: bytes, token: int, kept: list) -> Any:
+    """A copy from what ``_dump`` made (again, for a snapshot: the kept objects under the token its pickle holds)."""
+    _KEPT[token] = kept
+    try:
+        return pickle.loads(data)
+    finally:
+        del _KEPT[token]
+
+
+_KEEP, _AS_IT_IS = object(), object()
+
+
+def _kind(value: Any, fork: bool) -> object | None:
+    """_KEEP: shared by reference in every copy (an array no one can write); _AS_IT_IS: no copy can stand for
+    it (under fork, what processes share; else a pipe's end, whose copy would own the caller's descriptor);
+    None: copied."""
     if isinstance(value, np.ndarray):
-        base = value
-        while isinstance(base, np.ndarray) and base.base is not None:
-            base = base.base
-        if isinstance(base, memoryview):
-            base = base.obj
-        return isinstance(base, mmap.mmap)
+        if _read_only(value):
+            return _KEEP
+        return _AS_IT_IS if fork and _over_shared_memory(value) else None
     if isinstance(value, io.IOBase):
-        return not isinstance(value, (io.BytesIO, io.StringIO))  # (in memory: a copy, as a process's)
-    if isinstance(value, (mmap.mmap, socket.socket)):
-        return True
-    multiprocessing_types = _multiprocessing_types()
-    if isinstance(value, multiprocessing_types):
-        return True
-    wrapper = getattr(type(value), "__module__", "") == "multiprocessing.sharedctypes" or (
-        "multiprocessing.heap" in sys.modules
-        and isinstance(getattr(value, "_wrapper", None), sys.modules["multiprocessing.heap"].BufferWrapper)
-    )
-    if wrapper:  # (mp.Value / mp.Array, and their raw forms: ctypes objects in shared memory)
+        return _AS_IT_IS if fork and not isinstance(value, (io.BytesIO, io.StringIO)) else None
+    mp_types = _multiprocessing_types()
+    if isinstance(value, mp_types[0]):  # a pipe's end: a copy owns the caller's descriptor
+        return _AS_IT_IS
+    if not fork:
+        return None
+    if isinstance(value, (mmap.mmap, socket.socket)) or isinstance(value, mp_types) or _shared_ctypes(value):
+        return _AS_IT_IS
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and _tensor_shared(value):
+        return _AS_IT_IS
+    return None
+
+
+def _read_only(array: np.ndarray) -> bool:
+    """Whether no one can write ``array``'s numbers through it or what it views (an object array's items can
+    change: not)."""
+    if array.dtype.hasobject:
+        return False
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    if isinstance(base, memoryview):
+        return base.readonly
+    return base is None or isinstance(base, (bytes, mmap.mmap))  # (a memory map read only through these views)
+
+
+def _over_shared_memory(array: np.ndarray) -> bool:
+    """Whether ``array`` views memory processes share: a shared memory map (not a copy-on-write one), shared
+    memory, a multiprocessing shared array, a torch tensor in shared memory."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap) and base.mode == "c":  # (copy-on-write: a forked process's own)
+            return False
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if isinstance(base, mmap.mmap) or _shared_ctypes(base):
         return True
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        try:
-            return bool(value.is_shared())
-        except Exception:
-            return False
-    return False
+    return torch is not None and isinstance(base, torch.Tensor) and _tensor_shared(base)
+
+
+def _shared_ctypes(value: Any) -> bool:
+    """mp.Value / mp.Array and their raw forms (ctypes objects in multiprocessing's shared heap)."""
+    if type(value).__module__ == "multiprocessing.sharedctypes":
+        return True
+    heap = sys.modules.get("multiprocessing.heap")
+    return heap is not None and isinstance(getattr(value, "_wrapper", None), heap.BufferWrapper)
+
+
+def _tensor_shared(tensor: Any) -> bool:
+    try:
+        return bool(tensor.is_shared())
+    except Exception:
+        return False
 
 
 _MP_TYPES: tuple | None = None
 
 
 def _multiprocessing_types() -> tuple:
-    """multiprocessing's objects that its processes share (made once; only those of modules imported: a
-    factory cannot capture an object of a module not imported)."""
+    """multiprocessing's objects that its processes share, the pipe end first (made once)."""
     global _MP_TYPES
     if _MP_TYPES is None:
         from multiprocessing import connection, queues, shared_memory, synchronize
@@ -136,14 +218,34 @@ def _multiprocessing_types() -> tuple:
     return _MP_TYPES
 
 
-def same_env(env: Any, made: list, start: int, index: int) -> ValueError | None:
-    """The error for env ``index`` when its factory returned the very object that one of ``made`` (the envs of its
-    process made before it, env ``start`` first) is, else None (SB3's DummyVecEnv refuses it too)."""
+def holds_shared(obj: Any) -> bool:
+    """Whether ``obj`` holds what a copy cannot stand for (under fork: the module's), as a moving env would lose
+    it (its state travels pickled): such an env does not move. (False where it cannot be pickled at all: the
+    caller asks that first.)"""
+    try:
+        _dump(obj, True)
+    except AsItIs:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def own_env(env: Any, made: list, start: int, index: int, fork: bool = True) -> Any:
+    """Env ``index`` as its process steps it: ``env``, or, where it is the very object another env of ``made`` (the
+    process's envs made before it, env ``start`` first) is or wraps (the factory returns an env it holds:
+    ``lambda: env``), a copy of it, as a process of its own would have; ValueError where no copy can be made
+    (SB3's DummyVecEnv refuses such factories)."""
+    inner = getattr(env, "unwrapped", env)
     for k, other in enumerate(made):
-        if other is env:
-            return ValueError(
-                f"the factory of env {index} returned the same env object as env {start + k}'s: the envs that one "
-                "process steps must be distinct objects (this factory cannot be copied for each env, so it was "
-                "called as it is). Make the env when the factory is called (lambda: gym.make(...), not lambda: env)."
-            )
-    return None
+        if other is env or getattr(other, "unwrapped", other) is inner:
+            try:
+                return private_copy(env, fork)
+            except Exception as exc:
+                raise ValueError(
+                    f"the factory of env {index} returned the env that env {start + k}'s did (or one around the same "
+                    f"env), and it cannot be copied ({type(exc).__name__}: {exc}): the envs that one process steps "
+                    "must be distinct objects. Make the env when the factory is called (lambda: gym.make(...), not "
+                    "lambda: env)."
+                ) from exc
+    return env

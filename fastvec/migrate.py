@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastvec.factories import holds_shared
+
 __all__ = ["ADOPT", "movable", "pack", "unpack"]
 
 ADOPT = "adopt (moving an env)"  # the command an env that could not arrive in its new shard names
@@ -36,14 +38,16 @@ def movable(env: Any, env_fn: Any) -> bool:
     """Whether the env can move keeping its state: it pickles, and so does its factory (for a restart
     where it arrives). An env that cannot is re-created there, and keeps only its generator: a
     wrapper's running statistics, a curriculum's level would start again, so the pool does not move
-    it (``Pool.request_move``)."""
+    it (``Pool.request_move``). Nor does one that holds what a pickle cannot stand for (a memory map,
+    a file, a pipe's end: ``factories.holds_shared``): it would arrive with a detached copy, or one
+    owning the caller's descriptor."""
     import cloudpickle
 
     try:
         cloudpickle.dumps((env, env_fn))
     except Exception:
         return False
-    return True
+    return not holds_shared((env, env_fn))
 
 
 def pack(env: Any, env_fn: Any, objects: list | None, to_bytes: bool) -> Any:

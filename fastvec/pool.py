@@ -62,7 +62,7 @@ from fastvec.errors import (
     env_errors,
     exit_status,
 )
-from fastvec.factories import OwnFactory, same_env
+from fastvec.factories import OwnFactory, own_env
 from fastvec.layout import Views, plan_layout
 from fastvec.monitor import Monitor
 from fastvec.moves import ShardMoves
@@ -358,7 +358,10 @@ class Pool(ShardMoves):
         self._given_observation_space = observation_space
         self.slot = 0
         self._results_made = 0  # steps completed: a Batch's terminal observations are the latest step's only
-        self._env_fns = [OwnFactory(fn) for fn in env_fns]
+        # (each env from a copy of its factory; under fork one holding what processes share is called as it is; with
+        # restarts, each factory's copy is taken now, so that an env made again is made as at first: factories.py)
+        fork, snapshot = self.start_method == "fork", self.on_error == "restart"
+        self._env_fns = [OwnFactory(fn, fork, snapshot) for fn in env_fns]
         self._action_mode = action_mode
         shm.sweep_stale()
         _LIVE_POOLS.add(self)
@@ -384,11 +387,7 @@ class Pool(ShardMoves):
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
             for i in self.shard_envs[0]:
                 try:
-                    env = self._env_fns[i]()
-                    twin = same_env(env, self._local_envs, 0, i)
-                    if twin is not None:
-                        raise twin
-                    self._local_envs.append(env)
+                    self._local_envs.append(own_env(self._env_fns[i](), self._local_envs, 0, i, self._env_fns[i].fork))
                 except shard_module.ENV_ERRORS as exc:  # (read now: a worker widens it, and a pool may run in one)
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]

@@ -1109,9 +1109,11 @@ class WrappedShard:
         def run(shard: Shard) -> None:  # (the other part runs the call too when this one's env raises)
             mine = [k for k, i in enumerate(indices) if shard.start <= i < shard.stop]
             if mine:
-                # (each part's last env keeps the arguments it is given: the head's are a copy of its own)
-                given = private(args) if args and shard is self.head and len(mine) < len(indices) else args
-                got = shard.call(request, [indices[k] for k in mine], given, None if values is None else [values[k] for k in mine])
+                # (each part's last env keeps the arguments and value it is given: the head's are copies of its own)
+                own = shard is self.head and len(mine) < len(indices)
+                given = private(args) if own and args else args
+                part = None if values is None else [values[k] for k in mine]
+                got = shard.call(request, [indices[k] for k in mine], given, private(part) if own and part else part)
                 for k, value in zip(mine, got):
                     results[k] = value
 

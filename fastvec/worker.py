@@ -31,7 +31,7 @@ from fastvec import kernels
 from fastvec import shard as shard_module
 from fastvec.env_calls import private
 from fastvec.errors import ShardError
-from fastvec.factories import same_env
+from fastvec.factories import own_env
 from fastvec.layout import Views
 from fastvec.protocol import (
     ADAPTIVE_FLOOR_NS,
@@ -156,11 +156,7 @@ def worker_main(
         try:
             for j, fn in enumerate(env_fns):
                 try:
-                    env = fn()
-                    twin = same_env(env, envs, start, start + j)
-                    if twin is not None:
-                        raise twin
-                    envs.append(env)
+                    envs.append(own_env(fn(), envs, start, start + j, getattr(fn, "fork", True)))
                 except shard_module.ENV_ERRORS as exc:
                     if replacing is None or not restart_on_error:
                         raise ShardError(start + j, "make (env constructor)", exc) from exc

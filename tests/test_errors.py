@@ -145,6 +145,9 @@ class _Leveled(gym.Env):
         items.append(self.index)
         self.items = items
 
+    def add(self) -> None:
+        self.items.append(self.index)
+
 
 @pytest.mark.parametrize("step_in_parent", [True, False], ids=["parent-and-worker", "workers"])
 @pytest.mark.parametrize("front", ["sb3", "gym"])
@@ -177,6 +180,9 @@ def test_a_call_on_the_calling_process_s_two_parts_runs_on_each_with_arguments_o
             venv.env_method("set_level", 5)
         assert venv.get_attr("level") == [0, 5, 5, 5]
         venv.env_method("take", [])
+        assert venv.get_attr("items") == [[0], [1], [2], [3]]
+        venv.set_attr("items", [])  # (a value of its own, too)
+        venv.env_method("add")
         assert venv.get_attr("items") == [[0], [1], [2], [3]]
 
 

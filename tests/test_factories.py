@@ -1,11 +1,13 @@
-"""Env factories: each env is made from a copy of its factory of its own, as in a process of its own, and
-shares with the caller what processes share (files, pipes, memory maps, multiprocessing's objects, shared
-memory, shared torch tensors), as with SB3's SubprocVecEnv and gymnasium's AsyncVectorEnv under fork."""
+"""Env factories: each env is made from a copy of its factory of its own, as in a process of its own (SB3's
+SubprocVecEnv); under fork a factory holding what processes share (files, pipes, memory maps, shared memory,
+multiprocessing's objects, shared torch tensors) is called as it is, so that the envs share those with the
+caller, as with SB3's SubprocVecEnv and gymnasium's AsyncVectorEnv under fork."""
 
 from __future__ import annotations
 
 import gc
 import multiprocessing
+import tempfile
 import threading
 import tracemalloc
 from functools import partial
@@ -18,7 +20,7 @@ import torch
 
 from fastvec import SubprocVecEnv, VectorEnv
 from fastvec.errors import EnvError
-from fastvec.factories import private_copy
+from fastvec.factories import AsItIs, private_copy
 
 # multiprocessing's shared heap (mp.Value, mp.Array) keeps its arena's file open for the process's life: made
 # at import, so that the leak check does not blame it on the first test that uses the heap
@@ -37,7 +39,7 @@ class Reporting(gym.Env):
 
     def reset(self, *, seed=None, options=None):
         shared, i = self.shared, self.index
-        for name in ("memmap", "shm_array", "tensor"):
+        for name in ("memmap", "shm_array", "raw_array", "tensor", "tensor_array"):
             if name in shared:
                 shared[name][i] += 1
         if "file" in shared:
@@ -49,59 +51,57 @@ class Reporting(gym.Env):
             shared["queue"].put(i)
             with shared["value"].get_lock():
                 shared["value"].value += 1
-            shared["mine"].append(i)
         return np.zeros(2, np.float32), {}
-
-    def mine(self) -> list:
-        return list(self.shared["mine"])
 
     def step(self, action):
         return np.zeros(2, np.float32), 0.0, False, False, {}
 
+    def ids(self) -> dict:
+        return {name: id(value) for name, value in self.shared.items()}
 
-def _make(front: str, fns: list, **kwargs):
+
+def _make(front: str, fns: list, start_method: str = "fork", **kwargs):
     if front == "sb3":
-        return SubprocVecEnv(fns, start_method="fork", **kwargs)
-    return VectorEnv(fns, context="fork", **kwargs)
+        return SubprocVecEnv(fns, start_method=start_method, **kwargs)
+    return VectorEnv(fns, context=start_method, **kwargs)
 
 
 @pytest.mark.parametrize("multiprocessing_objects", [False, True], ids=["pickled-lossily", "with-a-queue"])
 @pytest.mark.parametrize("front", ["sb3", "gym"])
 def test_forked_envs_share_with_the_caller_what_processes_share(tmp_path, front: str, multiprocessing_objects: bool) -> None:
-    """What each env's factory captured and the env writes reaches the caller: a memory-mapped array, an array
-    over shared memory, a torch tensor in shared memory, a file, a pipe's end (each env got a detached copy of the
-    first three and a copy of the file's contents; and the copies of the pipe's end, dropped at close(), closed
-    the caller's own); with a multiprocessing queue and shared value too (which refuse to be pickled: the
-    factory was called as it was, its envs sharing every object it captured)."""
+    """What each env's factory captured and the env writes reaches the caller: a memory-mapped array, arrays over
+    shared memory and over a multiprocessing shared array, a torch tensor in shared memory and an array over one, a
+    file, a pipe's end (each env got a detached copy of the first five and a copy of the file's contents; and the
+    copies of the pipe's end, dropped at close(), closed the caller's own); with a multiprocessing queue and shared
+    value too."""
     memmap = np.memmap(tmp_path / "counts", dtype=np.int64, mode="w+", shape=(4,))
     block = shared_memory.SharedMemory(create=True, size=4 * 8)
     receiving, sending = multiprocessing.Pipe(duplex=False)
     log = open(tmp_path / "log.txt", "w+")  # noqa: SIM115 (the envs write to it while the pool lives)
     try:
+        tensor = torch.zeros(4, dtype=torch.int64).share_memory_()
         shared = {
             "memmap": memmap,
             "shm_array": np.ndarray((4,), np.int64, buffer=block.buf),
-            "tensor": torch.zeros(4, dtype=torch.int64).share_memory_(),
+            "raw_array": np.frombuffer(multiprocessing.RawArray("q", 4), np.int64),
+            "tensor": tensor,
+            "tensor_array": torch.zeros(4, dtype=torch.int64).share_memory_().numpy(),
             "file": log,
             "pipe": sending,
         }
         if multiprocessing_objects:
-            shared.update(queue=multiprocessing.Queue(), value=multiprocessing.Value("i", 0), mine=[])
+            shared.update(queue=multiprocessing.Queue(), value=multiprocessing.Value("i", 0))
         shared["shm_array"][:] = 0
         venv = _make(front, [partial(Reporting, i, shared) for i in range(4)], num_workers=2)
         try:
             venv.reset()
-            assert memmap.tolist() == [1, 1, 1, 1]
-            assert shared["shm_array"].tolist() == [1, 1, 1, 1]
-            assert shared["tensor"].tolist() == [1, 1, 1, 1]
+            for name in ("memmap", "shm_array", "raw_array", "tensor", "tensor_array"):
+                assert shared[name].tolist() == [1, 1, 1, 1], name
             assert sorted(receiving.recv() for _ in range(4)) == [0, 1, 2, 3]
             assert sorted((tmp_path / "log.txt").read_text().splitlines()) == [f"env {i}" for i in range(4)]
             if multiprocessing_objects:
                 assert sorted(shared["queue"].get(timeout=10) for _ in range(4)) == [0, 1, 2, 3]
                 assert shared["value"].value == 4
-                # the rest is each env's own, as in a process of its own (two envs of a process shared a list)
-                mine = venv.env_method("mine") if front == "sb3" else venv.call("mine")
-                assert list(mine) == [[0], [1], [2], [3]]
         finally:
             venv.close()
         del venv
@@ -117,15 +117,96 @@ def test_forked_envs_share_with_the_caller_what_processes_share(tmp_path, front:
         block.unlink()
 
 
-def test_a_copy_keeps_what_processes_share_and_copies_the_rest(tmp_path) -> None:
-    memmap = np.memmap(tmp_path / "m", dtype=np.float32, mode="w+", shape=(3,))
-    plain = np.zeros(3)
-    lock = multiprocessing.Lock()  # (pickled outside a process's start, it refuses: kept, it is shared)
-    captured = {"memmap": memmap, "view": memmap[1:], "array": np.asarray(memmap), "plain": plain, "lock": lock}
+class Logging(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, log):
+        self.log = log
+
+    def reset(self, *, seed=None, options=None):
+        self.log.write(b"reset\n")
+        self.log.flush()
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_a_captured_named_temporary_file_stays_open_and_on_disk() -> None:
+    """The envs' copies of a NamedTemporaryFile's wrapper, around the very file kept by reference, closed the
+    caller's file and removed it from disk as they were dropped, before the envs' first reset."""
+    import os
+
+    with tempfile.NamedTemporaryFile() as log:
+        with SubprocVecEnv([partial(Logging, log)] * 4, start_method="fork", num_workers=2) as venv:
+            venv.reset()
+        gc.collect()
+        assert not log.closed and os.path.exists(log.name)
+        log.seek(0)
+        assert log.read().splitlines() == [b"reset"] * 4
+
+
+def test_copies_keep_what_no_one_can_write_and_refuse_what_processes_share(tmp_path) -> None:
+    readonly = np.arange(5.0)
+    readonly.flags.writeable = False
+    writable = np.zeros(3)
+    captured = {"readonly": readonly, "view": readonly[1:], "writable": writable, "config": {"level": 1}}
     copy = private_copy(lambda: captured)()
-    assert copy is not captured and copy["plain"] is not plain
-    for name in ("memmap", "view", "array", "lock"):
-        assert copy[name] is captured[name], name
+    assert copy is not captured and copy["config"] is not captured["config"]
+    assert copy["readonly"] is readonly and copy["view"] is captured["view"]  # (a dataset held once, not per env)
+    assert copy["writable"] is not writable and np.array_equal(copy["writable"], writable)
+    objects = np.array([[1], [2]], dtype=object)
+    objects.flags.writeable = False
+    assert private_copy(objects) is not objects  # (its items are lists: an env could change them)
+    memmap = np.memmap(tmp_path / "m", dtype=np.float32, mode="w+", shape=(3,))
+    receiving, sending = multiprocessing.Pipe()
+    try:
+        for held in (memmap, memmap[1:], np.asarray(memmap), sending, multiprocessing.Lock()):
+            with pytest.raises(AsItIs):  # under fork: what processes share, called as it is
+                private_copy(lambda held=held: held)
+        # under spawn and forkserver, copies as the workers' (a pipe's end, whose copy owns the caller's: as it is)
+        copied = private_copy(memmap, fork=False)
+        copied[0] = 7
+        assert memmap[0] == 0  # (a detached copy, as a spawned worker's)
+        with pytest.raises(AsItIs):
+            private_copy(sending, fork=False)
+        # a copy-on-write map is each process's own: copied
+        cow = np.memmap(tmp_path / "m", dtype=np.float32, mode="c", shape=(3,))
+        assert private_copy(cow) is not cow
+    finally:
+        receiving.close()
+        sending.close()
+
+
+class Counted(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, config: dict, data: np.ndarray):
+        self.level = config.pop("level", None)  # (an env that pops from its config: each must get its own)
+        self.data = data
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    def data_id(self) -> int:
+        return id(self.data)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_each_env_has_its_own_copy_of_what_its_factory_captured(start_method: str) -> None:
+    """A config an env pops from: each env's own, as in a process of its own; a read-only dataset: held once in
+    the calling process, not copied per env; and the caller's objects left alone."""
+    config, data = {"level": 3}, np.arange(4.0)
+    data.flags.writeable = False
+    fns = [partial(Counted, config, data)] * 4
+    with SubprocVecEnv(fns, start_method=start_method, num_workers=2, step_in_parent=True) as venv:
+        assert venv.get_attr("level") == [3, 3, 3, 3] and config == {"level": 3}
+        assert venv.env_method("data_id", indices=[0, 1]) == [id(data)] * 2  # (the calling process's envs)
 
 
 class Holding(gym.Env):
@@ -148,25 +229,73 @@ class Holding(gym.Env):
 
 
 @pytest.mark.parametrize("step_in_parent", [True, False], ids=["caller", "workers"])
-def test_one_env_object_returned_for_two_envs_of_a_process_is_refused_naming_them(step_in_parent: bool) -> None:
-    """``lambda: env`` over an env that cannot be copied gave the envs of one process one object, each step
-    stepping it twice, silently (SB3's DummyVecEnv refuses it too)."""
+def test_one_env_object_returned_for_two_envs_of_a_process_is_copied_or_refused(step_in_parent: bool) -> None:
+    """``lambda: env`` (or wrappers around one env) gave the envs of one process one env, each step stepping it
+    twice, silently: each gets a copy, as in a process of its own, or, where none can be made, the pool refuses
+    it (SB3's DummyVecEnv refuses it too)."""
     env = Holding()
-    with pytest.raises(EnvError, match=r"the factory of env 1 returned the same env object as env 0's") as raised:
+    with pytest.raises(EnvError, match=r"the factory of env 1 returned the env that env 0's did .* cannot be copied") as raised:
         SubprocVecEnv([lambda: env] * 4, start_method="fork", num_workers=2, step_in_parent=step_in_parent)
     assert isinstance(raised.value, ValueError)
-    # one env per process: each is its process's own, as in SB3 (and a factory that can be copied: a copy each)
+    # one env per process: each is its process's own, as in SB3
     with SubprocVecEnv([lambda: env] * 2, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
         venv.reset()
         obs = venv.step(np.zeros(2, np.int64))[0]
         assert np.array_equal(obs, np.full((2, 2), 0.01, np.float32))
+    # copies of one env that can be copied, or of the env wrappers wrap: each env steps once
     cartpole = gym.make("CartPole-v1")
-    with SubprocVecEnv([lambda: cartpole] * 4, start_method="fork", num_workers=2) as venv:
-        venv.seed(3)
-        ours = venv.reset()
-    with SubprocVecEnv([partial(gym.make, "CartPole-v1")] * 4, start_method="fork", num_workers=2) as venv:
-        venv.seed(3)
-        assert np.array_equal(venv.reset(), ours)
+    counted = Holding.__new__(Holding)
+    counted.__dict__.update(t=0)
+    for fns in ([lambda: cartpole] * 4, [lambda: gym.wrappers.TimeLimit(counted, 50) for _ in range(4)]):
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
+            venv.seed(3)
+            venv.reset()
+            if fns[0]() is cartpole:
+                with SubprocVecEnv([partial(gym.make, "CartPole-v1")] * 4, start_method="fork", num_workers=2) as other:
+                    other.seed(3)
+                    other.reset()
+                    assert np.array_equal(venv.step(np.zeros(4, np.int64))[0], other.step(np.zeros(4, np.int64))[0])
+            else:
+                assert np.array_equal(venv.step(np.zeros(4, np.int64))[0], np.full((4, 2), 0.01, np.float32))
+
+
+class Leveled(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, config: dict):
+        self.level = config["level"]
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        if action == 1:
+            raise RuntimeError("fails")
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_an_env_made_again_is_made_as_at_first_in_every_process() -> None:
+    """on_error="restart": an env of the calling process was made again from the caller's objects as they were
+    then (a worker's from its own, as when it started): the two differed."""
+    config = {"level": 1}
+    with SubprocVecEnv([partial(Leveled, config)] * 4, start_method="fork", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        config["level"] = 5
+        venv.step(np.array([1, 0, 1, 0]))  # envs 0 (this process's) and 2 (a worker's) raise, and are made again
+        assert venv.get_attr("level") == [1, 1, 1, 1]
+
+
+def test_an_env_holding_what_processes_share_does_not_move(tmp_path) -> None:
+    """Its state travels pickled: it arrived with a detached copy of a memory map, or one of a pipe's end that closed
+    the caller's."""
+    memmap = np.memmap(tmp_path / "counts", dtype=np.int64, mode="w+", shape=(4,))
+    with SubprocVecEnv([partial(Reporting, i, {"memmap": memmap}) for i in range(4)], start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 0) is None
+    with SubprocVecEnv([partial(Reporting, i, {}) for i in range(4)], start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 0) == 2  # (one that holds none moves)
 
 
 def test_the_pool_keeps_no_pickle_of_its_factories() -> None:

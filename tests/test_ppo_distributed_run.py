@@ -347,7 +347,10 @@ def test_ranks_resumed_from_a_single_process_checkpoint_keep_their_own_generator
     _run([sys.executable, "-m", "ppo.train", *plain])
     resume = ["--resume", str(tmp_path / "plain"), "--run-name", "resumed", "--total-timesteps", str(per_iteration)]
     ranks = _start_ranks(2, "--distributed", *SMALL, "--runs-dir", str(tmp_path), *resume)
-    stderr = [proc.communicate(timeout=150)[1] for proc in ranks]
+    try:
+        stderr = [proc.communicate(timeout=150)[1] for proc in ranks]
+    finally:
+        _end_all(ranks, [])  # (a rank left running: ended)
     assert [proc.returncode for proc in ranks] == [0, 0], stderr
     # no per-rank states at all: nothing to warn of
     assert not any("every rank keeps its fresh seed" in text for text in stderr)

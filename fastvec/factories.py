@@ -19,7 +19,7 @@ kept by reference in every copy: a dataset captured read-only is held once per p
 env.
 
 An env a factory returns that is the very object (or wraps the very env) another env of the process
-is (``lambda: env``) is made a copy of, where it can be; else it is refused (``own_env``): it would step
+is (``lambda: env``) is made a copy of, where it can be; else it is refused (``Distinct``): it would step
 twice per command, silently.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OwnFactory", "private_copy", "holds_shared", "own_env"]
+__all__ = ["OwnFactory", "Distinct", "private_copy", "holds_shared"]
 
 
 class OwnFactory:
@@ -231,21 +231,43 @@ def holds_shared(obj: Any) -> bool:
     return False
 
 
-def own_env(env: Any, made: list, start: int, index: int, fork: bool = True) -> Any:
-    """Env ``index`` as its process steps it: ``env``, or, where it is the very object another env of ``made`` (the
-    process's envs made before it, env ``start`` first) is or wraps (the factory returns an env it holds:
-    ``lambda: env``), a copy of it, as a process of its own would have; ValueError where no copy can be made
-    (SB3's DummyVecEnv refuses such factories)."""
-    inner = getattr(env, "unwrapped", env)
-    for k, other in enumerate(made):
-        if other is env or getattr(other, "unwrapped", other) is inner:
+class Distinct:
+    """The envs one process steps, made one after another: each must be an object of its own (``own``).
+    ``fork``: the pool's start method is fork (what a copy cannot stand for: the module's)."""
+
+    def __init__(self, fork: bool = True):
+        self.fork = fork
+        self._seen: dict[int, tuple[int, Any]] = {}  # id of an env, or of the env it wraps -> (its index, it)
+
+    def own(self, env: Any, index: int) -> Any:
+        """Env ``index`` as its process steps it: ``env``, or, where it is the very object an env made before is, or
+        wraps the same env (the factory returns an env it holds: ``lambda: env``), a copy of it, as a process of
+        its own would have; ValueError where no copy can be made (SB3's DummyVecEnv refuses such factories)."""
+        twin = self._twin(env)
+        if twin is not None:
             try:
-                return private_copy(env, fork)
+                env = private_copy(env, self.fork)
             except Exception as exc:
                 raise ValueError(
-                    f"the factory of env {index} returned the env that env {start + k}'s did (or one around the same "
-                    f"env), and it cannot be copied ({type(exc).__name__}: {exc}): the envs that one process steps "
-                    "must be distinct objects. Make the env when the factory is called (lambda: gym.make(...), not "
-                    "lambda: env)."
+                    f"the factory of env {index} returned the env that env {twin}'s did (or one around the same env), "
+                    f"and it cannot be copied ({type(exc).__name__}: {exc}): the envs that one process steps must be "
+                    "distinct objects. Make the env when the factory is called (lambda: gym.make(...), not lambda: env)."
                 ) from exc
-    return env
+        for obj in (env, _inner(env)):
+            self._seen[id(obj)] = (index, obj)  # (the object too: its id stays its own while it is held)
+        return env
+
+    def _twin(self, env: Any) -> int | None:
+        for obj in (env, _inner(env)):
+            seen = self._seen.get(id(obj))
+            if seen is not None and seen[1] is obj:
+                return seen[0]
+        return None
+
+
+def _inner(env: Any) -> Any:
+    """The env ``env`` wraps (gymnasium's ``unwrapped``), or ``env`` where it says none."""
+    try:
+        return env.unwrapped
+    except Exception:
+        return env

@@ -62,7 +62,7 @@ from fastvec.errors import (
     env_errors,
     exit_status,
 )
-from fastvec.factories import OwnFactory, own_env
+from fastvec.factories import Distinct, OwnFactory
 from fastvec.layout import Views, plan_layout
 from fastvec.monitor import Monitor
 from fastvec.moves import ShardMoves
@@ -385,9 +385,10 @@ class Pool(ShardMoves):
         for w in remote_shards:
             self._spawn(w, self._remotes.append)
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
+            distinct = Distinct(self.start_method == "fork")
             for i in self.shard_envs[0]:
                 try:
-                    self._local_envs.append(own_env(self._env_fns[i](), self._local_envs, 0, i, self._env_fns[i].fork))
+                    self._local_envs.append(distinct.own(self._env_fns[i](), i))
                 except shard_module.ENV_ERRORS as exc:  # (read now: a worker widens it, and a pool may run in one)
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]

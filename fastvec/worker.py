@@ -31,7 +31,7 @@ from fastvec import kernels
 from fastvec import shard as shard_module
 from fastvec.env_calls import private
 from fastvec.errors import ShardError
-from fastvec.factories import own_env
+from fastvec.factories import Distinct
 from fastvec.layout import Views
 from fastvec.protocol import (
     ADAPTIVE_FLOOR_NS,
@@ -153,10 +153,11 @@ def worker_main(
             env_fns = cloudpickle.loads(env_fns)
         envs = holding.made
         unmade: list[tuple] = []  # a replacement's envs whose factory failed: this command's errors, tried again later
+        distinct = Distinct(all(getattr(fn, "fork", True) for fn in env_fns))
         try:
             for j, fn in enumerate(env_fns):
                 try:
-                    envs.append(own_env(fn(), envs, start, start + j, getattr(fn, "fork", True)))
+                    envs.append(distinct.own(fn(), start + j))
                 except shard_module.ENV_ERRORS as exc:
                     if replacing is None or not restart_on_error:
                         raise ShardError(start + j, "make (env constructor)", exc) from exc

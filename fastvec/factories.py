@@ -102,6 +102,10 @@ def _dump(obj: Any, fork: bool) -> tuple[bytes, int, list]:
         # (reducer_override, not persistent_id: the pickler calls it for objects other than numbers, strings,
         # lists, tuples and dicts only, so a captured list of a million floats costs no Python call per item)
         def reducer_override(self, value: Any) -> Any:
+            if isinstance(value, io.IOBase):
+                for name in ("stdout", "stderr", "__stdout__", "__stderr__"):  # (the process's own, whatever it is)
+                    if value is getattr(sys, name):
+                        return getattr, (sys, name)
             kind = _kind(value, fork)
             if kind is _KEEP:
                 kept.append(value)
@@ -136,7 +140,9 @@ def _kind(value: Any, fork: bool) -> object | None:
             return _KEEP
         return _AS_IT_IS if fork and _over_shared_memory(value) else None
     if isinstance(value, io.IOBase):
-        return _AS_IT_IS if fork and not isinstance(value, (io.BytesIO, io.StringIO)) else None
+        if isinstance(value, (io.BytesIO, io.StringIO)):
+            return None  # (in memory: a copy, as a process's)
+        return _AS_IT_IS if fork else None
     mp_types = _multiprocessing_types()
     if isinstance(value, mp_types[0]):  # a pipe's end: a copy owns the caller's descriptor
         return _AS_IT_IS

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import sys
 import tempfile
 import threading
 import tracemalloc
@@ -151,9 +152,10 @@ def test_copies_keep_what_no_one_can_write_and_refuse_what_processes_share(tmp_p
     readonly = np.arange(5.0)
     readonly.flags.writeable = False
     writable = np.zeros(3)
-    captured = {"readonly": readonly, "view": readonly[1:], "writable": writable, "config": {"level": 1}}
+    captured = {"readonly": readonly, "view": readonly[1:], "writable": writable, "config": {"level": 1}, "out": sys.stdout}
     copy = private_copy(lambda: captured)()
     assert copy is not captured and copy["config"] is not captured["config"]
+    assert copy["out"] is sys.stdout  # (the process's own streams: no reason to call a factory as it is)
     assert copy["readonly"] is readonly and copy["view"] is captured["view"]  # (a dataset held once, not per env)
     assert copy["writable"] is not writable and np.array_equal(copy["writable"], writable)
     objects = np.array([[1], [2]], dtype=object)

@@ -63,3 +63,47 @@ def test_forkserver_preloads_the_worker_module() -> None:
 
     preload_forkserver()
     assert "fastvec.worker" in forkserver._forkserver._preload_modules
+
+
+def test_the_forkserver_imports_the_program_s_own_fastvec(tmp_path) -> None:
+    """A program that puts a copy of fastvec first on its sys.path: the forkserver (started without the program's
+    path before CPython 3.13.1) preloaded the worker's modules from wherever the default path found fastvec, and
+    the workers ran another copy than the program's (with another version, the pool failed to start, unclearly)."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "fastvec", tmp_path / "fastvec", ignore=shutil.ignore_patterns("__pycache__"))
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        import fastvec, gymnasium as gym
+
+        class Where(gym.Wrapper):
+            def __init__(self):
+                super().__init__(gym.make("CartPole-v1"))
+
+            def where(self):
+                return sys.modules["fastvec.worker"].__file__
+
+        if __name__ == "__main__":
+            with fastvec.SubprocVecEnv([Where] * 2, num_workers=2, step_in_parent=False) as venv:  # (forkserver)
+                print(fastvec.__file__, *venv.env_method("where"))
+        """
+    )
+    script = tmp_path / "program.py"
+    script.write_text(code)
+    # (run from "/", no PYTHONPATH: the forkserver's own path, a -c program's, starts with its working directory)
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120, cwd="/", env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = done.stdout.split()
+    assert files[0] == str(tmp_path / "fastvec" / "__init__.py")
+    assert files[1:] == [str(tmp_path / "fastvec" / "worker.py")] * 2
+

@@ -56,8 +56,9 @@ class OwnFactory:
         if snapshot:
             try:
                 self._snapshot = _dump(fn, fork)
-            except Exception:  # (called as it is)
-                pass
+                _load(*self._snapshot)  # (one whose copy cannot be loaded back: called as it is, as without)
+            except Exception:
+                self._snapshot = None
 
     def __call__(self) -> Any:
         if self._snapshot is not None:
@@ -69,7 +70,10 @@ class OwnFactory:
         return fn()
 
     def __reduce__(self) -> tuple:
-        return (OwnFactory, (self.fn, False, self._snapshot is not None))
+        # (with a snapshot, its copy travels: a replacement worker under spawn, or an env that moves, makes its env
+        # again from the objects as they were when the pool was made, as the others do)
+        fn = self.fn if self._snapshot is None else _load(*self._snapshot)
+        return (OwnFactory, (fn, False, self._snapshot is not None))
 
 
 def private_copy(obj: Any, fork: bool = True) -> Any:
@@ -91,8 +95,9 @@ def _take(token: int, index: int) -> Any:
     return _KEPT[token][index]
 
 
-def _dump(obj: Any, fork: bool) -> tuple[bytes, int, list]:
-    """``obj`` pickled, the token its pickle looks the objects kept by reference up under, and those objects."""
+def _dump(obj: Any, fork: bool, moving: bool = False) -> tuple[bytes, int, list]:
+    """``obj`` pickled, the token its pickle looks the objects kept by reference up under, and those objects.
+    ``moving``: for another process (``holds_shared``): an array over a memory map, read-only too, cannot go."""
     import cloudpickle
 
     kept: list = []
@@ -106,12 +111,12 @@ def _dump(obj: Any, fork: bool) -> tuple[bytes, int, list]:
                 for name in ("stdout", "stderr", "__stdout__", "__stderr__"):  # (the process's own, whatever it is)
                     if value is getattr(sys, name):
                         return getattr, (sys, name)
-            kind = _kind(value, fork)
-            if kind is _KEEP:
-                kept.append(value)
+            kind = _kind(value, fork, moving)
+            if kind is _KEEP:  # (a read-only view: an env cannot make it writable again, as it could the array)
+                kept.append(_frozen(value))
                 return _take, (token, len(kept) - 1)
             if kind is _AS_IT_IS:
-                raise AsItIs(type(value).__name__)
+                raise AsItIs(f"it holds a {type(value).__name__}, which processes share rather than copy")
             return super().reducer_override(value)
 
     buffer = io.BytesIO()
@@ -131,11 +136,20 @@ def _load(data: bytes, token: int, kept: list) -> Any:
 _KEEP, _AS_IT_IS = object(), object()
 
 
-def _kind(value: Any, fork: bool) -> object | None:
+def _kind(value: Any, fork: bool, moving: bool = False) -> object | None:
     """_KEEP: shared by reference in every copy (an array no one can write); _AS_IT_IS: no copy can stand for
     it (under fork, what processes share; else a pipe's end, whose copy would own the caller's descriptor);
-    None: copied."""
+    None: copied. (A probe that fails, an attribute lookup a class answers oddly: copied.)"""
+    try:
+        return _kind_of(value, fork, moving)
+    except Exception:
+        return None
+
+
+def _kind_of(value: Any, fork: bool, moving: bool) -> object | None:
     if isinstance(value, np.ndarray):
+        if moving and _over_shared_memory(value, read_only_too=True):
+            return _AS_IT_IS
         if _read_only(value):
             return _KEEP
         return _AS_IT_IS if fork and _over_shared_memory(value) else None
@@ -171,12 +185,12 @@ def _read_only(array: np.ndarray) -> bool:
     return base is None or isinstance(base, (bytes, mmap.mmap))  # (a memory map read only through these views)
 
 
-def _over_shared_memory(array: np.ndarray) -> bool:
-    """Whether ``array`` views memory processes share: a shared memory map (not a copy-on-write one), shared
-    memory, a multiprocessing shared array, a torch tensor in shared memory."""
+def _over_shared_memory(array: np.ndarray, read_only_too: bool = False) -> bool:
+    """Whether ``array`` views memory processes share: a shared memory map (not a copy-on-write one, unless
+    ``read_only_too``: any map), shared memory, a multiprocessing shared array, a torch tensor in shared memory."""
     base: Any = array
     while isinstance(base, np.ndarray):
-        if isinstance(base, np.memmap) and base.mode == "c":  # (copy-on-write: a forked process's own)
+        if isinstance(base, np.memmap) and base.mode == "c" and not read_only_too:  # (copy-on-write: a process's own)
             return False
         base = base.base
     if isinstance(base, memoryview):
@@ -192,7 +206,22 @@ def _shared_ctypes(value: Any) -> bool:
     if type(value).__module__ == "multiprocessing.sharedctypes":
         return True
     heap = sys.modules.get("multiprocessing.heap")
-    return heap is not None and isinstance(getattr(value, "_wrapper", None), heap.BufferWrapper)
+    if heap is None or not isinstance(value, _ctypes_types()):
+        return False
+    return isinstance(getattr(value, "_wrapper", None), heap.BufferWrapper)
+
+
+def _ctypes_types() -> tuple:
+    import ctypes
+
+    return (ctypes._SimpleCData, ctypes.Array, ctypes.Structure, ctypes.Union)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A view of ``array`` no one can make writable (its base, ``array``, is read-only)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _tensor_shared(tensor: Any) -> bool:
@@ -225,11 +254,11 @@ def _multiprocessing_types() -> tuple:
 
 
 def holds_shared(obj: Any) -> bool:
-    """Whether ``obj`` holds what a copy cannot stand for (under fork: the module's), as a moving env would lose
-    it (its state travels pickled): such an env does not move. (False where it cannot be pickled at all: the
-    caller asks that first.)"""
+    """Whether ``obj`` holds what a copy cannot stand for (under fork: the module's; a memory map, read-only too),
+    as a moving env would lose it (its state travels pickled): such an env does not move. (False where it cannot
+    be pickled at all: the caller asks that first.)"""
     try:
-        _dump(obj, True)
+        _dump(obj, True, moving=True)
     except AsItIs:
         return True
     except Exception:
@@ -254,10 +283,11 @@ class Distinct:
             try:
                 env = private_copy(env, self.fork)
             except Exception as exc:
+                why = str(exc) if isinstance(exc, AsItIs) else f"{type(exc).__name__}: {exc}"
                 raise ValueError(
                     f"the factory of env {index} returned the env that env {twin}'s did (or one around the same env), "
-                    f"and it cannot be copied ({type(exc).__name__}: {exc}): the envs that one process steps must be "
-                    "distinct objects. Make the env when the factory is called (lambda: gym.make(...), not lambda: env)."
+                    f"and it cannot be copied ({why}): the envs that one process steps must be distinct objects. "
+                    "Make the env when the factory is called (lambda: gym.make(...), not lambda: env)."
                 ) from exc
         for obj in (env, _inner(env)):
             self._seen[id(obj)] = (index, obj)  # (the object too: its id stays its own while it is held)

@@ -176,6 +176,7 @@ class VectorEnv(gym.vector.VectorEnv):
             autoreset_mode=self.autoreset_mode,  # (the pool maps gymnasium's modes)
             observation_mode=pool_mode,
             observation_space=given_space,
+            fewest_ring_slots=1 if copy else 2,
         )
         self._empty_objects: dict[int, Any] = {}
         # asynchronous batches called without the pool's layer in between (issue 12: one call less per recv and send)

@@ -85,7 +85,7 @@ from fastvec.protocol import (
     StepFlag,
     dumps_payload,
 )
-from fastvec.remote import Remote, ReplyNotLoaded, kill_all, stop
+from fastvec.remote import Remote, ReplyNotLoaded, holds_not_loaded, kill_all, lenient_loads, stop
 from fastvec.restart import describe, restart_reason
 from fastvec.shard import Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
@@ -241,8 +241,10 @@ class Pool(ShardMoves):
         observation_mode: str = "same",
         observation_space: Any = None,
         action_mode: str = "same",
+        fewest_ring_slots: int = 1,
         **knobs: Any,
     ):
+        self._fewest_ring_slots = fewest_ring_slots  # (what a front-end's settings allow: copy=False needs 2)
         self._state = PoolState.IDLE
         self._cause: BaseException | None = None
         self._cause_text = _describe_cause(None)
@@ -527,7 +529,8 @@ class Pool(ShardMoves):
 
     def _no_room(self, free: int) -> str:
         """Why the shared block cannot be made where there is ``free`` room at most, and what would make it fit."""
-        fewest = 2 if self.on_error == "restart" else 1  # (the fewest ring slots the pool's settings allow)
+        # (the fewest ring slots the pool's settings allow)
+        fewest = max(self._fewest_ring_slots, 2 if self.on_error == "restart" else 1)
         plan = partial(
             plan_layout, self.obs_leaves, leaves(self.action_space), self.num_envs, self.num_workers,
             final_obs=self.autoreset_mode == SAME_STEP,
@@ -554,6 +557,14 @@ class Pool(ShardMoves):
         kind, payload = self._recv(remote, command)
         if kind == "error":
             raise env_error(*payload)
+        if isinstance(payload, bytes):  # (every env's at once, the usual case)
+            try:
+                return pickle.loads(payload)
+            except Exception as exc:  # (a class only the worker has: what did load, the rest as if unpicklable)
+                loaded = lenient_loads(payload)
+                if loaded is None or (remote.envs.start == 0 and holds_not_loaded(loaded[0])):
+                    raise env_error(*ShardError(remote.envs.start, f"{command} (reading the spaces)", exc).payload()) from None
+                return [None if holds_not_loaded(pair) else pair for pair in loaded]
         spaces: list = []
         for k, pickled in enumerate(payload):
             try:

@@ -165,6 +165,19 @@ def _lenient_parts(data: bytes) -> tuple[list[int], list | None, list | None]:
         return [], None, None
 
 
+def lenient_loads(data: bytes) -> Any:
+    """``data`` loaded with stand-ins for what cannot be found, made or restored here (None where even that fails)."""
+    try:
+        return _Lenient(io.BytesIO(data)).load()
+    except Exception:
+        return None
+
+
+def holds_not_loaded(value: Any) -> bool:
+    """Whether ``value`` (from ``lenient_loads``) holds a stand-in, in its dicts, lists and tuples."""
+    return _holds_not_loaded(value, 0, set())
+
+
 def _holds_not_loaded(value: Any, depth: int, seen: set[int]) -> bool:
     """Whether ``value`` holds a _NotLoaded in its dicts, lists and tuples (each visited once: a list that holds
     itself twice took 2**depth calls)."""

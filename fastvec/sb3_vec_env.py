@@ -78,7 +78,10 @@ class SubprocVecEnv(_VecEnvBase):
         self.closed = False
         # SB3 asks env 0 for the spaces and checks nothing else: envs whose observation and action spaces
         # differ only in their bounds are accepted (their shapes and dtypes may not differ: they must stack)
-        self.pool = Pool(env_fns, settings, autoreset_mode=SAME_STEP, observation_mode="different", action_mode="different")
+        self.pool = Pool(
+            env_fns, settings, autoreset_mode=SAME_STEP, observation_mode="different", action_mode="different",
+            fewest_ring_slots=1 if copy else 2,
+        )  # fmt: skip
         try:
             super().__init__(self.pool.num_envs, self.pool.observation_space, self.pool.action_space)
             # env 0's metadata (render_fps...) beside SB3's render_modes: SB3's wrappers read the env's own from

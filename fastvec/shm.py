@@ -40,28 +40,37 @@ def room() -> int:
 def create_block(size: int) -> Block:
     """A new block of ``size`` bytes whose name is already gone (workers get its file descriptor), in /dev/shm with
     its pages reserved, so that a full /dev/shm (Docker's default is 64 MiB) is found now rather than as a SIGBUS
-    at the first write past its room; where /dev/shm has no room, in the temp directory (as
-    multiprocessing.heap falls back), with a warning. Interrupted anywhere (Ctrl-C), it leaves no name behind."""
+    at the first write past its room; where /dev/shm has no room (or is missing, or not writable here), in the
+    temp directory (as multiprocessing.heap falls back), with a warning. Interrupted anywhere (Ctrl-C), it leaves
+    no name behind."""
     try:
         return Block(size, _SHM_DIR)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+        if exc.errno not in _FALL_BACK:
             raise
+        why = "has no room for" if exc.errno in (errno.ENOSPC, errno.EFBIG) else f"cannot hold ({exc.strerror})"
+    temp = tempfile.gettempdir()
     try:
-        block = Block(size, tempfile.gettempdir())
+        block = Block(size, temp)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+        if exc.errno != errno.ENOSPC:
             raise
-        raise OSError(
-            exc.errno, f"no room for the pool's shared block of {amount(size)}, neither in /dev/shm nor in {tempfile.gettempdir()}"
-        ) from exc
-    warnings.warn(
-        f"fastvec: /dev/shm has no room for the pool's shared block of {size / 2**20:.1f} MiB; using a file in "
-        f"{block.folder} instead (give the container more shared memory, e.g. docker run --shm-size)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+        raise OSError(exc.errno, f"no room for the pool's shared block of {amount(size)}, neither in /dev/shm nor in {temp}") from exc
+    try:
+        warnings.warn(
+            f"fastvec: /dev/shm {why} the pool's shared block of {amount(size)}; using a file in {temp} instead "
+            "(give the container more shared memory, e.g. docker run --shm-size)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    except BaseException:  # (warnings made errors, -W error: the block made goes)
+        close(block)
+        raise
     return block
+
+
+# (/dev/shm full, or past a file-size limit; missing, read-only or not writable here: the temp directory instead)
+_FALL_BACK = (errno.ENOSPC, errno.EFBIG, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def mapping_error(exc: OSError, size: int, who: str) -> OSError:
@@ -75,30 +84,42 @@ def mapping_error(exc: OSError, size: int, who: str) -> OSError:
 
 
 def amount(size: int) -> str:
-    """A size in bytes as people read it: MiB below a GiB (a container's /dev/shm is 64 MiB), else GiB."""
+    """A size in bytes as people read it: KiB below a MiB, MiB below a GiB (a container's /dev/shm is 64 MiB), else
+    GiB."""
+    if size < 2**20:
+        return f"{size / 2**10:,.1f} KiB"
     return f"{size / 2**20:,.1f} MiB" if size < 2**30 else f"{size / 2**30:,.2f} GiB"
 
 
 class Block:
     """The shared block: a file made owner-only in ``folder`` (/dev/shm, or the temp directory where /dev/shm has
     no room), its name removed at once, its pages reserved, mapped. (It has the attributes of a SharedMemory that
-    ``close`` and the pool use.)"""
+    ``close`` and the pool use.) Interrupted while it is made, it leaves neither its name nor its descriptor."""
 
     def __init__(self, size: int, folder: str):
-        fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder)
-        self.name, self.folder = name, folder
+        self._fd, self._mmap, self._buf = -1, None, None  # (so that __del__ finds them, whatever happens below)
+        self.folder, self.size = folder, size
+        name = ""
         try:
+            self._fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder)
             os.unlink(name)
-            os.ftruncate(fd, max(size, 1))
-            _reserve(fd, size)
-            self._mmap = mmap.mmap(fd, max(size, 1))
+            name = ""
+            os.ftruncate(self._fd, max(size, 1))
+            _reserve(self._fd, size)
+            self._mmap = mmap.mmap(self._fd, max(size, 1))
+            self._buf = memoryview(self._mmap)
         except BaseException:
-            _forget(name)  # (an interrupt before the unlink above: the name must not stay)
-            os.close(fd)
+            if name:
+                _forget(name)  # (an interrupt before the unlink above: the name must not stay)
+            close(self)
             raise
-        self._fd = fd
-        self._buf: memoryview | None = memoryview(self._mmap)
-        self.size = size
+        self.name = name
+
+    def __del__(self) -> None:
+        # (a block dropped without ``close``: one that failed as it was made, after its descriptor was taken, or a
+        # half-made pool's)
+        if getattr(self, "_fd", -1) >= 0:
+            close(self)
 
     @property
     def buf(self) -> memoryview | None:

@@ -420,16 +420,25 @@ def _picklable_error(message: tuple, exc: Exception, env: int, request: str, ind
     return ("error", [ShardError(env, f"{request} (sending the result)", exc).payload()], objects or None)
 
 
-def _dumps_spaces(envs: list, start: int) -> list[bytes | None]:
+def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     """Each env's (observation space, action space), pickled for the parent: by reference where their classes
     import (a class of the parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__``
     with an isinstance check holds); else by value with cloudpickle (classes defined in a function or a notebook;
     cloudpickle maps a class the parent sent by value back to the parent's). An env whose spaces cannot be pickled
-    at all (holding a lock) is None: the parent does not compare them with env 0's (SB3 reads env 0's alone, and
+    at all (holding a lock) is None, each env's then pickled on its own: the parent does not compare them with env
+    0's (SB3 reads env 0's alone, and
     gymnasium's workers compare each with env 0's), unless it is env 0 itself, whose spaces the pool's are: its
     error, naming it."""
     import cloudpickle
 
+    spaces = [(env.observation_space, env.action_space) for env in envs]
+    try:  # (all at once, the usual case: spaces the envs share travel once, not once per env)
+        try:
+            return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return cloudpickle.dumps(spaces)
+    except Exception:
+        pass
     pickled: list[bytes | None] = []
     for j, env in enumerate(envs):
         spaces = (env.observation_space, env.action_space)

@@ -156,8 +156,16 @@ def test_copies_keep_what_no_one_can_write_and_refuse_what_processes_share(tmp_p
     copy = private_copy(lambda: captured)()
     assert copy is not captured and copy["config"] is not captured["config"]
     assert copy["out"] is sys.stdout  # (the process's own streams: no reason to call a factory as it is)
-    assert copy["readonly"] is readonly and copy["view"] is captured["view"]  # (a dataset held once, not per env)
+    for name in ("readonly", "view"):  # (a dataset held once, not per env, in a view no env can make writable)
+        assert np.shares_memory(copy[name], captured[name]) and copy[name] is not captured[name], name
+        with pytest.raises(ValueError):
+            copy[name].flags.writeable = True
     assert copy["writable"] is not writable and np.array_equal(copy["writable"], writable)
+    class AttrDict(dict):  # (a common idiom: its attribute lookups raise KeyError, not AttributeError)
+        __getattr__ = dict.__getitem__
+
+    settings = AttrDict(level=1)
+    assert private_copy(settings) is not settings and private_copy(settings) == settings
     objects = np.array([[1], [2]], dtype=object)
     objects.flags.writeable = False
     assert private_copy(objects) is not objects  # (its items are lists: an env could change them)
@@ -195,8 +203,8 @@ class Counted(gym.Env):
     def step(self, action):
         return np.zeros(2, np.float32), 0.0, False, False, {}
 
-    def data_id(self) -> int:
-        return id(self.data)
+    def data_id(self) -> int:  # (the array it views: a read-only one is held by reference, in a view of its own)
+        return id(self.data.base if self.data.base is not None else self.data)
 
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
@@ -288,11 +296,46 @@ def test_an_env_made_again_is_made_as_at_first_in_every_process() -> None:
         assert venv.get_attr("level") == [1, 1, 1, 1]
 
 
+def test_a_replacement_worker_under_forkserver_makes_its_envs_as_at_first() -> None:
+    """on_error="restart", forkserver: a replaced worker's factories were pickled from the caller's objects as they
+    were then, not as they were when the pool was made."""
+    import os
+    import signal
+
+    config = {"level": 1}
+    with SubprocVecEnv([partial(Leveled, config)] * 4, start_method="forkserver", num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        config["level"] = 2
+        (pid,) = venv.pool.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        venv.step(np.zeros(4, np.int64))
+        assert venv.pool.worker_pids != [pid] and venv.get_attr("level") == [1, 1, 1, 1]
+
+
+class Unwrapping(Leveled):
+    @property
+    def unwrapped(self):
+        raise NotImplementedError("no unwrapped env here")
+
+
+def test_an_env_whose_unwrapped_raises_is_taken() -> None:
+    """As by SB3's and gymnasium's vector envs (the check for an env returned twice read it, and its error was the
+    env's constructor's)."""
+    with SubprocVecEnv([partial(Unwrapping, {"level": 1})] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        venv.step(np.zeros(4, np.int64))
+
+
 def test_an_env_holding_what_processes_share_does_not_move(tmp_path) -> None:
     """Its state travels pickled: it arrived with a detached copy of a memory map, or one of a pipe's end that closed
     the caller's."""
     memmap = np.memmap(tmp_path / "counts", dtype=np.int64, mode="w+", shape=(4,))
     with SubprocVecEnv([partial(Reporting, i, {"memmap": memmap}) for i in range(4)], start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        assert venv.pool.request_move(1, 0) is None
+    # a read-only one too (its copies hold it by reference; moving, it went by value, the whole mapped file)
+    readonly = np.memmap(tmp_path / "counts", dtype=np.int64, mode="r", shape=(4,))
+    with SubprocVecEnv([partial(Counted, {}, readonly)] * 4, start_method="fork", num_workers=2) as venv:
         venv.reset()
         assert venv.pool.request_move(1, 0) is None
     with SubprocVecEnv([partial(Reporting, i, {}) for i in range(4)], start_method="fork", num_workers=2) as venv:

@@ -214,6 +214,11 @@ def test_no_room_for_the_shared_block_is_said_in_sizes_that_compare_with_a_remed
     monkeypatch.setattr(shm, "room", lambda: two + 2**20)
     with pytest.raises(ValueError, match=r"lower ring_slots to 2$"):
         SubprocVecEnv([_TenMegabytes] * 4, start_method="fork", num_workers=2, ring_slots=5)
+    # never fewer than the front-end allows: copy=False needs two slots (it advised one, then refused it)
+    one = plan_layout(*spaces, 4, 2, 1, final_obs=True).size
+    monkeypatch.setattr(shm, "room", lambda: one + 2**20)
+    with pytest.raises(ValueError, match=r"free at most: fewer envs"):
+        SubprocVecEnv([_TenMegabytes] * 4, start_method="fork", num_workers=2, ring_slots=3, copy=False)
 
 
 def _cartpole_noting_its_making(folder: str):

@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import warnings
 import weakref
 from functools import partial
 from pathlib import Path
@@ -461,6 +463,47 @@ def test_an_interrupt_while_the_block_is_made_leaves_no_segment(monkeypatch, whe
     assert not [n for n in shm.list_segments() if n.startswith(f"{shm.PREFIX}{os.getpid()}-")]
 
 
+def _describe_fd(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def test_a_fallback_block_whose_warning_is_an_error_is_let_go_of(monkeypatch) -> None:
+    """-W error: the warning that the block is a file in the temp directory raised, and the file stayed open (the
+    leak check after the test sees it)."""
+    real = os.posix_fallocate
+
+    def no_room_in_dev_shm(fd: int, offset: int, length: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, offset, length)
+
+    def blocks() -> list[str]:  # (files of fastvec blocks this process holds open)
+        return [path for path in (_describe_fd(fd) for fd in os.listdir("/proc/self/fd")) if f"{shm.PREFIX}" in path]
+
+    monkeypatch.setattr(shm.os, "posix_fallocate", no_room_in_dev_shm)
+    before = blocks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeWarning, match="/dev/shm has no room"):
+            VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
+    gc.collect()
+    assert blocks() == before
+
+
+def test_no_dev_shm_falls_back_to_the_temp_directory(monkeypatch) -> None:
+    """/dev/shm missing (or not writable): the pool failed with a bare FileNotFoundError naming no folder."""
+    monkeypatch.setattr(shm, "_SHM_DIR", "/nonexistent-dev-shm")
+    with pytest.warns(RuntimeWarning, match="/dev/shm cannot hold"):
+        venv = VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
+    with venv:
+        assert venv.pool._segment.folder == tempfile.gettempdir()
+        venv.reset(seed=0)
+        venv.step(np.ones(2, dtype=np.int64))
+
+
 def test_a_block_the_calling_process_cannot_map_is_said_with_its_size_and_no_tracker_traceback(tmp_path) -> None:
     """An address-space limit (ulimit -v) the block does not fit in: a bare "[Errno 12] Cannot allocate memory",
     and multiprocessing's resource tracker printed a KeyError traceback (SharedMemory unregistered a name it never
@@ -482,19 +525,26 @@ def test_a_block_the_calling_process_cannot_map_is_said_with_its_size_and_no_tra
 
         factories = [Big] * 4
         size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
-        # the calling process: room for its workers' start only; a worker: the caller maps the block first
-        resource.setrlimit(resource.RLIMIT_AS, (size + (200 if who == "caller" else 1100) * 2**20,) * 2)
+        # the calling process: room for its workers' start only; a worker: the caller maps the block first; or files
+        # of 50 MB at most
+        if who == "file-size":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (50 * 2**20,) * 2)
+        else:
+            resource.setrlimit(resource.RLIMIT_AS, (size + (200 if who == "caller" else 1100) * 2**20,) * 2)
         try:
             SubprocVecEnv(factories, start_method="fork", num_workers=2, step_in_parent=False)
         except OSError as exc:
             print(type(exc).__name__, exc)
         """
     )
-    for who, said in [("caller", "this process could not make or map the pool's shared block of "),
-                      ("worker", "worker 0 (envs 0..1) could not make or map the pool's shared block of ")]:  # fmt: skip
+    for who, said, limit in [
+        ("caller", "this process could not make or map the pool's shared block of ", "ulimit -v"),
+        ("worker", "worker 0 (envs 0..1) could not make or map the pool's shared block of ", "ulimit -v"),
+        ("file-size", "this process could not make or map the pool's shared block of ", "ulimit -f"),  # (not "no room")
+    ]:  # fmt: skip
         root = Path(__file__).resolve().parents[1]
         done = subprocess.run([sys.executable, "-c", code, who], capture_output=True, text=True, timeout=120, cwd=root)
-        assert said in done.stdout and "ulimit -v" in done.stdout, (who, done.stdout, done.stderr[-3000:])
+        assert said in done.stdout and limit in done.stdout and "no room" not in done.stdout, (who, done.stdout, done.stderr[-3000:])
         assert "Traceback" not in done.stderr, (who, done.stderr[-3000:])
 
 

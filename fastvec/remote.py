@@ -14,7 +14,6 @@ import os
 import pickle
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,33 +27,24 @@ from fastvec.protocol import POLL_NS, Extra, named_envs
 
 __all__ = ["Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
-_WORKER_MODULE = "fastvec.worker"
+# what the forkserver imports once for every worker it forks: the worker's heavy third-party modules, not fastvec's
+# own (CPython before 3.13.1 starts the forkserver without the program's sys.path: preloaded by name, fastvec came
+# from wherever the default path found it, another copy than the program's where it put one first on its path; a
+# worker imports fastvec's small modules itself, with the program's path)
+_PRELOAD = ("numpy", "gymnasium")
 
 
 def preload_forkserver() -> None:
-    """Have the forkserver import the worker's modules once, so each worker forked from it
+    """Have the forkserver import the worker's heavy modules once, so each worker forked from it
     starts with them (and with nothing else: not a front-end, SB3 or torch). Takes effect
-    when the forkserver starts (here, where it is not running); one already running keeps what it
-    has. It starts with this program's ``sys.path``: CPython before 3.13.1 starts it without, so
-    that it imported the worker's modules from wherever the default path finds fastvec (another
-    copy than the program's, where the program put one first on its path)."""
+    when the forkserver starts; one already running keeps what it has."""
     from multiprocessing import forkserver
 
     server = forkserver._forkserver  # the process-wide server that set_forkserver_preload configures
     modules = list(getattr(server, "_preload_modules", ["__main__"]))
-    if _WORKER_MODULE not in modules:
-        forkserver.set_forkserver_preload(modules + [_WORKER_MODULE])
-    if getattr(server, "_forkserver_pid", 0) is None:  # (not started yet: it starts now, with the path)
-        path = os.pathsep.join(os.path.abspath(entry or os.curdir) for entry in sys.path)
-        before = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = path
-        try:
-            forkserver.ensure_running()
-        finally:
-            if before is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = before
+    missing = [name for name in _PRELOAD if name not in modules]
+    if missing:
+        forkserver.set_forkserver_preload(modules + missing)
 
 
 def pickle_factories(fns: list, start: int, start_method: str) -> bytes:

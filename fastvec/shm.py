@@ -48,7 +48,8 @@ def create_block(size: int) -> Block:
     except OSError as exc:
         if exc.errno not in _FALL_BACK:
             raise
-        why = "has no room for" if exc.errno in (errno.ENOSPC, errno.EFBIG) else f"cannot hold ({exc.strerror})"
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG)
+        why = "has no room for" if full else f"cannot hold ({exc.strerror})"
     temp = tempfile.gettempdir()
     try:
         block = Block(size, temp)
@@ -57,9 +58,9 @@ def create_block(size: int) -> Block:
             raise
         raise OSError(exc.errno, f"no room for the pool's shared block of {amount(size)}, neither in /dev/shm nor in {temp}") from exc
     try:
+        advice = " (give the container more shared memory, e.g. docker run --shm-size)" if full else ""
         warnings.warn(
-            f"fastvec: /dev/shm {why} the pool's shared block of {amount(size)}; using a file in {temp} instead "
-            "(give the container more shared memory, e.g. docker run --shm-size)",
+            f"fastvec: /dev/shm {why} the pool's shared block of {amount(size)}; using a file in {temp} instead{advice}",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -433,11 +433,8 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
 
     spaces = [(env.observation_space, env.action_space) for env in envs]
     try:  # (all at once, the usual case: spaces the envs share travel once, not once per env)
-        try:
-            return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            return cloudpickle.dumps(spaces)
-    except Exception:
+        return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # (each env's on its own: only those that need it by value, with cloudpickle)
         pass
     pickled: list[bytes | None] = []
     for j, env in enumerate(envs):

@@ -496,8 +496,9 @@ def test_a_fallback_block_whose_warning_is_an_error_is_let_go_of(monkeypatch) ->
 def test_no_dev_shm_falls_back_to_the_temp_directory(monkeypatch) -> None:
     """/dev/shm missing (or not writable): the pool failed with a bare FileNotFoundError naming no folder."""
     monkeypatch.setattr(shm, "_SHM_DIR", "/nonexistent-dev-shm")
-    with pytest.warns(RuntimeWarning, match="/dev/shm cannot hold"):
+    with pytest.warns(RuntimeWarning, match="/dev/shm cannot hold") as warned:
         venv = VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
+    assert "--shm-size" not in str(warned[0].message)  # (more shared memory is no remedy here)
     with venv:
         assert venv.pool._segment.folder == tempfile.gettempdir()
         venv.reset(seed=0)

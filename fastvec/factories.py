@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OwnFactory", "Distinct", "private_copy", "holds_shared"]
+__all__ = ["OwnFactory", "Distinct", "private_copy", "travels"]
 
 
 class OwnFactory:
@@ -97,7 +97,7 @@ def _take(token: int, index: int) -> Any:
 
 def _dump(obj: Any, fork: bool, moving: bool = False) -> tuple[bytes, int, list]:
     """``obj`` pickled, the token its pickle looks the objects kept by reference up under, and those objects.
-    ``moving``: for another process (``holds_shared``): an array over a memory map, read-only too, cannot go."""
+    ``moving``: for another process (``travels``): an array over a memory map, read-only too, cannot go."""
     import cloudpickle
 
     kept: list = []
@@ -162,10 +162,7 @@ def _kind_of(value: Any, fork: bool, moving: bool) -> object | None:
         return _AS_IT_IS
     if not fork:
         return None
-    if isinstance(value, (mmap.mmap, socket.socket)) or isinstance(value, mp_types) or _shared_ctypes(value):
-        return _AS_IT_IS
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor) and _tensor_shared(value):
+    if isinstance(value, (mmap.mmap, socket.socket, *mp_types)) or _shared_ctypes(value) or _shared_tensor(value):
         return _AS_IT_IS
     return None
 
@@ -195,10 +192,7 @@ def _over_shared_memory(array: np.ndarray, read_only_too: bool = False) -> bool:
         base = base.base
     if isinstance(base, memoryview):
         base = base.obj
-    if isinstance(base, mmap.mmap) or _shared_ctypes(base):
-        return True
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(base, torch.Tensor) and _tensor_shared(base)
+    return isinstance(base, mmap.mmap) or _shared_ctypes(base) or _shared_tensor(base)
 
 
 def _shared_ctypes(value: Any) -> bool:
@@ -224,9 +218,13 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def _tensor_shared(tensor: Any) -> bool:
+def _shared_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor in shared memory (torch is not imported for it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(value, torch.Tensor):
+        return False
     try:
-        return bool(tensor.is_shared())
+        return bool(value.is_shared())
     except Exception:
         return False
 
@@ -253,17 +251,15 @@ def _multiprocessing_types() -> tuple:
     return _MP_TYPES
 
 
-def holds_shared(obj: Any) -> bool:
-    """Whether ``obj`` holds what a copy cannot stand for (under fork: the module's; a memory map, read-only too),
-    as a moving env would lose it (its state travels pickled): such an env does not move. (False where it cannot
-    be pickled at all: the caller asks that first.)"""
+def travels(obj: Any) -> bool:
+    """Whether ``obj`` can go to another process pickled, keeping what it holds: it pickles, and holds nothing a
+    copy cannot stand for (under fork: the module's; a memory map, read-only too: a moving env whose state would
+    arrive detached, or owning the caller's descriptor, does not move)."""
     try:
         _dump(obj, True, moving=True)
-    except AsItIs:
-        return True
-    except Exception:
+    except Exception:  # (AsItIs, or it cannot be pickled at all)
         return False
-    return False
+    return True
 
 
 class Distinct:
@@ -278,7 +274,8 @@ class Distinct:
         """Env ``index`` as its process steps it: ``env``, or, where it is the very object an env made before is, or
         wraps the same env (the factory returns an env it holds: ``lambda: env``), a copy of it, as a process of
         its own would have; ValueError where no copy can be made (SB3's DummyVecEnv refuses such factories)."""
-        twin = self._twin(env)
+        inner = _inner(env)
+        twin = self._twin(env, inner)
         if twin is not None:
             try:
                 env = private_copy(env, self.fork)
@@ -289,12 +286,13 @@ class Distinct:
                     f"and it cannot be copied ({why}): the envs that one process steps must be distinct objects. "
                     "Make the env when the factory is called (lambda: gym.make(...), not lambda: env)."
                 ) from exc
-        for obj in (env, _inner(env)):
+            inner = _inner(env)
+        for obj in (env, inner):
             self._seen[id(obj)] = (index, obj)  # (the object too: its id stays its own while it is held)
         return env
 
-    def _twin(self, env: Any) -> int | None:
-        for obj in (env, _inner(env)):
+    def _twin(self, env: Any, inner: Any) -> int | None:
+        for obj in (env, inner):
             seen = self._seen.get(id(obj))
             if seen is not None and seen[1] is obj:
                 return seen[0]

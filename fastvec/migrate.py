@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastvec.factories import holds_shared
+from fastvec.factories import travels
 
 __all__ = ["ADOPT", "movable", "pack", "unpack"]
 
@@ -39,15 +39,9 @@ def movable(env: Any, env_fn: Any) -> bool:
     where it arrives). An env that cannot is re-created there, and keeps only its generator: a
     wrapper's running statistics, a curriculum's level would start again, so the pool does not move
     it (``Pool.request_move``). Nor does one that holds what a pickle cannot stand for (a memory map,
-    a file, a pipe's end: ``factories.holds_shared``): it would arrive with a detached copy, or one
+    a file, a pipe's end: ``factories.travels``): it would arrive with a detached copy, or one
     owning the caller's descriptor."""
-    import cloudpickle
-
-    try:
-        cloudpickle.dumps((env, env_fn))
-    except Exception:
-        return False
-    return not holds_shared((env, env_fn))
+    return travels((env, env_fn))
 
 
 def pack(env: Any, env_fn: Any, objects: list | None, to_bytes: bool) -> Any:

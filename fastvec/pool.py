@@ -398,9 +398,7 @@ class Pool(ShardMoves):
             env_spaces.extend(self._handshake(remote, "make"))
         self.observation_space = self._given_observation_space or env_spaces[0][0]
         self.action_space = env_spaces[0][1]
-        for i, spaces_i in enumerate(env_spaces):
-            if spaces_i is not None:  # (None: spaces that cannot be pickled, of an env other than env 0)
-                self._check_spaces(i, *spaces_i)
+        self._check_env_spaces(0, env_spaces)
         self.obs_leaves = leaves(self.observation_space)
         self._single_leaf = is_single_array(self.obs_leaves)
         # final observations come in native byte order, whichever way they travel (the env's own object, pickled,
@@ -466,6 +464,13 @@ class Pool(ShardMoves):
             address=views.header.ctypes.data,  # the header is at offset 0
             nbytes=self.layout.size,
         )
+
+    def _check_env_spaces(self, start: int, spaces: list) -> None:
+        """``_check_spaces`` for envs ``start``, ``start + 1``, ... (their (observation, action) spaces, or None for
+        one whose spaces cannot be pickled, of an env other than env 0: not compared, as SB3 compares none)."""
+        for k, pair in enumerate(spaces):
+            if pair is not None:
+                self._check_spaces(start + k, *pair)
 
     def _check_spaces(self, i: int, obs_space: Any, act_space: Any) -> None:
         """Env i's spaces against the pool's: equal ("same"), or the same structure, shapes and dtypes."""
@@ -536,8 +541,9 @@ class Pool(ShardMoves):
             final_obs=self.autoreset_mode == SAME_STEP,
         )  # fmt: skip
         most = None  # the most slots that fit, below ring_slots (a block grows by one slot's rows per slot)
-        if self.ring_slots > fewest and plan(fewest).size <= free:
-            base, per_slot = plan(fewest).size, max(1, plan(fewest + 1).size - plan(fewest).size)
+        base = plan(fewest).size
+        if self.ring_slots > fewest and base <= free:
+            per_slot = max(1, plan(fewest + 1).size - base)
             most = min(self.ring_slots - 1, fewest + (free - base) // per_slot)
             while most > fewest and plan(most).size > free:  # (alignment: a few bytes more, at most)
                 most -= 1
@@ -1476,10 +1482,7 @@ class Pool(ShardMoves):
 
             remote = self._spawn(dead.index, placing, replacing=True)
             try:
-                spaces = self._handshake(remote, "make (worker restart)")
-                for k, spaces_k in enumerate(spaces):
-                    if spaces_k is not None:
-                        self._check_spaces(remote.envs.start + k, *spaces_k)
+                self._check_env_spaces(remote.envs.start, self._handshake(remote, "make (worker restart)"))
                 remote.attach(self.layout, self._segment._fd, first_seq & SEQ_MASK, restart)  # type: ignore[union-attr]
                 try:
                     kind, extras = self._recv(remote, "attach (worker restart)")

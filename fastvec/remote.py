@@ -138,20 +138,20 @@ def _lenient_parts(data: bytes) -> tuple[list[int], list | None, list | None]:
     told: a call's reply, or the lenient load fails too), the OBJECTS entries that did load, and an error reply's
     own errors (None for another reply)."""
     try:
-        message = _Lenient(io.BytesIO(data)).load()
+        message = lenient_loads(data)
         kind = message[0]
         if kind == "extras":
             entries, errors = message[1] or [], None
         elif kind == "error":
             entries, errors = (message[2] if len(message) > 2 else None) or [], message[1]
-            if _holds_not_loaded(errors, 0, set()):
+            if holds_not_loaded(errors):
                 return [], None, None
         else:
             return [], None, None
-        bad = sorted({entry[0] for entry in entries if _holds_not_loaded(entry[2], 0, set())})
-        objects = [entry for entry in entries if entry[1] == Extra.OBJECTS and not _holds_not_loaded(entry[2], 0, set())]
+        bad = sorted({entry[0] for entry in entries if holds_not_loaded(entry[2])})
+        objects = [entry for entry in entries if entry[1] == Extra.OBJECTS and not holds_not_loaded(entry[2])]
         return bad, objects or None, errors
-    except Exception:
+    except Exception:  # (a message that would not load even so, None, or not of a reply's form)
         return [], None, None
 
 

@@ -424,9 +424,9 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     """Each env's (observation space, action space), pickled for the parent: by reference where their classes
     import (a class of the parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__``
     with an isinstance check holds); else by value with cloudpickle (classes defined in a function or a notebook;
-    cloudpickle maps a class the parent sent by value back to the parent's). An env whose spaces cannot be pickled
-    at all (holding a lock) is None, each env's then pickled on its own: the parent does not compare them with env
-    0's (SB3 reads env 0's alone, and
+    cloudpickle maps a class the parent sent by value back to the parent's). All at once where they pickle by
+    reference (spaces the envs share travel once); else each env's on its own, and an env's that cannot be pickled
+    at all (holding a lock) is None: the parent does not compare them with env 0's (SB3 reads env 0's alone, and
     gymnasium's workers compare each with env 0's), unless it is env 0 itself, whose spaces the pool's are: its
     error, naming it."""
     import cloudpickle
@@ -437,13 +437,12 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     except Exception:  # (each env's on its own: only those that need it by value, with cloudpickle)
         pass
     pickled: list[bytes | None] = []
-    for j, env in enumerate(envs):
-        spaces = (env.observation_space, env.action_space)
+    for j, pair in enumerate(spaces):
         try:
             try:
-                pickled.append(pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL))
+                pickled.append(pickle.dumps(pair, pickle.HIGHEST_PROTOCOL))
             except Exception:
-                pickled.append(cloudpickle.dumps(spaces))
+                pickled.append(cloudpickle.dumps(pair))
         except Exception as exc:
             if start + j == 0 or isinstance(exc, MemoryError):
                 raise ShardError(start + j, "make (reporting spaces)", exc) from exc

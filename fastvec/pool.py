@@ -480,6 +480,7 @@ class Pool(ShardMoves):
                     f"env {i} has observation space {obs_space}, env 0 {self.observation_space}: with "
                     "observation_mode='same' the sub-environments observation spaces are not equivalent. If this is "
                     "intentional, use `observation_mode='different'` instead (spaces that differ only in their bounds)."
+                    + _twin_classes(obs_space, self.observation_space)
                 )
         elif not _equivalent(leaves(obs_space), leaves(self.observation_space)):
             raise SpaceMismatchError(
@@ -492,6 +493,7 @@ class Pool(ShardMoves):
             raise SpaceMismatchError(
                 f"env {i} has action space {act_space}, but env 0 has {self.action_space}; "
                 "all envs of a pool must share it (actions are batched into one buffer)"
+                + _twin_classes(act_space, self.action_space)
             )
 
     def _index_remotes(self, seqs: list[int] | None = None) -> None:
@@ -2123,6 +2125,20 @@ def _async_workers(n: int, batch: int, cores: int) -> int:
     fewest = n // batch
     sizes = [g for g in range(1, batch + 1) if batch % g == 0 and n // g <= max(fewest, cores)]
     return n // min(sizes)
+
+
+def _twin_classes(space: Any, other: Any) -> str:
+    """A word on two spaces whose classes are different classes of one name (a copy of a class, as cloudpickle makes
+    of a class defined in a function, or in the script under spawn), which print the same: '' where they are not."""
+    a, b = type(space), type(other)
+    if a is b or (a.__module__, a.__name__) != (b.__module__, b.__name__):  # (a copy's qualified name may be lost)
+        return ""
+    return (
+        f" Their classes are two different classes named {b.__module__}.{b.__qualname__} (a class defined in a "
+        "function is a new class at each call, and a pickled copy of one is another, as is a copy of a class of the "
+        "script under spawn or forkserver): define it at the top level of a module the workers import, or make its "
+        "__eq__ compare what the spaces hold rather than their class."
+    )
 
 
 def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:

@@ -16,6 +16,7 @@ from a server that preloaded it (see fastvec.remote).
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import pickle
@@ -420,6 +421,32 @@ def _picklable_error(message: tuple, exc: Exception, env: int, request: str, ind
     return ("error", [ShardError(env, f"{request} (sending the result)", exc).payload()], objects or None)
 
 
+def _dumps_by_value_where_needed(obj: Any) -> bytes:
+    """``obj`` pickled with cloudpickle, but a class that imports by its name goes by reference, as the standard
+    pickle sends it: cloudpickle sends the classes of ``__main__`` by value, which the parent loads as new classes
+    (under fork the worker's ``__main__`` is the parent's, so its own class is the one meant), and a custom space
+    whose ``__eq__`` checks its class would then differ from env 0's, though printed the same."""
+    import cloudpickle
+
+    class ByReference(cloudpickle.CloudPickler):
+        def reducer_override(self, value: Any) -> Any:
+            if isinstance(value, type) and _imports_by_name(value):
+                return NotImplemented  # (the standard pickling of a class: its module and name)
+            return super().reducer_override(value)
+
+    buffer = io.BytesIO()
+    ByReference(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _imports_by_name(cls: type) -> bool:
+    """Whether ``cls`` is what its module and qualified name find (not a class made in a function)."""
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
+
+
 def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     """Each env's (observation space, action space), pickled for the parent: by reference where their classes
     import (a class of the parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__``
@@ -429,8 +456,6 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     at all (holding a lock) is None: the parent does not compare them with env 0's (SB3 reads env 0's alone, and
     gymnasium's workers compare each with env 0's), unless it is env 0 itself, whose spaces the pool's are: its
     error, naming it."""
-    import cloudpickle
-
     spaces = [(env.observation_space, env.action_space) for env in envs]
     try:  # (all at once, the usual case: spaces the envs share travel once, not once per env)
         return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
@@ -442,7 +467,7 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
             try:
                 pickled.append(pickle.dumps(pair, pickle.HIGHEST_PROTOCOL))
             except Exception:
-                pickled.append(cloudpickle.dumps(pair))
+                pickled.append(_dumps_by_value_where_needed(pair))
         except Exception as exc:
             if start + j == 0 or isinstance(exc, MemoryError):
                 raise ShardError(start + j, "make (reporting spaces)", exc) from exc

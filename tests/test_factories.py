@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import tracemalloc
 from functools import partial
@@ -357,3 +360,97 @@ def test_the_pool_keeps_no_pickle_of_its_factories() -> None:
     finally:
         tracemalloc.stop()
     assert held < data.nbytes, f"{held / 2**20:.0f} MiB held while the pool lives"
+
+
+SCRIPT_CLASSES = textwrap.dedent(
+    """
+    import sys
+    from functools import partial
+
+    import gymnasium as gym
+    import numpy as np
+
+    import fastvec
+
+    class MyBox(gym.spaces.Box):  # equal to spaces of its own class only
+        def __eq__(self, other):
+            return isinstance(other, MyBox) and super().__eq__(other)
+
+        __hash__ = None
+
+    def local_discrete():
+        class LocalDiscrete(gym.spaces.Discrete):  # (made in a function: it pickles by value only)
+            pass
+
+        return LocalDiscrete(2)
+
+    class E(gym.Env):
+        def __init__(self, local=False):
+            self.observation_space = MyBox(-1, 1, (2,), np.float32)
+            self.action_space = local_discrete() if local else gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(2, np.float32), 0.0, False, False, {}
+
+        def the_scripts_own(self):
+            return type(self) is sys.modules["__main__"].E and type(self.observation_space) is MyBox
+
+    if __name__ == "__main__":
+        fns = [E, E, E, partial(E, True)]
+        if sys.argv[2] == "sb3":
+            venv = fastvec.SubprocVecEnv(fns, start_method=sys.argv[1], num_workers=2)
+        else:
+            venv = fastvec.VectorEnv(fns, context=sys.argv[1], num_workers=2)
+        with venv:
+            venv.reset()
+            print(list(venv.env_method("the_scripts_own") if sys.argv[2] == "sb3" else venv.call("the_scripts_own")))
+    """
+)
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_the_classes_of_the_main_script_stay_its_own_where_spaces_need_cloudpickle(tmp_path, front: str) -> None:
+    """Every process's envs are of the script's own classes, and a space whose ``__eq__`` checks its class equals
+    env 0's, also where another env's spaces need cloudpickle to travel: a worker sent them by value with it, the
+    script's classes too, so that the parent held a second class (refused, though printed the same). gymnasium's
+    AsyncVectorEnv accepts these envs under fork. (Under spawn the workers' envs are of copies of the script's
+    classes, cloudpickle's, as SB3's and gymnasium's are.)"""
+    script = tmp_path / "main_classes.py"
+    script.write_text(SCRIPT_CLASSES)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, str(script), "fork", front], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[True, True, True, True]"
+
+
+class _ClassEqualBox(gym.spaces.Box):
+    def __eq__(self, other):
+        return isinstance(other, type(self)) and super().__eq__(other)
+
+    __hash__ = None
+
+
+def _env_of_its_own_space_class() -> gym.Env:
+    class OwnBox(_ClassEqualBox):  # (a new class per call, one name)
+        pass
+
+    env = gym.make("CartPole-v1")
+    env.observation_space = OwnBox(-np.inf, np.inf, (4,), np.float32)
+    return env
+
+
+def test_spaces_of_two_classes_of_one_name_are_refused_saying_so() -> None:
+    """gymnasium refuses them too (each env's space equals only its own class's); the message printed two
+    identical spaces and nothing else."""
+    from fastvec.errors import SpaceMismatchError
+
+    with pytest.raises(RuntimeError, match="not equivalent"):
+        gym.vector.SyncVectorEnv([_env_of_its_own_space_class] * 2)
+    with pytest.raises(SpaceMismatchError, match="two different classes named tests.test_factories._env_of_its_own_space_class.<locals>.OwnBox"):
+        VectorEnv([_env_of_its_own_space_class] * 2, context="fork", num_workers=2)

@@ -484,7 +484,10 @@ def test_a_run_folder_rank_0_refuses_is_said_by_every_rank_in_one_line(tmp_path)
         "--total-timesteps",
         str(STEPS_PER_ITERATION_2_RANKS),
     ]
-    _run([sys.executable, "-m", "ppo.train", *common])
+    held = tmp_path / "X"  # (a run's files: test_ppo_train makes them with a real run)
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    (held / "latest.pt").write_bytes(b"")
     done = subprocess.run(
         _torchrun(2, "--distributed", *common), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=150
     )

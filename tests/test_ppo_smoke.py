@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,7 @@ def _run(args: list[str], timeout: float) -> str:
     return done.stdout
 
 
+@pytest.mark.one_pass  # (the trainer, end to end: test_ppo_train runs it on either twin's kernels)
 def test_train_improves_cartpole_and_writes_the_run_folder(tmp_path) -> None:
     out = _run(
         [

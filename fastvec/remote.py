@@ -233,6 +233,13 @@ class Remote:
         if start_method == "forkserver":
             preload_forkserver()
         fns: Any = env_fns if start_method == "fork" else pickle_factories(env_fns, envs.start, start_method)
+        if replacing is not None and start_method != "fork":  # (the pool's spaces: a class made in a function, env
+            try:  # 0 made in this process, travels with cloudpickle, as in attach())
+                pickle.dumps(replacing)
+            except Exception:
+                import cloudpickle
+
+                replacing = cloudpickle.dumps(replacing)  # type: ignore[assignment]
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
         inherited = [r.conn.fileno() for r in siblings if r.index != index] + [parent_conn.fileno()]
@@ -353,8 +360,16 @@ class Remote:
             os.close(fd)
 
     def attach(self, layout: Any, fd: int, first_seq: int, restart: tuple | None) -> None:
-        """Send the layout and the shared block's file descriptor (SCM_RIGHTS)."""
-        self.conn.send(("attach", layout, first_seq, restart))
+        """Send the layout and the shared block's file descriptor (SCM_RIGHTS). (The layout holds env 0's spaces:
+        one of a class made in a function, env 0 made in this process, travels with cloudpickle.)"""
+        message = ("attach", layout, first_seq, restart)
+        try:
+            payload = bytes(reduction.ForkingPickler.dumps(message))
+        except Exception:
+            import cloudpickle
+
+            payload = cloudpickle.dumps(message)
+        self.conn.send_bytes(payload)
         reduction.send_handle(self.conn, fd, self.process.pid)
 
     def send_bytes(self, payload: bytes) -> None:

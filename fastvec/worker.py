@@ -153,6 +153,8 @@ def worker_main(
 
         if isinstance(env_fns, bytes):
             env_fns = cloudpickle.loads(env_fns)
+        if isinstance(replacing, bytes):  # (the pool's spaces, pickled with cloudpickle: Remote.spawn)
+            replacing = cloudpickle.loads(replacing)
         envs = holding.made
         unmade: list[tuple] = []  # a replacement's envs whose factory failed: this command's errors, tried again later
         distinct = Distinct(all(getattr(fn, "fork", True) for fn in env_fns))

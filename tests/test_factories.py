@@ -454,3 +454,54 @@ def test_spaces_of_two_classes_of_one_name_are_refused_saying_so() -> None:
         gym.vector.SyncVectorEnv([_env_of_its_own_space_class] * 2)
     with pytest.raises(SpaceMismatchError, match="two different classes named tests.test_factories._env_of_its_own_space_class.<locals>.OwnBox"):
         VectorEnv([_env_of_its_own_space_class] * 2, context="fork", num_workers=2)
+
+
+def _cartpole_with_a_local_action_space() -> gym.Env:
+    class LocalDiscrete(gym.spaces.Discrete):  # (made in a function: it pickles by value only)
+        pass
+
+    env = gym.make("CartPole-v1")
+    env.action_space = LocalDiscrete(2)
+    return env
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_env_0_s_space_of_a_class_made_in_a_function_reaches_the_workers(start_method: str) -> None:
+    """The pool hands its workers env 0's spaces (in the block's layout): a class the standard pickle cannot
+    send (made in a function) failed there with a bare AttributeError from multiprocessing (SB3's and gymnasium's
+    workers fail to send it too; fastvec, which made env 0 in this process, sends it with cloudpickle)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    fns = [_cartpole_with_a_local_action_space] * 4
+    reference = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method=start_method, num_workers=2) as venv:
+        venv.seed(3), reference.seed(3)
+        np.testing.assert_array_equal(venv.reset(), reference.reset())
+        for _ in range(20):
+            actions = np.array([0, 1, 1, 0])
+            np.testing.assert_array_equal(venv.step(actions)[0], reference.step(actions)[0])
+    reference.close()
+
+
+def _dying_with_a_local_action_space(index: int) -> gym.Env:
+    class LocalDiscrete(gym.spaces.Discrete):
+        pass
+
+    from tests.envs import FailingEnv
+
+    env = FailingEnv("die" if index >= 2 else None, after=1)  # (envs 2 and 3: their worker dies at their 2nd step)
+    env.action_space = LocalDiscrete(2)
+    return env
+
+
+def test_a_replacement_worker_is_handed_env_0_s_space_of_a_class_made_in_a_function() -> None:
+    """With on_error="restart" a spawned replacement gets the pool's spaces as an argument: the standard pickle
+    of the process's start failed on such a class, and the restart with it."""
+    with SubprocVecEnv([partial(_dying_with_a_local_action_space, i) for i in range(4)], start_method="forkserver",
+                       num_workers=2, on_error="restart") as venv:  # fmt: skip
+        venv.reset()
+        venv.step(np.zeros(4, np.int64))
+        with pytest.warns(RuntimeWarning, match="restarted it"):
+            _, _, dones, infos = venv.step(np.zeros(4, np.int64))
+        assert dones.tolist() == [False, False, True, True]
+        assert ["fastvec.restarted" in info for info in infos] == [False, False, True, True]

@@ -505,3 +505,23 @@ def test_a_replacement_worker_is_handed_env_0_s_space_of_a_class_made_in_a_funct
             _, _, dones, infos = venv.step(np.zeros(4, np.int64))
         assert dones.tolist() == [False, False, True, True]
         assert ["fastvec.restarted" in info for info in infos] == [False, False, True, True]
+
+
+class _KeepsTheRealStdout(gym.Wrapper):
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.log = sys.__stdout__  # (as a logging.StreamHandler(sys.__stdout__) keeps it)
+
+
+def test_an_env_the_move_cannot_pickle_does_not_move_while_stdout_is_redirected() -> None:
+    """With sys.stdout redirected (pytest's capture, Jupyter), cloudpickle refuses sys.__stdout__: the check said
+    such an env could move (its own pickler takes the process's streams by name), and the move, which could not
+    pickle it, re-created it from its factory, its state lost."""
+    import contextlib
+    import io
+
+    fns = [partial(gym.make, "CartPole-v1")] * 2 + [lambda: _KeepsTheRealStdout(gym.make("CartPole-v1"))] * 2
+    with contextlib.redirect_stdout(io.StringIO()):
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+            venv.reset()
+            assert venv.pool.request_move(1, 0) is None

@@ -31,6 +31,7 @@ import mmap
 import pickle
 import socket
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -212,10 +213,32 @@ def _ctypes_types() -> tuple:
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
-    """A view of ``array`` no one can make writable (its base, ``array``, is read-only)."""
+    """A view of ``array`` no one can make writable (its base, ``array``, is read-only): one per array while copies
+    hold it, so that the copies of several factories (each snapshot of on_error="restart" too) hold one object,
+    which a pickle of them all (a spawned worker's factories) sends once. (Held weakly here: the view holds the
+    array's memory.)"""
+    key = id(array)
+    entry = _FROZEN.get(key)
+    if entry is not None:
+        view = entry[1]()
+        if view is not None and entry[0]() is array:
+            return view
     view = array.view()
     view.flags.writeable = False
+    try:
+        _FROZEN[key] = (weakref.ref(array), weakref.ref(view, lambda ref, key=key: _forget_frozen(key, ref)))
+    except TypeError:  # (an array type without weak references: a view of its own)
+        pass
     return view
+
+
+def _forget_frozen(key: int, ref: weakref.ref) -> None:
+    entry = _FROZEN.get(key)
+    if entry is not None and entry[1] is ref:
+        del _FROZEN[key]
+
+
+_FROZEN: dict[int, tuple] = {}  # id of a read-only array -> weak references to it and to its frozen view
 
 
 def _shared_tensor(value: Any) -> bool:

@@ -525,3 +525,34 @@ def test_an_env_the_move_cannot_pickle_does_not_move_while_stdout_is_redirected(
         with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
             venv.reset()
             assert venv.pool.request_move(1, 0) is None
+
+
+class _WhereItsDataIs(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, data: np.ndarray):
+        base = data
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        self.where = (os.getpid(), base.__array_interface__["data"][0])
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def test_a_read_only_dataset_is_one_copy_per_worker_with_restarts_under_forkserver() -> None:
+    """With on_error="restart" each factory keeps a copy of its own, taken at the start, and each held its own view
+    of the dataset: a spawned worker's factories carried it once per env, and its envs held a copy each."""
+    data = np.ones(1 << 16)
+    data.flags.writeable = False
+    fns = [partial(_WhereItsDataIs, data)] * 6
+    with SubprocVecEnv(fns, start_method="forkserver", num_workers=2, on_error="restart") as venv:
+        where = venv.get_attr("where")
+    buffers: dict = {}
+    for pid, address in where:
+        buffers.setdefault(pid, set()).add(address)
+    assert [len(addresses) for addresses in buffers.values()] == [1, 1], where

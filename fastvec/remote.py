@@ -27,24 +27,60 @@ from fastvec.protocol import POLL_NS, Extra, named_envs
 
 __all__ = ["Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
-# what the forkserver imports once for every worker it forks: the worker's heavy third-party modules, not fastvec's
-# own (CPython before 3.13.1 starts the forkserver without the program's sys.path: preloaded by name, fastvec came
-# from wherever the default path found it, another copy than the program's where it put one first on its path; a
-# worker imports fastvec's small modules itself, with the program's path)
-_PRELOAD = ("numpy", "gymnasium")
+# what the forkserver imports once for every worker it forks: the worker's modules, and a hook that gives each
+# child a global numpy generator of its own (fastvec._forkserver); only where the forkserver finds the very copies
+# of them the program runs: CPython before 3.13.1 starts it with the interpreter's default sys.path, not the
+# program's, and a program that put another copy first on its path (of fastvec, of gymnasium) ran its workers on
+# the default one. Elsewhere each worker imports them itself, with the program's path.
+_PRELOAD = ("numpy", "gymnasium", "fastvec._forkserver")
+_SAME_COPIES: bool | None = None  # whether the forkserver finds the program's copies (found once per process)
 
 
 def preload_forkserver() -> None:
-    """Have the forkserver import the worker's heavy modules once, so each worker forked from it
-    starts with them (and with nothing else: not a front-end, SB3 or torch). Takes effect
-    when the forkserver starts; one already running keeps what it has."""
+    """Have the forkserver import the worker's modules once, so each worker forked from it starts with them (and
+    with nothing else: not a front-end, SB3 or torch), where it finds the program's own copies of them. Takes
+    effect when the forkserver starts; one already running keeps what it has."""
     from multiprocessing import forkserver
 
     server = forkserver._forkserver  # the process-wide server that set_forkserver_preload configures
+    if getattr(server, "_forkserver_pid", None) is not None:  # (running: its modules are imported already)
+        return
     modules = list(getattr(server, "_preload_modules", ["__main__"]))
     missing = [name for name in _PRELOAD if name not in modules]
-    if missing:
+    if missing and _forkserver_finds_the_program_s_copies():
         forkserver.set_forkserver_preload(modules + missing)
+
+
+def _forkserver_finds_the_program_s_copies() -> bool:
+    """Whether a process started as the forkserver is (the same interpreter, flags, environment and working
+    directory; ``-c``, so its path starts with that directory) finds the copies of numpy, gymnasium and fastvec
+    this process runs. (Asked once: about 50 ms.)"""
+    global _SAME_COPIES
+    if _SAME_COPIES is None:
+        import importlib.util
+        import subprocess
+        from multiprocessing import spawn, util
+
+        names = ("numpy", "gymnasium", "fastvec")
+        here = []
+        for name in names:
+            spec = importlib.util.find_spec(name)
+            here.append(os.path.realpath(spec.origin) if spec is not None and spec.origin else None)
+        code = (
+            "import importlib.util as u, os, sys\n"
+            "print(repr([os.path.realpath(s.origin) if (s := u.find_spec(n)) is not None and s.origin else None"
+            " for n in sys.argv[1:]]))"
+        )
+        try:
+            found = subprocess.run(
+                [spawn.get_executable(), *util._args_from_interpreter_flags(), "-c", code, *names],
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            there = found.stdout.strip().splitlines()[-1] if found.returncode == 0 and found.stdout.strip() else ""
+        except (OSError, subprocess.SubprocessError):
+            there = ""
+        _SAME_COPIES = None not in here and there == repr(here)
+    return _SAME_COPIES
 
 
 def pickle_factories(fns: list, start: int, start_method: str) -> bytes:

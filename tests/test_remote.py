@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
 from fastvec.errors import StepTimeoutError, WorkerDiedError
-from fastvec.remote import Remote, pickle_factories, preload_forkserver
+from fastvec.remote import Remote, pickle_factories
 
 
 def _sleep_then_exit(conn, seconds: float, code: int) -> None:
@@ -58,12 +61,81 @@ def test_unpicklable_factories_are_named() -> None:
     assert "lock" in str(raised.value) and "create it inside the factory" in str(raised.value)
 
 
-def test_forkserver_preloads_the_worker_s_heavy_modules_but_not_fastvec() -> None:
-    from multiprocessing import forkserver
+def test_forkserver_preloads_the_worker_s_modules_where_it_finds_the_program_s_copies() -> None:
+    from fastvec import remote
 
-    preload_forkserver()
-    preloaded = forkserver._forkserver._preload_modules
-    assert {"numpy", "gymnasium"} <= set(preloaded) and not any(name.startswith("fastvec") for name in preloaded)
+    assert remote._forkserver_finds_the_program_s_copies()  # (this checkout, as the suite runs it)
+    assert set(remote._PRELOAD) == {"numpy", "gymnasium", "fastvec._forkserver"}
+
+
+_FORKSERVER_PROGRAM = textwrap.dedent(
+    """
+    import sys
+    if sys.argv[1] != "-":
+        sys.path.insert(0, sys.argv[1])  # the program's own gymnasium, first on its path
+    import gymnasium as gym
+    import numpy as np
+
+    class Where(gym.Wrapper):
+        def __init__(self):
+            super().__init__(gym.make("CartPole-v1"))
+
+        def where(self):
+            return gym.__file__, float(np.random.rand())
+
+    if __name__ == "__main__":
+        for front in sys.argv[2:]:  # (pools made one after another, forkserver's workers each)
+            if front == "sb3":
+                from stable_baselines3.common.vec_env import SubprocVecEnv
+                venv = SubprocVecEnv([Where] * 2, start_method="forkserver")
+            else:
+                from fastvec import SubprocVecEnv
+                venv = SubprocVecEnv([Where] * 2, start_method="forkserver", num_workers=2, step_in_parent=False)
+            print(repr(venv.env_method("where")))
+            venv.close()
+    """
+)
+
+
+def _forkserver_program(tmp_path, *fronts: str, vendor: str | None = None) -> list:
+    """What each env of each front's forkserver pool says (its gymnasium's file, a draw from np.random), the pools
+    made one after another in one program; ``vendor``: a folder the program puts first on its path."""
+    script = tmp_path / "program.py"
+    script.write_text(_FORKSERVER_PROGRAM)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, str(script), vendor or "-", *fronts], capture_output=True, text=True, timeout=120, cwd=root,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [eval(line) for line in done.stdout.strip().splitlines()]
+
+
+def test_forkserver_workers_and_later_pools_draw_from_numpy_generators_of_their_own() -> None:
+    """The forkserver preloads numpy, which seeds its global generator once, as it is imported: every worker forked
+    from it drew the same numbers, and so did those of an SB3 forkserver pool made later in the program (whose
+    workers, with nothing preloaded, import numpy themselves: each seeded anew)."""
+    import pathlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        ours, sb3s = _forkserver_program(pathlib.Path(folder), "fastvec", "sb3")
+    draws = [draw for _, draw in ours] + [draw for _, draw in sb3s]
+    assert len(set(draws)) == 4, draws
+
+
+def test_forkserver_workers_run_the_program_s_own_gymnasium(tmp_path) -> None:
+    """A program whose path puts its own gymnasium first (a vendored copy): the forkserver, started with the
+    interpreter's default path before CPython 3.13.1, preloaded the other one, and the workers ran it (SB3's
+    forkserver workers, which preload nothing, run the program's)."""
+    import shutil
+
+    import gymnasium
+
+    vendor = tmp_path / "vendor"
+    shutil.copytree(os.path.dirname(gymnasium.__file__), vendor / "gymnasium", ignore=shutil.ignore_patterns("__pycache__"))
+    (ours,) = _forkserver_program(tmp_path, "fastvec", vendor=str(vendor))
+    assert [file for file, _ in ours] == [str(vendor / "gymnasium" / "__init__.py")] * 2
 
 
 def test_the_forkserver_imports_the_program_s_own_fastvec(tmp_path) -> None:
@@ -71,9 +143,6 @@ def test_the_forkserver_imports_the_program_s_own_fastvec(tmp_path) -> None:
     path before CPython 3.13.1) preloaded the worker's modules from wherever the default path found fastvec, and
     the workers ran another copy than the program's (with another version, the pool failed to start, unclearly)."""
     import shutil
-    import subprocess
-    import sys
-    import textwrap
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]

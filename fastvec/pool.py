@@ -85,7 +85,7 @@ from fastvec.protocol import (
     StepFlag,
     dumps_payload,
 )
-from fastvec.remote import Remote, ReplyNotLoaded, holds_not_loaded, kill_all, lenient_loads, stop
+from fastvec.remote import Remote, ReplyNotLoaded, SpacesNotPickled, holds_not_loaded, kill_all, lenient_loads, stop
 from fastvec.restart import describe, restart_reason
 from fastvec.shard import Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
@@ -437,7 +437,10 @@ class Pool(ShardMoves):
             views.env_worker[envs.start : envs.stop] = w
         for remote in self._remotes:
             remote.base = views.control_base(remote.index)
-            remote.attach(self.layout, self._segment._fd, 1, None)  # type: ignore[union-attr]
+            try:
+                remote.attach(self.layout, self._segment._fd, 1, None)  # type: ignore[union-attr]
+            except SpacesNotPickled as exc:  # (as where env 0's worker reports them: worker._dumps_spaces)
+                raise env_error(*ShardError(0, "make (reporting spaces)", exc.args[0]).payload()) from None
         for remote in self._remotes:
             kind, payload = self._recv(remote, "attach")
             if kind == "error":  # (it could not map the block)

@@ -100,6 +100,10 @@ def pickle_factories(fns: list, start: int, start_method: str) -> bytes:
     return cloudpickle.dumps(fns)
 
 
+class SpacesNotPickled(Exception):
+    """The pool's spaces (env 0's, made in the calling process) cannot be pickled for its workers: ``args[0]``, why."""
+
+
 class ReplyNotLoaded(Exception):
     """A worker's reply (its envs' infos, object observations, call results), read whole, that cannot be
     unpickled in this process: ``data``, the message; ``exc``, what loading it raised."""
@@ -404,7 +408,10 @@ class Remote:
         except Exception:
             import cloudpickle
 
-            payload = cloudpickle.dumps(message)
+            try:
+                payload = cloudpickle.dumps(message)
+            except Exception as exc:  # (env 0's spaces, made in this process, hold what cannot be pickled)
+                raise SpacesNotPickled(exc) from exc
         self.conn.send_bytes(payload)
         reduction.send_handle(self.conn, fd, self.process.pid)
 

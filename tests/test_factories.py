@@ -556,3 +556,24 @@ def test_a_read_only_dataset_is_one_copy_per_worker_with_restarts_under_forkserv
     for pid, address in where:
         buffers.setdefault(pid, set()).add(address)
     assert [len(addresses) for addresses in buffers.values()] == [1, 1], where
+
+
+class _LockBox(gym.spaces.Box):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+
+
+def _cartpole_whose_space_holds_a_lock() -> gym.Env:
+    env = gym.make("CartPole-v1")
+    env.observation_space = _LockBox(-np.inf, np.inf, (4,), np.float32)
+    return env
+
+
+@pytest.mark.parametrize("step_in_parent", [False, True])
+def test_env_0_s_spaces_that_cannot_be_pickled_are_its_error_wherever_it_steps(step_in_parent: bool) -> None:
+    """Made in this process (step_in_parent), its spaces failed as the pool handed them to its workers, with the
+    pickler's bare TypeError, naming no env."""
+    with pytest.raises(EnvError, match=r"env 0 raised TypeError during 'make \(reporting spaces\)': cannot pickle") as raised:
+        SubprocVecEnv([_cartpole_whose_space_holds_a_lock] * 4, start_method="fork", num_workers=2, step_in_parent=step_in_parent)
+    assert isinstance(raised.value, TypeError) and raised.value.env_index == 0

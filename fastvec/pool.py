@@ -956,23 +956,22 @@ class Pool(ShardMoves):
             )
 
         def called(positions: list[int]) -> str:
-            return ("env " if len(positions) == 1 else "envs ") + ", ".join(str(indices[p]) for p in positions)
+            return ("env " if len(positions) == 1 else "envs ") + ", ".join(str(i) for i in sorted(indices[p] for p in positions))
 
         # pickled before anything is issued: an unpicklable argument leaves the pool idle. A called worker's share is
         # loaded here first and its copy sent: one that cannot be loaded is named by the envs called (a worker named its
         # first env); and a value that loads once only (a torch tensor's storage, passed by a one-shot descriptor) is
         # loaded by its worker from the copy's pickle, not from the one this process loaded
-        payloads = {}
-        for r in self._remotes:
-            positions = plan.get(r.index, [])
-            share = part(positions)
-            if positions:
-                # (no pickle made only to be checked: never loaded, it held a torch tensor's one-shot descriptor open)
-                share = private_payload(share, f"{request} arguments", called(positions))
-            payloads[r.index] = dumps_payload(share, f"{request} arguments", r.envs)
-        own = self._local  # (the copy a worker's envs get, as at call_async)
-        # (its copy only where one of its envs is called: else it names envs the call does not concern)
-        local = () if not own else private_payload(part(plan[0]), f"{request} arguments", called(plan[0])) if plan.get(0) else part([])
+        # (no pickle made only to be checked: never loaded, it held a torch tensor's one-shot descriptor open; the
+        # shares in the order of their lowest env, so that an argument no env can take is said for the lowest envs)
+        copies = {
+            shard: private_payload(part(plan[shard]), f"{request} arguments", called(plan[shard]))
+            for shard in sorted(plan, key=lambda shard: min(indices[p] for p in plan[shard]))
+        }
+        payloads = {r.index: dumps_payload(copies.get(r.index, part([])), f"{request} arguments", r.envs) for r in self._remotes}
+        # (the own shard's copy, as a worker's envs get: only where one of its envs is called, else it named envs the
+        # call does not concern)
+        local = () if not self._local else copies.get(0, part([]))
         self._issue(
             _Pending(Command.CONTROL, request, self.slot, 0, payloads, local_args=local, plan=plan, count=len(indices))
         )

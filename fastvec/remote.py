@@ -25,7 +25,7 @@ from fastvec import kernels
 from fastvec.errors import EXIT_UNKNOWN, ShardError, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import POLL_NS, Extra, named_envs
 
-__all__ = ["Remote", "kill_all", "pickle_factories", "preload_forkserver"]
+__all__ = ["Factories", "Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
 # what the forkserver imports once for every worker it forks: the worker's modules, and a hook that gives each
 # child a global numpy generator of its own (fastvec._forkserver); only where the forkserver finds the very copies
@@ -83,21 +83,74 @@ def _forkserver_finds_the_program_s_copies() -> bool:
     return _SAME_COPIES
 
 
-def pickle_factories(fns: list, start: int, start_method: str) -> bytes:
-    """The env factories of one worker, pickled for a spawned/forkserver child (a clear error if they cannot be)."""
+def pickle_factories(fns: list, start: int, start_method: str) -> Factories:
+    """The env factories of one worker, for a spawned/forkserver child, each checked to pickle (a clear error if
+    one cannot). What multiprocessing lets through only as it starts a process (its locks, events and queues,
+    which the child then shares with this process, as SB3's workers do) is taken: those go when the child starts."""
     import cloudpickle
 
     for j, fn in enumerate(fns):
         try:
             cloudpickle.dumps(fn)
         except Exception as exc:
-            raise TypeError(
-                f"env factory {start + j} cannot be pickled for start_method={start_method!r}: {exc!r}. "
-                "Workers started with 'spawn' or 'forkserver' receive their factories by pickle (cloudpickle: "
-                "lambdas and closures travel too); something this factory holds or captures cannot: create it "
-                "inside the factory, or use start_method='fork'."
-            ) from exc
-    return cloudpickle.dumps(fns)
+            if not _shared_as_a_process_starts(exc):
+                raise _unpicklable_factory(start + j, start_method, exc) from exc
+    return Factories(fns, start, start_method)
+
+
+class Factories:
+    """A worker's env factories on their way to a spawned or forkserver child: pickled with cloudpickle as the
+    child's process object is (multiprocessing then lets its locks, events and queues through, as into SB3's
+    workers), and loaded by the worker itself (``load``), which reports a factory it cannot load as its error."""
+
+    def __init__(self, fns: list, start: int = 0, start_method: str = "spawn"):
+        self.fns: list | None = fns
+        self.start, self.start_method = start, start_method
+        self.data: bytes | None = None
+
+    def __getstate__(self) -> tuple:
+        import cloudpickle
+
+        try:
+            return (cloudpickle.dumps(self.fns), self.start)
+        except Exception as exc:  # (what the check let through, refused by the start after all)
+            j = next((j for j, fn in enumerate(self.fns or []) if not _pickles(fn)), 0)
+            raise _unpicklable_factory(self.start + j, self.start_method, exc) from exc
+
+    def __setstate__(self, state: tuple) -> None:
+        self.data, self.start = state
+        self.fns, self.start_method = None, ""
+
+    def load(self) -> list:
+        if self.fns is None:
+            import cloudpickle
+
+            self.fns, self.data = cloudpickle.loads(self.data), None  # type: ignore[arg-type]
+        return self.fns
+
+
+def _pickles(obj: Any) -> bool:
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def _shared_as_a_process_starts(exc: BaseException) -> bool:
+    """Whether ``exc`` is multiprocessing's refusal of one of its objects pickled other than as a process starts."""
+    return isinstance(exc, RuntimeError) and "shared between processes through inheritance" in str(exc)
+
+
+def _unpicklable_factory(index: int, start_method: str, exc: BaseException) -> TypeError:
+    return TypeError(
+        f"env factory {index} cannot be pickled for start_method={start_method!r}: {exc!r}. "
+        "Workers started with 'spawn' or 'forkserver' receive their factories by pickle (cloudpickle: "
+        "lambdas and closures travel too); something this factory holds or captures cannot: create it "
+        "inside the factory, or use start_method='fork'."
+    )
 
 
 class SpacesNotPickled(Exception):

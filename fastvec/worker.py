@@ -151,14 +151,19 @@ def worker_main(
 
         import cloudpickle
 
-        if isinstance(env_fns, bytes):
-            env_fns = cloudpickle.loads(env_fns)
-        if isinstance(replacing, bytes):  # (the pool's spaces, pickled with cloudpickle: Remote.spawn)
-            replacing = cloudpickle.loads(replacing)
         envs = holding.made
         unmade: list[tuple] = []  # a replacement's envs whose factory failed: this command's errors, tried again later
-        distinct = Distinct(all(getattr(fn, "fork", True) for fn in env_fns))
         try:
+            # (spawn, forkserver: remote.Factories, loaded here, so that one that cannot be is said as this worker's
+            # error; a custom launcher's may be cloudpickled bytes)
+            if isinstance(env_fns, (bytes, bytearray)) or hasattr(env_fns, "load"):
+                try:
+                    env_fns = env_fns.load() if hasattr(env_fns, "load") else cloudpickle.loads(env_fns)
+                except Exception as exc:
+                    raise ShardError(start, "make (loading the env factories)", exc) from exc
+            if isinstance(replacing, bytes):  # (the pool's spaces, pickled with cloudpickle: Remote.spawn)
+                replacing = cloudpickle.loads(replacing)
+            distinct = Distinct(all(getattr(fn, "fork", True) for fn in env_fns))
             for j, fn in enumerate(env_fns):
                 try:
                     envs.append(distinct.own(fn(), start + j))

@@ -577,3 +577,50 @@ def test_env_0_s_spaces_that_cannot_be_pickled_are_its_error_wherever_it_steps(s
     with pytest.raises(EnvError, match=r"env 0 raised TypeError during 'make \(reporting spaces\)': cannot pickle") as raised:
         SubprocVecEnv([_cartpole_whose_space_holds_a_lock] * 4, start_method="fork", num_workers=2, step_in_parent=step_in_parent)
     assert isinstance(raised.value, TypeError) and raised.value.env_index == 0
+
+
+def _make_sharing(started, lock, made, index: int) -> gym.Env:
+    with lock:
+        started.set()
+    made.release()
+    return gym.make("CartPole-v1")
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_factories_holding_multiprocessing_locks_and_events_start_under_spawn(start_method: str) -> None:
+    """multiprocessing lets its locks, events and semaphores be pickled only as it starts a process: SB3 pickles
+    its factories there (and so, now, does fastvec), and its workers share them with the caller; fastvec pickled
+    them beforehand and refused them."""
+    ctx = multiprocessing.get_context(start_method)
+    started, lock, made = ctx.Event(), ctx.Lock(), ctx.Semaphore(0)
+    fns = [partial(_make_sharing, started, lock, made, i) for i in range(4)]
+    with SubprocVecEnv(fns, start_method=start_method, num_workers=2) as venv:
+        venv.reset()
+        assert started.is_set()
+        assert all(made.acquire(timeout=10) for _ in range(4))  # (every env's factory, the workers' too)
+
+
+class _LoadsOnlyWhereMade:
+    def __init__(self, pid: int | None = None):
+        self.pid = os.getpid() if pid is None else pid
+
+    def __reduce__(self):
+        return _load_only_in, (self.pid,)
+
+
+def _load_only_in(pid: int) -> _LoadsOnlyWhereMade:
+    if os.getpid() != pid:
+        raise RuntimeError("this config loads only in the process that made it")
+    return _LoadsOnlyWhereMade(pid)
+
+
+def _make_with(config: _LoadsOnlyWhereMade) -> gym.Env:
+    return gym.make("CartPole-v1")
+
+
+def test_a_factory_a_worker_cannot_load_is_that_worker_s_error() -> None:
+    """It pickles, so it passed the check, and the worker died loading it: "WorkerDiedError ... exit code 1", the
+    cause on the worker's stderr only."""
+    fns = [partial(_make_with, _LoadsOnlyWhereMade()) for _ in range(4)]
+    with pytest.raises(EnvError, match=r"env 2 raised RuntimeError during 'make \(loading the env factories\)': this config"):
+        SubprocVecEnv(fns, start_method="forkserver", num_workers=2)

@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium import spaces
 
 from fastvec.env_calls import private_payload
-from fastvec.errors import ShardError
+from fastvec.errors import ShardError, user_stacklevel
 from fastvec.layout import action_buffer_dtype
 from fastvec.protocol import TAG_BITS, TAG_PICKLED, TAG_SCALAR_ROWS, Extra, wide_dtype
 from fastvec.spaces import Leaf, is_single_array, leaves, split
@@ -359,7 +359,7 @@ class _LeafWriter:
             if env not in self._warned:
                 self._warned.add(env)
                 pos = int(np.flatnonzero(rows[row])[0])
-                warnings.warn(f"fastvec: {said(row, pos)}", RuntimeWarning, stacklevel=6)
+                warnings.warn(f"fastvec: {said(row, pos)}", RuntimeWarning, stacklevel=user_stacklevel())
 
     def _env(self, row: int) -> int:
         """The env whose action is at ``row`` of the batch."""
@@ -435,7 +435,7 @@ def emit_warnings(extras: list) -> list | None:
     rest = []
     for entry in extras:
         if entry[1] == Extra.WARNING:
-            warnings.warn(f"fastvec: env {entry[0]} {entry[2]}", RuntimeWarning, stacklevel=5)
+            warnings.warn(f"fastvec: env {entry[0]} {entry[2]}", RuntimeWarning, stacklevel=user_stacklevel())
         else:
             rest.append(entry)
     return rest or None

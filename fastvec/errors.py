@@ -11,6 +11,7 @@ with gymnasium's AsyncVectorEnv, which re-raises the env's own type.
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 import traceback
 from typing import Any
@@ -308,3 +309,18 @@ def detached(exc: BaseException) -> BaseException:
 
 def exit_status(exitcode: int | None) -> str:
     return "an unread exit status" if exitcode == EXIT_UNKNOWN else f"exit code {exitcode}"
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning, issued by the function calling this one, at the first frame outside
+    fastvec: the program's line that led to it (a fixed level pointed into fastvec where the call came another way).
+    1 where every frame is fastvec's (a monitor's thread)."""
+    frame = sys._getframe(1)  # (the function that warns: level 1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
+

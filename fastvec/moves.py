@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from fastvec.env_calls import own_copies
-from fastvec.errors import EnvError, ShardError, WorkerDiedError, env_errors, exit_status
+from fastvec.errors import EnvError, ShardError, WorkerDiedError, env_errors, exit_status, user_stacklevel
 from fastvec.migrate import ADOPT as _ADOPT
 from fastvec.protocol import MIGRATE_ALL, MIGRATE_DOWN, MIGRATE_UP, NEXT_STEP, SAME_STEP, Command, Extra, PoolState
 from fastvec.remote import Remote
@@ -276,7 +276,7 @@ class ShardMoves:
         warnings.warn(
             f"fastvec: worker {shard} died while parked, with {exit_status(exitcode)}; replaced it (on_error='restart')",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
     def queue_park(self, shard: int) -> None:
@@ -474,7 +474,7 @@ class ShardMoves:
                 f"fastvec: worker {dead.index} (envs {remote.envs.start}..{remote.envs.stop - 1}) {how}; restarted it "
                 "with fresh envs (on_error='restart')",
                 RuntimeWarning,
-                stacklevel=6,
+                stacklevel=user_stacklevel(),
             )
             extras += [(i, Extra.RESTARTED, describe(restart_reason(hung_after), _ADOPT)) for i in remote.envs]
             extras += more or []

@@ -137,7 +137,7 @@ def can_pin() -> bool:
     if not ok and not _warned:
         _warned = True
         warnings.warn(
-            "fastvec: this platform cannot pin processes to cores; pin= is ignored", RuntimeWarning, stacklevel=3
+            "fastvec: this platform cannot pin processes to cores; pin= is ignored", RuntimeWarning, stacklevel=_user_stacklevel()
         )
     return ok
 
@@ -178,3 +178,10 @@ def apply(pid: int, cores: list[int]) -> None:
     import psutil
 
     psutil.Process(pid).cpu_affinity(cores)
+
+
+def _user_stacklevel() -> int:
+    from fastvec.errors import user_stacklevel
+
+    return user_stacklevel() - 1  # (counted from this function, one frame below the one that warns)
+

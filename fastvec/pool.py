@@ -61,6 +61,7 @@ from fastvec.errors import (
     env_error,
     env_errors,
     exit_status,
+    user_stacklevel,
 )
 from fastvec.factories import Distinct, OwnFactory
 from fastvec.layout import Views, plan_layout
@@ -1453,7 +1454,7 @@ class Pool(ShardMoves):
             f"fastvec: worker {dead.index} (envs {dead.envs.start}..{dead.envs.stop - 1}) {how}; restarted it with "
             "fresh envs (on_error='restart')",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=user_stacklevel(),
         )
 
     def _objects_of(self, envs: range) -> list | None:

@@ -64,7 +64,7 @@ def create_block(size: int) -> Block:
         warnings.warn(
             f"fastvec: /dev/shm {why} the pool's shared block of {amount(size)}; using a file in {temp} instead{advice}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=_user_stacklevel(),
         )
     except BaseException:  # (warnings made errors, -W error: the block made goes)
         close(block)
@@ -281,3 +281,10 @@ def sweep_stale() -> list[str]:
         except (ValueError, FileNotFoundError, PermissionError):
             continue
     return removed
+
+
+def _user_stacklevel() -> int:
+    from fastvec.errors import user_stacklevel
+
+    return user_stacklevel() - 1  # (counted from this function, one frame below the one that warns)
+

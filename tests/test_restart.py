@@ -76,8 +76,9 @@ def test_dead_worker_is_respawned(when: str) -> None:
                 obs, _, dones, infos = venv.step_wait()
         else:
             os.kill(pid, signal.SIGKILL)
-            with pytest.warns(RuntimeWarning, match="worker 1 .* died"):
+            with pytest.warns(RuntimeWarning, match="worker 1 .* died") as warned:
                 obs, _, dones, infos = venv.step(np.zeros(4, dtype=np.int64))
+            assert warned[0].filename == __file__  # (the program's line: it pointed into fastvec's front-end)
         assert dones.tolist() == [False, False, True, True]
         assert infos[2]["fastvec.restarted"] == "worker process died" and infos[2]["TimeLimit.truncated"]
         assert venv.pool.worker_pids != [pid] and venv.pool.worker_restarts == 1

@@ -499,6 +499,7 @@ def test_no_dev_shm_falls_back_to_the_temp_directory(monkeypatch) -> None:
     with pytest.warns(RuntimeWarning, match="/dev/shm cannot hold") as warned:
         venv = VectorEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2)
     assert "--shm-size" not in str(warned[0].message)  # (more shared memory is no remedy here)
+    assert warned[0].filename == __file__  # (the program's line: it pointed into fastvec)
     with venv:
         assert venv.pool._segment.folder == tempfile.gettempdir()
         venv.reset(seed=0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import collections
 import errno
+import math
 import multiprocessing
 import os
 import pickle
@@ -114,7 +115,8 @@ class _Pending:
 
     __slots__ = (
         "command", "code", "name", "slot", "arg", "payloads", "local_args", "reset_options", "local", "waited",
-        "respawned", "replies", "plan", "count", "sync", "lost", "hung", "waited_s",
+        "respawned", "replies", "plan", "count", "sync", "lost", "hung", "waited_s", "local_run", "local_busy",
+        "local_began",
     )
 
     def __init__(
@@ -141,6 +143,10 @@ class _Pending:
         self.lost: set[int] = set()  # positions of workers found dead during a call (on_error="restart")
         self.hung: set[int] = set()  # positions of the workers _respawn replaced that the pool had ended, hung
         self.waited_s = 0.0  # time its earlier waits for the workers took (cut short by the caller's timeout)
+        # a step's own share stepped in parts, cut short by the caller's timeout (Pool._step_local_within): the run
+        # so far, the time its parts took, and when its first began
+        self.local_run: StepRun | None = None
+        self.local_busy = self.local_began = 0
 
     def rearm_step(self, slot: int) -> _Pending:
         """This completed usual step, as the next one into ``slot`` (issue 14: making a _Pending costs
@@ -148,6 +154,7 @@ class _Pending:
         self.slot = slot
         self.local_args = (slot, None)
         self.local = None
+        self.local_run = None
         self.waited = False
         self.waited_s = 0.0
         if self.respawned:
@@ -746,7 +753,7 @@ class Pool(ShardMoves):
             p = self._take_pending(Command.STEP, "step_wait")  # (raises)
         if timeout is not None:
             timeout = wait_seconds(timeout)
-        if timeout is None and p.local is None and not p.waited:
+        if timeout is None and p.local is None and not p.waited and p.local_run is None:
             return Batch(self, p.slot, self._complete_step(p))
         return Batch(self, p.slot, self._complete(p, timeout))
 
@@ -1097,8 +1104,13 @@ class Pool(ShardMoves):
     def _complete_command(self, p: _Pending, timeout: float | None) -> list | None:
         began = time.monotonic() if timeout is not None else 0.0
         if p.local is None and self._local is not None and p.local_args:
-            self._start_local(p)
-            if timeout is not None and time.monotonic() - began > timeout:
+            if p.local_run is not None or (timeout is not None and p.command is _STEP and hasattr(self._local, "begin_step")):
+                # (env by env, the wait bounded as asked; or on from where a wait given a timeout stopped)
+                done = self._step_local_within(p, math.inf if timeout is None else began + timeout)
+            else:
+                self._start_local(p)
+                done = timeout is None or time.monotonic() - began <= timeout
+            if not done:
                 raise multiprocessing.TimeoutError(
                     f"{p.name!r} did not finish within {float(timeout):g} s (this process's own envs took longer); "
                     "it is still pending"
@@ -1154,6 +1166,35 @@ class Pool(ShardMoves):
             self._break(exc)
             raise
 
+    def _step_local_within(self, p: _Pending, deadline: float) -> bool:
+        """Step the parent's own share of step ``p`` env by env until every env stepped (True, its results in
+        ``p.local``) or ``deadline`` (time.monotonic()) passed between two envs (False: the next wait goes on from the
+        next env). A wait given a timeout runs past it by one env's step at most, as gymnasium's does not at all."""
+        local = self._local
+        try:
+            try:
+                run = p.local_run
+                if run is None:
+                    p.local_began, p.local_busy = time.perf_counter_ns(), 0
+                    run = p.local_run = local.begin_step(*p.local_args)
+                n = len(local.envs)
+                while len(run.results) < n:
+                    began = time.perf_counter_ns()
+                    self._step_local_part(run, None, len(run.results) + 1)
+                    p.local_busy += time.perf_counter_ns() - began
+                    if len(run.results) < n and time.monotonic() > deadline:
+                        return False
+                p.local_run = None
+                p.local = (self._end_local(run, p.local_busy, p.local_began), None)
+            except ShardError as err:  # (its envs' errors: as _run_local has them)
+                p.local_run = None
+                self._keep_objects(local.take_objects())
+                p.local = (None, err.payloads())
+        except BaseException as exc:  # an interrupt while the parent's envs ran: their state is unknown
+            self._break(exc)
+            raise
+        return True
+
     def _run_local(self, p: _Pending) -> tuple:
         local = self._local
         try:
@@ -1197,17 +1238,17 @@ class Pool(ShardMoves):
             self._local_counted = self._local_commands
         return own_copies(extras, "step") if extras else extras
 
-    def _step_local_part(self, run: StepRun, watch: tuple | None) -> bool:
+    def _step_local_part(self, run: StepRun, watch: tuple | None, stop: int | None = None) -> bool:
         """Step the parent's own shard's envs of ``run`` (Shard.begin_step) until every env stepped (True),
-        or, with ``watch`` (Shard.step_envs), until it stops between envs for a worker that finished
-        (False: the run goes on at a later call, from the next env)."""
+        or, with ``watch`` (Shard.step_envs), until it stops between envs for a worker that finished, or up to
+        local position ``stop`` (False: the run goes on at a later call, from the next env)."""
         local = self._local
         n = len(local.envs)
         if not run.results:  # (its first part: a command begins; it is counted at _end_local)
             self._local_commands += 1
         self._local_running = self._local_commands
         try:
-            local.step_envs(run, n, watch)
+            local.step_envs(run, n if stop is None else stop, watch)
         finally:
             self._local_running = 0
         return len(run.results) == n
@@ -1982,6 +2023,10 @@ class Pool(ShardMoves):
                     raise ClosedError("asynchronous batches still running")
             p = self._pending
             if p is not None and p.command is Command.STEP:  # close() during a pending step is allowed: finish it
+                if p.local is None and self._local is not None:
+                    # this process's own share not stepped (or cut short by a wait's timeout): not stepped now only
+                    # to be dropped, for as long as its envs take (unbounded, an env that hangs), but closed as it is
+                    p.local, p.local_run = (None, None), None
                 self.step_timeout = min(timeout, PENDING_STEP_GRACE_S)
                 try:
                     self.step_wait()

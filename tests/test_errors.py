@@ -1270,3 +1270,66 @@ def test_an_interrupt_while_a_reply_that_cannot_be_loaded_is_read_again_breaks_t
         assert venv.pool.state == PoolState.BROKEN
         with pytest.raises(BrokenPoolError):
             venv.step(np.zeros(4, np.int64))
+
+
+class _SlowMarking(envs.Counter):
+    """A Counter whose step takes ``seconds`` and leaves a file in ``marks`` (env index, its step count)."""
+
+    def __init__(self, index: int, marks: str, seconds: float):
+        super().__init__(index)
+        self.marks, self.seconds = marks, seconds
+
+    def step(self, action):
+        time.sleep(self.seconds)
+        result = super().step(action)
+        open(os.path.join(self.marks, f"{self.index}-{self.t}"), "w").close()
+        return result
+
+
+@pytest.mark.parametrize("autoreset", ["next", "same"])
+def test_a_wait_given_a_timeout_stops_between_this_process_s_envs_and_goes_on_from_there(tmp_path, autoreset) -> None:
+    """step_wait(timeout) stepped this process's own envs to the end before it looked at the timeout (0.1 s asked,
+    1.2 s taken with 0.6 s envs; gymnasium's AsyncVectorEnv raises at 0.1 s): it stops between them now (an env's
+    step cannot be cut: it runs past the timeout by one at most), and the next wait goes on from the next env,
+    none stepped twice, with results as a serial run's."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    fns = [partial(_SlowMarking, i, str(tmp_path), 0.3) for i in range(4)]
+    from fastvec.protocol import NEXT_STEP, SAME_STEP
+
+    mode = {"next": NEXT_STEP, "same": SAME_STEP}[autoreset]
+    pool = Pool(fns, start_method="fork", num_workers=2, step_in_parent=True, autoreset_mode=mode)
+    reference = DummyVecEnv([partial(envs.Counter, i) for i in range(4)])
+    try:
+        assert pool.shard_envs[0] == range(0, 2)  # (envs 0 and 1: this process's)
+        np.testing.assert_array_equal(pool.reset(seeds=[1, 2, 3, 4]).observations(), (reference.seed(1), reference.reset())[1])
+        actions = np.array([1, 0, 2, 1])
+        pool.step_async(actions)
+        with pytest.raises(multiprocessing.TimeoutError, match="own envs took longer"):
+            pool.step_wait(timeout=0.05)
+        assert (tmp_path / "0-2").exists() and not (tmp_path / "1-1").exists()  # (env 1 not yet stepped: the wait stopped after env 0)
+        obs = pool.step_wait().observations()
+        np.testing.assert_array_equal(obs, reference.step(actions)[0])
+        assert sorted(name for name in os.listdir(tmp_path) if name[0] in "01") == ["0-2", "1-1"]  # (each once)
+        np.testing.assert_array_equal(pool.step(actions).observations(), reference.step(actions)[0])
+    finally:
+        pool.close()
+        reference.close()
+
+
+def test_close_of_a_pending_step_does_not_step_this_process_s_envs_only_to_drop_them(tmp_path) -> None:
+    """close(timeout) after step_async stepped this process's own envs first, unbounded: an env of theirs that hangs
+    in step hung close() for good (gymnasium's AsyncVectorEnv closes within the timeout). They are closed as they
+    are now, their step never begun; the workers' part is waited for within the grace, as before."""
+    fns = [partial(envs.FailingEnv, "hang", 1)] + [partial(envs.FailingEnv, None)] * 3
+    pool = Pool(fns, start_method="fork", num_workers=2, step_in_parent=True)
+    try:
+        pool.reset()
+        pool.step(np.zeros(4, np.int64))
+        pool.step_async(np.zeros(4, np.int64))  # (env 0, this process's, would hang in this step)
+        began = time.monotonic()
+        pool.close(timeout=0.5)
+        assert time.monotonic() - began < 10
+        assert pool.state is PoolState.CLOSED
+    finally:
+        pool.close()

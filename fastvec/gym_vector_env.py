@@ -216,6 +216,7 @@ class VectorEnv(gym.vector.VectorEnv):
             )
         mask = None
         if options is not None and "reset_mask" in options:
+            self.pool._check_idle("reset_async")  # (before the mask leaves the caller's dict, as gymnasium checks first)
             mask = options.pop("reset_mask")  # from the caller's dict, as gymnasium does (its wrappers see it gone)
             if not isinstance(mask, np.ndarray):
                 raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
@@ -294,7 +295,7 @@ class VectorEnv(gym.vector.VectorEnv):
         self.call_async(name, *args, **kwargs)
         return self.call_wait()
 
-    def call_async(self, name: str, *args: Any, **kwargs: Any) -> None:
+    def call_async(self, name: str, /, *args: Any, **kwargs: Any) -> None:
         """Start calling method (or reading attribute) ``name`` of every env."""
         self._assert_is_running()
         if name in _NOT_CALLABLE:
@@ -388,7 +389,7 @@ class VectorEnv(gym.vector.VectorEnv):
         return self.pool.monitor_events
 
     # -- closing ------------------------------------------------------------------------------
-    def close_extras(self, timeout: float | None = None, terminate: bool = False, **kwargs: Any) -> None:
+    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
         """Close the envs and stop the workers (``terminate``: without waiting for a pending command; each
         worker closes its envs as it exits, and one still running 1 s later is killed)."""
         pool = getattr(self, "pool", None)

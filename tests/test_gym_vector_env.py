@@ -639,3 +639,37 @@ def test_seeds_of_envs_a_masked_reset_leaves_out_are_not_looked_at() -> None:
             pool.async_reset([0, 1.5, 2, 3])
         pool.async_reset([0, 1, 2, 3])
         assert sorted(i for _ in range(2) for i in pool.recv().env_ids.tolist()) == [0, 1, 2, 3]
+
+
+def test_a_reset_refused_while_a_step_is_pending_leaves_the_reset_mask_in_the_caller_s_options() -> None:
+    """The mask left the caller's dict before the pending step was found: the same reset tried again then reset
+    every env. gymnasium checks first."""
+    from gymnasium.error import AlreadyPendingCallError
+
+    with VectorEnv([envs.make_cartpole] * 4, context="fork", num_workers=2) as venv:
+        venv.reset(seed=0)
+        venv.step_async(np.zeros(4, np.int64))
+        options = {"reset_mask": np.array([True, False, False, True])}
+        with pytest.raises(AlreadyPendingCallError):
+            venv.reset(options=options)
+        assert "reset_mask" in options
+        venv.step_wait()
+        before = venv.step(np.zeros(4, np.int64))[0]
+        after, _ = venv.reset(options=options)
+        np.testing.assert_array_equal(after[[1, 2]], before[[1, 2]])  # (only envs 0 and 3 were reset)
+
+
+def test_call_async_takes_name_as_a_keyword_of_the_method_called() -> None:
+    """gymnasium's call_async takes ``name`` positionally only, so ``name=`` goes to the method called."""
+    with VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2) as venv:
+        venv.call_async("get_wrapper_attr", name="spec")
+        assert [spec.id for spec in venv.call_wait()] == ["CartPole-v1"] * 2
+
+
+def test_close_refuses_a_keyword_it_does_not_know() -> None:
+    """close(terminat=True) closed with the defaults, silently; gymnasium raises TypeError (and stays open)."""
+    venv = VectorEnv([envs.make_cartpole] * 2, context="fork", num_workers=2)
+    with pytest.raises(TypeError, match="terminat"):
+        venv.close(terminat=True)
+    assert not venv.closed
+    venv.close()

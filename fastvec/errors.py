@@ -312,15 +312,18 @@ def exit_status(exitcode: int | None) -> str:
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# the modules of the front-ends' base classes, whose methods (SB3's VecEnv.step, gymnasium's VectorEnv.close) are
+# the front-ends' own to the program
+_BASES = ("stable_baselines3.common.vec_env.base_vec_env", "gymnasium.vector.vector_env")
 
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning, issued by the function calling this one, at the first frame outside
-    fastvec: the program's line that led to it (a fixed level pointed into fastvec where the call came another way).
-    1 where every frame is fastvec's (a monitor's thread)."""
+    fastvec and its front-ends' base classes: the program's line that led to it (a fixed level pointed into fastvec
+    where the call came another way). 1 where every frame is fastvec's (a monitor's thread)."""
+    bases = {getattr(sys.modules.get(name), "__file__", None) for name in _BASES} - {None}
     frame = sys._getframe(1)  # (the function that warns: level 1)
     level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename in bases):
         frame, level = frame.f_back, level + 1
     return level if frame is not None else 1
-

@@ -11,15 +11,13 @@ unregisters a name it never registered, which the tracker answers with a KeyErro
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
 import tempfile
 import warnings
-import weakref
 
-__all__ = ["PREFIX", "Block", "create_block", "let_go_of_inherited", "mapping_error", "amount", "room", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
+__all__ = ["PREFIX", "Block", "create_block", "mapping_error", "amount", "room", "unlink", "close", "sweep_stale", "list_segments", "pid_alive"]
 
 PREFIX = "fastvec-"
 _CANNOT_RESERVE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)  # posix_fallocate unsupported there
@@ -111,7 +109,6 @@ class Block:
             _reserve(self._fd, size)
             self._mmap = mmap.mmap(self._fd, max(size, 1))
             self._buf = memoryview(self._mmap)
-            _LIVE.add(self)
         except BaseException:
             if name:
                 _forget(name)  # (an interrupt before the unlink above: the name must not stay)
@@ -131,77 +128,6 @@ class Block:
 
     def unlink(self) -> None:  # (unlinked when made)
         pass
-
-
-_LIVE: weakref.WeakSet[Block] = weakref.WeakSet()  # this process's blocks (a forked worker lets go of them)
-
-
-def let_go_of_inherited() -> None:
-    """In a process just forked (a worker): let go of the blocks it inherited, other pools' and its own pool's as
-    the parent holds it (a worker maps its pool's block from the descriptor it is handed), so that a closed pool's
-    memory is freed when its own processes let go of it, not when every pool forked while it lived has closed.
-    Each block's mapping is replaced by private zero pages at the same address (the views over it in this
-    process's copy of the parent's objects stay valid memory; nothing here reads them), its descriptor is closed,
-    and the descriptor its mmap object holds (a duplicate, closed when the object is freed) is pointed at
-    /dev/null: closed now, its number could be reused, and then closed by the object."""
-    files = set()
-    for block in list(_LIVE):
-        _LIVE.discard(block)
-        fd = block._fd
-        block._fd = -1
-        if fd < 0:
-            continue
-        try:
-            stat = os.fstat(fd)
-            files.add((stat.st_dev, stat.st_ino))
-            os.close(fd)
-        except OSError:
-            pass
-        if block._mmap is not None:
-            _replace_with_zero_pages(block._mmap)
-    if files:
-        _point_at_null(files)
-
-
-def _point_at_null(files: set) -> None:
-    """Point this process's descriptors of ``files`` ((device, inode) pairs) at /dev/null."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-        null = os.open(os.devnull, os.O_RDWR)
-    except OSError:
-        return
-    try:
-        for fd in fds:
-            try:
-                stat = os.fstat(fd)
-            except OSError:
-                continue
-            if fd != null and (stat.st_dev, stat.st_ino) in files:
-                os.dup2(null, fd, inheritable=False)
-    finally:
-        os.close(null)
-
-
-def _replace_with_zero_pages(mapping: mmap.mmap) -> None:
-    """Map private anonymous pages over ``mapping``'s address range (MAP_FIXED: one call, no gap another mapping
-    could take), dropping this process's hold on the file it mapped."""
-    if _libc is None:
-        return
-    try:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
-    except (TypeError, ValueError, BufferError):  # (closed, or not writable)
-        return
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED
-    _libc.mmap(ctypes.c_void_p(address), ctypes.c_size_t(len(mapping)), mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
-
-
-_MAP_FIXED = 0x10  # (Linux, every architecture)
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.mmap.restype = ctypes.c_void_p
-    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-except (OSError, AttributeError):  # pragma: no cover (no C library to call)
-    _libc = None
 
 
 def _reserve(fd: int, size: int) -> None:

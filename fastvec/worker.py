@@ -47,7 +47,7 @@ from fastvec.protocol import (
 )
 from fastvec.restart import Unmade, restart_all
 from fastvec.shard import Shard
-from fastvec.shm import let_go_of_inherited, mapping_error, pid_alive
+from fastvec.shm import mapping_error, pid_alive
 
 __all__ = ["worker_main"]
 
@@ -147,7 +147,6 @@ def worker_main(
                 os.close(fd)
             except OSError:
                 pass
-        let_go_of_inherited()  # (under fork: pools' blocks that lived as it was forked)
 
         import cloudpickle
 

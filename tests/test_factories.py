@@ -624,3 +624,31 @@ def test_a_factory_a_worker_cannot_load_is_that_worker_s_error() -> None:
     fns = [partial(_make_with, _LoadsOnlyWhereMade()) for _ in range(4)]
     with pytest.raises(EnvError, match=r"env 2 raised RuntimeError during 'make \(loading the env factories\)': this config"):
         SubprocVecEnv(fns, start_method="forkserver", num_workers=2)
+
+
+class _Reads(gym.Env):
+    """Returns the array it was made with (another pool's result row, here) as its observation."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, row: np.ndarray):
+        self.row = row
+
+    def reset(self, *, seed=None, options=None):
+        return np.array(self.row), {}
+
+    def step(self, action):
+        return np.array(self.row), 0.0, False, False, {}
+
+
+def test_forked_envs_read_an_array_over_another_live_pool_s_block() -> None:
+    """A factory capturing another pool's copy=False result row: under fork its envs read that pool's memory, as
+    SB3's forked workers do. (A worker that let go of the blocks it inherited, for the memory of pools closed
+    later, read zeros.)"""
+    with SubprocVecEnv([partial(gym.make, "CartPole-v1")] * 2, start_method="fork", num_workers=2, copy=False) as first:
+        first.seed(0)
+        row = first.reset()[1]
+        assert row.any()
+        with SubprocVecEnv([partial(_Reads, row)] * 2, start_method="fork", num_workers=2, step_in_parent=False) as second:
+            np.testing.assert_array_equal(second.reset(), np.stack([row, row]))

@@ -1351,39 +1351,3 @@ def test_a_worker_does_not_carry_its_start_s_fork_flag(monkeypatch) -> None:
             assert venv.env_method("forking") == [[]] * 4
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _shared_files(pid: int) -> set[str]:
-    """The fastvec blocks process ``pid`` maps or holds a descriptor of."""
-    with open(f"/proc/{pid}/maps") as maps:
-        files = {line.split(None, 5)[-1].strip() for line in maps if shm.PREFIX in line}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if shm.PREFIX in target:
-            files.add(target)
-    return files
-
-
-def test_a_closed_pool_s_block_is_not_held_by_the_workers_of_a_pool_forked_while_it_lived() -> None:
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    """They inherited its descriptor and mapping through fork, so its memory stayed allocated until they ended."""
-    fns = [partial(envs.Counter, i) for i in range(4)]
-    first = SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False)
-    second = SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False)
-    try:
-        first_file = os.readlink(f"/proc/self/fd/{first.pool._segment._fd}")
-        second_file = os.readlink(f"/proc/self/fd/{second.pool._segment._fd}")
-        first.close()
-        for remote in second.pool._remotes:
-            assert _shared_files(remote.process.pid) == {second_file}, f"{first_file} is held"
-        reference = DummyVecEnv(fns)
-        np.testing.assert_array_equal(second.reset(), reference.reset())
-        for _ in range(3):  # (its workers step on, their own block mapped)
-            np.testing.assert_array_equal(second.step(np.ones(4, np.int64))[0], reference.step(np.ones(4, np.int64))[0])
-    finally:
-        first.close()
-        second.close()

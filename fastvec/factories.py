@@ -108,10 +108,14 @@ def _dump(obj: Any, fork: bool, moving: bool = False) -> tuple[bytes, int, list]
         # (reducer_override, not persistent_id: the pickler calls it for objects other than numbers, strings,
         # lists, tuples and dicts only, so a captured list of a million floats costs no Python call per item)
         def reducer_override(self, value: Any) -> Any:
-            if isinstance(value, io.IOBase) and not moving:  # (a move pickles with cloudpickle itself: migrate.pack)
-                for name in ("stdout", "stderr", "__stdout__", "__stderr__"):  # (the process's own, whatever it is)
-                    if value is getattr(sys, name):
-                        return getattr, (sys, name)
+            if isinstance(value, io.IOBase):
+                if moving:  # (a move pickles with cloudpickle itself, migrate.pack: the current streams, by name)
+                    if value is sys.stdout or value is sys.stderr:
+                        return super().reducer_override(value)
+                else:
+                    for name in ("stdout", "stderr", "__stdout__", "__stderr__"):  # (the process's own, whatever it is)
+                        if value is getattr(sys, name):
+                            return getattr, (sys, name)
             kind = _kind(value, fork, moving)
             if kind is _KEEP:  # (a read-only view: an env cannot make it writable again, as it could the array)
                 kept.append(_frozen(value))

@@ -83,6 +83,17 @@ def _forkserver_finds_the_program_s_copies() -> bool:
     return _SAME_COPIES
 
 
+def _import_what_a_forked_worker_imports() -> None:
+    """Import, in this process, what a forked worker imports as it starts (lazily imported elsewhere): a module that
+    another thread of this process is importing as it forks stays locked in the child for good, and the worker
+    waited on it for ever (pools made from several threads at once)."""
+    import cloudpickle  # noqa: F401  (worker_main)
+
+    from fastvec import factories, migrate, restart  # noqa: F401
+
+    factories._multiprocessing_types()  # (multiprocessing's modules whose objects processes share)
+
+
 def pickle_factories(fns: list, start: int, start_method: str) -> Factories:
     """The env factories of one worker, for a spawned/forkserver child, each checked to pickle (a clear error if
     one cannot). What multiprocessing lets through only as it starts a process (its locks, events and queues,
@@ -325,6 +336,8 @@ class Remote:
         ctx = mp.get_context(start_method)
         if start_method == "forkserver":
             preload_forkserver()
+        if start_method == "fork":
+            _import_what_a_forked_worker_imports()
         fns: Any = env_fns if start_method == "fork" else pickle_factories(env_fns, envs.start, start_method)
         if replacing is not None and start_method != "fork":  # (the pool's spaces: a class made in a function, env
             try:  # 0 made in this process, travels with cloudpickle, as in attach())

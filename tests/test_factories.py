@@ -527,6 +527,24 @@ def test_an_env_the_move_cannot_pickle_does_not_move_while_stdout_is_redirected(
             assert venv.pool.request_move(1, 0) is None
 
 
+class _KeepsStdout(gym.Wrapper):
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.log = sys.stdout  # (the current one: cloudpickle sends it by name)
+
+
+def test_an_env_holding_the_current_stdout_moves() -> None:
+    """The fix of the one above refused every env holding a standard stream, though the move pickles the current
+    sys.stdout and sys.stderr (by name) as it should."""
+    import contextlib
+
+    fns = [partial(gym.make, "CartPole-v1")] * 2 + [lambda: _KeepsStdout(gym.make("CartPole-v1"))] * 2
+    with contextlib.redirect_stdout(sys.__stdout__):  # (the process's own stream, not pytest's capture)
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+            venv.reset()
+            assert venv.pool.request_move(1, 0) == 2
+
+
 class _WhereItsDataIs(gym.Env):
     observation_space = gym.spaces.Box(-1, 1, (1,))
     action_space = gym.spaces.Discrete(2)

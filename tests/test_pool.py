@@ -629,3 +629,48 @@ def test_a_batch_read_after_close_says_the_pool_is_closed() -> None:
         batch.observations()
     with pytest.raises(ClosedError, match="closed"):
         batch.terminal_observation(0)
+
+
+_POOLS_FROM_THREADS = textwrap.dedent(
+    """
+    import threading
+    import gymnasium as gym
+    import fastvec
+
+    gym.make("CartPole-v1").close()  # (the env's own modules imported before the threads start)
+
+    def make():
+        return gym.make("CartPole-v1")
+
+    barrier = threading.Barrier(4)
+
+    def work():
+        barrier.wait()
+        venv = fastvec.SubprocVecEnv([make] * 4, start_method="fork", num_workers=4)
+        venv.reset()
+        venv.close()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    [thread.start() for thread in threads]
+    [thread.join() for thread in threads]
+    print("done")
+    """
+)
+
+
+def test_fork_pools_made_from_several_threads_at_once_start() -> None:
+    """A worker forked while another thread of the caller imported a module fastvec imports lazily (cloudpickle, as
+    its first pool started) waited for ever on that module's lock, held by a thread the child does not have; SB3's
+    and gymnasium's fork pools start from 4 threads at once."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _POOLS_FROM_THREADS], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # (its workers die with it: their parent-death signal)
+        child.communicate()
+        raise AssertionError("the pools did not start within 60 s") from None
+    assert child.returncode == 0 and out.strip() == "done", err[-3000:]

@@ -14,9 +14,14 @@ import os
 
 import numpy as np
 
+_SERVER = os.getpid()  # (the forkserver, which imports this module)
+
 
 def _fresh_global_generator() -> None:
-    np.random.seed()  # (from the OS's entropy)
+    # (the forkserver's own children only: the handler stays registered in them, and a process an env of theirs
+    # forks keeps its parent's state, as a fork does, np.random.seed(123) included)
+    if os.getppid() == _SERVER:
+        np.random.seed()  # (from the OS's entropy)
 
 
 os.register_at_fork(after_in_child=_fresh_global_generator)

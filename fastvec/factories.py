@@ -72,9 +72,24 @@ class OwnFactory:
 
     def __reduce__(self) -> tuple:
         # (with a snapshot, its copy travels: a replacement worker under spawn, or an env that moves, makes its env
-        # again from the objects as they were when the pool was made, as the others do)
-        fn = self.fn if self._snapshot is None else _load(*self._snapshot)
-        return (OwnFactory, (fn, False, self._snapshot is not None))
+        # again from the objects as they were when the pool was made, as the others do; the arrays it keeps by
+        # reference are the ones the other factories' snapshots keep, so that one pickle of a worker's factories
+        # carries a dataset they all capture once)
+        if self._snapshot is None:
+            return (OwnFactory, (self.fn, False, False))
+        return (_from_snapshot, (self._snapshot,))
+
+
+def _from_snapshot(snapshot: tuple) -> OwnFactory:
+    """An OwnFactory (``__reduce__``) from the snapshot of another process's, its kept arrays read-only here too."""
+    data, token, kept = snapshot
+    for array in kept:
+        if isinstance(array, np.ndarray) and array.flags.writeable:
+            array.flags.writeable = False  # (it arrived as an array of its own)
+    factory = OwnFactory.__new__(OwnFactory)
+    factory.fork, factory._snapshot = False, (data, token, kept)
+    factory.fn = _load(data, token, kept)
+    return factory
 
 
 def private_copy(obj: Any, fork: bool = True) -> Any:
@@ -93,7 +108,10 @@ _TOKENS = itertools.count()
 
 
 def _take(token: int, index: int) -> Any:
-    return _KEPT[token][index]
+    # (a view of its own for each copy: the kept array is one object for every copy in the process, and an env
+    # that set its view's shape in place set the other envs' too)
+    kept = _KEPT[token][index]
+    return kept.view() if isinstance(kept, np.ndarray) else kept
 
 
 def _dump(obj: Any, fork: bool, moving: bool = False) -> tuple[bytes, int, list]:

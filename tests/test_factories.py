@@ -670,3 +670,35 @@ def test_forked_envs_read_an_array_over_another_live_pool_s_block() -> None:
         assert row.any()
         with SubprocVecEnv([partial(_Reads, row)] * 2, start_method="fork", num_workers=2, step_in_parent=False) as second:
             np.testing.assert_array_equal(second.reset(), np.stack([row, row]))
+
+
+class _ReshapesItsData(gym.Env):
+    """Sets its captured array's shape in place, as code that reshapes a dataset it owns does."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.data.shape = (len(data) // 2, 2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+    def data_shape(self) -> tuple:
+        return self.data.shape
+
+
+@pytest.mark.parametrize("start_method,on_error", [("fork", "raise"), ("forkserver", "restart")])
+def test_each_env_has_a_view_of_its_own_of_a_read_only_array_its_factory_captured(start_method, on_error) -> None:
+    """Held once per process, the array was one view object for every env of the process: an env that set its shape
+    in place set the next env's too, which then failed to make ("cannot reshape"). SB3 gives each env its own."""
+    data = np.arange(8.0)
+    data.flags.writeable = False
+    fns = [partial(_ReshapesItsData, data)] * 4
+    with SubprocVecEnv(fns, start_method=start_method, num_workers=2, on_error=on_error) as venv:
+        assert venv.env_method("data_shape") == [(4, 2)] * 4
+    assert data.shape == (8,)  # (the caller's own, untouched)

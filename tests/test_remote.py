@@ -83,6 +83,17 @@ _FORKSERVER_PROGRAM = textwrap.dedent(
         def where(self):
             return gym.__file__, float(np.random.rand())
 
+        def forks_keep_a_seeded_state(self):
+            import os
+            np.random.seed(123)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # (a helper process the env forks: it draws what its parent would)
+                os.write(w, repr(float(np.random.rand())).encode())
+                os._exit(0)
+            os.waitpid(pid, 0)
+            return float(os.read(r, 100)) == float(np.random.rand())
+
     if __name__ == "__main__":
         for front in sys.argv[2:]:  # (pools made one after another, forkserver's workers each)
             if front == "sb3":
@@ -91,7 +102,7 @@ _FORKSERVER_PROGRAM = textwrap.dedent(
             else:
                 from fastvec import SubprocVecEnv
                 venv = SubprocVecEnv([Where] * 2, start_method="forkserver", num_workers=2, step_in_parent=False)
-            print(repr(venv.env_method("where")))
+            print(repr([*venv.env_method("where"), *venv.env_method("forks_keep_a_seeded_state")]))
             venv.close()
     """
 )
@@ -114,14 +125,17 @@ def _forkserver_program(tmp_path, *fronts: str, vendor: str | None = None) -> li
 def test_forkserver_workers_and_later_pools_draw_from_numpy_generators_of_their_own() -> None:
     """The forkserver preloads numpy, which seeds its global generator once, as it is imported: every worker forked
     from it drew the same numbers, and so did those of an SB3 forkserver pool made later in the program (whose
-    workers, with nothing preloaded, import numpy themselves: each seeded anew)."""
+    workers, with nothing preloaded, import numpy themselves: each seeded anew). A process a worker's env forks
+    keeps its parent's state, np.random.seed(123) included (the first fix reseeded it too)."""
     import pathlib
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         ours, sb3s = _forkserver_program(pathlib.Path(folder), "fastvec", "sb3")
-    draws = [draw for _, draw in ours] + [draw for _, draw in sb3s]
+    draws = [draw for _, draw in ours[:2]] + [draw for _, draw in sb3s[:2]]
     assert len(set(draws)) == 4, draws
+    # (only the forkserver's own children get a state of their own: a process an env forks keeps its parent's)
+    assert ours[2:] == sb3s[2:] == [True, True]
 
 
 def test_forkserver_workers_run_the_program_s_own_gymnasium(tmp_path) -> None:
@@ -135,7 +149,7 @@ def test_forkserver_workers_run_the_program_s_own_gymnasium(tmp_path) -> None:
     vendor = tmp_path / "vendor"
     shutil.copytree(os.path.dirname(gymnasium.__file__), vendor / "gymnasium", ignore=shutil.ignore_patterns("__pycache__"))
     (ours,) = _forkserver_program(tmp_path, "fastvec", vendor=str(vendor))
-    assert [file for file, _ in ours] == [str(vendor / "gymnasium" / "__init__.py")] * 2
+    assert [file for file, _ in ours[:2]] == [str(vendor / "gymnasium" / "__init__.py")] * 2
 
 
 def test_the_forkserver_imports_the_program_s_own_fastvec(tmp_path) -> None:

@@ -1042,6 +1042,19 @@ def _is_flag(x: Any) -> bool:
     return True
 
 
+class WrappedRun:
+    """A WrappedShard's step in parts: its head's run, then its tail's (None for a part with no env)."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, runs: list):
+        self.runs = runs
+
+    @property
+    def results(self) -> list:
+        return [result for run in self.runs if run is not None for result in run.results]
+
+
 class WrappedShard:
     """The calling process's shard once envs moved to it around the ring's end (fastvec.migrate):
     its own envs from 0 (``head``) and the envs past the last worker's (``tail``, up to the last
@@ -1095,6 +1108,31 @@ class WrappedShard:
 
     def step(self, slot: int, action_objects: list[list] | None = None) -> list | None:
         return self._each(lambda shard: shard.step(slot, None if action_objects is None else [shard.part(c) for c in action_objects]))
+
+    # a step in parts, as Shard's (a wait given a timeout stops between envs: Pool._step_local_within): the head's
+    # envs, then the tail's
+    @property
+    def envs(self) -> list:
+        return [*self.head.envs, *self.tail.envs]
+
+    def begin_step(self, slot: int, action_objects: list[list] | None = None) -> WrappedRun:
+        return WrappedRun([
+            shard.begin_step(slot, None if action_objects is None else [shard.part(c) for c in action_objects])
+            if shard.start != shard.stop else None  # (a part with no env: nothing to step, as Shard.step has it)
+            for shard in self.parts
+        ])  # fmt: skip
+
+    def step_envs(self, run: WrappedRun, stop: int, watch: tuple | None = None) -> None:
+        head, tail = run.runs
+        n = len(self.head.envs)
+        if head is not None and len(head.results) < n:
+            self.head.step_envs(head, min(stop, n), watch)
+        if tail is not None and stop > n and (head is None or len(head.results) == n):
+            self.tail.step_envs(tail, stop - n, watch)
+
+    def end_step(self, run: WrappedRun) -> list | None:
+        runs = dict(zip(map(id, self.parts), run.runs))
+        return self._each(lambda shard: shard.finish_extras(None) if runs[id(shard)] is None else shard.end_step(runs[id(shard)]))
 
     def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
         return self._each(lambda shard: shard.reset(slot, None if options is None else shard.part(options), masked, pass_options_always))

@@ -1333,3 +1333,52 @@ def test_close_of_a_pending_step_does_not_step_this_process_s_envs_only_to_drop_
         assert pool.state is PoolState.CLOSED
     finally:
         pool.close()
+
+
+class _SlowWhenFlagged(envs.Counter):
+    """A Counter whose step takes 0.3 s while the file ``flag`` exists, leaving a file in its folder per step then."""
+
+    def __init__(self, index: int, flag: str):
+        super().__init__(index)
+        self.flag = flag
+
+    def step(self, action):
+        slow = os.path.exists(self.flag)
+        if slow:
+            time.sleep(0.3)
+        result = super().step(action)
+        if slow:
+            open(f"{self.flag}-{self.index}-{self.t}", "w").close()
+        return result
+
+
+def test_a_wait_given_a_timeout_stops_between_the_envs_of_a_shard_wrapped_around_the_ring_s_end(tmp_path) -> None:
+    """With an env moved to this process around the ring's end (its shard in two parts), the wait stepped every one
+    of its envs before it looked at the timeout."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    flag = str(tmp_path / "slow")
+    pool = Pool([partial(_SlowWhenFlagged, i, flag) for i in range(4)], start_method="fork", num_workers=2, step_in_parent=True)
+    reference = DummyVecEnv([partial(envs.Counter, i) for i in range(4)])
+    try:
+        reference.seed(1)
+        np.testing.assert_array_equal(pool.reset(seeds=[1, 2, 3, 4]).observations(), reference.reset())
+        actions = np.array([4, 4, 4, 4])
+
+        def step() -> None:
+            np.testing.assert_array_equal(pool.step(actions).observations(), reference.step(actions)[0])
+
+        envs.wrap_last(pool, step)
+        assert sorted(pool.envs_of(0)) == [0, 1, 3]
+        open(flag, "w").close()
+        pool.step_async(actions)
+        with pytest.raises(multiprocessing.TimeoutError, match="own envs took longer"):
+            pool.step_wait(timeout=0.05)
+        stepped = [name[len(flag) + 1 :].split("-")[0] for name in map(str, tmp_path.iterdir()) if name.startswith(flag + "-")]
+        assert sorted(set(stepped) - {"2"}) == ["0"], stepped  # (of this process's envs, the first only: 0.3 s > 0.05 s)
+        np.testing.assert_array_equal(pool.step_wait().observations(), reference.step(actions)[0])
+        stepped = [name for name in map(str, tmp_path.iterdir()) if name.startswith(flag + "-")]
+        assert len(stepped) == 4  # (every env once: this process's three and the worker's one)
+    finally:
+        pool.close()
+        reference.close()

@@ -312,18 +312,23 @@ def exit_status(exitcode: int | None) -> str:
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# the modules of the front-ends' base classes, whose methods (SB3's VecEnv.step, gymnasium's VectorEnv.close) are
-# the front-ends' own to the program
-_BASES = ("stable_baselines3.common.vec_env.base_vec_env", "gymnasium.vector.vector_env")
+# the packages of the front-ends' base classes and of the wrappers programs put around them (SB3's VecEnv and
+# VecNormalize, gymnasium's VectorEnv and its vector wrappers), whose methods stand between the program and fastvec
+_BASES = ("stable_baselines3.common.vec_env", "gymnasium.vector", "gymnasium.wrappers.vector")
 
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning, issued by the function calling this one, at the first frame outside
-    fastvec and its front-ends' base classes: the program's line that led to it (a fixed level pointed into fastvec
-    where the call came another way). 1 where every frame is fastvec's (a monitor's thread)."""
-    bases = {getattr(sys.modules.get(name), "__file__", None) for name in _BASES} - {None}
+    fastvec and the vector-env packages of SB3 and gymnasium: the program's line that led to it (a fixed level
+    pointed into fastvec where the call came another way). 1 where every frame is theirs (a monitor's thread)."""
+    folders = [_PACKAGE]
+    for name in _BASES:
+        module = sys.modules.get(name)
+        if getattr(module, "__file__", None):
+            folders.append(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)
+    skipped = tuple(folders)
     frame = sys._getframe(1)  # (the function that warns: level 1)
     level = 1
-    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename in bases):
+    while frame is not None and frame.f_code.co_filename.startswith(skipped):
         frame, level = frame.f_back, level + 1
     return level if frame is not None else 1

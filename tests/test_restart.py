@@ -969,3 +969,23 @@ def test_a_replacement_whose_fresh_env_s_reset_info_cannot_be_pickled_names_the_
         with pytest.raises(EnvError, match=r"env 2 raised TypeError during 'attach \(worker restart\) \(sending the result\)'"):
             venv.step(np.array([0, 0, 0, 1]))
         venv.step(np.zeros(4, np.int64))  # (the pool goes on)
+
+
+@pytest.mark.parametrize("wrapper", ["VecMonitor", "VecNormalize", "RecordEpisodeStatistics"])
+def test_a_restart_s_warning_points_at_the_program_s_line_through_the_usual_wrappers(wrapper: str) -> None:
+    """It pointed into the wrapper's own file (vec_monitor.py, vec_normalize.py, gymnasium's vector wrappers)."""
+    fns = [partial(envs.FailingEnv, "die" if i >= 2 else None, 1) for i in range(4)]
+    if wrapper == "RecordEpisodeStatistics":
+        venv = gym.wrappers.vector.RecordEpisodeStatistics(VectorEnv(fns, context="fork", num_workers=2, on_error="restart"))
+    else:
+        from stable_baselines3.common import vec_env
+
+        venv = getattr(vec_env, wrapper)(SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart"))
+    try:
+        venv.reset()
+        venv.step(np.zeros(4, np.int64))
+        with pytest.warns(RuntimeWarning, match="restarted it") as warned:
+            venv.step(np.zeros(4, np.int64))  # (envs 2 and 3 kill their worker)
+        assert [w.filename for w in warned if "restarted it" in str(w.message)] == [__file__]
+    finally:
+        venv.close()

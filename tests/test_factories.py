@@ -26,6 +26,8 @@ from fastvec import SubprocVecEnv, VectorEnv
 from fastvec.errors import EnvError
 from fastvec.factories import AsItIs, private_copy
 
+pytestmark = pytest.mark.one_pass  # how factories make envs and reach workers (pickling, copies, sharing): no kernel
+
 # multiprocessing's shared heap (mp.Value, mp.Array) keeps its arena's file open for the process's life: made
 # at import, so that the leak check does not blame it on the first test that uses the heap
 _ARENA = multiprocessing.Value("i", 0)

@@ -658,6 +658,7 @@ _POOLS_FROM_THREADS = textwrap.dedent(
 )
 
 
+@pytest.mark.one_pass  # (modules a forked worker imports: no kernel)
 def test_fork_pools_made_from_several_threads_at_once_start() -> None:
     """A worker forked while another thread of the caller imported a module fastvec imports lazily (cloudpickle, as
     its first pool started) waited for ever on that module's lock, held by a thread the child does not have; SB3's

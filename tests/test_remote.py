@@ -14,6 +14,8 @@ import pytest
 from fastvec.errors import StepTimeoutError, WorkerDiedError
 from fastvec.remote import Remote, pickle_factories
 
+pytestmark = pytest.mark.one_pass  # a worker's process, pipe and start (the forkserver's preloads): no kernel
+
 
 def _sleep_then_exit(conn, seconds: float, code: int) -> None:
     time.sleep(seconds)

@@ -312,14 +312,14 @@ def exit_status(exitcode: int | None) -> str:
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# the packages of the front-ends' base classes and of the wrappers programs put around them (SB3's VecEnv and
-# VecNormalize, gymnasium's VectorEnv and its vector wrappers), whose methods stand between the program and fastvec
-_BASES = ("stable_baselines3.common.vec_env", "gymnasium.vector", "gymnasium.wrappers.vector")
+# the packages that stand between the program and fastvec: SB3 (its VecEnv and wrappers, and its algorithms, whose
+# learn() steps the envs; a program's callbacks are its own files) and gymnasium's VectorEnv and vector wrappers
+_BASES = ("stable_baselines3", "gymnasium.vector", "gymnasium.wrappers.vector")
 
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` that points a warning, issued by the function calling this one, at the first frame outside
-    fastvec and the vector-env packages of SB3 and gymnasium: the program's line that led to it (a fixed level
+    fastvec, SB3 and gymnasium's vector-env packages: the program's line that led to it (a fixed level
     pointed into fastvec where the call came another way). 1 where every frame is theirs (a monitor's thread)."""
     folders = [_PACKAGE]
     for name in _BASES:

@@ -989,3 +989,18 @@ def test_a_restart_s_warning_points_at_the_program_s_line_through_the_usual_wrap
         assert [w.filename for w in warned if "restarted it" in str(w.message)] == [__file__]
     finally:
         venv.close()
+
+
+def test_a_restart_s_warning_points_at_the_program_s_line_through_an_sb3_algorithm() -> None:
+    """PPO.learn steps the env from SB3's collect_rollouts: the warning pointed into on_policy_algorithm.py."""
+    from stable_baselines3 import PPO
+
+    fns = [partial(envs.FailingEnv, "die" if i >= 2 else None, 1) for i in range(4)]
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart")
+    try:
+        model = PPO("MlpPolicy", venv, n_steps=4, batch_size=16, n_epochs=1, device="cpu")
+        with pytest.warns(RuntimeWarning, match="restarted it") as warned:
+            model.learn(16)  # (envs 2 and 3 kill their worker at their second step)
+        assert {w.filename for w in warned if "restarted it" in str(w.message)} == {__file__}
+    finally:
+        venv.close()

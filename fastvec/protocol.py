@@ -8,6 +8,9 @@ checks that they agree).
 
 from __future__ import annotations
 
+import io
+import pickle
+import sys
 from enum import Enum, IntEnum
 from multiprocessing import reduction
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "dumps_by_reference_where_possible",
     "named_envs",
     "unloadable",
     "Command",
@@ -166,6 +170,37 @@ def named_envs(envs: range | str) -> str:
 def unloadable(what: str, envs: range | str, exc: BaseException) -> TypeError:
     """The error for a payload that pickles but cannot be unpickled, naming the envs it was for."""
     return TypeError(f"{what} for {named_envs(envs)} cannot be unpickled (every env gets them through a pickle): {exc!r}")
+
+
+def dumps_by_reference_where_possible(obj: Any) -> bytes:
+    """``obj`` pickled as multiprocessing pickles, else with cloudpickle (classes and functions made in a function
+    or a notebook), where a class that imports by its name still goes by reference, as the standard pickle sends
+    it: cloudpickle sends the classes of ``__main__`` by value, which the other process loads as new classes (under
+    fork its ``__main__`` is this one's), and a space whose ``__eq__`` checks its class then differs from env 0's,
+    though printed the same. The pickler's error where neither can."""
+    try:
+        return bytes(reduction.ForkingPickler.dumps(obj))
+    except Exception:
+        pass
+    import cloudpickle
+
+    class ByReference(cloudpickle.CloudPickler):
+        def reducer_override(self, value: Any) -> Any:
+            if isinstance(value, type) and _imports_by_name(value):
+                return NotImplemented  # (the standard pickling of a class: its module and name)
+            return super().reducer_override(value)
+
+    buffer = io.BytesIO()
+    ByReference(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _imports_by_name(cls: type) -> bool:
+    """Whether ``cls`` is what its module and qualified name find (not a class made in a function)."""
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
 
 
 def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastvec import kernels
 from fastvec.errors import EXIT_UNKNOWN, ShardError, StepTimeoutError, WorkerDiedError
-from fastvec.protocol import POLL_NS, Extra, named_envs
+from fastvec.protocol import POLL_NS, Extra, dumps_by_reference_where_possible, named_envs
 
 __all__ = ["Factories", "Remote", "kill_all", "pickle_factories", "preload_forkserver"]
 
@@ -339,13 +339,9 @@ class Remote:
         if start_method == "fork":
             _import_what_a_forked_worker_imports()
         fns: Any = env_fns if start_method == "fork" else pickle_factories(env_fns, envs.start, start_method)
-        if replacing is not None and start_method != "fork":  # (the pool's spaces: a class made in a function, env
-            try:  # 0 made in this process, travels with cloudpickle, as in attach())
-                pickle.dumps(replacing)
-            except Exception:
-                import cloudpickle
-
-                replacing = cloudpickle.dumps(replacing)  # type: ignore[assignment]
+        if replacing is not None and start_method != "fork":
+            # (the pool's spaces, env 0's: of a class made in a function where env 0 was made in this process)
+            replacing = dumps_by_reference_where_possible(replacing)  # type: ignore[assignment]
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
         inherited = [r.conn.fileno() for r in siblings if r.index != index] + [parent_conn.fileno()]
@@ -467,17 +463,12 @@ class Remote:
 
     def attach(self, layout: Any, fd: int, first_seq: int, restart: tuple | None) -> None:
         """Send the layout and the shared block's file descriptor (SCM_RIGHTS). (The layout holds env 0's spaces:
-        one of a class made in a function, env 0 made in this process, travels with cloudpickle.)"""
-        message = ("attach", layout, first_seq, restart)
+        one of a class made in a function, env 0 made in this process, travels with cloudpickle:
+        protocol.dumps_by_reference_where_possible.)"""
         try:
-            payload = bytes(reduction.ForkingPickler.dumps(message))
-        except Exception:
-            import cloudpickle
-
-            try:
-                payload = cloudpickle.dumps(message)
-            except Exception as exc:  # (env 0's spaces, made in this process, hold what cannot be pickled)
-                raise SpacesNotPickled(exc) from exc
+            payload = dumps_by_reference_where_possible(("attach", layout, first_seq, restart))
+        except Exception as exc:  # (env 0's spaces, made in this process, hold what cannot be pickled)
+            raise SpacesNotPickled(exc) from exc
         self.conn.send_bytes(payload)
         reduction.send_handle(self.conn, fd, self.process.pid)
 

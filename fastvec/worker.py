@@ -16,7 +16,6 @@ from a server that preloaded it (see fastvec.remote).
 from __future__ import annotations
 
 import ctypes
-import io
 import mmap
 import os
 import pickle
@@ -44,6 +43,7 @@ from fastvec.protocol import (
     Extra,
     ResetFlag,
     StepFlag,
+    dumps_by_reference_where_possible,
 )
 from fastvec.restart import Unmade, restart_all
 from fastvec.shard import Shard
@@ -160,7 +160,7 @@ def worker_main(
                     env_fns = env_fns.load() if hasattr(env_fns, "load") else cloudpickle.loads(env_fns)
                 except Exception as exc:
                     raise ShardError(start, "make (loading the env factories)", exc) from exc
-            if isinstance(replacing, bytes):  # (the pool's spaces, pickled with cloudpickle: Remote.spawn)
+            if isinstance(replacing, bytes):  # (the pool's spaces, pickled for a spawned worker: Remote.spawn)
                 replacing = cloudpickle.loads(replacing)
             distinct = Distinct(all(getattr(fn, "fork", True) for fn in env_fns))
             for j, fn in enumerate(env_fns):
@@ -428,32 +428,6 @@ def _picklable_error(message: tuple, exc: Exception, env: int, request: str, ind
     return ("error", [ShardError(env, f"{request} (sending the result)", exc).payload()], objects or None)
 
 
-def _dumps_by_value_where_needed(obj: Any) -> bytes:
-    """``obj`` pickled with cloudpickle, but a class that imports by its name goes by reference, as the standard
-    pickle sends it: cloudpickle sends the classes of ``__main__`` by value, which the parent loads as new classes
-    (under fork the worker's ``__main__`` is the parent's, so its own class is the one meant), and a custom space
-    whose ``__eq__`` checks its class would then differ from env 0's, though printed the same."""
-    import cloudpickle
-
-    class ByReference(cloudpickle.CloudPickler):
-        def reducer_override(self, value: Any) -> Any:
-            if isinstance(value, type) and _imports_by_name(value):
-                return NotImplemented  # (the standard pickling of a class: its module and name)
-            return super().reducer_override(value)
-
-    buffer = io.BytesIO()
-    ByReference(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buffer.getvalue()
-
-
-def _imports_by_name(cls: type) -> bool:
-    """Whether ``cls`` is what its module and qualified name find (not a class made in a function)."""
-    found: Any = sys.modules.get(cls.__module__)
-    for part in cls.__qualname__.split("."):
-        found = getattr(found, part, None)
-    return found is cls
-
-
 def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     """Each env's (observation space, action space), pickled for the parent: by reference where their classes
     import (a class of the parent's ``__main__`` under fork is then the parent's own, so a custom space's ``__eq__``
@@ -471,10 +445,7 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     pickled: list[bytes | None] = []
     for j, pair in enumerate(spaces):
         try:
-            try:
-                pickled.append(pickle.dumps(pair, pickle.HIGHEST_PROTOCOL))
-            except Exception:
-                pickled.append(_dumps_by_value_where_needed(pair))
+            pickled.append(dumps_by_reference_where_possible(pair))
         except Exception as exc:
             if start + j == 0 or isinstance(exc, MemoryError):
                 raise ShardError(start + j, "make (reporting spaces)", exc) from exc

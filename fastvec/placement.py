@@ -135,9 +135,11 @@ def can_pin() -> bool:
     except ImportError:  # pragma: no cover
         ok = False
     if not ok and not _warned:
+        from fastvec.errors import user_stacklevel  # (here: placement imports nothing of fastvec's at its import)
+
         _warned = True
         warnings.warn(
-            "fastvec: this platform cannot pin processes to cores; pin= is ignored", RuntimeWarning, stacklevel=_user_stacklevel()
+            "fastvec: this platform cannot pin processes to cores; pin= is ignored", RuntimeWarning, stacklevel=user_stacklevel()
         )
     return ok
 
@@ -178,10 +180,3 @@ def apply(pid: int, cores: list[int]) -> None:
     import psutil
 
     psutil.Process(pid).cpu_affinity(cores)
-
-
-def _user_stacklevel() -> int:
-    from fastvec.errors import user_stacklevel
-
-    return user_stacklevel() - 1  # (counted from this function, one frame below the one that warns)
-

@@ -58,11 +58,13 @@ def create_block(size: int) -> Block:
             raise
         raise OSError(exc.errno, f"no room for the pool's shared block of {amount(size)}, neither in /dev/shm nor in {temp}") from exc
     try:
+        from fastvec.errors import user_stacklevel  # (here: shm imports nothing of fastvec's at its import)
+
         advice = " (give the container more shared memory, e.g. docker run --shm-size)" if full else ""
         warnings.warn(
             f"fastvec: /dev/shm {why} the pool's shared block of {amount(size)}; using a file in {temp} instead{advice}",
             RuntimeWarning,
-            stacklevel=_user_stacklevel(),
+            stacklevel=user_stacklevel(),
         )
     except BaseException:  # (warnings made errors, -W error: the block made goes)
         close(block)
@@ -207,10 +209,3 @@ def sweep_stale() -> list[str]:
         except (ValueError, FileNotFoundError, PermissionError):
             continue
     return removed
-
-
-def _user_stacklevel() -> int:
-    from fastvec.errors import user_stacklevel
-
-    return user_stacklevel() - 1  # (counted from this function, one frame below the one that warns)
-

@@ -172,22 +172,29 @@ def unloadable(what: str, envs: range | str, exc: BaseException) -> TypeError:
     return TypeError(f"{what} for {named_envs(envs)} cannot be unpickled (every env gets them through a pickle): {exc!r}")
 
 
-def dumps_by_reference_where_possible(obj: Any) -> bytes:
+def dumps_by_reference_where_possible(obj: Any, main_by_value: bool = False) -> bytes:
     """``obj`` pickled as multiprocessing pickles, else with cloudpickle (classes and functions made in a function
     or a notebook), where a class that imports by its name still goes by reference, as the standard pickle sends
     it: cloudpickle sends the classes of ``__main__`` by value, which the other process loads as new classes (under
     fork its ``__main__`` is this one's), and a space whose ``__eq__`` checks its class then differs from env 0's,
-    though printed the same. The pickler's error where neither can."""
-    try:
-        return bytes(reduction.ForkingPickler.dumps(obj))
-    except Exception:
-        pass
+    though printed the same. The pickler's error where neither can.
+
+    ``main_by_value``: for a spawned or forkserver child, whose ``__main__`` is not this one's (a notebook's or a
+    ``python -c`` program's classes are not in it, nor a script's classes made under ``if __name__ ==
+    "__main__":``), the classes of ``__main__`` go by value, always: the child's factories, pickled by cloudpickle,
+    hold the same by-value copies (cloudpickle gives a class that it sent by value the same copy each time)."""
+    if not main_by_value:
+        try:
+            return bytes(reduction.ForkingPickler.dumps(obj))
+        except Exception:
+            pass
     import cloudpickle
 
     class ByReference(cloudpickle.CloudPickler):
         def reducer_override(self, value: Any) -> Any:
             if isinstance(value, type) and _imports_by_name(value):
-                return NotImplemented  # (the standard pickling of a class: its module and name)
+                if not (main_by_value and value.__module__ == "__main__"):
+                    return NotImplemented  # (the standard pickling of a class: its module and name)
             return super().reducer_override(value)
 
     buffer = io.BytesIO()

@@ -302,6 +302,7 @@ class Remote:
         self.pidfd = -1
         self.hung = False  # ended by the pool, still running past step_timeout (on_error="restart")
         self.released = False  # its pipe and Process object closed (release)
+        self.start_method = "fork"  # (how it was started: Remote.spawn)
         self.unmade: list | None = None  # a replacement's envs it could not make: their errors' payloads, to raise
         try:
             if type(getattr(process, "_popen", None)).__module__ != "multiprocessing.popen_forkserver":
@@ -341,7 +342,7 @@ class Remote:
         fns: Any = env_fns if start_method == "fork" else pickle_factories(env_fns, envs.start, start_method)
         if replacing is not None and start_method != "fork":
             # (the pool's spaces, env 0's: of a class made in a function where env 0 was made in this process)
-            replacing = dumps_by_reference_where_possible(replacing)  # type: ignore[assignment]
+            replacing = dumps_by_reference_where_possible(replacing, main_by_value=True)  # type: ignore[assignment]
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         # with fork, the child inherits the parent's ends of its siblings' pipes: it closes them
         inherited = [r.conn.fileno() for r in siblings if r.index != index] + [parent_conn.fileno()]
@@ -391,6 +392,7 @@ class Remote:
                     _FORKING[:] = []
                 child_conn.close()
                 remote = cls(index, envs, process, parent_conn)
+                remote.start_method = start_method
                 if place is not None:
                     place(remote)
             finally:
@@ -466,7 +468,9 @@ class Remote:
         one of a class made in a function, env 0 made in this process, travels with cloudpickle:
         protocol.dumps_by_reference_where_possible.)"""
         try:
-            payload = dumps_by_reference_where_possible(("attach", layout, first_seq, restart))
+            payload = dumps_by_reference_where_possible(
+                ("attach", layout, first_seq, restart), main_by_value=self.start_method != "fork"
+            )
         except Exception as exc:  # (env 0's spaces, made in this process, hold what cannot be pickled)
             raise SpacesNotPickled(exc) from exc
         self.conn.send_bytes(payload)

@@ -161,7 +161,10 @@ def worker_main(
                 except Exception as exc:
                     raise ShardError(start, "make (loading the env factories)", exc) from exc
             if isinstance(replacing, bytes):  # (the pool's spaces, pickled for a spawned worker: Remote.spawn)
-                replacing = cloudpickle.loads(replacing)
+                try:
+                    replacing = cloudpickle.loads(replacing)
+                except Exception as exc:
+                    raise ShardError(start, "make (loading the pool's spaces)", exc) from exc
             distinct = Distinct(all(getattr(fn, "fork", True) for fn in env_fns))
             for j, fn in enumerate(env_fns):
                 try:
@@ -183,7 +186,17 @@ def worker_main(
             _close_quietly(envs)
             return
 
-        message = conn.recv()
+        payload = conn.recv_bytes()
+        try:
+            message = pickle.loads(payload)
+        except Exception as exc:  # (a class of env 0's spaces this process cannot load): said, not a bare exit
+            try:
+                os.close(reduction.recv_handle(conn))  # (the block's descriptor follows the layout)
+            except OSError:
+                pass
+            conn.send(("error", ShardError(start, "attach (loading the layout of env 0's spaces)", exc).payload()))
+            _close_quietly(envs)
+            return
         if message[0] != "attach":
             _close_quietly(envs)
             return

@@ -431,6 +431,74 @@ def test_the_classes_of_the_main_script_stay_its_own_where_spaces_need_cloudpick
     assert out.stdout.strip() == "[True, True, True, True]"
 
 
+NOTEBOOK_CLASSES = textwrap.dedent(
+    """
+    import sys
+    from functools import partial
+    import numpy as np, gymnasium as gym
+    import fastvec
+    from tests.envs import FailingEnv
+
+    class Tag(gym.spaces.Discrete):  # a notebook's space class: a spawned worker's __main__ has none
+        pass
+
+    def make(index):
+        class Local(Tag):  # made in a function (cloudpickle's only), its base the notebook's class
+            pass
+        env = FailingEnv("die" if index == 3 else None, after=1)  # (env 3's worker dies at its 2nd step)
+        env.action_space = Local(2) if index % 2 else Tag(2)
+        return env
+
+    fns = [partial(make, i) for i in range(4)]
+    with fastvec.SubprocVecEnv(fns, start_method=sys.argv[1], num_workers=2, on_error="restart") as venv:
+        venv.reset()
+        venv.step(np.zeros(4, np.int64))
+        dones = venv.step(np.zeros(4, np.int64))[2]  # (a replacement worker, handed the pool's spaces)
+        print(dones.tolist(), venv.step(np.zeros(4, np.int64))[2].tolist())
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_notebook_s_space_classes_reach_spawned_and_forkserver_workers(start_method: str) -> None:
+    """A notebook's (here a ``python -c`` program's) space classes are not in a spawned worker's ``__main__``:
+    env 0's spaces, in the layout every worker is handed and in a replacement's copy of the pool's spaces, go to
+    such a worker by value (as its factories do), not by reference, which every worker failed to load ("died
+    during 'attach'"); a plain class of the notebook and one made in a function whose base is the notebook's."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore::RuntimeWarning", "-c", NOTEBOOK_CLASSES, start_method], capture_output=True,
+        text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[False, False, True, True] [False, False, False, False]"
+
+
+def _tagged_in_this_process_only(index: int) -> gym.Env:
+    env = gym.make("CartPole-v1")
+    module = sys.modules.get("fastvec_test_parent_only")  # (a module this process made: no spawned worker has it)
+    if module is not None:
+        env.action_space = module.Tag(2)
+    return env
+
+
+def test_a_layout_a_spawned_worker_cannot_load_is_said_with_its_cause() -> None:
+    """Env 0, made in this process, has an action space of a class of a module only this process has: the workers
+    cannot load the layout they are handed. Each said so only on its stderr and died ("died during 'attach' with
+    exit code 1"); the error names the stage and the cause, as gymnasium's AsyncVectorEnv raises it."""
+    import types
+
+    module = types.ModuleType("fastvec_test_parent_only")
+    exec("import gymnasium as gym\nclass Tag(gym.spaces.Discrete):\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        fns = [partial(_tagged_in_this_process_only, i) for i in range(4)]
+        with pytest.raises(EnvError, match=r"(?s)attach \(loading the layout of env 0's spaces\).*fastvec_test_parent_only"):
+            SubprocVecEnv(fns, start_method="spawn", num_workers=2, step_in_parent=True)
+    finally:
+        del sys.modules[module.__name__]
+
+
 class _ClassEqualBox(gym.spaces.Box):
     def __eq__(self, other):
         return isinstance(other, type(self)) and super().__eq__(other)

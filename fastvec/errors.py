@@ -314,7 +314,7 @@ def exit_status(exitcode: int | None) -> str:
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # the packages that stand between the program and fastvec: SB3 (its VecEnv and wrappers, and its algorithms, whose
 # learn() steps the envs; a program's callbacks are its own files) and gymnasium's VectorEnv and vector wrappers
-_BASES = ("stable_baselines3", "gymnasium.vector", "gymnasium.wrappers.vector")
+_BASES = ("stable_baselines3", "sb3_contrib", "gymnasium.vector", "gymnasium.wrappers.vector")
 
 
 def user_stacklevel() -> int:

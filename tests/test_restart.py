@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -1004,3 +1005,29 @@ def test_a_restart_s_warning_points_at_the_program_s_line_through_an_sb3_algorit
         assert {w.filename for w in warned if "restarted it" in str(w.message)} == {__file__}
     finally:
         venv.close()
+
+
+def test_a_restart_s_warning_points_at_the_program_s_line_through_sb3_contrib_s_algorithms(tmp_path, monkeypatch) -> None:
+    """sb3_contrib (the SB3 team's algorithms: RecurrentPPO, QRDQN, TQC...) steps the env from its own
+    collect_rollouts: the warning pointed there (ppo_recurrent.py, qrdqn.py). (A stand-in package of that name,
+    as sb3_contrib's algorithms step the env, here: this suite does not install it.)"""
+    import importlib
+
+    package = tmp_path / "sb3_contrib"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "algorithm.py").write_text("def learn(venv, actions):\n    for _ in range(2):\n        venv.step(actions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "sb3_contrib" not in sys.modules
+    algorithm = importlib.import_module("sb3_contrib.algorithm")
+    fns = [partial(envs.FailingEnv, "die" if i >= 2 else None, 1) for i in range(4)]
+    venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart")
+    try:
+        venv.reset()
+        with pytest.warns(RuntimeWarning, match="restarted it") as warned:
+            algorithm.learn(venv, np.zeros(4, np.int64))  # (envs 2 and 3 kill their worker at their second step)
+        assert {w.filename for w in warned if "restarted it" in str(w.message)} == {__file__}
+    finally:
+        venv.close()
+        for name in ("sb3_contrib.algorithm", "sb3_contrib"):
+            sys.modules.pop(name, None)

@@ -26,10 +26,18 @@ $(STAMP): pyproject.toml setup.py fastvec/_kernels.pyx fastvec/_kernels.pxd
 train: $(STAMP)
 	$(PY) -m ppo.train $(ARGS)
 
+# Each pass runs its tests in TEST_PROCESSES processes at once (pytest-xdist): most of the suite waits (on
+# workers, timeouts, subprocesses), and one test at a time used about a fifth of 2 cores. Then the tests
+# marked serial (tight time bounds, or load of their own), one at a time, on cores nothing else uses.
+TEST_PROCESSES ?= 4
+PURE := FASTVEC_PURE_PYTHON=1
+
 test: $(STAMP)
 	$(PY) -c "import fastvec; assert fastvec.KERNELS == 'cython', fastvec.KERNELS; print('kernels:', fastvec.KERNELS)"
-	$(PY) -m pytest -q
-	FASTVEC_PURE_PYTHON=1 $(PY) -m pytest -q -m "not compiled_only and not one_pass"
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) -m "not serial"
+	$(PY) -m pytest -q -m "serial"
+	$(PURE) $(PY) -m pytest -q -n $(TEST_PROCESSES) -m "not compiled_only and not one_pass and not serial"
+	$(PURE) $(PY) -m pytest -q -m "serial and not compiled_only and not one_pass"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.vec_env $(ARGS)

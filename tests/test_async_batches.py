@@ -136,6 +136,7 @@ def test_close_while_batches_run_leaves_nothing() -> None:
     assert time.monotonic() - began < 10
 
 
+@pytest.mark.serial
 def test_the_first_envs_to_finish_come_first() -> None:
     fns = [partial(envs.FailingEnv, "hang" if i < 2 else None, 0) for i in range(4)]  # envs 0, 1 hang in step
     with Pool(fns, batch_size=2, start_method="fork", autoreset_mode=SAME_STEP, step_in_parent=False) as pool:
@@ -149,6 +150,7 @@ def test_the_first_envs_to_finish_come_first() -> None:
             pool.recv(timeout=0.2)  # the hung group: still pending, named
 
 
+@pytest.mark.serial
 def test_the_own_group_steps_while_a_worker_hangs() -> None:
     """step_in_parent: recv() steps the calling process's own group (envs 0-1) while the worker's
     group hangs, and a recv() with a timeout then names the worker's group as still pending."""
@@ -163,6 +165,7 @@ def test_the_own_group_steps_while_a_worker_hangs() -> None:
             pool.recv(timeout=0.2)
 
 
+@pytest.mark.serial
 def test_the_own_group_is_not_starved_by_quick_workers() -> None:
     """Workers whose groups are always done by the next recv() (a slow policy between calls: two
     worker groups) do not keep the own group waiting: the three groups take turns (a worker's group done
@@ -191,6 +194,7 @@ class Sleeps(envs.Counter):
         return super().step(action)
 
 
+@pytest.mark.serial
 def test_the_own_group_stops_between_envs_for_a_worker_that_finished() -> None:
     """A worker's group that finished while this process stepped its own is returned at the next env boundary,
     so the worker gets its next actions at once instead of idling through the rest of the own group's step (with
@@ -279,6 +283,7 @@ def test_random_orders_match_serial_runs_while_the_own_group_stops_between_envs(
         pool.close()
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("mode", [SAME_STEP, NEXT_STEP], ids=["same-step", "next-step"])
 @pytest.mark.parametrize("on_error", ["raise", "restart"])
 def test_an_env_error_before_the_own_group_stops_is_raised_when_its_step_ends(on_error: str, mode) -> None:
@@ -305,6 +310,7 @@ def test_an_env_error_before_the_own_group_stops_is_raised_when_its_step_ends(on
             assert "boom in step" in str(got.restarted[0])
 
 
+@pytest.mark.serial
 def test_a_shard_error_from_a_part_of_the_own_group_step_ends_that_step() -> None:
     """Whatever part of the own group's step raises a ShardError (here the first part, made to), the group's
     step is over: recv() names the env, and the group can be sent its next actions and steps them anew."""
@@ -332,6 +338,7 @@ def test_a_shard_error_from_a_part_of_the_own_group_step_ends_that_step() -> Non
         assert got.env_ids.tolist() == [0, 1] and got.obs[:, 0].tolist() == [2.0, 2.0]  # (the failed part stepped none)
 
 
+@pytest.mark.serial
 def test_stats_count_a_stopped_step_of_the_own_group_as_one_command() -> None:
     """stats() counts the own group's step that stopped between envs as one command of its envs' time (2 envs of
     20 ms: 40 ms, in the histogram's 32-65 ms bin), not one per part (20 ms each)."""
@@ -357,6 +364,7 @@ def test_stats_count_a_stopped_step_of_the_own_group_as_one_command() -> None:
         assert 32.768 <= own.p50_ms < 65.536 and own.steps_per_s > 0, own
 
 
+@pytest.mark.serial
 def test_close_while_the_own_group_stopped_between_envs_closes_every_env() -> None:
     """close() while the own group's step is stopped between envs drops it and closes every env (the
     fixture checks that no process or segment is left)."""
@@ -376,6 +384,7 @@ def _mapped_blocks() -> set[str]:
         return {line.split()[5] for line in maps if "/dev/shm/fastvec" in line}
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("how", ["terminate", "close-after-ctrl-c"])
 def test_a_pool_ended_while_the_own_group_stopped_lets_go_of_its_block(how: str) -> None:
     """terminate(), or close() after a Ctrl-C in the own group's step, while that step is stopped between envs:
@@ -928,6 +937,7 @@ def test_recv_with_no_time_left_still_takes_a_finished_group() -> None:
             pool.recv(timeout=0)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("on_error", ["raise", "restart"])
 def test_a_finished_group_waiting_to_be_collected_is_not_late(on_error: str) -> None:
     """step_timeout bounds a command, not the time its finished results wait for recv(): a learner slower
@@ -1255,6 +1265,7 @@ def test_close_from_another_thread_while_recv_replaces_a_dead_worker_leaves_no_w
         venv.close()
 
 
+@pytest.mark.serial
 @pytest.mark.one_pass
 def test_a_group_done_in_time_is_never_ended_as_late() -> None:
     """The deadline check ran on the workers listed before another worker's (slow) replacement, and did not look at

@@ -267,6 +267,7 @@ def test_box_actions_pass_through_unless_checked() -> None:
         venv.step(np.zeros((3, 1)))
 
 
+@pytest.mark.serial
 def test_worker_killed_while_idle_is_reported_quickly() -> None:
     venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
     try:
@@ -285,6 +286,7 @@ def test_worker_killed_while_idle_is_reported_quickly() -> None:
         venv.close()
 
 
+@pytest.mark.serial
 def test_worker_killed_during_step() -> None:
     fns = _fns(2, 1, "hang", after=0)
     venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)

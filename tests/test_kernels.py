@@ -254,6 +254,7 @@ def test_range_checks_match_numpy(k, per_env, envs, data) -> None:
         assert k.first_outside_float(fvalues, flow, fhigh) == (int(fbad[0]) if fbad.size else -1)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("k", IMPLS)
 def test_wait_returns_at_once_when_done_and_times_out_otherwise(k) -> None:
     words = np.zeros(64, dtype=np.uint32)
@@ -272,6 +273,7 @@ def test_wait_returns_at_once_when_done_and_times_out_otherwise(k) -> None:
     assert k.wait_all(words, index[1:], 2**32 - 1, 0, 0) == -1
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("k", IMPLS)
 @pytest.mark.parametrize("spin_ns", [10_000_000_000, -10_000_000_000, 2**63 - 1])
 def test_a_poll_longer_than_the_wait_ends_with_the_wait(k, spin_ns: int) -> None:
@@ -402,6 +404,7 @@ def test_wait_any_returns_the_first_worker_done(k) -> None:
     assert k.wait_any(words, remaining, done, seqs, 0, 1_000_000) == 0
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("k", IMPLS)
 def test_wait_any_wakes_when_two_workers_finish_together(k) -> None:
     """Two workers finishing while the parent sleeps take the countdown from 1 past 0: the

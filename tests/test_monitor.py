@@ -199,6 +199,7 @@ def test_a_straggler_sharing_its_core_with_other_load_is_repinned(monkeypatch) -
     assert event.kind == "repin" and pool.repins == [(1, [0])] and "core 1 -> core 0" in event.detail
 
 
+@pytest.mark.serial
 def test_the_monitor_balances_a_real_pool_without_changing_results() -> None:
     """A quarter of the envs 10x slower, all on the worker at the start: the monitor moves envs to
     the learner's shard; every observation equals that of a pool without a monitor. (The other

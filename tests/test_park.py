@@ -224,6 +224,7 @@ def test_a_worker_that_dies_while_it_is_emptied_is_replaced_and_parking_goes_on(
         assert venv.env_method("pid") == [os.getpid()] * 4
 
 
+@pytest.mark.serial
 def test_the_monitor_parks_a_worker_beside_a_cpu_hog_and_brings_it_back_when_the_hog_ends() -> None:
     """On two cores (the learner busy on one, a hog pinned to the worker's), no core is free: the
     monitor parks the worker, every env steps in the learner's process; once the hog is gone, a

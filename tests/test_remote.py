@@ -41,6 +41,7 @@ def test_recv_reports_a_dead_worker_with_its_exit_code() -> None:
         remote.release()
 
 
+@pytest.mark.serial
 def test_recv_times_out_on_a_silent_worker() -> None:
     remote = _start(30.0, 0)
     try:

@@ -44,6 +44,7 @@ def test_a_snapshot_of_every_shard() -> None:
         assert pool.stats().workers[0].cpu_percent is not None
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("batches", [False, True])
 def test_the_learner_share_counts_recv_and_send_as_time_in_the_pool(batches: bool) -> None:
     """A caller that only steps (or only receives and sends batches) of envs that each take 2 ms spends
@@ -82,6 +83,7 @@ def test_per_env_step_times_are_per_step_with_rare_calls_between_steps() -> None
         assert len(times) == 4 and min(times) >= 1.9, times
 
 
+@pytest.mark.serial
 def test_per_env_step_times_while_timing() -> None:
     from tests.test_monitor import make_busy
 
@@ -218,6 +220,7 @@ class _SlowStep(envs.Counter):
         return super().step(action)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("in_parent", [False, True])  # (the calling process's own shard read idle through it)
 def test_an_interval_inside_one_long_command_counts_it(monkeypatch: pytest.MonkeyPatch, in_parent: bool) -> None:
     """The counters grow when a command ends: an interval read while every worker stepped through it showed

@@ -345,6 +345,7 @@ def test_close_from_another_thread_lets_the_running_step_finish(tmp_path, batch:
     assert sorted(int(p.stem) for p in tmp_path.glob("*.closed")) == [0, 1, 2, 3]
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("batch", [False, True], ids=["step", "recv"])
 def test_close_from_another_thread_gives_up_on_a_step_past_its_timeout(tmp_path, batch: bool) -> None:
     """The running step outlasts close()'s timeout: close() returns, the workers are stopped, and the
@@ -724,6 +725,7 @@ def test_close_in_a_signal_handler_during_close_closes_once(tmp_path) -> None:
     assert _closes(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}
 
 
+@pytest.mark.serial
 def test_a_close_interrupted_before_it_tore_down_leaves_the_next_close_whole(tmp_path, monkeypatch) -> None:
     """Ctrl-C in close() before it tore anything down: the next close() closes the pool, and another thread's
     close() meanwhile waits for that one (it returned at once, the pool still open: the first close() had set

@@ -2190,10 +2190,14 @@ def _twin_classes(space: Any, other: Any) -> str:
 
 
 def _equivalent(a: list[Leaf], b: list[Leaf]) -> bool:
-    """Same structure, and the same shape and dtype leaf by leaf (gymnasium's is_space_dtype_shape_equiv)."""
-    return len(a) == len(b) and all(
-        x.path == y.path and x.array == y.array and x.shape == y.shape and x.dtype == y.dtype for x, y in zip(a, b)
-    )
+    """Same structure, and the same shape and dtype leaf by leaf (gymnasium's is_space_dtype_shape_equiv): leaves
+    found by their path, so that Dicts of the same keys in another order are the same structure, as gymnasium's
+    compares their keys (the pool's leaves are env 0's; every env's parts are read by key)."""
+
+    def form(leaves: list[Leaf]) -> dict:
+        return {leaf.path: (leaf.array, leaf.shape, leaf.dtype) for leaf in leaves}
+
+    return len(a) == len(b) and form(a) == form(b)
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

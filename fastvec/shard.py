@@ -491,19 +491,13 @@ class Shard:
             plain = self.single_leaf and not self.raw_final
             if plain:
                 leaf, checking = self.leaves[0], self.checks.active
-                terminal, slot_obs = self.views.terminal_obs[0], self.obs_slots[0][slot]
+                slot_obs = self.obs_slots[0][slot]
             for j in ended:
                 if restarted is not None and j in restarted:
                     continue
-                # copy the final observation out before the reset overwrites it
-                if plain:
-                    final = results[j][0]
-                    # the env's own object where the buffer's row would not be it (cast, or not an array)
-                    if self._gather([final], terminal, leaf, "step", False, j, cast=True) or type(final) is not np.ndarray:
-                        self.side_extras.append((start + j, Extra.FINAL_OBS, final))
-                else:
-                    self.write_terminal(j, results[j][0], "step")
+                final = results[j][0]
                 if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
+                    self._write_final(j, final, plain)
                     leaving = (leaving or []) + [j]
                     continue
                 try:
@@ -511,6 +505,9 @@ class Shard:
                 except ShardError as err:  # the other ended envs still reset; every error is reported
                     failed = (failed or []) + [err]
                     continue
+                # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an
+                # env that changes its array in place shows the reset's values there too, whatever its dtype)
+                self._write_final(j, final, plain)
                 if plain:
                     self._gather([obs], slot_obs, leaf, "reset (autoreset after step)", checking, j)
                 else:
@@ -532,6 +529,15 @@ class Shard:
         if self.side_extras or self.checks.pending:
             return self.finish_extras(extras)
         return extras
+
+    def _write_final(self, j: int, final: Any, plain: bool) -> None:
+        """SAME_STEP: env j's final observation into the terminal-obs buffers (``plain``: one array, its row
+        copied directly, without write_terminal's structure walk: an episode ends in a few percent of env steps)."""
+        if not plain:
+            self.write_terminal(j, final, "step")
+        # the env's own object where the buffer's row would not be it (cast, or not an array)
+        elif self._gather([final], self.views.terminal_obs[0], self.leaves[0], "step", False, j, cast=True) or type(final) is not np.ndarray:
+            self.side_extras.append((self.start + j, Extra.FINAL_OBS, final))
 
     # -- moving envs between shards (fastvec.migrate) -------------------------------------------
     def _may_leave(self, j: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -437,3 +438,48 @@ def wrap_last(pool, step) -> None:
         if pool.wrap_envs:
             return
     raise AssertionError("the last env never moved")
+
+
+class ReusesItsArray(gym.Env):
+    """Returns one array of its own, changed in place at every reset and step (as simulators that keep their state
+    in one buffer do), of ``dtype`` (float64: cast to the space's float32); its episodes last ``length`` steps."""
+
+    observation_space = spaces.Box(-100, 100, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, dtype: Any = np.float32, length: int = 2):
+        self.buf = np.zeros(2, dtype)
+        self.length, self.t = length, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.buf[:] = -1
+        return self.buf, {}
+
+    def step(self, action):
+        self.t += 1
+        self.buf[:] = self.t
+        return self.buf, 0.0, self.t >= self.length, False, {}
+
+
+class KeysInItsOwnOrder(gym.Env):
+    """A Dict observation whose space lists its keys in another order for odd ``index`` (the same keys, shapes and
+    dtypes); its values tell the envs apart."""
+
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int):
+        self.index = index
+        parts = [("a", spaces.Box(0, 10, (2,), np.float32)), ("b", spaces.Discrete(5))]
+        self.observation_space = spaces.Dict(parts if index % 2 == 0 else parts[::-1])
+
+    def _obs(self) -> dict:
+        return {"a": np.full(2, self.index + 1.5, np.float32), "b": self.index + 1}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        return self._obs(), 1.0, False, False, {}

@@ -608,3 +608,24 @@ def test_envs_of_different_render_modes_are_refused_with_sb3_s_exception_type_on
     assert Modes(["rgb_array", "rgb_array"]).render_mode == "rgb_array"
     with pytest.raises(AssertionError):  # (SB3 imported here: its base)
         SubprocVecEnv(mixed, start_method="fork", num_workers=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_final_observation_of_an_env_that_changes_its_array_in_place_is_read_as_sb3_reads_it(dtype) -> None:
+    """SB3 hands back the env's own array as terminal_observation, read after the env's reset: an env that changes
+    its array in place shows the reset's values there. fastvec copied an array of the space's dtype before the reset
+    (the step's values) and sent a cast one as it was after it: one env, two answers by its array's dtype."""
+    fns = [partial(envs.ReusesItsArray, dtype, length) for length in (2, 3, 2, 3)]
+    reference = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        np.testing.assert_array_equal(venv.reset(), reference.reset())
+        for _ in range(5):
+            obs, _, dones, infos = venv.step(np.zeros(4, np.int64))
+            ref_obs, _, ref_dones, ref_infos = reference.step(np.zeros(4, np.int64))
+            np.testing.assert_array_equal(obs, ref_obs)
+            assert dones.tolist() == ref_dones.tolist()
+            for info, ref_info in zip(infos, ref_infos):
+                assert ("terminal_observation" in info) == ("terminal_observation" in ref_info)
+                if "terminal_observation" in info:
+                    np.testing.assert_array_equal(info["terminal_observation"], ref_info["terminal_observation"])
+    reference.close()

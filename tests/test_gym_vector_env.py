@@ -15,7 +15,7 @@ import pytest
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from fastvec import VectorEnv
+from fastvec import SubprocVecEnv, VectorEnv
 from tests import envs
 
 
@@ -462,8 +462,6 @@ def _sb3_terminal_observations(fns: list) -> list[tuple]:
     """(fastvec.SubprocVecEnv's, SB3's DummyVecEnv's) terminal_observation of each env after 2 steps."""
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from fastvec import SubprocVecEnv
-
     sb3 = DummyVecEnv(fns)
     with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
         venv.reset(), sb3.reset()
@@ -673,3 +671,36 @@ def test_close_refuses_a_keyword_it_does_not_know() -> None:
         venv.close(terminat=True)
     assert not venv.closed
     venv.close()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_final_obs_of_an_env_that_changes_its_array_in_place_is_read_as_gymnasium_reads_it(dtype) -> None:
+    """SAME_STEP: gymnasium's final_obs is the env's own array, read after its reset (an env that changes it in place
+    shows the reset's values); fastvec read an array of the space's dtype before the reset, a cast one after it."""
+    fns = [partial(envs.ReusesItsArray, dtype, length) for length in (2, 3, 2, 3)]
+    reference = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    with VectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP, num_workers=2, start_method="fork") as venv:
+        _same(venv.reset()[0], reference.reset()[0], "reset obs")
+        for t in range(5):
+            for name, a, b in zip(["obs", "rewards", "terminations", "truncations", "infos"],
+                                  venv.step(np.zeros(4, np.int64)), reference.step(np.zeros(4, np.int64))):  # fmt: skip
+                _same(a, b, f"step {t} {name}")
+    reference.close()
+
+
+def test_envs_whose_dict_spaces_list_the_same_keys_in_another_order() -> None:
+    """gymnasium compares a Dict's keys as a set (is_space_dtype_shape_equiv), SB3 compares nothing: both take envs
+    whose Dict spaces list the same keys in another order, which fastvec refused ("does not share the structure")."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    fns = [partial(envs.KeysInItsOwnOrder, i) for i in range(4)]
+    reference = SyncVectorEnv(fns, observation_mode="different")
+    with VectorEnv(fns, observation_mode="different", num_workers=2, start_method="fork") as venv:
+        _same(venv.reset()[0], reference.reset()[0], "reset obs")
+        _same(venv.step(np.zeros(4, np.int64))[0], reference.step(np.zeros(4, np.int64))[0], "step obs")
+    reference.close()
+    reference = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, num_workers=2, start_method="fork") as venv:
+        _same(venv.reset(), reference.reset(), "SB3 reset obs")
+        _same(venv.step(np.zeros(4, np.int64))[0], reference.step(np.zeros(4, np.int64))[0], "SB3 step obs")
+    reference.close()

@@ -18,6 +18,7 @@ cannot replace fastvec's worker loop.
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_differing_spaces, batch_space, concatenate, create_empty_array
 
 from fastvec.batch import Batch
-from fastvec.errors import EnvError, UnsupportedSpaceError
+from fastvec.errors import EnvError, UnsupportedSpaceError, user_stacklevel
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.pool import Pool, _async_workers
 
@@ -352,12 +353,27 @@ class VectorEnv(gym.vector.VectorEnv):
                 done = np.logical_or(batch.terminated, batch.truncated).tolist()
             if (done is not None and True in done) or batch.infos or batch.reset_infos or batch.restarted:
                 infos = self._recv_infos(batch, done)  # (else: only env_id)
+                if "env_id" in infos:  # (an env's own key of that name: replaced, said once)
+                    self._replaced_env_id(infos)
             infos["env_id"] = batch.env_ids
             return batch.obs, batch.rewards, batch.terminated, batch.truncated, infos
         except BaseException as exc:  # (the outputs not made: AsyncBatches.not_made)
             if batch is not None:
                 self._batches.not_made(batch, exc)
             raise
+
+    def _replaced_env_id(self, infos: dict[str, Any]) -> None:
+        """An env's info holds "env_id", the key recv() gives the batch's env ids (EnvPool's): its values are
+        replaced, with a warning the first time (gymnasium's mask for the env's key goes too)."""
+        infos.pop("_env_id", None)
+        if not getattr(self, "_warned_env_id", False):
+            self._warned_env_id = True
+            warnings.warn(
+                "fastvec: an env's info holds the key 'env_id', which recv() sets to the batch's env ids (as EnvPool's "
+                "gymnasium API): the env's values are replaced; give them another key to keep them",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
 
     def _recv_infos(self, batch: Any, done: list[bool] | None) -> dict[str, Any]:
         """A batch's infos, batched as gymnasium batches them: the envs' infos, episode ends (``done``, per row,

@@ -1435,3 +1435,27 @@ def test_a_batch_a_front_end_cannot_make_is_raised_once_and_its_envs_are_free() 
         assert sorted(failed) == [[0, 1], [2, 3]]
         venv.async_reset()  # (nothing is running: every env is free)
         assert sorted(i for _ in range(2) for i in venv.recv()[4]["env_id"].tolist()) == [0, 1, 2, 3]
+
+
+class SaysItsOwnEnvId(envs.Counter):
+    """A Counter whose infos hold a key of its own named env_id."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "env_id": f"mine-{self.index}"}
+
+
+def test_an_env_s_own_env_id_info_is_replaced_by_recv_with_a_warning() -> None:
+    """recv() gives the batch's ids in infos["env_id"] (EnvPool's key): an env's own values of that key were
+    replaced without a word, and gymnasium's mask of the env's key (infos["_env_id"]) stayed beside the ids."""
+    fns = [partial(SaysItsOwnEnvId, i) for i in range(4)]
+    with VectorEnv(fns, batch_size=2, context="fork", num_workers=2) as venv:
+        venv.async_reset()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(6):
+                *_, infos = venv.recv()
+                assert sorted(infos) == ["env_id"] and infos["env_id"].dtype.kind == "i", infos
+                venv.send(np.zeros(2, np.int64), infos["env_id"])
+        said = [w for w in caught if "'env_id'" in str(w.message)]
+        assert len(said) == 1 and said[0].filename == __file__

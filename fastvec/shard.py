@@ -658,9 +658,31 @@ class Shard:
         obs_list, extras = self.reset_rows(
             rows if rows is not None else range(len(self.envs)), options, pass_options_always, slot=slot, masked=rows is not None
         )
+        if len(obs_list) > 1:
+            self._check_shared_memory(obs_list, rows)
         self.write_obs(obs_list, slot, "reset", rows)
         self.start_episodes(slot, rows)
         return self.finish_extras(extras)
+
+    def _check_shared_memory(self, obs_list: list, rows: list[int] | None) -> None:
+        """Envs of this process whose reset observations are arrays over the same memory (a buffer their class
+        shares): every env's observation is read after all of the process's envs stepped, so such envs would all
+        read the last one's values. Said (once per env), at each reset (a few microseconds for the shard)."""
+        seen: dict[int, int] = {}
+        for k, obs in enumerate(obs_list):
+            j = rows[k] if rows is not None else k
+            for part in _array_parts(obs):
+                if part.nbytes and part.flags.writeable:  # (read-only views of one dataset: nothing writes them)
+                    other = seen.setdefault(part.__array_interface__["data"][0], j)
+                    if other != j:
+                        self.checks.warn_once(
+                            j, "shared-memory",
+                            f"returned an observation over the same memory as env {self.start + other}'s (an array "
+                            "the envs share, such as their class's): each env's observation is read once every env of "
+                            "its process has stepped, so envs that write their values into it all get the last one's "
+                            "(SB3's and gymnasium's AsyncVectorEnv, a process per env, give each its own). Return a copy "
+                            "(obs.copy()), or give each env a process (num_workers=num_envs, step_in_parent=False)",
+                        )  # fmt: skip
 
     def reset_rows(
         self,
@@ -1016,6 +1038,18 @@ def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
     else:
         rows = rows.astype(_TAG_DTYPES[tag & TAG_DTYPE]) if tag & TAG_DTYPE else rows.copy()
     return rows.reshape(len(rows)) if tag & TAG_SCALAR_ROWS else rows
+
+
+def _array_parts(obs: Any) -> Any:
+    """The numpy arrays in an observation (itself, or in its dicts and tuples)."""
+    if isinstance(obs, np.ndarray):
+        yield obs
+    elif isinstance(obs, dict):
+        for value in obs.values():
+            yield from _array_parts(value)
+    elif isinstance(obs, tuple):
+        for value in obs:
+            yield from _array_parts(value)
 
 
 def _ended(result: Any) -> bool:

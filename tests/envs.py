@@ -483,3 +483,24 @@ class KeysInItsOwnOrder(gym.Env):
 
     def step(self, action):
         return self._obs(), 1.0, False, False, {}
+
+
+class SharesItsClassBuffer(gym.Env):
+    """Returns its class's one observation array, written with its own values (as a C extension's static buffer):
+    every instance's observation is the same memory."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    buf = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0):
+        self.index = index
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.buf[0] = self.index
+        return self.buf, {}
+
+    def step(self, action):
+        self.buf[0] = 10 * self.index + 1
+        return self.buf, 0.0, False, False, {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -629,3 +630,21 @@ def test_the_final_observation_of_an_env_that_changes_its_array_in_place_is_read
                 if "terminal_observation" in info:
                     np.testing.assert_array_equal(info["terminal_observation"], ref_info["terminal_observation"])
     reference.close()
+
+
+@pytest.mark.parametrize("step_in_parent", [False, True])
+def test_envs_of_one_process_returning_the_same_memory_are_said(step_in_parent: bool) -> None:
+    """Envs that return one array their class shares all read the last env of their process's values (each env's
+    observation is read once every env of its process stepped; SB3 and gymnasium's AsyncVectorEnv run a process per
+    env): said at the reset, naming the envs, in the calling process's shard and in a worker's."""
+    fns = [partial(envs.SharesItsClassBuffer, i) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
+        with pytest.warns(RuntimeWarning, match="same memory") as warned:
+            venv.reset()
+        said = sorted(str(w.message).split()[2] for w in warned if "same memory" in str(w.message))
+        assert said == ["1", "3"] and {w.filename for w in warned} == {__file__}
+        assert "as env 0's" in str(warned[0].message) or "as env 2's" in str(warned[0].message)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=4, step_in_parent=False) as venv:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a process per env: nothing shared, nothing said
+            assert venv.reset().ravel().tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -32,11 +32,30 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_differing_spaces, batch_space, concatenate, create_empty_array
 
 from fastvec.batch import Batch
-from fastvec.errors import EnvError, UnsupportedSpaceError, user_stacklevel
+from fastvec.errors import EnvError, SpaceMismatchError, UnsupportedSpaceError, user_stacklevel
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.pool import Pool, _async_workers
 
 __all__ = ["VectorEnv"]
+
+
+def _check_equivalent(env_spaces: list[Space]) -> None:
+    """observation_mode="different": every env's space shares env 0's shapes and dtypes and what fixes them (a
+    Text's length and characters, a Graph's node and edge spaces, ...), as gymnasium's is_space_dtype_shape_equiv
+    decides (the pool compares only the structure of Text, Sequence, Graph and OneOf parts, which travel pickled).
+    A custom space gymnasium cannot compare is left to the pool's check (gymnasium refuses it)."""
+    from gymnasium.spaces.utils import is_space_dtype_shape_equiv
+
+    for i, space in enumerate(env_spaces[1:], 1):
+        try:
+            equivalent = is_space_dtype_shape_equiv(space, env_spaces[0])
+        except NotImplementedError:
+            continue
+        if not equivalent:
+            raise SpaceMismatchError(
+                f"VectorEnv(..., observation_mode='different'): env {i} has observation space {space}, which does not "
+                f"share a common shape and dtype with env 0's {env_spaces[0]} (as gymnasium's vector envs refuse it)"
+            )
 
 _NOT_CALLABLE = ("reset", "step", "close", "_setattr", "_check_spaces")  # gymnasium's workers refuse these in call()
 
@@ -139,7 +158,8 @@ class VectorEnv(gym.vector.VectorEnv):
         elif observation_mode == "different":
             env_spaces = [env().observation_space for env in env_fns]  # as gymnasium: made and dropped
             self.single_observation_space = env_spaces[0]
-            self.observation_space = batch_differing_spaces(env_spaces)
+            self.observation_space = batch_differing_spaces(env_spaces)  # (spaces of other kinds: its TypeError)
+            _check_equivalent(env_spaces)
             pool_mode = "different"
         else:
             raise ValueError(

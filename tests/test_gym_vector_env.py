@@ -704,3 +704,41 @@ def test_envs_whose_dict_spaces_list_the_same_keys_in_another_order() -> None:
         _same(venv.reset(), reference.reset(), "SB3 reset obs")
         _same(venv.step(np.zeros(4, np.int64))[0], reference.step(np.zeros(4, np.int64))[0], "SB3 step obs")
     reference.close()
+
+
+class _OfSpace(gym.Env):
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, space: gym.Space):
+        self.observation_space = space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+_BOX = gym.spaces.Box(0, 1, (2,), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (gym.spaces.Text(3), gym.spaces.Text(5)),
+        (gym.spaces.Text(3), gym.spaces.Text(3, charset="ab")),
+        (gym.spaces.Graph(_BOX, gym.spaces.Discrete(3)), gym.spaces.Graph(_BOX, None)),
+        (gym.spaces.Dict({"t": gym.spaces.Text(3)}), gym.spaces.Dict({"t": gym.spaces.Text(5)})),
+    ],
+    ids=["text-length", "text-charset", "graph-edges", "nested-text"],
+)
+def test_observation_mode_different_refuses_what_gymnasium_refuses(first: gym.Space, second: gym.Space) -> None:
+    """gymnasium's is_space_dtype_shape_equiv also compares what fixes a part that travels pickled (a Text's length
+    and characters, a Graph's edges): fastvec compared only the structure, shapes and dtypes of its buffers, and
+    took these."""
+    fns = [partial(_OfSpace, first), partial(_OfSpace, second)]
+    with pytest.raises(RuntimeError, match="common shape and dtype"):
+        SyncVectorEnv(fns, observation_mode="different")
+    with pytest.raises(RuntimeError, match="env 1 has observation space .* common shape and dtype"):
+        VectorEnv(fns, observation_mode="different", num_workers=2, start_method="fork", shared_memory=False)

@@ -418,13 +418,6 @@ class OutputChecks:
             self._warned.add((env, kind))
             self.pending.append((env, Extra.WARNING, message))
 
-    def warn_once(self, j: int, kind: str, message: str) -> None:
-        """A warning about env ``start + j`` (once per env and kind), whatever the checks asked (not an error)."""
-        env = self.start + j
-        if (env, kind) not in self._warned:
-            self._warned.add((env, kind))
-            self.pending.append((env, Extra.WARNING, message))
-
     def warned(self, j: int, kind: str) -> bool:
         """Whether env ``start + j`` was warned about ``kind`` already (a later one would not be said)."""
         return (self.start + j, kind) in self._warned

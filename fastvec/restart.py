@@ -77,9 +77,9 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
         shard.envs[j] = shard.env_fns[j]()  # type: ignore[index]
     except _env_errors() as make_exc:
         shard.envs[j] = Unmade(shard.start + j, make_exc)  # type: ignore[assignment]
-        shard.step_fns[j] = shard.envs[j].step
+        shard.step_fns[j] = shard.step_fn(shard.envs[j])
         raise ShardError(shard.start + j, "make (restart after an error)", make_exc) from exc
-    shard.step_fns[j] = shard.envs[j].step
+    shard.step_fns[j] = shard.step_fn(shard.envs[j])
     shard.restarts += 1
     if shard.stats_row is not None:  # (counted here, not by each command's caller: off the usual step's path)
         shard.stats_row[Stats.ENV_RESTARTS] += 1
@@ -132,7 +132,7 @@ def _not_reset(shard: Shard, j: int, exc: BaseException) -> None:
     except _env_errors():
         pass
     shard.envs[j] = Unmade(shard.start + j, exc, made=True)  # type: ignore[assignment]
-    shard.step_fns[j] = shard.envs[j].step
+    shard.step_fns[j] = shard.step_fn(shard.envs[j])
 
 
 def restart_all(shard: Shard, slot: int, truncate: bool, completed: bool = False) -> None:

@@ -16,6 +16,7 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -131,8 +132,15 @@ class Shard:
         self._timing_tick = 0  # per-env timing samples one command in TIMING_EVERY (see _timed)
         self.to_bytes = False  # whether a released env is pickled (a worker's are: they travel on its pipe)
         self.needs_reset = [False] * len(envs)
+        # envs whose observations were found to be the same memory (a buffer their class shares): their
+        # observations are copied as each env returns them (see _check_shared_memory)
+        self.copies_obs = False
         self.step_fns = [env.step for env in envs]
         self.steps = 0
+
+    def step_fn(self, env: gym.Env) -> Callable:
+        """What the kernels call to step ``env``: its step, or one that copies its observation (copies_obs)."""
+        return _CopyingStep(env.step) if self.copies_obs else env.step
 
     # -- hot path -----------------------------------------------------------------------------
     def step(self, slot: int, action_objects: list[list] | None = None) -> list | None:
@@ -423,11 +431,12 @@ class Shard:
     def _autoreset(self, j: int, command: str) -> tuple[Any, dict]:
         """Reset env j after its episode ended; with on_error="restart" a failing env is re-created."""
         try:
-            return self.envs[j].reset()
+            obs, info = self.envs[j].reset()
         except ENV_ERRORS as exc:
             if not self.restart_on_error:
                 raise ShardError(self.start + j, command, exc) from exc
-            return restart.reset_fresh(self, j, exc, command, {})
+            obs, info = restart.reset_fresh(self, j, exc, command, {})
+        return (_copied(obs), info) if self.copies_obs else (obs, info)
 
     def take_objects(self) -> list | None:
         """A command raised: the OBJECTS extras of the observations it wrote into the rows (_raised), taken
@@ -586,13 +595,13 @@ class Shard:
                 self.observation_space, self.action_space = env.observation_space, env.action_space
         if index == self.start - 1:
             j, self.start = 0, self.start - 1
-            for column, value in ((self.envs, env), (self.step_fns, env.step), (self.needs_reset, True), (self.last_objects, objects)):
+            for column, value in ((self.envs, env), (self.step_fns, self.step_fn(env)), (self.needs_reset, True), (self.last_objects, objects)):
                 column.insert(0, value)
             if self.env_fns is not None:
                 self.env_fns.insert(0, env_fn)
         elif index == self.stop:
             j, self.stop = len(self.envs), self.stop + 1
-            for column, value in ((self.envs, env), (self.step_fns, env.step), (self.needs_reset, True), (self.last_objects, objects)):
+            for column, value in ((self.envs, env), (self.step_fns, self.step_fn(env)), (self.needs_reset, True), (self.last_objects, objects)):
                 column.append(value)
             if self.env_fns is not None:
                 self.env_fns.append(env_fn)
@@ -658,31 +667,26 @@ class Shard:
         obs_list, extras = self.reset_rows(
             rows if rows is not None else range(len(self.envs)), options, pass_options_always, slot=slot, masked=rows is not None
         )
-        if len(obs_list) > 1:
-            self._check_shared_memory(obs_list, rows)
         self.write_obs(obs_list, slot, "reset", rows)
         self.start_episodes(slot, rows)
         return self.finish_extras(extras)
 
-    def _check_shared_memory(self, obs_list: list, rows: list[int] | None) -> None:
-        """Envs of this process whose reset observations are arrays over the same memory (a buffer their class
-        shares): every env's observation is read after all of the process's envs stepped, so such envs would all
-        read the last one's values. Said (once per env), at each reset (a few microseconds for the shard)."""
-        seen: dict[int, int] = {}
-        for k, obs in enumerate(obs_list):
-            j = rows[k] if rows is not None else k
+    def _check_shared_memory(self, originals: list) -> None:
+        """Envs of this process whose reset observations (``originals``, as the envs returned them) are writable
+        arrays over the same memory (a buffer their class shares, a C extension's static frame): each env's
+        observation is read once every env of the process has stepped, so such envs would all give the last
+        one's values (SB3's DummyVecEnv copies each as it comes; SB3's SubprocVecEnv and AsyncVectorEnv run a
+        process per env). From then on every env's observation is copied as it comes (the resets' already are)."""
+        seen: set[int] = set()
+        for obs in originals:
             for part in _array_parts(obs):
                 if part.nbytes and part.flags.writeable:  # (read-only views of one dataset: nothing writes them)
-                    other = seen.setdefault(part.__array_interface__["data"][0], j)
-                    if other != j:
-                        self.checks.warn_once(
-                            j, "shared-memory",
-                            f"returned an observation over the same memory as env {self.start + other}'s (an array "
-                            "the envs share, such as their class's): each env's observation is read once every env of "
-                            "its process has stepped, so envs that write their values into it all get the last one's "
-                            "(SB3's and gymnasium's AsyncVectorEnv, a process per env, give each its own). Return a copy "
-                            "(obs.copy()), or give each env a process (num_workers=num_envs, step_in_parent=False)",
-                        )  # fmt: skip
+                    address = part.__array_interface__["data"][0]
+                    if address in seen:
+                        self.copies_obs = True
+                        self.step_fns[:] = [self.step_fn(env) for env in self.envs]
+                        return
+                    seen.add(address)
 
     def reset_rows(
         self,
@@ -705,6 +709,7 @@ class Shard:
         errors: list[ShardError] = []
         reset: dict[int, Any] = {}  # local position -> its new observation (in the order of ``rows``)
         next_seeds = self.next_seeds
+        several, originals = len(self.envs) > 1, []
         for j in rows:
             kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
             if next_seeds:
@@ -730,7 +735,12 @@ class Shard:
             self.needs_reset[j] = False
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
+            if several:  # (the next env's reset may write over it: see _check_shared_memory)
+                originals.append(obs)
+                obs = _copied(obs)
             reset[j] = obs
+        if originals and not self.copies_obs:
+            self._check_shared_memory(originals)
         if errors:
             if masked:
                 self._drop_queued()
@@ -1038,6 +1048,35 @@ def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
     else:
         rows = rows.astype(_TAG_DTYPES[tag & TAG_DTYPE]) if tag & TAG_DTYPE else rows.copy()
     return rows.reshape(len(rows)) if tag & TAG_SCALAR_ROWS else rows
+
+
+class _CopyingStep:
+    """An env's step whose observation's arrays are copied as it returns them (Shard.copies_obs)."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, step: Callable):
+        self.step = step
+
+    def __call__(self, action: Any) -> Any:
+        result = self.step(action)
+        if type(result) is tuple and len(result) == 5:  # (a malformed result is said where it is written)
+            return (_copied(result[0]), *result[1:])
+        return result
+
+
+def _copied(obs: Any) -> Any:
+    """``obs`` with its numpy arrays copied (itself, or those in its dicts and tuples); the rest as it is."""
+    if isinstance(obs, np.ndarray):
+        return obs.copy()
+    if isinstance(obs, dict):
+        copied = copy.copy(obs)  # (its own type: a dict, an OrderedDict...)
+        for key, value in obs.items():
+            copied[key] = _copied(value)
+        return copied
+    if type(obs) is tuple:
+        return tuple(_copied(value) for value in obs)
+    return obs
 
 
 def _array_parts(obs: Any) -> Any:

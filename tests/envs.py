@@ -493,14 +493,20 @@ class SharesItsClassBuffer(gym.Env):
     action_space = spaces.Discrete(2)
     buf = np.zeros(1, np.float32)
 
-    def __init__(self, index: int = 0):
-        self.index = index
+    def __init__(self, index: int = 0, length: int | None = None, raise_at: int | None = None):
+        self.index, self.length, self.raise_at = index, length, raise_at
+        self.t = self.steps = 0
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
+        self.t = 0
         self.buf[0] = self.index
         return self.buf, {}
 
     def step(self, action):
+        self.t += 1
+        self.steps += 1
+        if self.steps == self.raise_at:
+            raise RuntimeError(f"env {self.index} fails")
         self.buf[0] = 10 * self.index + 1
-        return self.buf, 0.0, False, False, {}
+        return self.buf, 0.0, self.length is not None and self.t >= self.length, False, {}

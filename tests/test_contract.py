@@ -633,18 +633,28 @@ def test_the_final_observation_of_an_env_that_changes_its_array_in_place_is_read
 
 
 @pytest.mark.parametrize("step_in_parent", [False, True])
-def test_envs_of_one_process_returning_the_same_memory_are_said(step_in_parent: bool) -> None:
-    """Envs that return one array their class shares all read the last env of their process's values (each env's
-    observation is read once every env of its process stepped; SB3 and gymnasium's AsyncVectorEnv run a process per
-    env): said at the reset, naming the envs, in the calling process's shard and in a worker's."""
+def test_envs_of_one_process_returning_the_same_memory_each_give_their_own_values(step_in_parent: bool) -> None:
+    """Envs that return one array their class shares (as a C extension's static frame): each env's observation was
+    read once every env of its process had stepped, so they all gave the last one's values ([11, 11, 31, 31] for
+    [1, 11, 21, 31]); SB3's DummyVecEnv copies each as it comes, its SubprocVecEnv runs a process per env. Found at
+    the reset, whose observations are copied as they come, and copied from then on, in every shard."""
     fns = [partial(envs.SharesItsClassBuffer, i) for i in range(4)]
+    reference = DummyVecEnv(fns)
     with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
-        with pytest.warns(RuntimeWarning, match="same memory") as warned:
-            venv.reset()
-        said = sorted(str(w.message).split()[2] for w in warned if "same memory" in str(w.message))
-        assert said == ["1", "3"] and {w.filename for w in warned} == {__file__}
-        assert "as env 0's" in str(warned[0].message) or "as env 2's" in str(warned[0].message)
-    with SubprocVecEnv(fns, start_method="fork", num_workers=4, step_in_parent=False) as venv:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a process per env: nothing shared, nothing said
-            assert venv.reset().ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert venv.reset().ravel().tolist() == reference.reset().ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+        for _ in range(3):
+            obs = venv.step(np.zeros(4, np.int64))[0]
+            assert obs.ravel().tolist() == reference.step(np.zeros(4, np.int64))[0].ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+    reference.close()
+
+
+def test_envs_sharing_memory_keep_their_own_values_through_autoresets_and_restarts() -> None:
+    """gymnasium's front-end, NEXT_STEP autoresets (episodes of 2 steps) and a restart of env 3 (it raises at its
+    third step): each env's values still its own."""
+    fns = [partial(envs.SharesItsClassBuffer, i, 2, 3 if i == 3 else None) for i in range(4)]
+    with fastvec.VectorEnv(fns, num_workers=2, context="fork", step_in_parent=True, on_error="restart") as venv:
+        assert venv.reset()[0].ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+        seen = [venv.step(np.zeros(4, np.int64))[0].ravel().tolist() for _ in range(4)]
+    assert seen[0] == seen[1] == [1.0, 11.0, 21.0, 31.0]
+    assert seen[2] == [0.0, 1.0, 2.0, 3.0]  # (episodes of 2 steps ended: this step resets them)
+    assert seen[3] == [1.0, 11.0, 21.0, 3.0]  # (env 3 raised at its third step and was made again: its first observation)

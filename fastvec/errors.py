@@ -313,8 +313,9 @@ def exit_status(exitcode: int | None) -> str:
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # the packages that stand between the program and fastvec: SB3 (its VecEnv and wrappers, and its algorithms, whose
-# learn() steps the envs; a program's callbacks are its own files) and gymnasium's VectorEnv and vector wrappers
-_BASES = ("stable_baselines3", "sb3_contrib", "gymnasium.vector", "gymnasium.wrappers.vector")
+# learn() steps the envs; a program's callbacks are its own files), the SB3 team's sb3_contrib (algorithms) and
+# rl_zoo3 (its ExperimentManager takes the program's VecEnv class), and gymnasium's VectorEnv and vector wrappers
+_BASES = ("stable_baselines3", "sb3_contrib", "rl_zoo3", "gymnasium.vector", "gymnasium.wrappers.vector")
 
 
 def user_stacklevel() -> int:

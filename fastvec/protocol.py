@@ -182,12 +182,25 @@ def dumps_by_reference_where_possible(obj: Any, main_by_value: bool = False) -> 
     ``main_by_value``: for a spawned or forkserver child, whose ``__main__`` is not this one's (a notebook's or a
     ``python -c`` program's classes are not in it, nor a script's classes made under ``if __name__ ==
     "__main__":``), the classes of ``__main__`` go by value, always: the child's factories, pickled by cloudpickle,
-    hold the same by-value copies (cloudpickle gives a class that it sent by value the same copy each time)."""
-    if not main_by_value:
+    hold the same by-value copies (cloudpickle gives a class that it sent by value the same copy each time). Where a
+    class of ``__main__`` cannot go by value (its methods' globals hold a lock, say), it goes by reference: a script's
+    top-level classes are in such a child's ``__main__`` (multiprocessing runs the script there), as gymnasium's and
+    SB3's workers find them."""
+    if main_by_value:
         try:
-            return bytes(reduction.ForkingPickler.dumps(obj))
+            return _cloudpickled(obj, main_by_value=True)
         except Exception:
             pass
+    try:
+        return bytes(reduction.ForkingPickler.dumps(obj))
+    except Exception:
+        pass
+    return _cloudpickled(obj, main_by_value=False)
+
+
+def _cloudpickled(obj: Any, main_by_value: bool) -> bytes:
+    """``obj`` pickled with cloudpickle, classes that import by their name by reference (those of ``__main__`` by
+    value where ``main_by_value``)."""
     import cloudpickle
 
     class ByReference(cloudpickle.CloudPickler):

@@ -474,6 +474,61 @@ def test_a_notebook_s_space_classes_reach_spawned_and_forkserver_workers(start_m
     assert out.stdout.strip() == "[False, False, True, True] [False, False, False, False]"
 
 
+SCRIPT_LOCKED_SPACE = textwrap.dedent(
+    """
+    import sys, threading
+    from functools import partial
+    import numpy as np, gymnasium as gym
+    import fastvec
+
+    _LOCK = threading.Lock()
+
+    class LockedBox(gym.spaces.Box):  # its methods' globals hold a lock: cloudpickle cannot send it by value
+        def sample(self, mask=None, probability=None):
+            with _LOCK:
+                return super().sample()
+
+    class E(gym.Env):
+        def __init__(self, index=0):
+            self.index = index
+            self.observation_space = LockedBox(-100, 100, (3,), np.float32)
+            self.action_space = gym.spaces.Discrete(3)
+        def reset(self, *, seed=None, options=None):
+            self.t = float(seed)
+            return np.array([self.t, self.index, 0], np.float32), {}
+        def step(self, a):
+            self.t += 1
+            return np.array([self.t, self.index, int(a)], np.float32), float(a), False, False, {}
+
+    gym.register(id="LockedSpace-v0", entry_point=E)  # (made by id, as make_vec_env makes them)
+
+    if __name__ == "__main__":
+        fns = [partial(gym.make, "LockedSpace-v0", index=i, disable_env_checker=True) for i in range(4)]
+        with fastvec.VectorEnv(fns, context=sys.argv[1], num_workers=2, step_in_parent=sys.argv[2] == "1") as venv:
+            print(venv.reset(seed=7)[0].tolist(), venv.step(np.array([1, 2, 0, 1]))[0].tolist())
+    """
+)
+
+
+@pytest.mark.parametrize("step_in_parent", ["0", "1"])
+def test_a_script_s_space_class_that_cannot_go_by_value_reaches_spawned_workers_by_reference(tmp_path, step_in_parent) -> None:
+    """A script's top-level space class whose by-value pickle holds a lock (its methods' globals), its envs made by
+    id: spawned workers have it (multiprocessing runs the script as their __main__), where gymnasium's and SB3's
+    workers find it; sent by value only (for a notebook's classes), the pool was refused ("cannot pickle
+    '_thread.lock' object")."""
+    script = tmp_path / "locked_space.py"
+    script.write_text(SCRIPT_LOCKED_SPACE)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, str(script), "spawn", step_in_parent], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    reset = [[7.0 + i, float(i), 0.0] for i in range(4)]
+    stepped = [[8.0 + i, float(i), float(a)] for i, a in enumerate([1, 2, 0, 1])]
+    assert out.stdout.strip() == f"{reset} {stepped}"
+
+
 def _tagged_in_this_process_only(index: int) -> gym.Env:
     env = gym.make("CartPole-v1")
     module = sys.modules.get("fastvec_test_parent_only")  # (a module this process made: no spawned worker has it)

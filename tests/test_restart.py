@@ -1007,19 +1007,22 @@ def test_a_restart_s_warning_points_at_the_program_s_line_through_an_sb3_algorit
         venv.close()
 
 
-def test_a_restart_s_warning_points_at_the_program_s_line_through_sb3_contrib_s_algorithms(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("name", ["sb3_contrib", "rl_zoo3"])
+def test_a_restart_s_warning_points_at_the_program_s_line_through_the_sb3_team_s_packages(tmp_path, monkeypatch, name) -> None:
     """sb3_contrib (the SB3 team's algorithms: RecurrentPPO, QRDQN, TQC...) steps the env from its own
-    collect_rollouts: the warning pointed there (ppo_recurrent.py, qrdqn.py). (A stand-in package of that name,
-    as sb3_contrib's algorithms step the env, here: this suite does not install it.)"""
+    collect_rollouts, rl_zoo3's ExperimentManager (which takes the program's VecEnv class) from its learn(): the
+    warning pointed there (ppo_recurrent.py, qrdqn.py, exp_manager.py). (A stand-in package of that name, which
+    steps the env as they do, here: this suite does not install them.)"""
     import importlib
 
-    package = tmp_path / "sb3_contrib"
+    if name in sys.modules:
+        pytest.skip(f"the real {name} is imported")
+    package = tmp_path / name
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "algorithm.py").write_text("def learn(venv, actions):\n    for _ in range(2):\n        venv.step(actions)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert "sb3_contrib" not in sys.modules
-    algorithm = importlib.import_module("sb3_contrib.algorithm")
+    algorithm = importlib.import_module(f"{name}.algorithm")
     fns = [partial(envs.FailingEnv, "die" if i >= 2 else None, 1) for i in range(4)]
     venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart")
     try:
@@ -1029,5 +1032,5 @@ def test_a_restart_s_warning_points_at_the_program_s_line_through_sb3_contrib_s_
         assert {w.filename for w in warned if "restarted it" in str(w.message)} == {__file__}
     finally:
         venv.close()
-        for name in ("sb3_contrib.algorithm", "sb3_contrib"):
-            sys.modules.pop(name, None)
+        for module in (f"{name}.algorithm", name):
+            sys.modules.pop(module, None)

@@ -506,17 +506,21 @@ class Shard:
                     continue
                 final = results[j][0]
                 if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
-                    self._write_final(j, final, plain)
+                    # (as it is now: the env is closed as it is packed, and its own object pickled after that)
+                    self._write_final(j, _copied(final), plain)
                     leaving = (leaving or []) + [j]
                     continue
+                env = self.envs[j]
+                before = _copied(final) if self.restart_on_error else None  # (a reset that raises closes the env)
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
                     failed = (failed or []) + [err]
                     continue
                 # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an
-                # env that changes its array in place shows the reset's values there too, whatever its dtype)
-                self._write_final(j, final, plain)
+                # env that changes its array in place shows the reset's values there too, whatever its dtype);
+                # as the step left it where the reset raised and the env was made again (on_error="restart")
+                self._write_final(j, final if self.envs[j] is env else before, plain)
                 if plain:
                     self._gather([obs], slot_obs, leaf, "reset (autoreset after step)", checking, j)
                 else:
@@ -980,9 +984,10 @@ class Shard:
                 errors.append(ShardError(i, request, exc))
                 results.append(None)
                 continue
-            if in_caller or k > 0:
+            if in_caller or last > 0:
                 # a worker's results go back in one message, where an object two envs return (a class attribute
-                # such as metadata), or parts of them, would come back as one: each env's own copy, as SB3's
+                # such as metadata), or parts of them, would come back as one, and a buffer the envs share (a
+                # render frame) would hold the last env's values: each env's own copy as it comes, as SB3's
                 # pipes give (a rare call: the copy costs about what pickling it does); one that cannot be
                 # pickled is the env's error, as a worker's reply that cannot be sent is
                 try:
@@ -1051,7 +1056,7 @@ def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
 
 
 class _CopyingStep:
-    """An env's step whose observation's arrays are copied as it returns them (Shard.copies_obs)."""
+    """An env's step whose observation's and info's arrays are copied as it returns them (Shard.copies_obs)."""
 
     __slots__ = ("step",)
 
@@ -1061,7 +1066,8 @@ class _CopyingStep:
     def __call__(self, action: Any) -> Any:
         result = self.step(action)
         if type(result) is tuple and len(result) == 5:  # (a malformed result is said where it is written)
-            return (_copied(result[0]), *result[1:])
+            obs, reward, terminated, truncated, info = result
+            return _copied(obs), reward, terminated, truncated, _copied(info)  # (an info may hold the buffer too)
         return result
 
 

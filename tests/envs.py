@@ -442,7 +442,8 @@ def wrap_last(pool, step) -> None:
 
 class ReusesItsArray(gym.Env):
     """Returns one array of its own, changed in place at every reset and step (as simulators that keep their state
-    in one buffer do), of ``dtype`` (float64: cast to the space's float32); its episodes last ``length`` steps."""
+    in one buffer do), of ``dtype`` (float64: cast to the space's float32); its episodes last ``length`` steps; its
+    close() writes 99 there."""
 
     observation_space = spaces.Box(-100, 100, (2,), np.float32)
     action_space = spaces.Discrete(2)
@@ -461,6 +462,23 @@ class ReusesItsArray(gym.Env):
         self.t += 1
         self.buf[:] = self.t
         return self.buf, 0.0, self.t >= self.length, False, {}
+
+    def close(self):
+        self.buf[:] = 99  # (a resource released)
+
+
+class ReusesItsArrayFailingItsSecondReset(ReusesItsArray):
+    """A ReusesItsArray whose second reset raises (before it touches its array)."""
+
+    def __init__(self, dtype: Any = np.float32, length: int = 2):
+        super().__init__(dtype, length)
+        self.resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.resets == 2:
+            raise RuntimeError("reset fails")
+        return super().reset(seed=seed, options=options)
 
 
 class KeysInItsOwnOrder(gym.Env):
@@ -509,4 +527,9 @@ class SharesItsClassBuffer(gym.Env):
         if self.steps == self.raise_at:
             raise RuntimeError(f"env {self.index} fails")
         self.buf[0] = 10 * self.index + 1
-        return self.buf, 0.0, self.length is not None and self.t >= self.length, False, {}
+        return self.buf, 0.0, self.length is not None and self.t >= self.length, False, {"frame": self.buf}
+
+    def frame(self) -> np.ndarray:
+        """Its index in the shared buffer (as a render() of a C extension's one frame)."""
+        self.buf[0] = self.index
+        return self.buf

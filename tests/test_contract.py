@@ -642,8 +642,11 @@ def test_envs_of_one_process_returning_the_same_memory_each_give_their_own_value
     with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
         assert venv.reset().ravel().tolist() == reference.reset().ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
         for _ in range(3):
-            obs = venv.step(np.zeros(4, np.int64))[0]
+            obs, _, _, infos = venv.step(np.zeros(4, np.int64))
             assert obs.ravel().tolist() == reference.step(np.zeros(4, np.int64))[0].ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+            assert [info["frame"][0] for info in infos] == [1.0, 11.0, 21.0, 31.0]  # (as SB3's SubprocVecEnv's)
+        # a call's results too (a worker's went back in one message, pickled after its last env's call)
+        assert [frame[0] for frame in venv.env_method("frame")] == [0.0, 1.0, 2.0, 3.0]
     reference.close()
 
 

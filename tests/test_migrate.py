@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -543,3 +544,20 @@ def test_an_unpicklable_option_of_an_env_moved_around_the_ring_s_end_names_it() 
         venv.set_options([{"callback": lambda: 0}, {}, {}, {}])
         with pytest.raises(TypeError, match="reset options for env 0 cannot be pickled"):
             venv.reset()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_env_that_moves_at_its_episode_s_end_gives_that_step_s_final_observation(dtype) -> None:
+    """SAME_STEP: an env that changes its array in place, moving to another shard at its episode's end (its new
+    shard resets it): its final observation is the step's, whatever its array's dtype (a cast one, its own object
+    pickled later, showed what the env's close() wrote as it was packed: 99)."""
+    fns = [partial(envs.ReusesItsArray, dtype)] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (float64 arrays cast to the space's float32: said)
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+            venv.reset()
+            assert venv.pool.request_move(0, 1) == 1  # env 1 leaves the caller's shard at its episode's end
+            venv.step(np.zeros(4, np.int64))
+            infos = venv.step(np.zeros(4, np.int64))[3]
+            assert venv.pool.moves_done == 1
+    assert [info["terminal_observation"][0] for info in infos] == [-1.0, 2.0, -1.0, -1.0]

@@ -1034,3 +1034,20 @@ def test_a_restart_s_warning_points_at_the_program_s_line_through_the_sb3_team_s
         venv.close()
         for module in (f"{name}.algorithm", name):
             sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_env_whose_autoreset_raises_gives_its_last_step_s_final_observation(dtype) -> None:
+    """SAME_STEP, on_error="restart": the final observation is read after the env's reset (as the references read
+    the env's own array), but where that reset raised and the env was made again, as its step left it: it was read
+    after the restart had closed the env (99, what its close() wrote)."""
+    fns = [partial(envs.ReusesItsArray, dtype), partial(envs.ReusesItsArrayFailingItsSecondReset, dtype)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (float64 arrays cast to the space's float32: said)
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+            venv.reset()
+            venv.step(np.zeros(2, np.int64))
+            _, _, dones, infos = venv.step(np.zeros(2, np.int64))
+    assert dones.tolist() == [True, True] and "fastvec.restarted" in infos[1]
+    assert infos[0]["terminal_observation"].tolist() == [-1.0, -1.0]  # (its own array, after its reset: SB3's)
+    assert infos[1]["terminal_observation"].tolist() == [2.0, 2.0]  # (the episode's last observation)

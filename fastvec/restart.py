@@ -108,6 +108,8 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
             raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
         if info:  # the next episode's reset info, as an autoreset's
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
+        if shard.copies_obs:  # (the next envs' steps may write over it: Shard._check_shared_memory)
+            obs = shard_copied(obs)
     else:
         obs = last_obs
     return obs, 0.0, False, True, {}
@@ -211,7 +213,7 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
     envs new; they reset no more at the next step). An env that could not be made (``Unmade``, reported as the
     command's error) keeps its observation from ``kept``; so does one whose reset raises, an Unmade from then on
     (made again at its next step), its error added to ``errors`` (the others still reset)."""
-    obs_list = []
+    obs_list, originals = [], []
     for j, env in enumerate(shard.envs):
         if isinstance(env, Unmade) or (only is not None and j not in only):
             obs_list.append(kept[j])
@@ -223,12 +225,23 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
             errors.append(ShardError(shard.start + j, "reset (worker restart)", exc))
             obs_list.append(kept[j])
             continue
-        obs_list.append(obs)
+        # (copied as it comes: the next env's reset may write over it; Shard._check_shared_memory)
+        originals.append(obs)
+        obs_list.append(shard_copied(obs))
         if only is not None:
             shard.needs_reset[j] = False
         if info:
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
+    if len(originals) > 1 and not shard.copies_obs:
+        shard._check_shared_memory(originals)
     return obs_list
+
+
+def shard_copied(obs: Any) -> Any:
+    """An observation with its arrays copied (fastvec.shard's rule: Shard.copies_obs)."""
+    from fastvec.shard import _copied  # (shard imports this module)
+
+    return _copied(obs)
 
 
 def restart_reason(hung_after: float | None) -> str:

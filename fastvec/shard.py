@@ -504,7 +504,7 @@ class Shard:
             for j in ended:
                 if restarted is not None and j in restarted:
                     continue
-                final = results[j][0]
+                final = results[j][0] if not self.copies_obs else getattr(self.step_fns[j], "original", results[j][0])
                 if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
                     # (as it is now: the env is closed as it is packed, and its own object pickled after that)
                     self._write_final(j, _copied(final), plain)
@@ -681,16 +681,14 @@ class Shard:
         observation is read once every env of the process has stepped, so such envs would all give the last
         one's values (SB3's DummyVecEnv copies each as it comes; SB3's SubprocVecEnv and AsyncVectorEnv run a
         process per env). From then on every env's observation is copied as it comes (the resets' already are)."""
-        seen: set[int] = set()
+        seen: set = set()
         for obs in originals:
-            for part in _array_parts(obs):
-                if part.nbytes and part.flags.writeable:  # (read-only views of one dataset: nothing writes them)
-                    address = part.__array_interface__["data"][0]
-                    if address in seen:
-                        self.copies_obs = True
-                        self.step_fns[:] = [self.step_fn(env) for env in self.envs]
-                        return
-                    seen.add(address)
+            for where in _memory(obs):  # (read-only views too: another view may write the memory; copies cost only time)
+                if where in seen:
+                    self.copies_obs = True
+                    self.step_fns[:] = [self.step_fn(env) for env in self.envs]
+                    return
+                seen.add(where)
 
     def reset_rows(
         self,
@@ -1056,23 +1054,28 @@ def _as_sent(rows: np.ndarray, tag: int) -> np.ndarray:
 
 
 class _CopyingStep:
-    """An env's step whose observation's and info's arrays are copied as it returns them (Shard.copies_obs)."""
+    """An env's step whose observation's and info's arrays are copied as it returns them (Shard.copies_obs); the
+    observation as the env returned it is kept (``original``): a SAME_STEP final observation is read from it after
+    the env's reset, as the references read the env's own object."""
 
-    __slots__ = ("step",)
+    __slots__ = ("step", "original")
 
     def __init__(self, step: Callable):
         self.step = step
+        self.original: Any = None
 
     def __call__(self, action: Any) -> Any:
         result = self.step(action)
         if type(result) is tuple and len(result) == 5:  # (a malformed result is said where it is written)
             obs, reward, terminated, truncated, info = result
+            self.original = obs
             return _copied(obs), reward, terminated, truncated, _copied(info)  # (an info may hold the buffer too)
         return result
 
 
 def _copied(obs: Any) -> Any:
-    """``obs`` with its numpy arrays copied (itself, or those in its dicts and tuples); the rest as it is."""
+    """``obs`` with its numpy arrays and lists copied (itself, or those in its dicts, lists and tuples, named tuples
+    too); the rest as it is."""
     if isinstance(obs, np.ndarray):
         return obs.copy()
     if isinstance(obs, dict):
@@ -1080,21 +1083,31 @@ def _copied(obs: Any) -> Any:
         for key, value in obs.items():
             copied[key] = _copied(value)
         return copied
-    if type(obs) is tuple:
-        return tuple(_copied(value) for value in obs)
+    if isinstance(obs, list):
+        return [_copied(value) for value in obs]
+    if isinstance(obs, tuple):
+        values = [_copied(value) for value in obs]
+        if type(obs) is tuple:
+            return tuple(values)
+        return type(obs)._make(values) if hasattr(obs, "_make") else type(obs)(values)
     return obs
 
 
-def _array_parts(obs: Any) -> Any:
-    """The numpy arrays in an observation (itself, or in its dicts and tuples)."""
+def _memory(obs: Any) -> Any:
+    """Where an observation's writable parts live: its arrays' first bytes, its lists' and dicts' identities (itself,
+    or in its dicts, lists and tuples)."""
     if isinstance(obs, np.ndarray):
-        yield obs
+        if obs.nbytes:
+            yield obs.__array_interface__["data"][0]
     elif isinstance(obs, dict):
+        yield ("object", id(obs))
         for value in obs.values():
-            yield from _array_parts(value)
-    elif isinstance(obs, tuple):
+            yield from _memory(value)
+    elif isinstance(obs, (list, tuple)):
+        if isinstance(obs, list):
+            yield ("object", id(obs))
         for value in obs:
-            yield from _array_parts(value)
+            yield from _memory(value)
 
 
 def _ended(result: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import time
@@ -448,9 +449,11 @@ class ReusesItsArray(gym.Env):
     observation_space = spaces.Box(-100, 100, (2,), np.float32)
     action_space = spaces.Discrete(2)
 
-    def __init__(self, dtype: Any = np.float32, length: int = 2):
-        self.buf = np.zeros(2, dtype)
+    def __init__(self, dtype: Any = np.float32, length: int = 2, size: int = 2):
+        self.buf = np.zeros(size, dtype)
         self.length, self.t = length, 0
+        if size != 2:
+            self.observation_space = spaces.Box(-100, 100, (size,), np.float32)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -511,25 +514,64 @@ class SharesItsClassBuffer(gym.Env):
     action_space = spaces.Discrete(2)
     buf = np.zeros(1, np.float32)
 
-    def __init__(self, index: int = 0, length: int | None = None, raise_at: int | None = None):
-        self.index, self.length, self.raise_at = index, length, raise_at
+    def __init__(self, index: int = 0, length: int | None = None, raise_at: int | None = None, die_once: str | None = None):
+        self.index, self.length, self.raise_at, self.die_once = index, length, raise_at, die_once
         self.t = self.steps = 0
+
+    def _out(self) -> Any:
+        return self.buf
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.t = 0
         self.buf[0] = self.index
-        return self.buf, {}
+        return self._out(), {}
 
     def step(self, action):
         self.t += 1
         self.steps += 1
         if self.steps == self.raise_at:
             raise RuntimeError(f"env {self.index} fails")
+        if self.die_once and self.steps == 2 and not os.path.exists(self.die_once):  # (its worker dies, once)
+            open(self.die_once, "w").close()
+            os._exit(7)
         self.buf[0] = 10 * self.index + 1
-        return self.buf, 0.0, self.length is not None and self.t >= self.length, False, {"frame": self.buf}
+        return self._out(), 0.0, self.length is not None and self.t >= self.length, False, {"frame": self.buf}
 
     def frame(self) -> np.ndarray:
         """Its index in the shared buffer (as a render() of a C extension's one frame)."""
         self.buf[0] = self.index
         return self.buf
+
+
+class SharesAReadOnlyView(SharesItsClassBuffer):
+    """A SharesItsClassBuffer returning a read-only view of the buffer (which it writes through the class's)."""
+
+    buf = np.zeros(1, np.float32)
+
+    def _out(self) -> Any:
+        view = self.buf.view()
+        view.flags.writeable = False
+        return view
+
+
+class SharesAList(SharesItsClassBuffer):
+    """A SharesItsClassBuffer whose buffer is a list of its class (a Box observation as a list)."""
+
+    buf = [0.0]  # noqa: RUF012 (shared on purpose)
+
+    def _out(self) -> Any:
+        return self.buf
+
+
+class SharesInANamedTuple(SharesItsClassBuffer):
+    """A SharesItsClassBuffer whose observation is a named tuple (a Tuple space) holding the buffer."""
+
+    buf = np.zeros(1, np.float32)
+    observation_space = spaces.Tuple((spaces.Box(-1e6, 1e6, (1,), np.float32), spaces.Discrete(5)))
+
+    def _out(self) -> Any:
+        return Pair(self.buf, 1)
+
+
+Pair = collections.namedtuple("Pair", "frame count")

@@ -660,3 +660,32 @@ def test_envs_sharing_memory_keep_their_own_values_through_autoresets_and_restar
     assert seen[0] == seen[1] == [1.0, 11.0, 21.0, 31.0]
     assert seen[2] == [0.0, 1.0, 2.0, 3.0]  # (episodes of 2 steps ended: this step resets them)
     assert seen[3] == [1.0, 11.0, 21.0, 3.0]  # (env 3 raised at its third step and was made again: its first observation)
+
+
+@pytest.mark.parametrize("cls", [envs.SharesAReadOnlyView, envs.SharesAList, envs.SharesInANamedTuple])
+def test_envs_sharing_memory_in_other_forms_each_give_their_own_values(cls) -> None:
+    """The buffer as a read-only view (its class writes it), as a list of its class, inside a named tuple: each is
+    found and copied (a read-only view was taken for unwritten, lists and named tuples were not copied)."""
+    with SubprocVecEnv([partial(cls, i) for i in range(4)], start_method="fork", num_workers=2) as venv:
+        first = (lambda obs: obs[0]) if cls is envs.SharesInANamedTuple else (lambda obs: obs)
+        assert first(venv.reset()).ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert first(venv.step(np.zeros(4, np.int64))[0]).ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+
+
+def test_beside_envs_sharing_memory_an_env_changing_its_own_array_keeps_sb3_s_final_observation() -> None:
+    """Once a process copies its envs' observations (two of them share memory), an env beside them that changes its
+    own array in place still gives SB3's final observation, read after its reset (the copy was read: the step's)."""
+    def fns() -> list:
+        shares, reuses = partial(envs.SharesItsClassBuffer), partial(envs.ReusesItsArray, np.float32, 2, 1)
+        return [partial(shares, 0), partial(shares, 1), reuses, partial(shares, 3), partial(shares, 4), reuses]
+
+    reference = DummyVecEnv(fns())
+    with SubprocVecEnv(fns(), start_method="fork", num_workers=2) as venv:
+        venv.reset(), reference.reset()
+        for _ in range(2):
+            _, _, dones, infos = venv.step(np.zeros(6, np.int64))
+            _, _, ref_dones, ref_infos = reference.step(np.zeros(6, np.int64))
+        assert dones.tolist() == ref_dones.tolist() == [False, False, True] * 2
+        assert [infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
+        assert [ref_infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
+    reference.close()

@@ -1051,3 +1051,20 @@ def test_an_env_whose_autoreset_raises_gives_its_last_step_s_final_observation(d
     assert dones.tolist() == [True, True] and "fastvec.restarted" in infos[1]
     assert infos[0]["terminal_observation"].tolist() == [-1.0, -1.0]  # (its own array, after its reset: SB3's)
     assert infos[1]["terminal_observation"].tolist() == [2.0, 2.0]  # (the episode's last observation)
+
+
+def test_envs_sharing_memory_made_again_give_their_own_values(tmp_path) -> None:
+    """A copying process's env made again after it raised (its fresh reset's observation), and the envs of a worker
+    that replaced a dead one (its fresh envs' resets): each its own values (they went uncopied, and the next env's
+    step or reset wrote over them)."""
+    fns = [partial(envs.SharesItsClassBuffer, i, None, 2 if i == 0 else None) for i in range(4)]
+    fns[3] = partial(envs.SharesItsClassBuffer, 3, None, None, str(tmp_path / "died"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the restarts, said)
+        with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error="restart") as venv:
+            assert venv.reset().ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+            assert venv.step(np.zeros(4, np.int64))[0].ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+            obs, _, dones, _ = venv.step(np.zeros(4, np.int64))  # (env 0 raises; env 3's worker dies)
+            assert dones.tolist() == [True, False, True, True]
+            assert obs.ravel().tolist() == [0.0, 11.0, 2.0, 3.0]  # (the fresh envs' first observations)
+            assert venv.step(np.zeros(4, np.int64))[0].ravel().tolist() == [1.0, 11.0, 21.0, 31.0]

@@ -1205,6 +1205,7 @@ def test_a_worker_hung_sending_its_results_is_replaced_with_on_error_restart(api
         assert venv.pool.state.value == "idle"
 
 
+@pytest.mark.serial
 @pytest.mark.one_pass
 @pytest.mark.parametrize("api", ["sync", "batches"])
 def test_close_from_another_thread_while_a_worker_s_message_is_read_raises_closed_error(api: str) -> None:

@@ -213,7 +213,7 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
     envs new; they reset no more at the next step). An env that could not be made (``Unmade``, reported as the
     command's error) keeps its observation from ``kept``; so does one whose reset raises, an Unmade from then on
     (made again at its next step), its error added to ``errors`` (the others still reset)."""
-    obs_list, originals = [], []
+    obs_list, originals, positions = [], [], []
     for j, env in enumerate(shard.envs):
         if isinstance(env, Unmade) or (only is not None and j not in only):
             obs_list.append(kept[j])
@@ -227,13 +227,14 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
             continue
         # (copied as it comes: the next env's reset may write over it; Shard._check_shared_memory)
         originals.append(obs)
+        positions.append(j)
         obs_list.append(shard_copied(obs))
         if only is not None:
             shard.needs_reset[j] = False
         if info:
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
     if len(originals) > 1 and not shard.copies_obs:
-        shard._check_shared_memory(originals)
+        shard._check_shared_memory(originals, [obs_list[j] for j in positions], positions)
     return obs_list
 
 

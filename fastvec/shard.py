@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -135,6 +136,7 @@ class Shard:
         # envs whose observations were found to be the same memory (a buffer their class shares): their
         # observations are copied as each env returns them (see _check_shared_memory)
         self.copies_obs = False
+        self._watching: tuple | None = None  # (steps left, groups of positions) while copies might be dropped
         self.step_fns = [env.step for env in envs]
         self.steps = 0
 
@@ -464,6 +466,8 @@ class Shard:
         ended (not those just ``restarted``), their final observations kept apart. Returns the extras."""
         start = self.start
         code = None
+        if self._watching is not None:
+            self._watch_copies(results)
         if self.single_leaf:  # the usual case: one kernel call writes every row
             try:
                 code, ended, has_info, nan = kernels.write_results(
@@ -624,6 +628,7 @@ class Shard:
         return {"info": self.adopt(index, package, slot), "extras": self.finish_extras(None)}
 
     def _rerange(self) -> None:
+        self._watching = None  # (positions moved: envs that might share memory stay copied)
         self.action_buffers = [buffer[self.start : self.stop] for buffer in self.views.actions]
         self.checks.start = self.start
 
@@ -675,20 +680,42 @@ class Shard:
         self.start_episodes(slot, rows)
         return self.finish_extras(extras)
 
-    def _check_shared_memory(self, originals: list) -> None:
-        """Envs of this process whose reset observations (``originals``, as the envs returned them) are writable
-        arrays over the same memory (a buffer their class shares, a C extension's static frame): each env's
-        observation is read once every env of the process has stepped, so such envs would all give the last
-        one's values (SB3's DummyVecEnv copies each as it comes; SB3's SubprocVecEnv and AsyncVectorEnv run a
-        process per env). From then on every env's observation is copied as it comes (the resets' already are)."""
-        seen: set = set()
-        for obs in originals:
-            for where in _memory(obs):  # (read-only views too: another view may write the memory; copies cost only time)
-                if where in seen:
-                    self.copies_obs = True
-                    self.step_fns[:] = [self.step_fn(env) for env in self.envs]
-                    return
-                seen.add(where)
+    def _check_shared_memory(self, originals: list, copies: list, positions: list[int]) -> None:
+        """Envs of this process whose reset observations (``originals``, as the envs returned them; ``copies``, taken
+        as each returned it; at local ``positions``) are over the same memory (a buffer their class shares, a C
+        extension's static frame): each env's observation is read once every env of the process has stepped, so
+        such envs would all give the last one's values (SB3's DummyVecEnv copies each as it comes; SB3's
+        SubprocVecEnv and AsyncVectorEnv run a process per env). From then on every env's observation is copied as
+        it comes (the resets' already are). Where their values were the same too (a constant they share, or a
+        buffer each wrote alike), the copies are watched for a few steps, and stop if the values stay the same."""
+        groups: dict = {}
+        for k, obs in enumerate(originals):
+            for where in set(_memory(obs)):  # (read-only views too: another view may write the memory)
+                groups.setdefault(where, []).append(k)
+        shared = [ks for ks in groups.values() if len(ks) > 1]
+        if not shared:
+            return
+        self.copies_obs = True
+        self.step_fns[:] = [self.step_fn(env) for env in self.envs]
+        if any(not _same_values(copies[ks[0]], copies[k]) for ks in shared for k in ks[1:]):
+            self._watching = None  # (each wrote its own values there: copied for good)
+        else:
+            self._watching = (WATCHED_STEPS, [[positions[k] for k in ks] for ks in shared])
+
+    def _watch_copies(self, results: list) -> None:
+        """A step's results while copies might be dropped (_check_shared_memory): envs over the same memory that
+        gave different values are copied for good; after WATCHED_STEPS steps of the same values, no longer."""
+        left, groups = self._watching  # type: ignore[misc]
+        for ks in groups:
+            values = [results[k][0] for k in ks if k < len(results) and type(results[k]) is tuple]
+            if any(not _same_values(values[0], v) for v in values[1:]):
+                self._watching = None
+                return
+        if left > 1:
+            self._watching = (left - 1, groups)
+        else:
+            self._watching, self.copies_obs = None, False
+            self.step_fns[:] = [env.step for env in self.envs]
 
     def reset_rows(
         self,
@@ -742,7 +769,7 @@ class Shard:
                 obs = _copied(obs)
             reset[j] = obs
         if originals and not self.copies_obs:
-            self._check_shared_memory(originals)
+            self._check_shared_memory(originals, list(reset.values()), list(reset))
         if errors:
             if masked:
                 self._drop_queued()
@@ -1091,6 +1118,19 @@ def _copied(obs: Any) -> Any:
             return tuple(values)
         return type(obs)._make(values) if hasattr(obs, "_make") else type(obs)(values)
     return obs
+
+
+WATCHED_STEPS = 16  # steps of the same values after which envs over the same memory are no longer copied
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """Whether two observations hold the same values (their arrays' bytes, or their pickles)."""
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    try:
+        return pickle.dumps(a) == pickle.dumps(b)
+    except Exception:
+        return False
 
 
 def _memory(obs: Any) -> Any:

@@ -575,3 +575,27 @@ class SharesInANamedTuple(SharesItsClassBuffer):
 
 
 Pair = collections.namedtuple("Pair", "frame count")
+
+
+class SharesWithOneStart(SharesItsClassBuffer):
+    """A SharesItsClassBuffer whose resets all write the same value (0): only their steps tell them apart."""
+
+    buf = np.zeros(1, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.buf[0] = 0
+        return obs, info
+
+
+class SharesAConstant(SharesItsClassBuffer):
+    """Returns its class's array, which nothing writes: every env's observation is the same zeros."""
+
+    buf = np.zeros(1, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        gym.Env.reset(self, seed=seed)
+        return self.buf, {}
+
+    def step(self, action):
+        return self.buf, 0.0, False, False, {}

@@ -689,3 +689,21 @@ def test_beside_envs_sharing_memory_an_env_changing_its_own_array_keeps_sb3_s_fi
         assert [infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
         assert [ref_infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
     reference.close()
+
+
+def test_envs_sharing_memory_whose_resets_agree_are_told_apart_by_their_steps() -> None:
+    """Envs over one buffer whose resets write the same values: copied as long as they might differ, so that each
+    gives its own values once their steps write different ones; envs that share a constant nothing writes are
+    copied for a few steps only (a constant costs no copy for good)."""
+    fns = [partial(envs.SharesWithOneStart, i) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        assert venv.reset().ravel().tolist() == [0.0] * 4
+        for _ in range(3):
+            assert venv.step(np.zeros(4, np.int64))[0].ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+        assert venv.pool._local.copies_obs
+    with SubprocVecEnv([envs.SharesAConstant] * 4, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        assert venv.pool._local.copies_obs  # (watched)
+        for _ in range(20):
+            assert venv.step(np.zeros(4, np.int64))[0].ravel().tolist() == [0.0] * 4
+        assert not venv.pool._local.copies_obs

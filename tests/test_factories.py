@@ -16,6 +16,7 @@ import threading
 import tracemalloc
 from functools import partial
 from multiprocessing import shared_memory
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -413,6 +414,16 @@ SCRIPT_CLASSES = textwrap.dedent(
 )
 
 
+def _run_script(path: Any, text: str, *args: str) -> subprocess.CompletedProcess:
+    """``text`` written to ``path`` and run as a program (``python path args``), with this checkout importable."""
+    path.write_text(text)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("front", ["sb3", "gym"])
 def test_the_classes_of_the_main_script_stay_its_own_where_spaces_need_cloudpickle(tmp_path, front: str) -> None:
     """Every process's envs are of the script's own classes, and a space whose ``__eq__`` checks its class equals
@@ -420,13 +431,7 @@ def test_the_classes_of_the_main_script_stay_its_own_where_spaces_need_cloudpick
     script's classes too, so that the parent held a second class (refused, though printed the same). gymnasium's
     AsyncVectorEnv accepts these envs under fork. (Under spawn the workers' envs are of copies of the script's
     classes, cloudpickle's, as SB3's and gymnasium's are.)"""
-    script = tmp_path / "main_classes.py"
-    script.write_text(SCRIPT_CLASSES)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, str(script), "fork", front], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
-    )
+    out = _run_script(tmp_path / "main_classes.py", SCRIPT_CLASSES, "fork", front)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[True, True, True, True]"
 
@@ -516,13 +521,7 @@ def test_a_script_s_space_class_that_cannot_go_by_value_reaches_spawned_workers_
     id: spawned workers have it (multiprocessing runs the script as their __main__), where gymnasium's and SB3's
     workers find it; sent by value only (for a notebook's classes), the pool was refused ("cannot pickle
     '_thread.lock' object")."""
-    script = tmp_path / "locked_space.py"
-    script.write_text(SCRIPT_LOCKED_SPACE)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, str(script), "spawn", step_in_parent], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")},
-    )  # fmt: skip
+    out = _run_script(tmp_path / "locked_space.py", SCRIPT_LOCKED_SPACE, "spawn", step_in_parent)
     assert out.returncode == 0, out.stderr[-3000:]
     reset = [[7.0 + i, float(i), 0.0] for i in range(4)]
     stepped = [[8.0 + i, float(i), float(a)] for i, a in enumerate([1, 2, 0, 1])]

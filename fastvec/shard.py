@@ -16,7 +16,7 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
-import copy
+import collections
 import math
 import pickle
 import time
@@ -1102,21 +1102,24 @@ class _CopyingStep:
 
 def _copied(obs: Any) -> Any:
     """``obs`` with its numpy arrays and lists copied (itself, or those in its dicts, lists and tuples, named tuples
-    too); the rest as it is."""
-    if isinstance(obs, np.ndarray):
-        return obs.copy()
-    if isinstance(obs, dict):
-        copied = copy.copy(obs)  # (its own type: a dict, an OrderedDict...)
-        for key, value in obs.items():
-            copied[key] = _copied(value)
-        return copied
-    if isinstance(obs, list):
-        return [_copied(value) for value in obs]
-    if isinstance(obs, tuple):
-        values = [_copied(value) for value in obs]
-        if type(obs) is tuple:
-            return tuple(values)
-        return type(obs)._make(values) if hasattr(obs, "_make") else type(obs)(values)
+    too); other containers of these (subclasses of list, tuple or dict) as a pickle round trip copies them, their
+    type and attributes kept; the rest as it is, and ``obs`` itself where no copy can be made."""
+    kind = type(obs)
+    try:
+        if isinstance(obs, np.ndarray):
+            return obs.copy()
+        if kind is dict or kind is collections.OrderedDict:
+            return kind((key, _copied(value)) for key, value in obs.items())
+        if kind is list:
+            return [_copied(value) for value in obs]
+        if kind is tuple:
+            return tuple(_copied(value) for value in obs)
+        if isinstance(obs, tuple) and hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
+            return kind._make(_copied(value) for value in obs)
+        if isinstance(obs, (dict, list, tuple)):
+            return private(obs)
+    except Exception:  # (a container that neither rebuilds nor pickles: as it is, as before copies were made)
+        pass
     return obs
 
 

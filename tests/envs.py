@@ -599,3 +599,49 @@ class SharesAConstant(SharesItsClassBuffer):
 
     def step(self, action):
         return self.buf, 0.0, False, False, {}
+
+
+class Pos(tuple):
+    """A coordinate whose constructor takes its items one by one (as a game library's point type)."""
+
+    def __new__(cls, x: int, y: int):
+        return super().__new__(cls, (x, y))
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+
+class Tagged(list):
+    """A list with an attribute of its own."""
+
+    tag = ""
+
+
+SHARED_START = np.zeros(2)  # (a module-level constant every env of PosEnv returns at reset: only costs copies)
+
+
+class PosEnv(gym.Env):
+    """Observations and infos of containers of its own (a Pos, a Tagged list); with ``box``, a Box observation whose
+    resets return one constant array (found over the same memory: the process copies while watched)."""
+
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int = 0, box: bool = False):
+        self.index, self.box, self.t = index, box, 0
+        self.observation_space = (
+            spaces.Box(-1e9, 1e9, (2,), np.float64) if box else spaces.Tuple((spaces.Discrete(1000), spaces.Discrete(1000)))
+        )
+
+    def _obs(self) -> Any:
+        return np.array([self.index, self.t], np.float64) if self.box else Pos(self.index, self.t)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return (SHARED_START if self.box else self._obs()), {}
+
+    def step(self, action):
+        self.t += 1
+        tagged = Tagged([self.index, self.t])
+        tagged.tag = f"env {self.index}"
+        return self._obs(), 1.0, self.t % 3 == 0, False, {"pos": Pos(self.index, self.t), "tagged": tagged}

@@ -707,3 +707,31 @@ def test_envs_sharing_memory_whose_resets_agree_are_told_apart_by_their_steps() 
         for _ in range(20):
             assert venv.step(np.zeros(4, np.int64))[0].ravel().tolist() == [0.0] * 4
         assert not venv.pool._local.copies_obs
+
+
+@pytest.mark.parametrize("box", [False, True], ids=["pos-observations", "copied-infos"])
+def test_containers_of_an_env_s_own_types_are_copied_as_they_are(box: bool) -> None:
+    """A tuple type whose constructor takes its items one by one (a reset's observations are copied as each env
+    returns them), and infos of a copying process (a shared constant at reset) holding it and a list type with an
+    attribute: copies as a pickle makes them, of their own types (a Pos was rebuilt from one argument, a TypeError
+    naming env 0's reset; a Tagged list became a plain list)."""
+    fns = [partial(envs.PosEnv, i, box) for i in range(4)]
+    reference = DummyVecEnv(fns) if box else None
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        obs = venv.reset()
+        if not box:
+            assert [tuple(part.tolist()) for part in obs] == [(0, 1, 2, 3), (0, 0, 0, 0)]
+        for t in range(1, 4):
+            _, _, dones, infos = venv.step(np.zeros(4, np.int64))
+            for i, info in enumerate(infos):
+                assert type(info["pos"]) is envs.Pos and info["pos"] == (i, t)
+                assert type(info["tagged"]) is envs.Tagged and info["tagged"] == [i, t] and info["tagged"].tag == f"env {i}"
+        assert dones.tolist() == [True] * 4
+        if box:
+            reference.reset()
+            ref_infos = [reference.step(np.zeros(4, np.int64))[3] for _ in range(3)][-1]
+            assert [info["terminal_observation"].tolist() for info in infos] == [
+                info["terminal_observation"].tolist() for info in ref_infos
+            ]
+    if reference is not None:
+        reference.close()

@@ -466,8 +466,6 @@ class Shard:
         ended (not those just ``restarted``), their final observations kept apart. Returns the extras."""
         start = self.start
         code = None
-        if self._watching is not None:
-            self._watch_copies(results)
         if self.single_leaf:  # the usual case: one kernel call writes every row
             try:
                 code, ended, has_info, nan = kernels.write_results(
@@ -536,6 +534,8 @@ class Shard:
                 self.needs_reset[j] = True
             migrate = self._migrate_words
             leaving = [j for j in ended if migrate[start + j] and self._may_leave(j) and self._packs(j)]
+        if self._watching is not None:  # (after the final observations: those read the envs' own objects still)
+            self._watch_copies(results)
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:

@@ -735,3 +735,22 @@ def test_containers_of_an_env_s_own_types_are_copied_as_they_are(box: bool) -> N
             ]
     if reference is not None:
         reference.close()
+
+
+def test_an_env_changing_its_own_array_keeps_sb3_s_final_observation_as_the_watch_of_a_shared_constant_ends() -> None:
+    """The step in which the copies of envs sharing a constant stop (the 16th watched) reads the final observation
+    of an env beside them from its own object, after its reset, as SB3 does (it read the copy: the step's values)."""
+    def fns() -> list:
+        return [envs.SharesAConstant, envs.SharesAConstant, partial(envs.ReusesItsArray, np.float32, 16, 1)] * 2
+
+    reference = DummyVecEnv(fns())
+    with SubprocVecEnv(fns(), start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset(), reference.reset()
+        for _ in range(16):
+            _, _, dones, infos = venv.step(np.zeros(6, np.int64))
+            _, _, ref_dones, ref_infos = reference.step(np.zeros(6, np.int64))
+        assert not venv.pool._local.copies_obs  # (the watch ended with this step)
+        assert dones.tolist() == ref_dones.tolist() == [False, False, True] * 2
+        assert [infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
+        assert [ref_infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
+    reference.close()

@@ -233,7 +233,7 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
             shard.needs_reset[j] = False
         if info:
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
-    if len(originals) > 1 and not shard.copies_obs:
+    if len(originals) > 1 and (not shard.copies_obs or shard._watching is not None):
         shard._check_shared_memory(originals, [obs_list[j] for j in positions], positions)
     return obs_list
 

@@ -17,6 +17,7 @@ DISABLED never resets by itself.
 from __future__ import annotations
 
 import collections
+import copy
 import math
 import pickle
 import time
@@ -704,13 +705,29 @@ class Shard:
 
     def _watch_copies(self, results: list) -> None:
         """A step's results while copies might be dropped (_check_shared_memory): envs over the same memory that
-        gave different values are copied for good; after WATCHED_STEPS steps of the same values, no longer."""
+        gave different values, or whose infos are over the same memory with different values, are copied for good;
+        after WATCHED_STEPS steps of the same values, no longer. (Never an error of the step: where it cannot tell,
+        the copies stay.)"""
         left, groups = self._watching  # type: ignore[misc]
-        for ks in groups:
-            values = [results[k][0] for k in ks if k < len(results) and type(results[k]) is tuple]
-            if any(not _same_values(values[0], v) for v in values[1:]):
-                self._watching = None
-                return
+        try:
+            whole = [type(r) is tuple and len(r) == 5 for r in results]
+            for ks in groups:
+                values = [results[k][0] for k in ks if k < len(results) and whole[k]]
+                if any(not _same_values(values[0], v) for v in values[1:]):
+                    self._watching = None
+                    return
+            infos: dict = {}  # (what the envs' own infos hold over the same memory: its copies' values must agree)
+            for k, fn in enumerate(self.step_fns[: len(results)]):
+                if whole[k] and isinstance(fn, _CopyingStep) and fn.original_info:
+                    for where in set(_memory(fn.original_info)):
+                        infos.setdefault(where, []).append(k)
+            for ks in infos.values():
+                if len(ks) > 1 and any(not _same_values(results[ks[0]][4], results[k][4]) for k in ks[1:]):
+                    self._watching = None
+                    return
+        except Exception:
+            self._watching = None
+            return
         if left > 1:
             self._watching = (left - 1, groups)
         else:
@@ -768,7 +785,7 @@ class Shard:
                 originals.append(obs)
                 obs = _copied(obs)
             reset[j] = obs
-        if originals and not self.copies_obs:
+        if originals and (not self.copies_obs or self._watching is not None):  # (a reset during the watch: anew)
             self._check_shared_memory(originals, list(reset.values()), list(reset))
         if errors:
             if masked:
@@ -1085,17 +1102,18 @@ class _CopyingStep:
     observation as the env returned it is kept (``original``): a SAME_STEP final observation is read from it after
     the env's reset, as the references read the env's own object."""
 
-    __slots__ = ("step", "original")
+    __slots__ = ("step", "original", "original_info")
 
     def __init__(self, step: Callable):
         self.step = step
         self.original: Any = None
+        self.original_info: Any = None
 
     def __call__(self, action: Any) -> Any:
         result = self.step(action)
         if type(result) is tuple and len(result) == 5:  # (a malformed result is said where it is written)
             obs, reward, terminated, truncated, info = result
-            self.original = obs
+            self.original, self.original_info = obs, info
             return _copied(obs), reward, terminated, truncated, _copied(info)  # (an info may hold the buffer too)
         return result
 
@@ -1117,10 +1135,36 @@ def _copied(obs: Any) -> Any:
         if isinstance(obs, tuple) and hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
             return kind._make(_copied(value) for value in obs)
         if isinstance(obs, (dict, list, tuple)):
-            return private(obs)
-    except Exception:  # (a container that neither rebuilds nor pickles: as it is, as before copies were made)
+            return _copied_container(obs)
+    except Exception:  # (a container that cannot be copied at all: as it is, as before copies were made)
         pass
     return obs
+
+
+def _copied_container(obs: Any) -> Any:
+    """A container of the env's own type (a subclass of dict, list or tuple): as a pickle round trip copies it, its
+    type and attributes kept; where it does not pickle, a shallow copy of its own type with its values copied;
+    else a plain dict, list or tuple of its values copied (the values are what the envs must not share)."""
+    try:
+        return private(obs)
+    except Exception:
+        pass
+    if isinstance(obs, dict):
+        try:
+            copied = copy.copy(obs)
+            for key, value in obs.items():
+                copied[key] = _copied(value)
+            return copied
+        except Exception:
+            return {key: _copied(value) for key, value in obs.items()}
+    if isinstance(obs, list):
+        try:
+            copied = copy.copy(obs)
+            copied[:] = [_copied(value) for value in obs]
+            return copied
+        except Exception:
+            return [_copied(value) for value in obs]
+    return tuple(_copied(value) for value in obs)
 
 
 WATCHED_STEPS = 16  # steps of the same values after which envs over the same memory are no longer copied

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -645,3 +646,45 @@ class PosEnv(gym.Env):
         tagged = Tagged([self.index, self.t])
         tagged.tag = f"env {self.index}"
         return self._obs(), 1.0, self.t % 3 == 0, False, {"pos": Pos(self.index, self.t), "tagged": tagged}
+
+
+class SharesItsInfoBuffer(SharesAConstant):
+    """A SharesAConstant whose infos hold a buffer its class shares, written with its own values at each step."""
+
+    buf = np.zeros(1, np.float32)
+    state = np.zeros(1, np.float32)
+
+    def step(self, action):
+        self.steps += 1
+        self.state[0] = 10 * self.steps + self.index
+        return self.buf, 0.0, False, False, {"state": self.state}
+
+
+class LockedDict(dict):
+    """A dict with a lock of its own: it does not pickle."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+
+
+class SharesInALockedDict(SharesItsClassBuffer):
+    """A SharesItsClassBuffer whose observation is a LockedDict holding the buffer (a Dict space)."""
+
+    buf = np.zeros(1, np.float32)
+    observation_space = spaces.Dict({"x": spaces.Box(-1e6, 1e6, (1,), np.float32)})
+
+    def _out(self) -> Any:
+        return LockedDict(x=self.buf)
+
+
+class SharesFromStepTen(SharesWithOneStart):
+    """A SharesWithOneStart whose steps write the same value (the step's count) until its episode's tenth step, and
+    then values of its own."""
+
+    buf = np.zeros(1, np.float32)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.buf[0] = self.t if self.t < 10 else self.t + 1000 * self.index
+        return self._out(), reward, terminated, truncated, info

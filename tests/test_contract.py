@@ -754,3 +754,33 @@ def test_an_env_changing_its_own_array_keeps_sb3_s_final_observation_as_the_watc
         assert [infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
         assert [ref_infos[k]["terminal_observation"].tolist() for k in (2, 5)] == [[-1.0], [-1.0]]
     reference.close()
+
+
+def test_the_watch_of_a_shared_constant_keeps_copying_infos_over_one_buffer() -> None:
+    """Envs sharing a constant observation, their infos over one buffer with their own values: the copies stay (they
+    stopped after 16 steps: every env's info then held the last one's)."""
+    with SubprocVecEnv([partial(envs.SharesItsInfoBuffer, i) for i in range(2)], start_method="fork", num_workers=1) as venv:
+        venv.reset()
+        for t in range(1, 21):
+            infos = venv.step(np.zeros(2, np.int64))[3]
+            assert [info["state"][0] for info in infos] == [10 * t, 10 * t + 1]
+
+
+def test_a_dict_type_that_does_not_pickle_is_copied_still() -> None:
+    """Envs over one buffer inside a dict type holding a lock: copied (it was returned as it was, uncopied)."""
+    with SubprocVecEnv([partial(envs.SharesInALockedDict, i) for i in range(2)], start_method="fork", num_workers=1) as venv:
+        assert venv.reset()["x"].ravel().tolist() == [0.0, 1.0]
+        assert venv.step(np.zeros(2, np.int64))[0]["x"].ravel().tolist() == [1.0, 11.0]
+
+
+def test_a_reset_during_the_watch_watches_anew() -> None:
+    """Values that first differ at a new episode's tenth step, the reset 8 steps into the watch: each env its own
+    (the watch went on from before the reset and ended first)."""
+    with SubprocVecEnv([partial(envs.SharesFromStepTen, i) for i in range(2)], start_method="fork", num_workers=1) as venv:
+        venv.reset()
+        for _ in range(8):
+            venv.step(np.zeros(2, np.int64))
+        venv.reset()
+        for _ in range(12):
+            obs = venv.step(np.zeros(2, np.int64))[0].ravel().tolist()
+        assert obs == [12.0, 1012.0]

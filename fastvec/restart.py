@@ -106,10 +106,10 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
         except _env_errors() as reset_exc:
             _not_reset(shard, j, reset_exc)
             raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
+        if shard.copies_obs:  # (the next envs' steps may write over them: Shard._check_shared_memory)
+            obs, info = shard_copied(obs), shard_copied(info)
         if info:  # the next episode's reset info, as an autoreset's
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
-        if shard.copies_obs:  # (the next envs' steps may write over it: Shard._check_shared_memory)
-            obs = shard_copied(obs)
     else:
         obs = last_obs
     return obs, 0.0, False, True, {}
@@ -232,7 +232,7 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
         if only is not None:
             shard.needs_reset[j] = False
         if info:
-            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
+            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, shard_copied(info)))
     if len(originals) > 1 and (not shard.copies_obs or shard._watching is not None):
         shard._check_shared_memory(originals, [obs_list[j] for j in positions], positions)
     return obs_list

@@ -439,7 +439,7 @@ class Shard:
             if not self.restart_on_error:
                 raise ShardError(self.start + j, command, exc) from exc
             obs, info = restart.reset_fresh(self, j, exc, command, {})
-        return (_copied(obs), info) if self.copies_obs else (obs, info)
+        return (_copied(obs), _copied(info)) if self.copies_obs else (obs, info)
 
     def take_objects(self) -> list | None:
         """A command raised: the OBJECTS extras of the observations it wrote into the rows (_raised), taken
@@ -696,12 +696,13 @@ class Shard:
         shared = [ks for ks in groups.values() if len(ks) > 1]
         if not shared:
             return
-        self.copies_obs = True
+        watched = self._watching[1] if self._watching is not None else []  # (a reset during the watch: the others'
+        self.copies_obs = True                                                # groups stay watched too)
         self.step_fns[:] = [self.step_fn(env) for env in self.envs]
         if any(not _same_values(copies[ks[0]], copies[k]) for ks in shared for k in ks[1:]):
             self._watching = None  # (each wrote its own values there: copied for good)
         else:
-            self._watching = (WATCHED_STEPS, [[positions[k] for k in ks] for ks in shared])
+            self._watching = (WATCHED_STEPS, watched + [[positions[k] for k in ks] for ks in shared])
 
     def _watch_copies(self, results: list) -> None:
         """A step's results while copies might be dropped (_check_shared_memory): envs over the same memory that
@@ -716,13 +717,14 @@ class Shard:
                 if any(not _same_values(values[0], v) for v in values[1:]):
                     self._watching = None
                     return
-            infos: dict = {}  # (what the envs' own infos hold over the same memory: its copies' values must agree)
+            parts: dict = {}  # (the parts of the envs' infos over the same memory: their copies' values must agree)
             for k, fn in enumerate(self.step_fns[: len(results)]):
                 if whole[k] and isinstance(fn, _CopyingStep) and fn.original_info:
-                    for where in set(_memory(fn.original_info)):
-                        infos.setdefault(where, []).append(k)
-            for ks in infos.values():
-                if len(ks) > 1 and any(not _same_values(results[ks[0]][4], results[k][4]) for k in ks[1:]):
+                    for where, part in _memory_parts(fn.original_info, results[k][4]):
+                        parts.setdefault(where, []).append(part)
+                    fn.original_info = None  # (an env that does not step next time, autoreset instead, is not compared)
+            for copies in parts.values():
+                if len(copies) > 1 and any(not _same_values(copies[0], c) for c in copies[1:]):
                     self._watching = None
                     return
         except Exception:
@@ -779,11 +781,11 @@ class Shard:
                     errors.append(err)
                     continue
             self.needs_reset[j] = False
+            if several:  # (the next env's reset may write over them: see _check_shared_memory)
+                originals.append(obs)
+                obs, info = _copied(obs), _copied(info)
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
-            if several:  # (the next env's reset may write over it: see _check_shared_memory)
-                originals.append(obs)
-                obs = _copied(obs)
             reset[j] = obs
         if originals and (not self.copies_obs or self._watching is not None):  # (a reset during the watch: anew)
             self._check_shared_memory(originals, list(reset.values()), list(reset))
@@ -1178,6 +1180,23 @@ def _same_values(a: Any, b: Any) -> bool:
         return pickle.dumps(a) == pickle.dumps(b)
     except Exception:
         return False
+
+
+def _memory_parts(original: Any, copied: Any) -> Any:
+    """(where, the copy's part) for each array and list of ``original`` (an env's own object) found at the same
+    place in ``copied`` (_copied's copy of it)."""
+    if isinstance(original, np.ndarray):
+        if original.nbytes:
+            yield original.__array_interface__["data"][0], copied
+    elif isinstance(original, dict) and isinstance(copied, dict):
+        for key, value in original.items():
+            if key in copied:
+                yield from _memory_parts(value, copied[key])
+    elif isinstance(original, (list, tuple)) and isinstance(copied, (list, tuple)):
+        if isinstance(original, list) and original:
+            yield ("object", id(original)), copied
+        for value, part in zip(original, copied):
+            yield from _memory_parts(value, part)
 
 
 def _memory(obs: Any) -> Any:

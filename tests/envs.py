@@ -688,3 +688,49 @@ class SharesFromStepTen(SharesWithOneStart):
         obs, reward, terminated, truncated, info = super().step(action)
         self.buf[0] = self.t if self.t < 10 else self.t + 1000 * self.index
         return self._out(), reward, terminated, truncated, info
+
+
+class SharesItsResetInfoBuffer(SharesAConstant):
+    """A SharesAConstant whose reset infos hold a buffer its class shares, written with its own values."""
+
+    buf = np.zeros(1, np.float32)
+    state = np.zeros(1, np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        obs, _ = super().reset(seed=seed, options=options)
+        self.state[0] = 1000 + self.index
+        return obs, {"state": self.state}
+
+
+MASK = np.ones(3, bool)  # (a constant every env of ConstantWithInfos puts in its infos)
+
+
+class ConstantWithInfos(SharesAConstant):
+    """A SharesAConstant whose step infos hold a constant they share beside values of their own."""
+
+    buf = np.zeros(1, np.float32)
+
+    def step(self, action):
+        self.steps += 1
+        return self.buf, 0.0, False, False, {"mask": MASK, "t": 10 * self.steps + self.index}
+
+
+class SharesWithATag(SharesItsClassBuffer):
+    """Envs over one buffer: resets write 0, steps the step's count, plus 100 x ``tag`` from the third step on (envs
+    of one tag give the same values)."""
+
+    buf = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0, tag: int = 0):
+        super().__init__(index)
+        self.tag = tag
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.buf[0] = 0
+        return obs, info
+
+    def step(self, action):
+        self.t += 1
+        self.buf[0] = self.t + (100 * self.tag if self.t >= 3 else 0)
+        return self.buf, 0.0, False, False, {}

@@ -1120,30 +1120,47 @@ class _CopyingStep:
         return result
 
 
-def _copied(obs: Any) -> Any:
+def _copied(obs: Any, memo: dict | None = None) -> Any:
     """``obs`` with its numpy arrays and lists copied (itself, or those in its dicts, lists and tuples, named tuples
     too); other containers of these (subclasses of list, tuple or dict) as a pickle round trip copies them, their
-    type and attributes kept; the rest as it is, and ``obs`` itself where no copy can be made."""
+    type and attributes kept; the rest as it is, and ``obs`` itself where no copy can be made. What it holds twice
+    is copied once, and a container that holds itself copies as one that holds its copy (``memo``: by id, as
+    copy.deepcopy keeps it)."""
+    if memo is None:
+        memo = {}
+    found = memo.get(id(obs))
+    if found is not None:
+        return found[1]
     kind = type(obs)
     try:
         if isinstance(obs, np.ndarray):
-            return obs.copy()
-        if kind is dict or kind is collections.OrderedDict:
-            return kind((key, _copied(value)) for key, value in obs.items())
-        if kind is list:
-            return [_copied(value) for value in obs]
-        if kind is tuple:
-            return tuple(_copied(value) for value in obs)
-        if isinstance(obs, tuple) and hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
-            return kind._make(_copied(value) for value in obs)
-        if isinstance(obs, (dict, list, tuple)):
-            return _copied_container(obs)
+            copied = obs.copy()
+        elif kind is dict or kind is collections.OrderedDict:
+            copied = kind()
+            memo[id(obs)] = (obs, copied)  # (before its values: one of them may be itself)
+            for key, value in obs.items():
+                copied[key] = _copied(value, memo)
+            return copied
+        elif kind is list:
+            copied = []
+            memo[id(obs)] = (obs, copied)
+            copied.extend(_copied(value, memo) for value in obs)
+            return copied
+        elif kind is tuple:
+            copied = tuple(_copied(value, memo) for value in obs)
+        elif isinstance(obs, tuple) and hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
+            copied = kind._make(_copied(value, memo) for value in obs)
+        elif isinstance(obs, (dict, list, tuple)):
+            copied = _copied_container(obs, memo)
+        else:
+            return obs
     except Exception:  # (a container that cannot be copied at all: as it is, as before copies were made)
-        pass
-    return obs
+        return obs
+    memo[id(obs)] = (obs, copied)  # (the object kept with its copy: its id stays its own while the memo lives)
+    return copied
 
 
-def _copied_container(obs: Any) -> Any:
+def _copied_container(obs: Any, memo: dict) -> Any:
     """A container of the env's own type (a subclass of dict, list or tuple): as a pickle round trip copies it, its
     type and attributes kept; where it does not pickle, a shallow copy of its own type with its values copied;
     else a plain dict, list or tuple of its values copied (the values are what the envs must not share)."""
@@ -1155,18 +1172,18 @@ def _copied_container(obs: Any) -> Any:
         try:
             copied = copy.copy(obs)
             for key, value in obs.items():
-                copied[key] = _copied(value)
+                copied[key] = _copied(value, memo)
             return copied
         except Exception:
-            return {key: _copied(value) for key, value in obs.items()}
+            return {key: _copied(value, memo) for key, value in obs.items()}
     if isinstance(obs, list):
         try:
             copied = copy.copy(obs)
-            copied[:] = [_copied(value) for value in obs]
+            copied[:] = [_copied(value, memo) for value in obs]
             return copied
         except Exception:
-            return [_copied(value) for value in obs]
-    return tuple(_copied(value) for value in obs)
+            return [_copied(value, memo) for value in obs]
+    return tuple(_copied(value, memo) for value in obs)
 
 
 WATCHED_STEPS = 16  # steps of the same values after which envs over the same memory are no longer copied

@@ -734,3 +734,20 @@ class SharesWithATag(SharesItsClassBuffer):
         self.t += 1
         self.buf[0] = self.t + (100 * self.tag if self.t >= 3 else 0)
         return self.buf, 0.0, False, False, {}
+
+
+class LinkedResetInfo(gym.Env):
+    """Reset infos holding a dict that refers to itself and one array twice (a fresh observation each time)."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        node: dict = {"name": "root"}
+        node["parent"] = node["root"] = node
+        shared = np.arange(3)
+        return np.zeros(2, np.float32), {"node": node, "a": shared, "b": shared}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}

@@ -820,3 +820,14 @@ def test_a_masked_reset_during_the_watch_keeps_watching_the_other_envs() -> None
         for _ in range(20):
             obs = venv.step(np.zeros(4, np.int64))[0].ravel().tolist()
     assert obs == [20.0, 20.0, 221.0, 321.0]
+
+
+def test_a_reset_info_that_refers_to_itself_or_holds_one_array_twice_is_copied_as_a_pickle_copies_it() -> None:
+    """A reset's infos are copied as each env returns them: a dict that refers to itself hung the copy (recursion
+    without end), and an array held twice came back as two (SB3's pipes and gymnasium's keep both as pickle does)."""
+    with SubprocVecEnv([envs.LinkedResetInfo] * 4, start_method="fork", num_workers=2, step_in_parent=True) as venv:
+        venv.reset()
+        for info in venv.reset_infos:
+            node = info["node"]
+            assert node["parent"] is node and node["root"] is node and node["name"] == "root"
+            assert info["a"] is info["b"] and info["a"].tolist() == [0, 1, 2]

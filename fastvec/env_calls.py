@@ -7,6 +7,7 @@ one value per env.
 
 from __future__ import annotations
 
+import copy as copy_module
 from collections.abc import Callable, Sequence
 from multiprocessing import reduction
 from typing import Any
@@ -82,6 +83,49 @@ def private(value: Any) -> Any:
         return _copy(value, {}, 0)
     except _Pickle:
         return reduction.ForkingPickler.loads(reduction.ForkingPickler.dumps(value))
+
+
+def copied(value: Any) -> Any:
+    """A copy of what an env returned that other envs of its process may write over (a buffer their class shares:
+    fastvec.shard's ``Shard.copies_obs``): as ``private`` makes it; where that cannot be made (a part that does not
+    pickle, a lock), its arrays, dicts, lists and tuples copied one by one (each of its own type where it can be),
+    the parts that do not copy kept as they are. Never raises: what cannot be copied at all is ``value`` itself."""
+    try:
+        return private(value)
+    except Exception:
+        return _copied_parts(value, {})
+
+
+def _copied_parts(value: Any, memo: dict) -> Any:
+    """``copied``'s copy where ``private``'s cannot be made, part by part; objects met twice copied once (``memo``)."""
+    known = memo.get(id(value))
+    if known is not None:
+        return known[1]
+    kind = type(value)
+    try:
+        if isinstance(value, np.ndarray):
+            copy = value.copy()
+        elif isinstance(value, (dict, list)):
+            try:
+                copy = copy_module.copy(value)  # (its own type and attributes)
+            except Exception:
+                copy = {} if isinstance(value, dict) else []
+            memo[id(value)] = (value, copy)  # (before its parts: one of them may be itself)
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    copy[key] = _copied_parts(item, memo)
+            else:
+                copy[:] = [_copied_parts(item, memo) for item in value]
+            return copy
+        elif isinstance(value, tuple):
+            items = [_copied_parts(item, memo) for item in value]
+            copy = kind._make(items) if hasattr(kind, "_make") and hasattr(kind, "_fields") else tuple(items)
+        else:
+            copy = private(value)
+    except Exception:
+        return value
+    memo[id(value)] = (value, copy)  # (the value kept alive, so its id is not reused meanwhile)
+    return copy
 
 
 def private_payload(obj: Any, what: str, envs: range | str) -> Any:

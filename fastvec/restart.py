@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fastvec.env_calls import copied
 from fastvec.errors import ShardError, describe_exception
 from fastvec.protocol import SAME_STEP, Extra, Stats
 
@@ -107,7 +108,7 @@ def after_step_error(shard: Shard, j: int, slot: int, exc: BaseException, reset_
             _not_reset(shard, j, reset_exc)
             raise ShardError(shard.start + j, "reset (restart after an error)", reset_exc) from exc
         if shard.copies_obs:  # (the next envs' steps may write over them: Shard._check_shared_memory)
-            obs, info = shard_copied(obs), shard_copied(info)
+            obs, info = copied(obs), copied(info)
         if info:  # the next episode's reset info, as an autoreset's
             shard.side_extras.append((shard.start + j, Extra.RESET_INFO, info))
     else:
@@ -228,21 +229,14 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
         # (copied as it comes: the next env's reset may write over it; Shard._check_shared_memory)
         originals.append(obs)
         positions.append(j)
-        obs_list.append(shard_copied(obs))
+        obs_list.append(copied(obs))
         if only is not None:
             shard.needs_reset[j] = False
         if info:
-            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, shard_copied(info)))
+            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, copied(info)))
     if len(originals) > 1 and (not shard.copies_obs or shard._watching is not None):
         shard._check_shared_memory(originals, [obs_list[j] for j in positions], positions)
     return obs_list
-
-
-def shard_copied(obs: Any) -> Any:
-    """An observation with its arrays copied (fastvec.shard's rule: Shard.copies_obs)."""
-    from fastvec.shard import _copied  # (shard imports this module)
-
-    return _copied(obs)
 
 
 def restart_reason(hung_after: float | None) -> str:

@@ -16,8 +16,6 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
-import collections
-import copy
 import math
 import pickle
 import time
@@ -29,7 +27,7 @@ import numpy as np
 
 from fastvec import kernels, migrate, restart
 from fastvec.checks import OutputChecks
-from fastvec.env_calls import private, run_call
+from fastvec.env_calls import copied, private, run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
 from fastvec.protocol import (
@@ -439,7 +437,7 @@ class Shard:
             if not self.restart_on_error:
                 raise ShardError(self.start + j, command, exc) from exc
             obs, info = restart.reset_fresh(self, j, exc, command, {})
-        return (_copied(obs), _copied(info)) if self.copies_obs else (obs, info)
+        return (copied(obs), copied(info)) if self.copies_obs else (obs, info)
 
     def take_objects(self) -> list | None:
         """A command raised: the OBJECTS extras of the observations it wrote into the rows (_raised), taken
@@ -510,11 +508,11 @@ class Shard:
                 final = results[j][0] if not self.copies_obs else getattr(self.step_fns[j], "original", results[j][0])
                 if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
                     # (as it is now: the env is closed as it is packed, and its own object pickled after that)
-                    self._write_final(j, _copied(final), plain)
+                    self._write_final(j, copied(final), plain)
                     leaving = (leaving or []) + [j]
                     continue
                 env = self.envs[j]
-                before = _copied(final) if self.restart_on_error else None  # (a reset that raises closes the env)
+                before = copied(final) if self.restart_on_error else None  # (a reset that raises closes the env)
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
@@ -783,7 +781,7 @@ class Shard:
             self.needs_reset[j] = False
             if several:  # (the next env's reset may write over them: see _check_shared_memory)
                 originals.append(obs)
-                obs, info = _copied(obs), _copied(info)
+                obs, info = copied(obs), copied(info)
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             reset[j] = obs
@@ -1116,74 +1114,8 @@ class _CopyingStep:
         if type(result) is tuple and len(result) == 5:  # (a malformed result is said where it is written)
             obs, reward, terminated, truncated, info = result
             self.original, self.original_info = obs, info
-            return _copied(obs), reward, terminated, truncated, _copied(info)  # (an info may hold the buffer too)
+            return copied(obs), reward, terminated, truncated, copied(info)  # (an info may hold the buffer too)
         return result
-
-
-def _copied(obs: Any, memo: dict | None = None) -> Any:
-    """``obs`` with its numpy arrays and lists copied (itself, or those in its dicts, lists and tuples, named tuples
-    too); other containers of these (subclasses of list, tuple or dict) as a pickle round trip copies them, their
-    type and attributes kept; the rest as it is, and ``obs`` itself where no copy can be made. What it holds twice
-    is copied once, and a container that holds itself copies as one that holds its copy (``memo``: by id, as
-    copy.deepcopy keeps it)."""
-    if memo is None:
-        memo = {}
-    found = memo.get(id(obs))
-    if found is not None:
-        return found[1]
-    kind = type(obs)
-    try:
-        if isinstance(obs, np.ndarray):
-            copied = obs.copy()
-        elif kind is dict or kind is collections.OrderedDict:
-            copied = kind()
-            memo[id(obs)] = (obs, copied)  # (before its values: one of them may be itself)
-            for key, value in obs.items():
-                copied[key] = _copied(value, memo)
-            return copied
-        elif kind is list:
-            copied = []
-            memo[id(obs)] = (obs, copied)
-            copied.extend(_copied(value, memo) for value in obs)
-            return copied
-        elif kind is tuple:
-            copied = tuple(_copied(value, memo) for value in obs)
-        elif isinstance(obs, tuple) and hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
-            copied = kind._make(_copied(value, memo) for value in obs)
-        elif isinstance(obs, (dict, list, tuple)):
-            copied = _copied_container(obs, memo)
-        else:
-            return obs
-    except Exception:  # (a container that cannot be copied at all: as it is, as before copies were made)
-        return obs
-    memo[id(obs)] = (obs, copied)  # (the object kept with its copy: its id stays its own while the memo lives)
-    return copied
-
-
-def _copied_container(obs: Any, memo: dict) -> Any:
-    """A container of the env's own type (a subclass of dict, list or tuple): as a pickle round trip copies it, its
-    type and attributes kept; where it does not pickle, a shallow copy of its own type with its values copied;
-    else a plain dict, list or tuple of its values copied (the values are what the envs must not share)."""
-    try:
-        return private(obs)
-    except Exception:
-        pass
-    if isinstance(obs, dict):
-        try:
-            copied = copy.copy(obs)
-            for key, value in obs.items():
-                copied[key] = _copied(value, memo)
-            return copied
-        except Exception:
-            return {key: _copied(value, memo) for key, value in obs.items()}
-    if isinstance(obs, list):
-        try:
-            copied = copy.copy(obs)
-            copied[:] = [_copied(value, memo) for value in obs]
-            return copied
-        except Exception:
-            return [_copied(value, memo) for value in obs]
-    return tuple(_copied(value, memo) for value in obs)
 
 
 WATCHED_STEPS = 16  # steps of the same values after which envs over the same memory are no longer copied
@@ -1199,20 +1131,20 @@ def _same_values(a: Any, b: Any) -> bool:
         return False
 
 
-def _memory_parts(original: Any, copied: Any) -> Any:
+def _memory_parts(original: Any, copy: Any) -> Any:
     """(where, the copy's part) for each array and list of ``original`` (an env's own object) found at the same
-    place in ``copied`` (_copied's copy of it)."""
+    place in ``copy`` (env_calls.copied's copy of it)."""
     if isinstance(original, np.ndarray):
         if original.nbytes:
-            yield original.__array_interface__["data"][0], copied
-    elif isinstance(original, dict) and isinstance(copied, dict):
+            yield original.__array_interface__["data"][0], copy
+    elif isinstance(original, dict) and isinstance(copy, dict):
         for key, value in original.items():
-            if key in copied:
-                yield from _memory_parts(value, copied[key])
-    elif isinstance(original, (list, tuple)) and isinstance(copied, (list, tuple)):
+            if key in copy:
+                yield from _memory_parts(value, copy[key])
+    elif isinstance(original, (list, tuple)) and isinstance(copy, (list, tuple)):
         if isinstance(original, list) and original:
-            yield ("object", id(original)), copied
-        for value, part in zip(original, copied):
+            yield ("object", id(original)), copy
+        for value, part in zip(original, copy):
             yield from _memory_parts(value, part)
 
 

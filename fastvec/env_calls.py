@@ -87,17 +87,14 @@ def private(value: Any) -> Any:
 
 def copied(value: Any) -> Any:
     """A copy of what an env returned that other envs of its process may write over (a buffer their class shares:
-    fastvec.shard's ``Shard.copies_obs``): as ``private`` makes it; where that cannot be made (a part that does not
-    pickle, a lock), its arrays, dicts, lists and tuples copied one by one (each of its own type where it can be),
-    the parts that do not copy kept as they are. Never raises: what cannot be copied at all is ``value`` itself."""
-    try:
-        return private(value)
-    except Exception:
-        return _copied_parts(value, {})
+    fastvec.shard's ``Shard.copies_obs``): its arrays copied as they are (dtype and byte order kept: the buffers'
+    checks see what the env returned), its dicts, lists and tuples rebuilt around copies of their parts, each of its
+    own type (a tuple type of the env's own as ``private`` copies it), the rest kept as it is; objects met twice copied
+    once. Never raises: what cannot be copied is kept as it is."""
+    return _copied_parts(value, {})
 
 
 def _copied_parts(value: Any, memo: dict) -> Any:
-    """``copied``'s copy where ``private``'s cannot be made, part by part; objects met twice copied once (``memo``)."""
     known = memo.get(id(value))
     if known is not None:
         return known[1]
@@ -119,9 +116,17 @@ def _copied_parts(value: Any, memo: dict) -> Any:
             return copy
         elif isinstance(value, tuple):
             items = [_copied_parts(item, memo) for item in value]
-            copy = kind._make(items) if hasattr(kind, "_make") and hasattr(kind, "_fields") else tuple(items)
+            if kind is tuple:
+                copy = tuple(items)
+            elif hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
+                copy = kind._make(items)
+            else:  # (a tuple type whose constructor may take its items one by one)
+                try:
+                    copy = private(value)
+                except Exception:
+                    copy = tuple(items)
         else:
-            copy = private(value)
+            return value
     except Exception:
         return value
     memo[id(value)] = (value, copy)  # (the value kept alive, so its id is not reused meanwhile)

@@ -598,10 +598,13 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
 
     Row ``start + j`` of ``obs_dst`` / ``rewards`` / ``terminated`` / ``truncated`` gets
     ``results[j]``'s observation (copied as gather_rows copies), float reward and bool flags.
-    Returns ``(code, ended, has_info, nan)``: ``code`` as gather_rows returns it (-1, a bad
+    Returns ``(code, ended, has_info, nan, shared)``: ``code`` as gather_rows returns it (-1, a bad
     shape's j, or ``-2 - j`` for a cast); ``ended``: the list of the j that terminated or
     truncated (in order; empty on most steps; after a bad shape, those before it);
-    ``has_info``: some info dict is not empty; ``nan``: the first j with a NaN reward, or -1.
+    ``has_info``: some info dict is not empty; ``nan``: the first j with a NaN reward, or -1;
+    ``shared``: the first j whose observation is over the same memory as the one before it or the
+    first one (the same list, or arrays starting at the same byte), or -1 (envs of one process
+    returning a buffer their class shares: each row was read after every env stepped).
     A malformed result or a value that does not convert raises (the caller then finds whose).
     """
     cdef Py_ssize_t n = len(results)
@@ -609,9 +612,13 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
     cdef Rows rows
     cdef object result
     cdef bint converted
-    cdef Py_ssize_t cast = -1, nan = -1
+    cdef Py_ssize_t cast = -1, nan = -1, shared = -1
     cdef list ended = []
     cdef bint has_info = False, term, trunc
+    cdef object item, prev_item = None, first_item = None
+    cdef void *data
+    cdef void *prev_data = NULL
+    cdef void *first_data = NULL
     cdef double reward
     cdef Py_ssize_t n_rewards, n_terminated, n_truncated
     cdef double *rewards = <double *> data_of(rewards_array, cnp.NPY_DOUBLE, &n_rewards, "rewards")
@@ -626,8 +633,23 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
         if type(result) is not tuple or len(<tuple> result) != 5:
             raise TypeError("env.step() must return a 5-tuple")
         converted = False
-        if copy_row((<tuple> result)[0], obs_dst, &rows, start + j, &converted):
-            return j, ended, has_info, nan
+        item = (<tuple> result)[0]
+        if shared < 0:  # (a pointer or two compared per env; what returns a fresh array or a number never matches)
+            if cnp.PyArray_Check(item):
+                data = cnp.PyArray_DATA(<cnp.ndarray> item) if cnp.PyArray_NBYTES(<cnp.ndarray> item) else NULL
+                if data != NULL and (data == prev_data or data == first_data):
+                    shared = j
+                prev_data, prev_item = data, None
+            elif type(item) is list:
+                if item is prev_item or item is first_item:
+                    shared = j
+                prev_data, prev_item = NULL, item
+            else:
+                prev_data, prev_item = NULL, None
+            if j == 0:
+                first_data, first_item = prev_data, prev_item
+        if copy_row(item, obs_dst, &rows, start + j, &converted):
+            return j, ended, has_info, nan, shared
         if converted and report_cast and cast < 0:
             cast = j
         reward = (<tuple> result)[1]
@@ -642,7 +664,7 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
             ended.append(j)
         if not has_info and (<tuple> result)[4]:
             has_info = True
-    return (-1 if cast < 0 else -2 - cast), ended, has_info, nan
+    return (-1 if cast < 0 else -2 - cast), ended, has_info, nan, shared
 
 
 def add_stats(row_array, double commands, double env_steps, double busy_ns, double restarts, double wait_ns=0.0):

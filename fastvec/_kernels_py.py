@@ -298,7 +298,7 @@ def write_results(
     truncated: np.ndarray,
     start: int,
     report_cast: bool = False,
-) -> tuple[int, list[int], bool, int]:
+) -> tuple[int, list[int], bool, int, int]:
     """A shard's step results into one ring slot; see _kernels.pyx."""
     for result in results:
         if type(result) is not tuple or len(result) != 5:
@@ -307,9 +307,11 @@ def write_results(
     _check_rows(obs_dst, "write_results")
     if start < 0 or start + n > obs_dst.shape[0]:
         raise IndexError("write_results: rows outside the slot")
-    code = gather_rows([r[0] for r in results], obs_dst, start, report_cast)
+    items = [r[0] for r in results]
+    code = gather_rows(items, obs_dst, start, report_cast)
+    shared = _first_shared(items if code < 0 else items[: code + 1])
     if code >= 0:  # (the compiled kernel also writes the rows before it; nothing relies on them)
-        return code, [j for j, r in enumerate(results[:code]) if r[2] or r[3]], False, -1
+        return code, [j for j, r in enumerate(results[:code]) if r[2] or r[3]], False, -1, shared
     values = [_as_double(r[1]) for r in results]
     rewards[start : start + n] = values
     terms = [1 if r[2] else 0 for r in results]
@@ -318,7 +320,26 @@ def write_results(
     truncated[start : start + n] = truncs
     nan = next((j for j, v in enumerate(values) if v != v), -1)
     ended = [j for j, (t, u) in enumerate(zip(terms, truncs)) if t or u]
-    return code, ended, any(bool(r[4]) for r in results), nan
+    return code, ended, any(bool(r[4]) for r in results), nan, shared
+
+
+def _first_shared(items: list) -> int:
+    """The first j whose item is over the same memory as the one before it or the first one (the same list, or
+    non-empty arrays starting at the same byte), or -1; see write_results."""
+    prev = first = None  # (the item's array's first byte, or its list's identity)
+    for j, item in enumerate(items):
+        if type(item) is list:
+            where: object = ("list", id(item))
+        elif isinstance(item, np.ndarray) and item.nbytes:
+            where = item.__array_interface__["data"][0]
+        else:
+            where = None
+        if where is not None and (where == prev or where == first):
+            return j
+        prev = where
+        if j == 0:
+            first = where
+    return -1
 
 
 def add_stats(

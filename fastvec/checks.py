@@ -413,6 +413,10 @@ class OutputChecks:
         """Env ``start + j`` produced something the checks look at."""
         if self.raising:
             raise ShardError(self.start + j, command, ValueError(message))
+        self.warn(j, kind, message)
+
+    def warn(self, j: int, kind: str, message: str) -> None:
+        """A warning about env ``start + j`` (once per env and kind), under check="raise" too."""
         env = self.start + j  # (keyed by env, not by position: positions shift when envs move)
         if (env, kind) not in self._warned:
             self._warned.add((env, kind))

@@ -16,6 +16,7 @@ DISABLED never resets by itself.
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import time
@@ -136,6 +137,11 @@ class Shard:
         # observations are copied as each env returns them (see _check_shared_memory)
         self.copies_obs = False
         self._watching: tuple | None = None  # (steps left, groups of positions) while copies might be dropped
+        # groups of positions whose observations were first found over the same memory in a step (_shared_at_step),
+        # while watched: said once their values differ; and whether a watch found envs sharing a constant (a step's
+        # memory is not looked at again)
+        self._found_at_step: list[list[int]] = []
+        self._shared_constant = False
         self.step_fns = [env.step for env in envs]
         self.steps = 0
 
@@ -464,10 +470,10 @@ class Shard:
         """Write the envs' step results into ``slot``; in SAME_STEP, reset the envs whose episode
         ended (not those just ``restarted``), their final observations kept apart. Returns the extras."""
         start = self.start
-        code = None
+        code, shared = None, -1
         if self.single_leaf:  # the usual case: one kernel call writes every row
             try:
-                code, ended, has_info, nan = kernels.write_results(
+                code, ended, has_info, nan, shared = kernels.write_results(
                     results,
                     self.obs_slots[0][slot],
                     self.reward_slots[slot],
@@ -480,6 +486,8 @@ class Shard:
                 code = None
         if code is None or code >= 0:  # structured observations, or a problem to find and name
             ended, has_info, nan = self._write_step_slowly(results, slot)
+            if len(results) > 1 and not self.copies_obs:
+                shared = _first_shared([r[0] for r in results])
         elif code <= -2:  # a cast: named (the envs from the first one cast: each is warned once)
             cast = -2 - code
             self._gather([r[0] for r in results[cast:]], self.obs_slots[0][slot], self.leaves[0], "step", True, cast)
@@ -535,6 +543,8 @@ class Shard:
             leaving = [j for j in ended if migrate[start + j] and self._may_leave(j) and self._packs(j)]
         if self._watching is not None:  # (after the final observations: those read the envs' own objects still)
             self._watch_copies(results)
+        if shared >= 0 and not self.copies_obs and not self._shared_constant:
+            self._shared_at_step([r[0] for r in results])  # (after the final observations: as above)
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
         if leaving:
@@ -702,6 +712,40 @@ class Shard:
         else:
             self._watching = (WATCHED_STEPS, watched + [[positions[k] for k in ks] for ks in shared])
 
+    def _shared_at_step(self, originals: list) -> None:
+        """A step's observations (``originals``, as the envs returned them) of which some are over the same memory,
+        though their resets' were not (a buffer their class shares only in step(): write_results finds them). Each was
+        read once every env of this process had stepped, so this step gave them all the last one's values: from now
+        on each is copied as it comes. They are watched as a reset's are; once their values differ the envs are told
+        (this step's were lost); if the values stay the same (a constant they share) the copies stop, for good."""
+        groups: dict = {}
+        for k, obs in enumerate(originals):
+            for where in set(_memory(obs)):
+                groups.setdefault(where, []).append(k)
+        shared = [ks for ks in groups.values() if len(ks) > 1]
+        if not shared:  # (an array and a view of another part of it start at one byte only where empty: not shared)
+            return
+        self.copies_obs = True
+        self.step_fns[:] = [self.step_fn(env) for env in self.envs]
+        self._found_at_step = shared
+        self._watching = (WATCHED_STEPS, shared)
+
+    def _told_shared(self, ks: list[int]) -> None:
+        """The watch found envs at positions ``ks`` giving different values over the same memory: where those were
+        first found in a step (_shared_at_step), that step gave them one env's values; each is told, once."""
+        if ks not in self._found_at_step or not self.checks.active:  # (check="off": nothing said)
+            return
+        self._found_at_step = []
+        last = self.start + ks[-1]
+        for k in ks[:-1]:
+            self.checks.warn(  # (a warning under check="raise" too: this step's values are right)
+                k, "shared-memory",
+                f"returned its observations in memory that env {last}'s step writes too (a buffer their class shares, "
+                f"as a C extension's frame): one step gave env {last}'s values as this env's, before this process "
+                "found it (the envs of a process are read once each has stepped); each env's observation is copied "
+                "as it returns it from then on",
+            )
+
     def _watch_copies(self, results: list) -> None:
         """A step's results while copies might be dropped (_check_shared_memory): envs over the same memory that
         gave different values, or whose infos are over the same memory with different values, are copied for good;
@@ -714,6 +758,8 @@ class Shard:
                 values = [results[k][0] for k in ks if k < len(results) and whole[k]]
                 if any(not _same_values(values[0], v) for v in values[1:]):
                     self._watching = None
+                    if self._found_at_step:
+                        self._told_shared(ks)
                     return
             parts: dict = {}  # (the parts of the envs' infos over the same memory: their copies' values must agree)
             for k, fn in enumerate(self.step_fns[: len(results)]):
@@ -731,7 +777,8 @@ class Shard:
         if left > 1:
             self._watching = (left - 1, groups)
         else:
-            self._watching, self.copies_obs = None, False
+            # (envs sharing a constant: not looked for in steps again, where write_results would find it at every step)
+            self._watching, self.copies_obs, self._found_at_step, self._shared_constant = None, False, [], True
             self.step_fns[:] = [env.step for env in self.envs]
 
     def reset_rows(
@@ -1146,6 +1193,20 @@ def _memory_parts(original: Any, copy: Any) -> Any:
             yield ("object", id(original)), copy
         for value, part in zip(original, copy):
             yield from _memory_parts(value, part)
+
+
+def _first_shared(obs_list: list) -> int:
+    """The first position whose observation's first two parts (see _memory) include one of the observation's before
+    it or the first one's, or -1: write_results' test, for observations of any structure."""
+    prev = first = None
+    for j, obs in enumerate(obs_list):
+        where = set(itertools.islice(_memory(obs), 2))
+        if (prev and not where.isdisjoint(prev)) or (first and not where.isdisjoint(first)):
+            return j
+        prev = where
+        if j == 0:
+            first = where
+    return -1
 
 
 def _memory(obs: Any) -> Any:

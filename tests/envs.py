@@ -736,6 +736,46 @@ class SharesWithATag(SharesItsClassBuffer):
         return self.buf, 0.0, False, False, {}
 
 
+class SharesOnlyInSteps(SharesItsClassBuffer):
+    """A SharesItsClassBuffer whose resets return fresh arrays: its buffer is shared only in what step() returns (or
+    ``constant``: its steps return the buffer unwritten, zeros)."""
+
+    buf = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0, length: int | None = None, constant: bool = False):
+        super().__init__(index, length)
+        self.constant = constant
+
+    def reset(self, *, seed=None, options=None):
+        if self.constant:  # (the buffer unwritten)
+            gym.Env.reset(self, seed=seed)
+            self.t = 0
+        else:
+            super().reset(seed=seed, options=options)
+        return np.full(1, self.index, np.float32), {}
+
+    def step(self, action):
+        if not self.constant:
+            return super().step(action)
+        self.t += 1
+        return self.buf, 0.0, self.length is not None and self.t >= self.length, False, {}
+
+
+class SharesOnlyInStepsInADict(SharesOnlyInSteps):
+    """A SharesOnlyInSteps whose observations are dicts (a Dict space) holding the buffer (a fresh dict each step)."""
+
+    buf = np.zeros(1, np.float32)
+    observation_space = spaces.Dict({"frame": spaces.Box(-1e6, 1e6, (1,), np.float32), "k": spaces.Discrete(3)})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return {"frame": obs, "k": 1}, info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return ({"frame": obs, "k": 1}, *rest)
+
+
 class LinkedResetInfo(gym.Env):
     """Reset infos holding a dict that refers to itself and one array twice (a fresh observation each time)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import gymnasium as gym
@@ -647,6 +648,53 @@ def test_envs_of_one_process_returning_the_same_memory_each_give_their_own_value
             assert [info["frame"][0] for info in infos] == [1.0, 11.0, 21.0, 31.0]  # (as SB3's SubprocVecEnv's)
         # a call's results too (a worker's went back in one message, pickled after its last env's call)
         assert [frame[0] for frame in venv.env_method("frame")] == [0.0, 1.0, 2.0, 3.0]
+    reference.close()
+
+
+@pytest.mark.parametrize("cls", [envs.SharesOnlyInSteps, envs.SharesOnlyInStepsInADict])
+@pytest.mark.parametrize("step_in_parent", [False, True])
+def test_envs_sharing_memory_only_in_their_steps_are_found_there_and_told(step_in_parent: bool, cls) -> None:
+    """Envs whose resets return fresh arrays and whose steps return one buffer their class shares: the reset's check
+    cannot see it, and every step gave the process's last env's values, with no word. Now the step that first
+    returns them over one memory is found as its rows are written (both kernels): from the next step each env's
+    observation is copied as it comes, and the envs are told once their values differ (that first step's were
+    lost: each env's row was read once every env of its process had stepped)."""
+    fns = [partial(cls, i) for i in range(4)]
+    frame = (lambda obs: obs["frame"]) if cls is envs.SharesOnlyInStepsInADict else (lambda obs: obs)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
+        assert frame(venv.reset()).ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = frame(venv.step(np.zeros(4, np.int64))[0]).ravel().tolist()
+            assert not caught
+            assert first == [11.0, 11.0, 31.0, 31.0]  # (lost, as said below)
+            assert frame(venv.step(np.zeros(4, np.int64))[0]).ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+        said = sorted(str(w.message) for w in caught if "memory that env" in str(w.message))
+        assert len(said) == 2 and said[0].startswith("fastvec: env 0 returned its observations in memory that env 1's")
+        assert said[1].startswith("fastvec: env 2 returned its observations in memory that env 3's")
+        for _ in range(20):  # (copied for good: the values differ)
+            assert frame(venv.step(np.zeros(4, np.int64))[0]).ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+
+
+def test_envs_sharing_a_constant_only_in_their_steps_are_not_told_and_not_copied_for_good() -> None:
+    """Envs whose steps return one array of their class that nothing writes (a constant), beside fresh resets: found
+    at the first step and watched, no warning (their values never differed), and copied no longer after the watch,
+    nor looked for again (SAME_STEP autoresets every 5 steps, whose final observations are the constant)."""
+    fns = [partial(envs.SharesOnlyInSteps, i, 5, True) for i in range(4)]
+    reference = DummyVecEnv(fns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with SubprocVecEnv(fns, start_method="fork", num_workers=1, step_in_parent=True) as venv:
+            np.testing.assert_array_equal(venv.reset(), reference.reset())
+            for t in range(1, 41):
+                obs, _, dones, infos = venv.step(np.zeros(4, np.int64))
+                ref_obs, _, ref_dones, ref_infos = reference.step(np.zeros(4, np.int64))
+                np.testing.assert_array_equal(obs, ref_obs)
+                assert dones.tolist() == ref_dones.tolist() == [t % 5 == 0] * 4
+                assert [np.asarray(i.get("terminal_observation", 9)).tolist() for i in infos] == [
+                    np.asarray(i.get("terminal_observation", 9)).tolist() for i in ref_infos
+                ]
+                assert venv.pool._local.copies_obs == (1 <= t <= 16)
     reference.close()
 
 

@@ -477,13 +477,13 @@ def test_write_results_matches_writing_each_field(k) -> None:
     results[4] = (results[4][0].astype(np.float64), np.float32(np.nan), False, False, {})  # cast and NaN
     obs, rew = np.zeros((7, 3), np.float32), np.zeros(7)
     term, trunc = np.zeros(7, np.uint8), np.zeros(7, np.uint8)
-    code, ended, has_info, nan = k.write_results(results, obs, rew, term, trunc, 1, True)
-    assert (code, ended, has_info, nan) == (-2 - 4, [1, 2], True, 4)  # ended: the positions, in order
+    code, ended, has_info, nan, shared = k.write_results(results, obs, rew, term, trunc, 1, True)
+    assert (code, ended, has_info, nan, shared) == (-2 - 4, [1, 2], True, 4, -1)  # ended: the positions, in order
     np.testing.assert_array_equal(obs[1:6], np.stack([r[0] for r in results]).astype(np.float32))
     assert rew[1:5].tolist() == [0, 1, 2, 3] and np.isnan(rew[5])
     assert term.tolist() == [0, 0, 1, 0, 0, 0, 0] and trunc.tolist() == [0, 0, 0, 1, 0, 0, 0]
     quiet = [(np.zeros(3, np.float32), 0.0, False, False, {})] * 2
-    assert k.write_results(quiet, obs, rew, term, trunc, 0, True) == (-1, [], False, -1)
+    assert k.write_results(quiet, obs, rew, term, trunc, 0, True) == (-1, [], False, -1, 1)  # (one array twice)
     assert k.write_results([(np.zeros(4), 0.0, False, False, {})], obs, rew, term, trunc, 0)[0] == 0  # bad shape
     ended_then_bad = [(np.zeros(3, np.float32), 0.0, True, False, {}), (np.zeros(4), 0.0, True, False, {})]
     assert k.write_results(ended_then_bad, obs, rew, term, trunc, 0)[:2] == (1, [0])  # those before it
@@ -491,6 +491,33 @@ def test_write_results_matches_writing_each_field(k) -> None:
         k.write_results([(np.zeros(3), 0.0, False, False)], obs, rew, term, trunc, 0)
     with pytest.raises(TypeError):
         k.write_results([(np.zeros(3), None, False, False, {})], obs, rew, term, trunc, 0)
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_write_results_finds_observations_over_the_memory_of_the_one_before_or_the_first(k) -> None:
+    """``shared``: the first env whose observation is the same list, or an array starting at the same byte, as the
+    env's before it or the first env's (a buffer the envs' class shares); fresh arrays, numbers, empty arrays and
+    views of other parts of one array are not."""
+    buf = np.arange(8, dtype=np.float32)
+    obs, rew = np.zeros((6, 2), np.float32), np.zeros(6)
+    term, trunc = np.zeros(6, np.uint8), np.zeros(6, np.uint8)
+
+    def shared(*items) -> int:
+        return k.write_results([(item, 0.0, False, False, {}) for item in items], obs, rew, term, trunc, 0)[4]
+
+    fresh = [np.array([j, j], np.float32) for j in range(4)]
+    assert shared(*fresh) == -1
+    assert shared(buf[:2], buf[2:4], buf[4:6]) == -1  # (one array, parts of its own each)
+    assert shared(fresh[0], buf[:2], buf[:2].view()) == 2  # (a view starting where the array before does)
+    assert shared(buf[:2], fresh[1], fresh[2], buf[0:2]) == 3  # (the first env's memory)
+    assert shared(fresh[0], fresh[1], fresh[1]) == 2
+    same = [1.0, 2.0]
+    assert shared([1.0, 2.0], [1.0, 2.0]) == -1 and shared(fresh[0], same, same) == 2
+    np.testing.assert_array_equal(obs[:3], [[0, 0], [1, 2], [1, 2]])  # (rows written as before)
+    assert k.write_results([(np.zeros(0, np.float32), 0.0, False, False, {})] * 2, np.zeros((2, 0), np.float32), rew,
+                           term, trunc, 0)[4] == -1  # (empty: no memory to share)
+    assert k.write_results([(1, 0.0, False, False, {}), (1, 0.0, False, False, {})], np.zeros(2, np.int64), rew, term,
+                           trunc, 0)[4] == -1  # (numbers: the same small int is one object, and cannot be written)
 
 
 @pytest.mark.parametrize("k", IMPLS)

@@ -129,8 +129,9 @@ class Config:
 
     # --- machinery -------------------------------------------------------------------------
     seed: int = 1
-    """seed of torch and numpy; env i is reset with seed + i (with --distributed: env i of rank r is global env
-    r * num_envs + i, and ranks other than 0 seed torch and numpy with an independent stream derived from seed)"""
+    """seed of torch and numpy; env i is reset with seed + i (a resumed run: seed + its env steps so far + i; with
+    --distributed: env i of rank r is global env r * num_envs + i, and ranks other than 0 seed torch and numpy with an
+    independent stream derived from seed)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where the networks live (auto: cuda when available; a small MLP is often faster on the CPU)"""
     amp: bool = False

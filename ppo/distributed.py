@@ -253,12 +253,14 @@ class Distributed:
     def seed(self, seed: int) -> int:
         return rank_seed(seed, self.rank)
 
-    def env_seeds(self, seed: int, num_envs: int, iteration: int) -> list[int]:
-        """Reset seeds of this rank's ``num_envs`` envs: env i of rank r is global env ``r * num_envs + i``,
-        seeded ``seed + total_envs * iteration + global index``: distinct over all ranks and envs, fresh
-        after a resume, and ``seed + i`` for a single process."""
-        total = num_envs * self.world_size
-        first = seed + total * iteration + self.rank * num_envs
+    def env_seeds(self, seed: int, num_envs: int, steps: int) -> list[int]:
+        """Reset seeds of this rank's ``num_envs`` envs in a run that has taken ``steps`` env steps (over all
+        ranks; 0, or a resumed run's count): env i of rank r is global env ``r * num_envs + i``, seeded
+        ``seed + steps + global index``: distinct over all ranks and envs, ``seed + i`` for a single process, and
+        fresh after a resume whatever the envs were before (each env seeded at a start, or at an earlier resume,
+        stepped at least once before the checkpoint: those seeds are below ``seed + steps``). (Seeds from the
+        iteration, ``seed + envs * iteration``, repeated earlier ones after a resume with fewer envs.)"""
+        first = seed + steps + self.rank * num_envs
         return list(range(first, first + num_envs))
 
     # -- the update --------------------------------------------------------------------------------

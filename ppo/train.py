@@ -383,7 +383,7 @@ class Trainer:
 
         # env i gets seed + i: never one seed for all envs (a resumed run starts fresh episodes);
         # distributed: distinct over all ranks' envs too
-        self.slot = backend.reset(self.dist.env_seeds(config.seed, config.num_envs, self.iteration))
+        self.slot = backend.reset(self.dist.env_seeds(config.seed, config.num_envs, self.global_step))
         self.storage.arrived(self.slot)
 
     # -- phase 1: collect a rollout ---------------------------------------------------------------

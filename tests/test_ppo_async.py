@@ -35,7 +35,7 @@ def test_every_env_replays_serially_from_the_rollout(tmp_path, num_workers) -> N
     serially with the actions the storage says it got (SAME_STEP autoreset), over two rollouts."""
     config = _config(tmp_path, "replay", num_workers=num_workers)
     with Trainer(config) as trainer:
-        seeds = trainer.dist.env_seeds(config.seed, config.num_envs, 0)
+        seeds = trainer.dist.env_seeds(config.seed, config.num_envs, steps=0)
         models = [make_env(config.env_id) for _ in range(config.num_envs)]
         current = [m.reset(seed=s)[0] for m, s in zip(models, seeds)]
         try:

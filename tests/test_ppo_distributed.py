@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from ppo.config import Config
 from ppo.distributed import Distributed, core_share, rank_seed, state_digest
 from ppo.episodes import EpisodeTracker
 from ppo.normalize import RunningMeanStd
+from ppo.train import Trainer
 
 pytestmark = pytest.mark.one_pass  # trainer mathematics; no engine
 
@@ -28,17 +30,38 @@ def test_core_share_gives_each_local_rank_a_contiguous_block() -> None:
         core_share([0, 1], 2, 2)
 
 
-def test_env_seeds_are_distinct_over_ranks_envs_and_iterations() -> None:
+def test_env_seeds_are_distinct_over_ranks_envs_and_resumes() -> None:
+    """Over resumes that change the number of envs or ranks (fewer envs too: seeds from the iteration,
+    ``seed + envs * iteration``, repeated the first run's), each start's seeds are new."""
     seen: set[int] = set()
-    for iteration in range(3):
-        for rank in range(4):
-            seeds = Distributed(rank, 4).env_seeds(seed=7, num_envs=5, iteration=iteration)
-            assert len(seeds) == 5 and not seen & set(seeds)
+    steps = 0
+    for world, envs, iterations in [(4, 5, 2), (1, 2, 1), (2, 3, 3), (1, 8, 1), (4, 1, 1)]:  # (ranks, envs, then run)
+        for rank in range(world):
+            seeds = Distributed(rank, world).env_seeds(seed=7, num_envs=envs, steps=steps)
+            assert len(seeds) == envs and not seen & set(seeds)
             seen |= set(seeds)
+        steps += world * envs * 1 * iterations  # (num_steps=1: the fewest steps an iteration takes)
     # one process: env i gets seed + i, as before distributed training existed
-    assert Distributed().env_seeds(seed=7, num_envs=5, iteration=0) == [7, 8, 9, 10, 11]
+    assert Distributed().env_seeds(seed=7, num_envs=5, steps=0) == [7, 8, 9, 10, 11]
     # rank r of 2 with 4 envs gets the seeds of envs 4r..4r+3 of one process with 8 envs
-    assert Distributed(1, 2).env_seeds(seed=7, num_envs=4, iteration=2) == Distributed().env_seeds(7, 8, 2)[4:]
+    assert Distributed(1, 2).env_seeds(seed=7, num_envs=4, steps=64) == Distributed().env_seeds(7, 8, 64)[4:]
+
+
+def test_a_resume_with_fewer_envs_seeds_them_afresh(tmp_path, monkeypatch) -> None:
+    """The seeds a resumed trainer resets its envs with: none of the first run's (an iteration of 4 envs, then 2 envs:
+    from the iteration, 7 + 2 * 1 = 9 and 10, the first run's envs 2 and 3's seeds)."""
+    from ppo.backends import GymBackend
+
+    reset_with: list[list[int]] = []
+    original = GymBackend.reset
+    monkeypatch.setattr(GymBackend, "reset", lambda self, seeds: reset_with.append(list(seeds)) or original(self, seeds))
+    common = dict(runs_dir=str(tmp_path), num_steps=8, vec_backend="serial", progress=False, tensorboard=False,
+                  eval_episodes=0, stop_when_solved=False, seed=7)
+    with Trainer(Config(run_name="first", num_envs=4, total_timesteps=32, **common)) as first:
+        first.run()
+    with Trainer(Config(run_name="second", num_envs=2, total_timesteps=64, resume=str(tmp_path / "first"), **common)):
+        pass
+    assert reset_with == [[7, 8, 9, 10], [39, 40]]
 
 
 def test_rank_seeds_differ_and_rank_0_keeps_the_seed() -> None:

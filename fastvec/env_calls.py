@@ -120,6 +120,9 @@ def _copied_parts(value: Any, memo: dict) -> Any:
                 copy = tuple(items)
             elif hasattr(kind, "_make") and hasattr(kind, "_fields"):  # (a named tuple)
                 copy = kind._make(items)
+                state = getattr(value, "__dict__", None)  # (a subclass's attributes of its own: a pickle keeps them)
+                if state:
+                    copy.__dict__.update(_copied_parts(dict(state), memo))
             else:  # (a tuple type whose constructor may take its items one by one)
                 try:
                     copy = private(value)

@@ -621,6 +621,29 @@ class Tagged(list):
 SHARED_START = np.zeros(2)  # (a module-level constant every env of PosEnv returns at reset: only costs copies)
 
 
+class LabelledPoint(collections.namedtuple("LabelledPoint", "x y")):
+    """A named tuple whose instances take attributes of their own (a subclass without __slots__)."""
+
+
+class LabelledStart(gym.Env):
+    """Reset infos holding a LabelledPoint with a ``label`` attribute (fresh observations)."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int = 0):
+        self.index = index
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        start = LabelledPoint(self.index, 0)
+        start.label = f"start of env {self.index}"
+        return np.zeros(1, np.float32), {"start": start}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
 class PosEnv(gym.Env):
     """Observations and infos of containers of its own (a Pos, a Tagged list); with ``box``, a Box observation whose
     resets return one constant array (found over the same memory: the process copies while watched)."""

@@ -808,6 +808,23 @@ def test_containers_of_an_env_s_own_types_are_copied_as_they_are(box: bool) -> N
         reference.close()
 
 
+@pytest.mark.parametrize("step_in_parent", [False, True])
+def test_reset_infos_keep_a_named_tuple_s_own_attributes(step_in_parent: bool) -> None:
+    """Reset infos are copied as each env of a process returns them (2578657): a named tuple of a subclass with
+    attributes of its own lost them (rebuilt by ``_make``); a pickle, SB3's SubprocVecEnv's, keeps them (hunt76 bug 6)."""
+    fns = [partial(envs.LabelledStart, i) for i in range(4)]
+    reference = SB3SubprocVecEnv(fns, start_method="fork")
+    reference.reset()
+    expected = [(tuple(info["start"]), info["start"].label) for info in reference.reset_infos]
+    reference.close()
+    assert expected == [((i, 0), f"start of env {i}") for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=step_in_parent) as venv:
+        venv.reset()
+        got = [(tuple(info["start"]), getattr(info["start"], "label", None)) for info in venv.reset_infos]
+        assert got == expected
+        assert all(type(info["start"]) is envs.LabelledPoint for info in venv.reset_infos)
+
+
 def test_an_env_changing_its_own_array_keeps_sb3_s_final_observation_as_the_watch_of_a_shared_constant_ends() -> None:
     """The step in which the copies of envs sharing a constant stop (the 16th watched) reads the final observation
     of an env beside them from its own object, after its reset, as SB3 does (it read the copy: the step's values)."""

@@ -214,7 +214,7 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
     envs new; they reset no more at the next step). An env that could not be made (``Unmade``, reported as the
     command's error) keeps its observation from ``kept``; so does one whose reset raises, an Unmade from then on
     (made again at its next step), its error added to ``errors`` (the others still reset)."""
-    obs_list, originals, positions = [], [], []
+    obs_list, originals, copies = [], [], []
     for j, env in enumerate(shard.envs):
         if isinstance(env, Unmade) or (only is not None and j not in only):
             obs_list.append(kept[j])
@@ -227,15 +227,15 @@ def _reset_fresh_envs(shard: Shard, kept: list, errors: list, only: list[int] | 
             obs_list.append(kept[j])
             continue
         # (copied as it comes: the next env's reset may write over it; Shard._check_shared_memory)
-        originals.append(obs)
-        positions.append(j)
-        obs_list.append(copied(obs))
+        originals.append((obs, info))
+        copies.append((copied(obs), copied(info)))
+        obs_list.append(copies[-1][0])
         if only is not None:
             shard.needs_reset[j] = False
         if info:
-            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, copied(info)))
+            shard.side_extras.append((shard.start + j, Extra.RESET_INFO, copies[-1][1]))
     if len(originals) > 1 and (not shard.copies_obs or shard._watching is not None):
-        shard._check_shared_memory(originals, [obs_list[j] for j in positions], positions)
+        shard._check_shared_memory(originals, copies)
     return obs_list
 
 

@@ -136,12 +136,12 @@ class Shard:
         # envs whose observations were found to be the same memory (a buffer their class shares): their
         # observations are copied as each env returns them (see _check_shared_memory)
         self.copies_obs = False
-        self._watching: tuple | None = None  # (steps left, groups of positions) while copies might be dropped
-        # groups of positions whose observations were first found over the same memory in a step (_shared_at_step),
-        # while watched: said once their values differ; and whether a watch found envs sharing a constant (a step's
-        # memory is not looked at again)
-        self._found_at_step: list[list[int]] = []
-        self._shared_constant = False
+        self._watching: int | None = None  # steps left while copies might be dropped (_watch_copies)
+        self._watched = 0  # steps watched since the watch began
+        # whether the watch is of envs first found over one memory in a step (_shared_at_step: said once their values
+        # differ), and whether a watch found envs sharing a constant (not copied again for one)
+        self._found_at_step = False
+        self._constant_seen = False
         self.step_fns = [env.step for env in envs]
         self.steps = 0
 
@@ -514,13 +514,16 @@ class Shard:
                 if restarted is not None and j in restarted:
                     continue
                 final = results[j][0] if not self.copies_obs else getattr(self.step_fns[j], "original", results[j][0])
+                # the step's values where the env leaves, or its reset raises (it is closed): copied as the env returned
+                # them in a copying process (its own object may be a memory the next envs wrote), else now
+                step_copy = self.copies_obs and isinstance(self.step_fns[j], _CopyingStep)
                 if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
                     # (as it is now: the env is closed as it is packed, and its own object pickled after that)
-                    self._write_final(j, copied(final), plain)
+                    self._write_final(j, results[j][0] if step_copy else copied(final), plain)
                     leaving = (leaving or []) + [j]
                     continue
                 env = self.envs[j]
-                before = copied(final) if self.restart_on_error else None  # (a reset that raises closes the env)
+                before = (results[j][0] if step_copy else copied(final)) if self.restart_on_error else None
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
@@ -543,7 +546,7 @@ class Shard:
             leaving = [j for j in ended if migrate[start + j] and self._may_leave(j) and self._packs(j)]
         if self._watching is not None:  # (after the final observations: those read the envs' own objects still)
             self._watch_copies(results)
-        if shared >= 0 and not self.copies_obs and not self._shared_constant:
+        if shared >= 0 and not self.copies_obs and not self._constant_seen:
             self._shared_at_step([r[0] for r in results])  # (after the final observations: as above)
         if has_info:
             extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
@@ -625,6 +628,7 @@ class Shard:
         else:
             raise ValueError(f"env {index} is not next to this shard's envs {self.start}..{self.stop - 1}")
         self._rerange()
+        self.start_watch()  # (its memory may be the other envs': a buffer their class shares)
         if self.autoreset_mode != SAME_STEP:
             return None  # NEXT_STEP: its reset comes with the next step, as it would have
         self.needs_reset[j] = False
@@ -637,7 +641,6 @@ class Shard:
         return {"info": self.adopt(index, package, slot), "extras": self.finish_extras(None)}
 
     def _rerange(self) -> None:
-        self._watching = None  # (positions moved: envs that might share memory stay copied)
         self.action_buffers = [buffer[self.start : self.stop] for buffer in self.views.actions]
         self.checks.start = self.start
 
@@ -689,55 +692,64 @@ class Shard:
         self.start_episodes(slot, rows)
         return self.finish_extras(extras)
 
-    def _check_shared_memory(self, originals: list, copies: list, positions: list[int]) -> None:
-        """Envs of this process whose reset observations (``originals``, as the envs returned them; ``copies``, taken
-        as each returned it; at local ``positions``) are over the same memory (a buffer their class shares, a C
-        extension's static frame): each env's observation is read once every env of the process has stepped, so
-        such envs would all give the last one's values (SB3's DummyVecEnv copies each as it comes; SB3's
-        SubprocVecEnv and AsyncVectorEnv run a process per env). From then on every env's observation is copied as
-        it comes (the resets' already are). Where their values were the same too (a constant they share, or a
-        buffer each wrote alike), the copies are watched for a few steps, and stop if the values stay the same."""
-        groups: dict = {}
-        for k, obs in enumerate(originals):
-            for where in set(_memory(obs)):  # (read-only views too: another view may write the memory)
-                groups.setdefault(where, []).append(k)
-        shared = [ks for ks in groups.values() if len(ks) > 1]
-        if not shared:
+    def _check_shared_memory(self, originals: list, copies: list, anew: bool = False) -> None:
+        """Envs of this process whose reset observations or infos (``originals``, (observation, info) as the envs
+        returned them; ``copies``, taken as each returned them) are over the same memory (a buffer their class shares,
+        a C extension's static frame): each env's observation and info is read once every env of the process has
+        stepped, so such envs would all give the last one's values (SB3's DummyVecEnv copies each as it comes; SB3's
+        SubprocVecEnv and AsyncVectorEnv run a process per env). From then on each is copied as it comes (the resets'
+        already are): for good where the parts over one memory hold values of each env's own; where they are the same
+        (a constant they share, or a buffer each wrote alike), watched (_watch_copies). Envs found sharing a constant
+        before (a watch ended) are not copied again for one. A watch running goes on; ``anew`` (every env reset: new
+        episodes, whose values may first differ later in them) counts its steps from the start again, within
+        WATCH_LIMIT steps of its start, where a reset of some envs (masked) does not."""
+        groups = _shared(originals, copies)
+        if not groups:
             return
-        watched = self._watching[1] if self._watching is not None else []  # (a reset during the watch: the others'
-        self.copies_obs = True                                                # groups stay watched too)
-        self.step_fns[:] = [self.step_fn(env) for env in self.envs]
-        if any(not _same_values(copies[ks[0]], copies[k]) for ks in shared for k in ks[1:]):
-            self._watching = None  # (each wrote its own values there: copied for good)
-        else:
-            self._watching = (WATCHED_STEPS, watched + [[positions[k] for k in ks] for ks in shared])
+        if any(_differ(group) for group in groups):
+            self._copy_from_now(watch=False)
+        elif self.copies_obs or not self._constant_seen:
+            self._copy_from_now(watch=True, anew=anew)
+
+    def _copy_from_now(self, watch: bool, anew: bool = False) -> None:
+        """Every env's observation and info copied as it returns them from now on (a _CopyingStep each): for good, or
+        ``watch``ed for WATCHED_STEPS steps (a watch running goes on, counted again from the start with ``anew``).
+        Copies for good stay so."""
+        if not self.copies_obs:
+            self.copies_obs = True
+            self.step_fns[:] = [self.step_fn(env) for env in self.envs]
+            self._watching = WATCHED_STEPS if watch else None
+            self._watched = 0
+        elif self._watching is not None:
+            # (anew only within WATCH_LIMIT steps of the watch's start: resets every few steps would keep it for ever)
+            anew = anew and self._watched < WATCH_LIMIT
+            self._watching = None if not watch else WATCHED_STEPS if anew else self._watching
+
+    def start_watch(self) -> None:
+        """Envs new to this shard or made again (a replacement worker's, an env moved in), where it has several: copied
+        and watched, whether or not their resets are found over one memory (a deferred or masked reset sees only some
+        of them, an env moved in is reset alone)."""
+        if len(self.envs) > 1:
+            self._copy_from_now(watch=True, anew=True)
 
     def _shared_at_step(self, originals: list) -> None:
         """A step's observations (``originals``, as the envs returned them) of which some are over the same memory,
         though their resets' were not (a buffer their class shares only in step(): write_results finds them). Each was
         read once every env of this process had stepped, so this step gave them all the last one's values: from now
-        on each is copied as it comes. They are watched as a reset's are; once their values differ the envs are told
-        (this step's were lost); if the values stay the same (a constant they share) the copies stop, for good."""
-        groups: dict = {}
-        for k, obs in enumerate(originals):
-            for where in set(_memory(obs)):
-                groups.setdefault(where, []).append(k)
-        shared = [ks for ks in groups.values() if len(ks) > 1]
-        if not shared:  # (an array and a view of another part of it start at one byte only where empty: not shared)
-            return
-        self.copies_obs = True
-        self.step_fns[:] = [self.step_fn(env) for env in self.envs]
-        self._found_at_step = shared
-        self._watching = (WATCHED_STEPS, shared)
+        on each is copied as it comes, watched as a reset's are; once their values differ the envs are told (this
+        step's were lost); if the values stay the same (a constant they share) the copies stop."""
+        if _shared(originals, originals):  # (an array and a view of another part of it start at one byte only where empty)
+            self._found_at_step = True
+            self._copy_from_now(watch=True)
 
-    def _told_shared(self, ks: list[int]) -> None:
-        """The watch found envs at positions ``ks`` giving different values over the same memory: where those were
-        first found in a step (_shared_at_step), that step gave them one env's values; each is told, once."""
-        if ks not in self._found_at_step or not self.checks.active:  # (check="off": nothing said)
+    def _told_shared(self, positions: list[int]) -> None:
+        """The watch found envs at ``positions`` giving different values over the same memory, first found in a step
+        (_shared_at_step), which gave them one env's values: each is told, once."""
+        self._found_at_step = False
+        if not self.checks.active:  # (check="off": nothing said)
             return
-        self._found_at_step = []
-        last = self.start + ks[-1]
-        for k in ks[:-1]:
+        last = self.start + positions[-1]
+        for k in positions[:-1]:
             self.checks.warn(  # (a warning under check="raise" too: this step's values are right)
                 k, "shared-memory",
                 f"returned its observations in memory that env {last}'s step writes too (a buffer their class shares, "
@@ -747,38 +759,35 @@ class Shard:
             )
 
     def _watch_copies(self, results: list) -> None:
-        """A step's results while copies might be dropped (_check_shared_memory): envs over the same memory that
-        gave different values, or whose infos are over the same memory with different values, are copied for good;
-        after WATCHED_STEPS steps of the same values, no longer. (Never an error of the step: where it cannot tell,
-        the copies stay.)"""
-        left, groups = self._watching  # type: ignore[misc]
+        """A step's results while copies might be dropped (_copy_from_now): where the parts of the envs' observations
+        and infos over one memory hold different values in their copies, the copies stay for good; after
+        WATCHED_STEPS steps of the same values, they stop (envs sharing a constant). (Never an error of the step:
+        where it cannot tell, the copies stay.)"""
+        left = self._watching
         try:
-            whole = [type(r) is tuple and len(r) == 5 for r in results]
-            for ks in groups:
-                values = [results[k][0] for k in ks if k < len(results) and whole[k]]
-                if any(not _same_values(values[0], v) for v in values[1:]):
+            originals, copies, positions = [], [], []
+            for k, fn in enumerate(self.step_fns[: len(results)]):
+                result = results[k]
+                if isinstance(fn, _CopyingStep) and fn.fresh and type(result) is tuple and len(result) == 5:
+                    originals.append((fn.original, fn.original_info))
+                    copies.append((result[0], result[4]))
+                    positions.append(k)
+                    fn.fresh, fn.original_info = False, None  # (an env that autoresets instead of stepping: not compared)
+            for group in _shared(originals, copies):
+                if _differ(group):
                     self._watching = None
                     if self._found_at_step:
-                        self._told_shared(ks)
-                    return
-            parts: dict = {}  # (the parts of the envs' infos over the same memory: their copies' values must agree)
-            for k, fn in enumerate(self.step_fns[: len(results)]):
-                if whole[k] and isinstance(fn, _CopyingStep) and fn.original_info:
-                    for where, part in _memory_parts(fn.original_info, results[k][4]):
-                        parts.setdefault(where, []).append(part)
-                    fn.original_info = None  # (an env that does not step next time, autoreset instead, is not compared)
-            for copies in parts.values():
-                if len(copies) > 1 and any(not _same_values(copies[0], c) for c in copies[1:]):
-                    self._watching = None
+                        self._told_shared([positions[k] for k, _ in group])
                     return
         except Exception:
             self._watching = None
             return
-        if left > 1:
-            self._watching = (left - 1, groups)
+        self._watched += 1
+        if left > 1:  # type: ignore[operator]
+            self._watching = left - 1  # type: ignore[operator]
         else:
             # (envs sharing a constant: not looked for in steps again, where write_results would find it at every step)
-            self._watching, self.copies_obs, self._found_at_step, self._shared_constant = None, False, [], True
+            self._watching, self.copies_obs, self._found_at_step, self._constant_seen = None, False, False, True
             self.step_fns[:] = [env.step for env in self.envs]
 
     def reset_rows(
@@ -802,7 +811,7 @@ class Shard:
         errors: list[ShardError] = []
         reset: dict[int, Any] = {}  # local position -> its new observation (in the order of ``rows``)
         next_seeds = self.next_seeds
-        several, originals = len(self.envs) > 1, []
+        several, originals, copies = len(self.envs) > 1, [], []
         for j in rows:
             kwargs: dict[str, Any] = {"seed": seeds[j] if seed_mask[j] else None}
             if next_seeds:
@@ -827,13 +836,14 @@ class Shard:
                     continue
             self.needs_reset[j] = False
             if several:  # (the next env's reset may write over them: see _check_shared_memory)
-                originals.append(obs)
+                originals.append((obs, info))
                 obs, info = copied(obs), copied(info)
+                copies.append((obs, info))
             if info:
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             reset[j] = obs
-        if originals and (not self.copies_obs or self._watching is not None):  # (a reset during the watch: anew)
-            self._check_shared_memory(originals, list(reset.values()), list(reset))
+        if len(originals) > 1 and (not self.copies_obs or self._watching is not None):  # (not copied for good yet)
+            self._check_shared_memory(originals, copies, anew=len(originals) == len(self.envs))
         if errors:
             if masked:
                 self._drop_queued()
@@ -1149,23 +1159,25 @@ class _CopyingStep:
     observation as the env returned it is kept (``original``): a SAME_STEP final observation is read from it after
     the env's reset, as the references read the env's own object."""
 
-    __slots__ = ("step", "original", "original_info")
+    __slots__ = ("step", "original", "original_info", "fresh")
 
     def __init__(self, step: Callable):
         self.step = step
         self.original: Any = None
         self.original_info: Any = None
+        self.fresh = False  # (stepped since the watch last compared it: Shard._watch_copies)
 
     def __call__(self, action: Any) -> Any:
         result = self.step(action)
         if type(result) is tuple and len(result) == 5:  # (a malformed result is said where it is written)
             obs, reward, terminated, truncated, info = result
-            self.original, self.original_info = obs, info
+            self.original, self.original_info, self.fresh = obs, info, True
             return copied(obs), reward, terminated, truncated, copied(info)  # (an info may hold the buffer too)
         return result
 
 
 WATCHED_STEPS = 16  # steps of the same values after which envs over the same memory are no longer copied
+WATCH_LIMIT = 4 * WATCHED_STEPS  # steps of a watch after which a reset of every env no longer counts its steps anew
 
 
 def _same_values(a: Any, b: Any) -> bool:
@@ -1178,52 +1190,64 @@ def _same_values(a: Any, b: Any) -> bool:
         return False
 
 
-def _memory_parts(original: Any, copy: Any) -> Any:
-    """(where, the copy's part) for each array and list of ``original`` (an env's own object) found at the same
-    place in ``copy`` (env_calls.copied's copy of it)."""
+def _memory_parts(original: Any, copy: Any, seen: set | None = None) -> Any:
+    """(where, the copy's part) for each array, list and dict of ``original`` (an env's own object: where is its
+    array's first byte, or its list's or dict's identity) and the part at the same place in ``copy`` (env_calls.copied's
+    copy of it, or ``original`` itself); each container walked once (an object may hold itself, or one part many
+    times: pickle's memo keeps both in the references' pipes)."""
     if isinstance(original, np.ndarray):
-        if original.nbytes:
+        if original.nbytes:  # (read-only views too: another view may write the memory)
             yield original.__array_interface__["data"][0], copy
-    elif isinstance(original, dict) and isinstance(copy, dict):
-        for key, value in original.items():
-            if key in copy:
-                yield from _memory_parts(value, copy[key])
-    elif isinstance(original, (list, tuple)) and isinstance(copy, (list, tuple)):
+        return
+    if not isinstance(original, (dict, list, tuple)):
+        return
+    if seen is None:
+        seen = set()
+    elif id(original) in seen:
+        return
+    seen.add(id(original))
+    if isinstance(original, dict):
+        if original:
+            yield ("object", id(original)), copy
+        if isinstance(copy, dict):
+            for key, value in original.items():
+                if key in copy:
+                    yield from _memory_parts(value, copy[key], seen)
+    elif isinstance(copy, (list, tuple)):
         if isinstance(original, list) and original:
             yield ("object", id(original)), copy
         for value, part in zip(original, copy):
-            yield from _memory_parts(value, part)
+            yield from _memory_parts(value, part, seen)
+
+
+def _shared(originals: list, copies: list) -> list:
+    """The parts over one memory of several of ``originals`` (the envs' own objects): per memory, (k, the part of
+    ``copies[k]`` there) for each env k whose object has a part there."""
+    envs: dict = {}
+    for k, (original, copy) in enumerate(zip(originals, copies)):
+        for where, part in _memory_parts(original, copy):
+            envs.setdefault(where, {}).setdefault(k, part)
+    return [list(parts.items()) for parts in envs.values() if len(parts) > 1]
+
+
+def _differ(group: list) -> bool:
+    """Whether the parts of a group (_shared's) hold different values."""
+    first = group[0][1]
+    return any(not _same_values(first, part) for _, part in group[1:])
 
 
 def _first_shared(obs_list: list) -> int:
-    """The first position whose observation's first two parts (see _memory) include one of the observation's before
-    it or the first one's, or -1: write_results' test, for observations of any structure."""
+    """The first position whose observation's first two parts (see _memory_parts) include one of the observation's
+    before it or the first one's, or -1: write_results' test, for observations of any structure."""
     prev = first = None
     for j, obs in enumerate(obs_list):
-        where = set(itertools.islice(_memory(obs), 2))
+        where = {where for where, _ in itertools.islice(_memory_parts(obs, obs), 2)}
         if (prev and not where.isdisjoint(prev)) or (first and not where.isdisjoint(first)):
             return j
         prev = where
         if j == 0:
             first = where
     return -1
-
-
-def _memory(obs: Any) -> Any:
-    """Where an observation's writable parts live: its arrays' first bytes, its lists' and dicts' identities (itself,
-    or in its dicts, lists and tuples)."""
-    if isinstance(obs, np.ndarray):
-        if obs.nbytes:
-            yield obs.__array_interface__["data"][0]
-    elif isinstance(obs, dict):
-        yield ("object", id(obs))
-        for value in obs.values():
-            yield from _memory(value)
-    elif isinstance(obs, (list, tuple)):
-        if isinstance(obs, list):
-            yield ("object", id(obs))
-        for value in obs:
-            yield from _memory(value)
 
 
 def _ended(result: Any) -> bool:

@@ -271,6 +271,7 @@ def worker_main(
 def _fill_in(shard: Shard, restart: tuple) -> list | None:
     """A respawned worker runs its share of the command the dead one did not finish."""
     command, slot, *rest = restart
+    shard.start_watch()  # (fresh envs, some reset later or apart: copied while watched, as envs over one memory)
     if command == Command.STEP:
         truncate, objects, completed = rest
         if objects is not None:  # the dead envs' latest object parts, which their final observations hold

@@ -814,3 +814,154 @@ class LinkedResetInfo(gym.Env):
 
     def step(self, action):
         return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+class DiesAtSecondReset(SharesItsClassBuffer):
+    """A SharesItsClassBuffer whose process dies at an env's second reset, once (``flag``: a file made then)."""
+
+    buf = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0, flag: str = ""):
+        super().__init__(index)
+        self.flag, self.resets = flag, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.resets == 2 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            os._exit(7)
+        return super().reset(seed=seed, options=options)
+
+
+class SecondResetRaises(SharesItsClassBuffer):
+    """A SharesItsClassBuffer (episodes of ``length`` steps) whose second reset raises, with ``raises`` (a re-made one's
+    do not: a new instance)."""
+
+    buf = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0, length: int | None = 2, raises: bool = False):
+        super().__init__(index, length)
+        self.raises, self.resets = raises, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.resets += 1
+        if self.raises and self.resets == 2:
+            raise RuntimeError("reset fails")
+        return super().reset(seed=seed, options=options)
+
+
+class OwnArraysOfTheBuffer(SecondResetRaises):
+    """A SecondResetRaises (of the same class buffer) returning copies of it: arrays of its own."""
+
+    def _out(self) -> Any:
+        return self.buf.copy()
+
+
+CONSTANT_MASK = np.ones(3, np.int8)  # (every ConstantMaskEnv's observation holds it; nothing writes it)
+
+
+class ConstantMaskEnv(gym.Env):
+    """Dict observations holding one constant array every env shares beside a position of their own."""
+
+    observation_space = spaces.Dict({"mask": spaces.MultiBinary(3), "pos": spaces.Box(-1e6, 1e6, (1,), np.float32)})
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int = 0):
+        self.index, self.t = index, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return {"mask": CONSTANT_MASK, "pos": np.array([self.index], np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        return {"mask": CONSTANT_MASK, "pos": np.array([10 * self.t + self.index], np.float32)}, 0.0, False, False, {}
+
+
+class OwnObservationsSharedInfos(gym.Env):
+    """Observations of its own, infos holding one array its class shares, written with its own values."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    state = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0):
+        self.index, self.t = index, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.state[0] = 1000 + self.index
+        return np.array([self.index], np.float32), {"state": self.state}
+
+    def step(self, action):
+        self.t += 1
+        self.state[0] = 10 * self.t + self.index
+        return np.array([self.t], np.float32), 0.0, False, False, {"state": self.state}
+
+
+class AnyObject(gym.Space):
+    """A space of any Python object (it travels pickled)."""
+
+    def __init__(self):
+        super().__init__(None, None)
+
+    def sample(self, mask=None, probability=None):
+        return None
+
+    def contains(self, x) -> bool:
+        return True
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+
+def linked_tree(index: int, kind: str) -> dict:
+    """A dict that is its own parent (``cycle``), or holds a list of two of one list, 40 levels deep (``dag``)."""
+    node: dict = {"name": f"root of env {index}"}
+    if kind == "cycle":
+        node["parent"] = node
+    else:
+        shared: list = [0]
+        for _ in range(40):
+            shared = [shared, shared]
+        node["dag"] = shared
+    return node
+
+
+class TreeEnv(gym.Env):
+    """Dict observations holding a linked_tree; with ``in_infos``, constant observations and the tree in the step's
+    infos instead."""
+
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int = 0, kind: str = "cycle", in_infos: bool = False):
+        self.index, self.kind, self.in_infos = index, kind, in_infos
+        self.observation_space = (
+            spaces.Box(-1, 1, (1,), np.float32) if in_infos
+            else spaces.Dict({"x": spaces.Box(-1e6, 1e6, (1,), np.float32), "tree": AnyObject()})
+        )
+
+    def _obs(self) -> Any:
+        if self.in_infos:
+            return SharesAConstant.buf
+        return {"x": np.array([self.index], np.float32), "tree": linked_tree(self.index, self.kind)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        return self._obs(), 0.0, False, False, {"tree": linked_tree(self.index, self.kind)} if self.in_infos else {}
+
+
+class ConstantEpisodes(SharesAConstant):
+    """A SharesAConstant whose steps return the constant too, in episodes of ``length`` steps."""
+
+    buf = np.zeros(1, np.float32)
+
+    def step(self, action):
+        self.t += 1
+        return self.buf, 0.0, self.t >= self.length, False, {}

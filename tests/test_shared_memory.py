@@ -1,0 +1,203 @@
+"""Envs of one process whose observations or infos are one memory (a buffer their class shares, a C extension's static
+frame): each env's values read once every env of its process has stepped would all be the last one's. Replacement
+workers, envs moved in, infos, final observations, and the walks over what envs return (hunt76)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from functools import partial
+
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv as SB3SubprocVecEnv
+
+import fastvec
+from fastvec import SubprocVecEnv
+from tests import envs
+
+
+def _rows(obs: np.ndarray) -> list:
+    return obs.ravel().tolist()
+
+
+def test_a_replacement_worker_s_envs_keep_their_own_values_in_next_step_mode(tmp_path) -> None:
+    """gymnasium's front-end (NEXT_STEP), on_error="restart": a worker of two envs over one buffer dies in a step; its
+    replacement's fresh envs reset at the next step, one by one, and no reset of several envs looked for the memory:
+    they gave [1, 1] at their resets and [11, 11] after (hunt76 bug 1)."""
+    fns = [partial(envs.SharesItsClassBuffer, i, None, None, str(tmp_path / "died")) for i in range(2)]
+    with fastvec.VectorEnv(fns, num_workers=1, context="fork", step_in_parent=False, on_error="restart") as venv:
+        seen = [_rows(venv.reset()[0])] + [_rows(venv.step(np.zeros(2, np.int64))[0]) for _ in range(6)]
+    # (step 2: the worker's death, its envs' last observations, truncated; then the fresh envs' resets, and steps)
+    assert seen[:2] == [[0.0, 1.0], [1.0, 11.0]] and seen[3:] == [[0.0, 1.0]] + [[1.0, 11.0]] * 3
+
+
+def test_a_worker_dying_in_a_masked_reset_is_replaced_by_one_whose_envs_keep_their_own_values(tmp_path) -> None:
+    """DISABLED autoresets: a masked reset of env 0 kills its worker; the replacement resets the masked env and the
+    other apart, each reset seeing one env: every later step gave [11, 11] (hunt76 bug 2)."""
+    fns = [partial(envs.DiesAtSecondReset, i, str(tmp_path / "died")) for i in range(2)]
+    with fastvec.VectorEnv(fns, num_workers=1, context="fork", step_in_parent=False, on_error="restart",
+                           autoreset_mode=AutoresetMode.DISABLED) as venv:
+        venv.reset()
+        assert _rows(venv.step(np.zeros(2, np.int64))[0]) == [1.0, 11.0]
+        assert _rows(venv.reset(options={"reset_mask": np.array([True, False])})[0]) == [0.0, 1.0]
+        assert (tmp_path / "died").exists()
+        for _ in range(3):
+            assert _rows(venv.step(np.zeros(2, np.int64))[0]) == [1.0, 11.0]
+
+
+@pytest.mark.parametrize("around", [False, True])
+def test_envs_moved_into_a_process_of_several_envs_keep_their_own_values(around: bool) -> None:
+    """Moves into the calling process: envs 5 and 4 around the ring's end (its new tail part, a shard that never
+    copied: env 4 gave env 5's values, hunt76 bug 3), or env 2 next to envs 0 (arrays of its own) and 1, which share
+    nothing (env 1 gave env 2's values, hunt76 bug 4). As DummyVecEnv, which copies each env's as it comes."""
+    if around:
+        fns = [partial(envs.SecondResetRaises, i, None) for i in range(6)]
+    else:
+        fns = [partial(envs.OwnArraysOfTheBuffer, 0, 2)] + [partial(envs.SecondResetRaises, i, 2) for i in range(1, 4)]
+    n = len(fns)
+    reference = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, num_workers=2, start_method="fork", step_in_parent=True) as venv:
+        venv.reset(), reference.reset()
+        moves = [venv.pool.request_move(1, 0, around=True) if around else venv.pool.request_move(1, 0)]
+        for t in range(12):
+            obs, _, dones, infos = venv.step(np.zeros(n, np.int64))
+            ref_obs, _, ref_dones, ref_infos = reference.step(np.zeros(n, np.int64))
+            assert _rows(obs) == _rows(ref_obs), t
+            assert dones.tolist() == ref_dones.tolist()
+            if around and t == 2:
+                moves.append(venv.pool.request_move(1, 0, around=True))
+        assert moves == ([5, 4] if around else [2])
+    reference.close()
+
+
+def test_the_final_observation_of_an_env_moved_or_made_again_in_a_copying_process_is_its_step_s() -> None:
+    """A process copying its envs (over one buffer): the SAME_STEP final observation of an env that moves at its
+    episode's end, or whose reset raised and on_error="restart" made it again, is the step's (README), not the buffer
+    as the next envs left it (env 0's reset value, env 1's step value: hunt76 bug 8)."""
+    fns = [partial(envs.SecondResetRaises, i) for i in range(4)]
+    with SubprocVecEnv(fns, num_workers=2, start_method="fork", step_in_parent=True) as venv:
+        venv.reset()
+        assert venv.pool.request_move(0, 1) == 1
+        venv.step(np.zeros(4, np.int64))
+        infos = venv.step(np.zeros(4, np.int64))[3]
+        assert tuple(venv.pool.stats().shards[1].envs) == (1, 2, 3)
+    # (env 1's the step's; the others' read after their resets, as SB3 reads the env's own array: the reset's)
+    assert [info["terminal_observation"].tolist() for info in infos] == [[0.0], [11.0], [2.0], [3.0]]
+    fns = [partial(envs.SecondResetRaises, 0, 2, True), partial(envs.SecondResetRaises, 1)]
+    with SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False, on_error="restart") as venv:
+        venv.reset()
+        venv.step(np.zeros(2, np.int64))
+        infos = venv.step(np.zeros(2, np.int64))[3]
+    assert "fastvec.restarted" in infos[0]
+    assert [info["terminal_observation"].tolist() for info in infos] == [[1.0], [1.0]]  # (env 1's: its reset's)
+
+
+def test_dict_observations_sharing_only_a_constant_part_are_copied_while_watched_only() -> None:
+    """Dict observations holding one constant array beside positions of their own: the copies' parts over the
+    constant agree, so they stop after the watch (whole observations were compared: copied for good, hunt76 bug 5)."""
+    with SubprocVecEnv([partial(envs.ConstantMaskEnv, i) for i in range(2)], num_workers=1, start_method="fork",
+                       step_in_parent=False) as venv:
+        assert venv.reset()["pos"].ravel().tolist() == [0.0, 1.0]
+        for t in range(1, 21):
+            obs = venv.step(np.zeros(2, np.int64))[0]
+            assert obs["pos"].ravel().tolist() == [10.0 * t, 10.0 * t + 1] and obs["mask"].tolist() == [[1, 1, 1]] * 2
+    with SubprocVecEnv([partial(envs.ConstantMaskEnv, i) for i in range(2)], num_workers=1, start_method="fork",
+                       step_in_parent=True) as venv:
+        venv.reset()
+        shard = venv.pool._local
+        assert len(shard.envs) == 2 and shard.copies_obs
+        for _ in range(17):
+            venv.step(np.zeros(2, np.int64))
+        assert not shard.copies_obs
+
+
+@pytest.mark.parametrize("step_in_parent", [False, True])
+def test_infos_over_one_buffer_beside_observations_of_their_own_keep_their_values(step_in_parent: bool) -> None:
+    """Infos holding one array their class shares, written with each env's values, beside observations of their own:
+    reset infos were copied, but nothing looked at their memory, and every step's info held the last env's value
+    (hunt76 bug 7). As SB3's SubprocVecEnv (a process per env)."""
+    fns = [partial(envs.OwnObservationsSharedInfos, i) for i in range(2)]
+
+    def states(venv) -> list:
+        venv.reset()
+        seen = [[float(info["state"][0]) for info in venv.reset_infos]]
+        seen += [[float(info["state"][0]) for info in venv.step(np.zeros(2, np.int64))[3]] for _ in range(3)]
+        venv.close()
+        return seen
+
+    expected = states(SB3SubprocVecEnv(fns, start_method="fork"))
+    assert expected == [[1000.0, 1001.0], [10.0, 11.0], [20.0, 21.0], [30.0, 31.0]]
+    assert states(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=step_in_parent)) == expected
+
+
+@pytest.mark.parametrize("step_in_parent", [False, True])
+@pytest.mark.parametrize("kind", ["cycle", "dag"])
+def test_observations_that_hold_themselves_or_one_part_many_times_reset_and_step(kind: str, step_in_parent: bool) -> None:
+    """A custom space's part that is its own parent, or a list of two of one list 40 levels deep: the walk over a
+    reset's observations for memory several envs share recursed without end (a RecursionError blamed on env 0) or for
+    2^40 parts (a hang) (hunt76 bug 9). As SB3's SubprocVecEnv, whose pipes pickle them with a memo."""
+    with SubprocVecEnv([partial(envs.TreeEnv, i, kind) for i in range(2)], num_workers=1, start_method="fork",
+                       step_in_parent=step_in_parent) as venv:
+        obs = venv.reset()
+        names = [tree["name"] for tree in obs["tree"]]
+        assert names == ["root of env 0", "root of env 1"]
+        if kind == "cycle":
+            assert all(tree["parent"] is tree for tree in obs["tree"])
+        venv.step(np.zeros(2, np.int64))
+
+
+@pytest.mark.parametrize("kind", ["cycle", "dag"])
+def test_the_watch_walks_infos_that_hold_one_part_many_times_once(kind: str) -> None:
+    """Envs sharing a constant observation (watched) whose step infos hold a list of two of one list 40 levels deep:
+    each watched step walked 2^40 parts (hunt76 bug 9); now each part once."""
+    with SubprocVecEnv([partial(envs.TreeEnv, i, kind, True) for i in range(2)], num_workers=1, start_method="fork",
+                       step_in_parent=True) as venv:
+        venv.reset()
+        assert venv.pool._local.copies_obs  # (watched)
+        began = time.perf_counter()
+        for _ in range(20):
+            infos = venv.step(np.zeros(2, np.int64))[3]
+        assert time.perf_counter() - began < 30  # (2^40 parts a step: days)
+        assert [info["tree"]["name"] for info in infos] == ["root of env 0", "root of env 1"]
+        assert not venv.pool._local.copies_obs
+
+
+def test_masked_resets_during_the_watch_of_a_shared_constant_do_not_keep_it_for_ever() -> None:
+    """DISABLED autoresets, envs sharing a constant, each ended env reset alone (a masked reset) every 5 steps: each
+    reset began the watch again and added its envs to those compared, so the copies never stopped and each step
+    compared more (hunt76 bug 10). Now a reset of some envs leaves the count as it was, one of every env begins it again
+    only within the watch's first 64 steps (these episodes end together): the watch ends, and no later reset of the
+    constant starts one again."""
+    fns = [partial(envs.ConstantEpisodes, i, 5) for i in range(4)]
+    with fastvec.VectorEnv(fns, num_workers=1, context="fork", step_in_parent=True,
+                           autoreset_mode=AutoresetMode.DISABLED) as venv:
+        venv.reset()
+        shard = venv.pool._local
+        copying = []
+        for _ in range(120):
+            _, _, terminated, truncated, _ = venv.step(np.zeros(4, np.int64))
+            ended = terminated | truncated
+            if ended.any():
+                venv.reset(options={"reset_mask": ended})
+            copying.append(shard.copies_obs)
+            assert shard._watching is None or 0 < shard._watching <= 16
+    assert len(shard.envs) == 4 and any(copying) and not any(copying[100:])
+
+
+def test_the_warning_of_envs_found_sharing_in_a_step_is_said_once_whatever_the_check() -> None:
+    """Envs sharing memory only in their steps, with check="raise": their first step's values were lost and are told
+    as a warning (the step that finds it is right), not an error; with check="off" nothing is said."""
+    for check, told in (("raise", 1), ("off", 0)):
+        fns = [partial(envs.SharesOnlyInSteps, i) for i in range(2)]
+        with warnings.catch_warnings(record=True) as caught, SubprocVecEnv(
+            fns, start_method="fork", num_workers=1, step_in_parent=True, check=check
+        ) as venv:
+            warnings.simplefilter("always")
+            venv.reset()
+            for _ in range(4):
+                obs = venv.step(np.zeros(2, np.int64))[0]
+            assert _rows(obs) == [1.0, 11.0]
+        assert len([w for w in caught if "memory that env" in str(w.message)]) == told, check

@@ -1331,8 +1331,11 @@ class Pool(ShardMoves):
             extras = self._digest(extras, p.slot)
         if errors:
             raise env_errors(errors)
-        if p.lost:
-            k = min(p.lost)
+        # (a call fails for a worker lost with envs it calls; one none of whose envs it calls is replaced at the next
+        # step or reset all the same, as SB3's SubprocVecEnv sends a call to the called envs' remotes only)
+        lost = [k for k in p.lost if p.command is not Command.CONTROL or self._remotes[k].index in (p.plan or {})]
+        if lost:
+            k = min(lost)
             remote = self._remotes[k]
             raise WorkerDiedError(
                 remote.index, remote.envs, remote.exitcode, p.name, replaced_later=True,

@@ -449,6 +449,29 @@ def test_a_worker_killed_while_it_sends_its_results_is_replaced(tmp_path, batche
         venv.step(np.zeros(4, np.int64))
 
 
+def test_a_call_on_live_workers_envs_is_answered_after_another_worker_died() -> None:
+    """A worker died between steps (killed): a call whose envs are all on live workers is answered, as SB3's
+    SubprocVecEnv sends a call to those envs' remotes only; before, every call failed naming the dead worker until
+    the next step (hunt77 bug 1). A call on its envs fails naming it, and the next step replaces it."""
+    from fastvec.errors import WorkerDiedError
+
+    fns = [partial(gym.make, "CartPole-v1")] * 4
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False, on_error="restart") as venv:
+        venv.reset()
+        dead = venv.pool.worker_pids[1]
+        os.kill(dead, signal.SIGKILL)
+        time.sleep(0.3)
+        for _ in range(2):
+            assert [spec.id for spec in venv.get_attr("spec", indices=[0, 1])] == ["CartPole-v1"] * 2
+            assert venv.env_method("get_wrapper_attr", "spec", indices=[1])[0].id == "CartPole-v1"
+        with pytest.raises(WorkerDiedError, match=r"worker 1 \(envs 2..3\)"):
+            venv.get_attr("spec", indices=[2])
+        with pytest.warns(RuntimeWarning, match="worker 1"):
+            infos = venv.step(np.zeros(4, np.int64))[3]
+        assert ["fastvec.restarted" in info for info in infos] == [False, False, True, True]
+        assert [spec.id for spec in venv.get_attr("spec")] == ["CartPole-v1"] * 4
+
+
 def _dict_failing(fail_in: str | None) -> gym.Env:
     """FailingEnv's observation with a scalar part ({"a": box, "d": 1}): its final observation travels as an object."""
     env = envs.FailingEnv(fail_in, 1)

@@ -290,6 +290,9 @@ class VectorEnv(gym.vector.VectorEnv):
                     infos = self._add_info(infos, {**final, **batch.reset_infos.get(i, {})}, i)
                 else:
                     infos = self._add_info(infos, batch.infos[i], i)
+        elif batch.reset_infos:  # (a replacement worker's fresh envs reset in this step: their reset's info, as recv())
+            for i in sorted({*batch.infos, *batch.reset_infos}):
+                infos = self._add_info(infos, {**batch.infos.get(i, {}), **batch.reset_infos.get(i, {})}, i)
         else:
             for i in sorted(batch.infos):
                 infos = self._add_info(infos, batch.infos[i], i)

@@ -965,3 +965,25 @@ class ConstantEpisodes(SharesAConstant):
     def step(self, action):
         self.t += 1
         return self.buf, 0.0, self.t >= self.length, False, {}
+
+
+class OneStepKilledAtSecondReset(gym.Env):
+    """Episodes of one step; each reset's info is {"made": 1}; with ``marker``, its second reset kills its process
+    (SIGKILL), once (the file ``marker`` made then)."""
+
+    observation_space = spaces.Box(-10, 10, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, marker: str | None = None):
+        self.marker, self.resets = marker, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.resets += 1
+        if self.resets == 2 and self.marker and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), 9)
+        return np.zeros(1, np.float32), {"made": 1}
+
+    def step(self, action):
+        return np.ones(1, np.float32), 1.0, True, False, {}

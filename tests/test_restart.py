@@ -472,6 +472,22 @@ def test_a_call_on_live_workers_envs_is_answered_after_another_worker_died() -> 
         assert [spec.id for spec in venv.get_attr("spec")] == ["CartPole-v1"] * 4
 
 
+def test_next_step_a_worker_dying_in_an_autoreset_keeps_the_fresh_env_s_reset_info(tmp_path) -> None:
+    """gymnasium's NEXT_STEP: the autoreset step's infos are the reset's; where the env's worker died in that reset,
+    its replacement's fresh env's reset info was dropped from VectorEnv.step's infos (recv() kept it; hunt77 bug 2)."""
+    fns = [envs.OneStepKilledAtSecondReset, partial(envs.OneStepKilledAtSecondReset, str(tmp_path / "killed"))]
+    with VectorEnv(fns, num_workers=2, context="fork", step_in_parent=False, on_error="restart",
+                   autoreset_mode=AutoresetMode.NEXT_STEP) as venv:
+        _, infos = venv.reset()
+        assert infos["made"].tolist() == [1, 1]
+        assert venv.step(np.zeros(2, np.int64))[2].tolist() == [True, True]
+        with pytest.warns(RuntimeWarning, match="worker 1"):
+            infos = venv.step(np.zeros(2, np.int64))[4]
+    assert (tmp_path / "killed").exists()
+    assert infos["made"].tolist() == [1, 1] and infos["_made"].tolist() == [True, True]
+    assert infos["_fastvec_restarted"].tolist() == [False, True]
+
+
 def _dict_failing(fail_in: str | None) -> gym.Env:
     """FailingEnv's observation with a scalar part ({"a": box, "d": 1}): its final observation travels as an object."""
     env = envs.FailingEnv(fail_in, 1)

@@ -102,6 +102,7 @@ class SubprocVecEnv(_VecEnvBase):
         self._swap = any(leaf.array and not leaf.dtype.isnative for leaf in leaves(self.observation_space))
         # asynchronous batches called without the pool's layer in between (issue 12: one call less per recv and send)
         self._batches = self.pool._async
+        self._resetting: set[int] = set()  # envs an async_reset() reset whose batch recv() has not returned yet
 
     def _options_for_reset(self) -> list | None:
         """The options of set_options(), one per env; as in SB3, env i takes entry i of the list as
@@ -111,6 +112,7 @@ class SubprocVecEnv(_VecEnvBase):
 
     def reset(self) -> Any:
         batch = self.pool.reset(self._seeds, self._options_for_reset())
+        self._resetting = set()
         self.reset_infos = [batch.reset_infos.get(i, {}) for i in range(self.num_envs)]
         for i, error in batch.restarted.items():
             self.reset_infos[i] = {**self.reset_infos[i], "fastvec.restarted": error}
@@ -159,6 +161,7 @@ class SubprocVecEnv(_VecEnvBase):
         """Start resetting every env (with the seeds of ``seed()`` and the options of ``set_options()``, used
         once, as by ``reset()``); ``recv()`` returns them in batches."""
         self.pool.async_reset(self._seeds, self._options_for_reset())
+        self._resetting = set(range(self.num_envs))  # (each env's next batch is its reset's: recv() sets reset_infos)
         self._reset_seeds()
         self._reset_options()
 
@@ -180,13 +183,25 @@ class SubprocVecEnv(_VecEnvBase):
             infos = kernels.info_dicts(len(dones), "TimeLimit.truncated", False)  # the usual infos
             if ended or batch.infos or batch.restarted:  # (only the envs with something to add are visited)
                 self._unusual_infos(batch, batch.env_ids.tolist(), ended, infos)
-            for i, info in batch.reset_infos.items():  # an async_reset's infos, and the autoresets' (in a batch of
-                self.reset_infos[i] = info  # several groups, a group's async_reset may come beside another's episode end)
+            if self._resetting:  # an async_reset's envs: every one's reset infos set, as reset() sets them, with its
+                self._reset_done(batch)  # restart (in a batch of several groups, beside another's episode end)
             return _native(batch.obs) if self._swap else batch.obs, rewards, dones, infos, batch.env_ids
         except BaseException as exc:  # (the outputs not made: AsyncBatches.not_made)
             if batch is not None:
                 self._batches.not_made(batch, exc)
             raise
+
+    def _reset_done(self, batch: Any) -> None:
+        """The reset infos of the envs of ``batch`` that an async_reset() reset: every one's, as ``reset()`` sets
+        them (an env whose reset returned no info: {}, not an earlier reset's), a restart in it beside them."""
+        resetting = self._resetting
+        for i in batch.env_ids.tolist():
+            if i in resetting:
+                info = batch.reset_infos.get(i, {})
+                if i in batch.restarted:
+                    info = {**info, "fastvec.restarted": batch.restarted[i]}
+                self.reset_infos[i] = info
+                resetting.discard(i)
 
     def _unusual_infos(self, batch: Any, ids: list[int], ended: list[int], infos: list[dict]) -> None:
         """What ``recv`` adds to the usual infos (in place): the envs' own info dicts, episode ends

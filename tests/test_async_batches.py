@@ -1023,6 +1023,48 @@ def test_async_reset_uses_set_options_once(own: bool) -> None:
         assert venv.reset_infos == [{"options": None}] * 4
 
 
+class FirstResetSays(gym.Env):
+    """Its first reset's info is {"first_reset": True}, the later ones' {}; a reset with options {"boom": path} raises
+    while the file path does not exist (made then)."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if options and "boom" in options and not os.path.exists(options["boom"]):
+            open(options["boom"], "w").close()
+            raise RuntimeError("reset fails")
+        self.resets += 1
+        return np.zeros(1, np.float32), ({"first_reset": True} if self.resets == 1 else {})
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["workers", "own-group"])
+def test_async_reset_sets_every_env_s_reset_infos_as_reset_does(tmp_path, own: bool) -> None:
+    """After async_reset() and its recv()s, reset_infos hold that reset's infos for every env, as reset() sets them:
+    an env whose reset returned {} kept an earlier reset's (hunt77 bug 4), and a restart in it came only in recv()'s
+    step infos, not beside the reset's info where reset() puts it (hunt77 bug 3)."""
+    with SubprocVecEnv([FirstResetSays] * 4, start_method="fork", batch_size=2, step_in_parent=own,
+                       on_error="restart") as venv:
+        venv.async_reset()
+        assert sorted(i for _ in range(2) for i in venv.recv()[4].tolist()) == [0, 1, 2, 3]
+        assert venv.reset_infos == [{"first_reset": True}] * 4
+        for ids in ([0, 1], [2, 3]):
+            venv.send(np.zeros(2, np.int64), ids)
+        for _ in range(2):
+            venv.recv()
+        venv.set_options([{}, {}, {"boom": str(tmp_path / "boom")}, {}])
+        venv.async_reset()
+        for _ in range(2):
+            venv.recv()
+        assert venv.reset_infos[:2] + venv.reset_infos[3:] == [{}] * 3
+        assert sorted(venv.reset_infos[2]) == ["fastvec.restarted", "first_reset"]  # (its fresh copy's first reset)
+
+
 def test_sb3_batches_hold_text_parts_as_its_synchronous_steps() -> None:
     """Text parts come batched as SB3's SubprocVecEnv batches them (np.stack), in recv() as in step()."""
     space = gym.spaces.Dict({"word": gym.spaces.Text(5), "pos": gym.spaces.Box(-1, 1, (2,), np.float32)})

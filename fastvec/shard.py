@@ -470,7 +470,7 @@ class Shard:
         """Write the envs' step results into ``slot``; in SAME_STEP, reset the envs whose episode
         ended (not those just ``restarted``), their final observations kept apart. Returns the extras."""
         start = self.start
-        code, shared = None, -1
+        code = None
         if self.single_leaf:  # the usual case: one kernel call writes every row
             try:
                 code, ended, has_info, nan, shared = kernels.write_results(
@@ -486,8 +486,7 @@ class Shard:
                 code = None
         if code is None or code >= 0:  # structured observations, or a problem to find and name
             ended, has_info, nan = self._write_step_slowly(results, slot)
-            if len(results) > 1 and not self.copies_obs:
-                shared = _first_shared([r[0] for r in results])
+            shared = _first_shared([r[0] for r in results]) if len(results) > 1 and not self.copies_obs else -1
         elif code <= -2:  # a cast: named (the envs from the first one cast: each is warned once)
             cast = -2 - code
             self._gather([r[0] for r in results[cast:]], self.obs_slots[0][slot], self.leaves[0], "step", True, cast)
@@ -514,16 +513,13 @@ class Shard:
                 if restarted is not None and j in restarted:
                     continue
                 final = results[j][0] if not self.copies_obs else getattr(self.step_fns[j], "original", results[j][0])
-                # the step's values where the env leaves, or its reset raises (it is closed): copied as the env returned
-                # them in a copying process (its own object may be a memory the next envs wrote), else now
-                step_copy = self.copies_obs and isinstance(self.step_fns[j], _CopyingStep)
                 if migrate[start + j] and self._may_leave(j) and self._packs(j):  # its new shard resets it
                     # (as it is now: the env is closed as it is packed, and its own object pickled after that)
-                    self._write_final(j, results[j][0] if step_copy else copied(final), plain)
+                    self._write_final(j, self._step_values(j, results, final), plain)
                     leaving = (leaving or []) + [j]
                     continue
                 env = self.envs[j]
-                before = (results[j][0] if step_copy else copied(final)) if self.restart_on_error else None
+                before = self._step_values(j, results, final) if self.restart_on_error else None
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
@@ -558,6 +554,14 @@ class Shard:
         if self.side_extras or self.checks.pending:
             return self.finish_extras(extras)
         return extras
+
+    def _step_values(self, j: int, results: list, final: Any) -> Any:
+        """Env j's observation as its step left it, where the env leaves or its reset raises (it is closed): in a
+        copying process the copy taken as the env returned it (its own object, ``final``, may be a memory the next envs
+        wrote), else a copy of it now."""
+        if self.copies_obs and isinstance(self.step_fns[j], _CopyingStep):
+            return results[j][0]
+        return copied(final)
 
     def _write_final(self, j: int, final: Any, plain: bool) -> None:
         """SAME_STEP: env j's final observation into the terminal-obs buffers (``plain``: one array, its row

@@ -122,6 +122,7 @@ def _copied_parts(value: Any, memo: dict) -> Any:
                 copy = kind._make(items)
                 state = getattr(value, "__dict__", None)  # (a subclass's attributes of its own: a pickle keeps them)
                 if state:
+                    memo[id(value)] = (value, copy)  # (before its attributes: one of them may be itself)
                     copy.__dict__.update(_copied_parts(dict(state), memo))
             else:  # (a tuple type whose constructor may take its items one by one)
                 try:

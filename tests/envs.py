@@ -626,7 +626,7 @@ class LabelledPoint(collections.namedtuple("LabelledPoint", "x y")):
 
 
 class LabelledStart(gym.Env):
-    """Reset infos holding a LabelledPoint with a ``label`` attribute (fresh observations)."""
+    """Reset infos holding a LabelledPoint with a ``label`` attribute and one that is itself (fresh observations)."""
 
     observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
     action_space = spaces.Discrete(2)
@@ -638,6 +638,7 @@ class LabelledStart(gym.Env):
         super().reset(seed=seed)
         start = LabelledPoint(self.index, 0)
         start.label = f"start of env {self.index}"
+        start.me = start  # (an attribute that is itself, as a tree's root is its own parent)
         return np.zeros(1, np.float32), {"start": start}
 
     def step(self, action):

@@ -810,7 +810,8 @@ def test_containers_of_an_env_s_own_types_are_copied_as_they_are(box: bool) -> N
 @pytest.mark.parametrize("step_in_parent", [False, True])
 def test_reset_infos_keep_a_named_tuple_s_own_attributes(step_in_parent: bool) -> None:
     """Reset infos are copied as each env of a process returns them (2578657): a named tuple of a subclass with
-    attributes of its own lost them (rebuilt by ``_make``); a pickle, SB3's SubprocVecEnv's, keeps them (hunt76 bug 6)."""
+    attributes of its own lost them (rebuilt by ``_make``); a pickle, SB3's SubprocVecEnv's, keeps them (hunt76 bug 6),
+    one that is the tuple itself too (its copy recursed until a RecursionError failed the reset: hunt78 bug 2)."""
     fns = [partial(envs.LabelledStart, i) for i in range(4)]
     reference = SB3SubprocVecEnv(fns, start_method="fork")
     reference.reset()
@@ -822,6 +823,7 @@ def test_reset_infos_keep_a_named_tuple_s_own_attributes(step_in_parent: bool) -
         got = [(tuple(info["start"]), getattr(info["start"], "label", None)) for info in venv.reset_infos]
         assert got == expected
         assert all(type(info["start"]) is envs.LabelledPoint for info in venv.reset_infos)
+        assert all(info["start"].me is info["start"] for info in venv.reset_infos)  # (its copy held itself: hunt78 bug 2)
 
 
 def test_an_env_changing_its_own_array_keeps_sb3_s_final_observation_as_the_watch_of_a_shared_constant_ends() -> None:

@@ -138,9 +138,12 @@ class Shard:
         self.copies_obs = False
         self._watching: int | None = None  # steps left while copies might be dropped (_watch_copies)
         self._watched = 0  # steps watched since the watch began
-        # whether the watch is of envs first found over one memory in a step (_shared_at_step: said once their values
-        # differ), and whether a watch found envs sharing a constant (not copied again for one)
-        self._found_at_step = False
+        self._saw_shared = False  # whether the watch saw parts of several envs over one memory
+        # the memory where a step's observations were first found shared (_shared_at_step: their envs are told once
+        # their values differ), and whether the watch saw it again; whether a watch found envs sharing a constant (not
+        # copied again for one)
+        self._found_where: set = set()
+        self._found_seen = False
         self._constant_seen = False
         self.step_fns = [env.step for env in envs]
         self.steps = 0
@@ -520,11 +523,21 @@ class Shard:
                     continue
                 env = self.envs[j]
                 before = self._step_values(j, results, final) if self.restart_on_error else None
+                fn = self.step_fns[j] if self.copies_obs else None
+                if isinstance(fn, _CopyingStep) and fn.fresh:
+                    # as in a process of its own: the env's own objects hold its step's values when it resets (the
+                    # next envs of this one may have written a memory it shares with them), and its info is what its
+                    # objects hold after the reset (SB3 and gymnasium pickle it then): both as without copies
+                    _restore(fn.original, results[j][0])
+                    _restore(fn.original_info, results[j][4])
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
                     failed = (failed or []) + [err]
                     continue
+                if isinstance(fn, _CopyingStep) and fn.fresh and self.envs[j] is env:
+                    result = results[j]
+                    results[j] = (*result[:4], copied(fn.original_info))
                 # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an
                 # env that changes its array in place shows the reset's values there too, whatever its dtype);
                 # as the step left it where the reset raised and the env was made again (on_error="restart")
@@ -710,7 +723,7 @@ class Shard:
         groups = _shared(originals, copies)
         if not groups:
             return
-        if any(_differ(group) for group in groups):
+        if any(_differ(group) for group in groups.values()):
             self._copy_from_now(watch=False)
         elif self.copies_obs or not self._constant_seen:
             self._copy_from_now(watch=True, anew=anew)
@@ -723,7 +736,7 @@ class Shard:
             self.copies_obs = True
             self.step_fns[:] = [self.step_fn(env) for env in self.envs]
             self._watching = WATCHED_STEPS if watch else None
-            self._watched = 0
+            self._watched, self._saw_shared, self._found_seen = 0, False, False
         elif self._watching is not None:
             # (anew only within WATCH_LIMIT steps of the watch's start: resets every few steps would keep it for ever)
             anew = anew and self._watched < WATCH_LIMIT
@@ -742,14 +755,14 @@ class Shard:
         read once every env of this process had stepped, so this step gave them all the last one's values: from now
         on each is copied as it comes, watched as a reset's are; once their values differ the envs are told (this
         step's were lost); if the values stay the same (a constant they share) the copies stop."""
-        if _shared(originals, originals):  # (an array and a view of another part of it start at one byte only where empty)
-            self._found_at_step = True
+        groups = _shared(originals, originals)
+        if groups:  # (an array and a view of another part of it start at one byte only where empty)
+            self._found_where = set(groups)
             self._copy_from_now(watch=True)
 
     def _told_shared(self, positions: list[int]) -> None:
-        """The watch found envs at ``positions`` giving different values over the same memory, first found in a step
-        (_shared_at_step), which gave them one env's values: each is told, once."""
-        self._found_at_step = False
+        """The watch found envs at ``positions`` giving different values over memory where a step's observations were
+        first found shared (_shared_at_step), which gave them one env's values: each is told, once."""
         if not self.checks.active:  # (check="off": nothing said)
             return
         last = self.start + positions[-1]
@@ -764,9 +777,11 @@ class Shard:
 
     def _watch_copies(self, results: list) -> None:
         """A step's results while copies might be dropped (_copy_from_now): where the parts of the envs' observations
-        and infos over one memory hold different values in their copies, the copies stay for good; after
-        WATCHED_STEPS steps of the same values, they stop (envs sharing a constant). (Never an error of the step:
-        where it cannot tell, the copies stay.)"""
+        and infos over one memory hold different values in their copies, the copies stay for good (the envs found
+        sharing in a step told); after WATCHED_STEPS steps, they stop where every such part held the same values
+        (envs sharing a constant) or none was seen (envs new to the process), and stay for good where memory found
+        shared in a step was not seen again (shared in some steps only). (Never an error of the step: where it cannot
+        tell, the copies stay.)"""
         left = self._watching
         try:
             originals, copies, positions = [], [], []
@@ -777,21 +792,30 @@ class Shard:
                     copies.append((result[0], result[4]))
                     positions.append(k)
                     fn.fresh, fn.original_info = False, None  # (an env that autoresets instead of stepping: not compared)
-            for group in _shared(originals, copies):
-                if _differ(group):
-                    self._watching = None
-                    if self._found_at_step:
-                        self._told_shared([positions[k] for k, _ in group])
-                    return
+            groups = _shared(originals, copies)
+            differing = [(where, group) for where, group in groups.items() if _differ(group)]
         except Exception:
             self._watching = None
             return
+        found = self._found_where
+        if differing:  # (copied for good; each env found sharing in a step whose values now differ is told)
+            self._watching, self._found_where = None, set()
+            for where, group in differing:
+                if where in found:
+                    self._told_shared([positions[k] for k, _ in group])
+            return
+        if groups:
+            self._saw_shared = True
+            self._found_seen = self._found_seen or not found.isdisjoint(groups)
         self._watched += 1
         if left > 1:  # type: ignore[operator]
             self._watching = left - 1  # type: ignore[operator]
+        elif found and not self._found_seen:  # (shared in some steps only: copied for good)
+            self._watching, self._found_where = None, set()
         else:
             # (envs sharing a constant: not looked for in steps again, where write_results would find it at every step)
-            self._watching, self.copies_obs, self._found_at_step, self._constant_seen = None, False, False, True
+            self._constant_seen = self._constant_seen or self._saw_shared
+            self._watching, self.copies_obs, self._found_where = None, False, set()
             self.step_fns[:] = [env.step for env in self.envs]
 
     def reset_rows(
@@ -1224,20 +1248,56 @@ def _memory_parts(original: Any, copy: Any, seen: set | None = None) -> Any:
             yield from _memory_parts(value, part, seen)
 
 
-def _shared(originals: list, copies: list) -> list:
-    """The parts over one memory of several of ``originals`` (the envs' own objects): per memory, (k, the part of
-    ``copies[k]`` there) for each env k whose object has a part there."""
+def _shared(originals: list, copies: list) -> dict:
+    """The parts over one memory of several of ``originals`` (the envs' own objects): per memory (where), (k, the part
+    of ``copies[k]`` there) for each env k whose object has a part there."""
     envs: dict = {}
     for k, (original, copy) in enumerate(zip(originals, copies)):
         for where, part in _memory_parts(original, copy):
             envs.setdefault(where, {}).setdefault(k, part)
-    return [list(parts.items()) for parts in envs.values() if len(parts) > 1]
+    return {where: list(parts.items()) for where, parts in envs.items() if len(parts) > 1}
 
 
 def _differ(group: list) -> bool:
     """Whether the parts of a group (_shared's) hold different values."""
     first = group[0][1]
     return any(not _same_values(first, part) for _, part in group[1:])
+
+
+def _restore(original: Any, copy: Any, seen: set | None = None) -> None:
+    """Write the values of ``copy`` (env_calls.copied's copy of an env's own object, taken as the env returned it) back
+    into ``original`` where they can be written: its writable arrays' bytes, its lists' and dicts' items (each
+    container once). Where nothing else wrote the object since, it writes what is there already. Never raises."""
+    try:
+        if isinstance(original, np.ndarray):
+            if (original.flags.writeable and original.nbytes and isinstance(copy, np.ndarray)
+                    and copy.shape == original.shape and copy.dtype == original.dtype):
+                np.copyto(original, copy)
+            return
+        if not isinstance(original, (dict, list, tuple)):
+            return
+        if seen is None:
+            seen = set()
+        elif id(original) in seen:
+            return
+        seen.add(id(original))
+        if isinstance(original, dict) and isinstance(copy, dict):
+            for key, value in list(original.items()):
+                if key in copy:
+                    if isinstance(value, (np.ndarray, dict, list, tuple)):
+                        _restore(value, copy[key], seen)
+                    elif value is not copy[key]:
+                        original[key] = copy[key]
+        elif isinstance(original, (list, tuple)) and isinstance(copy, (list, tuple)) and len(original) == len(copy):
+            for k, (value, part) in enumerate(zip(original, copy)):
+                if isinstance(value, (np.ndarray, dict, list, tuple)):
+                    _restore(value, part, seen)
+                elif value is not part and isinstance(original, list):
+                    original[k] = part
+        elif isinstance(original, list) and isinstance(copy, list):
+            original[:] = copy
+    except Exception:  # (an env's own container type refusing an item: left as it is)
+        pass
 
 
 def _first_shared(obs_list: list) -> int:

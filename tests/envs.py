@@ -988,3 +988,106 @@ class OneStepKilledAtSecondReset(gym.Env):
 
     def step(self, action):
         return np.ones(1, np.float32), 1.0, True, False, {}
+
+
+class SharesAtEpisodeEnds(gym.Env):
+    """Fresh observations, except at an episode's end (every ``length`` steps): then its class's one array, written
+    with 100 x index + the episode's number."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    end = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0, length: int = 20):
+        self.index, self.length, self.t, self.episode = index, length, 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.episode = 0, self.episode + 1
+        return np.full(1, self.index, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t >= self.length:
+            self.end[0] = 100 * self.index + self.episode
+            return self.end, 0.0, True, False, {}
+        return np.full(1, 10 * self.index + self.t, np.float32), 0.0, False, False, {}
+
+
+class InPlaceStateInfo(gym.Env):
+    """Fresh observations; infos holding a state array of its own it changes in place (episodes of 3 steps; its reset
+    writes -index there)."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int = 0):
+        self.index, self.t = index, 0
+        self.state = np.zeros(1)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.state[0] = -self.index
+        return np.full(1, self.index, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.state[0] = 10 * self.index + self.t
+        return np.full(1, 10 * self.index + self.t, np.float32), 0.0, self.t >= 3, False, {"state": self.state}
+
+
+class StepFrame(gym.Env):
+    """Steps return its class's one frame, written with 10 x index + t; resets return fresh arrays and leave the frame
+    as it is (episodes of 4 steps)."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    frame = np.zeros(1, np.float32)
+
+    def __init__(self, index: int = 0):
+        self.index, self.t = index, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full(1, self.index, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.frame[0] = 10 * self.index + self.t
+        return self.frame, 0.0, self.t >= 4, False, {}
+
+
+class OtherStepFrame(StepFrame):
+    """A StepFrame of a frame of its own class."""
+
+    frame = np.zeros(1, np.float32)
+
+
+TERMINAL = np.full(1, -1.0, np.float32)  # (every InfoFrame's last observation of an episode)
+TERMINAL.flags.writeable = False
+
+
+class InfoFrame(gym.Env):
+    """Fresh observations but at an episode's end (every 5 steps: the read-only TERMINAL every env returns); infos
+    holding its class's one frame, written with 10 x index + t."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    frame = np.zeros(1)
+
+    def __init__(self, index: int = 0):
+        self.index, self.t = index, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full(1, self.index, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.frame[0] = 10 * self.index + self.t
+        end = self.t >= 5
+        obs = TERMINAL if end else np.full(1, 10 * self.index + self.t, np.float32)
+        return obs, 0.0, end, False, {"frame": self.frame}

@@ -201,3 +201,97 @@ def test_the_warning_of_envs_found_sharing_in_a_step_is_said_once_whatever_the_c
                 obs = venv.step(np.zeros(2, np.int64))[0]
             assert _rows(obs) == [1.0, 11.0]
         assert len([w for w in caught if "memory that env" in str(w.message)]) == told, check
+
+
+def test_envs_sharing_memory_in_some_steps_only_keep_their_values_after_the_first() -> None:
+    """Fresh observations but at episodes' ends, where the envs return their class's one array: found at the first
+    end (lost, as documented); the watch after it saw no memory shared (no episode ended in it) and ended as for a
+    constant, and no later step was looked at: every later episode end gave the last env's values, unsaid (hunt78
+    bug 1). Now memory found in a step and not seen again in the watch is copied for good."""
+    fns = [partial(envs.SharesAtEpisodeEnds, i, 20) for i in range(2)]
+    with fastvec.VectorEnv(fns, num_workers=1, context="fork", step_in_parent=False) as venv:
+        venv.reset(seed=0)
+        ends = []
+        for _ in range(4 * 21):
+            obs, _, terminated, _, _ = venv.step(np.zeros(2, np.int64))
+            if terminated.all():
+                ends.append(_rows(obs))
+    assert ends[0] == [101.0, 101.0]  # (lost)
+    assert ends[1:] == [[2.0, 102.0], [3.0, 103.0], [4.0, 104.0]]
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_the_infos_of_envs_ending_in_a_copying_process_are_read_after_their_resets(move: bool) -> None:
+    """SB3 sends an ended env's step info after its reset (an array it changes in place shows the reset's values): a
+    process copying what its envs return while it watches them (an env moved in, here) gave the step's values (hunt78
+    bug 4). As DummyVecEnv, with and without the move."""
+    fns = [partial(envs.InPlaceStateInfo, i) for i in range(4)]
+    reference = DummyVecEnv(fns)
+    reference.reset()
+    with SubprocVecEnv(fns, num_workers=2, start_method="fork", step_in_parent=True) as venv:
+        venv.reset()
+        moved = venv.pool.request_move(1, 0) if move else None
+        for t in range(24):
+            _, _, dones, infos = venv.step(np.zeros(4, np.int64))
+            _, _, ref_dones, ref_infos = reference.step(np.zeros(4, np.int64))
+            assert dones.tolist() == ref_dones.tolist()
+            for i in range(4):
+                if i != moved or t != 2:  # (the moved env's info as it leaves: its new process resets it)
+                    assert infos[i]["state"].tolist() == ref_infos[i]["state"].tolist(), (t, i)
+        assert moved is None or venv.pool._local.copies_obs is False  # (the watch ended: nothing shared)
+    reference.close()
+
+
+@pytest.mark.parametrize("step_in_parent", [False, True])
+def test_the_final_observations_of_envs_sharing_memory_only_in_steps_are_each_env_s(step_in_parent: bool) -> None:
+    """Envs whose steps return their class's one frame and whose resets leave it as it is: each final observation was
+    read from the frame after every env had stepped, the last env's values (hunt78 bug 5). Now each env's own objects
+    get its step's values back before its reset, as in a process of its own (SB3's SubprocVecEnv)."""
+    fns = [partial(envs.StepFrame, i) for i in range(2)]
+
+    def history(venv) -> list:
+        venv.reset()
+        seen = []
+        for _ in range(12):
+            obs, _, dones, infos = venv.step(np.zeros(2, np.int64))
+            seen.append((_rows(obs), [float(info["terminal_observation"][0]) if d else None for info, d in zip(infos, dones)]))
+        venv.close()
+        return seen
+
+    expected = history(SB3SubprocVecEnv(fns, start_method="fork"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the first step's values are lost, and told)
+        got = history(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=step_in_parent))
+    assert got[1:] == expected[1:] and expected[3][1] == [4.0, 14.0]
+
+
+def test_every_env_found_sharing_in_a_step_is_told_and_only_for_observations() -> None:
+    """Two classes each sharing a frame of their own in steps: both groups lost the first step's values, and only the
+    first group's envs were told (hunt78 bug 6). Envs sharing only their infos' frame (and, at episodes' ends, a
+    read-only constant observation every env returns, which is found) were told their observations were lost (hunt78
+    bug 7): their observations were all right."""
+    fns = [partial(envs.StepFrame, 0), partial(envs.StepFrame, 1), partial(envs.OtherStepFrame, 2),
+           partial(envs.OtherStepFrame, 3)]
+    with warnings.catch_warnings(record=True) as caught, SubprocVecEnv(
+        fns, num_workers=1, start_method="fork", step_in_parent=False
+    ) as venv:
+        warnings.simplefilter("always")
+        venv.reset()
+        first = _rows(venv.step(np.zeros(4, np.int64))[0])
+        for t in (2, 3):
+            assert _rows(venv.step(np.zeros(4, np.int64))[0]) == [10.0 * i + t for i in range(4)]
+    assert first == [11.0, 11.0, 31.0, 31.0]
+    told = sorted(str(w.message)[:16] for w in caught if "memory that env" in str(w.message))
+    assert told == ["fastvec: env 0 r", "fastvec: env 2 r"]
+    fns = [partial(envs.InfoFrame, i) for i in range(2)]
+    with warnings.catch_warnings(record=True) as caught, fastvec.VectorEnv(
+        fns, num_workers=1, context="fork", step_in_parent=False
+    ) as venv:
+        warnings.simplefilter("always")
+        venv.reset()
+        t = [0, 0]
+        for _ in range(14):
+            obs = _rows(venv.step(np.zeros(2, np.int64))[0])
+            t = [0 if k == 5 else k + 1 for k in t]  # (NEXT_STEP: the step after an episode's end is its reset)
+            assert obs == [float(i) if k == 0 else -1.0 if k == 5 else 10.0 * i + k for i, k in enumerate(t)]
+    assert not [w for w in caught if "memory that env" in str(w.message)]

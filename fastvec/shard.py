@@ -523,21 +523,14 @@ class Shard:
                     continue
                 env = self.envs[j]
                 before = self._step_values(j, results, final) if self.restart_on_error else None
-                fn = self.step_fns[j] if self.copies_obs else None
-                if isinstance(fn, _CopyingStep) and fn.fresh:
-                    # as in a process of its own: the env's own objects hold its step's values when it resets (the
-                    # next envs of this one may have written a memory it shares with them), and its info is what its
-                    # objects hold after the reset (SB3 and gymnasium pickle it then): both as without copies
-                    _restore(fn.original, results[j][0])
-                    _restore(fn.original_info, results[j][4])
+                fn = self._restored(j, results) if self.copies_obs else None
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
                     failed = (failed or []) + [err]
                     continue
-                if isinstance(fn, _CopyingStep) and fn.fresh and self.envs[j] is env:
-                    result = results[j]
-                    results[j] = (*result[:4], copied(fn.original_info))
+                if fn is not None and self.envs[j] is env:  # (its info as its objects hold it after the reset)
+                    results[j] = (*results[j][:4], copied(fn.original_info))
                 # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an
                 # env that changes its array in place shows the reset's values there too, whatever its dtype);
                 # as the step left it where the reset raised and the env was made again (on_error="restart")
@@ -567,6 +560,18 @@ class Shard:
         if self.side_extras or self.checks.pending:
             return self.finish_extras(extras)
         return extras
+
+    def _restored(self, j: int, results: list) -> _CopyingStep | None:
+        """SAME_STEP, a copying process, env j's episode ended: as in a process of its own, its own objects get its
+        step's values back before its reset (the next envs of this one may have written a memory it shares with them),
+        and its final observation and info are then read after the reset (SB3 and gymnasium send them then). Returns
+        its step function where it copied this step's results, else None."""
+        fn = self.step_fns[j]
+        if not isinstance(fn, _CopyingStep) or not fn.fresh:
+            return None
+        _restore(fn.original, results[j][0])
+        _restore(fn.original_info, results[j][4])
+        return fn
 
     def _step_values(self, j: int, results: list, final: Any) -> Any:
         """Env j's observation as its step left it, where the env leaves or its reset raises (it is closed): in a

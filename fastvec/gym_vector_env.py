@@ -93,6 +93,10 @@ class VectorEnv(gym.vector.VectorEnv):
     re-created env's episode ends as truncated and ``infos["fastvec_restarted"]`` names the error.
     ``max_concurrency`` bounds the processes that step envs (each steps its envs one at a time): it
     lowers ``num_workers`` (given, or one per core) to at most that many, and never raises it.
+    ``context`` is the start method; ``config`` and ``**options`` are the pool's (any field of
+    fastvec.PoolOptions, whose docstring says what each does: num_workers, ring_slots, step_in_parent,
+    spin_ns, step_timeout, pin, pin_workers, batch_size (asynchronous batches: async_reset / send /
+    recv), on_error, check, monitor, monitor_interval).
     """
 
     def __init__(
@@ -184,7 +188,7 @@ class VectorEnv(gym.vector.VectorEnv):
             daemon = bool(daemon)
         # (the config itself, not ``base``: build() keeps a file's or dict's layout out of batches)
         settings = PoolOptions.build(
-            config, num_envs=self.num_envs, **{"start_method": start_method, "daemon": daemon, **options}
+            config, self.num_envs, **{"start_method": start_method, "daemon": daemon, **options}
         )
         self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time
@@ -494,7 +498,8 @@ def _check_static(space: Space) -> None:
     if isinstance(space, (Graph, SequenceSpace)):
         raise UnsupportedSpaceError(
             f"Space of type `{type(space)}` has a dynamic shape so its not possible to make a static shared memory. "
-            "Use AsyncVectorEnv(..., shared_memory=False) (fastvec then pickles this part)."
+            "Use fastvec.VectorEnv(..., shared_memory=False): fastvec then pickles this part (its array parts still "
+            "go through shared memory)."
         )
     if isinstance(space, Text):
         return
@@ -508,7 +513,8 @@ def _check_static(space: Space) -> None:
         for sub in space.spaces:
             _check_static(sub)
     elif not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
-        raise ValueError(
+        raise ValueError(  # (gymnasium's words first, for what matches them; then what holds for fastvec)
             "Using `AsyncVector(..., shared_memory=True)` caused an error, you can disable this feature with "
-            "`shared_memory=False` however this is slower."
+            "`shared_memory=False`: fastvec.VectorEnv(..., shared_memory=False) pickles this space's values (its "
+            "array parts still go through shared memory)."
         ) from CustomSpaceError(f"Space of type `{type(space)}` doesn't have a registered shared memory layout")

@@ -192,7 +192,7 @@ class PoolOptions:
 
     @classmethod
     def build(
-        cls, config: PoolOptions | dict | str | os.PathLike | None = None, *, num_envs: int | None = None, **knobs: Any
+        cls, config: PoolOptions | dict | str | os.PathLike | None = None, num_envs: int | None = None, /, **knobs: Any
     ) -> PoolOptions:
         """Options from a tuning ``config`` (a PoolOptions, a dict, or the path of a JSON file
         written by ``python -m fastvec.tune``) overlaid with the ``knobs`` that are not None.
@@ -200,8 +200,9 @@ class PoolOptions:
         asynchronous batches."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(knobs) - names)
-        if unknown:
-            raise TypeError(f"unknown pool option(s) {unknown}; the options are {sorted(names)}")
+        if unknown:  # (num_envs, EnvPool's keyword, and config are no knobs: build's own arguments come by position)
+            hint = " (the number of envs is that of env_fns)" if "num_envs" in unknown else ""
+            raise TypeError(f"unknown pool option(s) {unknown}{hint}; the options are {sorted(names)}")
         base = cls.load(config)
         batch = knobs.get("batch_size")
         if batch is not None and config is not None and not isinstance(config, PoolOptions) and (

@@ -49,8 +49,10 @@ class SubprocVecEnv(_VecEnvBase):
             ``ring_slots - 1`` steps (False; needs ring_slots >= 2).
         config: a PoolOptions, or a dict / JSON file from ``python -m fastvec.tune``;
             explicit keyword arguments win.
-        **options: any field of fastvec.PoolOptions: num_workers, ring_slots, step_in_parent,
-            spin_ns, step_timeout, daemon, pin_workers, on_error, check. With
+        **options: any field of fastvec.PoolOptions (its docstring says what each does): num_workers,
+            ring_slots, step_in_parent, spin_ns, step_timeout, daemon, pin, pin_workers, batch_size
+            (asynchronous batches: async_reset / send / recv), on_error, check, monitor,
+            monitor_interval. With
             ``on_error="restart"`` a re-created env's episode ends (``dones[i]`` True,
             ``TimeLimit.truncated`` True, its last observation as ``terminal_observation``) and
             ``infos[i]["fastvec.restarted"]`` names the error.
@@ -66,7 +68,7 @@ class SubprocVecEnv(_VecEnvBase):
         **options: Any,
     ):
         env_fns = list(env_fns)
-        settings = PoolOptions.build(config, num_envs=len(env_fns), start_method=start_method, **options)
+        settings = PoolOptions.build(config, len(env_fns), start_method=start_method, **options)
         if not copy and settings.ring_slots < 2:
             raise ValueError(
                 f"copy=False needs ring_slots >= 2 (got {settings.ring_slots}): SB3 keeps the previous observation "

@@ -133,8 +133,8 @@ def test_batch_size_of_every_env_is_the_synchronous_step_and_keeps_a_tuning_file
 
     monkeypatch.setattr(pool_module, "default_num_workers", lambda: 2)
     config = {"num_workers": 2, "step_in_parent": False}
-    assert PoolOptions.build(config, num_envs=4, batch_size=4) == PoolOptions.build(config).replace(batch_size=4)
-    assert PoolOptions.build(config, num_envs=4, batch_size=2).step_in_parent is None
+    assert PoolOptions.build(config, 4, batch_size=4) == PoolOptions.build(config).replace(batch_size=4)
+    assert PoolOptions.build(config, 4, batch_size=2).step_in_parent is None
     with SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", config=config, batch_size=4) as venv:
         assert not venv.pool.step_in_parent and len(venv.pool.worker_pids) == 2
     with VectorEnv([envs.make_cartpole] * 4, context="fork", config=config, batch_size=4) as venv:
@@ -248,3 +248,32 @@ def test_the_pool_s_own_arguments_show_a_huge_int_by_its_size() -> None:
     for name in ("autoreset_mode", "observation_mode"):
         with pytest.raises(ValueError, match=rf"{name} must be .*, got an int of 16,610 bits"):
             Pool([envs.make_cartpole] * 2, start_method="fork", **{name: 10**5000})
+
+
+def test_the_front_ends_name_every_pool_option_in_their_docstrings() -> None:
+    """help() of each front-end lists every PoolOptions field (SubprocVecEnv's left out pin, monitor,
+    monitor_interval and batch_size: hunt80 bug 4); the start method is a parameter of its own."""
+    import dataclasses
+
+    import fastvec
+    from fastvec.options import PoolOptions
+
+    for cls, own in ((fastvec.SubprocVecEnv, {"start_method"}), (fastvec.VectorEnv, {"start_method", "daemon"})):
+        doc = (cls.__doc__ or "") + (cls.__init__.__doc__ or "")
+        missing = [f.name for f in dataclasses.fields(PoolOptions) if f.name not in doc and f.name not in own]
+        assert not missing, (cls.__name__, missing)
+
+
+def test_envpool_s_num_envs_keyword_is_an_unknown_option_named_so() -> None:
+    """num_envs= (EnvPool's keyword) or cls= collided with PoolOptions.build's own parameters: "build() got multiple
+    values for keyword argument 'num_envs'" (hunt80 bug 8); now the usual refusal, listing the options."""
+    import fastvec
+    from fastvec.options import PoolOptions
+
+    with pytest.raises(TypeError, match=r"unknown pool option\(s\) \['num_envs'\] \(the number of envs is that of env_fns\)"):
+        fastvec.SubprocVecEnv([envs.make_cartpole] * 2, num_envs=2)
+    with pytest.raises(TypeError, match=r"unknown pool option\(s\) \['cls'\]; the options are \['batch_size'"):
+        fastvec.VectorEnv([envs.make_cartpole] * 2, cls=1)
+    with pytest.raises(TypeError, match=r"unknown pool option\(s\) \['num_envs'\]"):
+        fastvec.Pool([envs.make_cartpole] * 2, num_envs=2)
+    assert PoolOptions.build({"ring_slots": 3}, 4, batch_size=2).batch_size == 2

@@ -117,14 +117,16 @@ class WorkerDiedError(FastvecError):
 class StepTimeoutError(FastvecError):
     """A command took longer than the pool's ``step_timeout``."""
 
-    def __init__(self, worker_index: int, env_indices: range, command: str, timeout: float):
+    def __init__(self, worker_index: int, env_indices: range, command: str, timeout: float, made: bool = True):
         self.worker_index = worker_index
         self.env_indices = env_indices
         self.command = command
         self.timeout = timeout
+        # (``made``: the pool exists, and is broken; else its constructor raised this, its workers stopped)
+        after = "the pool must be closed" if made else "the pool was not made (its workers were stopped)"
         super().__init__(
             f"{command!r} did not finish within {float(timeout):g} s in worker {worker_index} "
-            f"(envs {env_indices.start}..{env_indices.stop - 1}); the pool must be closed"
+            f"(envs {env_indices.start}..{env_indices.stop - 1}); {after}"
         )
 
 

@@ -289,7 +289,7 @@ class Pool(ShardMoves):
         self._release_lock = threading.Lock()
 
         env_fns = list(env_fns)
-        opts = PoolOptions.build(options, num_envs=len(env_fns), **knobs)
+        opts = PoolOptions.build(options, len(env_fns), **knobs)
         if not env_fns:
             raise ValueError("need at least one env factory, got an empty list")
         for i, fn in enumerate(env_fns):
@@ -386,6 +386,9 @@ class Pool(ShardMoves):
             if opts.monitor:
                 self._monitor = Monitor(weakref.proxy(self), interval=opts.monitor_interval)
                 self._monitor.start()
+        except StepTimeoutError as exc:  # (said as the constructor's: there is no pool to close)
+            self._terminate(grace=0.2)
+            raise StepTimeoutError(exc.worker_index, exc.env_indices, exc.command, exc.timeout, made=False) from None
         except BaseException:
             self._terminate(grace=0.2)
             raise
@@ -972,10 +975,17 @@ class Pool(ShardMoves):
         # loaded by its worker from the copy's pickle, not from the one this process loaded
         # (no pickle made only to be checked: never loaded, it held a torch tensor's one-shot descriptor open; the
         # shares in the order of their lowest env, so that an argument no env can take is said for the lowest envs)
-        copies = {
-            shard: private_payload(part(plan[shard]), f"{request} arguments", called(plan[shard]))
-            for shard in sorted(plan, key=lambda shard: min(indices[p] for p in plan[shard]))
-        }
+        try:
+            copies = {
+                shard: private_payload(part(plan[shard]), f"{request} arguments", called(plan[shard]))
+                for shard in sorted(plan, key=lambda shard: min(indices[p] for p in plan[shard]))
+            }
+        except Exception:
+            shared = values is None or all(value is values[0] for value in values)  # (set_attr's one value)
+            if shared and len(plan) > 1:  # (arguments every env shares: refused for every env called, named so)
+                every = list(range(len(indices)))
+                private_payload(part(every), f"{request} arguments", called(every))  # (raises, naming them)
+            raise
         payloads = {r.index: dumps_payload(copies.get(r.index, part([])), f"{request} arguments", r.envs) for r in self._remotes}
         # (the own shard's copy, as a worker's envs get: only where one of its envs is called, else it named envs the
         # call does not concern)
@@ -2149,6 +2159,11 @@ def _async_layout(n: int, opts: PoolOptions) -> tuple[int, bool]:
     steps). ``python -m fastvec.tune`` measures both on the user's env."""
     batch = int(opts.batch_size)
     # (never more workers than envs, as in the synchronous layout: a tuned num_workers from a larger machine)
+    if n % batch and not opts.num_workers:  # (no num_workers given: the sizes alone are wrong)
+        raise ValueError(
+            f"batch_size={batch} with {n} envs: a batch is whole groups of envs, so num_envs must be a multiple of "
+            "batch_size"
+        )
     workers = min(int(opts.num_workers), n) if opts.num_workers else _async_workers(n, batch, default_num_workers())
     if n % batch or n % workers or batch % (n // workers):
         raise ValueError(

@@ -477,8 +477,11 @@ def test_misuse_is_named() -> None:
         with pytest.raises(AlreadyPendingCallError, match="asynchronous batches are running"):
             pool.call("get_attr", [0], ("spec",))
         pool.send(np.zeros(2, np.int64), got.env_ids)
-    with pytest.raises(ValueError, match="multiple of batch_size"):
+    with pytest.raises(ValueError, match="multiple of batch_size") as info:
         Pool([envs.make_cartpole] * 5, batch_size=2, start_method="fork")
+    assert "num_workers" not in str(info.value)  # (none given: it named num_workers=2, hunt80 bug 7)
+    with pytest.raises(ValueError, match="with 8 envs and num_workers=3"):
+        Pool([envs.make_cartpole] * 8, batch_size=4, num_workers=3, start_method="fork")
     with pytest.raises(ValueError, match="batch_size=8 is more than the 4 envs"):  # (it was the synchronous step)
         Pool([envs.make_cartpole] * 4, batch_size=8, start_method="fork")
 

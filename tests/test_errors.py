@@ -1384,3 +1384,17 @@ def test_a_wait_given_a_timeout_stops_between_the_envs_of_a_shard_wrapped_around
     finally:
         pool.close()
         reference.close()
+
+
+def _slow_to_make() -> gym.Env:
+    time.sleep(3)
+    return gym.make("CartPole-v1")
+
+
+def test_a_constructor_past_step_timeout_says_no_pool_was_made() -> None:
+    """Making a worker's envs counts against step_timeout: the constructor's StepTimeoutError said "the pool must be
+    closed", though the caller holds no pool and its workers were stopped (hunt80 bug 10)."""
+    fns = [partial(gym.make, "CartPole-v1")] * 3 + [_slow_to_make]
+    with pytest.raises(StepTimeoutError, match=r"'make' did not finish within 1 s in worker 1 \(envs 2..3\); the pool "
+                       r"was not made \(its workers were stopped\)"):
+        SubprocVecEnv(fns, num_workers=2, step_timeout=1, start_method="fork", step_in_parent=False)

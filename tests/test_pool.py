@@ -45,9 +45,12 @@ def test_unpicklable_call_argument_leaves_the_pool_usable() -> None:
         venv.reset()
         with pytest.raises(TypeError, match=r"env_method arguments for env 3 cannot be pickled"):  # (the env called)
             venv.env_method("reset", options=lambda: 0, indices=[3])
-        # given to every env: said for the lowest (the first worker's were named, as if the caller's were fine)
-        with pytest.raises(TypeError, match=r"set_attr arguments for envs 0, 1 cannot be pickled"):
+        # given to every env: said for every env called (the first worker's were named, as if the caller's were fine;
+        # then the lowest shard's, as if the others had taken it: hunt80 bug 11)
+        with pytest.raises(TypeError, match=r"set_attr arguments for envs 0, 1, 2, 3 cannot be pickled"):
             venv.set_attr("x", lambda: 0, indices=[3, 2, 1, 0])
+        with pytest.raises(TypeError, match=r"env_method arguments for envs 1, 2 cannot be pickled"):
+            venv.env_method("reset", options=lambda: 0, indices=[2, 1])
         assert venv.pool.state is PoolState.IDLE
         assert venv.env_method("pid", indices=[3])[0] != os.getpid()
         venv.step(ZEROS)

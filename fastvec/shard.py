@@ -142,8 +142,9 @@ class Shard:
         # the memory where a step's observations were first found shared (_shared_at_step: their envs are told once
         # their values differ), and whether the watch saw it again; whether a watch found envs sharing a constant (not
         # copied again for one)
-        self._found_where: set = set()
+        self._found_where: dict = {}  # (where -> the positions of the envs found over it, the last one's values theirs)
         self._found_seen = False
+        self._for_good = False  # whether the watch saw envs' values differ over one memory (it goes on only to tell)
         self._constant_seen = False
         self.step_fns = [env.step for env in envs]
         self.steps = 0
@@ -523,14 +524,17 @@ class Shard:
                     continue
                 env = self.envs[j]
                 before = self._step_values(j, results, final) if self.restart_on_error else None
-                fn = self._restored(j, results) if self.copies_obs else None
+                held = self._held(j) if self.copies_obs else None
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
                     failed = (failed or []) + [err]
                     continue
-                if fn is not None and self.envs[j] is env:  # (its info as its objects hold it after the reset)
-                    results[j] = (*results[j][:4], copied(fn.original_info))
+                if held is not None and self.envs[j] is env:  # (as in a process of its own: Shard._held)
+                    final, info = self._after_reset(j, results, held)
+                    results[j] = (*results[j][:4], info)
+                if not has_info and results[j][4]:  # (an info its reset filled: sent as the references send it then)
+                    has_info = True
                 # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an
                 # env that changes its array in place shows the reset's values there too, whatever its dtype);
                 # as the step left it where the reset raised and the env was made again (on_error="restart")
@@ -561,17 +565,23 @@ class Shard:
             return self.finish_extras(extras)
         return extras
 
-    def _restored(self, j: int, results: list) -> _CopyingStep | None:
-        """SAME_STEP, a copying process, env j's episode ended: as in a process of its own, its own objects get its
-        step's values back before its reset (the next envs of this one may have written a memory it shares with them),
-        and its final observation and info are then read after the reset (SB3 and gymnasium send them then). Returns
-        its step function where it copied this step's results, else None."""
+    def _held(self, j: int) -> tuple | None:
+        """SAME_STEP, a copying process, env j's episode ended: what its own objects (observation, info) hold just
+        before its reset (copies), where it copied this step's results; else None. See _after_reset."""
         fn = self.step_fns[j]
         if not isinstance(fn, _CopyingStep) or not fn.fresh:
             return None
-        _restore(fn.original, results[j][0])
-        _restore(fn.original_info, results[j][4])
-        return fn
+        return fn, copied(fn.original), copied(fn.original_info)
+
+    def _after_reset(self, j: int, results: list, held: tuple) -> tuple[Any, Any]:
+        """Env j's final observation and info (copies), as a process of its own would send them: read after its reset
+        (SB3 and gymnasium send them then) where the reset changed what its objects held, else as the env returned them
+        at its step (the next envs of this process may have written a memory it shares with them since: a frame its
+        class shares, which its reset leaves as it is). Nothing is written into the env's objects."""
+        fn, obs_before, info_before = held
+        obs = fn.original if not _same_values(obs_before, fn.original) else results[j][0]
+        info = copied(fn.original_info) if not _same_values(info_before, fn.original_info) else results[j][4]
+        return (copied(obs) if obs is fn.original else obs), info
 
     def _step_values(self, j: int, results: list, final: Any) -> Any:
         """Env j's observation as its step left it, where the env leaves or its reset raises (it is closed): in a
@@ -741,7 +751,7 @@ class Shard:
             self.copies_obs = True
             self.step_fns[:] = [self.step_fn(env) for env in self.envs]
             self._watching = WATCHED_STEPS if watch else None
-            self._watched, self._saw_shared, self._found_seen = 0, False, False
+            self._watched, self._saw_shared, self._found_seen, self._for_good = 0, False, False, False
         elif self._watching is not None:
             # (anew only within WATCH_LIMIT steps of the watch's start: resets every few steps would keep it for ever)
             anew = anew and self._watched < WATCH_LIMIT
@@ -762,12 +772,12 @@ class Shard:
         step's were lost); if the values stay the same (a constant they share) the copies stop."""
         groups = _shared(originals, originals)
         if groups:  # (an array and a view of another part of it start at one byte only where empty)
-            self._found_where = set(groups)
+            self._found_where = {where: [k for k, _ in group] for where, group in groups.items()}
             self._copy_from_now(watch=True)
 
     def _told_shared(self, positions: list[int]) -> None:
-        """The watch found envs at ``positions`` giving different values over memory where a step's observations were
-        first found shared (_shared_at_step), which gave them one env's values: each is told, once."""
+        """The envs at ``positions`` were found in a step over one memory (_shared_at_step), which gave them the last
+        one's values, and the watch saw values differ there since: each but the last is told, once."""
         if not self.checks.active:  # (check="off": nothing said)
             return
         last = self.start + positions[-1]
@@ -803,24 +813,26 @@ class Shard:
             self._watching = None
             return
         found = self._found_where
-        if differing:  # (copied for good; each env found sharing in a step whose values now differ is told)
-            self._watching, self._found_where = None, set()
-            for where, group in differing:
+        if differing:  # (copied for good; the envs found over that memory in a step are told: their values were lost)
+            self._for_good = True
+            for where, _ in differing:
                 if where in found:
-                    self._told_shared([positions[k] for k, _ in group])
+                    self._told_shared(found.pop(where))
+        if self._for_good and not found:  # (nothing left to tell)
+            self._watching = None
             return
         if groups:
             self._saw_shared = True
-            self._found_seen = self._found_seen or not found.isdisjoint(groups)
+            self._found_seen = self._found_seen or any(where in found for where in groups)
         self._watched += 1
         if left > 1:  # type: ignore[operator]
             self._watching = left - 1  # type: ignore[operator]
-        elif found and not self._found_seen:  # (shared in some steps only: copied for good)
-            self._watching, self._found_where = None, set()
+        elif self._for_good or (found and not self._found_seen):  # (or shared in some steps only: copied for good)
+            self._watching, self._found_where = None, {}
         else:
             # (envs sharing a constant: not looked for in steps again, where write_results would find it at every step)
             self._constant_seen = self._constant_seen or self._saw_shared
-            self._watching, self.copies_obs, self._found_where = None, False, set()
+            self._watching, self.copies_obs, self._found_where = None, False, {}
             self.step_fns[:] = [env.step for env in self.envs]
 
     def reset_rows(
@@ -1267,42 +1279,6 @@ def _differ(group: list) -> bool:
     """Whether the parts of a group (_shared's) hold different values."""
     first = group[0][1]
     return any(not _same_values(first, part) for _, part in group[1:])
-
-
-def _restore(original: Any, copy: Any, seen: set | None = None) -> None:
-    """Write the values of ``copy`` (env_calls.copied's copy of an env's own object, taken as the env returned it) back
-    into ``original`` where they can be written: its writable arrays' bytes, its lists' and dicts' items (each
-    container once). Where nothing else wrote the object since, it writes what is there already. Never raises."""
-    try:
-        if isinstance(original, np.ndarray):
-            if (original.flags.writeable and original.nbytes and isinstance(copy, np.ndarray)
-                    and copy.shape == original.shape and copy.dtype == original.dtype):
-                np.copyto(original, copy)
-            return
-        if not isinstance(original, (dict, list, tuple)):
-            return
-        if seen is None:
-            seen = set()
-        elif id(original) in seen:
-            return
-        seen.add(id(original))
-        if isinstance(original, dict) and isinstance(copy, dict):
-            for key, value in list(original.items()):
-                if key in copy:
-                    if isinstance(value, (np.ndarray, dict, list, tuple)):
-                        _restore(value, copy[key], seen)
-                    elif value is not copy[key]:
-                        original[key] = copy[key]
-        elif isinstance(original, (list, tuple)) and isinstance(copy, (list, tuple)) and len(original) == len(copy):
-            for k, (value, part) in enumerate(zip(original, copy)):
-                if isinstance(value, (np.ndarray, dict, list, tuple)):
-                    _restore(value, part, seen)
-                elif value is not part and isinstance(original, list):
-                    original[k] = part
-        elif isinstance(original, list) and isinstance(copy, list):
-            original[:] = copy
-    except Exception:  # (an env's own container type refusing an item: left as it is)
-        pass
 
 
 def _first_shared(obs_list: list) -> int:

@@ -1091,3 +1091,69 @@ class InfoFrame(gym.Env):
         end = self.t >= 5
         obs = TERMINAL if end else np.full(1, 10 * self.index + self.t, np.float32)
         return obs, 0.0, end, False, {"frame": self.frame}
+
+
+class ReadOnlyStepFrame(StepFrame):
+    """A StepFrame returning a read-only view of its class's frame (as a C extension's static frame often comes)."""
+
+    frame = np.zeros(1, np.float32)
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        view = self.frame.view()
+        view.flags.writeable = False
+        return view, reward, terminated, truncated, info
+
+
+class Float64StepFrame(StepFrame):
+    """A StepFrame whose frame is float64 for its float32 Box (its rows are cast)."""
+
+    frame = np.zeros(1, np.float64)
+
+
+class CountsEverySteps(gym.Env):
+    """Fresh observations; its class counts every step of every instance (``total``), in its step and reset infos
+    (episodes of ``length`` steps)."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    total = np.zeros(1, np.int64)
+
+    def __init__(self, length: int = 3):
+        self.length, self.t = length, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {"total": self.total}
+
+    def step(self, action):
+        self.t += 1
+        self.total[0] += 1
+        return np.zeros(1, np.float32), 0.0, self.t >= self.length, False, {"total": self.total}
+
+    def count(self) -> int:
+        return int(self.total[0])
+
+
+class InfoFilledByReset(gym.Env):
+    """Returns one info dict of its own from every step, empty there, which its reset fills ({"resets": n}); episodes
+    of 2 steps."""
+
+    observation_space = spaces.Box(-1, 1, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self):
+        self.info: dict = {}
+        self.t = self.resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.resets = 0, self.resets + 1
+        self.info["resets"] = self.resets
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.info.clear()
+        return np.zeros(1, np.float32), 0.0, self.t >= 2, False, self.info

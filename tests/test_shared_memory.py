@@ -295,3 +295,72 @@ def test_every_env_found_sharing_in_a_step_is_told_and_only_for_observations() -
             t = [0 if k == 5 else k + 1 for k in t]  # (NEXT_STEP: the step after an episode's end is its reset)
             assert obs == [float(i) if k == 0 else -1.0 if k == 5 else 10.0 * i + k for i, k in enumerate(t)]
     assert not [w for w in caught if "memory that env" in str(w.message)]
+
+
+@pytest.mark.parametrize("cls", [envs.ReadOnlyStepFrame, envs.Float64StepFrame])
+def test_final_observations_over_a_read_only_or_cast_shared_frame_are_each_env_s(cls) -> None:
+    """Steps returning a read-only view of one frame (hunt81 bug 1), or a float64 frame kept as the env's own object
+    for a float32 Box (read when the command's extras were sent, after the next envs' resets: hunt81 bug 3): each
+    final observation was the last env's. As SB3's SubprocVecEnv."""
+    fns = [partial(cls, i) for i in range(2)]
+
+    def finals(venv) -> list:
+        venv.reset()
+        seen = []
+        for _ in range(12):
+            _, _, dones, infos = venv.step(np.zeros(2, np.int64))
+            seen.append([float(info["terminal_observation"][0]) if d else None for info, d in zip(infos, dones)])
+        venv.close()
+        return seen
+
+    expected = finals(SB3SubprocVecEnv(fns, start_method="fork"))
+    assert expected[3] == [4.0, 14.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the first step's values are lost, and told; a cast is warned)
+        assert finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
+
+
+def test_what_envs_of_a_process_share_is_never_set_back() -> None:
+    """A count every env of the process adds to (its class's array, in their infos): the ended envs' objects were set
+    back to their step's copies before their resets, undoing the steps of the envs after them (52 of 60 steps counted:
+    hunt81 bug 2). Nothing is written into the envs' objects."""
+    fns = [partial(envs.CountsEverySteps, 3), partial(envs.CountsEverySteps, 4)]
+    with SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False) as venv:
+        venv.reset()
+        for _ in range(30):
+            venv.step(np.zeros(2, np.int64))
+        assert venv.env_method("count") == [60, 60]
+
+
+def test_the_envs_told_are_those_whose_values_the_finding_step_lost() -> None:
+    """Episodes of 6, 3 and 3 steps ending in their class's one array: step 3 gave env 1 env 2's values (env 0's was
+    its own); the watch told the first group it saw differ, envs 0 and 1 at step 6 (hunt81 bug 5). Now the envs found
+    together in the step are told: env 1."""
+    fns = [partial(envs.SharesAtEpisodeEnds, 0, 6), partial(envs.SharesAtEpisodeEnds, 1, 3),
+           partial(envs.SharesAtEpisodeEnds, 2, 3)]
+    with warnings.catch_warnings(record=True) as caught, SubprocVecEnv(
+        fns, num_workers=1, start_method="fork", step_in_parent=False
+    ) as venv:
+        warnings.simplefilter("always")
+        venv.reset()
+        for _ in range(8):
+            venv.step(np.zeros(3, np.int64))
+    told = [str(w.message) for w in caught if "memory that env" in str(w.message)]
+    assert len(told) == 1 and told[0].startswith("fastvec: env 1 returned its observations in memory that env 2's")
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_an_info_its_reset_fills_is_sent_as_the_references_send_it(num_workers: int) -> None:
+    """An env whose step returns its one info dict, empty, which its reset fills: SB3 sends it after the reset
+    (infos[i]["resets"]); fastvec decided before the resets that no env had an info and sent none (hunt81 bug 6)."""
+    reference = DummyVecEnv([envs.InfoFilledByReset] * 2)
+    reference.reset()
+    with SubprocVecEnv([envs.InfoFilledByReset] * 2, num_workers=num_workers, start_method="fork") as venv:
+        venv.reset()
+        for _ in range(4):
+            _, _, dones, infos = venv.step(np.zeros(2, np.int64))
+            _, _, ref_dones, ref_infos = reference.step(np.zeros(2, np.int64))
+            assert dones.tolist() == ref_dones.tolist()
+            assert [info.get("resets") for info in infos] == [info.get("resets") for info in ref_infos]
+        assert [info.get("resets") for info in infos] == [3, 3]
+    reference.close()

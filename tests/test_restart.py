@@ -460,7 +460,16 @@ def test_a_call_on_live_workers_envs_is_answered_after_another_worker_died() -> 
         venv.reset()
         dead = venv.pool.worker_pids[1]
         os.kill(dead, signal.SIGKILL)
-        time.sleep(0.3)
+        import psutil
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # (dead, not yet reaped: the pool reads its exit status)
+            try:
+                if psutil.Process(dead).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.01)
         for _ in range(2):
             assert [spec.id for spec in venv.get_attr("spec", indices=[0, 1])] == ["CartPole-v1"] * 2
             assert venv.env_method("get_wrapper_attr", "spec", indices=[1])[0].id == "CartPole-v1"

@@ -225,7 +225,13 @@ class _CopyBackend(Backend):
 
         def buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
             dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-            return torch.zeros(shape, dtype=dtype, pin_memory=pin).numpy()
+            try:
+                return torch.zeros(shape, dtype=dtype, pin_memory=pin).numpy()
+            except (RuntimeError, OverflowError, MemoryError) as exc:  # (torch's allocator's traceback named no setting)
+                raise ValueError(
+                    f"num_steps x num_envs: the rollout ring of {num_slots} slots of {n} envs cannot be allocated "
+                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                ) from None
 
         self._obs = buffer((num_slots, n, *space.shape), space.dtype)
         self._rewards = buffer((num_slots, n), np.float64)  # what gymnasium returns, and fastvec's ring holds
@@ -310,7 +316,16 @@ class SB3SubprocBackend(_CopyBackend):
     ):
         from stable_baselines3.common.vec_env import SubprocVecEnv
 
-        self.venv = SubprocVecEnv(env_fns, start_method=start_method)
+        # one env made here first: a wrong env id, module or dependency is said in one line (SB3's workers print a
+        # traceback each, and the parent then dies of a broken pipe)
+        env_fns[0]().close()
+        try:
+            self.venv = SubprocVecEnv(env_fns, start_method=start_method)
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+            raise ValueError(
+                f"SB3's SubprocVecEnv: its workers could not make the env ({type(exc).__name__}; their tracebacks are "
+                "above)"
+            ) from None
         self.num_envs = self.venv.num_envs
         self.observation_space = self.venv.observation_space
         self.action_space = self.venv.action_space

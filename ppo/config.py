@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -228,8 +229,17 @@ class Config:
             raise ValueError(f"ent_coef must be a finite number, got {self.ent_coef}")
         if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
             raise ValueError(f"target_kl must be a finite number > 0 or None, got {self.target_kl}")
-        if self.solve_return is not None and math.isnan(self.solve_return):
-            raise ValueError("solve_return must be a number or None, got nan")
+        if self.solve_return is not None and not math.isfinite(self.solve_return):
+            # (inf is no threshold any run reaches, -inf one every run does; summary.json writes either as null, "no
+            # threshold", which a resume of the finished run then read back wrongly)
+            raise ValueError(f"solve_return must be a finite number or None, got {self.solve_return}")
+        if self.run_name is not None and (
+            not self.run_name or self.run_name in (".", "..") or "/" in self.run_name or os.sep in self.run_name
+        ):
+            raise ValueError(
+                f"run_name must be one folder name (no '/', not '.' or '..'): the run's folder in runs_dir, got "
+                f"{self.run_name!r}"
+            )
         if not self.collective_timeout_s <= _MAX_COLLECTIVE_TIMEOUT_S:
             raise ValueError(
                 f"collective_timeout_s must be at most 9e9 s (about 285 years: torch.distributed "

@@ -232,12 +232,19 @@ class Distributed:
             # untested here (no GPU): abort the communicators on a timeout rather than hang in a CUDA kernel
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
             self._comm_device = device
-        dist.init_process_group(
-            backend,
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        try:
+            dist.init_process_group(
+                backend,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
+        except dist.DistError as exc:  # (the other ranks never joined: said in one line, as a launcher's other faults)
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise SetupError(
+                f"rank {self.rank} could not join the process group at {where} within --collective-timeout-s "
+                f"{timeout_s:g} (WORLD_SIZE={self.world_size}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         self.enabled = True
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def _env_actions(agent: Agent, obs: np.ndarray, action_space: gym.Space, device:
     return action
 
 
+MAX_EPISODE_STEPS = 100_000  # an evaluation episode's longest (see evaluate)
+
+
 def evaluate(
     agent: Agent,
     env_id: str,
@@ -43,11 +47,15 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     max_envs: int = 8,
+    max_episode_steps: int = MAX_EPISODE_STEPS,
 ) -> np.ndarray:
     """Returns of ``episodes`` episodes of the deterministic policy, played on up to ``max_envs`` envs.
 
     Env i plays a fixed share of the episodes (as SB3's ``evaluate_policy``), so short
-    episodes do not crowd out long ones. Env i is first reset with ``seed + i``.
+    episodes do not crowd out long ones. Env i is first reset with ``seed + i``. An episode still
+    running after ``max_episode_steps`` steps (an env without a time limit whose episodes the policy
+    never ends) counts as ended there, with a warning, and its env plays no more: the evaluation (and the
+    run whose end it is) ends, where SB3's ``evaluate_policy`` would loop for ever.
     """
     if episodes < 1:
         return np.zeros(0)
@@ -62,6 +70,7 @@ def evaluate(
     try:
         obs, _ = venv.reset(seed=[seed + i for i in range(num_envs)])
         running = np.zeros(num_envs)
+        lengths = np.zeros(num_envs, dtype=np.int64)
         finished = np.zeros(num_envs, dtype=np.int64)
         returns: list[float] = []
         while (finished < targets).any():
@@ -69,10 +78,22 @@ def evaluate(
                 _env_actions(agent, obs, venv.single_action_space, device)
             )
             running += rewards
-            ended = np.flatnonzero((terminated | truncated) & (finished < targets))
+            lengths += 1
+            done = terminated | truncated
+            capped = ~done & (lengths >= max_episode_steps) & (finished < targets)
+            ended = np.flatnonzero((done | capped) & (finished < targets))
             returns.extend(running[ended].tolist())
             finished[ended] += 1
-            running[terminated | truncated] = 0.0
+            if capped.any():
+                warnings.warn(
+                    f"evaluation of {env_id}: an episode ran {max_episode_steps} steps without ending; counted as "
+                    "ended there, and its env plays no more episodes (the env has no time limit)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                targets[capped] = finished[capped]
+            running[done] = 0.0
+            lengths[done] = 0
         return np.asarray(returns)
     finally:
         agent.train(was_training)

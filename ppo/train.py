@@ -769,9 +769,9 @@ class Trainer:
         resumed = find_checkpoint(self.config.resume).resolve()
         self.checkpoint = (resumed, self.global_step)
         further = [
-            path for path in (self.run_dir / name for name in ("latest.pt", "final.pt"))
+            path for path in (self.run_dir / name for name in ("latest.pt", "final.pt", "best.pt"))
             if path.is_file() and path.resolve() != resumed and checkpoint_step(path) > self.global_step
-        ]  # fmt: skip
+        ]  # fmt: skip  (best.pt too where it is of the replaced history: this run's own best is then written)
         if further:
             further += [path for path in (self.run_dir / "summary.json", self.run_dir / "learning_curve.png") if path.is_file()]
         for path in further:

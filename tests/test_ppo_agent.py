@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -160,3 +161,37 @@ def test_sample_matches_act(continuous: bool) -> None:
     torch.manual_seed(1)
     torch.testing.assert_close(sampled, agent.act(obs).action)
     torch.testing.assert_close(agent.sample(obs, deterministic=True), agent.act(obs, deterministic=True).action)
+
+
+class _Endless(gym.Env):
+    """Episodes that never end (no time limit registered)."""
+
+    observation_space = spaces.Box(-1, 1, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(4, np.float32), 1.0, False, False, {}
+
+
+def test_an_evaluation_of_episodes_that_never_end_ends() -> None:
+    """ppo.eval.evaluate on an env without a time limit whose episodes the policy never ends looped for ever (after a
+    finished training, before its summary: hunt79 bug 6). An episode past max_episode_steps counts as ended there,
+    said with a warning, and its env plays no more."""
+    import warnings
+
+    from ppo.eval import evaluate
+
+    if "fastvec-test/Endless-v0" not in gym.registry:
+        gym.register("fastvec-test/Endless-v0", entry_point=_Endless)
+    agent = Agent(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        returns = evaluate(agent, "fastvec-test/Endless-v0", episodes=6, max_episode_steps=50, max_envs=3)
+    assert returns.tolist() == [50.0] * 3
+    assert any("ran 50 steps without ending" in str(w.message) for w in caught)
+    returns = evaluate(agent, "CartPole-v1", episodes=3, seed=1)  # (bounded episodes: as before)
+    assert len(returns) == 3 and (returns <= 500).all()

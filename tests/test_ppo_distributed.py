@@ -302,3 +302,29 @@ def test_a_fastvec_config_pinning_outside_the_rank_s_cores_names_the_file_and_pi
     message = str(stop.value.code)
     assert message.startswith(f"ppo.train: --fastvec-config {tuned}: pin={before[:2]}: ") and "\n" not in message
     assert f"--pin-rank-cores gave this rank cores {share}: pin within them, or pass --no-pin-rank-cores" in message
+
+
+def test_ranks_that_never_join_are_said_in_one_line(tmp_path) -> None:
+    """--distributed where the other ranks never join (WORLD_SIZE=2, one process; a wrong MASTER_ADDR or port): the
+    run gave up after --collective-timeout-s with torch's 30-100 line traceback (hunt79 bug 4); now one line naming the
+    rank, the address and the timeout, and no run folder."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}  # fmt: skip
+    env.pop("PPO_TRACEBACK", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "ppo.train", "--distributed", "--collective-timeout-s", "2", "--runs-dir",
+         str(tmp_path / "runs"), "--total-timesteps", "64", "--no-progress", "--no-tensorboard", "--eval-episodes", "0"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"ppo.train: rank 0 could not join the process group at 127.0.0.1:{port} within "
+                                "--collective-timeout-s 2 (WORLD_SIZE=2)")  # fmt: skip
+    assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()

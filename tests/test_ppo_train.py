@@ -159,6 +159,12 @@ def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_pat
         ("collective_timeout_s", 1e10),  # (torch.distributed's int64 nanoseconds wrapped: it timed out at once)
         ("hidden_sizes", (64, 2**64)),
         ("solve_return", float("nan")),
+        ("solve_return", float("inf")),  # (summary.json wrote it as null, "no threshold": hunt79 bug 5)
+        ("solve_return", float("-inf")),
+        ("run_name", ".."),  # (the run's files were written outside runs_dir: hunt79 bug 3)
+        ("run_name", "."),
+        ("run_name", "a/b"),
+        ("run_name", ""),
         ("num_workers", -1),  # (fastvec said "a positive int", though 0 is ppo's every env in the learner's process)
     ],
 )
@@ -217,6 +223,8 @@ def test_a_run_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch, cap
     # does not give (these were tracebacks: a TypeError or RuntimeError)
     cases.append((["--env-id", "FrozenLake-v1"], "got Discrete(16); gymnasium.wrappers.FlattenObservation"))
     cases.append((["--distributed"], "--distributed needs RANK in the environment"))
+    # (SB3's workers printed a traceback each and the trainer died of a broken pipe: hunt79 bug 7)
+    cases.append((["--vec-backend", "sb3-subproc", "--env-id", "NoSuchEnv-v0"], "NoSuchEnv"))
     cases.append((["--resume", str(tmp_path / "a-file")], "a-file: this file is not a checkpoint"))  # (an empty file)
     cases.append((["--fastvec-config", str(tmp_path / "a-file")], "--fastvec-config " + str(tmp_path / "a-file")))
     if not torch.cuda.is_available():
@@ -248,6 +256,8 @@ def test_settings_too_large_for_the_machine_are_refused_in_one_line_naming_them(
         (["--torch-threads", str(2**31)], f"torch_threads must be at most {4 * os.cpu_count()} (4 per core"),
         (["--torch-threads", str(4 * os.cpu_count() + 1)], "torch_threads must be at most"),
         (["--collective-timeout-s", "1e10"], "collective_timeout_s must be at most 9e9 s"),
+        # (the serial, gym-async and sb3-subproc rings: torch's 28-line allocator traceback, hunt79 bug 2)
+        (["--vec-backend", "serial", "--num-steps", str(10**11)], "the rollout ring of 100000000001 slots of 8 envs"),
     ]
     for args, named in cases:
         with pytest.raises(SystemExit) as stop:
@@ -335,7 +345,7 @@ def test_a_run_resumed_in_place_goes_on_from_its_checkpoints_iteration(tmp_path)
 
 def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_history_aside(tmp_path, monkeypatch, capsys) -> None:
     """Resumed in place from latest.pt while final.pt is further on (going back to an earlier state), then stopped
-    before its next checkpoint: the folder's final.pt, summary and curve of the replaced history are renamed
+    before its next checkpoint: the folder's final.pt, best.pt, summary and curve of the replaced history are renamed
     <name>.replaced, so a later --resume of the folder goes on from the state metrics.csv describes (it took the
     replaced history's final.pt, the furthest trained, and went on with it)."""
     from ppo import train
@@ -362,7 +372,9 @@ def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_hist
     said = capsys.readouterr().err  # (the run's own options with it: a resume takes the command line's)
     assert f"ppo.train: stopped by Ctrl-C; latest.pt (step 64) is kept: the run's command with --resume {run} --runs-dir {tmp_path} --run-name X added" in said
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.pt", "config.json", "final.pt.replaced", "latest.pt", "learning_curve.png.replaced",
+    # (best.pt too, of the replaced history past step 64: ppo.eval of the folder evaluated a policy metrics.csv no
+    # longer held, and this run's own best had to beat it: hunt79 bug 1)
+    assert names == ["best.pt.replaced", "config.json", "final.pt.replaced", "latest.pt", "learning_curve.png.replaced",
                      "metrics.csv", "summary.json.replaced"], names  # fmt: skip
     assert find_checkpoint(run).name == "latest.pt"
     state = torch.load(run / "latest.pt", map_location="cpu", weights_only=True)
@@ -370,6 +382,7 @@ def test_a_run_resumed_in_place_from_behind_its_newest_checkpoint_sets_that_hist
     # finished, then back again: the first rewind's set-aside files stay beside the second's
     monkeypatch.setattr(train.Trainer, "collect_rollout", collect)
     train.main([*common, "--total-timesteps", "160", "--resume", str(run)])  # latest.pt at 4, final.pt at 5
+    assert (run / "best.pt").is_file()  # (this run's own)
     train.main([*common, "--total-timesteps", "192", "--resume", str(run / "latest.pt")])  # (final.pt at 5 set aside)
     assert {"final.pt.replaced", "final.pt.replaced.2", "summary.json.replaced.2"} <= {p.name for p in run.iterdir()}
 
@@ -477,12 +490,12 @@ def test_the_verdict_says_what_kept_a_run_from_solving_and_when_it_solved(tmp_pa
     the threshold at the solve and what it is at the end (it said "0.0 >= 1 after 200 steps")."""
     from ppo.train import describe
 
-    summary, _ = _train(tmp_path, "few", vec_backend="serial", solve_return=-math.inf)
+    summary, _ = _train(tmp_path, "few", vec_backend="serial", solve_return=-1e9)  # (-inf is refused: a finite low)
     assert not summary["solved"] and 0 < summary["episodes"] < 100
     text = describe(summary)
     assert text.startswith(
         f"NOT SOLVED CartPole-v1: the budget of 192 steps ended after {summary['episodes']} episodes, fewer than the "
-        f"100 whose mean return must reach -inf (their mean: {summary['mean_return_100']:.1f})"
+        f"100 whose mean return must reach -1e+09 (their mean: {summary['mean_return_100']:.1f})"
     ), text
     assert "(their mean" not in describe({**summary, "episodes": 0, "mean_return_100": math.nan})
     solved = {

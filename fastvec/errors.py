@@ -85,6 +85,9 @@ class EnvError(FastvecError):
 class WorkerDiedError(FastvecError):
     """A worker process exited while the pool still needed it."""
 
+    def __reduce__(self) -> tuple:  # (its arguments, not its message: it pickles and copies, across processes too)
+        return type(self), self._args, self.__dict__
+
     def __init__(
         self, worker_index: int, env_indices: range, exitcode: int | None, command: str, replaced_later: bool = False,
         ended_after: float | None = None,
@@ -105,6 +108,7 @@ class WorkerDiedError(FastvecError):
                 how += f" (killed by {signal.Signals(-exitcode).name})"
             except ValueError:
                 pass
+        self._args = (worker_index, env_indices, exitcode, command, replaced_later, ended_after)
         later = "; with on_error='restart' it is replaced at the next step or reset" if replaced_later else ""
         if ended_after is not None:
             how = f"{how}: it was ended, still running after step_timeout={ended_after:g} s"
@@ -117,12 +121,16 @@ class WorkerDiedError(FastvecError):
 class StepTimeoutError(FastvecError):
     """A command took longer than the pool's ``step_timeout``."""
 
+    def __reduce__(self) -> tuple:  # (its arguments, not its message: it pickles and copies, across processes too)
+        return type(self), self._args, self.__dict__
+
     def __init__(self, worker_index: int, env_indices: range, command: str, timeout: float, made: bool = True):
         self.worker_index = worker_index
         self.env_indices = env_indices
         self.command = command
         self.timeout = timeout
-        # (``made``: the pool exists, and is broken; else its constructor raised this, its workers stopped)
+        self.made = made  # (the pool exists, and is broken; else its constructor raised this, its workers stopped)
+        self._args = (worker_index, env_indices, command, timeout, made)
         after = "the pool must be closed" if made else "the pool was not made (its workers were stopped)"
         super().__init__(
             f"{command!r} did not finish within {float(timeout):g} s in worker {worker_index} "

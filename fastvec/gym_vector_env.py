@@ -187,9 +187,7 @@ class VectorEnv(gym.vector.VectorEnv):
         else:  # (any truth value, as gymnasium's Process.daemon takes it; fastvec's own options want a bool)
             daemon = bool(daemon)
         # (the config itself, not ``base``: build() keeps a file's or dict's layout out of batches)
-        settings = PoolOptions.build(
-            config, self.num_envs, **{"start_method": start_method, "daemon": daemon, **options}
-        )
+        settings = PoolOptions.merged(config, self.num_envs, {"start_method": start_method, "daemon": daemon, **options})
         self.daemon = settings.daemon
         if max_concurrency is not None:  # at most that many processes step envs at a time
             settings = settings.replace(num_workers=_concurrent_workers(len(env_fns), settings, int(max_concurrency)))

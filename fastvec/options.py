@@ -192,15 +192,21 @@ class PoolOptions:
 
     @classmethod
     def build(
-        cls, config: PoolOptions | dict | str | os.PathLike | None = None, num_envs: int | None = None, /, **knobs: Any
+        cls, config: PoolOptions | dict | str | os.PathLike | None = None, *, num_envs: int | None = None, **knobs: Any
     ) -> PoolOptions:
         """Options from a tuning ``config`` (a PoolOptions, a dict, or the path of a JSON file
         written by ``python -m fastvec.tune``) overlaid with the ``knobs`` that are not None.
         ``num_envs``, where known, tells a ``batch_size`` of every env (the synchronous step) from
         asynchronous batches."""
+        return cls.merged(config, num_envs, knobs)
+
+    @classmethod
+    def merged(cls, config: PoolOptions | dict | str | os.PathLike | None, num_envs: int | None, knobs: dict) -> PoolOptions:
+        """``build`` with the knobs as a dict: what the front-ends pass a user's keyword options through, so that
+        none of them (num_envs, EnvPool's keyword; cls; config) is taken for one of build's own arguments."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(knobs) - names)
-        if unknown:  # (num_envs, EnvPool's keyword, and config are no knobs: build's own arguments come by position)
+        if unknown:
             hint = " (the number of envs is that of env_fns)" if "num_envs" in unknown else ""
             raise TypeError(f"unknown pool option(s) {unknown}{hint}; the options are {sorted(names)}")
         base = cls.load(config)

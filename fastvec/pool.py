@@ -289,7 +289,7 @@ class Pool(ShardMoves):
         self._release_lock = threading.Lock()
 
         env_fns = list(env_fns)
-        opts = PoolOptions.build(options, len(env_fns), **knobs)
+        opts = PoolOptions.merged(options, len(env_fns), knobs)
         if not env_fns:
             raise ValueError("need at least one env factory, got an empty list")
         for i, fn in enumerate(env_fns):

@@ -68,7 +68,7 @@ class SubprocVecEnv(_VecEnvBase):
         **options: Any,
     ):
         env_fns = list(env_fns)
-        settings = PoolOptions.build(config, len(env_fns), start_method=start_method, **options)
+        settings = PoolOptions.merged(config, len(env_fns), {"start_method": start_method, **options})
         if not copy and settings.ring_slots < 2:
             raise ValueError(
                 f"copy=False needs ring_slots >= 2 (got {settings.ring_slots}): SB3 keeps the previous observation "

@@ -513,6 +513,8 @@ class Shard:
             if plain:
                 leaf, checking = self.leaves[0], self.checks.active
                 slot_obs = self.obs_slots[0][slot]
+            # (a copying process: what each ended env's objects hold before any of them resets, see _after_reset)
+            holding = {j: self._held(j) for j in ended} if self.copies_obs else None
             for j in ended:
                 if restarted is not None and j in restarted:
                     continue
@@ -524,7 +526,7 @@ class Shard:
                     continue
                 env = self.envs[j]
                 before = self._step_values(j, results, final) if self.restart_on_error else None
-                held = self._held(j) if self.copies_obs else None
+                held = holding.get(j) if holding is not None else None
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
@@ -566,8 +568,8 @@ class Shard:
         return extras
 
     def _held(self, j: int) -> tuple | None:
-        """SAME_STEP, a copying process, env j's episode ended: what its own objects (observation, info) hold just
-        before its reset (copies), where it copied this step's results; else None. See _after_reset."""
+        """SAME_STEP, a copying process, env j's episode ended: what its own objects (observation, info) hold before
+        the ended envs reset (copies), where it copied this step's results; else None. See _after_reset."""
         fn = self.step_fns[j]
         if not isinstance(fn, _CopyingStep) or not fn.fresh:
             return None
@@ -772,18 +774,22 @@ class Shard:
         step's were lost); if the values stay the same (a constant they share) the copies stop."""
         groups = _shared(originals, originals)
         if groups:  # (an array and a view of another part of it start at one byte only where empty)
-            self._found_where = {where: [k for k, _ in group] for where, group in groups.items()}
+            # (env indices, not positions: an env may move in or out before they are told)
+            self._found_where = {where: [self.start + k for k, _ in group] for where, group in groups.items()}
             self._copy_from_now(watch=True)
 
-    def _told_shared(self, positions: list[int]) -> None:
-        """The envs at ``positions`` were found in a step over one memory (_shared_at_step), which gave them the last
-        one's values, and the watch saw values differ there since: each but the last is told, once."""
+    def _told_shared(self, found: list[int]) -> None:
+        """The envs ``found`` (env indices) were found in a step over one memory (_shared_at_step), which gave them the
+        last one's values, and the watch saw values differ there since: each but the last is told, once (from the
+        shard that has it)."""
         if not self.checks.active:  # (check="off": nothing said)
             return
-        last = self.start + positions[-1]
-        for k in positions[:-1]:
+        last = found[-1]
+        for env in found[:-1]:
+            if not self.start <= env < self.stop:  # (moved away meanwhile)
+                continue
             self.checks.warn(  # (a warning under check="raise" too: this step's values are right)
-                k, "shared-memory",
+                env - self.start, "shared-memory",
                 f"returned its observations in memory that env {last}'s step writes too (a buffer their class shares, "
                 f"as a C extension's frame): one step gave env {last}'s values as this env's, before this process "
                 "found it (the envs of a process are read once each has stepped); each env's observation is copied "

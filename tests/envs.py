@@ -1157,3 +1157,33 @@ class InfoFilledByReset(gym.Env):
         self.t += 1
         self.info.clear()
         return np.zeros(1, np.float32), 0.0, self.t >= 2, False, self.info
+
+
+class FreshEpisodes(gym.Env):
+    """Fresh observations (the step's count), episodes of ``length`` steps."""
+
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, length: int = 50):
+        self.length, self.t = length, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(1, self.t, np.float32), 0.0, self.t >= self.length, False, {}
+
+
+class ResetsItsClassFrame(StepFrame):
+    """A StepFrame whose resets write -1 into its class's frame (a C extension's start screen)."""
+
+    frame = np.zeros(1, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.frame[0] = -1.0
+        return obs, info

@@ -1398,3 +1398,16 @@ def test_a_constructor_past_step_timeout_says_no_pool_was_made() -> None:
     with pytest.raises(StepTimeoutError, match=r"'make' did not finish within 1 s in worker 1 \(envs 2..3\); the pool "
                        r"was not made \(its workers were stopped\)"):
         SubprocVecEnv(fns, num_workers=2, step_timeout=1, start_method="fork", step_in_parent=False)
+
+
+def test_worker_died_and_step_timeout_errors_pickle_and_copy() -> None:
+    """They took their arguments, not their message, and could not be pickled or copied (a TypeError naming the
+    missing arguments), so they could not cross a process (hunt82 bug 3); a constructor's says so in ``made``."""
+    import copy
+
+    died = WorkerDiedError(1, range(2, 4), -9, "step", replaced_later=True, ended_after=2.0)
+    late = StepTimeoutError(1, range(2, 4), "make", 1.0, made=False)
+    for error in (died, late):
+        for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+            assert type(again) is type(error) and str(again) == str(error) and vars(again) == vars(error)
+    assert late.made is False and "the pool was not made" in str(late)

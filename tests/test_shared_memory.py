@@ -364,3 +364,44 @@ def test_an_info_its_reset_fills_is_sent_as_the_references_send_it(num_workers: 
             assert [info.get("resets") for info in infos] == [info.get("resets") for info in ref_infos]
         assert [info.get("resets") for info in infos] == [3, 3]
     reference.close()
+
+
+def test_envs_ending_together_whose_resets_write_one_start_value_each_get_it() -> None:
+    """Envs over one frame whose resets all write -1 there, episodes ending in the same step: the envs after the first
+    compared their objects with what they held after the first env's reset, saw no change, and gave their step's values
+    (hunt82 bug 1). What they hold is taken before any of them resets. As SB3's SubprocVecEnv: [-1, -1]."""
+    fns = [partial(envs.ResetsItsClassFrame, i) for i in range(2)]
+
+    def finals(venv) -> list:
+        venv.reset()
+        seen = []
+        for _ in range(12):
+            _, _, dones, infos = venv.step(np.zeros(2, np.int64))
+            seen.append([float(info["terminal_observation"][0]) if d else None for info, d in zip(infos, dones)])
+        venv.close()
+        return seen
+
+    expected = finals(SB3SubprocVecEnv(fns, start_method="fork"))
+    assert expected[3] == [-1.0, -1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
+
+
+def test_the_envs_told_are_named_by_index_after_envs_moved() -> None:
+    """Envs 4 and 5 found sharing at their episodes' end (step 6), env 2 then moved into their process: the warning,
+    given once their values differ (step 12), named the envs by their positions at the finding, now another env's
+    (hunt82 bug 2)."""
+    fns = [partial(envs.FreshEpisodes, 50), partial(envs.FreshEpisodes, 50), partial(envs.FreshEpisodes, 2),
+           partial(envs.FreshEpisodes, 50), partial(envs.SharesAtEpisodeEnds, 4, 6), partial(envs.SharesAtEpisodeEnds, 5, 6)]
+    with warnings.catch_warnings(record=True) as caught, SubprocVecEnv(
+        fns, num_workers=2, start_method="fork", step_in_parent=False
+    ) as venv:
+        warnings.simplefilter("always")
+        venv.reset()
+        for step in range(1, 15):
+            venv.step(np.zeros(6, np.int64))
+            if step == 6:
+                assert venv.pool.request_move(0, 1) == 2
+    told = [str(w.message) for w in caught if "memory that env" in str(w.message)]
+    assert len(told) == 1 and told[0].startswith("fastvec: env 4 returned its observations in memory that env 5's")

@@ -229,17 +229,9 @@ class Config:
             raise ValueError(f"ent_coef must be a finite number, got {self.ent_coef}")
         if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
             raise ValueError(f"target_kl must be a finite number > 0 or None, got {self.target_kl}")
-        if self.solve_return is not None and not math.isfinite(self.solve_return):
-            # (inf is no threshold any run reaches, -inf one every run does; summary.json writes either as null, "no
-            # threshold", which a resume of the finished run then read back wrongly)
-            raise ValueError(f"solve_return must be a finite number or None, got {self.solve_return}")
-        if self.run_name is not None and (
-            not self.run_name or self.run_name in (".", "..") or "/" in self.run_name or os.sep in self.run_name
-        ):
-            raise ValueError(
-                f"run_name must be one folder name (no '/', not '.' or '..'): the run's folder in runs_dir, got "
-                f"{self.run_name!r}"
-            )
+        if self.solve_return is not None and math.isnan(self.solve_return):
+            raise ValueError("solve_return must be a number or None, got nan")
+
         if not self.collective_timeout_s <= _MAX_COLLECTIVE_TIMEOUT_S:
             raise ValueError(
                 f"collective_timeout_s must be at most 9e9 s (about 285 years: torch.distributed "
@@ -264,6 +256,24 @@ class Config:
                 )
         if self.anneal_timesteps is not None and self.anneal_timesteps < 1:
             raise ValueError(f"anneal_timesteps must be >= 1 or None, got {self.anneal_timesteps}")
+
+
+    def validate_new_run(self) -> None:
+        """What a run started now must also meet (validate's checks aside): not asked of the config.json of a run
+        written before these rules, which ``ppo.eval`` reads."""
+        self.validate()
+        if self.solve_return is not None and not math.isfinite(self.solve_return):
+            # (inf is no threshold any run reaches, -inf one every run does; summary.json writes either as null, "no
+            # threshold", which a resume of the finished run then read back wrongly)
+            raise ValueError(f"solve_return must be a finite number or None, got {self.solve_return}")
+        if self.run_name is not None and (
+            not self.run_name or self.run_name in (".", "..") or "/" in self.run_name or os.sep in self.run_name
+            or len(os.fsencode(self.run_name)) > 255
+        ):
+            raise ValueError(
+                f"run_name must be one folder name (no '/', not '.' or '..', at most 255 bytes): the run's folder in "
+                f"runs_dir, got {self.run_name!r}"
+            )
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict of the fields (tuples become lists)."""

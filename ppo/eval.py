@@ -9,6 +9,7 @@ a GIF with imageio when it is installed, else the frames as a compressed .npz.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -40,6 +41,12 @@ def _env_actions(agent: Agent, obs: np.ndarray, action_space: gym.Space, device:
 MAX_EPISODE_STEPS = 100_000  # an evaluation episode's longest (see evaluate)
 
 
+def _step_cap(env: gym.Env, steps: int) -> float:
+    """The steps an evaluation episode may take: ``steps`` where the env has no time limit of its own, else no cap."""
+    spec = getattr(env, "spec", None)
+    return math.inf if spec is not None and spec.max_episode_steps else steps
+
+
 def evaluate(
     agent: Agent,
     env_id: str,
@@ -52,10 +59,11 @@ def evaluate(
     """Returns of ``episodes`` episodes of the deterministic policy, played on up to ``max_envs`` envs.
 
     Env i plays a fixed share of the episodes (as SB3's ``evaluate_policy``), so short
-    episodes do not crowd out long ones. Env i is first reset with ``seed + i``. An episode still
-    running after ``max_episode_steps`` steps (an env without a time limit whose episodes the policy
-    never ends) counts as ended there, with a warning, and its env plays no more: the evaluation (and the
-    run whose end it is) ends, where SB3's ``evaluate_policy`` would loop for ever.
+    episodes do not crowd out long ones. Env i is first reset with ``seed + i``. On an env without a
+    time limit of its own, an episode still running after ``max_episode_steps`` steps (one the policy
+    never ends) counts as ended there, with a warning, and its env plays no more (fewer returns than
+    ``episodes``): the evaluation (and the run whose end it is) ends, where SB3's ``evaluate_policy``
+    would loop for ever.
     """
     if episodes < 1:
         return np.zeros(0)
@@ -69,6 +77,7 @@ def evaluate(
     agent.eval()
     try:
         obs, _ = venv.reset(seed=[seed + i for i in range(num_envs)])
+        max_episode_steps = _step_cap(venv.envs[0], max_episode_steps)
         running = np.zeros(num_envs)
         lengths = np.zeros(num_envs, dtype=np.int64)
         finished = np.zeros(num_envs, dtype=np.int64)
@@ -122,11 +131,12 @@ def record_video(
             return None
         frames.append(frame)
         done = False
+        cap = _step_cap(env, MAX_EPISODE_STEPS)
         while not done:
             action = _env_actions(agent, obs[None], env.action_space, device)[0]
             obs, _reward, terminated, truncated, _ = env.step(action)
             frames.append(env.render())
-            done = terminated or truncated
+            done = terminated or truncated or len(frames) > cap  # (an env without a time limit: see evaluate)
     finally:
         env.close()
     path = Path(path)

@@ -193,7 +193,7 @@ class Trainer:
     """One training run: the envs, the agent, the storage, and the phases of an iteration."""
 
     def __init__(self, config: Config):
-        config.validate()
+        config.validate_new_run()
         self.config = config
         # distributed: this process's rank, from the launcher's environment (no communication yet)
         self.dist = Distributed.from_environment() if config.distributed else Distributed()
@@ -374,7 +374,14 @@ class Trainer:
         if not self.discrete:  # the policy's Gaussian is unbounded: clip what the env gets (SB3 does too)
             self.action_low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
             self.action_high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
-        self.storage = RolloutStorage(backend.ring, config.num_steps, self.agent.action_shape, action_dtype, device)
+        try:
+            self.storage = RolloutStorage(backend.ring, config.num_steps, self.agent.action_shape, action_dtype, device)
+        except (RuntimeError, OverflowError, MemoryError) as exc:  # (torch's allocator's traceback named no setting)
+            raise ValueError(
+                f"num_steps={config.num_steps} x num_envs={config.num_envs}: the rollout storage (actions of shape "
+                f"{tuple(self.agent.action_shape)}) cannot be allocated "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
         # numpy views of the ring for per-step bookkeeping (no copy, no torch dispatch)
         ring = backend.ring
         self.rewards_np = ring.rewards.numpy()

@@ -195,3 +195,10 @@ def test_an_evaluation_of_episodes_that_never_end_ends() -> None:
     assert any("ran 50 steps without ending" in str(w.message) for w in caught)
     returns = evaluate(agent, "CartPole-v1", episodes=3, seed=1)  # (bounded episodes: as before)
     assert len(returns) == 3 and (returns <= 500).all()
+    # an env with a time limit of its own, longer than the cap, is not cut by it (hunt83 bug 2)
+    if "fastvec-test/LongEndless-v0" not in gym.registry:
+        gym.register("fastvec-test/LongEndless-v0", entry_point=_Endless, max_episode_steps=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        returns = evaluate(agent, "fastvec-test/LongEndless-v0", episodes=4, max_episode_steps=50, max_envs=2)
+    assert returns.tolist() == [120.0] * 4

@@ -165,12 +165,20 @@ def test_dict_observations_are_refused_by_name_on_every_backend(request, tmp_pat
         ("run_name", "."),
         ("run_name", "a/b"),
         ("run_name", ""),
+        ("run_name", "x" * 256),  # (OSError "File name too long" after the envs had started: hunt83 bug 4)
         ("num_workers", -1),  # (fastvec said "a positive int", though 0 is ppo's every env in the learner's process)
     ],
 )
 def test_settings_that_would_train_wrongly_are_refused_by_name(name: str, value) -> None:
     with pytest.raises(ValueError, match=name):
-        Config(**{name: value}).validate()
+        Config(**{name: value}).validate_new_run()
+
+
+@pytest.mark.parametrize(("name", "value"), [("solve_return", float("inf")), ("run_name", "exp/seed0")])
+def test_the_config_of_a_run_written_before_the_new_run_rules_still_validates(name: str, value) -> None:
+    """ppo.eval validates a run folder's config.json: one written before run names and thresholds were checked
+    (a nested --run-name, --solve-return inf) was refused there (hunt83 bug 1); only a new run must meet them."""
+    Config(**{name: value}).validate()
 
 
 def test_defaults_and_edge_values_validate() -> None:

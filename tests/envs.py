@@ -858,13 +858,10 @@ class OwnArraysOfTheBuffer(SecondResetRaises):
         return self.buf.copy()
 
 
-CONSTANT_MASK = np.ones(3, np.int8)  # (every ConstantMaskEnv's observation holds it; nothing writes it)
+class FreshResets(gym.Env):
+    """Resets return a fresh array of the env's index and start its step count ``t`` (the base of the envs below)."""
 
-
-class ConstantMaskEnv(gym.Env):
-    """Dict observations holding one constant array every env shares beside a position of their own."""
-
-    observation_space = spaces.Dict({"mask": spaces.MultiBinary(3), "pos": spaces.Box(-1e6, 1e6, (1,), np.float32)})
+    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
     action_space = spaces.Discrete(2)
 
     def __init__(self, index: int = 0):
@@ -873,28 +870,33 @@ class ConstantMaskEnv(gym.Env):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.t = 0
-        return {"mask": CONSTANT_MASK, "pos": np.array([self.index], np.float32)}, {}
+        return np.full(1, self.index, np.float32), {}
+
+
+CONSTANT_MASK = np.ones(3, np.int8)  # (every ConstantMaskEnv's observation holds it; nothing writes it)
+
+
+class ConstantMaskEnv(FreshResets):
+    """Dict observations holding one constant array every env shares beside a position of their own."""
+
+    observation_space = spaces.Dict({"mask": spaces.MultiBinary(3), "pos": spaces.Box(-1e6, 1e6, (1,), np.float32)})
+
+    def reset(self, *, seed=None, options=None):
+        return {"mask": CONSTANT_MASK, "pos": super().reset(seed=seed, options=options)[0]}, {}
 
     def step(self, action):
         self.t += 1
         return {"mask": CONSTANT_MASK, "pos": np.array([10 * self.t + self.index], np.float32)}, 0.0, False, False, {}
 
 
-class OwnObservationsSharedInfos(gym.Env):
+class OwnObservationsSharedInfos(FreshResets):
     """Observations of its own, infos holding one array its class shares, written with its own values."""
 
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
     state = np.zeros(1, np.float32)
 
-    def __init__(self, index: int = 0):
-        self.index, self.t = index, 0
-
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
         self.state[0] = 1000 + self.index
-        return np.array([self.index], np.float32), {"state": self.state}
+        return super().reset(seed=seed, options=options)[0], {"state": self.state}
 
     def step(self, action):
         self.t += 1
@@ -990,21 +992,19 @@ class OneStepKilledAtSecondReset(gym.Env):
         return np.ones(1, np.float32), 1.0, True, False, {}
 
 
-class SharesAtEpisodeEnds(gym.Env):
+class SharesAtEpisodeEnds(FreshResets):
     """Fresh observations, except at an episode's end (every ``length`` steps): then its class's one array, written
     with 100 x index + the episode's number."""
 
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
     end = np.zeros(1, np.float32)
 
     def __init__(self, index: int = 0, length: int = 20):
-        self.index, self.length, self.t, self.episode = index, length, 0, 0
+        super().__init__(index)
+        self.length, self.episode = length, 0
 
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t, self.episode = 0, self.episode + 1
-        return np.full(1, self.index, np.float32), {}
+        self.episode += 1
+        return super().reset(seed=seed, options=options)
 
     def step(self, action):
         self.t += 1
@@ -1014,22 +1014,17 @@ class SharesAtEpisodeEnds(gym.Env):
         return np.full(1, 10 * self.index + self.t, np.float32), 0.0, False, False, {}
 
 
-class InPlaceStateInfo(gym.Env):
+class InPlaceStateInfo(FreshResets):
     """Fresh observations; infos holding a state array of its own it changes in place (episodes of 3 steps; its reset
     writes -index there)."""
 
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
-
     def __init__(self, index: int = 0):
-        self.index, self.t = index, 0
+        super().__init__(index)
         self.state = np.zeros(1)
 
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
         self.state[0] = -self.index
-        return np.full(1, self.index, np.float32), {}
+        return super().reset(seed=seed, options=options)
 
     def step(self, action):
         self.t += 1
@@ -1037,21 +1032,11 @@ class InPlaceStateInfo(gym.Env):
         return np.full(1, 10 * self.index + self.t, np.float32), 0.0, self.t >= 3, False, {"state": self.state}
 
 
-class StepFrame(gym.Env):
+class StepFrame(FreshResets):
     """Steps return its class's one frame, written with 10 x index + t; resets return fresh arrays and leave the frame
     as it is (episodes of 4 steps)."""
 
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
     frame = np.zeros(1, np.float32)
-
-    def __init__(self, index: int = 0):
-        self.index, self.t = index, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.full(1, self.index, np.float32), {}
 
     def step(self, action):
         self.t += 1
@@ -1069,21 +1054,11 @@ TERMINAL = np.full(1, -1.0, np.float32)  # (every InfoFrame's last observation o
 TERMINAL.flags.writeable = False
 
 
-class InfoFrame(gym.Env):
+class InfoFrame(FreshResets):
     """Fresh observations but at an episode's end (every 5 steps: the read-only TERMINAL every env returns); infos
     holding its class's one frame, written with 10 x index + t."""
 
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
     frame = np.zeros(1)
-
-    def __init__(self, index: int = 0):
-        self.index, self.t = index, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.full(1, self.index, np.float32), {}
 
     def step(self, action):
         self.t += 1
@@ -1111,21 +1086,18 @@ class Float64StepFrame(StepFrame):
     frame = np.zeros(1, np.float64)
 
 
-class CountsEverySteps(gym.Env):
+class CountsEverySteps(FreshResets):
     """Fresh observations; its class counts every step of every instance (``total``), in its step and reset infos
     (episodes of ``length`` steps)."""
 
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
     total = np.zeros(1, np.int64)
 
     def __init__(self, length: int = 3):
-        self.length, self.t = length, 0
+        super().__init__(0)
+        self.length = length
 
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(1, np.float32), {"total": self.total}
+        return super().reset(seed=seed, options=options)[0], {"total": self.total}
 
     def step(self, action):
         self.t += 1
@@ -1159,19 +1131,12 @@ class InfoFilledByReset(gym.Env):
         return np.zeros(1, np.float32), 0.0, self.t >= 2, False, self.info
 
 
-class FreshEpisodes(gym.Env):
-    """Fresh observations (the step's count), episodes of ``length`` steps."""
-
-    observation_space = spaces.Box(-1e6, 1e6, (1,), np.float32)
-    action_space = spaces.Discrete(2)
+class FreshEpisodes(FreshResets):
+    """Fresh observations (the step's count; its resets' zeros), episodes of ``length`` steps."""
 
     def __init__(self, length: int = 50):
-        self.length, self.t = length, 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(1, np.float32), {}
+        super().__init__(0)
+        self.length = length
 
     def step(self, action):
         self.t += 1

@@ -23,6 +23,17 @@ def _rows(obs: np.ndarray) -> list:
     return obs.ravel().tolist()
 
 
+def _finals(venv) -> list:
+    """Each of 12 steps' final observations (None for an env whose episode did not end) of two envs; closes venv."""
+    venv.reset()
+    seen = []
+    for _ in range(12):
+        _, _, dones, infos = venv.step(np.zeros(2, np.int64))
+        seen.append([float(info["terminal_observation"][0]) if d else None for info, d in zip(infos, dones)])
+    venv.close()
+    return seen
+
+
 def test_a_replacement_worker_s_envs_keep_their_own_values_in_next_step_mode(tmp_path) -> None:
     """gymnasium's front-end (NEXT_STEP), on_error="restart": a worker of two envs over one buffer dies in a step; its
     replacement's fresh envs reset at the next step, one by one, and no reset of several envs looked for the memory:
@@ -303,21 +314,11 @@ def test_final_observations_over_a_read_only_or_cast_shared_frame_are_each_env_s
     for a float32 Box (read when the command's extras were sent, after the next envs' resets: hunt81 bug 3): each
     final observation was the last env's. As SB3's SubprocVecEnv."""
     fns = [partial(cls, i) for i in range(2)]
-
-    def finals(venv) -> list:
-        venv.reset()
-        seen = []
-        for _ in range(12):
-            _, _, dones, infos = venv.step(np.zeros(2, np.int64))
-            seen.append([float(info["terminal_observation"][0]) if d else None for info, d in zip(infos, dones)])
-        venv.close()
-        return seen
-
-    expected = finals(SB3SubprocVecEnv(fns, start_method="fork"))
+    expected = _finals(SB3SubprocVecEnv(fns, start_method="fork"))
     assert expected[3] == [4.0, 14.0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (the first step's values are lost, and told; a cast is warned)
-        assert finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
+        assert _finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
 
 
 def test_what_envs_of_a_process_share_is_never_set_back() -> None:
@@ -371,21 +372,11 @@ def test_envs_ending_together_whose_resets_write_one_start_value_each_get_it() -
     compared their objects with what they held after the first env's reset, saw no change, and gave their step's values
     (hunt82 bug 1). What they hold is taken before any of them resets. As SB3's SubprocVecEnv: [-1, -1]."""
     fns = [partial(envs.ResetsItsClassFrame, i) for i in range(2)]
-
-    def finals(venv) -> list:
-        venv.reset()
-        seen = []
-        for _ in range(12):
-            _, _, dones, infos = venv.step(np.zeros(2, np.int64))
-            seen.append([float(info["terminal_observation"][0]) if d else None for info, d in zip(infos, dones)])
-        venv.close()
-        return seen
-
-    expected = finals(SB3SubprocVecEnv(fns, start_method="fork"))
+    expected = _finals(SB3SubprocVecEnv(fns, start_method="fork"))
     assert expected[3] == [-1.0, -1.0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
+        assert _finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
 
 
 def test_the_envs_told_are_named_by_index_after_envs_moved() -> None:

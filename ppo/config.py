@@ -24,6 +24,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = ["Config", "REFERENCE_NUM_ENVS"]
@@ -258,6 +259,14 @@ class Config:
             raise ValueError(f"anneal_timesteps must be >= 1 or None, got {self.anneal_timesteps}")
 
 
+    def _resumes_an_older_nested_run(self) -> bool:
+        """Whether this resumes, in place, a run an older version wrote under a nested ``run_name`` (``exp/seed0``):
+        its folder holds a run, and no part of the name leaves runs_dir."""
+        parts = self.run_name.replace(os.sep, "/").split("/") if self.run_name else []
+        if self.resume is None or not parts or any(part in ("", ".", "..") for part in parts):
+            return False
+        return (Path(self.runs_dir, *parts) / "config.json").is_file()
+
     def validate_new_run(self) -> None:
         """What a run started now must also meet (validate's checks aside): not asked of the config.json of a run
         written before these rules, which ``ppo.eval`` reads."""
@@ -269,7 +278,7 @@ class Config:
         if self.run_name is not None and (
             not self.run_name or self.run_name in (".", "..") or "/" in self.run_name or os.sep in self.run_name
             or len(os.fsencode(self.run_name)) > 255
-        ):
+        ) and not self._resumes_an_older_nested_run():
             raise ValueError(
                 f"run_name must be one folder name (no '/', not '.' or '..', at most 255 bytes): the run's folder in "
                 f"runs_dir, got {self.run_name!r}"

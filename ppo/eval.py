@@ -137,6 +137,13 @@ def record_video(
             obs, _reward, terminated, truncated, _ = env.step(action)
             frames.append(env.render())
             done = terminated or truncated or len(frames) > cap  # (an env without a time limit: see evaluate)
+            if len(frames) > cap and not (terminated or truncated):
+                warnings.warn(
+                    f"video of {env_id}: the episode ran {MAX_EPISODE_STEPS} steps without ending; the video ends there "
+                    "(the env has no time limit)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     finally:
         env.close()
     path = Path(path)

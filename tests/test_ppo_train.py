@@ -538,3 +538,15 @@ def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None
     monkeypatch.setitem(sys.modules, "tyro", None)
     with pytest.raises(SystemExit, match=r"needs tyro: pip install '\.\[train\]'"):
         main([])
+
+
+def test_a_run_an_older_version_wrote_under_a_nested_name_resumes_in_place(tmp_path) -> None:
+    """--run-name exp/seed0 was accepted before run names had to be one folder name: such a run is resumed in place
+    still (it was refused: hunt84 bug 1); a new run under that name, or a name that leaves runs_dir, is not."""
+    (tmp_path / "exp" / "seed0").mkdir(parents=True)
+    (tmp_path / "exp" / "seed0" / "config.json").write_text("{}")
+    resume = str(tmp_path / "exp" / "seed0")
+    Config(runs_dir=str(tmp_path), run_name="exp/seed0", resume=resume).validate_new_run()
+    for name, given in (("exp/seed0", None), ("exp/../exp/seed0", resume), ("exp/other", resume)):
+        with pytest.raises(ValueError, match="run_name must be one folder name"):
+            Config(runs_dir=str(tmp_path), run_name=name, resume=given).validate_new_run()

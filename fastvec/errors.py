@@ -82,11 +82,18 @@ class EnvError(FastvecError):
         )
 
 
-class WorkerDiedError(FastvecError):
-    """A worker process exited while the pool still needed it."""
+class _ReducedByArguments:
+    """An error whose constructor takes its arguments, not its message: ``__init__`` keeps them in ``_args``, and it
+    pickles and copies by them (across processes too)."""
 
-    def __reduce__(self) -> tuple:  # (its arguments, not its message: it pickles and copies, across processes too)
+    _args: tuple
+
+    def __reduce__(self) -> tuple:
         return type(self), self._args, self.__dict__
+
+
+class WorkerDiedError(_ReducedByArguments, FastvecError):
+    """A worker process exited while the pool still needed it."""
 
     def __init__(
         self, worker_index: int, env_indices: range, exitcode: int | None, command: str, replaced_later: bool = False,
@@ -118,11 +125,8 @@ class WorkerDiedError(FastvecError):
         )
 
 
-class StepTimeoutError(FastvecError):
+class StepTimeoutError(_ReducedByArguments, FastvecError):
     """A command took longer than the pool's ``step_timeout``."""
-
-    def __reduce__(self) -> tuple:  # (its arguments, not its message: it pickles and copies, across processes too)
-        return type(self), self._args, self.__dict__
 
     def __init__(self, worker_index: int, env_indices: range, command: str, timeout: float, made: bool = True):
         self.worker_index = worker_index

@@ -115,9 +115,7 @@ class SubprocVecEnv(_VecEnvBase):
     def reset(self) -> Any:
         batch = self.pool.reset(self._seeds, self._options_for_reset())
         self._resetting = set()
-        self.reset_infos = [batch.reset_infos.get(i, {}) for i in range(self.num_envs)]
-        for i, error in batch.restarted.items():
-            self.reset_infos[i] = {**self.reset_infos[i], "fastvec.restarted": error}
+        self.reset_infos = [_reset_info(batch, i) for i in range(self.num_envs)]
         # seeds and options are used once, as SB3 does
         self._reset_seeds()
         self._reset_options()
@@ -199,10 +197,7 @@ class SubprocVecEnv(_VecEnvBase):
         resetting = self._resetting
         for i in batch.env_ids.tolist():
             if i in resetting:
-                info = batch.reset_infos.get(i, {})
-                if i in batch.restarted:
-                    info = {**info, "fastvec.restarted": batch.restarted[i]}
-                self.reset_infos[i] = info
+                self.reset_infos[i] = _reset_info(batch, i)
                 resetting.discard(i)
 
     def _unusual_infos(self, batch: Any, ids: list[int], ended: list[int], infos: list[dict]) -> None:
@@ -283,6 +278,13 @@ class SubprocVecEnv(_VecEnvBase):
             self.close()
         except Exception:
             pass
+
+
+def _reset_info(batch: Any, i: int) -> dict:
+    """Env i's reset info in ``batch``, as SB3's ``reset_infos`` hold it ({} where its reset returned none), with a
+    restart in that reset beside it (``fastvec.restarted``)."""
+    info = batch.reset_infos.get(i, {})
+    return {**info, "fastvec.restarted": batch.restarted[i]} if i in batch.restarted else info
 
 
 def _native(obs: Any) -> Any:

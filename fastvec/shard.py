@@ -142,7 +142,7 @@ class Shard:
         # the memory where a step's observations were first found shared (_shared_at_step: their envs are told once
         # their values differ), and whether the watch saw it again; whether a watch found envs sharing a constant (not
         # copied again for one)
-        self._found_where: dict = {}  # (where -> the positions of the envs found over it, the last one's values theirs)
+        self._found_where: dict = {}  # (where -> the indices of the envs found over it, the last one's values theirs)
         self._found_seen = False
         self._for_good = False  # whether the watch saw envs' values differ over one memory (it goes on only to tell)
         self._constant_seen = False
@@ -514,7 +514,7 @@ class Shard:
                 leaf, checking = self.leaves[0], self.checks.active
                 slot_obs = self.obs_slots[0][slot]
             # (a copying process: what each ended env's objects hold before any of them resets, see _after_reset)
-            holding = {j: self._held(j) for j in ended} if self.copies_obs else None
+            holding = {j: self._held(j) for j in ended} if self.copies_obs else {}
             for j in ended:
                 if restarted is not None and j in restarted:
                     continue
@@ -526,7 +526,7 @@ class Shard:
                     continue
                 env = self.envs[j]
                 before = self._step_values(j, results, final) if self.restart_on_error else None
-                held = holding.get(j) if holding is not None else None
+                held = holding.get(j)
                 try:
                     obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported

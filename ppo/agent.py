@@ -19,7 +19,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from ppo.errors import SpaceError
+from ppo.errors import SpaceError, allocating
 from ppo.normalize import RunningMeanStd
 
 __all__ = [
@@ -196,14 +196,9 @@ class Agent(nn.Module):
         else:
             obs_dim = int(np.prod(self.obs_shape))
             self.trunk = None
-            try:
+            with allocating(f"hidden_sizes {list(hidden_sizes)}: the actor and critic layers"):
                 self.actor = _mlp(obs_dim, tuple(hidden_sizes), policy_outputs, out_std=0.01)
                 self.critic = _mlp(obs_dim, tuple(hidden_sizes), 1, out_std=1.0)
-            except (RuntimeError, OverflowError, MemoryError) as exc:  # (torch's allocator's traceback named no setting)
-                raise ValueError(
-                    f"hidden_sizes {list(hidden_sizes)}: the actor and critic layers cannot be allocated "
-                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                ) from None
             self.obs_rms = RunningMeanStd(self.obs_shape) if norm_obs else None
             # plain lists (not registered twice): the layers _mlp_forward runs
             self._actor_linears = [m for m in self.actor if isinstance(m, nn.Linear)]

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ppo.errors import SpaceError
+from ppo.errors import SpaceError, allocating
 from ppo.storage import Ring
 
 __all__ = ["Backend", "FastvecBackend", "GymBackend", "SB3SubprocBackend", "make_env", "make_backend"]
@@ -225,13 +225,8 @@ class _CopyBackend(Backend):
 
         def buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
             dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-            try:
+            with allocating(f"num_steps x num_envs: the rollout ring of {num_slots} slots of {n} envs"):
                 return torch.zeros(shape, dtype=dtype, pin_memory=pin).numpy()
-            except (RuntimeError, OverflowError, MemoryError) as exc:  # (torch's allocator's traceback named no setting)
-                raise ValueError(
-                    f"num_steps x num_envs: the rollout ring of {num_slots} slots of {n} envs cannot be allocated "
-                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                ) from None
 
         self._obs = buffer((num_slots, n, *space.shape), space.dtype)
         self._rewards = buffer((num_slots, n), np.float64)  # what gymnasium returns, and fastvec's ring holds

@@ -232,7 +232,6 @@ class Config:
             raise ValueError(f"target_kl must be a finite number > 0 or None, got {self.target_kl}")
         if self.solve_return is not None and math.isnan(self.solve_return):
             raise ValueError("solve_return must be a number or None, got nan")
-
         if not self.collective_timeout_s <= _MAX_COLLECTIVE_TIMEOUT_S:
             raise ValueError(
                 f"collective_timeout_s must be at most 9e9 s (about 285 years: torch.distributed "
@@ -257,7 +256,6 @@ class Config:
                 )
         if self.anneal_timesteps is not None and self.anneal_timesteps < 1:
             raise ValueError(f"anneal_timesteps must be >= 1 or None, got {self.anneal_timesteps}")
-
 
     def _resumes_an_older_nested_run(self) -> bool:
         """Whether this resumes, in place, a run an older version wrote under a nested ``run_name`` (``exp/seed0``):

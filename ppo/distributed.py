@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ppo.checkpoint import find_checkpoint
-from ppo.errors import SetupError
+from ppo.errors import SetupError, first_line
 
 __all__ = [
     "Distributed",
@@ -243,7 +243,7 @@ class Distributed:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             raise SetupError(
                 f"rank {self.rank} could not join the process group at {where} within --collective-timeout-s "
-                f"{timeout_s:g} (WORLD_SIZE={self.world_size}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                f"{timeout_s:g} (WORLD_SIZE={self.world_size}): {first_line(exc)}"
             ) from None
         self.enabled = True
 

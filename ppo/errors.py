@@ -4,7 +4,10 @@ catches the built-in kind (TypeError, RuntimeError) still catches it."""
 
 from __future__ import annotations
 
-__all__ = ["SpaceError", "SetupError"]
+import contextlib
+from collections.abc import Iterator
+
+__all__ = ["SpaceError", "SetupError", "allocating", "first_line"]
 
 
 class SpaceError(TypeError, ValueError):
@@ -15,3 +18,18 @@ class SpaceError(TypeError, ValueError):
 class SetupError(RuntimeError, ValueError):
     """What this machine or launcher does not give the run: a CUDA device, torchrun's environment, a
     checkpoint rank 0 could not read."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's message's first line (its type's name where it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextlib.contextmanager
+def allocating(what: str) -> Iterator[None]:
+    """torch's allocator failing inside (a traceback that named no setting) raised as a ValueError naming ``what``
+    (the setting and the buffers it sizes): said in one line, as a setting given wrongly."""
+    try:
+        yield
+    except (RuntimeError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"{what} cannot be allocated ({first_line(exc)})") from None

@@ -136,8 +136,9 @@ def record_video(
             action = _env_actions(agent, obs[None], env.action_space, device)[0]
             obs, _reward, terminated, truncated, _ = env.step(action)
             frames.append(env.render())
-            done = terminated or truncated or len(frames) > cap  # (an env without a time limit: see evaluate)
-            if len(frames) > cap and not (terminated or truncated):
+            done = terminated or truncated
+            if not done and len(frames) > cap:  # (an env without a time limit: see evaluate)
+                done = True
                 warnings.warn(
                     f"video of {env_id}: the episode ran {MAX_EPISODE_STEPS} steps without ending; the video ends there "
                     "(the env has no time limit)",

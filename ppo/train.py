@@ -62,7 +62,7 @@ from ppo.checkpoint import (
 from ppo.config import Config
 from ppo.distributed import Distributed, pin_to_core_share, state_digest
 from ppo.episodes import EpisodeTracker
-from ppo.errors import SetupError, SpaceError
+from ppo.errors import SetupError, SpaceError, allocating
 from ppo.gae import compute_gae
 from ppo.logger import RunLogger, plot_learning_curve
 from ppo.loss import clipped_policy_loss, value_loss
@@ -374,14 +374,11 @@ class Trainer:
         if not self.discrete:  # the policy's Gaussian is unbounded: clip what the env gets (SB3 does too)
             self.action_low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
             self.action_high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
-        try:
+        with allocating(
+            f"num_steps={config.num_steps} x num_envs={config.num_envs}: the rollout storage (actions of shape "
+            f"{tuple(self.agent.action_shape)})"
+        ):
             self.storage = RolloutStorage(backend.ring, config.num_steps, self.agent.action_shape, action_dtype, device)
-        except (RuntimeError, OverflowError, MemoryError) as exc:  # (torch's allocator's traceback named no setting)
-            raise ValueError(
-                f"num_steps={config.num_steps} x num_envs={config.num_envs}: the rollout storage (actions of shape "
-                f"{tuple(self.agent.action_shape)}) cannot be allocated "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-            ) from None
         # numpy views of the ring for per-step bookkeeping (no copy, no torch dispatch)
         ring = backend.ring
         self.rewards_np = ring.rewards.numpy()

@@ -14,6 +14,7 @@ final observation of the one that ended.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -314,9 +315,15 @@ class SB3SubprocBackend(_CopyBackend):
         # one env made here first: a wrong env id, module or dependency is said in one line (SB3's workers print a
         # traceback each, and the parent then dies of a broken pipe)
         env_fns[0]().close()
+        before = set(multiprocessing.active_children())
         try:
             self.venv = SubprocVecEnv(env_fns, start_method=start_method)
-        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+        except BaseException as exc:
+            # the workers SB3's constructor started are out of reach once it raised: end those children here, or
+            # a library user (a test, a notebook, a sweep) keeps them, dead and unreaped, for the process's life
+            _kill_workers([p for p in multiprocessing.active_children() if p not in before], [])
+            if not isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):
+                raise
             raise ValueError(
                 f"SB3's SubprocVecEnv: its workers could not make the env ({type(exc).__name__}; their tracebacks are "
                 "above)"

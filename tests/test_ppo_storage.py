@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import gymnasium as gym
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -226,3 +228,20 @@ def test_a_video_of_an_env_that_does_not_render_is_skipped(tmp_path) -> None:
         assert record_video(agent, "fastvec-test/DoesNotRender-v0", tmp_path / "video.gif") is None
     finally:
         gym.registry.pop("fastvec-test/DoesNotRender-v0")
+
+
+def _make_in_parent_only(parent: int) -> gym.Env:
+    if os.getpid() != parent:
+        raise RuntimeError("this env is made in the calling process only")
+    return gym.make("CartPole-v1")
+
+
+def test_sb3_workers_that_could_not_make_the_env_are_not_left_behind() -> None:
+    # the parent's own make succeeds, the workers' fail: SB3's constructor raises with its worker processes out of
+    # reach, and the backend ends them (a library user kept them as zombies for the process's life, hunt83 bug 5)
+    before = {child.pid for child in psutil.Process().children()}
+    fns = [functools.partial(_make_in_parent_only, os.getpid()) for _ in range(3)]
+    with pytest.raises(ValueError, match="its workers could not make the env"):
+        SB3SubprocBackend(fns, NUM_STEPS + 1, start_method="fork")
+    left = [(child.pid, child.status()) for child in psutil.Process().children() if child.pid not in before]
+    assert left == []

@@ -196,9 +196,10 @@ class Agent(nn.Module):
         else:
             obs_dim = int(np.prod(self.obs_shape))
             self.trunk = None
-            with allocating(f"hidden_sizes {list(hidden_sizes)}: the actor and critic layers"):
-                self.actor = _mlp(obs_dim, tuple(hidden_sizes), policy_outputs, out_std=0.01)
-                self.critic = _mlp(obs_dim, tuple(hidden_sizes), 1, out_std=1.0)
+            sizes = tuple(hidden_sizes)  # (once: a generator given gave its sizes to the actor only, hunt85 bug 2)
+            with allocating(f"hidden_sizes {list(sizes)}: the actor and critic layers"):
+                self.actor = _mlp(obs_dim, sizes, policy_outputs, out_std=0.01)
+                self.critic = _mlp(obs_dim, sizes, 1, out_std=1.0)
             self.obs_rms = RunningMeanStd(self.obs_shape) if norm_obs else None
             # plain lists (not registered twice): the layers _mlp_forward runs
             self._actor_linears = [m for m in self.actor if isinstance(m, nn.Linear)]

@@ -24,7 +24,6 @@ import os
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 __all__ = ["Config", "REFERENCE_NUM_ENVS"]
@@ -257,13 +256,16 @@ class Config:
         if self.anneal_timesteps is not None and self.anneal_timesteps < 1:
             raise ValueError(f"anneal_timesteps must be >= 1 or None, got {self.anneal_timesteps}")
 
-    def _resumes_an_older_nested_run(self) -> bool:
-        """Whether this resumes, in place, a run an older version wrote under a nested ``run_name`` (``exp/seed0``):
-        its folder holds a run, and no part of the name leaves runs_dir."""
-        parts = self.run_name.replace(os.sep, "/").split("/") if self.run_name else []
-        if self.resume is None or not parts or any(part in ("", ".", "..") for part in parts):
-            return False
-        return (Path(self.runs_dir, *parts) / "config.json").is_file()
+    def nested_run_name(self) -> bool:
+        """Whether ``run_name`` is a nested one (``exp/seed0``), which an older version accepted: kept only to resume
+        such a run in place (its folder is checked where the run's folder is made, on rank 0's machine)."""
+        return self.run_name is not None and ("/" in self.run_name or os.sep in self.run_name)
+
+    def run_name_error(self) -> ValueError:
+        return ValueError(
+            f"run_name must be one folder name (no '/', not '.' or '..', at most 255 bytes): the run's folder in "
+            f"runs_dir, got {self.run_name!r}"
+        )
 
     def validate_new_run(self) -> None:
         """What a run started now must also meet (validate's checks aside): not asked of the config.json of a run
@@ -273,14 +275,16 @@ class Config:
             # (inf is no threshold any run reaches, -inf one every run does; summary.json writes either as null, "no
             # threshold", which a resume of the finished run then read back wrongly)
             raise ValueError(f"solve_return must be a finite number or None, got {self.solve_return}")
-        if self.run_name is not None and (
-            not self.run_name or self.run_name in (".", "..") or "/" in self.run_name or os.sep in self.run_name
-            or len(os.fsencode(self.run_name)) > 255
-        ) and not self._resumes_an_older_nested_run():
-            raise ValueError(
-                f"run_name must be one folder name (no '/', not '.' or '..', at most 255 bytes): the run's folder in "
-                f"runs_dir, got {self.run_name!r}"
-            )
+        if self.run_name is None:
+            return
+        if self.nested_run_name():
+            # (a run an older version wrote under a nested name resumes in place: each part a folder name, none
+            # leaving runs_dir; whether the folder holds that run is for rank 0 to say, whose machine has it)
+            parts = self.run_name.replace(os.sep, "/").split("/")
+            if self.resume is None or any(part in ("", ".", "..") or len(os.fsencode(part)) > 255 for part in parts):
+                raise self.run_name_error()
+        elif self.run_name in ("", ".", "..") or len(os.fsencode(self.run_name)) > 255:
+            raise self.run_name_error()
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict of the fields (tuples become lists)."""

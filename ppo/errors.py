@@ -21,8 +21,8 @@ class SetupError(RuntimeError, ValueError):
 
 
 def first_line(exc: BaseException) -> str:
-    """An error's message's first line (its type's name where it has none)."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """An error's message's first line that says something (its type's name where none does)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 @contextlib.contextmanager

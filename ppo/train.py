@@ -115,6 +115,8 @@ def _run_dir(config: Config) -> Path:
     name = config.run_name or f"{env}__{config.vec_backend}__s{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.runs_dir) / name
     if config.run_name is not None:
+        if config.nested_run_name() and not (_holds_run(path) and resumes_in_place(config, path)):
+            raise config.run_name_error()  # (a nested name only resumes, in place, a run an older version wrote)
         if _holds_run(path) and not resumes_in_place(config, path):
             if not any((path / checkpoint).is_file() for checkpoint in CHECKPOINT_NAMES):
                 raise FileExistsError(
@@ -1064,7 +1066,7 @@ def _resume_advice(trainer: Trainer | None) -> str:
     # defaults, and a run started with --no-stop-when-solved and a larger budget would train nothing)
     return (
         f"; {path.name} (step {step:,}) is kept: the run's command with --resume {run_dir}{runs_dir} --run-name "
-        f"{run_dir.name} added goes on from it"
+        f"{config.run_name if config.run_name is not None else run_dir.name} added goes on from it"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -202,3 +204,51 @@ def test_an_evaluation_of_episodes_that_never_end_ends() -> None:
         warnings.simplefilter("error")
         returns = evaluate(agent, "fastvec-test/LongEndless-v0", episodes=4, max_episode_steps=50, max_envs=2)
     assert returns.tolist() == [120.0] * 4
+
+
+class _EndlessFilm(_Endless):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def render(self):
+        return np.zeros((2, 2, 3), np.uint8)
+
+
+def test_a_video_of_an_episode_that_never_ends_ends(tmp_path, monkeypatch) -> None:
+    """ppo.eval's video of an env without a time limit appended a frame a step for ever (hunt83 bug 6): it ends at
+    the evaluation's step cap, with a warning (hunt84 bug 3)."""
+    import warnings
+
+    from ppo import eval as evaluation
+
+    if "fastvec-test/EndlessFilm-v0" not in gym.registry:
+        gym.register("fastvec-test/EndlessFilm-v0", entry_point=_EndlessFilm)
+    monkeypatch.setattr(evaluation, "MAX_EPISODE_STEPS", 20)
+    monkeypatch.setitem(sys.modules, "imageio", None)  # (the frames written as .npz, read back below)
+    agent = Agent(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = evaluation.record_video(agent, "fastvec-test/EndlessFilm-v0", tmp_path / "video")
+    assert any("the episode ran 20 steps without ending" in str(w.message) for w in caught)
+    assert len(np.load(out)["frames"]) == 21
+
+
+def test_hidden_sizes_may_be_any_iterable() -> None:
+    """A generator of sizes gave them to the actor only, and since 8212cde to neither (hunt85 bug 2)."""
+    sizes = [[m.out_features for m in net if isinstance(m, torch.nn.Linear)] for net in (
+        Agent(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2), hidden_sizes=(size for size in (16, 8))).actor,
+        Agent(spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2), hidden_sizes=iter([16, 8])).critic,
+    )]
+    assert sizes == [[16, 8, 2], [16, 8, 1]]
+
+
+def test_an_allocation_error_is_said_by_its_first_line_that_says_something() -> None:
+    from ppo.errors import allocating, first_line
+
+    assert first_line(RuntimeError("\n  out of memory\nmore")) == "out of memory"
+    assert first_line(MemoryError()) == "MemoryError"
+    with pytest.raises(ValueError, match=r"^the ring cannot be allocated \(out of memory\)$"):
+        with allocating("the ring"):
+            raise RuntimeError("\nout of memory")

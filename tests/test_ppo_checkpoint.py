@@ -509,6 +509,13 @@ def test_a_sigterm_while_the_envs_close_names_the_runs_checkpoint(tmp_path) -> N
     )
     named = SimpleNamespace(run_dir=tmp_path / "t", checkpoint=None, config=Config(resume=str(tmp_path / "s"), run_name="t"))
     assert f"the same command, once {tmp_path / 't'} is removed, starts it again from" in train._resume_advice(named)
+    # a run an older version wrote under a nested name, resumed in place: the advice keeps its name (it named the
+    # last folder, whose resume went into a new run folder: hunt85 bug 1)
+    nested = SimpleNamespace(
+        run_dir=tmp_path / "exp" / "seed0", checkpoint=(tmp_path / "exp" / "seed0" / "latest.pt", 512),
+        config=Config(resume=str(tmp_path / "exp" / "seed0"), run_name="exp/seed0"),
+    )
+    assert train._resume_advice(nested).endswith("--run-name exp/seed0 added goes on from it")
 
 
 def _sigterm_when(child: Any, ready: Callable[[], bool], settle: float, group: bool) -> tuple[list, str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ppo.config import Config
-from ppo.train import Trainer, solve_threshold
+from ppo.train import Trainer, _run_dir, solve_threshold
 
 
 def _train(tmp_path, name: str, **overrides) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -546,7 +546,17 @@ def test_a_run_an_older_version_wrote_under_a_nested_name_resumes_in_place(tmp_p
     (tmp_path / "exp" / "seed0").mkdir(parents=True)
     (tmp_path / "exp" / "seed0" / "config.json").write_text("{}")
     resume = str(tmp_path / "exp" / "seed0")
-    Config(runs_dir=str(tmp_path), run_name="exp/seed0", resume=resume).validate_new_run()
-    for name, given in (("exp/seed0", None), ("exp/../exp/seed0", resume), ("exp/other", resume)):
+    config = Config(runs_dir=str(tmp_path), run_name="exp/seed0", resume=resume)
+    config.validate_new_run()
+    assert _run_dir(config) == tmp_path / "exp" / "seed0"
+    for name, given in (("exp/seed0", None), ("exp/../exp/seed0", resume), ("exp/" + "x" * 256, resume)):
         with pytest.raises(ValueError, match="run_name must be one folder name"):
             Config(runs_dir=str(tmp_path), run_name=name, resume=given).validate_new_run()
+    # the folder is rank 0's to check, where the run folder is made: the other ranks' machines need not hold it
+    # (they refused the name, and rank 0 waited out the collective timeout: hunt85 bug 3)
+    elsewhere = Config(runs_dir=str(tmp_path / "elsewhere"), run_name="exp/seed0", resume=resume)
+    elsewhere.validate_new_run()
+    for name, given in (("exp/other", resume), ("exp/seed0", str(tmp_path / "exp"))):
+        with pytest.raises(ValueError, match="run_name must be one folder name"):
+            _run_dir(Config(runs_dir=str(tmp_path), run_name=name, resume=given))
+    assert not (tmp_path / "exp" / "other").exists()

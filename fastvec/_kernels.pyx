@@ -262,6 +262,23 @@ cdef char *data_of(object a, int type_num, Py_ssize_t *size, str what) except NU
     return <char *> cnp.PyArray_DATA(arr)
 
 
+cdef inline int check_words(Py_ssize_t index, Py_ssize_t span, Py_ssize_t n_words, str what) except -1:
+    """``words[index .. index + span)`` inside the ``n_words`` words: an index outside them read, or wrote, memory
+    that is not the pool's words (the indices come from the pool's layout; this keeps a caller's error an error)."""
+    if index < 0 or index > n_words - span:
+        raise IndexError(f"{what} {index} outside {n_words} words")
+    return 0
+
+
+cdef int check_done_words(Py_ssize_t *done_index, Py_ssize_t n, Py_ssize_t remaining_index, Py_ssize_t n_words) except -1:
+    """check_words for each worker's DONE word (and its waiting word), and for the countdown's two words."""
+    cdef Py_ssize_t k
+    check_words(remaining_index, REMAINING_WAITING + 1, n_words, "remaining word")
+    for k in range(n):
+        check_words(done_index[k], 2, n_words, "done word")
+    return 0
+
+
 cdef uint32_t *seqs_of(object seqs_array, Py_ssize_t workers) except NULL:
     """The data of ``seqs_array``, the command sequence of each of ``workers`` workers (see data_of)."""
     cdef Py_ssize_t m
@@ -362,12 +379,14 @@ def wait_all(words, seq_index_array, uint32_t target, int64_t spin_ns, int64_t t
     Returns -1 when all are done, else the position in ``seq_index`` of the first
     word still pending (on timeout or when a signal arrived).
     """
-    cdef Py_ssize_t n
+    cdef Py_ssize_t n, n_words
     cdef Py_ssize_t k
     cdef int rc = 1
-    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
     cdef Py_ssize_t *seq_index = <Py_ssize_t *> data_of(seq_index_array, cnp.NPY_INTP, &n, "seq_index")
     cdef int64_t start, spin_deadline, deadline
+    for k in range(n):
+        check_words(seq_index[k], 2, n_words, "sequence word")
     with nogil:
         start = fv_now_ns()
         spin_deadline = spin_end(start, spin_ns, timeout_ns)
@@ -383,7 +402,9 @@ def wait_all(words, seq_index_array, uint32_t target, int64_t spin_ns, int64_t t
 
 def publish(words, Py_ssize_t index, uint32_t value):
     """Store ``value`` in ``words[index]`` and wake a sleeper announced in ``words[index + 1]``."""
-    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t n_words
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
+    check_words(index, 2, n_words, "word")
     publish_word(base + index, base + index + 1, value)
 
 
@@ -394,10 +415,13 @@ def issue(words, bases_array, uint32_t command, uint32_t slot, uint32_t arg, seq
     counts its own: asynchronous batches give commands to some workers only; uint32, wrapping
     as the workers' words do), then publish CMD_SEQ = seqs[k]. Counting here, not in numpy,
     saves the parent about a microsecond per command."""
-    cdef Py_ssize_t k, b, n
-    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t k, b, n, n_words
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
     cdef Py_ssize_t *bases = <Py_ssize_t *> data_of(bases_array, cnp.NPY_INTP, &n, "bases")
     cdef uint32_t *seqs = seqs_of(seqs_array, n)
+    check_words(remaining_index, REMAINING_WAITING + 1, n_words, "remaining word")
+    for k in range(n):
+        check_words(bases[k], DONE_WAITING + 1, n_words, "control block")
     fv_store(base + remaining_index, <uint32_t> n)
     for k in range(n):
         b = bases[k]
@@ -411,7 +435,10 @@ def issue(words, bases_array, uint32_t command, uint32_t slot, uint32_t arg, seq
 def finish(words, Py_ssize_t done_index, uint32_t seq, Py_ssize_t remaining_index):
     """A worker is done: publish its DONE_SEQ, then count down the pool's countdown word; the
     last worker wakes the parent, so a parent waiting on many workers wakes once, not once each."""
-    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t n_words
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
+    check_words(done_index, 2, n_words, "done word")
+    check_words(remaining_index, REMAINING_WAITING + 1, n_words, "remaining word")
     publish_word(base + done_index, base + done_index + 1, seq)
     if fv_sub_fetch(base + remaining_index + REMAINING, 1) == 0:
         if fv_load(base + remaining_index + REMAINING_WAITING) != 0:
@@ -427,10 +454,11 @@ def wait_remaining(words, Py_ssize_t remaining_index, done_index_array, seqs_arr
     Returns -1 when all are done, else the position in ``done_index`` of a worker still
     pending (the timeout passed, or a signal arrived).
     """
-    cdef Py_ssize_t n
-    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t n, n_words
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
     cdef Py_ssize_t *done_index = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n, "done_index")
     cdef uint32_t *seqs = seqs_of(seqs_array, n)
+    check_done_words(done_index, n, remaining_index, n_words)
     cdef int64_t start, spin_deadline, deadline
     cdef int rc = 1
     cdef Py_ssize_t k
@@ -463,10 +491,11 @@ def wait_any(words, Py_ssize_t remaining_index, done_index_array, seqs_array, in
     finishing together take it past 0. Returns the first k done, or -1 (the timeout passed,
     or a signal arrived).
     """
-    cdef Py_ssize_t n
-    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, NULL, "words")
+    cdef Py_ssize_t n, n_words
+    cdef uint32_t *base = <uint32_t *> data_of(words, cnp.NPY_UINT32, &n_words, "words")
     cdef Py_ssize_t *done_index = <Py_ssize_t *> data_of(done_index_array, cnp.NPY_INTP, &n, "done_index")
     cdef uint32_t *seqs = seqs_of(seqs_array, n)
+    check_done_words(done_index, n, remaining_index, n_words)
     cdef int64_t start, spin_deadline, deadline
     cdef int rc = 1
     cdef Py_ssize_t k
@@ -559,7 +588,8 @@ cdef inline int copy_row(object item, cnp.ndarray dst, const Rows *rows, Py_ssiz
     if rows.references:
         dst[index] = arr
     else:
-        memcpy(rows.base + index * rows.nbytes, cnp.PyArray_DATA(arr), rows.nbytes)
+        # (memmove: an env may return a view of the row it is written into, whose bytes overlap it)
+        memmove(rows.base + index * rows.nbytes, cnp.PyArray_DATA(arr), rows.nbytes)
     return 0
 
 
@@ -690,7 +720,7 @@ def add_stats(row_array, double commands, double env_steps, double busy_ns, doub
 def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):
     """First index i in [start, stop) with values[i] NaN, or -1."""
     cdef Py_ssize_t i
-    if start < 0 or stop > values.shape[0]:
+    if start < 0 or stop > values.shape[0] or stop < start:
         raise IndexError(f"first_nan: [{start}, {stop}) outside {values.shape[0]} values")
     for i in range(start, stop):
         if values[i] != values[i]:
@@ -808,6 +838,8 @@ def step_into(list results, list step_fns, actions, Py_ssize_t first=0, double[:
     reads of the monotonic clock an env."""
     cdef Py_ssize_t j
     cdef int64_t began
+    if first < 0:
+        raise IndexError(f"step_into: first env {first} < 0")
     if env_ns is None:
         for j in range(first, len(step_fns)):
             # (the sequence protocol: for a numpy array the same item as actions[j], without the
@@ -903,6 +935,8 @@ def row_copies(cnp.ndarray src, list indices):
             or not cnp.PyArray_EquivTypes(cnp.PyArray_DescrFromType(cnp.PyArray_TYPE(src)),
                                           <cnp.dtype> cnp.PyArray_DESCR(src))):
         return [src[i].copy() for i in indices]
+    if cnp.PyArray_NDIM(src) == 1:  # (rows of one item: numpy scalars, as src[i].copy() gives, not 0-d arrays)
+        return [src[i] for i in indices]
     rows_of(src, &rows, "row_copies", False)
     for i in indices:
         row = cnp.PyArray_EMPTY(rows.ndim, rows.dims, rows.type_num, 0)

@@ -54,6 +54,20 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
+def _check_words(index: int, span: int, words: np.ndarray, what: str) -> None:
+    """``words[index .. index + span)`` inside the words (see _kernels.pyx check_words)."""
+    if index < 0 or index > len(words) - span:
+        raise IndexError(f"{what} {index} outside {len(words)} words")
+
+
+def _check_done_words(words: np.ndarray, remaining_index: int, done_index: list, seqs: np.ndarray) -> None:
+    if len(seqs) < len(done_index):
+        raise ValueError(f"seqs has {len(seqs)} words for {len(done_index)} workers")
+    _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
+    for index in done_index:
+        _check_words(index, 2, words, "done word")
+
+
 def _address(words: np.ndarray, index: int) -> int:
     return words.ctypes.data + index * 4
 
@@ -196,7 +210,10 @@ def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int
     start = time.monotonic_ns()
     spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
     target = int(target) & 0xFFFFFFFF
-    for k, index in enumerate(seq_index.tolist()):
+    indices = seq_index.tolist()
+    for index in indices:
+        _check_words(index, 2, words, "sequence word")
+    for k, index in enumerate(indices):
         if _wait_word(words, index, target, spin_deadline, deadline, spin_ns < 0) != DONE:
             return k
     return -1
@@ -204,6 +221,7 @@ def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int
 
 def publish(words: np.ndarray, index: int, value: int) -> None:
     """Store ``value`` in ``words[index]`` and wake any sleeper on it."""
+    _check_words(index, 2, words, "word")
     words[index] = value & 0xFFFFFFFF
     _futex_wake(words, index)
 
@@ -213,8 +231,14 @@ def issue(
 ) -> None:
     """Write each worker's command words, count the command in ``seqs[k]`` and publish CMD_SEQ =
     seqs[k] (see _kernels.pyx)."""
-    words[remaining_index] = len(bases)
-    for k, b in enumerate(bases.tolist()):
+    blocks = bases.tolist()
+    if len(seqs) < len(blocks):
+        raise ValueError(f"seqs has {len(seqs)} words for {len(blocks)} workers")
+    _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
+    for b in blocks:
+        _check_words(b, Control.DONE_WAITING + 1, words, "control block")
+    words[remaining_index] = len(blocks)
+    for k, b in enumerate(blocks):
         words[b + Control.CMD] = command
         words[b + Control.SLOT] = slot
         words[b + Control.ARG] = arg
@@ -226,6 +250,8 @@ def issue(
 def finish(words: np.ndarray, done_index: int, seq: int, remaining_index: int) -> None:
     """Publish DONE_SEQ. Without an atomic decrement in pure Python, the countdown is not used:
     wait_remaining below waits on every worker's DONE_SEQ instead."""
+    _check_words(done_index, 2, words, "done word")
+    _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
     publish(words, done_index, seq)
 
 
@@ -233,9 +259,11 @@ def wait_remaining(
     words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray, spin_ns: int, timeout_ns: int
 ) -> int:
     """Wait until every DONE_SEQ word equals its ``seqs[k]`` (completion is every DONE word, as in _kernels.pyx)."""
+    indices = done_index.tolist()
+    _check_done_words(words, remaining_index, indices, seqs)
     start = time.monotonic_ns()
     spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
-    for k, (index, seq) in enumerate(zip(done_index.tolist(), seqs.tolist())):
+    for k, (index, seq) in enumerate(zip(indices, seqs.tolist())):
         if _wait_word(words, index, int(seq) & 0xFFFFFFFF, spin_deadline, deadline, spin_ns < 0) != DONE:
             return k
     return -1
@@ -246,9 +274,11 @@ def wait_any(
 ) -> int:
     """The first k whose DONE_SEQ word equals ``seqs[k]``, or -1 after ``timeout_ns`` (see _kernels.pyx).
     Without an atomic countdown here it polls, yielding, then napping in 100 us slices."""
+    indices = done_index.tolist()
+    _check_done_words(words, remaining_index, indices, seqs)
     start = time.monotonic_ns()
     spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
-    pairs = list(zip(done_index.tolist(), seqs.tolist()))
+    pairs = list(zip(indices, seqs.tolist()))
     while True:
         for k, (index, seq) in enumerate(pairs):
             if int(words[index]) == seq:
@@ -355,7 +385,7 @@ def add_stats(
 
 
 def first_nan(values: np.ndarray, start: int, stop: int) -> int:
-    if start < 0 or stop > values.shape[0]:
+    if start < 0 or stop > values.shape[0] or stop < start:
         raise IndexError(f"first_nan: [{start}, {stop}) outside {values.shape[0]} values")
     bad = np.flatnonzero(np.isnan(values[start:stop]))
     return int(bad[0]) + start if bad.size else -1
@@ -504,6 +534,8 @@ def step_into(
     """``results.append(step_fns[j](actions[j]))`` for every j from ``first`` on; with ``env_ns``, each
     env's step time (ns, times ``scale``) added to ``env_ns[offset + j]``; see _kernels.pyx."""
     append = results.append
+    if first < 0:
+        raise IndexError(f"step_into: first env {first} < 0")
     if env_ns is None:
         for j in range(first, len(step_fns)):
             append(step_fns[j](actions[j]))

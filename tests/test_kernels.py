@@ -126,7 +126,10 @@ def test_row_copies_are_each_their_own_copy(k, dtype) -> None:
     assert src[3, 0, 0] == 18 and rows[2][0, 0] == 18
     assert k.row_copies(src, []) == []
     np.testing.assert_array_equal(k.row_copies(src[:, 0], [4])[0], src[4, 0])  # a strided source
-    np.testing.assert_array_equal(k.row_copies(np.arange(4.0), [2])[0], np.float64(2.0))  # rows of 1-D: 0-d arrays
+    # rows of 1-D: numpy scalars, as src[i].copy() gives (the compiled kernel made 0-d arrays: hunt86 bug 1)
+    for src in (np.arange(4.0), np.arange(4), np.arange(8)[::2]):
+        row = k.row_copies(src, [2])[0]
+        assert type(row) is type(src[2]) and row == src[2]
     with pytest.raises(IndexError, match="row 5"):
         k.row_copies(src, [5])
     with pytest.raises(IndexError, match="row -1"):
@@ -348,6 +351,34 @@ def test_issue_finish_and_countdown(k) -> None:
     assert k.wait_remaining(words, remaining, done, NINE, 0, 1_000_000) == 1
     k.finish(words, 48, 9, remaining)
     assert k.wait_remaining(words, remaining, done, NINE, 0, 1_000_000) == -1
+
+
+@pytest.mark.parametrize("k", IMPLS)
+def test_sync_kernels_refuse_words_outside_the_array(k) -> None:
+    """With bounds checking off, the compiled sync kernels wrote or read past the words they were given (a segfault,
+    a corrupted heap, or a store into another's memory: hunt86 bug 2); both twins refuse such indices, and seqs
+    shorter than the workers (the twin's wait_any found every worker done: hunt86 bug 3)."""
+    words = np.zeros(3 * 32, dtype=np.uint32)
+    bases, done, seqs = np.array([0, 32], np.intp), np.array([16, 48], np.intp), np.array([8, 8], np.uint32)
+    for call in (
+        lambda: k.publish(words, len(words), 1),
+        lambda: k.publish(words, len(words) - 1, 1),  # (its waiting word is the next one)
+        lambda: k.publish(words, -1, 1),
+        lambda: k.wait_all(words, np.array([0, 10**7], np.intp), 0, 0, 1000),
+        lambda: k.issue(words, np.array([0, 90], np.intp), 1, 0, 0, seqs, 64),
+        lambda: k.issue(words, bases, 1, 0, 0, seqs, -1),
+        lambda: k.finish(words, len(words), 1, 64),
+        lambda: k.finish(words, 16, 1, len(words) - 1),
+        lambda: k.wait_remaining(words, 64, np.array([16, 10**7], np.intp), seqs, 0, 1000),
+        lambda: k.wait_any(words, -1, done, seqs, 0, 1000),
+        lambda: k.step_into([], [lambda a: a], [0], first=-1),
+    ):
+        with pytest.raises(IndexError, match="outside 96 words|first env -1"):
+            call()
+    assert not words.any()  # (nothing written before the refusal)
+    for wait in (k.wait_remaining, k.wait_any):
+        with pytest.raises(ValueError, match="seqs has 1 words for 2 workers"):
+            wait(words, 64, done, np.array([8], np.uint32), 0, 1000)
 
 
 @pytest.mark.parametrize("k", IMPLS)
@@ -824,7 +855,7 @@ def test_range_kernels_check_their_bounds(k) -> None:
     a stop past the end, bounds shorter than a row of values."""
     values = np.array([1.0, np.nan, 2.0, np.nan])
     assert k.first_nan(values, 2, 4) == 3 and k.first_nan(values, 2, 3) == -1
-    for start, stop in ((-1, 3), (0, 5)):
+    for start, stop in ((-1, 3), (0, 5), (0, -1), (3, 2)):  # (the twin sliced values[0:-1]: hunt86 bug 3)
         with pytest.raises(IndexError, match="outside 4 values"):
             k.first_nan(values, start, stop)
     # (no values and no bounds: a Box of shape (0,), which gymnasium steps)

@@ -54,18 +54,40 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
+def _data_of(a: Any, dtype: Any, what: str) -> int:
+    """The compiled kernels' data_of checks, in their order and words (what a typed memoryview would refuse): ``a``
+    a writable, C-contiguous, non-empty numpy array of ``dtype`` in native byte order. Returns its size."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:  # (a swapped byte order is another dtype)
+        raise ValueError(f"{what} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous")
+    if not a.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+    if not a.size:
+        raise ValueError(f"{what} is empty")
+    return a.size
+
+
 def _check_words(index: int, span: int, words: np.ndarray, what: str) -> None:
     """``words[index .. index + span)`` inside the words (see _kernels.pyx check_words)."""
     if index < 0 or index > len(words) - span:
         raise IndexError(f"{what} {index} outside {len(words)} words")
 
 
-def _check_done_words(words: np.ndarray, remaining_index: int, done_index: list, seqs: np.ndarray) -> None:
+def _check_done_words(words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray) -> list:
+    """wait_remaining's and wait_any's checks (data_of, seqs_of, check_done_words in _kernels.pyx); the done words."""
+    _data_of(words, np.uint32, "words")
+    _data_of(done_index, np.intp, "done_index")
+    _data_of(seqs, np.uint32, "seqs")
+    done_index = done_index.tolist()
     if len(seqs) < len(done_index):
         raise ValueError(f"seqs has {len(seqs)} words for {len(done_index)} workers")
     _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
     for index in done_index:
         _check_words(index, 2, words, "done word")
+    return done_index
 
 
 def _address(words: np.ndarray, index: int) -> int:
@@ -209,6 +231,8 @@ def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int
     """Wait until ``words[i] == target`` for every i in ``seq_index``; see _kernels.pyx."""
     start = time.monotonic_ns()
     spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
+    _data_of(words, np.uint32, "words")
+    _data_of(seq_index, np.intp, "seq_index")
     target = int(target) & 0xFFFFFFFF
     indices = seq_index.tolist()
     for index in indices:
@@ -221,6 +245,7 @@ def wait_all(words: np.ndarray, seq_index: np.ndarray, target: int, spin_ns: int
 
 def publish(words: np.ndarray, index: int, value: int) -> None:
     """Store ``value`` in ``words[index]`` and wake any sleeper on it."""
+    _data_of(words, np.uint32, "words")
     _check_words(index, 2, words, "word")
     words[index] = value & 0xFFFFFFFF
     _futex_wake(words, index)
@@ -231,6 +256,9 @@ def issue(
 ) -> None:
     """Write each worker's command words, count the command in ``seqs[k]`` and publish CMD_SEQ =
     seqs[k] (see _kernels.pyx)."""
+    _data_of(words, np.uint32, "words")
+    _data_of(bases, np.intp, "bases")
+    _data_of(seqs, np.uint32, "seqs")
     blocks = bases.tolist()
     if len(seqs) < len(blocks):
         raise ValueError(f"seqs has {len(seqs)} words for {len(blocks)} workers")
@@ -250,6 +278,7 @@ def issue(
 def finish(words: np.ndarray, done_index: int, seq: int, remaining_index: int) -> None:
     """Publish DONE_SEQ. Without an atomic decrement in pure Python, the countdown is not used:
     wait_remaining below waits on every worker's DONE_SEQ instead."""
+    _data_of(words, np.uint32, "words")
     _check_words(done_index, 2, words, "done word")
     _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
     publish(words, done_index, seq)
@@ -259,8 +288,7 @@ def wait_remaining(
     words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray, spin_ns: int, timeout_ns: int
 ) -> int:
     """Wait until every DONE_SEQ word equals its ``seqs[k]`` (completion is every DONE word, as in _kernels.pyx)."""
-    indices = done_index.tolist()
-    _check_done_words(words, remaining_index, indices, seqs)
+    indices = _check_done_words(words, remaining_index, done_index, seqs)
     start = time.monotonic_ns()
     spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
     for k, (index, seq) in enumerate(zip(indices, seqs.tolist())):
@@ -274,8 +302,7 @@ def wait_any(
 ) -> int:
     """The first k whose DONE_SEQ word equals ``seqs[k]``, or -1 after ``timeout_ns`` (see _kernels.pyx).
     Without an atomic countdown here it polls, yielding, then napping in 100 us slices."""
-    indices = done_index.tolist()
-    _check_done_words(words, remaining_index, indices, seqs)
+    indices = _check_done_words(words, remaining_index, done_index, seqs)
     start = time.monotonic_ns()
     spin_deadline, deadline = _spin_end(start, spin_ns, timeout_ns), start + timeout_ns
     pairs = list(zip(indices, seqs.tolist()))
@@ -330,13 +357,15 @@ def write_results(
     report_cast: bool = False,
 ) -> tuple[int, list[int], bool, int, int]:
     """A shard's step results into one ring slot; see _kernels.pyx."""
+    n = len(results)
+    sizes = [_data_of(rewards, np.float64, "rewards"), _data_of(terminated, np.uint8, "terminated"),
+             _data_of(truncated, np.uint8, "truncated")]  # fmt: skip
+    _check_rows(obs_dst, "write_results")
+    if start < 0 or start + n > min(obs_dst.shape[0], *sizes):
+        raise IndexError("write_results: rows outside the slot")
     for result in results:
         if type(result) is not tuple or len(result) != 5:
             raise TypeError("env.step() must return a 5-tuple")
-    n = len(results)
-    _check_rows(obs_dst, "write_results")
-    if start < 0 or start + n > obs_dst.shape[0]:
-        raise IndexError("write_results: rows outside the slot")
     items = [r[0] for r in results]
     code = gather_rows(items, obs_dst, start, report_cast)
     shared = _first_shared(items if code < 0 else items[: code + 1])
@@ -376,6 +405,8 @@ def add_stats(
     row: np.ndarray, commands: float, env_steps: float, busy_ns: float, restarts: float, wait_ns: float = 0.0
 ) -> None:
     """A shard's counters grow by one command's amounts; see _kernels.pyx."""
+    if _data_of(row, np.float64, "row") < 6:
+        raise ValueError(f"a stats row has at least 6 columns, got {row.size}")
     row[:5] += (commands, env_steps, busy_ns, restarts, wait_ns)
     us, b = busy_ns / 1000.0, 0
     while us >= 2.0 and b < row.shape[0] - 6:
@@ -443,9 +474,8 @@ def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarra
         (truncated, np.bool_, "truncated"),
         (rewards, np.float64, "rewards"),
     ):
-        if a.dtype != dtype:
-            raise ValueError(f"{what} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-    if not len(terminated) == len(truncated) == len(rewards):
+        _data_of(a, dtype, what)
+    if not terminated.size == truncated.size == rewards.size:
         raise ValueError(
             f"done_flags: {len(terminated)} terminated, {len(truncated)} truncated and {len(rewards)} rewards"
         )
@@ -489,12 +519,7 @@ def _check_watch(words: np.ndarray, done_index: np.ndarray, seqs: np.ndarray, wa
     """The checks of the compiled kernels' checked_watch (data_of, seqs_of), in their order and words."""
     for a, dtype, what in ((words, np.uint32, "words"), (done_index, np.intp, "done_index"), (seqs, np.uint32, "seqs"),
                            (watch, np.intp, "watch")):  # fmt: skip
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}")
-        if a.dtype != dtype:
-            raise ValueError(f"{what} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-        if not len(a):
-            raise ValueError(f"{what} is empty")
+        _data_of(a, dtype, what)
         if what == "seqs" and len(seqs) < len(done_index):
             raise ValueError(f"seqs has {len(seqs)} words for {len(done_index)} workers")
     for k in watch.tolist():

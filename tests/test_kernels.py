@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fastvec import _kernels_py
+from fastvec.protocol import Control
 from tests import envs
 
 try:
@@ -626,14 +627,16 @@ def test_a_slow_yield_that_ran_no_other_task_is_not_contention(monkeypatch) -> N
 
 
 @pytest.mark.skipif(_compiled is None, reason="extension not built")
-def test_compiled_kernels_refuse_arrays_they_cannot_use() -> None:
+@pytest.mark.parametrize("k", IMPLS)
+def test_kernels_refuse_arrays_they_cannot_use(k) -> None:
     """The compiled kernels take the numpy arrays' data directly (no buffer acquisition); what a
-    typed memoryview would refuse they refuse too, with an error naming the argument."""
-    k = _compiled
+    typed memoryview would refuse they refuse too, with an error naming the argument. The twin refuses the same
+    (it wrote a strided array's other words, and took wrong dtypes: hunt86 bug 3)."""
     words = np.zeros(64, np.uint32)
     bases, seqs = np.array([8], np.intp), np.zeros(1, np.uint32)
     k.issue(words, bases, 1, 0, 0, seqs, 40)
-    assert words[8 + k.CONTROL_OFFSETS["CMD_SEQ"]] == 1 and seqs[0] == 1 and words[40] == 1
+    assert words[8 + Control.CMD_SEQ] == 1 and seqs[0] == 1 and words[40] == 1
+    issued = words.copy()
     with pytest.raises(ValueError, match="words has dtype int64"):
         k.issue(np.zeros(64, np.int64), bases, 1, 0, 0, seqs, 40)
     with pytest.raises(ValueError, match="words must be C-contiguous"):
@@ -659,7 +662,18 @@ def test_compiled_kernels_refuse_arrays_they_cannot_use() -> None:
     with pytest.raises(IndexError):
         k.write_results([result, result], obs, rewards, flags[:1], flags, 0)
     with pytest.raises(ValueError, match="at least 6 columns"):
-        k.add_stats(np.zeros(3), 1.0, 1.0, 1.0, 0.0)
+        k.add_stats(np.zeros(5), 1.0, 1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="row has dtype float32"):
+        k.add_stats(np.zeros(8, np.float32), 1.0, 1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="words must be C-contiguous"):
+        k.publish(np.zeros(128, np.uint32)[::2], 4, 7)
+    with pytest.raises(ValueError, match="seq_index is empty"):
+        k.wait_all(words, np.zeros(0, np.intp), 0, 0, 1000)
+    with pytest.raises(ValueError, match="rewards is read-only"):
+        read_only_rewards = np.zeros(2)
+        read_only_rewards.flags.writeable = False
+        k.done_flags(np.zeros(2, bool), np.zeros(2, bool), read_only_rewards)
+    assert words.tolist() == issued.tolist()  # (nothing written by a refused call)
 
 
 _STUCK_CHILD = """

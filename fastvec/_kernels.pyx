@@ -717,7 +717,7 @@ def add_stats(row_array, double commands, double env_steps, double busy_ns, doub
     row[5 + b] += 1
 
 
-def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):
+def first_nan(const double[::1] values not None, Py_ssize_t start, Py_ssize_t stop):
     """First index i in [start, stop) with values[i] NaN, or -1."""
     cdef Py_ssize_t i
     if start < 0 or stop > values.shape[0] or stop < start:
@@ -728,7 +728,7 @@ def first_nan(const double[::1] values, Py_ssize_t start, Py_ssize_t stop):
     return -1
 
 
-def store_floats(list items, double[::1] dst, Py_ssize_t start):
+def store_floats(list items, double[::1] dst not None, Py_ssize_t start):
     """``dst[start + j] = float(items[j])`` for every j."""
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t j
@@ -740,7 +740,7 @@ def store_floats(list items, double[::1] dst, Py_ssize_t start):
         dst[start + j] = value
 
 
-def store_bools(list items, uint8_t[::1] dst, Py_ssize_t start):
+def store_bools(list items, uint8_t[::1] dst not None, Py_ssize_t start):
     """``dst[start + j] = bool(items[j])`` for every j."""
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t j
@@ -757,7 +757,8 @@ cdef int check_bounds_shape(Py_ssize_t n, Py_ssize_t k, Py_ssize_t k_high) excep
     return 0
 
 
-def first_outside_int(const int64_t[::1] values, const int64_t[::1] low, const int64_t[::1] high):
+def first_outside_int(const int64_t[::1] values not None, const int64_t[::1] low not None,
+                      const int64_t[::1] high not None):
     """First flat index i with values[i] outside [low[i % k], high[i % k]], or -1."""
     cdef Py_ssize_t n = values.shape[0]
     cdef Py_ssize_t k = low.shape[0]
@@ -779,7 +780,8 @@ ctypedef fused real:
     double
 
 
-def first_outside_float(const real[::1] values, const double[::1] low, const double[::1] high):
+def first_outside_float(const real[::1] values not None, const double[::1] low not None,
+                        const double[::1] high not None):
     """First flat index i with values[i] NaN or outside [low[i % k], high[i % k]], or -1."""
     cdef Py_ssize_t n = values.shape[0]
     cdef Py_ssize_t k = low.shape[0]

@@ -14,6 +14,7 @@ only delay, never hang.
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 import platform
 import select
@@ -91,7 +92,7 @@ def _check_done_words(words: np.ndarray, remaining_index: int, done_index: np.nd
 
 
 def _address(words: np.ndarray, index: int) -> int:
-    return words.ctypes.data + index * 4
+    return words.ctypes.data + operator.index(index) * 4
 
 
 def _futex_wait(words: np.ndarray, index: int, expected: int, timeout_ns: int) -> None:
@@ -416,13 +417,36 @@ def add_stats(
 
 
 def first_nan(values: np.ndarray, start: int, stop: int) -> int:
+    _view(values, (np.float64,), "values")
     if start < 0 or stop > values.shape[0] or stop < start:
         raise IndexError(f"first_nan: [{start}, {stop}) outside {values.shape[0]} values")
     bad = np.flatnonzero(np.isnan(values[start:stop]))
     return int(bad[0]) + start if bad.size else -1
 
 
+def _view(a: Any, dtypes: tuple, what: str, writable: bool = False, fused: bool = False) -> None:
+    """What the compiled kernels' typed memoryview argument ``what`` refuses, refused alike (its error types)."""
+    if a is None:
+        raise TypeError(f"Argument '{what}' must not be None")
+    if not isinstance(a, np.ndarray) or a.dtype not in dtypes:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        if fused:  # (no signature of the kernel takes it)
+            raise TypeError(f"No matching signature found for {what} of {got}")
+        raise ValueError(f"Buffer dtype mismatch, expected {np.dtype(dtypes[0])} but got {got}")
+    if not a.flags.c_contiguous:
+        raise ValueError("ndarray is not C-contiguous")
+    if writable and not a.flags.writeable:
+        raise ValueError("buffer source array is read-only")
+
+
+def _items(items: Any) -> None:
+    if type(items) is not list:
+        raise TypeError(f"Argument 'items' has incorrect type (expected list, got {type(items).__name__})")
+
+
 def store_floats(items: list, dst: np.ndarray, start: int) -> None:
+    _items(items)
+    _view(dst, (np.float64,), "dst", writable=True)
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError("store_floats destination too small")
     dst[start : start + len(items)] = [_as_double(x) for x in items]
@@ -437,6 +461,8 @@ def _as_double(x: Any) -> float:
 
 
 def store_bools(items: list, dst: np.ndarray, start: int) -> None:
+    _items(items)
+    _view(dst, (np.uint8, np.bool_), "dst", writable=True)  # (a one-byte bool is a uint8_t buffer to Cython)
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError("store_bools destination too small")
     dst[start : start + len(items)] = [1 if x else 0 for x in items]
@@ -448,6 +474,8 @@ def _check_bounds_shape(n: int, k: int, k_high: int) -> None:
 
 
 def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
+    for a, what in ((values, "values"), (low, "low"), (high, "high")):
+        _view(a, (np.int64,), what)
     k = low.shape[0]
     _check_bounds_shape(values.shape[0], k, high.shape[0])
     if not k:
@@ -458,6 +486,9 @@ def first_outside_int(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> 
 
 
 def first_outside_float(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
+    _view(values, (np.float32, np.float64), "values", fused=True)
+    _view(low, (np.float64,), "low")
+    _view(high, (np.float64,), "high")
     k = low.shape[0]
     _check_bounds_shape(values.shape[0], k, high.shape[0])
     if not k:
@@ -477,9 +508,9 @@ def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarra
         _data_of(a, dtype, what)
     if not terminated.size == truncated.size == rewards.size:
         raise ValueError(
-            f"done_flags: {len(terminated)} terminated, {len(truncated)} truncated and {len(rewards)} rewards"
+            f"done_flags: {terminated.size} terminated, {truncated.size} truncated and {rewards.size} rewards"
         )
-    dones = terminated | truncated
+    dones = terminated.reshape(-1) | truncated.reshape(-1)  # (taken flat, as the compiled kernel does)
     return dones, rewards.copy(), np.flatnonzero(dones).tolist()
 
 

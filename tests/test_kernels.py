@@ -674,6 +674,25 @@ def test_kernels_refuse_arrays_they_cannot_use(k) -> None:
         read_only_rewards.flags.writeable = False
         k.done_flags(np.zeros(2, bool), np.zeros(2, bool), read_only_rewards)
     assert words.tolist() == issued.tolist()  # (nothing written by a refused call)
+    k.publish(words, np.int64(50), 7)  # (a numpy integer index: the twin stored the word, then failed to wake)
+    assert words[50] == 7
+    # the typed-memoryview kernels: what Cython refuses the twin refuses, with the same error types
+    ints, floats = np.zeros(2, np.int64), np.zeros(2)
+    for call, error in (
+        (lambda: k.store_floats([1.0], np.zeros(2, np.float32), 0), ValueError),
+        (lambda: k.store_floats((1.0,), floats, 0), TypeError),
+        (lambda: k.store_bools([True], np.zeros(2, np.int8), 0), ValueError),
+        (lambda: k.first_nan(np.zeros(2, np.float32), 0, 2), ValueError),
+        (lambda: k.first_outside_int(ints.astype(np.int32), ints, ints), ValueError),
+        (lambda: k.first_outside_float(floats.astype(np.float16), floats, floats), TypeError),
+    ):
+        with pytest.raises(error):
+            call()
+    flags = np.zeros(2, bool)
+    k.store_bools([True, False], flags, 0)  # (a one-byte bool destination is a uint8 buffer)
+    assert flags.tolist() == [True, False]
+    dones, _, ended = k.done_flags(np.array([[False, True], [False, False]]), np.zeros(4, bool), np.zeros(4))
+    assert dones.tolist() == [False, True, False, False] and ended == [1]  # (taken flat)
 
 
 _STUCK_CHILD = """
@@ -872,6 +891,9 @@ def test_range_kernels_check_their_bounds(k) -> None:
     for start, stop in ((-1, 3), (0, 5), (0, -1), (3, 2)):  # (the twin sliced values[0:-1]: hunt86 bug 3)
         with pytest.raises(IndexError, match="outside 4 values"):
             k.first_nan(values, start, stop)
+    for call in (lambda: k.first_nan(None, 0, 0), lambda: k.first_outside_float(None, values[:1], values[:1])):
+        with pytest.raises((TypeError, AttributeError)):  # (the compiled kernels took None for no values)
+            call()
     # (no values and no bounds: a Box of shape (0,), which gymnasium steps)
     assert k.first_outside_int(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)) == -1
     assert k.first_outside_float(np.zeros(0), np.zeros(0), np.zeros(0)) == -1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import copy
 import errno
 import math
 import multiprocessing
@@ -407,8 +408,20 @@ class Pool(ShardMoves):
         env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
         for remote in self._remotes:
             env_spaces.extend(self._handshake(remote, "make"))
-        self.observation_space = self._given_observation_space or env_spaces[0][0]
-        self.action_space = env_spaces[0][1]
+        first = env_spaces[0]
+        if self._local_envs:
+            # env 0's own space objects, copied: what a wrapper does to the pool's spaces (VecNormalize replaces a
+            # Dict's image part) or draws from them (action_space.sample()) is not done to env 0 alone, as the
+            # references' workers send copies (a space that cannot be copied, holding a lock, or whose copy is not
+            # equal to it, a class comparing by identity, is kept as it is)
+            try:
+                copies = copy.deepcopy(first)
+                if copies[0] == first[0] and copies[1] == first[1]:
+                    first = copies
+            except Exception:
+                pass
+        self.observation_space = self._given_observation_space or first[0]
+        self.action_space = first[1]
         self._check_env_spaces(0, env_spaces)
         self.obs_leaves = leaves(self.observation_space)
         self._single_leaf = is_single_array(self.obs_leaves)

@@ -1171,3 +1171,20 @@ class ResetsItsClassFrame(StepFrame):
         obs, info = super().reset(seed=seed, options=options)
         self.frame[0] = -1.0
         return obs, info
+
+
+class DrawsFromItsActionSpace(gym.Env):
+    """An env whose step draws its observation from its own action space (a random opponent's move)."""
+
+    observation_space = spaces.Box(-10, 10, (1,), np.float32)
+
+    def __init__(self):
+        self.action_space = spaces.Discrete(4)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.action_space.seed(int(self.np_random.integers(1 << 30)))
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.array([self.action_space.sample()], np.float32), 0.0, False, False, {}

@@ -920,3 +920,24 @@ def test_a_reset_info_that_refers_to_itself_or_holds_one_array_twice_is_copied_a
             node = info["node"]
             assert node["parent"] is node and node["root"] is node and node["name"] == "root"
             assert info["a"] is info["b"] and info["a"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("implementation", ["fastvec", "fastvec-no-parent", "sb3-subproc"])
+def test_the_vec_env_s_spaces_are_not_env_0_s_own(request, implementation: str) -> None:
+    """With env 0 in the calling process, the VecEnv's spaces were env 0's own objects: the caller's draws from
+    venv.action_space (SB3's DQN and SAC before learning starts) took env 0's stream, and a wrapper changing them
+    (VecNormalize) changed env 0's alone (hunt87 bug 1). SB3's SubprocVecEnv's are copies, sent by its workers."""
+    request.node.reference_may_leak_fds = implementation == "sb3-subproc"
+    venv = IMPLEMENTATIONS[implementation]([envs.DrawsFromItsActionSpace] * 2)
+    try:  # (SB3's SubprocVecEnv is no context manager)
+        venv.seed(0)
+        venv.reset()
+        venv.action_space.seed(123)
+        seen = [venv.step(np.array([venv.action_space.sample() for _ in range(2)]))[0].ravel().tolist() for _ in range(6)]
+        spaces_of_env_0 = venv.get_attr("action_space", [0])[0]
+        venv.action_space.n = 7  # (what a wrapper may do to the VecEnv's space)
+        assert venv.get_attr("action_space", [0])[0].n == 4
+    finally:
+        venv.close()
+    assert seen == [[0.0, 2.0], [0.0, 3.0], [2.0, 1.0], [2.0, 2.0], [0.0, 1.0], [2.0, 1.0]]  # (SB3's SubprocVecEnv)
+    assert spaces_of_env_0 == gym.spaces.Discrete(4)

@@ -366,26 +366,47 @@ def _dies_with(parent: int, cores: list[int] | None = None) -> Callable[[], None
 
 def child_result(run: ChildRun, timeout: float | None = None) -> dict:
     """The last ``RESULT <json>`` line a child printed, or a result saying why there is none:
-    ``{"status": "timeout", ...}`` or ``{"status": "crashed", "reason": "exit code N: <stderr tail>"}``."""
-    if run.timed_out:
-        limit = f"{timeout:.0f} s" if timeout is not None else "the time limit"
-        return {"status": "timeout", "reason": f"no result within {limit}"}
+    ``{"status": "timeout", ...}`` or ``{"status": "crashed", "reason": "exit code N: <stderr tail>"}``. A result
+    printed by a child that then outlived its time (closing what it measured) stands, with a note saying so."""
+    limit = f"{timeout:.0f} s" if timeout is not None else "the time limit"
     lines = [line for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
+        if run.timed_out:
+            return {"status": "timeout", "reason": f"no result within {limit}"}
         return {"status": "crashed", "reason": f"exit code {run.returncode}: {run.stderr_tail()}"}
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    if run.timed_out and "note" not in result:
+        result["note"] = f"the measuring process did not end within {limit} after its result (closing what it measured)"
+    return result
+
+
+CLOSE_WAIT = 10.0  # seconds a child waits for what it measured to close, once its result is printed
 
 
 def child_main(compute: Callable[[dict], dict], argument: str) -> NoReturn:
     """The child's side: ``compute(json.loads(argument))``, printed as one ``RESULT`` line (an
-    exception becomes ``{"status": "error", "reason", "traceback"}``); then exit at once,
-    waiting on nothing an engine leaked (the parent kills the session)."""
+    exception becomes ``{"status": "error", "reason", "traceback"}``, its reason the message's first line);
+    then exit at once, waiting on nothing an engine leaked (the parent kills the session). A result's ``"then"``
+    (a callable: closing what was measured) runs after the line is printed, for at most CLOSE_WAIT seconds; one
+    that does not return by then is said in a second line, with the result (an env whose ``close()`` hangs
+    cost the measurement it had made)."""
     spec = json.loads(argument)
+    then = None
     try:
         result = compute(spec)
+        then = result.pop("then", None)
     except Exception as exc:  # noqa: BLE001 - a failing measurement is a result
-        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        message = next((line for line in str(exc).splitlines() if line.strip()), "")
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {message}".rstrip(": "),
+                  "traceback": traceback.format_exc()}  # fmt: skip
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+    if then is not None:
+        closing = threading.Thread(target=then, daemon=True)
+        closing.start()
+        closing.join(CLOSE_WAIT)
+        if closing.is_alive():
+            note = f"closing what was measured did not end within {CLOSE_WAIT:.0f} s (an env's close() that hangs?)"
+            print(RESULT_PREFIX + json.dumps({**result, "note": note}), flush=True)
     os._exit(0)
 
 

@@ -243,7 +243,7 @@ class PoolOptions:
             with open(path) as f:
                 try:
                     config = json.load(f)
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     raise ValueError(f"config {path!r} is not JSON (python -m fastvec.tune writes it): {exc}") from None
             if not isinstance(config, dict):
                 raise ValueError(f"a config file holds a JSON object (as python -m fastvec.tune writes), got {config!r:.100}")

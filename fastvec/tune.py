@@ -34,6 +34,7 @@ import json
 import numbers
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from fastvec.measure import (
+    CLOSE_WAIT,
     child_environ,
     child_main,
     child_result,
@@ -117,15 +119,21 @@ def _measure_here(spec: dict) -> dict:
     fns = [partial(_make_env, spec.get("env_id"), spec.get("env_module")) for _ in range(n)]
     probe = fns[0]()
     space = probe.action_space
-    probe.close()
+    _close_within(probe, CLOSE_WAIT)  # (before the pool forks: the probe is not its workers' to hold)
     space.seed(0)
-    batches = np.stack([np.stack([space.sample() for _ in range(n)]) for _ in range(64)])
+    samples = [[space.sample() for _ in range(n)] for _ in range(64)]
+    try:
+        batches: Any = np.stack([np.stack(batch) for batch in samples])
+    except (ValueError, TypeError):  # (a Tuple of mixed parts, a Sequence: one action per env, as SB3 takes them)
+        batches = samples
     start_method = "fork" if "fork" in mp.get_all_start_methods() else None
     began = time.perf_counter()
     venv = SubprocVecEnv(fns, start_method=start_method, **spec["config"])
     try:
         pool = venv.pool
         resolved = {key: getattr(pool, key) for key in CONFIG_KEYS}
+        # (what a candidate set beyond the searched keys, pin or ring_slots: the file reproduces what was measured)
+        resolved.update({key: value for key, value in spec["config"].items() if key not in resolved})
         if spec["config"].get("spin_ns") is None:
             # the default is the parent's yield-poll and workers that adapt theirs (pool.spin_ns is only the
             # parent's): recorded as the default, so that the file reproduces it and spin_ns=-200000 is tried too
@@ -144,9 +152,11 @@ def _measure_here(spec: dict) -> dict:
         else:
             venv.reset()
             timing = time_steps(venv.step, batches, n, seconds, repeats)
-    finally:
+    except BaseException:
         venv.close()
+        raise
     return {
+        "then": venv.close,  # (after the result is printed: an env's close() that hangs costs it nothing)
         "status": "ok",
         "resolved": resolved,
         "rate": timing["rate"],
@@ -156,10 +166,32 @@ def _measure_here(spec: dict) -> dict:
     }
 
 
+def _close_within(env: Any, seconds: float) -> None:
+    """``env.close()``, refused as the env's error where it does not return within ``seconds``."""
+    closing = threading.Thread(target=env.close, daemon=True)
+    closing.start()
+    closing.join(seconds)
+    if closing.is_alive():
+        raise RuntimeError(f"the env's close() did not return within {seconds:.0f} s")
+
+
+def _program_path() -> list[str]:
+    """The folders on this process's sys.path that are not the interpreter's own (its standard library and
+    site-packages the child has anyway)."""
+    own = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    folders = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(path) and not any(path == o or path.startswith(o + os.sep) for o in own):
+            folders.append(path)
+    return list(dict.fromkeys(folders))
+
+
 def measure(spec: dict, timeout: float) -> dict:
     """Measure one candidate in a child process; a hang or crash is a result with its status."""
     # this fastvec first on the child's path, also from a source checkout
-    env = child_environ(repository_root(), os.getcwd())
+    # and the caller's own path (a program's folder, where an env_module it imports lies)
+    env = child_environ(repository_root(), os.getcwd(), *_program_path())
     run = run_child(python_argv("fastvec.tune", "--child", json.dumps(spec)), timeout, env=env)
     return child_result(run, timeout)
 
@@ -181,6 +213,19 @@ def _argument_error(flag: Callable[[str], str], required: bool = False, **values
             return f"{flag(name)} must be at least 1, not {value}"
         if not count and not 0 < value < float("inf"):
             return f"{flag(name)} must be a positive number of seconds, not {value}"
+    return None
+
+
+def _time_error(flag: Callable[[str], str], seconds: float, repeats: int, timeout: float) -> str | None:
+    """A ``timeout`` that a candidate's own measuring (``repeats`` runs of ``seconds``, after a warm-up and the
+    pool's start) cannot fit in: every candidate was killed as hung, the default's failure blamed."""
+    needed = seconds * repeats + min(0.3, seconds / 3)
+    if needed >= timeout:
+        return (
+            f"{flag('timeout')} {timeout:g} s leaves no time to measure a candidate: {flag('repeats')} {repeats} x "
+            f"{flag('seconds')} {seconds:g} take {needed:g} s before the pool's start; give a longer "
+            f"{flag('timeout')} or a shorter measurement"
+        )
     return None
 
 
@@ -216,6 +261,15 @@ def search(
     error = _argument_error(
         str, required=True, num_envs=num_envs, repeats=repeats, seconds=seconds, timeout=timeout, attempts=attempts
     )
+    if error is None:
+        error = _time_error(str, seconds, repeats, timeout)
+    if error is None and candidates is not None:
+        candidates = [dict(config) for config in candidates]
+        for config in candidates:  # (a key measured but not recorded would be lost from the file)
+            unknown = sorted(set(config) - set(TUNABLE) - {"batch_size"})
+            if unknown:
+                error = f"candidate {config}: {', '.join(unknown)} is not a tuning option (those are {', '.join(TUNABLE)} and batch_size)"
+                break
     if error is not None:  # (before any child runs: num_envs=0 failed inside one, seconds=0 measured noise)
         raise ValueError(error)
     # (numpy's scalars pass the checks, and the children's specs are JSON, which takes Python's numbers only)
@@ -274,7 +328,16 @@ def search(
             for in_parent in (True, False):
                 run({"batch_size": num_envs // 2, "step_in_parent": in_parent})
     # asynchronous batches are reported beside the synchronous settings, not ranked with them
-    asynchronous = next((m for m in _ranked(measured) if "batch_size" in m["config"]), None)
+    batched = [m for m in measured if "batch_size" in m["config"]]
+    asynchronous = next(iter(_ranked(batched)), None)
+    if asynchronous is None and candidates is None:  # (said in the verdict: why none is compared)
+        if batched:
+            reasons = "; ".join(f"{m['status']} ({m.get('reason', '')})" for m in batched)
+            not_async = f"asynchronous batches could not be measured: {reasons}"
+        else:
+            not_async = f"asynchronous batches (batch_size = num_envs / 2) are measured for an even num_envs, not {num_envs}"
+    else:
+        not_async = None
     measured = [m for m in measured if "batch_size" not in m["config"]]
     ranked = _ranked(measured)
     if not ranked:
@@ -288,14 +351,15 @@ def search(
         "default_throughput": default_rate,
         "default_config": default.get("resolved"),
         "speedup": best["rate"] / default_rate if default_rate else None,
-        "verdict": verdict(best, default if default_rate else None, num_envs, asynchronous),
+        "verdict": verdict(best, default if default_rate else None, num_envs, asynchronous)
+        + (f" ({not_async}.)" if not_async else ""),
         "async": asynchronous,
         "env": env_id or env_module,
         "num_envs": num_envs,
         "seconds": seconds,
         "repeats": repeats,
         "machine": machine_facts(),
-        "candidates": ranked + [m for m in measured if m["status"] != "ok"],
+        "candidates": ranked + [m for m in measured if m["status"] != "ok"] + [m for m in batched if m["status"] != "ok"],
     }
 
 
@@ -340,7 +404,8 @@ def _describe(m: dict) -> str:
     if m["status"] != "ok":
         return f"  {label}: {m['status']} ({m.get('reason', '')})"
     flag = " (disturbed)" if m.get("disturbed") else ""
-    return f"  {label}: {m['rate']:,.0f} steps/s, other load {100 * m['other_load']:.1f}%{flag}"
+    note = f"; {m['note']}" if m.get("note") else ""
+    return f"  {label}: {m['rate']:,.0f} steps/s, other load {100 * m['other_load']:.1f}%{flag}{note}"
 
 
 def table(record: dict) -> str:
@@ -412,6 +477,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             parser.error(f"--output {args.output}: cannot write a file there")
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 1.0)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    error = _time_error(lambda name: "--" + name, seconds, repeats, args.timeout)
+    if error is not None:
+        parser.error(error)
     print(
         f"tuning fastvec for {args.num_envs} x {args.env_id or args.env_module} on {cores()} cores "
         f"({seconds:g} s x {repeats} per candidate)",

@@ -202,3 +202,21 @@ def test_cores_counts_the_process_s_cores_while_a_spread_pool_pins_the_caller() 
         child = measure.run_child([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"], 60)
         assert child.stdout.split() == [str(allowed)], child
         venv.reset()
+
+
+def test_a_failing_child_s_reason_is_one_line_and_its_close_comes_after_its_result():
+    """An env's error carries its remote traceback: the reason printed it twice, 10 lines in all (hunt90 bug 3). A
+    result's closing ran before the RESULT line, so a close() that hung lost the measurement (hunt90 bug 6): it
+    runs after, bounded, and a result whose child then outlived its time still stands, with a note."""
+    failing = "from fastvec.measure import child_main\ndef f(spec): raise RuntimeError('\\nboom\\nRemote traceback: ...')\nchild_main(f, '{}')"
+    result = child_result(run_child([sys.executable, "-c", failing], timeout=60.0), 60.0)
+    assert result["reason"] == "RuntimeError: boom" and "Remote traceback" in result["traceback"]
+    hangs = (
+        "import time\nfrom fastvec import measure\nmeasure.CLOSE_WAIT = 0.2\n"
+        "measure.child_main(lambda spec: {'status': 'ok', 'then': lambda: time.sleep(60)}, '{}')"
+    )
+    result = child_result(run_child([sys.executable, "-c", hangs], timeout=60.0), 60.0)
+    assert result["status"] == "ok" and "did not end within 0 s" in result["note"]
+    late = ChildRun(-9, 'RESULT {"status": "ok"}\n', "", 5.0, True)
+    assert child_result(late, 5.0)["status"] == "ok" and "did not end within 5 s" in child_result(late, 5.0)["note"]
+    assert child_result(ChildRun(-9, "", "", 5.0, True), 5.0)["status"] == "timeout"

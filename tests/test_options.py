@@ -279,3 +279,11 @@ def test_envpool_s_num_envs_keyword_is_an_unknown_option_named_so() -> None:
     with pytest.raises(TypeError, match=r"unknown pool option\(s\) \['num_envs'\]"):
         fastvec.Pool([envs.make_cartpole] * 2, num_envs=2)
     assert PoolOptions.build({"ring_slots": 3}, num_envs=4, batch_size=2).batch_size == 2  # (build's own keyword, public)
+
+
+def test_a_config_file_that_is_not_text_is_named(tmp_path) -> None:
+    """A binary file gave a bare UnicodeDecodeError naming no file (hunt90 bug 5)."""
+    path = tmp_path / "tuned.json"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=f"config '{path}' is not JSON"):
+        PoolOptions.load(path)

@@ -7,6 +7,7 @@ one tiny real search checks the child-process measurement end to end.
 from __future__ import annotations
 
 import json
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -140,6 +141,8 @@ def test_env_module_needs_module_colon_factory():
         (["--timeout", "0"], "--timeout"),
         (["--seconds", "inf"], "--seconds"),
         (["--output", "/nonexistent-folder/tuned.json"], "--output"),
+        # (every candidate was killed as hung, and the default blamed: hunt90 bug 8)
+        (["--seconds", "2", "--repeats", "3", "--timeout", "4"], "--timeout 4 s leaves no time to measure"),
     ],
 )
 def test_bad_arguments_are_refused_before_measuring(monkeypatch, capsys, args, named):
@@ -305,3 +308,70 @@ def test_an_asynchronous_candidate_measures_send_and_recv_in_a_child():
     assert result["status"] == "ok", result
     assert result["resolved"]["batch_size"] == 2 and result["resolved"]["num_workers"] == 2 and result["rate"] > 0
     assert result["resolved"]["step_in_parent"]  # one group stepped by the measuring child itself
+
+
+def test_a_measurement_longer_than_the_timeout_and_keys_that_are_not_tuning_options_are_refused(monkeypatch):
+    monkeypatch.setattr(tune, "measure", lambda spec, timeout: pytest.fail("measured"))
+    with pytest.raises(ValueError, match="timeout 4 s leaves no time to measure a candidate: repeats 3 x seconds 2"):
+        tune.search("CartPole-v1", seconds=2.0, repeats=3, timeout=4.0)
+    with pytest.raises(ValueError, match="check is not a tuning option"):  # (measured, then lost from the file)
+        tune.search("CartPole-v1", candidates=[{"num_workers": 1}, {"check": "off"}])
+
+
+def test_the_verdict_says_why_asynchronous_batches_were_not_compared(monkeypatch):
+    """An odd num_envs measured none, and failed ones were dropped from the record: the verdict said nothing of
+    them, where the README says the tuner tells whether they pay (hunt90 bug 4)."""
+    monkeypatch.setattr(tune, "cores", lambda: 2)
+    fake = _fake_measure(lambda r: 100_000.0)
+    monkeypatch.setattr(tune, "measure", fake)
+    record = tune.search("CartPole-v1", num_envs=3, report=lambda line: None)
+    assert record["async"] is None and "measured for an even num_envs, not 3" in record["verdict"]
+
+    def failing(spec, timeout):
+        if "batch_size" in spec["config"]:
+            return {"status": "error", "reason": "ValueError: no"}
+        return fake(spec, timeout)
+
+    monkeypatch.setattr(tune, "measure", failing)
+    record = tune.search("CartPole-v1", num_envs=4, report=lambda line: None)
+    assert "asynchronous batches could not be measured: error (ValueError: no)" in record["verdict"]
+    assert sum("batch_size" in m["config"] for m in record["candidates"]) == 2
+
+
+def test_a_candidate_s_own_settings_its_program_s_modules_and_actions_that_do_not_stack(tmp_path, monkeypatch):
+    """A candidate's pin was measured but not recorded (hunt90 bug 1); a module the calling program imports from
+    its own folder was not found by the measuring child (bug 2); a Tuple of mixed parts could not be batched as
+    actions (bug 7)."""
+    (tmp_path / "tune_program_env.py").write_text(
+        "import numpy as np, gymnasium as gym\n"
+        "from gymnasium import spaces\n"
+        "class Hybrid(gym.Env):\n"
+        "    observation_space = spaces.Box(-1, 1, (2,), np.float32)\n"
+        "    action_space = spaces.Tuple((spaces.Discrete(2), spaces.Box(-1, 1, (3,), np.float32)))\n"
+        "    def reset(self, *, seed=None, options=None):\n"
+        "        return np.zeros(2, np.float32), {}\n"
+        "    def step(self, action):\n"
+        "        return np.zeros(2, np.float32), 0.0, False, False, {}\n"
+        "def make():\n"
+        "    return Hybrid()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = {"env_id": None, "env_module": "tune_program_env:make", "num_envs": 2, "seconds": 0.1, "repeats": 1,
+            "config": {"num_workers": 1, "step_in_parent": False, "pin": [0]}}  # fmt: skip
+    result = tune.measure(spec, timeout=60)
+    assert result["status"] == "ok", result
+    assert result["resolved"]["pin"] == [0] and result["rate"] > 0
+
+
+def test_an_env_whose_close_hangs_is_named():
+    """The probe env's close() hung the measuring child until the candidate's timeout, reported as the default
+    configuration hanging (hunt90 bug 6)."""
+
+    class Hangs:
+        def close(self):
+            time.sleep(60)
+
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"the env's close\(\) did not return within 0 s"):
+        tune._close_within(Hangs(), 0.2)
+    assert time.monotonic() - began < 5

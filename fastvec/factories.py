@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from fastvec.protocol import imports_by_name
+
 __all__ = ["OwnFactory", "Distinct", "private_copy", "travels"]
 
 
@@ -96,7 +98,7 @@ def private_copy(obj: Any, fork: bool = True) -> Any:
     """A copy of ``obj`` (pickled with cloudpickle, loaded back), holding arrays no one can write by reference.
     Raises ``AsItIs`` where ``obj`` holds what a copy cannot stand for (the module's), and the pickler's error
     where it cannot be pickled."""
-    return _load(*_dump(obj, fork))
+    return _load(*_dump(obj, fork, here=True))
 
 
 class AsItIs(Exception):
@@ -114,9 +116,11 @@ def _take(token: int, index: int) -> Any:
     return kept.view() if isinstance(kept, np.ndarray) else kept
 
 
-def _dump(obj: Any, fork: bool, moving: bool = False) -> tuple[bytes, int, list]:
+def _dump(obj: Any, fork: bool, moving: bool = False, here: bool = False) -> tuple[bytes, int, list]:
     """``obj`` pickled, the token its pickle looks the objects kept by reference up under, and those objects.
-    ``moving``: for another process (``travels``): an array over a memory map, read-only too, cannot go."""
+    ``moving``: for another process (``travels``): an array over a memory map, read-only too, cannot go.
+    ``here``: loaded back in this process only. There, or in processes forked from it (``fork``), a class this
+    process finds by its name, a script's too, is that class: pickled by reference."""
     import cloudpickle
 
     kept: list = []
@@ -126,6 +130,10 @@ def _dump(obj: Any, fork: bool, moving: bool = False) -> tuple[bytes, int, list]
         # (reducer_override, not persistent_id: the pickler calls it for objects other than numbers, strings,
         # lists, tuples and dicts only, so a captured list of a million floats costs no Python call per item)
         def reducer_override(self, value: Any) -> Any:
+            if (here or fork) and not moving and isinstance(value, type) and imports_by_name(value):
+                # (by value, loading it where the class is set the class's attributes anew from copies, a
+                # class-level frame or registry of the caller's replaced once per env made: hunt88 bug 7)
+                return NotImplemented
             if isinstance(value, io.IOBase):
                 if moving:  # (a move pickles with cloudpickle itself, migrate.pack: the current streams, by name)
                     if value is sys.stdout or value is sys.stderr:

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "dumps_by_reference_where_possible",
+    "imports_by_name",
     "named_envs",
     "unloadable",
     "Command",
@@ -205,7 +206,7 @@ def _cloudpickled(obj: Any, main_by_value: bool) -> bytes:
 
     class ByReference(cloudpickle.CloudPickler):
         def reducer_override(self, value: Any) -> Any:
-            if isinstance(value, type) and _imports_by_name(value):
+            if isinstance(value, type) and imports_by_name(value):
                 if not (main_by_value and value.__module__ == "__main__"):
                     return NotImplemented  # (the standard pickling of a class: its module and name)
             return super().reducer_override(value)
@@ -215,7 +216,7 @@ def _cloudpickled(obj: Any, main_by_value: bool) -> bytes:
     return buffer.getvalue()
 
 
-def _imports_by_name(cls: type) -> bool:
+def imports_by_name(cls: type) -> bool:
     """Whether ``cls`` is what its module and qualified name find (not a class made in a function)."""
     found: Any = sys.modules.get(cls.__module__)
     for part in cls.__qualname__.split("."):

@@ -441,17 +441,13 @@ class Shard:
 
     def _autoreset(self, j: int, command: str) -> tuple[Any, dict]:
         """Reset env j after its episode ended; with on_error="restart" a failing env is re-created."""
-        obs, info = self._reset_as_returned(j, command)
-        return (copied(obs), copied(info)) if self.copies_obs else (obs, info)
-
-    def _reset_as_returned(self, j: int, command: str) -> tuple[Any, dict]:
-        """_autoreset's reset, its results as the env returned them (not copied)."""
         try:
-            return self.envs[j].reset()
+            obs, info = self.envs[j].reset()
         except ENV_ERRORS as exc:
             if not self.restart_on_error:
                 raise ShardError(self.start + j, command, exc) from exc
-            return restart.reset_fresh(self, j, exc, command, {})
+            obs, info = restart.reset_fresh(self, j, exc, command, {})
+        return (copied(obs), copied(info)) if self.copies_obs else (obs, info)
 
     def take_objects(self) -> list | None:
         """A command raised: the OBJECTS extras of the observations it wrote into the rows (_raised), taken
@@ -532,18 +528,13 @@ class Shard:
                 before = self._step_values(j, results, final) if self.restart_on_error else None
                 held = holding.get(j)
                 try:
-                    returned, reset_info = self._reset_as_returned(j, "reset (autoreset after step)")
+                    obs, reset_info = self._autoreset(j, "reset (autoreset after step)")
                 except ShardError as err:  # the other ended envs still reset; every error is reported
                     failed = (failed or []) + [err]
                     continue
-                obs, reset_info = (copied(returned), copied(reset_info)) if self.copies_obs else (returned, reset_info)
                 if held is not None and self.envs[j] is env:  # (as in a process of its own: Shard._held)
                     final, info = self._after_reset(j, results, held)
                     results[j] = (*results[j][:4], info)
-                    if final is results[j][0] and returned is held[0].original:
-                        # a reset that returns the memory its step did, unwritten: what the env's step left there
-                        # (the next envs of this process wrote it since), as in a process of its own
-                        obs = copied(final)
                 if not has_info and results[j][4]:  # (an info its reset filled: sent as the references send it then)
                     has_info = True
                 # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an

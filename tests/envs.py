@@ -1044,25 +1044,6 @@ class StepFrame(FreshResets):
         return self.frame, 0.0, self.t >= 4, False, {}
 
 
-class FrameAsLeft(StepFrame):
-    """A StepFrame whose resets return its class's frame as they find it (an emulator showing its last screen), its
-    episodes ``length`` steps long."""
-
-    frame = np.zeros(1, np.float32)
-
-    def __init__(self, index: int = 0, length: int = 4):
-        super().__init__(index)
-        self.length = length
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed, options=options)
-        return self.frame, {}
-
-    def step(self, action):
-        obs, reward, _, truncated, info = super().step(action)
-        return obs, reward, self.t >= self.length, truncated, info
-
-
 class OtherStepFrame(StepFrame):
     """A StepFrame of a frame of its own class."""
 

@@ -379,29 +379,6 @@ def test_envs_ending_together_whose_resets_write_one_start_value_each_get_it() -
         assert _finals(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))[1:] == expected[1:]
 
 
-@pytest.mark.parametrize("lengths", [(3, 3, 3), (2, 3, 4)])
-def test_a_reset_that_returns_its_step_s_memory_unwritten_gives_the_env_s_own_step_values(lengths) -> None:
-    """Envs over one frame whose resets return it as they find it: an env's reset observation was what the envs after
-    it in its process had stepped into the frame since (hunt85's note). As SB3's SubprocVecEnv, a process each: the
-    values its own step left."""
-    fns = [partial(envs.FrameAsLeft, i, length) for i, length in enumerate(lengths)]
-
-    def run(venv) -> list:
-        seen = [_rows(venv.reset())]
-        for _ in range(8):
-            obs, _, dones, infos = venv.step(np.zeros(3, np.int64))
-            seen.append((_rows(obs), [_rows(info["terminal_observation"]) if d else None for info, d in zip(infos, dones)]))
-        venv.close()
-        return seen
-
-    expected = run(SB3SubprocVecEnv(fns, start_method="fork"))
-    assert expected[lengths[0]][0][0] == lengths[0]  # (env 0's reset observation: its own last step's value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        seen = run(SubprocVecEnv(fns, num_workers=1, start_method="fork", step_in_parent=False))
-    assert seen[1:] == expected[1:]  # (the first reset's values are those of the last env made: a frame never written)
-
-
 def test_the_envs_told_are_named_by_index_after_envs_moved() -> None:
     """Envs 4 and 5 found sharing at their episodes' end (step 6), env 2 then moved into their process: the warning,
     given once their values differ (step 12), named the envs by their positions at the finding, now another env's

@@ -412,14 +412,8 @@ class Pool(ShardMoves):
         if self._local_envs:
             # env 0's own space objects, copied: what a wrapper does to the pool's spaces (VecNormalize replaces a
             # Dict's image part) or draws from them (action_space.sample()) is not done to env 0 alone, as the
-            # references' workers send copies (a space that cannot be copied, holding a lock, or whose copy is not
-            # equal to it, a class comparing by identity, is kept as it is)
-            try:
-                copies = copy.deepcopy(first)
-                if copies[0] == first[0] and copies[1] == first[1]:
-                    first = copies
-            except Exception:
-                pass
+            # references' workers send copies
+            first = tuple(_copied_space(space) for space in first)
         self.observation_space = self._given_observation_space or first[0]
         self.action_space = first[1]
         self._check_env_spaces(0, env_spaces)
@@ -2204,6 +2198,17 @@ def _async_workers(n: int, batch: int, cores: int) -> int:
     fewest = n // batch
     sizes = [g for g in range(1, batch + 1) if batch % g == 0 and n // g <= max(fewest, cores)]
     return n // min(sizes)
+
+
+def _copied_space(space: Any) -> Any:
+    """A copy of a space, or the space itself where none can stand for it: one that cannot be copied (holding a
+    lock), or whose copy is not equal to it (a class comparing by identity: env 0's own would then differ from the
+    pool's)."""
+    try:
+        copied = copy.deepcopy(space)
+        return copied if copied == space else space
+    except Exception:
+        return space
 
 
 def _twin_classes(space: Any, other: Any) -> str:

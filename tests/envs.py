@@ -1169,3 +1169,11 @@ class DrawsFromItsActionSpace(gym.Env):
 
     def step(self, action):
         return np.array([self.action_space.sample()], np.float32), 0.0, False, False, {}
+
+
+class DrawsBesideAnIdentitySpace(DrawsFromItsActionSpace):
+    """DrawsFromItsActionSpace whose observation space is of a class comparing by identity (gym.Space's own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = AnyObject()

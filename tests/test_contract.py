@@ -941,3 +941,12 @@ def test_the_vec_env_s_spaces_are_not_env_0_s_own(request, implementation: str) 
         venv.close()
     assert seen == [[0.0, 2.0], [0.0, 3.0], [2.0, 1.0], [2.0, 2.0], [0.0, 1.0], [2.0, 1.0]]  # (SB3's SubprocVecEnv)
     assert spaces_of_env_0 == gym.spaces.Discrete(4)
+
+
+def test_the_action_space_is_a_copy_beside_an_observation_space_that_cannot_be_one() -> None:
+    """An observation space whose copy is not equal to it (gym.Space compares by identity) is env 0's own; the
+    action space beside it is still a copy (both were kept as env 0's: hunt88 bug 2)."""
+    with SubprocVecEnv([envs.DrawsBesideAnIdentitySpace] * 2, start_method="fork", num_workers=2) as venv:
+        env_0 = venv.pool._local_envs[0]
+        assert venv.observation_space is env_0.observation_space
+        assert venv.action_space is not env_0.action_space and venv.action_space == env_0.action_space

@@ -14,7 +14,6 @@ final observation of the one that ended.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -315,13 +314,13 @@ class SB3SubprocBackend(_CopyBackend):
         # one env made here first: a wrong env id, module or dependency is said in one line (SB3's workers print a
         # traceback each, and the parent then dies of a broken pipe)
         env_fns[0]().close()
-        before = set(multiprocessing.active_children())
+        # (the instance made before its constructor runs: the workers it started are within reach where it raises,
+        # to be ended here, or a library user, a test, a notebook, a sweep, keeps them, dead and unreaped)
+        venv = self.venv = SubprocVecEnv.__new__(SubprocVecEnv)
         try:
-            self.venv = SubprocVecEnv(env_fns, start_method=start_method)
+            venv.__init__(env_fns, start_method=start_method)  # type: ignore[misc]
         except BaseException as exc:
-            # the workers SB3's constructor started are out of reach once it raised: end those children here, or
-            # a library user (a test, a notebook, a sweep) keeps them, dead and unreaped, for the process's life
-            _kill_workers([p for p in multiprocessing.active_children() if p not in before], [])
+            _kill_workers(getattr(venv, "processes", []), getattr(venv, "remotes", []))
             if not isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):
                 raise
             raise ValueError(

@@ -245,3 +245,29 @@ def test_sb3_workers_that_could_not_make_the_env_are_not_left_behind() -> None:
         SB3SubprocBackend(fns, NUM_STEPS + 1, start_method="fork")
     left = [(child.pid, child.status()) for child in psutil.Process().children() if child.pid not in before]
     assert left == []
+
+
+def test_only_sb3_s_own_workers_are_ended(monkeypatch) -> None:
+    """A process another part of the program started while SB3's constructor ran (a thread of a sweep) was killed
+    with SB3's workers, taken for one of them (hunt88 bug 4)."""
+    import multiprocessing
+    import time
+
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    other = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    init = SubprocVecEnv.__init__
+
+    def init_beside_another(self, *args, **kwargs):
+        other.start()
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SubprocVecEnv, "__init__", init_beside_another)
+    fns = [functools.partial(_make_in_parent_only, os.getpid()) for _ in range(2)]
+    try:
+        with pytest.raises(ValueError, match="its workers could not make the env"):
+            SB3SubprocBackend(fns, NUM_STEPS + 1, start_method="fork")
+        assert other.is_alive()
+    finally:
+        other.kill()
+        other.join()

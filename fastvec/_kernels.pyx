@@ -918,7 +918,7 @@ def step_watching(list results, list step_fns, actions, Py_ssize_t stop, words, 
             watching = False  # (past the deadline: it never stops again in this call)
 
 
-def row_copies(cnp.ndarray src, list indices):
+def row_copies(cnp.ndarray src not None, list indices):
     """``[src[i].copy() for i in indices]``: each row a new array of its own (memcpy'd), for a
     C-contiguous ``src`` in native byte order (anything else is copied by numpy)."""
     cdef Py_ssize_t i, n_rows = cnp.PyArray_DIMS(src)[0] if cnp.PyArray_NDIM(src) > 0 else 0

@@ -428,11 +428,14 @@ def _view(a: Any, dtypes: tuple, what: str, writable: bool = False, fused: bool 
     """What the compiled kernels' typed memoryview argument ``what`` refuses, refused alike (its error types)."""
     if a is None:
         raise TypeError(f"Argument '{what}' must not be None")
-    if not isinstance(a, np.ndarray) or a.dtype not in dtypes:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        if fused:  # (no signature of the kernel takes it)
-            raise TypeError(f"No matching signature found for {what} of {got}")
-        raise ValueError(f"Buffer dtype mismatch, expected {np.dtype(dtypes[0])} but got {got}")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: a numpy array is needed, got {type(a).__name__}")
+    if fused and (a.ndim != 1 or a.dtype.newbyteorder("=") not in dtypes):  # (no signature of the kernel takes it)
+        raise TypeError(f"No matching signature found for {what} of {a.dtype}, {a.ndim} dimensions")
+    if a.ndim != 1:
+        raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {a.ndim})")
+    if a.dtype not in dtypes:
+        raise ValueError(f"Buffer dtype mismatch, expected {np.dtype(dtypes[0])} but got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError("ndarray is not C-contiguous")
     if writable and not a.flags.writeable:
@@ -511,7 +514,7 @@ def done_flags(terminated: np.ndarray, truncated: np.ndarray, rewards: np.ndarra
             f"done_flags: {terminated.size} terminated, {truncated.size} truncated and {rewards.size} rewards"
         )
     dones = terminated.reshape(-1) | truncated.reshape(-1)  # (taken flat, as the compiled kernel does)
-    return dones, rewards.copy(), np.flatnonzero(dones).tolist()
+    return dones, rewards.reshape(-1).copy(), np.flatnonzero(dones).tolist()
 
 
 def copy_same(out: np.ndarray, actions: Any) -> bool:
@@ -529,6 +532,8 @@ def copy_same(out: np.ndarray, actions: Any) -> bool:
 
 def row_copies(src: np.ndarray, indices: list[int]) -> list[np.ndarray]:
     """``[src[i].copy() for i in indices]``; see _kernels.pyx."""
+    if not isinstance(src, np.ndarray):
+        raise TypeError(f"row_copies: a numpy array is needed, got {type(src).__name__}")
     if src.ndim == 0:
         raise ValueError("row_copies needs an array with rows")
     for i in indices:

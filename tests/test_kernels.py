@@ -688,11 +688,22 @@ def test_kernels_refuse_arrays_they_cannot_use(k) -> None:
     ):
         with pytest.raises(error):
             call()
+    for call, error in (  # (the twin wrote a 2-D destination's whole rows, and scanned 2-D values: hunt88 bug 5)
+        (lambda: k.store_floats([1.0, 2.0], np.zeros((2, 2)), 0), ValueError),
+        (lambda: k.first_nan(np.zeros((2, 2)), 0, 2), ValueError),
+        (lambda: k.first_outside_float(np.zeros((2, 2)), floats, floats), TypeError),
+        (lambda: k.first_outside_float(np.zeros(2, ">f8"), floats, floats), ValueError),
+        (lambda: k.first_nan([0.0, 1.0], 0, 2), TypeError),
+        (lambda: k.row_copies(None, []), TypeError),
+    ):
+        with pytest.raises(error):
+            call()
     flags = np.zeros(2, bool)
     k.store_bools([True, False], flags, 0)  # (a one-byte bool destination is a uint8 buffer)
     assert flags.tolist() == [True, False]
     dones, _, ended = k.done_flags(np.array([[False, True], [False, False]]), np.zeros(4, bool), np.zeros(4))
-    assert dones.tolist() == [False, True, False, False] and ended == [1]  # (taken flat)
+    dones, rewards, ended = k.done_flags(np.array([[False, True], [False, False]]), np.zeros(4, bool), np.zeros((2, 2)))
+    assert dones.tolist() == [False, True, False, False] and ended == [1] and rewards.shape == (4,)  # (taken flat)
 
 
 _STUCK_CHILD = """

@@ -30,7 +30,8 @@ class ShardMoves:
         there at its next episode end. Returns its index, or None when no move is possible now
         (``source`` has one env left, or that env is already moving, or an env is moving across the
         same boundary the other way, or either shard is parked or being emptied, or a pending move brings an
-        env into an empty shard between them, or the env cannot be pickled, or whether it can is not known yet
+        env into an empty shard between them, or ``target`` is an empty shard a pending move passes over, or the
+        env cannot be pickled, or whether it can is not known yet
         and a command is pending: ask between steps). Neighbours are next to each other, or have only empty shards between them.
 
         ``around``: across the ring's end, between the last worker's shard with envs and this
@@ -58,6 +59,10 @@ class ShardMoves:
             return None
         if not (self._wraps_between if around else self._adjacent)(source, target, filling=True):
             # a pending move fills a shard between them: the env would arrive beside no env of its new shard
+            return None
+        if any(_crosses(move, target) for move in self._moves.values()):
+            # the target is an empty shard a pending move passes over: an env arriving there would part the envs
+            # the pending move brings from those they join (the adopting shard refused them; the pool broke)
             return None
         if (target, source, around) in self._moves.values():
             # the boundary is moving the other way: the two envs would cross (the one arriving would no
@@ -505,3 +510,12 @@ class ShardMoves:
                 at = envs.stop
             elif envs.start != at:
                 self.shard_envs[shard] = range(at, at)
+
+
+def _crosses(move: tuple, shard: int) -> bool:
+    """Whether a pending move ``(source, target, around)`` passes over ``shard``: a shard strictly between its ends,
+    or, around the ring's end (between shard 0 and the last worker's shard with envs), one past that last shard."""
+    source, target, around = move
+    if around:
+        return shard > max(source, target)
+    return min(source, target) < shard < max(source, target)

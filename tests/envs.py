@@ -1177,3 +1177,24 @@ class DrawsBesideAnIdentitySpace(DrawsFromItsActionSpace):
     def __init__(self):
         super().__init__()
         self.observation_space = AnyObject()
+
+
+class CountsTo(gym.Env):
+    """Observations [index, t]; episodes of ``length`` steps, or ``later_length`` from its ``later``-th episode."""
+
+    observation_space = spaces.Box(-1e9, 1e9, (2,), np.float64)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int, length: int, later: int = 0, later_length: int = 0):
+        self.index, self.length, self.later, self.later_length = index, length, later, later_length
+        self.episodes = self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.episodes = 0, self.episodes + 1
+        return np.array([self.index, 0.0]), {}
+
+    def step(self, action):
+        self.t += 1
+        length = self.later_length if self.later and self.episodes >= self.later else self.length
+        return np.array([self.index, float(self.t)]), 1.0, self.t >= length, False, {}

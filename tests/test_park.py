@@ -402,3 +402,48 @@ def test_requests_queued_on_an_asynchronous_pool_are_refused_at_once() -> None:
         pool.queue_park(1)
         pool.queue_unpark(1)
         assert pool.queued_requests == 0 and list(pool.refused_requests) == [("park", 1), ("unpark", 1)]
+
+
+@pytest.mark.parametrize("around", [False, True])
+def test_no_env_moves_into_an_empty_shard_a_pending_move_passes_over(around: bool) -> None:
+    """Worker 2's envs bound for shard 0 across unparked worker 1 (or shard 0's wrapped env bound back around the
+    ring's end past unparked worker 2): a move into that empty shard was accepted, and the pending move's env then
+    arrived beside no env of its new shard, which broke the pool (hunt89 bug 5). Such a move is refused until the
+    pending one is done; results stay SyncVectorEnv's."""
+    from functools import partial
+
+    from gymnasium.vector import SyncVectorEnv
+
+    if around:
+        fns = [partial(envs.CountsTo, k, 2, *((4, 30) if k == 5 else ())) for k in range(6)]
+    else:
+        fns = [partial(envs.CountsTo, k, 30 if k >= 4 else 2) for k in range(6)]
+    reference = SyncVectorEnv(fns)
+    actions = np.zeros(6, np.int64)
+    with VectorEnv(fns, context="fork", num_workers=3) as venv:
+        pool = venv.pool
+
+        def step(count: int) -> None:
+            for _ in range(count):
+                for ours, theirs in zip(venv.step(actions)[:4], reference.step(actions)[:4]):
+                    np.testing.assert_array_equal(ours, theirs)
+
+        venv.reset(seed=0), reference.reset(seed=0)
+        if around:
+            assert pool.request_park(2)
+            step(6)
+            assert pool.request_move(1, 0, around=True) == 5
+            step(2)
+            assert pool.request_move(0, 1, around=True) == 5  # (env 5's episodes are long now: it stays pending)
+            assert pool.request_unpark(2)
+            assert pool.request_move(1, 2) is None  # (env 5 passes over shard 2 on its way to shard 1)
+        else:
+            assert pool.request_park(1)
+            step(10)
+            assert pool.request_park(2)  # (envs 4 and 5, of long episodes, bound for shard 0 across shard 1)
+            step(4)
+            assert pool.request_unpark(1)
+            assert pool.request_move(0, 1) is None
+        step(60)
+        assert pool.state.name == "IDLE" and not pool.pending_moves
+    reference.close()

@@ -108,6 +108,7 @@ class Monitor:
         self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
+        self._parked_here: set[int] = set()  # the workers this monitor parked: the only ones it brings back
         self._cpu_state: dict = {}  # _core_loads' previous reading
         self._load_history: list[dict[int, float]] = []
 
@@ -185,17 +186,23 @@ class Monitor:
         holding an env found not to pickle, a pool that went asynchronous or closed meanwhile): the park event
         said the worker would sleep."""
         refused = getattr(self.pool, "refused_requests", None)
+        reasons = {
+            "park": "an env of the worker cannot move keeping its state (it does not pickle), or the worker can no "
+            "longer be emptied",
+            "unpark": "the worker cannot come back now",
+            "move": "the env at the boundary cannot move keeping its state (it does not pickle), or the shards are no "
+            "longer neighbours, or another move across that boundary is pending",
+        }
         while refused:
-            kind, shard = refused.popleft()
+            kind, shard, target = refused.popleft()
+            what = f"the move from shard {shard} to shard {target}" if kind == "move" else f"the {kind} of worker {shard}"
             self.events.append(
                 MonitorEvent(
                     time.monotonic() - self._began,
                     "refused",
                     shard,
-                    f"the {kind} of worker {shard} asked above did not happen",
-                    "the pool refused it when it came to do it: "
-                    + ("an env of the worker cannot move keeping its state (it does not pickle), or the worker can "
-                       "no longer be emptied" if kind == "park" else "the worker cannot come back now"),
+                    f"{what} asked above did not happen",
+                    f"the pool refused it when it came to do it: {reasons[kind]}",
                 )
             )
 
@@ -260,6 +267,7 @@ class Monitor:
             free = target != core and loads[target] < self.other_load and spare >= 100.0 - self.other_load
             if not free and self.pool.can_park(stats.shard):
                 self.pool.queue_park(stats.shard)
+                self._parked_here.add(stats.shard)
                 return MonitorEvent(
                     time.monotonic() - self._began,
                     "park",
@@ -291,19 +299,22 @@ class Monitor:
             return None
         allowed, spare = self._spare(loads)
         for shard in self.pool.parked:
-            if not allowed or not self.pool.can_unpark(shard):  # (a worker that died parked, without restart)
+            # (a worker parked by hand stays parked; one that died parked, without restart, cannot come back)
+            if shard not in self._parked_here or not allowed or not self.pool.can_unpark(shard):
                 continue
             if not self._persisted(("free", shard), spare >= 100.0 - self.other_load):
                 continue
             target = min(allowed, key=lambda c: loads[c])
-            if self.pool.cores.get(shard) != [target]:
+            pinned = self.pool.pin not in (None, "none")  # (pin="none": no worker is pinned, nor this one)
+            if pinned and self.pool.cores.get(shard) != [target]:
                 self.pool.repin(shard, [target])
             self.pool.queue_unpark(shard)
+            self._parked_here.discard(shard)
             return MonitorEvent(
                 time.monotonic() - self._began,
                 "unpark",
                 shard,
-                f"worker {shard}: back, on core {target}, with no envs (the balancing gives it some)",
+                f"worker {shard}: back{f', on core {target}' if pinned else ''}, with no envs (the balancing gives it some)",
                 f"the cores have had {spare:.0f}% of a core spare for {self.patience} samples",
             )
         return None

@@ -42,6 +42,7 @@ class ShardMoves:
 
         Call from the thread that steps the pool (the monitor's thread queues its requests with
         ``queue_move``)."""
+        self._check_mapped("its envs")  # (after close(): ClosedError, not a write into the released block)
         w = self.num_workers
         if source == target or not (0 <= source < w and 0 <= target < w):
             raise ValueError(f"envs move between neighbouring shards, not from {source} to {target}")
@@ -295,7 +296,10 @@ class ShardMoves:
         self._queue_worker_request("unpark", shard)
 
     def _queue_worker_request(self, kind: str, shard: int) -> None:
-        (self.refused_requests if self._async is not None else self._move_requests).append((kind, shard))
+        if self._async is not None:
+            self.refused_requests.append((kind, shard, None))
+        else:
+            self._move_requests.append((kind, shard))
 
     def _park_now(self, shard: int) -> None:
         """Leave the emptied worker ``shard`` out of commands (the pool is idle)."""
@@ -330,15 +334,17 @@ class ShardMoves:
             kind, *args = self._move_requests.popleft()
             if kind == "move":
                 try:
-                    self.request_move(*args)
+                    moved = self.request_move(*args)
                 except ValueError:  # the shards stopped being neighbours since it was asked (a parking)
-                    pass
+                    moved = None
+                if moved is None:  # (the monitor said it would move: it says that it did not)
+                    self.refused_requests.append((kind, args[0], args[1]))
             elif kind == "park":
                 if not self.request_park(*args):
-                    self.refused_requests.append((kind, args[0]))
+                    self.refused_requests.append((kind, args[0], None))
             elif kind == "unpark":
                 if not self.request_unpark(*args):
-                    self.refused_requests.append((kind, args[0]))
+                    self.refused_requests.append((kind, args[0], None))
             else:  # "parked": a shard being emptied lost its last env in the previous command
                 self._park_now(*args)
 

@@ -329,6 +329,7 @@ class Pool(ShardMoves):
         self.pin = opts.placement
         self.cores: dict[int, list[int]] = {}  # worker index -> the cores it is pinned to
         self._allowed_cores = placement.allowed_cores()  # the affinity this process was started with
+        self._told_unpinned = False  # (a pin the host refused is said once)
         if isinstance(self.pin, (list, tuple)) and num_workers > (1 if step_in_parent else 0):
             # (cores this process may not use: refused now, not once every env was made)
             placement.plan(self.pin, [1], False, self._allowed_cores)
@@ -1707,9 +1708,17 @@ class Pool(ShardMoves):
             try:
                 placement.apply(remote.pid, cores)
                 self.cores[remote.index] = cores
-            except Exception:  # the process ended meanwhile: its replacement is pinned when it starts
+            except Exception as exc:  # the process ended meanwhile: its replacement is pinned when it starts
                 if remote.exitcode is not None:
                     self.cores[remote.index] = cores
+                elif not self._told_unpinned:  # (the host refused: a cpuset, a sandbox's seccomp; said once)
+                    self._told_unpinned = True
+                    warnings.warn(
+                        f"fastvec: worker {remote.index} could not be pinned to core(s) {cores} (pin={self.pin!r}): "
+                        f"{type(exc).__name__}: {exc}; it runs on any core",
+                        RuntimeWarning,
+                        stacklevel=user_stacklevel(),
+                    )
 
     def _unpin_remote(self, remote: Remote) -> None:
         """pin="none": the worker may run on every core this process may. (A worker inherits its parent's
@@ -1722,8 +1731,19 @@ class Pool(ShardMoves):
 
     def repin(self, shard: int, cores: list[int]) -> None:
         """Move worker ``shard`` to ``cores`` (the monitor's re-pinning)."""
-        remote = next(r for r in self._all_remotes() if r.index == shard)
-        self._pin_remote(remote, list(cores))
+        self._check_mapped("its workers")
+        remotes = {r.index: r for r in self._all_remotes()}
+        remote = remotes.get(shard)
+        if remote is None:
+            raise ValueError(f"repin: shard {shard} is not a worker's (the workers' shards: {sorted(remotes)})")
+        cores = list(cores)
+        outside = sorted(set(cores) - set(self._allowed_cores))
+        if not cores or outside:
+            raise ValueError(
+                f"repin: core(s) {outside or cores} are not among the cores this process may run on "
+                f"({self._allowed_cores})"
+            )
+        self._pin_remote(remote, cores)
 
     # -- what the shards are doing (fastvec.stats) -------------------------------------------------
     def shard_counters(self) -> np.ndarray:

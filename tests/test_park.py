@@ -386,11 +386,18 @@ def test_a_park_the_pool_refuses_is_reported_by_the_monitor(monkeypatch) -> None
         monitor = Monitor(pool, patience=1, cooldown=0)
         pool.queue_park(1)
         venv.step(np.zeros(4, np.int64))
-        assert pool.parked == [] and pool.draining == [] and list(pool.refused_requests) == [("park", 1)]
+        assert pool.parked == [] and pool.draining == [] and list(pool.refused_requests) == [("park", 1, None)]
         monitor.step(pool.stats())
         refused = [event for event in monitor.events if event.kind == "refused"]
         assert len(refused) == 1 and refused[0].shard == 1 and "park of worker 1" in refused[0].detail
         assert not pool.refused_requests
+        # a move it asks for an env that cannot move: said too (its "move" event stood alone: hunt89 bug 1)
+        pool.queue_move(1, 0, around=True)  # (env 3, the last worker's top env, is the unpicklable one)
+        venv.step(np.zeros(4, np.int64))
+        assert list(pool.refused_requests) == [("move", 1, 0)] and pool.unmovable == {3}
+        monitor.step(pool.stats())
+        refused = [event for event in monitor.events if event.kind == "refused"]
+        assert len(refused) == 2 and "the move from shard 1 to shard 0" in refused[1].detail
 
 
 def test_requests_queued_on_an_asynchronous_pool_are_refused_at_once() -> None:
@@ -401,7 +408,7 @@ def test_requests_queued_on_an_asynchronous_pool_are_refused_at_once() -> None:
         pool.queue_move(1, 0)
         pool.queue_park(1)
         pool.queue_unpark(1)
-        assert pool.queued_requests == 0 and list(pool.refused_requests) == [("park", 1), ("unpark", 1)]
+        assert pool.queued_requests == 0 and list(pool.refused_requests) == [("park", 1, None), ("unpark", 1, None)]
 
 
 @pytest.mark.parametrize("around", [False, True])

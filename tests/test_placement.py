@@ -168,3 +168,33 @@ def test_a_respawned_worker_gets_its_core_back() -> None:
         with pytest.warns(RuntimeWarning, match="died"):
             venv.step(np.zeros(4, np.int64))
         assert psutil.Process(venv.pool.worker_pids[0]).cpu_affinity() == [0]
+
+
+def test_a_pin_the_host_refuses_is_said_once_and_repin_names_what_is_wrong(monkeypatch) -> None:
+    """A pin the host refused (AccessDenied: a sandbox) was dropped without a word (hunt89 bug 3); repin of a shard
+    that is no worker's raised a bare StopIteration, and of a core outside the process's, nothing (bug 4); after
+    close(), request_move wrote into the released block (TypeError) where ClosedError is due (bug 2)."""
+    import warnings
+
+    from fastvec.errors import ClosedError
+
+    def refuse(self, cpus=None):
+        if cpus is None:
+            return [0, 1]
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "cpu_affinity", refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=3, step_in_parent=True, pin=[0])
+    told = [str(w.message) for w in caught if "could not be pinned" in str(w.message)]
+    assert len(told) == 1 and "pin=[0]" in told[0] and "AccessDenied" in told[0], told
+    with venv:
+        pool = venv.pool
+        assert pool.cores == {}
+        for shard, cores, named in ((0, [0], "shard 0 is not a worker's"), (7, [0], "shard 7"), (1, [99], r"\[99\]")):
+            with pytest.raises(ValueError, match=named):
+                pool.repin(shard, cores)
+    for call in (lambda: pool.request_move(1, 0), lambda: pool.request_move(1, 0, around=True)):
+        with pytest.raises(ClosedError):
+            call()

@@ -498,6 +498,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
     except RuntimeError as exc:
         raise SystemExit(f"fastvec.tune: {exc}") from None
+    except KeyboardInterrupt:  # (each candidate's child is ended with its session: nothing is left to say)
+        print("fastvec.tune: interrupted; no configuration written", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     print()
     print(table(record))
     print()

@@ -375,3 +375,15 @@ def test_an_env_whose_close_hangs_is_named():
     with pytest.raises(RuntimeError, match=r"the env's close\(\) did not return within 0 s"):
         tune._close_within(Hangs(), 0.2)
     assert time.monotonic() - began < 5
+
+
+def test_an_interrupted_search_says_so_in_one_line(monkeypatch, capsys) -> None:
+    """Ctrl-C printed a 20-line KeyboardInterrupt traceback (hunt90's note)."""
+
+    def interrupted(spec, timeout):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune, "measure", interrupted)
+    with pytest.raises(SystemExit) as info:
+        tune.main(["--env-id", "CartPole-v1", "--num-envs", "2"])
+    assert info.value.code == 130 and capsys.readouterr().err.strip() == "fastvec.tune: interrupted; no configuration written"

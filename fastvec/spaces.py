@@ -55,9 +55,9 @@ def _canonical(dtype: Any) -> np.dtype:
     spaces, the copies of env 0's) is an equal but other object, and numpy takes its slower paths for it, which cost
     the learner about 600 instructions a step of 8 envs. A structured or byte-swapped dtype is kept as it is."""
     dtype = np.dtype(dtype)
-    if dtype.fields is None and dtype.subdtype is None and dtype.isnative and dtype.kind in "biufcSUVMmO":
-        canonical = np.dtype(dtype.str)
-        if canonical == dtype:
+    if dtype.fields is None and dtype.subdtype is None and dtype.isnative:
+        canonical = np.dtype(dtype.char)  # (by its character: 'q', longlong, is int64 as 'l' is, but its own type)
+        if canonical == dtype and canonical.type is dtype.type:
             return canonical
     return dtype
 

@@ -37,8 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from fastvec.protocol import imports_by_name
-
 __all__ = ["OwnFactory", "Distinct", "private_copy", "travels"]
 
 
@@ -119,8 +117,8 @@ def _take(token: int, index: int) -> Any:
 def _dump(obj: Any, fork: bool, moving: bool = False, here: bool = False) -> tuple[bytes, int, list]:
     """``obj`` pickled, the token its pickle looks the objects kept by reference up under, and those objects.
     ``moving``: for another process (``travels``): an array over a memory map, read-only too, cannot go.
-    ``here``: loaded back in this process only. There, or in processes forked from it (``fork``), a class this
-    process finds by its name, a script's too, is that class: pickled by reference."""
+    ``here``: loaded back in this process only. There, or in processes forked from it (``fork``), a class is kept
+    by reference (as arrays no one can write are): the copy's class is that very class."""
     import cloudpickle
 
     kept: list = []
@@ -130,10 +128,13 @@ def _dump(obj: Any, fork: bool, moving: bool = False, here: bool = False) -> tup
         # (reducer_override, not persistent_id: the pickler calls it for objects other than numbers, strings,
         # lists, tuples and dicts only, so a captured list of a million floats costs no Python call per item)
         def reducer_override(self, value: Any) -> Any:
-            if (here or fork) and not moving and isinstance(value, type) and imports_by_name(value):
-                # (by value, loading it where the class is set the class's attributes anew from copies, a
-                # class-level frame or registry of the caller's replaced once per env made: hunt88 bug 7)
-                return NotImplemented
+            if (here or fork) and not moving and isinstance(value, type):
+                # the class itself, kept as the arrays are: loaded here, or in a fork, it is that very class (by
+                # value, loading it set the class's attributes anew from copies, a class-level frame or registry of
+                # the caller's replaced once per env made: hunt88 bug 7, hunt91 bug 10; by name, a snapshot
+                # loaded later took a class the script had rebound since: hunt91 bug 6)
+                kept.append(value)
+                return _take, (token, len(kept) - 1)
             if isinstance(value, io.IOBase):
                 if moving:  # (a move pickles with cloudpickle itself, migrate.pack: the current streams, by name)
                     if value is sys.stdout or value is sys.stderr:
@@ -165,6 +166,7 @@ def _load(data: bytes, token: int, kept: list) -> Any:
 
 
 _KEEP, _AS_IT_IS = object(), object()
+
 
 
 def _kind(value: Any, fork: bool, moving: bool = False) -> object | None:

@@ -26,6 +26,7 @@ import torch
 from fastvec import SubprocVecEnv, VectorEnv
 from fastvec.errors import EnvError
 from fastvec.factories import AsItIs, private_copy
+from tests import envs
 
 pytestmark = pytest.mark.one_pass  # how factories make envs and reach workers (pickling, copies, sharing): no kernel
 
@@ -875,3 +876,20 @@ def test_each_env_has_a_view_of_its_own_of_a_read_only_array_its_factory_capture
     with SubprocVecEnv(fns, start_method=start_method, num_workers=2, on_error=on_error) as venv:
         assert venv.env_method("data_shape") == [(4, 2)] * 4
     assert data.shape == (8,)  # (the caller's own, untouched)
+
+
+def test_a_class_made_in_a_function_keeps_its_class_attributes() -> None:
+    """A class made in a function went by value in each env's private copy of its factory, and loading it set the
+    class's attributes anew from copies: the caller's registry was left behind, empty (hunt91 bug 10)."""
+
+    class Registered(envs.FreshResets):
+        made: list = []
+
+        def __init__(self, index: int = 0):
+            super().__init__(index)
+            Registered.made.append(index)
+
+    registry = Registered.made
+    with SubprocVecEnv([partial(Registered, i) for i in range(3)], start_method="fork", num_workers=1, step_in_parent=True) as venv:
+        venv.reset()
+    assert Registered.made is registry and registry == [0, 1, 2]

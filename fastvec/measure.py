@@ -368,7 +368,7 @@ def child_result(run: ChildRun, timeout: float | None = None) -> dict:
     """The last ``RESULT <json>`` line a child printed, or a result saying why there is none:
     ``{"status": "timeout", ...}`` or ``{"status": "crashed", "reason": "exit code N: <stderr tail>"}``. A result
     printed by a child that then outlived its time (closing what it measured) stands, with a note saying so."""
-    limit = f"{timeout:.0f} s" if timeout is not None else "the time limit"
+    limit = f"{timeout:g} s" if timeout is not None else "the time limit"
     lines = [line for line in run.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
         if run.timed_out:
@@ -405,7 +405,7 @@ def child_main(compute: Callable[[dict], dict], argument: str) -> NoReturn:
         closing.start()
         closing.join(CLOSE_WAIT)
         if closing.is_alive():
-            note = f"closing what was measured did not end within {CLOSE_WAIT:.0f} s (an env's close() that hangs?)"
+            note = f"closing what was measured did not end within {CLOSE_WAIT:g} s (an env's close() that hangs?)"
             print(RESULT_PREFIX + json.dumps({**result, "note": note}), flush=True)
     os._exit(0)
 

@@ -108,7 +108,6 @@ class Monitor:
         self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
-        self._parked_here: set[int] = set()  # the workers this monitor parked: the only ones it brings back
         self._cpu_state: dict = {}  # _core_loads' previous reading
         self._load_history: list[dict[int, float]] = []
 
@@ -267,7 +266,6 @@ class Monitor:
             free = target != core and loads[target] < self.other_load and spare >= 100.0 - self.other_load
             if not free and self.pool.can_park(stats.shard):
                 self.pool.queue_park(stats.shard)
-                self._parked_here.add(stats.shard)
                 return MonitorEvent(
                     time.monotonic() - self._began,
                     "park",
@@ -279,7 +277,10 @@ class Monitor:
                 )
             if target == core or loads[target] > loads[core] - self.other_load:
                 continue
-            self.pool.repin(stats.shard, [target])
+            try:
+                self.pool.repin(stats.shard, [target])
+            except RuntimeError:  # (the host refused it: the worker stays where it is)
+                continue
             return MonitorEvent(
                 time.monotonic() - self._began,
                 "repin",
@@ -300,16 +301,18 @@ class Monitor:
         allowed, spare = self._spare(loads)
         for shard in self.pool.parked:
             # (a worker parked by hand stays parked; one that died parked, without restart, cannot come back)
-            if shard not in self._parked_here or not allowed or not self.pool.can_unpark(shard):
+            if shard not in self.pool.monitor_parked or not allowed or not self.pool.can_unpark(shard):
                 continue
             if not self._persisted(("free", shard), spare >= 100.0 - self.other_load):
                 continue
             target = min(allowed, key=lambda c: loads[c])
             pinned = self.pool.pin not in (None, "none")  # (pin="none": no worker is pinned, nor this one)
             if pinned and self.pool.cores.get(shard) != [target]:
-                self.pool.repin(shard, [target])
+                try:
+                    self.pool.repin(shard, [target])
+                except RuntimeError:  # (the host refused it: it comes back where it may run)
+                    pass
             self.pool.queue_unpark(shard)
-            self._parked_here.discard(shard)
             return MonitorEvent(
                 time.monotonic() - self._began,
                 "unpark",

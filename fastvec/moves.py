@@ -214,7 +214,10 @@ class ShardMoves:
         False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
         shard, a shard already parked or emptying, moves pending on it, or no neighbour to take
         its envs."""
-        return self._held_request(self._request_park, shard)
+        parked = self._held_request(self._request_park, shard)
+        if parked:  # (by hand: the monitor leaves it parked; its own parks come through queue_park)
+            self.monitor_parked.discard(shard)
+        return parked
 
     def _request_park(self, shard: int) -> bool:
         if not self.can_park(shard) or not self._can_carry(list(self.shard_envs[shard])):
@@ -234,7 +237,10 @@ class ShardMoves:
         False when it is not parked, or its process ended while it was parked (it stays parked), or a
         command is pending (between ``step_async`` and ``step_wait``: ask again after it; ``queue_unpark``
         takes it at the next step)."""
-        return self._held_request(self._request_unpark, shard)
+        back = self._held_request(self._request_unpark, shard)
+        if back:
+            self.monitor_parked.discard(shard)
+        return back
 
     def _request_unpark(self, shard: int) -> bool:
         if not self.can_unpark(shard):
@@ -340,7 +346,9 @@ class ShardMoves:
                 if moved is None:  # (the monitor said it would move: it says that it did not)
                     self.refused_requests.append((kind, args[0], args[1]))
             elif kind == "park":
-                if not self.request_park(*args):
+                if self.request_park(*args):
+                    self.monitor_parked.add(args[0])  # (a queued park is the monitor's: it may bring it back)
+                else:
                     self.refused_requests.append((kind, args[0], None))
             elif kind == "unpark":
                 if not self.request_unpark(*args):

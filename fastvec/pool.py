@@ -345,6 +345,8 @@ class Pool(ShardMoves):
         # parkings and unparkings asked from another thread (queue_park) that the pool then refused: the monitor
         # reports them, so that its events do not say a worker sleeps that does not
         self.refused_requests: collections.deque = collections.deque(maxlen=64)
+        # the workers parked at the monitor's request (queue_park), not by hand: the only ones it brings back
+        self.monitor_parked: set[int] = set()
         self._sync_next = False  # reset() / call() are issuing their command (it is then finished if interrupted)
         self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
         self._movable: dict[int, bool] = {}  # env index -> whether it can move keeping its state, once asked
@@ -1703,7 +1705,8 @@ class Pool(ShardMoves):
         if parent is not None:
             self._pins_caller = placement.pin_caller(parent)
 
-    def _pin_remote(self, remote: Remote, cores: list[int] | None) -> None:
+    def _pin_remote(self, remote: Remote, cores: list[int] | None, asked: bool = False) -> None:
+        """``asked``: by repin, whose caller learns of a refusal (a RuntimeError), not only the first time."""
         if cores:
             try:
                 placement.apply(remote.pid, cores)
@@ -1711,6 +1714,10 @@ class Pool(ShardMoves):
             except Exception as exc:  # the process ended meanwhile: its replacement is pinned when it starts
                 if remote.exitcode is not None:
                     self.cores[remote.index] = cores
+                elif asked:
+                    raise RuntimeError(
+                        f"repin: worker {remote.index} could not be pinned to core(s) {cores}: {type(exc).__name__}: {exc}"
+                    ) from None
                 elif not self._told_unpinned:  # (the host refused: a cpuset, a sandbox's seccomp; said once)
                     self._told_unpinned = True
                     warnings.warn(
@@ -1737,13 +1744,14 @@ class Pool(ShardMoves):
         if remote is None:
             raise ValueError(f"repin: shard {shard} is not a worker's (the workers' shards: {sorted(remotes)})")
         cores = list(cores)
+        if not cores:
+            raise ValueError(f"repin: no core given for worker {shard}")
         outside = sorted(set(cores) - set(self._allowed_cores))
-        if not cores or outside:
+        if outside:
             raise ValueError(
-                f"repin: core(s) {outside or cores} are not among the cores this process may run on "
-                f"({self._allowed_cores})"
+                f"repin: core(s) {outside} are not among the cores this process may run on ({self._allowed_cores})"
             )
-        self._pin_remote(remote, cores)
+        self._pin_remote(remote, cores, asked=True)
 
     # -- what the shards are doing (fastvec.stats) -------------------------------------------------
     def shard_counters(self) -> np.ndarray:

@@ -115,6 +115,8 @@ def _measure_here(spec: dict) -> dict:
 
     from fastvec.sb3_vec_env import SubprocVecEnv
 
+    if spec.get("sys_path"):  # (the caller's, in its order; this fastvec first, as the caller has it)
+        sys.path[:] = list(dict.fromkeys([*spec["sys_path"], *sys.path]))
     n, seconds, repeats = spec["num_envs"], spec["seconds"], spec["repeats"]
     fns = [partial(_make_env, spec.get("env_id"), spec.get("env_module")) for _ in range(n)]
     probe = fns[0]()
@@ -126,9 +128,9 @@ def _measure_here(spec: dict) -> dict:
         batches: Any = np.stack([np.stack(batch) for batch in samples])
     except (ValueError, TypeError):  # (a Tuple of mixed parts, a Sequence: one action per env, as SB3 takes them)
         batches = samples
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else None
+    options = {"start_method": "fork" if "fork" in mp.get_all_start_methods() else None, **spec["config"]}
     began = time.perf_counter()
-    venv = SubprocVecEnv(fns, start_method=start_method, **spec["config"])
+    venv = SubprocVecEnv(fns, **options)
     try:
         pool = venv.pool
         resolved = {key: getattr(pool, key) for key in CONFIG_KEYS}
@@ -172,26 +174,16 @@ def _close_within(env: Any, seconds: float) -> None:
     closing.start()
     closing.join(seconds)
     if closing.is_alive():
-        raise RuntimeError(f"the env's close() did not return within {seconds:.0f} s")
-
-
-def _program_path() -> list[str]:
-    """The folders on this process's sys.path that are not the interpreter's own (its standard library and
-    site-packages the child has anyway)."""
-    own = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    folders = []
-    for entry in sys.path:
-        path = os.path.realpath(entry or os.getcwd())
-        if os.path.isdir(path) and not any(path == o or path.startswith(o + os.sep) for o in own):
-            folders.append(path)
-    return list(dict.fromkeys(folders))
+        raise RuntimeError(f"the env's close() did not return within {seconds:g} s")
 
 
 def measure(spec: dict, timeout: float) -> dict:
     """Measure one candidate in a child process; a hang or crash is a result with its status."""
     # this fastvec first on the child's path, also from a source checkout
-    # and the caller's own path (a program's folder, where an env_module it imports lies)
-    env = child_environ(repository_root(), os.getcwd(), *_program_path())
+    # (and the caller's own sys.path, in its order, set at the child's start: a program's folder, where an
+    # env_module it imports lies; on PYTHONPATH, folders after site-packages would have come before it)
+    spec = {**spec, "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path]}
+    env = child_environ(repository_root(), os.getcwd())
     run = run_child(python_argv("fastvec.tune", "--child", json.dumps(spec)), timeout, env=env)
     return child_result(run, timeout)
 

@@ -216,7 +216,8 @@ def test_a_failing_child_s_reason_is_one_line_and_its_close_comes_after_its_resu
         "measure.child_main(lambda spec: {'status': 'ok', 'then': lambda: time.sleep(60)}, '{}')"
     )
     result = child_result(run_child([sys.executable, "-c", hangs], timeout=60.0), 60.0)
-    assert result["status"] == "ok" and "did not end within 0 s" in result["note"]
+    assert result["status"] == "ok" and "did not end within 0.2 s" in result["note"]
     late = ChildRun(-9, 'RESULT {"status": "ok"}\n', "", 5.0, True)
     assert child_result(late, 5.0)["status"] == "ok" and "did not end within 5 s" in child_result(late, 5.0)["note"]
     assert child_result(ChildRun(-9, "", "", 5.0, True), 5.0)["status"] == "timeout"
+    assert child_result(ChildRun(-9, "", "", 0.5, True), 0.5)["reason"] == "no result within 0.5 s"  # (said "0 s")

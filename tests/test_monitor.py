@@ -94,6 +94,7 @@ class _FakePool:
     def __init__(self, parkable: bool = False, wraps: bool = False, can_move: bool = True) -> None:
         self._allowed_cores = [0, 1]
         self.pin: str | list[int] = "auto"
+        self.monitor_parked: set[int] = set()
         self.pin_list: list[int] | None = None
         self.can_move = can_move
         self.moves: list[tuple[int, int]] = []
@@ -387,7 +388,7 @@ def test_a_parked_worker_comes_back_once_a_core_is_free_for_a_while(monkeypatch)
     loads = {0: 100.0, 1: 100.0}
     monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: dict(loads))
     monitor = Monitor(pool, patience=2)
-    monitor._parked_here.add(1)  # (a park it made: one made by hand it leaves as it is, below)
+    pool.monitor_parked = {1}  # (a park it made: one made by hand it leaves as it is, below)
     # the hog still there: nothing (and the parked shard's idleness is no reason to move envs to it)
     assert [monitor.step(parked) for _ in range(4)] == [None] * 4 and pool.moves == [] and pool.unparks == []
     loads[1] = 3.0  # the hog ended
@@ -397,14 +398,15 @@ def test_a_parked_worker_comes_back_once_a_core_is_free_for_a_while(monkeypatch)
     loads[1] = 60.0  # half free on each core: a core's worth of spare time in all
     loads[0] = 40.0
     monitor = Monitor(pool, patience=1)
+    pool.monitor_parked = set()
     assert monitor.step(parked) is None  # (a worker parked by hand stays parked: hunt89 bug 7)
-    monitor._parked_here.add(1)
+    pool.monitor_parked = {1}
     event = monitor.step(parked)
     assert event.kind == "unpark" and pool.repins == [(1, [0])]
     # pin="none": it comes back unpinned (it was pinned to one core, and parked and unparked in a loop after)
     pool.pin, pool.repins = "none", []
     monitor = Monitor(pool, patience=1)
-    monitor._parked_here.add(1)
+    pool.monitor_parked = {1}
     event = monitor.step(parked)
     assert event.kind == "unpark" and pool.repins == [] and "core" not in event.detail
     # a shard being emptied is neither re-pinned nor parked again, nor given envs

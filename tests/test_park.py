@@ -454,3 +454,21 @@ def test_no_env_moves_into_an_empty_shard_a_pending_move_passes_over(around: boo
         step(60)
         assert pool.state.name == "IDLE" and not pool.pending_moves
     reference.close()
+
+
+def test_a_worker_parked_by_hand_is_not_the_monitor_s_to_bring_back() -> None:
+    """The monitor brings back only the workers it parked (queue_park); one unparked and parked again by hand since
+    was brought back too (hunt91 bug 4)."""
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        pool.queue_park(1)
+        for _ in range(30):
+            venv.step(np.zeros(4, np.int64))
+        assert pool.parked == [1] and pool.monitor_parked == {1}
+        assert pool.request_unpark(1) and pool.monitor_parked == set()
+        for _ in range(3):
+            assert pool.request_move(0, 1) is not None or pool.pending_moves
+            for _ in range(30):
+                venv.step(np.zeros(4, np.int64))
+        assert pool.request_park(1) and pool.monitor_parked == set()

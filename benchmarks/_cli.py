@@ -46,3 +46,33 @@ def probability(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}")
     return value
+
+
+def checkout_error(tree: str, flag: str) -> str | None:
+    """What is wrong with ``tree`` as another checkout to measure (``flag`` names the option), or None: it must hold
+    fastvec and its benchmarks, with fastvec's extension built (else its children would load this checkout's
+    kernels through the editable install, or crash in every round)."""
+    from pathlib import Path
+
+    root = Path(tree)
+    if not (root / "fastvec" / "__init__.py").is_file() or not (root / "benchmarks" / "_measure.py").is_file():
+        return f"{flag} {tree}: not a fastvec checkout (no fastvec/__init__.py and benchmarks/_measure.py there)"
+    if not any((root / "fastvec").glob("_kernels*.so")):
+        return f"{flag} {tree}: fastvec's extension is not built there (python setup.py build_ext --inplace)"
+    return None
+
+
+def out_error(path, folder: bool = False) -> str | None:
+    """Whether results can be written at ``path`` (a file's path, or with ``folder`` a folder), checked before any
+    measuring: a path found unwritable after the run lost its results in a traceback. The folder is made."""
+    import os
+    from pathlib import Path
+
+    where = Path(path) if folder else Path(path).parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--out {path}: cannot make {where}: {exc.strerror or exc}"
+    if not os.access(where, os.W_OK):
+        return f"--out {path}: {where} is not writable"
+    return None

@@ -182,6 +182,13 @@ def count(repo: str, layer: str, steps: int, args: argparse.Namespace) -> tuple[
     return (totals.pop(proc.pid), *totals.values())
 
 
+def _skipped(layer: str, shards: int) -> bool:
+    """Whether ``layer`` is not counted with ``shards`` shards."""
+    if shards == 2:
+        return layer not in ("pool", "front", "async-pool", "async")
+    return layer.startswith("async")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.instructions",
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", default=str(ROOT), help="the fastvec checkout to measure (default: this one)")
     parser.add_argument("--steps", type=_cli.count, default=11000)
     parser.add_argument("--base-steps", type=_cli.count, default=1000)
-    parser.add_argument("--layers", nargs="+", choices=LAYERS, default=list(LAYERS))
+    parser.add_argument("--layers", nargs="+", choices=LAYERS, default=None, help="default: every layer --shards counts")
     parser.add_argument("--num-envs", type=_cli.count, default=8)
     parser.add_argument("--repeats", type=_cli.count, default=1, help="count each layer this many times; report the least")
     parser.add_argument("--episode", type=_cli.count0, default=0, help="episode length in steps (default: episodes never end)")
@@ -206,6 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.child and args.steps <= args.base_steps:  # (the counts are of the difference: negative otherwise)
         parser.error(f"--steps ({args.steps}) must exceed --base-steps ({args.base_steps})")
+    if args.layers is None:
+        args.layers = [layer for layer in LAYERS if not _skipped(layer, args.shards)]
+    if not args.child:
+        # (the shard and raw layers step this process's envs alone, no worker to count; asynchronous batches need
+        # two groups: a layer the shards given do not count left an empty table)
+        skipped = [layer for layer in args.layers if _skipped(layer, args.shards)]
+        if skipped:
+            parser.error(f"--layers {', '.join(skipped)}: not counted with --shards {args.shards} (see --help)")
+        if Path(args.repo).resolve() != ROOT.resolve():
+            error = _cli.checkout_error(str(Path(args.repo).resolve()), "--repo")
+            if error:
+                parser.error(error)
     if args.child:
         child(
             str(Path(args.repo).resolve()),
@@ -239,10 +258,6 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---:|---:|")
     below = None
     for layer in args.layers:
-        if args.shards == 2 and layer not in ("pool", "front", "async-pool", "async"):
-            continue  # (the shard and raw layers step this process's envs alone: no worker to count)
-        if args.shards == 1 and layer.startswith("async"):
-            continue  # (asynchronous batches need two groups: --shards 2)
         runs = []
         for _ in range(args.repeats):
             more, fewer = count(repo, layer, args.steps, args), count(repo, layer, args.base_steps, args)

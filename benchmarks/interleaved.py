@@ -92,7 +92,8 @@ def study(
         for r in range(rounds):
             order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for variant in order:
-                result = measure(variant, workload, num_envs, seconds, repeats, timeout, policy_us)
+                # (a variant of a fixed number of envs, serial#1, the single-env rate, is measured at that number)
+                result = measure(variant, workload, variant["num_envs"] or num_envs, seconds, repeats, timeout, policy_us)
                 ok = result.get("status") == "ok"
                 rates[variant["label"]].append(result["rate"] if ok else None)
                 if ok:
@@ -134,7 +135,10 @@ def markdown(records: list[dict], variants: list[dict], command: str, facts: dic
         f"Machine: {facts.get('cpu')}, {facts.get('cores')} cores, Python {facts.get('python')}  ",
         "Variants: "
         + ", ".join(
-            f"{v['label']} = {v['engine']}" + (f" @ {v['tree']}" if v["tree"] != str(ROOT) else "") for v in variants
+            f"{v['label']} = {v['engine']}"
+            + (f" @ {v['tree']}" if v["tree"] != str(ROOT) else "")
+            + (f" #{v['num_envs']} (at {v['num_envs']} env{'s' if v['num_envs'] > 1 else ''} in every workload)" if v.get("num_envs") else "")
+            for v in variants
         ),
         "",
         "| workload | "
@@ -157,9 +161,7 @@ def markdown(records: list[dict], variants: list[dict], command: str, facts: dic
             + " | ".join(cells)
             + " | "
             + " | ".join(ratio_cells)
-            + f" | {100 * load:.0f}% |"
-            if load is not None
-            else " | - |"
+            + (f" | {100 * load:.0f}% |" if load is not None else " | - |")
         )
     return "\n".join(lines) + "\n"
 
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.json")
     parser.add_argument(
         "--policy-us",
-        type=float,
+        type=_cli.seconds0,
         default=0.0,
         help="a policy's time per call, in us, spent (busy) before each call's step or send: once per step of all "
         "the envs, once per batch with asynchronous batches (a small MLP costs about the same for either)",
@@ -187,8 +189,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if len(args.variant) < 2:
         parser.error("give at least two --variant")
-    if args.policy_us < 0:
-        parser.error(f"--policy-us must be at least 0, got {args.policy_us:g}")
+    labels = [v["label"] for v in args.variant]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        parser.error(f"--variant: label(s) {', '.join(twice)} given twice")
+    for tree in dict.fromkeys(v["tree"] for v in args.variant if v["tree"] != str(ROOT)):
+        error = _cli.checkout_error(tree, "--variant ...@")
+        if error:
+            parser.error(error)
+    if args.out:
+        error = _cli.out_error(args.out)
+        if error:
+            parser.error(error)
     if args.policy_us:
         for v in args.variant:
             measure_py = Path(v["tree"]) / "benchmarks" / "_measure.py"

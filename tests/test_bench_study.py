@@ -105,6 +105,15 @@ def test_the_ceiling_steps_every_env_in_one_process_per_core_and_times_itself() 
     assert 0 <= result["other_load"] <= 1
 
 
+def test_the_ceiling_is_measured_through_the_measuring_child_s_entry() -> None:
+    """The measuring child read every engine's ``step`` first, which the ceiling has none of: each of its
+    measurements failed with an AttributeError (hunt92 bug 12)."""
+    from benchmarks._measure import measure
+
+    result = measure({"engine": "ceiling", "workload": "CartPole-v1", "num_envs": 2, "seconds": 0.1, "repeats": 1})
+    assert result["status"] == "ok" and result["rate"] > 0, result
+
+
 def test_the_lockstep_ceiling_keeps_its_loops_within_one_step_of_each_other() -> None:
     """`ceiling-lockstep`: the same loops, each waiting for the others after every step, so none is
     more than one step ahead when the first reaches the deadline."""

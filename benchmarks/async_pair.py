@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks.breakdown import make_cartpole
 from fastvec import SubprocVecEnv
 from fastvec.async_batches import OBS_ONLY
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=9000)
-    parser.add_argument("--settle-us", type=float, default=150.0)
-    parser.add_argument("--spin-us", type=float, default=1000.0)
+    parser.add_argument("--settle-us", type=_cli.seconds0, default=150.0)
+    parser.add_argument("--spin-us", type=_cli.seconds0, default=1000.0)
     args = parser.parse_args(argv)
     if args.num_envs < 4 or args.num_envs % 4 or args.pairs < 3 or args.settle_us < 0 or args.spin_us < 0:
         parser.error("--num-envs must be a multiple of 4 (two workers, batches of half), --pairs at least 3, "

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> list[dict[int, int]]:
     for r in range(args.rounds):
         counts = measure(args.seconds)
         first = counts[min(counts)]
-        ratios = ", ".join(f"core {c}: {n:,} ({n / first:.2f})" for c, n in sorted(counts.items()))
+        ratios = ", ".join(
+            f"core {c}: {n:,} ({n / first:.2f})" if first else f"core {c}: {n:,}" for c, n in sorted(counts.items())
+        )
         print(f"round {r + 1}: {ratios}", flush=True)
         rounds.append(counts)
         if r + 1 < args.rounds:

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commands", type=_cli.count, default=20000)
     parser.add_argument("--env", default="CartPole-v1")
     args = parser.parse_args(argv)
+    if args.num_envs < 2:  # (two shards, each with an env: one env left the learner's shard empty)
+        parser.error(f"--num-envs must be at least 2 (the learner's shard and a worker's), got {args.num_envs}")
     try:
         gym.spec(args.env)
     except gym.error.Error as exc:  # (else three tracebacks, one per process that made the env)

@@ -356,11 +356,18 @@ class _Batches:
         self.venv.close()
 
 
+def _half(fns: list) -> int:
+    """An asynchronous engine's batch: half the envs (at one env, none: unavailable, not a rate of 0)."""
+    if len(fns) < 2:
+        raise EngineUnavailable("asynchronous batches of half the envs need at least 2 envs")
+    return len(fns) // 2
+
+
 def _fastvec_async(**kwargs: Any) -> Callable:
     def build(fns: list, workload: str) -> Any:
         import fastvec
 
-        batch = len(fns) // 2
+        batch = _half(fns)
         return _Batches(fastvec.SubprocVecEnv(fns, batch_size=batch, **kwargs), batch, lambda out: out[4])
 
     return build
@@ -368,7 +375,7 @@ def _fastvec_async(**kwargs: Any) -> Callable:
 
 def _envpool_async() -> Callable:
     def build(fns: list, workload: str) -> Any:
-        batch = len(fns) // 2
+        batch = _half(fns)
         return _Batches(_envpool_make(workload, len(fns), batch), batch, lambda out: out[4]["env_id"])
 
     return build

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import _cli
 from fastvec.measure import kill_session
 
 ENGINES = ["fastvec", "sb3-subproc", "gym-async"]
@@ -242,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         help="where the table is written (default: benchmarks/results/faults.md)",
     )
     args = parser.parse_args(argv)
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=False)
+        if out_error:
+            parser.error(out_error)
     rows = []
     for label, spec in FAULTS.items():
         scenario, fail_in = spec.split(":")

@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=None, help="results folder (default benchmarks/results/<machine>-<date>)"
     )
     args = parser.parse_args(argv)
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=True)
+        if out_error:
+            parser.error(out_error)
     if args.quick:
         args.repeats, args.min_seconds = 2, 0.01
     from benchmarks.vec_env import machine_facts, result_folder

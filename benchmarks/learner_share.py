@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=_cli.seconds, default=1.0)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     n = args.num_envs
-    shares = args.shares or [n // 2, n // 2 - 1, n // 2 + 1]
+    if args.shares is None and n < 4:  # (the default shares, n/2 and n/2 -+ 1, each leave both shards an env from 4)
+        parser.error(f"--num-envs {n}: the default shares need at least 4 envs (or give --shares)")
+    shares = list(dict.fromkeys(args.shares or [n // 2, n // 2 - 1, n // 2 + 1]))  # (one given twice ran twice)
     if any(not 1 <= k < n for k in shares):
         parser.error(f"every share must leave each shard at least one env: 1 <= share < {n}")
     venv = SubprocVecEnv([partial(gym.make, "CartPole-v1")] * n, start_method="fork", num_workers=2)

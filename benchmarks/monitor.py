@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phase-seconds", type=_cli.seconds, default=1.5, help="cost: length of one phase")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=False)
+        if out_error:
+            parser.error(out_error)
     scenarios = args.scenario or [s for s in SCENARIOS if s != "cost-parts"]
     facts = machine_facts()
     out = args.out or ROOT / "benchmarks" / "results" / f"{facts['cores']}core-{time.strftime('%Y-%m-%d')}" / "monitor"

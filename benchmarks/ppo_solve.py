@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import _cli
 from fastvec.measure import child_environ, run_child
 from fastvec.measure import machine_facts as base_machine_facts
 
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed of ppo-fastvec-x8, ppo-serial-x8 and sb3-ppo-zoo")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="cases to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 1 2 3; --quick: 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of every learner (default 1)")
+    parser.add_argument("--threads", type=_cli.count, default=1, help="torch threads of every learner (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON/markdown/PNG results")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument(
@@ -543,17 +544,27 @@ def main(argv: list[str] | None = None) -> None:
         help="--async-envs: the env (default: CartPole-v1 with 1 ms of CPU per step)",
     )
     parser.add_argument(
-        "--total-envs", type=int, default=8, help="--distributed: envs over all ranks; --async-envs: envs (default 8)"
+        "--total-envs", type=_cli.count, default=8, help="--distributed: envs over all ranks; --async-envs: envs (default 8)"
     )
     parser.add_argument(
-        "--ranks", nargs="+", type=int, default=[1, 2], help="--distributed: rank counts to compare (default 1 2)"
+        "--ranks", nargs="+", type=_cli.count, default=[1, 2], help="--distributed: rank counts to compare (default 1 2)"
     )
     parser.add_argument("--child-sb3", type=int, metavar="SEED", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=True)
+        if out_error:
+            parser.error(out_error)
 
     if args.child_sb3 is not None:
         sb3_child(args.child_sb3, args.threads)
         return
+    args.ranks = list(dict.fromkeys(args.ranks))
+    if args.distributed:
+        try:  # (an uneven split ended in a traceback)
+            distributed_cases(args.total_envs, args.ranks)
+        except ValueError as exc:
+            parser.error(f"--total-envs {args.total_envs}, --ranks {' '.join(map(str, args.ranks))}: {exc}")
     if args.distributed or args.async_envs:
         distributed_study(args)
         return

@@ -21,6 +21,7 @@ per-round speed ratio to sync with its median; ``--out`` writes them as markdown
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -94,8 +95,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the trainers' device")
     parser.add_argument("--out", type=Path, help="write the results as markdown here")
     args = parser.parse_args(argv)
+    args.layouts = list(dict.fromkeys(args.layouts))  # (a name given twice was measured twice)
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=False)
+        if out_error:
+            parser.error(out_error)
     if "sync" not in args.layouts:
         parser.error("--layouts must include sync (the ratios are to it)")
+    if any(layout != "sync" for layout in args.layouts) and args.num_envs % 2:
+        parser.error(f"--num-envs {args.num_envs}: the asynchronous layouts step the envs in two halves (an even count)")
+    import gymnasium as gym
+
+    try:  # (an unknown id ended in a 70-line traceback; a module:id imports its module first, as gymnasium does)
+        module, _, _ = args.env_id.rpartition(":")
+        if module:
+            importlib.import_module(module)
+        gym.spec(args.env_id.rpartition(":")[2] if module else args.env_id)
+    except Exception as exc:  # noqa: BLE001 - said in one line
+        parser.error(f"--env-id {args.env_id}: {exc}")
     from fastvec.measure import machine_facts
 
     times: dict[str, list[float]] = {layout: [] for layout in args.layouts}

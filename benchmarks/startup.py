@@ -385,6 +385,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print-child", choices=list(ENGINES), help="print one engine's child script and exit")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.engines:  # (a name given twice was measured twice)
+        args.engines = list(dict.fromkeys(args.engines))
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=True)
+        if out_error:
+            parser.error(out_error)
     if args.print_child:
         print(child_code(ENGINES[args.print_child]))
         return

@@ -524,7 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.vec_env", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workloads", nargs="+", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument(
+        "--workloads", nargs="+", default=None, choices=list(PLANS), help="default: every workload (--quick: CartPole-v1)"
+    )
     parser.add_argument("--num-envs", nargs="+", type=_cli.count, default=None, help="override every grid")
     parser.add_argument(
         "--engines", nargs="+", default=None, help="default: every engine, knob variants on fewer points"
@@ -546,8 +548,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
+        out_error = _cli.out_error(args.out, folder=True)
+        if out_error:
+            parser.error(out_error)
+    # (a name given twice was measured twice a round, and its ratios were no longer per round)
+    args.engines = list(dict.fromkeys(args.engines)) if args.engines else args.engines
+    args.num_envs = list(dict.fromkeys(args.num_envs)) if args.num_envs else args.num_envs
     if args.quick:
-        args.workloads = ["CartPole-v1"]
+        args.workloads = args.workloads or ["CartPole-v1"]  # (one given is kept, as the other options are)
         args.engines = args.engines or QUICK_ENGINES
         args.num_envs = args.num_envs or [8]
         args.seconds = args.seconds or 0.3
@@ -560,9 +569,11 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [e for e in args.engines if e not in ENGINES]
         if unknown:
             parser.error(f"unknown engines {unknown}; known: {sorted(ENGINES)}")
+    args.workloads = list(dict.fromkeys(args.workloads or PLANS))
     specs = plan(args)
-    if args.quick:  # the single-env serial rate, for the 64-env goal's reference
-        specs.insert(0, {**specs[0], "engine": "serial", "num_envs": 1})
+    single = {**specs[0], "engine": "serial", "num_envs": 1}
+    if args.quick and single not in specs:  # the single-env serial rate, for the 64-env goal's reference
+        specs.insert(0, single)
     order = schedule(specs, args.rounds)
     estimate = sum(estimate_seconds(s) for s, _ in order)
     print(

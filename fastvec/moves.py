@@ -244,6 +244,16 @@ class ShardMoves:
 
     def _request_unpark(self, shard: int) -> bool:
         if not self.can_unpark(shard):
+            entry = self._parked.get(shard)
+            if entry is not None and entry[0].exitcode is not None and shard not in self._told_dead_parked:
+                # (it had no envs, so no step failed: said here, once, where bringing it back cannot be done)
+                self._told_dead_parked.add(shard)
+                warnings.warn(
+                    f"fastvec: worker {shard} died while parked (exit code {entry[0].exitcode}); it stays parked "
+                    "and the pool goes on with one process fewer (on_error='restart' would replace it)",
+                    RuntimeWarning,
+                    stacklevel=user_stacklevel(),
+                )
             return False
         if self._state is PoolState.CLOSED or self._terminated:  # by close() in another thread, just now
             raise self._closed_meanwhile("request_unpark")

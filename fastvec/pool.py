@@ -347,6 +347,7 @@ class Pool(ShardMoves):
         self.refused_requests: collections.deque = collections.deque(maxlen=64)
         # the workers parked at the monitor's request (queue_park), not by hand: the only ones it brings back
         self.monitor_parked: set[int] = set()
+        self._told_dead_parked: set[int] = set()  # (a parked worker found dead, without restart: said once)
         self._sync_next = False  # reset() / call() are issuing their command (it is then finished if interrupted)
         self._moves: dict[int, tuple[int, int, bool]] = {}  # env index -> (source, target, around the ring's end), pending
         self._movable: dict[int, bool] = {}  # env index -> whether it can move keeping its state, once asked

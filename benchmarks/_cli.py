@@ -63,16 +63,40 @@ def checkout_error(tree: str, flag: str) -> str | None:
 
 
 def out_error(path, folder: bool = False) -> str | None:
-    """Whether results can be written at ``path`` (a file's path, or with ``folder`` a folder), checked before any
-    measuring: a path found unwritable after the run lost its results in a traceback. The folder is made."""
+    """Whether results can be written at ``path`` (a file's path or stem, or with ``folder`` a folder), checked
+    before any measuring: a path found unwritable after the run lost its results in a traceback. Nothing is made
+    (a --dry-run makes no folder)."""
     import os
     from pathlib import Path
 
-    where = Path(path) if folder else Path(path).parent
+    path = Path(path)
+    if not folder and path.is_dir():
+        return f"--out {path}: is a folder; give a file's path"
+    if folder and path.exists() and not path.is_dir():
+        return f"--out {path}: is a file; give a folder"
+    where = path if folder else path.parent
+    existing = where
+    while not existing.exists():  # (the folders still to make: the nearest one there must take them)
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"--out {path}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {path}: {existing} is not writable"
+    return None
+
+
+def env_error(env_id: str) -> str | None:
+    """What is wrong with a gymnasium env id (``module:id`` imports its module first, as gymnasium.make does), or
+    None: an unknown id ended in a traceback per process that made the env."""
+    import importlib
+
+    import gymnasium as gym
+
+    module, _, name = env_id.rpartition(":")
     try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"--out {path}: cannot make {where}: {exc.strerror or exc}"
-    if not os.access(where, os.W_OK):
-        return f"--out {path}: {where} is not writable"
+        if module:
+            importlib.import_module(module)
+        gym.spec(name)
+    except Exception as exc:  # noqa: BLE001 - said in one line
+        return f"{env_id}: {exc}"
     return None

@@ -164,10 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.num_envs < 2:  # (two shards, each with an env: one env left the learner's shard empty)
         parser.error(f"--num-envs must be at least 2 (the learner's shard and a worker's), got {args.num_envs}")
-    try:
-        gym.spec(args.env)
-    except gym.error.Error as exc:  # (else three tracebacks, one per process that made the env)
-        parser.error(f"--env {args.env}: {exc}")
+    env_error = _cli.env_error(args.env)  # (else three tracebacks, one per process that made the env)
+    if env_error:
+        parser.error(f"--env {env_error}")
     learner, worker = record(args.num_envs, args.commands, args.env)
     print(report(learner, worker, args.num_envs, args.env))
 

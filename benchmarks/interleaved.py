@@ -35,7 +35,7 @@ def parse_variant(text: str) -> dict:
     label, _, rest = text.partition("=")
     rest, _, fixed = rest.partition("#")
     engine, _, tree = rest.partition("@")
-    if not label or not engine or (fixed and not fixed.isdigit()):
+    if not label or not engine or (fixed and (not fixed.isdigit() or int(fixed) < 1)):
         raise argparse.ArgumentTypeError(f"a variant is label=engine[@path][#num_envs], got {text!r}")
     return {
         "label": label,

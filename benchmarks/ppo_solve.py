@@ -483,7 +483,7 @@ def distributed_study(args: argparse.Namespace) -> None:
     else:
         cases = distributed_cases(args.total_envs, args.ranks)
         title, kind = None, "distributed"
-    seeds = args.seeds or [1, 2, 3]
+    seeds = list(dict.fromkeys(args.seeds or [1, 2, 3]))
     # round r runs every configuration once; odd rounds in reverse order, so a steady drift of the
     # host's speed favours neither configuration
     plan = [
@@ -569,8 +569,8 @@ def main(argv: list[str] | None = None) -> None:
         distributed_study(args)
         return
 
-    seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
-    names = args.cases or ([n for n, c in CASES.items() if "quick" in c.tags] if args.quick else list(CASES))
+    seeds = list(dict.fromkeys(args.seeds or ([1] if args.quick else [1, 2, 3])))  # (one given twice ran twice)
+    names = list(dict.fromkeys(args.cases or [])) or ([n for n, c in CASES.items() if "quick" in c.tags] if args.quick else list(CASES))
     cases = [CASES[n] for n in names]
     plan = [(case, seed) for case in cases for seed in seeds]
     print(f"{len(plan)} runs: {', '.join(c.name for c in cases)} x seeds {seeds}", flush=True)

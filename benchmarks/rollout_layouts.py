@@ -21,7 +21,6 @@ per-round speed ratio to sync with its median; ``--out`` writes them as markdown
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -104,15 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--layouts must include sync (the ratios are to it)")
     if any(layout != "sync" for layout in args.layouts) and args.num_envs % 2:
         parser.error(f"--num-envs {args.num_envs}: the asynchronous layouts step the envs in two halves (an even count)")
-    import gymnasium as gym
-
-    try:  # (an unknown id ended in a 70-line traceback; a module:id imports its module first, as gymnasium does)
-        module, _, _ = args.env_id.rpartition(":")
-        if module:
-            importlib.import_module(module)
-        gym.spec(args.env_id.rpartition(":")[2] if module else args.env_id)
-    except Exception as exc:  # noqa: BLE001 - said in one line
-        parser.error(f"--env-id {args.env_id}: {exc}")
+    env_error = _cli.env_error(args.env_id)  # (an unknown id ended in a 70-line traceback)
+    if env_error:
+        parser.error(f"--env-id {env_error}")
     from fastvec.measure import machine_facts
 
     times: dict[str, list[float]] = {layout: [] for layout in args.layouts}
@@ -160,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     summary["policy_us"] = policy
     return summary

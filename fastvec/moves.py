@@ -303,7 +303,8 @@ class ShardMoves:
 
     def queue_park(self, shard: int) -> None:
         """``request_park`` from another thread: done by the stepping thread at its next step (refused at once with
-        asynchronous batches, as ``queue_move``)."""
+        asynchronous batches, as ``queue_move``). The monitor's way to park: a worker parked so is among
+        ``monitor_parked``, which the monitor brings back when the cores are free (``request_park``'s it leaves)."""
         self._queue_worker_request("park", shard)
 
     def queue_unpark(self, shard: int) -> None:

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py fastvec/_kernels.pyx fastvec/_kernels.pxd
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q Cython setuptools wheel numpy
+	$(PIP) install -q Cython "setuptools>=77" wheel numpy
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 

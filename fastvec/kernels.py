@@ -22,9 +22,11 @@ else:
         import fastvec._kernels as impl  # type: ignore[no-redef]
     except ImportError as exc:  # pragma: no cover - only on unbuilt checkouts
         if not os.environ.get(_WARNED):
+            here = os.path.dirname(os.path.abspath(__file__))
             warnings.warn(
-                f"fastvec's compiled kernels are not built ({exc}); using the slow pure-Python twin. "
-                "Install with `pip install .` to build them.",
+                f"fastvec's compiled kernels are not built in {here} ({exc}); using the slow pure-Python twin. Build "
+                "them there (`python setup.py build_ext --inplace`, or `pip install -e .`); or, where fastvec is installed "
+                "elsewhere, run Python from another folder than this checkout, so that the installed one is imported.",
                 RuntimeWarning,
                 stacklevel=2,
             )

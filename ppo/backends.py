@@ -309,7 +309,13 @@ class SB3SubprocBackend(_CopyBackend):
         start_method: str | None = None,
         pin: bool = False,
     ):
-        from stable_baselines3.common.vec_env import SubprocVecEnv
+        try:
+            from stable_baselines3.common.vec_env import SubprocVecEnv
+        except ImportError:  # (the reference engine is not the train extra's)
+            raise ValueError(
+                "--vec-backend sb3-subproc needs stable-baselines3, which is not installed: pip install '.[sb3]' in "
+                "fastvec's folder"
+            ) from None
 
         # one env made here first: a wrong env id, module or dependency is said in one line (SB3's workers print a
         # traceback each, and the parent then dies of a broken pipe)

@@ -239,7 +239,9 @@ class Distributed:
                 world_size=self.world_size,
                 timeout=datetime.timedelta(seconds=timeout_s),
             )
-        except dist.DistError as exc:  # (the other ranks never joined: said in one line, as a launcher's other faults)
+        # (the other ranks never joined: said in one line, as a launcher's other faults; torch before 2.2 has no
+        # DistError and raises a RuntimeError there)
+        except getattr(dist, "DistError", RuntimeError) as exc:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             raise SetupError(
                 f"rank {self.rank} could not join the process group at {where} within --collective-timeout-s "

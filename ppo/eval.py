@@ -19,7 +19,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
+
+try:
+    import tyro
+except ImportError:  # (said by main in one line: the train extra)
+    tyro = None  # type: ignore[assignment]
 
 from ppo.agent import Agent
 from ppo.backends import make_env
@@ -237,6 +241,8 @@ class EvalArgs:
 
 
 def main(argv: list[str] | None = None) -> float:
+    if tyro is None:
+        raise SystemExit("python -m ppo.eval needs tyro: pip install '.[train]' in fastvec's folder (the train extra)")
     args = tyro.cli(EvalArgs, args=argv, prog="python -m ppo.eval")
     if args.episodes < 1:
         raise SystemExit(f"ppo.eval: --episodes must be >= 1, got {args.episodes}")

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import functools
 import importlib
+import importlib.util
 import itertools
 import json
 import math
@@ -1077,6 +1078,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"python -m ppo.train needs {exc.name}: pip install '.[train]' in fastvec's folder (the train extra)") from exc
 
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
+    # the train extra's other modules, asked for now: missing, they ended a run in a traceback (matplotlib's after the
+    # whole budget, before its summary; rich's and tensorboard's at start-up)
+    needed = ["matplotlib", "rich"] + (["tensorboard"] if config.tensorboard else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"python -m ppo.train needs {', '.join(missing)}: pip install '.[train]' in fastvec's folder (the train "
+            "extra)" + (" (or --no-tensorboard)" if missing == ["tensorboard"] else "")
+        )
     previous = None
     children = set(multiprocessing.active_children())  # (a calling program's own: never ended here)
     if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's)

@@ -738,7 +738,7 @@ def test_observation_mode_different_refuses_what_gymnasium_refuses(first: gym.Sp
     and characters, a Graph's edges): fastvec compared only the structure, shapes and dtypes of its buffers, and
     took these."""
     fns = [partial(_OfSpace, first), partial(_OfSpace, second)]
-    with pytest.raises(RuntimeError, match="common shape and dtype"):
+    with pytest.raises((RuntimeError, AssertionError)):  # (gymnasium 1.1 asserts, later ones raise: hunt94 bug 3)
         SyncVectorEnv(fns, observation_mode="different")
     with pytest.raises(RuntimeError, match="env 1 has observation space .* common shape and dtype"):
         VectorEnv(fns, observation_mode="different", num_workers=2, start_method="fork", shared_memory=False)

@@ -86,17 +86,37 @@ def out_error(path, folder: bool = False) -> str | None:
 
 
 def env_error(env_id: str) -> str | None:
-    """What is wrong with a gymnasium env id (``module:id`` imports its module first, as gymnasium.make does), or
-    None: an unknown id ended in a traceback per process that made the env."""
-    import importlib
+    """What is wrong with a gymnasium env id, or None: one env made here by ``gymnasium.make`` as the study will
+    make it (``module:id`` imports its module, an unversioned id takes the latest version); an id it refuses ended
+    in a traceback per process that made the env."""
+    import warnings
 
     import gymnasium as gym
 
-    module, _, name = env_id.rpartition(":")
     try:
-        if module:
-            importlib.import_module(module)
-        gym.spec(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gym.make(env_id).close()
     except Exception as exc:  # noqa: BLE001 - said in one line
-        return f"{env_id}: {exc}"
+        return f"{env_id}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     return None
+
+
+def stem_file(out, suffix: str):
+    """The file ``<out><suffix>`` of a results stem (``out.with_suffix`` cut a stem holding a dot, ``run-1.5ms``;
+    a stem given with one of the files' own suffixes, ``x.md``, stands for ``x``)."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.suffix in (".md", ".json", ".png"):
+        out = out.with_suffix("")
+    return out.with_name(out.name + suffix)
+
+
+def stem_error(out, suffixes: tuple[str, ...]) -> str | None:
+    """``out_error`` for a results stem, and none of its files a folder (found after the run, it lost the results)."""
+    error = out_error(stem_file(out, suffixes[0]))
+    if error:
+        return error
+    folders = [str(stem_file(out, s)) for s in suffixes if stem_file(out, s).is_dir()]
+    return f"--out {out}: {', '.join(folders)} is a folder" if folders else None

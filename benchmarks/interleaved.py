@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if error:
             parser.error(error)
     if args.out:
-        error = _cli.out_error(args.out)
+        error = _cli.stem_error(args.out, (".md", ".json"))
         if error:
             parser.error(error)
     if args.policy_us:
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(
+        _cli.stem_file(args.out, ".md").write_text(text)
+        _cli.stem_file(args.out, ".json").write_text(
             json.dumps({"command": command, "machine": facts, "variants": args.variant, "records": records}, indent=2)
         )
     return records

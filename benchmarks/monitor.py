@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
-        out_error = _cli.out_error(args.out, folder=False)
+        out_error = _cli.stem_error(args.out, (".md", ".json", ".png"))
         if out_error:
             parser.error(out_error)
     scenarios = args.scenario or [s for s in SCENARIOS if s != "cost-parts"]
@@ -234,11 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(records, command, facts)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(
+    _cli.stem_file(out, ".md").write_text(text)
+    _cli.stem_file(out, ".json").write_text(
         json.dumps({"command": command, "machine": facts, "records": records}, indent=2)
     )
-    plot(records, out.with_suffix(".png"))
+    plot(records, _cli.stem_file(out, ".png"))
 
 
 def _cost_records(scenario: str, args: argparse.Namespace) -> list[dict]:

@@ -322,7 +322,17 @@ def detached(exc: BaseException) -> BaseException:
 
 
 def exit_status(exitcode: int | None) -> str:
-    return "an unread exit status" if exitcode == EXIT_UNKNOWN else f"exit code {exitcode}"
+    """A worker's end in words: its exit code, and the signal that ended it."""
+    if exitcode == EXIT_UNKNOWN:
+        return "an unread exit status"
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            return f"exit code {exitcode} (killed by {signal.Signals(-exitcode).name})"
+        except ValueError:
+            pass
+    return f"exit code {exitcode}"
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -108,6 +108,7 @@ class Monitor:
         self._undone: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample it was undone
         self._step_ms: dict[int, list[tuple[range, list[float]]]] = {}  # per shard: its latest per-env step times
         self._began = time.monotonic()
+        self._asked_dead: set[int] = set()  # (parked workers found dead, without restart: their unpark asked once)
         self._cpu_state: dict = {}  # _core_loads' previous reading
         self._load_history: list[dict[int, float]] = []
 
@@ -300,8 +301,14 @@ class Monitor:
             return None
         allowed, spare = self._spare(loads)
         for shard in self.pool.parked:
-            # (a worker parked by hand stays parked; one that died parked, without restart, cannot come back)
-            if shard not in self.pool.monitor_parked or not allowed or not self.pool.can_unpark(shard):
+            if shard not in self.pool.monitor_parked:  # (a worker parked by hand stays parked)
+                continue
+            if not self.pool.can_unpark(shard):  # died parked, without restart: asked once, the pool says so
+                if shard not in self._asked_dead:
+                    self._asked_dead.add(shard)
+                    self.pool.queue_unpark(shard)
+                continue
+            if not allowed:
                 continue
             if not self._persisted(("free", shard), spare >= 100.0 - self.other_load):
                 continue

@@ -248,8 +248,9 @@ class ShardMoves:
             if entry is not None and entry[0].exitcode is not None and shard not in self._told_dead_parked:
                 # (it had no envs, so no step failed: said here, once, where bringing it back cannot be done)
                 self._told_dead_parked.add(shard)
+                self.monitor_parked.discard(shard)  # (the monitor, told by its refused unpark, asks no more)
                 warnings.warn(
-                    f"fastvec: worker {shard} died while parked (exit code {entry[0].exitcode}); it stays parked "
+                    f"fastvec: worker {shard} died while parked, with {exit_status(entry[0].exitcode)}; it stays parked "
                     "and the pool goes on with one process fewer (on_error='restart' would replace it)",
                     RuntimeWarning,
                     stacklevel=user_stacklevel(),

@@ -611,3 +611,18 @@ def test_the_demo_s_hog_ends_with_the_demo() -> None:
     finally:
         if hog.is_running():
             hog.kill()
+
+
+def test_a_worker_it_parked_that_died_is_asked_back_once(monkeypatch) -> None:
+    """A worker the monitor parked that died (no restart) was skipped for good: nothing said it had died (hunt95 bug
+    1). The monitor asks for its unpark once; the pool then warns and refuses it."""
+    pool = _FakePool(parkable=True)
+    pool.parked, pool.monitor_parked = [1], {1}
+    monkeypatch.setattr(pool, "can_unpark", lambda shard: False)
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: {0: 100.0, 1: 100.0})
+    monitor = Monitor(pool, patience=1)
+    parked = _snapshot([0.9, 0.01], [[0, 1], [1]], [95.0, 0.0])
+    parked.shards[1] = ShardStats(1, 101, False, range(4, 4), [1], 0.0, 0.0, None, None, 0.0, 0, None, parked=True)
+    for _ in range(3):
+        monitor.step(parked)
+    assert pool.unparks == [1]

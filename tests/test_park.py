@@ -190,7 +190,7 @@ def test_a_parked_worker_that_died(on_error: str) -> None:
             venv.step(np.ones(4, np.int64))  # nothing waits for it
         pool._parked[1][0].process.join(5)
         if on_error == "raise":  # (said once, where it cannot come back: no step failed, it had no envs)
-            with pytest.warns(RuntimeWarning, match=r"worker 1 died while parked \(exit code -9\); it stays parked"):
+            with pytest.warns(RuntimeWarning, match=r"worker 1 died while parked, with exit code -9 \(killed by SIGKILL\); it stays parked"):
                 assert not pool.can_unpark(1) and not pool.request_unpark(1) and pool.parked == [1]
             with warnings.catch_warnings():
                 warnings.simplefilter("error")

@@ -67,6 +67,7 @@ def out_error(path, folder: bool = False) -> str | None:
     before any measuring: a path found unwritable after the run lost its results in a traceback. Nothing is made
     (a --dry-run makes no folder)."""
     import os
+    import tempfile
     from pathlib import Path
 
     path = Path(path)
@@ -80,8 +81,10 @@ def out_error(path, folder: bool = False) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"--out {path}: {existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--out {path}: {existing} is not writable"
+    try:  # (a folder made there and removed at once: os.access says yes to root where making one fails, /proc)
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as exc:
+        return f"--out {path}: nothing can be made in {existing} ({exc.strerror or exc})"
     return None
 
 

@@ -31,7 +31,6 @@ import collections
 import contextlib
 import functools
 import importlib
-import importlib.util
 import itertools
 import json
 import math
@@ -1071,6 +1070,14 @@ def _resume_advice(trainer: Trainer | None) -> str:
     )
 
 
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)  # (the package itself, not its heavy parts: matplotlib, not pyplot)
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         import tyro
@@ -1081,7 +1088,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the train extra's other modules, asked for now: missing, they ended a run in a traceback (matplotlib's after the
     # whole budget, before its summary; rich's and tensorboard's at start-up)
     needed = ["matplotlib", "rich"] + (["tensorboard"] if config.tensorboard else [])
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    missing = [name for name in needed if not _importable(name)]
     if missing:
         raise SystemExit(
             f"python -m ppo.train needs {', '.join(missing)}: pip install '.[train]' in fastvec's folder (the train "

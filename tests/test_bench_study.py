@@ -249,3 +249,17 @@ def test_the_benchmarks_name_a_count_or_duration_given_wrongly(module, argv, mes
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_out_path_is_checked_without_making_anything(tmp_path) -> None:
+    """An --out found unwritable after a run lost its results in a traceback; the check made the folders, also for
+    a dry run, and let root's os.access pass where nothing can be made (/proc) (hunt92 bug 6, hunt93 bugs 1, 3)."""
+    from benchmarks import _cli
+
+    assert "nothing can be made in /proc" in _cli.out_error("/proc/no-such-dir/result")
+    assert _cli.out_error(tmp_path / "a" / "b" / "result.md") is None and not (tmp_path / "a").exists()
+    assert "is a folder" in _cli.out_error(tmp_path)
+    (tmp_path / "file").write_text("")
+    assert "is a file" in _cli.out_error(tmp_path / "file", folder=True)
+    assert _cli.stem_file(tmp_path / "run-1.5ms", ".md").name == "run-1.5ms.md"
+    assert _cli.stem_file(tmp_path / "x.md", ".json").name == "x.json"

@@ -535,15 +535,12 @@ def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None
 
     # the extra's other modules are asked for before any work: matplotlib's absence ended a run in a traceback after
     # the whole budget, before its summary (hunt94 bug 1); ppo.eval without tyro failed at its import
-    import importlib.util
-
     from ppo.train import main
 
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (as if not installed: its import raises ImportError)
     with pytest.raises(SystemExit, match=r"^python -m ppo.train needs matplotlib: pip install '\.\[train\]'"):
         main(["--total-timesteps", "64"])
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.delitem(sys.modules, "matplotlib")
     code = "import sys; sys.modules['tyro'] = None; from ppo.eval import main; main(['x'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and done.stderr.strip() == "python -m ppo.eval needs tyro: pip install '.[train]' in fastvec's folder (the train extra)"

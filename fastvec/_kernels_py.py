@@ -77,18 +77,26 @@ def _check_words(index: int, span: int, words: np.ndarray, what: str) -> None:
         raise IndexError(f"{what} {index} outside {len(words)} words")
 
 
-def _check_done_words(words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray) -> list:
-    """wait_remaining's and wait_any's checks (data_of, seqs_of, check_done_words in _kernels.pyx); the done words."""
+def _check_workers(
+    words: np.ndarray, indices: np.ndarray, name: str, seqs: np.ndarray, remaining_index: int, span: int, word: str
+) -> list:
+    """The checks of the kernels that take a word index per worker (data_of, seqs_of, check_words in _kernels.pyx):
+    ``indices`` (``name``), each ``span`` words inside ``words`` (``word``); returns them as a list."""
     _data_of(words, np.uint32, "words")
-    _data_of(done_index, np.intp, "done_index")
+    _data_of(indices, np.intp, name)
     _data_of(seqs, np.uint32, "seqs")
-    done_index = done_index.tolist()
-    if len(seqs) < len(done_index):
-        raise ValueError(f"seqs has {len(seqs)} words for {len(done_index)} workers")
+    listed = indices.tolist()
+    if len(seqs) < len(listed):
+        raise ValueError(f"seqs has {len(seqs)} words for {len(listed)} workers")
     _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
-    for index in done_index:
-        _check_words(index, 2, words, "done word")
-    return done_index
+    for index in listed:
+        _check_words(index, span, words, word)
+    return listed
+
+
+def _check_done_words(words: np.ndarray, remaining_index: int, done_index: np.ndarray, seqs: np.ndarray) -> list:
+    """wait_remaining's and wait_any's checks; the done words."""
+    return _check_workers(words, done_index, "done_index", seqs, remaining_index, 2, "done word")
 
 
 def _address(words: np.ndarray, index: int) -> int:
@@ -257,15 +265,7 @@ def issue(
 ) -> None:
     """Write each worker's command words, count the command in ``seqs[k]`` and publish CMD_SEQ =
     seqs[k] (see _kernels.pyx)."""
-    _data_of(words, np.uint32, "words")
-    _data_of(bases, np.intp, "bases")
-    _data_of(seqs, np.uint32, "seqs")
-    blocks = bases.tolist()
-    if len(seqs) < len(blocks):
-        raise ValueError(f"seqs has {len(seqs)} words for {len(blocks)} workers")
-    _check_words(remaining_index, Control.REMAINING_WAITING + 1, words, "remaining word")
-    for b in blocks:
-        _check_words(b, Control.DONE_WAITING + 1, words, "control block")
+    blocks = _check_workers(words, bases, "bases", seqs, remaining_index, Control.DONE_WAITING + 1, "control block")
     words[remaining_index] = len(blocks)
     for k, b in enumerate(blocks):
         words[b + Control.CMD] = command

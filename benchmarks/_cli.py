@@ -118,6 +118,10 @@ def stem_file(out, suffix: str):
 
 def stem_error(out, suffixes: tuple[str, ...]) -> str | None:
     """``out_error`` for a results stem, and none of its files a folder (found after the run, it lost the results)."""
+    from pathlib import Path
+
+    if Path(out).name in ("", ".", "..") or Path(out).is_dir():
+        return f"--out {out}: give a file stem (the results go to <stem>{', <stem>'.join(suffixes)}), not a folder"
     error = out_error(stem_file(out, suffixes[0]))
     if error:
         return error

@@ -20,6 +20,11 @@ else:
         # (not ``from fastvec import _kernels``: that, run while fastvec's __init__ is, said "cannot import name
         # '_kernels' from partially initialized module 'fastvec' (most likely due to a circular import)")
         import fastvec._kernels as impl  # type: ignore[no-redef]
+
+        if os.path.dirname(os.path.abspath(impl.__file__)) != os.path.dirname(os.path.abspath(__file__)):
+            # (an unbuilt checkout, with fastvec installed editable from another: setuptools' editable finder gave
+            # that tree's extension, of another version maybe)
+            raise ImportError(f"the compiled kernels found are another checkout's, {impl.__file__}")
     except ImportError as exc:  # pragma: no cover - only on unbuilt checkouts
         if not os.environ.get(_WARNED):
             here = os.path.dirname(os.path.abspath(__file__))

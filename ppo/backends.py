@@ -311,10 +311,10 @@ class SB3SubprocBackend(_CopyBackend):
     ):
         try:
             from stable_baselines3.common.vec_env import SubprocVecEnv
-        except ImportError:  # (the reference engine is not the train extra's)
+        except ImportError as exc:  # (the reference engine is not the train extra's)
             raise ValueError(
-                "--vec-backend sb3-subproc needs stable-baselines3, which is not installed: pip install '.[sb3]' in "
-                "fastvec's folder"
+                f"--vec-backend sb3-subproc needs stable-baselines3, which could not be imported ({exc}): pip install "
+                "'.[sb3]' in fastvec's folder"
             ) from None
 
         # one env made here first: a wrong env id, module or dependency is said in one line (SB3's workers print a

@@ -243,9 +243,12 @@ class Distributed:
         # DistError and raises a RuntimeError there)
         except getattr(dist, "DistError", RuntimeError) as exc:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            reason = first_line(exc)
+            # (a timeout is the other ranks not joining; another fault, a port in use, is said as itself)
+            within = f" within --collective-timeout-s {timeout_s:g}" if "timed out" in reason.lower() else ""
             raise SetupError(
-                f"rank {self.rank} could not join the process group at {where} within --collective-timeout-s "
-                f"{timeout_s:g} (WORLD_SIZE={self.world_size}): {first_line(exc)}"
+                f"rank {self.rank} could not join the process group at {where}{within} (WORLD_SIZE={self.world_size}): "
+                f"{reason}"
             ) from None
         self.enabled = True
 

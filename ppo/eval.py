@@ -22,8 +22,9 @@ import torch
 
 try:
     import tyro
-except ImportError:  # (said by main in one line: the train extra)
+except ImportError as _tyro_error:  # (said by main in one line: the train extra)
     tyro = None  # type: ignore[assignment]
+    _TYRO_ERROR = str(_tyro_error)
 
 from ppo.agent import Agent
 from ppo.backends import make_env
@@ -242,7 +243,9 @@ class EvalArgs:
 
 def main(argv: list[str] | None = None) -> float:
     if tyro is None:
-        raise SystemExit("python -m ppo.eval needs tyro: pip install '.[train]' in fastvec's folder (the train extra)")
+        raise SystemExit(
+            f"python -m ppo.eval needs tyro ({_TYRO_ERROR}): pip install '.[train]' in fastvec's folder (the train extra)"
+        )
     args = tyro.cli(EvalArgs, args=argv, prog="python -m ppo.eval")
     if args.episodes < 1:
         raise SystemExit(f"ppo.eval: --episodes must be >= 1, got {args.episodes}")

@@ -263,3 +263,5 @@ def test_an_out_path_is_checked_without_making_anything(tmp_path) -> None:
     assert "is a file" in _cli.out_error(tmp_path / "file", folder=True)
     assert _cli.stem_file(tmp_path / "run-1.5ms", ".md").name == "run-1.5ms.md"
     assert _cli.stem_file(tmp_path / "x.md", ".json").name == "x.json"
+    for folder in (".", "..", "", tmp_path):  # (a traceback, or <folder>.md beside it: hunt96 bug 2)
+        assert "give a file stem" in _cli.stem_error(folder, (".md", ".json"))

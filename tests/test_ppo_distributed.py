@@ -328,3 +328,22 @@ def test_ranks_that_never_join_are_said_in_one_line(tmp_path) -> None:
     assert lines[-1].startswith(f"ppo.train: rank 0 could not join the process group at 127.0.0.1:{port} within "
                                 "--collective-timeout-s 2 (WORLD_SIZE=2)")  # fmt: skip
     assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_rendezvous_that_fails_at_once_is_not_said_as_a_timeout(monkeypatch) -> None:
+    """A port in use failed at once, and was said as "could not join ... within --collective-timeout-s" (hunt96
+    bug 1): the timeout is named only for a timeout."""
+    import torch.distributed as dist
+
+    from ppo.distributed import Distributed
+    from ppo.errors import SetupError
+
+    def in_use(*args, **kwargs):
+        raise getattr(dist, "DistError", RuntimeError)("The server socket has failed to listen on any local network address. port: 29500, useIpv6: 0, code: -98, name: EADDRINUSE, message: address already in use")
+
+    monkeypatch.setattr(dist, "init_process_group", in_use)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(SetupError) as info:
+        Distributed(rank=0, world_size=2).connect(torch.device("cpu"), 5.0)
+    assert "within --collective-timeout-s" not in str(info.value) and "EADDRINUSE" in str(info.value)

@@ -543,7 +543,7 @@ def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None
     monkeypatch.delitem(sys.modules, "matplotlib")
     code = "import sys; sys.modules['tyro'] = None; from ppo.eval import main; main(['x'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and done.stderr.strip() == "python -m ppo.eval needs tyro: pip install '.[train]' in fastvec's folder (the train extra)"
+    assert done.returncode != 0 and done.stderr.startswith("python -m ppo.eval needs tyro (") and "pip install '.[train]'" in done.stderr
     monkeypatch.setitem(sys.modules, "tyro", None)
     with pytest.raises(SystemExit, match=r"needs tyro: pip install '\.\[train\]'"):
         main([])

@@ -21,7 +21,7 @@ else:
         # '_kernels' from partially initialized module 'fastvec' (most likely due to a circular import)")
         import fastvec._kernels as impl  # type: ignore[no-redef]
 
-        if os.path.dirname(os.path.abspath(impl.__file__)) != os.path.dirname(os.path.abspath(__file__)):
+        if os.path.dirname(os.path.realpath(impl.__file__)) != os.path.dirname(os.path.realpath(__file__)):
             # (an unbuilt checkout, with fastvec installed editable from another: setuptools' editable finder gave
             # that tree's extension, of another version maybe)
             raise ImportError(f"the compiled kernels found are another checkout's, {impl.__file__}")

@@ -41,6 +41,7 @@ __all__ = [
     "child_result",
     "cores",
     "cpu_model",
+    "ends_within",
     "kill_session",
     "machine_facts",
     "memory_gib",
@@ -383,6 +384,14 @@ def child_result(run: ChildRun, timeout: float | None = None) -> dict:
 CLOSE_WAIT = 10.0  # seconds a child waits for what it measured to close, once its result is printed
 
 
+def ends_within(call: Callable[[], Any], seconds: float) -> bool:
+    """Whether ``call()``, run in a daemon thread, returned within ``seconds`` (one that hangs is left there)."""
+    running = threading.Thread(target=call, daemon=True)
+    running.start()
+    running.join(seconds)
+    return not running.is_alive()
+
+
 def child_main(compute: Callable[[dict], dict], argument: str) -> NoReturn:
     """The child's side: ``compute(json.loads(argument))``, printed as one ``RESULT`` line (an
     exception becomes ``{"status": "error", "reason", "traceback"}``, its reason the message's first line);
@@ -400,13 +409,9 @@ def child_main(compute: Callable[[dict], dict], argument: str) -> NoReturn:
         result = {"status": "error", "reason": f"{type(exc).__name__}: {message}".rstrip(": "),
                   "traceback": traceback.format_exc()}  # fmt: skip
     print(RESULT_PREFIX + json.dumps(result), flush=True)
-    if then is not None:
-        closing = threading.Thread(target=then, daemon=True)
-        closing.start()
-        closing.join(CLOSE_WAIT)
-        if closing.is_alive():
-            note = f"closing what was measured did not end within {CLOSE_WAIT:g} s (an env's close() that hangs?)"
-            print(RESULT_PREFIX + json.dumps({**result, "note": note}), flush=True)
+    if then is not None and not ends_within(then, CLOSE_WAIT):
+        note = f"closing what was measured did not end within {CLOSE_WAIT:g} s (an env's close() that hangs?)"
+        print(RESULT_PREFIX + json.dumps({**result, "note": note}), flush=True)
     os._exit(0)
 
 

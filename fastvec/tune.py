@@ -34,7 +34,6 @@ import json
 import numbers
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -47,6 +46,7 @@ from fastvec.measure import (
     child_main,
     child_result,
     cores,
+    ends_within,
     machine_facts,
     python_argv,
     repository_root,
@@ -170,10 +170,7 @@ def _measure_here(spec: dict) -> dict:
 
 def _close_within(env: Any, seconds: float) -> None:
     """``env.close()``, refused as the env's error where it does not return within ``seconds``."""
-    closing = threading.Thread(target=env.close, daemon=True)
-    closing.start()
-    closing.join(seconds)
-    if closing.is_alive():
+    if not ends_within(env.close, seconds):
         raise RuntimeError(f"the env's close() did not return within {seconds:g} s")
 
 

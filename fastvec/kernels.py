@@ -13,6 +13,8 @@ import warnings
 
 _WARNED = "_FASTVEC_KERNELS_FALLBACK_WARNED"
 
+_HERE = os.path.dirname(os.path.realpath(__file__))  # (this package's folder: where its compiled kernels belong)
+
 if os.environ.get("FASTVEC_PURE_PYTHON", "") not in ("", "0"):
     from fastvec import _kernels_py as impl
 else:
@@ -21,15 +23,14 @@ else:
         # '_kernels' from partially initialized module 'fastvec' (most likely due to a circular import)")
         import fastvec._kernels as impl  # type: ignore[no-redef]
 
-        if os.path.dirname(os.path.realpath(impl.__file__)) != os.path.dirname(os.path.realpath(__file__)):
+        if os.path.dirname(os.path.realpath(impl.__file__)) != _HERE:
             # (an unbuilt checkout, with fastvec installed editable from another: setuptools' editable finder gave
             # that tree's extension, of another version maybe)
             raise ImportError(f"the compiled kernels found are another checkout's, {impl.__file__}")
     except ImportError as exc:  # pragma: no cover - only on unbuilt checkouts
         if not os.environ.get(_WARNED):
-            here = os.path.dirname(os.path.abspath(__file__))
             warnings.warn(
-                f"fastvec's compiled kernels are not built in {here} ({exc}); using the slow pure-Python twin. Build "
+                f"fastvec's compiled kernels are not built in {_HERE} ({exc}); using the slow pure-Python twin. Build "
                 "them there (`python setup.py build_ext --inplace`, or `pip install -e .`); or, where fastvec is installed "
                 "elsewhere, run Python from another folder than this checkout, so that the installed one is imported.",
                 RuntimeWarning,

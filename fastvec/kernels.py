@@ -15,18 +15,47 @@ _WARNED = "_FASTVEC_KERNELS_FALLBACK_WARNED"
 
 _HERE = os.path.dirname(os.path.realpath(__file__))  # (this package's folder: where its compiled kernels belong)
 
+_refused: str | None = None  # why another checkout's compiled kernels were refused here (once found, for good)
+
+
+class _Refusing:
+    """A finder ahead of every other refusing another checkout's compiled kernels, once found (see _compiled)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "fastvec._kernels" and _refused is not None:
+            raise ImportError(_refused, name=name)
+        return None
+
+
+def _compiled():  # type: ignore[no-untyped-def]
+    """The compiled kernels built in this package's folder; ImportError where there are none. Another checkout's
+    (an unbuilt checkout, with fastvec installed editable from another: setuptools' editable finder hands out that
+    tree's extension, of another version maybe) are refused, and every later import of them fails too
+    (``from fastvec import _kernels``, ``select("cython")``), as on an unbuilt checkout without the other."""
+    global _refused
+    if _refused is not None:
+        raise ImportError(_refused)
+    # (not ``from fastvec import _kernels``: that, run while fastvec's __init__ is, said "cannot import name
+    # '_kernels' from partially initialized module 'fastvec' (most likely due to a circular import)")
+    import fastvec._kernels as module  # type: ignore[no-redef]
+
+    if os.path.dirname(os.path.realpath(module.__file__)) != _HERE:
+        _refused = f"the compiled kernels found are another checkout's, {module.__file__}"
+        del sys.modules["fastvec._kernels"]
+        sys.meta_path.insert(0, _Refusing())  # (an import of it now fails, saying why)
+        package = sys.modules.get("fastvec")
+        if package is not None and getattr(package, "_kernels", None) is module:
+            del package._kernels  # (set by the import above: ``from fastvec import _kernels`` would read it)
+        raise ImportError(_refused)
+    return module
+
+
 if os.environ.get("FASTVEC_PURE_PYTHON", "") not in ("", "0"):
     from fastvec import _kernels_py as impl
 else:
     try:
-        # (not ``from fastvec import _kernels``: that, run while fastvec's __init__ is, said "cannot import name
-        # '_kernels' from partially initialized module 'fastvec' (most likely due to a circular import)")
-        import fastvec._kernels as impl  # type: ignore[no-redef]
-
-        if os.path.dirname(os.path.realpath(impl.__file__)) != _HERE:
-            # (an unbuilt checkout, with fastvec installed editable from another: setuptools' editable finder gave
-            # that tree's extension, of another version maybe)
-            raise ImportError(f"the compiled kernels found are another checkout's, {impl.__file__}")
+        impl = _compiled()
     except ImportError as exc:  # pragma: no cover - only on unbuilt checkouts
         if not os.environ.get(_WARNED):
             warnings.warn(
@@ -80,7 +109,10 @@ def select(implementation: str) -> None:
     if implementation == "python":
         from fastvec import _kernels_py as chosen
     elif implementation == "cython":
-        import fastvec._kernels as chosen  # type: ignore[no-redef]
+        try:
+            chosen = _compiled()
+        except ImportError as exc:
+            raise ImportError(f"fastvec's compiled kernels are not built in {_HERE} ({exc})") from None
     else:
         raise ValueError(f"unknown kernels {implementation!r} (expected 'cython' or 'python')")
     impl, IMPLEMENTATION = chosen, chosen.IMPLEMENTATION

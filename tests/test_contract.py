@@ -318,6 +318,53 @@ def test_without_the_extension_one_warning_names_it(tmp_path) -> None:
     assert "No module named 'fastvec._kernels'" in run.stderr and "circular" not in run.stderr
 
 
+@pytest.mark.compiled_only
+def test_an_unbuilt_checkout_never_uses_another_checkouts_compiled_kernels(tmp_path) -> None:
+    """An unbuilt checkout beside an editable install of a built one (setuptools' finder hands out that tree's
+    extension): fastvec's import refused it, but the module stayed loaded, so ``from fastvec import _kernels``
+    (benchmarks.kernels' compiled column, the kernel tests) and ``kernels.select("cython")`` used it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from fastvec import _kernels as built
+
+    shutil.copytree(
+        os.path.dirname(fastvec.__file__), tmp_path / "fastvec", ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__")
+    )
+    code = (
+        "import importlib.abc, importlib.util, sys, warnings\n"
+        "class Finder(importlib.abc.MetaPathFinder):  # (as setuptools' editable finder: after the path's)\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        return importlib.util.spec_from_file_location(name, {built.__file__!r}) "
+        "if name == 'fastvec._kernels' else None\n"
+        "sys.meta_path.append(Finder())\n"
+        "warnings.simplefilter('ignore')\n"
+        "import fastvec, fastvec.kernels as kernels\n"
+        "print('at import', fastvec.KERNELS)\n"
+        "try:\n"
+        "    from fastvec import _kernels\n"
+        "    print('imported', _kernels.__file__)\n"
+        "except ImportError as exc:\n"
+        "    print('import refused:', exc)\n"
+        "try:\n"
+        "    kernels.select('cython')\n"
+        "    print('selected', kernels.IMPLEMENTATION)\n"
+        "except ImportError as exc:\n"
+        "    print('select refused:', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTVEC_", "_FASTVEC_"))}
+    env["PYTHONPATH"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "at import python", run.stdout
+    assert lines[1].startswith("import refused:") and "another checkout's" in lines[1], run.stdout
+    assert lines[2].startswith("select refused: fastvec's compiled kernels are not built in"), run.stdout
+    assert "another checkout's" in lines[2] and built.__file__ in lines[2], run.stdout
+
+
 def test_a_spawned_worker_uses_its_pools_kernels(monkeypatch) -> None:
     """FASTVEC_PURE_PYTHON changed after fastvec's import (a notebook debugging its workers) reached the workers a
     spawn starts, which import fastvec anew: a compiled pool with pure workers, whose finish never counts the pool's

@@ -62,7 +62,7 @@ from ppo.checkpoint import (
 from ppo.config import Config
 from ppo.distributed import Distributed, pin_to_core_share, state_digest
 from ppo.episodes import EpisodeTracker
-from ppo.errors import SetupError, SpaceError, allocating
+from ppo.errors import SetupError, SpaceError, allocating, first_line
 from ppo.gae import compute_gae
 from ppo.logger import RunLogger, plot_learning_curve
 from ppo.loss import clipped_policy_loss, value_loss
@@ -1070,29 +1070,39 @@ def _resume_advice(trainer: Trainer | None) -> str:
     )
 
 
-def _importable(name: str) -> bool:
+def _import_error(module: str) -> str | None:
+    """Why ``module`` cannot be imported (the first line of its error), or None where it can. Any error counts: an
+    installed package whose own import fails (a dependency of another version: protobuf's under tensorboard raises
+    a TypeError) is as unusable as a missing one, and the reason says which."""
     try:
-        importlib.import_module(name)  # (the package itself, not its heavy parts: matplotlib, not pyplot)
-    except ImportError:
-        return False
-    return True
+        importlib.import_module(module)
+    except Exception as exc:
+        return first_line(exc)
+    return None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         import tyro
     except ImportError as exc:
-        raise SystemExit(f"python -m ppo.train needs {exc.name}: pip install '.[train]' in fastvec's folder (the train extra)") from exc
+        raise SystemExit(
+            f"python -m ppo.train needs tyro ({first_line(exc)}): pip install '.[train]' in fastvec's folder (the train "
+            "extra)"
+        ) from exc
 
     config = tyro.cli(Config, args=argv, prog="python -m ppo.train")
     # the train extra's other modules, asked for now: missing, they ended a run in a traceback (matplotlib's after the
     # whole budget, before its summary; rich's and tensorboard's at start-up)
-    needed = ["matplotlib", "rich"] + (["tensorboard"] if config.tensorboard else [])
-    missing = [name for name in needed if not _importable(name)]
+    # (each package by the module the run imports: the package itself, not its heavy parts, matplotlib's not pyplot;
+    # tensorboard's through torch's writer, which needs its generated protobuf modules where its own import does not)
+    needed = {"matplotlib": "matplotlib", "rich": "rich"}
+    if config.tensorboard:
+        needed["tensorboard"] = "torch.utils.tensorboard"
+    missing = {name: error for name, module in needed.items() if (error := _import_error(module)) is not None}
     if missing:
         raise SystemExit(
-            f"python -m ppo.train needs {', '.join(missing)}: pip install '.[train]' in fastvec's folder (the train "
-            "extra)" + (" (or --no-tensorboard)" if missing == ["tensorboard"] else "")
+            f"python -m ppo.train needs {', '.join(f'{name} ({error})' for name, error in missing.items())}: pip install "
+            "'.[train]' in fastvec's folder (the train extra)" + (" (or --no-tensorboard)" if list(missing) == ["tensorboard"] else "")
         )
     previous = None
     children = set(multiprocessing.active_children())  # (a calling program's own: never ended here)

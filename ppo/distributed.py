@@ -37,7 +37,9 @@ import hashlib
 import inspect
 import io
 import os
+import re
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -48,6 +50,9 @@ from torch import nn
 
 from ppo.checkpoint import find_checkpoint
 from ppo.errors import SetupError, first_line
+
+# torch's words for a rendezvous that waited out its timeout ("timed out", "wait timeout after 3000ms", "Socket Timeout")
+_TIMEOUT_WORDS = re.compile(r"time(d)?[ _-]?out", re.IGNORECASE)
 
 __all__ = [
     "Distributed",
@@ -232,6 +237,7 @@ class Distributed:
             # untested here (no GPU): abort the communicators on a timeout rather than hang in a CUDA kernel
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
             self._comm_device = device
+        began = time.monotonic()
         try:
             dist.init_process_group(
                 backend,
@@ -244,8 +250,11 @@ class Distributed:
         except getattr(dist, "DistError", RuntimeError) as exc:
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             reason = first_line(exc)
-            # (a timeout is the other ranks not joining; another fault, a port in use, is said as itself)
-            within = f" within --collective-timeout-s {timeout_s:g}" if "timed out" in reason.lower() else ""
+            # (a timeout is the other ranks not joining; another fault, a port in use, is said as itself. torch words
+            # its timeouts several ways, "timed out", "wait timeout after 3000ms", "Socket Timeout": the time it
+            # waited decides too)
+            timed_out = _TIMEOUT_WORDS.search(reason) is not None or time.monotonic() - began >= 0.9 * timeout_s
+            within = f" within --collective-timeout-s {timeout_s:g}" if timed_out else ""
             raise SetupError(
                 f"rank {self.rank} could not join the process group at {where}{within} (WORLD_SIZE={self.world_size}): "
                 f"{reason}"

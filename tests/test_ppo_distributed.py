@@ -347,3 +347,27 @@ def test_a_rendezvous_that_fails_at_once_is_not_said_as_a_timeout(monkeypatch) -
     with pytest.raises(SetupError) as info:
         Distributed(rank=0, world_size=2).connect(torch.device("cpu"), 5.0)
     assert "within --collective-timeout-s" not in str(info.value) and "EADDRINUSE" in str(info.value)
+
+
+@pytest.mark.parametrize("wording", ["wait timeout after 3000ms, keys: /default_pg/0//cpu//0/1", "Socket Timeout", "slow"])
+def test_a_rendezvous_that_waited_out_its_timeout_is_said_as_one(monkeypatch, wording) -> None:
+    """torch words a timeout several ways: one worded "wait timeout after 3000ms" (a rank that joined the store and
+    not the group) was said as a failure at once, without the timeout (hunt97 bug 5). A wording that says no
+    timeout counts as one when the rendezvous waited about as long as its timeout."""
+    import time
+
+    import torch.distributed as dist
+
+    from ppo.distributed import Distributed
+    from ppo.errors import SetupError
+
+    def waits(*args, **kwargs):
+        if wording == "slow":
+            time.sleep(0.5)
+        raise getattr(dist, "DistError", RuntimeError)(wording)
+
+    monkeypatch.setattr(dist, "init_process_group", waits)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(SetupError, match=r"at 127\.0\.0\.1:29500 within --collective-timeout-s 0\.5 \(WORLD_SIZE=2\)"):
+        Distributed(rank=0, world_size=2).connect(torch.device("cpu"), 0.5)

@@ -58,8 +58,9 @@ class MonitorEvent:
     """One thing the monitor did."""
 
     time: float  # seconds since the monitor started
-    kind: str  # "repin", "park", "unpark", "move", "undo" (a move that cost throughput, reversed) or "refused"
-    # ("refused": a park or unpark the monitor asked for and the pool then refused)
+    kind: str  # "repin", "park", "unpark", "move", "undo" (a move that cost throughput, reversed), "refused" or "dead"
+    # ("refused": a park, unpark or move the monitor asked for and the pool then refused; "dead": a worker it parked
+    # died, without on_error="restart", and stays parked)
     shard: int
     detail: str  # what moved where
     why: str
@@ -195,6 +196,8 @@ class Monitor:
         }
         while refused:
             kind, shard, target = refused.popleft()
+            if kind == "unpark" and shard in self._asked_dead:  # (a worker that died parked: its "dead" event said so)
+                continue
             what = f"the move from shard {shard} to shard {target}" if kind == "move" else f"the {kind} of worker {shard}"
             self.events.append(
                 MonitorEvent(
@@ -303,10 +306,19 @@ class Monitor:
         for shard in self.pool.parked:
             if shard not in self.pool.monitor_parked:  # (a worker parked by hand stays parked)
                 continue
-            if not self.pool.can_unpark(shard):  # died parked, without restart: asked once, the pool says so
+            if not self.pool.can_unpark(shard):  # died parked, without restart: said once, here and by the pool
                 if shard not in self._asked_dead:
                     self._asked_dead.add(shard)
-                    self.pool.queue_unpark(shard)
+                    self.pool.queue_unpark(shard)  # (which the pool refuses, warning how the worker ended)
+                    status = self.pool.parked_exit_status(shard)
+                    return MonitorEvent(
+                        time.monotonic() - self._began,
+                        "dead",
+                        shard,
+                        f"worker {shard}: died while parked{f', with {status}' if status else ''}; it stays parked, and "
+                        "the pool goes on with one process fewer",
+                        "its process ended, and without on_error='restart' it cannot be replaced",
+                    )
                 continue
             if not allowed:
                 continue

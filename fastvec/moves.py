@@ -280,6 +280,12 @@ class ShardMoves:
         finally:
             self._leave(token)
 
+    def parked_exit_status(self, shard: int) -> str | None:
+        """How parked worker ``shard``'s process ended ("exit code -9 (killed by SIGKILL)"), or None while it runs
+        (or it is not parked)."""
+        entry = self._parked.get(shard)
+        return None if entry is None or entry[0].exitcode is None else exit_status(entry[0].exitcode)
+
     def can_unpark(self, shard: int) -> bool:
         """Whether worker ``shard`` is parked and can come back: alive, or replaced (on_error="restart")."""
         entry = self._parked.get(shard)

@@ -133,6 +133,9 @@ class _FakePool:
     def queue_unpark(self, shard: int) -> None:
         self.unparks.append(shard)
 
+    def parked_exit_status(self, shard: int) -> str | None:
+        return "exit code -9 (killed by SIGKILL)" if shard in self.parked else None
+
     def repin(self, shard: int, cores: list[int]) -> None:
         self.repins.append((shard, cores))
 
@@ -626,3 +629,14 @@ def test_a_worker_it_parked_that_died_is_asked_back_once(monkeypatch) -> None:
     for _ in range(3):
         monitor.step(parked)
     assert pool.unparks == [1]
+    # said in the log as what happened (it said only that an unpark "asked above", never logged, did not happen:
+    # hunt97 bug 3); the pool's refusal of that unpark is no event of its own
+    dead = [e for e in monitor.events if e.shard == 1]
+    assert [e.kind for e in dead] == ["dead"]
+    assert dead[0].detail == (
+        "worker 1: died while parked, with exit code -9 (killed by SIGKILL); it stays parked, and the pool goes on "
+        "with one process fewer"
+    )
+    pool.refused_requests = collections.deque([("unpark", 1, None)])
+    monitor._report_refusals()
+    assert [e.kind for e in monitor.events if e.shard == 1] == ["dead"]

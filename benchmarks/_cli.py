@@ -24,6 +24,17 @@ def count0(text: str) -> int:
     return value
 
 
+def file_path(text: str):  # type: ignore[no-untyped-def]
+    """A file's path or a results stem: one written as a folder's (``runs/``, which ``Path`` reads as ``runs``, whose
+    results then went to ``runs.md`` beside it) is refused."""
+    import os
+    from pathlib import Path
+
+    if text.endswith((os.sep, "/")) or (os.altsep and text.endswith(os.altsep)):
+        raise argparse.ArgumentTypeError(f"{text}: give a file's path or stem, not a folder's")
+    return Path(text)
+
+
 def seconds(text: str) -> float:
     """A finite number above 0 (a duration)."""
     value = float(text)

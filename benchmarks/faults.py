@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         "(each case in its own process, with a 12 s limit): a markdown table."
     )
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "faults.md",
+        "--out", type=_cli.file_path, default=Path(__file__).resolve().parent / "results" / "faults.md",
         help="where the table is written (default: benchmarks/results/faults.md)",
     )
     args = parser.parse_args(argv)

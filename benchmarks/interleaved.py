@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seconds", type=_cli.seconds, default=1.0, help="one timed run")
     parser.add_argument("--repeats", type=_cli.count, default=3, help="timed runs per measurement (their median)")
     parser.add_argument("--timeout", type=_cli.seconds, default=120.0)
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.json")
+    parser.add_argument("--out", type=_cli.file_path, default=None, help="write <out>.md and <out>.json")
     parser.add_argument(
         "--policy-us",
         type=_cli.seconds0,

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, default=None)
     parser.add_argument("--phases", type=_cli.count, default=20, help="cost: rounds of phases (one per state: off, on, ...)")
     parser.add_argument("--phase-seconds", type=_cli.seconds, default=1.5, help="cost: length of one phase")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=_cli.file_path, default=None)
     args = parser.parse_args(argv)
     if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)
         out_error = _cli.stem_error(args.out, (".md", ".json", ".png"))

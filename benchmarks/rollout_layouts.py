@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rollouts", type=_cli.count, default=12, help="rollouts per phase")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the trainers' device")
-    parser.add_argument("--out", type=Path, help="write the results as markdown here")
+    parser.add_argument("--out", type=_cli.file_path, help="write the results as markdown here")
     args = parser.parse_args(argv)
     args.layouts = list(dict.fromkeys(args.layouts))  # (a name given twice was measured twice)
     if args.out is not None:  # (checked before measuring: found after, it lost the results in a traceback)

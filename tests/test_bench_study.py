@@ -265,3 +265,16 @@ def test_an_out_path_is_checked_without_making_anything(tmp_path) -> None:
     assert _cli.stem_file(tmp_path / "x.md", ".json").name == "x.json"
     for folder in (".", "..", "", tmp_path):  # (a traceback, or <folder>.md beside it: hunt96 bug 2)
         assert "give a file stem" in _cli.stem_error(folder, (".md", ".json"))
+
+
+@pytest.mark.parametrize("module", ["interleaved", "monitor", "rollout_layouts", "faults"])
+def test_an_out_written_as_a_folder_that_is_not_there_yet_is_refused(module, tmp_path, capsys) -> None:
+    """``--out new/`` (a folder not made yet) lost its slash to ``Path`` and the results went to ``new.md`` beside it
+    (hunt97's note): a file's path or stem written as a folder's is refused in one line."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as stopped:
+        main(["--out", f"{tmp_path}/new/"])
+    assert stopped.value.code == 2 and "give a file's path or stem, not a folder's" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not list(tmp_path.iterdir())

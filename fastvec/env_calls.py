@@ -144,9 +144,13 @@ def private_payload(obj: Any, what: str, envs: range | str) -> Any:
     try:
         return private(obj)
     except Exception as exc:
-        dumps_payload(obj, what, envs)  # (raises, naming the envs, where it cannot be pickled)
-        # (it pickles, but its unpickling raised: as it would in a worker, which then named its first env)
-        raise unloadable(what, envs, exc) from exc
+        try:  # (once more: an exception a signal handler raised into the copy, a TimeoutError, is no fault of obj's)
+            private(obj)
+        except Exception:
+            dumps_payload(obj, what, envs)  # (raises, naming the envs, where it cannot be pickled)
+            # (it pickles, but its unpickling raised: as it would in a worker, which then named its first env)
+            raise unloadable(what, envs, exc) from exc
+        raise  # (it copies: the first try's exception came from outside, and goes on as it is)
 
 
 def private_shares(values: list, envs: Sequence[int], what: str, named: range | str) -> list:
@@ -155,6 +159,12 @@ def private_shares(values: list, envs: Sequence[int], what: str, named: range | 
     try:
         return private(values)
     except Exception:
+        try:  # (once more, as private_payload: an exception raised into the copy from outside goes on as it is)
+            private(values)
+        except Exception:
+            pass
+        else:
+            raise
         for i, value in zip(envs, values):
             private_payload(value, what, range(i, i + 1))  # (raises, naming the env whose value it is)
         return private_payload(values, what, named)  # (raises, naming them together)

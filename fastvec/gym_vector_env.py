@@ -430,6 +430,17 @@ class VectorEnv(gym.vector.VectorEnv):
         return self.pool.monitor_events
 
     # -- closing ------------------------------------------------------------------------------
+    def close(self, **kwargs: Any) -> None:
+        """gymnasium's close(); once closed, the pool's close() still runs (it does nothing more than let go of what
+        a close() from a signal handler left to the command it cut short, if that command could not: gymnasium's
+        returned at once, and the shared block and this process's envs were kept while the object lived)."""
+        if self.closed:
+            pool = getattr(self, "pool", None)
+            if pool is not None:
+                pool.close()
+            return
+        super().close(**kwargs)
+
     def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
         """Close the envs and stop the workers (``terminate``: without waiting for a pending command; each
         worker closes its envs as it exits, and one still running 1 s later is killed)."""

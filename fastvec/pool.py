@@ -264,7 +264,8 @@ class Pool(ShardMoves):
         self._head: Shard | None = None  # shard 0's envs from env 0 on
         self._tail: Shard | None = None  # shard 0's envs past the last worker's (wrap_envs), once some moved there
         self._local_envs: list = []
-        self._local_envs_closed = False
+        self._closed_local: set[int] = set()  # ids of this process's envs whose close() was called (close_each)
+        self._left_running: list = []  # workers an interrupted close() signalled and did not wait for (close() again)
         self._segment = None
         self._views: Views | None = None
         self.slot_views: list | None = None
@@ -696,6 +697,8 @@ class Pool(ShardMoves):
                         remote.send_bytes(payload)
         except BaseException as exc:
             self._break(exc)
+            if self._terminated:  # close() (a signal handler's, another thread's) released the pipes under the send
+                raise self._closed_meanwhile(p.name) from None
             raise
 
     def _next_slot(self) -> int:
@@ -1234,8 +1237,7 @@ class Pool(ShardMoves):
                     return local.call(request, indices, args, values), None
                 finally:
                     self._count_local(0.0, began, steps)
-            self._local_envs_closed = True  # close() tries every env, even if one raises
-            local.close()
+            local.close(self._closed_local)  # (every env, even if one raises; each counted closed as it is)
             return None, None
         except ShardError as err:
             self._keep_objects(local.take_objects())  # (as a worker's error reply carries them)
@@ -1855,6 +1857,9 @@ class Pool(ShardMoves):
         In a child forked from the pool's process, only marks the child's copy closed.
         """
         if self._state is PoolState.CLOSED or self._terminated:
+            left, self._left_running = self._left_running, []
+            if left:  # (workers an interrupted close() only signalled: ended and let go of now)
+                stop(left, 1.0)
             self._release_if_deferred()
             return
         if self._foreign:
@@ -2097,19 +2102,24 @@ class Pool(ShardMoves):
             self.step_timeout = saved_timeout
 
     def _terminate(self, grace: float = 1.0) -> None:
-        self._terminated = True
-        if self._monitor is not None:
-            self._monitor.stop()
-        self._state = PoolState.CLOSED
-        self._pending = None
         remotes = self._all_remotes()
         stopped = False
         try:
+            self._terminated = True
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._state = PoolState.CLOSED
+            self._pending = None
             stop(remotes, grace)
             stopped = True
-        finally:  # (an interrupt, a second Ctrl-C, in stop's waits: the rest is still done, then it goes on)
+        # (an interrupt, a second Ctrl-C, in stop's waits or before them: the rest is still done, then it goes on; an
+        # interrupt once the pool said it was closed left its workers running, and every later close() returned at once)
+        finally:
+            self._terminated = True
+            self._state = PoolState.CLOSED
             if not stopped:
                 kill_all(remotes)
+                self._left_running = remotes  # (the next close() waits for them and lets go of them)
             if self._segment is not None:
                 shm.unlink(self._segment)  # the name goes now; the mapping with _release()
             if self._pins_caller is not None:
@@ -2127,16 +2137,17 @@ class Pool(ShardMoves):
         with self._release_lock:
             if not self._release_deferred:
                 return
-            self._release_deferred = False
             interrupt: BaseException | None = None
-            if not self._local_envs_closed:  # a broken or failed pool: its own envs are still closed
-                self._local_envs_closed = True
-                try:
-                    close_each(self._local_envs + (self._tail.envs if self._tail is not None else []))
-                except ShardError:
-                    pass
-                except BaseException as exc:  # (a Ctrl-C in an env's close(): the block is still let go of first)
-                    interrupt = exc
+            try:  # a broken or failed pool (or a close interrupted in them): its own envs not yet closed are closed
+                own = self._local_envs + (self._tail.envs if self._tail is not None else [])
+                left = [env for env in own if id(env) not in self._closed_local]
+                if left:
+                    close_each(left, 0, self._closed_local)
+            except ShardError:
+                pass
+            except BaseException as exc:  # (a Ctrl-C in an env's close(): the block is still let go of first)
+                interrupt = exc
+            self._release_deferred = False
             self._local = self._head = self._tail = None
             self._local_envs = []
             # (what broke the pool: its traceback's frames hold views of the block, which kept the mapping, and a

@@ -229,10 +229,14 @@ def dumps_payload(obj: Any, what: str, envs: range | str) -> bytes:
     try:
         return bytes(reduction.ForkingPickler.dumps(obj))
     except Exception as exc:
-        raise TypeError(
-            f"{what} for {named_envs(envs)} cannot be pickled (every env gets them pickled, as through SB3's pipes, whichever "
-            f"process steps it): {exc!r}"
-        ) from exc
+        try:  # (once more: an exception a signal handler raised into the pickling, a TimeoutError, is no fault of obj's)
+            reduction.ForkingPickler.dumps(obj)
+        except Exception:
+            raise TypeError(
+                f"{what} for {named_envs(envs)} cannot be pickled (every env gets them pickled, as through SB3's pipes, "
+                f"whichever process steps it): {exc!r}"
+            ) from exc
+        raise  # (it pickles: the first try's exception came from outside, and goes on as it is)
 
 
 class PoolState(Enum):

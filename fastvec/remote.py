@@ -14,6 +14,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -386,10 +387,21 @@ class Remote:
                             previous.pop(signum, None)
                 # (os.fork's hooks block them around this thread's fork itself: see _before_fork)
                 _FORKING[:] = [(threading.get_ident(), tuple(previous))]
+                unraisable = sys.unraisablehook
+                catching = sys.unraisablehook = _catching_fork_hook(unraisable, threading.get_ident())
                 try:
                     process.start()
                 finally:
                     _FORKING[:] = []
+                    if sys.unraisablehook is catching:  # (not if another thread set its own meanwhile)
+                        sys.unraisablehook = unraisable
+                if _FORK_INTERRUPTS:  # (a handler's exception inside the fork's hook: raised here, the worker ended)
+                    interrupt = _FORK_INTERRUPTS.pop()
+                    _FORK_INTERRUPTS.clear()
+                    try:
+                        raise interrupt
+                    finally:
+                        interrupt = None
                 child_conn.close()
                 remote = cls(index, envs, process, parent_conn)
                 remote.start_method = start_method
@@ -440,15 +452,18 @@ class Remote:
             code = self.process.exitcode
         except ValueError:  # released (the pool was closed meanwhile, as by a signal handler's close())
             return self._released_exitcode
-        if code is None and (mp_connection.wait([self.process.sentinel], 0) or self._pidfd_says_exited()):
-            self.process.join(0.05)  # (it may be exiting: its status comes a moment after its pipe closes)
-            code = self.process.exitcode
-            if code is None:
-                # recorded as its status, so that join() and close() (which frees its pipes) see it gone too
-                popen = getattr(self.process, "_popen", None)
-                if popen is not None and getattr(popen, "returncode", 0) is None:
-                    popen.returncode = EXIT_UNKNOWN
-                return EXIT_UNKNOWN
+        try:
+            if code is None and (mp_connection.wait([self.process.sentinel], 0) or self._pidfd_says_exited()):
+                self.process.join(0.05)  # (it may be exiting: its status comes a moment after its pipe closes)
+                code = self.process.exitcode
+                if code is None:
+                    # recorded as its status, so that join() and close() (which frees its pipes) see it gone too
+                    popen = getattr(self.process, "_popen", None)
+                    if popen is not None and getattr(popen, "returncode", 0) is None:
+                        popen.returncode = EXIT_UNKNOWN
+                    return EXIT_UNKNOWN
+        except ValueError:  # (released in between: "process object is closed")
+            return self._released_exitcode
         return code
 
     def _pidfd_says_exited(self) -> bool:
@@ -492,7 +507,9 @@ class Remote:
             try:
                 data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
                 gone = data is None and self.exitcode is not None and not conn.poll(0)
-            except (EOFError, OSError):  # (OSError too where close(), in another thread or a signal handler, released it)
+            except (EOFError, OSError) as exc:  # (OSError too where close(), in another thread or a signal handler, released it)
+                if not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed and self.exitcode is None:
+                    raise  # a signal handler's own OSError (a TimeoutError), the worker alive: not its death
                 try:
                     self.process.join(1.0)
                 except ValueError:  # (released meanwhile: the callers see the pool closed)
@@ -566,6 +583,7 @@ def _holder(held: list, owner: int) -> Callable:
 
 _FORKING: list = []  # while Remote.spawn is in Process.start: (its thread, the signals it holds)
 _MASK: list = []  # the signal mask before _before_fork blocked them
+_FORK_INTERRUPTS: list = []  # what a signal handler raised inside _after_fork_in_parent, for Remote.spawn to raise
 
 
 def _before_fork() -> None:
@@ -578,6 +596,20 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     if _MASK:
         signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
+
+
+def _catching_fork_hook(previous: Callable, thread: int) -> Callable:
+    """A ``sys.unraisablehook`` for a worker's start: what a signal handler raised inside the fork's hook above (a
+    SIGALRM's KeyboardInterrupt, which can run at the hook's first line), which CPython only prints, is kept for
+    ``Remote.spawn`` to raise after the start; anything else goes to ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.object is _after_fork_in_parent and threading.get_ident() == thread:
+            _FORK_INTERRUPTS.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    return hook
 
 
 def _after_fork_in_child() -> None:

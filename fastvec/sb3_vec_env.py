@@ -123,10 +123,11 @@ class SubprocVecEnv(_VecEnvBase):
         return _native(obs) if self._swap else obs
 
     def step_async(self, actions: np.ndarray) -> None:
+        # the usual infos, made before the step is issued: an interrupt once it was issued (the caller collects the
+        # step with step_wait()) returned the previous step's infos, and their final observations, with it
+        self._infos = kernels.info_dicts(self.num_envs, "TimeLimit.truncated", False)
         self.pool.step_async(actions, per_env=self._per_env_actions)
         self.waiting = True
-        # the usual infos, made while the workers step (where the parent would otherwise wait for them)
-        self._infos = kernels.info_dicts(self.num_envs, "TimeLimit.truncated", False)
 
     def step_wait(self) -> tuple[Any, np.ndarray, np.ndarray, list[dict]]:
         self.waiting = False
@@ -160,8 +161,14 @@ class SubprocVecEnv(_VecEnvBase):
     def async_reset(self) -> None:
         """Start resetting every env (with the seeds of ``seed()`` and the options of ``set_options()``, used
         once, as by ``reset()``); ``recv()`` returns them in batches."""
-        self.pool.async_reset(self._seeds, self._options_for_reset())
-        self._resetting = set(range(self.num_envs))  # (each env's next batch is its reset's: recv() sets reset_infos)
+        before, self._resetting = self._resetting, set(range(self.num_envs))
+        try:  # (set before the resets are issued: an interrupt after left recv() to collect them, reset_infos unset)
+            self.pool.async_reset(self._seeds, self._options_for_reset())
+        except BaseException:
+            if not (self._batches is not None and self._batches.busy):  # (refused, or interrupted before any was issued)
+                self._resetting = before
+            raise
+        # (each env's next batch is its reset's: recv() sets reset_infos)
         self._reset_seeds()
         self._reset_options()
 

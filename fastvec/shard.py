@@ -1156,15 +1156,17 @@ class Shard:
             raise ShardError.combine(errors)
         return results
 
-    def close(self) -> None:
-        """Close every env, even if one raises; the first error is raised afterwards."""
-        close_each(self.envs, self.start)
+    def close(self, tried: set[int] | None = None) -> None:
+        """Close every env, even if one raises; the first error is raised afterwards. ``tried``: see close_each."""
+        close_each(self.envs, self.start, tried)
 
 
-def close_each(envs: list, start: int = 0) -> None:
+def close_each(envs: list, start: int = 0, tried: set[int] | None = None) -> None:
     """Close every env of ``envs`` (env ``start + j`` at ``j``), even if one raises or is interrupted: a Ctrl-C in
     one env's close() left the others open for good (the pool counts them closed). Afterwards the first
-    interrupt is raised, else the first error, as a ShardError."""
+    interrupt is raised, else the first error, as a ShardError. ``tried`` gets the id of each env whose close() was
+    called (raising or not): an interrupt before the loop, or between two envs, leaves the others out of it, for a
+    later close to close (one marking them all closed beforehand left them open for good)."""
     first: ShardError | None = None
     interrupt: BaseException | None = None
     for j, env in enumerate(envs):
@@ -1174,6 +1176,9 @@ def close_each(envs: list, start: int = 0) -> None:
             first = first or ShardError(start + j, "close", exc)
         except BaseException as exc:  # (KeyboardInterrupt, SystemExit: raised once the others are closed)
             interrupt = interrupt or exc
+        finally:
+            if tried is not None:
+                tried.add(id(env))
     try:
         if interrupt is not None:
             raise interrupt
@@ -1447,5 +1452,5 @@ class WrappedShard:
         self._each(run)
         return results
 
-    def close(self) -> None:
-        self._each(lambda shard: shard.close(), through_interrupts=True)
+    def close(self, tried: set[int] | None = None) -> None:
+        self._each(lambda shard: shard.close(tried), through_interrupts=True)

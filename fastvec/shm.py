@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import secrets
 import tempfile
 import warnings
 
@@ -104,7 +105,14 @@ class Block:
         self.folder, self.size = folder, size
         name = ""
         try:
-            self._fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder)
+            while True:  # (mkstemp's way, with the name known before the file exists: an interrupt inside
+                # mkstemp, once it had made the file, left the file, whose name it had not returned yet)
+                name = os.path.join(folder, f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+                try:
+                    self._fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                    break
+                except FileExistsError:
+                    name = ""
             os.unlink(name)
             name = ""
             os.ftruncate(self._fd, max(size, 1))

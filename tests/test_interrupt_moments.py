@@ -1,0 +1,275 @@
+"""Interrupts at exact moments (hunt99): what a signal handler raises (a KeyboardInterrupt, its own TimeoutError), or a
+close() it calls, landing at one line of fastvec's code. A trace function stands in for the signal: it acts at the
+line where CPython would run the handler (a function's first line, or right after a call returns)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import gymnasium as gym
+import numpy as np
+import psutil
+import pytest
+
+import fastvec
+from fastvec import ClosedError, SubprocVecEnv, env_calls, shm
+from fastvec.pool import Pool
+from fastvec.remote import Remote
+from fastvec.sb3_vec_env import SubprocVecEnv as SB3Front
+from fastvec.shard import Shard
+from tests import envs
+
+PARENT = os.getpid()
+
+
+@contextlib.contextmanager
+def at_line(code: object, when: Callable, act: Callable) -> Iterator[list]:
+    """While inside: at the first line of a frame running ``code`` (or one of a tuple of them) where ``when(frame)``
+    holds, ``act()`` (which raises, or closes the pool, as a handler would there). Yields the list of line numbers it
+    acted at (one at most)."""
+    codes = code if isinstance(code, tuple) else (code,)
+    fired: list = []
+
+    def local(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "line" and not fired and when(frame):
+            fired.append(frame.f_lineno)
+            act()
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if event == "call" and frame.f_code in codes else None)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+class Closing(gym.Wrapper):
+    """Records its close() in the calling process (the envs the caller steps itself)."""
+
+    def close(self) -> None:
+        if os.getpid() == PARENT:
+            self.was_closed = True
+        super().close()
+
+
+def make_closing() -> gym.Env:
+    return Closing(envs.make_cartpole())
+
+
+class Ending(gym.Env):
+    """Episodes of 2 steps; the observation counts them; reset info counts the resets; ``bump`` counts its calls."""
+
+    observation_space = gym.spaces.Box(-1e9, 1e9, (1,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+    resets = bumps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
+        super().reset(seed=seed)
+        self.t = 0
+        self.resets += 1
+        return np.array([0.0]), {"resets": self.resets}
+
+    def step(self, action: object) -> tuple:
+        self.t += 1
+        return np.array([float(self.t)]), 1.0, self.t >= 2, False, {}
+
+    def bump(self, by: int = 1) -> int:
+        self.bumps += by
+        return self.bumps
+
+
+class SlowEnding(Ending):
+    def step(self, action: object) -> tuple:
+        time.sleep(0.25)
+        return super().step(action)
+
+
+def test_an_interrupt_as_close_begins_to_end_the_workers_leaves_none_running() -> None:
+    """_terminate() said the pool closed before the try that stops the workers: an interrupt in between left them
+    running, and every later close() returned at once."""
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    pids = list(venv.pool.worker_pids)
+    venv.reset()
+    with at_line(Pool._terminate.__code__, lambda f: f.f_locals["self"]._terminated, interrupt) as fired:
+        with pytest.raises(KeyboardInterrupt):
+            venv.close()
+    venv.close()
+    deadline = time.monotonic() + 5
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fired and not alive(pids)
+
+
+def test_an_interrupt_as_close_begins_on_the_own_envs_leaves_them_to_the_next_close() -> None:
+    """The calling process's own envs were counted closed before their close() began: an interrupt there left them
+    open for good."""
+    venv = SubprocVecEnv([make_closing] * 4, start_method="fork", num_workers=2)
+    venv.reset()
+    own = list(venv.pool._local_envs)
+    with at_line(Shard.close.__code__, lambda f: True, interrupt) as fired:
+        with pytest.raises(KeyboardInterrupt):
+            venv.close()
+    venv.close()
+    assert fired and all(getattr(env, "was_closed", False) for env in own)
+
+
+def test_an_interrupt_once_the_step_is_issued_leaves_that_steps_infos() -> None:
+    """SB3's step_async made the step's infos after issuing it: interrupted in between, the step_wait() that collects
+    it returned the previous step's infos, final observations and all."""
+    with SubprocVecEnv([Ending] * 2, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        venv.step(np.zeros(2, np.int64))
+        _, _, dones, before = venv.step(np.zeros(2, np.int64))  # (every episode ends)
+        assert dones.all() and "terminal_observation" in before[0]
+        with at_line(SB3Front.step_async.__code__, lambda f: f.f_locals["self"].pool.pending == "step", interrupt) as fired:
+            with pytest.raises(KeyboardInterrupt):
+                venv.step_async(np.zeros(2, np.int64))
+        _, _, dones, infos = venv.step_wait()
+        assert fired and not dones.any() and infos is not before
+        assert infos == [{"TimeLimit.truncated": False}] * 2
+
+
+def test_an_interrupt_once_the_resets_are_issued_leaves_their_reset_infos() -> None:
+    """async_reset() recorded which envs it reset after issuing them: interrupted in between, recv() collected the
+    resets and reset_infos kept the previous reset's."""
+    with SubprocVecEnv([Ending] * 4, start_method="fork", batch_size=2) as venv:
+        venv.async_reset()
+        venv.recv()
+        venv.recv()
+        with at_line(SB3Front.async_reset.__code__, lambda f: f.f_locals["self"].pool._async.busy, interrupt) as fired:
+            with pytest.raises(KeyboardInterrupt):
+                venv.async_reset()
+        venv.recv()
+        venv.recv()
+        assert fired and [info["resets"] for info in venv.reset_infos] == [2] * 4
+
+
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_a_handlers_own_oserror_while_a_reply_is_read_is_not_the_workers_death(on_error: str) -> None:
+    """A handler's TimeoutError (an OSError) inside the read of a worker's reply was taken for the worker's death: the
+    pool broke, or with restart fastvec ended the healthy worker, its envs' state lost."""
+    venv = SubprocVecEnv([Ending] * 4, start_method="fork", num_workers=2, on_error=on_error)
+    try:
+        venv.reset()
+        pids = list(venv.pool.worker_pids)
+
+        def raising() -> None:
+            raise TimeoutError("the handler's own")
+
+        def reading(frame: object) -> bool:
+            import linecache
+
+            return "recv_bytes" in linecache.getline(Remote.recv.__code__.co_filename, frame.f_lineno)  # type: ignore[attr-defined]
+
+        with at_line(Remote.recv.__code__, reading, raising) as fired:
+            with pytest.raises(TimeoutError, match="the handler's own"):
+                venv.env_method("bump")
+        assert fired and alive(pids) == pids and venv.pool.worker_restarts == 0
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("where", ["private", "pickled"])
+def test_a_handlers_exception_while_arguments_are_copied_is_not_said_as_unpicklable(where: str) -> None:
+    """A handler's TimeoutError while a call's arguments were copied reached the caller as "cannot be pickled": false,
+    and not the handler's exception. The pool stays idle (nothing was issued)."""
+
+    def raising() -> None:
+        raise TimeoutError("the handler's own")
+
+    from multiprocessing import reduction
+
+    # (inside the copy the calling process's envs get, or inside the pickling of a worker's share)
+    code = env_calls.private.__code__ if where == "private" else reduction.ForkingPickler.dumps.__func__.__code__
+    with SubprocVecEnv([Ending] * 4, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with at_line(code, lambda f: True, raising) as fired:
+            with pytest.raises(TimeoutError, match="the handler's own"):
+                venv.env_method("bump", 2)
+        assert fired and venv.env_method("bump", 2) == [2] * 4
+    with pytest.raises(TypeError, match=r"cannot be pickled"):  # (one that cannot be pickled is still said so)
+        env_calls.private_payload(lambda: 0, "env_method arguments", range(0, 1))
+
+
+@pytest.mark.parametrize("front", ["sb3", "gym"])
+def test_a_handlers_close_while_a_call_sends_its_arguments_is_closed_error(front: str) -> None:
+    """close() from a handler while a call sent its arguments: a bare OSError ("handle is closed"); with VectorEnv the
+    shared block and the calling process's own envs were then never let go of (gymnasium's close() returned at once)."""
+    if front == "sb3":
+        venv = SubprocVecEnv([make_closing] * 4, start_method="fork", num_workers=2)
+        venv.reset()
+    else:
+        venv = fastvec.VectorEnv([make_closing] * 4, context="fork", num_workers=2)
+        venv.reset(seed=0)
+    own = list(venv.pool._local_envs)
+    pids = list(venv.pool.worker_pids)
+    with at_line(Remote.send_bytes.__code__, lambda f: True, venv.close) as fired:
+        with pytest.raises(ClosedError, match="closed"):
+            venv.env_method("bump", 2) if front == "sb3" else venv.call("bump", 2)
+    venv.close()
+    deadline = time.monotonic() + 5
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fired and venv.pool._segment is None and not alive(pids)
+    assert all(getattr(env, "was_closed", False) for env in own)
+
+
+def test_a_handlers_close_during_recv_is_closed_error() -> None:
+    """close() from a handler while recv() checked its workers' lives: a bare ValueError ("process object is
+    closed") from the released process."""
+
+    with SubprocVecEnv([SlowEnding] * 4, start_method="fork", batch_size=2, step_in_parent=False) as venv:
+        venv.async_reset()
+        for _ in range(2):
+            venv.send(np.zeros(2, np.int64), venv.recv()[-1])
+
+        def checking(frame: object) -> bool:
+            return "code" in frame.f_locals and frame.f_back.f_code.co_name == "_check_lives"  # type: ignore[attr-defined]
+
+        with at_line(Remote.exitcode.fget.__code__, checking, venv.close) as fired:
+            with pytest.raises(ClosedError):
+                venv.recv()
+    assert fired
+
+
+def test_an_interrupt_once_the_blocks_file_exists_leaves_no_file() -> None:
+    """An interrupt inside tempfile.mkstemp, once it had made the file and before it returned the name, left
+    /dev/shm/fastvec-<pid>-* behind for the process's life. The name is now known before the file exists."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+
+    def files() -> set[str]:
+        return {name for name in os.listdir("/dev/shm") if name.startswith(f"{shm.PREFIX}{os.getpid()}-")}
+
+    import tempfile
+
+    before = files()
+    # (at the first line run once the file exists: inside mkstemp, where it was made so, or in the block's own code)
+    codes = (shm.Block.__init__.__code__, tempfile._mkstemp_inner.__code__)
+    with at_line(codes, lambda f: files() != before, interrupt) as fired:
+        with pytest.raises(KeyboardInterrupt):
+            shm.Block(4096, "/dev/shm")
+    assert fired and files() == before
+
+
+def test_a_handlers_interrupt_inside_the_forks_hook_reaches_the_caller() -> None:
+    """A handler's KeyboardInterrupt (a SIGALRM's) landing in fastvec's at-fork hook was only printed by CPython
+    ("Exception ignored in: <function _after_fork_in_parent>") and the pool was made as if nothing had happened."""
+    from fastvec import remote
+
+    with at_line(remote._after_fork_in_parent.__code__, lambda f: True, interrupt) as fired:
+        with pytest.raises(KeyboardInterrupt):
+            SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    assert fired

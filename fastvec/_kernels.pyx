@@ -577,8 +577,11 @@ cdef inline int copy_row(object item, cnp.ndarray dst, const Rows *rows, Py_ssiz
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> item)):
         arr = <cnp.ndarray> item
     else:
-        if cnp.PyArray_Check(item) and not same_dtype(<cnp.ndarray> item, dst):
-            converted[0] = True  # another dtype, or the same in the other byte order
+        if cnp.PyArray_Check(item):
+            if not same_dtype(<cnp.ndarray> item, dst):
+                converted[0] = True  # another dtype, or the same in the other byte order
+        elif isinstance(item, np.generic) and item.dtype != dst.dtype:
+            converted[0] = True  # a numpy scalar of another dtype (np.float64(2.5) into an int64 space's rows)
         arr = np.asarray(item, dtype=dst.dtype, order="C")
     if cnp.PyArray_NDIM(arr) != rows.ndim:
         return 1
@@ -602,8 +605,8 @@ def gather_rows(list items, cnp.ndarray dst, Py_ssize_t start, bint report_cast=
     (casting, like SB3's DummyVecEnv). Returns -1 on success, or the index j of
     the first item whose shape does not match (nothing after it is copied); a value that
     cannot be converted (300 into uint8, a string into float) raises as numpy raises. With
-    ``report_cast``, a successful copy in which some item was an array of another
-    dtype returns ``-2 - j`` for the first such j.
+    ``report_cast``, a successful copy in which some item was an array (or a numpy scalar) of
+    another dtype returns ``-2 - j`` for the first such j.
     """
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t j

@@ -332,14 +332,14 @@ def _check_rows(dst: np.ndarray, kernel: str) -> None:
 
 def gather_rows(items: list, dst: np.ndarray, start: int, report_cast: bool = False) -> int:
     """Copy ``items[j]`` into ``dst[start + j]``; -1 on success, else the first bad j
-    (with ``report_cast``, ``-2 - j`` for the first array item of another dtype)."""
+    (with ``report_cast``, ``-2 - j`` for the first array item, or numpy scalar, of another dtype)."""
     _check_rows(dst, "gather_rows")
     if start < 0 or start + len(items) > dst.shape[0]:
         raise IndexError(f"rows {start}..{start + len(items)} outside destination with {dst.shape[0]} rows")
     row_shape = dst.shape[1:]
     cast = -1
     for j, item in enumerate(items):
-        if report_cast and cast < 0 and isinstance(item, np.ndarray) and item.dtype != dst.dtype:
+        if report_cast and cast < 0 and isinstance(item, (np.ndarray, np.generic)) and item.dtype != dst.dtype:
             cast = j
         arr = np.asarray(item, dtype=dst.dtype)
         if arr.shape != row_shape:

@@ -104,19 +104,19 @@ class Batch:
     def terminal_observation(self, i: int) -> Any:
         """Env ``i``'s final observation, when its episode ended in this step (SAME_STEP): the env's
         own object where it was sent (spaces with object or scalar parts), else a copy from the buffers."""
+        self._pool._check_final_obs()  # (the autoreset mode first: a Batch one step old was told it was too old)
         if i in self.final_obs:
-            self._pool._check_final_obs()
             return self.final_obs[i]
         _check_latest(self)
-        return self._pool.terminal_observation(i)  # (which checks the mode itself)
+        return self._pool.terminal_observation(i)
 
     def terminal_observations(self, indices: list[int]) -> list:
         """``terminal_observation(i)`` for each env in ``indices`` (those whose episode ended), in one call."""
+        self._pool._check_final_obs()  # (the autoreset mode first, as terminal_observation)
         if self.final_obs:
-            self._pool._check_final_obs()
             return [self.terminal_observation(i) for i in indices]
         _check_latest(self)
-        return self._pool.terminal_observations(indices)  # (which checks the mode itself)
+        return self._pool.terminal_observations(indices)
 
     @property
     def ring(self) -> RingViews:

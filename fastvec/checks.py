@@ -30,6 +30,7 @@ from gymnasium import spaces
 from fastvec.env_calls import private_payload
 from fastvec.errors import ShardError, user_stacklevel
 from fastvec.layout import action_buffer_dtype
+from fastvec.options import shown_value
 from fastvec.protocol import TAG_BITS, TAG_PICKLED, TAG_SCALAR_ROWS, Extra, wide_dtype
 from fastvec.spaces import Leaf, is_single_array, leaves, split
 
@@ -227,6 +228,8 @@ class _LeafWriter:
                 )
         if self.raise_out_of_range and a.dtype.kind not in "fiub":  # (asked: real numbers only, or the env named)
             a = self._real_numbers(a, actions)
+        elif self.check_range and a.dtype.kind not in "fiub":  # ("warn": the same said, and the actions sent as given)
+            self._real_numbers(a, actions, warn=True)
         if a.dtype != self.dtype:
             carry = self._carry(a)
             if carry is _PICKLE:  # each env's row as sent (SB3 and gymnasium iterate the batch), pickled
@@ -265,10 +268,12 @@ class _LeafWriter:
             f"{self.element_shape} (the actions' rows differ in shape)"
         ) from exc
 
-    def _real_numbers(self, a: np.ndarray, actions: Any) -> np.ndarray:
+    def _real_numbers(self, a: np.ndarray, actions: Any, warn: bool = False) -> np.ndarray:
         """``a`` (complex, strings, objects), with check="raise": its values in the buffer's dtype where every one
         is a real number the buffer holds exactly (complex ones with no imaginary part, objects that are numbers),
-        else a ValueError naming the first env whose action is not."""
+        else a ValueError naming the first env whose action is not. With ``warn`` (check="warn"), a warning instead,
+        once per env, and the numbers outside the action space warned of as the buffer's own are (object and complex
+        arrays went to the envs without a word)."""
         if a.dtype.kind in "USV" and not isinstance(actions, np.ndarray):
             # (a list whose one string made numpy turn every row into strings: the rows as given, to name the env)
             try:
@@ -284,15 +289,28 @@ class _LeafWriter:
                 real = isinstance(value, numbers.Real) or (isinstance(value, complex) and value.imag == 0)
                 where = f"action for env {self._env(row)}{self.where}{self._element(pos)}"
                 if not real or isinstance(value, (str, bytes)):
-                    raise ValueError(f"{where} is {value!r:.80}, not a real number: {self.space} takes numbers (check='raise')")
-                value = value.real if isinstance(value, complex) else value
-                try:
-                    held[row, pos] = value
-                    exact = held[row, pos].item() == value
-                except (OverflowError, ValueError, TypeError):
-                    exact = False
-                if not exact:
-                    raise ValueError(f"{where} is {value!r:.80}, which the action buffer's dtype {self.dtype} ({self.space}) cannot hold exactly")
+                    problem = f"{where} is {shown_value(value, 80)}, not a real number: {self.space} takes numbers"
+                    if not warn:
+                        raise ValueError(f"{problem} (check='raise')")
+                else:
+                    value = value.real if isinstance(value, complex) else value
+                    try:
+                        held[row, pos] = value
+                        exact = held[row, pos].item() == value
+                    except (OverflowError, ValueError, TypeError):
+                        exact = False
+                    if exact:
+                        continue
+                    problem = f"{where} is {shown_value(value, 80)}, which the action buffer's dtype {self.dtype} ({self.space}) cannot hold exactly"
+                    if not warn:
+                        raise ValueError(problem)
+                held[row, pos] = self.low[pos]  # (warned of: out of the range check below)
+                env = self._env(row)
+                if env not in self._warned:
+                    self._warned.add(env)
+                    warnings.warn(f"fastvec: {problem}; handed to the env as sent", RuntimeWarning, stacklevel=user_stacklevel())
+        if warn:
+            self._check_range(held.reshape(-1), held, _first_outside_generic)
         return held.reshape(a.shape)
 
     def take_pickled(self) -> list:
@@ -314,7 +332,18 @@ class _LeafWriter:
             # would be rounded: pickled
             held = a.astype(self.dtype)
             lost = (held != a) & ~(np.isnan(a) & np.isnan(held))
-            return _PICKLE if lost.any() else _CAST
+            if not lost.any():
+                return _CAST
+            # (refused with check="raise", warned of with "warn", as values an integer buffer cannot hold are below:
+            # they went through pickled without a word, where the same value in an object array was refused)
+            rows = lost.reshape(self.num_envs, -1)
+            if self.raise_out_of_range:
+                self._check_range(a.reshape(-1), a, _first_outside_generic)  # (a value outside the space said first)
+                row, pos = divmod(int(np.flatnonzero(rows)[0]), self.per_env)
+                raise ValueError(f"{self._not_held(a, row, pos)}; send values it holds")
+            if self.check_range:
+                self._warn_each_env(rows, lambda row, pos: f"{self._not_held(a, row, pos)}; handed to the env as sent")
+            return _PICKLE
         if np.can_cast(a.dtype, self.dtype, "safe") and not (a.dtype.itemsize == 8 and self.dtype.kind == "f"):
             return _CAST  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
         negative_zero = False
@@ -338,7 +367,7 @@ class _LeafWriter:
     def _not_held(self, a: np.ndarray, row: int, pos: int) -> str:
         value = a.reshape(self.num_envs, -1)[row, pos]
         return (
-            f"action for env {self._env(row)}{self.where}{self._element(pos)} is {value.item()!r}, which the action "
+            f"action for env {self._env(row)}{self.where}{self._element(pos)} is {shown_value(value.item(), 80)}, which the action "
             f"buffer's dtype {self.dtype} ({self.space}) cannot hold exactly"
         )
 

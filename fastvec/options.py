@@ -25,13 +25,15 @@ TUNABLE = ("num_workers", "step_in_parent", "spin_ns", "ring_slots", "start_meth
 CHECK_LEVELS = (None, "off", "warn", "raise")
 
 
-def shown_value(value: Any) -> str:
+def shown_value(value: Any, limit: int | None = None) -> str:
     """``repr(value)`` for an error message; an int too long to print (Python refuses past 4,300 digits) by its
-    size, which would otherwise replace the message with its own error."""
+    size, which would otherwise replace the message with its own error. ``limit``: at most that many characters (an
+    int of 400 digits printed whole buries the message)."""
     try:
-        return repr(value)
+        text = repr(value)
     except ValueError:
         return f"an int of {value.bit_length():,} bits" if isinstance(value, int) else f"a {type(value).__name__}"
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_num_workers() -> int:

@@ -410,7 +410,10 @@ class Pool(ShardMoves):
                     self._local_envs.append(distinct.own(self._env_fns[i](), i))
                 except shard_module.ENV_ERRORS as exc:  # (read now: a worker widens it, and a pool may run in one)
                     raise env_error(*ShardError(i, "make (env constructor)", exc).payload()) from exc
-        env_spaces: list[tuple] = [(env.observation_space, env.action_space) for env in self._local_envs]
+        try:
+            env_spaces: list[tuple] = shard_module.spaces_of(self._local_envs)
+        except ShardError as err:
+            raise env_error(*err.payload()) from None
         for remote in self._remotes:
             env_spaces.extend(self._handshake(remote, "make"))
         first = env_spaces[0]

@@ -75,7 +75,7 @@ class SubprocVecEnv(_VecEnvBase):
                 "while the next step runs, so a one-slot ring would overwrite it"
             )
         self.copy = bool(copy)
-        self._infos: list[dict] = []  # the next step's infos, made in step_async
+        self._infos: list[dict] | None = None  # the next step's infos, made in step_async (None: not yet)
         self.waiting = False
         self.closed = False
         # SB3 asks env 0 for the spaces and checks nothing else: envs whose observation and action spaces
@@ -113,6 +113,11 @@ class SubprocVecEnv(_VecEnvBase):
         return options if any(options) else None
 
     def reset(self) -> Any:
+        if self.waiting and self.pool.pending == "step":
+            # SB3's contract: a reset cancels a pending step_async (its DummyVecEnv drops the actions). Here the step
+            # began at step_async: it is collected and its results dropped (it was refused with AlreadyPendingCallError)
+            self.waiting = False
+            self.pool.step_wait()
         batch = self.pool.reset(self._seeds, self._options_for_reset())
         self._resetting = set()
         self.reset_infos = [_reset_info(batch, i) for i in range(self.num_envs)]
@@ -123,11 +128,13 @@ class SubprocVecEnv(_VecEnvBase):
         return _native(obs) if self._swap else obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        # the usual infos, made before the step is issued: an interrupt once it was issued (the caller collects the
-        # step with step_wait()) returned the previous step's infos, and their final observations, with it
-        self._infos = kernels.info_dicts(self.num_envs, "TimeLimit.truncated", False)
+        # (none until this step's are made: an interrupt once the step was issued, before they were, left the previous
+        # step's infos, and their final observations, for the step_wait() that collects it)
+        self._infos = None
         self.pool.step_async(actions, per_env=self._per_env_actions)
         self.waiting = True
+        # the usual infos, made while the workers step (where the parent would otherwise wait for them)
+        self._infos = kernels.info_dicts(self.num_envs, "TimeLimit.truncated", False)
 
     def step_wait(self) -> tuple[Any, np.ndarray, np.ndarray, list[dict]]:
         self.waiting = False
@@ -138,7 +145,9 @@ class SubprocVecEnv(_VecEnvBase):
         obs = batch.observations(self.copy, _stack)
         if self._swap:
             obs = _native(obs)
-        infos: list[dict] = self._infos
+        infos = self._infos
+        if infos is None:  # (step_async was interrupted before it made them)
+            infos = kernels.info_dicts(self.num_envs, "TimeLimit.truncated", False)
         if not ended and not batch.has_extras:
             return obs, rewards, dones, infos
         if batch.infos:

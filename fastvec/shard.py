@@ -31,6 +31,7 @@ from fastvec.checks import OutputChecks
 from fastvec.env_calls import copied, private, run_call
 from fastvec.errors import ShardError
 from fastvec.layout import Views
+from fastvec.options import shown_value
 from fastvec.protocol import (
     HEADER_TIMING,
     MIGRATE_ALL,
@@ -1066,7 +1067,7 @@ class Shard:
                         command,
                         f"shape:{leaf.name}",
                         f"returned an observation{_where(leaf)} of shape {arr.shape}; the observation space says "
-                        f"{leaf.shape} (stored in that shape)",
+                        f"{leaf.shape} ({'which check=' + repr('raise') + ' refuses' if self.checks.raising else 'stored in that shape'})",
                     )
                 items[j] = arr.reshape(leaf.shape)
             self._gather(items, dst, leaf, command, checking, offset + k, cast, reshaped=True)
@@ -1074,13 +1075,15 @@ class Shard:
         kind = f"dtype:{leaf.name}"
         for j in range(k, len(items)):  # (the kernel names the first cast; each env is warned once)
             item = items[j]
-            if j == k or (isinstance(item, np.ndarray) and item.dtype != dst.dtype and not self.checks.warned(offset + j, kind)):
+            if j == k or (
+                isinstance(item, (np.ndarray, np.generic)) and item.dtype != dst.dtype and not self.checks.warned(offset + j, kind)
+            ):
                 self.checks.problem(
                     offset + j,
                     command,
                     kind,
                     f"returned an observation{_where(leaf)} of dtype {np.asarray(item).dtype}; the observation space "
-                    f"says {leaf.dtype} (values were cast)",
+                    f"says {leaf.dtype} ({'which check=' + repr('raise') + ' refuses' if self.checks.raising else 'values were cast'})",
                 )
         return True
 
@@ -1159,6 +1162,22 @@ class Shard:
     def close(self, tried: set[int] | None = None) -> None:
         """Close every env, even if one raises; the first error is raised afterwards. ``tried``: see close_each."""
         close_each(self.envs, self.start, tried)
+
+
+def spaces_of(envs: list, start: int = 0) -> list[tuple]:
+    """Each env's (observation space, action space) (env ``start + j`` at ``j``). An env whose spaces cannot be read (a
+    space built lazily that raises; a factory that returned no env, None) is a ShardError naming it: it was named as
+    its process's first env, or, in the calling process, not at all."""
+    pairs = []
+    for j, env in enumerate(envs):
+        try:
+            pairs.append((env.observation_space, env.action_space))
+        except ENV_ERRORS as err:
+            exc = err
+            if not (hasattr(env, "step") and hasattr(env, "reset")):
+                exc = TypeError(f"its factory returned {shown_value(env, 80)} ({type(env).__name__}), not a gymnasium env")
+            raise ShardError(start + j, "make (reporting spaces)", exc) from None
+    return pairs
 
 
 def close_each(envs: list, start: int = 0, tried: set[int] | None = None) -> None:
@@ -1321,10 +1340,12 @@ def _as_reward(x: Any, index: int) -> float:
     SubprocVecEnv passes these on too.) A reward of more than one number is refused, naming the env."""
     try:
         value = np.asarray(x, dtype=np.float64)
+    except OverflowError as exc:  # (an int past float64, 10**400: numpy's error, as the references give, said whole)
+        raise ShardError(index, "step", OverflowError(f"reward {shown_value(x, 80)} does not fit a float64 ({exc})")) from None
     except Exception:
         value = None
     if value is None or value.size != 1:
-        raise ShardError(index, "step", TypeError(f"reward must be a number, got {x!r}"))
+        raise ShardError(index, "step", TypeError(f"reward must be a number, got {shown_value(x, 80)}"))
     return float(value.reshape(-1)[0])
 
 

@@ -451,7 +451,7 @@ def _dumps_spaces(envs: list, start: int) -> bytes | list[bytes | None]:
     at all (holding a lock) is None: the parent does not compare them with env 0's (SB3 reads env 0's alone, and
     gymnasium's workers compare each with env 0's), unless it is env 0 itself, whose spaces the pool's are: its
     error, naming it."""
-    spaces = [(env.observation_space, env.action_space) for env in envs]
+    spaces = shard_module.spaces_of(envs, start)
     try:  # (all at once, the usual case: spaces the envs share travel once, not once per env)
         return pickle.dumps(spaces, pickle.HIGHEST_PROTOCOL)
     except Exception:  # (each env's on its own: only those that need it by value, with cloudpickle)

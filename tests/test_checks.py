@@ -97,7 +97,8 @@ def test_actions_no_8_bytes_hold_travel_pickled_as_sent() -> None:
     """float128 actions went through the float64 buffer rounded, silently, then were refused; complex, string and
     object actions were refused ("must be numbers"): SB3 and gymnasium hand the env each row as sent. Values float64
     holds reach the env through the buffer; the others travel pickled (TAG_PICKLED), each env's row as sent;
-    check="raise" refuses what is not a number, and range-checks float128."""
+    check="raise" refuses what is not a number, and float128 values float64 would round (as it refuses them in an
+    object array: hunt98 bug 1), and range-checks float128."""
     from fastvec.protocol import TAG_PICKLED
 
     space = spaces.Box(-2, 2, (2,), np.float32)
@@ -109,6 +110,11 @@ def test_actions_no_8_bytes_hold_travel_pickled_as_sent() -> None:
         np.testing.assert_array_equal(handed, exact)
         finer = exact.copy()
         finer[1, 1] += np.longdouble(2) ** -60
+        if check == "raise":
+            with pytest.raises(ValueError, match=r"action for env 1 \(element \(1,\)\) is .*, which the action buffer's "
+                               r"dtype float64 .* cannot hold exactly"):  # fmt: skip
+                writer.writer.write(finer, [out], writer.tags)
+            continue
         objects = writer.writer.write(finer, [out], writer.tags)
         assert writer.tags[0] == TAG_PICKLED and len(objects) == 1 and [row.dtype for row in objects[0]] == [np.longdouble] * 2
         np.testing.assert_array_equal(np.stack(objects[0]), finer)  # (not rounded)
@@ -320,3 +326,130 @@ def test_asynchronous_batches_name_the_env_of_an_action() -> None:
                 pool.send(np.array([0, 7]), ids)
         said = [str(w.message) for w in caught if "outside" in str(w.message)]
         assert any("action for env 1 is 7" in m for m in said) and any("action for env 3 is 7" in m for m in said)
+
+
+# -- what check= promises, as the README says it (hunt98) -----------------------------------------
+class _Observes(gym.Env):
+    """Returns ``value`` as its observation; rewards ``reward``; records each action's dtype in its info."""
+
+    observation_space = spaces.Discrete(3)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, value=0, reward=0.0, observation_space=None, action_space=None) -> None:
+        self.value, self.reward = value, reward
+        if observation_space is not None:
+            self.observation_space = observation_space
+        if action_space is not None:
+            self.action_space = action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.value, {}
+
+    def step(self, action):
+        return self.value, self.reward, False, False, {"dtype": str(np.asarray(action).dtype)}
+
+
+def _said(check, fns, act) -> str:
+    """What ``act(venv)`` gave with ``check``: "raised: ...", "warned: ..." or "silent"."""
+    from fastvec import SubprocVecEnv
+
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, check=check) as venv:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                act(venv)
+            except (ValueError, OverflowError) as exc:
+                return f"raised: {str(exc).splitlines()[0]}"
+    said = [str(w.message) for w in caught if "fastvec" in str(w.message)]
+    return f"warned: {said[0]}" if said else "silent"
+
+
+def test_float128_actions_float64_would_round_are_refused_or_warned_of() -> None:
+    """check="raise" / "warn" let a float128 Box action that float64 would round through without a word (hunt98 bug 1),
+    where the same value in an object array was refused."""
+    if np.longdouble(1) / 3 == np.float64(np.longdouble(1) / 3):
+        pytest.skip("longdouble is float64 here")
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    fns = [lambda: _Observes(np.zeros(1, np.float32), 0.0, spaces.Box(-1, 1, (1,), np.float32), box)] * 2
+    actions = np.array([[1, 2], [1, 2]], dtype=np.longdouble) / 3
+
+    def step(venv) -> None:
+        venv.reset()
+        venv.step(actions)
+
+    assert _said("raise", fns, step).startswith("raised: action for env 0 (element (0,)) is np.longdouble(")
+    assert "cannot hold exactly; handed to the env as sent" in _said("warn", fns, step)
+    assert _said(None, fns, step) == "silent"  # (unchecked: pickled, as the references hand it on)
+
+
+@pytest.mark.parametrize("kind", ["object", "complex"])
+def test_warn_says_what_raise_refuses_in_object_and_complex_actions(kind: str) -> None:
+    """check="raise" refused [1, 5] for Discrete(3) sent as an object or complex array; "warn" said nothing (hunt98
+    bug 5)."""
+    actions = np.array([1, 5], dtype=object) if kind == "object" else np.array([1 + 0j, 5 + 0j])
+    fns = [_Observes] * 2
+
+    def step(venv) -> None:
+        venv.reset()
+        venv.step(actions)
+
+    assert "action for env 1 is 5, outside Discrete(3)" in _said("raise", fns, step)
+    assert _said("warn", fns, step).startswith("warned: fastvec: action for env 1 is 5, outside Discrete(3)")
+    odd = np.array([1, "x"], dtype=object)
+    assert "action for env 1 is 'x', not a real number" in _said("warn", fns, lambda v: (v.reset(), v.step(odd)))
+
+
+@pytest.mark.parametrize("check", [None, "raise"])
+def test_a_numpy_scalar_observation_of_another_dtype_is_said_as_an_arrays_is(check) -> None:
+    """np.float64(2.5) for a Discrete space was stored as 2 without a word, even with check="raise", where
+    np.array(2.5) was warned of or refused (hunt98 bug 2)."""
+    for value in (np.array(2.5), np.float64(2.5)):
+        said = _said(check, [lambda value=value: _Observes(value)] * 2, lambda venv: venv.reset())
+        if check == "raise":
+            assert said.startswith("raised: ") and "of dtype float64; the observation space says int64 (which check='raise' refuses)" in said
+        else:
+            assert said.startswith("warned: ") and "of dtype float64; the observation space says int64 (values were cast)" in said
+    assert _said(check, [lambda: _Observes(np.int64(2))] * 2, lambda venv: venv.reset()) == "silent"
+
+
+def test_a_reward_or_an_action_past_float64_is_named_without_its_digits() -> None:
+    """A reward of 10**400 was "not a number", printed whole; 10**5000 (or an action of it with check="raise") gave
+    Python's refusal to print it (hunt98 bug 6). gymnasium and SB3 raise numpy's OverflowError."""
+    from fastvec import EnvError, SubprocVecEnv
+
+    for exponent in (400, 5000):
+        with SubprocVecEnv([_Observes, lambda e=exponent: _Observes(0, 10**e)], start_method="fork", num_workers=2) as venv:
+            venv.reset()
+            with pytest.raises(EnvError) as info:
+                venv.step(np.zeros(2, np.int64))
+        first = str(info.value).splitlines()[0]
+        assert isinstance(info.value, OverflowError) and info.value.env_index == 1, first
+        assert "does not fit a float64" in first and "0" * 90 not in first and "digits" not in first, first
+    actions = np.empty(2, dtype=object)
+    actions[:] = [1, 10**5000]
+    said = _said("raise", [_Observes] * 2, lambda v: (v.reset(), v.step(actions)))
+    assert said.startswith("raised: action for env 1 is an int of 16,610 bits"), said
+
+
+class _Spaceless(_Observes):
+    @property
+    def observation_space(self):  # (a space built lazily from a config that is missing)
+        raise RuntimeError("observation space not configured")
+
+
+@pytest.mark.parametrize("culprit", [1, 3])
+def test_an_env_whose_spaces_cannot_be_read_is_named(culprit: int) -> None:
+    """Env 3's observation_space raising was said as env 2's (its worker's first env); env 1's, stepped by the calling
+    process, as a bare RuntimeError naming no env (hunt98 bug 3). A factory returning None: the same."""
+    from fastvec import EnvError, SubprocVecEnv
+
+    fns = [_Spaceless if i == culprit else _Observes for i in range(4)]
+    with pytest.raises(EnvError, match=rf"^env {culprit} raised RuntimeError during 'make \(reporting spaces\)': "
+                       "observation space not configured") as info:  # fmt: skip
+        SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    assert isinstance(info.value, RuntimeError) and info.value.env_index == culprit
+    fns = [(lambda: None) if i == culprit else _Observes for i in range(4)]
+    with pytest.raises(EnvError, match=rf"^env {culprit} raised TypeError during 'make \(reporting spaces\)': its factory "
+                       r"returned None \(NoneType\), not a gymnasium env"):  # fmt: skip
+        SubprocVecEnv(fns, start_method="fork", num_workers=2)

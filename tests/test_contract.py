@@ -997,3 +997,22 @@ def test_the_action_space_is_a_copy_beside_an_observation_space_that_cannot_be_o
         env_0 = venv.pool._local_envs[0]
         assert venv.observation_space is env_0.observation_space
         assert venv.action_space is not env_0.action_space and venv.action_space == env_0.action_space
+
+
+def test_a_reset_cancels_a_pending_step_as_sb3s_contract_says() -> None:
+    """SB3's VecEnv.reset: "If step_async is still doing work, that work will be cancelled". Its DummyVecEnv drops the
+    actions; fastvec refused the reset with AlreadyPendingCallError (hunt98 bug 8). The step began at step_async here:
+    it is collected, its results dropped, and the reset's observations are the reset's."""
+    fns = [envs.make_cartpole] * 2
+    reference = DummyVecEnv(fns)
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        for v in (venv, reference):
+            v.seed(3)
+            v.reset()
+            v.step_async(np.zeros(2, dtype=np.int64))
+            v.seed(5)
+        np.testing.assert_array_equal(venv.reset(), reference.reset())
+        assert not venv.waiting
+        got, want = venv.step(np.ones(2, dtype=np.int64)), reference.step(np.ones(2, dtype=np.int64))
+        np.testing.assert_array_equal(got[0], want[0])
+    reference.close()

@@ -678,3 +678,17 @@ def test_fork_pools_made_from_several_threads_at_once_start() -> None:
         child.communicate()
         raise AssertionError("the pools did not start within 60 s") from None
     assert child.returncode == 0 and out.strip() == "done", err[-3000:]
+
+
+def test_an_older_batchs_final_observation_in_a_mode_that_keeps_none_says_the_mode() -> None:
+    """On a NEXT_STEP pool, terminal_observation() of a Batch one step old said it was "overwritten by a later step",
+    advice that cannot help there: the mode is the reason (hunt98 bug 9)."""
+    from fastvec.protocol import NEXT_STEP
+
+    with Pool([envs.make_cartpole] * 2, {"start_method": "fork", "num_workers": 2}, autoreset_mode=NEXT_STEP) as pool:
+        pool.reset()
+        old = pool.step(np.zeros(2, dtype=np.int64))
+        pool.step(np.zeros(2, dtype=np.int64))
+        for ask in (lambda: old.terminal_observation(0), lambda: old.terminal_observations([0])):
+            with pytest.raises(ValueError, match="kept apart only with autoreset SAME_STEP: with NEXT_STEP"):
+                ask()

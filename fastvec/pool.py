@@ -265,7 +265,8 @@ class Pool(ShardMoves):
         self._tail: Shard | None = None  # shard 0's envs past the last worker's (wrap_envs), once some moved there
         self._local_envs: list = []
         self._closed_local: set[int] = set()  # ids of this process's envs whose close() was called (close_each)
-        self._left_running: list = []  # workers an interrupted close() signalled and did not wait for (close() again)
+        # (this process's pid, the workers) an interrupted close() signalled and did not wait for: close() again does
+        self._left_running: tuple[int, list] | None = None
         self._segment = None
         self._views: Views | None = None
         self.slot_views: list | None = None
@@ -1860,9 +1861,9 @@ class Pool(ShardMoves):
         In a child forked from the pool's process, only marks the child's copy closed.
         """
         if self._state is PoolState.CLOSED or self._terminated:
-            left, self._left_running = self._left_running, []
-            if left:  # (workers an interrupted close() only signalled: ended and let go of now)
-                stop(left, 1.0)
+            left, self._left_running = self._left_running, None
+            if left is not None and left[0] == os.getpid():  # (not in a fork: they are not its children)
+                stop(left[1], 1.0)  # (workers an interrupted close() only signalled: ended and let go of now)
             self._release_if_deferred()
             return
         if self._foreign:
@@ -2122,7 +2123,7 @@ class Pool(ShardMoves):
             self._state = PoolState.CLOSED
             if not stopped:
                 kill_all(remotes)
-                self._left_running = remotes  # (the next close() waits for them and lets go of them)
+                self._left_running = (os.getpid(), remotes)  # (the next close() waits for them and lets go of them)
             if self._segment is not None:
                 shm.unlink(self._segment)  # the name goes now; the mapping with _release()
             if self._pins_caller is not None:

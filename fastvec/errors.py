@@ -69,9 +69,7 @@ class EnvError(FastvecError):
         text = f"env {env_index} raised {exc_type} during {command!r}: {message}"
         if remote_traceback:
             text += f"\n\nRemote traceback (env {env_index}):\n{remote_traceback.rstrip()}"
-        # (BaseException's, not the MRO's next: an env's own class mixed in may want other constructor arguments than a
-        # message, UnicodeDecodeError's five or a user's (code, detail), and the error was then a plain EnvError)
-        BaseException.__init__(self, text)
+        super().__init__(text)
         self.args = (text,)  # (an env's own exception class mixed in may keep its message elsewhere)
 
     def __str__(self) -> str:  # plain text even when mixed with KeyError (whose str() is a repr)

@@ -30,7 +30,8 @@ def file_path(text: str):  # type: ignore[no-untyped-def]
     import os
     from pathlib import Path
 
-    if text.endswith((os.sep, "/")) or (os.altsep and text.endswith(os.altsep)):
+    last = text.replace(os.altsep or os.sep, os.sep).rsplit(os.sep, 1)[-1]
+    if last in ("", ".", ".."):  # (runs/, runs/. and runs/.. are folders: Path reads the first two as runs)
         raise argparse.ArgumentTypeError(f"{text}: give a file's path or stem, not a folder's")
     return Path(text)
 

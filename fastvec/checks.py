@@ -296,7 +296,8 @@ class _LeafWriter:
                     value = value.real if isinstance(value, complex) else value
                     try:
                         held[row, pos] = value
-                        exact = held[row, pos].item() == value
+                        kept = held[row, pos].item()
+                        exact = kept == value or (kept != kept and value != value)  # (NaN: held as NaN)
                     except (OverflowError, ValueError, TypeError):
                         exact = False
                     if exact:

@@ -113,7 +113,7 @@ class SubprocVecEnv(_VecEnvBase):
         return options if any(options) else None
 
     def reset(self) -> Any:
-        if self.waiting and self.pool.pending == "step":
+        if self.pool.pending == "step":  # (after step_async, or a step_wait() cut short by Ctrl-C)
             # SB3's contract: a reset cancels a pending step_async (its DummyVecEnv drops the actions). Here the step
             # began at step_async: it is collected and its results dropped (it was refused with AlreadyPendingCallError)
             self.waiting = False

@@ -1084,7 +1084,7 @@ def _import_error(module: str) -> str | None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         import tyro
-    except ImportError as exc:
+    except Exception as exc:  # (not only ImportError: a tyro whose own import fails otherwise is as unusable)
         raise SystemExit(
             f"python -m ppo.train needs tyro ({first_line(exc)}): pip install '.[train]' in fastvec's folder (the train "
             "extra)"
@@ -1095,14 +1095,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # whole budget, before its summary; rich's and tensorboard's at start-up)
     # (each package by the module the run imports: the package itself, not its heavy parts, matplotlib's not pyplot;
     # tensorboard's through torch's writer, which needs its generated protobuf modules where its own import does not)
-    needed = {"matplotlib": "matplotlib", "rich": "rich"}
+    # (rich only for the progress bar, tensorboard only for its logs: each not asked for without them)
+    needed = {"matplotlib": "matplotlib"}
+    if config.progress:
+        needed["rich"] = "rich"
     if config.tensorboard:
         needed["tensorboard"] = "torch.utils.tensorboard"
     missing = {name: error for name, module in needed.items() if (error := _import_error(module)) is not None}
     if missing:
+        without = {"rich": "--no-progress", "tensorboard": "--no-tensorboard"}
+        instead = " (or " + " ".join(without[name] for name in missing) + ")" if set(missing) <= set(without) else ""
         raise SystemExit(
             f"python -m ppo.train needs {', '.join(f'{name} ({error})' for name, error in missing.items())}: pip install "
-            "'.[train]' in fastvec's folder (the train extra)" + (" (or --no-tensorboard)" if list(missing) == ["tensorboard"] else "")
+            f"'.[train]' in fastvec's folder (the train extra){instead}"
         )
     previous = None
     children = set(multiprocessing.active_children())  # (a calling program's own: never ended here)

@@ -274,7 +274,8 @@ def test_an_out_written_as_a_folder_that_is_not_there_yet_is_refused(module, tmp
     import importlib
 
     main = importlib.import_module(f"benchmarks.{module}").main
-    with pytest.raises(SystemExit) as stopped:
-        main(["--out", f"{tmp_path}/new/"])
-    assert stopped.value.code == 2 and "give a file's path or stem, not a folder's" in capsys.readouterr().err
+    for folder in (f"{tmp_path}/new/", f"{tmp_path}/new/.", f"{tmp_path}/new/.."):  # (the last two: hunt101 bug 7)
+        with pytest.raises(SystemExit) as stopped:
+            main(["--out", folder])
+        assert stopped.value.code == 2 and "give a file's path or stem, not a folder's" in capsys.readouterr().err
     assert not (tmp_path / "new").exists() and not list(tmp_path.iterdir())

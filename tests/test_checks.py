@@ -453,3 +453,14 @@ def test_an_env_whose_spaces_cannot_be_read_is_named(culprit: int) -> None:
     with pytest.raises(EnvError, match=rf"^env {culprit} raised TypeError during 'make \(reporting spaces\)': its factory "
                        r"returned None \(NoneType\), not a gymnasium env"):  # fmt: skip
         SubprocVecEnv(fns, start_method="fork", num_workers=2)
+
+
+def test_a_nan_action_in_an_object_array_is_no_value_float64_cannot_hold() -> None:
+    """NaN in an object or complex array was "a value the buffer's dtype float64 cannot hold exactly", refused with
+    check="raise" and warned of with "warn" (hunt101 bug 4): float64 holds NaN. Outside a Box's bounds it is not."""
+    box = spaces.Box(-1, 1, (2,), np.float64)
+    for kind in (object, complex):
+        actions = np.array([[0.5, 0.0], [np.nan, 0.0]], dtype=kind)
+        writer, out = _writer(box, "raise")
+        with pytest.raises(ValueError, match=r"action for env 1 \(element \(0,\)\) is NaN, outside Box"):
+            writer.write(actions, out)

@@ -1016,3 +1016,37 @@ def test_a_reset_cancels_a_pending_step_as_sb3s_contract_says() -> None:
         got, want = venv.step(np.ones(2, dtype=np.int64)), reference.step(np.ones(2, dtype=np.int64))
         np.testing.assert_array_equal(got[0], want[0])
     reference.close()
+
+
+class _SlowCartPole(gym.Wrapper):
+    def __init__(self) -> None:
+        super().__init__(envs.make_cartpole())
+
+    def step(self, action):
+        import time
+
+        time.sleep(0.3)
+        return self.env.step(action)
+
+
+def test_a_reset_after_a_step_wait_cut_short_cancels_that_step() -> None:
+    """Ctrl-C in step_wait() leaves the step pending; the reset() after it said AlreadyPendingCallError naming
+    reset_async, a call an SB3 user never made (hunt101 bug 3): it cancels that step as after step_async."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    with SubprocVecEnv([_SlowCartPole] * 2, start_method="fork", num_workers=2, step_in_parent=False) as venv:
+        venv.reset()
+        venv.step_async(np.zeros(2, dtype=np.int64))
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(KeyboardInterrupt):
+                venv.step_wait()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert venv.pool.pending == "step"
+        assert venv.reset().shape == (2, 4) and venv.pool.pending is None

@@ -664,10 +664,19 @@ def test_env_error_is_also_the_envs_own_exception_type(front: str) -> None:
         with pytest.raises(EnvOwnErrorKeepingItsMessage) as info:
             call("explode_keeping_message")
         assert str(info.value).startswith(f"env {2 if front == 'sb3' else 0} raised") and "kept message" in str(info.value)
-        # a type that cannot be built from a message stays a plain EnvError
+        # a type that cannot be built from a message stays a plain EnvError, as the README says (made without its own
+        # constructor it lacks what that sets: urllib's HTTPError could not even be printed; hunt101 bugs 1, 2)
         with pytest.raises(EnvError, match="EnvOwnErrorWithCode") as info:
             call("explode_with_code")
         assert not isinstance(info.value, EnvOwnErrorWithCode)
+        from urllib.error import HTTPError
+
+        from fastvec.errors import env_error
+
+        for name in ("UnicodeDecodeError", "urllib.error.HTTPError"):
+            error = env_error(1, "step", name, "m", "")
+            assert type(error) is EnvError and repr(error) and str(error) == f"env 1 raised {name} during 'step': m"
+        assert HTTPError  # (the module is imported, so its class could be found)
     finally:
         venv.close()
 

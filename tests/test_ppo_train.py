@@ -524,7 +524,7 @@ def test_the_verdict_says_what_kept_a_run_from_solving_and_when_it_solved(tmp_pa
 
 
 @pytest.mark.one_pass  # no engine at all
-def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None:
+def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch, tmp_path) -> None:
     """Installed without the train extra, ``python -m ppo.train`` ended in a bare ModuleNotFoundError traceback."""
     import subprocess
     import sys
@@ -559,9 +559,23 @@ def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch) -> None
                        r"directly\.\): pip install '\.\[train\]' .*\(or --no-tensorboard\)$"):  # fmt: skip
         main(["--total-timesteps", "64"])
     monkeypatch.setattr(importlib, "import_module", real_import)
+    # rich only for the progress bar: --no-progress runs without it (it was refused: hunt101 bug 6)
+    monkeypatch.setitem(sys.modules, "rich", None)
+    with pytest.raises(SystemExit, match=r"^python -m ppo.train needs rich \(.*\): pip install .*\(or --no-progress\)$"):
+        main(["--total-timesteps", "64"])
+    assert main(["--total-timesteps", "64", "--no-progress", "--no-tensorboard", "--runs-dir", str(tmp_path),
+                 "--num-envs", "2", "--num-steps", "16", "--no-stop-when-solved", "--eval-episodes", "0"])  # fmt: skip
+    monkeypatch.delitem(sys.modules, "rich")
     code = "import sys; sys.modules['tyro'] = None; from ppo.eval import main; main(['x'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and done.stderr.startswith("python -m ppo.eval needs tyro (") and "pip install '.[train]'" in done.stderr
+    # a tyro whose own import fails with something else than an ImportError is named too (a traceback: hunt101 bug 5)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tyro.py").write_text("raise RuntimeError('tyro broke')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "broken"))
+    monkeypatch.delitem(sys.modules, "tyro", raising=False)
+    with pytest.raises(SystemExit, match=r"needs tyro \(tyro broke\): pip install"):
+        main([])
     monkeypatch.setitem(sys.modules, "tyro", None)  # (its reason quoted, as ppo.eval's: hunt97 bug 2)
     with pytest.raises(SystemExit, match=r"needs tyro \(import of tyro halted; None in sys\.modules\): pip install '\.\[train\]'"):
         main([])

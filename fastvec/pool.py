@@ -290,6 +290,8 @@ class Pool(ShardMoves):
         self._terminated = False
         self._release_deferred = False  # closed while a thread was inside: it releases the block
         self._release_lock = threading.Lock()
+        # threads inside _release: a signal handler's close() in one of them returns (its lock would never be given)
+        self._releasing: set[int] = set()
 
         env_fns = list(env_fns)
         opts = PoolOptions.merged(options, len(env_fns), knobs)
@@ -2138,6 +2140,16 @@ class Pool(ShardMoves):
 
     def _release(self) -> None:
         """Close this process's envs and let go of the shared block (once, from whichever thread gets here)."""
+        me = _get_ident()
+        if me in self._releasing:  # (a signal handler's close() inside this thread's release: that one finishes)
+            return
+        self._releasing.add(me)
+        try:
+            self._release_holding()
+        finally:
+            self._releasing.discard(me)
+
+    def _release_holding(self) -> None:
         with self._release_lock:
             if not self._release_deferred:
                 return

@@ -387,13 +387,17 @@ class Remote:
                             previous.pop(signum, None)
                 # (os.fork's hooks block them around this thread's fork itself: see _before_fork)
                 _FORKING[:] = [(threading.get_ident(), tuple(previous))]
+                # (only the main thread runs signal handlers, so only its starts can meet one in the fork's hook; a
+                # hook swapped by several threads at once was left installed)
+                main = threading.current_thread() is threading.main_thread()
                 unraisable = sys.unraisablehook
-                catching = sys.unraisablehook = _catching_fork_hook(unraisable, threading.get_ident())
+                if main:
+                    catching = sys.unraisablehook = _catching_fork_hook(unraisable, threading.get_ident())
                 try:
                     process.start()
                 finally:
                     _FORKING[:] = []
-                    if sys.unraisablehook is catching:  # (not if another thread set its own meanwhile)
+                    if main and sys.unraisablehook is catching:  # (not if another thread set its own meanwhile)
                         sys.unraisablehook = unraisable
                 if _FORK_INTERRUPTS:  # (a handler's exception inside the fork's hook: raised here, the worker ended)
                     interrupt = _FORK_INTERRUPTS.pop()
@@ -508,12 +512,12 @@ class Remote:
                 data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
                 gone = data is None and self.exitcode is not None and not conn.poll(0)
             except (EOFError, OSError) as exc:  # (OSError too where close(), in another thread or a signal handler, released it)
-                if not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed and self.exitcode is None:
-                    raise  # a signal handler's own OSError (a TimeoutError), the worker alive: not its death
                 try:
-                    self.process.join(1.0)
+                    self.process.join(1.0)  # (a worker that died mid-message: its status comes a moment later)
                 except ValueError:  # (released meanwhile: the callers see the pool closed)
                     pass
+                if not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed and self.exitcode is None:
+                    raise  # a signal handler's own OSError (a TimeoutError), the worker alive: not its death
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
             if data is not None:
                 try:

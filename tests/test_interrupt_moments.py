@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import gymnasium as gym
@@ -273,3 +274,88 @@ def test_a_handlers_interrupt_inside_the_forks_hook_reaches_the_caller() -> None
         with pytest.raises(KeyboardInterrupt):
             SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
     assert fired
+
+
+class _DiesWhileSent:
+    """A reply whose pickling, in the worker, writes a message's header and first bytes, closes the pipe, and dies
+    a moment later: its exit status comes after the pipe ended mid-message."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import signal
+        import struct
+
+        frame = sys._getframe()
+        while frame is not None and "conn" not in frame.f_locals:
+            frame = frame.f_back
+        if frame is None or os.getpid() == PARENT:
+            return (_DiesWhileSent, ())
+        fd = frame.f_locals["conn"].fileno()
+        os.write(fd, struct.pack("!i", 1000) + b"x" * 10)
+        os.close(fd)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Replying(gym.Wrapper):
+    def __init__(self) -> None:
+        super().__init__(envs.make_cartpole())
+
+    def reply_and_die(self) -> _DiesWhileSent:
+        return _DiesWhileSent()
+
+
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_a_worker_that_dies_in_the_middle_of_its_reply_is_a_dead_worker(on_error: str) -> None:
+    """A pipe that ends inside a message is multiprocessing's OSError("got end of file during message"), and the
+    worker's exit status comes a moment later: the filter for a signal handler's own OSError (above) took it for one,
+    and the pool broke instead of saying the worker died (hunt100 bug 1)."""
+    from fastvec import WorkerDiedError
+
+    with SubprocVecEnv([_Replying] * 2, start_method="fork", num_workers=2, step_in_parent=False, on_error=on_error) as venv:
+        venv.reset()
+        with pytest.raises(WorkerDiedError):
+            venv.env_method("reply_and_die", indices=[1])
+        if on_error == "restart":  # (replaced at the next step)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                venv.step(np.zeros(2, np.int64))
+            venv.step(np.zeros(2, np.int64))
+
+
+def test_starting_pools_from_threads_leaves_the_programs_unraisablehook() -> None:
+    """Each start swapped sys.unraisablehook for its own and put back the one it found: starts in several threads at
+    once left one of fastvec's installed (hunt100 bug 9). Only the main thread, which runs signal handlers, swaps it."""
+    import threading
+
+    def own(unraisable: object) -> None:
+        pass
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = own
+    try:
+        made: list = []
+
+        def start() -> None:
+            made.append(SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, step_in_parent=False))
+
+        threads = [threading.Thread(target=start) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        for venv in made:
+            venv.close()
+        assert len(made) == 3 and sys.unraisablehook is own
+    finally:
+        sys.unraisablehook = previous
+
+
+def test_a_handlers_close_while_the_pool_closes_its_own_envs_returns() -> None:
+    """terminate() closing the calling process's own envs holds the release's lock; a signal handler's close() there
+    waited for that lock for good (hunt100 bug 11): it returns, and the release it cut short finishes."""
+    with at_line(Closing.close.__code__, lambda f: True, lambda: venv.close()) as fired:
+        venv = SubprocVecEnv([make_closing] * 4, start_method="fork", num_workers=2)
+        own = list(venv.pool._local_envs)
+        venv.reset()
+        venv.pool.terminate()
+    assert fired and venv.pool._segment is None and all(getattr(env, "was_closed", False) for env in own)

@@ -535,11 +535,10 @@ def test_the_trainer_without_its_extra_says_what_to_install(monkeypatch, tmp_pat
 
     # the extra's other modules are asked for before any work: matplotlib's absence ended a run in a traceback after
     # the whole budget, before its summary (hunt94 bug 1); ppo.eval without tyro failed at its import
-    from ppo.train import main
-
     import matplotlib
 
     import ppo.train as train_module
+    from ppo.train import main
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # (as if not installed: its import raises ImportError)
     with pytest.raises(SystemExit, match=r"^python -m ppo.train needs matplotlib \(import of matplotlib halted; None in "

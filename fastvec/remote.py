@@ -399,6 +399,8 @@ class Remote:
                     _FORKING[:] = []
                     if main and sys.unraisablehook is catching:  # (not if another thread set its own meanwhile)
                         sys.unraisablehook = unraisable
+                    if _MASK:  # (the fork's hook was cut short before it unblocked them: SIGINT stayed blocked)
+                        signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
                 if _FORK_INTERRUPTS:  # (a handler's exception inside the fork's hook: raised here, the worker ended)
                     interrupt = _FORK_INTERRUPTS.pop()
                     _FORK_INTERRUPTS.clear()

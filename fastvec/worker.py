@@ -83,6 +83,7 @@ class _Holding:
     def __init__(self) -> None:
         self.made: list = []
         self.shard: Shard | None = None
+        self.closed: set[int] = set()  # ids of the envs the CLOSE command closed (a SIGTERM then closes the others)
 
     def envs(self) -> list:
         return self.shard.envs if self.shard is not None else self.made
@@ -96,7 +97,7 @@ def _die_of_sigterm(holding: _Holding, deadline_armed: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the close short
     if not deadline_armed:  # (the compiled kernel armed it as the signal arrived)
         signal.alarm(TERM_DEADLINE_S)
-    _close_quietly(holding.envs())
+    _close_quietly([env for env in holding.envs() if id(env) not in holding.closed])  # (each closed once)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -251,12 +252,15 @@ def worker_main(
             conn.send(("attached", None))
         try:
             try:
-                closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns)
+                closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns, holding.closed)
             except (EOFError, BrokenPipeError, ConnectionResetError):
                 closed = False  # the parent went away
             if not closed:
                 _close_quietly(shard.envs)  # nobody is left to ask
             holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
+            # (and nothing for its handler to do: a late SIGTERM, an interrupted close()'s, ended the worker in a
+            # traceback of _Terminated inside multiprocessing's exit)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         finally:
             del shard
             views.release()
@@ -297,9 +301,11 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
 
 
 def _serve(
-    conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int | None
+    conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int | None,
+    closed: set[int],
 ) -> bool:
-    """The command loop, until a CLOSE command (True: the envs are closed) or the parent's death (False)."""
+    """The command loop, until a CLOSE command (True: the envs are closed; ``closed`` gets the id of each as its close()
+    is called) or the parent's death (False)."""
     control = views.control
     base = views.control_base(worker_index)
     seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)
@@ -343,7 +349,7 @@ def _serve(
                 request, indices, args, values = conn.recv()
                 reply = ("ok", shard.call(request, indices, args, values) if indices else [])
             elif command == Command.CLOSE:
-                shard.close()
+                shard.close(closed)
                 reply = ("ok", None)
         except ShardError as err:  # (with the object parts of the observations its rows now hold: Shard.take_objects)
             objects = shard.take_objects()

@@ -268,12 +268,15 @@ def test_an_interrupt_once_the_blocks_file_exists_leaves_no_file() -> None:
 def test_a_handlers_interrupt_inside_the_forks_hook_reaches_the_caller() -> None:
     """A handler's KeyboardInterrupt (a SIGALRM's) landing in fastvec's at-fork hook was only printed by CPython
     ("Exception ignored in: <function _after_fork_in_parent>") and the pool was made as if nothing had happened."""
+    import signal
+
     from fastvec import remote
 
     with at_line(remote._after_fork_in_parent.__code__, lambda f: True, interrupt) as fired:
         with pytest.raises(KeyboardInterrupt):
             SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
-    assert fired
+    # (and the signals the start held are not left blocked: Ctrl-C stopped working; hunt100 bug 6)
+    assert fired and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 class _DiesWhileSent:
@@ -359,3 +362,71 @@ def test_a_handlers_close_while_the_pool_closes_its_own_envs_returns() -> None:
         venv.reset()
         venv.pool.terminate()
     assert fired and venv.pool._segment is None and all(getattr(env, "was_closed", False) for env in own)
+
+
+class _LoggedClose(gym.Wrapper):
+    """Appends its index to the file ``log`` at each close() (in whichever process), slowly."""
+
+    def __init__(self, index: int, log: str) -> None:
+        super().__init__(envs.make_cartpole())
+        self.index, self.log = index, log
+
+    def close(self) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"{self.index}\n")
+        time.sleep(0.4)
+        super().close()
+
+
+def test_a_ctrl_c_while_workers_close_their_envs_closes_each_once(tmp_path) -> None:
+    """A Ctrl-C in close() while the workers closed their envs: SIGTERMed in their CLOSE command, they closed every env
+    again (hunt100 bug 12)."""
+    import signal
+    from functools import partial
+
+    log = str(tmp_path / "closes")
+    venv = SubprocVecEnv([partial(_LoggedClose, i, log) for i in range(4)], start_method="fork", num_workers=2, step_in_parent=False)
+    venv.reset()
+    previous = signal.signal(signal.SIGALRM, lambda *_: interrupt())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            venv.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    venv.close()
+    with open(log) as f:
+        closes = sorted(int(line) for line in f.read().split())
+    assert closes == [0, 1, 2, 3]
+
+
+def test_workers_whose_envs_are_closed_end_quietly_on_a_late_sigterm(capfd) -> None:
+    """A worker that had closed its envs and was leaving, SIGTERMed by an interrupted close(), printed a traceback of
+    fastvec.worker._Terminated from multiprocessing's exit (hunt100 bug 10)."""
+    import multiprocessing.util
+
+    from fastvec import pool as pool_module
+
+    class Lingering(gym.Wrapper):
+        def close(self) -> None:  # (an exit-time finalizer, as a multiprocessing.Pool inside an env registers)
+            multiprocessing.util.Finalize(None, time.sleep, args=(0.5,), exitpriority=10)
+            super().close()
+
+    venv = SubprocVecEnv([lambda: Lingering(envs.make_cartpole())] * 2, start_method="fork", num_workers=2, step_in_parent=False)
+    venv.reset()
+    real = pool_module.stop
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        pool_module.stop = real
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+
+    pool_module.stop = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            venv.close()
+    finally:
+        pool_module.stop = real
+    venv.close()
+    assert "_Terminated" not in capfd.readouterr().err

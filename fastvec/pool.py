@@ -2109,6 +2109,10 @@ class Pool(ShardMoves):
 
     def _terminate(self, grace: float = 1.0) -> None:
         remotes = self._all_remotes()
+        # (until stopped, the next close() ends and lets go of them, and of this process's envs and the block: a second
+        # interrupt in the finally below, on its way to kill_all, left them all for good)
+        self._left_running = (os.getpid(), remotes)
+        self._release_deferred = True
         stopped = False
         try:
             self._terminated = True
@@ -2118,14 +2122,14 @@ class Pool(ShardMoves):
             self._pending = None
             stop(remotes, grace)
             stopped = True
+            self._left_running = None
         # (an interrupt, a second Ctrl-C, in stop's waits or before them: the rest is still done, then it goes on; an
         # interrupt once the pool said it was closed left its workers running, and every later close() returned at once)
         finally:
             self._terminated = True
             self._state = PoolState.CLOSED
             if not stopped:
-                kill_all(remotes)
-                self._left_running = (os.getpid(), remotes)  # (the next close() waits for them and lets go of them)
+                kill_all(remotes)  # (and the next close() waits for them and lets go of them: _left_running)
             if self._segment is not None:
                 shm.unlink(self._segment)  # the name goes now; the mapping with _release()
             if self._pins_caller is not None:

@@ -430,3 +430,52 @@ def test_workers_whose_envs_are_closed_end_quietly_on_a_late_sigterm(capfd) -> N
         pool_module.stop = real
     venv.close()
     assert "_Terminated" not in capfd.readouterr().err
+
+
+class _BreakingClosing(Closing):
+    armed = False
+
+    def __init__(self) -> None:
+        super().__init__(envs.make_cartpole())
+
+    def step(self, action: object) -> tuple:
+        if _BreakingClosing.armed and os.getpid() == PARENT:
+            _BreakingClosing.armed = False
+            raise KeyboardInterrupt
+        return self.env.step(action)
+
+
+def test_a_close_interrupted_twice_is_finished_by_the_next_close(monkeypatch) -> None:
+    """A Ctrl-C in stop()'s waits, then a second on the way into kill_all in the finally: nothing was signalled or
+    recorded, every later close() returned at once, the workers ran on and the own envs stayed open (hunt100 bug 3)."""
+    from fastvec import pool as pool_module
+    from fastvec import remote as remote_module
+
+    venv = SubprocVecEnv([_BreakingClosing] * 4, start_method="fork", num_workers=2)
+    venv.reset()
+    pids = list(venv.pool.worker_pids)
+    own = list(venv.pool._local_envs)
+    _BreakingClosing.armed = True  # (a Ctrl-C in the calling process's own env: the pool breaks, its workers wait on)
+    with pytest.raises(KeyboardInterrupt):
+        venv.step(np.zeros(4, np.int64))
+    fired: list = []
+
+    def once(fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if fn.__name__ not in fired:
+                fired.append(fn.__name__)
+                raise KeyboardInterrupt
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(pool_module, "stop", once(remote_module.stop))
+    monkeypatch.setattr(pool_module, "kill_all", once(remote_module.kill_all))
+    with pytest.raises(KeyboardInterrupt):
+        venv.close()
+    monkeypatch.undo()
+    venv.close()
+    deadline = time.monotonic() + 5
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fired == ["stop", "kill_all"] and not alive(pids) and all(getattr(env, "was_closed", False) for env in own)

@@ -455,6 +455,18 @@ class AsyncBatches:
             pool._inside_ns += time.perf_counter_ns() - entered
         if pool._state is self._CLOSED or pool._terminated:  # (pool.closed)
             raise pool._closed_meanwhile("recv")
+        try:
+            return self._take(pool, groups, copy, batch_object)
+        except Exception:
+            # close() from another thread, once this one gave the pool back: it emptied ``ready`` and let go of the
+            # ring under the batch being made (a bare IndexError, KeyError or TypeError)
+            if pool._terminated:
+                raise pool._closed_meanwhile("recv") from None
+            raise
+
+    def _take(self, pool: Pool, groups: int, copy: bool, batch_object: Any) -> AsyncBatch:
+        """recv()'s batch of the first ``groups`` ready groups, made, then taken off ``ready``."""
+        ready = self.ready
         # the batch is made before its groups leave ``ready``: an interrupt (Ctrl-C) while it is made
         # leaves them there, for the next recv(); one while they leave breaks the pool
         if groups == 1 and not ready[0][3]:  # the usual batch: one group, whose envs all stepped

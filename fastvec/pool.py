@@ -1085,6 +1085,8 @@ class Pool(ShardMoves):
         tokens = self._token
         token = tokens.pop() if tokens else self._enter_slowly(p)
         try:
+            if self._terminated:  # closed by another thread just now, which completed this step and let go of the block
+                raise self._closed_meanwhile(p.name)
             if self._local is not None:  # _start_local's work, with this call's clock reading
                 try:
                     extras = self._step_local(p.local_args, entered)

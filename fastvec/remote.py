@@ -8,6 +8,7 @@ the worker is alive (and, when given, a deadline), so a dead or hung worker beco
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -637,15 +638,29 @@ def stop(remotes: list[Remote], grace: float) -> None:
     deadline = time.monotonic() + grace
     # (one released already: a dead worker whose replacement an interrupt cut short is still listed)
     remotes = [remote for remote in remotes if not remote.released]
+    # (each step skips a worker another thread's stop released meanwhile, close() and terminate() at once: the
+    # Process object it closed said "process object is closed")
     for remote in remotes:
-        remote.process.join(max(0.0, deadline - time.monotonic()))
+        with _released_meanwhile():
+            remote.process.join(max(0.0, deadline - time.monotonic()))
     for remote in remotes:
-        if remote.exitcode is None:
-            remote.process.terminate()
+        with _released_meanwhile():
+            if remote.exitcode is None:
+                remote.process.terminate()
     for remote in remotes:  # (all signalled first: they close their envs side by side)
-        remote.reap()
+        with _released_meanwhile():
+            remote.reap()
     for remote in remotes:
         remote.release()
+
+
+@contextlib.contextmanager
+def _released_meanwhile() -> Any:
+    """A worker's Process closed by another thread's stop() (ValueError: "process object is closed") is done with."""
+    try:
+        yield
+    except ValueError:
+        pass
 
 
 def kill_all(remotes: list[Remote]) -> None:

@@ -479,3 +479,90 @@ def test_a_close_interrupted_twice_is_finished_by_the_next_close(monkeypatch) ->
     while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fired == ["stop", "kill_all"] and not alive(pids) and all(getattr(env, "was_closed", False) for env in own)
+
+
+# -- another thread at an exact moment (hunt102): the calling thread paused at a line while another acts -----------------
+def _paused(code: object, when: Callable, run: Callable) -> tuple:
+    """Start ``run()`` in a thread that pauses at the first line of a frame running ``code`` where ``when(frame)``
+    holds; returns (the thread, a function that resumes it and returns what ``run`` returned or raised)."""
+    import threading
+
+    paused, go, out = threading.Event(), threading.Event(), {}
+
+    def local(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "line" and not paused.is_set() and when(frame):
+            paused.set()
+            go.wait(30)
+        return local
+
+    def target() -> None:
+        sys.settrace(lambda frame, event, arg: local if event == "call" and frame.f_code is code else None)
+        try:
+            out["result"] = run()
+        except BaseException as exc:  # (handed to the test)
+            out["result"] = exc
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert paused.wait(30), "the thread never reached the line"
+
+    def resume() -> object:
+        go.set()
+        thread.join(30)
+        return out.get("result")
+
+    return thread, resume
+
+
+def test_a_step_completed_by_another_threads_close_raises_closed_error() -> None:
+    """close() from another thread as step_wait() began to complete the step: close completed it and let go of the
+    block, and the step then raised a bare TypeError from the released words (hunt102 bug 1)."""
+    from fastvec.pool import Pool as PoolClass
+
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, step_in_parent=False)
+    venv.reset()
+    _, resume = _paused(PoolClass._complete_step.__code__, lambda f: True, lambda: venv.step(np.zeros(4, np.int64)))
+    venv.close()
+    assert isinstance(resume(), ClosedError)
+
+
+def test_a_recv_whose_pool_another_thread_closes_as_it_makes_the_batch_raises_closed_error() -> None:
+    """recv() gave the pool back before it made the batch: a close() from another thread then emptied its ready groups
+    and let go of the ring under it, a bare IndexError (hunt102 bug 2)."""
+    from fastvec.async_batches import AsyncBatches
+
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", batch_size=2)
+    venv.async_reset()
+    _, resume = _paused(AsyncBatches._take.__code__, lambda f: True, venv.recv)
+    venv.close()
+    assert isinstance(resume(), ClosedError)
+
+
+def test_close_and_terminate_from_two_threads_at_once_raise_nothing() -> None:
+    """close() in one thread and terminate() in another at once: the one that listed the workers first joined a
+    Process the other had closed, a bare ValueError "process object is closed" (hunt102 bug 7)."""
+    import linecache
+
+    from fastvec import remote as remote_module
+
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, step_in_parent=False)
+    venv.reset()
+    pids = list(venv.pool.worker_pids)
+    code = remote_module.stop.__code__
+
+    def reaping(frame: object) -> bool:
+        return "remote.reap()" in linecache.getline(code.co_filename, frame.f_lineno)  # type: ignore[attr-defined]
+
+    from fastvec.pool import Pool as PoolClass
+
+    # terminate() past its check, paused; close() then lists the same workers in stop() and pauses before reaping them;
+    # terminate() goes on and releases them; close() goes on
+    _, terminated = _paused(PoolClass._terminate.__code__, lambda f: True, venv.pool.terminate)
+    _, closed = _paused(code, reaping, venv.close)
+    assert terminated() is None and closed() is None
+    deadline = time.monotonic() + 5
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pids)

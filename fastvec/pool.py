@@ -267,6 +267,7 @@ class Pool(ShardMoves):
         self._closed_local: set[int] = set()  # ids of this process's envs whose close() was called (close_each)
         # (this process's pid, the workers) an interrupted close() signalled and did not wait for: close() again does
         self._left_running: tuple[int, list] | None = None
+        self._stopping = False  # a _terminate() stopping the workers now (a close() meanwhile leaves them to it)
         self._segment = None
         self._views: Views | None = None
         self.slot_views: list | None = None
@@ -1865,9 +1866,10 @@ class Pool(ShardMoves):
         In a child forked from the pool's process, only marks the child's copy closed.
         """
         if self._state is PoolState.CLOSED or self._terminated:
-            left, self._left_running = self._left_running, None
-            if left is not None and left[0] == os.getpid():  # (not in a fork: they are not its children)
-                stop(left[1], 1.0)  # (workers an interrupted close() only signalled: ended and let go of now)
+            if not self._stopping:  # (a close() still stopping them, in another thread or under this handler: it does)
+                left, self._left_running = self._left_running, None
+                if left is not None and left[0] == os.getpid():  # (not in a fork: they are not its children)
+                    stop(left[1], 1.0)  # (workers an interrupted close() only signalled: ended and let go of now)
             self._release_if_deferred()
             return
         if self._foreign:
@@ -2117,6 +2119,7 @@ class Pool(ShardMoves):
         self._release_deferred = True
         stopped = False
         try:
+            self._stopping = True
             self._terminated = True
             if self._monitor is not None:
                 self._monitor.stop()
@@ -2128,6 +2131,7 @@ class Pool(ShardMoves):
         # (an interrupt, a second Ctrl-C, in stop's waits or before them: the rest is still done, then it goes on; an
         # interrupt once the pool said it was closed left its workers running, and every later close() returned at once)
         finally:
+            self._stopping = False
             self._terminated = True
             self._state = PoolState.CLOSED
             if not stopped:

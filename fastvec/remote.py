@@ -400,7 +400,8 @@ class Remote:
                     _FORKING[:] = []
                     if main and sys.unraisablehook is catching:  # (not if another thread set its own meanwhile)
                         sys.unraisablehook = unraisable
-                    if _MASK:  # (the fork's hook was cut short before it unblocked them: SIGINT stayed blocked)
+                    if main and _MASK:  # (the fork's hook was cut short before it unblocked them: SIGINT stayed blocked;
+                        # only the main thread holds signals, and only it may take the mask it saved)
                         signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
                 if _FORK_INTERRUPTS:  # (a handler's exception inside the fork's hook: raised here, the worker ended)
                     interrupt = _FORK_INTERRUPTS.pop()
@@ -515,12 +516,16 @@ class Remote:
                 data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
                 gone = data is None and self.exitcode is not None and not conn.poll(0)
             except (EOFError, OSError) as exc:  # (OSError too where close(), in another thread or a signal handler, released it)
+                # the pipe's own errors: EOFError, ConnectionError, a plain OSError ("got end of file during message")
+                pipe = isinstance(exc, (EOFError, ConnectionError)) or type(exc) is OSError or conn.closed
+                if not pipe and self.exitcode is None:
+                    raise  # a signal handler's own OSError (a TimeoutError), the worker alive: not its death, at once
                 try:
                     self.process.join(1.0)  # (a worker that died mid-message: its status comes a moment later)
                 except ValueError:  # (released meanwhile: the callers see the pool closed)
                     pass
                 if not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed and self.exitcode is None:
-                    raise  # a signal handler's own OSError (a TimeoutError), the worker alive: not its death
+                    raise  # (a plain OSError of a handler's, the worker alive after all)
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
             if data is not None:
                 try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -1198,3 +1200,20 @@ class CountsTo(gym.Env):
         self.t += 1
         length = self.later_length if self.later and self.episodes >= self.later else self.length
         return np.array([self.index, float(self.t)]), 1.0, self.t >= length, False, {}
+
+
+@contextlib.contextmanager
+def ctrl_c_after(seconds: float) -> Iterator[None]:
+    """Inside: a KeyboardInterrupt ``seconds`` from now, raised by SIGALRM's handler (a Ctrl-C at that moment)."""
+    import signal
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -282,6 +282,17 @@ def test_kernels_selected() -> None:
     assert fastvec.KERNELS == expected
 
 
+def _run_in_copy(folder, code: str):  # type: ignore[no-untyped-def]
+    """``python -c code`` in ``folder``, which holds a copy of the package, with no FASTVEC_ setting."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTVEC_", "_FASTVEC_"))}
+    env["PYTHONPATH"] = str(folder)
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=folder, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.one_pass
 def test_without_the_extension_one_warning_names_it(tmp_path) -> None:
     """A checkout never built (or an install that lost its .so) falls back to the pure kernels with a warning that
@@ -289,8 +300,6 @@ def test_without_the_extension_one_warning_names_it(tmp_path) -> None:
     circular import)", once in the program and again in every worker a spawn started."""
     import os
     import shutil
-    import subprocess
-    import sys
 
     shutil.copytree(
         os.path.dirname(fastvec.__file__), tmp_path / "fastvec", ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__")
@@ -310,9 +319,7 @@ def test_without_the_extension_one_warning_names_it(tmp_path) -> None:
         "    venv.step(np.zeros(2, np.int64))\n"
         "print('kernels', fastvec.KERNELS)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTVEC_", "_FASTVEC_"))}
-    env["PYTHONPATH"] = str(tmp_path)
-    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    run = _run_in_copy(tmp_path, code)
     assert run.returncode == 0 and "kernels python" in run.stdout, run.stderr
     assert run.stderr.count("compiled kernels are not built") == 1, run.stderr
     assert "No module named 'fastvec._kernels'" in run.stderr and "circular" not in run.stderr
@@ -325,8 +332,6 @@ def test_an_unbuilt_checkout_never_uses_another_checkouts_compiled_kernels(tmp_p
     (benchmarks.kernels' compiled column, the kernel tests) and ``kernels.select("cython")`` used it."""
     import os
     import shutil
-    import subprocess
-    import sys
 
     from fastvec import _kernels as built
 
@@ -354,9 +359,7 @@ def test_an_unbuilt_checkout_never_uses_another_checkouts_compiled_kernels(tmp_p
         "except ImportError as exc:\n"
         "    print('select refused:', exc)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTVEC_", "_FASTVEC_"))}
-    env["PYTHONPATH"] = str(tmp_path)
-    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    run = _run_in_copy(tmp_path, code)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "at import python", run.stdout
@@ -1032,21 +1035,10 @@ class _SlowCartPole(gym.Wrapper):
 def test_a_reset_after_a_step_wait_cut_short_cancels_that_step() -> None:
     """Ctrl-C in step_wait() leaves the step pending; the reset() after it said AlreadyPendingCallError naming
     reset_async, a call an SB3 user never made (hunt101 bug 3): it cancels that step as after step_async."""
-    import signal
-
-    def interrupt(*_):
-        raise KeyboardInterrupt
-
     with SubprocVecEnv([_SlowCartPole] * 2, start_method="fork", num_workers=2, step_in_parent=False) as venv:
         venv.reset()
         venv.step_async(np.zeros(2, dtype=np.int64))
-        previous = signal.signal(signal.SIGALRM, interrupt)
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            with pytest.raises(KeyboardInterrupt):
-                venv.step_wait()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+        with pytest.raises(KeyboardInterrupt), envs.ctrl_c_after(0.05):
+            venv.step_wait()
         assert venv.pool.pending == "step"
         assert venv.reset().shape == (2, 4) and venv.pool.pending is None

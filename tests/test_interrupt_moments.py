@@ -384,20 +384,13 @@ class _LoggedClose(gym.Wrapper):
 def test_a_ctrl_c_while_workers_close_their_envs_closes_each_once(tmp_path) -> None:
     """A Ctrl-C in close() while the workers closed their envs: SIGTERMed in their CLOSE command, they closed every env
     again (hunt100 bug 12)."""
-    import signal
     from functools import partial
 
     log = str(tmp_path / "closes")
     venv = SubprocVecEnv([partial(_LoggedClose, i, log) for i in range(4)], start_method="fork", num_workers=2, step_in_parent=False)
     venv.reset()
-    previous = signal.signal(signal.SIGALRM, lambda *_: interrupt())
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(KeyboardInterrupt):
-            venv.close()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(KeyboardInterrupt), envs.ctrl_c_after(0.2):
+        venv.close()
     venv.close()
     with open(log) as f:
         closes = sorted(int(line) for line in f.read().split())

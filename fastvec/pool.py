@@ -2116,11 +2116,12 @@ class Pool(ShardMoves):
         # (until stopped, the next close() ends and lets go of them, and of this process's envs and the block: a second
         # interrupt in the finally below, on its way to kill_all, left them all for good)
         self._left_running = (os.getpid(), remotes)
-        self._release_deferred = True
         stopped = False
         try:
             self._stopping = True
             self._terminated = True
+            # (after the pool says it is closed: a thread leaving a command releases the block when this is set)
+            self._release_deferred = True
             if self._monitor is not None:
                 self._monitor.stop()
             self._state = PoolState.CLOSED

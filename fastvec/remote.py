@@ -516,15 +516,16 @@ class Remote:
                 data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
                 gone = data is None and self.exitcode is not None and not conn.poll(0)
             except (EOFError, OSError) as exc:  # (OSError too where close(), in another thread or a signal handler, released it)
-                # the pipe's own errors: EOFError, ConnectionError, a plain OSError ("got end of file during message")
-                pipe = isinstance(exc, (EOFError, ConnectionError)) or type(exc) is OSError or conn.closed
-                if not pipe and self.exitcode is None:
-                    raise  # a signal handler's own OSError (a TimeoutError), the worker alive: not its death, at once
+                # (the pipe's own errors are EOFError, ConnectionError and a plain OSError, "got end of file during
+                # message"; any other OSError, or a plain one with the worker alive, is a signal handler's own)
+                maybe_handlers = not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed
+                if maybe_handlers and type(exc) is not OSError and self.exitcode is None:
+                    raise  # (a TimeoutError, say: at once)
                 try:
                     self.process.join(1.0)  # (a worker that died mid-message: its status comes a moment later)
                 except ValueError:  # (released meanwhile: the callers see the pool closed)
                     pass
-                if not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed and self.exitcode is None:
+                if maybe_handlers and self.exitcode is None:
                     raise  # (a plain OSError of a handler's, the worker alive after all)
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
             if data is not None:

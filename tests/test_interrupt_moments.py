@@ -487,20 +487,12 @@ def _paused(code: object, when: Callable, run: Callable) -> tuple:
 
     paused, go, out = threading.Event(), threading.Event(), {}
 
-    def local(frame, event, arg):  # type: ignore[no-untyped-def]
-        if event == "line" and not paused.is_set() and when(frame):
-            paused.set()
-            go.wait(30)
-        return local
-
     def target() -> None:
-        sys.settrace(lambda frame, event, arg: local if event == "call" and frame.f_code is code else None)
         try:
-            out["result"] = run()
+            with at_line(code, when, lambda: (paused.set(), go.wait(30))):
+                out["result"] = run()
         except BaseException as exc:  # (handed to the test)
             out["result"] = exc
-        finally:
-            sys.settrace(None)
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()

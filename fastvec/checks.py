@@ -337,13 +337,9 @@ class _LeafWriter:
                 return _CAST
             # (refused with check="raise", warned of with "warn", as values an integer buffer cannot hold are below:
             # they went through pickled without a word, where the same value in an object array was refused)
-            rows = lost.reshape(self.num_envs, -1)
             if self.raise_out_of_range:
                 self._check_range(a.reshape(-1), a, _first_outside_generic)  # (a value outside the space said first)
-                row, pos = divmod(int(np.flatnonzero(rows)[0]), self.per_env)
-                raise ValueError(f"{self._not_held(a, row, pos)}; send values it holds")
-            if self.check_range:
-                self._warn_each_env(rows, lambda row, pos: f"{self._not_held(a, row, pos)}; handed to the env as sent")
+            self._say_not_held(a, lost, "send values it holds")
             return _PICKLE
         if np.can_cast(a.dtype, self.dtype, "safe") and not (a.dtype.itemsize == 8 and self.dtype.kind == "f"):
             return _CAST  # a cast that always keeps the value (numpy calls int64 into float64 safe: it is not, past 2**53)
@@ -357,13 +353,18 @@ class _LeafWriter:
                 negative_zero = bool(np.any((a == 0) & np.signbit(a)))
         if not lost.any():
             return _BITS if negative_zero else _CAST  # (as bits, and nothing to say of it)
+        self._say_not_held(a, lost, "send whole numbers in its range")
+        return _BITS if a.dtype.itemsize <= 8 and self.dtype.itemsize == 8 else _PICKLE
+
+    def _say_not_held(self, a: np.ndarray, lost: np.ndarray, advice: str) -> None:
+        """Values of ``a`` the buffer's dtype cannot hold (``lost``): with check="raise" the first refused, naming its
+        env (and ``advice``); with "warn" a warning once per env; else nothing."""
         rows = lost.reshape(self.num_envs, -1)
         if self.raise_out_of_range:
             row, pos = divmod(int(np.flatnonzero(rows)[0]), self.per_env)
-            raise ValueError(f"{self._not_held(a, row, pos)}; send whole numbers in its range")
+            raise ValueError(f"{self._not_held(a, row, pos)}; {advice}")
         if self.check_range:
             self._warn_each_env(rows, lambda row, pos: f"{self._not_held(a, row, pos)}; handed to the env as sent")
-        return _BITS if a.dtype.itemsize <= 8 and self.dtype.itemsize == 8 else _PICKLE
 
     def _not_held(self, a: np.ndarray, row: int, pos: int) -> str:
         value = a.reshape(self.num_envs, -1)[row, pos]

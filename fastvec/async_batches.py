@@ -208,6 +208,9 @@ class AsyncBatches:
         """Reset every env, with per-env ``seeds`` and ``options`` (each env's dict, passed when not empty,
         as SB3's reset passes them)."""
         pool = self._pool()
+        pool._held("async_reset", self._async_reset, pool, seeds, options)
+
+    def _async_reset(self, pool: Pool, seeds: list | None, options: list | None) -> None:
         self._check_quiet(pool, "async_reset")
         n = pool.num_envs
         if options is not None:
@@ -234,6 +237,18 @@ class AsyncBatches:
         ``per_env``, a sequence of one action per env, SB3's layout for structured spaces)."""
         entered = time.perf_counter_ns()  # (the time inside the pool: stats().learner_share)
         pool = self._pool()
+        # held from the state check through the issue, as Pool.step_async
+        tokens = pool._token
+        token = tokens.pop() if tokens else pool._enter_slowly(None, "send")
+        try:
+            self._send(pool, actions, env_ids, per_env, entered)
+        finally:  # (Pool._leave, inline)
+            if token is not None:
+                tokens.append(token)
+            if pool._release_deferred and not pool._reentered:
+                pool._release()
+
+    def _send(self, pool: Pool, actions: Any, env_ids: Any, per_env: bool, entered: int) -> None:
         if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual send)
             pool._check_usable()
         if pool._pending is not None:
@@ -382,6 +397,8 @@ class AsyncBatches:
     def _give(self, pool: Pool, positions: list[int], command: Command, arg: int, payloads: dict | None) -> None:
         """Issue ``command`` to the workers at ``positions``, each into its next ring slot (the own
         group's is only recorded: ``recv()`` steps it)."""
+        if pool._terminated:  # close() from another thread gave up waiting for this send's issue (and broke the pool)
+            raise pool._closed_meanwhile("send" if command is _STEP else "reset")
         code = _STEP_CODE if command is _STEP else int(command)
         first = self.first_remote
         if pool.step_timeout is not None:

@@ -96,6 +96,7 @@ from fastvec.stats import PoolStats, Sampler
 
 __all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
+_BRIEF_HOLD_S = 0.05  # send(): how long it waits for another thread's hold before it refuses (not for a close)
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 _get_ident = threading.get_ident
 
@@ -650,6 +651,19 @@ class Pool(ShardMoves):
                 name,
             )
 
+    def _held(self, call: str, body: Callable, *args: Any) -> None:
+        """``body(*args)`` (a command's check and issue) holding the pool, as ``step_async`` does: a close(), or a park
+        or unpark, from another thread waits for it, or it for them. Another thread's command pending: said at once,
+        not after waiting for that thread (for as long as its envs take)."""
+        tokens = self._token
+        if not tokens and self._pending is not None:
+            self._check_idle(call)
+        token = tokens.pop() if tokens else self._enter_slowly(None)
+        try:
+            body(*args)
+        finally:
+            self._leave(token)
+
     def _check_usable(self) -> None:
         if self._state is PoolState.CLOSED or self._terminated:
             self._release_if_deferred()
@@ -691,6 +705,8 @@ class Pool(ShardMoves):
     # -- issuing --------------------------------------------------------------------------------
     def _issue(self, p: _Pending) -> None:
         """Publish ``p`` to every worker and send its payloads; from here on it must complete or break."""
+        if self._terminated:  # close() from another thread gave up waiting for this command's issue
+            raise self._closed_meanwhile(p.name)
         try:
             p.sync = self._sync_next  # (set before it is published: an interrupt right after must find it)
             self._pending = p
@@ -720,6 +736,22 @@ class Pool(ShardMoves):
         action per env (SB3's layout for structured spaces).
         """
         entered = time.perf_counter_ns()
+        # held from the state check through the issue (as a command's completion is): a close(), or a park or unpark,
+        # from another thread waits for the issue, or this for them; else close() could issue its command while this
+        # issued a step, or a worker unparked meanwhile count as part of this step
+        tokens = self._token
+        if not tokens and self._pending is not None:  # (another thread's command is pending: said at once, not
+            self._check_idle("step_async")  # after waiting for that thread, for as long as its envs take)
+        token = tokens.pop() if tokens else self._enter_slowly(None)
+        try:
+            self._step_async(actions, per_env, entered)
+        finally:  # (_leave, inline)
+            if token is not None:
+                tokens.append(token)
+            if self._release_deferred and not self._reentered:  # closed meanwhile by a signal handler
+                self._release()
+
+    def _step_async(self, actions: Any, per_env: bool, entered: int) -> None:
         if self._pending is not None or self._state is not _IDLE or self._async is not None:
             if self._async is not None:
                 raise ValueError(
@@ -738,6 +770,8 @@ class Pool(ShardMoves):
             if self._terminated:
                 raise self._closed_meanwhile("step") from None
             raise
+        if self._terminated:  # close() from another thread gave up waiting for this step's issue (and broke the pool)
+            raise self._closed_meanwhile("step")
         slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
         if objects is None:  # the usual step: the workers start first, the bookkeeping follows while they run
             try:
@@ -801,6 +835,12 @@ class Pool(ShardMoves):
         latest rows: a group's ``recv(copy=False)`` views in that slot change. ``options[i]`` goes to
         env i, omitted when falsy (SB3) unless ``pass_options_always`` (gymnasium passes ``options=None``).
         """
+        self._held("reset_async", self._reset_async, seeds, options, mask, pass_options_always)
+
+    def _reset_async(
+        self, seeds: Sequence[int | None] | None, options: Sequence[Any] | None, mask: np.ndarray | None,
+        pass_options_always: bool,
+    ) -> None:
         self._check_idle("reset_async")
         n = self.num_envs
         if options is not None:
@@ -968,6 +1008,9 @@ class Pool(ShardMoves):
     ) -> None:
         """Start a rare call (get_attr, env_method, call, set_attr, render, is_wrapped, has_attr)
         on the envs at ``indices``; ``values`` (aligned with ``indices``) are per-env values, for set_attr."""
+        self._held(request, self._call_async, request, indices, args, values)
+
+    def _call_async(self, request: str, indices: Sequence[int], args: tuple, values: Sequence | None) -> None:
         self._check_idle(request)
         if request not in CALLS and request not in Shard.POOL_CALLS:
             raise ValueError(f"unknown request {request!r}: one of {', '.join(sorted(CALLS))}")
@@ -1996,13 +2039,23 @@ class Pool(ShardMoves):
             frame = frame.f_back
         return False
 
-    def _enter_slowly(self, p: _Pending | None) -> object | None:
+    def _enter_slowly(self, p: _Pending | None, refuse: str = "") -> object | None:
         """The token is taken. By close() or a command further up this thread's stack: go on without it
         (None). By another thread: wait for it, then go on only if ``p`` (None: any) is still the pending
-        command; else that thread completed it (or closed the pool), and this raises."""
+        command; else that thread completed it (or closed the pool), and this raises. ``refuse``: the call
+        (send) that waits only for a close() or a brief hold: a recv() in another thread may wait for this very
+        call's envs (a hang), so it is refused."""
         if self._closer == _get_ident() or self._inside_here():
             return None
-        token = self._take_token(None)
+        token = self._take_token(time.monotonic() + _BRIEF_HOLD_S if refuse else None)
+        if token is None:  # (only with refuse)
+            if not self._closing_thread:
+                raise AlreadyPendingCallError(
+                    f"{refuse}() called while another thread is inside this pool (a recv() or a call): a pool is used "
+                    "from one thread at a time",
+                    "step",
+                )
+            token = self._take_token(None)  # (close() ends within its timeout)
         try:
             self._check_usable()  # closed meanwhile: ClosedError
             if p is not None and self._pending is not p:
@@ -2348,6 +2401,8 @@ def _describe_cause(cause: BaseException | None) -> str:
 
 _COMMAND_CODES = frozenset((
     Pool._complete.__code__, Pool._complete_step.__code__, AsyncBatches.recv.__code__,
+    # (a command's issue: a command a move or a big seed runs inside it goes on under its hold)
+    Pool.step_async.__code__, Pool._held.__code__, AsyncBatches.send.__code__,
     Pool._held_request.__code__,  # (a park asks the workers whether its envs can move, under its hold)
 ))  # fmt: skip
 _HOLDING_CODES = _COMMAND_CODES | {Pool.close.__code__}  # (the frames that may hold the token)

@@ -12,6 +12,7 @@ from functools import partial
 
 import gymnasium as gym
 import numpy as np
+import psutil
 import pytest
 
 from fastvec import SubprocVecEnv, VectorEnv
@@ -1377,15 +1378,17 @@ class _SlowArray:
 @pytest.mark.one_pass
 @pytest.mark.parametrize("api", ["sync", "batches"])
 def test_close_from_another_thread_during_a_send_raises_closed_error(api: str) -> None:
-    """send() and step_async() hold no token: close() released the block while they converted the actions, and they
-    failed with a bare TypeError from the released views."""
+    """close() from another thread while send() / step_async() convert their actions (0.5 s): it waits for the issue
+    up to its timeout, here 0.1 s, then breaks the pool and stops the workers; the send then raises ClosedError
+    (it released the block under the conversion: a bare TypeError from the released views; later it issued into the
+    block of a pool already closed)."""
     import threading
 
     from fastvec.errors import ClosedError
 
     options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
     venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
-    closer = threading.Timer(0.2, venv.pool.close, kwargs={"timeout": 0.3})
+    closer = threading.Timer(0.2, venv.pool.close, kwargs={"timeout": 0.1})
     try:
         ids = None
         if api == "sync":
@@ -1397,10 +1400,47 @@ def test_close_from_another_thread_during_a_send_raises_closed_error(api: str) -
         with pytest.raises(ClosedError):
             if api == "sync":
                 venv.step_async(_SlowArray(4))
-                venv.step_wait()
             else:
                 venv.send(_SlowArray(2), ids)
-                venv.recv()
+    finally:
+        closer.join(30)
+        venv.close()
+
+
+@pytest.mark.one_pass
+@pytest.mark.parametrize("api", ["sync", "batches"])
+def test_close_from_another_thread_waits_for_a_send_being_issued(api: str) -> None:
+    """close() from another thread while send() / step_async() convert their actions (0.5 s), with time to wait: the
+    command is issued, then close() finishes it (or the caller does) and closes; the caller's next call raises
+    ClosedError. (Held by neither, close() could issue its command while a step was issued: workers left to its
+    timeout.)"""
+    import threading
+
+    from fastvec.errors import ClosedError
+
+    options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
+    pids = venv.pool.worker_pids
+    closed_at = []
+    closer = threading.Timer(0.2, lambda: (venv.pool.close(timeout=5), closed_at.append(time.monotonic())))
+    try:
+        ids = None
+        if api == "sync":
+            venv.reset()
+        else:
+            venv.async_reset()
+            ids = venv.recv()[4]
+        closer.start()
+        if api == "sync":
+            venv.step_async(_SlowArray(4))
+        else:
+            venv.send(_SlowArray(2), ids)
+        issued = time.monotonic()
+        closer.join(30)
+        assert closed_at and closed_at[0] >= issued  # (it waited for the issue)
+        with pytest.raises(ClosedError):
+            venv.step_wait() if api == "sync" else venv.recv()
+        assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     finally:
         closer.join(30)
         venv.close()

@@ -212,14 +212,17 @@ class ShardMoves:
         every command, asleep, until ``request_unpark``: beside a CPU hog, a worker costs its
         neighbours more in wake-ups and time-sharing than its envs cost them (benchmarks/README.md).
         False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
-        shard, a shard already parked or emptying, moves pending on it, or no neighbour to take
-        its envs."""
+        shard, a shard already parked or emptying, moves pending on it, no neighbour to take
+        its envs, or a command pending (between ``step_async`` and ``step_wait``: ask again after it;
+        ``queue_park`` takes it at the next step)."""
         parked = self._held_request(self._request_park, shard)
         if parked:  # (by hand: the monitor leaves it parked; its own parks come through queue_park)
             self.monitor_parked.discard(shard)
         return parked
 
     def _request_park(self, shard: int) -> bool:
+        if self._pending is not None or self._state is not _IDLE:
+            return False  # (a step in flight, from another thread: its workers would read the moves it marks mid-step)
         if not self.can_park(shard) or not self._can_carry(list(self.shard_envs[shard])):
             return False
         envs = self.shard_envs[shard]

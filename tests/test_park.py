@@ -163,6 +163,15 @@ def test_park_requests_are_refused_where_they_cannot_apply() -> None:
         venv.step_wait()
         assert pool.request_unpark(1)
         venv.step(np.zeros(6, np.int64))
+    with SubprocVecEnv([envs.make_cartpole] * 6, start_method="fork", num_workers=3) as venv:
+        # nor a park while a step is pending (another thread's, say): the workers stepping would read the moves it
+        # marks in the middle of the step
+        venv.reset()
+        venv.pool._can_carry(list(venv.pool.shard_envs[1]))  # (whether its envs can move known: no call of its own)
+        venv.step_async(np.zeros(6, np.int64))
+        assert not venv.pool.request_park(1) and not venv.pool.pending_moves
+        venv.step_wait()
+        assert venv.pool.request_park(1)
     with VectorEnv(
         [envs.make_cartpole] * 4, context="fork", num_workers=2, autoreset_mode=AutoresetMode.DISABLED
     ) as venv:

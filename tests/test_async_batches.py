@@ -1446,6 +1446,33 @@ def test_close_from_another_thread_waits_for_a_send_being_issued(api: str) -> No
         venv.close()
 
 
+@pytest.mark.one_pass
+def test_a_send_while_another_thread_waits_in_recv_is_refused() -> None:
+    """send() from a second thread while the first waits in recv(): refused at once (AlreadyPendingCallError), not
+    waited for: that recv() may be waiting for this very send's envs (a hang), and a pool is used from one thread at a
+    time. The first thread's recv() is unharmed."""
+    import threading
+
+    from fastvec.errors import AlreadyPendingCallError
+
+    fns = [partial(envs.FailingEnv, None)] * 2 + [partial(envs.FailingEnv, "slow")] * 2
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, step_in_parent=False, batch_size=2) as venv:
+        venv.async_reset()
+        first, second = venv.recv()[4], venv.recv()[4]
+        fast, slow = (first, second) if first[0] == 0 else (second, first)
+        venv.send(np.zeros(2, np.int64), slow)  # (0.15 s a step)
+        out: dict = {}
+        receiver = threading.Thread(target=lambda: out.setdefault("ids", venv.recv()[4]))
+        receiver.start()
+        time.sleep(0.05)  # (inside recv(), holding the pool)
+        with pytest.raises(AlreadyPendingCallError, match="another thread"):
+            venv.send(np.zeros(2, np.int64), fast)
+        receiver.join(10)
+        assert out["ids"].tolist() == slow.tolist()
+        venv.send(np.zeros(2, np.int64), fast)
+        assert venv.recv()[4].tolist() == fast.tolist()
+
+
 class _CountsSinceReset(gym.Env):
     """obs [t]: steps since its reset; a reset whose options say "fail" raises."""
 

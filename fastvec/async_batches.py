@@ -241,97 +241,94 @@ class AsyncBatches:
         tokens = pool._token
         token = tokens.pop() if tokens else pool._enter_slowly(None, "send")
         try:
-            self._send(pool, actions, env_ids, per_env, entered)
+            if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual send)
+                pool._check_usable()
+            if pool._pending is not None:
+                raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
+            if type(env_ids) is not np.ndarray or env_ids.dtype != _INTP or env_ids.ndim != 1:  # (recv()'s ids are)
+                given = np.asarray(env_ids)
+                if given.size and given.dtype.kind not in "iu" and not _integral(given):
+                    # (a mask of booleans would be read as ids 0 and 1, and 1.5 as 1)
+                    raise TypeError(f"env ids must be integers (those recv() returned), got {given.dtype}: {given.tolist()}")
+                if given.size and (given.min() < 0 or given.max() >= pool.num_envs):  # (before the cast: 2**64 - 1 wrapped)
+                    raise ValueError(f"env ids must be in 0..{pool.num_envs - 1}, got {given.reshape(-1).tolist()}")
+                env_ids = given.astype(np.intp, copy=False).reshape(-1)
+            try:
+                ids = env_ids.tolist()
+                whole = self._whole.get(tuple(ids))
+                if whole is not None:  # one group's envs in order, as recv() returns them
+                    position = whole[0]
+                    if self.running[position]:
+                        self._idle(whole)  # (raises)
+                    leaf_writer = self._leaf_writer
+                    pickled = None
+                    if leaf_writer is not None:
+                        # the usual send (one array leaf): its rows' view made once, the leaf's dtype tag stored only
+                        # when it changed, and no scratch arrays
+                        tag = leaf_writer.write(actions, self._action_rows[position][0], ids)
+                        if not tag & TAG_PICKLED:
+                            if self._sent_tags[position] != tag:
+                                pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
+                                self._sent_tags[position] = tag
+                            self._give(pool, whole, _STEP, 0, None)
+                            pool._inside_ns += time.perf_counter_ns() - entered
+                            return
+                        pickled = [leaf_writer.take_pickled()]  # (values no 8 bytes hold: they travel pickled, below)
+                    positions, run = whole, True
+                else:
+                    pickled = None
+                    positions, run = self._groups(pool, env_ids, ids)
+                count = len(env_ids)
+                writer = self._writer(count)
+                views = pool._views
+                first = ids[0]
+                tags = self._tags
+                if run:
+                    rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
+                    if pickled is not None:  # (the leaf's writer took them above)
+                        objects = pickled
+                        tags[0] = TAG_PICKLED
+                    elif len(positions) == 1:  # one group: its rows' views, made once
+                        objects = writer.write(actions, self._action_rows[positions[0]], tags, per_env, ids)
+                    else:
+                        objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags, per_env, ids)
+                else:
+                    rows = env_ids
+                    scratch = [np.empty((count, *b.shape[1:]), b.dtype) for b in views.actions]
+                    objects = writer.write(actions, scratch, tags, per_env, ids)
+                    for buffer, part in zip(views.actions, scratch):
+                        buffer[rows] = part
+                tags_list = tags.tolist()  # the dtype each leaf came in, stored for these envs where it changed
+                sent = tags_list[0] if len(tags_list) == 1 else tuple(tags_list)  # (an int for one leaf, as above)
+                sent_tags = self._sent_tags
+                if (sent_tags[positions[0]] != sent) if len(positions) == 1 else any(sent_tags[p] != sent for p in positions):
+                    views.action_tags[:, rows] = tags[:, None]
+                    for position in positions:
+                        sent_tags[position] = sent
+                payloads = None
+                if objects is not None:  # object parts of the actions: each worker's share, in its envs' order
+                    order = {int(e): k for k, e in enumerate(env_ids)}
+                    payloads = {}
+                    for position in positions:
+                        envs = self.groups[position]
+                        share = [[column[order[i]] for i in envs] for column in objects]
+                        if position < self.first_remote:  # (the copy a worker's envs get)
+                            self._local_objects = private_payload(share, "actions", envs)
+                        else:
+                            payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
+                self._give(pool, positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
+                pool._inside_ns += time.perf_counter_ns() - entered
+            except BaseException:
+                # close() from another thread (or a signal handler) released the block under this send (the actions'
+                # conversion can take a while: a lazy tensor): a bare TypeError from the released views otherwise
+                if pool._terminated:
+                    raise pool._closed_meanwhile("send") from None
+                raise
         finally:  # (Pool._leave, inline)
             if token is not None:
                 tokens.append(token)
             if pool._release_deferred and not pool._reentered:
                 pool._release()
-
-    def _send(self, pool: Pool, actions: Any, env_ids: Any, per_env: bool, entered: int) -> None:
-        if pool._state is not self._IDLE or pool._terminated or pool._closer:  # (else usable: the usual send)
-            pool._check_usable()
-        if pool._pending is not None:
-            raise AlreadyPendingCallError(f"send() called while {pool._pending.name!r} is pending", "step")
-        if type(env_ids) is not np.ndarray or env_ids.dtype != _INTP or env_ids.ndim != 1:  # (recv()'s ids are)
-            given = np.asarray(env_ids)
-            if given.size and given.dtype.kind not in "iu" and not _integral(given):
-                # (a mask of booleans would be read as ids 0 and 1, and 1.5 as 1)
-                raise TypeError(f"env ids must be integers (those recv() returned), got {given.dtype}: {given.tolist()}")
-            if given.size and (given.min() < 0 or given.max() >= pool.num_envs):  # (before the cast: 2**64 - 1 wrapped)
-                raise ValueError(f"env ids must be in 0..{pool.num_envs - 1}, got {given.reshape(-1).tolist()}")
-            env_ids = given.astype(np.intp, copy=False).reshape(-1)
-        try:
-            ids = env_ids.tolist()
-            whole = self._whole.get(tuple(ids))
-            if whole is not None:  # one group's envs in order, as recv() returns them
-                position = whole[0]
-                if self.running[position]:
-                    self._idle(whole)  # (raises)
-                leaf_writer = self._leaf_writer
-                pickled = None
-                if leaf_writer is not None:
-                    # the usual send (one array leaf): its rows' view made once, the leaf's dtype tag stored only
-                    # when it changed, and no scratch arrays
-                    tag = leaf_writer.write(actions, self._action_rows[position][0], ids)
-                    if not tag & TAG_PICKLED:
-                        if self._sent_tags[position] != tag:
-                            pool._views.action_tags[0, ids[0] : ids[0] + len(ids)] = tag
-                            self._sent_tags[position] = tag
-                        self._give(pool, whole, _STEP, 0, None)
-                        pool._inside_ns += time.perf_counter_ns() - entered
-                        return
-                    pickled = [leaf_writer.take_pickled()]  # (values no 8 bytes hold: they travel pickled, below)
-                positions, run = whole, True
-            else:
-                pickled = None
-                positions, run = self._groups(pool, env_ids, ids)
-            count = len(env_ids)
-            writer = self._writer(count)
-            views = pool._views
-            first = ids[0]
-            tags = self._tags
-            if run:
-                rows = slice(first, first + count)  # one run of envs (a batch as recv() returned it): write in place
-                if pickled is not None:  # (the leaf's writer took them above)
-                    objects = pickled
-                    tags[0] = TAG_PICKLED
-                elif len(positions) == 1:  # one group: its rows' views, made once
-                    objects = writer.write(actions, self._action_rows[positions[0]], tags, per_env, ids)
-                else:
-                    objects = writer.write(actions, [buffer[rows] for buffer in views.actions], tags, per_env, ids)
-            else:
-                rows = env_ids
-                scratch = [np.empty((count, *b.shape[1:]), b.dtype) for b in views.actions]
-                objects = writer.write(actions, scratch, tags, per_env, ids)
-                for buffer, part in zip(views.actions, scratch):
-                    buffer[rows] = part
-            tags_list = tags.tolist()  # the dtype each leaf came in, stored for these envs where it changed
-            sent = tags_list[0] if len(tags_list) == 1 else tuple(tags_list)  # (an int for one leaf, as above)
-            sent_tags = self._sent_tags
-            if (sent_tags[positions[0]] != sent) if len(positions) == 1 else any(sent_tags[p] != sent for p in positions):
-                views.action_tags[:, rows] = tags[:, None]
-                for position in positions:
-                    sent_tags[position] = sent
-            payloads = None
-            if objects is not None:  # object parts of the actions: each worker's share, in its envs' order
-                order = {int(e): k for k, e in enumerate(env_ids)}
-                payloads = {}
-                for position in positions:
-                    envs = self.groups[position]
-                    share = [[column[order[i]] for i in envs] for column in objects]
-                    if position < self.first_remote:  # (the copy a worker's envs get)
-                        self._local_objects = private_payload(share, "actions", envs)
-                    else:
-                        payloads[pool._remotes[position - self.first_remote].index] = dumps_payload(share, "actions", envs)
-            self._give(pool, positions, _STEP, _HAS_OBJECTS if objects is not None else 0, payloads)
-            pool._inside_ns += time.perf_counter_ns() - entered
-        except BaseException:
-            # close() from another thread (or a signal handler) released the block under this send (the actions'
-            # conversion can take a while: a lazy tensor): a bare TypeError from the released views otherwise
-            if pool._terminated:
-                raise pool._closed_meanwhile("send") from None
-            raise
 
     def _writer(self, count: int) -> ActionWriter:
         """The action writer of a send to ``count`` envs (made at the first)."""

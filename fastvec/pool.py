@@ -744,61 +744,58 @@ class Pool(ShardMoves):
             self._check_idle("step_async")  # after waiting for that thread, for as long as its envs take)
         token = tokens.pop() if tokens else self._enter_slowly(None)
         try:
-            self._step_async(actions, per_env, entered)
+            if self._pending is not None or self._state is not _IDLE or self._async is not None:
+                if self._async is not None:
+                    raise ValueError(
+                        f"this pool hands out batches of {self._async.batch_size} envs: use send(actions, env_ids) and "
+                        "recv() (or make it without batch_size for the synchronous step)"
+                    )
+                self._check_idle("step_async")
+            if self._move_requests:
+                self._take_move_requests()
+            views = self._views
+            try:
+                objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
+            except BaseException:
+                # close() from another thread (or a signal handler) released the block under this step (the actions'
+                # conversion can take a while: a lazy tensor): a bare TypeError from the released views otherwise
+                if self._terminated:
+                    raise self._closed_meanwhile("step") from None
+                raise
+            if self._terminated:  # close() from another thread gave up waiting for this step's issue (and broke the pool)
+                raise self._closed_meanwhile("step")
+            slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
+            if objects is None:  # the usual step: the workers start first, the bookkeeping follows while they run
+                try:
+                    if self._remotes:
+                        kernels.issue(self._control, self._bases, _STEP_CODE, slot, 0, self._seqs, self._remaining_index)
+                    reused = self._usual_step
+                    if reused is None:
+                        reused = self._usual_step = _Pending(_STEP, "step", slot, 0, None, (slot, None))
+                    self._pending = reused.rearm_step(slot)
+                    self._state = _PENDING
+                except BaseException as exc:  # (as in _issue) issued or not, the pool cannot tell: broken
+                    self._break(exc)
+                    if self._terminated:  # (closed meanwhile: as above)
+                        raise self._closed_meanwhile("step") from None
+                    raise
+                self._inside_ns += time.perf_counter_ns() - entered
+                return
+            # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share
+            payloads = {
+                r.index: dumps_payload([column[r.envs.start : r.envs.stop] for column in objects], "actions", r.envs)
+                for r in self._remotes
+            }
+            local = None
+            if self._local is not None:  # (the copy a worker's envs get: an env that changes its action changes its own)
+                own = self._local
+                local = private_payload([own.part(column) for column in objects], "actions", self._own_envs())
+            self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
         finally:  # (_leave, inline)
             if token is not None:
                 tokens.append(token)
             if self._release_deferred and not self._reentered:  # closed meanwhile by a signal handler
                 self._release()
-
-    def _step_async(self, actions: Any, per_env: bool, entered: int) -> None:
-        if self._pending is not None or self._state is not _IDLE or self._async is not None:
-            if self._async is not None:
-                raise ValueError(
-                    f"this pool hands out batches of {self._async.batch_size} envs: use send(actions, env_ids) and "
-                    "recv() (or make it without batch_size for the synchronous step)"
-                )
-            self._check_idle("step_async")
-        if self._move_requests:
-            self._take_move_requests()
-        views = self._views
-        try:
-            objects = self._actions.write(actions, views.actions, views.action_tags, per_env)
-        except BaseException:
-            # close() from another thread (or a signal handler) released the block under this step (the actions'
-            # conversion can take a while: a lazy tensor): a bare TypeError from the released views otherwise
-            if self._terminated:
-                raise self._closed_meanwhile("step") from None
-            raise
-        if self._terminated:  # close() from another thread gave up waiting for this step's issue (and broke the pool)
-            raise self._closed_meanwhile("step")
-        slot = self.slot + 1 if self.slot + 1 < self.ring_slots else 0
-        if objects is None:  # the usual step: the workers start first, the bookkeeping follows while they run
-            try:
-                if self._remotes:
-                    kernels.issue(self._control, self._bases, _STEP_CODE, slot, 0, self._seqs, self._remaining_index)
-                reused = self._usual_step
-                if reused is None:
-                    reused = self._usual_step = _Pending(_STEP, "step", slot, 0, None, (slot, None))
-                self._pending = reused.rearm_step(slot)
-                self._state = _PENDING
-            except BaseException as exc:  # (as in _issue) issued or not, the pool cannot tell: broken
-                self._break(exc)
-                if self._terminated:  # (closed meanwhile: as above)
-                    raise self._closed_meanwhile("step") from None
-                raise
-            self._inside_ns += time.perf_counter_ns() - entered
-            return
-        # object leaves (Text, ...) of the actions travel pickled, each worker its envs' share
-        payloads = {
-            r.index: dumps_payload([column[r.envs.start : r.envs.stop] for column in objects], "actions", r.envs)
-            for r in self._remotes
-        }
-        local = None
-        if self._local is not None:  # (the copy a worker's envs get: an env that changes its action changes its own)
-            own = self._local
-            local = private_payload([own.part(column) for column in objects], "actions", self._own_envs())
-        self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
 
     def step_wait(self, timeout: float | None = None) -> Batch:
         """Finish the pending step: the results in the next ring slot, as a Batch.

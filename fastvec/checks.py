@@ -286,14 +286,15 @@ class _LeafWriter:
             for pos, value in enumerate(values):
                 if isinstance(value, np.generic):
                     value = value.item()
-                real = isinstance(value, numbers.Real) or (isinstance(value, complex) and value.imag == 0)
+                # (numbers.Complex: np.clongdouble's item() stays an np.clongdouble, no Python complex)
+                real = isinstance(value, numbers.Real) or (isinstance(value, numbers.Complex) and value.imag == 0)
                 where = f"action for env {self._env(row)}{self.where}{self._element(pos)}"
                 if not real or isinstance(value, (str, bytes)):
                     problem = f"{where} is {shown_value(value, 80)}, not a real number: {self.space} takes numbers"
                     if not warn:
                         raise ValueError(f"{problem} (check='raise')")
                 else:
-                    value = value.real if isinstance(value, complex) else value
+                    value = value if isinstance(value, numbers.Real) else value.real
                     try:
                         held[row, pos] = value
                         kept = held[row, pos].item()

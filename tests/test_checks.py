@@ -93,6 +93,18 @@ def test_negative_zero_for_an_integer_space_keeps_its_sign() -> None:
 
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.clongdouble])
+def test_complex_actions_with_no_imaginary_part_pass_a_raise_check(dtype: type) -> None:
+    """check="raise" takes complex actions with no imaginary part as the real numbers they are (the README); a
+    complex256 was refused as "not a real number" (its item() is no Python complex: hunt104 bug 3)."""
+    space = spaces.Box(-2, 2, (2,), np.float32)
+    writer, out = _writer(space, "raise")
+    writer.write(np.array([[0.5, -1.5], [-2.0, 1.0]], dtype), out)
+    np.testing.assert_array_equal(out, [[0.5, -1.5], [-2.0, 1.0]])
+    with pytest.raises(ValueError, match=r"action for env 1 \(element \(0,\)\) is .*, not a real number"):
+        writer.write(np.array([[0.5, -1.5], [1j, 1.0]], dtype), out)
+
+
 def test_actions_no_8_bytes_hold_travel_pickled_as_sent() -> None:
     """float128 actions went through the float64 buffer rounded, silently, then were refused; complex, string and
     object actions were refused ("must be numbers"): SB3 and gymnasium hand the env each row as sent. Values float64

@@ -1905,15 +1905,15 @@ class Pool(ShardMoves):
         Raises EnvError if an env raised in its close(), after cleaning up.
         In a child forked from the pool's process, only marks the child's copy closed.
         """
+        if self._foreign:  # (first: a fork made while the pool stopped its workers copied a release it would do here,
+            self._state = PoolState.CLOSED  # closing its copies of this process's envs)
+            return
         if self._state is PoolState.CLOSED or self._terminated:
             if not self._stopping:  # (a close() still stopping them, in another thread or under this handler: it does)
                 left, self._left_running = self._left_running, None
                 if left is not None and left[0] == os.getpid():  # (not in a fork: they are not its children)
                     stop(left[1], 1.0)  # (workers an interrupted close() only signalled: ended and let go of now)
             self._release_if_deferred()
-            return
-        if self._foreign:
-            self._state = PoolState.CLOSED
             return
         # (any number, as gymnasium's close takes; unbounded ones are bounded: process joins take int milliseconds;
         # one that is no number (NaN) does not keep the pool open: the default)

@@ -400,9 +400,9 @@ class Remote:
                     _FORKING[:] = []
                     if main and sys.unraisablehook is catching:  # (not if another thread set its own meanwhile)
                         sys.unraisablehook = unraisable
-                    if main and _MASK:  # (the fork's hook was cut short before it unblocked them: SIGINT stayed blocked;
-                        # only the main thread holds signals, and only it may take the mask it saved)
-                        signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
+                    mask = _own_mask() if main else None  # (the fork's hook was cut short before it unblocked them:
+                    if mask is not None:  # SIGINT stayed blocked; only the main thread holds signals, and only it may take
+                        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the mask it saved)
                 if _FORK_INTERRUPTS:  # (a handler's exception inside the fork's hook: raised here, the worker ended)
                     interrupt = _FORK_INTERRUPTS.pop()
                     _FORK_INTERRUPTS.clear()
@@ -516,17 +516,15 @@ class Remote:
                 data = conn.recv_bytes() if conn.poll(POLL_NS / 1e9) else None
                 gone = data is None and self.exitcode is not None and not conn.poll(0)
             except (EOFError, OSError) as exc:  # (OSError too where close(), in another thread or a signal handler, released it)
-                # (the pipe's own errors are EOFError, ConnectionError and a plain OSError, "got end of file during
-                # message"; any other OSError, or a plain one with the worker alive, is a signal handler's own)
-                maybe_handlers = not isinstance(exc, (EOFError, ConnectionError)) and not conn.closed
-                if maybe_handlers and type(exc) is not OSError and self.exitcode is None:
-                    raise  # (a TimeoutError, say: at once)
+                # the pipe's own errors (EOFError, ConnectionError, "got end of file during message") are raised in
+                # multiprocessing.connection; one raised elsewhere is a signal handler's own, whatever its type (a
+                # handler's BrokenPipeError, print() to a closed pipe, was taken for the worker's death): at once
+                if not conn.closed and self.exitcode is None and not _raised_in(exc, _CONNECTION_FILE):
+                    raise
                 try:
                     self.process.join(1.0)  # (a worker that died mid-message: its status comes a moment later)
                 except ValueError:  # (released meanwhile: the callers see the pool closed)
                     pass
-                if maybe_handlers and self.exitcode is None:
-                    raise  # (a plain OSError of a handler's, the worker alive after all)
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command) from None
             if data is not None:
                 try:
@@ -594,8 +592,22 @@ def _holder(held: list, owner: int) -> Callable:
     return hold
 
 
+_CONNECTION_FILE = mp_connection.__file__
+
+
+def _raised_in(exc: BaseException, filename: str) -> bool:
+    """Whether ``exc`` was raised by code of ``filename`` (its traceback's innermost frame; a signal handler's exception
+    ends in the handler's frame, whichever frame it interrupted)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename == filename
+
+
 _FORKING: list = []  # while Remote.spawn is in Process.start: (its thread, the signals it holds)
-_MASK: list = []  # the signal mask before _before_fork blocked them
+_MASK: list = []  # (the thread, the signal mask before _before_fork blocked them)
 _FORK_INTERRUPTS: list = []  # what a signal handler raised inside _after_fork_in_parent, for Remote.spawn to raise
 
 
@@ -603,12 +615,26 @@ def _before_fork() -> None:
     # blocked for the fork itself: a SIGTERM sent to the child before its hook stays pending (another thread's fork
     # meanwhile is none of this)
     if _FORKING and _FORKING[0][1] and _FORKING[0][0] == threading.get_ident():
-        _MASK[:] = [signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0][1])]
+        _MASK[:] = [(threading.get_ident(), signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0][1]))]
+
+
+def _own_mask() -> Any:
+    """The mask this thread saved in ``_before_fork``, taken (None: none saved, or another thread's: a fork from another
+    thread, between the main thread's hooks, took the main thread's mask and left SIGINT blocked there for good)."""
+    try:
+        thread, mask = _MASK[0]
+    except IndexError:
+        return None
+    if thread != threading.get_ident():
+        return None
+    _MASK.clear()
+    return mask
 
 
 def _after_fork_in_parent() -> None:
-    if _MASK:
-        signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
+    mask = _own_mask()
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _catching_fork_hook(previous: Callable, thread: int) -> Callable:
@@ -628,11 +654,13 @@ def _catching_fork_hook(previous: Callable, thread: int) -> Callable:
 def _after_fork_in_child() -> None:
     # (its own forks are none of this: the flag came with the parent's memory, and its env's subprocesses, forked
     # later, would have had their signals reset)
+    # (the fork's thread is the child's one thread, of the same ident: a fork from another thread is no worker)
     forking, _FORKING[:] = bool(_FORKING), []
-    if _MASK and forking:  # the worker: SIGTERM ends it until worker_main installs its handler; SIGINT is its parent's
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    mask = _own_mask()
+    if mask is not None and forking:  # the worker: SIGTERM ends it until worker_main installs its handler; SIGINT is its
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # parent's
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, _MASK.pop())
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 if hasattr(os, "register_at_fork"):

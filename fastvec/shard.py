@@ -1185,10 +1185,13 @@ def close_each(envs: list, start: int = 0, tried: set[int] | None = None) -> Non
     one env's close() left the others open for good (the pool counts them closed). Afterwards the first
     interrupt is raised, else the first error, as a ShardError. ``tried`` gets the id of each env whose close() was
     called (raising or not): an interrupt before the loop, or between two envs, leaves the others out of it, for a
-    later close to close (one marking them all closed beforehand left them open for good)."""
+    later close to close (one marking them all closed beforehand left them open for good); an env already in it is
+    not closed again (a close() interrupted after its CLOSE command closed them, run again)."""
     first: ShardError | None = None
     interrupt: BaseException | None = None
     for j, env in enumerate(envs):
+        if tried is not None and id(env) in tried:
+            continue
         try:
             env.close()
         except ENV_ERRORS as exc:

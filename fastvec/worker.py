@@ -73,7 +73,12 @@ class _Terminated(BaseException):
     an env error."""
 
 
+_CLOSING: list = []  # non-empty while the CLOSE command closes the envs
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if _CLOSING:  # (SIGTERM's errand, done already: raised there, it cut an env's close() short, at its first line even,
+        return  # and that env was never closed; a second SIGTERM cut the next one's. The deadline stands: SIGALRM)
     raise _Terminated
 
 
@@ -255,8 +260,8 @@ def worker_main(
                 closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns, holding.closed)
             except (EOFError, BrokenPipeError, ConnectionResetError):
                 closed = False  # the parent went away
-            if not closed:
-                _close_quietly(shard.envs)  # nobody is left to ask
+            if not closed:  # nobody is left to ask (those a CLOSE command closed, its reply then lost, are not closed again)
+                _close_quietly([env for env in shard.envs if id(env) not in holding.closed])
             holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
             # (and nothing for its handler to do: a late SIGTERM, an interrupted close()'s, ended the worker in a
             # traceback of _Terminated inside multiprocessing's exit)
@@ -349,6 +354,7 @@ def _serve(
                 request, indices, args, values = conn.recv()
                 reply = ("ok", shard.call(request, indices, args, values) if indices else [])
             elif command == Command.CLOSE:
+                _CLOSING.append(True)
                 shard.close(closed)
                 reply = ("ok", None)
         except ShardError as err:  # (with the object parts of the observations its rows now hold: Shard.take_objects)

@@ -1473,6 +1473,37 @@ def test_a_send_while_another_thread_waits_in_recv_is_refused() -> None:
         assert venv.recv()[4].tolist() == fast.tolist()
 
 
+class _SlowToClose(gym.Wrapper):
+    """CartPole whose close() takes 0.5 s."""
+
+    def __init__(self) -> None:
+        super().__init__(envs.make_cartpole())
+
+    def close(self) -> None:
+        time.sleep(0.5)
+        super().close()
+
+
+@pytest.mark.one_pass
+def test_a_send_while_another_thread_closes_the_pool_waits_for_the_close() -> None:
+    """send() from a second thread while the first closes the pool (its envs closing, slowly): not refused as a
+    command of another thread's, but waited for, then ClosedError."""
+    import threading
+
+    from fastvec.errors import ClosedError
+
+    with SubprocVecEnv([_SlowToClose] * 4, start_method="fork", num_workers=2, step_in_parent=False, batch_size=2) as venv:
+        venv.async_reset()
+        ids = venv.recv()[4]
+        venv.recv()
+        closer = threading.Thread(target=venv.close)
+        closer.start()
+        time.sleep(0.2)  # (close() holds the pool: the workers are closing their envs)
+        with pytest.raises(ClosedError):
+            venv.send(np.zeros(2, np.int64), ids)
+        closer.join(30)
+
+
 class _CountsSinceReset(gym.Env):
     """obs [t]: steps since its reset; a reset whose options say "fail" raises."""
 

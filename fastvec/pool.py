@@ -96,6 +96,7 @@ from fastvec.stats import PoolStats, Sampler
 
 __all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
+_RECOVERING = threading.Lock()  # _recover_lost_token's check and new token, one thread at a time
 _BRIEF_HOLD_S = 0.05  # send(): how long it waits for another thread's hold before it refuses (not for a close)
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 _get_ident = threading.get_ident
@@ -2096,15 +2097,19 @@ class Pool(ShardMoves):
         between taking it and the ``try`` that gives it back): make a new one."""
         me = _get_ident()
         owners = (self, self._async)
+        waiting = Pool._take_token.__code__
         for ident, frame in sys._current_frames().items():
             if ident == me:
                 continue
             while frame is not None:
+                if frame.f_code is waiting and frame.f_locals.get("self") is self:
+                    break  # (a thread waiting for the token holds none: two waiters took each other for its holder)
                 if frame.f_code in _HOLDING_CODES and frame.f_locals.get("self") in owners:
                     return
                 frame = frame.f_back
-        if not self._token:  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
-            self._token.append(object())
+        with _RECOVERING:  # (two waiters recovering at once made two tokens)
+            if not self._token:  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
+                self._token.append(object())
 
     def terminate(self) -> None:
         """Stop without waiting for a pending command: each worker gets SIGTERM, closes its envs and exits

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import pickle
 import select
+import selectors
 import signal
 import sys
 import threading
@@ -519,7 +520,7 @@ class Remote:
                 # the pipe's own errors (EOFError, ConnectionError, "got end of file during message") are raised in
                 # multiprocessing.connection; one raised elsewhere is a signal handler's own, whatever its type (a
                 # handler's BrokenPipeError, print() to a closed pipe, was taken for the worker's death): at once
-                if not conn.closed and self.exitcode is None and not _raised_in(exc, _CONNECTION_FILE):
+                if not conn.closed and self.exitcode is None and not _raised_in(exc, _PIPE_FILES):
                     raise
                 try:
                     self.process.join(1.0)  # (a worker that died mid-message: its status comes a moment later)
@@ -592,18 +593,22 @@ def _holder(held: list, owner: int) -> Callable:
     return hold
 
 
-_CONNECTION_FILE = mp_connection.__file__
+_PIPE_FILES = (mp_connection.__file__, selectors.__file__)  # (Connection.poll waits in a selector)
 
 
-def _raised_in(exc: BaseException, filename: str) -> bool:
-    """Whether ``exc`` was raised by code of ``filename`` (its traceback's innermost frame; a signal handler's exception
-    ends in the handler's frame, whichever frame it interrupted)."""
+def _raised_in(exc: BaseException, filenames: tuple[str, ...]) -> bool:
+    """Whether ``exc`` was raised by code of ``filenames`` alone: every frame of its traceback below the one that caught
+    it (a signal handler's exception has the handler's frame among them, whichever frame it interrupted, even where
+    the handler itself then called into those files)."""
     tb = exc.__traceback__
+    tb = tb.tb_next if tb is not None else None  # (the first is the catching frame's)
     if tb is None:
         return False
-    while tb.tb_next is not None:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename not in filenames:
+            return False
         tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename == filename
+    return True
 
 
 _FORKING: list = []  # while Remote.spawn is in Process.start: (its thread, the signals it holds)

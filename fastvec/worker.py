@@ -74,11 +74,17 @@ class _Terminated(BaseException):
 
 
 _CLOSING: list = []  # non-empty while the CLOSE command closes the envs
+_DEADLINE: list = []  # the deadline's SIGALRM is armed (by the compiled kernel as each SIGTERM arrives: True)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     if _CLOSING:  # (SIGTERM's errand, done already: raised there, it cut an env's close() short, at its first line even,
-        return  # and that env was never closed; a second SIGTERM cut the next one's. The deadline stands: SIGALRM)
+        # and that env was never closed; a second SIGTERM cut the next one's.) The deadline stands: an env whose close()
+        # hangs still ends the worker of SIGALRM, armed here where the pure-Python kernels could not arm it
+        if not _DEADLINE:
+            _DEADLINE.append(True)
+            signal.alarm(TERM_DEADLINE_S)
+        return
     raise _Terminated
 
 
@@ -138,6 +144,8 @@ def worker_main(
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (a forked worker inherits its parent's handler)
         signal.signal(signal.SIGTERM, _on_sigterm)
         deadline_armed = kernels.term_deadline(TERM_DEADLINE_S)
+        if deadline_armed:
+            _DEADLINE.append(True)
         if death_signal:
             # with the pure-Python kernels a worker stuck in native code would never run its handler:
             # the parent's death then kills it at once, as SIGKILL, envs unclosed

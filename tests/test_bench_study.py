@@ -222,6 +222,19 @@ def test_the_async_pair_study_times_every_layer_and_refuses_a_layout_it_cannot_m
     assert "multiple of 4" in capsys.readouterr().err
 
 
+def test_compiled_glue_times_both_loops_of_this_checkout(capsys) -> None:
+    """benchmarks.compiled_glue's measuring child, on this checkout's modules (Python): both loops timed, the modules
+    said not compiled (the parent checks each tree is what it claims)."""
+    import json
+    import os
+
+    from benchmarks import compiled_glue
+
+    compiled_glue.child(os.path.dirname(os.path.dirname(os.path.abspath(compiled_glue.__file__))), 2, 50)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["plain_us"] > 0 and result["fastvec_us"] > 0 and result["compiled"] is False
+
+
 @pytest.mark.parametrize(
     "module, argv, message",
     [
@@ -233,6 +246,7 @@ def test_the_async_pair_study_times_every_layer_and_refuses_a_layout_it_cannot_m
         ("startup", ["--rounds", "0"], "argument --rounds: must be at least 1"),
         ("instructions", ["--steps", "500", "--base-steps", "500"], "--steps (500) must exceed --base-steps (500)"),
         ("learner_share", ["--rounds", "0"], "argument --rounds: must be at least 1"),
+        ("compiled_glue", ["--commands", "0"], "argument --commands: must be at least 1, got 0"),
         ("rollout_layouts", ["--rollouts", "nan"], "invalid count value: 'nan'"),
         ("vec_env", ["--seconds", "nan", "--dry-run"], "argument --seconds: must be a finite number above 0, got nan"),
         ("interleaved", ["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),  # (it wrote an empty file)

@@ -269,6 +269,9 @@ def worker_main(
             except (EOFError, BrokenPipeError, ConnectionResetError):
                 closed = False  # the parent went away
             if not closed:  # nobody is left to ask (those a CLOSE command closed, its reply then lost, are not closed again)
+                # (the parent's death, seen here, is also its watcher's SIGTERM, which came as an env's close() ran and
+                # cut it short: now it cuts none, as in a CLOSE command)
+                _CLOSING.append(True)
                 _close_quietly([env for env in shard.envs if id(env) not in holding.closed])
             holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
             # (and nothing for its handler to do: a late SIGTERM, an interrupted close()'s, ended the worker in a

@@ -1464,7 +1464,9 @@ def test_a_send_while_another_thread_waits_in_recv_is_refused() -> None:
         out: dict = {}
         receiver = threading.Thread(target=lambda: out.setdefault("ids", venv.recv()[4]))
         receiver.start()
-        time.sleep(0.05)  # (inside recv(), holding the pool)
+        deadline = time.monotonic() + 10
+        while venv.pool._token and time.monotonic() < deadline:  # (until it is inside recv(), holding the pool)
+            time.sleep(0.001)
         with pytest.raises(AlreadyPendingCallError, match="another thread"):
             venv.send(np.zeros(2, np.int64), fast)
         receiver.join(10)
@@ -1498,7 +1500,9 @@ def test_a_send_while_another_thread_closes_the_pool_waits_for_the_close() -> No
         venv.recv()
         closer = threading.Thread(target=venv.close)
         closer.start()
-        time.sleep(0.2)  # (close() holds the pool: the workers are closing their envs)
+        deadline = time.monotonic() + 10
+        while not venv.pool._closer and time.monotonic() < deadline:  # (until close() holds the pool)
+            time.sleep(0.001)
         with pytest.raises(ClosedError):
             venv.send(np.zeros(2, np.int64), ids)
         closer.join(30)

@@ -781,31 +781,38 @@ def test_a_fork_from_another_thread_inside_a_workers_start_leaves_sigint_to_the_
 
 
 class _HangsInClose(gym.Wrapper):
-    """CartPole whose close() in a worker takes 30 s (stuck)."""
+    """CartPole whose close() in a worker takes 30 s (stuck), once it has written the file ``started``."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: str) -> None:
         super().__init__(envs.make_cartpole())
+        self.started = started
 
     def close(self) -> None:
         if os.getpid() != PARENT:
+            with open(self.started, "w"):
+                pass
             time.sleep(30)
         super().close()
 
 
-def test_a_sigterm_to_a_worker_stuck_closing_its_envs_ends_it_within_the_deadline() -> None:
+def test_a_sigterm_to_a_worker_stuck_closing_its_envs_ends_it_within_the_deadline(tmp_path) -> None:
     """A SIGTERM (a job scheduler's) reaching a worker whose CLOSE command is stuck in an env's close(): it ends within
     the 2 s deadline, of SIGALRM. With the pure-Python kernels, which cannot arm it inside the signal, nothing armed
     it once that SIGTERM stopped cutting the close short: the worker lived until the parent's close() gave up on it, or
     as an orphan for good (hunt105 bug 1)."""
     import signal
     import threading
+    from functools import partial
 
-    venv = SubprocVecEnv([_HangsInClose] * 2, start_method="fork", num_workers=2)
+    started = tmp_path / "started"
+    venv = SubprocVecEnv([partial(_HangsInClose, str(started))] * 2, start_method="fork", num_workers=2)
     venv.reset()
     (pid,) = venv.pool.worker_pids
     closer = threading.Thread(target=venv.pool.close, kwargs={"timeout": 20})
     closer.start()
-    time.sleep(0.7)  # (inside the CLOSE command, in env 1's close())
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:  # (until the CLOSE command is in env 1's close())
+        time.sleep(0.005)
     os.kill(pid, signal.SIGTERM)
     sent = time.monotonic()
     while alive([pid]) and time.monotonic() - sent < 10:

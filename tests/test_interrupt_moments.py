@@ -732,6 +732,9 @@ def test_a_child_forked_while_the_pool_stops_its_workers_closes_none_of_its_envs
 _FORK_ELSEWHERE = """
 import logging  # (first: its fork hook, which holds a lock over a fork, runs after fastvec's, not before it)
 import os, signal, sys, threading
+# (a handler of SIGINT's own, as a program has: a test run started in the background inherits SIGINT ignored, and a
+# worker's start then holds no signal, nor blocks any for its fork)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fastvec import SubprocVecEnv, remote
 from tests import envs
 

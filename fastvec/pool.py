@@ -281,6 +281,7 @@ class Pool(ShardMoves):
         # running this process's shard beside it. The same thread may go on without it (close() completes a
         # pending step itself; an env move runs a command inside a step): ``_enter_slowly`` tells by the stack.
         self._token: list = [object()]
+        self._token_waiters: set[int] = set()  # threads asleep in _take_token (they hold no token)
         self._closer = 0  # the thread running close() with the token
         # close() from several threads (or a signal handler inside close()): the first takes the ticket and tears
         # the pool down, from before it waits for a running command; the others wait for it to be done
@@ -657,8 +658,10 @@ class Pool(ShardMoves):
         or unpark, from another thread waits for it, or it for them. Another thread's command pending: said at once,
         not after waiting for that thread (for as long as its envs take)."""
         tokens = self._token
-        if not tokens and self._pending is not None:
-            self._check_idle(call)
+        if not tokens:  # (as in step_async)
+            pending = self._pending
+            if pending is not None and not pending.sync:
+                self._check_idle(call)
         token = tokens.pop() if tokens else self._enter_slowly(None)
         try:
             body(*args)
@@ -741,8 +744,10 @@ class Pool(ShardMoves):
         # from another thread waits for the issue, or this for them; else close() could issue its command while this
         # issued a step, or a worker unparked meanwhile count as part of this step
         tokens = self._token
-        if not tokens and self._pending is not None:  # (another thread's command is pending: said at once, not
-            self._check_idle("step_async")  # after waiting for that thread, for as long as its envs take)
+        if not tokens:  # (held by another thread: a step or call_async it left pending is said at once, not after
+            pending = self._pending  # waiting for that thread for as long as its envs take; a call() it runs
+            if pending is not None and not pending.sync:  # (a park's) is waited for: it completes it itself)
+                self._check_idle("step_async")
         token = tokens.pop() if tokens else self._enter_slowly(None)
         try:
             if self._pending is not None or self._state is not _IDLE or self._async is not None:
@@ -2083,13 +2088,18 @@ class Pool(ShardMoves):
         """Wait for the token another thread holds (until ``deadline``, a time.monotonic() reading: then
         None; None: for as long as it takes)."""
         tokens = self._token
+        waiters, me = self._token_waiters, _get_ident()
         while True:
             try:
                 return tokens.pop()
             except IndexError:
                 if deadline is not None and time.monotonic() > deadline:
                     return None
-                time.sleep(0.0005)
+                waiters.add(me)  # (holding nothing while it sleeps: _recover_lost_token passes over it)
+                try:
+                    time.sleep(0.0005)
+                finally:
+                    waiters.discard(me)
                 self._recover_lost_token()
 
     def _recover_lost_token(self) -> None:
@@ -2097,13 +2107,14 @@ class Pool(ShardMoves):
         between taking it and the ``try`` that gives it back): make a new one."""
         me = _get_ident()
         owners = (self, self._async)
-        waiting = Pool._take_token.__code__
+        sleeping = set(self._token_waiters)
         for ident, frame in sys._current_frames().items():
-            if ident == me:
+            # (a thread asleep in _take_token holds nothing, whatever frames it is in: two waiters took each other for
+            # the holder. One that has just taken the token there is not asleep: told from a waiter by the set, not
+            # by its frame, which it has not left yet)
+            if ident == me or ident in sleeping:
                 continue
             while frame is not None:
-                if frame.f_code is waiting and frame.f_locals.get("self") is self:
-                    break  # (a thread waiting for the token holds none: two waiters took each other for its holder)
                 if frame.f_code in _HOLDING_CODES and frame.f_locals.get("self") in owners:
                     return
                 frame = frame.f_back

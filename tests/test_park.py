@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
@@ -486,3 +489,103 @@ def test_a_worker_parked_by_hand_is_not_the_monitor_s_to_bring_back() -> None:
             for _ in range(30):
                 venv.step(np.zeros(4, np.int64))
         assert pool.request_park(1) and pool.monitor_parked == set()
+
+
+class _SlowToPickle(gym.Wrapper):
+    """CartPole whose pickling (asked whether it can move: ``movable``) takes 0.5 s in its worker."""
+
+    def __init__(self) -> None:
+        super().__init__(envs.make_cartpole())
+
+    def __getstate__(self) -> dict:
+        time.sleep(0.5)
+        return self.__dict__.copy()
+
+
+def test_a_step_while_another_thread_parks_waits_for_the_park() -> None:
+    """A step while another thread's request_park() waited for its workers' answers (a call it runs under its hold):
+    the step's check, made before it took the hold, completed that call itself, reading the same pipes as the park's
+    thread: one of them waited for replies for good (hunt106 bug 4). The step waits for the park, then steps."""
+    import threading
+
+    from fastvec.pool import Pool
+
+    with SubprocVecEnv([_SlowToPickle] * 6, start_method="fork", num_workers=3, step_in_parent=False) as venv:
+        venv.reset()
+        pool = venv.pool
+        out: dict = {}
+        parker = threading.Thread(target=lambda: out.update(park=pool.request_park(2)), daemon=True)
+        parker.start()
+        deadline = time.monotonic() + 10
+        while (pool._pending is None or pool._pending.name != "movable") and time.monotonic() < deadline:
+            time.sleep(0.001)  # (until the park's call is pending)
+        completed: list = []
+
+        def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+            if event == "call" and frame.f_code is Pool._complete_command.__code__:
+                completed.append(getattr(frame.f_locals.get("p"), "name", None))
+
+        stepper = threading.Thread(
+            target=lambda: (sys.settrace(tracer), venv.step(np.zeros(6, np.int64)), out.update(stepped=True)), daemon=True
+        )
+        stepper.start()
+        stepper.join(20)
+        parker.join(20)
+        assert out.get("stepped") and out.get("park") is True and "movable" not in completed
+
+
+class _SlowActions:
+    """An action batch whose conversion takes ``seconds`` (a lazy tensor)."""
+
+    def __init__(self, n: int, seconds: float) -> None:
+        self.n, self.seconds = n, seconds
+
+    def __array__(self, dtype=None, copy=None):  # type: ignore[no-untyped-def]
+        time.sleep(self.seconds)
+        return np.zeros(self.n, dtype or np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def test_a_thread_that_has_just_taken_the_token_is_not_taken_for_a_waiter() -> None:
+    """A park request waiting for a step's hold took the token and was paused (a GIL switch) before leaving the wait;
+    the step's thread, waiting for the token in its turn, took the other for a waiter holding nothing and made a second
+    token: two threads could hold the pool at once for good (hunt106 bug 3)."""
+    import threading
+
+    from fastvec.pool import Pool
+
+    with SubprocVecEnv([envs.make_cartpole] * 6, start_method="fork", num_workers=3, step_in_parent=False) as venv:
+        venv.reset()
+        pool = venv.pool
+        take = Pool._take_token.__code__
+        paused: list = []
+
+        def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+            if event == "call" and frame.f_code is take:
+                def local(frame, event, arg):  # type: ignore[no-untyped-def]
+                    if event == "return" and arg is not None and not paused:
+                        paused.append(True)
+                        time.sleep(0.3)  # (taken, not yet out of the wait)
+                    return local
+
+                return local
+            return None
+
+        def park() -> None:
+            sys.settrace(tracer)
+            try:
+                pool.request_park(1)
+            finally:
+                sys.settrace(None)
+
+        parker = threading.Thread(target=park, daemon=True)
+        threading.Timer(0.1, parker.start).start()  # (while step_async converts the actions, holding the pool)
+        venv.step_async(_SlowActions(6, 0.3))
+        deadline = time.monotonic() + 10
+        while not paused and time.monotonic() < deadline:
+            time.sleep(0.001)
+        venv.step_wait()  # (waits for the token the park holds)
+        parker.join(20)
+        assert paused and len(pool._token) == 1

@@ -1159,9 +1159,9 @@ class Shard:
             raise ShardError.combine(errors)
         return results
 
-    def close(self, tried: set[int] | None = None) -> None:
-        """Close every env, even if one raises; the first error is raised afterwards. ``tried``: see close_each."""
-        close_each(self.envs, self.start, tried)
+    def close(self, tried: set[int] | None = None, cut: set[int] | None = None) -> None:
+        """Close every env, even if one raises; the first error is raised afterwards. ``tried``, ``cut``: see close_each."""
+        close_each(self.envs, self.start, tried, cut)
 
 
 def spaces_of(envs: list, start: int = 0) -> list[tuple]:
@@ -1180,13 +1180,15 @@ def spaces_of(envs: list, start: int = 0) -> list[tuple]:
     return pairs
 
 
-def close_each(envs: list, start: int = 0, tried: set[int] | None = None) -> None:
+def close_each(envs: list, start: int = 0, tried: set[int] | None = None, cut: set[int] | None = None) -> None:
     """Close every env of ``envs`` (env ``start + j`` at ``j``), even if one raises or is interrupted: a Ctrl-C in
     one env's close() left the others open for good (the pool counts them closed). Afterwards the first
     interrupt is raised, else the first error, as a ShardError. ``tried`` gets the id of each env whose close() was
     called (raising or not): an interrupt before the loop, or between two envs, leaves the others out of it, for a
     later close to close (one marking them all closed beforehand left them open for good); an env already in it is
-    not closed again (a close() interrupted after its CLOSE command closed them, run again)."""
+    not closed again (a close() interrupted after its CLOSE command closed them, run again). With ``cut``, an env whose
+    close() an interrupt cut short (a worker's SIGTERM) goes there instead, to be closed again (cut at its first line
+    it was never closed; counted tried, it was left so for good)."""
     first: ShardError | None = None
     interrupt: BaseException | None = None
     for j, env in enumerate(envs):
@@ -1198,9 +1200,11 @@ def close_each(envs: list, start: int = 0, tried: set[int] | None = None) -> Non
             first = first or ShardError(start + j, "close", exc)
         except BaseException as exc:  # (KeyboardInterrupt, SystemExit: raised once the others are closed)
             interrupt = interrupt or exc
-        finally:
-            if tried is not None:
-                tried.add(id(env))
+            if cut is not None:
+                cut.add(id(env))
+                continue
+        if tried is not None:
+            tried.add(id(env))
     try:
         if interrupt is not None:
             raise interrupt
@@ -1476,5 +1480,5 @@ class WrappedShard:
         self._each(run)
         return results
 
-    def close(self, tried: set[int] | None = None) -> None:
-        self._each(lambda shard: shard.close(tried), through_interrupts=True)
+    def close(self, tried: set[int] | None = None, cut: set[int] | None = None) -> None:
+        self._each(lambda shard: shard.close(tried, cut), through_interrupts=True)

@@ -73,18 +73,7 @@ class _Terminated(BaseException):
     an env error."""
 
 
-_CLOSING: list = []  # non-empty while the CLOSE command closes the envs
-_DEADLINE: list = []  # the deadline's SIGALRM is armed (by the compiled kernel as each SIGTERM arrives: True)
-
-
 def _on_sigterm(signum: int, frame: Any) -> None:
-    if _CLOSING:  # (SIGTERM's errand, done already: raised there, it cut an env's close() short, at its first line even,
-        # and that env was never closed; a second SIGTERM cut the next one's.) The deadline stands: an env whose close()
-        # hangs still ends the worker of SIGALRM, armed here where the pure-Python kernels could not arm it
-        if not _DEADLINE:
-            _DEADLINE.append(True)
-            signal.alarm(TERM_DEADLINE_S)
-        return
     raise _Terminated
 
 
@@ -95,6 +84,8 @@ class _Holding:
         self.made: list = []
         self.shard: Shard | None = None
         self.closed: set[int] = set()  # ids of the envs the CLOSE command closed (a SIGTERM then closes the others)
+        # ids of the envs whose close() a SIGTERM cut short (at its first line, say, or stuck): closed again, last
+        self.cut: set[int] = set()
 
     def envs(self) -> list:
         return self.shard.envs if self.shard is not None else self.made
@@ -108,7 +99,10 @@ def _die_of_sigterm(holding: _Holding, deadline_armed: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the close short
     if not deadline_armed:  # (the compiled kernel armed it as the signal arrived)
         signal.alarm(TERM_DEADLINE_S)
-    _close_quietly([env for env in holding.envs() if id(env) not in holding.closed])  # (each closed once)
+    # (each closed once, but for those whose close() the SIGTERM cut short: again, after the others, as one that was stuck
+    # may stick again; it then ends of the deadline)
+    envs = [env for env in holding.envs() if id(env) not in holding.closed]
+    _close_quietly([env for env in envs if id(env) not in holding.cut] + [env for env in envs if id(env) in holding.cut])
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -144,8 +138,6 @@ def worker_main(
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (a forked worker inherits its parent's handler)
         signal.signal(signal.SIGTERM, _on_sigterm)
         deadline_armed = kernels.term_deadline(TERM_DEADLINE_S)
-        if deadline_armed:
-            _DEADLINE.append(True)
         if death_signal:
             # with the pure-Python kernels a worker stuck in native code would never run its handler:
             # the parent's death then kills it at once, as SIGKILL, envs unclosed
@@ -265,14 +257,16 @@ def worker_main(
             conn.send(("attached", None))
         try:
             try:
-                closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns, holding.closed)
+                closed = _serve(conn, shard, views, worker_index, parent_pid, expected, spin_ns, holding)
             except (EOFError, BrokenPipeError, ConnectionResetError):
                 closed = False  # the parent went away
             if not closed:  # nobody is left to ask (those a CLOSE command closed, its reply then lost, are not closed again)
-                # (the parent's death, seen here, is also its watcher's SIGTERM, which came as an env's close() ran and
-                # cut it short: now it cuts none, as in a CLOSE command)
-                _CLOSING.append(True)
-                _close_quietly([env for env in shard.envs if id(env) not in holding.closed])
+                # (the parent's death, seen here, is also its watcher's SIGTERM: one cutting an env's close() short here
+                # has it closed again by _die_of_sigterm, as in a CLOSE command)
+                try:
+                    shard.close(holding.closed, holding.cut)
+                except ShardError:
+                    pass
             holding.made, holding.shard = [], None  # closed: nothing left for a late SIGTERM to close
             # (and nothing for its handler to do: a late SIGTERM, an interrupted close()'s, ended the worker in a
             # traceback of _Terminated inside multiprocessing's exit)
@@ -318,7 +312,7 @@ def _fill_in(shard: Shard, restart: tuple) -> list | None:
 
 def _serve(
     conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int | None,
-    closed: set[int],
+    holding: _Holding,
 ) -> bool:
     """The command loop, until a CLOSE command (True: the envs are closed; ``closed`` gets the id of each as its close()
     is called) or the parent's death (False)."""
@@ -365,8 +359,7 @@ def _serve(
                 request, indices, args, values = conn.recv()
                 reply = ("ok", shard.call(request, indices, args, values) if indices else [])
             elif command == Command.CLOSE:
-                _CLOSING.append(True)
-                shard.close(closed)
+                shard.close(holding.closed, holding.cut)
                 reply = ("ok", None)
         except ShardError as err:  # (with the object parts of the observations its rows now hold: Shard.take_objects)
             objects = shard.take_objects()

@@ -531,6 +531,8 @@ class Remote:
                 try:
                     return reduction.ForkingPickler.loads(data)
                 except Exception as exc:  # (an env's value whose class, or its loading, exists in the worker only)
+                    if _raised_by_a_signal_handler(exc):  # (the loading runs Python code, where a handler runs: its own
+                        raise  # exception, a timeout alarm's, is no env's)
                     raise ReplyNotLoaded(self.envs, command, data, exc) from exc
             if gone:
                 raise WorkerDiedError(self.index, self.envs, self.exitcode, command)
@@ -609,6 +611,24 @@ def _raised_in(exc: BaseException, filenames: tuple[str, ...]) -> bool:
             return False
         tb = tb.tb_next
     return True
+
+
+def _raised_by_a_signal_handler(exc: BaseException) -> bool:
+    """Whether a frame of ``exc``'s traceback runs one of this process's Python signal handlers."""
+    handlers = set()
+    for signum in signal.valid_signals():
+        try:
+            code = getattr(signal.getsignal(signum), "__code__", None)
+        except (ValueError, OSError):
+            continue
+        if code is not None:
+            handlers.add(code)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in handlers:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 _FORKING: list = []  # while Remote.spawn is in Process.start: (its thread, the signals it holds)

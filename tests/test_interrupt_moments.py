@@ -896,3 +896,30 @@ def test_a_token_lost_to_an_interrupt_is_made_again_while_two_threads_wait_for_i
         assert done.get("steps") and "park" in done and len(venv.pool._token) == 1
     finally:
         venv.pool.terminate()
+
+
+def test_a_handlers_exception_while_a_reply_is_unpickled_is_the_handlers() -> None:
+    """A signal handler's exception (a timeout alarm's) raised while a worker's reply is unpickled (the loading runs
+    Python code, where a handler runs) was taken for the env's value failing to load: an EnvTypeError naming env 0
+    (hunt106 bug 5). It reaches the caller as it is."""
+    import inspect
+    import linecache
+    import signal
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise TimeoutError("the program's own alarm: time is up")
+
+    lines, first = inspect.getsourcelines(Remote.recv)
+    loading = next(first + k for k, text in enumerate(lines) if "ForkingPickler.loads(data)" in text)
+    assert "loads" in linecache.getline(Remote.recv.__code__.co_filename, loading)
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    venv = SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, step_in_parent=False)
+    try:
+        venv.reset()
+        with at_line(Remote.recv.__code__, lambda f: f.f_lineno == loading, lambda: on_alarm(signal.SIGALRM, None)) as fired:
+            with pytest.raises(TimeoutError, match="the program's own alarm"):
+                venv.get_attr("spec")
+        assert fired
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        venv.close()

@@ -96,7 +96,6 @@ from fastvec.stats import PoolStats, Sampler
 
 __all__ = ["Pool", "PoolState", "split_envs", "default_num_workers"]
 
-_RECOVERING = threading.Lock()  # _recover_lost_token's check and new token, one thread at a time
 _BRIEF_HOLD_S = 0.05  # send(): how long it waits for another thread's hold before it refuses (not for a close)
 PENDING_STEP_GRACE_S = 2.0  # close(): how long a pending step may still take before workers are terminated
 _get_ident = threading.get_ident
@@ -282,6 +281,7 @@ class Pool(ShardMoves):
         # pending step itself; an env move runs a command inside a step): ``_enter_slowly`` tells by the stack.
         self._token: list = [object()]
         self._token_waiters: set[int] = set()  # threads asleep in _take_token (they hold no token)
+        self._recovering: dict[int, tuple[int, float]] = {}  # _recover_lost_token's claim: (thread, since)
         self._closer = 0  # the thread running close() with the token
         # close() from several threads (or a signal handler inside close()): the first takes the ticket and tears
         # the pool down, from before it waits for a running command; the others wait for it to be done
@@ -2089,38 +2089,49 @@ class Pool(ShardMoves):
         None; None: for as long as it takes)."""
         tokens = self._token
         waiters, me = self._token_waiters, _get_ident()
-        while True:
-            try:
-                return tokens.pop()
-            except IndexError:
+        try:
+            while True:
+                waiters.discard(me)  # (first: out of the set before it can hold the token; see _recover_lost_token)
+                try:
+                    return tokens.pop()
+                except IndexError:
+                    pass
                 if deadline is not None and time.monotonic() > deadline:
                     return None
-                waiters.add(me)  # (holding nothing while it sleeps: _recover_lost_token passes over it)
-                try:
-                    time.sleep(0.0005)
-                finally:
-                    waiters.discard(me)
+                waiters.add(me)  # (holding nothing while it waits: _recover_lost_token passes over it)
+                time.sleep(0.0005)
                 self._recover_lost_token()
+        finally:
+            waiters.discard(me)  # (an interrupt anywhere in the wait leaves no stale entry, which recovery passed over)
 
     def _recover_lost_token(self) -> None:
         """The token is taken, yet no thread is in this pool's commands or close() (an interrupt landed
         between taking it and the ``try`` that gives it back): make a new one."""
-        me = _get_ident()
+        me, now = _get_ident(), time.monotonic()
         owners = (self, self._async)
-        sleeping = set(self._token_waiters)
-        for ident, frame in sys._current_frames().items():
-            # (a thread asleep in _take_token holds nothing, whatever frames it is in: two waiters took each other for
-            # the holder. One that has just taken the token there is not asleep: told from a waiter by the set, not
-            # by its frame, which it has not left yet)
-            if ident == me or ident in sleeping:
-                continue
-            while frame is not None:
-                if frame.f_code in _HOLDING_CODES and frame.f_locals.get("self") in owners:
-                    return
-                frame = frame.f_back
-        with _RECOVERING:  # (two waiters recovering at once made two tokens)
-            if not self._token:  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
-                self._token.append(object())
+        # one thread at a time (two made two tokens), without a lock, which an interrupt inside could leave taken: a
+        # claim, which another thread takes over once it is a second old
+        claim = self._recovering.setdefault(0, (me, now))
+        if claim[0] != me:
+            if now - claim[1] < 1.0:
+                return
+            self._recovering[0] = (me, now)
+        try:
+            # (a thread waiting in _take_token holds nothing, whatever frames it is in: two waiters took each other for
+            # the holder. One leaves the set before it takes the token, which it may hold while still in that frame)
+            waiting = set(self._token_waiters)
+            for ident, frame in sys._current_frames().items():
+                if ident == me or ident in waiting:
+                    continue
+                while frame is not None:
+                    if frame.f_code in _HOLDING_CODES and frame.f_locals.get("self") in owners:
+                        return
+                    frame = frame.f_back
+            if self._token or not waiting <= self._token_waiters:
+                return  # (a token came back, or a waiter left the wait meanwhile and may hold it now: looked at again later)
+            self._token.append(object())  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
+        finally:
+            self._recovering.pop(0, None)
 
     def terminate(self) -> None:
         """Stop without waiting for a pending command: each worker gets SIGTERM, closes its envs and exits

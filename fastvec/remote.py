@@ -9,6 +9,7 @@ the worker is alive (and, when given, a deadline), so a dead or hung worker beco
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import multiprocessing as mp
 import os
@@ -618,9 +619,16 @@ def _raised_by_a_signal_handler(exc: BaseException) -> bool:
     handlers = set()
     for signum in signal.valid_signals():
         try:
-            code = getattr(signal.getsignal(signum), "__code__", None)
+            handler = signal.getsignal(signum)
         except (ValueError, OSError):
             continue
+        while isinstance(handler, functools.partial):  # (a handler made with partial, a bound method, an object)
+            handler = handler.func
+        handler = getattr(handler, "__func__", handler)
+        if not hasattr(handler, "__code__") and callable(handler):
+            call = type(handler).__call__  # (an object's: its class's method)
+            handler = getattr(call, "__func__", call)
+        code = getattr(handler, "__code__", None)
         if code is not None:
             handlers.add(code)
     tb = exc.__traceback__

@@ -73,7 +73,16 @@ class _Terminated(BaseException):
     an env error."""
 
 
+_DEADLINE_IN_C: list = []  # the compiled kernel arms the deadline's SIGALRM itself as SIGTERM arrives
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    # once: a later SIGTERM cuts no further close() short (the loop after a cut one, _die_of_sigterm's first line), nor,
+    # through the compiled kernel's C wrapper, which SIG_IGN replaces, arms the deadline again; the pure-Python kernels'
+    # deadline is armed here, at the first (_die_of_sigterm comes only after the loop, which a stuck close() can hold)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not _DEADLINE_IN_C:
+        signal.alarm(TERM_DEADLINE_S)
     raise _Terminated
 
 
@@ -97,8 +106,7 @@ def _die_of_sigterm(holding: _Holding, deadline_armed: bool) -> None:
     SIGTERM from the exit code, as it did before the handler. The parent kills a worker still
     running 1 s after its SIGTERM (``fastvec.remote.stop``); an orphan ends of the alarm."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the close short
-    if not deadline_armed:  # (the compiled kernel armed it as the signal arrived)
-        signal.alarm(TERM_DEADLINE_S)
+    # (the deadline is armed: in C as the signal arrived, or by _on_sigterm)
     # (each closed once, but for those whose close() the SIGTERM cut short: again, after the others, as one that was stuck
     # may stick again; it then ends of the deadline)
     envs = [env for env in holding.envs() if id(env) not in holding.closed]
@@ -138,6 +146,8 @@ def worker_main(
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (a forked worker inherits its parent's handler)
         signal.signal(signal.SIGTERM, _on_sigterm)
         deadline_armed = kernels.term_deadline(TERM_DEADLINE_S)
+        if deadline_armed:
+            _DEADLINE_IN_C.append(True)
         if death_signal:
             # with the pure-Python kernels a worker stuck in native code would never run its handler:
             # the parent's death then kills it at once, as SIGKILL, envs unclosed

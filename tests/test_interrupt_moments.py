@@ -832,31 +832,35 @@ class _HangsInClose(gym.Wrapper):
         super().close()
 
 
-def test_a_sigterm_to_a_worker_stuck_closing_its_envs_ends_it_within_the_deadline(tmp_path) -> None:
-    """A SIGTERM (a job scheduler's) reaching a worker whose CLOSE command is stuck in an env's close(): it ends within
-    the 2 s deadline, of SIGALRM. With the pure-Python kernels, which cannot arm it inside the signal, nothing armed
-    it once that SIGTERM stopped cutting the close short: the worker lived until the parent's close() gave up on it, or
-    as an orphan for good (hunt105 bug 1)."""
+@pytest.mark.parametrize("repeated", [False, True], ids=["one-sigterm", "sigterm-every-half-second"])
+def test_sigterms_to_a_worker_stuck_closing_its_envs_end_it_within_the_deadline(tmp_path, repeated: bool) -> None:
+    """SIGTERMs (a job scheduler's, again and again) reaching a worker whose CLOSE command is stuck in its envs'
+    close(): it ends within the 2 s deadline of the first, of SIGALRM. With the pure-Python kernels, which cannot arm it
+    inside the signal, nothing armed it once the SIGTERM stopped cutting the close short (hunt105 bug 1), nor once it
+    cut the first of two stuck ones (hunt107 bug 1); the compiled kernel armed it again at each SIGTERM, each cutting one
+    more close() short (hunt107 bug 6)."""
     import signal
     import threading
     from functools import partial
 
     started = tmp_path / "started"
-    venv = SubprocVecEnv([partial(_HangsInClose, str(started))] * 2, start_method="fork", num_workers=2)
+    venv = SubprocVecEnv([partial(_HangsInClose, str(started))] * 2, start_method="fork", num_workers=1,
+                         step_in_parent=False)  # fmt: skip
     venv.reset()
     (pid,) = venv.pool.worker_pids
     closer = threading.Thread(target=venv.pool.close, kwargs={"timeout": 20})
     closer.start()
     deadline = time.monotonic() + 10
-    while not started.exists() and time.monotonic() < deadline:  # (until the CLOSE command is in env 1's close())
+    while not started.exists() and time.monotonic() < deadline:  # (until the CLOSE command is in env 0's close())
         time.sleep(0.005)
-    os.kill(pid, signal.SIGTERM)
     sent = time.monotonic()
     while alive([pid]) and time.monotonic() - sent < 10:
-        time.sleep(0.01)
+        if time.monotonic() - sent < (3 if repeated else 0.1):
+            os.kill(pid, signal.SIGTERM)  # (every 0.5 s, or once)
+        time.sleep(0.5)
     took = time.monotonic() - sent
     closer.join(30)
-    assert venv.pool.closed and took < 4, f"the worker ended {took:.1f} s after its SIGTERM"
+    assert venv.pool.closed and took < 3, f"the worker ended {took:.1f} s after its first SIGTERM"
 
 
 def test_a_token_lost_to_an_interrupt_is_made_again_while_two_threads_wait_for_it() -> None:
@@ -898,16 +902,29 @@ def test_a_token_lost_to_an_interrupt_is_made_again_while_two_threads_wait_for_i
         venv.pool.terminate()
 
 
-def test_a_handlers_exception_while_a_reply_is_unpickled_is_the_handlers() -> None:
+class _AlarmHandler:
+    """A signal handler that is an object (a callable instance)."""
+
+    def __call__(self, signum: int, frame: object) -> None:
+        raise TimeoutError("the program's own alarm: time is up")
+
+
+def _on_alarm(signum: int, frame: object, where: str = "") -> None:
+    raise TimeoutError("the program's own alarm: time is up")
+
+
+@pytest.mark.parametrize("kind", ["function", "partial", "object"])
+def test_a_handlers_exception_while_a_reply_is_unpickled_is_the_handlers(kind: str) -> None:
     """A signal handler's exception (a timeout alarm's) raised while a worker's reply is unpickled (the loading runs
     Python code, where a handler runs) was taken for the env's value failing to load: an EnvTypeError naming env 0
-    (hunt106 bug 5). It reaches the caller as it is."""
+    (hunt106 bug 5), and still so for a handler made with functools.partial or an object (hunt107 bug 3). It reaches the
+    caller as it is."""
+    import functools
     import inspect
     import linecache
     import signal
 
-    def on_alarm(signum: int, frame: object) -> None:
-        raise TimeoutError("the program's own alarm: time is up")
+    on_alarm = {"function": _on_alarm, "partial": functools.partial(_on_alarm, where="here"), "object": _AlarmHandler()}[kind]
 
     lines, first = inspect.getsourcelines(Remote.recv)
     loading = next(first + k for k, text in enumerate(lines) if "ForkingPickler.loads(data)" in text)
@@ -922,4 +939,41 @@ def test_a_handlers_exception_while_a_reply_is_unpickled_is_the_handlers() -> No
         assert fired
     finally:
         signal.signal(signal.SIGALRM, previous)
+        venv.close()
+
+
+def test_an_interrupt_while_a_thread_waits_for_the_pool_leaves_it_no_waiter() -> None:
+    """A Ctrl-C landing in a thread waiting for the pool's token, just after it recorded itself as a waiter (holding
+    nothing): the record stayed, and the pool's recovery of a lost token, passing over that thread for good, could make
+    a second token while it held the pool later (hunt107 bug 2)."""
+    import threading
+
+    from tests.test_park import _SlowActions
+
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2, step_in_parent=False)
+    try:
+        venv.reset()
+        pool = venv.pool
+        me: list = []
+
+        def waiting(frame: object) -> bool:  # (at the first line after it recorded itself)
+            return bool(me) and me[0] in pool._token_waiters
+
+        out: dict = {}
+
+        def other() -> None:
+            me.append(threading.get_ident())
+            with at_line(Pool._take_token.__code__, waiting, interrupt) as fired:
+                try:
+                    pool.request_park(1)
+                except KeyboardInterrupt:
+                    out["interrupted"] = bool(fired)
+
+        thread = threading.Thread(target=other, daemon=True)
+        threading.Timer(0.1, thread.start).start()  # (while step_async below holds the pool, converting its actions)
+        venv.step_async(_SlowActions(4, 0.3))
+        venv.step_wait()
+        thread.join(10)
+        assert out.get("interrupted") and not pool._token_waiters and len(pool._token) == 1
+    finally:
         venv.close()

@@ -1375,6 +1375,21 @@ class _SlowArray:
         return self.n
 
 
+def _started(api: str) -> tuple:
+    """4 CartPole envs in 2 workers, reset ("sync"), or async-reset with one group received ("batches": its ids)."""
+    options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
+    try:
+        if api == "sync":
+            venv.reset()
+            return venv, None
+        venv.async_reset()
+        return venv, venv.recv()[4]  # (either group: the one that finished first)
+    except BaseException:
+        venv.close()
+        raise
+
+
 @pytest.mark.one_pass
 @pytest.mark.parametrize("api", ["sync", "batches"])
 def test_close_from_another_thread_during_a_send_raises_closed_error(api: str) -> None:
@@ -1386,16 +1401,9 @@ def test_close_from_another_thread_during_a_send_raises_closed_error(api: str) -
 
     from fastvec.errors import ClosedError
 
-    options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
-    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
+    venv, ids = _started(api)
     closer = threading.Timer(0.2, venv.pool.close, kwargs={"timeout": 0.1})
     try:
-        ids = None
-        if api == "sync":
-            venv.reset()
-        else:
-            venv.async_reset()
-            ids = venv.recv()[4]  # (either group: the one that finished first)
         closer.start()
         with pytest.raises(ClosedError):
             if api == "sync":
@@ -1418,18 +1426,11 @@ def test_close_from_another_thread_waits_for_a_send_being_issued(api: str) -> No
 
     from fastvec.errors import ClosedError
 
-    options = {"num_workers": 2, "step_in_parent": False, **({"batch_size": 2} if api != "sync" else {})}
-    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", **options)
+    venv, ids = _started(api)
     pids = venv.pool.worker_pids
     closed_at = []
     closer = threading.Timer(0.2, lambda: (venv.pool.close(timeout=5), closed_at.append(time.monotonic())))
     try:
-        ids = None
-        if api == "sync":
-            venv.reset()
-        else:
-            venv.async_reset()
-            ids = venv.recv()[4]
         closer.start()
         if api == "sync":
             venv.step_async(_SlowArray(4))

@@ -380,20 +380,6 @@ def test_a_handlers_close_while_the_pool_closes_its_own_envs_returns() -> None:
     assert fired and venv.pool._segment is None and all(getattr(env, "was_closed", False) for env in own)
 
 
-class _LoggedClose(gym.Wrapper):
-    """Appends its index to the file ``log`` at each close() (in whichever process), slowly."""
-
-    def __init__(self, index: int, log: str) -> None:
-        super().__init__(envs.make_cartpole())
-        self.index, self.log = index, log
-
-    def close(self) -> None:
-        with open(self.log, "a") as f:
-            f.write(f"{self.index}\n")
-        time.sleep(0.4)
-        super().close()
-
-
 def test_a_ctrl_c_while_workers_close_their_envs_closes_each_once(tmp_path) -> None:
     """A Ctrl-C in close() while the workers closed their envs: SIGTERMed in their CLOSE command, they closed every env
     again (hunt100 bug 12); and a SIGTERM landing as a worker entered an env's close() left that env unclosed, one run in

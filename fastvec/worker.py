@@ -324,8 +324,8 @@ def _serve(
     conn: Any, shard: Shard, views: Views, worker_index: int, parent_pid: int, expected: int, spin_ns: int | None,
     holding: _Holding,
 ) -> bool:
-    """The command loop, until a CLOSE command (True: the envs are closed; ``closed`` gets the id of each as its close()
-    is called) or the parent's death (False)."""
+    """The command loop, until a CLOSE command (True: the envs are closed; ``holding.closed`` gets the id of each whose
+    close() ran, ``holding.cut`` of each a SIGTERM cut short) or the parent's death (False)."""
     control = views.control
     base = views.control_base(worker_index)
     seq_index = np.array([base + Control.CMD_SEQ], dtype=np.intp)

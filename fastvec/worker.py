@@ -100,13 +100,13 @@ class _Holding:
         return self.shard.envs if self.shard is not None else self.made
 
 
-def _die_of_sigterm(holding: _Holding, deadline_armed: bool) -> None:
+def _die_of_sigterm(holding: _Holding) -> None:
     """Close the envs (an env that runs a helper process ends it in close(); killed before, the
     worker would leave the helper behind), then die of the signal: the parent reads a death by
     SIGTERM from the exit code, as it did before the handler. The parent kills a worker still
     running 1 s after its SIGTERM (``fastvec.remote.stop``); an orphan ends of the alarm."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the close short
-    # (the deadline is armed: in C as the signal arrived, or by _on_sigterm)
+    # (_on_sigterm has set a second SIGTERM ignored, so that it cuts no close short, and armed the deadline, or the
+    # compiled kernel did in C as the signal arrived)
     # (each closed once, but for those whose close() the SIGTERM cut short: again, after the others, as one that was stuck
     # may stick again; it then ends of the deadline)
     envs = [env for env in holding.envs() if id(env) not in holding.closed]
@@ -289,7 +289,7 @@ def worker_main(
             except BufferError:
                 pass
     except _Terminated:
-        _die_of_sigterm(holding, deadline_armed)
+        _die_of_sigterm(holding)
 
 
 def _fill_in(shard: Shard, restart: tuple) -> list | None:

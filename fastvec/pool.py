@@ -37,6 +37,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -658,11 +659,7 @@ class Pool(ShardMoves):
         or unpark, from another thread waits for it, or it for them. Another thread's command pending: said at once,
         not after waiting for that thread (for as long as its envs take)."""
         tokens = self._token
-        if not tokens:  # (as in step_async)
-            pending = self._pending
-            if pending is not None and not pending.sync:
-                self._check_idle(call)
-        token = tokens.pop() if tokens else self._enter_slowly(None)
+        token = tokens.pop() if tokens else self._enter_slowly(None, check=call)
         try:
             body(*args)
         finally:
@@ -744,11 +741,7 @@ class Pool(ShardMoves):
         # from another thread waits for the issue, or this for them; else close() could issue its command while this
         # issued a step, or a worker unparked meanwhile count as part of this step
         tokens = self._token
-        if not tokens:  # (held by another thread: a step or call_async it left pending is said at once, not after
-            pending = self._pending  # waiting for that thread for as long as its envs take; a call() it runs
-            if pending is not None and not pending.sync:  # (a park's) is waited for: it completes it itself)
-                self._check_idle("step_async")
-        token = tokens.pop() if tokens else self._enter_slowly(None)
+        token = tokens.pop() if tokens else self._enter_slowly(None, check="step_async")
         try:
             if self._pending is not None or self._state is not _IDLE or self._async is not None:
                 if self._async is not None:
@@ -1953,7 +1946,7 @@ class Pool(ShardMoves):
                     break
         try:
             self._closing_thread = me
-            token = self._enter_to_close(timeout)
+            token = self._enter_to_close(timeout, sys._getframe())
             try:
                 if self._state is not PoolState.CLOSED and not self._terminated:
                     self._close(timeout)
@@ -2022,12 +2015,12 @@ class Pool(ShardMoves):
         self._release_if_deferred(holding=True)
         return ClosedError(f"this vectorized env was closed (by another thread or a signal handler) during {during!r}")
 
-    def _inside_here(self, anywhere: bool = False) -> bool:
-        """Whether this thread is already completing a command of this pool further up its stack (a command
-        run inside a step, as an env move does), or with ``anywhere``, inside any of the pool's code (a
-        signal handler's close() interrupting a step). Read only off the usual path (the token taken, or
-        close())."""
-        frame = sys._getframe(3)  # (above this, _enter_slowly / _enter_to_close, and the frame entering)
+    def _inside_here(self, entering: FrameType, anywhere: bool = False) -> bool:
+        """Whether this thread is already completing a command of this pool further up its stack than
+        ``entering`` (the frame of the call that enters the pool: a command run inside a step, as an env move
+        does), or with ``anywhere``, inside any of the pool's code (a signal handler's close() interrupting a
+        step). Read only off the usual path (the token taken, or close())."""
+        frame = entering.f_back
         own_files = _own_files() if anywhere else ()
         owners = (self, self._async)
         while frame is not None:
@@ -2042,13 +2035,20 @@ class Pool(ShardMoves):
             frame = frame.f_back
         return False
 
-    def _enter_slowly(self, p: _Pending | None, refuse: str = "") -> object | None:
-        """The token is taken. By close() or a command further up this thread's stack: go on without it
-        (None). By another thread: wait for it, then go on only if ``p`` (None: any) is still the pending
-        command; else that thread completed it (or closed the pool), and this raises. ``refuse``: the call
-        (send) that waits only for a close() or a brief hold: a recv() in another thread may wait for this very
-        call's envs (a hang), so it is refused."""
-        if self._closer == _get_ident() or self._inside_here():
+    def _enter_slowly(self, p: _Pending | None, refuse: str = "", check: str = "") -> object | None:
+        """The token is taken (called by the method entering the pool, whose caller ``_inside_here`` looks at
+        first). By close() or a command further up this thread's stack: go on without it (None). By another
+        thread: wait for it, then go on only if ``p`` (None: any) is still the pending command; else that thread
+        completed it (or closed the pool), and this raises. ``refuse``: the call (send) that waits only for a
+        close() or a brief hold: a recv() in another thread may wait for this very call's envs (a hang), so it is
+        refused. ``check``: the call (a command's issue) for which a step or call_async another thread left
+        pending is said at once (AlreadyPendingCallError), not after waiting for that thread for as long as its
+        envs take; a call() it runs (a park's) is waited for: it completes it itself."""
+        if check:
+            pending = self._pending
+            if pending is not None and not pending.sync:
+                self._check_idle(check)
+        if self._closer == _get_ident() or self._inside_here(sys._getframe(1)):
             return None
         token = self._take_token(time.monotonic() + _BRIEF_HOLD_S if refuse else None)
         if token is None:  # (only with refuse)
@@ -2068,12 +2068,12 @@ class Pool(ShardMoves):
             raise
         return token
 
-    def _enter_to_close(self, timeout: float) -> object | None:
+    def _enter_to_close(self, timeout: float, entering: FrameType) -> object | None:
         """Keep other threads out of the pool for close()'s teardown: wait (up to the pending-step grace) for a
         thread completing a command to finish it, so that no env of this process's shard is stepped twice at
         once. Where it does not, or where close() runs inside that command (a signal handler), the pool is
         broken instead: its workers are stopped, and the waiting thread raises ClosedError. The token, or None."""
-        if self._inside_here(anywhere=True):  # a signal handler interrupted this thread in the pool: it goes on after
+        if self._inside_here(entering, anywhere=True):  # a signal handler interrupted this thread in the pool: it goes on after
             self._reentered = True  # (so the block is let go of once it has: _check_usable, or a command's end)
             self._break(ClosedError("close(): it was called while this thread was inside the pool (a signal handler)"))
             return None

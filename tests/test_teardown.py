@@ -736,7 +736,7 @@ def test_a_close_interrupted_before_it_tore_down_leaves_the_next_close_whole(tmp
     venv.reset()
     calls = []
 
-    def interrupted(timeout):  # (as Ctrl-C while close() waits for another thread's step)
+    def interrupted(timeout, entering):  # (as Ctrl-C while close() waits for another thread's step)
         calls.append(timeout)
         raise KeyboardInterrupt
 

@@ -568,8 +568,10 @@ def test_waiters_stop_yielding_to_a_process_that_keeps_the_core(k) -> None:
         time.sleep(0.2)  # the hog is running
         words = np.zeros(64, dtype=np.uint32)
         before = k.contended_yields()
-        for _ in range(6):  # nobody publishes: each wait yield-polls, then sleeps until its deadline
+        for _ in range(40):  # nobody publishes: each wait yield-polls, then sleeps until its deadline
             assert k.wait_all(words, np.array([0], np.intp), 1, -20_000_000, 3_000_000) == 0
+            if k.contended_yields() > before:  # (usually within 6 waits; more where the host's other load takes
+                break  # the core's slices too: it failed once so beside a helper)
         assert k.contended_yields() > before
     finally:
         os.sched_setaffinity(0, saved)

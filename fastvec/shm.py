@@ -121,6 +121,8 @@ class Block:
             self._buf = memoryview(self._mmap)
         except BaseException:
             if name:
+                if self._fd < 0:  # (a signal handler's exception just as os.open returned: its descriptor unrecorded)
+                    _close_descriptors_of(name)
                 _forget(name)  # (an interrupt before the unlink above: the name must not stay)
             close(self)
             raise
@@ -148,6 +150,22 @@ def _reserve(fd: int, size: int) -> None:
     except OSError as exc:
         if exc.errno not in _CANNOT_RESERVE:
             raise
+
+
+def _close_descriptors_of(path: str) -> None:
+    """Close this process's descriptors of the file ``path`` (found by /proc/self/fd's links, before the file's
+    name is removed): one ``os.open`` returned as an interrupt landed, before the caller recorded it."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    paths = {path, os.path.realpath(path)}
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") in paths:
+                os.close(int(fd))
+        except (OSError, ValueError):  # (the listing's own descriptor, gone by now)
+            pass
 
 
 def _forget(path: str) -> None:

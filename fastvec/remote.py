@@ -641,14 +641,17 @@ def _raised_by_a_signal_handler(exc: BaseException) -> bool:
 
 _FORKING: list = []  # while Remote.spawn is in Process.start: (its thread, the signals it holds)
 _MASK: list = []  # (the thread, the signal mask before _before_fork blocked them)
-_FORK_INTERRUPTS: list = []  # what a signal handler raised inside _after_fork_in_parent, for Remote.spawn to raise
+_FORK_INTERRUPTS: list = []  # what a signal handler raised inside the fork's hooks in the parent, for Remote.spawn to raise
 
 
 def _before_fork() -> None:
     # blocked for the fork itself: a SIGTERM sent to the child before its hook stays pending (another thread's fork
     # meanwhile is none of this)
     if _FORKING and _FORKING[0][1] and _FORKING[0][0] == threading.get_ident():
-        _MASK[:] = [(threading.get_ident(), signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0][1]))]
+        # the mask saved before any signal is blocked: a signal handler's exception right after the block (handlers run
+        # as a call returns) left the mask unsaved, SIGINT blocked for the process's life
+        _MASK[:] = [(threading.get_ident(), signal.pthread_sigmask(signal.SIG_BLOCK, ()))]
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORKING[0][1])
 
 
 def _own_mask() -> Any:
@@ -671,17 +674,20 @@ def _after_fork_in_parent() -> None:
 
 
 def _catching_fork_hook(previous: Callable, thread: int) -> Callable:
-    """A ``sys.unraisablehook`` for a worker's start: what a signal handler raised inside the fork's hook above (a
+    """A ``sys.unraisablehook`` for a worker's start: what a signal handler raised inside the fork's hooks above in the parent (a
     SIGALRM's KeyboardInterrupt, which can run at the hook's first line), which CPython only prints, is kept for
     ``Remote.spawn`` to raise after the start; anything else goes to ``previous``."""
 
     def hook(unraisable: Any) -> None:
-        if unraisable.object is _after_fork_in_parent and threading.get_ident() == thread:
+        if unraisable.object in _PARENT_HOOKS and threading.get_ident() == thread:
             _FORK_INTERRUPTS.append(unraisable.exc_value)
         else:
             previous(unraisable)
 
     return hook
+
+
+_PARENT_HOOKS = (_before_fork, _after_fork_in_parent)  # (the fork's hooks run in the parent)
 
 
 def _after_fork_in_child() -> None:

@@ -4,12 +4,14 @@ line where CPython would run the handler (a function's first line, or right afte
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -281,6 +283,39 @@ def test_an_interrupt_once_the_blocks_file_exists_leaves_no_file() -> None:
     assert fired and files() == before
 
 
+def test_an_interrupt_as_the_blocks_file_is_opened_leaves_no_descriptor() -> None:
+    """A signal handler's exception landing just as ``os.open`` returned the block's descriptor, before it was
+    recorded (the interpreter runs handlers right after a call returns), left that descriptor open for the process's
+    life. Staged with a profile function raising at the open's return, which drops the returned descriptor as the
+    handler's exception does."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+
+    def blocks() -> set[str]:  # (this process's descriptors of block files; the listing's own one gone when read)
+        paths = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+        return {path for path in paths if shm.PREFIX in path}
+
+    fired = []
+
+    def at_return(frame: object, event: str, arg: object) -> None:
+        if event == "c_return" and arg is os.open and frame.f_code is shm.Block.__init__.__code__ and not fired:  # type: ignore[attr-defined]
+            fired.append(True)
+            raise KeyboardInterrupt
+
+    before = blocks()
+    sys.setprofile(at_return)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            shm.Block(4096, "/dev/shm")
+    finally:
+        sys.setprofile(None)
+    assert fired and blocks() == before
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith(f"{shm.PREFIX}{os.getpid()}-")]
+
+
 def test_a_handlers_interrupt_inside_the_forks_hook_reaches_the_caller() -> None:
     """A handler's KeyboardInterrupt (a SIGALRM's) landing in fastvec's at-fork hook was only printed by CPython
     ("Exception ignored in: <function _after_fork_in_parent>") and the pool was made as if nothing had happened."""
@@ -293,6 +328,35 @@ def test_a_handlers_interrupt_inside_the_forks_hook_reaches_the_caller() -> None
             SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
     # (and the signals the start held are not left blocked: Ctrl-C stopped working; hunt100 bug 6)
     assert fired and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_handlers_interrupt_as_the_forks_hook_blocks_signals_reaches_the_caller_and_leaves_none_blocked() -> None:
+    """A handler's KeyboardInterrupt landing as the fork's before-hook had blocked SIGINT and SIGTERM (handlers run
+    as a call returns), before it saved the mask to restore: SIGINT stayed blocked for the process's life (Ctrl-C
+    ignored), and CPython only printed the interrupt. Staged with a profile function raising at that return."""
+    import signal
+
+    from fastvec import remote
+
+    fired = []
+
+    def at_return(frame: Any, event: str, arg: object) -> None:
+        if (  # (signal.pthread_sigmask is a Python function around _signal's)
+            event == "return" and frame.f_code is signal.pthread_sigmask.__code__
+            and frame.f_back.f_code is remote._before_fork.__code__
+            and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        ):
+            fired.append(True)
+            sys.setprofile(None)  # (once: the forked worker does not inherit it)
+            raise KeyboardInterrupt
+
+    sys.setprofile(at_return)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    finally:
+        sys.setprofile(None)
+    assert fired and signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
 class _DiesWhileSent:
@@ -383,7 +447,8 @@ def test_a_handlers_close_while_the_pool_closes_its_own_envs_returns() -> None:
 def test_a_ctrl_c_while_workers_close_their_envs_closes_each_once(tmp_path) -> None:
     """A Ctrl-C in close() while the workers closed their envs: SIGTERMed in their CLOSE command, they closed every env
     again (hunt100 bug 12); and a SIGTERM landing as a worker entered an env's close() left that env unclosed, one run in
-    eight under load (hunt104 bug 1). Each env's close() runs to its end once (one the SIGTERM cut short runs again)."""
+    eight under load (hunt104 bug 1). Each env's close() runs to its end; once, but for the one a SIGTERM lands in
+    after its last line ran and before it returned (cut short, as far as the worker can tell: called again; README)."""
     from functools import partial
 
     log = str(tmp_path / "closes")
@@ -395,7 +460,9 @@ def test_a_ctrl_c_while_workers_close_their_envs_closes_each_once(tmp_path) -> N
         venv.close()
     venv.close()
     _wait_for_exit(pids)  # (a worker closing an env again as it dies of the SIGTERM: its log line comes after)
-    assert sorted(line for line in _lines(log) if line.endswith("-done")) == ["0-done", "1-done", "2-done", "3-done"]
+    ends = collections.Counter(line for line in _lines(log) if line.endswith("-done"))
+    assert sorted(ends) == ["0-done", "1-done", "2-done", "3-done"]
+    assert sum(count - 1 for count in ends.values()) <= 1, ends  # (a second end: the window above, one env at most)
 
 
 class _LoggedCloseEnds(gym.Wrapper):
@@ -409,9 +476,9 @@ class _LoggedCloseEnds(gym.Wrapper):
         with open(self.log, "a") as f:
             f.write(f"{self.index}-start\n")
         time.sleep(0.4)
-        with open(self.log, "a") as f:
-            f.write(f"{self.index}-done\n")
         super().close()
+        with open(self.log, "a") as f:  # (last: the window between the end and the return as small as it gets)
+            f.write(f"{self.index}-done\n")
 
 
 def _wait_for_exit(pids: list[int]) -> None:

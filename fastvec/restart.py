@@ -74,6 +74,10 @@ def recreate(shard: Shard, j: int, exc: BaseException, command: str) -> None:
         shard.envs[j].close()
     except _env_errors():  # (an env's KeyboardInterrupt in a worker, its GeneratorExit anywhere: quietly too)
         pass
+    # closed: an Unmade in its place while the factory runs (a Ctrl-C or a SIGTERM there left the closed env in the
+    # shard, and the pool's close() closed it a second time)
+    shard.envs[j] = Unmade(shard.start + j, exc)  # type: ignore[assignment]
+    shard.step_fns[j] = shard.step_fn(shard.envs[j])
     try:
         shard.envs[j] = shard.env_fns[j]()  # type: ignore[index]
     except _env_errors() as make_exc:

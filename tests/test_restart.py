@@ -1116,3 +1116,39 @@ def test_envs_sharing_memory_made_again_give_their_own_values(tmp_path) -> None:
             assert dones.tolist() == [True, False, True, True]
             assert obs.ravel().tolist() == [0.0, 11.0, 2.0, 3.0]  # (the fresh envs' first observations)
             assert venv.step(np.zeros(4, np.int64))[0].ravel().tolist() == [1.0, 11.0, 21.0, 31.0]
+
+
+class _ClosesLogged(envs.FailingEnv):
+    """Env ``index`` of a pool: its first life raises in step 2; every close() appends "<index> <life>" to ``log``."""
+
+    lives: dict = {}
+
+    def __init__(self, index: int, log: str):
+        super().__init__("step" if index == 0 and (index, log) not in _ClosesLogged.lives else None, after=1)
+        self.index, self.log = index, log
+        self.life = _ClosesLogged.lives[(index, log)] = _ClosesLogged.lives.get((index, log), 0) + 1
+
+    def close(self):
+        with open(self.log, "a") as f:
+            f.write(f"{self.index} {self.life}\n")
+
+
+def _interrupted_remake(index: int, log: str) -> gym.Env:
+    """Env ``index``; making env 0 a second time in this process is interrupted (a Ctrl-C as a slow factory runs)."""
+    if index == 0 and _ClosesLogged.lives.get((index, log)) == 1:
+        raise KeyboardInterrupt
+    return _ClosesLogged(index, log)
+
+
+def test_an_interrupt_while_an_env_is_made_again_leaves_the_old_one_closed_once(tmp_path) -> None:
+    """A Ctrl-C while the calling process made a failed env again (on_error="restart": the old one closed first, then
+    its factory called): close() then closed the old env a second time (it stayed in the env's place)."""
+    log = str(tmp_path / "closes")
+    venv = SubprocVecEnv([partial(_interrupted_remake, i, log) for i in range(2)], start_method="fork", num_workers=1,
+                         step_in_parent=True, on_error="restart")  # fmt: skip
+    venv.reset()
+    venv.step(np.zeros(2, np.int64))
+    with pytest.raises(KeyboardInterrupt):
+        venv.step(np.zeros(2, np.int64))
+    venv.close()
+    assert sorted(Path(log).read_text().split("\n")[:-1]) == ["0 1", "1 1"]

@@ -326,6 +326,7 @@ class AsyncBatches:
                 raise
         finally:  # (Pool._leave, inline)
             if token is not None:
+                pool._releases += 1
                 tokens.append(token)
             if pool._release_deferred and not pool._reentered:
                 pool._release()
@@ -456,6 +457,7 @@ class AsyncBatches:
         tokens = pool._token  # (close() from another thread waits for this recv, and a recv for it)
         token = tokens.pop() if tokens else pool._enter_slowly(None)
         if token is not None and not (inflight or ready):  # collected by another thread meanwhile
+            pool._releases += 1
             tokens.append(token)
             raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
         try:
@@ -463,6 +465,7 @@ class AsyncBatches:
                 self._collect_one(pool, began, timeout)
         finally:
             if token is not None:  # (pool._leave, inlined: this runs on every batch)
+                pool._releases += 1
                 tokens.append(token)
             if pool._release_deferred:
                 pool._leave(None)

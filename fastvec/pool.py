@@ -282,6 +282,10 @@ class Pool(ShardMoves):
         # pending step itself; an env move runs a command inside a step): ``_enter_slowly`` tells by the stack.
         self._token: list = [object()]
         self._token_waiters: set[int] = set()  # threads asleep in _take_token (they hold no token)
+        # tokens given back (or made), ever: a recovery that saw the count move meanwhile makes none. Counted just before
+        # the token goes back: an interrupt between the two loses the token (which a recovery makes again), where one
+        # after would leave a return uncounted (and a recovery could make a second token)
+        self._releases = 0
         self._recovering: dict[int, tuple[int, float]] = {}  # _recover_lost_token's claim: (thread, since)
         self._closer = 0  # the thread running close() with the token
         # close() from several threads (or a signal handler inside close()): the first takes the ticket and tears
@@ -792,6 +796,7 @@ class Pool(ShardMoves):
             self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
         finally:  # (_leave, inline)
             if token is not None:
+                self._releases += 1
                 tokens.append(token)
             if self._release_deferred and not self._reentered:  # closed meanwhile by a signal handler
                 self._release()
@@ -1168,6 +1173,7 @@ class Pool(ShardMoves):
             return self._digest(extras, p.slot) if extras else None
         finally:  # (_leave, inline: the usual step makes no call it can do without)
             if token is not None:
+                self._releases += 1
                 tokens.append(token)
             if self._release_deferred and not self._reentered:  # closed meanwhile by another thread
                 self._release()
@@ -1953,6 +1959,7 @@ class Pool(ShardMoves):
             finally:
                 if token is not None:
                     self._closer = 0
+                    self._releases += 1
                     self._token.append(token)
         finally:
             self._closing_thread = 0
@@ -1996,6 +2003,7 @@ class Pool(ShardMoves):
         of if another thread closed the pool meanwhile (after a signal handler's close(), the code it cut
         short may still use it: ``_release_if_deferred`` does it later)."""
         if token is not None:
+            self._releases += 1
             self._token.append(token)
         if self._release_deferred and not self._reentered:
             self._release()
@@ -2064,6 +2072,7 @@ class Pool(ShardMoves):
             if p is not None and self._pending is not p:
                 raise NoAsyncCallError(f"{p.name!r} was completed by another thread", _ASYNC_NAMES.get(p.command, ""))
         except BaseException:
+            self._releases += 1
             self._token.append(token)
             raise
         return token
@@ -2107,6 +2116,9 @@ class Pool(ShardMoves):
     def _recover_lost_token(self) -> None:
         """The token is taken, yet no thread is in this pool's commands or close() (an interrupt landed
         between taking it and the ``try`` that gives it back): make a new one."""
+        released = self._releases  # (first: a token given back from here on may be taken again before the check below)
+        if self._token:
+            return
         me, now = _get_ident(), time.monotonic()
         owners = (self, self._async)
         # one thread at a time (two made two tokens), without a lock, which an interrupt inside could leave taken: a
@@ -2127,8 +2139,9 @@ class Pool(ShardMoves):
                     if frame.f_code in _HOLDING_CODES and frame.f_locals.get("self") in owners:
                         return
                     frame = frame.f_back
-            if self._token or not waiting <= self._token_waiters:
+            if self._token or self._releases != released or not waiting <= self._token_waiters:
                 return  # (a token came back, or a waiter left the wait meanwhile and may hold it now: looked at again later)
+            self._releases += 1  # (a recovery beside this one, past its claim, makes none)
             self._token.append(object())  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
         finally:
             self._recovering.pop(0, None)

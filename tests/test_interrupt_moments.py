@@ -1030,3 +1030,78 @@ def test_an_interrupt_while_a_thread_waits_for_the_pool_leaves_it_no_waiter() ->
         assert out.get("interrupted") and not pool._token_waiters and len(pool._token) == 1
     finally:
         venv.close()
+
+
+def test_a_token_given_back_and_taken_again_during_a_recovery_s_look_makes_no_second_one() -> None:
+    """A thread waiting for the pool looks for a lost token: it reads the other threads' frames (the holder had given
+    the token back and left the pool: no holder), then the list (the holder had taken it again for its next command:
+    empty), and made a second token; the two threads then held the pool at once (hunt108 bug 1). The thread switches
+    are staged as pauses of the looking thread; the recovery now makes none where a token was given back meanwhile."""
+    import inspect
+    import threading
+
+    from tests.test_park import _SlowActions
+
+    lines, first = inspect.getsourcelines(Pool._recover_lost_token)
+    walk = next(first + i for i, text in enumerate(lines) if "sys._current_frames()" in text)
+    check = next(first + i for i, text in enumerate(lines) if text.strip().startswith("if self._token or"))
+    from functools import partial
+
+    # (each step takes 0.15 s: step_wait holds the pool while it waits for the workers)
+    venv = SubprocVecEnv([partial(envs.FailingEnv, "slow")] * 4, start_method="fork", num_workers=2, step_in_parent=False)
+    try:
+        venv.reset()
+        pool = venv.pool
+        main = threading.get_ident()
+        issued = threading.Event()
+        paused: list = []
+        most = [1]
+
+        def until(condition: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 5
+            while not condition() and time.monotonic() < deadline:
+                time.sleep(0.0005)
+
+        def main_holds() -> bool:  # (in step_wait's completion, not waiting: it holds the token)
+            frame = sys._current_frames().get(main)
+            while frame is not None:
+                if frame.f_code is Pool._complete_step.__code__:
+                    return main not in pool._token_waiters and not pool._token
+                frame = frame.f_back
+            return False
+
+        def local(frame: Any, event: str, arg: object) -> Any:
+            if event == "line" and frame.f_lineno == walk and not paused:
+                paused.append("walk")
+                until(issued.is_set)  # (the holder gave the token back and left the pool)
+            elif event == "line" and frame.f_lineno == check and paused == ["walk"]:
+                paused.append("check")
+                until(main_holds)  # (and took it again for its step_wait)
+            return local
+
+        def park() -> None:
+            sys.settrace(lambda frame, event, arg: local if frame.f_code is Pool._recover_lost_token.__code__ else None)
+            try:
+                pool.request_unpark(1)
+            finally:
+                sys.settrace(None)
+
+        def sample() -> None:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                most.append(len(pool._token))
+                time.sleep(0.0005)
+
+        threads = [threading.Timer(0.1, park), threading.Thread(target=sample)]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        venv.step_async(_SlowActions(4, 0.3))  # (holding the pool while its actions convert)
+        issued.set()
+        time.sleep(0.05)  # (the learner's own work between the two calls)
+        venv.step_wait()
+        for thread in threads:
+            thread.join(10)
+        assert paused == ["walk", "check"] and max(most) == 1 and len(pool._token) == 1
+    finally:
+        venv.close()

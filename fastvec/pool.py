@@ -89,7 +89,16 @@ from fastvec.protocol import (
     StepFlag,
     dumps_payload,
 )
-from fastvec.remote import Remote, ReplyNotLoaded, SpacesNotPickled, holds_not_loaded, kill_all, lenient_loads, stop
+from fastvec.remote import (
+    Remote,
+    ReplyNotLoaded,
+    SpacesNotPickled,
+    holds_not_loaded,
+    kill_all,
+    lenient_loads,
+    pickle_factories,
+    stop,
+)
 from fastvec.restart import describe, restart_reason
 from fastvec.shard import Shard, StepRun, WrappedShard, close_each
 from fastvec.spaces import Leaf, assemble, is_single_array, leaves, object_leaves
@@ -198,6 +207,22 @@ def _close_live_pools() -> None:  # runs before multiprocessing joins non-daemon
             pass
 
 
+_FINALIZER_PID: list[int] = []  # the process that registered _close_live_pools with multiprocessing's exit
+
+
+def _close_pools_at_multiprocessing_exit() -> None:
+    """A multiprocessing child's end skips atexit: its exit (``multiprocessing.util._exit_function``) runs its
+    finalizers, then joins the non-daemonic children, which the workers of a pool left open are (they waited for
+    a command for good). ``_close_live_pools`` is registered as one of those finalizers too, once per process (a
+    forked child's registry starts empty)."""
+    pid = os.getpid()
+    if _FINALIZER_PID != [pid]:
+        from multiprocessing import util
+
+        util.Finalize(None, _close_live_pools, exitpriority=100)
+        _FINALIZER_PID[:] = [pid]
+
+
 def _disown_live_pools() -> None:
     """In a child forked (``os.fork``) from a process with open pools: those pools, their workers and
     the envs of their own shards belong to the parent. The child's copies are disowned: using one
@@ -242,6 +267,7 @@ class Pool(ShardMoves):
     """
 
     _foreign = False  # a copy in a child forked from the pool's process (_disown)
+    _owner_pid = 0  # the process that made it (0: its __init__ did not get that far)
 
     def __init__(
         self,
@@ -255,6 +281,7 @@ class Pool(ShardMoves):
         fewest_ring_slots: int = 1,
         **knobs: Any,
     ):
+        self._owner_pid = os.getpid()  # (first: a pool collected in a fork of this process is not the fork's: _is_foreign)
         self._fewest_ring_slots = fewest_ring_slots  # (what a front-end's settings allow: copy=False needs 2)
         self._state = PoolState.IDLE
         self._cause: BaseException | None = None
@@ -392,6 +419,7 @@ class Pool(ShardMoves):
         self._env_fns = [OwnFactory(fn, fork, snapshot) for fn in env_fns]
         self._action_mode = action_mode
         shm.sweep_stale()
+        _close_pools_at_multiprocessing_exit()
         _LIVE_POOLS.add(self)
         try:
             self._start(remote_shards)
@@ -416,6 +444,10 @@ class Pool(ShardMoves):
         for w in remote_shards:
             self._spawn(w, self._remotes.append)
         if self.step_in_parent:  # the parent's own envs are made while workers make theirs
+            if self.start_method != "fork":  # (refused as a worker's is, whichever process would step its env: a
+                # factory that cannot be pickled was called as it is here, so that the same program started on a 2-core
+                # machine and not on a 1-core one, where a worker steps every env; the references refuse it)
+                pickle_factories(self._env_fns[self.shard_envs[0].start : self.shard_envs[0].stop], 0, self.start_method)
             distinct = Distinct(self.start_method == "fork")
             for i in self.shard_envs[0]:
                 try:
@@ -1910,7 +1942,7 @@ class Pool(ShardMoves):
         Raises EnvError if an env raised in its close(), after cleaning up.
         In a child forked from the pool's process, only marks the child's copy closed.
         """
-        if self._foreign:  # (first: a fork made while the pool stopped its workers copied a release it would do here,
+        if self._is_foreign():  # (first: a fork made while the pool stopped its workers copied a release it would do here,
             self._state = PoolState.CLOSED  # closing its copies of this process's envs)
             return
         if self._state is PoolState.CLOSED or self._terminated:
@@ -2151,10 +2183,18 @@ class Pool(ShardMoves):
         (an env that runs a helper process ends it in close()); a worker still running 1 s later (an env
         stuck in native code, or slow to close) is killed. The parent's own envs are closed too."""
         if self._state is not PoolState.CLOSED:
-            if self._foreign:
+            if self._is_foreign():
                 self._state = PoolState.CLOSED
                 return
             self._terminate(grace=0.0)
+
+    def _is_foreign(self) -> bool:
+        """Whether this is a copy in a child forked from the pool's process: disowned by the fork's hook, or not yet
+        (the cyclic collector can free a pool inside the fork's hooks, before fastvec's: its close() stopped the
+        parent's workers and closed the child's copies of the parent's envs)."""
+        if not self._foreign and self._owner_pid not in (0, os.getpid()):
+            self._disown()
+        return self._foreign
 
     def _disown(self) -> None:
         """This process is a fork of the pool's (``_disown_live_pools``): the pool is not its to use or stop."""
@@ -2288,6 +2328,9 @@ class Pool(ShardMoves):
 
     def __del__(self) -> None:
         try:
+            if self._is_foreign():
+                self._state = PoolState.CLOSED
+                return
             if self._state is not PoolState.CLOSED:  # (close() tears down only, where the block was unmapped)
                 self.close(timeout=2.0)
             elif self._release_deferred:  # (closed by a signal handler, and never used since)

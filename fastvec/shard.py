@@ -436,7 +436,13 @@ class Shard:
             append(restart.after_step_error(self, j, slot, exc, reset_now=False))
         except ShardError as err:  # its re-creation failed too (the next step tries again, and ends the episode)
             append(None)
-            return (errors or []) + [err]
+            # (one list for the whole step, grown in place: err's traceback holds this frame, and a list of the
+            # earlier envs' errors kept here would outlive ShardError.combine's clear(), a reference cycle
+            # err -> this frame -> that list -> the first error -> its ``others`` -> err)
+            if errors is None:
+                errors = []
+            errors.append(err)
+            return errors
         self.needs_reset[j] = True
         return errors
 

@@ -1353,3 +1353,116 @@ def test_a_worker_does_not_carry_its_start_s_fork_flag(monkeypatch) -> None:
             assert venv.env_method("forking") == [[]] * 4
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+_KEPT_IN_A_CHILD: list = []
+
+
+def _leaves_a_pool_open(how: str) -> None:
+    """A multiprocessing child's target that ends with a pool still open: kept in a global (a cache of envs), or a
+    local of a frame the target's exception keeps."""
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    venv.reset()
+    if how == "global":
+        _KEPT_IN_A_CHILD.append(venv)
+        return
+    raise RuntimeError("training failed (the pool is a local of this frame)")
+
+
+@pytest.mark.parametrize("how", ["global", "raised"])
+def test_a_multiprocessing_child_ending_with_a_pool_open_exits(how: str) -> None:
+    """A multiprocessing child ends by joining its non-daemonic children, and skips atexit, where fastvec closed the
+    pools left open: the child's workers waited for a command, and the child for them, for good (hunt109 bug 2; SB3's
+    and gymnasium's exit at once). The open pools are now closed among multiprocessing's own exit finalizers."""
+    child = multiprocessing.get_context("fork").Process(target=_leaves_a_pool_open, args=(how,))
+    child.start()
+    child.join(20)
+    if child.exitcode is None:
+        for process in psutil.Process(child.pid).children(recursive=True):
+            process.kill()
+        child.kill()
+        child.join()
+    assert child.exitcode == (0 if how == "global" else 1)
+
+
+def test_a_pool_a_fork_closes_before_its_hook_disowned_it_is_left_to_its_process() -> None:
+    """The cyclic collector can free a pool in a forked child inside the fork's hooks, before fastvec's disowned the
+    child's copy: its close() then stopped the parent's workers and closed the child's copies of the parent's envs
+    (hunt109 bug 1). Staged by undoing the disowning in the child; a copy in another process than the one that made
+    the pool is left alone, whatever the hook did."""
+    venv = SubprocVecEnv([envs.make_cartpole] * 4, start_method="fork", num_workers=2)
+    try:
+        venv.reset()
+        pid = os.fork()
+        if pid == 0:  # (the child: ends with os._exit whatever happens)
+            try:
+                venv.pool._foreign = False  # (as before the fork's hook ran)
+                venv.pool.close()
+                venv.pool._foreign = False
+                venv.pool.terminate()
+                venv.pool._foreign = False
+                venv.pool.__del__()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        venv.step(np.zeros(4, np.int64))  # (its workers were SIGTERMed by the child's close())
+    finally:
+        venv.close()
+
+
+class _HoldsALock:
+    """A factory that captures what cannot be pickled (a threading lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __call__(self) -> gym.Env:
+        return envs.make_cartpole()
+
+
+@pytest.mark.parametrize("step_in_parent", [True, False])
+def test_an_unpicklable_factory_is_refused_under_forkserver_whichever_process_steps_its_env(step_in_parent: bool) -> None:
+    """Under spawn and forkserver a worker's factory must pickle (as SB3's and gymnasium's must); one of the calling
+    process's envs was called as it is, so that the same program started where the default layout steps env 0 in
+    the calling process and not where a worker does (one core; hunt109 bug 3)."""
+    with pytest.raises(TypeError, match="env factory 0 cannot be pickled for start_method='forkserver'"):
+        SubprocVecEnv([_HoldsALock(), envs.make_cartpole], start_method="forkserver", num_workers=1 + step_in_parent,
+                      step_in_parent=step_in_parent)  # fmt: skip
+
+
+_SIMULATOR_DOWN = [False]  # (read in the calling process: its envs are 0 and 1)
+
+
+class _FailsWhileDown(envs.FailingEnv):
+    def __init__(self) -> None:
+        if _SIMULATOR_DOWN[0]:
+            raise RuntimeError("cannot make the env now (a simulator is down)")
+        super().__init__()
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        if _SIMULATOR_DOWN[0]:
+            raise ValueError("step failed")
+        return super().step(action)
+
+
+def test_a_pool_whose_own_envs_could_not_be_made_again_is_freed_without_the_collector() -> None:
+    """Two of the calling process's envs raise in one step and cannot be made again (on_error="restart", NEXT_STEP):
+    the error's tracebacks held a list of the earlier env's errors, a cycle through the pool's frames, so that the
+    pool (its block, its workers) waited for the cyclic collector, after close() too (hunt109 bug 4)."""
+    gc.collect()
+    gc.disable()
+    try:
+        _SIMULATOR_DOWN[0] = False
+        venv = VectorEnv([_FailsWhileDown] * 4, context="fork", num_workers=2, on_error="restart")
+        venv.reset(seed=0)
+        assert venv.pool._local is not None and venv.pool.shard_envs[0] == range(0, 2)
+        _SIMULATOR_DOWN[0] = True
+        with pytest.raises(Exception, match="cannot make the env now"):
+            venv.step(np.zeros(4, np.int64))
+        ref = weakref.ref(venv.pool)
+        venv.close()
+        del venv
+        assert ref() is None
+    finally:
+        _SIMULATOR_DOWN[0] = False
+        gc.enable()

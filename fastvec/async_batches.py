@@ -359,7 +359,9 @@ class AsyncBatches:
             # whole groups in order, as recv() returns them: the usual case, checked in plain Python
             # (numpy's reductions cost microseconds on a handful of ids)
             return self._idle(list(range(first // size, (first + len(ids)) // size))), True
-        if env_ids.size == 0 or env_ids.min() < 0 or env_ids.max() >= n:
+        if env_ids.size == 0:
+            raise ValueError("send() was given no env ids: give the ids recv() returned, with one action each")
+        if env_ids.min() < 0 or env_ids.max() >= n:
             raise ValueError(f"env ids must be in 0..{n - 1}, got {ids}")
         if env_ids.size % size == 0:  # whole groups, each in order (as recv() returns them): no sets needed
             grid = env_ids.reshape(-1, size)
@@ -786,9 +788,9 @@ class AsyncBatches:
             command, slot = self.inflight[position + self.first_remote]
             if pool.closed:  # (stopped by close() in a signal handler just now)
                 raise pool._closed_meanwhile("recv")
-            if pool.on_error != "restart":
-                raise pool._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, "step"))
             resetting = command is Command.RESET
+            if pool.on_error != "restart":
+                raise pool._broken(WorkerDiedError(remote.index, remote.envs, remote.exitcode, "reset" if resetting else "step"))
             p = _Pending(
                 command,
                 "reset" if resetting else "step",

@@ -14,6 +14,7 @@ import builtins
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from gymnasium import error as gym_error
@@ -33,6 +34,7 @@ __all__ = [
     "BrokenPoolError",
     "env_error",
     "env_errors",
+    "raise_unusable_info",
     "ShardError",
     "describe_exception",
     "exit_status",
@@ -218,6 +220,21 @@ def env_error(env_index: int, command: str, exc_type: str, message: str, remote_
     except Exception:  # the env's type wants other constructor arguments than a message
         _MIXED_TYPES[original] = EnvError
         return EnvError(env_index, command, exc_type, message, remote_traceback)
+
+
+def raise_unusable_info(infos: dict, exc: BaseException, command: str) -> None:
+    """Where a front-end's building of its infos raised ``exc``: raise the EnvError of the first env (of ``infos``, env
+    index -> info) whose info is no mapping (a list, say), naming it, as a malformed step result is (the references
+    fail on one too: gymnasium's with a bare AttributeError, SB3's worker dies); return where every info is one."""
+    for i in sorted(infos):
+        info = infos[i]
+        if not isinstance(info, Mapping):
+            message = f"an env's info must be a dict, as gymnasium's Env.{command} returns it; got {type(info).__name__}"
+            error = env_error(i, command, "TypeError", message, "")
+            try:
+                raise error from exc
+            finally:
+                error = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
 
 
 def _exception_class(exc_type: str) -> type | None:

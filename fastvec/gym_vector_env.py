@@ -32,7 +32,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_differing_spaces, batch_space, concatenate, create_empty_array
 
 from fastvec.batch import Batch
-from fastvec.errors import EnvError, SpaceMismatchError, UnsupportedSpaceError, user_stacklevel
+from fastvec.errors import EnvError, SpaceMismatchError, UnsupportedSpaceError, raise_unusable_info, user_stacklevel
 from fastvec.options import PoolOptions, default_num_workers
 from fastvec.pool import Pool, _async_workers
 
@@ -282,24 +282,28 @@ class VectorEnv(gym.vector.VectorEnv):
         truncations = batch.truncated.copy()
         rewards = batch.rewards.copy()
         infos: dict[str, Any] = {}
-        if self.autoreset_mode == AutoresetMode.SAME_STEP:
-            ended = np.flatnonzero(terminations | truncations).tolist()
-            finals = dict(zip(ended, batch.terminal_observations(ended))) if ended else {}
-            # envs in index order, as gymnasium adds them (only those with something to say)
-            for i in sorted({*ended, *batch.infos}) if batch.infos else ended:
-                if i in finals:
-                    final = {"final_info": batch.infos.get(i, {}), "final_obs": finals[i]}
-                    infos = self._add_info(infos, {**final, **batch.reset_infos.get(i, {})}, i)
-                else:
+        try:  # (an info that is no dict: named, below)
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:
+                ended = np.flatnonzero(terminations | truncations).tolist()
+                finals = dict(zip(ended, batch.terminal_observations(ended))) if ended else {}
+                # envs in index order, as gymnasium adds them (only those with something to say)
+                for i in sorted({*ended, *batch.infos}) if batch.infos else ended:
+                    if i in finals:
+                        final = {"final_info": batch.infos.get(i, {}), "final_obs": finals[i]}
+                        infos = self._add_info(infos, {**final, **batch.reset_infos.get(i, {})}, i)
+                    else:
+                        infos = self._add_info(infos, batch.infos[i], i)
+            elif batch.reset_infos:  # (a replacement worker's fresh envs reset in this step: their reset's info, as recv())
+                for i in sorted({*batch.infos, *batch.reset_infos}):
+                    infos = self._add_info(infos, {**batch.infos.get(i, {}), **batch.reset_infos.get(i, {})}, i)
+            else:
+                for i in sorted(batch.infos):
                     infos = self._add_info(infos, batch.infos[i], i)
-        elif batch.reset_infos:  # (a replacement worker's fresh envs reset in this step: their reset's info, as recv())
-            for i in sorted({*batch.infos, *batch.reset_infos}):
-                infos = self._add_info(infos, {**batch.infos.get(i, {}), **batch.reset_infos.get(i, {})}, i)
-        else:
-            for i in sorted(batch.infos):
-                infos = self._add_info(infos, batch.infos[i], i)
-        for i, error in batch.restarted.items():
-            infos = self._add_info(infos, {"fastvec_restarted": error}, i)
+            for i, error in batch.restarted.items():
+                infos = self._add_info(infos, {"fastvec_restarted": error}, i)
+        except Exception as exc:
+            raise_unusable_info(batch.infos, exc, "step")
+            raise
         return self._observations(batch), rewards, terminations, truncations, infos
 
     def _wait(self, wait: Callable[[float | None], Batch], timeout: float | None) -> Any:
@@ -377,7 +381,11 @@ class VectorEnv(gym.vector.VectorEnv):
             if self.autoreset_mode == AutoresetMode.SAME_STEP:  # an episode's end adds final_obs and final_info
                 done = np.logical_or(batch.terminated, batch.truncated).tolist()
             if (done is not None and True in done) or batch.infos or batch.reset_infos or batch.restarted:
-                infos = self._recv_infos(batch, done)  # (else: only env_id)
+                try:
+                    infos = self._recv_infos(batch, done)  # (else: only env_id)
+                except Exception as exc:  # (an info that is no dict: named)
+                    raise_unusable_info(batch.infos, exc, "step")
+                    raise
                 if "env_id" in infos:  # (an env's own key of that name: replaced, said once)
                     self._replaced_env_id(infos)
             infos["env_id"] = batch.env_ids

@@ -14,6 +14,7 @@ import numpy as np
 
 from fastvec import kernels
 from fastvec.async_batches import OBS_ONLY
+from fastvec.errors import raise_unusable_info
 from fastvec.options import PoolOptions
 from fastvec.pool import Pool
 from fastvec.protocol import SAME_STEP
@@ -152,8 +153,12 @@ class SubprocVecEnv(_VecEnvBase):
             return obs, rewards, dones, infos
         if batch.infos:
             infos = [batch.infos.get(i) or {} for i in range(self.num_envs)]
-            for info in infos:
-                info["TimeLimit.truncated"] = False
+            try:
+                for info in infos:
+                    info["TimeLimit.truncated"] = False
+            except Exception as exc:  # (an info that is no dict: named)
+                raise_unusable_info(batch.infos, exc, "step")
+                raise
         # (else most steps of most envs: only episode ends to report, visited alone below)
         terminated, truncated = batch.terminated, batch.truncated
         reset_infos = batch.reset_infos
@@ -223,7 +228,11 @@ class SubprocVecEnv(_VecEnvBase):
             for k, i in enumerate(ids):
                 info = batch.infos.get(i)
                 if info:  # the env's own dict, as SB3 returns it
-                    info["TimeLimit.truncated"] = False
+                    try:
+                        info["TimeLimit.truncated"] = False
+                    except Exception as exc:  # (an info that is no dict: named)
+                        raise_unusable_info({i: info}, exc, "step")
+                        raise
                     infos[k] = info
         terminated, truncated = batch.terminated, batch.truncated
         finals = batch.terminal_observations([ids[k] for k in ended]) if ended else ()  # (copied in one call)

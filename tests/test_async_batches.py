@@ -467,6 +467,8 @@ def test_misuse_is_named() -> None:
             pool.send(np.zeros(1, np.int64), got.env_ids[:1])
         with pytest.raises(ValueError, match="must not repeat"):
             pool.send(np.zeros(2, np.int64), [got.env_ids[0]] * 2)
+        with pytest.raises(ValueError, match="no env ids"):  # (it said they were out of range: "must be in 0..3, got []")
+            pool.send(np.zeros(0, np.int64), [])
         for ids in ([2**70, 1], np.array([2**64 - 1, 1], np.uint64), [1e20, 1.0]):  # (a raw OverflowError, or
             with pytest.raises(ValueError, match=r"env ids must be in 0\.\.3, got \[(1180591620717411303424|18446744073709551615|1e\+20), 1"):
                 pool.send(np.zeros(2, np.int64), ids)  # ids that wrapped: [-1, 1])
@@ -1608,3 +1610,74 @@ def test_an_env_s_own_env_id_info_is_replaced_by_recv_with_a_warning() -> None:
                 venv.send(np.zeros(2, np.int64), infos["env_id"])
         said = [w for w in caught if "'env_id'" in str(w.message)]
         assert len(said) == 1 and said[0].filename == __file__
+
+
+class _SlowReset(envs.FailingEnv):
+    def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+        time.sleep(1.0)  # (its worker is killed in here)
+        return super().reset(seed=seed, options=options)
+
+
+@pytest.mark.parametrize("front", ["sb3", "gymnasium"])
+def test_a_worker_killed_in_async_reset_is_said_to_die_during_the_reset(front: str) -> None:
+    """recv() said a worker that died during async_reset() died during 'step' (reset_wait() and the restart's warning
+    say 'reset'; hunt110 bug 1)."""
+    layout = dict(batch_size=2, num_workers=2, step_in_parent=False)
+    if front == "sb3":
+        venv = SubprocVecEnv([_SlowReset] * 4, start_method="fork", **layout)
+    else:
+        venv = VectorEnv([_SlowReset] * 4, context="fork", **layout)
+    try:
+        venv.async_reset()
+        time.sleep(0.3)
+        os.kill(venv.pool._remotes[-1].pid, signal.SIGKILL)  # (worker 1: envs 2 and 3, in their resets)
+        with pytest.raises(WorkerDiedError, match="during 'reset'") as caught:
+            for _ in range(2):
+                venv.recv()
+        assert caught.value.command == "reset"
+    finally:
+        venv.close()
+
+
+class _InfoIsAList(envs.FailingEnv):
+    """Env 1's step returns a list as its info."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, [1] if self.index == 1 else info
+
+
+@pytest.mark.parametrize("front", ["sb3", "gymnasium"])
+@pytest.mark.parametrize("batches", [False, True])
+def test_an_info_that_is_no_dict_is_named_with_its_env(front: str, batches: bool) -> None:
+    """An env's step returning a list as its info: a bare TypeError or AttributeError from the front-end's info
+    handling (gymnasium's AsyncVectorEnv raises the same bare AttributeError; SB3's worker dies), where every other
+    malformed step result is an EnvError naming the env (hunt110 bug 2). A mapping of another class passes."""
+    fns = [partial(_InfoIsAList, i) for i in range(4)]
+    layout: dict = dict(batch_size=2, step_in_parent=False) if batches else {}
+    if front == "sb3":
+        venv = SubprocVecEnv(fns, start_method="fork", num_workers=2, **layout)
+    else:
+        venv = VectorEnv(fns, context="fork", num_workers=2, **layout)
+    try:
+        if batches:
+            venv.async_reset()
+            ids = venv.recv()[-1]
+            ids = ids["env_id"] if front == "gymnasium" else ids
+            venv.send(np.zeros(2, np.int64), ids)
+            ids = venv.recv()[-1]
+            ids = ids["env_id"] if front == "gymnasium" else ids
+            venv.send(np.zeros(2, np.int64), ids)
+            step = venv.recv
+        else:
+            venv.reset()
+            step = partial(venv.step, np.zeros(4, np.int64))
+        with pytest.raises(EnvError, match=r"env 1 raised TypeError during 'step': an env's info must be a dict.*got list"):
+            for _ in range(2):  # (the batch holding env 1)
+                step()
+    finally:
+        venv.close()

@@ -102,7 +102,8 @@ class Monitor:
         self._quiet = 0
         self._samples = 0
         self._recent: dict[tuple[int, int, bool], int] = {}  # (source, target, around) -> the sample of its latest move
-        self._throughputs: list[float] = []  # the pool's pace (see _pace) in the latest ``patience`` samples
+        # (sample number, the pool's pace: see _pace) of the latest ``patience`` samples in which the pool stepped
+        self._throughputs: list[tuple[int, float]] = []
         # the latest move on trial: ([(source, target, around, envs moved)], the pace before, its sample)
         self._trial: tuple[list[tuple[int, int, bool, int]], float, int] | None = None
         self._trial_made: dict[tuple[int, int, bool], int] = {}  # the pool's moves per route when the trial began
@@ -161,8 +162,10 @@ class Monitor:
                 history = self._step_ms.setdefault(stats.shard, [])
                 history.append((stats.envs, [float(t) for t in stats.env_step_ms]))
                 del history[: -self.patience]
-        self._throughputs.append(_pace(snapshot))
-        del self._throughputs[: -self.patience]
+        pace = _pace(snapshot)
+        if pace is not None:  # (an interval without a step, a PPO update longer than it, says nothing of the pace)
+            self._throughputs.append((self._samples, pace))
+            del self._throughputs[: -self.patience]
         if self._quiet > 0:
             self._quiet -= 1
             return None
@@ -195,7 +198,8 @@ class Monitor:
             "longer neighbours, or another move across that boundary is pending",
         }
         while refused:
-            kind, shard, target = refused.popleft()
+            entry = refused.popleft()  # (kind, shard, target[, why: where the pool says why])
+            kind, shard, target = entry[:3]
             if kind == "unpark" and shard in self._asked_dead:  # (a worker that died parked: its "dead" event said so)
                 continue
             what = f"the move from shard {shard} to shard {target}" if kind == "move" else f"the {kind} of worker {shard}"
@@ -205,7 +209,7 @@ class Monitor:
                     "refused",
                     shard,
                     f"{what} asked above did not happen",
-                    f"the pool refused it when it came to do it: {reasons[kind]}",
+                    f"the pool refused it when it came to do it: {entry[3] if len(entry) > 3 else reasons[kind]}",
                 )
             )
 
@@ -243,8 +247,8 @@ class Monitor:
         straggler = None if position is None else active[position].shard
         for key in [k for k in self._streak if isinstance(k, int) and k != straggler]:
             del self._streak[key]
-        if straggler is None or not self._persisted(straggler, True):
-            return None
+        if straggler is None or not self._persisted(straggler, True) or not self._throughputs:
+            return None  # (nor with no pace known yet to judge a move by)
         return self._move(snapshot, active, straggler)
 
     def _check_cores(self, snapshot: PoolStats, loads: dict[int, float] | None) -> MonitorEvent | None:
@@ -449,7 +453,7 @@ class Monitor:
             self._queue_moves(shard, target, around, count)
             what = f"envs {describe_envs(sorted(moved))}" if len(moved) > 1 else f"env {moved[0]}"
             parts.append(f"{what}: shard {shard} -> shard {target}{' around the ring' if around else ''}")
-        self._trial = (trial, statistics.median(self._throughputs), self._samples)
+        self._trial = (trial, statistics.median(pace for _, pace in self._throughputs), self._samples)
         several = sum(counts) > 1
         return MonitorEvent(
             time.monotonic() - self._began,
@@ -477,8 +481,11 @@ class Monitor:
             return None
         if self.pool.pending_moves:  # an env of the trial still waits for its episode end: judge once it moved
             return None  # (its undo, asked now, would be refused: a boundary moves one way at a time)
+        paces = [pace for sample, pace in self._throughputs if sample > when + self.cooldown]
+        if len(paces) < self.patience:  # (samples without a step in between: judged once enough had steps)
+            return None
         self._trial = None
-        after = statistics.median(self._throughputs)
+        after = statistics.median(paces)
         if after >= (1.0 - self.undo_drop) * before:
             return None
         # only what the pool did: a move it refused (an env found not to pickle, a target parked meanwhile) or
@@ -528,10 +535,13 @@ def _wrapped_part(envs: list[int]) -> list[int]:
     return envs[:drop]
 
 
-def _pace(snapshot: PoolStats) -> float:
+def _pace(snapshot: PoolStats) -> float | None:
     """The pool's env steps per second of the time the calling process spent in it (stepping,
     waiting for the workers): what a move changes. Per second of wall time would also count what
-    the caller does between steps (a policy, a PPO update, another pool), which moves no env."""
+    the caller does between steps (a policy, a PPO update, another pool), which moves no env.
+    None for an interval in which the pool did not step (its pace is unknown, not 0)."""
+    if not snapshot.throughput > 0:
+        return None
     inside = 1.0 - snapshot.learner_share if snapshot.learner_share is not None else 1.0
     return snapshot.throughput / max(inside, 0.01)
 

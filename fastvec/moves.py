@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
 
 from fastvec.env_calls import own_copies
 from fastvec.errors import EnvError, ShardError, WorkerDiedError, env_errors, exit_status, user_stacklevel
@@ -197,6 +200,9 @@ class ShardMoves:
         """Whether worker ``shard`` can be parked now (see ``request_park``)."""
         return (
             self._async is None
+            and self._state is not PoolState.CLOSED
+            and self._state is not PoolState.BROKEN
+            and not self._terminated
             and self.autoreset_mode in (SAME_STEP, NEXT_STEP)
             and any(r.index == shard for r in self._remotes)
             and shard not in self._draining
@@ -214,7 +220,8 @@ class ShardMoves:
         False when it cannot now: an asynchronous pool, autoreset DISABLED, the calling process's
         shard, a shard already parked or emptying, moves pending on it, no neighbour to take
         its envs, or a command pending (between ``step_async`` and ``step_wait``: ask again after it;
-        ``queue_park`` takes it at the next step)."""
+        ``queue_park`` takes it at the next step). A ``shard`` that names no worker is a ValueError."""
+        self._check_worker(shard, "request_park")
         parked = self._held_request(self._request_park, shard)
         if parked:  # (by hand: the monitor leaves it parked; its own parks come through queue_park)
             self.monitor_parked.discard(shard)
@@ -239,7 +246,8 @@ class ShardMoves:
         """Give worker ``shard`` commands again (with no envs: ``request_move`` gives it some).
         False when it is not parked, or its process ended while it was parked (it stays parked), or a
         command is pending (between ``step_async`` and ``step_wait``: ask again after it; ``queue_unpark``
-        takes it at the next step)."""
+        takes it at the next step). A ``shard`` that names no worker is a ValueError."""
+        self._check_worker(shard, "request_unpark")
         back = self._held_request(self._request_unpark, shard)
         if back:
             self.monitor_parked.discard(shard)
@@ -292,7 +300,21 @@ class ShardMoves:
     def can_unpark(self, shard: int) -> bool:
         """Whether worker ``shard`` is parked and can come back: alive, or replaced (on_error="restart")."""
         entry = self._parked.get(shard)
-        return entry is not None and (self.on_error == "restart" or entry[0].exitcode is None)
+        return (
+            entry is not None
+            and (self.on_error == "restart" or entry[0].exitcode is None)
+            and self._state is not PoolState.CLOSED
+            and self._state is not PoolState.BROKEN
+            and not self._terminated
+        )
+
+    def _check_worker(self, shard: Any, call: str) -> None:
+        """``shard`` names one of the pool's workers (shards), as ``request_move``'s shards must: a number of no worker
+        answered False, as a park not possible now, and 1.0 gave a bare TypeError."""
+        if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)):
+            raise TypeError(f"{call}(): a worker is named by its shard number (an int), got {shard!r}")
+        if not 0 <= shard < self.num_workers:
+            raise ValueError(f"{call}(): there is no worker {shard} (shards 0..{self.num_workers - 1})")
 
     def _replace_parked(self, shard: int) -> None:
         """on_error="restart": a worker that died while parked (it had no envs) is replaced by a new one,
@@ -315,16 +337,18 @@ class ShardMoves:
         """``request_park`` from another thread: done by the stepping thread at its next step (refused at once with
         asynchronous batches, as ``queue_move``). The monitor's way to park: a worker parked so is among
         ``monitor_parked``, which the monitor brings back when the cores are free (``request_park``'s it leaves)."""
+        self._check_worker(shard, "queue_park")
         self._queue_worker_request("park", shard)
 
     def queue_unpark(self, shard: int) -> None:
         """``request_unpark`` from another thread: done by the stepping thread at its next step (refused at once with
         asynchronous batches, as ``queue_move``)."""
+        self._check_worker(shard, "queue_unpark")
         self._queue_worker_request("unpark", shard)
 
     def _queue_worker_request(self, kind: str, shard: int) -> None:
-        if self._async is not None:
-            self.refused_requests.append((kind, shard, None))
+        if self._async is not None:  # (the reason said: the monitor's event named another, an env that does not pickle)
+            self.refused_requests.append((kind, shard, None, "the pool hands out asynchronous batches, whose groups stay"))
         else:
             self._move_requests.append((kind, shard))
 

@@ -361,6 +361,13 @@ def verdict(best: dict, default: dict | None, num_envs: int, asynchronous: dict 
     ``asynchronous``: the measurement of asynchronous batches, if any)."""
     cfg = best["resolved"]
     vs_default = f"{best['rate'] / default['rate']:.2f}x the default" if default else "the default failed"
+    within = bool(default) and best is not default and best["rate"] < (1 + NOISE) * default["rate"]  # type: ignore[index]
+    if is_in_process(cfg) and within:  # (a lead the tuner's own noise margin says nothing of: no advice to drop processes)
+        return (
+            f"stepping all {num_envs} envs in this process (num_workers=1, step_in_parent=True) measured "
+            f"{best['rate']:,.0f} steps/s, {vs_default}: within {100 * NOISE:.0f}% of it, so worker processes neither "
+            "pay off nor cost here; keeping the default is as good."
+        ) + _async_verdict(best, asynchronous)
     if is_in_process(cfg):
         text = (
             f"processes do not pay off here: stepping all {num_envs} envs in this process (num_workers=1, "
@@ -372,20 +379,24 @@ def verdict(best: dict, default: dict | None, num_envs: int, asynchronous: dict 
             f"best: num_workers={cfg['num_workers']}, step_in_parent={cfg['step_in_parent']}, "
             f"spin_ns={cfg['spin_ns']}, pin_workers={cfg['pin_workers']} at {best['rate']:,.0f} steps/s, {vs_default}."
         )
-    if default and best is not default and best["rate"] < (1 + NOISE) * default["rate"]:
+    if within:
         text += f" That is within {100 * NOISE:.0f}% of the default: keeping the default is as good."
-    if asynchronous is not None:
-        ratio = asynchronous["rate"] / best["rate"]
-        batch = asynchronous["config"]["batch_size"]
-        setting = f"batch_size={batch}, step_in_parent={asynchronous['config'].get('step_in_parent')}"
-        if ratio > 1 + NOISE:
-            text += (
-                f" Asynchronous batches pay off: {setting} with send/recv gives {asynchronous['rate']:,.0f} "
-                f"steps/s, {ratio:.2f}x (for a learner that can act on {batch} envs at a time)."
-            )
-        else:
-            text += f" Asynchronous batches ({setting}) do not pay off here: {ratio:.2f}x."
-    return text
+    return text + _async_verdict(best, asynchronous)
+
+
+def _async_verdict(best: dict, asynchronous: dict | None) -> str:
+    """The verdict's sentence on asynchronous batches (their measurement, if any, against ``best``)."""
+    if asynchronous is None:
+        return ""
+    ratio = asynchronous["rate"] / best["rate"]
+    batch = asynchronous["config"]["batch_size"]
+    setting = f"batch_size={batch}, step_in_parent={asynchronous['config'].get('step_in_parent')}"
+    if ratio > 1 + NOISE:
+        return (
+            f" Asynchronous batches pay off: {setting} with send/recv gives {asynchronous['rate']:,.0f} "
+            f"steps/s, {ratio:.2f}x (for a learner that can act on {batch} envs at a time)."
+        )
+    return f" Asynchronous batches ({setting}) do not pay off here: {ratio:.2f}x."
 
 
 def _describe(m: dict) -> str:

@@ -516,6 +516,29 @@ def test_a_move_after_which_the_pool_steps_slower_is_undone(monkeypatch) -> None
     assert monitor.step(straggling).kind == "move"
 
 
+def test_intervals_without_a_step_do_not_judge_a_move(monkeypatch) -> None:
+    """An interval in which the caller did not step the pool at all (a PPO update longer than the monitor's interval)
+    counted as a pace of 0 steps a second: a move after which the pool stepped as fast as before was undone when such
+    intervals fell in the judged samples (hunt112 bug 1). They say nothing of the pace, and are passed over."""
+    monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
+    pool = _FakePool(wraps=False)
+    monitor = Monitor(pool, patience=2, cooldown=0, settle=2, retry_after=5)
+    straggling = dataclasses.replace(_per_env(HETERO), throughput=10_000.0)
+    events = [monitor.step(straggling) for _ in range(2)]
+    assert events[-1].kind == "move" and pool.moves == [(1, 0)] * 4
+    idle = dataclasses.replace(straggling, throughput=0.0, learner_share=1.0)  # (the whole interval in an update)
+    events = [monitor.step(sample) for sample in (straggling, idle, idle, straggling)]
+    assert not [event for event in events if event is not None and event.kind == "undo"]  # (as fast whenever it stepped)
+    assert pool.moves[4:] in ([], [(1, 0)] * 4)  # (stayed; a second move at most, once judged)
+    pool = _FakePool(wraps=False)
+    monitor = Monitor(pool, patience=2, cooldown=0, settle=2, retry_after=5)
+    assert [monitor.step(straggling) for _ in range(2)][-1].kind == "move"
+    slower = dataclasses.replace(straggling, throughput=8_000.0)
+    events = [monitor.step(sample) for sample in (idle, slower, idle, slower)]
+    assert events[:3] == [None] * 3 and events[3].kind == "undo"  # (judged on the two samples that stepped)
+    assert "8,000 env steps per second" not in events[3].why and "11,429" in events[3].why
+
+
 def test_an_undo_reverses_only_the_moves_the_pool_made(monkeypatch) -> None:
     """A trial whose moves the pool refused in part (an env found not to pickle): the undo takes back the
     moves made, not the ones planned (it used to move envs that never left onto the straggler); none made,

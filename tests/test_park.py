@@ -16,6 +16,7 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from fastvec import SubprocVecEnv, VectorEnv
+from fastvec.monitor import Monitor
 from fastvec.protocol import Stats
 from tests import envs
 from tests.test_migrate import make_where
@@ -392,7 +393,6 @@ def test_a_park_the_pool_refuses_is_reported_by_the_monitor(monkeypatch) -> None
     """The monitor asks for a park from its thread (queue_park) and logs a "park" event; when the pool then
     refuses it (an env of the worker cannot be pickled, learnt only then), a "refused" event says so (the
     events said the worker slept)."""
-    from fastvec.monitor import Monitor
     from tests.test_migrate import make_unpicklable
 
     monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
@@ -425,7 +425,32 @@ def test_requests_queued_on_an_asynchronous_pool_are_refused_at_once() -> None:
         pool.queue_move(1, 0)
         pool.queue_park(1)
         pool.queue_unpark(1)
-        assert pool.queued_requests == 0 and list(pool.refused_requests) == [("park", 1, None), ("unpark", 1, None)]
+        why = "the pool hands out asynchronous batches, whose groups stay"
+        assert pool.queued_requests == 0 and list(pool.refused_requests) == [("park", 1, None, why), ("unpark", 1, None, why)]
+        # (the monitor's event says so: it named an env that does not pickle; hunt112 bug 4)
+        monitor = Monitor(pool, patience=1, cooldown=0)
+        monitor.step(pool.stats())
+        refused = [event for event in monitor.events if event.kind == "refused"]
+        assert len(refused) == 2 and all(why in event.why and "pickle" not in event.why for event in refused)
+
+
+def test_a_park_or_unpark_of_no_worker_is_refused_by_name() -> None:
+    """request_park(7) on a pool of two shards answered False, as a park not possible now, queue_park(7) was
+    taken (and later said refused), and request_park(1.0) gave a bare TypeError (hunt112 bug 2); request_move and
+    repin name such a shard. And a closed pool's workers cannot be parked (can_park said True; bug 3)."""
+    with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2) as venv:
+        pool = venv.pool
+        venv.reset()
+        for call in (pool.request_park, pool.request_unpark, pool.queue_park, pool.queue_unpark):
+            for shard in (7, -1):
+                with pytest.raises(ValueError, match=rf"no worker {shard} \(shards 0\.\.1\)"):
+                    call(shard)
+            for shard in (1.0, True, "1"):
+                with pytest.raises(TypeError, match="named by its shard number"):
+                    call(shard)
+        assert pool.queued_requests == 0 and not pool.refused_requests
+        assert pool.can_park(1) and pool.can_park(np.int64(1))
+    assert not pool.can_park(1) and not pool.can_unpark(1)
 
 
 @pytest.mark.parametrize("around", [False, True])

@@ -89,6 +89,21 @@ def test_a_best_within_noise_of_the_default_says_keep_the_default(monkeypatch):
     assert "keeping the default is as good" in record["verdict"]
 
 
+def test_in_process_stepping_within_noise_of_the_default_is_no_advice_to_drop_processes(monkeypatch):
+    """In-process stepping 1% ahead of the default: the verdict said both "processes do not pay off here ... an
+    in-process vectorizer is the right choice" and "keeping the default is as good" (hunt112 bug 5). Within the
+    tuner's noise margin it says only the second; past it, the first."""
+    monkeypatch.setattr(tune, "cores", lambda: 2)
+    in_process = {"num_workers": 1, "step_in_parent": True}
+    for lead, drop in ((1.01, False), (1.20, True)):
+        measure = _fake_measure(lambda r, lead=lead: 100_000.0 * (lead if tune.is_in_process(r) else 1.0))
+        monkeypatch.setattr(tune, "measure", measure)
+        record = tune.search("CartPole-v1", num_envs=4, candidates=[in_process], report=lambda line: None)
+        assert tune.is_in_process(record["config"])
+        assert ("processes do not pay off" in record["verdict"]) is drop
+        assert ("keeping the default is as good" in record["verdict"]) is not drop
+
+
 def test_a_failing_candidate_is_reported_not_fatal(monkeypatch):
     fake = _fake_measure(lambda r: 1_000.0)
 

@@ -14,7 +14,7 @@ import builtins
 import os
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from gymnasium import error as gym_error
@@ -37,6 +37,7 @@ __all__ = [
     "raise_unusable_info",
     "ShardError",
     "describe_exception",
+    "safe_str",
     "exit_status",
 ]
 
@@ -222,19 +223,26 @@ def env_error(env_index: int, command: str, exc_type: str, message: str, remote_
         return EnvError(env_index, command, exc_type, message, remote_traceback)
 
 
-def raise_unusable_info(infos: dict, exc: BaseException, command: str) -> None:
-    """Where a front-end's building of its infos raised ``exc``: raise the EnvError of the first env (of ``infos``, env
-    index -> info) whose info is no mapping (a list, say), naming it, as a malformed step result is (the references
-    fail on one too: gymnasium's with a bare AttributeError, SB3's worker dies); return where every info is one."""
-    for i in sorted(infos):
-        info = infos[i]
-        if not isinstance(info, Mapping):
-            message = f"an env's info must be a dict, as gymnasium's Env.{command} returns it; got {type(info).__name__}"
-            error = env_error(i, command, "TypeError", message, "")
-            try:
-                raise error from exc
-            finally:
-                error = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
+def raise_unusable_info(exc: BaseException, *sources: tuple[dict, str], writable: bool = False) -> None:
+    """Where a front-end's building of its infos raised ``exc``: raise the EnvError of the first env whose info is no
+    mapping (a list, say; ``writable``: no mutable one, for SB3's front-end, which writes its keys into each info as
+    SB3's workers do), naming it, as a malformed step result is (the references fail on one too: gymnasium's with a
+    bare AttributeError, SB3's worker dies); return where every info is one. ``sources``: (env index -> info, the
+    command that returned them: "step", or "reset" for the resets' infos)."""
+    kind = MutableMapping if writable else Mapping
+    for infos, command in sources:
+        for i in sorted(infos):
+            info = infos[i]
+            if not isinstance(info, kind):
+                message = (
+                    f"an env's info must be a {'mutable ' if writable else ''}dict, as gymnasium's Env.{command} returns "
+                    f"it; got {type(info).__name__}"
+                )
+                error = env_error(i, command, "TypeError", message, "")
+                try:
+                    raise error from exc
+                finally:
+                    error = None  # (this frame stays in the error's traceback: a reference cycle otherwise)
 
 
 def _exception_class(exc_type: str) -> type | None:
@@ -263,7 +271,16 @@ def describe_exception(exc: BaseException) -> tuple[str, str, str]:
     """(qualified type name, message, formatted traceback) of an exception, all picklable."""
     cls = type(exc)
     name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    return name, str(exc), "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    return name, safe_str(exc), "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+
+
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or where its ``__str__`` raises, a text saying so (an env's error that cannot be printed was
+    reported as that second error, blaming another env or none)."""
+    try:
+        return str(exc)
+    except Exception as err:
+        return f"<its message could not be made: str() raised {type(err).__name__}>"
 
 
 class ShardError(Exception):

@@ -301,8 +301,8 @@ class VectorEnv(gym.vector.VectorEnv):
                     infos = self._add_info(infos, batch.infos[i], i)
             for i, error in batch.restarted.items():
                 infos = self._add_info(infos, {"fastvec_restarted": error}, i)
-        except Exception as exc:
-            raise_unusable_info(batch.infos, exc, "step")
+        except Exception as exc:  # (a step's or an autoreset's info that is no dict: named)
+            raise_unusable_info(exc, (batch.infos, "step"), (batch.reset_infos, "reset"))
             raise
         return self._observations(batch), rewards, terminations, truncations, infos
 
@@ -384,7 +384,7 @@ class VectorEnv(gym.vector.VectorEnv):
                 try:
                     infos = self._recv_infos(batch, done)  # (else: only env_id)
                 except Exception as exc:  # (an info that is no dict: named)
-                    raise_unusable_info(batch.infos, exc, "step")
+                    raise_unusable_info(exc, (batch.infos, "step"), (batch.reset_infos, "reset"))
                     raise
                 if "env_id" in infos:  # (an env's own key of that name: replaced, said once)
                     self._replaced_env_id(infos)

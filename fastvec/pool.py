@@ -2186,6 +2186,10 @@ class Pool(ShardMoves):
             if self._is_foreign():
                 self._state = PoolState.CLOSED
                 return
+            if self._inside_here(sys._getframe(), anywhere=True):  # a signal handler inside this thread's use of the
+                # pool, as close()'s _enter_to_close tells: the block stays until that code leaves (it let go of it there)
+                self._reentered = True
+                self._break(ClosedError("terminate(): it was called while this thread was inside the pool (a signal handler)"))
             self._terminate(grace=0.0)
 
     def _is_foreign(self) -> bool:

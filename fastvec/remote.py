@@ -25,7 +25,7 @@ from multiprocessing import connection as mp_connection
 from multiprocessing import reduction
 from typing import Any
 
-from fastvec import kernels
+from fastvec import kernels, placement
 from fastvec.errors import EXIT_UNKNOWN, ShardError, StepTimeoutError, WorkerDiedError
 from fastvec.protocol import POLL_NS, Extra, dumps_by_reference_where_possible, named_envs
 
@@ -687,7 +687,8 @@ def _catching_fork_hook(previous: Callable, thread: int) -> Callable:
     return hook
 
 
-_PARENT_HOOKS = (_before_fork, _after_fork_in_parent)  # (the fork's hooks run in the parent)
+# (fastvec's fork hooks that run in the parent: placement's saves the caller's cores)
+_PARENT_HOOKS = (_before_fork, _after_fork_in_parent, placement._before_fork)
 
 
 def _after_fork_in_child() -> None:

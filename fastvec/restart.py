@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastvec.env_calls import copied
-from fastvec.errors import ShardError, describe_exception
+from fastvec.errors import ShardError, describe_exception, safe_str
 from fastvec.protocol import SAME_STEP, Extra, Stats
 
 if TYPE_CHECKING:
@@ -43,11 +43,12 @@ class Unmade:
     command reports the env's error, and the other envs go on."""
 
     def __init__(self, index: int, cause: BaseException, spaces: tuple | None = None, made: bool = False):
+        text = safe_str(cause)  # (an error whose __str__ raises: said so, not raised here)
         self._why = (
-            f"env {index} could not be made again after an error ({type(cause).__name__}: {cause}); "
+            f"env {index} could not be made again after an error ({type(cause).__name__}: {text}); "
             "its factory is tried again at its next step or reset"
             if not made
-            else f"env {index} was made again after an error, and its reset raised ({type(cause).__name__}: {cause}); "
+            else f"env {index} was made again after an error, and its reset raised ({type(cause).__name__}: {text}); "
             "it is made again at its next step or reset"
         )
         if spaces is not None:  # (in a replacement worker: the pool's, so that its shard can be made around it)

@@ -157,7 +157,7 @@ class SubprocVecEnv(_VecEnvBase):
                 for info in infos:
                     info["TimeLimit.truncated"] = False
             except Exception as exc:  # (an info that is no dict: named)
-                raise_unusable_info(batch.infos, exc, "step")
+                raise_unusable_info(exc, (batch.infos, "step"), writable=True)
                 raise
         # (else most steps of most envs: only episode ends to report, visited alone below)
         terminated, truncated = batch.terminated, batch.truncated
@@ -231,7 +231,7 @@ class SubprocVecEnv(_VecEnvBase):
                     try:
                         info["TimeLimit.truncated"] = False
                     except Exception as exc:  # (an info that is no dict: named)
-                        raise_unusable_info({i: info}, exc, "step")
+                        raise_unusable_info(exc, ({i: info}, "step"), writable=True)
                         raise
                     infos[k] = info
         terminated, truncated = batch.terminated, batch.truncated

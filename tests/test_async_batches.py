@@ -8,6 +8,7 @@ import random
 import signal
 import time
 import warnings
+from collections.abc import Mapping
 from functools import partial
 
 import gymnasium as gym
@@ -1676,8 +1677,84 @@ def test_an_info_that_is_no_dict_is_named_with_its_env(front: str, batches: bool
         else:
             venv.reset()
             step = partial(venv.step, np.zeros(4, np.int64))
-        with pytest.raises(EnvError, match=r"env 1 raised TypeError during 'step': an env's info must be a dict.*got list"):
+        with pytest.raises(EnvError, match=r"env 1 raised TypeError during 'step': an env's info must be a (mutable )?dict.*got list"):
             for _ in range(2):  # (the batch holding env 1)
                 step()
     finally:
         venv.close()
+
+
+class _ResetInfoIsAList(envs.FailingEnv):
+    """Env 1's resets (its autoresets only, unless ``list_first``) return a list as their info; each episode ends after
+    2 steps."""
+
+    def __init__(self, index: int, list_first: bool) -> None:
+        super().__init__()
+        self.index, self.list_first = index, list_first
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+        obs, info = super().reset(seed=seed, options=options)
+        self.resets = getattr(self, "resets", 0) + 1
+        return obs, ([1, 2, 3] if self.index == 1 and (self.resets > 1 or self.list_first) else info)
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, self.steps % 2 == 0, truncated, info
+
+
+@pytest.mark.parametrize("batches", [False, True])
+def test_a_reset_info_that_is_no_dict_is_named_with_its_env(batches: bool) -> None:
+    """A reset's info that is no dict, merged into a SAME_STEP step's infos or into recv()'s after async_reset(): a bare
+    TypeError or ValueError naming no env (hunt111 bug 3)."""
+    from gymnasium.vector import AutoresetMode
+
+    fns = [partial(_ResetInfoIsAList, i, batches) for i in range(4)]
+    layout: dict = dict(batch_size=2, step_in_parent=False) if batches else {}
+    with VectorEnv(fns, context="fork", num_workers=2, autoreset_mode=AutoresetMode.SAME_STEP, **layout) as venv:
+        with pytest.raises(EnvError, match=r"env 1 raised TypeError during 'reset': an env's info must be a dict.*got list"):
+            if batches:  # (async_reset's own resets)
+                venv.async_reset()
+                for _ in range(2):
+                    venv.recv()
+            else:  # (an autoreset's, merged into the step's infos; reset() itself gives gymnasium's bare error, as
+                venv.reset()  # AsyncVectorEnv's does)
+                for _ in range(2):
+                    venv.step(np.zeros(4, np.int64))
+
+
+class _ReadOnlyInfo(Mapping):
+    def __init__(self) -> None:
+        self._data = {"a": 1}
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        return self._data[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class _StepInfoReadOnly(envs.FailingEnv):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, _ReadOnlyInfo() if self.index == 2 else info
+
+
+def test_a_read_only_info_is_named_by_sb3s_front_end_and_passes_gymnasiums() -> None:
+    """SB3's front-end writes "TimeLimit.truncated" into each info, as SB3's workers do (which fail on a read-only
+    mapping too): it raised a bare TypeError naming no env (hunt111 bug 4). gymnasium's takes it, as AsyncVectorEnv."""
+    fns = [partial(_StepInfoReadOnly, i) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2) as venv:
+        venv.reset()
+        with pytest.raises(EnvError, match=r"env 2 raised TypeError during 'step': an env's info must be a mutable dict.*_ReadOnlyInfo"):
+            venv.step(np.zeros(4, np.int64))
+    with VectorEnv(fns, context="fork", num_workers=2) as venv:
+        venv.reset()
+        infos = venv.step(np.zeros(4, np.int64))[4]
+        assert infos["a"].tolist() == [0, 0, 1, 0] and infos["_a"].tolist() == [False, False, True, False]

@@ -1420,3 +1420,41 @@ def test_worker_died_and_step_timeout_errors_pickle_and_copy() -> None:
         for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
             assert type(again) is type(error) and str(again) == str(error) and vars(again) == vars(error)
     assert late.made is False and "the pool was not made" in str(late)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this error cannot be printed")
+
+
+class _RaisesUnprintably(envs.FailingEnv):
+    """Env ``bad``'s second step raises an error whose str() raises."""
+
+    def __init__(self, index: int, bad: int) -> None:
+        super().__init__()
+        self.bad = index == bad
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        if self.bad and self.steps == 1:
+            self.steps += 1
+            raise _Unprintable("step failed")
+        return super().step(action)
+
+
+@pytest.mark.parametrize("bad", [0, 3])  # (the calling process's env; a worker's second env)
+@pytest.mark.parametrize("on_error", ["raise", "restart"])
+def test_an_env_error_that_cannot_be_printed_still_names_its_env(bad: int, on_error: str) -> None:
+    """An env's exception whose __str__ raises: the second error was reported instead, blaming the worker's first env
+    or no env at all (a bare RuntimeError), and with on_error="restart" the env was never made again (hunt111 bug
+    2). The env's own error is named, its message said to be unprintable."""
+    fns = [partial(_RaisesUnprintably, i, bad) for i in range(4)]
+    with SubprocVecEnv(fns, start_method="fork", num_workers=2, on_error=on_error) as venv:
+        venv.reset()
+        venv.step(np.zeros(4, np.int64))
+        if on_error == "raise":
+            with pytest.raises(EnvError, match=rf"env {bad} raised .*_Unprintable during 'step': <its message could not"):
+                venv.step(np.zeros(4, np.int64))
+        else:
+            infos = venv.step(np.zeros(4, np.int64))[3]
+            assert "_Unprintable" in str(infos[bad]["fastvec.restarted"])
+            venv.step(np.zeros(4, np.int64))

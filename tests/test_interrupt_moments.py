@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 import fastvec
-from fastvec import ClosedError, SubprocVecEnv, env_calls, shm
+from fastvec import ClosedError, SubprocVecEnv, VectorEnv, env_calls, shm
 from fastvec.pool import Pool
 from fastvec.remote import Remote
 from fastvec.sb3_vec_env import SubprocVecEnv as SB3Front
@@ -1105,3 +1105,36 @@ def test_a_token_given_back_and_taken_again_during_a_recovery_s_look_makes_no_se
         assert paused == ["walk", "check"] and max(most) == 1 and len(pool._token) == 1
     finally:
         venv.close()
+
+
+def test_a_handlers_terminate_inside_a_step_leaves_the_block_to_the_step() -> None:
+    """gymnasium's close(terminate=True) from a signal handler landing inside step() where the thread held no token
+    (building the Batch): it let go of the shared block at once, and the step failed with a bare TypeError (hunt111
+    bug 4); a handler's close() there left the block to the step, as terminate() now does."""
+    from fastvec.batch import Batch
+
+    venv = VectorEnv([envs.make_cartpole] * 4, num_workers=2, step_in_parent=True, context="fork")
+    venv.reset(seed=0)
+    venv.step(np.zeros(4, np.int64))
+    with at_line(Batch.__init__.__code__, lambda frame: True, lambda: venv.close(terminate=True)) as fired:
+        try:
+            venv.step(np.zeros(4, np.int64))
+        except ClosedError:
+            pass
+    assert fired and venv.pool.closed
+    venv.close()  # (the block is let go of at the pool's next use, as after a handler's close())
+    assert venv.pool._segment is None
+
+
+def test_a_handlers_interrupt_in_the_placement_fork_hook_reaches_the_caller() -> None:
+    """fastvec's other before-fork hook (placement's, saving the caller's cores) runs in the parent too: a handler's
+    exception there was only printed by CPython, and the pool made as if nothing had happened (hunt111 bug 5)."""
+    from fastvec import placement, remote
+
+    def starting(frame: object) -> bool:
+        return bool(remote._FORKING)  # (a worker's start, not another fork)
+
+    with at_line(placement._before_fork.__code__, starting, interrupt) as fired:
+        with pytest.raises(KeyboardInterrupt):
+            SubprocVecEnv([envs.make_cartpole] * 2, start_method="fork", num_workers=2, step_in_parent=False)
+    assert fired

@@ -258,10 +258,14 @@ class VectorEnv(gym.vector.VectorEnv):
         self._assert_is_running()
         batch = self._wait(self.pool.reset_wait, timeout)
         infos: dict[str, Any] = {}
-        for i in sorted(batch.reset_infos):
-            infos = self._add_info(infos, batch.reset_infos[i], i)
-        for i, error in batch.restarted.items():
-            infos = self._add_info(infos, {"fastvec_restarted": error}, i)
+        try:  # (a reset's info that is no dict: named, as in step)
+            for i in sorted(batch.reset_infos):
+                infos = self._add_info(infos, batch.reset_infos[i], i)
+            for i, error in batch.restarted.items():
+                infos = self._add_info(infos, {"fastvec_restarted": error}, i)
+        except Exception as exc:
+            raise_unusable_info(exc, (batch.reset_infos, "reset"))
+            raise
         return self._observations(batch), infos
 
     # -- step ---------------------------------------------------------------------------------

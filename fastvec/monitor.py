@@ -311,6 +311,8 @@ class Monitor:
             if shard not in self.pool.monitor_parked:  # (a worker parked by hand stays parked)
                 continue
             if not self.pool.can_unpark(shard):  # died parked, without restart: said once, here and by the pool
+                if self.pool.parked_exit_status(shard) is None:  # (alive: a pool closed or broken takes none back)
+                    continue
                 if shard not in self._asked_dead:
                     self._asked_dead.add(shard)
                     self.pool.queue_unpark(shard)  # (which the pool refuses, warning how the worker ended)
@@ -479,8 +481,11 @@ class Monitor:
         moves, before, when = self._trial
         if self._samples - when <= self.cooldown + self.patience:
             return None
-        if self.pool.pending_moves:  # an env of the trial still waits for its episode end: judge once it moved
-            return None  # (its undo, asked now, would be refused: a boundary moves one way at a time)
+        if self.pool.pending_moves:  # an env of the trial still waits for its episode end: judged once it moved, on
+            # samples after that (those before show the old layout; its undo, asked now, would be refused: a boundary
+            # moves one way at a time)
+            self._trial = (moves, before, self._samples)
+            return None
         paces = [pace for sample, pace in self._throughputs if sample > when + self.cooldown]
         if len(paces) < self.patience:  # (samples without a step in between: judged once enough had steps)
             return None

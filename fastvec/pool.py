@@ -2062,7 +2062,9 @@ class Pool(ShardMoves):
         step). Read only off the usual path (the token taken, or close())."""
         frame = entering.f_back
         own_files = _own_files() if anywhere else ()
-        owners = (self, self._async)
+        # (not None: a function of the pool's files with no ``self``, the atexit hook's, was taken for the pool's own
+        # code, and its close() for a signal handler's, which leaves this process's envs and the block unreleased)
+        owners = (self,) if self._async is None else (self, self._async)
         while frame is not None:
             code = frame.f_code
             if code in _COMMAND_CODES:
@@ -2152,7 +2154,7 @@ class Pool(ShardMoves):
         if self._token:
             return
         me, now = _get_ident(), time.monotonic()
-        owners = (self, self._async)
+        owners = (self,) if self._async is None else (self, self._async)
         # one thread at a time (two made two tokens), without a lock, which an interrupt inside could leave taken: a
         # claim, which another thread takes over once it is a second old
         claim = self._recovering.setdefault(0, (me, now))

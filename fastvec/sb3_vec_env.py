@@ -152,7 +152,7 @@ class SubprocVecEnv(_VecEnvBase):
         if not ended and not batch.has_extras:
             return obs, rewards, dones, infos
         if batch.infos:
-            infos = [batch.infos.get(i) or {} for i in range(self.num_envs)]
+            infos = [batch.infos.get(i, {}) for i in range(self.num_envs)]  # (those there said something)
             try:
                 for info in infos:
                     info["TimeLimit.truncated"] = False
@@ -227,7 +227,7 @@ class SubprocVecEnv(_VecEnvBase):
         if batch.infos:
             for k, i in enumerate(ids):
                 info = batch.infos.get(i)
-                if info:  # the env's own dict, as SB3 returns it
+                if info is not None:  # the env's own dict, as SB3 returns it (those there said something)
                     try:
                         info["TimeLimit.truncated"] = False
                     except Exception as exc:  # (an info that is no dict: named)

@@ -542,7 +542,7 @@ class Shard:
                 if held is not None and self.envs[j] is env:  # (as in a process of its own: Shard._held)
                     final, info = self._after_reset(j, results, held)
                     results[j] = (*results[j][:4], info)
-                if not has_info and results[j][4]:  # (an info its reset filled: sent as the references send it then)
+                if not has_info and _said(results[j][4]):  # (an info its reset filled: sent as the references send it then)
                     has_info = True
                 # the final observation read after the reset, as SB3 and gymnasium read the env's own object (an
                 # env that changes its array in place shows the reset's values there too, whatever its dtype);
@@ -552,7 +552,7 @@ class Shard:
                     self._gather([obs], slot_obs, leaf, "reset (autoreset after step)", checking, j)
                 else:
                     self.write_obs([obs], slot, "reset (autoreset after step)", [j])
-                if reset_info:
+                if _said(reset_info):
                     extras = (extras or []) + [(start + j, Extra.RESET_INFO, reset_info)]
         elif ended and self.autoreset_mode == NEXT_STEP:
             for j in ended:  # (the usual step's envs are marked here, not one by one as they step)
@@ -564,7 +564,7 @@ class Shard:
         if shared >= 0 and not self.copies_obs and not self._constant_seen:
             self._shared_at_step([r[0] for r in results])  # (after the final observations: as above)
         if has_info:
-            extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if r[4]]
+            extras = (extras or []) + [(start + j, Extra.INFO, r[4]) for j, r in enumerate(results) if _said(r[4])]
         if leaving:
             self._release(leaving)
         if failed:  # (the step returns no results: what its resets and restarts queued goes with them, as _raised)
@@ -713,7 +713,7 @@ class Shard:
                 raise ShardError(start + bad, "step", TypeError(f"{what} must be a bool, got {flags[bad]!r}")) from exc
         nan = kernels.first_nan(self.reward_slots[slot], start, self.stop) if self.checks.active else -1
         ended = [j for j, (term, trunc) in enumerate(zip(terminated, truncated)) if term or trunc]
-        return ended, any(infos), (nan - start if nan >= 0 else -1)
+        return ended, any(map(_said, infos)), (nan - start if nan >= 0 else -1)
 
     # -- reset ---------------------------------------------------------------------------------
     def reset(self, slot: int, options: list | None, masked: bool, pass_options_always: bool) -> list | None:
@@ -897,7 +897,7 @@ class Shard:
                 originals.append((obs, info))
                 obs, info = copied(obs), copied(info)
                 copies.append((obs, info))
-            if info:
+            if _said(info):
                 extras = (extras or []) + [(self.start + j, Extra.RESET_INFO, info)]
             reset[j] = obs
         if len(originals) > 1 and (not self.copies_obs or self._watching is not None):  # (not copied for good yet)
@@ -1336,6 +1336,16 @@ def _first_shared(obs_list: list) -> int:
         if j == 0:
             first = where
     return -1
+
+
+def _said(info: Any) -> bool:
+    """Whether an env's info says anything (a non-empty dict): one whose truth cannot be told (a numpy array of
+    several values) does, and reaches the front-end, which names it as no dict (it raised here, blamed on the
+    shard's first env)."""
+    try:
+        return bool(info)
+    except Exception:
+        return True
 
 
 def _ended(result: Any) -> bool:

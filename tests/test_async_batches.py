@@ -1665,21 +1665,15 @@ def test_an_info_that_is_no_dict_is_named_with_its_env(front: str, batches: bool
     else:
         venv = VectorEnv(fns, context="fork", num_workers=2, **layout)
     try:
-        if batches:
-            venv.async_reset()
-            ids = venv.recv()[-1]
-            ids = ids["env_id"] if front == "gymnasium" else ids
-            venv.send(np.zeros(2, np.int64), ids)
-            ids = venv.recv()[-1]
-            ids = ids["env_id"] if front == "gymnasium" else ids
-            venv.send(np.zeros(2, np.int64), ids)
-            step = venv.recv
-        else:
-            venv.reset()
-            step = partial(venv.step, np.zeros(4, np.int64))
         with pytest.raises(EnvError, match=r"env 1 raised TypeError during 'step': an env's info must be a (mutable )?dict.*got list"):
-            for _ in range(2):  # (the batch holding env 1)
-                step()
+            if batches:
+                venv.async_reset()
+                for _ in range(20):  # (each batch sent back, until env 1's group's step is received)
+                    ids = venv.recv()[-1]
+                    venv.send(np.zeros(2, np.int64), ids["env_id"] if front == "gymnasium" else ids)
+            else:
+                venv.reset()
+                venv.step(np.zeros(4, np.int64))
     finally:
         venv.close()
 
@@ -1716,10 +1710,15 @@ def test_a_reset_info_that_is_no_dict_is_named_with_its_env(batches: bool) -> No
                 venv.async_reset()
                 for _ in range(2):
                     venv.recv()
-            else:  # (an autoreset's, merged into the step's infos; reset() itself gives gymnasium's bare error, as
-                venv.reset()  # AsyncVectorEnv's does)
+            else:  # (an autoreset's, merged into the step's infos)
+                venv.reset()
                 for _ in range(2):
                     venv.step(np.zeros(4, np.int64))
+    if not batches:  # (reset()'s own: gymnasium's batching raised a bare AttributeError, as AsyncVectorEnv's does;
+        fns = [partial(_ResetInfoIsAList, i, True) for i in range(4)]  # hunt113 bug 5)
+        with VectorEnv(fns, context="fork", num_workers=2) as venv:
+            with pytest.raises(EnvError, match=r"env 1 raised TypeError during 'reset': an env's info must be a dict"):
+                venv.reset()
 
 
 class _ReadOnlyInfo(Mapping):
@@ -1758,3 +1757,31 @@ def test_a_read_only_info_is_named_by_sb3s_front_end_and_passes_gymnasiums() -> 
         venv.reset()
         infos = venv.step(np.zeros(4, np.int64))[4]
         assert infos["a"].tolist() == [0, 0, 1, 0] and infos["_a"].tolist() == [False, False, True, False]
+
+
+class _InfoIsAnArray(envs.FailingEnv):
+    """Env ``bad``'s step returns a numpy array of two values as its info."""
+
+    def __init__(self, index: int, bad: int) -> None:
+        super().__init__()
+        self.bad = index == bad
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, np.array([1.0, 2.0]) if self.bad else info
+
+
+@pytest.mark.parametrize("front", ["sb3", "gymnasium"])
+@pytest.mark.parametrize("bad", [0, 3])  # (the calling process's env; a worker's second env)
+def test_an_info_that_is_an_array_is_named_with_its_env(front: str, bad: int) -> None:
+    """An array of several values as a step's info: its truth cannot be told, and the shard's check for an info
+    raised, blamed on the worker's first env, or a bare ValueError in the calling process (hunt113 bug 4)."""
+    fns = [partial(_InfoIsAnArray, i, bad) for i in range(4)]
+    if front == "sb3":
+        venv = SubprocVecEnv(fns, start_method="fork", num_workers=2)
+    else:
+        venv = VectorEnv(fns, context="fork", num_workers=2)
+    with venv:
+        venv.reset()
+        with pytest.raises(EnvError, match=rf"env {bad} raised TypeError during 'step': an env's info must be a (mutable )?dict.*ndarray"):
+            venv.step(np.zeros(4, np.int64))

@@ -564,7 +564,9 @@ def test_an_undo_reverses_only_the_moves_the_pool_made(monkeypatch) -> None:
 
 def test_a_move_is_judged_once_its_envs_moved(monkeypatch) -> None:
     """While an env of the trial still waits for its episode end, nothing is undone (the undo's moves
-    across a boundary still moving the other way would be refused): the trial waits."""
+    across a boundary still moving the other way would be refused): the trial waits, and is judged on samples
+    after its envs moved (those taken while one still waited showed the old layout: a move that made the pool slower
+    was kept on them, and one after which it stepped faster could be undone; hunt113 bug 3)."""
     monkeypatch.setattr("fastvec.monitor._core_loads", lambda *_: None)
     pool = _FakePool(wraps=False)
     monitor = Monitor(pool, patience=1, cooldown=0, settle=2, retry_after=5)
@@ -572,8 +574,10 @@ def test_a_move_is_judged_once_its_envs_moved(monkeypatch) -> None:
     assert monitor.step(dataclasses.replace(straggling, throughput=10_000.0)).kind == "move"
     slower = dataclasses.replace(straggling, throughput=8_000.0)
     pool.pending_moves = 1
-    assert [monitor.step(slower) for _ in range(4)] == [None] * 4 and pool.moves == [(1, 0)] * 4
+    faster = dataclasses.replace(straggling, throughput=12_000.0)  # (the old layout, while the move waits)
+    assert [monitor.step(faster) for _ in range(4)] == [None] * 4 and pool.moves == [(1, 0)] * 4
     pool.pending_moves = 0
+    assert monitor.step(slower) is None  # (the first sample after the move)
     assert monitor.step(slower).kind == "undo" and pool.moves == [(1, 0)] * 4 + [(0, 1)] * 4
 
 

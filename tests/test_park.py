@@ -614,3 +614,28 @@ def test_a_thread_that_has_just_taken_the_token_is_not_taken_for_a_waiter() -> N
         venv.step_wait()  # (waits for the token the park holds)
         parker.join(20)
         assert paused and len(pool._token) == 1
+
+
+def test_a_parked_worker_of_a_broken_pool_is_not_said_dead(monkeypatch) -> None:
+    """can_unpark() says False on a broken pool; the monitor read any False as a parked worker's death and said so
+    ("died while parked") of a worker still running (hunt113 bug 1)."""
+    import signal as signals
+
+    from fastvec.errors import WorkerDiedError
+
+    with SubprocVecEnv([make_where] * 6, start_method="fork", num_workers=3) as venv:
+        pool = venv.pool
+        venv.reset()
+        pool.queue_park(2)
+        for _ in range(600):
+            venv.step(np.zeros(6, np.int64))
+            if 2 in pool.parked:
+                break
+        assert 2 in pool.parked and 2 in pool.monitor_parked
+        os.kill(next(r for r in pool._remotes if r.index == 1).pid, signals.SIGKILL)
+        with pytest.raises(WorkerDiedError):
+            for _ in range(50):
+                venv.step(np.zeros(6, np.int64))
+        assert pool.parked_exit_status(2) is None
+        event = Monitor(pool)._check_parked({core: 0.0 for core in range(os.cpu_count() or 1)})
+        assert event is None or event.kind != "dead"

@@ -1466,3 +1466,15 @@ def test_a_pool_whose_own_envs_could_not_be_made_again_is_freed_without_the_coll
     finally:
         _SIMULATOR_DOWN[0] = False
         gc.enable()
+
+
+def test_the_exit_hook_closes_the_calling_process_s_own_envs(tmp_path) -> None:
+    """fastvec's exit hook (atexit, and multiprocessing's finalizer) closing a pool left open: its frame has no `self`,
+    and was taken for the pool's own code, so that close() took itself for a signal handler's and left this process's
+    envs unclosed and the block mapped (hunt113 bug 2)."""
+    venv = SubprocVecEnv([partial(CountsCloses, str(tmp_path), i, 0.0) for i in range(4)], start_method="fork",
+                         num_workers=2)  # fmt: skip
+    venv.reset()
+    pool_module._close_live_pools()
+    assert venv.pool.closed and venv.pool._segment is None
+    assert _closes(tmp_path) == {0: 1, 1: 1, 2: 1, 3: 1}

@@ -634,7 +634,7 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
     Returns ``(code, ended, has_info, nan, shared)``: ``code`` as gather_rows returns it (-1, a bad
     shape's j, or ``-2 - j`` for a cast); ``ended``: the list of the j that terminated or
     truncated (in order; empty on most steps; after a bad shape, those before it);
-    ``has_info``: some info dict is not empty; ``nan``: the first j with a NaN reward, or -1;
+    ``has_info``: some info is not None nor an empty plain dict (see shard._said); ``nan``: the first j with a NaN reward, or -1;
     ``shared``: the first j whose observation is over the same memory as the one before it or the
     first one (the same list, or arrays starting at the same byte), or -1 (envs of one process
     returning a buffer their class shares: each row was read after every env stepped).
@@ -648,6 +648,7 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
     cdef Py_ssize_t cast = -1, nan = -1, shared = -1
     cdef list ended = []
     cdef bint has_info = False, term, trunc
+    cdef object info
     cdef object item, prev_item = None, first_item = None
     cdef void *data
     cdef void *prev_data = NULL
@@ -695,8 +696,9 @@ def write_results(list results, cnp.ndarray obs_dst, rewards_array, terminated_a
         truncated[start + j] = trunc
         if term or trunc:
             ended.append(j)
-        if not has_info and (<tuple> result)[4]:
-            has_info = True
+        info = (<tuple> result)[4]
+        if not has_info and info is not None and not (type(info) is dict and not <dict> info):
+            has_info = True  # (anything but None and an empty plain dict says something: a falsy mapping too)
     return (-1 if cast < 0 else -2 - cast), ended, has_info, nan, shared
 
 

@@ -380,7 +380,8 @@ def write_results(
     truncated[start : start + n] = truncs
     nan = next((j for j, v in enumerate(values) if v != v), -1)
     ended = [j for j, (t, u) in enumerate(zip(terms, truncs)) if t or u]
-    return code, ended, any(bool(r[4]) for r in results), nan, shared
+    has_info = any(r[4] is not None and not (type(r[4]) is dict and not r[4]) for r in results)  # (see shard._said)
+    return code, ended, has_info, nan, shared
 
 
 def _first_shared(items: list) -> int:

@@ -1339,13 +1339,11 @@ def _first_shared(obs_list: list) -> int:
 
 
 def _said(info: Any) -> bool:
-    """Whether an env's info says anything (a non-empty dict): one whose truth cannot be told (a numpy array of
-    several values) does, and reaches the front-end, which names it as no dict (it raised here, blamed on the
-    shard's first env)."""
-    try:
-        return bool(info)
-    except Exception:
-        return True
+    """Whether an env's info says anything: all but None and an empty plain dict (the usual "nothing"), as the
+    references pass every info on. A mapping that tests false but holds keys, or an empty defaultdict or UserDict
+    (its class is what the caller reads), is the env's and reaches the caller, as in SB3; so does one whose truth
+    cannot be told (an array), which the front-ends name as no dict. (The step kernels decide so too.)"""
+    return info is not None and not (type(info) is dict and not info)
 
 
 def _ended(result: Any) -> bool:

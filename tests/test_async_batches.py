@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import random
@@ -1785,3 +1786,48 @@ def test_an_info_that_is_an_array_is_named_with_its_env(front: str, bad: int) ->
         venv.reset()
         with pytest.raises(EnvError, match=rf"env {bad} raised TypeError during 'step': an env's info must be a (mutable )?dict.*ndarray"):
             venv.step(np.zeros(4, np.int64))
+
+
+class _FalsyInfo(dict):
+    """A mapping that holds keys but tests false."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class _OddInfo(envs.FailingEnv):
+    """Its step's info: a falsy mapping holding {"event": 7}, or an empty defaultdict."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, reward, terminated, truncated, _ = super().step(action)
+        info = _FalsyInfo(event=7) if self.kind == "falsy" else collections.defaultdict(int)
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("kind", ["falsy", "defaultdict"])
+def test_infos_that_test_false_but_are_the_envs_reach_the_caller(kind: str) -> None:
+    """An info was sent only where it tested true: a mapping holding keys but testing false was dropped, and an
+    empty defaultdict became a plain dict (SB3's SubprocVecEnv returns the env's own, gymnasium's AsyncVectorEnv
+    batches its keys; hunt114 bug 1). Only None and an empty plain dict are "no info"."""
+    from stable_baselines3.common.vec_env import SubprocVecEnv as Reference
+
+    fns = [partial(_OddInfo, kind)] * 2
+    steps = []
+    for cls in (SubprocVecEnv, Reference):
+        venv = cls(fns, start_method="fork")
+        try:
+            venv.reset()
+            steps.append(venv.step(np.zeros(2, np.int64))[3])
+        finally:
+            venv.close()
+    ours, theirs = steps
+    assert [(type(info), dict(info)) for info in ours] == [(type(info), dict(info)) for info in theirs]
+    if kind == "falsy":
+        with VectorEnv(fns, context="fork", num_workers=2) as venv:
+            venv.reset(seed=0)
+            infos = venv.step(np.zeros(2, np.int64))[4]
+        assert infos["event"].tolist() == [7, 7] and infos["_event"].tolist() == [True, True]

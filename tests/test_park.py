@@ -498,15 +498,23 @@ def test_no_env_moves_into_an_empty_shard_a_pending_move_passes_over(around: boo
     reference.close()
 
 
+def _parked_by_the_monitor(venv: SubprocVecEnv, shard: int) -> None:
+    """``venv`` reset, worker ``shard`` parked the monitor's way (queue_park), stepping until it is (its envs leave
+    at their episode ends)."""
+    venv.reset()
+    venv.pool.queue_park(shard)
+    for _ in range(600):
+        venv.step(np.zeros(venv.num_envs, np.int64))
+        if shard in venv.pool.parked:
+            return
+
+
 def test_a_worker_parked_by_hand_is_not_the_monitor_s_to_bring_back() -> None:
     """The monitor brings back only the workers it parked (queue_park); one unparked and parked again by hand since
     was brought back too (hunt91 bug 4)."""
     with SubprocVecEnv([make_where] * 4, start_method="fork", num_workers=2) as venv:
         pool = venv.pool
-        venv.reset()
-        pool.queue_park(1)
-        for _ in range(30):
-            venv.step(np.zeros(4, np.int64))
+        _parked_by_the_monitor(venv, 1)
         assert pool.parked == [1] and pool.monitor_parked == {1}
         assert pool.request_unpark(1) and pool.monitor_parked == set()
         for _ in range(3):
@@ -625,12 +633,7 @@ def test_a_parked_worker_of_a_broken_pool_is_not_said_dead(monkeypatch) -> None:
 
     with SubprocVecEnv([make_where] * 6, start_method="fork", num_workers=3) as venv:
         pool = venv.pool
-        venv.reset()
-        pool.queue_park(2)
-        for _ in range(600):
-            venv.step(np.zeros(6, np.int64))
-            if 2 in pool.parked:
-                break
+        _parked_by_the_monitor(venv, 2)
         assert 2 in pool.parked and 2 in pool.monitor_parked
         os.kill(next(r for r in pool._remotes if r.index == 1).pid, signals.SIGKILL)
         with pytest.raises(WorkerDiedError):

@@ -324,7 +324,7 @@ class AsyncBatches:
                 if pool._terminated:
                     raise pool._closed_meanwhile("send") from None
                 raise
-        finally:  # (Pool._leave, inline)
+        finally:  # (Pool._leave and _give_back, inline)
             if token is not None:
                 pool._releases += 1
                 tokens.append(token)
@@ -459,14 +459,13 @@ class AsyncBatches:
         tokens = pool._token  # (close() from another thread waits for this recv, and a recv for it)
         token = tokens.pop() if tokens else pool._enter_slowly(None)
         if token is not None and not (inflight or ready):  # collected by another thread meanwhile
-            pool._releases += 1
-            tokens.append(token)
+            pool._give_back(token)
             raise NoAsyncCallError("recv(): the batches were collected by another thread", "step")
         try:
             while len(ready) < groups and inflight:
                 self._collect_one(pool, began, timeout)
         finally:
-            if token is not None:  # (pool._leave, inlined: this runs on every batch)
+            if token is not None:  # (pool._leave and _give_back, inlined: this runs on every batch)
                 pool._releases += 1
                 tokens.append(token)
             if pool._release_deferred:

@@ -200,9 +200,7 @@ class ShardMoves:
         """Whether worker ``shard`` can be parked now (see ``request_park``)."""
         return (
             self._async is None
-            and self._state is not PoolState.CLOSED
-            and self._state is not PoolState.BROKEN
-            and not self._terminated
+            and self._usable()
             and self.autoreset_mode in (SAME_STEP, NEXT_STEP)
             and any(r.index == shard for r in self._remotes)
             and shard not in self._draining
@@ -300,13 +298,11 @@ class ShardMoves:
     def can_unpark(self, shard: int) -> bool:
         """Whether worker ``shard`` is parked and can come back: alive, or replaced (on_error="restart")."""
         entry = self._parked.get(shard)
-        return (
-            entry is not None
-            and (self.on_error == "restart" or entry[0].exitcode is None)
-            and self._state is not PoolState.CLOSED
-            and self._state is not PoolState.BROKEN
-            and not self._terminated
-        )
+        return entry is not None and (self.on_error == "restart" or entry[0].exitcode is None) and self._usable()
+
+    def _usable(self) -> bool:
+        """Neither closed nor broken (a park or unpark of such a pool raises, so none can be done)."""
+        return self._state is not PoolState.CLOSED and self._state is not PoolState.BROKEN and not self._terminated
 
     def _check_worker(self, shard: Any, call: str) -> None:
         """``shard`` names one of the pool's workers (shards), as ``request_move``'s shards must: a number of no worker

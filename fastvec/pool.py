@@ -826,7 +826,7 @@ class Pool(ShardMoves):
                 own = self._local
                 local = private_payload([own.part(column) for column in objects], "actions", self._own_envs())
             self._issue(_Pending(Command.STEP, "step", slot, int(StepFlag.HAS_OBJECTS), payloads, local_args=(slot, local)))
-        finally:  # (_leave, inline)
+        finally:  # (_leave and _give_back, inline)
             if token is not None:
                 self._releases += 1
                 tokens.append(token)
@@ -1203,7 +1203,7 @@ class Pool(ShardMoves):
             self._pending = None
             self._state = _IDLE
             return self._digest(extras, p.slot) if extras else None
-        finally:  # (_leave, inline: the usual step makes no call it can do without)
+        finally:  # (_leave and _give_back, inline: the usual step makes no call it can do without)
             if token is not None:
                 self._releases += 1
                 tokens.append(token)
@@ -1991,8 +1991,7 @@ class Pool(ShardMoves):
             finally:
                 if token is not None:
                     self._closer = 0
-                    self._releases += 1
-                    self._token.append(token)
+                    self._give_back(token)
         finally:
             self._closing_thread = 0
             done = self._close_done
@@ -2035,10 +2034,15 @@ class Pool(ShardMoves):
         of if another thread closed the pool meanwhile (after a signal handler's close(), the code it cut
         short may still use it: ``_release_if_deferred`` does it later)."""
         if token is not None:
-            self._releases += 1
-            self._token.append(token)
+            self._give_back(token)
         if self._release_deferred and not self._reentered:
             self._release()
+
+    def _give_back(self, token: object) -> None:
+        """``token`` back in the pool, counted first (``_releases``: a lost-token recovery that saw the count move
+        during its look makes none). The usual step's and batches' ends write these two lines out (a call less)."""
+        self._releases += 1
+        self._token.append(token)
 
     def _release_if_deferred(self, holding: bool = False) -> None:
         """Closed by a signal handler (or another thread) that left the block to the code it cut short:
@@ -2062,9 +2066,7 @@ class Pool(ShardMoves):
         step). Read only off the usual path (the token taken, or close())."""
         frame = entering.f_back
         own_files = _own_files() if anywhere else ()
-        # (not None: a function of the pool's files with no ``self``, the atexit hook's, was taken for the pool's own
-        # code, and its close() for a signal handler's, which leaves this process's envs and the block unreleased)
-        owners = (self,) if self._async is None else (self, self._async)
+        owners = self._owners()
         while frame is not None:
             code = frame.f_code
             if code in _COMMAND_CODES:
@@ -2076,6 +2078,13 @@ class Pool(ShardMoves):
                     return True
             frame = frame.f_back
         return False
+
+    def _owners(self) -> tuple:
+        """The objects whose frames (their ``self``) are this pool's code running: the pool, and its asynchronous
+        batches if any (never None: a function of the pool's files with no ``self``, the atexit hook's, was taken
+        for the pool's own code, and its close() for a signal handler's, leaving this process's envs and the block
+        unreleased)."""
+        return (self,) if self._async is None else (self, self._async)
 
     def _enter_slowly(self, p: _Pending | None, refuse: str = "", check: str = "") -> object | None:
         """The token is taken (called by the method entering the pool, whose caller ``_inside_here`` looks at
@@ -2106,8 +2115,7 @@ class Pool(ShardMoves):
             if p is not None and self._pending is not p:
                 raise NoAsyncCallError(f"{p.name!r} was completed by another thread", _ASYNC_NAMES.get(p.command, ""))
         except BaseException:
-            self._releases += 1
-            self._token.append(token)
+            self._give_back(token)
             raise
         return token
 
@@ -2116,9 +2124,7 @@ class Pool(ShardMoves):
         thread completing a command to finish it, so that no env of this process's shard is stepped twice at
         once. Where it does not, or where close() runs inside that command (a signal handler), the pool is
         broken instead: its workers are stopped, and the waiting thread raises ClosedError. The token, or None."""
-        if self._inside_here(entering, anywhere=True):  # a signal handler interrupted this thread in the pool: it goes on after
-            self._reentered = True  # (so the block is let go of once it has: _check_usable, or a command's end)
-            self._break(ClosedError("close(): it was called while this thread was inside the pool (a signal handler)"))
+        if self._entered_by_a_handler(entering, "close"):
             return None
         token = self._take_token(time.monotonic() + min(timeout, PENDING_STEP_GRACE_S))
         if token is None:
@@ -2126,6 +2132,16 @@ class Pool(ShardMoves):
         else:
             self._closer = _get_ident()
         return token
+
+    def _entered_by_a_handler(self, entering: FrameType, call: str) -> bool:
+        """Whether ``call`` (close, terminate; ``entering``: its frame) runs in a signal handler that interrupted this
+        thread inside the pool's code: then the pool is broken and the block stays until that code leaves (it goes on
+        after the handler, and lets it go: _check_usable, or a command's end)."""
+        if not self._inside_here(entering, anywhere=True):
+            return False
+        self._reentered = True
+        self._break(ClosedError(f"{call}(): it was called while this thread was inside the pool (a signal handler)"))
+        return True
 
     def _take_token(self, deadline: float | None) -> object | None:
         """Wait for the token another thread holds (until ``deadline``, a time.monotonic() reading: then
@@ -2154,7 +2170,7 @@ class Pool(ShardMoves):
         if self._token:
             return
         me, now = _get_ident(), time.monotonic()
-        owners = (self,) if self._async is None else (self, self._async)
+        owners = self._owners()
         # one thread at a time (two made two tokens), without a lock, which an interrupt inside could leave taken: a
         # claim, which another thread takes over once it is a second old
         claim = self._recovering.setdefault(0, (me, now))
@@ -2175,8 +2191,9 @@ class Pool(ShardMoves):
                     frame = frame.f_back
             if self._token or self._releases != released or not waiting <= self._token_waiters:
                 return  # (a token came back, or a waiter left the wait meanwhile and may hold it now: looked at again later)
-            self._releases += 1  # (a recovery beside this one, past its claim, makes none)
-            self._token.append(object())  # (this thread's own nested case never waits: _enter_slowly, _enter_to_close)
+            # (counted: a recovery beside this one, past its claim, makes none; this thread's own nested case never
+            # waits: _enter_slowly, _enter_to_close)
+            self._give_back(object())
         finally:
             self._recovering.pop(0, None)
 
@@ -2188,10 +2205,7 @@ class Pool(ShardMoves):
             if self._is_foreign():
                 self._state = PoolState.CLOSED
                 return
-            if self._inside_here(sys._getframe(), anywhere=True):  # a signal handler inside this thread's use of the
-                # pool, as close()'s _enter_to_close tells: the block stays until that code leaves (it let go of it there)
-                self._reentered = True
-                self._break(ClosedError("terminate(): it was called while this thread was inside the pool (a signal handler)"))
+            self._entered_by_a_handler(sys._getframe(), "terminate")
             self._terminate(grace=0.0)
 
     def _is_foreign(self) -> bool:
